@@ -1,0 +1,163 @@
+"""Self-describing checkpoints: one file holds the weights, the model's registry name and config,
+the colour constants it was trained with, how to decode its output, and provenance (data, steps,
+metrics, git commit). Export and serving rebuild everything from the file alone.
+
+Layout: a ``torch.save`` dict whose ``weights`` entry is the serialized state_dict as bytes, with
+its sha256 beside it, so corruption is caught before any tensor is trusted. Loading uses
+``weights_only=True``: a checkpoint can never run code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from models.color import ColorConstants
+from models.predictor import ABPredictor, DecodeOptions
+from models.registry import model_from_config
+
+FORMAT = "tinct-checkpoint"
+FORMAT_VERSION = 1
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_CHECKPOINT = WEIGHTS_DIR / "tinct-default.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, of another format or incompatible. The message names the file."""
+
+
+@dataclass
+class Checkpoint:
+    model_name: str
+    config: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    color: dict[str, Any]
+    decode: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    sha256: str = ""
+    path: Path | None = None
+
+    def build_model(self) -> nn.Module:
+        """The network with these weights, loaded strictly, in eval mode, float32."""
+        model = model_from_config(self.model_name, self.config)
+        state = {k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()}
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{self.path}: weights do not fit model {self.model_name!r}: {exc}") from exc
+        return model.eval()
+
+    def build_predictor(self, decode: DecodeOptions | None = None) -> ABPredictor:
+        return ABPredictor(self.build_model(), decode or DecodeOptions(**self.decode)).eval()
+
+    @property
+    def label(self) -> str:
+        """A short human-readable identity: name and weights hash prefix."""
+        return f"{self.model_name}@{self.sha256[:12]}"
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    provenance: dict[str, Any] | None = None,
+    decode: DecodeOptions | None = None,
+    half: bool = False,
+) -> str:
+    """Write atomically (temp file + rename); returns the weights' sha256. ``half`` stores fp16."""
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in model.state_dict().items()}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    weights = buffer.getvalue()
+    digest = hashlib.sha256(weights).hexdigest()
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": model.registry_name,
+        "config": _plain(dataclasses.asdict(model.config)),
+        "color": ColorConstants.current().to_dict(),
+        "decode": (decode or DecodeOptions()).to_dict(),
+        "provenance": _plain(provenance or {}),
+        "weights_sha256": digest,
+        "weights": weights,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return digest
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for garbage input
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {_first_line(exc)})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a Tinct checkpoint (no '{FORMAT}' header)")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {payload.get('format_version')} is not supported")
+    weights = payload["weights"]
+    digest = hashlib.sha256(weights).hexdigest()
+    if digest != payload["weights_sha256"]:
+        raise CheckpointError(f"{path}: weights are corrupt (sha256 {digest[:12]} != recorded {payload['weights_sha256'][:12]})")
+    expected = ColorConstants.current().to_dict()
+    color = payload["color"]
+    mismatched = sorted(k for k in expected if _plain(color.get(k)) != _plain(expected[k]))
+    if mismatched:
+        raise CheckpointError(f"{path}: trained with other colour constants ({', '.join(mismatched)})")
+    state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
+    return Checkpoint(
+        model_name=payload["model"],
+        config=payload["config"],
+        state_dict=state,
+        color=color,
+        decode=payload.get("decode", {}),
+        provenance=payload.get("provenance", {}),
+        sha256=digest,
+        path=path,
+    )
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike | None) -> Path:
+    """``None`` or ``"default"`` -> the shipped model; anything else is a checkpoint path."""
+    if name_or_path in (None, "default"):
+        if not DEFAULT_CHECKPOINT.is_file():
+            raise CheckpointError(f"{DEFAULT_CHECKPOINT}: the shipped default model is missing from this install")
+        return DEFAULT_CHECKPOINT
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file (use 'default' or a path to a .pt checkpoint)")
+    return path
+
+
+def _plain(value: Any) -> Any:
+    """Tuples -> lists, recursively, so saved configs compare equal after a round trip."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else ""

