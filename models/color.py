@@ -265,3 +265,73 @@ def decode_ab(logits: torch.Tensor, method: str = "annealed_mean", temperature: 
         raise ValueError(f"annealing temperature must be > 0, got {temperature}")
     prob = F.softmax(logits / temperature, dim=1)
     return torch.einsum("bqhw,qc->bchw", prob, bins)
+
+
+# --- colour difference ----------------------------------------------------------------------------
+
+
+def delta_e_ciede2000(lab1: torch.Tensor, lab2: torch.Tensor) -> torch.Tensor:
+    """CIEDE2000 colour difference (kL = kC = kH = 1): Lab (..., 3, H, W) twice -> (..., H, W).
+
+    The perceptual difference evaluation reports (Sharma, Wu & Dalal 2005), written after
+    scikit-image's ``deltaE_ciede2000`` so the two agree to rounding: a ``ΔE00`` of about 1 is
+    just noticeable, 2-10 perceptible at a glance.
+    """
+    L1, a1, b1 = lab1.unbind(-3)
+    L2, a2, b2 = lab2.unbind(-3)
+    two_pi = 2 * torch.pi
+    c7_ref = 25.0**7
+
+    # `a` is stretched by how unsaturated the pair is on average, then everything is in (L, C', h').
+    c_bar = 0.5 * (torch.hypot(a1, b1) + torch.hypot(a2, b2))
+    g = 0.5 * (1 - torch.sqrt(c_bar**7 / (c_bar**7 + c7_ref)))
+    a1p, a2p = a1 * (1 + g), a2 * (1 + g)
+    c1, c2 = torch.hypot(a1p, b1), torch.hypot(a2p, b2)
+    h1 = torch.remainder(torch.atan2(b1, a1p), two_pi)
+    h2 = torch.remainder(torch.atan2(b2, a2p), two_pi)
+
+    l_bar_50 = (0.5 * (L1 + L2) - 50.0) ** 2
+    s_l = 1 + 0.015 * l_bar_50 / torch.sqrt(20 + l_bar_50)
+    l_term = (L2 - L1) / s_l
+
+    c_bar_p = 0.5 * (c1 + c2)
+    c_term = (c2 - c1) / (1 + 0.045 * c_bar_p)
+
+    # Hue difference and mean hue go the short way round the circle; a neutral colour has no hue.
+    cc = c1 * c2
+    neutral = cc == 0
+    h_diff = h2 - h1
+    h_sum = h1 + h2
+    dh = torch.where(h_diff > torch.pi, h_diff - two_pi, torch.where(h_diff < -torch.pi, h_diff + two_pi, h_diff))
+    dh = torch.where(neutral, torch.zeros_like(dh), dh)
+    dh_term = 2 * torch.sqrt(cc) * torch.sin(dh / 2)
+    wrap = ~neutral & (h_diff.abs() > torch.pi)
+    h_bar = torch.where(wrap, torch.where(h_sum < two_pi, h_sum + two_pi, h_sum - two_pi), h_sum)
+    h_bar = 0.5 * torch.where(neutral, 2 * h_bar, h_bar)
+
+    deg = torch.pi / 180
+    t = (
+        1
+        - 0.17 * torch.cos(h_bar - 30 * deg)
+        + 0.24 * torch.cos(2 * h_bar)
+        + 0.32 * torch.cos(3 * h_bar + 6 * deg)
+        - 0.20 * torch.cos(4 * h_bar - 63 * deg)
+    )
+    h_term = dh_term / (1 + 0.015 * c_bar_p * t)
+
+    # The rotation term fixes the blue region, where hue and chroma differences interact.
+    r_c = 2 * torch.sqrt(c_bar_p**7 / (c_bar_p**7 + c7_ref))
+    d_theta = 30 * deg * torch.exp(-(((h_bar / deg - 275.0) / 25.0) ** 2))
+    r_term = -torch.sin(2 * d_theta) * r_c * c_term * h_term
+
+    return torch.sqrt((l_term**2 + c_term**2 + h_term**2 + r_term).clamp(min=0.0))
+
+
+def delta_e_ciede2000_np(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:
+    """CIEDE2000 for channels-last Lab arrays (..., 3) -> (...), in float64 through the torch code."""
+    lab1, lab2 = np.broadcast_arrays(np.asarray(lab1, dtype=np.float64), np.asarray(lab2, dtype=np.float64))
+    shape = lab1.shape[:-1]
+    # Any leading shape becomes a (N, 3, 1, 1) batch, so 1-D colours work as well as images.
+    t1 = torch.from_numpy(np.ascontiguousarray(lab1.reshape(-1, 3)))[:, :, None, None]
+    t2 = torch.from_numpy(np.ascontiguousarray(lab2.reshape(-1, 3)))[:, :, None, None]
+    return delta_e_ciede2000(t1, t2).numpy().reshape(shape)
