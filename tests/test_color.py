@@ -40,6 +40,15 @@ EXPECTED_BINS = 261  # Tinct's exact sRGB gamut on the grid-10 lattice (Zhang et
 HALF_CELL_DIAGONAL = 0.5 * AB_GRID * math.sqrt(2)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """One intra-op thread: on a shared 2-core machine a second OpenMP thread mostly spins at barriers."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def rgb_batch() -> np.ndarray:
     """Random sRGB pixels plus the cube's corners (the gamut's extremes), channels-last (N, H, W, 3)."""
