@@ -13,11 +13,13 @@ import dataclasses
 import hashlib
 import io
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -115,10 +117,14 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{path}: not a Tinct checkpoint (no '{FORMAT}' header)")
     if payload.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {payload.get('format_version')} is not supported")
+    missing = sorted({"model", "config", "color", "weights", "weights_sha256"} - set(payload))
+    if missing or not isinstance(payload.get("weights"), bytes):
+        raise CheckpointError(f"{path}: incomplete checkpoint (missing {', '.join(missing) or 'weights bytes'})")
     weights = payload["weights"]
     digest = hashlib.sha256(weights).hexdigest()
     if digest != payload["weights_sha256"]:
-        raise CheckpointError(f"{path}: weights are corrupt (sha256 {digest[:12]} != recorded {payload['weights_sha256'][:12]})")
+        recorded = str(payload["weights_sha256"])[:12]
+        raise CheckpointError(f"{path}: weights are corrupt (sha256 {digest[:12]} != recorded {recorded})")
     expected = ColorConstants.current().to_dict()
     color = payload["color"]
     mismatched = sorted(k for k in expected if _plain(color.get(k)) != _plain(expected[k]))
@@ -150,7 +156,12 @@ def resolve_checkpoint(name_or_path: str | os.PathLike | None) -> Path:
 
 
 def _plain(value: Any) -> Any:
-    """Tuples -> lists, recursively, so saved configs compare equal after a round trip."""
+    """Tuples -> lists, numpy scalars -> Python numbers, paths -> str, recursively: saved configs compare
+    equal after a round trip, and ``weights_only`` loading accepts everything a checkpoint holds."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -159,5 +170,5 @@ def _plain(value: Any) -> Any:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()  # torch colours its messages
     return text[0][:200] if text else ""

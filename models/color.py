@@ -227,9 +227,9 @@ def rebalance_weights(
 ) -> np.ndarray:
     """Class-rebalancing weights from a dataset's ab histogram (Zhang et al. 2016, eq. 4).
 
-    The empirical distribution is smoothed with a Gaussian of ``sigma`` in ab space, mixed with the
-    uniform distribution by ``lam``, inverted and normalized so that its expectation under the
-    empirical distribution is 1.
+    The empirical distribution is smoothed with a Gaussian of ``sigma`` in ab space (mass-preserving:
+    each bin spreads its probability over its neighbours), mixed with the uniform distribution by
+    ``lam``, inverted and normalized so that its expectation under the smoothed distribution is 1.
     """
     counts = np.asarray(counts, dtype=np.float64)
     if counts.shape != (n_ab_bins(),):
@@ -240,7 +240,7 @@ def rebalance_weights(
     bins = ab_bins_np().astype(np.float64)
     d2 = ((bins[:, None, :] - bins[None, :, :]) ** 2).sum(-1)
     kernel = np.exp(-d2 / (2 * sigma**2))
-    kernel /= kernel.sum(axis=1, keepdims=True)
+    kernel /= kernel.sum(axis=0, keepdims=True)  # column j: where bin j's mass goes; sums to 1
     p_smooth = kernel @ p
     w = 1.0 / ((1 - lam) * p_smooth + lam / len(p))
     w /= (p_smooth * w).sum()

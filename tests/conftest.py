@@ -12,6 +12,16 @@ from models.checkpoint import save_checkpoint
 from models.registry import create_model
 
 
+@pytest.fixture(scope="session", autouse=True)
+def single_torch_thread():
+    """One intra-op thread for the whole suite: the models under test are tiny, and on a shared 2-core
+    machine a second OpenMP thread mostly spins at barriers (measured: up to 100x slower forwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A small randomly initialised effnet_unet (classification head) saved as a real checkpoint."""

@@ -28,16 +28,6 @@ SIZES = ((64, 64), (64, 96))
 BATCH = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """One intra-op thread: these tensors are tiny, and on a shared 2-core machine a second OpenMP thread
-    spinning at barriers makes each small convolution about 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _options(name: str, **extra: Any) -> dict[str, Any]:
     options = dict(SMALL_OPTIONS.get(name, {}))
     if "pretrained" in {f.name for f in dataclasses.fields(config_class(name))}:

@@ -1,0 +1,163 @@
+"""Training data: colour photos from folders or zip files, held in memory, augmented per sample.
+
+Colour photos are decoded once and kept at a modest size (the short side a little above the crop
+size), because a CPU-bound training run on a few thousand photos spends more time decoding JPEGs
+than computing gradients otherwise. Augmentation (flips, random zoom, shear, crop) runs on the
+cached pixels; the Lab conversion runs batched in torch through ``models.color``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from models.color import rgb_to_lab
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class Augment:
+    crop: int = 160
+    zoom: tuple[float, float] = (1.0, 1.6)  # >1 zooms in (crops a smaller region)
+    shear: float = 0.15
+    hflip: bool = True
+
+
+@dataclass
+class SourceSpec:
+    """``path[:weight]``: a folder or .zip of colour photos, optionally oversampled ``weight`` times."""
+
+    path: Path
+    weight: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> SourceSpec:
+        head, sep, tail = text.rpartition(":")
+        if sep and tail.replace(".", "", 1).isdigit():
+            return cls(Path(head), float(tail))
+        return cls(Path(text))
+
+
+def _iter_image_bytes(source: Path) -> Iterator[tuple[str, bytes]]:
+    if source.is_file() and source.suffix.lower() == ".zip":
+        with zipfile.ZipFile(source) as zf:
+            for name in sorted(zf.namelist()):
+                if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                    yield f"{source}!{name}", zf.read(name)
+    elif source.is_dir():
+        for path in sorted(source.rglob("*")):
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+                yield str(path), path.read_bytes()
+    else:
+        raise FileNotFoundError(f"{source}: not a folder or .zip of images")
+
+
+def _decode_rgb(name: str, data: bytes, short_side: int) -> np.ndarray | None:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im = im.convert("RGB")
+            scale = short_side / min(im.size)
+            if scale < 1:
+                im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BICUBIC)
+            return np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        log.warning("%s: skipped, not a readable image (%s)", name, exc)
+        return None
+
+
+class PhotoBank:
+    """All training photos, decoded once into memory (uint8 RGB)."""
+
+    def __init__(self, sources: list[SourceSpec], short_side: int, min_chroma: float = 2.0) -> None:
+        self.images: list[np.ndarray] = []
+        self.sampling_weights: list[float] = []
+        self.names: list[str] = []
+        skipped_gray = 0
+        for spec in sources:
+            count = 0
+            for name, data in _iter_image_bytes(spec.path):
+                rgb = _decode_rgb(name, data, short_side)
+                if rgb is None or min(rgb.shape[:2]) < 16:
+                    continue
+                if _mean_chroma(rgb) < min_chroma:  # gray photos teach the network nothing about colour
+                    skipped_gray += 1
+                    continue
+                self.images.append(rgb)
+                self.sampling_weights.append(spec.weight)
+                self.names.append(name)
+                count += 1
+            log.info("%s: %d photos (weight %.1f)", spec.path, count, spec.weight)
+        if not self.images:
+            raise ValueError("no usable colour photos in the training sources")
+        log.info("photo bank: %d photos, %d gray ones skipped", len(self.images), skipped_gray)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def describe(self) -> dict:
+        return {"photos": len(self.images)}
+
+
+def _mean_chroma(rgb: np.ndarray) -> float:
+    small = cv2.resize(rgb, (32, 32), interpolation=cv2.INTER_AREA)
+    lab = rgb_to_lab(torch.from_numpy(small).permute(2, 0, 1).float() / 255.0)
+    return float(lab[1:].norm(dim=0).mean())
+
+
+def augment_crop(rgb: np.ndarray, aug: Augment, rng: np.random.Generator) -> np.ndarray:
+    """One random zoom + shear + flip + crop of ``aug.crop`` pixels square, as a single affine warp."""
+    h, w = rgb.shape[:2]
+    base = aug.crop / min(h, w)  # scale at which the short side just covers the crop
+    scale = base * rng.uniform(*aug.zoom)
+    shear = rng.uniform(-aug.shear, aug.shear)
+    flip = -1.0 if aug.hflip and rng.random() < 0.5 else 1.0
+    # Maps source pixels to crop pixels: x' = s*flip*x + s*shear*y + tx, y' = s*y + ty.
+    m = np.array([[scale * flip, scale * shear, 0.0], [0.0, scale, 0.0]])
+    corners = np.array([[0, 0, 1], [w, 0, 1], [0, h, 1], [w, h, 1]], dtype=np.float64) @ m.T
+    lo, hi = corners.min(0), corners.max(0)
+    # Choose a crop window inside the warped image (or centred when the warp is smaller).
+    tx = -lo[0] - rng.uniform(0, max(hi[0] - lo[0] - aug.crop, 0))
+    ty = -lo[1] - rng.uniform(0, max(hi[1] - lo[1] - aug.crop, 0))
+    m[:, 2] = (tx, ty)
+    return cv2.warpAffine(rgb, m, (aug.crop, aug.crop), flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REFLECT_101)
+
+
+class BatchSampler:
+    """Endless random batches of Lab crops: yields (L (B,1,S,S), ab (B,2,S,S)) float32 tensors."""
+
+    def __init__(self, bank: PhotoBank, batch_size: int, aug: Augment, seed: int = 0) -> None:
+        self.bank = bank
+        self.batch_size = batch_size
+        self.aug = aug
+        self.rng = np.random.default_rng(seed)
+        p = np.asarray(bank.sampling_weights, dtype=np.float64)
+        self.p = p / p.sum()
+
+    def __iter__(self) -> BatchSampler:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.rng.choice(len(self.bank), size=self.batch_size, p=self.p)
+        crops = np.stack([augment_crop(self.bank.images[i], self.aug, self.rng) for i in idx])
+        rgb = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255.0
+        lab = rgb_to_lab(rgb)
+        return lab[:, :1].contiguous(), lab[:, 1:].contiguous()
+
+    def state(self) -> dict:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]

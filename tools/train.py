@@ -1,0 +1,359 @@
+"""One training loop for every colorization architecture in the registry.
+
+Losses, chosen by the model's head:
+* regression heads (``output == "ab"``): L2, Huber or L1 on ab / AB_NORM;
+* classification heads (``output == "logits"``): cross-entropy against soft-encoded targets
+  (5 nearest bins, sigma 5), each pixel weighted by the class-rebalancing weight of its bin
+  (Zhang et al. 2016), with the ab histogram measured on the training data itself;
+* ``--adversarial-weight W``: adds a pix2pix PatchGAN discriminator; the generator's loss gains
+  W times the non-saturating GAN loss on its decoded ab.
+
+A run directory holds ``train_state.pt`` (everything needed to resume: weights, optimizer, step,
+sampler RNG, rebalancing weights) and ``model.pt`` (a self-describing inference checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.checkpoint import save_checkpoint
+from models.color import (
+    AB_NORM,
+    ab_histogram,
+    decode_ab,
+    quantize_ab,
+    rebalance_weights,
+    soft_encode_ab,
+)
+from models.predictor import DecodeOptions
+from models.registry import build_config, create_model, model_from_config
+from tools.datasets import Augment, BatchSampler, PhotoBank, SourceSpec
+
+log = logging.getLogger("tools.train")
+
+STATE_FILE = "train_state.pt"
+MODEL_FILE = "model.pt"
+
+
+@dataclass
+class TrainConfig:
+    model: str = "effnet_unet"
+    model_options: dict = field(default_factory=dict)
+    data: list[str] = field(default_factory=list)
+    val: list[str] = field(default_factory=list)
+    steps: int = 10_000
+    batch_size: int = 16
+    crop: int = 160
+    lr: float = 1e-3
+    encoder_lr_scale: float = 0.1  # pretrained encoders move slower than the fresh decoder
+    weight_decay: float = 1e-4
+    warmup_steps: int = 200
+    loss: str = "auto"  # auto | l2 | huber | l1 | classification
+    rebalance_lambda: float = 0.5
+    adversarial_weight: float = 0.0
+    bf16: bool = False
+    seed: int = 0
+    log_every: int = 50
+    eval_every: int = 500
+    save_every: int = 500
+    time_limit_min: float = 0.0  # stop cleanly (and save) after this many minutes; 0 = no limit
+    half_weights: bool = True  # fp16 storage in model.pt
+    decode_temperature: float = 0.38
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _resolve_loss(model: nn.Module, requested: str) -> str:
+    if model.output == "logits":
+        if requested not in ("auto", "classification"):
+            raise ValueError(f"a classification head trains with the classification loss, not {requested!r}")
+        return "classification"
+    if requested == "classification":
+        raise ValueError("the classification loss needs a model with a classification head (head=classification)")
+    return "huber" if requested == "auto" else requested
+
+
+def _downsample_ab(ab: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return ab if ab.shape[-2:] == size else F.adaptive_avg_pool2d(ab, size)
+
+
+def colour_loss(out: torch.Tensor, ab: torch.Tensor, kind: str, class_weights: torch.Tensor | None) -> torch.Tensor:
+    """The supervised loss for one batch: ``out`` is the model's raw output, ``ab`` the truth in Lab units."""
+    ab = _downsample_ab(ab, out.shape[-2:])
+    if kind == "classification":
+        target = soft_encode_ab(ab)
+        nll = -(target * F.log_softmax(out.float(), dim=1)).sum(dim=1)
+        if class_weights is not None:
+            nll = nll * class_weights[quantize_ab(ab)]
+        return nll.mean()
+    pred, truth = out.float(), ab / AB_NORM
+    if kind == "l2":
+        return F.mse_loss(pred, truth)
+    if kind == "huber":
+        return F.smooth_l1_loss(pred, truth, beta=0.1)
+    if kind == "l1":
+        return F.l1_loss(pred, truth)
+    raise ValueError(f"unknown loss {kind!r}")
+
+
+def differentiable_ab(model: nn.Module, out: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Raw output -> ab in Lab units, keeping gradients (for the adversarial loss and validation)."""
+    if model.output == "ab":
+        return out.float() * AB_NORM
+    return decode_ab(out.float(), "annealed_mean", temperature)
+
+
+def measure_class_weights(sampler: BatchSampler, batches: int, lam: float) -> torch.Tensor:
+    counts = torch.zeros(0, dtype=torch.float64)
+    for _ in range(batches):
+        _, ab = next(sampler)
+        hist = ab_histogram(F.avg_pool2d(ab, 4))
+        counts = hist if counts.numel() == 0 else counts + hist
+    return torch.from_numpy(rebalance_weights(counts.numpy(), lam=lam))
+
+
+def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    encoder, rest = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (encoder if name.startswith("encoder.") else rest).append(p)
+    groups = [{"params": rest, "lr": cfg.lr}]
+    if encoder:
+        groups.append({"params": encoder, "lr": cfg.lr * cfg.encoder_lr_scale})
+    return groups
+
+
+def _lr_factor(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def validate(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], temperature: float) -> dict:
+    """ab RMSE (Lab units) of the model and of the gray baseline (ab = 0) on fixed validation crops."""
+    model.eval()
+    se_model = se_gray = n = 0.0
+    for L, ab in batches:
+        pred = differentiable_ab(model, model(L), temperature)
+        pred = F.interpolate(pred, size=ab.shape[-2:], mode="bilinear", align_corners=False)
+        se_model += float(((pred - ab) ** 2).sum())
+        se_gray += float((ab**2).sum())
+        n += ab.numel()
+    model.train()
+    return {"val_ab_rmse": math.sqrt(se_model / n), "val_ab_rmse_gray": math.sqrt(se_gray / n)}
+
+
+def _atomic_torch_save(obj: dict, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
+    """Train (or resume) into ``run_dir``; returns the path of the inference checkpoint."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    state_path = run_dir / STATE_FILE
+    state = torch.load(state_path, map_location="cpu", weights_only=True) if resume and state_path.exists() else None
+    if state is not None:
+        saved = dict(state["train_config"])
+        saved.update({k: getattr(cfg, k) for k in ("steps", "time_limit_min", "log_every", "eval_every", "save_every")})
+        cfg = TrainConfig(**saved)
+        model = model_from_config(cfg.model, state["model_config"])
+        model.load_state_dict(state["model"], strict=True)
+        log.info("resuming %s from step %d", run_dir, state["step"])
+    else:
+        model = create_model(cfg.model, **cfg.model_options)
+    loss_kind = _resolve_loss(model, cfg.loss)
+
+    bank = PhotoBank([SourceSpec.parse(s) for s in cfg.data], short_side=int(cfg.crop * 1.15))
+    sampler = BatchSampler(bank, cfg.batch_size, Augment(crop=cfg.crop), seed=cfg.seed)
+    val_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+    if cfg.val:
+        val_bank = PhotoBank([SourceSpec.parse(s) for s in cfg.val], short_side=int(cfg.crop * 1.15))
+        val_sampler = BatchSampler(val_bank, 16, Augment(crop=cfg.crop, zoom=(1.0, 1.0), shear=0.0, hflip=False), 1)
+        val_batches = [next(val_sampler) for _ in range(4)]
+
+    class_weights = None
+    if loss_kind == "classification":
+        if state is not None:
+            class_weights = state["class_weights"]
+        else:
+            class_weights = measure_class_weights(sampler, batches=40, lam=cfg.rebalance_lambda)
+            log.info("class rebalancing weights: min %.2f max %.2f", float(class_weights.min()),
+                     float(class_weights.max()))
+
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    disc = disc_opt = None
+    if cfg.adversarial_weight > 0:
+        disc = create_model("patchgan")
+        disc_opt = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    step = 0
+    metrics: dict = {}
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        sampler.load_state(state["sampler"])
+        step = state["step"]
+        metrics = state.get("metrics", {})
+        if disc is not None and "disc" in state:
+            disc.load_state_dict(state["disc"])
+            disc_opt.load_state_dict(state["disc_optimizer"])
+
+    def save(final: bool = False) -> None:
+        payload = {
+            "train_config": dataclasses.asdict(cfg),
+            "model_config": dataclasses.asdict(model.config),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "sampler": sampler.state(),
+            "step": step,
+            "metrics": metrics,
+            "class_weights": class_weights,
+        }
+        if disc is not None:
+            payload |= {"disc": disc.state_dict(), "disc_optimizer": disc_opt.state_dict()}
+        _atomic_torch_save(payload, state_path)
+        provenance = {
+            "data": cfg.data,
+            "photos": len(bank),
+            "steps": step,
+            "batch_size": cfg.batch_size,
+            "crop": cfg.crop,
+            "loss": loss_kind,
+            "adversarial_weight": cfg.adversarial_weight,
+            "rebalance_lambda": cfg.rebalance_lambda if loss_kind == "classification" else None,
+            "metrics": metrics,
+            "git_commit": _git_commit(),
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "final": final,
+        }
+        decode = DecodeOptions(temperature=cfg.decode_temperature)
+        save_checkpoint(run_dir / MODEL_FILE, model, provenance=provenance, decode=decode, half=cfg.half_weights)
+
+    model.train()
+    if disc is not None:
+        disc.train()
+    started = time.monotonic()
+    window_start, window_images = time.monotonic(), 0
+    running = 0.0
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16)
+    while step < cfg.steps:
+        L, ab = next(sampler)
+        factor = _lr_factor(step, cfg)
+        for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = base * factor
+        with autocast:
+            out = model(L)
+        loss = colour_loss(out, ab, loss_kind, class_weights)
+        if disc is not None:
+            fake_ab = differentiable_ab(model, out, cfg.decode_temperature)
+            real_ab = _downsample_ab(ab, fake_ab.shape[-2:])
+            d_fake = disc(L, fake_ab.detach())
+            d_real = disc(L, real_ab)
+            d_loss = F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)) + \
+                F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
+            disc_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            disc_opt.step()
+            g_adv = disc(L, fake_ab)
+            loss = loss + cfg.adversarial_weight * F.binary_cross_entropy_with_logits(g_adv, torch.ones_like(g_adv))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        running += loss.item()
+        window_images += L.shape[0]
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            elapsed = time.monotonic() - window_start
+            rate = window_images / max(elapsed, 1e-9)
+            eta_min = (cfg.steps - step) * cfg.batch_size / max(rate, 1e-9) / 60
+            log.info("step %d/%d  loss %.4f  %.1f img/s  lr %.2e  eta %.0f min", step, cfg.steps,
+                     running / max(1, window_images // cfg.batch_size), rate, optimizer.param_groups[0]["lr"], eta_min)
+            window_start, window_images, running = time.monotonic(), 0, 0.0
+        if val_batches and (step % cfg.eval_every == 0 or step == cfg.steps):
+            metrics = validate(model, val_batches, cfg.decode_temperature) | {"step": step}
+            log.info("validation: %s", json.dumps(metrics))
+        out_of_time = cfg.time_limit_min > 0 and time.monotonic() - started > cfg.time_limit_min * 60
+        if step % cfg.save_every == 0 or out_of_time:
+            save()
+        if out_of_time:
+            log.info("time limit of %.0f min reached at step %d; saved, resume with --resume", cfg.time_limit_min,
+                     step)
+            return run_dir / MODEL_FILE
+    save(final=True)
+    return run_dir / MODEL_FILE
+
+
+def _parse_option(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--set expects key=value, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools train", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="effnet_unet", help="registered architecture name")
+    p.add_argument("--set", dest="options", action="append", default=[], type=_parse_option, metavar="KEY=VALUE",
+                   help="model config override, e.g. --set head=regression --set freeze_encoder=true")
+    p.add_argument("--data", action="append", required=True, metavar="PATH[:WEIGHT]",
+                   help="folder or .zip of colour photos; repeat; :WEIGHT oversamples")
+    p.add_argument("--val", action="append", default=[], metavar="PATH", help="held-out colour photos")
+    p.add_argument("--run-dir", type=Path, required=True)
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/train_state.pt")
+    defaults = TrainConfig()
+    for name in ("steps", "batch_size", "crop", "warmup_steps", "log_every", "eval_every", "save_every", "seed"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    for name in ("lr", "encoder_lr_scale", "weight_decay", "rebalance_lambda", "adversarial_weight",
+                 "time_limit_min", "decode_temperature"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
+    p.add_argument("--loss", default="auto", choices=["auto", "l2", "huber", "l1", "classification"])
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast on CPUs that support it")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    options = dict(args.options)
+    try:
+        build_config(args.model, **options)  # fail fast on a bad name or option, before loading data
+    except (KeyError, TypeError, ValueError) as exc:
+        p.error(str(exc))
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(model=args.model, model_options=options, data=args.data, val=args.val,
+                      **{k: v for k, v in vars(args).items() if k in fields and k not in ("model", "data", "val")})
+    path = train(cfg, args.run_dir, resume=args.resume)
+    log.info("checkpoint: %s", path)
+    return 0
