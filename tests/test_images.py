@@ -1,0 +1,533 @@
+"""Photo decode/encode with real files: every format, mode and bit depth Tinct promises, metadata carried across,
+provenance written, atomic replacement, and one-line reasons for every kind of bad input."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageCms, ImageOps
+
+from models import color
+from worker import images
+from worker.errors import BadInputError, InputTooLargeError, PermanentError, UnsupportedMediaError
+from worker.images import (
+    COLOUR_THRESHOLD,
+    Photo,
+    atomic_output,
+    read_photo,
+    read_provenance,
+    srgb_icc_profile,
+    tinct_version,
+    write_photo,
+)
+
+H, W = 48, 64
+LABEL = "effnet_unet@0123456789ab"
+
+
+def gray8(height: int = H, width: int = W) -> np.ndarray:
+    """A gray picture with structure: a diagonal ramp, a dark disc and a bright bar."""
+    y, x = np.mgrid[0:height, 0:width]
+    img = 30 + 180 * (x + y) / (height + width)
+    img[(y - height / 3) ** 2 + (x - width / 3) ** 2 < (height / 5) ** 2] = 12
+    img[height * 2 // 3 :, width // 2 : width // 2 + 6] = 245
+    return img.round().astype(np.uint8)
+
+
+def colour8(height: int = H, width: int = W) -> np.ndarray:
+    """A colour picture: blocks of different hues at similar lightness, as real colour photos have."""
+    y, x = np.mgrid[0:height, 0:width]
+    img = np.zeros((height, width, 3), np.float64)
+    hues = [(200, 60, 50), (60, 160, 70), (50, 80, 200), (210, 190, 60), (150, 70, 170), (90, 90, 90)]
+    for i, hue in enumerate(hues):
+        block = (x * 3 // width + 3 * (y * 2 // height)) == i
+        img[block] = hue
+    img *= (0.75 + 0.25 * x / width)[..., None]
+    return img.round().astype(np.uint8)
+
+
+def expected_l(pixels: np.ndarray) -> np.ndarray:
+    """L the reference way: sRGB values straight through models.color."""
+    scale = 65535.0 if pixels.dtype == np.uint16 else 255.0
+    values = pixels.astype(np.float64) / scale
+    if values.ndim == 2:
+        return color.gray_to_l(torch.from_numpy(values)).numpy()
+    return color.rgb_to_lab_np(values)[..., 0]
+
+
+def l_as_rgb(L: np.ndarray) -> np.ndarray:
+    """A neutral result with exactly the photo's lightness (what a colorizer returns for a gray prediction)."""
+    gray = color.l_to_gray(torch.from_numpy(L.astype(np.float64))).numpy()
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
+def reread_l(path: Path) -> np.ndarray:
+    return read_photo(path).L
+
+
+# --- round trips of every format, mode and bit depth ----------------------------------------------------------
+
+
+def _make(kind: str, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Write a source file of one kind; return the pixels it holds (for the expected L) and its alpha."""
+    g, c = gray8(), colour8()
+    alpha = np.tile(np.linspace(0, 255, W).round().astype(np.uint8), (H, 1))
+    if kind == "L":
+        Image.fromarray(g).save(path)
+        return g, None
+    if kind == "LA":
+        Image.fromarray(np.dstack([g, alpha]), "LA").save(path)
+        return g, alpha
+    if kind == "RGB":
+        Image.fromarray(c).save(path)
+        return c, None
+    if kind == "RGBA":
+        Image.fromarray(np.dstack([c, alpha]), "RGBA").save(path)
+        return c, alpha
+    if kind == "P":
+        im = Image.fromarray(c).quantize(16)
+        im.save(path)
+        return np.asarray(im.convert("RGB")), None
+    if kind == "P+transparency":
+        im = Image.fromarray(g).convert("P")
+        im.info["transparency"] = int(g[0, 0])
+        im.save(path, transparency=int(g[0, 0]))
+        return g, np.where(g == g[0, 0], 0, 255).astype(np.uint8)
+    if kind == "1":
+        im = Image.fromarray(g).convert("1")
+        im.save(path)
+        return np.asarray(im).astype(np.uint8) * 255, None
+    if kind == "CMYK":
+        Image.fromarray(c).convert("CMYK").save(path)
+        return c, None
+    if kind == "I;16":
+        g16 = (gray8().astype(np.uint16) * 257 + np.arange(W, dtype=np.uint16)[None, :] * 3)
+        cv2.imwrite(str(path), g16)
+        return g16, None
+    if kind == "RGB;16":
+        c16 = colour8().astype(np.uint16) * 257 + 111
+        cv2.imwrite(str(path), c16[..., ::-1])
+        return c16, None
+    if kind == "RGBA;16":
+        c16 = colour8().astype(np.uint16) * 257 + 111
+        a16 = alpha.astype(np.uint16) * 257
+        cv2.imwrite(str(path), np.dstack([c16[..., ::-1], a16]))
+        return c16, a16
+    raise AssertionError(kind)
+
+
+ROUND_TRIPS = [
+    ("jpg", "L", 8), ("jpg", "RGB", 8), ("jpg", "CMYK", 8),
+    ("png", "L", 8), ("png", "LA", 8), ("png", "RGB", 8), ("png", "RGBA", 8), ("png", "P", 8),
+    ("png", "P+transparency", 8), ("png", "1", 1), ("png", "I;16", 16), ("png", "RGB;16", 16), ("png", "RGBA;16", 16),
+    ("tif", "L", 8), ("tif", "RGB", 8), ("tif", "RGBA", 8), ("tif", "CMYK", 8), ("tif", "1", 1),
+    ("tif", "I;16", 16), ("tif", "RGB;16", 16), ("tif", "RGBA;16", 16),
+    ("webp", "RGB", 8), ("webp", "RGBA", 8), ("bmp", "L", 8), ("bmp", "RGB", 8), ("bmp", "P", 8),
+]
+
+
+@pytest.mark.parametrize(("ext", "kind", "bits"), ROUND_TRIPS, ids=[f"{e}-{k}" for e, k, _ in ROUND_TRIPS])
+def test_round_trip(tmp_path: Path, ext: str, kind: str, bits: int) -> None:
+    source = tmp_path / f"source.{ext}"
+    pixels, alpha = _make(kind, source)
+    photo = read_photo(source)
+
+    assert photo.L.dtype == np.float32 and photo.L.shape == (H, W)
+    assert photo.bit_depth == bits
+    assert photo.format == images.format_for_path(source)
+    lossy = ext in ("jpg", "webp")
+    error = np.abs(photo.L - expected_l(pixels))
+    assert error.mean() < 1.5 if lossy else error.max() < 1e-3
+    if alpha is None or ext == "jpg":
+        assert photo.alpha is None
+    else:
+        assert photo.alpha is not None and photo.alpha.shape == (H, W)
+        if not lossy:
+            np.testing.assert_array_equal(photo.alpha, alpha)
+
+    out = tmp_path / "out" / f"result.{ext}"
+    write_photo(out, l_as_rgb(photo.L), photo, LABEL, alpha=photo.alpha)
+    result = read_photo(out)
+    assert result.size == (W, H)
+    # 16-bit sources stay 16-bit where the format allows it; everything else comes back as 8-bit RGB.
+    assert result.bit_depth == (16 if bits == 16 else 8)
+    assert not result.had_colour
+    error = np.abs(result.L - photo.L)
+    assert error.mean() < 1.5 if lossy else error.max() < (0.01 if bits == 16 else 0.5)
+    if photo.alpha is not None and ext in ("png", "tif", "webp"):
+        assert result.alpha is not None
+        if not lossy:
+            np.testing.assert_array_equal(result.alpha, photo.alpha)
+    if ext != "bmp":
+        provenance = read_provenance(out)
+        assert provenance is not None and provenance.model == LABEL and provenance.version == tinct_version()
+
+
+def test_sixteen_bit_precision_survives(tmp_path: Path) -> None:
+    # Adjacent 16-bit codes differ by 1/65535: an 8-bit path would merge every 257 of them.
+    ramp = (np.arange(H * W, dtype=np.uint16) * 7 + 1000).reshape(H, W)
+    for name, data in (("gray.png", ramp), ("rgb.tif", np.dstack([ramp, ramp, ramp]))):
+        source = tmp_path / name
+        cv2.imwrite(str(source), data)
+        photo = read_photo(source)
+        assert photo.bit_depth == 16
+        assert len(np.unique(photo.L)) == H * W
+        out = tmp_path / f"out-{name}"
+        write_photo(out, l_as_rgb(photo.L), photo, LABEL)
+        written = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
+        assert written.dtype == np.uint16
+        assert np.abs(written.astype(np.int64) - ramp[..., None]).max() <= 1
+
+
+# --- orientation --------------------------------------------------------------------------------------------
+
+
+def _oriented_jpeg(path: Path, orientation: int) -> np.ndarray:
+    stored = np.full((20, 40), 128, np.uint8)
+    stored[:5, :8] = 0  # a dark marker in the stored top-left corner
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    exif[0x013B] = "A. Photographer"
+    Image.fromarray(stored).save(path, exif=exif.tobytes(), quality=98)
+    return stored
+
+
+def test_exif_orientation_is_applied_and_reset(tmp_path: Path) -> None:
+    source = tmp_path / "rotated.jpg"
+    _oriented_jpeg(source, 6)  # stored 40 wide x 20 high, displayed rotated 90 degrees clockwise
+    photo = read_photo(source)
+    assert photo.L.shape == (40, 20)
+    # Rotating clockwise moves the stored top-left corner to the displayed top-right corner.
+    assert photo.L[:8, -5:].mean() < 10 and photo.L[:8, :5].mean() > 40
+
+    for ext in ("jpg", "png", "tif", "webp"):
+        out = tmp_path / f"out.{ext}"
+        write_photo(out, l_as_rgb(photo.L), photo, LABEL)
+        with Image.open(out) as im:
+            assert im.size == (20, 40)
+            exif = im.getexif()
+            assert exif.get(0x0112, 1) == 1
+            assert exif.get(0x013B) == "A. Photographer"
+            assert ImageOps.exif_transpose(im).size == (20, 40)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_sixteen_bit_orientation_matches_pillow(orientation: int) -> None:
+    # 16-bit RGB is decoded by OpenCV and turned upright with numpy: it must agree with Pillow's exif_transpose.
+    data = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3)
+    im = Image.fromarray(data)
+    exif = im.getexif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    im.save(buffer, "PNG", exif=exif.tobytes())
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(buffer)))
+    np.testing.assert_array_equal(images._orient(data, orientation), expected)
+
+
+def test_sixteen_bit_png_orientation(tmp_path: Path) -> None:
+    stored = np.full((20, 40, 3), 30000, np.uint16)
+    stored[:5, :8] = 0
+    exif = Image.Exif()
+    exif[0x0112] = 8  # displayed rotated 90 degrees counter-clockwise: stored top-left -> displayed bottom-left
+    source = tmp_path / "rot16.png"
+    exif_bytes = np.frombuffer(exif.tobytes(), np.uint8)
+    assert cv2.imwriteWithMetadata(str(source), stored, [cv2.IMAGE_METADATA_EXIF], [exif_bytes])
+    photo = read_photo(source)
+    assert photo.bit_depth == 16 and photo.L.shape == (40, 20)
+    assert photo.L[-8:, :5].mean() < 1 and photo.L[:8, :5].mean() > 40
+    exif_out = Image.Exif()
+    exif_out.load(photo.exif)
+    assert exif_out[0x0112] == 1
+
+
+# --- metadata -------------------------------------------------------------------------------------------------
+
+
+def _rich_jpeg(path: Path) -> tuple[bytes, bytes]:
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x013B] = "A. Photographer"
+    exif[0x8298] = "Public domain"
+    exif[0x010E] = "Hafen von Kiel, 1936 – Ansicht über die Förde".encode()
+    exif[0x8769] = {0x9003: "1936:05:01 12:00:00", 0x9286: b"ASCII\x00\x00\x00scanned 2024"}
+    exif[0x8825] = {1: "N", 2: (54.0, 19.0, 30.0)}
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">' \
+          b'<rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/" dc:source="box 12"/></rdf:RDF></x:xmpmeta>'
+    Image.fromarray(gray8()).save(path, quality=95, icc_profile=icc, exif=exif.tobytes(), dpi=(600, 600), xmp=xmp)
+    return icc, xmp
+
+
+@pytest.mark.parametrize("ext", ["jpg", "png", "tif", "webp"])
+@pytest.mark.parametrize("bits", [8, 16])
+def test_metadata_is_carried_and_tagged(tmp_path: Path, ext: str, bits: int) -> None:
+    if bits == 16 and ext in ("jpg", "webp"):
+        pytest.skip("JPEG and WebP have no 16-bit form")
+    source = tmp_path / "rich.jpg"
+    icc, xmp = _rich_jpeg(source)
+    photo = read_photo(source)
+    assert photo.icc_profile == icc and photo.dpi == (600.0, 600.0) and photo.xmp == xmp
+    photo.bit_depth = bits  # as if the scan had been 16-bit: exercises the 16-bit PNG and TIFF writers
+    out = tmp_path / f"result.{ext}"
+    write_photo(out, l_as_rgb(photo.L), photo, LABEL)
+
+    with Image.open(out) as im:
+        assert im.info.get("icc_profile") == icc
+        if ext != "webp":
+            assert tuple(round(v) for v in im.info["dpi"]) == (600, 600)
+        assert (im.info.get("xmp") or b"") == xmp or xmp.decode() in str(im.info.get("xmp"))
+        exif = im.getexif()
+        assert exif[0x013B] == "A. Photographer"
+        assert exif[0x8298] == "Public domain"
+        assert exif[0x0131] == f"Tinct {tinct_version()}"
+        caption = exif[0x010E]
+        caption = caption.encode("latin-1").decode("utf-8") if isinstance(caption, str) else caption.decode()
+        assert caption.startswith("Hafen von Kiel, 1936 – Ansicht über die Förde [colorized by Tinct")
+        assert exif.get_ifd(0x8769)[0x9003] == "1936:05:01 12:00:00"
+        assert exif.get_ifd(0x8825)[1] == "N"
+    provenance = read_provenance(out)
+    assert provenance is not None and provenance.model == LABEL
+
+
+def test_recolorizing_a_result_replaces_the_old_provenance(tmp_path: Path) -> None:
+    source = tmp_path / "a.png"
+    Image.fromarray(gray8()).save(source)
+    first = tmp_path / "b.png"
+    write_photo(first, l_as_rgb(read_photo(source).L), read_photo(source), "old@1")
+    second = tmp_path / "c.png"
+    photo = read_photo(first)
+    write_photo(second, l_as_rgb(photo.L), photo, "new@2")
+    provenance = read_provenance(second)
+    assert provenance is not None and provenance.model == "new@2"
+    assert provenance.description.count("colorized by Tinct") == 1
+
+
+def test_untagged_file_has_no_provenance(tmp_path: Path) -> None:
+    path = tmp_path / "plain.png"
+    Image.fromarray(gray8()).save(path)
+    assert read_provenance(path) is None
+
+
+def _gray_icc(gamma: float) -> bytes:
+    """A minimal ICC v2 display profile for gray data with a pure gamma tone curve (LittleCMS accepts it)."""
+
+    def xyz(values: tuple[float, float, float]) -> bytes:
+        return b"XYZ \x00\x00\x00\x00" + struct.pack(">3i", *(round(v * 65536) for v in values))
+
+    text = b"tinct test gray"
+    desc = b"desc\x00\x00\x00\x00" + struct.pack(">I", len(text) + 1) + text + b"\x00" + b"\x00" * (4 + 4 + 2 + 1 + 67)
+    tags = [
+        (b"desc", desc),
+        (b"wtpt", xyz((0.9642, 1.0, 0.8249))),
+        (b"kTRC", b"curv\x00\x00\x00\x00" + struct.pack(">IH", 1, round(gamma * 256)) + b"\x00\x00"),
+        (b"cprt", b"text\x00\x00\x00\x00public domain\x00\x00\x00"),
+    ]
+    offset = 128 + 4 + 12 * len(tags)
+    table, data = b"", b""
+    for signature, body in tags:
+        body += b"\x00" * (-len(body) % 4)
+        table += signature + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    size = offset + len(data)
+    header = struct.pack(">I4sI4s4s4s", size, b"lcms", 0x02100000, b"mntr", b"GRAY", b"XYZ ")
+    header += b"\x00" * 12 + b"acsp" + b"\x00" * 24 + b"\x00" * 4
+    header += struct.pack(">3i", *(round(v * 65536) for v in (0.9642, 1.0, 0.8249))) + b"\x00" * 4
+    header += b"\x00" * (128 - len(header))
+    return header + struct.pack(">I", len(tags)) + table + data
+
+
+def test_gray_icc_profile_is_honoured_and_result_tagged_srgb(tmp_path: Path) -> None:
+    # With a linear (gamma 1) gray profile, code 128 means 50 % luminance, which sRGB calls L = 76, not 53.6.
+    source = tmp_path / "linear.png"
+    Image.fromarray(np.full((8, 8), 128, np.uint8)).save(source, icc_profile=_gray_icc(1.0))
+    photo = read_photo(source)
+    assert abs(float(photo.L.mean()) - 76.07) < 0.6
+    assert photo.icc_profile == srgb_icc_profile()
+    out = tmp_path / "out.png"
+    write_photo(out, l_as_rgb(photo.L), photo, LABEL)
+    with Image.open(out) as im:
+        assert images._icc_colour_space(im.info["icc_profile"]) == "RGB"
+
+
+def test_cmyk_is_converted_to_rgb(tmp_path: Path) -> None:
+    source = tmp_path / "cmyk.jpg"
+    Image.fromarray(colour8()).convert("CMYK").save(source, quality=100)
+    photo = read_photo(source)
+    assert photo.mode == "CMYK" and photo.icc_profile is None
+    assert np.abs(photo.L - expected_l(colour8())).mean() < 1.5
+    assert photo.had_colour
+
+
+# --- colour input ----------------------------------------------------------------------------------------------
+
+
+def _tone(gray: np.ndarray, shadows: tuple[float, float, float], highlights: tuple[float, float, float]) -> np.ndarray:
+    t = gray.astype(np.float64)[..., None] / 255
+    tint = np.array(shadows) * (1 - t) + np.array(highlights) * t
+    return np.clip(255 * t * tint, 0, 255).round().astype(np.uint8)
+
+
+def test_colour_detection(tmp_path: Path) -> None:
+    g = gray8(96, 128)
+    noise = np.random.default_rng(1).normal(0, 2.5, (96, 128, 3))
+    cases = {
+        "colour.jpg": (colour8(96, 128), True),
+        "rgb-gray.jpg": (np.dstack([g, g, g]), False),
+        "rgb-gray-noisy.png": (np.clip(np.dstack([g, g, g]) + noise, 0, 255).astype(np.uint8), False),
+        "sepia.jpg": (_tone(g, (1.25, 1.0, 0.75), (1.08, 1.0, 0.82)), False),
+        "cyanotype.png": (_tone(g, (0.45, 0.75, 1.2), (0.8, 0.95, 1.05)), False),
+        "split-tone.tif": (_tone(g, (0.9, 0.95, 1.15), (1.1, 1.0, 0.85)), False),
+    }
+    for name, (pixels, is_colour) in cases.items():
+        path = tmp_path / name
+        Image.fromarray(pixels).save(path)
+        photo = read_photo(path)
+        assert photo.had_colour is is_colour, (name, photo.colour_score)
+        assert (photo.colour_score > COLOUR_THRESHOLD) is is_colour
+    # the sepia print really is strongly tinted: it is the lightness-wise comparison that keeps it monochrome
+    sepia_lab = color.rgb_to_lab_np(cases["sepia.jpg"][0] / 255.0)
+    assert np.hypot(sepia_lab[..., 1], sepia_lab[..., 2]).mean() > 8
+
+
+# --- atomic writes ---------------------------------------------------------------------------------------------
+
+
+def test_atomic_output_never_leaves_partial_files(tmp_path: Path) -> None:
+    target = tmp_path / "photo.jpg"
+    target.write_bytes(b"the original")
+    for error in (RuntimeError("encoder died"), KeyboardInterrupt()):
+        with pytest.raises(type(error)), atomic_output(target) as f:
+            f.write(b"half of a new image")
+            raise error
+        assert target.read_bytes() == b"the original"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.jpg"]
+    with atomic_output(target) as f:
+        f.write(b"new")
+    assert target.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.jpg"]
+    assert (target.stat().st_mode & 0o777) == (0o666 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_encoder_failure_leaves_no_file(tmp_path: Path) -> None:
+    source = tmp_path / "src.png"
+    Image.fromarray(gray8()).save(source)
+    photo = read_photo(source)
+    out = tmp_path / "out" / "too-wide.webp"
+    wide = np.zeros((1, 17000, 3), np.float32)  # WebP's limit is 16383 pixels a side: the encoder itself fails
+    with pytest.raises((OSError, ValueError)):
+        write_photo(out, wide, photo, LABEL)
+    assert list(out.parent.iterdir()) == []
+
+
+# --- bad input ---------------------------------------------------------------------------------------------------
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A tiny PNG whose header claims a huge image (a decompression bomb as far as any decoder knows)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 1000)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, type[PermanentError], str]]:
+    cases: dict[str, tuple[Path, type[PermanentError], str]] = {}
+
+    def add(name: str, data: bytes | None, error: type[PermanentError], words: str) -> Path:
+        path = tmp_path / name
+        if data is not None:
+            path.write_bytes(data)
+        cases[name] = (path, error, words)
+        return path
+
+    good = io.BytesIO()
+    Image.fromarray(colour8(256, 256)).save(good, "JPEG", quality=90)
+    jpeg = good.getvalue()
+    good = io.BytesIO()
+    Image.fromarray(colour8(256, 256)).save(good, "PNG")
+    png = good.getvalue()
+    add("empty.jpg", b"", BadInputError, "empty")
+    add("notes.jpg", b"this is a text file\nwith two lines\n", BadInputError, "not an image")
+    add("truncated.jpg", jpeg[: len(jpeg) // 2], BadInputError, "truncated")
+    add("truncated.png", png[: len(png) // 2], BadInputError, "")
+    buffer = cv2.imencode(".png", np.full((64, 64, 3), 40000, np.uint16))[1].tobytes()
+    add("truncated16.png", buffer[: len(buffer) // 2], BadInputError, "")
+    add("missing.png", None, BadInputError, "no such file")
+    bomb = tmp_path / "bomb.png"
+    _png_header_only(bomb, 100_000, 100_000)
+    cases["bomb.png"] = (bomb, InputTooLargeError, "over the limit")
+    anim = tmp_path / "animated.webp"
+    frames = [Image.fromarray(np.full((8, 8), v, np.uint8)) for v in (0, 128, 255)]
+    frames[0].save(anim, save_all=True, append_images=frames[1:])
+    cases["animated.webp"] = (anim, UnsupportedMediaError, "frames")
+    folder = tmp_path / "folder.png"
+    folder.mkdir()
+    cases["folder.png"] = (folder, BadInputError, "directory")
+    return cases
+
+
+def test_bad_inputs_fail_with_one_line_naming_the_file(tmp_path: Path) -> None:
+    limit_before = Image.MAX_IMAGE_PIXELS
+    for name, (path, error, words) in _bad_inputs(tmp_path).items():
+        with pytest.raises(error) as caught:
+            read_photo(path)
+        message = str(caught.value)
+        assert name in message and "\n" not in message, message
+        assert words in message, message
+        assert isinstance(caught.value, PermanentError)
+    assert Image.MAX_IMAGE_PIXELS == limit_before  # no global side effect, even after failures
+
+
+def test_max_pixels_is_per_call(tmp_path: Path) -> None:
+    path = tmp_path / "small.png"
+    Image.fromarray(gray8()).save(path)
+    with pytest.raises(InputTooLargeError, match="small.png"):
+        read_photo(path, max_pixels=H * W - 1)
+    assert read_photo(path, max_pixels=H * W).size == (W, H)
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads everything")
+def test_unreadable_file(tmp_path: Path) -> None:
+    path = tmp_path / "locked.png"
+    Image.fromarray(gray8()).save(path)
+    path.chmod(0)
+    try:
+        with pytest.raises(BadInputError, match="locked.png: permission denied"):
+            read_photo(path)
+    finally:
+        path.chmod(0o644)
+
+
+def test_tiff_thumbnail_page_is_ignored_but_real_pages_are_refused(tmp_path: Path) -> None:
+    main, thumb = Image.fromarray(gray8()), Image.fromarray(gray8(12, 16))
+    with_thumb = tmp_path / "with-thumb.tif"
+    thumb.encoderinfo = {"tiffinfo": {254: 1}}  # page 2 is a reduced-resolution copy, as scanners write it
+    main.save(with_thumb, save_all=True, append_images=[thumb])
+    assert read_photo(with_thumb).size == (W, H)
+    pages = tmp_path / "two-pages.tif"
+    main.save(pages, save_all=True, append_images=[main])
+    with pytest.raises(UnsupportedMediaError, match="two-pages.tif: 2 frames"):
+        read_photo(pages)
+
+
+def test_photo_is_plain_data(tmp_path: Path) -> None:
+    path = tmp_path / "p.png"
+    Image.fromarray(gray8()).save(path)
+    photo = read_photo(path)
+    assert isinstance(photo, Photo) and photo.path == path and photo.size == (W, H)

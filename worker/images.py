@@ -1,0 +1,893 @@
+"""Decode and encode still photos: full-resolution lightness in, colorized sRGB out, metadata carried across.
+
+Reading (:func:`read_photo`) turns any supported file into a :class:`Photo`: the lightness L of every pixel at
+full resolution (8-bit and 16-bit sources; 16-bit keeps its precision), the alpha channel, and everything an
+archive expects a derived copy to keep (EXIF with the orientation already applied to the pixels, ICC profile,
+XMP, DPI, PNG text). Writing (:func:`write_photo`) encodes the colorizer's sRGB result next to that metadata,
+adds a provenance tag that tells a colorized copy from an original, and replaces the destination atomically.
+
+Pillow does the work wherever it can. Pillow holds 16-bit data only for single-channel images, so 16-bit
+RGB(A) sources are decoded with OpenCV, and 16-bit RGB(A) results are written as PNG by OpenCV (with the
+metadata chunks spliced in here) or as TIFF by a small writer built on Pillow's own TIFF directory encoder.
+
+Colour management: values are taken as sRGB. An RGB ICC profile is carried verbatim (neutral greys keep their
+exact values, so the photo's tones are untouched). Gray and CMYK profiles cannot describe an RGB result, so such
+sources are converted to sRGB through their profile with LittleCMS, and the result is tagged sRGB.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import logging
+import os
+import re
+import secrets
+import struct
+import threading
+import tomllib
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, ImageCms, ImageOps, JpegImagePlugin, PngImagePlugin, TiffImagePlugin, UnidentifiedImageError
+
+from models import color
+from worker.errors import BadInputError, InputTooLargeError, StorageError, UnsupportedMediaError
+
+logger = logging.getLogger(__name__)
+
+#: File extensions Tinct reads and writes, and the Pillow format name behind each.
+EXTENSION_FORMATS: dict[str, str] = {
+    ".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".jfif": "JPEG",
+    ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP", ".bmp": "BMP",
+}
+#: The extension used when a format has to be turned back into a file name.
+FORMAT_EXTENSIONS: dict[str, str] = {"JPEG": ".jpg", "PNG": ".png", "TIFF": ".tif", "WEBP": ".webp", "BMP": ".bmp"}
+#: Formats whose alpha channel is kept; JPEG and BMP results are flattened onto white (what a viewer shows).
+ALPHA_FORMATS = frozenset({"PNG", "TIFF", "WEBP"})
+#: Formats that can hold 16 bits per channel; a 16-bit source written to any other format becomes 8-bit.
+SIXTEEN_BIT_FORMATS = frozenset({"PNG", "TIFF"})
+
+DEFAULT_MAX_PIXELS = 200_000_000  # a 16k x 12k archive scan still fits; bombs and garbage headers do not
+JPEG_QUALITY = 95
+_JPEG_MARKER_BYTES = 65533  # the payload one JPEG APPn marker can hold (EXIF and XMP each get one)
+WEBP_QUALITY = 95
+
+#: A photo counts as colour when one pixel in ten (the 90th percentile) has a chroma more than this many Lab ab
+#: units away from the typical chroma of pixels of the same lightness. Measuring against the lightness-wise typical
+#: chroma, not against zero, keeps toned monochrome prints out: sepia, selenium, gold and cyanotype toning, split
+#: toning and a scanner's colour cast give a chroma that is a function of density alone, so they score 1-5 however
+#: strong the tint (a sepia print's mean chroma is 15-25). RGB-encoded greys score 0; JPEG and scanner chroma noise
+#: 2-5. Colour photographs score 9-50 (scikit-image's samples: astronaut 42, rocket 18, coffee 17, chelsea the cat
+#: 15, a retina photograph 8.6); a colour print faded to 30 % saturation scores 4-12 and may be taken for monochrome.
+COLOUR_THRESHOLD = 7.0
+_COLOUR_PROBE_SIDE = 512  # the colour test runs on a copy this size: noise averages out, cost stays flat
+_L_CHUNK_PIXELS = 1 << 21  # lightness is computed in slices so a 200 MP photo never needs float64 copies
+
+_ORIENTATION = 0x0112
+_SOFTWARE = 0x0131
+_IMAGE_DESCRIPTION = 0x010E
+_EXIF_IFD = 0x8769
+_GPS_IFD = 0x8825
+_MAKER_NOTE = 0x927C
+_XMP_TAG = 700
+_ICC_TAG = 34675
+#: TIFF tags that describe one file's pixel layout (or duplicate data carried separately): carrying them from a
+#: TIFF source into another file's EXIF would describe pixels that are not there.
+_LAYOUT_TAGS = frozenset({
+    254, 255, 256, 257, 258, 259, 262, 263, 266, 269, 273, 277, 278, 279, 280, 281, 282, 283, 284, 286, 287,
+    290, 291, 292, 293, 296, 297, 301, 317, 318, 319, 320, 321, 322, 323, 324, 325, 330, 332, 338, 339, 340,
+    341, 347, 513, 514, 529, 530, 531, 532, _XMP_TAG, _ICC_TAG, 37724, 50341,
+})
+_XMP_ORIENTATION = re.compile(rb'(tiff:Orientation=")[0-9]"|(<tiff:Orientation>)[0-9](</tiff:Orientation>)')
+_PROVENANCE = re.compile(r"colorized by Tinct (?P<version>[^\s,]+), model (?P<model>[^\]\r\n]+)")
+_BRACKETED_PROVENANCE = re.compile(r"\s*\[colorized by Tinct [^\]]*\]")
+_TRANSIENT_ERRNOS = frozenset({
+    errno.EIO, errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.ETIMEDOUT, errno.ESTALE, errno.ENETDOWN,
+    errno.ENETUNREACH, errno.ECONNRESET, errno.ECONNABORTED, errno.EHOSTUNREACH, errno.ENOSPC, errno.EDQUOT,
+    errno.EMFILE, errno.ENFILE, errno.ENOMEM,
+})
+#: Temp files of unfinished writes end with this; folder scans skip them (they also start with a dot).
+PARTIAL_SUFFIX = ".tinct-partial"
+
+
+@lru_cache(maxsize=1)
+def tinct_version() -> str:
+    """The installed package version; in a source checkout that was never installed, pyproject's."""
+    try:
+        return metadata.version("tinct")
+    except metadata.PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        with suppress(OSError, tomllib.TOMLDecodeError, KeyError):
+            return str(tomllib.loads(pyproject.read_text())["project"]["version"])
+    return "unknown"
+
+
+def provenance_text(model_label: str) -> str:
+    """The sentence written into every output, e.g. ``colorized by Tinct 0.1.0, model effnet_unet@1a2b3c``."""
+    return f"colorized by Tinct {tinct_version()}, model {model_label}"
+
+
+@dataclass
+class Photo:
+    """One decoded photo: what the colorizer needs (``L``) and what the encoder must carry to the result.
+
+    ``L`` is float32 (H, W) in [0, 100] at full resolution, already in display orientation. ``alpha`` is the
+    source's alpha channel (uint8 or uint16, same orientation) or None. ``exif`` is ready to be written back:
+    orientation reset to 1, the source file's own layout tags removed. ``icc_profile`` is the profile that
+    describes the *result* (the source's RGB profile, or sRGB where a gray/CMYK source was converted).
+    ``had_colour`` says the source was already a colour photo (see ``COLOUR_THRESHOLD``; ``colour_score`` is
+    the measured score). ``encoder`` holds format-specific hints (JPEG subsampling, TIFF compression, WebP
+    losslessness) that are reused when the result has the source's format.
+    """
+
+    path: Path
+    L: np.ndarray
+    format: str
+    mode: str
+    bit_depth: int
+    alpha: np.ndarray | None = None
+    exif: bytes | None = None
+    icc_profile: bytes | None = None
+    xmp: bytes | None = None
+    dpi: tuple[float, float] | None = None
+    text: dict[str, str] = field(default_factory=dict)
+    had_colour: bool = False
+    colour_score: float = 0.0
+    encoder: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) in display orientation."""
+        return self.L.shape[1], self.L.shape[0]
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """The Tinct tag found in a file by :func:`read_provenance`."""
+
+    software: str
+    description: str
+    version: str | None
+    model: str | None
+
+
+def format_for_path(path: str | os.PathLike) -> str | None:
+    """The Pillow format name for a file name's extension, or None for an extension Tinct does not handle."""
+    return EXTENSION_FORMATS.get(Path(path).suffix.lower())
+
+
+# --- reading -------------------------------------------------------------------------------------------------
+
+_limit_lock = threading.Lock()
+_limit_users = 0
+_limit_saved: int | None = None
+
+
+@contextmanager
+def _own_pixel_limit() -> Iterator[None]:
+    """Replace Pillow's decompression-bomb guard by our exact per-call ``max_pixels`` check.
+
+    Pillow's guard is one process-wide number (``Image.MAX_IMAGE_PIXELS``) that warns above it and fails above
+    twice it, so it cannot express a per-call limit and would stop a 200 MP scan at its default 179 MP. While
+    any ``read_photo`` runs the guard is switched off, and the previous value is restored when the last
+    concurrent one finishes; nothing changes at import. Every image's size is checked before a pixel is decoded.
+    """
+    global _limit_users, _limit_saved
+    with _limit_lock:
+        if _limit_users == 0:
+            _limit_saved = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+        _limit_users += 1
+    try:
+        yield
+    finally:
+        with _limit_lock:
+            _limit_users -= 1
+            if _limit_users == 0:
+                Image.MAX_IMAGE_PIXELS = _limit_saved
+
+
+def read_photo(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
+    """Decode a photo fully (truncation is never hidden by lazy loading) into a :class:`Photo`.
+
+    Raises :class:`BadInputError` (or its subclasses :class:`InputTooLargeError`, :class:`UnsupportedMediaError`)
+    with a one-line reason naming the file for anything that is not a usable image, and :class:`StorageError`
+    when the file system itself fails (an I/O error worth retrying).
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise BadInputError(path, "no such file") from None
+    except OSError as exc:
+        raise _os_error(path, exc, "cannot read file") from exc
+    if path.is_dir():
+        raise BadInputError(path, "is a directory, not an image")
+    if size == 0:
+        raise BadInputError(path, "empty file (0 bytes)")
+    with _own_pixel_limit(), _decode_errors(path):
+        with Image.open(path) as im:
+            _check_size(path, im, max_pixels)
+            source = _decode(path, im)
+    return _photo(source)
+
+
+@contextmanager
+def _decode_errors(path: Path) -> Iterator[None]:
+    """Turn whatever Pillow, libtiff or OpenCV raise for an unusable file into a one-line BadInputError."""
+    try:
+        yield
+    except (BadInputError, StorageError):
+        raise
+    except UnidentifiedImageError:
+        raise BadInputError(path, "not an image Tinct can read (JPEG, PNG, TIFF, WebP, BMP)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputTooLargeError(path, str(exc)) from exc
+    except OSError as exc:
+        raise _os_error(path, exc, "cannot decode") from exc
+    except (SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, ZeroDivisionError,
+            struct.error, zlib.error, cv2.error, ImageCms.PyCMSError) as exc:
+        # Pillow's format plugins report corrupt structures with all of these.
+        raise BadInputError(path, f"corrupt image data ({type(exc).__name__}: {exc})") from exc
+
+
+def _os_error(path: Path, exc: OSError, what: str) -> BadInputError | StorageError:
+    """Pillow reports decode failures as OSError without errno; real I/O failures carry one."""
+    if exc.errno in _TRANSIENT_ERRNOS:
+        return StorageError(path, f"{what}: {exc.strerror or exc}")
+    if isinstance(exc, PermissionError):
+        return BadInputError(path, "permission denied")
+    if exc.errno is not None:
+        return BadInputError(path, f"{what}: {exc.strerror or exc}")
+    reason = str(exc)
+    if "truncated" in reason:
+        return BadInputError(path, f"truncated image ({reason})")
+    return BadInputError(path, f"{what} ({reason})")
+
+
+def _check_size(path: Path, im: Image.Image, max_pixels: int) -> None:
+    width, height = im.size
+    if width * height > max_pixels:
+        raise InputTooLargeError(
+            path, f"{width}x{height} is {width * height / 1e6:.1f} MP, over the limit of {max_pixels / 1e6:.1f} MP"
+        )
+    frames = getattr(im, "n_frames", 1)
+    if frames > 1:
+        if im.format == "TIFF" and _extra_pages_are_thumbnails(im, frames):
+            return
+        raise UnsupportedMediaError(path, f"{frames} frames/pages: only single still images are supported")
+
+
+def _extra_pages_are_thumbnails(im: Image.Image, frames: int) -> bool:
+    # Scanners often store a preview as a second TIFF page marked "reduced resolution" (NewSubfileType bit 0).
+    try:
+        for page in range(1, frames):
+            im.seek(page)
+            if not int(im.tag_v2.get(254, 0)) & 1:
+                return False
+        return True
+    finally:
+        im.seek(0)
+
+
+def _source_bit_depth(path: Path, im: Image.Image) -> int:
+    if im.mode == "1":
+        return 1
+    if im.format == "PNG":
+        with open(path, "rb") as f:
+            header = f.read(26)
+        return 16 if len(header) == 26 and header[24] == 16 else 8
+    if im.format == "TIFF":
+        bits = max(int(b) for b in np.atleast_1d(im.tag_v2.get(258, (8,))))
+        if bits > 16:
+            raise UnsupportedMediaError(path, f"{bits}-bit samples are not supported (8 and 16 bits are)")
+        return 16 if bits > 8 else 8
+    return 16 if im.mode.startswith("I;16") else 8
+
+
+@dataclass
+class _Source:
+    """What decoding yields before any maths: pixels in display orientation plus the metadata to carry."""
+
+    photo: Photo
+    pixels: np.ndarray
+    gray_lut: np.ndarray | None  # L per gray code for gray pixels; None for RGB pixels
+
+
+def _decode(path: Path, im: Image.Image) -> _Source:
+    fmt, mode = im.format or "", im.mode
+    if fmt not in FORMAT_EXTENSIONS:
+        raise UnsupportedMediaError(path, f"{fmt or 'unknown'} images are not supported (JPEG, PNG, TIFF, WebP, BMP)")
+    bits = _source_bit_depth(path, im)
+    sixteen_bit_colour = bits == 16 and mode in ("RGB", "RGBA", "RGBX", "LA")
+    if not sixteen_bit_colour:
+        im.load()  # the full decode: truncated or corrupt data fails here, not later
+    try:
+        exif = im.getexif()  # (for a PNG with EXIF after the pixels, this decodes them: truncation raises OSError)
+        orientation = int(exif.get(_ORIENTATION, 1) or 1)
+        portable_exif = _portable_exif(exif)
+    except OSError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged EXIF block must not cost the photo itself
+        logger.warning("%s: unreadable EXIF dropped (%s: %s)", path, type(exc).__name__, exc)
+        orientation, portable_exif = 1, None
+    info = dict(im.info)
+    icc = info.get("icc_profile") or None
+    icc_space = _icc_colour_space(icc)
+
+    alpha: np.ndarray | None = None
+    gray_lut: np.ndarray | None = None
+    if sixteen_bit_colour:
+        # Pillow would hand us these 16-bit samples cut to 8 bits; OpenCV keeps them (and decodes fully).
+        pixels, alpha = _decode_16bit_multichannel(path, im)
+        pixels = np.ascontiguousarray(_orient(pixels, orientation))
+        alpha = None if alpha is None else np.ascontiguousarray(_orient(alpha, orientation))
+    else:
+        pixels, alpha, gray_lut, icc = _pillow_pixels(path, ImageOps.exif_transpose(im), mode, bits, icc, icc_space)
+    if icc is not None and _icc_colour_space(icc) != "RGB":
+        logger.debug("%s: dropping a %s ICC profile that cannot describe an RGB result", path, icc_space)
+        icc = None
+    dpi = info.get("dpi")
+    if dpi and orientation in (5, 6, 7, 8):
+        dpi = (dpi[1], dpi[0])
+    photo = Photo(
+        path=path, L=np.empty((0, 0), np.float32), format=fmt, mode=mode, bit_depth=bits, alpha=alpha,
+        exif=portable_exif, icc_profile=icc, xmp=_reset_xmp_orientation(info.get("xmp")),
+        dpi=(float(dpi[0]), float(dpi[1])) if dpi and dpi[0] and dpi[1] else None,
+        text=_png_text(im), encoder=_encoder_hints(im, path),
+    )
+    return _Source(photo, pixels, gray_lut)
+
+
+def _photo(source: _Source) -> Photo:
+    """Lightness and the colour test, computed after the file is closed (they are pure maths on the pixels)."""
+    photo = source.photo
+    if source.gray_lut is not None:
+        photo.L = source.gray_lut[source.pixels]
+    else:
+        photo.L = _rgb_lightness(source.pixels)
+        photo.colour_score = colour_score(source.pixels)
+        photo.had_colour = photo.colour_score > COLOUR_THRESHOLD
+    return photo
+
+
+def _pillow_pixels(
+    path: Path, im: Image.Image, mode: str, bits: int, icc: bytes | None, icc_space: str | None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, bytes | None]:
+    """-> (pixels, alpha, L lookup table for gray pixels or None for RGB pixels, ICC profile of the result)."""
+    alpha = None
+    if mode in ("1", "L", "LA", "La", "I;16", "I;16L", "I;16B", "I;16N", "I"):
+        if mode in ("LA", "La"):
+            im = im.convert("LA")
+            alpha = np.asarray(im.getchannel("A"))
+            im = im.getchannel("L")
+        pixels = np.asarray(im)
+        if mode == "1":
+            pixels = pixels.astype(np.uint8)
+            levels = np.array([0.0, 1.0])
+        elif bits == 16 or mode == "I":
+            pixels = np.clip(pixels, 0, 65535).astype(np.uint16)
+            levels = np.arange(65536) / 65535.0
+        else:
+            levels = np.arange(256) / 255.0
+        if icc_space == "GRAY":
+            levels = _through_gray_profile(path, icc, levels)
+            icc = srgb_icc_profile()
+        return pixels, alpha, _gray_to_l_table(levels), icc
+    if mode == "CMYK":
+        if icc_space == "CMYK":
+            try:
+                converted = ImageCms.profileToProfile(
+                    im, ImageCms.ImageCmsProfile(io.BytesIO(icc)), _srgb_profile(), outputMode="RGB"
+                )
+                return np.asarray(converted), None, None, srgb_icc_profile()
+            except (ImageCms.PyCMSError, OSError) as exc:
+                logger.warning("%s: CMYK profile unusable (%s); converting without it", path, exc)
+        return np.asarray(im.convert("RGB")), None, None, None
+    if mode in ("P", "PA"):
+        im = im.convert("RGBA" if mode == "PA" or "transparency" in im.info else "RGB")
+    elif mode not in ("RGB", "RGBA", "RGBa", "RGBX", "YCbCr"):
+        raise UnsupportedMediaError(path, f"pixel mode {mode} is not supported")
+    if im.mode in ("RGBA", "RGBa"):
+        im = im.convert("RGBA")
+        rgba = np.asarray(im)
+        return np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3]), None, icc
+    return np.asarray(im.convert("RGB")), None, None, icc
+
+
+def _decode_16bit_multichannel(path: Path, im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """-> (RGB uint16 (H, W, 3), alpha uint16 (H, W) or None), straight from the file with OpenCV."""
+    pixels = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)  # ignores EXIF orientation
+    if pixels is None:
+        im.load()  # let Pillow name what is wrong (usually truncation) ...
+        raise BadInputError(path, "corrupt or truncated 16-bit pixel data")  # ... or say it ourselves
+    if pixels.shape[:2] != (im.size[1], im.size[0]):
+        raise BadInputError(path, "16-bit pixel data does not match the image header")
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    channels = pixels.shape[2]
+    alpha = pixels[..., -1] if channels in (2, 4) else None
+    if channels <= 2:
+        rgb = np.repeat(pixels[..., :1], 3, axis=2)
+    else:
+        rgb = pixels[..., 2::-1]  # OpenCV's BGR -> RGB
+    return rgb, alpha
+
+
+def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """The numpy twin of ``ImageOps.exif_transpose`` for arrays Pillow cannot hold (16-bit RGB)."""
+    if orientation == 2:
+        return pixels[:, ::-1]
+    if orientation == 3:
+        return pixels[::-1, ::-1]
+    if orientation == 4:
+        return pixels[::-1]
+    if orientation == 5:
+        return pixels.swapaxes(0, 1)
+    if orientation == 6:
+        return np.rot90(pixels, -1)
+    if orientation == 7:
+        return pixels[::-1, ::-1].swapaxes(0, 1)
+    if orientation == 8:
+        return np.rot90(pixels, 1)
+    return pixels
+
+
+def _gray_to_l_table(levels: np.ndarray) -> np.ndarray:
+    """L for every possible gray code at once: gray images need one table lookup per pixel, not maths."""
+    return color.gray_to_l(torch.from_numpy(np.asarray(levels, dtype=np.float64))).numpy().astype(np.float32)
+
+
+def _rgb_lightness(rgb: np.ndarray) -> np.ndarray:
+    scale = 65535.0 if rgb.dtype == np.uint16 else 255.0
+    height, width = rgb.shape[:2]
+    L = np.empty((height, width), dtype=np.float32)
+    rows = max(1, _L_CHUNK_PIXELS // max(width, 1))
+    for top in range(0, height, rows):
+        chunk = torch.from_numpy(rgb[top : top + rows].astype(np.float32) / scale)
+        L[top : top + rows] = color.rgb_to_l(chunk.movedim(-1, 0))[0].numpy()
+    return L
+
+
+def colour_score(rgb: np.ndarray) -> float:
+    """How far a photo is from monochrome, in Lab ab units (see ``COLOUR_THRESHOLD`` for the scale).
+
+    The chroma of each pixel is compared with the median chroma of all pixels of similar lightness, so a tint
+    that depends only on density (sepia and other toning, a colour cast) scores near zero; the score is the 90th
+    percentile of that difference, so a small coloured stamp or label on a monochrome print does not count.
+    """
+    scale = 65535.0 if rgb.dtype == np.uint16 else 255.0
+    height, width = rgb.shape[:2]
+    shrink = _COLOUR_PROBE_SIDE / max(height, width)
+    small = rgb.astype(np.float32) / scale
+    if shrink < 1:
+        size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
+        small = cv2.resize(small, size, interpolation=cv2.INTER_AREA)
+    lab = color.rgb_to_lab_np(small).reshape(-1, 3)
+    bands = np.clip((lab[:, 0] / 5.0).astype(np.int64), 0, 19)  # 20 lightness bands of 5 L units
+    typical = np.zeros((20, 2))
+    for band in np.unique(bands):
+        typical[band] = np.median(lab[bands == band, 1:], axis=0)
+    return float(np.percentile(np.linalg.norm(lab[:, 1:] - typical[bands], axis=1), 90))
+
+
+# --- colour profiles -------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _srgb_profile() -> ImageCms.ImageCmsProfile:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+def srgb_icc_profile() -> bytes:
+    """An sRGB ICC profile (LittleCMS's), for results converted to sRGB."""
+    return _srgb_icc_bytes()
+
+
+@lru_cache(maxsize=1)
+def _srgb_icc_bytes() -> bytes:
+    return _srgb_profile().tobytes()
+
+
+def _icc_colour_space(icc: bytes | None) -> str | None:
+    """The data colour space from an ICC header (bytes 16-19): 'RGB', 'GRAY', 'CMYK', ..."""
+    if not icc or len(icc) < 20:
+        return None
+    return icc[16:20].decode("ascii", "replace").strip()
+
+
+def _through_gray_profile(path: Path, icc: bytes | None, levels: np.ndarray) -> np.ndarray:
+    """Map gray codes (as fractions) through a gray ICC profile to the sRGB gray that looks the same.
+
+    LittleCMS (through Pillow) converts 8-bit data, so the 256 codes are converted exactly and finer 16-bit
+    levels are interpolated between them (tone curves are smooth; the interpolation stays monotonic).
+    """
+    try:
+        ramp = Image.frombytes("L", (256, 1), bytes(range(256)))
+        srgb = ImageCms.profileToProfile(
+            ramp, ImageCms.ImageCmsProfile(io.BytesIO(icc)), _srgb_profile(), outputMode="RGB",
+            renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
+        )
+    except (ImageCms.PyCMSError, OSError, TypeError) as exc:
+        logger.warning("%s: gray ICC profile unusable (%s); reading values as sRGB", path, exc)
+        return levels
+    table = np.asarray(srgb, dtype=np.float64)[0].mean(axis=1) / 255.0
+    return np.interp(levels * 255.0, np.arange(256), table)
+
+
+# --- metadata --------------------------------------------------------------------------------------------------
+
+
+def _encoder_hints(im: Image.Image, path: Path) -> dict[str, Any]:
+    if im.format == "JPEG":
+        sampling = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}.get(JpegImagePlugin.get_sampling(im))
+        return {"subsampling": sampling, "progressive": bool(im.info.get("progressive"))}
+    if im.format == "TIFF":
+        return {"compression": im.info.get("compression", "raw")}
+    if im.format == "WEBP":
+        return {"lossless": _webp_is_lossless(path)}
+    return {}
+
+
+def _webp_is_lossless(path: Path) -> bool:
+    """A WebP file is lossless when its image chunk is VP8L (lossy ones use VP8)."""
+    with open(path, "rb") as f:
+        header = f.read(12)
+        while header[:4] == b"RIFF" and (chunk := f.read(8)) and len(chunk) == 8:
+            kind, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if kind in (b"VP8L", b"VP8 "):
+                return kind == b"VP8L"
+            f.seek(size + (size & 1), os.SEEK_CUR)
+    return False
+
+
+def _png_text(im: Image.Image) -> dict[str, str]:
+    if im.format != "PNG":
+        return {}
+    text = getattr(im, "text", {}) or {}
+    return {
+        key: str(value) for key, value in text.items()
+        if not key.startswith("Raw profile type") and key != "XML:com.adobe.xmp"
+    }
+
+
+def _reset_xmp_orientation(xmp: bytes | str | None) -> bytes | None:
+    if not xmp:
+        return None
+    data = xmp.encode("utf-8") if isinstance(xmp, str) else bytes(xmp)
+    return _XMP_ORIENTATION.sub(lambda m: (m.group(1) + b'1"') if m.group(1) else m.group(2) + b"1" + m.group(3), data)
+
+
+def _portable_exif(exif: Image.Exif) -> bytes | None:
+    """EXIF fit for another file: orientation 1 (pixels are already upright), no TIFF layout tags, no thumbnail."""
+    tags = {tag: value for tag, value in _exif_dict(exif).items() if tag not in _LAYOUT_TAGS}
+    if _ORIENTATION in tags:
+        tags[_ORIENTATION] = 1
+    return _exif_bytes(tags) if tags else None
+
+
+def _exif_dict(exif: Image.Exif) -> dict[int, Any]:
+    """EXIF as a plain dict: EXIF/GPS sub-directories as nested dicts, non-ASCII text as its original bytes.
+
+    Pillow reads ASCII tags as latin-1 and writes str values back with ``encode("ascii", "replace")``; handing
+    it the original bytes instead keeps non-English captions and names intact through the round trip.
+    """
+    tags: dict[int, Any] = {}
+    for tag, value in exif.items():
+        if tag in (_EXIF_IFD, _GPS_IFD):
+            try:
+                tags[tag] = _raw_text(_sub_ifd(exif, tag))
+            except Exception as exc:  # noqa: BLE001 - a broken sub-directory is dropped, the rest is kept
+                logger.debug("dropping unreadable EXIF sub-directory %#x: %s", tag, exc)
+            continue
+        tags[tag] = _raw_text(value)
+    return tags
+
+
+def _raw_text(value: Any) -> Any:
+    if isinstance(value, str) and not value.isascii():
+        return value.encode("latin-1", "replace")
+    if isinstance(value, dict):
+        return {tag: _raw_text(v) for tag, v in value.items()}
+    return value
+
+
+def _sub_ifd(exif: Image.Exif, tag: int) -> dict[int, Any]:
+    value = exif.get(tag)
+    if isinstance(value, dict):
+        return dict(value)
+    values = dict(exif.get_ifd(tag))
+    interop = 0xA005
+    if tag == _EXIF_IFD and interop in values:
+        nested = dict(exif.get_ifd(interop))
+        if nested:
+            values[interop] = nested
+        else:
+            del values[interop]
+    return values
+
+
+def _exif_bytes(tags: dict[int, Any]) -> bytes:
+    exif = Image.Exif()
+    for tag, value in tags.items():
+        exif[tag] = value
+    return exif.tobytes()
+
+
+def _described(existing: Any, text: str) -> str:
+    """An archive's caption is kept; the provenance sentence is appended in brackets (replacing an older one)."""
+    if isinstance(existing, bytes):
+        existing = existing.decode("utf-8", "replace")
+    caption = _BRACKETED_PROVENANCE.sub("", str(existing or "")).strip().rstrip("\x00")
+    if not caption or _PROVENANCE.fullmatch(caption):
+        return text
+    return f"{caption} [{text}]"
+
+
+def _tagged_exif(like: Photo, description: str, software: str) -> dict[int, Any]:
+    """The source's portable EXIF plus Software and the provenance sentence in ImageDescription."""
+    tags: dict[int, Any] = {}
+    if like.exif:
+        exif = Image.Exif()
+        exif.load(like.exif)
+        tags = _exif_dict(exif)
+    full = _described(_text(tags.get(_IMAGE_DESCRIPTION)), description)
+    tags[_SOFTWARE] = software
+    tags[_IMAGE_DESCRIPTION] = full if full.isascii() else full.encode("utf-8")
+    return tags
+
+
+def read_provenance(path: str | os.PathLike) -> Provenance | None:
+    """The Tinct provenance tag of a file (from EXIF, TIFF tags or PNG text), or None for an untagged file."""
+    with _own_pixel_limit(), Image.open(path) as im:
+        exif = im.getexif()
+        texts = getattr(im, "text", {}) if im.format == "PNG" else {}
+        software = str(texts.get("Software") or _text(exif.get(_SOFTWARE)))
+        description = str(texts.get("Description") or _text(exif.get(_IMAGE_DESCRIPTION)))
+    match = _PROVENANCE.search(description)
+    if not match and not software.startswith("Tinct"):
+        return None
+    return Provenance(
+        software=software, description=description,
+        version=match.group("version") if match else None, model=match.group("model").strip() if match else None,
+    )
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace").rstrip("\x00")
+    return "" if value is None else str(value)
+
+
+# --- writing ---------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A file object whose bytes appear under ``path`` only when the block completes.
+
+    The data goes to a hidden temp file in the same directory (same file system, so ``os.replace`` is atomic),
+    is flushed to disk, then renamed over ``path``. An exception or interrupt removes the temp file, so a
+    reader never sees a half-written image under the final name. The temp file is created with the usual
+    permissions (0666 less the umask), as a plain ``open`` would.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_photo(
+    path: str | os.PathLike,
+    rgb: np.ndarray,
+    like: Photo,
+    provenance: str,
+    alpha: np.ndarray | None = None,
+) -> Path:
+    """Encode a colorized result next to its source's metadata and replace ``path`` atomically.
+
+    ``rgb`` is float (H, W, 3) sRGB in [0, 1] (the colorizer's output for ``like``); ``provenance`` is the
+    model's label, recorded as "colorized by Tinct <version>, model <label>" in ImageDescription (after any
+    caption the source had) and PNG Description text, with EXIF Software "Tinct <version>". The format follows
+    the extension of ``path`` (the source's format for an unknown extension). 16-bit sources give 16-bit PNG and
+    TIFF results. ``alpha`` (uint8, uint16 or float in [0, 1], e.g. ``like.alpha``) is stored where the format
+    has an alpha channel (PNG, TIFF, WebP); JPEG and BMP results are composited onto white instead, which is
+    how the transparent photo looks on a page. BMP cannot hold metadata, so BMP results carry none.
+    """
+    path = Path(path)
+    fmt = format_for_path(path) or like.format
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) RGB array, got shape {rgb.shape}")
+    if alpha is not None:
+        alpha = _unit_alpha(alpha)
+        if alpha.shape != rgb.shape[:2]:
+            raise ValueError(f"alpha shape {alpha.shape} does not match the image {rgb.shape[:2]}")
+        if fmt not in ALPHA_FORMATS:
+            rgb = rgb * alpha[..., None] + (1.0 - alpha[..., None])
+            alpha = None
+    bits = 16 if like.bit_depth == 16 and fmt in SIXTEEN_BIT_FORMATS else 8
+    pixels = _quantize(rgb if alpha is None else np.concatenate((rgb, alpha[..., None]), axis=2), bits)
+    software, description = f"Tinct {tinct_version()}", provenance_text(provenance)
+    encode = _encoder_for(fmt, bits, pixels, like, description, software)
+    try:
+        with atomic_output(path) as f:
+            encode(f)
+    except OSError as exc:
+        if exc.errno in _TRANSIENT_ERRNOS:
+            raise StorageError(path, f"cannot write: {exc.strerror or exc}") from exc
+        raise
+    return path
+
+
+def _unit_alpha(alpha: np.ndarray) -> np.ndarray:
+    alpha = np.asarray(alpha)
+    if alpha.dtype == np.uint8:
+        return alpha.astype(np.float32) / 255.0
+    if alpha.dtype == np.uint16:
+        return alpha.astype(np.float32) / 65535.0
+    return np.clip(alpha.astype(np.float32), 0.0, 1.0)
+
+
+def _quantize(values: np.ndarray, bits: int) -> np.ndarray:
+    top = 65535.0 if bits == 16 else 255.0
+    scaled = np.clip(values, 0.0, 1.0) * top + 0.5
+    return scaled.astype(np.uint16 if bits == 16 else np.uint8)
+
+
+def _encoder_for(
+    fmt: str, bits: int, pixels: np.ndarray, like: Photo, description: str, software: str
+) -> Callable[[BinaryIO], None]:
+    hints = like.encoder if fmt == like.format else {}
+    exif = _tagged_exif(like, description, software)
+    texts = {**like.text, "Software": software, "Description": _described(like.text.get("Description"), description)}
+    if bits == 16 and fmt == "PNG":
+        return lambda f: f.write(_png16(pixels, _exif_bytes(exif), like, texts))
+    if fmt == "TIFF":
+        return lambda f: _write_tiff(f, pixels, exif, like, hints)
+    image = Image.fromarray(pixels, "RGBA" if pixels.shape[2] == 4 else "RGB")
+    options: dict[str, Any] = {}
+    if fmt != "BMP" and like.icc_profile:
+        options["icc_profile"] = like.icc_profile
+    if like.dpi and fmt != "WEBP":
+        options["dpi"] = like.dpi
+    if fmt == "JPEG":
+        options.update(
+            quality=JPEG_QUALITY, subsampling=hints.get("subsampling") or "4:2:0",
+            progressive=bool(hints.get("progressive")), exif=_jpeg_exif(exif),
+        )
+        if like.xmp and len(like.xmp) < _JPEG_MARKER_BYTES - 64:
+            options["xmp"] = like.xmp
+    elif fmt == "PNG":
+        info = PngImagePlugin.PngInfo()
+        for key, value in texts.items():
+            info.add_text(key, value)
+        if like.xmp:
+            info.add_itxt("XML:com.adobe.xmp", like.xmp.decode("utf-8", "replace"))
+        options.update(pnginfo=info, exif=_exif_bytes(exif))
+    elif fmt == "WEBP":
+        lossless = bool(hints.get("lossless"))
+        options.update(lossless=lossless, quality=100 if lossless else WEBP_QUALITY, exif=_exif_bytes(exif))
+        if like.xmp:
+            options["xmp"] = like.xmp
+    return lambda f: image.save(f, format=fmt, **options)
+
+
+def _tiff_directory(tags: dict[int, Any], like: Photo) -> TiffImagePlugin.ImageFileDirectory_v2:
+    """EXIF tags (sub-directories included), XMP and ICC as one TIFF directory, for Pillow or our 16-bit writer."""
+    ifd = TiffImagePlugin.ImageFileDirectory_v2(prefix=b"II")
+    for tag, value in tags.items():
+        ifd[tag] = value
+    if like.icc_profile:
+        ifd[_ICC_TAG] = like.icc_profile
+    if like.xmp:
+        ifd[_XMP_TAG] = like.xmp
+    return ifd
+
+
+def _jpeg_exif(tags: dict[int, Any]) -> bytes:
+    """JPEG keeps EXIF in one 64 KB marker: drop the maker note, then everything but provenance, if it overflows."""
+    limit = _JPEG_MARKER_BYTES - 8
+    data = _exif_bytes(tags)
+    if len(data) > limit and isinstance(tags.get(_EXIF_IFD), dict):
+        tags = {**tags, _EXIF_IFD: {k: v for k, v in tags[_EXIF_IFD].items() if k != _MAKER_NOTE}}
+        data = _exif_bytes(tags)
+    if len(data) > limit:
+        logger.warning("EXIF too large for JPEG; only the provenance tags are written")
+        data = _exif_bytes({tag: tags[tag] for tag in (_SOFTWARE, _IMAGE_DESCRIPTION)})
+    return data
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _png16(pixels: np.ndarray, exif: bytes, like: Photo, texts: dict[str, str]) -> bytes:
+    """A 16-bit RGB(A) PNG: OpenCV encodes the pixels, the metadata chunks are inserted after IHDR."""
+    order = [2, 1, 0, 3] if pixels.shape[2] == 4 else [2, 1, 0]
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(pixels[..., order]), [cv2.IMWRITE_PNG_COMPRESSION, 6])
+    if not ok:
+        raise OSError("OpenCV could not encode the 16-bit PNG")
+    data = encoded.tobytes()
+    chunks = []
+    if like.icc_profile:
+        chunks.append(_png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(like.icc_profile)))
+    if like.dpi:
+        ppm = [max(1, round(d / 0.0254)) for d in like.dpi]
+        chunks.append(_png_chunk(b"pHYs", struct.pack(">IIB", ppm[0], ppm[1], 1)))
+    chunks.append(_png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
+    for key, value in texts.items():
+        try:
+            chunks.append(_png_chunk(b"tEXt", key.encode("latin-1") + b"\x00" + value.encode("latin-1")))
+        except UnicodeEncodeError:
+            chunks.append(_png_chunk(b"iTXt", key.encode("latin-1", "replace") + b"\x00" * 5 + value.encode("utf-8")))
+    if like.xmp:
+        chunks.append(_png_chunk(b"iTXt", b"XML:com.adobe.xmp" + b"\x00" * 5 + like.xmp))
+    ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length+type, IHDR data, CRC
+    return data[:ihdr_end] + b"".join(chunks) + data[ihdr_end:]
+
+
+def _write_tiff(f: BinaryIO, pixels: np.ndarray, tags: dict[int, Any], like: Photo, hints: dict[str, Any]) -> None:
+    """An 8- or 16-bit RGB(A) TIFF with the EXIF and GPS sub-directories, which neither Pillow's libtiff path nor
+    Pillow's own encoder can give together (and Pillow cannot encode 16-bit RGB at all).
+
+    The strips are written here (Adobe deflate with a horizontal predictor; raw if the source was uncompressed,
+    so an archive's uncompressed TIFFs stay uncompressed); the directory is written by Pillow's TIFF directory
+    encoder, which handles the tag types and the sub-directories.
+    """
+    height, width, channels = pixels.shape
+    sample = pixels.dtype.newbyteorder("<")
+    compress = hints.get("compression") != "raw"
+    rows_per_strip = max(1, (1 << 18) // (width * channels * sample.itemsize))
+    strips = []
+    for top in range(0, height, rows_per_strip):
+        block = pixels[top : top + rows_per_strip].astype(sample)
+        if compress:
+            block[:, 1:] -= pixels[top : top + rows_per_strip, :-1].astype(sample)  # predictor 2 wraps around
+            strips.append(zlib.compress(block.tobytes(), 6))
+        else:
+            strips.append(block.tobytes())
+    ifd = _tiff_directory(tags, like)
+    ifd[256], ifd[257] = width, height
+    ifd[258] = (8 * sample.itemsize,) * channels
+    ifd[259] = 8 if compress else 1  # Adobe deflate or none
+    ifd[262] = 2  # RGB
+    ifd[277] = channels
+    ifd[278] = rows_per_strip
+    ifd[284] = 1  # contiguous samples
+    if compress:
+        ifd[317] = 2  # horizontal differencing
+    if channels == 4:
+        ifd[338] = (2,)  # unassociated alpha
+    if like.dpi:
+        ifd[282], ifd[283], ifd[296] = like.dpi[0], like.dpi[1], 2
+    # Offsets are relative: Pillow's encoder adds where the data begins, right after the directory it writes.
+    ifd[273] = tuple(int(x) for x in np.cumsum([0] + [len(s) for s in strips[:-1]]))
+    ifd[279] = tuple(len(s) for s in strips)
+    ifd.tagtype[273] = ifd.tagtype[279] = TiffImagePlugin.TiffTags.LONG
+    directory = ifd.tobytes(8)
+    if 8 + len(directory) + sum(len(s) for s in strips) >= 1 << 32:
+        raise ValueError("a TIFF result over 4 GB needs BigTIFF, which Tinct does not write")
+    f.write(b"II*\x00" + struct.pack("<I", 8) + directory)
+    for strip in strips:
+        f.write(strip)
