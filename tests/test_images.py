@@ -265,11 +265,8 @@ def _rich_jpeg(path: Path) -> tuple[bytes, bytes]:
     return icc, xmp
 
 
-@pytest.mark.parametrize("ext", ["jpg", "png", "tif", "webp"])
-@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize(("ext", "bits"), [("jpg", 8), ("png", 8), ("tif", 8), ("webp", 8), ("png", 16), ("tif", 16)])
 def test_metadata_is_carried_and_tagged(tmp_path: Path, ext: str, bits: int) -> None:
-    if bits == 16 and ext in ("jpg", "webp"):
-        pytest.skip("JPEG and WebP have no 16-bit form")
     source = tmp_path / "rich.jpg"
     icc, xmp = _rich_jpeg(source)
     photo = read_photo(source)

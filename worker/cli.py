@@ -1,0 +1,173 @@
+"""``tinct``, the command line: parse arguments, set up logging, run a job from :mod:`worker.photos`.
+
+    tinct colorize scans/ -o colorized/              # a folder tree, mirrored under colorized/
+    tinct colorize old.tif -o old-colour.tif        # one file, written exactly there
+    tinct --version
+
+Exit status: 0 when every photo was colorized or skipped, 1 when any failed, 2 for usage errors and models that
+cannot be loaded, 130 when interrupted (finished outputs are kept and a rerun resumes), 143 on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from types import FrameType
+
+from worker.errors import ModelError
+from worker.images import DEFAULT_MAX_PIXELS, tinct_version
+from worker.photos import PhotoOptions, colorize_photos, open_colorizer, output_suffix, plan_photos
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+
+
+def max_pixels_arg(text: str) -> int:
+    """``200000000``, ``200M``, ``200MP`` or ``1.5G`` -> a pixel count."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)[pP]?\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a pixel count: {text!r} (e.g. 200000000 or 200M)")
+    value = float(match.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[match.group(2).lower()]
+    if value < 1:
+        raise argparse.ArgumentTypeError("the pixel limit must be at least 1")
+    return int(value)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _format_arg(text: str) -> str:
+    try:
+        output_suffix(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tinct", description="Colorize black-and-white photos for archives.")
+    parser.add_argument("--version", action="version", version=f"tinct {tinct_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    colorize = commands.add_parser(
+        "colorize", help="colorize photos (files or folders, searched recursively)",
+        description="Colorize photos. Outputs mirror each input folder's tree under -o; existing outputs are "
+        "skipped, so a rerun resumes. Colour photos are skipped unless --recolor is given.",
+    )
+    colorize.add_argument("inputs", nargs="+", metavar="INPUT", help="photo files and/or folders")
+    colorize.add_argument("-o", "--output", required=True, help="output folder (or file, for a single input file)")
+    colorize.add_argument("--model", default="default", help="'default' (the shipped model), a .pt checkpoint or "
+                          "an .onnx export (default: %(default)s)")
+    colorize.add_argument("--engine", default="auto", choices=("auto", "torch", "onnxruntime"),
+                          help="inference backend (default: %(default)s)")
+    colorize.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: %(default)s")
+    colorize.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                          help="default: %(default)s (fp16 on CUDA, fp32 on CPU)")
+    colorize.add_argument("--render-size", type=_positive, default=256,
+                          help="short side the network sees; colour is applied at full resolution (default: 256)")
+    colorize.add_argument("--batch-size", type=_positive, default=8, help="photos per network batch (default: 8)")
+    colorize.add_argument("--max-pixels", type=max_pixels_arg, default=DEFAULT_MAX_PIXELS,
+                          help=f"refuse larger photos, e.g. 200M (default: {DEFAULT_MAX_PIXELS // 1_000_000}M)")
+    colorize.add_argument("--format", type=_format_arg, help="output format for every photo: jpg, png, tif, webp "
+                          "or bmp (default: each source's own)")
+    colorize.add_argument("--overwrite", action="store_true", help="redo photos whose output already exists")
+    colorize.add_argument("--recolor", action="store_true",
+                          help="colorize colour photos too (their colour is discarded; only their lightness is used)")
+    colorize.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary; only problems")
+    colorize.set_defaults(run=_colorize)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tinct`` console script; returns the exit status instead of exiting."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits for --help, --version and usage errors
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    with _logging(quiet=args.quiet), _sigterm_as_exception():
+        try:
+            return args.run(args, parser)
+        except KeyboardInterrupt:
+            logging.getLogger("tinct").error("interrupted: finished photos are kept; run again to resume")
+            return EXIT_INTERRUPTED
+        except _Terminated:
+            logging.getLogger("tinct").error("terminated: finished photos are kept; run again to resume")
+            return EXIT_TERMINATED
+
+
+def _colorize(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        plan = plan_photos(args.inputs, args.output, args.format)
+    except ValueError as exc:
+        print(f"{parser.prog} colorize: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    options = PhotoOptions(
+        overwrite=args.overwrite, recolor=args.recolor, max_pixels=args.max_pixels, batch_size=args.batch_size,
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
+    try:
+        with open_colorizer(args.model, args.engine, args.device, args.precision, args.render_size,
+                            args.batch_size) as (colorizer, label):
+            summary = colorize_photos(colorizer, plan, label, options)
+    except ModelError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.quiet:
+        print(summary.report())
+    return EXIT_FAILED if summary.failed else EXIT_OK
+
+
+@contextmanager
+def _logging(quiet: bool) -> Iterator[None]:
+    """Log to stderr for the duration of one ``main`` call (and no longer: tests call ``main`` many times)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING if quiet else logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that ``finally`` blocks remove temp files and finish encodes."""
+
+
+@contextmanager
+def _sigterm_as_exception() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,405 @@
+"""The photo job: find photos, decode them, colorize them in batches across files, write the results.
+
+The CLI (``tinct colorize``) runs it on local folders; the service will run the same job per task. One pass:
+
+1. :func:`plan_photos` turns the inputs (files and folders, searched recursively) into tasks with deterministic
+   output paths that mirror the input tree under the output folder;
+2. :func:`colorize_photos` skips tasks whose output already exists (a rerun resumes where the last one stopped),
+   decodes the rest on a small thread pool, hands the colorizer batches of photos from many files at once (the
+   network is fed batches, never one file at a time), and encodes the results on the same pool while the next
+   batch is being colorized. Every output is written atomically, so an interrupted run leaves either a complete
+   file or none under each output name.
+
+A file that fails (bad input, failed write) is recorded with a one-line reason and the job carries on; the
+:class:`PhotoSummary` says what was done, skipped and failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from models.colorizer import Colorizer as ModelColorizer
+from models.engines import create_engine
+from worker.errors import BadInputError, ModelError, TinctError, one_line
+from worker.images import (
+    DEFAULT_MAX_PIXELS,
+    EXTENSION_FORMATS,
+    PARTIAL_SUFFIX,
+    Photo,
+    format_for_path,
+    read_photo,
+    write_photo,
+)
+
+logger = logging.getLogger(__name__)
+
+Status = Literal["done", "exists", "colour", "failed"]
+
+
+class Colorizer(Protocol):
+    """What the job needs from ``models.colorizer.Colorizer``: full-resolution L in, sRGB out, a batch at a time."""
+
+    def colorize(self, lightness: list[np.ndarray]) -> list[np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class PhotoTask:
+    """One photo to colorize and where its result goes."""
+
+    source: Path
+    output: Path
+
+
+@dataclass(frozen=True)
+class PhotoOutcome:
+    """What happened to one task: ``done``, ``exists`` (output already there), ``colour`` (a colour photo, left
+    alone) or ``failed`` (``reason`` is the one-line error, naming the file)."""
+
+    task: PhotoTask
+    status: Status
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class PhotoOptions:
+    """How the job runs. ``batch_size`` photos (at most ``max_batch_pixels`` between them, so a batch of huge
+    scans cannot exhaust memory) go to the colorizer together; ``workers`` threads decode and encode."""
+
+    overwrite: bool = False
+    recolor: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    batch_size: int = 8
+    max_batch_pixels: int = 100_000_000
+    workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    progress: bool = False
+
+
+@dataclass
+class PhotoPlan:
+    """Tasks found by :func:`plan_photos`, inputs that failed before decoding, and how many folder entries were
+    passed over because their extension is not an image format Tinct reads."""
+
+    tasks: list[PhotoTask]
+    failures: list[PhotoOutcome]
+    ignored: int = 0
+
+
+@dataclass
+class PhotoSummary:
+    """The result of a job, in the order outcomes were recorded."""
+
+    outcomes: list[PhotoOutcome]
+    seconds: float
+    ignored: int = 0
+
+    def count(self, *statuses: Status) -> int:
+        return sum(outcome.status in statuses for outcome in self.outcomes)
+
+    @property
+    def failed(self) -> list[PhotoOutcome]:
+        return [outcome for outcome in self.outcomes if outcome.status == "failed"]
+
+    @property
+    def images_per_second(self) -> float:
+        return self.count("done") / self.seconds if self.seconds > 0 else 0.0
+
+    def report(self) -> str:
+        """A few lines for people: the counts, then one line per failed file."""
+        exists, colour = self.count("exists"), self.count("colour")
+        skipped = f"skipped {exists + colour}"
+        if exists + colour:
+            skipped += f" ({exists} already done, {_plural(colour, 'colour photo')})"
+        lines = [
+            f"colorized {self.count('done')}, {skipped}, failed {len(self.failed)} "
+            f"in {self.seconds:.1f} s ({self.images_per_second:.2f} images/s)"
+        ]
+        if self.ignored:
+            lines.append(f"ignored {_plural(self.ignored, 'file')} that are not JPEG, PNG, TIFF, WebP or BMP")
+        if self.failed:
+            lines.append("failed:")
+            lines.extend(f"  {outcome.reason}" for outcome in self.failed)
+        return "\n".join(lines)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+# --- planning -------------------------------------------------------------------------------------------------
+
+
+def output_suffix(output_format: str | None) -> str | None:
+    """``"png"``, ``".JPG"``, ``"tiff"`` ... -> the extension to write, or None to keep each source's own.
+
+    Raises ValueError for a format Tinct cannot write.
+    """
+    if not output_format:
+        return None
+    suffix = "." + output_format.lower().lstrip(".")
+    if suffix not in EXTENSION_FORMATS:
+        names = ", ".join(sorted({s.lstrip(".") for s in EXTENSION_FORMATS}))
+        raise ValueError(f"unknown output format {output_format!r}; choose one of {names}")
+    return suffix
+
+
+def plan_photos(
+    inputs: Sequence[str | os.PathLike], output: str | os.PathLike, output_format: str | None = None
+) -> PhotoPlan:
+    """Tasks for every photo under ``inputs``, with outputs mirroring each input folder's tree under ``output``.
+
+    A single input file with an ``output`` that has an image extension is written exactly there; otherwise
+    ``output`` is a folder. Folders are searched recursively for supported extensions (case-insensitive), skipping
+    hidden entries (``.DS_Store``, AppleDouble ``._x.jpg`` files, our own unfinished temp files) and the output
+    folder itself when it lies inside an input. Files named explicitly are tried whatever their extension.
+    Output names keep the source's extension unless ``output_format`` is given. Two sources that would write
+    the same output, or an output that would replace its own source, fail in the plan. Raises ValueError for
+    arguments that cannot work (which the CLI reports as usage errors).
+    """
+    sources = [Path(p) for p in inputs]
+    output = Path(output)
+    suffix = output_suffix(output_format)
+    if not sources:
+        raise ValueError("no inputs given")
+    if len(sources) == 1 and sources[0].is_file() and format_for_path(output) and not output.is_dir():
+        if suffix and suffix != output.suffix.lower():
+            raise ValueError(f"--format {output_format} contradicts the output file name {output.name}")
+        return _checked(PhotoPlan([PhotoTask(sources[0], output)], []))
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"{output} exists and is not a folder (several inputs need an output folder)")
+
+    plan = PhotoPlan([], [])
+    for source in sources:
+        if source.is_dir():
+            for path in _walk(source, output, plan):
+                plan.tasks.append(PhotoTask(path, _output_path(output / path.relative_to(source), suffix)))
+        elif source.exists():
+            plan.tasks.append(PhotoTask(source, _output_path(output / source.name, suffix)))
+        else:
+            failure = BadInputError(source, "no such file or folder")
+            plan.failures.append(PhotoOutcome(PhotoTask(source, output), "failed", str(failure)))
+    return _checked(plan)
+
+
+def _walk(root: Path, output: Path, plan: PhotoPlan) -> Iterator[Path]:
+    skip = output.resolve()
+    for folder, dirs, files in os.walk(root, onerror=lambda exc: _unreadable_folder(exc, plan)):
+        here = Path(folder)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() != skip)
+        for name in sorted(files):
+            if name.startswith(".") or name.endswith(PARTIAL_SUFFIX):
+                continue
+            if format_for_path(name):
+                yield here / name
+            else:
+                plan.ignored += 1
+                logger.debug("%s: not a supported image extension; ignored", here / name)
+
+
+def _unreadable_folder(exc: OSError, plan: PhotoPlan) -> None:
+    path = Path(exc.filename or "?")
+    failure = BadInputError(path, f"cannot list folder: {exc.strerror or exc}")
+    plan.failures.append(PhotoOutcome(PhotoTask(path, path), "failed", str(failure)))
+
+
+def _output_path(mirrored: Path, suffix: str | None) -> Path:
+    if suffix:
+        return mirrored.with_suffix(suffix)
+    return mirrored if format_for_path(mirrored) else mirrored.with_suffix(".png")
+
+
+def _checked(plan: PhotoPlan) -> PhotoPlan:
+    """Refuse outputs that would replace a source or be written twice: the second writer would silently win."""
+    claimed: dict[Path, Path] = {}
+    sources = {task.source.resolve() for task in plan.tasks}
+    tasks = []
+    for task in plan.tasks:
+        target = task.output.resolve()
+        if target in sources:
+            reason = f"output {task.output} would replace a source photo"
+        elif target in claimed:
+            reason = f"output {task.output} is also the output of {claimed[target]}"
+        else:
+            claimed[target] = task.source
+            tasks.append(task)
+            continue
+        plan.failures.append(PhotoOutcome(task, "failed", str(BadInputError(task.source, reason))))
+    plan.tasks = tasks
+    return plan
+
+
+# --- running --------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def open_colorizer(
+    model: str | os.PathLike = "default",
+    engine: str = "auto",
+    device: str = "auto",
+    precision: str = "auto",
+    render_size: int = 256,
+    batch_size: int = 8,
+) -> Iterator[tuple[Colorizer, str]]:
+    """Load the model once and yield ``(colorizer, model label)``; the engine is closed afterwards.
+
+    Any failure to load (missing or corrupt checkpoint, unknown engine, no GPU) becomes one :class:`ModelError`.
+    """
+    try:
+        backend = create_engine(model=model, kind=engine, device=device, precision=precision)
+    except Exception as exc:  # noqa: BLE001 - every loading failure is reported the same way, in one line
+        raise ModelError(model, str(exc) or type(exc).__name__) from exc
+    try:
+        try:
+            colorizer = ModelColorizer(backend, render_size=render_size, batch_size=batch_size)
+        except ValueError as exc:  # e.g. a render size below the model's stride
+            raise ModelError(model, str(exc)) from exc
+        label = backend.checkpoint.label
+        logger.info("model %s on %s (%s engine)", label, backend.device, backend.name)
+        yield colorizer, label
+    finally:
+        backend.close()
+
+
+def colorize_photos(
+    colorizer: Colorizer, plan: PhotoPlan, model_label: str, options: PhotoOptions | None = None
+) -> PhotoSummary:
+    """Run the job over ``plan`` and return its summary. Failures of single files are recorded, not raised;
+    KeyboardInterrupt (and any unexpected error) stops the job after the encodes in flight have finished."""
+    options = options or PhotoOptions()
+    run = _Run(colorizer, model_label, options)
+    started = time.perf_counter()
+    bar = tqdm(total=len(plan.tasks) + len(plan.failures), unit="img", disable=not options.progress,
+               dynamic_ncols=True, leave=False)
+    with bar, logging_redirect_tqdm() if options.progress else nullcontext():
+        run.bar = bar
+        for failure in plan.failures:
+            run.record(failure)
+        run.execute(plan.tasks)
+    return PhotoSummary(run.outcomes, time.perf_counter() - started, plan.ignored)
+
+
+class _Run:
+    """The state of one job: a decode queue ahead of the colorizer, a batch, and encodes behind it."""
+
+    def __init__(self, colorizer: Colorizer, model_label: str, options: PhotoOptions) -> None:
+        self.colorizer = colorizer
+        self.model_label = model_label
+        self.options = options
+        self.outcomes: list[PhotoOutcome] = []
+        self.bar: tqdm | None = None
+        self.decodes: deque[tuple[PhotoTask, Future[Photo]]] = deque()
+        self.encodes: deque[tuple[PhotoTask, Future[Path]]] = deque()
+
+    def record(self, outcome: PhotoOutcome) -> None:
+        self.outcomes.append(outcome)
+        if outcome.status == "failed":
+            logger.error("%s", outcome.reason)
+        elif outcome.status == "colour":
+            logger.warning("%s", outcome.reason)
+        else:
+            logger.debug("%s: %s", outcome.task.source, outcome.status)
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def execute(self, tasks: list[PhotoTask]) -> None:
+        todo = []
+        for task in tasks:
+            if task.output.exists() and not self.options.overwrite:
+                self.record(PhotoOutcome(task, "exists"))
+            else:
+                todo.append(task)
+        workers = max(1, self.options.workers)
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tinct-io")
+        try:
+            self._pipeline(pool, iter(todo), workers)
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM) or broken: stop decoding, but finish writing what is already
+            # colorized, since that work is done; every write is atomic either way.
+            for _, decoding in self.decodes:
+                decoding.cancel()
+            while self.encodes:
+                self._finish_encode()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _pipeline(self, pool: ThreadPoolExecutor, tasks: Iterator[PhotoTask], workers: int) -> None:
+        ahead = self.options.batch_size + workers  # decoded photos waiting, bounded so memory stays bounded
+        decodes = self.decodes
+        batch: list[tuple[PhotoTask, Photo]] = []
+        while True:
+            while len(decodes) < ahead and (task := next(tasks, None)) is not None:
+                decodes.append((task, pool.submit(read_photo, task.source, self.options.max_pixels)))
+            if not decodes:
+                break
+            task, decoding = decodes.popleft()
+            photo = self._decoded(task, decoding)
+            if photo is None:
+                continue
+            pixels = sum(p.L.size for _, p in batch)
+            if batch and pixels + photo.L.size > self.options.max_batch_pixels:
+                self._colorize(pool, batch)
+                batch = []
+            batch.append((task, photo))
+            if len(batch) >= self.options.batch_size:
+                self._colorize(pool, batch)
+                batch = []
+        if batch:
+            self._colorize(pool, batch)
+        while self.encodes:
+            self._finish_encode()
+
+    def _decoded(self, task: PhotoTask, decoding: Future[Photo]) -> Photo | None:
+        try:
+            photo = decoding.result()
+        except TinctError as exc:
+            self.record(PhotoOutcome(task, "failed", str(exc)))
+            return None
+        except Exception as exc:  # noqa: BLE001 - one undecodable file must not stop an archive run
+            self.record(PhotoOutcome(task, "failed", str(BadInputError(task.source, f"{type(exc).__name__}: {exc}"))))
+            return None
+        if photo.had_colour:
+            if not self.options.recolor:
+                reason = (f"{task.source}: already a colour photo (colour score {photo.colour_score:.1f}); "
+                          "skipped, use --recolor to colorize its lightness anyway")
+                self.record(PhotoOutcome(task, "colour", reason))
+                return None
+            logger.info("%s: a colour photo; recolorizing its lightness", task.source)
+        return photo
+
+    def _colorize(self, pool: ThreadPoolExecutor, batch: list[tuple[PhotoTask, Photo]]) -> None:
+        try:
+            results = self.colorizer.colorize([photo.L for _, photo in batch])
+        except Exception as exc:  # noqa: BLE001 - recorded against each photo of the batch; the job goes on
+            for task, _ in batch:
+                self.record(PhotoOutcome(task, "failed", f"{task.source}: colorization failed: {one_line(exc)}"))
+            return
+        for (task, photo), rgb in zip(batch, results, strict=True):
+            future = pool.submit(write_photo, task.output, rgb, photo, self.model_label, photo.alpha)
+            self.encodes.append((task, future))
+        while len(self.encodes) > 2 * max(1, self.options.workers):
+            self._finish_encode()
+
+    def _finish_encode(self) -> None:
+        task, encoding = self.encodes.popleft()
+        try:
+            encoding.result()
+        except TinctError as exc:
+            self.record(PhotoOutcome(task, "failed", str(exc)))
+        except Exception as exc:  # noqa: BLE001 - e.g. an encoder limit (WebP is at most 16383 pixels a side)
+            reason = f"{task.output}: cannot write: {type(exc).__name__}: {one_line(exc)}"
+            self.record(PhotoOutcome(task, "failed", reason))
+        else:
+            self.record(PhotoOutcome(task, "done"))
