@@ -1,0 +1,96 @@
+"""Contact sheets: a PNG grid of gray input | each model's colorization | ground truth, one photo per row.
+
+Figures alone hide how a colorizer fails (sepia everywhere, colour bleeding over edges, blotches);
+a sheet beside the numbers shows it at a glance. Every cell has the same box; images keep their
+aspect ratio and are centred in it, so photos of different shapes line up in columns.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+BACKGROUND = (236, 236, 236)  # light gray, so white photos still show their edges
+TEXT_COLOUR = (0, 0, 0)
+PADDING = 4
+HEADER_HEIGHT = 20
+
+
+def _to_pil(image: np.ndarray | Image.Image) -> Image.Image:
+    """Float [0, 1] or uint8, (H, W), (H, W, 1) or (H, W, 3) -> an RGB Pillow image."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr.astype(np.float64), 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise ValueError(f"a contact-sheet cell must be (H, W) or (H, W, 3), got shape {arr.shape}")
+    return Image.fromarray(np.ascontiguousarray(arr), "RGB")
+
+
+def _fit_label(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width: int) -> str:
+    """Shorten a label with an ellipsis until it fits its column (checkpoint labels can be long)."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while len(text) > 1 and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def sheet_size(n_rows: int, n_cols: int, cell_width: int, cell_height: int) -> tuple[int, int]:
+    """(width, height) in pixels of a sheet with this grid; what ``render_contact_sheet`` produces."""
+    width = n_cols * cell_width + (n_cols + 1) * PADDING
+    height = HEADER_HEIGHT + n_rows * (cell_height + PADDING) + PADDING
+    return width, height
+
+
+def render_contact_sheet(
+    rows: Sequence[Sequence[np.ndarray | Image.Image]],
+    labels: Sequence[str],
+    out_path: str | os.PathLike,
+    cell_height: int = 160,
+    cell_width: int | None = None,
+) -> Path:
+    """Draw ``rows`` (each: gray, ours..., truth) under the column ``labels`` and save a PNG.
+
+    ``cell_width`` defaults to what the widest image needs at ``cell_height``; every image is scaled
+    to fit its cell without cropping. Returns the path written.
+    """
+    if not rows:
+        raise ValueError("a contact sheet needs at least one row")
+    n_cols = len(labels)
+    bad = [i for i, row in enumerate(rows) if len(row) != n_cols]
+    if bad:
+        raise ValueError(f"rows {bad} do not have {n_cols} images (one per label: {', '.join(labels)})")
+    cells = [[_to_pil(image) for image in row] for row in rows]
+    if cell_width is None:
+        widest = max(img.width / img.height for row in cells for img in row)
+        cell_width = max(1, round(cell_height * widest))
+
+    sheet = Image.new("RGB", sheet_size(len(rows), n_cols, cell_width, cell_height), BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for c, label in enumerate(labels):
+        x0 = PADDING + c * (cell_width + PADDING)
+        draw.text((x0 + 2, 4), _fit_label(draw, label, font, cell_width - 4), fill=TEXT_COLOUR, font=font)
+    for r, row in enumerate(cells):
+        y0 = HEADER_HEIGHT + r * (cell_height + PADDING)
+        for c, img in enumerate(row):
+            x0 = PADDING + c * (cell_width + PADDING)
+            scale = min(cell_width / img.width, cell_height / img.height)
+            size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+            fitted = img.resize(size, Image.Resampling.LANCZOS)
+            sheet.paste(fitted, (x0 + (cell_width - size[0]) // 2, y0 + (cell_height - size[1]) // 2))
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out_path, format="PNG")
+    return out_path
