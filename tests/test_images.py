@@ -528,3 +528,32 @@ def test_photo_is_plain_data(tmp_path: Path) -> None:
     Image.fromarray(gray8()).save(path)
     photo = read_photo(path)
     assert isinstance(photo, Photo) and photo.path == path and photo.size == (W, H)
+
+
+def test_encoder_settings_follow_the_source(tmp_path: Path) -> None:
+    """JPEG keeps the source's chroma subsampling (quality 95), lossless WebP stays lossless, uncompressed TIFF stays
+    uncompressed and other TIFF compressions become lossless deflate."""
+    from PIL import JpegImagePlugin
+
+    sources = {
+        "s444.jpg": {"quality": 90, "subsampling": "4:4:4"},
+        "lossless.webp": {"lossless": True},
+        "raw.tif": {"compression": "raw"},
+        "lzw.tif": {"compression": "tiff_lzw"},
+    }
+    for name, options in sources.items():
+        Image.fromarray(colour8()).save(tmp_path / name, **options)
+        photo = read_photo(tmp_path / name)
+        out = tmp_path / f"out-{name}"
+        write_photo(out, l_as_rgb(photo.L) * 0.9 + 0.05, photo, LABEL)
+        with Image.open(out) as im:
+            if name.endswith(".jpg"):
+                assert JpegImagePlugin.get_sampling(im) == 0  # 4:4:4
+            elif name.endswith(".webp"):
+                assert images._webp_is_lossless(out)
+            else:
+                assert im.info["compression"] == ("raw" if name == "raw.tif" else "tiff_adobe_deflate")
+    photo = read_photo(tmp_path / "lossless.webp")
+    write_photo(tmp_path / "as.jpg", l_as_rgb(photo.L), photo, LABEL)  # another format: that format's defaults
+    with Image.open(tmp_path / "as.jpg") as im:
+        assert JpegImagePlugin.get_sampling(im) == 2  # 4:2:0

@@ -351,14 +351,22 @@ def _decode(path: Path, im: Image.Image) -> _Source:
 
 def _photo(source: _Source) -> Photo:
     """Lightness and the colour test, computed after the file is closed (they are pure maths on the pixels)."""
-    photo = source.photo
+    photo, pixels = source.photo, source.pixels
     if source.gray_lut is not None:
-        photo.L = source.gray_lut[source.pixels]
+        photo.L = source.gray_lut[pixels]
+    elif _is_neutral(pixels):
+        # A gray photo stored as RGB (common for scans): one table lookup per pixel instead of colour maths.
+        top = np.iinfo(pixels.dtype).max
+        photo.L = _gray_to_l_table(np.arange(top + 1) / top)[pixels[..., 0]]
     else:
-        photo.L = _rgb_lightness(source.pixels)
-        photo.colour_score = colour_score(source.pixels)
+        photo.L = _rgb_lightness(pixels)
+        photo.colour_score = colour_score(pixels)
         photo.had_colour = photo.colour_score > COLOUR_THRESHOLD
     return photo
+
+
+def _is_neutral(rgb: np.ndarray) -> bool:
+    return bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]))
 
 
 def _pillow_pixels(
@@ -469,11 +477,11 @@ def colour_score(rgb: np.ndarray) -> float:
     scale = 65535.0 if rgb.dtype == np.uint16 else 255.0
     height, width = rgb.shape[:2]
     shrink = _COLOUR_PROBE_SIDE / max(height, width)
-    small = rgb.astype(np.float32) / scale
+    small = np.ascontiguousarray(rgb)
     if shrink < 1:
         size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
         small = cv2.resize(small, size, interpolation=cv2.INTER_AREA)
-    lab = color.rgb_to_lab_np(small).reshape(-1, 3)
+    lab = color.rgb_to_lab_np(small.astype(np.float64) / scale).reshape(-1, 3)
     bands = np.clip((lab[:, 0] / 5.0).astype(np.int64), 0, 19)  # 20 lightness bands of 5 L units
     typical = np.zeros((20, 2))
     for band in np.unique(bands):
@@ -489,13 +497,9 @@ def _srgb_profile() -> ImageCms.ImageCmsProfile:
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
-def srgb_icc_profile() -> bytes:
-    """An sRGB ICC profile (LittleCMS's), for results converted to sRGB."""
-    return _srgb_icc_bytes()
-
-
 @lru_cache(maxsize=1)
-def _srgb_icc_bytes() -> bytes:
+def srgb_icc_profile() -> bytes:
+    """An sRGB ICC profile (LittleCMS's), embedded in results that were converted to sRGB from gray or CMYK."""
     return _srgb_profile().tobytes()
 
 
@@ -649,7 +653,7 @@ def _tagged_exif(like: Photo, description: str, software: str) -> dict[int, Any]
 
 def read_provenance(path: str | os.PathLike) -> Provenance | None:
     """The Tinct provenance tag of a file (from EXIF, TIFF tags or PNG text), or None for an untagged file."""
-    with _own_pixel_limit(), Image.open(path) as im:
+    with _own_pixel_limit(), _decode_errors(Path(path)), Image.open(path) as im:
         exif = im.getexif()
         texts = getattr(im, "text", {}) if im.format == "PNG" else {}
         software = str(texts.get("Software") or _text(exif.get(_SOFTWARE)))
@@ -712,7 +716,7 @@ def write_photo(
     the extension of ``path`` (the source's format for an unknown extension). 16-bit sources give 16-bit PNG and
     TIFF results. ``alpha`` (uint8, uint16 or float in [0, 1], e.g. ``like.alpha``) is stored where the format
     has an alpha channel (PNG, TIFF, WebP); JPEG and BMP results are composited onto white instead, which is
-    how the transparent photo looks on a page. BMP cannot hold metadata, so BMP results carry none.
+    how the transparent photo looks on a page. BMP has no place for metadata: BMP results keep their DPI only.
     """
     path = Path(path)
     fmt = format_for_path(path) or like.format
