@@ -557,3 +557,15 @@ def test_encoder_settings_follow_the_source(tmp_path: Path) -> None:
     write_photo(tmp_path / "as.jpg", l_as_rgb(photo.L), photo, LABEL)  # another format: that format's defaults
     with Image.open(tmp_path / "as.jpg") as im:
         assert JpegImagePlugin.get_sampling(im) == 2  # 4:2:0
+
+
+def test_camera_jpeg_with_a_preview_picture_reads_as_jpeg(tmp_path: Path) -> None:
+    # Cameras append a preview as a second picture (MPO, CIPA DC-007); Pillow opens such JPEGs as "MPO".
+    path = tmp_path / "camera.jpg"
+    Image.fromarray(gray8()).save(path, "MPO", save_all=True, append_images=[Image.fromarray(gray8(12, 16))])
+    with Image.open(path) as im:
+        assert im.format == "MPO"
+    photo = read_photo(path)
+    assert photo.format == "JPEG" and photo.size == (W, H)
+    write_photo(tmp_path / "out.jpg", l_as_rgb(photo.L), photo, LABEL)
+    assert read_provenance(tmp_path / "out.jpg") is not None

@@ -262,7 +262,7 @@ def _check_size(path: Path, im: Image.Image, max_pixels: int) -> None:
             path, f"{width}x{height} is {width * height / 1e6:.1f} MP, over the limit of {max_pixels / 1e6:.1f} MP"
         )
     frames = getattr(im, "n_frames", 1)
-    if frames > 1:
+    if frames > 1 and im.format != "MPO":
         if im.format == "TIFF" and _extra_pages_are_thumbnails(im, frames):
             return
         raise UnsupportedMediaError(path, f"{frames} frames/pages: only single still images are supported")
@@ -305,7 +305,8 @@ class _Source:
 
 
 def _decode(path: Path, im: Image.Image) -> _Source:
-    fmt, mode = im.format or "", im.mode
+    # Camera JPEGs with an embedded preview open as MPO (Multi-Picture): the first picture is the photo.
+    fmt, mode = ("JPEG" if im.format == "MPO" else im.format or ""), im.mode
     if fmt not in FORMAT_EXTENSIONS:
         raise UnsupportedMediaError(path, f"{fmt or 'unknown'} images are not supported (JPEG, PNG, TIFF, WebP, BMP)")
     bits = _source_bit_depth(path, im)
@@ -533,7 +534,7 @@ def _through_gray_profile(path: Path, icc: bytes | None, levels: np.ndarray) -> 
 
 
 def _encoder_hints(im: Image.Image, path: Path) -> dict[str, Any]:
-    if im.format == "JPEG":
+    if im.format in ("JPEG", "MPO"):
         sampling = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}.get(JpegImagePlugin.get_sampling(im))
         return {"subsampling": sampling, "progressive": bool(im.info.get("progressive"))}
     if im.format == "TIFF":
