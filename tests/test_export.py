@@ -1,0 +1,143 @@
+"""ONNX export: dynamic shapes, self-describing metadata, the cache, atomic writes, the CLI."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.onnx_export import (
+    EXPORT_VERSION,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    cached_onnx_path,
+    ensure_onnx,
+    read_onnx_metadata,
+)
+from models.predictor import DecodeOptions
+from models.registry import create_model
+from tools.export import main as export_main
+
+
+@pytest.fixture(scope="module", autouse=True)
+def onnx_cache(tmp_path_factory) -> Iterator[Path]:
+    root = tmp_path_factory.getbasetemp() / "tinct-cache"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TINCT_CACHE_DIR", str(root))
+        yield root / "onnx"
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_checkpoint) -> Path:
+    return ensure_onnx(tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory) -> Path:
+    """Another architecture, small enough to export in a few seconds: the CLI and stale-cache tests."""
+    torch.manual_seed(1)
+    model = create_model("regression", base_width=8, n_dilated=1, out_stride=2, head="classification")
+    path = tmp_path_factory.mktemp("small") / "small.pt"
+    save_checkpoint(path, model, provenance={"purpose": "export tests"})
+    return path
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_export_is_dynamic_in_batch_height_and_width(exported, tiny_checkpoint):
+    graph_input = onnx.load(str(exported)).graph.input[0]
+    dims = graph_input.type.tensor_type.shape.dim
+    assert graph_input.name == INPUT_NAME
+    assert [bool(d.dim_param) for d in dims] == [True, False, True, True]  # B, 1, H, W
+    predictor = load_checkpoint(tiny_checkpoint).build_predictor()
+    session = _session(exported)
+    rng = np.random.default_rng(0)
+    for shape in ((1, 1, 64, 96), (3, 1, 32, 160)):
+        L = (rng.random(shape) * 100).astype(np.float32)
+        (ab,) = session.run([OUTPUT_NAME], {INPUT_NAME: L})
+        with torch.inference_mode():
+            expected = predictor(torch.from_numpy(L)).numpy()
+        assert ab.shape == (shape[0], 2, shape[2] // 4, shape[3] // 4)
+        assert np.abs(ab - expected).max() < 1e-2
+
+
+def test_export_carries_its_provenance(exported, tiny_checkpoint):
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    onnx.checker.check_model(str(exported))
+    meta = read_onnx_metadata(exported)
+    assert meta.checkpoint_sha256 == checkpoint.sha256
+    assert (meta.model_name, meta.stride, meta.output_stride) == ("effnet_unet", 32, 4)
+    assert meta.decode == DecodeOptions(**checkpoint.decode)
+    assert meta.provenance == {"purpose": "tests"}
+    assert meta.export_version == EXPORT_VERSION
+    assert meta.to_checkpoint().label == checkpoint.label
+    keys = {p.key for p in onnx.load(str(exported), load_external_data=False).metadata_props}
+    assert {"tinct.checkpoint_sha256", "tinct.model_name", "tinct.stride", "tinct.decode"} <= keys
+
+
+def test_export_is_one_file_written_atomically(exported):
+    # Weights are inside the .onnx (no external-data side files) and no temporary file is left behind.
+    assert [p.name for p in exported.parent.iterdir() if not p.name.endswith(".onnx")] == []
+    assert exported.stat().st_size > 1_000_000
+    assert exported.name.startswith(read_onnx_metadata(exported).checkpoint_sha256[:16])
+
+
+def test_cache_is_reused_without_exporting_again(exported, tiny_checkpoint):
+    before = exported.stat().st_mtime_ns
+    again = ensure_onnx(load_checkpoint(tiny_checkpoint))
+    assert again == exported
+    assert again.stat().st_mtime_ns == before
+
+
+def test_cli_export_and_stale_cache(small_checkpoint, tmp_path):
+    out = tmp_path / "small-mode.onnx"
+    assert export_main([str(small_checkpoint), "-o", str(out), "--decode-method", "mode"]) == 0
+    meta = read_onnx_metadata(out)
+    assert meta.decode.method == "mode" and meta.model_name == "regression"
+    assert [p.name for p in tmp_path.iterdir()] == ["small-mode.onnx"]
+    checkpoint = load_checkpoint(small_checkpoint)
+    predictor = checkpoint.build_predictor(DecodeOptions(method="mode"))
+    L = (np.random.default_rng(3).random((2, 1, 32, 48)) * 100).astype(np.float32)
+    (ab,) = _session(out).run([OUTPUT_NAME], {INPUT_NAME: L})
+    with torch.inference_mode():
+        expected = predictor(torch.from_numpy(L)).numpy()
+    # The mode is a bin centre: exact, except where two logits tie within float error.
+    assert np.mean(np.abs(ab - expected) < 1e-3) > 0.99
+
+    # A cached file recording another checkpoint under this checkpoint's name is exported again.
+    cached = cached_onnx_path(checkpoint, DecodeOptions(method="mode"))
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    model = onnx.load(str(out))
+    for prop in model.metadata_props:
+        if prop.key == "tinct.checkpoint_sha256":
+            prop.value = "0" * 64
+    onnx.save(model, str(cached))
+    os.utime(cached, ns=(0, 0))
+    assert ensure_onnx(checkpoint, DecodeOptions(method="mode")) == cached
+    assert cached.stat().st_mtime_ns > 0
+    assert read_onnx_metadata(cached).checkpoint_sha256 == checkpoint.sha256
+
+
+def test_cli_rejects_bad_arguments(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        export_main([str(tmp_path / "missing.pt"), "-o", str(tmp_path / "x.onnx")])
+    assert "no such checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        export_main(["default", "-o", str(tmp_path / "x.txt")])
+    assert "must end in .onnx" in capsys.readouterr().err
+
+
+def test_reading_metadata_of_a_foreign_file_fails_clearly(tmp_path):
+    path = tmp_path / "garbage.onnx"
+    path.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="not a readable ONNX file"):
+        read_onnx_metadata(path)
