@@ -36,6 +36,15 @@ def _to_pil(image: np.ndarray | Image.Image) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(arr), "RGB")
 
 
+def thumbnail(image: np.ndarray | Image.Image, height: int) -> Image.Image:
+    """A copy ``height`` pixels high (aspect kept, never enlarged), so a caller can keep many rows for a sheet
+    without holding full-resolution float images."""
+    img = _to_pil(image)
+    if img.height > height:
+        img = img.resize((max(1, round(img.width * height / img.height)), height), Image.Resampling.LANCZOS)
+    return img
+
+
 def _fit_label(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width: int) -> str:
     """Shorten a label with an ellipsis until it fits its column (checkpoint labels can be long)."""
     if draw.textlength(text, font=font) <= width:

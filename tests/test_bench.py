@@ -1,0 +1,66 @@
+"""``tools bench`` in a tiny configuration: real engines, real JPEG round trips, no mocks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tools import bench
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_bench_tiny_configuration_reports_positive_rates_and_the_comparison(tiny_checkpoint: Path) -> None:
+    result = bench.run_bench(
+        model=str(tiny_checkpoint), engines=["torch"], precisions=["fp32", "fp16"], batch_sizes=[1, 2],
+        render_size=64, megapixels=0.02, images=2, compare="eccv16", compare_config={"width_multiplier": 0.125},
+        warmup=1, repeats=2, device="cpu",
+    )
+    # fp16 is a GPU precision: recorded as skipped with the reason, not a crash.
+    assert any("fp16" in why for why in result.skipped)
+    keys = {(r.arch, r.case, r.batch_size) for r in result.rates}
+    assert keys == {(a, c, b) for a in ("default", "eccv16") for c in ("network", "end_to_end") for b in (1, 2)}
+    for rate in result.rates:
+        assert len(rate.seconds) == 2 and rate.images_per_s > 0 and rate.megapixels_per_s > 0
+    assert {q["case"] for q in result.ratios()} == {"network", "end_to_end"}
+
+    data = json.loads(json.dumps(result.to_json()))
+    assert set(data) == {"system", "config", "engines", "rates", "ratios", "skipped"}
+    assert {"cpu", "cpu_count", "torch", "torch_threads", "onnxruntime"} <= set(data["system"])
+    assert data["config"]["render_size"] == 64 and data["config"]["photo_size"] == list(bench.photo_size(0.02))
+    rate_keys = {"images_per_s", "megapixels_per_s", "median_s", "engine", "precision", "batch_size", "case"}
+    assert rate_keys <= set(data["rates"][0])
+    assert all(q["speed_ratio"] > 0 for q in data["ratios"])
+    table = result.table()
+    assert "| default | torch | fp32 | 2 |" in table and "vs eccv16" in table and "CPU:" in table
+
+
+def test_bench_cli_network_only_writes_json(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    rc = bench.main([
+        "--model", str(tiny_checkpoint), "--engines", "torch", "--precisions", "fp32", "--batch-sizes", "2",
+        "--render-size", "64", "--images", "2", "--compare", "none", "--warmup", "0", "--repeats", "1",
+        "--network-only", "--json", str(out),
+    ])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    ((rate),) = data["rates"]
+    assert rate["case"] == "network" and rate["images"] == 2 and rate["images_per_s"] > 0
+    assert data["ratios"] == []
+
+
+def test_photo_and_network_shapes() -> None:
+    width, height = bench.photo_size(1.0)
+    assert abs(width * height - 1e6) < 2e4 and width > height
+    assert bench.network_input_shape(256, 32) == (192, 256)  # 256 x 171 padded to the stride
+    assert bench.network_input_shape(100, 32) == (96, 128)
+    assert bench.network_input_shape(256, 32, photo=(150, 100)) == (128, 160)  # never upscaled

@@ -1,0 +1,430 @@
+"""``python -m tools evaluate``: score colorization models against ground truth, gray baseline beside them.
+
+For each colour photo in a folder (recursively) or a zip, the gray input is the photo's own lightness L
+(``models.color``), every model colorizes it through the product's ``Colorizer`` (batched), and the
+result is scored against the photo: PSNR, SSIM, mean CIEDE2000, colourfulness and its gap to the
+truth's. The gray baseline (ab = 0, i.e. the input shown as it is) is always scored on the same
+photos, and ground truth's colourfulness is reported, because PSNR and SSIM alone flatter a model
+that predicts almost no colour: the gray image itself scores about 22.8 dB / 0.95 SSIM on BSDS500.
+
+Library use: ``evaluate_models([...], data=...)`` returns an ``EvaluationResult`` with per-image and
+mean figures, ``.table()`` (markdown) and ``.to_json()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import math
+import os
+import sys
+import time
+import zipfile
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from models.checkpoint import load_checkpoint, resolve_checkpoint
+from models.color import merge_l_ab, rgb_to_l
+from models.colorizer import Colorizer
+from models.engines import create_engine
+from models.onnx_export import read_onnx_metadata
+from models.predictor import DecodeOptions
+from tools import metrics
+from tools.contact_sheet import render_contact_sheet, thumbnail
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+GRAY_LABEL = "gray baseline (ab = 0)"
+TRUTH_LABEL = "ground truth"
+METRIC_KEYS = ("psnr", "ssim", "delta_e", "colourfulness", "colourfulness_gap")
+MIN_SIDE = 11  # SSIM's Gaussian window has to fit inside the photo
+
+
+# --- scoring ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageScores:
+    """One colorization of one photo, scored against its ground truth."""
+
+    psnr: float  # dB on sRGB floats in [0, 1]; inf for a pixel-perfect answer
+    ssim: float
+    delta_e: float  # mean CIEDE2000 over pixels
+    colourfulness: float  # Hasler & Suesstrunk, of the colorization
+    colourfulness_gap: float  # |colourfulness - truth's colourfulness|
+
+
+def score_ab(L: np.ndarray, ab: np.ndarray, truth_rgb: np.ndarray) -> tuple[np.ndarray, ImageScores]:
+    """Merge a predicted ``ab`` (2, H, W) with the input ``L`` (H, W) and score the sRGB result.
+
+    Every row of the table (each model, the gray baseline with ab = 0) goes through this one function,
+    so the rows differ only in their ab. Returns the sRGB image (H, W, 3) in [0, 1] and its scores.
+    """
+    L_t = torch.as_tensor(np.asarray(L), dtype=torch.float64).reshape(1, 1, *L.shape[-2:])
+    ab_t = torch.as_tensor(np.asarray(ab), dtype=torch.float64).reshape(1, 2, *L.shape[-2:])
+    rgb = merge_l_ab(L_t, ab_t)[0].permute(1, 2, 0).numpy()
+    c_ours = float(metrics.colourfulness(rgb))
+    c_truth = float(metrics.colourfulness(truth_rgb))
+    scores = ImageScores(
+        psnr=float(metrics.psnr(rgb, truth_rgb)),
+        ssim=float(metrics.ssim(rgb, truth_rgb)),
+        delta_e=float(metrics.delta_e_mean(rgb, truth_rgb)),
+        colourfulness=c_ours,
+        colourfulness_gap=abs(c_ours - c_truth),
+    )
+    return rgb, scores
+
+
+def gray_input(truth_rgb: np.ndarray) -> np.ndarray:
+    """The photo's lightness L (H, W) float32: what a black-and-white print of it would hold."""
+    rgb = torch.from_numpy(np.ascontiguousarray(truth_rgb, dtype=np.float64)).permute(2, 0, 1)
+    return rgb_to_l(rgb)[0].numpy().astype(np.float32)
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TruthPhoto:
+    name: str  # path, or "archive.zip!member"
+    rgb: np.ndarray  # (H, W, 3) float64 in [0, 1]
+
+
+def _decode_colour(data: bytes) -> np.ndarray | None:
+    """Decoded sRGB photo, or None when it has no colour (evaluating a gray truth measures nothing)."""
+    with Image.open(io.BytesIO(data)) as img:
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("1", "L", "LA", "I", "I;16", "F"):
+            return None
+        arr = np.asarray(img.convert("RGB"))
+    if (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all():
+        return None
+    return arr.astype(np.float64) / 255.0
+
+
+def _iter_sources(data: Path) -> Iterator[tuple[str, bytes]]:
+    if data.is_file() and data.suffix.lower() == ".zip":
+        with zipfile.ZipFile(data) as zf:
+            for name in sorted(zf.namelist()):
+                if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                    yield f"{data}!{name}", zf.read(name)
+    elif data.is_dir():
+        for path in sorted(p for p in data.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+            yield str(path), path.read_bytes()
+    else:
+        raise FileNotFoundError(f"{data}: not a folder or a .zip of colour photos")
+
+
+def iter_truth_photos(data: str | os.PathLike, limit: int | None = None, skipped: list[str] | None = None) -> (
+    Iterator[TruthPhoto]
+):
+    """Colour photos under ``data`` in name order, decoded lazily. Unreadable files, gray photos and photos
+    too small to score are skipped with a warning (and their names appended to ``skipped``), so one bad file
+    in an archive's folder does not stop an evaluation."""
+    if limit is not None and limit <= 0:
+        return
+    count = 0
+    for name, raw in _iter_sources(Path(data)):
+        try:
+            rgb = _decode_colour(raw)
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            log.warning("skipping %s: not a readable image (%s)", name, exc)
+            if skipped is not None:
+                skipped.append(name)
+            continue
+        reason = "it has no colour to compare with" if rgb is None else None
+        if rgb is not None and min(rgb.shape[:2]) < MIN_SIDE:
+            reason = f"{rgb.shape[1]}x{rgb.shape[0]} is too small to score (at least {MIN_SIDE} px a side)"
+        if reason is not None:
+            log.warning("skipping %s: %s", name, reason)
+            if skipped is not None:
+                skipped.append(name)
+            continue
+        count += 1
+        yield TruthPhoto(name, rgb)
+        if limit is not None and count >= limit:
+            return
+
+
+# --- results ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class RowResult:
+    """One row of the table: a model, or the gray baseline."""
+
+    label: str
+    model: str  # what was asked for: "default", a path, or "gray"
+    engine: str = ""
+    per_image: list[ImageScores] = field(default_factory=list)
+    seconds: float = 0.0  # time inside the colorizer (not decoding or scoring)
+
+    def means(self) -> dict[str, float]:
+        return {k: metrics.finite_mean([getattr(s, k) for s in self.per_image]) for k in METRIC_KEYS}
+
+
+@dataclass
+class EvaluationResult:
+    data: str
+    render_size: int
+    images: list[str]
+    sizes: list[tuple[int, int]]  # (width, height) per image
+    models: list[RowResult]
+    gray: RowResult
+    truth_colourfulness: list[float]
+    skipped: list[str]
+    seconds: float
+    decode: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def image_count(self) -> int:
+        return len(self.images)
+
+    def table(self) -> str:
+        """A markdown table: each model, the gray baseline, and ground truth's colourfulness."""
+        header = "| | PSNR dB | SSIM | CIEDE2000 | colourfulness | gap to truth | s/image |"
+        lines = [header, "|" + "---|" * 7]
+        for row in [*self.models, self.gray]:
+            m = row.means()
+            per_image = f"{row.seconds / self.image_count:.3f}" if row is not self.gray and self.image_count else "-"
+            lines.append(
+                f"| {row.label} | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['delta_e']:.2f} | "
+                f"{m['colourfulness']:.2f} | {m['colourfulness_gap']:.2f} | {per_image} |"
+            )
+        c_truth = metrics.finite_mean(self.truth_colourfulness)
+        lines.append(f"| {TRUTH_LABEL} | - | - | - | {c_truth:.2f} | 0 | - |")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data for ``json.dump``; non-finite numbers (a perfect PSNR) are written as strings."""
+
+        def row(r: RowResult) -> dict[str, Any]:
+            return {"label": r.label, "model": r.model, "engine": r.engine, "seconds": r.seconds, "mean": r.means()}
+
+        images = []
+        for i, name in enumerate(self.images):
+            images.append(
+                {
+                    "name": name,
+                    "size": list(self.sizes[i]),
+                    "truth_colourfulness": self.truth_colourfulness[i],
+                    "gray": asdict(self.gray.per_image[i]),
+                    "models": {r.label: asdict(r.per_image[i]) for r in self.models},
+                }
+            )
+        truth = {"label": TRUTH_LABEL, "mean": {"colourfulness": metrics.finite_mean(self.truth_colourfulness)}}
+        return _json_safe(
+            {
+                "data": self.data,
+                "render_size": self.render_size,
+                "image_count": self.image_count,
+                "decode": self.decode,
+                "models": [row(r) for r in self.models],
+                "gray_baseline": row(self.gray),
+                "truth": truth,
+                "skipped": self.skipped,
+                "seconds": self.seconds,
+                "images": images,
+            }
+        )
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # "inf" / "nan": strict JSON has no infinity
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+# --- evaluation ------------------------------------------------------------------------------------
+
+
+def _unique_labels(labels: list[str]) -> list[str]:
+    """The same checkpoint given twice (e.g. with other decode settings) still gets distinct rows."""
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label} #{seen[label]}")
+    return out
+
+
+def _decode_options(model: str, overrides: dict[str, Any]) -> DecodeOptions:
+    """The model's own decode options with ``overrides`` applied: ``--temperature`` alone keeps the
+    checkpoint's method rather than silently resetting it to the library default."""
+    if str(model) != "default" and Path(model).suffix.lower() == ".onnx":
+        recorded = read_onnx_metadata(model).decode.to_dict()
+    else:
+        recorded = load_checkpoint(resolve_checkpoint(model)).decode
+    return DecodeOptions(**{**DecodeOptions().to_dict(), **recorded, **overrides})
+
+
+def evaluate_models(
+    models: Sequence[str],
+    data: str | os.PathLike,
+    render_size: int = 256,
+    limit: int | None = None,
+    engine_kind: str = "auto",
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int = 8,
+    decode: dict[str, Any] | None = None,
+    contact_sheet: str | os.PathLike | None = None,
+    sheet_count: int = 12,
+    cell_height: int = 160,
+) -> EvaluationResult:
+    """Colorize every colour photo under ``data`` with each model and score it (see the module doc).
+
+    Engines are opened once; photos are read lazily and colorized ``batch_size`` at a time, so memory
+    stays bounded on large folders. ``decode`` (``{"method": ..., "temperature": ...}``) overrides how
+    classification heads turn bin probabilities into ab.
+    """
+    if not models:
+        raise ValueError("evaluate needs at least one model")
+    started = time.perf_counter()
+    engines = []
+    try:
+        for m in models:
+            options = _decode_options(m, decode) if decode else None
+            engines.append(create_engine(model=m, kind=engine_kind, device=device, precision=precision, decode=options))
+        suffix = f" [{engines[0].decode.method}, T={engines[0].decode.temperature:g}]" if decode else ""
+        labels = _unique_labels([e.checkpoint.label + suffix for e in engines])
+        colorizers = [Colorizer(e, render_size=render_size, batch_size=batch_size) for e in engines]
+        rows = [
+            RowResult(label, str(m), f"{e.name} {e.device} {e.precision}")
+            for label, m, e in zip(labels, models, engines, strict=True)
+        ]
+        gray = RowResult(GRAY_LABEL, "gray")
+        names: list[str] = []
+        sizes: list[tuple[int, int]] = []
+        truth_c: list[float] = []
+        skipped: list[str] = []
+        sheet_rows: list[list[Image.Image]] = []
+
+        def flush(chunk: list[TruthPhoto]) -> None:
+            Ls = [gray_input(p.rgb) for p in chunk]
+            predictions = []
+            for colorizer, row in zip(colorizers, rows, strict=True):
+                t0 = time.perf_counter()
+                predictions.append(colorizer.predict_ab(Ls))
+                row.seconds += time.perf_counter() - t0
+            for i, (photo, L) in enumerate(zip(chunk, Ls, strict=True)):
+                gray_rgb, gray_scores = score_ab(L, np.zeros((2, *L.shape), np.float32), photo.rgb)
+                gray.per_image.append(gray_scores)
+                ours = []
+                for row, abs_ in zip(rows, predictions, strict=True):
+                    rgb, scores = score_ab(L, abs_[i], photo.rgb)
+                    row.per_image.append(scores)
+                    ours.append(rgb)
+                names.append(photo.name)
+                sizes.append((photo.rgb.shape[1], photo.rgb.shape[0]))
+                truth_c.append(float(metrics.colourfulness(photo.rgb)))
+                if contact_sheet is not None and len(sheet_rows) < sheet_count:
+                    sheet_rows.append([thumbnail(x, cell_height) for x in (gray_rgb, *ours, photo.rgb)])
+            log.info("evaluated %d photos", len(names))
+
+        chunk: list[TruthPhoto] = []
+        for photo in iter_truth_photos(data, limit, skipped):
+            chunk.append(photo)
+            if len(chunk) == batch_size:
+                flush(chunk)
+                chunk = []
+        if chunk:
+            flush(chunk)
+    finally:
+        for e in engines:
+            e.close()
+    if not names:
+        raise ValueError(f"{data}: no readable colour photos to evaluate ({len(skipped)} skipped)")
+    if contact_sheet is not None:
+        render_contact_sheet(sheet_rows, ["gray input", *labels, TRUTH_LABEL], contact_sheet, cell_height=cell_height)
+    return EvaluationResult(
+        data=str(data),
+        render_size=render_size,
+        images=names,
+        sizes=sizes,
+        models=rows,
+        gray=gray,
+        truth_colourfulness=truth_c,
+        skipped=skipped,
+        seconds=time.perf_counter() - started,
+        decode=dict(decode or {}),
+    )
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tools evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", action="append", required=True, help="'default' or a checkpoint/.onnx path; repeatable")
+    p.add_argument("--data", required=True, help="a folder (searched recursively) or a .zip of colour photos")
+    p.add_argument("--render-size", type=int, default=256, help="short side the network sees (default 256)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N photos (name order)")
+    p.add_argument("--engine", default="auto", help="auto | torch | onnxruntime")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16")
+    p.add_argument("--batch-size", type=int, default=8, help="photos per colorizer call")
+    p.add_argument("--decode-method", choices=("mode", "mean", "annealed_mean"), help="override the checkpoint's")
+    p.add_argument("--temperature", type=float, help="annealed-mean temperature override (0.38 = Zhang et al.)")
+    p.add_argument("--contact-sheet", help="write a PNG grid: gray | each model | truth")
+    p.add_argument("--sheet-count", type=int, default=12, help="photos on the contact sheet (default 12)")
+    p.add_argument("--cell-height", type=int, default=160, help="contact-sheet cell height in pixels")
+    p.add_argument("--json", help="write per-image and mean figures here")
+    p.add_argument(
+        "--threads", type=int, help="torch (and so ONNX Runtime) intra-op threads; 1 is faster on a busy machine"
+    )
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if args.threads:
+        # Before any engine exists: the ONNX Runtime engine takes its thread count from torch's.
+        torch.set_num_threads(args.threads)
+    decode: dict[str, Any] = {}
+    if args.decode_method is not None:
+        decode["method"] = args.decode_method
+    if args.temperature is not None:
+        decode["temperature"] = args.temperature
+    result = evaluate_models(
+        args.model,
+        args.data,
+        render_size=args.render_size,
+        limit=args.limit,
+        engine_kind=args.engine,
+        device=args.device,
+        precision=args.precision,
+        batch_size=args.batch_size,
+        decode=decode,
+        contact_sheet=args.contact_sheet,
+        sheet_count=args.sheet_count,
+        cell_height=args.cell_height,
+    )
+    print(f"{result.image_count} photos from {result.data} at render size {result.render_size}"
+          f"{f' ({len(result.skipped)} skipped)' if result.skipped else ''}, {result.seconds:.1f} s\n")
+    print(result.table())
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result.to_json(), indent=2, allow_nan=False) + "\n")
+    if args.contact_sheet:
+        print(f"\ncontact sheet: {args.contact_sheet}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
