@@ -74,10 +74,11 @@ def test_evaluate_cli_writes_table_json_and_contact_sheet(
     assert result["seconds"] > 0
 
     with Image.open(sheet) as img:
-        # 3 columns (gray | model | truth), 2 rows (a.png 64x48, b.jpg 48x64), cells 50 high and as wide as the
-        # widest photo needs at that height: round(50 * 64 / 48) = 67.
-        assert img.size == sheet_size(2, 3, 67, 50)
-        assert img.size[1] == HEADER_HEIGHT + 2 * (50 + 4) + 4
+        # 3 columns (gray | model | truth), 2 rows, cells 50 high and at least as wide as the widest photo
+        # (a.png, 64x48) needs at that height, round(50 * 64 / 48) = 67, or as the model's label needs.
+        width, height = img.size
+        assert height == sheet_size(2, 3, 67, 50)[1] == HEADER_HEIGHT + 2 * (50 + 4) + 4
+        assert width >= sheet_size(2, 3, 67, 50)[0] and (width - 4 * 4) % 3 == 0
 
 
 def test_perfect_colour_scores_near_infinite_psnr_through_the_same_scoring(tiny_dataset: Path) -> None:
@@ -114,13 +115,16 @@ def test_json_writes_infinite_psnr_as_a_string() -> None:
 def test_contact_sheet_fits_mixed_shapes_and_checks_rows(tmp_path: Path) -> None:
     wide, tall = gradient_image(30, 60, seed=1), gradient_image(60, 30, seed=2)
     rows = [[wide[..., 0], wide / 255.0, wide], [tall[..., 0], tall / 255.0, tall]]
-    out = render_contact_sheet(rows, ["gray", "a-very-long-model-label@0123456789abcdef", "truth"], tmp_path / "s.png",
-                               cell_height=40)
+    labels = ["gray", "a-very-long-model-label@0123456789abcdef", "truth"]
+    out = render_contact_sheet(rows, labels, tmp_path / "s.png", cell_height=40, cell_width=80)
     with Image.open(out) as img:
         assert img.size == sheet_size(2, 3, 80, 40)
         pixels = np.asarray(img)
     # The wide photo fills its cell's width; the cell beside the tall one is background on both sides.
     y = HEADER_HEIGHT + 40 + 4 + 20
     assert (pixels[y, 6] == (236, 236, 236)).all()
+    # Without a cell width, columns widen to fit the longest label rather than cut it.
+    with Image.open(render_contact_sheet(rows, labels, tmp_path / "auto.png", cell_height=40)) as img:
+        assert img.size[0] > sheet_size(2, 3, 80, 40)[0] and img.size[1] == sheet_size(2, 3, 80, 40)[1]
     with pytest.raises(ValueError, match="do not have 3 images"):
         render_contact_sheet([rows[0][:2]], ["gray", "model", "truth"], tmp_path / "bad.png")

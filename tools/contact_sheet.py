@@ -7,6 +7,7 @@ aspect ratio and are centred in it, so photos of different shapes line up in col
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ BACKGROUND = (236, 236, 236)  # light gray, so white photos still show their edg
 TEXT_COLOUR = (0, 0, 0)
 PADDING = 4
 HEADER_HEIGHT = 20
+LABEL_MARGIN = 2
 
 
 def _to_pil(image: np.ndarray | Image.Image) -> Image.Image:
@@ -70,8 +72,9 @@ def render_contact_sheet(
 ) -> Path:
     """Draw ``rows`` (each: gray, ours..., truth) under the column ``labels`` and save a PNG.
 
-    ``cell_width`` defaults to what the widest image needs at ``cell_height``; every image is scaled
-    to fit its cell without cropping. Returns the path written.
+    ``cell_width`` defaults to what the widest image needs at ``cell_height`` or the longest label needs,
+    whichever is more (a given ``cell_width`` shortens long labels instead); every image is scaled to fit
+    its cell without cropping. Returns the path written.
     """
     if not rows:
         raise ValueError("a contact sheet needs at least one row")
@@ -80,16 +83,21 @@ def render_contact_sheet(
     if bad:
         raise ValueError(f"rows {bad} do not have {n_cols} images (one per label: {', '.join(labels)})")
     cells = [[_to_pil(image) for image in row] for row in rows]
+    font = ImageFont.load_default()
     if cell_width is None:
         widest = max(img.width / img.height for row in cells for img in row)
-        cell_width = max(1, round(cell_height * widest))
+        # Wide enough for the widest photo at cell_height and for every label (two rows of the same model
+        # with different decoding differ only at the end of their labels).
+        measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+        label_width = max(math.ceil(measure.textlength(label, font=font)) for label in labels) + 2 * LABEL_MARGIN
+        cell_width = max(1, round(cell_height * widest), label_width)
 
     sheet = Image.new("RGB", sheet_size(len(rows), n_cols, cell_width, cell_height), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default()
     for c, label in enumerate(labels):
         x0 = PADDING + c * (cell_width + PADDING)
-        draw.text((x0 + 2, 4), _fit_label(draw, label, font, cell_width - 4), fill=TEXT_COLOUR, font=font)
+        text = _fit_label(draw, label, font, cell_width - 2 * LABEL_MARGIN)
+        draw.text((x0 + LABEL_MARGIN, 4), text, fill=TEXT_COLOUR, font=font)
     for r, row in enumerate(cells):
         y0 = HEADER_HEIGHT + r * (cell_height + PADDING)
         for c, img in enumerate(row):

@@ -271,6 +271,13 @@ def _decode_options(model: str, overrides: dict[str, Any]) -> DecodeOptions:
     return DecodeOptions(**{**DecodeOptions().to_dict(), **recorded, **overrides})
 
 
+def _decode_suffix(decode: DecodeOptions) -> str:
+    """How overridden decoding shows in a row label; the temperature only matters to the annealed mean."""
+    if decode.method == "annealed_mean":
+        return f" [annealed_mean, T={decode.temperature:g}]"
+    return f" [{decode.method}]"
+
+
 def evaluate_models(
     models: Sequence[str],
     data: str | os.PathLike,
@@ -299,8 +306,7 @@ def evaluate_models(
         for m in models:
             options = _decode_options(m, decode) if decode else None
             engines.append(create_engine(model=m, kind=engine_kind, device=device, precision=precision, decode=options))
-        suffix = f" [{engines[0].decode.method}, T={engines[0].decode.temperature:g}]" if decode else ""
-        labels = _unique_labels([e.checkpoint.label + suffix for e in engines])
+        labels = _unique_labels([e.checkpoint.label + (_decode_suffix(e.decode) if decode else "") for e in engines])
         colorizers = [Colorizer(e, render_size=render_size, batch_size=batch_size) for e in engines]
         rows = [
             RowResult(label, str(m), f"{e.name} {e.device} {e.precision}")
