@@ -14,7 +14,6 @@ import hashlib
 import io
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from models.color import ColorConstants
+from models.files import atomic_output
 from models.predictor import ABPredictor, DecodeOptions
 from models.registry import model_from_config
 
@@ -92,16 +92,8 @@ def save_checkpoint(
         "weights_sha256": digest,
         "weights": weights,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as f:
+        torch.save(payload, f)
     return digest
 
 

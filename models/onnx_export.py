@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from models.checkpoint import Checkpoint, load_checkpoint
+from models.files import atomic_path
 from models.predictor import DecodeOptions
 
 log = logging.getLogger(__name__)
@@ -188,17 +188,9 @@ def export_onnx(
         )
     program.model.metadata_props.update(meta.to_props())
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique sibling name rather than mkstemp: mkstemp creates the file 0600, and a cached export
-    # shared by several workers (or users) must keep the umask's permissions.
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.partial")
-    try:
+    with atomic_path(out_path) as tmp:
         program.save(tmp, external_data=False)
         onnx.checker.check_model(str(tmp))
-        os.replace(tmp, out_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     log.info("exported %s (decode %s) to %s", ckpt.label, decode_tag(decode), out_path)
     return out_path
 

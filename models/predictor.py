@@ -32,6 +32,7 @@ class ABPredictor(nn.Module):
         self.model = model
         self.decode = decode or DecodeOptions()
         self.stride = model.stride
+        self.output_stride = model.output_stride
 
     def forward(self, L: torch.Tensor) -> torch.Tensor:
         out = self.model(L)

@@ -21,7 +21,6 @@ from worker.errors import BadInputError, InputTooLargeError, PermanentError, Uns
 from worker.images import (
     COLOUR_THRESHOLD,
     Photo,
-    atomic_output,
     read_photo,
     read_provenance,
     srgb_icc_profile,
@@ -394,28 +393,6 @@ def test_colour_detection(tmp_path: Path) -> None:
 
 
 # --- atomic writes ---------------------------------------------------------------------------------------------
-
-
-def test_atomic_output_never_leaves_partial_files(tmp_path: Path) -> None:
-    target = tmp_path / "photo.jpg"
-    target.write_bytes(b"the original")
-    for error in (RuntimeError("encoder died"), KeyboardInterrupt()):
-        with pytest.raises(type(error)), atomic_output(target) as f:
-            f.write(b"half of a new image")
-            raise error
-        assert target.read_bytes() == b"the original"
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.jpg"]
-    with atomic_output(target) as f:
-        f.write(b"new")
-    assert target.read_bytes() == b"new"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.jpg"]
-    assert (target.stat().st_mode & 0o777) == (0o666 & ~_umask())
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def test_encoder_failure_leaves_no_file(tmp_path: Path) -> None:

@@ -19,9 +19,7 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +37,7 @@ from models.color import (
     rebalance_weights,
     soft_encode_ab,
 )
+from models.files import atomic_output
 from models.predictor import DecodeOptions
 from models.registry import build_config, create_model, model_from_config
 from tools.datasets import Augment, BatchSampler, PhotoBank, SourceSpec
@@ -166,17 +165,6 @@ def validate(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]],
     return {"val_ab_rmse": math.sqrt(se_model / n), "val_ab_rmse_gray": math.sqrt(se_gray / n)}
 
 
-def _atomic_torch_save(obj: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
     """Train (or resume) into ``run_dir``; returns the path of the inference checkpoint."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -241,7 +229,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
         }
         if disc is not None:
             payload |= {"disc": disc.state_dict(), "disc_optimizer": disc_opt.state_dict()}
-        _atomic_torch_save(payload, state_path)
+        with atomic_output(state_path) as f:
+            torch.save(payload, f)
         provenance = {
             "data": cfg.data,
             "photos": len(bank),

@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     colorize.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                           help="default: %(default)s (fp16 on CUDA, fp32 on CPU)")
     colorize.add_argument("--render-size", type=_positive, default=256,
-                          help="short side the network sees; colour is applied at full resolution (default: 256)")
+                          help="long side the network sees (never upscaled); colour is applied at full resolution "
+                          "(default: 256)")
     colorize.add_argument("--batch-size", type=_positive, default=8, help="photos per network batch (default: 8)")
     colorize.add_argument("--max-pixels", type=max_pixels_arg, default=DEFAULT_MAX_PIXELS,
                           help=f"refuse larger photos, e.g. 200M (default: {DEFAULT_MAX_PIXELS // 1_000_000}M)")

@@ -22,7 +22,6 @@ import io
 import logging
 import os
 import re
-import secrets
 import struct
 import threading
 import tomllib
@@ -41,6 +40,7 @@ import torch
 from PIL import Image, ImageCms, ImageOps, JpegImagePlugin, PngImagePlugin, TiffImagePlugin, UnidentifiedImageError
 
 from models import color
+from models.files import atomic_output
 from worker.errors import BadInputError, InputTooLargeError, StorageError, UnsupportedMediaError
 
 logger = logging.getLogger(__name__)
@@ -97,7 +97,6 @@ _TRANSIENT_ERRNOS = frozenset({
     errno.EMFILE, errno.ENFILE, errno.ENOMEM,
 })
 #: Temp files of unfinished writes end with this; folder scans skip them (they also start with a dot).
-PARTIAL_SUFFIX = ".tinct-partial"
 
 
 @lru_cache(maxsize=1)
@@ -675,31 +674,6 @@ def _text(value: Any) -> str:
 
 
 # --- writing ---------------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """A file object whose bytes appear under ``path`` only when the block completes.
-
-    The data goes to a hidden temp file in the same directory (same file system, so ``os.replace`` is atomic),
-    is flushed to disk, then renamed over ``path``. An exception or interrupt removes the temp file, so a
-    reader never sees a half-written image under the final name. The temp file is created with the usual
-    permissions (0666 less the umask), as a plain ``open`` would.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def write_photo(

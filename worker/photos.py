@@ -33,11 +33,11 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from models.colorizer import Colorizer as ModelColorizer
 from models.engines import create_engine
+from models.files import PARTIAL_SUFFIX
 from worker.errors import BadInputError, ModelError, TinctError, one_line
 from worker.images import (
     DEFAULT_MAX_PIXELS,
     EXTENSION_FORMATS,
-    PARTIAL_SUFFIX,
     Photo,
     format_for_path,
     read_photo,

@@ -1,0 +1,46 @@
+"""Atomic file output, the one implementation every writer in Tinct uses (photos, checkpoints, ONNX
+exports, training state): bytes appear under the final name only when they are complete."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import BinaryIO
+
+# Temp files are hidden siblings with this suffix, so folder scans can recognise and skip them.
+PARTIAL_SUFFIX = ".tinct-partial"
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temp path next to ``path`` for a library that writes by file name; renamed over ``path`` when the
+    block completes, removed when it raises (or is interrupted).
+
+    Same directory, so ``os.replace`` is atomic. Not ``mkstemp``: that creates files 0600, and outputs
+    shared by several workers or users must keep the umask's permissions.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file object whose bytes appear under ``path`` only when the block completes; flushed and
+    fsynced before the rename, so a crash right after cannot leave an empty file under the final name."""
+    with atomic_path(path) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())

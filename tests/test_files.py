@@ -1,0 +1,44 @@
+"""Atomic outputs: bytes appear under the final name only when complete, with ordinary permissions."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from models.files import atomic_output, atomic_path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_atomic_output_never_leaves_partial_files(tmp_path: Path) -> None:
+    target = tmp_path / "photo.jpg"
+    target.write_bytes(b"the original")
+    for error in (RuntimeError("encoder died"), KeyboardInterrupt()):
+        with pytest.raises(type(error)), atomic_output(target) as f:
+            f.write(b"half of a new image")
+            raise error
+        assert target.read_bytes() == b"the original"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.jpg"]
+    with atomic_output(target) as f:
+        f.write(b"new")
+    assert target.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.jpg"]
+    assert (target.stat().st_mode & 0o777) == (0o666 & ~_umask())
+
+
+
+def test_atomic_path_renames_only_on_success(tmp_path: Path) -> None:
+    target = tmp_path / "deep" / "model.onnx"
+    with pytest.raises(ValueError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise ValueError("export failed")
+    assert not target.exists() and list(target.parent.iterdir()) == []
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"whole")
+    assert target.read_bytes() == b"whole"
