@@ -96,8 +96,9 @@ def photo_size(megapixels: float) -> tuple[int, int]:
 
 
 def make_test_photos(folder: Path, count: int, megapixels: float, seed: int = 0) -> list[Path]:
-    """Write ``count`` JPEG colour photos of about ``megapixels``: smooth gradients, blocks and noise, so
-    the encoder and decoder do realistic work (a flat image would compress to nothing)."""
+    """Write ``count`` black-and-white JPEG photos of about ``megapixels`` (what Tinct is given): smooth
+    gradients, blocks and noise, so the encoder and decoder do realistic work (a flat image would compress to
+    nothing)."""
     rng = np.random.default_rng(seed)
     width, height = photo_size(megapixels)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -111,7 +112,8 @@ def make_test_photos(folder: Path, count: int, megapixels: float, seed: int = 0)
             img[y0 : y0 + height // 5, x0 : x0 + width // 5] = rng.random(3)
         img += rng.normal(0.0, 0.03, img.shape).astype(np.float32)
         path = folder / f"bench-{i:03d}.jpg"
-        Image.fromarray((np.clip(img, 0, 1) * 255).round().astype(np.uint8)).save(path, quality=JPEG_QUALITY)
+        rgb = Image.fromarray((np.clip(img, 0, 1) * 255).round().astype(np.uint8))
+        rgb.convert("L").save(path, quality=JPEG_QUALITY)
         paths.append(path)
     return paths
 
