@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,15 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache(tmp_path_factory) -> Iterator[Path]:
+    """ONNX exports go to a per-run cache, never the user's ~/.cache; shared so each checkpoint exports once."""
+    root = tmp_path_factory.getbasetemp() / "tinct-cache"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TINCT_CACHE_DIR", str(root))
+        yield root / "onnx"
 
 
 @pytest.fixture(scope="session")

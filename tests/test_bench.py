@@ -5,18 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-import torch
-
 from tools import bench
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_bench_tiny_configuration_reports_positive_rates_and_the_comparison(tiny_checkpoint: Path) -> None:

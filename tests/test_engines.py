@@ -6,7 +6,6 @@ checkpoint is exported once per session however many modules need it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +28,6 @@ from models.registry import create_model
 
 SIZES = ((64, 96), (96, 32))  # multiples of both test models' strides (32 and 4)
 PARITY_TOLERANCE = 1e-2  # ab units; fp32 graphs differ only in summation order
-
-
-@pytest.fixture(scope="module", autouse=True)
-def onnx_cache(tmp_path_factory) -> Iterator[Path]:
-    root = tmp_path_factory.getbasetemp() / "tinct-cache"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TINCT_CACHE_DIR", str(root))
-        yield root / "onnx"
 
 
 @pytest.fixture(scope="module")

@@ -18,15 +18,6 @@ from tools import evaluate
 from tools.contact_sheet import HEADER_HEIGHT, render_contact_sheet, sheet_size
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tests on a shared 2-core machine: one thread avoids oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def tiny_dataset(tmp_path: Path) -> Path:
     """Four colour photos (PNG and JPEG, two in a subfolder), one unreadable file, one gray photo and one photo

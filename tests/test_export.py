@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +23,6 @@ from models.onnx_export import (
 from models.predictor import DecodeOptions
 from models.registry import create_model
 from tools.export import main as export_main
-
-
-@pytest.fixture(scope="module", autouse=True)
-def onnx_cache(tmp_path_factory) -> Iterator[Path]:
-    root = tmp_path_factory.getbasetemp() / "tinct-cache"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TINCT_CACHE_DIR", str(root))
-        yield root / "onnx"
 
 
 @pytest.fixture(scope="module")

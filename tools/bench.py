@@ -42,6 +42,7 @@ from models.checkpoint import save_checkpoint
 from models.colorizer import Colorizer
 from models.engines import Engine, EngineUnavailableError, create_engine
 from models.registry import config_class, create_model
+from tools.runtime import add_runtime_arguments, apply_runtime_arguments
 from worker.images import read_photo, write_photo
 
 log = logging.getLogger(__name__)
@@ -420,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engines", default="torch,onnxruntime", help="comma-separated backends")
     p.add_argument("--precisions", default="auto", help="comma-separated: auto, fp32, bf16, fp16")
     p.add_argument("--batch-sizes", default="1,4,8", help="comma-separated batch sizes")
-    p.add_argument("--render-size", type=int, default=256, help="short side the network sees")
+    p.add_argument("--render-size", type=int, default=256, help="long side the network sees (never upscaled)")
     p.add_argument("--megapixels", type=float, default=1.0, help="size of each generated end-to-end test photo")
     p.add_argument("--images", type=int, default=8, help="images per timed run")
     p.add_argument("--compare", default="eccv16", help="comparison architecture ('none' to skip)")
@@ -429,19 +430,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--network-only", action="store_true", help="skip the end-to-end measurement")
     p.add_argument("--json", help="write all timings here")
-    p.add_argument(
-        "--threads", type=int, help="torch (and so ONNX Runtime) intra-op threads; 1 is faster on a busy machine"
-    )
-    p.add_argument("-v", "--verbose", action="store_true")
+    add_runtime_arguments(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    if args.threads:
-        # Before any engine exists: the ONNX Runtime engine takes its thread count from torch's.
-        torch.set_num_threads(args.threads)
+    apply_runtime_arguments(args)
     result = run_bench(
         model=args.model,
         engines=_csv(args.engines),

@@ -50,7 +50,8 @@ class SourceSpec:
         return cls(Path(text))
 
 
-def _iter_image_bytes(source: Path) -> Iterator[tuple[str, bytes]]:
+def iter_image_bytes(source: Path) -> Iterator[tuple[str, bytes]]:
+    """``(name, encoded bytes)`` for every image in a folder (recursive) or .zip, in name order."""
     if source.is_file() and source.suffix.lower() == ".zip":
         with zipfile.ZipFile(source) as zf:
             for name in sorted(zf.namelist()):
@@ -61,7 +62,7 @@ def _iter_image_bytes(source: Path) -> Iterator[tuple[str, bytes]]:
             if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
                 yield str(path), path.read_bytes()
     else:
-        raise FileNotFoundError(f"{source}: not a folder or .zip of images")
+        raise FileNotFoundError(f"{source}: not a folder or a .zip of images")
 
 
 def _decode_rgb(name: str, data: bytes, short_side: int) -> np.ndarray | None:
@@ -87,7 +88,7 @@ class PhotoBank:
         skipped_gray = 0
         for spec in sources:
             count = 0
-            for name, data in _iter_image_bytes(spec.path):
+            for name, data in iter_image_bytes(spec.path):
                 rgb = _decode_rgb(name, data, short_side)
                 if rgb is None or min(rgb.shape[:2]) < 16:
                     continue

@@ -21,7 +21,6 @@ import math
 import os
 import sys
 import time
-import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,10 +38,11 @@ from models.onnx_export import read_onnx_metadata
 from models.predictor import DecodeOptions
 from tools import metrics
 from tools.contact_sheet import render_contact_sheet, thumbnail
+from tools.datasets import iter_image_bytes
+from tools.runtime import add_runtime_arguments, apply_runtime_arguments
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 GRAY_LABEL = "gray baseline (ab = 0)"
 TRUTH_LABEL = "ground truth"
 METRIC_KEYS = ("psnr", "ssim", "delta_e", "colourfulness", "colourfulness_gap")
@@ -111,19 +111,6 @@ def _decode_colour(data: bytes) -> np.ndarray | None:
     return arr.astype(np.float64) / 255.0
 
 
-def _iter_sources(data: Path) -> Iterator[tuple[str, bytes]]:
-    if data.is_file() and data.suffix.lower() == ".zip":
-        with zipfile.ZipFile(data) as zf:
-            for name in sorted(zf.namelist()):
-                if Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                    yield f"{data}!{name}", zf.read(name)
-    elif data.is_dir():
-        for path in sorted(p for p in data.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
-            yield str(path), path.read_bytes()
-    else:
-        raise FileNotFoundError(f"{data}: not a folder or a .zip of colour photos")
-
-
 def iter_truth_photos(data: str | os.PathLike, limit: int | None = None, skipped: list[str] | None = None) -> (
     Iterator[TruthPhoto]
 ):
@@ -133,7 +120,7 @@ def iter_truth_photos(data: str | os.PathLike, limit: int | None = None, skipped
     if limit is not None and limit <= 0:
         return
     count = 0
-    for name, raw in _iter_sources(Path(data)):
+    for name, raw in iter_image_bytes(Path(data)):
         try:
             rgb = _decode_colour(raw)
         except (UnidentifiedImageError, OSError, ValueError) as exc:
@@ -377,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tools evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", action="append", required=True, help="'default' or a checkpoint/.onnx path; repeatable")
     p.add_argument("--data", required=True, help="a folder (searched recursively) or a .zip of colour photos")
-    p.add_argument("--render-size", type=int, default=256, help="short side the network sees (default 256)")
+    p.add_argument("--render-size", type=int, default=256, help="long side the network sees (default 256)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N photos (name order)")
     p.add_argument("--engine", default="auto", help="auto | torch | onnxruntime")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -389,19 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sheet-count", type=int, default=12, help="photos on the contact sheet (default 12)")
     p.add_argument("--cell-height", type=int, default=160, help="contact-sheet cell height in pixels")
     p.add_argument("--json", help="write per-image and mean figures here")
-    p.add_argument(
-        "--threads", type=int, help="torch (and so ONNX Runtime) intra-op threads; 1 is faster on a busy machine"
-    )
-    p.add_argument("-v", "--verbose", action="store_true")
+    add_runtime_arguments(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    if args.threads:
-        # Before any engine exists: the ONNX Runtime engine takes its thread count from torch's.
-        torch.set_num_threads(args.threads)
+    apply_runtime_arguments(args)
     decode: dict[str, Any] = {}
     if args.decode_method is not None:
         decode["method"] = args.decode_method
