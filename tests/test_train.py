@@ -128,3 +128,10 @@ def test_cli_rejects_unknown_model_options(photo_dir: Path, tmp_path: Path, caps
         main(["--data", str(photo_dir), "--run-dir", str(tmp_path), "--set", "colour=blue"])
     assert exc.value.code == 2
     assert "no option colour" in capsys.readouterr().err
+
+
+def test_cli_requires_data_for_a_new_run(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--run-dir", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "--data is required" in capsys.readouterr().err

@@ -317,8 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="effnet_unet", help="registered architecture name")
     p.add_argument("--set", dest="options", action="append", default=[], type=_parse_option, metavar="KEY=VALUE",
                    help="model config override, e.g. --set head=regression --set freeze_encoder=true")
-    p.add_argument("--data", action="append", required=True, metavar="PATH[:WEIGHT]",
-                   help="folder or .zip of colour photos; repeat; :WEIGHT oversamples")
+    p.add_argument("--data", action="append", default=[], metavar="PATH[:WEIGHT]",
+                   help="folder or .zip of colour photos; repeat; :WEIGHT oversamples (a resumed run keeps its own)")
     p.add_argument("--val", action="append", default=[], metavar="PATH", help="held-out colour photos")
     p.add_argument("--run-dir", type=Path, required=True)
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/train_state.pt")
@@ -335,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not args.data and not args.resume:
+        p.error("--data is required (unless --resume continues a run)")
     options = dict(args.options)
     try:
         build_config(args.model, **options)  # fail fast on a bad name or option, before loading data
