@@ -10,6 +10,7 @@ VERBS = {
     "evaluate": ("tools.evaluate", "score a model against ground truth with the gray baseline beside it"),
     "bench": ("tools.bench", "images/s and megapixels/s per engine and batch size"),
     "export": ("tools.export", "export a checkpoint to ONNX (dynamic batch and size)"),
+    "promote": ("tools.promote", "make a run's checkpoint shippable: decoding, evaluation, fp16 weights"),
 }
 
 

@@ -1,0 +1,58 @@
+"""``tools promote``: a run's checkpoint becomes a shippable one with its decoding and evaluation recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from models.checkpoint import load_checkpoint
+from models.engines import create_engine
+from tests.conftest import gradient_image
+from tools import evaluate, promote
+
+
+@pytest.fixture
+def evaluation(tiny_checkpoint: Path, tmp_path: Path) -> Path:
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        Image.fromarray(gradient_image(48, 64, seed=i)).save(data / f"{i}.png")
+    report = tmp_path / "eval.json"
+    assert evaluate.main(["--model", str(tiny_checkpoint), "--data", str(data), "--render-size", "64",
+                          "--engine", "torch", "--json", str(report)]) == 0
+    return report
+
+
+def test_promote_records_decoding_and_evaluation(tiny_checkpoint: Path, evaluation: Path, tmp_path: Path) -> None:
+    shipped = tmp_path / "weights" / "shipped.pt"
+    assert promote.main([str(tiny_checkpoint), "-o", str(shipped), "--temperature", "0.7",
+                         "--evaluation", str(evaluation)]) == 0
+    source, result = load_checkpoint(tiny_checkpoint), load_checkpoint(shipped)
+    assert result.decode == {"method": "annealed_mean", "temperature": 0.7}
+    assert result.provenance["promoted_from"] == source.label
+    assert result.provenance["purpose"] == "tests"  # the run's own provenance is kept
+    recorded = result.provenance["evaluation"]
+    assert recorded["image_count"] == 2 and set(recorded["models"]) == {source.label}
+    assert recorded["gray_baseline"]["psnr"] > 0 and recorded["truth"]["colourfulness"] > 0
+    assert {t.dtype for t in result.state_dict.values() if t.is_floating_point()} == {torch.float16}
+
+    # The engine reads the temperature from the file: same weights, a different decoding than the source's.
+    L = np.random.default_rng(0).uniform(0, 100, (1, 1, 64, 64)).astype(np.float32)
+    with create_engine(str(tiny_checkpoint), kind="torch") as a, create_engine(str(shipped), kind="torch") as b:
+        assert b.decode.temperature == 0.7 and a.decode.temperature != 0.7
+        assert not np.allclose(a.infer(L), b.infer(L))
+
+
+def test_promote_reports_a_bad_checkpoint_in_one_line(tmp_path: Path, capsys) -> None:
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"garbage")
+    with pytest.raises(SystemExit) as exc:
+        promote.main([str(broken), "-o", str(tmp_path / "out.pt")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert str(broken) in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out.pt").exists()
