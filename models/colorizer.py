@@ -126,16 +126,22 @@ def upsample_tiles(
     cells that cover the ``render_size`` image. Yields ``(row0, row1, ab)`` with ab ``(2, row1 - row0, W)``.
     """
     height, width = L.shape
-    cells_h, cells_w = coefficients.shape[1:]
+    channels, cells_h, cells_w = coefficients.shape
     render_h, render_w = render_size
+    # Along x, bilinear interpolation is a (cells_w, W) matrix with two non-zeros per column: one matmul
+    # per tile does it, three to four times faster than gathering both taps at full resolution.
     x_low, x_high, x_weight = _axis_interpolation(0, width, width, render_w, output_stride, cells_w, device)
+    columns = torch.arange(width, device=device)
+    x_matrix = torch.zeros((cells_w, width), dtype=coefficients.dtype, device=device)
+    x_matrix.index_put_((x_low, columns), 1 - x_weight, accumulate=True)
+    x_matrix.index_put_((x_high, columns), x_weight, accumulate=True)
     rows = max(1, tile_pixels // width)
     for r0 in range(0, height, rows):
         r1 = min(height, r0 + rows)
         y_low, y_high, y_weight = _axis_interpolation(r0, r1, height, render_h, output_stride, cells_h, device)
         y_weight = y_weight[None, :, None]
         coeff_rows = coefficients[:, y_low] * (1 - y_weight) + coefficients[:, y_high] * y_weight
-        coeff_full = coeff_rows[:, :, x_low] * (1 - x_weight) + coeff_rows[:, :, x_high] * x_weight
+        coeff_full = (coeff_rows.reshape(-1, cells_w) @ x_matrix).reshape(channels, r1 - r0, width)
         guide = _to_device(L[r0:r1], device)[None] - L_CENT
         yield r0, r1, torch.addcmul(coeff_full[2:], coeff_full[:2], guide)
 
