@@ -135,3 +135,20 @@ def test_cli_requires_data_for_a_new_run(tmp_path: Path, capsys) -> None:
         main(["--run-dir", str(tmp_path)])
     assert exc.value.code == 2
     assert "--data is required" in capsys.readouterr().err
+
+
+def test_fine_tuning_starts_from_a_checkpoint(photo_dir: Path, tmp_path: Path) -> None:
+    parent_cfg = TrainConfig(model_options=TINY_EFFNET | {"head": "regression"}, data=[str(photo_dir)], steps=2,
+                             batch_size=2, crop=64, warmup_steps=1)
+    parent = load_checkpoint(train(parent_cfg, tmp_path / "parent"))
+    child_cfg = TrainConfig(data=[str(photo_dir)], steps=1, batch_size=2, crop=64, lr=1e-9, warmup_steps=1,
+                            init_from=str(parent.path))
+    child = load_checkpoint(train(child_cfg, tmp_path / "child"))
+    assert child.config == parent.config  # the parent's architecture, not the defaults
+    assert child.provenance["init_from"]["label"] == parent.label
+    assert child.provenance["init_from"]["steps"] == 2
+    for name, tensor in parent.state_dict.items():  # a near-zero learning rate: weights barely move
+        if tensor.is_floating_point() and "running" not in name:
+            torch.testing.assert_close(child.state_dict[name], tensor, atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="holds a 'effnet_unet' model"):
+        train(TrainConfig(model="unet", data=[str(photo_dir)], init_from=str(parent.path)), tmp_path / "bad")

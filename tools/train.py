@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.checkpoint import save_checkpoint
+from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from models.color import (
     AB_NORM,
     ab_histogram,
@@ -71,6 +71,7 @@ class TrainConfig:
     save_every: int = 500
     time_limit_min: float = 0.0  # stop cleanly (and save) after this many minutes; 0 = no limit
     half_weights: bool = True  # fp16 storage in model.pt
+    init_from: str = ""  # start from this checkpoint's weights and config (fine-tuning), with a fresh optimizer
     decode_temperature: float = 0.38
 
 
@@ -171,13 +172,22 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
     torch.manual_seed(cfg.seed)
     state_path = run_dir / STATE_FILE
     state = torch.load(state_path, map_location="cpu", weights_only=True) if resume and state_path.exists() else None
+    parent: Checkpoint | None = None
     if state is not None:
         saved = dict(state["train_config"])
         saved.update({k: getattr(cfg, k) for k in ("steps", "time_limit_min", "log_every", "eval_every", "save_every")})
         cfg = TrainConfig(**saved)
+        if cfg.init_from:
+            parent = load_checkpoint(cfg.init_from)
         model = model_from_config(cfg.model, state["model_config"])
         model.load_state_dict(state["model"], strict=True)
         log.info("resuming %s from step %d", run_dir, state["step"])
+    elif cfg.init_from:
+        parent = load_checkpoint(cfg.init_from)
+        if parent.model_name != cfg.model:
+            raise ValueError(f"{cfg.init_from}: holds a {parent.model_name!r} model, not {cfg.model!r}")
+        model = parent.build_model()
+        log.info("fine-tuning %s from %s", parent.label, cfg.init_from)
     else:
         model = create_model(cfg.model, **cfg.model_options)
     loss_kind = _resolve_loss(model, cfg.loss)
@@ -241,6 +251,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
             "adversarial_weight": cfg.adversarial_weight,
             "rebalance_lambda": cfg.rebalance_lambda if loss_kind == "classification" else None,
             "metrics": metrics,
+            "init_from": parent.provenance | {"label": parent.label} if parent is not None else None,
             "git_commit": _git_commit(),
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "final": final,
@@ -322,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val", action="append", default=[], metavar="PATH", help="held-out colour photos")
     p.add_argument("--run-dir", type=Path, required=True)
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/train_state.pt")
+    p.add_argument("--init-from", default="", metavar="CHECKPOINT",
+                   help="fine-tune: start from this checkpoint's model (its config wins over --set)")
     defaults = TrainConfig()
     for name in ("steps", "batch_size", "crop", "warmup_steps", "log_every", "eval_every", "save_every", "seed"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
