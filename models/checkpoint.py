@@ -90,7 +90,8 @@ def save_checkpoint(
         "decode": (decode or DecodeOptions()).to_dict(),
         "provenance": _plain(provenance or {}),
         "weights_sha256": digest,
-        "weights": weights,
+        # As a uint8 tensor, stored byte for byte; pickled ``bytes`` would become latin-1 text, 1.5x larger.
+        "weights": torch.frombuffer(bytearray(weights), dtype=torch.uint8),
     }
     with atomic_output(path) as f:
         torch.save(payload, f)
@@ -110,9 +111,10 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if payload.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {payload.get('format_version')} is not supported")
     missing = sorted({"model", "config", "color", "weights", "weights_sha256"} - set(payload))
-    if missing or not isinstance(payload.get("weights"), bytes):
+    stored = payload.get("weights")
+    if missing or not (isinstance(stored, torch.Tensor) and stored.dtype == torch.uint8 and stored.dim() == 1):
         raise CheckpointError(f"{path}: incomplete checkpoint (missing {', '.join(missing) or 'weights bytes'})")
-    weights = payload["weights"]
+    weights = stored.numpy().tobytes()
     digest = hashlib.sha256(weights).hexdigest()
     if digest != payload["weights_sha256"]:
         recorded = str(payload["weights_sha256"])[:12]

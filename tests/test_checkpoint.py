@@ -204,12 +204,12 @@ def test_tampered_sha_is_refused(saved: Path) -> None:
 
 def test_tampered_weights_are_refused(saved: Path) -> None:
     payload = torch.load(saved, weights_only=True)
-    state = torch.load(io.BytesIO(payload["weights"]), weights_only=True)
+    state = torch.load(io.BytesIO(payload["weights"].numpy().tobytes()), weights_only=True)
     key = next(k for k, v in state.items() if v.is_floating_point())
     state[key] = state[key] + 1
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    payload["weights"] = buffer.getvalue()  # the recorded sha is left as it was
+    payload["weights"] = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)  # sha left as it was
     torch.save(payload, saved)
     _assert_refused(saved, "corrupt")
 
