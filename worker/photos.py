@@ -127,7 +127,8 @@ class PhotoSummary:
             f"in {self.seconds:.1f} s ({self.images_per_second:.2f} images/s)"
         ]
         if self.ignored:
-            lines.append(f"ignored {_plural(self.ignored, 'file')} that are not JPEG, PNG, TIFF, WebP or BMP")
+            verb = "is" if self.ignored == 1 else "are"
+            lines.append(f"ignored {_plural(self.ignored, 'file')} that {verb} not JPEG, PNG, TIFF, WebP or BMP")
         if self.failed:
             lines.append("failed:")
             lines.extend(f"  {outcome.reason}" for outcome in self.failed)
