@@ -63,17 +63,20 @@ class ImageScores:
     colourfulness_gap: float  # |colourfulness - truth's colourfulness|
 
 
-def score_ab(L: np.ndarray, ab: np.ndarray, truth_rgb: np.ndarray) -> tuple[np.ndarray, ImageScores]:
+def score_ab(
+    L: np.ndarray, ab: np.ndarray, truth_rgb: np.ndarray, truth_colourfulness: float | None = None
+) -> tuple[np.ndarray, ImageScores]:
     """Merge a predicted ``ab`` (2, H, W) with the input ``L`` (H, W) and score the sRGB result.
 
     Every row of the table (each model, the gray baseline with ab = 0) goes through this one function,
     so the rows differ only in their ab. Returns the sRGB image (H, W, 3) in [0, 1] and its scores.
+    ``truth_colourfulness`` saves recomputing the truth's for every row (computed here when not given).
     """
     L_t = torch.as_tensor(np.asarray(L), dtype=torch.float64).reshape(1, 1, *L.shape[-2:])
     ab_t = torch.as_tensor(np.asarray(ab), dtype=torch.float64).reshape(1, 2, *L.shape[-2:])
     rgb = merge_l_ab(L_t, ab_t)[0].permute(1, 2, 0).numpy()
     c_ours = float(metrics.colourfulness(rgb))
-    c_truth = float(metrics.colourfulness(truth_rgb))
+    c_truth = float(metrics.colourfulness(truth_rgb)) if truth_colourfulness is None else truth_colourfulness
     scores = ImageScores(
         psnr=float(metrics.psnr(rgb, truth_rgb)),
         ssim=float(metrics.ssim(rgb, truth_rgb)),
@@ -314,16 +317,17 @@ def evaluate_models(
                 predictions.append(colorizer.predict_ab(Ls))
                 row.seconds += time.perf_counter() - t0
             for i, (photo, L) in enumerate(zip(chunk, Ls, strict=True)):
-                gray_rgb, gray_scores = score_ab(L, np.zeros((2, *L.shape), np.float32), photo.rgb)
+                c_truth = float(metrics.colourfulness(photo.rgb))
+                gray_rgb, gray_scores = score_ab(L, np.zeros((2, *L.shape), np.float32), photo.rgb, c_truth)
                 gray.per_image.append(gray_scores)
                 ours = []
                 for row, abs_ in zip(rows, predictions, strict=True):
-                    rgb, scores = score_ab(L, abs_[i], photo.rgb)
+                    rgb, scores = score_ab(L, abs_[i], photo.rgb, c_truth)
                     row.per_image.append(scores)
                     ours.append(rgb)
                 names.append(photo.name)
                 sizes.append((photo.rgb.shape[1], photo.rgb.shape[0]))
-                truth_c.append(float(metrics.colourfulness(photo.rgb)))
+                truth_c.append(c_truth)
                 if contact_sheet is not None and len(sheet_rows) < sheet_count:
                     sheet_rows.append([thumbnail(x, cell_height) for x in (gray_rgb, *ours, photo.rgb)])
             log.info("evaluated %d photos", len(names))
