@@ -177,15 +177,18 @@ def _to_device(array: np.ndarray, device: torch.device | str) -> torch.Tensor:
 
 
 @dataclass
-class _Render:
-    """One image's trip through the network: its sizes and, after inference, its guided-filter
-    coefficients on the output grid (A for a and b stacked over b for a and b: ``(4, cells_h, cells_w)``)."""
+class Render:
+    """One image's trip through the network. After ``predict_grid``: its sizes, the padded render L and the
+    network's ab on the padded output grid (``(2, padded_h / output_stride, padded_w / output_stride)``, on
+    the engine's device). The film pipeline smooths ``ab_grid`` over time before ``fit`` turns it into the
+    guided-filter coefficients (A for a and b stacked over b for a and b: ``(4, cells_h, cells_w)``)."""
 
     height: int
     width: int
     render_height: int
     render_width: int
     padded: np.ndarray
+    ab_grid: torch.Tensor | None = None
     coefficients: torch.Tensor | None = None
 
 
@@ -217,22 +220,22 @@ class Colorizer:
         self.tile_pixels = int(tile_pixels)
         self.device = torch.device("cuda" if str(engine.device).startswith("cuda") else "cpu")
 
+    @property
+    def output_stride(self) -> int:
+        return self.engine.output_stride
+
     # --- public API -----------------------------------------------------------------------------------
 
     def predict_ab(self, L_list: Sequence[np.ndarray]) -> list[np.ndarray]:
         """ab at full resolution for each L: ``(H, W)`` float32 in [0, 100] -> ``(2, H, W)`` float32."""
-        renders = self._infer(L_list)
-        results = []
-        for L, render in zip(L_list, renders, strict=True):
-            ab = np.empty((2, render.height, render.width), dtype=np.float32)
-            for r0, r1, ab_tile in self._ab_tiles(L, render):
-                ab[:, r0:r1] = ab_tile.cpu().numpy()
-            results.append(ab)
-        return results
+        renders = self.predict_grid(L_list)
+        self.fit(renders)
+        return [self.upsample_ab(L, render) for L, render in zip(L_list, renders, strict=True)]
 
     def colorize(self, L_list: Sequence[np.ndarray]) -> list[np.ndarray]:
         """sRGB for each L: ``(H, W)`` float32 in [0, 100] -> ``(H, W, 3)`` float32 in [0, 1]."""
-        renders = self._infer(L_list)
+        renders = self.predict_grid(L_list)
+        self.fit(renders)
         results = []
         for L, render in zip(L_list, renders, strict=True):
             rgb = np.empty((render.height, render.width, 3), dtype=np.float32)
@@ -242,22 +245,58 @@ class Colorizer:
             results.append(rgb)
         return results
 
-    # --- steps ----------------------------------------------------------------------------------------
+    # --- the steps, public for the film pipeline (which smooths ab_grid between predict_grid and fit) -----
 
-    def _infer(self, L_list: Sequence[np.ndarray]) -> list[_Render]:
-        """Steps 1-3 at render size: plan, batch by padded shape, infer, fit the guided-filter coefficients."""
+    def predict_grid(self, L_list: Sequence[np.ndarray]) -> list[Render]:
+        """Steps 1-2 at render size: plan each render, batch by padded shape, infer; sets ``Render.ab_grid``."""
         self._check(L_list)
         renders = [self._render(L) for L in L_list]
-        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for index, render in enumerate(renders):
-            groups[render.padded.shape].append(index)
-        for indices in groups.values():
-            for start in range(0, len(indices), self.batch_size):
-                chunk = indices[start : start + self.batch_size]
-                self._infer_chunk([renders[i] for i in chunk])
+        for chunk in self._chunks(renders):
+            batch = np.stack([render.padded for render in chunk])[:, None]
+            ab = self._to_device(self.engine.infer(batch))
+            for render, ab_grid in zip(chunk, ab, strict=True):
+                render.ab_grid = ab_grid
         return renders
 
-    def _render(self, L: np.ndarray) -> _Render:
+    def fit(self, renders: Sequence[Render]) -> None:
+        """Step 3 at grid size: the guided-filter coefficients of each render's ``ab_grid``, batched."""
+        output_stride = self.engine.output_stride
+        for chunk in self._chunks(renders):
+            if any(render.ab_grid is None for render in chunk):
+                raise ValueError("fit() needs renders from predict_grid()")
+            ab = torch.stack([render.ab_grid for render in chunk])  # type: ignore[misc]
+            # The guide lives on the same grid as ab: each output cell is the mean of the render pixels it covers.
+            guide = self._to_device(np.stack([render.padded for render in chunk])[:, None]) - L_CENT
+            if output_stride > 1:
+                guide = F.avg_pool2d(guide, output_stride)
+            a, b = guided_filter_coefficients(guide, ab.to(guide.dtype), self.guide_radius, self.guide_eps)
+            coefficients = torch.cat((a, b), dim=1)
+            for render, coeff in zip(chunk, coefficients, strict=True):
+                cells_h = math.ceil(render.render_height / output_stride)
+                cells_w = math.ceil(render.render_width / output_stride)
+                render.coefficients = coeff[:, :cells_h, :cells_w].contiguous()
+
+    def upsample_ab(self, L: np.ndarray, render: Render) -> np.ndarray:
+        """Step 3 at the resolution of ``L``: ``(2, h, w)`` float32 ab guided by ``L``. ``L`` is the image's
+        L at full resolution, or at any other resolution covering the same picture (the film pipeline passes
+        it at chroma resolution, which is all a 4:2:0 video keeps of colour)."""
+        ab = np.empty((2, *L.shape), dtype=np.float32)
+        for r0, r1, ab_tile in self._ab_tiles(L, render):
+            ab[:, r0:r1] = ab_tile.cpu().numpy()
+        return ab
+
+    # --- steps ----------------------------------------------------------------------------------------
+
+    def _chunks(self, renders: Sequence[Render]) -> Iterator[list[Render]]:
+        """Renders grouped by padded shape (only equal shapes stack), ``batch_size`` at a time."""
+        groups: dict[tuple[int, int], list[Render]] = defaultdict(list)
+        for render in renders:
+            groups[render.padded.shape].append(render)
+        for group in groups.values():
+            for start in range(0, len(group), self.batch_size):
+                yield group[start : start + self.batch_size]
+
+    def _render(self, L: np.ndarray) -> Render:
         height, width = L.shape
         scale = min(1.0, self.render_size / max(height, width))
         render_h, render_w = max(1, round(height * scale)), max(1, round(width * scale))
@@ -267,25 +306,11 @@ class Colorizer:
         stride = self.engine.stride
         pad_h, pad_w = -render_h % stride, -render_w % stride
         padded = np.pad(small, ((0, pad_h), (0, pad_w)), mode="reflect") if pad_h or pad_w else small
-        return _Render(height, width, render_h, render_w, np.ascontiguousarray(padded, dtype=np.float32))
+        return Render(height, width, render_h, render_w, np.ascontiguousarray(padded, dtype=np.float32))
 
-    def _infer_chunk(self, chunk: list[_Render]) -> None:
-        batch = np.stack([render.padded for render in chunk])[:, None]
-        ab = self._to_device(self.engine.infer(batch))
-        output_stride = self.engine.output_stride
-        # The guide lives on the same grid as ab: each output cell is the mean of the render pixels it covers.
-        guide = self._to_device(batch) - L_CENT
-        if output_stride > 1:
-            guide = F.avg_pool2d(guide, output_stride)
-        a, b = guided_filter_coefficients(guide, ab, self.guide_radius, self.guide_eps)
-        coefficients = torch.cat((a, b), dim=1)
-        for render, coeff in zip(chunk, coefficients, strict=True):
-            cells_h = math.ceil(render.render_height / output_stride)
-            cells_w = math.ceil(render.render_width / output_stride)
-            render.coefficients = coeff[:, :cells_h, :cells_w].contiguous()
-
-    def _ab_tiles(self, L: np.ndarray, render: _Render) -> Iterator[tuple[int, int, torch.Tensor]]:
-        assert render.coefficients is not None  # set by _infer_chunk for every render
+    def _ab_tiles(self, L: np.ndarray, render: Render) -> Iterator[tuple[int, int, torch.Tensor]]:
+        if render.coefficients is None:
+            raise ValueError("upsampling needs the coefficients from fit()")
         return upsample_tiles(
             L,
             render.coefficients,

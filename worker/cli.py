@@ -1,11 +1,14 @@
-"""``tinct``, the command line: parse arguments, set up logging, run a job from :mod:`worker.photos`.
+"""``tinct``, the command line: parse arguments, set up logging, run jobs from :mod:`worker.photos` and
+:mod:`worker.films`.
 
-    tinct colorize scans/ -o colorized/              # a folder tree, mirrored under colorized/
+    tinct colorize scans/ -o colorized/              # a folder tree (photos and films), mirrored under colorized/
     tinct colorize old.tif -o old-colour.tif        # one file, written exactly there
+    tinct colorize film.mp4 -o film-colour.mkv --smoothing 0.5 --codec h265 --crf 20
     tinct --version
 
-Exit status: 0 when every photo was colorized or skipped, 1 when any failed, 2 for usage errors and models that
-cannot be loaded, 130 when interrupted (finished outputs are kept and a rerun resumes), 143 on SIGTERM.
+Exit status: 0 when every photo and film was colorized or skipped, 1 when any failed, 2 for usage errors and
+models that cannot be loaded, 130 when interrupted (finished outputs and film segments are kept and a rerun
+resumes), 143 on SIGTERM.
 """
 
 from __future__ import annotations
@@ -21,10 +24,14 @@ from contextlib import contextmanager
 from types import FrameType
 
 from worker.errors import ModelError
+from worker.films import DEFAULT_MAX_FILM_PIXELS, DEFAULT_SEGMENT_SECONDS, FilmOptions, colorize_films
 from worker.images import DEFAULT_MAX_PIXELS, tinct_version
 from worker.photos import PhotoOptions, colorize_photos, open_colorizer, output_suffix, plan_photos
+from worker.smoothing import SmoothingOptions
+from worker.video_sink import DEFAULT_PRESET, EncodeOptions, available_codecs, canonical_codec, check_container
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+_KEPT = "finished photos and film segments are kept; run again to resume"
 
 
 def max_pixels_arg(text: str) -> int:
@@ -48,6 +55,35 @@ def _positive(text: str) -> int:
     return value
 
 
+def _strength(text: str) -> float:
+    if text.lower() in ("off", "none", "no"):
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a strength: {text!r} (a number from 0 to 1, or 'off')") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 (off) and 1, got {value}")
+    return value
+
+
+def _codec_arg(text: str) -> str:
+    try:
+        return canonical_codec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
 def _format_arg(text: str) -> str:
     try:
         output_suffix(text)
@@ -62,11 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     colorize = commands.add_parser(
-        "colorize", help="colorize photos (files or folders, searched recursively)",
-        description="Colorize photos. Outputs mirror each input folder's tree under -o; existing outputs are "
-        "skipped, so a rerun resumes. Colour photos are skipped unless --recolor is given.",
+        "colorize", help="colorize photos and films (files or folders, searched recursively)",
+        description="Colorize photos and films. Outputs mirror each input folder's tree under -o; existing outputs "
+        "are skipped, so a rerun resumes (an interrupted film resumes from its last finished segment). Colour "
+        "photos and films are skipped unless --recolor is given.",
     )
-    colorize.add_argument("inputs", nargs="+", metavar="INPUT", help="photo files and/or folders")
+    colorize.add_argument("inputs", nargs="+", metavar="INPUT", help="photo or film files and/or folders")
     colorize.add_argument("-o", "--output", required=True, help="output folder (or file, for a single input file)")
     colorize.add_argument("--model", default="default", help="'default' (the shipped model), a .pt checkpoint or "
                           "an .onnx export (default: %(default)s)")
@@ -79,13 +116,27 @@ def build_parser() -> argparse.ArgumentParser:
                           help="long side the network sees (never upscaled); colour is applied at full resolution "
                           "(default: 256)")
     colorize.add_argument("--batch-size", type=_positive, default=8, help="photos per network batch (default: 8)")
-    colorize.add_argument("--max-pixels", type=max_pixels_arg, default=DEFAULT_MAX_PIXELS,
-                          help=f"refuse larger photos, e.g. 200M (default: {DEFAULT_MAX_PIXELS // 1_000_000}M)")
+    colorize.add_argument("--max-pixels", type=max_pixels_arg, default=None,
+                          help=f"refuse larger photos or film frames, e.g. 200M (default: "
+                          f"{DEFAULT_MAX_PIXELS // 1_000_000}M for photos, {DEFAULT_MAX_FILM_PIXELS / 1e6:.1f}M for "
+                          "film frames)")
     colorize.add_argument("--format", type=_format_arg, help="output format for every photo: jpg, png, tif, webp "
                           "or bmp (default: each source's own)")
     colorize.add_argument("--overwrite", action="store_true", help="redo photos whose output already exists")
     colorize.add_argument("--recolor", action="store_true",
                           help="colorize colour photos too (their colour is discarded; only their lightness is used)")
+    films = colorize.add_argument_group("films")
+    films.add_argument("--smoothing", type=_strength, default=SmoothingOptions().strength, metavar="STRENGTH",
+                       help="temporal smoothing of colour, 0 (off) to 1 (default: %(default)s)")
+    films.add_argument("--codec", type=_codec_arg, default="h264",
+                       help=f"video codec: {', '.join(available_codecs())} (default: %(default)s)")
+    films.add_argument("--crf", type=int, help="constant quality for h264/h265, lower is better (default: 18 "
+                       "for h264, 20 for h265)")
+    films.add_argument("--preset", default=DEFAULT_PRESET, help="x264/x265 speed preset, ultrafast .. veryslow "
+                       "(default: %(default)s)")
+    films.add_argument("--segment-seconds", type=_seconds, default=DEFAULT_SEGMENT_SECONDS,
+                       help="films are colorized in segments of about this length; an interrupted film resumes "
+                       "from its last finished segment (default: %(default)s)")
     colorize.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary; only problems")
     colorize.set_defaults(run=_colorize)
     return parser
@@ -105,10 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return args.run(args, parser)
         except KeyboardInterrupt:
-            logging.getLogger("tinct").error("interrupted: finished photos are kept; run again to resume")
+            logging.getLogger("tinct").error("interrupted: %s", _KEPT)
             return EXIT_INTERRUPTED
         except _Terminated:
-            logging.getLogger("tinct").error("terminated: finished photos are kept; run again to resume")
+            logging.getLogger("tinct").error("terminated: %s", _KEPT)
             return EXIT_TERMINATED
 
 
@@ -118,20 +169,38 @@ def _colorize(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except ValueError as exc:
         print(f"{parser.prog} colorize: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    progress = not args.quiet and sys.stderr.isatty()
     options = PhotoOptions(
-        overwrite=args.overwrite, recolor=args.recolor, max_pixels=args.max_pixels, batch_size=args.batch_size,
-        progress=not args.quiet and sys.stderr.isatty(),
+        overwrite=args.overwrite, recolor=args.recolor, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
+        batch_size=args.batch_size, progress=progress,
     )
+    try:
+        film_options = FilmOptions(
+            smoothing=SmoothingOptions(strength=args.smoothing),
+            encode=EncodeOptions(codec=args.codec, crf=args.crf, preset=args.preset),
+            segment_seconds=args.segment_seconds, max_pixels=args.max_pixels or DEFAULT_MAX_FILM_PIXELS,
+            recolor=args.recolor, overwrite=args.overwrite,
+        )
+        for task in plan.films:
+            check_container(task.output, film_options.encode.codec)
+    except ValueError as exc:
+        print(f"{parser.prog} colorize: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         with open_colorizer(args.model, args.engine, args.device, args.precision, args.render_size,
                             args.batch_size) as (colorizer, label):
             summary = colorize_photos(colorizer, plan, label, options)
+            film_summary = colorize_films(colorizer, [(t.source, t.output) for t in plan.films], film_options,
+                                          label, progress)
     except ModelError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if not args.quiet:
-        print(summary.report())
-    return EXIT_FAILED if summary.failed else EXIT_OK
+        if plan.tasks or plan.failures or not plan.films:
+            print(summary.report())
+        if plan.films:
+            print(film_summary.report())
+    return EXIT_FAILED if summary.failed or film_summary.failed else EXIT_OK
 
 
 @contextmanager

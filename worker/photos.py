@@ -43,10 +43,15 @@ from worker.images import (
     read_photo,
     write_photo,
 )
+from worker.video_sink import CONTAINERS
 
 logger = logging.getLogger(__name__)
 
 Status = Literal["done", "exists", "colour", "failed"]
+# Files a folder scan hands to the film job. Outputs keep the containers Tinct writes; the rest become .mkv.
+FILM_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".m2ts", ".mts",
+                   ".mxf", ".wmv", ".flv", ".ogv", ".3gp", ".dv", ".nut"}
+FILM_CONTAINERS = set(CONTAINERS)
 
 
 class Colorizer(Protocol):
@@ -89,12 +94,14 @@ class PhotoOptions:
 
 @dataclass
 class PhotoPlan:
-    """Tasks found by :func:`plan_photos`, inputs that failed before decoding, and how many folder entries were
-    passed over because their extension is not an image format Tinct reads."""
+    """Tasks found by :func:`plan_photos`, inputs that failed before decoding, films found beside the photos
+    (for ``worker.films``), and how many folder entries were passed over because their extension is neither
+    an image format Tinct reads nor a film's."""
 
     tasks: list[PhotoTask]
     failures: list[PhotoOutcome]
     ignored: int = 0
+    films: list[PhotoTask] = field(default_factory=list)
 
 
 @dataclass
@@ -174,6 +181,8 @@ def plan_photos(
     suffix = output_suffix(output_format)
     if not sources:
         raise ValueError("no inputs given")
+    if len(sources) == 1 and is_film(sources[0]) and sources[0].is_file() and is_film(output) and not output.is_dir():
+        return _checked(PhotoPlan([], [], films=[PhotoTask(sources[0], output)]))
     if len(sources) == 1 and sources[0].is_file() and format_for_path(output) and not output.is_dir():
         if suffix and suffix != output.suffix.lower():
             raise ValueError(f"--format {output_format} contradicts the output file name {output.name}")
@@ -185,9 +194,9 @@ def plan_photos(
     for source in sources:
         if source.is_dir():
             for path in _walk(source, output, plan):
-                plan.tasks.append(PhotoTask(path, _output_path(output / path.relative_to(source), suffix)))
+                _add(plan, path, output / path.relative_to(source), suffix)
         elif source.exists():
-            plan.tasks.append(PhotoTask(source, _output_path(output / source.name, suffix)))
+            _add(plan, source, output / source.name, suffix)
         else:
             failure = BadInputError(source, "no such file or folder")
             plan.failures.append(PhotoOutcome(PhotoTask(source, output), "failed", str(failure)))
@@ -202,7 +211,7 @@ def _walk(root: Path, output: Path, plan: PhotoPlan) -> Iterator[Path]:
         for name in sorted(files):
             if name.startswith(".") or name.endswith(PARTIAL_SUFFIX):
                 continue
-            if format_for_path(name):
+            if format_for_path(name) or is_film(name):
                 yield here / name
             else:
                 plan.ignored += 1
@@ -215,6 +224,20 @@ def _unreadable_folder(exc: OSError, plan: PhotoPlan) -> None:
     plan.failures.append(PhotoOutcome(PhotoTask(path, path), "failed", str(failure)))
 
 
+def is_film(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in FILM_EXTENSIONS
+
+
+def _add(plan: PhotoPlan, source: Path, mirrored: Path, suffix: str | None) -> None:
+    if is_film(source):
+        # Films keep their container where Tinct can write it (mp4, mov, mkv); others become Matroska,
+        # which holds any codec their audio and subtitles may use.
+        kept = mirrored.suffix.lower() in FILM_CONTAINERS
+        plan.films.append(PhotoTask(source, mirrored if kept else mirrored.with_suffix(".mkv")))
+    else:
+        plan.tasks.append(PhotoTask(source, _output_path(mirrored, suffix)))
+
+
 def _output_path(mirrored: Path, suffix: str | None) -> Path:
     if suffix:
         return mirrored.with_suffix(suffix)
@@ -224,20 +247,21 @@ def _output_path(mirrored: Path, suffix: str | None) -> Path:
 def _checked(plan: PhotoPlan) -> PhotoPlan:
     """Refuse outputs that would replace a source or be written twice: the second writer would silently win."""
     claimed: dict[Path, Path] = {}
-    sources = {task.source.resolve() for task in plan.tasks}
-    tasks = []
-    for task in plan.tasks:
-        target = task.output.resolve()
-        if target in sources:
-            reason = f"output {task.output} would replace a source photo"
-        elif target in claimed:
-            reason = f"output {task.output} is also the output of {claimed[target]}"
-        else:
-            claimed[target] = task.source
-            tasks.append(task)
-            continue
-        plan.failures.append(PhotoOutcome(task, "failed", str(BadInputError(task.source, reason))))
-    plan.tasks = tasks
+    sources = {task.source.resolve() for task in plan.tasks + plan.films}
+    kept: dict[str, list[PhotoTask]] = {"tasks": [], "films": []}
+    for kind in kept:
+        for task in getattr(plan, kind):
+            target = task.output.resolve()
+            if target in sources:
+                reason = f"output {task.output} would replace a source file"
+            elif target in claimed:
+                reason = f"output {task.output} is also the output of {claimed[target]}"
+            else:
+                claimed[target] = task.source
+                kept[kind].append(task)
+                continue
+            plan.failures.append(PhotoOutcome(task, "failed", str(BadInputError(task.source, reason))))
+    plan.tasks, plan.films = kept["tasks"], kept["films"]
     return plan
 
 

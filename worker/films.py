@@ -1,0 +1,242 @@
+"""The film job: one film in, one colorized film out, in resumable segments.
+
+    outcome = colorize_film(colorizer, "reel1.mkv", "reel1-colour.mkv", FilmOptions(), model_label="...")
+
+1. Probe (``worker.video_source``): the film is validated and indexed; a bad film fails here, before any
+   work, with a one-line reason naming the file.
+2. Plan (``worker.segments``): segments of about ``segment_seconds``, starting at keyframes.
+3. Colorize each segment (``worker.pipeline``) into a video-only file in a work folder beside the output,
+   ``.<output name>.tinct-parts/``, written atomically; a manifest records the source's identity and the
+   options. After a crash or Ctrl-C a rerun with the same options keeps every finished segment and redoes
+   only the rest; a rerun with other options (or a changed source) starts over.
+4. Join (``worker.segments.join_segments``): the segments and the source's audio, subtitles, chapters and
+   metadata become the output, atomically; then the work folder is removed. Nothing ever appears under the
+   output's name until it is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from models.colorizer import Colorizer
+from models.files import atomic_output, atomic_path
+from worker.errors import TinctError, one_line
+from worker.images import tinct_version
+from worker.pipeline import ColourFrame, StageTimes, colorize_frames
+from worker.segments import Segment, check_output_streams, join_segments, plan_segments
+from worker.smoothing import SmoothingOptions
+from worker.video_sink import EncodeOptions, SegmentWriter, check_container, plan_output
+from worker.video_source import FilmInfo, probe_film
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SEGMENT_SECONDS = 60.0  # a crash loses at most this much work; the join's cost does not depend on it
+DEFAULT_MAX_FILM_PIXELS = 8192 * 4352  # 8K DCI: anything larger is a mistake, not a film
+PARTS_SUFFIX = ".tinct-parts"
+MANIFEST = "manifest.json"
+# Warm-up frames before a segment that starts mid-shot: enough for the smoother's memory of the frames
+# before (which decays geometrically) to fall under 1 % of a colour difference, at most a few dozen.
+WARMUP_TOLERANCE = 0.01
+MAX_WARMUP_FRAMES = 48
+
+
+@dataclass(frozen=True)
+class FilmOptions:
+    smoothing: SmoothingOptions = field(default_factory=SmoothingOptions)
+    encode: EncodeOptions = field(default_factory=EncodeOptions)
+    segment_seconds: float = DEFAULT_SEGMENT_SECONDS
+    max_pixels: int = DEFAULT_MAX_FILM_PIXELS
+    recolor: bool = False
+    overwrite: bool = False
+
+
+@dataclass
+class FilmOutcome:
+    source: Path
+    output: Path
+    status: str  # "done", "exists", "colour" (a colour film, left alone) or "failed"
+    reason: str = ""
+    frames: int = 0
+    seconds: float = 0.0
+    resumed_segments: int = 0
+    times: StageTimes | None = None
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class FilmSummary:
+    outcomes: list[FilmOutcome]
+
+    @property
+    def failed(self) -> list[FilmOutcome]:
+        return [outcome for outcome in self.outcomes if outcome.status == "failed"]
+
+    def report(self) -> str:
+        """One line per film for people: what became of it, and how fast."""
+        lines = []
+        for outcome in self.outcomes:
+            if outcome.status == "done":
+                resumed = f", {outcome.resumed_segments} segments resumed" if outcome.resumed_segments else ""
+                lines.append(f"film {outcome.source}: {outcome.frames} frames in {outcome.seconds:.1f} s "
+                             f"({outcome.fps:.1f} fps{resumed}) -> {outcome.output}")
+            elif outcome.status == "exists":
+                lines.append(f"film {outcome.source}: skipped, {outcome.output} already exists")
+            elif outcome.status == "colour":
+                lines.append(f"film {outcome.source}: skipped, it is a colour film (--recolor colorizes it anyway)")
+            else:
+                lines.append(f"film failed: {outcome.reason}")
+        return "\n".join(lines)
+
+
+def colorize_films(
+    colorizer: Colorizer,
+    tasks: Sequence[tuple[Path, Path]],
+    options: FilmOptions,
+    model_label: str,
+    progress: bool = False,
+) -> FilmSummary:
+    """Colorize each ``(source, output)`` in turn; a film that fails is recorded with its one-line reason and
+    the job carries on. KeyboardInterrupt propagates (finished segments are kept for the rerun)."""
+    outcomes = []
+    for source, output in tasks:
+        bar = tqdm(total=0, unit="frame", desc=Path(source).name, disable=not progress, dynamic_ncols=True,
+                   leave=False, smoothing=0.1)
+
+        def advance(done: int, total: int, bar: tqdm = bar) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        with bar, logging_redirect_tqdm() if progress else nullcontext():
+            try:
+                outcome = colorize_film(colorizer, source, output, options, model_label, advance)
+            except (TinctError, ValueError) as exc:
+                outcome = FilmOutcome(Path(source), Path(output), "failed", one_line(exc))
+        if outcome.status == "failed":
+            logger.error("%s", outcome.reason)
+        outcomes.append(outcome)
+    return FilmSummary(outcomes)
+
+
+# (frames done so far, frames in total) after every encoded frame.
+Progress = Callable[[int, int], None]
+
+
+def warmup_frames(smoothing: SmoothingOptions) -> int:
+    """Frames of context a segment needs so that its first frame is smoothed as in a whole-film pass."""
+    alpha = smoothing.alpha
+    if alpha <= 0:
+        return 0
+    return min(MAX_WARMUP_FRAMES, math.ceil(math.log(WARMUP_TOLERANCE) / math.log(alpha)))
+
+
+def colorize_film(
+    colorizer: Colorizer,
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    options: FilmOptions,
+    model_label: str,
+    progress: Progress | None = None,
+) -> FilmOutcome:
+    """Colorize one film into ``output`` (see the module docstring). Bad input raises BadInputError;
+    KeyboardInterrupt leaves finished segments for a rerun and nothing under ``output``."""
+    source, output = Path(source), Path(output)
+    started = time.perf_counter()
+    if output.exists() and not options.overwrite:
+        return FilmOutcome(source, output, "exists")
+    check_container(output, options.encode.codec)
+    film = probe_film(source, options.max_pixels)
+    if film.is_colour and not options.recolor:
+        return FilmOutcome(source, output, "colour", frames=film.frames)
+    check_output_streams(film, output)
+    layout = plan_output(film.video, options.encode)
+    segment_frames = max(1, round(options.segment_seconds * (film.fps or 24)))
+    segments = plan_segments(film, segment_frames, warmup_frames(options.smoothing))
+    parts = parts_folder(output)
+    manifest = _manifest(film, colorizer, options, model_label, segments)
+    resumed = _prepare_parts(parts, manifest)
+    done = sum(s.frames for s in segments if segment_path(parts, s).exists())
+    if progress:
+        progress(done, film.frames)
+    times = StageTimes()
+    encoded = [done]  # frames written so far, shared with the sink below
+    reused = 0
+    for segment in segments:
+        path = segment_path(parts, segment)
+        if path.exists():
+            reused += 1
+            continue
+        with atomic_path(path) as tmp, SegmentWriter(tmp, film.video, layout, options.encode) as writer:
+
+            def sink(frame: ColourFrame, writer: SegmentWriter = writer) -> None:
+                writer.write(frame.pts, frame.luma, frame.cb, frame.cr)
+                encoded[0] += 1
+                if progress:
+                    progress(encoded[0], film.frames)
+
+            times.add(colorize_frames(film, colorizer, layout, options.smoothing, sink, segment.start,
+                                      segment.stop, segment.warmup))
+    provenance = dict(manifest["options"], tinct=tinct_version(), source=source.name)
+    join_segments(film, [segment_path(parts, s) for s in segments], output, provenance)
+    shutil.rmtree(parts, ignore_errors=True)
+    if resumed and reused:
+        logger.info("%s: resumed, %d of %d segments were already done", source, reused, len(segments))
+    return FilmOutcome(source, output, "done", frames=film.frames, seconds=time.perf_counter() - started,
+                       resumed_segments=reused if resumed else 0, times=times)
+
+
+def parts_folder(output: Path) -> Path:
+    return output.with_name(f".{output.name}{PARTS_SUFFIX}")
+
+
+def segment_path(parts: Path, segment: Segment) -> Path:
+    return parts / f"segment-{segment.index:05d}-{segment.start}-{segment.stop}.nut"
+
+
+def _manifest(film: FilmInfo, colorizer: Colorizer, options: FilmOptions, model_label: str,
+              segments: list[Segment]) -> dict:
+    stat = os.stat(film.path)
+    return {
+        "source": {"path": os.path.abspath(film.path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                   "frames": film.frames},
+        "options": {
+            "model": model_label,
+            "render_size": colorizer.render_size,
+            "smoothing": options.smoothing.strength,
+            **options.encode.describe(),
+        },
+        "segments": [s.as_dict() for s in segments],
+    }
+
+
+def _prepare_parts(parts: Path, manifest: dict) -> bool:
+    """Keep ``parts`` if it was made for this very job (returns True), else start it afresh."""
+    path = parts / MANIFEST
+    if path.exists():
+        try:
+            previous = json.loads(path.read_text())
+        except (OSError, ValueError):
+            previous = None
+        if previous == manifest:
+            return True
+        logger.info("%s: the source or options changed since the last run; starting over", parts)
+    if parts.exists():
+        shutil.rmtree(parts)
+    parts.mkdir(parents=True)
+    with atomic_output(path) as f:
+        f.write(json.dumps(manifest, indent=1).encode())
+    return False

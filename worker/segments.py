@@ -1,0 +1,228 @@
+"""Films in independent segments: plan them at keyframes, and join encoded segments into the output.
+
+    segments = plan_segments(film, segment_frames=1440, warmup=12)
+    ...each segment colorized on its own (another thread, process or machine) into a video-only file...
+    join_segments(film, [paths...], "film-colour.mkv", provenance={...})
+
+A segment is a range of frames ``[start, stop)`` that begins at a keyframe of the source (so decoding it
+wastes nothing), plus ``warmup`` frames before ``start`` that are decoded, colorized and smoothed but not
+encoded: they bring the temporal smoother's state at ``start`` to (within ``strength ** warmup``) what a
+whole-film pass would have had there, so segment boundaries leave no visible seam in the colour. Encoders
+place keyframes at scene cuts, where the smoother resets anyway.
+
+The join remuxes the segments' packets in order, without re-encoding: each segment is a closed group of
+pictures starting with a keyframe, encoded with identical settings, in the source's time base. The
+source's audio, subtitle and data streams, its chapters and its container metadata are copied from the
+source once, packet for packet, interleaved by time with the video, so memory stays flat. The join is the
+only step that writes the final file, atomically.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from models.files import atomic_path
+from worker.errors import BadInputError
+from worker.video_sink import KEEP_TIMESTAMPS, container_for
+from worker.video_source import FilmInfo, stream_by_index
+
+logger = logging.getLogger(__name__)
+
+# Container options for the final file: MP4/MOV keep arbitrary metadata keys (our provenance tag) only with
+# use_metadata_tags, and faststart moves the index to the front so players can start before the end arrives.
+MUXER_OPTIONS = {"mp4": {"movflags": "+use_metadata_tags+faststart", **KEEP_TIMESTAMPS},
+                 "mov": {"movflags": "+use_metadata_tags+faststart", **KEEP_TIMESTAMPS}, "matroska": KEEP_TIMESTAMPS}
+PROVENANCE_KEY = "tinct"
+# Stream metadata the muxer writes itself (and that would be stale if copied).
+_STALE_STREAM_TAGS = {"duration", "encoder", "number_of_frames", "number_of_bytes", "bps", "_statistics_tags",
+                      "_statistics_writing_app", "_statistics_writing_date_utc"}
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Frames ``start .. stop - 1`` of a film (display order), preceded by ``warmup`` frames of context."""
+
+    index: int
+    start: int
+    stop: int
+    warmup: int
+
+    @property
+    def frames(self) -> int:
+        return self.stop - self.start
+
+    def as_dict(self) -> dict:
+        return {"index": self.index, "start": self.start, "stop": self.stop, "warmup": self.warmup}
+
+
+def plan_segments(film: FilmInfo, segment_frames: int, warmup: int = 0) -> list[Segment]:
+    """Cut ``film`` into segments of about ``segment_frames`` frames, each starting at a keyframe.
+
+    A boundary goes at the first keyframe at least ``segment_frames`` after the previous one; where keyframes
+    are sparser than twice that (one long GOP), a boundary goes anywhere: decoding then starts at the
+    keyframe before it, which costs time but stays exact. ``warmup`` is capped at the frames available.
+    """
+    if segment_frames < 1:
+        raise ValueError(f"segment_frames must be at least 1, got {segment_frames}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    keyframe_indices = np.searchsorted(film.frame_pts, film.keyframe_pts)
+    keyframe_indices = keyframe_indices[(keyframe_indices > 0) & (keyframe_indices < film.frames)]
+    bounds = [0]
+    while film.frames - bounds[-1] > segment_frames:
+        wanted = bounds[-1] + segment_frames
+        position = np.searchsorted(keyframe_indices, wanted)
+        if position < keyframe_indices.size and keyframe_indices[position] < bounds[-1] + 2 * segment_frames:
+            bound = int(keyframe_indices[position])
+        else:
+            bound = wanted
+        if film.frames - bound < max(1, segment_frames // 4):  # never leave a sliver at the end
+            break
+        bounds.append(bound)
+    bounds.append(film.frames)
+    ranges = zip(bounds[:-1], bounds[1:], strict=True)
+    return [Segment(i, start, stop, min(warmup, start)) for i, (start, stop) in enumerate(ranges)]
+
+
+def join_segments(
+    film: FilmInfo,
+    segment_paths: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    provenance: dict | None = None,
+) -> None:
+    """Remux ``segment_paths`` (in order) with the source's other streams, chapters and metadata into
+    ``output``, atomically. Raises BadInputError if a source stream cannot be copied into the output."""
+    container_name = container_for(output)
+    with atomic_path(output) as tmp, av.open(film.path, metadata_errors="replace") as source:
+        segments = [av.open(os.fspath(p)) for p in segment_paths]
+        try:
+            with av.open(os.fspath(tmp), "w", format=container_name,
+                         options=dict(MUXER_OPTIONS[container_name])) as out:
+                video_out = _add_video(out, film, source, segments[0].streams.video[0])
+                copies = _add_copies(out, film, source, output)
+                _copy_metadata(out, source, provenance)
+                packets = heapq.merge(_segment_packets(segments, video_out), _source_packets(source, copies),
+                                      key=lambda item: item[0])
+                _mux_all(out, packets, film)
+        finally:
+            for segment in segments:
+                segment.close()
+
+
+def check_output_streams(film: FilmInfo, output: str | os.PathLike) -> None:
+    """Fail before any colorizing if a stream of the source cannot be copied into ``output``'s container:
+    hours of work must not end at the join. Writes a header to memory only."""
+    import io
+
+    container_name = container_for(output)
+    with av.open(film.path, metadata_errors="replace") as source, \
+            av.open(io.BytesIO(), "w", format=container_name) as out:
+        stream = out.add_stream("ffv1" if container_name != "mp4" else "libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"
+        _add_copies(out, film, source, output)
+        try:
+            out.start_encoding()
+        except av.FFmpegError as exc:
+            raise BadInputError(film.path, f"its {_describe_others(film)} cannot be stored in "
+                                f"{Path(output).suffix} ({exc.strerror or exc}); try .mkv or .mov") from exc
+
+
+def _describe_others(film: FilmInfo) -> str:
+    return ", ".join(f"{s.type} stream #{s.index} ({s.codec})" for s in film.other_streams) or "streams"
+
+
+def _add_video(out, film: FilmInfo, source, template):
+    stream = out.add_stream_from_template(template)
+    stream.time_base = film.video.time_base
+    source_stream = stream_by_index(source, film.video_index)
+    _copy_stream_tags(source_stream, stream)
+    if film.video.rotation:
+        stream.set_display_rotation(film.video.rotation)
+    return stream
+
+
+def _add_copies(out, film: FilmInfo, source, output) -> dict[int, object]:
+    """Output streams for every non-video source stream (and further video streams), by source index."""
+    copies = {}
+    for info in film.other_streams:
+        src = stream_by_index(source, info.index)
+        if src.type == "attachment":
+            continue  # fonts of ASS subtitles: FFmpeg's muxers take them only as attachments, copied below
+        try:
+            dst = out.add_stream_from_template(src)
+        except (ValueError, av.FFmpegError) as exc:
+            raise BadInputError(film.path, f"{info.type} stream #{info.index} ({info.codec}) cannot be copied "
+                                f"into {Path(output).suffix}: {exc}; try .mkv or .mov") from exc
+        dst.time_base = src.time_base
+        _copy_stream_tags(src, dst)
+        copies[info.index] = dst
+    return copies
+
+
+def _copy_stream_tags(src, dst) -> None:
+    for key, value in src.metadata.items():
+        if key.lower() not in _STALE_STREAM_TAGS and not key.upper().startswith("DURATION"):
+            dst.metadata[key] = value
+    dst.disposition = src.disposition
+
+
+def _copy_metadata(out, source, provenance: dict | None) -> None:
+    for key, value in source.metadata.items():
+        if key.lower() not in ("encoder", "major_brand", "minor_version", "compatible_brands", "duration"):
+            out.metadata[key] = value
+    if provenance is not None:
+        out.metadata[PROVENANCE_KEY] = json.dumps(provenance, sort_keys=True, separators=(",", ":"))
+    chapters = source.chapters()
+    if chapters:
+        out.set_chapters(chapters)
+
+
+def _time(packet, time_base: Fraction) -> Fraction:
+    stamp = packet.dts if packet.dts is not None else packet.pts
+    return Fraction(stamp if stamp is not None else 0) * time_base
+
+
+def _segment_packets(segments: list, stream) -> Iterator[tuple[Fraction, object, object]]:
+    for segment in segments:
+        video = segment.streams.video[0]
+        for packet in segment.demux(video):
+            if packet.size == 0:
+                continue
+            yield _time(packet, video.time_base), packet, stream
+
+
+def _source_packets(source, copies: dict[int, object]) -> Iterator[tuple[Fraction, object, object]]:
+    if not copies:
+        return
+    for packet in source.demux(*(stream_by_index(source, i) for i in copies)):
+        if packet.size == 0:
+            continue
+        yield _time(packet, packet.stream.time_base), packet, copies[packet.stream.index]
+
+
+def _mux_all(out, packets: Iterator[tuple[Fraction, object, object]], film: FilmInfo) -> None:
+    last_video_dts = None
+    for _, packet, stream in packets:
+        is_video = stream.type == "video"
+        if is_video and packet.dts is not None:
+            # Segments' encoders each start their decode timestamps a few frames early (B-frame delay); at a
+            # boundary that can fall at or before the previous segment's last dts. Nudge forward by one tick,
+            # which never passes the pts (a frame's dts <= its pts is what the muxer checks).
+            if last_video_dts is not None and packet.dts <= last_video_dts:
+                packet.dts = last_video_dts + 1
+                if packet.pts is not None and packet.dts > packet.pts:
+                    raise BadInputError(film.path, f"segments cannot be joined: decode timestamps overlap at "
+                                        f"pts {packet.pts}")
+            last_video_dts = packet.dts
+        packet.stream = stream
+        out.mux(packet)

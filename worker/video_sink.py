@@ -1,0 +1,250 @@
+"""Film output: the encoder settings a film gets, and the writer of one segment's colorized video.
+
+    layout = plan_output(film.video, EncodeOptions(codec="h264", crf=18))
+    with SegmentWriter(path, film.video, layout) as writer:
+        writer.write(pts, luma, cb, cr)
+
+A segment is video only, in NUT (which keeps any time base exactly, so frame timing survives to the final
+container untouched); ``worker.segments.join_segments`` remuxes segments into the output and copies the
+source's other streams. Every segment starts with a keyframe and references nothing outside itself.
+
+Output format rules (the source's look is kept; only colour is added):
+
+* same size, frame timing, rotation and colour tags (range, matrix, primaries, transfer);
+* luma bit depth kept where the codec can carry it (x264 8/10, x265 up to 12, FFV1 up to 16); ProRes is
+  always 10-bit;
+* chroma subsampling kept for Y'CbCr sources (4:2:0 stays 4:2:0); black-and-white sources without chroma
+  (gray, RGB) get 4:2:0, or 4:4:4 for FFV1 masters; odd frame sizes get 4:4:4 with x264/x265, which cannot
+  subsample an odd size; ProRes is 4:2:2 (HQ) or 4:4:4 (4444) for 4:4:4 sources.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from types import TracebackType
+
+import av
+import numpy as np
+
+from worker.video_source import COLORSPACE_BY_MATRIX, RANGE_FULL, RANGE_LIMITED, FrameLayout, VideoFormat
+
+SEGMENT_FORMAT = "nut"
+SEGMENT_SUFFIX = ".nut"
+# Muxers shift a stream whose first decode timestamp is negative (x264's B-frame delay makes it so) to start
+# at zero, which would move every frame off the source's timing; the segments and the final file keep them.
+KEEP_TIMESTAMPS = {"avoid_negative_ts": "disabled"}
+
+
+@dataclass(frozen=True)
+class CodecSpec:
+    encoder: str
+    depths: tuple[int, ...]  # luma bit depths it encodes, ascending
+    chroma: tuple[tuple[int, int], ...]  # chroma subsamplings it encodes (log2 x, log2 y)
+    needs_even_size_for_subsampling: bool
+    crf: bool  # takes a constant-quality setting
+    preset: bool
+
+
+CODECS = {
+    "h264": CodecSpec("libx264", (8, 10), ((1, 1), (1, 0), (0, 0)), True, True, True),
+    "h265": CodecSpec("libx265", (8, 10, 12), ((1, 1), (1, 0), (0, 0)), True, True, True),
+    "ffv1": CodecSpec("ffv1", (8, 10, 12, 16), ((1, 1), (1, 0), (0, 0)), False, False, False),
+    "prores": CodecSpec("prores_ks", (10,), ((1, 0), (0, 0)), True, False, False),
+}
+CODEC_ALIASES = {"x264": "h264", "libx264": "h264", "avc": "h264", "x265": "h265", "libx265": "h265",
+                 "hevc": "h265", "prores_ks": "prores"}
+DEFAULT_CRF = {"h264": 18, "h265": 20}  # visually lossless for film grain at 8 bits; x265's scale runs higher
+DEFAULT_PRESET = "medium"
+# Containers an output file name may ask for, and the codecs each can hold.
+CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
+CONTAINER_CODECS = {"mp4": {"h264", "h265"}, "mov": {"h264", "h265", "prores", "ffv1"},
+                    "matroska": {"h264", "h265", "ffv1", "prores"}}
+PRORES_PROFILES = {(1, 0): "3", (0, 0): "4"}  # HQ for 4:2:2, 4444 for 4:4:4
+
+
+def canonical_codec(name: str) -> str:
+    key = CODEC_ALIASES.get(name.lower(), name.lower())
+    if key not in CODECS:
+        raise ValueError(f"unknown codec {name!r}; choose one of {', '.join(CODECS)}")
+    if key == "prores" and key not in available_codecs():
+        raise ValueError("this build of FFmpeg has no ProRes encoder")
+    return key
+
+
+def available_codecs() -> list[str]:
+    names = []
+    for key, spec in CODECS.items():
+        try:
+            av.codec.Codec(spec.encoder, "w")
+        except (av.codec.codec.UnknownCodecError, ValueError):
+            continue
+        names.append(key)
+    return names
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    codec: str = "h264"
+    crf: int | None = None  # None: the codec's default (DEFAULT_CRF); lossless codecs ignore it
+    preset: str = DEFAULT_PRESET
+    threads: int = 0  # encoder threads; 0 lets the encoder decide
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "codec", canonical_codec(self.codec))
+        spec = CODECS[self.codec]
+        if self.crf is not None:
+            if not spec.crf:
+                raise ValueError(f"--crf does not apply to {self.codec} (lossless or fixed-quality)")
+            top = 63 if self.codec == "h264" else 51
+            if not 0 <= self.crf <= top:
+                raise ValueError(f"crf must be between 0 and {top} for {self.codec}, got {self.crf}")
+
+    @property
+    def quality(self) -> int | None:
+        return self.crf if self.crf is not None else DEFAULT_CRF.get(self.codec)
+
+    def describe(self) -> dict:
+        spec = CODECS[self.codec]
+        described: dict = {"codec": self.codec}
+        if spec.crf:
+            described["crf"] = self.quality
+        if spec.preset:
+            described["preset"] = self.preset
+        return described
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """The output video's pixel format and the frame layout the pipeline produces for it."""
+
+    codec: str
+    pix_fmt: str
+    frame: FrameLayout
+    full_range: bool
+    matrix: str
+
+    @property
+    def bit_depth(self) -> int:
+        return self.frame.bit_depth
+
+
+def container_for(path: str | os.PathLike) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in CONTAINERS:
+        raise ValueError(f"{path}: films are written as .mp4, .mov or .mkv, not {suffix or 'no extension'!r}")
+    return CONTAINERS[suffix]
+
+
+def check_container(path: str | os.PathLike, codec: str) -> None:
+    container = container_for(path)
+    if codec not in CONTAINER_CODECS[container]:
+        raise ValueError(f"{path}: {codec} cannot be stored in {Path(path).suffix}; use .mkv or .mov")
+
+
+def plan_output(video: VideoFormat, options: EncodeOptions) -> OutputLayout:
+    spec = CODECS[options.codec]
+    depth = next((d for d in spec.depths if d >= video.bit_depth), spec.depths[-1])
+    if video.chroma_shift is not None:
+        chroma = video.chroma_shift
+    else:
+        chroma = (0, 0) if options.codec == "ffv1" else (1, 1)
+    odd = video.width % 2 or video.height % 2
+    if chroma not in spec.chroma or (odd and chroma != (0, 0) and spec.needs_even_size_for_subsampling):
+        chroma = (1, 0) if (1, 0) in spec.chroma and not odd else (0, 0)
+    name = {(1, 1): "yuv420p", (1, 0): "yuv422p", (0, 0): "yuv444p"}[chroma]
+    pix_fmt = name if depth == 8 else f"{name}{depth}le"
+    return OutputLayout(options.codec, pix_fmt, FrameLayout(depth, chroma), video.full_range, video.matrix)
+
+
+class SegmentWriter:
+    """Encodes one segment's frames (luma + chroma code planes) into a video-only NUT file at ``path``.
+
+    Not atomic by itself: callers write under ``models.files.atomic_path`` so that only finished segments
+    ever carry their final name.
+    """
+
+    def __init__(self, path: str | os.PathLike, video: VideoFormat, layout: OutputLayout, options: EncodeOptions,
+                 frame_rate: Fraction | None = None) -> None:
+        self.layout = layout
+        self.time_base = video.time_base
+        self.frames = 0
+        self._container = av.open(os.fspath(path), mode="w", format=SEGMENT_FORMAT, options=dict(KEEP_TIMESTAMPS))
+        try:
+            self._stream = self._add_stream(video, layout, options, frame_rate or video.average_rate)
+        except BaseException:
+            self._container.close()
+            raise
+
+    def _add_stream(self, video: VideoFormat, layout: OutputLayout, options: EncodeOptions,
+                    frame_rate: Fraction | None):
+        spec = CODECS[layout.codec]
+        stream = self._container.add_stream(spec.encoder, rate=frame_rate or Fraction(24))
+        codec_context = stream.codec_context
+        codec_context.width, codec_context.height = video.width, video.height
+        codec_context.pix_fmt = layout.pix_fmt
+        codec_context.time_base = video.time_base
+        stream.time_base = video.time_base
+        if video.sample_aspect_ratio:
+            codec_context.sample_aspect_ratio = video.sample_aspect_ratio
+        codec_context.color_range = RANGE_FULL if layout.full_range else RANGE_LIMITED
+        codec_context.colorspace = video.colorspace or COLORSPACE_BY_MATRIX[layout.matrix]
+        codec_context.color_primaries = video.color_primaries
+        codec_context.color_trc = video.color_trc
+        encoder_options: dict[str, str] = {}
+        if spec.crf:
+            encoder_options["crf"] = str(options.quality)
+        if spec.preset:
+            encoder_options["preset"] = options.preset
+        if layout.codec == "h265":
+            # Closed GOPs and no informational SEI noise: segments must join into one valid stream.
+            encoder_options["x265-params"] = "open-gop=0:log-level=error"
+        elif layout.codec == "ffv1":
+            encoder_options.update({"level": "3", "slicecrc": "1", "g": "1"})  # intra-only, checksummed slices
+        elif layout.codec == "prores":
+            encoder_options["profile"] = PRORES_PROFILES[layout.frame.chroma_shift]
+        if options.threads:
+            codec_context.thread_count = options.threads
+        codec_context.options = encoder_options
+        return stream
+
+    def write(self, pts: int, luma: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> None:
+        frame = av.VideoFrame(luma.shape[1], luma.shape[0], self.layout.pix_fmt)
+        for plane, data in zip(frame.planes, (luma, cb, cr), strict=True):
+            _fill_plane(plane, data)
+        frame.pts = pts
+        frame.time_base = self.time_base
+        frame.color_range = self._stream.codec_context.color_range
+        frame.colorspace = self._stream.codec_context.colorspace
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+        self.frames += 1
+
+    def close(self) -> None:
+        """Flush the encoder and finish the file."""
+        try:
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)
+        finally:
+            self._container.close()
+
+    def abort(self) -> None:
+        self._container.close()
+
+    def __enter__(self) -> SegmentWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _fill_plane(plane, data: np.ndarray) -> None:
+    """Copy an (h, w) array into an FFmpeg plane in place (its rows may be padded to ``line_size`` bytes)."""
+    view = np.frombuffer(plane, dtype=data.dtype).reshape(-1, plane.line_size // data.dtype.itemsize)
+    view[: data.shape[0], : data.shape[1]] = data

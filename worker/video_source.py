@@ -1,0 +1,458 @@
+"""Film input: probe a file once (validate it, index its frames), then decode ranges of it as luma + L.
+
+    film = probe_film("reel1.mkv")                 # FilmInfo: streams, colour, timing, every frame's pts
+    for frame in decode_frames(film, layout, start=0, stop=film.frames, warmup=0):
+        frame.luma, frame.L                        # output-ready luma codes, L at chroma resolution
+
+The probe reads every packet of the video stream (demuxing only, no decoding: a few seconds per GB) so that
+a film is refused before any work if its timestamps are missing or repeat, if it is shorter than it says
+(truncated), or if a stream cannot be decoded; and so that segments can be planned at keyframes with exact
+frame counts. A black-and-white film is its luma plane: the probe decodes a handful of frames to check that
+it really is black and white (a colour film is skipped unless the caller asks to recolour it).
+
+Decoding hands the pipeline two views of each frame:
+
+* ``luma`` - the source's Y plane as the *output's* code values (same range; the bit depth shifted only if
+  the output codec cannot carry the source's). The output's luma is this plane, so the lightness of the film
+  is never touched: every detail, the grain and the exposure are the archive's own, bit for bit.
+* ``L`` - Lab lightness at the output's chroma resolution (half size for 4:2:0), which is all the colour
+  stages need: the network sees a 256 px copy and colour is only stored at chroma resolution.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import av
+import cv2
+import numpy as np
+
+from models.color import luma_to_l_table
+from worker.errors import BadInputError, InputTooLargeError, UnsupportedMediaError
+
+logger = logging.getLogger(__name__)
+
+# FFmpeg's AVCOL_SPC_* codes that name a Y'CbCr matrix, mapped to models.color.YCBCR_WEIGHTS keys.
+MATRIX_BY_COLORSPACE = {1: "bt709", 5: "bt601", 6: "bt601", 9: "bt2020", 10: "bt2020"}
+COLORSPACE_BY_MATRIX = {"bt709": 1, "bt601": 6, "bt2020": 9}
+RANGE_LIMITED, RANGE_FULL = 1, 2  # AVCOL_RANGE_MPEG, AVCOL_RANGE_JPEG
+# A film may end this much earlier than its container says before it counts as truncated: containers round
+# durations, and the last frame's duration is often unknown. 1 s is far above rounding and far below a loss
+# worth noticing... except for films shorter than that, where a quarter of the length is used instead.
+TRUNCATION_TOLERANCE_S = 1.0
+# How many frames the probe decodes (spread over the film) to tell black-and-white from colour film.
+COLOUR_SAMPLE_FRAMES = 5
+# A frame is colour when its chroma strays this far from neutral (in 8-bit code values): the 99th percentile
+# of |Cb - 128| + |Cr - 128|. Tinted B&W (sepia prints, blue night scenes) reads as colour; a telecine's gray
+# scale with compression noise stays under 4.
+COLOUR_CHROMA_THRESHOLD = 6.0
+# Audio streams are copied untouched, but a stream that does not decode means a damaged file: the probe
+# decodes the first few packets of each audio stream to find out before any work is done.
+AUDIO_PROBE_PACKETS = 8
+
+
+@dataclass(frozen=True)
+class VideoFormat:
+    """What the output's video stream must keep of the source's."""
+
+    width: int
+    height: int
+    pix_fmt: str
+    bit_depth: int
+    chroma_shift: tuple[int, int] | None  # (log2 horizontal, log2 vertical) subsampling; None for gray/RGB
+    full_range: bool
+    matrix: str  # the Y'CbCr matrix the source's colour (and so the output's) is read with
+    color_primaries: int
+    color_trc: int
+    colorspace: int  # as tagged (0 = unspecified), copied to the output
+    color_range: int
+    rotation: float  # degrees, from the display matrix
+    time_base: Fraction
+    average_rate: Fraction | None
+    sample_aspect_ratio: Fraction | None
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    index: int
+    type: str
+    codec: str
+
+
+@dataclass
+class FilmInfo:
+    """A probed film: everything later stages need, without holding the file open."""
+
+    path: str
+    container: str
+    video_index: int
+    video_codec: str
+    video: VideoFormat
+    frame_pts: np.ndarray  # int64, every frame's pts in display order (in ``video.time_base``)
+    keyframe_pts: np.ndarray  # int64, pts of the keyframes (random-access points), ascending
+    duration: float  # seconds, from the first frame's pts to the end of the last
+    other_streams: list[StreamInfo] = field(default_factory=list)
+    is_colour: bool = False
+
+    @property
+    def frames(self) -> int:
+        return len(self.frame_pts)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.duration if self.duration > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class FrameLayout:
+    """How decoded frames are handed to the pipeline: the luma's code values and the chroma grid."""
+
+    bit_depth: int  # of the output's luma (the source's, or what the output codec can carry)
+    chroma_shift: tuple[int, int]  # of the output
+
+    def chroma_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) of the output's chroma planes (FFmpeg rounds subsampled sizes up)."""
+        sx, sy = self.chroma_shift
+        return -(-width >> sx), -(-height >> sy)
+
+
+@dataclass
+class SourceFrame:
+    index: int  # position in the film (display order)
+    pts: int
+    luma: np.ndarray  # (H, W) uint8 or uint16 code values of the output's luma
+    L: np.ndarray  # (h, w) float32 Lab L at the output's chroma resolution
+    warmup: bool  # decoded only to warm the smoother up; not encoded
+
+
+def _open(path: str) -> av.container.InputContainer:
+    if os.path.isdir(path):
+        raise BadInputError(path, "is a folder, not a film")
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise BadInputError(path, exc.strerror or str(exc)) from exc
+    if size == 0:
+        raise BadInputError(path, "empty file (0 bytes)")
+    try:
+        return av.open(path, metadata_errors="replace")
+    except av.FFmpegError as exc:
+        raise BadInputError(path, f"not a readable video file ({_ffmpeg_reason(exc)})") from exc
+
+
+def _ffmpeg_reason(exc: Exception) -> str:
+    text = getattr(exc, "strerror", None) or str(exc)
+    return text.split(": '", 1)[0].strip() or type(exc).__name__
+
+
+def probe_film(path: str | os.PathLike, max_pixels: int) -> FilmInfo:
+    """Validate a film and index its frames. Raises a :class:`BadInputError` subclass, naming the file and
+    the reason in one line, for anything the pipeline could not turn into a faithful colour copy."""
+    path = os.fspath(path)
+    with _open(path) as container:
+        if not container.streams.video:
+            kinds = ", ".join(sorted({s.type for s in container.streams})) or "none"
+            raise UnsupportedMediaError(path, f"no video stream (streams: {kinds})")
+        stream = container.streams.video[0]
+        codec_context = stream.codec_context
+        codec_name = codec_context.name if codec_context is not None else "none"
+        if codec_context is None or codec_name in ("none", ""):
+            raise UnsupportedMediaError(path, f"video stream #{stream.index}: no decoder for its codec")
+        width, height = codec_context.width, codec_context.height
+        if width <= 0 or height <= 0:
+            raise BadInputError(path, f"video stream #{stream.index} has no frame size ({width}x{height})")
+        if width * height > max_pixels:
+            raise InputTooLargeError(
+                path, f"frames are {width}x{height} = {width * height / 1e6:.1f} MP, over the limit of "
+                f"{max_pixels / 1e6:.0f} MP (raise --max-pixels if this is intended)"
+            )
+        if stream.time_base is None:
+            raise BadInputError(path, "video stream has no time base")
+        other = [StreamInfo(s.index, s.type, _codec_name(s)) for s in container.streams if s.index != stream.index]
+        frame_pts, keyframe_pts = _index_packets(path, container, stream)
+        duration = _duration(path, container, stream, frame_pts)
+        video_index, container_name = stream.index, container.format.name
+    with _open(path) as container:
+        _check_audio_decodes(path, container)
+    with _open(path) as container:
+        video, is_colour = _sample_frames(path, container, frame_pts, keyframe_pts)
+    return FilmInfo(path, container_name, video_index, codec_name, video, frame_pts, keyframe_pts, duration, other,
+                    is_colour)
+
+
+def _codec_name(stream: av.stream.Stream) -> str:
+    codec_context = getattr(stream, "codec_context", None)
+    return getattr(codec_context, "name", None) or "unknown"
+
+
+def _index_packets(path: str, container, stream) -> tuple[np.ndarray, np.ndarray]:
+    pts_list: list[int] = []
+    keyframes: list[int] = []
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0:  # the demuxer's end-of-stream flush packet
+                continue
+            if packet.pts is None:
+                raise BadInputError(path, f"broken timestamps: video packet {len(pts_list)} has no pts")
+            pts_list.append(packet.pts)
+            if packet.is_keyframe:
+                keyframes.append(packet.pts)
+    except av.FFmpegError as exc:
+        raise BadInputError(path, f"unreadable after {len(pts_list)} video packets ({_ffmpeg_reason(exc)})") from exc
+    if not pts_list:
+        raise BadInputError(path, "the video stream has no frames")
+    if not keyframes:
+        raise BadInputError(path, "the video stream has no keyframe to start decoding from")
+    frame_pts = np.sort(np.asarray(pts_list, dtype=np.int64))
+    repeats = np.flatnonzero(np.diff(frame_pts) == 0)
+    if repeats.size:
+        at = int(frame_pts[repeats[0]])
+        raise BadInputError(path, f"broken timestamps: {repeats.size + 1} video frames share pts {at} "
+                            f"({float(at * stream.time_base):.3f} s)")
+    return frame_pts, np.unique(np.asarray(keyframes, dtype=np.int64))
+
+
+def _duration(path: str, container, stream, frame_pts: np.ndarray) -> float:
+    """Seconds of video, and a check that the file holds as much video as its header declares."""
+    time_base = stream.time_base
+    steps = np.diff(frame_pts)
+    last_step = int(np.median(steps)) if steps.size else 0
+    if last_step == 0 and stream.average_rate:
+        last_step = round(1 / (stream.average_rate * time_base))
+    end = float((frame_pts[-1] + last_step - frame_pts[0]) * time_base)
+    declared = None
+    if stream.duration:
+        declared = float(stream.duration * time_base)
+    elif "DURATION" in stream.metadata:  # Matroska writes each track's length as a tag
+        declared = _parse_clock(stream.metadata["DURATION"])
+    elif container.duration and len(container.streams) == 1:
+        declared = container.duration / 1e6
+    if declared:
+        tolerance = min(TRUNCATION_TOLERANCE_S, declared / 4)
+        if end < declared - tolerance:
+            raise BadInputError(path, f"truncated: its video ends at {end:.2f} s but the file declares "
+                                f"{declared:.2f} s ({len(frame_pts)} frames found)")
+    return end
+
+
+def _parse_clock(text: str) -> float | None:
+    try:
+        hours, minutes, seconds = text.strip().split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        return None
+
+
+def _check_audio_decodes(path: str, container) -> None:
+    for stream in container.streams.audio:
+        if stream.codec_context is None or stream.codec_context.name in ("none", ""):
+            raise UnsupportedMediaError(path, f"audio stream #{stream.index}: no decoder for its codec")
+        decoded = packets = 0
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue
+                packets += 1
+                decoded += len(packet.decode())
+                if packets >= AUDIO_PROBE_PACKETS:
+                    break
+        except av.FFmpegError as exc:
+            raise BadInputError(path, f"audio stream #{stream.index} ({stream.codec_context.name}) does not "
+                                f"decode: {_ffmpeg_reason(exc)}") from exc
+        if packets and not decoded and packets >= AUDIO_PROBE_PACKETS:
+            raise BadInputError(path, f"audio stream #{stream.index} ({stream.codec_context.name}) yields no "
+                                f"audio from its first {packets} packets")
+
+
+def _sample_frames(path: str, container, frame_pts: np.ndarray, keyframe_pts: np.ndarray) -> tuple[VideoFormat, bool]:
+    """Decode a few frames spread over the film: the first gives the exact format and rotation (which
+    FFmpeg attaches to decoded frames), all of them tell black-and-white from colour."""
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    targets = sorted({int(frame_pts[round(i * (len(frame_pts) - 1) / max(1, COLOUR_SAMPLE_FRAMES - 1))])
+                      for i in range(COLOUR_SAMPLE_FRAMES)})
+    first = None
+    colour_scores = []
+    for target in targets:
+        frame = _decode_at(path, container, stream, keyframe_pts, target)
+        if frame is None:
+            continue
+        if first is None:
+            first = frame
+        colour_scores.append(_chroma_spread(frame))
+    if first is None:
+        raise BadInputError(path, "no video frame could be decoded")
+    video = _video_format(stream, first)
+    return video, max(colour_scores) > COLOUR_CHROMA_THRESHOLD
+
+
+def _decode_at(path: str, container, stream, keyframe_pts: np.ndarray, target: int):
+    """The frame with pts ``target`` (or the first after it)."""
+    start = keyframe_pts[max(0, np.searchsorted(keyframe_pts, target, side="right") - 1)]
+    try:
+        container.seek(int(start), stream=stream, backward=True, any_frame=False)
+        for frame in container.decode(stream):
+            if frame.pts is not None and frame.pts >= target:
+                return frame
+    except av.FFmpegError as exc:
+        raise BadInputError(path, f"video does not decode: {_ffmpeg_reason(exc)}") from exc
+    return None
+
+
+def _chroma_spread(frame) -> float:
+    """99th percentile of |Cb - mid| + |Cr - mid| in 8-bit units; 0 for formats without chroma."""
+    fmt = frame.format
+    if fmt.is_rgb:
+        rgb = frame.to_ndarray(format="rgb24").astype(np.int16)
+        spread = np.abs(rgb[..., 0] - rgb[..., 1]) + np.abs(rgb[..., 1] - rgb[..., 2])
+        return float(np.percentile(spread, 99))
+    if len(fmt.components) < 3 or not fmt.is_planar:
+        if len(fmt.components) < 3:
+            return 0.0
+        yuv = frame.reformat(format="yuv444p")
+        planes = [_plane(yuv, i, 8) for i in (1, 2)]
+        depth = 8
+    else:
+        depth = fmt.components[1].bits
+        planes = [_plane(frame, fmt.components[i].plane, depth) for i in (1, 2)]
+    mid = 1 << (depth - 1)
+    scale = 1 << (depth - 8)
+    spread = sum(np.abs(p.astype(np.int32) - mid) for p in planes) / scale
+    return float(np.percentile(spread, 99))
+
+
+def _plane(frame, index: int, bit_depth: int) -> np.ndarray:
+    """Plane ``index`` of a planar frame as an (h, w) array view without the line padding."""
+    plane = frame.planes[index]
+    dtype = np.uint8 if bit_depth <= 8 else np.dtype("<u2")
+    itemsize = np.dtype(dtype).itemsize
+    data = np.frombuffer(plane, dtype=dtype)
+    return data.reshape(-1, plane.line_size // itemsize)[: plane.height, : plane.width]
+
+
+def _video_format(stream, frame) -> VideoFormat:
+    fmt = frame.format
+    codec_context = stream.codec_context
+    is_yuv = not fmt.is_rgb and len(fmt.components) >= 3 and fmt.is_planar
+    is_gray = len(fmt.components) in (1, 2) and not fmt.is_rgb
+    if is_yuv:
+        probe = av.VideoFormat(fmt.name, 64, 64)
+        chroma_shift = (int(math.log2(64 // probe.chroma_width())), int(math.log2(64 // probe.chroma_height())))
+    else:
+        chroma_shift = None
+    bit_depth = fmt.components[0].bits if (is_yuv or is_gray) else 8
+    color_range = frame.color_range or codec_context.color_range or 0
+    if color_range == 0:
+        # Untagged: YUV video is limited range by MPEG convention (yuvj formats are full by name); a gray
+        # plane (FFV1 scans, image sequences) is full range, as every still-image gray format is.
+        full_range = fmt.name.startswith("yuvj") or is_gray or fmt.is_rgb
+    else:
+        full_range = color_range == RANGE_FULL
+    colorspace = frame.colorspace or codec_context.colorspace or 0
+    # Untagged colour is read as players do: BT.709 from 720 lines up, BT.601 below.
+    matrix = MATRIX_BY_COLORSPACE.get(colorspace, "bt709" if frame.height >= 720 else "bt601")
+    return VideoFormat(
+        width=frame.width,
+        height=frame.height,
+        pix_fmt=fmt.name,
+        bit_depth=bit_depth,
+        chroma_shift=chroma_shift,
+        full_range=full_range,
+        matrix=matrix,
+        color_primaries=frame.color_primaries or codec_context.color_primaries or 0,
+        color_trc=frame.color_trc or codec_context.color_trc or 0,
+        colorspace=colorspace,
+        color_range=color_range,
+        rotation=float(frame.rotation or 0.0),
+        time_base=Fraction(stream.time_base),
+        average_rate=Fraction(stream.average_rate) if stream.average_rate else None,
+        sample_aspect_ratio=Fraction(stream.sample_aspect_ratio) if stream.sample_aspect_ratio else None,
+    )
+
+
+# --- decoding ranges --------------------------------------------------------------------------------------
+
+
+def decode_frames(film: FilmInfo, layout: FrameLayout, start: int, stop: int, warmup: int = 0) -> Iterator[SourceFrame]:
+    """Frames ``start - warmup .. stop - 1`` (display order) of ``film``; the first ``warmup`` are flagged.
+
+    Decoding starts at the last keyframe at or before the first frame wanted, so any range can be decoded
+    on its own (a segment on another machine). Frames are matched to the probe's index by pts, and a frame
+    the decoder fails to produce is an error, never a silent gap: the output must have every frame.
+    """
+    first = max(0, start - warmup)
+    wanted = film.frame_pts[first:stop]
+    if wanted.size == 0:
+        return
+    video = film.video
+    table = luma_to_l_table(video.bit_depth, video.full_range)
+    shift = layout.bit_depth - video.bit_depth
+    chroma_w, chroma_h = layout.chroma_size(video.width, video.height)
+    next_index = first
+    with _open(film.path) as container:
+        stream = stream_by_index(container, film.video_index)
+        stream.thread_type = "AUTO"
+        keyframe = film.keyframe_pts[max(0, np.searchsorted(film.keyframe_pts, wanted[0], side="right") - 1)]
+        try:
+            container.seek(int(keyframe), stream=stream, backward=True, any_frame=False)
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    raise BadInputError(film.path, f"broken timestamps: a decoded frame has no pts near frame "
+                                        f"{next_index}")
+                if frame.pts < wanted[0]:
+                    continue
+                expected = int(film.frame_pts[next_index])
+                if frame.pts != expected:
+                    raise BadInputError(film.path, f"frame {next_index} (pts {expected}) did not decode; the decoder "
+                                        f"returned pts {frame.pts} instead (damaged video data)")
+                luma_source = _luma(frame, video)
+                L = _lightness(luma_source, table, chroma_w, chroma_h)
+                luma = luma_source if shift == 0 else _shift_depth(luma_source, shift, layout.bit_depth)
+                yield SourceFrame(next_index, frame.pts, luma, L, warmup=next_index < start)
+                next_index += 1
+                if next_index >= stop:
+                    return
+        except av.FFmpegError as exc:
+            reason = f"video stops decoding at frame {next_index}: {_ffmpeg_reason(exc)}"
+            raise BadInputError(film.path, reason) from exc
+    if next_index < stop:
+        raise BadInputError(film.path, f"video ends after {next_index} of {film.frames} frames (truncated or damaged)")
+
+
+def stream_by_index(container, index: int):
+    """The container's stream with file index ``index``."""
+    for stream in container.streams:
+        if stream.index == index:
+            return stream
+    raise IndexError(f"no stream #{index} in {container.name}")
+
+
+def _luma(frame, video: VideoFormat) -> np.ndarray:
+    """The frame's luma plane as code values in the source's own range and depth (a copy)."""
+    fmt = frame.format
+    if not fmt.is_rgb and fmt.is_planar and fmt.components[0].bits == video.bit_depth:
+        return _plane(frame, fmt.components[0].plane, video.bit_depth).copy()
+    # Packed, paletted or RGB sources: FFmpeg converts to the luma we read with (full range for RGB).
+    target = "gray" if video.bit_depth <= 8 else "gray10le"
+    gray = frame.reformat(format=target, dst_color_range=RANGE_FULL if video.full_range else RANGE_LIMITED)
+    return _plane(gray, 0, video.bit_depth).copy()
+
+
+def _lightness(luma: np.ndarray, table: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Lab L at (height, width): area-averaged code values, then the code -> L table (interpolated)."""
+    if luma.shape != (height, width):
+        small = cv2.resize(luma.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA)
+        return np.interp(small, np.arange(table.size, dtype=np.float32), table).astype(np.float32)
+    return table[luma]
+
+
+def _shift_depth(luma: np.ndarray, shift: int, bit_depth: int) -> np.ndarray:
+    if shift > 0:
+        return (luma.astype(np.uint16) << shift).astype(np.uint16)
+    rounded = (luma.astype(np.uint32) + (1 << (-shift - 1))) >> (-shift)
+    return np.minimum(rounded, (1 << bit_depth) - 1).astype(np.uint8 if bit_depth <= 8 else np.uint16)
