@@ -189,15 +189,16 @@ def _code_range(bit_depth: int, full_range: bool) -> tuple[float, float, float, 
     return 16.0 * step, 219.0 * step, 128.0 * step, 224.0 * step
 
 
-def luma_to_l_table(bit_depth: int, full_range: bool) -> np.ndarray:
-    """L for every code value of a luma plane: ``table[Y]`` is the lightness of the gray pixel with luma Y.
+def luma_to_l_table(bit_depth: int, full_range: bool, subdivisions: int = 1) -> np.ndarray:
+    """L for luma code values in steps of ``1 / subdivisions``: ``table[round(Y * subdivisions)]`` is the
+    lightness of the gray pixel with luma Y (Y may be an area average, hence the finer steps).
 
     A black-and-white frame is a gray sRGB image whose value is its normalized luma, so L follows from
     ``gray_to_l``; one lookup per pixel replaces a full colour conversion. Codes outside the nominal
     range (super-white, sub-black in limited-range video) clip to L = 100 and 0.
     """
     offset, scale, _, _ = _code_range(bit_depth, full_range)
-    codes = torch.arange(1 << bit_depth, dtype=torch.float64)
+    codes = torch.arange(((1 << bit_depth) - 1) * subdivisions + 1, dtype=torch.float64) / subdivisions
     gray = ((codes - offset) / scale).clamp(0.0, 1.0)
     return gray_to_l(gray).to(torch.float32).numpy()
 

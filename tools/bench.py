@@ -1,4 +1,5 @@
-"""``python -m tools bench``: images/s and megapixels/s per engine, precision and batch size.
+"""``python -m tools bench``: images/s and megapixels/s per engine, precision and batch size
+(``--video``: film frames/s, see ``tools.bench_video``).
 
 Three measurements, because each answers a different question:
 
@@ -42,6 +43,7 @@ from models.checkpoint import save_checkpoint
 from models.colorizer import Colorizer
 from models.engines import Engine, EngineUnavailableError, create_engine
 from models.registry import config_class, create_model
+from tools.bench_video import add_video_arguments, print_and_save, run_video_bench
 from tools.runtime import add_runtime_arguments, apply_runtime_arguments
 from worker.images import read_photo, write_photo
 
@@ -430,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--network-only", action="store_true", help="skip the end-to-end measurement")
     p.add_argument("--json", help="write all timings here")
+    add_video_arguments(p)
     add_runtime_arguments(p)
     return p
 
@@ -437,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     apply_runtime_arguments(args)
+    if args.video:
+        print_and_save(run_video_bench(args), args.json)
+        return 0
     result = run_bench(
         model=args.model,
         engines=_csv(args.engines),

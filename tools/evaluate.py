@@ -39,7 +39,10 @@ from models.predictor import DecodeOptions
 from tools import metrics
 from tools.contact_sheet import render_contact_sheet, thumbnail
 from tools.datasets import iter_image_bytes
+from tools.evaluate_video import DEFAULT_MAX_FRAMES, evaluate_videos, to_json, video_table
 from tools.runtime import add_runtime_arguments, apply_runtime_arguments
+from worker.photos import open_colorizer
+from worker.smoothing import SmoothingOptions
 
 log = logging.getLogger(__name__)
 
@@ -380,13 +383,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sheet-count", type=int, default=12, help="photos on the contact sheet (default 12)")
     p.add_argument("--cell-height", type=int, default=160, help="contact-sheet cell height in pixels")
     p.add_argument("--json", help="write per-image and mean figures here")
+    video = p.add_argument_group("films (--video)")
+    video.add_argument("--video", action="store_true", help="--data holds colour video clips: score film "
+                       "colorization per frame and its warping error, smoothing off and on (tools.evaluate_video)")
+    video.add_argument("--smoothing", default=f"0,{SmoothingOptions().strength}",
+                       help="comma-separated smoothing strengths to compare (default: %(default)s)")
+    video.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES,
+                       help="score at most this many frames of each clip (default: %(default)s)")
     add_runtime_arguments(p)
     return p
+
+
+def _main_video(args: argparse.Namespace) -> int:
+    if len(args.model) != 1:
+        raise SystemExit("--video scores one model at a time")
+    strengths = [float(s) for s in args.smoothing.split(",") if s.strip()]
+    with open_colorizer(args.model[0], args.engine, args.device, args.precision, args.render_size,
+                        args.batch_size) as (colorizer, label):
+        results = evaluate_videos(colorizer, label, args.data, strengths, args.max_frames)
+    print(video_table(results))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(to_json(results), indent=2) + "\n")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     apply_runtime_arguments(args)
+    if args.video:
+        return _main_video(args)
     decode: dict[str, Any] = {}
     if args.decode_method is not None:
         decode["method"] = args.decode_method

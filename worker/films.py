@@ -32,12 +32,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from models.colorizer import Colorizer
 from models.files import atomic_output, atomic_path
-from worker.errors import TinctError, one_line
+from worker.errors import BadInputError, TinctError, one_line
 from worker.images import tinct_version
 from worker.pipeline import ColourFrame, StageTimes, colorize_frames
 from worker.segments import Segment, check_output_streams, join_segments, plan_segments
 from worker.smoothing import SmoothingOptions
-from worker.video_sink import EncodeOptions, SegmentWriter, check_container, plan_output
+from worker.video_sink import CODECS, EncodeOptions, OutputLayout, SegmentWriter, check_container, plan_output
 from worker.video_source import FilmInfo, probe_film
 
 logger = logging.getLogger(__name__)
@@ -169,29 +169,17 @@ def colorize_film(
     parts = parts_folder(output)
     manifest = _manifest(film, colorizer, options, model_label, segments)
     resumed = _prepare_parts(parts, manifest)
-    done = sum(s.frames for s in segments if segment_path(parts, s).exists())
+    done = sum(s.frames for s in segments if segment_path(parts, s, options.encode.codec).exists())
     if progress:
         progress(done, film.frames)
-    times = StageTimes()
-    encoded = [done]  # frames written so far, shared with the sink below
-    reused = 0
-    for segment in segments:
-        path = segment_path(parts, segment)
-        if path.exists():
-            reused += 1
-            continue
-        with atomic_path(path) as tmp, SegmentWriter(tmp, film.video, layout, options.encode) as writer:
-
-            def sink(frame: ColourFrame, writer: SegmentWriter = writer) -> None:
-                writer.write(frame.pts, frame.luma, frame.cb, frame.cr)
-                encoded[0] += 1
-                if progress:
-                    progress(encoded[0], film.frames)
-
-            times.add(colorize_frames(film, colorizer, layout, options.smoothing, sink, segment.start,
-                                      segment.stop, segment.warmup))
+    try:
+        times, reused = _colorize_segments(colorizer, film, layout, options, segments, parts, done, progress)
+    except BadInputError:
+        # The film itself is bad (damaged data found while decoding): nothing here is worth resuming.
+        shutil.rmtree(parts, ignore_errors=True)
+        raise
     provenance = dict(manifest["options"], tinct=tinct_version(), source=source.name)
-    join_segments(film, [segment_path(parts, s) for s in segments], output, provenance)
+    join_segments(film, [segment_path(parts, s, options.encode.codec) for s in segments], output, provenance)
     shutil.rmtree(parts, ignore_errors=True)
     if resumed and reused:
         logger.info("%s: resumed, %d of %d segments were already done", source, reused, len(segments))
@@ -199,12 +187,35 @@ def colorize_film(
                        resumed_segments=reused if resumed else 0, times=times)
 
 
+def _colorize_segments(colorizer: Colorizer, film: FilmInfo, layout: OutputLayout, options: FilmOptions,
+                       segments: list[Segment], parts: Path, done: int,
+                       progress: Progress | None) -> tuple[StageTimes, int]:
+    """Colorize every segment not already in ``parts``; returns the stage times and how many were reused."""
+    times = StageTimes()
+    encoded = [done]  # frames written so far, shared with the sink below
+    reused = 0
+    for segment in segments:
+        path = segment_path(parts, segment, options.encode.codec)
+        if path.exists():
+            reused += 1
+            continue
+        with atomic_path(path) as tmp, SegmentWriter(tmp, film.video, layout, options.encode) as writer:
+            def sink(frame: ColourFrame, writer: SegmentWriter = writer) -> None:
+                writer.write(frame.pts, frame.luma, frame.cb, frame.cr)
+                encoded[0] += 1
+                if progress:
+                    progress(encoded[0], film.frames)
+            times.add(colorize_frames(film, colorizer, layout, options.smoothing, sink, segment.start,
+                                      segment.stop, segment.warmup))
+    return times, reused
+
+
 def parts_folder(output: Path) -> Path:
     return output.with_name(f".{output.name}{PARTS_SUFFIX}")
 
 
-def segment_path(parts: Path, segment: Segment) -> Path:
-    return parts / f"segment-{segment.index:05d}-{segment.start}-{segment.stop}.nut"
+def segment_path(parts: Path, segment: Segment, codec: str) -> Path:
+    return parts / f"segment-{segment.index:05d}-{segment.start}-{segment.stop}{CODECS[codec].segment_suffix}"
 
 
 def _manifest(film: FilmInfo, colorizer: Colorizer, options: FilmOptions, model_label: str,

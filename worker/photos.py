@@ -181,7 +181,8 @@ def plan_photos(
     suffix = output_suffix(output_format)
     if not sources:
         raise ValueError("no inputs given")
-    if len(sources) == 1 and is_film(sources[0]) and sources[0].is_file() and is_film(output) and not output.is_dir():
+    if len(sources) == 1 and sources[0].is_file() and is_film(output) and not output.is_dir():
+        # A film named as the output makes the input a film whatever its own extension (.mka, .vob, none).
         return _checked(PhotoPlan([], [], films=[PhotoTask(sources[0], output)]))
     if len(sources) == 1 and sources[0].is_file() and format_for_path(output) and not output.is_dir():
         if suffix and suffix != output.suffix.lower():

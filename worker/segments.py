@@ -127,7 +127,7 @@ def check_output_streams(film: FilmInfo, output: str | os.PathLike) -> None:
     container_name = container_for(output)
     with av.open(film.path, metadata_errors="replace") as source, \
             av.open(io.BytesIO(), "w", format=container_name) as out:
-        stream = out.add_stream("ffv1" if container_name != "mp4" else "libx264", rate=24)
+        stream = out.add_stream("libx264", rate=24)  # a stand-in: every container Tinct writes takes H.264
         stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"
         _add_copies(out, film, source, output)
         try:
@@ -157,7 +157,15 @@ def _add_copies(out, film: FilmInfo, source, output) -> dict[int, object]:
     for info in film.other_streams:
         src = stream_by_index(source, info.index)
         if src.type == "attachment":
-            continue  # fonts of ASS subtitles: FFmpeg's muxers take them only as attachments, copied below
+            continue  # fonts of ASS subtitles: FFmpeg's muxers take them only as attachments
+        if src.type == "data" and src.codec_context is None:
+            # QuickTime chapter and timecode tracks read back as codec-less data, which no muxer can take;
+            # their content travels anyway: chapters through set_chapters, timecode as the video's tag.
+            carried = src.metadata.get("timecode") or source.chapters()
+            log = logger.info if carried else logger.warning
+            log("%s: data stream #%d has no codec FFmpeg can copy; %s", film.path, info.index,
+                "its chapters/timecode are carried over" if carried else "it is left out")
+            continue
         try:
             dst = out.add_stream_from_template(src)
         except (ValueError, av.FFmpegError) as exc:
@@ -195,10 +203,32 @@ def _time(packet, time_base: Fraction) -> Fraction:
 def _segment_packets(segments: list, stream) -> Iterator[tuple[Fraction, object, object]]:
     for segment in segments:
         video = segment.streams.video[0]
-        for packet in segment.demux(video):
-            if packet.size == 0:
-                continue
+        packets = (packet for packet in segment.demux(video) if packet.size)
+        for packet in _with_decode_timestamps(packets):
             yield _time(packet, video.time_base), packet, stream
+
+
+def _with_decode_timestamps(packets: Iterator) -> Iterator:
+    """NUT stores no decode timestamps: its demuxer derives them, except for the first few packets of a
+    stream with B-frames (the reorder delay), which come back without one. Those get decode timestamps one
+    frame step apart, ending a step before the first known one, as the encoder had them; a muxer needs them to
+    order the stream, and the join to check that segments follow one another."""
+    waiting = []
+    for packet in packets:
+        if packet.dts is None and packet.pts is not None:
+            waiting.append(packet)
+            continue
+        if waiting:
+            known = packet.dts if packet.dts is not None else packet.pts
+            pts = sorted(p.pts for p in waiting + [packet] if p.pts is not None)
+            steps = [b - a for a, b in zip(pts[:-1], pts[1:], strict=True) if b > a]
+            step = min(steps) if steps else 1
+            for back, early in enumerate(reversed(waiting), start=1):
+                early.dts = min(early.pts, known - back * step)
+            yield from waiting
+            waiting = []
+        yield packet
+    yield from waiting
 
 
 def _source_packets(source, copies: dict[int, object]) -> Iterator[tuple[Fraction, object, object]]:
@@ -210,19 +240,31 @@ def _source_packets(source, copies: dict[int, object]) -> Iterator[tuple[Fractio
         yield _time(packet, packet.stream.time_base), packet, copies[packet.stream.index]
 
 
+def _rebase(packet, time_base: Fraction) -> None:
+    """Express a packet's timestamps in ``time_base`` (what the muxer would do, done first so that the join's
+    ordering checks see the numbers that are written)."""
+    scale = Fraction(packet.time_base) / Fraction(time_base)
+    for name in ("pts", "dts", "duration"):
+        value = getattr(packet, name)
+        if value is not None:
+            setattr(packet, name, round(value * scale))
+    packet.time_base = time_base
+
+
 def _mux_all(out, packets: Iterator[tuple[Fraction, object, object]], film: FilmInfo) -> None:
+    out.start_encoding()  # the muxer fixes each stream's time base when it writes the header
     last_video_dts = None
     for _, packet, stream in packets:
-        is_video = stream.type == "video"
-        if is_video and packet.dts is not None:
-            # Segments' encoders each start their decode timestamps a few frames early (B-frame delay); at a
-            # boundary that can fall at or before the previous segment's last dts. Nudge forward by one tick,
-            # which never passes the pts (a frame's dts <= its pts is what the muxer checks).
+        _rebase(packet, stream.time_base)
+        if stream.type == "video" and packet.dts is not None:
+            # Each segment's encoder starts its decode timestamps a few frames early (the B-frame delay); at a
+            # boundary that can fall at or before the previous segment's last one, in the output's time base.
+            # Nudged forward a tick at a time, they stay at or before their frame's pts, which is what matters.
             if last_video_dts is not None and packet.dts <= last_video_dts:
                 packet.dts = last_video_dts + 1
                 if packet.pts is not None and packet.dts > packet.pts:
                     raise BadInputError(film.path, f"segments cannot be joined: decode timestamps overlap at "
-                                        f"pts {packet.pts}")
+                                        f"{float(packet.pts * stream.time_base):.3f} s")
             last_video_dts = packet.dts
         packet.stream = stream
         out.mux(packet)

@@ -4,8 +4,8 @@
     with SegmentWriter(path, film.video, layout) as writer:
         writer.write(pts, luma, cb, cr)
 
-A segment is video only, in NUT (which keeps any time base exactly, so frame timing survives to the final
-container untouched); ``worker.segments.join_segments`` remuxes segments into the output and copies the
+A segment is video only, in NUT or QuickTime (which keep any time base exactly, so frame timing survives to the
+final container untouched); ``worker.segments.join_segments`` remuxes segments into the output and copies the
 source's other streams. Every segment starts with a keyframe and references nothing outside itself.
 
 Output format rules (the source's look is kept; only colour is added):
@@ -31,8 +31,6 @@ import numpy as np
 
 from worker.video_source import COLORSPACE_BY_MATRIX, RANGE_FULL, RANGE_LIMITED, FrameLayout, VideoFormat
 
-SEGMENT_FORMAT = "nut"
-SEGMENT_SUFFIX = ".nut"
 # Muxers shift a stream whose first decode timestamp is negative (x264's B-frame delay makes it so) to start
 # at zero, which would move every frame off the source's timing; the segments and the final file keep them.
 KEEP_TIMESTAMPS = {"avoid_negative_ts": "disabled"}
@@ -46,13 +44,20 @@ class CodecSpec:
     needs_even_size_for_subsampling: bool
     crf: bool  # takes a constant-quality setting
     preset: bool
+    # Container of the intermediate segment files: NUT keeps any time base exactly; FFmpeg's NUT muxer has no
+    # ProRes tag, so ProRes segments go in QuickTime (which also keeps the time base).
+    segment_format: str = "nut"
+
+    @property
+    def segment_suffix(self) -> str:
+        return {"nut": ".nut", "mov": ".mov"}[self.segment_format]
 
 
 CODECS = {
     "h264": CodecSpec("libx264", (8, 10), ((1, 1), (1, 0), (0, 0)), True, True, True),
     "h265": CodecSpec("libx265", (8, 10, 12), ((1, 1), (1, 0), (0, 0)), True, True, True),
     "ffv1": CodecSpec("ffv1", (8, 10, 12, 16), ((1, 1), (1, 0), (0, 0)), False, False, False),
-    "prores": CodecSpec("prores_ks", (10,), ((1, 0), (0, 0)), True, False, False),
+    "prores": CodecSpec("prores_ks", (10,), ((1, 0), (0, 0)), True, False, False, segment_format="mov"),
 }
 CODEC_ALIASES = {"x264": "h264", "libx264": "h264", "avc": "h264", "x265": "h265", "libx265": "h265",
                  "hevc": "h265", "prores_ks": "prores"}
@@ -60,7 +65,7 @@ DEFAULT_CRF = {"h264": 18, "h265": 20}  # visually lossless for film grain at 8 
 DEFAULT_PRESET = "medium"
 # Containers an output file name may ask for, and the codecs each can hold.
 CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
-CONTAINER_CODECS = {"mp4": {"h264", "h265"}, "mov": {"h264", "h265", "prores", "ffv1"},
+CONTAINER_CODECS = {"mp4": {"h264", "h265"}, "mov": {"h264", "h265", "prores"},
                     "matroska": {"h264", "h265", "ffv1", "prores"}}
 PRORES_PROFILES = {(1, 0): "3", (0, 0): "4"}  # HQ for 4:2:2, 4444 for 4:4:4
 
@@ -160,7 +165,7 @@ def plan_output(video: VideoFormat, options: EncodeOptions) -> OutputLayout:
 
 
 class SegmentWriter:
-    """Encodes one segment's frames (luma + chroma code planes) into a video-only NUT file at ``path``.
+    """Encodes one segment's frames (luma + chroma code planes) into a video-only file at ``path``.
 
     Not atomic by itself: callers write under ``models.files.atomic_path`` so that only finished segments
     ever carry their final name.
@@ -171,7 +176,8 @@ class SegmentWriter:
         self.layout = layout
         self.time_base = video.time_base
         self.frames = 0
-        self._container = av.open(os.fspath(path), mode="w", format=SEGMENT_FORMAT, options=dict(KEEP_TIMESTAMPS))
+        self._container = av.open(os.fspath(path), mode="w", format=CODECS[layout.codec].segment_format,
+                                  options=dict(KEEP_TIMESTAMPS))
         try:
             self._stream = self._add_stream(video, layout, options, frame_rate or video.average_rate)
         except BaseException:

@@ -45,6 +45,8 @@ RANGE_LIMITED, RANGE_FULL = 1, 2  # AVCOL_RANGE_MPEG, AVCOL_RANGE_JPEG
 # durations, and the last frame's duration is often unknown. 1 s is far above rounding and far below a loss
 # worth noticing... except for films shorter than that, where a quarter of the length is used instead.
 TRUNCATION_TOLERANCE_S = 1.0
+# Steps per luma code value in the code -> L table: the average of a 2x2 block lands on quarter codes.
+LUMA_SUBDIVISIONS = 4
 # How many frames the probe decodes (spread over the film) to tell black-and-white from colour film.
 COLOUR_SAMPLE_FRAMES = 5
 # A frame is colour when its chroma strays this far from neutral (in 8-bit code values): the 99th percentile
@@ -390,7 +392,7 @@ def decode_frames(film: FilmInfo, layout: FrameLayout, start: int, stop: int, wa
     if wanted.size == 0:
         return
     video = film.video
-    table = luma_to_l_table(video.bit_depth, video.full_range)
+    table = luma_to_l_table(video.bit_depth, video.full_range, LUMA_SUBDIVISIONS)
     shift = layout.bit_depth - video.bit_depth
     chroma_w, chroma_h = layout.chroma_size(video.width, video.height)
     next_index = first
@@ -444,11 +446,11 @@ def _luma(frame, video: VideoFormat) -> np.ndarray:
 
 
 def _lightness(luma: np.ndarray, table: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Lab L at (height, width): area-averaged code values, then the code -> L table (interpolated)."""
-    if luma.shape != (height, width):
-        small = cv2.resize(luma.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA)
-        return np.interp(small, np.arange(table.size, dtype=np.float32), table).astype(np.float32)
-    return table[luma]
+    """Lab L at (height, width): area-averaged code values looked up in a table of quarter-code steps."""
+    if luma.shape == (height, width):
+        return table[luma.astype(np.intp) * LUMA_SUBDIVISIONS]
+    small = cv2.resize(luma.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA)
+    return table[np.rint(small * LUMA_SUBDIVISIONS).astype(np.intp)]
 
 
 def _shift_depth(luma: np.ndarray, shift: int, bit_depth: int) -> np.ndarray:

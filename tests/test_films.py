@@ -1,0 +1,301 @@
+"""The film path end to end on generated clips: real PyAV encode/decode, a tiny real model, the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from models.colorizer import Colorizer
+from tests.media import decode_native, decode_rgb, gray_frames, make_bad_inputs, moving_scene, probe, write_clip
+from worker.cli import main
+from worker.films import FilmOptions, colorize_film, parts_folder
+from worker.photos import open_colorizer
+from worker.pipeline import colorize_frames
+from worker.segments import plan_segments
+from worker.smoothing import SmoothingOptions
+from worker.video_sink import EncodeOptions, plan_output
+from worker.video_source import probe_film
+
+SIZE = (96, 64)
+
+
+@pytest.fixture(scope="module")
+def colorizer(tiny_checkpoint):
+    with open_colorizer(tiny_checkpoint, engine="torch", render_size=64, batch_size=4) as opened:
+        yield opened
+
+
+def bw_clip(path: Path, frames: int = 24, size: tuple[int, int] = SIZE, cuts_at=(), **options):
+    return write_clip(path, gray_frames(moving_scene(frames, *size, cuts_at=cuts_at)), **options)
+
+
+def run_cli(tiny_checkpoint, *args: str) -> int:
+    return main(["colorize", *args, "--model", str(tiny_checkpoint), "--engine", "torch", "--render-size", "64",
+                 "-q"])
+
+
+def lumas(path: Path) -> list[np.ndarray]:
+    """Every frame's Y plane as stored (uint8, or uint16 for more than 8 bits), in any pixel format."""
+    planes = []
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            plane = frame.planes[0]
+            dtype = np.uint8 if frame.format.components[0].bits <= 8 else np.dtype("<u2")
+            rows = np.frombuffer(plane, dtype).reshape(plane.height, -1)
+            planes.append(rows[:, : plane.width].copy())
+    return planes
+
+
+def is_coloured(path: Path) -> bool:
+    frames = decode_rgb(path)
+    rgb = frames[len(frames) // 2].astype(np.int32)
+    return float(np.abs(rgb - rgb.mean(axis=-1, keepdims=True)).mean()) > 1.0
+
+
+# --- faithful output -------------------------------------------------------------------------------------
+
+
+def test_mp4_film_keeps_frames_vfr_timing_audio_subtitles_chapters_and_rotation(tmp_path, tiny_checkpoint):
+    # Variable frame rate: gaps of 1, 2 and 3 ticks of 1/24 s.
+    pts = np.cumsum([0] + [1, 2, 3] * 7)[:20].tolist()
+    source = bw_clip(tmp_path / "reel.mp4", frames=20, pts=pts, time_base=Fraction(1, 24), audio="aac",
+                     subtitles="mov_text", chapters=[(0.0, "Opening"), (1.0, "Chase")], rotation=90,
+                     metadata={"title": "Reel one"}, colorspace="bt709", color_range="tv",
+                     color_primaries="bt709", color_trc="bt709")
+    output = tmp_path / "reel-colour.mp4"
+    assert run_cli(tiny_checkpoint, str(source.path), "-o", str(output), "--smoothing", "0.5") == 0
+    out = probe(output)
+    src = source.probe
+    assert out.video.frame_count == source.frame_count == 20
+    np.testing.assert_allclose([float(p * out.video.time_base) for p in out.video.pts], source.times, atol=1e-6)
+    assert (out.width, out.height) == (source.width, source.height)
+    assert out.rotation % 360 == src.rotation % 360 == 90
+    assert (out.color_range, out.colorspace, out.color_primaries, out.color_trc) == (
+        src.color_range, src.colorspace, src.color_primaries, src.color_trc)
+    assert [s.payload_sha256 for s in out.of_type("audio")] == [s.payload_sha256 for s in src.of_type("audio")]
+    assert [s.payload_sha256 for s in out.of_type("subtitle")] == [s.payload_sha256 for s in src.of_type("subtitle")]
+    assert [(c.start, c.title) for c in out.chapters] == [(c.start, c.title) for c in src.chapters]
+    assert out.tag("title") == "Reel one"
+    provenance = json.loads(out.tag("tinct"))
+    assert provenance["model"].startswith("effnet_unet@") and provenance["smoothing"] == 0.5
+    assert is_coloured(output)
+    assert not parts_folder(output).exists()
+
+
+def test_mkv_film_luma_is_bit_exact_and_audio_subtitles_copied(tmp_path, tiny_checkpoint):
+    source = bw_clip(tmp_path / "reel.mkv", frames=16, codec="ffv1", audio="flac", subtitles="srt",
+                     metadata={"title": "Reel two"})
+    output = tmp_path / "out" / "reel.mkv"
+    assert run_cli(tiny_checkpoint, str(source.path), "-o", str(output), "--codec", "ffv1") == 0
+    out = probe(output)
+    assert out.video.codec == "ffv1" and out.video.frame_count == 16
+    assert out.video.pts == source.probe.video.pts
+    for before, after in zip(lumas(source.path), lumas(output), strict=True):
+        np.testing.assert_array_equal(after, before)  # the Y plane, untouched
+    assert [s.payload_sha256 for s in out.of_type("audio")] == [s.payload_sha256 for s in source.probe.of_type("audio")]
+    assert [s.payload_sha256 for s in out.of_type("subtitle")] == [
+        s.payload_sha256 for s in source.probe.of_type("subtitle")]
+    assert out.tag("title") == "Reel two"
+
+
+@pytest.mark.parametrize("pix_fmt, out_depth", [("yuv420p10le", 10), ("gray", 8), ("gray10le", 10)])
+def test_ten_bit_and_gray_sources_decode_and_keep_their_luma(tmp_path, colorizer, pix_fmt, out_depth):
+    frames = list(gray_frames(moving_scene(8, *SIZE)))
+    if pix_fmt.endswith("10le"):
+        frames = [f.astype(np.uint16) << 8 for f in frames]  # full 16-bit scale, as write_clip takes it
+    source = write_clip(tmp_path / "src.mkv", frames, codec="ffv1", pix_fmt=pix_fmt)
+    output = tmp_path / "out.mkv"
+    outcome = film_job(colorizer, source.path, output, FilmOptions(encode=EncodeOptions("ffv1")))
+    assert outcome.status == "done"
+    out = probe(output)
+    assert out.pix_fmt.startswith("yuv") and ("10le" in out.pix_fmt) == (out_depth == 10)
+    for before, after in zip(lumas(source.path), lumas(output), strict=True):
+        np.testing.assert_array_equal(after, before)
+    assert is_coloured(output)
+
+
+@pytest.mark.parametrize("suffix, codec, decoder", [
+    (".mp4", "h264", "h264"), (".mkv", "h265", "hevc"), (".mov", "prores", "prores"), (".mkv", "ffv1", "ffv1"),
+])
+def test_codecs_and_containers(tmp_path, colorizer, suffix, codec, decoder):
+    source = bw_clip(tmp_path / "src.mp4", frames=6)
+    output = tmp_path / f"out{suffix}"
+    options = FilmOptions(encode=EncodeOptions(codec, preset="ultrafast"))
+    assert film_job(colorizer, source.path, output, options).status == "done"
+    out = probe(output)
+    assert out.video.codec == decoder and out.video.frame_count == 6
+    assert np.allclose([float(p * out.video.time_base) for p in out.video.pts], source.times, atol=1e-3)
+
+
+def test_codec_that_the_container_cannot_hold_is_a_usage_error(tmp_path, tiny_checkpoint, capsys):
+    source = bw_clip(tmp_path / "src.mkv", frames=4)
+    assert run_cli(tiny_checkpoint, str(source.path), "-o", str(tmp_path / "out.mp4"), "--codec", "ffv1") == 2
+    assert "ffv1 cannot be stored in .mp4" in capsys.readouterr().err
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_colour_film_is_skipped_unless_recolor(tmp_path, colorizer):
+    source = write_clip(tmp_path / "colour.mp4", moving_scene(6, *SIZE))
+    output = tmp_path / "out.mkv"
+    assert film_job(colorizer, source.path, output, FilmOptions()).status == "colour"
+    assert not output.exists()
+    assert film_job(colorizer, source.path, output, FilmOptions(recolor=True)).status == "done"
+
+
+def test_folder_with_photos_and_films(tmp_path, tiny_checkpoint):
+    from PIL import Image
+
+    (tmp_path / "in" / "reels").mkdir(parents=True)
+    bw_clip(tmp_path / "in" / "reels" / "a.avi", frames=4, codec="mpeg4")
+    Image.fromarray(next(gray_frames(moving_scene(1, 64, 48)))).save(tmp_path / "in" / "still.png")
+    assert run_cli(tiny_checkpoint, str(tmp_path / "in"), "-o", str(tmp_path / "out")) == 0
+    assert probe(tmp_path / "out" / "reels" / "a.mkv").video.frame_count == 4  # .avi is written as Matroska
+    assert (tmp_path / "out" / "still.png").exists()
+
+
+# --- smoothing, cuts and segments --------------------------------------------------------------------------
+
+
+def test_pipeline_reports_synthetic_cuts(tmp_path, colorizer):
+    source = bw_clip(tmp_path / "cuts.mkv", frames=30, size=(128, 96), cuts_at=(10, 21), codec="ffv1")
+    film = probe_film(source.path, 1 << 30)
+    layout = plan_output(film.video, EncodeOptions("ffv1"))
+    frames = []
+    times = colorize_frames(film, colorizer[0], layout, SmoothingOptions(strength=0.5), frames.append)
+    assert [f.index for f in frames] == list(range(30))
+    assert times.cuts == [10, 21]
+
+
+def test_plan_segments_starts_at_keyframes_and_caps_warmup(tmp_path):
+    source = bw_clip(tmp_path / "gop.mkv", frames=40, gop=8, bframes=0)
+    film = probe_film(source.path, 1 << 30)
+    segments = plan_segments(film, segment_frames=10, warmup=5)
+    assert [s.start for s in segments] == [0, 16, 32]
+    assert [s.stop for s in segments] == [16, 32, 40]
+    assert [s.warmup for s in segments] == [0, 5, 5]
+    assert plan_segments(film, segment_frames=1000)[0].frames == 40
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.5])
+def test_film_in_segments_equals_film_processed_whole(tmp_path, colorizer, strength):
+    source = bw_clip(tmp_path / "src.mkv", frames=48, size=(128, 96), gop=6, bframes=0)
+    whole, parts = tmp_path / "whole.mkv", tmp_path / "parts.mkv"
+    encode = EncodeOptions("ffv1")
+    smoothing = SmoothingOptions(strength=strength)
+    film_job(colorizer, source.path, whole, FilmOptions(smoothing, encode, segment_seconds=100))
+    outcome = film_job(colorizer, source.path, parts, FilmOptions(smoothing, encode, segment_seconds=0.5))
+    assert outcome.status == "done"
+    a, b = np.stack(decode_native(whole)).astype(np.int32), np.stack(decode_native(parts)).astype(np.int32)
+    assert a.shape == b.shape and a.shape[0] == 48
+    assert probe(whole).video.pts == probe(parts).video.pts
+    if strength == 0:
+        np.testing.assert_array_equal(a, b)
+    else:
+        # Warm-up frames bring the smoother within 1 % of a whole-film pass: at most a code value or two.
+        assert np.abs(a - b).max() <= 2 and np.abs(a - b).mean() < 0.05
+
+
+# --- interruption and resume -------------------------------------------------------------------------------
+
+
+class _InterruptingColorizer(Colorizer):
+    """Raises KeyboardInterrupt (as Ctrl-C would) on its ``fail_at``-th network batch."""
+
+    def __init__(self, *args, fail_at: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls, self.fail_at = 0, fail_at
+
+    def predict_grid(self, L_list):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise KeyboardInterrupt
+        return super().predict_grid(L_list)
+
+
+def test_interrupted_film_leaves_no_output_and_resumes(tmp_path, colorizer):
+    source = bw_clip(tmp_path / "src.mkv", frames=36, gop=6, bframes=0)
+    output, reference = tmp_path / "out.mkv", tmp_path / "reference.mkv"
+    options = FilmOptions(SmoothingOptions(0.5), EncodeOptions("ffv1"), segment_seconds=0.5)
+    model, label = colorizer
+    flaky = _InterruptingColorizer(model.engine, render_size=64, batch_size=4, fail_at=6)
+    with pytest.raises(KeyboardInterrupt):
+        colorize_film(flaky, source.path, output, options, label)
+    assert not output.exists()
+    kept = sorted(p.name for p in parts_folder(output).iterdir())
+    assert "manifest.json" in kept and any(name.startswith("segment-") for name in kept)
+    assert not any("partial" in name for name in kept)
+    resumed = colorize_film(model, source.path, output, options, label)
+    assert resumed.status == "done" and resumed.resumed_segments >= 1
+    colorize_film(model, source.path, reference, options, label)
+    np.testing.assert_array_equal(np.stack(decode_native(output)), np.stack(decode_native(reference)))
+    assert not parts_folder(output).exists()
+
+
+def test_ctrl_c_in_the_cli_then_rerun(tmp_path, tiny_checkpoint):
+    source = bw_clip(tmp_path / "long.mkv", frames=480, size=(160, 96), gop=12, bframes=0)
+    output = tmp_path / "out.mkv"
+    command = [sys.executable, "-m", "worker.cli", "colorize", str(source.path), "-o", str(output), "--model",
+               str(tiny_checkpoint), "--engine", "torch", "--render-size", "64", "--segment-seconds", "1", "-q"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(parts_folder(output).glob("segment-*.nut")) and process.poll() is None:
+        assert time.monotonic() < deadline, "no segment was finished in time"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    if process.returncode == 0:
+        pytest.skip("the job finished before the interrupt arrived")
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and not output.exists()
+    assert subprocess.run(command, env=env).returncode == 0
+    assert probe(output).video.frame_count == 480 and not parts_folder(output).exists()
+
+
+# --- bad input ---------------------------------------------------------------------------------------------
+
+
+BAD_INPUT_REASONS = {
+    "zero_byte.mp4": "empty file",
+    "not_a_video.mp4": "not a readable video file",
+    "truncated.mp4": "not a readable video file",
+    "truncated.mkv": "truncated",
+    "garbage_middle.mkv": "decod",
+    "no_video.mka": "no video stream",
+    "unsupported_codec.mkv": "no decoder",
+    "huge_dimensions.mkv": "over the limit",
+    "invalid_dimensions.mkv": "no frame size",
+    "broken_timestamps.mkv": "broken timestamps",
+    "broken_audio.mkv": "audio stream #1",
+}
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory) -> dict[str, Path]:
+    return make_bad_inputs(tmp_path_factory.mktemp("bad"))
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUT_REASONS))
+def test_bad_input_fails_with_one_clear_line_and_leaves_nothing(tmp_path, tiny_checkpoint, bad_inputs, name,
+                                                                 caplog):
+    output = tmp_path / "out.mkv"
+    assert run_cli(tiny_checkpoint, str(bad_inputs[name]), "-o", str(output)) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert str(bad_inputs[name]) in errors[0] and BAD_INPUT_REASONS[name] in errors[0], errors[0]
+    assert list(tmp_path.iterdir()) == []  # no output, no work folder, no temp file
+
+
+def film_job(colorizer, source, output, options: FilmOptions):
+    model, label = colorizer
+    return colorize_film(model, source, output, options, label)

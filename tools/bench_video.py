@@ -1,0 +1,220 @@
+"""``python -m tools bench --video``: film frames/s end to end, per stage, beside the decode+encode floor.
+
+For each size (``--sizes 640x360,1920x1080``) a black-and-white test film is generated from the bundled
+sample photos (a slow pan and zoom over each, with film grain, hard cuts between photos; H.264), then:
+
+* **floor** - decode the film and encode its luma again with the same encoder and settings (neutral
+  chroma): the rate no colorizer can beat, since it must decode and encode every frame too.
+* **end to end** - ``worker.films.colorize_film`` from file to file (probe, segments, decode, network,
+  smoothing, colour, encode, join): what ``tinct colorize film.mp4`` delivers. Busy seconds per stage come
+  from the pipeline; stages run concurrently, so they add up to more than the wall time.
+* **memory** (``--memory-seconds 10,40``) - peak RSS of the whole film job in a fresh process for two film
+  lengths, to show that memory does not grow with the film.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import resource
+import tempfile
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+
+from worker.films import FilmOptions, colorize_film
+from worker.photos import open_colorizer
+from worker.smoothing import SmoothingOptions
+from worker.video_sink import EncodeOptions, SegmentWriter, plan_output
+from worker.video_source import decode_frames, probe_film
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+FPS = 24
+GRAIN_SIGMA = 4.0  # film grain in 8-bit code values: it is what makes real films expensive to encode
+SECONDS_PER_SHOT = 2.5
+
+
+def make_test_film(path: Path, width: int, height: int, seconds: float, seed: int = 0) -> Path:
+    """A black-and-white H.264 film: pan-and-zoom shots over the sample photos, with grain and hard cuts."""
+    photos = sorted(p for p in SAMPLES.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".tif", ".tiff"))
+    if not photos:
+        raise FileNotFoundError(f"no sample photos in {SAMPLES}")
+    images = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in photos]
+    rng = np.random.default_rng(seed)
+    frames = round(seconds * FPS)
+    shot_frames = round(SECONDS_PER_SHOT * FPS)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": "18", "preset": "veryfast"}
+        for i in range(frames):
+            image = images[(i // shot_frames) % len(images)]
+            t = (i % shot_frames) / shot_frames
+            frame = _pan_zoom(image, width, height, t)
+            grain = rng.normal(0.0, GRAIN_SIGMA, frame.shape)
+            gray = np.clip(frame + grain, 0, 255).astype(np.uint8)
+            video_frame = av.VideoFrame.from_ndarray(gray, format="gray").reformat(format="yuv420p")
+            video_frame.pts = i
+            for packet in stream.encode(video_frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def _pan_zoom(image: np.ndarray, width: int, height: int, t: float) -> np.ndarray:
+    """A crop of ``image`` with the output's aspect, zooming from 100 % to 85 % and panning right over a shot."""
+    ih, iw = image.shape
+    aspect = width / height
+    crop_w = min(iw, ih * aspect) * (1.0 - 0.15 * t)
+    crop_h = crop_w / aspect
+    x0 = (iw - crop_w) * t
+    y0 = (ih - crop_h) * 0.5
+    matrix = np.array([[width / crop_w, 0, -x0 * width / crop_w], [0, height / crop_h, -y0 * height / crop_h]])
+    return cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR).astype(np.float32)
+
+
+@dataclass
+class VideoRates:
+    size: str
+    frames: int
+    floor_fps: float
+    end_to_end_fps: float
+    stages: dict[str, float]
+
+    @property
+    def ratio(self) -> float:
+        return self.floor_fps / self.end_to_end_fps if self.end_to_end_fps else float("inf")
+
+
+def bench_floor(film_path: Path, encode: EncodeOptions) -> tuple[int, float]:
+    """Decode + encode only, through the product's own decoder and segment writer (neutral chroma)."""
+    film = probe_film(film_path, 1 << 40)
+    layout = plan_output(film.video, encode)
+    chroma_w, chroma_h = layout.frame.chroma_size(film.video.width, film.video.height)
+    neutral = np.full((chroma_h, chroma_w), 1 << (layout.bit_depth - 1),
+                      dtype=np.uint8 if layout.bit_depth == 8 else np.uint16)
+    with tempfile.TemporaryDirectory() as tmp:
+        began = time.perf_counter()
+        with SegmentWriter(Path(tmp) / "floor.nut", film.video, layout, encode) as writer:
+            for frame in decode_frames(film, layout.frame, 0, film.frames):
+                writer.write(frame.pts, frame.luma, neutral, neutral)
+        seconds = time.perf_counter() - began
+    return film.frames, seconds
+
+
+def bench_size(colorizer, label: str, width: int, height: int, seconds: float, encode: EncodeOptions,
+               smoothing: SmoothingOptions) -> VideoRates:
+    with tempfile.TemporaryDirectory() as tmp:
+        film_path = make_test_film(Path(tmp) / f"film-{width}x{height}.mp4", width, height, seconds)
+        frames, floor_s = bench_floor(film_path, encode)
+        options = FilmOptions(smoothing=smoothing, encode=encode)
+        outcome = colorize_film(colorizer, film_path, Path(tmp) / "colour.mkv", options, label)
+    times = outcome.times
+    stages = {name: getattr(times, name) / frames * 1000 for name in ("decode", "network", "smoothing", "colour",
+                                                                      "encode")}
+    return VideoRates(f"{width}x{height}", frames, frames / floor_s, outcome.fps, stages)
+
+
+def _memory_child(args: tuple[str, int, int, float, dict, float], result) -> None:
+    """Runs in a fresh process: make a film, colorize it, report the peak RSS (MiB)."""
+    model, width, height, seconds, encode, strength = args
+    with tempfile.TemporaryDirectory() as tmp:
+        film_path = make_test_film(Path(tmp) / "film.mp4", width, height, seconds)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        with open_colorizer(model) as (colorizer, label):
+            options = FilmOptions(smoothing=SmoothingOptions(strength=strength), encode=EncodeOptions(**encode))
+            colorize_film(colorizer, film_path, Path(tmp) / "colour.mkv", options, label)
+        result.put({"seconds": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                    "rss_before_job_mib": before / 1024})
+
+
+def bench_memory(model: str, width: int, height: int, lengths: list[float], encode: EncodeOptions,
+                 strength: float) -> list[dict[str, float]]:
+    context = multiprocessing.get_context("spawn")
+    results = []
+    for seconds in lengths:
+        queue = context.Queue()
+        encode_args = {"codec": encode.codec, "crf": encode.crf, "preset": encode.preset}
+        process = context.Process(target=_memory_child,
+                                  args=((model, width, height, seconds, encode_args, strength), queue))
+        process.start()
+        results.append(queue.get())
+        process.join()
+    return results
+
+
+def _size(text: str) -> tuple[int, int]:
+    width, height = text.lower().split("x")
+    return int(width), int(height)
+
+
+def add_video_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("video (--video)")
+    group.add_argument("--video", action="store_true", help="benchmark the film pipeline instead of photos")
+    group.add_argument("--sizes", default="640x360,1920x1080", help="frame sizes of the generated test films")
+    group.add_argument("--seconds", type=float, default=10.0, help="length of each test film")
+    group.add_argument("--codec", default="h264", help="output codec (default: h264)")
+    group.add_argument("--preset", default="veryfast", help="x264/x265 preset for output and floor")
+    group.add_argument("--crf", type=int, default=None, help="constant quality (codec default if omitted)")
+    group.add_argument("--smoothing", type=float, default=SmoothingOptions().strength, help="smoothing strength")
+    group.add_argument("--memory-seconds", default="10,40",
+                       help="two film lengths for the peak-memory check at the first size ('' to skip)")
+
+
+def run_video_bench(args: argparse.Namespace) -> dict[str, Any]:
+    encode = EncodeOptions(codec=args.codec, crf=args.crf, preset=args.preset)
+    smoothing = SmoothingOptions(strength=args.smoothing)
+    sizes = [_size(s) for s in args.sizes.split(",") if s]
+    results: dict[str, Any] = {"encode": encode.describe(), "smoothing": smoothing.strength, "sizes": []}
+    with open_colorizer(args.model, device=args.device, render_size=args.render_size) as (colorizer, label):
+        results["model"] = label
+        for width, height in sizes:
+            rates = bench_size(colorizer, label, width, height, args.seconds, encode, smoothing)
+            results["sizes"].append({"size": rates.size, "frames": rates.frames, "floor_fps": rates.floor_fps,
+                                     "end_to_end_fps": rates.end_to_end_fps, "floor_over_end_to_end": rates.ratio,
+                                     "ms_per_frame": rates.stages})
+    lengths = [float(s) for s in args.memory_seconds.split(",") if s]
+    if lengths:
+        width, height = sizes[0]
+        results["memory"] = {"size": f"{width}x{height}",
+                             "runs": bench_memory(args.model, width, height, lengths, encode, smoothing.strength)}
+    return results
+
+
+def video_table(results: dict[str, Any]) -> str:
+    lines = [
+        f"model {results['model']}, {results['encode']}, smoothing {results['smoothing']}",
+        "",
+        "| size | frames | floor fps (decode+encode) | end-to-end fps | floor / end-to-end | ms/frame: decode "
+        "| network | smoothing | colour | encode |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in results["sizes"]:
+        ms = row["ms_per_frame"]
+        lines.append(f"| {row['size']} | {row['frames']} | {row['floor_fps']:.1f} | {row['end_to_end_fps']:.1f} | "
+                     f"{row['floor_over_end_to_end']:.2f}x | {ms['decode']:.1f} | {ms['network']:.1f} | "
+                     f"{ms['smoothing']:.1f} | {ms['colour']:.1f} | {ms['encode']:.1f} |")
+    if "memory" in results:
+        lines += ["", f"peak RSS of the whole job at {results['memory']['size']}:"]
+        lines += [f"- {run['seconds']:.0f} s film: {run['peak_rss_mib']:.0f} MiB" for run in results["memory"]["runs"]]
+    return "\n".join(lines)
+
+
+def print_and_save(results: dict[str, Any], json_path: str | None) -> None:
+    print(video_table(results))
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=2, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Fraction):
+        return float(value)
+    raise TypeError(type(value).__name__)

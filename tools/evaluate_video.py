@@ -1,0 +1,209 @@
+"""``python -m tools evaluate --video --data CLIPS``: temporal quality of film colorization.
+
+For each colour clip (a file, or every video file in a folder), the clip is grayed (its Lab lightness,
+written losslessly as an 8-bit gray film with the clip's own timing), colorized through the product's film
+pipeline (``worker.pipeline.colorize_frames``: decode, network, smoothing, chroma at 4:2:0, the source's
+luma kept) with smoothing off and on, and every frame is scored against the truth:
+
+* PSNR (dB, sRGB) and colourfulness per frame, averaged over the clip;
+* the warping error of Lai et al. (ECCV 2018) (``tools.warping``): flow from the ground truth, occlusions
+  masked, mean squared difference of consecutive output frames over the unoccluded pixels.
+
+Beside the model rows: the gray baseline (ab = 0: no colour, so no colour flicker, but not a colorization)
+and the ground truth, whose own warping error is the floor set by real change in the footage and flow
+errors. A smoothing that brings the model's warping error towards the truth's, without costing PSNR or
+colourfulness, removes flicker without washing colour out.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+import torch
+
+from models.color import l_to_gray, rgb_to_l, ycbcr_to_rgb_np
+from models.colorizer import Colorizer
+from tools import metrics
+from tools.warping import WarpingError
+from worker.pipeline import ColourFrame, colorize_frames
+from worker.smoothing import SmoothingOptions
+from worker.video_sink import EncodeOptions, plan_output
+from worker.video_source import probe_film
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v"}
+GRAY_ROW = "gray baseline (ab = 0)"
+TRUTH_ROW = "ground truth"
+DEFAULT_MAX_FRAMES = 150
+# The warping error is printed x 1000: Lai et al.'s tables use the same scale (e.g. 0.0290 -> 29.0).
+WARP_SCALE = 1000.0
+
+
+@dataclass
+class RowScores:
+    psnr: list[float] = field(default_factory=list)
+    colourfulness: list[float] = field(default_factory=list)
+    warping: WarpingError = field(default_factory=WarpingError)
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "psnr": metrics.finite_mean(self.psnr) if self.psnr else math.nan,
+            "colourfulness": float(np.mean(self.colourfulness)) if self.colourfulness else math.nan,
+            "warping_error": self.warping.value * WARP_SCALE if self.warping.pairs else math.nan,
+            "frames": len(self.colourfulness),
+        }
+
+
+@dataclass
+class ClipResult:
+    clip: str
+    size: str
+    frames: int
+    rows: dict[str, dict[str, float]]
+    cuts: list[int]
+    seconds: float
+
+
+def find_clips(data: str | Path) -> list[Path]:
+    data = Path(data)
+    if data.is_file():
+        return [data]
+    clips = sorted(p for p in data.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+    if not clips:
+        raise FileNotFoundError(f"no video clips ({', '.join(sorted(VIDEO_SUFFIXES))}) under {data}")
+    return clips
+
+
+def truth_frames(path: Path, max_frames: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(pts, sRGB float32 (H, W, 3)) of the first ``max_frames`` frames, in display order."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for index, frame in enumerate(container.decode(stream)):
+            if index >= max_frames:
+                return
+            yield frame.pts, frame.to_ndarray(format="rgb24").astype(np.float32) / 255.0
+
+
+def write_gray_film(truth: Path, output: Path, max_frames: int) -> int:
+    """The truth's Lab lightness as a lossless full-range 8-bit gray film (FFV1), with the truth's timing."""
+    with av.open(str(truth)) as source:
+        src = source.streams.video[0]
+        rate, time_base = src.average_rate or 24, src.time_base
+        width, height = src.codec_context.width, src.codec_context.height
+    count = 0
+    with av.open(str(output), "w", format="matroska") as out:
+        stream = out.add_stream("ffv1", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width - width % 2, height - height % 2, "gray"
+        stream.codec_context.time_base = time_base
+        stream.codec_context.color_range = 2  # full range: gray code = round(255 * sRGB gray)
+        for pts, rgb in truth_frames(truth, max_frames):
+            gray = _gray_of(rgb)[: stream.height, : stream.width]
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(gray), format="gray")
+            frame.pts, frame.time_base, frame.color_range = pts, time_base, 2
+            for packet in stream.encode(frame):
+                out.mux(packet)
+            count += 1
+        for packet in stream.encode():
+            out.mux(packet)
+    return count
+
+
+def _gray_of(rgb: np.ndarray) -> np.ndarray:
+    L = rgb_to_l(torch.from_numpy(rgb).permute(2, 0, 1)[None])
+    return np.rint(l_to_gray(L)[0, 0].numpy() * 255.0).astype(np.uint8)
+
+
+def _frame_rgb(frame: ColourFrame, matrix: str, bit_depth: int, full_range: bool) -> np.ndarray:
+    """A colorized frame as a player shows it: chroma upsampled bilinearly to the luma's size."""
+    height, width = frame.luma.shape
+    cb = cv2.resize(frame.cb, (width, height), interpolation=cv2.INTER_LINEAR)
+    cr = cv2.resize(frame.cr, (width, height), interpolation=cv2.INTER_LINEAR)
+    return ycbcr_to_rgb_np(frame.luma, cb, cr, matrix, bit_depth, full_range)
+
+
+def evaluate_clip(colorizer: Colorizer, label: str, clip: Path, strengths: list[float], max_frames: int,
+                  work: Path) -> ClipResult:
+    began = time.perf_counter()
+    gray_path = work / f"{clip.stem}-gray.mkv"
+    write_gray_film(clip, gray_path, max_frames)
+    film = probe_film(gray_path, 1 << 40)
+    layout = plan_output(film.video, EncodeOptions(codec="h264"))
+    rows: dict[str, RowScores] = {}
+
+    gray_row, truth_row = RowScores(), RowScores()
+    for (_, truth), (_, gray) in zip(truth_frames(clip, max_frames), truth_frames(gray_path, max_frames),
+                                     strict=True):
+        truth = truth[: gray.shape[0], : gray.shape[1]]
+        gray_row.psnr.append(float(metrics.psnr(gray, truth)))
+        gray_row.colourfulness.append(0.0)
+        gray_row.warping.update(gray, truth)
+        truth_row.colourfulness.append(float(metrics.colourfulness(truth)))
+        truth_row.warping.update(truth, truth)
+    rows[GRAY_ROW] = gray_row
+
+    cuts: list[int] = []
+    for strength in strengths:
+        row = RowScores()
+        truths = truth_frames(clip, max_frames)
+
+        def sink(frame: ColourFrame, row: RowScores = row, truths: Iterator = truths) -> None:
+            _, truth = next(truths)
+            truth = truth[: frame.luma.shape[0], : frame.luma.shape[1]]
+            rgb = _frame_rgb(frame, layout.matrix, layout.bit_depth, layout.full_range)
+            row.psnr.append(float(metrics.psnr(rgb, truth)))
+            row.colourfulness.append(float(metrics.colourfulness(rgb)))
+            row.warping.update(rgb, truth)
+
+        times = colorize_frames(film, colorizer, layout, SmoothingOptions(strength=strength), sink)
+        if strength > 0:
+            cuts = times.cuts
+        rows[f"{label}, smoothing {'off' if strength == 0 else strength}"] = row
+    rows[TRUTH_ROW] = truth_row
+    return ClipResult(clip.name, f"{film.video.width}x{film.video.height}", film.frames,
+                      {name: row.summary() for name, row in rows.items()}, cuts, time.perf_counter() - began)
+
+
+def evaluate_videos(colorizer: Colorizer, label: str, data: str | Path, strengths: list[float],
+                    max_frames: int = DEFAULT_MAX_FRAMES) -> list[ClipResult]:
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for clip in find_clips(data):
+            log.info("scoring %s", clip)
+            results.append(evaluate_clip(colorizer, label, clip, strengths, max_frames, Path(tmp)))
+    return results
+
+
+def video_table(results: list[ClipResult]) -> str:
+    """Markdown: one block of rows per clip, then the mean over clips."""
+    lines = ["| clip | row | PSNR dB | colourfulness | warping error x1000 |", "|---|---|---|---|---|"]
+    names = list(results[0].rows) if results else []
+    for result in results:
+        for name in names:
+            r = result.rows[name]
+            psnr = "" if name == TRUTH_ROW else f"{r['psnr']:.2f}"
+            lines.append(f"| {result.clip} ({result.size}, {result.frames} fr) | {name} | {psnr} | "
+                         f"{r['colourfulness']:.1f} | {r['warping_error']:.2f} |")
+    for name in names:
+        mean = {key: float(np.nanmean([res.rows[name][key] for res in results]))
+                for key in ("psnr", "colourfulness", "warping_error")}
+        psnr = "" if name == TRUTH_ROW else f"{mean['psnr']:.2f}"
+        lines.append(f"| **mean of {len(results)} clips** | {name} | {psnr} | {mean['colourfulness']:.1f} | "
+                     f"{mean['warping_error']:.2f} |")
+    return "\n".join(lines)
+
+
+def to_json(results: list[ClipResult]) -> list[dict[str, Any]]:
+    return [{"clip": r.clip, "size": r.size, "frames": r.frames, "rows": r.rows, "cuts": r.cuts,
+             "seconds": r.seconds} for r in results]
