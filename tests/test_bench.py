@@ -53,3 +53,18 @@ def test_photo_and_network_shapes() -> None:
     assert bench.network_input_shape(256, 32) == (192, 256)  # 256 x 171 padded to the stride
     assert bench.network_input_shape(100, 32) == (96, 128)
     assert bench.network_input_shape(256, 32, photo=(150, 100)) == (128, 160)  # never upscaled
+
+
+def test_bench_video_reports_floor_end_to_end_stages_and_memory(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "video.json"
+    rc = bench.main(["--video", "--model", str(tiny_checkpoint), "--render-size", "64", "--sizes", "96x64",
+                     "--seconds", "1", "--memory-seconds", "0.5,1", "--preset", "ultrafast", "--json", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    ((row),) = data["sizes"]
+    assert row["size"] == "96x64" and row["frames"] == 24
+    assert row["floor_fps"] > 0 and row["end_to_end_fps"] > 0
+    assert set(row["ms_per_frame"]) == {"decode", "network", "smoothing", "colour", "encode"}
+    assert all(ms > 0 for ms in row["ms_per_frame"].values())
+    runs = data["memory"]["runs"]
+    assert [r["seconds"] for r in runs] == [0.5, 1.0] and all(r["peak_rss_mib"] > 0 for r in runs)

@@ -23,16 +23,20 @@ from models.color import (
     gray_to_l,
     l_to_gray,
     lab_to_rgb,
+    lab_to_rgb_fast_np,
     lab_to_rgb_np,
+    luma_to_l_table,
     merge_l_ab,
     n_ab_bins,
     normalize_l,
     quantize_ab,
     rebalance_weights,
+    rgb_to_chroma_np,
     rgb_to_l,
     rgb_to_lab,
     rgb_to_lab_np,
     soft_encode_ab,
+    ycbcr_to_rgb_np,
 )
 
 LAB_TOL = 1e-3  # agreement with scikit-image, in Lab units
@@ -313,6 +317,51 @@ def test_decode_rejects_bad_arguments(logits: torch.Tensor) -> None:
     for t in (0.0, -0.5):
         with pytest.raises(ValueError, match="temperature"):
             decode_ab(logits, "annealed_mean", t)
+
+
+# --- the film path's conversions ------------------------------------------------------------------
+
+
+def test_fast_lab_to_rgb_matches_the_reference(rgb_batch: np.ndarray) -> None:
+    lab = rgb_to_lab_np(rgb_batch)[0].astype(np.float32)
+    lab[..., 1:] *= 1.5  # push some colours out of gamut: both must clip them the same way
+    fast = lab_to_rgb_fast_np(lab)
+    assert fast.dtype == np.float32 and fast.min() >= 0.0 and fast.max() <= 1.0
+    np.testing.assert_allclose(fast, lab_to_rgb_np(lab.astype(np.float64)), rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("bit_depth, full_range", [(8, False), (8, True), (10, False), (10, True)])
+def test_luma_table_is_gray_to_l_of_the_normalized_code(bit_depth: int, full_range: bool) -> None:
+    table = luma_to_l_table(bit_depth, full_range, subdivisions=4)
+    top = (1 << bit_depth) - 1
+    assert table.shape == (top * 4 + 1,) and np.all(np.diff(table) >= 0)
+    low, high = (0, top) if full_range else (16 << (bit_depth - 8), 235 << (bit_depth - 8))
+    assert table[low * 4] == pytest.approx(0.0, abs=1e-4) and table[high * 4] == pytest.approx(100.0, abs=1e-4)
+    code = (low + high) // 2
+    gray = (code - low) / (high - low)
+    assert table[code * 4] == pytest.approx(float(gray_to_l(torch.tensor(gray, dtype=torch.float64))), abs=1e-4)
+
+
+@pytest.mark.parametrize("matrix", ["bt601", "bt709", "bt2020"])
+@pytest.mark.parametrize("bit_depth, full_range", [(8, False), (10, True)])
+def test_chroma_round_trips_through_ycbcr(rgb_batch: np.ndarray, matrix: str, bit_depth: int,
+                                          full_range: bool) -> None:
+    rgb = rgb_batch[0]
+    kr, kb = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722), "bt2020": (0.2627, 0.0593)}[matrix]
+    luma = kr * rgb[..., 0] + (1 - kr - kb) * rgb[..., 1] + kb * rgb[..., 2]
+    top = (1 << bit_depth) - 1
+    step = 1 << (bit_depth - 8)
+    y = np.rint(luma * top if full_range else 16 * step + luma * 219 * step).astype(np.uint16)
+    cb, cr = rgb_to_chroma_np(rgb, matrix, bit_depth, full_range)
+    assert cb.dtype == (np.uint8 if bit_depth == 8 else np.uint16)
+    back = ycbcr_to_rgb_np(y, cb, cr, matrix, bit_depth, full_range)
+    # One code value of quantization on each plane, amplified by the inverse matrix (about 1.9 for blue).
+    np.testing.assert_allclose(back, rgb, rtol=0, atol=2.5 * 1.9 / (219 * step if not full_range else top))
+    gray = np.full((4, 4, 3), 0.5)
+    cb, cr = rgb_to_chroma_np(gray, matrix, bit_depth, full_range)
+    assert np.all(cb == 1 << (bit_depth - 1)) and np.all(cr == 1 << (bit_depth - 1))  # neutral stays neutral
+    with pytest.raises(ValueError, match="unknown Y'CbCr matrix"):
+        rgb_to_chroma_np(gray, "bt470m", 8, False)
 
 
 # --- CUDA -----------------------------------------------------------------------------------------

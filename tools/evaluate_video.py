@@ -196,12 +196,17 @@ def video_table(results: list[ClipResult]) -> str:
             lines.append(f"| {result.clip} ({result.size}, {result.frames} fr) | {name} | {psnr} | "
                          f"{r['colourfulness']:.1f} | {r['warping_error']:.2f} |")
     for name in names:
-        mean = {key: float(np.nanmean([res.rows[name][key] for res in results]))
+        mean = {key: _finite_mean([res.rows[name][key] for res in results])
                 for key in ("psnr", "colourfulness", "warping_error")}
         psnr = "" if name == TRUTH_ROW else f"{mean['psnr']:.2f}"
         lines.append(f"| **mean of {len(results)} clips** | {name} | {psnr} | {mean['colourfulness']:.1f} | "
                      f"{mean['warping_error']:.2f} |")
     return "\n".join(lines)
+
+
+def _finite_mean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
 
 
 def to_json(results: list[ClipResult]) -> list[dict[str, Any]]:
