@@ -28,7 +28,7 @@ from worker.films import DEFAULT_MAX_FILM_PIXELS, DEFAULT_SEGMENT_SECONDS, FilmO
 from worker.images import DEFAULT_MAX_PIXELS, tinct_version
 from worker.photos import PhotoOptions, colorize_photos, open_colorizer, output_suffix, plan_photos
 from worker.smoothing import SmoothingOptions
-from worker.video_sink import DEFAULT_PRESET, EncodeOptions, available_codecs, canonical_codec, check_container
+from worker.video_sink import DEFAULT_PRESET, PRESETS, EncodeOptions, available_codecs, canonical_codec, check_container
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 _KEPT = "finished photos and film segments are kept; run again to resume"
@@ -115,16 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     colorize.add_argument("--render-size", type=_positive, default=256,
                           help="long side the network sees (never upscaled); colour is applied at full resolution "
                           "(default: 256)")
-    colorize.add_argument("--batch-size", type=_positive, default=8, help="photos per network batch (default: 8)")
+    colorize.add_argument("--batch-size", type=_positive, default=8,
+                          help="photos or film frames per network batch (default: 8)")
     colorize.add_argument("--max-pixels", type=max_pixels_arg, default=None,
                           help=f"refuse larger photos or film frames, e.g. 200M (default: "
                           f"{DEFAULT_MAX_PIXELS // 1_000_000}M for photos, {DEFAULT_MAX_FILM_PIXELS / 1e6:.1f}M for "
                           "film frames)")
     colorize.add_argument("--format", type=_format_arg, help="output format for every photo: jpg, png, tif, webp "
                           "or bmp (default: each source's own)")
-    colorize.add_argument("--overwrite", action="store_true", help="redo photos whose output already exists")
+    colorize.add_argument("--overwrite", action="store_true", help="redo photos and films whose output already exists")
     colorize.add_argument("--recolor", action="store_true",
-                          help="colorize colour photos too (their colour is discarded; only their lightness is used)")
+                          help="colorize colour photos and films too (their colour is discarded; only their "
+                          "lightness is used)")
     films = colorize.add_argument_group("films")
     films.add_argument("--smoothing", type=_strength, default=SmoothingOptions().strength, metavar="STRENGTH",
                        help="temporal smoothing of colour, 0 (off) to 1 (default: %(default)s)")
@@ -132,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"video codec: {', '.join(available_codecs())} (default: %(default)s)")
     films.add_argument("--crf", type=int, help="constant quality for h264/h265, lower is better (default: 18 "
                        "for h264, 20 for h265)")
-    films.add_argument("--preset", default=DEFAULT_PRESET, help="x264/x265 speed preset, ultrafast .. veryslow "
-                       "(default: %(default)s)")
+    films.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESETS, metavar="PRESET",
+                       help="x264/x265 speed preset, ultrafast .. veryslow (default: %(default)s)")
     films.add_argument("--segment-seconds", type=_seconds, default=DEFAULT_SEGMENT_SECONDS,
                        help="films are colorized in segments of about this length; an interrupted film resumes "
                        "from its last finished segment (default: %(default)s)")

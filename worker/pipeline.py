@@ -164,13 +164,16 @@ def colorize_frames(
 
     def decode() -> None:
         frames = decode_frames(film, layout.frame, start, stop, warmup)
-        while True:
-            began = time.perf_counter()
-            frame = next(frames, None)
-            times.decode += time.perf_counter() - began
-            if frame is None:
-                break
-            stages.put(decoded, frame)
+        try:
+            while True:
+                began = time.perf_counter()
+                frame = next(frames, None)
+                times.decode += time.perf_counter() - began
+                if frame is None:
+                    break
+                stages.put(decoded, frame)
+        finally:
+            frames.close()  # closes the file now, also when another stage stopped the run
         stages.put(decoded, _END)
 
     def infer() -> None:

@@ -63,6 +63,7 @@ CODEC_ALIASES = {"x264": "h264", "libx264": "h264", "avc": "h264", "x265": "h265
                  "hevc": "h265", "prores_ks": "prores"}
 DEFAULT_CRF = {"h264": 18, "h265": 20}  # visually lossless for film grain at 8 bits; x265's scale runs higher
 DEFAULT_PRESET = "medium"
+PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 # Containers an output file name may ask for, and the codecs each can hold.
 CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
 CONTAINER_CODECS = {"mp4": {"h264", "h265"}, "mov": {"h264", "h265", "prores"},
@@ -100,6 +101,8 @@ class EncodeOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "codec", canonical_codec(self.codec))
         spec = CODECS[self.codec]
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
         if self.crf is not None:
             if not spec.crf:
                 raise ValueError(f"--crf does not apply to {self.codec} (lossless or fixed-quality)")

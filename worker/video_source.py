@@ -201,9 +201,13 @@ def _index_packets(path: str, container, stream) -> tuple[np.ndarray, np.ndarray
                 continue
             if packet.pts is None:
                 raise BadInputError(path, f"broken timestamps: video packet {len(pts_list)} has no pts")
-            pts_list.append(packet.pts)
             if packet.is_keyframe:
                 keyframes.append(packet.pts)
+            if packet.is_discard:
+                # Before the start of an MP4 edit list: needed to decode what follows, never shown, so the
+                # decoder drops its frame and the output has none either.
+                continue
+            pts_list.append(packet.pts)
     except av.FFmpegError as exc:
         raise BadInputError(path, f"unreadable after {len(pts_list)} video packets ({_ffmpeg_reason(exc)})") from exc
     if not pts_list:
