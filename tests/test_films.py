@@ -18,6 +18,7 @@ import pytest
 from models.colorizer import Colorizer
 from tests.media import decode_native, decode_rgb, gray_frames, make_bad_inputs, moving_scene, probe, write_clip
 from worker.cli import main
+from worker.errors import BadInputError
 from worker.films import FilmOptions, colorize_film, parts_folder
 from worker.photos import open_colorizer
 from worker.pipeline import colorize_frames
@@ -294,6 +295,16 @@ def test_bad_input_fails_with_one_clear_line_and_leaves_nothing(tmp_path, tiny_c
     assert len(errors) == 1 and "\n" not in errors[0], errors
     assert str(bad_inputs[name]) in errors[0] and BAD_INPUT_REASONS[name] in errors[0], errors[0]
     assert list(tmp_path.iterdir()) == []  # no output, no work folder, no temp file
+
+
+@pytest.mark.parametrize("threads", [1, 17])
+def test_damaged_video_is_caught_whatever_the_decoder_threads(tmp_path, colorizer, bad_inputs, threads, monkeypatch):
+    # FFmpeg's H.264 decoder raises on the damaged packets with few threads and silently drops frames with many
+    # (measured: 17 threads on a 16-core machine); both must end as the same clear error.
+    monkeypatch.setattr("worker.video_source.DECODER_THREADS", threads)
+    with pytest.raises(BadInputError, match="damaged video data"):
+        film_job(colorizer, bad_inputs["garbage_middle.mkv"], tmp_path / "out.mkv", FilmOptions(recolor=True))
+    assert list(tmp_path.iterdir()) == []
 
 
 def film_job(colorizer, source, output, options: FilmOptions):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import resource
 import tempfile
 import time
 from dataclasses import dataclass
@@ -123,28 +122,37 @@ def bench_size(colorizer, label: str, width: int, height: int, seconds: float, e
     return VideoRates(f"{width}x{height}", frames, frames / floor_s, outcome.fps, stages)
 
 
-def _memory_child(args: tuple[str, int, int, float, dict, float], result) -> None:
-    """Runs in a fresh process: make a film, colorize it, report the peak RSS (MiB)."""
-    model, width, height, seconds, encode, strength = args
+def _memory_child(args: tuple[str, str, int, int, int, float, dict, float], result) -> None:
+    """Runs in a fresh process: make a film, colorize it, report the job's peak resident memory (MiB)."""
+    model, device, render_size, width, height, seconds, encode, strength = args
     with tempfile.TemporaryDirectory() as tmp:
         film_path = make_test_film(Path(tmp) / "film.mp4", width, height, seconds)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        with open_colorizer(model) as (colorizer, label):
+        # The peak is the kernel's high-water mark (VmHWM), reset here so that making the test film does not
+        # count. Not ru_maxrss: a spawned child inherits the parent's peak through fork + exec.
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _peak_rss_mib()
+        with open_colorizer(model, device=device, render_size=render_size) as (colorizer, label):
             options = FilmOptions(smoothing=SmoothingOptions(strength=strength), encode=EncodeOptions(**encode))
             colorize_film(colorizer, film_path, Path(tmp) / "colour.mkv", options, label)
-        result.put({"seconds": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                    "rss_before_job_mib": before / 1024})
+        result.put({"seconds": seconds, "peak_rss_mib": _peak_rss_mib(), "rss_before_job_mib": before})
 
 
-def bench_memory(model: str, width: int, height: int, lengths: list[float], encode: EncodeOptions,
-                 strength: float) -> list[dict[str, float]]:
+def _peak_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise OSError("no VmHWM in /proc/self/status (the memory check needs Linux)")
+
+
+def bench_memory(model: str, device: str, render_size: int, width: int, height: int, lengths: list[float],
+                 encode: EncodeOptions, strength: float) -> list[dict[str, float]]:
     context = multiprocessing.get_context("spawn")
     results = []
     for seconds in lengths:
         queue = context.Queue()
         encode_args = {"codec": encode.codec, "crf": encode.crf, "preset": encode.preset}
-        process = context.Process(target=_memory_child,
-                                  args=((model, width, height, seconds, encode_args, strength), queue))
+        child_args = (model, device, render_size, width, height, seconds, encode_args, strength)
+        process = context.Process(target=_memory_child, args=(child_args, queue))
         process.start()
         results.append(queue.get())
         process.join()
@@ -185,7 +193,8 @@ def run_video_bench(args: argparse.Namespace) -> dict[str, Any]:
     if lengths:
         width, height = sizes[0]
         results["memory"] = {"size": f"{width}x{height}",
-                             "runs": bench_memory(args.model, width, height, lengths, encode, smoothing.strength)}
+                             "runs": bench_memory(args.model, args.device, args.render_size, width, height, lengths,
+                                                  encode, smoothing.strength)}
     return results
 
 

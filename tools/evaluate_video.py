@@ -5,7 +5,8 @@ written losslessly as an 8-bit gray film with the clip's own timing), colorized 
 pipeline (``worker.pipeline.colorize_frames``: decode, network, smoothing, chroma at 4:2:0, the source's
 luma kept) with smoothing off and on, and every frame is scored against the truth:
 
-* PSNR (dB, sRGB) and colourfulness per frame, averaged over the clip;
+* PSNR (dB, sRGB) and colourfulness per frame, averaged over the clip (frames identical to the truth, whose
+  PSNR is infinite, are counted apart);
 * the warping error of Lai et al. (ECCV 2018) (``tools.warping``): flow from the ground truth, occlusions
   masked, mean squared difference of consecutive output frames over the unoccluded pixels.
 
@@ -57,8 +58,12 @@ class RowScores:
     warping: WarpingError = field(default_factory=WarpingError)
 
     def summary(self) -> dict[str, float]:
+        # Frames identical to the truth (black frames of a fade) have infinite PSNR; they are left out of the
+        # mean, which would otherwise be infinite, and counted.
+        finite = [p for p in self.psnr if math.isfinite(p)]
         return {
-            "psnr": metrics.finite_mean(self.psnr) if self.psnr else math.nan,
+            "psnr": float(np.mean(finite)) if finite else math.nan,
+            "identical_frames": len(self.psnr) - len(finite),
             "colourfulness": float(np.mean(self.colourfulness)) if self.colourfulness else math.nan,
             "warping_error": self.warping.value * WARP_SCALE if self.warping.pairs else math.nan,
             "frames": len(self.colourfulness),

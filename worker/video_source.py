@@ -47,6 +47,7 @@ RANGE_LIMITED, RANGE_FULL = 1, 2  # AVCOL_RANGE_MPEG, AVCOL_RANGE_JPEG
 TRUNCATION_TOLERANCE_S = 1.0
 # Steps per luma code value in the code -> L table: the average of a 2x2 block lands on quarter codes.
 LUMA_SUBDIVISIONS = 4
+DECODER_THREADS = 0
 # How many frames the probe decodes (spread over the film) to tell black-and-white from colour film.
 COLOUR_SAMPLE_FRAMES = 5
 # A frame is colour when its chroma strays this far from neutral (in 8-bit code values): the 99th percentile
@@ -279,7 +280,7 @@ def _sample_frames(path: str, container, frame_pts: np.ndarray, keyframe_pts: np
     """Decode a few frames spread over the film: the first gives the exact format and rotation (which
     FFmpeg attaches to decoded frames), all of them tell black-and-white from colour."""
     stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
+    _use_threads(stream)
     targets = sorted({int(frame_pts[round(i * (len(frame_pts) - 1) / max(1, COLOUR_SAMPLE_FRAMES - 1))])
                       for i in range(COLOUR_SAMPLE_FRAMES)})
     first = None
@@ -287,12 +288,13 @@ def _sample_frames(path: str, container, frame_pts: np.ndarray, keyframe_pts: np
     for target in targets:
         frame = _decode_at(path, container, stream, keyframe_pts, target)
         if frame is None:
-            continue
+            # The index has this frame, the decoder never produced it: damaged data that a frame-threaded
+            # decoder skipped over without raising.
+            raise BadInputError(path, f"video does not decode at {float(target * stream.time_base):.3f} s "
+                                "(damaged video data)")
         if first is None:
             first = frame
         colour_scores.append(_chroma_spread(frame))
-    if first is None:
-        raise BadInputError(path, "no video frame could be decoded")
     video = _video_format(stream, first)
     return video, max(colour_scores) > COLOUR_CHROMA_THRESHOLD
 
@@ -306,7 +308,8 @@ def _decode_at(path: str, container, stream, keyframe_pts: np.ndarray, target: i
             if frame.pts is not None and frame.pts >= target:
                 return frame
     except av.FFmpegError as exc:
-        raise BadInputError(path, f"video does not decode: {_ffmpeg_reason(exc)}") from exc
+        raise BadInputError(path, f"video does not decode at {float(target * stream.time_base):.3f} s (damaged video "
+                            f"data: {_ffmpeg_reason(exc)})") from exc
     return None
 
 
@@ -402,7 +405,7 @@ def decode_frames(film: FilmInfo, layout: FrameLayout, start: int, stop: int, wa
     next_index = first
     with _open(film.path) as container:
         stream = stream_by_index(container, film.video_index)
-        stream.thread_type = "AUTO"
+        _use_threads(stream)
         keyframe = film.keyframe_pts[max(0, np.searchsorted(film.keyframe_pts, wanted[0], side="right") - 1)]
         try:
             container.seek(int(keyframe), stream=stream, backward=True, any_frame=False)
@@ -424,10 +427,20 @@ def decode_frames(film: FilmInfo, layout: FrameLayout, start: int, stop: int, wa
                 if next_index >= stop:
                     return
         except av.FFmpegError as exc:
-            reason = f"video stops decoding at frame {next_index}: {_ffmpeg_reason(exc)}"
+            reason = f"video stops decoding at frame {next_index} (damaged video data: {_ffmpeg_reason(exc)})"
             raise BadInputError(film.path, reason) from exc
     if next_index < stop:
-        raise BadInputError(film.path, f"video ends after {next_index} of {film.frames} frames (truncated or damaged)")
+        raise BadInputError(film.path, f"video stops decoding after {next_index} of {film.frames} frames (damaged "
+                            "or truncated video data)")
+
+
+def _use_threads(stream) -> None:
+    """Frame and slice threads for the decoder. How many decides how damage shows: with a few, FFmpeg's H.264
+    decoder raises on a corrupt packet; with many it may skip the frames silently, which the frame index
+    catches instead. ``DECODER_THREADS`` = 0 lets FFmpeg choose (cores + 1)."""
+    stream.thread_type = "AUTO"
+    if DECODER_THREADS:
+        stream.codec_context.thread_count = DECODER_THREADS
 
 
 def stream_by_index(container, index: int):
