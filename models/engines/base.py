@@ -48,7 +48,8 @@ class Engine(ABC):
 
     Attributes:
         name: backend name (``"torch"``, ``"onnxruntime"``), as ``create_engine(kind=...)`` takes it.
-        device: where the network runs (``"cpu"`` or ``"cuda"``; ``"cuda:N"`` for a chosen GPU).
+        device: where the network runs (``"cpu"`` or ``"cuda"``, the current CUDA device; pick a GPU with
+            ``CUDA_VISIBLE_DEVICES``, one worker process per GPU).
         precision: the arithmetic actually used (``"fp32"``, ``"bf16"``, ``"fp16"``), never ``"auto"``.
         stride: H and W given to ``infer`` must be multiples of this.
         output_stride: ab comes out at 1/output_stride of the input size.
