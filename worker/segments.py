@@ -20,6 +20,7 @@ only step that writes the final file, atomically.
 from __future__ import annotations
 
 import heapq
+import io
 import json
 import logging
 import os
@@ -122,8 +123,6 @@ def join_segments(
 def check_output_streams(film: FilmInfo, output: str | os.PathLike) -> None:
     """Fail before any colorizing if a stream of the source cannot be copied into ``output``'s container:
     hours of work must not end at the join. Writes a header to memory only."""
-    import io
-
     container_name = container_for(output)
     with av.open(film.path, metadata_errors="replace") as source, \
             av.open(io.BytesIO(), "w", format=container_name) as out:
