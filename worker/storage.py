@@ -1,0 +1,814 @@
+"""File and S3 storage behind one interface, so the pipeline reads inputs and writes outputs by URI alone.
+
+    storage = Storage(settings)
+    info = storage.download("s3://archive/reels/r1.mkv", work_dir / "r1.mkv")   # or file:///mnt/archive/r1.mkv
+    storage.upload(work_dir / "out.mkv", join_uri("s3://archive/colorized", relative_key(prefix, info.uri)))
+
+URIs are ``s3://bucket/key``, ``file:///absolute/path`` or a plain local path. As in the AWS CLI, fsspec and
+smart_open, the part after the scheme is taken literally (no percent-decoding): S3 keys and file names are
+byte-for-byte what the user typed. Object storage is boto3 against any S3-compatible endpoint (AWS, MinIO, Ceph,
+R2, moto in tests).
+
+Why the care with errors: a job runner retries exactly the :class:`~worker.errors.TransientError` branch, so every
+failure here is classified once, in :func:`classify_s3_error` and :func:`classify_os_error`. A missing object or a
+refused credential fails the job once with a clear reason; a throttled, unreachable or failing object store
+(after botocore's own adaptive retries) becomes a :class:`~worker.errors.StorageError` and the task retries later.
+Messages name the URI, fit on one line and never carry credentials: they are built from our own words plus the
+error code, not from the server's free text or the client's configuration. botocore's own loggers (``botocore``,
+``boto3``, ``s3transfer``, ``urllib3``) print request headers at DEBUG, including the ``Authorization`` header
+with the access key id, so deployments keep them at WARNING; this module logs URIs and sizes only.
+
+Writes are atomic on both sides: a local file appears under its final name only when complete
+(:func:`models.files.atomic_path`), and an S3 object appears only when its single PUT or its multipart upload
+completes (S3 semantics; s3transfer aborts the multipart upload on failure).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import re
+import stat as stat_module
+import threading
+from collections.abc import Iterator, Mapping, MutableSequence, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.exceptions as boto_errors
+from boto3.s3.transfer import TransferConfig, create_transfer_manager
+from botocore.config import Config
+from s3transfer.exceptions import RetriesExceededError as TransferRetriesExceededError
+from s3transfer.subscribers import BaseSubscriber
+
+from models.files import PARTIAL_SUFFIX, atomic_output, atomic_path
+from worker.errors import BadInputError, PermanentError, StorageError, TinctError, one_line
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MB = 1024**2
+# S3 refuses keys longer than this many UTF-8 bytes; reject them before any upload starts.
+MAX_KEY_BYTES = 1024
+# DeleteObjects takes at most this many keys per request.
+_DELETE_BATCH = 1000
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+# --------------------------------------------------------------------------------------------------- errors
+
+
+class ObjectNotFoundError(BadInputError):
+    """The object, file or bucket does not exist: permanent, and the one error :meth:`Storage.exists` swallows."""
+
+
+class AccessDeniedError(PermanentError):
+    """The credentials in use may not read or write this object (refused, unknown or mismatched keys).
+
+    Permanent because retrying with the same credentials gives the same answer; an operator fixes the policy or
+    the keys and resubmits. ``str()`` is ``"<uri>: access denied (...)"`` and never contains the keys themselves.
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str = "access denied") -> None:
+        self.path = os.fspath(path)
+        self.reason = one_line(reason)
+        super().__init__(f"{self.path}: {self.reason}")
+
+
+class UnsafeKeyError(BadInputError):
+    """An object key from user input or an S3 event that could escape its output prefix (``..``, absolute,
+    backslashes, empty segments, control characters). ``str()`` names the offending key."""
+
+
+# S3 error codes by what a job runner should do about them. HEAD responses carry no body, so botocore reports
+# their bare HTTP status as the code ("404", "403").
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404", "NoSuchVersion"})
+_ACCESS_DENIED_CODES = frozenset(
+    {
+        "AccessDenied",
+        "403",
+        "Forbidden",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "AllAccessDisabled",
+        "AccountProblem",
+        "InvalidSecurity",
+        "InvalidToken",
+    }
+)
+# Retryable whatever their status: throttling, server trouble, clock skew (botocore re-syncs on retry), expired
+# temporary credentials (instance roles refresh them), and a body corrupted or cut short in flight.
+_TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "TooManyRequests",
+        "RequestThrottled",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "InternalError",
+        "ServiceUnavailable",
+        "ExpiredToken",
+        "RequestExpired",
+        "BadDigest",
+        "IncompleteBody",
+        "OperationAborted",
+        "NoSuchUpload",
+        # A ranged download saw the object change between parts (IfMatch): the next attempt reads the new version.
+        "PreconditionFailed",
+        "412",
+    }
+)
+_TRANSIENT_STATUS = frozenset({408, 409, 412, 429})
+# Client-side configuration problems: the deployment is wrong, not the world, so retrying cannot help.
+_PERMANENT_BOTO_ERRORS: tuple[type[Exception], ...] = (
+    boto_errors.ParamValidationError,
+    boto_errors.ValidationError,
+    boto_errors.NoRegionError,
+    boto_errors.ProfileNotFound,
+    boto_errors.ConfigParseError,
+    boto_errors.InvalidConfigError,
+    boto_errors.UnknownServiceError,
+    boto_errors.InvalidDNSNameError,
+    boto_errors.InvalidS3AddressingStyleError,
+    boto_errors.InvalidRetryConfigurationError,
+)
+_REMOTE_ERRORS: tuple[type[Exception], ...] = (
+    boto_errors.ClientError,
+    boto_errors.BotoCoreError,
+    TransferRetriesExceededError,
+    boto3.exceptions.RetriesExceededError,
+)
+
+
+def classify_s3_error(uri: str, error: BaseException, *, endpoint: str | None = None) -> TinctError:
+    """The Tinct error for a failed boto3/s3transfer call on ``uri``: permanent or transient, one line, no secrets.
+
+    ``endpoint`` (without credentials) is named when the store cannot be reached. Exceptions that are not
+    boto3/botocore/s3transfer errors are a caller bug and raise ``TypeError`` rather than being hidden as storage
+    trouble.
+    """
+    where = endpoint or "the object store"
+    if isinstance(error, boto_errors.ClientError):
+        details = error.response.get("Error", {}) or {}
+        code = str(details.get("Code") or "")
+        status = int((error.response.get("ResponseMetadata", {}) or {}).get("HTTPStatusCode") or 0)
+        shown_code = "" if code == str(status) else code  # HEAD errors have no body: the code is just the status
+        parts = (shown_code, f"HTTP {status}" if status else "", error.operation_name)
+        label = ", ".join(part for part in parts if part)
+        if code in _TRANSIENT_CODES:
+            return StorageError(uri, f"object store refused for now ({label}); retry later")
+        if code in _NOT_FOUND_CODES or (status == 404 and not code):
+            return ObjectNotFoundError(uri, "no such bucket" if code == "NoSuchBucket" else "no such object")
+        if code in _ACCESS_DENIED_CODES or (status == 403 and not code):
+            hint = {
+                "InvalidAccessKeyId": ": the access key id is not known to the object store",
+                "SignatureDoesNotMatch": ": the secret key does not match the access key id",
+            }.get(code, "")
+            return AccessDeniedError(uri, f"access denied{hint} ({label})")
+        if status >= 500 or status in _TRANSIENT_STATUS or status == 0:
+            return StorageError(uri, f"object store error ({label}); retry later")
+        return BadInputError(uri, f"rejected by the object store ({label})")
+    if isinstance(error, boto_errors.NoCredentialsError | boto_errors.PartialCredentialsError):
+        return AccessDeniedError(uri, "access denied: no complete S3 credentials are configured")
+    if isinstance(error, _PERMANENT_BOTO_ERRORS):
+        # botocore's validation messages name parameters and values (bucket, key), never credentials.
+        return BadInputError(uri, f"invalid S3 request: {error}")
+    if isinstance(error, boto_errors.ConnectTimeoutError | boto_errors.EndpointConnectionError):
+        return StorageError(uri, f"cannot reach {where} ({type(error).__name__}); retry later")
+    if isinstance(error, boto_errors.BotoCoreError):
+        # Read timeouts, dropped connections, truncated bodies, checksum mismatches, credential refresh hiccups.
+        return StorageError(uri, f"object store connection failed ({type(error).__name__} talking to {where})")
+    if isinstance(error, TransferRetriesExceededError | boto3.exceptions.RetriesExceededError):
+        cause = type(getattr(error, "last_exception", None) or error).__name__
+        return StorageError(uri, f"download kept failing ({cause} talking to {where}); retry later")
+    raise TypeError(f"not an S3 client error: {type(error).__name__}")
+
+
+def classify_os_error(path: str | os.PathLike, error: OSError, *, missing_is_permanent: bool = True) -> TinctError:
+    """The Tinct error for a local ``OSError`` on ``path``.
+
+    A missing source is bad input; a missing *destination* directory means the scratch space vanished under us,
+    so writers pass ``missing_is_permanent=False``. Permission problems are permanent (an operator must fix them);
+    a full disk, an I/O error or a network share that went away are transient.
+    """
+    code = error.errno
+    reason = one_line(error.strerror or type(error).__name__)
+    if code in (errno.ENOENT, errno.ENOTDIR) and missing_is_permanent:
+        return ObjectNotFoundError(path, "no such file")
+    if code in (errno.EACCES, errno.EPERM):
+        return AccessDeniedError(path, f"access denied ({reason})")
+    if code in (errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EINVAL):
+        return BadInputError(path, reason)
+    return StorageError(path, reason)
+
+
+# ------------------------------------------------------------------------------------------------------ URIs
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What the pipeline needs to know about a stored object, in the same shape for files and S3.
+
+    ``etag`` is S3's ETag without quotes (an MD5 for single-PUT objects, ``<hash>-<parts>`` for multipart). For
+    files it is a fingerprint of ``(st_dev, st_ino, st_size, st_mtime_ns)``, not a content hash: hashing a 20 GiB
+    film on every stat would cost minutes, and every rewrite Tinct or a scanner does (write-then-rename, or an
+    in-place rewrite that moves the mtime) changes it. Two identical copies of a file therefore differ in etag,
+    which only costs a redundant colorization, never a wrong reuse.
+    """
+
+    uri: str
+    size: int
+    etag: str
+    last_modified: float | None
+
+
+def parse_uri(uri: str | os.PathLike) -> tuple[str, str, str]:
+    """Split a URI into ``(scheme, bucket, key)``: ``("s3", bucket, key)`` or ``("file", "", absolute_path)``.
+
+    Plain paths (relative ones are made absolute against the working directory) and ``file:///abs`` or
+    ``file://localhost/abs`` are accepted; anything else raises ``ValueError`` naming the URI and the accepted
+    forms. The S3 key may be empty (a bucket used as a prefix).
+    """
+    text = os.fspath(uri)
+    if not isinstance(text, str):
+        raise ValueError(f"storage URI must be text, not {type(text).__name__}")
+    if not text:
+        raise ValueError("empty storage URI: expected s3://bucket/key, file:///absolute/path or a local path")
+    if "\x00" in text:
+        raise ValueError(f"storage URI {text!r} contains a NUL character")
+    match = _SCHEME.match(text)
+    if match is None:
+        return "file", "", os.path.abspath(text)
+    scheme = match.group(1).lower()
+    rest = text[match.end() :]
+    if scheme == "s3":
+        bucket, _, key = rest.partition("/")
+        if not bucket or _CONTROL.search(bucket) or " " in bucket:
+            raise ValueError(f"storage URI {text!r} has no valid bucket name: expected s3://bucket/key")
+        return "s3", bucket, key
+    if scheme == "file":
+        host, slash, path = rest.partition("/")
+        if host not in ("", "localhost") or not slash:
+            raise ValueError(f"storage URI {text!r} is not a local absolute file URI: expected file:///absolute/path")
+        return "file", "", os.path.normpath("/" + path)
+    raise ValueError(
+        f"unsupported storage URI scheme {scheme!r} in {text!r}: expected s3://bucket/key, "
+        "file:///absolute/path or a local path"
+    )
+
+
+def format_uri(scheme: str, bucket: str, key: str) -> str:
+    """The normalized URI for the parts :func:`parse_uri` returns (the inverse of ``parse_uri``)."""
+    if scheme == "s3":
+        return f"s3://{bucket}/{key}"
+    if scheme == "file":
+        return f"file://{key}"
+    raise ValueError(f"unsupported storage scheme {scheme!r}")
+
+
+def normalize_uri(uri: str | os.PathLike) -> str:
+    """``uri`` in the one spelling Tinct stores and compares (``s3://bucket/key`` or ``file:///abs/path``)."""
+    return format_uri(*parse_uri(uri))
+
+
+def check_relative_key(relative: str) -> str:
+    """``relative`` if it is a safe relative object key, else :class:`UnsafeKeyError` naming it.
+
+    Output keys are built from user input and S3 event keys, and S3 accepts almost any key: ``../x`` is a valid
+    S3 key that becomes a path traversal the moment it is joined onto a local directory, and ``a//b`` or
+    ``a\\b`` map to different files on different systems. Rejecting these up front keeps every output inside its
+    prefix on both backends.
+    """
+    if not isinstance(relative, str) or not relative:
+        raise UnsafeKeyError(repr(relative), "unsafe object key: empty")
+    shown = repr(relative) if _CONTROL.search(relative) else relative
+    if "\x00" in relative:
+        raise UnsafeKeyError(shown, "unsafe object key: contains a NUL character")
+    if _CONTROL.search(relative):
+        raise UnsafeKeyError(shown, "unsafe object key: contains a control character")
+    if "\\" in relative:
+        raise UnsafeKeyError(shown, "unsafe object key: contains a backslash")
+    if relative.startswith("/"):
+        raise UnsafeKeyError(shown, "unsafe object key: absolute, expected a key relative to the prefix")
+    segments = relative.split("/")
+    if any(segment == "" for segment in segments):
+        raise UnsafeKeyError(shown, "unsafe object key: empty path segment ('//' or a trailing '/')")
+    if any(segment in (".", "..") for segment in segments):
+        raise UnsafeKeyError(shown, "unsafe object key: '.' or '..' segment escapes or aliases the prefix")
+    if len(relative.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise UnsafeKeyError(shown[:80] + "...", f"unsafe object key: longer than {MAX_KEY_BYTES} bytes")
+    return relative
+
+
+def join_uri(prefix: str | os.PathLike, relative: str) -> str:
+    """The normalized URI of ``relative`` under the folder ``prefix``; unsafe keys raise :class:`UnsafeKeyError`.
+
+    The prefix is trusted (operator configuration); only ``relative`` is checked. ``s3://b/out`` and
+    ``s3://b/out/`` both name the folder ``out/``.
+    """
+    check_relative_key(relative)
+    scheme, bucket, base = parse_uri(prefix)
+    if scheme == "s3":
+        folder = base.rstrip("/")
+        return format_uri("s3", bucket, f"{folder}/{relative}" if folder else relative)
+    return format_uri("file", "", os.path.join(base, *relative.split("/")))
+
+
+def relative_key(prefix: str | os.PathLike, uri: str | os.PathLike) -> str:
+    """The key of ``uri`` relative to the folder ``prefix`` (the inverse of :func:`join_uri`), ``/``-separated.
+
+    ``ValueError`` when ``uri`` is not inside ``prefix`` (another scheme or bucket, or a sibling such as
+    ``in-old/x`` for the prefix ``in``). The result is not checked for safety: :func:`join_uri` does that when it
+    is used to build an output key.
+    """
+    p_scheme, p_bucket, p_key = parse_uri(prefix)
+    scheme, bucket, key = parse_uri(uri)
+    if (scheme, bucket) == (p_scheme, p_bucket):
+        if scheme == "s3":
+            folder = p_key.rstrip("/")
+            head = f"{folder}/" if folder else ""
+        else:
+            head = p_key.rstrip(os.sep) + os.sep
+        if key.startswith(head) and len(key) > len(head):
+            remainder = key[len(head) :]
+            return remainder if scheme == "s3" else remainder.replace(os.sep, "/")
+    raise ValueError(f"{normalize_uri(uri)} is not inside {normalize_uri(prefix)}")
+
+
+# --------------------------------------------------------------------------------------------------- storage
+
+
+class _KnownObject(BaseSubscriber):
+    """Hands s3transfer the size and ETag we already fetched, so a download skips its own HEAD request and its
+    ranged GETs carry ``IfMatch`` for exactly the version we stat'ed (a mid-download overwrite fails instead of
+    producing a file spliced from two versions)."""
+
+    def __init__(self, size: int, etag: str) -> None:
+        self._size = size
+        self._etag = etag
+
+    def on_queued(self, future: Any, **kwargs: Any) -> None:
+        future.meta.provide_transfer_size(self._size)
+        future.meta.provide_object_etag(self._etag)
+
+
+class Storage:
+    """Files and S3 objects by URI, with one error tree (see the module docstring).
+
+    The boto3 client is created on first S3 use, so file-only work never needs credentials or an endpoint, and
+    re-created in a forked child (a Celery prefork worker must not share the parent's pooled sockets). Timeouts
+    and transfer sizes are constructor arguments because :class:`Settings` does not carry them; tests use them
+    for fast failures and small multipart uploads. s3transfer never goes below 5 MiB parts, so a
+    ``multipart_threshold`` under that yields a one-part multipart upload of a small file.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        connect_timeout_s: float = 10.0,
+        read_timeout_s: float = 60.0,
+        multipart_threshold: int = 64 * MB,
+        multipart_chunksize: int = 16 * MB,
+        max_concurrency: int = 4,
+    ) -> None:
+        if bool(settings.s3_access_key_id) != bool(settings.s3_secret_access_key):
+            raise ValueError("set both TINCT_S3_ACCESS_KEY_ID and TINCT_S3_SECRET_ACCESS_KEY, or neither")
+        self._settings = settings
+        self._connect_timeout_s = connect_timeout_s
+        self._read_timeout_s = read_timeout_s
+        self._transfer_config = TransferConfig(
+            multipart_threshold=multipart_threshold,
+            multipart_chunksize=multipart_chunksize,
+            max_concurrency=max_concurrency,
+            use_threads=max_concurrency > 1,
+            # The CRT client ignores parts of our botocore Config; keep one, predictable transfer path.
+            preferred_transfer_client="classic",
+        )
+        self._max_pool = max(10, 2 * max_concurrency)
+        self._lock = threading.Lock()
+        self._client: Any = None
+        self._client_pid = 0
+        self.endpoint = _endpoint_label(settings.s3_endpoint_url)
+
+    def __repr__(self) -> str:
+        # Never the settings or the client: both can reveal credentials.
+        return f"Storage(endpoint={self.endpoint!r})"
+
+    def __enter__(self) -> Storage:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the pooled S3 connections (a later call opens new ones)."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None and self._client_pid == os.getpid():
+            client.close()
+
+    @property
+    def s3_client(self) -> Any:
+        """The boto3 S3 client (created on first use): for callers that need raw S3, such as presigned URLs."""
+        with self._lock:
+            if self._client is None or self._client_pid != os.getpid():
+                self._client = self._make_client()
+                self._client_pid = os.getpid()
+            return self._client
+
+    def _make_client(self) -> Any:
+        settings = self._settings
+        config = Config(
+            retries={"mode": "adaptive", "max_attempts": settings.s3_max_attempts},
+            connect_timeout=self._connect_timeout_s,
+            read_timeout=self._read_timeout_s,
+            max_pool_connections=self._max_pool,
+            tcp_keepalive=True,
+            # MinIO, Ceph, moto and most S3-compatible stores are reached by IP or a single host name, where
+            # virtual-hosted bucket names (bucket.host) do not resolve.
+            s3={"addressing_style": "path"} if settings.s3_endpoint_url else None,
+            user_agent_extra="tinct",
+        )
+        credentials: dict[str, str] = {}
+        if settings.s3_access_key_id and settings.s3_secret_access_key:
+            credentials = {
+                "aws_access_key_id": settings.s3_access_key_id,
+                "aws_secret_access_key": settings.s3_secret_access_key,
+            }
+        # A session per Storage: boto3's default session is shared module state and not thread-safe to create.
+        session = boto3.session.Session()
+        log.debug("creating S3 client for %s", self.endpoint)
+        return session.client(
+            "s3",
+            endpoint_url=settings.s3_endpoint_url,
+            region_name=settings.s3_region,
+            config=config,
+            **credentials,
+        )
+
+    def _s3_error(self, uri: str, error: BaseException) -> TinctError:
+        return classify_s3_error(uri, error, endpoint=self.endpoint)
+
+    # ----------------------------------------------------------------------------------------------- reads
+
+    def stat(self, uri: str | os.PathLike) -> ObjectInfo:
+        """Size, etag and modification time of one object; :class:`ObjectNotFoundError` when it is missing."""
+        scheme, bucket, key = parse_uri(uri)
+        if scheme == "file":
+            return _file_info(key)
+        uri = format_uri(scheme, bucket, key)
+        if not key:
+            raise BadInputError(uri, "names a bucket, not an object")
+        try:
+            head = self.s3_client.head_object(Bucket=bucket, Key=key)
+        except _REMOTE_ERRORS as error:
+            raise self._s3_error(uri, error) from error
+        return ObjectInfo(uri, int(head["ContentLength"]), _unquote(head.get("ETag", "")), _timestamp(head))
+
+    def exists(self, uri: str | os.PathLike) -> bool:
+        """Whether the object exists. Access denied and store outages still raise: "unknown" is not "absent"."""
+        try:
+            self.stat(uri)
+        except ObjectNotFoundError:
+            return False
+        return True
+
+    def download(self, uri: str | os.PathLike, local_path: str | os.PathLike) -> ObjectInfo:
+        """Copy an object to ``local_path`` atomically and return the stat of the version copied.
+
+        Streams in parts (ranged GETs above the multipart threshold, pinned to one ETag) straight into a temp
+        file beside ``local_path``, so memory stays flat for films and a failed download leaves nothing under the
+        final name. Errors on the local side name ``local_path``; errors reading the source name ``uri``.
+        """
+        local_path = Path(local_path)
+        scheme, bucket, key = parse_uri(uri)
+        if scheme == "file":
+            return self._copy_file(key, local_path, name=format_uri("file", "", key), describe="source")
+        info = self.stat(uri)
+        try:
+            with atomic_path(local_path) as tmp, open(tmp, "wb") as sink:
+                with create_transfer_manager(self.s3_client, self._transfer_config) as manager:
+                    future = manager.download(
+                        bucket, key, sink, subscribers=[_KnownObject(info.size, f'"{info.etag}"')]
+                    )
+                    future.result()
+                sink.flush()
+                os.fsync(sink.fileno())
+        except _REMOTE_ERRORS as error:
+            raise self._s3_error(info.uri, error) from error
+        except OSError as error:
+            raise classify_os_error(local_path, error, missing_is_permanent=False) from error
+        log.debug("downloaded %s (%d bytes) to %s", info.uri, info.size, local_path)
+        return info
+
+    def get_bytes(self, uri: str | os.PathLike, *, max_bytes: int = 64 * MB) -> bytes:
+        """The whole content of a small object (a manifest, a job record); over ``max_bytes`` is bad input."""
+        scheme, bucket, key = parse_uri(uri)
+        uri = format_uri(scheme, bucket, key)
+        if scheme == "file":
+            try:
+                with open(key, "rb") as source:
+                    size = os.fstat(source.fileno()).st_size
+                    if size > max_bytes:
+                        raise BadInputError(uri, f"{size} bytes, more than the {max_bytes} expected here")
+                    return source.read()
+            except OSError as error:
+                raise classify_os_error(uri, error) from error
+        try:
+            response = self.s3_client.get_object(Bucket=bucket, Key=key)
+        except _REMOTE_ERRORS as error:
+            raise self._s3_error(uri, error) from error
+        body = response["Body"]
+        try:
+            size = int(response.get("ContentLength") or 0)
+            if size > max_bytes:
+                raise BadInputError(uri, f"{size} bytes, more than the {max_bytes} expected here")
+            return body.read()
+        except _REMOTE_ERRORS as error:
+            raise self._s3_error(uri, error) from error
+        except OSError as error:  # a raw socket error while streaming the body: the network, not our disk
+            raise StorageError(uri, f"object store connection failed while reading ({type(error).__name__})") from error
+        finally:
+            body.close()
+
+    def list(self, prefix_uri: str | os.PathLike) -> Iterator[ObjectInfo]:
+        """Every object under the folder ``prefix_uri``, lazily, page by page (1000 keys a request on S3).
+
+        Folder semantics on both backends: ``s3://b/in`` lists ``in/...``, never ``inbox/...``. Directory
+        markers (keys ending in ``/``, made by consoles and some sync tools) and Tinct's own partial files are
+        skipped. A missing folder lists nothing, like an S3 prefix with no keys; a missing bucket raises
+        :class:`ObjectNotFoundError`. S3 lists in key order; files in sorted depth-first order.
+        """
+        scheme, bucket, key = parse_uri(prefix_uri)
+        if scheme == "file":
+            yield from _walk_files(key)
+            return
+        for listed_key, entry in self._iter_keys(bucket, key):
+            if not listed_key.endswith("/"):
+                yield ObjectInfo(
+                    format_uri("s3", bucket, listed_key),
+                    int(entry.get("Size", 0)),
+                    _unquote(entry.get("ETag", "")),
+                    _timestamp(entry),
+                )
+
+    def _iter_keys(self, bucket: str, key: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
+        folder = key.rstrip("/")
+        prefix = f"{folder}/" if folder else ""
+        uri = format_uri("s3", bucket, prefix)
+        try:
+            pages = self.s3_client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": 1000}
+            )
+            for page in pages:
+                for entry in page.get("Contents", ()):
+                    yield entry["Key"], entry
+        except _REMOTE_ERRORS as error:
+            raise self._s3_error(uri, error) from error
+
+    # ---------------------------------------------------------------------------------------------- writes
+
+    def upload(
+        self,
+        local_path: str | os.PathLike,
+        uri: str | os.PathLike,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> ObjectInfo:
+        """Store ``local_path`` at ``uri`` and return the stored object's stat.
+
+        S3: boto3's managed transfer, multipart above the threshold, so the object appears only when the upload
+        completes and a failure leaves the previous version (or nothing). Files: copy beside the target, fsync,
+        rename. ``content_type`` and ``metadata`` are S3 object attributes; files have nowhere to keep them.
+        """
+        local_path = Path(local_path)
+        scheme, bucket, key = parse_uri(uri)
+        if scheme == "file":
+            source = os.fspath(local_path.absolute())
+            return self._copy_file(source, Path(key), name=os.fspath(local_path), describe="target")
+        uri = format_uri(scheme, bucket, key)
+        if not key or key.endswith("/"):
+            raise BadInputError(uri, "names a folder, not an object")
+        extra: dict[str, Any] = {}
+        if content_type:
+            extra["ContentType"] = content_type
+        if metadata:
+            extra["Metadata"] = dict(metadata)
+        try:
+            if not local_path.is_file():
+                raise ObjectNotFoundError(local_path, "no such file (or not a regular file)")
+            with create_transfer_manager(self.s3_client, self._transfer_config) as manager:
+                manager.upload(os.fspath(local_path), bucket, key, extra_args=extra).result()
+        except _REMOTE_ERRORS as error:
+            raise self._s3_error(uri, error) from error
+        except OSError as error:  # botocore's errors are checked first: some of them are OSError subclasses
+            raise classify_os_error(local_path, error) from error
+        info = self.stat(uri)
+        log.debug("uploaded %s (%d bytes) to %s", local_path, info.size, info.uri)
+        return info
+
+    def put_bytes(self, uri: str | os.PathLike, data: bytes, content_type: str | None = None) -> ObjectInfo:
+        """Store a small object in one request (S3) or one atomic write (files); returns its stat."""
+        scheme, bucket, key = parse_uri(uri)
+        uri = format_uri(scheme, bucket, key)
+        if scheme == "file":
+            try:
+                with atomic_output(key) as sink:
+                    sink.write(data)
+            except OSError as error:
+                raise classify_os_error(uri, error, missing_is_permanent=False) from error
+            return _file_info(key)
+        if not key or key.endswith("/"):
+            raise BadInputError(uri, "names a folder, not an object")
+        extra = {"ContentType": content_type} if content_type else {}
+        try:
+            response = self.s3_client.put_object(Bucket=bucket, Key=key, Body=bytes(data), **extra)
+        except _REMOTE_ERRORS as error:
+            raise self._s3_error(uri, error) from error
+        return ObjectInfo(uri, len(data), _unquote(response.get("ETag", "")), None)
+
+    def delete(self, uri: str | os.PathLike) -> None:
+        """Remove one object. Idempotent, as S3's DeleteObject is: deleting a missing object is not an error."""
+        scheme, bucket, key = parse_uri(uri)
+        uri = format_uri(scheme, bucket, key)
+        if scheme == "file":
+            try:
+                os.unlink(key)
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                raise classify_os_error(uri, error) from error
+            return
+        if not key:
+            raise BadInputError(uri, "names a bucket, not an object")
+        try:
+            self.s3_client.delete_object(Bucket=bucket, Key=key)
+        except _REMOTE_ERRORS as error:
+            raise self._s3_error(uri, error) from error
+
+    def delete_prefix(self, prefix_uri: str | os.PathLike) -> int:
+        """Remove everything under the folder ``prefix_uri`` (directory markers included); returns the count.
+
+        S3: batched DeleteObjects, 1000 keys a request. Files: the listed files, then the directories left empty
+        (the folder itself too, so the prefix reads as absent on both backends).
+        """
+        scheme, bucket, key = parse_uri(prefix_uri)
+        if scheme == "file":
+            return _delete_tree(key)
+        deleted = 0
+        batch: MutableSequence[str] = []
+        for listed_key, _entry in self._iter_keys(bucket, key):
+            batch.append(listed_key)
+            if len(batch) == _DELETE_BATCH:
+                deleted += self._delete_batch(bucket, batch)
+                batch = []
+        if batch:
+            deleted += self._delete_batch(bucket, batch)
+        return deleted
+
+    def _delete_batch(self, bucket: str, keys: Sequence[str]) -> int:
+        request = {"Objects": [{"Key": key} for key in keys], "Quiet": True}
+        try:
+            response = self.s3_client.delete_objects(Bucket=bucket, Delete=request)
+        except _REMOTE_ERRORS as error:
+            raise self._s3_error(format_uri("s3", bucket, keys[0]), error) from error
+        failures = response.get("Errors") or []
+        if failures:
+            # Per-key failures come back inside a 200 response; classify the first as if it had been raised.
+            first = failures[0]
+            fake = boto_errors.ClientError(
+                {"Error": {"Code": first.get("Code", ""), "Message": ""}, "ResponseMetadata": {}}, "DeleteObjects"
+            )
+            raise self._s3_error(format_uri("s3", bucket, first.get("Key", "")), fake)
+        return len(keys)
+
+    # ------------------------------------------------------------------------------------------- file side
+
+    def _copy_file(self, source: str, target: Path, *, name: str, describe: str) -> ObjectInfo:
+        """Copy ``source`` to ``target`` atomically and return the stat of ``describe`` ("source" or "target").
+
+        A source that changes while it is read (a scanner still writing, an operator replacing a reel) fails the
+        copy before the rename, as transient: the next attempt reads the finished file.
+        """
+        before = _file_info(source, name=name)
+        try:
+            reader = open(source, "rb")
+        except OSError as error:
+            raise classify_os_error(name, error) from error
+        with reader:
+            try:
+                with atomic_output(target) as writer:
+                    while True:
+                        try:
+                            chunk = reader.read(4 * MB)
+                        except OSError as error:
+                            raise classify_os_error(name, error) from error
+                        if not chunk:
+                            break
+                        writer.write(chunk)
+                    if _file_info(source, name=name) != before:
+                        raise StorageError(name, "changed while it was being copied; retry once it is stable")
+            except OSError as error:  # writing, fsyncing or renaming the target
+                raise classify_os_error(target, error, missing_is_permanent=False) from error
+        log.debug("copied %s (%d bytes) to %s", name, before.size, target)
+        return before if describe == "source" else _file_info(os.fspath(target))
+
+
+def _endpoint_label(endpoint_url: str | None) -> str:
+    """The endpoint for messages and repr, with any ``user:password@`` removed."""
+    if not endpoint_url:
+        return "AWS S3"
+    return re.sub(r"//[^/@]*@", "//", endpoint_url)
+
+
+def _unquote(etag: str) -> str:
+    return etag.strip('"')
+
+
+def _timestamp(entry: Mapping[str, Any]) -> float | None:
+    stamp = entry.get("LastModified")
+    return stamp.timestamp() if stamp is not None else None
+
+
+def _file_fingerprint(st: os.stat_result) -> str:
+    identity = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}".encode()
+    return hashlib.sha256(identity).hexdigest()[:32]
+
+
+def _file_info(path: str, *, name: str | None = None) -> ObjectInfo:
+    uri = format_uri("file", "", path)
+    try:
+        st = os.stat(path)
+    except OSError as error:
+        raise classify_os_error(name or uri, error) from error
+    if stat_module.S_ISDIR(st.st_mode):
+        raise BadInputError(name or uri, "is a directory, not a file")
+    return ObjectInfo(uri, st.st_size, _file_fingerprint(st), st.st_mtime)
+
+
+def _walk_files(root: str) -> Iterator[ObjectInfo]:
+    """Regular files under ``root`` in sorted depth-first order, without following directory symlinks (a loop
+    would never end) and without Tinct's in-progress partial files."""
+    try:
+        entries = sorted(os.scandir(root), key=lambda entry: entry.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as error:
+        raise classify_os_error(format_uri("file", "", root), error) from error
+    for entry in entries:
+        if entry.name.endswith(PARTIAL_SUFFIX):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                yield from _walk_files(entry.path)
+            elif entry.is_file():
+                st = entry.stat()
+                yield ObjectInfo(format_uri("file", "", entry.path), st.st_size, _file_fingerprint(st), st.st_mtime)
+        except FileNotFoundError:
+            continue  # removed between the scan and the stat: it is simply not there any more
+        except OSError as error:
+            raise classify_os_error(format_uri("file", "", entry.path), error) from error
+
+
+def _delete_tree(root: str) -> int:
+    deleted = 0
+    for info in list(_walk_files(root)):
+        path = parse_uri(info.uri)[2]
+        try:
+            os.unlink(path)
+            deleted += 1
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            raise classify_os_error(info.uri, error) from error
+    for directory, _dirs, _files in os.walk(root, topdown=False):
+        with suppress(OSError):
+            os.rmdir(directory)  # only succeeds when empty: partial files of running writers keep theirs
+    return deleted
+
+
+__all__ = [
+    "AccessDeniedError",
+    "ObjectInfo",
+    "ObjectNotFoundError",
+    "Storage",
+    "UnsafeKeyError",
+    "check_relative_key",
+    "classify_os_error",
+    "classify_s3_error",
+    "format_uri",
+    "join_uri",
+    "normalize_uri",
+    "parse_uri",
+    "relative_key",
+]
