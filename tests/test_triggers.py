@@ -1,0 +1,542 @@
+"""worker.triggers against real services: moto's HTTP server for S3 listings and SQS, a real redis-server for jobs.
+
+The submitter under test is :class:`StoreSubmitter`, a small Submitter over the real :class:`JobStore` and
+:meth:`JobSpec.job_id` (Redis-backed idempotency, not a mock), so "a duplicate event gives one job" and "a rerun
+skips finished jobs" are checked the way the service will behave. Event payloads follow the shapes AWS (S3 to SQS,
+S3 to SNS to SQS) and MinIO (webhook) document, with URL-encoded keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from typing import Any
+from urllib.parse import quote_plus
+
+import pytest
+import redis
+
+from tests.services import redis_server, s3_server, s3_settings  # noqa: F401  (fixtures)
+from worker.errors import StorageError
+from worker.jobs import JobOptions, JobSpec, JobStore
+from worker.storage import ObjectInfo, Storage, UnsafeKeyError
+from worker.triggers import (
+    BulkReport,
+    S3Event,
+    bulk,
+    eligibility,
+    is_within,
+    listen_sqs,
+    make_sqs_client,
+    output_uri_for,
+    parse_s3_events,
+    parse_sqs_uri,
+    serve_webhook,
+)
+
+SECRET = "hook-secret-7f3a9c"
+OPTIONS = JobOptions(smoothing=0.25)
+
+
+class StoreSubmitter:
+    """The service's submit path without Celery: identity -> ``JobSpec.job_id`` -> ``JobStore.create`` in Redis.
+
+    Records what it created and how many HEAD requests it had to make (the triggers should need none), and can be
+    told to fail the next few submissions with a transient error, as a Redis or S3 hiccup would.
+    """
+
+    def __init__(self, storage: Storage, client: redis.Redis) -> None:
+        self.storage = storage
+        self.store = JobStore(client)
+        self.created: list[JobSpec] = []
+        self.stat_calls = 0
+        self.state_calls = 0
+        self.fail_next = 0
+        self._lock = threading.Lock()
+
+    def submit(self, spec: JobSpec, identity: ObjectInfo | None = None) -> tuple[str, bool]:
+        with self._lock:
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                raise StorageError("redis", "injected outage")
+            if identity is None:
+                self.stat_calls += 1
+        identity = identity or self.storage.stat(spec.input)
+        job_id = spec.job_id(identity.etag, identity.size)
+        _, created = self.store.create(job_id, spec, {"etag": identity.etag, "size": identity.size})
+        if created:
+            with self._lock:
+                self.created.append(spec)
+        return job_id, created
+
+    def job_states(self, job_ids: Sequence[str]) -> list[str | None]:
+        self.state_calls += 1
+        with self.store.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(f"tinct:job:{job_id}", "state")
+            return [value.decode() if value is not None else None for value in pipe.execute()]
+
+
+@pytest.fixture
+def submitter(redis_server, s3_server) -> Iterator[StoreSubmitter]:  # noqa: F811
+    client = redis_server.client()
+    with Storage(s3_settings(s3_server, redis_url=redis_server.url)) as storage:
+        yield StoreSubmitter(storage, client)
+    client.close()
+
+
+def put(s3_server, bucket: str, key: str, body: bytes = b"scan") -> ObjectInfo:  # noqa: F811
+    client = s3_server.client()
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+        head = client.head_object(Bucket=bucket, Key=key)
+    finally:
+        client.close()
+    return ObjectInfo(f"s3://{bucket}/{key}", head["ContentLength"], head["ETag"].strip('"'), None)
+
+
+def aws_record(bucket: str, key: str, size: int, etag: str, name: str = "ObjectCreated:Put") -> dict[str, Any]:
+    """One record as S3 sends it to SQS/SNS: the key URL-encoded with '+' for spaces, '/' kept."""
+    return {
+        "eventVersion": "2.1",
+        "eventSource": "aws:s3",
+        "awsRegion": "us-east-1",
+        "eventTime": "2026-11-22T19:30:00.123Z",
+        "eventName": name,
+        "userIdentity": {"principalId": "AWS:AIDAEXAMPLE"},
+        "requestParameters": {"sourceIPAddress": "203.0.113.7"},
+        "responseElements": {"x-amz-request-id": "C3D13FE58DE4C810", "x-amz-id-2": "FMyUVURIY8/IgAtTv8xRjskZQpcIZ9"},
+        "s3": {
+            "s3SchemaVersion": "1.0",
+            "configurationId": "tinct-new-scans",
+            "bucket": {"name": bucket, "ownerIdentity": {"principalId": "A3NL1KOZZKExample"},
+                       "arn": f"arn:aws:s3:::{bucket}"},
+            "object": {"key": quote_plus(key, safe="/"), "size": size, "eTag": etag, "sequencer": "0055AED6DCD90281E5"},
+        },
+    }  # fmt: skip
+
+
+def minio_payload(bucket: str, key: str, size: int, etag: str) -> dict[str, Any]:
+    """MinIO's webhook body: top-level EventName/Key plus one record whose key is fully URL-encoded ('/' too)."""
+    record = {
+        "eventVersion": "2.0",
+        "eventSource": "minio:s3",
+        "awsRegion": "",
+        "eventTime": "2026-11-22T19:30:00.000Z",
+        "eventName": "s3:ObjectCreated:Put",
+        "userIdentity": {"principalId": "minioadmin"},
+        "s3": {
+            "s3SchemaVersion": "1.0",
+            "configurationId": "Config",
+            "bucket": {"name": bucket, "ownerIdentity": {"principalId": "minioadmin"}, "arn": f"arn:aws:s3:::{bucket}"},
+            "object": {"key": quote_plus(key, safe=""), "size": size, "eTag": etag, "contentType": "image/jpeg",
+                       "userMetadata": {"content-type": "image/jpeg"}, "sequencer": "17A9C6B2D5E0F7A1"},
+        },
+        "source": {"host": "10.0.0.5", "port": "", "userAgent": "MinIO (linux; amd64) minio-go/v7.0.70"},
+    }  # fmt: skip
+    return {"EventName": "s3:ObjectCreated:Put", "Key": f"{bucket}/{key}", "Records": [record]}
+
+
+def sns_wrap(message: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "Type": "Notification",
+        "MessageId": "22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324",
+        "TopicArn": "arn:aws:sns:us-east-1:123456789012:tinct-scans",
+        "Subject": "Amazon S3 Notification",
+        "Message": json.dumps(message),
+        "Timestamp": "2026-11-22T19:30:00.200Z",
+        "SignatureVersion": "1",
+        "Signature": "EXAMPLEpH+DcEwjAPg8O9mY8dReBSwksfg2S7WKQcikcNKWLQjwu6A4VbeS0QHVCkhRS7fUQvi2egU3N858fiTDN6bkk=",
+        "SigningCertURL": "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-example.pem",
+        "UnsubscribeURL": "https://sns.us-east-1.amazonaws.com/?Action=Unsubscribe&SubscriptionArn=example",
+    }
+
+
+TEST_EVENT = {
+    "Service": "Amazon S3",
+    "Event": "s3:TestEvent",
+    "Time": "2026-11-22T19:29:00.000Z",
+    "Bucket": "scans",
+    "RequestId": "5582815E1AEA5ADF",
+    "HostId": "8cLeGAmw098X5cv4Zkwcmo8vvZa3eH3eKxsPzbB9wrR+YstdA6Knx4Ip8EXAMPLE",
+}
+
+
+# ---------------------------------------------------------------------------------------------------- mapping
+
+
+def test_output_mapping_mirrors_the_key_and_refuses_traversal():
+    assert output_uri_for("s3://scans/in/sub/a b.jpg", "s3://scans/in/", "s3://out/c") == "s3://out/c/sub/a b.jpg"
+    assert output_uri_for("s3://scans/in/a.jpg", "s3://scans/in", "s3://out/") == "s3://out/a.jpg"
+    assert output_uri_for("s3://scans/reels/r1.mkv", None, "s3://out/colour/") == "s3://out/colour/reels/r1.mkv"
+    with pytest.raises(UnsafeKeyError, match=r"\.\."):
+        output_uri_for("s3://scans/../../etc/x.jpg", None, "s3://out/")
+    with pytest.raises(UnsafeKeyError):
+        output_uri_for("s3://scans/in/../x.jpg", "s3://scans/in/", "s3://out/")
+    with pytest.raises(ValueError, match="not inside"):
+        output_uri_for("s3://scans/inbox/a.jpg", "s3://scans/in/", "s3://out/")
+
+
+def test_eligibility_takes_photos_and_films_and_never_our_outputs():
+    out = "s3://scans/colorized"
+    assert eligibility("s3://scans/a/Photo.JPG", out) == "eligible"
+    assert eligibility("s3://scans/reel.mkv", out) == "eligible"
+    assert eligibility("s3://scans/scan.tiff", out) == "eligible"
+    assert eligibility("s3://scans/notes.txt", out) == "unsupported"
+    assert eligibility("s3://scans/README", out) == "unsupported"
+    assert eligibility("s3://scans/colorized/a.jpg", out) == "own_output"
+    assert eligibility("s3://scans/colorized-old/a.jpg", out) == "eligible"  # a sibling, not under the prefix
+    assert eligibility("s3://other/colorized/a.jpg", out) == "eligible"
+    assert is_within("s3://scans/x.jpg", "s3://scans/") and not is_within("s3://scans/x.jpg", "s3://scan/")
+
+
+# ------------------------------------------------------------------------------------------------------- bulk
+
+
+def test_bulk_submits_eligible_keys_skips_outputs_and_refuses_traversal(submitter, s3_server):  # noqa: F811
+    s3_server.make_bucket("scans")
+    for key in ("in/a.jpg", "in/sub/b b.TIF", "in/reel.mkv", "in/notes.txt", "in/colorized/a.jpg",
+                "in/../evil.jpg", "in/x/../../y.png"):  # fmt: skip
+        put(s3_server, "scans", key)
+
+    report = bulk(submitter, "s3://scans/in/", "s3://scans/in/colorized/", OPTIONS)
+
+    assert (report.listed, report.eligible, report.submitted) == (7, 5, 3)
+    assert (report.unsupported, report.own_outputs, report.already_done, report.already_queued) == (1, 1, 0, 0)
+    assert report.failed == 2 and {uri for uri, _ in report.failures} == {
+        "s3://scans/in/../evil.jpg",
+        "s3://scans/in/x/../../y.png",
+    }
+    assert all("unsafe object key" in reason for _, reason in report.failures)
+    created = {spec.input: spec for spec in submitter.created}
+    assert set(created) == {"s3://scans/in/a.jpg", "s3://scans/in/sub/b b.TIF", "s3://scans/in/reel.mkv"}
+    assert created["s3://scans/in/sub/b b.TIF"].output == "s3://scans/in/colorized/sub/b b.TIF"
+    assert created["s3://scans/in/reel.mkv"].kind == "video" and created["s3://scans/in/a.jpg"].kind == "image"
+    assert all(spec.options == OPTIONS for spec in submitter.created)
+    assert submitter.stat_calls == 0  # identities came from the listing: no HEAD per object
+    assert report.keys_per_minute > 0 and "submitted 3" in report.report() and "2 failed" in report.report()
+
+
+def test_bulk_rerun_skips_done_and_queued_and_reruns_failed(submitter, s3_server):  # noqa: F811
+    s3_server.make_bucket("scans")
+    for key in ("in/a.jpg", "in/b.jpg", "in/c.jpg"):
+        put(s3_server, "scans", key)
+    bulk(submitter, "s3://scans/in/", "s3://out/", OPTIONS)
+    ids = {record.spec.input: record.id for record in submitter.store.recent()}
+    submitter.store.update(ids["s3://scans/in/a.jpg"], state="succeeded")
+    submitter.store.update(ids["s3://scans/in/b.jpg"], state="failed", error="decoder crashed")
+    submitter.created.clear()
+
+    again = bulk(submitter, "s3://scans/in/", "s3://out/", OPTIONS)
+
+    assert (again.already_done, again.already_queued, again.submitted, again.failed) == (1, 1, 1, 0)
+    assert [spec.input for spec in submitter.created] == ["s3://scans/in/b.jpg"]  # a failed job runs again
+    assert submitter.store.state(ids["s3://scans/in/b.jpg"]) == "queued"
+
+
+def test_bulk_dry_run_submits_nothing(submitter, s3_server):  # noqa: F811
+    s3_server.make_bucket("scans")
+    for key in ("a.jpg", "b.mov", "c.txt"):
+        put(s3_server, "scans", key)
+
+    report = bulk(submitter, "s3://scans/", "s3://out/", OPTIONS, dry_run=True)
+
+    assert (report.eligible, report.submitted, report.unsupported) == (2, 2, 1)
+    assert submitter.created == [] and submitter.store.recent() == []
+    assert report.report().startswith("Dry run:") and "would submit 2" in report.report()
+
+
+def test_bulk_thousands_of_keys_in_batches(submitter, s3_server, caplog):  # noqa: F811
+    """A few thousand generated keys over real HTTP listing and real Redis: one job_states call per 500 ids, every
+    photo submitted once, a rerun submits nothing. The rate is reported, not asserted (shared CI machines)."""
+    s3_server.make_bucket("archive")
+    photos = [f"scans/box{i // 250:02d}/{i:05d}.jpg" for i in range(3000)]
+    s3_server.seed_objects("archive", photos + [f"scans/box00/{i}.xml" for i in range(100)])
+    caplog.set_level(logging.INFO, logger="worker.triggers")
+
+    report = bulk(submitter, "s3://archive/scans", "s3://archive/colorized", OPTIONS)
+
+    assert (report.listed, report.eligible, report.submitted, report.unsupported) == (3100, 3000, 3000, 100)
+    assert submitter.state_calls == 6 and submitter.stat_calls == 0
+    assert len(submitter.created) == 3000 and len({spec.output for spec in submitter.created}) == 3000
+    assert report.seconds > 0 and "keys/min" in caplog.text
+
+    submitter.created.clear()
+    rerun = bulk(submitter, "s3://archive/scans", "s3://archive/colorized", OPTIONS)
+    assert (rerun.already_queued, rerun.submitted, len(submitter.created)) == (3000, 0, 0)
+
+
+def test_bulk_refuses_an_input_inside_the_output_and_reports_a_missing_bucket(submitter):
+    with pytest.raises(ValueError, match="inside the output prefix"):
+        bulk(submitter, "s3://scans/out/sub/", "s3://scans/out", OPTIONS)
+    report = bulk(submitter, "s3://no-such-bucket/in/", "s3://out/", OPTIONS)
+    assert report.failed == 1 and "no such bucket" in report.stopped and "run again" not in report.stopped
+
+
+def test_bulk_stops_on_a_lasting_outage_and_says_a_rerun_resumes(submitter, s3_server):  # noqa: F811
+    s3_server.make_bucket("scans")
+    s3_server.seed_objects("scans", [f"{i}.jpg" for i in range(10)])
+    submitter.fail_next = 1000  # Redis stays down: every attempt fails
+
+    report = bulk(submitter, "s3://scans/", "s3://out/", OPTIONS, concurrency=2)
+
+    attempts = 1000 - submitter.fail_next
+    assert attempts <= 2 * 3  # the two in flight used their retries; the rest of the batch was not attempted
+    assert (report.failed, report.submitted) == (10, 0) and "injected outage" in report.stopped
+    assert "run again to resume" in report.report()
+    submitter.fail_next = 0
+    assert bulk(submitter, "s3://scans/", "s3://out/", OPTIONS).submitted == 10
+
+
+# -------------------------------------------------------------------------------------------------- S3 events
+
+
+def test_parse_aws_event_decodes_keys_and_keeps_only_created_objects():
+    keys = ["photos/Grandad 1931 (Rome)+1.jpg", "photos/été/Noël à Paris.tif", "reels/100%.mkv"]
+    records = [aws_record("scans", key, 1000 + i, f"etag{i}") for i, key in enumerate(keys)]
+    records.append(aws_record("scans", "photos/gone.jpg", 0, "x", name="ObjectRemoved:Delete"))
+    body = json.dumps({"Records": records})
+    assert '"photos/Grandad+1931+%28Rome%29%2B1.jpg"' in body  # what S3 really sends
+
+    events = parse_s3_events(body)
+
+    assert [event.key for event in events] == keys
+    assert events[0] == S3Event("scans", keys[0], 1000, "etag0", "ObjectCreated:Put")
+    assert events[1].uri == "s3://scans/photos/été/Noël à Paris.tif"
+    assert events[2].identity() == ObjectInfo("s3://scans/reels/100%.mkv", 1002, "etag2", None)
+    assert parse_s3_events(body.encode()) == events == parse_s3_events(json.loads(body))
+
+
+def test_parse_sns_wrapped_minio_and_test_events():
+    record = aws_record("scans", "a b/c.png", 5, '"quoted-etag"', name="ObjectCreated:CompleteMultipartUpload")
+    [wrapped] = parse_s3_events(json.dumps(sns_wrap({"Records": [record]})))
+    assert (wrapped.key, wrapped.etag, wrapped.event_name) == ("a b/c.png", "quoted-etag", record["eventName"])
+
+    [minio] = parse_s3_events(json.dumps(minio_payload("scans", "dir/summer 1950+.jpg", 42, "abc123")))
+    assert (minio.bucket, minio.key, minio.size, minio.etag) == ("scans", "dir/summer 1950+.jpg", 42, "abc123")
+    assert minio.event_name == "ObjectCreated:Put"
+
+    assert parse_s3_events(json.dumps(TEST_EVENT)) == []
+    assert parse_s3_events(json.dumps(sns_wrap(TEST_EVENT))) == []
+    assert parse_s3_events('{"Records": []}') == []
+
+
+def test_event_without_identity_leaves_it_to_the_submitter():
+    record = aws_record("scans", "a.jpg", 1, "e")
+    del record["s3"]["object"]["size"], record["s3"]["object"]["eTag"]
+    [event] = parse_s3_events({"Records": [record]})
+    assert event.identity() is None
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("hello", "not JSON"),
+        (b"\xff\xfe", "not UTF-8"),
+        ("[1, 2]", "not an object"),
+        ('{"foo": 1}', "no 'Records'"),
+        ('{"Records": [3]}', r"Records\[0\] is not an object"),
+        ('{"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": {}}}]}',
+         "no s3.object.key"),
+        ('{"Records": [{"s3": {}}]}', "no eventName"),
+        ('{"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, '
+         '"object": {"key": "a.jpg", "size": "big"}}}]}', "invalid s3.object.size"),
+        ('{"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, '
+         '"object": {"key": "%C3%28.jpg"}}}]}', "not URL-encoded UTF-8"),
+        ('{"Type": "SubscriptionConfirmation", "Message": "confirm", "TopicArn": "arn"}', "not a Notification"),
+        ('{"Type": "Notification", "Message": "{not json"}', "SNS message is not JSON"),
+    ],
+)  # fmt: skip
+def test_malformed_bodies_raise_a_clear_value_error(body, message):
+    with pytest.raises(ValueError, match=message):
+        parse_s3_events(body)
+
+
+# ------------------------------------------------------------------------------------------------------- SQS
+
+
+def test_sqs_uris_and_clients():
+    assert parse_sqs_uri("sqs://tinct-events") == "tinct-events"
+    assert parse_sqs_uri("sqs://jobs.fifo") == "jobs.fifo"
+    for bad in ("sqs://", "sqs://a/b", "https://x", "sqs://white space"):
+        with pytest.raises(ValueError):
+            parse_sqs_uri(bad)
+    aws = make_sqs_client("https://sqs.eu-west-1.amazonaws.com/123456789012/tinct-events")
+    assert aws.meta.region_name == "eu-west-1"
+    local = make_sqs_client("http://127.0.0.1:9324/000000000000/tinct-events")
+    assert local.meta.endpoint_url == "http://127.0.0.1:9324"
+    with pytest.raises(ValueError):
+        make_sqs_client("ftp://example.com/q")
+
+
+def _run_listener(submitter, sqs, queue: str, until_empty_url: str, output: str = "s3://out/") -> Any:
+    """Run listen_sqs in a thread until the queue is drained (nothing visible or in flight), then stop it."""
+    stop = threading.Event()
+    result: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: result.setdefault("counts", listen_sqs(submitter, queue, output, OPTIONS, stop=stop,
+                                                              wait_s=1, sqs_client=sqs)),
+    )  # fmt: skip
+    thread.start()
+    deadline = time.monotonic() + 20
+    try:
+        while time.monotonic() < deadline:
+            attributes = sqs.get_queue_attributes(
+                QueueUrl=until_empty_url,
+                AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+            )["Attributes"]
+            if not any(int(value) for value in attributes.values()):
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"the queue was not drained: {attributes}")
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+    return result["counts"]
+
+
+def test_sqs_messages_are_submitted_deleted_and_duplicates_give_one_job(submitter, s3_server):  # noqa: F811
+    s3_server.make_bucket("scans")
+    info = put(s3_server, "scans", "new scans/Noël 1950.jpg", b"pixels")
+    sqs = s3_server.client("sqs")
+    url = sqs.create_queue(QueueName="tinct-events")["QueueUrl"]
+    created = {"Records": [aws_record("scans", "new scans/Noël 1950.jpg", info.size, info.etag)]}
+    bodies = [
+        json.dumps(TEST_EVENT),  # the first message S3 sends when notifications are configured
+        json.dumps(created),
+        json.dumps(sns_wrap(created)),  # the same upload delivered again (S3 delivers at least once)
+        "this is not an event",
+        json.dumps({"Records": [aws_record("scans", "../../etc/cron.jpg", 1, "e"),
+                                aws_record("scans", "notes.txt", 1, "e"),
+                                aws_record("out", "colour.jpg", 1, "e")]}),  # our own output bucket
+    ]  # fmt: skip
+    for body in bodies:
+        sqs.send_message(QueueUrl=url, MessageBody=body)
+
+    counts = _run_listener(submitter, sqs, "sqs://tinct-events", url)
+
+    assert (counts.messages, counts.events, counts.submitted, counts.existing) == (5, 5, 1, 1)
+    assert (counts.malformed, counts.rejected, counts.skipped, counts.retried) == (1, 1, 2, 0)
+    assert [spec.input for spec in submitter.created] == ["s3://scans/new scans/Noël 1950.jpg"]
+    assert submitter.created[0].output == "s3://out/new scans/Noël 1950.jpg"
+    [record] = submitter.store.recent()
+    assert record.source == {"etag": info.etag, "size": info.size} and submitter.stat_calls == 0
+    assert "1 jobs submitted" in str(counts)
+    sqs.close()
+
+
+def test_sqs_transient_failure_leaves_the_message_for_redelivery(submitter, s3_server):  # noqa: F811
+    sqs = s3_server.client("sqs")
+    url = sqs.create_queue(QueueName="retry-events", Attributes={"VisibilityTimeout": "1"})["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"Records": [aws_record("scans", "a.jpg", 3, "e1")]}))
+    submitter.fail_next = 1
+
+    counts = _run_listener(submitter, sqs, url, url)
+
+    assert (counts.messages, counts.retried, counts.submitted) == (2, 1, 1)  # received twice, submitted once
+    assert len(submitter.store.recent()) == 1
+    sqs.close()
+
+
+def test_an_event_and_a_bulk_sweep_of_the_same_object_are_one_job(submitter, s3_server):  # noqa: F811
+    s3_server.make_bucket("scans")
+    info = put(s3_server, "scans", "reels/r1.mp4", b"film")
+    sqs = s3_server.client("sqs")
+    url = sqs.create_queue(QueueName="one-job")["QueueUrl"]
+    sqs.send_message(
+        QueueUrl=url, MessageBody=json.dumps({"Records": [aws_record("scans", "reels/r1.mp4", info.size, info.etag)]})
+    )
+    _run_listener(submitter, sqs, url, url)
+
+    report = bulk(submitter, "s3://scans/", "s3://out/", OPTIONS)
+
+    assert (report.already_queued, report.submitted, len(submitter.created)) == (1, 0, 1)
+    sqs.close()
+
+
+# --------------------------------------------------------------------------------------------------- webhook
+
+
+@pytest.fixture
+def webhook(submitter) -> Iterator[str]:
+    server, thread = serve_webhook(submitter, "127.0.0.1", 0, SECRET, "s3://out/", OPTIONS, max_body_bytes=8192)
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def post(url: str, body: bytes | str, authorization: str | None = None) -> tuple[int, dict[str, Any]]:
+    data = body.encode() if isinstance(body, str) else body
+    headers = {"Content-Type": "application/json"}
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def test_webhook_needs_the_secret_and_submits_with_it(webhook, submitter, caplog):
+    caplog.set_level(logging.DEBUG)
+    body = json.dumps(minio_payload("scans", "inbox/Oma und Opa 1962.jpg", 2048, "d41d8cd98f00b204e9800998ecf8427e"))
+
+    assert post(webhook, body)[0] == 401
+    assert post(webhook, body, "Bearer wrong-secret")[0] == 401
+    assert post(webhook, body, f"Basic {SECRET}")[0] == 401
+    assert submitter.created == []
+
+    status, reply = post(webhook, body, f"Bearer {SECRET}")
+    assert status == 200 and reply["skipped"] == 0 and reply["rejected"] == []
+    [job] = reply["jobs"]
+    assert job["created"] is True and job["input"] == "s3://scans/inbox/Oma und Opa 1962.jpg"
+    assert job["output"] == "s3://out/inbox/Oma und Opa 1962.jpg"
+    assert [spec.input for spec in submitter.created] == [job["input"]]
+
+    status, again = post(webhook, body, SECRET)  # the bare token, as some senders send it; a retried delivery
+    assert status == 200 and again["jobs"][0] == {**job, "created": False}
+    assert len(submitter.store.recent()) == 1 and submitter.stat_calls == 0
+    assert SECRET not in caplog.text
+
+
+def test_webhook_rejects_bad_bodies_and_reports_skips(webhook, submitter):
+    auth = f"Bearer {SECRET}"
+    assert post(webhook, "{not json", auth)[0] == 400
+    status, reply = post(webhook, '{"foo": 1}', auth)
+    assert status == 400 and "Records" in reply["error"]
+    assert post(webhook, b"x" * 9000, auth)[0] == 413
+    assert post(webhook, json.dumps(TEST_EVENT), auth) == (200, {"jobs": [], "skipped": 0, "rejected": []})
+
+    records = [aws_record("scans", "a/../../b.jpg", 1, "e"), aws_record("scans", "list.csv", 1, "e")]
+    status, reply = post(webhook, json.dumps({"Records": records}), auth)
+    assert status == 200 and reply["jobs"] == [] and reply["skipped"] == 1
+    assert reply["rejected"][0]["input"] == "s3://scans/a/../../b.jpg" and "unsafe" in reply["rejected"][0]["reason"]
+
+    submitter.fail_next = 1
+    assert post(webhook, json.dumps({"Records": [aws_record("scans", "c.jpg", 1, "e")]}), auth)[0] == 503
+    assert submitter.created == []
+
+
+def test_webhook_health_and_refuses_to_start_without_a_secret(webhook, submitter):
+    with urllib.request.urlopen(f"{webhook}/healthz", timeout=5) as response:
+        assert response.status == 200 and json.loads(response.read()) == {"status": "ok"}
+    for secret in ("", "   "):
+        with pytest.raises(ValueError, match="secret"):
+            serve_webhook(submitter, "127.0.0.1", 0, secret, "s3://out/", OPTIONS)
+
+
+def test_report_paragraph_lists_failures_and_stop_reason():
+    report = BulkReport("s3://a/", "s3://b/", listed=10, eligible=8, submitted=5, seconds=2.0, stopped="x; run again")
+    for index in range(7):
+        report.fail(f"s3://a/{index}.jpg", "bad\nkey")
+    text = report.report()
+    assert "\n" not in text and "300 keys/min" in text and "(and 2 more)" in text and "Stopped early: x" in text
