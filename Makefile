@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tinct-installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint clean redis-server
 
 install: $(STAMP)
 
@@ -19,7 +19,12 @@ demo: install
 	$(VENV)/bin/tinct colorize samples -o demo-out
 	@echo "colorized photos are in demo-out/"
 
-test: install
+# The service tests run against a real redis-server (Debian package), started by the tests themselves.
+redis-server:
+	@command -v redis-server >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server; }
+
+test: install redis-server
 	$(PY) -m pytest -q
 
 lint: install

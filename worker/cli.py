@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
 
+from worker.cli_service import add_service_commands
 from worker.errors import ModelError
 from worker.films import DEFAULT_MAX_FILM_PIXELS, DEFAULT_SEGMENT_SECONDS, FilmOptions, colorize_films
 from worker.images import DEFAULT_MAX_PIXELS, tinct_version
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "from its last finished segment (default: %(default)s)")
     colorize.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary; only problems")
     colorize.set_defaults(run=_colorize)
+    add_service_commands(commands)
     return parser
 
 
@@ -154,7 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    with _logging(quiet=args.quiet), _sigterm_as_exception():
+    if args.command == "worker":
+        return args.run(args, parser)  # Celery runs the process: its own logging and signal handling
+    with _logging(quiet=getattr(args, "quiet", False)), _sigterm_as_exception():
         try:
             return args.run(args, parser)
         except KeyboardInterrupt:

@@ -1,0 +1,254 @@
+"""The service end to end: a real redis-server, moto's real HTTP S3, real ``tinct worker`` (Celery) subprocesses."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.media import gray_frames, moving_scene, probe, write_clip
+from tests.services import env_for_workers, free_port, redis_server, s3_server, s3_settings  # noqa: F401
+from worker.jobs import JobSpec, JobSpecError
+from worker.service import Service
+
+SECRET = "testing"  # moto's secret key: it must never show up in logs or job state
+JOB_TIMEOUT_S = 120
+
+
+class WorkerProcess:
+    """``tinct worker`` in a subprocess with its log in a file (read by tests that check what it printed)."""
+
+    def __init__(self, env: dict[str, str], log: Path, queues: str = "colorize,io", name: str = "w") -> None:
+        self.log = log
+        command = [sys.executable, "-m", "worker.cli", "worker", "--queues", queues, "--hostname", f"{name}@%h",
+                   "--loglevel", "INFO"]
+        self.process = subprocess.Popen(command, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def service_env(tmp_path, redis_server, s3_server, tiny_checkpoint):  # noqa: F811
+    s3_server.make_bucket("scans")
+    s3_server.make_bucket("colour")
+    workers: list[WorkerProcess] = []
+
+    def start_worker(name: str = "w", **settings: object) -> WorkerProcess:
+        values = {"engine": "torch", "device": "cpu", "render_size": 64, "segment_seconds": 0.5,
+                  "collection_batch": 2, "retry_backoff_s": 0.5, "s3_max_attempts": 1}
+        values.update(settings)
+        env = env_for_workers(redis_server, s3_server, work_dir=tmp_path / f"work-{name}", base=os.environ,
+                              **values)
+        env["OMP_NUM_THREADS"] = "1"
+        worker = WorkerProcess(env, tmp_path / f"{name}.log", name=name)
+        workers.append(worker)
+        return worker
+
+    client = Service(s3_settings(s3_server, redis_url=redis_server.url))
+    yield client, start_worker, s3_server, redis_server, tiny_checkpoint
+    for worker in workers:
+        worker.stop()
+
+
+def wait_for(client: Service, job_id: str, timeout: float = JOB_TIMEOUT_S):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = client.get(job_id)
+        if record is not None and record.state in ("succeeded", "failed", "cancelled"):
+            return record
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s: {client.get(job_id)}")
+
+
+def gray_png(seed: int = 0) -> bytes:
+    frame = next(gray_frames(moving_scene(1, 96, 64, seed=seed)))
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def put(s3, uri: str, data: bytes) -> None:
+    bucket, key = uri[len("s3://"):].split("/", 1)
+    s3.client().put_object(Bucket=bucket, Key=key, Body=data)
+
+
+def get(s3, uri: str) -> bytes:
+    bucket, key = uri[len("s3://"):].split("/", 1)
+    return s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def keys(s3, bucket: str) -> list[str]:
+    listing = s3.client().list_objects_v2(Bucket=bucket)
+    return sorted(item["Key"] for item in listing.get("Contents", []))
+
+
+def spec(input_uri: str, output: str, model, **options) -> JobSpec:
+    return JobSpec.from_dict({"input": input_uri, "output": output, "options": {"model": str(model),
+                                                                                 "render_size": 64, **options}})
+
+
+# --- jobs ----------------------------------------------------------------------------------------------------
+
+
+def test_photo_job_from_s3_to_s3_and_resubmission_returns_it(service_env):
+    client, start_worker, s3, _, model = service_env
+    put(s3, "s3://scans/scans/a.png", gray_png())
+    worker = start_worker()
+    job_id, created = client.submit(spec("s3://scans/scans/a.png", "s3://colour/", model))
+    assert created
+    record = wait_for(client, job_id)
+    assert record.state == "succeeded", record.error
+    assert record.outputs == ["s3://colour/a.png"]
+    result = np.asarray(Image.open(io.BytesIO(get(s3, "s3://colour/a.png"))).convert("RGB")).astype(int)
+    assert result.shape == (64, 96, 3) and np.abs(result - result.mean(axis=-1, keepdims=True)).mean() > 0.5
+    again, created = client.submit(spec("s3://scans/scans/a.png", "s3://colour/", model))
+    assert (again, created) == (job_id, False)
+    assert SECRET not in worker.text() and SECRET not in json.dumps(client.get(job_id).to_dict())
+
+
+def test_collection_fans_out_and_lists_failed_files(service_env):
+    client, start_worker, s3, _, model = service_env
+    for i in range(5):
+        put(s3, f"s3://scans/box/{i // 3}/p{i}.png", gray_png(i))
+    put(s3, "s3://scans/box/broken.png", b"not a png")
+    put(s3, "s3://scans/box/notes.txt", b"ignored")
+    start_worker()
+    job_id, _ = client.submit(spec("s3://scans/box/", "s3://colour/box/", model, format="jpg"))
+    record = wait_for(client, job_id)
+    assert record.state == "succeeded" and record.total == 6 and record.done == 5
+    assert keys(s3, "colour") == [f"box/{i // 3}/p{i}.jpg" for i in range(5)]
+    assert list(record.failed_pieces) == ["s3://scans/box/broken.png"]
+    assert "broken.png" in record.error or "1 of 6" in record.error
+
+
+def test_film_is_split_over_two_workers_and_joined(service_env, tmp_path):
+    client, start_worker, s3, _, model = service_env
+    clip = write_clip(tmp_path / "reel.mkv", gray_frames(moving_scene(48, 96, 64)), gop=6, bframes=0,
+                      audio="flac")
+    put(s3, "s3://scans/reel.mkv", clip.path.read_bytes())
+    first, second = start_worker("a"), start_worker("b")
+    job_id, _ = client.submit(spec("s3://scans/reel.mkv", "s3://colour/films/", model, codec="ffv1"))
+    record = wait_for(client, job_id)
+    assert record.state == "succeeded", record.error
+    assert record.outputs == ["s3://colour/films/reel.mkv"] and record.done == 48
+    assert keys(s3, "colour") == ["films/reel.mkv"]  # the segments' staging area is gone
+    (tmp_path / "out.mkv").write_bytes(get(s3, "s3://colour/films/reel.mkv"))
+    out = probe(tmp_path / "out.mkv")
+    assert out.video.frame_count == 48 and out.video.pts == clip.probe.video.pts
+    assert [s.payload_sha256 for s in out.of_type("audio")] == [s.payload_sha256 for s in clip.probe.of_type("audio")]
+    assert "tinct.colorize_segment" in first.text() and "tinct.colorize_segment" in second.text()
+
+
+def test_bad_jobs_fail_clearly_and_the_worker_keeps_serving(service_env):
+    client, start_worker, s3, _, model = service_env
+    put(s3, "s3://scans/ok.png", gray_png())
+    start_worker()
+    unknown, _ = client.submit(spec("s3://scans/ok.png", "s3://colour/", "no-such-model.pt"))
+    missing, _ = client.submit(spec("s3://scans/missing.png", "s3://colour/", model))
+    escape, _ = client.submit(spec("s3://scans/ok.png", "s3://colour/../other/x.png", model))
+    assert "cannot load model" in wait_for(client, unknown).error
+    assert "no such object" in wait_for(client, missing).error
+    assert wait_for(client, escape).state == "failed"
+    good, _ = client.submit(spec("s3://scans/ok.png", "s3://colour/again/", model))
+    assert wait_for(client, good).state == "succeeded"
+    with pytest.raises(JobSpecError, match="options.colour: unknown option"):
+        JobSpec.from_dict({"input": "s3://scans/ok.png", "output": "s3://colour/", "options": {"colour": "red"}})
+
+
+def test_oversized_input_fails_at_submission(service_env):
+    client, _, s3, redis, model = service_env
+    put(s3, "s3://scans/big.png", gray_png())
+    small = Service(s3_settings(s3, redis_url=redis.url, max_input_bytes=10))
+    job_id, _ = small.submit(spec("s3://scans/big.png", "s3://colour/", model))
+    record = small.get(job_id)
+    assert record.state == "failed" and "over the limit" in record.error
+
+
+# --- reliability ---------------------------------------------------------------------------------------------
+
+
+def test_killed_worker_mid_film_the_job_completes_on_another(service_env, tmp_path):
+    client, start_worker, s3, _, model = service_env
+    clip = write_clip(tmp_path / "long.mkv", gray_frames(moving_scene(240, 160, 96)), gop=12, bframes=0)
+    put(s3, "s3://scans/long.mkv", clip.path.read_bytes())
+    doomed = start_worker("doomed", visibility_timeout_s=6)
+    job_id, _ = client.submit(spec("s3://scans/long.mkv", "s3://colour/", model, codec="ffv1"))
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while (client.get(job_id).done < 24 or "colorize_segment" not in doomed.text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    doomed.kill()  # kill -9 in the middle of the film, with a segment in hand
+    assert client.get(job_id).state == "running"
+    start_worker("rescuer", visibility_timeout_s=6)
+    record = wait_for(client, job_id, timeout=2 * JOB_TIMEOUT_S)
+    assert record.state == "succeeded", record.error
+    assert keys(s3, "colour") == ["long.mkv"]
+    (tmp_path / "out.mkv").write_bytes(get(s3, "s3://colour/long.mkv"))
+    assert probe(tmp_path / "out.mkv").video.frame_count == 240
+
+
+def test_queued_jobs_survive_a_redis_restart(service_env):
+    client, start_worker, s3, redis, model = service_env
+    put(s3, "s3://scans/a.png", gray_png(1))
+    put(s3, "s3://scans/b.png", gray_png(2))
+    jobs = [client.submit(spec(f"s3://scans/{name}.png", "s3://colour/", model))[0] for name in "ab"]
+    redis.stop()  # no worker has seen them: they exist only in Redis (AOF on)
+    redis.start()
+    start_worker()
+    assert [wait_for(client, job_id).state for job_id in jobs] == ["succeeded", "succeeded"]
+
+
+def test_storage_outage_is_retried_then_succeeds(service_env):
+    client, start_worker, s3, _, model = service_env
+    put(s3, "s3://scans/a.png", gray_png())
+    job_id, _ = client.submit(spec("s3://scans/a.png", "s3://colour/", model))
+    s3.stop()
+    worker = start_worker(retry_backoff_s=1.0, task_retries=6)
+    deadline = time.monotonic() + 60
+    while "retry" not in worker.text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "retry" in worker.text()
+    s3.start()
+    record = wait_for(client, job_id)
+    assert record.state == "succeeded", record.error
+    assert SECRET not in worker.text()
+
+
+def test_metrics_endpoint_and_json_only(service_env):
+    client, start_worker, s3, redis, model = service_env
+    port = free_port()
+    start_worker(metrics_port=port)
+    # A pickled task is refused (JSON only) and the worker goes on serving.
+    from kombu import Connection
+
+    with Connection(redis.url) as connection:
+        connection.SimpleQueue("tinct.io").put({"evil": True}, serializer="pickle")
+    put(s3, "s3://scans/a.png", gray_png())
+    job_id, _ = client.submit(spec("s3://scans/a.png", "s3://colour/", model))
+    assert wait_for(client, job_id).state == "succeeded"
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert "tinct_images_total 1.0" in text and 'tinct_jobs_total{state="succeeded"} 1.0' in text
+    assert 'tinct_queue_depth{queue="tinct.colorize"}' in text

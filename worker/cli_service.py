@@ -1,0 +1,246 @@
+"""``tinct`` commands for the service: submit, status, jobs, cancel, worker, bulk, listen, webhook.
+
+    tinct worker                                   # a worker for both queues (one per GPU: CUDA_VISIBLE_DEVICES)
+    tinct submit s3://scans/reel1.mkv -o s3://colour/ --smoothing 0.5 --wait
+    tinct bulk s3://scans/1950s/ -o s3://colour/1950s/ --dry-run
+    tinct listen sqs://tinct-events -o s3://colour/
+    tinct webhook --port 8080 -o s3://colour/      # MinIO bucket notifications; TINCT_WEBHOOK_SECRET required
+    tinct status JOB_ID | tinct jobs | tinct cancel JOB_ID
+
+Settings (Redis, S3 endpoint, limits) come from ``TINCT_*`` environment variables (``worker.settings``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+
+from worker.errors import PermanentError, TinctError
+from worker.jobs import FINISHED, JobOptions, JobRecord, JobSpec, JobSpecError, parse_options
+from worker.settings import GPU_QUEUE, IO_QUEUE, Settings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+QUEUE_NAMES = {"colorize": GPU_QUEUE, "io": IO_QUEUE}
+
+
+def add_service_commands(commands: argparse._SubParsersAction) -> None:
+    submit = commands.add_parser("submit", help="queue one job (a photo, a film, or a folder/prefix of photos)")
+    submit.add_argument("input", help="s3://bucket/key, s3://bucket/prefix/ (a collection), a path or file:// URI")
+    submit.add_argument("-o", "--output", required=True, help="output URI; ending in '/' means a folder or prefix")
+    submit.add_argument("--kind", choices=("image", "video", "collection"), help="default: from the input's name")
+    submit.add_argument("--wait", action="store_true", help="wait until the job has finished")
+    submit.add_argument("--json", action="store_true", help="print the job as JSON")
+    _add_job_options(submit)
+    submit.set_defaults(run=_submit)
+
+    status = commands.add_parser("status", help="show a job: state, progress, outputs, failures")
+    status.add_argument("job_id")
+    status.add_argument("--wait", action="store_true", help="wait until the job has finished")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(run=_status)
+
+    jobs = commands.add_parser("jobs", help="list recent jobs and the queues' depth")
+    jobs.add_argument("--limit", type=int, default=20)
+    jobs.set_defaults(run=_jobs)
+
+    cancel = commands.add_parser("cancel", help="cancel a queued or running job")
+    cancel.add_argument("job_id")
+    cancel.set_defaults(run=_cancel)
+
+    worker = commands.add_parser("worker", help="run a Celery worker with Tinct's defaults")
+    worker.add_argument("--queues", default="colorize,io", help="colorize, io or both (default: %(default)s)")
+    worker.add_argument("--concurrency", type=int, help="tasks at once (default: 1 for colorize, 8 for io only)")
+    worker.add_argument("--hostname", help="Celery node name (default: tinct-<host>-<pid>)")
+    worker.add_argument("--loglevel", default="INFO")
+    worker.set_defaults(run=_worker)
+
+    bulk = commands.add_parser("bulk", help="queue a job for every photo and film under a prefix, skipping done ones")
+    bulk.add_argument("prefix", help="s3://bucket/prefix/ or a folder")
+    bulk.add_argument("-o", "--output", required=True, help="output prefix; each input keeps its relative key")
+    bulk.add_argument("--dry-run", action="store_true", help="count what would be queued; queue nothing")
+    _add_job_options(bulk)
+    bulk.set_defaults(run=_bulk)
+
+    listen = commands.add_parser("listen", help="queue jobs from S3 event notifications in an SQS queue")
+    listen.add_argument("queue", help="sqs://queue-name or the queue's https URL")
+    listen.add_argument("-o", "--output", required=True, help="output prefix for every object")
+    _add_job_options(listen)
+    listen.set_defaults(run=_listen)
+
+    webhook = commands.add_parser("webhook", help="queue jobs from MinIO-style bucket notifications over HTTP")
+    webhook.add_argument("--host", default="0.0.0.0")
+    webhook.add_argument("--port", type=int, default=8080)
+    webhook.add_argument("-o", "--output", required=True, help="output prefix for every object")
+    _add_job_options(webhook)
+    webhook.set_defaults(run=_webhook)
+
+
+def _add_job_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("job options")
+    defaults = JobOptions()
+    group.add_argument("--model", default=defaults.model)
+    group.add_argument("--render-size", type=int, default=defaults.render_size)
+    group.add_argument("--smoothing", type=float, default=defaults.smoothing)
+    group.add_argument("--codec", default=defaults.codec)
+    group.add_argument("--crf", type=int, default=defaults.crf)
+    group.add_argument("--preset", default=defaults.preset)
+    group.add_argument("--recolor", action="store_true")
+    group.add_argument("--format", default=defaults.format, help="photo output format (default: the source's)")
+
+
+def _job_options(args: argparse.Namespace) -> dict:
+    return {"model": args.model, "render_size": args.render_size, "smoothing": args.smoothing, "codec": args.codec,
+            "crf": args.crf, "preset": args.preset, "recolor": args.recolor, "format": args.format}
+
+
+def _service():
+    from worker.service import Service
+
+    return Service(Settings.from_env())
+
+
+def _error(parser: argparse.ArgumentParser, message: str) -> int:
+    print(f"{parser.prog}: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _submit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    raw = {"input": args.input, "output": args.output, "options": _job_options(args)}
+    if args.kind:
+        raw["kind"] = args.kind
+    try:
+        spec = JobSpec.from_dict(raw)
+        service = _service()
+        job_id, created = service.submit(spec)
+    except (JobSpecError, ValueError) as exc:
+        return _error(parser, str(exc))
+    except TinctError as exc:
+        return _error(parser, str(exc)) if isinstance(exc, PermanentError) else _fail(str(exc))
+    if not args.json:
+        print(f"{job_id} {'queued' if created else 'already submitted'}")
+    return _show(service, job_id, args.wait, args.json)
+
+
+def _status(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    return _show(_service(), args.job_id, args.wait, args.json)
+
+
+def _show(service, job_id: str, wait: bool, as_json: bool) -> int:
+    record = service.get(job_id)
+    while wait and record is not None and record.state not in FINISHED:
+        time.sleep(0.5)
+        record = service.get(job_id)
+    if record is None:
+        print(f"no job {job_id}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(record.to_dict(), indent=1) if as_json else describe(record))
+    return EXIT_FAILED if record.state == "failed" else EXIT_OK
+
+
+def describe(record: JobRecord) -> str:
+    lines = [f"job {record.id}: {record.state}  ({record.spec.kind} {record.spec.input} -> {record.spec.output})"]
+    if record.total:
+        progress = f"  {record.done}/{record.total} {record.unit}"
+        if record.fps:
+            progress += f", {record.fps:.1f} {record.unit}/s"
+        if record.eta_s:
+            progress += f", ETA {record.eta_s:.0f} s"
+        lines.append(progress)
+    lines += [f"  output: {uri}" for uri in record.outputs]
+    if record.error:
+        lines.append(f"  error: {record.error}")
+    lines += [f"  failed: {reason}" for reason in record.failed_pieces.values()]
+    return "\n".join(lines)
+
+
+def _jobs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    service = _service()
+    for queue, depth in service.queue_depths().items():
+        print(f"queue {queue}: {depth} waiting")
+    for record in service.recent(args.limit):
+        done = f"{record.done}/{record.total} {record.unit}" if record.total else ""
+        print(f"{record.id}  {record.state:<9}  {record.spec.kind:<10}  {done:<20}  {record.spec.input}")
+    return EXIT_OK
+
+
+def _cancel(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    record = _service().cancel(args.job_id)
+    if record is None:
+        print(f"no job {args.job_id}", file=sys.stderr)
+        return EXIT_FAILED
+    print(describe(record))
+    return EXIT_OK
+
+
+def _worker(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    names = [name.strip() for name in args.queues.split(",") if name.strip()]
+    unknown = [name for name in names if name not in QUEUE_NAMES]
+    if unknown or not names:
+        return _error(parser, f"--queues takes colorize and/or io, got {args.queues!r}")
+    from worker.app import app
+
+    # A colorize worker runs one task at a time in its own process (one model, one GPU); io-only workers are
+    # thread pools, since their tasks mostly wait on storage.
+    colorize = "colorize" in names
+    concurrency = args.concurrency or (1 if colorize else 8)
+    pool = "solo" if colorize and concurrency == 1 else ("prefork" if colorize else "threads")
+    argv = ["worker", "-Q", ",".join(QUEUE_NAMES[n] for n in names), "--pool", pool, "--concurrency",
+            str(concurrency), "--loglevel", args.loglevel, "--events",
+            "--hostname", args.hostname or f"tinct-%h-{os.getpid()}"]
+    app.worker_main(argv)
+    return EXIT_OK
+
+
+def _fail(message: str) -> int:
+    print(f"tinct: error: {message}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _bulk(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from worker.triggers import bulk
+
+    try:
+        options = parse_options(_job_options(args))
+        report = bulk(_service(), args.prefix, args.output, options, dry_run=args.dry_run)
+    except (JobSpecError, ValueError) as exc:
+        return _error(parser, str(exc))
+    print(report.report())
+    return EXIT_FAILED if report.failed else EXIT_OK
+
+
+def _listen(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from worker.triggers import listen_sqs
+
+    options = parse_options(_job_options(args))
+    stop = threading.Event()
+    try:
+        counts = listen_sqs(_service(), args.queue, args.output, options, stop=stop)
+    except KeyboardInterrupt:
+        stop.set()
+        return 130
+    print(counts)
+    return EXIT_OK
+
+
+def _webhook(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from worker.triggers import serve_webhook
+
+    settings = Settings.from_env()
+    if not settings.webhook_secret:
+        return _error(parser, "set TINCT_WEBHOOK_SECRET: the webhook refuses to run without a shared secret")
+    options = parse_options(_job_options(args))
+    from worker.service import Service
+
+    server, thread = serve_webhook(Service(settings), args.host, args.port, settings.webhook_secret, args.output,
+                                   options)
+    print(f"webhook listening on {args.host}:{server.server_address[1]}", file=sys.stderr)
+    try:
+        thread.join()
+    except KeyboardInterrupt:
+        server.shutdown()
+        return 130
+    return EXIT_OK

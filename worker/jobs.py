@@ -1,0 +1,312 @@
+"""Jobs: a validated spec, a deterministic id, and the job's state in Redis.
+
+    spec = JobSpec.from_dict({"input": "s3://scans/reel1.mkv", "output": "s3://out/", "options": {"smoothing": 0.5}})
+    store = JobStore(redis_client)
+    record = store.get(job_id)        # JobRecord: state, progress, outputs, metrics, failure
+
+A job's id is derived from what it would produce: the input's identity (URI, ETag, size), the output URI and the
+options that change the result. Submitting the same job again therefore finds the first one: done, running or
+queued, it is returned instead of being redone; only a failed or cancelled job is run again.
+
+States: ``queued`` -> ``running`` (progress: pieces, frames or files done, fps, ETA) -> ``succeeded`` (output URIs
+and metrics) | ``failed`` (a one-line reason, and the failed pieces) | ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import PurePosixPath
+from typing import Any
+
+from redis.exceptions import WatchError
+
+from worker.errors import PermanentError, one_line
+from worker.images import EXTENSION_FORMATS
+from worker.photos import FILM_EXTENSIONS
+
+KINDS = ("image", "video", "collection")
+STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+FINISHED = ("succeeded", "failed", "cancelled")
+KEY_PREFIX = "tinct:"
+
+
+class JobSpecError(PermanentError):
+    """A job spec that cannot run: ``str()`` names the field and the reason."""
+
+    def __init__(self, field_name: str, reason: str) -> None:
+        self.field = field_name
+        self.reason = one_line(reason)
+        super().__init__(f"job spec: {field_name}: {self.reason}")
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """What changes the result (and so the job id). Unset values take the worker's settings."""
+
+    model: str = "default"
+    render_size: int = 256
+    smoothing: float = 0.5
+    codec: str = "h264"
+    crf: int | None = None
+    preset: str = "medium"
+    recolor: bool = False
+    format: str | None = None  # photo output format (jpg, png, tif, webp, bmp); None keeps the source's
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    input: str
+    output: str
+    kind: str
+    options: JobOptions = field(default_factory=JobOptions)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> JobSpec:
+        """Validate a spec as it arrives from a CLI, a trigger or JSON; every problem is a JobSpecError."""
+        if not isinstance(data, dict):
+            raise JobSpecError("spec", f"expected a JSON object, got {type(data).__name__}")
+        unknown = set(data) - {"input", "output", "kind", "options"}
+        if unknown:
+            raise JobSpecError(sorted(unknown)[0], "unknown field")
+        source = _uri_field(data, "input")
+        output = _uri_field(data, "output")
+        kind = data.get("kind") or infer_kind(source)
+        if kind not in KINDS:
+            raise JobSpecError("kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
+        if kind == "collection" and not source.endswith("/"):
+            raise JobSpecError("input", "a collection's input is a prefix or folder ending in '/'")
+        if kind == "collection" and not output.endswith("/"):
+            raise JobSpecError("output", "a collection's output is a prefix or folder ending in '/'")
+        return cls(source, output, kind, parse_options(data.get("options") or {}))
+
+    def to_dict(self) -> dict:
+        return {"input": self.input, "output": self.output, "kind": self.kind, "options": asdict(self.options)}
+
+    def job_id(self, etag: str, size: int) -> str:
+        """Deterministic: the same input (by identity), output and options always give the same id."""
+        identity = json.dumps([self.input, etag, size, self.output, self.kind, self.options.digest()])
+        return hashlib.sha256(identity.encode()).hexdigest()[:24]
+
+
+def infer_kind(uri: str) -> str:
+    if uri.endswith("/"):
+        return "collection"
+    suffix = PurePosixPath(uri).suffix.lower()
+    if suffix in FILM_EXTENSIONS:
+        return "video"
+    if suffix in EXTENSION_FORMATS:
+        return "image"
+    raise JobSpecError("input", f"cannot tell the kind of {uri!r} from its name; give kind image, video or collection")
+
+
+def _uri_field(data: dict, name: str) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise JobSpecError(name, "required: an s3://bucket/key URI, a file:// URI or a path")
+    if "\x00" in value:
+        raise JobSpecError(name, "contains a NUL character")
+    return value  # not stripped: an S3 key may really begin or end with a space
+
+
+def parse_options(raw: Any) -> JobOptions:
+    """Validate job options given as a dict (unset ones keep their defaults)."""
+    if not isinstance(raw, dict):
+        raise JobSpecError("options", f"expected an object, got {type(raw).__name__}")
+    known = {f.name: f for f in fields(JobOptions)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise JobSpecError(f"options.{key}", "unknown option")
+        values[key] = _option_value(key, value)
+    return JobOptions(**values)
+
+
+def _option_value(key: str, value: Any) -> Any:
+    def bad(expected: str) -> JobSpecError:
+        return JobSpecError(f"options.{key}", f"expected {expected}, got {value!r}")
+
+    if key in ("model", "codec", "preset"):
+        if not isinstance(value, str) or not value:
+            raise bad("a non-empty string")
+        return value
+    if key == "format":
+        if value is not None and not isinstance(value, str):
+            raise bad("a format name or null")
+        return value
+    if key == "render_size":
+        if isinstance(value, bool) or not isinstance(value, int) or not 32 <= value <= 4096:
+            raise bad("a whole number from 32 to 4096")
+        return value
+    if key == "crf":
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 63):
+            raise bad("a whole number from 0 to 63 or null")
+        return value
+    if key == "smoothing":
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+            raise bad("a number from 0 (off) to 1")
+        return float(value)
+    if key == "recolor":
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    raise bad("a known option")  # unreachable: keys are checked against JobOptions' fields first
+
+
+# --- state in Redis ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class JobRecord:
+    id: str
+    spec: JobSpec
+    state: str
+    created: float
+    updated: float
+    unit: str = "pieces"  # what progress counts: files, frames or pieces
+    done: int = 0
+    total: int = 0
+    fps: float = 0.0
+    eta_s: float | None = None
+    outputs: list[str] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    error: str = ""
+    failed_pieces: dict[str, str] = field(default_factory=dict)
+    source: dict = field(default_factory=dict)  # the input's identity when submitted: etag, size
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["spec"] = self.spec.to_dict()
+        return data
+
+
+class JobStore:
+    """Job records in Redis hashes (``tinct:job:<id>``), an index by creation time, and per-job piece sets.
+
+    All values are JSON or plain strings: nothing is ever unpickled. Finished jobs expire after ``ttl_s``.
+    """
+
+    def __init__(self, redis, ttl_s: int = 30 * 24 * 3600) -> None:
+        self.redis = redis
+        self.ttl_s = ttl_s
+
+    def _key(self, job_id: str, suffix: str = "") -> str:
+        return f"{KEY_PREFIX}job:{job_id}{suffix}"
+
+    def create(self, job_id: str, spec: JobSpec, source: dict) -> tuple[JobRecord, bool]:
+        """Record a new queued job; if one with this id exists and is not failed or cancelled, return it
+        instead (``created`` False). Atomic against concurrent submissions of the same job."""
+        now = time.time()
+        key = self._key(job_id)
+        record = JobRecord(job_id, spec, "queued", now, now, source=source)
+        mapping = _encode(record)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    state = pipe.hget(key, "state")
+                    if state is not None and state.decode() not in ("failed", "cancelled"):
+                        pipe.unwatch()
+                        existing = self.get(job_id)
+                        assert existing is not None
+                        return existing, False
+                    pipe.multi()
+                    pipe.delete(key, self._key(job_id, ":done"), self._key(job_id, ":failed"))
+                    pipe.hset(key, mapping=mapping)
+                    pipe.zadd(f"{KEY_PREFIX}jobs", {job_id: now})
+                    pipe.execute()
+                    return record, True
+                except WatchError:  # another submission of this job got in between: look again
+                    continue
+
+    def get(self, job_id: str) -> JobRecord | None:
+        raw = self.redis.hgetall(self._key(job_id))
+        if not raw:
+            return None
+        record = _decode(job_id, {k.decode(): v.decode() for k, v in raw.items()})
+        failed = self.redis.hgetall(self._key(job_id, ":failed"))
+        record.failed_pieces = {k.decode(): v.decode() for k, v in failed.items()}
+        return record
+
+    def update(self, job_id: str, **changes: Any) -> None:
+        changes["updated"] = time.time()
+        mapping = {name: _encode_value(value) for name, value in changes.items()}
+        self.redis.hset(self._key(job_id), mapping=mapping)
+        if changes.get("state") in FINISHED:
+            for suffix in ("", ":done", ":failed"):
+                self.redis.expire(self._key(job_id, suffix), self.ttl_s)
+
+    def state(self, job_id: str) -> str | None:
+        value = self.redis.hget(self._key(job_id), "state")
+        return value.decode() if value is not None else None
+
+    def mark_piece_done(self, job_id: str, piece: str) -> int:
+        """Record a finished piece; returns how many are done (a redelivered piece is counted once)."""
+        key = self._key(job_id, ":done")
+        with self.redis.pipeline() as pipe:
+            pipe.sadd(key, piece)
+            pipe.scard(key)
+            _, count = pipe.execute()
+        return int(count)
+
+    def piece_done(self, job_id: str, piece: str) -> bool:
+        return bool(self.redis.sismember(self._key(job_id, ":done"), piece))
+
+    def pieces_done(self, job_id: str) -> int:
+        return int(self.redis.scard(self._key(job_id, ":done")))
+
+    def mark_piece_failed(self, job_id: str, piece: str, reason: str) -> None:
+        self.redis.hset(self._key(job_id, ":failed"), piece, one_line(reason))
+
+    def claim(self, job_id: str, step: str, ttl_s: int) -> bool:
+        """True for exactly one caller per (job, step) within ``ttl_s``: e.g. the one that joins a film."""
+        return bool(self.redis.set(self._key(job_id, f":claim:{step}"), "1", nx=True, ex=ttl_s))
+
+    def release(self, job_id: str, step: str) -> None:
+        self.redis.delete(self._key(job_id, f":claim:{step}"))
+
+    def add_counter(self, job_id: str, name: str, amount: float) -> float:
+        return float(self.redis.hincrbyfloat(self._key(job_id), name, amount))
+
+    def recent(self, limit: int = 20) -> list[JobRecord]:
+        ids = self.redis.zrevrange(f"{KEY_PREFIX}jobs", 0, limit - 1)
+        records = [self.get(job_id.decode()) for job_id in ids]
+        return [record for record in records if record is not None]
+
+
+def _encode_value(value: Any) -> str:
+    if isinstance(value, JobSpec):
+        return json.dumps(value.to_dict())
+    if isinstance(value, list | dict) or value is None:
+        return json.dumps(value)
+    return str(value)
+
+
+def _encode(record: JobRecord) -> dict[str, str]:
+    data = {f.name: getattr(record, f.name) for f in fields(record) if f.name not in ("id", "failed_pieces")}
+    return {name: _encode_value(value) for name, value in data.items()}
+
+
+def _decode(job_id: str, raw: dict[str, str]) -> JobRecord:
+    spec = JobSpec.from_dict(json.loads(raw["spec"]))
+    return JobRecord(
+        id=job_id,
+        spec=spec,
+        state=raw.get("state", "queued"),
+        created=float(raw.get("created", 0)),
+        updated=float(raw.get("updated", 0)),
+        unit=raw.get("unit", "pieces"),
+        done=int(float(raw.get("done", 0))),
+        total=int(float(raw.get("total", 0))),
+        fps=float(raw.get("fps", 0)),
+        eta_s=json.loads(raw["eta_s"]) if raw.get("eta_s") not in (None, "") else None,
+        outputs=json.loads(raw.get("outputs", "[]")),
+        metrics=json.loads(raw.get("metrics", "{}")),
+        error=raw.get("error", ""),
+        source=json.loads(raw.get("source", "{}")),
+    )

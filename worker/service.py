@@ -1,0 +1,113 @@
+"""The service's client side: submit jobs, read their state, cancel them (what ``tinct submit/status/jobs/cancel``
+and the triggers use). It talks to Redis and storage only; tasks are sent by name, so a client needs no model.
+
+    service = Service(Settings.from_env())
+    job_id, created = service.submit(JobSpec.from_dict({...}))
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import kombu.exceptions
+import redis
+from celery import Celery
+
+from worker.errors import InputTooLargeError, TinctError, TransientError, one_line
+from worker.jobs import JobRecord, JobSpec, JobStore
+from worker.settings import GPU_QUEUE, IO_QUEUE, Settings
+from worker.storage import ObjectInfo, Storage, check_relative_key, parse_uri
+
+
+class QueueError(TransientError):
+    """Redis (the job store and the broker) could not be reached; the submission may be retried."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        host = url.rsplit("@", 1)[-1]  # never the password of a redis://user:password@host URL
+        super().__init__(f"job queue {host}: {reason}")
+
+
+class Service:
+    def __init__(self, settings: Settings, app: Celery | None = None) -> None:
+        self.settings = settings
+        self.storage = Storage(settings)
+        self.redis = redis.Redis.from_url(settings.redis_url)
+        self.store = JobStore(self.redis, settings.job_ttl_s)
+        if app is None:
+            from worker.app import create_app
+
+            app = create_app(settings)
+        self.app = app
+
+    def identity(self, spec: JobSpec) -> ObjectInfo:
+        """The input's identity: one HEAD for a file or object; for a collection, a digest of its listing
+        (keys, ETags, sizes), so the same collection resubmitted is the same job and a changed one is not."""
+        if spec.kind != "collection":
+            return self.storage.stat(spec.input)
+        digest = hashlib.sha256()
+        size = 0
+        for info in self.storage.list(spec.input):
+            digest.update(f"{info.uri}\0{info.etag}\0{info.size}\n".encode())
+            size += info.size
+        return ObjectInfo(spec.input, size, digest.hexdigest(), None)
+
+    def submit(self, spec: JobSpec, identity: ObjectInfo | None = None) -> tuple[str, bool]:
+        """Queue ``spec`` and return ``(job_id, created)``; an identical job already queued, running or done is
+        returned instead (``created`` False). An input that is missing, unreadable or too large gives a job in
+        the ``failed`` state with the reason, so that every submission can be looked up."""
+        try:
+            _check_output(spec.output)
+            identity = identity or self.identity(spec)
+            if identity.size > self.settings.max_input_bytes:
+                raise InputTooLargeError(spec.input, f"{identity.size} bytes, over the limit of "
+                                         f"{self.settings.max_input_bytes} (TINCT_MAX_INPUT_BYTES)")
+        except TinctError as exc:
+            if exc.retryable:
+                raise
+            job_id = spec.job_id("unreadable", -1)
+            record, created = self.store.create(job_id, spec, {})
+            if created:
+                self.store.update(job_id, state="failed", error=str(exc))
+            return job_id, created
+        job_id = spec.job_id(identity.etag, identity.size)
+        try:
+            _, created = self.store.create(job_id, spec, {"etag": identity.etag, "size": identity.size})
+            if created:
+                self.app.send_task("tinct.plan", args=[job_id], queue=IO_QUEUE)
+        except (redis.RedisError, kombu.exceptions.OperationalError) as exc:
+            # Redis is the queue too: a hiccup here is worth retrying, and a retry finds the job if it got in.
+            raise QueueError(self.settings.redis_url, one_line(exc)) from exc
+        return job_id, created
+
+    def job_states(self, job_ids: Sequence[str]) -> list[str | None]:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(f"tinct:job:{job_id}", "state")
+            return [value.decode() if value is not None else None for value in pipe.execute()]
+
+    def get(self, job_id: str) -> JobRecord | None:
+        return self.store.get(job_id)
+
+    def cancel(self, job_id: str) -> JobRecord | None:
+        """Mark a job cancelled: queued pieces are skipped when they arrive; a piece already running finishes
+        but its job is not completed. A finished job is left as it is."""
+        record = self.store.get(job_id)
+        if record is not None and record.state not in ("succeeded", "failed", "cancelled"):
+            self.store.update(job_id, state="cancelled", error="cancelled by request")
+            record = self.store.get(job_id)
+        return record
+
+    def recent(self, limit: int = 20) -> list[JobRecord]:
+        return self.store.recent(limit)
+
+    def queue_depths(self) -> dict[str, int]:
+        return {queue: int(self.redis.llen(queue)) for queue in (GPU_QUEUE, IO_QUEUE)}
+
+
+def _check_output(uri: str) -> None:
+    """An output key must not climb out of its bucket's folders (``s3://out/../x``): outputs come from specs that
+    users, events and webhooks write."""
+    scheme, _, key = parse_uri(uri)
+    if scheme == "s3" and key.strip("/"):
+        check_relative_key(key.rstrip("/"))

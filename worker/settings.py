@@ -1,0 +1,82 @@
+"""The service's settings: one typed object, read from environment variables here and nowhere else.
+
+    settings = Settings.from_env()          # in entry points only; library code takes a Settings argument
+
+Every variable is ``TINCT_<FIELD>`` in upper case (``TINCT_REDIS_URL``, ``TINCT_S3_ENDPOINT_URL``, ...). S3
+credentials follow boto3's own chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, profiles, instance
+roles) unless ``TINCT_S3_ACCESS_KEY_ID``/``TINCT_S3_SECRET_ACCESS_KEY`` are set; they are never logged and
+never stored in job state (``Settings.__repr__`` hides them).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+GPU_QUEUE = "tinct.colorize"  # network work: one process per GPU (or a few per CPU node)
+IO_QUEUE = "tinct.io"  # planning, fan-out, joins, bookkeeping: light, many at once
+_SECRET_FIELDS = {"s3_access_key_id", "s3_secret_access_key", "webhook_secret"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Celery's Redis transport redelivers a task whose worker vanished after this many seconds; it must exceed
+    # the longest task (a film segment), or a healthy task is delivered twice.
+    visibility_timeout_s: int = 3600
+    task_soft_time_limit_s: int = 3000
+    task_time_limit_s: int = 3300
+    s3_endpoint_url: str | None = None  # MinIO, Ceph, R2...; None for AWS
+    s3_region: str | None = None
+    s3_access_key_id: str | None = field(default=None, repr=False)
+    s3_secret_access_key: str | None = field(default=None, repr=False)
+    s3_max_attempts: int = 8  # botocore's own retries (adaptive mode) before a StorageError reaches the task
+    work_dir: Path = Path("/tmp/tinct-work")  # local scratch for downloads, segments and uploads
+    cache_dir: Path = Path.home() / ".cache" / "tinct"
+    default_model: str = "default"
+    device: str = "auto"
+    engine: str = "auto"
+    precision: str = "auto"
+    render_size: int = 256
+    batch_size: int = 8
+    collection_batch: int = 32  # photos per task when a collection is fanned out
+    segment_seconds: float = 60.0  # film segments fanned out to workers
+    max_input_bytes: int = 20 * 1024**3  # inputs over this size fail as too large before any download
+    job_ttl_s: int = 30 * 24 * 3600  # how long finished jobs are kept in Redis
+    task_retries: int = 5  # transient failures (storage, Redis) per task, with exponential backoff
+    retry_backoff_s: float = 2.0
+    metrics_port: int = 0  # Prometheus endpoint of a worker; 0 = off
+    webhook_secret: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read ``TINCT_*`` variables; raises ValueError naming the variable for a value of the wrong type."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for spec in fields(cls):
+            name = f"TINCT_{spec.name.upper()}"
+            if name not in environ:
+                continue
+            raw = environ[name]
+            values[spec.name] = _parse(name, raw, spec.type)
+        return cls(**values)
+
+    def public(self) -> dict:
+        """The settings without secrets, for logs and ``tinct status``."""
+        return {f.name: str(getattr(self, f.name)) for f in fields(self) if f.name not in _SECRET_FIELDS}
+
+
+def _parse(name: str, raw: str, kind: object) -> object:
+    kind = str(kind)
+    try:
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+        if kind.startswith("Path"):
+            return Path(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a valid {kind.split(' ')[0]}") from None
+    return raw or None

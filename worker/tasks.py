@@ -1,0 +1,98 @@
+"""Celery tasks: thin wrappers that route each step of a job to its queue and map errors to retries.
+
+Transient errors (storage, Redis, network) retry with exponential backoff up to ``TINCT_TASK_RETRIES`` times, then
+fail the job with the last reason; permanent errors fail the job at once and are never retried; the task itself
+then ends normally, so the worker goes on serving. The work is in :mod:`worker.work`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_init, worker_process_init
+
+from worker import metrics, work
+from worker.app import app
+from worker.errors import PermanentError, TransientError
+from worker.settings import GPU_QUEUE, IO_QUEUE
+
+logger = logging.getLogger(__name__)
+
+_runtime: work.Runtime | None = None
+
+
+def runtime() -> work.Runtime:
+    """This process's Runtime (storage clients, Redis, loaded models), created on first use."""
+    global _runtime
+    if _runtime is None:
+        _runtime = work.Runtime(app.tinct_settings)
+    return _runtime
+
+
+@worker_init.connect
+@worker_process_init.connect
+def _start_process(**_: object) -> None:
+    """Connect storage and Redis and start the metrics endpoint once per worker process, before the first task.
+    Models load on the first task that needs them and stay loaded for the process's life."""
+    rt = runtime()
+    metrics.serve_metrics(rt.settings.metrics_port, rt.redis)
+
+
+class _CeleryEnqueue:
+    def photos(self, job_id: str, piece: str, inputs: list[str]) -> None:
+        colorize_photos.apply_async((job_id, piece, inputs), queue=GPU_QUEUE)
+
+    def segment(self, job_id: str, segment: dict) -> None:
+        colorize_segment.apply_async((job_id, segment), queue=GPU_QUEUE)
+
+    def join(self, job_id: str) -> None:
+        join_film.apply_async((job_id,), queue=IO_QUEUE)
+
+
+ENQUEUE = _CeleryEnqueue()
+TRANSIENT = (TransientError, redis.ConnectionError, redis.TimeoutError)
+
+
+def _run(task, job_id: str, step, *args) -> None:
+    rt = runtime()
+    try:
+        step(rt, job_id, *args)
+    except TRANSIENT as exc:
+        metrics.FAILURES.labels("transient").inc()
+        retries = task.request.retries
+        if retries >= rt.settings.task_retries:
+            work.fail_job(rt, job_id, f"gave up after {retries} retries: {work.describe_error(exc)}")
+            return
+        countdown = rt.settings.retry_backoff_s * 2**retries
+        logger.warning("job %s: %s; retry %d in %.0f s", job_id, work.describe_error(exc), retries + 1, countdown)
+        raise task.retry(exc=exc, countdown=countdown) from None
+    except PermanentError as exc:
+        work.fail_job(rt, job_id, str(exc))
+    except SoftTimeLimitExceeded:
+        work.fail_job(rt, job_id, f"{task.name} ran past the time limit of {rt.settings.task_soft_time_limit_s} s")
+    except Exception as exc:
+        # A bug, not the input's fault: fail the job with what happened (so it never hangs), keep the traceback.
+        logger.exception("job %s: %s failed", job_id, task.name)
+        work.fail_job(rt, job_id, f"internal error in {task.name}: {work.describe_error(exc)}")
+
+
+@app.task(name="tinct.plan", bind=True, queue=IO_QUEUE)
+def plan(self, job_id: str) -> None:
+    _run(self, job_id, work.plan_job, ENQUEUE)
+
+
+@app.task(name="tinct.colorize_photos", bind=True, queue=GPU_QUEUE)
+def colorize_photos(self, job_id: str, piece: str, inputs: list[str]) -> None:
+    _run(self, job_id, work.colorize_photos, piece, inputs)
+
+
+@app.task(name="tinct.colorize_segment", bind=True, queue=GPU_QUEUE)
+def colorize_segment(self, job_id: str, segment: dict) -> None:
+    _run(self, job_id, work.colorize_segment, segment, ENQUEUE)
+
+
+@app.task(name="tinct.join_film", bind=True, queue=IO_QUEUE)
+def join_film(self, job_id: str) -> None:
+    _run(self, job_id, work.join_film)
