@@ -252,3 +252,53 @@ def test_metrics_endpoint_and_json_only(service_env):
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert "tinct_images_total 1.0" in text and 'tinct_jobs_total{state="succeeded"} 1.0' in text
     assert 'tinct_queue_depth{queue="tinct.colorize"}' in text
+
+
+# --- triggers, through the real service ------------------------------------------------------------------------
+
+
+def test_bulk_and_sqs_events_reach_the_workers(service_env, monkeypatch, capsys):
+    import threading
+
+    from worker.cli import main
+    from worker.jobs import JobOptions
+    from worker.triggers import listen_sqs
+
+    client, start_worker, s3, redis, model = service_env
+    for name in ("a", "b"):
+        put(s3, f"s3://scans/bulk/{name}.png", gray_png())
+    put(s3, "s3://scans/bulk/readme.txt", b"not a photo")
+    start_worker()
+    for name, value in env_for_workers(redis, s3).items():
+        monkeypatch.setenv(name, value)
+    args = ["bulk", "s3://scans/bulk/", "-o", "s3://colour/bulk/", "--model", str(model), "--render-size", "64"]
+    assert main([*args, "--dry-run"]) == 0 and "would" in capsys.readouterr().out.lower()
+    assert main(args) == 0
+    capsys.readouterr()
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while keys(s3, "colour") != ["bulk/a.png", "bulk/b.png"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert keys(s3, "colour") == ["bulk/a.png", "bulk/b.png"]
+    assert main(args) == 0 and "submitted 0" in capsys.readouterr().out.lower()
+
+    # An S3 event notification in SQS, delivered twice (S3 delivers at least once): one job, done once.
+    sqs = s3.client("sqs")
+    queue_url = sqs.create_queue(QueueName="tinct-events")["QueueUrl"]
+    put(s3, "s3://scans/new arrivals/c 1.png", gray_png(3))
+    head = s3.client().head_object(Bucket="scans", Key="new arrivals/c 1.png")
+    event = {"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "scans"}, "object": {
+        "key": "new+arrivals/c+1.png", "size": head["ContentLength"], "eTag": head["ETag"].strip('"')}}}]}
+    for _ in range(2):
+        sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(event))
+    stop = threading.Event()
+    listener = threading.Thread(target=listen_sqs, args=(client, queue_url, "s3://colour/events/",
+                                                         JobOptions(model=str(model), render_size=64)),
+                                kwargs={"stop": stop, "wait_s": 1, "sqs_client": sqs}, daemon=True)
+    listener.start()
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while "events/new arrivals/c 1.png" not in keys(s3, "colour") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stop.set()
+    listener.join(timeout=10)
+    assert "events/new arrivals/c 1.png" in keys(s3, "colour")
+    assert sum(r.spec.input.endswith("c 1.png") for r in client.recent(50)) == 1

@@ -276,7 +276,7 @@ def bulk(
         if pending and not report.stopped:
             _submit_batch(submitter, pending, report, pool)
     report.seconds = time.monotonic() - started
-    logger.info("%s", report.report())
+    logger.debug("%s", report.report())  # the CLI prints it; services log it at debug
     return report
 
 
