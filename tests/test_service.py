@@ -21,7 +21,7 @@ from tests.services import env_for_workers, free_port, redis_server, s3_server, 
 from worker.jobs import JobSpec, JobSpecError
 from worker.service import Service
 
-SECRET = "testing"  # moto's secret key: it must never show up in logs or job state
+SECRET = "s3cr3t-Tinct-7f3a9"  # the workers' S3 secret key: it must never show up in logs or job state
 JOB_TIMEOUT_S = 120
 
 
@@ -64,6 +64,7 @@ def service_env(tmp_path, redis_server, s3_server, tiny_checkpoint):  # noqa: F8
         env = env_for_workers(redis_server, s3_server, work_dir=tmp_path / f"work-{name}", base=os.environ,
                               **values)
         env["OMP_NUM_THREADS"] = "1"
+        env["AWS_SECRET_ACCESS_KEY"] = SECRET  # moto takes any key while its auth checks are off
         worker = WorkerProcess(env, tmp_path / f"{name}.log", name=name)
         workers.append(worker)
         return worker
@@ -128,6 +129,8 @@ def test_photo_job_from_s3_to_s3_and_resubmission_returns_it(service_env):
     again, created = client.submit(spec("s3://scans/scans/a.png", "s3://colour/", model))
     assert (again, created) == (job_id, False)
     assert SECRET not in worker.text() and SECRET not in json.dumps(client.get(job_id).to_dict())
+    logged = [json.loads(line) for line in worker.text().splitlines() if line.startswith("{")]
+    assert any(entry["job_id"] == job_id for entry in logged)  # structured logs carry the job id
 
 
 def test_collection_fans_out_and_lists_failed_files(service_env):

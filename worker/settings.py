@@ -48,7 +48,19 @@ class Settings:
     task_retries: int = 5  # transient failures (storage, Redis) per task, with exponential backoff
     retry_backoff_s: float = 2.0
     metrics_port: int = 0  # Prometheus endpoint of a worker; 0 = off
+    log_format: str = "json"  # worker logs: "json" (one object per line, with the job id) or "text"
     webhook_secret: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.visibility_timeout_s <= self.task_time_limit_s:
+            raise ValueError(
+                f"TINCT_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must exceed TINCT_TASK_TIME_LIMIT_S "
+                f"({self.task_time_limit_s}): a task still running when it expires is delivered a second time"
+            )
+        if self.task_soft_time_limit_s >= self.task_time_limit_s:
+            raise ValueError("TINCT_TASK_SOFT_TIME_LIMIT_S must be below TINCT_TASK_TIME_LIMIT_S")
+        if self.log_format not in ("json", "text"):
+            raise ValueError(f"TINCT_LOG_FORMAT must be json or text, got {self.log_format!r}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

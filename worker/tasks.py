@@ -11,11 +11,12 @@ import logging
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_init, worker_process_init
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_init, worker_process_init
 
 from worker import metrics, work
 from worker.app import app
 from worker.errors import PermanentError, TransientError
+from worker.logs import job_context, use_json_logs
 from worker.settings import GPU_QUEUE, IO_QUEUE
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,13 @@ def _start_process(**_: object) -> None:
     metrics.serve_metrics(rt.settings.metrics_port, rt.redis)
 
 
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _structured_logs(logger: logging.Logger, **_: object) -> None:
+    if app.tinct_settings.log_format == "json":
+        use_json_logs(logger)
+
+
 class _CeleryEnqueue:
     def photos(self, job_id: str, piece: str, inputs: list[str]) -> None:
         colorize_photos.apply_async((job_id, piece, inputs), queue=GPU_QUEUE)
@@ -56,6 +64,11 @@ TRANSIENT = (TransientError, redis.ConnectionError, redis.TimeoutError)
 
 
 def _run(task, job_id: str, step, *args) -> None:
+    with job_context(job_id):
+        _run_step(task, job_id, step, *args)
+
+
+def _run_step(task, job_id: str, step, *args) -> None:
     rt = runtime()
     try:
         step(rt, job_id, *args)

@@ -195,7 +195,7 @@ def colorize_photos(rt: Runtime, job_id: str, piece: str, inputs: Sequence[str])
             rt.store.mark_piece_failed(job_id, uri, str(exc))
             metrics.FAILURES.labels("permanent").inc()
         metrics.STAGE_SECONDS.labels("photo").observe(time.perf_counter() - began)
-    rt.store.add_counter(job_id, "done", done)
+    _progress(rt, job_id, rt.store.add_counter(job_id, "done", done))
     _finish_piece(rt, job_id, piece, "photos")
 
 
@@ -293,7 +293,7 @@ def colorize_segment(rt: Runtime, job_id: str, segment_dict: dict, enqueue: Enqu
 
 
 def _progress(rt: Runtime, job_id: str, done: float) -> None:
-    """Frames per second since the job started, and the time left at that rate."""
+    """Frames (or files) per second since the job started, and the time left at that rate."""
     raw = rt.redis.hmget(f"tinct:job:{job_id}", "started", "total")
     started, total = float(raw[0] or time.time()), float(raw[1] or 0)
     elapsed = max(time.time() - started, 1e-6)
