@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -305,3 +306,38 @@ def test_bulk_and_sqs_events_reach_the_workers(service_env, monkeypatch, capsys)
     listener.join(timeout=10)
     assert "events/new arrivals/c 1.png" in keys(s3, "colour")
     assert sum(r.spec.input.endswith("c 1.png") for r in client.recent(50)) == 1
+
+
+def test_webhook_event_becomes_a_job_and_cancel_stops_a_queued_one(service_env):
+    from worker.jobs import JobOptions
+    from worker.triggers import serve_webhook
+
+    client, start_worker, s3, _, model = service_env
+    put(s3, "s3://scans/hook/d.png", gray_png(4))
+    put(s3, "s3://scans/hook/e.png", gray_png(5))
+    # Cancelled while queued (no worker yet): the worker skips it when it arrives.
+    cancelled, _ = client.submit(spec("s3://scans/hook/e.png", "s3://colour/cancelled/", model))
+    assert client.cancel(cancelled).state == "cancelled"
+    server, thread = serve_webhook(client, "127.0.0.1", 0, "hook-secret", "s3://colour/hook/",
+                                   JobOptions(model=str(model), render_size=64))
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        event = json.dumps({"EventName": "s3:ObjectCreated:Put", "Key": "scans/hook/d.png", "Records": [
+            {"eventName": "s3:ObjectCreated:Put", "s3": {"bucket": {"name": "scans"}, "object": {"key": "hook/d.png"}}}
+        ]}).encode()
+        refused = urllib.request.Request(url, data=event, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            urllib.request.urlopen(refused, timeout=10)
+        assert denied.value.code == 401
+        accepted = urllib.request.Request(url, data=event, method="POST",
+                                          headers={"Authorization": "Bearer hook-secret"})
+        reply = json.loads(urllib.request.urlopen(accepted, timeout=10).read())
+    finally:
+        server.shutdown()
+    (job,) = reply["jobs"]
+    start_worker()
+    assert wait_for(client, job["id"]).state == "succeeded"
+    assert "hook/hook/d.png" in keys(s3, "colour")
+    time.sleep(1)
+    assert client.get(cancelled).state == "cancelled"
+    assert not any(key.startswith("cancelled/") for key in keys(s3, "colour"))
