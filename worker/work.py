@@ -49,7 +49,6 @@ from worker.video_source import FilmInfo, probe_film
 logger = logging.getLogger(__name__)
 
 STAGING = ".tinct-parts"  # beside a film's output: its encoded segments until the join
-JOIN_CLAIM_S = 3600
 
 
 class Enqueue(Protocol):
@@ -175,7 +174,11 @@ def _is_photo(uri: str) -> bool:
 
 def colorize_photos(rt: Runtime, job_id: str, piece: str, inputs: Sequence[str]) -> None:
     record = rt.store.get(job_id)
-    if record is None or record.state in FINISHED or rt.store.piece_done(job_id, piece):
+    if record is None or record.state in FINISHED:
+        return
+    if rt.store.piece_done(job_id, piece):
+        # Redelivered after it was done: the worker may have died before the job's last step, so try that again.
+        _finish_piece(rt, job_id, piece, "photos")
         return
     spec = record.spec
     loaded = rt.colorizer(spec.options.model, spec.options.render_size)
@@ -263,7 +266,11 @@ def colorize_segment(rt: Runtime, job_id: str, segment_dict: dict, enqueue: Enqu
     segment = Segment(**segment_dict)
     piece = f"segment-{segment.index:05d}"
     record = rt.store.get(job_id)
-    if record is None or record.state in FINISHED or rt.store.piece_done(job_id, piece):
+    if record is None or record.state in FINISHED:
+        return
+    if rt.store.piece_done(job_id, piece):
+        if _finish_piece(rt, job_id, piece, "segments", finalize=False):  # see colorize_photos
+            enqueue.join(job_id)
         return
     spec = record.spec
     options = _film_options(spec)
@@ -306,7 +313,7 @@ def join_film(rt: Runtime, job_id: str) -> None:
     record = rt.store.get(job_id)
     if record is None or record.state in FINISHED:
         return
-    if not rt.store.claim(job_id, "join", JOIN_CLAIM_S):
+    if not rt.store.claim(job_id, "join", _claim_ttl(rt)):
         return  # another delivery is joining
     try:
         spec = record.spec
@@ -341,12 +348,18 @@ def join_film(rt: Runtime, job_id: str) -> None:
 # --- bookkeeping -------------------------------------------------------------------------------------------
 
 
+def _claim_ttl(rt: Runtime) -> int:
+    """A claim lasts as long as a task can be in flight: if its holder dies, the redelivered task (which comes
+    only after the visibility timeout) can take the claim again instead of finding the job stuck."""
+    return rt.settings.visibility_timeout_s
+
+
 def _finish_piece(rt: Runtime, job_id: str, piece: str, kind: str, finalize: bool = True) -> bool:
     """Record a piece; True (once per job) when it was the last one."""
     count = rt.store.mark_piece_done(job_id, piece)
     metrics.PIECES.labels(kind).inc()
     total = int(float(rt.redis.hget(f"tinct:job:{job_id}", "pieces") or 0))
-    if count < total or not rt.store.claim(job_id, "last-piece", JOIN_CLAIM_S):
+    if count < total or not rt.store.claim(job_id, "last-piece", _claim_ttl(rt)):
         return False
     if finalize:
         record = rt.store.get(job_id)
