@@ -118,8 +118,10 @@ class Runtime:
 
 def plan_job(rt: Runtime, job_id: str, enqueue: Enqueue) -> None:
     record = rt.store.get(job_id)
-    if record is None or record.state in FINISHED or record.state == "running":
-        return  # redelivered after planning, or cancelled: nothing to do
+    if record is None or record.state in FINISHED:
+        return  # cancelled, or redelivered after the job ended
+    # A plan redelivered while the job runs (its worker died mid-plan) enqueues again every piece not yet done;
+    # a piece that then arrives twice is harmless, as pieces are idempotent.
     spec = record.spec
     try:
         if spec.kind == "image":
@@ -138,10 +140,13 @@ def plan_job(rt: Runtime, job_id: str, enqueue: Enqueue) -> None:
 def _plan_photos(rt: Runtime, record: JobRecord, inputs: list[str], enqueue: Enqueue) -> None:
     size = rt.settings.collection_batch
     batches = [inputs[i : i + size] for i in range(0, len(inputs), size)]
-    rt.store.update(record.id, state="running", unit="files", total=len(inputs), done=0, pieces=len(batches),
-                    started=time.time())
+    if record.state == "queued":
+        rt.store.update(record.id, state="running", unit="files", total=len(inputs), done=0, pieces=len(batches),
+                        started=time.time())
     for index, batch in enumerate(batches):
-        enqueue.photos(record.id, f"photos-{index:06d}", batch)
+        piece = f"photos-{index:06d}"
+        if not rt.store.piece_done(record.id, piece):
+            enqueue.photos(record.id, piece, batch)
 
 
 def _plan_film(rt: Runtime, record: JobRecord, enqueue: Enqueue) -> None:
@@ -154,10 +159,17 @@ def _plan_film(rt: Runtime, record: JobRecord, enqueue: Enqueue) -> None:
     segments = plan_segments(film, segment_frames, warmup_frames(options["smoothing"]))
     rt.redis.set(f"tinct:job:{record.id}:segments", json.dumps([s.as_dict() for s in segments]),
                  ex=rt.settings.job_ttl_s)
-    rt.store.update(record.id, state="running", unit="frames", total=film.frames, done=0, pieces=len(segments),
-                    started=time.time())
+    if record.state == "queued":
+        rt.store.update(record.id, state="running", unit="frames", total=film.frames, done=0,
+                        pieces=len(segments), started=time.time())
     for segment in segments:
-        enqueue.segment(record.id, segment.as_dict())
+        if not rt.store.piece_done(record.id, segment_piece(segment)):
+            enqueue.segment(record.id, segment.as_dict())
+
+
+def segment_piece(segment: Segment) -> str:
+    """A segment's piece name in Redis, and its file's name in the staging area."""
+    return f"segment-{segment.index:05d}"
 
 
 def _probe(rt: Runtime, spec: JobSpec) -> FilmInfo:
@@ -264,7 +276,7 @@ def staging_uri(spec: JobSpec, job_id: str) -> str:
 
 def colorize_segment(rt: Runtime, job_id: str, segment_dict: dict, enqueue: Enqueue) -> None:
     segment = Segment(**segment_dict)
-    piece = f"segment-{segment.index:05d}"
+    piece = segment_piece(segment)
     record = rt.store.get(job_id)
     if record is None or record.state in FINISHED:
         return
@@ -324,7 +336,7 @@ def join_film(rt: Runtime, job_id: str) -> None:
         staging = staging_uri(spec, job_id)
         paths = []
         for segment in segments:
-            name = f"segment-{segment.index:05d}{suffix}"
+            name = f"{segment_piece(segment)}{suffix}"
             local = scratch / name
             rt.storage.download(join_uri(staging, name), local)
             paths.append(local)
