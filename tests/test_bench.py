@@ -68,3 +68,28 @@ def test_bench_video_reports_floor_end_to_end_stages_and_memory(tiny_checkpoint:
     assert all(ms > 0 for ms in row["ms_per_frame"].values())
     runs = data["memory"]["runs"]
     assert [r["seconds"] for r in runs] == [0.5, 1.0] and all(r["peak_rss_mib"] > 0 for r in runs)
+
+
+def test_bench_service_photos_through_redis_s3_and_a_worker(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """The service benchmark end to end on real Redis, moto S3 and a ``tinct worker`` subprocess (film skipped)."""
+    out = tmp_path / "service.json"
+    rc = bench.main(["--service", "--no-film", "--model", str(tiny_checkpoint), "--engine", "torch", "--device", "cpu",
+                     "--render-size", "64", "--photos", "3", "--photo-size", "96x64", "--latency-jobs", "2",
+                     "--repeats", "1", "--threads", "1", "--json", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert "film" not in data and data["config"]["photos"] == 3
+    in_process = data["in_process"]["ms_per_photo"]
+    assert all(in_process[stage] > 0 for stage in ("decode", "colorize", "encode"))
+    photos = data["photos"]
+    assert photos["jobs"] == 3 and photos["jobs_per_s"] > 0
+    assert set(photos["task_ms"]) == {"tinct.plan", "tinct.colorize_photos"}
+    assert all(ms > 0 for ms in photos["task_ms"].values())
+    # The overhead and its parts add up to the wall time per job.
+    assert abs(photos["ms_per_job"] - in_process["total"] - photos["overhead_ms_per_job"]) < 1e-6
+    parts = photos["s3_ms"] + photos["redis_celery_in_tasks_ms"] + photos["between_tasks_ms"]
+    assert abs(parts - photos["overhead_ms_per_job"]) < 1e-6 and data["s3_in_process"]["ms_per_photo"] > 0
+    latency = data["latency"]
+    assert latency["jobs"] == 2 and latency["plan_queue_ms"] > 0 and latency["colorize_queue_ms"] > 0
+    assert latency["queue_ms_per_photo"] == latency["plan_queue_ms"] + latency["colorize_queue_ms"]
+    assert 0 < latency["created_to_started_ms"] < latency["job_ms"]

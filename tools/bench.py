@@ -1,5 +1,6 @@
 """``python -m tools bench``: images/s and megapixels/s per engine, precision and batch size
-(``--video``: film frames/s, see ``tools.bench_video``).
+(``--video``: film frames/s, see ``tools.bench_video``; ``--service``: jobs/s, overhead per job and queue latency
+through Redis, S3 and real workers, and a film's speed-up on more workers, see ``tools.bench_service``).
 
 Three measurements, because each answers a different question:
 
@@ -43,6 +44,13 @@ from models.checkpoint import save_checkpoint
 from models.colorizer import Colorizer
 from models.engines import Engine, EngineUnavailableError, create_engine
 from models.registry import config_class, create_model
+from tools.bench_service import (
+    BenchError,
+    ServiceBenchUnavailable,
+    add_service_arguments,
+    print_and_save_service,
+    run_service_bench,
+)
 from tools.bench_video import add_video_arguments, print_and_save, run_video_bench
 from tools.runtime import add_runtime_arguments, apply_runtime_arguments
 from worker.images import read_photo, write_photo
@@ -433,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--network-only", action="store_true", help="skip the end-to-end measurement")
     p.add_argument("--json", help="write all timings here")
     add_video_arguments(p)
+    add_service_arguments(p)
     add_runtime_arguments(p)
     return p
 
@@ -442,6 +451,13 @@ def main(argv: list[str] | None = None) -> int:
     apply_runtime_arguments(args)
     if args.video:
         print_and_save(run_video_bench(args), args.json)
+        return 0
+    if args.service:
+        try:
+            print_and_save_service(run_service_bench(args), args.json)
+        except (ServiceBenchUnavailable, BenchError) as exc:
+            print(f"python -m tools bench --service: {exc}", file=sys.stderr)
+            return 2 if isinstance(exc, ServiceBenchUnavailable) else 1
         return 0
     result = run_bench(
         model=args.model,
