@@ -344,3 +344,16 @@ def test_webhook_event_becomes_a_job_and_cancel_stops_a_queued_one(service_env):
     time.sleep(1)
     assert client.get(cancelled).state == "cancelled"
     assert not any(key.startswith("cancelled/") for key in keys(s3, "colour"))
+
+
+def test_access_denied_output_fails_at_once_without_retries(service_env):
+    client, start_worker, s3, _, model = service_env
+    put(s3, "s3://scans/a.png", gray_png())
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Deny", "Principal": "*", "Action": "s3:*", "Resource": "arn:aws:s3:::colour/denied/*"}]}
+    s3.client().put_bucket_policy(Bucket="colour", Policy=json.dumps(policy))
+    worker = start_worker()
+    job_id, _ = client.submit(spec("s3://scans/a.png", "s3://colour/denied/", model))
+    record = wait_for(client, job_id)
+    assert record.state == "failed" and "access denied" in record.error, record.error
+    assert "retry" not in worker.text()
