@@ -216,7 +216,7 @@ class JobStore:
                         assert existing is not None
                         return existing, False
                     pipe.multi()
-                    pipe.delete(key, self._key(job_id, ":done"), self._key(job_id, ":failed"))
+                    pipe.delete(key, *(self._key(job_id, suffix) for suffix in (":done", ":failed", ":files")))
                     pipe.hset(key, mapping=mapping)
                     pipe.zadd(f"{KEY_PREFIX}jobs", {job_id: now})
                     pipe.execute()
@@ -238,7 +238,7 @@ class JobStore:
         mapping = {name: _encode_value(value) for name, value in changes.items()}
         self.redis.hset(self._key(job_id), mapping=mapping)
         if changes.get("state") in FINISHED:
-            for suffix in ("", ":done", ":failed"):
+            for suffix in ("", ":done", ":failed", ":files"):
                 self.redis.expire(self._key(job_id, suffix), self.ttl_s)
 
     def state(self, job_id: str) -> str | None:
@@ -259,6 +259,14 @@ class JobStore:
 
     def pieces_done(self, job_id: str) -> int:
         return int(self.redis.scard(self._key(job_id, ":done")))
+
+    def mark_file_done(self, job_id: str, uri: str) -> None:
+        """One photo of a piece written: a redelivered piece skips it (its output might have been written by
+        another job with other options, so the output's existence alone proves nothing)."""
+        self.redis.sadd(self._key(job_id, ":files"), uri)
+
+    def file_done(self, job_id: str, uri: str) -> bool:
+        return bool(self.redis.sismember(self._key(job_id, ":files"), uri))
 
     def mark_piece_failed(self, job_id: str, piece: str, reason: str) -> None:
         self.redis.hset(self._key(job_id, ":failed"), piece, one_line(reason))

@@ -199,11 +199,11 @@ def colorize_photos(rt: Runtime, job_id: str, piece: str, inputs: Sequence[str])
     for uri in inputs:
         began = time.perf_counter()
         try:
-            output = photo_output_uri(spec, uri)
-            if rt.storage.exists(output):
+            if rt.store.file_done(job_id, uri):
                 done += 1  # written by an earlier delivery of this piece
                 continue
-            _colorize_one_photo(rt, loaded, uri, output, scratch, spec)
+            _colorize_one_photo(rt, loaded, uri, photo_output_uri(spec, uri), scratch, spec)
+            rt.store.mark_file_done(job_id, uri)
             done += 1
             metrics.IMAGES.inc()
         except PermanentError as exc:
@@ -374,25 +374,20 @@ def _finish_piece(rt: Runtime, job_id: str, piece: str, kind: str, finalize: boo
     if count < total or not rt.store.claim(job_id, "last-piece", _claim_ttl(rt)):
         return False
     if finalize:
-        record = rt.store.get(job_id)
-        if record is not None:
-            outputs = [photo_output_uri(record.spec, uri) for uri in _photo_inputs_done(rt, record)]
-            finish_job(rt, job_id, outputs, {"files": record.done})
+        finish_job(rt, job_id)
     return True
 
 
-def _photo_inputs_done(rt: Runtime, record: JobRecord) -> list[str]:
-    if record.spec.kind == "image":
-        return [] if record.failed_pieces else [record.spec.input]
-    return []  # a collection's outputs are its output prefix; listing 50,000 URIs in the job state helps nobody
-
-
-def finish_job(rt: Runtime, job_id: str, outputs: list[str], job_metrics: dict) -> None:
+def finish_job(rt: Runtime, job_id: str, outputs: list[str] | None = None, job_metrics: dict | None = None) -> None:
+    """Mark the job succeeded with its outputs (a photo's output, a collection's output prefix — listing 50,000
+    URIs in the job state helps nobody — or the film's, given by the join), or failed if its only file failed."""
     record = rt.store.get(job_id)
     if record is None:
         return
-    if record.spec.kind == "collection":
-        outputs = [record.spec.output]
+    if outputs is None:
+        spec = record.spec
+        outputs = [spec.output] if spec.kind == "collection" else [photo_output_uri(spec, spec.input)]
+    job_metrics = job_metrics if job_metrics is not None else {"files": record.done}
     failed = record.failed_pieces
     if failed and record.spec.kind != "collection":
         fail_job(rt, job_id, next(iter(failed.values())))
