@@ -1,4 +1,4 @@
-"""``tinct`` commands for the service: submit, status, jobs, cancel, worker, bulk, listen, webhook.
+"""``tinct`` commands for the service: submit, status, jobs, cancel, worker, bulk, listen, webhook, top.
 
     tinct worker                                   # a worker for both queues (one per GPU: CUDA_VISIBLE_DEVICES)
     tinct submit s3://scans/reel1.mkv -o s3://colour/ --smoothing 0.5 --wait
@@ -6,6 +6,7 @@
     tinct listen sqs://tinct-events -o s3://colour/
     tinct webhook --port 8080 -o s3://colour/      # MinIO bucket notifications; TINCT_WEBHOOK_SECRET required
     tinct status JOB_ID | tinct jobs | tinct cancel JOB_ID
+    tinct top --metrics gpu1:9100 --metrics gpu2:9100  # live queues, workers, throughput, GPUs, jobs (worker.top)
 
 Settings (Redis, S3 endpoint, limits) come from ``TINCT_*`` environment variables (``worker.settings``).
 """
@@ -22,6 +23,7 @@ import time
 from worker.errors import PermanentError, TinctError
 from worker.jobs import FINISHED, JobOptions, JobRecord, JobSpec, JobSpecError, parse_options
 from worker.settings import GPU_QUEUE, IO_QUEUE, Settings
+from worker.top import add_top_command
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 QUEUE_NAMES = {"colorize": GPU_QUEUE, "io": IO_QUEUE}
@@ -77,6 +79,8 @@ def add_service_commands(commands: argparse._SubParsersAction) -> None:
     webhook.add_argument("-o", "--output", required=True, help="output prefix for every object")
     _add_job_options(webhook)
     webhook.set_defaults(run=_webhook)
+
+    add_top_command(commands)
 
 
 def _add_job_options(parser: argparse.ArgumentParser) -> None:
