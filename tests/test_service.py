@@ -5,51 +5,28 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from tests.media import gray_frames, moving_scene, probe, write_clip
-from tests.services import env_for_workers, free_port, redis_server, s3_server, s3_settings  # noqa: F401
+from tests.services import (  # noqa: F401 - the fixtures are used by name
+    WorkerProcess,
+    env_for_workers,
+    free_port,
+    redis_server,
+    s3_server,
+    s3_settings,
+)
 from worker.jobs import JobSpec, JobSpecError
 from worker.service import Service
 
 SECRET = "s3cr3t-Tinct-7f3a9"  # the workers' S3 secret key: it must never show up in logs or job state
 JOB_TIMEOUT_S = 120
-
-
-class WorkerProcess:
-    """``tinct worker`` in a subprocess with its log in a file (read by tests that check what it printed)."""
-
-    def __init__(self, env: dict[str, str], log: Path, queues: str = "colorize,io", name: str = "w") -> None:
-        self.log = log
-        command = [sys.executable, "-m", "worker.cli", "worker", "--queues", queues, "--hostname", f"{name}@%h",
-                   "--loglevel", "INFO"]
-        self.process = subprocess.Popen(command, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
-                                        start_new_session=True)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def kill(self) -> None:
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 @pytest.fixture
@@ -66,7 +43,7 @@ def service_env(tmp_path, redis_server, s3_server, tiny_checkpoint):  # noqa: F8
                               **values)
         env["OMP_NUM_THREADS"] = "1"
         env["AWS_SECRET_ACCESS_KEY"] = SECRET  # moto takes any key while its auth checks are off
-        worker = WorkerProcess(env, tmp_path / f"{name}.log", name=name)
+        worker = WorkerProcess(name, env, tmp_path / f"{name}.log")
         workers.append(worker)
         return worker
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import signal
-import subprocess
 import sys
 import time
 import types
@@ -20,6 +18,7 @@ from PIL import Image
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.services import (  # noqa: F401 - the fixtures are used by name
+    WorkerProcess,
     env_for_workers,
     free_port,
     redis_server_fixture,
@@ -46,25 +45,6 @@ from worker.top import (
 )
 
 JOB_TIMEOUT_S = 60
-
-
-class WorkerProcess:
-    """``tinct worker`` in a subprocess (as in tests/test_service.py), its log in a file for failure messages."""
-
-    def __init__(self, env: dict[str, str], log: Path, name: str = "w") -> None:
-        self.log = log
-        command = [sys.executable, "-m", "worker.cli", "worker", "--hostname", f"{name}@%h", "--loglevel", "INFO"]
-        self.process = subprocess.Popen(command, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
-                                        start_new_session=True)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=30)
 
 
 def gray_png() -> bytes:
@@ -96,7 +76,7 @@ def test_top_shows_queues_worker_throughput_and_the_finished_job(tmp_path, redis
                           device="cpu", render_size=64, metrics_port=port, s3_max_attempts=1, log_format="text")
     env["OMP_NUM_THREADS"] = "1"
     log = tmp_path / "worker.log"
-    worker = WorkerProcess(env, log)
+    worker = WorkerProcess("w", env, log)
     try:
         url = metrics_url(f"127.0.0.1:{port}")
         baseline = wait_until(lambda: (endpoint := scrape(url, timeout=1.0)).ok and endpoint, "metrics endpoint up",

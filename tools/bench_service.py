@@ -31,10 +31,7 @@ import logging
 import os
 import re
 import shutil
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -59,7 +56,7 @@ from worker.service import Service
 from worker.settings import Settings
 
 if TYPE_CHECKING:
-    from tools.local_services import RedisServer, S3Server
+    from tools.local_services import RedisServer, S3Server, WorkerProcess
 
 log = logging.getLogger(__name__)
 
@@ -204,49 +201,6 @@ class TaskEvents:
 # --- workers -----------------------------------------------------------------------------------------------
 
 
-class BenchWorker:
-    """``tinct worker`` as deployed (both queues, solo pool, events on) in its own process group, logging to a
-    file that is quoted when something goes wrong."""
-
-    def __init__(self, name: str, env: dict[str, str], log_path: Path) -> None:
-        self.name = name
-        self.log_path = log_path
-        command = [sys.executable, "-m", "worker.cli", "worker", "--queues", "colorize,io", "--hostname",
-                   f"{name}@%h", "--loglevel", "INFO"]
-        with log_path.open("ab") as log_file:
-            self.process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
-
-    def owns(self, hostname: str) -> bool:
-        return hostname.split("@", 1)[0] == self.name
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the worker process, all its threads (x264's, PyAV's, ONNX Runtime's) included:
-        with the wall time it tells how many cores one worker already keeps busy. Linux ``/proc``; NaN elsewhere."""
-        try:
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            return float("nan")
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self) -> None:
-        """Warm shutdown (SIGTERM to the worker's own process group), SIGKILL if it hangs."""
-        if self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
-
-
 class BenchError(RuntimeError):
     """A job failed or hung during the benchmark; the message carries the workers' log tails."""
 
@@ -260,15 +214,17 @@ class Services:
     events: TaskEvents
     folder: Path
     worker_env: Callable[[str], dict[str, str]]
-    workers: list[BenchWorker]
+    workers: list[WorkerProcess]
 
     def service(self) -> Service:
         from tools.local_services import s3_settings
 
         return Service(s3_settings(self.s3, redis_url=self.redis.url))
 
-    def start_workers(self, count: int, prefix: str) -> list[BenchWorker]:
-        started = [BenchWorker(f"{prefix}-{i + 1}", self.worker_env(f"{prefix}-{i + 1}"),
+    def start_workers(self, count: int, prefix: str) -> list[WorkerProcess]:
+        from tools.local_services import WorkerProcess  # moto is a dev dependency: imported only when benchmarking
+
+        started = [WorkerProcess(f"{prefix}-{i + 1}", self.worker_env(f"{prefix}-{i + 1}"),
                                self.folder / f"{prefix}-{i + 1}.log") for i in range(count)]
         self.workers += started
         deadline = time.monotonic() + WORKER_START_TIMEOUT_S
@@ -337,7 +293,7 @@ def photo_spec(input_uri: str, output_uri: str, options: dict[str, Any]) -> JobS
     return JobSpec.from_dict({"input": input_uri, "output": output_uri, "kind": "image", "options": options})
 
 
-def warm_up(services: Services, service: Service, workers: Sequence[BenchWorker], photo_uri: str,
+def warm_up(services: Services, service: Service, workers: Sequence[WorkerProcess], photo_uri: str,
             options: dict[str, Any], label: str) -> int:
     """Run photo jobs until every worker has colorized one, so that model loading (and an ONNX export, the first
     time) is never timed. Which idle worker takes a task is up to Redis, hence rounds of one job per worker;

@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterable, Iterator, Mapping
@@ -469,3 +470,53 @@ def env_for_workers(
     for name, value in settings.items():
         env[f"TINCT_{name.upper()}"] = str(value)
     return env
+
+
+class WorkerProcess:
+    """``tinct worker`` as deployed (solo pool for the colorize queue, events on) in its own process group, logging
+    to a file that tests and benchmarks read or quote when something goes wrong."""
+
+    def __init__(self, name: str, env: dict[str, str], log_path: Path, queues: str = "colorize,io") -> None:
+        self.name = name
+        self.log_path = log_path
+        command = [sys.executable, "-m", "worker.cli", "worker", "--queues", queues, "--hostname", f"{name}@%h",
+                   "--loglevel", "INFO"]
+        with log_path.open("ab") as log_file:
+            self.process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines: int = 15) -> str:
+        return "\n".join(self.text().splitlines()[-lines:]) or "(no log)"
+
+    def owns(self, hostname: str) -> bool:
+        return hostname.split("@", 1)[0] == self.name
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the worker process, all its threads (x264's, PyAV's, ONNX Runtime's) included:
+        with the wall time it tells how many cores one worker already keeps busy. Linux ``/proc``; NaN elsewhere."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return float("nan")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
+
+    def kill(self) -> None:
+        """SIGKILL, as an OOM killer or a lost node would: no warm shutdown, the task in hand is not acknowledged."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        """Warm shutdown (SIGTERM to the worker's own process group), SIGKILL if it hangs."""
+        if self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill()

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
 
+from worker.cli_args import positive_seconds
 from worker.cli_service import add_service_commands
 from worker.errors import ModelError
 from worker.films import DEFAULT_MAX_FILM_PIXELS, DEFAULT_SEGMENT_SECONDS, FilmOptions, colorize_films
@@ -73,16 +74,6 @@ def _codec_arg(text: str) -> str:
         return canonical_codec(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
 
 
 def _format_arg(text: str) -> str:
@@ -137,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "for h264, 20 for h265)")
     films.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESETS, metavar="PRESET",
                        help="x264/x265 speed preset, ultrafast .. veryslow (default: %(default)s)")
-    films.add_argument("--segment-seconds", type=_seconds, default=DEFAULT_SEGMENT_SECONDS,
+    films.add_argument("--segment-seconds", type=positive_seconds, default=DEFAULT_SEGMENT_SECONDS,
                        help="films are colorized in segments of about this length; an interrupted film resumes "
                        "from its last finished segment (default: %(default)s)")
     colorize.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary; only problems")

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from worker.cli_args import positive_seconds
 from worker.errors import one_line
 from worker.jobs import KEY_PREFIX, JobRecord, JobStore
 from worker.settings import GPU_QUEUE, IO_QUEUE
@@ -392,22 +393,12 @@ def add_top_command(commands: argparse._SubParsersAction) -> None:
     top = commands.add_parser("top", help="a live view of queues, workers, throughput, GPUs and jobs")
     top.add_argument("--metrics", action="append", default=[], metavar="HOST:PORT",
                      help="a worker's metrics endpoint (its TINCT_METRICS_PORT); repeat for each worker")
-    top.add_argument("--interval", type=_positive_seconds, default=2.0, help="seconds between frames (%(default)s)")
+    top.add_argument("--interval", type=positive_seconds, default=2.0, help="seconds between frames (%(default)s)")
     top.add_argument("--once", action="store_true", help="print one frame and exit")
     top.add_argument("--jobs", type=int, default=10, help="jobs shown (default: %(default)s)")
-    top.add_argument("--inspect-timeout", type=_positive_seconds, default=1.0,
+    top.add_argument("--inspect-timeout", type=positive_seconds, default=1.0,
                      help="seconds to wait for workers to answer (default: %(default)s)")
     top.set_defaults(run=_top)
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
-    return value
 
 
 def _top(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
