@@ -39,7 +39,6 @@ EXPORT_VERSION = 1
 # Upper bounds the exporter needs for its symbolic shapes: 4096 images, 64 Ki pixels a side.
 MAX_BATCH = 4096
 MAX_SIDE = 65536
-CACHE_DIR_ENV = "TINCT_CACHE_DIR"
 _META_PREFIX = "tinct."
 
 
@@ -229,14 +228,12 @@ def decode_tag(decode: DecodeOptions) -> str:
 
 
 def default_cache_dir() -> Path:
-    """Where exported engines are cached: ``$TINCT_CACHE_DIR/onnx``, else ``~/.cache/tinct/onnx``.
+    """Where exported engines are cached when the caller names no folder: ``~/.cache/tinct/onnx``.
 
-    The one place in ``models`` that reads the environment, so that a service can point every worker
-    process at a shared or pre-warmed cache without threading a path through every call.
+    ``models`` reads no environment variables: the CLI and the workers pass ``Settings.cache_dir / "onnx"``
+    (``TINCT_CACHE_DIR``), so a service can point every worker at a shared or pre-warmed cache.
     """
-    root = os.environ.get(CACHE_DIR_ENV)
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "tinct"
-    return base / "onnx"
+    return Path.home() / ".cache" / "tinct" / "onnx"
 
 
 def cached_onnx_path(

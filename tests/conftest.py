@@ -28,7 +28,9 @@ def onnx_cache(tmp_path_factory) -> Iterator[Path]:
     """ONNX exports go to a per-run cache, never the user's ~/.cache; shared so each checkpoint exports once."""
     root = tmp_path_factory.getbasetemp() / "tinct-cache"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TINCT_CACHE_DIR", str(root))
+        patch.setenv("TINCT_CACHE_DIR", str(root))  # for Settings: the CLI, workers and tools, also in subprocesses
+        # and for library calls that name no folder (models reads no environment variables)
+        patch.setattr("models.onnx_export.default_cache_dir", lambda: root / "onnx")
         yield root / "onnx"
 
 

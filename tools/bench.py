@@ -52,7 +52,7 @@ from tools.bench_service import (
     run_service_bench,
 )
 from tools.bench_video import add_video_arguments, print_and_save, run_video_bench
-from tools.runtime import add_runtime_arguments, apply_runtime_arguments
+from tools.runtime import add_runtime_arguments, apply_runtime_arguments, onnx_cache_dir
 from worker.images import read_photo, write_photo
 
 log = logging.getLogger(__name__)
@@ -384,7 +384,8 @@ def run_bench(
             for kind in engines:
                 for precision in precisions:
                     try:
-                        engine = create_engine(model=model_ref, kind=kind, device=device, precision=precision)
+                        engine = create_engine(model=model_ref, kind=kind, device=device, precision=precision,
+                                               cache_dir=onnx_cache_dir())
                     except (EngineUnavailableError, ImportError) as exc:
                         skipped.append(f"{arch} on {kind} {precision}: {exc}")
                         log.warning("skipping %s on %s %s: %s", arch, kind, precision, exc)

@@ -48,6 +48,7 @@ from celery.events.receiver import EventReceiver
 from PIL import Image
 
 from tools.bench_video import FPS, make_test_film
+from tools.runtime import onnx_cache_dir
 from worker.app import create_app
 from worker.images import DEFAULT_MAX_PIXELS, read_photo, write_photo
 from worker.jobs import FINISHED, KEY_PREFIX, JobRecord, JobSpec
@@ -349,7 +350,7 @@ def measure_in_process(photos: Sequence[Path], out_dir: Path, model: str, engine
     out_dir.mkdir(parents=True, exist_ok=True)
     passes: list[dict[str, float]] = []
     with open_colorizer(model, engine=engine, device=device, precision=precision, render_size=render_size,
-                        batch_size=Settings().batch_size) as (colorizer, label):
+                        batch_size=Settings().batch_size, cache_dir=onnx_cache_dir()) as (colorizer, label):
         for index in range(repeats + 1):
             stages = {"decode": 0.0, "colorize": 0.0, "encode": 0.0}
             for path in photos:
@@ -535,8 +536,8 @@ def local_services(folder: Path, args: argparse.Namespace) -> Iterator[Services]
         settings = services_module.s3_settings(s3_server, redis_url=redis_server.url)
         worker_settings: dict[str, object] = {"engine": args.engine, "device": args.device,
                                               "precision": args.precision, "segment_seconds": args.segment_seconds}
-        if os.environ.get("TINCT_CACHE_DIR"):  # the ONNX export made here is the one the workers load
-            worker_settings["cache_dir"] = os.environ["TINCT_CACHE_DIR"]
+        # The ONNX export made here for the in-process measurement is the one the workers load.
+        worker_settings["cache_dir"] = str(onnx_cache_dir().parent)
 
         def worker_env(name: str) -> dict[str, str]:
             env = services_module.env_for_workers(redis_server, s3_server, work_dir=folder / f"work-{name}",

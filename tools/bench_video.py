@@ -28,6 +28,7 @@ import av
 import cv2
 import numpy as np
 
+from tools.runtime import onnx_cache_dir
 from worker.films import FilmOptions, colorize_film
 from worker.photos import open_colorizer
 from worker.smoothing import SmoothingOptions
@@ -131,7 +132,9 @@ def _memory_child(args: tuple[str, str, int, int, int, float, dict, float], resu
         # count. Not ru_maxrss: a spawned child inherits the parent's peak through fork + exec.
         Path("/proc/self/clear_refs").write_text("5")
         before = _peak_rss_mib()
-        with open_colorizer(model, device=device, render_size=render_size) as (colorizer, label):
+        with open_colorizer(model, device=device, render_size=render_size, cache_dir=onnx_cache_dir()) as (
+            colorizer, label
+        ):
             options = FilmOptions(smoothing=SmoothingOptions(strength=strength), encode=EncodeOptions(**encode))
             colorize_film(colorizer, film_path, Path(tmp) / "colour.mkv", options, label)
         result.put({"seconds": seconds, "peak_rss_mib": _peak_rss_mib(), "rss_before_job_mib": before})
@@ -182,7 +185,8 @@ def run_video_bench(args: argparse.Namespace) -> dict[str, Any]:
     smoothing = SmoothingOptions(strength=args.smoothing)
     sizes = [_size(s) for s in args.sizes.split(",") if s]
     results: dict[str, Any] = {"encode": encode.describe(), "smoothing": smoothing.strength, "sizes": []}
-    with open_colorizer(args.model, device=args.device, render_size=args.render_size) as (colorizer, label):
+    with open_colorizer(args.model, device=args.device, render_size=args.render_size,
+                        cache_dir=onnx_cache_dir()) as (colorizer, label):
         results["model"] = label
         for width, height in sizes:
             rates = bench_size(colorizer, label, width, height, args.seconds, encode, smoothing)

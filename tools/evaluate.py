@@ -40,7 +40,7 @@ from tools import metrics
 from tools.contact_sheet import render_contact_sheet, thumbnail
 from tools.datasets import iter_image_bytes
 from tools.evaluate_video import DEFAULT_MAX_FRAMES, evaluate_videos, to_json, video_table
-from tools.runtime import add_runtime_arguments, apply_runtime_arguments
+from tools.runtime import add_runtime_arguments, apply_runtime_arguments, onnx_cache_dir
 from worker.photos import open_colorizer
 from worker.smoothing import SmoothingOptions
 
@@ -298,7 +298,8 @@ def evaluate_models(
     try:
         for m in models:
             options = _decode_options(m, decode) if decode else None
-            engines.append(create_engine(model=m, kind=engine_kind, device=device, precision=precision, decode=options))
+            engines.append(create_engine(model=m, kind=engine_kind, device=device, precision=precision, decode=options,
+                                         cache_dir=onnx_cache_dir()))
         labels = _unique_labels([e.checkpoint.label + (_decode_suffix(e.decode) if decode else "") for e in engines])
         colorizers = [Colorizer(e, render_size=render_size, batch_size=batch_size) for e in engines]
         rows = [
@@ -399,7 +400,7 @@ def _main_video(args: argparse.Namespace) -> int:
         raise SystemExit("--video scores one model at a time")
     strengths = [float(s) for s in args.smoothing.split(",") if s.strip()]
     with open_colorizer(args.model[0], args.engine, args.device, args.precision, args.render_size,
-                        args.batch_size) as (colorizer, label):
+                        args.batch_size, cache_dir=onnx_cache_dir()) as (colorizer, label):
         results = evaluate_videos(colorizer, label, args.data, strengths, args.max_frames)
     print(video_table(results))
     if args.json:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 import torch
+
+from worker.settings import Settings
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,6 +16,11 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads", type=int, help="torch (and so ONNX Runtime) intra-op threads; 1 is faster on a busy machine"
     )
     parser.add_argument("-v", "--verbose", action="store_true")
+
+
+def onnx_cache_dir() -> Path:
+    """Where the tools keep ONNX exports: the same folder as the CLI and workers (``TINCT_CACHE_DIR``/onnx)."""
+    return Settings.from_env().cache_dir / "onnx"
 
 
 def apply_runtime_arguments(args: argparse.Namespace) -> None:

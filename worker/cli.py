@@ -29,6 +29,7 @@ from worker.errors import ModelError
 from worker.films import DEFAULT_MAX_FILM_PIXELS, DEFAULT_SEGMENT_SECONDS, FilmOptions, colorize_films
 from worker.images import DEFAULT_MAX_PIXELS, tinct_version
 from worker.photos import PhotoOptions, colorize_photos, open_colorizer, output_suffix, plan_photos
+from worker.settings import Settings
 from worker.smoothing import SmoothingOptions
 from worker.video_sink import DEFAULT_PRESET, PRESETS, EncodeOptions, available_codecs, canonical_codec, check_container
 
@@ -180,12 +181,13 @@ def _colorize(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         )
         for task in plan.films:
             check_container(task.output, film_options.encode.codec)
+        settings = Settings.from_env()
     except ValueError as exc:
         print(f"{parser.prog} colorize: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
         with open_colorizer(args.model, args.engine, args.device, args.precision, args.render_size,
-                            args.batch_size) as (colorizer, label):
+                            args.batch_size, cache_dir=settings.cache_dir / "onnx") as (colorizer, label):
             summary = colorize_photos(colorizer, plan, label, options)
             film_summary = colorize_films(colorizer, [(t.source, t.output) for t in plan.films], film_options,
                                           label, progress)

@@ -277,13 +277,15 @@ def open_colorizer(
     precision: str = "auto",
     render_size: int = 256,
     batch_size: int = 8,
+    cache_dir: str | os.PathLike | None = None,
 ) -> Iterator[tuple[Colorizer, str]]:
-    """Load the model once and yield ``(colorizer, model label)``; the engine is closed afterwards.
+    """Load the model once and yield ``(colorizer, model label)``; the engine is closed afterwards. ``cache_dir``
+    holds ONNX exports (``Settings.cache_dir / "onnx"``; None: ``~/.cache/tinct/onnx``).
 
     Any failure to load (missing or corrupt checkpoint, unknown engine, no GPU) becomes one :class:`ModelError`.
     """
     try:
-        backend = create_engine(model=model, kind=engine, device=device, precision=precision)
+        backend = create_engine(model=model, kind=engine, device=device, precision=precision, cache_dir=cache_dir)
     except Exception as exc:  # noqa: BLE001 - every loading failure is reported the same way, in one line
         raise ModelError(model, str(exc) or type(exc).__name__) from exc
     try:

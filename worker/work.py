@@ -81,7 +81,7 @@ class Runtime:
         if key not in self._models:
             try:
                 engine = create_engine(model=model, kind=self.settings.engine, device=self.settings.device,
-                                       precision=self.settings.precision)
+                                       precision=self.settings.precision, cache_dir=self.settings.cache_dir / "onnx")
             except Exception as exc:  # noqa: BLE001 - every loading failure is one ModelError
                 raise ModelError(model, str(exc) or type(exc).__name__) from exc
             try:

@@ -64,6 +64,7 @@ def create_engine(
     device: str = "auto",
     precision: str = "auto",
     decode: DecodeOptions | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> Engine:
     """Build an engine for ``model``: ``"default"`` (the shipped checkpoint), a ``.pt`` checkpoint or a
     ``.onnx`` export.
@@ -90,4 +91,6 @@ def create_engine(
             kind = "torch"
         else:
             kind = CPU_DEFAULT_KIND
+    if kind == "onnxruntime":  # the export of a checkpoint is cached in cache_dir (default: ~/.cache/tinct/onnx)
+        return OnnxRuntimeEngine(checkpoint, device=device, precision=precision, decode=decode, cache_dir=cache_dir)
     return ENGINES[kind](checkpoint, device=device, precision=precision, decode=decode)
