@@ -96,7 +96,6 @@ class EncodeOptions:
     codec: str = "h264"
     crf: int | None = None  # None: the codec's default (DEFAULT_CRF); lossless codecs ignore it
     preset: str = DEFAULT_PRESET
-    threads: int = 0  # encoder threads; 0 lets the encoder decide
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "codec", canonical_codec(self.codec))
@@ -214,8 +213,6 @@ class SegmentWriter:
             encoder_options.update({"level": "3", "slicecrc": "1", "g": "1"})  # intra-only, checksummed slices
         elif layout.codec == "prores":
             encoder_options["profile"] = PRORES_PROFILES[layout.frame.chroma_shift]
-        if options.threads:
-            codec_context.thread_count = options.threads
         codec_context.options = encoder_options
         return stream
 

@@ -75,6 +75,8 @@ class Runtime:
         self.redis = redis.Redis.from_url(settings.redis_url)
         self.store = JobStore(self.redis, settings.job_ttl_s)
         self._models: dict[tuple[str, int], _Loaded] = {}
+        # Probing reads every packet of a film: done once per film and process, not once per segment.
+        self._films: dict[tuple[str, int, int], FilmInfo] = {}
 
     def colorizer(self, model: str, render_size: int) -> _Loaded:
         key = (model, render_size)
@@ -106,6 +108,15 @@ class Runtime:
             local.parent.mkdir(parents=True, exist_ok=True)
             self.storage.download(uri, local)
         return local
+
+    def film(self, uri: str) -> FilmInfo:
+        """The probed film at ``uri`` (its local copy), cached by the copy's path, size and mtime."""
+        local = self.local_copy(uri)
+        stat = local.stat()
+        key = (str(local), stat.st_size, stat.st_mtime_ns)
+        if key not in self._films:
+            self._films[key] = probe_film(local, DEFAULT_MAX_FILM_PIXELS)
+        return self._films[key]
 
     def scratch(self, job_id: str) -> Path:
         folder = self.settings.work_dir / "jobs" / job_id
@@ -151,7 +162,7 @@ def _plan_photos(rt: Runtime, record: JobRecord, inputs: list[str], enqueue: Enq
 
 def _plan_film(rt: Runtime, record: JobRecord, enqueue: Enqueue) -> None:
     spec = record.spec
-    film = _probe(rt, spec)
+    film = rt.film(spec.input)
     options = _film_options(spec)
     if film.is_colour and not spec.options.recolor:
         raise BadInputError(spec.input, "a colour film; set options.recolor to colorize its lightness anyway")
@@ -170,11 +181,6 @@ def _plan_film(rt: Runtime, record: JobRecord, enqueue: Enqueue) -> None:
 def segment_piece(segment: Segment) -> str:
     """A segment's piece name in Redis, and its file's name in the staging area."""
     return f"segment-{segment.index:05d}"
-
-
-def _probe(rt: Runtime, spec: JobSpec) -> FilmInfo:
-    local = rt.local_copy(spec.input)
-    return probe_film(local, DEFAULT_MAX_FILM_PIXELS)
 
 
 def _is_photo(uri: str) -> bool:
@@ -288,7 +294,7 @@ def colorize_segment(rt: Runtime, job_id: str, segment_dict: dict, enqueue: Enqu
     options = _film_options(spec)
     loaded = rt.colorizer(spec.options.model, spec.options.render_size)
     began = time.perf_counter()
-    film = _probe(rt, spec)
+    film = rt.film(spec.input)
     layout = plan_output(film.video, options["encode"])
     suffix = CODECS[options["encode"].codec].segment_suffix
     local = rt.scratch(job_id) / f"{piece}{suffix}"
@@ -340,7 +346,7 @@ def join_film(rt: Runtime, job_id: str) -> None:
             local = scratch / name
             rt.storage.download(join_uri(staging, name), local)
             paths.append(local)
-        film = _probe(rt, spec)
+        film = rt.film(spec.input)
         output = film_output_uri(spec)
         final = scratch / f"output{PurePosixPath(parse_uri(output)[2]).suffix}"
         label = (rt.redis.hget(f"tinct:job:{job_id}", "model_label") or b"").decode() or spec.options.model
