@@ -14,6 +14,7 @@ import hashlib
 import io
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,9 @@ FORMAT = "tinct-checkpoint"
 FORMAT_VERSION = 1
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_CHECKPOINT = WEIGHTS_DIR / "tinct-default.pt"
+# Names of published models (``<store>/<name>.pt``): safe as one file name or object key on every backend.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_FILE_SUFFIXES = (".pt", ".onnx")
 
 
 class CheckpointError(ValueError):
@@ -137,15 +141,41 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     )
 
 
-def resolve_checkpoint(name_or_path: str | os.PathLike | None) -> Path:
-    """``None`` or ``"default"`` -> the shipped model; anything else is a checkpoint path."""
+def is_model_name(text: str | os.PathLike | None) -> bool:
+    """Whether ``text`` names a published model (``archive-1950s``) rather than a file: letters, digits, ``.``,
+    ``_`` and ``-``, starting with a letter or digit, without a ``.pt``/``.onnx`` suffix. ``default`` is the shipped
+    model, not a store name. Deciding by shape alone, never by what happens to exist in the working directory,
+    keeps the same job option meaning the same thing on every worker."""
+    if not isinstance(text, str) or text == "default" or not MODEL_NAME.fullmatch(text):
+        return False
+    return not text.lower().endswith(_FILE_SUFFIXES)
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike | None, folders: Sequence[str | os.PathLike] = ()) -> Path:
+    """``None`` or ``"default"`` -> the shipped model; a model name (:func:`is_model_name`) -> ``<folder>/<name>.pt``
+    in the first of ``folders`` that has it; anything else is a checkpoint path.
+
+    ``folders`` are local model stores the caller chose (``models`` reads no settings); stores in object storage
+    are fetched to a local folder by ``worker.model_store`` first.
+    """
     if name_or_path in (None, "default"):
         if not DEFAULT_CHECKPOINT.is_file():
             raise CheckpointError(f"{DEFAULT_CHECKPOINT}: the shipped default model is missing from this install")
         return DEFAULT_CHECKPOINT
+    if is_model_name(name_or_path):
+        for folder in folders:
+            candidate = Path(folder) / f"{name_or_path}.pt"
+            if candidate.is_file():
+                return candidate
+        where = ", ".join(os.fspath(f) for f in folders)
+        raise CheckpointError(
+            f"{name_or_path}: no model of that name in {where}" if where else
+            f"{name_or_path}: a model name, but no model store is configured (or give a path to a .pt checkpoint)"
+        )
     path = Path(name_or_path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file (use 'default' or a path to a .pt checkpoint)")
+        raise CheckpointError(f"{path}: no such checkpoint file (use 'default', a model name or a path to a .pt "
+                              "checkpoint)")
     return path
 
 

@@ -32,7 +32,7 @@ def test_promote_records_decoding_and_evaluation(tiny_checkpoint: Path, evaluati
     assert promote.main([str(tiny_checkpoint), "-o", str(shipped), "--temperature", "0.7",
                          "--evaluation", str(evaluation)]) == 0
     source, result = load_checkpoint(tiny_checkpoint), load_checkpoint(shipped)
-    assert result.decode == {"method": "annealed_mean", "temperature": 0.7}
+    assert (result.decode["method"], result.decode["temperature"]) == ("annealed_mean", 0.7)
     assert result.provenance["promoted_from"] == source.label
     assert result.provenance["purpose"] == "tests"  # the run's own provenance is kept
     recorded = result.provenance["evaluation"]

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from models.checkpoint import load_checkpoint
+from models.predictor import DecodeOptions
 from tests.conftest import gradient_image
 from tools.datasets import Augment, BatchSampler, PhotoBank, SourceSpec, augment_crop
 from tools.train import STATE_FILE, TrainConfig, colour_loss, main, train
@@ -152,3 +153,22 @@ def test_fine_tuning_starts_from_a_checkpoint(photo_dir: Path, tmp_path: Path) -
             torch.testing.assert_close(child.state_dict[name], tensor, atol=1e-3, rtol=0)
     with pytest.raises(ValueError, match="holds a 'effnet_unet' model"):
         train(TrainConfig(model="unet", data=[str(photo_dir)], init_from=str(parent.path)), tmp_path / "bad")
+
+
+def test_cli_fine_tunes_with_the_parents_architecture_and_settings(photo_dir: Path, tmp_path: Path, capsys) -> None:
+    parent_cfg = TrainConfig(model="unet", model_options={"base_channels": 4}, data=[str(photo_dir)], steps=1,
+                             batch_size=2, crop=64, warmup_steps=1, decode_temperature=0.6)
+    parent = load_checkpoint(train(parent_cfg, tmp_path / "parent"))
+    common = ["--data", str(photo_dir), "--steps", "1", "--batch-size", "2", "--crop", "64", "--warmup-steps", "1"]
+    # --init-from is the old spelling of --init; no --model: the parent's architecture, not effnet_unet's default.
+    assert main(["--init-from", str(parent.path), "--run-dir", str(tmp_path / "child"), *common]) == 0
+    child = load_checkpoint(tmp_path / "child" / "model.pt")
+    assert (child.model_name, child.config) == (parent.model_name, parent.config)
+    assert DecodeOptions(**child.decode) == DecodeOptions(**parent.decode) and child.provenance["lr"] == 3e-4
+    assert child.provenance["init_from"]["checkpoint"] == str(parent.path)
+    with pytest.raises(SystemExit) as exc:
+        main(["--init", str(parent.path), "--model", "effnet_unet", "--run-dir", str(tmp_path / "bad"), *common])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("holds a 'unet' model, not 'effnet_unet' (a fine-tune keeps its parent's architecture: "
+                            "leave out --model)")

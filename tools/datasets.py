@@ -1,19 +1,24 @@
-"""Training data: colour photos from folders or zip files, held in memory, augmented per sample.
+"""Training data: colour photos from folders, zip files or S3 prefixes, held in memory, augmented per sample.
 
 Colour photos are decoded once and kept at a modest size (the short side a little above the crop
 size), because a CPU-bound training run on a few thousand photos spends more time decoding JPEGs
 than computing gradients otherwise. Augmentation (flips, random zoom, shear, crop) runs on the
 cached pixels; the Lab conversion runs batched in torch through ``models.color``.
+
+An ``s3://bucket/prefix/`` source is listed and read through ``worker.storage`` (the endpoint and
+credentials of the ``Storage`` the caller passes), one object at a time, straight into memory: an
+archive fine-tunes on its own colour material where it already keeps it.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import os
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
@@ -21,10 +26,18 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from models.color import rgb_to_lab
+from worker.errors import BadInputError
+from worker.storage import MB, Storage, normalize_uri
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+# Larger objects under an S3 prefix are skipped, not read into memory: training keeps a ~200 px copy of each.
+MAX_PHOTO_BYTES = 512 * MB
+
+
+class DataError(ValueError):
+    """A training source that cannot be used (missing, empty, no colour photos): one line naming the source."""
 
 
 @dataclass
@@ -37,21 +50,37 @@ class Augment:
 
 @dataclass
 class SourceSpec:
-    """``path[:weight]``: a folder or .zip of colour photos, optionally oversampled ``weight`` times."""
+    """``path[:weight]``: a folder, .zip or ``s3://bucket/prefix/`` of colour photos, optionally oversampled
+    ``weight`` times. An S3 source stays a string (``Path`` would fold its ``//``); a prefix whose name really ends
+    in ``:<number>`` is written with its trailing slash (``s3://b/scans:2/``)."""
 
-    path: Path
+    path: Path | str
     weight: float = 1.0
 
     @classmethod
     def parse(cls, text: str) -> SourceSpec:
         head, sep, tail = text.rpartition(":")
         if sep and tail.replace(".", "", 1).isdigit():
-            return cls(Path(head), float(tail))
-        return cls(Path(text))
+            text, weight = head, float(tail)
+        else:
+            weight = 1.0
+        return cls(text if is_s3_uri(text) else Path(text), weight)
 
 
-def iter_image_bytes(source: Path) -> Iterator[tuple[str, bytes]]:
-    """``(name, encoded bytes)`` for every image in a folder (recursive) or .zip, in name order."""
+def is_s3_uri(source: Path | str) -> bool:
+    return isinstance(source, str) and source[:5].lower() == "s3://"
+
+
+def iter_image_bytes(source: Path | str, storage: Storage | None = None) -> Iterator[tuple[str, bytes]]:
+    """``(name, encoded bytes)`` for every image in a folder (recursive), .zip or S3 prefix, in name order.
+
+    A missing folder is FileNotFoundError. S3 prefixes need ``storage``; a missing bucket, refused credentials or
+    an unreachable store raise the storage's own one-line errors, and an empty prefix is a :class:`DataError`.
+    """
+    if is_s3_uri(source):
+        yield from _iter_s3_images(str(source), storage)
+        return
+    source = Path(source)
     if source.is_file() and source.suffix.lower() == ".zip":
         with zipfile.ZipFile(source) as zf:
             for name in sorted(zf.namelist()):
@@ -62,7 +91,24 @@ def iter_image_bytes(source: Path) -> Iterator[tuple[str, bytes]]:
             if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
                 yield str(path), path.read_bytes()
     else:
-        raise FileNotFoundError(f"{source}: not a folder or a .zip of images")
+        raise FileNotFoundError(f"{source}: not a folder or a .zip of images (nor an s3://bucket/prefix/)")
+
+
+def _iter_s3_images(uri: str, storage: Storage | None) -> Iterator[tuple[str, bytes]]:
+    if storage is None:
+        raise DataError(f"{uri}: an S3 source needs object storage settings (TINCT_S3_*)")
+    listed = [info for info in storage.list(uri) if PurePosixPath(info.uri).suffix.lower() in IMAGE_SUFFIXES]
+    if not listed:
+        raise DataError(f"{normalize_uri(uri)}: no images under this prefix")
+    for info in listed:
+        if info.size > MAX_PHOTO_BYTES:
+            log.warning("%s: skipped, %d bytes is over the %d MB read into memory", info.uri, info.size,
+                        MAX_PHOTO_BYTES // MB)
+            continue
+        try:
+            yield info.uri, storage.get_bytes(info.uri, max_bytes=MAX_PHOTO_BYTES)
+        except BadInputError as exc:  # deleted since the listing: one photo fewer, not a failed run
+            log.warning("%s", exc)
 
 
 def _decode_rgb(name: str, data: bytes, short_side: int) -> np.ndarray | None:
@@ -79,36 +125,54 @@ def _decode_rgb(name: str, data: bytes, short_side: int) -> np.ndarray | None:
 
 
 class PhotoBank:
-    """All training photos, decoded once into memory (uint8 RGB)."""
+    """All training photos, decoded once into memory (uint8 RGB). ``storage`` reads ``s3://`` sources.
 
-    def __init__(self, sources: list[SourceSpec], short_side: int, min_chroma: float = 2.0) -> None:
+    Every source must contribute at least one colour photo: a folder of gray scans or an empty prefix given by
+    mistake is a :class:`DataError` naming it, not a run that silently trains on the other sources only.
+    """
+
+    def __init__(self, sources: list[SourceSpec], short_side: int, min_chroma: float = 2.0,
+                 storage: Storage | None = None) -> None:
         self.images: list[np.ndarray] = []
         self.sampling_weights: list[float] = []
         self.names: list[str] = []
+        self.source_counts: list[tuple[str, int]] = []
         skipped_gray = 0
         for spec in sources:
-            count = 0
-            for name, data in iter_image_bytes(spec.path):
+            count = seen = gray = 0
+            for name, data in iter_image_bytes(spec.path, storage):
+                seen += 1
                 rgb = _decode_rgb(name, data, short_side)
                 if rgb is None or min(rgb.shape[:2]) < 16:
                     continue
                 if _mean_chroma(rgb) < min_chroma:  # gray photos teach the network nothing about colour
-                    skipped_gray += 1
+                    gray += 1
                     continue
                 self.images.append(rgb)
                 self.sampling_weights.append(spec.weight)
                 self.names.append(name)
                 count += 1
-            log.info("%s: %d photos (weight %.1f)", spec.path, count, spec.weight)
+            if count == 0:
+                raise DataError(f"{_shown(spec.path)}: no usable colour photos ({seen} images: {gray} gray, "
+                                f"{seen - gray} unreadable or under 16 px)")
+            skipped_gray += gray
+            self.source_counts.append((_shown(spec.path), count))
+            log.info("%s: %d photos (weight %.1f)", _shown(spec.path), count, spec.weight)
         if not self.images:
-            raise ValueError("no usable colour photos in the training sources")
+            raise DataError("no training sources given")
         log.info("photo bank: %d photos, %d gray ones skipped", len(self.images), skipped_gray)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def describe(self) -> dict:
-        return {"photos": len(self.images)}
+        """For provenance: how many photos in all, and how many each source gave."""
+        return {"photos": len(self.images),
+                "sources": [{"source": source, "photos": count} for source, count in self.source_counts]}
+
+
+def _shown(source: Path | str) -> str:
+    return normalize_uri(source) if is_s3_uri(source) else os.fspath(source)
 
 
 def _mean_chroma(rgb: np.ndarray) -> float:

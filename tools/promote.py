@@ -7,18 +7,29 @@ to keep the file small. Everything that serves the model reads these from the fi
 
     python -m tools promote runs/default/model.pt --temperature 0.6 \\
         --evaluation eval.json -o models/weights/tinct-default.pt
+
+``-o`` may also be ``s3://bucket/prefix/NAME.pt``, to publish into a model store: workers with
+``TINCT_MODEL_STORE=s3://bucket/prefix/`` then load it for jobs that ask for ``model="NAME"``. The object
+appears in one upload (a single PUT, or a multipart upload that completes at once), so a worker never reads
+half a checkpoint; the store's own settings (endpoint, credentials) come from ``TINCT_S3_*``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
-from pathlib import Path
+import os
+import tempfile
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from models.checkpoint import CheckpointError, is_model_name, load_checkpoint, save_checkpoint
 from models.predictor import DecodeOptions
+from worker.errors import TinctError, one_line
+from worker.settings import Settings
+from worker.storage import Storage, parse_uri
 
 log = logging.getLogger("tools.promote")
 
@@ -37,38 +48,59 @@ def evaluation_summary(evaluation: dict[str, Any]) -> dict[str, Any]:
 
 
 def promote(
-    source: Path, output: Path, decode: DecodeOptions | None = None, evaluation: dict[str, Any] | None = None,
-    half: bool = True,
+    source: Path, output: str | os.PathLike, decode: DecodeOptions | None = None,
+    evaluation: dict[str, Any] | None = None, half: bool = True, storage: Storage | None = None,
 ) -> str:
-    """Re-save ``source`` as ``output`` with the given decoding and evaluation; returns the new weights hash."""
+    """Re-save ``source`` as ``output`` (a path, or an ``s3://`` URI with ``storage``) with the given decoding and
+    evaluation; returns the new weights hash."""
     ckpt = load_checkpoint(source)
     decode = decode or DecodeOptions(**ckpt.decode)
     provenance = dict(ckpt.provenance)
     provenance["promoted_from"] = ckpt.label
     if evaluation is not None:
         provenance["evaluation"] = evaluation_summary(evaluation)
-    return save_checkpoint(output, ckpt.build_model(), provenance=provenance, decode=decode, half=half)
+    model = ckpt.build_model()
+    scheme, _, local_path = parse_uri(output)
+    if scheme == "file":
+        return save_checkpoint(local_path, model, provenance=provenance, decode=decode, half=half)
+    if storage is None:
+        raise ValueError(f"{output}: publishing to S3 needs object storage settings")
+    with tempfile.TemporaryDirectory(prefix="tinct-promote-") as scratch:
+        local = Path(scratch) / "model.pt"
+        digest = save_checkpoint(local, model, provenance=provenance, decode=decode, half=half)
+        storage.upload(local, os.fspath(output), content_type="application/octet-stream")
+    return digest
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools promote", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", type=Path, help="a training run's model.pt")
-    p.add_argument("-o", "--output", type=Path, required=True, help="where the shippable checkpoint goes")
+    p.add_argument("-o", "--output", required=True,
+                   help="where the shippable checkpoint goes: a .pt path, or s3://bucket/prefix/NAME.pt in a model "
+                   "store")
     p.add_argument("--decode-method", choices=("mode", "mean", "annealed_mean"), help="default: keep the checkpoint's")
     p.add_argument("--temperature", type=float, help="annealed-mean temperature (default: keep the checkpoint's)")
     p.add_argument("--evaluation", type=Path, help="an `evaluate --json` report to attach to the provenance")
     p.add_argument("--fp32", action="store_true", help="store float32 weights instead of fp16")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    output = args.output
     try:
-        current = DecodeOptions(**load_checkpoint(args.checkpoint).decode)
-        decode = DecodeOptions(
-            method=args.decode_method or current.method,
-            temperature=current.temperature if args.temperature is None else args.temperature,
-        )
-        evaluation = json.loads(args.evaluation.read_text()) if args.evaluation else None
-        digest = promote(args.checkpoint, args.output, decode, evaluation, half=not args.fp32)
-    except (CheckpointError, OSError, ValueError, KeyError) as exc:
-        p.exit(2, f"promote: error: {exc}\n")
-    log.info("wrote %s (weights sha256 %s, decode %s)", args.output, digest[:12], decode)
+        if parse_uri(output)[0] == "s3" and not output.endswith(".pt"):
+            raise ValueError(f"{output}: a published checkpoint is an object named NAME.pt (s3://bucket/prefix/NAME.pt)")
+        settings = Settings.from_env()  # only an s3:// output needs them; read here, passed down
+        with Storage(settings) as storage:
+            current = DecodeOptions(**load_checkpoint(args.checkpoint).decode)
+            decode = dataclasses.replace(  # whatever else the checkpoint's decoding records is kept
+                current,
+                method=args.decode_method or current.method,
+                temperature=current.temperature if args.temperature is None else args.temperature,
+            )
+            evaluation = json.loads(args.evaluation.read_text()) if args.evaluation else None
+            digest = promote(args.checkpoint, output, decode, evaluation, half=not args.fp32, storage=storage)
+    except (CheckpointError, TinctError, OSError, ValueError, KeyError) as exc:
+        p.exit(2, f"promote: error: {one_line(exc)}\n")
+    name = PurePosixPath(output).stem if is_model_name(PurePosixPath(output).stem) else None
+    log.info("wrote %s (weights sha256 %s, decode %s)%s", output, digest[:12], decode,
+             f"; in a model store it is model={name}" if name else "")
     return 0

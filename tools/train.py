@@ -10,6 +10,14 @@ Losses, chosen by the model's head:
 
 A run directory holds ``train_state.pt`` (everything needed to resume: weights, optimizer, step,
 sampler RNG, rebalancing weights) and ``model.pt`` (a self-describing inference checkpoint).
+
+Fine-tuning (``--init default``, a model name in the model store, or a .pt path) starts from a published
+checkpoint with a fresh optimizer: the architecture, class-rebalancing lambda and decoding come from the
+parent unless given, and the parent's provenance is kept under ``init_from``. Data sources may be
+``s3://bucket/prefix/`` (read through ``worker.storage``), so an archive tunes the model on its own colour
+material where it keeps it::
+
+    python -m tools train --init default --data s3://archive/colour-1950s/ --run-dir runs/1950s --steps 500
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint
 from models.color import (
     AB_NORM,
     ab_histogram,
@@ -40,7 +48,11 @@ from models.color import (
 from models.files import atomic_output
 from models.predictor import DecodeOptions
 from models.registry import build_config, create_model, model_from_config
-from tools.datasets import Augment, BatchSampler, PhotoBank, SourceSpec
+from tools.datasets import Augment, BatchSampler, DataError, PhotoBank, SourceSpec
+from worker.errors import TinctError, one_line
+from worker.model_store import resolve_model
+from worker.settings import Settings
+from worker.storage import Storage
 
 log = logging.getLogger("tools.train")
 
@@ -48,21 +60,31 @@ STATE_FILE = "train_state.pt"
 MODEL_FILE = "model.pt"
 
 
+# What a new run uses where the config leaves a setting unset (None). A fine-tune takes its parent's instead (see
+# _complete_config): the shipped model was trained with rebalancing lambda 1.0 at lr 3e-4 and its decoding temperature
+# chosen for that; a fine-tune at another lambda changes how saturated its colours come out, away from that choice.
+DEFAULT_MODEL = "effnet_unet"
+DEFAULT_LR = 1e-3
+FINE_TUNE_LR = 3e-4
+DEFAULT_REBALANCE_LAMBDA = 0.5
+DEFAULT_DECODE_TEMPERATURE = 0.38
+
+
 @dataclass
 class TrainConfig:
-    model: str = "effnet_unet"
+    model: str = ""  # registry name; "" = effnet_unet for a new run, the parent's architecture for a fine-tune
     model_options: dict = field(default_factory=dict)
     data: list[str] = field(default_factory=list)
     val: list[str] = field(default_factory=list)
     steps: int = 10_000
     batch_size: int = 16
     crop: int = 160
-    lr: float = 1e-3
+    lr: float | None = None  # None: DEFAULT_LR, or FINE_TUNE_LR when fine-tuning
     encoder_lr_scale: float = 0.1  # pretrained encoders move slower than the fresh decoder
     weight_decay: float = 1e-4
     warmup_steps: int = 200
     loss: str = "auto"  # auto | l2 | huber | l1 | classification
-    rebalance_lambda: float = 0.5
+    rebalance_lambda: float | None = None  # None: the parent's when fine-tuning, else DEFAULT_REBALANCE_LAMBDA
     adversarial_weight: float = 0.0
     bf16: bool = False
     seed: int = 0
@@ -72,7 +94,32 @@ class TrainConfig:
     time_limit_min: float = 0.0  # stop cleanly (and save) after this many minutes; 0 = no limit
     half_weights: bool = True  # fp16 storage in model.pt
     init_from: str = ""  # start from this checkpoint's weights and config (fine-tuning), with a fresh optimizer
-    decode_temperature: float = 0.38
+    init_ref: str = ""  # what the user named as the parent (default, a model name, a path), for the provenance
+    decode_temperature: float | None = None  # None: the parent's decoding when fine-tuning, else the default
+    decode_method: str | None = None
+
+
+class ConfigError(ValueError):
+    """A training config that contradicts itself or its parent checkpoint."""
+
+
+def _complete_config(cfg: TrainConfig, parent: Checkpoint | None) -> TrainConfig:
+    """``cfg`` with every unset (None / "") setting filled: from the parent for a fine-tune, else the defaults."""
+    if parent is not None and cfg.model and cfg.model != parent.model_name:
+        raise ConfigError(f"{cfg.init_ref or cfg.init_from}: holds a {parent.model_name!r} model, not {cfg.model!r} "
+                          "(a fine-tune keeps its parent's architecture: leave out --model)")
+    recorded = parent.provenance.get("rebalance_lambda") if parent is not None else None
+    decode = DecodeOptions(temperature=DEFAULT_DECODE_TEMPERATURE)
+    if parent is not None and parent.decode:
+        decode = DecodeOptions(**parent.decode)
+    return dataclasses.replace(
+        cfg,
+        model=cfg.model or (parent.model_name if parent is not None else DEFAULT_MODEL),
+        lr=cfg.lr if cfg.lr is not None else (FINE_TUNE_LR if parent is not None else DEFAULT_LR),
+        rebalance_lambda=next(v for v in (cfg.rebalance_lambda, recorded, DEFAULT_REBALANCE_LAMBDA) if v is not None),
+        decode_temperature=cfg.decode_temperature if cfg.decode_temperature is not None else decode.temperature,
+        decode_method=cfg.decode_method or decode.method,
+    )
 
 
 def _git_commit() -> str:
@@ -166,8 +213,9 @@ def validate(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]],
     return {"val_ab_rmse": math.sqrt(se_model / n), "val_ab_rmse_gray": math.sqrt(se_gray / n)}
 
 
-def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
-    """Train (or resume) into ``run_dir``; returns the path of the inference checkpoint."""
+def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storage | None = None) -> Path:
+    """Train (or resume) into ``run_dir``; returns the path of the inference checkpoint. ``storage`` reads
+    ``s3://`` data sources."""
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     state_path = run_dir / STATE_FILE
@@ -179,24 +227,28 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
         cfg = TrainConfig(**saved)
         if cfg.init_from:
             parent = load_checkpoint(cfg.init_from)
+        cfg = _complete_config(cfg, parent)
         model = model_from_config(cfg.model, state["model_config"])
         model.load_state_dict(state["model"], strict=True)
         log.info("resuming %s from step %d", run_dir, state["step"])
     elif cfg.init_from:
         parent = load_checkpoint(cfg.init_from)
-        if parent.model_name != cfg.model:
-            raise ValueError(f"{cfg.init_from}: holds a {parent.model_name!r} model, not {cfg.model!r}")
+        cfg = _complete_config(cfg, parent)
         model = parent.build_model()
-        log.info("fine-tuning %s from %s", parent.label, cfg.init_from)
+        log.info("fine-tuning %s (%s) at lr %.1e, rebalancing lambda %s", parent.label,
+                 cfg.init_ref or cfg.init_from, cfg.lr, cfg.rebalance_lambda)
     else:
+        cfg = _complete_config(cfg, None)
         model = create_model(cfg.model, **cfg.model_options)
     loss_kind = _resolve_loss(model, cfg.loss)
+    parent_decode = DecodeOptions(**parent.decode) if parent is not None and parent.decode else DecodeOptions()
 
-    bank = PhotoBank([SourceSpec.parse(s) for s in cfg.data], short_side=int(cfg.crop * 1.15))
+    bank = PhotoBank([SourceSpec.parse(s) for s in cfg.data], short_side=int(cfg.crop * 1.15), storage=storage)
     sampler = BatchSampler(bank, cfg.batch_size, Augment(crop=cfg.crop), seed=cfg.seed)
     val_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
     if cfg.val:
-        val_bank = PhotoBank([SourceSpec.parse(s) for s in cfg.val], short_side=int(cfg.crop * 1.15))
+        val_bank = PhotoBank([SourceSpec.parse(s) for s in cfg.val], short_side=int(cfg.crop * 1.15),
+                             storage=storage)
         val_sampler = BatchSampler(val_bank, 16, Augment(crop=cfg.crop, zoom=(1.0, 1.0), shear=0.0, hflip=False), 1)
         val_batches = [next(val_sampler) for _ in range(4)]
 
@@ -244,6 +296,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
         provenance = {
             "data": cfg.data,
             "photos": len(bank),
+            "data_sources": bank.describe()["sources"],
             "steps": step,
             "batch_size": cfg.batch_size,
             "crop": cfg.crop,
@@ -251,12 +304,15 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False) -> Path:
             "adversarial_weight": cfg.adversarial_weight,
             "rebalance_lambda": cfg.rebalance_lambda if loss_kind == "classification" else None,
             "metrics": metrics,
-            "init_from": parent.provenance | {"label": parent.label} if parent is not None else None,
+            "lr": cfg.lr,
+            "init_from": (parent.provenance | {"label": parent.label, "checkpoint": cfg.init_ref or cfg.init_from}
+                          if parent is not None else None),
             "git_commit": _git_commit(),
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "final": final,
         }
-        decode = DecodeOptions(temperature=cfg.decode_temperature)
+        # The parent's decoding carries over whole (whatever else it records), with the method and temperature set.
+        decode = dataclasses.replace(parent_decode, method=cfg.decode_method, temperature=cfg.decode_temperature)
         save_checkpoint(run_dir / MODEL_FILE, model, provenance=provenance, decode=decode, half=cfg.half_weights)
 
     model.train()
@@ -325,22 +381,31 @@ def _parse_option(text: str) -> tuple[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools train", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="effnet_unet", help="registered architecture name")
+    p.add_argument("--model", help=f"registered architecture name (default: {DEFAULT_MODEL}; a fine-tune takes its "
+                   "parent's)")
     p.add_argument("--set", dest="options", action="append", default=[], type=_parse_option, metavar="KEY=VALUE",
                    help="model config override, e.g. --set head=regression --set freeze_encoder=true")
-    p.add_argument("--data", action="append", default=[], metavar="PATH[:WEIGHT]",
-                   help="folder or .zip of colour photos; repeat; :WEIGHT oversamples (a resumed run keeps its own)")
-    p.add_argument("--val", action="append", default=[], metavar="PATH", help="held-out colour photos")
+    p.add_argument("--data", action="append", default=[], metavar="SOURCE[:WEIGHT]",
+                   help="folder, .zip or s3://bucket/prefix/ of colour photos; repeat; :WEIGHT oversamples (a resumed "
+                   "run keeps its own)")
+    p.add_argument("--val", action="append", default=[], metavar="SOURCE", help="held-out colour photos")
     p.add_argument("--run-dir", type=Path, required=True)
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/train_state.pt")
-    p.add_argument("--init-from", default="", metavar="CHECKPOINT",
-                   help="fine-tune: start from this checkpoint's model (its config wins over --set)")
+    p.add_argument("--init", "--init-from", dest="init", default="", metavar="MODEL",
+                   help="fine-tune: start from 'default' (the shipped model), a model name in TINCT_MODEL_STORE or a "
+                   ".pt checkpoint; its architecture, rebalancing lambda and decoding carry over unless given, and "
+                   f"--lr defaults to {FINE_TUNE_LR:g}")
     defaults = TrainConfig()
     for name in ("steps", "batch_size", "crop", "warmup_steps", "log_every", "eval_every", "save_every", "seed"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    for name in ("lr", "encoder_lr_scale", "weight_decay", "rebalance_lambda", "adversarial_weight",
-                 "time_limit_min", "decode_temperature"):
+    for name in ("encoder_lr_scale", "weight_decay", "adversarial_weight", "time_limit_min"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
+    p.add_argument("--lr", type=float, help=f"peak learning rate (default: {DEFAULT_LR:g}; {FINE_TUNE_LR:g} for a "
+                   "fine-tune)")
+    p.add_argument("--rebalance-lambda", type=float, help="class rebalancing lambda of a classification head "
+                   f"(default: the parent's for a fine-tune, else {DEFAULT_REBALANCE_LAMBDA:g})")
+    p.add_argument("--decode-temperature", type=float, help="annealed-mean temperature written into model.pt "
+                   f"(default: the parent's for a fine-tune, else {DEFAULT_DECODE_TEMPERATURE:g})")
     p.add_argument("--loss", default="auto", choices=["auto", "l2", "huber", "l1", "classification"])
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on CPUs that support it")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -350,14 +415,30 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if not args.data and not args.resume:
         p.error("--data is required (unless --resume continues a run)")
+    if args.init and args.options:
+        p.error("--set changes the architecture; a fine-tune keeps its parent's (leave out --set or --init)")
     options = dict(args.options)
+    if not args.init:
+        try:
+            build_config(args.model or DEFAULT_MODEL, **options)  # fail fast on a bad name or option, before data
+        except (KeyError, TypeError, ValueError) as exc:
+            p.error(str(exc))
     try:
-        build_config(args.model, **options)  # fail fast on a bad name or option, before loading data
-    except (KeyError, TypeError, ValueError) as exc:
+        settings = Settings.from_env()  # S3 data and model-store names; library code gets them as arguments
+        storage = Storage(settings)
+    except ValueError as exc:
         p.error(str(exc))
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(model=args.model, model_options=options, data=args.data, val=args.val,
+    cfg = TrainConfig(model=args.model or "", model_options=options, data=args.data, val=args.val,
                       **{k: v for k, v in vars(args).items() if k in fields and k not in ("model", "data", "val")})
-    path = train(cfg, args.run_dir, resume=args.resume)
+    try:
+        with storage:
+            if args.init and not args.resume:
+                cfg.init_ref = args.init
+                cfg.init_from = str(resolve_checkpoint(resolve_model(args.init, settings, storage)))
+            path = train(cfg, args.run_dir, resume=args.resume, storage=storage)
+    except (TinctError, CheckpointError, ConfigError, DataError, FileNotFoundError) as exc:
+        # Bad data sources, unknown models, a store that refuses: one line naming what and why, no traceback.
+        p.exit(2, f"{p.prog}: error: {one_line(exc)}\n")
     log.info("checkpoint: %s", path)
     return 0

@@ -4,11 +4,12 @@
     tinct colorize scans/ -o colorized/              # a folder tree (photos and films), mirrored under colorized/
     tinct colorize old.tif -o old-colour.tif        # one file, written exactly there
     tinct colorize film.mp4 -o film-colour.mkv --smoothing 0.5 --codec h265 --crf 20
+    tinct colorize scans/ -o colorized/ --model archive-1950s   # a model published to TINCT_MODEL_STORE
     tinct --version
 
-Exit status: 0 when every photo and film was colorized or skipped, 1 when any failed, 2 for usage errors and
-models that cannot be loaded, 130 when interrupted (finished outputs and film segments are kept and a rerun
-resumes), 143 on SIGTERM.
+Exit status: 0 when every photo and film was colorized or skipped, 1 when any failed (or the model store could not
+be reached), 2 for usage errors and models that cannot be loaded, 130 when interrupted (finished outputs and film
+segments are kept and a rerun resumes), 143 on SIGTERM.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from types import FrameType
 
 from worker.cli_args import positive_seconds
 from worker.cli_service import add_service_commands
-from worker.errors import ModelError
+from worker.errors import ModelError, PermanentError, TinctError
 from worker.films import DEFAULT_MAX_FILM_PIXELS, DEFAULT_SEGMENT_SECONDS, FilmOptions, colorize_films
 from worker.images import DEFAULT_MAX_PIXELS, tinct_version
+from worker.model_store import resolve_model
 from worker.photos import PhotoOptions, colorize_photos, open_colorizer, output_suffix, plan_photos
 from worker.settings import Settings
 from worker.smoothing import SmoothingOptions
+from worker.storage import Storage
 from worker.video_sink import DEFAULT_PRESET, PRESETS, EncodeOptions, available_codecs, canonical_codec, check_container
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
@@ -98,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     colorize.add_argument("inputs", nargs="+", metavar="INPUT", help="photo or film files and/or folders")
     colorize.add_argument("-o", "--output", required=True, help="output folder (or file, for a single input file)")
-    colorize.add_argument("--model", default="default", help="'default' (the shipped model), a .pt checkpoint or "
-                          "an .onnx export (default: %(default)s)")
+    colorize.add_argument("--model", default="default", help="'default' (the shipped model), a model name from "
+                          "TINCT_MODEL_STORE, a .pt checkpoint or an .onnx export (default: %(default)s)")
     colorize.add_argument("--engine", default="auto", choices=("auto", "torch", "onnxruntime"),
                           help="inference backend (default: %(default)s)")
     colorize.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: %(default)s")
@@ -182,11 +185,18 @@ def _colorize(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         for task in plan.films:
             check_container(task.output, film_options.encode.codec)
         settings = Settings.from_env()
+        storage = Storage(settings)
     except ValueError as exc:
         print(f"{parser.prog} colorize: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        with open_colorizer(args.model, args.engine, args.device, args.precision, args.render_size,
+        with storage:  # a model name is looked up in TINCT_MODEL_STORE, as the workers do
+            model = resolve_model(args.model, settings, storage)
+    except TinctError as exc:  # an unknown name, or a store that refused or could not be reached
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, PermanentError) else EXIT_FAILED
+    try:
+        with open_colorizer(model, args.engine, args.device, args.precision, args.render_size,
                             args.batch_size, cache_dir=settings.cache_dir / "onnx") as (colorizer, label):
             summary = colorize_photos(colorizer, plan, label, options)
             film_summary = colorize_films(colorizer, [(t.source, t.output) for t in plan.films], film_options,

@@ -11,12 +11,14 @@ never stored in job state (``Settings.__repr__`` hides them).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 GPU_QUEUE = "tinct.colorize"  # network work: one process per GPU (or a few per CPU node)
 IO_QUEUE = "tinct.io"  # planning, fan-out, joins, bookkeeping: light, many at once
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SECRET_FIELDS = {"s3_access_key_id", "s3_secret_access_key", "webhook_secret"}
 
 
@@ -36,6 +38,9 @@ class Settings:
     work_dir: Path = Path("/tmp/tinct-work")  # local scratch for downloads, segments and uploads
     cache_dir: Path = Path.home() / ".cache" / "tinct"
     default_model: str = "default"
+    # Where published models live, a folder or s3://bucket/prefix/: a job's ``model="archive-1950s"`` loads
+    # ``<model_store>/archive-1950s.pt`` (fetched into cache_dir/models, keyed by the object's ETag).
+    model_store: str | None = None
     device: str = "auto"
     engine: str = "auto"
     precision: str = "auto"
@@ -59,6 +64,9 @@ class Settings:
             )
         if self.task_soft_time_limit_s >= self.task_time_limit_s:
             raise ValueError("TINCT_TASK_SOFT_TIME_LIMIT_S must be below TINCT_TASK_TIME_LIMIT_S")
+        if self.model_store is not None and _SCHEME.match(self.model_store) and \
+                not self.model_store.lower().startswith(("s3://", "file://")):
+            raise ValueError(f"TINCT_MODEL_STORE must be a folder or s3://bucket/prefix/, got {self.model_store!r}")
         if self.log_format not in ("json", "text"):
             raise ValueError(f"TINCT_LOG_FORMAT must be json or text, got {self.log_format!r}")
 

@@ -37,6 +37,7 @@ from worker.errors import BadInputError, ModelError, PermanentError, TinctError,
 from worker.films import DEFAULT_MAX_FILM_PIXELS, warmup_frames
 from worker.images import DEFAULT_MAX_PIXELS, EXTENSION_FORMATS, read_photo, write_photo
 from worker.jobs import FINISHED, JobRecord, JobSpec, JobStore
+from worker.model_store import resolve_model
 from worker.photos import output_suffix
 from worker.pipeline import ColourFrame, colorize_frames
 from worker.segments import Segment, join_segments, plan_segments
@@ -75,14 +76,24 @@ class Runtime:
         self.redis = redis.Redis.from_url(settings.redis_url)
         self.store = JobStore(self.redis, settings.job_ttl_s)
         self._models: dict[tuple[str, int], _Loaded] = {}
+        self._sources: dict[tuple[str, int], str] = {}  # what each load was asked for: a model name, or its path
         # Probing reads every packet of a film: done once per film and process, not once per segment.
         self._films: dict[tuple[str, int, int], FilmInfo] = {}
 
     def colorizer(self, model: str, render_size: int) -> _Loaded:
-        key = (model, render_size)
+        """The loaded model for ``model`` (``default``, a path, or a name in the model store) at ``render_size``.
+
+        A name is looked up in the store on every call (one HEAD), so a model published again under the same name
+        is used from the next piece on; the version it replaces is closed instead of kept loaded beside it.
+        """
+        source = resolve_model(model, self.settings, self.storage)
+        key = (source, render_size)
         if key not in self._models:
+            for stale in [k for k in self._models if self._sources.get(k) == model and k[0] != source]:
+                self._models.pop(stale).colorizer.engine.close()
+                self._sources.pop(stale, None)
             try:
-                engine = create_engine(model=model, kind=self.settings.engine, device=self.settings.device,
+                engine = create_engine(model=source, kind=self.settings.engine, device=self.settings.device,
                                        precision=self.settings.precision, cache_dir=self.settings.cache_dir / "onnx")
             except Exception as exc:  # noqa: BLE001 - every loading failure is one ModelError
                 raise ModelError(model, str(exc) or type(exc).__name__) from exc
@@ -92,7 +103,8 @@ class Runtime:
                 engine.close()
                 raise ModelError(model, str(exc)) from exc
             self._models[key] = _Loaded(colorizer, engine.checkpoint.label)
-            logger.info("model %s loaded on %s (%s)", engine.checkpoint.label, engine.device, engine.name)
+            self._sources[key] = model
+            logger.info("model %s (%s) loaded on %s (%s)", model, engine.checkpoint.label, engine.device, engine.name)
         return self._models[key]
 
     def local_copy(self, uri: str, info: ObjectInfo | None = None) -> Path:
@@ -200,6 +212,7 @@ def colorize_photos(rt: Runtime, job_id: str, piece: str, inputs: Sequence[str])
         return
     spec = record.spec
     loaded = rt.colorizer(spec.options.model, spec.options.render_size)
+    rt.store.update(job_id, model_label=loaded.label)  # which version of a named model made the outputs
     scratch = rt.scratch(job_id)
     done = 0
     for uri in inputs:
@@ -399,8 +412,10 @@ def finish_job(rt: Runtime, job_id: str, outputs: list[str] | None = None, job_m
         fail_job(rt, job_id, next(iter(failed.values())))
         return
     error = f"{len(failed)} of {record.total} files failed (see failed_pieces)" if failed else ""
-    started = float(rt.redis.hget(f"tinct:job:{job_id}", "started") or time.time())
-    job_metrics = dict(job_metrics, seconds=round(time.time() - started, 3))
+    started, label = rt.redis.hmget(f"tinct:job:{job_id}", "started", "model_label")
+    job_metrics = dict(job_metrics, seconds=round(time.time() - float(started or time.time()), 3))
+    if label:  # the checkpoint's label (architecture@weights hash): a named model can be published again
+        job_metrics["model"] = label.decode()
     rt.store.update(job_id, state="succeeded", outputs=outputs, metrics=job_metrics, error=error, eta_s=0.0)
     metrics.JOBS.labels("succeeded").inc()
     logger.info("job %s succeeded: %s", job_id, ", ".join(outputs))
