@@ -221,10 +221,12 @@ def _with_clip_activations(module: nn.Module) -> nn.Module:
 
 
 def decode_tag(decode: DecodeOptions) -> str:
-    """A file-name-safe name for decode options: ``annealed_mean-t0.38``, ``mean``, ``mode``."""
-    if decode.method == "annealed_mean":
-        return f"annealed_mean-t{decode.temperature:g}"
-    return decode.method
+    """A file-name-safe name for decode options: ``annealed_mean-t0.38``, ``mean``, ``mode``, with
+    ``-r<rebalance>-<prior digest>`` when decode-time rebalancing is on."""
+    tag = f"annealed_mean-t{decode.temperature:g}" if decode.method == "annealed_mean" else decode.method
+    if decode.rebalance > 0:
+        tag += f"-r{decode.rebalance:g}-{decode.prior_digest()}"
+    return tag
 
 
 def default_cache_dir() -> Path:

@@ -131,7 +131,10 @@ def test_fine_tune_on_s3_photos_publish_and_a_worker_uses_it_by_name(tmp_path, r
     assert child.provenance["data"] == ["s3://photos/colour-1950s/"]
     assert child.provenance["data_sources"] == [{"source": "s3://photos/colour-1950s/", "photos": 4}]
     assert child.provenance["rebalance_lambda"] == parent.provenance["rebalance_lambda"]  # the parent's, unasked
-    assert DecodeOptions(**child.decode) == DecodeOptions(**parent.decode)  # the parent's decoding, unasked
+    child_decode, parent_decode = DecodeOptions(**child.decode), DecodeOptions(**parent.decode)
+    same = ("method", "temperature", "rebalance")  # the parent's decoding, unasked; the prior is the archive's own
+    assert [getattr(child_decode, k) for k in same] == [getattr(parent_decode, k) for k in same]
+    assert child_decode.ab_prior is not None and abs(sum(child_decode.ab_prior) - 1) < 1e-6
     assert child.sha256 != parent.sha256
     moved = max(float((child.state_dict[k].float() - v.float()).abs().max())
                 for k, v in parent.state_dict.items() if v.is_floating_point())

@@ -11,6 +11,7 @@ VERBS = {
     "bench": ("tools.bench", "images/s and megapixels/s per engine and batch size"),
     "export": ("tools.export", "export a checkpoint to ONNX (dynamic batch and size)"),
     "promote": ("tools.promote", "make a run's checkpoint shippable: decoding, evaluation, fp16 weights"),
+    "experiments": ("tools.experiments", "rerun the seed papers' comparisons (CIFAR-10 judge, natural photos)"),
 }
 
 

@@ -266,9 +266,10 @@ def _decode_options(model: str, overrides: dict[str, Any]) -> DecodeOptions:
 
 def _decode_suffix(decode: DecodeOptions) -> str:
     """How overridden decoding shows in a row label; the temperature only matters to the annealed mean."""
-    if decode.method == "annealed_mean":
-        return f" [annealed_mean, T={decode.temperature:g}]"
-    return f" [{decode.method}]"
+    text = f"annealed_mean, T={decode.temperature:g}" if decode.method == "annealed_mean" else decode.method
+    if decode.rebalance > 0:
+        text += f", rebalance {decode.rebalance:g}"
+    return f" [{text}]"
 
 
 def evaluate_models(
@@ -288,8 +289,8 @@ def evaluate_models(
     """Colorize every colour photo under ``data`` with each model and score it (see the module doc).
 
     Engines are opened once; photos are read lazily and colorized ``batch_size`` at a time, so memory
-    stays bounded on large folders. ``decode`` (``{"method": ..., "temperature": ...}``) overrides how
-    classification heads turn bin probabilities into ab.
+    stays bounded on large folders. ``decode`` (``{"method": ..., "temperature": ..., "rebalance": ...}``)
+    overrides how classification heads turn bin probabilities into ab.
     """
     if not models:
         raise ValueError("evaluate needs at least one model")
@@ -380,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="photos per colorizer call")
     p.add_argument("--decode-method", choices=("mode", "mean", "annealed_mean"), help="override the checkpoint's")
     p.add_argument("--temperature", type=float, help="annealed-mean temperature override (0.38 = Zhang et al.)")
+    p.add_argument("--rebalance", type=float, help="decode-time class rebalancing override (0 = off; needs a model "
+                   "that records its training data's ab prior)")
     p.add_argument("--contact-sheet", help="write a PNG grid: gray | each model | truth")
     p.add_argument("--sheet-count", type=int, default=12, help="photos on the contact sheet (default 12)")
     p.add_argument("--cell-height", type=int, default=160, help="contact-sheet cell height in pixels")
@@ -419,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         decode["method"] = args.decode_method
     if args.temperature is not None:
         decode["temperature"] = args.temperature
+    if args.rebalance is not None:
+        decode["rebalance"] = args.rebalance
     result = evaluate_models(
         args.model,
         args.data,

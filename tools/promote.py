@@ -26,7 +26,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from models.checkpoint import CheckpointError, is_model_name, load_checkpoint, save_checkpoint
+from models.onnx_export import decode_tag
 from models.predictor import DecodeOptions
+from tools.ab_prior import measure_ab_prior
 from worker.errors import TinctError, one_line
 from worker.settings import Settings
 from worker.storage import Storage, parse_uri
@@ -80,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
                    "store")
     p.add_argument("--decode-method", choices=("mode", "mean", "annealed_mean"), help="default: keep the checkpoint's")
     p.add_argument("--temperature", type=float, help="annealed-mean temperature (default: keep the checkpoint's)")
+    p.add_argument("--rebalance", type=float, help="decode-time class rebalancing strength (0 = off; default: keep "
+                   "the checkpoint's); needs the training data's ab prior, recorded by tools.train or --ab-prior-from")
+    p.add_argument("--ab-prior-from", action="append", default=[], metavar="PATH[:WEIGHT]",
+                   help="measure the ab prior from these colour photos (the model's training data) and record it; "
+                   "for checkpoints trained before the prior was recorded")
     p.add_argument("--evaluation", type=Path, help="an `evaluate --json` report to attach to the provenance")
     p.add_argument("--fp32", action="store_true", help="store float32 weights instead of fp16")
     args = p.parse_args(argv)
@@ -95,12 +102,14 @@ def main(argv: list[str] | None = None) -> int:
                 current,
                 method=args.decode_method or current.method,
                 temperature=current.temperature if args.temperature is None else args.temperature,
+                rebalance=current.rebalance if args.rebalance is None else args.rebalance,
+                ab_prior=measure_ab_prior(args.ab_prior_from) if args.ab_prior_from else current.ab_prior,
             )
             evaluation = json.loads(args.evaluation.read_text()) if args.evaluation else None
             digest = promote(args.checkpoint, output, decode, evaluation, half=not args.fp32, storage=storage)
     except (CheckpointError, TinctError, OSError, ValueError, KeyError) as exc:
         p.exit(2, f"promote: error: {one_line(exc)}\n")
     name = PurePosixPath(output).stem if is_model_name(PurePosixPath(output).stem) else None
-    log.info("wrote %s (weights sha256 %s, decode %s)%s", output, digest[:12], decode,
+    log.info("wrote %s (weights sha256 %s, decode %s)%s", output, digest[:12], decode_tag(decode),
              f"; in a model store it is model={name}" if name else "")
     return 0

@@ -39,7 +39,6 @@ from torch import nn
 from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint
 from models.color import (
     AB_NORM,
-    ab_histogram,
     decode_ab,
     quantize_ab,
     rebalance_weights,
@@ -48,6 +47,7 @@ from models.color import (
 from models.files import atomic_output
 from models.predictor import DecodeOptions
 from models.registry import build_config, create_model, model_from_config
+from tools.ab_prior import ab_counts
 from tools.datasets import Augment, BatchSampler, DataError, PhotoBank, SourceSpec
 from worker.errors import TinctError, one_line
 from worker.model_store import resolve_model
@@ -171,13 +171,11 @@ def differentiable_ab(model: nn.Module, out: torch.Tensor, temperature: float) -
     return decode_ab(out.float(), "annealed_mean", temperature)
 
 
-def measure_class_weights(sampler: BatchSampler, batches: int, lam: float) -> torch.Tensor:
-    counts = torch.zeros(0, dtype=torch.float64)
-    for _ in range(batches):
-        _, ab = next(sampler)
-        hist = ab_histogram(F.avg_pool2d(ab, 4))
-        counts = hist if counts.numel() == 0 else counts + hist
-    return torch.from_numpy(rebalance_weights(counts.numpy(), lam=lam))
+def measure_class_weights(sampler: BatchSampler, batches: int, lam: float) -> tuple[torch.Tensor, tuple[float, ...]]:
+    """Rebalancing weights for the loss, and the ab prior they come from (recorded in the checkpoint's decoding,
+    where ``DecodeOptions.rebalance`` can use it)."""
+    counts = ab_counts(sampler, batches)
+    return torch.from_numpy(rebalance_weights(counts, lam=lam)), tuple(float(p) for p in counts / counts.sum())
 
 
 def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
@@ -253,11 +251,12 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
         val_batches = [next(val_sampler) for _ in range(4)]
 
     class_weights = None
+    ab_prior: tuple[float, ...] | None = None
     if loss_kind == "classification":
         if state is not None:
-            class_weights = state["class_weights"]
+            class_weights, ab_prior = state["class_weights"], state.get("ab_prior")
         else:
-            class_weights = measure_class_weights(sampler, batches=40, lam=cfg.rebalance_lambda)
+            class_weights, ab_prior = measure_class_weights(sampler, batches=40, lam=cfg.rebalance_lambda)
             log.info("class rebalancing weights: min %.2f max %.2f", float(class_weights.min()),
                      float(class_weights.max()))
 
@@ -288,6 +287,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
             "step": step,
             "metrics": metrics,
             "class_weights": class_weights,
+            "ab_prior": ab_prior,
         }
         if disc is not None:
             payload |= {"disc": disc.state_dict(), "disc_optimizer": disc_opt.state_dict()}
@@ -311,8 +311,10 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "final": final,
         }
-        # The parent's decoding carries over whole (whatever else it records), with the method and temperature set.
-        decode = dataclasses.replace(parent_decode, method=cfg.decode_method, temperature=cfg.decode_temperature)
+        # The parent's decoding carries over whole (whatever else it records), with the method and temperature set
+        # and, for a classification head, the prior of this run's own training data.
+        decode = dataclasses.replace(parent_decode, method=cfg.decode_method, temperature=cfg.decode_temperature,
+                                     ab_prior=ab_prior or parent_decode.ab_prior)
         save_checkpoint(run_dir / MODEL_FILE, model, provenance=provenance, decode=decode, half=cfg.half_weights)
 
     model.train()
