@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from models.color import L_CENT, merge_l_ab
 from models.engines.base import Engine
 
-DEFAULT_RENDER_SIZE = 256
+DEFAULT_RENDER_SIZE = 256  # for a model that records no render size of its own (see preferred_render_size)
 DEFAULT_BATCH_SIZE = 8
 # Guided-filter window radius, in cells of the network's output grid (a cell is output_stride render
 # pixels): 2 gives 5x5-cell windows, about 8 % of a 256 px render, wide enough to fit a colour edge,
@@ -176,6 +176,14 @@ def _to_device(array: np.ndarray, device: torch.device | str) -> torch.Tensor:
     return tensor.to(device, non_blocking=True)
 
 
+def preferred_render_size(provenance: dict) -> int:
+    """The render size a checkpoint was tuned at (``provenance["render_size"]``, recorded by ``tools promote``),
+    or DEFAULT_RENDER_SIZE. The scale the network sees changes its colours: the shipped model's decoding was
+    chosen at its own size, so that is what a caller who names none gets."""
+    size = provenance.get("render_size")
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else DEFAULT_RENDER_SIZE
+
+
 @dataclass
 class Render:
     """One image's trip through the network. After ``predict_grid``: its sizes, the padded render L and the
@@ -198,12 +206,14 @@ class Colorizer:
     def __init__(
         self,
         engine: Engine,
-        render_size: int = DEFAULT_RENDER_SIZE,
+        render_size: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         guide_radius: int = GUIDE_RADIUS,
         guide_eps: float = GUIDE_EPS,
         tile_pixels: int = TILE_PIXELS,
     ) -> None:
+        if render_size is None:
+            render_size = preferred_render_size(engine.checkpoint.provenance)
         if render_size < engine.stride:
             raise ValueError(f"render_size {render_size} is smaller than the model stride {engine.stride}")
         if batch_size < 1:

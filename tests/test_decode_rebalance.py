@@ -1,5 +1,5 @@
-"""Decode-time class rebalancing: options, the predictor's logit bias, ONNX parity, training records the prior,
-promote sets it."""
+"""Shipping decisions a checkpoint carries: decode-time class rebalancing (options, the predictor's logit bias,
+ONNX parity, training records the prior, promote sets it) and the model's own render size."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from PIL import Image
 
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.color import ab_bins_np, n_ab_bins
+from models.colorizer import DEFAULT_RENDER_SIZE, Colorizer
 from models.engines import create_engine
 from models.onnx_export import decode_tag
 from models.predictor import ABPredictor, DecodeOptions
@@ -107,3 +108,21 @@ def test_training_records_the_prior_and_promote_turns_rebalancing_on(tmp_path: P
     assert promote_main([str(regression), "-o", str(tmp_path / "x.pt"), "--rebalance", "0.5",
                          "--ab-prior-from", str(photos)]) == 0
     assert len(load_checkpoint(tmp_path / "x.pt").decode["ab_prior"]) == n_ab_bins()
+
+
+def test_a_promoted_render_size_becomes_the_models_own(tiny_regression_checkpoint: Path, tmp_path: Path) -> None:
+    promoted = tmp_path / "promoted.pt"
+    assert promote_main([str(tiny_regression_checkpoint), "-o", str(promoted), "--render-size", "96"]) == 0
+    assert load_checkpoint(promoted).provenance["render_size"] == 96
+    L = np.full((300, 200), 50.0, np.float32)
+    with create_engine(promoted, kind="torch", precision="fp32") as engine:
+        own = Colorizer(engine)
+        assert own.render_size == 96
+        render = own.predict_grid([L])[0]
+        assert (render.render_height, render.render_width) == (96, 64)  # the long side at the model's own size
+        assert Colorizer(engine, render_size=128).render_size == 128  # asked for: asked wins
+    with create_engine(tiny_regression_checkpoint, kind="torch", precision="fp32") as engine:
+        assert Colorizer(engine).render_size == DEFAULT_RENDER_SIZE  # nothing recorded: 256
+    with pytest.raises(SystemExit):
+        promote_main([str(tiny_regression_checkpoint), "-o", str(tmp_path / "bad.pt"), "--render-size", "8"])
+    assert not (tmp_path / "bad.pt").exists()

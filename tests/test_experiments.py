@@ -83,7 +83,7 @@ def test_experiments_command_writes_both_parts(cifar_zip: Path, tmp_path: Path) 
     assert "no-judge" in natural["judge_skipped"]  # said plainly, not silently left out
     table = (out / "natural.md").read_text()
     assert "gray baseline (ab = 0)" in table and "ImageNet judge not run" in table
-    assert (out / "natural_sheet.png").stat().st_size > 0
+    assert (out / "natural_sheet.jpg").stat().st_size > 0
 
 
 def test_experiments_report_missing_data_in_one_line(tmp_path: Path, capsys) -> None:

@@ -70,7 +70,8 @@ def render_contact_sheet(
     cell_height: int = 160,
     cell_width: int | None = None,
 ) -> Path:
-    """Draw ``rows`` (each: gray, ours..., truth) under the column ``labels`` and save a PNG.
+    """Draw ``rows`` (each: gray, ours..., truth) under the column ``labels`` and save it: JPEG (quality 90) for a
+    ``.jpg``/``.jpeg`` path, small enough to commit, else PNG.
 
     ``cell_width`` defaults to what the widest image needs at ``cell_height`` or the longest label needs,
     whichever is more (a given ``cell_width`` shortens long labels instead); every image is scaled to fit
@@ -109,5 +110,8 @@ def render_contact_sheet(
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out_path, format="PNG")
+    if out_path.suffix.lower() in (".jpg", ".jpeg"):
+        sheet.save(out_path, format="JPEG", quality=90)
+    else:
+        sheet.save(out_path, format="PNG")
     return out_path

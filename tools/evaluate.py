@@ -168,7 +168,7 @@ class RowResult:
 @dataclass
 class EvaluationResult:
     data: str
-    render_size: int
+    render_size: int | str  # the size every model rendered at, or "224/256" when their own sizes differ
     images: list[str]
     sizes: list[tuple[int, int]]  # (width, height) per image
     models: list[RowResult]
@@ -272,10 +272,15 @@ def _decode_suffix(decode: DecodeOptions) -> str:
     return f" [{text}]"
 
 
+def _render_sizes(colorizers: Sequence[Colorizer]) -> int | str:
+    sizes = sorted({c.render_size for c in colorizers})
+    return sizes[0] if len(sizes) == 1 else "/".join(str(s) for s in sizes)
+
+
 def evaluate_models(
     models: Sequence[str],
     data: str | os.PathLike,
-    render_size: int = 256,
+    render_size: int | None = None,
     limit: int | None = None,
     engine_kind: str = "auto",
     device: str = "auto",
@@ -354,7 +359,7 @@ def evaluate_models(
         render_contact_sheet(sheet_rows, ["gray input", *labels, TRUTH_LABEL], contact_sheet, cell_height=cell_height)
     return EvaluationResult(
         data=str(data),
-        render_size=render_size,
+        render_size=_render_sizes(colorizers),
         images=names,
         sizes=sizes,
         models=rows,
@@ -373,7 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tools evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", action="append", required=True, help="'default' or a checkpoint/.onnx path; repeatable")
     p.add_argument("--data", required=True, help="a folder (searched recursively) or a .zip of colour photos")
-    p.add_argument("--render-size", type=int, default=256, help="long side the network sees (default 256)")
+    p.add_argument("--render-size", type=int, default=None,
+                   help="long side the network sees (default: each model's own, recorded in its checkpoint, else 256)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N photos (name order)")
     p.add_argument("--engine", default="auto", help="auto | torch | onnxruntime")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")

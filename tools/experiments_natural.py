@@ -139,7 +139,7 @@ def run_natural(data: Sequence[str], eval_data: str, settings: NaturalSettings, 
                 specs: Sequence[NaturalSpec] = SPECS, reference: str | None = "default") -> dict:
     """Train every row into ``out/runs/<key>``, then score them all (and ``reference``) on ``eval_data``.
 
-    Writes ``out/natural_sheet.png`` (gray | each row | truth). The judge runs when ``judge_data`` and
+    Writes ``out/natural_sheet.jpg`` (gray | each row | truth). The judge runs when ``judge_data`` and
     ``judge_model`` exist and ai-edge-litert is installed; otherwise the result says why it did not.
     """
     started = time.monotonic()
@@ -155,7 +155,7 @@ def run_natural(data: Sequence[str], eval_data: str, settings: NaturalSettings, 
         models.append(("shipped default model (reference, trained longer)", reference))
     evaluation = evaluate_models([m for _, m in models], eval_data, render_size=settings.render_size,
                                  limit=settings.eval_limit, engine_kind="torch", precision="fp32",
-                                 contact_sheet=out / "natural_sheet.png", sheet_count=8, cell_height=120)
+                                 contact_sheet=out / "natural_sheet.jpg", sheet_count=8, cell_height=120)
     means = {label: row.means() for (label, _), row in zip(models, evaluation.models, strict=True)}
     result = {
         "train_data": list(data),
@@ -164,7 +164,7 @@ def run_natural(data: Sequence[str], eval_data: str, settings: NaturalSettings, 
         "rows": [{"label": label, "model": model, **means[label]} for label, model in models],
         "gray": evaluation.gray.means(),
         "truth_colourfulness": float(np.mean(evaluation.truth_colourfulness)),
-        "contact_sheet": "natural_sheet.png",
+        "contact_sheet": "natural_sheet.jpg",
     }
     if judge_data and judge_model:
         try:

@@ -52,15 +52,21 @@ def evaluation_summary(evaluation: dict[str, Any]) -> dict[str, Any]:
 def promote(
     source: Path, output: str | os.PathLike, decode: DecodeOptions | None = None,
     evaluation: dict[str, Any] | None = None, half: bool = True, storage: Storage | None = None,
+    render_size: int | None = None,
 ) -> str:
-    """Re-save ``source`` as ``output`` (a path, or an ``s3://`` URI with ``storage``) with the given decoding and
-    evaluation; returns the new weights hash."""
+    """Re-save ``source`` as ``output`` (a path, or an ``s3://`` URI with ``storage``) with the given decoding,
+    evaluation and render size (the model's own from then on: ``models.colorizer.preferred_render_size``);
+    returns the new weights hash."""
     ckpt = load_checkpoint(source)
     decode = decode or DecodeOptions(**ckpt.decode)
     provenance = dict(ckpt.provenance)
     provenance["promoted_from"] = ckpt.label
     if evaluation is not None:
         provenance["evaluation"] = evaluation_summary(evaluation)
+    if render_size is not None:
+        if render_size < 32:
+            raise ValueError(f"render size {render_size} is too small (at least 32)")
+        provenance["render_size"] = render_size
     model = ckpt.build_model()
     scheme, _, local_path = parse_uri(output)
     if scheme == "file":
@@ -87,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ab-prior-from", action="append", default=[], metavar="PATH[:WEIGHT]",
                    help="measure the ab prior from these colour photos (the model's training data) and record it; "
                    "for checkpoints trained before the prior was recorded")
+    p.add_argument("--render-size", type=int, help="the render size the decoding was chosen at; colorizing with this "
+                   "model uses it unless told otherwise (default: keep the checkpoint's)")
     p.add_argument("--evaluation", type=Path, help="an `evaluate --json` report to attach to the provenance")
     p.add_argument("--fp32", action="store_true", help="store float32 weights instead of fp16")
     args = p.parse_args(argv)
@@ -106,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                 ab_prior=measure_ab_prior(args.ab_prior_from) if args.ab_prior_from else current.ab_prior,
             )
             evaluation = json.loads(args.evaluation.read_text()) if args.evaluation else None
-            digest = promote(args.checkpoint, output, decode, evaluation, half=not args.fp32, storage=storage)
+            digest = promote(args.checkpoint, output, decode, evaluation, half=not args.fp32, storage=storage,
+                             render_size=args.render_size)
     except (CheckpointError, TinctError, OSError, ValueError, KeyError) as exc:
         p.exit(2, f"promote: error: {one_line(exc)}\n")
     name = PurePosixPath(output).stem if is_model_name(PurePosixPath(output).stem) else None

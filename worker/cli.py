@@ -108,9 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     colorize.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: %(default)s")
     colorize.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                           help="default: %(default)s (fp16 on CUDA, fp32 on CPU)")
-    colorize.add_argument("--render-size", type=_positive, default=256,
+    colorize.add_argument("--render-size", type=_positive, default=None,
                           help="long side the network sees (never upscaled); colour is applied at full resolution "
-                          "(default: 256)")
+                          "(default: the model's own, recorded in its checkpoint; 256 for a model without one)")
     colorize.add_argument("--batch-size", type=_positive, default=8,
                           help="photos or film frames per network batch (default: 8)")
     colorize.add_argument("--max-pixels", type=max_pixels_arg, default=None,

@@ -47,7 +47,7 @@ class JobOptions:
     """What changes the result (and so the job id). Unset values take the worker's settings."""
 
     model: str = "default"
-    render_size: int = 256
+    render_size: int | None = None  # None: the model's own (recorded in its checkpoint), else 256
     smoothing: float = 0.5
     codec: str = "h264"
     crf: int | None = None
@@ -140,8 +140,8 @@ def _option_value(key: str, value: Any) -> Any:
             raise bad("a format name or null")
         return value
     if key == "render_size":
-        if isinstance(value, bool) or not isinstance(value, int) or not 32 <= value <= 4096:
-            raise bad("a whole number from 32 to 4096")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 32 <= value <= 4096):
+            raise bad("a whole number from 32 to 4096, or null for the model's own")
         return value
     if key == "crf":
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 63):

@@ -275,11 +275,12 @@ def open_colorizer(
     engine: str = "auto",
     device: str = "auto",
     precision: str = "auto",
-    render_size: int = 256,
+    render_size: int | None = None,
     batch_size: int = 8,
     cache_dir: str | os.PathLike | None = None,
 ) -> Iterator[tuple[Colorizer, str]]:
-    """Load the model once and yield ``(colorizer, model label)``; the engine is closed afterwards. ``cache_dir``
+    """Load the model once and yield ``(colorizer, model label)``; the engine is closed afterwards. ``render_size``
+    None is the model's own (``models.colorizer.preferred_render_size``). ``cache_dir``
     holds ONNX exports (``Settings.cache_dir / "onnx"``; None: ``~/.cache/tinct/onnx``).
 
     Any failure to load (missing or corrupt checkpoint, unknown engine, no GPU) becomes one :class:`ModelError`.

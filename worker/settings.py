@@ -44,7 +44,7 @@ class Settings:
     device: str = "auto"
     engine: str = "auto"
     precision: str = "auto"
-    render_size: int = 256
+    render_size: int | None = None  # None: each model's own render size (its checkpoint records it), else 256
     batch_size: int = 8
     collection_batch: int = 32  # photos per task when a collection is fanned out
     segment_seconds: float = 60.0  # film segments fanned out to workers

@@ -324,7 +324,8 @@ def colorize_segment(rt: Runtime, job_id: str, segment_dict: dict, enqueue: Enqu
     for stage in ("decode", "network", "smoothing", "colour", "encode"):
         metrics.STAGE_SECONDS.labels(stage).observe(getattr(times, stage))
     metrics.STAGE_SECONDS.labels("segment").observe(time.perf_counter() - began)
-    rt.store.update(job_id, model_label=loaded.label)
+    # The render size actually used (the model's own when the job named none), for the film's provenance tag.
+    rt.store.update(job_id, model_label=loaded.label, render_size=loaded.colorizer.render_size)
     _progress(rt, job_id, rt.store.add_counter(job_id, "done", segment.frames))
     if _finish_piece(rt, job_id, piece, "segments", finalize=False):
         enqueue.join(job_id)
@@ -362,9 +363,10 @@ def join_film(rt: Runtime, job_id: str) -> None:
         film = rt.film(spec.input)
         output = film_output_uri(spec)
         final = scratch / f"output{PurePosixPath(parse_uri(output)[2]).suffix}"
-        label = (rt.redis.hget(f"tinct:job:{job_id}", "model_label") or b"").decode() or spec.options.model
-        provenance = {"model": label,
-                      "render_size": spec.options.render_size, "smoothing": spec.options.smoothing,
+        label, used_size = rt.redis.hmget(f"tinct:job:{job_id}", "model_label", "render_size")
+        label = (label or b"").decode() or spec.options.model
+        render_size = int(used_size) if used_size else spec.options.render_size
+        provenance = {"model": label, "render_size": render_size, "smoothing": spec.options.smoothing,
                       **options["encode"].describe(), "job": job_id}
         join_segments(film, paths, final, provenance)
         info = rt.storage.upload(final, output)
