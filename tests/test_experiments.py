@@ -85,6 +85,12 @@ def test_experiments_command_writes_both_parts(cifar_zip: Path, tmp_path: Path) 
     assert "gray baseline (ab = 0)" in table and "ImageNet judge not run" in table
     assert (out / "natural_sheet.jpg").stat().st_size > 0
 
+    (out / "cifar.md").unlink()  # --tables-only rebuilds the tables from the results, training nothing
+    assert experiments_main(["--tables-only", "--out", str(out)]) == 0
+    assert "gap closed" in (out / "cifar.md").read_text()
+    with pytest.raises(SystemExit, match="no results to tabulate"):
+        experiments_main(["--tables-only", "--out", str(tmp_path / "empty")])
+
 
 def test_experiments_report_missing_data_in_one_line(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as exited:

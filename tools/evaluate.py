@@ -306,7 +306,12 @@ def evaluate_models(
             options = _decode_options(m, decode) if decode else None
             engines.append(create_engine(model=m, kind=engine_kind, device=device, precision=precision, decode=options,
                                          cache_dir=onnx_cache_dir()))
-        labels = _unique_labels([e.checkpoint.label + (_decode_suffix(e.decode) if decode else "") for e in engines])
+        # Two rows of the same weights (a checkpoint and a copy promoted with other decoding) are told apart by
+        # their decoding rather than by a number.
+        same_weights = {e.checkpoint.label for e in engines if [x.checkpoint.label for x in engines].count(
+            e.checkpoint.label) > 1}
+        labels = _unique_labels([e.checkpoint.label + (_decode_suffix(e.decode) if decode or e.checkpoint.label
+                                                       in same_weights else "") for e in engines])
         colorizers = [Colorizer(e, render_size=render_size, batch_size=batch_size) for e in engines]
         rows = [
             RowResult(label, str(m), f"{e.name} {e.device} {e.precision}")

@@ -53,6 +53,20 @@ def write_part(out: Path, part: str, result: dict, table: str) -> None:
     (out / f"{part}.md").write_text(table + "\n")
 
 
+TABLES = {"cifar": experiments_cifar.cifar_table, "natural": experiments_natural.natural_table}
+
+
+def rewrite_tables(out: Path, parts: tuple[str, ...]) -> int:
+    for part in parts:
+        source = out / f"{part}.json"
+        if not source.is_file():
+            raise SystemExit(f"experiments: {source}: no results to tabulate (run the part first)")
+        table = TABLES[part](json.loads(source.read_text()))
+        (out / f"{part}.md").write_text(table + "\n")
+        print(table)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools experiments", description=__doc__.split("\n\n")[0])
     p.add_argument("--part", choices=(*PARTS, "all"), default="all")
@@ -66,12 +80,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--judge-model", default=str(SHARED / "eval/judge"), help="folder with the judge's .tflite")
     p.add_argument("--out", type=Path, default=Path("docs/experiments"))
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--tables-only", action="store_true",
+                   help="train nothing: rewrite each part's .md table from its .json results in --out")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     cifar_settings, natural_settings = PRESETS[args.preset]
     parts = PARTS if args.part == "all" else (args.part,)
+    if args.tables_only:
+        return rewrite_tables(args.out, parts)
     try:
         if "cifar" in parts:
             result = experiments_cifar.run_cifar(args.cifar, cifar_settings, args.out / "runs" / "cifar")

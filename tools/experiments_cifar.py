@@ -370,13 +370,22 @@ def _seed_figure(spec: ColorizerSpec, suffix: str) -> int | None:
 
 
 def cifar_table(result: dict) -> str:
+    """The results as markdown. "Gap closed" is how far a row moves the judge from gray toward ground truth
+    ((row - gray) / (truth - gray)): judges differ in how much they rely on colour, so that share, not the raw
+    accuracy, is what compares with the seed paper's (whose judge scored gray 22% and truth 80%)."""
+    gray, truth = result["rows"][0]["judge_accuracy"], result["rows"][-1]["judge_accuracy"]
+    seed_gray, seed_truth = SEED_PAPER["grayscale"], SEED_PAPER["ground truth"]
     lines = [
-        "| colorization of the test images | judge accuracy | seed paper | PSNR dB | colourfulness |",
-        "|---|---|---|---|---|",
+        "| colorization of the test images | judge accuracy | gap closed | seed paper (gap closed) | PSNR dB "
+        "| colourfulness |",
+        "|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
-        seed = f"{row['seed_paper']}%" if row["seed_paper"] is not None else ""
+        closed = f"{(row['judge_accuracy'] - gray) / (truth - gray):.0%}" if truth > gray else "-"
+        seed = row["seed_paper"]
+        seed_text = f"{seed}% ({(seed - seed_gray) / (seed_truth - seed_gray):.0%})" if seed is not None else ""
         psnr = f"{row['psnr']:.2f}" if row["psnr"] is not None else "-"
         colourful = f"{row['colourfulness']:.1f}" if row["colourfulness"] is not None else "-"
-        lines.append(f"| {row['label']} | {100 * row['judge_accuracy']:.1f}% | {seed} | {psnr} | {colourful} |")
+        lines.append(f"| {row['label']} | {100 * row['judge_accuracy']:.1f}% | {closed} | {seed_text} | {psnr} "
+                     f"| {colourful} |")
     return "\n".join(lines)
