@@ -85,6 +85,14 @@ def test_experiments_command_writes_both_parts(cifar_zip: Path, tmp_path: Path) 
     assert "gray baseline (ab = 0)" in table and "ImageNet judge not run" in table
     assert (out / "natural_sheet.jpg").stat().st_size > 0
 
+    unet = out / "runs" / "unet" / "model.pt"  # a rerun reuses rows trained with the same settings
+    before = unet.stat().st_mtime_ns
+    assert experiments_main(["--part", "natural", "--preset", "smoke", "--rows", "unet", "--train-only",
+                             "--train", str(photos), "--out", str(out)]) == 0
+    assert unet.stat().st_mtime_ns == before
+    with pytest.raises(SystemExit, match="unknown rows nope"):
+        experiments_main(["--part", "natural", "--preset", "smoke", "--rows", "nope", "--out", str(out)])
+
     (out / "cifar.md").unlink()  # --tables-only rebuilds the tables from the results, training nothing
     assert experiments_main(["--tables-only", "--out", str(out)]) == 0
     assert "gap closed" in (out / "cifar.md").read_text()

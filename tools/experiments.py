@@ -80,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--judge-model", default=str(SHARED / "eval/judge"), help="folder with the judge's .tflite")
     p.add_argument("--out", type=Path, default=Path("docs/experiments"))
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--rows", help="natural part: only these rows (comma-separated keys: "
+                   f"{', '.join(s.key for s in experiments_natural.SPECS)})")
+    p.add_argument("--train-only", action="store_true",
+                   help="natural part: train the rows and stop (a later run reuses them and scores everything)")
     p.add_argument("--tables-only", action="store_true",
                    help="train nothing: rewrite each part's .md table from its .json results in --out")
     args = p.parse_args(argv)
@@ -99,8 +103,19 @@ def main(argv: list[str] | None = None) -> int:
         if "natural" in parts:
             train = args.train or [str(SHARED / "train/flowers"), str(SHARED / "train/bsds500/train:4"),
                                    str(SHARED / "train/bsds500/test:4")]
+            specs = experiments_natural.SPECS
+            if args.rows:
+                wanted = set(args.rows.split(","))
+                unknown = wanted - {s.key for s in specs}
+                if unknown:
+                    raise ValueError(f"--rows: unknown rows {', '.join(sorted(unknown))}")
+                specs = tuple(s for s in specs if s.key in wanted)
             result = experiments_natural.run_natural(train, args.eval, natural_settings, args.out,
-                                                     judge_data=args.judge_data, judge_model=args.judge_model)
+                                                     judge_data=args.judge_data, judge_model=args.judge_model,
+                                                     specs=specs, train_only=args.train_only)
+            if args.train_only:
+                print("trained: " + ", ".join(result["trained"]))
+                return 0
             result |= {"preset": args.preset, "settings": dataclasses.asdict(natural_settings)}
             write_part(args.out, "natural", result, experiments_natural.natural_table(result))
             print(experiments_natural.natural_table(result))

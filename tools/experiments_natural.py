@@ -80,7 +80,22 @@ SPECS = (
 )
 
 
+def finished_row(run_dir: Path, settings: NaturalSettings) -> Path | None:
+    """The row's checkpoint when an earlier run already trained it to the end with these settings, else None: an
+    interrupted or split experiment trains only what is missing."""
+    path = run_dir / "model.pt"
+    if not path.is_file():
+        return None
+    provenance = load_checkpoint(path).provenance
+    wanted = {"final": True, "steps": settings.steps, "batch_size": settings.batch_size, "crop": settings.crop}
+    return path if all(provenance.get(k) == v for k, v in wanted.items()) else None
+
+
 def train_row(spec: NaturalSpec, data: Sequence[str], settings: NaturalSettings, run_dir: Path) -> Path:
+    done = finished_row(run_dir, settings)
+    if done is not None:
+        log.info("%s: already trained in %s", spec.label, run_dir)
+        return done
     cfg = TrainConfig(
         model=spec.model, model_options=dict(spec.options), data=list(data), steps=settings.steps,
         batch_size=settings.batch_size, crop=settings.crop, loss=spec.loss, rebalance_lambda=spec.rebalance_lambda,
@@ -136,8 +151,10 @@ def judge_rows(models: Sequence[tuple[str, str]], judge_data: str, judge_model: 
 
 def run_natural(data: Sequence[str], eval_data: str, settings: NaturalSettings, out: Path,
                 judge_data: str | None = None, judge_model: str | None = None,
-                specs: Sequence[NaturalSpec] = SPECS, reference: str | None = "default") -> dict:
-    """Train every row into ``out/runs/<key>``, then score them all (and ``reference``) on ``eval_data``.
+                specs: Sequence[NaturalSpec] = SPECS, reference: str | None = "default",
+                train_only: bool = False) -> dict:
+    """Train every row into ``out/runs/<key>`` (reusing rows already trained there with these settings), then
+    score them all (and ``reference``) on ``eval_data``; ``train_only`` stops after training.
 
     Writes ``out/natural_sheet.jpg`` (gray | each row | truth). The judge runs when ``judge_data`` and
     ``judge_model`` exist and ai-edge-litert is installed; otherwise the result says why it did not.
@@ -151,6 +168,8 @@ def run_natural(data: Sequence[str], eval_data: str, settings: NaturalSettings, 
         if spec.decode_rebalance is not None:
             derived = with_decode_rebalance(path, spec.decode_rebalance, data, runs / spec.key / "decode_rebalanced.pt")
             models.append((f"{spec.label}, decode-time rebalancing {spec.decode_rebalance:g}", str(derived)))
+    if train_only:
+        return {"trained": [model for _, model in models], "seconds": time.monotonic() - started}
     if reference is not None:
         models.append(("shipped default model (reference, trained longer)", reference))
     evaluation = evaluate_models([m for _, m in models], eval_data, render_size=settings.render_size,
