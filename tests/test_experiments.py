@@ -69,7 +69,8 @@ def test_experiments_command_writes_both_parts(cifar_zip: Path, tmp_path: Path) 
         Image.fromarray(gradient_image(72, 88, seed=10 + i)).save(scored / f"e{i}.png")
     out = tmp_path / "results"
     code = experiments_main(["--preset", "smoke", "--cifar", str(cifar_zip), "--train", str(photos),
-                             "--eval", str(scored), "--judge-model", str(tmp_path / "no-judge"), "--out", str(out)])
+                             "--eval", str(scored), "--judge-model", str(tmp_path / "no-judge"), "--out", str(out),
+                             "--work-dir", str(tmp_path / "work")])
     assert code == 0
     cifar = json.loads((out / "cifar.json").read_text())
     natural = json.loads((out / "natural.json").read_text())
@@ -85,10 +86,10 @@ def test_experiments_command_writes_both_parts(cifar_zip: Path, tmp_path: Path) 
     assert "gray baseline (ab = 0)" in table and "ImageNet judge not run" in table
     assert (out / "natural_sheet.jpg").stat().st_size > 0
 
-    unet = out / "runs" / "unet" / "model.pt"  # a rerun reuses rows trained with the same settings
+    unet = tmp_path / "work" / "natural" / "unet" / "model.pt"  # a rerun reuses rows trained with the same settings
     before = unet.stat().st_mtime_ns
     assert experiments_main(["--part", "natural", "--preset", "smoke", "--rows", "unet", "--train-only",
-                             "--train", str(photos), "--out", str(out)]) == 0
+                             "--train", str(photos), "--out", str(out), "--work-dir", str(tmp_path / "work")]) == 0
     assert unet.stat().st_mtime_ns == before
     with pytest.raises(SystemExit, match="unknown rows nope"):
         experiments_main(["--part", "natural", "--preset", "smoke", "--rows", "nope", "--out", str(out)])

@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--judge-data", default=str(SHARED / "train/clothing/test"),
                    help="photos of known ImageNet classes for the ImageNet judge (natural part)")
     p.add_argument("--judge-model", default=str(SHARED / "eval/judge"), help="folder with the judge's .tflite")
-    p.add_argument("--out", type=Path, default=Path("docs/experiments"))
+    p.add_argument("--out", type=Path, default=Path("docs/experiments"), help="results: JSON, tables, contact sheet")
+    p.add_argument("--work-dir", type=Path, default=Path("runs/experiments"),
+                   help="trained models and the judge, kept for reruns (not results: never commit them)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--rows", help="natural part: only these rows (comma-separated keys: "
                    f"{', '.join(s.key for s in experiments_natural.SPECS)})")
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         return rewrite_tables(args.out, parts)
     try:
         if "cifar" in parts:
-            result = experiments_cifar.run_cifar(args.cifar, cifar_settings, args.out / "runs" / "cifar")
+            result = experiments_cifar.run_cifar(args.cifar, cifar_settings, args.work_dir / "cifar")
             result |= {"preset": args.preset}
             write_part(args.out, "cifar", result, experiments_cifar.cifar_table(result))
             print(experiments_cifar.cifar_table(result))
@@ -112,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                 specs = tuple(s for s in specs if s.key in wanted)
             result = experiments_natural.run_natural(train, args.eval, natural_settings, args.out,
                                                      judge_data=args.judge_data, judge_model=args.judge_model,
-                                                     specs=specs, train_only=args.train_only)
+                                                     specs=specs, train_only=args.train_only,
+                                                     work_dir=args.work_dir / "natural")
             if args.train_only:
                 print("trained: " + ", ".join(result["trained"]))
                 return 0

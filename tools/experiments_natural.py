@@ -130,7 +130,7 @@ def gray_rgb(L: np.ndarray) -> np.ndarray:
 
 
 def judge_rows(models: Sequence[tuple[str, str]], judge_data: str, judge_model: str,
-               render_size: int) -> dict[str, dict[str, float]]:
+               render_size: int | None) -> dict[str, dict[str, float]]:
     """ImageNet judge top-1/top-5 for the gray photos, each model's colorization of them, and the truth."""
     judge = ImageNetJudge(judge_model)
     photos = labelled_photos(judge, judge_data)
@@ -152,15 +152,16 @@ def judge_rows(models: Sequence[tuple[str, str]], judge_data: str, judge_model: 
 def run_natural(data: Sequence[str], eval_data: str, settings: NaturalSettings, out: Path,
                 judge_data: str | None = None, judge_model: str | None = None,
                 specs: Sequence[NaturalSpec] = SPECS, reference: str | None = "default",
-                train_only: bool = False) -> dict:
-    """Train every row into ``out/runs/<key>`` (reusing rows already trained there with these settings), then
-    score them all (and ``reference``) on ``eval_data``; ``train_only`` stops after training.
+                train_only: bool = False, work_dir: Path | None = None) -> dict:
+    """Train every row into ``work_dir/<key>`` (default ``out/runs``; rows already trained there with these
+    settings are reused), then score them all (and ``reference``) on ``eval_data``; ``train_only`` stops after
+    training.
 
     Writes ``out/natural_sheet.jpg`` (gray | each row | truth). The judge runs when ``judge_data`` and
     ``judge_model`` exist and ai-edge-litert is installed; otherwise the result says why it did not.
     """
     started = time.monotonic()
-    runs = out / "runs"
+    runs = work_dir if work_dir is not None else out / "runs"
     models: list[tuple[str, str]] = []
     for spec in specs:
         path = train_row(spec, data, settings, runs / spec.key)
