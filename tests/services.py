@@ -56,6 +56,8 @@ __all__ = [
     "WorkerProcess",
     "env_for_workers",
     "free_port",
+    "get_object",
+    "put_object",
     "redis_server",
     "redis_server_fixture",
     "s3_server",
@@ -112,3 +114,14 @@ def s3_server_fixture(request: pytest.FixtureRequest) -> Iterator[S3Server]:
 # quiet in modules whose tests take ``redis_server``/``s3_server`` arguments.
 redis_server = redis_server_fixture
 s3_server = s3_server_fixture
+
+
+def put_object(s3: S3Server, uri: str, data: bytes) -> None:
+    """Write ``data`` to ``s3://bucket/key`` on the test server, as a user's upload would."""
+    bucket, key = uri[len("s3://"):].split("/", 1)
+    s3.client().put_object(Bucket=bucket, Key=key, Body=data)
+
+
+def get_object(s3: S3Server, uri: str) -> bytes:
+    bucket, key = uri[len("s3://"):].split("/", 1)
+    return s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()

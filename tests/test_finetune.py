@@ -24,6 +24,8 @@ from tests.conftest import gradient_image
 from tests.services import (  # noqa: F401 - the fixtures are used by name
     WorkerProcess,
     env_for_workers,
+    get_object,
+    put_object,
     redis_server_fixture,
     s3_server_fixture,
     s3_settings,
@@ -51,19 +53,9 @@ def png(rgb: np.ndarray, gray: bool = False) -> bytes:
     return buffer.getvalue()
 
 
-def put(s3, uri: str, data: bytes) -> None:
-    bucket, key = uri[len("s3://"):].split("/", 1)
-    s3.client().put_object(Bucket=bucket, Key=key, Body=data)
-
-
-def get(s3, uri: str) -> bytes:
-    bucket, key = uri[len("s3://"):].split("/", 1)
-    return s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
-
-
 def colour_collection(s3, prefix: str, count: int = 4) -> None:
     for i in range(count):
-        put(s3, f"{prefix}p{i}.png", png(gradient_image(96, 96, seed=i)))
+        put_object(s3, f"{prefix}p{i}.png", png(gradient_image(96, 96, seed=i)))
 
 
 def use_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
@@ -77,7 +69,7 @@ def use_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
 
 def published_label(s3, uri: str, tmp_path: Path) -> str:
     local = tmp_path / f"published-{time.monotonic_ns()}.pt"
-    local.write_bytes(get(s3, uri))
+    local.write_bytes(get_object(s3, uri))
     return load_checkpoint(local).label
 
 
@@ -154,13 +146,13 @@ def test_fine_tune_on_s3_photos_publish_and_a_worker_uses_it_by_name(tmp_path, r
     env["OMP_NUM_THREADS"] = "1"
     worker = WorkerProcess("w", env, tmp_path / "worker.log")
     try:
-        put(s3_server, "s3://scans/a.png", png(gradient_image(64, 96, seed=7), gray=True))
+        put_object(s3_server, "s3://scans/a.png", png(gradient_image(64, 96, seed=7), gray=True))
         client = Service(s3_settings(s3_server, redis_url=redis_server.url))
         job_id, _ = client.submit(photo_job(NAME, "s3://colour/"))
         record = wait_for(client, job_id)
         assert record.state == "succeeded", (record.error, worker.log_tail())
         assert record.metrics["model"] == tuned_label
-        assert f"model {tuned_label}" in description(get(s3_server, "s3://colour/a.png"))
+        assert f"model {tuned_label}" in description(get_object(s3_server, "s3://colour/a.png"))
 
         # Published again under the same name (here: the shipped weights): the next job fetches the new version
         # by its new ETag instead of reusing the copy or the engine it already has.
@@ -171,7 +163,7 @@ def test_fine_tune_on_s3_photos_publish_and_a_worker_uses_it_by_name(tmp_path, r
         record = wait_for(client, job_id)
         assert record.state == "succeeded", (record.error, worker.log_tail())
         assert record.metrics["model"] == republished
-        assert f"model {republished}" in description(get(s3_server, "s3://colour/v2/a.png"))
+        assert f"model {republished}" in description(get_object(s3_server, "s3://colour/v2/a.png"))
         assert len(list((tmp_path / "worker-cache" / "models" / NAME).glob("*.pt"))) == 2
     finally:
         worker.stop()
@@ -180,7 +172,7 @@ def test_fine_tune_on_s3_photos_publish_and_a_worker_uses_it_by_name(tmp_path, r
 def test_an_unknown_model_name_fails_the_job_once_naming_the_model_and_the_store(tmp_path, redis_server, s3_server):
     for bucket in ("models", "scans", "colour"):
         s3_server.make_bucket(bucket)
-    put(s3_server, "s3://scans/a.png", png(gradient_image(64, 96), gray=True))
+    put_object(s3_server, "s3://scans/a.png", png(gradient_image(64, 96), gray=True))
     env = env_for_workers(redis_server, s3_server, work_dir=tmp_path / "work", base=os.environ, engine="torch",
                           device="cpu", render_size=64, retry_backoff_s=0.5, s3_max_attempts=1,
                           model_store="s3://models/store/", cache_dir=tmp_path / "cache")
@@ -203,7 +195,7 @@ def test_an_unknown_model_name_fails_the_job_once_naming_the_model_and_the_store
 
 def test_an_empty_s3_prefix_is_a_one_line_error(tmp_path, s3_server):
     s3_server.make_bucket("photos")
-    put(s3_server, "s3://photos/other/p.png", png(gradient_image(96, 96)))  # a neighbour, not under the prefix
+    put_object(s3_server, "s3://photos/other/p.png", png(gradient_image(96, 96)))  # a neighbour, not under the prefix
     env = env_for_workers(s3_server=s3_server, base=os.environ, cache_dir=tmp_path / "cache")
     done = run_tool(train_command("--init", "default", "--data", "s3://photos/colour-1950s/", "--run-dir",
                                   str(tmp_path / "run")), env)
@@ -225,7 +217,7 @@ def test_an_empty_s3_prefix_is_a_one_line_error(tmp_path, s3_server):
 def test_unusable_s3_sources_are_one_line_errors(tmp_path, s3_server, monkeypatch, capsys, data, reason):
     s3_server.make_bucket("photos")
     for i in range(2):
-        put(s3_server, f"s3://photos/gray/g{i}.png", png(gradient_image(64, 64, seed=i), gray=True))
+        put_object(s3_server, f"s3://photos/gray/g{i}.png", png(gradient_image(64, 64, seed=i), gray=True))
     use_env(monkeypatch, env_for_workers(s3_server=s3_server))
     with pytest.raises(SystemExit) as exc:
         train_tool.main(["--init", "default", "--data", data, "--run-dir", str(tmp_path / "run"), "--steps", "1",
@@ -238,7 +230,7 @@ def test_unusable_s3_sources_are_one_line_errors(tmp_path, s3_server, monkeypatc
 def test_s3_sources_keep_their_weights_and_names(s3_server):
     s3_server.make_bucket("photos")
     colour_collection(s3_server, "s3://photos/colour-1950s/", count=3)
-    put(s3_server, "s3://photos/colour-1950s/notes.txt", b"not a photo")
+    put_object(s3_server, "s3://photos/colour-1950s/notes.txt", b"not a photo")
     assert SourceSpec.parse("s3://photos/colour-1950s:2") == SourceSpec("s3://photos/colour-1950s", 2.0)
     assert SourceSpec.parse("s3://photos/scans:2/") == SourceSpec("s3://photos/scans:2/", 1.0)
     with Storage(s3_settings(s3_server)) as storage:

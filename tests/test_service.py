@@ -18,6 +18,8 @@ from tests.services import (  # noqa: F401 - the fixtures are used by name
     WorkerProcess,
     env_for_workers,
     free_port,
+    get_object,
+    put_object,
     redis_server,
     s3_server,
     s3_settings,
@@ -70,16 +72,6 @@ def gray_png(seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
-def put(s3, uri: str, data: bytes) -> None:
-    bucket, key = uri[len("s3://"):].split("/", 1)
-    s3.client().put_object(Bucket=bucket, Key=key, Body=data)
-
-
-def get(s3, uri: str) -> bytes:
-    bucket, key = uri[len("s3://"):].split("/", 1)
-    return s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
-
-
 def keys(s3, bucket: str) -> list[str]:
     listing = s3.client().list_objects_v2(Bucket=bucket)
     return sorted(item["Key"] for item in listing.get("Contents", []))
@@ -95,14 +87,14 @@ def spec(input_uri: str, output: str, model, **options) -> JobSpec:
 
 def test_photo_job_from_s3_to_s3_and_resubmission_returns_it(service_env):
     client, start_worker, s3, _, model = service_env
-    put(s3, "s3://scans/scans/a.png", gray_png())
+    put_object(s3, "s3://scans/scans/a.png", gray_png())
     worker = start_worker()
     job_id, created = client.submit(spec("s3://scans/scans/a.png", "s3://colour/", model))
     assert created
     record = wait_for(client, job_id)
     assert record.state == "succeeded", record.error
     assert record.outputs == ["s3://colour/a.png"]
-    result = np.asarray(Image.open(io.BytesIO(get(s3, "s3://colour/a.png"))).convert("RGB")).astype(int)
+    result = np.asarray(Image.open(io.BytesIO(get_object(s3, "s3://colour/a.png"))).convert("RGB")).astype(int)
     assert result.shape == (64, 96, 3) and np.abs(result - result.mean(axis=-1, keepdims=True)).mean() > 0.5
     again, created = client.submit(spec("s3://scans/scans/a.png", "s3://colour/", model))
     assert (again, created) == (job_id, False)
@@ -114,9 +106,9 @@ def test_photo_job_from_s3_to_s3_and_resubmission_returns_it(service_env):
 def test_collection_fans_out_and_lists_failed_files(service_env):
     client, start_worker, s3, _, model = service_env
     for i in range(5):
-        put(s3, f"s3://scans/box/{i // 3}/p{i}.png", gray_png(i))
-    put(s3, "s3://scans/box/broken.png", b"not a png")
-    put(s3, "s3://scans/box/notes.txt", b"ignored")
+        put_object(s3, f"s3://scans/box/{i // 3}/p{i}.png", gray_png(i))
+    put_object(s3, "s3://scans/box/broken.png", b"not a png")
+    put_object(s3, "s3://scans/box/notes.txt", b"ignored")
     start_worker()
     job_id, _ = client.submit(spec("s3://scans/box/", "s3://colour/box/", model, format="jpg"))
     record = wait_for(client, job_id)
@@ -130,14 +122,14 @@ def test_film_is_split_over_two_workers_and_joined(service_env, tmp_path):
     client, start_worker, s3, _, model = service_env
     clip = write_clip(tmp_path / "reel.mkv", gray_frames(moving_scene(48, 96, 64)), gop=6, bframes=0,
                       audio="flac")
-    put(s3, "s3://scans/reel.mkv", clip.path.read_bytes())
+    put_object(s3, "s3://scans/reel.mkv", clip.path.read_bytes())
     first, second = start_worker("a"), start_worker("b")
     job_id, _ = client.submit(spec("s3://scans/reel.mkv", "s3://colour/films/", model, codec="ffv1"))
     record = wait_for(client, job_id)
     assert record.state == "succeeded", record.error
     assert record.outputs == ["s3://colour/films/reel.mkv"] and record.done == 48
     assert keys(s3, "colour") == ["films/reel.mkv"]  # the segments' staging area is gone
-    (tmp_path / "out.mkv").write_bytes(get(s3, "s3://colour/films/reel.mkv"))
+    (tmp_path / "out.mkv").write_bytes(get_object(s3, "s3://colour/films/reel.mkv"))
     out = probe(tmp_path / "out.mkv")
     assert out.video.frame_count == 48 and out.video.pts == clip.probe.video.pts
     assert [s.payload_sha256 for s in out.of_type("audio")] == [s.payload_sha256 for s in clip.probe.of_type("audio")]
@@ -146,7 +138,7 @@ def test_film_is_split_over_two_workers_and_joined(service_env, tmp_path):
 
 def test_bad_jobs_fail_clearly_and_the_worker_keeps_serving(service_env):
     client, start_worker, s3, _, model = service_env
-    put(s3, "s3://scans/ok.png", gray_png())
+    put_object(s3, "s3://scans/ok.png", gray_png())
     start_worker()
     unknown, _ = client.submit(spec("s3://scans/ok.png", "s3://colour/", "no-such-model.pt"))
     missing, _ = client.submit(spec("s3://scans/missing.png", "s3://colour/", model))
@@ -162,7 +154,7 @@ def test_bad_jobs_fail_clearly_and_the_worker_keeps_serving(service_env):
 
 def test_oversized_input_fails_at_submission(service_env):
     client, _, s3, redis, model = service_env
-    put(s3, "s3://scans/big.png", gray_png())
+    put_object(s3, "s3://scans/big.png", gray_png())
     small = Service(s3_settings(s3, redis_url=redis.url, max_input_bytes=10))
     job_id, _ = small.submit(spec("s3://scans/big.png", "s3://colour/", model))
     record = small.get(job_id)
@@ -175,7 +167,7 @@ def test_oversized_input_fails_at_submission(service_env):
 def test_killed_worker_mid_film_the_job_completes_on_another(service_env, tmp_path):
     client, start_worker, s3, _, model = service_env
     clip = write_clip(tmp_path / "long.mkv", gray_frames(moving_scene(240, 160, 96)), gop=12, bframes=0)
-    put(s3, "s3://scans/long.mkv", clip.path.read_bytes())
+    put_object(s3, "s3://scans/long.mkv", clip.path.read_bytes())
     # A short visibility timeout (the task time limits must stay under it) so the lost task comes back quickly.
     short = {"visibility_timeout_s": 8, "task_time_limit_s": 7, "task_soft_time_limit_s": 6}
     doomed = start_worker("doomed", **short)
@@ -190,14 +182,14 @@ def test_killed_worker_mid_film_the_job_completes_on_another(service_env, tmp_pa
     record = wait_for(client, job_id, timeout=2 * JOB_TIMEOUT_S)
     assert record.state == "succeeded", record.error
     assert keys(s3, "colour") == ["long.mkv"]
-    (tmp_path / "out.mkv").write_bytes(get(s3, "s3://colour/long.mkv"))
+    (tmp_path / "out.mkv").write_bytes(get_object(s3, "s3://colour/long.mkv"))
     assert probe(tmp_path / "out.mkv").video.frame_count == 240
 
 
 def test_queued_jobs_survive_a_redis_restart(service_env):
     client, start_worker, s3, redis, model = service_env
-    put(s3, "s3://scans/a.png", gray_png(1))
-    put(s3, "s3://scans/b.png", gray_png(2))
+    put_object(s3, "s3://scans/a.png", gray_png(1))
+    put_object(s3, "s3://scans/b.png", gray_png(2))
     jobs = [client.submit(spec(f"s3://scans/{name}.png", "s3://colour/", model))[0] for name in "ab"]
     redis.stop()  # no worker has seen them: they exist only in Redis (AOF on)
     redis.start()
@@ -207,7 +199,7 @@ def test_queued_jobs_survive_a_redis_restart(service_env):
 
 def test_storage_outage_is_retried_then_succeeds(service_env):
     client, start_worker, s3, _, model = service_env
-    put(s3, "s3://scans/a.png", gray_png())
+    put_object(s3, "s3://scans/a.png", gray_png())
     job_id, _ = client.submit(spec("s3://scans/a.png", "s3://colour/", model))
     s3.stop()
     worker = start_worker(retry_backoff_s=1.0, task_retries=6)
@@ -229,8 +221,8 @@ def test_metrics_endpoint_and_json_only(service_env):
     from kombu import Connection
 
     with Connection(redis.url) as connection:
-        connection.SimpleQueue("tinct.io").put({"evil": True}, serializer="pickle")
-    put(s3, "s3://scans/a.png", gray_png())
+        connection.SimpleQueue("tinct.io").put_object({"evil": True}, serializer="pickle")
+    put_object(s3, "s3://scans/a.png", gray_png())
     job_id, _ = client.submit(spec("s3://scans/a.png", "s3://colour/", model))
     assert wait_for(client, job_id).state == "succeeded"
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
@@ -250,8 +242,8 @@ def test_bulk_and_sqs_events_reach_the_workers(service_env, monkeypatch, capsys)
 
     client, start_worker, s3, redis, model = service_env
     for name in ("a", "b"):
-        put(s3, f"s3://scans/bulk/{name}.png", gray_png())
-    put(s3, "s3://scans/bulk/readme.txt", b"not a photo")
+        put_object(s3, f"s3://scans/bulk/{name}.png", gray_png())
+    put_object(s3, "s3://scans/bulk/readme.txt", b"not a photo")
     start_worker()
     for name, value in env_for_workers(redis, s3).items():
         monkeypatch.setenv(name, value)
@@ -268,7 +260,7 @@ def test_bulk_and_sqs_events_reach_the_workers(service_env, monkeypatch, capsys)
     # An S3 event notification in SQS, delivered twice (S3 delivers at least once): one job, done once.
     sqs = s3.client("sqs")
     queue_url = sqs.create_queue(QueueName="tinct-events")["QueueUrl"]
-    put(s3, "s3://scans/new arrivals/c 1.png", gray_png(3))
+    put_object(s3, "s3://scans/new arrivals/c 1.png", gray_png(3))
     head = s3.client().head_object(Bucket="scans", Key="new arrivals/c 1.png")
     event = {"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "scans"}, "object": {
         "key": "new+arrivals/c+1.png", "size": head["ContentLength"], "eTag": head["ETag"].strip('"')}}}]}
@@ -293,8 +285,8 @@ def test_webhook_event_becomes_a_job_and_cancel_stops_a_queued_one(service_env):
     from worker.triggers import serve_webhook
 
     client, start_worker, s3, _, model = service_env
-    put(s3, "s3://scans/hook/d.png", gray_png(4))
-    put(s3, "s3://scans/hook/e.png", gray_png(5))
+    put_object(s3, "s3://scans/hook/d.png", gray_png(4))
+    put_object(s3, "s3://scans/hook/e.png", gray_png(5))
     # Cancelled while queued (no worker yet): the worker skips it when it arrives.
     cancelled, _ = client.submit(spec("s3://scans/hook/e.png", "s3://colour/cancelled/", model))
     assert client.cancel(cancelled).state == "cancelled"
@@ -325,7 +317,7 @@ def test_webhook_event_becomes_a_job_and_cancel_stops_a_queued_one(service_env):
 
 def test_access_denied_output_fails_at_once_without_retries(service_env):
     client, start_worker, s3, _, model = service_env
-    put(s3, "s3://scans/a.png", gray_png())
+    put_object(s3, "s3://scans/a.png", gray_png())
     policy = {"Version": "2012-10-17", "Statement": [
         {"Effect": "Deny", "Principal": "*", "Action": "s3:*", "Resource": "arn:aws:s3:::colour/denied/*"}]}
     s3.client().put_bucket_policy(Bucket="colour", Policy=json.dumps(policy))
