@@ -25,6 +25,7 @@ get the same services through :func:`env_for_workers`.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -55,8 +56,10 @@ __all__ = [
     "S3Server",
     "WorkerProcess",
     "env_for_workers",
+    "JOB_TIMEOUT_S",
     "free_port",
     "get_object",
+    "wait_for_job",
     "put_object",
     "redis_server",
     "redis_server_fixture",
@@ -125,3 +128,17 @@ def put_object(s3: S3Server, uri: str, data: bytes) -> None:
 def get_object(s3: S3Server, uri: str) -> bytes:
     bucket, key = uri[len("s3://"):].split("/", 1)
     return s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+JOB_TIMEOUT_S = 120  # a service test's job, from submit to a final state, on a busy 2-core machine
+
+
+def wait_for_job(client, job_id: str, timeout: float = JOB_TIMEOUT_S):
+    """The job's record once it is finished (succeeded, failed or cancelled); AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = client.get(job_id)
+        if record is not None and record.state in ("succeeded", "failed", "cancelled"):
+            return record
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s: {client.get(job_id)}")

@@ -22,6 +22,7 @@ from models.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, is_model_name
 from models.predictor import DecodeOptions
 from tests.conftest import gradient_image
 from tests.services import (  # noqa: F401 - the fixtures are used by name
+    JOB_TIMEOUT_S,
     WorkerProcess,
     env_for_workers,
     get_object,
@@ -29,6 +30,7 @@ from tests.services import (  # noqa: F401 - the fixtures are used by name
     redis_server_fixture,
     s3_server_fixture,
     s3_settings,
+    wait_for_job,
 )
 from tools import promote
 from tools import train as train_tool
@@ -42,7 +44,6 @@ from worker.settings import Settings
 from worker.storage import Storage
 
 ROOT = Path(__file__).resolve().parents[1]
-JOB_TIMEOUT_S = 120
 NAME = "archive-1950s"
 
 
@@ -75,16 +76,6 @@ def published_label(s3, uri: str, tmp_path: Path) -> str:
 
 def description(data: bytes) -> str:
     return str(Image.open(io.BytesIO(data)).info.get("Description", ""))
-
-
-def wait_for(client: Service, job_id: str, timeout: float = JOB_TIMEOUT_S):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        record = client.get(job_id)
-        if record is not None and record.state in ("succeeded", "failed", "cancelled"):
-            return record
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish in {timeout} s: {client.get(job_id)}")
 
 
 def photo_job(model: str, output: str) -> JobSpec:
@@ -149,7 +140,7 @@ def test_fine_tune_on_s3_photos_publish_and_a_worker_uses_it_by_name(tmp_path, r
         put_object(s3_server, "s3://scans/a.png", png(gradient_image(64, 96, seed=7), gray=True))
         client = Service(s3_settings(s3_server, redis_url=redis_server.url))
         job_id, _ = client.submit(photo_job(NAME, "s3://colour/"))
-        record = wait_for(client, job_id)
+        record = wait_for_job(client, job_id)
         assert record.state == "succeeded", (record.error, worker.log_tail())
         assert record.metrics["model"] == tuned_label
         assert f"model {tuned_label}" in description(get_object(s3_server, "s3://colour/a.png"))
@@ -160,7 +151,7 @@ def test_fine_tune_on_s3_photos_publish_and_a_worker_uses_it_by_name(tmp_path, r
         republished = published_label(s3_server, f"{store}{NAME}.pt", tmp_path)
         assert republished != tuned_label
         job_id, _ = client.submit(photo_job(NAME, "s3://colour/v2/"))
-        record = wait_for(client, job_id)
+        record = wait_for_job(client, job_id)
         assert record.state == "succeeded", (record.error, worker.log_tail())
         assert record.metrics["model"] == republished
         assert f"model {republished}" in description(get_object(s3_server, "s3://colour/v2/a.png"))
@@ -181,7 +172,7 @@ def test_an_unknown_model_name_fails_the_job_once_naming_the_model_and_the_store
     try:
         client = Service(s3_settings(s3_server, redis_url=redis_server.url))
         job_id, _ = client.submit(photo_job("no-such-archive", "s3://colour/"))
-        record = wait_for(client, job_id)
+        record = wait_for_job(client, job_id)
         assert record.state == "failed"
         assert record.error == ("cannot load model no-such-archive: not in the model store s3://models/store/ "
                                 "(no s3://models/store/no-such-archive.pt)")

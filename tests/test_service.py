@@ -15,6 +15,7 @@ from PIL import Image
 
 from tests.media import gray_frames, moving_scene, probe, write_clip
 from tests.services import (  # noqa: F401 - the fixtures are used by name
+    JOB_TIMEOUT_S,
     WorkerProcess,
     env_for_workers,
     free_port,
@@ -23,12 +24,12 @@ from tests.services import (  # noqa: F401 - the fixtures are used by name
     redis_server,
     s3_server,
     s3_settings,
+    wait_for_job,
 )
 from worker.jobs import JobSpec, JobSpecError
 from worker.service import Service
 
 SECRET = "s3cr3t-Tinct-7f3a9"  # the workers' S3 secret key: it must never show up in logs or job state
-JOB_TIMEOUT_S = 120
 
 
 @pytest.fixture
@@ -53,16 +54,6 @@ def service_env(tmp_path, redis_server, s3_server, tiny_checkpoint):  # noqa: F8
     yield client, start_worker, s3_server, redis_server, tiny_checkpoint
     for worker in workers:
         worker.stop()
-
-
-def wait_for(client: Service, job_id: str, timeout: float = JOB_TIMEOUT_S):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        record = client.get(job_id)
-        if record is not None and record.state in ("succeeded", "failed", "cancelled"):
-            return record
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish in {timeout} s: {client.get(job_id)}")
 
 
 def gray_png(seed: int = 0) -> bytes:
@@ -91,7 +82,7 @@ def test_photo_job_from_s3_to_s3_and_resubmission_returns_it(service_env):
     worker = start_worker()
     job_id, created = client.submit(spec("s3://scans/scans/a.png", "s3://colour/", model))
     assert created
-    record = wait_for(client, job_id)
+    record = wait_for_job(client, job_id)
     assert record.state == "succeeded", record.error
     assert record.outputs == ["s3://colour/a.png"]
     result = np.asarray(Image.open(io.BytesIO(get_object(s3, "s3://colour/a.png"))).convert("RGB")).astype(int)
@@ -111,7 +102,7 @@ def test_collection_fans_out_and_lists_failed_files(service_env):
     put_object(s3, "s3://scans/box/notes.txt", b"ignored")
     start_worker()
     job_id, _ = client.submit(spec("s3://scans/box/", "s3://colour/box/", model, format="jpg"))
-    record = wait_for(client, job_id)
+    record = wait_for_job(client, job_id)
     assert record.state == "succeeded" and record.total == 6 and record.done == 5
     assert keys(s3, "colour") == [f"box/{i // 3}/p{i}.jpg" for i in range(5)]
     assert list(record.failed_pieces) == ["s3://scans/box/broken.png"]
@@ -125,7 +116,7 @@ def test_film_is_split_over_two_workers_and_joined(service_env, tmp_path):
     put_object(s3, "s3://scans/reel.mkv", clip.path.read_bytes())
     first, second = start_worker("a"), start_worker("b")
     job_id, _ = client.submit(spec("s3://scans/reel.mkv", "s3://colour/films/", model, codec="ffv1"))
-    record = wait_for(client, job_id)
+    record = wait_for_job(client, job_id)
     assert record.state == "succeeded", record.error
     assert record.outputs == ["s3://colour/films/reel.mkv"] and record.done == 48
     assert keys(s3, "colour") == ["films/reel.mkv"]  # the segments' staging area is gone
@@ -143,11 +134,11 @@ def test_bad_jobs_fail_clearly_and_the_worker_keeps_serving(service_env):
     unknown, _ = client.submit(spec("s3://scans/ok.png", "s3://colour/", "no-such-model.pt"))
     missing, _ = client.submit(spec("s3://scans/missing.png", "s3://colour/", model))
     escape, _ = client.submit(spec("s3://scans/ok.png", "s3://colour/../other/x.png", model))
-    assert "cannot load model" in wait_for(client, unknown).error
-    assert "no such object" in wait_for(client, missing).error
-    assert wait_for(client, escape).state == "failed"
+    assert "cannot load model" in wait_for_job(client, unknown).error
+    assert "no such object" in wait_for_job(client, missing).error
+    assert wait_for_job(client, escape).state == "failed"
     good, _ = client.submit(spec("s3://scans/ok.png", "s3://colour/again/", model))
-    assert wait_for(client, good).state == "succeeded"
+    assert wait_for_job(client, good).state == "succeeded"
     with pytest.raises(JobSpecError, match="options.colour: unknown option"):
         JobSpec.from_dict({"input": "s3://scans/ok.png", "output": "s3://colour/", "options": {"colour": "red"}})
 
@@ -179,7 +170,7 @@ def test_killed_worker_mid_film_the_job_completes_on_another(service_env, tmp_pa
     doomed.kill()  # kill -9 in the middle of the film, with a segment in hand
     assert client.get(job_id).state == "running"
     start_worker("rescuer", **short)
-    record = wait_for(client, job_id, timeout=2 * JOB_TIMEOUT_S)
+    record = wait_for_job(client, job_id, timeout=2 * JOB_TIMEOUT_S)
     assert record.state == "succeeded", record.error
     assert keys(s3, "colour") == ["long.mkv"]
     (tmp_path / "out.mkv").write_bytes(get_object(s3, "s3://colour/long.mkv"))
@@ -194,7 +185,7 @@ def test_queued_jobs_survive_a_redis_restart(service_env):
     redis.stop()  # no worker has seen them: they exist only in Redis (AOF on)
     redis.start()
     start_worker()
-    assert [wait_for(client, job_id).state for job_id in jobs] == ["succeeded", "succeeded"]
+    assert [wait_for_job(client, job_id).state for job_id in jobs] == ["succeeded", "succeeded"]
 
 
 def test_storage_outage_is_retried_then_succeeds(service_env):
@@ -208,7 +199,7 @@ def test_storage_outage_is_retried_then_succeeds(service_env):
         time.sleep(0.2)
     assert "retry" in worker.text()
     s3.start()
-    record = wait_for(client, job_id)
+    record = wait_for_job(client, job_id)
     assert record.state == "succeeded", record.error
     assert SECRET not in worker.text()
 
@@ -221,10 +212,10 @@ def test_metrics_endpoint_and_json_only(service_env):
     from kombu import Connection
 
     with Connection(redis.url) as connection:
-        connection.SimpleQueue("tinct.io").put_object({"evil": True}, serializer="pickle")
+        connection.SimpleQueue("tinct.io").put({"evil": True}, serializer="pickle")
     put_object(s3, "s3://scans/a.png", gray_png())
     job_id, _ = client.submit(spec("s3://scans/a.png", "s3://colour/", model))
-    assert wait_for(client, job_id).state == "succeeded"
+    assert wait_for_job(client, job_id).state == "succeeded"
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert "tinct_images_total 1.0" in text and 'tinct_jobs_total{state="succeeded"} 1.0' in text
     assert 'tinct_queue_depth{queue="tinct.colorize"}' in text
@@ -308,7 +299,7 @@ def test_webhook_event_becomes_a_job_and_cancel_stops_a_queued_one(service_env):
         server.shutdown()
     (job,) = reply["jobs"]
     start_worker()
-    assert wait_for(client, job["id"]).state == "succeeded"
+    assert wait_for_job(client, job["id"]).state == "succeeded"
     assert "hook/hook/d.png" in keys(s3, "colour")
     time.sleep(1)
     assert client.get(cancelled).state == "cancelled"
@@ -323,6 +314,6 @@ def test_access_denied_output_fails_at_once_without_retries(service_env):
     s3.client().put_bucket_policy(Bucket="colour", Policy=json.dumps(policy))
     worker = start_worker()
     job_id, _ = client.submit(spec("s3://scans/a.png", "s3://colour/denied/", model))
-    record = wait_for(client, job_id)
+    record = wait_for_job(client, job_id)
     assert record.state == "failed" and "access denied" in record.error, record.error
     assert "retry" not in worker.text()
