@@ -6,7 +6,7 @@ import importlib
 import sys
 
 VERBS = {
-    "train": ("tools.train", "train a registered model on folders/zips of colour photos"),
+    "train": ("tools.train", "train or fine-tune a model on folders, zips or s3:// prefixes of colour photos"),
     "evaluate": ("tools.evaluate", "score a model against ground truth with the gray baseline beside it"),
     "bench": ("tools.bench", "images/s and megapixels/s per engine and batch size"),
     "export": ("tools.export", "export a checkpoint to ONNX (dynamic batch and size)"),

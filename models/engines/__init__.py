@@ -67,7 +67,8 @@ def create_engine(
     cache_dir: str | os.PathLike | None = None,
 ) -> Engine:
     """Build an engine for ``model``: ``"default"`` (the shipped checkpoint), a ``.pt`` checkpoint or a
-    ``.onnx`` export.
+    ``.onnx`` export. Names in a model store are resolved to a local path by the caller
+    (``worker.model_store.resolve_model``): ``models`` never reaches for storage.
 
     ``kind="auto"`` picks ONNX Runtime for a ``.onnx`` file; otherwise PyTorch (fp16) on CUDA and
     ``CPU_DEFAULT_KIND`` on CPU, unless a reduced ``precision`` is asked for, which only PyTorch has.
