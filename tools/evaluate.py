@@ -21,6 +21,7 @@ import math
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -308,10 +309,11 @@ def evaluate_models(
                                          cache_dir=onnx_cache_dir()))
         # Two rows of the same weights (a checkpoint and a copy promoted with other decoding) are told apart by
         # their decoding rather than by a number.
-        same_weights = {e.checkpoint.label for e in engines if [x.checkpoint.label for x in engines].count(
-            e.checkpoint.label) > 1}
-        labels = _unique_labels([e.checkpoint.label + (_decode_suffix(e.decode) if decode or e.checkpoint.label
-                                                       in same_weights else "") for e in engines])
+        label_counts = Counter(e.checkpoint.label for e in engines)
+        labels = _unique_labels([
+            e.checkpoint.label + (_decode_suffix(e.decode) if decode or label_counts[e.checkpoint.label] > 1 else "")
+            for e in engines
+        ])
         colorizers = [Colorizer(e, render_size=render_size, batch_size=batch_size) for e in engines]
         rows = [
             RowResult(label, str(m), f"{e.name} {e.device} {e.precision}")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import time
 import zipfile
 from collections.abc import Callable
@@ -39,7 +38,7 @@ from models.color import AB_NORM, ANNEAL_T_SEED, ANNEAL_T_ZHANG, decode_ab, merg
 from models.files import atomic_output
 from models.registry import create_model
 from tools import metrics
-from tools.train import colour_loss, measure_class_weights
+from tools.train import colour_loss, measure_class_weights, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +110,6 @@ def _ab_samples(ab: torch.Tensor, rng: np.random.Generator, batch_size: int = 25
         yield None, ab[torch.from_numpy(_batches(len(ab), batch_size, rng))]
 
 
-def _cosine(step: int, steps: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-
 # --- the judge -------------------------------------------------------------------------------------------------
 
 
@@ -168,7 +161,7 @@ def train_judge(rgb: np.ndarray, labels: np.ndarray, settings: CifarSettings) ->
     started = time.monotonic()
     for step in range(steps):
         for group in optimizer.param_groups:
-            group["lr"] = 0.1 * _cosine(step, steps, warmup=per_epoch // 2 or 1)
+            group["lr"] = 0.1 * warmup_cosine(step, steps, warmup=per_epoch // 2 or 1)
         idx = torch.from_numpy(_batches(len(images), settings.batch_size, rng))
         (x,) = _flip_half(images[idx], rng=rng)
         loss = F.cross_entropy(judge(_random_crop(x, rng)), targets[idx], label_smoothing=0.1)
@@ -239,7 +232,7 @@ def train_colorizer(spec: ColorizerSpec, L: torch.Tensor, ab: torch.Tensor, sett
     started = time.monotonic()
     for step in range(steps):
         for group, lr in zip(optimizer.param_groups, base, strict=True):
-            group["lr"] = lr * _cosine(step, steps, warmup=min(200, steps // 10 or 1))
+            group["lr"] = lr * warmup_cosine(step, steps, warmup=min(200, steps // 10 or 1))
         idx = torch.from_numpy(_batches(len(L), settings.batch_size, rng))
         L_b, ab_b = _flip_half(L[idx], ab[idx], rng=rng)
         # colour_loss pools the 32 px truth down to the output's size where the model's output is smaller

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,20 @@ def free_port() -> int:
 
 
 # ------------------------------------------------------------------------------------------------------ Redis
+
+
+def _start_on_port(server: RedisServer | S3Server, try_start: Callable[[], bool]) -> bool:
+    """Run ``try_start`` on ``server.port``; True once it started. A port another process grabbed since
+    :func:`free_port` is replaced (up to 3 tries) on the first start only: a restart must keep its port, because
+    clients and worker subprocesses already hold the URL."""
+    for _attempt in range(3):
+        if try_start():
+            server._port_fixed = True
+            return True
+        if server._port_fixed:
+            return False
+        server.port = free_port()
+    return False
 
 
 class RedisServer:
@@ -108,20 +122,10 @@ class RedisServer:
         return self.process is not None and self.process.poll() is None
 
     def start(self) -> None:
-        """Start (or restart) the server on the same port and directory; returns when it answers PING.
-
-        A port another process grabbed since :func:`free_port` is replaced on the first start only: a restart
-        must keep its port, because clients and worker subprocesses already hold the URL.
-        """
-        if self.running:
+        """Start (or restart) the server on the same port and directory; returns when it answers PING (see
+        :func:`_start_on_port` for the port)."""
+        if self.running or _start_on_port(self, self._spawn):
             return
-        for _attempt in range(3):
-            if self._spawn():
-                self._port_fixed = True
-                return
-            if self._port_fixed:
-                break
-            self.port = free_port()
         raise RuntimeError(f"redis-server did not start on port {self.port}: {self._log_tail()}")
 
     def _spawn(self) -> bool:
@@ -300,17 +304,18 @@ class S3Server:
         """Start (or restart) on the same port; a port taken since :func:`free_port` is replaced on first start."""
         if self._server is not None:
             return
-        for _attempt in range(3):
-            server = _StoppableMotoServer(self.port)
-            server.start()
-            if server.bind_error is None:
-                self._server = server
-                self._port_fixed = True
-                return
-            if self._port_fixed:
-                break
-            self.port = free_port()
-        raise RuntimeError(f"moto server could not bind port {self.port}: {server.bind_error!r}")
+        attempt: _StoppableMotoServer | None = None
+
+        def try_start() -> bool:
+            nonlocal attempt
+            attempt = _StoppableMotoServer(self.port)
+            attempt.start()
+            return attempt.bind_error is None
+
+        if _start_on_port(self, try_start):
+            self._server = attempt
+            return
+        raise RuntimeError(f"moto server could not bind port {self.port}: {attempt.bind_error!r}")
 
     def stop(self) -> None:
         """Take the endpoint away: new connections are refused and open ones are cut; the data stays."""

@@ -189,11 +189,16 @@ def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     return groups
 
 
-def _lr_factor(step: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+def warmup_cosine(step: int, steps: int, warmup: int) -> float:
+    """The learning-rate factor at ``step``: linear warm-up over ``warmup`` steps, then cosine decay to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _lr_factor(step: int, cfg: TrainConfig) -> float:
+    return warmup_cosine(step, cfg.steps, cfg.warmup_steps)
 
 
 @torch.no_grad()
