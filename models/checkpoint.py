@@ -71,6 +71,17 @@ class Checkpoint:
         return f"{self.model_name}@{self.sha256[:12]}"
 
 
+DEFAULT_RENDER_SIZE = 256  # for a model that records no render size of its own (see preferred_render_size)
+
+
+def preferred_render_size(provenance: dict) -> int:
+    """The render size a checkpoint was tuned at (``provenance["render_size"]``, recorded by ``tools promote``),
+    or DEFAULT_RENDER_SIZE. The scale the network sees changes its colours: the shipped model's decoding was
+    chosen at its own size, so that is what a caller who names none gets."""
+    size = provenance.get("render_size")
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else DEFAULT_RENDER_SIZE
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     model: nn.Module,

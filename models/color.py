@@ -203,24 +203,36 @@ def luma_to_l_table(bit_depth: int, full_range: bool, subdivisions: int = 1) -> 
     return gray_to_l(gray).to(torch.float32).numpy()
 
 
-def rgb_to_chroma_np(
-    rgb: np.ndarray, matrix: str, bit_depth: int, full_range: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """sRGB float ``(H, W, 3)`` in [0, 1] -> the Cb and Cr planes ``(H, W)`` as integer code values
-    (uint8 for 8-bit, uint16 otherwise) of the Y'CbCr ``matrix`` (a key of ``YCBCR_WEIGHTS``)."""
+def rgb_to_chroma(
+    rgb: torch.Tensor, matrix: str, bit_depth: int, full_range: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """sRGB float ``(..., 3, H, W)`` in [0, 1] -> the Cb and Cr planes ``(..., H, W)`` as integer code values of
+    the Y'CbCr ``matrix`` (a key of ``YCBCR_WEIGHTS``): uint8 for 8-bit video, int32 otherwise (torch has no
+    uint16 arithmetic; ``rgb_to_chroma_np`` hands out uint16). On the GPU in the film pipeline's GPU path, so
+    only the code values cross the bus."""
     if matrix not in YCBCR_WEIGHTS:
         raise ValueError(f"unknown Y'CbCr matrix {matrix!r}; expected one of {sorted(YCBCR_WEIGHTS)}")
     kr, kb = YCBCR_WEIGHTS[matrix]
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    r, g, b = rgb[..., 0, :, :], rgb[..., 1, :, :], rgb[..., 2, :, :]
     luma = kr * r + (1.0 - kr - kb) * g + kb * b
     _, _, offset, scale = _code_range(bit_depth, full_range)
-    dtype = np.uint8 if bit_depth <= 8 else np.uint16
+    dtype = torch.uint8 if bit_depth <= 8 else torch.int32
     top = (1 << bit_depth) - 1
     planes = []
     for value, k in ((b, kb), (r, kr)):
         code = (value - luma) * (scale / (2.0 * (1.0 - k))) + offset
-        planes.append(np.clip(np.rint(code), 0, top).astype(dtype))
+        planes.append(torch.round(code).clamp_(0, top).to(dtype))  # round half to even, as np.rint
     return planes[0], planes[1]
+
+
+def rgb_to_chroma_np(
+    rgb: np.ndarray, matrix: str, bit_depth: int, full_range: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """sRGB float ``(H, W, 3)`` in [0, 1] -> the Cb and Cr planes ``(H, W)`` as integer code values
+    (uint8 for 8-bit, uint16 otherwise): ``rgb_to_chroma`` on the CPU."""
+    cb, cr = rgb_to_chroma(torch.from_numpy(np.ascontiguousarray(rgb)).movedim(-1, -3), matrix, bit_depth, full_range)
+    dtype = np.uint8 if bit_depth <= 8 else np.uint16
+    return cb.numpy().astype(dtype, copy=False), cr.numpy().astype(dtype, copy=False)
 
 
 def ycbcr_to_rgb_np(

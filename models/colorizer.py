@@ -1,6 +1,6 @@
 """Batch-first, full-resolution colorization over any engine.
 
-    colorizer = Colorizer(engine, render_size=256, batch_size=8)
+    colorizer = Colorizer(engine, render_size=256, batch_size=8)   # batch_size None: what fits (models.batching)
     ab_list = colorizer.predict_ab([L1, L2])     # (H, W) float32 L in [0, 100] -> (2, H, W) ab
     rgb_list = colorizer.colorize([L1, L2])      # -> (H, W, 3) float32 sRGB in [0, 1]
 
@@ -44,11 +44,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.batching import pick_batch_size
+from models.checkpoint import DEFAULT_RENDER_SIZE, preferred_render_size  # noqa: F401 - part of this API
 from models.color import L_CENT, merge_l_ab
 from models.engines.base import Engine
 
-DEFAULT_RENDER_SIZE = 256  # for a model that records no render size of its own (see preferred_render_size)
-DEFAULT_BATCH_SIZE = 8
 # Guided-filter window radius, in cells of the network's output grid (a cell is output_stride render
 # pixels): 2 gives 5x5-cell windows, about 8 % of a 256 px render, wide enough to fit a colour edge,
 # narrow enough to keep neighbouring objects apart.
@@ -112,7 +112,7 @@ def _axis_interpolation(
 
 
 def upsample_tiles(
-    L: np.ndarray,
+    L: np.ndarray | torch.Tensor,
     coefficients: torch.Tensor,
     render_size: tuple[int, int],
     output_stride: int,
@@ -121,9 +121,10 @@ def upsample_tiles(
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
     """The full-resolution step of the fast guided filter, one row tile at a time.
 
-    ``L`` is the source ``(H, W)`` L; ``coefficients`` is ``(4, cells_h, cells_w)``: A (for a and b) over
-    b (for a and b) as ``guided_filter_coefficients`` returns them for the centred guide, cropped to the
-    cells that cover the ``render_size`` image. Yields ``(row0, row1, ab)`` with ab ``(2, row1 - row0, W)``.
+    ``L`` is the source ``(H, W)`` L (numpy, or a tensor already on ``device``); ``coefficients`` is
+    ``(4, cells_h, cells_w)``: A (for a and b) over b (for a and b) as ``guided_filter_coefficients`` returns
+    them for the centred guide, cropped to the cells that cover the ``render_size`` image. Yields
+    ``(row0, row1, ab)`` with ab ``(2, row1 - row0, W)``.
     """
     height, width = L.shape
     channels, cells_h, cells_w = coefficients.shape
@@ -169,19 +170,13 @@ def guided_upsample_ab(
     return ab
 
 
-def _to_device(array: np.ndarray, device: torch.device | str) -> torch.Tensor:
+def _to_device(array: np.ndarray | torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    if isinstance(array, torch.Tensor):
+        return array.to(device, non_blocking=True)
     # torch.from_numpy shares memory and warns on read-only arrays (memory-mapped scans, decoded
     # frames); those are copied, which only ever happens per tile.
     tensor = torch.from_numpy(array) if array.flags.writeable else torch.tensor(array)
     return tensor.to(device, non_blocking=True)
-
-
-def preferred_render_size(provenance: dict) -> int:
-    """The render size a checkpoint was tuned at (``provenance["render_size"]``, recorded by ``tools promote``),
-    or DEFAULT_RENDER_SIZE. The scale the network sees changes its colours: the shipped model's decoding was
-    chosen at its own size, so that is what a caller who names none gets."""
-    size = provenance.get("render_size")
-    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else DEFAULT_RENDER_SIZE
 
 
 @dataclass
@@ -207,7 +202,7 @@ class Colorizer:
         self,
         engine: Engine,
         render_size: int | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
         guide_radius: int = GUIDE_RADIUS,
         guide_eps: float = GUIDE_EPS,
         tile_pixels: int = TILE_PIXELS,
@@ -216,7 +211,7 @@ class Colorizer:
             render_size = preferred_render_size(engine.checkpoint.provenance)
         if render_size < engine.stride:
             raise ValueError(f"render_size {render_size} is smaller than the model stride {engine.stride}")
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if guide_radius < 0 or guide_eps <= 0:
             raise ValueError(f"guide_radius must be >= 0 and guide_eps > 0, got {guide_radius}, {guide_eps}")
@@ -224,7 +219,8 @@ class Colorizer:
             raise ValueError(f"tile_pixels must be positive, got {tile_pixels}")
         self.engine = engine
         self.render_size = int(render_size)
-        self.batch_size = int(batch_size)
+        # None: as many as fit on the GPU, 8 on a CPU (models.batching)
+        self.batch_size = int(batch_size) if batch_size is not None else pick_batch_size(engine, self.render_size)
         self.guide_radius = int(guide_radius)
         self.guide_eps = float(guide_eps)
         self.tile_pixels = int(tile_pixels)
@@ -250,7 +246,7 @@ class Colorizer:
         for L, render in zip(L_list, renders, strict=True):
             rgb = np.empty((render.height, render.width, 3), dtype=np.float32)
             for r0, r1, ab_tile in self._ab_tiles(L, render):
-                L_tile = self._to_device(L[r0:r1])[None, None]
+                L_tile = self.to_device(L[r0:r1])[None, None]
                 rgb[r0:r1] = merge_l_ab(L_tile, ab_tile[None])[0].permute(1, 2, 0).cpu().numpy()
             results.append(rgb)
         return results
@@ -263,7 +259,7 @@ class Colorizer:
         renders = [self._render(L) for L in L_list]
         for chunk in self._chunks(renders):
             batch = np.stack([render.padded for render in chunk])[:, None]
-            ab = self._to_device(self.engine.infer(batch))
+            ab = self.engine.infer_tensor(batch).to(self.device)  # stays on the GPU with a CUDA engine
             for render, ab_grid in zip(chunk, ab, strict=True):
                 render.ab_grid = ab_grid
         return renders
@@ -276,7 +272,7 @@ class Colorizer:
                 raise ValueError("fit() needs renders from predict_grid()")
             ab = torch.stack([render.ab_grid for render in chunk])  # type: ignore[misc]
             # The guide lives on the same grid as ab: each output cell is the mean of the render pixels it covers.
-            guide = self._to_device(np.stack([render.padded for render in chunk])[:, None]) - L_CENT
+            guide = self.to_device(np.stack([render.padded for render in chunk])[:, None]) - L_CENT
             if output_stride > 1:
                 guide = F.avg_pool2d(guide, output_stride)
             a, b = guided_filter_coefficients(guide, ab.to(guide.dtype), self.guide_radius, self.guide_eps)
@@ -290,9 +286,14 @@ class Colorizer:
         """Step 3 at the resolution of ``L``: ``(2, h, w)`` float32 ab guided by ``L``. ``L`` is the image's
         L at full resolution, or at any other resolution covering the same picture (the film pipeline passes
         it at chroma resolution, which is all a 4:2:0 video keeps of colour)."""
-        ab = np.empty((2, *L.shape), dtype=np.float32)
+        return self.upsample_ab_tensor(L, render).cpu().numpy()
+
+    def upsample_ab_tensor(self, L: np.ndarray | torch.Tensor, render: Render) -> torch.Tensor:
+        """``upsample_ab`` leaving ab on the colorizer's device; ``L`` may already be there (the film
+        pipeline's GPU path uploads each frame's L once and converts colour on the GPU)."""
+        ab = torch.empty((2, *L.shape), dtype=torch.float32, device=self.device)
         for r0, r1, ab_tile in self._ab_tiles(L, render):
-            ab[:, r0:r1] = ab_tile.cpu().numpy()
+            ab[:, r0:r1] = ab_tile
         return ab
 
     # --- steps ----------------------------------------------------------------------------------------
@@ -318,7 +319,7 @@ class Colorizer:
         padded = np.pad(small, ((0, pad_h), (0, pad_w)), mode="reflect") if pad_h or pad_w else small
         return Render(height, width, render_h, render_w, np.ascontiguousarray(padded, dtype=np.float32))
 
-    def _ab_tiles(self, L: np.ndarray, render: Render) -> Iterator[tuple[int, int, torch.Tensor]]:
+    def _ab_tiles(self, L: np.ndarray | torch.Tensor, render: Render) -> Iterator[tuple[int, int, torch.Tensor]]:
         if render.coefficients is None:
             raise ValueError("upsampling needs the coefficients from fit()")
         return upsample_tiles(
@@ -332,7 +333,8 @@ class Colorizer:
 
     # --- helpers --------------------------------------------------------------------------------------
 
-    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+    def to_device(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``array`` on the colorizer's device (the engine's), without a copy when it is already there."""
         return _to_device(array, self.device)
 
     @staticmethod

@@ -26,7 +26,7 @@ from torch import nn
 
 from models.checkpoint import Checkpoint, load_checkpoint
 from models.files import atomic_path
-from models.predictor import DecodeOptions
+from models.predictor import NETWORK_DTYPES, CastNetwork, DecodeOptions
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,11 @@ EXPORT_VERSION = 1
 MAX_BATCH = 4096
 MAX_SIDE = 65536
 _META_PREFIX = "tinct."
+# The network precisions an export can carry. Not bf16: the exporter's constant folding goes through numpy,
+# which has no bfloat16, so folded weights come out float32 beside bfloat16 activations, and opset 18's Conv
+# does not take bfloat16 at all. fp16 runs as fast on tensor cores (Volta and later) and the network's
+# activations fit its range (fp16 parity with fp32 was measured on an H100, see the README).
+EXPORT_PRECISIONS = ("fp32", "fp16")
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,9 @@ class OnnxMetadata:
     stride: int
     output_stride: int
     opset: int
+    # The network's arithmetic (weights and activations); inputs, outputs and the ab decoding are float32
+    # whatever it is. Files written before it was recorded are float32.
+    precision: str = "fp32"
 
     def to_props(self) -> dict[str, str]:
         fields = {
@@ -69,6 +77,7 @@ class OnnxMetadata:
             "stride": str(self.stride),
             "output_stride": str(self.output_stride),
             "opset": str(self.opset),
+            "precision": self.precision,
         }
         return {_META_PREFIX + k: v for k, v in fields.items()}
 
@@ -91,6 +100,7 @@ class OnnxMetadata:
             stride=int(get("stride")),
             output_stride=int(get("output_stride")),
             opset=int(get("opset")),
+            precision=props.get(_META_PREFIX + "precision", "fp32"),
         )
 
     def to_checkpoint(self, path: Path | None = None) -> Checkpoint:
@@ -140,16 +150,25 @@ def export_onnx(
     out_path: str | os.PathLike,
     decode: DecodeOptions | None = None,
     opset: int = ONNX_OPSET,
+    precision: str = "fp32",
 ) -> Path:
     """Export ``checkpoint.build_predictor(decode)`` to ``out_path`` as one file; returns the path.
 
-    ``decode`` defaults to the options recorded in the checkpoint. The file appears atomically
+    ``decode`` defaults to the options recorded in the checkpoint. ``precision`` ``"fp16"`` or ``"bf16"``
+    stores the network's weights and runs its layers in that type (``models.predictor.CastNetwork``), with
+    float32 input, output and ab decoding: the graph TensorRT builds reduced-precision engines from. The
+    file appears atomically
     (written next to its destination, checked with ``onnx.checker``, then renamed), so a reader or a
     concurrent exporter never sees a half-written model.
     """
+    if precision not in EXPORT_PRECISIONS:
+        raise ValueError(f"unsupported export precision {precision!r}; valid choices: {', '.join(EXPORT_PRECISIONS)}")
     ckpt = _as_checkpoint(checkpoint)
     decode = _effective_decode(ckpt, decode)
-    predictor = _with_clip_activations(ckpt.build_predictor(decode).eval())
+    predictor = ckpt.build_predictor(decode).eval()
+    if precision != "fp32":
+        predictor.model = CastNetwork(predictor.model, NETWORK_DTYPES[precision])
+    predictor = _with_clip_activations(predictor)
     stride = int(predictor.stride)
     output_stride = int(predictor.model.output_stride)
     meta = OnnxMetadata(
@@ -163,6 +182,7 @@ def export_onnx(
         stride=stride,
         output_stride=output_stride,
         opset=opset,
+        precision=precision,
     )
     # Two blocks a side and a batch of 2: sample values of 1 would be specialized by torch.export.
     sample = torch.full((2, 1, 2 * stride, 2 * stride), 50.0)
@@ -190,7 +210,7 @@ def export_onnx(
     with atomic_path(out_path) as tmp:
         program.save(tmp, external_data=False)
         onnx.checker.check_model(str(tmp))
-    log.info("exported %s (decode %s) to %s", ckpt.label, decode_tag(decode), out_path)
+    log.info("exported %s (decode %s, %s) to %s", ckpt.label, decode_tag(decode), precision, out_path)
     return out_path
 
 
@@ -239,36 +259,43 @@ def default_cache_dir() -> Path:
 
 
 def cached_onnx_path(
-    checkpoint: Checkpoint, decode: DecodeOptions | None = None, cache_dir: str | os.PathLike | None = None
+    checkpoint: Checkpoint,
+    decode: DecodeOptions | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    precision: str = "fp32",
 ) -> Path:
-    """The cache file name for a checkpoint and decode options: ``<sha256[:16]>-<decode>.onnx``."""
+    """The cache file name for a checkpoint, decode options and precision: ``<sha256[:16]>-<decode>.onnx``,
+    with ``-fp16``/``-bf16`` before the suffix for a reduced-precision graph."""
     decode = _effective_decode(checkpoint, decode)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return root / f"{checkpoint.sha256[:16]}-{decode_tag(decode)}.onnx"
+    suffix = "" if precision == "fp32" else f"-{precision}"
+    return root / f"{checkpoint.sha256[:16]}-{decode_tag(decode)}{suffix}.onnx"
 
 
 def ensure_onnx(
     checkpoint: str | os.PathLike | Checkpoint,
     decode: DecodeOptions | None = None,
     cache_dir: str | os.PathLike | None = None,
+    precision: str = "fp32",
 ) -> Path:
     """An ONNX export of the checkpoint from the cache, exporting it first when missing or stale.
 
-    A cached file is reused only when its recorded checkpoint sha256, decode options and export
-    version all match; anything else (a different checkpoint with the same hash prefix, an older
+    A cached file is reused only when its recorded checkpoint sha256, decode options, precision and
+    export version all match; anything else (a different checkpoint with the same hash prefix, an older
     exporter, a damaged file) is exported again over it.
     """
     ckpt = _as_checkpoint(checkpoint)
     decode = _effective_decode(ckpt, decode)
-    path = cached_onnx_path(ckpt, decode, cache_dir)
+    path = cached_onnx_path(ckpt, decode, cache_dir, precision)
     if path.is_file():
         try:
             meta = read_onnx_metadata(path)
         except ValueError as exc:
             log.warning("re-exporting unusable cached ONNX file: %s", exc)
         else:
-            if (meta.checkpoint_sha256, meta.decode, meta.export_version) == (ckpt.sha256, decode, EXPORT_VERSION):
+            found = (meta.checkpoint_sha256, meta.decode, meta.precision, meta.export_version)
+            if found == (ckpt.sha256, decode, precision, EXPORT_VERSION):
                 log.debug("reusing cached ONNX export %s", path)
                 return path
             log.info("cached ONNX file %s belongs to another checkpoint or exporter; re-exporting", path)
-    return export_onnx(ckpt, path, decode)
+    return export_onnx(ckpt, path, decode, precision=precision)

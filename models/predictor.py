@@ -62,6 +62,30 @@ class DecodeOptions:
         return hashlib.sha256(np.asarray(self.ab_prior, dtype=np.float64).tobytes()).hexdigest()[:8]
 
 
+NETWORK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class CastNetwork(nn.Module):
+    """A network whose weights and activations are ``dtype``; takes and returns float32.
+
+    What a reduced-precision export runs: the ONNX graph then carries the precision itself, which is what
+    TensorRT's strongly typed networks need (TensorRT 11 has no other way to ask for fp16), and the
+    ab decoding that ``ABPredictor`` adds after it stays float32 (see ``models.engines.torch_engine`` for why).
+    Keeps the network's ``output``/``stride``/``output_stride``, which the predictor reads.
+    """
+
+    def __init__(self, network: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.network = network.to(dtype)
+        self.dtype = dtype
+        self.output = network.output
+        self.stride = network.stride
+        self.output_stride = network.output_stride
+
+    def forward(self, L: torch.Tensor) -> torch.Tensor:
+        return self.network(L.to(self.dtype)).float()
+
+
 class ABPredictor(nn.Module):
     def __init__(self, model: nn.Module, decode: DecodeOptions | None = None) -> None:
         super().__init__()

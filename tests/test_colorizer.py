@@ -22,9 +22,9 @@ class CountingEngine(TorchEngine):
         super().__init__(*args, **kwargs)
         self.calls: list[tuple[int, ...]] = []
 
-    def infer(self, L: np.ndarray) -> np.ndarray:
+    def infer_tensor(self, L: np.ndarray) -> torch.Tensor:
         self.calls.append(L.shape)
-        return super().infer(L)
+        return super().infer_tensor(L)
 
 
 @pytest.fixture(scope="module")

@@ -62,7 +62,7 @@ def l_batch(batch: int, height: int, width: int, seed: int = 0) -> np.ndarray:
 
 
 def test_list_engines():
-    assert list_engines() == ["onnxruntime", "torch"]
+    assert list_engines() == ["onnxruntime", "tensorrt", "torch"]
 
 
 def test_torch_and_onnxruntime_agree(head_checkpoint, head_onnx):
@@ -105,7 +105,7 @@ def test_cpu_precision_choices(tiny_checkpoint):
     if cpu_bf16_problem():
         with pytest.raises(EngineUnavailableError, match="bf16"):
             TorchEngine(tiny_checkpoint, device="cpu", precision="bf16")
-    with pytest.raises(EngineUnavailableError, match="float32 graphs"):
+    with pytest.raises(EngineUnavailableError, match="float32 export"):
         OnnxRuntimeEngine(tiny_checkpoint, device="cpu", precision="bf16")
 
 
@@ -137,14 +137,16 @@ def test_create_engine_auto_choices(tiny_checkpoint, head_onnx):
 
 
 def test_create_engine_rejects_unknown_choices(tiny_checkpoint, head_onnx, tmp_path):
-    with pytest.raises(ValueError, match="engine kind 'tensorrt'.*onnxruntime, torch"):
-        create_engine(tiny_checkpoint, kind="tensorrt")
+    with pytest.raises(ValueError, match="engine kind 'tvm'.*onnxruntime, tensorrt, torch"):
+        create_engine(tiny_checkpoint, kind="tvm")
     with pytest.raises(ValueError, match="device 'tpu'.*auto, cpu, cuda"):
         create_engine(tiny_checkpoint, device="tpu")
     with pytest.raises(ValueError, match="precision 'int8'.*fp32, bf16, fp16"):
         create_engine(tiny_checkpoint, precision="int8")
     with pytest.raises(ValueError, match="needs a .pt checkpoint"):
         create_engine(head_onnx, kind="torch")
+    with pytest.raises(ValueError, match="tensorrt engine needs a .pt checkpoint"):
+        create_engine(head_onnx, kind="tensorrt")
     with pytest.raises(ValueError, match="no such"):
         create_engine(tmp_path / "missing.onnx")
     with pytest.raises(ValueError, match="no such checkpoint"):

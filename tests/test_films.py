@@ -21,11 +21,11 @@ from worker.cli import main
 from worker.errors import BadInputError
 from worker.films import FilmOptions, colorize_film, parts_folder
 from worker.photos import open_colorizer
-from worker.pipeline import colorize_frames
+from worker.pipeline import _colour_on_device, colorize_frames
 from worker.segments import plan_segments
 from worker.smoothing import SmoothingOptions
 from worker.video_sink import EncodeOptions, plan_output
-from worker.video_source import probe_film
+from worker.video_source import decode_frames, probe_film
 
 SIZE = (96, 64)
 
@@ -175,6 +175,30 @@ def test_pipeline_reports_synthetic_cuts(tmp_path, colorizer):
     times = colorize_frames(film, colorizer[0], layout, SmoothingOptions(strength=0.5), frames.append)
     assert [f.index for f in frames] == list(range(30))
     assert times.cuts == [10, 21]
+
+
+@pytest.mark.parametrize("pix_fmt", ["yuv420p", "yuv420p10le"])
+def test_colour_stage_on_the_device_matches_the_opencv_path(tmp_path, colorizer, pix_fmt):
+    """The GPU path's colour maths (torch: upsampling, Lab -> RGB, Cb/Cr codes), run here on the CPU, gives the
+    code values of the CPU path (OpenCV's Lab conversion) to within one code value."""
+    frames = list(gray_frames(moving_scene(4, 128, 96)))
+    if pix_fmt.endswith("10le"):
+        frames = [f.astype(np.uint16) << 8 for f in frames]
+    source = write_clip(tmp_path / "src.mkv", frames, codec="ffv1", pix_fmt=pix_fmt)
+    film = probe_film(source.path, 1 << 30)
+    layout = plan_output(film.video, EncodeOptions("ffv1"))
+    cpu_frames: list = []
+    colorize_frames(film, colorizer[0], layout, SmoothingOptions(strength=0.5), cpu_frames.append)
+    decoded = list(decode_frames(film, layout.frame, 0, film.frames, 0))
+    renders = colorizer[0].predict_grid([frame.L for frame in decoded])
+    colorizer[0].fit(renders)
+    device_frames = [_colour_on_device(colorizer[0], layout, f, r) for f, r in zip(decoded, renders, strict=True)]
+    assert device_frames[0].cb.dtype == cpu_frames[0].cb.dtype == (np.uint8 if layout.bit_depth == 8 else np.uint16)
+    # Frame 0 is never smoothed, so both paths colour the same network output.
+    for plane in ("cb", "cr"):
+        cpu, device = getattr(cpu_frames[0], plane).astype(int), getattr(device_frames[0], plane).astype(int)
+        assert np.abs(cpu - device).max() <= 1
+        assert np.abs(cpu - (1 << (layout.bit_depth - 1))).max() > 2  # actually coloured, not gray
 
 
 def test_plan_segments_starts_at_keyframes_and_caps_warmup(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import time
 import urllib.error
 import urllib.request
@@ -92,6 +93,19 @@ def test_photo_job_from_s3_to_s3_and_resubmission_returns_it(service_env):
     assert SECRET not in worker.text() and SECRET not in json.dumps(client.get(job_id).to_dict())
     logged = [json.loads(line) for line in worker.text().splitlines() if line.startswith("{")]
     assert any(entry["job_id"] == job_id for entry in logged)  # structured logs carry the job id
+
+
+def test_preloaded_model_is_loaded_before_the_first_job_and_reused_by_it(service_env):
+    client, start_worker, s3, _, model = service_env
+    worker = start_worker(preload_model=str(model))
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while "loaded on cpu (torch)" not in worker.text():  # no job submitted yet
+        assert time.monotonic() < deadline, worker.log_tail()
+        time.sleep(0.2)
+    put_object(s3, "s3://scans/p.png", gray_png())
+    job_id, _ = client.submit(spec("s3://scans/p.png", "s3://colour/", model, render_size=None))
+    assert wait_for_job(client, job_id).state == "succeeded"
+    assert worker.text().count("loaded on cpu (torch)") == 1  # the job used the preloaded engine
 
 
 def test_collection_fans_out_and_lists_failed_files(service_env):
@@ -219,6 +233,7 @@ def test_metrics_endpoint_and_json_only(service_env):
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert "tinct_images_total 1.0" in text and 'tinct_jobs_total{state="succeeded"} 1.0' in text
     assert 'tinct_queue_depth{queue="tinct.colorize"}' in text
+    assert re.search(r'tinct_batch_size\{engine="torch",model="effnet_unet@\w+",precision="\w+"\} 8\.0', text)  # CPU: 8
 
 
 # --- triggers, through the real service ------------------------------------------------------------------------

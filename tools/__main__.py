@@ -10,6 +10,7 @@ VERBS = {
     "evaluate": ("tools.evaluate", "score a model against ground truth with the gray baseline beside it"),
     "bench": ("tools.bench", "images/s and megapixels/s per engine and batch size"),
     "export": ("tools.export", "export a checkpoint to ONNX (dynamic batch and size)"),
+    "build-engine": ("tools.build_engine", "build a model's TensorRT engine for this GPU (cached, checked)"),
     "promote": ("tools.promote", "make a run's checkpoint shippable: decoding, evaluation, fp16 weights"),
     "experiments": ("tools.experiments", "rerun the seed papers' comparisons (CIFAR-10 judge, natural photos)"),
 }
@@ -18,7 +19,7 @@ VERBS = {
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in VERBS:
-        lines = [f"  {verb:<10} {help_}" for verb, (_, help_) in VERBS.items()]
+        lines = [f"  {verb:<12} {help_}" for verb, (_, help_) in VERBS.items()]
         print("usage: python -m tools <verb> [options]\n\nverbs:\n" + "\n".join(lines))
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     module = importlib.import_module(VERBS[argv[0]][0])

@@ -1,6 +1,8 @@
 """``python -m tools bench``: images/s and megapixels/s per engine, precision and batch size
 (``--video``: film frames/s, see ``tools.bench_video``; ``--service``: jobs/s, overhead per job and queue latency
-through Redis, S3 and real workers, and a film's speed-up on more workers, see ``tools.bench_service``).
+through Redis, S3 and real workers, and a film's speed-up on more workers, see ``tools.bench_service``;
+``--gpu``: network frames/s per engine, batch and render size on a GPU, and a 1080p film against its
+decode+encode floor, see ``tools.bench_gpu``).
 
 Three measurements, because each answers a different question:
 
@@ -443,6 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write all timings here")
     add_video_arguments(p)
     add_service_arguments(p)
+    # Imported here, not at the top: tools.bench_gpu builds on this module's helpers.
+    from tools.bench_gpu import add_gpu_arguments
+
+    add_gpu_arguments(p)
     add_runtime_arguments(p)
     return p
 
@@ -450,6 +456,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     apply_runtime_arguments(args)
+    if args.gpu:
+        from tools.bench_gpu import GpuUnavailable, print_and_save_gpu, run_gpu_bench  # see build_parser
+
+        try:
+            gpu_result = run_gpu_bench(args)
+        except GpuUnavailable as exc:
+            print(f"python -m tools bench --gpu: {exc}", file=sys.stderr)
+            return 2
+        print_and_save_gpu(gpu_result, args.json)
+        return 1 if gpu_result.failed else 0
     if args.video:
         print_and_save(run_video_bench(args), args.json)
         return 0

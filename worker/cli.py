@@ -22,8 +22,10 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from types import FrameType
 
+from models.batching import DEFAULT_BATCH_SIZE
 from worker.cli_args import positive_seconds
 from worker.cli_service import add_service_commands
 from worker.errors import ModelError, PermanentError, TinctError
@@ -103,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     colorize.add_argument("-o", "--output", required=True, help="output folder (or file, for a single input file)")
     colorize.add_argument("--model", default="default", help="'default' (the shipped model), a model name from "
                           "TINCT_MODEL_STORE, a .pt checkpoint or an .onnx export (default: %(default)s)")
-    colorize.add_argument("--engine", default="auto", choices=("auto", "torch", "onnxruntime"),
+    colorize.add_argument("--engine", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"),
                           help="inference backend (default: %(default)s)")
     colorize.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: %(default)s")
     colorize.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
@@ -111,8 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     colorize.add_argument("--render-size", type=_positive, default=None,
                           help="long side the network sees (never upscaled); colour is applied at full resolution "
                           "(default: the model's own, recorded in its checkpoint; 256 for a model without one)")
-    colorize.add_argument("--batch-size", type=_positive, default=8,
-                          help="photos or film frames per network batch (default: 8)")
+    colorize.add_argument("--batch-size", type=_positive, default=None,
+                          help="photos or film frames per network batch (default: as many as fit in GPU memory, "
+                          "up to 64; 8 on CPU)")
     colorize.add_argument("--max-pixels", type=max_pixels_arg, default=None,
                           help=f"refuse larger photos or film frames, e.g. 200M (default: "
                           f"{DEFAULT_MAX_PIXELS // 1_000_000}M for photos, {DEFAULT_MAX_FILM_PIXELS / 1e6:.1f}M for "
@@ -173,7 +176,7 @@ def _colorize(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     progress = not args.quiet and sys.stderr.isatty()
     options = PhotoOptions(
         overwrite=args.overwrite, recolor=args.recolor, max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
-        batch_size=args.batch_size, progress=progress,
+        batch_size=args.batch_size or DEFAULT_BATCH_SIZE, progress=progress,
     )
     try:
         film_options = FilmOptions(
@@ -198,6 +201,7 @@ def _colorize(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         with open_colorizer(model, args.engine, args.device, args.precision, args.render_size,
                             args.batch_size, cache_dir=settings.cache_dir / "onnx") as (colorizer, label):
+            options = replace(options, batch_size=colorizer.batch_size)  # the batch the model load settled on
             summary = colorize_photos(colorizer, plan, label, options)
             film_summary = colorize_films(colorizer, [(t.source, t.output) for t in plan.films], film_options,
                                           label, progress)

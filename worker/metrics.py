@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -32,6 +32,11 @@ STAGE_SECONDS = Histogram(
     "tinct_stage_seconds", "Seconds per piece spent in each stage", ["stage"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900),
 )
+
+# Set when a model loads: how many frames or photos each network call of it takes (models.batching picks it from
+# free GPU memory unless TINCT_BATCH_SIZE says), and on which engine and precision it runs.
+BATCH_SIZE = Gauge("tinct_batch_size", "Frames or photos per network call of a loaded model",
+                   ["model", "engine", "precision"])
 
 
 class QueueDepthCollector(Collector):

@@ -276,17 +276,19 @@ def open_colorizer(
     device: str = "auto",
     precision: str = "auto",
     render_size: int | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> Iterator[tuple[Colorizer, str]]:
     """Load the model once and yield ``(colorizer, model label)``; the engine is closed afterwards. ``render_size``
-    None is the model's own (``models.colorizer.preferred_render_size``). ``cache_dir``
+    None is the model's own (``models.colorizer.preferred_render_size``); ``batch_size`` None is what fits
+    (``models.batching``: as many as GPU memory holds, 8 on CPU). ``cache_dir``
     holds ONNX exports (``Settings.cache_dir / "onnx"``; None: ``~/.cache/tinct/onnx``).
 
     Any failure to load (missing or corrupt checkpoint, unknown engine, no GPU) becomes one :class:`ModelError`.
     """
     try:
-        backend = create_engine(model=model, kind=engine, device=device, precision=precision, cache_dir=cache_dir)
+        backend = create_engine(model=model, kind=engine, device=device, precision=precision, cache_dir=cache_dir,
+                                render_sizes=[render_size] if render_size else None, max_batch=batch_size)
     except Exception as exc:  # noqa: BLE001 - every loading failure is reported the same way, in one line
         raise ModelError(model, str(exc) or type(exc).__name__) from exc
     try:

@@ -45,7 +45,10 @@ class Settings:
     engine: str = "auto"
     precision: str = "auto"
     render_size: int | None = None  # None: each model's own render size (its checkpoint records it), else 256
-    batch_size: int = 8
+    batch_size: int | None = None  # None ("auto"): as many as fit in GPU memory (models.batching), 8 on CPU
+    # A model each colorize worker process loads when it starts (the GPU image: "default"), so that its TensorRT
+    # engine is built or loaded, and the GPU initialised, before the first job rather than during it.
+    preload_model: str | None = None
     collection_batch: int = 32  # photos per task when a collection is fanned out
     segment_seconds: float = 60.0  # film segments fanned out to workers
     max_input_bytes: int = 20 * 1024**3  # inputs over this size fail as too large before any download
@@ -90,6 +93,8 @@ class Settings:
 
 def _parse(name: str, raw: str, kind: object) -> object:
     kind = str(kind)
+    if raw.strip().lower() == "auto" and "None" in kind:
+        return None
     try:
         if kind.startswith("int"):
             return int(raw)

@@ -11,7 +11,7 @@ import logging
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import after_setup_logger, after_setup_task_logger, worker_init, worker_process_init
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_init, worker_process_init, worker_ready
 
 from worker import metrics, work
 from worker.app import app
@@ -39,6 +39,31 @@ def _start_process(**_: object) -> None:
     Models load on the first task that needs them and stay loaded for the process's life."""
     rt = runtime()
     metrics.serve_metrics(rt.settings.metrics_port, rt.redis)
+
+
+@worker_ready.connect
+def _preload_in_solo_worker(sender: object = None, **_: object) -> None:
+    """The solo pool (one colorize task at a time, the GPU default) runs tasks in this very process. Loaded once
+    the worker is ready, when logging is set up; a task that arrives meanwhile waits for the load to finish."""
+    if type(getattr(sender, "pool", None)).__module__ == "celery.concurrency.solo":
+        _preload_model()
+
+
+@worker_process_init.connect
+def _preload_in_pool_process(**_: object) -> None:
+    """Other pools run tasks in forked children: load there, never in the parent (CUDA does not survive a fork)."""
+    _preload_model()
+
+
+def _preload_model() -> None:
+    rt = runtime()
+    model = rt.settings.preload_model
+    if not model:
+        return
+    try:
+        rt.colorizer(model, None)  # what a job that names no render size gets; logs "model ... loaded"
+    except Exception:  # noqa: BLE001 - a model that cannot load fails the jobs that ask for it, with the reason
+        logger.exception("could not preload model %s; jobs that use it will report why", model)
 
 
 @after_setup_logger.connect

@@ -94,7 +94,9 @@ class Runtime:
                 self._sources.pop(stale, None)
             try:
                 engine = create_engine(model=source, kind=self.settings.engine, device=self.settings.device,
-                                       precision=self.settings.precision, cache_dir=self.settings.cache_dir / "onnx")
+                                       precision=self.settings.precision, cache_dir=self.settings.cache_dir / "onnx",
+                                       render_sizes=[render_size] if render_size else None,
+                                       max_batch=self.settings.batch_size)
             except Exception as exc:  # noqa: BLE001 - every loading failure is one ModelError
                 raise ModelError(model, str(exc) or type(exc).__name__) from exc
             try:
@@ -103,6 +105,7 @@ class Runtime:
                 engine.close()
                 raise ModelError(model, str(exc)) from exc
             self._models[key] = _Loaded(colorizer, engine.checkpoint.label)
+            metrics.BATCH_SIZE.labels(engine.checkpoint.label, engine.name, engine.precision).set(colorizer.batch_size)
             self._sources[key] = model
             logger.info("model %s (%s) loaded on %s (%s)", model, engine.checkpoint.label, engine.device, engine.name)
         return self._models[key]

@@ -9,7 +9,9 @@ One file per backend; ``create_engine`` is the only place that knows them all.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -24,8 +26,11 @@ from models.engines.base import (
     check_choice,
 )
 from models.engines.onnxruntime_engine import OnnxRuntimeEngine
+from models.engines.tensorrt_engine import TensorRTEngine, import_tensorrt
 from models.engines.torch_engine import TorchEngine
 from models.predictor import DecodeOptions
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEVICES",
@@ -36,12 +41,13 @@ __all__ = [
     "EngineClosedError",
     "EngineUnavailableError",
     "OnnxRuntimeEngine",
+    "TensorRTEngine",
     "TorchEngine",
     "create_engine",
     "list_engines",
 ]
 
-ENGINES: dict[str, type[Engine]] = {"onnxruntime": OnnxRuntimeEngine, "torch": TorchEngine}
+ENGINES: dict[str, type[Engine]] = {"onnxruntime": OnnxRuntimeEngine, "tensorrt": TensorRTEngine, "torch": TorchEngine}
 KINDS = ("auto", *ENGINES)
 
 # What kind="auto" runs on a CPU: ONNX Runtime, faster by 2x or more. Measured for the default-size
@@ -65,33 +71,58 @@ def create_engine(
     precision: str = "auto",
     decode: DecodeOptions | None = None,
     cache_dir: str | os.PathLike | None = None,
+    render_sizes: Sequence[int] | None = None,
+    max_batch: int | None = None,
 ) -> Engine:
     """Build an engine for ``model``: ``"default"`` (the shipped checkpoint), a ``.pt`` checkpoint or a
     ``.onnx`` export. Names in a model store are resolved to a local path by the caller
     (``worker.model_store.resolve_model``): ``models`` never reaches for storage.
 
-    ``kind="auto"`` picks ONNX Runtime for a ``.onnx`` file; otherwise PyTorch (fp16) on CUDA and
-    ``CPU_DEFAULT_KIND`` on CPU, unless a reduced ``precision`` is asked for, which only PyTorch has.
-    ``device="auto"`` means CUDA when PyTorch sees a GPU. Unknown choices raise ValueError naming the
-    valid ones; choices this machine cannot honour raise EngineUnavailableError (a ValueError).
+    ``kind="auto"`` picks ONNX Runtime for a ``.onnx`` file. For a checkpoint on CUDA it picks TensorRT
+    (fp16) where TensorRT is installed, falling back to PyTorch with a warning if it fails, and
+    PyTorch (fp16, CUDA graphs) otherwise; on CPU ``CPU_DEFAULT_KIND``, unless a reduced ``precision`` is
+    asked for, which only PyTorch has there. ``device="auto"`` means CUDA when PyTorch sees a GPU.
+    ``render_sizes`` and ``max_batch`` are the shapes the engine must serve: TensorRT builds its
+    optimisation profiles for them (default: the model's render size, batch 64); the other backends take
+    any shape and ignore them. ``cache_dir`` is the ONNX export cache (TensorRT plans go in its
+    ``tensorrt/``). Unknown choices raise ValueError naming the valid ones; choices this machine cannot
+    honour raise EngineUnavailableError (a ValueError).
     """
     check_choice("engine kind", kind, KINDS)
     check_choice("device", device, DEVICES)
     check_choice("precision", precision, PRECISIONS)
     is_onnx = str(model) != "default" and Path(model).suffix.lower() == ".onnx"
     if is_onnx:
-        if kind == "torch":
-            raise ValueError(f"{model}: the torch engine needs a .pt checkpoint, not an ONNX file")
+        if kind in ("torch", "tensorrt"):
+            raise ValueError(f"{model}: the {kind} engine needs a .pt checkpoint, not an ONNX file")
         if not Path(model).is_file():
             raise ValueError(f"{model}: no such ONNX file")
         return OnnxRuntimeEngine(model, device=device, precision=precision, decode=decode)
     checkpoint: Checkpoint = load_checkpoint(resolve_checkpoint(model))
     if kind == "auto":
         on_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        if on_cuda and precision in ("auto", "fp16", "fp32") and _tensorrt_installed():
+            try:
+                return TensorRTEngine(checkpoint, device="cuda", precision=precision, decode=decode,
+                                      cache_dir=cache_dir, render_sizes=render_sizes, max_batch=max_batch)
+            except Exception as exc:  # noqa: BLE001 - "auto" means the best engine that works; kind="tensorrt" raises
+                log.warning("TensorRT could not run %s (%s: %s); using the PyTorch CUDA engine", checkpoint.label,
+                            type(exc).__name__, exc)
         if on_cuda or precision in ("bf16", "fp16"):
             kind = "torch"
         else:
             kind = CPU_DEFAULT_KIND
     if kind == "onnxruntime":  # the export of a checkpoint is cached in cache_dir (default: ~/.cache/tinct/onnx)
         return OnnxRuntimeEngine(checkpoint, device=device, precision=precision, decode=decode, cache_dir=cache_dir)
+    if kind == "tensorrt":
+        return TensorRTEngine(checkpoint, device=device, precision=precision, decode=decode, cache_dir=cache_dir,
+                              render_sizes=render_sizes, max_batch=max_batch)
     return ENGINES[kind](checkpoint, device=device, precision=precision, decode=decode)
+
+
+def _tensorrt_installed() -> bool:
+    try:
+        import_tensorrt()
+    except EngineUnavailableError:
+        return False
+    return True

@@ -6,8 +6,12 @@ and let jobs borrow it, so construction may be slow but ``infer`` must not re-lo
 
 ``infer`` takes an L batch ``(B, 1, H, W)`` float32 in [0, 100] with H and W multiples of
 ``engine.stride`` and returns ab ``(B, 2, H / output_stride, W / output_stride)`` float32 in Lab
-units. Inputs are checked here, once, with messages that say what was expected, so that a backend
-never fails deep inside a runtime with a shape error nobody can read.
+units. ``infer_tensor`` returns the same ab as a torch tensor where the engine computed it (a CUDA
+tensor on a GPU engine, without waiting for the GPU), for callers that go on working on the device:
+the colorizer upsamples and converts colour there, so only the finished chroma crosses the bus back.
+
+Inputs are checked here, once, with messages that say what was expected, so that a backend never fails
+deep inside a runtime with a shape error nobody can read.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from types import TracebackType
 from typing import ClassVar
 
 import numpy as np
+import torch
 
 from models.checkpoint import Checkpoint
 from models.predictor import DecodeOptions
@@ -55,6 +60,7 @@ class Engine(ABC):
         output_stride: ab comes out at 1/output_stride of the input size.
         checkpoint: the model's ``Checkpoint``; its ``label`` and ``provenance`` go into outputs.
         decode: how classification logits are turned into ab (part of the engine's identity).
+        max_batch: the largest batch ``infer`` accepts, or None for any (TensorRT's profiles set one).
     """
 
     name: ClassVar[str]
@@ -74,6 +80,7 @@ class Engine(ABC):
         self.stride = int(stride)
         self.output_stride = int(output_stride)
         self.decode = decode
+        self.max_batch: int | None = None
         self._closed = False
 
     @property
@@ -103,18 +110,26 @@ class Engine(ABC):
 
     def infer(self, L: np.ndarray) -> np.ndarray:
         """L ``(B, 1, H, W)`` float32 in [0, 100] -> ab ``(B, 2, H/output_stride, W/output_stride)`` float32."""
+        return np.ascontiguousarray(self.infer_tensor(L).cpu().numpy())
+
+    def infer_tensor(self, L: np.ndarray) -> torch.Tensor:
+        """``infer``'s ab as a float32 torch tensor on the engine's device (see the module docstring). The
+        tensor is the caller's: the engine never writes to it again."""
         if self._closed:
             raise EngineClosedError(f"{self.name} engine for {self.checkpoint.label} is closed")
         self.check_input(L)
         ab = self._infer(np.ascontiguousarray(L))
         expected = self.output_shape(*L.shape[:1], *L.shape[2:])
-        if ab.shape != expected:
-            raise RuntimeError(f"{self.name} engine returned ab of shape {ab.shape}, expected {expected}")
+        if tuple(ab.shape) != expected or ab.dtype != torch.float32:
+            raise RuntimeError(
+                f"{self.name} engine returned ab of shape {tuple(ab.shape)} {ab.dtype}, expected {expected} float32"
+            )
         return ab
 
     @abstractmethod
-    def _infer(self, L: np.ndarray) -> np.ndarray:
-        """The backend's forward pass on an already checked, C-contiguous batch; returns float32 ab."""
+    def _infer(self, L: np.ndarray) -> torch.Tensor:
+        """The backend's forward pass on an already checked, C-contiguous batch; returns float32 ab on the
+        engine's device."""
 
     @abstractmethod
     def _release(self) -> None:

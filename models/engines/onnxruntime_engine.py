@@ -2,7 +2,8 @@
 
 Given a checkpoint it runs the cached export of that checkpoint (exporting it once per cache); given
 a ``.onnx`` file it runs that file, whose metadata supplies the provenance. The graph is float32;
-ONNX Runtime fuses Conv+BN+Clip itself with ``ORT_ENABLE_ALL``.
+ONNX Runtime fuses Conv+BN+Clip itself with ``ORT_ENABLE_ALL``. A file exported with ``--precision fp16``
+runs as it is (fp16 network, float32 decoding) and reports that precision.
 
 Intra-op threads follow ``torch.get_num_threads()`` so that a worker sets one knob
 (``torch.set_num_threads``) for whichever backend it ends up with.
@@ -54,12 +55,13 @@ class OnnxRuntimeEngine(Engine):
         cache_dir: str | os.PathLike | None = None,
     ) -> None:
         check_choice("precision", precision, PRECISIONS)
-        if precision not in ("auto", "fp32"):
-            raise EngineUnavailableError(
-                f"the onnxruntime engine runs float32 graphs; precision {precision!r} needs kind='torch'"
-            )
         device = resolve_ort_device(device)
         if isinstance(model, Checkpoint) or Path(model).suffix.lower() != ".onnx":
+            if precision not in ("auto", "fp32"):
+                raise EngineUnavailableError(
+                    f"the onnxruntime engine runs a checkpoint's float32 export; precision {precision!r} needs "
+                    "kind='torch' or 'tensorrt' (or an ONNX file exported with that precision)"
+                )
             ckpt = model if isinstance(model, Checkpoint) else load_checkpoint(model)
             onnx_path = ensure_onnx(ckpt, decode, cache_dir)
             meta = read_onnx_metadata(onnx_path)
@@ -70,6 +72,10 @@ class OnnxRuntimeEngine(Engine):
                 raise ValueError(
                     f"{onnx_path} was exported with decode {meta.decode}, not {decode}; export it again "
                     "with those options or pass the .pt checkpoint"
+                )
+            if precision not in ("auto", meta.precision):
+                raise EngineUnavailableError(
+                    f"{onnx_path} holds a {meta.precision} graph, not {precision}; export it again with --precision"
                 )
             ckpt = meta.to_checkpoint()
         options = ort.SessionOptions()
@@ -89,12 +95,13 @@ class OnnxRuntimeEngine(Engine):
         self.onnx_path = onnx_path
         self._input_name = self._session.get_inputs()[0].name
         self._output_name = self._session.get_outputs()[0].name
-        super().__init__(ckpt, device, "fp32", meta.stride, meta.output_stride, meta.decode)
+        super().__init__(ckpt, device, meta.precision, meta.stride, meta.output_stride, meta.decode)
 
-    def _infer(self, L: np.ndarray) -> np.ndarray:
+    def _infer(self, L: np.ndarray) -> torch.Tensor:
         assert self._session is not None  # guarded by Engine.infer's closed check
         (ab,) = self._session.run([self._output_name], {self._input_name: L})
-        return np.ascontiguousarray(ab, dtype=np.float32)
+        # Host memory either way: the CUDA provider copies its output back to numpy.
+        return torch.from_numpy(np.ascontiguousarray(ab, dtype=np.float32))
 
     def _release(self) -> None:
         self._session = None
