@@ -6,9 +6,13 @@ import io
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,8 +31,11 @@ from tests.services import (  # noqa: F401 - the fixtures are used by name
     s3_settings,
     wait_for_job,
 )
+from worker.app import create_app
+from worker.cli import main
 from worker.jobs import JobSpec, JobSpecError
 from worker.service import Service
+from worker.settings import Settings
 
 SECRET = "s3cr3t-Tinct-7f3a9"  # the workers' S3 secret key: it must never show up in logs or job state
 
@@ -332,3 +339,53 @@ def test_access_denied_output_fails_at_once_without_retries(service_env):
     record = wait_for_job(client, job_id)
     assert record.state == "failed" and "access denied" in record.error, record.error
     assert "retry" not in worker.text()
+
+
+# --- one worker process per GPU ----------------------------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_worker_per_gpu_starts_one_pinned_process_per_gpu_and_stops_them_together(tmp_path, redis_server, s3_server):  # noqa: F811
+    env = env_for_workers(redis_server, s3_server, work_dir=tmp_path / "work", base=os.environ)
+    env["OMP_NUM_THREADS"] = "1"
+    command = [sys.executable, "-m", "worker.cli", "worker", "--queues", "io", "--gpus", "0,1", "--hostname", "node"]
+    with (tmp_path / "gpus.log").open("wb") as log:
+        supervisor = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        app = create_app(Settings(redis_url=redis_server.url))
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        names: list[str] = []
+        while names != ["celery@node-gpu0", "celery@node-gpu1"]:
+            assert time.monotonic() < deadline, (names, (tmp_path / "gpus.log").read_text()[-2000:])
+            names = sorted(name for reply in app.control.ping(timeout=1.0) for name in reply)
+        pinned = sorted(
+            entry.split(b"=", 1)[1].decode() for child in _children(supervisor.pid)
+            for entry in Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+            if entry.startswith(b"CUDA_VISIBLE_DEVICES=")
+        )
+        assert pinned == ["0", "1"]
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=60) == 0
+        assert _children(supervisor.pid) == []
+    finally:
+        if supervisor.poll() is None:
+            os.killpg(supervisor.pid, signal.SIGKILL)
+
+
+def test_worker_per_gpu_rejects_bad_gpu_lists(capsys):
+    assert main(["worker", "--gpus", "0,zero"]) == 2
+    assert "--gpus takes 'all' or comma-separated GPU indices" in capsys.readouterr().err
+    assert main(["worker", "--gpus", "1,1"]) == 2
+    assert "distinct" in capsys.readouterr().err

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -58,6 +60,8 @@ def add_service_commands(commands: argparse._SubParsersAction) -> None:
     worker.add_argument("--concurrency", type=int, help="tasks at once (default: 1 for colorize, 8 for io only)")
     worker.add_argument("--hostname", help="Celery node name (default: tinct-<host>-<pid>)")
     worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument("--gpus", help="one worker process per GPU: 'all' or indices such as 0,1; each process sees "
+                        "only its GPU (CUDA_VISIBLE_DEVICES) and is named <hostname>-gpu<N>")
     worker.set_defaults(run=_worker)
 
     bulk = commands.add_parser("bulk", help="queue a job for every photo and film under a prefix, skipping done ones")
@@ -185,6 +189,8 @@ def _worker(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     unknown = [name for name in names if name not in QUEUE_NAMES]
     if unknown or not names:
         return _error(parser, f"--queues takes colorize and/or io, got {args.queues!r}")
+    if args.gpus:
+        return _worker_per_gpu(args, parser)
     from worker.app import app
 
     # A colorize worker runs one task at a time in its own process (one model, one GPU); io-only workers are
@@ -197,6 +203,60 @@ def _worker(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             "--hostname", args.hostname or f"tinct-%h-{os.getpid()}"]
     app.worker_main(argv)
     return EXIT_OK
+
+
+def _gpu_indices(text: str) -> list[int]:
+    """``all`` -> every GPU PyTorch sees; ``0,2`` -> [0, 2]. ValueError naming the problem otherwise."""
+    if text.strip().lower() == "all":
+        import torch
+
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ValueError("--gpus all: PyTorch sees no CUDA GPU on this machine")
+        return list(range(count))
+    try:
+        indices = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--gpus takes 'all' or comma-separated GPU indices, got {text!r}") from None
+    if not indices or min(indices) < 0 or len(set(indices)) != len(indices):
+        raise ValueError(f"--gpus takes distinct non-negative GPU indices, got {text!r}")
+    return indices
+
+
+def _worker_per_gpu(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """One ``tinct worker`` child per GPU, each pinned to its GPU; stops them all when asked to, or when one dies
+    (so that an orchestrator restarts the set rather than run a node with a GPU idle)."""
+    try:
+        indices = _gpu_indices(args.gpus)
+    except ValueError as exc:
+        return _error(parser, str(exc))
+    base = args.hostname or "tinct-%h"
+    children: list[subprocess.Popen] = []
+    for index in indices:
+        command = [sys.executable, "-m", "worker.cli", "worker", "--queues", args.queues, "--loglevel", args.loglevel,
+                   "--hostname", f"{base}-gpu{index}"]
+        if args.concurrency:
+            command += ["--concurrency", str(args.concurrency)]
+        children.append(subprocess.Popen(command, env={**os.environ, "CUDA_VISIBLE_DEVICES": str(index)}))
+
+    stopping: set[int] = set()  # a second SIGTERM would turn Celery's warm shutdown into a cold one
+
+    def stop_children(signum: int, _frame: object = None) -> None:
+        for child in children:
+            if child.poll() is None and child.pid not in stopping:
+                stopping.add(child.pid)
+                child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, stop_children) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+        stop_children(signal.SIGTERM)  # one is gone (asked to stop, or died): the others follow
+        codes = [child.wait() for child in children]
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return EXIT_OK if all(code == 0 for code in codes) else EXIT_FAILED
 
 
 def _fail(message: str) -> int:
