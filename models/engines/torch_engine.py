@@ -131,7 +131,9 @@ class _CapturedForward:
                 predictor(self.input)
         torch.cuda.current_stream(device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # thread_local: the film pipeline's colour stage keeps using the GPU from its own thread while a batch is
+        # captured; the default ("global") mode would make that thread's synchronising calls fail mid-capture.
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.output = predictor(self.input)
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
