@@ -31,11 +31,9 @@ from tests.services import (  # noqa: F401 - the fixtures are used by name
     s3_settings,
     wait_for_job,
 )
-from worker.app import create_app
 from worker.cli import main
 from worker.jobs import JobSpec, JobSpecError
 from worker.service import Service
-from worker.settings import Settings
 
 SECRET = "s3cr3t-Tinct-7f3a9"  # the workers' S3 secret key: it must never show up in logs or job state
 
@@ -361,15 +359,16 @@ def test_worker_per_gpu_starts_one_pinned_process_per_gpu_and_stops_them_togethe
     env = env_for_workers(redis_server, s3_server, work_dir=tmp_path / "work", base=os.environ)
     env["OMP_NUM_THREADS"] = "1"
     command = [sys.executable, "-m", "worker.cli", "worker", "--queues", "io", "--gpus", "0,1", "--hostname", "node"]
-    with (tmp_path / "gpus.log").open("wb") as log:
-        supervisor = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log = tmp_path / "gpus.log"
+    with log.open("wb") as output:
+        supervisor = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        app = create_app(Settings(redis_url=redis_server.url))
         deadline = time.monotonic() + JOB_TIMEOUT_S
-        names: list[str] = []
-        while names != ["celery@node-gpu0", "celery@node-gpu1"]:
-            assert time.monotonic() < deadline, (names, (tmp_path / "gpus.log").read_text()[-2000:])
-            names = sorted(name for reply in app.control.ping(timeout=1.0) for name in reply)
+        # Each child logs "celery@<name> ready." once it consumes from Redis. (Not Celery's ping from this process:
+        # kombu pools broker connections process-wide, and later tests restart Redis under them.)
+        while not all(f"celery@node-gpu{index} ready." in log.read_text() for index in (0, 1)):
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.2)
         pinned = sorted(
             entry.split(b"=", 1)[1].decode() for child in _children(supervisor.pid)
             for entry in Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
@@ -379,6 +378,7 @@ def test_worker_per_gpu_starts_one_pinned_process_per_gpu_and_stops_them_togethe
         supervisor.send_signal(signal.SIGTERM)
         assert supervisor.wait(timeout=60) == 0
         assert _children(supervisor.pid) == []
+        assert log.read_text().count("Warm shutdown") == 2
     finally:
         if supervisor.poll() is None:
             os.killpg(supervisor.pid, signal.SIGKILL)

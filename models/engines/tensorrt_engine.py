@@ -379,7 +379,8 @@ class TensorRTEngine(Engine):
         x = self._uploader.upload(L)
         ab = torch.empty(self.output_shape(L.shape[0], L.shape[2], L.shape[3]), dtype=torch.float32,
                          device=self._device)
-        self._context.set_input_shape(INPUT_NAME, tuple(L.shape))
+        if not self._context.set_input_shape(INPUT_NAME, tuple(L.shape)):
+            raise RuntimeError(f"TensorRT refused input shape {tuple(L.shape)} for {self.plan_path.name}")
         self._context.set_tensor_address(INPUT_NAME, x.data_ptr())
         self._context.set_tensor_address(OUTPUT_NAME, ab.data_ptr())
         if not self._context.execute_async_v3(stream.cuda_stream):
