@@ -298,11 +298,16 @@ def ensure_plan(checkpoint: Checkpoint, decode: DecodeOptions | None, precision:
     if reason is None:
         assert record is not None
         return plan_path, record
-    sizes = set(render_sizes)
+    sizes, batch = set(render_sizes), max_batch
     if record is not None and record.get("key") == asdict(key):  # same engine, more shapes: keep the old ones too
-        sizes |= {Profile.from_dict(p).render_size for p in record.get("profiles", [])}
+        try:
+            old = [Profile.from_dict(p) for p in record.get("profiles", [])]
+        except (KeyError, TypeError, ValueError):
+            old = []
+        sizes |= {p.render_size for p in old}
+        batch = max([batch, *(p.max_shape[0] for p in old)])
     log.info("TensorRT engine %s: %s; building it", plan_path.name, reason)
-    profiles = plan_profiles(sorted(sizes), stride, max_batch)
+    profiles = plan_profiles(sorted(sizes), stride, batch)
     record = build_plan(onnx_path, plan_path, key, profiles, folder / key.timing_cache_name())
     return plan_path, record
 
