@@ -44,7 +44,7 @@ def test_bench_gpu_on_cpu_times_runnable_engines_skips_the_rest_and_runs_the_fil
     skipped = {(s["engine"], s["precision"]): s["reason"] for s in data["skipped"]}
     assert set(skipped) == {("torch", "fp16"), ("tensorrt", "fp16")}
     assert "GPU precision" in skipped["torch", "fp16"]
-    assert skipped["tensorrt", "fp16"]  # not registered yet, or no GPU / no TensorRT here: either way a reason
+    assert "NVIDIA GPUs only" in skipped["tensorrt", "fp16"]
     assert data["failed"] == []
 
     film = data["film"]
@@ -72,14 +72,14 @@ def test_bench_gpu_without_a_gpu_exits_2_with_one_line(tiny_checkpoint: Path, ca
 class SmallMemoryEngine(TorchEngine):
     """A real CPU engine whose device holds two frames: larger batches fail the way CUDA does."""
 
-    def _infer(self, L: np.ndarray) -> np.ndarray:
+    def _infer(self, L: np.ndarray) -> torch.Tensor:
         if L.shape[0] > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return super()._infer(L)
 
 
 class BrokenAtBatch4Engine(TorchEngine):
-    def _infer(self, L: np.ndarray) -> np.ndarray:
+    def _infer(self, L: np.ndarray) -> torch.Tensor:
         if L.shape[0] >= 4:
             raise RuntimeError("CUDNN_STATUS_EXECUTION_FAILED")
         return super()._infer(L)
