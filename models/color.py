@@ -203,6 +203,11 @@ def luma_to_l_table(bit_depth: int, full_range: bool, subdivisions: int = 1) -> 
     return gray_to_l(gray).to(torch.float32).numpy()
 
 
+def code_dtype(bit_depth: int) -> type[np.unsignedinteger]:
+    """The numpy type of video code values of ``bit_depth`` bits: uint8 up to 8 bits, uint16 above."""
+    return np.uint8 if bit_depth <= 8 else np.uint16
+
+
 def rgb_to_chroma(
     rgb: torch.Tensor, matrix: str, bit_depth: int, full_range: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -231,7 +236,7 @@ def rgb_to_chroma_np(
     """sRGB float ``(H, W, 3)`` in [0, 1] -> the Cb and Cr planes ``(H, W)`` as integer code values
     (uint8 for 8-bit, uint16 otherwise): ``rgb_to_chroma`` on the CPU."""
     cb, cr = rgb_to_chroma(torch.from_numpy(np.ascontiguousarray(rgb)).movedim(-1, -3), matrix, bit_depth, full_range)
-    dtype = np.uint8 if bit_depth <= 8 else np.uint16
+    dtype = code_dtype(bit_depth)
     return cb.numpy().astype(dtype, copy=False), cr.numpy().astype(dtype, copy=False)
 
 

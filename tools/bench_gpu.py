@@ -40,7 +40,7 @@ import torch
 from models.engines import KINDS, PRECISIONS, Engine, EngineUnavailableError, create_engine
 from tools.bench import bench_network, network_input_shape, system_info
 from tools.bench_video import bench_size
-from tools.runtime import onnx_cache_dir
+from tools.runtime import frame_size, onnx_cache_dir, positive_ints
 from worker.photos import open_colorizer
 from worker.smoothing import SmoothingOptions
 from worker.video_sink import EncodeOptions
@@ -388,25 +388,9 @@ def engine_configurations(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def positive_ints(text: str) -> list[int]:
-    try:
-        values = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
 def film_size(text: str) -> tuple[int, int] | None:
     """``1920x1080`` -> (1920, 1080); empty: no film."""
-    if not text.strip():
-        return None
-    try:
-        width, height = (int(n) for n in text.lower().split("x"))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from exc
-    return width, height
+    return frame_size(text) if text.strip() else None
 
 
 def add_gpu_arguments(parser: argparse.ArgumentParser) -> None:

@@ -48,7 +48,7 @@ from celery.events.receiver import EventReceiver
 from PIL import Image
 
 from tools.bench_video import FPS, make_test_film
-from tools.runtime import onnx_cache_dir
+from tools.runtime import frame_size, onnx_cache_dir
 from worker.app import create_app
 from worker.images import DEFAULT_MAX_PIXELS, read_photo, write_photo
 from worker.jobs import FINISHED, KEY_PREFIX, JobRecord, JobSpec
@@ -509,11 +509,6 @@ def _local_services() -> Any:
     return local_services
 
 
-def _size(text: str) -> tuple[int, int]:
-    width, height = text.lower().split("x")
-    return int(width), int(height)
-
-
 def _model_ref(model: str) -> str:
     """A checkpoint path made absolute (workers run elsewhere); a model name as it is."""
     return str(Path(model).resolve()) if Path(model).suffix in (".pt", ".onnx") and Path(model).exists() else model
@@ -558,7 +553,7 @@ def run_service_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Photos (throughput, overhead, queue latency) on one worker, then the film on each worker count."""
     _local_services()  # fail before any work when moto or redis-server is missing
     model = _model_ref(args.model)
-    width, height = _size(args.photo_size)
+    width, height = frame_size(args.photo_size)
     photo_options = {"model": model, "render_size": args.render_size}
     results: dict[str, Any] = {
         "system": _system(),
@@ -601,7 +596,7 @@ def run_service_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def _bench_film(services: Services, args: argparse.Namespace, model: str, photo_uri: str,
                 photo_options: dict[str, Any]) -> dict[str, Any]:
-    width, height = _size(args.film_size)
+    width, height = frame_size(args.film_size)
     path = make_test_film(services.folder / "film.mp4", width, height, args.film_seconds)
     services.s3.client().upload_file(str(path), IN_BUCKET, "films/film.mp4")
     options = {"model": model, "render_size": args.render_size, "smoothing": args.smoothing, "codec": args.codec,

@@ -28,7 +28,8 @@ import av
 import cv2
 import numpy as np
 
-from tools.runtime import onnx_cache_dir
+from models.color import code_dtype
+from tools.runtime import frame_size, onnx_cache_dir
 from worker.films import FilmOptions, colorize_film
 from worker.photos import open_colorizer
 from worker.smoothing import SmoothingOptions
@@ -99,8 +100,7 @@ def bench_floor(film_path: Path, encode: EncodeOptions) -> tuple[int, float]:
     film = probe_film(film_path, 1 << 40)
     layout = plan_output(film.video, encode)
     chroma_w, chroma_h = layout.frame.chroma_size(film.video.width, film.video.height)
-    neutral = np.full((chroma_h, chroma_w), 1 << (layout.bit_depth - 1),
-                      dtype=np.uint8 if layout.bit_depth == 8 else np.uint16)
+    neutral = np.full((chroma_h, chroma_w), 1 << (layout.bit_depth - 1), dtype=code_dtype(layout.bit_depth))
     with tempfile.TemporaryDirectory() as tmp:
         began = time.perf_counter()
         with SegmentWriter(Path(tmp) / "floor.nut", film.video, layout, encode) as writer:
@@ -162,11 +162,6 @@ def bench_memory(model: str, device: str, render_size: int, width: int, height: 
     return results
 
 
-def _size(text: str) -> tuple[int, int]:
-    width, height = text.lower().split("x")
-    return int(width), int(height)
-
-
 def add_video_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("video (--video)")
     group.add_argument("--video", action="store_true", help="benchmark the film pipeline instead of photos")
@@ -183,7 +178,7 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
 def run_video_bench(args: argparse.Namespace) -> dict[str, Any]:
     encode = EncodeOptions(codec=args.codec, crf=args.crf, preset=args.preset)
     smoothing = SmoothingOptions(strength=args.smoothing)
-    sizes = [_size(s) for s in args.sizes.split(",") if s]
+    sizes = [frame_size(s) for s in args.sizes.split(",") if s]
     results: dict[str, Any] = {"encode": encode.describe(), "smoothing": smoothing.strength, "sizes": []}
     with open_colorizer(args.model, device=args.device, render_size=args.render_size,
                         cache_dir=onnx_cache_dir()) as (colorizer, label):

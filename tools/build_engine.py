@@ -22,13 +22,8 @@ import torch
 
 from models.checkpoint import CheckpointError, load_checkpoint, preferred_render_size, resolve_checkpoint
 from models.engines import EngineUnavailableError, TensorRTEngine, TorchEngine
-from models.engines.tensorrt_engine import (
-    DEFAULT_MAX_BATCH,
-    TENSORRT_PRECISIONS,
-    TensorRTBuildError,
-    ensure_plan,
-)
-from tools.runtime import add_runtime_arguments, apply_runtime_arguments, onnx_cache_dir
+from models.engines.tensorrt_engine import DEFAULT_MAX_BATCH, TENSORRT_PRECISIONS, TensorRTBuildError
+from tools.runtime import add_runtime_arguments, apply_runtime_arguments, onnx_cache_dir, positive_ints
 
 PROG = "python -m tools build-engine"
 # fp16 against fp32 on an H100 (PyTorch autocast): 1.6e-3 of the ab range; TensorRT's fp16 kernels sum in
@@ -76,14 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _render_sizes(text: str | None) -> list[int] | None:
+    """``--render-sizes``, parsed here rather than by argparse so that a bad value is this tool's one-line error."""
     if text is None:
         return None
     try:
-        sizes = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ValueError(f"--render-sizes must be comma-separated whole numbers, got {text!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise ValueError(f"--render-sizes must be positive, got {text!r}")
+        sizes = positive_ints(text)
+    except argparse.ArgumentTypeError:
+        sizes = []
+    if not sizes:
+        raise ValueError(f"--render-sizes must be comma-separated whole numbers above 0, got {text!r}")
     return sizes
 
 
@@ -96,16 +92,14 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--max-batch must be at least 1, got {args.max_batch}")
         checkpoint = load_checkpoint(resolve_checkpoint(args.model))
         render_sizes = _render_sizes(args.render_sizes) or [preferred_render_size(checkpoint.provenance)]
-        plan_path, record = ensure_plan(checkpoint, None, args.precision, render_sizes, args.max_batch,
-                                        onnx_cache_dir(), rebuild=args.rebuild)
         engine = TensorRTEngine(checkpoint, precision=args.precision, cache_dir=onnx_cache_dir(),
-                                render_sizes=render_sizes, max_batch=args.max_batch)
+                                render_sizes=render_sizes, max_batch=args.max_batch, rebuild=args.rebuild)
     except (CheckpointError, EngineUnavailableError, TensorRTBuildError, ValueError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, (CheckpointError, EngineUnavailableError, ValueError)) else 1
     with engine:
-        key = record["key"]
-        print(f"{plan_path}\n  {checkpoint.label} {args.precision} on {key['gpu']} "
+        record, key = engine.plan_record, engine.plan_record["key"]
+        print(f"{engine.plan_path}\n  {checkpoint.label} {args.precision} on {key['gpu']} "
               f"(compute {key['compute_capability']}), TensorRT {key['tensorrt']}; "
               f"built in {record['build_seconds']} s at {record['built_at']}")
         for profile in engine.profiles:

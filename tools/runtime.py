@@ -18,6 +18,28 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true")
 
 
+def frame_size(text: str) -> tuple[int, int]:
+    """``1920x1080`` -> (1920, 1080): the size of a generated test photo or film (an argparse ``type=``)."""
+    try:
+        width, height = (int(n) for n in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
+    if width < 1 or height < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive WIDTHxHEIGHT, got {text!r}")
+    return width, height
+
+
+def positive_ints(text: str) -> list[int]:
+    """``1,2,4`` -> [1, 2, 4] (an argparse ``type=``); empty items are ignored."""
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
 def onnx_cache_dir() -> Path:
     """Where the tools keep ONNX exports: the same folder as the CLI and workers (``TINCT_CACHE_DIR``/onnx)."""
     return Settings.from_env().cache_dir / "onnx"

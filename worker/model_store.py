@@ -17,7 +17,6 @@ verifies every checkpoint's weights against their sha256 when it loads them.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import secrets
@@ -63,8 +62,7 @@ def resolve_model(model: str | os.PathLike, settings: Settings, storage: Storage
 
 
 def _cached_path(folder: Path, name: str, info: ObjectInfo) -> Path:
-    identity = hashlib.sha256(f"{info.uri}\0{info.etag}\0{info.size}".encode()).hexdigest()[:20]
-    return folder / name / f"{identity}.pt"
+    return folder / name / f"{info.version_key()}.pt"
 
 
 def _fetch(name: str, info: ObjectInfo, folder: Path, storage: Storage) -> Path:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from models.color import lab_to_rgb, lab_to_rgb_fast_np, rgb_to_chroma, rgb_to_chroma_np
+from models.color import code_dtype, lab_to_rgb, lab_to_rgb_fast_np, rgb_to_chroma, rgb_to_chroma_np
 from models.colorizer import Colorizer, Render
 from worker.smoothing import SmoothingOptions, TemporalSmoother
 from worker.video_sink import OutputLayout
@@ -261,6 +261,6 @@ def _colour_on_device(colorizer: Colorizer, layout: OutputLayout, frame: SourceF
     ab = colorizer.upsample_ab_tensor(L, render)
     rgb = lab_to_rgb(torch.cat((L[None], ab)))
     cb, cr = rgb_to_chroma(rgb, layout.matrix, layout.bit_depth, layout.full_range)
-    dtype = np.uint8 if layout.bit_depth <= 8 else np.uint16
+    dtype = code_dtype(layout.bit_depth)
     return ColourFrame(frame.index, frame.pts, frame.luma, cb.cpu().numpy().astype(dtype, copy=False),
                        cr.cpu().numpy().astype(dtype, copy=False))

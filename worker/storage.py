@@ -230,6 +230,11 @@ class ObjectInfo:
     etag: str
     last_modified: float | None
 
+    def version_key(self) -> str:
+        """A short file-name-safe key for this version of the object (URI, ETag, size): local copies are filed
+        under it, so a changed object is fetched again and an unchanged one never."""
+        return hashlib.sha256(f"{self.uri}\0{self.etag}\0{self.size}".encode()).hexdigest()[:20]
+
 
 def parse_uri(uri: str | os.PathLike) -> tuple[str, str, str]:
     """Split a URI into ``(scheme, bucket, key)``: ``("s3", bucket, key)`` or ``("file", "", absolute_path)``.

@@ -32,7 +32,7 @@ import av
 import cv2
 import numpy as np
 
-from models.color import luma_to_l_table
+from models.color import code_dtype, luma_to_l_table
 from worker.errors import BadInputError, InputTooLargeError, UnsupportedMediaError
 
 logger = logging.getLogger(__name__)
@@ -474,4 +474,4 @@ def _shift_depth(luma: np.ndarray, shift: int, bit_depth: int) -> np.ndarray:
     if shift > 0:
         return (luma.astype(np.uint16) << shift).astype(np.uint16)
     rounded = (luma.astype(np.uint32) + (1 << (-shift - 1))) >> (-shift)
-    return np.minimum(rounded, (1 << bit_depth) - 1).astype(np.uint8 if bit_depth <= 8 else np.uint16)
+    return np.minimum(rounded, (1 << bit_depth) - 1).astype(code_dtype(bit_depth))

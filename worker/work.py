@@ -117,8 +117,7 @@ class Runtime:
         if scheme == "file":
             return Path(path)
         info = info or self.storage.stat(uri)
-        digest = hashlib.sha256(f"{info.uri}\0{info.etag}\0{info.size}".encode()).hexdigest()[:20]
-        local = self.settings.work_dir / "inputs" / f"{digest}{PurePosixPath(path).suffix.lower()}"
+        local = self.settings.work_dir / "inputs" / f"{info.version_key()}{PurePosixPath(path).suffix.lower()}"
         if not local.exists():
             local.parent.mkdir(parents=True, exist_ok=True)
             self.storage.download(uri, local)

@@ -99,12 +99,16 @@ def create_engine(
             raise ValueError(f"{model}: no such ONNX file")
         return OnnxRuntimeEngine(model, device=device, precision=precision, decode=decode)
     checkpoint: Checkpoint = load_checkpoint(resolve_checkpoint(model))
+
+    def tensorrt_engine() -> TensorRTEngine:
+        return TensorRTEngine(checkpoint, device=device, precision=precision, decode=decode, cache_dir=cache_dir,
+                              render_sizes=render_sizes, max_batch=max_batch)
+
     if kind == "auto":
         on_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
         if on_cuda and precision in ("auto", "fp16", "fp32") and _tensorrt_installed():
             try:
-                return TensorRTEngine(checkpoint, device="cuda", precision=precision, decode=decode,
-                                      cache_dir=cache_dir, render_sizes=render_sizes, max_batch=max_batch)
+                return tensorrt_engine()
             except Exception as exc:  # noqa: BLE001 - "auto" means the best engine that works; kind="tensorrt" raises
                 log.warning("TensorRT could not run %s (%s: %s); using the PyTorch CUDA engine", checkpoint.label,
                             type(exc).__name__, exc)
@@ -115,8 +119,7 @@ def create_engine(
     if kind == "onnxruntime":  # the export of a checkpoint is cached in cache_dir (default: ~/.cache/tinct/onnx)
         return OnnxRuntimeEngine(checkpoint, device=device, precision=precision, decode=decode, cache_dir=cache_dir)
     if kind == "tensorrt":
-        return TensorRTEngine(checkpoint, device=device, precision=precision, decode=decode, cache_dir=cache_dir,
-                              render_sizes=render_sizes, max_batch=max_batch)
+        return tensorrt_engine()
     return ENGINES[kind](checkpoint, device=device, precision=precision, decode=decode)
 
 

@@ -49,7 +49,14 @@ from models.checkpoint import Checkpoint, load_checkpoint, preferred_render_size
 from models.engines.base import PRECISIONS, Engine, EngineUnavailableError, check_choice
 from models.engines.cuda_io import PinnedUploader
 from models.files import atomic_output
-from models.onnx_export import INPUT_NAME, OUTPUT_NAME, default_cache_dir, ensure_onnx, read_onnx_metadata
+from models.onnx_export import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    OnnxMetadata,
+    default_cache_dir,
+    ensure_onnx,
+    read_onnx_metadata,
+)
 from models.predictor import DecodeOptions
 
 log = logging.getLogger(__name__)
@@ -220,23 +227,20 @@ def current_plan_key(onnx_path: Path, precision: str) -> PlanKey:
     return PlanKey(digest, precision, torch.cuda.get_device_name(), f"{major}.{minor}", trt.__version__)
 
 
-class _Logger:
-    """A TensorRT logger (built lazily: the base class lives in ``tensorrt``) that forwards to ``logging``."""
+def tensorrt_logger(trt: Any) -> Any:
+    """A TensorRT logger that forwards to ``logging`` (defined here, not at import: its base class is TensorRT's)."""
+    severity = trt.ILogger.Severity
+    levels = {severity.INTERNAL_ERROR: logging.ERROR, severity.ERROR: logging.ERROR, severity.WARNING: logging.WARNING,
+              severity.INFO: logging.DEBUG, severity.VERBOSE: logging.DEBUG}
 
-    @staticmethod
-    def create(trt: Any) -> Any:
-        levels = {trt.ILogger.Severity.INTERNAL_ERROR: logging.ERROR, trt.ILogger.Severity.ERROR: logging.ERROR,
-                  trt.ILogger.Severity.WARNING: logging.WARNING, trt.ILogger.Severity.INFO: logging.DEBUG,
-                  trt.ILogger.Severity.VERBOSE: logging.DEBUG}
+    class Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
 
-        class Logger(trt.ILogger):
-            def __init__(self) -> None:
-                trt.ILogger.__init__(self)
+        def log(self, level: Any, msg: str) -> None:
+            log.log(levels.get(level, logging.INFO), "TensorRT: %s", msg)
 
-            def log(self, severity: Any, msg: str) -> None:
-                log.log(levels.get(severity, logging.INFO), "TensorRT: %s", msg)
-
-        return Logger()
+    return Logger()
 
 
 def build_plan(onnx_path: Path, plan_path: Path, key: PlanKey, profiles: Sequence[Profile],
@@ -246,7 +250,7 @@ def build_plan(onnx_path: Path, plan_path: Path, key: PlanKey, profiles: Sequenc
     Returns the record. Raises TensorRTBuildError with the parser's or builder's messages when it fails.
     """
     trt = import_tensorrt()
-    logger = _Logger.create(trt)
+    logger = tensorrt_logger(trt)
     began = time.perf_counter()
     builder = trt.Builder(logger)
     # Strongly typed: the precision is the graph's own (see the module docstring). On TensorRT 11 this is the
@@ -284,12 +288,13 @@ def build_plan(onnx_path: Path, plan_path: Path, key: PlanKey, profiles: Sequenc
 
 def ensure_plan(checkpoint: Checkpoint, decode: DecodeOptions | None, precision: str, render_sizes: Sequence[int],
                 max_batch: int, cache_dir: str | os.PathLike | None = None, rebuild: bool = False,
-                ) -> tuple[Path, dict[str, Any]]:
+                ) -> tuple[Path, dict[str, Any], OnnxMetadata]:
     """A cached plan for the checkpoint that serves ``render_sizes`` up to ``max_batch``, built first when there is
-    none or it is stale (see the module docstring). Returns the plan's path and its record."""
+    none or it is stale (see the module docstring). Returns the plan's path, its record and what the ONNX graph it
+    was built from says about itself (strides, decoding)."""
     require_tensorrt_gpu()
     onnx_path = ensure_onnx(checkpoint, decode, cache_dir, precision=precision)
-    stride = read_onnx_metadata(onnx_path).stride
+    meta = read_onnx_metadata(onnx_path)
     key = current_plan_key(onnx_path, precision)
     folder = engine_cache_dir(cache_dir)
     plan_path = folder / f"{key.file_stem()}.plan"
@@ -297,7 +302,7 @@ def ensure_plan(checkpoint: Checkpoint, decode: DecodeOptions | None, precision:
     reason = "a rebuild was asked for" if rebuild else stale_reason(record, key, render_sizes, max_batch)
     if reason is None:
         assert record is not None
-        return plan_path, record
+        return plan_path, record, meta
     sizes, batch = set(render_sizes), max_batch
     if record is not None and record.get("key") == asdict(key):  # same engine, more shapes: keep the old ones too
         try:
@@ -307,9 +312,9 @@ def ensure_plan(checkpoint: Checkpoint, decode: DecodeOptions | None, precision:
         sizes |= {p.render_size for p in old}
         batch = max([batch, *(p.max_shape[0] for p in old)])
     log.info("TensorRT engine %s: %s; building it", plan_path.name, reason)
-    profiles = plan_profiles(sorted(sizes), stride, batch)
+    profiles = plan_profiles(sorted(sizes), meta.stride, batch)
     record = build_plan(onnx_path, plan_path, key, profiles, folder / key.timing_cache_name())
-    return plan_path, record
+    return plan_path, record, meta
 
 
 class TensorRTEngine(Engine):
@@ -317,7 +322,7 @@ class TensorRTEngine(Engine):
 
     ``render_sizes`` are the render sizes the engine must serve (default: the model's own, as the colorizer
     uses it) and ``max_batch`` the largest batch; a batch outside every profile is a ValueError naming the
-    shapes the engine was built for.
+    shapes the engine was built for. ``rebuild`` builds the plan even when a current one is cached.
     """
 
     name = "tensorrt"
@@ -331,6 +336,7 @@ class TensorRTEngine(Engine):
         cache_dir: str | os.PathLike | None = None,
         render_sizes: Sequence[int] | None = None,
         max_batch: int | None = None,
+        rebuild: bool = False,
     ) -> None:
         check_choice("device", device, ("auto", "cpu", "cuda"))
         check_choice("precision", precision, PRECISIONS)
@@ -346,13 +352,14 @@ class TensorRTEngine(Engine):
         ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
         render_sizes = tuple(render_sizes or (preferred_render_size(ckpt.provenance),))
         max_batch = int(max_batch or DEFAULT_MAX_BATCH)
-        plan_path, record = ensure_plan(ckpt, decode, precision, render_sizes, max_batch, cache_dir)
-        self._logger = _Logger.create(trt)
+        plan_path, record, meta = ensure_plan(ckpt, decode, precision, render_sizes, max_batch, cache_dir, rebuild)
+        self._logger = tensorrt_logger(trt)
         self._runtime = trt.Runtime(self._logger)
         engine = self._runtime.deserialize_cuda_engine(plan_path.read_bytes())
         if engine is None:  # written by another TensorRT build or damaged: never trusted, rebuilt
             log.warning("TensorRT could not load %s; rebuilding it", plan_path)
-            plan_path, record = ensure_plan(ckpt, decode, precision, render_sizes, max_batch, cache_dir, rebuild=True)
+            plan_path, record, meta = ensure_plan(ckpt, decode, precision, render_sizes, max_batch, cache_dir,
+                                                  rebuild=True)
             engine = self._runtime.deserialize_cuda_engine(plan_path.read_bytes())
             if engine is None:
                 raise TensorRTBuildError(f"{plan_path}: TensorRT cannot load the engine it has just built")
@@ -360,10 +367,10 @@ class TensorRTEngine(Engine):
         self._context = engine.create_execution_context()
         self.profiles = [Profile.from_dict(p) for p in record["profiles"]]
         self.plan_path = plan_path
+        self.plan_record = record  # the key it was built for, when, and how long it took
         self._profile_index: int | None = None
         self._device = torch.device("cuda", torch.cuda.current_device())
         self._uploader: PinnedUploader | None = PinnedUploader(self._device)
-        meta = read_onnx_metadata(ensure_onnx(ckpt, decode, cache_dir, precision=precision))
         super().__init__(ckpt, "cuda", precision, meta.stride, meta.output_stride, meta.decode)
         self.max_batch = max(p.max_shape[0] for p in self.profiles)
 
