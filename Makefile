@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tinct-installed
 
-.PHONY: install demo test lint clean redis-server
+.PHONY: install demo serve test lint clean redis-server debian-packages
 
 install: $(STAMP)
 
@@ -19,16 +19,29 @@ demo: install
 	$(VENV)/bin/tinct colorize samples -o demo-out
 	@echo "colorized photos are in demo-out/"
 
+# The console and API on this machine: redis-server, one worker and tinct serve on loopback with a folder store
+# (serve-data/); prints the URL and a token; Ctrl-C stops all three.
+serve: install redis-server
+	$(PY) -m tools serve-local
+
 # The service tests run against a real redis-server (Debian package), started by the tests themselves.
 redis-server:
 	@command -v redis-server >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server; }
 
-test: install redis-server
+# Every Debian package the tests use, with one apt-get update: redis-server, and chromium for the console's browser
+# test (driven through Playwright; Playwright's own browser download is neither needed nor possible here).
+debian-packages:
+	@missing=""; command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; fi
+
+test: install debian-packages
 	$(PY) -m pytest -q
 
 lint: install
 	$(VENV)/bin/ruff check models worker tools tests
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache
+	rm -rf $(VENV) demo-out serve-data .pytest_cache

@@ -8,11 +8,13 @@ import sys
 VERBS = {
     "train": ("tools.train", "train or fine-tune a model on folders, zips or s3:// prefixes of colour photos"),
     "evaluate": ("tools.evaluate", "score a model against ground truth with the gray baseline beside it"),
+    "scorecard": ("tools.scorecard", "models side by side on every dev set and film, gray and truth beside, verdict"),
     "bench": ("tools.bench", "images/s and megapixels/s per engine and batch size"),
     "export": ("tools.export", "export a checkpoint to ONNX (dynamic batch and size)"),
     "build-engine": ("tools.build_engine", "build a model's TensorRT engine for this GPU (cached, checked)"),
     "promote": ("tools.promote", "make a run's checkpoint shippable: decoding, evaluation, fp16 weights"),
     "experiments": ("tools.experiments", "rerun the seed papers' comparisons (CIFAR-10 judge, natural photos)"),
+    "serve-local": ("tools.serve_local", "redis-server, a worker and tinct serve on loopback (make serve)"),
 }
 
 

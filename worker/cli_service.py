@@ -7,6 +7,7 @@
     tinct webhook --port 8080 -o s3://colour/      # MinIO bucket notifications; TINCT_WEBHOOK_SECRET required
     tinct status JOB_ID | tinct jobs | tinct cancel JOB_ID
     tinct top --metrics gpu1:9100 --metrics gpu2:9100  # live queues, workers, throughput, GPUs, jobs (worker.top)
+    tinct serve --port 8000                        # the HTTP API and web console (worker.api; a token required)
 
 Settings (Redis, S3 endpoint, limits) come from ``TINCT_*`` environment variables (``worker.settings``).
 """
@@ -22,6 +23,7 @@ import sys
 import threading
 import time
 
+from worker.api.serve import add_serve_command
 from worker.errors import PermanentError, TinctError
 from worker.jobs import FINISHED, JobOptions, JobRecord, JobSpec, JobSpecError, parse_options
 from worker.settings import GPU_QUEUE, IO_QUEUE, Settings
@@ -85,6 +87,7 @@ def add_service_commands(commands: argparse._SubParsersAction) -> None:
     webhook.set_defaults(run=_webhook)
 
     add_top_command(commands)
+    add_serve_command(commands)
 
 
 def _add_job_options(parser: argparse.ArgumentParser) -> None:

@@ -19,17 +19,31 @@ from pathlib import Path
 GPU_QUEUE = "tinct.colorize"  # network work: one process per GPU (or a few per CPU node)
 IO_QUEUE = "tinct.io"  # planning, fan-out, joins, bookkeeping: light, many at once
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-_SECRET_FIELDS = {"s3_access_key_id", "s3_secret_access_key", "webhook_secret"}
+_SECRET_FIELDS = {"s3_access_key_id", "s3_secret_access_key", "webhook_secret", "api_token"}
 
 
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Celery's Redis transport redelivers a task whose worker vanished after this many seconds; it must exceed
-    # the longest task (a film segment), or a healthy task is delivered twice.
+    # the longest task (a film segment), or a healthy task is delivered twice. Only the backstop: a lost worker's
+    # pieces come back after liveness_window_s (worker.liveness).
     visibility_timeout_s: int = 3600
-    task_soft_time_limit_s: int = 3000
-    task_time_limit_s: int = 3300
+    # Pieces are planned to take at most piece_target_s on the slowest supported node, a CPU node colorizing about
+    # slowest_megapixels_per_s (2 contended cores; worker.work bounds segments and photo batches by it), so the time
+    # limits need only cover a piece that runs a few times slower than planned, not the 55 minutes of old.
+    task_soft_time_limit_s: int = 600
+    task_time_limit_s: int = 660
+    piece_target_s: float = 240.0
+    slowest_megapixels_per_s: float = 5.0
+    # Liveness (worker.liveness): each worker process beats this often; one silent for longer than the window has
+    # its pieces re-queued by the others. A piece whose worker dies max_piece_deaths times in a row fails its job.
+    heartbeat_interval_s: float = 5.0
+    liveness_window_s: float = 20.0
+    max_piece_deaths: int = 3
+    # After SIGTERM (scale-down, docker stop) the piece in hand gets this long to finish, then is handed back. The
+    # orchestrator's grace period (terminationGracePeriodSeconds, stop_grace_period) must be longer.
+    stop_grace_s: float = 30.0
     s3_endpoint_url: str | None = None  # MinIO, Ceph, R2...; None for AWS
     s3_region: str | None = None
     s3_access_key_id: str | None = field(default=None, repr=False)
@@ -49,8 +63,8 @@ class Settings:
     # A model each colorize worker process loads when it starts (the GPU image: "default"), so that its TensorRT
     # engine is built or loaded, and the GPU initialised, before the first job rather than during it.
     preload_model: str | None = None
-    collection_batch: int = 32  # photos per task when a collection is fanned out
-    segment_seconds: float = 60.0  # film segments fanned out to workers
+    collection_batch: int = 16  # photos per task at most when a collection is fanned out (fewer for large ones)
+    segment_seconds: float = 60.0  # film segments fanned out to workers (shorter for large frames: piece_target_s)
     max_input_bytes: int = 20 * 1024**3  # inputs over this size fail as too large before any download
     job_ttl_s: int = 30 * 24 * 3600  # how long finished jobs are kept in Redis
     task_retries: int = 5  # transient failures (storage, Redis) per task, with exponential backoff
@@ -58,6 +72,16 @@ class Settings:
     metrics_port: int = 0  # Prometheus endpoint of a worker; 0 = off
     log_format: str = "json"  # worker logs: "json" (one object per line, with the job id) or "text"
     webhook_secret: str | None = field(default=None, repr=False)
+    # tinct serve (worker.api): one all-powerful bearer token, and/or a JSON file of named tokens with the input and
+    # output prefixes each may use (worker.api.auth documents the format).
+    api_token: str | None = field(default=None, repr=False)
+    api_tokens_file: Path | None = None
+    # Where POST /api/v1/uploads puts files (a folder or s3://bucket/prefix/, one sub-prefix per token), and the
+    # default output prefix the console offers; a token may always read its inbox and write its results there.
+    api_inbox: str | None = None
+    api_results: str | None = None
+    api_max_upload_bytes: int = 2 * 1024**3
+    api_url_ttl_s: int = 900  # lifetime of the signed S3 URLs the API hands out for results
 
     def __post_init__(self) -> None:
         if self.visibility_timeout_s <= self.task_time_limit_s:
@@ -67,6 +91,20 @@ class Settings:
             )
         if self.task_soft_time_limit_s >= self.task_time_limit_s:
             raise ValueError("TINCT_TASK_SOFT_TIME_LIMIT_S must be below TINCT_TASK_TIME_LIMIT_S")
+        if self.task_soft_time_limit_s < 2 * self.piece_target_s:
+            raise ValueError(
+                f"TINCT_TASK_SOFT_TIME_LIMIT_S ({self.task_soft_time_limit_s}) must be at least twice "
+                f"TINCT_PIECE_TARGET_S ({self.piece_target_s:g}): a piece planned at that length must not hit the limit"
+            )
+        if self.piece_target_s <= 0 or self.slowest_megapixels_per_s <= 0:
+            raise ValueError("TINCT_PIECE_TARGET_S and TINCT_SLOWEST_MEGAPIXELS_PER_S must be positive")
+        if self.heartbeat_interval_s <= 0 or self.liveness_window_s < 3 * self.heartbeat_interval_s:
+            raise ValueError(
+                f"TINCT_LIVENESS_WINDOW_S ({self.liveness_window_s:g}) must be at least three heartbeats "
+                f"(TINCT_HEARTBEAT_INTERVAL_S {self.heartbeat_interval_s:g}): one late beat must not re-queue a piece"
+            )
+        if self.max_piece_deaths < 1 or self.stop_grace_s < 0:
+            raise ValueError("TINCT_MAX_PIECE_DEATHS must be at least 1 and TINCT_STOP_GRACE_S not negative")
         if self.model_store is not None and _SCHEME.match(self.model_store) and \
                 not self.model_store.lower().startswith(("s3://", "file://")):
             raise ValueError(f"TINCT_MODEL_STORE must be a folder or s3://bucket/prefix/, got {self.model_store!r}")

@@ -1,0 +1,217 @@
+"""Before/after previews of a finished job, derived on demand from its input and output and cached on disk.
+
+A photo gives one pair (the source's lightness, the colorized result), each at most ``PREVIEW_SIDE`` pixels on its
+long side; a film gives a strip of ``FILM_FRAMES`` pairs at evenly spaced times; a collection gives a pair for each
+of its first ``COLLECTION_PREVIEWS`` photos. Deriving them here rather than in the workers leaves the workers'
+hot path and their outputs untouched (an archive's output prefix holds exactly what it asked for), and a preview
+costs one read of the input and the output the first time anyone looks, nothing after: files are cached under
+``<cache_dir>/previews/<job>/`` keyed by the output's ETag, so a job run again with new outputs gets new previews.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+import threading
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path, PurePosixPath
+
+import av
+import numpy as np
+from PIL import Image, ImageOps
+
+from models.files import atomic_output
+from worker.errors import BadInputError, PermanentError, one_line
+from worker.images import DEFAULT_MAX_PIXELS, EXTENSION_FORMATS, read_photo
+from worker.jobs import JobRecord
+from worker.storage import Storage, parse_uri
+from worker.work import film_output_uri, photo_output_uri
+
+PREVIEW_SIDE = 1024
+FRAME_SIDE = 480  # a film strip shows several frames side by side: smaller ones load faster
+FILM_FRAMES = 6
+COLLECTION_PREVIEWS = 24
+JPEG_QUALITY = 85
+
+
+@dataclass(frozen=True)
+class PreviewItem:
+    """One before/after pair: a photo (``time`` None) or a film frame at ``time`` seconds."""
+
+    index: int
+    input: str
+    output: str
+    time: float | None = None
+
+    @property
+    def label(self) -> str:
+        name = PurePosixPath(parse_uri(self.input)[2]).name
+        return name if self.time is None else f"{name} @ {self.time:.1f} s"
+
+
+class Previews:
+    def __init__(self, storage: Storage, cache_dir: Path, scratch_dir: Path) -> None:
+        self.storage = storage
+        self.cache_dir = cache_dir
+        self.scratch_dir = scratch_dir
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    def items(self, record: JobRecord) -> list[PreviewItem]:
+        """The pairs a finished job offers (none before it has succeeded)."""
+        if record.state != "succeeded":
+            return []
+        spec = record.spec
+        if spec.kind == "video":
+            times = self._film_times(record)
+            return [PreviewItem(i, spec.input, film_output_uri(spec), t) for i, t in enumerate(times)]
+        if spec.kind == "image":
+            return [PreviewItem(0, spec.input, photo_output_uri(spec, spec.input))]
+        items: list[PreviewItem] = []
+        for info in self.storage.list(spec.input):
+            if info.uri in record.failed_pieces or PurePosixPath(info.uri).suffix.lower() not in EXTENSION_FORMATS:
+                continue
+            items.append(PreviewItem(len(items), info.uri, photo_output_uri(spec, info.uri)))
+            if len(items) == COLLECTION_PREVIEWS:
+                break
+        return items
+
+    def image(self, record: JobRecord, item: PreviewItem, side: str) -> Path:
+        """The cached JPEG of one side (``before`` or ``after``) of ``item``, made first if needed."""
+        folder = self._folder(record, item.output)
+        path = folder / f"{item.index}-{side}.jpg"
+        if path.exists():
+            return path
+        with self._lock(record.id):
+            if not path.exists():  # another request may have made it while this one waited
+                if record.spec.kind == "video":
+                    self._film_strip(record, folder)
+                else:
+                    self._photo_pair(item, folder)
+        if not path.exists():
+            raise BadInputError(item.output, "no preview could be made for this frame")
+        return path
+
+    # --------------------------------------------------------------------------------------------- helpers
+
+    def _folder(self, record: JobRecord, output: str) -> Path:
+        etag = self.storage.stat(output).etag
+        version = hashlib.sha256(f"{output}\0{etag}".encode()).hexdigest()[:16]
+        return self.cache_dir / "previews" / record.id / version
+
+    def _lock(self, job_id: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(job_id, threading.Lock())
+
+    def _local(self, uri: str, name: str) -> tuple[Path, bool]:
+        """A local path for ``uri``: the file itself, or a scratch download (True: delete it afterwards)."""
+        scheme, _, key = parse_uri(uri)
+        if scheme == "file":
+            return Path(key), False
+        self.scratch_dir.mkdir(parents=True, exist_ok=True)
+        local = self.scratch_dir / f"{hashlib.sha256(uri.encode()).hexdigest()[:16]}-{name}"
+        self.storage.download(uri, local)
+        return local, True
+
+    def _photo_pair(self, item: PreviewItem, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        suffix_in = PurePosixPath(parse_uri(item.input)[2]).suffix
+        suffix_out = PurePosixPath(parse_uri(item.output)[2]).suffix
+        source, drop_source = self._local(item.input, f"in{suffix_in}")
+        result, drop_result = self._local(item.output, f"out{suffix_out}")
+        try:
+            # The source through the pipeline's own reader: 16-bit scans, orientation and odd modes are handled
+            # once, and "before" shows exactly the lightness the colorizer kept.
+            lightness = read_photo(source, DEFAULT_MAX_PIXELS).L
+            before = Image.fromarray(np.clip(lightness * 2.55 + 0.5, 0, 255).astype(np.uint8))
+            with Image.open(result) as opened:
+                after = ImageOps.exif_transpose(opened).convert("RGB")
+            _save(before, folder / f"{item.index}-before.jpg", PREVIEW_SIDE)
+            _save(after, folder / f"{item.index}-after.jpg", PREVIEW_SIDE)
+        except OSError as exc:  # Pillow's "cannot identify image file" and friends
+            raise BadInputError(item.output, f"cannot read for a preview ({one_line(exc)})") from exc
+        finally:
+            if drop_source:
+                source.unlink(missing_ok=True)
+            if drop_result:
+                result.unlink(missing_ok=True)
+
+    def _film_times(self, record: JobRecord) -> list[float]:
+        """Evenly spaced times inside the film (never its very first or last frame, often black)."""
+        source, drop = self._local(record.spec.input, "probe" + PurePosixPath(parse_uri(record.spec.input)[2]).suffix)
+        try:
+            duration = _duration(source)
+        finally:
+            if drop:
+                source.unlink(missing_ok=True)
+        return [round(duration * (i + 0.5) / FILM_FRAMES, 3) for i in range(FILM_FRAMES)]
+
+    def _film_strip(self, record: JobRecord, folder: Path) -> None:
+        items = self.items(record)
+        times = [item.time or 0.0 for item in items]
+        suffix_in = PurePosixPath(parse_uri(record.spec.input)[2]).suffix
+        suffix_out = PurePosixPath(parse_uri(film_output_uri(record.spec))[2]).suffix
+        source, drop_source = self._local(record.spec.input, f"in{suffix_in}")
+        result, drop_result = self._local(film_output_uri(record.spec), f"out{suffix_out}")
+        staging = folder.with_name(folder.name + ".partial")
+        try:
+            staging.mkdir(parents=True, exist_ok=True)
+            for side, path in (("before", source), ("after", result)):
+                for index, frame in enumerate(_frames_at(path, times)):
+                    image = frame if side == "after" else ImageOps.grayscale(frame).convert("RGB")
+                    _save(image, staging / f"{index}-{side}.jpg", FRAME_SIDE)
+            if folder.exists():
+                shutil.rmtree(folder)
+            staging.rename(folder)  # the whole strip appears at once, so both sides always match
+        except (av.FFmpegError, OSError) as exc:
+            raise BadInputError(record.spec.input, f"cannot read frames for a preview ({one_line(exc)})") from exc
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            if drop_source:
+                source.unlink(missing_ok=True)
+            if drop_result:
+                result.unlink(missing_ok=True)
+
+
+def _save(image: Image.Image, path: Path, side: int) -> None:
+    image = image.copy()
+    image.thumbnail((side, side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    with atomic_output(path) as sink:
+        sink.write(buffer.getvalue())
+
+
+def _duration(path: Path) -> float:
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            if stream.duration is not None and stream.time_base is not None:
+                return float(stream.duration * stream.time_base)
+            if container.duration is not None:
+                return container.duration / av.time_base
+            frames = stream.frames or 0
+            rate = float(stream.average_rate or 24)
+            return frames / rate if frames else 1.0
+    except (av.FFmpegError, IndexError) as exc:
+        raise PermanentError(f"{path.name}: cannot read the film for a preview ({one_line(exc)})") from exc
+
+
+def _frames_at(path: Path, times: list[float]) -> list[Image.Image]:
+    """The first frame at or after each time (seeking to the keyframe before it and decoding forward)."""
+    frames: list[Image.Image] = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        time_base = stream.time_base or Fraction(1, 1000)
+        for target in times:
+            container.seek(int(target / time_base), stream=stream, backward=True, any_frame=False)
+            chosen = None
+            for frame in container.decode(stream):
+                chosen = frame
+                if frame.time is not None and frame.time >= target:
+                    break
+            if chosen is not None:
+                frames.append(chosen.to_image())
+    return frames

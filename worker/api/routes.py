@@ -1,0 +1,446 @@
+"""The HTTP API's routes under ``/api/v1``: jobs (submit, list, read, cancel, events), uploads, results, previews.
+
+Every route is a thin shell over :class:`worker.service.Service` and :mod:`worker.jobs`, exactly as ``tinct
+submit/status/jobs/cancel`` are: a job spec is validated by :meth:`JobSpec.from_dict` and queued by
+:meth:`Service.submit`, whatever door it came in by. What this module adds is the caller: a bearer token
+(:mod:`worker.api.auth`) that must be allowed to read the input and write the output, and that sees only the jobs
+it submitted. Errors are ``{"detail": "<field>: <reason>"}`` on one line, with the field named where there is one.
+
+Blocking calls (Redis, S3, Pillow) run in plain ``def`` routes, which Starlette runs in its thread pool; only the
+event stream is ``async``, so an idle stream holds no thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
+
+from worker.api.auth import Principal, authenticate, own_folder
+from worker.api.previews import Previews
+from worker.errors import PermanentError, TinctError, TransientError, one_line
+from worker.images import EXTENSION_FORMATS
+from worker.jobs import FINISHED, KEY_PREFIX, STATES, JobRecord, JobSpec, JobSpecError
+from worker.photos import FILM_EXTENSIONS
+from worker.service import Service
+from worker.settings import Settings
+from worker.storage import Storage, join_uri, parse_uri
+
+JOB_ID = r"^[0-9a-f]{24}$"
+MAX_JOBS_PAGE = 200
+EVENT_POLL_S = 0.5
+EVENT_HEARTBEAT_S = 15.0
+MAX_RESULTS = 1000
+_UPLOAD_NAME = re.compile(r"^[^/\\\x00-\x1f\x7f]{1,200}$")
+_CHUNK = 1024 * 1024
+
+
+@dataclass
+class ApiState:
+    """What every request shares: settings, the service client, the tokens, previews."""
+
+    settings: Settings
+    service: Service
+    principals: list[Principal]
+    previews: Previews
+    insecure_local: bool = False
+
+    @property
+    def storage(self) -> Storage:
+        return self.service.storage
+
+
+def api_state(request: Request) -> ApiState:
+    return request.app.state.tinct
+
+
+def caller(request: Request) -> Principal:
+    """The authenticated principal, or 401. With ``--insecure-local`` and no tokens, loopback callers are admin."""
+    state = api_state(request)
+    if state.insecure_local and not state.principals:
+        return Principal("local", admin=True)
+    principal = authenticate(state.principals, request.headers.get("authorization"))
+    if principal is None:
+        reason = "missing bearer token" if not request.headers.get("authorization") else "invalid bearer token"
+        raise HTTPException(401, f"authorization: {reason}", headers={"WWW-Authenticate": "Bearer"})
+    return principal
+
+
+State = Annotated[ApiState, Depends(api_state)]
+Caller = Annotated[Principal, Depends(caller)]
+JobId = Annotated[str, PathParam(pattern=JOB_ID, description="a job id (24 hex digits)")]
+
+public = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(caller)])
+
+
+@public.get("/health", tags=["service"], summary="Liveness and Redis reachability (no token needed)")
+def health(state: State) -> JSONResponse:
+    try:
+        state.service.redis.ping()
+    except Exception as exc:  # any Redis failure means "not ready"; the reason is one line without the URL
+        return JSONResponse({"status": "unavailable", "redis": type(exc).__name__}, status_code=503)
+    return JSONResponse({"status": "ok", "redis": "ok"})
+
+
+# ------------------------------------------------------------------------------------------------------- jobs
+
+
+def job_view(record: JobRecord) -> dict[str, Any]:
+    spec = record.spec
+    return {
+        "id": record.id,
+        "state": record.state,
+        "kind": spec.kind,
+        "input": spec.input,
+        "output": spec.output,
+        "options": spec.to_dict()["options"],
+        "progress": {"unit": record.unit, "done": record.done, "total": record.total, "fps": record.fps,
+                     "eta_s": record.eta_s},
+        "outputs": record.outputs,
+        "metrics": record.metrics,
+        "error": record.error,
+        "failures": [{"item": item, "reason": reason} for item, reason in record.failed_pieces.items()],
+        "created_at": record.created,
+        "updated_at": record.updated,
+    }
+
+
+JOB_SPEC_SCHEMA = {
+    "type": "object",
+    "required": ["input", "output"],
+    "additionalProperties": False,
+    "properties": {
+        "input": {"type": "string", "description": "s3://bucket/key, a prefix ending in '/', or a folder path"},
+        "output": {"type": "string", "description": "output URI; ending in '/' means a folder or prefix"},
+        "kind": {"type": "string", "enum": ["image", "video", "collection"]},
+        "options": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "model": {"type": "string"},
+                "render_size": {"type": ["integer", "null"], "minimum": 32, "maximum": 4096},
+                "smoothing": {"type": "number", "minimum": 0, "maximum": 1},
+                "codec": {"type": "string"},
+                "crf": {"type": ["integer", "null"], "minimum": 0, "maximum": 63},
+                "preset": {"type": "string"},
+                "recolor": {"type": "boolean"},
+                "format": {"type": ["string", "null"]},
+            },
+        },
+    },
+}
+
+
+def _owners_key(job_id: str) -> str:
+    return f"{KEY_PREFIX}api:owners:{job_id}"
+
+
+def _index_key(principal: Principal) -> str:
+    return f"{KEY_PREFIX}api:jobs:{principal.name}"
+
+
+def _authorize_spec(principal: Principal, spec: JobSpec) -> None:
+    if not principal.may_read(spec.input):
+        raise HTTPException(403, f"input: {spec.input} is outside the input prefixes of token '{principal.name}'")
+    if not principal.may_write(spec.output):
+        raise HTTPException(403, f"output: {spec.output} is outside the output prefixes of token '{principal.name}'")
+
+
+@router.post(
+    "/jobs", tags=["jobs"], status_code=201,
+    summary="Submit a job (the queue's JSON spec); resubmitting the same job returns it (200)",
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": JOB_SPEC_SCHEMA}}}},
+    responses={200: {"description": "the same job, already submitted"}, 403: {"description": "outside prefixes"},
+               422: {"description": "invalid spec: one line naming the field"}},
+)
+async def submit_job(request: Request, state: State, principal: Caller) -> JSONResponse:
+    raw = await request.body()
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise HTTPException(422, f"body: not valid JSON ({one_line(exc)})") from None
+    try:
+        spec = JobSpec.from_dict(data)  # the queue's own validation: one line naming the field
+    except JobSpecError as exc:
+        raise HTTPException(422, f"{exc.field}: {exc.reason}") from None
+    _authorize_spec(principal, spec)
+    return await anyio.to_thread.run_sync(_submit, state, principal, spec)
+
+
+def _submit(state: ApiState, principal: Principal, spec: JobSpec) -> JSONResponse:
+    try:
+        job_id, created = state.service.submit(spec)
+    except TransientError as exc:
+        raise HTTPException(503, f"queue: {exc}; retry later") from None
+    record = state.service.get(job_id)
+    if record is None:  # expired between the two calls: only a misconfigured TTL could do this
+        raise HTTPException(503, "queue: the job vanished as it was submitted; retry")
+    with state.service.redis.pipeline(transaction=False) as pipe:
+        pipe.sadd(_owners_key(job_id), principal.name)
+        pipe.expire(_owners_key(job_id), state.settings.job_ttl_s)
+        pipe.zadd(_index_key(principal), {job_id: record.created})
+        pipe.execute()
+    return JSONResponse({**job_view(record), "created": created}, status_code=201 if created else 200)
+
+
+def _job(state: ApiState, principal: Principal, job_id: str) -> JobRecord:
+    record = state.service.get(job_id)
+    if record is None:
+        raise HTTPException(404, f"job: no job {job_id}")
+    if not principal.admin and not state.service.redis.sismember(_owners_key(job_id), principal.name):
+        raise HTTPException(403, f"job: {job_id} was not submitted with token '{principal.name}'")
+    return record
+
+
+@router.get("/jobs", tags=["jobs"], summary="Jobs this token submitted, newest first, paged")
+def list_jobs(
+    state: State, principal: Caller,
+    job_state: Annotated[str | None, Query(alias="state", description=f"one of {', '.join(STATES)}")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_JOBS_PAGE)] = 20,
+    cursor: Annotated[int, Query(ge=0, le=10**9, description="the 'next' of the previous page")] = 0,
+) -> dict[str, Any]:
+    if job_state is not None and job_state not in STATES:
+        raise HTTPException(422, f"state: must be one of {', '.join(STATES)}, got {job_state!r}")
+    index = f"{KEY_PREFIX}jobs" if principal.admin else _index_key(principal)
+    jobs: list[dict[str, Any]] = []
+    position = cursor
+    while len(jobs) < limit:
+        ids = [i.decode() for i in state.service.redis.zrevrange(index, position, position + 4 * limit - 1)]
+        if not ids:
+            position = -1
+            break
+        for offset, job_id in enumerate(ids):
+            record = state.service.get(job_id)
+            if record is not None and (job_state is None or record.state == job_state):
+                jobs.append(job_view(record))
+            if len(jobs) == limit:
+                position += offset + 1
+                break
+        else:
+            position += len(ids)
+    return {"jobs": jobs, "next": None if position < 0 else position}
+
+
+@router.get("/jobs/{job_id}", tags=["jobs"], summary="A job: state, progress, ETA, outputs, failures")
+def get_job(job_id: JobId, state: State, principal: Caller) -> dict[str, Any]:
+    return job_view(_job(state, principal, job_id))
+
+
+@router.delete("/jobs/{job_id}", tags=["jobs"], summary="Cancel a queued or running job (a finished one is kept)")
+def cancel_job(job_id: JobId, state: State, principal: Caller) -> dict[str, Any]:
+    _job(state, principal, job_id)
+    record = state.service.cancel(job_id)
+    if record is None:
+        raise HTTPException(404, f"job: no job {job_id}")
+    return job_view(record)
+
+
+@router.get(
+    "/jobs/{job_id}/events", tags=["jobs"],
+    summary="Server-sent events: a 'job' event with the job on every change, until it has finished",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+)
+async def job_events(job_id: JobId, request: Request, state: State, principal: Caller) -> StreamingResponse:
+    await anyio.to_thread.run_sync(_job, state, principal, job_id)
+
+    async def stream():
+        last_update = None
+        last_sent = time.monotonic()
+        yield "retry: 2000\n\n"
+        while True:
+            record = await anyio.to_thread.run_sync(state.service.get, job_id)
+            if record is None:
+                yield f"event: gone\ndata: {json.dumps({'id': job_id})}\n\n"
+                return
+            if record.updated != last_update:
+                last_update = record.updated
+                last_sent = time.monotonic()
+                yield f"event: job\ndata: {json.dumps(job_view(record))}\n\n"
+            if record.state in FINISHED:
+                return
+            if time.monotonic() - last_sent > EVENT_HEARTBEAT_S:  # keeps proxies from closing an idle stream
+                last_sent = time.monotonic()
+                yield ": still running\n\n"
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(EVENT_POLL_S)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+# ---------------------------------------------------------------------------------------------------- results
+
+
+def _result_uris(state: ApiState, record: JobRecord) -> list[str]:
+    if record.state != "succeeded":
+        return []
+    if record.spec.kind != "collection":
+        return list(record.outputs)
+    uris = []
+    for info in state.storage.list(record.spec.output):
+        if "/.tinct-" in info.uri:  # the pipeline's own staging files
+            continue
+        uris.append(info.uri)
+        if len(uris) == MAX_RESULTS:
+            break
+    return uris
+
+
+@router.get("/jobs/{job_id}/results", tags=["results"],
+            summary="A finished job's outputs, each with a URL: a short-lived signed S3 URL, or a path here")
+def list_results(job_id: JobId, state: State, principal: Caller) -> dict[str, Any]:
+    record = _job(state, principal, job_id)
+    results = []
+    for index, uri in enumerate(_result_uris(state, record)):
+        results.append({"uri": uri, "name": PurePosixPath(parse_uri(uri)[2]).name,
+                        "url": _result_url(state, job_id, index, uri)})
+    return {"results": results, "expires_in_s": state.settings.api_url_ttl_s}
+
+
+def _result_url(state: ApiState, job_id: str, index: int, uri: str) -> str:
+    scheme, bucket, key = parse_uri(uri)
+    if scheme != "s3":
+        return f"/api/v1/jobs/{job_id}/results/{index}"
+    return state.storage.s3_client.generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=state.settings.api_url_ttl_s)
+
+
+@router.get("/jobs/{job_id}/results/{index}", tags=["results"],
+            summary="One output: streamed from a folder, or a redirect to its signed S3 URL",
+            response_class=FileResponse, responses={307: {"description": "redirect to a signed S3 URL"}})
+def get_result(job_id: JobId, index: Annotated[int, PathParam(ge=0, le=MAX_RESULTS)], state: State,
+               principal: Caller) -> Any:
+    record = _job(state, principal, job_id)
+    uris = _result_uris(state, record)
+    if index >= len(uris):
+        raise HTTPException(404, f"index: job {job_id} has {len(uris)} results")
+    scheme, _, key = parse_uri(uris[index])
+    if scheme == "s3":
+        return RedirectResponse(_result_url(state, job_id, index, uris[index]), status_code=307)
+    if not Path(key).is_file():
+        raise HTTPException(404, f"index: result {index} is no longer there")
+    return FileResponse(key, filename=Path(key).name)
+
+
+@router.get("/jobs/{job_id}/previews", tags=["previews"],
+            summary="Before/after pairs: one per photo, a strip of frames per film")
+def list_previews(job_id: JobId, state: State, principal: Caller) -> dict[str, Any]:
+    record = _job(state, principal, job_id)
+    items = _preview_items(state, record)
+    base = f"/api/v1/jobs/{job_id}/previews"
+    return {"kind": record.spec.kind, "previews": [
+        {"index": item.index, "label": item.label, "time": item.time,
+         "before": f"{base}/{item.index}/before.jpg", "after": f"{base}/{item.index}/after.jpg"} for item in items]}
+
+
+def _preview_items(state: ApiState, record: JobRecord) -> list:
+    try:
+        return state.previews.items(record)
+    except TransientError as exc:
+        raise HTTPException(503, f"storage: {exc}") from None
+    except PermanentError as exc:
+        raise HTTPException(409, f"previews: {exc}") from None
+
+
+@router.get("/jobs/{job_id}/previews/{index}/{side}.jpg", tags=["previews"], summary="One preview image (JPEG)",
+            response_class=FileResponse, responses={200: {"content": {"image/jpeg": {}}}})
+def get_preview(job_id: JobId, index: Annotated[int, PathParam(ge=0, le=1000)],
+                side: Annotated[str, PathParam(pattern="^(before|after)$")], state: State,
+                principal: Caller) -> FileResponse:
+    record = _job(state, principal, job_id)
+    items = _preview_items(state, record)
+    if index >= len(items):
+        raise HTTPException(404, f"index: job {job_id} has {len(items)} previews")
+    try:
+        path = state.previews.image(record, items[index], side)
+    except TransientError as exc:
+        raise HTTPException(503, f"storage: {exc}") from None
+    except PermanentError as exc:
+        raise HTTPException(409, f"previews: {exc}") from None
+    return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+# ---------------------------------------------------------------------------------------------------- uploads
+
+
+def upload_name(name: str) -> str:
+    """A plain file name with a photo or film extension, else 422 naming the problem."""
+    if not _UPLOAD_NAME.match(name) or name in (".", "..") or name.startswith("."):
+        raise HTTPException(422, "name: a plain file name (no '/', '\\', control characters or leading '.')")
+    suffix = PurePosixPath(name).suffix.lower()
+    if suffix not in EXTENSION_FORMATS and suffix not in FILM_EXTENSIONS:
+        raise HTTPException(422, f"name: {suffix or 'no extension'} is not a photo or film extension")
+    return name
+
+
+@router.post(
+    "/uploads", tags=["uploads"], status_code=201,
+    summary="Stream one photo or film (the raw bytes as the body) into this token's inbox; returns its URI",
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
+    responses={413: {"description": "over TINCT_API_MAX_UPLOAD_BYTES"}, 422: {"description": "bad name"}},
+)
+async def upload(request: Request, state: State, principal: Caller,
+                 name: Annotated[str, Query(max_length=200, description="the file's name, e.g. scan-0001.tif")]
+                 ) -> JSONResponse:
+    settings = state.settings
+    if not settings.api_inbox:
+        raise HTTPException(404, "uploads: no inbox is configured (TINCT_API_INBOX)")
+    name = upload_name(name)
+    limit = settings.api_max_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"body: {declared} bytes, over the upload limit of {limit} "
+                            "(TINCT_API_MAX_UPLOAD_BYTES)")
+    # A folder of its own per upload: two uploads of "scan.tif" never overwrite each other.
+    folder = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(4)}"
+    target = join_uri(own_folder(settings.api_inbox, principal), f"{folder}/{name}")
+    scratch = settings.work_dir / "api-uploads"
+    scratch.mkdir(parents=True, exist_ok=True)
+    local = scratch / f"{secrets.token_hex(8)}{PurePosixPath(name).suffix.lower()}"
+    size = 0
+    try:
+        with local.open("wb") as sink:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise HTTPException(413, f"body: over the upload limit of {limit} bytes "
+                                        "(TINCT_API_MAX_UPLOAD_BYTES)")
+                await anyio.to_thread.run_sync(sink.write, chunk)
+        if size == 0:
+            raise HTTPException(422, "body: empty upload")
+        try:
+            info = await anyio.to_thread.run_sync(state.storage.upload, local, target)
+        except TransientError as exc:
+            raise HTTPException(503, f"storage: {exc}") from None
+        except TinctError as exc:
+            raise HTTPException(409, f"storage: {exc}") from None
+    finally:
+        local.unlink(missing_ok=True)
+    return JSONResponse({"uri": info.uri, "name": name, "size": info.size}, status_code=201)
+
+
+@router.get("/whoami", tags=["service"], summary="The token's name and the prefixes it may read and write")
+def whoami(state: State, principal: Caller) -> dict[str, Any]:
+    settings = state.settings
+    return {
+        "name": principal.name, "admin": principal.admin,
+        "inputs": list(principal.inputs), "outputs": list(principal.outputs),
+        "uploads": bool(settings.api_inbox),
+        "results": own_folder(settings.api_results, principal) if settings.api_results else None,
+        "max_upload_bytes": settings.api_max_upload_bytes,
+    }
+

@@ -1,0 +1,380 @@
+/* Tinct console: plain JavaScript over the /api/v1 routes, no build step.
+ *
+ * The token lives in sessionStorage (this tab only). `make serve` prints a URL with it in the fragment
+ * (#token=...), which browsers never send to a server; it is moved to sessionStorage and wiped from the address
+ * bar at once. Images and the event stream are fetched with the Authorization header (an <img src> or an
+ * EventSource cannot send one), so previews become blob: URLs and events are parsed from a fetch body.
+ */
+"use strict";
+
+const API = "/api/v1";
+const FINISHED = ["succeeded", "failed", "cancelled"];
+const $ = (id) => document.getElementById(id);
+const state = { token: null, me: null, abort: null, poll: null, cursor: null, blobs: [] };
+
+function setStatus(text) { $("status").textContent = text || ""; }
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) if (child !== null && child !== undefined) node.append(child);
+  return node;
+}
+
+class ApiError extends Error {
+  constructor(status, detail) { super(detail); this.status = status; }
+}
+
+async function api(path, options = {}) {
+  const headers = Object.assign({}, options.headers || {});
+  if (state.token) headers.Authorization = "Bearer " + state.token;
+  const response = await fetch(API + path, Object.assign({}, options, { headers }));
+  if (response.status === 401) { signOut("Your token was not accepted; sign in again."); throw new ApiError(401, "unauthorized"); }
+  if (!response.ok) {
+    let detail = response.statusText;
+    try { detail = (await response.json()).detail || detail; } catch (e) { /* not JSON: keep the status text */ }
+    throw new ApiError(response.status, detail);
+  }
+  return response;
+}
+
+async function apiJson(path, options) { return (await api(path, options)).json(); }
+
+async function blobUrl(path) {
+  const url = URL.createObjectURL(await (await api(path)).blob());
+  state.blobs.push(url);
+  return url;
+}
+
+function signOut(message) {
+  sessionStorage.removeItem("tinct-token");
+  state.token = null; state.me = null;
+  $("who").hidden = true;
+  show("signin");
+  if (message) setStatus(message);
+}
+
+async function signIn(token) {
+  state.token = token;
+  try {
+    state.me = await apiJson("/whoami");
+  } catch (e) {
+    if (!(e instanceof ApiError && e.status === 401)) setStatus("Cannot reach the service: " + e.message);
+    return false;
+  }
+  sessionStorage.setItem("tinct-token", token);
+  $("who-name").textContent = "Signed in as " + state.me.name;
+  $("who").hidden = false;
+  return true;
+}
+
+function show(view) {
+  for (const name of ["signin", "jobs", "job", "new"]) $("view-" + name).hidden = name !== view;
+  for (const link of document.querySelectorAll("[data-nav]")) {
+    if (link.dataset.nav === view) link.setAttribute("aria-current", "page"); else link.removeAttribute("aria-current");
+  }
+}
+
+function stopLive() {
+  if (state.abort) state.abort.abort();
+  if (state.poll) clearInterval(state.poll);
+  state.abort = null; state.poll = null;
+  for (const url of state.blobs) URL.revokeObjectURL(url);
+  state.blobs = [];
+}
+
+async function route() {
+  stopLive();
+  if (!state.token) { show("signin"); $("token").focus(); return; }
+  const hash = location.hash || "#/jobs";
+  const match = hash.match(/^#\/jobs\/([0-9a-f]{24})$/);
+  setStatus("");
+  if (match) { show("job"); await jobView(match[1]); }
+  else if (hash === "#/new") { show("new"); newView(); }
+  else { show("jobs"); await jobsView(); }
+  $("main").focus({ preventScroll: true });
+}
+
+// ------------------------------------------------------------------------------------------------- jobs list
+
+function nameOf(uri) {
+  const trimmed = uri.endsWith("/") ? uri.slice(0, -1) : uri;
+  return trimmed.slice(trimmed.lastIndexOf("/") + 1) + (uri.endsWith("/") ? "/" : "");
+}
+
+function progressText(job) {
+  const p = job.progress;
+  if (!p.total) return job.state === "queued" ? "waiting for a worker" : "";
+  let text = `${p.done}/${p.total} ${p.unit}`;
+  if (job.state === "running" && p.eta_s) text += `, about ${Math.ceil(p.eta_s)} s left`;
+  return text;
+}
+
+function progressBar(job, label) {
+  const bar = el("progress", { max: String(job.progress.total || 1), "aria-label": label });
+  if (job.progress.total || job.state === "succeeded") bar.value = job.state === "succeeded" ? (job.progress.total || 1) : job.progress.done;
+  return bar;
+}
+
+function jobRow(job) {
+  const when = new Date(job.updated_at * 1000);
+  return el("tr", { "data-job": job.id },
+    el("td", { class: "input" }, el("a", { href: "#/jobs/" + job.id, text: nameOf(job.input) })),
+    el("td", { text: job.kind }),
+    el("td", {}, el("span", { class: "badge " + job.state, text: job.state })),
+    el("td", {}, progressBar(job, "Progress of " + nameOf(job.input)), " ", el("span", { class: "hint", text: progressText(job) })),
+    el("td", { text: when.toLocaleTimeString() }));
+}
+
+async function loadJobs(append) {
+  const filter = $("state-filter").value;
+  const query = new URLSearchParams({ limit: "25" });
+  if (filter) query.set("state", filter);
+  if (append && state.cursor !== null) query.set("cursor", String(state.cursor));
+  const page = await apiJson("/jobs?" + query);
+  const body = $("jobs-body");
+  if (!append) body.replaceChildren();
+  for (const job of page.jobs) body.append(jobRow(job));
+  state.cursor = page.next;
+  $("jobs-more").hidden = page.next === null || page.jobs.length === 0;
+  $("jobs-empty").hidden = body.children.length > 0;
+}
+
+async function jobsView() {
+  try { await loadJobs(false); } catch (e) { setStatus("Could not load jobs: " + e.message); return; }
+  // Progress of the jobs on screen: a light poll of the list (one request every 2 s) rather than one event
+  // stream per row; the job page streams events.
+  state.poll = setInterval(() => {
+    if (document.hidden) return;
+    const running = document.querySelector("#jobs-body .badge.queued, #jobs-body .badge.running");
+    if (running) loadJobs(false).catch(() => {});
+  }, 2000);
+}
+
+// -------------------------------------------------------------------------------------------------- job page
+
+function renderJob(job) {
+  $("job-title").textContent = nameOf(job.input);
+  const badge = $("job-state");
+  badge.textContent = job.state; badge.className = "badge " + job.state;
+  $("job-io").textContent = `${job.kind}: ${job.input} \u2192 ${job.output}`;
+  const bar = $("job-progress");
+  bar.max = job.progress.total || 1;
+  bar.value = job.state === "succeeded" ? bar.max : job.progress.done;
+  $("job-progress-text").textContent = progressText(job);
+  $("job-cancel").hidden = FINISHED.includes(job.state);
+  $("job-error").hidden = !job.error;
+  $("job-error").textContent = job.error ? "Failed: " + job.error : "";
+  $("job-failures").replaceChildren(...job.failures.map((f) => el("li", { text: `${nameOf(f.item)}: ${f.reason}` })));
+}
+
+async function followEvents(jobId, onJob) {
+  const controller = new AbortController();
+  state.abort = controller;
+  const response = await api(`/jobs/${jobId}/events`, { signal: controller.signal });
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, cut); buffer = buffer.slice(cut + 2);
+      let event = "message", data = "";
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) event = line.slice(6).trim();
+        else if (line.startsWith("data:")) data += line.slice(5).trim();
+      }
+      if (event === "job" && data) onJob(JSON.parse(data));
+    }
+  }
+}
+
+async function jobView(jobId) {
+  for (const id of ["previews", "results", "job-failures"]) $(id).replaceChildren();
+  for (const id of ["previews-title", "previews-hint", "results-title"]) $(id).hidden = true;
+  let job;
+  try { job = await apiJson("/jobs/" + jobId); } catch (e) { setStatus("Could not load the job: " + e.message); return; }
+  renderJob(job);
+  $("job-cancel").onclick = async () => {
+    try { renderJob(await apiJson("/jobs/" + jobId, { method: "DELETE" })); setStatus("Job cancelled."); }
+    catch (e) { setStatus("Could not cancel: " + e.message); }
+  };
+  if (!FINISHED.includes(job.state)) {
+    try {
+      await followEvents(jobId, (update) => { job = update; renderJob(job); });
+    } catch (e) {
+      if (e.name === "AbortError") return;  // the user went to another page
+      setStatus("Lost the job's event stream: " + e.message);
+    }
+  }
+  if (job.state === "succeeded") {
+    setStatus("Job finished.");
+    await Promise.all([showPreviews(jobId), showResults(jobId)]);
+  } else if (job.state === "failed") {
+    setStatus("Job failed.");
+  }
+}
+
+function compareFigure(preview, film) {
+  const before = el("img", { class: "before", alt: "Before: " + preview.label });
+  const after = el("img", { class: "after", alt: "After: " + preview.label });
+  const divider = el("div", { class: "divider" });
+  const stage = el("div", { class: "stage" }, before, after, divider,
+    el("span", { class: "tag b", text: "before" }), el("span", { class: "tag a", text: "after" }));
+  const slider = el("input", { type: "range", min: "0", max: "100", value: "50", class: "slider",
+    "aria-label": "Before and after, " + preview.label, "aria-valuetext": "50% before" });
+  const place = () => {
+    after.style.clipPath = `inset(0 0 0 ${slider.value}%)`;
+    divider.style.left = slider.value + "%";
+    slider.setAttribute("aria-valuetext", `${slider.value}% before`);
+  };
+  slider.addEventListener("input", place);
+  // Dragging on the picture moves the slider too.
+  stage.addEventListener("pointerdown", (event) => {
+    const move = (e) => {
+      const box = stage.getBoundingClientRect();
+      slider.value = String(Math.round(Math.min(1, Math.max(0, (e.clientX - box.left) / box.width)) * 100));
+      place();
+    };
+    move(event);
+    stage.setPointerCapture(event.pointerId);
+    stage.onpointermove = move;
+    stage.onpointerup = () => { stage.onpointermove = null; };
+  });
+  place();
+  blobUrl(preview.before).then((url) => { before.src = url; }).catch((e) => setStatus("Preview: " + e.message));
+  blobUrl(preview.after).then((url) => { after.src = url; }).catch((e) => setStatus("Preview: " + e.message));
+  return el("figure", { class: "compare" + (film ? " frame" : "") }, stage, slider, el("figcaption", { text: preview.label }));
+}
+
+async function showPreviews(jobId) {
+  let data;
+  try { data = await apiJson(`/jobs/${jobId}/previews`); } catch (e) { setStatus("No previews: " + e.message); return; }
+  if (!data.previews.length) return;
+  const film = data.kind === "video";
+  $("previews-title").textContent = film ? "Before and after, frame by frame" : "Before and after";
+  $("previews-title").hidden = false; $("previews-hint").hidden = false;
+  const box = $("previews");
+  box.className = "previews" + (film ? " film" : "");
+  box.replaceChildren(...data.previews.map((p) => compareFigure(p, film)));
+}
+
+async function showResults(jobId) {
+  let data;
+  try { data = await apiJson(`/jobs/${jobId}/results`); } catch (e) { return; }
+  if (!data.results.length) return;
+  $("results-title").hidden = false;
+  $("results").replaceChildren(...data.results.map((r) => {
+    if (r.url.startsWith("/")) {
+      // A path on this server needs the token: download through fetch rather than a bare link.
+      const button = el("button", { type: "button", class: "secondary", text: "Download " + r.name });
+      button.addEventListener("click", async () => {
+        const link = el("a", { href: await blobUrl(r.url), download: r.name });
+        document.body.append(link); link.click(); link.remove();
+      });
+      return el("li", {}, button, " ", el("span", { class: "hint", text: r.uri }));
+    }
+    return el("li", {}, el("a", { href: r.url, text: "Download " + r.name, rel: "noopener" }),
+      " ", el("span", { class: "hint", text: `${r.uri} (link valid ${Math.round(data.expires_in_s / 60)} min)` }));
+  }));
+}
+
+// --------------------------------------------------------------------------------------------------- new job
+
+function newView() {
+  const me = state.me || {};
+  if (!$("output-uri").value && me.results) $("output-uri").value = me.results;
+  $("source-upload").disabled = !me.uploads;
+  if (!me.uploads) { $("source-uri").checked = true; }
+  $("upload-limit").textContent = me.uploads ? `Up to ${(me.max_upload_bytes / 1048576).toFixed(0)} MiB a file.` :
+    "Uploads are not configured on this server.";
+  toggleSource();
+  $("new-error").hidden = true;
+}
+
+function toggleSource() {
+  const upload = $("source-upload").checked;
+  $("upload-field").hidden = !upload; $("uri-field").hidden = upload;
+}
+
+function options() {
+  const result = { model: $("opt-model").value.trim() || "default", recolor: $("opt-recolor").checked };
+  const smoothing = parseFloat($("opt-smoothing").value);
+  if (!Number.isNaN(smoothing)) result.smoothing = smoothing;
+  if ($("opt-format").value) result.format = $("opt-format").value;
+  return result;
+}
+
+async function submitNew(event) {
+  event.preventDefault();
+  const error = $("new-error");
+  error.hidden = true;
+  const button = $("new-submit");
+  button.disabled = true;
+  try {
+    const output = $("output-uri").value.trim();
+    let inputs = [];
+    if ($("source-upload").checked) {
+      const files = Array.from($("files").files);
+      if (!files.length) throw new Error("choose at least one file to upload");
+      for (const [i, file] of files.entries()) {
+        setStatus(`Uploading ${file.name} (${i + 1} of ${files.length})\u2026`);
+        const uploaded = await apiJson("/uploads?name=" + encodeURIComponent(file.name),
+          { method: "POST", body: file, headers: { "Content-Type": "application/octet-stream" } });
+        inputs.push(uploaded.uri);
+      }
+    } else {
+      inputs = [$("input-uri").value.trim()];
+    }
+    const ids = [];
+    for (const input of inputs) {
+      const job = await apiJson("/jobs", { method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ input, output, options: options() }) });
+      ids.push(job.id);
+    }
+    setStatus(ids.length === 1 ? "Job submitted." : `${ids.length} jobs submitted.`);
+    $("files").value = "";
+    location.hash = ids.length === 1 ? "#/jobs/" + ids[0] : "#/jobs";
+  } catch (e) {
+    error.textContent = "Not submitted: " + e.message;
+    error.hidden = false;
+    setStatus("");
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// ------------------------------------------------------------------------------------------------------ start
+
+async function start() {
+  const fragment = location.hash.match(/^#token=([^&]+)/);
+  if (fragment) {
+    const token = decodeURIComponent(fragment[1]);
+    history.replaceState(null, "", location.pathname + "#/jobs");  // the token leaves the address bar at once
+    await signIn(token);
+  } else {
+    const saved = sessionStorage.getItem("tinct-token");
+    if (saved) await signIn(saved);
+  }
+  $("signin-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (await signIn($("token").value.trim())) { $("token").value = ""; location.hash = "#/jobs"; await route(); }
+    else if (!state.token || !state.me) { show("signin"); setStatus("That token was not accepted."); }
+  });
+  $("sign-out").addEventListener("click", () => { stopLive(); signOut("Signed out."); });
+  $("state-filter").addEventListener("change", () => loadJobs(false).catch((e) => setStatus(e.message)));
+  $("jobs-more").addEventListener("click", () => loadJobs(true).catch((e) => setStatus(e.message)));
+  for (const radio of document.querySelectorAll("input[name=source]")) radio.addEventListener("change", toggleSource);
+  $("new-form").addEventListener("submit", submitNew);
+  window.addEventListener("hashchange", route);
+  await route();
+}
+
+document.addEventListener("DOMContentLoaded", start);
