@@ -1,0 +1,291 @@
+"""``tinct serve`` end to end: a real redis-server, moto's HTTP S3, a real ``tinct worker`` and the API in its own
+process, driven over HTTP with named tokens (tests.api_services). Submit, events, success, outputs, previews,
+cancel, resubmission, uploads, folder results; then what must be refused, and what must never be shown."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import time
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.api_services import MAX_UPLOAD_BYTES, S3_SECRET, ApiStack, api_stack, gray_png
+from tests.media import gray_frames, moving_scene, write_clip
+from tests.services import JOB_TIMEOUT_S, put_object
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, tiny_checkpoint) -> Iterator[ApiStack]:
+    with api_stack(tmp_path_factory.mktemp("api"), tiny_checkpoint) as running:
+        yield running
+
+
+def job_spec(stack: ApiStack, input_uri: str, output: str, **options: object) -> dict:
+    return {"input": input_uri, "output": output,
+            "options": {"model": str(stack.model), "render_size": 64, **options}}
+
+
+def events(client: httpx.Client, job_id: str) -> list[tuple[str, dict]]:
+    """Every event of the job's stream, until the server ends it (when the job has finished)."""
+    seen: list[tuple[str, dict]] = []
+    name = "message"
+    with client.stream("GET", f"/api/v1/jobs/{job_id}/events", timeout=JOB_TIMEOUT_S) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                seen.append((name, json.loads(line[5:])))
+    return seen
+
+
+def wait_finished(client: httpx.Client, job_id: str) -> dict:
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/v1/jobs/{job_id}").json()
+        if job["state"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+def detail(response: httpx.Response) -> str:
+    text = response.json()["detail"]
+    assert isinstance(text, str) and "\n" not in text, text
+    return text
+
+
+def jpeg(data: bytes) -> np.ndarray:
+    image = Image.open(io.BytesIO(data))
+    assert image.format == "JPEG"
+    return np.asarray(image.convert("RGB")).astype(int)
+
+
+def chroma(rgb: np.ndarray) -> float:
+    return float(np.abs(rgb - rgb.mean(axis=-1, keepdims=True)).mean())
+
+
+# ------------------------------------------------------------------------------------------------------ basics
+
+
+def test_health_openapi_and_console_are_public_and_every_other_route_needs_a_token(stack):
+    anonymous = stack.client(None)
+    assert anonymous.get("/api/v1/health").json() == {"status": "ok", "redis": "ok"}
+    spec = anonymous.get("/api/v1/openapi.json").json()
+    assert {"/api/v1/jobs", "/api/v1/jobs/{job_id}", "/api/v1/jobs/{job_id}/events", "/api/v1/uploads",
+            "/api/v1/jobs/{job_id}/previews"} <= set(spec["paths"])
+    page = anonymous.get("/")
+    assert page.status_code == 200 and "<title>Tinct console</title>" in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert anonymous.get("/static/console.js").status_code == 200
+    for method, path in (("GET", "/api/v1/jobs"), ("POST", "/api/v1/jobs"), ("GET", "/api/v1/metrics"),
+                         ("POST", "/api/v1/uploads?name=a.png"), ("GET", "/api/v1/jobs/" + "0" * 24)):
+        response = anonymous.request(method, path)
+        assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer", path
+        assert detail(response) == "authorization: missing bearer token"
+    wrong = httpx.get(f"{stack.url}/api/v1/jobs", headers={"Authorization": "Bearer " + "x" * 32})
+    assert wrong.status_code == 401 and detail(wrong) == "authorization: invalid bearer token"
+    basic = httpx.get(f"{stack.url}/api/v1/jobs", headers={"Authorization": "Basic " + stack.tokens["alice"]})
+    assert basic.status_code == 401
+    metrics = stack.client("alice").get("/api/v1/metrics")
+    assert metrics.status_code == 200
+    assert 'tinct_api_requests_total{method="GET",route="/api/v1/jobs",status="401"}' in metrics.text
+    me = stack.client("alice").get("/api/v1/whoami").json()
+    assert me["name"] == "alice" and me["results"] == "s3://colour/results/alice/" and me["uploads"] is True
+
+
+# -------------------------------------------------------------------------------------------------------- jobs
+
+
+def test_photo_job_submitted_followed_finished_with_outputs_previews_and_resubmission(stack):
+    alice, bob, admin = stack.client("alice"), stack.client("bob"), stack.client("admin")
+    put_object(stack.s3, "s3://scans/alice/a.png", gray_png(1, 240, 160))
+    body = job_spec(stack, "s3://scans/alice/a.png", "s3://colour/alice/")
+    submitted = alice.post("/api/v1/jobs", json=body)
+    assert submitted.status_code == 201, submitted.text
+    job = submitted.json()
+    assert job["created"] is True and job["state"] == "queued" and re.fullmatch(r"[0-9a-f]{24}", job["id"])
+
+    stream = events(alice, job["id"])
+    assert stream and all(name == "job" for name, _ in stream)
+    assert stream[-1][1]["state"] == "succeeded"
+    final = alice.get(f"/api/v1/jobs/{job['id']}").json()
+    assert final["outputs"] == ["s3://colour/alice/a.png"] and final["progress"]["done"] == 1
+
+    results = alice.get(f"/api/v1/jobs/{job['id']}/results").json()["results"]
+    assert [r["uri"] for r in results] == ["s3://colour/alice/a.png"]
+    signed = httpx.get(results[0]["url"])  # a signed S3 URL: no token, no S3 credentials needed
+    assert signed.status_code == 200 and chroma(np.asarray(Image.open(io.BytesIO(signed.content)).convert("RGB"))
+                                                .astype(int)) > 0.5
+    redirect = alice.get(f"/api/v1/jobs/{job['id']}/results/0")
+    assert redirect.status_code == 307 and redirect.headers["location"].startswith(stack.s3.endpoint_url)
+
+    previews = alice.get(f"/api/v1/jobs/{job['id']}/previews").json()
+    assert previews["kind"] == "image" and len(previews["previews"]) == 1
+    pair = previews["previews"][0]
+    before, after = jpeg(alice.get(pair["before"]).content), jpeg(alice.get(pair["after"]).content)
+    assert before.shape == after.shape == (160, 240, 3)
+    assert chroma(before) < 1.0 < chroma(after)  # before is the gray source, after has colour
+
+    again = alice.post("/api/v1/jobs", json=body)
+    assert again.status_code == 200 and again.json()["id"] == job["id"] and again.json()["created"] is False
+
+    # Another token sees nothing of it; the admin token sees everything.
+    for method, path in (("GET", ""), ("GET", "/events"), ("GET", "/previews"), ("GET", "/results"), ("DELETE", "")):
+        refused = bob.request(method, f"/api/v1/jobs/{job['id']}{path}")
+        assert refused.status_code == 403 and detail(refused).startswith("job:"), path
+    assert job["id"] not in [j["id"] for j in bob.get("/api/v1/jobs").json()["jobs"]]
+    assert job["id"] in [j["id"] for j in alice.get("/api/v1/jobs?state=succeeded").json()["jobs"]]
+    assert job["id"] not in [j["id"] for j in alice.get("/api/v1/jobs?state=failed").json()["jobs"]]
+    assert admin.get(f"/api/v1/jobs/{job['id']}").status_code == 200
+
+
+def test_film_job_gives_a_strip_of_frames_and_a_queued_film_can_be_cancelled(stack, tmp_path):
+    alice = stack.client("alice")
+    clip = write_clip(tmp_path / "reel.mkv", gray_frames(moving_scene(24, 96, 64)), gop=6, bframes=0)
+    put_object(stack.s3, "s3://scans/alice/reel.mkv", clip.path.read_bytes())
+    job = alice.post("/api/v1/jobs", json=job_spec(stack, "s3://scans/alice/reel.mkv", "s3://colour/alice/films/",
+                                                   codec="ffv1")).json()
+    # A second film job, cancelled at once: whatever the worker had begun, it never completes.
+    other = alice.post("/api/v1/jobs", json=job_spec(stack, "s3://scans/alice/reel.mkv", "s3://colour/alice/other/",
+                                                     codec="ffv1")).json()
+    cancelled = alice.delete(f"/api/v1/jobs/{other['id']}")
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    assert events(alice, other["id"])[-1][1]["state"] == "cancelled"
+
+    final = wait_finished(alice, job["id"])
+    assert final["state"] == "succeeded", final["error"]
+    assert final["progress"] == {**final["progress"], "unit": "frames", "done": 24, "total": 24}
+    strip = alice.get(f"/api/v1/jobs/{job['id']}/previews").json()["previews"]
+    assert len(strip) == 6 and [p["time"] for p in strip] == sorted(p["time"] for p in strip)
+    for pair in strip[:2]:
+        before, after = jpeg(alice.get(pair["before"]).content), jpeg(alice.get(pair["after"]).content)
+        assert before.shape == after.shape == (64, 96, 3) and chroma(before) < 1.0 < chroma(after)
+    assert wait_finished(alice, other["id"])["state"] == "cancelled"
+    assert alice.delete(f"/api/v1/jobs/{job['id']}").json()["state"] == "succeeded"  # a finished job is kept
+
+
+# ----------------------------------------------------------------------------------------------------- uploads
+
+
+def test_upload_lands_in_the_tokens_inbox_and_runs_into_its_results_folder(stack):
+    alice, bob = stack.client("alice"), stack.client("bob")
+    uploaded = alice.post("/api/v1/uploads", params={"name": "scan 01.png"}, content=gray_png(2))
+    assert uploaded.status_code == 201, uploaded.text
+    uri = uploaded.json()["uri"]
+    assert re.fullmatch(r"s3://inbox/alice/[0-9-]+-[0-9a-f]{8}/scan 01\.png", uri)
+    assert uploaded.json()["size"] == len(gray_png(2))
+    job = alice.post("/api/v1/jobs", json=job_spec(stack, uri, "s3://colour/results/alice/")).json()
+    final = wait_finished(alice, job["id"])
+    assert final["state"] == "succeeded" and final["outputs"] == ["s3://colour/results/alice/scan 01.png"]
+    refused = bob.post("/api/v1/jobs", json=job_spec(stack, uri, "s3://colour/bob/"))
+    assert refused.status_code == 403 and detail(refused).startswith("input:")
+
+
+def test_uploads_refuse_oversized_bodies_and_unsafe_names(stack):
+    alice = stack.client("alice")
+    too_big = b"\0" * (MAX_UPLOAD_BYTES + 1)
+    declared = alice.post("/api/v1/uploads", params={"name": "big.png"}, content=too_big)
+    assert declared.status_code == 413 and detail(declared).startswith("body:")
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit is enforced while streaming
+        for _ in range(8):
+            yield b"\0" * (MAX_UPLOAD_BYTES // 4)
+
+    streamed = alice.post("/api/v1/uploads", params={"name": "big.png"}, content=chunks())
+    assert streamed.status_code == 413 and detail(streamed).startswith("body:")
+    for name in ("../escape.png", "a/b.png", "..\\x.png", ".hidden.png", "notes.txt", "x" * 201 + ".png"):
+        response = alice.post("/api/v1/uploads", params={"name": name}, content=gray_png())
+        assert response.status_code == 422 and detail(response).startswith("name:"), name
+    empty = alice.post("/api/v1/uploads", params={"name": "empty.png"}, content=b"")
+    assert empty.status_code == 422 and detail(empty).startswith("body:")
+    listed = stack.s3.client().list_objects_v2(Bucket="inbox").get("Contents", [])
+    assert all(".." not in item["Key"] and item["Key"].startswith("alice/") for item in listed)
+
+
+def test_folder_results_are_streamed_through_the_api(stack):
+    carol = stack.client("carol")
+    source = stack.folders["in"] / "c.png"
+    source.write_bytes(gray_png(3))
+    job = carol.post("/api/v1/jobs", json=job_spec(stack, str(source), str(stack.folders["out"]) + "/")).json()
+    final = wait_finished(carol, job["id"])
+    assert final["state"] == "succeeded", final["error"]
+    result = carol.get(f"/api/v1/jobs/{job['id']}/results").json()["results"][0]
+    assert result["url"] == f"/api/v1/jobs/{job['id']}/results/0"
+    streamed = carol.get(result["url"])
+    assert streamed.status_code == 200 and streamed.content == (stack.folders["out"] / "c.png").read_bytes()
+    assert carol.get(f"/api/v1/jobs/{job['id']}/results/5").status_code == 404
+
+
+# ---------------------------------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize(("token", "input_uri", "output", "field"), [
+    ("alice", "s3://scans/bob/x.png", "s3://colour/alice/", "input"),
+    ("alice", "s3://scans/alice/x.png", "s3://colour/bob/", "output"),
+    ("alice", "s3://scans/alice/../bob/x.png", "s3://colour/alice/", "input"),
+    ("alice", "s3://scans/alice/x.png", "s3://colour/alice/../bob/", "output"),
+    ("alice", "s3://scans/alice-evil/x.png", "s3://colour/alice/", "input"),
+    ("alice", "/etc/passwd.png", "s3://colour/alice/", "input"),
+    ("carol", "{in}/../out/c.png", "{out}/", "input"),
+    ("carol", "{in}/c.png", "{out}/../in/", "output"),
+    ("carol", "file://{in}/./c.png", "{out}/", "input"),
+])
+def test_inputs_and_outputs_outside_the_tokens_prefixes_are_forbidden(stack, token, input_uri, output, field):
+    folders = {"in": str(stack.folders["in"]), "out": str(stack.folders["out"])}
+    body = job_spec(stack, input_uri.format(**folders), output.format(**folders))
+    response = stack.client(token).post("/api/v1/jobs", json=body)
+    assert response.status_code == 403 and detail(response).startswith(f"{field}:"), response.text
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    (b"{not json", "body"),
+    (b'["a", "list"]', "spec"),
+    (b'{"output": "s3://colour/alice/"}', "input"),
+    (b'{"input": "s3://scans/alice/a.png", "output": "s3://colour/alice/", "priority": 1}', "priority"),
+    (b'{"input": "s3://scans/alice/a.png", "output": "s3://colour/alice/", "options": {"speed": 2}}',
+     "options.speed"),
+    (b'{"input": "s3://scans/alice/a.png", "output": "s3://colour/alice/", "options": {"smoothing": "x"}}',
+     "options.smoothing"),
+    (b'{"input": "s3://scans/alice/a.png", "output": "s3://colour/alice/", "kind": "audio"}', "kind"),
+])
+def test_malformed_and_unknown_fields_get_a_one_line_422_naming_the_field(stack, body, field):
+    response = stack.client("alice").post("/api/v1/jobs", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422 and detail(response).startswith(f"{field}:"), response.text
+
+
+def test_bad_paths_and_queries_are_422_or_404(stack):
+    alice = stack.client("alice")
+    assert detail(alice.get("/api/v1/jobs/../../etc/passwd")).startswith(("job_id:", "Not Found"))
+    bad_id = alice.get("/api/v1/jobs/not-a-job-id")
+    assert bad_id.status_code == 422 and detail(bad_id).startswith("job_id:")
+    missing = alice.get("/api/v1/jobs/" + "0" * 24)
+    assert missing.status_code == 404 and detail(missing).startswith("job:")
+    for query, field in (("state=bogus", "state"), ("limit=0", "limit"), ("limit=x", "limit"), ("cursor=-1", "cursor")):
+        response = alice.get("/api/v1/jobs?" + query)
+        assert response.status_code == 422 and detail(response).startswith(f"{field}:"), query
+    side = alice.get("/api/v1/jobs/" + "0" * 24 + "/previews/0/secret.jpg")
+    assert side.status_code == 422 and detail(side).startswith("side:")
+
+
+def test_no_token_or_s3_secret_in_any_response_log_line_or_page(stack):
+    """Runs last in this module, after every route above has answered and logged."""
+    alice, anonymous = stack.client("alice"), stack.client(None)
+    jobs = alice.get("/api/v1/jobs?limit=200").json()["jobs"]
+    bodies = [anonymous.get(path).text for path in ("/", "/static/console.js", "/static/console.css",
+                                                    "/api/v1/openapi.json", "/api/v1/health")]
+    bodies += [alice.get(path).text for path in ("/api/v1/jobs", "/api/v1/whoami", "/api/v1/metrics")]
+    for job in jobs:
+        for suffix in ("", "/results", "/previews"):
+            bodies.append(alice.get(f"/api/v1/jobs/{job['id']}{suffix}").text)
+    logs = stack.logs()
+    assert "GET /api/v1/jobs" in logs  # the access log was on, so request lines were there to leak
+    for secret in [*stack.tokens.values(), S3_SECRET]:
+        assert all(secret not in body for body in bodies)
+        assert secret not in logs
