@@ -32,7 +32,9 @@ class ApiError extends Error {
 async function api(path, options = {}) {
   const headers = Object.assign({}, options.headers || {});
   if (state.token) headers.Authorization = "Bearer " + state.token;
-  const response = await fetch(API + path, Object.assign({}, options, { headers }));
+  // Routes are given relative to /api/v1; URLs the API hands out (previews, results) are already absolute paths.
+  const url = path.startsWith(API + "/") ? path : API + path;
+  const response = await fetch(url, Object.assign({}, options, { headers }));
   if (response.status === 401) { signOut("Your token was not accepted; sign in again."); throw new ApiError(401, "unauthorized"); }
   if (!response.ok) {
     let detail = response.statusText;
@@ -87,7 +89,7 @@ function stopLive() {
   state.blobs = [];
 }
 
-async function route() {
+async function route(event) {
   stopLive();
   if (!state.token) { show("signin"); $("token").focus(); return; }
   const hash = location.hash || "#/jobs";
@@ -96,7 +98,9 @@ async function route() {
   if (match) { show("job"); await jobView(match[1]); }
   else if (hash === "#/new") { show("new"); newView(); }
   else { show("jobs"); await jobsView(); }
-  $("main").focus({ preventScroll: true });
+  // After a navigation (not the first load, where the skip link should stay the first Tab stop), move focus to
+  // the new view so that keyboard and screen-reader users start there.
+  if (event) $("main").focus({ preventScroll: true });
 }
 
 // ------------------------------------------------------------------------------------------------- jobs list
@@ -374,6 +378,8 @@ async function start() {
   for (const radio of document.querySelectorAll("input[name=source]")) radio.addEventListener("change", toggleSource);
   $("new-form").addEventListener("submit", submitNew);
   window.addEventListener("hashchange", route);
+  // The skip link must not change the hash: that would be read as a navigation to an unknown view.
+  document.querySelector("a.skip").addEventListener("click", (event) => { event.preventDefault(); $("main").focus(); });
   await route();
 }
 
