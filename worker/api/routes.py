@@ -174,6 +174,11 @@ async def submit_job(request: Request, state: State, principal: Caller) -> JSONR
         spec = JobSpec.from_dict(data)  # the queue's own validation: one line naming the field
     except JobSpecError as exc:
         raise HTTPException(422, f"{exc.field}: {exc.reason}") from None
+    for name in ("input", "output"):  # a URI storage cannot parse is a bad request, whoever sends it
+        try:
+            parse_uri(getattr(spec, name))
+        except ValueError as exc:
+            raise HTTPException(422, f"{name}: {one_line(exc)}") from None
     _authorize_spec(principal, spec)
     return await anyio.to_thread.run_sync(_submit, state, principal, spec)
 
@@ -183,6 +188,8 @@ def _submit(state: ApiState, principal: Principal, spec: JobSpec) -> JSONRespons
         job_id, created = state.service.submit(spec)
     except TransientError as exc:
         raise HTTPException(503, f"queue: {exc}; retry later") from None
+    except ValueError as exc:  # as on the CLI (tinct submit): a spec storage refuses before any job exists
+        raise HTTPException(422, f"spec: {one_line(exc)}") from None
     record = state.service.get(job_id)
     if record is None:  # expired between the two calls: only a misconfigured TTL could do this
         raise HTTPException(503, "queue: the job vanished as it was submitted; retry")
