@@ -24,6 +24,9 @@ The network only ever sees a small copy of each image; the archive's pixels are 
    resizing an RGB image), so the output's lightness is the input's except where an out-of-gamut
    colour is clipped to sRGB.
 
+A restorer's colour hints (``models.hints``) enter between steps 2 and 3: propagated into the network's ab on
+its output grid before the fit, then honoured exactly at their own pixels in the full-resolution step.
+
 The full-resolution step runs in row tiles of about ``tile_pixels`` pixels, so its temporaries stay
 near 100-200 MiB whatever the image size; everything at render size is negligible. Measured for one
 6000x4000 image on CPU: ``colorize`` raised peak RSS by 460 MiB, of which 275 MiB is the RGB output
@@ -48,6 +51,7 @@ from models.batching import pick_batch_size
 from models.checkpoint import DEFAULT_RENDER_SIZE, preferred_render_size  # noqa: F401 - part of this API
 from models.color import L_CENT, merge_l_ab
 from models.engines.base import Engine
+from models.hints import ColourHints, hinted_grid, honour_tile
 
 # Guided-filter window radius, in cells of the network's output grid (a cell is output_stride render
 # pixels): 2 gives 5x5-cell windows, about 8 % of a 256 px render, wide enough to fit a colour edge,
@@ -232,20 +236,25 @@ class Colorizer:
 
     # --- public API -----------------------------------------------------------------------------------
 
-    def predict_ab(self, L_list: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """ab at full resolution for each L: ``(H, W)`` float32 in [0, 100] -> ``(2, H, W)`` float32."""
-        renders = self.predict_grid(L_list)
-        self.fit(renders)
-        return [self.upsample_ab(L, render) for L, render in zip(L_list, renders, strict=True)]
+    def predict_ab(
+        self, L_list: Sequence[np.ndarray], hints: Sequence[ColourHints | None] | None = None
+    ) -> list[np.ndarray]:
+        """ab at full resolution for each L: ``(H, W)`` float32 in [0, 100] -> ``(2, H, W)`` float32. ``hints``,
+        one entry (or None) per image, are the restorer's known colours (``models.hints``)."""
+        renders = self._hinted_renders(L_list, hints)
+        return [self.upsample_ab(L, render, image_hints)
+                for L, render, image_hints in zip(L_list, renders, hints or [None] * len(renders), strict=True)]
 
-    def colorize(self, L_list: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """sRGB for each L: ``(H, W)`` float32 in [0, 100] -> ``(H, W, 3)`` float32 in [0, 1]."""
-        renders = self.predict_grid(L_list)
-        self.fit(renders)
+    def colorize(
+        self, L_list: Sequence[np.ndarray], hints: Sequence[ColourHints | None] | None = None
+    ) -> list[np.ndarray]:
+        """sRGB for each L: ``(H, W)`` float32 in [0, 100] -> ``(H, W, 3)`` float32 in [0, 1]; ``hints`` as in
+        ``predict_ab``."""
+        renders = self._hinted_renders(L_list, hints)
         results = []
-        for L, render in zip(L_list, renders, strict=True):
+        for L, render, image_hints in zip(L_list, renders, hints or [None] * len(renders), strict=True):
             rgb = np.empty((render.height, render.width, 3), dtype=np.float32)
-            for r0, r1, ab_tile in self._ab_tiles(L, render):
+            for r0, r1, ab_tile in self._ab_tiles(L, render, image_hints):
                 L_tile = self.to_device(L[r0:r1])[None, None]
                 rgb[r0:r1] = merge_l_ab(L_tile, ab_tile[None])[0].permute(1, 2, 0).cpu().numpy()
             results.append(rgb)
@@ -263,6 +272,24 @@ class Colorizer:
             for render, ab_grid in zip(chunk, ab, strict=True):
                 render.ab_grid = ab_grid
         return renders
+
+    def _hinted_renders(self, L_list: Sequence[np.ndarray], hints: Sequence[ColourHints | None] | None) -> list[Render]:
+        """Steps 1-3 at grid size, with each image's hints propagated into its grid ab before the fit."""
+        if hints is not None and len(hints) != len(L_list):
+            raise ValueError(f"{len(hints)} hint sets for {len(L_list)} images: give one (or None) per image")
+        renders = self.predict_grid(L_list)
+        if hints is not None:
+            self.apply_hints(renders, hints)
+        self.fit(renders)
+        return renders
+
+    def apply_hints(self, renders: Sequence[Render], hints: Sequence[ColourHints | None]) -> None:
+        """Propagate each render's hints into its ``ab_grid`` (``models.hints``, step 1), between ``predict_grid``
+        and ``fit``. The full-resolution step takes the same hints in ``upsample_ab``."""
+        for render, image_hints in zip(renders, hints, strict=True):
+            if image_hints and render.ab_grid is not None:
+                render.ab_grid = hinted_grid(render.ab_grid, render.padded, self.engine.output_stride, image_hints,
+                                             (render.height, render.width), (render.render_height, render.render_width))
 
     def fit(self, renders: Sequence[Render]) -> None:
         """Step 3 at grid size: the guided-filter coefficients of each render's ``ab_grid``, batched."""
@@ -282,17 +309,20 @@ class Colorizer:
                 cells_w = math.ceil(render.render_width / output_stride)
                 render.coefficients = coeff[:, :cells_h, :cells_w].contiguous()
 
-    def upsample_ab(self, L: np.ndarray, render: Render) -> np.ndarray:
+    def upsample_ab(self, L: np.ndarray, render: Render, hints: ColourHints | None = None) -> np.ndarray:
         """Step 3 at the resolution of ``L``: ``(2, h, w)`` float32 ab guided by ``L``. ``L`` is the image's
         L at full resolution, or at any other resolution covering the same picture (the film pipeline passes
-        it at chroma resolution, which is all a 4:2:0 video keeps of colour)."""
-        return self.upsample_ab_tensor(L, render).cpu().numpy()
+        it at chroma resolution, which is all a 4:2:0 video keeps of colour). ``hints`` (full resolution only)
+        are honoured at their own pixels."""
+        return self.upsample_ab_tensor(L, render, hints).cpu().numpy()
 
-    def upsample_ab_tensor(self, L: np.ndarray | torch.Tensor, render: Render) -> torch.Tensor:
+    def upsample_ab_tensor(
+        self, L: np.ndarray | torch.Tensor, render: Render, hints: ColourHints | None = None
+    ) -> torch.Tensor:
         """``upsample_ab`` leaving ab on the colorizer's device; ``L`` may already be there (the film
         pipeline's GPU path uploads each frame's L once and converts colour on the GPU)."""
         ab = torch.empty((2, *L.shape), dtype=torch.float32, device=self.device)
-        for r0, r1, ab_tile in self._ab_tiles(L, render):
+        for r0, r1, ab_tile in self._ab_tiles(L, render, hints):
             ab[:, r0:r1] = ab_tile
         return ab
 
@@ -319,10 +349,12 @@ class Colorizer:
         padded = np.pad(small, ((0, pad_h), (0, pad_w)), mode="reflect") if pad_h or pad_w else small
         return Render(height, width, render_h, render_w, np.ascontiguousarray(padded, dtype=np.float32))
 
-    def _ab_tiles(self, L: np.ndarray | torch.Tensor, render: Render) -> Iterator[tuple[int, int, torch.Tensor]]:
+    def _ab_tiles(
+        self, L: np.ndarray | torch.Tensor, render: Render, hints: ColourHints | None = None
+    ) -> Iterator[tuple[int, int, torch.Tensor]]:
         if render.coefficients is None:
             raise ValueError("upsampling needs the coefficients from fit()")
-        return upsample_tiles(
+        tiles = upsample_tiles(
             L,
             render.coefficients,
             (render.render_height, render.render_width),
@@ -330,6 +362,12 @@ class Colorizer:
             self.tile_pixels,
             self.device,
         )
+        if not hints:
+            return tiles
+        # Hint coordinates are full-resolution pixels: only images upsampled at their own size can honour them.
+        if tuple(L.shape) != (render.height, render.width):
+            raise ValueError("hints need ab upsampled at the image's own resolution")
+        return ((r0, r1, honour_tile(tile, hints, r0, r1)) for r0, r1, tile in tiles)
 
     # --- helpers --------------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -407,8 +408,40 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated smoothing strengths to compare (default: %(default)s)")
     video.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES,
                        help="score at most this many frames of each clip (default: %(default)s)")
+    hints = p.add_argument_group("colour hints (--hints)")
+    hints.add_argument("--hints", action="store_true", help="score colorization with 0..N colour hints sampled "
+                       "from the truth, beside automatic and gray (tools.evaluate_hints)")
+    hints.add_argument("--hint-counts", default="0,1,2,5,10,20",  # tools.evaluate_hints.HINT_COUNTS
+                       help="comma-separated hint counts (default: %(default)s)")
+    hints.add_argument("--hint-bench", action="store_true",
+                       help="also time a 1 MP photo end to end with and without 10 hints")
     add_runtime_arguments(p)
     return p
+
+
+def _main_hints(args: argparse.Namespace) -> int:
+    # Imported here: tools.evaluate_hints builds on this module's photo reading and scoring.
+    from tools.evaluate_hints import bench_hint_cost, evaluate_hints, hints_table
+
+    if len(args.model) != 1:
+        raise SystemExit("--hints scores one model at a time")
+    counts = [int(n) for n in args.hint_counts.split(",") if n.strip()]
+    with open_colorizer(args.model[0], args.engine, args.device, args.precision, args.render_size,
+                        args.batch_size, cache_dir=onnx_cache_dir()) as (colorizer, label):
+        result = evaluate_hints(colorizer, label, args.data, counts, args.limit, args.batch_size)
+        print(f"{len(result.images)} photos from {args.data}, model {label}: PSNR (dB) by number of hints\n")
+        print(hints_table([result]))
+        print(f"\nworst single-photo change with 1 hint: {result.worst_gain(1):+.2f} dB" if 1 in counts else "")
+        summary = result.to_json()
+        if args.hint_bench:
+            with tempfile.TemporaryDirectory(prefix="tinct-hint-bench-") as workdir:
+                cost = bench_hint_cost(colorizer, label, workdir)
+            print(f"cost: {cost.line()}")
+            summary["cost"] = {**cost.__dict__, "overhead": cost.overhead}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
 
 
 def _main_video(args: argparse.Namespace) -> int:
@@ -430,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     apply_runtime_arguments(args)
     if args.video:
         return _main_video(args)
+    if args.hints:
+        return _main_hints(args)
     decode: dict[str, Any] = {}
     if args.decode_method is not None:
         decode["method"] = args.decode_method

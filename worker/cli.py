@@ -5,6 +5,8 @@
     tinct colorize old.tif -o old-colour.tif        # one file, written exactly there
     tinct colorize film.mp4 -o film-colour.mkv --smoothing 0.5 --codec h265 --crf 20
     tinct colorize scans/ -o colorized/ --model archive-1950s   # a model published to TINCT_MODEL_STORE
+    tinct colorize photo.jpg -o out.jpg --hints hints.json   # a restorer's known colours (worker.hints); in
+                                                            # folders, <photo file name>.hints.json beside a photo
     tinct --version
 
 Exit status: 0 when every photo and film was colorized or skipped, 1 when any failed (or the model store could not
@@ -123,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     colorize.add_argument("--format", type=_format_arg, help="output format for every photo: jpg, png, tif, webp "
                           "or bmp (default: each source's own)")
     colorize.add_argument("--overwrite", action="store_true", help="redo photos and films whose output already exists")
+    colorize.add_argument("--hints", metavar="HINTS.json",
+                          help="colour hints for a single input photo: points and regions with known sRGB colours, "
+                          "honoured at their pixels and spread along edges of lightness (in folders, a photo's "
+                          "<file name>.hints.json beside it is used)")
     colorize.add_argument("--recolor", action="store_true",
                           help="colorize colour photos and films too (their colour is discarded; only their "
                           "lightness is used)")
@@ -169,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _colorize(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
-        plan = plan_photos(args.inputs, args.output, args.format)
+        plan = plan_photos(args.inputs, args.output, args.format, args.hints)
     except ValueError as exc:
         print(f"{parser.prog} colorize: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

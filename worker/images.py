@@ -89,7 +89,8 @@ _LAYOUT_TAGS = frozenset({
     341, 347, 513, 514, 529, 530, 531, 532, _XMP_TAG, _ICC_TAG, 37724, 50341,
 })
 _XMP_ORIENTATION = re.compile(rb'(tiff:Orientation=")[0-9]"|(<tiff:Orientation>)[0-9](</tiff:Orientation>)')
-_PROVENANCE = re.compile(r"colorized by Tinct (?P<version>[^\s,]+), model (?P<model>[^\]\r\n]+)")
+_PROVENANCE = re.compile(r"colorized by Tinct (?P<version>[^\s,]+), model (?P<model>[^\]\r\n]+?)"
+                         r"(?:, with (?P<guidance>[^\]\r\n]+))?(?=\]|\r|\n|$)")
 _BRACKETED_PROVENANCE = re.compile(r"\s*\[colorized by Tinct [^\]]*\]")
 _TRANSIENT_ERRNOS = frozenset({
     errno.EIO, errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.ETIMEDOUT, errno.ESTALE, errno.ENETDOWN,
@@ -111,9 +112,11 @@ def tinct_version() -> str:
     return "unknown"
 
 
-def provenance_text(model_label: str) -> str:
-    """The sentence written into every output, e.g. ``colorized by Tinct 0.1.0, model effnet_unet@1a2b3c``."""
-    return f"colorized by Tinct {tinct_version()}, model {model_label}"
+def provenance_text(model_label: str, guidance: str = "") -> str:
+    """The sentence written into every output, e.g. ``colorized by Tinct 0.1.0, model effnet_unet@1a2b3c``;
+    ``guidance`` records what a restorer gave besides the model (``..., with 3 colour hints``)."""
+    text = f"colorized by Tinct {tinct_version()}, model {model_label}"
+    return f"{text}, with {guidance}" if guidance else text
 
 
 @dataclass
@@ -158,6 +161,7 @@ class Provenance:
     description: str
     version: str | None
     model: str | None
+    guidance: str | None = None  # e.g. "3 colour hints": what the restorer gave besides the model
 
 
 def format_for_path(path: str | os.PathLike) -> str | None:
@@ -664,6 +668,7 @@ def read_provenance(path: str | os.PathLike) -> Provenance | None:
     return Provenance(
         software=software, description=description,
         version=match.group("version") if match else None, model=match.group("model").strip() if match else None,
+        guidance=match.group("guidance") if match else None,
     )
 
 
@@ -682,6 +687,7 @@ def write_photo(
     like: Photo,
     provenance: str,
     alpha: np.ndarray | None = None,
+    guidance: str = "",
 ) -> Path:
     """Encode a colorized result next to its source's metadata and replace ``path`` atomically.
 
@@ -692,6 +698,7 @@ def write_photo(
     TIFF results. ``alpha`` (uint8, uint16 or float in [0, 1], e.g. ``like.alpha``) is stored where the format
     has an alpha channel (PNG, TIFF, WebP); JPEG and BMP results are composited onto white instead, which is
     how the transparent photo looks on a page. BMP has no place for metadata: BMP results keep their DPI only.
+    ``guidance`` (e.g. "3 colour hints") is added to the provenance sentence.
     """
     path = Path(path)
     fmt = format_for_path(path) or like.format
@@ -707,7 +714,7 @@ def write_photo(
             alpha = None
     bits = 16 if like.bit_depth == 16 and fmt in SIXTEEN_BIT_FORMATS else 8
     pixels = _quantize(rgb if alpha is None else np.concatenate((rgb, alpha[..., None]), axis=2), bits)
-    software, description = f"Tinct {tinct_version()}", provenance_text(provenance)
+    software, description = f"Tinct {tinct_version()}", provenance_text(provenance, guidance)
     encode = _encoder_for(fmt, bits, pixels, like, description, software)
     try:
         with atomic_output(path) as f:

@@ -34,7 +34,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from models.colorizer import Colorizer as ModelColorizer
 from models.engines import create_engine
 from models.files import PARTIAL_SUFFIX
+from models.hints import ColourHints
 from worker.errors import BadInputError, ModelError, TinctError, one_line
+from worker.hints import HINTS_SUFFIX, hints_provenance, load_hints_file, sidecar_path
 from worker.images import (
     DEFAULT_MAX_PIXELS,
     EXTENSION_FORMATS,
@@ -55,17 +57,20 @@ FILM_CONTAINERS = set(CONTAINERS)
 
 
 class Colorizer(Protocol):
-    """What the job needs from ``models.colorizer.Colorizer``: full-resolution L in, sRGB out, a batch at a time."""
+    """What the job needs from ``models.colorizer.Colorizer``: full-resolution L in, sRGB out, a batch at a time;
+    ``hints`` (one ``ColourHints`` or None per photo) is only passed when some photo of the batch has hints."""
 
-    def colorize(self, lightness: list[np.ndarray]) -> list[np.ndarray]: ...
+    def colorize(self, lightness: list[np.ndarray], hints: list[ColourHints | None] | None = None) -> list[np.ndarray]:
+        ...
 
 
 @dataclass(frozen=True)
 class PhotoTask:
-    """One photo to colorize and where its result goes."""
+    """One photo to colorize, where its result goes, and its colour hint file if it has one (``worker.hints``)."""
 
     source: Path
     output: Path
+    hints: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -164,7 +169,10 @@ def output_suffix(output_format: str | None) -> str | None:
 
 
 def plan_photos(
-    inputs: Sequence[str | os.PathLike], output: str | os.PathLike, output_format: str | None = None
+    inputs: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    output_format: str | None = None,
+    hints: str | os.PathLike | None = None,
 ) -> PhotoPlan:
     """Tasks for every photo under ``inputs``, with outputs mirroring each input folder's tree under ``output``.
 
@@ -173,21 +181,26 @@ def plan_photos(
     hidden entries (``.DS_Store``, AppleDouble ``._x.jpg`` files, our own unfinished temp files) and the output
     folder itself when it lies inside an input. Files named explicitly are tried whatever their extension.
     Output names keep the source's extension unless ``output_format`` is given. Two sources that would write
-    the same output, or an output that would replace its own source, fail in the plan. Raises ValueError for
-    arguments that cannot work (which the CLI reports as usage errors).
+    the same output, or an output that would replace its own source, fail in the plan. A photo with a hint file
+    beside it (``<file name>.hints.json``) is colorized with those hints; ``hints`` names the hint file of a
+    single input photo instead. Raises ValueError for arguments that cannot work (which the CLI reports as
+    usage errors).
     """
     sources = [Path(p) for p in inputs]
     output = Path(output)
     suffix = output_suffix(output_format)
     if not sources:
         raise ValueError("no inputs given")
+    if hints is not None and not (len(sources) == 1 and sources[0].is_file()):
+        raise ValueError("--hints names the hint file of one photo; for folders put <photo file name>.hints.json "
+                         "beside each photo")
     if len(sources) == 1 and sources[0].is_file() and is_film(output) and not output.is_dir():
         # A film named as the output makes the input a film whatever its own extension (.mka, .vob, none).
         return _checked(PhotoPlan([], [], films=[PhotoTask(sources[0], output)]))
     if len(sources) == 1 and sources[0].is_file() and format_for_path(output) and not output.is_dir():
         if suffix and suffix != output.suffix.lower():
             raise ValueError(f"--format {output_format} contradicts the output file name {output.name}")
-        return _checked(PhotoPlan([PhotoTask(sources[0], output)], []))
+        return _checked(PhotoPlan([_photo_task(sources[0], output, hints)], []))
     if output.exists() and not output.is_dir():
         raise ValueError(f"{output} exists and is not a folder (several inputs need an output folder)")
 
@@ -197,7 +210,7 @@ def plan_photos(
             for path in _walk(source, output, plan):
                 _add(plan, path, output / path.relative_to(source), suffix)
         elif source.exists():
-            _add(plan, source, output / source.name, suffix)
+            _add(plan, source, output / source.name, suffix, hints)
         else:
             failure = BadInputError(source, "no such file or folder")
             plan.failures.append(PhotoOutcome(PhotoTask(source, output), "failed", str(failure)))
@@ -210,7 +223,7 @@ def _walk(root: Path, output: Path, plan: PhotoPlan) -> Iterator[Path]:
         here = Path(folder)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() != skip)
         for name in sorted(files):
-            if name.startswith(".") or name.endswith(PARTIAL_SUFFIX):
+            if name.startswith(".") or name.endswith((PARTIAL_SUFFIX, HINTS_SUFFIX)):
                 continue
             if format_for_path(name) or is_film(name):
                 yield here / name
@@ -229,14 +242,23 @@ def is_film(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in FILM_EXTENSIONS
 
 
-def _add(plan: PhotoPlan, source: Path, mirrored: Path, suffix: str | None) -> None:
+def _add(plan: PhotoPlan, source: Path, mirrored: Path, suffix: str | None,
+         hints: str | os.PathLike | None = None) -> None:
     if is_film(source):
         # Films keep their container where Tinct can write it (mp4, mov, mkv); others become Matroska,
         # which holds any codec their audio and subtitles may use.
         kept = mirrored.suffix.lower() in FILM_CONTAINERS
         plan.films.append(PhotoTask(source, mirrored if kept else mirrored.with_suffix(".mkv")))
     else:
-        plan.tasks.append(PhotoTask(source, _output_path(mirrored, suffix)))
+        plan.tasks.append(_photo_task(source, _output_path(mirrored, suffix), hints))
+
+
+def _photo_task(source: Path, output: Path, hints: str | os.PathLike | None) -> PhotoTask:
+    """The task, with the named hint file or else the photo's sidecar if there is one."""
+    if hints is not None:
+        return PhotoTask(source, output, Path(hints))
+    sidecar = sidecar_path(source)
+    return PhotoTask(source, output, sidecar if sidecar.is_file() else None)
 
 
 def _output_path(mirrored: Path, suffix: str | None) -> Path:
@@ -330,7 +352,7 @@ class _Run:
         self.options = options
         self.outcomes: list[PhotoOutcome] = []
         self.bar: tqdm | None = None
-        self.decodes: deque[tuple[PhotoTask, Future[Photo]]] = deque()
+        self.decodes: deque[tuple[PhotoTask, Future[tuple[Photo, ColourHints | None]]]] = deque()
         self.encodes: deque[tuple[PhotoTask, Future[Path]]] = deque()
 
     def record(self, outcome: PhotoOutcome) -> None:
@@ -369,21 +391,22 @@ class _Run:
     def _pipeline(self, pool: ThreadPoolExecutor, tasks: Iterator[PhotoTask], workers: int) -> None:
         ahead = self.options.batch_size + workers  # decoded photos waiting, bounded so memory stays bounded
         decodes = self.decodes
-        batch: list[tuple[PhotoTask, Photo]] = []
+        batch: list[tuple[PhotoTask, Photo, ColourHints | None]] = []
         while True:
             while len(decodes) < ahead and (task := next(tasks, None)) is not None:
-                decodes.append((task, pool.submit(read_photo, task.source, self.options.max_pixels)))
+                decodes.append((task, pool.submit(_read_with_hints, task, self.options.max_pixels)))
             if not decodes:
                 break
             task, decoding = decodes.popleft()
-            photo = self._decoded(task, decoding)
-            if photo is None:
+            decoded = self._decoded(task, decoding)
+            if decoded is None:
                 continue
-            pixels = sum(p.L.size for _, p in batch)
+            photo, hints = decoded
+            pixels = sum(p.L.size for _, p, _ in batch)
             if batch and pixels + photo.L.size > self.options.max_batch_pixels:
                 self._colorize(pool, batch)
                 batch = []
-            batch.append((task, photo))
+            batch.append((task, photo, hints))
             if len(batch) >= self.options.batch_size:
                 self._colorize(pool, batch)
                 batch = []
@@ -392,9 +415,11 @@ class _Run:
         while self.encodes:
             self._finish_encode()
 
-    def _decoded(self, task: PhotoTask, decoding: Future[Photo]) -> Photo | None:
+    def _decoded(
+        self, task: PhotoTask, decoding: Future[tuple[Photo, ColourHints | None]]
+    ) -> tuple[Photo, ColourHints | None] | None:
         try:
-            photo = decoding.result()
+            photo, hints = decoding.result()
         except TinctError as exc:
             self.record(PhotoOutcome(task, "failed", str(exc)))
             return None
@@ -408,17 +433,23 @@ class _Run:
                 self.record(PhotoOutcome(task, "colour", reason))
                 return None
             logger.info("%s: a colour photo; recolorizing its lightness", task.source)
-        return photo
+        return photo, hints
 
-    def _colorize(self, pool: ThreadPoolExecutor, batch: list[tuple[PhotoTask, Photo]]) -> None:
+    def _colorize(self, pool: ThreadPoolExecutor, batch: list[tuple[PhotoTask, Photo, ColourHints | None]]) -> None:
+        lightness = [photo.L for _, photo, _ in batch]
+        hints = [h for _, _, h in batch]
         try:
-            results = self.colorizer.colorize([photo.L for _, photo in batch])
+            if any(hints):
+                results = self.colorizer.colorize(lightness, hints=hints)
+            else:
+                results = self.colorizer.colorize(lightness)
         except Exception as exc:  # noqa: BLE001 - recorded against each photo of the batch; the job goes on
-            for task, _ in batch:
+            for task, _, _ in batch:
                 self.record(PhotoOutcome(task, "failed", f"{task.source}: colorization failed: {one_line(exc)}"))
             return
-        for (task, photo), rgb in zip(batch, results, strict=True):
-            future = pool.submit(write_photo, task.output, rgb, photo, self.model_label, photo.alpha)
+        for (task, photo, photo_hints), rgb in zip(batch, results, strict=True):
+            guidance = hints_provenance(len(photo_hints) if photo_hints else 0)
+            future = pool.submit(write_photo, task.output, rgb, photo, self.model_label, photo.alpha, guidance)
             self.encodes.append((task, future))
         while len(self.encodes) > 2 * max(1, self.options.workers):
             self._finish_encode()
@@ -434,3 +465,14 @@ class _Run:
             self.record(PhotoOutcome(task, "failed", reason))
         else:
             self.record(PhotoOutcome(task, "done"))
+
+
+def _read_with_hints(task: PhotoTask, max_pixels: int) -> tuple[Photo, ColourHints | None]:
+    """Decode a photo and its hint file, the hints checked against the photo's displayed size: a bad hint file
+    fails its photo before anything is colorized or written."""
+    photo = read_photo(task.source, max_pixels)
+    if task.hints is None:
+        return photo, None
+    spec = load_hints_file(task.hints)
+    spec.check_bounds(*photo.size, task.hints)
+    return photo, spec.colour_hints()

@@ -1,0 +1,284 @@
+"""Colour hint files and job options: parsed and validated here, turned into ``models.hints.ColourHints``.
+
+    {"points": [{"x": 812, "y": 440, "color": "#2a3f8f"}, {"x": 120, "y": 95, "color": "#c8a27a", "radius": 6}],
+     "regions": [{"polygon": [[10, 10], [200, 10], [200, 90]], "color": "#8a1c1c"}]}
+
+A hint file sits beside its photo as ``<photo file name>.hints.json`` (``scan_0042.tif.hints.json``) or is named
+with ``tinct colorize --hints``; a job carries the same object as ``options.hints``. ``x``, ``y`` are pixels of
+the photo as displayed (after EXIF orientation, origin top-left), ``color`` is sRGB hex, ``radius`` pixels.
+
+Every problem is a :class:`HintError` whose message is one line naming the file (or job field) and the field
+inside it, e.g. ``scan.tif.hints.json: points[2].color: not an sRGB hex colour like #2a3f8f: 'red'``. What can
+be checked without the photo is checked by :func:`parse_hints`; coordinates against the photo's size by
+:meth:`HintSpec.check_bounds`, once the photo is decoded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from models.color import rgb_to_lab_np
+from models.hints import DEFAULT_RADIUS, ColourHints, ColourPoint, ColourRegion
+from worker.errors import BadInputError
+
+HINTS_SUFFIX = ".hints.json"
+# Far more than a restorer places by hand, few enough that a hint file cannot make a job's solve or its
+# rasterization expensive; a file larger than this many bytes is refused before it is parsed.
+MAX_HINTS = 1000
+MAX_HINT_FILE_BYTES = 1 << 20
+MAX_POLYGON_VERTICES = 1000
+MAX_RADIUS = 500.0
+_ORIENTATION = 0x0112  # the EXIF tag
+_HEX = re.compile(r"#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})")
+
+
+class HintError(BadInputError):
+    """A hint file or ``options.hints`` that cannot be used: one line naming where and which field."""
+
+    def __init__(self, where: str | os.PathLike, field: str, reason: str) -> None:
+        self.field = field
+        self.detail = reason
+        super().__init__(where, f"{field}: {reason}" if field else reason)
+
+
+@dataclass(frozen=True)
+class HintSpec:
+    """A validated hint document, kept in the user's terms (hex colours) so it can be stored in a job and hashed."""
+
+    points: tuple[tuple[float, float, str, float], ...] = ()  # x, y, colour, radius
+    regions: tuple[tuple[tuple[tuple[float, float], ...], str], ...] = ()  # polygon, colour
+
+    def __len__(self) -> int:
+        return len(self.points) + len(self.regions)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The canonical JSON form (what enters a job's id): every field explicit, numbers as parsed."""
+        return {
+            "points": [{"x": x, "y": y, "color": colour, "radius": radius} for x, y, colour, radius in self.points],
+            "regions": [{"polygon": [list(v) for v in polygon], "color": colour} for polygon, colour in self.regions],
+        }
+
+    def check_bounds(self, width: int, height: int, where: str | os.PathLike) -> None:
+        """Every point and polygon vertex inside a ``width`` x ``height`` photo (as displayed); HintError if not."""
+        for i, (x, y, _, _) in enumerate(self.points):
+            for name, value, size in (("x", x, width), ("y", y, height)):
+                if not 0 <= value <= size - 1:
+                    raise HintError(where, f"points[{i}].{name}", f"{value:g} is outside the photo "
+                                    f"({width}x{height}: {name} from 0 to {size - 1})")
+        for i, (polygon, _) in enumerate(self.regions):
+            for j, (x, y) in enumerate(polygon):
+                if not (0 <= x <= width - 1 and 0 <= y <= height - 1):
+                    raise HintError(where, f"regions[{i}].polygon[{j}]", f"[{x:g}, {y:g}] is outside the photo "
+                                    f"({width}x{height})")
+
+    def colour_hints(self) -> ColourHints:
+        """The hints for ``models.hints``: each colour's chroma (ab) in CIE Lab."""
+        colours = [colour for *_, colour, _ in self.points] + [colour for _, colour in self.regions]
+        ab = _hex_to_ab(colours)
+        points = tuple(ColourPoint(x, y, ab[i], radius) for i, (x, y, _, radius) in enumerate(self.points))
+        offset = len(self.points)
+        regions = tuple(ColourRegion(polygon, ab[offset + i]) for i, (polygon, _) in enumerate(self.regions))
+        return ColourHints(points=points, regions=regions)
+
+
+def _hex_to_ab(colours: list[str]) -> list[tuple[float, float]]:
+    if not colours:
+        return []
+    rgb = np.array([[int(c[i : i + 2], 16) / 255.0 for i in (1, 3, 5)] for c in colours])
+    lab = rgb_to_lab_np(rgb[None])[0]
+    return [(float(a), float(b)) for _, a, b in lab]
+
+
+def load_hints_file(path: str | os.PathLike, max_hints: int = MAX_HINTS) -> HintSpec:
+    """Read and validate a hint file; HintError naming the file for anything wrong with it."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_HINT_FILE_BYTES:
+            raise HintError(path, "", f"{size} bytes, over the limit of {MAX_HINT_FILE_BYTES} for a hint file")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise HintError(path, "", f"cannot read: {exc.strerror or exc}") from None
+    return parse_hints_bytes(data, path, max_hints)
+
+
+def parse_hints_bytes(data: bytes, where: str | os.PathLike, max_hints: int = MAX_HINTS) -> HintSpec:
+    """A hint file's bytes (from a folder or an object store) -> validated hints; HintError naming ``where``."""
+    if len(data) > MAX_HINT_FILE_BYTES:
+        raise HintError(where, "", f"{len(data)} bytes, over the limit of {MAX_HINT_FILE_BYTES} for a hint file")
+    try:
+        document = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise HintError(where, "", f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise HintError(where, "", f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    return parse_hints(document, where, max_hints)
+
+
+def sidecar_path(photo: str | os.PathLike) -> Path:
+    """Where a photo's hint file sits: ``scan_0042.tif`` -> ``scan_0042.tif.hints.json``."""
+    photo = Path(photo)
+    return photo.with_name(photo.name + HINTS_SUFFIX)
+
+
+def parse_hints(data: Any, where: str | os.PathLike, max_hints: int = MAX_HINTS) -> HintSpec:
+    """Validate a hint document (already decoded from JSON) without the photo; ``where`` names it in errors."""
+    if not isinstance(data, dict):
+        raise HintError(where, "", f"expected a JSON object with points and/or regions, got {_kind(data)}")
+    unknown = sorted(set(data) - {"points", "regions"})
+    if unknown:
+        raise HintError(where, unknown[0], "unknown field (a hint file has points and regions)")
+    points_raw = _list(data.get("points", []), where, "points")
+    regions_raw = _list(data.get("regions", []), where, "regions")
+    if len(points_raw) + len(regions_raw) > max_hints:
+        raise HintError(where, "points" if len(points_raw) > len(regions_raw) else "regions",
+                        f"{len(points_raw) + len(regions_raw)} hints, over the limit of {max_hints}")
+    points = tuple(_point(p, where, f"points[{i}]") for i, p in enumerate(points_raw))
+    regions = tuple(_region(r, where, f"regions[{i}]") for i, r in enumerate(regions_raw))
+    return HintSpec(points, regions)
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "true/false", type(None): "null"}.get(
+        type(value), "a number")
+
+
+def _list(value: Any, where: str | os.PathLike, field: str) -> list:
+    if not isinstance(value, list):
+        raise HintError(where, field, f"expected a list, got {_kind(value)}")
+    return value
+
+
+def _fields(item: Any, where: str | os.PathLike, field: str, required: set[str], optional: set[str]) -> dict:
+    if not isinstance(item, dict):
+        raise HintError(where, field, f"expected an object, got {_kind(item)}")
+    unknown = sorted(set(item) - required - optional)
+    if unknown:
+        expected = ", ".join(sorted(required | optional))
+        raise HintError(where, f"{field}.{unknown[0]}", f"unknown field (expected {expected})")
+    missing = sorted(required - set(item))
+    if missing:
+        raise HintError(where, f"{field}.{missing[0]}", "required")
+    return item
+
+
+def _number(value: Any, where: str | os.PathLike, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise HintError(where, field, f"expected a number of pixels, got {json.dumps(value)}")
+    return float(value)
+
+
+def _colour(value: Any, where: str | os.PathLike, field: str) -> str:
+    match = _HEX.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise HintError(where, field, f"not an sRGB hex colour like #2a3f8f: {json.dumps(value)}")
+    digits = match.group(1).lower()
+    return "#" + (digits if len(digits) == 6 else "".join(d * 2 for d in digits))
+
+
+def _point(item: Any, where: str | os.PathLike, field: str) -> tuple[float, float, str, float]:
+    item = _fields(item, where, field, {"x", "y", "color"}, {"radius"})
+    x, y = _number(item["x"], where, f"{field}.x"), _number(item["y"], where, f"{field}.y")
+    radius = _number(item.get("radius", DEFAULT_RADIUS), where, f"{field}.radius")
+    if not 0 < radius <= MAX_RADIUS:
+        raise HintError(where, f"{field}.radius", f"must be above 0 and at most {MAX_RADIUS:g} pixels, got {radius:g}")
+    return x, y, _colour(item["color"], where, f"{field}.color"), radius
+
+
+def _region(item: Any, where: str | os.PathLike, field: str) -> tuple[tuple[tuple[float, float], ...], str]:
+    item = _fields(item, where, field, {"polygon", "color"}, set())
+    raw = _list(item["polygon"], where, f"{field}.polygon")
+    if not 3 <= len(raw) <= MAX_POLYGON_VERTICES:
+        raise HintError(where, f"{field}.polygon", f"needs 3 to {MAX_POLYGON_VERTICES} vertices, got {len(raw)}")
+    vertices = []
+    for j, vertex in enumerate(raw):
+        if not isinstance(vertex, list) or len(vertex) != 2:
+            raise HintError(where, f"{field}.polygon[{j}]", f"expected [x, y], got {json.dumps(vertex)}")
+        vertices.append((_number(vertex[0], where, f"{field}.polygon[{j}]"),
+                         _number(vertex[1], where, f"{field}.polygon[{j}]")))
+    polygon = tuple(vertices)
+    crossing = _self_intersection(polygon)
+    if abs(_signed_area(polygon)) < 0.5 and (crossing is None or len(polygon) == 3):
+        raise HintError(where, f"{field}.polygon", "degenerate: its vertices enclose no area")
+    if crossing is not None:
+        raise HintError(where, f"{field}.polygon", f"self-intersecting: edges {crossing[0]} and {crossing[1]} cross")
+    return polygon, _colour(item["color"], where, f"{field}.color")
+
+
+def _signed_area(polygon: tuple[tuple[float, float], ...]) -> float:
+    xs = np.array([p[0] for p in polygon])
+    ys = np.array([p[1] for p in polygon])
+    return 0.5 * float(np.dot(xs, np.roll(ys, -1)) - np.dot(ys, np.roll(xs, -1)))
+
+
+def _self_intersection(polygon: tuple[tuple[float, float], ...]) -> tuple[int, int] | None:
+    """The first pair of non-adjacent edges that touch or cross (edge i runs from vertex i to i + 1), or None.
+    Quadratic in the vertices, which are limited to ``MAX_POLYGON_VERTICES``."""
+    n = len(polygon)
+    edges = [(polygon[i], polygon[(i + 1) % n]) for i in range(n)]
+    for i in range(n):
+        for j in range(i + 1, n):
+            if j == i + 1 or (i == 0 and j == n - 1):
+                continue  # neighbours share a vertex by construction
+            if _segments_touch(*edges[i], *edges[j]):
+                return i, j
+    return None
+
+
+def _segments_touch(p1: tuple[float, float], p2: tuple[float, float], q1: tuple[float, float],
+                    q2: tuple[float, float]) -> bool:
+    def orientation(a: tuple[float, float], b: tuple[float, float], c: tuple[float, float]) -> float:
+        return (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
+
+    def on_segment(a: tuple[float, float], b: tuple[float, float], c: tuple[float, float]) -> bool:
+        return min(a[0], b[0]) <= c[0] <= max(a[0], b[0]) and min(a[1], b[1]) <= c[1] <= max(a[1], b[1])
+
+    d1, d2 = orientation(q1, q2, p1), orientation(q1, q2, p2)
+    d3, d4 = orientation(p1, p2, q1), orientation(p1, p2, q2)
+    if ((d1 > 0 > d2) or (d1 < 0 < d2)) and ((d3 > 0 > d4) or (d3 < 0 < d4)):
+        return True
+    return any(d == 0 and on_segment(a, b, c) for d, a, b, c in
+               ((d1, q1, q2, p1), (d2, q1, q2, p2), (d3, p1, p2, q1), (d4, p1, p2, q2)))
+
+
+def hints_provenance(count: int) -> str:
+    """What the output's provenance tag adds for ``count`` hints ("" for none)."""
+    return f"{count} colour hint{'' if count == 1 else 's'}" if count else ""
+
+
+def job_photo_hints(raw: dict | None, width: int, height: int, uri: str) -> ColourHints | None:
+    """A job's ``options.hints`` (validated when the job was submitted) checked against its photo's displayed size:
+    None without hints; HintError naming the photo and ``options.hints.<field>`` for a point outside it."""
+    if not raw:
+        return None
+    try:
+        spec = parse_hints(raw, uri)
+        spec.check_bounds(width, height, uri)
+    except HintError as exc:
+        raise HintError(uri, f"options.hints.{exc.field}".rstrip("."), exc.detail) from None
+    return spec.colour_hints()
+
+
+def check_local_bounds(spec: HintSpec, photo: str, where: str | os.PathLike) -> None:
+    """Check hints against ``photo``'s displayed size when it is a local file (a path or file:// URI) Pillow can open;
+    anything else is left to the worker, which checks every photo's hints once it has decoded it."""
+    path = Path(photo[len("file://"):] if photo.startswith("file://") else photo)
+    if "://" in photo[:10] and not photo.startswith("file://") or not path.is_file():
+        return
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if image.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):  # turned a quarter on display
+                width, height = height, width
+    except (OSError, ValueError):
+        return  # not an image Pillow reads: the worker reports the photo itself
+    spec.check_bounds(width, height, where)
