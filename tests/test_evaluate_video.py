@@ -8,7 +8,7 @@ import math
 
 from tests.media import moving_scene, write_clip
 from tools import evaluate
-from tools.evaluate_video import GRAY_ROW, TRUTH_ROW
+from tools.evaluate_video import GRAY_ROW, TRUTH_ROW, RowScores
 
 
 def test_video_evaluation_rows_and_warping_error(tmp_path, tiny_checkpoint, capsys):
@@ -35,3 +35,13 @@ def test_video_evaluation_rows_and_warping_error(tmp_path, tiny_checkpoint, caps
 def rows_named(rows: dict, suffix: str) -> str:
     (name,) = [name for name in rows if name.endswith(suffix)]
     return name
+
+
+def test_rows_average_psnr_over_the_same_frames():
+    """A black opening is identical to the truth for the gray baseline (infinite PSNR, left out) but a finite, high
+    PSNR for a model that tints it; averaging each row over its own finite frames would flatter the model."""
+    gray, model = RowScores(psnr=[math.inf, 30.0, 20.0]), RowScores(psnr=[55.0, 24.0, 22.0])
+    paired = {i for i in range(3) if math.isfinite(gray.psnr[i]) and math.isfinite(model.psnr[i])}
+    assert gray.summary(paired)["psnr"] == 25.0 and gray.summary(paired)["identical_frames"] == 1
+    assert model.summary(paired)["psnr"] == 23.0 and model.summary(paired)["identical_frames"] == 0
+    assert model.summary()["psnr"] == (55.0 + 24.0 + 22.0) / 3  # unpaired: every finite frame of its own

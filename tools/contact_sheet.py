@@ -7,6 +7,7 @@ aspect ratio and are centred in it, so photos of different shapes line up in col
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Sequence
@@ -70,12 +71,47 @@ def render_contact_sheet(
     cell_height: int = 160,
     cell_width: int | None = None,
 ) -> Path:
-    """Draw ``rows`` (each: gray, ours..., truth) under the column ``labels`` and save it: JPEG (quality 90) for a
-    ``.jpg``/``.jpeg`` path, small enough to commit, else PNG.
+    """Draw ``rows`` (each: gray, ours..., truth) under the column ``labels`` (``draw_contact_sheet``) and save it:
+    JPEG (quality 90) for a ``.jpg``/``.jpeg`` path, small enough to commit, else PNG. Returns the path written."""
+    sheet = draw_contact_sheet(rows, labels, cell_height, cell_width)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if out_path.suffix.lower() in (".jpg", ".jpeg"):
+        sheet.save(out_path, format="JPEG", quality=90)
+    else:
+        sheet.save(out_path, format="PNG")
+    return out_path
+
+
+def save_jpeg(image: Image.Image, out_path: str | os.PathLike, max_bytes: int, quality: int = 90,
+              min_quality: int = 40) -> tuple[Path, int]:
+    """Save ``image`` as the best-quality JPEG (from ``quality`` down to ``min_quality`` in steps of 5) that fits in
+    ``max_bytes``, so sheets committed beside results stay small; the lowest quality is kept when none fits.
+    Returns the path and the quality used."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    chosen, data = quality, b""
+    for chosen in range(quality, min_quality - 1, -5):
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=chosen, optimize=True, progressive=True)
+        data = buffer.getvalue()
+        if len(data) <= max_bytes:
+            break
+    out_path.write_bytes(data)
+    return out_path, chosen
+
+
+def draw_contact_sheet(
+    rows: Sequence[Sequence[np.ndarray | Image.Image]],
+    labels: Sequence[str],
+    cell_height: int = 160,
+    cell_width: int | None = None,
+) -> Image.Image:
+    """``rows`` (each: gray, ours..., truth) under the column ``labels`` as one RGB image.
 
     ``cell_width`` defaults to what the widest image needs at ``cell_height`` or the longest label needs,
     whichever is more (a given ``cell_width`` shortens long labels instead); every image is scaled to fit
-    its cell without cropping. Returns the path written.
+    its cell without cropping.
     """
     if not rows:
         raise ValueError("a contact sheet needs at least one row")
@@ -107,11 +143,4 @@ def render_contact_sheet(
             size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
             fitted = img.resize(size, Image.Resampling.LANCZOS)
             sheet.paste(fitted, (x0 + (cell_width - size[0]) // 2, y0 + (cell_height - size[1]) // 2))
-
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    if out_path.suffix.lower() in (".jpg", ".jpeg"):
-        sheet.save(out_path, format="JPEG", quality=90)
-    else:
-        sheet.save(out_path, format="PNG")
-    return out_path
+    return sheet

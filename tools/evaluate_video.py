@@ -6,7 +6,8 @@ pipeline (``worker.pipeline.colorize_frames``: decode, network, smoothing, chrom
 luma kept) with smoothing off and on, and every frame is scored against the truth:
 
 * PSNR (dB, sRGB) and colourfulness per frame, averaged over the clip (frames identical to the truth, whose
-  PSNR is infinite, are counted apart);
+  PSNR is infinite, are counted apart, and every row's PSNR is averaged over the same frames: those no row
+  reproduced exactly);
 * the warping error of Lai et al. (ECCV 2018) (``tools.warping``): flow from the ground truth, occlusions
   masked, mean squared difference of consecutive output frames over the unoccluded pixels.
 
@@ -18,11 +19,12 @@ colourfulness, removes flicker without washing colour out.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,13 +59,15 @@ class RowScores:
     colourfulness: list[float] = field(default_factory=list)
     warping: WarpingError = field(default_factory=WarpingError)
 
-    def summary(self) -> dict[str, float]:
+    def summary(self, paired: set[int] | None = None) -> dict[str, float]:
         # Frames identical to the truth (black frames of a fade) have infinite PSNR; they are left out of the
-        # mean, which would otherwise be infinite, and counted.
-        finite = [p for p in self.psnr if math.isfinite(p)]
+        # mean, which would otherwise be infinite, and counted. ``paired``: the frames every row of the clip scored
+        # finitely, so that a row is not averaged over frames another row left out (a black opening is infinite
+        # for the gray baseline but a finite 50-60 dB for a model tinting it, which would flatter the model).
+        used = [p for i, p in enumerate(self.psnr) if math.isfinite(p) and (paired is None or i in paired)]
         return {
-            "psnr": float(np.mean(finite)) if finite else math.nan,
-            "identical_frames": len(self.psnr) - len(finite),
+            "psnr": float(np.mean(used)) if used else math.nan,
+            "identical_frames": sum(1 for p in self.psnr if not math.isfinite(p)),
             "colourfulness": float(np.mean(self.colourfulness)) if self.colourfulness else math.nan,
             "warping_error": self.warping.value * WARP_SCALE if self.warping.pairs else math.nan,
             "frames": len(self.colourfulness),
@@ -138,8 +142,20 @@ def _frame_rgb(frame: ColourFrame, matrix: str, bit_depth: int, full_range: bool
     return ycbcr_to_rgb_np(frame.luma, cb, cr, matrix, bit_depth, full_range)
 
 
+def row_name(label: str, strength: float) -> str:
+    """The row of one model at one smoothing strength in a ``ClipResult``."""
+    return f"{label}, smoothing {'off' if strength == 0 else strength}"
+
+
 def evaluate_clip(colorizer: Colorizer, label: str, clip: Path, strengths: list[float], max_frames: int,
                   work: Path) -> ClipResult:
+    return score_clip([(colorizer, label)], clip, strengths, max_frames, work)
+
+
+def score_clip(models: Sequence[tuple[Colorizer, str]], clip: Path, strengths: list[float], max_frames: int,
+               work: Path) -> ClipResult:
+    """Every ``(colorizer, label)`` at every smoothing strength on one clip, beside the gray baseline and the truth
+    (which are scored once, whatever the number of models)."""
     began = time.perf_counter()
     gray_path = work / f"{clip.stem}-gray.mkv"
     write_gray_film(clip, gray_path, max_frames)
@@ -159,7 +175,7 @@ def evaluate_clip(colorizer: Colorizer, label: str, clip: Path, strengths: list[
     rows[GRAY_ROW] = gray_row
 
     cuts: list[int] = []
-    for strength in strengths:
+    for (colorizer, label), strength in itertools.product(models, strengths):
         row = RowScores()
         truths = truth_frames(clip, max_frames)
 
@@ -174,19 +190,27 @@ def evaluate_clip(colorizer: Colorizer, label: str, clip: Path, strengths: list[
         times = colorize_frames(film, colorizer, layout, SmoothingOptions(strength=strength), sink)
         if strength > 0:
             cuts = times.cuts
-        rows[f"{label}, smoothing {'off' if strength == 0 else strength}"] = row
+        rows[row_name(label, strength)] = row
+    paired = {i for i in range(len(gray_row.psnr))
+              if all(i < len(r.psnr) and math.isfinite(r.psnr[i]) for r in rows.values())}
     rows[TRUTH_ROW] = truth_row
     return ClipResult(clip.name, f"{film.video.width}x{film.video.height}", film.frames,
-                      {name: row.summary() for name, row in rows.items()}, cuts, time.perf_counter() - began)
+                      {name: row.summary(paired) for name, row in rows.items()}, cuts, time.perf_counter() - began)
 
 
 def evaluate_videos(colorizer: Colorizer, label: str, data: str | Path, strengths: list[float],
                     max_frames: int = DEFAULT_MAX_FRAMES) -> list[ClipResult]:
+    return score_clips([(colorizer, label)], data, strengths, max_frames)
+
+
+def score_clips(models: Sequence[tuple[Colorizer, str]], data: str | Path, strengths: list[float],
+                max_frames: int = DEFAULT_MAX_FRAMES) -> list[ClipResult]:
+    """``score_clip`` for every clip under ``data`` (a file or a folder), in name order."""
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for clip in find_clips(data):
             log.info("scoring %s", clip)
-            results.append(evaluate_clip(colorizer, label, clip, strengths, max_frames, Path(tmp)))
+            results.append(score_clip(models, clip, strengths, max_frames, Path(tmp)))
     return results
 
 

@@ -75,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train", action="append", default=None, metavar="PATH[:WEIGHT]",
                    help="colour photos for the natural part (default: flowers and BSDS500 train/test)")
     p.add_argument("--eval", default=str(SHARED / "eval/bsds500_val"), help="scored photos for the natural part")
-    p.add_argument("--judge-data", default=str(SHARED / "train/clothing/test"),
-                   help="photos of known ImageNet classes for the ImageNet judge (natural part)")
+    p.add_argument("--judge-data", default=str(SHARED / "eval/tiny_imagenet_val"),
+                   help="photos of known ImageNet classes for the ImageNet judge (natural part): a folder with a "
+                   "labels.csv, or of class folders")
     p.add_argument("--judge-model", default=str(SHARED / "eval/judge"), help="folder with the judge's .tflite")
     p.add_argument("--out", type=Path, default=Path("docs/experiments"), help="results: JSON, tables, contact sheet")
     p.add_argument("--work-dir", type=Path, default=Path("runs/experiments"),

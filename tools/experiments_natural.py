@@ -4,7 +4,9 @@ Every row trains with the product's own loop (``tools.train``) on the same photo
 then ``tools.evaluate`` scores all of them in one pass on the evaluation photos (BSDS500 val): PSNR,
 SSIM, CIEDE2000, colourfulness and its gap to the truth's, with the gray baseline (ab = 0) on the same
 photos. The shipped default model (trained much longer) is scored beside them as a reference, and the
-ImageNet judge (``tools.judge``) classifies each row's colorization of photos of known ImageNet classes.
+ImageNet judge (``tools.judge``) classifies each row's colorization of photos of known ImageNet classes:
+``eval/tiny_imagenet_val`` (its labels.csv names each photo's class). The judge used to read the clothing
+photos, but on those it scores colour and gray alike, so it could not tell a colorizer from none.
 
 Rows (the seed work each reproduces):
 
@@ -25,16 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from models.checkpoint import load_checkpoint, save_checkpoint
-from models.color import merge_l_ab
-from models.colorizer import Colorizer
-from models.engines import create_engine
 from models.predictor import DecodeOptions
 from tools.ab_prior import measure_ab_prior
-from tools.evaluate import GRAY_LABEL, TRUTH_LABEL, evaluate_models, gray_input
-from tools.judge import ImageNetJudge, labelled_photos
+from tools.evaluate import GRAY_LABEL, TRUTH_LABEL, evaluate_models
+from tools.judge import ImageNetJudge, judge_models, labelled_photos
 from tools.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
@@ -119,34 +117,12 @@ def with_decode_rebalance(checkpoint: Path, rebalance: float, data: Sequence[str
     return out
 
 
-def _as_uint8(rgb: np.ndarray) -> np.ndarray:
-    return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
-
-
-def gray_rgb(L: np.ndarray) -> np.ndarray:
-    """The gray baseline as a photo: L merged with ab = 0 through the same colour maths as every row."""
-    rgb = merge_l_ab(torch.from_numpy(L)[None, None], torch.zeros(1, 2, *L.shape))[0].permute(1, 2, 0).numpy()
-    return _as_uint8(rgb)
-
-
 def judge_rows(models: Sequence[tuple[str, str]], judge_data: str, judge_model: str,
                render_size: int | None) -> dict[str, dict[str, float]]:
-    """ImageNet judge top-1/top-5 for the gray photos, each model's colorization of them, and the truth."""
+    """ImageNet judge top-1/top-5 for the gray photos, each model's colorization of them, and the truth, on the
+    labelled photos of ``judge_data`` (``eval/tiny_imagenet_val`` and its labels.csv by default)."""
     judge = ImageNetJudge(judge_model)
-    photos = labelled_photos(judge, judge_data)
-    accepted = [p.accepted for p in photos]
-    Ls = [gray_input(p.rgb / 255.0) for p in photos]
-    scores = {
-        GRAY_LABEL: judge.score([gray_rgb(L) for L in Ls], accepted),
-        TRUTH_LABEL: judge.score([p.rgb for p in photos], accepted),
-    }
-    for label, model in models:
-        with create_engine(model=model, kind="torch", precision="fp32") as engine:
-            colorizer = Colorizer(engine, render_size=render_size)
-            rgbs = [_as_uint8(rgb) for start in range(0, len(Ls), 8) for rgb in colorizer.colorize(Ls[start:start + 8])]
-        scores[label] = judge.score(rgbs, accepted)
-        log.info("judge %s: %s", label, scores[label])
-    return scores
+    return judge_models(judge, labelled_photos(judge, judge_data), models, render_size=render_size)
 
 
 def run_natural(data: Sequence[str], eval_data: str, settings: NaturalSettings, out: Path,

@@ -6,25 +6,39 @@ of Tinct and never saw our training: on colour ImageNet photos it scores about 8
 photos in gray about 66%, so a colorizer that restores the colours a class is recognised by moves the
 gray figure up.
 
-Photos are scored where their ImageNet class is known: a folder of class folders, each folder named
-either after an ImageNet label (its first synonym, e.g. ``daisy``) or after one of the clothing
-dataset's classes, which ``FOLDER_TO_IMAGENET`` maps to the ImageNet labels that count as right (ImageNet
-has no "pants", but "jean" is a correct answer for them). A hit is any accepted label in the top 1 or
-top 5.
+Photos are scored where their ImageNet class is known: either a folder with a ``labels.csv`` (columns
+``file`` and ``judge_index``, the label's index in the judge's 1001, as in ``eval/tiny_imagenet_val``), or a
+folder of class folders, each folder named either after an ImageNet label (its first synonym, e.g. ``daisy``)
+or after one of the clothing dataset's classes, which ``FOLDER_TO_IMAGENET`` maps to the ImageNet labels that
+count as right (ImageNet has no "pants", but "jean" is a correct answer for them). A hit is any accepted label
+in the top 1 or top 5.
+
+``judge_models`` scores the gray input, the truth and each model's colorization of the same photos: the rows a
+table needs (``tools.experiments_natural``, ``tools.scorecard``).
 """
 
 from __future__ import annotations
 
+import csv
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
+from models.color import merge_l_ab
+from models.colorizer import Colorizer
+from models.engines import create_engine
 from tools.datasets import IMAGE_SUFFIXES
+from tools.evaluate import GRAY_LABEL, TRUTH_LABEL, gray_input
+
+log = logging.getLogger(__name__)
 
 INPUT_SIDE = 224
+LABELS_CSV = "labels.csv"  # file,judge_index,...: a flat folder of photos whose judge label is known
 # clothing-dataset-small's classes -> the ImageNet labels (first synonym) that name them correctly.
 FOLDER_TO_IMAGENET: dict[str, tuple[str, ...]] = {
     "dress": ("gown", "overskirt", "hoopskirt", "miniskirt", "abaya", "kimono", "sarong"),
@@ -104,11 +118,32 @@ def _prepare(rgb: np.ndarray) -> np.ndarray:
     return np.asarray(im.crop((left, top, left + INPUT_SIDE, top + INPUT_SIDE)), dtype=np.uint8)
 
 
+def read_labels_csv(root: str | Path) -> dict[str, int]:
+    """``root/labels.csv`` as {file name: judge label index}; an empty dict when the folder has none."""
+    path = Path(root) / LABELS_CSV
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"file", "judge_index"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: needs the columns file and judge_index (missing {', '.join(sorted(missing))})")
+        return {row["file"]: int(row["judge_index"]) for row in reader}
+
+
 def labelled_photos(judge: ImageNetJudge, root: str | Path) -> list[LabelledPhoto]:
-    """Every photo under ``root/<class>/`` whose class the judge can name; other folders are left out."""
+    """Every photo ``root/labels.csv`` names, or else every photo under ``root/<class>/`` whose class the judge can
+    name (other folders are left out)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder of class folders")
+    labels = read_labels_csv(root)
+    if labels:
+        photos = []
+        for name in sorted(labels):
+            with Image.open(root / name) as im:
+                photos.append(LabelledPhoto(name, np.asarray(im.convert("RGB")), frozenset({labels[name]})))
+        return photos
     photos = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         accepted = judge.accepted_for_folder(folder.name)
@@ -122,3 +157,35 @@ def labelled_photos(judge: ImageNetJudge, root: str | Path) -> list[LabelledPhot
         known = ", ".join(FOLDER_TO_IMAGENET)
         raise ValueError(f"{root}: no class folder the judge knows (ImageNet labels or {known})")
     return photos
+
+
+def as_uint8(rgb: np.ndarray) -> np.ndarray:
+    return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def gray_rgb(L: np.ndarray) -> np.ndarray:
+    """The gray baseline as a photo: L merged with ab = 0 through the same colour maths as every row."""
+    rgb = merge_l_ab(torch.from_numpy(L)[None, None], torch.zeros(1, 2, *L.shape))[0].permute(1, 2, 0).numpy()
+    return as_uint8(rgb)
+
+
+def judge_models(judge: ImageNetJudge, photos: Sequence[LabelledPhoto], models: Sequence[tuple[str, str]],
+                 render_size: int | None = None, engine_kind: str = "torch", device: str = "auto",
+                 precision: str = "fp32", batch_size: int = 8) -> dict[str, dict[str, float]]:
+    """Top-1/top-5 for the gray photos, each ``(label, model)``'s colorization of them, and the truth, keyed by row
+    label (``GRAY_LABEL``, each model's label, ``TRUTH_LABEL``). Each model is loaded once, colorizes every photo
+    ``batch_size`` at a time and is closed before the next is loaded."""
+    accepted = [p.accepted for p in photos]
+    Ls = [gray_input(p.rgb / 255.0) for p in photos]
+    scores = {
+        GRAY_LABEL: judge.score([gray_rgb(L) for L in Ls], accepted),
+        TRUTH_LABEL: judge.score([p.rgb for p in photos], accepted),
+    }
+    for label, model in models:
+        with create_engine(model=model, kind=engine_kind, device=device, precision=precision) as engine:
+            colorizer = Colorizer(engine, render_size=render_size, batch_size=batch_size)
+            rgbs = [as_uint8(rgb) for start in range(0, len(Ls), batch_size)
+                    for rgb in colorizer.colorize(Ls[start:start + batch_size])]
+        scores[label] = judge.score(rgbs, accepted)
+        log.info("judge %s: %s", label, scores[label])
+    return scores

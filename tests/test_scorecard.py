@@ -1,0 +1,223 @@
+"""``tools scorecard`` end to end on generated dev sets, a generated labelled folder, a generated colour clip and a
+generated black-and-white film, with tiny real checkpoints (no mocks, nothing from ../shared)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import gradient_image
+from tests.media import gray_frames, moving_scene, write_clip
+from tools import scorecard
+from tools.scorecard import GRAY, TRUTH, ModelSpec, PhotoSet, ScorecardOptions, run_scorecard, verdict
+
+SHARED_JUDGE = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval" / "judge"
+OPTIONS = ScorecardOptions(frames=6, bw_frames=2, sheet_count=2, cell_height=48, render_size=64, engine_kind="torch",
+                           precision="fp32", batch_size=3)
+
+
+def _photos(folder: Path, count: int, size: tuple[int, int], seed: int) -> list[str]:
+    folder.mkdir(parents=True)
+    names = []
+    for i in range(count):
+        name = f"p{i:02d}.png"
+        Image.fromarray(gradient_image(size[1], size[0], seed=seed + i)).save(folder / name)
+        names.append(name)
+    return names
+
+
+@pytest.fixture(scope="module")
+def eval_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The layout of ../shared/data/eval in miniature: four dev sets (the first labelled for the judge, with one
+    gray photo that evaluation skips), a colour clip with a cut and a black-and-white film."""
+    root = tmp_path_factory.mktemp("eval")
+    for k, name in enumerate(scorecard.DEV_SETS):
+        names = _photos(root / name, 5, (40 + 8 * k, 32), seed=10 * k)
+        if name == "tiny_imagenet_val":
+            Image.fromarray(gradient_image(32, 32, seed=99)[..., 0]).save(root / name / "gray.png")
+            with (root / name / "labels.csv").open("w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["file", "wnid", "judge_index", "judge_label", "words"])
+                for i, n in enumerate([*names, "gray.png"]):
+                    writer.writerow([n, f"n{i:08d}", 1 + i % 3, "label", "label"])
+    (root / "video").mkdir()
+    write_clip(root / "video" / "pan.mkv", moving_scene(8, 64, 48, cuts_at=(4,)), codec="ffv1", pix_fmt="yuv444p")
+    (root / "bw").mkdir()
+    write_clip(root / "bw" / "film.mkv", gray_frames(moving_scene(6, 64, 48, seed=3)), codec="ffv1", pix_fmt="gray")
+    return root
+
+
+@pytest.fixture(scope="module")
+def card(eval_root: Path, tiny_checkpoint: Path, tiny_regression_checkpoint: Path,
+         tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("card")
+    models = [ModelSpec.parse(f"cls={tiny_checkpoint}"), ModelSpec.parse(f"reg={tiny_regression_checkpoint}")]
+    extra = [PhotoSet.parse(f"val_split={eval_root / 'faces_utk_val'}")]
+    result = run_scorecard(models, out, eval_root, extra_sets=extra, options=OPTIONS,
+                           judge_dir=eval_root / "no-judge")
+    return out, result.data
+
+
+def test_every_set_scored_with_gray_and_truth_beside_the_models(card: tuple[Path, dict]) -> None:
+    out, data = card
+    assert [s["name"] for s in data["sets"]] == [*scorecard.DEV_SETS, "val_split"]
+    assert [m["label"] for m in data["models"]] == ["cls", "reg"]
+    assert all(m["engine"].startswith("torch") and m["render_size"] == 64 for m in data["models"])
+    for s in data["sets"]:
+        assert s["images"] == 5, s["name"]
+        assert list(s["rows"]) == [GRAY, "cls", "reg", TRUTH]
+        gray, truth = s["rows"][GRAY], s["rows"][TRUTH]
+        assert gray["colourfulness"] < 0.5 and gray["colourfulness_ratio"] < 0.02
+        assert truth["colourfulness"] > 5 and truth["colourfulness_ratio"] == 1.0
+        for label in ("cls", "reg"):
+            row = s["rows"][label]
+            assert 5 < row["psnr"] < 60 and row["delta_e"] > 0
+            assert row["colourfulness_ratio"] == pytest.approx(row["colourfulness"] / truth["colourfulness"])
+        assert len(s["per_image"]) == 5 and set(s["per_image"][0]) >= {"name", GRAY, "cls", "reg"}
+    tiny = data["sets"][0]
+    assert tiny["skipped"] == 1  # the gray photo: nothing to compare colour with
+    # The labelled set says plainly why its judge did not run, rather than dropping the row.
+    assert "no-judge" in tiny["judge_skipped"] and "judge_skipped" not in data["sets"][1]
+    assert json.loads((out / "scorecard.json").read_text()) == data
+
+
+def test_best_and_worst_sheets_are_ranked_by_gain_over_gray(card: tuple[Path, dict]) -> None:
+    out, data = card
+    for s in data["sets"]:
+        gains = {}
+        for entry in s["per_image"]:
+            gains[entry["name"]] = np.mean([entry[GRAY]["delta_e"] - entry[m]["delta_e"] for m in ("cls", "reg")])
+        best, worst = s["sheets"]["best"]["photos"], s["sheets"]["worst"]["photos"]
+        assert len(best) == len(worst) == 2 and not set(best) & set(worst)
+        ordered = sorted(gains, key=lambda n: -gains[n])
+        assert best == ordered[:2] and worst == ordered[::-1][:2]  # each sheet starts with its extreme
+        for kind in ("best", "worst"):
+            path = out / s["sheets"][kind]["path"]
+            assert path.stat().st_size < scorecard.SHEET_BYTES
+            with Image.open(path) as sheet:
+                assert sheet.format == "JPEG"
+                # gray | cls | reg | truth: four cells and five paddings across, two rows of 48 px under a header.
+                assert sheet.height == 20 + 2 * (48 + 4) + 4 and (sheet.width - 5 * 4) % 4 == 0
+
+
+def test_films_and_black_and_white_sheet(card: tuple[Path, dict]) -> None:
+    out, data = card
+    films = data["films"]
+    (clip,) = films["clips"]
+    assert clip["clip"] == "pan.mkv" and clip["frames"] == 6 and films["frames_per_clip"] == 6
+    assert clip["cuts"] == [4]
+    assert list(clip["rows"]) == [GRAY, "cls", "reg", TRUTH]
+    for key, row in clip["rows"].items():
+        assert row["frames"] == 6 and math.isfinite(row["warping_error"]), key
+    assert clip["rows"][GRAY]["colourfulness"] == 0 and clip["rows"][TRUTH]["colourfulness"] > 10
+    assert films["mean"]["cls"]["psnr"] == pytest.approx(clip["rows"]["cls"]["psnr"])
+    bw = data["bw"]
+    assert bw["films"] == [{"film": "film.mkv", "frames": [1, 4]}]  # the middles of two equal stretches
+    with Image.open(out / bw["sheet"]) as sheet:
+        assert sheet.height == 20 + 2 * (48 + 4) + 4  # two frames; columns: the film, cls, reg (no truth)
+
+
+def test_markdown_and_verdict(card: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, data = card
+    table = (out / "scorecard.md").read_text()
+    for text in ("## Summary", "### tiny_imagenet_val", "### val_split", "gray (ab = 0)", "| truth |",
+                 "### Film clips (1 clips, first 6 frames each", "## Verdict against release 4's targets",
+                 "ImageNet judge not run", "sheets/bsds500_val_worst.jpg", "sheets/bw_films.jpg"):
+        assert text in table, text
+    checks = data["verdict"]["checks"]
+    # Per model: PSNR and colourfulness on five photo sets, and the films' PSNR and warping error.
+    assert sum(1 for c in checks if c["model"] == "cls") == 5 * 2 + 2
+    assert data["verdict"]["not_scored"] == ["ImageNet judge"]
+    # --tables-only rebuilds the same tables from the JSON without scoring anything.
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "scorecard.json").write_text((out / "scorecard.json").read_text())
+    assert scorecard.main(["--tables-only", "--out", str(copy)]) == 0
+    assert (copy / "scorecard.md").read_text() == table
+    capsys.readouterr()
+
+
+def _result(psnr: float, ratio: float, judge: float, film_psnr: float, warping: float) -> dict:
+    """A card's figures, hand-made so each target can be met or missed by a hair."""
+    judge_rows = {GRAY: {"top1": 0.10}, "m": {"top1": 0.10 + judge / 100}, TRUTH: {"top1": 0.2}}
+    rows = {GRAY: {"psnr": 22.0}, "m": {"psnr": 22.0 + psnr, "colourfulness_ratio": ratio}}
+    return {
+        "models": [{"label": "m"}],
+        "sets": [{"name": name, "rows": rows, **({"judge": judge_rows} if name == "tiny_imagenet_val" else {})}
+                 for name in scorecard.DEV_SETS],
+        "films": {"mean": {GRAY: {"psnr": 30.0}, "m": {"psnr": 30.0 + film_psnr, "warping_error": warping},
+                           TRUTH: {"warping_error": 1.0}}},
+    }
+
+
+def test_verdict_thresholds() -> None:
+    passing = verdict(_result(0.5, 0.7, 3.0, -2.5, 1.1))
+    assert passing["misses"] == {"m": 0} and passing["not_scored"] == []
+    assert len(passing["checks"]) == 4 * 2 + 1 + 2
+    assert verdict(_result(0.5, 1.15, 3.0, -2.5, 1.1))["misses"] == {"m": 0}
+    failing = verdict(_result(0.49, 1.16, 2.9, -2.6, 1.11))
+    assert failing["misses"] == {"m": 11} and not any(c["passed"] for c in failing["checks"])
+    assert verdict(_result(1.0, 0.69, 5.0, 0.0, 1.0))["misses"] == {"m": 4}  # too pale on every set
+    nan = verdict(_result(math.nan, 1.0, 5.0, 0.0, 1.0))  # a figure that could not be measured never passes
+    assert nan["misses"] == {"m": 4}
+
+
+def test_cli_picks_sets_limits_photos_and_skips_films(eval_root: Path, tiny_checkpoint: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "card"
+    code = scorecard.main([f"tiny={tiny_checkpoint}", "--eval-root", str(eval_root), "--sets", "bsds500_val",
+                           "--data", f"extra={eval_root / 'scenes_intel_val'}", "--limit", "3", "--no-video",
+                           "--no-bw", "--sheet-count", "1", "--cell-height", "32", "--render-size", "64",
+                           "--engine", "torch", "--out", str(out)])
+    assert code == 0
+    assert "### bsds500_val (3 photos" in capsys.readouterr().out
+    data = json.loads((out / "scorecard.json").read_text())
+    assert [(s["name"], s["images"]) for s in data["sets"]] == [("bsds500_val", 3), ("extra", 3)]
+    assert "films" not in data and "bw" not in data
+    assert data["verdict"]["not_scored"] == ["tiny_imagenet_val", "faces_utk_val", "scenes_intel_val", "films",
+                                             "ImageNet judge"]
+    assert sorted(p.name for p in (out / "sheets").iterdir()) == [
+        "bsds500_val_best.jpg", "bsds500_val_worst.jpg", "extra_best.jpg", "extra_worst.jpg"]
+
+
+def test_one_line_errors(eval_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="unknown dev sets nope"):
+        scorecard.main([str(tiny_checkpoint), "--eval-root", str(eval_root), "--sets", "nope", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="missing_dir/tiny_imagenet_val: not found"):
+        scorecard.main([str(tiny_checkpoint), "--eval-root", str(tmp_path / "missing_dir"), "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="two models labelled tiny"):
+        scorecard.main([str(tiny_checkpoint), str(tiny_checkpoint), "--eval-root", str(eval_root), "--out",
+                        str(tmp_path)])
+    with pytest.raises(ValueError, match="name the baseline rows"):
+        ModelSpec.parse("gray=default")
+    assert ModelSpec.parse("default") == ModelSpec("default", "default")
+    assert ModelSpec.parse("/x/release1.pt") == ModelSpec("release1", "/x/release1.pt")
+    with pytest.raises(ValueError, match="NAME=PATH"):
+        PhotoSet.parse("no-name")
+
+
+def test_judge_sees_the_same_photos_as_the_other_figures(eval_root: Path) -> None:
+    """labels.csv names six photos; the gray one is skipped by evaluation and so by the judge too."""
+    photos = scorecard._labelled(PhotoSet("tiny", str(eval_root / "tiny_imagenet_val")), None)
+    assert [Path(p.name).name for p in photos] == [f"p{i:02d}.png" for i in range(5)]
+    assert [set(p.accepted) for p in photos] == [{1}, {2}, {3}, {1}, {2}]
+    assert all(p.rgb.dtype == np.uint8 and p.rgb.shape == (32, 40, 3) for p in photos)
+    assert len(scorecard._labelled(PhotoSet("tiny", str(eval_root / "tiny_imagenet_val")), 2)) == 2
+
+
+@pytest.mark.skipif(not SHARED_JUDGE.is_dir(), reason="needs ../shared/data/eval/judge's TFLite model (not in CI; "
+                    "no honest stand-in classifier can be generated without TensorFlow)")
+def test_judge_row_with_the_real_judge(eval_root: Path, tiny_checkpoint: Path) -> None:
+    pytest.importorskip("ai_edge_litert", reason="the ImageNet judge needs ai-edge-litert")
+    result = scorecard._judge_set(PhotoSet("tiny_imagenet_val", str(eval_root / "tiny_imagenet_val")),
+                                  [ModelSpec("cls", str(tiny_checkpoint))], SHARED_JUDGE, OPTIONS)
+    assert result["judge_images"] == 5
+    assert list(result["judge"]) == [GRAY, TRUTH, "cls"]
+    for row in result["judge"].values():
+        assert row["images"] == 5 and 0.0 <= row["top1"] <= row["top5"] <= 1.0
