@@ -174,28 +174,6 @@ def test_oversized_input_fails_at_submission(service_env):
 # --- reliability ---------------------------------------------------------------------------------------------
 
 
-def test_killed_worker_mid_film_the_job_completes_on_another(service_env, tmp_path):
-    client, start_worker, s3, _, model = service_env
-    clip = write_clip(tmp_path / "long.mkv", gray_frames(moving_scene(240, 160, 96)), gop=12, bframes=0)
-    put_object(s3, "s3://scans/long.mkv", clip.path.read_bytes())
-    # A short visibility timeout (the task time limits must stay under it) so the lost task comes back quickly.
-    short = {"visibility_timeout_s": 8, "task_time_limit_s": 7, "task_soft_time_limit_s": 6}
-    doomed = start_worker("doomed", **short)
-    job_id, _ = client.submit(spec("s3://scans/long.mkv", "s3://colour/", model, codec="ffv1"))
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while (client.get(job_id).done < 24 or "colorize_segment" not in doomed.text()) and time.monotonic() < deadline:
-        assert doomed.process.poll() is None, doomed.text()[-3000:]
-        time.sleep(0.05)
-    doomed.kill()  # kill -9 in the middle of the film, with a segment in hand
-    assert client.get(job_id).state == "running"
-    start_worker("rescuer", **short)
-    record = wait_for_job(client, job_id, timeout=2 * JOB_TIMEOUT_S)
-    assert record.state == "succeeded", record.error
-    assert keys(s3, "colour") == ["long.mkv"]
-    (tmp_path / "out.mkv").write_bytes(get_object(s3, "s3://colour/long.mkv"))
-    assert probe(tmp_path / "out.mkv").video.frame_count == 240
-
-
 def test_queued_jobs_survive_a_redis_restart(service_env):
     client, start_worker, s3, redis, model = service_env
     put_object(s3, "s3://scans/a.png", gray_png(1))

@@ -31,6 +31,9 @@ KINDS = ("image", "video", "collection")
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED = ("succeeded", "failed", "cancelled")
 KEY_PREFIX = "tinct:"
+# A job's per-piece keys beside its hash: cleared when a failed job is submitted again, expired when it finishes.
+# ``:parts`` (each film segment's staged file), ``:deaths`` and ``:requeued`` belong to worker.liveness.
+PIECE_SUFFIXES = (":done", ":failed", ":files", ":parts", ":deaths", ":requeued")
 
 
 class JobSpecError(PermanentError):
@@ -216,7 +219,7 @@ class JobStore:
                         assert existing is not None
                         return existing, False
                     pipe.multi()
-                    pipe.delete(key, *(self._key(job_id, suffix) for suffix in (":done", ":failed", ":files")))
+                    pipe.delete(key, *(self._key(job_id, suffix) for suffix in PIECE_SUFFIXES))
                     pipe.hset(key, mapping=mapping)
                     pipe.zadd(f"{KEY_PREFIX}jobs", {job_id: now})
                     pipe.execute()
@@ -238,8 +241,35 @@ class JobStore:
         mapping = {name: _encode_value(value) for name, value in changes.items()}
         self.redis.hset(self._key(job_id), mapping=mapping)
         if changes.get("state") in FINISHED:
-            for suffix in ("", ":done", ":failed", ":files"):
-                self.redis.expire(self._key(job_id, suffix), self.ttl_s)
+            self.expire(job_id)
+
+    def expire(self, job_id: str) -> None:
+        """Let a finished job's keys expire after ``ttl_s``."""
+        for suffix in ("", *PIECE_SUFFIXES):
+            self.redis.expire(self._key(job_id, suffix), self.ttl_s)
+
+    def update_unless_finished(self, job_id: str, **changes: Any) -> bool:
+        """:meth:`update` only while the job is not finished (atomic): a late or redelivered task must never turn a
+        succeeded job into a failed one. True if written."""
+        key = self._key(job_id)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    state = pipe.hget(key, "state")
+                    if state is None or state.decode() in FINISHED:
+                        pipe.unwatch()
+                        return False
+                    pipe.multi()
+                    pipe.hset(key, mapping={name: _encode_value(value)
+                                            for name, value in {**changes, "updated": time.time()}.items()})
+                    pipe.execute()
+                    break
+                except WatchError:  # the job changed meanwhile: look at its state again
+                    continue
+        if changes.get("state") in FINISHED:
+            self.expire(job_id)
+        return True
 
     def state(self, job_id: str) -> str | None:
         value = self.redis.hget(self._key(job_id), "state")

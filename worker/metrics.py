@@ -28,6 +28,9 @@ IMAGES = Counter("tinct_images", "Photos colorized")
 FRAMES = Counter("tinct_frames", "Film frames colorized")
 PIECES = Counter("tinct_pieces", "Pieces (photo batches, film segments) finished", ["kind"])
 FAILURES = Counter("tinct_failures", "Failures, by kind: permanent (bad input) or transient (retried)", ["kind"])
+# Pieces put back on their queue by worker.liveness: their worker went silent ("died") or was stopped and gave them
+# back ("handed back"). Counted by the worker that re-queued them.
+REQUEUED = Counter("tinct_pieces_requeued", "Pieces re-queued from a silent or stopping worker", ["reason"])
 STAGE_SECONDS = Histogram(
     "tinct_stage_seconds", "Seconds per piece spent in each stage", ["stage"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900),
@@ -154,13 +157,16 @@ def _text(value: str | bytes) -> str:
 _started = False
 
 
-def serve_metrics(port: int, redis) -> None:
-    """Start the endpoint once per process (idempotent, for the worker's init signal)."""
+def serve_metrics(port: int, redis, collectors: tuple[Collector, ...] = ()) -> None:
+    """Start the endpoint once per process (idempotent, for the worker's init signal), with ``collectors`` beside
+    the queue depths and GPUs (the liveness module's stalled pieces)."""
     global _started
     if _started or not port:
         return
     REGISTRY.register(QueueDepthCollector(redis))
     REGISTRY.register(GpuCollector())
+    for collector in collectors:
+        REGISTRY.register(collector)
     start_http_server(port, addr="0.0.0.0")
     _started = True
     logger.info("metrics on :%d/metrics", port)

@@ -3,6 +3,10 @@
 Transient errors (storage, Redis, network) retry with exponential backoff up to ``TINCT_TASK_RETRIES`` times, then
 fail the job with the last reason; permanent errors fail the job at once and are never retried; the task itself
 then ends normally, so the worker goes on serving. The work is in :mod:`worker.work`.
+
+Liveness (:mod:`worker.liveness`) hangs off Celery's signals here: every worker process starts its heartbeat at
+init, records each task it runs (``task_prerun``/``task_postrun``), hands its piece back when a SIGTERM's grace runs
+out (``worker_shutting_down``), and leaves the set of workers on a clean shutdown.
 """
 
 from __future__ import annotations
@@ -11,12 +15,24 @@ import logging
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import after_setup_logger, after_setup_task_logger, worker_init, worker_process_init, worker_ready
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
-from worker import metrics, work
+from worker import liveness, metrics, work
 from worker.app import app
 from worker.errors import PermanentError, TransientError
 from worker.logs import job_context, use_json_logs
+from worker.segments import Segment
 from worker.settings import GPU_QUEUE, IO_QUEUE
 
 logger = logging.getLogger(__name__)
@@ -34,11 +50,64 @@ def runtime() -> work.Runtime:
 
 @worker_init.connect
 @worker_process_init.connect
-def _start_process(**_: object) -> None:
-    """Connect storage and Redis and start the metrics endpoint once per worker process, before the first task.
-    Models load on the first task that needs them and stay loaded for the process's life."""
+def _start_process(sender: object = None, **_: object) -> None:
+    """Connect storage and Redis, start the heartbeat and the metrics endpoint once per worker process, before the
+    first task. Models load on the first task that needs them and stay loaded for the process's life."""
     rt = runtime()
-    metrics.serve_metrics(rt.settings.metrics_port, rt.redis)
+    # Its own client with timeouts: a beat must fail fast when Redis is away, never hang the liveness thread.
+    beats = redis.Redis.from_url(rt.settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    liveness.start(rt.settings, beats, _publish, node=str(getattr(sender, "hostname", "") or ""))
+    metrics.serve_metrics(rt.settings.metrics_port, rt.redis,
+                          (liveness.StalledCollector(rt.redis, rt.settings.liveness_window_s),))
+
+
+def _publish(name: str, args: list, queue: str) -> None:
+    """How the liveness thread puts a task taken from a silent worker back on its queue."""
+    app.send_task(name, args=args, queue=queue)
+
+
+def _piece(name: str, args: tuple) -> str:
+    """The piece a task works on, as the job store names it."""
+    if name == "tinct.colorize_photos":
+        return str(args[1])
+    if name == "tinct.colorize_segment":
+        return work.segment_piece(Segment(**args[1]))
+    return {"tinct.plan": "plan", "tinct.join_film": "join"}.get(name, name)
+
+
+@task_prerun.connect
+def _hold(task_id: str = "", task: object = None, args: tuple = (), **_: object) -> None:
+    heartbeat = liveness.current()
+    name = str(getattr(task, "name", ""))
+    if heartbeat is None or not name.startswith("tinct."):
+        return
+    request = task.request  # type: ignore[union-attr]
+    queue = (request.delivery_info or {}).get("routing_key") or task.queue  # type: ignore[union-attr]
+    tag = (request.properties or {}).get("delivery_tag")
+    job_id = args[0] if args and isinstance(args[0], str) else ""
+    heartbeat.hold(task_id, name, list(args), queue, job_id, _piece(name, args), str(request.hostname or ""), tag)
+
+
+@task_postrun.connect
+def _release(task_id: str = "", **_: object) -> None:
+    heartbeat = liveness.current()
+    if heartbeat is not None:
+        heartbeat.release(task_id)
+
+
+@worker_shutting_down.connect
+def _grace_on_stop(how: str = "", **_: object) -> None:
+    """SIGTERM (warm shutdown): the piece in hand has stop_grace_s to finish, then it is handed back."""
+    if how == "Warm":
+        liveness.grace_then_hand_back(app.tinct_settings.stop_grace_s)
+
+
+@worker_shutdown.connect
+@worker_process_shutdown.connect
+def _leave(**_: object) -> None:
+    heartbeat = liveness.current()
+    if heartbeat is not None:
+        heartbeat.stop()
 
 
 @worker_ready.connect

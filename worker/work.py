@@ -9,10 +9,16 @@ A job is planned once (``plan_job``), then done in pieces that many workers take
   staging area beside the output; when the last one is done, one ``join_film`` remuxes them with the source's
   audio, subtitles and metadata into the output.
 
-Every step is idempotent, because ``acks_late`` redelivers a task whose worker died: a finished piece is
-recorded in Redis and skipped if it comes again; outputs have deterministic names and appear atomically (S3
-multipart completion, or write-then-rename); the join and the final bookkeeping run once per job (a Redis
-claim). A job's output appears only when all of it is done.
+Every step is idempotent, because a task whose worker died comes again (re-queued by ``worker.liveness`` once the
+worker has been silent for the liveness window, or redelivered by the broker after its visibility timeout): a
+finished piece is recorded in Redis and skipped if it comes again; outputs have deterministic names and appear
+atomically (S3 multipart completion, or write-then-rename). A piece, the join and the job's completion are each
+done under a lease (``worker.liveness.Lease``): a worker that was only paused and comes back after its piece was
+given to another finds the lease gone and discards its result, so a piece is recorded once, the join runs once
+and there is one output. A job's output appears only when all of it is done.
+
+Pieces are bounded (``_segment_frames``, ``_photo_batches``) to about ``piece_target_s`` on the slowest supported
+node, which is what the task time limits are set from (``worker.settings``).
 """
 
 from __future__ import annotations
@@ -32,11 +38,12 @@ import redis
 from models.colorizer import Colorizer
 from models.engines import create_engine
 from models.files import atomic_path
-from worker import metrics
+from worker import liveness, metrics
 from worker.errors import BadInputError, ModelError, PermanentError, TinctError, one_line
 from worker.films import DEFAULT_MAX_FILM_PIXELS, warmup_frames
 from worker.images import DEFAULT_MAX_PIXELS, EXTENSION_FORMATS, read_photo, write_photo
-from worker.jobs import FINISHED, JobRecord, JobSpec, JobStore
+from worker.jobs import FINISHED, KEY_PREFIX, JobRecord, JobSpec, JobStore
+from worker.liveness import Lease, Leases
 from worker.model_store import resolve_model
 from worker.photos import output_suffix
 from worker.pipeline import ColourFrame, colorize_frames
@@ -50,6 +57,8 @@ from worker.video_source import FilmInfo, probe_film
 logger = logging.getLogger(__name__)
 
 STAGING = ".tinct-parts"  # beside a film's output: its encoded segments until the join
+# The fewest bytes a photo file spends per pixel (a strongly compressed JPEG): a batch's input bytes bound its pixels.
+MIN_PHOTO_BYTES_PER_PIXEL = 0.1
 
 
 class Enqueue(Protocol):
@@ -75,6 +84,7 @@ class Runtime:
         self.storage = Storage(settings)
         self.redis = redis.Redis.from_url(settings.redis_url)
         self.store = JobStore(self.redis, settings.job_ttl_s)
+        self.leases = Leases(self.redis, settings)
         self._models: dict[tuple[str, int], _Loaded] = {}
         self._sources: dict[tuple[str, int], str] = {}  # what each load was asked for: a model name, or its path
         # Probing reads every packet of a film: done once per film and process, not once per segment.
@@ -150,9 +160,9 @@ def plan_job(rt: Runtime, job_id: str, enqueue: Enqueue) -> None:
     spec = record.spec
     try:
         if spec.kind == "image":
-            _plan_photos(rt, record, [spec.input], enqueue)
+            _plan_photos(rt, record, [(spec.input, 0)], enqueue)
         elif spec.kind == "collection":
-            inputs = [info.uri for info in rt.storage.list(spec.input) if _is_photo(info.uri)]
+            inputs = [(info.uri, info.size) for info in rt.storage.list(spec.input) if _is_photo(info.uri)]
             if not inputs:
                 raise BadInputError(spec.input, "no photos under this prefix")
             _plan_photos(rt, record, inputs, enqueue)
@@ -162,9 +172,24 @@ def plan_job(rt: Runtime, job_id: str, enqueue: Enqueue) -> None:
         fail_job(rt, job_id, str(exc))
 
 
-def _plan_photos(rt: Runtime, record: JobRecord, inputs: list[str], enqueue: Enqueue) -> None:
-    size = rt.settings.collection_batch
-    batches = [inputs[i : i + size] for i in range(0, len(inputs), size)]
+def _photo_batches(settings: Settings, inputs: list[tuple[str, int]]) -> list[list[str]]:
+    """Photos (URI, bytes) in listing order, cut into batches of at most ``collection_batch`` photos and at most the
+    bytes the slowest node colorizes in ``piece_target_s`` (bytes bound pixels from above: no photo file spends
+    fewer than MIN_PHOTO_BYTES_PER_PIXEL); the same listing always gives the same batches."""
+    budget = settings.piece_target_s * settings.slowest_megapixels_per_s * 1e6 * MIN_PHOTO_BYTES_PER_PIXEL
+    batches: list[list[str]] = []
+    used = 0.0
+    for uri, size in inputs:
+        if not batches or len(batches[-1]) >= settings.collection_batch or (used + size > budget and batches[-1]):
+            batches.append([])
+            used = 0.0
+        batches[-1].append(uri)
+        used += size
+    return batches
+
+
+def _plan_photos(rt: Runtime, record: JobRecord, inputs: list[tuple[str, int]], enqueue: Enqueue) -> None:
+    batches = _photo_batches(rt.settings, inputs)
     if record.state == "queued":
         rt.store.update(record.id, state="running", unit="files", total=len(inputs), done=0, pieces=len(batches),
                         started=time.time())
@@ -180,8 +205,7 @@ def _plan_film(rt: Runtime, record: JobRecord, enqueue: Enqueue) -> None:
     options = _film_options(spec)
     if film.is_colour and not spec.options.recolor:
         raise BadInputError(spec.input, "a colour film; set options.recolor to colorize its lightness anyway")
-    segment_frames = max(1, round(rt.settings.segment_seconds * (film.fps or 24)))
-    segments = plan_segments(film, segment_frames, warmup_frames(options["smoothing"]))
+    segments = plan_segments(film, _segment_frames(rt.settings, film), warmup_frames(options["smoothing"]))
     rt.redis.set(f"tinct:job:{record.id}:segments", json.dumps([s.as_dict() for s in segments]),
                  ex=rt.settings.job_ttl_s)
     if record.state == "queued":
@@ -190,6 +214,15 @@ def _plan_film(rt: Runtime, record: JobRecord, enqueue: Enqueue) -> None:
     for segment in segments:
         if not rt.store.piece_done(record.id, segment_piece(segment)):
             enqueue.segment(record.id, segment.as_dict())
+
+
+def _segment_frames(settings: Settings, film: FilmInfo) -> int:
+    """Frames per segment: ``segment_seconds`` of film, fewer for frames so large that the slowest node would take
+    longer than ``piece_target_s`` (a 4K scan gets segments of a few seconds)."""
+    by_time = round(settings.segment_seconds * (film.fps or 24))
+    by_pixels = int(settings.piece_target_s * settings.slowest_megapixels_per_s * 1e6
+                    / max(1, film.video.width * film.video.height))
+    return max(1, min(by_time, by_pixels))
 
 
 def segment_piece(segment: Segment) -> str:
@@ -210,29 +243,44 @@ def colorize_photos(rt: Runtime, job_id: str, piece: str, inputs: Sequence[str])
         return
     if rt.store.piece_done(job_id, piece):
         # Redelivered after it was done: the worker may have died before the job's last step, so try that again.
-        _finish_piece(rt, job_id, piece, "photos")
+        _after_pieces(rt, job_id, "photos")
         return
-    spec = record.spec
-    loaded = rt.colorizer(spec.options.model, spec.options.render_size)
-    rt.store.update(job_id, model_label=loaded.label)  # which version of a named model made the outputs
-    scratch = rt.scratch(job_id)
-    done = 0
-    for uri in inputs:
-        began = time.perf_counter()
-        try:
-            if rt.store.file_done(job_id, uri):
-                done += 1  # written by an earlier delivery of this piece
-                continue
-            _colorize_one_photo(rt, loaded, uri, photo_output_uri(spec, uri), scratch, spec)
-            rt.store.mark_file_done(job_id, uri)
-            done += 1
-            metrics.IMAGES.inc()
-        except PermanentError as exc:
-            rt.store.mark_piece_failed(job_id, uri, str(exc))
-            metrics.FAILURES.labels("permanent").inc()
-        metrics.STAGE_SECONDS.labels("photo").observe(time.perf_counter() - began)
-    _progress(rt, job_id, rt.store.add_counter(job_id, "done", done))
-    _finish_piece(rt, job_id, piece, "photos")
+    lease = rt.leases.take(job_id, piece)
+    if lease is None:
+        return
+    try:
+        spec = record.spec
+        loaded = rt.colorizer(spec.options.model, spec.options.render_size)
+        liveness.progress()
+        rt.store.update(job_id, model_label=loaded.label)  # which version of a named model made the outputs
+        scratch = rt.scratch(job_id)
+        done = 0
+        for uri in inputs:
+            began = time.perf_counter()
+            try:
+                if rt.store.file_done(job_id, uri):
+                    done += 1  # written by an earlier delivery of this piece
+                    continue
+                if not lease.held():
+                    _discarded(lease)
+                    return
+                _colorize_one_photo(rt, loaded, uri, photo_output_uri(spec, uri), scratch, spec)
+                rt.store.mark_file_done(job_id, uri)
+                done += 1
+                metrics.IMAGES.inc()
+            except PermanentError as exc:
+                rt.store.mark_piece_failed(job_id, uri, str(exc))
+                metrics.FAILURES.labels("permanent").inc()
+            liveness.progress()
+            metrics.STAGE_SECONDS.labels("photo").observe(time.perf_counter() - began)
+        if lease.commit(done) < 0:
+            _discarded(lease)
+            return
+    finally:
+        lease.release()
+    metrics.PIECES.labels("photos").inc()
+    _progress(rt, job_id)
+    _after_pieces(rt, job_id, "photos")
 
 
 def photo_output_uri(spec: JobSpec, input_uri: str) -> str:
@@ -302,41 +350,72 @@ def colorize_segment(rt: Runtime, job_id: str, segment_dict: dict, enqueue: Enqu
     if record is None or record.state in FINISHED:
         return
     if rt.store.piece_done(job_id, piece):
-        if _finish_piece(rt, job_id, piece, "segments", finalize=False):  # see colorize_photos
+        if _after_pieces(rt, job_id, "segments"):  # see colorize_photos
             enqueue.join(job_id)
         return
-    spec = record.spec
+    lease = rt.leases.take(job_id, piece)
+    if lease is None:
+        return
+    try:
+        if not _colorize_segment(rt, record.spec, segment, lease):
+            return
+    finally:
+        lease.release()
+    _progress(rt, job_id)
+    if _after_pieces(rt, job_id, "segments"):
+        enqueue.join(job_id)
+
+
+def _colorize_segment(rt: Runtime, spec: JobSpec, segment: Segment, lease: Lease) -> bool:
+    """Colorize one segment into the staging area and record it; False if the result was discarded."""
+    piece = segment_piece(segment)
     options = _film_options(spec)
     loaded = rt.colorizer(spec.options.model, spec.options.render_size)
+    liveness.progress()
     began = time.perf_counter()
     film = rt.film(spec.input)
     layout = plan_output(film.video, options["encode"])
     suffix = CODECS[options["encode"].codec].segment_suffix
-    local = rt.scratch(job_id) / f"{piece}{suffix}"
+    # Each holder stages its own file, named by its lease: a late result can never overwrite the one recorded.
+    local = rt.scratch(lease.job_id) / f"{piece}.{lease.token.rsplit('|', 1)[1]}{suffix}"
     with atomic_path(local) as tmp, SegmentWriter(tmp, film.video, layout, options["encode"]) as writer:
 
         def sink(frame: ColourFrame) -> None:
             writer.write(frame.pts, frame.luma, frame.cb, frame.cr)
+            liveness.progress()
 
         times = colorize_frames(film, loaded.colorizer, layout, options["smoothing"], sink, segment.start,
                                 segment.stop, segment.warmup)
-    rt.storage.upload(local, join_uri(staging_uri(spec, job_id), local.name))
+    if not lease.held():
+        local.unlink(missing_ok=True)
+        _discarded(lease)
+        return False
+    staged = join_uri(staging_uri(spec, lease.job_id), local.name)
+    rt.storage.upload(local, staged)
     local.unlink(missing_ok=True)
+    # The render size actually used (the model's own when the job named none), for the film's provenance tag.
+    rt.store.update(lease.job_id, model_label=loaded.label, render_size=loaded.colorizer.render_size)
+    if lease.commit(segment.frames, local.name) < 0:
+        rt.storage.delete(staged)
+        _discarded(lease)
+        return False
     metrics.FRAMES.inc(times.frames)
     for stage in ("decode", "network", "smoothing", "colour", "encode"):
         metrics.STAGE_SECONDS.labels(stage).observe(getattr(times, stage))
     metrics.STAGE_SECONDS.labels("segment").observe(time.perf_counter() - began)
-    # The render size actually used (the model's own when the job named none), for the film's provenance tag.
-    rt.store.update(job_id, model_label=loaded.label, render_size=loaded.colorizer.render_size)
-    _progress(rt, job_id, rt.store.add_counter(job_id, "done", segment.frames))
-    if _finish_piece(rt, job_id, piece, "segments", finalize=False):
-        enqueue.join(job_id)
+    metrics.PIECES.labels("segments").inc()
+    return True
 
 
-def _progress(rt: Runtime, job_id: str, done: float) -> None:
+def _discarded(lease: Lease) -> None:
+    logger.warning("%s of job %s was handed to another worker while this one was silent: this result is discarded",
+                   lease.piece, lease.job_id)
+
+
+def _progress(rt: Runtime, job_id: str) -> None:
     """Frames (or files) per second since the job started, and the time left at that rate."""
-    raw = rt.redis.hmget(f"tinct:job:{job_id}", "started", "total")
-    started, total = float(raw[0] or time.time()), float(raw[1] or 0)
+    raw = rt.redis.hmget(f"tinct:job:{job_id}", "started", "total", "done")
+    started, total, done = float(raw[0] or time.time()), float(raw[1] or 0), float(raw[2] or 0)
     elapsed = max(time.time() - started, 1e-6)
     fps = done / elapsed
     eta = (total - done) / fps if fps > 0 and total > done else 0.0
@@ -346,90 +425,122 @@ def _progress(rt: Runtime, job_id: str, done: float) -> None:
 def join_film(rt: Runtime, job_id: str) -> None:
     record = rt.store.get(job_id)
     if record is None or record.state in FINISHED:
+        if record is not None and record.state == "succeeded":
+            # Redelivered because its first joiner died after finishing the job: the staging area may be left.
+            rt.storage.delete_prefix(staging_uri(record.spec, job_id))
         return
-    if not rt.store.claim(job_id, "join", _claim_ttl(rt)):
-        return  # another delivery is joining
+    lease = rt.leases.take(job_id, "join")
+    if lease is None:
+        return  # another worker is joining
     try:
-        spec = record.spec
-        segments = [Segment(**s) for s in json.loads(rt.redis.get(f"tinct:job:{job_id}:segments") or "[]")]
-        options = _film_options(spec)
-        suffix = CODECS[options["encode"].codec].segment_suffix
-        scratch = rt.scratch(job_id)
-        staging = staging_uri(spec, job_id)
-        paths = []
-        for segment in segments:
-            name = f"{segment_piece(segment)}{suffix}"
-            local = scratch / name
-            rt.storage.download(join_uri(staging, name), local)
-            paths.append(local)
-        film = rt.film(spec.input)
-        output = film_output_uri(spec)
-        final = scratch / f"output{PurePosixPath(parse_uri(output)[2]).suffix}"
-        label, used_size = rt.redis.hmget(f"tinct:job:{job_id}", "model_label", "render_size")
-        label = (label or b"").decode() or spec.options.model
-        render_size = int(used_size) if used_size else spec.options.render_size
-        provenance = {"model": label, "render_size": render_size, "smoothing": spec.options.smoothing,
-                      **options["encode"].describe(), "job": job_id}
-        join_segments(film, paths, final, provenance)
-        info = rt.storage.upload(final, output)
+        _join(rt, record, lease)
+    finally:
+        lease.release()
+
+
+def _join(rt: Runtime, record: JobRecord, lease: Lease) -> None:
+    job_id, spec = record.id, record.spec
+    segments = [Segment(**s) for s in json.loads(rt.redis.get(f"tinct:job:{job_id}:segments") or "[]")]
+    options = _film_options(spec)
+    suffix = CODECS[options["encode"].codec].segment_suffix
+    scratch = rt.scratch(job_id)
+    staging = staging_uri(spec, job_id)
+    parts = {k.decode(): v.decode() for k, v in rt.redis.hgetall(f"{KEY_PREFIX}job:{job_id}:parts").items()}
+    logger.info("joining %d segments of job %s", len(segments), job_id)
+    paths = []
+    for segment in segments:
+        # The file its lease holder recorded (a plain name: a piece recorded by a worker of an older release).
+        name = parts.get(segment_piece(segment)) or f"{segment_piece(segment)}{suffix}"
+        local = scratch / name
+        rt.storage.download(join_uri(staging, name), local)
+        liveness.progress()
+        paths.append(local)
+    film = rt.film(spec.input)
+    output = film_output_uri(spec)
+    final = scratch / f"output{PurePosixPath(parse_uri(output)[2]).suffix}"
+    label, used_size = rt.redis.hmget(f"tinct:job:{job_id}", "model_label", "render_size")
+    label = (label or b"").decode() or spec.options.model
+    render_size = int(used_size) if used_size else spec.options.render_size
+    provenance = {"model": label, "render_size": render_size, "smoothing": spec.options.smoothing,
+                  **options["encode"].describe(), "job": job_id}
+    join_segments(film, paths, final, provenance)
+    if not lease.held():
+        _discarded(lease)
+        return
+    info = rt.storage.upload(final, output)
+    if finish_job(rt, job_id, [output], {"frames": film.frames, "output_size": info.size}, lease=lease):
         rt.storage.delete_prefix(staging)
-        shutil.rmtree(scratch, ignore_errors=True)
-        finish_job(rt, job_id, [output], {"frames": film.frames, "output_size": info.size})
-    except BaseException:
-        rt.store.release(job_id, "join")
-        raise
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 # --- bookkeeping -------------------------------------------------------------------------------------------
 
 
-def _claim_ttl(rt: Runtime) -> int:
-    """A claim lasts as long as a task can be in flight: if its holder dies, the redelivered task (which comes
-    only after the visibility timeout) can take the claim again instead of finding the job stuck."""
-    return rt.settings.visibility_timeout_s
-
-
-def _finish_piece(rt: Runtime, job_id: str, piece: str, kind: str, finalize: bool = True) -> bool:
-    """Record a piece; True (once per job) when it was the last one."""
-    count = rt.store.mark_piece_done(job_id, piece)
-    metrics.PIECES.labels(kind).inc()
-    total = int(float(rt.redis.hget(f"tinct:job:{job_id}", "pieces") or 0))
-    if count < total or not rt.store.claim(job_id, "last-piece", _claim_ttl(rt)):
+def _after_pieces(rt: Runtime, job_id: str, kind: str) -> bool:
+    """After a piece was recorded (or found recorded): once every piece is done and the job still runs, finish a
+    photo job, or say (True) that a film's join is due. May run more than once per job (a piece redelivered after
+    its worker died past this point): finishing is under a lease and only while the job runs, and the join's own
+    lease makes a second join task return at once."""
+    raw = rt.redis.hmget(f"{KEY_PREFIX}job:{job_id}", "pieces", "state")
+    total, state = int(float(raw[0] or 0)), (raw[1] or b"").decode()
+    if state in FINISHED or rt.store.pieces_done(job_id) < total:
         return False
-    if finalize:
-        finish_job(rt, job_id)
-    return True
+    if kind == "segments":
+        return True
+    lease = rt.leases.take(job_id, "finish")
+    if lease is not None:
+        try:
+            finish_job(rt, job_id, lease=lease)
+        finally:
+            lease.release()
+    return False
 
 
-def finish_job(rt: Runtime, job_id: str, outputs: list[str] | None = None, job_metrics: dict | None = None) -> None:
+def finish_job(rt: Runtime, job_id: str, outputs: list[str] | None = None, job_metrics: dict | None = None,
+               lease: Lease | None = None) -> bool:
     """Mark the job succeeded with its outputs (a photo's output, a collection's output prefix — listing 50,000
-    URIs in the job state helps nobody — or the film's, given by the join), or failed if its only file failed."""
+    URIs in the job state helps nobody — or the film's, given by the join), or failed if its only file failed.
+    With a ``lease``, only while it is still held; never for a job that has finished. True if this call finished it.
+    """
     record = rt.store.get(job_id)
     if record is None:
-        return
+        return False
     if outputs is None:
         spec = record.spec
         outputs = [spec.output] if spec.kind == "collection" else [photo_output_uri(spec, spec.input)]
     job_metrics = job_metrics if job_metrics is not None else {"files": record.done}
     failed = record.failed_pieces
     if failed and record.spec.kind != "collection":
-        fail_job(rt, job_id, next(iter(failed.values())))
-        return
+        return fail_job(rt, job_id, next(iter(failed.values())))
     error = f"{len(failed)} of {record.total} files failed (see failed_pieces)" if failed else ""
     started, label = rt.redis.hmget(f"tinct:job:{job_id}", "started", "model_label")
     job_metrics = dict(job_metrics, seconds=round(time.time() - float(started or time.time()), 3))
     if label:  # the checkpoint's label (architecture@weights hash): a named model can be published again
         job_metrics["model"] = label.decode()
-    rt.store.update(job_id, state="succeeded", outputs=outputs, metrics=job_metrics, error=error, eta_s=0.0)
+    changes = {"state": "succeeded", "outputs": outputs, "metrics": job_metrics, "error": error, "eta_s": 0.0}
+    if lease is not None:
+        encoded = {name: json.dumps(value) if isinstance(value, list | dict) else str(value)
+                   for name, value in {**changes, "updated": time.time()}.items()}
+        if not lease.update_job(encoded):
+            _discarded(lease)
+            return False
+        rt.store.expire(job_id)
+    elif not rt.store.update_unless_finished(job_id, **changes):
+        return False
     metrics.JOBS.labels("succeeded").inc()
     logger.info("job %s succeeded: %s", job_id, ", ".join(outputs))
+    return True
 
 
-def fail_job(rt: Runtime, job_id: str, reason: str) -> None:
-    rt.store.update(job_id, state="failed", error=one_line(reason))
+def fail_job(rt: Runtime, job_id: str, reason: str) -> bool:
+    """Fail a running job with a one-line reason; a job that has already finished is left as it is (a late task's
+    error must not undo a success). True if this call failed it."""
+    if not rt.store.update_unless_finished(job_id, state="failed", error=one_line(reason)):
+        return False
     metrics.JOBS.labels("failed").inc()
     metrics.FAILURES.labels("permanent").inc()
     logger.warning("job %s failed: %s", job_id, one_line(reason))
+    return True
 
 
 def describe_error(exc: BaseException) -> str:

@@ -1,0 +1,392 @@
+"""Lost workers cost seconds: a real redis-server, moto's S3 over HTTP and real ``tinct worker`` subprocesses, with the
+DEFAULT visibility timeout, time limits and liveness window (worker.settings). Workers are SIGKILLed (an OOM kill, a
+lost node), SIGTERMed (a scale-down), SIGSTOPped (a long pause or a partition); Redis is restarted from its AOF; a
+poison piece kills every worker that takes it. Each test checks the whole job: one output, every frame, no leftovers.
+
+The tests play the kernel's part where a real one cannot be staged: the poison test's "input that exhausts memory" is
+the test SIGKILLing whichever worker takes that piece, as an OOM killer would.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import re
+import signal
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.media import gray_frames, moving_scene, probe, write_clip
+from tests.services import (  # noqa: F401 - the fixtures are used by name
+    RedisServer,
+    S3Server,
+    WorkerProcess,
+    env_for_workers,
+    get_object,
+    put_object,
+    redis_server,
+    s3_server,
+    s3_settings,
+    wait_for_job,
+)
+from worker import liveness
+from worker.jobs import JobSpec
+from worker.service import Service
+from worker.settings import Settings
+
+DEFAULTS = Settings()
+WINDOW_S = DEFAULTS.liveness_window_s
+RECOVERY_TARGET_S = 45.0  # from SIGKILL to the lost piece running on another worker (issue 15)
+
+
+@dataclass
+class Env:
+    client: Service
+    start_worker: Callable[..., WorkerProcess]
+    s3: S3Server
+    redis: RedisServer
+    model: Path
+    tmp: Path
+
+    def held(self, job_id: str | None = None) -> list[liveness.HeldPiece]:
+        return liveness.held_pieces(self.client.redis, WINDOW_S, job_id)
+
+    def done(self, job_id: str, piece: str) -> bool:
+        return self.client.store.piece_done(job_id, piece)
+
+    def spec(self, source: str, output: str, **options: object) -> JobSpec:
+        return JobSpec.from_dict({"input": source, "output": output,
+                                  "options": {"model": str(self.model), "render_size": 64, **options}})
+
+
+@pytest.fixture
+def env(tmp_path, redis_server, s3_server, tiny_checkpoint) -> Iterator[Env]:  # noqa: F811
+    s3_server.make_bucket("scans")
+    s3_server.make_bucket("colour")
+    workers: list[WorkerProcess] = []
+
+    def start_worker(name: str, **settings: object) -> WorkerProcess:
+        # Piece sizes suit tiny generated media; the visibility timeout, time limits and liveness stay the defaults.
+        values = {"engine": "torch", "device": "cpu", "render_size": 64, "segment_seconds": 1.0,
+                  "collection_batch": 2, "retry_backoff_s": 0.5, "s3_max_attempts": 2}
+        values.update(settings)
+        environment = env_for_workers(redis_server, s3_server, work_dir=tmp_path / f"work-{name}", base=os.environ,
+                                      **values)
+        environment["OMP_NUM_THREADS"] = "1"
+        worker = WorkerProcess(name, environment, tmp_path / f"{name}.log")
+        workers.append(worker)
+        return worker
+
+    client = Service(s3_settings(s3_server, redis_url=redis_server.url))
+    yield Env(client, start_worker, s3_server, redis_server, tiny_checkpoint, tmp_path)
+    for worker in workers:  # killed, not stopped: a busy worker's stop would wait out its grace period
+        if worker.process.poll() is None:
+            os.killpg(worker.process.pid, signal.SIGCONT)
+            worker.kill()
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str, poll: float = 0.1) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"not within {timeout:.0f} s: {what}")
+
+
+def owns(worker: WorkerProcess, piece: liveness.HeldPiece) -> bool:
+    return piece.worker.rsplit(":", 1)[-1] == str(worker.process.pid)
+
+
+def holding(env: Env, worker: WorkerProcess, job_id: str, task: str = "tinct.colorize_segment"
+            ) -> liveness.HeldPiece | None:
+    """The piece ``worker`` holds for ``job_id`` (a task of kind ``task``), if any."""
+    for piece in env.held(job_id):
+        if owns(worker, piece) and piece.task == task:
+            return piece
+    return None
+
+
+def mid_piece(env: Env, worker: WorkerProcess, job_id: str) -> liveness.HeldPiece | None:
+    """The segment ``worker`` is in the middle of: its model loaded, the segment held for a while and not done."""
+    piece = holding(env, worker, job_id) if "loaded on" in worker.text() else None
+    if piece is None:
+        return None
+    time.sleep(0.3)
+    again = holding(env, worker, job_id)
+    return piece if again is not None and again.piece == piece.piece and not env.done(job_id, piece.piece) else None
+
+
+def ready(*workers: WorkerProcess) -> None:
+    """Wait until every worker consumes its queues (so that the pieces spread over all of them)."""
+    for worker in workers:
+        wait_until(lambda w=worker: " ready." in w.text(), 120, f"{worker.name} ready: {worker.log_tail()}", 0.2)
+
+
+def joins(workers: list[WorkerProcess], job_id: str) -> int:
+    return sum(len(re.findall(rf"joining \d+ segments of job {job_id}", w.text())) for w in workers)
+
+
+def rerun_elsewhere(env: Env, job_id: str, piece: str, dead: WorkerProcess) -> bool:
+    """The piece is running on another worker (or already done there)."""
+    return env.done(job_id, piece) or any(p.piece == piece and not owns(dead, p) for p in env.held(job_id))
+
+
+def keys(s3: S3Server, bucket: str) -> list[str]:
+    listing = s3.client().list_objects_v2(Bucket=bucket)
+    return sorted(item["Key"] for item in listing.get("Contents", []))
+
+
+def put_film(env: Env, name: str, frames: int, width: int = 160, height: int = 96, seed: int = 0):
+    clip = write_clip(env.tmp / name, gray_frames(moving_scene(frames, width, height, seed=seed)), gop=12,
+                      bframes=0, audio="flac")
+    put_object(env.s3, f"s3://scans/{name}", clip.path.read_bytes())
+    return clip
+
+
+def check_film(env: Env, clip, output: str) -> None:
+    """Every frame at its source timestamp, the audio bit-exact."""
+    local = env.tmp / f"out-{Path(output).name}"
+    local.write_bytes(get_object(env.s3, output))
+    out = probe(local)
+    assert out.video.frame_count == clip.probe.video.frame_count and out.video.pts == clip.probe.video.pts
+    assert [s.payload_sha256 for s in out.of_type("audio")] == [s.payload_sha256 for s in clip.probe.of_type("audio")]
+
+
+def gray_png(seed: int) -> bytes:
+    frame = next(gray_frames(moving_scene(1, 96, 64, seed=seed)))
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def requeued(env: Env, job_id: str) -> list[dict]:
+    return liveness.requeue_events(env.client.redis, job_id)
+
+
+# --- SIGKILL -------------------------------------------------------------------------------------------------
+
+
+def test_sigkill_mid_segment_and_while_loading_the_model_the_film_completes_on_the_survivor(env):
+    clip = put_film(env, "reel.mkv", 240)  # 10 s with audio: 10 segments of 1 s
+    survivor = env.start_worker("survivor")
+    doomed = env.start_worker("doomed")
+    # ONNX Runtime with an empty cache exports the model on its first task: seconds of loading to be killed in.
+    loader = env.start_worker("loader", engine="onnxruntime", cache_dir=env.tmp / "cold-cache")
+    ready(survivor, doomed, loader)
+    job_id, _ = env.client.submit(env.spec("s3://scans/reel.mkv", "s3://colour/films/", codec="ffv1"))
+
+    in_load = wait_until(lambda: holding(env, loader, job_id), 120, f"loader takes a segment: {loader.log_tail()}")
+    assert "loaded on" not in loader.text()
+    loader.kill()
+    loader_killed = time.monotonic()
+    in_segment = wait_until(lambda: mid_piece(env, doomed, job_id), 120, f"doomed mid-segment: {doomed.log_tail()}")
+    doomed.kill()
+    doomed_killed = time.monotonic()
+
+    wait_until(lambda: rerun_elsewhere(env, job_id, in_load.piece, loader), RECOVERY_TARGET_S, "loader's piece rerun")
+    loader_recovery = time.monotonic() - loader_killed
+    wait_until(lambda: rerun_elsewhere(env, job_id, in_segment.piece, doomed), RECOVERY_TARGET_S,
+               "doomed's piece rerun")
+    doomed_recovery = time.monotonic() - doomed_killed
+    print(f"SIGKILL to rerun: while loading {loader_recovery:.1f} s, mid-segment {doomed_recovery:.1f} s")
+
+    record = wait_for_job(env.client, job_id, timeout=180)
+    assert record.state == "succeeded", record.error
+    assert record.outputs == ["s3://colour/films/reel.mkv"] and record.done == 240
+    assert keys(env.s3, "colour") == ["films/reel.mkv"]  # one output; the staging area is gone
+    check_film(env, clip, "s3://colour/films/reel.mkv")
+    events = requeued(env, job_id)
+    assert {(e["piece"], e["reason"], e["outcome"]) for e in events} >= {
+        (in_load.piece, "died", "requeued"), (in_segment.piece, "died", "requeued")}
+    assert "loaded on" not in loader.text()  # it really died while loading
+    assert "discarded" not in survivor.text() and joins([survivor], job_id) == 1
+
+
+# --- SIGTERM -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("grace", ["finishes", "hands back"])
+def test_sigterm_mid_piece_finishes_within_the_grace_or_hands_the_piece_back(env, grace):
+    clip = put_film(env, "term.mkv", 144)
+    other = env.start_worker("other")
+    # The default grace (30 s) covers a test segment; a grace of 0 hands the piece back at once.
+    settings = {} if grace == "finishes" else {"stop_grace_s": 0}
+    stopping = env.start_worker("stopping", **settings)
+    ready(other, stopping)
+    job_id, _ = env.client.submit(env.spec("s3://scans/term.mkv", "s3://colour/", codec="ffv1"))
+    piece = wait_until(lambda: mid_piece(env, stopping, job_id), 120, f"stopping mid-segment: {stopping.log_tail()}")
+    os.kill(stopping.process.pid, signal.SIGTERM)
+    stopped = time.monotonic()
+    stopping.process.wait(timeout=DEFAULTS.stop_grace_s + 15)
+    exited = time.monotonic() - stopped
+    wait_until(lambda: rerun_elsewhere(env, job_id, piece.piece, stopping) or env.done(job_id, piece.piece), 15,
+               "the stopped worker's piece done or running elsewhere")
+    elsewhere = time.monotonic() - stopped
+    record = wait_for_job(env.client, job_id)
+    assert record.state == "succeeded", record.error
+    assert keys(env.s3, "colour") == ["term.mkv"]
+    check_film(env, clip, "s3://colour/term.mkv")
+    events = requeued(env, job_id)
+    assert all(event["reason"] != "died" for event in events)  # nothing waited for the liveness window
+    assert env.client.redis.zscore(liveness.WORKERS_KEY, piece.worker) is None  # it left the set of workers
+    if grace == "finishes":
+        assert exited < DEFAULTS.stop_grace_s
+        assert events == [] and "handed back" not in stopping.text()
+    else:
+        assert exited < 10 and elsewhere < 15, (exited, elsewhere)
+        assert [(e["piece"], e["reason"], e["outcome"]) for e in events] == [(piece.piece, "handed back", "requeued")]
+        assert "handed back" in stopping.text()
+        assert "tinct.colorize_segment" in other.text()
+
+
+# --- SIGSTOP -------------------------------------------------------------------------------------------------
+
+
+def test_sigstop_beyond_the_window_then_sigcont_discards_the_late_result(env):
+    clip = put_film(env, "pause.mkv", 192)
+    steady = env.start_worker("steady")
+    paused = env.start_worker("paused")
+    ready(steady, paused)
+    job_id, _ = env.client.submit(env.spec("s3://scans/pause.mkv", "s3://colour/", codec="ffv1"))
+    piece = wait_until(lambda: mid_piece(env, paused, job_id), 120, f"paused mid-segment: {paused.log_tail()}")
+    os.killpg(paused.process.pid, signal.SIGSTOP)
+    wait_until(lambda: env.done(job_id, piece.piece), RECOVERY_TARGET_S + 30, "the paused worker's piece redone")
+    record = wait_for_job(env.client, job_id)
+    os.killpg(paused.process.pid, signal.SIGCONT)
+    wait_until(lambda: "this result is discarded" in paused.text(), 60, f"late result discarded: {paused.log_tail()}")
+    assert record.state == "succeeded", record.error
+    assert keys(env.s3, "colour") == ["pause.mkv"]  # one output, and the late worker staged nothing that stayed
+    check_film(env, clip, "s3://colour/pause.mkv")
+    assert joins([steady, paused], job_id) == 1
+    assert "was silent for longer than" in paused.text()
+    assert wait_for_job(env.client, job_id).metrics == record.metrics  # the late worker changed nothing
+    time.sleep(2)
+    assert keys(env.s3, "colour") == ["pause.mkv"]
+
+
+# --- Redis restarted during a recovery -----------------------------------------------------------------------
+
+
+def test_redis_restarted_from_its_aof_while_a_dead_workers_piece_is_recovered(env):
+    clip = put_film(env, "restart.mkv", 192)
+    survivor = env.start_worker("survivor")
+    doomed = env.start_worker("doomed")
+    ready(survivor, doomed)
+    job_id, _ = env.client.submit(env.spec("s3://scans/restart.mkv", "s3://colour/", codec="ffv1"))
+    piece = wait_until(lambda: mid_piece(env, doomed, job_id), 120, f"doomed mid-segment: {doomed.log_tail()}")
+    doomed.kill()
+    killed = time.monotonic()
+    time.sleep(WINDOW_S / 2)  # the survivor is counting the silence
+    env.redis.stop()  # SHUTDOWN: the AOF holds the dead worker's records, its lease and the queue
+    time.sleep(2)
+    env.redis.start()
+    wait_until(lambda: rerun_elsewhere(env, job_id, piece.piece, doomed), RECOVERY_TARGET_S, "piece rerun", poll=0.2)
+    print(f"SIGKILL to rerun across a Redis restart: {time.monotonic() - killed:.1f} s")
+    record = wait_for_job(env.client, job_id, timeout=180)
+    assert record.state == "succeeded", f"{record.error}\n{survivor.log_tail(30)}"
+    assert keys(env.s3, "colour") == ["restart.mkv"]
+    check_film(env, clip, "s3://colour/restart.mkv")
+
+
+# --- poison --------------------------------------------------------------------------------------------------
+
+
+def test_a_poison_piece_fails_its_job_after_n_deaths_and_other_jobs_succeed(env):
+    put_object(env.s3, "s3://scans/poison.png", gray_png(0))
+    for i in range(4):
+        put_object(env.s3, f"s3://scans/box/p{i}.png", gray_png(i + 1))
+    workers = [env.start_worker("a"), env.start_worker("b")]
+    ready(*workers)
+    good, _ = env.client.submit(env.spec("s3://scans/box/", "s3://colour/box/"))
+    poison, _ = env.client.submit(env.spec("s3://scans/poison.png", "s3://colour/"))
+    kills = 0
+    deadline = time.monotonic() + (DEFAULTS.max_piece_deaths + 1) * (RECOVERY_TARGET_S + 15)
+    while env.client.get(poison).state not in ("failed", "succeeded") and time.monotonic() < deadline:
+        for index, worker in enumerate(workers):
+            if holding(env, worker, poison, task="tinct.colorize_photos"):
+                worker.kill()  # what the OOM killer does to every worker that takes this input
+                kills += 1
+                workers[index] = env.start_worker(f"{'ab'[index]}{kills}")  # and the orchestrator restarts it
+        time.sleep(0.1)
+    record = wait_for_job(env.client, poison, timeout=30)
+    assert record.state == "failed" and kills == DEFAULTS.max_piece_deaths
+    assert f"died {DEFAULTS.max_piece_deaths} times in a row" in record.error and "photos-000000" in record.error
+    assert [e["outcome"] for e in reversed(requeued(env, poison))] == ["requeued", "requeued", "failed"]
+    assert wait_for_job(env.client, good).state == "succeeded"
+    put_object(env.s3, "s3://scans/after.png", gray_png(9))
+    after, _ = env.client.submit(env.spec("s3://scans/after.png", "s3://colour/"))
+    assert wait_for_job(env.client, after).state == "succeeded"  # the workers go on serving
+    assert keys(env.s3, "colour") == ["after.png", *(f"box/p{i}.png" for i in range(4))]
+
+
+# --- soak ----------------------------------------------------------------------------------------------------
+
+
+def test_soak_random_kills_lose_and_duplicate_nothing(env):
+    """Three workers, two dozen mixed jobs, a worker SIGKILLed every few seconds for a minute (and restarted, as an
+    orchestrator would): every job succeeds with exactly its outputs; each kill's lost pieces run elsewhere in time."""
+    rng = random.Random(15)
+    expected: set[str] = set()
+    jobs = []
+    for i in range(12):
+        put_object(env.s3, f"s3://scans/photo{i}.png", gray_png(i))
+        jobs.append(env.spec(f"s3://scans/photo{i}.png", "s3://colour/"))
+        expected.add(f"photo{i}.png")
+    for c in range(6):
+        for i in range(3):
+            put_object(env.s3, f"s3://scans/box{c}/p{i}.png", gray_png(100 + 3 * c + i))
+            expected.add(f"box{c}/p{i}.png")
+        jobs.append(env.spec(f"s3://scans/box{c}/", f"s3://colour/box{c}/"))
+    for f in range(6):
+        put_film(env, f"film{f}.mkv", 72, seed=f)
+        jobs.append(env.spec(f"s3://scans/film{f}.mkv", "s3://colour/films/", codec="ffv1"))
+        expected.add(f"films/film{f}.mkv")
+    workers = [env.start_worker(f"w{i}") for i in range(3)]
+    ready(*workers)
+    job_ids = [env.client.submit(job)[0] for job in jobs]
+
+    pending: list[tuple[float, str, str, WorkerProcess]] = []  # (killed at, job, piece, dead worker)
+    recoveries: list[float] = []
+    kills = 0
+    soak_end = time.monotonic() + 60
+    next_kill = time.monotonic() + 8
+    while time.monotonic() < soak_end or pending:
+        now = time.monotonic()
+        if now >= next_kill and now < soak_end:
+            busy = [w for w in workers if any(owns(w, p) for p in env.held())]
+            victim = rng.choice(busy or workers)
+            held = [p for p in env.held() if owns(victim, p)]
+            victim.kill()
+            kills += 1
+            pending += [(now, p.job_id, p.piece, victim) for p in held]
+            workers[workers.index(victim)] = env.start_worker(f"w{kills + 2}")
+            next_kill = now + rng.uniform(5, 9)
+        for entry in list(pending):
+            killed_at, job_id, piece, dead = entry
+            if env.client.store.state(job_id) in ("succeeded", "failed") or rerun_elsewhere(env, job_id, piece, dead):
+                recoveries.append(time.monotonic() - killed_at)
+                pending.remove(entry)
+            elif time.monotonic() - killed_at > 2 * RECOVERY_TARGET_S:
+                raise AssertionError(f"{piece} of job {job_id} not rerun {2 * RECOVERY_TARGET_S:.0f} s after the kill")
+        time.sleep(0.2)
+    records = [wait_for_job(env.client, job_id, timeout=240) for job_id in job_ids]
+    assert [r.state for r in records] == ["succeeded"] * len(records), [r.error for r in records if r.error]
+    assert set(keys(env.s3, "colour")) == expected and len(keys(env.s3, "colour")) == len(expected)
+    report: dict[str, object] = {"kills": kills, "pieces_lost": len(recoveries),
+                                 "kill_to_rerun_s": sorted(round(r, 1) for r in recoveries)}
+    if recoveries:
+        report |= {"median_s": round(statistics.median(recoveries), 1), "worst_s": round(max(recoveries), 1)}
+    (env.tmp / "soak.json").write_text(json.dumps(report))
+    print(f"soak: {json.dumps(report)}")
+    assert kills >= 6 and recoveries
+    assert max(recoveries) <= RECOVERY_TARGET_S and statistics.median(recoveries) <= RECOVERY_TARGET_S

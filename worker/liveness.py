@@ -1,0 +1,588 @@
+"""Liveness: every worker process proves it is alive to Redis, says which pieces it holds, and puts the pieces of a
+worker that fell silent back on their queues; leases make sure a piece's result is kept once.
+
+Why not the broker's visibility timeout: an unacknowledged Celery task comes back only when that timeout expires
+(an hour by default, because it must outlast the longest healthy task), so a worker lost to an OOM kill, a
+reclaimed spot node or ``kill -9`` would stall its film for up to an hour. The timeout stays as the last line of
+defence; this module is the recovery.
+
+Keys (all values plain strings or JSON; times are Redis server time, so clocks of different nodes never matter):
+
+* ``tinct:workers`` (sorted set): worker id -> time of its last heartbeat. A worker id is ``host:pid``.
+* ``tinct:worker:<id>:held`` (hash): ``<task id>|<job id>|<piece>`` -> the task (name, arguments, queue, delivery
+  tag, node, seconds since it last made progress), written when the task starts and refreshed by every heartbeat.
+* ``tinct:worker:<id>:leases`` (set): the lease keys it took, so a recovery can release exactly those.
+* ``tinct:job:<job>:lease:<piece>``: the one holder allowed to record the piece's result (``<worker id>|<nonce>``).
+* ``tinct:requeue`` (hash): tasks taken from a silent worker, waiting to be published again (at least once).
+* ``tinct:job:<job>:deaths`` (hash): piece -> workers that died holding it in a row; ``:requeued`` (list): events.
+
+How a recovery stays race-free and idempotent: a heartbeat thread in every worker process (:class:`Heartbeat`)
+beats every ``heartbeat_interval_s`` and, once it has itself been beating for a whole liveness window (so that a
+Redis restart, after which every beat looks old, never makes it reap live workers), looks for workers silent for
+longer than ``liveness_window_s``. One Lua script per silent worker checks the silence again, removes the worker,
+releases its leases, counts a death for each piece it held and moves its tasks into ``tinct:requeue``, all
+atomically, so exactly one of the racing reapers gets them. Publishing from ``tinct:requeue`` happens after, at
+least once: a task published twice finds its piece done or leased and returns. A worker that was only paused and
+comes back finds its lease gone; :class:`Lease` checks before a result is uploaded and again, atomically, when it
+is recorded, so the late result is discarded and the job's join and completion happen once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from worker import metrics
+from worker.errors import one_line
+from worker.jobs import FINISHED, KEY_PREFIX, JobStore
+from worker.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+WORKERS_KEY = f"{KEY_PREFIX}workers"
+REQUEUE_KEY = f"{KEY_PREFIX}requeue"
+# kombu's Redis transport: delivered, unacknowledged messages and their delivery times (see worker.top).
+UNACKED_KEY, UNACKED_INDEX_KEY = "unacked", "unacked_index"
+EVENTS_KEPT = 50  # re-queue events kept per job for ``tinct status``
+
+Publish = Callable[[str, list, str], None]  # task name, arguments, queue
+
+
+def process_id() -> str:
+    """This process's worker id: unique per host and process, stable for the process's life."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _worker_key(worker: str, suffix: str = "") -> str:
+    return f"{KEY_PREFIX}worker:{worker}{suffix}"
+
+
+def lease_key(job_id: str, piece: str) -> str:
+    return f"{KEY_PREFIX}job:{job_id}:lease:{piece}"
+
+
+# --- Lua: each runs atomically in Redis ---------------------------------------------------------------------
+
+_NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1e6\n"
+
+# KEYS: workers, worker hash, held, leases, reaped marker. ARGV: worker id, node, then held field/value pairs.
+# Returns {reaped (0/1), now}. A worker that was reaped while it was silent learns it here, and does not write its
+# stale held pieces back: they are already on their way to other workers.
+_BEAT = _NOW + """
+local reaped = redis.call('DEL', KEYS[5])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('HSET', KEYS[2], 'node', ARGV[2], 'beat', tostring(now))
+if reaped == 0 then
+  for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
+end
+return {reaped, tostring(now)}
+"""
+
+# KEYS: workers, requeue, worker hash, held, leases, reaped marker. ARGV: worker id, window (0: no silence check,
+# a worker handing its own pieces back), reason, job key prefix. Returns {0} when the worker is not silent (or
+# another reaper was first), else {1, the requeue entries made...}.
+_REAP = _NOW + """
+local worker = ARGV[1]
+if tonumber(ARGV[2]) > 0 then
+  local beat = redis.call('ZSCORE', KEYS[1], worker)
+  if not beat or now - tonumber(beat) < tonumber(ARGV[2]) then return {0} end
+  redis.call('SET', KEYS[6], '1', 'EX', 86400)
+end
+redis.call('ZREM', KEYS[1], worker)
+for _, key in ipairs(redis.call('SMEMBERS', KEYS[5])) do
+  local holder = redis.call('GET', key)
+  if holder and string.sub(holder, 1, #worker + 1) == worker .. '|' then redis.call('DEL', key) end
+end
+local held = redis.call('HGETALL', KEYS[4])
+local made = {1}
+for i = 1, #held, 2 do
+  local job, piece = string.match(held[i], '^[^|]*|([^|]*)|(.*)$')
+  local deaths = 0
+  if ARGV[3] == 'died' and job and job ~= '' then
+    deaths = redis.call('HINCRBY', ARGV[4] .. job .. ':deaths', piece, 1)
+  end
+  local entry = deaths .. '|' .. ARGV[3] .. '|' .. tostring(now) .. '|' .. held[i + 1]
+  redis.call('HSET', KEYS[2], worker .. '|' .. held[i], entry)
+  table.insert(made, entry)
+end
+redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
+return made
+"""
+
+# KEYS: lease, workers, the taker's leases set. ARGV: token, window, ttl (ms). Returns nil when taken, else the
+# token of a holder still alive (it beat within the window); a dead or unknown holder's lease is taken over.
+_TAKE = """
+local current = redis.call('GET', KEYS[1])
+if current and current ~= ARGV[1] then
+  local other = string.match(current, '^(.*)|')
+  local beat = other and redis.call('ZSCORE', KEYS[2], other)
+  if beat then
+    """ + _NOW + """
+    if now - tonumber(beat) < tonumber(ARGV[2]) then return current end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+redis.call('SADD', KEYS[3], KEYS[1])
+return false
+"""
+
+# KEYS: lease, done set, job hash, parts hash, deaths hash, leases set. ARGV: token, piece, amount done, part name.
+# Returns the number of pieces done, or -1 when the lease is no longer this holder's (the result is discarded).
+_COMMIT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[6], KEYS[1])
+if redis.call('SADD', KEYS[2], ARGV[2]) == 0 then return -1 end
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[4], ARGV[2], ARGV[4]) end
+redis.call('HINCRBYFLOAT', KEYS[3], 'done', ARGV[3])
+redis.call('HDEL', KEYS[5], ARGV[2])
+return redis.call('SCARD', KEYS[2])
+"""
+
+# KEYS: lease, job hash, leases set. ARGV: token, then field/value pairs. Writes them only while this holder has the
+# lease and the job has not finished; 1 if written.
+_FENCED_UPDATE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local state = redis.call('HGET', KEYS[2], 'state')
+if state == 'succeeded' or state == 'failed' or state == 'cancelled' then return 0 end
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+# KEYS: lease, leases set. ARGV: token.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+redis.call('SREM', KEYS[2], KEYS[1])
+return 1
+"""
+
+
+# --- leases ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Lease:
+    """The right to record one piece's result (or to join, or to finish a job), held by one task of one worker."""
+
+    leases: Leases
+    job_id: str
+    piece: str
+    token: str
+
+    @property
+    def key(self) -> str:
+        return lease_key(self.job_id, self.piece)
+
+    def held(self) -> bool:
+        """Still ours: checked before uploading a result, so a worker that was silent long enough for its piece to
+        be handed to another uploads nothing."""
+        return self.leases.redis.get(self.key) == self.token.encode()
+
+    def commit(self, amount: float, part: str = "") -> int:
+        """Record the piece done (and ``amount`` more frames or files, and its staged ``part`` file) if the lease is
+        still ours: the number of pieces now done, or -1 if another worker has the piece (the result is discarded)."""
+        keys = [self.key, f"{KEY_PREFIX}job:{self.job_id}:done", f"{KEY_PREFIX}job:{self.job_id}",
+                f"{KEY_PREFIX}job:{self.job_id}:parts", f"{KEY_PREFIX}job:{self.job_id}:deaths", self.leases.own_set]
+        return int(self.leases._commit(keys=keys, args=[self.token, self.piece, amount, part]))
+
+    def update_job(self, mapping: Mapping[str, str]) -> bool:
+        """Write the job's fields (its final state) if the lease is still ours and the job has not finished."""
+        pairs = [item for name_value in mapping.items() for item in name_value]
+        keys = [self.key, f"{KEY_PREFIX}job:{self.job_id}", self.leases.own_set]
+        return bool(self.leases._fenced_update(keys=keys, args=[self.token, *pairs]))
+
+    def release(self) -> None:
+        self.leases._release(keys=[self.key, self.leases.own_set], args=[self.token])
+
+
+class Leases:
+    """Piece leases for the tasks of this process (see the module docstring)."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.redis = client
+        self.window_s = settings.liveness_window_s
+        # A live holder cannot keep a task past the hard time limit; past that, a lease protects nothing.
+        self.ttl_ms = int((settings.task_time_limit_s + settings.liveness_window_s) * 1000)
+        self._take = client.register_script(_TAKE)
+        self._commit = client.register_script(_COMMIT)
+        self._fenced_update = client.register_script(_FENCED_UPDATE)
+        self._release = client.register_script(_RELEASE)
+
+    @property
+    def worker(self) -> str:
+        return process_id()  # read each time: a forked pool child is a worker of its own
+
+    @property
+    def own_set(self) -> str:
+        return _worker_key(self.worker, ":leases")
+
+    def take(self, job_id: str, piece: str) -> Lease | None:
+        """The lease on ``piece``, or None while a live worker holds it (that worker will finish it, or die and
+        have it re-queued)."""
+        token = f"{self.worker}|{secrets.token_hex(6)}"
+        busy = self._take(keys=[lease_key(job_id, piece), WORKERS_KEY, self.own_set],
+                          args=[token, self.window_s, self.ttl_ms])
+        if busy is not None:
+            logger.info("%s of job %s is being done by %s; leaving it to that worker", piece, job_id,
+                        busy.decode().split("|", 1)[0])
+            return None
+        return Lease(self, job_id, piece, token)
+
+
+# --- the heartbeat and the reaper ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Held:
+    task_id: str
+    task: str
+    args: list
+    queue: str
+    job_id: str
+    piece: str
+    node: str
+    tag: str | None
+    thread: int
+    last_progress: float = field(default_factory=time.monotonic)
+    lost: bool = False  # this worker was declared dead while holding it: another worker has the piece
+
+    @property
+    def field(self) -> str:
+        return f"{self.task_id}|{self.job_id}|{self.piece}"
+
+    def encode(self) -> str:
+        return json.dumps({"task": self.task, "args": self.args, "queue": self.queue, "node": self.node,
+                           "tag": self.tag, "idle_s": round(time.monotonic() - self.last_progress, 1)})
+
+
+class Heartbeat:
+    """The liveness component of one worker process: a daemon thread that beats, reaps silent workers and publishes
+    their tasks again; :meth:`hold`/:meth:`release` record the tasks this process runs (Celery's task signals)."""
+
+    def __init__(self, settings: Settings, client: redis.Redis, publish: Publish, node: str = "") -> None:
+        self.settings = settings
+        self.redis = client
+        self.store = JobStore(client, settings.job_ttl_s)
+        self.publish = publish
+        self.worker = process_id()
+        self.node = node or self.worker
+        self.interval_s = settings.heartbeat_interval_s
+        self.window_s = settings.liveness_window_s
+        self._held: dict[str, _Held] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._healthy_since: float | None = None  # monotonic time of the first beat after start or an outage
+        self._beat = client.register_script(_BEAT)
+        self._reap = client.register_script(_REAP)
+
+    def _keys(self) -> list[str]:
+        return [WORKERS_KEY, _worker_key(self.worker), _worker_key(self.worker, ":held"),
+                _worker_key(self.worker, ":leases"), _worker_key(self.worker, ":reaped")]
+
+    # the thread
+
+    def start(self) -> None:
+        """Beat once now (so the process is known before it takes a task), then every interval in a thread."""
+        self.tick()
+        self._thread = threading.Thread(target=self._run, name="tinct-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.tick()
+
+    def tick(self) -> None:
+        """One beat, then (when healthy for a window) a look for silent workers, then publishing re-queued tasks."""
+        try:
+            now = self.beat()
+            if self._healthy_since is None:
+                self._healthy_since = time.monotonic()
+            if time.monotonic() - self._healthy_since >= self.window_s:
+                self.reap_silent(now)
+            self.drain()
+        except redis.RedisError as exc:
+            if self._healthy_since is not None:
+                logger.warning("heartbeat: Redis unavailable (%s); pieces are recovered once it is back", one_line(exc))
+            self._healthy_since = None
+        except Exception:  # noqa: BLE001 - the liveness thread must outlive any one bad round
+            logger.exception("heartbeat round failed")
+
+    def beat(self) -> float:
+        with self._lock:
+            held = [h for h in self._held.values() if not h.lost]
+            pairs = [item for h in held for item in (h.field, h.encode())]
+        reaped, now = self._beat(keys=self._keys(), args=[self.worker, self.node, *pairs])
+        if reaped:
+            with self._lock:
+                for h in held:
+                    h.lost = True
+            for h in held:
+                logger.warning("this worker was silent for longer than %.0f s: %s of job %s was handed to another "
+                               "worker, and this worker's result for it will be discarded", self.window_s, h.piece,
+                               h.job_id)
+        return float(now)
+
+    def reap_silent(self, now: float) -> list[str]:
+        """Take the tasks of every worker silent for longer than the window; the worker ids reaped."""
+        reaped = []
+        for raw in self.redis.zrangebyscore(WORKERS_KEY, "-inf", now - self.window_s):
+            worker = raw.decode()
+            if worker == self.worker:
+                continue
+            entries = self._take_tasks(worker, self.window_s, "died")
+            if entries is None:
+                continue  # another reaper was first, or it beat again
+            reaped.append(worker)
+            logger.warning("worker %s silent for over %.0f s: %d task(s) to re-queue", worker, self.window_s,
+                           len(entries))
+        return reaped
+
+    def _take_tasks(self, worker: str, window: float, reason: str) -> list[bytes] | None:
+        keys = [WORKERS_KEY, REQUEUE_KEY, _worker_key(worker), _worker_key(worker, ":held"),
+                _worker_key(worker, ":leases"), _worker_key(worker, ":reaped")]
+        taken, *entries = self._reap(keys=keys, args=[worker, window, reason, f"{KEY_PREFIX}job:"])
+        return list(entries) if taken else None
+
+    def drain(self) -> int:
+        """Publish every task waiting in ``tinct:requeue`` (a poison piece fails its job instead); the number done."""
+        done = 0
+        for raw_field, raw_entry in self.redis.hgetall(REQUEUE_KEY).items():
+            entry_field, entry = raw_field.decode(), raw_entry.decode()
+            deaths_text, reason, at, record_text = entry.split("|", 3)
+            worker, task_id, job_id, piece = entry_field.split("|", 3)
+            record = json.loads(record_text)
+            deaths = int(deaths_text)
+            state = self.store.state(job_id) if job_id else None
+            if state in FINISHED:
+                outcome = "dropped"  # the job ended meanwhile: nothing to redo
+            elif deaths >= self.settings.max_piece_deaths:
+                outcome = "failed"
+                self.store.update_unless_finished(
+                    job_id, state="failed",
+                    error=one_line(f"{piece} was being done by a worker that died {deaths} times in a row (last "
+                                   f"{record['node']}); failed instead of killing more workers "
+                                   "(TINCT_MAX_PIECE_DEATHS)"))
+                metrics.JOBS.labels("failed").inc()
+            else:
+                self.publish(record["task"], record["args"], record["queue"])
+                outcome = "requeued"
+                metrics.REQUEUED.labels(reason).inc()
+            event = json.dumps({"piece": piece, "worker": record["node"], "reason": reason, "deaths": deaths,
+                                "outcome": outcome, "at": float(at), "idle_s": record.get("idle_s", 0.0)})
+            with self.redis.pipeline() as pipe:
+                pipe.hdel(REQUEUE_KEY, entry_field)
+                if record.get("tag"):  # the broker would deliver the lost message again after its timeout
+                    pipe.hdel(UNACKED_KEY, record["tag"])
+                    pipe.zrem(UNACKED_INDEX_KEY, record["tag"])
+                if job_id:
+                    events = f"{KEY_PREFIX}job:{job_id}:requeued"
+                    pipe.lpush(events, event)
+                    pipe.ltrim(events, 0, EVENTS_KEPT - 1)
+                    pipe.expire(events, self.settings.job_ttl_s)
+                pipe.execute()
+            logger.warning("%s of job %s (task %s, held by %s, %s): %s", piece, job_id, task_id, record["node"],
+                           reason, outcome if outcome != "failed" else f"failed the job after {deaths} deaths")
+            done += 1
+        return done
+
+    # what this process holds
+
+    def hold(self, task_id: str, task: str, args: list, queue: str, job_id: str, piece: str, node: str,
+             tag: str | None) -> None:
+        self.node = node or self.node  # the Celery node name, known for sure once a task runs
+        held = _Held(task_id, task, list(args), queue, job_id, piece, node, tag, threading.get_ident())
+        with self._lock:
+            self._held[task_id] = held
+        try:
+            self.redis.hset(_worker_key(self.worker, ":held"), held.field, held.encode())
+        except redis.RedisError as exc:  # the next beat writes it; the task itself must not fail for this
+            logger.warning("could not record %s as held yet: %s", piece, one_line(exc))
+
+    def release(self, task_id: str) -> None:
+        with self._lock:
+            held = self._held.pop(task_id, None)
+        if held is None:
+            return
+        try:
+            self.redis.hdel(_worker_key(self.worker, ":held"), held.field)
+        except redis.RedisError as exc:
+            logger.warning("could not record %s as finished: %s", held.piece, one_line(exc))
+
+    def progress(self) -> None:
+        """The calling thread's task made progress (a frame, a photo, a model loaded): not stalled."""
+        now, thread = time.monotonic(), threading.get_ident()
+        for held in list(self._held.values()):
+            if held.thread == thread:
+                held.last_progress = now
+
+    def holding(self) -> bool:
+        with self._lock:
+            return any(not h.lost for h in self._held.values())
+
+    def hand_back(self) -> int:
+        """Give every task this process holds to the other workers now (a SIGTERM whose grace ran out): no death is
+        counted, and no one waits for a liveness window. The number of tasks handed back."""
+        entries = self._take_tasks(self.worker, 0, "handed back") or []
+        with self._lock:
+            for held in self._held.values():
+                held.lost = True
+        self.drain()
+        return len(entries)
+
+    def stop(self) -> None:
+        """Leave the set of workers (a clean shutdown): anything still held is handed back."""
+        self._stop.set()
+        try:
+            self.hand_back()
+        except redis.RedisError as exc:
+            logger.warning("could not leave the worker set cleanly (%s): others will notice the silence",
+                           one_line(exc))
+
+
+# --- the process's one heartbeat (for the task signals and the pipeline's progress calls) ------------------------
+
+_current: Heartbeat | None = None
+_current_pid = 0
+
+
+def start(settings: Settings, client: redis.Redis, publish: Publish, node: str = "") -> Heartbeat:
+    """Start this process's heartbeat once (again in a forked child, whose parent's thread did not survive the
+    fork)."""
+    global _current, _current_pid
+    if _current is None or _current_pid != os.getpid():
+        _current, _current_pid = Heartbeat(settings, client, publish, node), os.getpid()
+        _current.start()
+        logger.info("liveness: %s beats every %.0f s; silent workers are recovered after %.0f s", _current.worker,
+                    settings.heartbeat_interval_s, settings.liveness_window_s)
+    return _current
+
+
+def current() -> Heartbeat | None:
+    return _current if _current_pid == os.getpid() else None
+
+
+def progress() -> None:
+    """Mark progress of the calling task (cheap: no I/O; the next beat carries it to Redis)."""
+    heartbeat = current()
+    if heartbeat is not None:
+        heartbeat.progress()
+
+
+def grace_then_hand_back(grace_s: float, exit_code: int = 0) -> threading.Thread | None:
+    """After a SIGTERM: give the pieces in hand ``grace_s`` to finish; if any is still running then, hand it back and
+    end the process at once, so that the orchestrator's kill finds nothing to lose."""
+    heartbeat = current()
+    if heartbeat is None:
+        return None
+
+    def wait() -> None:
+        deadline = time.monotonic() + grace_s
+        while heartbeat.holding() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not heartbeat.holding():
+            return
+        try:
+            count = heartbeat.hand_back()
+            logger.warning("stop requested %.0f s ago and the piece in hand is not finished: %d task(s) handed back "
+                           "to the other workers", grace_s, count)
+        except Exception:  # noqa: BLE001 - still exit: the liveness window recovers what was not handed back
+            logger.exception("handing back on stop failed; other workers recover the pieces after the liveness window")
+        logging.shutdown()
+        os._exit(exit_code)
+
+    thread = threading.Thread(target=wait, name="tinct-stop-grace", daemon=True)
+    thread.start()
+    return thread
+
+
+# --- what status, top and the metrics show -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HeldPiece:
+    """A piece a worker holds, as Redis says: stalled when its worker is silent, or it made no progress, for longer
+    than the liveness window."""
+
+    worker: str
+    node: str
+    task: str
+    job_id: str
+    piece: str
+    silent_s: float  # since the worker's last heartbeat
+    idle_s: float  # since the piece last made progress
+    stalled: bool
+
+    @property
+    def since(self) -> float:
+        """Wall time (this machine's clock) of the piece's last progress."""
+        return time.time() - self.idle_s
+
+
+def held_pieces(client: redis.Redis, window_s: float, job_id: str | None = None) -> list[HeldPiece]:
+    """Every piece held by a worker (only ``job_id``'s when given), with its stall state."""
+    seconds, micros = client.time()
+    now = seconds + micros / 1e6
+    workers = [(raw.decode(), beat) for raw, beat in client.zrange(WORKERS_KEY, 0, -1, withscores=True)]
+    with client.pipeline(transaction=False) as pipe:
+        for worker, _ in workers:
+            pipe.hgetall(_worker_key(worker, ":held"))
+        helds = pipe.execute()
+    pieces = []
+    for (worker, beat), held in zip(workers, helds, strict=True):
+        silent = max(0.0, now - beat)
+        for raw_field, raw_value in held.items():
+            _, job, piece = raw_field.decode().split("|", 2)
+            if job_id is not None and job != job_id:
+                continue
+            record = json.loads(raw_value)
+            idle = float(record.get("idle_s", 0.0)) + silent
+            pieces.append(HeldPiece(worker, record.get("node", worker), record.get("task", ""), job, piece,
+                                    round(silent, 1), round(idle, 1), silent > window_s or idle > window_s))
+    return sorted(pieces, key=lambda p: (p.job_id, p.piece))
+
+
+def requeue_events(client: redis.Redis, job_id: str) -> list[dict[str, Any]]:
+    """The job's recent re-queues, newest first."""
+    return [json.loads(raw) for raw in client.lrange(f"{KEY_PREFIX}job:{job_id}:requeued", 0, EVENTS_KEPT - 1)]
+
+
+def describe_piece(piece: HeldPiece) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(piece.since))
+    if piece.stalled:
+        why = f"worker silent for {piece.silent_s:.0f} s" if piece.silent_s > piece.idle_s - piece.silent_s else \
+            f"no progress for {piece.idle_s:.0f} s"
+        return f"{piece.piece}: stalled on {piece.node} since {stamp} ({why})"
+    return f"{piece.piece}: running on {piece.node}"
+
+
+class StalledCollector(Collector):
+    """``tinct_pieces_stalled``: pieces held by a silent worker, or making no progress, across the whole service
+    (every worker exports the same figure: alert on the max)."""
+
+    def __init__(self, client: redis.Redis, window_s: float) -> None:
+        self.redis = client
+        self.window_s = window_s
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("tinct_pieces_stalled",
+                                   "Pieces whose worker is silent, or that made no progress, for over the liveness "
+                                   "window (service-wide)")
+        try:
+            family.add_metric([], sum(p.stalled for p in held_pieces(self.redis, self.window_s)))
+        except Exception:  # noqa: BLE001 - a scrape must not fail because Redis blinked
+            logger.debug("stalled pieces unavailable")
+            return
+        yield family
