@@ -15,6 +15,7 @@ VERBS = {
     "promote": ("tools.promote", "make a run's checkpoint shippable: decoding, evaluation, fp16 weights"),
     "experiments": ("tools.experiments", "rerun the seed papers' comparisons (CIFAR-10 judge, natural photos)"),
     "serve-local": ("tools.serve_local", "redis-server, a worker and tinct serve on loopback (make serve)"),
+    "bench-api": ("tools.bench_api", "latency of GET job and the event stream under a bounded loopback load"),
 }
 
 
