@@ -2,6 +2,7 @@
 
     tinct worker                                   # a worker for both queues (one per GPU: CUDA_VISIBLE_DEVICES)
     tinct submit s3://scans/reel1.mkv -o s3://colour/ --smoothing 0.5 --wait
+    tinct submit s3://scans/p.tif -o s3://colour/ --hints p.tif.hints.json   # a restorer's colour hints (worker.hints)
     tinct bulk s3://scans/1950s/ -o s3://colour/1950s/ --dry-run
     tinct listen sqs://tinct-events -o s3://colour/
     tinct webhook --port 8080 -o s3://colour/      # MinIO bucket notifications; TINCT_WEBHOOK_SECRET required
@@ -25,6 +26,7 @@ import time
 
 from worker.api.serve import add_serve_command
 from worker.errors import PermanentError, TinctError
+from worker.hints import check_local_bounds, load_hints_file
 from worker.jobs import FINISHED, JobOptions, JobRecord, JobSpec, JobSpecError, parse_options
 from worker.settings import GPU_QUEUE, IO_QUEUE, Settings
 from worker.top import add_top_command
@@ -41,6 +43,8 @@ def add_service_commands(commands: argparse._SubParsersAction) -> None:
     submit.add_argument("--wait", action="store_true", help="wait until the job has finished")
     submit.add_argument("--json", action="store_true", help="print the job as JSON")
     _add_job_options(submit)
+    submit.add_argument("--hints", metavar="HINTS.json", help="colour hints for a photo (points and regions with known "
+                        "sRGB colours); they enter the job id, so corrected hints make a new job")
     submit.set_defaults(run=_submit)
 
     status = commands.add_parser("status", help="show a job: state, progress, outputs, failures")
@@ -66,7 +70,8 @@ def add_service_commands(commands: argparse._SubParsersAction) -> None:
                         "only its GPU (CUDA_VISIBLE_DEVICES) and is named <hostname>-gpu<N>")
     worker.set_defaults(run=_worker)
 
-    bulk = commands.add_parser("bulk", help="queue a job for every photo and film under a prefix, skipping done ones")
+    bulk = commands.add_parser("bulk", help="queue a job for every photo and film under a prefix, skipping done ones; "
+                               "a photo's <name>.hints.json beside it is sent as its colour hints")
     bulk.add_argument("prefix", help="s3://bucket/prefix/ or a folder")
     bulk.add_argument("-o", "--output", required=True, help="output prefix; each input keeps its relative key")
     bulk.add_argument("--dry-run", action="store_true", help="count what would be queued; queue nothing")
@@ -124,6 +129,10 @@ def _submit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.kind:
         raw["kind"] = args.kind
     try:
+        if args.hints:
+            hints = load_hints_file(args.hints)
+            check_local_bounds(hints, args.input, args.hints)  # a local photo is checked now, an object by its worker
+            raw["options"]["hints"] = hints.to_dict()
         spec = JobSpec.from_dict(raw)
         service = _service()
         job_id, created = service.submit(spec)

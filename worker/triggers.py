@@ -26,9 +26,10 @@ import os
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import PurePosixPath
@@ -40,6 +41,7 @@ import botocore.exceptions as boto_errors
 import redis.exceptions
 
 from worker.errors import TinctError, TransientError, one_line
+from worker.hints import HINTS_SUFFIX, MAX_HINT_FILE_BYTES, parse_hints_bytes
 from worker.images import EXTENSION_FORMATS
 from worker.jobs import JobOptions, JobSpec, JobSpecError
 from worker.photos import FILM_EXTENSIONS
@@ -252,6 +254,7 @@ def bulk(
     started = time.monotonic()
     listing = iter(submitter.storage.list(prefix))
     pending: list[_Candidate] = []
+    sidecars = _Sidecars(submitter.storage, report)
     with ThreadPoolExecutor(concurrency, thread_name_prefix="tinct-bulk") as pool:
         while not report.stopped:
             try:
@@ -265,10 +268,16 @@ def bulk(
                     report.stopped += _RESUME
                 break
             if info is None:
+                pending.extend(sidecars.release(None))
                 break
             report.listed += 1
+            pending.extend(sidecars.release(info))
+            if sidecars.is_sidecar(info):
+                continue
             candidate = _candidate(info, prefix, output, options, report)
-            if candidate is not None:
+            if candidate is not None and candidate.spec.kind == "image":
+                sidecars.wait(candidate)
+            elif candidate is not None:
                 pending.append(candidate)
             if len(pending) >= batch_size:
                 _submit_batch(submitter, pending, report, pool)
@@ -297,6 +306,57 @@ def _candidate(
         report.fail(info.uri, str(error))
         return None
     return _Candidate(info, spec, spec.job_id(info.etag, info.size))
+
+
+class _Sidecars:
+    """Photos' hint files (``<name>.hints.json``, ``worker.hints``) met in a bulk listing.
+
+    A listing is in key order and a sidecar's key is its photo's key plus a suffix, so the sidecar comes after its
+    photo, usually right after it. A photo waits here until the listing has passed where its sidecar would be (or
+    has ended); it then goes on with the sidecar's hints in its options (so they enter its job id), or as it is. A
+    sidecar that cannot be read or is invalid fails its photo, with the sidecar's name and field, and the run goes on.
+    """
+
+    def __init__(self, storage: Storage, report: BulkReport) -> None:
+        self.storage = storage
+        self.report = report
+        self.waiting: deque[_Candidate] = deque()
+        self.seen: set[str] = set()
+
+    @staticmethod
+    def is_sidecar(info: ObjectInfo) -> bool:
+        return info.uri.endswith(HINTS_SUFFIX)
+
+    def wait(self, candidate: _Candidate) -> None:
+        self.waiting.append(candidate)
+
+    def release(self, info: ObjectInfo | None) -> list[_Candidate]:
+        """The waiting photos whose sidecar's place the listing has reached with ``info`` (all of them at the end)."""
+        if info is not None and self.is_sidecar(info):
+            self.seen.add(info.uri)
+        ready = []
+        while self.waiting and (info is None or self.waiting[0].info.uri + HINTS_SUFFIX <= info.uri):
+            candidate = self._with_hints(self.waiting.popleft())
+            if candidate is not None:
+                ready.append(candidate)
+        return ready
+
+    def _with_hints(self, candidate: _Candidate) -> _Candidate | None:
+        sidecar = candidate.info.uri + HINTS_SUFFIX
+        if sidecar not in self.seen:
+            return candidate
+        self.seen.discard(sidecar)
+        try:
+            data = self.storage.get_bytes(sidecar, max_bytes=MAX_HINT_FILE_BYTES)
+            hints = parse_hints_bytes(data, sidecar)
+        except TinctError as error:
+            if error.retryable:
+                raise
+            self.report.fail(candidate.info.uri, str(error))
+            return None
+        options = replace(candidate.spec.options, hints=hints.to_dict() if len(hints) else None)
+        spec = JobSpec(candidate.spec.input, candidate.spec.output, candidate.spec.kind, options)
+        return _Candidate(candidate.info, spec, spec.job_id(candidate.info.etag, candidate.info.size))
 
 
 def _submit_batch(submitter: Submitter, batch: list[_Candidate], report: BulkReport, pool: ThreadPoolExecutor) -> None:
