@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,16 +119,18 @@ def _decode_colour(data: bytes) -> np.ndarray | None:
     return arr.astype(np.float64) / 255.0
 
 
-def iter_truth_photos(data: str | os.PathLike, limit: int | None = None, skipped: list[str] | None = None) -> (
-    Iterator[TruthPhoto]
-):
+def iter_truth_photos(data: str | os.PathLike, limit: int | None = None, skipped: list[str] | None = None,
+                      keep: Callable[[str], bool] | None = None) -> Iterator[TruthPhoto]:
     """Colour photos under ``data`` in name order, decoded lazily. Unreadable files, gray photos and photos
     too small to score are skipped with a warning (and their names appended to ``skipped``), so one bad file
-    in an archive's folder does not stop an evaluation."""
+    in an archive's folder does not stop an evaluation. ``keep(name)``, when given, picks the photos to read
+    (e.g. a training source's validation split) before anything is decoded; ``limit`` counts kept photos."""
     if limit is not None and limit <= 0:
         return
     count = 0
     for name, raw in iter_image_bytes(Path(data)):
+        if keep is not None and not keep(name):
+            continue
         try:
             rgb = _decode_colour(raw)
         except (UnidentifiedImageError, OSError, ValueError) as exc:
@@ -292,8 +294,10 @@ def evaluate_models(
     contact_sheet: str | os.PathLike | None = None,
     sheet_count: int = 12,
     cell_height: int = 160,
+    keep: Callable[[str], bool] | None = None,
 ) -> EvaluationResult:
-    """Colorize every colour photo under ``data`` with each model and score it (see the module doc).
+    """Colorize every colour photo under ``data`` (those ``keep`` accepts by name, when given) with each model and
+    score it (see the module doc).
 
     Engines are opened once; photos are read lazily and colorized ``batch_size`` at a time, so memory
     stays bounded on large folders. ``decode`` (``{"method": ..., "temperature": ..., "rebalance": ...}``)
@@ -351,7 +355,7 @@ def evaluate_models(
             log.info("evaluated %d photos", len(names))
 
         chunk: list[TruthPhoto] = []
-        for photo in iter_truth_photos(data, limit, skipped):
+        for photo in iter_truth_photos(data, limit, skipped, keep):
             chunk.append(photo)
             if len(chunk) == batch_size:
                 flush(chunk)
