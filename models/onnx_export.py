@@ -16,6 +16,8 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,7 +192,7 @@ def export_onnx(
     h_blocks = torch.export.Dim("h_blocks", min=1, max=MAX_SIDE // stride)
     w_blocks = torch.export.Dim("w_blocks", min=1, max=MAX_SIDE // stride)
     dynamic_shapes = {"L": {0: batch, 2: h_blocks * stride, 3: w_blocks * stride}}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_exporter():
         # The exporter warns about torch internals (deprecated pytree APIs, missing torchvision ops)
         # that say nothing about this model.
         warnings.simplefilter("ignore", FutureWarning)
@@ -212,6 +214,25 @@ def export_onnx(
         onnx.checker.check_model(str(tmp))
     log.info("exported %s (decode %s, %s) to %s", ckpt.label, decode_tag(decode), precision, out_path)
     return out_path
+
+
+# The exporter's own loggers narrate its graph passes at INFO and WARNING ("Replaced initializer ...", "Removed 498
+# unused nodes", "torchvision is not installed"): dozens of lines on a first run that describe torch's internals, not
+# the user's work. Only their errors are let through while an export runs.
+_EXPORTER_LOGGERS = {"torch.onnx": logging.ERROR, "onnxscript": logging.ERROR, "onnx_ir": logging.ERROR}
+
+
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    loggers = {name: logging.getLogger(name) for name in _EXPORTER_LOGGERS}
+    previous = {name: logger.level for name, logger in loggers.items()}
+    for name, logger in loggers.items():
+        logger.setLevel(max(_EXPORTER_LOGGERS[name], logger.level))
+    try:
+        yield
+    finally:
+        for name, logger in loggers.items():
+            logger.setLevel(previous[name])
 
 
 class _Clip(nn.Module):

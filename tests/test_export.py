@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -132,3 +133,16 @@ def test_reading_metadata_of_a_foreign_file_fails_clearly(tmp_path):
     path.write_bytes(b"not a model")
     with pytest.raises(ValueError, match="not a readable ONNX file"):
         read_onnx_metadata(path)
+
+
+def test_an_export_logs_its_own_line_and_none_of_the_exporters(small_checkpoint, tmp_path, caplog):
+    """A first run exports once: the exporter's own narration (dozens of "Replaced initializer ..." and graph-pass
+    lines from onnx_ir, onnxscript and torch.onnx) stays out of the user's terminal; errors would still show."""
+    from models.onnx_export import export_onnx
+
+    with caplog.at_level(logging.DEBUG):
+        export_onnx(small_checkpoint, tmp_path / "small.onnx")
+    foreign = [r for r in caplog.records if r.levelno >= logging.INFO and not r.name.startswith("models")]
+    assert not foreign, [f"{r.name}: {r.getMessage()}" for r in foreign[:5]]
+    assert any(r.name == "models.onnx_export" and "exported" in r.getMessage() for r in caplog.records)
+    assert logging.getLogger("onnx_ir").level == logging.NOTSET  # the levels are put back afterwards
