@@ -25,7 +25,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from models.engines import KINDS
 from models.engines.base import DEVICES, PRECISIONS
-from worker import metrics
+from worker import liveness, metrics
 from worker.cli import build_parser
 from worker.cli_service import QUEUE_NAMES
 from worker.settings import GPU_QUEUE, IO_QUEUE, Settings
@@ -468,7 +468,8 @@ def _defined_metric_names() -> set[str]:
             for family in value.describe():
                 names |= {family.name + suffix for suffix in SAMPLE_SUFFIXES[family.type]}
     # Collectors build their families at scrape time; their names are literals in the module.
-    names |= set(re.findall(r"[\"'](tinct_[a-z0-9_]+)[\"']", inspect.getsource(metrics)))
+    for module in (metrics, liveness):  # liveness exports the stalled-pieces gauge
+        names |= set(re.findall(r"[\"'](tinct_[a-z0-9_]+)[\"']", inspect.getsource(module)))
     return names | GPU_METRICS
 
 
@@ -542,3 +543,55 @@ def test_docker_compose_config_validates() -> None:
     result = subprocess.run(["docker", "compose", "-f", str(COMPOSE_FILE), "--profile", "gpu", "config", "-q"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+# ---------------------------------------------------------------------------------------------------- liveness
+
+
+def _seconds(value: str | int) -> float:
+    """A compose duration (``60s``, ``1m30s``) or a plain number of seconds."""
+    if isinstance(value, int):
+        return float(value)
+    parts = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", value)
+    assert parts and value, f"not a duration: {value!r}"
+    return 60.0 * int(parts[1] or 0) + int(parts[2] or 0)
+
+
+def test_orchestrators_wait_longer_than_the_workers_stop_grace() -> None:
+    """SIGTERM gives the piece in hand TINCT_STOP_GRACE_S, then hands it back; the orchestrator's SIGKILL must come
+    later (with time to hand back and exit), or the piece waits out the liveness window instead."""
+    config = _check_settings(_k8s_one("ConfigMap", "tinct-settings")["data"], "k8s configmap")
+    for workload, container in _tinct_containers():
+        if container["args"][:1] != ["worker"]:
+            continue
+        grace = workload["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert config.stop_grace_s + 15 <= grace <= config.stop_grace_s + 120, workload["metadata"]["name"]
+    secrets = _dotenv(ENV_EXAMPLE)
+    for name, service in _tinct_services().items():
+        if service["command"][:1] != ["worker"]:
+            continue
+        settings = _check_settings({**secrets, **service.get("environment", {})}, f"compose service {name}")
+        grace = _seconds(service.get("stop_grace_period", "10s"))
+        assert settings.stop_grace_s + 15 <= grace <= settings.stop_grace_s + 120, name
+
+
+def test_time_limits_cover_a_planned_piece_and_the_visibility_timeout_backs_them_up() -> None:
+    for env, where in ((_k8s_one("ConfigMap", "tinct-settings")["data"], "k8s"), ({}, "defaults")):
+        settings = _check_settings(env, where)  # Settings itself refuses limits that break these relations
+        assert 2 * settings.piece_target_s <= settings.task_soft_time_limit_s < settings.task_time_limit_s
+        assert settings.task_time_limit_s < settings.visibility_timeout_s, where
+        assert settings.task_time_limit_s <= 15 * 60, f"{where}: pieces are bounded to minutes"
+
+
+def test_alert_rules_are_loaded_and_use_only_metrics_the_workers_export() -> None:
+    rules_file = DEPLOY / "prometheus" / "alerts.yml"
+    prometheus = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    mounts = dict(volume.split(":")[:2] for volume in _compose()["services"]["prometheus"]["volumes"])
+    assert mounts["./prometheus/alerts.yml"] in prometheus["rule_files"]
+    rules = [rule for group in yaml.safe_load(rules_file.read_text())["groups"] for rule in group["rules"]]
+    defined = _defined_metric_names()
+    for rule in rules:
+        names = set(re.findall(r"\btinct_[a-z0-9_]+", rule["expr"]))
+        assert names and names <= defined, f"{rule['alert']}: {names - defined} not exported"
+        assert rule["labels"]["severity"] and rule["annotations"]["summary"], rule["alert"]
+    assert any("tinct_pieces_stalled" in rule["expr"] for rule in rules)

@@ -28,6 +28,7 @@ from tests.services import (  # noqa: F401 - the fixtures are used by name
 from worker.app import create_app
 from worker.cli import main
 from worker.jobs import JobRecord, JobSpec
+from worker.liveness import HeldPiece
 from worker.metrics import GpuCollector
 from worker.service import Service
 from worker.settings import Settings
@@ -168,6 +169,22 @@ def test_render_computes_rates_from_two_snapshots():
 
     first = render(later)  # no earlier snapshot: totals, but no rates
     assert _rows(first)["a:9100"][1:3] == ["-", "-"]
+
+
+def test_render_marks_jobs_with_stalled_pieces_and_lists_them():
+    stalled = HeldPiece("host:41", "w3@host", "tinct.colorize_segment", "reel", "segment-00004", silent_s=31.0,
+                        idle_s=33.0, stalled=True)
+    current = TopSnapshot(1002.0, stalled=(stalled,), jobs=(
+        _record("reel", "running", unit="frames", done=480, total=1440, fps=24.0, eta_s=40.0),
+        _record("photo", "running", unit="files", done=0, total=1)))
+    frame = render(current)
+    rows = _rows(frame)
+    assert rows["reel"][1] == "stalled" and rows["photo"][1] == "running"
+    assert "STALLED PIECES  1" in frame
+    since = time.strftime("%H:%M:%S", time.localtime(stalled.since))
+    line = next(line for line in frame.splitlines() if "segment-00004" in line)
+    assert line.split() == ["reel", "segment-00004", "on", "w3@host", "since", since, "(worker", "silent", "31", "s)"]
+    assert "STALLED" not in render(TopSnapshot(1002.0, jobs=current.jobs))
 
 
 def _rows(frame: str) -> dict[str, list[str]]:

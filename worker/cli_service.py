@@ -23,6 +23,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import asdict
 
 from worker.api.serve import add_serve_command
 from worker.errors import PermanentError, TinctError
@@ -157,12 +159,32 @@ def _show(service, job_id: str, wait: bool, as_json: bool) -> int:
     if record is None:
         print(f"no job {job_id}", file=sys.stderr)
         return EXIT_FAILED
-    print(json.dumps(record.to_dict(), indent=1) if as_json else describe(record))
+    pieces, events = _liveness(service, record)
+    if as_json:
+        print(json.dumps({**record.to_dict(), "pieces": [asdict(piece) for piece in pieces], "requeued": events},
+                         indent=1))
+    else:
+        print(describe(record, pieces, events))
     return EXIT_FAILED if record.state == "failed" else EXIT_OK
 
 
-def describe(record: JobRecord) -> str:
-    lines = [f"job {record.id}: {record.state}  ({record.spec.kind} {record.spec.input} -> {record.spec.output})"]
+def _liveness(service, record: JobRecord) -> tuple[list, list[dict]]:
+    """The job's pieces in workers' hands (running or stalled) and its recent re-queues (worker.liveness)."""
+    from worker import liveness
+
+    if record.state in FINISHED:
+        return [], liveness.requeue_events(service.redis, record.id)
+    return (liveness.held_pieces(service.redis, service.settings.liveness_window_s, record.id),
+            liveness.requeue_events(service.redis, record.id))
+
+
+def describe(record: JobRecord, pieces: Sequence = (), events: Sequence[dict] = ()) -> str:
+    """A job for people: state (``stalled`` when a piece's worker is silent or its piece makes no progress), progress,
+    the pieces in workers' hands, re-queues, outputs and failures."""
+    from worker.liveness import describe_piece
+
+    state = f"{record.state}, stalled" if any(piece.stalled for piece in pieces) else record.state
+    lines = [f"job {record.id}: {state}  ({record.spec.kind} {record.spec.input} -> {record.spec.output})"]
     if record.total:
         progress = f"  {record.done}/{record.total} {record.unit}"
         if record.fps:
@@ -170,6 +192,12 @@ def describe(record: JobRecord) -> str:
         if record.eta_s:
             progress += f", ETA {record.eta_s:.0f} s"
         lines.append(progress)
+    lines += [f"  {describe_piece(piece)}" for piece in pieces]
+    for event in events[:5]:
+        stamp = time.strftime("%H:%M:%S", time.localtime(event["at"]))
+        why = (f"its worker {event['worker']} went silent (death {event['deaths']} in a row)"
+               if event["reason"] == "died" else f"its worker {event['worker']} was stopping")
+        lines.append(f"  {event['piece']}: {event['outcome']} at {stamp}: {why}")
     lines += [f"  output: {uri}" for uri in record.outputs]
     if record.error:
         lines.append(f"  error: {record.error}")

@@ -15,7 +15,10 @@ Where each figure comes from, and why there:
   images/s are the difference of ``tinct_frames_total``/``tinct_images_total`` over the time between two scrapes,
   as Prometheus' ``rate()`` computes them (a counter that went down belongs to a restarted worker: it counts from 0).
 * GPUs: the same endpoints' ``tinct_gpu_*`` gauges (NVML, :mod:`worker.metrics`), where a worker exports them.
-* jobs: the job store in Redis: running jobs first (progress, fps, ETA), then the most recent others.
+* jobs: the job store in Redis: running jobs first (progress, fps, ETA), then the most recent others; a running job
+  with a stalled piece says ``stalled``.
+* stalled pieces: the workers' heartbeats and held pieces in Redis (:mod:`worker.liveness`): a piece whose worker is
+  silent, or that made no progress, for longer than the liveness window, with the worker and since when.
 
 :func:`snapshot` gathers everything into a :class:`TopSnapshot` and never raises for a source it cannot read (it
 records the reason instead: a monitor must keep showing what it can); :func:`render` turns two successive snapshots
@@ -39,7 +42,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from worker.cli_args import positive_seconds
 from worker.errors import one_line
 from worker.jobs import KEY_PREFIX, JobRecord, JobStore
-from worker.settings import GPU_QUEUE, IO_QUEUE
+from worker.liveness import HeldPiece, held_pieces
+from worker.settings import GPU_QUEUE, IO_QUEUE, Settings
 
 if TYPE_CHECKING:
     import redis as redis_lib
@@ -107,6 +111,7 @@ class TopSnapshot:
     endpoints: tuple[Endpoint, ...] = ()
     jobs: tuple[JobRecord, ...] = ()
     errors: tuple[str, ...] = ()  # sources that could not be read this time, with the reason
+    stalled: tuple[HeldPiece, ...] = ()  # pieces whose worker is silent, or that made no progress, for a window
 
 
 @dataclass(frozen=True)
@@ -214,7 +219,7 @@ def recent_jobs(redis: redis_lib.Redis, limit: int = 10, scan: int = JOB_SCAN) -
 
 def snapshot(redis: redis_lib.Redis, app: Celery | None, metrics_urls: Sequence[str], *,
              previous: TopSnapshot | None = None, inspect_timeout: float = 1.0, job_limit: int = 10,
-             scrape_timeout: float = 2.0) -> TopSnapshot:
+             scrape_timeout: float = 2.0, window_s: float = Settings.liveness_window_s) -> TopSnapshot:
     """Everything one frame shows. ``previous`` carries silent workers forward; ``app`` None skips Celery.
 
     The endpoints are scraped last, after the Celery broadcast has waited its timeout, so that a first frame whose
@@ -225,9 +230,11 @@ def snapshot(redis: redis_lib.Redis, app: Celery | None, metrics_urls: Sequence[
     queues: dict[str, int] = {}
     in_flight: int | None = None
     jobs: list[JobRecord] = []
+    stalled: list[HeldPiece] = []
     try:
         queues, in_flight = queue_depths(redis)
         jobs = recent_jobs(redis, job_limit)
+        stalled = [piece for piece in held_pieces(redis, window_s) if piece.stalled]
     except Exception as exc:  # noqa: BLE001 - Redis down or refusing: say so and show the rest
         errors.append(f"redis: {one_line(exc)}")
     workers: tuple[WorkerState, ...] = previous.workers if previous else ()
@@ -238,7 +245,7 @@ def snapshot(redis: redis_lib.Redis, app: Celery | None, metrics_urls: Sequence[
             errors.append(f"celery: {one_line(exc)}")
             workers = tuple(WorkerState(w.name, (), False, w.last_seen) for w in workers)
     endpoints = tuple(scrape(url, scrape_timeout) for url in metrics_urls)
-    return TopSnapshot(taken, queues, in_flight, workers, endpoints, tuple(jobs), tuple(errors))
+    return TopSnapshot(taken, queues, in_flight, workers, endpoints, tuple(jobs), tuple(errors), tuple(stalled))
 
 
 # --- formatting --------------------------------------------------------------------------------------------
@@ -271,6 +278,8 @@ def render(current: TopSnapshot, previous: TopSnapshot | None = None) -> str:
     if gpus:
         lines += ["", *gpus]
     lines += ["", *_jobs(current)]
+    if current.stalled:
+        lines += ["", *_stalled(current)]
     return "\n".join(_clip(line) for line in lines) + "\n"
 
 
@@ -347,14 +356,26 @@ def _gpus(current: TopSnapshot) -> list[str]:
 def _jobs(current: TopSnapshot) -> list[str]:
     lines = ["JOBS (running first, then the most recent)",
              f"  {'ID':<24}  {'STATE':<9}  {'KIND':<10}  {'PROGRESS':<22}  {'RATE':>9}  {'ETA':>7}  INPUT"]
+    stalled_jobs = {piece.job_id for piece in current.stalled}
     for record in current.jobs:
+        state = "stalled" if record.state == "running" and record.id in stalled_jobs else record.state
         progress = f"{record.done}/{record.total} {record.unit}" if record.total else ""
         rate = f"{record.fps:.1f}/s" if record.fps else "-"
         eta = f"{record.eta_s:.0f} s" if record.eta_s is not None and record.state == "running" else "-"
-        lines.append(f"  {record.id:<24}  {record.state:<9}  {record.spec.kind:<10}  {progress:<22}  {rate:>9}  "
+        lines.append(f"  {record.id:<24}  {state:<9}  {record.spec.kind:<10}  {progress:<22}  {rate:>9}  "
                      f"{eta:>7}  {record.spec.input}")
     if not current.jobs:
         lines.append("  (no jobs)")
+    return lines
+
+
+def _stalled(current: TopSnapshot) -> list[str]:
+    lines = [f"STALLED PIECES  {len(current.stalled)} (worker silent, or no progress, for over the liveness window; "
+             "a silent worker's pieces are re-queued)"]
+    for piece in current.stalled:
+        stamp = time.strftime("%H:%M:%S", time.localtime(piece.since))
+        why = f"worker silent {piece.silent_s:.0f} s" if piece.silent_s > 0.5 * piece.idle_s else "no progress"
+        lines.append(f"  {piece.job_id:<24}  {piece.piece:<16}  on {piece.node:<30}  since {stamp} ({why})")
     return lines
 
 
@@ -368,7 +389,7 @@ def _clip(line: str) -> str:
 
 def run_top(redis: redis_lib.Redis, app: Celery | None, metrics_urls: Sequence[str], *, out: TextIO,
             interval: float = 2.0, once: bool = False, inspect_timeout: float = 1.0, job_limit: int = 10,
-            frames: int | None = None) -> None:
+            frames: int | None = None, window_s: float = Settings.liveness_window_s) -> None:
     """Print a frame every ``interval`` seconds (the screen cleared first when ``out`` is a terminal), or one frame
     with ``once``. Every frame, the first included, shows rates: a baseline scrape is taken before it. ``frames``
     stops after that many (for tests); otherwise it runs until interrupted."""
@@ -378,7 +399,7 @@ def run_top(redis: redis_lib.Redis, app: Celery | None, metrics_urls: Sequence[s
     while True:
         began = time.monotonic()
         current = snapshot(redis, app, metrics_urls, previous=previous, inspect_timeout=inspect_timeout,
-                           job_limit=job_limit)
+                           job_limit=job_limit, window_s=window_s)
         out.write((CLEAR_SCREEN if clear else "") + render(current, previous))
         out.flush()
         shown += 1
@@ -405,7 +426,6 @@ def _top(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import redis as redis_lib
 
     from worker.app import create_app
-    from worker.settings import Settings
 
     # The app is built from the settings read now, not worker.app's module-level one: that one took the
     # environment of whenever worker.app was first imported, and Redis and Celery must be the same server.
@@ -413,7 +433,8 @@ def _top(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     client = redis_lib.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
     try:
         run_top(client, create_app(settings), [metrics_url(address) for address in args.metrics], out=sys.stdout,
-                interval=args.interval, once=args.once, inspect_timeout=args.inspect_timeout, job_limit=args.jobs)
+                interval=args.interval, once=args.once, inspect_timeout=args.inspect_timeout, job_limit=args.jobs,
+                window_s=settings.liveness_window_s)
     except KeyboardInterrupt:  # the way to leave a live view: not a failure
         pass
     finally:
