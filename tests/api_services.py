@@ -82,7 +82,8 @@ def api_stack(tmp: Path, model: Path) -> Iterator[ApiStack]:
         serve_env = dict(base, TINCT_API_TOKEN=tokens["admin"], TINCT_API_TOKENS_FILE=str(tokens_file),
                          TINCT_API_INBOX="s3://inbox/", TINCT_API_RESULTS="s3://colour/results/",
                          TINCT_API_MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES), TINCT_WORK_DIR=str(tmp / "serve-work"),
-                         TINCT_S3_ACCESS_KEY_ID="testing", TINCT_S3_SECRET_ACCESS_KEY=S3_SECRET)
+                         TINCT_S3_ACCESS_KEY_ID="testing", TINCT_S3_SECRET_ACCESS_KEY=S3_SECRET,
+                         TINCT_ENGINE="torch", TINCT_DEVICE="cpu")  # hint previews load the model as workers do
         server = ApiServer(serve_env, tmp / "serve.log", extra_args=("--access-log",))
         stack = ApiStack(server.url, tokens, s3, worker, server, folders, model)
         try:

@@ -9,6 +9,7 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
@@ -272,6 +273,48 @@ def test_bad_paths_and_queries_are_422_or_404(stack):
         assert response.status_code == 422 and detail(response).startswith(f"{field}:"), query
     side = alice.get("/api/v1/jobs/" + "0" * 24 + "/previews/0/secret.jpg")
     assert side.status_code == 422 and detail(side).startswith("side:")
+
+
+# ----------------------------------------------------------------------------------------------- hint previews
+
+
+def test_hint_preview_honours_a_colour_point_and_refuses_bad_hints_other_prefixes_and_floods(stack):
+    alice = stack.client("alice")
+    put_object(stack.s3, "s3://scans/alice/hinted.png", gray_png(5, 800, 600))
+    options = {"model": str(stack.model), "render_size": 64}
+
+    def preview(hints: dict, client: httpx.Client = alice, source: str = "s3://scans/alice/hinted.png"):
+        return client.post("/api/v1/preview", json={"input": source, "hints": hints, "options": options})
+
+    plain = preview({})
+    assert plain.status_code == 200 and plain.headers["content-type"] == "image/jpeg"
+    assert (plain.headers["x-photo-width"], plain.headers["x-photo-height"]) == ("800", "600")
+    red = preview({"points": [{"x": 400, "y": 300, "color": "#d02010", "radius": 40}]})
+    assert red.status_code == 200
+    before, after = jpeg(plain.content), jpeg(red.content)
+    assert before.shape == after.shape == (384, 512, 3)  # downscaled to 512 on the long side
+    spot = after[182:202, 246:266].mean(axis=(0, 1))  # around the point, scaled by 512/800
+    assert spot[0] - spot[1] > 20 and spot[0] - spot[2] > 20, spot  # red where the hint said red
+    assert np.abs(before - after).mean() > 0.5  # and the preview changed
+
+    outside = preview({"points": [{"x": 900, "y": 10, "color": "#d02010"}]})
+    assert outside.status_code == 422 and detail(outside).startswith("hints.points[0].x:")
+    bad_colour = preview({"points": [{"x": 9, "y": 10, "color": "red"}]})
+    assert bad_colour.status_code == 422 and detail(bad_colour).startswith("hints.points[0].color:")
+    elsewhere = preview({}, source="s3://scans/bob/x.png")
+    assert elsewhere.status_code == 403 and detail(elsewhere).startswith("input:")
+    unknown = alice.post("/api/v1/preview", json={"input": "s3://scans/alice/hinted.png", "size": 9})
+    assert unknown.status_code == 422 and detail(unknown).startswith("size:")
+
+    # A flood from one token is turned away at once (burst 5, then about one a second); another token is not.
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(lambda _: preview({}).status_code, range(8)))
+    assert codes.count(429) >= 2 and set(codes) <= {200, 429}, codes
+    refused = preview({})
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    carol_photo = stack.folders["in"] / "hinted.png"
+    carol_photo.write_bytes(gray_png(6))
+    assert preview({}, client=stack.client("carol"), source=str(carol_photo)).status_code == 200
 
 
 def test_no_token_or_s3_secret_in_any_response_log_line_or_page(stack):

@@ -31,6 +31,20 @@ def stack(tmp_path_factory, tiny_checkpoint) -> Iterator[ApiStack]:
         yield running
 
 
+# The mean colour of the 10x10 pixels at the centre of the hint editor's preview, read back through a canvas.
+CENTRE_COLOUR = """() => {
+  const img = document.querySelector('#hint-preview');
+  const canvas = document.createElement('canvas');
+  canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+  const context = canvas.getContext('2d');
+  context.drawImage(img, 0, 0);
+  const data = context.getImageData(Math.floor(canvas.width / 2) - 5, Math.floor(canvas.height / 2) - 5, 10, 10).data;
+  const sum = [0, 0, 0];
+  for (let i = 0; i < data.length; i += 4) { sum[0] += data[i]; sum[1] += data[i + 1]; sum[2] += data[i + 2]; }
+  return sum.map((v) => v / (data.length / 4));
+}"""
+
+
 @pytest.fixture
 def page() -> Iterator:
     from playwright.sync_api import sync_playwright
@@ -110,8 +124,29 @@ def test_console_uploads_a_photo_and_a_film_watches_them_finish_and_compares_bef
         expect(page.get_by_role("button", name="Download portrait.png").or_(
             page.get_by_role("link", name="Download portrait.png"))).to_be_visible()
 
+        # The hint editor: the model's own preview, then a red point placed by mouse turns that spot red.
+        page.get_by_role("link", name="Correct the colours with hints").click()
+        preview = page.locator("#hint-preview")
+        expect(preview).to_have_attribute("data-serial", "1", timeout=60_000)
+        page.get_by_label("Colour of new points").fill("#d02010")
+        box = page.locator("#hint-photo").bounding_box()
+        assert box is not None
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        expect(page.locator("#hint-points li")).to_have_count(1)
+        expect(page.locator("#hint-points li").first).to_contain_text("at 120, 80")
+        expect(preview).to_have_attribute("data-serial", "2", timeout=30_000)
+        page.wait_for_function("document.querySelector('#hint-preview').complete")
+        red, green, blue = page.evaluate(CENTRE_COLOUR)
+        assert red - green > 20 and red - blue > 20, (red, green, blue)
+        # ... and the keyboard places one too: focus the photo, move the cross, press Enter.
+        page.locator("#hint-canvas").focus()
+        page.keyboard.press("Shift+ArrowLeft")
+        page.keyboard.press("Enter")
+        expect(page.locator("#hint-points li")).to_have_count(2)
+        expect(page.locator("#hint-points li").nth(1)).to_contain_text("at 96, 80")
+
         # The film: a strip of before/after frames.
-        page.get_by_role("link", name="All jobs").click()
+        page.get_by_role("link", name="Jobs", exact=True).click()
         page.get_by_role("link", name="reel.mkv").click()
         expect(page.locator("#previews-title")).to_have_text("Before and after, frame by frame")
         expect(page.locator("figure.compare")).to_have_count(6)

@@ -82,6 +82,10 @@ class Settings:
     api_results: str | None = None
     api_max_upload_bytes: int = 2 * 1024**3
     api_url_ttl_s: int = 900  # lifetime of the signed S3 URLs the API hands out for results
+    # POST /api/v1/preview (the console's hint editor) colorizes a downscaled photo synchronously in the API process:
+    # each token may start this many a second on average, with bursts of api_preview_burst.
+    api_preview_rate: float = 1.0
+    api_preview_burst: int = 5
 
     def __post_init__(self) -> None:
         if self.visibility_timeout_s <= self.task_time_limit_s:

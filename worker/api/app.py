@@ -30,7 +30,7 @@ from prometheus_client import (
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from worker.api.auth import Principal, load_principals
-from worker.api.previews import Previews
+from worker.api.previews import HintPreviews, Previews, TokenBucket
 from worker.api.routes import ApiState, public, router
 from worker.errors import one_line
 from worker.images import tinct_version
@@ -109,6 +109,8 @@ def create_app(settings: Settings, service: Service | None = None, principals: l
     app.state.tinct = ApiState(
         settings=settings, service=service, principals=principals, insecure_local=insecure_local,
         previews=Previews(service.storage, settings.cache_dir, settings.work_dir / "api-previews"),
+        hint_previews=HintPreviews(settings, service.storage),
+        preview_bucket=TokenBucket(settings.api_preview_rate, settings.api_preview_burst),
     )
     app.include_router(public)
     app.include_router(router)

@@ -6,6 +6,9 @@ of its first ``COLLECTION_PREVIEWS`` photos. Deriving them here rather than in t
 hot path and their outputs untouched (an archive's output prefix holds exactly what it asked for), and a preview
 costs one read of the input and the output the first time anyone looks, nothing after: files are cached under
 ``<cache_dir>/previews/<job>/`` keyed by the output's ETag, so a job run again with new outputs gets new previews.
+
+:class:`HintPreviews` is the hint editor's: one photo colorized at a small size with a restorer's colour hints,
+synchronously, so the restorer sees what the hints do before submitting the full job.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import hashlib
 import io
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path, PurePosixPath
@@ -24,10 +28,12 @@ from PIL import Image, ImageOps
 
 from models.files import atomic_output
 from worker.errors import BadInputError, PermanentError, one_line
+from worker.hints import HintSpec
 from worker.images import DEFAULT_MAX_PIXELS, EXTENSION_FORMATS, read_photo
 from worker.jobs import JobRecord
+from worker.settings import Settings
 from worker.storage import Storage, parse_uri
-from worker.work import film_output_uri, photo_output_uri
+from worker.work import Runtime, film_output_uri, photo_output_uri
 
 PREVIEW_SIDE = 1024
 FRAME_SIDE = 480  # a film strip shows several frames side by side: smaller ones load faster
@@ -215,3 +221,107 @@ def _frames_at(path: Path, times: list[float]) -> list[Image.Image]:
             if chosen is not None:
                 frames.append(chosen.to_image())
     return frames
+
+
+# ------------------------------------------------------------------------------------------------ hint previews
+
+HINT_PREVIEW_SIDE = 512  # long side of a hint preview: a second or less on a CPU, enough to judge a colour
+_CACHED_PHOTOS = 8
+
+
+@dataclass(frozen=True)
+class HintPreview:
+    jpeg: bytes
+    width: int  # the photo's full size as displayed: the hint editor's coordinates
+    height: int
+
+
+class TokenBucket:
+    """Per-caller rate limit: ``rate`` requests a second on average, ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self._levels: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, who: str) -> float:
+        """0 when ``who`` may go now (and a token is spent), else the seconds until a token is free."""
+        now = time.monotonic()
+        with self._lock:
+            level, last = self._levels.get(who, (float(self.burst), now))
+            level = min(float(self.burst), level + (now - last) * self.rate)
+            if level >= 1:
+                self._levels[who] = (level - 1, now)
+                return 0.0
+            self._levels[who] = (level, now)
+            return (1 - level) / self.rate if self.rate > 0 else 60.0
+
+
+class HintPreviews:
+    """``POST /api/v1/preview``: a photo colorized at ``HINT_PREVIEW_SIDE`` with a restorer's hints, synchronously.
+
+    The model is loaded the way a worker loads it (:meth:`worker.work.Runtime.colorizer`: the same names, store and
+    engine settings), once per process; the photo's downscaled lightness is kept for the few photos being edited,
+    so moving a hint costs one network pass and one hint solve, not a download and a decode. One preview runs at a
+    time: the API process must keep answering everything else while it computes.
+    """
+
+    def __init__(self, settings: Settings, storage: Storage) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.runtime = Runtime(settings)
+        self._photos: dict[tuple[str, str], tuple[np.ndarray, int, int]] = {}
+        self._lock = threading.Lock()
+
+    def render(self, uri: str, hints: HintSpec, model: str, render_size: int | None) -> HintPreview:
+        lightness, width, height = self._lightness(uri)
+        hints.check_bounds(width, height, "hints")
+        scale = lightness.shape[1] / width
+        scaled = HintSpec(
+            points=tuple((x * scale, y * scale, colour, max(1.0, radius * scale))
+                         for x, y, colour, radius in hints.points),
+            regions=tuple((tuple((x * scale, y * scale) for x, y in polygon), colour)
+                          for polygon, colour in hints.regions),
+        )
+        with self._lock:
+            loaded = self.runtime.colorizer(model, render_size)
+            rgb = loaded.colorizer.colorize([lightness], hints=[scaled.colour_hints() if len(scaled) else None])[0]
+        image = Image.fromarray(np.clip(rgb * 255 + 0.5, 0, 255).astype(np.uint8))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+        return HintPreview(buffer.getvalue(), width, height)
+
+    def _lightness(self, uri: str) -> tuple[np.ndarray, int, int]:
+        """The photo's L at preview size, and its full displayed size; cached by the object's identity."""
+        info = self.storage.stat(uri)
+        key = (info.uri, info.etag)
+        cached = self._photos.get(key)
+        if cached is not None:
+            return cached
+        if info.size > self.settings.max_input_bytes:
+            raise BadInputError(uri, f"{info.size} bytes, over the limit of {self.settings.max_input_bytes}")
+        suffix = PurePosixPath(parse_uri(uri)[2]).suffix.lower()
+        if suffix not in EXTENSION_FORMATS:
+            raise BadInputError(uri, "hint previews are for photos (JPEG, PNG, TIFF, WebP, BMP)")
+        scheme, _, key_path = parse_uri(uri)
+        local = Path(key_path)
+        if scheme != "file":
+            self.scratch().mkdir(parents=True, exist_ok=True)
+            local = self.scratch() / f"{info.version_key()}{suffix}"
+            self.storage.download(uri, local)
+        try:
+            full = read_photo(local, DEFAULT_MAX_PIXELS).L
+        finally:
+            if scheme != "file":
+                local.unlink(missing_ok=True)
+        height, width = full.shape
+        scale = min(1.0, HINT_PREVIEW_SIDE / max(width, height))
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        small = np.asarray(Image.fromarray(full).resize(size, Image.Resampling.BOX), dtype=np.float32)
+        if len(self._photos) >= _CACHED_PHOTOS:
+            self._photos.pop(next(iter(self._photos)))
+        self._photos[key] = (small, width, height)
+        return small, width, height
+
+    def scratch(self) -> Path:
+        return self.settings.work_dir / "api-previews"

@@ -24,13 +24,14 @@ from typing import Annotated, Any
 import anyio.to_thread
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from worker.api.auth import Principal, authenticate, own_folder
-from worker.api.previews import Previews
-from worker.errors import PermanentError, TinctError, TransientError, one_line
+from worker.api.previews import HintPreviews, Previews, TokenBucket
+from worker.errors import BadInputError, ModelError, PermanentError, TinctError, TransientError, one_line
+from worker.hints import HintError, parse_hints
 from worker.images import EXTENSION_FORMATS
-from worker.jobs import FINISHED, KEY_PREFIX, STATES, JobRecord, JobSpec, JobSpecError
+from worker.jobs import FINISHED, KEY_PREFIX, STATES, JobRecord, JobSpec, JobSpecError, parse_options
 from worker.photos import FILM_EXTENSIONS
 from worker.service import Service
 from worker.settings import Settings
@@ -53,6 +54,8 @@ class ApiState:
     service: Service
     principals: list[Principal]
     previews: Previews
+    hint_previews: HintPreviews
+    preview_bucket: TokenBucket
     insecure_local: bool = False
 
     @property
@@ -451,3 +454,87 @@ def whoami(state: State, principal: Caller) -> dict[str, Any]:
         "max_upload_bytes": settings.api_max_upload_bytes,
     }
 
+
+
+# ---------------------------------------------------------------------------------------------- hint previews
+
+HINTS_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "points": {"type": "array", "items": {"type": "object", "required": ["x", "y", "color"], "properties": {
+            "x": {"type": "number"}, "y": {"type": "number"}, "color": {"type": "string", "example": "#2a3f8f"},
+            "radius": {"type": "number"}}}},
+        "regions": {"type": "array", "items": {"type": "object", "required": ["polygon", "color"], "properties": {
+            "polygon": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+            "color": {"type": "string"}}}},
+    },
+}
+PREVIEW_SCHEMA = {
+    "type": "object",
+    "required": ["input"],
+    "additionalProperties": False,
+    "properties": {
+        "input": {"type": "string", "description": "the photo: s3://bucket/key or a path"},
+        "hints": HINTS_SCHEMA,
+        "options": {"type": "object", "additionalProperties": False, "properties": {
+            "model": {"type": "string"}, "render_size": {"type": ["integer", "null"], "minimum": 32, "maximum": 4096}}},
+    },
+}
+
+
+@router.post(
+    "/preview", tags=["previews"],
+    summary="The photo colorized at about 512 px with colour hints, at once (the hint editor's preview; rate-limited)",
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": PREVIEW_SCHEMA}}}},
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}, "description": "X-Photo-Width/Height: the photo's full size"},
+               429: {"description": "too many previews; Retry-After says when to try again"}},
+)
+async def hint_preview(request: Request, state: State, principal: Caller) -> Response:
+    try:
+        data = json.loads(await request.body())
+    except ValueError as exc:
+        raise HTTPException(422, f"body: not valid JSON ({one_line(exc)})") from None
+    if not isinstance(data, dict):
+        raise HTTPException(422, f"body: expected a JSON object, got {type(data).__name__}")
+    unknown = set(data) - {"input", "hints", "options"}
+    if unknown:
+        raise HTTPException(422, f"{sorted(unknown)[0]}: unknown field")
+    source = data.get("input")
+    if not isinstance(source, str) or not source.strip():
+        raise HTTPException(422, "input: required: an s3://bucket/key URI or a path")
+    try:
+        parse_uri(source)
+    except ValueError as exc:
+        raise HTTPException(422, f"input: {one_line(exc)}") from None
+    raw_options = data.get("options") or {}
+    if not isinstance(raw_options, dict) or set(raw_options) - {"model", "render_size"}:
+        raise HTTPException(422, "options: only model and render_size apply to a preview")
+    try:
+        options = parse_options(raw_options)  # the jobs' own validation of these options
+    except JobSpecError as exc:
+        raise HTTPException(422, f"{exc.field}: {exc.reason}") from None
+    try:
+        hints = parse_hints(data.get("hints") or {}, "hints")
+    except HintError as exc:
+        raise HTTPException(422, f"hints.{exc.field}: {exc.detail}".replace("hints.: ", "hints: ")) from None
+    if not principal.may_read(source):
+        raise HTTPException(403, f"input: {source} is outside the input prefixes of token '{principal.name}'")
+    wait = state.preview_bucket.take(principal.name)
+    if wait > 0:
+        raise HTTPException(429, f"preview: too many previews; try again in {wait:.1f} s",
+                            headers={"Retry-After": str(max(1, round(wait)))})
+    try:
+        preview = await anyio.to_thread.run_sync(state.hint_previews.render, source, hints, options.model,
+                                                 options.render_size)
+    except HintError as exc:
+        raise HTTPException(422, f"hints.{exc.field}: {exc.detail}") from None
+    except ModelError as exc:
+        raise HTTPException(422, f"options.model: {exc}") from None
+    except BadInputError as exc:
+        raise HTTPException(422, f"input: {exc}") from None
+    except TransientError as exc:
+        raise HTTPException(503, f"storage: {exc}") from None
+    return Response(preview.jpeg, media_type="image/jpeg", headers={
+        "X-Photo-Width": str(preview.width), "X-Photo-Height": str(preview.height), "Cache-Control": "no-store"})

@@ -10,7 +10,7 @@
 const API = "/api/v1";
 const FINISHED = ["succeeded", "failed", "cancelled"];
 const $ = (id) => document.getElementById(id);
-const state = { token: null, me: null, abort: null, poll: null, cursor: null, blobs: [] };
+const state = { token: null, me: null, abort: null, poll: null, cursor: null, blobs: [], editor: null };
 
 function setStatus(text) { $("status").textContent = text || ""; }
 
@@ -75,7 +75,7 @@ async function signIn(token) {
 }
 
 function show(view) {
-  for (const name of ["signin", "jobs", "job", "new"]) $("view-" + name).hidden = name !== view;
+  for (const name of ["signin", "jobs", "job", "new", "hints"]) $("view-" + name).hidden = name !== view;
   for (const link of document.querySelectorAll("[data-nav]")) {
     if (link.dataset.nav === view) link.setAttribute("aria-current", "page"); else link.removeAttribute("aria-current");
   }
@@ -84,7 +84,7 @@ function show(view) {
 function stopLive() {
   if (state.abort) state.abort.abort();
   if (state.poll) clearInterval(state.poll);
-  state.abort = null; state.poll = null;
+  state.abort = null; state.poll = null; state.editor = null;
   for (const url of state.blobs) URL.revokeObjectURL(url);
   state.blobs = [];
 }
@@ -94,8 +94,10 @@ async function route(event) {
   if (!state.token) { show("signin"); $("token").focus(); return; }
   const hash = location.hash || "#/jobs";
   const match = hash.match(/^#\/jobs\/([0-9a-f]{24})$/);
+  const hintsMatch = hash.match(/^#\/jobs\/([0-9a-f]{24})\/hints$/);
   setStatus("");
   if (match) { show("job"); await jobView(match[1]); }
+  else if (hintsMatch) { show("hints"); await hintsView(hintsMatch[1]); }
   else if (hash === "#/new") { show("new"); newView(); }
   else { show("jobs"); await jobsView(); }
   // After a navigation (not the first load, where the skip link should stay the first Tab stop), move focus to
@@ -202,7 +204,7 @@ async function followEvents(jobId, onJob) {
 
 async function jobView(jobId) {
   for (const id of ["previews", "results", "job-failures"]) $(id).replaceChildren();
-  for (const id of ["previews-title", "previews-hint", "results-title"]) $(id).hidden = true;
+  for (const id of ["previews-title", "previews-hint", "results-title", "hints-link"]) $(id).hidden = true;
   let job;
   try { job = await apiJson("/jobs/" + jobId); } catch (e) { setStatus("Could not load the job: " + e.message); return; }
   renderJob(job);
@@ -220,6 +222,7 @@ async function jobView(jobId) {
   }
   if (job.state === "succeeded") {
     setStatus("Job finished.");
+    if (job.kind === "image") { $("hints-open").href = `#/jobs/${jobId}/hints`; $("hints-link").hidden = false; }
     await Promise.all([showPreviews(jobId), showResults(jobId)]);
   } else if (job.state === "failed") {
     setStatus("Job failed.");
@@ -288,6 +291,162 @@ async function showResults(jobId) {
     return el("li", {}, el("a", { href: r.url, text: "Download " + r.name, rel: "noopener" }),
       " ", el("span", { class: "hint", text: `${r.uri} (link valid ${Math.round(data.expires_in_s / 60)} min)` }));
   }));
+}
+
+// ---------------------------------------------------------------------------------------------- hint editor
+
+async function hintsView(jobId) {
+  const editor = { jobId, job: null, points: [], cross: { x: 0.5, y: 0.5 }, width: 0, height: 0, timer: null,
+    serial: 0, shown: 0 };
+  state.editor = editor;
+  $("hints-back").href = "#/jobs/" + jobId;
+  $("hint-error").hidden = true;
+  $("hint-preview").removeAttribute("src");
+  $("hint-photo").removeAttribute("src");
+  try {
+    editor.job = await apiJson("/jobs/" + jobId);
+    const previews = await apiJson(`/jobs/${jobId}/previews`);
+    if (!previews.previews.length) throw new Error("the job has no photo to correct yet");
+    $("hint-photo").src = await blobUrl(previews.previews[0].before);
+    $("hints-title").textContent = "Colour hints: " + nameOf(editor.job.input);
+    const existing = (editor.job.options.hints || {}).points || [];
+    editor.points = existing.map((p) => ({ x: p.x, y: p.y, color: p.color, radius: p.radius }));
+  } catch (e) {
+    setStatus("Cannot edit hints: " + e.message);
+    return;
+  }
+  renderPoints();
+  await refreshPreview();
+}
+
+function placeCross() {
+  const editor = state.editor;
+  $("hint-cross").style.left = editor.cross.x * 100 + "%";
+  $("hint-cross").style.top = editor.cross.y * 100 + "%";
+}
+
+function addPoint(fx, fy) {
+  const editor = state.editor;
+  if (!editor || !editor.width) return;
+  const x = Math.min(editor.width - 1, Math.max(0, Math.round(fx * editor.width)));
+  const y = Math.min(editor.height - 1, Math.max(0, Math.round(fy * editor.height)));
+  const radius = Math.max(1, parseFloat($("hint-radius").value) || 12);
+  editor.points.push({ x, y, color: $("hint-colour").value, radius });
+  setStatus(`Point ${editor.points.length} placed at ${x}, ${y}.`);
+  renderPoints();
+  schedulePreview();
+}
+
+function renderPoints() {
+  const editor = state.editor;
+  const canvas = $("hint-canvas");
+  for (const marker of canvas.querySelectorAll(".marker")) marker.remove();
+  const items = editor.points.map((point, index) => {
+    if (editor.width) {
+      const marker = el("span", { class: "marker", "aria-hidden": "true" });
+      marker.style.left = (point.x / editor.width) * 100 + "%";
+      marker.style.top = (point.y / editor.height) * 100 + "%";
+      marker.style.background = point.color;
+      canvas.append(marker);
+    }
+    const colour = el("input", { type: "color", id: `hint-colour-${index}`, value: point.color });
+    colour.addEventListener("input", () => { point.color = colour.value; renderPoints(); schedulePreview(); });
+    const radius = el("input", { type: "number", id: `hint-radius-${index}`, min: "1", max: "500",
+      value: String(point.radius) });
+    radius.addEventListener("change", () => { point.radius = Math.max(1, parseFloat(radius.value) || 1); schedulePreview(); });
+    const remove = el("button", { type: "button", class: "secondary", text: "Remove",
+      "aria-label": `Remove point ${index + 1}` });
+    remove.addEventListener("click", () => { editor.points.splice(index, 1); renderPoints(); schedulePreview(); });
+    return el("li", {}, el("span", { text: `at ${point.x}, ${point.y}` }),
+      el("label", { for: colour.id, text: "colour" }), colour,
+      el("label", { for: radius.id, text: "radius" }), radius, remove);
+  });
+  $("hint-points").replaceChildren(...items);
+  $("hint-none").hidden = editor.points.length > 0;
+}
+
+function hintsDocument() {
+  return { points: state.editor.points.map((p) => ({ x: p.x, y: p.y, color: p.color, radius: p.radius })) };
+}
+
+function schedulePreview() {
+  const editor = state.editor;
+  clearTimeout(editor.timer);
+  editor.timer = setTimeout(() => refreshPreview().catch(() => {}), 250);  // a burst of edits, one preview
+}
+
+async function refreshPreview() {
+  const editor = state.editor;
+  const serial = ++editor.serial;
+  const options = { model: editor.job.options.model };
+  if (editor.job.options.render_size) options.render_size = editor.job.options.render_size;
+  $("hint-timing").textContent = "(updating\u2026)";
+  const began = performance.now();
+  let response;
+  for (;;) {
+    try {
+      response = await api("/preview", { method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ input: editor.job.input, hints: hintsDocument(), options }) });
+      break;
+    } catch (e) {
+      if (e instanceof ApiError && e.status === 429) { await new Promise((r) => setTimeout(r, 1000)); continue; }
+      $("hint-error").textContent = "Preview failed: " + e.message;
+      $("hint-error").hidden = false;
+      $("hint-timing").textContent = "";
+      return;
+    }
+  }
+  if (state.editor !== editor || serial < editor.shown) return;  // another page, or a newer preview already shown
+  editor.shown = serial;
+  editor.width = parseInt(response.headers.get("X-Photo-Width"), 10);
+  editor.height = parseInt(response.headers.get("X-Photo-Height"), 10);
+  const url = URL.createObjectURL(await response.blob());
+  state.blobs.push(url);
+  $("hint-preview").src = url;
+  $("hint-preview").dataset.serial = String(serial);
+  $("hint-error").hidden = true;
+  $("hint-timing").textContent = `(${((performance.now() - began) / 1000).toFixed(1)} s)`;
+  renderPoints();
+}
+
+async function submitHints() {
+  const editor = state.editor;
+  const job = editor.job;
+  const options = Object.assign({}, job.options, { hints: editor.points.length ? hintsDocument() : null });
+  try {
+    const created = await apiJson("/jobs", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ input: job.input, output: job.output, kind: "image", options }) });
+    setStatus("Submitted with " + editor.points.length + " colour hints.");
+    location.hash = "#/jobs/" + created.id;
+  } catch (e) {
+    $("hint-error").textContent = "Not submitted: " + e.message;
+    $("hint-error").hidden = false;
+  }
+}
+
+function bindHintEditor() {
+  const canvas = $("hint-canvas");
+  canvas.addEventListener("click", (event) => {
+    const box = $("hint-photo").getBoundingClientRect();
+    addPoint((event.clientX - box.left) / box.width, (event.clientY - box.top) / box.height);
+  });
+  canvas.addEventListener("keydown", (event) => {
+    const editor = state.editor;
+    if (!editor) return;
+    const step = event.shiftKey ? 0.1 : 0.02;
+    const moves = { ArrowLeft: [-step, 0], ArrowRight: [step, 0], ArrowUp: [0, -step], ArrowDown: [0, step] };
+    if (moves[event.key]) {
+      event.preventDefault();
+      editor.cross.x = Math.min(1, Math.max(0, editor.cross.x + moves[event.key][0]));
+      editor.cross.y = Math.min(1, Math.max(0, editor.cross.y + moves[event.key][1]));
+      placeCross();
+    } else if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      addPoint(editor.cross.x, editor.cross.y);
+    }
+  });
+  canvas.addEventListener("focus", placeCross);
+  $("hint-submit").addEventListener("click", submitHints);
 }
 
 // --------------------------------------------------------------------------------------------------- new job
@@ -377,6 +536,7 @@ async function start() {
   $("jobs-more").addEventListener("click", () => loadJobs(true).catch((e) => setStatus(e.message)));
   for (const radio of document.querySelectorAll("input[name=source]")) radio.addEventListener("change", toggleSource);
   $("new-form").addEventListener("submit", submitNew);
+  bindHintEditor();
   window.addEventListener("hashchange", route);
   // The skip link must not change the hash: that would be read as a navigation to an unknown view.
   document.querySelector("a.skip").addEventListener("click", (event) => { event.preventDefault(); $("main").focus(); });
