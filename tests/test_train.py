@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import zipfile
 from pathlib import Path
 
@@ -11,10 +12,11 @@ import torch
 from PIL import Image
 
 from models.checkpoint import load_checkpoint
+from models.color import decode_ab
 from models.predictor import DecodeOptions
 from tests.conftest import gradient_image
-from tools.datasets import Augment, BatchSampler, PhotoBank, SourceSpec, augment_crop
-from tools.train import STATE_FILE, TrainConfig, colour_loss, main, train
+from tools.datasets import Augment, BatchSampler, PhotoBank, SourceSpec, augment_crop, in_holdout, relative_name
+from tools.train import STATE_FILE, TrainConfig, WeightAverage, colour_loss, main, train
 
 TINY_EFFNET = {"pretrained": False, "decoder_channels": [16, 16, 16]}
 
@@ -172,3 +174,126 @@ def test_cli_fine_tunes_with_the_parents_architecture_and_settings(photo_dir: Pa
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].endswith("holds a 'unet' model, not 'effnet_unet' (a fine-tune keeps its parent's architecture: "
                             "leave out --model)")
+
+
+# --- the validation split, the mix loss, EMA, the encoder schedule, scale augmentation -------------------------------
+
+
+def _named_photos(root: Path, count: int) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.fromarray(gradient_image(40, 40, seed=i)).save(root / f"photo_{i:03d}.png")
+    return root
+
+
+def test_validation_split_is_disjoint_deterministic_and_location_independent(tmp_path: Path) -> None:
+    folder = _named_photos(tmp_path / "a" / "photos", 60)
+    moved = tmp_path / "b" / "elsewhere"
+    moved.parent.mkdir()
+    folder.rename(moved)
+    archive = tmp_path / "photos.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(moved.glob("*.png")):
+            zf.write(path, path.name)
+
+    def names(source: Path, split: str) -> set[str]:
+        bank = PhotoBank([SourceSpec(source)], short_side=40, split=split, holdout=0.25)
+        return {Path(n.split("!")[-1]).name for n in bank.names}
+
+    train_names, val_names = names(moved, "train"), names(moved, "val")
+    assert train_names.isdisjoint(val_names) and len(train_names | val_names) == 60
+    assert 5 <= len(val_names) <= 25  # about a quarter
+    assert names(archive, "val") == val_names  # a zip of the same photos splits the same way
+    assert all(in_holdout(name, 0.25) for name in val_names)
+
+
+def test_a_split_needs_a_holdout_fraction(photo_dir: Path) -> None:
+    with pytest.raises(ValueError, match="holdout fraction"):
+        PhotoBank([SourceSpec(photo_dir)], short_side=40, split="val", holdout=0.0)
+    with pytest.raises(ValueError, match="split must be one of"):
+        PhotoBank([SourceSpec(photo_dir)], short_side=40, split="test", holdout=0.1)
+
+
+def test_relative_names() -> None:
+    assert relative_name(Path("/d/zips/a.zip"), "/d/zips/a.zip!n01/x.webp") == "n01/x.webp"
+    assert relative_name(Path("/d/flowers"), "/d/flowers/rose/1.jpg") == "rose/1.jpg"
+    assert relative_name("s3://bucket/colour/", "s3://bucket/colour/1950/a.jpg") == "1950/a.jpg"
+
+
+def test_min_object_side_enlarges_small_photos() -> None:
+    rng = np.random.default_rng(0)
+    stripes = np.zeros((64, 64, 3), np.uint8)
+    stripes[:, (np.arange(64) // 8) % 2 == 1] = (200, 30, 30)  # 8 px stripes: 7 edges across the photo
+    aug = Augment(crop=64, zoom=(1.0, 1.0), shear=0.0, hflip=False)
+
+    def edges_per_row(crop: np.ndarray) -> float:
+        return float((np.abs(np.diff(crop[..., 0].astype(int), axis=1)) > 100).sum(axis=1).mean())
+
+    assert edges_per_row(augment_crop(stripes, aug, rng)) == 7
+    enlarged = augment_crop(stripes, dataclasses.replace(aug, min_object_side=256), rng)
+    assert enlarged.shape == (64, 64, 3)
+    assert edges_per_row(enlarged) <= 2  # 4x larger: a 64 px window spans two stripes at most
+
+
+def test_mix_loss_adds_the_decoded_l1_term() -> None:
+    from models.color import soft_encode_ab
+
+    ab = torch.full((1, 2, 4, 4), 30.0)
+    logits = torch.log(soft_encode_ab(-ab) + 1e-6)
+    ce = colour_loss(logits, ab, "classification", None)
+    mixed = colour_loss(logits, ab, "mix", None, l1_weight=2.0)
+    decoded = decode_ab(logits, "annealed_mean", 0.38)
+    expected_l1 = float((decoded - ab).abs().mean() / 110.0)
+    assert float(mixed - ce) == pytest.approx(2.0 * expected_l1, rel=1e-4)
+
+
+def test_weight_average_follows_the_model_slowly() -> None:
+    model = torch.nn.Linear(2, 2)
+    average = WeightAverage(model, decay=0.9)
+    start = average.model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    for step in range(200):
+        average.update(model, step)
+    assert torch.allclose(average.model.weight, model.weight, atol=1e-3)
+    fresh = WeightAverage(torch.nn.Linear(2, 2), decay=0.99)
+    fresh.model.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    fresh.update(model, step=10_000)  # one late step moves the average by 1 - decay only
+    assert torch.allclose(fresh.model.weight - (model.weight - 1.0), torch.full((2, 2), 0.01), atol=1e-5)
+    assert not torch.equal(start, average.model.weight)
+
+
+def test_split_mix_ema_and_encoder_schedule_train_and_resume(tmp_path: Path) -> None:
+    """A run with every new piece: the encoder stays untouched while frozen and then moves, validation reports
+    PSNR and colourfulness beside their baselines, model.pt holds the EMA weights, and a resume keeps them."""
+    data = _named_photos(tmp_path / "photos", 24)
+    run = tmp_path / "run"
+    cfg = TrainConfig(model_options=TINY_EFFNET, data=[str(data)], val_split=0.25, val_crops=8, steps=3,
+                      batch_size=2, crop=64, loss="mix", l1_weight=5.0, ema_decay=0.5, freeze_encoder_steps=2,
+                      log_every=1, eval_every=2, save_every=2, warmup_steps=1, min_object_side=80)
+    start = load_checkpoint(train(TrainConfig(**(vars(cfg) | {"steps": 0})), tmp_path / "start")).build_model()
+    frozen = load_checkpoint(train(TrainConfig(**(vars(cfg) | {"steps": 2, "ema_decay": 0.0})),
+                                   tmp_path / "frozen")).build_model()
+    for before, after in zip(start.encoder.state_dict().values(), frozen.encoder.state_dict().values(), strict=True):
+        torch.testing.assert_close(before.float(), after.float(), atol=1e-3, rtol=0)  # fp16 storage
+    decoder_moved = any(not torch.allclose(a.float(), b.float(), atol=1e-3)
+                        for a, b in zip(start.head.state_dict().values(), frozen.head.state_dict().values(),
+                                        strict=True))
+    assert decoder_moved
+
+    train(cfg, run)
+    state = torch.load(run / STATE_FILE, weights_only=True)
+    assert state["ema"] is not None and [m["step"] for m in state["history"]] == [2, 3]
+    metrics = state["history"][-1]
+    assert metrics["val_psnr_gray"] > 10 and metrics["val_colourfulness_truth"] > 5
+    ckpt = load_checkpoint(run / "model.pt")
+    assert ckpt.provenance["loss"] == "mix" and ckpt.provenance["val_split"] == 0.25
+    shipped = ckpt.build_model().state_dict()
+    for name, value in state["ema"].items():
+        if value.dtype.is_floating_point:
+            torch.testing.assert_close(shipped[name].float(), value.float(), atol=2e-3, rtol=1e-2)
+    train(TrainConfig(**(vars(cfg) | {"steps": 4})), run, resume=True)
+    resumed = torch.load(run / STATE_FILE, weights_only=True)
+    assert resumed["step"] == 4 and [m["step"] for m in resumed["history"]] == [2, 3, 4]

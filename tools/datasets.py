@@ -12,6 +12,7 @@ archive fine-tunes on its own colour material where it already keeps it.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -46,6 +47,21 @@ class Augment:
     zoom: tuple[float, float] = (1.0, 1.6)  # >1 zooms in (crops a smaller region)
     shear: float = 0.15
     hflip: bool = True
+    # A photo whose short side is under ``min_object_side`` pixels is enlarged so that it covers at least that
+    # many crop pixels: a 64 px Tiny-ImageNet photo then teaches its object at about the size a 224 px render
+    # shows a whole photo's subject, instead of as a thumbnail. 0 leaves photos at the crop's own scale.
+    min_object_side: int = 0
+
+
+SPLITS = ("all", "train", "val")
+
+
+def in_holdout(name: str, holdout: float) -> bool:
+    """Whether the photo called ``name`` (its path inside its source) belongs to the validation split."""
+    if holdout <= 0:
+        return False
+    digest = hashlib.sha1(name.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < holdout
 
 
 @dataclass
@@ -73,6 +89,7 @@ def is_s3_uri(source: Path | str) -> bool:
 
 def iter_image_bytes(source: Path | str, storage: Storage | None = None) -> Iterator[tuple[str, bytes]]:
     """``(name, encoded bytes)`` for every image in a folder (recursive), .zip or S3 prefix, in name order.
+    ``relative_name(source, name)`` is the name inside the source.
 
     A missing folder is FileNotFoundError. S3 prefixes need ``storage``; a missing bucket, refused credentials or
     an unreachable store raise the storage's own one-line errors, and an empty prefix is a :class:`DataError`.
@@ -92,6 +109,21 @@ def iter_image_bytes(source: Path | str, storage: Storage | None = None) -> Iter
                 yield str(path), path.read_bytes()
     else:
         raise FileNotFoundError(f"{source}: not a folder or a .zip of images (nor an s3://bucket/prefix/)")
+
+
+def relative_name(source: Path | str, name: str) -> str:
+    """The part of a name from :func:`iter_image_bytes` below its source (zip member, path in the folder, key below
+    the prefix): what the validation split hashes, the same wherever the data lies."""
+    if is_s3_uri(source):
+        prefix = normalize_uri(str(source))
+        return name[len(prefix):].lstrip("/") if name.startswith(prefix) else name
+    _, bang, member = name.partition("!")
+    if bang:
+        return member
+    try:
+        return Path(name).relative_to(source).as_posix()
+    except ValueError:
+        return name
 
 
 def _iter_s3_images(uri: str, storage: Storage | None) -> Iterator[tuple[str, bytes]]:
@@ -127,12 +159,19 @@ def _decode_rgb(name: str, data: bytes, short_side: int) -> np.ndarray | None:
 class PhotoBank:
     """All training photos, decoded once into memory (uint8 RGB). ``storage`` reads ``s3://`` sources.
 
+    ``split`` picks the photos of each source: ``all``, ``train`` (those outside the validation split of
+    ``holdout``, see :func:`in_holdout`) or ``val`` (those inside it).
+
     Every source must contribute at least one colour photo: a folder of gray scans or an empty prefix given by
     mistake is a :class:`DataError` naming it, not a run that silently trains on the other sources only.
     """
 
     def __init__(self, sources: list[SourceSpec], short_side: int, min_chroma: float = 2.0,
-                 storage: Storage | None = None) -> None:
+                 storage: Storage | None = None, split: str = "all", holdout: float = 0.0) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+        if split != "all" and not 0 < holdout < 1:
+            raise ValueError(f"a {split} split needs a holdout fraction between 0 and 1, not {holdout}")
         self.images: list[np.ndarray] = []
         self.sampling_weights: list[float] = []
         self.names: list[str] = []
@@ -141,6 +180,8 @@ class PhotoBank:
         for spec in sources:
             count = seen = gray = 0
             for name, data in iter_image_bytes(spec.path, storage):
+                if split != "all" and in_holdout(relative_name(spec.path, name), holdout) != (split == "val"):
+                    continue
                 seen += 1
                 rgb = _decode_rgb(name, data, short_side)
                 if rgb is None or min(rgb.shape[:2]) < 16:
@@ -157,7 +198,8 @@ class PhotoBank:
                                 f"{seen - gray} unreadable or under 16 px)")
             skipped_gray += gray
             self.source_counts.append((_shown(spec.path), count))
-            log.info("%s: %d photos (weight %.1f)", _shown(spec.path), count, spec.weight)
+            log.info("%s: %d photos (weight %.1f%s)", _shown(spec.path), count, spec.weight,
+                     "" if split == "all" else f", {split} split")
         if not self.images:
             raise DataError("no training sources given")
         log.info("photo bank: %d photos, %d gray ones skipped", len(self.images), skipped_gray)
@@ -184,7 +226,7 @@ def _mean_chroma(rgb: np.ndarray) -> float:
 def augment_crop(rgb: np.ndarray, aug: Augment, rng: np.random.Generator) -> np.ndarray:
     """One random zoom + shear + flip + crop of ``aug.crop`` pixels square, as a single affine warp."""
     h, w = rgb.shape[:2]
-    base = aug.crop / min(h, w)  # scale at which the short side just covers the crop
+    base = max(aug.crop, aug.min_object_side) / min(h, w)  # the short side covers the crop (or the object size)
     scale = base * rng.uniform(*aug.zoom)
     shear = rng.uniform(-aug.shear, aug.shear)
     flip = -1.0 if aug.hflip and rng.random() < 0.5 else 1.0

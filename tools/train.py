@@ -5,11 +5,24 @@ Losses, chosen by the model's head:
 * classification heads (``output == "logits"``): cross-entropy against soft-encoded targets
   (5 nearest bins, sigma 5), each pixel weighted by the class-rebalancing weight of its bin
   (Zhang et al. 2016), with the ab histogram measured on the training data itself;
+* ``mix`` (classification heads): that cross-entropy plus ``--l1-weight`` times an L1 term on the ab the head
+  decodes (annealed mean at the checkpoint's temperature): the distribution keeps its modes for vivid colour, and
+  its decoded answer is pulled towards the truth, where PSNR is measured;
 * ``--adversarial-weight W``: adds a pix2pix PatchGAN discriminator; the generator's loss gains
   W times the non-saturating GAN loss on its decoded ab.
 
-A run directory holds ``train_state.pt`` (everything needed to resume: weights, optimizer, step,
-sampler RNG, rebalancing weights) and ``model.pt`` (a self-describing inference checkpoint).
+Schedule and averaging: ``--freeze-encoder-steps N`` trains the decoder alone on a frozen pretrained encoder
+first (cheaper steps: no gradients through the encoder) before the encoder joins at ``--encoder-lr-scale`` of the
+rate; ``--ema D`` keeps an exponential moving average of the weights, which is what validation scores and
+``model.pt`` holds.
+
+Validation (``docs/protocol.md``): ``--val-split F`` holds the fraction F of every training source out of
+training (by a hash of each photo's name, see ``tools.datasets.in_holdout``) and scores it every ``--eval-every``
+steps: PSNR against the truth beside the gray baseline's, and colourfulness beside the truth's.
+
+A run directory holds ``train_state.pt`` (everything needed to resume: weights, EMA weights, optimizer, step,
+sampler RNG, rebalancing weights, the validation history) and ``model.pt`` (a self-describing inference checkpoint
+of the EMA weights when there are any). A run resumed on another machine needs only that folder and the data.
 
 Fine-tuning (``--init default``, a model name in the model store, or a .pt path) starts from a published
 checkpoint with a fresh optimizer: the architecture, class-rebalancing lambda and decoding come from the
@@ -23,6 +36,7 @@ material where it keeps it::
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import logging
@@ -40,6 +54,7 @@ from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, reso
 from models.color import (
     AB_NORM,
     decode_ab,
+    lab_to_rgb,
     quantize_ab,
     rebalance_weights,
     soft_encode_ab,
@@ -47,6 +62,7 @@ from models.color import (
 from models.files import atomic_output
 from models.predictor import DecodeOptions
 from models.registry import build_config, create_model, model_from_config
+from tools import metrics as image_metrics
 from tools.ab_prior import ab_counts
 from tools.datasets import Augment, BatchSampler, DataError, PhotoBank, SourceSpec
 from worker.errors import TinctError, one_line
@@ -83,7 +99,8 @@ class TrainConfig:
     encoder_lr_scale: float = 0.1  # pretrained encoders move slower than the fresh decoder
     weight_decay: float = 1e-4
     warmup_steps: int = 200
-    loss: str = "auto"  # auto | l2 | huber | l1 | classification
+    loss: str = "auto"  # auto | l2 | huber | l1 | classification | mix
+    l1_weight: float = 10.0  # mix: weight of the L1 term on decoded ab (ab / AB_NORM units)
     rebalance_lambda: float | None = None  # None: the parent's when fine-tuning, else DEFAULT_REBALANCE_LAMBDA
     adversarial_weight: float = 0.0
     bf16: bool = False
@@ -92,6 +109,12 @@ class TrainConfig:
     eval_every: int = 500
     save_every: int = 500
     time_limit_min: float = 0.0  # stop cleanly (and save) after this many minutes; 0 = no limit
+    val_split: float = 0.0  # fraction of every training source held out for validation (0: none)
+    val_crops: int = 192  # validation crops scored at each eval (fixed: the same crops every time)
+    ema_decay: float = 0.0  # 0: no EMA; e.g. 0.999 averages over about the last 1,000 steps
+    freeze_encoder_steps: int = 0  # the encoder stays frozen for this many steps, then trains at encoder_lr_scale
+    min_object_side: int = 0  # see tools.datasets.Augment
+    channels_last: bool = True  # NHWC convolutions: measured faster with oneDNN on CPU (docs/training.md)
     half_weights: bool = True  # fp16 storage in model.pt
     init_from: str = ""  # start from this checkpoint's weights and config (fine-tuning), with a fresh optimizer
     init_ref: str = ""  # what the user named as the parent (default, a model name, a path), for the provenance
@@ -133,11 +156,11 @@ def _git_commit() -> str:
 
 def _resolve_loss(model: nn.Module, requested: str) -> str:
     if model.output == "logits":
-        if requested not in ("auto", "classification"):
-            raise ValueError(f"a classification head trains with the classification loss, not {requested!r}")
-        return "classification"
-    if requested == "classification":
-        raise ValueError("the classification loss needs a model with a classification head (head=classification)")
+        if requested not in ("auto", "classification", "mix"):
+            raise ValueError(f"a classification head trains with the classification or mix loss, not {requested!r}")
+        return "mix" if requested == "mix" else "classification"
+    if requested in ("classification", "mix"):
+        raise ValueError(f"the {requested} loss needs a model with a classification head (head=classification)")
     return "huber" if requested == "auto" else requested
 
 
@@ -145,15 +168,21 @@ def _downsample_ab(ab: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return ab if ab.shape[-2:] == size else F.adaptive_avg_pool2d(ab, size)
 
 
-def colour_loss(out: torch.Tensor, ab: torch.Tensor, kind: str, class_weights: torch.Tensor | None) -> torch.Tensor:
-    """The supervised loss for one batch: ``out`` is the model's raw output, ``ab`` the truth in Lab units."""
+def colour_loss(out: torch.Tensor, ab: torch.Tensor, kind: str, class_weights: torch.Tensor | None,
+                l1_weight: float = 0.0, temperature: float = DEFAULT_DECODE_TEMPERATURE) -> torch.Tensor:
+    """The supervised loss for one batch: ``out`` is the model's raw output, ``ab`` the truth in Lab units.
+    ``mix`` adds ``l1_weight`` x L1 between the annealed mean at ``temperature`` and the truth (ab / AB_NORM)."""
     ab = _downsample_ab(ab, out.shape[-2:])
-    if kind == "classification":
+    if kind in ("classification", "mix"):
         target = soft_encode_ab(ab)
-        nll = -(target * F.log_softmax(out.float(), dim=1)).sum(dim=1)
+        log_prob = F.log_softmax(out.float(), dim=1)
+        nll = -(target * log_prob).sum(dim=1)
         if class_weights is not None:
             nll = nll * class_weights[quantize_ab(ab)]
-        return nll.mean()
+        if kind == "classification":
+            return nll.mean()
+        decoded = decode_ab(out.float(), "annealed_mean", temperature)
+        return nll.mean() + l1_weight * F.l1_loss(decoded / AB_NORM, ab / AB_NORM)
     pred, truth = out.float(), ab / AB_NORM
     if kind == "l2":
         return F.mse_loss(pred, truth)
@@ -203,17 +232,87 @@ def _lr_factor(step: int, cfg: TrainConfig) -> float:
 
 @torch.no_grad()
 def validate(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], temperature: float) -> dict:
-    """ab RMSE (Lab units) of the model and of the gray baseline (ab = 0) on fixed validation crops."""
+    """Scores on fixed validation crops, each beside its baseline: ab RMSE (Lab units) and mean sRGB PSNR of the
+    model and of the gray image (ab = 0), and the mean colourfulness of the model's crops and of the truth's."""
+    was_training = model.training
     model.eval()
     se_model = se_gray = n = 0.0
+    psnr_model: list[float] = []
+    psnr_gray: list[float] = []
+    colour_model: list[float] = []
+    colour_truth: list[float] = []
     for L, ab in batches:
         pred = differentiable_ab(model, model(L), temperature)
         pred = F.interpolate(pred, size=ab.shape[-2:], mode="bilinear", align_corners=False)
         se_model += float(((pred - ab) ** 2).sum())
         se_gray += float((ab**2).sum())
         n += ab.numel()
-    model.train()
-    return {"val_ab_rmse": math.sqrt(se_model / n), "val_ab_rmse_gray": math.sqrt(se_gray / n)}
+        truth = lab_to_rgb(torch.cat((L, ab), dim=1)).permute(0, 2, 3, 1)
+        ours = lab_to_rgb(torch.cat((L, pred), dim=1)).permute(0, 2, 3, 1)
+        gray = lab_to_rgb(torch.cat((L, torch.zeros_like(ab)), dim=1)).permute(0, 2, 3, 1)
+        psnr_model += list(image_metrics.psnr(ours, truth))
+        psnr_gray += list(image_metrics.psnr(gray, truth))
+        colour_model += list(image_metrics.colourfulness(ours))
+        colour_truth += list(image_metrics.colourfulness(truth))
+    model.train(was_training)
+    return {"val_ab_rmse": math.sqrt(se_model / n), "val_ab_rmse_gray": math.sqrt(se_gray / n),
+            "val_psnr": image_metrics.finite_mean(psnr_model), "val_psnr_gray": image_metrics.finite_mean(psnr_gray),
+            "val_colourfulness": float(sum(colour_model) / len(colour_model)),
+            "val_colourfulness_truth": float(sum(colour_truth) / len(colour_truth))}
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights (float32 copies; buffers such as BatchNorm statistics
+    are copied as they are). Averaged weights generalise better than the last step's, which a cosine schedule
+    with few epochs leaves noisy."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        self.model.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        # Early on the average would be dominated by the random start: warm the decay up as 1 - 1/(step + 1) does.
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for avg, live in zip(self.model.state_dict().values(), model.state_dict().values(), strict=True):
+            if avg.dtype.is_floating_point:
+                avg.mul_(decay).add_(live.detach(), alpha=1 - decay)
+            else:
+                avg.copy_(live)
+
+
+def _set_encoder_frozen(model: nn.Module, frozen: bool) -> None:
+    """Freeze or release a model's ``encoder`` (weights and BatchNorm statistics); models without one pass."""
+    encoder = getattr(model, "encoder", None)
+    if encoder is None or getattr(model.config, "freeze_encoder", False):
+        return
+    encoder.requires_grad_(not frozen)
+    encoder.train(not frozen and model.training)
+
+
+def _validation_batches(cfg: TrainConfig, storage: Storage | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Fixed crops for the periodic validation line: the validation split of the training sources when
+    ``val_split`` is set, plus any ``--val`` sources; centre-ish crops, no flips or shear, one seed."""
+    sources: list[tuple[list[str], str]] = []
+    if cfg.val_split > 0:
+        sources.append((cfg.data, "val"))
+    if cfg.val:
+        sources.append((cfg.val, "all"))
+    batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+    per_batch = 16
+    for names, split in sources:
+        bank = PhotoBank([SourceSpec(SourceSpec.parse(s).path) for s in names], short_side=_bank_side(cfg),
+                         storage=storage, split=split, holdout=cfg.val_split)
+        aug = Augment(crop=cfg.crop, zoom=(1.0, 1.0), shear=0.0, hflip=False, min_object_side=cfg.min_object_side)
+        sampler = BatchSampler(bank, per_batch, aug, seed=1)
+        batches += [next(sampler) for _ in range(max(1, cfg.val_crops // per_batch))]
+    return batches
+
+
+def _bank_side(cfg: TrainConfig) -> int:
+    # Photos are kept just large enough for the largest crop scale asked for, so none is enlarged twice.
+    return max(int(cfg.crop * 1.15), cfg.min_object_side)
 
 
 def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storage | None = None) -> Path:
@@ -246,18 +345,15 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
     loss_kind = _resolve_loss(model, cfg.loss)
     parent_decode = DecodeOptions(**parent.decode) if parent is not None and parent.decode else DecodeOptions()
 
-    bank = PhotoBank([SourceSpec.parse(s) for s in cfg.data], short_side=int(cfg.crop * 1.15), storage=storage)
-    sampler = BatchSampler(bank, cfg.batch_size, Augment(crop=cfg.crop), seed=cfg.seed)
-    val_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
-    if cfg.val:
-        val_bank = PhotoBank([SourceSpec.parse(s) for s in cfg.val], short_side=int(cfg.crop * 1.15),
-                             storage=storage)
-        val_sampler = BatchSampler(val_bank, 16, Augment(crop=cfg.crop, zoom=(1.0, 1.0), shear=0.0, hflip=False), 1)
-        val_batches = [next(val_sampler) for _ in range(4)]
+    bank = PhotoBank([SourceSpec.parse(s) for s in cfg.data], short_side=_bank_side(cfg), storage=storage,
+                     split="train" if cfg.val_split > 0 else "all", holdout=cfg.val_split)
+    sampler = BatchSampler(bank, cfg.batch_size, Augment(crop=cfg.crop, min_object_side=cfg.min_object_side),
+                           seed=cfg.seed)
+    val_batches = _validation_batches(cfg, storage)
 
     class_weights = None
     ab_prior: tuple[float, ...] | None = None
-    if loss_kind == "classification":
+    if loss_kind in ("classification", "mix"):
         if state is not None:
             class_weights, ab_prior = state["class_weights"], state.get("ab_prior")
         else:
@@ -271,13 +367,20 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
     if cfg.adversarial_weight > 0:
         disc = create_model("patchgan")
         disc_opt = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     step = 0
     metrics: dict = {}
+    history: list[dict] = []
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         sampler.load_state(state["sampler"])
         step = state["step"]
         metrics = state.get("metrics", {})
+        history = list(state.get("history", []))
+        if ema is not None and state.get("ema") is not None:
+            ema.model.load_state_dict(state["ema"], strict=True)
         if disc is not None and "disc" in state:
             disc.load_state_dict(state["disc"])
             disc_opt.load_state_dict(state["disc_optimizer"])
@@ -291,6 +394,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
             "sampler": sampler.state(),
             "step": step,
             "metrics": metrics,
+            "history": history,
+            "ema": ema.model.state_dict() if ema is not None else None,
             "class_weights": class_weights,
             "ab_prior": ab_prior,
         }
@@ -307,7 +412,12 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
             "crop": cfg.crop,
             "loss": loss_kind,
             "adversarial_weight": cfg.adversarial_weight,
-            "rebalance_lambda": cfg.rebalance_lambda if loss_kind == "classification" else None,
+            "rebalance_lambda": cfg.rebalance_lambda if loss_kind in ("classification", "mix") else None,
+            "l1_weight": cfg.l1_weight if loss_kind == "mix" else None,
+            "val_split": cfg.val_split,
+            "ema_decay": cfg.ema_decay,
+            "freeze_encoder_steps": cfg.freeze_encoder_steps,
+            "min_object_side": cfg.min_object_side,
             "metrics": metrics,
             "lr": cfg.lr,
             "init_from": (parent.provenance | {"label": parent.label, "checkpoint": cfg.init_ref or cfg.init_from}
@@ -320,9 +430,11 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
         # and, for a classification head, the prior of this run's own training data.
         decode = dataclasses.replace(parent_decode, method=cfg.decode_method, temperature=cfg.decode_temperature,
                                      ab_prior=ab_prior or parent_decode.ab_prior)
-        save_checkpoint(run_dir / MODEL_FILE, model, provenance=provenance, decode=decode, half=cfg.half_weights)
+        shipped = ema.model if ema is not None else model
+        save_checkpoint(run_dir / MODEL_FILE, shipped, provenance=provenance, decode=decode, half=cfg.half_weights)
 
     model.train()
+    _set_encoder_frozen(model, step < cfg.freeze_encoder_steps)
     if disc is not None:
         disc.train()
     started = time.monotonic()
@@ -331,12 +443,17 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16)
     while step < cfg.steps:
         L, ab = next(sampler)
+        if cfg.channels_last:
+            L = L.contiguous(memory_format=torch.channels_last)
+        if step == cfg.freeze_encoder_steps and cfg.freeze_encoder_steps > 0:
+            _set_encoder_frozen(model, False)
+            log.info("step %d: the encoder joins training at %.2gx the learning rate", step, cfg.encoder_lr_scale)
         factor = _lr_factor(step, cfg)
         for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
             group["lr"] = base * factor
         with autocast:
             out = model(L)
-        loss = colour_loss(out, ab, loss_kind, class_weights)
+        loss = colour_loss(out, ab, loss_kind, class_weights, cfg.l1_weight, cfg.decode_temperature)
         if disc is not None:
             fake_ab = differentiable_ab(model, out, cfg.decode_temperature)
             real_ab = _downsample_ab(ab, fake_ab.shape[-2:])
@@ -352,6 +469,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if ema is not None:
+            ema.update(model, step)
         step += 1
         running += loss.item()
         window_images += L.shape[0]
@@ -359,12 +478,17 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
             elapsed = time.monotonic() - window_start
             rate = window_images / max(elapsed, 1e-9)
             eta_min = (cfg.steps - step) * cfg.batch_size / max(rate, 1e-9) / 60
-            log.info("step %d/%d  loss %.4f  %.1f img/s  lr %.2e  eta %.0f min", step, cfg.steps,
+            log.info("step %d/%d  loss %.4f  %.1f crops/s  lr %.2e  eta %.0f min", step, cfg.steps,
                      running / max(1, window_images // cfg.batch_size), rate, optimizer.param_groups[0]["lr"], eta_min)
             window_start, window_images, running = time.monotonic(), 0, 0.0
         if val_batches and (step % cfg.eval_every == 0 or step == cfg.steps):
-            metrics = validate(model, val_batches, cfg.decode_temperature) | {"step": step}
-            log.info("validation: %s", json.dumps(metrics))
+            metrics = validate(ema.model if ema is not None else model, val_batches, cfg.decode_temperature)
+            metrics |= {"step": step}
+            history.append(metrics)
+            _set_encoder_frozen(model, step < cfg.freeze_encoder_steps)  # validate() put BatchNorm back in train mode
+            log.info("validation at step %d: PSNR %.2f dB (gray %.2f), colourfulness %.1f (truth %.1f), ab RMSE %.2f "
+                     "(gray %.2f)", step, metrics["val_psnr"], metrics["val_psnr_gray"], metrics["val_colourfulness"],
+                     metrics["val_colourfulness_truth"], metrics["val_ab_rmse"], metrics["val_ab_rmse_gray"])
         out_of_time = cfg.time_limit_min > 0 and time.monotonic() - started > cfg.time_limit_min * 60
         if step % cfg.save_every == 0 or out_of_time:
             save()
@@ -396,6 +520,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="folder, .zip or s3://bucket/prefix/ of colour photos; repeat; :WEIGHT oversamples (a resumed "
                    "run keeps its own)")
     p.add_argument("--val", action="append", default=[], metavar="SOURCE", help="held-out colour photos")
+    p.add_argument("--val-split", type=float, default=0.0, metavar="FRACTION",
+                   help="hold this fraction of every --data source out of training (by a hash of each photo's name) "
+                   "and score it every --eval-every steps; docs/protocol.md")
     p.add_argument("--run-dir", type=Path, required=True)
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/train_state.pt")
     p.add_argument("--init", "--init-from", dest="init", default="", metavar="MODEL",
@@ -403,9 +530,11 @@ def main(argv: list[str] | None = None) -> int:
                    ".pt checkpoint; its architecture, rebalancing lambda and decoding carry over unless given, and "
                    f"--lr defaults to {FINE_TUNE_LR:g}")
     defaults = TrainConfig()
-    for name in ("steps", "batch_size", "crop", "warmup_steps", "log_every", "eval_every", "save_every", "seed"):
+    for name in ("steps", "batch_size", "crop", "warmup_steps", "log_every", "eval_every", "save_every", "seed",
+                 "val_crops", "freeze_encoder_steps", "min_object_side"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    for name in ("encoder_lr_scale", "weight_decay", "adversarial_weight", "time_limit_min"):
+    for name in ("encoder_lr_scale", "weight_decay", "adversarial_weight", "time_limit_min", "l1_weight",
+                 "ema_decay"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
     p.add_argument("--lr", type=float, help=f"peak learning rate (default: {DEFAULT_LR:g}; {FINE_TUNE_LR:g} for a "
                    "fine-tune)")
@@ -413,7 +542,9 @@ def main(argv: list[str] | None = None) -> int:
                    f"(default: the parent's for a fine-tune, else {DEFAULT_REBALANCE_LAMBDA:g})")
     p.add_argument("--decode-temperature", type=float, help="annealed-mean temperature written into model.pt "
                    f"(default: the parent's for a fine-tune, else {DEFAULT_DECODE_TEMPERATURE:g})")
-    p.add_argument("--loss", default="auto", choices=["auto", "l2", "huber", "l1", "classification"])
+    p.add_argument("--loss", default="auto", choices=["auto", "l2", "huber", "l1", "classification", "mix"])
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                   help="keep NCHW convolutions (channels-last is the default: faster on CPU)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on CPUs that support it")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
