@@ -133,7 +133,7 @@ def test_console_uploads_a_photo_and_a_film_watches_them_finish_and_compares_bef
         assert box is not None
         page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         expect(page.locator("#hint-points li")).to_have_count(1)
-        expect(page.locator("#hint-points li").first).to_contain_text("at 120, 80")
+        expect(page.locator("#hint-points li").first).to_contain_text("Point 1 at 120, 80")
         expect(preview).to_have_attribute("data-serial", "2", timeout=30_000)
         page.wait_for_function("document.querySelector('#hint-preview').complete")
         red, green, blue = page.evaluate(CENTRE_COLOUR)
@@ -143,7 +143,7 @@ def test_console_uploads_a_photo_and_a_film_watches_them_finish_and_compares_bef
         page.keyboard.press("Shift+ArrowLeft")
         page.keyboard.press("Enter")
         expect(page.locator("#hint-points li")).to_have_count(2)
-        expect(page.locator("#hint-points li").nth(1)).to_contain_text("at 96, 80")
+        expect(page.locator("#hint-points li").nth(1)).to_contain_text("Point 2 at 96, 80")
 
         # The film: a strip of before/after frames.
         page.get_by_role("link", name="Jobs", exact=True).click()

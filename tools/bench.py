@@ -2,7 +2,8 @@
 (``--video``: film frames/s, see ``tools.bench_video``; ``--service``: jobs/s, overhead per job and queue latency
 through Redis, S3 and real workers, and a film's speed-up on more workers, see ``tools.bench_service``;
 ``--gpu``: network frames/s per engine, batch and render size on a GPU, and a 1080p film against its
-decode+encode floor, see ``tools.bench_gpu``).
+decode+encode floor, see ``tools.bench_gpu``; ``--train``: a training step's stages and crops/s per setup, see
+``tools.bench_train``).
 
 Three measurements, because each answers a different question:
 
@@ -53,6 +54,8 @@ from tools.bench_service import (
     print_and_save_service,
     run_service_bench,
 )
+from tools.bench_train import SETUPS as TRAIN_SETUPS
+from tools.bench_train import add_train_arguments, run_train_bench, train_bench_table
 from tools.bench_video import add_video_arguments, print_and_save, run_video_bench
 from tools.runtime import add_runtime_arguments, apply_runtime_arguments, onnx_cache_dir
 from worker.images import read_photo, write_photo
@@ -445,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write all timings here")
     add_video_arguments(p)
     add_service_arguments(p)
+    add_train_arguments(p)
     # Imported here, not at the top: tools.bench_gpu builds on this module's helpers.
     from tools.bench_gpu import add_gpu_arguments
 
@@ -468,6 +472,18 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if gpu_result.failed else 0
     if args.video:
         print_and_save(run_video_bench(args), args.json)
+        return 0
+    if args.train:
+        unknown = set(_csv(args.train_setups)) - set(TRAIN_SETUPS)
+        if unknown:
+            print(f"python -m tools bench --train: unknown setup {', '.join(sorted(unknown))} (use "
+                  f"{', '.join(TRAIN_SETUPS)})", file=sys.stderr)
+            return 2
+        timings = run_train_bench(args.train_crops, args.train_steps, _csv(args.train_setups))
+        print(train_bench_table(timings))
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps([t.to_dict() for t in timings], indent=2) + "\n")
         return 0
     if args.service:
         try:

@@ -204,6 +204,16 @@ class PhotoBank:
             raise DataError("no training sources given")
         log.info("photo bank: %d photos, %d gray ones skipped", len(self.images), skipped_gray)
 
+    @classmethod
+    def from_arrays(cls, images: list[np.ndarray], source: str = "in memory") -> PhotoBank:
+        """A bank of photos already in memory (uint8 RGB), each sampled with weight 1: for benches and tests."""
+        bank = cls.__new__(cls)
+        bank.images = list(images)
+        bank.sampling_weights = [1.0] * len(bank.images)
+        bank.names = [f"{source}/{i}" for i in range(len(bank.images))]
+        bank.source_counts = [(source, len(bank.images))]
+        return bank
+
     def __len__(self) -> int:
         return len(self.images)
 

@@ -357,7 +357,7 @@ function renderPoints() {
     const remove = el("button", { type: "button", class: "secondary", text: "Remove",
       "aria-label": `Remove point ${index + 1}` });
     remove.addEventListener("click", () => { editor.points.splice(index, 1); renderPoints(); schedulePreview(); });
-    return el("li", {}, el("span", { text: `at ${point.x}, ${point.y}` }),
+    return el("li", {}, el("span", { text: `Point ${index + 1} at ${point.x}, ${point.y}` }),
       el("label", { for: colour.id, text: "colour" }), colour,
       el("label", { for: radius.id, text: "radius" }), radius, remove);
   });
