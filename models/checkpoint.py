@@ -82,6 +82,14 @@ def preferred_render_size(provenance: dict) -> int:
     return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else DEFAULT_RENDER_SIZE
 
 
+def preferred_min_render_size(provenance: dict) -> int:
+    """The size a checkpoint wants small photos enlarged to before the network sees them
+    (``provenance["min_render_size"]``, recorded by ``tools promote``), or 0: never enlarged. A network trained on
+    objects at the scale of a 224 px render misreads a 64 px photo shown at 64 px."""
+    size = provenance.get("min_render_size")
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else 0
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     model: nn.Module,

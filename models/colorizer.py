@@ -6,10 +6,12 @@
 
 The network only ever sees a small copy of each image; the archive's pixels are never resampled.
 
-1. Render: each L is area-downscaled so that its long side is ``render_size`` (aspect kept; never
-   upscaled: upscaling adds no information, costs compute, and a network sees small pictures fine),
-   then reflect-padded on the bottom/right up to a multiple of ``engine.stride``. Reflection keeps the
-   padding looking like the picture, so the network does not invent a colour for a black border. Any
+1. Render: each L is area-downscaled so that its long side is ``render_size`` (aspect kept). A smaller
+   image is left at its own size, unless the model asks for ``min_render_size``: then one whose long side
+   is under it is enlarged (bilinear) to that size, capped at ``render_size``, because a network trained
+   on objects at the scale of a full render misreads them in a thumbnail. Then it is reflect-padded on the
+   bottom/right up to a multiple of ``engine.stride``. Reflection keeps the padding looking like the
+   picture, so the network does not invent a colour for a black border. Any
    image of at least 1x1 is accepted: a dimension smaller than one stride block is padded up to one
    block, so a 17x301 panorama renders as 32x256 and a 1x1 image as one 32x32 block.
 2. Infer: images whose padded shapes agree are stacked and run ``batch_size`` at a time, one
@@ -48,7 +50,11 @@ import torch
 import torch.nn.functional as F
 
 from models.batching import pick_batch_size
-from models.checkpoint import DEFAULT_RENDER_SIZE, preferred_render_size  # noqa: F401 - part of this API
+from models.checkpoint import (  # noqa: F401 - DEFAULT_RENDER_SIZE is part of this API
+    DEFAULT_RENDER_SIZE,
+    preferred_min_render_size,
+    preferred_render_size,
+)
 from models.color import L_CENT, merge_l_ab
 from models.engines.base import Engine
 from models.hints import ColourHints, hinted_grid, honour_tile
@@ -210,9 +216,14 @@ class Colorizer:
         guide_radius: int = GUIDE_RADIUS,
         guide_eps: float = GUIDE_EPS,
         tile_pixels: int = TILE_PIXELS,
+        min_render_size: int | None = None,
     ) -> None:
         if render_size is None:
             render_size = preferred_render_size(engine.checkpoint.provenance)
+        if min_render_size is None:
+            min_render_size = preferred_min_render_size(engine.checkpoint.provenance)
+        if min_render_size < 0:
+            raise ValueError(f"min_render_size must be >= 0 (0: never enlarge), got {min_render_size}")
         if render_size < engine.stride:
             raise ValueError(f"render_size {render_size} is smaller than the model stride {engine.stride}")
         if batch_size is not None and batch_size < 1:
@@ -223,6 +234,7 @@ class Colorizer:
             raise ValueError(f"tile_pixels must be positive, got {tile_pixels}")
         self.engine = engine
         self.render_size = int(render_size)
+        self.min_render_size = min(int(min_render_size), self.render_size)
         # None: as many as fit on the GPU, 8 on a CPU (models.batching)
         self.batch_size = int(batch_size) if batch_size is not None else pick_batch_size(engine, self.render_size)
         self.guide_radius = int(guide_radius)
@@ -337,13 +349,22 @@ class Colorizer:
             for start in range(0, len(group), self.batch_size):
                 yield group[start : start + self.batch_size]
 
+    def render(self, L: np.ndarray) -> Render:
+        """Step 1 alone: the render plan and padded render L of one image, as ``predict_grid`` makes them (film
+        references follow a shot's motion on exactly these renders, without running the network)."""
+        return self._render(L)
+
     def _render(self, L: np.ndarray) -> Render:
         height, width = L.shape
-        scale = min(1.0, self.render_size / max(height, width))
+        long_side = max(height, width)
+        scale = min(1.0, self.render_size / long_side)
+        if long_side < self.min_render_size:
+            scale = self.min_render_size / long_side
         render_h, render_w = max(1, round(height * scale)), max(1, round(width * scale))
         small = L
         if (render_h, render_w) != (height, width):
-            small = cv2.resize(np.ascontiguousarray(L), (render_w, render_h), interpolation=cv2.INTER_AREA)
+            interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+            small = cv2.resize(np.ascontiguousarray(L), (render_w, render_h), interpolation=interpolation)
         stride = self.engine.stride
         pad_h, pad_w = -render_h % stride, -render_w % stride
         padded = np.pad(small, ((0, pad_h), (0, pad_w)), mode="reflect") if pad_h or pad_w else small

@@ -69,6 +69,24 @@ def test_images_are_batched_by_padded_shape(engine):
     assert sorted(engine.calls) == sorted([(2, 1, 64, 64), (2, 1, 64, 64), (1, 1, 64, 64), (1, 1, 64, 32)])
 
 
+def test_small_photos_are_enlarged_to_the_min_render_size(engine):
+    colorizer = Colorizer(engine, render_size=128, batch_size=8, min_render_size=96)
+    engine.calls.clear()
+    L_small, L_large = photo_l(48, 32), photo_l(400, 300)
+    ab_small, ab_large = colorizer.predict_ab([L_small, L_large])
+    # 48x32 is enlarged to 96x64 (stride-aligned already); 400x300 is area-downscaled to 128x96 as before.
+    assert sorted(engine.calls) == sorted([(1, 1, 96, 64), (1, 1, 128, 96)])
+    assert ab_small.shape == (2, 48, 32) and ab_large.shape == (2, 400, 300)
+    assert np.isfinite(ab_small).all()
+    # A min render size above the render size is capped at it; 0 (the default here) never enlarges.
+    assert Colorizer(engine, render_size=64, min_render_size=500).min_render_size == 64
+    engine.calls.clear()
+    Colorizer(engine, render_size=128, batch_size=8).predict_ab([L_small])
+    assert engine.calls == [(1, 1, 64, 32)]
+    with pytest.raises(ValueError, match="min_render_size"):
+        Colorizer(engine, min_render_size=-1)
+
+
 def test_output_keeps_the_input_lightness(engine):
     L = photo_l(120, 160)
     colorizer = Colorizer(engine)

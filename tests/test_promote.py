@@ -56,3 +56,18 @@ def test_promote_reports_a_bad_checkpoint_in_one_line(tmp_path: Path, capsys) ->
     err = capsys.readouterr().err.strip()
     assert str(broken) in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_promote_records_render_sizes_that_the_colorizer_uses(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from models.colorizer import Colorizer
+
+    shipped = tmp_path / "shipped.pt"
+    assert promote.main([str(tiny_checkpoint), "-o", str(shipped), "--render-size", "128",
+                         "--min-render-size", "96"]) == 0
+    with create_engine(str(shipped), kind="torch") as engine:
+        colorizer = Colorizer(engine)
+        assert (colorizer.render_size, colorizer.min_render_size) == (128, 96)
+        assert (colorizer.render(np.zeros((40, 30), np.float32)).render_height, colorizer.render_size) == (96, 128)
+    with pytest.raises(SystemExit):
+        promote.main([str(tiny_checkpoint), "-o", str(tmp_path / "bad.pt"), "--min-render-size", "-5"])
+    assert not (tmp_path / "bad.pt").exists()

@@ -52,7 +52,7 @@ def evaluation_summary(evaluation: dict[str, Any]) -> dict[str, Any]:
 def promote(
     source: Path, output: str | os.PathLike, decode: DecodeOptions | None = None,
     evaluation: dict[str, Any] | None = None, half: bool = True, storage: Storage | None = None,
-    render_size: int | None = None,
+    render_size: int | None = None, min_render_size: int | None = None,
 ) -> str:
     """Re-save ``source`` as ``output`` (a path, or an ``s3://`` URI with ``storage``) with the given decoding,
     evaluation and render size (the model's own from then on: ``models.colorizer.preferred_render_size``);
@@ -67,6 +67,10 @@ def promote(
         if render_size < 32:
             raise ValueError(f"render size {render_size} is too small (at least 32)")
         provenance["render_size"] = render_size
+    if min_render_size is not None:
+        if min_render_size < 0:
+            raise ValueError(f"min render size {min_render_size} must be >= 0 (0: never enlarge small photos)")
+        provenance["min_render_size"] = min_render_size
     model = ckpt.build_model()
     scheme, _, local_path = parse_uri(output)
     if scheme == "file":
@@ -95,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                    "for checkpoints trained before the prior was recorded")
     p.add_argument("--render-size", type=int, help="the render size the decoding was chosen at; colorizing with this "
                    "model uses it unless told otherwise (default: keep the checkpoint's)")
+    p.add_argument("--min-render-size", type=int, help="enlarge photos whose long side is under this before the "
+                   "network sees them (0: never; default: keep the checkpoint's)")
     p.add_argument("--evaluation", type=Path, help="an `evaluate --json` report to attach to the provenance")
     p.add_argument("--fp32", action="store_true", help="store float32 weights instead of fp16")
     args = p.parse_args(argv)
@@ -115,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             evaluation = json.loads(args.evaluation.read_text()) if args.evaluation else None
             digest = promote(args.checkpoint, output, decode, evaluation, half=not args.fp32, storage=storage,
-                             render_size=args.render_size)
+                             render_size=args.render_size, min_render_size=args.min_render_size)
     except (CheckpointError, TinctError, OSError, ValueError, KeyError) as exc:
         p.exit(2, f"promote: error: {one_line(exc)}\n")
     name = PurePosixPath(output).stem if is_model_name(PurePosixPath(output).stem) else None
