@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from PIL import Image
 from tests.conftest import gradient_image
 from tests.media import gray_frames, moving_scene, write_clip
 from tools import scorecard
+from tools.datasets import in_holdout
 from tools.scorecard import GRAY, TRUTH, ModelSpec, PhotoSet, ScorecardOptions, run_scorecard, verdict
 
 SHARED_JUDGE = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval" / "judge"
@@ -221,3 +223,27 @@ def test_judge_row_with_the_real_judge(eval_root: Path, tiny_checkpoint: Path) -
     assert list(result["judge"]) == [GRAY, TRUTH, "cls"]
     for row in result["judge"].values():
         assert row["images"] == 5 and 0.0 <= row["top1"] <= row["top5"] <= 1.0
+
+
+def test_val_split_scores_the_photos_training_held_out(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """``--val-split F`` on a folder and on a zip of the same photos scores exactly the photos that
+    ``tools.datasets``' hash split holds out of training, named as training names them."""
+    folder = tmp_path / "source"
+    names = _photos(folder / "sub", 40, (24, 20), seed=200)
+    archive = tmp_path / "source.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name in names:
+            zf.write(folder / "sub" / name, f"sub/{name}")
+    held_out = sorted(f"sub/{n}" for n in names if in_holdout(f"sub/{n}", 0.25))
+    assert 0 < len(held_out) < 40  # a real split: some photos in, most out
+    out = tmp_path / "card"
+    assert scorecard.main([f"tiny={tiny_checkpoint}", "--sets", "none", "--no-video", "--no-bw", "--eval-root",
+                           str(tmp_path / "unused"), "--data", f"folder={folder}", "--data", f"zip={archive}",
+                           "--val-split", "0.25", "--sheet-count", "1", "--cell-height", "24", "--render-size", "64",
+                           "--engine", "torch", "--out", str(out)]) == 0
+    data = json.loads((out / "scorecard.json").read_text())
+    folder_set, zip_set = data["sets"]
+    assert folder_set["val_split"] == zip_set["val_split"] == 0.25
+    assert sorted(Path(e["name"]).relative_to(folder).as_posix() for e in folder_set["per_image"]) == held_out
+    assert sorted(e["name"].partition("!")[2] for e in zip_set["per_image"]) == held_out
+    assert "validation split 0.25" in (out / "scorecard.md").read_text()

@@ -1,8 +1,8 @@
 """``python -m tools scorecard MODEL [MODEL...]``: every model decision's report card, models side by side.
 
 One call scores several models on every development set in ``../shared/data/eval`` and on any extra sets
-(``--data NAME=PATH``, e.g. the training data's validation split), always with the gray baseline (ab = 0) and
-the truth beside every number:
+(``--data NAME=PATH``; with ``--val-split F`` only each one's validation split, as training held it out), always
+with the gray baseline (ab = 0) and the truth beside every number:
 
 * photo sets (``tools.evaluate``): PSNR, CIEDE2000, colourfulness and its ratio to the truth's; on a set
   whose folder has a ``labels.csv`` (``tiny_imagenet_val``) also the ImageNet judge's top-1 (``tools.judge``)
@@ -32,7 +32,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from PIL import Image
 from models.colorizer import Colorizer
 from tools import metrics
 from tools.contact_sheet import draw_contact_sheet, save_jpeg, thumbnail
+from tools.datasets import in_holdout, relative_name
 from tools.evaluate import (
     GRAY_LABEL,
     TRUTH_LABEL,
@@ -103,17 +104,29 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class PhotoSet:
-    """A scored set of colour photos: a folder (searched recursively) or a .zip, as ``tools.evaluate`` reads."""
+    """A scored set of colour photos: a folder (searched recursively) or a .zip, as ``tools.evaluate`` reads.
+
+    ``val_split`` > 0 keeps only the photos that ``tools.datasets``' hash split puts in the validation split of
+    that fraction: the photos ``tools train --val-split`` held out of the same source."""
 
     name: str
     path: str
+    val_split: float = 0.0
 
     @classmethod
-    def parse(cls, text: str) -> PhotoSet:
+    def parse(cls, text: str, val_split: float = 0.0) -> PhotoSet:
         name, sep, path = text.partition("=")
         if not sep or not name or not path:
             raise ValueError(f"{text!r}: expected NAME=PATH (a folder or a .zip of colour photos)")
-        return cls(name, path)
+        if not 0 <= val_split < 1:
+            raise ValueError(f"a validation split is a fraction in [0, 1), not {val_split}")
+        return cls(name, path, val_split)
+
+    def keep(self) -> Callable[[str], bool] | None:
+        """Which photos (by the name ``tools.evaluate`` reads them under) the set scores; None: all."""
+        if self.val_split <= 0:
+            return None
+        return lambda name: in_holdout(relative_name(self.path, name), self.val_split)
 
 
 @dataclass(frozen=True)
@@ -183,7 +196,7 @@ def _labelled(photo_set: PhotoSet, limit: int | None) -> list[LabelledPhoto]:
     root = Path(photo_set.path)
     labels = read_labels_csv(root) if root.is_dir() else {}
     photos = []
-    for photo in iter_truth_photos(root, limit):
+    for photo in iter_truth_photos(root, limit, keep=photo_set.keep()):
         index = labels.get(Path(photo.name).relative_to(root).as_posix())
         if index is not None:
             photos.append(LabelledPhoto(photo.name, as_uint8(photo.rgb), frozenset({index})))
@@ -214,7 +227,7 @@ def _sheet_rows(photo_set: PhotoSet, names: Sequence[str], colorizers: Sequence[
                 cell_height: int) -> dict[str, list[Image.Image]]:
     """gray | each model | truth thumbnails for the named photos, colorized again (only these few)."""
     wanted, rows = set(names), {}
-    for photo in iter_truth_photos(photo_set.path, limit):
+    for photo in iter_truth_photos(photo_set.path, limit, keep=photo_set.keep()):
         if photo.name not in wanted:
             continue
         L = gray_input(photo.rgb)
@@ -229,9 +242,10 @@ def score_photo_set(photo_set: PhotoSet, models: Sequence[ModelSpec], colorizers
     labels = [m.label for m in models]
     evaluation = evaluate_models([m.model for m in models], photo_set.path, render_size=options.render_size,
                                  limit=options.limit, engine_kind=options.engine_kind, device=options.device,
-                                 precision=options.precision, batch_size=options.batch_size)
+                                 precision=options.precision, batch_size=options.batch_size, keep=photo_set.keep())
     result: dict[str, Any] = {
-        "name": photo_set.name, "data": photo_set.path, "images": evaluation.image_count,
+        "name": photo_set.name, "data": photo_set.path, "val_split": photo_set.val_split,
+        "images": evaluation.image_count,
         "skipped": len(evaluation.skipped), "render_size": evaluation.render_size,
         "rows": _row_means(evaluation, labels),
     }
@@ -454,6 +468,7 @@ def _signed(value: Any, fmt: str) -> str:
 def _set_table(s: dict[str, Any], labels: Sequence[str]) -> list[str]:
     judge = s.get("judge", {})
     head = f"### {s['name']} ({s['images']} photos"
+    head += f", validation split {s['val_split']:g} of {s['data']}" if s.get("val_split") else ""
     head += f", judge on {s['judge_images']}" if judge else ""
     head += f", render size {s['render_size']})"
     lines = [head, "", "| row | PSNR dB | vs gray | CIEDE2000 | colourfulness | / truth's |"
@@ -580,7 +595,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sets", default="all", help=f"comma-separated dev sets ({', '.join(DEV_SETS)}), 'all' or "
                    "'none' (default: all)")
     p.add_argument("--data", action="append", default=[], metavar="NAME=PATH",
-                   help="an extra photo set (a folder or .zip), e.g. the validation split; repeatable")
+                   help="an extra photo set (a folder or .zip); repeatable")
+    p.add_argument("--val-split", type=float, default=0.0, metavar="F",
+                   help="score only the validation split of each --data set: the fraction F that tools.datasets' "
+                   "hash split holds out (as tools train --val-split F does); 0: every photo")
     p.add_argument("--limit", type=int, help="score only the first N photos of each set (name order)")
     p.add_argument("--no-video", action="store_true", help="skip the colour film clips")
     p.add_argument("--no-bw", action="store_true", help="skip the black-and-white films' contact sheet")
@@ -627,7 +645,8 @@ def main(argv: list[str] | None = None) -> int:
                                precision=args.precision, batch_size=args.batch_size)
     try:
         card = run_scorecard([ModelSpec.parse(m) for m in args.models], args.out, args.eval_root, sets,
-                             [PhotoSet.parse(d) for d in args.data], video=not args.no_video, bw=not args.no_bw,
+                             [PhotoSet.parse(d, args.val_split) for d in args.data], video=not args.no_video,
+                             bw=not args.no_bw,
                              options=options, judge_dir=args.judge_model)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"scorecard: {exc}") from None
