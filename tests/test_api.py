@@ -332,3 +332,23 @@ def test_no_token_or_s3_secret_in_any_response_log_line_or_page(stack):
     for secret in [*stack.tokens.values(), S3_SECRET]:
         assert all(secret not in body for body in bodies)
         assert secret not in logs
+
+
+# ------------------------------------------------------------------------------------------------- tinct serve
+
+
+def test_serve_refuses_to_start_without_a_token_unless_loopback_and_insecure_local(monkeypatch, capsys, tmp_path):
+    from worker.cli import main
+
+    for name in ("TINCT_API_TOKEN", "TINCT_API_TOKENS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["serve", "--port", "1"]) == 2
+    assert "no token: set TINCT_API_TOKEN or TINCT_API_TOKENS_FILE" in capsys.readouterr().err
+    assert main(["serve", "--insecure-local", "--host", "0.0.0.0", "--port", "1"]) == 2
+    assert "only on a loopback address, not 0.0.0.0" in capsys.readouterr().err
+    broken = tmp_path / "tokens.json"
+    broken.write_text(json.dumps({"tokens": [{"name": "x", "token": "short", "inputs": []}]}))
+    monkeypatch.setenv("TINCT_API_TOKENS_FILE", str(broken))
+    assert main(["serve", "--port", "1"]) == 2
+    error = capsys.readouterr().err
+    assert "tokens[0].token: a string of at least 16 characters" in error and "short" not in error  # no value shown
