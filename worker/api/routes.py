@@ -200,6 +200,8 @@ def _submit(state: ApiState, principal: Principal, spec: JobSpec) -> JSONRespons
         pipe.sadd(_owners_key(job_id), principal.name)
         pipe.expire(_owners_key(job_id), state.settings.job_ttl_s)
         pipe.zadd(_index_key(principal), {job_id: record.created})
+        # Finished jobs expire from Redis after job_ttl_s; their ids leave the token's index with them.
+        pipe.zremrangebyscore(_index_key(principal), 0, time.time() - state.settings.job_ttl_s)
         pipe.execute()
     return JSONResponse({**job_view(record), "created": created}, status_code=201 if created else 200)
 
