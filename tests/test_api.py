@@ -307,11 +307,13 @@ def test_hint_preview_honours_a_colour_point_and_refuses_bad_hints_other_prefixe
     assert unknown.status_code == 422 and detail(unknown).startswith("size:")
 
     # A flood from one token is turned away at once (burst 5, then about one a second); another token is not.
-    with ThreadPoolExecutor(8) as pool:
-        codes = list(pool.map(lambda _: preview({}).status_code, range(8)))
-    assert codes.count(429) >= 2 and set(codes) <= {200, 429}, codes
-    refused = preview({})
-    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    # (Sent together, they reach the limiter within milliseconds; the admitted ones then take turns at the model.)
+    with ThreadPoolExecutor(10) as pool:
+        responses = list(pool.map(lambda _: preview({}), range(10)))
+    codes = [response.status_code for response in responses]
+    assert codes.count(429) >= 3 and set(codes) <= {200, 429}, codes
+    refused = next(response for response in responses if response.status_code == 429)
+    assert int(refused.headers["retry-after"]) >= 1 and detail(refused).startswith("preview: too many previews")
     carol_photo = stack.folders["in"] / "hinted.png"
     carol_photo.write_bytes(gray_png(6))
     assert preview({}, client=stack.client("carol"), source=str(carol_photo)).status_code == 200
