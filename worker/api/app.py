@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from worker.api.auth import Principal, load_principals
 from worker.api.previews import HintPreviews, Previews, TokenBucket
-from worker.api.routes import ApiState, public, router
+from worker.api.routes import ApiState, caller, public, router
 from worker.errors import one_line
 from worker.images import tinct_version
 from worker.service import Service
@@ -120,9 +120,7 @@ def create_app(settings: Settings, service: Service | None = None, principals: l
     @app.get("/api/v1/metrics", tags=["service"], summary="Prometheus metrics of this API process (token needed)",
              response_class=Response)
     def metrics(request: Request) -> Response:
-        from worker.api.routes import caller
-
-        caller(request)
+        caller(request)  # a token is needed, as everywhere but health, the OpenAPI document and the console
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", include_in_schema=False)
