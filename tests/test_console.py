@@ -99,7 +99,10 @@ def test_console_uploads_a_photo_and_a_film_watches_them_finish_and_compares_bef
         expect(page).to_have_url(re.compile(r"#/jobs$"))
         rows = page.locator("#jobs-body tr")
         expect(rows).to_have_count(2)
+        first_link = page.locator("#jobs-body a").first
+        first_link.focus()  # a keyboard user on the list: the live updates must not take the focus away
         expect(page.locator("#jobs-body .badge.succeeded")).to_have_count(2, timeout=JOB_TIMEOUT_S * 1000)
+        expect(first_link).to_be_focused()
 
         # The photo: a before/after slider, moved with the keyboard and then by dragging on the picture.
         page.get_by_role("link", name="portrait.png").click()

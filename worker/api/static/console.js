@@ -143,8 +143,19 @@ async function loadJobs(append) {
   if (append && state.cursor !== null) query.set("cursor", String(state.cursor));
   const page = await apiJson("/jobs?" + query);
   const body = $("jobs-body");
-  if (!append) body.replaceChildren();
-  for (const job of page.jobs) body.append(jobRow(job));
+  const shown = Array.from(body.children).map((row) => row.dataset.job);
+  const same = !append && shown.length === page.jobs.length && page.jobs.every((job, i) => job.id === shown[i]);
+  if (same) {
+    // The same jobs in the same order: update the rows in place, so a keyboard user's focus stays where it is.
+    page.jobs.forEach((job, i) => {
+      const fresh = jobRow(job).children;
+      const cells = body.children[i].children;
+      for (let c = 1; c < cells.length; c++) cells[c].replaceWith(fresh[c].cloneNode(true));
+    });
+  } else {
+    if (!append) body.replaceChildren();
+    for (const job of page.jobs) body.append(jobRow(job));
+  }
   state.cursor = page.next;
   $("jobs-more").hidden = page.next === null || page.jobs.length === 0;
   $("jobs-empty").hidden = body.children.length > 0;
