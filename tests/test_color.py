@@ -36,6 +36,7 @@ from models.color import (
     rgb_to_lab,
     rgb_to_lab_np,
     soft_encode_ab,
+    soft_encode_ab_sparse,
     ycbcr_to_rgb_np,
 )
 
@@ -214,6 +215,25 @@ def test_soft_encode_weights_are_gaussian_in_distance() -> None:
     d = torch.linalg.norm(bins[nz] - ab.view(1, 2), dim=1)
     expected = torch.exp(-(d**2) / (2 * SOFT_ENCODE_SIGMA**2))
     torch.testing.assert_close(target[nz], expected / expected.sum())
+
+
+def test_sparse_soft_encoding_matches_the_dense_one(lab_points: np.ndarray) -> None:
+    whole = torch.round(torch.from_numpy(lab_points[:800]).float()).view(2, 20, 20, 2).permute(0, 3, 1, 2)
+    bins, weights = soft_encode_ab_sparse(whole)
+    assert bins.shape == weights.shape == (2, SOFT_ENCODE_NEIGHBOURS, 20, 20)
+    dense = torch.zeros(2, n_ab_bins(), 20, 20).scatter_(1, bins, weights)
+    # On whole ab units the lookup is the dense encoding itself; its first bin is the nearest one.
+    torch.testing.assert_close(dense, soft_encode_ab(whole.contiguous()), rtol=0, atol=1e-5)
+    centres = ab_bins()
+    nearest = (centres[bins[:, 0]].movedim(-1, 1) - whole).norm(dim=1)  # ties between two bins may go either way
+    torch.testing.assert_close(nearest, (centres[quantize_ab(whole.contiguous())].movedim(-1, 1) - whole).norm(dim=1))
+    # Between units it differs by the rounding only: the cross-entropy of any prediction barely moves.
+    ab = torch.from_numpy(lab_points[:800]).float().view(2, 20, 20, 2).permute(0, 3, 1, 2).contiguous()
+    log_prob = torch.log_softmax(torch.randn(2, n_ab_bins(), 20, 20, generator=torch.Generator().manual_seed(0)), 1)
+    bins, weights = soft_encode_ab_sparse(ab)
+    sparse_ce = -(weights * log_prob.gather(1, bins)).sum(1).mean()
+    dense_ce = -(soft_encode_ab(ab) * log_prob).sum(1).mean()
+    assert abs(float(sparse_ce - dense_ce)) < 0.02 * abs(float(dense_ce))
 
 
 # --- class rebalancing ----------------------------------------------------------------------------

@@ -4,8 +4,9 @@ A training step is sampling (augmentation, Lab conversion), the forward pass, th
 rebalancing, the mix loss's decoded L1 term), the backward pass, the optimizer step and the EMA update. Each is
 timed on its own, on generated photos (no data set needed), for a few setups of ``tools.train``:
 
-* ``baseline``: what training did before issue 12 (NCHW tensors, the whole network trained, no EMA);
-* ``channels_last``: NHWC convolutions (oneDNN's preferred layout on CPU), EMA on;
+* ``baseline``: what training did before issue 12 (NCHW tensors, the whole network trained, no EMA, the
+  classification loss);
+* ``channels_last``: NHWC convolutions (oneDNN's preferred layout on CPU), EMA on, the mix loss;
 * ``frozen_encoder``: the same during ``--freeze-encoder-steps`` (no gradients through the pretrained encoder).
 
     python -m tools bench --train --train-crops 64,128 --train-steps 8
@@ -28,9 +29,9 @@ from tools.train import WeightAverage, _set_encoder_frozen, colour_loss, measure
 
 STAGES = ("sample", "forward", "loss", "backward", "step", "ema")
 SETUPS = {
-    "baseline": {"channels_last": False, "frozen": False, "ema": False},
-    "channels_last": {"channels_last": True, "frozen": False, "ema": True},
-    "frozen_encoder": {"channels_last": True, "frozen": True, "ema": True},
+    "baseline": {"channels_last": False, "frozen": False, "ema": False, "loss": "classification"},
+    "channels_last": {"channels_last": True, "frozen": False, "ema": True, "loss": "mix"},
+    "frozen_encoder": {"channels_last": True, "frozen": True, "ema": True, "loss": "mix"},
 }
 # Batch sizes per crop size that tools.train runs use on this machine (README): 32 at 64 px, 16 at 128 px.
 DEFAULT_BATCH = {64: 32, 96: 24, 128: 16}
@@ -68,8 +69,7 @@ def generated_photo_bank(count: int = 24, side: int = 160, seed: int = 0) -> Pho
 
 
 def time_training_step(setup: str, crop: int, batch_size: int, steps: int, warmup: int = 2,
-                       model_options: dict[str, Any] | None = None, loss: str = "mix",
-                       bank: PhotoBank | None = None) -> TrainStepTiming:
+                       model_options: dict[str, Any] | None = None, bank: PhotoBank | None = None) -> TrainStepTiming:
     """Run ``warmup + steps`` training steps of ``effnet_unet`` in ``setup`` and time each stage."""
     options = SETUPS[setup]
     torch.manual_seed(0)
@@ -92,7 +92,7 @@ def time_training_step(setup: str, crop: int, batch_size: int, steps: int, warmu
         marks.append(time.perf_counter())
         out = model(L)
         marks.append(time.perf_counter())
-        value = colour_loss(out, ab, loss, class_weights, l1_weight=10.0)
+        value = colour_loss(out, ab, options["loss"], class_weights, l1_weight=10.0)
         marks.append(time.perf_counter())
         optimizer.zero_grad(set_to_none=True)
         value.backward()

@@ -55,9 +55,8 @@ from models.color import (
     AB_NORM,
     decode_ab,
     lab_to_rgb,
-    quantize_ab,
     rebalance_weights,
-    soft_encode_ab,
+    soft_encode_ab_sparse,
 )
 from models.files import atomic_output
 from models.predictor import DecodeOptions
@@ -174,11 +173,12 @@ def colour_loss(out: torch.Tensor, ab: torch.Tensor, kind: str, class_weights: t
     ``mix`` adds ``l1_weight`` x L1 between the annealed mean at ``temperature`` and the truth (ab / AB_NORM)."""
     ab = _downsample_ab(ab, out.shape[-2:])
     if kind in ("classification", "mix"):
-        target = soft_encode_ab(ab)
+        # Cross-entropy against the soft-encoded target, read at the K bins that carry its weight only.
+        bins, weights = soft_encode_ab_sparse(ab)
         log_prob = F.log_softmax(out.float(), dim=1)
-        nll = -(target * log_prob).sum(dim=1)
+        nll = -(weights * log_prob.gather(1, bins)).sum(dim=1)
         if class_weights is not None:
-            nll = nll * class_weights[quantize_ab(ab)]
+            nll = nll * class_weights[bins[:, 0]]  # the nearest bin's rebalancing weight
         if kind == "classification":
             return nll.mean()
         decoded = decode_ab(out.float(), "annealed_mean", temperature)
