@@ -25,6 +25,19 @@ def test_each_setup_times_every_stage(setup: str) -> None:
     assert sum(timing.share(stage) for stage in STAGES) == pytest.approx(1.0)
 
 
+def test_the_baseline_loss_is_the_training_loss_at_the_old_cost() -> None:
+    from models.color import n_ab_bins
+    from tools.bench_train import dense_classification_loss
+    from tools.train import colour_loss
+
+    ab = torch.round(torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(0)) * 30)
+    out = torch.randn(2, n_ab_bins(), 8, 8, generator=torch.Generator().manual_seed(1))
+    weights = torch.rand(n_ab_bins(), generator=torch.Generator().manual_seed(2)) + 0.5
+    # On whole ab units the two agree but for ties between equidistant bins' rebalancing weights.
+    assert float(dense_classification_loss(out, ab, weights)) == pytest.approx(
+        float(colour_loss(out, ab, "classification", weights)), rel=0.05)
+
+
 def test_generated_photos_are_colourful() -> None:
     bank = generated_photo_bank(count=3, side=40)
     assert len(bank) == 3 and bank.images[0].shape == (40, 40, 3)
@@ -35,6 +48,7 @@ def test_cli_writes_a_table_and_json(tmp_path: Path, capsys, monkeypatch) -> Non
     # The CLI benches the real default architecture; keep it to one small crop and one timed step.
     out = tmp_path / "train.json"
     assert main(["--train", "--train-crops", "32", "--train-steps", "1", "--train-setups", "frozen_encoder",
+                 "--train-rounds", "1",
                  "--json", str(out)]) == 0
     table = capsys.readouterr().out
     assert "| 32 | 16 | frozen_encoder |" in table

@@ -479,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"python -m tools bench --train: unknown setup {', '.join(sorted(unknown))} (use "
                   f"{', '.join(TRAIN_SETUPS)})", file=sys.stderr)
             return 2
-        timings = run_train_bench(args.train_crops, args.train_steps, _csv(args.train_setups))
+        timings = run_train_bench(args.train_crops, args.train_steps, _csv(args.train_setups), args.train_rounds)
         print(train_bench_table(timings))
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
