@@ -247,3 +247,37 @@ def test_val_split_scores_the_photos_training_held_out(tiny_checkpoint: Path, tm
     assert sorted(Path(e["name"]).relative_to(folder).as_posix() for e in folder_set["per_image"]) == held_out
     assert sorted(e["name"].partition("!")[2] for e in zip_set["per_image"]) == held_out
     assert "validation split 0.25" in (out / "scorecard.md").read_text()
+
+
+def test_parts_scored_apart_merge_into_one_card(eval_root: Path, tiny_checkpoint: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Photo sets in one run, films and the black-and-white sheet in another (side by side on a busy machine):
+    the merged card holds both, its sheets and one verdict over everything."""
+    common = [f"tiny={tiny_checkpoint}", "--eval-root", str(eval_root), "--frames", "4", "--bw-frames", "1",
+              "--sheet-count", "1", "--cell-height", "32", "--render-size", "64", "--engine", "torch"]
+    photos, films, merged = tmp_path / "photos", tmp_path / "films", tmp_path / "merged"
+    assert scorecard.main([*common, "--sets", "bsds500_val,faces_utk_val", "--no-video", "--no-bw",
+                           "--out", str(photos)]) == 0
+    assert scorecard.main([*common, "--sets", "none", "--out", str(films)]) == 0
+    assert scorecard.main(["--merge", str(photos), str(films), "--out", str(merged)]) == 0
+    assert "Merged from parts scored side by side: bsds500_val, faces_utk_val" in capsys.readouterr().out
+    data = json.loads((merged / "scorecard.json").read_text())
+    assert [s["name"] for s in data["sets"]] == ["bsds500_val", "faces_utk_val"]
+    assert data["films"]["frames_per_clip"] == 4 and data["bw"]["films"][0]["film"] == "film.mkv"
+    assert {c["check"] for c in data["verdict"]["checks"]} >= {"films: mean PSNR - gray's",
+                                                               "bsds500_val: PSNR - gray's"}
+    assert data["verdict"]["not_scored"] == ["tiny_imagenet_val", "scenes_intel_val", "ImageNet judge"]
+    for s in data["sets"]:
+        assert (merged / s["sheets"]["best"]["path"]).is_file()
+    assert (merged / data["bw"]["sheet"]).is_file()
+    assert data["finished_at"] is not None and [p["scored"] for p in data["parts"]] == [
+        ["bsds500_val", "faces_utk_val"], ["films", "bw"]]
+
+    with pytest.raises(SystemExit, match="scored by two of the parts"):
+        scorecard.main(["--merge", str(photos), str(photos), "--out", str(tmp_path / "twice")])
+    other = tmp_path / "other"
+    assert scorecard.main([f"other={tiny_checkpoint}", "--eval-root", str(eval_root), "--sets", "scenes_intel_val",
+                           "--no-video", "--no-bw", "--limit", "2", "--render-size", "64", "--engine", "torch",
+                           "--out", str(other)]) == 0
+    with pytest.raises(SystemExit, match="only cards of the same models merge"):
+        scorecard.main(["--merge", str(photos), str(other), "--out", str(tmp_path / "mixed")])

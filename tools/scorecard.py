@@ -30,6 +30,7 @@ import dataclasses
 import json
 import logging
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -435,21 +436,80 @@ def run_scorecard(models: Sequence[ModelSpec], out: str | Path, eval_root: str |
         result["models"] = [{**dataclasses.asdict(m), "checkpoint": c.engine.checkpoint.label,
                              "engine": f"{c.engine.name} {c.engine.device} {c.engine.precision}",
                              "render_size": c.render_size} for m, c in zip(models, colorizers, strict=True)]
+        # The card is written after every part, marked unfinished until the end: a long run that is stopped (a
+        # busy machine, a session's end) keeps what it scored, and the parts can be merged (merge_scorecards).
         for photo_set in photo_sets:
             log.info("scoring photo set %s (%s)", photo_set.name, photo_set.path)
             result["sets"].append(score_photo_set(photo_set, models, colorizers, out, judge, options))
+            _write(out, result, targets, started, finished=False)
         if video and root is not None:
             log.info("scoring film clips in %s", root / VIDEO_DIR)
             result["films"] = score_films(root / VIDEO_DIR, models, colorizers, options)
+            _write(out, result, targets, started, finished=False)
         if bw and root is not None:
             result["bw"] = bw_sheet(root / BW_DIR, models, colorizers, out, options)
+    return _write(out, result, targets, started, finished=True)
+
+
+def _write(out: Path, result: dict[str, Any], targets: Targets, started: float, finished: bool) -> Scorecard:
     result["verdict"] = verdict(result, targets)
     result["seconds"] = time.perf_counter() - started
-    result["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    result["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) if finished else None
     data = _json_safe(result)
     out.mkdir(parents=True, exist_ok=True)
     (out / "scorecard.json").write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")
     card = Scorecard(data)
+    (out / "scorecard.md").write_text(card.markdown() + "\n")
+    return card
+
+
+def merge_scorecards(parts: Sequence[str | Path], out: str | Path, targets: Targets = RELEASE4_TARGETS) -> Scorecard:
+    """One card from several cards of the same models that scored different parts (photo sets here, films there:
+    parts run side by side, or in different sessions). Sheets are copied into ``out``; the verdict is redone
+    over everything. A set, the films or the black-and-white sheet scored by two parts is an error."""
+    if not parts:
+        raise ValueError("nothing to merge")
+    out = Path(out)
+    cards = [(Path(p), json.loads((Path(p) / "scorecard.json").read_text())) for p in parts]
+    first = cards[0][1]
+
+    def models_of(card: dict[str, Any]) -> list[tuple[str, str]]:
+        return [(m["label"], m["model"]) for m in card["models"]]
+
+    for path, card in cards[1:]:
+        if models_of(card) != models_of(first):
+            raise ValueError(f"{path} scores {models_of(card)}, not {models_of(first)}: only cards of the same models "
+                             "merge")
+    merged: dict[str, Any] = {"models": first["models"], "eval_root": first["eval_root"], "options": first["options"],
+                              "sets": [], "parts": []}
+    sheets: list[tuple[Path, str]] = []
+    for path, card in cards:
+        for s in card["sets"]:
+            if s["name"] in {t["name"] for t in merged["sets"]}:
+                raise ValueError(f"{s['name']} is scored by two of the parts")
+            merged["sets"].append(s)
+            sheets += [(path, sheet["path"]) for sheet in s.get("sheets", {}).values()]
+        for part in ("films", "bw"):
+            if card.get(part):
+                if part in merged:
+                    raise ValueError(f"{part} are scored by two of the parts")
+                merged[part] = card[part]
+        if card.get("bw"):
+            sheets.append((path, card["bw"]["sheet"]))
+        scored = [s["name"] for s in card["sets"]] + [part for part in ("films", "bw") if card.get(part)]
+        merged["parts"].append({"card": str(path), "options": card["options"], "seconds": card["seconds"],
+                                "finished_at": card["finished_at"], "scored": scored})
+    for path, relative in sheets:
+        if path.resolve() != out.resolve():
+            (out / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path / relative, out / relative)
+    merged["verdict"] = verdict(merged, targets)
+    merged["seconds"] = sum(card["seconds"] for _, card in cards)
+    finished = [card["finished_at"] for _, card in cards]
+    merged["finished_at"] = None if None in finished else max(finished)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scorecard.json").write_text(json.dumps(merged, indent=1, allow_nan=False) + "\n")
+    card = Scorecard(merged)
     (out / "scorecard.md").write_text(card.markdown() + "\n")
     return card
 
@@ -554,16 +614,26 @@ def _verdict_lines(v: dict[str, Any], labels: Sequence[str]) -> list[str]:
     return lines
 
 
+def _parts_lines(data: dict[str, Any]) -> list[str]:
+    """Where a merged card's parts came from: each ran on its own, and its time is its own."""
+    if not data.get("parts"):
+        return []
+    return ["Merged from parts scored side by side: " + "; ".join(
+        f"{', '.join(p['scored'])} ({p['seconds'] / 60:.1f} min)" for p in data["parts"]) + "."]
+
+
 def scorecard_markdown(data: dict[str, Any]) -> str:
     """The card's tables from its JSON (``scorecard.json``), so they can be rebuilt without rescoring."""
     labels = [m["label"] for m in data["models"]]
     options = data["options"]
+    minutes = data.get("seconds", 0) / 60
+    status = (f"Finished {data['finished_at']} after {minutes:.1f} min." if data.get("finished_at")
+              else f"**Unfinished**: {minutes:.1f} min in, these parts so far.")
     lines = ["# Scorecard", "",
              "Models: " + "; ".join(f"**{m['label']}** = `{m['model']}` ({m.get('checkpoint', '')}, "
                                     f"{m.get('engine', '')}, render {m.get('render_size', '-')})"
                                     for m in data["models"]) + ".",
-             f"Photos per set: {options['limit'] or 'all'}. Finished {data.get('finished_at', '-')} in "
-             f"{data.get('seconds', 0) / 60:.1f} min.", "",
+             f"Photos per set: {options['limit'] or 'all'}. {status}", *_parts_lines(data), "",
              "Gray = the input shown as it is (ab = 0); truth = the colour photo. PSNR and CIEDE2000 against the "
              "truth; colourfulness (Hasler & Suesstrunk) with its ratio to the truth's; judge = the independent "
              "ImageNet classifier's top-1 on the picture.", "", "## Summary", ""]
@@ -620,6 +690,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16")
     p.add_argument("--batch-size", type=int, default=8, help="photos per colorizer call")
     p.add_argument("--tables-only", action="store_true", help="score nothing: rewrite OUT/scorecard.md from its JSON")
+    p.add_argument("--merge", nargs="+", type=Path, metavar="DIR",
+                   help="score nothing: merge the cards in these folders (same models, different parts) into OUT")
     add_runtime_arguments(p)
     return p
 
@@ -634,6 +706,13 @@ def main(argv: list[str] | None = None) -> int:
         table = scorecard_markdown(json.loads(source.read_text()))
         (args.out / "scorecard.md").write_text(table + "\n")
         print(table)
+        return 0
+    if args.merge:
+        try:
+            card = merge_scorecards(args.merge, args.out)
+        except (FileNotFoundError, ValueError) as exc:
+            raise SystemExit(f"scorecard: {exc}") from None
+        print(card.markdown())
         return 0
     if not args.models:
         raise SystemExit("scorecard: name at least one MODEL")
