@@ -69,9 +69,11 @@ def normalize_prefix(prefix: str) -> str:
 
 
 def inside(uri: str, prefix: str) -> bool:
-    """Whether ``uri`` is ``prefix`` itself or lies under it. ``.``/``..`` segments are never inside anything: S3
-    keeps them literally while a folder resolves them, so a key such as ``alice/../bob/x`` means different things
-    to different readers and is refused outright. Folder paths are compared after resolving symlinks."""
+    """Whether ``uri`` is the folder ``prefix`` itself (with its '/') or lies under it.
+
+    ``.``/``..`` segments are never inside anything: S3 keeps them literally while a folder resolves them, so a key
+    such as ``alice/../bob/x`` means different things to different readers and is refused outright. Folder paths
+    are compared after resolving symlinks."""
     try:
         scheme, bucket, key = parse_uri(uri)
     except ValueError:
@@ -81,9 +83,9 @@ def inside(uri: str, prefix: str) -> bool:
         return False
     if scheme == "s3":
         target = f"s3://{bucket}/{key}"
-    else:
-        target = f"file://{os.path.realpath(key)}"
-    return target == prefix.rstrip("/") or target.startswith(prefix) or target + "/" == prefix
+    else:  # a folder keeps its trailing '/' through realpath: "in/" is the folder, "in" a file beside it
+        target = f"file://{os.path.realpath(key)}" + ("/" if uri.endswith("/") else "")
+    return target.startswith(prefix)
 
 
 def load_principals(settings: Settings) -> list[Principal]:
