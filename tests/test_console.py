@@ -111,7 +111,9 @@ def test_console_uploads_a_photo_and_a_film_watches_them_finish_and_compares_bef
         expect(figure).to_have_count(1)
         after = figure.locator("img.after")
         expect(after).to_have_attribute("src", re.compile(r"^blob:"))
-        page.wait_for_function("document.querySelector('figure.compare img.after').naturalWidth === 240")
+        # Locator assertions, not wait_for_function: a string predicate is eval'd in the page, which the console's
+        # Content-Security-Policy (no 'unsafe-eval') rightly refuses.
+        expect(after).to_have_js_property("naturalWidth", 240)
         slider = figure.get_by_role("slider")
         slider.focus()
         for _ in range(5):
@@ -138,7 +140,7 @@ def test_console_uploads_a_photo_and_a_film_watches_them_finish_and_compares_bef
         expect(page.locator("#hint-points li")).to_have_count(1)
         expect(page.locator("#hint-points li").first).to_contain_text("Point 1 at 120, 80")
         expect(preview).to_have_attribute("data-serial", "2", timeout=30_000)
-        page.wait_for_function("document.querySelector('#hint-preview').complete")
+        expect(preview).to_have_js_property("complete", True)
         red, green, blue = page.evaluate(CENTRE_COLOUR)
         assert red - green > 20 and red - blue > 20, (red, green, blue)
         # ... and the keyboard places one too: focus the photo, move the cross, press Enter.
