@@ -412,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated smoothing strengths to compare (default: %(default)s)")
     video.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES,
                        help="score at most this many frames of each clip (default: %(default)s)")
+    video.add_argument("--references", action="store_true", help="score the film with the truth's first frame of "
+                       "each shot as a reference frame beside automatic, at the last --smoothing strength "
+                       "(tools.evaluate_references)")
     hints = p.add_argument_group("colour hints (--hints)")
     hints.add_argument("--hints", action="store_true", help="score colorization with 0..N colour hints sampled "
                        "from the truth, beside automatic and gray (tools.evaluate_hints)")
@@ -448,10 +451,27 @@ def _main_hints(args: argparse.Namespace) -> int:
     return 0
 
 
+def _main_references(args: argparse.Namespace, strength: float) -> int:
+    # Imported here, as for --hints: the reference evaluation builds on tools.evaluate_video's pieces.
+    from tools.evaluate_references import evaluate_references, references_table
+
+    with open_colorizer(args.model[0], args.engine, args.device, args.precision, args.render_size,
+                        args.batch_size, cache_dir=onnx_cache_dir()) as (colorizer, label):
+        results = evaluate_references(colorizer, args.data, strength, args.max_frames)
+    print(f"model {label}, smoothing {strength}: PSNR (dB) and warping error (x 1000)\n")
+    print(references_table(results))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps([r.__dict__ for r in results], indent=2) + "\n")
+    return 0
+
+
 def _main_video(args: argparse.Namespace) -> int:
     if len(args.model) != 1:
         raise SystemExit("--video scores one model at a time")
     strengths = [float(s) for s in args.smoothing.split(",") if s.strip()]
+    if args.references:
+        return _main_references(args, strengths[-1])
     with open_colorizer(args.model[0], args.engine, args.device, args.precision, args.render_size,
                         args.batch_size, cache_dir=onnx_cache_dir()) as (colorizer, label):
         results = evaluate_videos(colorizer, label, args.data, strengths, args.max_frames)

@@ -7,6 +7,7 @@
     tinct colorize scans/ -o colorized/ --model archive-1950s   # a model published to TINCT_MODEL_STORE
     tinct colorize photo.jpg -o out.jpg --hints hints.json   # a restorer's known colours (worker.hints); in
                                                             # folders, <photo file name>.hints.json beside a photo
+    tinct colorize film.mp4 -o out.mkv --reference 12.5=frame.png --reference frame:300=still.jpg
     tinct --version
 
 Exit status: 0 when every photo and film was colorized or skipped, 1 when any failed (or the model store could not
@@ -35,6 +36,7 @@ from worker.films import DEFAULT_MAX_FILM_PIXELS, DEFAULT_SEGMENT_SECONDS, FilmO
 from worker.images import DEFAULT_MAX_PIXELS, tinct_version
 from worker.model_store import resolve_model
 from worker.photos import PhotoOptions, colorize_photos, open_colorizer, output_suffix, plan_photos
+from worker.references import FilmReference, parse_reference_arg
 from worker.settings import Settings
 from worker.smoothing import SmoothingOptions
 from worker.storage import Storage
@@ -92,6 +94,13 @@ def _format_arg(text: str) -> str:
     return text
 
 
+def _reference_arg(text: str) -> FilmReference:
+    try:
+        return parse_reference_arg(text)
+    except (ValueError, TinctError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinct", description="Colorize black-and-white photos for archives.")
     parser.add_argument("--version", action="version", version=f"tinct {tinct_version()}")
@@ -141,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "for h264, 20 for h265)")
     films.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESETS, metavar="PRESET",
                        help="x264/x265 speed preset, ultrafast .. veryslow (default: %(default)s)")
+    films.add_argument("--reference", action="append", type=_reference_arg, default=[], metavar="TIME=IMAGE",
+                       help="a colour picture of one frame of a single input film (TIME in seconds, or frame:N), "
+                       "carried forward and backward through its shot by motion; repeatable")
     films.add_argument("--segment-seconds", type=positive_seconds, default=DEFAULT_SEGMENT_SECONDS,
                        help="films are colorized in segments of about this length; an interrupted film resumes "
                        "from its last finished segment (default: %(default)s)")
@@ -176,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _colorize(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         plan = plan_photos(args.inputs, args.output, args.format, args.hints)
+        if args.reference and (len(plan.films) != 1 or plan.tasks):
+            raise ValueError("--reference names frames of one film; give a single film as the input")
     except ValueError as exc:
         print(f"{parser.prog} colorize: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -189,7 +203,7 @@ def _colorize(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             smoothing=SmoothingOptions(strength=args.smoothing),
             encode=EncodeOptions(codec=args.codec, crf=args.crf, preset=args.preset),
             segment_seconds=args.segment_seconds, max_pixels=args.max_pixels or DEFAULT_MAX_FILM_PIXELS,
-            recolor=args.recolor, overwrite=args.overwrite,
+            recolor=args.recolor, overwrite=args.overwrite, references=tuple(args.reference),
         )
         for task in plan.films:
             check_container(task.output, film_options.encode.codec)

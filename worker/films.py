@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -35,6 +36,13 @@ from models.files import atomic_output, atomic_path
 from worker.errors import BadInputError, TinctError, one_line
 from worker.images import tinct_version
 from worker.pipeline import ColourFrame, StageTimes, colorize_frames
+from worker.references import (
+    FilmReference,
+    ReferenceField,
+    ResolvedReference,
+    load_reference_image,
+    resolve_references,
+)
 from worker.segments import Segment, check_output_streams, join_segments, plan_segments
 from worker.smoothing import SmoothingOptions
 from worker.video_sink import CODECS, EncodeOptions, OutputLayout, SegmentWriter, check_container, plan_output
@@ -60,6 +68,8 @@ class FilmOptions:
     max_pixels: int = DEFAULT_MAX_FILM_PIXELS
     recolor: bool = False
     overwrite: bool = False
+    # Reference frames (worker.references): colour pictures of frames, carried through their shots.
+    references: tuple[FilmReference, ...] = ()
 
 
 @dataclass
@@ -163,22 +173,32 @@ def colorize_film(
     if film.is_colour and not options.recolor:
         return FilmOutcome(source, output, "colour", frames=film.frames)
     check_output_streams(film, output)
+    # Every reference is checked (time, picture) before any work, so a bad one fails the film with nothing written.
+    references = resolve_references(options.references, film, lambda r: load_reference_image(r.image))
     layout = plan_output(film.video, options.encode)
     segment_frames = max(1, round(options.segment_seconds * (film.fps or 24)))
     segments = plan_segments(film, segment_frames, warmup_frames(options.smoothing))
     parts = parts_folder(output)
     manifest = _manifest(film, colorizer, options, model_label, segments)
+    if references:
+        # A rerun with other references (or changed pictures) must not reuse segments coloured by these.
+        manifest["options"]["references"] = [
+            {**r.as_dict(), "sha256": hashlib.sha256(Path(r.image).read_bytes()).hexdigest()}
+            for r in options.references]
     resumed = _prepare_parts(parts, manifest)
     done = sum(s.frames for s in segments if segment_path(parts, s, options.encode.codec).exists())
     if progress:
         progress(done, film.frames)
     try:
-        times, reused = _colorize_segments(colorizer, film, layout, options, segments, parts, done, progress)
+        times, reused = _colorize_segments(colorizer, film, layout, options, segments, parts, done, progress,
+                                           references)
     except BadInputError:
         # The film itself is bad (damaged data found while decoding): nothing here is worth resuming.
         shutil.rmtree(parts, ignore_errors=True)
         raise
     provenance = dict(manifest["options"], tinct=tinct_version(), source=source.name)
+    if references:
+        provenance["references"] = len(references)  # how many reference frames coloured it, not their paths
     join_segments(film, [segment_path(parts, s, options.encode.codec) for s in segments], output, provenance)
     shutil.rmtree(parts, ignore_errors=True)
     if resumed and reused:
@@ -189,7 +209,8 @@ def colorize_film(
 
 def _colorize_segments(colorizer: Colorizer, film: FilmInfo, layout: OutputLayout, options: FilmOptions,
                        segments: list[Segment], parts: Path, done: int,
-                       progress: Progress | None) -> tuple[StageTimes, int]:
+                       progress: Progress | None,
+                       references: Sequence[ResolvedReference] = ()) -> tuple[StageTimes, int]:
     """Colorize every segment not already in ``parts``; returns the stage times and how many were reused."""
     times = StageTimes()
     encoded = [done]  # frames written so far, shared with the sink below
@@ -205,8 +226,12 @@ def _colorize_segments(colorizer: Colorizer, film: FilmInfo, layout: OutputLayou
                 encoded[0] += 1
                 if progress:
                     progress(encoded[0], film.frames)
+            field = None
+            if references:
+                field = ReferenceField(film, layout.frame, colorizer, options.smoothing, references,
+                                       segment.start - segment.warmup, segment.stop)
             times.add(colorize_frames(film, colorizer, layout, options.smoothing, sink, segment.start,
-                                      segment.stop, segment.warmup))
+                                      segment.stop, segment.warmup, field))
     return times, reused
 
 

@@ -36,6 +36,7 @@ import torch
 
 from models.color import code_dtype, lab_to_rgb, lab_to_rgb_fast_np, rgb_to_chroma, rgb_to_chroma_np
 from models.colorizer import Colorizer, Render
+from worker.references import ReferenceField
 from worker.smoothing import SmoothingOptions, TemporalSmoother
 from worker.video_sink import OutputLayout
 from worker.video_source import FilmInfo, SourceFrame, decode_frames
@@ -154,9 +155,11 @@ def colorize_frames(
     start: int = 0,
     stop: int | None = None,
     warmup: int = 0,
+    references: ReferenceField | None = None,
 ) -> StageTimes:
     """Colorize frames ``start .. stop - 1`` of ``film`` (after ``warmup`` frames that only prime the
-    smoother) and pass each, in order, to ``sink``. Returns the per-stage times."""
+    smoother) and pass each, in order, to ``sink``. ``references`` (``worker.references``) lay reference frames'
+    colours on the frames they reach, after the temporal smoothing. Returns the per-stage times."""
     stop = film.frames if stop is None else stop
     batch_size = colorizer.batch_size
     decoded: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES * batch_size)
@@ -188,6 +191,8 @@ def colorize_frames(
             times.network += smoothed - began
             if smoother is not None:
                 _smooth(smoother, batch, renders, times)
+            if references is not None:
+                _lay_references(references, batch, renders)
             colorizer.fit(renders)
             times.smoothing += time.perf_counter() - smoothed
             stages.put(predicted, (batch, renders))
@@ -242,6 +247,15 @@ def _smooth(smoother: TemporalSmoother, batch: list[SourceFrame], renders: list[
     for render, ab in zip(renders, smoothed, strict=True):
         render.ab_grid = torch.from_numpy(np.ascontiguousarray(ab)).to(device)
     times.cuts.extend(frame.index for frame, cut in zip(batch, cuts, strict=True) if cut and not frame.warmup)
+
+
+def _lay_references(references: ReferenceField, batch: list[SourceFrame], renders: list[Render]) -> None:
+    """Blend the reference frames' carried colours into the frames they reach (only those cross the bus)."""
+    for frame, render in zip(batch, renders, strict=True):
+        if frame.index in references.tracks:
+            ab = render.ab_grid.float().cpu().numpy()  # type: ignore[union-attr]
+            laid = references.lay(frame.index, ab)
+            render.ab_grid = torch.from_numpy(laid).to(render.ab_grid.device)  # type: ignore[union-attr]
 
 
 def _colour(colorizer: Colorizer, layout: OutputLayout, frame: SourceFrame, render: Render) -> ColourFrame:

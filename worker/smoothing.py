@@ -61,10 +61,13 @@ bottle-detection (1189, 640x360)   none                     one shot; worst 1 %
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from models.references import ReferenceTrack
 
 # --- optical flow, shared with tools.warping -----------------------------------------------------
 
@@ -289,12 +292,8 @@ class TemporalSmoother:
 
     def _blend(self, predicted: np.ndarray, previous_ab: np.ndarray, motion: _FrameMotion) -> np.ndarray:
         """``(1 - w) p + w warp(s_prev)`` on the output grid, ``w = alpha * visibility`` per cell."""
-        s = self.output_stride
         cells_h, cells_w = predicted.shape[:2]
-        visible = (motion.residual <= self.options.explained_residual) & motion.inside
-        visibility = _cell_mean(visible.astype(np.float32), s, cells_h, cells_w)
-        # A cell's flow is its render pixels' mean flow, in cells.
-        flow = np.stack([_cell_mean(motion.flow[..., c], s, cells_h, cells_w) for c in range(2)], axis=-1) / s
+        flow, visibility = _cell_motion(motion, self.options, self.output_stride, cells_h, cells_w)
         carried = warp(previous_ab, flow)
         weight = (self._alpha * visibility)[..., None]
         return (predicted + weight * (carried - predicted)).astype(np.float32, copy=False)
@@ -365,6 +364,61 @@ def _measure_motion(
         unexplained = np.count_nonzero((residual > options.explained_residual) & inside) / inside_count
     histogram_distance = float(np.abs(current_cdf - previous_cdf).sum() / NORMALIZED_SCALE)
     return _FrameMotion(flow, residual, inside, float(unexplained), histogram_distance)
+
+
+def _cell_motion(
+    motion: _FrameMotion, options: SmoothingOptions, stride: int, cells_h: int, cells_w: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The flow on the output grid, in cells (a cell's render pixels' mean flow), and each cell's visibility: the
+    fraction of its render pixels that the flow explains and that land inside the other frame."""
+    visible = (motion.residual <= options.explained_residual) & motion.inside
+    visibility = _cell_mean(visible.astype(np.float32), stride, cells_h, cells_w)
+    flow = np.stack([_cell_mean(motion.flow[..., c], stride, cells_h, cells_w) for c in range(2)], axis=-1) / stride
+    return flow, visibility
+
+
+def carry_reference(
+    L_renders: Sequence[np.ndarray],
+    reference: int,
+    cells: np.ndarray,
+    options: SmoothingOptions,
+    output_stride: int,
+    fade: float,
+) -> dict[int, ReferenceTrack]:
+    """A reference frame's colours carried forward and backward through its shot (``models.references``).
+
+    ``L_renders`` are the padded render L of consecutive frames, the reference at position ``reference`` with its
+    ``cells`` ``(2, h, w)``. Returns ``{position: track}`` for every frame the reference reaches: it stops at the
+    first scene cut on each side (the very test the smoother makes between those two frames, so a reference never
+    crosses a cut the smoother saw) and where its confidence has faded out. The result depends only on these
+    frames, never on where a segment begins, so a film colorized in segments gets the same colours as one
+    colorized whole.
+    """
+    normalized = [_normalized_u8(L) for L in L_renders]
+    cdfs = [_cumulative_histogram(n) for n in normalized]
+    cells_h, cells_w = cells.shape[1:]
+    tracks = {reference: ReferenceTrack.start(cells)}
+    track = tracks[reference]
+    for t in range(reference + 1, len(normalized)):
+        motion = _measure_motion(normalized[t - 1], cdfs[t - 1], normalized[t], cdfs[t], options)  # flow t -> t-1
+        if _is_cut(motion, options):
+            break
+        track = track.step(*_cell_motion(motion, options, output_stride, cells_h, cells_w), fade)
+        if not track.alive:
+            break
+        tracks[t] = track
+    track = tracks[reference]
+    for t in range(reference - 1, -1, -1):
+        # The cut test is the smoother's, made in its direction (flow from t+1 to t); carrying needs the flow
+        # the other way, from frame t into frame t+1, whose colours are known.
+        if _is_cut(_measure_motion(normalized[t], cdfs[t], normalized[t + 1], cdfs[t + 1], options), options):
+            break
+        motion = _measure_motion(normalized[t + 1], cdfs[t + 1], normalized[t], cdfs[t], options)  # flow t -> t+1
+        track = track.step(*_cell_motion(motion, options, output_stride, cells_h, cells_w), fade)
+        if not track.alive:
+            break
+        tracks[t] = track
+    return tracks
 
 
 def _is_cut(motion: _FrameMotion, options: SmoothingOptions) -> bool:
