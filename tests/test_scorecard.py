@@ -281,3 +281,20 @@ def test_parts_scored_apart_merge_into_one_card(eval_root: Path, tiny_checkpoint
                            "--out", str(other)]) == 0
     with pytest.raises(SystemExit, match="only cards of the same models merge"):
         scorecard.main(["--merge", str(photos), str(other), "--out", str(tmp_path / "mixed")])
+
+
+def test_film_clips_scored_by_different_parts_merge(card: tuple[Path, dict]) -> None:
+    _, data = card
+    films = data["films"]
+    labels = ["cls", "reg"]
+    (clip,) = films["clips"]
+    shifted = {key: {**row, "psnr": row["psnr"] + 2} if key != TRUTH else row for key, row in clip["rows"].items()}
+    other = {**films, "data": "elsewhere", "clips": [{**clip, "clip": "another.mkv", "rows": shifted}]}
+    merged = scorecard._merge_films(films, other, labels)
+    assert [c["clip"] for c in merged["clips"]] == ["another.mkv", "pan.mkv"]
+    assert merged["mean"]["cls"]["psnr"] == pytest.approx(clip["rows"]["cls"]["psnr"] + 1)  # each clip counts once
+    assert merged["mean"]["cls"]["warping_error"] == pytest.approx(clip["rows"]["cls"]["warping_error"])
+    with pytest.raises(ValueError, match="scored by two of the parts: pan.mkv"):
+        scorecard._merge_films(films, films, labels)
+    with pytest.raises(ValueError, match="differ in frames_per_clip"):
+        scorecard._merge_films(films, {**other, "frames_per_clip": 99}, labels)

@@ -291,16 +291,19 @@ def score_films(clips: Path, models: Sequence[ModelSpec], colorizers: Sequence[C
     results = score_clips(list(zip(colorizers, labels, strict=True)), clips, [options.smoothing], options.frames)
     per_clip = [{"clip": r.clip, "size": r.size, "frames": r.frames, "cuts": r.cuts, "seconds": r.seconds,
                  "rows": _film_rows(r.rows, labels, options.smoothing)} for r in results]
-    mean = {}
-    for key in [GRAY, *labels, TRUTH]:
-        mean[key] = {metric: _finite_mean([clip["rows"][key][metric] for clip in per_clip])
-                     for metric in ("psnr", "colourfulness", "warping_error")}
     return {"data": str(clips), "frames_per_clip": options.frames, "smoothing": options.smoothing,
-            "clips": per_clip, "mean": mean, "seconds": time.perf_counter() - started}
+            "clips": per_clip, "mean": films_mean(per_clip, labels), "seconds": time.perf_counter() - started}
 
 
-def _finite_mean(values: Sequence[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
+def films_mean(per_clip: Sequence[dict[str, Any]], labels: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Each row's figures averaged over the clips (every clip counts once, whatever its length)."""
+    return {key: {metric: _finite_mean([clip["rows"][key][metric] for clip in per_clip])
+                  for metric in ("psnr", "colourfulness", "warping_error")} for key in [GRAY, *labels, TRUTH]}
+
+
+def _finite_mean(values: Sequence[float | str]) -> float:
+    # float(): a card read back from JSON holds non-finite figures as the strings "nan" and "inf".
+    finite = [float(v) for v in values if math.isfinite(float(v))]
     return float(np.mean(finite)) if finite else math.nan
 
 
@@ -351,12 +354,13 @@ def verdict(result: dict[str, Any], targets: Targets = RELEASE4_TARGETS) -> dict
     checks: list[dict] = []
     low, high = targets.colourfulness_ratio
     for s in result["sets"]:
-        gray = s["rows"][GRAY]
+        gray_psnr = float(s["rows"][GRAY]["psnr"])  # float(): "nan"/"inf" strings in a card read back from JSON
         for label in labels:
             row = s["rows"][label]
-            _check(checks, f"{s['name']}: PSNR - gray's", f">= +{targets.psnr_over_gray_db:g} dB", label,
-                   row["psnr"] - gray["psnr"], row["psnr"] - gray["psnr"] >= targets.psnr_over_gray_db)
-            ratio = row["colourfulness_ratio"]
+            gain = float(row["psnr"]) - gray_psnr
+            _check(checks, f"{s['name']}: PSNR - gray's", f">= +{targets.psnr_over_gray_db:g} dB", label, gain,
+                   gain >= targets.psnr_over_gray_db)
+            ratio = float(row["colourfulness_ratio"])
             _check(checks, f"{s['name']}: colourfulness / truth's", f"{low:g} - {high:g}", label, ratio,
                    low <= ratio <= high)
             if "judge" in s:
@@ -367,10 +371,10 @@ def verdict(result: dict[str, Any], targets: Targets = RELEASE4_TARGETS) -> dict
     if films:
         mean = films["mean"]
         for label in labels:
-            gap = mean[label]["psnr"] - mean[GRAY]["psnr"]
+            gap = float(mean[label]["psnr"]) - float(mean[GRAY]["psnr"])
             _check(checks, "films: mean PSNR - gray's", f">= -{targets.film_psnr_below_gray_db:g} dB", label, gap,
                    gap >= -targets.film_psnr_below_gray_db)
-            ratio = mean[label]["warping_error"] / mean[TRUTH]["warping_error"]
+            ratio = float(mean[label]["warping_error"]) / float(mean[TRUTH]["warping_error"])
             _check(checks, "films: warping error / truth's", f"<= {targets.film_warping_ratio:g}", label, ratio,
                    ratio <= targets.film_warping_ratio)
     not_scored = [name for name in DEV_SETS if name not in {s["name"] for s in result["sets"]}]
@@ -489,11 +493,12 @@ def merge_scorecards(parts: Sequence[str | Path], out: str | Path, targets: Targ
                 raise ValueError(f"{s['name']} is scored by two of the parts")
             merged["sets"].append(s)
             sheets += [(path, sheet["path"]) for sheet in s.get("sheets", {}).values()]
-        for part in ("films", "bw"):
-            if card.get(part):
-                if part in merged:
-                    raise ValueError(f"{part} are scored by two of the parts")
-                merged[part] = card[part]
+        if card.get("films"):
+            merged["films"] = _merge_films(merged.get("films"), card["films"], [m["label"] for m in first["models"]])
+        if card.get("bw"):
+            if "bw" in merged:
+                raise ValueError("the black-and-white films are scored by two of the parts")
+            merged["bw"] = card["bw"]
         if card.get("bw"):
             sheets.append((path, card["bw"]["sheet"]))
         scored = [s["name"] for s in card["sets"]] + [part for part in ("films", "bw") if card.get(part)]
@@ -508,10 +513,28 @@ def merge_scorecards(parts: Sequence[str | Path], out: str | Path, targets: Targ
     finished = [card["finished_at"] for _, card in cards]
     merged["finished_at"] = None if None in finished else max(finished)
     out.mkdir(parents=True, exist_ok=True)
+    merged = _json_safe(merged)
     (out / "scorecard.json").write_text(json.dumps(merged, indent=1, allow_nan=False) + "\n")
     card = Scorecard(merged)
     (out / "scorecard.md").write_text(card.markdown() + "\n")
     return card
+
+
+def _merge_films(films: dict[str, Any] | None, more: dict[str, Any], labels: Sequence[str]) -> dict[str, Any]:
+    """Clips scored by different parts (a long film list split over processes) as one films table; the parts must
+    have scored alike (frames per clip, smoothing), and each clip once."""
+    if films is None:
+        return more
+    for key in ("frames_per_clip", "smoothing"):
+        if films[key] != more[key]:
+            raise ValueError(f"film parts differ in {key} ({films[key]} and {more[key]}): they do not average")
+    clips = films["clips"] + more["clips"]
+    twice = sorted({c["clip"] for c in clips if [d["clip"] for d in clips].count(c["clip"]) > 1})
+    if twice:
+        raise ValueError(f"film clips scored by two of the parts: {', '.join(twice)}")
+    clips.sort(key=lambda c: c["clip"])
+    return {**films, "data": f"{films['data']}, {more['data']}", "clips": clips, "mean": films_mean(clips, labels),
+            "seconds": films["seconds"] + more["seconds"]}
 
 
 # --- markdown --------------------------------------------------------------------------------------------------
@@ -618,8 +641,15 @@ def _parts_lines(data: dict[str, Any]) -> list[str]:
     """Where a merged card's parts came from: each ran on its own, and its time is its own."""
     if not data.get("parts"):
         return []
+    def scope(part: dict[str, Any]) -> str:
+        options, scored = part["options"], part["scored"]
+        photos = [name for name in scored if name not in ("films", "bw")]
+        text = [f"first {options['limit']} photos a set" if options.get("limit") else "every photo"] if photos else []
+        text += [f"first {options['frames']} frames a clip"] if "films" in scored else []
+        return ", ".join(text + [f"{part['seconds'] / 60:.1f} min"])
+
     return ["Merged from parts scored side by side: " + "; ".join(
-        f"{', '.join(p['scored'])} ({p['seconds'] / 60:.1f} min)" for p in data["parts"]) + "."]
+        f"{', '.join(p['scored'])} ({scope(p)})" for p in data["parts"]) + "."]
 
 
 def scorecard_markdown(data: dict[str, Any]) -> str:
@@ -627,13 +657,15 @@ def scorecard_markdown(data: dict[str, Any]) -> str:
     labels = [m["label"] for m in data["models"]]
     options = data["options"]
     minutes = data.get("seconds", 0) / 60
-    status = (f"Finished {data['finished_at']} after {minutes:.1f} min." if data.get("finished_at")
+    took = "the parts' times summed" if data.get("parts") else "after"
+    status = (f"Finished {data['finished_at']}, {took} {minutes:.1f} min." if data.get("finished_at")
               else f"**Unfinished**: {minutes:.1f} min in, these parts so far.")
     lines = ["# Scorecard", "",
              "Models: " + "; ".join(f"**{m['label']}** = `{m['model']}` ({m.get('checkpoint', '')}, "
                                     f"{m.get('engine', '')}, render {m.get('render_size', '-')})"
                                     for m in data["models"]) + ".",
-             f"Photos per set: {options['limit'] or 'all'}. {status}", *_parts_lines(data), "",
+             (status if data.get("parts") else f"Photos per set: {options['limit'] or 'all'}. {status}"),
+             *_parts_lines(data), "",
              "Gray = the input shown as it is (ab = 0); truth = the colour photo. PSNR and CIEDE2000 against the "
              "truth; colourfulness (Hasler & Suesstrunk) with its ratio to the truth's; judge = the independent "
              "ImageNet classifier's top-1 on the picture.", "", "## Summary", ""]
