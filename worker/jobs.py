@@ -24,6 +24,7 @@ from typing import Any
 from redis.exceptions import WatchError
 
 from worker.errors import PermanentError, one_line
+from worker.hints import MAX_HINT_FILE_BYTES, HintError, parse_hints
 from worker.images import EXTENSION_FORMATS
 from worker.photos import FILM_EXTENSIONS
 
@@ -57,6 +58,9 @@ class JobOptions:
     preset: str = "medium"
     recolor: bool = False
     format: str | None = None  # photo output format (jpg, png, tif, webp, bmp); None keeps the source's
+    # A photo's colour hints (worker.hints), in canonical form; part of the id, so corrected hints are a new job.
+    # Not hashed with the options (a dict is not hashable); compared and digested like every other field.
+    hints: dict | None = field(default=None, hash=False)
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -86,7 +90,11 @@ class JobSpec:
             raise JobSpecError("input", "a collection's input is a prefix or folder ending in '/'")
         if kind == "collection" and not output.endswith("/"):
             raise JobSpecError("output", "a collection's output is a prefix or folder ending in '/'")
-        return cls(source, output, kind, parse_options(data.get("options") or {}))
+        options = parse_options(data.get("options") or {})
+        if options.hints is not None and kind != "image":
+            raise JobSpecError("options.hints", "hints belong to one photo (kind image); for a folder or prefix, "
+                               "tinct bulk queues each photo with the <name>.hints.json beside it")
+        return cls(source, output, kind, options)
 
     def to_dict(self) -> dict:
         return {"input": self.input, "output": self.output, "kind": self.kind, "options": asdict(self.options)}
@@ -158,6 +166,16 @@ def _option_value(key: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise bad("true or false")
         return value
+    if key == "hints":
+        if value is None:
+            return None
+        if len(json.dumps(value)) > MAX_HINT_FILE_BYTES:
+            raise JobSpecError("options.hints", f"over the limit of {MAX_HINT_FILE_BYTES} bytes of JSON")
+        try:
+            spec = parse_hints(value, "options.hints")
+        except HintError as exc:
+            raise JobSpecError(f"options.hints.{exc.field}".rstrip("."), exc.detail) from None
+        return spec.to_dict() if len(spec) else None
     raise bad("a known option")  # unreachable: keys are checked against JobOptions' fields first
 
 

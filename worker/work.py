@@ -41,6 +41,7 @@ from models.files import atomic_path
 from worker import liveness, metrics
 from worker.errors import BadInputError, ModelError, PermanentError, TinctError, one_line
 from worker.films import DEFAULT_MAX_FILM_PIXELS, warmup_frames
+from worker.hints import hints_provenance, job_photo_hints
 from worker.images import DEFAULT_MAX_PIXELS, EXTENSION_FORMATS, read_photo, write_photo
 from worker.jobs import FINISHED, KEY_PREFIX, JobRecord, JobSpec, JobStore
 from worker.liveness import Lease, Leases
@@ -308,10 +309,11 @@ def _colorize_one_photo(rt: Runtime, loaded: _Loaded, uri: str, output: str, scr
         if photo.had_colour and not spec.options.recolor:
             raise BadInputError(uri, f"already a colour photo (colour score {photo.colour_score:.1f}); set "
                                 "options.recolor to colorize its lightness anyway")
-        rgb = loaded.colorizer.colorize([photo.L])[0]
+        hints = job_photo_hints(spec.options.hints, *photo.size, uri)  # before any work: a bad point fails the file
+        rgb = loaded.colorizer.colorize([photo.L], hints=[hints])[0]
         suffix = PurePosixPath(parse_uri(output)[2]).suffix
         result = scratch / f"{hashlib.sha256(output.encode()).hexdigest()[:16]}{suffix}"
-        write_photo(result, rgb, photo, loaded.label, photo.alpha)
+        write_photo(result, rgb, photo, loaded.label, photo.alpha, hints_provenance(len(hints) if hints else 0))
         rt.storage.upload(result, output)
         result.unlink(missing_ok=True)
     finally:
