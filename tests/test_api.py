@@ -319,6 +319,27 @@ def test_hint_preview_honours_a_colour_point_and_refuses_bad_hints_other_prefixe
     assert preview({}, client=stack.client("carol"), source=str(carol_photo)).status_code == 200
 
 
+def test_a_job_resubmitted_with_hints_from_the_editor_is_a_new_job_that_honours_them(stack):
+    alice = stack.client("alice")
+    put_object(stack.s3, "s3://scans/alice/corrected.png", gray_png(7, 320, 240))
+    body = job_spec(stack, "s3://scans/alice/corrected.png", "s3://colour/alice/corrected/")
+    plain = alice.post("/api/v1/jobs", json=body).json()
+    assert wait_finished(alice, plain["id"])["state"] == "succeeded"  # before the next job writes the same key
+    hints = {"points": [{"x": 160, "y": 120, "color": "#d02010", "radius": 30}]}
+    hinted = alice.post("/api/v1/jobs", json={**body, "options": {**body["options"], "hints": hints}})
+    assert hinted.status_code == 201 and hinted.json()["id"] != plain["id"]
+    assert hinted.json()["options"]["hints"]["points"][0] == {"x": 160, "y": 120, "color": "#d02010", "radius": 30}
+    final = wait_finished(alice, hinted.json()["id"])
+    assert final["state"] == "succeeded", final["error"]
+    result = np.asarray(Image.open(io.BytesIO(httpx.get(
+        alice.get(f"/api/v1/jobs/{final['id']}/results").json()["results"][0]["url"]).content)).convert("RGB"))
+    spot = result[110:130, 150:170].astype(int).mean(axis=(0, 1))
+    assert spot[0] - spot[1] > 20 and spot[0] - spot[2] > 20, spot
+    outside = alice.post("/api/v1/jobs", json={**body, "options": {**body["options"], "hints": {"points": [
+        {"x": 1, "y": 2, "color": "blue"}]}}})
+    assert outside.status_code == 422 and detail(outside).startswith("options.hints.points[0].color:")
+
+
 def test_no_token_or_s3_secret_in_any_response_log_line_or_page(stack):
     """Runs last in this module, after every route above has answered and logged."""
     alice, anonymous = stack.client("alice"), stack.client(None)

@@ -149,6 +149,13 @@ def test_console_uploads_a_photo_and_a_film_watches_them_finish_and_compares_bef
         page.keyboard.press("Enter")
         expect(page.locator("#hint-points li")).to_have_count(2)
         expect(page.locator("#hint-points li").nth(1)).to_contain_text("Point 2 at 96, 80")
+        # Submitted with its hints, the photo is a new job, colorized again, compared on its own page.
+        hinted_page = page.url
+        page.get_by_role("button", name="Colorize again with these hints").click()
+        expect(page).not_to_have_url(hinted_page)
+        expect(page).to_have_url(re.compile(r"#/jobs/[0-9a-f]{24}$"))
+        expect(page.locator("#job-state")).to_have_text("succeeded", timeout=JOB_TIMEOUT_S * 1000)
+        expect(page.locator("figure.compare img.after")).to_have_attribute("src", re.compile(r"^blob:"))
 
         # The film: a strip of before/after frames.
         page.get_by_role("link", name="Jobs", exact=True).click()
