@@ -55,7 +55,7 @@ from models.checkpoint import (  # noqa: F401 - DEFAULT_RENDER_SIZE is part of t
     preferred_min_render_size,
     preferred_render_size,
 )
-from models.color import L_CENT, merge_l_ab
+from models.color import L_CENT, lab_to_rgb_fast_np, merge_l_ab
 from models.engines.base import Engine
 from models.hints import ColourHints, hinted_grid, honour_tile
 
@@ -267,6 +267,14 @@ class Colorizer:
         for L, render, image_hints in zip(L_list, renders, hints or [None] * len(renders), strict=True):
             rgb = np.empty((render.height, render.width, 3), dtype=np.float32)
             for r0, r1, ab_tile in self._ab_tiles(L, render, image_hints):
+                if self.device.type == "cpu":
+                    # OpenCV's Lab -> sRGB: the same formulas (tested within 1e-3), and on a CPU the torch
+                    # version was 60% of a 1-megapixel photo's colorization time (bench, issue 12).
+                    lab = np.empty((r1 - r0, render.width, 3), dtype=np.float32)
+                    lab[..., 0] = L[r0:r1]
+                    lab[..., 1:] = ab_tile.permute(1, 2, 0).numpy()
+                    rgb[r0:r1] = lab_to_rgb_fast_np(lab)
+                    continue
                 L_tile = self.to_device(L[r0:r1])[None, None]
                 rgb[r0:r1] = merge_l_ab(L_tile, ab_tile[None])[0].permute(1, 2, 0).cpu().numpy()
             results.append(rgb)
