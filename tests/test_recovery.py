@@ -146,6 +146,10 @@ def rerun_elsewhere(env: Env, job_id: str, piece: str, dead: WorkerProcess) -> b
     return env.done(job_id, piece) or any(p.piece == piece and not owns(dead, p) for p in env.held(job_id))
 
 
+def deaths(env: Env, piece: liveness.HeldPiece) -> int:
+    return int(env.client.redis.hget(f"tinct:job:{piece.job_id}:deaths", piece.piece) or 0)
+
+
 def keys(s3: S3Server, bucket: str) -> list[str]:
     listing = s3.client().list_objects_v2(Bucket=bucket)
     return sorted(item["Key"] for item in listing.get("Contents", []))
@@ -249,6 +253,8 @@ def test_sigkill_mid_segment_and_while_loading_the_model_the_film_completes_on_t
     assert {(e["piece"], e["reason"], e["outcome"]) for e in events} >= {
         (in_load.piece, "died", "requeued"), (in_segment.piece, "died", "requeued")}
     assert "loaded on" not in loader.text()  # it really died while loading
+    # The dead workers' messages left the broker's unacked set: nothing comes back when the visibility timeout ends.
+    wait_until(lambda: env.client.redis.hlen(liveness.UNACKED_KEY) == 0, 15, "no message left unacknowledged")
     assert "discarded" not in survivor.text() and joins([survivor], job_id) == 1
 
 
@@ -305,14 +311,14 @@ def test_sigstop_beyond_the_window_is_shown_stalled_then_redone_and_sigcont_disc
     # Alone, nobody recovers it: the piece is reported stalled, on which worker and since when.
     stalled = wait_until(lambda: [p for p in env.held(job_id) if p.stalled], WINDOW_S + 15, "the piece stalled")
     assert [(p.piece, p.node) for p in stalled] == [(piece.piece, f"paused@{os.uname().nodename}")]
-    assert abs(stalled[0].since - paused_at) < 3
+    assert paused_at - 30 < stalled[0].since < paused_at + 1  # its last progress, before the pause
     for name, value in env_for_workers(env.redis, env.s3).items():
         monkeypatch.setenv(name, value)
     capsys.readouterr()
     assert main(["status", job_id]) == 0
     status = capsys.readouterr().out
     assert f"job {job_id}: running, stalled" in status and f"{piece.piece}: stalled on paused@" in status
-    assert time.strftime("%H:%M:%S", time.localtime(stalled[0].since)) in status
+    assert any(time.strftime("%H:%M:%S", time.localtime(stalled[0].since + d)) in status for d in (-1, 0, 1))
     assert main(["top", "--once", "--inspect-timeout", "0.3"]) == 0
     top = capsys.readouterr().out
     assert re.search(rf"{job_id}\s+stalled", top) and "STALLED PIECES  1" in top and f"{piece.piece}" in top
@@ -432,8 +438,11 @@ def test_soak_random_kills_lose_and_duplicate_nothing(env):
             next_wave = now + 5
         if now >= next_kill and now < soak_end:
             held = env.held()
-            busy = [w for w in workers if any(owns(w, p) and p.task.startswith("tinct.colorize") for p in held)]
-            if busy:  # a worker with a piece in hand; none busy this instant: look again shortly
+            # A worker with a piece in hand, but not a piece already killed twice in a row: a third death would make
+            # it a poison piece (its own test), which random crashes are not.
+            busy = [w for w in workers if any(owns(w, p) and p.task.startswith("tinct.colorize") and deaths(env, p) <
+                                               DEFAULTS.max_piece_deaths - 1 for p in held)]
+            if busy:  # none busy this instant: look again shortly
                 victim = rng.choice(busy)
                 victim.kill()
                 kills += 1
@@ -451,6 +460,7 @@ def test_soak_random_kills_lose_and_duplicate_nothing(env):
     records = [wait_for_job(env.client, job_id, timeout=240) for job_id in job_ids]
     assert [r.state for r in records] == ["succeeded"] * len(specs), [r.error for r in records if r.error]
     assert set(keys(env.s3, "colour")) == expected and len(keys(env.s3, "colour")) == len(expected)
+    wait_until(lambda: env.client.redis.hlen(liveness.UNACKED_KEY) == 0, 15, "no message left unacknowledged")
     report: dict[str, object] = {"kills": kills, "pieces_lost": len(recoveries), "jobs": len(specs),
                                  "kill_to_rerun_s": sorted(round(r, 1) for r in recoveries)}
     if recoveries:

@@ -57,7 +57,7 @@ REQUEUE_KEY = f"{KEY_PREFIX}requeue"
 UNACKED_KEY, UNACKED_INDEX_KEY = "unacked", "unacked_index"
 EVENTS_KEPT = 50  # re-queue events kept per job for ``tinct status``
 
-Publish = Callable[[str, list, str], None]  # task name, arguments, queue
+Publish = Callable[[str, list, str], str]  # task name, arguments, queue -> the new task's id
 
 
 def process_id() -> str:
@@ -77,15 +77,17 @@ def lease_key(job_id: str, piece: str) -> str:
 
 _NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1e6\n"
 
-# KEYS: workers, worker hash, held, leases, reaped marker. ARGV: worker id, node, then held field/value pairs.
-# Returns {reaped (0/1), now}. A worker that was reaped while it was silent learns it here, and does not write its
-# stale held pieces back: they are already on their way to other workers.
+# KEYS: workers, worker hash, held, leases, reaped marker. ARGV: worker id, node, n, n held fields released since
+# the last beat, then the held field/value pairs. Returns {reaped (0/1), now}. A worker that was reaped while it was
+# silent learns it here, and does not write its stale held pieces back: they are already on their way to others.
 _BEAT = _NOW + """
 local reaped = redis.call('DEL', KEYS[5])
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('HSET', KEYS[2], 'node', ARGV[2], 'beat', tostring(now))
+local released = tonumber(ARGV[3])
+for i = 4, 3 + released do redis.call('HDEL', KEYS[3], ARGV[i]) end
 if reaped == 0 then
-  for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
+  for i = 4 + released, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
 end
 return {reaped, tostring(now)}
 """
@@ -121,13 +123,14 @@ redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
 return made
 """
 
-# KEYS: lease, workers, the taker's leases set. ARGV: token, window, ttl (ms). Returns nil when taken, else the
-# token of a holder still alive (it beat within the window); a dead or unknown holder's lease is taken over.
+# KEYS: lease, workers, the taker's leases set. ARGV: token, window, ttl (ms), taker's worker id. Returns nil when
+# taken, else the token of another worker still alive (it beat within the window); a dead or unknown holder's lease
+# is taken over, and so is one this worker left behind (a step retried in place after Redis came back).
 _TAKE = """
 local current = redis.call('GET', KEYS[1])
 if current and current ~= ARGV[1] then
   local other = string.match(current, '^(.*)|')
-  local beat = other and redis.call('ZSCORE', KEYS[2], other)
+  local beat = other and other ~= ARGV[4] and redis.call('ZSCORE', KEYS[2], other)
   if beat then
     """ + _NOW + """
     if now - tonumber(beat) < tonumber(ARGV[2]) then return current end
@@ -152,13 +155,27 @@ return redis.call('SCARD', KEYS[2])
 """
 
 # KEYS: lease, job hash, leases set. ARGV: token, then field/value pairs. Writes them only while this holder has the
-# lease and the job has not finished; 1 if written.
+# lease and the job has not finished, and then gives the lease up; 1 if written.
 _FENCED_UPDATE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local state = redis.call('HGET', KEYS[2], 'state')
 if state == 'succeeded' or state == 'failed' or state == 'cancelled' then return 0 end
 for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[3], KEYS[1])
 return 1
+"""
+
+# KEYS: a queue's list. ARGV: a task id. Celery's Redis transport pushes on the left and takes from the right: a task
+# just published is the leftmost; moved to the right end, it is the next one taken. Returns 1 if moved.
+_TO_FRONT = """
+local message = redis.call('LINDEX', KEYS[1], 0)
+if message and string.find(message, ARGV[1], 1, true) then
+  redis.call('LPOP', KEYS[1])
+  redis.call('RPUSH', KEYS[1], message)
+  return 1
+end
+return 0
 """
 
 # KEYS: lease, leases set. ARGV: token.
@@ -180,6 +197,7 @@ class Lease:
     job_id: str
     piece: str
     token: str
+    spent: bool = False  # given up by a commit or a fenced update: nothing left to release
 
     @property
     def key(self) -> str:
@@ -195,16 +213,21 @@ class Lease:
         still ours: the number of pieces now done, or -1 if another worker has the piece (the result is discarded)."""
         keys = [self.key, f"{KEY_PREFIX}job:{self.job_id}:done", f"{KEY_PREFIX}job:{self.job_id}",
                 f"{KEY_PREFIX}job:{self.job_id}:parts", f"{KEY_PREFIX}job:{self.job_id}:deaths", self.leases.own_set]
+        self.spent = True  # the script gives the lease up whatever it finds
         return int(self.leases._commit(keys=keys, args=[self.token, self.piece, amount, part]))
 
     def update_job(self, mapping: Mapping[str, str]) -> bool:
         """Write the job's fields (its final state) if the lease is still ours and the job has not finished."""
         pairs = [item for name_value in mapping.items() for item in name_value]
         keys = [self.key, f"{KEY_PREFIX}job:{self.job_id}", self.leases.own_set]
-        return bool(self.leases._fenced_update(keys=keys, args=[self.token, *pairs]))
+        self.spent = bool(self.leases._fenced_update(keys=keys, args=[self.token, *pairs]))
+        return self.spent
 
     def release(self) -> None:
-        self.leases._release(keys=[self.key, self.leases.own_set], args=[self.token])
+        """Give the lease up (a no-op once a commit or a fenced update has: one Redis write saved per piece)."""
+        if not self.spent:
+            self.leases._release(keys=[self.key, self.leases.own_set], args=[self.token])
+            self.spent = True
 
 
 class Leases:
@@ -233,7 +256,7 @@ class Leases:
         have it re-queued)."""
         token = f"{self.worker}|{secrets.token_hex(6)}"
         busy = self._take(keys=[lease_key(job_id, piece), WORKERS_KEY, self.own_set],
-                          args=[token, self.window_s, self.ttl_ms])
+                          args=[token, self.window_s, self.ttl_ms, self.worker])
         if busy is not None:
             logger.info("%s of job %s is being done by %s; leaving it to that worker", piece, job_id,
                         busy.decode().split("|", 1)[0])
@@ -281,12 +304,16 @@ class Heartbeat:
         self.interval_s = settings.heartbeat_interval_s
         self.window_s = settings.liveness_window_s
         self._held: dict[str, _Held] = {}
+        self._released: list[str] = []  # held fields to delete at the next beat
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # a task started or ended: beat now, not at the next interval
         self._thread: threading.Thread | None = None
         self._healthy_since: float | None = None  # monotonic time of the first beat after start or an outage
+        self._outage_seen = False  # a beat of this process has failed since it started
         self._beat = client.register_script(_BEAT)
         self._reap = client.register_script(_REAP)
+        self._to_front = client.register_script(_TO_FRONT)
 
     def _keys(self) -> list[str]:
         return [WORKERS_KEY, _worker_key(self.worker), _worker_key(self.worker, ":held"),
@@ -301,8 +328,23 @@ class Heartbeat:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.tick()
+        """Tick every interval; in between, a task starting or ending is written at once by an extra beat (off the
+        task's own thread, so recording a piece costs the task no Redis round trip)."""
+        next_tick = time.monotonic() + self.interval_s
+        while not self._stop.is_set():
+            woken = self._wake.wait(max(0.0, next_tick - time.monotonic()))
+            if self._stop.is_set():
+                return
+            if time.monotonic() >= next_tick:
+                self._wake.clear()
+                self.tick()
+                next_tick = time.monotonic() + self.interval_s
+            elif woken:
+                self._wake.clear()
+                try:
+                    self.beat()
+                except redis.RedisError:
+                    pass  # the next tick says so, and writes it again
 
     def tick(self) -> None:
         """One beat, then (when healthy for a window) a look for silent workers, then publishing re-queued tasks."""
@@ -310,10 +352,16 @@ class Heartbeat:
             now = self.beat()
             if self._healthy_since is None:
                 self._healthy_since = time.monotonic()
-            if time.monotonic() - self._healthy_since >= self.window_s:
+            # A worker silent for the window is dead, unless Redis itself was away (every beat looks old after an
+            # outage): so reap once this process has beaten through a whole window, or, in a process that has seen
+            # no outage since it started (a replacement, when workers die faster than a window), once Redis has
+            # been up for a window.
+            if time.monotonic() - self._healthy_since >= self.window_s or (
+                    not self._outage_seen and self._redis_uptime_s() >= self.window_s):
                 self.reap_silent(now)
             self.drain()
         except redis.RedisError as exc:
+            self._outage_seen = True
             if self._healthy_since is not None:
                 logger.warning("heartbeat: Redis unavailable (%s); pieces are recovered once it is back", one_line(exc))
             self._healthy_since = None
@@ -324,7 +372,14 @@ class Heartbeat:
         with self._lock:
             held = [h for h in self._held.values() if not h.lost]
             pairs = [item for h in held for item in (h.field, h.encode())]
-        reaped, now = self._beat(keys=self._keys(), args=[self.worker, self.node, *pairs])
+            released, self._released = self._released, []
+        try:
+            reaped, now = self._beat(keys=self._keys(),
+                                     args=[self.worker, self.node, len(released), *released, *pairs])
+        except BaseException:
+            with self._lock:
+                self._released = released + self._released
+            raise
         if reaped:
             with self._lock:
                 for h in held:
@@ -334,6 +389,9 @@ class Heartbeat:
                                "worker, and this worker's result for it will be discarded", self.window_s, h.piece,
                                h.job_id)
         return float(now)
+
+    def _redis_uptime_s(self) -> float:
+        return float(self.redis.info("server").get("uptime_in_seconds", 0))
 
     def reap_silent(self, now: float) -> list[str]:
         """Take the tasks of every worker silent for longer than the window; the worker ids reaped."""
@@ -370,14 +428,16 @@ class Heartbeat:
                 outcome = "dropped"  # the job ended meanwhile: nothing to redo
             elif deaths >= self.settings.max_piece_deaths:
                 outcome = "failed"
-                self.store.update_unless_finished(
-                    job_id, state="failed",
-                    error=one_line(f"{piece} was being done by a worker that died {deaths} times in a row (last "
-                                   f"{record['node']}); failed instead of killing more workers "
-                                   "(TINCT_MAX_PIECE_DEATHS)"))
-                metrics.JOBS.labels("failed").inc()
+                if self.store.update_unless_finished(
+                        job_id, state="failed",
+                        error=one_line(f"{piece} was being done by a worker that died {deaths} times in a row (last "
+                                       f"{record['node']}); failed instead of killing more workers "
+                                       "(TINCT_MAX_PIECE_DEATHS)")):
+                    metrics.JOBS.labels("failed").inc()
             else:
-                self.publish(record["task"], record["args"], record["queue"])
+                task_id = self.publish(record["task"], record["args"], record["queue"])
+                # At the front of its queue, not behind everything submitted since: the piece was being worked on.
+                self._to_front(keys=[record["queue"]], args=[task_id])
                 outcome = "requeued"
                 metrics.REQUEUED.labels(reason).inc()
             event = json.dumps({"piece": piece, "worker": record["node"], "reason": reason, "deaths": deaths,
@@ -406,20 +466,14 @@ class Heartbeat:
         held = _Held(task_id, task, list(args), queue, job_id, piece, node, tag, threading.get_ident())
         with self._lock:
             self._held[task_id] = held
-        try:
-            self.redis.hset(_worker_key(self.worker, ":held"), held.field, held.encode())
-        except redis.RedisError as exc:  # the next beat writes it; the task itself must not fail for this
-            logger.warning("could not record %s as held yet: %s", piece, one_line(exc))
+        self._wake.set()  # the heartbeat thread records it within milliseconds
 
     def release(self, task_id: str) -> None:
         with self._lock:
             held = self._held.pop(task_id, None)
-        if held is None:
-            return
-        try:
-            self.redis.hdel(_worker_key(self.worker, ":held"), held.field)
-        except redis.RedisError as exc:
-            logger.warning("could not record %s as finished: %s", held.piece, one_line(exc))
+            if held is not None:
+                self._released.append(held.field)
+        self._wake.set()
 
     def progress(self) -> None:
         """The calling thread's task made progress (a frame, a photo, a model loaded): not stalled."""
@@ -495,6 +549,7 @@ def grace_then_hand_back(grace_s: float, exit_code: int = 0) -> threading.Thread
         if not heartbeat.holding():
             return
         try:
+            heartbeat.beat()  # what it holds is in Redis, for the hand-back to take
             count = heartbeat.hand_back()
             logger.warning("stop requested %.0f s ago and the piece in hand is not finished: %d task(s) handed back "
                            "to the other workers", grace_s, count)

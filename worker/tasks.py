@@ -12,6 +12,7 @@ out (``worker_shutting_down``), and leaves the set of workers on a clean shutdow
 from __future__ import annotations
 
 import logging
+import time
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
@@ -61,9 +62,9 @@ def _start_process(sender: object = None, **_: object) -> None:
                           (liveness.StalledCollector(rt.redis, rt.settings.liveness_window_s),))
 
 
-def _publish(name: str, args: list, queue: str) -> None:
-    """How the liveness thread puts a task taken from a silent worker back on its queue."""
-    app.send_task(name, args=args, queue=queue)
+def _publish(name: str, args: list, queue: str) -> str:
+    """How the liveness thread puts a task taken from a silent worker back on its queue; the new task's id."""
+    return str(app.send_task(name, args=args, queue=queue).id)
 
 
 def _piece(name: str, args: tuple) -> str:
@@ -155,6 +156,7 @@ class _CeleryEnqueue:
 
 ENQUEUE = _CeleryEnqueue()
 TRANSIENT = (TransientError, redis.ConnectionError, redis.TimeoutError)
+REDIS_AWAY = (redis.ConnectionError, redis.TimeoutError)
 
 
 def _run(task, job_id: str, step, *args) -> None:
@@ -162,18 +164,24 @@ def _run(task, job_id: str, step, *args) -> None:
         _run_step(task, job_id, step, *args)
 
 
-def _run_step(task, job_id: str, step, *args) -> None:
+def _run_step(task, job_id: str, step, *args, waited: int = 0) -> None:
     rt = runtime()
     try:
         step(rt, job_id, *args)
     except TRANSIENT as exc:
         metrics.FAILURES.labels("transient").inc()
-        retries = task.request.retries
+        retries = task.request.retries + waited
         if retries >= rt.settings.task_retries:
             work.fail_job(rt, job_id, f"gave up after {retries} retries: {work.describe_error(exc)}")
             return
         countdown = rt.settings.retry_backoff_s * 2**retries
-        logger.warning("job %s: %s; retry %d in %.0f s", job_id, work.describe_error(exc), retries + 1, countdown)
+        logger.warning("job %s: %s; retry %d in %.1f s", job_id, work.describe_error(exc), retries + 1, countdown)
+        if isinstance(exc, REDIS_AWAY):
+            # Redis is the broker too: a retry could not be published while it is away, and the piece would go
+            # with the failed task. Wait here instead, still holding the piece and its message; steps are idempotent.
+            time.sleep(countdown)
+            _run_step(task, job_id, step, *args, waited=waited + 1)
+            return
         raise task.retry(exc=exc, countdown=countdown) from None
     except PermanentError as exc:
         work.fail_job(rt, job_id, str(exc))

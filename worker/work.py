@@ -470,9 +470,12 @@ def _join(rt: Runtime, record: JobRecord, lease: Lease) -> None:
         _discarded(lease)
         return
     info = rt.storage.upload(final, output)
-    if finish_job(rt, job_id, [output], {"frames": film.frames, "output_size": info.size}, lease=lease):
-        rt.storage.delete_prefix(staging)
     shutil.rmtree(scratch, ignore_errors=True)
+    # Staging goes before the job is marked done, so whoever sees it succeeded sees no leftovers; only by the lease's
+    # holder, so a joiner that lost its lease meanwhile never takes the segments from under the one that has it.
+    if lease.held():
+        rt.storage.delete_prefix(staging)
+    finish_job(rt, job_id, [output], {"frames": film.frames, "output_size": info.size}, lease=lease)
 
 
 # --- bookkeeping -------------------------------------------------------------------------------------------
@@ -481,7 +484,7 @@ def _join(rt: Runtime, record: JobRecord, lease: Lease) -> None:
 def _after_pieces(rt: Runtime, job_id: str, kind: str) -> bool:
     """After a piece was recorded (or found recorded): once every piece is done and the job still runs, finish a
     photo job, or say (True) that a film's join is due. May run more than once per job (a piece redelivered after
-    its worker died past this point): finishing is under a lease and only while the job runs, and the join's own
+    its worker died past this point): a job is finished only while it runs (atomically, so once), and the join's own
     lease makes a second join task return at once."""
     raw = rt.redis.hmget(f"{KEY_PREFIX}job:{job_id}", "pieces", "state")
     total, state = int(float(raw[0] or 0)), (raw[1] or b"").decode()
@@ -489,12 +492,7 @@ def _after_pieces(rt: Runtime, job_id: str, kind: str) -> bool:
         return False
     if kind == "segments":
         return True
-    lease = rt.leases.take(job_id, "finish")
-    if lease is not None:
-        try:
-            finish_job(rt, job_id, lease=lease)
-        finally:
-            lease.release()
+    finish_job(rt, job_id)
     return False
 
 
