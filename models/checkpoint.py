@@ -98,8 +98,10 @@ def save_checkpoint(
     half: bool = False,
 ) -> str:
     """Write atomically (temp file + rename); returns the weights' sha256. ``half`` stores fp16."""
-    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
-             for k, v in model.state_dict().items()}
+    # Standard strides, whatever the model's memory format: a channels-last model's 1x1 and depthwise kernels count
+    # as contiguous with other strides, which torch.save records, and the same weights would hash differently.
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone(
+             memory_format=torch.contiguous_format) for k, v in model.state_dict().items()}
     buffer = io.BytesIO()
     torch.save(state, buffer)
     weights = buffer.getvalue()

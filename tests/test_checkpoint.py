@@ -300,3 +300,12 @@ def test_resolve_default() -> None:
             with pytest.raises(CheckpointError, match="missing from this install") as info:
                 resolve_checkpoint(name)
             assert str(DEFAULT_CHECKPOINT) in str(info.value)
+
+
+def test_the_weights_hash_does_not_depend_on_the_memory_format(tmp_path) -> None:
+    from models.registry import create_model
+
+    model = create_model("effnet_unet", pretrained=False, decoder_channels=[8, 8, 8])
+    plain = save_checkpoint(tmp_path / "plain.pt", model, half=True)
+    channels_last = save_checkpoint(tmp_path / "cl.pt", model.to(memory_format=torch.channels_last), half=True)
+    assert plain == channels_last
