@@ -477,7 +477,22 @@ def env_for_workers(
     return env
 
 
-class WorkerProcess:
+class LoggedProcess:
+    """A subprocess whose output goes to ``log_path``: what tests and tools quote when it misbehaves."""
+
+    log_path: Path
+
+    def text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines: int = 15) -> str:
+        return "\n".join(self.text().splitlines()[-lines:]) or "(no log)"
+
+
+class WorkerProcess(LoggedProcess):
     """``tinct worker`` as deployed (solo pool for the colorize queue, events on) in its own process group, logging
     to a file that tests and benchmarks read or quote when something goes wrong."""
 
@@ -489,15 +504,6 @@ class WorkerProcess:
         with log_path.open("ab") as log_file:
             self.process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, start_new_session=True)
-
-    def text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def log_tail(self, lines: int = 15) -> str:
-        return "\n".join(self.text().splitlines()[-lines:]) or "(no log)"
 
     def owns(self, hostname: str) -> bool:
         return hostname.split("@", 1)[0] == self.name

@@ -23,12 +23,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tools.local_services import LOOPBACK, RedisServer, WorkerProcess, env_for_workers, free_port
+from tools.local_services import LOOPBACK, LoggedProcess, RedisServer, WorkerProcess, env_for_workers, free_port
 
 START_TIMEOUT_S = 60.0  # tinct serve imports the pipeline (torch) before it binds: seconds on a busy machine
 
 
-class ApiServer:
+class ApiServer(LoggedProcess):
     """``tinct serve`` in its own process group on a loopback port, logging to a file."""
 
     def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None,
@@ -58,15 +58,6 @@ class ApiServer:
                 pass
             time.sleep(0.2)
         raise RuntimeError(f"tinct serve did not answer in {timeout:.0f} s: {self.log_tail()}")
-
-    def text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def log_tail(self, lines: int = 15) -> str:
-        return "\n".join(self.text().splitlines()[-lines:]) or "(no log)"
 
     def stop(self) -> None:
         if self.process.poll() is not None:
