@@ -297,3 +297,10 @@ def test_split_mix_ema_and_encoder_schedule_train_and_resume(tmp_path: Path) -> 
     train(TrainConfig(**(vars(cfg) | {"steps": 4})), run, resume=True)
     resumed = torch.load(run / STATE_FILE, weights_only=True)
     assert resumed["step"] == 4 and [m["step"] for m in resumed["history"]] == [2, 3, 4]
+
+
+def test_cli_refuses_a_validation_split_that_is_not_a_fraction(photo_dir: Path, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--data", str(photo_dir), "--run-dir", str(tmp_path), "--val-split", "1.5"])
+    assert exc.value.code == 2
+    assert "--val-split: expected a fraction from 0 (no split) to below 1, got 1.5" in capsys.readouterr().err

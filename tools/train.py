@@ -13,7 +13,7 @@ Losses, chosen by the model's head:
 
 Schedule and averaging: ``--freeze-encoder-steps N`` trains the decoder alone on a frozen pretrained encoder
 first (cheaper steps: no gradients through the encoder) before the encoder joins at ``--encoder-lr-scale`` of the
-rate; ``--ema D`` keeps an exponential moving average of the weights, which is what validation scores and
+rate; ``--ema-decay D`` keeps an exponential moving average of the weights, which is what validation scores and
 ``model.pt`` holds.
 
 Validation (``docs/protocol.md``): ``--val-split F`` holds the fraction F of every training source out of
@@ -273,7 +273,8 @@ class WeightAverage:
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
-        # Early on the average would be dominated by the random start: warm the decay up as 1 - 1/(step + 1) does.
+        # Early on the average would be dominated by the starting weights: the decay warms up, (1 + step) / (10 + step)
+        # is 0.1 at the first step and reaches a decay of 0.999 after about 9,000 steps.
         decay = min(self.decay, (1 + step) / (10 + step))
         for avg, live in zip(self.model.state_dict().values(), model.state_dict().values(), strict=True):
             if avg.dtype.is_floating_point:
@@ -510,6 +511,16 @@ def _parse_option(text: str) -> tuple[str, object]:
         return key, value
 
 
+def _holdout_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction from 0 (no split) to below 1, got {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools train", description=__doc__.splitlines()[0])
     p.add_argument("--model", help=f"registered architecture name (default: {DEFAULT_MODEL}; a fine-tune takes its "
@@ -520,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="folder, .zip or s3://bucket/prefix/ of colour photos; repeat; :WEIGHT oversamples (a resumed "
                    "run keeps its own)")
     p.add_argument("--val", action="append", default=[], metavar="SOURCE", help="held-out colour photos")
-    p.add_argument("--val-split", type=float, default=0.0, metavar="FRACTION",
+    p.add_argument("--val-split", type=_holdout_fraction, default=0.0, metavar="FRACTION",
                    help="hold this fraction of every --data source out of training (by a hash of each photo's name) "
                    "and score it every --eval-every steps; docs/protocol.md")
     p.add_argument("--run-dir", type=Path, required=True)
