@@ -126,7 +126,7 @@ def mid_piece(env: Env, worker: WorkerProcess, job_id: str) -> liveness.HeldPiec
     piece = holding(env, worker, job_id) if "loaded on" in worker.text() else None
     if piece is None:
         return None
-    time.sleep(0.3)
+    time.sleep(0.15)
     again = holding(env, worker, job_id)
     return piece if again is not None and again.piece == piece.piece and not env.done(job_id, piece.piece) else None
 
@@ -153,6 +153,11 @@ def deaths(env: Env, piece: liveness.HeldPiece) -> int:
 def keys(s3: S3Server, bucket: str) -> list[str]:
     listing = s3.client().list_objects_v2(Bucket=bucket)
     return sorted(item["Key"] for item in listing.get("Contents", []))
+
+
+# Frames large enough that a 1 s segment takes a good part of a second on an idle machine, so a test can catch a
+# worker in the middle of one (at 160x96 a segment can be over before two looks at the job store).
+BUSY_FRAME = (480, 288)
 
 
 def put_film(env: Env, name: str, frames: int, width: int = 160, height: int = 96, seed: int = 0):
@@ -221,7 +226,7 @@ def test_pieces_are_bounded_to_minutes_on_the_slowest_node():
 
 
 def test_sigkill_mid_segment_and_while_loading_the_model_the_film_completes_on_the_survivor(env):
-    clip = put_film(env, "reel.mkv", 240)  # 10 s with audio: 10 segments of 1 s
+    clip = put_film(env, "reel.mkv", 240, *BUSY_FRAME)  # 10 s with audio: 10 segments of 1 s
     survivor = env.start_worker("survivor")
     doomed = env.start_worker("doomed")
     # ONNX Runtime with an empty cache exports the model on its first task: seconds of loading to be killed in.
@@ -263,7 +268,7 @@ def test_sigkill_mid_segment_and_while_loading_the_model_the_film_completes_on_t
 
 @pytest.mark.parametrize("grace", ["finishes", "hands back"])
 def test_sigterm_mid_piece_finishes_within_the_grace_or_hands_the_piece_back(env, grace):
-    clip = put_film(env, "term.mkv", 144)
+    clip = put_film(env, "term.mkv", 144, *BUSY_FRAME)
     other = env.start_worker("other")
     # The default grace (30 s) covers a test segment; a grace of 0 hands the piece back at once.
     settings = {} if grace == "finishes" else {"stop_grace_s": 0}
@@ -300,7 +305,7 @@ def test_sigterm_mid_piece_finishes_within_the_grace_or_hands_the_piece_back(env
 
 def test_sigstop_beyond_the_window_is_shown_stalled_then_redone_and_sigcont_discards_the_late_result(
         env, monkeypatch, capsys):
-    clip = put_film(env, "pause.mkv", 192)
+    clip = put_film(env, "pause.mkv", 192, *BUSY_FRAME)
     paused = env.start_worker("paused")
     ready(paused)
     job_id, _ = env.client.submit(env.spec("s3://scans/pause.mkv", "s3://colour/", codec="ffv1"))
@@ -347,7 +352,7 @@ def test_sigstop_beyond_the_window_is_shown_stalled_then_redone_and_sigcont_disc
 
 
 def test_redis_restarted_from_its_aof_while_a_dead_workers_piece_is_recovered(env):
-    clip = put_film(env, "restart.mkv", 192)
+    clip = put_film(env, "restart.mkv", 192, *BUSY_FRAME)
     survivor = env.start_worker("survivor")
     doomed = env.start_worker("doomed")
     ready(survivor, doomed)
