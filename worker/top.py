@@ -37,6 +37,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
+import kombu.pools
 from prometheus_client.parser import text_string_to_metric_families
 
 from worker.cli_args import positive_seconds
@@ -179,13 +180,28 @@ def inspect_workers(app: Celery, timeout: float = 1.0, previous: Iterable[Worker
     """The workers that answer a broadcast within ``timeout`` and their running tasks, plus the ``previous`` workers
     that did not answer this time (marked silent, with when they last did)."""
     now = time.time()
-    replies = app.control.inspect(timeout=timeout).active() or {}
+    try:
+        replies = app.control.inspect(timeout=timeout).active() or {}
+    except Exception:  # noqa: BLE001 - retried once below; a second failure is the caller's to report
+        # kombu keeps broker connections in process-wide pools, and after a Redis restart the first broadcast on a
+        # pooled connection fails ("Connection closed by server"): drop the pools and ask once more.
+        _drop_broker_connections(app)
+        replies = app.control.inspect(timeout=timeout).active() or {}
     workers = {name: WorkerState(name, tuple(_active_task(info) for info in tasks or ()), True, now)
                for name, tasks in replies.items()}
     for earlier in previous:
         if earlier.name not in workers:
             workers[earlier.name] = WorkerState(earlier.name, (), False, earlier.last_seen)
     return tuple(workers[name] for name in sorted(workers))
+
+
+def _drop_broker_connections(app: Celery) -> None:
+    """Close every pooled broker connection of ``app`` and of kombu, so the next use connects afresh: what Celery
+    itself does to a forked child's pools (``Celery._after_fork``), for which it has no public call."""
+    if app._pool is not None:
+        app._pool.force_close_all()
+    app._after_fork()
+    kombu.pools.reset()
 
 
 def _active_task(info: Mapping[str, Any]) -> ActiveTask:
