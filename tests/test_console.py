@@ -18,6 +18,8 @@ from tests.media import gray_frames, moving_scene, write_clip
 from tests.services import JOB_TIMEOUT_S
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Previews are made on demand (a film's strip decodes and colorizes six frames): seconds on a busy 2-core machine.
+PREVIEW_TIMEOUT_MS = 30_000
 # Debian's chromium, headless, with nothing that reaches outside this machine (updates, sync, QUIC probes).
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -110,7 +112,7 @@ def test_console_uploads_a_photo_and_a_film_watches_them_finish_and_compares_bef
         figure = page.locator("figure.compare")
         expect(figure).to_have_count(1)
         after = figure.locator("img.after")
-        expect(after).to_have_attribute("src", re.compile(r"^blob:"))
+        expect(after).to_have_attribute("src", re.compile(r"^blob:"), timeout=PREVIEW_TIMEOUT_MS)
         # Locator assertions, not wait_for_function: a string predicate is eval'd in the page, which the console's
         # Content-Security-Policy (no 'unsafe-eval') rightly refuses.
         expect(after).to_have_js_property("naturalWidth", 240)
@@ -155,11 +157,13 @@ def test_console_uploads_a_photo_and_a_film_watches_them_finish_and_compares_bef
         expect(page).not_to_have_url(hinted_page)
         expect(page).to_have_url(re.compile(r"#/jobs/[0-9a-f]{24}$"))
         expect(page.locator("#job-state")).to_have_text("succeeded", timeout=JOB_TIMEOUT_S * 1000)
-        expect(page.locator("figure.compare img.after")).to_have_attribute("src", re.compile(r"^blob:"))
+        expect(page.locator("figure.compare img.after")).to_have_attribute("src", re.compile(r"^blob:"),
+                                                                           timeout=PREVIEW_TIMEOUT_MS)
 
         # The film: a strip of before/after frames.
         page.get_by_role("link", name="Jobs", exact=True).click()
         page.get_by_role("link", name="reel.mkv").click()
         expect(page.locator("#previews-title")).to_have_text("Before and after, frame by frame")
         expect(page.locator("figure.compare")).to_have_count(6)
-        expect(page.locator("figure.compare img.after").first).to_have_attribute("src", re.compile(r"^blob:"))
+        expect(page.locator("figure.compare img.after").first).to_have_attribute("src", re.compile(r"^blob:"),
+                                                                                 timeout=PREVIEW_TIMEOUT_MS)
