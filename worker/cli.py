@@ -29,14 +29,13 @@ from dataclasses import replace
 from types import FrameType
 
 from models.batching import DEFAULT_BATCH_SIZE
-from worker.cli_args import positive_seconds
+from worker.cli_args import positive_seconds, reference
 from worker.cli_service import add_service_commands
 from worker.errors import ModelError, PermanentError, TinctError
 from worker.films import DEFAULT_MAX_FILM_PIXELS, DEFAULT_SEGMENT_SECONDS, FilmOptions, colorize_films
 from worker.images import DEFAULT_MAX_PIXELS, tinct_version
 from worker.model_store import resolve_model
 from worker.photos import PhotoOptions, colorize_photos, open_colorizer, output_suffix, plan_photos
-from worker.references import FilmReference, parse_reference_arg
 from worker.settings import Settings
 from worker.smoothing import SmoothingOptions
 from worker.storage import Storage
@@ -94,13 +93,6 @@ def _format_arg(text: str) -> str:
     return text
 
 
-def _reference_arg(text: str) -> FilmReference:
-    try:
-        return parse_reference_arg(text)
-    except (ValueError, TinctError) as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinct", description="Colorize black-and-white photos for archives.")
     parser.add_argument("--version", action="version", version=f"tinct {tinct_version()}")
@@ -150,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "for h264, 20 for h265)")
     films.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESETS, metavar="PRESET",
                        help="x264/x265 speed preset, ultrafast .. veryslow (default: %(default)s)")
-    films.add_argument("--reference", action="append", type=_reference_arg, default=[], metavar="TIME=IMAGE",
+    films.add_argument("--reference", action="append", type=reference, default=[], metavar="TIME=IMAGE",
                        help="a colour picture of one frame of a single input film (TIME in seconds, or frame:N), "
                        "carried forward and backward through its shot by motion; repeatable")
     films.add_argument("--segment-seconds", type=positive_seconds, default=DEFAULT_SEGMENT_SECONDS,
@@ -199,15 +191,17 @@ def _colorize(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         batch_size=args.batch_size or DEFAULT_BATCH_SIZE, progress=progress,
     )
     try:
+        settings = Settings.from_env()  # TINCT_MAX_HINTS and its neighbours bound hints and references here too
+        options = replace(options, limits=settings.guidance_limits)
         film_options = FilmOptions(
             smoothing=SmoothingOptions(strength=args.smoothing),
             encode=EncodeOptions(codec=args.codec, crf=args.crf, preset=args.preset),
             segment_seconds=args.segment_seconds, max_pixels=args.max_pixels or DEFAULT_MAX_FILM_PIXELS,
             recolor=args.recolor, overwrite=args.overwrite, references=tuple(args.reference),
+            limits=settings.guidance_limits,
         )
         for task in plan.films:
             check_container(task.output, film_options.encode.codec)
-        settings = Settings.from_env()
         storage = Storage(settings)
     except ValueError as exc:
         print(f"{parser.prog} colorize: error: {exc}", file=sys.stderr)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from worker.errors import TinctError
+from worker.references import FilmReference, parse_reference_arg
+
 
 def positive_seconds(text: str) -> float:
     try:
@@ -13,3 +16,11 @@ def positive_seconds(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
     return value
+
+
+def reference(text: str) -> FilmReference:
+    """``TIME=IMAGE`` or ``frame:N=IMAGE`` (``tinct colorize --reference``, ``tinct submit --reference``)."""
+    try:
+        return parse_reference_arg(text)
+    except (ValueError, TinctError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -3,6 +3,7 @@
     tinct worker                                   # a worker for both queues (one per GPU: CUDA_VISIBLE_DEVICES)
     tinct submit s3://scans/reel1.mkv -o s3://colour/ --smoothing 0.5 --wait
     tinct submit s3://scans/p.tif -o s3://colour/ --hints p.tif.hints.json   # a restorer's colour hints (worker.hints)
+    tinct submit s3://scans/reel1.mkv -o s3://colour/ --reference 12.5=shot3.png   # film reference frames
     tinct bulk s3://scans/1950s/ -o s3://colour/1950s/ --dry-run
     tinct listen sqs://tinct-events -o s3://colour/
     tinct webhook --port 8080 -o s3://colour/      # MinIO bucket notifications; TINCT_WEBHOOK_SECRET required
@@ -27,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 
 from worker.api.serve import add_serve_command
+from worker.cli_args import reference
 from worker.errors import PermanentError, TinctError
 from worker.hints import check_local_bounds, load_hints_file
 from worker.jobs import FINISHED, JobOptions, JobRecord, JobSpec, JobSpecError, parse_options
@@ -47,6 +49,9 @@ def add_service_commands(commands: argparse._SubParsersAction) -> None:
     _add_job_options(submit)
     submit.add_argument("--hints", metavar="HINTS.json", help="colour hints for a photo (points and regions with known "
                         "sRGB colours); they enter the job id, so corrected hints make a new job")
+    submit.add_argument("--reference", action="append", type=reference, default=[], metavar="TIME=IMAGE",
+                        help="a colour picture of a film's frame at TIME (seconds, or frame:N), a path or s3:// URI; "
+                        "repeatable. The pictures' bytes enter the job id, so a corrected picture makes a new job")
     submit.set_defaults(run=_submit)
 
     status = commands.add_parser("status", help="show a job: state, progress, outputs, failures")
@@ -73,7 +78,8 @@ def add_service_commands(commands: argparse._SubParsersAction) -> None:
     worker.set_defaults(run=_worker)
 
     bulk = commands.add_parser("bulk", help="queue a job for every photo and film under a prefix, skipping done ones; "
-                               "a photo's <name>.hints.json beside it is sent as its colour hints")
+                               "a photo's <name>.hints.json beside it is sent as its colour hints, a film's "
+                               "<name>.references/ folder (12.5.png, frame_300.png) as its reference frames")
     bulk.add_argument("prefix", help="s3://bucket/prefix/ or a folder")
     bulk.add_argument("-o", "--output", required=True, help="output prefix; each input keeps its relative key")
     bulk.add_argument("--dry-run", action="store_true", help="count what would be queued; queue nothing")
@@ -131,13 +137,17 @@ def _submit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.kind:
         raw["kind"] = args.kind
     try:
+        service = _service()
+        limits = service.settings.guidance_limits
         if args.hints:
-            hints = load_hints_file(args.hints)
+            hints = load_hints_file(args.hints, limits.max_hints, limits.max_hint_file_bytes)
             check_local_bounds(hints, args.input, args.hints)  # a local photo is checked now, an object by its worker
             raw["options"]["hints"] = hints.to_dict()
-        spec = JobSpec.from_dict(raw)
-        service = _service()
-        job_id, created = service.submit(spec)
+        if args.reference:
+            # Local pictures stay where they are, as a local input does: workers read them by absolute path.
+            raw["options"]["references"] = [reference.as_dict() for reference in args.reference]
+        spec = JobSpec.from_dict(raw, limits)
+        job_id, created = service.submit(spec)  # fetches and checks every picture: a bad one queues nothing
     except (JobSpecError, ValueError) as exc:
         return _error(parser, str(exc))
     except TinctError as exc:
@@ -309,7 +319,9 @@ def _bulk(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     try:
         options = parse_options(_job_options(args))
-        report = bulk(_service(), args.prefix, args.output, options, dry_run=args.dry_run)
+        service = _service()
+        report = bulk(service, args.prefix, args.output, options, dry_run=args.dry_run,
+                      limits=service.settings.guidance_limits)
     except (JobSpecError, ValueError) as exc:
         return _error(parser, str(exc))
     print(report.report())

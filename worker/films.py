@@ -41,9 +41,11 @@ from worker.references import (
     ReferenceField,
     ResolvedReference,
     load_reference_image,
+    references_provenance,
     resolve_references,
 )
 from worker.segments import Segment, check_output_streams, join_segments, plan_segments
+from worker.settings import GuidanceLimits
 from worker.smoothing import SmoothingOptions
 from worker.video_sink import CODECS, EncodeOptions, OutputLayout, SegmentWriter, check_container, plan_output
 from worker.video_source import FilmInfo, probe_film
@@ -70,6 +72,7 @@ class FilmOptions:
     overwrite: bool = False
     # Reference frames (worker.references): colour pictures of frames, carried through their shots.
     references: tuple[FilmReference, ...] = ()
+    limits: GuidanceLimits = field(default_factory=GuidanceLimits)  # how many references, how large a picture
 
 
 @dataclass
@@ -174,7 +177,10 @@ def colorize_film(
         return FilmOutcome(source, output, "colour", frames=film.frames)
     check_output_streams(film, output)
     # Every reference is checked (time, picture) before any work, so a bad one fails the film with nothing written.
-    references = resolve_references(options.references, film, lambda r: load_reference_image(r.image))
+    limits = options.limits
+    references = resolve_references(
+        options.references, film, lambda r: load_reference_image(r.image, max_bytes=limits.max_reference_file_bytes),
+        limits.max_references)
     layout = plan_output(film.video, options.encode)
     segment_frames = max(1, round(options.segment_seconds * (film.fps or 24)))
     segments = plan_segments(film, segment_frames, warmup_frames(options.smoothing))
@@ -197,8 +203,7 @@ def colorize_film(
         shutil.rmtree(parts, ignore_errors=True)
         raise
     provenance = dict(manifest["options"], tinct=tinct_version(), source=source.name)
-    if references:
-        provenance["references"] = len(references)  # how many reference frames coloured it, not their paths
+    provenance.update(references_provenance(len(references)))
     join_segments(film, [segment_path(parts, s, options.encode.codec) for s in segments], output, provenance)
     shutil.rmtree(parts, ignore_errors=True)
     if resumed and reused:

@@ -29,12 +29,12 @@ from PIL import Image
 from models.color import rgb_to_lab_np
 from models.hints import DEFAULT_RADIUS, ColourHints, ColourPoint, ColourRegion
 from worker.errors import BadInputError
+from worker.settings import GuidanceLimits
 
 HINTS_SUFFIX = ".hints.json"
-# Far more than a restorer places by hand, few enough that a hint file cannot make a job's solve or its
-# rasterization expensive; a file larger than this many bytes is refused before it is parsed.
-MAX_HINTS = 1000
-MAX_HINT_FILE_BYTES = 1 << 20
+# How many hints a file may hold and how large it may be (a larger one is refused before it is parsed) are settings,
+# TINCT_MAX_HINTS and TINCT_MAX_HINT_FILE_BYTES (worker.settings.GuidanceLimits); these are their defaults.
+_LIMITS = GuidanceLimits()
 MAX_POLYGON_VERTICES = 1000
 MAX_RADIUS = 500.0
 _ORIENTATION = 0x0112  # the EXIF tag
@@ -98,23 +98,25 @@ def _hex_to_ab(colours: list[str]) -> list[tuple[float, float]]:
     return [(float(a), float(b)) for _, a, b in lab]
 
 
-def load_hints_file(path: str | os.PathLike, max_hints: int = MAX_HINTS) -> HintSpec:
+def load_hints_file(path: str | os.PathLike, max_hints: int = _LIMITS.max_hints,
+                    max_bytes: int = _LIMITS.max_hint_file_bytes) -> HintSpec:
     """Read and validate a hint file; HintError naming the file for anything wrong with it."""
     path = Path(path)
     try:
         size = path.stat().st_size
-        if size > MAX_HINT_FILE_BYTES:
-            raise HintError(path, "", f"{size} bytes, over the limit of {MAX_HINT_FILE_BYTES} for a hint file")
+        if size > max_bytes:
+            raise HintError(path, "", _oversized(size, max_bytes))
         data = path.read_bytes()
     except OSError as exc:
         raise HintError(path, "", f"cannot read: {exc.strerror or exc}") from None
-    return parse_hints_bytes(data, path, max_hints)
+    return parse_hints_bytes(data, path, max_hints, max_bytes)
 
 
-def parse_hints_bytes(data: bytes, where: str | os.PathLike, max_hints: int = MAX_HINTS) -> HintSpec:
+def parse_hints_bytes(data: bytes, where: str | os.PathLike, max_hints: int = _LIMITS.max_hints,
+                      max_bytes: int = _LIMITS.max_hint_file_bytes) -> HintSpec:
     """A hint file's bytes (from a folder or an object store) -> validated hints; HintError naming ``where``."""
-    if len(data) > MAX_HINT_FILE_BYTES:
-        raise HintError(where, "", f"{len(data)} bytes, over the limit of {MAX_HINT_FILE_BYTES} for a hint file")
+    if len(data) > max_bytes:
+        raise HintError(where, "", _oversized(len(data), max_bytes))
     try:
         document = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -124,13 +126,17 @@ def parse_hints_bytes(data: bytes, where: str | os.PathLike, max_hints: int = MA
     return parse_hints(document, where, max_hints)
 
 
+def _oversized(size: int, max_bytes: int) -> str:
+    return f"{size} bytes, over the limit of {max_bytes} for a hint file (TINCT_MAX_HINT_FILE_BYTES)"
+
+
 def sidecar_path(photo: str | os.PathLike) -> Path:
     """Where a photo's hint file sits: ``scan_0042.tif`` -> ``scan_0042.tif.hints.json``."""
     photo = Path(photo)
     return photo.with_name(photo.name + HINTS_SUFFIX)
 
 
-def parse_hints(data: Any, where: str | os.PathLike, max_hints: int = MAX_HINTS) -> HintSpec:
+def parse_hints(data: Any, where: str | os.PathLike, max_hints: int = _LIMITS.max_hints) -> HintSpec:
     """Validate a hint document (already decoded from JSON) without the photo; ``where`` names it in errors."""
     if not isinstance(data, dict):
         raise HintError(where, "", f"expected a JSON object with points and/or regions, got {_kind(data)}")
@@ -141,7 +147,7 @@ def parse_hints(data: Any, where: str | os.PathLike, max_hints: int = MAX_HINTS)
     regions_raw = _list(data.get("regions", []), where, "regions")
     if len(points_raw) + len(regions_raw) > max_hints:
         raise HintError(where, "points" if len(points_raw) > len(regions_raw) else "regions",
-                        f"{len(points_raw) + len(regions_raw)} hints, over the limit of {max_hints}")
+                        f"{len(points_raw) + len(regions_raw)} hints, over the limit of {max_hints} (TINCT_MAX_HINTS)")
     points = tuple(_point(p, where, f"points[{i}]") for i, p in enumerate(points_raw))
     regions = tuple(_region(r, where, f"regions[{i}]") for i, r in enumerate(regions_raw))
     return HintSpec(points, regions)
@@ -261,7 +267,7 @@ def job_photo_hints(raw: dict | None, width: int, height: int, uri: str) -> Colo
     if not raw:
         return None
     try:
-        spec = parse_hints(raw, uri)
+        spec = parse_hints(raw, uri, GuidanceLimits.unlimited().max_hints)  # counted when the job was submitted
         spec.check_bounds(width, height, uri)
     except HintError as exc:
         raise HintError(uri, f"options.hints.{exc.field}".rstrip("."), exc.detail) from None

@@ -24,9 +24,11 @@ from typing import Any
 from redis.exceptions import WatchError
 
 from worker.errors import PermanentError, one_line
-from worker.hints import MAX_HINT_FILE_BYTES, HintError, parse_hints
+from worker.hints import HintError, parse_hints
 from worker.images import EXTENSION_FORMATS
 from worker.photos import FILM_EXTENSIONS
+from worker.references import ReferenceError, parse_job_references
+from worker.settings import GuidanceLimits
 
 KINDS = ("image", "video", "collection")
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -61,6 +63,9 @@ class JobOptions:
     # A photo's colour hints (worker.hints), in canonical form; part of the id, so corrected hints are a new job.
     # Not hashed with the options (a dict is not hashable); compared and digested like every other field.
     hints: dict | None = field(default=None, hash=False)
+    # A film's reference frames (worker.references): [{"time", "image", "sha256"}], the sha256 of each picture's bytes
+    # recorded when the job is submitted (Service.submit), so a corrected picture, not only a renamed one, is a new job.
+    references: list | None = field(default=None, hash=False)
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -74,8 +79,9 @@ class JobSpec:
     options: JobOptions = field(default_factory=JobOptions)
 
     @classmethod
-    def from_dict(cls, data: Any) -> JobSpec:
-        """Validate a spec as it arrives from a CLI, a trigger or JSON; every problem is a JobSpecError."""
+    def from_dict(cls, data: Any, limits: GuidanceLimits | None = None) -> JobSpec:
+        """Validate a spec as it arrives from a CLI, a trigger or JSON; every problem is a JobSpecError. ``limits``
+        (a service's ``Settings.guidance_limits``; the defaults when None) bound its hints and references."""
         if not isinstance(data, dict):
             raise JobSpecError("spec", f"expected a JSON object, got {type(data).__name__}")
         unknown = set(data) - {"input", "output", "kind", "options"}
@@ -90,10 +96,13 @@ class JobSpec:
             raise JobSpecError("input", "a collection's input is a prefix or folder ending in '/'")
         if kind == "collection" and not output.endswith("/"):
             raise JobSpecError("output", "a collection's output is a prefix or folder ending in '/'")
-        options = parse_options(data.get("options") or {})
+        options = parse_options(data.get("options") or {}, limits)
         if options.hints is not None and kind != "image":
             raise JobSpecError("options.hints", "hints belong to one photo (kind image); for a folder or prefix, "
                                "tinct bulk queues each photo with the <name>.hints.json beside it")
+        if options.references is not None and kind != "video":
+            raise JobSpecError("options.references", "references belong to one film (kind video); for a folder or "
+                               "prefix, tinct bulk queues each film with the <name>.references/ folder beside it")
         return cls(source, output, kind, options)
 
     def to_dict(self) -> dict:
@@ -125,20 +134,22 @@ def _uri_field(data: dict, name: str) -> str:
     return value  # not stripped: an S3 key may really begin or end with a space
 
 
-def parse_options(raw: Any) -> JobOptions:
-    """Validate job options given as a dict (unset ones keep their defaults)."""
+def parse_options(raw: Any, limits: GuidanceLimits | None = None) -> JobOptions:
+    """Validate job options given as a dict (unset ones keep their defaults); hints and references within ``limits``
+    (the defaults when None)."""
     if not isinstance(raw, dict):
         raise JobSpecError("options", f"expected an object, got {type(raw).__name__}")
+    limits = limits or GuidanceLimits()
     known = {f.name: f for f in fields(JobOptions)}
     values: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in known:
             raise JobSpecError(f"options.{key}", "unknown option")
-        values[key] = _option_value(key, value)
+        values[key] = _option_value(key, value, limits)
     return JobOptions(**values)
 
 
-def _option_value(key: str, value: Any) -> Any:
+def _option_value(key: str, value: Any, limits: GuidanceLimits) -> Any:
     def bad(expected: str) -> JobSpecError:
         return JobSpecError(f"options.{key}", f"expected {expected}, got {value!r}")
 
@@ -169,13 +180,22 @@ def _option_value(key: str, value: Any) -> Any:
     if key == "hints":
         if value is None:
             return None
-        if len(json.dumps(value)) > MAX_HINT_FILE_BYTES:
-            raise JobSpecError("options.hints", f"over the limit of {MAX_HINT_FILE_BYTES} bytes of JSON")
+        if len(json.dumps(value)) > limits.max_hint_file_bytes:
+            raise JobSpecError("options.hints", f"over the limit of {limits.max_hint_file_bytes} bytes of JSON "
+                               "(TINCT_MAX_HINT_FILE_BYTES)")
         try:
-            spec = parse_hints(value, "options.hints")
+            spec = parse_hints(value, "options.hints", limits.max_hints)
         except HintError as exc:
             raise JobSpecError(f"options.hints.{exc.field}".rstrip("."), exc.detail) from None
         return spec.to_dict() if len(spec) else None
+    if key == "references":
+        if value is None:
+            return None
+        try:
+            references = parse_job_references(value, "options.references", limits.max_references)
+        except ReferenceError as exc:
+            raise JobSpecError(f"options.{exc.field}", exc.detail) from None
+        return [reference.as_dict() for reference in references] or None
     raise bad("a known option")  # unreachable: keys are checked against JobOptions' fields first
 
 
@@ -351,7 +371,8 @@ def _encode(record: JobRecord) -> dict[str, str]:
 
 
 def _decode(job_id: str, raw: dict[str, str]) -> JobRecord:
-    spec = JobSpec.from_dict(json.loads(raw["spec"]))
+    # Checked against the limits of the service that took it; a lower limit set since must not make it unreadable.
+    spec = JobSpec.from_dict(json.loads(raw["spec"]), GuidanceLimits.unlimited())
     return JobRecord(
         id=job_id,
         spec=spec,

@@ -45,6 +45,8 @@ from worker.images import (
     read_photo,
     write_photo,
 )
+from worker.references import REFERENCES_SUFFIX
+from worker.settings import GuidanceLimits
 from worker.video_sink import CONTAINERS
 
 logger = logging.getLogger(__name__)
@@ -95,6 +97,7 @@ class PhotoOptions:
     max_batch_pixels: int = 100_000_000
     workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
     progress: bool = False
+    limits: GuidanceLimits = field(default_factory=GuidanceLimits)  # how many hints, how large a hint file
 
 
 @dataclass
@@ -221,7 +224,8 @@ def _walk(root: Path, output: Path, plan: PhotoPlan) -> Iterator[Path]:
     skip = output.resolve()
     for folder, dirs, files in os.walk(root, onerror=lambda exc: _unreadable_folder(exc, plan)):
         here = Path(folder)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() != skip)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() != skip
+                         and not is_reference_folder(d))  # a film's reference pictures are not photos to colorize
         for name in sorted(files):
             if name.startswith(".") or name.endswith((PARTIAL_SUFFIX, HINTS_SUFFIX)):
                 continue
@@ -240,6 +244,11 @@ def _unreadable_folder(exc: OSError, plan: PhotoPlan) -> None:
 
 def is_film(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in FILM_EXTENSIONS
+
+
+def is_reference_folder(name: str) -> bool:
+    """Whether a folder named ``name`` is a film's sidecar of reference pictures (``reel1.mp4.references``)."""
+    return name.endswith(REFERENCES_SUFFIX) and is_film(name[: -len(REFERENCES_SUFFIX)])
 
 
 def _add(plan: PhotoPlan, source: Path, mirrored: Path, suffix: str | None,
@@ -394,7 +403,8 @@ class _Run:
         batch: list[tuple[PhotoTask, Photo, ColourHints | None]] = []
         while True:
             while len(decodes) < ahead and (task := next(tasks, None)) is not None:
-                decodes.append((task, pool.submit(_read_with_hints, task, self.options.max_pixels)))
+                decoding = pool.submit(_read_with_hints, task, self.options.max_pixels, self.options.limits)
+                decodes.append((task, decoding))
             if not decodes:
                 break
             task, decoding = decodes.popleft()
@@ -467,12 +477,12 @@ class _Run:
             self.record(PhotoOutcome(task, "done"))
 
 
-def _read_with_hints(task: PhotoTask, max_pixels: int) -> tuple[Photo, ColourHints | None]:
+def _read_with_hints(task: PhotoTask, max_pixels: int, limits: GuidanceLimits) -> tuple[Photo, ColourHints | None]:
     """Decode a photo and its hint file, the hints checked against the photo's displayed size: a bad hint file
     fails its photo before anything is colorized or written."""
     photo = read_photo(task.source, max_pixels)
     if task.hints is None:
         return photo, None
-    spec = load_hints_file(task.hints)
+    spec = load_hints_file(task.hints, limits.max_hints, limits.max_hint_file_bytes)
     spec.check_bounds(*photo.size, task.hints)
     return photo, spec.colour_hints()

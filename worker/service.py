@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import replace
 
 import kombu.exceptions
 import redis
 from celery import Celery
 
-from worker.errors import InputTooLargeError, TinctError, TransientError, one_line
-from worker.jobs import JobRecord, JobSpec, JobStore
+from worker.errors import BadInputError, InputTooLargeError, TinctError, TransientError, one_line
+from worker.films import DEFAULT_MAX_FILM_PIXELS
+from worker.jobs import JobRecord, JobSpec, JobSpecError, JobStore
+from worker.references import FilmReference, ReferenceError, job_references, reference_frames, seal_references
 from worker.settings import GPU_QUEUE, IO_QUEUE, Settings
 from worker.storage import ObjectInfo, Storage, check_relative_key, parse_uri
+from worker.video_source import probe_film
 
 
 class QueueError(TransientError):
@@ -55,7 +59,10 @@ class Service:
     def submit(self, spec: JobSpec, identity: ObjectInfo | None = None) -> tuple[str, bool]:
         """Queue ``spec`` and return ``(job_id, created)``; an identical job already queued, running or done is
         returned instead (``created`` False). An input that is missing, unreadable or too large gives a job in
-        the ``failed`` state with the reason, so that every submission can be looked up."""
+        the ``failed`` state with the reason, so that every submission can be looked up. Bad references (a missing,
+        oversized, undecodable or gray picture; for a film in a folder, a time outside it) raise JobSpecError and
+        queue nothing (:meth:`checked_references`)."""
+        spec = self.checked_references(spec)
         try:
             _check_output(spec.output)
             identity = identity or self.identity(spec)
@@ -80,6 +87,23 @@ class Service:
             raise QueueError(self.settings.redis_url, one_line(exc)) from exc
         return job_id, created
 
+    def checked_references(self, spec: JobSpec) -> JobSpec:
+        """``spec`` with its film references as the job carries them (``worker.references.seal_references``: every
+        picture fetched, checked and its bytes' sha256 recorded, which enters the job id) and, for a film in a folder,
+        placed in it now; an object's film is probed by its planner, which fails the job before any work. JobSpecError
+        naming ``options.references[i].<field>``; a spec without references comes back as it is."""
+        if not spec.options.references:
+            return spec
+        try:
+            references = seal_references(job_references(spec.options.references), self.storage,
+                                         self.settings.guidance_limits)
+            _place_in_local_film(spec.input, references, self.settings.max_references)
+        except ReferenceError as exc:
+            raise JobSpecError(f"options.{exc.field}", exc.detail if exc.field == "references"
+                               else f"{exc.path}: {exc.detail}") from None
+        options = replace(spec.options, references=[reference.as_dict() for reference in references])
+        return replace(spec, options=options)
+
     def job_states(self, job_ids: Sequence[str]) -> list[str | None]:
         with self.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
@@ -103,6 +127,19 @@ class Service:
 
     def queue_depths(self) -> dict[str, int]:
         return {queue: int(self.redis.llen(queue)) for queue in (GPU_QUEUE, IO_QUEUE)}
+
+
+def _place_in_local_film(uri: str, references: Sequence[FilmReference], max_references: int) -> None:
+    """Check the references' times against a film in a folder (``tinct submit reel.mkv --reference ...``): a bad time
+    is refused before anything is queued. A film that cannot be probed is left to its worker to report."""
+    scheme, _, path = parse_uri(uri)
+    if scheme != "file":
+        return
+    try:
+        film = probe_film(path, DEFAULT_MAX_FILM_PIXELS)
+    except BadInputError:
+        return
+    reference_frames(references, film, max_references)
 
 
 def _check_output(uri: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -20,6 +21,26 @@ GPU_QUEUE = "tinct.colorize"  # network work: one process per GPU (or a few per 
 IO_QUEUE = "tinct.io"  # planning, fan-out, joins, bookkeeping: light, many at once
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SECRET_FIELDS = {"s3_access_key_id", "s3_secret_access_key", "webhook_secret", "api_token"}
+
+
+@dataclass(frozen=True)
+class GuidanceLimits:
+    """What a restorer may send with one input: colour hints (points and regions) for a photo and the bytes of a
+    hint file (``worker.hints``), reference frames for a film and the bytes of each reference picture
+    (``worker.references``). Far more than anyone gives by hand, few enough that one input cannot make a job's
+    validation, solve or pre-pass expensive. The service takes them from ``TINCT_MAX_HINTS`` and its neighbours
+    (:attr:`Settings.guidance_limits`); these are the defaults."""
+
+    max_hints: int = 1000
+    max_hint_file_bytes: int = 1 << 20
+    max_references: int = 200
+    max_reference_file_bytes: int = 64 << 20  # a 4K frame as a 16-bit PNG is about 50 MB
+
+    @classmethod
+    def unlimited(cls) -> GuidanceLimits:
+        """No limits: for a spec read back from the job store, which was checked against the limits of the service
+        that took it (a lower limit set since must not make a queued job unreadable)."""
+        return cls(sys.maxsize, sys.maxsize, sys.maxsize, sys.maxsize)
 
 
 @dataclass(frozen=True)
@@ -86,6 +107,12 @@ class Settings:
     # each token may start this many a second on average, with bursts of api_preview_burst.
     api_preview_rate: float = 1.0
     api_preview_burst: int = 5
+    # What one job may carry besides its input (GuidanceLimits): colour hints per photo and their file's bytes,
+    # reference frames per film and each reference picture's bytes.
+    max_hints: int = GuidanceLimits.max_hints
+    max_hint_file_bytes: int = GuidanceLimits.max_hint_file_bytes
+    max_references: int = GuidanceLimits.max_references
+    max_reference_file_bytes: int = GuidanceLimits.max_reference_file_bytes
 
     def __post_init__(self) -> None:
         if self.visibility_timeout_s <= self.task_time_limit_s:
@@ -114,6 +141,15 @@ class Settings:
             raise ValueError(f"TINCT_MODEL_STORE must be a folder or s3://bucket/prefix/, got {self.model_store!r}")
         if self.log_format not in ("json", "text"):
             raise ValueError(f"TINCT_LOG_FORMAT must be json or text, got {self.log_format!r}")
+        for name in ("max_hints", "max_hint_file_bytes", "max_references", "max_reference_file_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TINCT_{name.upper()} must be at least 1, got {getattr(self, name)}")
+
+    @property
+    def guidance_limits(self) -> GuidanceLimits:
+        """The ``max_*`` settings for hints and references, as ``worker.hints`` and ``worker.references`` take them."""
+        return GuidanceLimits(self.max_hints, self.max_hint_file_bytes, self.max_references,
+                              self.max_reference_file_bytes)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

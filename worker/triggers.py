@@ -41,10 +41,12 @@ import botocore.exceptions as boto_errors
 import redis.exceptions
 
 from worker.errors import TinctError, TransientError, one_line
-from worker.hints import HINTS_SUFFIX, MAX_HINT_FILE_BYTES, parse_hints_bytes
+from worker.hints import HINTS_SUFFIX, parse_hints_bytes
 from worker.images import EXTENSION_FORMATS
 from worker.jobs import JobOptions, JobSpec, JobSpecError
-from worker.photos import FILM_EXTENSIONS
+from worker.photos import FILM_EXTENSIONS, is_reference_folder
+from worker.references import REFERENCES_SUFFIX, seal_references, sidecar_references
+from worker.settings import GuidanceLimits
 from worker.storage import ObjectInfo, Storage, format_uri, join_uri, normalize_uri, parse_uri, relative_key
 
 logger = logging.getLogger(__name__)
@@ -236,8 +238,10 @@ def bulk(
     *,
     batch_size: int = BULK_BATCH,
     concurrency: int = BULK_CONCURRENCY,
+    limits: GuidanceLimits | None = None,
 ) -> BulkReport:
-    """Submit a job for every photo and film under ``prefix_uri``, writing under ``output_prefix``.
+    """Submit a job for every photo and film under ``prefix_uri``, writing under ``output_prefix``, each photo with
+    the hints and each film with the reference pictures beside it (:class:`_Sidecars`, within ``limits``).
 
     The listing is consumed lazily; job ids come from the listing's ETag and size (no HEAD per object) and are
     checked ``batch_size`` at a time with one ``job_states`` call, so a rerun over a prefix of 100,000 objects
@@ -254,7 +258,7 @@ def bulk(
     started = time.monotonic()
     listing = iter(submitter.storage.list(prefix))
     pending: list[_Candidate] = []
-    sidecars = _Sidecars(submitter.storage, report)
+    sidecars = _Sidecars(submitter.storage, report, limits or GuidanceLimits())
     with ThreadPoolExecutor(concurrency, thread_name_prefix="tinct-bulk") as pool:
         while not report.stopped:
             try:
@@ -275,7 +279,7 @@ def bulk(
             if sidecars.is_sidecar(info):
                 continue
             candidate = _candidate(info, prefix, output, options, report)
-            if candidate is not None and candidate.spec.kind == "image":
+            if candidate is not None and candidate.spec.kind in ("image", "video"):
                 sidecars.wait(candidate)
             elif candidate is not None:
                 pending.append(candidate)
@@ -309,54 +313,98 @@ def _candidate(
 
 
 class _Sidecars:
-    """Photos' hint files (``<name>.hints.json``, ``worker.hints``) met in a bulk listing.
+    """Sidecars met in a bulk listing: photos' hint files (``<name>.hints.json``, ``worker.hints``) and films' folders
+    of reference pictures (``<name>.references/12.5.png``, ``worker.references``).
 
-    A listing is in key order and a sidecar's key is its photo's key plus a suffix, so the sidecar comes after its
-    photo, usually right after it. A photo waits here until the listing has passed where its sidecar would be (or
-    has ended); it then goes on with the sidecar's hints in its options (so they enter its job id), or as it is. A
-    sidecar that cannot be read or is invalid fails its photo, with the sidecar's name and field, and the run goes on.
+    A listing is in key order and a sidecar's key is its input's key plus a suffix, so sidecars come after their
+    input, usually right after it. An input waits here until the listing has passed where its sidecars would be (or
+    has ended); it then goes on with them in its options (so they enter its job id: a reference picture by the
+    sha256 of its bytes), or as it is. A sidecar that cannot be read or is invalid fails its input, with the
+    sidecar's name and field, and the run goes on. Reference pictures are only hashed here; whether they decode and
+    show colour is checked when the film's job is submitted (``Service.submit``), so a rerun decodes none of them.
     """
 
-    def __init__(self, storage: Storage, report: BulkReport) -> None:
+    def __init__(self, storage: Storage, report: BulkReport, limits: GuidanceLimits) -> None:
         self.storage = storage
         self.report = report
+        self.limits = limits
         self.waiting: deque[_Candidate] = deque()
-        self.seen: set[str] = set()
+        self.hints: set[str] = set()
+        self.pictures: dict[str, list[str]] = {}  # a film's URI -> the pictures in its reference folder
 
     @staticmethod
     def is_sidecar(info: ObjectInfo) -> bool:
-        return info.uri.endswith(HINTS_SUFFIX)
+        return info.uri.endswith(HINTS_SUFFIX) or _reference_film(info.uri) is not None
 
     def wait(self, candidate: _Candidate) -> None:
         self.waiting.append(candidate)
 
     def release(self, info: ObjectInfo | None) -> list[_Candidate]:
-        """The waiting photos whose sidecar's place the listing has reached with ``info`` (all of them at the end)."""
-        if info is not None and self.is_sidecar(info):
-            self.seen.add(info.uri)
+        """The waiting inputs whose sidecars' place the listing has passed with ``info`` (all of them at the end)."""
+        if info is not None:
+            film = _reference_film(info.uri)
+            if info.uri.endswith(HINTS_SUFFIX):
+                self.hints.add(info.uri)
+            elif film is not None and not re.search(r"/[.]|/.*/", info.uri[len(film + REFERENCES_SUFFIX) :]):
+                # A picture right inside the folder; hidden files (.DS_Store) and subfolders are no references.
+                self.pictures.setdefault(film, []).append(info.uri)
         ready = []
-        while self.waiting and (info is None or self.waiting[0].info.uri + HINTS_SUFFIX <= info.uri):
-            candidate = self._with_hints(self.waiting.popleft())
+        while self.waiting and (info is None or _past_sidecars(self.waiting[0], info.uri)):
+            candidate = self._with_sidecars(self.waiting.popleft())
             if candidate is not None:
                 ready.append(candidate)
         return ready
 
-    def _with_hints(self, candidate: _Candidate) -> _Candidate | None:
-        sidecar = candidate.info.uri + HINTS_SUFFIX
-        if sidecar not in self.seen:
-            return candidate
-        self.seen.discard(sidecar)
+    def _with_sidecars(self, candidate: _Candidate) -> _Candidate | None:
+        uri = candidate.info.uri
         try:
-            data = self.storage.get_bytes(sidecar, max_bytes=MAX_HINT_FILE_BYTES)
-            hints = parse_hints_bytes(data, sidecar)
+            if candidate.spec.kind == "video":
+                options = self._references(uri, candidate.spec.options)
+            else:
+                options = self._hints(uri, candidate.spec.options)
         except TinctError as error:
             if error.retryable:
                 raise
-            self.report.fail(candidate.info.uri, str(error))
+            self.report.fail(uri, str(error))
             return None
-        options = replace(candidate.spec.options, hints=hints.to_dict() if len(hints) else None)
+        if options is candidate.spec.options:
+            return candidate
         spec = JobSpec(candidate.spec.input, candidate.spec.output, candidate.spec.kind, options)
         return _Candidate(candidate.info, spec, spec.job_id(candidate.info.etag, candidate.info.size))
+
+    def _hints(self, photo: str, options: JobOptions) -> JobOptions:
+        sidecar = photo + HINTS_SUFFIX
+        if sidecar not in self.hints:
+            return options
+        self.hints.discard(sidecar)
+        data = self.storage.get_bytes(sidecar, max_bytes=self.limits.max_hint_file_bytes)
+        hints = parse_hints_bytes(data, sidecar, self.limits.max_hints, self.limits.max_hint_file_bytes)
+        return replace(options, hints=hints.to_dict() if len(hints) else None)
+
+    def _references(self, film: str, options: JobOptions) -> JobOptions:
+        pictures = self.pictures.pop(film, [])
+        if not pictures:
+            return options
+        references = sidecar_references(pictures, self.limits.max_references)
+        sealed = seal_references(references, self.storage, self.limits, decode=False)
+        return replace(options, references=[reference.as_dict() for reference in sealed])
+
+
+def _reference_film(uri: str) -> str | None:
+    """The film whose sidecar folder (``<film file name>.references/``) holds ``uri``, at any depth, or None."""
+    parts = uri.split("/")
+    for depth in range(len(parts) - 2, 0, -1):
+        if is_reference_folder(parts[depth]):
+            return "/".join([*parts[:depth], parts[depth][: -len(REFERENCES_SUFFIX)]])
+    return None
+
+
+def _past_sidecars(candidate: _Candidate, uri: str) -> bool:
+    """Whether the listing, at ``uri``, has passed every key that could be a sidecar of ``candidate``."""
+    if candidate.spec.kind == "image":
+        return candidate.info.uri + HINTS_SUFFIX <= uri
+    folder = candidate.info.uri + REFERENCES_SUFFIX + "/"
+    return uri > folder and not uri.startswith(folder)
 
 
 def _submit_batch(submitter: Submitter, batch: list[_Candidate], report: BulkReport, pool: ThreadPoolExecutor) -> None:

@@ -48,6 +48,15 @@ from worker.liveness import Lease, Leases
 from worker.model_store import resolve_model
 from worker.photos import output_suffix
 from worker.pipeline import ColourFrame, colorize_frames
+from worker.references import (
+    ReferenceField,
+    ResolvedReference,
+    fetch_reference,
+    job_references,
+    load_job_references,
+    place_job_references,
+    references_provenance,
+)
 from worker.segments import Segment, join_segments, plan_segments
 from worker.settings import Settings
 from worker.smoothing import SmoothingOptions
@@ -90,6 +99,7 @@ class Runtime:
         self._sources: dict[tuple[str, int], str] = {}  # what each load was asked for: a model name, or its path
         # Probing reads every packet of a film: done once per film and process, not once per segment.
         self._films: dict[tuple[str, int, int], FilmInfo] = {}
+        self._references: tuple[str, list[ResolvedReference]] | None = None  # the last film job's, by its id
 
     def colorizer(self, model: str, render_size: int) -> _Loaded:
         """The loaded model for ``model`` (``default``, a path, or a name in the model store) at ``render_size``.
@@ -142,6 +152,20 @@ class Runtime:
         if key not in self._films:
             self._films[key] = probe_film(local, DEFAULT_MAX_FILM_PIXELS)
         return self._films[key]
+
+    def references(self, job_id: str, spec: JobSpec, film: FilmInfo) -> list[ResolvedReference]:
+        """A film job's reference frames with their pictures' chroma: all of them, as a segment is coloured by
+        references in other segments too (``worker.references.ReferenceField`` follows each from its own frame).
+        Fetched once per job on this worker; only the last job's are kept, as a picture's ab at full size is large."""
+        if self._references is None or self._references[0] != job_id:
+            self._references = None  # the previous job's go before this one's are fetched
+
+            def fetch(uri: str) -> bytes:
+                return fetch_reference(self.storage, uri, self.settings.max_reference_file_bytes)
+
+            self._references = (job_id, load_job_references(job_references(spec.options.references), film,
+                                                            spec.input, fetch))
+        return self._references[1]
 
     def scratch(self, job_id: str) -> Path:
         folder = self.settings.work_dir / "jobs" / job_id
@@ -206,6 +230,8 @@ def _plan_film(rt: Runtime, record: JobRecord, enqueue: Enqueue) -> None:
     options = _film_options(spec)
     if film.is_colour and not spec.options.recolor:
         raise BadInputError(spec.input, "a colour film; set options.recolor to colorize its lightness anyway")
+    if spec.options.references:  # a time outside the film, or two on one frame, fails the job before any work
+        place_job_references(job_references(spec.options.references), film, spec.input)
     segments = plan_segments(film, _segment_frames(rt.settings, film), warmup_frames(options["smoothing"]))
     rt.redis.set(f"tinct:job:{record.id}:segments", json.dumps([s.as_dict() for s in segments]),
                  ex=rt.settings.job_ttl_s)
@@ -380,6 +406,12 @@ def _colorize_segment(rt: Runtime, spec: JobSpec, segment: Segment, lease: Lease
     suffix = CODECS[options["encode"].codec].segment_suffix
     # Each holder stages its own file, named by its lease: a late result can never overwrite the one recorded.
     local = rt.scratch(lease.job_id) / f"{piece}.{lease.token.rsplit('|', 1)[1]}{suffix}"
+    references = None
+    if spec.options.references:
+        references = ReferenceField(film, layout.frame, loaded.colorizer, options["smoothing"],
+                                    rt.references(lease.job_id, spec, film), segment.start - segment.warmup,
+                                    segment.stop)
+        liveness.progress()
     with atomic_path(local) as tmp, SegmentWriter(tmp, film.video, layout, options["encode"]) as writer:
 
         def sink(frame: ColourFrame) -> None:
@@ -387,7 +419,7 @@ def _colorize_segment(rt: Runtime, spec: JobSpec, segment: Segment, lease: Lease
             liveness.progress()
 
         times = colorize_frames(film, loaded.colorizer, layout, options["smoothing"], sink, segment.start,
-                                segment.stop, segment.warmup)
+                                segment.stop, segment.warmup, references)
     if not lease.held():
         local.unlink(missing_ok=True)
         _discarded(lease)
@@ -464,7 +496,8 @@ def _join(rt: Runtime, record: JobRecord, lease: Lease) -> None:
     label = (label or b"").decode() or spec.options.model
     render_size = int(used_size) if used_size else spec.options.render_size
     provenance = {"model": label, "render_size": render_size, "smoothing": spec.options.smoothing,
-                  **options["encode"].describe(), "job": job_id}
+                  **options["encode"].describe(), "job": job_id,
+                  **references_provenance(len(spec.options.references or ()))}
     join_segments(film, paths, final, provenance)
     if not lease.held():
         _discarded(lease)

@@ -119,6 +119,27 @@ def job_view(record: JobRecord) -> dict[str, Any]:
     }
 
 
+HINTS_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "points": {"type": "array", "items": {"type": "object", "required": ["x", "y", "color"], "properties": {
+            "x": {"type": "number"}, "y": {"type": "number"}, "color": {"type": "string", "example": "#2a3f8f"},
+            "radius": {"type": "number"}}}},
+        "regions": {"type": "array", "items": {"type": "object", "required": ["polygon", "color"], "properties": {
+            "polygon": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+            "color": {"type": "string"}}}},
+    },
+}
+REFERENCES_SCHEMA = {
+    "type": "array",
+    "description": "a film's reference frames: colour pictures of frames, carried through their shots",
+    "items": {"type": "object", "required": ["time", "image"], "additionalProperties": False, "properties": {
+        "time": {"type": ["number", "string"], "description": "seconds from the first frame, or frame:N",
+                 "example": "12.5"},
+        "image": {"type": "string", "description": "the picture: s3://bucket/key or a path the token may read"},
+        "sha256": {"type": "string", "description": "the picture's bytes' sha256 (recorded at submission)"}}},
+}
 JOB_SPEC_SCHEMA = {
     "type": "object",
     "required": ["input", "output"],
@@ -139,6 +160,8 @@ JOB_SPEC_SCHEMA = {
                 "preset": {"type": "string"},
                 "recolor": {"type": "boolean"},
                 "format": {"type": ["string", "null"]},
+                "hints": {**HINTS_SCHEMA, "type": ["object", "null"], "description": "a photo's colour hints"},
+                "references": {**REFERENCES_SCHEMA, "type": ["array", "null"]},
             },
         },
     },
@@ -156,6 +179,10 @@ def _index_key(principal: Principal) -> str:
 def _authorize_spec(principal: Principal, spec: JobSpec) -> None:
     if not principal.may_read(spec.input):
         raise HTTPException(403, f"input: {spec.input} is outside the input prefixes of token '{principal.name}'")
+    for i, reference in enumerate(spec.options.references or ()):  # a film's reference pictures are read as inputs
+        if not principal.may_read(reference["image"]):
+            raise HTTPException(403, f"options.references[{i}].image: {reference['image']} is outside the input "
+                                f"prefixes of token '{principal.name}'")
     if not principal.may_write(spec.output):
         raise HTTPException(403, f"output: {spec.output} is outside the output prefixes of token '{principal.name}'")
 
@@ -174,7 +201,7 @@ async def submit_job(request: Request, state: State, principal: Caller) -> JSONR
     except ValueError as exc:
         raise HTTPException(422, f"body: not valid JSON ({one_line(exc)})") from None
     try:
-        spec = JobSpec.from_dict(data)  # the queue's own validation: one line naming the field
+        spec = JobSpec.from_dict(data, state.settings.guidance_limits)  # the queue's own validation, one line
     except JobSpecError as exc:
         raise HTTPException(422, f"{exc.field}: {exc.reason}") from None
     for name in ("input", "output"):  # a URI storage cannot parse is a bad request, whoever sends it
@@ -188,9 +215,11 @@ async def submit_job(request: Request, state: State, principal: Caller) -> JSONR
 
 def _submit(state: ApiState, principal: Principal, spec: JobSpec) -> JSONResponse:
     try:
-        job_id, created = state.service.submit(spec)
+        job_id, created = state.service.submit(spec)  # also fetches and checks a film's reference pictures
     except TransientError as exc:
         raise HTTPException(503, f"queue: {exc}; retry later") from None
+    except JobSpecError as exc:
+        raise HTTPException(422, f"{exc.field}: {exc.reason}") from None
     except ValueError as exc:  # as on the CLI (tinct submit): a spec storage refuses before any job exists
         raise HTTPException(422, f"spec: {one_line(exc)}") from None
     record = state.service.get(job_id)
@@ -460,18 +489,6 @@ def whoami(state: State, principal: Caller) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- hint previews
 
-HINTS_SCHEMA = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "points": {"type": "array", "items": {"type": "object", "required": ["x", "y", "color"], "properties": {
-            "x": {"type": "number"}, "y": {"type": "number"}, "color": {"type": "string", "example": "#2a3f8f"},
-            "radius": {"type": "number"}}}},
-        "regions": {"type": "array", "items": {"type": "object", "required": ["polygon", "color"], "properties": {
-            "polygon": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
-            "color": {"type": "string"}}}},
-    },
-}
 PREVIEW_SCHEMA = {
     "type": "object",
     "required": ["input"],
