@@ -119,3 +119,20 @@ def test_clothing_classes_map_to_real_imagenet_labels() -> None:
         assert len(judge.accepted_for_folder(folder)) == len(names)
     assert judge.accepted_for_folder("daisy") == judge.label_indices(["daisy"])
     assert judge.accepted_for_folder("not-a-class") is None
+
+
+def test_judge_sees_a_thumbnail_whole_and_a_large_photo_through_the_evaluation_crop() -> None:
+    from tools.judge import INPUT_SIDE, _prepare
+
+    thumbnail = np.zeros((64, 64, 3), np.uint8)
+    thumbnail[:8, :8] = 255  # a white corner the evaluation crop would cut off
+    judged = _prepare(thumbnail)
+    assert judged.shape == (INPUT_SIDE, INPUT_SIDE, 3) and judged.dtype == np.uint8
+    assert judged[:20, :20].mean() > 200
+
+    large = np.zeros((300, 400, 3), np.uint8)
+    large[:20, :20] = 255  # outside the centre 224 of the photo scaled to a 256 short side
+    large[140:160, 190:210] = 255  # the centre survives
+    judged = _prepare(large)
+    assert judged.shape == (INPUT_SIDE, INPUT_SIDE, 3)
+    assert judged[:10, :10].max() == 0 and judged[105:119, 105:119].mean() > 200

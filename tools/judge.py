@@ -38,6 +38,7 @@ from tools.evaluate import GRAY_LABEL, TRUTH_LABEL, gray_input
 log = logging.getLogger(__name__)
 
 INPUT_SIDE = 224
+CROP_FROM_SIDE = 256  # photos smaller than this are judged whole (``_prepare``)
 LABELS_CSV = "labels.csv"  # file,judge_index,...: a flat folder of photos whose judge label is known
 # clothing-dataset-small's classes -> the ImageNet labels (first synonym) that name them correctly.
 FOLDER_TO_IMAGENET: dict[str, tuple[str, ...]] = {
@@ -109,9 +110,17 @@ class ImageNetJudge:
 
 
 def _prepare(rgb: np.ndarray) -> np.ndarray:
-    """MobileNet's evaluation crop: short side to 256, centre 224x224, uint8 (the model quantizes itself)."""
+    """The judge's 224x224 uint8 input (the model quantizes itself).
+
+    A photo at least ``CROP_FROM_SIDE`` on its short side gets MobileNet's evaluation crop: short side to 256,
+    centre 224x224. A smaller photo (Tiny-ImageNet's 64 px) is enlarged whole to 224x224, as the data README
+    measured the judge's gray and colour baselines: the evaluation crop would cut an eighth off each side of a
+    thumbnail whose object fills it, and it costs the truth 3.8 and the gray 2.1 points of top-1 on
+    tiny_imagenet_val (15.9% / 7.5% cropped against 19.7% / 9.6% whole, bicubic both)."""
     im = Image.fromarray(rgb)
-    scale = 256 / min(im.size)
+    if min(im.size) < CROP_FROM_SIDE:
+        return np.asarray(im.resize((INPUT_SIDE, INPUT_SIDE), Image.BICUBIC), dtype=np.uint8)
+    scale = CROP_FROM_SIDE / min(im.size)
     im = im.resize((max(INPUT_SIDE, round(im.width * scale)), max(INPUT_SIDE, round(im.height * scale))),
                    Image.BICUBIC)
     left, top = (im.width - INPUT_SIDE) // 2, (im.height - INPUT_SIDE) // 2
