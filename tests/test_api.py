@@ -340,6 +340,45 @@ def test_a_job_resubmitted_with_hints_from_the_editor_is_a_new_job_that_honours_
     assert outside.status_code == 422 and detail(outside).startswith("options.hints.points[0].color:")
 
 
+def test_a_film_job_with_references_is_a_new_job_and_bad_references_are_refused_naming_the_field(stack, tmp_path):
+    alice = stack.client("alice")
+    colour = list(moving_scene(12, 96, 64))
+    clip = write_clip(tmp_path / "guided.mkv", gray_frames(colour), gop=6, bframes=0)
+    put_object(stack.s3, "s3://scans/alice/guided.mkv", clip.path.read_bytes())
+    still = io.BytesIO()
+    Image.fromarray(colour[6]).save(still, format="PNG")
+    put_object(stack.s3, "s3://scans/alice/stills/6.png", still.getvalue())
+    put_object(stack.s3, "s3://scans/alice/stills/gray.png", gray_png(8))
+    body = job_spec(stack, "s3://scans/alice/guided.mkv", "s3://colour/alice/guided/", codec="ffv1")
+
+    def with_references(references: list) -> dict:
+        return {**body, "options": {**body["options"], "references": references}}
+
+    guided = alice.post("/api/v1/jobs", json=with_references([{"time": "frame:6",
+                                                                "image": "s3://scans/alice/stills/6.png"}]))
+    assert guided.status_code == 201, guided.text
+    reference = guided.json()["options"]["references"][0]
+    assert reference["time"] == "frame:6" and len(reference["sha256"]) == 64  # the picture's bytes: in the job id
+    plain = alice.post("/api/v1/jobs", json=body)
+    assert plain.status_code == 201 and plain.json()["id"] != guided.json()["id"]
+    alice.delete(f"/api/v1/jobs/{plain.json()['id']}")
+    final = wait_finished(alice, guided.json()["id"])
+    assert final["state"] == "succeeded", final["error"]
+
+    refused = {
+        "s3://scans/bob/6.png": (403, "options.references[0].image: s3://scans/bob/6.png is outside the input"),
+        "s3://scans/alice/stills/gray.png": (422, "options.references[0].image: s3://scans/alice/stills/gray.png: "
+                                             "is gray"),
+        "s3://scans/alice/stills/none.png": (422, "options.references[0].image: s3://scans/alice/stills/none.png: "
+                                             "no such object"),
+    }
+    for image, (status, expected) in refused.items():
+        response = alice.post("/api/v1/jobs", json=with_references([{"time": 0.25, "image": image}]))
+        assert response.status_code == status and detail(response).startswith(expected), response.text
+    late = alice.post("/api/v1/jobs", json=with_references([{"time": "soon", "image": "s3://scans/alice/stills/6.png"}]))
+    assert late.status_code == 422 and detail(late).startswith("options.references[0].time: not a time"), late.text
+
+
 def test_no_token_or_s3_secret_in_any_response_log_line_or_page(stack):
     """Runs last in this module, after every route above has answered and logged."""
     alice, anonymous = stack.client("alice"), stack.client(None)
