@@ -58,7 +58,8 @@ def test_photo_and_network_shapes() -> None:
 def test_bench_video_reports_floor_end_to_end_stages_and_memory(tiny_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "video.json"
     rc = bench.main(["--video", "--model", str(tiny_checkpoint), "--render-size", "64", "--sizes", "96x64",
-                     "--seconds", "1", "--memory-seconds", "0.5,1", "--preset", "ultrafast", "--json", str(out)])
+                     "--seconds", "1", "--memory-seconds", "0.5,1", "--preset", "ultrafast", "--reference-frames", "0",
+                     "--json", str(out)])
     assert rc == 0
     data = json.loads(out.read_text())
     ((row),) = data["sizes"]
@@ -66,6 +67,9 @@ def test_bench_video_reports_floor_end_to_end_stages_and_memory(tiny_checkpoint:
     assert row["floor_fps"] > 0 and row["end_to_end_fps"] > 0
     assert set(row["ms_per_frame"]) == {"decode", "network", "smoothing", "colour", "encode"}
     assert all(ms > 0 for ms in row["ms_per_frame"].values())
+    # The same film again with a reference picture at its first frame: its rate and what it costs per frame.
+    assert row["reference_frames"] == [0] and row["with_references_fps"] > 0
+    assert row["reference_cost"] == row["end_to_end_fps"] / row["with_references_fps"] - 1
     runs = data["memory"]["runs"]
     assert [r["seconds"] for r in runs] == [0.5, 1.0] and all(r["peak_rss_mib"] > 0 for r in runs)
 

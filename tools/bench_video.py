@@ -8,6 +8,9 @@ sample photos (a slow pan and zoom over each, with film grain, hard cuts between
 * **end to end** - ``worker.films.colorize_film`` from file to file (probe, segments, decode, network,
   smoothing, colour, encode, join): what ``tinct colorize film.mp4`` delivers. Busy seconds per stage come
   from the pipeline; stages run concurrently, so they add up to more than the wall time.
+* **with references** (``--reference-frames 0``) - the same end-to-end run again with a colour reference picture
+  at each of those frames (``worker.references``: decoded again around each reference, carried by flow through its
+  shot): what references add to a film's cost.
 * **memory** (``--memory-seconds 10,40``) - peak RSS of the whole film job in a fresh process for two film
   lengths, to show that memory does not grow with the film.
 """
@@ -19,7 +22,8 @@ import json
 import multiprocessing
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,7 @@ from models.color import code_dtype
 from tools.runtime import frame_size, onnx_cache_dir
 from worker.films import FilmOptions, colorize_film
 from worker.photos import open_colorizer
+from worker.references import FilmReference
 from worker.smoothing import SmoothingOptions
 from worker.video_sink import EncodeOptions, SegmentWriter, plan_output
 from worker.video_source import decode_frames, probe_film
@@ -89,10 +94,29 @@ class VideoRates:
     floor_fps: float
     end_to_end_fps: float
     stages: dict[str, float]
+    references: int = 0
+    with_references_fps: float | None = None  # end to end with ``references`` reference pictures
 
     @property
     def ratio(self) -> float:
         return self.floor_fps / self.end_to_end_fps if self.end_to_end_fps else float("inf")
+
+    @property
+    def reference_cost(self) -> float | None:
+        """How much longer a frame takes with the references (0.25 = frames/s down by a fifth, 25 % more time)."""
+        if not self.with_references_fps:
+            return None
+        return self.end_to_end_fps / self.with_references_fps - 1.0
+
+
+def make_reference_picture(path: Path, width: int, height: int) -> Path:
+    """A colour picture of a frame's size (hues across, saturation down): what an artist's colouring costs to carry
+    does not depend on its colours."""
+    x = np.linspace(0, 179, width, dtype=np.float32)[None, :].repeat(height, axis=0)
+    saturation = np.linspace(80, 220, height, dtype=np.float32)[:, None].repeat(width, axis=1)
+    hsv = np.stack([x, saturation, np.full_like(x, 180)], axis=-1).astype(np.uint8)
+    cv2.imwrite(str(path), cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR))
+    return path
 
 
 def bench_floor(film_path: Path, encode: EncodeOptions) -> tuple[int, float]:
@@ -111,16 +135,26 @@ def bench_floor(film_path: Path, encode: EncodeOptions) -> tuple[int, float]:
 
 
 def bench_size(colorizer, label: str, width: int, height: int, seconds: float, encode: EncodeOptions,
-               smoothing: SmoothingOptions) -> VideoRates:
+               smoothing: SmoothingOptions, reference_frames: Sequence[int] = ()) -> VideoRates:
+    """Floor and end-to-end rates on a generated film; with ``reference_frames``, end to end again with a reference
+    picture at each of those frames."""
     with tempfile.TemporaryDirectory() as tmp:
         film_path = make_test_film(Path(tmp) / f"film-{width}x{height}.mp4", width, height, seconds)
         frames, floor_s = bench_floor(film_path, encode)
         options = FilmOptions(smoothing=smoothing, encode=encode)
         outcome = colorize_film(colorizer, film_path, Path(tmp) / "colour.mkv", options, label)
+        with_references = None
+        if reference_frames:
+            picture = make_reference_picture(Path(tmp) / "reference.png", width, height)
+            references = tuple(FilmReference(f"frame:{index}", str(picture)) for index in reference_frames)
+            guided = colorize_film(colorizer, film_path, Path(tmp) / "guided.mkv",
+                                   replace(options, references=references), label)
+            with_references = guided.fps
     times = outcome.times
     stages = {name: getattr(times, name) / frames * 1000 for name in ("decode", "network", "smoothing", "colour",
                                                                       "encode")}
-    return VideoRates(f"{width}x{height}", frames, frames / floor_s, outcome.fps, stages)
+    return VideoRates(f"{width}x{height}", frames, frames / floor_s, outcome.fps, stages, len(reference_frames),
+                      with_references)
 
 
 def _memory_child(args: tuple[str, str, int, int, int, float, dict, float], result) -> None:
@@ -171,6 +205,9 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--preset", default="veryfast", help="x264/x265 preset for output and floor")
     group.add_argument("--crf", type=int, default=None, help="constant quality (codec default if omitted)")
     group.add_argument("--smoothing", type=float, default=SmoothingOptions().strength, help="smoothing strength")
+    group.add_argument("--reference-frames", default="",
+                       help="comma-separated frame numbers: also run end to end with a colour reference picture at "
+                       "each (e.g. 0), to measure what references cost")
     group.add_argument("--memory-seconds", default="10,40",
                        help="two film lengths for the peak-memory check at the first size ('' to skip)")
 
@@ -179,15 +216,20 @@ def run_video_bench(args: argparse.Namespace) -> dict[str, Any]:
     encode = EncodeOptions(codec=args.codec, crf=args.crf, preset=args.preset)
     smoothing = SmoothingOptions(strength=args.smoothing)
     sizes = [frame_size(s) for s in args.sizes.split(",") if s]
+    reference_frames = [int(f) for f in args.reference_frames.split(",") if f.strip()]
     results: dict[str, Any] = {"encode": encode.describe(), "smoothing": smoothing.strength, "sizes": []}
     with open_colorizer(args.model, device=args.device, render_size=args.render_size,
                         cache_dir=onnx_cache_dir()) as (colorizer, label):
         results["model"] = label
         for width, height in sizes:
-            rates = bench_size(colorizer, label, width, height, args.seconds, encode, smoothing)
-            results["sizes"].append({"size": rates.size, "frames": rates.frames, "floor_fps": rates.floor_fps,
-                                     "end_to_end_fps": rates.end_to_end_fps, "floor_over_end_to_end": rates.ratio,
-                                     "ms_per_frame": rates.stages})
+            rates = bench_size(colorizer, label, width, height, args.seconds, encode, smoothing, reference_frames)
+            row = {"size": rates.size, "frames": rates.frames, "floor_fps": rates.floor_fps,
+                   "end_to_end_fps": rates.end_to_end_fps, "floor_over_end_to_end": rates.ratio,
+                   "ms_per_frame": rates.stages}
+            if reference_frames:
+                row.update(reference_frames=reference_frames, with_references_fps=rates.with_references_fps,
+                           reference_cost=rates.reference_cost)
+            results["sizes"].append(row)
     lengths = [float(s) for s in args.memory_seconds.split(",") if s]
     if lengths:
         width, height = sizes[0]
@@ -210,6 +252,11 @@ def video_table(results: dict[str, Any]) -> str:
         lines.append(f"| {row['size']} | {row['frames']} | {row['floor_fps']:.1f} | {row['end_to_end_fps']:.1f} | "
                      f"{row['floor_over_end_to_end']:.2f}x | {ms['decode']:.1f} | {ms['network']:.1f} | "
                      f"{ms['smoothing']:.1f} | {ms['colour']:.1f} | {ms['encode']:.1f} |")
+    for row in results["sizes"]:
+        if row.get("with_references_fps"):
+            lines.append(f"\n{row['size']} with references at frames {', '.join(map(str, row['reference_frames']))}: "
+                         f"{row['with_references_fps']:.1f} fps end to end against {row['end_to_end_fps']:.1f} "
+                         f"without ({row['reference_cost']:+.1%} time per frame)")
     if "memory" in results:
         lines += ["", f"peak RSS of the whole job at {results['memory']['size']}:"]
         lines += [f"- {run['seconds']:.0f} s film: {run['peak_rss_mib']:.0f} MiB" for run in results["memory"]["runs"]]
