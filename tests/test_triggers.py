@@ -189,6 +189,8 @@ def test_eligibility_takes_photos_and_films_and_never_our_outputs():
     assert eligibility("s3://scans/scan.tiff", out) == "eligible"
     assert eligibility("s3://scans/notes.txt", out) == "unsupported"
     assert eligibility("s3://scans/README", out) == "unsupported"
+    assert eligibility("s3://scans/reel.mkv.references/12.5.png", out) == "unsupported"  # a film's reference picture
+    assert eligibility("s3://scans/album.references/12.5.png", out) == "eligible"  # a folder that only looks like one
     assert eligibility("s3://scans/colorized/a.jpg", out) == "own_output"
     assert eligibility("s3://scans/colorized-old/a.jpg", out) == "eligible"  # a sibling, not under the prefix
     assert eligibility("s3://other/colorized/a.jpg", out) == "eligible"

@@ -138,11 +138,14 @@ def is_within(uri: str, folder: str) -> bool:
 
 def eligibility(input_uri: str, output_prefix: str) -> Eligibility:
     """Whether a trigger takes ``input_uri``: ``own_output`` for anything under the output prefix (checked first, so
-    our own results never loop back in), ``unsupported`` for anything that is not a photo or film by extension."""
+    our own results never loop back in), ``unsupported`` for anything that is not a photo or film by extension, or is
+    a picture in a film's ``<name>.references/`` folder."""
     if is_within(input_uri, output_prefix):
         return "own_output"
     if PurePosixPath(parse_uri(input_uri)[2]).suffix.lower() not in SUPPORTED_EXTENSIONS:
         return "unsupported"
+    if _reference_film(input_uri) is not None:
+        return "unsupported"  # a film's reference picture (worker.references) is not a photo to colorize
     return "eligible"
 
 
