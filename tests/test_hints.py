@@ -15,7 +15,17 @@ from PIL import Image
 from models.color import delta_e_ciede2000_np, lab_to_rgb_np, rgb_to_lab_np
 from models.colorizer import Colorizer
 from models.engines import create_engine
-from models.hints import ColourHints, ColourPoint, ColourRegion, propagate_correction, rasterize
+from models.hints import (
+    DECAY,
+    FEW_HINTS,
+    ColourHints,
+    ColourPoint,
+    ColourRegion,
+    decay_for,
+    hinted_grid,
+    propagate_correction,
+    rasterize,
+)
 from worker.cli import main
 from worker.hints import HintError, HintSpec, load_hints_file, parse_hints
 from worker.images import read_provenance
@@ -78,6 +88,27 @@ def test_propagation_spreads_over_flat_ground_stops_at_edges_and_fades_with_dist
     assert same_side[10, 15] > 10.0  # ten cells along the same object: a good share of the hint
     assert same_side[10, 15] < same_side[10, 8]  # fading with distance
     assert np.abs(correction[:, :, 21:]).max() < 2.0  # across the edge: next to nothing
+
+
+def test_a_lone_hint_reaches_less_far_than_hints_among_others():
+    """Two objects of one lightness side by side (no edge of L between them, a strip of 80 cells): one hint on the
+    first must not repaint the second, while several hints keep the long reach that fills in between them."""
+    assert decay_for(1) == FEW_HINTS * DECAY and decay_for(2) == FEW_HINTS * DECAY / 2
+    assert decay_for(FEW_HINTS) == DECAY == decay_for(20)
+    height, width = 9, 80
+    L = np.full((height, width), 50.0, np.float32)
+    network = torch.zeros(2, height, width)
+    red = (40.0, 10.0)
+
+    def spread(xs: list[int]) -> np.ndarray:
+        hints = ColourHints(points=tuple(ColourPoint(x, 4, red, radius=0.5) for x in xs))
+        return hinted_grid(network, L, 1, hints, (height, width), (height, width))[0, 4].numpy() / red[0]
+
+    lone, many = spread([4]), spread([1, 2, 3, 4])
+    assert lone[4] > 0.99 and many[4] > 0.99  # both held at the hint
+    assert lone[8] > 0.3  # the hint's own object, next to it, takes its colour
+    assert lone[24] < 0.12 and lone[24] < 0.5 * many[24]  # twenty cells on, the lone hint has all but faded
+    assert many[24] > 0.2
 
 
 def test_hints_are_honoured_at_their_pixels_and_spread_within_their_object_only(colorizer):
