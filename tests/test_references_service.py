@@ -36,6 +36,7 @@ from worker.photos import open_colorizer
 from worker.references import parse_reference_arg
 from worker.service import Service
 from worker.smoothing import SmoothingOptions
+from worker.triggers import S3Event, submit_events
 from worker.video_sink import EncodeOptions
 
 SEGMENT_SECONDS = 0.25  # 6 frames: the reference (frame 12) colours frames of segments 0 and 1 from segment 2
@@ -246,3 +247,24 @@ def test_submit_reference_and_bulk_reference_folders(reference_service, scene, t
     # A rerun finds both jobs done: the folder's pictures give the same job id in bulk as at submission.
     assert main(["bulk", "s3://scans/box/", "-o", "s3://colour/box/", *job_args]) == 1
     assert "submitted 0, 2 already done" in capsys.readouterr().out
+
+
+def test_an_event_sends_a_film_with_its_reference_folder_checked_as_bulk_does(reference_service, scene):
+    client, _, s3, _, model = reference_service
+    clip, _, picture, gray = scene
+    for name in "ab":
+        put_object(s3, f"s3://scans/events/{name}.mkv", clip)
+    put_object(s3, "s3://scans/events/a.mkv.references/0.5.png", picture)
+    put_object(s3, "s3://scans/events/b.mkv.references/frame_12.png", gray)
+    events = [S3Event("scans", f"events/{name}.mkv", None, None, "ObjectCreated:Put") for name in "ab"]
+
+    results = submit_events(client, events, "s3://colour/", spec("s3://scans/x.mkv", "s3://colour/", model).options,
+                            client.settings.guidance_limits)
+
+    [job] = results.jobs
+    references = client.get(job.job_id).spec.options.references
+    assert job.input == "s3://scans/events/a.mkv" and references[0]["time"] == "0.5" and len(references) == 1
+    [(film, reason)] = results.rejected
+    assert film == "s3://scans/events/b.mkv"
+    assert reason.startswith("job spec: options.references[0].image: s3://scans/events/b.mkv.references/frame_12.png: "
+                             "is gray")

@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote_plus
 
@@ -23,8 +24,9 @@ import redis
 
 from tests.services import redis_server, s3_server, s3_settings  # noqa: F401  (fixtures)
 from worker.errors import StorageError
+from worker.hints import parse_hints_bytes
 from worker.jobs import JobOptions, JobSpec, JobStore
-from worker.storage import ObjectInfo, Storage, UnsafeKeyError
+from worker.storage import ObjectInfo, Storage, UnsafeKeyError, parse_uri
 from worker.triggers import (
     BulkReport,
     S3Event,
@@ -542,3 +544,116 @@ def test_report_paragraph_lists_failures_and_stop_reason():
         report.fail(f"s3://a/{index}.jpg", "bad\nkey")
     text = report.report()
     assert "\n" not in text and "300 keys/min" in text and "(and 2 more)" in text and "Stopped early: x" in text
+
+
+# -------------------------------------------------------------------------------------------- sidecars in events
+
+HINTS = {"points": [{"x": 4, "y": 3, "color": "#2a3f8f"}]}
+
+
+def created_body(*infos: ObjectInfo) -> str:
+    """An S3 event notification with an ObjectCreated record per object."""
+    return json.dumps({"Records": [aws_record(*parse_uri(info.uri)[1:], info.size, info.etag) for info in infos]})
+
+
+def jobs_by_input(submitter: StoreSubmitter) -> dict[str, list[JobSpec]]:
+    specs: dict[str, list[JobSpec]] = {}
+    for spec in submitter.created:
+        specs.setdefault(spec.input, []).append(spec)
+    return specs
+
+
+def test_sqs_events_send_a_photo_with_its_hints_and_a_later_hint_file_requeues_it(submitter, s3_server, caplog):  # noqa: F811
+    caplog.set_level(logging.INFO, logger="worker.triggers")
+    s3_server.make_bucket("scans")
+    hints_bytes = json.dumps(HINTS).encode()
+    expected_hints = parse_hints_bytes(hints_bytes, "test").to_dict()
+    a = put(s3_server, "scans", "box/a.jpg", b"photo a")
+    a_hints = put(s3_server, "scans", "box/a.jpg.hints.json", hints_bytes)
+    b = put(s3_server, "scans", "box/b.jpg", b"photo b")
+    sqs = s3_server.client("sqs")
+    url = sqs.create_queue(QueueName="sidecar-events")["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody=created_body(a, a_hints))  # a photo and its hints: one hinted job
+    sqs.send_message(QueueUrl=url, MessageBody=created_body(b))  # b's hints come later
+
+    first = _run_listener(submitter, sqs, url, url)
+
+    assert (first.events, first.submitted, first.existing, first.rejected) == (3, 2, 1, 0)
+    specs = jobs_by_input(submitter)
+    [a_job], [b_plain] = specs["s3://scans/box/a.jpg"], specs["s3://scans/box/b.jpg"]
+    assert a_job.options.hints == expected_hints and b_plain.options.hints is None
+    assert a_job.job_id(a.etag, a.size) != replace(a_job, options=OPTIONS).job_id(a.etag, a.size)
+
+    b_hints = put(s3_server, "scans", "box/b.jpg.hints.json", hints_bytes)
+    orphan = put(s3_server, "scans", "box/c.jpg.hints.json", hints_bytes)  # no box/c.jpg yet
+    sqs.send_message(QueueUrl=url, MessageBody=created_body(b_hints, orphan))
+
+    second = _run_listener(submitter, sqs, url, url)
+
+    assert (second.events, second.submitted, second.skipped, second.rejected) == (2, 1, 1, 0)
+    b_plain, b_hinted = jobs_by_input(submitter)["s3://scans/box/b.jpg"]
+    assert b_hinted.options.hints == expected_hints
+    assert b_hinted.job_id(b.etag, b.size) != b_plain.job_id(b.etag, b.size)  # the hints enter the job id
+    assert len(submitter.created) == 3 and "s3://scans/box/c.jpg" not in jobs_by_input(submitter)
+    assert "s3://scans/box/c.jpg is not there yet, nothing queued" in caplog.text
+    # A sweep computes the same ids: both hinted jobs are found, none is new.
+    report = bulk(submitter, "s3://scans/", "s3://out/", OPTIONS)
+    assert (report.submitted, report.already_queued, report.failed) == (0, 2, 0)
+    sqs.close()
+
+
+def test_sqs_a_bad_hint_file_fails_its_photo_in_one_line_and_the_listener_goes_on(submitter, s3_server, caplog):  # noqa: F811
+    s3_server.make_bucket("scans")
+    bad = put(s3_server, "scans", "bad.jpg", b"photo")
+    bad_hints = put(s3_server, "scans", "bad.jpg.hints.json", b'{"points": [{"x": 1, "y": 2, "color": "blue"}]}')
+    good = put(s3_server, "scans", "good.jpg", b"photo")
+    sqs = s3_server.client("sqs")
+    url = sqs.create_queue(QueueName="bad-sidecars")["QueueUrl"]
+    for info in (bad, bad_hints, good):
+        sqs.send_message(QueueUrl=url, MessageBody=created_body(info))
+
+    counts = _run_listener(submitter, sqs, url, url)
+
+    assert (counts.messages, counts.rejected, counts.submitted, counts.retried) == (3, 2, 1, 0)
+    assert [spec.input for spec in submitter.created] == ["s3://scans/good.jpg"]
+    reason = 's3://scans/bad.jpg.hints.json: points[0].color: not an sRGB hex colour like #2a3f8f: "blue"'
+    rejections = [record.getMessage() for record in caplog.records if "rejected event" in record.getMessage()]
+    assert rejections == [f"rejected event for s3://scans/bad.jpg: {reason}"] * 2
+    sqs.close()
+
+
+def test_webhook_events_send_a_film_with_its_reference_folder(webhook, submitter, s3_server, caplog):  # noqa: F811
+    caplog.set_level(logging.INFO, logger="worker.triggers")
+    auth = f"Bearer {SECRET}"
+    s3_server.make_bucket("scans")
+    film = put(s3_server, "scans", "reels/r.mkv", b"film")
+    pictures = {"reels/r.mkv.references/0.5.png": b"still one", "reels/r.mkv.references/frame_12.png": b"still two"}
+    for key, data in pictures.items():
+        put(s3_server, "scans", key, data)
+    put(s3_server, "scans", "reels/r.mkv.references/.hidden.png", b"not a reference")
+    put(s3_server, "scans", "reels/r.mkv.references/old/3.png", b"not a reference either")
+
+    status, reply = post(webhook, created_body(film), auth)
+    assert status == 200 and reply["rejected"] == [] and [job["input"] for job in reply["jobs"]] == [film.uri]
+    [with_two] = submitter.created
+    assert [(ref["time"], ref["image"]) for ref in with_two.options.references] == [
+        ("0.5", "s3://scans/reels/r.mkv.references/0.5.png"),
+        ("frame:12", "s3://scans/reels/r.mkv.references/frame_12.png"),
+    ]
+    assert all(len(ref["sha256"]) == 64 for ref in with_two.options.references)
+
+    # A picture added later queues the film again with every picture now there: a new job id.
+    later = put(s3_server, "scans", "reels/r.mkv.references/2.png", b"still three")
+    status, reply = post(webhook, created_body(later), auth)
+    assert status == 200 and reply["jobs"][0]["input"] == film.uri and reply["jobs"][0]["created"] is True
+    assert len(submitter.created[-1].options.references) == 3
+
+    # A picture for a film not uploaded yet queues nothing; a badly named one fails its film in one line.
+    orphan = put(s3_server, "scans", "reels/s.mkv.references/1.png", b"still")
+    bad = put(s3_server, "scans", "reels/r.mkv.references/soon.png", b"still")
+    status, reply = post(webhook, created_body(orphan, bad), auth)
+    assert status == 200 and reply["jobs"] == [] and reply["skipped"] == 1 and len(submitter.created) == 2
+    reason = "s3://scans/reels/r.mkv.references/soon.png: time: the name 'soon.png' is neither <seconds>.png nor"
+    [rejected] = reply["rejected"]
+    assert rejected["input"] == film.uri and rejected["reason"].startswith(reason)
+    assert "s3://scans/reels/s.mkv is not there yet, nothing queued" in caplog.text

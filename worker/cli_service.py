@@ -86,13 +86,15 @@ def add_service_commands(commands: argparse._SubParsersAction) -> None:
     _add_job_options(bulk)
     bulk.set_defaults(run=_bulk)
 
-    listen = commands.add_parser("listen", help="queue jobs from S3 event notifications in an SQS queue")
+    listen = commands.add_parser("listen", help="queue jobs from S3 event notifications in an SQS queue; "
+                                 "sidecars (hints, reference folders) go with their inputs as in bulk")
     listen.add_argument("queue", help="sqs://queue-name or the queue's https URL")
     listen.add_argument("-o", "--output", required=True, help="output prefix for every object")
     _add_job_options(listen)
     listen.set_defaults(run=_listen)
 
-    webhook = commands.add_parser("webhook", help="queue jobs from MinIO-style bucket notifications over HTTP")
+    webhook = commands.add_parser("webhook", help="queue jobs from MinIO-style bucket notifications over HTTP; "
+                                  "sidecars (hints, reference folders) go with their inputs as in bulk")
     webhook.add_argument("--host", default="0.0.0.0")
     webhook.add_argument("--port", type=int, default=8080)
     webhook.add_argument("-o", "--output", required=True, help="output prefix for every object")
@@ -333,8 +335,10 @@ def _listen(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     options = parse_options(_job_options(args))
     stop = threading.Event()
+    service = _service()
     try:
-        counts = listen_sqs(_service(), args.queue, args.output, options, stop=stop)
+        counts = listen_sqs(service, args.queue, args.output, options, stop=stop,
+                            limits=service.settings.guidance_limits)
     except KeyboardInterrupt:
         stop.set()
         return 130
@@ -352,7 +356,7 @@ def _webhook(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from worker.service import Service
 
     server, thread = serve_webhook(Service(settings), args.host, args.port, settings.webhook_secret, args.output,
-                                   options)
+                                   options, limits=settings.guidance_limits)
     print(f"webhook listening on {args.host}:{server.server_address[1]}", file=sys.stderr)
     try:
         thread.join()

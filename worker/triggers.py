@@ -12,6 +12,10 @@ its own results forever. The input's identity (ETag, size) comes from the listin
 per object, and the job id derives from it: the same object reached by a sweep, a redelivered SQS message and a
 webhook retry is one job, because :meth:`Submitter.submit` is idempotent.
 
+Every trigger sends a photo with its ``<name>.hints.json`` and a film with the pictures in its ``<name>.references/``
+folder (:func:`with_sidecars`): bulk finds them in its listing, an event looks beside its input (a HEAD for a hint
+file, a listing for a folder). A sidecar is never an input itself; its own event submits its photo or film again.
+
 Failures follow :mod:`worker.errors`: a permanently bad key or message is reported (and an SQS message deleted) with
 its reason; a transient one (Redis or S3 hiccup) is left for the sender to redeliver -- the SQS message stays on the
 queue, the webhook answers 503 -- and a bulk run stops early with a report that says a rerun resumes.
@@ -47,7 +51,16 @@ from worker.jobs import JobOptions, JobSpec, JobSpecError
 from worker.photos import FILM_EXTENSIONS, is_reference_folder
 from worker.references import REFERENCES_SUFFIX, seal_references, sidecar_references
 from worker.settings import GuidanceLimits
-from worker.storage import ObjectInfo, Storage, format_uri, join_uri, normalize_uri, parse_uri, relative_key
+from worker.storage import (
+    ObjectInfo,
+    ObjectNotFoundError,
+    Storage,
+    format_uri,
+    join_uri,
+    normalize_uri,
+    parse_uri,
+    relative_key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -345,11 +358,10 @@ class _Sidecars:
     def release(self, info: ObjectInfo | None) -> list[_Candidate]:
         """The waiting inputs whose sidecars' place the listing has passed with ``info`` (all of them at the end)."""
         if info is not None:
-            film = _reference_film(info.uri)
+            film = _picture_film(info.uri)
             if info.uri.endswith(HINTS_SUFFIX):
                 self.hints.add(info.uri)
-            elif film is not None and not re.search(r"/[.]|/.*/", info.uri[len(film + REFERENCES_SUFFIX) :]):
-                # A picture right inside the folder; hidden files (.DS_Store) and subfolders are no references.
+            elif film is not None:
                 self.pictures.setdefault(film, []).append(info.uri)
         ready = []
         while self.waiting and (info is None or _past_sidecars(self.waiting[0], info.uri)):
@@ -360,37 +372,38 @@ class _Sidecars:
 
     def _with_sidecars(self, candidate: _Candidate) -> _Candidate | None:
         uri = candidate.info.uri
+        has_hints = uri + HINTS_SUFFIX in self.hints
+        self.hints.discard(uri + HINTS_SUFFIX)
         try:
-            if candidate.spec.kind == "video":
-                options = self._references(uri, candidate.spec.options)
-            else:
-                options = self._hints(uri, candidate.spec.options)
+            spec = with_sidecars(candidate.spec, self.storage, self.limits, has_hints, self.pictures.pop(uri, []))
         except TinctError as error:
             if error.retryable:
                 raise
             self.report.fail(uri, str(error))
             return None
-        if options is candidate.spec.options:
+        if spec is candidate.spec:
             return candidate
-        spec = JobSpec(candidate.spec.input, candidate.spec.output, candidate.spec.kind, options)
         return _Candidate(candidate.info, spec, spec.job_id(candidate.info.etag, candidate.info.size))
 
-    def _hints(self, photo: str, options: JobOptions) -> JobOptions:
-        sidecar = photo + HINTS_SUFFIX
-        if sidecar not in self.hints:
-            return options
-        self.hints.discard(sidecar)
-        data = self.storage.get_bytes(sidecar, max_bytes=self.limits.max_hint_file_bytes)
-        hints = parse_hints_bytes(data, sidecar, self.limits.max_hints, self.limits.max_hint_file_bytes)
-        return replace(options, hints=hints.to_dict() if len(hints) else None)
 
-    def _references(self, film: str, options: JobOptions) -> JobOptions:
-        pictures = self.pictures.pop(film, [])
-        if not pictures:
-            return options
-        references = sidecar_references(pictures, self.limits.max_references)
-        sealed = seal_references(references, self.storage, self.limits, decode=False)
-        return replace(options, references=[reference.as_dict() for reference in sealed])
+def with_sidecars(
+    spec: JobSpec, storage: Storage, limits: GuidanceLimits, has_hints: bool, pictures: Sequence[str]
+) -> JobSpec:
+    """``spec`` with its input's sidecars in its options, so that they enter its job id: a photo's
+    ``<name>.hints.json`` (when ``has_hints``) read and validated; a film's reference ``pictures`` (the URIs in its
+    ``<name>.references/`` folder) named by time and hashed. Pictures are not decoded here: ``Service.submit``
+    checks them. ``spec`` itself when it has none. Bulk and the event triggers both come here; a bad sidecar raises
+    a permanent error naming the file and field, a store's hiccup a :class:`TransientError`."""
+    if spec.kind == "image" and has_hints:
+        sidecar = spec.input + HINTS_SUFFIX
+        data = storage.get_bytes(sidecar, max_bytes=limits.max_hint_file_bytes)
+        hints = parse_hints_bytes(data, sidecar, limits.max_hints, limits.max_hint_file_bytes)
+        return replace(spec, options=replace(spec.options, hints=hints.to_dict() if len(hints) else None))
+    if spec.kind == "video" and pictures:
+        references = sidecar_references(pictures, limits.max_references)
+        sealed = seal_references(references, storage, limits, decode=False)
+        return replace(spec, options=replace(spec.options, references=[reference.as_dict() for reference in sealed]))
+    return spec
 
 
 def _reference_film(uri: str) -> str | None:
@@ -400,6 +413,15 @@ def _reference_film(uri: str) -> str | None:
         if is_reference_folder(parts[depth]):
             return "/".join([*parts[:depth], parts[depth][: -len(REFERENCES_SUFFIX)]])
     return None
+
+
+def _picture_film(uri: str) -> str | None:
+    """The film ``uri`` is a reference picture of: right inside its ``<name>.references/`` folder, as hidden files
+    (.DS_Store) and subfolders are no references; None otherwise."""
+    film = _reference_film(uri)
+    if film is None or re.search(r"/[.]|/.*/", uri[len(film + REFERENCES_SUFFIX) :]):
+        return None
+    return film
 
 
 def _past_sidecars(candidate: _Candidate, uri: str) -> bool:
@@ -606,26 +628,45 @@ class EventResults:
     their reasons: redelivering them cannot help, so they are reported and dropped."""
 
     jobs: list[SubmittedJob] = field(default_factory=list)
-    skipped: int = 0  # unsupported extensions and keys under the output prefix
+    skipped: int = 0  # unsupported extensions, keys under the output prefix, sidecars of inputs not there yet
     rejected: list[tuple[str, str]] = field(default_factory=list)
 
 
 def submit_events(
-    submitter: Submitter, events: Iterable[S3Event], output_prefix: str, options: JobOptions
+    submitter: Submitter,
+    events: Iterable[S3Event],
+    output_prefix: str,
+    options: JobOptions,
+    limits: GuidanceLimits | None = None,
 ) -> EventResults:
-    """Submit a job for every eligible event. Transient errors propagate: the caller leaves the delivery to be
-    retried, which is harmless for the events already submitted because submission is idempotent."""
+    """Submit a job for every eligible event, with the sidecars beside its photo or film at that moment, as bulk
+    takes them (:func:`with_sidecars`, within ``limits``). An event for a sidecar submits its photo or film again with
+    the sidecars now there (a new job id), or nothing when that photo or film is not there yet: its own event will
+    take the sidecar. Transient errors propagate: the caller leaves the delivery to be retried, which is harmless for
+    the events already submitted because submission is idempotent."""
     results = EventResults()
+    limits = limits or GuidanceLimits()
     for event in events:
-        uri = event.uri
+        owner = _sidecar_owner(event.uri)
+        uri = owner or event.uri
         verdict = eligibility(uri, output_prefix)
         if verdict != "eligible":
-            logger.debug("skipping %s (%s)", uri, verdict)
+            logger.debug("skipping %s (%s)", event.uri, verdict)
             results.skipped += 1
             continue
         try:
             spec = job_spec_for(uri, None, output_prefix, options)
-            job_id, created = submitter.submit(spec, event.identity())
+            identity = event.identity() if owner is None else _stat_if_present(submitter.storage, owner)
+            if owner is not None and identity is None:
+                logger.info(
+                    "sidecar %s: %s is not there yet, nothing queued (its own event will take the sidecar)",
+                    event.uri,
+                    owner,
+                )
+                results.skipped += 1
+                continue
+            spec = with_sidecars(spec, submitter.storage, limits, *_sidecars_present(submitter.storage, spec))
+            job_id, created = submitter.submit(spec, identity)
         except (TinctError, ValueError) as error:
             if _is_transient(error):
                 raise
@@ -635,6 +676,30 @@ def submit_events(
         logger.info("%s job %s for %s", "submitted" if created else "found", job_id, uri)
         results.jobs.append(SubmittedJob(job_id, spec.input, spec.output, created))
     return results
+
+
+def _sidecar_owner(uri: str) -> str | None:
+    """The photo whose hint file ``uri`` is, or the film whose reference picture it is; None for anything else."""
+    if uri.endswith(HINTS_SUFFIX):
+        photo = uri[: -len(HINTS_SUFFIX)]
+        return photo if PurePosixPath(photo).suffix.lower() in EXTENSION_FORMATS else None
+    return _picture_film(uri)
+
+
+def _stat_if_present(storage: Storage, uri: str) -> ObjectInfo | None:
+    try:
+        return storage.stat(uri)
+    except ObjectNotFoundError:
+        return None
+
+
+def _sidecars_present(storage: Storage, spec: JobSpec) -> tuple[bool, list[str]]:
+    """What an event's photo or film has beside it now, for :func:`with_sidecars`: one HEAD for a photo's hint file,
+    one listing of a film's reference folder."""
+    if spec.kind == "image":
+        return storage.exists(spec.input + HINTS_SUFFIX), []
+    listing = storage.list(spec.input + REFERENCES_SUFFIX)
+    return False, [info.uri for info in listing if _picture_film(info.uri) == spec.input]
 
 
 # ------------------------------------------------------------------------------------------------------- SQS
@@ -693,7 +758,7 @@ class ListenCounts:
     events: int = 0  # ObjectCreated events in those messages
     submitted: int = 0  # new jobs
     existing: int = 0  # events whose job already existed: duplicates and redeliveries
-    skipped: int = 0  # unsupported extensions and keys under the output prefix
+    skipped: int = 0  # unsupported extensions, keys under the output prefix, sidecars of inputs not there yet
     rejected: int = 0  # permanently bad events (unsafe keys, bad specs), logged with their reasons
     malformed: int = 0  # messages that were not S3 events: logged and deleted
     retried: int = 0  # messages left on the queue after a transient failure, for SQS to redeliver
@@ -716,6 +781,7 @@ def listen_sqs(
     stop: threading.Event,
     wait_s: int = SQS_MAX_WAIT_S,
     sqs_client: Any = None,
+    limits: GuidanceLimits | None = None,
 ) -> ListenCounts:
     """Long-poll an SQS queue of S3 event notifications and submit a job per new photo or film until ``stop``.
 
@@ -750,7 +816,7 @@ def listen_sqs(
                 _release(client, url, messages[index:])
                 break
             counts.messages += 1
-            if _handle_message(submitter, message, output, options, counts):
+            if _handle_message(submitter, message, output, options, counts, limits):
                 failures_in_a_row = 0
                 _delete(client, url, message)
                 continue
@@ -765,7 +831,12 @@ def listen_sqs(
 
 
 def _handle_message(
-    submitter: Submitter, message: Mapping[str, Any], output: str, options: JobOptions, counts: ListenCounts
+    submitter: Submitter,
+    message: Mapping[str, Any],
+    output: str,
+    options: JobOptions,
+    counts: ListenCounts,
+    limits: GuidanceLimits | None,
 ) -> bool:
     """Handle one message; True when it may be deleted (done, or permanently bad), False to leave it."""
     message_id = message.get("MessageId", "?")
@@ -777,7 +848,7 @@ def _handle_message(
         return True
     counts.events += len(events)
     try:
-        results = submit_events(submitter, events, output, options)
+        results = submit_events(submitter, events, output, options, limits)
     except Exception as error:
         # Transient by type, or unexpected: either way redelivery (then the dead-letter queue) is the safe
         # answer for a daemon, rather than dying or dropping an event.
@@ -823,6 +894,7 @@ class _WebhookConfig:
     output_prefix: str
     options: JobOptions
     max_body_bytes: int
+    limits: GuidanceLimits | None
 
 
 class _WebhookServer(ThreadingHTTPServer):
@@ -889,7 +961,7 @@ class _WebhookHandler(BaseHTTPRequestHandler):
             self._reply(HTTPStatus.BAD_REQUEST, {"error": one_line(error)})
             return
         try:
-            results = submit_events(config.submitter, events, config.output_prefix, config.options)
+            results = submit_events(config.submitter, events, config.output_prefix, config.options, config.limits)
         except Exception as error:
             # 503 and 500 both make MinIO (and most senders) retry, which is what a hiccup needs; the event is
             # not lost, and events already submitted from this body are found again on the retry.
@@ -943,6 +1015,7 @@ def serve_webhook(
     options: JobOptions,
     *,
     max_body_bytes: int = MAX_WEBHOOK_BYTES,
+    limits: GuidanceLimits | None = None,
 ) -> tuple[ThreadingHTTPServer, threading.Thread]:
     """Serve the webhook on ``host:port`` (0 picks a free port: see ``server.server_address``) in a daemon thread.
 
@@ -954,7 +1027,7 @@ def serve_webhook(
     if not isinstance(secret, str) or not secret.strip():
         raise ValueError("the webhook needs a shared secret (TINCT_WEBHOOK_SECRET); refusing to serve without one")
     config = _WebhookConfig(
-        submitter, secret.strip().encode("utf-8"), normalize_uri(output_prefix), options, max_body_bytes
+        submitter, secret.strip().encode("utf-8"), normalize_uri(output_prefix), options, max_body_bytes, limits
     )
     server = _WebhookServer((host, port), config)
     thread = threading.Thread(target=server.serve_forever, name="tinct-webhook", daemon=True)
