@@ -36,7 +36,7 @@ from worker.photos import open_colorizer
 from worker.references import parse_reference_arg
 from worker.service import Service
 from worker.smoothing import SmoothingOptions
-from worker.triggers import S3Event, submit_events
+from worker.triggers.events import S3Event, submit_events
 from worker.video_sink import EncodeOptions
 
 SEGMENT_SECONDS = 0.25  # 6 frames: the reference (frame 12) colours frames of segments 0 and 1 from segment 2

@@ -227,7 +227,7 @@ def test_bulk_and_sqs_events_reach_the_workers(service_env, monkeypatch, capsys)
 
     from worker.cli import main
     from worker.jobs import JobOptions
-    from worker.triggers import listen_sqs
+    from worker.triggers.sqs import listen_sqs
 
     client, start_worker, s3, redis, model = service_env
     for name in ("a", "b"):
@@ -271,7 +271,7 @@ def test_bulk_and_sqs_events_reach_the_workers(service_env, monkeypatch, capsys)
 
 def test_webhook_event_becomes_a_job_and_cancel_stops_a_queued_one(service_env):
     from worker.jobs import JobOptions
-    from worker.triggers import serve_webhook
+    from worker.triggers.webhook import serve_webhook
 
     client, start_worker, s3, _, model = service_env
     put_object(s3, "s3://scans/hook/d.png", gray_png(4))

@@ -27,19 +27,11 @@ from worker.errors import StorageError
 from worker.hints import parse_hints_bytes
 from worker.jobs import JobOptions, JobSpec, JobStore
 from worker.storage import ObjectInfo, Storage, UnsafeKeyError, parse_uri
-from worker.triggers import (
-    BulkReport,
-    S3Event,
-    bulk,
-    eligibility,
-    is_within,
-    listen_sqs,
-    make_sqs_client,
-    output_uri_for,
-    parse_s3_events,
-    parse_sqs_uri,
-    serve_webhook,
-)
+from worker.triggers.bulk import BulkReport, bulk
+from worker.triggers.events import S3Event, parse_s3_events
+from worker.triggers.mapping import eligibility, is_within, output_uri_for
+from worker.triggers.sqs import listen_sqs, make_sqs_client, parse_sqs_uri
+from worker.triggers.webhook import serve_webhook
 
 SECRET = "hook-secret-7f3a9c"
 OPTIONS = JobOptions(smoothing=0.25)

@@ -317,7 +317,7 @@ def _fail(message: str) -> int:
 
 
 def _bulk(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from worker.triggers import bulk
+    from worker.triggers.bulk import bulk
 
     try:
         options = parse_options(_job_options(args))
@@ -331,7 +331,7 @@ def _bulk(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _listen(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from worker.triggers import listen_sqs
+    from worker.triggers.sqs import listen_sqs
 
     options = parse_options(_job_options(args))
     stop = threading.Event()
@@ -347,7 +347,7 @@ def _listen(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _webhook(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from worker.triggers import serve_webhook
+    from worker.triggers.webhook import serve_webhook
 
     settings = Settings.from_env()
     if not settings.webhook_secret:
