@@ -12,15 +12,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import worker.references
 from models.color import lab_to_rgb_np, rgb_to_lab_np
 from models.references import ReferenceTrack, blend, combine, reference_cells
 from tests.media import decode_rgb, gray_frames, moving_scene, write_clip
 from worker.cli import main
 from worker.films import FilmOptions, colorize_film
 from worker.photos import open_colorizer
-from worker.references import ReferenceError, frame_index, load_reference_image, parse_reference_arg
+from worker.references import (
+    ReferenceError,
+    ReferenceField,
+    ResolvedReference,
+    frame_index,
+    load_reference_image,
+    parse_reference_arg,
+)
 from worker.smoothing import SmoothingOptions
-from worker.video_sink import EncodeOptions
+from worker.video_sink import EncodeOptions, plan_output
 from worker.video_source import probe_film
 
 FRAMES, CUT, REFERENCE = 36, 24, 12
@@ -89,6 +97,39 @@ def test_segments_give_what_a_whole_pass_gives_with_a_reference_in_another_segme
     parts = np.stack(film(colorizer, source, tmp_path / "parts.mkv", 0.25, references)).astype(np.int32)
     assert whole.shape == parts.shape
     assert np.abs(whole - parts).max() <= 2 and np.abs(whole - parts).mean() < 0.05
+
+
+def test_references_share_one_lazy_decode_and_lay_what_each_lays_alone(colorizer, scene, monkeypatch):
+    source, truth, _ = scene
+    film_info = probe_film(source, 1 << 40)
+    layout = plan_output(film_info.video, EncodeOptions("ffv1")).frame
+    references = [ResolvedReference(index, truth_ab(truth[index])) for index in (REFERENCE, 30)]
+    decoded = []
+    real_frames = worker.references._frames
+
+    def counting(*args):
+        for frame in real_frames(*args):
+            decoded.append(frame.index)
+            yield frame
+
+    monkeypatch.setattr(worker.references, "_frames", counting)
+    both = ReferenceField(film_info, layout, colorizer[0], SmoothingOptions(0.5), references, 0, FRAMES)
+    assert sorted(decoded) == list(range(FRAMES))  # every frame once, for both references
+    decoded.clear()
+    alone = [ReferenceField(film_info, layout, colorizer[0], SmoothingOptions(0.5), [r], 0, FRAMES) for r in references]
+    # Alone, the first reference decodes its shot and the cut's first frame, not the rest of its reach.
+    assert decoded == [*range(CUT + 1), *range(FRAMES)]
+    assert set(both.tracks) == set(alone[0].tracks) | set(alone[1].tracks) == set(range(FRAMES))
+    for index, tracks in both.tracks.items():
+        (expected,) = [t for field in alone for t in field.tracks.get(index, [])]  # a cut lies between the two
+        (track,) = tracks
+        np.testing.assert_array_equal(track.positions, expected.positions)
+        np.testing.assert_array_equal(track.confidence, expected.confidence)
+
+
+def truth_ab(frame: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(rgb_to_lab_np(frame.astype(np.float64) / 255)[..., 1:].transpose(2, 0, 1),
+                                dtype=np.float32)
 
 
 def test_reference_maths_blend_by_confidence():

@@ -40,7 +40,7 @@ from models.references import MIN_CONFIDENCE, ReferenceTrack, blend, combine, fa
 from worker.errors import BadInputError, PermanentError
 from worker.images import COLOUR_THRESHOLD, colour_score
 from worker.settings import GuidanceLimits
-from worker.smoothing import SmoothingOptions, carry_reference
+from worker.smoothing import FlowFrame, SmoothingOptions, carry_reference
 from worker.storage import Storage, normalize_uri, parse_uri
 from worker.video_source import FilmInfo, FrameLayout, decode_frames
 
@@ -359,7 +359,9 @@ class ReferenceField:
 
     Each reference that can reach the range is followed through the frames around it (decoded again for this,
     render L only, no network), so a segment gets from a reference in another segment exactly what a whole-film
-    pass gives it. ``lay(index, ab_grid)`` then blends them into a frame's grid ab after the temporal smoothing.
+    pass gives it. References whose reach overlaps share that decode: each frame is decoded and rendered once, however
+    many references reach it. ``lay(index, ab_grid)`` then blends them into a frame's grid ab after the temporal
+    smoothing.
     """
 
     def __init__(self, film: FilmInfo, layout: FrameLayout, colorizer: Colorizer, smoothing: SmoothingOptions,
@@ -367,19 +369,25 @@ class ReferenceField:
         self.tracks: dict[int, list[ReferenceTrack]] = {}
         fade = fade_per_frame(film.fps)
         reach = math.ceil(math.log(MIN_CONFIDENCE) / math.log(fade))
-        for reference in references:
-            window = (max(0, reference.frame - reach), min(film.frames, reference.frame + reach + 1))
-            if window[1] <= first or window[0] >= stop:
-                continue
-            renders = [colorizer.render(frame.L) for frame in _frames(film, layout, *window)]
-            cells = reference_cells(reference.ab, (renders[0].render_height, renders[0].render_width),
-                                    renders[0].padded.shape, colorizer.output_stride)
-            carried = carry_reference([r.padded for r in renders], reference.frame - window[0], cells, smoothing,
-                                      colorizer.output_stride, fade)
-            for position, track in carried.items():
-                index = window[0] + position
-                if first <= index < stop:
-                    self.tracks.setdefault(index, []).append(track)
+        windows = [(reference, max(0, reference.frame - reach), min(film.frames, reference.frame + reach + 1))
+                   for reference in references]
+        windows = [w for w in windows if w[2] > first and w[1] < stop]
+        for start, group in _overlapping(windows):
+            frames = _FlowFrames(film, layout, colorizer, start, max(w[2] for w in group))
+            try:
+                for reference, window_start, window_stop in group:
+                    cells = reference_cells(reference.ab, *frames.geometry(reference.frame - start),
+                                            colorizer.output_stride)
+                    # Exactly the reference's own window, wherever the group begins: what it lays on is the same.
+                    carried = carry_reference(frames.window(window_start - start, window_stop - start),
+                                              reference.frame - window_start, cells, smoothing,
+                                              colorizer.output_stride, fade)
+                    for position, track in carried.items():
+                        index = window_start + position
+                        if first <= index < stop:
+                            self.tracks.setdefault(index, []).append(track)
+            finally:
+                frames.close()
 
     def lay(self, index: int, ab_grid: np.ndarray) -> np.ndarray:
         """Frame ``index``'s grid ab ``(2, h, w)`` with the references that reach it laid on."""
@@ -391,6 +399,66 @@ class ReferenceField:
     @property
     def frames(self) -> int:
         return len(self.tracks)
+
+
+class _FlowFrames:
+    """Frames ``start .. stop - 1`` of a film as ``FlowFrame``s, decoded (render L only) once and only as far as they
+    are asked for: a reference whose shot ends early does not decode the rest of its reach."""
+
+    def __init__(self, film: FilmInfo, layout: FrameLayout, colorizer: Colorizer, start: int, stop: int) -> None:
+        self._decoder = _frames(film, layout, start, stop)
+        self._colorizer = colorizer
+        self._frames: list[FlowFrame] = []
+        self._geometry: tuple[tuple[int, int], tuple[int, int]] | None = None
+        self.length = stop - start
+
+    def get(self, position: int) -> FlowFrame:
+        while len(self._frames) <= position:
+            render = self._colorizer.render(next(self._decoder).L)
+            self._geometry = self._geometry or ((render.render_height, render.render_width), render.padded.shape)
+            self._frames.append(FlowFrame.of(render.padded))
+        return self._frames[position]
+
+    def geometry(self, position: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The render's size and its padded size (as frame ``position``, which is decoded, has them)."""
+        self.get(position)
+        assert self._geometry is not None
+        return self._geometry
+
+    def window(self, start: int, stop: int) -> _FlowWindow:
+        return _FlowWindow(self, start, stop)
+
+    def close(self) -> None:
+        self._decoder.close()
+
+
+@dataclass(frozen=True)
+class _FlowWindow(Sequence):
+    """Positions ``start .. stop - 1`` of a ``_FlowFrames``, indexed from 0: what ``carry_reference`` reads."""
+
+    frames: _FlowFrames
+    start: int
+    stop: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, position: int) -> FlowFrame:  # type: ignore[override]  # no slices: read in order
+        if not 0 <= position < len(self):
+            raise IndexError(position)
+        return self.frames.get(self.start + position)
+
+
+def _overlapping(windows: list[tuple[ResolvedReference, int, int]]) -> Iterator[tuple[int, list]]:
+    """Reference windows ``(reference, start, stop)`` gathered into runs whose frames overlap: ``(start, windows)``."""
+    group: list[tuple[ResolvedReference, int, int]] = []
+    for window in sorted(windows, key=lambda w: w[1]):
+        if group and window[1] >= max(w[2] for w in group):
+            yield group[0][1], group
+            group = []
+        group.append(window)
+    if group:
+        yield group[0][1], group
 
 
 def _frames(film: FilmInfo, layout: FrameLayout, start: int, stop: int) -> Iterator:

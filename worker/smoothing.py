@@ -377,8 +377,22 @@ def _cell_motion(
     return flow, visibility
 
 
+@dataclass(frozen=True)
+class FlowFrame:
+    """One frame as the flow and the cut test see it: its normalized render L and that L's cumulative histogram.
+    Small (a byte a render pixel), so the frames around several references can be kept once for all of them."""
+
+    normalized: np.ndarray
+    cdf: np.ndarray
+
+    @classmethod
+    def of(cls, L_render: np.ndarray) -> FlowFrame:
+        normalized = _normalized_u8(L_render)
+        return cls(normalized, _cumulative_histogram(normalized))
+
+
 def carry_reference(
-    L_renders: Sequence[np.ndarray],
+    frames: Sequence[FlowFrame],
     reference: int,
     cells: np.ndarray,
     options: SmoothingOptions,
@@ -387,20 +401,21 @@ def carry_reference(
 ) -> dict[int, ReferenceTrack]:
     """A reference frame's colours carried forward and backward through its shot (``models.references``).
 
-    ``L_renders`` are the padded render L of consecutive frames, the reference at position ``reference`` with its
-    ``cells`` ``(2, h, w)``. Returns ``{position: track}`` for every frame the reference reaches: it stops at the
-    first scene cut on each side (the very test the smoother makes between those two frames, so a reference never
-    crosses a cut the smoother saw) and where its confidence has faded out. The result depends only on these
-    frames, never on where a segment begins, so a film colorized in segments gets the same colours as one
-    colorized whole.
+    ``frames`` are consecutive frames (``FlowFrame.of`` their padded render L), the reference at position
+    ``reference`` with its ``cells`` ``(2, h, w)``. Returns ``{position: track}`` for every frame the reference
+    reaches: it stops at the first scene cut on each side (the very test the smoother makes between those two
+    frames, so a reference never crosses a cut the smoother saw) and where its confidence has faded out. The result
+    depends only on these frames, never on where a segment begins, so a film colorized in segments gets the same
+    colours as one colorized whole.
     """
-    normalized = [_normalized_u8(L) for L in L_renders]
-    cdfs = [_cumulative_histogram(n) for n in normalized]
+    # Frames are read in order and only as far as the reference reaches, so ``frames`` may decode lazily: a shot that
+    # ends long before the reach is over costs no frames beyond its cut.
     cells_h, cells_w = cells.shape[1:]
     tracks = {reference: ReferenceTrack.start(cells)}
     track = tracks[reference]
-    for t in range(reference + 1, len(normalized)):
-        motion = _measure_motion(normalized[t - 1], cdfs[t - 1], normalized[t], cdfs[t], options)  # flow t -> t-1
+    for t in range(reference + 1, len(frames)):
+        before, after = frames[t - 1], frames[t]
+        motion = _measure_motion(before.normalized, before.cdf, after.normalized, after.cdf, options)  # flow t -> t-1
         if _is_cut(motion, options):
             break
         track = track.step(*_cell_motion(motion, options, output_stride, cells_h, cells_w), fade)
@@ -409,11 +424,12 @@ def carry_reference(
         tracks[t] = track
     track = tracks[reference]
     for t in range(reference - 1, -1, -1):
+        before, after = frames[t], frames[t + 1]
         # The cut test is the smoother's, made in its direction (flow from t+1 to t); carrying needs the flow
         # the other way, from frame t into frame t+1, whose colours are known.
-        if _is_cut(_measure_motion(normalized[t], cdfs[t], normalized[t + 1], cdfs[t + 1], options), options):
+        if _is_cut(_measure_motion(before.normalized, before.cdf, after.normalized, after.cdf, options), options):
             break
-        motion = _measure_motion(normalized[t + 1], cdfs[t + 1], normalized[t], cdfs[t], options)  # flow t -> t+1
+        motion = _measure_motion(after.normalized, after.cdf, before.normalized, before.cdf, options)  # flow t -> t+1
         track = track.step(*_cell_motion(motion, options, output_stride, cells_h, cells_w), fade)
         if not track.alive:
             break
