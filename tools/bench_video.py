@@ -8,9 +8,9 @@ sample photos (a slow pan and zoom over each, with film grain, hard cuts between
 * **end to end** - ``worker.films.colorize_film`` from file to file (probe, segments, decode, network,
   smoothing, colour, encode, join): what ``tinct colorize film.mp4`` delivers. Busy seconds per stage come
   from the pipeline; stages run concurrently, so they add up to more than the wall time.
-* **with references** (``--reference-frames 0``) - the same end-to-end run again with a colour reference picture
-  at each of those frames (``worker.references``: decoded again around each reference, carried by flow through its
-  shot): what references add to a film's cost.
+* **with references** (``--reference-frames 0``) - the same end-to-end run with a colour reference picture at each
+  of those frames (``worker.references``: the frames around them decoded again, colours carried by flow through
+  their shots), alternated with runs without, medians of 3 each: what references add to a film's cost.
 * **memory** (``--memory-seconds 10,40``) - peak RSS of the whole film job in a fresh process for two film
   lengths, to show that memory does not grow with the film.
 """
@@ -45,6 +45,7 @@ SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 FPS = 24
 GRAIN_SIGMA = 4.0  # film grain in 8-bit code values: it is what makes real films expensive to encode
 SECONDS_PER_SHOT = 2.5
+REFERENCE_ROUNDS = 3  # end-to-end runs with and without references, alternated, when references are measured
 
 
 def make_test_film(path: Path, width: int, height: int, seconds: float, seed: int = 0) -> Path:
@@ -141,19 +142,25 @@ def bench_size(colorizer, label: str, width: int, height: int, seconds: float, e
     with tempfile.TemporaryDirectory() as tmp:
         film_path = make_test_film(Path(tmp) / f"film-{width}x{height}.mp4", width, height, seconds)
         frames, floor_s = bench_floor(film_path, encode)
-        options = FilmOptions(smoothing=smoothing, encode=encode)
+        options = FilmOptions(smoothing=smoothing, encode=encode, overwrite=True)
         outcome = colorize_film(colorizer, film_path, Path(tmp) / "colour.mkv", options, label)
-        with_references = None
+        end_to_end_fps, with_references = outcome.fps, None
         if reference_frames:
             picture = make_reference_picture(Path(tmp) / "reference.png", width, height)
-            references = tuple(FilmReference(f"frame:{index}", str(picture)) for index in reference_frames)
-            guided = colorize_film(colorizer, film_path, Path(tmp) / "guided.mkv",
-                                   replace(options, references=references), label)
-            with_references = guided.fps
+            guided = replace(options, references=tuple(FilmReference(f"frame:{index}", str(picture))
+                                                       for index in reference_frames))
+            # Alternated, medians of REFERENCE_ROUNDS each: a shared machine's drift hits both alike.
+            plain_fps, guided_fps = [outcome.fps], []
+            for round_ in range(REFERENCE_ROUNDS):
+                guided_fps.append(colorize_film(colorizer, film_path, Path(tmp) / "guided.mkv", guided, label).fps)
+                if round_ + 1 < REFERENCE_ROUNDS:
+                    plain_fps.append(colorize_film(colorizer, film_path, Path(tmp) / "colour.mkv", options,
+                                                   label).fps)
+            end_to_end_fps, with_references = float(np.median(plain_fps)), float(np.median(guided_fps))
     times = outcome.times
     stages = {name: getattr(times, name) / frames * 1000 for name in ("decode", "network", "smoothing", "colour",
                                                                       "encode")}
-    return VideoRates(f"{width}x{height}", frames, frames / floor_s, outcome.fps, stages, len(reference_frames),
+    return VideoRates(f"{width}x{height}", frames, frames / floor_s, end_to_end_fps, stages, len(reference_frames),
                       with_references)
 
 
