@@ -71,3 +71,32 @@ def test_promote_records_render_sizes_that_the_colorizer_uses(tiny_checkpoint: P
     with pytest.raises(SystemExit):
         promote.main([str(tiny_checkpoint), "-o", str(tmp_path / "bad.pt"), "--min-render-size", "-5"])
     assert not (tmp_path / "bad.pt").exists()
+
+
+def test_promote_averages_weights_with_another_checkpoint(tiny_checkpoint: Path, tiny_regression_checkpoint: Path,
+                                                          tmp_path: Path, capsys) -> None:
+    from models.checkpoint import save_checkpoint
+    from models.registry import create_model
+
+    torch.manual_seed(1)  # a second run of the same architecture, other weights
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, create_model("effnet_unet", pretrained=False, decoder_channels=(32, 24, 16)))
+    souped = tmp_path / "soup.pt"
+    assert promote.main([str(tiny_checkpoint), "-o", str(souped), "--average-with", f"{other}:0.25", "--fp32"]) == 0
+
+    a, b, result = load_checkpoint(tiny_checkpoint), load_checkpoint(other), load_checkpoint(souped)
+    for name, tensor in result.state_dict.items():
+        if tensor.is_floating_point():
+            expected = 0.75 * a.state_dict[name].float() + 0.25 * b.state_dict[name].float()
+            assert torch.allclose(tensor, expected, atol=1e-6), name
+    assert result.provenance["weight_average"] == [{"model": a.label, "share": 0.75},
+                                                   {"model": b.label, "share": 0.25}]
+
+    # Another architecture, or shares that leave the run nothing, are refused in one line with nothing written.
+    for bad in (f"{tiny_regression_checkpoint}:0.5", f"{other}:1.0", f"{other}", f"{other}:half"):
+        with pytest.raises(SystemExit) as exc:
+            promote.main([str(tiny_checkpoint), "-o", str(tmp_path / "bad.pt"), "--average-with", bad])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert "average-with" in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "bad.pt").exists()

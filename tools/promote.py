@@ -8,6 +8,11 @@ to keep the file small. Everything that serves the model reads these from the fi
     python -m tools promote runs/default/model.pt --temperature 0.6 \\
         --evaluation eval.json -o models/weights/tinct-default.pt
 
+``--average-with OTHER.pt:0.3`` ships a weight average instead (Wortsman et al. 2022, "model soups"): 0.3 of
+OTHER's weights and the rest of the run's, for two runs of one architecture where one continued the other (a
+second run started from a candidate with another loss weight, say). Averaging such a pair lands between them,
+often on a better PSNR/colour trade-off than either's decoding can reach; it is recorded in the provenance.
+
 ``-o`` may also be ``s3://bucket/prefix/NAME.pt``, to publish into a model store: workers with
 ``TINCT_MODEL_STORE=s3://bucket/prefix/`` then load it for jobs that ask for ``model="NAME"``. The object
 appears in one upload (a single PUT, or a multipart upload that completes at once), so a worker never reads
@@ -23,9 +28,12 @@ import logging
 import os
 import tempfile
 from pathlib import Path, PurePosixPath
+from collections.abc import Sequence
 from typing import Any
 
-from models.checkpoint import CheckpointError, is_model_name, load_checkpoint, save_checkpoint
+import torch
+
+from models.checkpoint import Checkpoint, CheckpointError, is_model_name, load_checkpoint, save_checkpoint
 from models.onnx_export import decode_tag
 from models.predictor import DecodeOptions
 from tools.ab_prior import measure_ab_prior
@@ -53,10 +61,12 @@ def promote(
     source: Path, output: str | os.PathLike, decode: DecodeOptions | None = None,
     evaluation: dict[str, Any] | None = None, half: bool = True, storage: Storage | None = None,
     render_size: int | None = None, min_render_size: int | None = None,
+    average_with: Sequence[tuple[Path, float]] = (),
 ) -> str:
     """Re-save ``source`` as ``output`` (a path, or an ``s3://`` URI with ``storage``) with the given decoding,
-    evaluation and render size (the model's own from then on: ``models.colorizer.preferred_render_size``);
-    returns the new weights hash."""
+    evaluation and render size (the model's own from then on: ``models.colorizer.preferred_render_size``), its
+    weights averaged with ``average_with``'s (each checkpoint with its share; ``source`` keeps the rest); returns
+    the new weights hash."""
     ckpt = load_checkpoint(source)
     decode = decode or DecodeOptions(**ckpt.decode)
     provenance = dict(ckpt.provenance)
@@ -72,6 +82,11 @@ def promote(
             raise ValueError(f"min render size {min_render_size} must be >= 0 (0: never enlarge small photos)")
         provenance["min_render_size"] = min_render_size
     model = ckpt.build_model()
+    if average_with:
+        others = [(load_checkpoint(path), share) for path, share in average_with]
+        model.load_state_dict(averaged_weights(ckpt, others), strict=True)
+        provenance["weight_average"] = [{"model": ckpt.label, "share": 1 - sum(share for _, share in others)}] + [
+            {"model": other.label, "share": share} for other, share in others]
     scheme, _, local_path = parse_uri(output)
     if scheme == "file":
         return save_checkpoint(local_path, model, provenance=provenance, decode=decode, half=half)
@@ -82,6 +97,37 @@ def promote(
         digest = save_checkpoint(local, model, provenance=provenance, decode=decode, half=half)
         storage.upload(local, os.fspath(output), content_type="application/octet-stream")
     return digest
+
+
+def averaged_weights(ckpt: Checkpoint, others: Sequence[tuple[Checkpoint, float]]) -> dict[str, torch.Tensor]:
+    """``ckpt``'s float32 weights averaged with ``others``' (each with its share, ``ckpt`` the rest). ValueError for a
+    share outside (0, 1), shares that leave ``ckpt`` nothing, or another architecture (a model's name, config or
+    weight names)."""
+    own_share = 1.0 - sum(share for _, share in others)
+    if any(not 0.0 < share < 1.0 for _, share in others) or own_share <= 0.0:
+        raise ValueError(f"--average-with: each share must be in (0, 1) and together under 1, got "
+                         f"{', '.join(f'{share:g}' for _, share in others)}")
+    state = {name: tensor.float() * own_share if tensor.is_floating_point() else tensor
+             for name, tensor in ckpt.state_dict.items()}
+    for other, share in others:
+        where = other.path or other.label
+        if (other.model_name, other.config) != (ckpt.model_name, ckpt.config) or other.state_dict.keys() != state.keys():
+            raise ValueError(f"--average-with {where}: another architecture ({other.model_name} {other.config}) "
+                             f"than {ckpt.model_name} {ckpt.config}; only weights of one architecture average")
+        for name, tensor in other.state_dict.items():
+            if tensor.is_floating_point():
+                state[name] += tensor.float() * share
+    return state
+
+
+def _average_arg(text: str) -> tuple[Path, float]:
+    path, _, share = text.rpartition(":")
+    try:
+        if path:
+            return Path(path), float(share)
+    except ValueError:
+        pass
+    raise ValueError(f"--average-with {text}: expected PATH:SHARE, e.g. runs/other/model.pt:0.3")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-render-size", type=int, help="enlarge photos whose long side is under this before the "
                    "network sees them (0: never; default: keep the checkpoint's)")
     p.add_argument("--evaluation", type=Path, help="an `evaluate --json` report to attach to the provenance")
+    p.add_argument("--average-with", action="append", default=[], metavar="PATH:SHARE",
+                   help="average the weights with another checkpoint of the same architecture, SHARE of its weights "
+                   "(repeatable; the checkpoint keeps the rest); recorded in the provenance")
     p.add_argument("--fp32", action="store_true", help="store float32 weights instead of fp16")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -121,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             evaluation = json.loads(args.evaluation.read_text()) if args.evaluation else None
             digest = promote(args.checkpoint, output, decode, evaluation, half=not args.fp32, storage=storage,
-                             render_size=args.render_size, min_render_size=args.min_render_size)
+                             render_size=args.render_size, min_render_size=args.min_render_size,
+                             average_with=[_average_arg(text) for text in args.average_with])
     except (CheckpointError, TinctError, OSError, ValueError, KeyError) as exc:
         p.exit(2, f"promote: error: {one_line(exc)}\n")
     name = PurePosixPath(output).stem if is_model_name(PurePosixPath(output).stem) else None
