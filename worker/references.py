@@ -372,8 +372,8 @@ class ReferenceField:
         windows = [(reference, max(0, reference.frame - reach), min(film.frames, reference.frame + reach + 1))
                    for reference in references]
         windows = [w for w in windows if w[2] > first and w[1] < stop]
-        for start, group in _overlapping(windows):
-            frames = _FlowFrames(film, layout, colorizer, start, max(w[2] for w in group))
+        for start, group_stop, group in _overlapping(windows):
+            frames = _FlowFrames(film, layout, colorizer, start, group_stop)
             try:
                 for reference, window_start, window_stop in group:
                     cells = reference_cells(reference.ab, *frames.geometry(reference.frame - start),
@@ -449,16 +449,19 @@ class _FlowWindow(Sequence):
         return self.frames.get(self.start + position)
 
 
-def _overlapping(windows: list[tuple[ResolvedReference, int, int]]) -> Iterator[tuple[int, list]]:
-    """Reference windows ``(reference, start, stop)`` gathered into runs whose frames overlap: ``(start, windows)``."""
+def _overlapping(windows: list[tuple[ResolvedReference, int, int]]) -> Iterator[tuple[int, int, list]]:
+    """Reference windows ``(reference, start, stop)`` gathered into runs whose frames overlap: ``(start, stop,
+    windows)``, the run's first and past-last frame."""
     group: list[tuple[ResolvedReference, int, int]] = []
+    group_stop = 0
     for window in sorted(windows, key=lambda w: w[1]):
-        if group and window[1] >= max(w[2] for w in group):
-            yield group[0][1], group
+        if group and window[1] >= group_stop:
+            yield group[0][1], group_stop, group
             group = []
+        group_stop = max(group_stop, window[2]) if group else window[2]
         group.append(window)
     if group:
-        yield group[0][1], group
+        yield group[0][1], group_stop, group
 
 
 def _frames(film: FilmInfo, layout: FrameLayout, start: int, stop: int) -> Iterator:
