@@ -27,8 +27,8 @@ import json
 import logging
 import os
 import tempfile
-from pathlib import Path, PurePosixPath
 from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -111,7 +111,8 @@ def averaged_weights(ckpt: Checkpoint, others: Sequence[tuple[Checkpoint, float]
              for name, tensor in ckpt.state_dict.items()}
     for other, share in others:
         where = other.path or other.label
-        if (other.model_name, other.config) != (ckpt.model_name, ckpt.config) or other.state_dict.keys() != state.keys():
+        same_architecture = (other.model_name, other.config) == (ckpt.model_name, ckpt.config)
+        if not same_architecture or other.state_dict.keys() != state.keys():
             raise ValueError(f"--average-with {where}: another architecture ({other.model_name} {other.config}) "
                              f"than {ckpt.model_name} {ckpt.config}; only weights of one architecture average")
         for name, tensor in other.state_dict.items():

@@ -9,7 +9,10 @@ Losses, chosen by the model's head:
   decodes (annealed mean at the checkpoint's temperature): the distribution keeps its modes for vivid colour, and
   its decoded answer is pulled towards the truth, where PSNR is measured;
 * ``--adversarial-weight W``: adds a pix2pix PatchGAN discriminator; the generator's loss gains
-  W times the non-saturating GAN loss on its decoded ab.
+  W times the non-saturating GAN loss on its decoded ab;
+* ``--feature-weight W``: adds W times ``tools.feature_loss.FeatureLoss`` on the decoded ab: the colorized crop
+  and the truth, rendered in sRGB, should look alike to a frozen ImageNet classifier (what the ImageNet judge
+  rewards: a pool that stays blue), not only pixel by pixel.
 
 Schedule and averaging: ``--freeze-encoder-steps N`` trains the decoder alone on a frozen pretrained encoder
 first (cheaper steps: no gradients through the encoder) before the encoder joins at ``--encoder-lr-scale`` of the
@@ -64,6 +67,7 @@ from models.registry import build_config, create_model, model_from_config
 from tools import metrics as image_metrics
 from tools.ab_prior import ab_counts
 from tools.datasets import Augment, BatchSampler, DataError, PhotoBank, SourceSpec
+from tools.feature_loss import FeatureLoss
 from worker.errors import TinctError, one_line
 from worker.model_store import resolve_model
 from worker.settings import Settings
@@ -102,6 +106,7 @@ class TrainConfig:
     l1_weight: float = 10.0  # mix: weight of the L1 term on decoded ab (ab / AB_NORM units)
     rebalance_lambda: float | None = None  # None: the parent's when fine-tuning, else DEFAULT_REBALANCE_LAMBDA
     adversarial_weight: float = 0.0
+    feature_weight: float = 0.0  # weight of tools.feature_loss.FeatureLoss on the decoded ab (0: off)
     bf16: bool = False
     seed: int = 0
     log_every: int = 50
@@ -368,8 +373,11 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
     if cfg.adversarial_weight > 0:
         disc = create_model("patchgan")
         disc_opt = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    feature_loss = FeatureLoss() if cfg.feature_weight > 0 else None
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+        if feature_loss is not None:
+            feature_loss = feature_loss.to(memory_format=torch.channels_last)
     ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     step = 0
     metrics: dict = {}
@@ -413,6 +421,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
             "crop": cfg.crop,
             "loss": loss_kind,
             "adversarial_weight": cfg.adversarial_weight,
+            "feature_weight": cfg.feature_weight,
             "rebalance_lambda": cfg.rebalance_lambda if loss_kind in ("classification", "mix") else None,
             "l1_weight": cfg.l1_weight if loss_kind == "mix" else None,
             "val_split": cfg.val_split,
@@ -455,8 +464,11 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
         with autocast:
             out = model(L)
         loss = colour_loss(out, ab, loss_kind, class_weights, cfg.l1_weight, cfg.decode_temperature)
+        decoded_ab = differentiable_ab(model, out, cfg.decode_temperature) if feature_loss or disc else None
+        if feature_loss is not None:
+            loss = loss + cfg.feature_weight * feature_loss(L, decoded_ab, ab)
         if disc is not None:
-            fake_ab = differentiable_ab(model, out, cfg.decode_temperature)
+            fake_ab = decoded_ab
             real_ab = _downsample_ab(ab, fake_ab.shape[-2:])
             d_fake = disc(L, fake_ab.detach())
             d_real = disc(L, real_ab)
@@ -544,8 +556,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("steps", "batch_size", "crop", "warmup_steps", "log_every", "eval_every", "save_every", "seed",
                  "val_crops", "freeze_encoder_steps", "min_object_side"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    for name in ("encoder_lr_scale", "weight_decay", "adversarial_weight", "time_limit_min", "l1_weight",
-                 "ema_decay"):
+    for name in ("encoder_lr_scale", "weight_decay", "adversarial_weight", "feature_weight", "time_limit_min",
+                 "l1_weight", "ema_decay"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
     p.add_argument("--lr", type=float, help=f"peak learning rate (default: {DEFAULT_LR:g}; {FINE_TUNE_LR:g} for a "
                    "fine-tune)")

