@@ -12,6 +12,9 @@ import torch
 from models.checkpoint import save_checkpoint
 from models.registry import create_model
 
+# The real-service fixtures (redis_server, s3_server) for every test module that names them.
+pytest_plugins = ["tests.services"]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def single_torch_thread():

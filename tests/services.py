@@ -5,17 +5,13 @@ Tinct's service is tested against the real things, as rq's tests run against a r
 outages behave as they do in production only when the wire protocol and the process boundaries are real. The
 servers themselves live in ``tools.local_services`` so that ``python -m tools bench --service`` can start them too
 (tools may not import tests); this module re-exports them, so tests keep importing everything from here. Use the
-fixtures by importing them into a test module (``tests/conftest.py`` does not register them, so modules that do
-not need the services pay nothing)::
+fixtures ``redis_server`` and ``s3_server`` by name: ``tests/conftest.py`` registers this module as a plugin, and a
+fixture starts its server only when a test asks for it, so tests that do not need the services pay nothing::
 
-    from tests.services import redis_server_fixture, s3_server_fixture, s3_settings  # noqa: F401
+    from tests.services import s3_settings
 
     def test_something(redis_server, s3_server):
         settings = s3_settings(s3_server, redis_url=redis_server.url)
-
-The fixtures are registered under the names ``redis_server`` and ``s3_server``; importing them as
-``*_fixture`` keeps ruff's F811 (an argument redefining an imported name) quiet. ``from tests.services import
-redis_server, s3_server  # noqa: F401`` works too, at the price of that warning on every test that uses them.
 
 Each fixture starts its server once per test session (the first test that asks) and hands every test a clean one:
 Redis flushed, moto's state reset, a server a previous test stopped or killed started again. Worker subprocesses

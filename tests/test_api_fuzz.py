@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from tests.services import redis_server_fixture, s3_server_fixture, s3_settings  # noqa: F401 - fixtures by name
+from tests.services import s3_settings
 from worker.api.app import create_app
 
 TOKEN = "fuzz-token-" + "7" * 24

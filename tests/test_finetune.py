@@ -21,14 +21,11 @@ from PIL import Image
 from models.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, is_model_name, load_checkpoint, resolve_checkpoint
 from models.predictor import DecodeOptions
 from tests.conftest import gradient_image
-from tests.services import (  # noqa: F401 - the fixtures are used by name
-    JOB_TIMEOUT_S,
+from tests.services import (
     WorkerProcess,
     env_for_workers,
     get_object,
     put_object,
-    redis_server_fixture,
-    s3_server_fixture,
     s3_settings,
     wait_for_job,
 )

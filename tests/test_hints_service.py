@@ -14,14 +14,12 @@ import pytest
 from PIL import Image
 
 from models.color import delta_e_ciede2000_np, rgb_to_lab_np
-from tests.services import (  # noqa: F401 - the fixtures are used by name
+from tests.services import (
     JOB_TIMEOUT_S,
     WorkerProcess,
     env_for_workers,
     get_object,
     put_object,
-    redis_server,
-    s3_server,
     s3_settings,
     wait_for_job,
 )

@@ -27,7 +27,7 @@ import pytest
 from PIL import Image
 
 from tests.media import gray_frames, moving_scene, probe, write_clip
-from tests.services import (  # noqa: F401 - the fixtures are used by name
+from tests.services import (
     RedisServer,
     S3Server,
     WorkerProcess,
@@ -35,8 +35,6 @@ from tests.services import (  # noqa: F401 - the fixtures are used by name
     free_port,
     get_object,
     put_object,
-    redis_server,
-    s3_server,
     s3_settings,
     wait_for_job,
 )

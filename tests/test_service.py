@@ -19,15 +19,13 @@ import pytest
 from PIL import Image
 
 from tests.media import gray_frames, moving_scene, probe, write_clip
-from tests.services import (  # noqa: F401 - the fixtures are used by name
+from tests.services import (
     JOB_TIMEOUT_S,
     WorkerProcess,
     env_for_workers,
     free_port,
     get_object,
     put_object,
-    redis_server,
-    s3_server,
     s3_settings,
     wait_for_job,
 )

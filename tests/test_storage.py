@@ -23,16 +23,7 @@ import botocore.exceptions as boto_errors
 import pytest
 
 from models.files import PARTIAL_SUFFIX
-from tests.services import (  # noqa: F401  (the *_fixture imports register the redis_server/s3_server fixtures)
-    LOOPBACK,
-    RedisServer,
-    S3Server,
-    env_for_workers,
-    free_port,
-    redis_server_fixture,
-    s3_server_fixture,
-    s3_settings,
-)
+from tests.services import LOOPBACK, RedisServer, S3Server, env_for_workers, free_port, s3_settings
 from worker.errors import BadInputError, PermanentError, StorageError, TransientError
 from worker.settings import Settings
 from worker.storage import (

@@ -17,14 +17,7 @@ import pytest
 from PIL import Image
 from prometheus_client import CollectorRegistry, generate_latest
 
-from tests.services import (  # noqa: F401 - the fixtures are used by name
-    WorkerProcess,
-    env_for_workers,
-    free_port,
-    redis_server_fixture,
-    s3_server_fixture,
-    s3_settings,
-)
+from tests.services import WorkerProcess, env_for_workers, free_port, s3_settings
 from worker.app import create_app
 from worker.cli import main
 from worker.jobs import JobRecord, JobSpec

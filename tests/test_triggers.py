@@ -22,7 +22,7 @@ from urllib.parse import quote_plus
 import pytest
 import redis
 
-from tests.services import redis_server, s3_server, s3_settings  # noqa: F401  (fixtures)
+from tests.services import s3_settings
 from worker.errors import StorageError
 from worker.hints import parse_hints_bytes
 from worker.jobs import JobOptions, JobSpec, JobStore
