@@ -15,7 +15,7 @@ from PIL import Image
 import worker.references
 from models.color import lab_to_rgb_np, rgb_to_lab_np
 from models.references import ReferenceTrack, blend, combine, reference_cells
-from tests.media import decode_rgb, gray_frames, moving_scene, write_clip
+from tests.media import decode_rgb, gray_frames, moving_scene, probe, write_clip
 from worker.cli import main
 from worker.films import FilmOptions, colorize_film
 from worker.photos import open_colorizer
@@ -204,6 +204,32 @@ def test_cli_reference_needs_a_single_film(tmp_path, tiny_checkpoint, scene, cap
                  "--model", str(tiny_checkpoint), "-q"]) == 2
     assert "--reference names frames of one film" in capsys.readouterr().err
     assert main(["colorize", str(source), "-o", str(tmp_path / "o.mkv"), "--reference", "soon"]) == 2
+
+
+def test_cli_folder_takes_each_films_sidecar_references(tmp_path, tiny_checkpoint, scene, capsys):
+    """``tinct colorize FOLDER`` gives a film the pictures of its ``<film>.references/`` folder (as ``tinct bulk``
+    does in an object store); a film with a bad sidecar fails with one line naming the picture, and the others go on."""
+    source, truth, picture = scene
+    folder = tmp_path / "reels"
+    folder.mkdir()
+    for name in ("guided.mkv", "plain.mkv", "broken.mkv"):
+        (folder / name).write_bytes(source.read_bytes())
+    (folder / "guided.mkv.references").mkdir()
+    (folder / "guided.mkv.references" / "frame_12.png").write_bytes(picture.read_bytes())
+    (folder / "broken.mkv.references").mkdir()
+    (folder / "broken.mkv.references" / "soon.png").write_bytes(picture.read_bytes())
+    out = tmp_path / "out"
+    assert main(["colorize", str(folder), "-o", str(out), "--model", str(tiny_checkpoint), "--engine", "torch",
+                 "--render-size", "64", "--codec", "ffv1"]) == 1
+    err = capsys.readouterr().err
+    assert "guided.mkv: 1 reference frame(s) from guided.mkv.references/" in err
+    assert len([line for line in err.splitlines() if "soon.png: time: the name 'soon.png' is neither" in line]) == 1
+    assert not list(out.glob("broken*")) and not list(out.glob(".broken*"))
+    guided, plain = decode_rgb(out / "guided.mkv"), decode_rgb(out / "plain.mkv")
+    assert psnr(guided[REFERENCE], truth[REFERENCE]) > 31.0
+    assert psnr(guided[REFERENCE], truth[REFERENCE]) - psnr(plain[REFERENCE], truth[REFERENCE]) > 6.0
+    assert json.loads(probe(out / "guided.mkv").tag("tinct"))["references"] == 1
+    assert "references" not in json.loads(probe(out / "plain.mkv").tag("tinct"))
 
 
 def test_evaluate_references_scores_first_frame_references_against_the_truth(tmp_path, tiny_checkpoint, capsys):

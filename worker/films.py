@@ -25,7 +25,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -37,9 +37,11 @@ from worker.errors import BadInputError, TinctError, one_line
 from worker.images import tinct_version
 from worker.pipeline import ColourFrame, StageTimes, colorize_frames
 from worker.references import (
+    REFERENCES_SUFFIX,
     FilmReference,
     ReferenceField,
     ResolvedReference,
+    folder_references,
     load_reference_image,
     references_provenance,
     resolve_references,
@@ -124,7 +126,8 @@ def colorize_films(
     progress: bool = False,
 ) -> FilmSummary:
     """Colorize each ``(source, output)`` in turn; a film that fails is recorded with its one-line reason and
-    the job carries on. KeyboardInterrupt propagates (finished segments are kept for the rerun)."""
+    the job carries on. KeyboardInterrupt propagates (finished segments are kept for the rerun). Unless ``options``
+    name references, a film takes those of its sidecar folder, ``<film file name>.references/`` beside it."""
     outcomes = []
     for source, output in tasks:
         bar = tqdm(total=0, unit="frame", desc=Path(source).name, disable=not progress, dynamic_ncols=True,
@@ -136,7 +139,14 @@ def colorize_films(
 
         with bar, logging_redirect_tqdm() if progress else nullcontext():
             try:
-                outcome = colorize_film(colorizer, source, output, options, model_label, advance)
+                film_options = options
+                if not options.references:
+                    sidecar = folder_references(source, options.limits.max_references)
+                    if sidecar:
+                        logger.info("%s: %d reference frame(s) from %s%s/", Path(source).name, len(sidecar),
+                                    Path(source).name, REFERENCES_SUFFIX)
+                        film_options = replace(options, references=sidecar)
+                outcome = colorize_film(colorizer, source, output, film_options, model_label, advance)
             except (TinctError, ValueError) as exc:
                 outcome = FilmOutcome(Path(source), Path(output), "failed", one_line(exc))
         if outcome.status == "failed":

@@ -29,6 +29,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
@@ -336,6 +337,17 @@ def sidecar_references(pictures: Sequence[str], max_references: int = _LIMITS.ma
             raise ReferenceError(uri, "time", f"{reference.when} again ({given[reference.when]} gives that time)")
         given[reference.when] = uri
     return tuple(FilmReference(when, uri) for when, uri in given.items())
+
+
+def folder_references(film: str | os.PathLike, max_references: int = _LIMITS.max_references
+                      ) -> tuple[FilmReference, ...]:
+    """The references in a local film's sidecar folder, ``<film file name>.references/`` beside it (the layout
+    ``tinct bulk`` reads in an object store), or () when it has none. ReferenceError naming the folder or picture."""
+    folder = Path(film).with_name(Path(film).name + REFERENCES_SUFFIX)
+    if not folder.is_dir():
+        return ()
+    pictures = sorted(str(p) for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    return sidecar_references(pictures, max_references)
 
 
 def sidecar_reference(uri: str) -> FilmReference:
