@@ -4,6 +4,7 @@ generated black-and-white film, with tiny real checkpoints (no mocks, nothing fr
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import zipfile
@@ -211,6 +212,35 @@ def test_judge_sees_the_same_photos_as_the_other_figures(eval_root: Path) -> Non
     assert [set(p.accepted) for p in photos] == [{1}, {2}, {3}, {1}, {2}]
     assert all(p.rgb.dtype == np.uint8 and p.rgb.shape == (32, 40, 3) for p in photos)
     assert len(scorecard._labelled(PhotoSet("tiny", str(eval_root / "tiny_imagenet_val")), 2)) == 2
+
+
+def test_a_training_archive_filed_by_class_is_labelled_through_the_class_table(eval_root: Path, tmp_path: Path) -> None:
+    """Tiny-ImageNet's training zip files photos under <wnid>/: with --judge-classes (a table with wnid and
+    judge_index, like tiny_imagenet_val's labels.csv) its validation split can be judged; photos in folders the table
+    does not know, or at the archive's top, are left out, and a set of faces gets no judge row at all."""
+    archive = tmp_path / "train.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i, folder in enumerate(["n00000001", "n00000002", "n09999999", "."] * 8):
+            photo = tmp_path / "photo.png"
+            Image.fromarray(gradient_image(32, 40, seed=i)).save(photo)
+            zf.write(photo, f"{folder}/p{i:02d}.png" if folder != "." else f"top{i:02d}.png")
+    table = eval_root / "tiny_imagenet_val" / "labels.csv"  # n00000001 -> 2, n00000002 -> 3 (the fixture's rows)
+    split = PhotoSet("tiny_imagenet", str(archive), val_split=0.5)
+    photos = scorecard._labelled(split, None, str(table))
+    held_out = [n for i, n in enumerate([f"n0000000{k}/p{i:02d}.png" for i, k in enumerate([1, 2, 0, 0] * 8)])
+                if n[8] in "12" and in_holdout(n, 0.5)]
+    assert sorted(p.name.partition("!")[2] for p in photos) == sorted(held_out) and len(held_out) >= 3
+    assert all(set(p.accepted) == ({2} if "n00000001/" in p.name else {3}) for p in photos)
+    assert scorecard._labelled(split, None) == []  # no table: no labels, no judge
+    faces = PhotoSet("faces", str(eval_root / "faces_utk_val"))
+    assert scorecard._judge_set(faces, [], eval_root / "no-judge", dataclasses.replace(OPTIONS,
+                                judge_classes=str(table))) == {}
+    (tmp_path / "clash.csv").write_text("wnid,judge_index\nn1,4\nn1,5\n")
+    with pytest.raises(ValueError, match="clash.csv: n1 is given judge indices 4 and 5"):
+        scorecard.read_class_table(tmp_path / "clash.csv")
+    (tmp_path / "bare.csv").write_text("file,judge_index\na.png,1\n")
+    with pytest.raises(ValueError, match="bare.csv: needs the columns wnid and judge_index"):
+        scorecard.read_class_table(tmp_path / "bare.csv")
 
 
 @pytest.mark.skipif(not SHARED_JUDGE.is_dir(), reason="needs ../shared/data/eval/judge's TFLite model (not in CI; "

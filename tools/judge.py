@@ -140,6 +140,24 @@ def read_labels_csv(root: str | Path) -> dict[str, int]:
         return {row["file"]: int(row["judge_index"]) for row in reader}
 
 
+def read_class_table(path: str | Path) -> dict[str, int]:
+    """{class folder name: judge label index} from a CSV with the columns wnid and judge_index (tiny_imagenet_val's
+    ``labels.csv`` is one): how photos filed under ``<wnid>/`` folders, as Tiny-ImageNet's training archive files
+    them, are judged. Only the table is read, no photo; a wnid given two indices is an error."""
+    path = Path(path)
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"wnid", "judge_index"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: needs the columns wnid and judge_index (missing {', '.join(sorted(missing))})")
+        table: dict[str, int] = {}
+        for row in reader:
+            index = int(row["judge_index"])
+            if table.setdefault(row["wnid"], index) != index:
+                raise ValueError(f"{path}: {row['wnid']} is given judge indices {table[row['wnid']]} and {index}")
+    return table
+
+
 def labelled_photos(judge: ImageNetJudge, root: str | Path) -> list[LabelledPhoto]:
     """Every photo ``root/labels.csv`` names, or else every photo under ``root/<class>/`` whose class the judge can
     name (other folders are left out)."""

@@ -6,7 +6,9 @@ with the gray baseline (ab = 0) and the truth beside every number:
 
 * photo sets (``tools.evaluate``): PSNR, CIEDE2000, colourfulness and its ratio to the truth's; on a set
   whose folder has a ``labels.csv`` (``tiny_imagenet_val``) also the ImageNet judge's top-1 (``tools.judge``)
-  for the gray input, the truth and each model's colorization;
+  for the gray input, the truth and each model's colorization; and on a ``--data`` set filed in class folders
+  (Tiny-ImageNet's training archive, ``<wnid>/``) the same, its classes named by ``--judge-classes CSV``, so that
+  the judge can also choose on the validation split;
 * colour film clips (``eval/video``, ``tools.evaluate_video``): per-frame PSNR, colourfulness and the warping
   error through the product's film pipeline with its default smoothing;
 * contact sheets (``tools.contact_sheet``): per photo set the photos where the models beat gray most and where
@@ -56,7 +58,15 @@ from tools.evaluate import (
     iter_truth_photos,
 )
 from tools.evaluate_video import DEFAULT_MAX_FRAMES, GRAY_ROW, TRUTH_ROW, find_clips, row_name, score_clips
-from tools.judge import ImageNetJudge, LabelledPhoto, as_uint8, gray_rgb, judge_models, read_labels_csv
+from tools.judge import (
+    ImageNetJudge,
+    LabelledPhoto,
+    as_uint8,
+    gray_rgb,
+    judge_models,
+    read_class_table,
+    read_labels_csv,
+)
 from tools.runtime import add_runtime_arguments, apply_runtime_arguments, onnx_cache_dir
 from worker.photos import open_colorizer
 from worker.smoothing import SmoothingOptions
@@ -143,6 +153,7 @@ class ScorecardOptions:
     device: str = "auto"
     precision: str = "auto"
     batch_size: int = 8
+    judge_classes: str | None = None  # CSV of wnid -> judge_index for --data sets filed in class folders
 
 
 @dataclass
@@ -191,14 +202,34 @@ def _per_image(evaluation: EvaluationResult, labels: Sequence[str]) -> list[dict
     return out
 
 
-def _labelled(photo_set: PhotoSet, limit: int | None) -> list[LabelledPhoto]:
-    """The set's photos that its ``labels.csv`` names, exactly those ``iter_truth_photos`` scores (gray and
-    unreadable photos are skipped alike), so the judge and the other figures see the same photos."""
+def _photo_labels(photo_set: PhotoSet, judge_classes: str | None) -> Callable[[str], int | None] | None:
+    """How the judge learns a photo's class (a name from ``iter_truth_photos`` -> a judge label index, or None for
+    a photo it cannot judge), or None when the set has no labels: a folder's ``labels.csv`` names each file; else,
+    with ``judge_classes``, a photo filed under a ``<wnid>/`` folder takes that class."""
     root = Path(photo_set.path)
     labels = read_labels_csv(root) if root.is_dir() else {}
+    if labels:
+        return lambda name: labels.get(Path(name).relative_to(root).as_posix())
+    if judge_classes:
+        classes = read_class_table(judge_classes)
+
+        def by_folder(name: str) -> int | None:
+            folder, slash, _ = relative_name(photo_set.path, name).partition("/")
+            return classes.get(folder) if slash else None
+
+        return by_folder
+    return None
+
+
+def _labelled(photo_set: PhotoSet, limit: int | None, judge_classes: str | None = None) -> list[LabelledPhoto]:
+    """The set's photos whose class is known, among exactly those ``iter_truth_photos`` scores (gray and unreadable
+    photos are skipped alike), so the judge and the other figures see the same photos."""
+    label_of = _photo_labels(photo_set, judge_classes)
+    if label_of is None:
+        return []
     photos = []
-    for photo in iter_truth_photos(root, limit, keep=photo_set.keep()):
-        index = labels.get(Path(photo.name).relative_to(root).as_posix())
+    for photo in iter_truth_photos(photo_set.path, limit, keep=photo_set.keep()):
+        index = label_of(photo.name)
         if index is not None:
             photos.append(LabelledPhoto(photo.name, as_uint8(photo.rgb), frozenset({index})))
     return photos
@@ -206,9 +237,9 @@ def _labelled(photo_set: PhotoSet, limit: int | None) -> list[LabelledPhoto]:
 
 def _judge_set(photo_set: PhotoSet, models: Sequence[ModelSpec], judge_dir: Path | None,
                options: ScorecardOptions) -> dict[str, Any]:
-    root = Path(photo_set.path)
-    if not (root.is_dir() and read_labels_csv(root)):
-        return {}
+    photos = _labelled(photo_set, options.limit, options.judge_classes)
+    if not photos:
+        return {}  # no labels, or (judged by class folder) no photo in a known class: faces, scenes
     if judge_dir is None:
         return {"judge_skipped": "no judge model given"}
     try:
@@ -216,7 +247,6 @@ def _judge_set(photo_set: PhotoSet, models: Sequence[ModelSpec], judge_dir: Path
     except (FileNotFoundError, RuntimeError) as exc:
         log.warning("ImageNet judge skipped on %s: %s", photo_set.name, exc)
         return {"judge_skipped": str(exc)}
-    photos = _labelled(photo_set, options.limit)
     scores = judge_models(judge, photos, [(m.label, m.model) for m in models], render_size=options.render_size,
                           engine_kind=options.engine_kind, device=options.device, precision=options.precision,
                           batch_size=options.batch_size)
@@ -716,6 +746,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/scorecard"),
                    help="folder for scorecard.json, scorecard.md and sheets/ (default: %(default)s)")
     p.add_argument("--judge-model", help="folder with the judge's .tflite (default: EVAL_ROOT/judge)")
+    p.add_argument("--judge-classes", metavar="CSV",
+                   help="judge --data photos filed in <wnid>/ folders (Tiny-ImageNet's training archive) by this "
+                   "table's wnid and judge_index columns, e.g. EVAL_ROOT/tiny_imagenet_val/labels.csv (only the "
+                   "table is read)")
     p.add_argument("--render-size", type=int, help="long side the network sees (default: each model's own)")
     p.add_argument("--engine", default="auto", help="auto | torch | onnxruntime")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -753,7 +787,8 @@ def main(argv: list[str] | None = None) -> int:
     options = ScorecardOptions(limit=args.limit, frames=args.frames, smoothing=args.smoothing, bw_frames=args.bw_frames,
                                sheet_count=args.sheet_count, cell_height=args.cell_height,
                                render_size=args.render_size, engine_kind=args.engine, device=args.device,
-                               precision=args.precision, batch_size=args.batch_size)
+                               precision=args.precision, batch_size=args.batch_size,
+                               judge_classes=args.judge_classes)
     try:
         card = run_scorecard([ModelSpec.parse(m) for m in args.models], args.out, args.eval_root, sets,
                              [PhotoSet.parse(d, args.val_split) for d in args.data], video=not args.no_video,
