@@ -92,6 +92,16 @@ def test_promote_averages_weights_with_another_checkpoint(tiny_checkpoint: Path,
     assert result.provenance["weight_average"] == [{"model": a.label, "share": 0.75},
                                                    {"model": b.label, "share": 0.25}]
 
+    # A checkpoint saved before effnet_unet's config named its encoder is the same (Lite0) architecture.
+    saved = torch.load(other, weights_only=True)
+    del saved["config"]["encoder"]
+    older = tmp_path / "older.pt"
+    torch.save(saved, older)
+    assert promote.main([str(tiny_checkpoint), "-o", str(tmp_path / "soup2.pt"), "--average-with", f"{older}:0.25",
+                         "--fp32"]) == 0
+    souped_again = load_checkpoint(tmp_path / "soup2.pt").state_dict
+    assert torch.equal(souped_again["head.weight"], result.state_dict["head.weight"])
+
     # Another architecture, or shares that leave the run nothing, are refused in one line with nothing written.
     for bad in (f"{tiny_regression_checkpoint}:0.5", f"{other}:1.0", f"{other}", f"{other}:half"):
         with pytest.raises(SystemExit) as exc:
