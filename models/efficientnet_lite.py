@@ -135,9 +135,11 @@ class EfficientNetLite(nn.Module):
 
     def embedding(self, x: torch.Tensor) -> torch.Tensor:
         """Preprocessed input -> the 1280-d pooled embedding before the classifier."""
-        x = self.features(x)[-1]
-        x = self.act(self._bn1(self._conv_head(x)))
-        return x.mean(dim=(2, 3))
+        return self.pool(self.features(x)[-1])
+
+    def pool(self, last_features: torch.Tensor) -> torch.Tensor:
+        """The stride-32 features (``features(x)[-1]``) -> the 1280-d pooled embedding."""
+        return self.act(self._bn1(self._conv_head(last_features))).mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._fc(self.embedding(x))

@@ -31,8 +31,6 @@ class FeatureLoss(nn.Module):
     def __init__(self, pretrained: bool = True) -> None:
         super().__init__()
         self.net = EfficientNetLite(EfficientNetLiteConfig(variant="lite0", pretrained=pretrained))
-        # Strides 8, 16 and 32: what the photo shows, not its edges, which the lightness already fixes.
-        self.compared_blocks = self.net.skip_blocks[2:]
         self.net.requires_grad_(False)
         self.net.eval()
 
@@ -42,15 +40,10 @@ class FeatureLoss(nn.Module):
         return self
 
     def _levels(self, rgb: torch.Tensor) -> list[torch.Tensor]:
-        net = self.net
-        x = net.act(net._bn0(net._conv_stem((rgb - INPUT_MEAN) / INPUT_STD)))
-        levels = []
-        for i, block in enumerate(net._blocks):
-            x = block(x)
-            if i in self.compared_blocks:
-                levels.append(x)
-        levels.append(net.act(net._bn1(net._conv_head(x))).mean(dim=(2, 3)))
-        return levels
+        # Strides 8, 16 and 32 and the pooled embedding: what the photo shows, not its edges, which the lightness
+        # already fixes.
+        features = self.net.features((rgb - INPUT_MEAN) / INPUT_STD)
+        return [*features[2:], self.net.pool(features[-1])]
 
     def forward(self, L: torch.Tensor, ab_pred: torch.Tensor, ab_true: torch.Tensor) -> torch.Tensor:
         if ab_pred.shape[-2:] != L.shape[-2:]:
