@@ -464,7 +464,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
         with autocast:
             out = model(L)
         loss = colour_loss(out, ab, loss_kind, class_weights, cfg.l1_weight, cfg.decode_temperature)
-        decoded_ab = differentiable_ab(model, out, cfg.decode_temperature) if feature_loss or disc else None
+        wants_ab = feature_loss is not None or disc is not None
+        decoded_ab = differentiable_ab(model, out, cfg.decode_temperature) if wants_ab else None
         if feature_loss is not None:
             loss = loss + cfg.feature_weight * feature_loss(L, decoded_ab, ab)
         if disc is not None:
