@@ -26,7 +26,7 @@ from torch import nn
 from models.color import ColorConstants
 from models.files import atomic_output
 from models.predictor import ABPredictor, DecodeOptions
-from models.registry import model_from_config
+from models.registry import build_config, model_from_config
 
 FORMAT = "tinct-checkpoint"
 FORMAT_VERSION = 1
@@ -152,7 +152,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
     return Checkpoint(
         model_name=payload["model"],
-        config=payload["config"],
+        config=_complete_config(payload["model"], payload["config"]),
         state_dict=state,
         color=color,
         decode=payload.get("decode", {}),
@@ -198,6 +198,17 @@ def resolve_checkpoint(name_or_path: str | os.PathLike | None, folders: Sequence
         raise CheckpointError(f"{path}: no such checkpoint file (use 'default', a model name or a path to a .pt "
                               "checkpoint)")
     return path
+
+
+def _complete_config(model_name: str, config: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with every field of its architecture's config filled in: a checkpoint saved before a field was
+    added (effnet_unet's ``encoder``) reads as one naming that field's default, so two checkpoints of one
+    architecture have equal configs whenever they were saved. An unknown model or option is left as saved, for
+    ``build_model`` to report."""
+    try:
+        return _plain(dataclasses.asdict(build_config(model_name, **config)))
+    except (KeyError, TypeError, ValueError):
+        return config
 
 
 def _plain(value: Any) -> Any:

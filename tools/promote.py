@@ -36,7 +36,6 @@ import torch
 from models.checkpoint import Checkpoint, CheckpointError, is_model_name, load_checkpoint, save_checkpoint
 from models.onnx_export import decode_tag
 from models.predictor import DecodeOptions
-from models.registry import build_config
 from tools.ab_prior import measure_ab_prior
 from worker.errors import TinctError, one_line
 from worker.settings import Settings
@@ -112,10 +111,7 @@ def averaged_weights(ckpt: Checkpoint, others: Sequence[tuple[Checkpoint, float]
              for name, tensor in ckpt.state_dict.items()}
     for other, share in others:
         where = other.path or other.label
-        # Configs compared with every default filled in: a checkpoint saved before a config gained a field
-        # (effnet_unet's encoder) is the same architecture as one that names that field's default.
-        same_architecture = other.model_name == ckpt.model_name and \
-            build_config(other.model_name, **other.config) == build_config(ckpt.model_name, **ckpt.config)
+        same_architecture = (other.model_name, other.config) == (ckpt.model_name, ckpt.config)  # configs complete
         if not same_architecture or other.state_dict.keys() != state.keys():
             raise ValueError(f"--average-with {where}: another architecture ({other.model_name} {other.config}) "
                              f"than {ckpt.model_name} {ckpt.config}; only weights of one architecture average")
