@@ -46,7 +46,7 @@ def test_feature_loss_moves_colour_towards_the_truth_and_never_the_classifier() 
     first = None
     for _ in range(60):
         value = loss(L, guess, ab)
-        first = first if first is not None else float(value)
+        first = first if first is not None else float(value.detach())
         optimizer.zero_grad()
         value.backward()
         optimizer.step()
