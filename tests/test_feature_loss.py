@@ -50,7 +50,7 @@ def test_feature_loss_moves_colour_towards_the_truth_and_never_the_classifier() 
         optimizer.zero_grad()
         value.backward()
         optimizer.step()
-    assert float(loss(L, guess, ab)) < 0.6 * first
+    assert float(loss(L, guess, ab).detach()) < 0.6 * first
     # The classifier alone does not pin each pixel's colour (the supervised loss does that), but where it moves a
     # gray guess is towards the truth's colours, not away from them.
     found = torch.nn.functional.interpolate(guess.detach(), size=ab.shape[-2:], mode="bilinear")
