@@ -227,12 +227,13 @@ def _labelled(photo_set: PhotoSet, limit: int | None, judge_classes: str | None 
     label_of = _photo_labels(photo_set, judge_classes)
     if label_of is None:
         return []
-    photos = []
-    for photo in iter_truth_photos(photo_set.path, limit, keep=photo_set.keep()):
-        index = label_of(photo.name)
-        if index is not None:
-            photos.append(LabelledPhoto(photo.name, as_uint8(photo.rgb), frozenset({index})))
-    return photos
+    in_split = photo_set.keep()
+
+    def keep(name: str) -> bool:  # unlabelled photos are never decoded (a set of faces costs nothing here)
+        return (in_split is None or in_split(name)) and label_of(name) is not None
+
+    return [LabelledPhoto(photo.name, as_uint8(photo.rgb), frozenset({label_of(photo.name)}))
+            for photo in iter_truth_photos(photo_set.path, limit, keep=keep)]
 
 
 def _judge_set(photo_set: PhotoSet, models: Sequence[ModelSpec], judge_dir: Path | None,
