@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from worker.cli import main
 from worker.errors import BadInputError
 from worker.films import FilmOptions, colorize_film, parts_folder
 from worker.photos import open_colorizer
-from worker.pipeline import _colour_on_device, colorize_frames
+from worker.pipeline import _colour_on_device, _Stages, colorize_frames
 from worker.segments import plan_segments
 from worker.smoothing import SmoothingOptions
 from worker.video_sink import EncodeOptions, plan_output
@@ -285,6 +286,23 @@ def test_ctrl_c_in_the_cli_then_rerun(tmp_path, tiny_checkpoint):
     assert "interrupted" in stderr and not output.exists()
     assert subprocess.run(command, env=env).returncode == 0
     assert probe(output).video.frame_count == 480 and not parts_folder(output).exists()
+
+
+def test_an_interrupt_between_two_stage_starts_stops_the_started_stage():
+    # A film's stages start one after another; Ctrl-C can land between two starts (the CLI test above sends it
+    # as a segment ends, just when the next one's stages start). The stage already running must be stopped and
+    # joined before the interrupt propagates: left running as a daemon thread inside torch into interpreter
+    # exit, it aborts the process instead of letting it exit 130.
+    stages = _Stages()
+    never_fed: queue.Queue = queue.Queue()
+
+    def targets():
+        yield "waiting", lambda: stages.get(never_fed)
+        raise KeyboardInterrupt  # what Python's SIGINT handler raises in the main thread
+
+    with pytest.raises(KeyboardInterrupt):
+        stages.run(targets())
+    assert len(stages.threads) == 1 and not stages.threads[0].is_alive()
 
 
 # --- bad input ---------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -98,13 +98,34 @@ class _Stages:
         self.errors: list[BaseException] = []
         self.threads: list[threading.Thread] = []
 
-    def start(self, name: str, target: Callable[[], None]) -> None:
+    def run(self, targets: Iterable[tuple[str, Callable[[], None]]]) -> None:
+        """Run every target in its own thread and join them all. Ctrl-C (delivered to this, the calling thread)
+        stops them all, then propagates. Starting is inside the same guard as joining: an interrupt that lands
+        between two starts (a film's next segment starting as the user presses Ctrl-C) must not leave the first
+        stages running as daemon threads into interpreter exit, where one inside torch aborts the process
+        ("terminate called without an active exception") instead of exiting 130."""
+        try:
+            for name, target in targets:
+                self._start(name, target)
+            for thread in self.threads:
+                while thread.is_alive():
+                    thread.join(_POLL_S)
+        except BaseException:
+            self.stopping.set()
+            for thread in self.threads:
+                if thread.is_alive():  # (one interrupted inside Thread.start sees `stopping` at its first queue)
+                    thread.join()
+            raise
+        if self.errors:
+            raise self.errors[0]
+
+    def _start(self, name: str, target: Callable[[], None]) -> None:
         def run() -> None:
             try:
                 target()
             except _Stopped:
                 pass
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread by wait()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread by run()
                 self.errors.append(exc)
                 self.stopping.set()
 
@@ -130,20 +151,6 @@ class _Stages:
                 return channel.get(timeout=_POLL_S)
             except queue.Empty:
                 continue
-
-    def wait(self) -> None:
-        """Join every stage. Ctrl-C (delivered to this, the calling thread) stops them all, then propagates."""
-        try:
-            for thread in self.threads:
-                while thread.is_alive():
-                    thread.join(_POLL_S)
-        except BaseException:
-            self.stopping.set()
-            for thread in self.threads:
-                thread.join()
-            raise
-        if self.errors:
-            raise self.errors[0]
 
 
 def colorize_frames(
@@ -218,9 +225,7 @@ def colorize_frames(
             times.frames += 1
 
     began = time.perf_counter()
-    for name, target in (("decode", decode), ("infer", infer), ("colour", colour), ("encode", encode)):
-        stages.start(name, target)
-    stages.wait()
+    stages.run((("decode", decode), ("infer", infer), ("colour", colour), ("encode", encode)))
     times.wall = time.perf_counter() - began
     times.warmup_frames = min(warmup, start)
     return times
