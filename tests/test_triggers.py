@@ -26,9 +26,10 @@ from tests.services import s3_settings
 from worker.errors import StorageError
 from worker.hints import parse_hints_bytes
 from worker.jobs import JobOptions, JobSpec, JobStore
+from worker.service import Service
 from worker.storage import ObjectInfo, Storage, UnsafeKeyError, parse_uri
 from worker.triggers.bulk import BulkReport, bulk
-from worker.triggers.events import S3Event, parse_s3_events
+from worker.triggers.events import S3Event, parse_s3_events, submit_events
 from worker.triggers.mapping import eligibility, is_within, output_uri_for
 from worker.triggers.sqs import listen_sqs, make_sqs_client, parse_sqs_uri
 from worker.triggers.webhook import serve_webhook
@@ -53,7 +54,8 @@ class StoreSubmitter:
         self.fail_next = 0
         self._lock = threading.Lock()
 
-    def submit(self, spec: JobSpec, identity: ObjectInfo | None = None) -> tuple[str, bool]:
+    def submit(self, spec: JobSpec, identity: ObjectInfo | None = None, supersede: bool = False) -> tuple[str, bool]:
+        # ``supersede`` is the service's (tested against the real Service below); this double records creations.
         with self._lock:
             if self.fail_next > 0:
                 self.fail_next -= 1
@@ -592,6 +594,39 @@ def test_sqs_events_send_a_photo_with_its_hints_and_a_later_hint_file_requeues_i
     report = bulk(submitter, "s3://scans/", "s3://out/", OPTIONS)
     assert (report.submitted, report.already_queued, report.failed) == (0, 2, 0)
     sqs.close()
+
+
+def test_a_later_sidecar_supersedes_the_job_queued_without_it_in_the_real_service(redis_server, s3_server):  # noqa: F811
+    # The photo's event queues it plain; its hint file's event queues it again with the hints. Both would write
+    # s3://out/box/p.jpg, and whichever finished last would win: the plain job is cancelled instead.
+    s3_server.make_bucket("scans")
+    service = Service(s3_settings(s3_server, redis_url=redis_server.url))
+    photo = put(s3_server, "scans", "box/p.jpg", b"photo")
+    [plain] = submit_events(service, parse_s3_events(created_body(photo)), "s3://out/", OPTIONS).jobs
+    hint_file = put(s3_server, "scans", "box/p.jpg.hints.json", json.dumps(HINTS).encode())
+    [hinted] = submit_events(service, parse_s3_events(created_body(hint_file)), "s3://out/", OPTIONS).jobs
+
+    assert hinted.created and hinted.job_id != plain.job_id and hinted.output == plain.output
+    superseded = service.get(plain.job_id)
+    assert superseded.state == "cancelled"
+    assert superseded.error == f"superseded by job {hinted.job_id} (same input and output)"
+    assert service.get(hinted.job_id).state == "queued"
+    # The same event again finds the hinted job and cancels nothing; a sweep agrees.
+    [again] = submit_events(service, parse_s3_events(created_body(hint_file)), "s3://out/", OPTIONS).jobs
+    report = bulk(service, "s3://scans/", "s3://out/", OPTIONS)
+    assert not again.created and (report.submitted, report.already_queued) == (0, 1)
+    assert service.get(hinted.job_id).state == "queued"
+    # A finished job is never touched, and a submission that does not ask to supersede (tinct submit, the API)
+    # leaves the earlier job alone.
+    service.store.update(hinted.job_id, state="succeeded")
+    other = put(s3_server, "scans", "box/q.jpg", b"photo q")
+    [q_plain] = submit_events(service, parse_s3_events(created_body(other)), "s3://out/", OPTIONS).jobs
+    direct, created = service.submit(replace(JobSpec.from_dict({"input": other.uri, "output": q_plain.output}),
+                                             options=JobOptions(smoothing=0.75)))
+    assert created and service.get(q_plain.job_id).state == "queued"
+    photo_again = put(s3_server, "scans", "box/p.jpg", b"photo, scanned again")
+    [rescan] = submit_events(service, parse_s3_events(created_body(photo_again)), "s3://out/", OPTIONS).jobs
+    assert rescan.created and service.get(hinted.job_id).state == "succeeded"
 
 
 def test_sqs_a_bad_hint_file_fails_its_photo_in_one_line_and_the_listener_goes_on(submitter, s3_server, caplog):  # noqa: F811

@@ -227,7 +227,8 @@ class JobRecord:
 
 
 class JobStore:
-    """Job records in Redis hashes (``tinct:job:<id>``), an index by creation time, and per-job piece sets.
+    """Job records in Redis hashes (``tinct:job:<id>``), an index by creation time, per-job piece sets, and the
+    latest job per input and output (``tinct:latest:<hash>``).
 
     All values are JSON or plain strings: nothing is ever unpickled. Finished jobs expire after ``ttl_s``.
     """
@@ -264,6 +265,13 @@ class JobStore:
                     return record, True
                 except WatchError:  # another submission of this job got in between: look again
                     continue
+
+    def swap_latest(self, spec: JobSpec, job_id: str) -> str | None:
+        """Make ``job_id`` the latest job writing ``spec.output`` from ``spec.input`` and return the one that was
+        (None if none; atomic), so that a newer submission for the same result can supersede an older one."""
+        target = hashlib.sha256(f"{spec.input}\0{spec.output}".encode()).hexdigest()[:32]
+        previous = self.redis.set(f"{KEY_PREFIX}latest:{target}", job_id, ex=self.ttl_s, get=True)
+        return previous.decode() if previous is not None else None
 
     def get(self, job_id: str) -> JobRecord | None:
         raw = self.redis.hgetall(self._key(job_id))

@@ -313,7 +313,8 @@ def _submit_one(submitter: Submitter, candidate: _Candidate, outage: threading.E
     if outage.is_set():
         return TransientError("not attempted: submitting stopped after an outage")
     try:
-        return _retrying(lambda: submitter.submit(candidate.spec, candidate.info), f"submitting {candidate.info.uri}")
+        return _retrying(lambda: submitter.submit(candidate.spec, candidate.info, supersede=True),
+                         f"submitting {candidate.info.uri}")
     except Exception as error:
         if is_transient(error):
             outage.set()

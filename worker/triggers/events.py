@@ -192,7 +192,7 @@ def submit_events(
                 results.skipped += 1
                 continue
             spec = with_sidecars(spec, submitter.storage, limits, *sidecars_present(submitter.storage, spec))
-            job_id, created = submitter.submit(spec, identity)
+            job_id, created = submitter.submit(spec, identity, supersede=True)
         except (TinctError, ValueError) as error:
             if is_transient(error):
                 raise
