@@ -174,8 +174,8 @@ def check_film(env: Env, clip, output: str) -> None:
     assert [s.payload_sha256 for s in out.of_type("audio")] == [s.payload_sha256 for s in clip.probe.of_type("audio")]
 
 
-def gray_png(seed: int) -> bytes:
-    frame = next(gray_frames(moving_scene(1, 96, 64, seed=seed)))
+def gray_png(seed: int, width: int = 96, height: int = 64) -> bytes:
+    frame = next(gray_frames(moving_scene(1, width, height, seed=seed)))
     buffer = io.BytesIO()
     Image.fromarray(frame).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -375,7 +375,10 @@ def test_redis_restarted_from_its_aof_while_a_dead_workers_piece_is_recovered(en
 
 
 def test_a_poison_piece_fails_its_job_after_n_deaths_and_other_jobs_succeed(env):
-    put_object(env.s3, "s3://scans/poison.png", gray_png(0))
+    # The poison photo is large enough (1.2 MP: full-resolution colour merge, PNG codecs, upload) that a warm worker
+    # holds it for a good part of a second, and the loop below looks every 20 ms: a 96x64 photo was once finished
+    # by a worker before the loop caught it holding the piece, and the job succeeded.
+    put_object(env.s3, "s3://scans/poison.png", gray_png(0, 1280, 960))
     for i in range(4):
         put_object(env.s3, f"s3://scans/box/p{i}.png", gray_png(i + 1))
     workers = [env.start_worker("a"), env.start_worker("b")]
@@ -390,7 +393,7 @@ def test_a_poison_piece_fails_its_job_after_n_deaths_and_other_jobs_succeed(env)
                 worker.kill()  # what the OOM killer does to every worker that takes this input
                 kills += 1
                 workers[index] = env.start_worker(f"{'ab'[index]}{kills}")  # and the orchestrator restarts it
-        time.sleep(0.1)
+        time.sleep(0.02)
     record = wait_for_job(env.client, poison, timeout=30)
     assert record.state == "failed" and kills == DEFAULTS.max_piece_deaths
     assert f"died {DEFAULTS.max_piece_deaths} times in a row" in record.error and "photos-000000" in record.error
