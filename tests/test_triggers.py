@@ -621,8 +621,8 @@ def test_a_later_sidecar_supersedes_the_job_queued_without_it_in_the_real_servic
     service.store.update(hinted.job_id, state="succeeded")
     other = put(s3_server, "scans", "box/q.jpg", b"photo q")
     [q_plain] = submit_events(service, parse_s3_events(created_body(other)), "s3://out/", OPTIONS).jobs
-    direct, created = service.submit(replace(JobSpec.from_dict({"input": other.uri, "output": q_plain.output}),
-                                             options=JobOptions(smoothing=0.75)))
+    _, created = service.submit(replace(JobSpec.from_dict({"input": other.uri, "output": q_plain.output}),
+                                        options=JobOptions(smoothing=0.75)))
     assert created and service.get(q_plain.job_id).state == "queued"
     photo_again = put(s3_server, "scans", "box/p.jpg", b"photo, scanned again")
     [rescan] = submit_events(service, parse_s3_events(created_body(photo_again)), "s3://out/", OPTIONS).jobs
