@@ -88,8 +88,7 @@ class Service:
             if created:
                 previous = self.store.swap_latest(spec, job_id)
                 if supersede and previous not in (None, job_id):
-                    self.store.update_unless_finished(previous, state="cancelled",
-                                                      error=f"superseded by job {job_id} (same input and output)")
+                    self.cancel(previous, f"superseded by job {job_id} (same input and output)")
                 self.app.send_task("tinct.plan", args=[job_id], queue=IO_QUEUE)
         except (redis.RedisError, kombu.exceptions.OperationalError) as exc:
             # Redis is the queue too: a hiccup here is worth retrying, and a retry finds the job if it got in.
@@ -122,14 +121,12 @@ class Service:
     def get(self, job_id: str) -> JobRecord | None:
         return self.store.get(job_id)
 
-    def cancel(self, job_id: str) -> JobRecord | None:
-        """Mark a job cancelled: queued pieces are skipped when they arrive; a piece already running finishes
-        but its job is not completed. A finished job is left as it is."""
-        record = self.store.get(job_id)
-        if record is not None and record.state not in ("succeeded", "failed", "cancelled"):
-            self.store.update(job_id, state="cancelled", error="cancelled by request")
-            record = self.store.get(job_id)
-        return record
+    def cancel(self, job_id: str, reason: str = "cancelled by request") -> JobRecord | None:
+        """Mark a job cancelled with ``reason``: queued pieces are skipped when they arrive; a piece already running
+        finishes but its job is not completed. A finished job is left as it is (atomically: a job finishing now
+        stays succeeded)."""
+        self.store.update_unless_finished(job_id, state="cancelled", error=reason)
+        return self.store.get(job_id)
 
     def recent(self, limit: int = 20) -> list[JobRecord]:
         return self.store.recent(limit)
