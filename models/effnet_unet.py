@@ -3,6 +3,14 @@ family.
 
 Transfer learning as in the seed papers: the encoder brings ImageNet semantics (what is sky, skin,
 grass), the decoder learns colour from them. ``freeze_encoder`` reproduces the frozen-encoder setup.
+
+``global_context`` adds Iizuka et al.'s (2016) global fusion in its cheapest form: the encoder's own ImageNet
+classifier head (the 1x1 convolution to 1280 channels that the classification layer reads, kept with its
+pretrained weights) is pooled over the whole picture, and a linear layer turns that embedding into a scale and
+shift of every stride-32 feature the decoder starts from. The decoder's 3x3 convolutions see a few cells of a
+224 px render; the embedding says what the whole picture is (a pool, a pocket watch, a fox), which is what
+picks blue over orange. The layer starts at zero, so a grown model starts as its parent (``tools train --init
+PARENT --set global_context=true``).
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.efficientnet_lite import LITE_VARIANTS, EfficientNetLite, EfficientNetLiteConfig
+from models.efficientnet_lite import HEAD_CHANNELS, LITE_VARIANTS, EfficientNetLite, EfficientNetLiteConfig
 from models.layers import ConvBNReLU, UpBlock, ab_head
 from models.registry import register_model
 
@@ -25,6 +33,7 @@ class EffnetUNetConfig:
     freeze_encoder: bool = False
     pretrained: bool = True
     encoder: str = "lite0"  # lite0 | lite2 (models.efficientnet_lite.LITE_VARIANTS)
+    global_context: bool = False  # scale and shift the stride-32 features by the whole picture's ImageNet embedding
 
     def __post_init__(self) -> None:
         self.decoder_channels = tuple(self.decoder_channels)
@@ -46,10 +55,16 @@ class EffnetUNet(nn.Module):
         self.output_stride = config.out_stride
         self.encoder = EfficientNetLite(EfficientNetLiteConfig(variant=config.encoder, pretrained=config.pretrained))
         # The classifier's head layers are not part of the encoder path; dropping them keeps the
-        # checkpoint small and strict loading honest.
-        del self.encoder._conv_head, self.encoder._bn1, self.encoder._fc
+        # checkpoint small and strict loading honest. Global context keeps the embedding (not the classes).
+        del self.encoder._fc
+        if not config.global_context:
+            del self.encoder._conv_head, self.encoder._bn1
         c16, c8, c4 = config.decoder_channels
         s2, s4, s8, s16, s32 = self.encoder.skip_channels
+        if config.global_context:
+            self.context = nn.Linear(HEAD_CHANNELS, 2 * s32)
+            nn.init.zeros_(self.context.weight)  # identity at the start: a grown model begins as its parent
+            nn.init.zeros_(self.context.bias)
         self.up16 = UpBlock(s32, s16, c16)
         self.up8 = UpBlock(c16, s8, c8)
         self.up4 = UpBlock(c8, s4, c4)
@@ -70,6 +85,9 @@ class EffnetUNet(nn.Module):
 
     def forward(self, L: torch.Tensor) -> torch.Tensor:
         f2, f4, f8, f16, f32 = self.encoder.features(EfficientNetLite.preprocess_l(L))
+        if self.config.global_context:
+            scale, shift = self.context(self.encoder.pool(f32)).chunk(2, dim=1)
+            f32 = f32 * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
         x = self.up16(f32, f16)
         x = self.up8(x, f8)
         x = self.up4(x, f4)

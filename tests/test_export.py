@@ -62,6 +62,24 @@ def test_export_is_dynamic_in_batch_height_and_width(exported, tiny_checkpoint):
         assert np.abs(ab - expected).max() < 1e-2
 
 
+def test_export_of_a_global_context_model_matches_torch_at_every_size(tmp_path):
+    # The pooled embedding must be a mean over whatever size the picture has, not one traced size.
+    torch.manual_seed(2)
+    model = create_model("effnet_unet", pretrained=True, global_context=True, decoder_channels=(16, 12, 8))
+    torch.nn.init.normal_(model.context.weight, 0, 0.5)
+    path = tmp_path / "context.pt"
+    save_checkpoint(path, model, provenance={"purpose": "export tests"})
+    predictor = load_checkpoint(path).build_predictor()
+    session = _session(ensure_onnx(path))
+    rng = np.random.default_rng(1)
+    for shape in ((1, 1, 64, 96), (2, 1, 160, 64)):
+        L = (rng.random(shape) * 100).astype(np.float32)
+        (ab,) = session.run([OUTPUT_NAME], {INPUT_NAME: L})
+        with torch.inference_mode():
+            expected = predictor(torch.from_numpy(L)).numpy()
+        assert np.abs(ab - expected).max() < 1e-2, shape
+
+
 def test_export_carries_its_provenance(exported, tiny_checkpoint):
     checkpoint = load_checkpoint(tiny_checkpoint)
     onnx.checker.check_model(str(exported))

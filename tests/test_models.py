@@ -210,6 +210,29 @@ def test_effnet_unet_lite2_encoder_loads_its_package_and_feeds_the_decoder() -> 
         build_config("effnet_unet", encoder="lite9")
 
 
+def test_effnet_unet_global_context_starts_as_the_identity_and_reads_the_whole_picture(
+        packaged_lite0: dict[str, torch.Tensor]) -> None:
+    torch.manual_seed(0)
+    plain = create_model("effnet_unet", pretrained=True, decoder_channels=(16, 12, 8)).eval()
+    grown = create_model("effnet_unet", pretrained=True, global_context=True, decoder_channels=(16, 12, 8)).eval()
+    # The classifier's embedding layers are kept with ImageNet's weights; the class layer is not.
+    for key in ("_conv_head.weight", "_bn1.weight", "_bn1.running_var"):
+        torch.testing.assert_close(grown.encoder.state_dict()[key], packaged_lite0[key], rtol=0, atol=0, msg=key)
+    assert not hasattr(grown.encoder, "_fc")
+    missing = grown.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert {k.rsplit(".", 1)[0] for k in missing} == {"context", "encoder._conv_head", "encoder._bn1"}
+    L = torch.rand(2, 1, 128, 128) * 100
+    with torch.no_grad():
+        torch.testing.assert_close(grown(L), plain(L), rtol=0, atol=0)  # zero-initialised: the parent's output
+        grown.context.weight.normal_(0, 5.0)
+        # Change only the right half of the picture: with global context the left edge's colour follows it.
+        other = L.clone()
+        other[..., 64:] = 100 - other[..., 64:]
+        left_grown = (grown(L) - grown(other))[..., :1].abs().max()
+        left_plain = (plain(L) - plain(other))[..., :1].abs().max()
+    assert left_grown > 10 * left_plain + 1e-3
+
+
 def test_effnet_unet_freeze_encoder() -> None:
     model = small_model("effnet_unet", freeze_encoder=True).train()
     assert all(not p.requires_grad for p in model.encoder.parameters())

@@ -16,7 +16,7 @@ from models.color import decode_ab
 from models.predictor import DecodeOptions
 from tests.conftest import gradient_image
 from tools.datasets import Augment, BatchSampler, PhotoBank, SourceSpec, augment_crop, in_holdout, relative_name
-from tools.train import STATE_FILE, TrainConfig, WeightAverage, colour_loss, main, train
+from tools.train import STATE_FILE, TrainConfig, WeightAverage, colour_loss, grow_model, main, train
 
 TINY_EFFNET = {"pretrained": False, "decoder_channels": [16, 16, 16]}
 
@@ -174,6 +174,32 @@ def test_cli_fine_tunes_with_the_parents_architecture_and_settings(photo_dir: Pa
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].endswith("holds a 'unet' model, not 'effnet_unet' (a fine-tune keeps its parent's architecture: "
                             "leave out --model)")
+
+
+def test_cli_grows_a_parent_with_options_that_only_add_layers(photo_dir: Path, tmp_path: Path, capsys) -> None:
+    parent_cfg = TrainConfig(model_options=TINY_EFFNET | {"head": "regression"}, data=[str(photo_dir)], steps=1,
+                             batch_size=2, crop=64, warmup_steps=1)
+    parent = load_checkpoint(train(parent_cfg, tmp_path / "parent"))
+    common = ["--init", str(parent.path), "--data", str(photo_dir), "--steps", "1", "--batch-size", "2", "--crop",
+              "64", "--warmup-steps", "1", "--lr", "1e-12"]
+    assert main([*common, "--set", "global_context=true", "--run-dir", str(tmp_path / "child")]) == 0
+    child = load_checkpoint(tmp_path / "child" / "model.pt")
+    assert child.config == parent.config | {"global_context": True, "pretrained": True}
+    assert {"context.weight", "encoder._conv_head.weight"} <= set(child.state_dict) - set(parent.state_dict)
+    for name, tensor in parent.state_dict.items():  # every parent weight carried over (a near-zero rate)
+        if tensor.is_floating_point() and "running" not in name:
+            torch.testing.assert_close(child.state_dict[name], tensor, atol=1e-6, rtol=0, msg=name)
+    L = torch.rand(2, 1, 64, 64) * 100
+    with torch.no_grad():  # grown, before any step: the new layer at zero, so the parent's colour exactly
+        grown = grow_model(parent, {"global_context": True}).eval()
+        torch.testing.assert_close(grown(L), parent.build_model()(L), rtol=0, atol=0)
+    for option, reason in (("head=classification", "changes layers that"), ("colour=blue", "colour")):
+        with pytest.raises(SystemExit) as exc:
+            main([*common, "--set", option, "--run-dir", str(tmp_path / "bad")])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) >= 1 and reason in err[-1] and str(parent.path) in err[-1], err
+    assert not (tmp_path / "bad" / "model.pt").exists()
 
 
 # --- the validation split, the mix loss, EMA, the encoder schedule, scale augmentation -------------------------------

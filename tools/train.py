@@ -29,7 +29,10 @@ of the EMA weights when there are any). A run resumed on another machine needs o
 
 Fine-tuning (``--init default``, a model name in the model store, or a .pt path) starts from a published
 checkpoint with a fresh optimizer: the architecture, class-rebalancing lambda and decoding come from the
-parent unless given, and the parent's provenance is kept under ``init_from``. Data sources may be
+parent unless given, and the parent's provenance is kept under ``init_from``. ``--set`` with ``--init`` grows the
+parent: options that only add layers (``--set global_context=true``) keep every weight the parent has and start
+the new layers as their constructors make them; an option that would change one of the parent's layers is
+refused. Data sources may be
 ``s3://bucket/prefix/`` (read through ``worker.storage``), so an archive tunes the model on its own colour
 material where it keeps it::
 
@@ -147,6 +150,34 @@ def _complete_config(cfg: TrainConfig, parent: Checkpoint | None) -> TrainConfig
         decode_temperature=cfg.decode_temperature if cfg.decode_temperature is not None else decode.temperature,
         decode_method=cfg.decode_method or decode.method,
     )
+
+
+def grow_model(parent: Checkpoint, options: dict) -> nn.Module:
+    """The parent's network with config ``options`` changed and every one of the parent's weights carried over;
+    the layers the options add keep their constructor's weights (ImageNet's, or zero where a new layer must start
+    as the identity). Options that would change or drop one of the parent's layers raise ConfigError."""
+    source = str(parent.path)
+    config = {**parent.config, **options}
+    if "pretrained" in config:
+        config["pretrained"] = True  # an added layer of a pretrained network (its classifier head) starts as ImageNet's
+    try:
+        model = create_model(parent.model_name, **config)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"--set {_options_text(options)} on {source}: {exc}") from exc
+    own = model.state_dict()
+    state = {k: v.float() if v.is_floating_point() else v for k, v in parent.state_dict.items()}
+    clash = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
+    if clash:
+        raise ConfigError(f"--set {_options_text(options)} changes layers that {source} has ({', '.join(clash[:3])}"
+                          f"{' ...' if len(clash) > 3 else ''}): a fine-tune can only add layers to its parent")
+    new = model.load_state_dict(state, strict=False).missing_keys
+    log.info("grew %s with %s: %d new tensors (%s)", parent.label, _options_text(options), len(new),
+             ", ".join(sorted({k.rsplit(".", 1)[0] for k in new})) or "none")
+    return model
+
+
+def _options_text(options: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in options.items())
 
 
 def _git_commit() -> str:
@@ -342,7 +373,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
     elif cfg.init_from:
         parent = load_checkpoint(cfg.init_from)
         cfg = _complete_config(cfg, parent)
-        model = parent.build_model()
+        model = grow_model(parent, cfg.model_options) if cfg.model_options else parent.build_model()
         log.info("fine-tuning %s (%s) at lr %.1e, rebalancing lambda %s", parent.label,
                  cfg.init_ref or cfg.init_from, cfg.lr, cfg.rebalance_lambda)
     else:
@@ -577,8 +608,6 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if not args.data and not args.resume:
         p.error("--data is required (unless --resume continues a run)")
-    if args.init and args.options:
-        p.error("--set changes the architecture; a fine-tune keeps its parent's (leave out --set or --init)")
     options = dict(args.options)
     if not args.init:
         try:
