@@ -144,6 +144,27 @@ def test_film_is_split_over_two_workers_and_joined(service_env, tmp_path):
     assert "tinct.colorize_segment" in first.text() and "tinct.colorize_segment" in second.text()
 
 
+def test_cancelling_a_running_film_removes_its_staged_segments(service_env, tmp_path):
+    client, start_worker, s3, _, model = service_env
+    clip = write_clip(tmp_path / "long.mkv", gray_frames(moving_scene(240, 96, 64)), gop=6, bframes=0)
+    put_object(s3, "s3://scans/long.mkv", clip.path.read_bytes())
+    worker = start_worker()
+    job_id, _ = client.submit(spec("s3://scans/long.mkv", "s3://colour/films/", model, codec="ffv1"))
+    deadline = time.monotonic() + 120
+    while not any(".tinct-parts/" in key for key in keys(s3, "colour")):  # a segment or more staged, the rest to do
+        assert time.monotonic() < deadline and client.get(job_id).state in ("queued", "running"), client.get(job_id)
+        time.sleep(0.02)
+    assert client.cancel(job_id).state == "cancelled"
+    # The segment running at the cancel finishes and stages its file; nothing of the job may be left after it.
+    deadline = time.monotonic() + 60
+    while keys(s3, "colour") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert keys(s3, "colour") == [], keys(s3, "colour")
+    time.sleep(2)  # the queued segments arrive at the worker, which skips them: still nothing
+    assert keys(s3, "colour") == [] and client.get(job_id).state == "cancelled"
+    assert "tinct.join_film" in worker.text()
+
+
 def test_bad_jobs_fail_clearly_and_the_worker_keeps_serving(service_env):
     client, start_worker, s3, _, model = service_env
     put_object(s3, "s3://scans/ok.png", gray_png())

@@ -8,6 +8,7 @@ and the triggers use). It talks to Redis and storage only; tasks are sent by nam
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -22,6 +23,8 @@ from worker.references import FilmReference, ReferenceError, job_references, ref
 from worker.settings import GPU_QUEUE, IO_QUEUE, Settings
 from worker.storage import ObjectInfo, Storage, check_relative_key, parse_uri
 from worker.video_source import probe_film
+
+logger = logging.getLogger(__name__)
 
 
 class QueueError(TransientError):
@@ -123,10 +126,19 @@ class Service:
 
     def cancel(self, job_id: str, reason: str = "cancelled by request") -> JobRecord | None:
         """Mark a job cancelled with ``reason``: queued pieces are skipped when they arrive; a piece already running
-        finishes but its job is not completed. A finished job is left as it is (atomically: a job finishing now
-        stays succeeded)."""
-        self.store.update_unless_finished(job_id, state="cancelled", error=reason)
-        return self.store.get(job_id)
+        finishes but its job is not completed, and a film's segments staged so far are removed. A finished job is
+        left as it is (atomically: a job finishing now stays succeeded)."""
+        cancelled = self.store.update_unless_finished(job_id, state="cancelled", error=reason)
+        record = self.store.get(job_id)
+        if cancelled and record is not None and record.spec.kind == "video":
+            # A film may have segments staged already: its join task, on a finished job, removes them (a segment
+            # still running removes its own file when it sees the job cancelled; worker.work._discard_if_ended).
+            try:
+                self.app.send_task("tinct.join_film", args=[job_id], queue=IO_QUEUE)
+            except (redis.RedisError, kombu.exceptions.OperationalError) as exc:  # the job is cancelled all the same
+                logger.warning("job %s: cancelled, but its staged segments stay until a cleanup: %s", job_id,
+                               one_line(exc))
+        return record
 
     def recent(self, limit: int = 20) -> list[JobRecord]:
         return self.store.recent(limit)

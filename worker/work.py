@@ -389,6 +389,8 @@ def colorize_segment(rt: Runtime, job_id: str, segment_dict: dict, enqueue: Enqu
             return
     finally:
         lease.release()
+    if _discard_if_ended(rt, job_id):
+        return
     _progress(rt, job_id)
     if _after_pieces(rt, job_id, "segments"):
         enqueue.join(job_id)
@@ -457,10 +459,11 @@ def _progress(rt: Runtime, job_id: str) -> None:
 
 
 def join_film(rt: Runtime, job_id: str) -> None:
+    """Join a film's staged segments into its output; on a job that has finished, remove what is left staged (a
+    cancelled job's segments, for which ``Service.cancel`` sends this task; a success whose joiner died after it)."""
     record = rt.store.get(job_id)
     if record is None or record.state in FINISHED:
-        if record is not None and record.state == "succeeded":
-            # Redelivered because its first joiner died after finishing the job: the staging area may be left.
+        if record is not None:
             rt.storage.delete_prefix(staging_uri(record.spec, job_id))
         return
     lease = rt.leases.take(job_id, "join")
@@ -567,12 +570,28 @@ def finish_job(rt: Runtime, job_id: str, outputs: list[str] | None = None, job_m
 
 def fail_job(rt: Runtime, job_id: str, reason: str) -> bool:
     """Fail a running job with a one-line reason; a job that has already finished is left as it is (a late task's
-    error must not undo a success). True if this call failed it."""
+    error must not undo a success). True if this call failed it. A failed film's staged segments are removed."""
     if not rt.store.update_unless_finished(job_id, state="failed", error=one_line(reason)):
         return False
     metrics.JOBS.labels("failed").inc()
     metrics.FAILURES.labels("permanent").inc()
     logger.warning("job %s failed: %s", job_id, one_line(reason))
+    _discard_if_ended(rt, job_id)
+    return True
+
+
+def _discard_if_ended(rt: Runtime, job_id: str) -> bool:
+    """True if the film job was cancelled or failed, after removing its staged segments. A segment that finishes
+    after its job was cancelled or failed calls this once its file is staged, so whichever comes last, the cancel's
+    cleanup (``join_film``) or the segment's upload, leaves nothing behind."""
+    record = rt.store.get(job_id)
+    if record is None or record.state not in FINISHED or record.state == "succeeded":
+        return False
+    if record.spec.kind == "video":
+        try:
+            rt.storage.delete_prefix(staging_uri(record.spec, job_id))
+        except TinctError as exc:  # the job's outcome stands; a later task on the job (its cleanup) tries again
+            logger.warning("job %s: its staged segments were not removed: %s", job_id, one_line(exc))
     return True
 
 
