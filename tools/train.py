@@ -158,7 +158,7 @@ def grow_model(parent: Checkpoint, options: dict) -> nn.Module:
     as the identity). Options that would change or drop one of the parent's layers raise ConfigError."""
     source = str(parent.path)
     config = {**parent.config, **options}
-    if "pretrained" in config:
+    if "pretrained" in config and "pretrained" not in options:
         config["pretrained"] = True  # an added layer of a pretrained network (its classifier head) starts as ImageNet's
     try:
         model = create_model(parent.model_name, **config)
