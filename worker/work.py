@@ -581,7 +581,7 @@ def fail_job(rt: Runtime, job_id: str, reason: str) -> bool:
 
 
 def _discard_if_ended(rt: Runtime, job_id: str) -> bool:
-    """True if the film job was cancelled or failed, after removing its staged segments. A segment that finishes
+    """True if the job was cancelled or failed, after removing what a film job has staged. A segment that finishes
     after its job was cancelled or failed calls this once its file is staged, so whichever comes last, the cancel's
     cleanup (``join_film``) or the segment's upload, leaves nothing behind."""
     record = rt.store.get(job_id)
@@ -590,8 +590,9 @@ def _discard_if_ended(rt: Runtime, job_id: str) -> bool:
     if record.spec.kind == "video":
         try:
             rt.storage.delete_prefix(staging_uri(record.spec, job_id))
-        except TinctError as exc:  # the job's outcome stands; a later task on the job (its cleanup) tries again
-            logger.warning("job %s: its staged segments were not removed: %s", job_id, one_line(exc))
+        except TinctError as exc:  # the job's outcome stands; its staged files are named in the warning's prefix
+            logger.warning("job %s: its staged segments under %s were not removed: %s", job_id,
+                           staging_uri(record.spec, job_id), one_line(exc))
     return True
 
 
