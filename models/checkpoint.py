@@ -55,12 +55,15 @@ class Checkpoint:
     def build_model(self) -> nn.Module:
         """The network with these weights, loaded strictly, in eval mode, float32."""
         model = model_from_config(self.model_name, self.config)
-        state = {k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()}
         try:
-            model.load_state_dict(state, strict=True)
+            model.load_state_dict(self.float_state(), strict=True)
         except RuntimeError as exc:
             raise CheckpointError(f"{self.path}: weights do not fit model {self.model_name!r}: {exc}") from exc
         return model.eval()
+
+    def float_state(self) -> dict[str, torch.Tensor]:
+        """The weights in float32 (they may be stored in fp16); integer buffers as stored."""
+        return {k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()}
 
     def build_predictor(self, decode: DecodeOptions | None = None) -> ABPredictor:
         return ABPredictor(self.build_model(), decode or DecodeOptions(**self.decode)).eval()

@@ -30,7 +30,9 @@ def test_bench_tiny_configuration_reports_positive_rates_and_the_comparison(tiny
     assert rate_keys <= set(data["rates"][0])
     assert all(q["speed_ratio"] > 0 for q in data["ratios"])
     table = result.table()
-    assert "| default | torch | fp32 | 2 |" in table and "vs eccv16" in table and "CPU:" in table
+    label = next(r.model for r in result.rates if r.arch == "default")
+    assert label.startswith("effnet_unet@")  # the model under test by its label, not as "default" (release 3's name)
+    assert f"| {label} | torch | fp32 | 2 |" in table and "vs eccv16" in table and "CPU:" in table
 
 
 def test_bench_cli_network_only_writes_json(tiny_checkpoint: Path, tmp_path: Path) -> None:

@@ -278,17 +278,19 @@ class BenchResult:
         ]
         cells: dict[tuple, dict[str, Rate]] = {}
         for r in self.rates:
-            cells.setdefault((r.arch, r.engine, r.precision, r.batch_size), {})[r.case] = r
-        for (arch, eng, prec, bs), cases in cells.items():
+            # The model under test by its checkpoint label (which release, or which candidate), not its role.
+            shown = r.model if r.arch == "default" else r.arch
+            cells.setdefault((shown, r.engine, r.precision, r.batch_size), {})[r.case] = r
+        for (shown, eng, prec, bs), cases in cells.items():
             net, e2e = cases.get("network"), cases.get("end_to_end")
             lines.append(
-                f"| {arch} | {eng} | {prec} | {bs} | "
+                f"| {shown} | {eng} | {prec} | {bs} | "
                 f"{_fmt(net, 'images_per_s')} | {_fmt(net, 'megapixels_per_s')} | "
                 f"{_fmt(e2e, 'images_per_s')} | {_fmt(e2e, 'megapixels_per_s')} |"
             )
         ratios = self.ratios()
         if ratios:
-            lines += ["", "| speed default / comparison | engine | precision | batch | network | end to end |",
+            lines += ["", "| speed of the model under test / comparison | engine | precision | batch | network | end to end |",
                       "|---|---|---|---|---|---|"]
             grouped: dict[tuple, dict[str, float]] = {}
             for q in ratios:

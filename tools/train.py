@@ -103,6 +103,7 @@ class TrainConfig:
     crop: int = 160
     lr: float | None = None  # None: DEFAULT_LR, or FINE_TUNE_LR when fine-tuning
     encoder_lr_scale: float = 0.1  # pretrained encoders move slower than the fresh decoder
+    context_lr_scale: float = 1.0  # the global-context layer (effnet_unet's global_context) against the decoder's rate
     weight_decay: float = 1e-4
     warmup_steps: int = 200
     loss: str = "auto"  # auto | l2 | huber | l1 | classification | mix
@@ -165,7 +166,7 @@ def grow_model(parent: Checkpoint, options: dict) -> nn.Module:
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"--set {_options_text(options)} on {source}: {exc}") from exc
     own = model.state_dict()
-    state = {k: v.float() if v.is_floating_point() else v for k, v in parent.state_dict.items()}
+    state = parent.float_state()
     clash = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
     if clash:
         raise ConfigError(f"--set {_options_text(options)} changes layers that {source} has ({', '.join(clash[:3])}"
@@ -244,11 +245,24 @@ def measure_class_weights(sampler: BatchSampler, batches: int, lam: float) -> tu
 
 
 def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
-    encoder, rest = [], []
+    """The decoder at ``cfg.lr``, the global-context layer (if any) and the encoder at their own scales of it. A
+    grown model's context layer starts at zero while the decoder is already trained, so it may need a faster rate."""
+    # The context layer gets a group of its own only when its rate differs: runs saved before the option existed
+    # keep the group layout their optimizer state was written with, so they resume.
+    own_context_rate = cfg.context_lr_scale != 1.0
+    encoder, context, rest = [], [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (encoder if name.startswith("encoder.") else rest).append(p)
+            if name.startswith("encoder."):
+                encoder.append(p)
+            else:
+                (context if own_context_rate and name.startswith("context.") else rest).append(p)
+    if own_context_rate and not context:
+        raise ConfigError(f"context_lr_scale {cfg.context_lr_scale:g} needs a model with a global-context layer "
+                          "(--set global_context=true)")
     groups = [{"params": rest, "lr": cfg.lr}]
+    if context:
+        groups.append({"params": context, "lr": cfg.lr * cfg.context_lr_scale})
     if encoder:
         groups.append({"params": encoder, "lr": cfg.lr * cfg.encoder_lr_scale})
     return groups
@@ -458,6 +472,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
             "val_split": cfg.val_split,
             "ema_decay": cfg.ema_decay,
             "freeze_encoder_steps": cfg.freeze_encoder_steps,
+            "encoder_lr_scale": cfg.encoder_lr_scale,
+            "context_lr_scale": cfg.context_lr_scale,
             "min_object_side": cfg.min_object_side,
             "metrics": metrics,
             "lr": cfg.lr,
@@ -588,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("steps", "batch_size", "crop", "warmup_steps", "log_every", "eval_every", "save_every", "seed",
                  "val_crops", "freeze_encoder_steps", "min_object_side"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    for name in ("encoder_lr_scale", "weight_decay", "adversarial_weight", "feature_weight", "time_limit_min",
+    for name in ("encoder_lr_scale", "context_lr_scale", "weight_decay", "adversarial_weight", "feature_weight", "time_limit_min",
                  "l1_weight", "ema_decay"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
     p.add_argument("--lr", type=float, help=f"peak learning rate (default: {DEFAULT_LR:g}; {FINE_TUNE_LR:g} for a "
