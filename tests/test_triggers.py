@@ -30,7 +30,7 @@ from worker.service import Service
 from worker.storage import ObjectInfo, Storage, UnsafeKeyError, parse_uri
 from worker.triggers.bulk import BulkReport, bulk
 from worker.triggers.events import S3Event, parse_s3_events, submit_events
-from worker.triggers.mapping import eligibility, is_within, output_uri_for
+from worker.triggers.mapping import eligibility, is_within, job_spec_for, output_uri_for
 from worker.triggers.sqs import listen_sqs, make_sqs_client, parse_sqs_uri
 from worker.triggers.webhook import serve_webhook
 
@@ -54,8 +54,9 @@ class StoreSubmitter:
         self.fail_next = 0
         self._lock = threading.Lock()
 
-    def submit(self, spec: JobSpec, identity: ObjectInfo | None = None, supersede: bool = False) -> tuple[str, bool]:
-        # ``supersede`` is the service's (tested against the real Service below); this double records creations.
+    def submit(self, spec: JobSpec, identity: ObjectInfo | None = None,
+               supersede_as_of: float | None = None) -> tuple[str, bool]:
+        # Superseding is the service's (tested against the real Service below); this double records creations.
         with self._lock:
             if self.fail_next > 0:
                 self.fail_next -= 1
@@ -627,6 +628,30 @@ def test_a_later_sidecar_supersedes_the_job_queued_without_it_in_the_real_servic
     photo_again = put(s3_server, "scans", "box/p.jpg", b"photo, scanned again")
     [rescan] = submit_events(service, parse_s3_events(created_body(photo_again)), "s3://out/", OPTIONS).jobs
     assert rescan.created and service.get(hinted.job_id).state == "succeeded"
+
+
+def test_the_submission_that_read_the_bucket_last_wins_whatever_order_it_arrives_in(redis_server, s3_server):  # noqa: F811
+    # Two webhook deliveries at once: the photo's event read no hint file, the hint file's event read it; the
+    # hinted submission reaches Redis first. The plain one, arriving second with the older view, is the one
+    # cancelled (and never planned), not the hinted job.
+    s3_server.make_bucket("scans")
+    service = Service(s3_settings(s3_server, redis_url=redis_server.url))
+    photo = put(s3_server, "scans", "box/p.jpg", b"photo")
+    plain = job_spec_for(photo.uri, None, "s3://out/", OPTIONS)
+    hinted = replace(plain, options=replace(plain.options, hints=HINTS))
+    read_plain, read_hinted = time.time(), time.time() + 0.5
+    hinted_id, created = service.submit(hinted, photo, supersede_as_of=read_hinted)
+    assert created
+    plain_id, created = service.submit(plain, photo, supersede_as_of=read_plain)
+    assert created and plain_id != hinted_id
+    assert service.get(hinted_id).state == "queued"
+    late = service.get(plain_id)
+    assert late.state == "cancelled"
+    assert late.error == f"superseded by job {hinted_id} (same input and output, its sidecars read later)"
+    # A submission that read the bucket later still supersedes the hinted job in the usual way.
+    rescan = replace(plain, options=replace(plain.options, smoothing=0.75))
+    rescan_id, _ = service.submit(rescan, photo, supersede_as_of=read_hinted + 1)
+    assert service.get(hinted_id).state == "cancelled" and service.get(rescan_id).state == "queued"
 
 
 def test_sqs_a_bad_hint_file_fails_its_photo_in_one_line_and_the_listener_goes_on(submitter, s3_server, caplog):  # noqa: F811

@@ -290,8 +290,8 @@ class BenchResult:
             )
         ratios = self.ratios()
         if ratios:
-            lines += ["", "| speed of the model under test / comparison | engine | precision | batch | network | end to end |",
-                      "|---|---|---|---|---|---|"]
+            lines += ["", "| speed of the model under test / comparison | engine | precision | batch | network "
+                      "| end to end |", "|---|---|---|---|---|---|"]
             grouped: dict[tuple, dict[str, float]] = {}
             for q in ratios:
                 grouped.setdefault((q["versus"], q["engine"], q["precision"], q["batch_size"]), {})[q["case"]] = (

@@ -604,8 +604,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("steps", "batch_size", "crop", "warmup_steps", "log_every", "eval_every", "save_every", "seed",
                  "val_crops", "freeze_encoder_steps", "min_object_side"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    for name in ("encoder_lr_scale", "context_lr_scale", "weight_decay", "adversarial_weight", "feature_weight", "time_limit_min",
-                 "l1_weight", "ema_decay"):
+    for name in ("encoder_lr_scale", "context_lr_scale", "weight_decay", "adversarial_weight", "feature_weight",
+                 "time_limit_min", "l1_weight", "ema_decay"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
     p.add_argument("--lr", type=float, help=f"peak learning rate (default: {DEFAULT_LR:g}; {FINE_TUNE_LR:g} for a "
                    "fine-tune)")

@@ -226,6 +226,15 @@ class JobRecord:
         return data
 
 
+def _parse_latest(raw: bytes | None) -> tuple[str | None, float]:
+    """A ``tinct:latest`` value, ``"<as_of> <job id>"``, as (job id, as_of); a bare job id (written before the
+    time was recorded) counts as the oldest possible."""
+    if raw is None:
+        return None, float("-inf")
+    as_of, space, job_id = raw.decode().partition(" ")
+    return (job_id, float(as_of)) if space else (as_of, float("-inf"))
+
+
 class JobStore:
     """Job records in Redis hashes (``tinct:job:<id>``), an index by creation time, per-job piece sets, and the
     latest job per input and output (``tinct:latest:<hash>``).
@@ -266,12 +275,28 @@ class JobStore:
                 except WatchError:  # another submission of this job got in between: look again
                     continue
 
-    def swap_latest(self, spec: JobSpec, job_id: str) -> str | None:
-        """Make ``job_id`` the latest job writing ``spec.output`` from ``spec.input`` and return the one that was
-        (None if none; atomic), so that a newer submission for the same result can supersede an older one."""
+    def claim_latest(self, spec: JobSpec, job_id: str, as_of: float) -> tuple[str | None, str | None]:
+        """Settle which job is the latest writing ``spec.output`` from ``spec.input``: the one whose submitter read
+        the bucket last (``as_of``, epoch seconds: when the triggers read its sidecars), whatever order the
+        submissions reach Redis in. Returns ``(displaced, newer)``: the job ``job_id`` replaced as the latest (None
+        if none), or, when a job that read the bucket later is already the latest, that job (and ``job_id`` is not
+        recorded). Atomic against concurrent claims."""
         target = hashlib.sha256(f"{spec.input}\0{spec.output}".encode()).hexdigest()[:32]
-        previous = self.redis.set(f"{KEY_PREFIX}latest:{target}", job_id, ex=self.ttl_s, get=True)
-        return previous.decode() if previous is not None else None
+        key = f"{KEY_PREFIX}latest:{target}"
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    current, current_as_of = _parse_latest(pipe.get(key))
+                    if current is not None and current != job_id and current_as_of > as_of:
+                        pipe.unwatch()
+                        return None, current
+                    pipe.multi()
+                    pipe.set(key, f"{as_of!r} {job_id}", ex=self.ttl_s)
+                    pipe.execute()
+                    return current, None
+                except WatchError:  # another submission for this output got in between: look again
+                    continue
 
     def get(self, job_id: str) -> JobRecord | None:
         raw = self.redis.hgetall(self._key(job_id))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -59,17 +60,20 @@ class Service:
             size += info.size
         return ObjectInfo(spec.input, size, digest.hexdigest(), None)
 
-    def submit(self, spec: JobSpec, identity: ObjectInfo | None = None, supersede: bool = False) -> tuple[str, bool]:
+    def submit(self, spec: JobSpec, identity: ObjectInfo | None = None,
+               supersede_as_of: float | None = None) -> tuple[str, bool]:
         """Queue ``spec`` and return ``(job_id, created)``; an identical job already queued, running or done is
         returned instead (``created`` False). An input that is missing, unreadable or too large gives a job in
         the ``failed`` state with the reason, so that every submission can be looked up. Bad references (a missing,
         oversized, undecodable or gray picture; for a film in a folder, a time outside it) raise JobSpecError and
         queue nothing (:meth:`checked_references`).
 
-        ``supersede`` (the triggers: they read a job's options off the bucket, so the newest submission is the
-        current one) cancels the unfinished job queued before this one for the same input and output, e.g. a film
-        queued as it arrived, before its reference pictures: two jobs racing to one output would leave whichever
-        finished last, and the older one is work for nothing."""
+        ``supersede_as_of`` (the triggers: they read a job's options off the bucket, so the submission that read it
+        last is the current one; epoch seconds, taken before reading the sidecars) cancels the unfinished job for
+        the same input and output that read the bucket earlier, e.g. a film queued as it arrived, before its
+        reference pictures: two jobs racing to one output would leave whichever finished last, and the older one is
+        work for nothing. Submissions can reach Redis out of that order (two webhook deliveries at once), so a new
+        job that read the bucket before the current one is the one cancelled, and never planned."""
         spec = self.checked_references(spec)
         try:
             _check_output(spec.output)
@@ -89,9 +93,14 @@ class Service:
         try:
             _, created = self.store.create(job_id, spec, {"etag": identity.etag, "size": identity.size})
             if created:
-                previous = self.store.swap_latest(spec, job_id)
-                if supersede and previous not in (None, job_id):
-                    self.cancel(previous, f"superseded by job {job_id} (same input and output)")
+                superseding = supersede_as_of is not None
+                displaced, newer = self.store.claim_latest(
+                    spec, job_id, supersede_as_of if superseding else time.time())
+                if superseding and newer is not None:
+                    self.cancel(job_id, f"superseded by job {newer} (same input and output, its sidecars read later)")
+                    return job_id, created
+                if superseding and displaced not in (None, job_id):
+                    self.cancel(displaced, f"superseded by job {job_id} (same input and output)")
                 self.app.send_task("tinct.plan", args=[job_id], queue=IO_QUEUE)
         except (redis.RedisError, kombu.exceptions.OperationalError) as exc:
             # Redis is the queue too: a hiccup here is worth retrying, and a retry finds the job if it got in.

@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from worker.errors import TinctError, TransientError, one_line
@@ -108,6 +108,7 @@ class _Candidate:
     info: ObjectInfo
     spec: JobSpec
     job_id: str
+    listed_at: float  # when the listing reached this input (epoch seconds): its sidecars were read no earlier
 
 
 def bulk(
@@ -190,7 +191,7 @@ def _candidate(
     except (TinctError, ValueError) as error:
         report.fail(info.uri, str(error))
         return None
-    return _Candidate(info, spec, spec.job_id(info.etag, info.size))
+    return _Candidate(info, spec, spec.job_id(info.etag, info.size), time.time())
 
 
 class _Sidecars:
@@ -248,7 +249,7 @@ class _Sidecars:
             return None
         if spec is candidate.spec:
             return candidate
-        return _Candidate(candidate.info, spec, spec.job_id(candidate.info.etag, candidate.info.size))
+        return replace(candidate, spec=spec, job_id=spec.job_id(candidate.info.etag, candidate.info.size))
 
 
 def _past_sidecars(candidate: _Candidate, uri: str) -> bool:
@@ -313,7 +314,8 @@ def _submit_one(submitter: Submitter, candidate: _Candidate, outage: threading.E
     if outage.is_set():
         return TransientError("not attempted: submitting stopped after an outage")
     try:
-        return _retrying(lambda: submitter.submit(candidate.spec, candidate.info, supersede=True),
+        return _retrying(lambda: submitter.submit(candidate.spec, candidate.info,
+                                                    supersede_as_of=candidate.listed_at),
                          f"submitting {candidate.info.uri}")
     except Exception as error:
         if is_transient(error):

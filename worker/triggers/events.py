@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -181,6 +182,7 @@ def submit_events(
             results.skipped += 1
             continue
         try:
+            read_at = time.time()  # before the sidecars are looked at: what this submission knows is this fresh
             spec = job_spec_for(uri, None, output_prefix, options)
             identity = event.identity() if owner is None else _stat_if_present(submitter.storage, owner)
             if owner is not None and identity is None:
@@ -192,7 +194,7 @@ def submit_events(
                 results.skipped += 1
                 continue
             spec = with_sidecars(spec, submitter.storage, limits, *sidecars_present(submitter.storage, spec))
-            job_id, created = submitter.submit(spec, identity, supersede=True)
+            job_id, created = submitter.submit(spec, identity, supersede_as_of=read_at)
         except (TinctError, ValueError) as error:
             if is_transient(error):
                 raise

@@ -44,11 +44,13 @@ class Submitter(Protocol):
 
     storage: Storage
 
-    def submit(self, spec: JobSpec, identity: ObjectInfo | None = None, supersede: bool = False) -> tuple[str, bool]:
+    def submit(self, spec: JobSpec, identity: ObjectInfo | None = None,
+               supersede_as_of: float | None = None) -> tuple[str, bool]:
         """Queue ``spec`` and return ``(job_id, created)``; the same input identity, output and options return the
         existing job with ``created`` False. ``identity`` (from a listing or an event) spares a HEAD request.
-        ``supersede``: a new job cancels the unfinished one queued before it for the same input and output (the
-        triggers always ask: their options come from the bucket's sidecars, so the newest submission is current).
+        ``supersede_as_of``: when the submitter read the bucket for this spec's sidecars (epoch seconds); of the
+        unfinished jobs for one input and output, the one that read it last runs and the others are cancelled (the
+        triggers always ask: their options come from the bucket's sidecars, so the newest view is current).
         Raises :class:`JobSpecError`/``PermanentError`` for bad specs, ``TransientError`` for hiccups."""
         ...
 
