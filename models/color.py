@@ -318,10 +318,15 @@ def soft_encode_ab(
     return target.view(b, h, w, -1).movedim(-1, 1)
 
 
-@lru_cache(maxsize=1)
-def _soft_encode_table() -> tuple[torch.Tensor, torch.Tensor]:
+_CPU = torch.device("cpu")
+
+
+@lru_cache(maxsize=4)
+def _soft_encode_table(device: torch.device = _CPU) -> tuple[torch.Tensor, torch.Tensor]:
     """Soft-encoding of every ab on a 1-unit lattice over [-AB_RANGE, AB_RANGE]^2: (cells, K) bin indices, nearest
-    first, and their Gaussian weights. Computed once (about 49k cells); training looks targets up in it."""
+    first, and their Gaussian weights. Computed once per device (about 49k cells); training looks targets up in it."""
+    if device.type != "cpu":
+        return tuple(t.to(device) for t in _soft_encode_table())  # type: ignore[return-value]
     side = 2 * round(AB_RANGE) + 1
     axis = torch.arange(side, dtype=torch.float32) - round(AB_RANGE)
     a, b = torch.meshgrid(axis, axis, indexing="ij")
@@ -336,12 +341,11 @@ def soft_encode_ab_sparse(ab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     first) and (B, K, H, W) weights, for ab rounded to whole units. Rounding moves a pixel by at most 0.7 ab units,
     far inside the encoding's sigma of 5; the lookup replaces a distance to every bin per pixel, which cost a
     fifth of a training step (``python -m tools bench --train``)."""
-    indices, weights = _soft_encode_table()
+    indices, weights = _soft_encode_table(ab.device)
     side = 2 * round(AB_RANGE) + 1
     cells = (ab.detach().float().round().clamp(-AB_RANGE, AB_RANGE) + round(AB_RANGE)).long()
     flat = cells[:, 0] * side + cells[:, 1]  # (B, H, W)
-    return (indices.to(ab.device)[flat].movedim(-1, 1),
-            weights.to(device=ab.device, dtype=ab.dtype)[flat].movedim(-1, 1))
+    return indices[flat].movedim(-1, 1), weights.to(ab.dtype)[flat].movedim(-1, 1)
 
 
 def ab_histogram(ab: torch.Tensor) -> torch.Tensor:

@@ -225,6 +225,33 @@ def test_the_context_layer_learns_at_its_own_rate(photo_dir: Path, tmp_path: Pat
     assert not (tmp_path / "bad" / "model.pt").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cli_asked_for_a_gpu_without_one_says_so_in_one_line(photo_dir: Path, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--data", str(photo_dir), "--run-dir", str(tmp_path / "run"), "--device", "cuda", "--steps", "1",
+              "--set", "pretrained=false"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "PyTorch sees no CUDA GPU" in err, err
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_run_trains_on_the_gpu_in_bf16_and_resumes_on_the_cpu(tmp_path: Path) -> None:
+    data = _named_photos(tmp_path / "photos", 24)
+    cfg = TrainConfig(model_options=TINY_EFFNET | {"global_context": True}, data=[str(data)], val_split=0.25,
+                      val_crops=8, steps=4, batch_size=4, crop=64, loss="mix", ema_decay=0.5, feature_weight=1.0,
+                      freeze_encoder_steps=2, eval_every=2, save_every=2, warmup_steps=1, device="cuda", bf16=True)
+    run = tmp_path / "run"
+    train(cfg, run)
+    state = torch.load(run / STATE_FILE, map_location="cpu", weights_only=True)
+    assert state["step"] == 4 and state["history"][-1]["val_psnr"] > 10
+    train(dataclasses.replace(cfg, steps=6, device="cpu", bf16=False), run, resume=True)
+    resumed = torch.load(run / STATE_FILE, weights_only=True)
+    assert resumed["step"] == 6 and [m["step"] for m in resumed["history"]] == [2, 4, 6]
+    assert load_checkpoint(run / "model.pt").build_model()(torch.rand(1, 1, 64, 64) * 100).shape[0] == 1
+
+
 # --- the validation split, the mix loss, EMA, the encoder schedule, scale augmentation -------------------------------
 
 

@@ -25,7 +25,9 @@ steps: PSNR against the truth beside the gray baseline's, and colourfulness besi
 
 A run directory holds ``train_state.pt`` (everything needed to resume: weights, EMA weights, optimizer, step,
 sampler RNG, rebalancing weights, the validation history) and ``model.pt`` (a self-describing inference checkpoint
-of the EMA weights when there are any). A run resumed on another machine needs only that folder and the data.
+of the EMA weights when there are any). A run resumed on another machine needs only that folder and the data, and
+may move between a CPU and a GPU (``--device``: the network trains there, photos are sampled on the CPU; ``--bf16``
+on a GPU).
 
 Fine-tuning (``--init default``, a model name in the model store, or a .pt path) starts from a published
 checkpoint with a fresh optimizer: the architecture, class-rebalancing lambda and decoding come from the
@@ -64,6 +66,8 @@ from models.color import (
     rebalance_weights,
     soft_encode_ab_sparse,
 )
+from models.engines.base import EngineUnavailableError
+from models.engines.torch_engine import resolve_torch_device
 from models.files import atomic_output
 from models.predictor import DecodeOptions
 from models.registry import build_config, create_model, model_from_config
@@ -111,7 +115,8 @@ class TrainConfig:
     rebalance_lambda: float | None = None  # None: the parent's when fine-tuning, else DEFAULT_REBALANCE_LAMBDA
     adversarial_weight: float = 0.0
     feature_weight: float = 0.0  # weight of tools.feature_loss.FeatureLoss on the decoded ab (0: off)
-    bf16: bool = False
+    bf16: bool = False  # bf16 autocast (on a GPU: the usual choice; on a CPU only with AMX, see docs/training.md)
+    device: str = "auto"  # auto | cpu | cuda: where the network trains; photos are sampled on the CPU either way
     seed: int = 0
     log_every: int = 50
     eval_every: int = 500
@@ -291,9 +296,10 @@ def validate(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]],
     psnr_gray: list[float] = []
     colour_model: list[float] = []
     colour_truth: list[float] = []
-    for L, ab in batches:
-        pred = differentiable_ab(model, model(L), temperature)
-        pred = F.interpolate(pred, size=ab.shape[-2:], mode="bilinear", align_corners=False)
+    device = next(model.parameters()).device
+    for L, ab in batches:  # crops on the CPU; the network wherever it trains, the figures on the CPU
+        pred = differentiable_ab(model, model(L.to(device)), temperature)
+        pred = F.interpolate(pred, size=ab.shape[-2:], mode="bilinear", align_corners=False).cpu()
         se_model += float(((pred - ab) ** 2).sum())
         se_gray += float((ab**2).sum())
         n += ab.numel()
@@ -376,7 +382,9 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
     parent: Checkpoint | None = None
     if state is not None:
         saved = dict(state["train_config"])
-        saved.update({k: getattr(cfg, k) for k in ("steps", "time_limit_min", "log_every", "eval_every", "save_every")})
+        # What describes this machine or this sitting comes from the command line, not from the saved run.
+        saved.update({k: getattr(cfg, k) for k in ("steps", "time_limit_min", "log_every", "eval_every", "save_every",
+                                                   "device", "bf16")})
         cfg = TrainConfig(**saved)
         if cfg.init_from:
             parent = load_checkpoint(cfg.init_from)
@@ -394,6 +402,13 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
         cfg = _complete_config(cfg, None)
         model = create_model(cfg.model, **cfg.model_options)
     loss_kind = _resolve_loss(model, cfg.loss)
+    device = torch.device(resolve_torch_device(cfg.device))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # every step has the same shapes: let cuDNN pick its fastest kernels
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    model = model.to(device)
+    log.info("training on %s%s", device, f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
     parent_decode = DecodeOptions(**parent.decode) if parent is not None and parent.decode else DecodeOptions()
 
     bank = PhotoBank([SourceSpec.parse(s) for s in cfg.data], short_side=_bank_side(cfg), storage=storage,
@@ -411,14 +426,15 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
             class_weights, ab_prior = measure_class_weights(sampler, batches=40, lam=cfg.rebalance_lambda)
             log.info("class rebalancing weights: min %.2f max %.2f", float(class_weights.min()),
                      float(class_weights.max()))
+        class_weights = class_weights.to(device)
 
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     disc = disc_opt = None
     if cfg.adversarial_weight > 0:
-        disc = create_model("patchgan")
+        disc = create_model("patchgan").to(device)
         disc_opt = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    feature_loss = FeatureLoss() if cfg.feature_weight > 0 else None
+    feature_loss = FeatureLoss().to(device) if cfg.feature_weight > 0 else None
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
         if feature_loss is not None:
@@ -450,7 +466,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
             "metrics": metrics,
             "history": history,
             "ema": ema.model.state_dict() if ema is not None else None,
-            "class_weights": class_weights,
+            "class_weights": class_weights.cpu() if class_weights is not None else None,
             "ab_prior": ab_prior,
         }
         if disc is not None:
@@ -497,9 +513,9 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
     started = time.monotonic()
     window_start, window_images = time.monotonic(), 0
     running = 0.0
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
     while step < cfg.steps:
-        L, ab = next(sampler)
+        L, ab = (t.to(device, non_blocking=True) for t in next(sampler))
         if cfg.channels_last:
             L = L.contiguous(memory_format=torch.channels_last)
         if step == cfg.freeze_encoder_steps and cfg.freeze_encoder_steps > 0:
@@ -616,7 +632,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loss", default="auto", choices=["auto", "l2", "huber", "l1", "classification", "mix"])
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    help="keep NCHW convolutions (channels-last is the default: faster on CPU)")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast on CPUs that support it")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (on a GPU; on a CPU only where it has AMX)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where the network trains (auto: the GPU when PyTorch sees one); photos are sampled on the CPU")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -644,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg.init_ref = args.init
                 cfg.init_from = str(resolve_checkpoint(resolve_model(args.init, settings, storage)))
             path = train(cfg, args.run_dir, resume=args.resume, storage=storage)
-    except (TinctError, CheckpointError, ConfigError, DataError, FileNotFoundError) as exc:
+    except (TinctError, CheckpointError, ConfigError, DataError, EngineUnavailableError, FileNotFoundError) as exc:
         # Bad data sources, unknown models, a store that refuses: one line naming what and why, no traceback.
         p.exit(2, f"{p.prog}: error: {one_line(exc)}\n")
     log.info("checkpoint: %s", path)
