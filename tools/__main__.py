@@ -12,6 +12,7 @@ VERBS = {
     "bench": ("tools.bench", "images/s and megapixels/s per engine and batch size"),
     "export": ("tools.export", "export a checkpoint to ONNX (dynamic batch and size)"),
     "build-engine": ("tools.build_engine", "build a model's TensorRT engine for this GPU (cached, checked)"),
+    "pack-data": ("tools.pack_data", "a byte-budgeted copy of training sources (same names, whole split) to carry"),
     "promote": ("tools.promote", "make a run's checkpoint shippable: decoding, evaluation, fp16 weights"),
     "experiments": ("tools.experiments", "rerun the seed papers' comparisons (CIFAR-10 judge, natural photos)"),
     "serve-local": ("tools.serve_local", "redis-server, a worker and tinct serve on loopback (make serve)"),

@@ -1,0 +1,104 @@
+"""``tools pack-data`` on generated photos: the budget holds, the validation split travels whole under its own
+names, large photos are downscaled, and tools train reads the pack."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import gradient_image
+from tools.datasets import PhotoBank, SourceSpec, in_holdout, relative_name
+from tools.pack_data import main, pack
+from tools.train import TrainConfig, train
+
+SPLIT = 0.25
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> tuple[Path, Path]:
+    """A folder of 40 large JPEGs in two subfolders and a zip of 30 small PNGs (noise, so sizes vary)."""
+    root = tmp_path_factory.mktemp("sources")
+    big = root / "scenes"
+    for i in range(40):
+        folder = big / ("street" if i % 2 else "field")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(gradient_image(200, 260, seed=i)).save(folder / f"s{i:02d}.jpg", quality=95)
+    small = root / "tiny.zip"
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(small, "w") as zf:
+        for i in range(30):
+            noise = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
+            path = root / "t.png"
+            Image.fromarray(noise).save(path)
+            zf.write(path, f"class{i % 3}/t{i:02d}.png")
+    return big, small
+
+
+def _members(path: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as zf:
+        return {name: zf.read(name) for name in zf.namelist()}
+
+
+def test_the_pack_keeps_the_split_and_the_names_within_its_budget(sources, tmp_path: Path) -> None:
+    big, small = sources
+    everything = pack([str(big), str(small)], tmp_path / "all", budget_mb=100, short_side=64, val_split=SPLIT)
+    assert [s["train_fraction"] for s in everything["sources"]] == [1.0, 1.0]
+    full_bytes = everything["bytes"]
+
+    out = tmp_path / "pack"
+    manifest = pack([str(big), str(small)], out, budget_mb=full_bytes / 2 / 2**20, short_side=64, val_split=SPLIT)
+    assert manifest["bytes"] <= full_bytes / 2
+    scenes, tiny = _members(out / "scenes.zip"), _members(out / "tiny.zip")
+    assert sum(len(b) for b in scenes.values()) + sum(len(b) for b in tiny.values()) == manifest["bytes"]
+    # Names as inside the sources, so the split hashes the same photos; every split photo is there.
+    original_scenes = {p.relative_to(big).as_posix() for p in big.rglob("*.jpg")}
+    with zipfile.ZipFile(small) as zf:
+        original_tiny = {name: zf.read(name) for name in zf.namelist()}
+    assert set(scenes) <= original_scenes and set(tiny) <= set(original_tiny)
+    assert {n for n in original_scenes if in_holdout(n, SPLIT)} <= set(scenes)
+    assert {n for n in original_tiny if in_holdout(n, SPLIT)} <= set(tiny)
+    # About the same fraction of each source's training photos: the mix is kept.
+    fractions = [s["train_fraction"] for s in manifest["sources"]]
+    assert 0 < min(fractions) and max(fractions) < 1 and max(fractions) - min(fractions) < 0.35, fractions
+    # Large photos are downscaled to the short side (and stay JPEGs); small ones travel byte for byte.
+    for data in scenes.values():
+        with Image.open(io.BytesIO(data)) as im:
+            assert im.format == "JPEG" and min(im.size) == 64
+    assert all(tiny[name] == original_tiny[name] for name in tiny)
+    written = json.loads((out / "pack.json").read_text())
+    assert written["sources"][0]["zip"] == "scenes.zip" and written["val_split"] == SPLIT
+
+    # The validation split read from the pack is the split read from the originals, photo for photo.
+    for source, packed in ((big, out / "scenes.zip"), (small, out / "tiny.zip")):
+        on_pack = PhotoBank([SourceSpec(packed)], short_side=64, split="val", holdout=SPLIT)
+        original = PhotoBank([SourceSpec(source)], short_side=64, split="val", holdout=SPLIT)
+        assert len(original) > 0
+        assert [relative_name(packed, n) for n in on_pack.names] == [relative_name(source, n) for n in original.names]
+    # And tools train takes the pack as it takes the originals.
+    cfg = TrainConfig(model_options={"pretrained": False, "decoder_channels": [16, 16, 16]},
+                      data=[str(out / "scenes.zip"), str(out / "tiny.zip") + ":2"], val_split=SPLIT, val_crops=4,
+                      steps=1, batch_size=2, crop=48, warmup_steps=1)
+    assert train(cfg, tmp_path / "run").exists()
+
+
+def test_cli_refuses_a_budget_below_the_split_and_a_missing_source(sources, tmp_path: Path, capsys) -> None:
+    big, _ = sources
+    for args, reason in (
+        (["--data", str(big), "--budget-mb", "0.001", "--val-split", "0.5"], "the validation split alone is"),
+        (["--data", str(tmp_path / "nowhere"), "--budget-mb", "5"], "nowhere"),
+        (["--data", str(big), "--data", str(big), "--budget-mb", "5"], "two sources would both be packed as"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main([*args, "-o", str(tmp_path / "out")])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and reason in err[0], err
+    assert not (tmp_path / "out" / "scenes.zip").exists()
+    assert main(["--data", str(big), "--budget-mb", "5", "--short-side", "64", "-o", str(tmp_path / "ok")]) == 0
+    assert "MB in 1 zips" in capsys.readouterr().out

@@ -1,0 +1,181 @@
+"""``python -m tools pack-data``: a byte-budgeted copy of training sources, for a machine the data cannot reach.
+
+A GPU lent for a few minutes receives only what travels with the checkout (docs/training.md: 64 MiB, the checkout
+included), and the training sources are several times that. This packs each ``--data`` source into one zip of
+``-o DIR`` that ``tools train --data DIR/<name>.zip`` reads like the original:
+
+* **the same names**: every photo keeps its name inside its source (``tools.datasets.relative_name``), so the
+  validation split is the same photos (``--val-split`` hashes the name) and a run on the pack is chosen and
+  compared exactly as one on the originals (docs/protocol.md);
+* **the whole validation split** of ``--val-split F`` is always carried (it is small, and the run's validation
+  line needs it); training photos fill the rest of ``--budget-mb``, picked by a hash of the name that is
+  independent of the split's, the same fraction from every source, so the data mix is kept;
+* **no larger than training reads them**: a photo whose short side is over ``--short-side`` (the photo bank's
+  side: ``max(1.15 x crop, --min-object-side)``, 128 for the campaign's recipe) is downscaled as the bank would
+  and re-encoded in its own format; the others are copied byte for byte.
+
+``DIR/pack.json`` records what was carried from each source and the command. Zips are written beside their final
+name and renamed, so an interrupted pack never leaves a zip that looks finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import logging
+import os
+import shlex
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from PIL import Image, UnidentifiedImageError
+
+from models.files import atomic_output
+from tools.datasets import SourceSpec, in_holdout, is_s3_uri, iter_image_bytes, relative_name
+from worker.errors import TinctError, one_line
+from worker.settings import Settings
+from worker.storage import Storage
+
+log = logging.getLogger("tools.pack_data")
+
+MB = 1024 * 1024
+# Re-encoding settings by extension: each photo stays in the format its name says.
+_ENCODERS = {".jpg": ("JPEG", {"quality": 90}), ".jpeg": ("JPEG", {"quality": 90}),
+             ".webp": ("WEBP", {"quality": 90}), ".png": ("PNG", {"optimize": True}),
+             ".bmp": ("BMP", {}), ".tif": ("TIFF", {"compression": "tiff_deflate"}),
+             ".tiff": ("TIFF", {"compression": "tiff_deflate"})}
+
+
+class PackError(ValueError):
+    """A pack that cannot be made as asked (a budget below the validation split, two sources with one name)."""
+
+
+@dataclass
+class _Photo:
+    source: int  # index into the sources
+    name: str  # relative name inside its source: what the validation split hashes
+    data: bytes
+    in_val: bool
+    rank: float  # the pack's own hash of the name in [0, 1): training photos are carried in this order
+
+
+def pack_rank(name: str) -> float:
+    """Where a training photo falls in the pack's order: a hash independent of the validation split's."""
+    digest = hashlib.sha1(b"tinct-pack\0" + name.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _fitted(name: str, data: bytes, short_side: int) -> bytes | None:
+    """``data`` as it travels: unchanged when its short side is within ``short_side``, else downscaled (bicubic, as
+    the photo bank does) and re-encoded in the format of its extension; None when it is not a readable image."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            scale = short_side / min(im.size)
+            if scale >= 1:
+                return data
+            fmt, params = _ENCODERS.get(PurePosixPath(name).suffix.lower(), ("PNG", {}))
+            rgb = im.convert("RGB").resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
+                                           Image.BICUBIC)
+            out = io.BytesIO()
+            rgb.save(out, fmt, **params)
+            return out.getvalue()
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        log.warning("%s: skipped, not a readable image (%s)", name, exc)
+        return None
+
+
+def _zip_name(source: Path | str) -> str:
+    if is_s3_uri(source):
+        return PurePosixPath(str(source).rstrip("/")).name + ".zip"
+    path = Path(source)
+    return path.stem + ".zip" if path.suffix.lower() == ".zip" else path.name + ".zip"
+
+
+def pack(sources: list[str], out_dir: Path, budget_mb: float, short_side: int = 128, val_split: float = 0.0,
+         storage: Storage | None = None, command: str = "") -> dict:
+    """Write one zip per source under ``out_dir`` (see the module doc) and return the manifest; ``storage`` reads
+    ``s3://`` sources, ``command`` is recorded in it."""
+    specs = [SourceSpec.parse(s) for s in sources]
+    zip_names = [_zip_name(spec.path) for spec in specs]
+    clash = sorted({n for n in zip_names if zip_names.count(n) > 1})
+    if clash:
+        raise PackError(f"two sources would both be packed as {clash[0]}: rename one folder")
+    photos: list[_Photo] = []
+    for index, spec in enumerate(specs):
+        count = 0
+        for full_name, data in iter_image_bytes(spec.path, storage):
+            name = relative_name(spec.path, full_name)
+            fitted = _fitted(full_name, data, short_side)
+            if fitted is not None:
+                photos.append(_Photo(index, name, fitted, in_holdout(name, val_split), pack_rank(name)))
+                count += 1
+        log.info("%s: %d photos read", zip_names[index], count)
+    budget = int(budget_mb * MB)
+    val_bytes = sum(len(p.data) for p in photos if p.in_val)
+    if val_bytes > budget:
+        raise PackError(f"--budget-mb {budget_mb:g}: the validation split alone is {val_bytes / MB:.1f} MB")
+    # Training photos in the pack's hash order until the budget is spent: about the same fraction of every source.
+    carried, used = [p for p in photos if p.in_val], val_bytes
+    for photo in sorted((p for p in photos if not p.in_val), key=lambda p: p.rank):
+        if used + len(photo.data) > budget:
+            break
+        carried.append(photo)
+        used += len(photo.data)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = {"budget_mb": budget_mb, "short_side": short_side, "val_split": val_split, "bytes": used,
+                "command": command, "sources": []}
+    for index, spec in enumerate(specs):
+        mine = sorted((p for p in carried if p.source == index), key=lambda p: p.name)
+        total_train = sum(1 for p in photos if p.source == index and not p.in_val)
+        train_carried = sum(1 for p in mine if not p.in_val)
+        with atomic_output(out_dir / zip_names[index]) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+            for photo in mine:
+                zf.writestr(photo.name, photo.data)  # images are compressed already
+        manifest["sources"].append({
+            "source": os.fspath(spec.path), "zip": zip_names[index], "photos": len(mine),
+            "val_photos": len(mine) - train_carried, "train_photos": train_carried,
+            "train_fraction": round(train_carried / total_train, 4) if total_train else 0.0,
+            "bytes": sum(len(p.data) for p in mine),
+        })
+        log.info("%s: %d training photos of %d (%.0f%%) and %d validation photos, %.1f MB", zip_names[index],
+                 train_carried, total_train, 100 * train_carried / max(1, total_train), len(mine) - train_carried,
+                 manifest["sources"][-1]["bytes"] / MB)
+    with atomic_output(out_dir / "pack.json") as f:
+        f.write(json.dumps(manifest, indent=2).encode())
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools pack-data", description=__doc__.splitlines()[0])
+    p.add_argument("--data", action="append", required=True, metavar="SOURCE",
+                   help="folder, .zip or s3://bucket/prefix/ of colour photos, as tools train takes them; repeat "
+                   "(a :WEIGHT is ignored here: give it to tools train)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="folder for the zips and pack.json")
+    p.add_argument("--budget-mb", type=float, required=True, help="the pack's size in MiB, all sources together")
+    p.add_argument("--short-side", type=int, default=128, help="downscale photos whose short side is larger "
+                   "(tools train's photo bank side: max(1.15 x --crop, --min-object-side))")
+    p.add_argument("--val-split", type=float, default=0.0, metavar="FRACTION",
+                   help="the training runs' validation split, carried whole (docs/protocol.md)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.budget_mb <= 0 or args.short_side < 16 or not 0 <= args.val_split < 1:
+        p.error("--budget-mb must be positive, --short-side at least 16 and --val-split a fraction below 1")
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        with Storage(Settings.from_env()) as storage:  # for s3:// sources, as tools train reads them
+            manifest = pack(args.data, args.out, args.budget_mb, args.short_side, args.val_split, storage,
+                            command=shlex.join(["python", "-m", "tools", "pack-data", *argv]))
+    except (PackError, TinctError, FileNotFoundError, ValueError) as exc:
+        # A missing source, an empty prefix, a budget below the split: one line naming it, no traceback.
+        p.exit(2, f"{p.prog}: error: {one_line(exc)}\n")
+    print(f"{args.out}: {manifest['bytes'] / MB:.1f} MB in {len(manifest['sources'])} zips (pack.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
