@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+import textwrap
 import zipfile
 from pathlib import Path
 
@@ -250,6 +253,27 @@ def test_a_run_trains_on_the_gpu_in_bf16_and_resumes_on_the_cpu(tmp_path: Path) 
     resumed = torch.load(run / STATE_FILE, weights_only=True)
     assert resumed["step"] == 6 and [m["step"] for m in resumed["history"]] == [2, 4, 6]
     assert load_checkpoint(run / "model.pt").build_model()(torch.rand(1, 1, 64, 64) * 100).shape[0] == 1
+
+
+def test_training_on_local_photos_needs_no_boto(photo_dir: Path, tmp_path: Path) -> None:
+    """A lent GPU machine has no botocore, and its 17 MB wheel would not fit what travels there: a run on local
+    photos must not import it (worker.storage imports it on first S3 use)."""
+    blocker = textwrap.dedent(f"""
+        import importlib.abc, sys
+        class NoBoto(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split(".")[0] in ("boto3", "botocore", "s3transfer"):
+                    raise ImportError("no " + name + " on this machine")
+        sys.meta_path.insert(0, NoBoto())
+        from tools.train import main
+        sys.exit(main(["--data", {str(photo_dir)!r}, "--run-dir", {str(tmp_path / "run")!r}, "--steps", "1",
+                       "--batch-size", "2", "--crop", "64", "--set", "pretrained=false",
+                       "--set", "decoder_channels=[16,16,16]"]))
+    """)
+    done = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "run" / "model.pt").exists()
 
 
 # --- the validation split, the mix loss, EMA, the encoder schedule, scale augmentation -------------------------------

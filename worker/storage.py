@@ -26,6 +26,7 @@ completes (S3 semantics; s3transfer aborts the multipart upload on failure).
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import logging
 import os
@@ -36,14 +37,8 @@ from collections.abc import Iterator, Mapping, MutableSequence, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
-
-import boto3
-import botocore.exceptions as boto_errors
-from boto3.s3.transfer import TransferConfig, create_transfer_manager
-from botocore.config import Config
-from s3transfer.exceptions import RetriesExceededError as TransferRetriesExceededError
-from s3transfer.subscribers import BaseSubscriber
 
 from models.files import PARTIAL_SUFFIX, atomic_output, atomic_path
 from worker.errors import BadInputError, PermanentError, StorageError, TinctError, one_line
@@ -128,25 +123,46 @@ _TRANSIENT_CODES = frozenset(
     }
 )
 _TRANSIENT_STATUS = frozenset({408, 409, 412, 429})
-# Client-side configuration problems: the deployment is wrong, not the world, so retrying cannot help.
-_PERMANENT_BOTO_ERRORS: tuple[type[Exception], ...] = (
-    boto_errors.ParamValidationError,
-    boto_errors.ValidationError,
-    boto_errors.NoRegionError,
-    boto_errors.ProfileNotFound,
-    boto_errors.ConfigParseError,
-    boto_errors.InvalidConfigError,
-    boto_errors.UnknownServiceError,
-    boto_errors.InvalidDNSNameError,
-    boto_errors.InvalidS3AddressingStyleError,
-    boto_errors.InvalidRetryConfigurationError,
-)
-_REMOTE_ERRORS: tuple[type[Exception], ...] = (
-    boto_errors.ClientError,
-    boto_errors.BotoCoreError,
-    TransferRetriesExceededError,
-    boto3.exceptions.RetriesExceededError,
-)
+
+
+@functools.cache
+def _s3_library() -> SimpleNamespace:
+    """boto3, botocore and s3transfer, imported on first S3 use: work on local files alone (``tinct colorize`` on
+    folders, ``tools train`` on a lent GPU machine where botocore is not installed and its 17 MB wheel would not fit
+    what travels there) never needs them. Also the exception groups :func:`classify_s3_error` sorts."""
+    import boto3
+    import botocore.exceptions as errors
+    from boto3.s3.transfer import TransferConfig, create_transfer_manager
+    from botocore.config import Config
+    from s3transfer.exceptions import RetriesExceededError as TransferRetriesExceededError
+    from s3transfer.subscribers import BaseSubscriber
+
+    class KnownObject(BaseSubscriber):
+        """Hands s3transfer the size and ETag we already fetched, so a download skips its own HEAD request and its
+        ranged GETs carry ``IfMatch`` for exactly the version we stat'ed (a mid-download overwrite fails instead
+        of producing a file spliced from two versions)."""
+
+        def __init__(self, size: int, etag: str) -> None:
+            self._size = size
+            self._etag = etag
+
+        def on_queued(self, future: Any, **kwargs: Any) -> None:
+            future.meta.provide_transfer_size(self._size)
+            future.meta.provide_object_etag(self._etag)
+
+    retries_exceeded = (TransferRetriesExceededError, boto3.exceptions.RetriesExceededError)
+    return SimpleNamespace(
+        boto3=boto3, errors=errors, Config=Config, TransferConfig=TransferConfig,
+        create_transfer_manager=create_transfer_manager, KnownObject=KnownObject,
+        retries_exceeded=retries_exceeded,
+        # Client-side configuration problems: the deployment is wrong, not the world, so retrying cannot help.
+        permanent=(errors.ParamValidationError, errors.ValidationError, errors.NoRegionError, errors.ProfileNotFound,
+                   errors.ConfigParseError, errors.InvalidConfigError, errors.UnknownServiceError,
+                   errors.InvalidDNSNameError, errors.InvalidS3AddressingStyleError,
+                   errors.InvalidRetryConfigurationError),
+        # Everything a call to the store can raise: what each S3 method catches and classifies.
+        remote=(errors.ClientError, errors.BotoCoreError, *retries_exceeded),
+    )
 
 
 def classify_s3_error(uri: str, error: BaseException, *, endpoint: str | None = None) -> TinctError:
@@ -157,7 +173,8 @@ def classify_s3_error(uri: str, error: BaseException, *, endpoint: str | None = 
     trouble.
     """
     where = endpoint or "the object store"
-    if isinstance(error, boto_errors.ClientError):
+    s3 = _s3_library()
+    if isinstance(error, s3.errors.ClientError):
         details = error.response.get("Error", {}) or {}
         code = str(details.get("Code") or "")
         status = int((error.response.get("ResponseMetadata", {}) or {}).get("HTTPStatusCode") or 0)
@@ -177,17 +194,17 @@ def classify_s3_error(uri: str, error: BaseException, *, endpoint: str | None = 
         if status >= 500 or status in _TRANSIENT_STATUS or status == 0:
             return StorageError(uri, f"object store error ({label}); retry later")
         return BadInputError(uri, f"rejected by the object store ({label})")
-    if isinstance(error, boto_errors.NoCredentialsError | boto_errors.PartialCredentialsError):
+    if isinstance(error, s3.errors.NoCredentialsError | s3.errors.PartialCredentialsError):
         return AccessDeniedError(uri, "access denied: no complete S3 credentials are configured")
-    if isinstance(error, _PERMANENT_BOTO_ERRORS):
+    if isinstance(error, s3.permanent):
         # botocore's validation messages name parameters and values (bucket, key), never credentials.
         return BadInputError(uri, f"invalid S3 request: {error}")
-    if isinstance(error, boto_errors.ConnectTimeoutError | boto_errors.EndpointConnectionError):
+    if isinstance(error, s3.errors.ConnectTimeoutError | s3.errors.EndpointConnectionError):
         return StorageError(uri, f"cannot reach {where} ({type(error).__name__}); retry later")
-    if isinstance(error, boto_errors.BotoCoreError):
+    if isinstance(error, s3.errors.BotoCoreError):
         # Read timeouts, dropped connections, truncated bodies, checksum mismatches, credential refresh hiccups.
         return StorageError(uri, f"object store connection failed ({type(error).__name__} talking to {where})")
-    if isinstance(error, TransferRetriesExceededError | boto3.exceptions.RetriesExceededError):
+    if isinstance(error, s3.retries_exceeded):
         cause = type(getattr(error, "last_exception", None) or error).__name__
         return StorageError(uri, f"download kept failing ({cause} talking to {where}); retry later")
     raise TypeError(f"not an S3 client error: {type(error).__name__}")
@@ -352,20 +369,6 @@ def relative_key(prefix: str | os.PathLike, uri: str | os.PathLike) -> str:
 # --------------------------------------------------------------------------------------------------- storage
 
 
-class _KnownObject(BaseSubscriber):
-    """Hands s3transfer the size and ETag we already fetched, so a download skips its own HEAD request and its
-    ranged GETs carry ``IfMatch`` for exactly the version we stat'ed (a mid-download overwrite fails instead of
-    producing a file spliced from two versions)."""
-
-    def __init__(self, size: int, etag: str) -> None:
-        self._size = size
-        self._etag = etag
-
-    def on_queued(self, future: Any, **kwargs: Any) -> None:
-        future.meta.provide_transfer_size(self._size)
-        future.meta.provide_object_etag(self._etag)
-
-
 class Storage:
     """Files and S3 objects by URI, with one error tree (see the module docstring).
 
@@ -391,14 +394,14 @@ class Storage:
         self._settings = settings
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
-        self._transfer_config = TransferConfig(
-            multipart_threshold=multipart_threshold,
-            multipart_chunksize=multipart_chunksize,
-            max_concurrency=max_concurrency,
-            use_threads=max_concurrency > 1,
+        self._transfer_options = {
+            "multipart_threshold": multipart_threshold,
+            "multipart_chunksize": multipart_chunksize,
+            "max_concurrency": max_concurrency,
+            "use_threads": max_concurrency > 1,
             # The CRT client ignores parts of our botocore Config; keep one, predictable transfer path.
-            preferred_transfer_client="classic",
-        )
+            "preferred_transfer_client": "classic",
+        }
         self._max_pool = max(10, 2 * max_concurrency)
         self._lock = threading.Lock()
         self._client: Any = None
@@ -431,9 +434,13 @@ class Storage:
                 self._client_pid = os.getpid()
             return self._client
 
+    def _transfer_manager(self) -> Any:
+        s3 = _s3_library()
+        return s3.create_transfer_manager(self.s3_client, s3.TransferConfig(**self._transfer_options))
+
     def _make_client(self) -> Any:
         settings = self._settings
-        config = Config(
+        config = _s3_library().Config(
             retries={"mode": "adaptive", "max_attempts": settings.s3_max_attempts},
             connect_timeout=self._connect_timeout_s,
             read_timeout=self._read_timeout_s,
@@ -451,7 +458,7 @@ class Storage:
                 "aws_secret_access_key": settings.s3_secret_access_key,
             }
         # A session per Storage: boto3's default session is shared module state and not thread-safe to create.
-        session = boto3.session.Session()
+        session = _s3_library().boto3.session.Session()
         log.debug("creating S3 client for %s", self.endpoint)
         return session.client(
             "s3",
@@ -476,7 +483,7 @@ class Storage:
             raise BadInputError(uri, "names a bucket, not an object")
         try:
             head = self.s3_client.head_object(Bucket=bucket, Key=key)
-        except _REMOTE_ERRORS as error:
+        except _s3_library().remote as error:
             raise self._s3_error(uri, error) from error
         return ObjectInfo(uri, int(head["ContentLength"]), _unquote(head.get("ETag", "")), _timestamp(head))
 
@@ -502,14 +509,14 @@ class Storage:
         info = self.stat(uri)
         try:
             with atomic_path(local_path) as tmp, open(tmp, "wb") as sink:
-                with create_transfer_manager(self.s3_client, self._transfer_config) as manager:
+                with self._transfer_manager() as manager:
                     future = manager.download(
-                        bucket, key, sink, subscribers=[_KnownObject(info.size, f'"{info.etag}"')]
+                        bucket, key, sink, subscribers=[_s3_library().KnownObject(info.size, f'"{info.etag}"')]
                     )
                     future.result()
                 sink.flush()
                 os.fsync(sink.fileno())
-        except _REMOTE_ERRORS as error:
+        except _s3_library().remote as error:
             raise self._s3_error(info.uri, error) from error
         except OSError as error:
             raise classify_os_error(local_path, error, missing_is_permanent=False) from error
@@ -531,7 +538,7 @@ class Storage:
                 raise classify_os_error(uri, error) from error
         try:
             response = self.s3_client.get_object(Bucket=bucket, Key=key)
-        except _REMOTE_ERRORS as error:
+        except _s3_library().remote as error:
             raise self._s3_error(uri, error) from error
         body = response["Body"]
         try:
@@ -539,7 +546,7 @@ class Storage:
             if size > max_bytes:
                 raise BadInputError(uri, f"{size} bytes, more than the {max_bytes} expected here")
             return body.read()
-        except _REMOTE_ERRORS as error:
+        except _s3_library().remote as error:
             raise self._s3_error(uri, error) from error
         except OSError as error:  # a raw socket error while streaming the body: the network, not our disk
             raise StorageError(uri, f"object store connection failed while reading ({type(error).__name__})") from error
@@ -578,7 +585,7 @@ class Storage:
             for page in pages:
                 for entry in page.get("Contents", ()):
                     yield entry["Key"], entry
-        except _REMOTE_ERRORS as error:
+        except _s3_library().remote as error:
             raise self._s3_error(uri, error) from error
 
     # ---------------------------------------------------------------------------------------------- writes
@@ -612,9 +619,9 @@ class Storage:
         try:
             if not local_path.is_file():
                 raise ObjectNotFoundError(local_path, "no such file (or not a regular file)")
-            with create_transfer_manager(self.s3_client, self._transfer_config) as manager:
+            with self._transfer_manager() as manager:
                 manager.upload(os.fspath(local_path), bucket, key, extra_args=extra).result()
-        except _REMOTE_ERRORS as error:
+        except _s3_library().remote as error:
             raise self._s3_error(uri, error) from error
         except OSError as error:  # botocore's errors are checked first: some of them are OSError subclasses
             raise classify_os_error(local_path, error) from error
@@ -638,7 +645,7 @@ class Storage:
         extra = {"ContentType": content_type} if content_type else {}
         try:
             response = self.s3_client.put_object(Bucket=bucket, Key=key, Body=bytes(data), **extra)
-        except _REMOTE_ERRORS as error:
+        except _s3_library().remote as error:
             raise self._s3_error(uri, error) from error
         return ObjectInfo(uri, len(data), _unquote(response.get("ETag", "")), None)
 
@@ -658,7 +665,7 @@ class Storage:
             raise BadInputError(uri, "names a bucket, not an object")
         try:
             self.s3_client.delete_object(Bucket=bucket, Key=key)
-        except _REMOTE_ERRORS as error:
+        except _s3_library().remote as error:
             raise self._s3_error(uri, error) from error
 
     def delete_prefix(self, prefix_uri: str | os.PathLike) -> int:
@@ -685,13 +692,13 @@ class Storage:
         request = {"Objects": [{"Key": key} for key in keys], "Quiet": True}
         try:
             response = self.s3_client.delete_objects(Bucket=bucket, Delete=request)
-        except _REMOTE_ERRORS as error:
+        except _s3_library().remote as error:
             raise self._s3_error(format_uri("s3", bucket, keys[0]), error) from error
         failures = response.get("Errors") or []
         if failures:
             # Per-key failures come back inside a 200 response; classify the first as if it had been raised.
             first = failures[0]
-            fake = boto_errors.ClientError(
+            fake = _s3_library().errors.ClientError(
                 {"Error": {"Code": first.get("Code", ""), "Message": ""}, "ResponseMetadata": {}}, "DeleteObjects"
             )
             raise self._s3_error(format_uri("s3", bucket, first.get("Key", "")), fake)
