@@ -63,6 +63,15 @@ class _Photo:
     rank: float  # the pack's own hash of the name in [0, 1): training photos are carried in this order
 
 
+# What a stored zip member costs beside its bytes: its local header (30 bytes) and its central-directory entry (46),
+# each with the name; and the end-of-directory record once per zip.
+_MEMBER_OVERHEAD, _ZIP_OVERHEAD = 30 + 46, 22
+
+
+def _cost(photo: _Photo) -> int:
+    return len(photo.data) + _MEMBER_OVERHEAD + 2 * len(photo.name.encode("utf-8"))
+
+
 def pack_rank(name: str) -> float:
     """Where a training photo falls in the pack's order: a hash independent of the validation split's."""
     digest = hashlib.sha1(b"tinct-pack\0" + name.encode("utf-8")).digest()
@@ -114,20 +123,20 @@ def pack(sources: list[str], out_dir: Path, budget_mb: float, short_side: int = 
                 photos.append(_Photo(index, name, fitted, in_holdout(name, val_split), pack_rank(name)))
                 count += 1
         log.info("%s: %d photos read", zip_names[index], count)
-    budget = int(budget_mb * MB)
-    val_bytes = sum(len(p.data) for p in photos if p.in_val)
+    budget = int(budget_mb * MB)  # the zips' sizes on disk, all together
+    val_bytes = sum(_cost(p) for p in photos if p.in_val) + _ZIP_OVERHEAD * len(specs)
     if val_bytes > budget:
         raise PackError(f"--budget-mb {budget_mb:g}: the validation split alone is {val_bytes / MB:.1f} MB")
     # Training photos in the pack's hash order until the budget is spent: about the same fraction of every source.
     carried, used = [p for p in photos if p.in_val], val_bytes
     for photo in sorted((p for p in photos if not p.in_val), key=lambda p: p.rank):
-        if used + len(photo.data) > budget:
+        if used + _cost(photo) > budget:
             break
         carried.append(photo)
-        used += len(photo.data)
+        used += _cost(photo)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = {"budget_mb": budget_mb, "short_side": short_side, "val_split": val_split, "bytes": used,
+    manifest = {"budget_mb": budget_mb, "short_side": short_side, "val_split": val_split, "bytes": 0,
                 "command": command, "sources": []}
     for index, spec in enumerate(specs):
         mine = sorted((p for p in carried if p.source == index), key=lambda p: p.name)
@@ -140,8 +149,9 @@ def pack(sources: list[str], out_dir: Path, budget_mb: float, short_side: int = 
             "source": os.fspath(spec.path), "zip": zip_names[index], "photos": len(mine),
             "val_photos": len(mine) - train_carried, "train_photos": train_carried,
             "train_fraction": round(train_carried / total_train, 4) if total_train else 0.0,
-            "bytes": sum(len(p.data) for p in mine),
+            "bytes": (out_dir / zip_names[index]).stat().st_size,
         })
+        manifest["bytes"] += manifest["sources"][-1]["bytes"]
         log.info("%s: %d training photos of %d (%.0f%%) and %d validation photos, %.1f MB", zip_names[index],
                  train_carried, total_train, 100 * train_carried / max(1, total_train), len(mine) - train_carried,
                  manifest["sources"][-1]["bytes"] / MB)
