@@ -18,7 +18,16 @@ from models.checkpoint import load_checkpoint
 from models.color import decode_ab
 from models.predictor import DecodeOptions
 from tests.conftest import gradient_image
-from tools.datasets import Augment, BatchSampler, PhotoBank, SourceSpec, augment_crop, in_holdout, relative_name
+from tools.datasets import (
+    Augment,
+    BatchSampler,
+    PhotoBank,
+    SamplerStream,
+    SourceSpec,
+    augment_crop,
+    in_holdout,
+    relative_name,
+)
 from tools.train import STATE_FILE, TrainConfig, WeightAverage, colour_loss, grow_model, main, train
 
 TINY_EFFNET = {"pretrained": False, "decoder_channels": [16, 16, 16]}
@@ -274,6 +283,24 @@ def test_training_on_local_photos_needs_no_boto(photo_dir: Path, tmp_path: Path)
                           cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "run" / "model.pt").exists()
+
+
+def test_loader_processes_sample_the_batches_and_a_run_resumes_with_them(tmp_path: Path) -> None:
+    data = _named_photos(tmp_path / "photos", 12)
+    cfg = TrainConfig(model_options=TINY_EFFNET, data=[str(data)], steps=3, batch_size=2, crop=48, warmup_steps=1,
+                      save_every=3, loader_workers=2, seed=3)
+    run = tmp_path / "run"
+    train(cfg, run)
+    train(dataclasses.replace(cfg, steps=5), run, resume=True)
+    assert torch.load(run / STATE_FILE, weights_only=True)["step"] == 5
+    # Each worker draws its own batches: two workers' first batches differ, and a worker's are reproducible.
+    stream = SamplerStream(PhotoBank.from_arrays([gradient_image(40, 40, seed=i) for i in range(12)]), 2,
+                           Augment(crop=32), seed=[3, 0])
+    batches = iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2))
+    first, second = next(batches), next(batches)  # round robin: worker 0's first batch, then worker 1's
+    assert not torch.equal(first[1], second[1])
+    again = next(iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2)))
+    torch.testing.assert_close(again[1], first[1], rtol=0, atol=0)
 
 
 # --- the validation split, the mix loss, EMA, the encoder schedule, scale augmentation -------------------------------

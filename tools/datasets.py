@@ -17,7 +17,7 @@ import io
 import logging
 import os
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -255,7 +255,7 @@ def augment_crop(rgb: np.ndarray, aug: Augment, rng: np.random.Generator) -> np.
 class BatchSampler:
     """Endless random batches of Lab crops: yields (L (B,1,S,S), ab (B,2,S,S)) float32 tensors."""
 
-    def __init__(self, bank: PhotoBank, batch_size: int, aug: Augment, seed: int = 0) -> None:
+    def __init__(self, bank: PhotoBank, batch_size: int, aug: Augment, seed: int | Sequence[int] = 0) -> None:
         self.bank = bank
         self.batch_size = batch_size
         self.aug = aug
@@ -278,3 +278,16 @@ class BatchSampler:
 
     def load_state(self, state: dict) -> None:
         self.rng.bit_generator.state = state["rng"]
+
+
+class SamplerStream(torch.utils.data.IterableDataset):
+    """Batches from worker processes: each ``torch.utils.data.DataLoader`` worker runs its own
+    :class:`BatchSampler` over the same bank (shared with the parent by fork, not copied) from its own seed
+    ``(seed, worker id)``. For a GPU, where one process sampling photos cannot keep up with the network."""
+
+    def __init__(self, bank: PhotoBank, batch_size: int, aug: Augment, seed: Sequence[int]) -> None:
+        self.bank, self.batch_size, self.aug, self.seed = bank, batch_size, aug, list(seed)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        worker = torch.utils.data.get_worker_info()
+        return BatchSampler(self.bank, self.batch_size, self.aug, seed=[*self.seed, worker.id if worker else 0])

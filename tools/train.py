@@ -27,7 +27,7 @@ A run directory holds ``train_state.pt`` (everything needed to resume: weights, 
 sampler RNG, rebalancing weights, the validation history) and ``model.pt`` (a self-describing inference checkpoint
 of the EMA weights when there are any). A run resumed on another machine needs only that folder and the data, and
 may move between a CPU and a GPU (``--device``: the network trains there, photos are sampled on the CPU; ``--bf16``
-on a GPU).
+on a GPU; ``--loader-workers N`` samples in N processes, which a GPU needs to be kept busy).
 
 Fine-tuning (``--init default``, a model name in the model store, or a .pt path) starts from a published
 checkpoint with a fresh optimizer: the architecture, class-rebalancing lambda and decoding come from the
@@ -51,6 +51,7 @@ import logging
 import math
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,7 +74,7 @@ from models.predictor import DecodeOptions
 from models.registry import build_config, create_model, model_from_config
 from tools import metrics as image_metrics
 from tools.ab_prior import ab_counts
-from tools.datasets import Augment, BatchSampler, DataError, PhotoBank, SourceSpec
+from tools.datasets import Augment, BatchSampler, DataError, PhotoBank, SamplerStream, SourceSpec
 from tools.feature_loss import FeatureLoss
 from worker.errors import TinctError, one_line
 from worker.model_store import resolve_model
@@ -117,6 +118,7 @@ class TrainConfig:
     feature_weight: float = 0.0  # weight of tools.feature_loss.FeatureLoss on the decoded ab (0: off)
     bf16: bool = False  # bf16 autocast (on a GPU: the usual choice; on a CPU only with AMX, see docs/training.md)
     device: str = "auto"  # auto | cpu | cuda: where the network trains; photos are sampled on the CPU either way
+    loader_workers: int = 0  # processes sampling batches beside the training loop (0: the loop samples its own)
     seed: int = 0
     log_every: int = 50
     eval_every: int = 500
@@ -367,6 +369,19 @@ def _validation_batches(cfg: TrainConfig, storage: Storage | None) -> list[tuple
     return batches
 
 
+def _batch_stream(sampler: BatchSampler, cfg: TrainConfig, step: int, device: torch.device) -> Iterator:
+    """Training batches: ``sampler`` itself, or with ``loader_workers`` the same sampling in worker processes (a GPU
+    outruns one process). Workers are seeded by (seed, the step the stream starts at, worker): a resumed run draws
+    fresh batches rather than replaying the first ones, though not the very batches an uninterrupted run would."""
+    if cfg.loader_workers <= 0:
+        return sampler
+    stream = SamplerStream(sampler.bank, sampler.batch_size, sampler.aug, seed=[cfg.seed, step])
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.loader_workers,
+                                         pin_memory=device.type == "cuda", prefetch_factor=4)
+    log.info("%d loader processes sample the batches", cfg.loader_workers)
+    return iter(loader)
+
+
 def _bank_side(cfg: TrainConfig) -> int:
     # Photos are kept just large enough for the largest crop scale asked for, so none is enlarged twice.
     return max(int(cfg.crop * 1.15), cfg.min_object_side)
@@ -384,7 +399,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
         saved = dict(state["train_config"])
         # What describes this machine or this sitting comes from the command line, not from the saved run.
         saved.update({k: getattr(cfg, k) for k in ("steps", "time_limit_min", "log_every", "eval_every", "save_every",
-                                                   "device", "bf16")})
+                                                   "device", "bf16", "loader_workers")})
         cfg = TrainConfig(**saved)
         if cfg.init_from:
             parent = load_checkpoint(cfg.init_from)
@@ -514,8 +529,9 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
     window_start, window_images = time.monotonic(), 0
     running = 0.0
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    batches = _batch_stream(sampler, cfg, step, device)
     while step < cfg.steps:
-        L, ab = (t.to(device, non_blocking=True) for t in next(sampler))
+        L, ab = (t.to(device, non_blocking=True) for t in next(batches))
         if cfg.channels_last:
             L = L.contiguous(memory_format=torch.channels_last)
         if step == cfg.freeze_encoder_steps and cfg.freeze_encoder_steps > 0:
@@ -618,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
                    f"--lr defaults to {FINE_TUNE_LR:g}")
     defaults = TrainConfig()
     for name in ("steps", "batch_size", "crop", "warmup_steps", "log_every", "eval_every", "save_every", "seed",
-                 "val_crops", "freeze_encoder_steps", "min_object_side"):
+                 "val_crops", "freeze_encoder_steps", "min_object_side", "loader_workers"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     for name in ("encoder_lr_scale", "context_lr_scale", "weight_decay", "adversarial_weight", "feature_weight",
                  "time_limit_min", "l1_weight", "ema_decay"):
