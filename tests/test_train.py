@@ -296,10 +296,12 @@ def test_loader_processes_sample_the_batches_and_a_run_resumes_with_them(tmp_pat
     # Each worker draws its own batches: two workers' first batches differ, and a worker's are reproducible.
     stream = SamplerStream(PhotoBank.from_arrays([gradient_image(40, 40, seed=i) for i in range(12)]), 2,
                            Augment(crop=32), seed=[3, 0])
-    batches = iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2))
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2, multiprocessing_context="forkserver",
+                                         timeout=300)
+    batches = iter(loader)
     first, second = next(batches), next(batches)  # round robin: worker 0's first batch, then worker 1's
     assert not torch.equal(first[1], second[1])
-    again = next(iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2)))
+    again = next(iter(loader))
     torch.testing.assert_close(again[1], first[1], rtol=0, atol=0)
 
 

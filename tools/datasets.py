@@ -282,8 +282,8 @@ class BatchSampler:
 
 class SamplerStream(torch.utils.data.IterableDataset):
     """Batches from worker processes: each ``torch.utils.data.DataLoader`` worker runs its own
-    :class:`BatchSampler` over the same bank (shared with the parent by fork, not copied) from its own seed
-    ``(seed, worker id)``. For a GPU, where one process sampling photos cannot keep up with the network."""
+    :class:`BatchSampler` over a copy of the bank from its own seed ``(seed, worker id)``. For a GPU, where one
+    process sampling photos cannot keep up with the network."""
 
     def __init__(self, bank: PhotoBank, batch_size: int, aug: Augment, seed: Sequence[int]) -> None:
         self.bank, self.batch_size, self.aug, self.seed = bank, batch_size, aug, list(seed)

@@ -376,8 +376,13 @@ def _batch_stream(sampler: BatchSampler, cfg: TrainConfig, step: int, device: to
     if cfg.loader_workers <= 0:
         return sampler
     stream = SamplerStream(sampler.bank, sampler.batch_size, sampler.aug, seed=[cfg.seed, step])
+    # Workers come from a fork server, not from this process: forked from a process whose thread pools (OpenMP,
+    # OpenCV) have run, a worker can hang on a lock it inherited, as one did in the full test suite here. Each
+    # worker gets the photo bank by pickle (seconds for a pack's, more memory than sharing by fork). A worker that
+    # still stops answering fails the run after 10 minutes instead of holding it.
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.loader_workers,
-                                         pin_memory=device.type == "cuda", prefetch_factor=4)
+                                         pin_memory=device.type == "cuda", prefetch_factor=4,
+                                         multiprocessing_context="forkserver", timeout=600)
     log.info("%d loader processes sample the batches", cfg.loader_workers)
     return iter(loader)
 
