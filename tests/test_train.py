@@ -433,3 +433,26 @@ def test_cli_refuses_a_validation_split_that_is_not_a_fraction(photo_dir: Path, 
         main(["--data", str(photo_dir), "--run-dir", str(tmp_path), "--val-split", "1.5"])
     assert exc.value.code == 2
     assert "--val-split: expected a fraction from 0 (no split) to below 1, got 1.5" in capsys.readouterr().err
+
+
+def test_the_best_validation_weights_are_kept_beside_the_last(tmp_path: Path) -> None:
+    """model-best.pt holds the weights model.pt had at the validation line's best PSNR, named by its step, and
+    later, worse steps (in the same sitting or a resumed one) leave it alone."""
+    data = _named_photos(tmp_path / "photos", 24)
+    run = tmp_path / "run"
+    cfg = TrainConfig(model_options=TINY_EFFNET, data=[str(data)], val_split=0.25, val_crops=8, steps=1,
+                      batch_size=2, crop=64, lr=3e-2, ema_decay=0.0, log_every=1, eval_every=1, save_every=1,
+                      warmup_steps=1)
+    shipped_at: dict[int, dict] = {}
+    for steps in range(1, 7):  # one step per sitting, so model.pt can be read at every step
+        train(TrainConfig(**(vars(cfg) | {"steps": steps})), run, resume=steps > 1)
+        shipped_at[steps] = load_checkpoint(run / "model.pt").build_model().state_dict()
+    history = torch.load(run / STATE_FILE, weights_only=True)["history"]
+    psnr = [m["val_psnr"] for m in history]
+    best = history[psnr.index(max(psnr))]["step"]
+    assert best != 6, f"at this rate the line should not end at its best: {psnr}"
+    kept = load_checkpoint(run / "model-best.pt")
+    assert kept.provenance["metrics"]["step"] == kept.provenance["steps"] == best
+    assert kept.provenance["metrics"]["val_psnr"] == pytest.approx(max(psnr))
+    for name, value in kept.build_model().state_dict().items():
+        torch.testing.assert_close(value, shipped_at[best][name])

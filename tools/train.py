@@ -24,8 +24,10 @@ training (by a hash of each photo's name, see ``tools.datasets.in_holdout``) and
 steps: PSNR against the truth beside the gray baseline's, and colourfulness beside the truth's.
 
 A run directory holds ``train_state.pt`` (everything needed to resume: weights, EMA weights, optimizer, step,
-sampler RNG, rebalancing weights, the validation history) and ``model.pt`` (a self-describing inference checkpoint
-of the EMA weights when there are any). A run resumed on another machine needs only that folder and the data, and
+sampler RNG, rebalancing weights, the validation history), ``model.pt`` (a self-describing inference checkpoint
+of the EMA weights when there are any) and, with validation, ``model-best.pt``: the same weights as they were at the
+validation line's best PSNR (its provenance's ``metrics`` name the step), a checkpoint to choose from on the
+split beside the last. A run resumed on another machine needs only that folder and the data, and
 may move between a CPU and a GPU (``--device``: the network trains there, photos are sampled on the CPU; ``--bf16``
 on a GPU; ``--loader-workers N`` samples in N processes, which a GPU needs to be kept busy).
 
@@ -85,6 +87,9 @@ log = logging.getLogger("tools.train")
 
 STATE_FILE = "train_state.pt"
 MODEL_FILE = "model.pt"
+# The averaged weights at the validation line's best PSNR so far. Lines have peaked mid-run (at the last frozen
+# step, then 0.1 dB lower once the encoder trained): without this copy a peak is lost to later steps.
+BEST_MODEL_FILE = "model-best.pt"
 
 
 # What a new run uses where the config leaves a setting unset (None). A fine-tune takes its parent's instead (see
@@ -493,6 +498,9 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
             payload |= {"disc": disc.state_dict(), "disc_optimizer": disc_opt.state_dict()}
         with atomic_output(state_path) as f:
             torch.save(payload, f)
+        write_inference(run_dir / MODEL_FILE, final)
+
+    def write_inference(path: Path, final: bool) -> None:
         provenance = {
             "data": cfg.data,
             "photos": len(bank),
@@ -524,7 +532,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
         decode = dataclasses.replace(parent_decode, method=cfg.decode_method, temperature=cfg.decode_temperature,
                                      ab_prior=ab_prior or parent_decode.ab_prior)
         shipped = ema.model if ema is not None else model
-        save_checkpoint(run_dir / MODEL_FILE, shipped, provenance=provenance, decode=decode, half=cfg.half_weights)
+        save_checkpoint(path, shipped, provenance=provenance, decode=decode, half=cfg.half_weights)
 
     model.train()
     _set_encoder_frozen(model, step < cfg.freeze_encoder_steps)
@@ -582,6 +590,9 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
         if val_batches and (step % cfg.eval_every == 0 or step == cfg.steps):
             metrics = validate(ema.model if ema is not None else model, val_batches, cfg.decode_temperature)
             metrics |= {"step": step}
+            if all(metrics["val_psnr"] > earlier["val_psnr"] for earlier in history if "val_psnr" in earlier):
+                write_inference(run_dir / BEST_MODEL_FILE, final=False)
+                log.info("step %d: best validation PSNR so far; its weights kept in %s", step, BEST_MODEL_FILE)
             history.append(metrics)
             _set_encoder_frozen(model, step < cfg.freeze_encoder_steps)  # validate() put BatchNorm back in train mode
             log.info("validation at step %d: PSNR %.2f dB (gray %.2f), colourfulness %.1f (truth %.1f), ab RMSE %.2f "
