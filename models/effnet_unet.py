@@ -11,6 +11,11 @@ shift of every stride-32 feature the decoder starts from. The decoder's 3x3 conv
 224 px render; the embedding says what the whole picture is (a pool, a pocket watch, a fox), which is what
 picks blue over orange. The layer starts at zero, so a grown model starts as its parent (``tools train --init
 PARENT --set global_context=true``).
+
+``decoder_context`` feeds the same embedding a second time, as a scale and shift of the decoder's stride-16
+features (after they have met the encoder's stride-16 skip), where Iizuka et al. fuse it: the stride-32 fusion
+can only say what the picture is before the decoder sees the finer map, this one after. Also zero at the start,
+so a global-context model grows into one (``--set decoder_context=true``).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class EffnetUNetConfig:
     pretrained: bool = True
     encoder: str = "lite0"  # lite0 | lite2 (models.efficientnet_lite.LITE_VARIANTS)
     global_context: bool = False  # scale and shift the stride-32 features by the whole picture's ImageNet embedding
+    decoder_context: bool = False  # and the decoder's stride-16 features too (needs global_context)
 
     def __post_init__(self) -> None:
         self.decoder_channels = tuple(self.decoder_channels)
@@ -43,6 +49,8 @@ class EffnetUNetConfig:
             raise ValueError(f"unknown encoder {self.encoder!r}: use one of {sorted(LITE_VARIANTS)}")
         if len(self.decoder_channels) != 3:
             raise ValueError("decoder_channels needs three entries (strides 16, 8, 4)")
+        if self.decoder_context and not self.global_context:
+            raise ValueError("decoder_context needs global_context (both read the same embedding)")
 
 
 @register_model("effnet_unet", EffnetUNetConfig)
@@ -65,6 +73,10 @@ class EffnetUNet(nn.Module):
             self.context = nn.Linear(HEAD_CHANNELS, 2 * s32)
             nn.init.zeros_(self.context.weight)  # identity at the start: a grown model begins as its parent
             nn.init.zeros_(self.context.bias)
+        if config.decoder_context:
+            self.context16 = nn.Linear(HEAD_CHANNELS, 2 * c16)
+            nn.init.zeros_(self.context16.weight)
+            nn.init.zeros_(self.context16.bias)
         self.up16 = UpBlock(s32, s16, c16)
         self.up8 = UpBlock(c16, s8, c8)
         self.up4 = UpBlock(c8, s4, c4)
@@ -86,11 +98,19 @@ class EffnetUNet(nn.Module):
     def forward(self, L: torch.Tensor) -> torch.Tensor:
         f2, f4, f8, f16, f32 = self.encoder.features(EfficientNetLite.preprocess_l(L))
         if self.config.global_context:
-            scale, shift = self.context(self.encoder.pool(f32)).chunk(2, dim=1)
-            f32 = f32 * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+            embedding = self.encoder.pool(f32)
+            f32 = _modulate(f32, self.context(embedding))
         x = self.up16(f32, f16)
+        if self.config.decoder_context:
+            x = _modulate(x, self.context16(embedding))
         x = self.up8(x, f8)
         x = self.up4(x, f4)
         if self.config.out_stride == 2:
             x = self.up2(x, f2)
         return self.head(self.refine(x))
+
+
+def _modulate(features: torch.Tensor, scale_shift: torch.Tensor) -> torch.Tensor:
+    """``features * (1 + scale) + shift``, per channel; ``scale_shift`` is (N, 2C), scales first."""
+    scale, shift = scale_shift.chunk(2, dim=1)
+    return features * (1 + scale[:, :, None, None]) + shift[:, :, None, None]

@@ -54,10 +54,13 @@ def test_export_is_dynamic_in_batch_height_and_width(exported, tiny_checkpoint):
 
 
 def test_export_of_a_global_context_model_matches_torch_at_every_size(tmp_path):
-    # The pooled embedding must be a mean over whatever size the picture has, not one traced size.
+    # The pooled embedding must be a mean over whatever size the picture has, not one traced size; both fusions
+    # (strides 32 and 16) read it.
     torch.manual_seed(2)
-    model = create_model("effnet_unet", pretrained=True, global_context=True, decoder_channels=(16, 12, 8))
+    model = create_model("effnet_unet", pretrained=True, global_context=True, decoder_context=True,
+                         decoder_channels=(16, 12, 8))
     torch.nn.init.normal_(model.context.weight, 0, 0.5)
+    torch.nn.init.normal_(model.context16.weight, 0, 0.5)
     path = tmp_path / "context.pt"
     save_checkpoint(path, model, provenance={"purpose": "export tests"})
     _assert_matches_torch(ensure_onnx(path), path, ((1, 1, 64, 96), (2, 1, 160, 64)), seed=1)

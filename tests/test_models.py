@@ -233,6 +233,30 @@ def test_effnet_unet_global_context_starts_as_the_identity_and_reads_the_whole_p
     assert left_grown > 10 * left_plain + 1e-3
 
 
+def test_effnet_unet_decoder_context_grows_a_global_context_model_and_reads_the_whole_picture(
+        packaged_lite0: dict[str, torch.Tensor]) -> None:
+    torch.manual_seed(0)
+    parent = create_model("effnet_unet", pretrained=True, global_context=True, decoder_channels=(16, 12, 8)).eval()
+    torch.nn.init.normal_(parent.context.weight, 0, 1.0)
+    grown = create_model("effnet_unet", pretrained=True, global_context=True, decoder_context=True,
+                         decoder_channels=(16, 12, 8)).eval()
+    missing = grown.load_state_dict(parent.state_dict(), strict=False).missing_keys
+    assert missing == ["context16.weight", "context16.bias"]
+    L = torch.rand(2, 1, 128, 128) * 100
+    other = L.clone()
+    other[..., 64:] = 100 - other[..., 64:]
+    with torch.no_grad():
+        torch.testing.assert_close(grown(L), parent(L), rtol=0, atol=0)  # zero-initialised: the parent's output
+        grown.context.weight.zero_()  # only the stride-16 fusion left to carry the right half to the left edge
+        grown.context16.weight.normal_(0, 5.0)
+        left_change = (grown(L) - grown(other))[..., :1].abs().max()
+        grown.context16.weight.zero_()
+        left_change_without = (grown(L) - grown(other))[..., :1].abs().max()
+    assert left_change > 10 * left_change_without + 1e-3
+    with pytest.raises(ValueError, match="decoder_context needs global_context"):
+        build_config("effnet_unet", decoder_context=True)
+
+
 def test_effnet_unet_freeze_encoder() -> None:
     model = small_model("effnet_unet", freeze_encoder=True).train()
     assert all(not p.requires_grad for p in model.encoder.parameters())

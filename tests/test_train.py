@@ -215,18 +215,18 @@ def test_cli_grows_a_parent_with_options_that_only_add_layers(photo_dir: Path, t
 
 
 def test_the_context_layer_learns_at_its_own_rate(photo_dir: Path, tmp_path: Path, capsys) -> None:
-    """--context-lr-scale: with the decoder's rate near zero and the context layer's not, one step moves only the
-    context layer; a model without one refuses the option in one line."""
+    """--context-lr-scale: with the decoder's rate near zero and the context layers' not, one step moves only the
+    context layers (both fusions); a model without one refuses the option in one line."""
     common = ["--data", str(photo_dir), "--steps", "1", "--batch-size", "2", "--crop", "64", "--warmup-steps", "1",
               "--lr", "1e-12", "--set", "pretrained=false", "--set", "decoder_channels=[16,16,16]"]
-    start = train(TrainConfig(model_options=TINY_EFFNET | {"global_context": True}, data=[str(photo_dir)], steps=0,
-                              batch_size=2, crop=64), tmp_path / "start")
+    start = train(TrainConfig(model_options=TINY_EFFNET | {"global_context": True, "decoder_context": True},
+                              data=[str(photo_dir)], steps=0, batch_size=2, crop=64), tmp_path / "start")
     assert main(["--init", str(start), "--context-lr-scale", "1e10", *common[:-4], "--run-dir",
                  str(tmp_path / "fast")]) == 0
     before, after = load_checkpoint(start).state_dict, load_checkpoint(tmp_path / "fast" / "model.pt").state_dict
     moved = {name for name, t in before.items() if t.is_floating_point() and "running" not in name
              and not torch.allclose(t.float(), after[name].float(), atol=1e-6, rtol=0)}
-    assert moved == {"context.weight", "context.bias"}, moved
+    assert moved == {"context.weight", "context.bias", "context16.weight", "context16.bias"}, moved
     assert load_checkpoint(tmp_path / "fast" / "model.pt").provenance["context_lr_scale"] == 1e10
 
     with pytest.raises(SystemExit) as exc:

@@ -113,7 +113,7 @@ class TrainConfig:
     crop: int = 160
     lr: float | None = None  # None: DEFAULT_LR, or FINE_TUNE_LR when fine-tuning
     encoder_lr_scale: float = 0.1  # pretrained encoders move slower than the fresh decoder
-    context_lr_scale: float = 1.0  # the global-context layer (effnet_unet's global_context) against the decoder's rate
+    context_lr_scale: float = 1.0  # the global-context layers (effnet_unet's global_context, decoder_context) against the decoder's rate
     weight_decay: float = 1e-4
     warmup_steps: int = 200
     loss: str = "auto"  # auto | l2 | huber | l1 | classification | mix
@@ -256,9 +256,12 @@ def measure_class_weights(sampler: BatchSampler, batches: int, lam: float) -> tu
     return torch.from_numpy(rebalance_weights(counts, lam=lam)), tuple(float(p) for p in counts / counts.sum())
 
 
+CONTEXT_LAYERS = ("context", "context16")  # effnet_unet's global-context fusions, at strides 32 and 16
+
+
 def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
-    """The decoder at ``cfg.lr``, the global-context layer (if any) and the encoder at their own scales of it. A
-    grown model's context layer starts at zero while the decoder is already trained, so it may need a faster rate."""
+    """The decoder at ``cfg.lr``, the global-context layers (if any) and the encoder at their own scales of it. A
+    grown model's context layers start at zero while the decoder is already trained, so they may need a faster rate."""
     # The context layer gets a group of its own only when its rate differs: runs saved before the option existed
     # keep the group layout their optimizer state was written with, so they resume.
     own_context_rate = cfg.context_lr_scale != 1.0
@@ -268,7 +271,7 @@ def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
             if name.startswith("encoder."):
                 encoder.append(p)
             else:
-                (context if own_context_rate and name.startswith("context.") else rest).append(p)
+                (context if own_context_rate and name.split(".")[0] in CONTEXT_LAYERS else rest).append(p)
     if own_context_rate and not context:
         raise ConfigError(f"context_lr_scale {cfg.context_lr_scale:g} needs a model with a global-context layer "
                           "(--set global_context=true)")
