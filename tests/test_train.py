@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from models.checkpoint import load_checkpoint
+from models.checkpoint import load_checkpoint, save_checkpoint
 from models.color import decode_ab
 from models.predictor import DecodeOptions
 from tests.conftest import gradient_image
@@ -456,3 +457,32 @@ def test_the_best_validation_weights_are_kept_beside_the_last(tmp_path: Path) ->
     assert kept.provenance["metrics"]["val_psnr"] == pytest.approx(max(psnr))
     for name, value in kept.build_model().state_dict().items():
         torch.testing.assert_close(value, shipped_at[best][name])
+
+
+def test_a_resumed_run_keeps_a_better_model_best_that_its_saved_history_lacks(tmp_path: Path, caplog) -> None:
+    """A run stopped between an evaluation and the next save leaves model-best.pt one evaluation ahead of the
+    history in train_state.pt; the resumed run must not replace it with a worse step."""
+    data = _named_photos(tmp_path / "photos", 24)
+    run = tmp_path / "run"
+    cfg = TrainConfig(model_options=TINY_EFFNET, data=[str(data)], val_split=0.25, val_crops=8, steps=1,
+                      batch_size=2, crop=64, ema_decay=0.0, eval_every=1, save_every=1, warmup_steps=1)
+    train(cfg, run)
+    written = load_checkpoint(run / "model-best.pt")
+    # What the stopped run had written at its step 2 (a validation PSNR no real step here reaches).
+    ahead = written.provenance | {"steps": 2, "metrics": written.provenance["metrics"] | {"step": 2, "val_psnr": 99.0}}
+    save_checkpoint(run / "model-best.pt", written.build_model(), provenance=ahead,
+                    decode=DecodeOptions(**written.decode))
+    # And a saved line that any later step beats, so that only the copy on disk can hold the bar.
+    state = torch.load(run / STATE_FILE, weights_only=True)
+    state["history"] = [m | {"val_psnr": 0.0} for m in state["history"]]
+    torch.save(state, run / STATE_FILE)
+    train(TrainConfig(**(vars(cfg) | {"steps": 3})), run, resume=True)
+    assert [m["step"] for m in torch.load(run / STATE_FILE, weights_only=True)["history"]] == [1, 2, 3]
+    assert load_checkpoint(run / "model-best.pt").provenance["metrics"] == ahead["metrics"]
+
+    (run / "model-best.pt").write_bytes(b"half a file")  # unreadable: named in one warning, and the run goes on
+    with caplog.at_level(logging.WARNING, logger="tools.train"):
+        train(TrainConfig(**(vars(cfg) | {"steps": 4})), run, resume=True)
+    assert load_checkpoint(run / "model.pt").provenance["steps"] == 4
+    assert [r.getMessage() for r in caplog.records if "model-best.pt" in r.getMessage()][0].startswith(
+        f"{run / 'model-best.pt'} not read")

@@ -482,6 +482,10 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
         if disc is not None and "disc" in state:
             disc.load_state_dict(state["disc"])
             disc_opt.load_state_dict(state["disc_optimizer"])
+    # The bar model-best.pt must clear: the line so far and, on a resumed run, the copy already on disk (a run
+    # stopped between an evaluation and its next save wrote model-best.pt for a step its saved history lacks).
+    best_psnr = max([m["val_psnr"] for m in history if "val_psnr" in m]
+                    + ([_kept_psnr(run_dir / BEST_MODEL_FILE)] if state is not None else []), default=-math.inf)
 
     def save(final: bool = False) -> None:
         payload = {
@@ -593,7 +597,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
         if val_batches and (step % cfg.eval_every == 0 or step == cfg.steps):
             metrics = validate(ema.model if ema is not None else model, val_batches, cfg.decode_temperature)
             metrics |= {"step": step}
-            if all(metrics["val_psnr"] > earlier["val_psnr"] for earlier in history if "val_psnr" in earlier):
+            if metrics["val_psnr"] > best_psnr:
+                best_psnr = metrics["val_psnr"]
                 write_inference(run_dir / BEST_MODEL_FILE, final=False)
                 log.info("step %d: best validation PSNR so far; its weights kept in %s", step, BEST_MODEL_FILE)
             history.append(metrics)
@@ -610,6 +615,17 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
             return run_dir / MODEL_FILE
     save(final=True)
     return run_dir / MODEL_FILE
+
+
+def _kept_psnr(path: Path) -> float:
+    """The validation PSNR a kept checkpoint was written at; -inf when there is none (or it cannot be read)."""
+    if not path.exists():
+        return -math.inf
+    try:
+        return float(load_checkpoint(path).provenance["metrics"]["val_psnr"])
+    except (CheckpointError, KeyError, TypeError, ValueError) as exc:
+        log.warning("%s not read (%s): the next best validation step replaces it", path, one_line(exc))
+        return -math.inf
 
 
 def _parse_option(text: str) -> tuple[str, object]:
