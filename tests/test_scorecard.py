@@ -4,7 +4,6 @@ generated black-and-white film, with tiny real checkpoints (no mocks, nothing fr
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 import zipfile
@@ -18,6 +17,8 @@ from tests.conftest import gradient_image
 from tests.media import gray_frames, moving_scene, write_clip
 from tools import scorecard
 from tools.datasets import in_holdout
+from tools.evaluate import GRAY_LABEL, TRUTH_LABEL, iter_truth_photos
+from tools.judge import ImageNetJudge, LabelledPhoto, as_uint8, judge_models
 from tools.scorecard import GRAY, TRUTH, ModelSpec, PhotoSet, ScorecardOptions, run_scorecard, verdict
 
 SHARED_JUDGE = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval" / "judge"
@@ -205,13 +206,14 @@ def test_one_line_errors(eval_root: Path, tiny_checkpoint: Path, tmp_path: Path)
         PhotoSet.parse("no-name")
 
 
-def test_judge_sees_the_same_photos_as_the_other_figures(eval_root: Path) -> None:
-    """labels.csv names six photos; the gray one is skipped by evaluation and so by the judge too."""
-    photos = scorecard._labelled(PhotoSet("tiny", str(eval_root / "tiny_imagenet_val")), None)
-    assert [Path(p.name).name for p in photos] == [f"p{i:02d}.png" for i in range(5)]
-    assert [set(p.accepted) for p in photos] == [{1}, {2}, {3}, {1}, {2}]
-    assert all(p.rgb.dtype == np.uint8 and p.rgb.shape == (32, 40, 3) for p in photos)
-    assert len(scorecard._labelled(PhotoSet("tiny", str(eval_root / "tiny_imagenet_val")), 2)) == 2
+def test_judge_sees_the_same_photos_as_the_other_figures(card: tuple[Path, dict], eval_root: Path) -> None:
+    """labels.csv names six photos; the gray one is skipped by evaluation and so by the judge too. Without a judge
+    model the card says why, and how many photos it would have judged."""
+    tiny = card[1]["sets"][0]
+    assert tiny["name"] == "tiny_imagenet_val" and tiny["images"] == 5 and tiny["judge_images"] == 5
+    assert "no-judge" in tiny["judge_skipped"]
+    label_of = scorecard._photo_labels(PhotoSet("tiny", str(eval_root / "tiny_imagenet_val")), None)
+    assert [label_of(e["name"]) for e in tiny["per_image"]] == [1, 2, 3, 1, 2]
 
 
 def test_a_training_archive_filed_by_class_is_labelled_through_the_class_table(eval_root: Path, tmp_path: Path) -> None:
@@ -226,15 +228,19 @@ def test_a_training_archive_filed_by_class_is_labelled_through_the_class_table(e
             zf.write(photo, f"{folder}/p{i:02d}.png" if folder != "." else f"top{i:02d}.png")
     table = eval_root / "tiny_imagenet_val" / "labels.csv"  # n00000001 -> 2, n00000002 -> 3 (the fixture's rows)
     split = PhotoSet("tiny_imagenet", str(archive), val_split=0.5)
-    photos = scorecard._labelled(split, None, str(table))
+    label_of = scorecard._photo_labels(split, str(table))
+    scored = [p.name for p in iter_truth_photos(split.path, None, keep=split.keep())]
+    labelled = {n.partition("!")[2]: label_of(n) for n in scored if label_of(n) is not None}
     held_out = [n for i, n in enumerate([f"n0000000{k}/p{i:02d}.png" for i, k in enumerate([1, 2, 0, 0] * 8)])
                 if n[8] in "12" and in_holdout(n, 0.5)]
-    assert sorted(p.name.partition("!")[2] for p in photos) == sorted(held_out) and len(held_out) >= 3
-    assert all(set(p.accepted) == ({2} if "n00000001/" in p.name else {3}) for p in photos)
-    assert scorecard._labelled(split, None) == []  # no table: no labels, no judge
+    assert sorted(labelled) == sorted(held_out) and len(held_out) >= 3
+    assert all(label == (2 if name.startswith("n00000001/") else 3) for name, label in labelled.items())
+    assert scorecard._photo_labels(split, None) is None  # no table: no labels, no judge
     faces = PhotoSet("faces", str(eval_root / "faces_utk_val"))
-    assert scorecard._judge_set(faces, [], eval_root / "no-judge", dataclasses.replace(OPTIONS,
-                                judge_classes=str(table))) == {}
+    faces_judge = scorecard._SetJudge(scorecard._photo_labels(faces, str(table)), [], eval_root / "no-judge", "faces")
+    for photo in iter_truth_photos(faces.path, None):
+        faces_judge.see(photo.name, [])
+    assert faces_judge.result() == {}
     (tmp_path / "clash.csv").write_text("wnid,judge_index\nn1,4\nn1,5\n")
     with pytest.raises(ValueError, match="clash.csv: n1 is given judge indices 4 and 5"):
         scorecard.read_class_table(tmp_path / "clash.csv")
@@ -245,14 +251,22 @@ def test_a_training_archive_filed_by_class_is_labelled_through_the_class_table(e
 
 @pytest.mark.skipif(not SHARED_JUDGE.is_dir(), reason="needs ../shared/data/eval/judge's TFLite model (not in CI; "
                     "no honest stand-in classifier can be generated without TensorFlow)")
-def test_judge_row_with_the_real_judge(eval_root: Path, tiny_checkpoint: Path) -> None:
+def test_judge_row_with_the_real_judge(eval_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """The judge reads the pictures the evaluation made, and scores them as judging them apart would."""
     pytest.importorskip("ai_edge_litert", reason="the ImageNet judge needs ai-edge-litert")
-    result = scorecard._judge_set(PhotoSet("tiny_imagenet_val", str(eval_root / "tiny_imagenet_val")),
-                                  [ModelSpec("cls", str(tiny_checkpoint))], SHARED_JUDGE, OPTIONS)
+    photo_set = PhotoSet("tiny_imagenet_val", str(eval_root / "tiny_imagenet_val"))
+    models = [ModelSpec("cls", str(tiny_checkpoint))]
+    with scorecard._colorizers(models, OPTIONS) as colorizers:
+        result = scorecard.score_photo_set(photo_set, models, colorizers, tmp_path, SHARED_JUDGE, OPTIONS)
     assert result["judge_images"] == 5
     assert list(result["judge"]) == [GRAY, TRUTH, "cls"]
-    for row in result["judge"].values():
-        assert row["images"] == 5 and 0.0 <= row["top1"] <= row["top5"] <= 1.0
+    label_of = scorecard._photo_labels(photo_set, None)
+    photos = [LabelledPhoto(p.name, as_uint8(p.rgb), frozenset({label_of(p.name)}))
+              for p in iter_truth_photos(photo_set.path, None)]
+    apart = judge_models(ImageNetJudge(SHARED_JUDGE), photos, [("cls", str(tiny_checkpoint))],
+                         render_size=OPTIONS.render_size, engine_kind="torch", precision="fp32", batch_size=3)
+    for key, row in result["judge"].items():
+        assert row == apart[{GRAY: GRAY_LABEL, TRUTH: TRUTH_LABEL}.get(key, key)], key
 
 
 def test_val_split_scores_the_photos_training_held_out(tiny_checkpoint: Path, tmp_path: Path) -> None:

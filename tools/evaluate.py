@@ -295,9 +295,11 @@ def evaluate_models(
     sheet_count: int = 12,
     cell_height: int = 160,
     keep: Callable[[str], bool] | None = None,
+    on_photo: Callable[[str, list[np.ndarray]], None] | None = None,
 ) -> EvaluationResult:
     """Colorize every colour photo under ``data`` (those ``keep`` accepts by name, when given) with each model and
-    score it (see the module doc).
+    score it (see the module doc). ``on_photo(name, images)`` sees each scored photo's rows as sRGB in [0, 1] (gray,
+    each model, truth): a further judgement of the same pictures without colorizing them again.
 
     Engines are opened once; photos are read lazily and colorized ``batch_size`` at a time, so memory
     stays bounded on large folders. ``decode`` (``{"method": ..., "temperature": ..., "rebalance": ...}``)
@@ -347,6 +349,8 @@ def evaluate_models(
                     rgb, scores = score_ab(L, abs_[i], photo.rgb, c_truth)
                     row.per_image.append(scores)
                     ours.append(rgb)
+                if on_photo is not None:
+                    on_photo(photo.name, [gray_rgb, *ours, photo.rgb])
                 names.append(photo.name)
                 sizes.append((photo.rgb.shape[1], photo.rgb.shape[0]))
                 truth_c.append(c_truth)

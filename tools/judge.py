@@ -14,13 +14,15 @@ count as right (ImageNet has no "pants", but "jean" is a correct answer for them
 in the top 1 or top 5.
 
 ``judge_models`` scores the gray input, the truth and each model's colorization of the same photos: the rows a
-table needs (``tools.experiments_natural``, ``tools.scorecard``).
+table needs (``tools.experiments_natural``). ``JudgeTally`` scores such rows one photo at a time, beside a loop that
+colorizes the photos anyway (``tools.scorecard`` through ``evaluate_models(on_photo=...)``).
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +109,32 @@ class ImageNetJudge:
             top5 += int(bool(ok.intersection(best.tolist())))
         n = max(1, len(images))
         return {"top1": top1 / n, "top5": top5 / n, "images": len(images)}
+
+
+class JudgeTally:
+    """Top-1/top-5 of each row (``rows``: labels in the order ``add`` is given pictures), one photo at a time."""
+
+    def __init__(self, judge: ImageNetJudge, rows: Sequence[str]) -> None:
+        self.judge = judge
+        self._top1 = dict.fromkeys(rows, 0)
+        self._top5 = dict.fromkeys(rows, 0)
+        self.images = 0
+        self.seconds = 0.0
+
+    def add(self, pictures: Sequence[np.ndarray], accepted: frozenset[int]) -> None:
+        """One photo's rows, sRGB in [0, 1] or uint8, in the order of ``rows``."""
+        started = time.perf_counter()
+        for row, rgb in zip(self._top1, pictures, strict=True):
+            best = self.judge.top5(rgb if rgb.dtype == np.uint8 else as_uint8(rgb))
+            self._top1[row] += int(best[0] in accepted)
+            self._top5[row] += int(bool(accepted.intersection(best.tolist())))
+        self.images += 1
+        self.seconds += time.perf_counter() - started
+
+    def scores(self) -> dict[str, dict[str, float]]:
+        n = max(1, self.images)
+        return {row: {"top1": self._top1[row] / n, "top5": self._top5[row] / n, "images": self.images}
+                for row in self._top1}
 
 
 def _prepare(rgb: np.ndarray) -> np.ndarray:

@@ -49,8 +49,6 @@ from tools import metrics
 from tools.contact_sheet import draw_contact_sheet, save_jpeg, thumbnail
 from tools.datasets import in_holdout, relative_name
 from tools.evaluate import (
-    GRAY_LABEL,
-    TRUTH_LABEL,
     EvaluationResult,
     _json_safe,
     evaluate_models,
@@ -58,15 +56,7 @@ from tools.evaluate import (
     iter_truth_photos,
 )
 from tools.evaluate_video import DEFAULT_MAX_FRAMES, GRAY_ROW, TRUTH_ROW, find_clips, row_name, score_clips
-from tools.judge import (
-    ImageNetJudge,
-    LabelledPhoto,
-    as_uint8,
-    gray_rgb,
-    judge_models,
-    read_class_table,
-    read_labels_csv,
-)
+from tools.judge import ImageNetJudge, JudgeTally, gray_rgb, read_class_table, read_labels_csv
 from tools.runtime import add_runtime_arguments, apply_runtime_arguments, onnx_cache_dir
 from worker.photos import open_colorizer
 from worker.smoothing import SmoothingOptions
@@ -221,38 +211,39 @@ def _photo_labels(photo_set: PhotoSet, judge_classes: str | None) -> Callable[[s
     return None
 
 
-def _labelled(photo_set: PhotoSet, limit: int | None, judge_classes: str | None = None) -> list[LabelledPhoto]:
-    """The set's photos whose class is known, among exactly those ``iter_truth_photos`` scores (gray and unreadable
-    photos are skipped alike), so the judge and the other figures see the same photos."""
-    label_of = _photo_labels(photo_set, judge_classes)
-    if label_of is None:
-        return []
-    in_split = photo_set.keep()
+class _SetJudge:
+    """The ImageNet judge over one photo set's scored pictures, fed by ``evaluate_models(on_photo=...)``: the judge
+    sees exactly the photos (and the very colorizations) the other figures come from, colorized once."""
 
-    def keep(name: str) -> bool:  # unlabelled photos are never decoded (a set of faces costs nothing here)
-        return (in_split is None or in_split(name)) and label_of(name) is not None
+    def __init__(self, label_of: Callable[[str], int | None], labels: Sequence[str], judge_dir: Path | None,
+                 set_name: str) -> None:
+        self.label_of = label_of
+        self.labelled = 0
+        self.skipped = "no judge model given" if judge_dir is None else ""
+        self.tally: JudgeTally | None = None
+        if judge_dir is not None:
+            try:
+                self.tally = JudgeTally(ImageNetJudge(judge_dir), [GRAY, *labels, TRUTH])
+            except (FileNotFoundError, RuntimeError) as exc:
+                log.warning("ImageNet judge skipped on %s: %s", set_name, exc)
+                self.skipped = str(exc)
 
-    return [LabelledPhoto(photo.name, as_uint8(photo.rgb), frozenset({label_of(photo.name)}))
-            for photo in iter_truth_photos(photo_set.path, limit, keep=keep)]
+    def see(self, name: str, pictures: list[np.ndarray]) -> None:
+        label = self.label_of(name)
+        if label is None:
+            return
+        self.labelled += 1
+        if self.tally is not None:
+            self.tally.add(pictures, frozenset({label}))
 
-
-def _judge_set(photo_set: PhotoSet, models: Sequence[ModelSpec], judge_dir: Path | None,
-               options: ScorecardOptions) -> dict[str, Any]:
-    photos = _labelled(photo_set, options.limit, options.judge_classes)
-    if not photos:
-        return {}  # no labels, or (judged by class folder) no photo in a known class: faces, scenes
-    if judge_dir is None:
-        return {"judge_skipped": "no judge model given"}
-    try:
-        judge = ImageNetJudge(judge_dir)
-    except (FileNotFoundError, RuntimeError) as exc:
-        log.warning("ImageNet judge skipped on %s: %s", photo_set.name, exc)
-        return {"judge_skipped": str(exc)}
-    scores = judge_models(judge, photos, [(m.label, m.model) for m in models], render_size=options.render_size,
-                          engine_kind=options.engine_kind, device=options.device, precision=options.precision,
-                          batch_size=options.batch_size)
-    renamed = {GRAY: scores.pop(GRAY_LABEL), TRUTH: scores.pop(TRUTH_LABEL), **scores}
-    return {"judge": renamed, "judge_images": len(photos)}
+    def result(self) -> dict[str, Any]:
+        if not self.labelled:
+            return {}  # no photo in a known class (judged by class folder): faces, scenes
+        if self.tally is None:
+            return {"judge_skipped": self.skipped, "judge_images": self.labelled}
+        scores = self.tally.scores()
+        ordered = {GRAY: scores.pop(GRAY), TRUTH: scores.pop(TRUTH), **scores}
+        return {"judge": ordered, "judge_images": self.labelled, "judge_seconds": self.tally.seconds}
 
 
 def _sheet_rows(photo_set: PhotoSet, names: Sequence[str], colorizers: Sequence[Colorizer], limit: int | None,
@@ -272,19 +263,19 @@ def score_photo_set(photo_set: PhotoSet, models: Sequence[ModelSpec], colorizers
                     out: Path, judge_dir: Path | None, options: ScorecardOptions) -> dict[str, Any]:
     """One photo set: means per row, the judge where the set is labelled, and its best and worst sheets."""
     labels = [m.label for m in models]
+    label_of = _photo_labels(photo_set, options.judge_classes)
+    judge = _SetJudge(label_of, labels, judge_dir, photo_set.name) if label_of is not None else None
     evaluation = evaluate_models([m.model for m in models], photo_set.path, render_size=options.render_size,
                                  limit=options.limit, engine_kind=options.engine_kind, device=options.device,
-                                 precision=options.precision, batch_size=options.batch_size, keep=photo_set.keep())
+                                 precision=options.precision, batch_size=options.batch_size, keep=photo_set.keep(),
+                                 on_photo=judge.see if judge is not None else None)
     result: dict[str, Any] = {
         "name": photo_set.name, "data": photo_set.path, "val_split": photo_set.val_split,
         "images": evaluation.image_count,
         "skipped": len(evaluation.skipped), "render_size": evaluation.render_size,
         "rows": _row_means(evaluation, labels),
     }
-    judge_started = time.perf_counter()
-    result |= _judge_set(photo_set, models, judge_dir, options)
-    if "judge" in result:
-        result["judge_seconds"] = time.perf_counter() - judge_started
+    result |= judge.result() if judge is not None else {}
     ranked = _rank_by_gain(evaluation)
     count = min(options.sheet_count, len(ranked) // 2) or 1
     best = [evaluation.images[i] for i in ranked[:count]]
