@@ -102,13 +102,10 @@ class ImageNetJudge:
         return np.argsort(-scores, kind="stable")[:5]
 
     def score(self, images: Sequence[np.ndarray], accepted: Sequence[frozenset[int]]) -> dict[str, float]:
-        top1 = top5 = 0
+        tally = JudgeTally(self, ["images"])
         for rgb, ok in zip(images, accepted, strict=True):
-            best = self.top5(rgb)
-            top1 += int(best[0] in ok)
-            top5 += int(bool(ok.intersection(best.tolist())))
-        n = max(1, len(images))
-        return {"top1": top1 / n, "top5": top5 / n, "images": len(images)}
+            tally.add([rgb], ok)
+        return tally.scores()["images"]
 
 
 class JudgeTally:
