@@ -384,6 +384,7 @@ def write_clip(
     metadata: Mapping[str, str] | None = None,
     encoder_options: Mapping[str, str] | None = None,
     container_options: Mapping[str, str] | None = None,
+    hidden_frames: int = 0,
 ) -> ClipInfo:
     """Encode `frames` into a real file; the container comes from the suffix (.mp4 .mkv .mov .avi .webm ...).
 
@@ -407,6 +408,9 @@ def write_clip(
       mp4/mov also store them as a text track that reads back as one more data stream.
     - `metadata`: container tags. mp4/mov keep only the standard keys (title, comment, artist, ...) unless
       `container_options={"movflags": "use_metadata_tags"}`; mkv upper-cases keys other than title.
+    - `hidden_frames` (mp4/mov): the first N frames lie before the start of an edit list, as in a film trimmed at its
+      head without re-encoding: encoded (what follows needs them to decode), flagged discard, never shown. Their pts
+      are negative (default spacing) and the muxer writes the edit list; the file shows the other frames from 0.
     - `encoder_options`: codec options over `_ENCODER_DEFAULTS` (mpeg4 qmax=4, quiet x265). Lossy codecs at 4:2:0
       miss the source by a few levels on average and tens at a saturated edge; use ffv1 for exact pixel checks.
 
@@ -423,7 +427,11 @@ def write_clip(
         raise ValueError(f"{len(pts)} pts for {len(arrays)} frames")
     height, width = arrays[0].shape[:2]
     frame_step = 1 / (fps * time_base)  # one frame period in time_base units
-    written_pts = list(pts) if pts is not None else [round(index * frame_step) for index in range(len(arrays))]
+    if not 0 <= hidden_frames < len(arrays) or (hidden_frames and path.suffix.lower() not in (".mp4", ".mov")):
+        raise ValueError(f"hidden_frames needs an .mp4 or .mov and fewer than {len(arrays)}, got {hidden_frames}")
+    written_pts = list(pts) if pts is not None else [
+        round((index - hidden_frames) * frame_step) for index in range(len(arrays))
+    ]
     duration = float((written_pts[-1] + frame_step) * time_base)
     pix_fmt = pix_fmt or _default_pix_fmt(codec)
     gray_target = pix_fmt.startswith("gray")
@@ -436,7 +444,8 @@ def write_clip(
     }
     options = {**_ENCODER_DEFAULTS.get(codec, {}), **(encoder_options or {})}
 
-    with av.open(str(path), "w", options=dict(container_options or {})) as out:
+    container_options = {**({"use_editlist": "1"} if hidden_frames else {}), **(container_options or {})}
+    with av.open(str(path), "w", options=container_options) as out:
         video = out.add_stream(codec, rate=fps, options=options)
         video.width, video.height, video.pix_fmt = width, height, pix_fmt
         video.time_base = time_base
@@ -478,7 +487,7 @@ def write_clip(
             _write_cues(out, subtitle_stream, duration)
 
     info = probe(path)
-    _check_written(info, path, written_pts, time_base, rotation, chapters, metadata, audio, subtitles, timecode)
+    _check_written(info, path, written_pts[hidden_frames:], time_base, rotation, chapters, metadata, audio, subtitles, timecode)
     video_info = info.video
     assert video_info is not None and video_info.time_base is not None
     return ClipInfo(

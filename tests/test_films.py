@@ -231,6 +231,25 @@ def test_film_in_segments_equals_film_processed_whole(tmp_path, colorizer, stren
         assert np.abs(a - b).max() <= 2 and np.abs(a - b).mean() < 0.05
 
 
+def test_an_mp4_trimmed_by_its_edit_list_gives_the_frames_it_shows(tmp_path, colorizer):
+    # A film cut at its head without re-encoding keeps the frames before the cut (what follows needs them to
+    # decode) behind an edit list; players start at the cut, and so must the colour copy, whole or in segments.
+    source = bw_clip(tmp_path / "trimmed.mp4", frames=40, size=(128, 96), gop=12, bframes=2, hidden_frames=5)
+    film = probe_film(source.path, 1 << 30)
+    assert len(film.frame_pts) == 35 and film.keyframe_pts[0] < 0 == film.frame_pts[0]  # the first keyframe hidden
+    assert film.duration == pytest.approx(35 / 24)
+    shown = np.stack(lumas(source.path))
+    assert len(shown) == 35
+    for segment_seconds in (100, 0.5):  # one segment; segments starting at the later keyframes
+        output = tmp_path / f"colour-{segment_seconds}.mkv"
+        options = FilmOptions(SmoothingOptions(0.5), EncodeOptions("ffv1"), segment_seconds=segment_seconds)
+        outcome = film_job(colorizer, source.path, output, options)
+        assert (outcome.status, outcome.frames) == ("done", 35)
+        # The pipeline keeps the source's luma bit-exact, so each output frame must be the shown frame at its place.
+        np.testing.assert_array_equal(np.stack(lumas(output)), shown)
+        assert probe(output).video.pts[0] == 0
+
+
 # --- interruption and resume -------------------------------------------------------------------------------
 
 
