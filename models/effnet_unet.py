@@ -96,7 +96,13 @@ class EffnetUNet(nn.Module):
         return self
 
     def forward(self, L: torch.Tensor) -> torch.Tensor:
+        return self.colour_and_embedding(L)[0]
+
+    def colour_and_embedding(self, L: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The colour output and the whole picture's embedding the context layers read (None without
+        ``global_context``): training losses on the embedding need it without a second pass."""
         f2, f4, f8, f16, f32 = self.encoder.features(EfficientNetLite.preprocess_l(L))
+        embedding = None
         if self.config.global_context:
             embedding = self.encoder.pool(f32)
             f32 = _modulate(f32, self.context(embedding))
@@ -107,7 +113,7 @@ class EffnetUNet(nn.Module):
         x = self.up4(x, f4)
         if self.config.out_stride == 2:
             x = self.up2(x, f2)
-        return self.head(self.refine(x))
+        return self.head(self.refine(x)), embedding
 
 
 def _modulate(features: torch.Tensor, scale_shift: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,11 @@ Losses, chosen by the model's head:
   W times the non-saturating GAN loss on its decoded ab;
 * ``--feature-weight W``: adds W times ``tools.feature_loss.FeatureLoss`` on the decoded ab: the colorized crop
   and the truth, rendered in sRGB, should look alike to a frozen ImageNet classifier (what the ImageNet judge
-  rewards: a pool that stays blue), not only pixel by pixel.
+  rewards: a pool that stays blue), not only pixel by pixel;
+* ``--context-distill-weight W`` (global-context models): adds W times ``tools.context_distill``'s loss: the
+  model's whole-picture embedding of the gray crop is pulled towards a frozen ImageNet encoder's embedding of the
+  colour crop, so the context layers read what the picture is as a classifier sees it in colour; the encoder's
+  head then trains at the context layers' rate, even while the rest of the encoder is frozen.
 
 Schedule and averaging: ``--freeze-encoder-steps N`` trains the decoder alone on a frozen pretrained encoder
 first (cheaper steps: no gradients through the encoder) before the encoder joins at ``--encoder-lr-scale`` of the
@@ -76,6 +80,7 @@ from models.predictor import DecodeOptions
 from models.registry import build_config, create_model, model_from_config
 from tools import metrics as image_metrics
 from tools.ab_prior import ab_counts
+from tools.context_distill import HEAD_LAYERS, ContextDistillation
 from tools.datasets import Augment, BatchSampler, DataError, PhotoBank, SamplerStream, SourceSpec
 from tools.feature_loss import FeatureLoss
 from worker.errors import TinctError, one_line
@@ -113,7 +118,8 @@ class TrainConfig:
     crop: int = 160
     lr: float | None = None  # None: DEFAULT_LR, or FINE_TUNE_LR when fine-tuning
     encoder_lr_scale: float = 0.1  # pretrained encoders move slower than the fresh decoder
-    context_lr_scale: float = 1.0  # the global-context layers (effnet_unet's global_context, decoder_context) against the decoder's rate
+    # the global-context layers (effnet_unet's global_context, decoder_context) against the decoder's rate
+    context_lr_scale: float = 1.0
     weight_decay: float = 1e-4
     warmup_steps: int = 200
     loss: str = "auto"  # auto | l2 | huber | l1 | classification | mix
@@ -121,6 +127,7 @@ class TrainConfig:
     rebalance_lambda: float | None = None  # None: the parent's when fine-tuning, else DEFAULT_REBALANCE_LAMBDA
     adversarial_weight: float = 0.0
     feature_weight: float = 0.0  # weight of tools.feature_loss.FeatureLoss on the decoded ab (0: off)
+    context_distill_weight: float = 0.0  # weight of tools.context_distill's embedding loss (0: off)
     bf16: bool = False  # bf16 autocast (on a GPU: the usual choice; on a CPU only with AMX, see docs/training.md)
     device: str = "auto"  # auto | cpu | cuda: where the network trains; photos are sampled on the CPU either way
     loader_workers: int = 0  # processes sampling batches beside the training loop (0: the loop samples its own)
@@ -263,12 +270,16 @@ def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     """The decoder at ``cfg.lr``, the global-context layers (if any) and the encoder at their own scales of it. A
     grown model's context layers start at zero while the decoder is already trained, so they may need a faster rate."""
     # The context layer gets a group of its own only when its rate differs: runs saved before the option existed
-    # keep the group layout their optimizer state was written with, so they resume.
-    own_context_rate = cfg.context_lr_scale != 1.0
+    # keep the group layout their optimizer state was written with, so they resume. Distilling the embedding puts
+    # the encoder's head, which makes the embedding, in that group too.
+    distil = cfg.context_distill_weight > 0
+    own_context_rate = cfg.context_lr_scale != 1.0 or distil
     encoder, context, rest = [], [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            if name.startswith("encoder."):
+            if distil and name.startswith(HEAD_LAYERS):
+                context.append(p)
+            elif name.startswith("encoder."):
                 encoder.append(p)
             else:
                 (context if own_context_rate and name.split(".")[0] in CONTEXT_LAYERS else rest).append(p)
@@ -349,13 +360,19 @@ class WeightAverage:
                 avg.copy_(live)
 
 
-def _set_encoder_frozen(model: nn.Module, frozen: bool) -> None:
-    """Freeze or release a model's ``encoder`` (weights and BatchNorm statistics); models without one pass."""
+def _set_encoder_frozen(model: nn.Module, frozen: bool, keep_head: bool = False) -> None:
+    """Freeze or release a model's ``encoder`` (weights and BatchNorm statistics); models without one pass.
+    ``keep_head`` leaves the encoder's head layers' weights trainable while it is frozen (their BatchNorm statistics
+    stay fixed with the rest): what the embedding distillation trains."""
     encoder = getattr(model, "encoder", None)
     if encoder is None or getattr(model.config, "freeze_encoder", False):
         return
     encoder.requires_grad_(not frozen)
     encoder.train(not frozen and model.training)
+    if keep_head:
+        for name, p in model.named_parameters():
+            if name.startswith(HEAD_LAYERS):
+                p.requires_grad_(True)
 
 
 def _validation_batches(cfg: TrainConfig, storage: Storage | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -430,6 +447,10 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
         cfg = _complete_config(cfg, None)
         model = create_model(cfg.model, **cfg.model_options)
     loss_kind = _resolve_loss(model, cfg.loss)
+    distil = cfg.context_distill_weight > 0
+    if distil and not getattr(getattr(model, "config", None), "global_context", False):
+        raise ConfigError(f"context_distill_weight {cfg.context_distill_weight:g} needs a model with the whole-picture "
+                          "embedding it distils (--set global_context=true)")
     device = torch.device(resolve_torch_device(cfg.device))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # every step has the same shapes: let cuDNN pick its fastest kernels
@@ -463,10 +484,13 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
         disc = create_model("patchgan").to(device)
         disc_opt = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.5, 0.999))
     feature_loss = FeatureLoss().to(device) if cfg.feature_weight > 0 else None
+    distiller = ContextDistillation(model.config.encoder).to(device) if distil else None
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
         if feature_loss is not None:
             feature_loss = feature_loss.to(memory_format=torch.channels_last)
+        if distiller is not None:
+            distiller = distiller.to(memory_format=torch.channels_last)
     ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     step = 0
     metrics: dict = {}
@@ -518,6 +542,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
             "loss": loss_kind,
             "adversarial_weight": cfg.adversarial_weight,
             "feature_weight": cfg.feature_weight,
+            "context_distill_weight": cfg.context_distill_weight,
             "rebalance_lambda": cfg.rebalance_lambda if loss_kind in ("classification", "mix") else None,
             "l1_weight": cfg.l1_weight if loss_kind == "mix" else None,
             "val_split": cfg.val_split,
@@ -542,12 +567,12 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
         save_checkpoint(path, shipped, provenance=provenance, decode=decode, half=cfg.half_weights)
 
     model.train()
-    _set_encoder_frozen(model, step < cfg.freeze_encoder_steps)
+    _set_encoder_frozen(model, step < cfg.freeze_encoder_steps, keep_head=distil)
     if disc is not None:
         disc.train()
     started = time.monotonic()
     window_start, window_images = time.monotonic(), 0
-    running = 0.0
+    running = running_distil = 0.0
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
     batches = _batch_stream(sampler, cfg, step, device)
     while step < cfg.steps:
@@ -555,14 +580,18 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
         if cfg.channels_last:
             L = L.contiguous(memory_format=torch.channels_last)
         if step == cfg.freeze_encoder_steps and cfg.freeze_encoder_steps > 0:
-            _set_encoder_frozen(model, False)
+            _set_encoder_frozen(model, False, keep_head=distil)
             log.info("step %d: the encoder joins training at %.2gx the learning rate", step, cfg.encoder_lr_scale)
         factor = _lr_factor(step, cfg)
         for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
             group["lr"] = base * factor
         with autocast:
-            out = model(L)
+            out, embedding = model.colour_and_embedding(L) if distiller is not None else (model(L), None)
         loss = colour_loss(out, ab, loss_kind, class_weights, cfg.l1_weight, cfg.decode_temperature)
+        if distiller is not None:
+            distil_term = distiller(embedding, L, ab)
+            running_distil += distil_term.item()
+            loss = loss + cfg.context_distill_weight * distil_term
         wants_ab = feature_loss is not None or disc is not None
         decoded_ab = differentiable_ab(model, out, cfg.decode_temperature) if wants_ab else None
         if feature_loss is not None:
@@ -591,9 +620,11 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
             elapsed = time.monotonic() - window_start
             rate = window_images / max(elapsed, 1e-9)
             eta_min = (cfg.steps - step) * cfg.batch_size / max(rate, 1e-9) / 60
-            log.info("step %d/%d  loss %.4f  %.1f crops/s  lr %.2e  eta %.0f min", step, cfg.steps,
-                     running / max(1, window_images // cfg.batch_size), rate, optimizer.param_groups[0]["lr"], eta_min)
-            window_start, window_images, running = time.monotonic(), 0, 0.0
+            window_steps = max(1, window_images // cfg.batch_size)
+            distil_text = f"  (embedding distance {running_distil / window_steps:.4f})" if distiller is not None else ""
+            log.info("step %d/%d  loss %.4f%s  %.1f crops/s  lr %.2e  eta %.0f min", step, cfg.steps,
+                     running / window_steps, distil_text, rate, optimizer.param_groups[0]["lr"], eta_min)
+            window_start, window_images, running, running_distil = time.monotonic(), 0, 0.0, 0.0
         if val_batches and (step % cfg.eval_every == 0 or step == cfg.steps):
             metrics = validate(ema.model if ema is not None else model, val_batches, cfg.decode_temperature)
             metrics |= {"step": step}
@@ -602,7 +633,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
                 write_inference(run_dir / BEST_MODEL_FILE, final=False)
                 log.info("step %d: best validation PSNR so far; its weights kept in %s", step, BEST_MODEL_FILE)
             history.append(metrics)
-            _set_encoder_frozen(model, step < cfg.freeze_encoder_steps)  # validate() put BatchNorm back in train mode
+            _set_encoder_frozen(model, step < cfg.freeze_encoder_steps, keep_head=distil)  # validate() put BatchNorm
+            # back in train mode
             log.info("validation at step %d: PSNR %.2f dB (gray %.2f), colourfulness %.1f (truth %.1f), ab RMSE %.2f "
                      "(gray %.2f)", step, metrics["val_psnr"], metrics["val_psnr_gray"], metrics["val_colourfulness"],
                      metrics["val_colourfulness_truth"], metrics["val_ab_rmse"], metrics["val_ab_rmse_gray"])
@@ -672,7 +704,7 @@ def main(argv: list[str] | None = None) -> int:
                  "val_crops", "freeze_encoder_steps", "min_object_side", "loader_workers"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     for name in ("encoder_lr_scale", "context_lr_scale", "weight_decay", "adversarial_weight", "feature_weight",
-                 "time_limit_min", "l1_weight", "ema_decay"):
+                 "context_distill_weight", "time_limit_min", "l1_weight", "ema_decay"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
     p.add_argument("--lr", type=float, help=f"peak learning rate (default: {DEFAULT_LR:g}; {FINE_TUNE_LR:g} for a "
                    "fine-tune)")
