@@ -487,7 +487,8 @@ def write_clip(
             _write_cues(out, subtitle_stream, duration)
 
     info = probe(path)
-    _check_written(info, path, written_pts[hidden_frames:], time_base, rotation, chapters, metadata, audio, subtitles, timecode)
+    shown_pts = written_pts[hidden_frames:]
+    _check_written(info, path, shown_pts, time_base, rotation, chapters, metadata, audio, subtitles, timecode)
     video_info = info.video
     assert video_info is not None and video_info.time_base is not None
     return ClipInfo(
