@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.color import merge_l_ab
-from models.efficientnet_lite import INPUT_MEAN, INPUT_STD, EfficientNetLite, EfficientNetLiteConfig
+from models.efficientnet_lite import INPUT_MEAN, INPUT_STD, FrozenEfficientNetLite
 
 _EPS = 1e-6
 
@@ -38,14 +38,7 @@ class ContextDistillation(nn.Module):
 
     def __init__(self, variant: str = "lite0", pretrained: bool = True) -> None:
         super().__init__()
-        self.teacher = EfficientNetLite(EfficientNetLiteConfig(variant=variant, pretrained=pretrained))
-        self.teacher.requires_grad_(False)
-        self.teacher.eval()
-
-    def train(self, mode: bool = True) -> ContextDistillation:
-        super().train(mode)
-        self.teacher.eval()  # frozen means frozen: BatchNorm keeps ImageNet's statistics during training too
-        return self
+        self.teacher = FrozenEfficientNetLite(variant, pretrained)
 
     def forward(self, embedding: torch.Tensor, L: torch.Tensor, ab_true: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.color import merge_l_ab
-from models.efficientnet_lite import INPUT_MEAN, INPUT_STD, EfficientNetLite, EfficientNetLiteConfig
+from models.efficientnet_lite import INPUT_MEAN, INPUT_STD, FrozenEfficientNetLite
 
 _EPS = 1e-6
 
@@ -30,14 +30,7 @@ class FeatureLoss(nn.Module):
 
     def __init__(self, pretrained: bool = True) -> None:
         super().__init__()
-        self.net = EfficientNetLite(EfficientNetLiteConfig(variant="lite0", pretrained=pretrained))
-        self.net.requires_grad_(False)
-        self.net.eval()
-
-    def train(self, mode: bool = True) -> FeatureLoss:
-        super().train(mode)
-        self.net.eval()  # frozen means frozen: BatchNorm keeps ImageNet's statistics during training too
-        return self
+        self.net = FrozenEfficientNetLite("lite0", pretrained)
 
     def _levels(self, rgb: torch.Tensor) -> list[torch.Tensor]:
         # Strides 8, 16 and 32 and the pooled embedding: what the photo shows, not its edges, which the lightness
