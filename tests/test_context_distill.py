@@ -18,7 +18,8 @@ from tests.conftest import gradient_image
 from tools.context_distill import HEAD_LAYERS, ContextDistillation
 from tools.train import TrainConfig, main, train
 
-TINY_CONTEXT = {"decoder_channels": [16, 16, 16], "global_context": True}  # the ImageNet encoder
+# A small decoder on the ImageNet encoder (pretrained, as any real parent is), with the embedding to distil.
+TINY_CONTEXT = {"decoder_channels": [16, 16, 16], "global_context": True}
 
 
 def _lab_batch(count: int, side: int) -> torch.Tensor:

