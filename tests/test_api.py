@@ -163,7 +163,14 @@ def test_film_job_gives_a_strip_of_frames_and_a_queued_film_can_be_cancelled(sta
     final = wait_finished(alice, job["id"])
     assert final["state"] == "succeeded", final["error"]
     assert final["progress"] == {**final["progress"], "unit": "frames", "done": 24, "total": 24}
-    strip = alice.get(f"/api/v1/jobs/{job['id']}/previews").json()["previews"]
+    # The console asks for the list and every frame at once: concurrent requests must not trip over each other's
+    # downloads of the film (a shared scratch file, deleted by one while another read it, failed frames at random).
+    with ThreadPoolExecutor(16) as pool:
+        lists = list(pool.map(lambda _: alice.get(f"/api/v1/jobs/{job['id']}/previews"), range(48)))
+        assert [r.status_code for r in lists] == [200] * 48, [r.text for r in lists if r.status_code != 200]
+        strip = lists[0].json()["previews"]
+        sides = list(pool.map(alice.get, [pair[side] for pair in strip for side in ("before", "after")] * 2))
+        assert [r.status_code for r in sides] == [200] * len(sides), [r.text for r in sides if r.status_code != 200]
     assert len(strip) == 6 and [p["time"] for p in strip] == sorted(p["time"] for p in strip)
     for pair in strip[:2]:
         before, after = jpeg(alice.get(pair["before"]).content), jpeg(alice.get(pair["after"]).content)

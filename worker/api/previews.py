@@ -18,6 +18,7 @@ import io
 import shutil
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path, PurePosixPath
@@ -112,12 +113,14 @@ class Previews:
             return self._locks.setdefault(job_id, threading.Lock())
 
     def _local(self, uri: str, name: str) -> tuple[Path, bool]:
-        """A local path for ``uri``: the file itself, or a scratch download (True: delete it afterwards)."""
+        """A local path for ``uri``: the file itself, or a scratch download (True: delete it afterwards). Every call
+        downloads to a file of its own: requests for one job arrive together (the console asks for a film's list and
+        its frames at once), and a shared name let one request delete the download another was reading."""
         scheme, _, key = parse_uri(uri)
         if scheme == "file":
             return Path(key), False
         self.scratch_dir.mkdir(parents=True, exist_ok=True)
-        local = self.scratch_dir / f"{hashlib.sha256(uri.encode()).hexdigest()[:16]}-{name}"
+        local = self.scratch_dir / f"{hashlib.sha256(uri.encode()).hexdigest()[:16]}-{uuid.uuid4().hex[:8]}-{name}"
         self.storage.download(uri, local)
         return local, True
 
