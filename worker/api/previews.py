@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import shutil
 import threading
 import time
@@ -147,25 +148,38 @@ class Previews:
             if drop_result:
                 result.unlink(missing_ok=True)
 
-    def _film_times(self, record: JobRecord) -> list[float]:
-        """Evenly spaced times inside the film (never its very first or last frame, often black)."""
-        source, drop = self._local(record.spec.input, "probe" + PurePosixPath(parse_uri(record.spec.input)[2]).suffix)
+    def _film_times(self, record: JobRecord, local_input: Path | None = None) -> list[float]:
+        """Evenly spaced times inside the film (never its very first or last frame, often black). The film is read
+        once per version of the input: the times are kept beside the job's previews, under the input's version,
+        because every list of a film job's previews needs them and reading the duration meant downloading the
+        whole film. ``local_input``: a copy of the input already at hand (the strip downloads one anyway)."""
+        version = self.storage.stat(record.spec.input).version_key()
+        cached = self.cache_dir / "previews" / record.id / f"times-{version}.json"
+        try:
+            return [float(t) for t in json.loads(cached.read_text())]
+        except (OSError, ValueError, TypeError):  # not made yet (or a torn file from a crash): read the film
+            pass
+        source, drop = (local_input, False) if local_input is not None else self._local(
+            record.spec.input, "probe" + PurePosixPath(parse_uri(record.spec.input)[2]).suffix)
         try:
             duration = _duration(source)
         finally:
             if drop:
                 source.unlink(missing_ok=True)
-        return [round(duration * (i + 0.5) / FILM_FRAMES, 3) for i in range(FILM_FRAMES)]
+        times = [round(duration * (i + 0.5) / FILM_FRAMES, 3) for i in range(FILM_FRAMES)]
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(cached) as sink:
+            sink.write(json.dumps(times).encode())
+        return times
 
     def _film_strip(self, record: JobRecord, folder: Path) -> None:
-        items = self.items(record)
-        times = [item.time or 0.0 for item in items]
         suffix_in = PurePosixPath(parse_uri(record.spec.input)[2]).suffix
         suffix_out = PurePosixPath(parse_uri(film_output_uri(record.spec))[2]).suffix
         source, drop_source = self._local(record.spec.input, f"in{suffix_in}")
         result, drop_result = self._local(film_output_uri(record.spec), f"out{suffix_out}")
         staging = folder.with_name(folder.name + ".partial")
         try:
+            times = self._film_times(record, source)
             staging.mkdir(parents=True, exist_ok=True)
             for side, path in (("before", source), ("after", result)):
                 for index, frame in enumerate(_frames_at(path, times)):

@@ -1,0 +1,92 @@
+"""The API's before/after previews of a film job, made directly by ``worker.api.previews.Previews`` against moto's
+real S3 server: what they cost in downloads, and that concurrent requests never share a scratch file."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.media import gray_frames, moving_scene, write_clip
+from tests.services import S3Server, put_object
+from tools.local_services import s3_settings
+from worker.api.previews import FILM_FRAMES, Previews
+from worker.jobs import JobRecord, JobSpec
+from worker.storage import Storage
+from worker.work import film_output_uri
+
+FILM = "s3://scans/reel.mkv"
+
+
+class CountingStorage(Storage):
+    """The real storage, noting every object it downloads."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.downloads: list[str] = []
+
+    def download(self, uri, local_path):
+        self.downloads.append(str(uri))
+        return super().download(uri, local_path)
+
+
+@pytest.fixture
+def storage(s3_server: S3Server) -> Iterator[CountingStorage]:
+    s3_server.make_bucket("scans")
+    s3_server.make_bucket("colour")
+    with CountingStorage(s3_settings(s3_server)) as store:
+        yield store
+
+
+def put_film(s3: S3Server, uri: str, tmp_path: Path, frames: int) -> None:
+    clip = write_clip(tmp_path / f"{frames}.mkv", gray_frames(moving_scene(frames, 64, 48)), fps=24, gop=6,
+                      bframes=0)
+    put_object(s3, uri, clip.path.read_bytes())
+
+
+def film_job(spec_output: str = "s3://colour/films/") -> JobRecord:
+    return JobRecord(id="job-1", spec=JobSpec(input=FILM, output=spec_output, kind="video"), state="succeeded",
+                     created=0.0, updated=0.0)
+
+
+def test_a_film_is_read_once_for_its_preview_times_and_again_only_when_it_changes(s3_server, storage, tmp_path):
+    put_film(s3_server, FILM, tmp_path, frames=24)
+    previews = Previews(storage, tmp_path / "cache", tmp_path / "scratch")
+    record = film_job()
+    items = previews.items(record)
+    assert len(items) == FILM_FRAMES and all(0 < a.time < b.time < 1.0 for a, b in zip(items, items[1:]))
+    for _ in range(5):  # the console lists a job's previews on every visit
+        assert previews.items(record) == items
+    assert storage.downloads == [FILM]
+    assert not any((tmp_path / "scratch").iterdir())  # the probe's download is gone
+
+    put_film(s3_server, FILM, tmp_path, frames=48)  # the input replaced under the same name: a new version
+    longer = previews.items(record)
+    assert storage.downloads == [FILM, FILM] and longer[-1].time > 1.5 > items[-1].time
+
+
+def test_a_film_strip_downloads_the_input_and_output_once_each(s3_server, storage, tmp_path):
+    record = film_job()
+    put_film(s3_server, FILM, tmp_path, frames=24)
+    put_film(s3_server, film_output_uri(record.spec), tmp_path, frames=24)  # stands in for the colorized copy
+    previews = Previews(storage, tmp_path / "cache", tmp_path / "scratch")
+    items = previews.items(record)
+    storage.downloads.clear()
+    for item in items:
+        for side in ("before", "after"):
+            assert previews.image(record, item, side).stat().st_size > 0
+    # The strip reads its times from the list's cache, and the frames from one download of each film.
+    assert sorted(storage.downloads) == sorted([FILM, film_output_uri(record.spec)])
+    assert not any((tmp_path / "scratch").iterdir())
+
+
+def test_every_scratch_download_gets_a_file_of_its_own(s3_server, storage, tmp_path):
+    """Requests for one job's previews arrive together; one deleting the download another is reading failed frames
+    at random, so two downloads of one object never share a name."""
+    put_film(s3_server, FILM, tmp_path, frames=6)
+    previews = Previews(storage, tmp_path / "cache", tmp_path / "scratch")
+    first, drop_first = previews._local(FILM, "in.mkv")
+    second, drop_second = previews._local(FILM, "in.mkv")
+    assert drop_first and drop_second and first != second
+    assert first.read_bytes() == second.read_bytes()
