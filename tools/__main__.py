@@ -9,6 +9,7 @@ VERBS = {
     "train": ("tools.train", "train or fine-tune a model on folders, zips or s3:// prefixes of colour photos"),
     "evaluate": ("tools.evaluate", "score a model against ground truth with the gray baseline beside it"),
     "scorecard": ("tools.scorecard", "models side by side on every dev set and film, gray and truth beside, verdict"),
+    "probe": ("tools.probe_encoder", "what each model's encoder recognises in gray: a linear probe on class folders"),
     "bench": ("tools.bench", "images/s and megapixels/s per engine and batch size"),
     "export": ("tools.export", "export a checkpoint to ONNX (dynamic batch and size)"),
     "build-engine": ("tools.build_engine", "build a model's TensorRT engine for this GPU (cached, checked)"),
