@@ -16,6 +16,13 @@ PARENT --set global_context=true``).
 features (after they have met the encoder's stride-16 skip), where Iizuka et al. fuse it: the stride-32 fusion
 can only say what the picture is before the decoder sees the finer map, this one after. Also zero at the start,
 so a global-context model grows into one (``--set decoder_context=true``).
+
+``context_encoder`` takes the embedding from a frozen copy of ImageNet's encoder run on the same gray input, instead
+of the colour encoder's own head: fine-tuning the colour encoder cost the campaign candidate's embedding 40% of what
+ImageNet's recognises in gray (``python -m tools probe``, docs/training.md session 10), and a copy that never learns
+cannot lose it. It costs a second encoder pass (about half the network's work again at a 224 px render) and 3.4M
+frozen parameters (6.7 MB in fp16). Growing a global-context model into one drops the colour encoder's head, which
+nothing reads any more, and keeps its context layers.
 """
 
 from __future__ import annotations
@@ -25,7 +32,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.efficientnet_lite import HEAD_CHANNELS, LITE_VARIANTS, EfficientNetLite, EfficientNetLiteConfig
+from models.efficientnet_lite import (
+    HEAD_CHANNELS,
+    LITE_VARIANTS,
+    EfficientNetLite,
+    EfficientNetLiteConfig,
+    FrozenEfficientNetLite,
+)
 from models.layers import ConvBNReLU, UpBlock, ab_head
 from models.registry import register_model
 
@@ -40,6 +53,7 @@ class EffnetUNetConfig:
     encoder: str = "lite0"  # lite0 | lite2 (models.efficientnet_lite.LITE_VARIANTS)
     global_context: bool = False  # scale and shift the stride-32 features by the whole picture's ImageNet embedding
     decoder_context: bool = False  # and the decoder's stride-16 features too (needs global_context)
+    context_encoder: bool = False  # the embedding from a frozen ImageNet copy of the encoder (needs global_context)
 
     def __post_init__(self) -> None:
         self.decoder_channels = tuple(self.decoder_channels)
@@ -51,6 +65,8 @@ class EffnetUNetConfig:
             raise ValueError("decoder_channels needs three entries (strides 16, 8, 4)")
         if self.decoder_context and not self.global_context:
             raise ValueError("decoder_context needs global_context (both read the same embedding)")
+        if self.context_encoder and not self.global_context:
+            raise ValueError("context_encoder needs global_context (it makes the embedding the context layers read)")
 
 
 @register_model("effnet_unet", EffnetUNetConfig)
@@ -65,8 +81,11 @@ class EffnetUNet(nn.Module):
         # The classifier's head layers are not part of the encoder path; dropping them keeps the
         # checkpoint small and strict loading honest. Global context keeps the embedding (not the classes).
         del self.encoder._fc
-        if not config.global_context:
+        if not config.global_context or config.context_encoder:
             del self.encoder._conv_head, self.encoder._bn1
+        if config.context_encoder:
+            self.context_encoder = FrozenEfficientNetLite(config.encoder, pretrained=config.pretrained)
+            del self.context_encoder._fc
         c16, c8, c4 = config.decoder_channels
         s2, s4, s8, s16, s32 = self.encoder.skip_channels
         if config.global_context:
@@ -89,6 +108,11 @@ class EffnetUNet(nn.Module):
         if config.freeze_encoder:
             self.encoder.requires_grad_(False)
 
+    def superseded_parent_layers(self) -> tuple[str, ...]:
+        """Weights of a parent that this config no longer reads, which growing the parent into it may drop (see
+        ``tools.train.grow_model``): the colour encoder's head, once a frozen copy makes the embedding."""
+        return ("encoder._conv_head.", "encoder._bn1.") if self.config.context_encoder else ()
+
     def train(self, mode: bool = True) -> EffnetUNet:
         super().train(mode)
         if self.config.freeze_encoder:
@@ -101,10 +125,11 @@ class EffnetUNet(nn.Module):
     def colour_and_embedding(self, L: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The colour output and the whole picture's embedding the context layers read (None without
         ``global_context``): training losses on the embedding need it without a second pass."""
-        f2, f4, f8, f16, f32 = self.encoder.features(EfficientNetLite.preprocess_l(L))
+        x = EfficientNetLite.preprocess_l(L)
+        f2, f4, f8, f16, f32 = self.encoder.features(x)
         embedding = None
         if self.config.global_context:
-            embedding = self.encoder.pool(f32)
+            embedding = self.context_encoder.embedding(x) if self.config.context_encoder else self.encoder.pool(f32)
             f32 = _modulate(f32, self.context(embedding))
         x = self.up16(f32, f16)
         if self.config.decoder_context:

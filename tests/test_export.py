@@ -53,12 +53,13 @@ def test_export_is_dynamic_in_batch_height_and_width(exported, tiny_checkpoint):
     _assert_matches_torch(exported, tiny_checkpoint, ((1, 1, 64, 96), (3, 1, 32, 160)), seed=0)
 
 
-def test_export_of_a_global_context_model_matches_torch_at_every_size(tmp_path):
+@pytest.mark.parametrize("context_encoder", [False, True], ids=["own-head", "frozen-copy"])
+def test_export_of_a_global_context_model_matches_torch_at_every_size(tmp_path, context_encoder):
     # The pooled embedding must be a mean over whatever size the picture has, not one traced size; both fusions
-    # (strides 32 and 16) read it.
+    # (strides 32 and 16) read it, made by the colour encoder's head or by a frozen ImageNet copy's.
     torch.manual_seed(2)
     model = create_model("effnet_unet", pretrained=True, global_context=True, decoder_context=True,
-                         decoder_channels=(16, 12, 8))
+                         context_encoder=context_encoder, decoder_channels=(16, 12, 8))
     torch.nn.init.normal_(model.context.weight, 0, 0.5)
     torch.nn.init.normal_(model.context16.weight, 0, 0.5)
     path = tmp_path / "context.pt"

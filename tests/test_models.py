@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from models.color import n_ab_bins
-from models.efficientnet_lite import HEAD_CHANNELS
+from models.efficientnet_lite import HEAD_CHANNELS, EfficientNetLite, FrozenEfficientNetLite
 from models.predictor import ABPredictor
 from models.registry import build_config, config_class, create_model, list_models, model_from_config
 
@@ -255,6 +255,40 @@ def test_effnet_unet_decoder_context_grows_a_global_context_model_and_reads_the_
     assert left_change > 10 * left_change_without + 1e-3
     with pytest.raises(ValueError, match="decoder_context needs global_context"):
         build_config("effnet_unet", decoder_context=True)
+
+
+def test_effnet_unet_context_encoder_is_a_frozen_imagenet_copy_that_the_colour_encoder_cannot_move(
+        packaged_lite0: dict[str, torch.Tensor]) -> None:
+    torch.manual_seed(0)
+    model = create_model("effnet_unet", pretrained=True, global_context=True, context_encoder=True,
+                         decoder_channels=(16, 12, 8))
+    torch.nn.init.normal_(model.context.weight, 0, 1.0)
+    copy = model.context_encoder.state_dict()
+    assert set(copy) == {k for k in packaged_lite0 if not k.startswith("_fc")}
+    for key, value in copy.items():
+        torch.testing.assert_close(value, packaged_lite0[key], rtol=0, atol=0, msg=key)
+    assert not hasattr(model.encoder, "_conv_head") and not hasattr(model.context_encoder, "_fc")
+    assert model.superseded_parent_layers() == ("encoder._conv_head.", "encoder._bn1.")
+    L = torch.rand(2, 1, 96, 96) * 100
+    # A training step at a large rate: the colour encoder and decoder move, the copy does not (nor its BatchNorm).
+    model.train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    stem = model.encoder._conv_stem.weight.detach().clone()
+    model(L).square().mean().backward()
+    optimizer.step()
+    assert not model.context_encoder.training and not torch.equal(model.encoder._conv_stem.weight, stem)
+    for key, value in model.context_encoder.state_dict().items():
+        torch.testing.assert_close(value, copy[key], rtol=0, atol=0, msg=key)
+    model.eval()
+    with torch.no_grad():
+        _, embedding = model.colour_and_embedding(L)
+        expected = FrozenEfficientNetLite("lite0").embedding(EfficientNetLite.preprocess_l(L))
+        torch.testing.assert_close(embedding, expected)
+        for p in model.encoder.parameters():
+            p.add_(torch.randn_like(p))  # whatever the colour encoder becomes, the embedding stays ImageNet's
+        torch.testing.assert_close(model.colour_and_embedding(L)[1], expected)
+    with pytest.raises(ValueError, match="context_encoder needs global_context"):
+        build_config("effnet_unet", context_encoder=True)
 
 
 def test_effnet_unet_freeze_encoder() -> None:

@@ -4,6 +4,7 @@ real S3 server: what they cost in downloads, and that concurrent requests never 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,7 @@ def test_a_film_is_read_once_for_its_preview_times_and_again_only_when_it_change
     previews = Previews(storage, tmp_path / "cache", tmp_path / "scratch")
     record = film_job()
     items = previews.items(record)
-    assert len(items) == FILM_FRAMES and all(0 < a.time < b.time < 1.0 for a, b in zip(items, items[1:]))
+    assert len(items) == FILM_FRAMES and all(0 < a.time < b.time < 1.0 for a, b in pairwise(items))
     for _ in range(5):  # the console lists a job's previews on every visit
         assert previews.items(record) == items
     assert storage.downloads == [FILM]

@@ -248,6 +248,41 @@ def test_a_fine_tune_can_start_from_the_imagenet_encoder(photo_dir: Path, tmp_pa
     assert not (tmp_path / "bad" / "model.pt").exists()
 
 
+def test_a_global_context_parent_grows_a_frozen_context_encoder_and_drops_the_head_it_no_longer_reads(
+        photo_dir: Path, tmp_path: Path, capsys, caplog) -> None:
+    parent = load_checkpoint(train(TrainConfig(model_options=TINY_EFFNET | {"global_context": True},
+                                               data=[str(photo_dir)], steps=0, batch_size=2, crop=64),
+                                   tmp_path / "parent"))
+    common = ["--init", str(parent.path), "--data", str(photo_dir), "--steps", "1", "--batch-size", "2", "--crop",
+              "64", "--warmup-steps", "1", "--set", "context_encoder=true"]
+    with caplog.at_level(logging.INFO, logger="tools.train"):
+        assert main([*common, "--lr", "1e-12", "--run-dir", str(tmp_path / "child")]) == 0
+    assert ("245 new tensors (context_encoder), 6 tensors no longer read dropped (encoder._bn1, encoder._conv_head)"
+            in caplog.text)
+    child = load_checkpoint(tmp_path / "child" / "model.pt")
+    assert child.config["context_encoder"] is True
+    assert not any(k.startswith(("encoder._conv_head", "encoder._bn1")) for k in child.state_dict)
+    imagenet = load_pretrained_state_dict("lite0")
+    for name, tensor in child.state_dict.items():
+        if name.startswith("context_encoder."):
+            expected = imagenet[name[len("context_encoder."):]]
+            torch.testing.assert_close(tensor.to(expected.dtype), expected.half().to(expected.dtype), rtol=0, atol=0)
+    for name, tensor in parent.state_dict.items():  # the rest of the parent carried over (a near-zero rate)
+        if not name.startswith(("encoder._conv_head", "encoder._bn1")) and tensor.is_floating_point() \
+                and "running" not in name:
+            torch.testing.assert_close(child.state_dict[name], tensor, atol=1e-6, rtol=0, msg=name)
+    L = torch.rand(1, 1, 64, 64) * 100
+    with torch.no_grad():  # the saved model rebuilds (strictly) into the same network
+        assert child.build_model().eval()(L).shape[-2:] == (16, 16)
+
+    with pytest.raises(SystemExit) as exc:
+        main([*common, "--context-distill-weight", "1", "--run-dir", str(tmp_path / "bad")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "comes from a frozen ImageNet encoder (context_encoder), which nothing can teach" in err, err
+    assert not (tmp_path / "bad" / "model.pt").exists()
+
+
 def test_the_context_layer_learns_at_its_own_rate(photo_dir: Path, tmp_path: Path, capsys) -> None:
     """--context-lr-scale: with the decoder's rate near zero and the context layers' not, one step moves only the
     context layers (both fusions); a model without one refuses the option in one line."""

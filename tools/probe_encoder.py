@@ -12,7 +12,8 @@ starts from, and what colour adds.
         --data ../shared/data/train/tiny_imagenet.zip --out docs/training/probe-encoder.json
 
 The embedding probed is the one the model's colour reads: the encoder head's pooled 1,280-d embedding for a model
-with global context, else the pooled stride-32 features (320-d for Lite0) that feed the decoder.
+with global context (its frozen ImageNet copy's with ``context_encoder``), else the pooled stride-32 features (320-d
+for Lite0) that feed the decoder.
 """
 
 from __future__ import annotations
@@ -116,6 +117,9 @@ def model_embedding(path: str) -> tuple[Embed, str]:
     encoder = getattr(model, "encoder", None)
     if not isinstance(encoder, EfficientNetLite):
         raise CheckpointError(f"{path}: {type(model).__name__} has no EfficientNet-Lite encoder to probe")
+    if getattr(model.config, "context_encoder", False):
+        copy = model.context_encoder
+        return (lambda rgb: copy.embedding(gray_input(rgb))), "frozen ImageNet copy's head embedding (1280-d)"
     if hasattr(encoder, "_conv_head"):
         return (lambda rgb: encoder.embedding(gray_input(rgb))), "head embedding (1280-d)"
     channels = encoder.skip_channels[-1]

@@ -190,14 +190,23 @@ def grow_model(parent: Checkpoint, options: dict) -> nn.Module:
         raise ConfigError(f"--set {_options_text(options)} on {source}: {exc}") from exc
     own = model.state_dict()
     state = parent.float_state()
-    clash = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
+    superseded = model.superseded_parent_layers() if hasattr(model, "superseded_parent_layers") else ()
+    dropped = [k for k in state if k not in own and k.startswith(superseded)]
+    clash = [k for k, v in state.items() if k not in dropped and (k not in own or own[k].shape != v.shape)]
     if clash:
         raise ConfigError(f"--set {_options_text(options)} changes layers that {source} has ({', '.join(clash[:3])}"
                           f"{' ...' if len(clash) > 3 else ''}): a fine-tune can only add layers to its parent")
-    new = model.load_state_dict(state, strict=False).missing_keys
-    log.info("grew %s with %s: %d new tensors (%s)", parent.label, _options_text(options), len(new),
-             ", ".join(sorted({k.rsplit(".", 1)[0] for k in new})) or "none")
+    new = model.load_state_dict({k: v for k, v in state.items() if k not in dropped}, strict=False).missing_keys
+    log.info("grew %s with %s: %d new tensors (%s)%s", parent.label, _options_text(options), len(new),
+             _layer_names(new) or "none",
+             f", {len(dropped)} tensors no longer read dropped ({_layer_names(dropped)})" if dropped else "")
     return model
+
+
+def _layer_names(keys: list[str]) -> str:
+    """The layers ``keys`` belong to, for a log line: a whole new network (a frozen copy) is named once."""
+    layers = sorted({k.rsplit(".", 1)[0] for k in keys})
+    return ", ".join(layers if len(layers) <= 6 else sorted({name.split(".")[0] for name in layers}))
 
 
 def restore_imagenet_encoder(model: nn.Module, source: str) -> None:
@@ -474,6 +483,9 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
     if distil and not getattr(getattr(model, "config", None), "global_context", False):
         raise ConfigError(f"context_distill_weight {cfg.context_distill_weight:g} needs a model with the whole-picture "
                           "embedding it distils (--set global_context=true)")
+    if distil and getattr(model.config, "context_encoder", False):
+        raise ConfigError(f"context_distill_weight {cfg.context_distill_weight:g}: this model's embedding comes from "
+                          "a frozen ImageNet encoder (context_encoder), which nothing can teach")
     device = torch.device(resolve_torch_device(cfg.device))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # every step has the same shapes: let cuDNN pick its fastest kernels
