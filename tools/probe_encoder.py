@@ -40,7 +40,7 @@ from models.files import atomic_output
 from tools.datasets import DataError, in_holdout, iter_image_bytes, relative_name
 from worker.errors import one_line
 
-log = logging.getLogger("tinct.probe")
+log = logging.getLogger(__name__)
 
 WEIGHT_DECAYS = (1e-3, 1e-2, 1e-1)  # the classifier's L2 strength, chosen on a fifth of the fitting photos
 BATCH = 64

@@ -57,7 +57,7 @@ import logging
 import math
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,7 +191,7 @@ def grow_model(parent: Checkpoint, options: dict) -> nn.Module:
     own = model.state_dict()
     state = parent.float_state()
     superseded = model.superseded_parent_layers() if hasattr(model, "superseded_parent_layers") else ()
-    dropped = [k for k in state if k not in own and k.startswith(superseded)]
+    dropped = {k for k in state if k not in own and k.startswith(superseded)}
     clash = [k for k, v in state.items() if k not in dropped and (k not in own or own[k].shape != v.shape)]
     if clash:
         raise ConfigError(f"--set {_options_text(options)} changes layers that {source} has ({', '.join(clash[:3])}"
@@ -203,7 +203,7 @@ def grow_model(parent: Checkpoint, options: dict) -> nn.Module:
     return model
 
 
-def _layer_names(keys: list[str]) -> str:
+def _layer_names(keys: Iterable[str]) -> str:
     """The layers ``keys`` belong to, for a log line: a whole new network (a frozen copy) is named once."""
     layers = sorted({k.rsplit(".", 1)[0] for k in keys})
     return ", ".join(layers if len(layers) <= 6 else sorted({name.split(".")[0] for name in layers}))
