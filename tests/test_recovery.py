@@ -16,6 +16,7 @@ import random
 import re
 import signal
 import statistics
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import redis
 from PIL import Image
 
 from tests.media import gray_frames, moving_scene, probe, write_clip
@@ -372,6 +374,36 @@ def test_redis_restarted_from_its_aof_while_a_dead_workers_piece_is_recovered(en
 
 
 # --- poison --------------------------------------------------------------------------------------------------
+
+
+def test_two_workers_draining_the_same_requeued_task_publish_it_once(redis_server):
+    """Every heartbeat drains ``tinct:requeue``: one that reads an entry while another is publishing it must leave it
+    alone (once, a poison job's events showed a death requeued twice)."""
+    client = redis.Redis.from_url(redis_server.url)
+    published: list[str] = []
+    publishing, let_go = threading.Event(), threading.Event()
+
+    def slow_publish(task: str, args: list, queue: str) -> str:
+        published.append(task)
+        publishing.set()
+        let_go.wait(10)
+        return f"new-{len(published)}"
+
+    leaving = liveness.Heartbeat(DEFAULTS, client, slow_publish, node="leaving@host")
+    other = liveness.Heartbeat(DEFAULTS, client, lambda *task: published.append(task[0]) or "other", node="b@host")
+    leaving.worker, other.worker = "host:1", "host:2"  # one test process plays two worker processes
+    leaving.hold("task-1", "tinct.colorize_photos", ["job-1", 0], "photos", "job-1", "photos-000000", "", None)
+    leaving.beat()
+    handing_back = threading.Thread(target=leaving.hand_back)
+    handing_back.start()
+    assert publishing.wait(10), "the leaving worker never published its task"
+    assert other.drain() == 0  # it read the entry, and saw that the leaving worker has it
+    let_go.set()
+    handing_back.join(10)
+    assert published == ["tinct.colorize_photos"]
+    assert [e["outcome"] for e in liveness.requeue_events(client, "job-1")] == ["requeued"]
+    assert client.hlen(liveness.REQUEUE_KEY) == 0 and other.drain() == 0
+
 
 
 def test_a_poison_piece_fails_its_job_after_n_deaths_and_other_jobs_succeed(env):

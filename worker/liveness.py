@@ -13,7 +13,8 @@ Keys (all values plain strings or JSON; times are Redis server time, so clocks o
   tag, node, seconds since it last made progress), written when the task starts and refreshed by every heartbeat.
 * ``tinct:worker:<id>:leases`` (set): the lease keys it took, so a recovery can release exactly those.
 * ``tinct:job:<job>:lease:<piece>``: the one holder allowed to record the piece's result (``<worker id>|<nonce>``).
-* ``tinct:requeue`` (hash): tasks taken from a silent worker, waiting to be published again (at least once).
+* ``tinct:requeue`` (hash): tasks taken from a silent worker, waiting to be published again (at least once);
+  ``tinct:requeue:claim:<field>``: the process publishing that entry (expires after a liveness window).
 * ``tinct:job:<job>:deaths`` (hash): piece -> workers that died holding it in a row; ``:requeued`` (list): events.
 
 How a recovery stays race-free and idempotent: a heartbeat thread in every worker process (:class:`Heartbeat`)
@@ -419,6 +420,8 @@ class Heartbeat:
         done = 0
         for raw_field, raw_entry in self.redis.hgetall(REQUEUE_KEY).items():
             entry_field, entry = raw_field.decode(), raw_entry.decode()
+            if not self._claim(entry_field):
+                continue  # another process is publishing it, or has published it since we read the hash
             deaths_text, reason, at, record_text = entry.split("|", 3)
             worker, task_id, job_id, piece = entry_field.split("|", 3)
             record = json.loads(record_text)
@@ -457,6 +460,17 @@ class Heartbeat:
                            reason, outcome if outcome != "failed" else f"failed the job after {deaths} deaths")
             done += 1
         return done
+
+    def _claim(self, entry_field: str) -> bool:
+        """Whether this process may publish the re-queue entry ``entry_field``: every heartbeat drains the same hash,
+        and two that read it at once would each publish the task and record the death twice. The claim is never
+        released, only left to expire (an entry's field names one death of one task, so it never comes back): a
+        drainer that dies between the claim and the publish leaves the entry for another after the expiry, which
+        keeps publishing at least once."""
+        claim = f"{REQUEUE_KEY}:claim:{entry_field}"
+        if not self.redis.set(claim, self.worker, nx=True, px=int(self.window_s * 1000)):
+            return False
+        return bool(self.redis.hexists(REQUEUE_KEY, entry_field))  # published by a claim that has since expired
 
     # what this process holds
 
