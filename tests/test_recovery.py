@@ -405,7 +405,6 @@ def test_two_workers_draining_the_same_requeued_task_publish_it_once(redis_serve
     assert client.hlen(liveness.REQUEUE_KEY) == 0 and other.drain() == 0
 
 
-
 def test_a_poison_piece_fails_its_job_after_n_deaths_and_other_jobs_succeed(env):
     # The poison photo is large enough (1.2 MP: full-resolution colour merge, PNG codecs, upload) that a warm worker
     # holds it for a good part of a second, and the loop below looks every 20 ms: a 96x64 photo was once finished
