@@ -113,6 +113,43 @@ class EffnetUNet(nn.Module):
         ``tools.train.grow_model``): the colour encoder's head, once a frozen copy makes the embedding."""
         return ("encoder._conv_head.", "encoder._bn1.") if self.config.context_encoder else ()
 
+    def adopt_decoder(self, parent_state: dict[str, torch.Tensor]) -> list[str]:
+        """Load the decoder of ``parent_state`` (an effnet_unet on another encoder variant) onto this model, whose
+        encoder keeps its own weights. What reads only the decoder's own features is carried over: every decoder
+        convolution but the first step's first, the refinement and the head, and of each later step's first
+        convolution only the input channels that read the step before it. What reads the encoder starts as
+        constructed: the context layers (the embedding is the encoder's), the first step's first convolution
+        (stride-32 and -16 features) and the skip channels of every other step, even where their count matches
+        (Lite0's stride-4 channels are not Lite2's). Returns the names of the tensors that start fresh in whole or
+        in part. Why: a decoder trained from nothing needs more steps than a CPU session has, and one moved over
+        starts from what its parent learnt (docs/training.md, session 13)."""
+        own = self.state_dict()
+        decoder_inputs = {"up8": self.config.decoder_channels[0], "up4": self.config.decoder_channels[1],
+                          "up2": self.config.decoder_channels[2]}
+        fresh, carried = [], {}
+        for name, tensor in own.items():
+            if name.startswith(("encoder.", "context_encoder.", "context.", "context16.", "up16.conv.0.")):
+                if not name.startswith(("encoder.", "context_encoder.")):
+                    fresh.append(name)
+                continue
+            theirs = parent_state.get(name)
+            step = name.split(".", 1)[0]
+            if name == f"{step}.conv.0.0.weight" and step in decoder_inputs:
+                if theirs is None or theirs.shape[0] != tensor.shape[0]:
+                    raise ValueError(f"{name}: the parent's decoder has another shape")
+                kept = decoder_inputs[step]
+                merged = tensor.clone()
+                merged[:, :kept] = theirs[:, :kept]
+                carried[name] = merged
+                fresh.append(name)
+            elif theirs is not None and theirs.shape == tensor.shape:
+                carried[name] = theirs
+            else:
+                raise ValueError(f"{name}: the parent's decoder has another shape "
+                                 f"({None if theirs is None else tuple(theirs.shape)} against {tuple(tensor.shape)})")
+        self.load_state_dict(carried, strict=False)
+        return fresh
+
     def train(self, mode: bool = True) -> EffnetUNet:
         super().train(mode)
         if self.config.freeze_encoder:

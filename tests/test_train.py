@@ -248,6 +248,52 @@ def test_a_fine_tune_can_start_from_the_imagenet_encoder(photo_dir: Path, tmp_pa
     assert not (tmp_path / "bad" / "model.pt").exists()
 
 
+def test_a_parent_decoder_moves_onto_another_encoder(photo_dir: Path, tmp_path: Path, capsys) -> None:
+    """--set encoder=lite2 on a Lite0 parent: ImageNet's Lite2 encoder, and the parent's decoder wherever it reads the
+    decoder's own features; whatever reads an encoder feature (the context layer, the first step's first
+    convolution, every skip channel, even where the counts match) starts as constructed. A model without such a
+    decoder refuses in one line."""
+    parent = load_checkpoint(train(TrainConfig(model_options=TINY_EFFNET | {"global_context": True},
+                                               data=[str(photo_dir)], steps=0, batch_size=2, crop=64),
+                                   tmp_path / "parent"))
+    common = ["--data", str(photo_dir), "--steps", "1", "--batch-size", "2", "--crop", "64", "--warmup-steps", "1",
+              "--lr", "1e-12", "--freeze-encoder-steps", "1"]
+    assert main(["--init", str(parent.path), "--set", "encoder=lite2", *common,
+                 "--run-dir", str(tmp_path / "child")]) == 0
+    child = load_checkpoint(tmp_path / "child" / "model.pt")
+    assert child.config["encoder"] == "lite2" and child.config["global_context"] is True
+    imagenet = load_pretrained_state_dict("lite2")
+    for name, tensor in child.state_dict.items():
+        if name.startswith("encoder."):
+            expected = imagenet[name[len("encoder."):]]
+            torch.testing.assert_close(tensor.to(expected.dtype), expected.half().to(expected.dtype), rtol=0, atol=0)
+    same = lambda name: torch.allclose(child.state_dict[name].float(), parent.state_dict[name].float(),  # noqa: E731
+                                       atol=1e-6, rtol=0)
+    for name in ("up16.conv.1.0.weight", "up8.conv.1.0.weight", "up4.conv.0.1.weight", "refine.0.weight",
+                 "head.weight"):
+        assert same(name), name
+    assert tuple(child.state_dict["context.weight"].shape) == (2 * 352, 1280)  # Lite2's stride-32 channels
+    assert float(child.state_dict["context.weight"].float().abs().max()) < 1e-6  # at zero: the identity
+    assert child.state_dict["up16.conv.0.0.weight"].shape != parent.state_dict["up16.conv.0.0.weight"].shape
+    for step in ("up8", "up4"):  # 16 decoder channels in: carried; the skip channels (24 = 24 at stride 4): fresh
+        name = f"{step}.conv.0.0.weight"
+        theirs, ours = parent.state_dict[name].float(), child.state_dict[name].float()
+        torch.testing.assert_close(ours[:, :16], theirs[:, :16], atol=1e-6, rtol=0, msg=name)
+        assert not torch.allclose(ours[:, 16:theirs.shape[1]], theirs[:, 16:], atol=1e-3), name
+    L = torch.rand(1, 1, 64, 64) * 100
+    with torch.no_grad():  # the saved model rebuilds (strictly) into the same network
+        assert child.build_model().eval()(L).shape[-2:] == (16, 16)
+
+    regression = load_checkpoint(train(TrainConfig(model="unet", data=[str(photo_dir)], steps=0, batch_size=2,
+                                                   crop=64), tmp_path / "unet"))
+    with pytest.raises(SystemExit) as exc:
+        main(["--init", str(regression.path), "--set", "encoder=lite2", *common, "--run-dir", str(tmp_path / "bad")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert str(regression.path) in err and "encoder" in err, err
+    assert not (tmp_path / "bad" / "model.pt").exists()
+
+
 def test_a_global_context_parent_grows_a_frozen_context_encoder_and_drops_the_head_it_no_longer_reads(
         photo_dir: Path, tmp_path: Path, capsys, caplog) -> None:
     parent = load_checkpoint(train(TrainConfig(model_options=TINY_EFFNET | {"global_context": True},

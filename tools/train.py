@@ -40,7 +40,8 @@ checkpoint with a fresh optimizer: the architecture, class-rebalancing lambda an
 parent unless given, and the parent's provenance is kept under ``init_from``. ``--set`` with ``--init`` grows the
 parent: options that only add layers (``--set global_context=true``) keep every weight the parent has and start
 the new layers as their constructors make them; an option that would change one of the parent's layers is
-refused. Data sources may be
+refused, but for one: ``--set encoder=lite2`` on a Lite0 parent moves the parent's decoder onto ImageNet's Lite2,
+keeping every decoder weight that reads no encoder feature (``EffnetUNet.adopt_decoder``). Data sources may be
 ``s3://bucket/prefix/`` (read through ``worker.storage``), so an archive tunes the model on its own colour
 material where it keeps it::
 
@@ -200,6 +201,27 @@ def grow_model(parent: Checkpoint, options: dict) -> nn.Module:
     log.info("grew %s with %s: %d new tensors (%s)%s", parent.label, _options_text(options), len(new),
              _layer_names(new) or "none",
              f", {len(dropped)} tensors no longer read dropped ({_layer_names(dropped)})" if dropped else "")
+    return model
+
+
+def transplant_decoder(parent: Checkpoint, options: dict) -> nn.Module:
+    """A new model with ``options`` (another ``encoder`` among them) whose encoder is ImageNet's and whose decoder is
+    the parent's, as far as it reads no encoder feature (``EffnetUNet.adopt_decoder``)."""
+    source = str(parent.path)
+    config = {**parent.config, **options, "pretrained": True}
+    try:
+        model = create_model(parent.model_name, **config)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"--set {_options_text(options)} on {source}: {exc}") from exc
+    if not hasattr(model, "adopt_decoder"):
+        raise ConfigError(f"--set {_options_text(options)} on {source}: a {parent.model_name} model cannot take "
+                          "another encoder's decoder")
+    try:
+        fresh = model.adopt_decoder(parent.float_state())
+    except ValueError as exc:
+        raise ConfigError(f"--set {_options_text(options)} on {source}: {exc}") from exc
+    log.info("decoder of %s moved onto ImageNet's EfficientNet-%s; starting fresh in whole or in part: %s",
+             parent.label, config["encoder"].capitalize(), _layer_names(fresh) or "none")
     return model
 
 
@@ -467,7 +489,12 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
     elif cfg.init_from:
         parent = load_checkpoint(cfg.init_from)
         cfg = _complete_config(cfg, parent)
-        model = grow_model(parent, cfg.model_options) if cfg.model_options else parent.build_model()
+        if cfg.model_options.get("encoder", parent.config.get("encoder")) != parent.config.get("encoder"):
+            model = transplant_decoder(parent, cfg.model_options)
+        elif cfg.model_options:
+            model = grow_model(parent, cfg.model_options)
+        else:
+            model = parent.build_model()
         if cfg.imagenet_encoder:
             restore_imagenet_encoder(model, cfg.init_ref or cfg.init_from)
         log.info("fine-tuning %s (%s) at lr %.1e, rebalancing lambda %s", parent.label,
