@@ -8,7 +8,7 @@ and scores it on the split (the hash split of ``tools train --val-split``, so it
 fitted on). ImageNet's untouched encoder is probed beside them, in gray and in colour: what a colorizer's encoder
 starts from, and what colour adds.
 
-    python -m tools probe models/weights/candidates/campaign-2026-12-03-imagenet-encoder.pt \\
+    python -m tools probe models/weights/candidates/campaign-2026-12-04-lite2.pt \\
         --data ../shared/data/train/tiny_imagenet.zip --out docs/training/probe-encoder.json
 
 The embedding probed is the one the model's colour reads: the encoder head's pooled 1,280-d embedding for a model
