@@ -185,10 +185,7 @@ def grow_model(parent: Checkpoint, options: dict) -> nn.Module:
     config = {**parent.config, **options}
     if "pretrained" in config and "pretrained" not in options:
         config["pretrained"] = True  # an added layer of a pretrained network (its classifier head) starts as ImageNet's
-    try:
-        model = create_model(parent.model_name, **config)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"--set {_options_text(options)} on {source}: {exc}") from exc
+    model = _model_for_options(parent, options, config)
     own = model.state_dict()
     state = parent.float_state()
     superseded = model.superseded_parent_layers() if hasattr(model, "superseded_parent_layers") else ()
@@ -209,10 +206,7 @@ def transplant_decoder(parent: Checkpoint, options: dict) -> nn.Module:
     the parent's, as far as it reads no encoder feature (``EffnetUNet.adopt_decoder``)."""
     source = str(parent.path)
     config = {**parent.config, **options, "pretrained": True}
-    try:
-        model = create_model(parent.model_name, **config)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"--set {_options_text(options)} on {source}: {exc}") from exc
+    model = _model_for_options(parent, options, config)
     if not hasattr(model, "adopt_decoder"):
         raise ConfigError(f"--set {_options_text(options)} on {source}: a {parent.model_name} model cannot take "
                           "another encoder's decoder")
@@ -223,6 +217,14 @@ def transplant_decoder(parent: Checkpoint, options: dict) -> nn.Module:
     log.info("decoder of %s moved onto ImageNet's EfficientNet-%s; starting fresh in whole or in part: %s",
              parent.label, config["encoder"].capitalize(), _layer_names(fresh) or "none")
     return model
+
+
+def _model_for_options(parent: Checkpoint, options: dict, config: dict) -> nn.Module:
+    """A new network of the parent's architecture with ``config``; ConfigError naming ``options`` and the parent."""
+    try:
+        return create_model(parent.model_name, **config)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"--set {_options_text(options)} on {parent.path}: {exc}") from exc
 
 
 def _layer_names(keys: Iterable[str]) -> str:
