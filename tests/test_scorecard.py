@@ -172,6 +172,43 @@ def test_verdict_thresholds() -> None:
     assert nan["misses"] == {"m": 4}
 
 
+def _photo(truth: float, gray: float, model: float, colour: float) -> dict:
+    return {"name": "p", "truth_colourfulness": truth, GRAY: {"psnr": gray},
+            "m": {"psnr": model, "colourfulness": colour}}
+
+
+def test_muted_photos_are_those_whose_truth_is_barely_colourful() -> None:
+    sets = [{"name": "a", "per_image": [_photo(10.0, 30.0, 27.0, 25.0), _photo(scorecard.MUTED_BELOW, 30.0, 31.0, 5.0),
+                                        _photo(50.0, 20.0, 22.0, 40.0)]},
+            {"name": "b", "per_image": [_photo(14.0, 34.0, 33.0, 10.0)]},
+            {"name": "c", "per_image": [_photo(40.0, 20.0, 21.0, 30.0)]}]
+    muted = scorecard.muted_figures(sets, ["m"])
+    assert muted is not None and muted["of_photos"] == 5
+    assert list(muted["sets"]) == ["a", "b"]  # a set with no muted photo has no line; 20 itself is not muted
+    assert muted["sets"]["a"]["photos"] == 1 and muted["sets"]["a"]["m"]["psnr_gain"] == pytest.approx(-3.0)
+    assert muted["sets"]["a"]["m"]["colourfulness_ratio"] == pytest.approx(2.5)
+    pooled = muted["pooled"]
+    assert pooled["photos"] == 2 and pooled["gray_psnr"] == pytest.approx(32.0)
+    assert pooled["m"]["psnr_gain"] == pytest.approx(-2.0)  # the mean of -3 and -1
+    assert pooled["m"]["colourfulness_ratio"] == pytest.approx(17.5 / 12.0)  # a ratio of means
+    assert scorecard.muted_figures([{"name": "c", "per_image": [_photo(40.0, 20.0, 21.0, 30.0)]}], ["m"]) is None
+
+
+def test_the_card_shows_its_muted_photos(card: tuple[Path, dict]) -> None:
+    _, data = card
+    data = json.loads(json.dumps(data))  # the fixture is shared
+    for s in data["sets"]:
+        for i, photo in enumerate(s["per_image"]):
+            photo["truth_colourfulness"] = 5.0 if i == 0 else 60.0
+    table = scorecard.scorecard_markdown(data)
+    muted = f"those whose truth's colourfulness is under {scorecard.MUTED_BELOW:g} ({len(data['sets'])} of "
+    assert muted in table
+    assert f"| **all sets** | {len(data['sets'])} |" in table
+    for s in data["sets"]:
+        s["per_image"] = [p for p in s["per_image"] if p["truth_colourfulness"] > 20]
+    assert "Muted photos" not in scorecard.scorecard_markdown(data)
+
+
 def test_cli_picks_sets_limits_photos_and_skips_films(eval_root: Path, tiny_checkpoint: Path, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "card"
