@@ -204,16 +204,14 @@ def grow_model(parent: Checkpoint, options: dict) -> nn.Module:
 def transplant_decoder(parent: Checkpoint, options: dict) -> nn.Module:
     """A new model with ``options`` (another ``encoder`` among them) whose encoder is ImageNet's and whose decoder is
     the parent's, as far as it reads no encoder feature (``EffnetUNet.adopt_decoder``)."""
-    source = str(parent.path)
     config = {**parent.config, **options, "pretrained": True}
     model = _model_for_options(parent, options, config)
     if not hasattr(model, "adopt_decoder"):
-        raise ConfigError(f"--set {_options_text(options)} on {source}: a {parent.model_name} model cannot take "
-                          "another encoder's decoder")
+        raise _refused(parent, options, f"a {parent.model_name} model cannot take another encoder's decoder")
     try:
         fresh = model.adopt_decoder(parent.float_state())
     except ValueError as exc:
-        raise ConfigError(f"--set {_options_text(options)} on {source}: {exc}") from exc
+        raise _refused(parent, options, exc) from exc
     log.info("decoder of %s moved onto ImageNet's EfficientNet-%s; starting fresh in whole or in part: %s",
              parent.label, config["encoder"].capitalize(), _layer_names(fresh) or "none")
     return model
@@ -224,7 +222,12 @@ def _model_for_options(parent: Checkpoint, options: dict, config: dict) -> nn.Mo
     try:
         return create_model(parent.model_name, **config)
     except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"--set {_options_text(options)} on {parent.path}: {exc}") from exc
+        raise _refused(parent, options, exc) from exc
+
+
+def _refused(parent: Checkpoint, options: dict, reason: object) -> ConfigError:
+    """The one-line refusal of ``--set`` options on a parent: the options, the parent's file, why."""
+    return ConfigError(f"--set {_options_text(options)} on {parent.path}: {reason}")
 
 
 def _layer_names(keys: Iterable[str]) -> str:
