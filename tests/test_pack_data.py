@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from PIL import Image
 
 from tests.conftest import gradient_image
 from tools.datasets import PhotoBank, SourceSpec, in_holdout, relative_name
-from tools.pack_data import main, pack
+from tools.pack_data import ROOM_MARGIN, checkout_bytes, main, pack
 from tools.train import TrainConfig, train
 
 SPLIT = 0.25
@@ -102,3 +103,49 @@ def test_cli_refuses_a_budget_below_the_split_and_a_missing_source(sources, tmp_
     assert not (tmp_path / "out" / "scenes.zip").exists()
     assert main(["--data", str(big), "--budget-mb", "5", "--short-side", "64", "-o", str(tmp_path / "ok")]) == 0
     assert "MB in 1 zips" in capsys.readouterr().out
+
+
+def test_a_room_budget_fills_what_the_checkout_leaves_of_the_travel_limit(sources, tmp_path: Path, monkeypatch,
+                                                                          capsys) -> None:
+    """--budget-mb room: the limit less the checkout (tracked files and untracked ones git does not ignore; not the
+    ignored ones, not the pack's own folder) less a margin; refused in one line when the checkout alone fills it, or
+    outside a git checkout."""
+    big, small = sources
+    full_bytes = pack([str(big), str(small)], tmp_path / "all", budget_mb=100, short_side=64,
+                      val_split=SPLIT)["bytes"]
+    repo = tmp_path / "repo"
+    (repo / "pack").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / ".gitignore").write_text("/pack/\n/build/\n")
+    (repo / "weights.bin").write_bytes(b"w" * 300_000)
+    (repo / "notes.txt").write_bytes(b"n" * 100_000)  # untracked, not ignored: it travels too
+    (repo / "build").mkdir()
+    (repo / "build" / "big.bin").write_bytes(b"b" * 2_000_000)  # ignored: it stays behind
+    (repo / "pack" / "stale.zip").write_bytes(b"s" * 500_000)  # the pack's folder: replaced, not counted twice
+    subprocess.run(["git", "-C", str(repo), "add", ".gitignore", "weights.bin"], check=True)
+    beside = 300_000 + 100_000 + len((repo / ".gitignore").read_bytes())
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    monkeypatch.chdir(repo)
+    assert checkout_bytes(repo / "pack") == beside
+
+    travel_mib = (beside + ROOM_MARGIN + full_bytes // 2) / 2**20
+    (repo / "pack" / "stale.zip").unlink()
+    common = ["--data", str(big), "--data", str(small), "--short-side", "64", "--val-split", str(SPLIT), "-o", "pack"]
+    assert main([*common, "--budget-mb", "room", "--travel-mib", f"{travel_mib:.6f}"]) == 0
+    manifest = json.loads((repo / "pack" / "pack.json").read_text())
+    assert full_bytes // 3 < manifest["bytes"] <= full_bytes // 2 + 1  # the room (to the byte), not the whole sources
+    assert all(0 < s["train_fraction"] < 1 for s in manifest["sources"])
+    assert beside + sum(f.stat().st_size for f in (repo / "pack").iterdir()) <= travel_mib * 2**20
+    assert "MiB, within the" in capsys.readouterr().out
+
+    for args, directory, reason in (
+        (["--budget-mb", "room", "--travel-mib", "0.3"], repo, "the checkout alone is 0.4 MiB of the 0.3 that travel"),
+        (["--budget-mb", "room"], tmp_path / "all", "not in a git checkout"),
+    ):
+        monkeypatch.chdir(directory)
+        with pytest.raises(SystemExit) as exc:
+            main([*common[:-1], str(tmp_path / "refused"), *args])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and reason in err[0], err
+    assert not (tmp_path / "refused").exists()

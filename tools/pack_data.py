@@ -14,6 +14,11 @@ included), and the training sources are several times that. This packs each ``--
   side: ``max(1.15 x crop, --min-object-side)``, 128 for the campaign's recipe) is downscaled as the bank would
   and re-encoded in its own format; the others are copied byte for byte.
 
+``--budget-mb room`` packs what is left of ``--travel-mib`` (the device's 64 MiB) beside the checkout that travels
+with it: the files git tracks and the untracked ones it does not ignore, as they are in the working tree, measured
+at pack time (a checkout grows between sessions; a carry over the limit is refused on the device, which wastes its
+start). A number packs that many MiB, and the line it prints says what the two carry together.
+
 ``DIR/pack.json`` records what was carried from each source and the command. Zips are written beside their final
 name and renamed, so an interrupted pack never leaves a zip that looks finished.
 """
@@ -27,6 +32,7 @@ import json
 import logging
 import os
 import shlex
+import subprocess
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -43,6 +49,10 @@ from worker.storage import Storage
 log = logging.getLogger("tools.pack_data")
 
 MB = 1024 * 1024
+# What the device machine receives, the checkout and the carried paths together (docs/training.md, "Ready for a GPU").
+TRAVEL_MIB = 64.0
+# Left free under a ``room`` budget: pack.json and the carry's own bookkeeping.
+ROOM_MARGIN = 256 * 1024
 # Re-encoding settings by extension: each photo stays in the format its name says.
 _ENCODERS = {".jpg": ("JPEG", {"quality": 90}), ".jpeg": ("JPEG", {"quality": 90}),
              ".webp": ("WEBP", {"quality": 90}), ".png": ("PNG", {"optimize": True}),
@@ -160,31 +170,88 @@ def pack(sources: list[str], out_dir: Path, budget_mb: float, short_side: int = 
     return manifest
 
 
+def checkout_bytes(leave_out: Path) -> int:
+    """The bytes that travel with the git checkout around the working directory: tracked files and untracked ones git
+    does not ignore, as they are in the working tree, without anything under ``leave_out`` (the pack itself)."""
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        listed = subprocess.run(["git", "-C", top, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                                capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise PackError(f"{Path.cwd()}: not in a git checkout, so the room beside it is unknown "
+                        "(give --budget-mb a number)") from exc
+    leave_out = leave_out.resolve()
+    total = 0
+    for rel in {os.fsdecode(r) for r in listed.split(b"\0") if r}:  # a file with a staged change is listed twice
+        path = Path(top, rel)
+        if path.is_file() and not path.resolve().is_relative_to(leave_out):  # a tracked file deleted is not there
+            total += path.stat().st_size
+    return total
+
+
+def _budget_arg(text: str) -> float | str:
+    if text == "room":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a number of MiB or 'room', got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools pack-data", description=__doc__.splitlines()[0])
     p.add_argument("--data", action="append", required=True, metavar="SOURCE",
                    help="folder, .zip or s3://bucket/prefix/ of colour photos, as tools train takes them; repeat "
                    "(a :WEIGHT is ignored here: give it to tools train)")
     p.add_argument("-o", "--out", type=Path, required=True, help="folder for the zips and pack.json")
-    p.add_argument("--budget-mb", type=float, required=True, help="the pack's size in MiB, all sources together")
+    p.add_argument("--budget-mb", type=_budget_arg, required=True, metavar="MIB|room",
+                   help="the pack's size in MiB, all sources together; 'room': what --travel-mib leaves beside the "
+                   "checkout")
+    p.add_argument("--travel-mib", type=float, default=TRAVEL_MIB,
+                   help="what travels to the device, checkout and pack together (default: %(default)g)")
     p.add_argument("--short-side", type=int, default=128, help="downscale photos whose short side is larger "
                    "(tools train's photo bank side: max(1.15 x --crop, --min-object-side))")
     p.add_argument("--val-split", type=float, default=0.0, metavar="FRACTION",
                    help="the training runs' validation split, carried whole (docs/protocol.md)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if args.budget_mb <= 0 or args.short_side < 16 or not 0 <= args.val_split < 1:
-        p.error("--budget-mb must be positive, --short-side at least 16 and --val-split a fraction below 1")
+    if args.short_side < 16 or not 0 <= args.val_split < 1 or not args.travel_mib > 0:
+        p.error("--short-side must be at least 16, --val-split a fraction below 1 and --travel-mib positive")
     argv = sys.argv[1:] if argv is None else argv
     try:
+        beside = checkout_bytes(args.out) if args.budget_mb == "room" else None
+        if beside is not None:
+            room = args.travel_mib * MB - beside - ROOM_MARGIN
+            if room <= 0:
+                raise PackError(f"--budget-mb room: the checkout alone is {beside / MB:.1f} MiB of the "
+                                f"{args.travel_mib:g} that travel")
+            args.budget_mb = room / MB
+            log.info("the checkout is %.1f MiB: %.1f MiB left for the pack", beside / MB, args.budget_mb)
         with Storage(Settings.from_env()) as storage:  # for s3:// sources, as tools train reads them
             manifest = pack(args.data, args.out, args.budget_mb, args.short_side, args.val_split, storage,
                             command=shlex.join(["python", "-m", "tools", "pack-data", *argv]))
     except (PackError, TinctError, FileNotFoundError, ValueError) as exc:
         # A missing source, an empty prefix, a budget below the split: one line naming it, no traceback.
         p.exit(2, f"{p.prog}: error: {one_line(exc)}\n")
-    print(f"{args.out}: {manifest['bytes'] / MB:.1f} MB in {len(manifest['sources'])} zips (pack.json)")
+    print(f"{args.out}: {manifest['bytes'] / MB:.1f} MB in {len(manifest['sources'])} zips (pack.json)"
+          + _travel_line(manifest, beside, args))
     return 0
+
+
+def _travel_line(manifest: dict, beside: int | None, args: argparse.Namespace) -> str:
+    """What the checkout and the pack carry together, where the pack lies in a git checkout ('' elsewhere)."""
+    if beside is None:
+        try:
+            beside = checkout_bytes(args.out)
+        except PackError:
+            return ""
+    total = (beside + sum(f.stat().st_size for f in args.out.iterdir() if f.is_file())) / MB
+    verdict = "within" if total <= args.travel_mib else "OVER"
+    return f"; with the checkout {total:.1f} MiB, {verdict} the {args.travel_mib:g} that travel"
 
 
 if __name__ == "__main__":
