@@ -107,23 +107,25 @@ def test_cli_refuses_a_budget_below_the_split_and_a_missing_source(sources, tmp_
 
 def test_a_room_budget_fills_what_the_checkout_leaves_of_the_travel_limit(sources, tmp_path: Path, monkeypatch,
                                                                           capsys) -> None:
-    """--budget-mb room: the limit less the checkout (tracked files and untracked ones git does not ignore; not the
-    ignored ones, not the pack's own folder) less a margin; refused in one line when the checkout alone fills it, or
-    outside a git checkout."""
+    """--budget-mb room: the limit less the checkout (tracked files, untracked ones git does not ignore and a shared/
+    folder at the top, ignored or not; not the other ignored ones, not the pack's own folder) less a margin; refused
+    in one line when the checkout alone fills it, or outside a git checkout."""
     big, small = sources
     full_bytes = pack([str(big), str(small)], tmp_path / "all", budget_mb=100, short_side=64,
                       val_split=SPLIT)["bytes"]
     repo = tmp_path / "repo"
     (repo / "pack").mkdir(parents=True)
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
-    (repo / ".gitignore").write_text("/pack/\n/build/\n")
+    (repo / ".gitignore").write_text("/pack/\n/build/\n/shared/\n")
     (repo / "weights.bin").write_bytes(b"w" * 300_000)
     (repo / "notes.txt").write_bytes(b"n" * 100_000)  # untracked, not ignored: it travels too
     (repo / "build").mkdir()
     (repo / "build" / "big.bin").write_bytes(b"b" * 2_000_000)  # ignored: it stays behind
     (repo / "pack" / "stale.zip").write_bytes(b"s" * 500_000)  # the pack's folder: replaced, not counted twice
+    (repo / "shared" / "data").mkdir(parents=True)
+    (repo / "shared" / "data" / "set.bin").write_bytes(b"d" * 50_000)  # ignored, but the device takes shared/
     subprocess.run(["git", "-C", str(repo), "add", ".gitignore", "weights.bin"], check=True)
-    beside = 300_000 + 100_000 + len((repo / ".gitignore").read_bytes())
+    beside = 300_000 + 100_000 + 50_000 + len((repo / ".gitignore").read_bytes())
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
     monkeypatch.chdir(repo)
     assert checkout_bytes(repo / "pack") == beside

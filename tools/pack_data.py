@@ -172,22 +172,21 @@ def pack(sources: list[str], out_dir: Path, budget_mb: float, short_side: int = 
 
 def checkout_bytes(leave_out: Path) -> int:
     """The bytes that travel with the git checkout around the working directory: tracked files and untracked ones git
-    does not ignore, as they are in the working tree, without anything under ``leave_out`` (the pack itself)."""
+    does not ignore, as they are in the working tree, and a ``shared/`` folder at its top (the device takes that
+    whole), without anything under ``leave_out`` (the pack itself)."""
     try:
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True,
-                             check=True).stdout.strip()
-        listed = subprocess.run(["git", "-C", top, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        top = Path(subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True,
+                                  check=True).stdout.strip())
+        listed = subprocess.run(["git", "-C", str(top), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                                 capture_output=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError) as exc:
         raise PackError(f"{Path.cwd()}: not in a git checkout, so the room beside it is unknown "
                         "(give --budget-mb a number)") from exc
+    files = {top / os.fsdecode(r) for r in listed.split(b"\0") if r}  # a set: an unmerged file is listed per stage
+    files.update((top / "shared").rglob("*"))
     leave_out = leave_out.resolve()
-    total = 0
-    for rel in {os.fsdecode(r) for r in listed.split(b"\0") if r}:  # a file with a staged change is listed twice
-        path = Path(top, rel)
-        if path.is_file() and not path.resolve().is_relative_to(leave_out):  # a tracked file deleted is not there
-            total += path.stat().st_size
-    return total
+    # is_file: a tracked file deleted from the working tree is listed but does not travel.
+    return sum(f.stat().st_size for f in files if f.is_file() and not f.resolve().is_relative_to(leave_out))
 
 
 def _budget_arg(text: str) -> float | str:
