@@ -222,26 +222,27 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--short-side must be at least 16, --val-split a fraction below 1 and --travel-mib positive")
     argv = sys.argv[1:] if argv is None else argv
     try:
-        beside = checkout_bytes(args.out) if args.budget_mb == "room" else None
-        if beside is not None:
+        budget_mb, beside = args.budget_mb, None
+        if budget_mb == "room":
+            beside = checkout_bytes(args.out)
             room = args.travel_mib * MB - beside - ROOM_MARGIN
             if room <= 0:
                 raise PackError(f"--budget-mb room: the checkout alone is {beside / MB:.1f} MiB of the "
                                 f"{args.travel_mib:g} that travel")
-            args.budget_mb = room / MB
-            log.info("the checkout is %.1f MiB: %.1f MiB left for the pack", beside / MB, args.budget_mb)
+            budget_mb = room / MB
+            log.info("the checkout is %.1f MiB: %.1f MiB left for the pack", beside / MB, budget_mb)
         with Storage(Settings.from_env()) as storage:  # for s3:// sources, as tools train reads them
-            manifest = pack(args.data, args.out, args.budget_mb, args.short_side, args.val_split, storage,
+            manifest = pack(args.data, args.out, budget_mb, args.short_side, args.val_split, storage,
                             command=shlex.join(["python", "-m", "tools", "pack-data", *argv]))
     except (PackError, TinctError, FileNotFoundError, ValueError) as exc:
         # A missing source, an empty prefix, a budget below the split: one line naming it, no traceback.
         p.exit(2, f"{p.prog}: error: {one_line(exc)}\n")
     print(f"{args.out}: {manifest['bytes'] / MB:.1f} MB in {len(manifest['sources'])} zips (pack.json)"
-          + _travel_line(manifest, beside, args))
+          + _travel_line(beside, args))
     return 0
 
 
-def _travel_line(manifest: dict, beside: int | None, args: argparse.Namespace) -> str:
+def _travel_line(beside: int | None, args: argparse.Namespace) -> str:
     """What the checkout and the pack carry together, where the pack lies in a git checkout ('' elsewhere)."""
     if beside is None:
         try:
