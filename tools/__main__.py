@@ -7,6 +7,8 @@ import sys
 
 VERBS = {
     "train": ("tools.train", "train or fine-tune a model on folders, zips or s3:// prefixes of colour photos"),
+    "adapt-encoder": ("tools.adapt_encoder", "teach a model's ImageNet encoder to see in gray what it sees in colour "
+                      "(distillation)"),
     "evaluate": ("tools.evaluate", "score a model against ground truth with the gray baseline beside it"),
     "scorecard": ("tools.scorecard", "models side by side on every dev set and film, gray and truth beside, verdict"),
     "probe": ("tools.probe_encoder", "what each model's encoder recognises in gray: a linear probe on class folders"),

@@ -10,11 +10,12 @@ copy of the ImageNet encoder and head (the weights the model's encoder started f
 package) looks at the colour crop, and the model's own embedding of the gray crop is pulled towards the
 teacher's. Label-free cross-modal distillation, on every source.
 
-The loss is the squared difference divided by the teacher's own energy (as ``tools.feature_loss`` scales its
-levels), averaged over the batch. ``tools.train`` adds ``--context-distill-weight`` x this loss, and trains the
-encoder's head (its 1x1 convolution to 1280 channels and that layer's BatchNorm affine weights) at the context
-layers' rate even while the rest of the encoder is frozen, so that the distillation has something to move on a
-CPU budget; the head's BatchNorm statistics stay as they are until the encoder itself joins training.
+The loss is the squared difference divided by the teacher's own energy (``relative_distance``, as
+``tools.feature_loss`` scales its levels), averaged over the batch. ``tools.train`` adds ``--context-distill-weight``
+x this loss, and trains the encoder's head (its 1x1 convolution to 1280 channels and that layer's BatchNorm affine
+weights) at the context layers' rate even while the rest of the encoder is frozen, so that the distillation has
+something to move on a CPU budget; the head's BatchNorm statistics stay as they are until the encoder itself joins
+training.
 """
 
 from __future__ import annotations
@@ -44,4 +45,10 @@ class ContextDistillation(nn.Module):
         with torch.no_grad():
             rgb = merge_l_ab(L.float(), ab_true.float())
             target = self.teacher.embedding((rgb - INPUT_MEAN) / INPUT_STD)
-        return F.mse_loss(embedding.float(), target) / (target.pow(2).mean() + _EPS)
+        return relative_distance(embedding, target)
+
+
+def relative_distance(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The mean squared difference of ``x`` from ``target`` divided by the target's own mean energy: 1.0 for an
+    all-zero ``x``, comparable across layers of any scale."""
+    return F.mse_loss(x.float(), target.float()) / (target.float().pow(2).mean() + _EPS)

@@ -254,7 +254,7 @@ def _options_text(options: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in options.items())
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
                              cwd=Path(__file__).resolve().parent)
@@ -623,7 +623,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
             "lr": cfg.lr,
             "init_from": (parent.provenance | {"label": parent.label, "checkpoint": cfg.init_ref or cfg.init_from}
                           if parent is not None else None),
-            "git_commit": _git_commit(),
+            "git_commit": git_commit(),
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "final": final,
         }
@@ -738,7 +738,7 @@ def _parse_option(text: str) -> tuple[str, object]:
         return key, value
 
 
-def _holdout_fraction(text: str) -> float:
+def holdout_fraction(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -758,7 +758,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="folder, .zip or s3://bucket/prefix/ of colour photos; repeat; :WEIGHT oversamples (a resumed "
                    "run keeps its own)")
     p.add_argument("--val", action="append", default=[], metavar="SOURCE", help="held-out colour photos")
-    p.add_argument("--val-split", type=_holdout_fraction, default=0.0, metavar="FRACTION",
+    p.add_argument("--val-split", type=holdout_fraction, default=0.0, metavar="FRACTION",
                    help="hold this fraction of every --data source out of training (by a hash of each photo's name) "
                    "and score it every --eval-every steps; docs/protocol.md")
     p.add_argument("--run-dir", type=Path, required=True)

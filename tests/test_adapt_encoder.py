@@ -1,0 +1,121 @@
+"""``python -m tools adapt-encoder``: a real ImageNet encoder taught on generated colour photos, resumed, refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.registry import create_model
+from tests.conftest import gradient_image
+from tools.adapt_encoder import main as adapt_main
+from tools.train import main as train_main
+
+SMALL = ["--batch-size", "4", "--crop", "64", "--min-object-side", "0", "--warmup-steps", "2", "--val-crops", "16",
+         "--log-every", "5", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def colour_photos(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("colour")
+    for i in range(24):
+        Image.fromarray(gradient_image(72 + 4 * (i % 5), 80, seed=100 + i)).save(root / f"c{i}.png")
+    return root
+
+
+def imagenet_checkpoint(folder: Path, **options) -> Path:
+    """A small colorizer on ImageNet's Lite0, the encoder adapt-encoder is for."""
+    torch.manual_seed(0)
+    model = create_model("effnet_unet", pretrained=True, decoder_channels=(32, 24, 16), **options)
+    path = folder / "parent.pt"
+    save_checkpoint(path, model, provenance={"purpose": "tests"}, half=True)
+    return path
+
+
+def states(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path).float_state()
+
+
+def test_adapting_brings_the_gray_view_towards_the_colour_view_and_moves_nothing_else(tmp_path, colour_photos):
+    parent = imagenet_checkpoint(tmp_path)
+    run = tmp_path / "run"
+    assert adapt_main([str(parent), "--data", str(colour_photos), "--val-split", "0.3", "--steps", "30", "--lr",
+                       "1e-4", "--eval-every", "15", "--run-dir", str(run), *SMALL]) == 0
+
+    adapted = load_checkpoint(run / "model.pt")
+    record = adapted.provenance["encoder_adaptations"][-1]
+    assert adapted.provenance["purpose"] == "tests"  # the parent's provenance stays whole
+    assert record["steps"] == 30 and record["final"] and record["levels"] == ["stride16", "stride32", "embedding"]
+    assert record["from"]["checkpoint"] == str(parent) and record["teacher"] == "ImageNet EfficientNet-Lite0"
+    line = record["held_out_distance"]
+    assert [m["step"] for m in line] == [0, 15, 30]
+    assert line[-1]["total"] < 0.75 * line[0]["total"], line  # the held-out photos, never trained on
+    assert adapted.decode == load_checkpoint(parent).decode
+
+    before, after = states(parent), states(run / "model.pt")
+    assert before.keys() == after.keys()  # the borrowed classifier head is left behind
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    assert moved and all(k.startswith("encoder.") for k in moved)  # the decoder is untouched
+    assert not [k for k in moved if "running_" in k or "num_batches" in k]  # ImageNet's statistics stay
+    assert any(k.startswith("encoder._conv_stem") for k in moved) and any(k.startswith("encoder._blocks.15.")
+                                                                          for k in moved)
+
+    # The decoder then trains on the adapted encoder, which stays as adapted while frozen.
+    trained = tmp_path / "decoder"
+    assert train_main(["--init", str(run / "model.pt"), "--data", str(colour_photos), "--steps", "2",
+                       "--freeze-encoder-steps", "2", "--batch-size", "2", "--crop", "64", "--run-dir",
+                       str(trained)]) == 0
+    decoder_run = states(trained / "model.pt")
+    assert all(torch.equal(decoder_run[k], after[k]) for k in after if k.startswith("encoder."))
+    assert any(not torch.equal(decoder_run[k], after[k]) for k in after if k.startswith("up"))
+
+
+def test_a_stopped_adaptation_resumes_where_it_stopped_and_a_context_models_own_head_learns(tmp_path, colour_photos):
+    parent = imagenet_checkpoint(tmp_path, global_context=True)
+    run = tmp_path / "run"
+    common = ["--val-split", "0.3", "--eval-every", "3", "--save-every", "3", "--run-dir", str(run), *SMALL]
+    assert adapt_main([str(parent), "--data", str(colour_photos), "--steps", "3", *common]) == 0
+    first = states(run / "model.pt")
+    assert adapt_main(["--resume", "--steps", "6", *common]) == 0
+
+    record = load_checkpoint(run / "model.pt").provenance["encoder_adaptations"]
+    assert len(record) == 1 and record[0]["steps"] == 6
+    assert [m["step"] for m in record[0]["held_out_distance"]] == [0, 3, 6]
+    second = states(run / "model.pt")
+    assert not torch.equal(first["encoder._conv_head.weight"], second["encoder._conv_head.weight"])
+    assert torch.equal(first["encoder._bn1.running_var"], states(parent)["encoder._bn1.running_var"])
+
+    # Adapting the adapted model again keeps the first adaptation's record beside the new one.
+    again = tmp_path / "again"
+    assert adapt_main([str(run / "model.pt"), "--data", str(colour_photos), "--steps", "1", "--run-dir", str(again),
+                       *SMALL]) == 0
+    records = load_checkpoint(again / "model.pt").provenance["encoder_adaptations"]
+    assert [r["steps"] for r in records] == [6, 1] and records[1]["held_out_distance"] == []
+
+
+@pytest.mark.parametrize("args, reason", [
+    (["--strides", "16", "7"], "--strides 16 7: choose among (2, 4, 8, 16, 32) (not 7)"),
+    (["--resume"], "does not exist (nothing to continue)"),
+])
+def test_bad_settings_are_one_line_errors(tmp_path, colour_photos, capsys, args, reason):
+    parent = imagenet_checkpoint(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        adapt_main([str(parent), "--data", str(colour_photos), "--run-dir", str(tmp_path / "run"), *args])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert reason in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_model_without_an_efficientnet_encoder_is_refused_naming_the_file(tmp_path, colour_photos, capsys):
+    path = tmp_path / "unet.pt"
+    save_checkpoint(path, create_model("unet"), provenance={})
+    with pytest.raises(SystemExit) as stop:
+        adapt_main([str(path), "--data", str(colour_photos), "--run-dir", str(tmp_path / "run")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{path}: a 'unet' model has no EfficientNet-Lite encoder to adapt" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
