@@ -9,13 +9,14 @@ looks at the colour crop, and the colorizer's own encoder (the student) is pulle
 from the gray crop alone: knowledge distillation across modalities (Gupta et al. 2016, "Cross modal distillation
 for supervision transfer"), here from colour to gray.
 
-The loss is, per level, the squared difference divided by the teacher's own energy (``relative_distance``, as the
-embedding distillation of ``tools.context_distill``), summed over the stride-16 and stride-32 feature maps
-(``--strides``) and the pooled 1280-d classifier embedding. Everything of the encoder trains but the classifier;
-its BatchNorm statistics stay ImageNet's (small CPU batches would only blur them). A model whose encoder has no
-classifier head of its own (no ``global_context``) borrows ImageNet's for the embedding term, trains it along and
-leaves it behind. The decoder is not touched, and that is the catch: it was trained on the old encoder's features,
-so the written model needs its decoder trained on the new ones before it colours well::
+The loss is, per level, the squared difference divided by the teacher's own energy
+(``tools.feature_loss.relative_distance``, as in the embedding distillation of ``tools.context_distill``), summed
+over the stride-16 and stride-32 feature maps (``--strides``) and the pooled 1280-d classifier embedding.
+Everything of the encoder trains but the classifier; its BatchNorm statistics stay ImageNet's (small CPU batches
+would only blur them). A model whose encoder has no classifier head of its own (no ``global_context``) borrows
+ImageNet's for the embedding term, trains it along and leaves it behind. The decoder is not touched, and that is
+the catch: it was trained on the old encoder's features, so the written model needs its decoder trained on the new
+ones before it colours well::
 
     python -m tools adapt-encoder MODEL --data photos.zip --val-split 0.02 --run-dir runs/adapt --steps 4000
     python -m tools train --init runs/adapt/model.pt --data photos.zip --val-split 0.02 \\
@@ -24,7 +25,9 @@ so the written model needs its decoder trained on the new ones before it colours
 With ``--val-split`` the same held-out crops are scored before the first step and every ``--eval-every`` steps
 (the distance per level: what the student still misses of what the teacher sees). A run directory holds
 ``adapt_state.pt`` (resume with ``--resume``) and ``model.pt``: the parent checkpoint with the adapted encoder, its
-decoding and provenance kept, and each adaptation it has had listed under ``encoder_adaptations``.
+decoding and provenance kept, and each adaptation it has had listed under ``encoder_adaptations``. On the
+campaign's data ImageNet's Lite2 levelled off within about 4,000 steps of these defaults (docs/training.md,
+session 16).
 """
 
 from __future__ import annotations
@@ -51,8 +54,8 @@ from models.efficientnet_lite import (
 )
 from models.files import atomic_output
 from models.predictor import DecodeOptions
-from tools.context_distill import relative_distance
 from tools.datasets import Augment, BatchSampler, DataError, PhotoBank, SourceSpec
+from tools.feature_loss import relative_distance
 from tools.train import git_commit, holdout_fraction, warmup_cosine
 from worker.errors import TinctError, one_line
 from worker.model_store import resolve_model

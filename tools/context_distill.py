@@ -10,8 +10,8 @@ copy of the ImageNet encoder and head (the weights the model's encoder started f
 package) looks at the colour crop, and the model's own embedding of the gray crop is pulled towards the
 teacher's. Label-free cross-modal distillation, on every source.
 
-The loss is the squared difference divided by the teacher's own energy (``relative_distance``, as
-``tools.feature_loss`` scales its levels), averaged over the batch. ``tools.train`` adds ``--context-distill-weight``
+The loss is the squared difference divided by the teacher's own energy (``tools.feature_loss.relative_distance``,
+as the feature loss scales its levels), averaged over the batch. ``tools.train`` adds ``--context-distill-weight``
 x this loss, and trains the encoder's head (its 1x1 convolution to 1280 channels and that layer's BatchNorm affine
 weights) at the context layers' rate even while the rest of the encoder is frozen, so that the distillation has
 something to move on a CPU budget; the head's BatchNorm statistics stay as they are until the encoder itself joins
@@ -21,13 +21,11 @@ training.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from models.color import merge_l_ab
 from models.efficientnet_lite import INPUT_MEAN, INPUT_STD, FrozenEfficientNetLite
-
-_EPS = 1e-6
+from tools.feature_loss import relative_distance
 
 # The encoder's classifier head: the layers between the stride-32 features and the pooled embedding.
 HEAD_LAYERS = ("encoder._conv_head.", "encoder._bn1.")
@@ -46,9 +44,3 @@ class ContextDistillation(nn.Module):
             rgb = merge_l_ab(L.float(), ab_true.float())
             target = self.teacher.embedding((rgb - INPUT_MEAN) / INPUT_STD)
         return relative_distance(embedding, target)
-
-
-def relative_distance(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The mean squared difference of ``x`` from ``target`` divided by the target's own mean energy: 1.0 for an
-    all-zero ``x``, comparable across layers of any scale."""
-    return F.mse_loss(x.float(), target.float()) / (target.float().pow(2).mean() + _EPS)

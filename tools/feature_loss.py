@@ -45,5 +45,11 @@ class FeatureLoss(nn.Module):
         with torch.no_grad():
             truth_levels = self._levels(merge_l_ab(L, ab_true.float()))
         pred_levels = self._levels(merge_l_ab(L, ab_pred.float()))
-        terms = [F.mse_loss(p, t) / (t.pow(2).mean() + _EPS) for p, t in zip(pred_levels, truth_levels, strict=True)]
+        terms = [relative_distance(p, t) for p, t in zip(pred_levels, truth_levels, strict=True)]
         return torch.stack(terms).mean()
+
+
+def relative_distance(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The mean squared difference of ``x`` from ``target`` divided by the target's own mean energy: 1.0 for an
+    all-zero ``x``, comparable across layers of any scale."""
+    return F.mse_loss(x.float(), target.float()) / (target.float().pow(2).mean() + _EPS)
