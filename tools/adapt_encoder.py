@@ -56,7 +56,7 @@ from models.files import atomic_output
 from models.predictor import DecodeOptions
 from tools.datasets import Augment, BatchSampler, DataError, PhotoBank, SourceSpec
 from tools.feature_loss import relative_distance
-from tools.train import git_commit, holdout_fraction, warmup_cosine
+from tools.train import bank_side, git_commit, holdout_fraction, validation_batches, warmup_cosine
 from worker.errors import TinctError, one_line
 from worker.model_store import resolve_model
 from worker.settings import Settings
@@ -68,7 +68,6 @@ STATE_FILE = "adapt_state.pt"
 MODEL_FILE = "model.pt"
 # features(x) returns the maps at strides 2, 4, 8, 16 and 32, in that order
 FEATURE_STRIDES = (2, 4, 8, 16, 32)
-VAL_BATCH = 16
 
 
 class AdaptError(ValueError):
@@ -189,20 +188,6 @@ def held_out_distance(student: EfficientNetLite, teacher: FrozenEfficientNetLite
         {"total": round(sum(means), 4)}
 
 
-def _validation_batches(cfg: AdaptConfig, storage: Storage | None) -> list:
-    if cfg.val_split <= 0:
-        return []
-    bank = PhotoBank([SourceSpec(SourceSpec.parse(s).path) for s in cfg.data], short_side=_bank_side(cfg),
-                     storage=storage, split="val", holdout=cfg.val_split)
-    aug = Augment(crop=cfg.crop, zoom=(1.0, 1.0), shear=0.0, hflip=False, min_object_side=cfg.min_object_side)
-    sampler = BatchSampler(bank, VAL_BATCH, aug, seed=1)
-    return [next(sampler) for _ in range(max(1, cfg.val_crops // VAL_BATCH))]
-
-
-def _bank_side(cfg: AdaptConfig) -> int:
-    return max(int(cfg.crop * 1.15), cfg.min_object_side)
-
-
 def _check(cfg: AdaptConfig) -> None:
     bad = [s for s in cfg.strides if s not in FEATURE_STRIDES]
     if bad or not cfg.strides:
@@ -238,11 +223,13 @@ def adapt(cfg: AdaptConfig, run_dir: Path, resume: bool = False, storage: Storag
     student = student.to(device).train()
     freeze_statistics(student)
 
-    bank = PhotoBank([SourceSpec.parse(s) for s in cfg.data], short_side=_bank_side(cfg), storage=storage,
+    bank = PhotoBank([SourceSpec.parse(s) for s in cfg.data], short_side=bank_side(cfg.crop, cfg.min_object_side),
+                     storage=storage,
                      split="train" if cfg.val_split > 0 else "all", holdout=cfg.val_split)
     sampler = BatchSampler(bank, cfg.batch_size, Augment(crop=cfg.crop, min_object_side=cfg.min_object_side),
                            seed=cfg.seed)
-    val_batches = _validation_batches(cfg, storage)
+    val_batches = validation_batches(cfg.data, [], cfg.val_split, cfg.crop, cfg.min_object_side, cfg.val_crops,
+                                     storage)
     run_dir.mkdir(parents=True, exist_ok=True)  # only once the model and the data are known to be usable
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)

@@ -429,22 +429,23 @@ def _set_encoder_frozen(model: nn.Module, frozen: bool, keep_head: bool = False)
                 p.requires_grad_(True)
 
 
-def _validation_batches(cfg: TrainConfig, storage: Storage | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Fixed crops for the periodic validation line: the validation split of the training sources when
-    ``val_split`` is set, plus any ``--val`` sources; centre-ish crops, no flips or shear, one seed."""
+def validation_batches(data: list[str], extra: list[str], val_split: float, crop: int, min_object_side: int,
+                       val_crops: int, storage: Storage | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Fixed crops for a periodic validation line: the validation split of the training sources ``data`` when
+    ``val_split`` is set, plus any ``extra`` held-out sources; centre-ish crops, no flips or shear, one seed."""
     sources: list[tuple[list[str], str]] = []
-    if cfg.val_split > 0:
-        sources.append((cfg.data, "val"))
-    if cfg.val:
-        sources.append((cfg.val, "all"))
+    if val_split > 0:
+        sources.append((data, "val"))
+    if extra:
+        sources.append((extra, "all"))
     batches: list[tuple[torch.Tensor, torch.Tensor]] = []
     per_batch = 16
     for names, split in sources:
-        bank = PhotoBank([SourceSpec(SourceSpec.parse(s).path) for s in names], short_side=_bank_side(cfg),
-                         storage=storage, split=split, holdout=cfg.val_split)
-        aug = Augment(crop=cfg.crop, zoom=(1.0, 1.0), shear=0.0, hflip=False, min_object_side=cfg.min_object_side)
+        bank = PhotoBank([SourceSpec(SourceSpec.parse(s).path) for s in names],
+                         short_side=bank_side(crop, min_object_side), storage=storage, split=split, holdout=val_split)
+        aug = Augment(crop=crop, zoom=(1.0, 1.0), shear=0.0, hflip=False, min_object_side=min_object_side)
         sampler = BatchSampler(bank, per_batch, aug, seed=1)
-        batches += [next(sampler) for _ in range(max(1, cfg.val_crops // per_batch))]
+        batches += [next(sampler) for _ in range(max(1, val_crops // per_batch))]
     return batches
 
 
@@ -466,9 +467,9 @@ def _batch_stream(sampler: BatchSampler, cfg: TrainConfig, step: int, device: to
     return iter(loader)
 
 
-def _bank_side(cfg: TrainConfig) -> int:
+def bank_side(crop: int, min_object_side: int) -> int:
     # Photos are kept just large enough for the largest crop scale asked for, so none is enlarged twice.
-    return max(int(cfg.crop * 1.15), cfg.min_object_side)
+    return max(int(crop * 1.15), min_object_side)
 
 
 def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storage | None = None) -> Path:
@@ -527,11 +528,13 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
     log.info("training on %s%s", device, f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
     parent_decode = DecodeOptions(**parent.decode) if parent is not None and parent.decode else DecodeOptions()
 
-    bank = PhotoBank([SourceSpec.parse(s) for s in cfg.data], short_side=_bank_side(cfg), storage=storage,
+    bank = PhotoBank([SourceSpec.parse(s) for s in cfg.data], short_side=bank_side(cfg.crop, cfg.min_object_side),
+                     storage=storage,
                      split="train" if cfg.val_split > 0 else "all", holdout=cfg.val_split)
     sampler = BatchSampler(bank, cfg.batch_size, Augment(crop=cfg.crop, min_object_side=cfg.min_object_side),
                            seed=cfg.seed)
-    val_batches = _validation_batches(cfg, storage)
+    val_batches = validation_batches(cfg.data, cfg.val, cfg.val_split, cfg.crop, cfg.min_object_side, cfg.val_crops,
+                                     storage)
 
     class_weights = None
     ab_prior: tuple[float, ...] | None = None
