@@ -162,8 +162,16 @@ class EffnetUNet(nn.Module):
     def colour_and_embedding(self, L: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The colour output and the whole picture's embedding the context layers read (None without
         ``global_context``): training losses on the embedding need it without a second pass."""
+        out, _, embedding = self.colour_and_encoding(L)
+        return out, embedding
+
+    def colour_and_encoding(self, L: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...],
+                                                           torch.Tensor | None]:
+        """The colour output, the encoder's feature maps (strides 2 to 32, before any context modulation) and the
+        embedding the context layers read: what a loss on the encoder's view of the photo needs, from one pass."""
         x = EfficientNetLite.preprocess_l(L)
-        f2, f4, f8, f16, f32 = self.encoder.features(x)
+        encoded = self.encoder.features(x)
+        f2, f4, f8, f16, f32 = encoded
         embedding = None
         if self.config.global_context:
             embedding = self.context_encoder.embedding(x) if self.config.context_encoder else self.encoder.pool(f32)
@@ -175,7 +183,7 @@ class EffnetUNet(nn.Module):
         x = self.up4(x, f4)
         if self.config.out_stride == 2:
             x = self.up2(x, f2)
-        return self.head(self.refine(x)), embedding
+        return self.head(self.refine(x)), tuple(encoded), embedding
 
 
 def _modulate(features: torch.Tensor, scale_shift: torch.Tensor) -> torch.Tensor:

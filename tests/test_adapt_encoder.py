@@ -135,5 +135,74 @@ def test_a_model_without_an_efficientnet_encoder_is_refused_naming_the_file(tmp_
         adapt_main([str(path), "--data", str(colour_photos), "--run-dir", str(tmp_path / "run")])
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert f"{path}: a 'unet' model has no EfficientNet-Lite encoder to adapt" in err and len(err.splitlines()) == 1
+    assert f"{path}: a 'unet' model has no EfficientNet-Lite encoder to teach" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+# The same distance kept as a term while `tools train` trains the encoder for colour (--encoder-distill-weight).
+
+def _encoder_distance(checkpoint: Path, colour_photos: Path) -> float:
+    """The held-out distance of a checkpoint's encoder from ImageNet's view of the colour crops (all three levels)."""
+    from tools.adapt_encoder import build_student, held_out_distance
+    from tools.encoder_distill import build_teacher
+    from tools.train import validation_batches
+
+    model = load_checkpoint(checkpoint).build_model()
+    student = build_student(model.encoder, "lite0")
+    teacher, _ = build_teacher("lite0", "imagenet", "")
+    batches = validation_batches([str(colour_photos)], [], 0.3, 64, 0, 32, None)
+    return held_out_distance(student, teacher, batches, (16, 32), torch.device("cpu"))["total"]
+
+
+def test_the_distance_kept_while_the_encoder_trains_for_colour_keeps_it_near_imagenets_view(tmp_path, colour_photos):
+    parent = imagenet_checkpoint(tmp_path)
+    # A fast rate for the encoder, so that colour alone moves it far within a few steps.
+    common = ["--init", str(parent), "--data", str(colour_photos), "--val-split", "0.3", "--steps", "12",
+              "--lr", "3e-3", "--encoder-lr-scale", "1", "--batch-size", "4", "--crop", "64", "--warmup-steps", "1",
+              "--threads", "1"]
+    assert train_main([*common, "--run-dir", str(tmp_path / "plain")]) == 0
+    assert train_main([*common, "--encoder-distill-weight", "20", "--run-dir", str(tmp_path / "kept")]) == 0
+
+    start = _encoder_distance(parent, colour_photos)
+    plain = _encoder_distance(tmp_path / "plain" / "model.pt", colour_photos)
+    kept = _encoder_distance(tmp_path / "kept" / "model.pt", colour_photos)
+    # Colour alone carries the encoder far from what it saw (measured 18x its starting distance); the kept
+    # distance holds it at about half of that.
+    assert plain > 5 * start and kept < 0.7 * plain, (start, plain, kept)
+    provenance = load_checkpoint(tmp_path / "kept" / "model.pt").provenance
+    assert provenance["encoder_distill_weight"] == 20
+    assert provenance["encoder_distill_teacher"] == "ImageNet EfficientNet-Lite0"
+    moved = states(tmp_path / "kept" / "model.pt")
+    assert not torch.equal(moved["encoder._conv_stem.weight"], states(parent)["encoder._conv_stem.weight"])
+
+
+def test_a_checkpoint_teaches_the_training_encoder_and_the_distance_is_logged(tmp_path, colour_photos, caplog):
+    parent = imagenet_checkpoint(tmp_path, global_context=True)  # its encoder is ImageNet's, head included
+    caplog.set_level("INFO", logger="tools.train")
+    assert train_main(["--init", str(parent), "--data", str(colour_photos), "--steps", "4", "--log-every", "2",
+                       "--freeze-encoder-steps", "2", "--encoder-distill-weight", "1", "--teacher", str(parent),
+                       "--batch-size", "2", "--crop", "64", "--threads", "1", "--run-dir", str(tmp_path / "run")]) == 0
+    lines = [r.getMessage() for r in caplog.records if "/4  loss" in r.getMessage()]
+    assert len(lines) == 2 and "encoder distance" not in lines[0] and "encoder distance" in lines[1], lines
+    provenance = load_checkpoint(tmp_path / "run" / "model.pt").provenance
+    assert provenance["encoder_distill_teacher"] == f"the encoder of {load_checkpoint(parent).label} ({parent})"
+
+
+@pytest.mark.parametrize("args, reason", [
+    (["--freeze-encoder-steps", "3"], "encoder_distill_weight 1: the encoder never trains (freeze_encoder, or "
+                                      "--freeze-encoder-steps 3 of --steps 3)"),
+    (["--teacher", "{parent}"], "its encoder has no classifier head (_bn1, _conv_head), which the embedding is read"),
+    (["--init", "{unet}"], "encoder_distill_weight 1: a 'unet' model has no EfficientNet-Lite encoder to teach"),
+])
+def test_training_refuses_an_encoder_distance_it_cannot_keep_in_one_line(tmp_path, colour_photos, capsys, args,
+                                                                         reason):
+    parent = imagenet_checkpoint(tmp_path)
+    unet = tmp_path / "unet.pt"
+    save_checkpoint(unet, create_model("unet"), provenance={})
+    argv = ["--init", str(parent), "--data", str(colour_photos), "--steps", "3", "--encoder-distill-weight", "1",
+            "--run-dir", str(tmp_path / "run"), *(a.format(parent=parent, unet=unet) for a in args)]
+    with pytest.raises(SystemExit) as stop:
+        train_main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert reason in err and len(err.splitlines()) == 1, err

@@ -140,6 +140,32 @@ def test_resume_continues_from_the_saved_step(photo_dir: Path, tmp_path: Path) -
     assert load_checkpoint(run / "model.pt").provenance["steps"] == 4
 
 
+def test_a_run_annealed_by_time_ends_finished_at_its_time_limit_with_the_rate_at_zero(photo_dir: Path,
+                                                                                      tmp_path: Path) -> None:
+    common = dict(model_options=TINY_EFFNET, data=[str(photo_dir)], steps=1_000_000, batch_size=2, crop=64,
+                  warmup_steps=2, save_every=1_000_000, eval_every=1_000_000, time_limit_min=0.04,
+                  val=[str(photo_dir)], val_crops=16)
+    rates = {}
+    for anneal in (False, True):
+        run = tmp_path / f"anneal-{anneal}"
+        train(TrainConfig(**common, anneal_by_time=anneal), run)
+        state = torch.load(run / STATE_FILE, weights_only=True)
+        rates[anneal] = state["optimizer"]["param_groups"][0]["lr"] / 1e-3  # the new run's peak rate
+        provenance = load_checkpoint(run / "model.pt").provenance
+        assert 2 < state["step"] < 1_000_000
+        assert provenance["final"] is anneal and provenance["anneal_by_time"] is anneal
+        # a finished run scores its last step; an interrupted one leaves that to the step it resumes to
+        assert [m["step"] for m in state["history"]] == ([state["step"]] if anneal else [])
+    assert rates[False] > 0.9 and rates[True] < 0.05, rates  # stopped at the peak, or annealed to its end
+
+
+def test_annealing_by_time_needs_a_time_limit(photo_dir: Path, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--data", str(photo_dir), "--run-dir", str(tmp_path), "--anneal-by-time"])
+    assert exc.value.code == 2
+    assert "anneal_by_time anneals to the time limit: give --time-limit-min too" in capsys.readouterr().err
+
+
 def test_cli_rejects_unknown_model_options(photo_dir: Path, tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["--data", str(photo_dir), "--run-dir", str(tmp_path), "--set", "colour=blue"])

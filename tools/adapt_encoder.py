@@ -43,10 +43,7 @@ import torch
 from torch import nn
 
 from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint
-from models.color import merge_l_ab
 from models.efficientnet_lite import (
-    INPUT_MEAN,
-    INPUT_STD,
     EfficientNetLite,
     EfficientNetLiteConfig,
     FrozenEfficientNetLite,
@@ -55,7 +52,16 @@ from models.efficientnet_lite import (
 from models.files import atomic_output
 from models.predictor import DecodeOptions
 from tools.datasets import Augment, BatchSampler, DataError, PhotoBank, SourceSpec
-from tools.feature_loss import relative_distance
+from tools.encoder_distill import (
+    DEFAULT_STRIDES,
+    DistillError,
+    build_teacher,
+    check_strides,
+    distance_terms,
+    level_names,
+    lite_encoder,
+    teacher_view,
+)
 from tools.train import bank_side, git_commit, holdout_fraction, validation_batches, warmup_cosine
 from worker.errors import TinctError, one_line
 from worker.model_store import resolve_model
@@ -66,11 +72,9 @@ log = logging.getLogger("tools.adapt_encoder")
 
 STATE_FILE = "adapt_state.pt"
 MODEL_FILE = "model.pt"
-# features(x) returns the maps at strides 2, 4, 8, 16 and 32, in that order
-FEATURE_STRIDES = (2, 4, 8, 16, 32)
 
 
-class AdaptError(ValueError):
+class AdaptError(DistillError):
     """A model this command cannot adapt, or settings that contradict each other. The message names which."""
 
 
@@ -82,7 +86,7 @@ class AdaptConfig:
     teacher_path: str = ""  # that model's checkpoint file
     data: list[str] = field(default_factory=list)
     val_split: float = 0.0
-    strides: tuple[int, ...] = (16, 32)  # feature maps distilled beside the pooled embedding
+    strides: tuple[int, ...] = DEFAULT_STRIDES  # feature maps distilled beside the pooled embedding
     steps: int = 4_000
     batch_size: int = 24
     crop: int = 128
@@ -99,16 +103,6 @@ class AdaptConfig:
     device: str = "cpu"
 
 
-def adaptable_encoder(checkpoint: Checkpoint, model: nn.Module) -> tuple[EfficientNetLite, str]:
-    """The model's EfficientNet-Lite encoder and its variant; AdaptError naming the file for any other model."""
-    encoder = getattr(model, "encoder", None)
-    variant = getattr(getattr(model, "config", None), "encoder", None)
-    if not isinstance(encoder, EfficientNetLite) or variant is None:
-        raise AdaptError(f"{checkpoint.path}: a {checkpoint.model_name!r} model has no EfficientNet-Lite encoder to "
-                         "adapt (adapt-encoder teaches effnet_unet's ImageNet encoder)")
-    return encoder, variant
-
-
 def build_student(encoder: EfficientNetLite, variant: str) -> EfficientNetLite:
     """A whole classifier (head included) holding ``encoder``'s weights; the layers it lacks come from ImageNet."""
     student = EfficientNetLite(EfficientNetLiteConfig(variant=variant, pretrained=False))
@@ -119,31 +113,6 @@ def build_student(encoder: EfficientNetLite, variant: str) -> EfficientNetLite:
     student.requires_grad_(True)
     student._fc.requires_grad_(False)  # the classifier is never read by the distillation
     return student
-
-
-def build_teacher(variant: str, teacher_ref: str, teacher_path: str) -> tuple[FrozenEfficientNetLite, str]:
-    """The frozen teacher and its description: ImageNet's weights from the installed package (``imagenet``), or the
-    encoder of a checkpoint that kept its ImageNet classifier head (a global-context model whose encoder never
-    trained, such as the campaign's candidate): on a machine without the weights' 20 MB package, the same teacher."""
-    if teacher_ref == "imagenet":
-        return FrozenEfficientNetLite(variant), f"ImageNet EfficientNet-{variant.capitalize()}"
-    source = load_checkpoint(teacher_path)
-    model = source.build_model()
-    encoder, teacher_variant = adaptable_encoder(source, model)
-    if teacher_variant != variant:
-        raise AdaptError(f"--teacher {teacher_ref}: its encoder is EfficientNet-{teacher_variant.capitalize()}, the "
-                         f"student's {variant.capitalize()}")
-    teacher = FrozenEfficientNetLite(variant, pretrained=False)
-    unfilled = [k for k in teacher.state_dict() if k not in encoder.state_dict() and not k.startswith("_fc.")]
-    if unfilled:
-        raise AdaptError(f"--teacher {teacher_ref}: its encoder has no classifier head ({_layers(unfilled)}), which "
-                         "the embedding is read from")
-    teacher.load_state_dict(encoder.state_dict(), strict=False)
-    return teacher, f"the encoder of {source.label} ({teacher_ref})"
-
-
-def _layers(keys: list[str]) -> str:
-    return ", ".join(sorted({k.split(".")[0] for k in keys}))
 
 
 def freeze_statistics(student: nn.Module) -> None:
@@ -157,18 +126,8 @@ def distillation_terms(student: EfficientNetLite, teacher: FrozenEfficientNetLit
                        strides: tuple[int, ...]) -> list[torch.Tensor]:
     """The relative distance of each level (``strides``' feature maps, then the pooled embedding) between the
     student's view of the gray crop ``L`` and the teacher's view of the colour crop (``L`` with ``ab``)."""
-    with torch.no_grad():
-        colour = (merge_l_ab(L, ab) - INPUT_MEAN) / INPUT_STD
-        taught = teacher.features(colour)
-        taught_embedding = teacher.pool(taught[-1])
     seen = student.features(EfficientNetLite.preprocess_l(L))
-    levels = [FEATURE_STRIDES.index(s) for s in strides]
-    return [relative_distance(seen[i], taught[i]) for i in levels] + \
-        [relative_distance(student.pool(seen[-1]), taught_embedding)]
-
-
-def level_names(strides: tuple[int, ...]) -> list[str]:
-    return [f"stride{s}" for s in strides] + ["embedding"]
+    return distance_terms(seen, student.pool(seen[-1]), *teacher_view(teacher, L, ab), strides)
 
 
 def held_out_distance(student: EfficientNetLite, teacher: FrozenEfficientNetLite, batches: list,
@@ -189,10 +148,7 @@ def held_out_distance(student: EfficientNetLite, teacher: FrozenEfficientNetLite
 
 
 def _check(cfg: AdaptConfig) -> None:
-    bad = [s for s in cfg.strides if s not in FEATURE_STRIDES]
-    if bad or not cfg.strides:
-        raise AdaptError(f"--strides {' '.join(map(str, cfg.strides))}: choose among {FEATURE_STRIDES} "
-                         f"({'not ' + ', '.join(map(str, bad)) if bad else 'at least one'})")
+    check_strides(cfg.strides, "--strides")
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.crop < 32:
         raise AdaptError(f"--steps {cfg.steps}, --batch-size {cfg.batch_size}, --crop {cfg.crop}: steps and batch "
                          "size must be at least 1 and the crop at least 32 px (one stride-32 cell)")
@@ -212,7 +168,7 @@ def adapt(cfg: AdaptConfig, run_dir: Path, resume: bool = False, storage: Storag
     _check(cfg)
     parent = load_checkpoint(cfg.init_from)
     model = parent.build_model()
-    encoder, variant = adaptable_encoder(parent, model)
+    encoder, variant = lite_encoder(parent, model)
     teacher, teacher_text = build_teacher(variant, cfg.teacher_ref, cfg.teacher_path)
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
@@ -362,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                     cfg.teacher_ref = args.teacher
                     cfg.teacher_path = str(resolve_checkpoint(resolve_model(args.teacher, settings, storage)))
             path = adapt(cfg, args.run_dir, resume=args.resume, storage=storage)
-    except (TinctError, CheckpointError, AdaptError, DataError, FileNotFoundError) as exc:
+    except (TinctError, CheckpointError, DistillError, DataError, FileNotFoundError) as exc:
         p.exit(2, f"{p.prog}: error: {one_line(exc)}\n")
     log.info("checkpoint: %s", path)
     return 0

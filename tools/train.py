@@ -16,7 +16,13 @@ Losses, chosen by the model's head:
 * ``--context-distill-weight W`` (global-context models): adds W times ``tools.context_distill``'s loss: the
   model's whole-picture embedding of the gray crop is pulled towards a frozen ImageNet encoder's embedding of the
   colour crop, so the context layers read what the picture is as a classifier sees it in colour; the encoder's
-  head then trains at the context layers' rate, even while the rest of the encoder is frozen.
+  head then trains at the context layers' rate, even while the rest of the encoder is frozen;
+* ``--encoder-distill-weight W`` (EfficientNet-Lite encoders, while the encoder trains): adds W times
+  ``tools.encoder_distill``'s distance between the encoder's view of the gray crop and a frozen ImageNet teacher's
+  view of the colour crop (the stride-16 and stride-32 maps, and the embedding where the encoder has its classifier
+  head): the encoder learns what colouring needs without losing what it recognises, which fine-tuning it for colour
+  alone cost (docs/training.md, session 10). The teacher is ImageNet's installed weights or ``--teacher MODEL``, a
+  checkpoint whose encoder kept ImageNet's weights and head (so a machine without the weights' package can run it).
 
 Schedule and averaging: ``--freeze-encoder-steps N`` trains the decoder alone on a frozen pretrained encoder
 first (cheaper steps: no gradients through the encoder) before the encoder joins at ``--encoder-lr-scale`` of the
@@ -26,6 +32,10 @@ rate; ``--ema-decay D`` keeps an exponential moving average of the weights, whic
 Validation (``docs/protocol.md``): ``--val-split F`` holds the fraction F of every training source out of
 training (by a hash of each photo's name, see ``tools.datasets.in_holdout``) and scores it every ``--eval-every``
 steps: PSNR against the truth beside the gray baseline's, and colourfulness beside the truth's.
+
+Time: ``--time-limit-min M`` stops the sitting cleanly after M minutes (resume with ``--resume``); with
+``--anneal-by-time`` the cosine reaches zero at that limit if it comes before ``--steps``, and the run ends there as
+finished: a lent GPU's fixed minutes get a whole schedule however fast the machine turns out to be.
 
 A run directory holds ``train_state.pt`` (everything needed to resume: weights, EMA weights, optimizer, step,
 sampler RNG, rebalancing weights, the validation history), ``model.pt`` (a self-describing inference checkpoint
@@ -74,7 +84,7 @@ from models.color import (
     rebalance_weights,
     soft_encode_ab_sparse,
 )
-from models.efficientnet_lite import EfficientNetLite, load_pretrained_state_dict
+from models.efficientnet_lite import EfficientNetLite, FrozenEfficientNetLite, load_pretrained_state_dict
 from models.engines.base import EngineUnavailableError
 from models.engines.torch_engine import resolve_torch_device
 from models.files import atomic_output
@@ -84,6 +94,7 @@ from tools import metrics as image_metrics
 from tools.ab_prior import ab_counts
 from tools.context_distill import HEAD_LAYERS, ContextDistillation
 from tools.datasets import Augment, BatchSampler, DataError, PhotoBank, SamplerStream, SourceSpec
+from tools.encoder_distill import DEFAULT_STRIDES, DistillError, build_teacher, distance_terms, teacher_view
 from tools.feature_loss import FeatureLoss
 from worker.errors import TinctError, one_line
 from worker.model_store import resolve_model
@@ -130,6 +141,9 @@ class TrainConfig:
     adversarial_weight: float = 0.0
     feature_weight: float = 0.0  # weight of tools.feature_loss.FeatureLoss on the decoded ab (0: off)
     context_distill_weight: float = 0.0  # weight of tools.context_distill's embedding loss (0: off)
+    encoder_distill_weight: float = 0.0  # weight of tools.encoder_distill's distance while the encoder trains (0: off)
+    teacher_ref: str = "imagenet"  # the encoder distillation's teacher: imagenet, or what the user named as a model
+    teacher_path: str = ""  # that model's checkpoint file
     bf16: bool = False  # bf16 autocast (on a GPU: the usual choice; on a CPU only with AMX, see docs/training.md)
     device: str = "auto"  # auto | cpu | cuda: where the network trains; photos are sampled on the CPU either way
     loader_workers: int = 0  # processes sampling batches beside the training loop (0: the loop samples its own)
@@ -138,6 +152,7 @@ class TrainConfig:
     eval_every: int = 500
     save_every: int = 500
     time_limit_min: float = 0.0  # stop cleanly (and save) after this many minutes; 0 = no limit
+    anneal_by_time: bool = False  # the cosine ends at time_limit_min if that comes before the last step
     val_split: float = 0.0  # fraction of every training source held out for validation (0: none)
     val_crops: int = 192  # validation crops scored at each eval (fixed: the same crops every time)
     ema_decay: float = 0.0  # 0: no EMA; e.g. 0.999 averages over about the last 1,000 steps
@@ -356,8 +371,13 @@ def warmup_cosine(step: int, steps: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _lr_factor(step: int, cfg: TrainConfig) -> float:
-    return warmup_cosine(step, cfg.steps, cfg.warmup_steps)
+def _lr_factor(step: int, cfg: TrainConfig, time_progress: float) -> float:
+    """The rate's factor at ``step``; with ``anneal_by_time`` the cosine is also ``time_progress`` (0 to 1: how far
+    this sitting is from the end of the warm-up to its time limit) along, whichever is further."""
+    factor = warmup_cosine(step, cfg.steps, cfg.warmup_steps)
+    if cfg.anneal_by_time and step >= cfg.warmup_steps:
+        factor = min(factor, 0.5 * (1 + math.cos(math.pi * min(1.0, time_progress))))
+    return factor
 
 
 @torch.no_grad()
@@ -429,6 +449,26 @@ def _set_encoder_frozen(model: nn.Module, frozen: bool, keep_head: bool = False)
                 p.requires_grad_(True)
 
 
+def _encoder_teacher(model: nn.Module, cfg: TrainConfig) -> tuple[FrozenEfficientNetLite | None, str]:
+    """The frozen teacher of ``encoder_distill_weight`` and its description (None, "" when it is off); ConfigError
+    for a model whose encoder it cannot teach."""
+    if cfg.encoder_distill_weight <= 0:
+        return None, ""
+    encoder = getattr(model, "encoder", None)
+    variant = getattr(getattr(model, "config", None), "encoder", None)
+    weight = f"encoder_distill_weight {cfg.encoder_distill_weight:g}"
+    if not isinstance(encoder, EfficientNetLite) or variant is None:
+        raise ConfigError(f"{weight}: a {cfg.model!r} model has no EfficientNet-Lite encoder to teach")
+    if model.config.freeze_encoder or cfg.freeze_encoder_steps >= cfg.steps:
+        raise ConfigError(f"{weight}: the encoder never trains (freeze_encoder, or --freeze-encoder-steps "
+                          f"{cfg.freeze_encoder_steps} of --steps {cfg.steps}), so there is nothing to keep it from "
+                          "losing; the distance teaches an encoder while it trains for colour")
+    try:
+        return build_teacher(variant, cfg.teacher_ref, cfg.teacher_path)
+    except DistillError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def validation_batches(data: list[str], extra: list[str], val_split: float, crop: int, min_object_side: int,
                        val_crops: int, storage: Storage | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Fixed crops for a periodic validation line: the validation split of the training sources ``data`` when
@@ -483,8 +523,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
     if state is not None:
         saved = dict(state["train_config"])
         # What describes this machine or this sitting comes from the command line, not from the saved run.
-        saved.update({k: getattr(cfg, k) for k in ("steps", "time_limit_min", "log_every", "eval_every", "save_every",
-                                                   "device", "bf16", "loader_workers")})
+        saved.update({k: getattr(cfg, k) for k in ("steps", "time_limit_min", "anneal_by_time", "log_every",
+                                                   "eval_every", "save_every", "device", "bf16", "loader_workers")})
         cfg = TrainConfig(**saved)
         if cfg.init_from:
             parent = load_checkpoint(cfg.init_from)
@@ -519,6 +559,11 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
     if distil and getattr(model.config, "context_encoder", False):
         raise ConfigError(f"context_distill_weight {cfg.context_distill_weight:g}: this model's embedding comes from "
                           "a frozen ImageNet encoder (context_encoder), which nothing can teach")
+    teacher, teacher_text = _encoder_teacher(model, cfg)
+    # the embedding joins the distance where the encoder makes it (its own classifier head, global_context)
+    own_head = teacher is not None and model.config.global_context and not model.config.context_encoder
+    if cfg.anneal_by_time and cfg.time_limit_min <= 0:
+        raise ConfigError("anneal_by_time anneals to the time limit: give --time-limit-min too")
     device = torch.device(resolve_torch_device(cfg.device))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # every step has the same shapes: let cuDNN pick its fastest kernels
@@ -555,8 +600,12 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
         disc_opt = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.5, 0.999))
     feature_loss = FeatureLoss().to(device) if cfg.feature_weight > 0 else None
     distiller = ContextDistillation(model.config.encoder).to(device) if distil else None
+    if teacher is not None:
+        teacher = teacher.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+        if teacher is not None:
+            teacher = teacher.to(memory_format=torch.channels_last)
         if feature_loss is not None:
             feature_loss = feature_loss.to(memory_format=torch.channels_last)
         if distiller is not None:
@@ -613,6 +662,9 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
             "adversarial_weight": cfg.adversarial_weight,
             "feature_weight": cfg.feature_weight,
             "context_distill_weight": cfg.context_distill_weight,
+            "encoder_distill_weight": cfg.encoder_distill_weight,
+            "encoder_distill_teacher": teacher_text if teacher is not None else None,
+            "anneal_by_time": cfg.anneal_by_time,
             "rebalance_lambda": cfg.rebalance_lambda if loss_kind in ("classification", "mix") else None,
             "l1_weight": cfg.l1_weight if loss_kind == "mix" else None,
             "val_split": cfg.val_split,
@@ -642,8 +694,10 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
     if disc is not None:
         disc.train()
     started = time.monotonic()
+    # A resumed sitting past the warm-up anneals from its start; otherwise from the warm-up's last step.
+    annealing_from = started if step >= cfg.warmup_steps else None
     window_start, window_images = time.monotonic(), 0
-    running = running_distil = 0.0
+    running = running_distil = running_encoder_distance = 0.0
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
     batches = _batch_stream(sampler, cfg, step, device)
     while step < cfg.steps:
@@ -653,12 +707,28 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
         if step == cfg.freeze_encoder_steps and cfg.freeze_encoder_steps > 0:
             _set_encoder_frozen(model, False, keep_head=distil)
             log.info("step %d: the encoder joins training at %.2gx the learning rate", step, cfg.encoder_lr_scale)
-        factor = _lr_factor(step, cfg)
+        if annealing_from is None and step >= cfg.warmup_steps:
+            annealing_from = time.monotonic()
+        time_progress = 0.0
+        if cfg.anneal_by_time and annealing_from is not None:
+            left_at_start = cfg.time_limit_min * 60 - (annealing_from - started)
+            time_progress = (time.monotonic() - annealing_from) / max(left_at_start, 1e-9)
+        factor = _lr_factor(step, cfg, time_progress)
         for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
             group["lr"] = base * factor
+        distilling_encoder = teacher is not None and step >= cfg.freeze_encoder_steps
         with autocast:
-            out, embedding = model.colour_and_embedding(L) if distiller is not None else (model(L), None)
+            if distilling_encoder:
+                out, encoded, embedding = model.colour_and_encoding(L)
+                encoder_terms = distance_terms(encoded, embedding if own_head else None,
+                                               *teacher_view(teacher, L, ab), DEFAULT_STRIDES)
+            else:
+                out, embedding = model.colour_and_embedding(L) if distiller is not None else (model(L), None)
         loss = colour_loss(out, ab, loss_kind, class_weights, cfg.l1_weight, cfg.decode_temperature)
+        if distilling_encoder:
+            encoder_distance = torch.stack(encoder_terms).sum()
+            running_encoder_distance += encoder_distance.item()
+            loss = loss + cfg.encoder_distill_weight * encoder_distance
         if distiller is not None:
             distil_term = distiller(embedding, L, ab)
             running_distil += distil_term.item()
@@ -693,10 +763,16 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
             eta_min = (cfg.steps - step) * cfg.batch_size / max(rate, 1e-9) / 60
             window_steps = max(1, window_images // cfg.batch_size)
             distil_text = f"  (embedding distance {running_distil / window_steps:.4f})" if distiller is not None else ""
+            if teacher is not None and step > cfg.freeze_encoder_steps:
+                distil_text += f"  (encoder distance {running_encoder_distance / window_steps:.4f})"
             log.info("step %d/%d  loss %.4f%s  %.1f crops/s  lr %.2e  eta %.0f min", step, cfg.steps,
                      running / window_steps, distil_text, rate, optimizer.param_groups[0]["lr"], eta_min)
             window_start, window_images, running, running_distil = time.monotonic(), 0, 0.0, 0.0
-        if val_batches and (step % cfg.eval_every == 0 or step == cfg.steps):
+            running_encoder_distance = 0.0
+        out_of_time = cfg.time_limit_min > 0 and time.monotonic() - started > cfg.time_limit_min * 60
+        # annealed by time, the run's schedule ends here: its last step is scored as a last step is
+        finished = step == cfg.steps or (out_of_time and cfg.anneal_by_time)
+        if val_batches and (step % cfg.eval_every == 0 or finished):
             metrics = validate(ema.model if ema is not None else model, val_batches, cfg.decode_temperature)
             metrics |= {"step": step}
             if metrics["val_psnr"] > best_psnr:
@@ -709,13 +785,17 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
             log.info("validation at step %d: PSNR %.2f dB (gray %.2f), colourfulness %.1f (truth %.1f), ab RMSE %.2f "
                      "(gray %.2f)", step, metrics["val_psnr"], metrics["val_psnr_gray"], metrics["val_colourfulness"],
                      metrics["val_colourfulness_truth"], metrics["val_ab_rmse"], metrics["val_ab_rmse_gray"])
-        out_of_time = cfg.time_limit_min > 0 and time.monotonic() - started > cfg.time_limit_min * 60
+        if out_of_time and cfg.anneal_by_time:
+            break  # the rate has reached zero: the run is finished, not interrupted
         if step % cfg.save_every == 0 or out_of_time:
             save()
         if out_of_time:
-            log.info("time limit of %.0f min reached at step %d; saved, resume with --resume", cfg.time_limit_min,
+            log.info("time limit of %g min reached at step %d; saved, resume with --resume", cfg.time_limit_min,
                      step)
             return run_dir / MODEL_FILE
+    if step < cfg.steps:
+        log.info("annealed to the time limit of %g min at step %d of %d: finished", cfg.time_limit_min, step,
+                 cfg.steps)
     save(final=True)
     return run_dir / MODEL_FILE
 
@@ -775,8 +855,15 @@ def main(argv: list[str] | None = None) -> int:
                  "val_crops", "freeze_encoder_steps", "min_object_side", "loader_workers"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     for name in ("encoder_lr_scale", "context_lr_scale", "weight_decay", "adversarial_weight", "feature_weight",
-                 "context_distill_weight", "time_limit_min", "l1_weight", "ema_decay"):
+                 "context_distill_weight", "encoder_distill_weight", "time_limit_min", "l1_weight", "ema_decay"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
+    p.add_argument("--teacher", default="imagenet", metavar="MODEL",
+                   help="the teacher of --encoder-distill-weight: imagenet, ImageNet's weights from their installed "
+                   "package (default); or a model (a name, a .pt) whose encoder kept its ImageNet weights and "
+                   "classifier head, read instead of the package")
+    p.add_argument("--anneal-by-time", action="store_true",
+                   help="the cosine reaches zero at --time-limit-min if that comes before --steps; the run ends "
+                   "there, finished")
     p.add_argument("--lr", type=float, help=f"peak learning rate (default: {DEFAULT_LR:g}; {FINE_TUNE_LR:g} for a "
                    "fine-tune)")
     p.add_argument("--rebalance-lambda", type=float, help="class rebalancing lambda of a classification head "
@@ -818,6 +905,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.init and not args.resume:
                 cfg.init_ref = args.init
                 cfg.init_from = str(resolve_checkpoint(resolve_model(args.init, settings, storage)))
+            if args.teacher != "imagenet" and not args.resume:
+                cfg.teacher_ref = args.teacher
+                cfg.teacher_path = str(resolve_checkpoint(resolve_model(args.teacher, settings, storage)))
             path = train(cfg, args.run_dir, resume=args.resume, storage=storage)
     except (TinctError, CheckpointError, ConfigError, DataError, EngineUnavailableError, FileNotFoundError) as exc:
         # Bad data sources, unknown models, a store that refuses: one line naming what and why, no traceback.
