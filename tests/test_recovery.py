@@ -335,8 +335,10 @@ def test_sigstop_beyond_the_window_is_shown_stalled_then_redone_and_sigcont_disc
     wait_until(lambda: env.done(job_id, piece.piece), RECOVERY_TARGET_S + 30, "the paused worker's piece redone")
     record = wait_for_job(env.client, job_id)
     os.killpg(paused.process.pid, signal.SIGCONT)
-    # The resumed worker first finishes the rest of its busy segment; in a full suite on 2 cores that took over 60 s.
-    wait_until(lambda: "this result is discarded" in paused.text(), 150, f"late result discarded: {paused.log_tail()}")
+    # Its first beat finds the piece handed over, and the segment stops at its next frame instead of finishing (which
+    # took over 60 s in a full suite on 2 cores, before it stopped early).
+    wait_until(lambda: "this result is discarded" in paused.text(), 60, f"late result discarded: {paused.log_tail()}")
+    assert re.search(r"stopped after \d+ of its \d+ frames; this result is discarded", paused.text()), paused.log_tail()
     assert record.state == "succeeded", record.error
     assert keys(env.s3, "colour") == ["pause.mkv"]  # one output, and the late worker staged nothing that stayed
     check_film(env, clip, "s3://colour/pause.mkv")
@@ -374,6 +376,40 @@ def test_redis_restarted_from_its_aof_while_a_dead_workers_piece_is_recovered(en
 
 
 # --- poison --------------------------------------------------------------------------------------------------
+
+
+def test_a_tasks_pipeline_threads_count_as_its_progress_and_stop_once_its_piece_is_handed_over(redis_server):
+    """A film segment writes its frames from the pipeline's encode thread, not the task's: those frames must keep
+    the piece from looking stalled, and once the worker learns its piece went to another (the first beat after a
+    long silence) the thread must be told at its next frame."""
+    client = redis.Redis.from_url(redis_server.url)
+    heartbeat = liveness.Heartbeat(DEFAULTS, client, lambda *task: "new", node="w@host")
+    heartbeat.hold("task-1", "tinct.colorize_segment", ["job-1", 0], "segments", "job-1", "segment-000000", "", None)
+    task = liveness.TaskLiveness(heartbeat, threading.get_ident())  # liveness.this_task() in a worker
+    time.sleep(1.5)
+    stage = threading.Thread(target=task.progress)  # a frame written by the encode thread
+    stage.start()
+    stage.join()
+    heartbeat.beat()
+    (held,) = liveness.held_pieces(client, WINDOW_S, "job-1")
+    assert held.idle_s < 1.0, held  # 1.5 s since hold(): the stage thread's progress counted for the task
+
+    task.check_held()  # still this worker's: nothing raised
+    with heartbeat._lock:
+        for piece in heartbeat._held.values():
+            piece.lost = True  # what beat() records when it finds this worker was reaped
+    failures: list[BaseException] = []
+
+    def next_frame() -> None:
+        try:
+            task.check_held()
+        except liveness.HandedOver as exc:
+            failures.append(exc)
+
+    stage = threading.Thread(target=next_frame)
+    stage.start()
+    stage.join()
+    assert len(failures) == 1
 
 
 def test_two_workers_draining_the_same_requeued_task_publish_it_once(redis_server):

@@ -489,12 +489,19 @@ class Heartbeat:
                 self._released.append(held.field)
         self._wake.set()
 
-    def progress(self) -> None:
-        """The calling thread's task made progress (a frame, a photo, a model loaded): not stalled."""
-        now, thread = time.monotonic(), threading.get_ident()
+    def progress(self, thread: int | None = None) -> None:
+        """The task running in ``thread`` (the calling thread by default) made progress (a frame, a photo, a model
+        loaded): not stalled."""
+        now, thread = time.monotonic(), threading.get_ident() if thread is None else thread
         for held in list(self._held.values()):
             if held.thread == thread:
                 held.last_progress = now
+
+    def handed_over(self, thread: int) -> bool:
+        """Whether a piece held by the task running in ``thread`` went to another worker while this one was silent:
+        known from the first beat after the silence, with no round trip to Redis."""
+        with self._lock:
+            return any(h.lost for h in self._held.values() if h.thread == thread)
 
     def holding(self) -> bool:
         with self._lock:
@@ -547,6 +554,34 @@ def progress() -> None:
     heartbeat = current()
     if heartbeat is not None:
         heartbeat.progress()
+
+
+class HandedOver(Exception):
+    """The task's piece went to another worker while this one was silent: whatever it was making is discarded."""
+
+
+@dataclass(frozen=True)
+class TaskLiveness:
+    """One task's liveness, for the threads it starts: a film segment's pipeline stages run in threads of their own,
+    so a frame written there must count as the task's progress, and a worker resumed after a long pause (SIGSTOP, a
+    frozen VM) must stop its stale segment at the next frame instead of finishing work another worker is redoing."""
+
+    heartbeat: Heartbeat | None
+    thread: int
+
+    def progress(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.progress(self.thread)
+
+    def check_held(self) -> None:
+        """Raise HandedOver once the task's piece belongs to another worker."""
+        if self.heartbeat is not None and self.heartbeat.handed_over(self.thread):
+            raise HandedOver
+
+
+def this_task() -> TaskLiveness:
+    """The calling task's liveness, to hand to the threads it starts."""
+    return TaskLiveness(current(), threading.get_ident())
 
 
 def grace_then_hand_back(grace_s: float, exit_code: int = 0) -> threading.Thread | None:

@@ -414,14 +414,23 @@ def _colorize_segment(rt: Runtime, spec: JobSpec, segment: Segment, lease: Lease
                                     rt.references(lease.job_id, spec, film), segment.start - segment.warmup,
                                     segment.stop)
         liveness.progress()
-    with atomic_path(local) as tmp, SegmentWriter(tmp, film.video, layout, options["encode"]) as writer:
+    task = liveness.this_task()  # the sink runs in the pipeline's encode thread, not in this one
+    written = 0
+    try:
+        with atomic_path(local) as tmp, SegmentWriter(tmp, film.video, layout, options["encode"]) as writer:
 
-        def sink(frame: ColourFrame) -> None:
-            writer.write(frame.pts, frame.luma, frame.cb, frame.cr)
-            liveness.progress()
+            def sink(frame: ColourFrame) -> None:
+                nonlocal written
+                task.check_held()
+                writer.write(frame.pts, frame.luma, frame.cb, frame.cr)
+                written += 1
+                task.progress()
 
-        times = colorize_frames(film, loaded.colorizer, layout, options["smoothing"], sink, segment.start,
-                                segment.stop, segment.warmup, references)
+            times = colorize_frames(film, loaded.colorizer, layout, options["smoothing"], sink, segment.start,
+                                    segment.stop, segment.warmup, references)
+    except liveness.HandedOver:  # the partial file is gone with atomic_path
+        _discarded(lease, f"stopped after {written} of its {segment.frames} frames")
+        return False
     if not lease.held():
         local.unlink(missing_ok=True)
         _discarded(lease)
@@ -443,9 +452,9 @@ def _colorize_segment(rt: Runtime, spec: JobSpec, segment: Segment, lease: Lease
     return True
 
 
-def _discarded(lease: Lease) -> None:
-    logger.warning("%s of job %s was handed to another worker while this one was silent: this result is discarded",
-                   lease.piece, lease.job_id)
+def _discarded(lease: Lease, how: str = "") -> None:
+    logger.warning("%s of job %s was handed to another worker while this one was silent: %sthis result is discarded",
+                   lease.piece, lease.job_id, f"{how}; " if how else "")
 
 
 def _progress(rt: Runtime, job_id: str) -> None:
