@@ -193,6 +193,7 @@ def test_a_checkpoint_teaches_the_training_encoder_and_the_distance_is_logged(tm
                                       "--freeze-encoder-steps 3 of --steps 3)"),
     (["--teacher", "{parent}"], "its encoder has no classifier head (_bn1, _conv_head), which the embedding is read"),
     (["--init", "{unet}"], "encoder_distill_weight 1: a 'unet' model has no EfficientNet-Lite encoder to teach"),
+    (["--encoder-distill-weight", "0", "--teacher", "{parent}"], "a teacher is read only for --encoder-distill-weight"),
 ])
 def test_training_refuses_an_encoder_distance_it_cannot_keep_in_one_line(tmp_path, colour_photos, capsys, args,
                                                                          reason):

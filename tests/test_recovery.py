@@ -395,9 +395,13 @@ def test_a_tasks_pipeline_threads_count_as_its_progress_and_stop_once_its_piece_
     assert held.idle_s < 1.0, held  # 1.5 s since hold(): the stage thread's progress counted for the task
 
     task.check_held()  # still this worker's: nothing raised
-    with heartbeat._lock:
-        for piece in heartbeat._held.values():
-            piece.lost = True  # what beat() records when it finds this worker was reaped
+    # Another worker finds this one silent past the window and takes its piece; this one's next beat learns it.
+    other = liveness.Heartbeat(DEFAULTS, client, lambda *task: "new", node="other@host")
+    heartbeat.worker, other.worker = "host:1", "host:2"  # one test process plays two worker processes
+    heartbeat.beat()
+    client.zadd(liveness.WORKERS_KEY, {heartbeat.worker: 0})  # its last beat, long ago
+    assert other.reap_silent(other.beat()) == [heartbeat.worker]
+    heartbeat.beat()
     failures: list[BaseException] = []
 
     def next_frame() -> None:

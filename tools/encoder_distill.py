@@ -90,5 +90,6 @@ def distance_terms(seen: list[torch.Tensor] | tuple[torch.Tensor, ...], seen_emb
     return terms
 
 
-def level_names(strides: tuple[int, ...], embedding: bool = True) -> list[str]:
-    return [f"stride{s}" for s in strides] + (["embedding"] if embedding else [])
+def level_names(strides: tuple[int, ...]) -> list[str]:
+    """The levels' names, in ``distance_terms``' order for a student with an embedding."""
+    return [f"stride{s}" for s in strides] + ["embedding"]

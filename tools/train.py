@@ -453,6 +453,8 @@ def _encoder_teacher(model: nn.Module, cfg: TrainConfig) -> tuple[FrozenEfficien
     """The frozen teacher of ``encoder_distill_weight`` and its description (None, "" when it is off); ConfigError
     for a model whose encoder it cannot teach."""
     if cfg.encoder_distill_weight <= 0:
+        if cfg.teacher_ref != "imagenet":
+            raise ConfigError(f"--teacher {cfg.teacher_ref}: a teacher is read only for --encoder-distill-weight")
         return None, ""
     encoder = getattr(model, "encoder", None)
     variant = getattr(getattr(model, "config", None), "encoder", None)
