@@ -4,6 +4,7 @@ generated black-and-white film, with tiny real checkpoints (no mocks, nothing fr
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import math
 import zipfile
@@ -142,6 +143,13 @@ def test_markdown_and_verdict(card: tuple[Path, dict], tmp_path: Path, capsys: p
     copy = tmp_path / "copy"
     copy.mkdir()
     (copy / "scorecard.json").write_text((out / "scorecard.json").read_text())
+    assert scorecard.main(["--tables-only", "--out", str(copy)]) == 0
+    assert (copy / "scorecard.md").read_text() == table
+    # ... and from the compressed JSON the repository keeps in docs/.
+    (copy / "scorecard.json").unlink()
+    (copy / "scorecard.md").unlink()
+    with gzip.open(copy / "scorecard.json.gz", "wt") as f:
+        f.write((out / "scorecard.json").read_text())
     assert scorecard.main(["--tables-only", "--out", str(copy)]) == 0
     assert (copy / "scorecard.md").read_text() == table
     capsys.readouterr()

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import gzip
 import json
 import logging
 import math
@@ -495,6 +496,18 @@ def _write(out: Path, result: dict[str, Any], targets: Targets, started: float, 
     return card
 
 
+def read_card(folder: str | Path) -> dict[str, Any]:
+    """A card's JSON from its folder: ``scorecard.json``, or ``scorecard.json.gz`` (how the repository keeps the
+    cards in docs/, whose per-photo figures compress tenfold). FileNotFoundError naming the folder if neither."""
+    folder = Path(folder)
+    if (folder / "scorecard.json").is_file():
+        return json.loads((folder / "scorecard.json").read_text())
+    if (folder / "scorecard.json.gz").is_file():
+        with gzip.open(folder / "scorecard.json.gz", "rt") as f:
+            return json.load(f)
+    raise FileNotFoundError(f"{folder}: no scorecard.json (or scorecard.json.gz) to read")
+
+
 def merge_scorecards(parts: Sequence[str | Path], out: str | Path, targets: Targets = RELEASE4_TARGETS) -> Scorecard:
     """One card from several cards of the same models that scored different parts (photo sets here, films there:
     parts run side by side, or in different sessions). Sheets are copied into ``out``; the verdict is redone
@@ -502,7 +515,7 @@ def merge_scorecards(parts: Sequence[str | Path], out: str | Path, targets: Targ
     if not parts:
         raise ValueError("nothing to merge")
     out = Path(out)
-    cards = [(Path(p), json.loads((Path(p) / "scorecard.json").read_text())) for p in parts]
+    cards = [(Path(p), read_card(p)) for p in parts]
     first = cards[0][1]
 
     def models_of(card: dict[str, Any]) -> list[tuple[str, str]]:
@@ -812,10 +825,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     apply_runtime_arguments(args)
     if args.tables_only:
-        source = args.out / "scorecard.json"
-        if not source.is_file():
-            raise SystemExit(f"scorecard: {source}: no results to tabulate")
-        table = scorecard_markdown(json.loads(source.read_text()))
+        try:
+            table = scorecard_markdown(read_card(args.out))
+        except FileNotFoundError as exc:
+            raise SystemExit(f"scorecard: {exc}: no results to tabulate") from None
         (args.out / "scorecard.md").write_text(table + "\n")
         print(table)
         return 0
