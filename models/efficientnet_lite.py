@@ -167,3 +167,13 @@ def load_pretrained_state_dict(variant: str = "lite0") -> dict[str, torch.Tensor
         raise RuntimeError(f"pretrained EfficientNet-{variant.capitalize()} weights need the package "
                            f"{spec.package.replace('_', '-')}") from exc
     return torch.load(weights_file.get_model_file_path(), map_location="cpu", weights_only=True)
+
+
+def encoder_of(model: nn.Module) -> tuple[EfficientNetLite, str] | None:
+    """A colorizer's EfficientNet-Lite encoder (``model.encoder``) and its variant (``model.config.encoder``), or None
+    for a model without one; callers say in their own words why they needed it."""
+    encoder = getattr(model, "encoder", None)
+    variant = getattr(getattr(model, "config", None), "encoder", None)
+    if not isinstance(encoder, EfficientNetLite) or variant is None:
+        return None
+    return encoder, variant

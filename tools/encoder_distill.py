@@ -18,7 +18,7 @@ from torch import nn
 
 from models.checkpoint import Checkpoint, load_checkpoint
 from models.color import merge_l_ab
-from models.efficientnet_lite import INPUT_MEAN, INPUT_STD, EfficientNetLite, FrozenEfficientNetLite
+from models.efficientnet_lite import INPUT_MEAN, INPUT_STD, EfficientNetLite, FrozenEfficientNetLite, encoder_of
 from tools.feature_loss import relative_distance
 
 # EfficientNetLite.features returns the maps at strides 2, 4, 8, 16 and 32, in that order
@@ -32,12 +32,11 @@ class DistillError(ValueError):
 
 def lite_encoder(checkpoint: Checkpoint, model: nn.Module) -> tuple[EfficientNetLite, str]:
     """The model's EfficientNet-Lite encoder and its variant; DistillError naming the file for any other model."""
-    encoder = getattr(model, "encoder", None)
-    variant = getattr(getattr(model, "config", None), "encoder", None)
-    if not isinstance(encoder, EfficientNetLite) or variant is None:
+    found = encoder_of(model)
+    if found is None:
         raise DistillError(f"{checkpoint.path}: a {checkpoint.model_name!r} model has no EfficientNet-Lite encoder to "
                            "teach (the distillation teaches effnet_unet's ImageNet encoder)")
-    return encoder, variant
+    return found
 
 
 def check_strides(strides: tuple[int, ...], option: str) -> None:

