@@ -13,6 +13,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -22,7 +23,7 @@ from worker.cli import main
 from worker.errors import BadInputError
 from worker.films import FilmOptions, colorize_film, parts_folder
 from worker.photos import open_colorizer
-from worker.pipeline import _colour_on_device, _Stages, colorize_frames
+from worker.pipeline import _colour, _colour_on_device, _Stages, colorize_frames
 from worker.segments import plan_segments
 from worker.smoothing import SmoothingOptions
 from worker.video_sink import EncodeOptions, plan_output
@@ -190,8 +191,8 @@ def test_colour_stage_on_the_device_matches_the_opencv_path(tmp_path, colorizer,
     layout = plan_output(film.video, EncodeOptions("ffv1"))
     cpu_frames: list = []
     colorize_frames(film, colorizer[0], layout, SmoothingOptions(strength=0.5), cpu_frames.append)
-    decoded = list(decode_frames(film, layout.frame, 0, film.frames, 0))
-    renders = colorizer[0].predict_grid([frame.L for frame in decoded])
+    decoded = list(decode_frames(film, layout.frame, 0, film.frames, 0, colorizer[0].render_size))
+    renders = colorizer[0].predict_grid([frame.network_L for frame in decoded])
     colorizer[0].fit(renders)
     device_frames = [_colour_on_device(colorizer[0], layout, f, r) for f, r in zip(decoded, renders, strict=True)]
     assert device_frames[0].cb.dtype == cpu_frames[0].cb.dtype == (np.uint8 if layout.bit_depth == 8 else np.uint16)
@@ -200,6 +201,39 @@ def test_colour_stage_on_the_device_matches_the_opencv_path(tmp_path, colorizer,
         cpu, device = getattr(cpu_frames[0], plane).astype(int), getattr(device_frames[0], plane).astype(int)
         assert np.abs(cpu - device).max() <= 1
         assert np.abs(cpu - (1 << (layout.bit_depth - 1))).max() > 2  # actually coloured, not gray
+
+
+def test_a_small_film_shows_the_network_its_full_resolution(tmp_path):
+    """4:2:0 at 96x64 stores colour at 48x32, below the render's 64 px: the network reads the frame's L at full
+    resolution (as the photo path would), not the half-size L its colour is stored at; a film whose chroma planes
+    reach the render is read at chroma resolution, with nothing extra decoded. (The shipped model: a random one
+    colours every input alike.)"""
+    source = bw_clip(tmp_path / "small.mkv", frames=3, size=(96, 64), codec="ffv1", pix_fmt="yuv420p")
+    film = probe_film(source.path, 1 << 30)
+    layout = plan_output(film.video, EncodeOptions("ffv1"))
+    with open_colorizer("default", engine="torch", render_size=64, batch_size=4) as (col, _):
+        _check_small_film(film, layout, col)
+
+
+def _check_small_film(film, layout, col: Colorizer) -> None:
+    decoded = list(decode_frames(film, layout.frame, 0, film.frames, 0, render_size=col.render_size))
+    assert decoded[0].L.shape == (32, 48) and decoded[0].network_L.shape == (64, 96)
+    np.testing.assert_allclose(cv2.resize(decoded[0].network_L, (48, 32), interpolation=cv2.INTER_AREA),
+                               decoded[0].L, atol=0.5)  # the same picture, four times the pixels
+    assert all(f.network_L is f.L for f in decode_frames(film, layout.frame, 0, film.frames, 0, render_size=48))
+
+    coloured: list = []
+    colorize_frames(film, col, layout, SmoothingOptions(strength=0.0), coloured.append)
+
+    def colour_from(L: np.ndarray) -> np.ndarray:
+        renders = col.predict_grid([L])
+        col.fit(renders)
+        frame = _colour(col, layout, decoded[0], renders[0])
+        return np.stack((frame.cb, frame.cr)).astype(int)
+
+    ours = np.stack((coloured[0].cb, coloured[0].cr)).astype(int)
+    assert np.array_equal(ours, colour_from(decoded[0].network_L))
+    assert np.abs(ours - colour_from(decoded[0].L)).max() > 2  # reading the half-size L colours it differently
 
 
 def test_plan_segments_starts_at_keyframes_and_caps_warmup(tmp_path):

@@ -7,7 +7,8 @@ Each stage runs in its own thread and hands frames to the next through a bounded
 few batches whatever the film's length, and the stages overlap: FFmpeg's decoder and encoder, ONNX
 Runtime / torch and OpenCV all release the GIL while they work.
 
-1. decode (``worker.video_source``): the source's luma codes and L at chroma resolution.
+1. decode (``worker.video_source``): the source's luma codes and L at chroma resolution (and, for a film too
+   small for that to fill the network's render, L at full resolution for the network).
 2. infer (``models.colorizer``): ``batch_size`` frames per engine call; ab on the network's output grid.
 3. smooth (``worker.smoothing``): scene cuts, motion-compensated smoothing of the grid ab (never of L).
 4. colour: guided-filter upsampling of ab to chroma resolution, Lab -> R'G'B' -> Cb, Cr (``models.color``).
@@ -177,7 +178,7 @@ def colorize_frames(
     smoother = TemporalSmoother(smoothing, colorizer.output_stride) if smoothing.strength > 0 else None
 
     def decode() -> None:
-        frames = decode_frames(film, layout.frame, start, stop, warmup)
+        frames = decode_frames(film, layout.frame, start, stop, warmup, colorizer.render_size)
         try:
             while True:
                 began = time.perf_counter()
@@ -193,7 +194,7 @@ def colorize_frames(
     def infer() -> None:
         for batch in _batches(stages, decoded, batch_size):
             began = time.perf_counter()
-            renders = colorizer.predict_grid([frame.L for frame in batch])
+            renders = colorizer.predict_grid([frame.network_L for frame in batch])
             smoothed = time.perf_counter()
             times.network += smoothed - began
             if smoother is not None:

@@ -418,7 +418,7 @@ class _FlowFrames:
     are asked for: a reference whose shot ends early does not decode the rest of its reach."""
 
     def __init__(self, film: FilmInfo, layout: FrameLayout, colorizer: Colorizer, start: int, stop: int) -> None:
-        self._decoder = _frames(film, layout, start, stop)
+        self._decoder = _frames(film, layout, start, stop, colorizer.render_size)
         self._colorizer = colorizer
         self._frames: list[FlowFrame] = []
         self._geometry: tuple[tuple[int, int], tuple[int, int]] | None = None
@@ -426,7 +426,7 @@ class _FlowFrames:
 
     def get(self, position: int) -> FlowFrame:
         while len(self._frames) <= position:
-            render = self._colorizer.render(next(self._decoder).L)
+            render = self._colorizer.render(next(self._decoder).network_L)  # the renders the pipeline infers on
             self._geometry = self._geometry or ((render.render_height, render.render_width), render.padded.shape)
             self._frames.append(FlowFrame.of(render.padded))
         return self._frames[position]
@@ -476,8 +476,8 @@ def _overlapping(windows: list[tuple[ResolvedReference, int, int]]) -> Iterator[
         yield group[0][1], group_stop, group
 
 
-def _frames(film: FilmInfo, layout: FrameLayout, start: int, stop: int) -> Iterator:
-    frames = decode_frames(film, layout, start, stop)
+def _frames(film: FilmInfo, layout: FrameLayout, start: int, stop: int, render_size: int) -> Iterator:
+    frames = decode_frames(film, layout, start, stop, render_size=render_size)
     try:
         yield from frames
     finally:

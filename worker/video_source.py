@@ -1,8 +1,8 @@
 """Film input: probe a file once (validate it, index its frames), then decode ranges of it as luma + L.
 
     film = probe_film("reel1.mkv")                 # FilmInfo: streams, colour, timing, every frame's pts
-    for frame in decode_frames(film, layout, start=0, stop=film.frames, warmup=0):
-        frame.luma, frame.L                        # output-ready luma codes, L at chroma resolution
+    for frame in decode_frames(film, layout, start=0, stop=film.frames, warmup=0, render_size=224):
+        frame.luma, frame.L, frame.network_L       # output-ready luma codes, L at chroma resolution, L to infer from
 
 The probe reads every packet of the video stream (demuxing only, no decoding: a few seconds per GB) so that
 a film is refused before any work if its timestamps are missing or repeat, if it is shorter than it says
@@ -16,7 +16,11 @@ Decoding hands the pipeline two views of each frame:
   the output codec cannot carry the source's). The output's luma is this plane, so the lightness of the film
   is never touched: every detail, the grain and the exposure are the archive's own, bit for bit.
 * ``L`` - Lab lightness at the output's chroma resolution (half size for 4:2:0), which is all the colour
-  stages need: the network sees a 256 px copy and colour is only stored at chroma resolution.
+  stages need: colour is only stored at chroma resolution.
+* ``network_L`` - what the network reads: ``L`` itself when its long side reaches the colorizer's render size
+  (the network sees a smaller copy anyway), else L at the source's full resolution. A small film (under twice
+  the render size, e.g. CIF or QCIF footage) would otherwise show the network half the detail a photo of the
+  same size gets: on a 176x144 clip that cost 2.5 dB of PSNR.
 """
 
 from __future__ import annotations
@@ -131,6 +135,7 @@ class SourceFrame:
     luma: np.ndarray  # (H, W) uint8 or uint16 code values of the output's luma
     L: np.ndarray  # (h, w) float32 Lab L at the output's chroma resolution
     warmup: bool  # decoded only to warm the smoother up; not encoded
+    network_L: np.ndarray  # float32 Lab L the network reads: ``L`` itself, or (H, W) for a small film
 
 
 def _open(path: str) -> av.container.InputContainer:
@@ -387,8 +392,11 @@ def _video_format(stream, frame) -> VideoFormat:
 # --- decoding ranges --------------------------------------------------------------------------------------
 
 
-def decode_frames(film: FilmInfo, layout: FrameLayout, start: int, stop: int, warmup: int = 0) -> Iterator[SourceFrame]:
+def decode_frames(film: FilmInfo, layout: FrameLayout, start: int, stop: int, warmup: int = 0,
+                  render_size: int = 0) -> Iterator[SourceFrame]:
     """Frames ``start - warmup .. stop - 1`` (display order) of ``film``; the first ``warmup`` are flagged.
+    ``render_size`` is the colorizer's: when the chroma resolution's long side is below it, each frame's
+    ``network_L`` is L at full resolution (0: always the chroma resolution's ``L``).
 
     Decoding starts at the last keyframe at or before the first frame wanted, so any range can be decoded
     on its own (a segment on another machine). Frames are matched to the probe's index by pts, and a frame
@@ -402,6 +410,7 @@ def decode_frames(film: FilmInfo, layout: FrameLayout, start: int, stop: int, wa
     table = luma_to_l_table(video.bit_depth, video.full_range, LUMA_SUBDIVISIONS)
     shift = layout.bit_depth - video.bit_depth
     chroma_w, chroma_h = layout.chroma_size(video.width, video.height)
+    full_detail = max(chroma_w, chroma_h) < render_size and (chroma_w, chroma_h) != (video.width, video.height)
     next_index = first
     with _open(film.path) as container:
         stream = stream_by_index(container, film.video_index)
@@ -421,8 +430,9 @@ def decode_frames(film: FilmInfo, layout: FrameLayout, start: int, stop: int, wa
                                         f"returned pts {frame.pts} instead (damaged video data)")
                 luma_source = _luma(frame, video)
                 L = _lightness(luma_source, table, chroma_w, chroma_h)
+                network_L = _lightness(luma_source, table, video.width, video.height) if full_detail else L
                 luma = luma_source if shift == 0 else _shift_depth(luma_source, shift, layout.bit_depth)
-                yield SourceFrame(next_index, frame.pts, luma, L, warmup=next_index < start)
+                yield SourceFrame(next_index, frame.pts, luma, L, warmup=next_index < start, network_L=network_L)
                 next_index += 1
                 if next_index >= stop:
                     return
