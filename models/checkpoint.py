@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.color import ColorConstants
+from models.color import ColorConstants, HighlightRolloff
 from models.files import atomic_output
 from models.predictor import ABPredictor, DecodeOptions
 from models.registry import build_config, model_from_config
@@ -91,6 +91,13 @@ def preferred_min_render_size(provenance: dict) -> int:
     objects at the scale of a 224 px render misreads a 64 px photo shown at 64 px."""
     size = provenance.get("min_render_size")
     return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else 0
+
+
+def preferred_highlight_rolloff(provenance: dict) -> HighlightRolloff | None:
+    """The highlight roll-off a checkpoint was chosen with (``provenance["highlight_rolloff"]``: start, end, kept,
+    recorded by ``tools promote``), or None: ab as the network gives it."""
+    recorded = provenance.get("highlight_rolloff")
+    return HighlightRolloff(*recorded) if recorded else None
 
 
 def save_checkpoint(

@@ -399,6 +399,39 @@ def decode_ab(logits: torch.Tensor, method: str = "annealed_mean", temperature: 
     return torch.einsum("bqhw,qc->bchw", prob, bins)
 
 
+@dataclass(frozen=True)
+class HighlightRolloff:
+    """Chroma kept in full up to lightness ``start``, falling linearly to ``kept`` of it at ``end`` and above.
+
+    The colorizer's last step on full-resolution ab (``models.colorizer``), chosen per model on the validation
+    split (``tools promote --highlight-rolloff``). Near white the network keeps the warm cast of the photos it
+    learnt from (its whites are cream); a camera's tone curve rolls chroma off in the highlights the same way.
+    """
+
+    start: float
+    end: float
+    kept: float
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start < self.end <= 100 or not 0 <= self.kept <= 1:
+            raise ValueError(f"highlight roll-off {self.start:g},{self.end:g},{self.kept:g}: expected START,END,KEPT "
+                             "with 0 <= START < END <= 100 (lightness) and KEPT in [0, 1]")
+
+    @classmethod
+    def parse(cls, text: str) -> HighlightRolloff:
+        """``"80,95,0.4"`` -> HighlightRolloff(80, 95, 0.4)."""
+        try:
+            start, end, kept = (float(part) for part in text.split(","))
+        except ValueError:
+            raise ValueError(f"highlight roll-off {text!r}: expected START,END,KEPT, e.g. 80,95,0.4") from None
+        return cls(start, end, kept)
+
+    def apply(self, ab: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
+        """``ab`` (..., 2, H, W) scaled by the roll-off of ``L`` (..., H, W) on the same device."""
+        past = ((L - self.start) / (self.end - self.start)).clamp(0.0, 1.0)
+        return ab * (1.0 - (1.0 - self.kept) * past).unsqueeze(-3).to(ab.dtype)
+
+
 # --- colour difference ----------------------------------------------------------------------------
 
 

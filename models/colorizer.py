@@ -22,6 +22,8 @@ The network only ever sees a small copy of each image; the archive's pixels are 
    applied to the *original* full-resolution L. Colour edges therefore follow L edges at full
    resolution instead of being smeared over ``source/render * output_stride`` pixels, as plain bilinear
    upsampling of ab would.
+   A model promoted with a highlight roll-off (``models.color.HighlightRolloff``) then has its chroma rolled off
+   towards white in each pixel's full-resolution L.
 4. Merge: ``colorize`` joins the original L with the upsampled ab through ``models.color`` (never by
    resizing an RGB image), so the output's lightness is the input's except where an out-of-gamut
    colour is clipped to sRGB.
@@ -52,10 +54,11 @@ import torch.nn.functional as F
 from models.batching import pick_batch_size
 from models.checkpoint import (  # noqa: F401 - DEFAULT_RENDER_SIZE is part of this API
     DEFAULT_RENDER_SIZE,
+    preferred_highlight_rolloff,
     preferred_min_render_size,
     preferred_render_size,
 )
-from models.color import L_CENT, lab_to_rgb_fast_np, merge_l_ab
+from models.color import L_CENT, HighlightRolloff, lab_to_rgb_fast_np, merge_l_ab
 from models.engines.base import Engine
 from models.hints import ColourHints, hinted_grid, honour_tile
 
@@ -217,6 +220,7 @@ class Colorizer:
         guide_eps: float = GUIDE_EPS,
         tile_pixels: int = TILE_PIXELS,
         min_render_size: int | None = None,
+        highlight_rolloff: HighlightRolloff | None = None,
     ) -> None:
         if render_size is None:
             render_size = preferred_render_size(engine.checkpoint.provenance)
@@ -233,6 +237,8 @@ class Colorizer:
         if tile_pixels < 1:
             raise ValueError(f"tile_pixels must be positive, got {tile_pixels}")
         self.engine = engine
+        # None: the model's own (tools promote --highlight-rolloff), if it has one
+        self.highlight_rolloff = highlight_rolloff or preferred_highlight_rolloff(engine.checkpoint.provenance)
         self.render_size = int(render_size)
         self.min_render_size = min(int(min_render_size), self.render_size)
         # None: as many as fit on the GPU, 8 on a CPU (models.batching)
@@ -391,6 +397,9 @@ class Colorizer:
             self.tile_pixels,
             self.device,
         )
+        if self.highlight_rolloff is not None:
+            rolloff = self.highlight_rolloff
+            tiles = ((r0, r1, rolloff.apply(tile, self.to_device(L[r0:r1]))) for r0, r1, tile in tiles)
         if not hints:
             return tiles
         # Hint coordinates are full-resolution pixels: only images upsampled at their own size can honour them.

@@ -110,3 +110,37 @@ def test_promote_averages_weights_with_another_checkpoint(tiny_checkpoint: Path,
         err = capsys.readouterr().err.strip()
         assert "average-with" in err and len(err.splitlines()) == 1, err
         assert not (tmp_path / "bad.pt").exists()
+
+
+def test_promote_records_a_highlight_rolloff_that_the_colorizer_applies(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """Chroma is kept below START, scaled by KEPT from END up, linearly between; hints keep their exact colour."""
+    from models.colorizer import Colorizer
+    from models.hints import ColourHints, ColourPoint
+
+    shipped = tmp_path / "shipped.pt"
+    assert promote.main([str(tiny_checkpoint), "-o", str(shipped), "--highlight-rolloff", "60,90,0.25", "--fp32"]) == 0
+    L = np.tile(np.linspace(0, 100, 101, dtype=np.float32), (24, 1))  # every lightness, left to right
+    with (create_engine(str(tiny_checkpoint), kind="torch") as plain,
+          create_engine(str(shipped), kind="torch") as rolled):
+        before = Colorizer(plain, render_size=64).predict_ab([L])[0]
+        colorizer = Colorizer(rolled, render_size=64)
+        after = colorizer.predict_ab([L])[0]
+        hint = ColourPoint(95, 12, (-20.0, 30.0), radius=1.5)
+        hinted = colorizer.predict_ab([L], hints=[ColourHints(points=(hint,))])[0]
+    assert np.abs(before).max() > 1.0  # the tiny model does colour: the test would see a roll-off
+    np.testing.assert_allclose(after[:, :, :61], before[:, :, :61], atol=1e-4)
+    np.testing.assert_allclose(after[:, :, 90:], 0.25 * before[:, :, 90:], atol=1e-4)
+    np.testing.assert_allclose(after[:, :, 75], 0.625 * before[:, :, 75], atol=1e-4)
+    np.testing.assert_allclose(hinted[:, 12, 95], (-20.0, 30.0), atol=0.5)  # a restorer's colour is not rolled off
+    assert load_checkpoint(shipped).provenance["highlight_rolloff"] == [60.0, 90.0, 0.25]
+
+
+@pytest.mark.parametrize("text", ["80,95", "90,80,0.4", "80,95,1.5", "a,b,c"])
+def test_a_bad_highlight_rolloff_is_one_line_and_writes_nothing(tiny_checkpoint: Path, tmp_path: Path, text: str,
+                                                               capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        promote.main([str(tiny_checkpoint), "-o", str(tmp_path / "out.pt"), "--highlight-rolloff", text])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "highlight roll-off" in err and text in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out.pt").exists()

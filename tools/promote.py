@@ -12,6 +12,8 @@ to keep the file small. Everything that serves the model reads these from the fi
 OTHER's weights and the rest of the run's, for two runs of one architecture where one continued the other (a
 second run started from a candidate with another loss weight, say). Averaging such a pair lands between them,
 often on a better PSNR/colour trade-off than either's decoding can reach; it is recorded in the provenance.
+``--highlight-rolloff 80,95,0.4`` records a roll-off of chroma towards white (``models.color.HighlightRolloff``),
+which every colorizer of the model then applies.
 
 ``-o`` may also be ``s3://bucket/prefix/NAME.pt``, to publish into a model store: workers with
 ``TINCT_MODEL_STORE=s3://bucket/prefix/`` then load it for jobs that ask for ``model="NAME"``. The object
@@ -34,6 +36,7 @@ from typing import Any
 import torch
 
 from models.checkpoint import Checkpoint, CheckpointError, is_model_name, load_checkpoint, save_checkpoint
+from models.color import HighlightRolloff
 from models.onnx_export import decode_tag
 from models.predictor import DecodeOptions
 from tools.ab_prior import measure_ab_prior
@@ -61,7 +64,7 @@ def promote(
     source: Path, output: str | os.PathLike, decode: DecodeOptions | None = None,
     evaluation: dict[str, Any] | None = None, half: bool = True, storage: Storage | None = None,
     render_size: int | None = None, min_render_size: int | None = None,
-    average_with: Sequence[tuple[Path, float]] = (),
+    average_with: Sequence[tuple[Path, float]] = (), highlight_rolloff: HighlightRolloff | None = None,
 ) -> str:
     """Re-save ``source`` as ``output`` (a path, or an ``s3://`` URI with ``storage``) with the given decoding,
     evaluation and render size (the model's own from then on: ``models.colorizer.preferred_render_size``), its
@@ -81,6 +84,8 @@ def promote(
         if min_render_size < 0:
             raise ValueError(f"min render size {min_render_size} must be >= 0 (0: never enlarge small photos)")
         provenance["min_render_size"] = min_render_size
+    if highlight_rolloff is not None:
+        provenance["highlight_rolloff"] = [highlight_rolloff.start, highlight_rolloff.end, highlight_rolloff.kept]
     model = ckpt.build_model()
     if average_with:
         others = [(load_checkpoint(path), share) for path, share in average_with]
@@ -148,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
                    "model uses it unless told otherwise (default: keep the checkpoint's)")
     p.add_argument("--min-render-size", type=int, help="enlarge photos whose long side is under this before the "
                    "network sees them (0: never; default: keep the checkpoint's)")
+    p.add_argument("--highlight-rolloff", metavar="START,END,KEPT",
+                   help="roll chroma off towards white: full up to lightness START, KEPT of it from END (e.g. "
+                        "80,95,0.4; models.color.HighlightRolloff); default: keep the checkpoint's")
     p.add_argument("--evaluation", type=Path, help="an `evaluate --json` report to attach to the provenance")
     p.add_argument("--average-with", action="append", default=[], metavar="PATH:SHARE",
                    help="average the weights with another checkpoint of the same architecture, SHARE of its weights "
@@ -172,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
             evaluation = json.loads(args.evaluation.read_text()) if args.evaluation else None
             digest = promote(args.checkpoint, output, decode, evaluation, half=not args.fp32, storage=storage,
                              render_size=args.render_size, min_render_size=args.min_render_size,
-                             average_with=[_average_arg(text) for text in args.average_with])
+                             average_with=[_average_arg(text) for text in args.average_with],
+                             highlight_rolloff=HighlightRolloff.parse(args.highlight_rolloff)
+                             if args.highlight_rolloff else None)
     except (CheckpointError, TinctError, OSError, ValueError, KeyError) as exc:
         p.exit(2, f"promote: error: {one_line(exc)}\n")
     name = PurePosixPath(output).stem if is_model_name(PurePosixPath(output).stem) else None
