@@ -19,6 +19,7 @@ from models.checkpoint import load_checkpoint, save_checkpoint
 from models.color import decode_ab
 from models.efficientnet_lite import load_pretrained_state_dict
 from models.predictor import DecodeOptions
+from models.registry import create_model
 from tests.conftest import gradient_image
 from tools.datasets import (
     Augment,
@@ -581,9 +582,11 @@ def test_the_best_validation_weights_are_kept_beside_the_last(tmp_path: Path) ->
     later, worse steps (in the same sitting or a resumed one) leave it alone."""
     data = _named_photos(tmp_path / "photos", 24)
     run = tmp_path / "run"
+    # A random encoder's BatchNorm statistics are nothing to keep; learnt from the batches they make the line
+    # wander, which this test needs.
     cfg = TrainConfig(model_options=TINY_EFFNET, data=[str(data)], val_split=0.25, val_crops=8, steps=1,
                       batch_size=2, crop=64, lr=3e-2, ema_decay=0.0, log_every=1, eval_every=1, save_every=1,
-                      warmup_steps=1)
+                      warmup_steps=1, encoder_batchnorm="batches")
     shipped_at: dict[int, dict] = {}
     for steps in range(1, 7):  # one step per sitting, so model.pt can be read at every step
         train(TrainConfig(**(vars(cfg) | {"steps": steps})), run, resume=steps > 1)
@@ -626,3 +629,26 @@ def test_a_resumed_run_keeps_a_better_model_best_that_its_saved_history_lacks(tm
     assert load_checkpoint(run / "model.pt").provenance["steps"] == 4
     assert [r.getMessage() for r in caplog.records if "model-best.pt" in r.getMessage()][0].startswith(
         f"{run / 'model-best.pt'} not read")
+
+
+@pytest.mark.parametrize("batchnorm", ["fixed", "batches"])
+def test_a_training_encoder_keeps_its_batchnorm_statistics_unless_asked(tmp_path: Path, batchnorm: str) -> None:
+    """Released from the start, the encoder's weights train either way; its BatchNorm statistics stay as they came
+    by default (re-estimating them from gray crops knocked a trained colorizer under gray before a weight moved),
+    and follow the batches with ``encoder_batchnorm="batches"``. The choice is kept in the provenance."""
+    data = _named_photos(tmp_path / "photos", 12)
+    parent_path = tmp_path / "parent.pt"
+    save_checkpoint(parent_path, create_model("effnet_unet", **TINY_EFFNET))
+    cfg = TrainConfig(data=[str(data)], init_from=str(parent_path), steps=3, batch_size=4, crop=64, lr=1e-2,
+                      ema_decay=0.0, warmup_steps=1, freeze_encoder_steps=0, encoder_batchnorm=batchnorm,
+                      half_weights=False)
+    trained = load_checkpoint(train(cfg, tmp_path / "run"))
+    before = load_checkpoint(parent_path).float_state()
+    after = trained.float_state()
+    statistics = [name for name in before if name.startswith("encoder.") and name.endswith(".running_mean")]
+    weights = [name for name in before if name.startswith("encoder.") and name.endswith(".weight")]
+    assert statistics and weights
+    assert any(not torch.equal(before[name], after[name]) for name in weights)  # the encoder trained
+    moved = [name for name in statistics if not torch.equal(before[name], after[name])]
+    assert (moved == []) == (batchnorm == "fixed"), moved[:3]
+    assert trained.provenance["encoder_batchnorm"] == batchnorm

@@ -26,8 +26,9 @@ Losses, chosen by the model's head:
 
 Schedule and averaging: ``--freeze-encoder-steps N`` trains the decoder alone on a frozen pretrained encoder
 first (cheaper steps: no gradients through the encoder) before the encoder joins at ``--encoder-lr-scale`` of the
-rate; ``--ema-decay D`` keeps an exponential moving average of the weights, which is what validation scores and
-``model.pt`` holds.
+rate, its BatchNorm statistics kept as they came unless ``--encoder-batchnorm batches`` (re-estimating them from
+gray crops knocked a trained model under gray before a weight had moved); ``--ema-decay D`` keeps an exponential
+moving average of the weights, which is what validation scores and ``model.pt`` holds.
 
 Validation (``docs/protocol.md``): ``--val-split F`` holds the fraction F of every training source out of
 training (by a hash of each photo's name, see ``tools.datasets.in_holdout``) and scores it every ``--eval-every``
@@ -157,6 +158,10 @@ class TrainConfig:
     val_crops: int = 192  # validation crops scored at each eval (fixed: the same crops every time)
     ema_decay: float = 0.0  # 0: no EMA; e.g. 0.999 averages over about the last 1,000 steps
     freeze_encoder_steps: int = 0  # the encoder stays frozen for this many steps, then trains at encoder_lr_scale
+    # while the encoder trains, its BatchNorm statistics stay as they came ("fixed": ImageNet's or the parent's) or
+    # are re-estimated from the batches ("batches", sessions 1-17's way: it knocked the Lite2 candidate under gray
+    # within 20 steps of 24 crops, its weights untouched; docs/training.md, session 18)
+    encoder_batchnorm: str = "fixed"
     min_object_side: int = 0  # see tools.datasets.Augment
     channels_last: bool = True  # NHWC convolutions: measured faster with oneDNN on CPU (docs/training.md)
     half_weights: bool = True  # fp16 storage in model.pt
@@ -434,15 +439,20 @@ class WeightAverage:
                 avg.copy_(live)
 
 
-def _set_encoder_frozen(model: nn.Module, frozen: bool, keep_head: bool = False) -> None:
+def _set_encoder_frozen(model: nn.Module, frozen: bool, keep_head: bool = False, batchnorm: str = "fixed") -> None:
     """Freeze or release a model's ``encoder`` (weights and BatchNorm statistics); models without one pass.
     ``keep_head`` leaves the encoder's head layers' weights trainable while it is frozen (their BatchNorm statistics
-    stay fixed with the rest): what the embedding distillation trains."""
+    stay fixed with the rest): what the embedding distillation trains. A released encoder's BatchNorm layers keep
+    their statistics with ``batchnorm`` "fixed" and learn from the batches with "batches"."""
     encoder = getattr(model, "encoder", None)
     if encoder is None or getattr(model.config, "freeze_encoder", False):
         return
     encoder.requires_grad_(not frozen)
     encoder.train(not frozen and model.training)
+    if batchnorm == "fixed":
+        for module in encoder.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()  # normalise with the stored statistics, and leave them as they are
     if keep_head:
         for name, p in model.named_parameters():
             if name.startswith(HEAD_LAYERS):
@@ -527,6 +537,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
         # What describes this machine or this sitting comes from the command line, not from the saved run.
         saved.update({k: getattr(cfg, k) for k in ("steps", "time_limit_min", "anneal_by_time", "log_every",
                                                    "eval_every", "save_every", "device", "bf16", "loader_workers")})
+        saved.setdefault("encoder_batchnorm", "batches")  # a run saved before the choice existed goes on as it began
         cfg = TrainConfig(**saved)
         if cfg.init_from:
             parent = load_checkpoint(cfg.init_from)
@@ -674,6 +685,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
             "freeze_encoder_steps": cfg.freeze_encoder_steps,
             "imagenet_encoder": cfg.imagenet_encoder,
             "encoder_lr_scale": cfg.encoder_lr_scale,
+            "encoder_batchnorm": cfg.encoder_batchnorm,
             "context_lr_scale": cfg.context_lr_scale,
             "min_object_side": cfg.min_object_side,
             "metrics": metrics,
@@ -692,7 +704,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
         save_checkpoint(path, shipped, provenance=provenance, decode=decode, half=cfg.half_weights)
 
     model.train()
-    _set_encoder_frozen(model, step < cfg.freeze_encoder_steps, keep_head=distil)
+    _set_encoder_frozen(model, step < cfg.freeze_encoder_steps, keep_head=distil, batchnorm=cfg.encoder_batchnorm)
     if disc is not None:
         disc.train()
     started = time.monotonic()
@@ -707,7 +719,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
         if cfg.channels_last:
             L = L.contiguous(memory_format=torch.channels_last)
         if step == cfg.freeze_encoder_steps and cfg.freeze_encoder_steps > 0:
-            _set_encoder_frozen(model, False, keep_head=distil)
+            _set_encoder_frozen(model, False, keep_head=distil, batchnorm=cfg.encoder_batchnorm)
             log.info("step %d: the encoder joins training at %.2gx the learning rate", step, cfg.encoder_lr_scale)
         if annealing_from is None and step >= cfg.warmup_steps:
             annealing_from = time.monotonic()
@@ -783,7 +795,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
                 log.info("step %d: best validation PSNR so far; its weights kept in %s", step, BEST_MODEL_FILE)
             history.append(metrics)
             # validate() put BatchNorm back in train mode
-            _set_encoder_frozen(model, step < cfg.freeze_encoder_steps, keep_head=distil)
+            _set_encoder_frozen(model, step < cfg.freeze_encoder_steps, keep_head=distil,
+                                batchnorm=cfg.encoder_batchnorm)
             log.info("validation at step %d: PSNR %.2f dB (gray %.2f), colourfulness %.1f (truth %.1f), ab RMSE %.2f "
                      "(gray %.2f)", step, metrics["val_psnr"], metrics["val_psnr_gray"], metrics["val_colourfulness"],
                      metrics["val_colourfulness_truth"], metrics["val_ab_rmse"], metrics["val_ab_rmse_gray"])
@@ -863,6 +876,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="the teacher of --encoder-distill-weight: imagenet, ImageNet's weights from their installed "
                    "package (default); or a model (a name, a .pt) whose encoder kept its ImageNet weights and "
                    "classifier head, read instead of the package")
+    p.add_argument("--encoder-batchnorm", choices=("fixed", "batches"), default=defaults.encoder_batchnorm,
+                   help="while the encoder trains, its BatchNorm statistics stay as they came (fixed, the default) or "
+                   "are re-estimated from the training batches (batches)")
     p.add_argument("--anneal-by-time", action="store_true",
                    help="the cosine reaches zero at --time-limit-min if that comes before --steps; the run ends "
                    "there, finished")
