@@ -167,6 +167,15 @@ def test_annealing_by_time_needs_a_time_limit(photo_dir: Path, tmp_path: Path, c
     assert "anneal_by_time anneals to the time limit: give --time-limit-min too" in capsys.readouterr().err
 
 
+def test_an_unknown_encoder_batchnorm_is_refused(photo_dir: Path, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--data", str(photo_dir), "--run-dir", str(tmp_path), "--encoder-batchnorm", "sometimes"])
+    assert exc.value.code == 2 and "--encoder-batchnorm" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="encoder_batchnorm 'sometimes': fixed or batches"):  # the API's callers
+        train(TrainConfig(model_options=TINY_EFFNET, data=[str(photo_dir)], encoder_batchnorm="sometimes"),
+              tmp_path / "run")
+
+
 def test_cli_rejects_unknown_model_options(photo_dir: Path, tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["--data", str(photo_dir), "--run-dir", str(tmp_path), "--set", "colour=blue"])

@@ -575,6 +575,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
     teacher, teacher_text = _encoder_teacher(model, cfg)
     # the embedding joins the distance where the encoder makes it (its own classifier head, global_context)
     own_head = teacher is not None and model.config.global_context and not model.config.context_encoder
+    if cfg.encoder_batchnorm not in ("fixed", "batches"):
+        raise ConfigError(f"encoder_batchnorm {cfg.encoder_batchnorm!r}: fixed or batches")
     if cfg.anneal_by_time and cfg.time_limit_min <= 0:
         raise ConfigError("anneal_by_time anneals to the time limit: give --time-limit-min too")
     device = torch.device(resolve_torch_device(cfg.device))
