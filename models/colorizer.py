@@ -131,13 +131,15 @@ def upsample_tiles(
     output_stride: int,
     tile_pixels: int = TILE_PIXELS,
     device: torch.device | str = "cpu",
+    highlight_rolloff: HighlightRolloff | None = None,
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
     """The full-resolution step of the fast guided filter, one row tile at a time.
 
     ``L`` is the source ``(H, W)`` L (numpy, or a tensor already on ``device``); ``coefficients`` is
     ``(4, cells_h, cells_w)``: A (for a and b) over b (for a and b) as ``guided_filter_coefficients`` returns
     them for the centred guide, cropped to the cells that cover the ``render_size`` image. Yields
-    ``(row0, row1, ab)`` with ab ``(2, row1 - row0, W)``.
+    ``(row0, row1, ab)`` with ab ``(2, row1 - row0, W)``, rolled off towards white by ``highlight_rolloff``
+    (in the same tile of L the guide uses) when there is one.
     """
     height, width = L.shape
     channels, cells_h, cells_w = coefficients.shape
@@ -156,8 +158,9 @@ def upsample_tiles(
         y_weight = y_weight[None, :, None]
         coeff_rows = coefficients[:, y_low] * (1 - y_weight) + coefficients[:, y_high] * y_weight
         coeff_full = (coeff_rows.reshape(-1, cells_w) @ x_matrix).reshape(channels, r1 - r0, width)
-        guide = _to_device(L[r0:r1], device)[None] - L_CENT
-        yield r0, r1, torch.addcmul(coeff_full[2:], coeff_full[:2], guide)
+        L_tile = _to_device(L[r0:r1], device)
+        ab = torch.addcmul(coeff_full[2:], coeff_full[:2], L_tile[None] - L_CENT)
+        yield r0, r1, ab if highlight_rolloff is None else highlight_rolloff.apply(ab, L_tile)
 
 
 def guided_upsample_ab(
@@ -396,10 +399,8 @@ class Colorizer:
             self.engine.output_stride,
             self.tile_pixels,
             self.device,
+            self.highlight_rolloff,
         )
-        if self.highlight_rolloff is not None:
-            rolloff = self.highlight_rolloff
-            tiles = ((r0, r1, rolloff.apply(tile, self.to_device(L[r0:r1]))) for r0, r1, tile in tiles)
         if not hints:
             return tiles
         # Hint coordinates are full-resolution pixels: only images upsampled at their own size can honour them.

@@ -572,11 +572,11 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
     if distil and getattr(model.config, "context_encoder", False):
         raise ConfigError(f"context_distill_weight {cfg.context_distill_weight:g}: this model's embedding comes from "
                           "a frozen ImageNet encoder (context_encoder), which nothing can teach")
+    if cfg.encoder_batchnorm not in ("fixed", "batches"):
+        raise ConfigError(f"encoder_batchnorm {cfg.encoder_batchnorm!r}: fixed or batches")
     teacher, teacher_text = _encoder_teacher(model, cfg)
     # the embedding joins the distance where the encoder makes it (its own classifier head, global_context)
     own_head = teacher is not None and model.config.global_context and not model.config.context_encoder
-    if cfg.encoder_batchnorm not in ("fixed", "batches"):
-        raise ConfigError(f"encoder_batchnorm {cfg.encoder_batchnorm!r}: fixed or batches")
     if cfg.anneal_by_time and cfg.time_limit_min <= 0:
         raise ConfigError("anneal_by_time anneals to the time limit: give --time-limit-min too")
     device = torch.device(resolve_torch_device(cfg.device))
@@ -705,8 +705,11 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
         shipped = ema.model if ema is not None else model
         save_checkpoint(path, shipped, provenance=provenance, decode=decode, half=cfg.half_weights)
 
+    def set_encoder_frozen(frozen: bool) -> None:
+        _set_encoder_frozen(model, frozen, keep_head=distil, batchnorm=cfg.encoder_batchnorm)
+
     model.train()
-    _set_encoder_frozen(model, step < cfg.freeze_encoder_steps, keep_head=distil, batchnorm=cfg.encoder_batchnorm)
+    set_encoder_frozen(step < cfg.freeze_encoder_steps)
     if disc is not None:
         disc.train()
     started = time.monotonic()
@@ -721,7 +724,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
         if cfg.channels_last:
             L = L.contiguous(memory_format=torch.channels_last)
         if step == cfg.freeze_encoder_steps and cfg.freeze_encoder_steps > 0:
-            _set_encoder_frozen(model, False, keep_head=distil, batchnorm=cfg.encoder_batchnorm)
+            set_encoder_frozen(False)
             log.info("step %d: the encoder joins training at %.2gx the learning rate", step, cfg.encoder_lr_scale)
         if annealing_from is None and step >= cfg.warmup_steps:
             annealing_from = time.monotonic()
@@ -797,8 +800,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
                 log.info("step %d: best validation PSNR so far; its weights kept in %s", step, BEST_MODEL_FILE)
             history.append(metrics)
             # validate() put BatchNorm back in train mode
-            _set_encoder_frozen(model, step < cfg.freeze_encoder_steps, keep_head=distil,
-                                batchnorm=cfg.encoder_batchnorm)
+            set_encoder_frozen(step < cfg.freeze_encoder_steps)
             log.info("validation at step %d: PSNR %.2f dB (gray %.2f), colourfulness %.1f (truth %.1f), ab RMSE %.2f "
                      "(gray %.2f)", step, metrics["val_psnr"], metrics["val_psnr_gray"], metrics["val_colourfulness"],
                      metrics["val_colourfulness_truth"], metrics["val_ab_rmse"], metrics["val_ab_rmse_gray"])
