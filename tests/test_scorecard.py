@@ -235,6 +235,19 @@ def test_cli_picks_sets_limits_photos_and_skips_films(eval_root: Path, tiny_chec
         "bsds500_val_best.jpg", "bsds500_val_worst.jpg", "extra_best.jpg", "extra_worst.jpg"]
 
 
+def test_a_card_with_nothing_to_check_says_so_rather_than_passing(card: tuple[Path, dict]) -> None:
+    """The black-and-white films' sheet alone has no figure with a target: its verdict must not read as a pass."""
+    _, data = card
+    sheet_only = {**data, "sets": [], "films": None}
+    sheet_only["verdict"] = verdict(sheet_only)
+    assert sheet_only["verdict"]["checks"] == []
+    verdict_part = scorecard.scorecard_markdown(sheet_only).split("## Verdict against release 4's targets")[1]
+    assert "no model is judged by this card" in verdict_part
+    assert "meets every target" not in verdict_part
+    assert "not scored, so not checked: tiny_imagenet_val, faces_utk_val, scenes_intel_val, bsds500_val, films" \
+        in verdict_part
+
+
 def test_one_line_errors(eval_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="unknown dev sets nope"):
         scorecard.main([str(tiny_checkpoint), "--eval-root", str(eval_root), "--sets", "nope", "--out", str(tmp_path)])

@@ -702,6 +702,9 @@ def _summary_table(data: dict[str, Any], labels: Sequence[str]) -> list[str]:
 
 
 def _verdict_lines(v: dict[str, Any], labels: Sequence[str]) -> list[str]:
+    not_scored = [f"- not scored, so not checked: {', '.join(v['not_scored'])}"] if v["not_scored"] else []
+    if not v["checks"]:  # e.g. the black-and-white films' sheet alone: no figure to hold against a target
+        return ["Nothing scored here has a target: no model is judged by this card."] + not_scored
     lines = ["| check | target | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
     by_check: dict[tuple[str, str], dict[str, dict]] = {}
     for c in v["checks"]:
@@ -719,9 +722,7 @@ def _verdict_lines(v: dict[str, Any], labels: Sequence[str]) -> list[str]:
         lines.append(f"- **{label}**: " + ("meets every target checked" if not misses else
                                            f"misses {misses} of {sum(1 for c in v['checks'] if c['model'] == label)}"
                                            " targets checked"))
-    if v["not_scored"]:
-        lines.append(f"- not scored, so not checked: {', '.join(v['not_scored'])}")
-    return lines
+    return lines + not_scored
 
 
 def _parts_lines(data: dict[str, Any]) -> list[str]:
