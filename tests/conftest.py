@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,10 +65,3 @@ def gradient_image(height: int, width: int, seed: int = 0) -> np.ndarray:
         y0, x0 = rng.integers(0, max(height // 2, 1)), rng.integers(0, max(width // 2, 1))
         img[y0 : y0 + height // 4, x0 : x0 + width // 4] = rng.random(3)
     return (img * 255).round().astype(np.uint8)
-
-
-def default_sigint() -> None:
-    """``preexec_fn`` for a subprocess a test interrupts with SIGINT: a shell runs a background job (``cmd &``,
-    ``nohup``) with SIGINT ignored, its children inherit that, and Python then installs no KeyboardInterrupt
-    handler, so the interrupt would never arrive and the test would skip as if the job had been too quick."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -18,7 +18,6 @@ from PIL import Image
 from models.colorizer import Colorizer
 from models.engines import create_engine
 from models.files import PARTIAL_SUFFIX
-from tests.conftest import default_sigint
 from worker.cli import main
 from worker.images import read_photo, read_provenance, tinct_version
 from worker.photos import PhotoOptions, colorize_photos, plan_photos
@@ -250,8 +249,7 @@ def test_ctrl_c_in_a_subprocess_leaves_no_partial_outputs(tmp_path: Path, tiny_c
     out = tmp_path / "out"
     command = [sys.executable, "-m", "worker.cli", "colorize", str(tree), "-o", str(out), "--model",
                str(tiny_checkpoint), "--engine", "torch", "--device", "cpu", "--render-size", "64", "--batch-size", "1"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
-                               preexec_fn=default_sigint)
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None and not list(out.glob("*.png")):
         time.sleep(0.02)

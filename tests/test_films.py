@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from models.colorizer import Colorizer
-from tests.conftest import default_sigint
 from tests.media import decode_native, decode_rgb, gray_frames, make_bad_inputs, moving_scene, probe, write_clip
 from worker.cli import main
 from worker.errors import BadInputError
@@ -327,7 +326,7 @@ def test_ctrl_c_in_the_cli_then_rerun(tmp_path, tiny_checkpoint):
     command = [sys.executable, "-m", "worker.cli", "colorize", str(source.path), "-o", str(output), "--model",
                str(tiny_checkpoint), "--engine", "torch", "--render-size", "64", "--segment-seconds", "1", "-q"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not any(parts_folder(output).glob("segment-*.nut")) and process.poll() is None:
         assert time.monotonic() < deadline, "no segment was finished in time"
