@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,15 @@ from models.registry import create_model
 
 # The real-service fixtures (redis_server, s3_server) for every test module that names them.
 pytest_plugins = ["tests.services"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A suite started as a background job (``cmd &``, ``nohup``) inherits SIGINT ignored, and so would every
+    subprocess it starts: Python then installs no KeyboardInterrupt handler, and the tests that press Ctrl-C on a
+    CLI subprocess would skip as if the job had been too quick. Restored here as in a foreground run (a Python
+    handler is reset to the default at exec, an ignored signal is not)."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)
