@@ -29,6 +29,8 @@ def test_video_evaluation_rows_and_warping_error(tmp_path, tiny_checkpoint, caps
     assert rows[GRAY_ROW]["colourfulness"] == 0 and rows[TRUTH_ROW]["colourfulness"] > 20
     model_off, model_on = rows[rows_named(rows, "smoothing off")], rows[rows_named(rows, "smoothing 0.8")]
     assert model_off["colourfulness"] > 0 and math.isfinite(model_off["psnr"])
+    assert rows[GRAY_ROW]["delta_e"] > 5 and 0 < model_off["delta_e"] < 100 and math.isnan(rows[TRUTH_ROW]["delta_e"])
+    assert "| CIEDE2000 |" in table
     assert model_on["warping_error"] <= model_off["warping_error"]
 
 

@@ -15,10 +15,11 @@ import pytest
 from PIL import Image
 
 from tests.conftest import gradient_image
-from tests.media import gray_frames, moving_scene, write_clip
-from tools import scorecard
+from tests.media import decode_rgb, gray_frames, moving_scene, write_clip
+from tools import metrics, scorecard
 from tools.datasets import in_holdout
 from tools.evaluate import GRAY_LABEL, TRUTH_LABEL, iter_truth_photos
+from tools.evaluate_video import _gray_of
 from tools.judge import ImageNetJudge, LabelledPhoto, as_uint8, judge_models
 from tools.scorecard import GRAY, TRUTH, ModelSpec, PhotoSet, ScorecardOptions, run_scorecard, verdict
 
@@ -111,7 +112,7 @@ def test_best_and_worst_sheets_are_ranked_by_gain_over_gray(card: tuple[Path, di
                 assert sheet.height == 20 + 2 * (48 + 4) + 4 and (sheet.width - 5 * 4) % 4 == 0
 
 
-def test_films_and_black_and_white_sheet(card: tuple[Path, dict]) -> None:
+def test_films_and_black_and_white_sheet(card: tuple[Path, dict], eval_root: Path) -> None:
     out, data = card
     films = data["films"]
     (clip,) = films["clips"]
@@ -122,6 +123,15 @@ def test_films_and_black_and_white_sheet(card: tuple[Path, dict]) -> None:
         assert row["frames"] == 6 and math.isfinite(row["warping_error"]), key
     assert clip["rows"][GRAY]["colourfulness"] == 0 and clip["rows"][TRUTH]["colourfulness"] > 10
     assert films["mean"]["cls"]["psnr"] == pytest.approx(clip["rows"]["cls"]["psnr"])
+    # The films' CIEDE2000, on one pixel in 2x2: gray's is the whole frames' (the truth against its own lightness)
+    # to within the lattice's sampling, and each model's is a colour difference of its own.
+    assert films["delta_e_stride"] == 2
+    truths = [frame.astype(np.float64) / 255 for frame in decode_rgb(eval_root / "video" / "pan.mkv")[:6]]
+    whole = np.mean([metrics.delta_e_mean(np.repeat(_gray_of(t)[..., None], 3, axis=2), t) for t in truths])
+    assert clip["rows"][GRAY]["delta_e"] == pytest.approx(whole, rel=0.1) and whole > 5
+    assert all(0 < clip["rows"][key]["delta_e"] < 100 for key in ("cls", "reg"))
+    assert films["mean"]["reg"]["delta_e"] == pytest.approx(clip["rows"]["reg"]["delta_e"])
+    assert "CIEDE2000: gray" in (out / "scorecard.md").read_text()
     bw = data["bw"]
     assert bw["films"] == [{"film": "film.mkv", "frames": [1, 4]}]  # the middles of two equal stretches
     with Image.open(out / bw["sheet"]) as sheet:
@@ -400,3 +410,17 @@ def test_film_clips_scored_by_different_parts_merge(card: tuple[Path, dict]) -> 
         scorecard._merge_films(films, films, labels)
     with pytest.raises(ValueError, match="differ in frames_per_clip"):
         scorecard._merge_films(films, {**other, "frames_per_clip": 99}, labels)
+    with pytest.raises(ValueError, match="differ in delta_e_stride"):
+        scorecard._merge_films(films, {**other, "delta_e_stride": 1}, labels)
+
+
+def test_a_film_card_from_before_the_films_colour_difference_still_reads(card: tuple[Path, dict]) -> None:
+    """Cards made before the films' CIEDE2000 was scored have no such figure: their table shows "-" and says so."""
+    _, data = card
+    films = {key: value for key, value in data["films"].items() if key != "delta_e_stride"}
+    films["clips"] = [{**clip, "rows": {key: {m: v for m, v in row.items() if m != "delta_e"}
+                                        for key, row in clip["rows"].items()}} for clip in films["clips"]]
+    films["mean"] = scorecard.films_mean(films["clips"], ["cls", "reg"])
+    assert math.isnan(films["mean"]["cls"]["delta_e"]) and math.isfinite(films["mean"]["cls"]["psnr"])
+    table = "\n".join(scorecard._films_table(films, ["cls", "reg"]))
+    assert "no CIEDE2000" in table and "| - | - | - |" in table

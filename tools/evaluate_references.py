@@ -21,12 +21,12 @@ import numpy as np
 
 from models.color import rgb_to_lab_np
 from models.colorizer import Colorizer
-from tools import metrics
 from tools.evaluate_video import (
     GRAY_ROW,
     TRUTH_ROW,
     RowScores,
     _frame_rgb,
+    baseline_rows,
     find_clips,
     truth_frames,
     write_gray_film,
@@ -56,10 +56,7 @@ def _score(frames: Iterator[ColourFrame], truths: Iterator[tuple[int, np.ndarray
     for frame in frames:
         _, truth = next(truths)
         truth = truth[: frame.luma.shape[0], : frame.luma.shape[1]]
-        rgb = _frame_rgb(frame, layout.matrix, layout.bit_depth, layout.full_range)
-        row.psnr.append(float(metrics.psnr(rgb, truth)))
-        row.colourfulness.append(float(metrics.colourfulness(rgb)))
-        row.warping.update(rgb, truth)
+        row.add(_frame_rgb(frame, layout.matrix, layout.bit_depth, layout.full_range), truth)
 
 
 def score_clip_references(colorizer: Colorizer, clip: Path, strength: float, max_frames: int,
@@ -70,15 +67,7 @@ def score_clip_references(colorizer: Colorizer, clip: Path, strength: float, max
     film = probe_film(gray_path, 1 << 40)
     layout = plan_output(film.video, EncodeOptions(codec="h264"))
     smoothing = SmoothingOptions(strength=strength)
-    gray_row, truth_row = RowScores(), RowScores()
-    for (_, truth), (_, gray) in zip(truth_frames(clip, max_frames), truth_frames(gray_path, max_frames),
-                                     strict=True):
-        truth = truth[: gray.shape[0], : gray.shape[1]]
-        gray_row.psnr.append(float(metrics.psnr(gray, truth)))
-        gray_row.colourfulness.append(0.0)
-        gray_row.warping.update(gray, truth)
-        truth_row.warping.update(truth, truth)
-        truth_row.colourfulness.append(float(metrics.colourfulness(truth)))
+    gray_row, truth_row = baseline_rows(clip, gray_path, max_frames)
 
     automatic: list[ColourFrame] = []
     times = colorize_frames(film, colorizer, layout, smoothing, automatic.append)

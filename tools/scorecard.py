@@ -9,8 +9,9 @@ with the gray baseline (ab = 0) and the truth beside every number:
   for the gray input, the truth and each model's colorization; and on a ``--data`` set filed in class folders
   (Tiny-ImageNet's training archive, ``<wnid>/``) the same, its classes named by ``--judge-classes CSV``, so that
   the judge can also choose on the validation split;
-* colour film clips (``eval/video``, ``tools.evaluate_video``): per-frame PSNR, colourfulness and the warping
-  error through the product's film pipeline with its default smoothing;
+* colour film clips (``eval/video``, ``tools.evaluate_video``): per-frame PSNR, CIEDE2000 (on one pixel in 2x2,
+  ``DELTA_E_STRIDE``), colourfulness and the warping error through the product's film pipeline with its default
+  smoothing;
 * contact sheets (``tools.contact_sheet``): per photo set the photos where the models beat gray most and where
   they lose to it most (ranked by the models' mean CIEDE2000 gain over gray), and frames of the genuine
   black-and-white films (``eval/bw``; no truth there, so they are for looking at only);
@@ -56,7 +57,15 @@ from tools.evaluate import (
     gray_input,
     iter_truth_photos,
 )
-from tools.evaluate_video import DEFAULT_MAX_FRAMES, GRAY_ROW, TRUTH_ROW, find_clips, row_name, score_clips
+from tools.evaluate_video import (
+    DEFAULT_MAX_FRAMES,
+    DELTA_E_STRIDE,
+    GRAY_ROW,
+    TRUTH_ROW,
+    find_clips,
+    row_name,
+    score_clips,
+)
 from tools.judge import ImageNetJudge, JudgeTally, gray_rgb, read_class_table, read_labels_csv
 from tools.runtime import add_runtime_arguments, apply_runtime_arguments, onnx_cache_dir
 from worker.photos import open_colorizer
@@ -307,27 +316,31 @@ def _film_rows(rows: dict[str, dict[str, float]], labels: Sequence[str], strengt
     out = {}
     for key, name in keys.items():
         r = rows[name]
-        out[key] = {"psnr": r["psnr"], "colourfulness": r["colourfulness"], "warping_error": r["warping_error"],
-                    "frames": r["frames"], "identical_frames": r["identical_frames"]}
+        out[key] = {"psnr": r["psnr"], "delta_e": r["delta_e"], "colourfulness": r["colourfulness"],
+                    "warping_error": r["warping_error"], "frames": r["frames"],
+                    "identical_frames": r["identical_frames"]}
     return out
 
 
 def score_films(clips: Path, models: Sequence[ModelSpec], colorizers: Sequence[Colorizer],
                 options: ScorecardOptions) -> dict[str, Any]:
-    """PSNR, colourfulness and warping error per clip and their mean over clips, gray and truth beside."""
+    """PSNR, CIEDE2000, colourfulness and warping error per clip and their mean over clips, gray and truth beside."""
     started = time.perf_counter()
     labels = [m.label for m in models]
     results = score_clips(list(zip(colorizers, labels, strict=True)), clips, [options.smoothing], options.frames)
     per_clip = [{"clip": r.clip, "size": r.size, "frames": r.frames, "cuts": r.cuts, "seconds": r.seconds,
                  "rows": _film_rows(r.rows, labels, options.smoothing)} for r in results]
     return {"data": str(clips), "frames_per_clip": options.frames, "smoothing": options.smoothing,
-            "clips": per_clip, "mean": films_mean(per_clip, labels), "seconds": time.perf_counter() - started}
+            "delta_e_stride": DELTA_E_STRIDE, "clips": per_clip, "mean": films_mean(per_clip, labels),
+            "seconds": time.perf_counter() - started}
 
 
 def films_mean(per_clip: Sequence[dict[str, Any]], labels: Sequence[str]) -> dict[str, dict[str, float]]:
-    """Each row's figures averaged over the clips (every clip counts once, whatever its length)."""
-    return {key: {metric: _finite_mean([clip["rows"][key][metric] for clip in per_clip])
-                  for metric in ("psnr", "colourfulness", "warping_error")} for key in [GRAY, *labels, TRUTH]}
+    """Each row's figures averaged over the clips (every clip counts once, whatever its length). A card made before
+    the films' CIEDE2000 was scored has none: its mean is NaN, shown as "-"."""
+    return {key: {metric: _finite_mean([clip["rows"][key].get(metric, math.nan) for clip in per_clip])
+                  for metric in ("psnr", "delta_e", "colourfulness", "warping_error")}
+            for key in [GRAY, *labels, TRUTH]}
 
 
 def _finite_mean(values: Sequence[float | str]) -> float:
@@ -566,9 +579,9 @@ def _merge_films(films: dict[str, Any] | None, more: dict[str, Any], labels: Seq
     have scored alike (frames per clip, smoothing), and each clip once."""
     if films is None:
         return more
-    for key in ("frames_per_clip", "smoothing"):
-        if films[key] != more[key]:
-            raise ValueError(f"film parts differ in {key} ({films[key]} and {more[key]}): they do not average")
+    for key in ("frames_per_clip", "smoothing", "delta_e_stride"):
+        if films.get(key) != more.get(key):
+            raise ValueError(f"film parts differ in {key} ({films.get(key)} and {more.get(key)}): they do not average")
     clips = films["clips"] + more["clips"]
     twice = sorted({c["clip"] for c in clips if [d["clip"] for d in clips].count(c["clip"]) > 1})
     if twice:
@@ -618,15 +631,22 @@ def _set_table(s: dict[str, Any], labels: Sequence[str]) -> list[str]:
     return lines
 
 
+def _lattice(films: dict[str, Any]) -> str:
+    stride = films.get("delta_e_stride")  # absent from cards made before the films' CIEDE2000 was scored
+    return "; no CIEDE2000" if stride is None else f"; CIEDE2000 on one pixel in {stride}x{stride}"
+
+
 def _films_table(films: dict[str, Any], labels: Sequence[str]) -> list[str]:
     lines = [f"### Film clips ({len(films['clips'])} clips, first {films['frames_per_clip']} frames each, "
-             f"smoothing {films['smoothing']:g})", "",
-             "| clip | PSNR: gray | " + " | ".join(labels) + " | colourfulness: truth | " + " | ".join(labels)
+             f"smoothing {films['smoothing']:g}{_lattice(films)})", "",
+             "| clip | PSNR: gray | " + " | ".join(labels) + " | CIEDE2000: gray | " + " | ".join(labels)
+             + " | colourfulness: truth | " + " | ".join(labels)
              + " | warping x1000: truth | gray | " + " | ".join(labels) + " |",
-             "|---|" + "---|" * (3 + 3 * len(labels) + 1)]
+             "|---|" + "---|" * (5 + 4 * len(labels))]
 
     def row(name: str, rows: dict[str, dict]) -> str:
         cells = [name, _num(rows[GRAY]["psnr"], ".2f"), *(_num(rows[la]["psnr"], ".2f") for la in labels),
+                 _num(rows[GRAY].get("delta_e"), ".2f"), *(_num(rows[la].get("delta_e"), ".2f") for la in labels),
                  _num(rows[TRUTH]["colourfulness"], ".1f"), *(_num(rows[la]["colourfulness"], ".1f") for la in labels),
                  _num(rows[TRUTH]["warping_error"], ".3f"), _num(rows[GRAY]["warping_error"], ".3f"),
                  *(_num(rows[la]["warping_error"], ".3f") for la in labels)]
