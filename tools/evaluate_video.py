@@ -7,8 +7,8 @@ luma kept) with smoothing off and on, and every frame is scored against the trut
 
 * PSNR (dB, sRGB), CIEDE2000 and colourfulness per frame, averaged over the clip (frames identical to the truth,
   whose PSNR is infinite, are counted apart, and every row's PSNR and CIEDE2000 are averaged over the same frames:
-  those no row reproduced exactly). CIEDE2000, which judges a plausible colour nearer than PSNR does, is taken on
-  every other pixel of every other row (``DELTA_E_STRIDE``);
+  those no row reproduced exactly). CIEDE2000, the perceptual difference the photo sets report too, is taken
+  on every other pixel of every other row (``DELTA_E_STRIDE``);
 * the warping error of Lai et al. (ECCV 2018) (``tools.warping``): flow from the ground truth, occlusions
   masked, mean squared difference of consecutive output frames over the unoccluded pixels.
 
