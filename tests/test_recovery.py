@@ -98,14 +98,26 @@ def env(tmp_path, redis_server, s3_server, tiny_checkpoint) -> Iterator[Env]:  #
             worker.kill()
 
 
-def wait_until(condition: Callable[[], object], timeout: float, what: str, poll: float = 0.1) -> object:
+def wait_until(condition: Callable[[], object], timeout: float, what: str | Callable[[], str],
+               poll: float = 0.1) -> object:
+    """``condition()``'s first true value within ``timeout``; else fail with ``what`` (a callable is asked at the
+    failure, so a worker's log it quotes is the log as the wait ended, not as it began)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(poll)
-    raise AssertionError(f"not within {timeout:.0f} s: {what}")
+    raise AssertionError(f"not within {timeout:.0f} s: {what() if callable(what) else what}")
+
+
+def stacks_and_log(worker: WorkerProcess) -> str:
+    """For a worker that did not do what a test waited for: every thread's stack, written to its log by Celery's
+    SIGUSR1 handler (when its main thread runs Python), then the log's tail."""
+    if worker.process.poll() is None:
+        os.kill(worker.process.pid, signal.SIGUSR1)
+        time.sleep(2)
+    return worker.log_tail(200)
 
 
 def owns(worker: WorkerProcess, piece: liveness.HeldPiece) -> bool:
@@ -134,7 +146,8 @@ def mid_piece(env: Env, worker: WorkerProcess, job_id: str) -> liveness.HeldPiec
 def ready(*workers: WorkerProcess) -> None:
     """Wait until every worker consumes its queues (so that the pieces spread over all of them)."""
     for worker in workers:
-        wait_until(lambda w=worker: " ready." in w.text(), 120, f"{worker.name} ready: {worker.log_tail()}", 0.2)
+        wait_until(lambda w=worker: " ready." in w.text(), 120,
+                   lambda w=worker: f"{w.name} ready: {w.log_tail()}", 0.2)
 
 
 def joins(workers: list[WorkerProcess], job_id: str) -> int:
@@ -234,11 +247,13 @@ def test_sigkill_mid_segment_and_while_loading_the_model_the_film_completes_on_t
     ready(survivor, doomed, loader)
     job_id, _ = env.client.submit(env.spec("s3://scans/reel.mkv", "s3://colour/films/", codec="ffv1"))
 
-    in_load = wait_until(lambda: holding(env, loader, job_id), 120, f"loader takes a segment: {loader.log_tail()}")
+    in_load = wait_until(lambda: holding(env, loader, job_id), 120,
+                         lambda: f"loader takes a segment: {loader.log_tail()}")
     assert "loaded on" not in loader.text()
     loader.kill()
     loader_killed = time.monotonic()
-    in_segment = wait_until(lambda: mid_piece(env, doomed, job_id), 120, f"doomed mid-segment: {doomed.log_tail()}")
+    in_segment = wait_until(lambda: mid_piece(env, doomed, job_id), 120,
+                            lambda: f"doomed mid-segment: {doomed.log_tail()}")
     doomed.kill()
     doomed_killed = time.monotonic()
 
@@ -275,7 +290,8 @@ def test_sigterm_mid_piece_finishes_within_the_grace_or_hands_the_piece_back(env
     stopping = env.start_worker("stopping", **settings)
     ready(other, stopping)
     job_id, _ = env.client.submit(env.spec("s3://scans/term.mkv", "s3://colour/", codec="ffv1"))
-    piece = wait_until(lambda: mid_piece(env, stopping, job_id), 120, f"stopping mid-segment: {stopping.log_tail()}")
+    piece = wait_until(lambda: mid_piece(env, stopping, job_id), 120,
+                       lambda: f"stopping mid-segment: {stopping.log_tail()}")
     os.kill(stopping.process.pid, signal.SIGTERM)
     stopped = time.monotonic()
     stopping.process.wait(timeout=DEFAULTS.stop_grace_s + 15)
@@ -309,7 +325,8 @@ def test_sigstop_beyond_the_window_is_shown_stalled_then_redone_and_sigcont_disc
     paused = env.start_worker("paused")
     ready(paused)
     job_id, _ = env.client.submit(env.spec("s3://scans/pause.mkv", "s3://colour/", codec="ffv1"))
-    piece = wait_until(lambda: mid_piece(env, paused, job_id), 120, f"paused mid-segment: {paused.log_tail()}")
+    piece = wait_until(lambda: mid_piece(env, paused, job_id), 120,
+                       lambda: f"paused mid-segment: {paused.log_tail()}")
     os.killpg(paused.process.pid, signal.SIGSTOP)
     paused_at = time.time()
 
@@ -337,7 +354,8 @@ def test_sigstop_beyond_the_window_is_shown_stalled_then_redone_and_sigcont_disc
     os.killpg(paused.process.pid, signal.SIGCONT)
     # Its first beat finds the piece handed over, and the segment stops at its next frame instead of finishing (which
     # took over 60 s in a full suite on 2 cores, before it stopped early).
-    wait_until(lambda: "this result is discarded" in paused.text(), 60, f"late result discarded: {paused.log_tail()}")
+    wait_until(lambda: "this result is discarded" in paused.text(), 60,
+               lambda: f"late result discarded: {stacks_and_log(paused)}")
     assert re.search(r"stopped after \d+ of its \d+ frames; this result is discarded", paused.text()), paused.log_tail()
     assert record.state == "succeeded", record.error
     assert keys(env.s3, "colour") == ["pause.mkv"]  # one output, and the late worker staged nothing that stayed
@@ -360,7 +378,8 @@ def test_redis_restarted_from_its_aof_while_a_dead_workers_piece_is_recovered(en
     doomed = env.start_worker("doomed")
     ready(survivor, doomed)
     job_id, _ = env.client.submit(env.spec("s3://scans/restart.mkv", "s3://colour/", codec="ffv1"))
-    piece = wait_until(lambda: mid_piece(env, doomed, job_id), 120, f"doomed mid-segment: {doomed.log_tail()}")
+    piece = wait_until(lambda: mid_piece(env, doomed, job_id), 120,
+                       lambda: f"doomed mid-segment: {doomed.log_tail()}")
     doomed.kill()
     killed = time.monotonic()
     time.sleep(WINDOW_S / 2)  # the survivor is counting the silence
