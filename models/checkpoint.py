@@ -94,10 +94,13 @@ def preferred_min_render_size(provenance: dict) -> int:
 
 
 def preferred_highlight_rolloff(provenance: dict) -> HighlightRolloff | None:
-    """The highlight roll-off a checkpoint was chosen with (``provenance["highlight_rolloff"]``: start, end, kept,
-    recorded by ``tools promote``), or None: ab as the network gives it."""
+    """The highlight roll-off a checkpoint was chosen with (``provenance["highlight_rolloff"]``: start, end and kept
+    by name, recorded by ``tools promote``; the 2026-12-04 candidate holds them as a bare list, in that order), or
+    None: ab as the network gives it."""
     recorded = provenance.get("highlight_rolloff")
-    return HighlightRolloff(*recorded) if recorded else None
+    if not recorded:
+        return None
+    return HighlightRolloff(**recorded) if isinstance(recorded, dict) else HighlightRolloff(*recorded)
 
 
 def save_checkpoint(

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from models.checkpoint import load_checkpoint
+from models.checkpoint import load_checkpoint, preferred_highlight_rolloff
+from models.color import HighlightRolloff
 from models.engines import create_engine
 from tests.conftest import gradient_image
 from tools import evaluate, promote
@@ -132,7 +133,15 @@ def test_promote_records_a_highlight_rolloff_that_the_colorizer_applies(tiny_che
     np.testing.assert_allclose(after[:, :, 90:], 0.25 * before[:, :, 90:], atol=1e-4)
     np.testing.assert_allclose(after[:, :, 75], 0.625 * before[:, :, 75], atol=1e-4)
     np.testing.assert_allclose(hinted[:, 12, 95], (-20.0, 30.0), atol=0.5)  # a restorer's colour is not rolled off
-    assert load_checkpoint(shipped).provenance["highlight_rolloff"] == [60.0, 90.0, 0.25]
+    assert load_checkpoint(shipped).provenance["highlight_rolloff"] == {"start": 60.0, "end": 90.0, "kept": 0.25}
+
+
+def test_a_highlight_rolloff_recorded_as_a_bare_list_still_reads() -> None:
+    """The 2026-12-04 candidate's provenance holds its roll-off as [start, end, kept], before they were named."""
+    named = preferred_highlight_rolloff({"highlight_rolloff": {"start": 80.0, "end": 95.0, "kept": 0.4}})
+    legacy = preferred_highlight_rolloff({"highlight_rolloff": [80.0, 95.0, 0.4]})
+    assert named == legacy == HighlightRolloff(80, 95, 0.4)
+    assert preferred_highlight_rolloff({}) is None
 
 
 @pytest.mark.parametrize("text", ["80,95", "90,80,0.4", "80,95,1.5", "a,b,c"])

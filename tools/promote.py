@@ -85,7 +85,7 @@ def promote(
             raise ValueError(f"min render size {min_render_size} must be >= 0 (0: never enlarge small photos)")
         provenance["min_render_size"] = min_render_size
     if highlight_rolloff is not None:
-        provenance["highlight_rolloff"] = [highlight_rolloff.start, highlight_rolloff.end, highlight_rolloff.kept]
+        provenance["highlight_rolloff"] = dataclasses.asdict(highlight_rolloff)
     model = ckpt.build_model()
     if average_with:
         others = [(load_checkpoint(path), share) for path, share in average_with]
