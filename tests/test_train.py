@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import subprocess
 import sys
 import textwrap
@@ -142,11 +143,13 @@ def test_resume_continues_from_the_saved_step(photo_dir: Path, tmp_path: Path) -
 
 
 def test_a_run_annealed_by_time_ends_finished_at_its_time_limit_with_the_rate_at_zero(photo_dir: Path,
-                                                                                      tmp_path: Path) -> None:
+                                                                                      tmp_path: Path,
+                                                                                      caplog) -> None:
     common = dict(model_options=TINY_EFFNET, data=[str(photo_dir)], steps=1_000_000, batch_size=2, crop=64,
-                  warmup_steps=2, save_every=1_000_000, eval_every=1_000_000, time_limit_min=0.04,
+                  warmup_steps=2, save_every=1_000_000, eval_every=1_000_000, time_limit_min=0.04, log_every=2,
                   val=[str(photo_dir)], val_crops=16)
     rates = {}
+    caplog.set_level(logging.INFO, logger="tools.train")
     for anneal in (False, True):
         run = tmp_path / f"anneal-{anneal}"
         train(TrainConfig(**common, anneal_by_time=anneal), run)
@@ -158,6 +161,9 @@ def test_a_run_annealed_by_time_ends_finished_at_its_time_limit_with_the_rate_at
         # a finished run scores its last step; an interrupted one leaves that to the step it resumes to
         assert [m["step"] for m in state["history"]] == ([state["step"]] if anneal else [])
     assert rates[False] > 0.9 and rates[True] < 0.05, rates  # stopped at the peak, or annealed to its end
+    # the progress line's ETA is the time limit's, not a million steps' at this rate
+    etas = [float(m.group(1)) for m in re.finditer(r"eta (\S+) min", caplog.text)]
+    assert etas and all(eta <= 0.04 for eta in etas), etas
 
 
 def test_annealing_by_time_needs_a_time_limit(photo_dir: Path, tmp_path: Path, capsys) -> None:

@@ -385,6 +385,15 @@ def _lr_factor(step: int, cfg: TrainConfig, time_progress: float) -> float:
     return factor
 
 
+def minutes_left(step: int, cfg: TrainConfig, crops_per_s: float, sitting_s: float) -> float:
+    """Minutes until this sitting stops: the steps left at ``crops_per_s``, or its time limit if that comes first
+    (with ``--time-limit-min`` a run of 100,000 nominal steps ends at the limit; the steps alone would say days)."""
+    by_steps = (cfg.steps - step) * cfg.batch_size / max(crops_per_s, 1e-9) / 60
+    if cfg.time_limit_min > 0:
+        return max(0.0, min(by_steps, cfg.time_limit_min - sitting_s / 60))
+    return by_steps
+
+
 @torch.no_grad()
 def validate(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], temperature: float) -> dict:
     """Scores on fixed validation crops, each beside its baseline: ab RMSE (Lab units) and mean sRGB PSNR of the
@@ -779,7 +788,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
         if step % cfg.log_every == 0 or step == cfg.steps:
             elapsed = time.monotonic() - window_start
             rate = window_images / max(elapsed, 1e-9)
-            eta_min = (cfg.steps - step) * cfg.batch_size / max(rate, 1e-9) / 60
+            eta_min = minutes_left(step, cfg, rate, time.monotonic() - started)
             window_steps = max(1, window_images // cfg.batch_size)
             distil_text = f"  (embedding distance {running_distil / window_steps:.4f})" if distiller is not None else ""
             if teacher is not None and step > cfg.freeze_encoder_steps:
