@@ -30,7 +30,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from models.efficientnet_lite import (
@@ -55,7 +54,6 @@ class EffnetUNetConfig:
     global_context: bool = False  # scale and shift the stride-32 features by the whole picture's ImageNet embedding
     decoder_context: bool = False  # and the decoder's stride-16 features too (needs global_context)
     context_encoder: bool = False  # the embedding from a frozen ImageNet copy of the encoder (needs global_context)
-    hypercolumn: int = 0  # width of a head reading every decoder step's features at once (0: none)
 
     def __post_init__(self) -> None:
         self.decoder_channels = tuple(self.decoder_channels)
@@ -69,8 +67,6 @@ class EffnetUNetConfig:
             raise ValueError("decoder_context needs global_context (both read the same embedding)")
         if self.context_encoder and not self.global_context:
             raise ValueError("context_encoder needs global_context (it makes the embedding the context layers read)")
-        if self.hypercolumn < 0:
-            raise ValueError(f"hypercolumn is a width (0: none), got {self.hypercolumn}")
 
 
 @register_model("effnet_unet", EffnetUNetConfig)
@@ -109,12 +105,6 @@ class EffnetUNet(nn.Module):
             c_last = 32
         self.refine = ConvBNReLU(c_last, c_last)
         self.head, self.output = ab_head(c_last, config.head)
-        if config.hypercolumn:
-            hyper_in = c16 + c8 + (c4 if config.out_stride == 2 else 0) + c_last
-            hyper_head, _ = ab_head(config.hypercolumn, config.head)
-            self.hypercolumn = nn.Sequential(ConvBNReLU(hyper_in, config.hypercolumn, kernel=1), hyper_head)
-            nn.init.zeros_(hyper_head.weight)  # adds nothing at the start: a grown model begins as its parent
-            nn.init.zeros_(hyper_head.bias)
         if config.freeze_encoder:
             self.encoder.requires_grad_(False)
 
@@ -144,9 +134,6 @@ class EffnetUNet(nn.Module):
                 continue
             theirs = parent_state.get(name)
             step = name.split(".", 1)[0]
-            if step == "hypercolumn" and theirs is None:  # a parent without one: this one's starts at zero
-                fresh.append(name)
-                continue
             if name == f"{step}.conv.0.0.weight" and step in decoder_inputs:
                 if theirs is None or theirs.shape[0] != tensor.shape[0]:
                     raise ValueError(f"{name}: the parent's decoder has another shape")
@@ -192,19 +179,11 @@ class EffnetUNet(nn.Module):
         x = self.up16(f32, f16)
         if self.config.decoder_context:
             x = _modulate(x, self.context16(embedding))
-        steps = [x]
         x = self.up8(x, f8)
-        steps.append(x)
         x = self.up4(x, f4)
         if self.config.out_stride == 2:
-            steps.append(x)
             x = self.up2(x, f2)
-        x = self.refine(x)
-        out = self.head(x)
-        if self.config.hypercolumn:
-            coarser = [F.interpolate(step, size=x.shape[-2:], mode="bilinear", align_corners=False) for step in steps]
-            out = out + self.hypercolumn(torch.cat([*coarser, x], dim=1))
-        return out, tuple(encoded), embedding
+        return self.head(self.refine(x)), tuple(encoded), embedding
 
 
 def _modulate(features: torch.Tensor, scale_shift: torch.Tensor) -> torch.Tensor:

@@ -257,33 +257,6 @@ def test_effnet_unet_decoder_context_grows_a_global_context_model_and_reads_the_
         build_config("effnet_unet", decoder_context=True)
 
 
-@pytest.mark.parametrize("out_stride", [4, 2])
-def test_effnet_unet_hypercolumn_grows_from_zero_and_reads_the_coarser_decoder_steps(out_stride: int) -> None:
-    torch.manual_seed(0)
-    options = {"decoder_channels": (16, 12, 8), "out_stride": out_stride, "pretrained": True}
-    parent = create_model("effnet_unet", **options).eval()
-    grown = create_model("effnet_unet", hypercolumn=24, **options).eval()
-    missing = grown.load_state_dict(parent.state_dict(), strict=False).missing_keys
-    assert missing and all(k.startswith("hypercolumn.") for k in missing)
-    L = torch.rand(2, 1, 64, 96) * 100
-    with torch.no_grad():
-        torch.testing.assert_close(grown(L), parent(L), rtol=0, atol=0)  # zero-initialised: the parent's output
-        # Only the hypercolumn speaks, and it may not read the finest features: what it says then comes from the
-        # coarser decoder steps, upsampled to the output's size.
-        grown.head.weight.zero_()
-        grown.head.bias.zero_()
-        finest = 8 if out_stride == 4 else 32
-        first = grown.hypercolumn[0][0].weight
-        first.normal_(0, 1.0)
-        first[:, -finest:] = 0
-        torch.nn.init.normal_(grown.hypercolumn[1].weight, 0, 1.0)
-        out, other = grown(L), grown(100 - L)
-    assert out.shape == parent(L).shape == (2, n_ab_bins(), 64 // out_stride, 96 // out_stride)
-    assert (out - other).abs().mean() > 0.01
-    with pytest.raises(ValueError, match="hypercolumn is a width"):
-        build_config("effnet_unet", hypercolumn=-1)
-
-
 def test_effnet_unet_context_encoder_is_a_frozen_imagenet_copy_that_the_colour_encoder_cannot_move(
         packaged_lite0: dict[str, torch.Tensor]) -> None:
     torch.manual_seed(0)
