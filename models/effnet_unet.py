@@ -54,9 +54,6 @@ class EffnetUNetConfig:
     global_context: bool = False  # scale and shift the stride-32 features by the whole picture's ImageNet embedding
     decoder_context: bool = False  # and the decoder's stride-16 features too (needs global_context)
     context_encoder: bool = False  # the embedding from a frozen ImageNet copy of the encoder (needs global_context)
-    # A second frozen ImageNet encoder ("lite0" ...) whose embedding the stride-32 context also reads: two encoders
-    # together recognise more in gray than either (docs/training.md, session 23). "": none.
-    companion: str = ""
 
     def __post_init__(self) -> None:
         self.decoder_channels = tuple(self.decoder_channels)
@@ -70,10 +67,6 @@ class EffnetUNetConfig:
             raise ValueError("decoder_context needs global_context (both read the same embedding)")
         if self.context_encoder and not self.global_context:
             raise ValueError("context_encoder needs global_context (it makes the embedding the context layers read)")
-        if self.companion and not self.global_context:
-            raise ValueError("companion needs global_context (its embedding joins the context layer's)")
-        if self.companion and self.companion not in LITE_VARIANTS:
-            raise ValueError(f"unknown companion encoder {self.companion!r}: use one of {sorted(LITE_VARIANTS)}")
 
 
 @register_model("effnet_unet", EffnetUNetConfig)
@@ -99,12 +92,6 @@ class EffnetUNet(nn.Module):
             self.context = nn.Linear(HEAD_CHANNELS, 2 * s32)
             nn.init.zeros_(self.context.weight)  # identity at the start: a grown model begins as its parent
             nn.init.zeros_(self.context.bias)
-        if config.companion:
-            self.companion = FrozenEfficientNetLite(config.companion, pretrained=config.pretrained)
-            del self.companion._fc
-            self.companion_context = nn.Linear(HEAD_CHANNELS, 2 * s32)
-            nn.init.zeros_(self.companion_context.weight)  # adds nothing at the start: grown, it is its parent
-            nn.init.zeros_(self.companion_context.bias)
         if config.decoder_context:
             self.context16 = nn.Linear(HEAD_CHANNELS, 2 * c16)
             nn.init.zeros_(self.context16.weight)
@@ -141,9 +128,8 @@ class EffnetUNet(nn.Module):
                           "up2": self.config.decoder_channels[2]}
         fresh, carried = [], {}
         for name, tensor in own.items():
-            if name.startswith(("encoder.", "context_encoder.", "companion.", "context.", "context16.",
-                                "companion_context.", "up16.conv.0.")):
-                if not name.startswith(("encoder.", "context_encoder.", "companion.")):
+            if name.startswith(("encoder.", "context_encoder.", "context.", "context16.", "up16.conv.0.")):
+                if not name.startswith(("encoder.", "context_encoder.")):
                     fresh.append(name)
                 continue
             theirs = parent_state.get(name)
@@ -189,10 +175,7 @@ class EffnetUNet(nn.Module):
         embedding = None
         if self.config.global_context:
             embedding = self.context_encoder.embedding(x) if self.config.context_encoder else self.encoder.pool(f32)
-            scale_shift = self.context(embedding)
-            if self.config.companion:
-                scale_shift = scale_shift + self.companion_context(self.companion.embedding(x))
-            f32 = _modulate(f32, scale_shift)
+            f32 = _modulate(f32, self.context(embedding))
         x = self.up16(f32, f16)
         if self.config.decoder_context:
             x = _modulate(x, self.context16(embedding))

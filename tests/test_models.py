@@ -291,44 +291,6 @@ def test_effnet_unet_context_encoder_is_a_frozen_imagenet_copy_that_the_colour_e
         build_config("effnet_unet", context_encoder=True)
 
 
-def test_effnet_unet_companion_grows_from_zero_reads_a_second_frozen_imagenet_encoder_that_never_moves(
-        packaged_lite0: dict[str, torch.Tensor]) -> None:
-    torch.manual_seed(0)
-    options = {"pretrained": True, "global_context": True, "decoder_channels": (16, 12, 8)}
-    parent = create_model("effnet_unet", **options)
-    torch.nn.init.normal_(parent.context.weight, 0, 0.01)
-    grown = create_model("effnet_unet", companion="lite0", **options)
-    missing = grown.load_state_dict(parent.state_dict(), strict=False).missing_keys
-    assert missing and all(k.startswith(("companion.", "companion_context.")) for k in missing)
-    companion = grown.companion.state_dict()
-    assert set(companion) == {k for k in packaged_lite0 if not k.startswith("_fc")}
-    for key, value in companion.items():
-        torch.testing.assert_close(value, packaged_lite0[key], rtol=0, atol=0, msg=key)
-    L = torch.rand(2, 1, 96, 96) * 100
-    parent.eval(), grown.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(grown(L), parent(L), rtol=0, atol=0)  # zero-initialised: the parent's output
-    # A training step at a large rate: the companion's reading of the embedding learns, the companion does not.
-    grown.train()
-    optimizer = torch.optim.SGD([p for p in grown.parameters() if p.requires_grad], lr=1.0)
-    grown(L).square().mean().backward()
-    optimizer.step()
-    assert not grown.companion.training and grown.companion_context.weight.abs().sum() > 0
-    for key, value in grown.companion.state_dict().items():
-        torch.testing.assert_close(value, companion[key], rtol=0, atol=0, msg=key)
-    # Once read, what the companion sees moves the colour.
-    grown.eval()
-    with torch.no_grad():
-        torch.nn.init.normal_(grown.companion_context.weight, 0, 1.0)
-        before = grown(L)
-        grown.companion._conv_head.weight.mul_(-1)
-        assert (grown(L) - before).abs().max() > 1e-3
-    with pytest.raises(ValueError, match="companion needs global_context"):
-        build_config("effnet_unet", companion="lite0")
-    with pytest.raises(ValueError, match="unknown companion encoder 'lite9'"):
-        build_config("effnet_unet", global_context=True, companion="lite9")
-
-
 def test_effnet_unet_freeze_encoder() -> None:
     model = small_model("effnet_unet", freeze_encoder=True).train()
     assert all(not p.requires_grad for p in model.encoder.parameters())

@@ -8,15 +8,11 @@ import zipfile
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from models.checkpoint import save_checkpoint
 from models.color import lab_to_rgb_np
-from models.efficientnet_lite import FrozenEfficientNetLite
-from models.registry import create_model
 from tools.datasets import in_holdout
-from tools.probe_encoder import gray_input, main, model_embedding
+from tools.probe_encoder import main
 
 SPLIT = 0.3
 
@@ -71,36 +67,6 @@ def test_the_probe_reads_classes_that_gray_shows_and_not_those_only_colour_shows
     assert main(["--data", str(by_colour), "--val-split", str(SPLIT), "--size", "64", "--out", str(out)]) == 0
     rows = {r["input"]: r["top1"] for r in json.loads(out.read_text())["results"]}
     assert rows["colour"] >= 0.9 and rows["gray"] <= 0.6, rows
-
-
-def test_the_probe_reads_a_companion_encoder_beside_the_models_own(tmp_path, capsys):
-    # A model whose context also reads a second frozen ImageNet encoder is probed on both embeddings, side by side.
-    torch.manual_seed(0)
-    model = create_model("effnet_unet", pretrained=False, global_context=True, companion="lite0",
-                         decoder_channels=(16, 12, 8))
-    model.companion.load_state_dict(FrozenEfficientNetLite("lite0").state_dict(), strict=False)
-    checkpoint = tmp_path / "pair.pt"
-    save_checkpoint(checkpoint, model, provenance={"purpose": "tests"})
-    data = tmp_path / "classes"
-    for name, low, high in (("dark", 10.0, 30.0), ("bright", 70.0, 90.0)):
-        (data / name).mkdir(parents=True)
-        for seed in range(16):
-            photo(texture(seed, low, high), 10.0, 20.0).save(data / name / f"t{seed}.png")
-    out = tmp_path / "pair.json"
-    assert main([f"pair={checkpoint}", "--data", str(data), "--val-split", str(SPLIT), "--size", "64",
-                 "--out", str(out)]) == 0
-    rows = {(r["model"], r["input"]): r for r in json.loads(out.read_text())["results"]}
-    pair = rows[("pair", "gray")]
-    assert pair["feature"] == "head embedding (1280-d) + its lite0 companion's head embedding (1280-d)"
-    assert pair["top1"] >= 0.9, rows
-    capsys.readouterr()
-    # The second half of what is probed is ImageNet's Lite0 looking at the gray photo.
-    embed, _ = model_embedding(str(checkpoint))
-    rgb = torch.rand(3, 3, 64, 64)
-    with torch.no_grad():
-        both = embed(rgb)
-        assert both.shape == (3, 2 * 1280)
-        torch.testing.assert_close(both[:, 1280:], FrozenEfficientNetLite("lite0").embedding(gray_input(rgb)))
 
 
 def test_the_probe_refuses_photos_without_class_folders_in_one_line(tmp_path, tiny_checkpoint, capsys):

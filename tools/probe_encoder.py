@@ -13,8 +13,7 @@ starts from, and what colour adds.
 
 The embedding probed is the one the model's colour reads: the encoder head's pooled 1,280-d embedding for a model
 with global context (its frozen ImageNet copy's with ``context_encoder``), else the pooled stride-32 features (320-d
-for Lite0) that feed the decoder; a model with a ``companion`` encoder reads that one's embedding too, so the probe
-reads both, side by side.
+for Lite0) that feed the decoder.
 """
 
 from __future__ import annotations
@@ -120,19 +119,11 @@ def model_embedding(path: str) -> tuple[Embed, str]:
         raise CheckpointError(f"{path}: {type(model).__name__} has no EfficientNet-Lite encoder to probe")
     if getattr(model.config, "context_encoder", False):
         copy = model.context_encoder
-        fn, feature = (lambda rgb: copy.embedding(gray_input(rgb))), "frozen ImageNet copy's head embedding (1280-d)"
-    elif hasattr(encoder, "_conv_head"):
-        fn, feature = (lambda rgb: encoder.embedding(gray_input(rgb))), "head embedding (1280-d)"
-    else:
-        channels = encoder.skip_channels[-1]
-        fn, feature = ((lambda rgb: encoder.features(gray_input(rgb))[-1].mean(dim=(2, 3))),
-                       f"stride-32 features ({channels}-d)")
-    companion = getattr(model, "companion", None)
-    if companion is None:
-        return fn, feature
-    own = fn
-    return ((lambda rgb: torch.cat([own(rgb), companion.embedding(gray_input(rgb))], dim=1)),
-            f"{feature} + its {model.config.companion} companion's head embedding (1280-d)")
+        return (lambda rgb: copy.embedding(gray_input(rgb))), "frozen ImageNet copy's head embedding (1280-d)"
+    if hasattr(encoder, "_conv_head"):
+        return (lambda rgb: encoder.embedding(gray_input(rgb))), "head embedding (1280-d)"
+    channels = encoder.skip_channels[-1]
+    return (lambda rgb: encoder.features(gray_input(rgb))[-1].mean(dim=(2, 3))), f"stride-32 features ({channels}-d)"
 
 
 def embed(fn: Embed, images: torch.Tensor) -> torch.Tensor:
