@@ -28,6 +28,7 @@ import pytest
 import redis
 from PIL import Image
 
+from models.files import PARTIAL_SUFFIX
 from tests.media import gray_frames, moving_scene, probe, write_clip
 from tests.services import (
     RedisServer,
@@ -141,6 +142,27 @@ def mid_piece(env: Env, worker: WorkerProcess, job_id: str) -> liveness.HeldPiec
     time.sleep(0.15)
     again = holding(env, worker, job_id)
     return piece if again is not None and again.piece == piece.piece and not env.done(job_id, piece.piece) else None
+
+
+def pause_mid_frames(env: Env, worker: WorkerProcess, job_id: str) -> tuple[liveness.HeldPiece, float]:
+    """SIGSTOP ``worker`` while it writes a segment's frames: the piece, and when it was paused. A look and a signal
+    are two steps, and a segment can end in between (its commit is one Redis call; the worker would then be paused
+    holding a piece that is already done, and nothing would be redone or discarded). So look again once it is
+    stopped: the segment's partial file still there and the piece not done; if it slipped through, resume the
+    worker and catch its next segment."""
+    missed: list[str] = []
+    while len(missed) < 4:
+        piece = wait_until(lambda: (p := mid_piece(env, worker, job_id)) is not None and p.piece not in missed and p,
+                           120, lambda: f"{worker.name} mid-segment: {worker.log_tail()}")
+        os.killpg(worker.process.pid, signal.SIGSTOP)
+        paused_at = time.time()
+        time.sleep(0.5)  # a Redis call it made just before the signal lands
+        scratch = env.tmp / f"work-{worker.name}" / "jobs" / job_id
+        if any(scratch.glob(f".{piece.piece}.*{PARTIAL_SUFFIX}")) and not env.done(job_id, piece.piece):
+            return piece, paused_at
+        missed.append(piece.piece)
+        os.killpg(worker.process.pid, signal.SIGCONT)
+    raise AssertionError(f"{worker.name} was never paused mid-segment: each of {missed} ended first")
 
 
 def ready(*workers: WorkerProcess) -> None:
@@ -322,13 +344,11 @@ def test_sigterm_mid_piece_finishes_within_the_grace_or_hands_the_piece_back(env
 def test_sigstop_beyond_the_window_is_shown_stalled_then_redone_and_sigcont_discards_the_late_result(
         env, monkeypatch, capsys):
     clip = put_film(env, "pause.mkv", 192, *BUSY_FRAME)
-    paused = env.start_worker("paused")
+    # 4 s segments: the pause must land before the segment's last frame is written, for it to stop early.
+    paused = env.start_worker("paused", segment_seconds=4.0)
     ready(paused)
     job_id, _ = env.client.submit(env.spec("s3://scans/pause.mkv", "s3://colour/", codec="ffv1"))
-    piece = wait_until(lambda: mid_piece(env, paused, job_id), 120,
-                       lambda: f"paused mid-segment: {paused.log_tail()}")
-    os.killpg(paused.process.pid, signal.SIGSTOP)
-    paused_at = time.time()
+    piece, paused_at = pause_mid_frames(env, paused, job_id)
 
     # Alone, nobody recovers it: the piece is reported stalled, on which worker and since when.
     stalled = wait_until(lambda: [p for p in env.held(job_id) if p.stalled], WINDOW_S + 15, "the piece stalled")
@@ -348,7 +368,7 @@ def test_sigstop_beyond_the_window_is_shown_stalled_then_redone_and_sigcont_disc
     assert [sample.value for sample in gauge.samples] == [1.0]
 
     port = free_port()
-    steady = env.start_worker("steady", metrics_port=port)
+    steady = env.start_worker("steady", metrics_port=port, segment_seconds=4.0)
     wait_until(lambda: env.done(job_id, piece.piece), RECOVERY_TARGET_S + 30, "the paused worker's piece redone")
     record = wait_for_job(env.client, job_id)
     os.killpg(paused.process.pid, signal.SIGCONT)
