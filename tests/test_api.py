@@ -4,12 +4,14 @@ cancel, resubmission, uploads, folder results; then what must be refused, and wh
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -282,6 +284,26 @@ def test_bad_paths_and_queries_are_422_or_404(stack):
     assert side.status_code == 422 and detail(side).startswith("side:")
 
 
+def test_an_idle_connection_stays_open_longer_than_clients_keep_theirs(stack):
+    """A client's pool keeps an idle connection for a while (httpx 5 s, proxies a minute); if the server closed it
+    first, a request sent on it as it closes would be reset (a burst of hint previews over alice's pooled
+    connections met that while both sides used 5 s). The same connection answers again after 6 s idle."""
+    address = urlsplit(stack.url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
+    try:
+        connection.request("GET", "/api/v1/health")
+        with connection.getresponse() as first:
+            assert first.status == 200 and not first.will_close
+            first.read()
+        socket = connection.sock
+        time.sleep(6)
+        connection.request("GET", "/api/v1/health")
+        with connection.getresponse() as again:
+            assert again.status == 200 and connection.sock is socket  # not closed by the server, not reopened
+    finally:
+        connection.close()
+
+
 # ----------------------------------------------------------------------------------------------- hint previews
 
 
@@ -421,3 +443,5 @@ def test_serve_refuses_to_start_without_a_token_unless_loopback_and_insecure_loc
     assert main(["serve", "--port", "1"]) == 2
     error = capsys.readouterr().err
     assert "tokens[0].token: a string of at least 16 characters" in error and "short" not in error  # no value shown
+    assert main(["serve", "--insecure-local", "--keep-alive", "0", "--port", "1"]) == 2
+    assert capsys.readouterr().err.strip().endswith("error: --keep-alive: expected seconds above 0, got 0")

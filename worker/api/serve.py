@@ -16,6 +16,10 @@ import logging
 import sys
 
 EXIT_OK, EXIT_USAGE = 0, 2
+# Longer than clients and proxies keep an idle connection (httpx 5 s, nginx's upstream pool and AWS's load balancers
+# 60 s), so that the client side always closes first: at equal timeouts (uvicorn's own default is 5 s, httpx's too)
+# a request sent as the server closes its connection is reset, and a pooled client meets that under a burst.
+KEEP_ALIVE_S = 75
 log = logging.getLogger("tinct.api")
 
 
@@ -26,6 +30,8 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--insecure-local", action="store_true",
                        help="allow running without any token, on a loopback address only")
     serve.add_argument("--access-log", action="store_true", help="log every request (paths only, never headers)")
+    serve.add_argument("--keep-alive", type=int, default=KEEP_ALIVE_S, metavar="SECONDS",
+                       help="how long an idle client connection stays open (default: %(default)s)")
     serve.set_defaults(run=_serve)
 
 
@@ -46,6 +52,8 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"{parser.prog} serve: error: {message}", file=sys.stderr)
         return EXIT_USAGE
 
+    if not args.keep_alive > 0:
+        return error(f"--keep-alive: expected seconds above 0, got {args.keep_alive}")
     try:
         settings = Settings.from_env()
         principals = load_principals(settings)
@@ -67,6 +75,6 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     log.info("tinct serve: http://%s:%d/ (API under /api/v1), tokens: %s", args.host, args.port, names)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=args.access_log,
-                            server_header=False, timeout_graceful_shutdown=5)
+                            server_header=False, timeout_graceful_shutdown=5, timeout_keep_alive=args.keep_alive)
     uvicorn.Server(config).run()
     return EXIT_OK
