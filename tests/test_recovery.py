@@ -28,7 +28,6 @@ import pytest
 import redis
 from PIL import Image
 
-from models.files import PARTIAL_SUFFIX
 from tests.media import gray_frames, moving_scene, probe, write_clip
 from tests.services import (
     RedisServer,
@@ -144,21 +143,22 @@ def mid_piece(env: Env, worker: WorkerProcess, job_id: str) -> liveness.HeldPiec
     return piece if again is not None and again.piece == piece.piece and not env.done(job_id, piece.piece) else None
 
 
-def pause_mid_frames(env: Env, worker: WorkerProcess, job_id: str) -> tuple[liveness.HeldPiece, float]:
-    """SIGSTOP ``worker`` while it writes a segment's frames: the piece, and when it was paused. A look and a signal
-    are two steps, and a segment can end in between (its commit is one Redis call; the worker would then be paused
-    holding a piece that is already done, and nothing would be redone or discarded). So look again once it is
-    stopped: the segment's partial file still there and the piece not done; if it slipped through, resume the
-    worker and catch its next segment."""
+def pause_mid_segment(env: Env, worker: WorkerProcess, job_id: str) -> tuple[liveness.HeldPiece, float]:
+    """SIGSTOP ``worker`` while it makes a segment: the piece, and when it was paused. A look and a signal are two
+    steps, and a segment can end in between (its commit is one Redis call; the worker would then be paused holding a
+    piece that is already done, and nothing would be redone or discarded). So look again once it is stopped: the
+    segment's file not complete (renamed from its partial file after its last frame), not staged in the output
+    bucket, the piece not done; if it slipped through, resume the worker and catch its next segment."""
     missed: list[str] = []
     while len(missed) < 4:
         piece = wait_until(lambda: (p := mid_piece(env, worker, job_id)) is not None and p.piece not in missed and p,
                            120, lambda: f"{worker.name} mid-segment: {worker.log_tail()}")
         os.killpg(worker.process.pid, signal.SIGSTOP)
         paused_at = time.time()
-        time.sleep(0.5)  # a Redis call it made just before the signal lands
-        scratch = env.tmp / f"work-{worker.name}" / "jobs" / job_id
-        if any(scratch.glob(f".{piece.piece}.*{PARTIAL_SUFFIX}")) and not env.done(job_id, piece.piece):
+        time.sleep(0.5)  # a Redis call or an upload it made just before the signal lands
+        complete = any((env.tmp / f"work-{worker.name}" / "jobs" / job_id).glob(f"{piece.piece}.*"))
+        staged = any(f"/{piece.piece}." in key for key in keys(env.s3, "colour"))
+        if not (complete or staged or env.done(job_id, piece.piece)):
             return piece, paused_at
         missed.append(piece.piece)
         os.killpg(worker.process.pid, signal.SIGCONT)
@@ -312,9 +312,10 @@ def test_sigterm_mid_piece_finishes_within_the_grace_or_hands_the_piece_back(env
     stopping = env.start_worker("stopping", **settings)
     ready(other, stopping)
     job_id, _ = env.client.submit(env.spec("s3://scans/term.mkv", "s3://colour/", codec="ffv1"))
-    piece = wait_until(lambda: mid_piece(env, stopping, job_id), 120,
-                       lambda: f"stopping mid-segment: {stopping.log_tail()}")
+    # Paused first, so that the signal surely finds the segment unfinished (it is delivered as the worker resumes).
+    piece, _ = pause_mid_segment(env, stopping, job_id)
     os.kill(stopping.process.pid, signal.SIGTERM)
+    os.killpg(stopping.process.pid, signal.SIGCONT)
     stopped = time.monotonic()
     stopping.process.wait(timeout=DEFAULTS.stop_grace_s + 15)
     exited = time.monotonic() - stopped
@@ -348,7 +349,7 @@ def test_sigstop_beyond_the_window_is_shown_stalled_then_redone_and_sigcont_disc
     paused = env.start_worker("paused", segment_seconds=4.0)
     ready(paused)
     job_id, _ = env.client.submit(env.spec("s3://scans/pause.mkv", "s3://colour/", codec="ffv1"))
-    piece, paused_at = pause_mid_frames(env, paused, job_id)
+    piece, paused_at = pause_mid_segment(env, paused, job_id)
 
     # Alone, nobody recovers it: the piece is reported stalled, on which worker and since when.
     stalled = wait_until(lambda: [p for p in env.held(job_id) if p.stalled], WINDOW_S + 15, "the piece stalled")
@@ -453,6 +454,31 @@ def test_a_tasks_pipeline_threads_count_as_its_progress_and_stop_once_its_piece_
     stage.start()
     stage.join()
     assert len(failures) == 1
+
+
+def test_a_worker_that_leaves_is_not_put_back_in_the_set_of_workers_by_a_beat_in_flight(redis_server):
+    """Leaving (a clean stop, or a SIGTERM's grace running out) hands the pieces back and takes the worker out of the
+    set of workers; a beat its heartbeat thread is in the middle of must land before that, not after, or the worker
+    is listed again and reaped as dead a window later (seen after a SIGTERM that woke the thread)."""
+    client = redis.Redis.from_url(redis_server.url)
+    heartbeat = liveness.Heartbeat(DEFAULTS, client, lambda *task: "new", node="w@host")
+    heartbeat.start()
+    in_beat, go_on = threading.Event(), threading.Event()
+    beat_script = heartbeat._beat
+
+    def slow_beat(*args, **kwargs):  # the real script, held back while the test stops the worker
+        if threading.current_thread() is heartbeat._thread:
+            in_beat.set()
+            go_on.wait(10)
+        return beat_script(*args, **kwargs)
+
+    heartbeat._beat = slow_beat
+    heartbeat.hold("task-1", "tinct.colorize_segment", ["job-1", 0], "segments", "job-1", "segment-000000", "", None)
+    assert in_beat.wait(5)  # hold() woke the thread: a beat is in flight
+    threading.Timer(0.5, go_on.set).start()
+    heartbeat.stop()
+    heartbeat._thread.join(5)  # the beat in flight has landed, whenever it did
+    assert client.zscore(liveness.WORKERS_KEY, heartbeat.worker) is None
 
 
 def test_two_workers_draining_the_same_requeued_task_publish_it_once(redis_server):

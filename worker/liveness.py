@@ -517,9 +517,17 @@ class Heartbeat:
         self.drain()
         return len(entries)
 
+    def stop_beating(self, timeout_s: float = 5.0) -> None:
+        """Stop the beating thread, waiting out a beat it is in the middle of: a beat that lands after this worker
+        handed its pieces back would put it in the set of workers again, to be reaped as dead a window later."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
+
     def stop(self) -> None:
         """Leave the set of workers (a clean shutdown): anything still held is handed back."""
-        self._stop.set()
+        self.stop_beating()
         try:
             self.hand_back()
         except redis.RedisError as exc:
@@ -598,6 +606,7 @@ def grace_then_hand_back(grace_s: float, exit_code: int = 0) -> threading.Thread
         if not heartbeat.holding():
             return
         try:
+            heartbeat.stop_beating()
             heartbeat.beat()  # what it holds is in Redis, for the hand-back to take
             count = heartbeat.hand_back()
             logger.warning("stop requested %.0f s ago and the piece in hand is not finished: %d task(s) handed back "
