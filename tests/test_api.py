@@ -295,11 +295,11 @@ def test_an_idle_connection_stays_open_longer_than_clients_keep_theirs(stack):
         with connection.getresponse() as first:
             assert first.status == 200 and not first.will_close
             first.read()
-        socket = connection.sock
+        first_socket = connection.sock
         time.sleep(6)
         connection.request("GET", "/api/v1/health")
         with connection.getresponse() as again:
-            assert again.status == 200 and connection.sock is socket  # not closed by the server, not reopened
+            assert again.status == 200 and connection.sock is first_socket  # not closed by the server, not reopened
     finally:
         connection.close()
 
