@@ -801,6 +801,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
         # annealed by time, the run's schedule ends here: its last step is scored as a last step is
         finished = step == cfg.steps or (out_of_time and cfg.anneal_by_time)
         if val_batches and (step % cfg.eval_every == 0 or finished):
+            # timed, saving included: on session 17's GPU a validation took about 25 s against 1.1 s on a CPU
+            validation_started = time.monotonic()
             metrics = validate(ema.model if ema is not None else model, val_batches, cfg.decode_temperature)
             metrics |= {"step": step}
             if metrics["val_psnr"] > best_psnr:
@@ -811,8 +813,9 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
             # validate() put BatchNorm back in train mode
             set_encoder_frozen(step < cfg.freeze_encoder_steps)
             log.info("validation at step %d: PSNR %.2f dB (gray %.2f), colourfulness %.1f (truth %.1f), ab RMSE %.2f "
-                     "(gray %.2f)", step, metrics["val_psnr"], metrics["val_psnr_gray"], metrics["val_colourfulness"],
-                     metrics["val_colourfulness_truth"], metrics["val_ab_rmse"], metrics["val_ab_rmse_gray"])
+                     "(gray %.2f), %.1f s", step, metrics["val_psnr"], metrics["val_psnr_gray"],
+                     metrics["val_colourfulness"], metrics["val_colourfulness_truth"], metrics["val_ab_rmse"],
+                     metrics["val_ab_rmse_gray"], time.monotonic() - validation_started)
         if out_of_time and cfg.anneal_by_time:
             break  # the rate has reached zero: the run is finished, not interrupted
         if step % cfg.save_every == 0 or out_of_time:
