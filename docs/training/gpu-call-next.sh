@@ -1,7 +1,9 @@
 #!/bin/bash
 # The next device call, prepared in session 18 from what session 17's found (docs/training.md, "What the next session
 # should do", 0 and 4). One call of about 11 minutes:
-#   check: tests/test_train.py's GPU test (resume on the CPU of a bf16 GPU run), which session 17 could not run
+#   check: the GPU tests that run without PyAV, TensorRT and the service's packages (tests/test_train.py's resume
+#      on the CPU of a bf16 GPU run, which session 17 could not run; the CUDA engine's graphs, fp16 and batch
+#      sizing; the colour maths on CUDA), beside the runs
 #   a: session 17's run a (the encoder trained for colour, its distance to ImageNet's view kept: W 2, encoder at 0.2x
 #      the rate) on a pack of three sources at 25% each (session 17's: six at 7%), to see whether more data per pass
 #      is what it lacked
@@ -28,9 +30,12 @@ DEVICE=${DEVICE:---device cuda --bf16}; WORKERS=${WORKERS:-6}; LIMIT=${LIMIT:-9}
 EVAL=${EVAL:-1000}
 (nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nproc; free -g
  python3 -c 'import torch; print(torch.__version__)') > $OUT/env.txt 2>&1
-if [ "${DEVICE#--device cuda}" != "$DEVICE" ]; then
-  (timeout 60 python3 -m pytest -q -p no:cacheprovider -p no:tests.services tests/test_train.py -k gpu 2>&1 \
-    | tail -5) > $OUT/gpu-test.log
+if [ "${DEVICE#--device cuda}" != "$DEVICE" ]; then  # beside the runs: the GPU tests that need neither PyAV,
+  # TensorRT nor the service's packages (none is on the device): training in bf16, CUDA graphs against eager, fp16
+  # against fp32, the batch sized to free memory, the colour maths on CUDA
+  (timeout 180 python3 -m pytest -q -rs -p no:cacheprovider -p no:tests.services tests/test_train.py \
+    tests/test_gpu_engines.py tests/test_engines.py tests/test_color.py -k "gpu or cuda" 2>&1 | tail -15) \
+    > $OUT/gpu-test.log &
 fi
 train() {  # train NAME EXTRA...
   local name=$1; shift
@@ -44,7 +49,7 @@ train() {  # train NAME EXTRA...
 }
 train a --encoder-distill-weight 2 --encoder-lr-scale 0.2 &
 train b --encoder-distill-weight 4 --encoder-lr-scale 0.1 &
-wait
+wait  # the runs and the GPU tests
 for r in a b; do cp /tmp/$r/model-best.pt $OUT/$r-best.pt; done
 cp /tmp/a/model.pt $OUT/a-last.pt
 ls -la /tmp/a /tmp/b >> $OUT/env.txt 2>&1
