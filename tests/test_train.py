@@ -168,9 +168,10 @@ def test_a_run_annealed_by_time_ends_finished_at_its_time_limit_with_the_rate_at
 
 def test_annealing_by_time_needs_a_time_limit(photo_dir: Path, tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
-        main(["--data", str(photo_dir), "--run-dir", str(tmp_path), "--anneal-by-time"])
+        main(["--data", str(photo_dir), "--run-dir", str(tmp_path / "run"), "--anneal-by-time"])
     assert exc.value.code == 2
     assert "anneal_by_time anneals to the time limit: give --time-limit-min too" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before anything loads or is written
 
 
 def test_an_unknown_encoder_batchnorm_is_refused(photo_dir: Path, tmp_path: Path, capsys) -> None:

@@ -533,14 +533,19 @@ def bank_side(crop: int, min_object_side: int) -> int:
     return max(int(crop * 1.15), min_object_side)
 
 
-def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storage | None = None) -> Path:
-    """Train (or resume) into ``run_dir``; returns the path of the inference checkpoint. ``storage`` reads
-    ``s3://`` data sources."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    state_path = run_dir / STATE_FILE
-    state = torch.load(state_path, map_location="cpu", weights_only=True) if resume and state_path.exists() else None
-    parent: Checkpoint | None = None
+def _check_options(cfg: TrainConfig) -> None:
+    """ConfigError for options that are wrong whatever the model, before anything loads."""
+    if cfg.encoder_batchnorm not in ("fixed", "batches"):
+        raise ConfigError(f"encoder_batchnorm {cfg.encoder_batchnorm!r}: fixed or batches")
+    if cfg.anneal_by_time and cfg.time_limit_min <= 0:
+        raise ConfigError("anneal_by_time anneals to the time limit: give --time-limit-min too")
+
+
+def _starting_point(cfg: TrainConfig, state: dict | None, run_dir: Path) -> tuple[TrainConfig, nn.Module,
+                                                                                  Checkpoint | None]:
+    """Where a run starts: its saved ``state`` when it resumes, a parent checkpoint for a fine-tune
+    (``init_from``), or a new model. Returns the completed configuration, the model and the parent (None for a new
+    model; a resumed fine-tune reloads its parent for the provenance and the decoding)."""
     if state is not None:
         saved = dict(state["train_config"])
         # What describes this machine or this sitting comes from the command line, not from the saved run.
@@ -548,13 +553,13 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
                                                    "eval_every", "save_every", "device", "bf16", "loader_workers")})
         saved.setdefault("encoder_batchnorm", "batches")  # a run saved before the choice existed goes on as it began
         cfg = TrainConfig(**saved)
-        if cfg.init_from:
-            parent = load_checkpoint(cfg.init_from)
+        parent = load_checkpoint(cfg.init_from) if cfg.init_from else None
         cfg = _complete_config(cfg, parent)
         model = model_from_config(cfg.model, state["model_config"])
         model.load_state_dict(state["model"], strict=True)
         log.info("resuming %s from step %d", run_dir, state["step"])
-    elif cfg.init_from:
+        return cfg, model, parent
+    if cfg.init_from:
         parent = load_checkpoint(cfg.init_from)
         cfg = _complete_config(cfg, parent)
         if cfg.model_options.get("encoder", parent.config.get("encoder")) != parent.config.get("encoder"):
@@ -567,27 +572,40 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
             restore_imagenet_encoder(model, cfg.init_ref or cfg.init_from)
         log.info("fine-tuning %s (%s) at lr %.1e, rebalancing lambda %s", parent.label,
                  cfg.init_ref or cfg.init_from, cfg.lr, cfg.rebalance_lambda)
-    else:
-        if cfg.imagenet_encoder:
-            raise ConfigError("imagenet_encoder restores a fine-tune's encoder (--init): a new model's pretrained "
-                              "encoder starts from ImageNet already")
-        cfg = _complete_config(cfg, None)
-        model = create_model(cfg.model, **cfg.model_options)
-    loss_kind = _resolve_loss(model, cfg.loss)
-    distil = cfg.context_distill_weight > 0
-    if distil and not getattr(getattr(model, "config", None), "global_context", False):
+        return cfg, model, parent
+    if cfg.imagenet_encoder:
+        raise ConfigError("imagenet_encoder restores a fine-tune's encoder (--init): a new model's pretrained "
+                          "encoder starts from ImageNet already")
+    cfg = _complete_config(cfg, None)
+    return cfg, create_model(cfg.model, **cfg.model_options), None
+
+
+def _check_context_distillation(cfg: TrainConfig, model: nn.Module) -> None:
+    """ConfigError unless ``model`` has a whole-picture embedding that ``context_distill_weight`` can teach."""
+    if not getattr(getattr(model, "config", None), "global_context", False):
         raise ConfigError(f"context_distill_weight {cfg.context_distill_weight:g} needs a model with the whole-picture "
                           "embedding it distils (--set global_context=true)")
-    if distil and getattr(model.config, "context_encoder", False):
+    if getattr(model.config, "context_encoder", False):
         raise ConfigError(f"context_distill_weight {cfg.context_distill_weight:g}: this model's embedding comes from "
                           "a frozen ImageNet encoder (context_encoder), which nothing can teach")
-    if cfg.encoder_batchnorm not in ("fixed", "batches"):
-        raise ConfigError(f"encoder_batchnorm {cfg.encoder_batchnorm!r}: fixed or batches")
+
+
+def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storage | None = None) -> Path:
+    """Train (or resume) into ``run_dir``; returns the path of the inference checkpoint. ``storage`` reads
+    ``s3://`` data sources."""
+    _check_options(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    state_path = run_dir / STATE_FILE
+    state = torch.load(state_path, map_location="cpu", weights_only=True) if resume and state_path.exists() else None
+    cfg, model, parent = _starting_point(cfg, state, run_dir)
+    loss_kind = _resolve_loss(model, cfg.loss)
+    distil = cfg.context_distill_weight > 0
+    if distil:
+        _check_context_distillation(cfg, model)
     teacher, teacher_text = _encoder_teacher(model, cfg)
     # the embedding joins the distance where the encoder makes it (its own classifier head, global_context)
     own_head = teacher is not None and model.config.global_context and not model.config.context_encoder
-    if cfg.anneal_by_time and cfg.time_limit_min <= 0:
-        raise ConfigError("anneal_by_time anneals to the time limit: give --time-limit-min too")
     device = torch.device(resolve_torch_device(cfg.device))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # every step has the same shapes: let cuDNN pick its fastest kernels
