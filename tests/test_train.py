@@ -32,7 +32,16 @@ from tools.datasets import (
     in_holdout,
     relative_name,
 )
-from tools.train import STATE_FILE, TrainConfig, WeightAverage, colour_loss, grow_model, main, train
+from tools.train import (
+    STATE_FILE,
+    TrainConfig,
+    WeightAverage,
+    colour_loss,
+    grow_model,
+    main,
+    train,
+    validation_scores,
+)
 
 TINY_EFFNET = {"pretrained": False, "decoder_channels": [16, 16, 16]}
 
@@ -111,6 +120,23 @@ def test_training_runs_and_writes_a_loadable_checkpoint(photo_dir, tmp_path, opt
     assert {"val_ab_rmse", "val_ab_rmse_gray"} <= set(ckpt.provenance["metrics"])
     model = ckpt.build_model()
     assert model.config.head == options["head"]
+
+
+def test_the_validation_line_scores_gray_and_the_truth_as_their_baselines() -> None:
+    generator = torch.Generator().manual_seed(0)
+    L = torch.rand(4, 1, 24, 24, generator=generator) * 60 + 20
+    ab = torch.randn(4, 2, 24, 24, generator=generator) * 15 + torch.tensor([10.0, -8.0]).view(1, 2, 1, 1)
+    batches = [(L[:2], ab[:2]), (L[2:], ab[2:])]
+    gray = validation_scores(batches, [torch.zeros_like(b) for _, b in batches])
+    assert gray["val_psnr"] == pytest.approx(gray["val_psnr_gray"])
+    assert gray["val_ab_rmse"] == pytest.approx(gray["val_ab_rmse_gray"])
+    assert gray["val_colourfulness"] < 0.5 < 10 < gray["val_colourfulness_truth"]
+    truth = validation_scores(batches, [b.clone() for _, b in batches])
+    assert truth["val_ab_rmse"] == 0 and truth["val_psnr"] == float("inf")
+    assert truth["val_colourfulness"] == pytest.approx(truth["val_colourfulness_truth"])
+    halfway = validation_scores(batches, [b / 2 for _, b in batches])
+    assert truth["val_ab_rmse_gray"] / 2 == pytest.approx(halfway["val_ab_rmse"])
+    assert gray["val_psnr_gray"] < halfway["val_psnr"] < float("inf")
 
 
 def test_training_learns_a_constant_colour(tmp_path: Path) -> None:

@@ -395,20 +395,30 @@ def minutes_left(step: int, cfg: TrainConfig, crops_per_s: float, sitting_s: flo
 
 
 @torch.no_grad()
-def validate(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], temperature: float) -> dict:
-    """Scores on fixed validation crops, each beside its baseline: ab RMSE (Lab units) and mean sRGB PSNR of the
-    model and of the gray image (ab = 0), and the mean colourfulness of the model's crops and of the truth's."""
+def validation_predictions(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]],
+                           temperature: float) -> list[torch.Tensor]:
+    """The model's ab for each batch of fixed validation crops, at the crops' size, on the CPU."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
+    predictions = []
+    for L, ab in batches:  # crops on the CPU; the network wherever it trains
+        pred = differentiable_ab(model, model(L.to(device)), temperature)
+        predictions.append(F.interpolate(pred, size=ab.shape[-2:], mode="bilinear", align_corners=False).cpu())
+    model.train(was_training)
+    return predictions
+
+
+def validation_scores(batches: list[tuple[torch.Tensor, torch.Tensor]], predictions: list[torch.Tensor]) -> dict:
+    """Scores of ``predictions`` on fixed validation crops, each beside its baseline: ab RMSE (Lab units) and mean
+    sRGB PSNR of the model and of the gray image (ab = 0), and the mean colourfulness of the model's crops and of the
+    truth's."""
     se_model = se_gray = n = 0.0
     psnr_model: list[float] = []
     psnr_gray: list[float] = []
     colour_model: list[float] = []
     colour_truth: list[float] = []
-    device = next(model.parameters()).device
-    for L, ab in batches:  # crops on the CPU; the network wherever it trains, the figures on the CPU
-        pred = differentiable_ab(model, model(L.to(device)), temperature)
-        pred = F.interpolate(pred, size=ab.shape[-2:], mode="bilinear", align_corners=False).cpu()
+    for (L, ab), pred in zip(batches, predictions, strict=True):
         se_model += float(((pred - ab) ** 2).sum())
         se_gray += float((ab**2).sum())
         n += ab.numel()
@@ -419,7 +429,6 @@ def validate(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]],
         psnr_gray += list(image_metrics.psnr(gray, truth))
         colour_model += list(image_metrics.colourfulness(ours))
         colour_truth += list(image_metrics.colourfulness(truth))
-    model.train(was_training)
     return {"val_ab_rmse": math.sqrt(se_model / n), "val_ab_rmse_gray": math.sqrt(se_gray / n),
             "val_psnr": image_metrics.finite_mean(psnr_model), "val_psnr_gray": image_metrics.finite_mean(psnr_gray),
             "val_colourfulness": float(sum(colour_model) / len(colour_model)),
@@ -819,21 +828,25 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
         # annealed by time, the run's schedule ends here: its last step is scored as a last step is
         finished = step == cfg.steps or (out_of_time and cfg.anneal_by_time)
         if val_batches and (step % cfg.eval_every == 0 or finished):
-            # timed, saving included: on session 17's GPU a validation took about 25 s against 1.1 s on a CPU
+            # timed in parts: on session 17's GPU a validation took about 25 s, against 1.1 s on a CPU
             validation_started = time.monotonic()
-            metrics = validate(ema.model if ema is not None else model, val_batches, cfg.decode_temperature)
-            metrics |= {"step": step}
+            predictions = validation_predictions(ema.model if ema is not None else model, val_batches,
+                                                 cfg.decode_temperature)
+            predicted = time.monotonic()
+            metrics = validation_scores(val_batches, predictions) | {"step": step}
+            scored = time.monotonic()
             if metrics["val_psnr"] > best_psnr:
                 best_psnr = metrics["val_psnr"]
                 write_inference(run_dir / BEST_MODEL_FILE, final=False)
                 log.info("step %d: best validation PSNR so far; its weights kept in %s", step, BEST_MODEL_FILE)
             history.append(metrics)
-            # validate() put BatchNorm back in train mode
+            # validation_predictions() put BatchNorm back in train mode
             set_encoder_frozen(step < cfg.freeze_encoder_steps)
             log.info("validation at step %d: PSNR %.2f dB (gray %.2f), colourfulness %.1f (truth %.1f), ab RMSE %.2f "
-                     "(gray %.2f), %.1f s", step, metrics["val_psnr"], metrics["val_psnr_gray"],
-                     metrics["val_colourfulness"], metrics["val_colourfulness_truth"], metrics["val_ab_rmse"],
-                     metrics["val_ab_rmse_gray"], time.monotonic() - validation_started)
+                     "(gray %.2f); %.1f s (network %.1f, scores %.1f)", step, metrics["val_psnr"],
+                     metrics["val_psnr_gray"], metrics["val_colourfulness"], metrics["val_colourfulness_truth"],
+                     metrics["val_ab_rmse"], metrics["val_ab_rmse_gray"], time.monotonic() - validation_started,
+                     predicted - validation_started, scored - predicted)
         if out_of_time and cfg.anneal_by_time:
             break  # the rate has reached zero: the run is finished, not interrupted
         if step % cfg.save_every == 0 or out_of_time:
