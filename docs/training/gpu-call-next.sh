@@ -12,8 +12,8 @@
 # runs re-estimated them from the batches, which alone knocks the candidate under gray within 20 CPU steps).
 # Both side by side for LIMIT minutes, with two torch threads each and a validation every 1,000 steps (one took about
 # 25 s there; each validation line now ends with its seconds, the network's and the scores' apart, to show whether
-# two threads cure that), the cosine ending with the minutes (--anneal-by-time). Bring back: model-best.pt of each, a's last
-# model.pt, the logs. Then, here: promote each with the candidate's decoding (tools promote --temperature 0.5
+# two threads cure that), the cosine ending with the minutes (--anneal-by-time). Bring back: model-best.pt of each,
+# a's last model.pt, the logs. Then, here: promote each with the candidate's decoding (tools promote --temperature 0.5
 # --rebalance 0 --render-size 224 --min-render-size 192 --highlight-rolloff 80,95,0.4) and score the whole split.
 #
 # The pack (27.2 MB; with the checkout 63.8 of the 64 MiB that travel), then the call:
