@@ -52,7 +52,7 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"{parser.prog} serve: error: {message}", file=sys.stderr)
         return EXIT_USAGE
 
-    if not args.keep_alive > 0:
+    if args.keep_alive <= 0:
         return error(f"--keep-alive: expected seconds above 0, got {args.keep_alive}")
     try:
         settings = Settings.from_env()
