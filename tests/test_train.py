@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from models.checkpoint import load_checkpoint, save_checkpoint
-from models.color import decode_ab
+from models.color import AB_NORM, decode_ab
 from models.efficientnet_lite import load_pretrained_state_dict
 from models.predictor import DecodeOptions
 from models.registry import create_model
@@ -34,6 +34,7 @@ from tools.datasets import (
 )
 from tools.train import (
     STATE_FILE,
+    StepLoss,
     TrainConfig,
     WeightAverage,
     colour_loss,
@@ -120,6 +121,25 @@ def test_training_runs_and_writes_a_loadable_checkpoint(photo_dir, tmp_path, opt
     assert {"val_ab_rmse", "val_ab_rmse_gray"} <= set(ckpt.provenance["metrics"])
     model = ckpt.build_model()
     assert model.config.head == options["head"]
+
+
+def test_a_step_loss_adds_the_adversarial_term_after_the_discriminator_has_stepped_on_the_batch() -> None:
+    torch.manual_seed(0)
+    model = create_model("effnet_unet", **TINY_EFFNET, head="regression")
+    disc = create_model("patchgan")
+    disc_opt = torch.optim.SGD(disc.parameters(), lr=0.1)
+    cfg = TrainConfig(adversarial_weight=0.5, decode_temperature=0.38)
+    off = torch.autocast("cpu", enabled=False)
+    L, ab = torch.rand(2, 1, 32, 32) * 100, torch.randn(2, 2, 32, 32) * 20
+    plain, plain_terms = StepLoss(model, cfg, "huber", None, off)(L, ab, step=0)
+    before = [p.detach().clone() for p in disc.parameters()]
+    loss, terms = StepLoss(model, cfg, "huber", None, off, disc=disc, disc_opt=disc_opt)(L, ab, step=0)
+    assert plain_terms == terms == {}  # the GAN term is part of the loss, not a reported distance
+    assert any(not torch.equal(b, p) for b, p in zip(before, disc.parameters(), strict=True))  # it took its step
+    judged = disc(L, model(L).float() * AB_NORM)  # the stepped discriminator's view of the same colour
+    expected = plain + 0.5 * torch.nn.functional.binary_cross_entropy_with_logits(judged, torch.ones_like(judged))
+    assert torch.allclose(loss, expected, atol=1e-5), (float(loss), float(expected))
+    assert all(p.grad is None for p in model.parameters())  # the generator's own step is left to the loop
 
 
 def test_the_validation_line_scores_gray_and_the_truth_as_their_baselines() -> None:

@@ -385,6 +385,16 @@ def _lr_factor(step: int, cfg: TrainConfig, time_progress: float) -> float:
     return factor
 
 
+def _time_progress(cfg: TrainConfig, started: float, annealing_from: float | None) -> float:
+    """With ``anneal_by_time``, how far this sitting is from the end of its warm-up (``annealing_from``, on the
+    monotonic clock like ``started``) to its time limit, 0 at first and 1 at the limit; 0 while it warms up or when
+    it anneals by steps."""
+    if not cfg.anneal_by_time or annealing_from is None:
+        return 0.0
+    left_at_start = cfg.time_limit_min * 60 - (annealing_from - started)
+    return (time.monotonic() - annealing_from) / max(left_at_start, 1e-9)
+
+
 def minutes_left(step: int, cfg: TrainConfig, crops_per_s: float, sitting_s: float) -> float:
     """Minutes until this sitting stops: the steps left at ``crops_per_s``, or its time limit if that comes first
     (with ``--time-limit-min`` a run of 100,000 nominal steps ends at the limit; the steps alone would say days)."""
@@ -497,6 +507,65 @@ def _encoder_teacher(model: nn.Module, cfg: TrainConfig) -> tuple[FrozenEfficien
         return build_teacher(variant, cfg.teacher_ref, cfg.teacher_path)
     except DistillError as exc:
         raise ConfigError(str(exc)) from None
+
+
+@dataclass
+class StepLoss:
+    """One training step's loss: the colour loss of the model's head plus each term the run asked for (the distance
+    to the encoder's teacher once the encoder trains, the embedding distillation, the feature loss, the GAN). Where
+    there is a discriminator, it takes its own step here, on the batch's decoded colour, before the generator's
+    adversarial term is read from it. Returns the loss and, by name, the extra terms the progress line reports."""
+
+    model: nn.Module
+    cfg: TrainConfig
+    kind: str  # _resolve_loss's answer for the model's head
+    class_weights: torch.Tensor | None
+    autocast: torch.autocast
+    teacher: FrozenEfficientNetLite | None = None
+    own_head: bool = False  # the embedding joins the teacher's distance (the encoder's own head makes it)
+    distiller: ContextDistillation | None = None
+    feature_loss: FeatureLoss | None = None
+    disc: nn.Module | None = None
+    disc_opt: torch.optim.Optimizer | None = None
+
+    def __call__(self, L: torch.Tensor, ab: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg, model = self.cfg, self.model
+        reported: dict[str, float] = {}
+        distilling_encoder = self.teacher is not None and step >= cfg.freeze_encoder_steps
+        with self.autocast:
+            if distilling_encoder:
+                out, encoded, embedding = model.colour_and_encoding(L)
+                encoder_terms = distance_terms(encoded, embedding if self.own_head else None,
+                                               *teacher_view(self.teacher, L, ab), DEFAULT_STRIDES)
+            else:
+                out, embedding = model.colour_and_embedding(L) if self.distiller is not None else (model(L), None)
+        loss = colour_loss(out, ab, self.kind, self.class_weights, cfg.l1_weight, cfg.decode_temperature)
+        if distilling_encoder:
+            encoder_distance = torch.stack(encoder_terms).sum()
+            reported["encoder distance"] = encoder_distance.item()
+            loss = loss + cfg.encoder_distill_weight * encoder_distance
+        if self.distiller is not None:
+            distil_term = self.distiller(embedding, L, ab)
+            reported["embedding distance"] = distil_term.item()
+            loss = loss + cfg.context_distill_weight * distil_term
+        if self.feature_loss is None and self.disc is None:
+            return loss, reported
+        decoded_ab = differentiable_ab(model, out, cfg.decode_temperature)
+        if self.feature_loss is not None:
+            loss = loss + cfg.feature_weight * self.feature_loss(L, decoded_ab, ab)
+        if self.disc is not None:
+            self.discriminator_step(L, decoded_ab.detach(), _downsample_ab(ab, decoded_ab.shape[-2:]))
+            judged = self.disc(L, decoded_ab)
+            loss = loss + cfg.adversarial_weight * F.binary_cross_entropy_with_logits(judged, torch.ones_like(judged))
+        return loss, reported
+
+    def discriminator_step(self, L: torch.Tensor, fake_ab: torch.Tensor, real_ab: torch.Tensor) -> None:
+        d_fake, d_real = self.disc(L, fake_ab), self.disc(L, real_ab)
+        d_loss = F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)) + \
+            F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
+        self.disc_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.disc_opt.step()
 
 
 def validation_batches(data: list[str], extra: list[str], val_split: float, crop: int, min_object_side: int,
@@ -752,8 +821,10 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
     # A resumed sitting past the warm-up anneals from its start; otherwise from the warm-up's last step.
     annealing_from = started if step >= cfg.warmup_steps else None
     window_start, window_images = time.monotonic(), 0
-    running = running_distil = running_encoder_distance = 0.0
+    running, running_terms = 0.0, {}
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    step_loss = StepLoss(model, cfg, loss_kind, class_weights, autocast, teacher=teacher, own_head=own_head,
+                         distiller=distiller, feature_loss=feature_loss, disc=disc, disc_opt=disc_opt)
     batches = _batch_stream(sampler, cfg, step, device)
     while step < cfg.steps:
         L, ab = (t.to(device, non_blocking=True) for t in next(batches))
@@ -764,46 +835,10 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
             log.info("step %d: the encoder joins training at %.2gx the learning rate", step, cfg.encoder_lr_scale)
         if annealing_from is None and step >= cfg.warmup_steps:
             annealing_from = time.monotonic()
-        time_progress = 0.0
-        if cfg.anneal_by_time and annealing_from is not None:
-            left_at_start = cfg.time_limit_min * 60 - (annealing_from - started)
-            time_progress = (time.monotonic() - annealing_from) / max(left_at_start, 1e-9)
-        factor = _lr_factor(step, cfg, time_progress)
+        factor = _lr_factor(step, cfg, _time_progress(cfg, started, annealing_from))
         for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
             group["lr"] = base * factor
-        distilling_encoder = teacher is not None and step >= cfg.freeze_encoder_steps
-        with autocast:
-            if distilling_encoder:
-                out, encoded, embedding = model.colour_and_encoding(L)
-                encoder_terms = distance_terms(encoded, embedding if own_head else None,
-                                               *teacher_view(teacher, L, ab), DEFAULT_STRIDES)
-            else:
-                out, embedding = model.colour_and_embedding(L) if distiller is not None else (model(L), None)
-        loss = colour_loss(out, ab, loss_kind, class_weights, cfg.l1_weight, cfg.decode_temperature)
-        if distilling_encoder:
-            encoder_distance = torch.stack(encoder_terms).sum()
-            running_encoder_distance += encoder_distance.item()
-            loss = loss + cfg.encoder_distill_weight * encoder_distance
-        if distiller is not None:
-            distil_term = distiller(embedding, L, ab)
-            running_distil += distil_term.item()
-            loss = loss + cfg.context_distill_weight * distil_term
-        wants_ab = feature_loss is not None or disc is not None
-        decoded_ab = differentiable_ab(model, out, cfg.decode_temperature) if wants_ab else None
-        if feature_loss is not None:
-            loss = loss + cfg.feature_weight * feature_loss(L, decoded_ab, ab)
-        if disc is not None:
-            fake_ab = decoded_ab
-            real_ab = _downsample_ab(ab, fake_ab.shape[-2:])
-            d_fake = disc(L, fake_ab.detach())
-            d_real = disc(L, real_ab)
-            d_loss = F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)) + \
-                F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
-            disc_opt.zero_grad(set_to_none=True)
-            d_loss.backward()
-            disc_opt.step()
-            g_adv = disc(L, fake_ab)
-            loss = loss + cfg.adversarial_weight * F.binary_cross_entropy_with_logits(g_adv, torch.ones_like(g_adv))
+        loss, reported = step_loss(L, ab, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -811,19 +846,18 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
             ema.update(model, step)
         step += 1
         running += loss.item()
+        for name, value in reported.items():
+            running_terms[name] = running_terms.get(name, 0.0) + value
         window_images += L.shape[0]
         if step % cfg.log_every == 0 or step == cfg.steps:
             elapsed = time.monotonic() - window_start
             rate = window_images / max(elapsed, 1e-9)
             eta_min = minutes_left(step, cfg, rate, time.monotonic() - started)
             window_steps = max(1, window_images // cfg.batch_size)
-            distil_text = f"  (embedding distance {running_distil / window_steps:.4f})" if distiller is not None else ""
-            if teacher is not None and step > cfg.freeze_encoder_steps:
-                distil_text += f"  (encoder distance {running_encoder_distance / window_steps:.4f})"
+            terms_text = "".join(f"  ({name} {total / window_steps:.4f})" for name, total in running_terms.items())
             log.info("step %d/%d  loss %.4f%s  %.1f crops/s  lr %.2e  eta %.0f min", step, cfg.steps,
-                     running / window_steps, distil_text, rate, optimizer.param_groups[0]["lr"], eta_min)
-            window_start, window_images, running, running_distil = time.monotonic(), 0, 0.0, 0.0
-            running_encoder_distance = 0.0
+                     running / window_steps, terms_text, rate, optimizer.param_groups[0]["lr"], eta_min)
+            window_start, window_images, running, running_terms = time.monotonic(), 0, 0.0, {}
         out_of_time = cfg.time_limit_min > 0 and time.monotonic() - started > cfg.time_limit_min * 60
         # annealed by time, the run's schedule ends here: its last step is scored as a last step is
         finished = step == cfg.steps or (out_of_time and cfg.anneal_by_time)
