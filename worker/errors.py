@@ -54,6 +54,17 @@ class BadInputError(PermanentError):
         super().__init__(f"{self.path}: {self.reason}")
 
 
+class FieldError(BadInputError):
+    """A document with a field that cannot be used (a hint file, a film's references, given as a file or in a job's
+    options): ``str()`` is ``"<where>: <field>: <reason>"``; ``field`` and ``detail`` (the reason alone) let a caller
+    name the field in its own terms, as a job spec's ``options.`` or the HTTP API's 422 does."""
+
+    def __init__(self, where: str | os.PathLike, field: str, reason: str) -> None:
+        self.field = field
+        self.detail = reason
+        super().__init__(where, f"{field}: {reason}" if field else reason)
+
+
 class UnsupportedMediaError(BadInputError):
     """A readable image of a kind Tinct does not handle (e.g. multi-page TIFF, 32-bit float samples)."""
 

@@ -28,7 +28,7 @@ from PIL import Image
 
 from models.color import rgb_to_lab_np
 from models.hints import DEFAULT_RADIUS, ColourHints, ColourPoint, ColourRegion
-from worker.errors import BadInputError
+from worker.errors import FieldError
 from worker.settings import GuidanceLimits
 
 HINTS_SUFFIX = ".hints.json"
@@ -41,13 +41,8 @@ _ORIENTATION = 0x0112  # the EXIF tag
 _HEX = re.compile(r"#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})")
 
 
-class HintError(BadInputError):
-    """A hint file or ``options.hints`` that cannot be used: one line naming where and which field."""
-
-    def __init__(self, where: str | os.PathLike, field: str, reason: str) -> None:
-        self.field = field
-        self.detail = reason
-        super().__init__(where, f"{field}: {reason}" if field else reason)
+class HintError(FieldError):
+    """A hint file or ``options.hints`` that cannot be used."""
 
 
 @dataclass(frozen=True)

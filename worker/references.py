@@ -38,7 +38,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from models.color import rgb_to_lab_np
 from models.colorizer import Colorizer
 from models.references import MIN_CONFIDENCE, ReferenceTrack, blend, combine, fade_per_frame, reference_cells
-from worker.errors import BadInputError, PermanentError
+from worker.errors import BadInputError, FieldError, PermanentError
 from worker.images import COLOUR_THRESHOLD, colour_score
 from worker.settings import GuidanceLimits
 from worker.smoothing import FlowFrame, SmoothingOptions, carry_reference
@@ -57,13 +57,8 @@ _SIDECAR_FRAME = re.compile(r"frame_(\d+)")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-class ReferenceError(BadInputError):
-    """A reference that cannot be used: one line naming where and which field."""
-
-    def __init__(self, where: str | os.PathLike, field: str, reason: str) -> None:
-        self.field = field
-        self.detail = reason
-        super().__init__(where, f"{field}: {reason}" if field else reason)
+class ReferenceError(FieldError):
+    """A reference that cannot be used."""
 
 
 @dataclass(frozen=True)
