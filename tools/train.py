@@ -445,6 +445,23 @@ def validation_scores(batches: list[tuple[torch.Tensor, torch.Tensor]], predicti
             "val_colourfulness_truth": float(sum(colour_truth) / len(colour_truth))}
 
 
+def validation_line(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], temperature: float,
+                    step: int) -> dict:
+    """Score the fixed validation crops at ``step`` and log the line: the model's PSNR, colourfulness and ab RMSE
+    beside gray's and the truth's, and its seconds with the network's and the scores' apart (on session 17's GPU a
+    validation took about 25 s against 1 s on a CPU alone; under contention here the scores slow down most)."""
+    started = time.monotonic()
+    predictions = validation_predictions(model, batches, temperature)
+    predicted = time.monotonic()
+    metrics = validation_scores(batches, predictions) | {"step": step}
+    scored = time.monotonic()
+    log.info("validation at step %d: PSNR %.2f dB (gray %.2f), colourfulness %.1f (truth %.1f), ab RMSE %.2f "
+             "(gray %.2f); %.1f s (network %.1f, scores %.1f)", step, metrics["val_psnr"], metrics["val_psnr_gray"],
+             metrics["val_colourfulness"], metrics["val_colourfulness_truth"], metrics["val_ab_rmse"],
+             metrics["val_ab_rmse_gray"], scored - started, predicted - started, scored - predicted)
+    return metrics
+
+
 class WeightAverage:
     """An exponential moving average of a model's weights (float32 copies; buffers such as BatchNorm statistics
     are copied as they are). Averaged weights generalise better than the last step's, which a cosine schedule
@@ -611,6 +628,44 @@ def bank_side(crop: int, min_object_side: int) -> int:
     return max(int(crop * 1.15), min_object_side)
 
 
+def run_provenance(cfg: TrainConfig, loss_kind: str, bank: PhotoBank, teacher_text: str, parent: Checkpoint | None,
+                   step: int, metrics: dict, final: bool) -> dict:
+    """What a checkpoint written at ``step`` records of the run that made it: its data, recipe, parent, the
+    validation line's last ``metrics``, the code's commit, and whether the run had finished."""
+    return {
+        "data": cfg.data,
+        "photos": len(bank),
+        "data_sources": bank.describe()["sources"],
+        "steps": step,
+        "batch_size": cfg.batch_size,
+        "crop": cfg.crop,
+        "loss": loss_kind,
+        "adversarial_weight": cfg.adversarial_weight,
+        "feature_weight": cfg.feature_weight,
+        "context_distill_weight": cfg.context_distill_weight,
+        "encoder_distill_weight": cfg.encoder_distill_weight,
+        "encoder_distill_teacher": teacher_text or None,
+        "anneal_by_time": cfg.anneal_by_time,
+        "rebalance_lambda": cfg.rebalance_lambda if loss_kind in ("classification", "mix") else None,
+        "l1_weight": cfg.l1_weight if loss_kind == "mix" else None,
+        "val_split": cfg.val_split,
+        "ema_decay": cfg.ema_decay,
+        "freeze_encoder_steps": cfg.freeze_encoder_steps,
+        "imagenet_encoder": cfg.imagenet_encoder,
+        "encoder_lr_scale": cfg.encoder_lr_scale,
+        "encoder_batchnorm": cfg.encoder_batchnorm,
+        "context_lr_scale": cfg.context_lr_scale,
+        "min_object_side": cfg.min_object_side,
+        "metrics": metrics,
+        "lr": cfg.lr,
+        "init_from": (parent.provenance | {"label": parent.label, "checkpoint": cfg.init_ref or cfg.init_from}
+                      if parent is not None else None),
+        "git_commit": git_commit(),
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "final": final,
+    }
+
+
 def _check_options(cfg: TrainConfig) -> None:
     """ConfigError for options that are wrong whatever the model, before anything loads."""
     if cfg.encoder_batchnorm not in ("fixed", "batches"):
@@ -771,38 +826,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
         write_inference(run_dir / MODEL_FILE, final)
 
     def write_inference(path: Path, final: bool) -> None:
-        provenance = {
-            "data": cfg.data,
-            "photos": len(bank),
-            "data_sources": bank.describe()["sources"],
-            "steps": step,
-            "batch_size": cfg.batch_size,
-            "crop": cfg.crop,
-            "loss": loss_kind,
-            "adversarial_weight": cfg.adversarial_weight,
-            "feature_weight": cfg.feature_weight,
-            "context_distill_weight": cfg.context_distill_weight,
-            "encoder_distill_weight": cfg.encoder_distill_weight,
-            "encoder_distill_teacher": teacher_text if teacher is not None else None,
-            "anneal_by_time": cfg.anneal_by_time,
-            "rebalance_lambda": cfg.rebalance_lambda if loss_kind in ("classification", "mix") else None,
-            "l1_weight": cfg.l1_weight if loss_kind == "mix" else None,
-            "val_split": cfg.val_split,
-            "ema_decay": cfg.ema_decay,
-            "freeze_encoder_steps": cfg.freeze_encoder_steps,
-            "imagenet_encoder": cfg.imagenet_encoder,
-            "encoder_lr_scale": cfg.encoder_lr_scale,
-            "encoder_batchnorm": cfg.encoder_batchnorm,
-            "context_lr_scale": cfg.context_lr_scale,
-            "min_object_side": cfg.min_object_side,
-            "metrics": metrics,
-            "lr": cfg.lr,
-            "init_from": (parent.provenance | {"label": parent.label, "checkpoint": cfg.init_ref or cfg.init_from}
-                          if parent is not None else None),
-            "git_commit": git_commit(),
-            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "final": final,
-        }
+        provenance = run_provenance(cfg, loss_kind, bank, teacher_text, parent, step, metrics, final)
         # The parent's decoding carries over whole (whatever else it records), with the method and temperature set
         # and, for a classification head, the prior of this run's own training data.
         decode = dataclasses.replace(parent_decode, method=cfg.decode_method, temperature=cfg.decode_temperature,
@@ -862,25 +886,14 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
         # annealed by time, the run's schedule ends here: its last step is scored as a last step is
         finished = step == cfg.steps or (out_of_time and cfg.anneal_by_time)
         if val_batches and (step % cfg.eval_every == 0 or finished):
-            # timed in parts: on session 17's GPU a validation took about 25 s, against 1.1 s on a CPU
-            validation_started = time.monotonic()
-            predictions = validation_predictions(ema.model if ema is not None else model, val_batches,
-                                                 cfg.decode_temperature)
-            predicted = time.monotonic()
-            metrics = validation_scores(val_batches, predictions) | {"step": step}
-            scored = time.monotonic()
+            metrics = validation_line(ema.model if ema is not None else model, val_batches, cfg.decode_temperature,
+                                      step)
+            history.append(metrics)
+            set_encoder_frozen(step < cfg.freeze_encoder_steps)  # validation put BatchNorm back in train mode
             if metrics["val_psnr"] > best_psnr:
                 best_psnr = metrics["val_psnr"]
                 write_inference(run_dir / BEST_MODEL_FILE, final=False)
                 log.info("step %d: best validation PSNR so far; its weights kept in %s", step, BEST_MODEL_FILE)
-            history.append(metrics)
-            # validation_predictions() put BatchNorm back in train mode
-            set_encoder_frozen(step < cfg.freeze_encoder_steps)
-            log.info("validation at step %d: PSNR %.2f dB (gray %.2f), colourfulness %.1f (truth %.1f), ab RMSE %.2f "
-                     "(gray %.2f); %.1f s (network %.1f, scores %.1f)", step, metrics["val_psnr"],
-                     metrics["val_psnr_gray"], metrics["val_colourfulness"], metrics["val_colourfulness_truth"],
-                     metrics["val_ab_rmse"], metrics["val_ab_rmse_gray"], time.monotonic() - validation_started,
-                     predicted - validation_started, scored - predicted)
         if out_of_time and cfg.anneal_by_time:
             break  # the rate has reached zero: the run is finished, not interrupted
         if step % cfg.save_every == 0 or out_of_time:
