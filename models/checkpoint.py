@@ -75,6 +75,9 @@ class Checkpoint:
 
 
 DEFAULT_RENDER_SIZE = 256  # for a model that records no render size of its own (see preferred_render_size)
+# How a checkpoint is rendered, recorded in its provenance by ``tools promote`` and read by the preferred_* functions
+# below: chosen together with its decoding, so a fine-tune inherits them with the decoding (tools.train).
+RENDERING_KEYS = ("render_size", "min_render_size", "highlight_rolloff")
 
 
 def preferred_render_size(provenance: dict) -> int:

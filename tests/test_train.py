@@ -16,8 +16,15 @@ import pytest
 import torch
 from PIL import Image
 
-from models.checkpoint import load_checkpoint, save_checkpoint
-from models.color import AB_NORM, decode_ab
+from models.checkpoint import (
+    DEFAULT_RENDER_SIZE,
+    load_checkpoint,
+    preferred_highlight_rolloff,
+    preferred_min_render_size,
+    preferred_render_size,
+    save_checkpoint,
+)
+from models.color import AB_NORM, HighlightRolloff, decode_ab
 from models.efficientnet_lite import load_pretrained_state_dict
 from models.predictor import DecodeOptions
 from models.registry import create_model
@@ -32,6 +39,7 @@ from tools.datasets import (
     in_holdout,
     relative_name,
 )
+from tools.promote import main as promote_main
 from tools.train import (
     STATE_FILE,
     StepLoss,
@@ -277,6 +285,20 @@ def test_cli_fine_tunes_with_the_parents_architecture_and_settings(photo_dir: Pa
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].endswith("holds a 'unet' model, not 'effnet_unet' (a fine-tune keeps its parent's architecture: "
                             "leave out --model)")
+
+
+def test_a_fine_tune_is_rendered_as_its_promoted_parent_is(photo_dir: Path, tmp_path: Path) -> None:
+    common = dict(data=[str(photo_dir)], steps=1, batch_size=2, crop=64, warmup_steps=1)
+    trained = train(TrainConfig(model_options=TINY_EFFNET | {"head": "regression"}, **common), tmp_path / "parent")
+    parent = tmp_path / "parent.pt"
+    assert promote_main([str(trained), "-o", str(parent), "--render-size", "200", "--min-render-size", "96",
+                         "--highlight-rolloff", "80,95,0.4"]) == 0
+    child = load_checkpoint(train(TrainConfig(init_from=str(parent), **common), tmp_path / "child"))
+    # the rendering its decoding was chosen with comes along, as the decoding does; a plain run records none
+    assert preferred_render_size(child.provenance) == 200 and preferred_min_render_size(child.provenance) == 96
+    assert preferred_highlight_rolloff(child.provenance) == HighlightRolloff(80.0, 95.0, 0.4)
+    assert preferred_render_size(load_checkpoint(trained).provenance) == DEFAULT_RENDER_SIZE
+    assert preferred_highlight_rolloff(load_checkpoint(trained).provenance) is None
 
 
 def test_cli_grows_a_parent_with_options_that_only_add_layers(photo_dir: Path, tmp_path: Path, capsys) -> None:

@@ -48,7 +48,8 @@ on a GPU; ``--loader-workers N`` samples in N processes, which a GPU needs to be
 
 Fine-tuning (``--init default``, a model name in the model store, or a .pt path) starts from a published
 checkpoint with a fresh optimizer: the architecture, class-rebalancing lambda and decoding come from the
-parent unless given, and the parent's provenance is kept under ``init_from``. ``--set`` with ``--init`` grows the
+parent unless given, it is rendered as the parent is (render size, small photos' enlargement, highlight roll-off),
+and the parent's provenance is kept under ``init_from``. ``--set`` with ``--init`` grows the
 parent: options that only add layers (``--set global_context=true``) keep every weight the parent has and start
 the new layers as their constructors make them; an option that would change one of the parent's layers is
 refused, but for one: ``--set encoder=lite2`` on a Lite0 parent moves the parent's decoder onto ImageNet's Lite2,
@@ -77,7 +78,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint
+from models.checkpoint import (
+    RENDERING_KEYS,
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from models.color import (
     AB_NORM,
     decode_ab,
@@ -631,8 +639,12 @@ def bank_side(crop: int, min_object_side: int) -> int:
 def run_provenance(cfg: TrainConfig, loss_kind: str, bank: PhotoBank, teacher_text: str, parent: Checkpoint | None,
                    step: int, metrics: dict, final: bool) -> dict:
     """What a checkpoint written at ``step`` records of the run that made it: its data, recipe, parent, the
-    validation line's last ``metrics``, the code's commit, and whether the run had finished."""
-    return {
+    validation line's last ``metrics``, the code's commit, and whether the run had finished. A fine-tune is rendered
+    as its parent is (render size, small photos' enlargement, highlight roll-off): those were chosen with the
+    decoding it inherits, and ``tools promote`` may choose again."""
+    inherited = {key: parent.provenance[key] for key in RENDERING_KEYS
+                 if parent is not None and parent.provenance.get(key) is not None}
+    return inherited | {
         "data": cfg.data,
         "photos": len(bank),
         "data_sources": bank.describe()["sources"],
