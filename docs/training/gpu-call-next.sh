@@ -16,7 +16,8 @@
 # a's last model.pt, the logs. Then, here: promote each with the candidate's decoding (tools promote --temperature 0.5
 # --rebalance 0 --render-size 224 --min-render-size 192 --highlight-rolloff 80,95,0.4) and score the whole split.
 #
-# The pack (27.2 MB; with the checkout 63.8 of the 64 MiB that travel), then the call:
+# The pack (25.2 MB on 2026-12-05: --budget-mb room fills what the checkout leaves of the 64 MiB that
+# travel), then the call:
 #   python -m tools pack-data --data ../shared/data/train/tiny_imagenet.zip --data ../shared/data/train/faces_utk.zip \
 #       --data ../shared/data/train/scenes_intel.zip --val-split 0.02 --budget-mb room -o gpu-data
 #   run(command="bash docs/training/gpu-call-next.sh", carry=["gpu-data"], timeout_s=780)
