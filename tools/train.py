@@ -547,11 +547,16 @@ class StepLoss:
     class_weights: torch.Tensor | None
     autocast: torch.autocast
     teacher: FrozenEfficientNetLite | None = None
-    own_head: bool = False  # the embedding joins the teacher's distance (the encoder's own head makes it)
     distiller: ContextDistillation | None = None
     feature_loss: FeatureLoss | None = None
     disc: nn.Module | None = None
     disc_opt: torch.optim.Optimizer | None = None
+
+    @property
+    def own_head(self) -> bool:
+        """Whether the embedding joins the teacher's distance: where the encoder's own classifier head makes it."""
+        config = self.model.config
+        return self.teacher is not None and config.global_context and not config.context_encoder
 
     def __call__(self, L: torch.Tensor, ab: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         cfg, model = self.cfg, self.model
@@ -749,8 +754,6 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
     if distil:
         _check_context_distillation(cfg, model)
     teacher, teacher_text = _encoder_teacher(model, cfg)
-    # the embedding joins the distance where the encoder makes it (its own classifier head, global_context)
-    own_head = teacher is not None and model.config.global_context and not model.config.context_encoder
     device = torch.device(resolve_torch_device(cfg.device))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # every step has the same shapes: let cuDNN pick its fastest kernels
@@ -859,8 +862,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
     window_start, window_images = time.monotonic(), 0
     running, running_terms = 0.0, {}
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
-    step_loss = StepLoss(model, cfg, loss_kind, class_weights, autocast, teacher=teacher, own_head=own_head,
-                         distiller=distiller, feature_loss=feature_loss, disc=disc, disc_opt=disc_opt)
+    step_loss = StepLoss(model, cfg, loss_kind, class_weights, autocast, teacher=teacher, distiller=distiller,
+                         feature_loss=feature_loss, disc=disc, disc_opt=disc_opt)
     batches = _batch_stream(sampler, cfg, step, device)
     while step < cfg.steps:
         L, ab = (t.to(device, non_blocking=True) for t in next(batches))
