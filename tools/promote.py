@@ -15,6 +15,12 @@ often on a better PSNR/colour trade-off than either's decoding can reach; it is 
 ``--highlight-rolloff 80,95,0.4`` records a roll-off of chroma towards white (``models.color.HighlightRolloff``),
 which every colorizer of the model then applies.
 
+``--choose rebalance=0.3,0.6,1 --choose temperature=0.3,0.5`` chooses the decoding instead of taking it: every
+combination is written as the checkpoint it would ship, scored on photos the run held out (its own sources'
+``--val-split``, or ``--choose-on NAME=PATH``) and the one the campaign's rule picks ships (the most release-4 checks
+met, then the highest mean PSNR gain over gray), the figures that chose it in its provenance (``decoding_choice``; ``tools.choose_decoding``). ``--choice-card DIR`` keeps the grid's
+scorecard with its contact sheets.
+
 ``-o`` may also be ``s3://bucket/prefix/NAME.pt``, to publish into a model store: workers with
 ``TINCT_MODEL_STORE=s3://bucket/prefix/`` then load it for jobs that ask for ``model="NAME"``. The object
 appears in one upload (a single PUT, or a multipart upload that completes at once), so a worker never reads
@@ -40,6 +46,17 @@ from models.color import HighlightRolloff
 from models.onnx_export import decode_tag
 from models.predictor import DecodeOptions
 from tools.ab_prior import measure_ab_prior
+from tools.choose_decoding import (
+    Choice,
+    Decoding,
+    GridAxis,
+    HeldOutSet,
+    grid,
+    held_out_sets,
+    local_photo_sets,
+    score_and_choose,
+)
+from tools.scorecard import RELEASE4_TARGETS, ScorecardOptions, Targets
 from worker.errors import TinctError, one_line
 from worker.settings import Settings
 from worker.storage import Storage, parse_uri
@@ -65,15 +82,24 @@ def promote(
     evaluation: dict[str, Any] | None = None, half: bool = True, storage: Storage | None = None,
     render_size: int | None = None, min_render_size: int | None = None,
     average_with: Sequence[tuple[Path, float]] = (), highlight_rolloff: HighlightRolloff | None = None,
+    decoding_choice: dict[str, Any] | None = None,
 ) -> str:
     """Re-save ``source`` as ``output`` (a path, or an ``s3://`` URI with ``storage``) with the given decoding,
     evaluation and render size (the model's own from then on: ``models.colorizer.preferred_render_size``), its
-    weights averaged with ``average_with``'s (each checkpoint with its share; ``source`` keeps the rest); returns
-    the new weights hash."""
+    weights averaged with ``average_with``'s (each checkpoint with its share; ``source`` keeps the rest), and the
+    figures that chose the decoding (``decoding_choice``, from ``tools.choose_decoding``); returns the new weights
+    hash."""
     ckpt = load_checkpoint(source)
     decode = decode or DecodeOptions(**ckpt.decode)
     provenance = dict(ckpt.provenance)
     provenance["promoted_from"] = ckpt.label
+    rendering = {"render_size": render_size, "min_render_size": min_render_size,
+                 "highlight_rolloff": dataclasses.asdict(highlight_rolloff) if highlight_rolloff else None}
+    rerendered = any(value is not None and value != ckpt.provenance.get(key) for key, value in rendering.items())
+    if decoding_choice is not None:
+        provenance["decoding_choice"] = decoding_choice
+    elif decode != DecodeOptions(**ckpt.decode) or rerendered or average_with:
+        provenance.pop("decoding_choice", None)  # an earlier choice no longer describes what ships
     if evaluation is not None:
         provenance["evaluation"] = evaluation_summary(evaluation)
     if render_size is not None:
@@ -102,6 +128,36 @@ def promote(
         digest = save_checkpoint(local, model, provenance=provenance, decode=decode, half=half)
         storage.upload(local, os.fspath(output), content_type="application/octet-stream")
     return digest
+
+
+def promote_choosing(
+    source: Path, output: str | os.PathLike, decodings: Sequence[Decoding], sets: Sequence[HeldOutSet],
+    decode: DecodeOptions | None = None, options: ScorecardOptions | None = None, card_dir: Path | None = None,
+    targets: Targets = RELEASE4_TARGETS, storage: Storage | None = None,
+    render_size: int | None = None, **promote_options: Any,
+) -> tuple[str, Choice]:
+    """Promote ``source`` with the decoding of ``decodings`` that ``tools.choose_decoding``'s rule picks on ``sets``.
+
+    Each decoding is first written as exactly the checkpoint it would ship as (``decode`` with the grid's values set,
+    the same render sizes, roll-off, averaging and fp16 weights), so what is scored is what ships; then all of them
+    are scored side by side (the card goes to ``card_dir`` when given) and the chosen one is written to ``output``
+    with the figures in its provenance. Returns the weights hash and the choice."""
+    decode = decode or DecodeOptions(**load_checkpoint(source).decode)
+    options = options or ScorecardOptions(engine_kind="torch")
+    with tempfile.TemporaryDirectory(prefix="tinct-choose-") as scratch:
+        photo_sets = local_photo_sets(sets, storage, Path(scratch) / "photos")
+        candidates = []
+        for i, decoding in enumerate(decodings):
+            path = Path(scratch) / "candidates" / f"{i:03d}.pt"
+            promote(source, path, decoding.apply(decode), render_size=decoding.render_size or render_size,
+                    **promote_options)
+            candidates.append((decoding, path))
+        choice = score_and_choose(candidates, photo_sets, card_dir or Path(scratch) / "card", options, targets)
+    record = choice.record() | {"sets": [s | {"source": h.source} for s, h in zip(choice.sets, sets, strict=True)]}
+    chosen = decodings[choice.chosen]
+    digest = promote(source, output, chosen.apply(decode), storage=storage,
+                     render_size=chosen.render_size or render_size, decoding_choice=record, **promote_options)
+    return digest, choice
 
 
 def averaged_weights(ckpt: Checkpoint, others: Sequence[tuple[Checkpoint, float]]) -> dict[str, torch.Tensor]:
@@ -136,6 +192,30 @@ def _average_arg(text: str) -> tuple[Path, float]:
     raise ValueError(f"--average-with {text}: expected PATH:SHARE, e.g. runs/other/model.pt:0.3")
 
 
+def _targets(args: argparse.Namespace) -> Targets:
+    """The checks the grid is held to: ``--min-psnr-gain`` and ``--colour-range``."""
+    text = args.colour_range
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--colour-range {text}: expected LOW,HIGH, e.g. 0.7,1.15") from None
+    if not 0 <= low < high:
+        raise ValueError(f"--colour-range {text}: expected 0 <= LOW < HIGH")
+    return dataclasses.replace(RELEASE4_TARGETS, psnr_over_gray_db=args.min_psnr_gain, colourfulness_ratio=(low, high))
+
+
+def _check_choose_options(args: argparse.Namespace, axes: Sequence[GridAxis]) -> None:
+    """ValueError for a grid axis that a fixed option also sets, or choosing options without a grid."""
+    fixed = {"temperature": args.temperature, "rebalance": args.rebalance, "method": args.decode_method,
+             "render-size": args.render_size}
+    both = [axis.name for axis in axes if fixed[axis.name] is not None]
+    if both:
+        flag = "--decode-method" if both[0] == "method" else f"--{both[0]}"
+        raise ValueError(f"{flag} and --choose {both[0]}=... both set it: give one")
+    if not axes and (args.choose_on or args.choose_val_split is not None or args.choice_card):
+        raise ValueError("--choose-on, --choose-val-split and --choice-card need a grid: --choose AXIS=V1,V2,...")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools promote", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", type=Path, help="a training run's model.pt")
@@ -161,15 +241,44 @@ def main(argv: list[str] | None = None) -> int:
                    help="average the weights with another checkpoint of the same architecture, SHARE of its weights "
                    "(repeatable; the checkpoint keeps the rest); recorded in the provenance")
     p.add_argument("--fp32", action="store_true", help="store float32 weights instead of fp16")
+    choose = p.add_argument_group(
+        "choosing the decoding on held-out photos",
+        "score a grid of decodings on held-out photos and ship the one the campaign's rule picks: the most checks "
+        "met on each set (PSNR gain over gray at least --min-psnr-gain, colourfulness within --colour-range of the "
+        "truth's), then the highest mean PSNR gain")
+    choose.add_argument("--choose", action="append", default=[], metavar="AXIS=V1,V2,...",
+                        help="values to try for one setting: temperature, rebalance, method or render-size "
+                        "(repeatable; the grid is every combination)")
+    choose.add_argument("--choose-on", action="append", default=[], metavar="NAME=PATH",
+                        help="photos to choose on, a folder, .zip or s3:// prefix (repeatable; default: the run's "
+                        "own training sources at its --val-split)")
+    choose.add_argument("--choose-val-split", type=float, metavar="F",
+                        help="score only this held-out fraction (default: the run's --val-split for its own "
+                        "sources, every photo of a --choose-on set)")
+    choose.add_argument("--colour-range", default="{:g},{:g}".format(*RELEASE4_TARGETS.colourfulness_ratio),
+                        metavar="LOW,HIGH", help="the colour check: colourfulness as a share of the truth's "
+                        "(default: %(default)s, release 4's target)")
+    choose.add_argument("--min-psnr-gain", type=float, default=RELEASE4_TARGETS.psnr_over_gray_db, metavar="DB",
+                        help="the PSNR check: dB over the gray image (default: %(default)s, release 4's target)")
+    choose.add_argument("--choice-card", type=Path, metavar="DIR",
+                        help="keep the grid's scorecard (JSON, markdown, contact sheets) in this folder")
+    choose.add_argument("--engine", default="torch", help="engine that scores the grid: torch (default) or "
+                        "onnxruntime (exports every decoding to ONNX first)")
+    choose.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    choose.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     output = args.output
+    choice = None
     try:
         if parse_uri(output)[0] == "s3" and not output.endswith(".pt"):
             raise ValueError(f"{output}: a published checkpoint is an object named NAME.pt (s3://bucket/prefix/NAME.pt)")
-        settings = Settings.from_env()  # only an s3:// output needs them; read here, passed down
+        axes = [GridAxis.parse(text) for text in args.choose]
+        _check_choose_options(args, axes)
+        settings = Settings.from_env()  # only S3 paths need them; read here, passed down
         with Storage(settings) as storage:
-            current = DecodeOptions(**load_checkpoint(args.checkpoint).decode)
+            ckpt = load_checkpoint(args.checkpoint)
+            current = DecodeOptions(**ckpt.decode)
             decode = dataclasses.replace(  # whatever else the checkpoint's decoding records is kept
                 current,
                 method=args.decode_method or current.method,
@@ -178,13 +287,28 @@ def main(argv: list[str] | None = None) -> int:
                 ab_prior=measure_ab_prior(args.ab_prior_from) if args.ab_prior_from else current.ab_prior,
             )
             evaluation = json.loads(args.evaluation.read_text()) if args.evaluation else None
-            digest = promote(args.checkpoint, output, decode, evaluation, half=not args.fp32, storage=storage,
-                             render_size=args.render_size, min_render_size=args.min_render_size,
-                             average_with=[_average_arg(text) for text in args.average_with],
-                             highlight_rolloff=HighlightRolloff.parse(args.highlight_rolloff)
-                             if args.highlight_rolloff else None)
+            rest = {"evaluation": evaluation, "half": not args.fp32, "storage": storage,
+                    "min_render_size": args.min_render_size,
+                    "average_with": [_average_arg(text) for text in args.average_with],
+                    "highlight_rolloff": HighlightRolloff.parse(args.highlight_rolloff)
+                    if args.highlight_rolloff else None}
+            if axes:
+                sets = held_out_sets(ckpt.provenance, args.choose_on, args.choose_val_split)
+                options = ScorecardOptions(engine_kind=args.engine, device=args.device, precision=args.precision)
+                decodings = grid(axes)
+                digest, choice = promote_choosing(args.checkpoint, output, decodings, sets, decode, options,
+                                                  args.choice_card, _targets(args), render_size=args.render_size,
+                                                  **rest)
+                decode = decodings[choice.chosen].apply(decode)
+            else:
+                digest = promote(args.checkpoint, output, decode, render_size=args.render_size, **rest)
     except (CheckpointError, TinctError, OSError, ValueError, KeyError) as exc:
         p.exit(2, f"promote: error: {one_line(exc)}\n")
+    if choice is not None:
+        print(choice.table())
+        misses = f"; it misses {'; '.join(choice.misses())}" if choice.misses() else ""
+        print(f"\nchosen: {choice.decoding_label}, {choice.rows[choice.chosen]['checks_met']} of {choice.checks} "
+              f"checks{misses} ({choice.engine}; every figure is in the checkpoint's provenance, decoding_choice)")
     name = PurePosixPath(output).stem if is_model_name(PurePosixPath(output).stem) else None
     log.info("wrote %s (weights sha256 %s, decode %s)%s", output, digest[:12], decode_tag(decode),
              f"; in a model store it is model={name}" if name else "")
