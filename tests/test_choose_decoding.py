@@ -17,7 +17,7 @@ from models.predictor import DecodeOptions
 from models.registry import create_model
 from tests.conftest import gradient_image
 from tests.services import env_for_workers, get_object, put_object
-from tests.test_finetune import png, use_env
+from tests.test_finetune import png, run_tool, train_command, use_env
 from tools import promote
 from tools.ab_prior import measure_ab_prior
 from tools.choose_decoding import GridAxis, HeldOutSet, apply_rule, grid, held_out_sets
@@ -202,18 +202,20 @@ def test_conflicting_choosing_options_are_one_line(run_checkpoint, tmp_path, cap
     assert not (tmp_path / "out.pt").exists()
 
 
-def test_a_run_on_s3_photos_chooses_on_its_held_out_objects_only(tmp_path, s3_server, monkeypatch):
+def test_a_tune_on_s3_photos_chooses_on_its_held_out_objects_only(tmp_path, s3_server, monkeypatch):
+    """The README's recipe: tune the shipped model on an S3 prefix holding half out, then choose and publish."""
     for bucket in ("photos", "models"):
         s3_server.make_bucket(bucket)
     names = photo_names(10)
     for i, name in enumerate(names):
-        put_object(s3_server, f"s3://photos/colour-1950s/{name}", png(gradient_image(48, 64, seed=i)))
-    torch.manual_seed(0)
-    model = create_model("effnet_unet", pretrained=False, decoder_channels=(32, 24, 16))
-    checkpoint = tmp_path / "model.pt"
-    save_checkpoint(checkpoint, model, provenance={"data": ["s3://photos/colour-1950s/"], "val_split": SPLIT})
+        put_object(s3_server, f"s3://photos/colour-1950s/{name}", png(gradient_image(96, 96, seed=i)))
+    run_dir = tmp_path / "run"
+    done = run_tool(train_command("--init", "default", "--data", "s3://photos/colour-1950s/", "--val-split",
+                                  str(SPLIT), "--run-dir", str(run_dir)),
+                    env_for_workers(s3_server=s3_server, base=os.environ, cache_dir=tmp_path / "tool-cache"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    checkpoint = run_dir / "model.pt"
     use_env(monkeypatch, env_for_workers(s3_server=s3_server))
-    monkeypatch.setenv("TINCT_CACHE_DIR", os.environ["TINCT_CACHE_DIR"])
     assert promote.main([str(checkpoint), "-o", "s3://models/store/archive-1950s.pt", "--choose",
                          "temperature=0.3,0.6", "--render-size", "64",
                          "--choice-card", str(tmp_path / "card")]) == 0
