@@ -66,14 +66,18 @@ def test_a_grid_is_every_combination_in_order():
     decodings = grid([GridAxis.parse("temperature=0.3,0.5"), GridAxis.parse("render_size=96,128,96")])
     assert [d.label for d in decodings] == ["temperature 0.3, render-size 96", "temperature 0.3, render-size 128",
                                             "temperature 0.5, render-size 96", "temperature 0.5, render-size 128"]
-    assert decodings[3].render_size == 128 and decodings[3].to_dict() == {"temperature": 0.5, "render_size": 128}
+    assert decodings[3].rendering() == {"render_size": 128}
+    assert decodings[3].to_dict() == {"temperature": 0.5, "render_size": 128}
+    (small,) = grid([GridAxis.parse("min-render-size=192"), GridAxis.parse("method=mode")])
+    assert small.rendering() == {"min_render_size": 192} and small.label == "min-render-size 192, method mode"
 
 
 @pytest.mark.parametrize(("texts", "message"), [
     (["temperature=0,0.5"], "'0' is not a temperature"),
-    (["colour=1,2"], "AXIS one of temperature, rebalance, method, render-size"),
+    (["colour=1,2"], "AXIS one of temperature, rebalance, method, render-size, min-render-size"),
     (["method=mode,median"], "'median' is not a method"),
     (["render-size=16"], "at least 32"),
+    (["min-render-size=-1"], "'-1' is not a min-render-size"),
     (["rebalance="], "no values to try"),
     (["rebalance=0.2", "rebalance=0.4"], "names rebalance twice"),
 ])

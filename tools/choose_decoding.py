@@ -73,11 +73,21 @@ def _render_size(text: str) -> int:
     return value
 
 
-# What a grid may vary, and how each value is read: the decoding's own fields, and the render size, which changes
-# what the network sees and was chosen with the decoding in every release so far.
+def _min_render_size(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("a size small photos are enlarged to is >= 0 (0: never)")
+    return value
+
+
+# What a grid may vary, and how each value is read: the decoding's own fields (DecodeOptions), and the render sizes
+# (tools.promote's keywords), which change what the network sees and were chosen with the decoding in every release.
 AXES: dict[str, Callable[[str], Any]] = {
     "temperature": _temperature, "rebalance": _rebalance, "method": _method, "render-size": _render_size,
+    "min-render-size": _min_render_size,
 }
+DECODE_AXES = ("temperature", "rebalance", "method")
+RENDER_AXES = {"render-size": "render_size", "min-render-size": "min_render_size"}
 
 
 @dataclass(frozen=True)
@@ -119,14 +129,13 @@ class Decoding:
         return ", ".join(f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
                          for name, value in self.settings)
 
-    @property
-    def render_size(self) -> int | None:
-        return dict(self.settings).get("render-size")
-
     def apply(self, decode: DecodeOptions) -> DecodeOptions:
         """``decode`` with this point's decoding fields set (DecodeOptions' own checks apply: ValueError)."""
-        fields = {name: value for name, value in self.settings if name != "render-size"}
-        return dataclasses.replace(decode, **fields)
+        return dataclasses.replace(decode, **{name: value for name, value in self.settings if name in DECODE_AXES})
+
+    def rendering(self) -> dict[str, int]:
+        """This point's render sizes, as ``tools.promote.promote``'s keyword arguments."""
+        return {RENDER_AXES[name]: value for name, value in self.settings if name in RENDER_AXES}
 
     def to_dict(self) -> dict[str, Any]:
         return {name.replace("-", "_"): value for name, value in self.settings}

@@ -16,10 +16,11 @@ often on a better PSNR/colour trade-off than either's decoding can reach; it is 
 which every colorizer of the model then applies.
 
 ``--choose rebalance=0.3,0.6,1 --choose temperature=0.3,0.5`` chooses the decoding instead of taking it: every
-combination is written as the checkpoint it would ship, scored on photos the run held out (its own sources'
-``--val-split``, or ``--choose-on NAME=PATH``) and the one the campaign's rule picks ships (the most release-4 checks
-met, then the highest mean PSNR gain over gray), the figures that chose it in its provenance (``decoding_choice``; ``tools.choose_decoding``). ``--choice-card DIR`` keeps the grid's
-scorecard with its contact sheets.
+combination is written as the checkpoint it would ship and scored on photos the run held out (its own sources'
+``--val-split``, or ``--choose-on NAME=PATH``). The one the campaign's rule picks ships (the most release-4 checks
+met, then the highest mean PSNR gain over gray) with the figures that chose it in its provenance
+(``decoding_choice``; ``tools.choose_decoding``). ``--choice-card DIR`` keeps the grid's scorecard with its contact
+sheets.
 
 ``-o`` may also be ``s3://bucket/prefix/NAME.pt``, to publish into a model store: workers with
 ``TINCT_MODEL_STORE=s3://bucket/prefix/`` then load it for jobs that ask for ``model="NAME"``. The object
@@ -133,15 +134,14 @@ def promote(
 def promote_choosing(
     source: Path, output: str | os.PathLike, decodings: Sequence[Decoding], sets: Sequence[HeldOutSet],
     decode: DecodeOptions | None = None, options: ScorecardOptions | None = None, card_dir: Path | None = None,
-    targets: Targets = RELEASE4_TARGETS, storage: Storage | None = None,
-    render_size: int | None = None, **promote_options: Any,
+    targets: Targets = RELEASE4_TARGETS, storage: Storage | None = None, **promote_options: Any,
 ) -> tuple[str, Choice]:
     """Promote ``source`` with the decoding of ``decodings`` that ``tools.choose_decoding``'s rule picks on ``sets``.
 
-    Each decoding is first written as exactly the checkpoint it would ship as (``decode`` with the grid's values set,
-    the same render sizes, roll-off, averaging and fp16 weights), so what is scored is what ships; then all of them
-    are scored side by side (the card goes to ``card_dir`` when given) and the chosen one is written to ``output``
-    with the figures in its provenance. Returns the weights hash and the choice."""
+    Each decoding is first written as exactly the checkpoint it would ship as (``decode`` and ``promote_options``
+    with the grid's values set: the same render sizes, roll-off, averaging and fp16 weights), so what is scored is
+    what ships; then all of them are scored side by side (the card goes to ``card_dir`` when given) and the chosen
+    one is written to ``output`` with the figures in its provenance. Returns the weights hash and the choice."""
     decode = decode or DecodeOptions(**load_checkpoint(source).decode)
     options = options or ScorecardOptions(engine_kind="torch")
     with tempfile.TemporaryDirectory(prefix="tinct-choose-") as scratch:
@@ -149,14 +149,13 @@ def promote_choosing(
         candidates = []
         for i, decoding in enumerate(decodings):
             path = Path(scratch) / "candidates" / f"{i:03d}.pt"
-            promote(source, path, decoding.apply(decode), render_size=decoding.render_size or render_size,
-                    **promote_options)
+            promote(source, path, decoding.apply(decode), **(promote_options | decoding.rendering()))
             candidates.append((decoding, path))
         choice = score_and_choose(candidates, photo_sets, card_dir or Path(scratch) / "card", options, targets)
     record = choice.record() | {"sets": [s | {"source": h.source} for s, h in zip(choice.sets, sets, strict=True)]}
     chosen = decodings[choice.chosen]
-    digest = promote(source, output, chosen.apply(decode), storage=storage,
-                     render_size=chosen.render_size or render_size, decoding_choice=record, **promote_options)
+    digest = promote(source, output, chosen.apply(decode), storage=storage, decoding_choice=record,
+                     **(promote_options | chosen.rendering()))
     return digest, choice
 
 
@@ -207,7 +206,7 @@ def _targets(args: argparse.Namespace) -> Targets:
 def _check_choose_options(args: argparse.Namespace, axes: Sequence[GridAxis]) -> None:
     """ValueError for a grid axis that a fixed option also sets, or choosing options without a grid."""
     fixed = {"temperature": args.temperature, "rebalance": args.rebalance, "method": args.decode_method,
-             "render-size": args.render_size}
+             "render-size": args.render_size, "min-render-size": args.min_render_size}
     both = [axis.name for axis in axes if fixed[axis.name] is not None]
     if both:
         flag = "--decode-method" if both[0] == "method" else f"--{both[0]}"
@@ -247,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         "met on each set (PSNR gain over gray at least --min-psnr-gain, colourfulness within --colour-range of the "
         "truth's), then the highest mean PSNR gain")
     choose.add_argument("--choose", action="append", default=[], metavar="AXIS=V1,V2,...",
-                        help="values to try for one setting: temperature, rebalance, method or render-size "
+                        help="values to try for one setting: temperature, rebalance, method, render-size or "
+                        "min-render-size "
                         "(repeatable; the grid is every combination)")
     choose.add_argument("--choose-on", action="append", default=[], metavar="NAME=PATH",
                         help="photos to choose on, a folder, .zip or s3:// prefix (repeatable; default: the run's "
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             evaluation = json.loads(args.evaluation.read_text()) if args.evaluation else None
             rest = {"evaluation": evaluation, "half": not args.fp32, "storage": storage,
-                    "min_render_size": args.min_render_size,
+                    "render_size": args.render_size, "min_render_size": args.min_render_size,
                     "average_with": [_average_arg(text) for text in args.average_with],
                     "highlight_rolloff": HighlightRolloff.parse(args.highlight_rolloff)
                     if args.highlight_rolloff else None}
@@ -297,11 +297,10 @@ def main(argv: list[str] | None = None) -> int:
                 options = ScorecardOptions(engine_kind=args.engine, device=args.device, precision=args.precision)
                 decodings = grid(axes)
                 digest, choice = promote_choosing(args.checkpoint, output, decodings, sets, decode, options,
-                                                  args.choice_card, _targets(args), render_size=args.render_size,
-                                                  **rest)
+                                                  args.choice_card, _targets(args), **rest)
                 decode = decodings[choice.chosen].apply(decode)
             else:
-                digest = promote(args.checkpoint, output, decode, render_size=args.render_size, **rest)
+                digest = promote(args.checkpoint, output, decode, **rest)
     except (CheckpointError, TinctError, OSError, ValueError, KeyError) as exc:
         p.exit(2, f"promote: error: {one_line(exc)}\n")
     if choice is not None:
