@@ -42,7 +42,16 @@ from typing import Any
 
 import torch
 
-from models.checkpoint import Checkpoint, CheckpointError, is_model_name, load_checkpoint, save_checkpoint
+from models.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    is_model_name,
+    load_checkpoint,
+    preferred_highlight_rolloff,
+    preferred_min_render_size,
+    preferred_render_size,
+    save_checkpoint,
+)
 from models.color import HighlightRolloff
 from models.onnx_export import decode_tag
 from models.predictor import DecodeOptions
@@ -94,9 +103,9 @@ def promote(
     decode = decode or DecodeOptions(**ckpt.decode)
     provenance = dict(ckpt.provenance)
     provenance["promoted_from"] = ckpt.label
-    rendering = {"render_size": render_size, "min_render_size": min_render_size,
-                 "highlight_rolloff": dataclasses.asdict(highlight_rolloff) if highlight_rolloff else None}
-    rerendered = any(value is not None and value != ckpt.provenance.get(key) for key, value in rendering.items())
+    rerendered = ((render_size is not None and render_size != preferred_render_size(provenance))
+                  or (min_render_size is not None and min_render_size != preferred_min_render_size(provenance))
+                  or (highlight_rolloff is not None and highlight_rolloff != preferred_highlight_rolloff(provenance)))
     if decoding_choice is not None:
         provenance["decoding_choice"] = decoding_choice
     elif decode != DecodeOptions(**ckpt.decode) or rerendered or average_with:
@@ -247,8 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         "truth's), then the highest mean PSNR gain")
     choose.add_argument("--choose", action="append", default=[], metavar="AXIS=V1,V2,...",
                         help="values to try for one setting: temperature, rebalance, method, render-size or "
-                        "min-render-size "
-                        "(repeatable; the grid is every combination)")
+                        "min-render-size (repeatable; the grid is every combination)")
     choose.add_argument("--choose-on", action="append", default=[], metavar="NAME=PATH",
                         help="photos to choose on, a folder, .zip or s3:// prefix (repeatable; default: the run's "
                         "own training sources at its --val-split)")
