@@ -153,6 +153,8 @@ def test_promote_chooses_on_the_held_out_photos_and_ships_what_it_scored(run_che
     assert [s["images"] for s in card["sets"]] == [len(held)]  # the held-out half, nothing the run trained on
     labels = [m["label"] for m in card["models"]]
     assert len(labels) == 4
+    assert card["models"][0]["model"] == f"{checkpoint}, {labels[0]}"  # not the scratch file it was scored from
+    assert "tinct-choose-" not in (card_dir / "scorecard.md").read_text()
 
     result = load_checkpoint(shipped)
     record = result.provenance["decoding_choice"]

@@ -33,6 +33,7 @@ from tools.scorecard import (
     Targets,
     muted_figures,
     run_scorecard,
+    save_card,
 )
 from worker.errors import TinctError
 from worker.storage import Storage, check_relative_key, normalize_uri
@@ -347,13 +348,18 @@ def apply_rule(card: dict[str, Any], decodings: Sequence[Decoding], targets: Tar
 
 
 def score_and_choose(candidates: Sequence[tuple[Decoding, Path]], photo_sets: Sequence[PhotoSet],
-                     card_dir: Path, options: ScorecardOptions, targets: Targets = RELEASE4_TARGETS) -> Choice:
-    """Score each candidate checkpoint (its decoding written in) on ``photo_sets``, write the card to ``card_dir``
-    and apply the rule; a chosen decoding that misses checks is warned about, naming them."""
+                     card_dir: Path, options: ScorecardOptions, targets: Targets = RELEASE4_TARGETS,
+                     source: str = "") -> Choice:
+    """Score each candidate checkpoint (``source`` with a decoding written in) on ``photo_sets``, write the card to
+    ``card_dir`` and apply the rule; a chosen decoding that misses checks is warned about, naming them."""
     models = [ModelSpec(decoding.label, str(path)) for decoding, path in candidates]
     log.info("scoring %d decodings on %s", len(models), ", ".join(s.name for s in photo_sets))
     card = run_scorecard(models, card_dir, eval_root=None, sets=(), extra_sets=photo_sets, video=False, bw=False,
                          options=options)
+    if source:  # the card names the model each row decodes, not the scratch file it was scored from
+        for model in card.data["models"]:
+            model["model"] = f"{source}, {model['label']}"
+        save_card(card_dir, card.data)
     photos = sum(s["images"] for s in card.data["sets"])
     if photos < FEW_PHOTOS:
         log.warning("choosing on %d held-out photos: differences between decodings may be noise at so few; hold "

@@ -160,7 +160,8 @@ def promote_choosing(
             path = Path(scratch) / "candidates" / f"{i:03d}.pt"
             promote(source, path, decoding.apply(decode), **(promote_options | decoding.rendering()))
             candidates.append((decoding, path))
-        choice = score_and_choose(candidates, photo_sets, card_dir or Path(scratch) / "card", options, targets)
+        choice = score_and_choose(candidates, photo_sets, card_dir or Path(scratch) / "card", options, targets,
+                                  source=os.fspath(source))
     record = choice.record() | {"sets": [s | {"source": h.source} for s, h in zip(choice.sets, sets, strict=True)]}
     chosen = decodings[choice.chosen]
     digest = promote(source, output, chosen.apply(decode), storage=storage, decoding_choice=record,

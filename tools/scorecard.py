@@ -501,7 +501,11 @@ def _write(out: Path, result: dict[str, Any], targets: Targets, started: float, 
     result["verdict"] = verdict(result, targets)
     result["seconds"] = time.perf_counter() - started
     result["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) if finished else None
-    data = _json_safe(result)
+    return save_card(out, _json_safe(result))
+
+
+def save_card(out: Path, data: dict[str, Any]) -> Scorecard:
+    """Write a card's JSON-safe ``data`` to ``out``: ``scorecard.json`` and ``scorecard.md`` rebuilt from it."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "scorecard.json").write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")
     card = Scorecard(data)
