@@ -417,13 +417,20 @@ class HighlightRolloff:
             raise ValueError(f"highlight roll-off {self.start:g},{self.end:g},{self.kept:g}: expected START,END,KEPT "
                              "with 0 <= START < END <= 100 (lightness) and KEPT in [0, 1]")
 
+    @property
+    def is_identity(self) -> bool:
+        """Whether it keeps all chroma everywhere (``kept`` 1), which is the same as having no roll-off."""
+        return self.kept == 1.0
+
     @classmethod
     def parse(cls, text: str) -> HighlightRolloff:
-        """``"80,95,0.4"`` -> HighlightRolloff(80, 95, 0.4)."""
+        """``"80,95,0.4"`` -> HighlightRolloff(80, 95, 0.4); ``"off"`` -> one that keeps all chroma (no roll-off)."""
+        if text.strip().lower() == "off":
+            return cls(0.0, 100.0, 1.0)
         try:
             start, end, kept = (float(part) for part in text.split(","))
         except ValueError:
-            raise ValueError(f"highlight roll-off {text!r}: expected START,END,KEPT, e.g. 80,95,0.4") from None
+            raise ValueError(f"highlight roll-off {text!r}: expected START,END,KEPT (e.g. 80,95,0.4) or off") from None
         return cls(start, end, kept)
 
     def apply(self, ab: torch.Tensor, L: torch.Tensor) -> torch.Tensor:

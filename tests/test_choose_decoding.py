@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from models.checkpoint import load_checkpoint, save_checkpoint
+from models.color import HighlightRolloff
 from models.predictor import DecodeOptions
 from models.registry import create_model
 from tests.conftest import gradient_image
@@ -70,14 +71,19 @@ def test_a_grid_is_every_combination_in_order():
     assert decodings[3].to_dict() == {"temperature": 0.5, "render_size": 128}
     (small,) = grid([GridAxis.parse("min-render-size=192"), GridAxis.parse("method=mode")])
     assert small.rendering() == {"min_render_size": 192} and small.label == "min-render-size 192, method mode"
+    off, soft = grid([GridAxis.parse("highlight-rolloff=off,80/95/0.4")])
+    assert (off.label, soft.label) == ("highlight-rolloff off", "highlight-rolloff 80/95/0.4")
+    assert soft.rendering() == {"highlight_rolloff": HighlightRolloff(80, 95, 0.4)}
+    assert off.to_dict() == {"highlight_rolloff": "off"} and off.rendering()["highlight_rolloff"].is_identity
 
 
 @pytest.mark.parametrize(("texts", "message"), [
     (["temperature=0,0.5"], "'0' is not a temperature"),
-    (["colour=1,2"], "AXIS one of temperature, rebalance, method, render-size, min-render-size"),
+    (["colour=1,2"], "AXIS one of temperature, rebalance, method, render-size, min-render-size, highlight"),
     (["method=mode,median"], "'median' is not a method"),
     (["render-size=16"], "at least 32"),
     (["min-render-size=-1"], "'-1' is not a min-render-size"),
+    (["highlight-rolloff=80,95,0.4"], "'80' is not a highlight-rolloff"),
     (["rebalance="], "no values to try"),
     (["rebalance=0.2", "rebalance=0.4"], "names rebalance twice"),
 ])

@@ -135,6 +135,13 @@ def test_promote_records_a_highlight_rolloff_that_the_colorizer_applies(tiny_che
     np.testing.assert_allclose(hinted[:, 12, 95], (-20.0, 30.0), atol=0.5)  # a restorer's colour is not rolled off
     assert load_checkpoint(shipped).provenance["highlight_rolloff"] == {"start": 60.0, "end": 90.0, "kept": 0.25}
 
+    # "off" takes it away again: nothing recorded, and the colours are the plain model's.
+    unrolled = tmp_path / "unrolled.pt"
+    assert promote.main([str(shipped), "-o", str(unrolled), "--highlight-rolloff", "off", "--fp32"]) == 0
+    assert "highlight_rolloff" not in load_checkpoint(unrolled).provenance
+    with create_engine(str(unrolled), kind="torch") as engine:
+        np.testing.assert_allclose(Colorizer(engine, render_size=64).predict_ab([L])[0], before, atol=1e-4)
+
 
 def test_a_highlight_rolloff_recorded_as_a_bare_list_still_reads() -> None:
     """The 2026-12-04 candidate's provenance holds its roll-off as [start, end, kept], before they were named."""

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from models.color import HighlightRolloff
 from models.predictor import DecodeOptions
 from tools.datasets import IMAGE_SUFFIXES, SourceSpec, in_holdout, is_s3_uri, relative_name
 from tools.scorecard import (
@@ -74,6 +75,11 @@ def _render_size(text: str) -> int:
     return value
 
 
+def _highlight_rolloff(text: str) -> HighlightRolloff:
+    # START/END/KEPT: the commas of promote's own --highlight-rolloff separate the grid's values here
+    return HighlightRolloff.parse(text.replace("/", ","))
+
+
 def _min_render_size(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -81,14 +87,15 @@ def _min_render_size(text: str) -> int:
     return value
 
 
-# What a grid may vary, and how each value is read: the decoding's own fields (DecodeOptions), and the render sizes
-# (tools.promote's keywords), which change what the network sees and were chosen with the decoding in every release.
+# What a grid may vary, and how each value is read: the decoding's own fields (DecodeOptions), and the rendering
+# (tools.promote's keywords: what the network sees, and the roll-off after it), chosen with the decoding so far.
 AXES: dict[str, Callable[[str], Any]] = {
     "temperature": _temperature, "rebalance": _rebalance, "method": _method, "render-size": _render_size,
-    "min-render-size": _min_render_size,
+    "min-render-size": _min_render_size, "highlight-rolloff": _highlight_rolloff,
 }
 DECODE_AXES = ("temperature", "rebalance", "method")
-RENDER_AXES = {"render-size": "render_size", "min-render-size": "min_render_size"}
+RENDER_AXES = {"render-size": "render_size", "min-render-size": "min_render_size",
+               "highlight-rolloff": "highlight_rolloff"}
 
 
 @dataclass(frozen=True)
@@ -127,19 +134,25 @@ class Decoding:
 
     @property
     def label(self) -> str:
-        return ", ".join(f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
-                         for name, value in self.settings)
+        return ", ".join(f"{name} {_shown(value)}" for name, value in self.settings)
 
     def apply(self, decode: DecodeOptions) -> DecodeOptions:
         """``decode`` with this point's decoding fields set (DecodeOptions' own checks apply: ValueError)."""
         return dataclasses.replace(decode, **{name: value for name, value in self.settings if name in DECODE_AXES})
 
-    def rendering(self) -> dict[str, int]:
-        """This point's render sizes, as ``tools.promote.promote``'s keyword arguments."""
+    def rendering(self) -> dict[str, Any]:
+        """This point's rendering (sizes, highlight roll-off), as ``tools.promote.promote``'s keyword arguments."""
         return {RENDER_AXES[name]: value for name, value in self.settings if name in RENDER_AXES}
 
     def to_dict(self) -> dict[str, Any]:
-        return {name.replace("-", "_"): value for name, value in self.settings}
+        return {name.replace("-", "_"): _shown(value) if isinstance(value, HighlightRolloff) else value
+                for name, value in self.settings}
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, HighlightRolloff):
+        return "off" if value.is_identity else f"{value.start:g}/{value.end:g}/{value.kept:g}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def grid(axes: Sequence[GridAxis]) -> list[Decoding]:

@@ -103,9 +103,10 @@ def promote(
     decode = decode or DecodeOptions(**ckpt.decode)
     provenance = dict(ckpt.provenance)
     provenance["promoted_from"] = ckpt.label
+    rolloff = None if highlight_rolloff is None or highlight_rolloff.is_identity else highlight_rolloff  # "off": none
     rerendered = ((render_size is not None and render_size != preferred_render_size(provenance))
                   or (min_render_size is not None and min_render_size != preferred_min_render_size(provenance))
-                  or (highlight_rolloff is not None and highlight_rolloff != preferred_highlight_rolloff(provenance)))
+                  or (highlight_rolloff is not None and rolloff != preferred_highlight_rolloff(provenance)))
     if decoding_choice is not None:
         provenance["decoding_choice"] = decoding_choice
     elif decode != DecodeOptions(**ckpt.decode) or rerendered or average_with:
@@ -120,8 +121,10 @@ def promote(
         if min_render_size < 0:
             raise ValueError(f"min render size {min_render_size} must be >= 0 (0: never enlarge small photos)")
         provenance["min_render_size"] = min_render_size
-    if highlight_rolloff is not None:
-        provenance["highlight_rolloff"] = dataclasses.asdict(highlight_rolloff)
+    if highlight_rolloff is not None and rolloff is None:
+        provenance.pop("highlight_rolloff", None)
+    elif rolloff is not None:
+        provenance["highlight_rolloff"] = dataclasses.asdict(rolloff)
     model = ckpt.build_model()
     if average_with:
         others = [(load_checkpoint(path), share) for path, share in average_with]
@@ -216,7 +219,8 @@ def _targets(args: argparse.Namespace) -> Targets:
 def _check_choose_options(args: argparse.Namespace, axes: Sequence[GridAxis]) -> None:
     """ValueError for a grid axis that a fixed option also sets, or choosing options without a grid."""
     fixed = {"temperature": args.temperature, "rebalance": args.rebalance, "method": args.decode_method,
-             "render-size": args.render_size, "min-render-size": args.min_render_size}
+             "render-size": args.render_size, "min-render-size": args.min_render_size,
+             "highlight-rolloff": args.highlight_rolloff}
     both = [axis.name for axis in axes if fixed[axis.name] is not None]
     if both:
         flag = "--decode-method" if both[0] == "method" else f"--{both[0]}"
@@ -244,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                    "network sees them (0: never; default: keep the checkpoint's)")
     p.add_argument("--highlight-rolloff", metavar="START,END,KEPT",
                    help="roll chroma off towards white: full up to lightness START, KEPT of it from END (e.g. "
-                        "80,95,0.4; models.color.HighlightRolloff); default: keep the checkpoint's")
+                        "80,95,0.4; models.color.HighlightRolloff), or off; default: keep the checkpoint's")
     p.add_argument("--evaluation", type=Path, help="an `evaluate --json` report to attach to the provenance")
     p.add_argument("--average-with", action="append", default=[], metavar="PATH:SHARE",
                    help="average the weights with another checkpoint of the same architecture, SHARE of its weights "
@@ -256,8 +260,9 @@ def main(argv: list[str] | None = None) -> int:
         "met on each set (PSNR gain over gray at least --min-psnr-gain, colourfulness within --colour-range of the "
         "truth's), then the highest mean PSNR gain")
     choose.add_argument("--choose", action="append", default=[], metavar="AXIS=V1,V2,...",
-                        help="values to try for one setting: temperature, rebalance, method, render-size or "
-                        "min-render-size (repeatable; the grid is every combination)")
+                        help="values to try for one setting: temperature, rebalance, method, render-size, "
+                        "min-render-size or highlight-rolloff (START/END/KEPT or off) (repeatable; the grid is every "
+                        "combination)")
     choose.add_argument("--choose-on", action="append", default=[], metavar="NAME=PATH",
                         help="photos to choose on, a folder, .zip or s3:// prefix (repeatable; default: the run's "
                         "own training sources at its --val-split)")
