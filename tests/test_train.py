@@ -196,6 +196,19 @@ def test_resume_continues_from_the_saved_step(photo_dir: Path, tmp_path: Path) -
     assert load_checkpoint(run / "model.pt").provenance["steps"] == 4
 
 
+def test_a_resumed_gan_run_continues_with_its_trained_discriminator(photo_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cfg = TrainConfig(model_options=TINY_EFFNET, data=[str(photo_dir)], steps=2, batch_size=2, crop=64,
+                      save_every=2, warmup_steps=1, adversarial_weight=0.1)
+    train(cfg, run)
+    trained = torch.load(run / STATE_FILE, weights_only=True)
+    train(cfg, run, resume=True)  # nothing left to train: it saves what it restored
+    restored = torch.load(run / STATE_FILE, weights_only=True)
+    for name, tensor in trained["disc"].items():
+        assert torch.equal(restored["disc"][name], tensor), name  # not a fresh discriminator's weights
+    assert restored["disc_optimizer"]["state"].keys() == trained["disc_optimizer"]["state"].keys() != set()
+
+
 def test_a_run_annealed_by_time_ends_finished_at_its_time_limit_with_the_rate_at_zero(photo_dir: Path,
                                                                                       tmp_path: Path,
                                                                                       caplog) -> None:

@@ -552,6 +552,36 @@ class StepLoss:
     disc: nn.Module | None = None
     disc_opt: torch.optim.Optimizer | None = None
 
+    @classmethod
+    def for_run(cls, model: nn.Module, cfg: TrainConfig, kind: str, class_weights: torch.Tensor | None,
+                teacher: FrozenEfficientNetLite | None, device: torch.device) -> StepLoss:
+        """The step's loss with the modules its terms need (discriminator and its optimizer, feature loss, embedding
+        distiller), made on ``device``, channels-last where the run is, beside the encoder's ``teacher``."""
+        disc = disc_opt = None
+        if cfg.adversarial_weight > 0:
+            disc = create_model("patchgan").to(device)
+            disc_opt = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.5, 0.999))
+        feature_loss = FeatureLoss().to(device) if cfg.feature_weight > 0 else None
+        distiller = ContextDistillation(model.config.encoder).to(device) if cfg.context_distill_weight > 0 else None
+        teacher = teacher.to(device) if teacher is not None else None
+        if cfg.channels_last:
+            teacher, feature_loss, distiller = (None if m is None else m.to(memory_format=torch.channels_last)
+                                                for m in (teacher, feature_loss, distiller))
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+        return cls(model, cfg, kind, class_weights, autocast, teacher=teacher, distiller=distiller,
+                   feature_loss=feature_loss, disc=disc, disc_opt=disc_opt)
+
+    def state(self) -> dict:
+        """What a resumed run needs back of the discriminator (nothing where there is none)."""
+        if self.disc is None:
+            return {}
+        return {"disc": self.disc.state_dict(), "disc_optimizer": self.disc_opt.state_dict()}
+
+    def load_state(self, state: dict) -> None:
+        if self.disc is not None and "disc" in state:
+            self.disc.load_state_dict(state["disc"])
+            self.disc_opt.load_state_dict(state["disc_optimizer"])
+
     @property
     def own_head(self) -> bool:
         """Whether the embedding joins the teacher's distance: where the encoder's own classifier head makes it."""
@@ -639,6 +669,34 @@ def _batch_stream(sampler: BatchSampler, cfg: TrainConfig, step: int, device: to
 def bank_side(crop: int, min_object_side: int) -> int:
     # Photos are kept just large enough for the largest crop scale asked for, so none is enlarged twice.
     return max(int(crop * 1.15), min_object_side)
+
+
+@dataclass
+class ProgressWindow:
+    """The progress line's figures since the last line: the steps' mean loss and extra terms, crops/s and the ETA."""
+
+    cfg: TrainConfig
+    started: float  # when this sitting started (time.monotonic), for the ETA
+    since: float = field(default_factory=time.monotonic)
+    crops: int = 0
+    loss: float = 0.0
+    terms: dict[str, float] = field(default_factory=dict)
+
+    def add(self, loss: float, terms: dict[str, float], crops: int) -> None:
+        self.loss += loss
+        for name, value in terms.items():
+            self.terms[name] = self.terms.get(name, 0.0) + value
+        self.crops += crops
+
+    def report(self, step: int, lr: float) -> None:
+        """Log the line for ``step`` and start the next window."""
+        now = time.monotonic()
+        rate = self.crops / max(now - self.since, 1e-9)
+        steps = max(1, self.crops // self.cfg.batch_size)
+        terms = "".join(f"  ({name} {total / steps:.4f})" for name, total in self.terms.items())
+        log.info("step %d/%d  loss %.4f%s  %.1f crops/s  lr %.2e  eta %.0f min", step, self.cfg.steps,
+                 self.loss / steps, terms, rate, lr, minutes_left(step, self.cfg, rate, now - self.started))
+        self.since, self.crops, self.loss, self.terms = now, 0, 0.0, {}
 
 
 def run_provenance(cfg: TrainConfig, loss_kind: str, bank: PhotoBank, teacher_text: str, parent: Checkpoint | None,
@@ -784,22 +842,9 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
 
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
-    disc = disc_opt = None
-    if cfg.adversarial_weight > 0:
-        disc = create_model("patchgan").to(device)
-        disc_opt = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    feature_loss = FeatureLoss().to(device) if cfg.feature_weight > 0 else None
-    distiller = ContextDistillation(model.config.encoder).to(device) if distil else None
-    if teacher is not None:
-        teacher = teacher.to(device)
+    step_loss = StepLoss.for_run(model, cfg, loss_kind, class_weights, teacher, device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-        if teacher is not None:
-            teacher = teacher.to(memory_format=torch.channels_last)
-        if feature_loss is not None:
-            feature_loss = feature_loss.to(memory_format=torch.channels_last)
-        if distiller is not None:
-            distiller = distiller.to(memory_format=torch.channels_last)
     ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     step = 0
     metrics: dict = {}
@@ -812,9 +857,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
         history = list(state.get("history", []))
         if ema is not None and state.get("ema") is not None:
             ema.model.load_state_dict(state["ema"], strict=True)
-        if disc is not None and "disc" in state:
-            disc.load_state_dict(state["disc"])
-            disc_opt.load_state_dict(state["disc_optimizer"])
+        step_loss.load_state(state)
     # The bar model-best.pt must clear: the line so far and, on a resumed run, the copy already on disk (a run
     # stopped between an evaluation and its next save wrote model-best.pt for a step its saved history lacks).
     best_psnr = max([m["val_psnr"] for m in history if "val_psnr" in m]
@@ -833,9 +876,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
             "ema": ema.model.state_dict() if ema is not None else None,
             "class_weights": class_weights.cpu() if class_weights is not None else None,
             "ab_prior": ab_prior,
-        }
-        if disc is not None:
-            payload |= {"disc": disc.state_dict(), "disc_optimizer": disc_opt.state_dict()}
+        } | step_loss.state()
         with atomic_output(state_path) as f:
             torch.save(payload, f)
         write_inference(run_dir / MODEL_FILE, final)
@@ -854,16 +895,12 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
 
     model.train()
     set_encoder_frozen(step < cfg.freeze_encoder_steps)
-    if disc is not None:
-        disc.train()
+    if step_loss.disc is not None:
+        step_loss.disc.train()
     started = time.monotonic()
     # A resumed sitting past the warm-up anneals from its start; otherwise from the warm-up's last step.
     annealing_from = started if step >= cfg.warmup_steps else None
-    window_start, window_images = time.monotonic(), 0
-    running, running_terms = 0.0, {}
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
-    step_loss = StepLoss(model, cfg, loss_kind, class_weights, autocast, teacher=teacher, distiller=distiller,
-                         feature_loss=feature_loss, disc=disc, disc_opt=disc_opt)
+    progress = ProgressWindow(cfg, started)
     batches = _batch_stream(sampler, cfg, step, device)
     while step < cfg.steps:
         L, ab = (t.to(device, non_blocking=True) for t in next(batches))
@@ -884,19 +921,9 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storag
         if ema is not None:
             ema.update(model, step)
         step += 1
-        running += loss.item()
-        for name, value in reported.items():
-            running_terms[name] = running_terms.get(name, 0.0) + value
-        window_images += L.shape[0]
+        progress.add(loss.item(), reported, L.shape[0])
         if step % cfg.log_every == 0 or step == cfg.steps:
-            elapsed = time.monotonic() - window_start
-            rate = window_images / max(elapsed, 1e-9)
-            eta_min = minutes_left(step, cfg, rate, time.monotonic() - started)
-            window_steps = max(1, window_images // cfg.batch_size)
-            terms_text = "".join(f"  ({name} {total / window_steps:.4f})" for name, total in running_terms.items())
-            log.info("step %d/%d  loss %.4f%s  %.1f crops/s  lr %.2e  eta %.0f min", step, cfg.steps,
-                     running / window_steps, terms_text, rate, optimizer.param_groups[0]["lr"], eta_min)
-            window_start, window_images, running, running_terms = time.monotonic(), 0, 0.0, {}
+            progress.report(step, optimizer.param_groups[0]["lr"])
         out_of_time = cfg.time_limit_min > 0 and time.monotonic() - started > cfg.time_limit_min * 60
         # annealed by time, the run's schedule ends here: its last step is scored as a last step is
         finished = step == cfg.steps or (out_of_time and cfg.anneal_by_time)
