@@ -1,14 +1,14 @@
 """Choosing a checkpoint's decoding on photos its training run held out (``tools promote --choose``).
 
-A decoding (annealed-mean temperature, decode-time rebalancing, method, render size) costs nothing to change and
-moves a model's colour more than most retraining does, so it is chosen, not guessed, and never on the photos the
-model is then reported on (docs/protocol.md). This module does what the campaign and docs/finetune.md did by hand:
-``tools.promote`` writes each decoding of a grid as the checkpoint it would ship, :func:`score_and_choose` scores
-them side by side with ``tools.scorecard`` on held-out photos (by default the training sources' validation split,
-the photos ``tools train --val-split`` kept out) and applies the campaign's rule (:func:`apply_rule`: the most
-release checks met, then the highest mean PSNR gain over gray). The figures
-that decided travel in the shipped checkpoint's provenance (``decoding_choice``), with the muted photos' line
-beside them: the split's stand-in for the films' plain scenes, which no training source measures.
+A decoding (annealed-mean temperature, decode-time rebalancing, method, render sizes, highlight roll-off) costs
+nothing to change and moves a model's colour more than most retraining does, so it is chosen, not guessed, and never
+on the photos the model is then reported on (docs/protocol.md). This module does what the campaign and
+docs/finetune.md did by hand: ``tools.promote`` writes each decoding of a grid as the checkpoint it would ship,
+:func:`score_and_choose` scores them side by side with ``tools.scorecard`` on held-out photos (by default the
+training sources' validation split, the photos ``tools train --val-split`` kept out) and applies the campaign's rule
+(:func:`apply_rule`: the most release checks met, then the highest mean PSNR gain over gray). The figures that
+decided travel in the shipped checkpoint's provenance (``decoding_choice``), with the muted photos' line beside
+them: the split's stand-in for the films' plain scenes, which no training source measures.
 """
 
 from __future__ import annotations
@@ -75,16 +75,16 @@ def _render_size(text: str) -> int:
     return value
 
 
-def _highlight_rolloff(text: str) -> HighlightRolloff:
-    # START/END/KEPT: the commas of promote's own --highlight-rolloff separate the grid's values here
-    return HighlightRolloff.parse(text.replace("/", ","))
-
-
 def _min_render_size(text: str) -> int:
     value = int(text)
     if value < 0:
         raise ValueError("a size small photos are enlarged to is >= 0 (0: never)")
     return value
+
+
+def _highlight_rolloff(text: str) -> HighlightRolloff:
+    # START/END/KEPT: the commas of promote's own --highlight-rolloff separate the grid's values here
+    return HighlightRolloff.parse(text.replace("/", ","))
 
 
 # What a grid may vary, and how each value is read: the decoding's own fields (DecodeOptions), and the rendering
