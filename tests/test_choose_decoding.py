@@ -93,12 +93,15 @@ def test_a_bad_grid_is_one_line_naming_the_axis(texts, message):
     assert "\n" not in str(exc.value)
 
 
-def card_of(sets: dict[str, dict[str, tuple[float, float]]]) -> dict:
-    """A scorecard's set rows: per set, per label, (PSNR gain over a 20 dB gray, colour ratio)."""
+def card_of(sets: dict[str, dict[str, tuple[float, float]]], judge: dict[str, float] | None = None) -> dict:
+    """A scorecard's set rows: per set, per label, (PSNR gain over a 20 dB gray, colour ratio); ``judge``, each
+    label's top-1 on every set (gray's 0.1, the truth's 0.2)."""
     return {"sets": [{"name": name, "val_split": 0.02, "images": 10, "per_image": [],
                       "rows": {"gray": {"psnr": 20.0}, "truth": {"colourfulness": 30.0},
                                **{label: {"psnr": 20.0 + gain, "colourfulness_ratio": ratio}
                                   for label, (gain, ratio) in rows.items()}}}
+                     | ({"judge": {"gray": {"top1": 0.1}, "truth": {"top1": 0.2},
+                                   **{label: {"top1": top1} for label, top1 in judge.items()}}} if judge else {})
                      for name, rows in sets.items()]}
 
 
@@ -123,6 +126,16 @@ def test_the_rule_takes_the_most_checks_then_the_best_mean_gain():
     strict = apply_rule(card, decodings, Targets(psnr_over_gray_db=1.2, colourfulness_ratio=(0.7, 1.15)))
     assert strict.decoding_label == d  # 3 checks (both PSNR, faces' colour) against b's 2 and c's 3 at a lower gain
     assert strict.misses() == ["scenes colour 1.300 (within 0.7-1.15)"]
+
+
+def test_the_judge_is_reported_beside_the_rule_and_does_not_change_it():
+    decodings = grid([GridAxis.parse("temperature=0.4,0.6")])
+    low_t, high_t = (d.label for d in decodings)
+    card = card_of({"tiny": {low_t: (1.0, 0.8), high_t: (0.8, 0.9)}}, judge={low_t: 0.11, high_t: 0.15})
+    choice = apply_rule(card, decodings)
+    assert choice.decoding_label == low_t  # the higher gain, though the judge prefers the other
+    assert choice.rows[1]["sets"]["tiny"]["judge_top1"] == 0.15 and choice.sets[0]["judge_gray_top1"] == 0.1
+    assert "tiny: judge (gray 10.0%)" in choice.table() and "| 15.0% |" in choice.table()
 
 
 # --- which photos choose ----------------------------------------------------------------------------------------
@@ -239,3 +252,29 @@ def test_a_tune_on_s3_photos_chooses_on_its_held_out_objects_only(tmp_path, s3_s
     card = json.loads((tmp_path / "card" / "scorecard.json").read_text())
     scored = sorted(Path(p["name"]).name for p in card["sets"][0]["per_image"])
     assert scored == sorted(held)
+
+
+SHARED_JUDGE = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval" / "judge"
+
+
+@pytest.mark.skipif(not SHARED_JUDGE.is_dir(), reason="needs ../shared/data/eval/judge's TFLite model (not in CI; "
+                    "no honest stand-in classifier can be generated without TensorFlow)")
+def test_the_real_judge_scores_each_decoding_on_photos_filed_by_class(tmp_path: Path, capsys):
+    pytest.importorskip("ai_edge_litert", reason="the ImageNet judge needs ai-edge-litert")
+    photos = tmp_path / "classes"
+    for i in range(12):
+        folder = photos / ("n01443537" if i % 2 else "n01629819")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(gradient_image(64, 64, seed=i)).save(folder / f"p{i:02d}.png")
+    table = tmp_path / "classes.csv"
+    table.write_text("wnid,judge_index\nn01443537,1\nn01629819,2\n")
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "model.pt"
+    save_checkpoint(checkpoint, create_model("effnet_unet", pretrained=False, decoder_channels=(32, 24, 16)),
+                    provenance={"data": [str(photos)], "val_split": SPLIT})
+    assert promote.main([str(checkpoint), "-o", str(tmp_path / "out.pt"), "--choose", "temperature=0.3,0.6",
+                         "--render-size", "64", "--judge-model", str(SHARED_JUDGE), "--judge-classes", str(table)]) == 0
+    record = load_checkpoint(tmp_path / "out.pt").provenance["decoding_choice"]
+    assert 0 <= record["sets"][0]["judge_gray_top1"] <= 1
+    assert all(0 <= row["sets"]["classes"]["judge_top1"] <= 1 for row in record["grid"])
+    assert "classes: judge (gray " in capsys.readouterr().out

@@ -309,10 +309,12 @@ class Choice:
     def table(self) -> str:
         """Markdown: one line per decoding, each set's PSNR gain / colour ratio, the checks, the mean, the muted."""
         names = [s["name"] for s in self.sets]
+        judged = [s for s in self.sets if "judge_gray_top1" in s]
         lines = ["| decoding | " + " | ".join(f"{n} ({s['photos']}): PSNR vs gray / colour ratio"
                                               for n, s in zip(names, self.sets, strict=True))
-                 + " | checks met | mean PSNR gain | muted photos: PSNR vs gray / colour ratio |",
-                 "|---|" + "---|" * (len(names) + 3)]
+                 + " | checks met | mean PSNR gain | muted photos: PSNR vs gray / colour ratio |"
+                 + "".join(f" {s['name']}: judge (gray {100 * s['judge_gray_top1']:.1f}%) |" for s in judged),
+                 "|---|" + "---|" * (len(names) + 3 + len(judged))]
         for i, row in enumerate(self.rows):
             cells = [f"**{row['label']}** (chosen)" if i == self.chosen else row["label"]]
             # three decimals for the ratio: the checks cut at the range's ends, and 0.698 must not read as 0.70
@@ -322,6 +324,7 @@ class Choice:
             muted = row.get("muted")
             cells.append(f"{muted['psnr_gain']:+.2f} / {muted['colourfulness_ratio']:.2f} ({muted['photos']})"
                          if muted else "-")
+            cells += [f"{100 * row['sets'][s['name']]['judge_top1']:.1f}%" for s in judged]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
@@ -337,6 +340,8 @@ def apply_rule(card: dict[str, Any], decodings: Sequence[Decoding], targets: Tar
     muted = muted_figures(card["sets"], labels)
     sets = [{"name": s["name"], "val_split": s["val_split"], "photos": s["images"],
              "gray_psnr": s["rows"][GRAY]["psnr"], "truth_colourfulness": s["rows"]["truth"]["colourfulness"]}
+            | ({"judge_gray_top1": s["judge"][GRAY]["top1"], "judge_truth_top1": s["judge"]["truth"]["top1"]}
+               if "judge" in s else {})
             for s in card["sets"]]
     rows = []
     for d in decodings:
@@ -346,6 +351,8 @@ def apply_rule(card: dict[str, Any], decodings: Sequence[Decoding], targets: Tar
             ratio = s["rows"][d.label]["colourfulness_ratio"]
             per_set[s["name"]] = {"psnr_gain": gain, "colourfulness_ratio": ratio,
                                   "psnr_check": gain >= targets.psnr_over_gray_db, "colour_check": low <= ratio <= high}
+            if "judge" in s:  # reported beside the checks, as the campaign read it; not part of the rule
+                per_set[s["name"]]["judge_top1"] = s["judge"][d.label]["top1"]
         mean_gain = float(sum(f["psnr_gain"] for f in per_set.values()) / len(per_set))
         rows.append({
             "label": d.label, "settings": d.to_dict(), "sets": per_set, "mean_psnr_gain": mean_gain,
@@ -362,13 +369,15 @@ def apply_rule(card: dict[str, Any], decodings: Sequence[Decoding], targets: Tar
 
 def score_and_choose(candidates: Sequence[tuple[Decoding, Path]], photo_sets: Sequence[PhotoSet],
                      card_dir: Path, options: ScorecardOptions, targets: Targets = RELEASE4_TARGETS,
-                     source: str = "") -> Choice:
+                     source: str = "", judge_dir: Path | None = None) -> Choice:
     """Score each candidate checkpoint (``source`` with a decoding written in) on ``photo_sets``, write the card to
-    ``card_dir`` and apply the rule; a chosen decoding that misses checks is warned about, naming them."""
+    ``card_dir`` and apply the rule; a chosen decoding that misses checks is warned about, naming them. With
+    ``judge_dir`` (and ``options.judge_classes`` for sources filed in class folders) the ImageNet judge's top-1 is
+    reported beside the figures (``tools.scorecard``)."""
     models = [ModelSpec(decoding.label, str(path)) for decoding, path in candidates]
     log.info("scoring %d decodings on %s", len(models), ", ".join(s.name for s in photo_sets))
     card = run_scorecard(models, card_dir, eval_root=None, sets=(), extra_sets=photo_sets, video=False, bw=False,
-                         options=options)
+                         options=options, judge_dir=judge_dir)
     if source:  # the card names the model each row decodes, not the scratch file it was scored from
         for model in card.data["models"]:
             model["model"] = f"{source}, {model['label']}"

@@ -146,7 +146,8 @@ def promote(
 def promote_choosing(
     source: Path, output: str | os.PathLike, decodings: Sequence[Decoding], sets: Sequence[HeldOutSet],
     decode: DecodeOptions | None = None, options: ScorecardOptions | None = None, card_dir: Path | None = None,
-    targets: Targets = RELEASE4_TARGETS, storage: Storage | None = None, **promote_options: Any,
+    targets: Targets = RELEASE4_TARGETS, storage: Storage | None = None, judge_dir: Path | None = None,
+    **promote_options: Any,
 ) -> tuple[str, Choice]:
     """Promote ``source`` with the decoding of ``decodings`` that ``tools.choose_decoding``'s rule picks on ``sets``.
 
@@ -164,7 +165,7 @@ def promote_choosing(
             promote(source, path, decoding.apply(decode), **(promote_options | decoding.rendering()))
             candidates.append((decoding, path))
         choice = score_and_choose(candidates, photo_sets, card_dir or Path(scratch) / "card", options, targets,
-                                  source=os.fspath(source))
+                                  source=os.fspath(source), judge_dir=judge_dir)
     record = choice.record() | {"sets": [s | {"source": h.source} for s, h in zip(choice.sets, sets, strict=True)]}
     chosen = decodings[choice.chosen]
     digest = promote(source, output, chosen.apply(decode), storage=storage, decoding_choice=record,
@@ -225,8 +226,10 @@ def _check_choose_options(args: argparse.Namespace, axes: Sequence[GridAxis]) ->
     if both:
         flag = "--decode-method" if both[0] == "method" else f"--{both[0]}"
         raise ValueError(f"{flag} and --choose {both[0]}=... both set it: give one")
-    if not axes and (args.choose_on or args.choose_val_split is not None or args.choice_card):
-        raise ValueError("--choose-on, --choose-val-split and --choice-card need a grid: --choose AXIS=V1,V2,...")
+    if not axes and (args.choose_on or args.choose_val_split is not None or args.choice_card or args.judge_model
+                     or args.judge_classes):
+        raise ValueError("--choose-on, --choose-val-split, --choice-card and the judge's options need a grid: "
+                         "--choose AXIS=V1,V2,...")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -276,6 +279,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="the PSNR check: dB over the gray image (default: %(default)s, release 4's target)")
     choose.add_argument("--choice-card", type=Path, metavar="DIR",
                         help="keep the grid's scorecard (JSON, markdown, contact sheets) in this folder")
+    choose.add_argument("--judge-model", type=Path, metavar="DIR",
+                        help="report the ImageNet judge's top-1 beside the figures (not part of the rule): the folder "
+                        "of its .tflite, e.g. ../shared/data/eval/judge; needs --judge-classes for photos filed in "
+                        "class folders")
+    choose.add_argument("--judge-classes", metavar="CSV", help="wnid -> judge_index table for sources filed in "
+                        "<wnid>/ folders (Tiny-ImageNet's training archive), as tools scorecard takes it")
     choose.add_argument("--engine", default="torch", help="engine that scores the grid: torch (default) or "
                         "onnxruntime (exports every decoding to ONNX first)")
     choose.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -308,10 +317,12 @@ def main(argv: list[str] | None = None) -> int:
                     if args.highlight_rolloff else None}
             if axes:
                 sets = held_out_sets(ckpt.provenance, args.choose_on, args.choose_val_split)
-                options = ScorecardOptions(engine_kind=args.engine, device=args.device, precision=args.precision)
+                options = ScorecardOptions(engine_kind=args.engine, device=args.device, precision=args.precision,
+                                           judge_classes=args.judge_classes)
                 decodings = grid(axes)
                 digest, choice = promote_choosing(args.checkpoint, output, decodings, sets, decode, options,
-                                                  args.choice_card, _targets(args), **rest)
+                                                  args.choice_card, _targets(args), judge_dir=args.judge_model,
+                                                  **rest)
                 decode = decodings[choice.chosen].apply(decode)
             else:
                 digest = promote(args.checkpoint, output, decode, **rest)
