@@ -1,4 +1,4 @@
-"""``tools promote --choose``: a grid of decodings scored on the photos a run held out, the release rule applied,
+"""``tools promote --choose``: a grid of decodings scored on the photos a run held out, the campaign's rule applied,
 and the winner shipped with the figures that chose it; on generated photos in a folder and in moto's S3."""
 
 from __future__ import annotations
