@@ -21,7 +21,7 @@ from tests.services import env_for_workers, get_object, put_object
 from tests.test_finetune import png, run_tool, train_command, use_env
 from tools import promote
 from tools.ab_prior import measure_ab_prior
-from tools.choose_decoding import GridAxis, HeldOutSet, apply_rule, grid, held_out_sets
+from tools.choose_decoding import GridAxis, apply_rule, grid, held_out_sets
 from tools.datasets import in_holdout
 from tools.scorecard import ModelSpec, PhotoSet, ScorecardOptions, Targets, run_scorecard
 
@@ -143,10 +143,10 @@ def test_the_judge_is_reported_beside_the_rule_and_does_not_change_it():
 
 def test_the_runs_own_held_out_split_chooses_and_nothing_it_trained_on():
     run = {"data": ["data/scenes.zip:2", "data/faces"], "val_split": 0.02}
-    assert held_out_sets(run) == [HeldOutSet("scenes", "data/scenes.zip", 0.02),
-                                  HeldOutSet("faces", "data/faces", 0.02)]
+    assert held_out_sets(run) == [PhotoSet("scenes", "data/scenes.zip", 0.02),
+                                  PhotoSet("faces", "data/faces", 0.02)]
     assert held_out_sets(run, val_split=0.01)[0].val_split == 0.01
-    assert held_out_sets(run, ["mine=other/photos"]) == [HeldOutSet("mine", "other/photos", 0.0)]
+    assert held_out_sets(run, ["mine=other/photos"]) == [PhotoSet("mine", "other/photos", 0.0)]
     for provenance, extra, split, message in [
         ({"data": ["data/faces"], "val_split": 0.0}, [], None, "held no photos out"),
         ({}, [], None, "records no training data"),

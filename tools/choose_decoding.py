@@ -170,16 +170,6 @@ def grid(axes: Sequence[GridAxis]) -> list[Decoding]:
 # --- where the grid is scored ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class HeldOutSet:
-    """Photos a grid is scored on: a folder, .zip or ``s3://`` prefix, and the fraction of it that training held out
-    (``tools.datasets.in_holdout``; 0 scores every photo, for a collection the model never trained on)."""
-
-    name: str
-    source: str
-    val_split: float = 0.0
-
-
 def _source_name(source: str, taken: set[str]) -> str:
     stem = PurePosixPath(source.rstrip("/")).name if is_s3_uri(source) else Path(source).name
     stem = Path(stem).stem if stem.lower().endswith(".zip") else stem
@@ -197,11 +187,12 @@ def _same_source(a: str, b: str) -> bool:
 
 
 def held_out_sets(provenance: dict[str, Any], extra: Sequence[str] = (), val_split: float | None = None
-                  ) -> list[HeldOutSet]:
-    """The sets a checkpoint's decoding is chosen on: ``extra`` (``NAME=PATH``; scored whole, or at ``val_split``)
-    when given, else its training run's own sources at the run's validation split (``val_split``, if given, may
-    be smaller, never larger: the larger split's extra photos were trained on). ValueError, one line, when there is
-    nothing honest to choose on."""
+                  ) -> list[PhotoSet]:
+    """The sets a checkpoint's decoding is chosen on, each a folder, .zip or ``s3://`` prefix with the fraction of it
+    that training held out (0 scores every photo, for a collection the model never trained on): ``extra``
+    (``NAME=PATH``; scored whole, or at ``val_split``) when given, else its training run's own sources at the run's
+    validation split (``val_split``, if given, may be smaller, never larger: the larger split's extra photos were
+    trained on). ValueError, one line, when there is nothing honest to choose on."""
     run_split = float(provenance.get("val_split") or 0.0)
     trained_on = [str(SourceSpec.parse(text).path) for text in provenance.get("data") or []]
     if val_split is not None and not 0 <= val_split < 1:
@@ -215,7 +206,7 @@ def held_out_sets(provenance: dict[str, Any], extra: Sequence[str] = (), val_spl
                 fix = (f"choose on its held-out split, --choose-val-split {run_split:g}" if run_split > 0
                        else "choose on photos it did not train on")
                 raise ValueError(f"--choose-on {text}: the run trained on these photos; {fix}")
-            sets.append(HeldOutSet(photo_set.name, photo_set.path, photo_set.val_split))
+            sets.append(photo_set)
         return sets
     if not trained_on:
         raise ValueError("the checkpoint records no training data: name the photos to choose on, --choose-on NAME=PATH")
@@ -227,23 +218,23 @@ def held_out_sets(provenance: dict[str, Any], extra: Sequence[str] = (), val_spl
         raise ValueError(f"--choose-val-split {split:g}: the run held out {run_split:g}; a larger split holds photos "
                          "it trained on, and 0 holds all of them")
     taken: set[str] = set()
-    return [HeldOutSet(_source_name(source, taken), source, split) for source in trained_on]
+    return [PhotoSet(_source_name(source, taken), source, split) for source in trained_on]
 
 
-def local_photo_sets(sets: Sequence[HeldOutSet], storage: Storage | None, scratch: Path) -> list[PhotoSet]:
-    """``sets`` as the scorecard reads them. A local folder or .zip is read where it lies; of an ``s3://`` prefix
-    only the held-out photos are downloaded (into ``scratch/NAME/``, under the names the split hashes, so the
-    scorecard's split keeps every one of them)."""
+def local_photo_sets(sets: Sequence[PhotoSet], storage: Storage | None, scratch: Path) -> list[PhotoSet]:
+    """``sets`` as the scorecard reads them. A local folder or .zip is read where it lies (the set as it is); of an
+    ``s3://`` prefix only the held-out photos are downloaded (into ``scratch/NAME/``, under the names the split
+    hashes, so the scorecard's split keeps every one of them)."""
     photo_sets = []
     for s in sets:
-        if not is_s3_uri(s.source):
-            photo_sets.append(PhotoSet(s.name, s.source, s.val_split))
+        if not is_s3_uri(s.path):
+            photo_sets.append(s)
             continue
         if storage is None:
-            raise ValueError(f"{s.source}: choosing on S3 photos needs object storage settings (TINCT_S3_*)")
+            raise ValueError(f"{s.path}: choosing on S3 photos needs object storage settings (TINCT_S3_*)")
         folder, count = scratch / s.name, 0
-        for info in storage.list(s.source):
-            name = relative_name(s.source, info.uri)
+        for info in storage.list(s.path):
+            name = relative_name(s.path, info.uri)
             if PurePosixPath(name).suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             if s.val_split > 0 and not in_holdout(name, s.val_split):
@@ -257,8 +248,8 @@ def local_photo_sets(sets: Sequence[HeldOutSet], storage: Storage | None, scratc
             count += 1
         if count == 0:
             held = f"in its {s.val_split:g} held-out split" if s.val_split > 0 else "under it"
-            raise ValueError(f"{normalize_uri(s.source)}: no photos {held} to choose on")
-        log.info("choosing on %d photos of %s", count, s.source)
+            raise ValueError(f"{normalize_uri(s.path)}: no photos {held} to choose on")
+        log.info("choosing on %d photos of %s", count, s.path)
         photo_sets.append(PhotoSet(s.name, str(folder), s.val_split))
     return photo_sets
 

@@ -60,13 +60,12 @@ from tools.choose_decoding import (
     Choice,
     Decoding,
     GridAxis,
-    HeldOutSet,
     grid,
     held_out_sets,
     local_photo_sets,
     score_and_choose,
 )
-from tools.scorecard import RELEASE4_TARGETS, ScorecardOptions, Targets
+from tools.scorecard import RELEASE4_TARGETS, PhotoSet, ScorecardOptions, Targets
 from worker.errors import TinctError, one_line
 from worker.settings import Settings
 from worker.storage import Storage, parse_uri
@@ -88,7 +87,7 @@ def evaluation_summary(evaluation: dict[str, Any]) -> dict[str, Any]:
 
 
 def promote(
-    source: Path, output: str | os.PathLike, decode: DecodeOptions | None = None,
+    source: Path | Checkpoint, output: str | os.PathLike, decode: DecodeOptions | None = None,
     evaluation: dict[str, Any] | None = None, half: bool = True, storage: Storage | None = None,
     render_size: int | None = None, min_render_size: int | None = None,
     average_with: Sequence[tuple[Path, float]] = (), highlight_rolloff: HighlightRolloff | None = None,
@@ -98,8 +97,8 @@ def promote(
     evaluation and render size (the model's own from then on: ``models.colorizer.preferred_render_size``), its
     weights averaged with ``average_with``'s (each checkpoint with its share; ``source`` keeps the rest), and the
     figures that chose the decoding (``decoding_choice``, from ``tools.choose_decoding``); returns the new weights
-    hash."""
-    ckpt = load_checkpoint(source)
+    hash. ``source`` may be a checkpoint already loaded (a grid promotes one many times)."""
+    ckpt = source if isinstance(source, Checkpoint) else load_checkpoint(source)
     decode = decode or DecodeOptions(**ckpt.decode)
     provenance = dict(ckpt.provenance)
     provenance["promoted_from"] = ckpt.label
@@ -144,7 +143,7 @@ def promote(
 
 
 def promote_choosing(
-    source: Path, output: str | os.PathLike, decodings: Sequence[Decoding], sets: Sequence[HeldOutSet],
+    source: Path | Checkpoint, output: str | os.PathLike, decodings: Sequence[Decoding], sets: Sequence[PhotoSet],
     decode: DecodeOptions | None = None, options: ScorecardOptions | None = None, card_dir: Path | None = None,
     targets: Targets = RELEASE4_TARGETS, storage: Storage | None = None, judge_dir: Path | None = None,
     **promote_options: Any,
@@ -155,20 +154,21 @@ def promote_choosing(
     with the grid's values set: the same render sizes, roll-off, averaging and fp16 weights), so what is scored is
     what ships; then all of them are scored side by side (the card goes to ``card_dir`` when given) and the chosen
     one is written to ``output`` with the figures in its provenance. Returns the weights hash and the choice."""
-    decode = decode or DecodeOptions(**load_checkpoint(source).decode)
+    ckpt = source if isinstance(source, Checkpoint) else load_checkpoint(source)
+    decode = decode or DecodeOptions(**ckpt.decode)
     options = options or ScorecardOptions(engine_kind="torch")
     with tempfile.TemporaryDirectory(prefix="tinct-choose-") as scratch:
         photo_sets = local_photo_sets(sets, storage, Path(scratch) / "photos")
         candidates = []
         for i, decoding in enumerate(decodings):
             path = Path(scratch) / "candidates" / f"{i:03d}.pt"
-            promote(source, path, decoding.apply(decode), **(promote_options | decoding.rendering()))
+            promote(ckpt, path, decoding.apply(decode), **(promote_options | decoding.rendering()))
             candidates.append((decoding, path))
         choice = score_and_choose(candidates, photo_sets, card_dir or Path(scratch) / "card", options, targets,
-                                  source=os.fspath(source), judge_dir=judge_dir)
-    record = choice.record() | {"sets": [s | {"source": h.source} for s, h in zip(choice.sets, sets, strict=True)]}
+                                  source=ckpt.path or ckpt.label, judge_dir=judge_dir)
+    record = choice.record() | {"sets": [s | {"source": h.path} for s, h in zip(choice.sets, sets, strict=True)]}
     chosen = decodings[choice.chosen]
-    digest = promote(source, output, chosen.apply(decode), storage=storage, decoding_choice=record,
+    digest = promote(ckpt, output, chosen.apply(decode), storage=storage, decoding_choice=record,
                      **(promote_options | chosen.rendering()))
     return digest, choice
 
@@ -320,12 +320,12 @@ def main(argv: list[str] | None = None) -> int:
                 options = ScorecardOptions(engine_kind=args.engine, device=args.device, precision=args.precision,
                                            judge_classes=args.judge_classes)
                 decodings = grid(axes)
-                digest, choice = promote_choosing(args.checkpoint, output, decodings, sets, decode, options,
+                digest, choice = promote_choosing(ckpt, output, decodings, sets, decode, options,
                                                   args.choice_card, _targets(args), judge_dir=args.judge_model,
                                                   **rest)
                 decode = decodings[choice.chosen].apply(decode)
             else:
-                digest = promote(args.checkpoint, output, decode, **rest)
+                digest = promote(ckpt, output, decode, **rest)
     except (CheckpointError, TinctError, OSError, ValueError, KeyError) as exc:
         p.exit(2, f"promote: error: {one_line(exc)}\n")
     if choice is not None:
