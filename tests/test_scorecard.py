@@ -245,6 +245,28 @@ def test_cli_picks_sets_limits_photos_and_skips_films(eval_root: Path, tiny_chec
         "bsds500_val_best.jpg", "bsds500_val_worst.jpg", "extra_best.jpg", "extra_worst.jpg"]
 
 
+def test_each_model_is_loaded_once_for_every_set_and_film(eval_root: Path, tiny_checkpoint: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The figures, the sheets and the films come from the one engine each model is opened with (a grid of large
+    decodings would otherwise hold two engines apiece and reload one per set)."""
+    import tools.evaluate
+    import worker.photos
+
+    opened: list[str] = []
+    for module in (worker.photos, tools.evaluate):
+        real = module.create_engine
+
+        def counting(*args, _real=real, **kwargs):  # type: ignore[no-untyped-def]
+            opened.append(str(kwargs.get("model")))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(module, "create_engine", counting)
+    run_scorecard([ModelSpec.parse(f"tiny={tiny_checkpoint}")], tmp_path / "card", eval_root,
+                  sets=["bsds500_val", "scenes_intel_val"], bw=False, options=OPTIONS,
+                  judge_dir=eval_root / "no-judge")
+    assert opened == [str(tiny_checkpoint)]
+
+
 def test_a_card_with_nothing_to_check_says_so_rather_than_passing(card: tuple[Path, dict]) -> None:
     """The black-and-white films' sheet alone has no figure with a target: its verdict must not read as a pass."""
     _, data = card

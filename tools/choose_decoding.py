@@ -34,7 +34,6 @@ from tools.scorecard import (
     Targets,
     muted_figures,
     run_scorecard,
-    save_card,
 )
 from worker.errors import TinctError
 from worker.storage import Storage, check_relative_key, normalize_uri
@@ -365,14 +364,12 @@ def score_and_choose(candidates: Sequence[tuple[Decoding, Path]], photo_sets: Se
     ``card_dir`` and apply the rule; a chosen decoding that misses checks is warned about, naming them. With
     ``judge_dir`` (and ``options.judge_classes`` for sources filed in class folders) the ImageNet judge's top-1 is
     reported beside the figures (``tools.scorecard``)."""
-    models = [ModelSpec(decoding.label, str(path)) for decoding, path in candidates]
+    # The card names the model each row decodes, not the scratch file it was scored from.
+    models = [ModelSpec(decoding.label, str(path), f"{source}, {decoding.label}" if source else "")
+              for decoding, path in candidates]
     log.info("scoring %d decodings on %s", len(models), ", ".join(s.name for s in photo_sets))
     card = run_scorecard(models, card_dir, eval_root=None, sets=(), extra_sets=photo_sets, video=False, bw=False,
                          options=options, judge_dir=judge_dir)
-    if source:  # the card names the model each row decodes, not the scratch file it was scored from
-        for model in card.data["models"]:
-            model["model"] = f"{source}, {model['label']}"
-        save_card(card_dir, card.data)
     photos = sum(s["images"] for s in card.data["sets"])
     if photos < FEW_PHOTOS:
         log.warning("choosing on %d held-out photos: differences between decodings may be noise at so few; hold "

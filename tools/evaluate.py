@@ -14,6 +14,7 @@ mean figures, ``.table()`` (markdown) and ``.to_json()``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import logging
@@ -301,74 +302,101 @@ def evaluate_models(
     score it (see the module doc). ``on_photo(name, images)`` sees each scored photo's rows as sRGB in [0, 1] (gray,
     each model, truth): a further judgement of the same pictures without colorizing them again.
 
-    Engines are opened once; photos are read lazily and colorized ``batch_size`` at a time, so memory
-    stays bounded on large folders. ``decode`` (``{"method": ..., "temperature": ..., "rebalance": ...}``)
-    overrides how classification heads turn bin probabilities into ab.
+    Engines are opened once and closed afterwards (``evaluate_colorizers`` scores engines the caller holds open);
+    photos are read lazily and colorized ``batch_size`` at a time, so memory stays bounded on large folders.
+    ``decode`` (``{"method": ..., "temperature": ..., "rebalance": ...}``) overrides how classification heads turn
+    bin probabilities into ab.
     """
     if not models:
         raise ValueError("evaluate needs at least one model")
     started = time.perf_counter()
-    engines = []
-    try:
+    with contextlib.ExitStack() as stack:
+        colorizers = []
         for m in models:
             options = _decode_options(m, decode) if decode else None
-            engines.append(create_engine(model=m, kind=engine_kind, device=device, precision=precision, decode=options,
-                                         cache_dir=onnx_cache_dir()))
-        # Two rows of the same weights (a checkpoint and a copy promoted with other decoding) are told apart by
-        # their decoding rather than by a number.
-        label_counts = Counter(e.checkpoint.label for e in engines)
-        labels = _unique_labels([
-            e.checkpoint.label + (_decode_suffix(e.decode) if decode or label_counts[e.checkpoint.label] > 1 else "")
-            for e in engines
-        ])
-        colorizers = [Colorizer(e, render_size=render_size, batch_size=batch_size) for e in engines]
-        rows = [
-            RowResult(label, str(m), f"{e.name} {e.device} {e.precision}")
-            for label, m, e in zip(labels, models, engines, strict=True)
-        ]
-        gray = RowResult(GRAY_LABEL, "gray")
-        names: list[str] = []
-        sizes: list[tuple[int, int]] = []
-        truth_c: list[float] = []
-        skipped: list[str] = []
-        sheet_rows: list[list[Image.Image]] = []
+            engine = create_engine(model=m, kind=engine_kind, device=device, precision=precision, decode=options,
+                                   cache_dir=onnx_cache_dir())
+            stack.callback(engine.close)
+            colorizers.append(Colorizer(engine, render_size=render_size, batch_size=batch_size))
+        result = evaluate_colorizers(models, colorizers, data, limit=limit, batch_size=batch_size, decode=decode,
+                                     contact_sheet=contact_sheet, sheet_count=sheet_count, cell_height=cell_height,
+                                     keep=keep, on_photo=on_photo)
+    result.seconds = time.perf_counter() - started  # loading the models included
+    return result
 
-        def flush(chunk: list[TruthPhoto]) -> None:
-            Ls = [gray_input(p.rgb) for p in chunk]
-            predictions = []
-            for colorizer, row in zip(colorizers, rows, strict=True):
-                t0 = time.perf_counter()
-                predictions.append(colorizer.predict_ab(Ls))
-                row.seconds += time.perf_counter() - t0
-            for i, (photo, L) in enumerate(zip(chunk, Ls, strict=True)):
-                c_truth = float(metrics.colourfulness(photo.rgb))
-                gray_rgb, gray_scores = score_ab(L, np.zeros((2, *L.shape), np.float32), photo.rgb, c_truth)
-                gray.per_image.append(gray_scores)
-                ours = []
-                for row, abs_ in zip(rows, predictions, strict=True):
-                    rgb, scores = score_ab(L, abs_[i], photo.rgb, c_truth)
-                    row.per_image.append(scores)
-                    ours.append(rgb)
-                if on_photo is not None:
-                    on_photo(photo.name, [gray_rgb, *ours, photo.rgb])
-                names.append(photo.name)
-                sizes.append((photo.rgb.shape[1], photo.rgb.shape[0]))
-                truth_c.append(c_truth)
-                if contact_sheet is not None and len(sheet_rows) < sheet_count:
-                    sheet_rows.append([thumbnail(x, cell_height) for x in (gray_rgb, *ours, photo.rgb)])
-            log.info("evaluated %d photos", len(names))
 
-        chunk: list[TruthPhoto] = []
-        for photo in iter_truth_photos(data, limit, skipped, keep):
-            chunk.append(photo)
-            if len(chunk) == batch_size:
-                flush(chunk)
-                chunk = []
-        if chunk:
+def evaluate_colorizers(
+    models: Sequence[str],
+    colorizers: Sequence[Colorizer],
+    data: str | os.PathLike,
+    limit: int | None = None,
+    batch_size: int = 8,
+    decode: dict[str, Any] | None = None,
+    contact_sheet: str | os.PathLike | None = None,
+    sheet_count: int = 12,
+    cell_height: int = 160,
+    keep: Callable[[str], bool] | None = None,
+    on_photo: Callable[[str, list[np.ndarray]], None] | None = None,
+) -> EvaluationResult:
+    """``evaluate_models`` with the models' colorizers already open (``models`` names what each one loaded, for the
+    record; ``decode`` is the override their engines were opened with, shown in the row labels): a caller that
+    also draws or films with the same colorizers (``tools.scorecard``) loads each model once, not once per set."""
+    if len(models) != len(colorizers) or not models:
+        raise ValueError(f"evaluate needs one colorizer per model ({len(models)} models, {len(colorizers)} "
+                         "colorizers)")
+    started = time.perf_counter()
+    engines = [c.engine for c in colorizers]
+    # Two rows of the same weights (a checkpoint and a copy promoted with other decoding) are told apart by their
+    # decoding rather than by a number.
+    label_counts = Counter(e.checkpoint.label for e in engines)
+    labels = _unique_labels([
+        e.checkpoint.label + (_decode_suffix(e.decode) if decode or label_counts[e.checkpoint.label] > 1 else "")
+        for e in engines
+    ])
+    rows = [
+        RowResult(label, str(m), f"{e.name} {e.device} {e.precision}")
+        for label, m, e in zip(labels, models, engines, strict=True)
+    ]
+    gray = RowResult(GRAY_LABEL, "gray")
+    names: list[str] = []
+    sizes: list[tuple[int, int]] = []
+    truth_c: list[float] = []
+    skipped: list[str] = []
+    sheet_rows: list[list[Image.Image]] = []
+
+    def flush(chunk: list[TruthPhoto]) -> None:
+        Ls = [gray_input(p.rgb) for p in chunk]
+        predictions = []
+        for colorizer, row in zip(colorizers, rows, strict=True):
+            t0 = time.perf_counter()
+            predictions.append(colorizer.predict_ab(Ls))
+            row.seconds += time.perf_counter() - t0
+        for i, (photo, L) in enumerate(zip(chunk, Ls, strict=True)):
+            c_truth = float(metrics.colourfulness(photo.rgb))
+            gray_rgb, gray_scores = score_ab(L, np.zeros((2, *L.shape), np.float32), photo.rgb, c_truth)
+            gray.per_image.append(gray_scores)
+            ours = []
+            for row, abs_ in zip(rows, predictions, strict=True):
+                rgb, scores = score_ab(L, abs_[i], photo.rgb, c_truth)
+                row.per_image.append(scores)
+                ours.append(rgb)
+            if on_photo is not None:
+                on_photo(photo.name, [gray_rgb, *ours, photo.rgb])
+            names.append(photo.name)
+            sizes.append((photo.rgb.shape[1], photo.rgb.shape[0]))
+            truth_c.append(c_truth)
+            if contact_sheet is not None and len(sheet_rows) < sheet_count:
+                sheet_rows.append([thumbnail(x, cell_height) for x in (gray_rgb, *ours, photo.rgb)])
+        log.info("evaluated %d photos", len(names))
+
+    chunk: list[TruthPhoto] = []
+    for photo in iter_truth_photos(data, limit, skipped, keep):
+        chunk.append(photo)
+        if len(chunk) == batch_size:
             flush(chunk)
-    finally:
-        for e in engines:
-            e.close()
+            chunk = []
+    if chunk:
+        flush(chunk)
     if not names:
         raise ValueError(f"{data}: no readable colour photos to evaluate ({len(skipped)} skipped)")
     if contact_sheet is not None:

@@ -15,7 +15,7 @@ in the top 1 or top 5.
 
 ``judge_models`` scores the gray input, the truth and each model's colorization of the same photos: the rows a
 table needs (``tools.experiments_natural``). ``JudgeTally`` scores such rows one photo at a time, beside a loop that
-colorizes the photos anyway (``tools.scorecard`` through ``evaluate_models(on_photo=...)``).
+colorizes the photos anyway (``tools.scorecard`` through ``evaluate_colorizers(on_photo=...)``).
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ from tools.datasets import in_holdout, relative_name
 from tools.evaluate import (
     EvaluationResult,
     _json_safe,
-    evaluate_models,
+    evaluate_colorizers,
     gray_input,
     iter_truth_photos,
 )
@@ -102,10 +102,16 @@ RELEASE4_TARGETS = Targets()
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model to score and its short column label: ``release1=/path/release1.pt``, ``default`` or a path."""
+    """A model to score and its short column label: ``release1=/path/release1.pt``, ``default`` or a path.
+    ``shown`` is what the card calls it where ``model`` is a scratch file (``tools promote --choose`` scores each
+    decoding from one); empty, the card names ``model``."""
 
     label: str
     model: str
+    shown: str = ""
+
+    def record(self) -> dict[str, str]:
+        return {"label": self.label, "model": self.shown or self.model}
 
     @classmethod
     def parse(cls, text: str) -> ModelSpec:
@@ -228,8 +234,8 @@ def _photo_labels(photo_set: PhotoSet, judge_classes: str | None) -> Callable[[s
 
 
 class _SetJudge:
-    """The ImageNet judge over one photo set's scored pictures, fed by ``evaluate_models(on_photo=...)``: the judge
-    sees exactly the photos (and the very colorizations) the other figures come from, colorized once."""
+    """The ImageNet judge over one photo set's scored pictures, fed by ``evaluate_colorizers(on_photo=...)``: the
+    judge sees exactly the photos (and the very colorizations) the other figures come from, colorized once."""
 
     def __init__(self, label_of: Callable[[str], int | None], labels: Sequence[str], judge_dir: Path | None,
                  set_name: str) -> None:
@@ -281,10 +287,9 @@ def score_photo_set(photo_set: PhotoSet, models: Sequence[ModelSpec], colorizers
     labels = [m.label for m in models]
     label_of = _photo_labels(photo_set, options.judge_classes)
     judge = _SetJudge(label_of, labels, judge_dir, photo_set.name) if label_of is not None else None
-    evaluation = evaluate_models([m.model for m in models], photo_set.path, render_size=options.render_size,
-                                 limit=options.limit, engine_kind=options.engine_kind, device=options.device,
-                                 precision=options.precision, batch_size=options.batch_size, keep=photo_set.keep(),
-                                 on_photo=judge.see if judge is not None else None)
+    evaluation = evaluate_colorizers([m.model for m in models], colorizers, photo_set.path, limit=options.limit,
+                                     batch_size=options.batch_size, keep=photo_set.keep(),
+                                     on_photo=judge.see if judge is not None else None)
     result: dict[str, Any] = {
         "name": photo_set.name, "data": photo_set.path, "val_split": photo_set.val_split,
         "images": evaluation.image_count,
@@ -475,11 +480,11 @@ def run_scorecard(models: Sequence[ModelSpec], out: str | Path, eval_root: str |
 
     started = time.perf_counter()
     result: dict[str, Any] = {
-        "models": [dataclasses.asdict(m) for m in models], "eval_root": str(root) if root else None,
+        "models": [m.record() for m in models], "eval_root": str(root) if root else None,
         "options": dataclasses.asdict(options), "sets": [],
     }
     with _colorizers(models, options) as colorizers:
-        result["models"] = [{**dataclasses.asdict(m), "checkpoint": c.engine.checkpoint.label,
+        result["models"] = [{**m.record(), "checkpoint": c.engine.checkpoint.label,
                              "engine": f"{c.engine.name} {c.engine.device} {c.engine.precision}",
                              "render_size": c.render_size} for m, c in zip(models, colorizers, strict=True)]
         # The card is written after every part, marked unfinished until the end: a long run that is stopped (a
@@ -501,11 +506,7 @@ def _write(out: Path, result: dict[str, Any], targets: Targets, started: float, 
     result["verdict"] = verdict(result, targets)
     result["seconds"] = time.perf_counter() - started
     result["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) if finished else None
-    return save_card(out, _json_safe(result))
-
-
-def save_card(out: Path, data: dict[str, Any]) -> Scorecard:
-    """Write a card's JSON-safe ``data`` to ``out``: ``scorecard.json`` and ``scorecard.md`` rebuilt from it."""
+    data = _json_safe(result)
     out.mkdir(parents=True, exist_ok=True)
     (out / "scorecard.json").write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")
     card = Scorecard(data)
