@@ -310,6 +310,14 @@ def evaluate_models(
     if not models:
         raise ValueError("evaluate needs at least one model")
     started = time.perf_counter()
+    sheet_rows: list[list[Image.Image]] = []
+
+    def see(name: str, images: list[np.ndarray]) -> None:
+        if contact_sheet is not None and len(sheet_rows) < sheet_count:
+            sheet_rows.append([thumbnail(x, cell_height) for x in images])
+        if on_photo is not None:
+            on_photo(name, images)
+
     with contextlib.ExitStack() as stack:
         colorizers = []
         for m in models:
@@ -318,9 +326,10 @@ def evaluate_models(
                                    cache_dir=onnx_cache_dir())
             stack.callback(engine.close)
             colorizers.append(Colorizer(engine, render_size=render_size, batch_size=batch_size))
-        result = evaluate_colorizers(models, colorizers, data, limit=limit, batch_size=batch_size, decode=decode,
-                                     contact_sheet=contact_sheet, sheet_count=sheet_count, cell_height=cell_height,
-                                     keep=keep, on_photo=on_photo)
+        result = evaluate_colorizers(models, colorizers, data, limit, batch_size, keep, see, decode)
+    if contact_sheet is not None:
+        labels = [row.label for row in result.models]
+        render_contact_sheet(sheet_rows, ["gray input", *labels, TRUTH_LABEL], contact_sheet, cell_height=cell_height)
     result.seconds = time.perf_counter() - started  # loading the models included
     return result
 
@@ -331,12 +340,9 @@ def evaluate_colorizers(
     data: str | os.PathLike,
     limit: int | None = None,
     batch_size: int = 8,
-    decode: dict[str, Any] | None = None,
-    contact_sheet: str | os.PathLike | None = None,
-    sheet_count: int = 12,
-    cell_height: int = 160,
     keep: Callable[[str], bool] | None = None,
     on_photo: Callable[[str, list[np.ndarray]], None] | None = None,
+    decode: dict[str, Any] | None = None,
 ) -> EvaluationResult:
     """``evaluate_models`` with the models' colorizers already open (``models`` names what each one loaded, for the
     record; ``decode`` is the override their engines were opened with, shown in the row labels): a caller that
@@ -362,7 +368,6 @@ def evaluate_colorizers(
     sizes: list[tuple[int, int]] = []
     truth_c: list[float] = []
     skipped: list[str] = []
-    sheet_rows: list[list[Image.Image]] = []
 
     def flush(chunk: list[TruthPhoto]) -> None:
         Ls = [gray_input(p.rgb) for p in chunk]
@@ -385,8 +390,6 @@ def evaluate_colorizers(
             names.append(photo.name)
             sizes.append((photo.rgb.shape[1], photo.rgb.shape[0]))
             truth_c.append(c_truth)
-            if contact_sheet is not None and len(sheet_rows) < sheet_count:
-                sheet_rows.append([thumbnail(x, cell_height) for x in (gray_rgb, *ours, photo.rgb)])
         log.info("evaluated %d photos", len(names))
 
     chunk: list[TruthPhoto] = []
@@ -399,8 +402,6 @@ def evaluate_colorizers(
         flush(chunk)
     if not names:
         raise ValueError(f"{data}: no readable colour photos to evaluate ({len(skipped)} skipped)")
-    if contact_sheet is not None:
-        render_contact_sheet(sheet_rows, ["gray input", *labels, TRUTH_LABEL], contact_sheet, cell_height=cell_height)
     return EvaluationResult(
         data=str(data),
         render_size=_render_sizes(colorizers),

@@ -287,9 +287,8 @@ def score_photo_set(photo_set: PhotoSet, models: Sequence[ModelSpec], colorizers
     labels = [m.label for m in models]
     label_of = _photo_labels(photo_set, options.judge_classes)
     judge = _SetJudge(label_of, labels, judge_dir, photo_set.name) if label_of is not None else None
-    evaluation = evaluate_colorizers([m.model for m in models], colorizers, photo_set.path, limit=options.limit,
-                                     batch_size=options.batch_size, keep=photo_set.keep(),
-                                     on_photo=judge.see if judge is not None else None)
+    evaluation = evaluate_colorizers([m.model for m in models], colorizers, photo_set.path, options.limit,
+                                     options.batch_size, photo_set.keep(), judge.see if judge is not None else None)
     result: dict[str, Any] = {
         "name": photo_set.name, "data": photo_set.path, "val_split": photo_set.val_split,
         "images": evaluation.image_count,
