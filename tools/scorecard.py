@@ -268,16 +268,17 @@ class _SetJudge:
         return {"judge": ordered, "judge_images": self.labelled, "judge_seconds": self.tally.seconds}
 
 
-def _sheet_rows(photo_set: PhotoSet, names: Sequence[str], colorizers: Sequence[Colorizer], limit: int | None,
+def _sheet_rows(photo_set: PhotoSet, names: Sequence[str], colorizers: Sequence[Colorizer],
                 cell_height: int) -> dict[str, list[Image.Image]]:
-    """gray | each model | truth thumbnails for the named photos, colorized again (only these few)."""
+    """gray | each model | truth thumbnails for the named photos, colorized again (only these few, and only these
+    are decoded: the photos the scoring skipped are not read, nor warned about, twice)."""
     wanted, rows = set(names), {}
-    for photo in iter_truth_photos(photo_set.path, limit, keep=photo_set.keep()):
-        if photo.name not in wanted:
-            continue
+    for photo in iter_truth_photos(photo_set.path, keep=wanted.__contains__):
         L = gray_input(photo.rgb)
         ours = [colorizer.colorize([L])[0] for colorizer in colorizers]
         rows[photo.name] = [thumbnail(x, cell_height) for x in (gray_rgb(L), *ours, photo.rgb)]
+        if len(rows) == len(wanted):
+            break
     return rows
 
 
@@ -300,7 +301,7 @@ def score_photo_set(photo_set: PhotoSet, models: Sequence[ModelSpec], colorizers
     count = min(options.sheet_count, len(ranked) // 2) or 1
     best = [evaluation.images[i] for i in ranked[:count]]
     worst = [evaluation.images[i] for i in reversed(ranked[-count:])]  # the very worst first
-    thumbs = _sheet_rows(photo_set, best + worst, colorizers, options.limit, options.cell_height)
+    thumbs = _sheet_rows(photo_set, best + worst, colorizers, options.cell_height)
     columns = ["gray input", *labels, "ground truth"]
     result["sheets"] = {}
     for kind, names in (("best", best), ("worst", worst)):
