@@ -13,15 +13,20 @@
 # Both side by side for LIMIT minutes, with two torch threads each and a validation every 1,000 steps (one took about
 # 25 s there; each validation line now ends with its seconds, the network's and the scores' apart, to show whether
 # two threads cure that), the cosine ending with the minutes (--anneal-by-time). Bring back: model-best.pt of each,
-# a's last model.pt, the logs. Then, here: promote each with the candidate's decoding (tools promote --temperature 0.5
-# --rebalance 0 --render-size 224 --min-render-size 192 --highlight-rolloff 80,95,0.4) and score the whole split.
+# a's last model.pt, the logs. Then, here: promote each with the candidate's rendering, its temperature chosen on
+# the whole split with the judge beside it (one command a model; rehearsed on a CPU run's a-best.pt in session 29):
+#   D=../shared/data/train; python -m tools promote a-best.pt -o a.pt --rebalance 0 --render-size 224 \
+#       --min-render-size 192 --highlight-rolloff 80,95,0.4 --choose temperature=0.38,0.45,0.5,0.55 \
+#       --choose-val-split 0.02 --choose-on tiny_imagenet=$D/tiny_imagenet.zip --choose-on faces_utk=$D/faces_utk.zip \
+#       --choose-on scenes_intel=$D/scenes_intel.zip --choose-on flowers=$D/flowers --judge-model \
+#       ../shared/data/eval/judge --judge-classes ../shared/data/eval/tiny_imagenet_val/labels.csv
 #
-# The pack (25.2 MB on 2026-12-05: --budget-mb room fills what the checkout leaves of the 64 MiB that
+# The pack (24.8 MB on 2026-12-06: --budget-mb room fills what the checkout leaves of the 64 MiB that
 # travel), then the call:
 #   python -m tools pack-data --data ../shared/data/train/tiny_imagenet.zip --data ../shared/data/train/faces_utk.zip \
 #       --data ../shared/data/train/scenes_intel.zip --val-split 0.02 --budget-mb room -o gpu-data
 #   run(command="bash docs/training/gpu-call-next.sh", carry=["gpu-data"], timeout_s=780)
-# Rehearse on a CPU (about 3 minutes):
+# Rehearse on a CPU (about 3 minutes; 70 s in session 29):
 #   PATH=$PWD/.venv/bin:$PATH DEVICE="--device cpu" WORKERS=1 LIMIT=0.7 BATCH=8 EVAL=20 OUT=/tmp/out \
 #       bash docs/training/gpu-call-next.sh
 export PYTHONUNBUFFERED=1
