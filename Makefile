@@ -37,8 +37,9 @@ debian-packages:
 	if [ -n "$$missing" ]; then SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; fi
 
+# The ten slowest tests close the log: the suite is kept to about 15 minutes on 2 cores.
 test: install debian-packages
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=10
 
 lint: install
 	$(VENV)/bin/ruff check models worker tools tests
