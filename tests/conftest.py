@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,13 @@ from models.registry import create_model
 
 # The real-service fixtures (redis_server, s3_server) for every test module that names them.
 pytest_plugins = ["tests.services"]
+
+# The ImageNet judge of ../shared/data/eval: on the team's machines only, so the few tests that run the real one skip
+# in CI (no honest stand-in classifier can be generated without TensorFlow), as they do without ai-edge-litert.
+SHARED_JUDGE = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval" / "judge"
+needs_shared_judge = pytest.mark.skipif(
+    not SHARED_JUDGE.is_dir() or importlib.util.find_spec("ai_edge_litert") is None,
+    reason="needs ../shared/data/eval/judge's TFLite model and ai-edge-litert (not in CI)")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -16,7 +16,7 @@ from models.checkpoint import load_checkpoint, save_checkpoint
 from models.color import HighlightRolloff
 from models.predictor import DecodeOptions
 from models.registry import create_model
-from tests.conftest import gradient_image
+from tests.conftest import SHARED_JUDGE, gradient_image, needs_shared_judge
 from tests.services import env_for_workers, get_object, put_object
 from tests.test_finetune import png, run_tool, train_command, use_env
 from tools import promote
@@ -254,13 +254,8 @@ def test_a_tune_on_s3_photos_chooses_on_its_held_out_objects_only(tmp_path, s3_s
     assert scored == sorted(held)
 
 
-SHARED_JUDGE = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval" / "judge"
-
-
-@pytest.mark.skipif(not SHARED_JUDGE.is_dir(), reason="needs ../shared/data/eval/judge's TFLite model (not in CI; "
-                    "no honest stand-in classifier can be generated without TensorFlow)")
+@needs_shared_judge
 def test_the_real_judge_scores_each_decoding_on_photos_filed_by_class(tmp_path: Path, capsys):
-    pytest.importorskip("ai_edge_litert", reason="the ImageNet judge needs ai-edge-litert")
     photos = tmp_path / "classes"
     for i in range(12):
         folder = photos / ("n01443537" if i % 2 else "n01629819")

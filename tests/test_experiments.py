@@ -13,11 +13,10 @@ import torch
 from PIL import Image
 
 from models.color import lab_to_rgb
-from tests.conftest import gradient_image
+from tests.conftest import SHARED_JUDGE, gradient_image, needs_shared_judge
 from tools.experiments import main as experiments_main
 from tools.experiments_cifar import CifarSettings, run_cifar
 
-SHARED_JUDGE = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval" / "judge"
 # Two classes that differ only in colour: the same lightness texture, blue for one, green for the other.
 CLASS_AB = {"airplane": (5.0, -45.0), "frog": (-45.0, 40.0)}
 
@@ -109,9 +108,8 @@ def test_experiments_report_missing_data_in_one_line(tmp_path: Path, capsys) -> 
     assert not (tmp_path / "cifar.json").exists()
 
 
-@pytest.mark.skipif(not SHARED_JUDGE.is_dir(), reason="needs ../shared/data/eval/judge (not in CI)")
+@needs_shared_judge
 def test_clothing_classes_map_to_real_imagenet_labels() -> None:
-    pytest.importorskip("ai_edge_litert", reason="the ImageNet judge needs ai-edge-litert")
     from tools.judge import FOLDER_TO_IMAGENET, ImageNetJudge
 
     judge = ImageNetJudge(SHARED_JUDGE)

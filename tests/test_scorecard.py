@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import gradient_image
+from tests.conftest import SHARED_JUDGE, gradient_image, needs_shared_judge
 from tests.media import decode_rgb, gray_frames, moving_scene, write_clip
 from tools import metrics, scorecard
 from tools.datasets import in_holdout
@@ -23,7 +23,6 @@ from tools.evaluate_video import _gray_of
 from tools.judge import ImageNetJudge, LabelledPhoto, as_uint8, judge_models
 from tools.scorecard import GRAY, TRUTH, ModelSpec, PhotoSet, ScorecardOptions, run_scorecard, verdict
 
-SHARED_JUDGE = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval" / "judge"
 OPTIONS = ScorecardOptions(frames=6, bw_frames=2, sheet_count=2, cell_height=48, render_size=64, engine_kind="torch",
                            precision="fp32", batch_size=3)
 
@@ -339,11 +338,9 @@ def test_a_training_archive_filed_by_class_is_labelled_through_the_class_table(e
         scorecard.read_class_table(tmp_path / "bare.csv")
 
 
-@pytest.mark.skipif(not SHARED_JUDGE.is_dir(), reason="needs ../shared/data/eval/judge's TFLite model (not in CI; "
-                    "no honest stand-in classifier can be generated without TensorFlow)")
+@needs_shared_judge
 def test_judge_row_with_the_real_judge(eval_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     """The judge reads the pictures the evaluation made, and scores them as judging them apart would."""
-    pytest.importorskip("ai_edge_litert", reason="the ImageNet judge needs ai-edge-litert")
     photo_set = PhotoSet("tiny_imagenet_val", str(eval_root / "tiny_imagenet_val"))
     models = [ModelSpec("cls", str(tiny_checkpoint))]
     with scorecard._colorizers(models, OPTIONS) as colorizers:
