@@ -37,9 +37,12 @@ debian-packages:
 	if [ -n "$$missing" ]; then SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; fi
 
-# The ten slowest tests close the log: the suite is kept to about 15 minutes on 2 cores.
+# Two test processes, a test file to each at a time (--dist loadfile): a file's module fixtures (tiny trained models,
+# exports) are made once, and the recovery tests, which spend minutes waiting out the default liveness window, never
+# run beside each other but beside the rest (on 2 cores: 9 minutes, where one process took 14.5). The ten slowest
+# tests close the log: the suite is kept to about 15 minutes on 2 cores.
 test: install debian-packages
-	$(PY) -m pytest -q --durations=10
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=10
 
 lint: install
 	$(VENV)/bin/ruff check models worker tools tests
