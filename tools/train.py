@@ -798,156 +798,213 @@ def _check_context_distillation(cfg: TrainConfig, model: nn.Module) -> None:
                           "a frozen ImageNet encoder (context_encoder), which nothing can teach")
 
 
+@dataclass
+class Run:
+    """One training run as ``train`` drives it: the model with its optimizer, loss and weight average, the data, and
+    where the run stands (step, validation history, the best validation PSNR so far). ``Run.start`` builds a new run
+    or rebuilds a stopped one from its saved state; ``save`` writes what a resume needs and the inference
+    checkpoint."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    model: nn.Module
+    parent: Checkpoint | None
+    loss_kind: str
+    teacher_text: str
+    device: torch.device
+    bank: PhotoBank
+    sampler: BatchSampler
+    val_batches: list[tuple[torch.Tensor, torch.Tensor]]
+    class_weights: torch.Tensor | None  # classification and mix losses: the rebalancing, and the prior it came from
+    ab_prior: tuple[float, ...] | None
+    optimizer: torch.optim.Optimizer
+    base_lrs: list[float]  # each parameter group's peak rate, which the schedule scales
+    step_loss: StepLoss
+    ema: WeightAverage | None
+    step: int = 0
+    metrics: dict = field(default_factory=dict)  # the last validation line
+    history: list[dict] = field(default_factory=list)
+    best_psnr: float = -math.inf  # the bar model-best.pt must clear
+
+    @classmethod
+    def start(cls, cfg: TrainConfig, run_dir: Path, resume: bool, storage: Storage | None) -> Run:
+        _check_options(cfg)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        state_path = run_dir / STATE_FILE
+        state = (torch.load(state_path, map_location="cpu", weights_only=True) if resume and state_path.exists()
+                 else None)
+        cfg, model, parent = _starting_point(cfg, state, run_dir)
+        loss_kind = _resolve_loss(model, cfg.loss)
+        if cfg.context_distill_weight > 0:
+            _check_context_distillation(cfg, model)
+        teacher, teacher_text = _encoder_teacher(model, cfg)
+        device = torch.device(resolve_torch_device(cfg.device))
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # every step has the same shapes: let cuDNN pick its fastest kernels
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        model = model.to(device)
+        log.info("training on %s%s", device,
+                 f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+
+        bank = PhotoBank([SourceSpec.parse(s) for s in cfg.data], short_side=bank_side(cfg.crop, cfg.min_object_side),
+                         storage=storage,
+                         split="train" if cfg.val_split > 0 else "all", holdout=cfg.val_split)
+        sampler = BatchSampler(bank, cfg.batch_size, Augment(crop=cfg.crop, min_object_side=cfg.min_object_side),
+                               seed=cfg.seed)
+        val_batches = validation_batches(cfg.data, cfg.val, cfg.val_split, cfg.crop, cfg.min_object_side,
+                                         cfg.val_crops, storage)
+
+        class_weights = None
+        ab_prior: tuple[float, ...] | None = None
+        if loss_kind in ("classification", "mix"):
+            if state is not None:
+                class_weights, ab_prior = state["class_weights"], state.get("ab_prior")
+            else:
+                class_weights, ab_prior = measure_class_weights(sampler, batches=40, lam=cfg.rebalance_lambda)
+                log.info("class rebalancing weights: min %.2f max %.2f", float(class_weights.min()),
+                         float(class_weights.max()))
+            class_weights = class_weights.to(device)
+
+        optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        step_loss = StepLoss.for_run(model, cfg, loss_kind, class_weights, teacher, device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        run = cls(cfg, run_dir, model, parent, loss_kind, teacher_text, device, bank, sampler, val_batches,
+                  class_weights, ab_prior, optimizer, [g["lr"] for g in optimizer.param_groups], step_loss,
+                  WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None)
+        if state is not None:
+            run.restore(state)
+        return run
+
+    def restore(self, state: dict) -> None:
+        """Where a stopped run stood: its optimizer, sampler, step, validation history, weight average and loss
+        state (the model's weights came back with it in ``_starting_point``)."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler.load_state(state["sampler"])
+        self.step = state["step"]
+        self.metrics = state.get("metrics", {})
+        self.history = list(state.get("history", []))
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.model.load_state_dict(state["ema"], strict=True)
+        self.step_loss.load_state(state)
+        # The bar model-best.pt must clear is the line so far and the copy already on disk: a run stopped between an
+        # evaluation and its next save wrote model-best.pt for a step its saved history lacks.
+        self.best_psnr = max([m["val_psnr"] for m in self.history if "val_psnr" in m]
+                             + [_kept_psnr(self.run_dir / BEST_MODEL_FILE)])
+
+    @property
+    def shipped(self) -> nn.Module:
+        """The weights a checkpoint ships and validation scores: the average when there is one."""
+        return self.ema.model if self.ema is not None else self.model
+
+    def set_encoder_frozen(self, frozen: bool) -> None:
+        _set_encoder_frozen(self.model, frozen, keep_head=self.cfg.context_distill_weight > 0,
+                            batchnorm=self.cfg.encoder_batchnorm)
+
+    def learn(self, L: torch.Tensor, ab: torch.Tensor, lr_factor: float) -> tuple[torch.Tensor, dict[str, float]]:
+        """One optimizer step at ``lr_factor`` times the peak rates: the loss and its reported terms."""
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * lr_factor
+        loss, reported = self.step_loss(L, ab, self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model, self.step)
+        self.step += 1
+        return loss, reported
+
+    def validate(self) -> None:
+        """The validation line at this step; a new best is written to ``BEST_MODEL_FILE``."""
+        self.metrics = validation_line(self.shipped, self.val_batches, self.cfg.decode_temperature, self.step)
+        self.history.append(self.metrics)
+        self.set_encoder_frozen(self.step < self.cfg.freeze_encoder_steps)  # validation put BatchNorm in train mode
+        if self.metrics["val_psnr"] > self.best_psnr:
+            self.best_psnr = self.metrics["val_psnr"]
+            self.write_inference(self.run_dir / BEST_MODEL_FILE, final=False)
+            log.info("step %d: best validation PSNR so far; its weights kept in %s", self.step, BEST_MODEL_FILE)
+
+    def save(self, final: bool = False) -> None:
+        """What a resume needs (``STATE_FILE``), and the inference checkpoint ``MODEL_FILE``."""
+        payload = {
+            "train_config": dataclasses.asdict(self.cfg),
+            "model_config": dataclasses.asdict(self.model.config),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "sampler": self.sampler.state(),
+            "step": self.step,
+            "metrics": self.metrics,
+            "history": self.history,
+            "ema": self.ema.model.state_dict() if self.ema is not None else None,
+            "class_weights": self.class_weights.cpu() if self.class_weights is not None else None,
+            "ab_prior": self.ab_prior,
+        } | self.step_loss.state()
+        with atomic_output(self.run_dir / STATE_FILE) as f:
+            torch.save(payload, f)
+        self.write_inference(self.run_dir / MODEL_FILE, final)
+
+    def write_inference(self, path: Path, final: bool) -> None:
+        """An inference checkpoint at ``path``: the shipped weights, this run's provenance and its decoding."""
+        provenance = run_provenance(self.cfg, self.loss_kind, self.bank, self.teacher_text, self.parent, self.step,
+                                    self.metrics, final)
+        # The parent's decoding carries over whole (whatever else it records), with the method and temperature set
+        # and, for a classification head, the prior of this run's own training data.
+        inherited = (DecodeOptions(**self.parent.decode) if self.parent is not None and self.parent.decode
+                     else DecodeOptions())
+        decode = dataclasses.replace(inherited, method=self.cfg.decode_method,
+                                     temperature=self.cfg.decode_temperature,
+                                     ab_prior=self.ab_prior or inherited.ab_prior)
+        save_checkpoint(path, self.shipped, provenance=provenance, decode=decode, half=self.cfg.half_weights)
+
+
 def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, storage: Storage | None = None) -> Path:
     """Train (or resume) into ``run_dir``; returns the path of the inference checkpoint. ``storage`` reads
     ``s3://`` data sources."""
-    _check_options(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    state_path = run_dir / STATE_FILE
-    state = torch.load(state_path, map_location="cpu", weights_only=True) if resume and state_path.exists() else None
-    cfg, model, parent = _starting_point(cfg, state, run_dir)
-    loss_kind = _resolve_loss(model, cfg.loss)
-    distil = cfg.context_distill_weight > 0
-    if distil:
-        _check_context_distillation(cfg, model)
-    teacher, teacher_text = _encoder_teacher(model, cfg)
-    device = torch.device(resolve_torch_device(cfg.device))
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # every step has the same shapes: let cuDNN pick its fastest kernels
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    model = model.to(device)
-    log.info("training on %s%s", device, f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-    parent_decode = DecodeOptions(**parent.decode) if parent is not None and parent.decode else DecodeOptions()
-
-    bank = PhotoBank([SourceSpec.parse(s) for s in cfg.data], short_side=bank_side(cfg.crop, cfg.min_object_side),
-                     storage=storage,
-                     split="train" if cfg.val_split > 0 else "all", holdout=cfg.val_split)
-    sampler = BatchSampler(bank, cfg.batch_size, Augment(crop=cfg.crop, min_object_side=cfg.min_object_side),
-                           seed=cfg.seed)
-    val_batches = validation_batches(cfg.data, cfg.val, cfg.val_split, cfg.crop, cfg.min_object_side, cfg.val_crops,
-                                     storage)
-
-    class_weights = None
-    ab_prior: tuple[float, ...] | None = None
-    if loss_kind in ("classification", "mix"):
-        if state is not None:
-            class_weights, ab_prior = state["class_weights"], state.get("ab_prior")
-        else:
-            class_weights, ab_prior = measure_class_weights(sampler, batches=40, lam=cfg.rebalance_lambda)
-            log.info("class rebalancing weights: min %.2f max %.2f", float(class_weights.min()),
-                     float(class_weights.max()))
-        class_weights = class_weights.to(device)
-
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
-    step_loss = StepLoss.for_run(model, cfg, loss_kind, class_weights, teacher, device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    step = 0
-    metrics: dict = {}
-    history: list[dict] = []
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        sampler.load_state(state["sampler"])
-        step = state["step"]
-        metrics = state.get("metrics", {})
-        history = list(state.get("history", []))
-        if ema is not None and state.get("ema") is not None:
-            ema.model.load_state_dict(state["ema"], strict=True)
-        step_loss.load_state(state)
-    # The bar model-best.pt must clear: the line so far and, on a resumed run, the copy already on disk (a run
-    # stopped between an evaluation and its next save wrote model-best.pt for a step its saved history lacks).
-    best_psnr = max([m["val_psnr"] for m in history if "val_psnr" in m]
-                    + ([_kept_psnr(run_dir / BEST_MODEL_FILE)] if state is not None else []), default=-math.inf)
-
-    def save(final: bool = False) -> None:
-        payload = {
-            "train_config": dataclasses.asdict(cfg),
-            "model_config": dataclasses.asdict(model.config),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "sampler": sampler.state(),
-            "step": step,
-            "metrics": metrics,
-            "history": history,
-            "ema": ema.model.state_dict() if ema is not None else None,
-            "class_weights": class_weights.cpu() if class_weights is not None else None,
-            "ab_prior": ab_prior,
-        } | step_loss.state()
-        with atomic_output(state_path) as f:
-            torch.save(payload, f)
-        write_inference(run_dir / MODEL_FILE, final)
-
-    def write_inference(path: Path, final: bool) -> None:
-        provenance = run_provenance(cfg, loss_kind, bank, teacher_text, parent, step, metrics, final)
-        # The parent's decoding carries over whole (whatever else it records), with the method and temperature set
-        # and, for a classification head, the prior of this run's own training data.
-        decode = dataclasses.replace(parent_decode, method=cfg.decode_method, temperature=cfg.decode_temperature,
-                                     ab_prior=ab_prior or parent_decode.ab_prior)
-        shipped = ema.model if ema is not None else model
-        save_checkpoint(path, shipped, provenance=provenance, decode=decode, half=cfg.half_weights)
-
-    def set_encoder_frozen(frozen: bool) -> None:
-        _set_encoder_frozen(model, frozen, keep_head=distil, batchnorm=cfg.encoder_batchnorm)
-
-    model.train()
-    set_encoder_frozen(step < cfg.freeze_encoder_steps)
-    if step_loss.disc is not None:
-        step_loss.disc.train()
+    run = Run.start(cfg, run_dir, resume, storage)
+    cfg = run.cfg  # completed from the parent, or the saved run's
+    run.model.train()
+    run.set_encoder_frozen(run.step < cfg.freeze_encoder_steps)
+    if run.step_loss.disc is not None:
+        run.step_loss.disc.train()
     started = time.monotonic()
     # A resumed sitting past the warm-up anneals from its start; otherwise from the warm-up's last step.
-    annealing_from = started if step >= cfg.warmup_steps else None
+    annealing_from = started if run.step >= cfg.warmup_steps else None
     progress = ProgressWindow(cfg, started)
-    batches = _batch_stream(sampler, cfg, step, device)
-    while step < cfg.steps:
-        L, ab = (t.to(device, non_blocking=True) for t in next(batches))
+    batches = _batch_stream(run.sampler, cfg, run.step, run.device)
+    while run.step < cfg.steps:
+        L, ab = (t.to(run.device, non_blocking=True) for t in next(batches))
         if cfg.channels_last:
             L = L.contiguous(memory_format=torch.channels_last)
-        if step == cfg.freeze_encoder_steps and cfg.freeze_encoder_steps > 0:
-            set_encoder_frozen(False)
-            log.info("step %d: the encoder joins training at %.2gx the learning rate", step, cfg.encoder_lr_scale)
-        if annealing_from is None and step >= cfg.warmup_steps:
+        if run.step == cfg.freeze_encoder_steps and cfg.freeze_encoder_steps > 0:
+            run.set_encoder_frozen(False)
+            log.info("step %d: the encoder joins training at %.2gx the learning rate", run.step,
+                     cfg.encoder_lr_scale)
+        if annealing_from is None and run.step >= cfg.warmup_steps:
             annealing_from = time.monotonic()
-        factor = _lr_factor(step, cfg, _time_progress(cfg, started, annealing_from))
-        for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
-            group["lr"] = base * factor
-        loss, reported = step_loss(L, ab, step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if ema is not None:
-            ema.update(model, step)
-        step += 1
+        loss, reported = run.learn(L, ab, _lr_factor(run.step, cfg, _time_progress(cfg, started, annealing_from)))
+        step = run.step
         progress.add(loss.item(), reported, L.shape[0])
         if step % cfg.log_every == 0 or step == cfg.steps:
-            progress.report(step, optimizer.param_groups[0]["lr"])
+            progress.report(step, run.optimizer.param_groups[0]["lr"])
         out_of_time = cfg.time_limit_min > 0 and time.monotonic() - started > cfg.time_limit_min * 60
         # annealed by time, the run's schedule ends here: its last step is scored as a last step is
         finished = step == cfg.steps or (out_of_time and cfg.anneal_by_time)
-        if val_batches and (step % cfg.eval_every == 0 or finished):
-            metrics = validation_line(ema.model if ema is not None else model, val_batches, cfg.decode_temperature,
-                                      step)
-            history.append(metrics)
-            set_encoder_frozen(step < cfg.freeze_encoder_steps)  # validation put BatchNorm back in train mode
-            if metrics["val_psnr"] > best_psnr:
-                best_psnr = metrics["val_psnr"]
-                write_inference(run_dir / BEST_MODEL_FILE, final=False)
-                log.info("step %d: best validation PSNR so far; its weights kept in %s", step, BEST_MODEL_FILE)
+        if run.val_batches and (step % cfg.eval_every == 0 or finished):
+            run.validate()
         if out_of_time and cfg.anneal_by_time:
             break  # the rate has reached zero: the run is finished, not interrupted
         if step % cfg.save_every == 0 or out_of_time:
-            save()
+            run.save()
         if out_of_time:
             log.info("time limit of %g min reached at step %d; saved, resume with --resume", cfg.time_limit_min,
                      step)
             return run_dir / MODEL_FILE
-    if step < cfg.steps:
-        log.info("annealed to the time limit of %g min at step %d of %d: finished", cfg.time_limit_min, step,
+    if run.step < cfg.steps:
+        log.info("annealed to the time limit of %g min at step %d of %d: finished", cfg.time_limit_min, run.step,
                  cfg.steps)
-    save(final=True)
+    run.save(final=True)
     return run_dir / MODEL_FILE
 
 
