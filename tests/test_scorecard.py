@@ -141,9 +141,17 @@ def test_markdown_and_verdict(card: tuple[Path, dict], tmp_path: Path, capsys: p
     out, data = card
     table = (out / "scorecard.md").read_text()
     for text in ("## Summary", "### tiny_imagenet_val", "### val_split", "gray (ab = 0)", "| truth |",
-                 "### Film clips (1 clips, first 6 frames each", "## Verdict against release 4's targets",
+                 "### Film clips (1 clips, first 6 frames a clip", "## Verdict against release 4's targets",
+                 "- films: first 6 frames a clip; release 4's film target names the clips, whole (`--frames all`)",
                  "ImageNet judge not run", "sheets/bsds500_val_worst.jpg", "sheets/bw_films.jpg"):
         assert text in table, text
+    # A limit that every clip ended before scored the whole clips: no caveat (a card of one clip 6 frames long).
+    ended = json.loads(json.dumps(data))
+    ended["films"]["frames_per_clip"] = 7
+    ended["verdict"] = verdict(ended)
+    assert ended["verdict"]["films_scope"] == "whole clips"
+    whole = scorecard.scorecard_markdown(ended)
+    assert "### Film clips (1 clips, whole clips" in whole and "film target names" not in whole
     checks = data["verdict"]["checks"]
     # Per model: PSNR and colourfulness on five photo sets, and the films' PSNR and warping error.
     assert sum(1 for c in checks if c["model"] == "cls") == 5 * 2 + 2
@@ -279,7 +287,8 @@ def test_a_card_with_nothing_to_check_says_so_rather_than_passing(card: tuple[Pa
         in verdict_part
 
 
-def test_one_line_errors(eval_root: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_one_line_errors(eval_root: Path, tiny_checkpoint: Path, tmp_path: Path,
+                         capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit, match="unknown dev sets nope"):
         scorecard.main([str(tiny_checkpoint), "--eval-root", str(eval_root), "--sets", "nope", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="missing_dir/tiny_imagenet_val: not found"):
@@ -287,6 +296,11 @@ def test_one_line_errors(eval_root: Path, tiny_checkpoint: Path, tmp_path: Path)
     with pytest.raises(SystemExit, match="two models labelled tiny"):
         scorecard.main([str(tiny_checkpoint), str(tiny_checkpoint), "--eval-root", str(eval_root), "--out",
                         str(tmp_path)])
+    for frames in ("0", "-3", "ten"):
+        with pytest.raises(SystemExit):
+            scorecard.main([str(tiny_checkpoint), "--frames", frames, "--out", str(tmp_path)])
+        assert (f"argument --frames: expected a positive number of frames or 'all', got '{frames}'"
+                in capsys.readouterr().err)
     with pytest.raises(ValueError, match="name the baseline rows"):
         ModelSpec.parse("gray=default")
     assert ModelSpec.parse("default") == ModelSpec("default", "default")
@@ -389,12 +403,18 @@ def test_parts_scored_apart_merge_into_one_card(eval_root: Path, tiny_checkpoint
     photos, films, merged = tmp_path / "photos", tmp_path / "films", tmp_path / "merged"
     assert scorecard.main([*common, "--sets", "bsds500_val,faces_utk_val", "--no-video", "--no-bw",
                            "--out", str(photos)]) == 0
-    assert scorecard.main([*common, "--sets", "none", "--out", str(films)]) == 0
+    assert scorecard.main([*common, "--sets", "none", "--frames", "all", "--out", str(films)]) == 0
     assert scorecard.main(["--merge", str(photos), str(films), "--out", str(merged)]) == 0
     assert "Merged from parts scored side by side: bsds500_val, faces_utk_val" in capsys.readouterr().out
     data = json.loads((merged / "scorecard.json").read_text())
     assert [s["name"] for s in data["sets"]] == ["bsds500_val", "faces_utk_val"]
-    assert data["films"]["frames_per_clip"] == 4 and data["bw"]["films"][0]["film"] == "film.mkv"
+    # --frames all: every frame of the 8-frame clip, as release 4's target reads the films, so no caveat.
+    assert data["films"]["frames_per_clip"] == 0 and data["bw"]["films"][0]["film"] == "film.mkv"
+    (clip,) = data["films"]["clips"]
+    assert clip["frames"] == 8 and all(row["frames"] == 8 for row in clip["rows"].values())
+    table = (merged / "scorecard.md").read_text()
+    assert "### Film clips (1 clips, whole clips, smoothing" in table and "films, bw (whole clips" in table
+    assert "release 4's film target" not in table
     assert {c["check"] for c in data["verdict"]["checks"]} >= {"films: mean PSNR - gray's",
                                                                "bsds500_val: PSNR - gray's"}
     assert data["verdict"]["not_scored"] == ["tiny_imagenet_val", "scenes_intel_val", "ImageNet judge"]

@@ -42,7 +42,7 @@ from models.predictor import DecodeOptions
 from tools import metrics
 from tools.contact_sheet import render_contact_sheet, thumbnail
 from tools.datasets import iter_image_bytes
-from tools.evaluate_video import DEFAULT_MAX_FRAMES, evaluate_videos, to_json, video_table
+from tools.evaluate_video import DEFAULT_MAX_FRAMES, evaluate_videos, frames_arg, to_json, video_table
 from tools.runtime import add_runtime_arguments, apply_runtime_arguments, onnx_cache_dir
 from worker.photos import open_colorizer
 from worker.smoothing import SmoothingOptions
@@ -443,8 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "colorization per frame and its warping error, smoothing off and on (tools.evaluate_video)")
     video.add_argument("--smoothing", default=f"0,{SmoothingOptions().strength}",
                        help="comma-separated smoothing strengths to compare (default: %(default)s)")
-    video.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES,
-                       help="score at most this many frames of each clip (default: %(default)s)")
+    video.add_argument("--max-frames", type=frames_arg, default=DEFAULT_MAX_FRAMES,
+                       help="score at most this many frames of each clip, or 'all' (default: %(default)s)")
     video.add_argument("--references", action="store_true", help="score the film with the truth's first frame of "
                        "each shot as a reference frame beside automatic, at the last --smoothing strength "
                        "(tools.evaluate_references)")

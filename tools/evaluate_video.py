@@ -20,6 +20,7 @@ colourfulness, removes flicker without washing colour out.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import logging
 import math
@@ -49,7 +50,12 @@ log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v"}
 GRAY_ROW = "gray baseline (ab = 0)"
 TRUTH_ROW = "ground truth"
+# Frames scored per clip by default: the first 150 keep a scorecard of the development clips near 20 minutes for
+# two models on 2 CPU cores; the whole clips (WHOLE_CLIPS, `--frames all`), which release 4's film target names,
+# take about an hour there.
 DEFAULT_MAX_FRAMES = 150
+WHOLE_CLIPS = 0
+WHOLE_CLIPS_SCOPE = "whole clips"
 # The warping error is printed x 1000: Lai et al.'s tables use the same scale (e.g. 0.0290 -> 29.0).
 WARP_SCALE = 1000.0
 # A frame's CIEDE2000 is the mean over every DELTA_E_STRIDE-th pixel of every DELTA_E_STRIDE-th row: a whole 720p
@@ -115,13 +121,34 @@ def find_clips(data: str | Path) -> list[Path]:
     return clips
 
 
+def frames_arg(text: str) -> int:
+    """``--frames``/``--max-frames`` (an argparse ``type=``): a positive count, or ``all`` for WHOLE_CLIPS."""
+    if text.strip().lower() == "all":
+        return WHOLE_CLIPS
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of frames or 'all', got {text!r}")
+    return count
+
+
+def frames_scope(max_frames: int, scored: Sequence[int] = ()) -> str:
+    """How much of each clip was scored, for a table's heading: the whole clips when nothing limited them or when
+    every clip ended before the limit (``scored``: the frames each clip gave)."""
+    whole = max_frames == WHOLE_CLIPS or (len(scored) > 0 and all(n < max_frames for n in scored))
+    return WHOLE_CLIPS_SCOPE if whole else f"first {max_frames} frames a clip"
+
+
 def truth_frames(path: Path, max_frames: int) -> Iterator[tuple[int, np.ndarray]]:
-    """(pts, sRGB float32 (H, W, 3)) of the first ``max_frames`` frames, in display order."""
+    """(pts, sRGB float32 (H, W, 3)) of the first ``max_frames`` frames (every frame for WHOLE_CLIPS), in display
+    order."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for index, frame in enumerate(container.decode(stream)):
-            if index >= max_frames:
+            if max_frames != WHOLE_CLIPS and index >= max_frames:
                 return
             yield frame.pts, frame.to_ndarray(format="rgb24").astype(np.float32) / 255.0
 

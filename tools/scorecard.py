@@ -62,7 +62,10 @@ from tools.evaluate_video import (
     DELTA_E_STRIDE,
     GRAY_ROW,
     TRUTH_ROW,
+    WHOLE_CLIPS_SCOPE,
     find_clips,
+    frames_arg,
+    frames_scope,
     row_name,
     score_clips,
 )
@@ -430,7 +433,8 @@ def verdict(result: dict[str, Any], targets: Targets = RELEASE4_TARGETS) -> dict
     if not any("judge" in s for s in result["sets"]):
         not_scored.append("ImageNet judge")
     summary = {label: sum(1 for c in checks if c["model"] == label and not c["passed"]) for label in labels}
-    return {"targets": dataclasses.asdict(targets), "checks": checks, "misses": summary, "not_scored": not_scored}
+    return {"targets": dataclasses.asdict(targets), "checks": checks, "misses": summary, "not_scored": not_scored,
+            "films_scope": _films_scope(films) if films and "frames_per_clip" in films else None}
 
 
 # --- the whole card --------------------------------------------------------------------------------------------
@@ -641,8 +645,12 @@ def _lattice(films: dict[str, Any]) -> str:
     return "; no CIEDE2000" if stride is None else f"; CIEDE2000 on one pixel in {stride}x{stride}"
 
 
+def _films_scope(films: dict[str, Any]) -> str:
+    return frames_scope(films["frames_per_clip"], [clip["frames"] for clip in films.get("clips", [])])
+
+
 def _films_table(films: dict[str, Any], labels: Sequence[str]) -> list[str]:
-    lines = [f"### Film clips ({len(films['clips'])} clips, first {films['frames_per_clip']} frames each, "
+    lines = [f"### Film clips ({len(films['clips'])} clips, {_films_scope(films)}, "
              f"smoothing {films['smoothing']:g}{_lattice(films)})", "",
              "| clip | PSNR: gray | " + " | ".join(labels) + " | CIEDE2000: gray | " + " | ".join(labels)
              + " | colourfulness: truth | " + " | ".join(labels)
@@ -742,6 +750,9 @@ def _verdict_lines(v: dict[str, Any], labels: Sequence[str]) -> list[str]:
             cells.append(f"{value} {'pass' if c['passed'] else '**miss**'}")
         lines.append(f"| {check} | {target} | " + " | ".join(cells) + " |")
     lines.append("")
+    scope = v.get("films_scope")  # absent from cards made before the whole clips could be scored
+    if scope not in (None, WHOLE_CLIPS_SCOPE):
+        lines.append(f"- films: {scope}; release 4's film target names the clips, whole (`--frames all`)")
     for label in labels:
         misses = v["misses"][label]
         lines.append(f"- **{label}**: " + ("meets every target checked" if not misses else
@@ -758,7 +769,7 @@ def _parts_lines(data: dict[str, Any]) -> list[str]:
         options, scored = part["options"], part["scored"]
         photos = [name for name in scored if name not in ("films", "bw")]
         text = [f"first {options['limit']} photos a set" if options.get("limit") else "every photo"] if photos else []
-        text += [f"first {options['frames']} frames a clip"] if "films" in scored else []
+        text += [frames_scope(options["frames"])] if "films" in scored else []
         return ", ".join(text + [f"{part['seconds'] / 60:.1f} min"])
 
     return ["Merged from parts scored side by side: " + "; ".join(
@@ -819,8 +830,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="score only the first N photos of each set (name order)")
     p.add_argument("--no-video", action="store_true", help="skip the colour film clips")
     p.add_argument("--no-bw", action="store_true", help="skip the black-and-white films' contact sheet")
-    p.add_argument("--frames", type=int, default=DEFAULT_MAX_FRAMES,
-                   help="frames scored per film clip (default: %(default)s)")
+    p.add_argument("--frames", type=frames_arg, default=DEFAULT_MAX_FRAMES,
+                   help="frames scored per film clip, or 'all': the whole clips, as release 4's film target "
+                   "reads (default: %(default)s, a third of the time)")
     p.add_argument("--bw-frames", type=int, default=ScorecardOptions.bw_frames,
                    help="frames per black-and-white film on its sheet (default: %(default)s)")
     p.add_argument("--smoothing", type=float, default=ScorecardOptions.smoothing,
