@@ -142,7 +142,7 @@ def test_markdown_and_verdict(card: tuple[Path, dict], tmp_path: Path, capsys: p
     table = (out / "scorecard.md").read_text()
     for text in ("## Summary", "### tiny_imagenet_val", "### val_split", "gray (ab = 0)", "| truth |",
                  "### Film clips (1 clips, first 6 frames a clip", "## Verdict against release 4's targets",
-                 "- films: first 6 frames a clip; release 4's film target names the clips, whole (`--frames all`)",
+                 "- films: first 6 frames a clip; release 4's film target is on the whole clips (`--frames all`)",
                  "ImageNet judge not run", "sheets/bsds500_val_worst.jpg", "sheets/bw_films.jpg"):
         assert text in table, text
     # A limit that every clip ended before scored the whole clips: no caveat (a card of one clip 6 frames long).
@@ -151,7 +151,7 @@ def test_markdown_and_verdict(card: tuple[Path, dict], tmp_path: Path, capsys: p
     ended["verdict"] = verdict(ended)
     assert ended["verdict"]["films_scope"] == "whole clips"
     whole = scorecard.scorecard_markdown(ended)
-    assert "### Film clips (1 clips, whole clips" in whole and "film target names" not in whole
+    assert "### Film clips (1 clips, whole clips" in whole and "film target is on" not in whole
     checks = data["verdict"]["checks"]
     # Per model: PSNR and colourfulness on five photo sets, and the films' PSNR and warping error.
     assert sum(1 for c in checks if c["model"] == "cls") == 5 * 2 + 2

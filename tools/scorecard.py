@@ -752,7 +752,7 @@ def _verdict_lines(v: dict[str, Any], labels: Sequence[str]) -> list[str]:
     lines.append("")
     scope = v.get("films_scope")  # absent from cards made before the whole clips could be scored
     if scope not in (None, WHOLE_CLIPS_SCOPE):
-        lines.append(f"- films: {scope}; release 4's film target names the clips, whole (`--frames all`)")
+        lines.append(f"- films: {scope}; release 4's film target is on the whole clips (`--frames all`)")
     for label in labels:
         misses = v["misses"][label]
         lines.append(f"- **{label}**: " + ("meets every target checked" if not misses else
@@ -831,8 +831,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-video", action="store_true", help="skip the colour film clips")
     p.add_argument("--no-bw", action="store_true", help="skip the black-and-white films' contact sheet")
     p.add_argument("--frames", type=frames_arg, default=DEFAULT_MAX_FRAMES,
-                   help="frames scored per film clip, or 'all': the whole clips, as release 4's film target "
-                   "reads (default: %(default)s, a third of the time)")
+                   help="frames scored per film clip, or 'all': the whole clips, which release 4's film target "
+                   "is on (default: %(default)s; on the development clips a third of the whole clips' time)")
     p.add_argument("--bw-frames", type=int, default=ScorecardOptions.bw_frames,
                    help="frames per black-and-white film on its sheet (default: %(default)s)")
     p.add_argument("--smoothing", type=float, default=ScorecardOptions.smoothing,
