@@ -28,9 +28,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is not None and os.fspath(exc.filename) == os.fspath(tmp):
+            # Name the file the caller asked for (its user never heard of the hidden temp file), same errno and type.
+            raise type(exc)(exc.errno, f"{exc.strerror} (writing {tmp.name})", os.fspath(path)) from exc
         raise
 
 

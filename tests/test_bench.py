@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tools import bench
 
 
@@ -47,6 +49,19 @@ def test_bench_cli_network_only_writes_json(tiny_checkpoint: Path, tmp_path: Pat
     ((rate),) = data["rates"]
     assert rate["case"] == "network" and rate["images"] == 2 and rate["images_per_s"] > 0
     assert data["ratios"] == []
+
+
+def test_bench_cli_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for args, reason in (
+        (["--model", str(tmp_path / "missing.pt")], "missing.pt: no such checkpoint file"),
+        (["--batch-sizes", "4,x"], "argument --batch-sizes: expected comma-separated integers, got '4,x'"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            bench.main([*args, "--engines", "torch", "--compare", "none", "--network-only"])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("python -m tools bench: error: ") and reason in err[-1], err
+        assert not any("Traceback" in line for line in err)
 
 
 def test_photo_and_network_shapes() -> None:

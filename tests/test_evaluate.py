@@ -99,6 +99,28 @@ def test_limit_skips_and_missing_data_are_handled(tiny_dataset: Path, tmp_path: 
         list(evaluate.iter_truth_photos(tmp_path / "nowhere"))
 
 
+def test_cli_bad_input_is_one_line_naming_the_file(tiny_dataset: Path, tiny_checkpoint: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    not_a_zip = tmp_path / "photos.zip"
+    not_a_zip.write_bytes(b"not a zip")
+    (tmp_path / "empty").mkdir()
+    for args, reason in (
+        (["--model", str(tmp_path / "missing.pt"), "--data", str(tiny_dataset)], "missing.pt: no such checkpoint file"),
+        (["--model", str(junk), "--data", str(tiny_dataset)], "junk.pt: not a readable checkpoint"),
+        (["--model", str(tiny_checkpoint), "--data", str(tmp_path / "nowhere")], "nowhere: not a folder or a .zip"),
+        (["--model", str(tiny_checkpoint), "--data", str(not_a_zip)], "photos.zip: not a readable .zip"),
+        (["--model", str(tiny_checkpoint), "--data", str(tmp_path / "empty")], "empty: no readable colour photos"),
+        (["--video", "--model", str(junk), "--data", str(tmp_path / "empty")], "cannot load model"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            evaluate.main([*args, "--render-size", "64"])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("python -m tools evaluate: error: ") and reason in err[0], err
+
+
 def test_json_writes_infinite_psnr_as_a_string() -> None:
     assert evaluate._json_safe({"psnr": [math.inf, 1.5]}) == {"psnr": ["inf", 1.5]}
 

@@ -106,6 +106,12 @@ def test_experiments_report_missing_data_in_one_line(tmp_path: Path, capsys) -> 
                           "--out", str(tmp_path)])
     assert "none.zip: no such CIFAR-10 zip" in str(exited.value.code)
     assert not (tmp_path / "cifar.json").exists()
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(SystemExit) as exited:  # before any training, not after it
+        experiments_main(["--part", "cifar", "--preset", "smoke", "--cifar", str(tmp_path / "none.zip"),
+                          "--out", str(tmp_path / "a-file" / "results")])
+    assert exited.value.code == 2
+    assert f"error: --out {tmp_path / 'a-file' / 'results'}: " in capsys.readouterr().err
 
 
 @needs_shared_judge

@@ -138,10 +138,16 @@ def test_cli_export_and_stale_cache(small_checkpoint, tmp_path):
     assert read_onnx_metadata(cached).checkpoint_sha256 == checkpoint.sha256
 
 
-def test_cli_rejects_bad_arguments(tmp_path, capsys):
+def test_cli_rejects_bad_arguments(tmp_path, tiny_checkpoint, capsys):
     with pytest.raises(SystemExit):
         export_main([str(tmp_path / "missing.pt"), "-o", str(tmp_path / "x.onnx")])
     assert "no such checkpoint" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(SystemExit) as exc:
+        export_main([str(tiny_checkpoint), "-o", str(tmp_path / "a-file" / "x.onnx")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith("python -m tools export: error: ") and "a-file" in err[0]
     with pytest.raises(SystemExit):
         export_main(["default", "-o", str(tmp_path / "x.txt")])
     assert "must end in .onnx" in capsys.readouterr().err

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from models.files import atomic_output, atomic_path
+from models.files import PARTIAL_SUFFIX, atomic_output, atomic_path
 
 
 def _umask() -> int:
@@ -31,6 +31,16 @@ def test_atomic_output_never_leaves_partial_files(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.jpg"]
     assert (target.stat().st_mode & 0o777) == (0o666 & ~_umask())
 
+
+
+def test_a_failed_write_names_the_destination_not_the_temp_file(tmp_path: Path) -> None:
+    target = tmp_path / ("x" * 240 + ".onnx")  # a legal name whose temp sibling is longer than a name may be
+    with pytest.raises(OSError) as exc:
+        with atomic_output(target) as f:
+            f.write(b"never")
+    assert exc.value.filename == str(target) and exc.value.errno is not None
+    assert str(exc.value).endswith(f"{PARTIAL_SUFFIX}): '{target}'")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_atomic_path_renames_only_on_success(tmp_path: Path) -> None:

@@ -90,10 +90,13 @@ def test_the_pack_keeps_the_split_and_the_names_within_its_budget(sources, tmp_p
 
 def test_cli_refuses_a_budget_below_the_split_and_a_missing_source(sources, tmp_path: Path, capsys) -> None:
     big, _ = sources
+    not_a_zip = tmp_path / "scans.zip"
+    not_a_zip.write_bytes(b"a text file named .zip")
     for args, reason in (
         (["--data", str(big), "--budget-mb", "0.001", "--val-split", "0.5"], "the validation split alone is"),
         (["--data", str(tmp_path / "nowhere"), "--budget-mb", "5"], "nowhere"),
         (["--data", str(big), "--data", str(big), "--budget-mb", "5"], "two sources would both be packed as"),
+        (["--data", str(not_a_zip), "--budget-mb", "5"], "scans.zip: not a readable .zip (File is not a zip file)"),
     ):
         with pytest.raises(SystemExit) as exc:
             main([*args, "-o", str(tmp_path / "out")])

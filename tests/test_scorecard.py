@@ -296,6 +296,12 @@ def test_one_line_errors(eval_root: Path, tiny_checkpoint: Path, tmp_path: Path,
     with pytest.raises(SystemExit, match="two models labelled tiny"):
         scorecard.main([str(tiny_checkpoint), str(tiny_checkpoint), "--eval-root", str(eval_root), "--out",
                         str(tmp_path)])
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="cannot load model .*junk.pt: not a readable checkpoint"):
+        scorecard.main([str(junk), "--eval-root", str(eval_root), "--sets", "bsds500_val", "--no-video", "--no-bw",
+                        "--out", str(tmp_path / "junk-card")])
+    assert not (tmp_path / "junk-card" / "scorecard.json").exists()
     for frames in ("0", "-3", "ten"):
         with pytest.raises(SystemExit):
             scorecard.main([str(tiny_checkpoint), "--frames", frames, "--out", str(tmp_path)])

@@ -78,6 +78,32 @@ def test_photo_bank_reads_folders_and_zips(photo_dir: Path, tmp_path: Path) -> N
     assert all(min(im.shape[:2]) <= 40 for im in folder.images)
 
 
+def test_a_damaged_zip_member_is_one_photo_fewer_and_a_file_not_a_zip_one_line(photo_dir: Path, tmp_path: Path,
+                                                                              capsys) -> None:
+    archive = tmp_path / "photos.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zf:
+        for path in sorted(photo_dir.rglob("*.png")):
+            zf.write(path, path.relative_to(photo_dir).as_posix())
+        damaged = next(info for info in zf.infolist() if info.filename != "gray.png")  # a colour photo
+    data = bytearray(archive.read_bytes())
+    data[damaged.header_offset + 30 + len(damaged.filename) + damaged.compress_size // 2] ^= 0xFF  # inside its bytes
+    archive.write_bytes(bytes(data))
+    with zipfile.ZipFile(archive) as zf:
+        assert zf.testzip() == damaged.filename  # the damage is where it was meant to be
+    bank = PhotoBank([SourceSpec(archive)], short_side=40)
+    assert len(bank) == 5  # the member whose CRC fails is skipped (with a warning); the other five are read
+
+    not_a_zip = tmp_path / "scans.zip"
+    not_a_zip.write_bytes(b"a text file named .zip")
+    with pytest.raises(SystemExit) as exc:
+        main(["--data", str(not_a_zip), "--run-dir", str(tmp_path / "run"), "--steps", "1"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (f"python -m tools train: error: {not_a_zip}: not a readable .zip "
+                                            "(File is not a zip file)")
+
+
 def test_source_spec_weights() -> None:
     assert SourceSpec.parse("data/a:3") == SourceSpec(Path("data/a"), 3.0)
     assert SourceSpec.parse("data/a") == SourceSpec(Path("data/a"), 1.0)

@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint
+from models.checkpoint import Checkpoint, load_checkpoint, resolve_checkpoint, save_checkpoint
 from models.efficientnet_lite import (
     EfficientNetLite,
     EfficientNetLiteConfig,
@@ -51,7 +51,7 @@ from models.efficientnet_lite import (
 )
 from models.files import atomic_output
 from models.predictor import DecodeOptions
-from tools.datasets import Augment, BatchSampler, DataError, PhotoBank, SourceSpec
+from tools.datasets import Augment, BatchSampler, PhotoBank, SourceSpec
 from tools.encoder_distill import (
     DEFAULT_STRIDES,
     DistillError,
@@ -62,8 +62,8 @@ from tools.encoder_distill import (
     lite_encoder,
     teacher_view,
 )
+from tools.runtime import input_errors_exit
 from tools.train import bank_side, git_commit, holdout_fraction, validation_batches, warmup_cosine
-from worker.errors import TinctError, one_line
 from worker.model_store import resolve_model
 from worker.settings import Settings
 from worker.storage import Storage
@@ -309,17 +309,14 @@ def main(argv: list[str] | None = None) -> int:
         storage = Storage(settings)
     except ValueError as exc:
         p.error(str(exc))
-    try:
-        with storage:
-            if not args.resume:
-                cfg.init_ref = args.model
-                cfg.init_from = str(resolve_checkpoint(resolve_model(args.model, settings, storage)))
-                if args.teacher != "imagenet":
-                    cfg.teacher_ref = args.teacher
-                    cfg.teacher_path = str(resolve_checkpoint(resolve_model(args.teacher, settings, storage)))
-            path = adapt(cfg, args.run_dir, resume=args.resume, storage=storage)
-    except (TinctError, CheckpointError, DistillError, DataError, FileNotFoundError) as exc:
-        p.exit(2, f"{p.prog}: error: {one_line(exc)}\n")
+    with input_errors_exit(p, DistillError), storage:
+        if not args.resume:
+            cfg.init_ref = args.model
+            cfg.init_from = str(resolve_checkpoint(resolve_model(args.model, settings, storage)))
+            if args.teacher != "imagenet":
+                cfg.teacher_ref = args.teacher
+                cfg.teacher_path = str(resolve_checkpoint(resolve_model(args.teacher, settings, storage)))
+        path = adapt(cfg, args.run_dir, resume=args.resume, storage=storage)
     log.info("checkpoint: %s", path)
     return 0
 

@@ -57,7 +57,13 @@ from tools.bench_service import (
 from tools.bench_train import SETUPS as TRAIN_SETUPS
 from tools.bench_train import add_train_arguments, run_train_bench, train_bench_table
 from tools.bench_video import add_video_arguments, print_and_save, run_video_bench
-from tools.runtime import add_runtime_arguments, apply_runtime_arguments, onnx_cache_dir
+from tools.runtime import (
+    add_runtime_arguments,
+    apply_runtime_arguments,
+    input_errors_exit,
+    onnx_cache_dir,
+    positive_ints,
+)
 from worker.images import read_photo, write_photo
 
 log = logging.getLogger(__name__)
@@ -438,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="default", help="'default' or a checkpoint path")
     p.add_argument("--engines", default="torch,onnxruntime", help="comma-separated backends")
     p.add_argument("--precisions", default="auto", help="comma-separated: auto, fp32, bf16, fp16")
-    p.add_argument("--batch-sizes", default="1,4,8", help="comma-separated batch sizes")
+    p.add_argument("--batch-sizes", type=positive_ints, default="1,4,8", help="comma-separated batch sizes")
     p.add_argument("--render-size", type=int, default=256, help="long side the network sees (never upscaled)")
     p.add_argument("--megapixels", type=float, default=1.0, help="size of each generated end-to-end test photo")
     p.add_argument("--images", type=int, default=8, help="images per timed run")
@@ -460,7 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     apply_runtime_arguments(args)
     if args.gpu:
         from tools.bench_gpu import GpuUnavailable, print_and_save_gpu, run_gpu_bench  # see build_parser
@@ -494,20 +501,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"python -m tools bench --service: {exc}", file=sys.stderr)
             return 2 if isinstance(exc, ServiceBenchUnavailable) else 1
         return 0
-    result = run_bench(
-        model=args.model,
-        engines=_csv(args.engines),
-        precisions=_csv(args.precisions),
-        batch_sizes=[int(b) for b in _csv(args.batch_sizes)],
-        render_size=args.render_size,
-        megapixels=args.megapixels,
-        images=args.images,
-        compare=None if args.compare.lower() in ("", "none") else args.compare,
-        warmup=args.warmup,
-        repeats=args.repeats,
-        device=args.device,
-        end_to_end=not args.network_only,
-    )
+    with input_errors_exit(parser):  # a missing or unreadable --model: one line, no traceback
+        result = run_bench(
+            model=args.model,
+            engines=_csv(args.engines),
+            precisions=_csv(args.precisions),
+            batch_sizes=args.batch_sizes,
+            render_size=args.render_size,
+            megapixels=args.megapixels,
+            images=args.images,
+            compare=None if args.compare.lower() in ("", "none") else args.compare,
+            warmup=args.warmup,
+            repeats=args.repeats,
+            device=args.device,
+            end_to_end=not args.network_only,
+        )
     print(result.table())
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

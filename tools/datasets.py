@@ -17,6 +17,7 @@ import io
 import logging
 import os
 import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -27,7 +28,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from models.color import rgb_to_lab
-from worker.errors import BadInputError
+from worker.errors import BadInputError, one_line
 from worker.storage import MB, Storage, normalize_uri
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,8 @@ def iter_image_bytes(source: Path | str, storage: Storage | None = None) -> Iter
     """``(name, encoded bytes)`` for every image in a folder (recursive), .zip or S3 prefix, in name order.
     ``relative_name(source, name)`` is the name inside the source.
 
-    A missing folder is FileNotFoundError. S3 prefixes need ``storage``; a missing bucket, refused credentials or
+    A missing folder is FileNotFoundError and a file that is not a zip a :class:`DataError`; a zip member that cannot
+    be read is skipped with a warning. S3 prefixes need ``storage``; a missing bucket, refused credentials or
     an unreachable store raise the storage's own one-line errors, and an empty prefix is a :class:`DataError`.
     """
     if is_s3_uri(source):
@@ -99,10 +101,21 @@ def iter_image_bytes(source: Path | str, storage: Storage | None = None) -> Iter
         return
     source = Path(source)
     if source.is_file() and source.suffix.lower() == ".zip":
-        with zipfile.ZipFile(source) as zf:
-            for name in sorted(zf.namelist()):
-                if Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                    yield f"{source}!{name}", zf.read(name)
+        try:
+            archive = zipfile.ZipFile(source)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise DataError(f"{source}: not a readable .zip ({one_line(exc)})") from exc
+        with archive:
+            for name in sorted(archive.namelist()):
+                if Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                try:
+                    data = archive.read(name)
+                except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, zlib.error) as exc:
+                    # one damaged member is one photo fewer, as an undecodable photo is
+                    log.warning("%s!%s: skipped, not readable from the zip (%s)", source, name, one_line(exc))
+                    continue
+                yield f"{source}!{name}", data
     elif source.is_dir():
         for path in sorted(source.rglob("*")):
             if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():

@@ -41,9 +41,9 @@ from models.onnx_export import read_onnx_metadata
 from models.predictor import DecodeOptions
 from tools import metrics
 from tools.contact_sheet import render_contact_sheet, thumbnail
-from tools.datasets import iter_image_bytes
+from tools.datasets import DataError, iter_image_bytes
 from tools.evaluate_video import DEFAULT_MAX_FRAMES, evaluate_videos, frames_arg, to_json, video_table
-from tools.runtime import add_runtime_arguments, apply_runtime_arguments, onnx_cache_dir
+from tools.runtime import add_runtime_arguments, apply_runtime_arguments, input_errors_exit, onnx_cache_dir
 from worker.photos import open_colorizer
 from worker.smoothing import SmoothingOptions
 
@@ -401,7 +401,7 @@ def evaluate_colorizers(
     if chunk:
         flush(chunk)
     if not names:
-        raise ValueError(f"{data}: no readable colour photos to evaluate ({len(skipped)} skipped)")
+        raise DataError(f"{data}: no readable colour photos to evaluate ({len(skipped)} skipped)")
     return EvaluationResult(
         data=str(data),
         render_size=_render_sizes(colorizers),
@@ -516,12 +516,18 @@ def _main_video(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     apply_runtime_arguments(args)
-    if args.video:
-        return _main_video(args)
-    if args.hints:
-        return _main_hints(args)
+    with input_errors_exit(parser):  # a missing model or data folder: one line, no traceback
+        if args.video:
+            return _main_video(args)
+        if args.hints:
+            return _main_hints(args)
+        return _main_photos(args)
+
+
+def _main_photos(args: argparse.Namespace) -> int:
     decode: dict[str, Any] = {}
     if args.decode_method is not None:
         decode["method"] = args.decode_method

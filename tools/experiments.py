@@ -98,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.tables_only:
         return rewrite_tables(args.out, parts)
     try:
+        args.out.mkdir(parents=True, exist_ok=True)  # an --out that cannot be written: said now, not after training
+    except OSError as exc:
+        p.error(f"--out {args.out}: {exc.strerror}")
+    try:
         if "cifar" in parts:
             result = experiments_cifar.run_cifar(args.cifar, cifar_settings, args.work_dir / "cifar")
             result |= {"preset": args.preset}

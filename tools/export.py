@@ -10,9 +10,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from models.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from models.checkpoint import load_checkpoint, resolve_checkpoint
 from models.onnx_export import ONNX_OPSET, export_onnx, read_onnx_metadata
 from models.predictor import DecodeOptions
+from tools.runtime import input_errors_exit
 
 DECODE_METHODS = ("annealed_mean", "mean", "mode")
 
@@ -41,16 +42,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"output {args.output} must end in .onnx (engines pick the backend by suffix)")
     if args.temperature is not None and args.temperature <= 0:
         parser.error(f"--temperature must be > 0, got {args.temperature}")
-    try:
+    with input_errors_exit(parser, OSError):  # a missing checkpoint, an output folder that cannot be written
         checkpoint = load_checkpoint(resolve_checkpoint(args.checkpoint))
-    except CheckpointError as exc:
-        parser.error(str(exc))
-    recorded = DecodeOptions(**checkpoint.decode)
-    decode = DecodeOptions(
-        method=args.decode_method or recorded.method,
-        temperature=args.temperature if args.temperature is not None else recorded.temperature,
-    )
-    path = export_onnx(checkpoint, args.output, decode=decode, opset=args.opset)
+        recorded = DecodeOptions(**checkpoint.decode)
+        decode = DecodeOptions(
+            method=args.decode_method or recorded.method,
+            temperature=args.temperature if args.temperature is not None else recorded.temperature,
+        )
+        path = export_onnx(checkpoint, args.output, decode=decode, opset=args.opset)
     meta = read_onnx_metadata(path)
     logging.info(
         "wrote %s: %s, decode %s (T=%g), stride %d, output stride %d, %.1f MB",

@@ -42,7 +42,7 @@ from PIL import Image, UnidentifiedImageError
 
 from models.files import atomic_output
 from tools.datasets import SourceSpec, in_holdout, is_s3_uri, iter_image_bytes, relative_name
-from worker.errors import TinctError, one_line
+from tools.runtime import input_errors_exit
 from worker.settings import Settings
 from worker.storage import Storage
 
@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.short_side < 16 or not 0 <= args.val_split < 1 or not args.travel_mib > 0:
         p.error("--short-side must be at least 16, --val-split a fraction below 1 and --travel-mib positive")
     argv = sys.argv[1:] if argv is None else argv
-    try:
+    # A missing source, an empty prefix, a budget below the split: one line naming it, no traceback.
+    with input_errors_exit(p, ValueError):
         budget_mb, beside = args.budget_mb, None
         if budget_mb == "room":
             beside = checkout_bytes(args.out)
@@ -242,9 +243,6 @@ def main(argv: list[str] | None = None) -> int:
         with Storage(Settings.from_env()) as storage:  # for s3:// sources, as tools train reads them
             manifest = pack(args.data, args.out, budget_mb, args.short_side, args.val_split, storage,
                             command=shlex.join(["python", "-m", "tools", "pack-data", *argv]))
-    except (PackError, TinctError, FileNotFoundError, ValueError) as exc:
-        # A missing source, an empty prefix, a budget below the split: one line naming it, no traceback.
-        p.exit(2, f"{p.prog}: error: {one_line(exc)}\n")
     print(f"{args.out}: {manifest['bytes'] / MB:.1f} MB in {len(manifest['sources'])} zips (pack.json)"
           + _travel_line(beside, args))
     return 0

@@ -38,6 +38,7 @@ from models.color import rgb_to_lab
 from models.efficientnet_lite import INPUT_MEAN, INPUT_STD, EfficientNetLite, FrozenEfficientNetLite
 from models.files import atomic_output
 from tools.datasets import DataError, in_holdout, iter_image_bytes, relative_name
+from tools.runtime import input_errors_exit
 from worker.errors import one_line
 
 log = logging.getLogger(__name__)
@@ -228,11 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("nothing to probe: name a model or keep ImageNet's encoder")
     if not 0 < args.val_split < 1:
         p.error(f"--val-split: {args.val_split:g} is not a fraction between 0 and 1")
-    try:
+    with input_errors_exit(p):
         results, setup = probe(dict(args.models), args.data, args.size, args.val_split, args.per_class,
                                args.imagenet)
-    except (DataError, CheckpointError, FileNotFoundError) as exc:
-        p.exit(2, f"{p.prog}: error: {one_line(exc)}\n")
     print(markdown(results, setup))
     if args.out:
         with atomic_output(args.out) as sink:

@@ -44,7 +44,6 @@ import torch
 
 from models.checkpoint import (
     Checkpoint,
-    CheckpointError,
     is_model_name,
     load_checkpoint,
     preferred_highlight_rolloff,
@@ -65,8 +64,8 @@ from tools.choose_decoding import (
     local_photo_sets,
     score_and_choose,
 )
+from tools.runtime import input_errors_exit
 from tools.scorecard import RELEASE4_TARGETS, PhotoSet, ScorecardOptions, Targets
-from worker.errors import TinctError, one_line
 from worker.settings import Settings
 from worker.storage import Storage, parse_uri
 
@@ -293,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     output = args.output
     choice = None
-    try:
+    with input_errors_exit(p, OSError, ValueError, KeyError):
         if parse_uri(output)[0] == "s3" and not output.endswith(".pt"):
             raise ValueError(f"{output}: a published checkpoint is an object named NAME.pt (s3://bucket/prefix/NAME.pt)")
         axes = [GridAxis.parse(text) for text in args.choose]
@@ -326,8 +325,6 @@ def main(argv: list[str] | None = None) -> int:
                 decode = decodings[choice.chosen].apply(decode)
             else:
                 digest = promote(ckpt, output, decode, **rest)
-    except (CheckpointError, TinctError, OSError, ValueError, KeyError) as exc:
-        p.exit(2, f"promote: error: {one_line(exc)}\n")
     if choice is not None:
         print(choice.table())
         misses = f"; it misses {'; '.join(choice.misses())}" if choice.misses() else ""

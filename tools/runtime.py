@@ -1,14 +1,26 @@
-"""Options every ``python -m tools`` verb shares: logging verbosity and torch's thread count."""
+"""What every ``python -m tools`` verb shares: logging verbosity, torch's thread count, argument types and how bad
+input ends a command."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+from models.checkpoint import CheckpointError
+from models.engines.base import EngineUnavailableError
+from tools.datasets import DataError
+from worker.errors import TinctError, one_line
 from worker.settings import Settings
+
+#: What bad input raises in the code the verbs share: a checkpoint, a data source, a model or store the worker's code
+#: refuses, a backend this machine lacks. Each message names the file, source or field and the reason.
+INPUT_ERRORS: tuple[type[Exception], ...] = (
+    TinctError, CheckpointError, DataError, EngineUnavailableError, FileNotFoundError)
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,3 +62,13 @@ def apply_runtime_arguments(args: argparse.Namespace) -> None:
     if args.threads:
         # Before any engine exists: the ONNX Runtime engine takes its thread count from torch's.
         torch.set_num_threads(args.threads)
+
+
+@contextlib.contextmanager
+def input_errors_exit(parser: argparse.ArgumentParser, *more: type[Exception]) -> Iterator[None]:
+    """Inside the block, bad input ends the command as argparse's own errors do: one line on stderr,
+    ``<prog>: error: <what>: <why>``, exit status 2, no traceback. ``more`` adds a verb's own error types."""
+    try:
+        yield
+    except (*INPUT_ERRORS, *more) as exc:
+        parser.exit(2, f"{parser.prog}: error: {one_line(exc)}\n")

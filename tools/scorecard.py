@@ -70,7 +70,7 @@ from tools.evaluate_video import (
     score_clips,
 )
 from tools.judge import ImageNetJudge, JudgeTally, gray_rgb, read_class_table, read_labels_csv
-from tools.runtime import add_runtime_arguments, apply_runtime_arguments, onnx_cache_dir
+from tools.runtime import INPUT_ERRORS, add_runtime_arguments, apply_runtime_arguments, onnx_cache_dir
 from worker.photos import open_colorizer
 from worker.smoothing import SmoothingOptions
 
@@ -891,7 +891,7 @@ def main(argv: list[str] | None = None) -> int:
                              [PhotoSet.parse(d, args.val_split) for d in args.data], video=not args.no_video,
                              bw=not args.no_bw,
                              options=options, judge_dir=args.judge_model)
-    except (FileNotFoundError, ValueError) as exc:
+    except (*INPUT_ERRORS, ValueError) as exc:  # a missing set or model, an unreadable checkpoint
         raise SystemExit(f"scorecard: {exc}") from None
     print(card.markdown())
     print(f"\nwritten: {args.out / 'scorecard.json'}, {args.out / 'scorecard.md'}, {args.out / 'sheets'}/")

@@ -94,7 +94,6 @@ from models.color import (
     soft_encode_ab_sparse,
 )
 from models.efficientnet_lite import FrozenEfficientNetLite, encoder_of, load_pretrained_state_dict
-from models.engines.base import EngineUnavailableError
 from models.engines.torch_engine import resolve_torch_device
 from models.files import atomic_output
 from models.predictor import DecodeOptions
@@ -102,10 +101,11 @@ from models.registry import build_config, create_model, model_from_config
 from tools import metrics as image_metrics
 from tools.ab_prior import ab_counts
 from tools.context_distill import HEAD_LAYERS, ContextDistillation
-from tools.datasets import Augment, BatchSampler, DataError, PhotoBank, SamplerStream, SourceSpec
+from tools.datasets import Augment, BatchSampler, PhotoBank, SamplerStream, SourceSpec
 from tools.encoder_distill import DEFAULT_STRIDES, DistillError, build_teacher, distance_terms, teacher_view
 from tools.feature_loss import FeatureLoss
-from worker.errors import TinctError, one_line
+from tools.runtime import input_errors_exit
+from worker.errors import one_line
 from worker.model_store import resolve_model
 from worker.settings import Settings
 from worker.storage import Storage
@@ -1111,17 +1111,14 @@ def main(argv: list[str] | None = None) -> int:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(model=args.model or "", model_options=options, data=args.data, val=args.val,
                       **{k: v for k, v in vars(args).items() if k in fields and k not in ("model", "data", "val")})
-    try:
-        with storage:
-            if args.init and not args.resume:
-                cfg.init_ref = args.init
-                cfg.init_from = str(resolve_checkpoint(resolve_model(args.init, settings, storage)))
-            if args.teacher != "imagenet" and not args.resume:
-                cfg.teacher_ref = args.teacher
-                cfg.teacher_path = str(resolve_checkpoint(resolve_model(args.teacher, settings, storage)))
-            path = train(cfg, args.run_dir, resume=args.resume, storage=storage)
-    except (TinctError, CheckpointError, ConfigError, DataError, EngineUnavailableError, FileNotFoundError) as exc:
-        # Bad data sources, unknown models, a store that refuses: one line naming what and why, no traceback.
-        p.exit(2, f"{p.prog}: error: {one_line(exc)}\n")
+    # Bad data sources, unknown models, a store that refuses: one line naming what and why, no traceback.
+    with input_errors_exit(p, ConfigError), storage:
+        if args.init and not args.resume:
+            cfg.init_ref = args.init
+            cfg.init_from = str(resolve_checkpoint(resolve_model(args.init, settings, storage)))
+        if args.teacher != "imagenet" and not args.resume:
+            cfg.teacher_ref = args.teacher
+            cfg.teacher_path = str(resolve_checkpoint(resolve_model(args.teacher, settings, storage)))
+        path = train(cfg, args.run_dir, resume=args.resume, storage=storage)
     log.info("checkpoint: %s", path)
     return 0
