@@ -6,6 +6,7 @@ colour photos in moto's S3 (over real HTTP) by ``python -m tools train``, publis
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -29,7 +30,7 @@ from tests.services import (
     s3_settings,
     wait_for_job,
 )
-from tools import promote
+from tools import evaluate, promote
 from tools import train as train_tool
 from tools.datasets import PhotoBank, SourceSpec
 from worker import cli
@@ -226,6 +227,34 @@ def test_s3_sources_keep_their_weights_and_names(s3_server):
     assert bank.names == [f"s3://photos/colour-1950s/p{i}.png" for i in range(3)]
     assert bank.sampling_weights == [2.0] * 3
     assert all(min(image.shape[:2]) == 40 for image in bank.images)
+
+
+def test_evaluate_scores_s3_photos_with_a_model_from_the_store(tmp_path, s3_server, tiny_checkpoint, monkeypatch,
+                                                                capsys):
+    """How an archive checks its tune on photos of its own: ``tools evaluate`` reads an s3:// prefix and a model
+    name as ``tools train`` does."""
+    s3_server.make_bucket("photos")
+    colour_collection(s3_server, "s3://photos/colour-1950s/", count=3)
+    put_object(s3_server, "s3://photos/colour-1950s/notes.txt", b"not a photo")
+    put_object(s3_server, "s3://photos/colour-1950s/scan.png", png(gradient_image(64, 64, seed=9), gray=True))
+    store = tmp_path / "store"
+    store.mkdir()
+    shutil.copy(tiny_checkpoint, store / f"{NAME}.pt")
+    use_env(monkeypatch, env_for_workers(s3_server=s3_server, model_store=str(store), cache_dir=tmp_path / "cache"))
+    out = tmp_path / "eval.json"
+    assert evaluate.main(["--model", NAME, "--data", "s3://photos/colour-1950s/", "--render-size", "64",
+                          "--engine", "torch", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [image["name"] for image in result["images"]] == [f"s3://photos/colour-1950s/p{i}.png" for i in range(3)]
+    assert result["skipped"] == ["s3://photos/colour-1950s/scan.png"]  # gray: nothing to compare with
+    assert [row["label"] for row in result["models"]] == [load_checkpoint(tiny_checkpoint).label]
+    assert "3 photos from s3://photos/colour-1950s/" in capsys.readouterr().out
+    for data, reason in (("s3://photos/empty/", "s3://photos/empty/: no images under this prefix"),
+                         ("s3://no-such-bucket/x/", "s3://no-such-bucket/x/: no such bucket")):
+        with pytest.raises(SystemExit) as exc:
+            evaluate.main(["--model", NAME, "--data", data, "--render-size", "64"])
+        assert exc.value.code == 2
+        assert capsys.readouterr().err.strip() == f"python -m tools evaluate: error: {reason}"
 
 
 # --- names: the rules, a folder store, the command line ---------------------------------------------------------

@@ -41,11 +41,14 @@ from models.onnx_export import read_onnx_metadata
 from models.predictor import DecodeOptions
 from tools import metrics
 from tools.contact_sheet import render_contact_sheet, thumbnail
-from tools.datasets import DataError, iter_image_bytes
+from tools.datasets import DataError, is_s3_uri, iter_image_bytes
 from tools.evaluate_video import DEFAULT_MAX_FRAMES, evaluate_videos, frames_arg, to_json, video_table
 from tools.runtime import add_runtime_arguments, apply_runtime_arguments, input_errors_exit, onnx_cache_dir
+from worker.model_store import resolve_model
 from worker.photos import open_colorizer
+from worker.settings import Settings
 from worker.smoothing import SmoothingOptions
+from worker.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -121,15 +124,17 @@ def _decode_colour(data: bytes) -> np.ndarray | None:
 
 
 def iter_truth_photos(data: str | os.PathLike, limit: int | None = None, skipped: list[str] | None = None,
-                      keep: Callable[[str], bool] | None = None) -> Iterator[TruthPhoto]:
+                      keep: Callable[[str], bool] | None = None,
+                      storage: Storage | None = None) -> Iterator[TruthPhoto]:
     """Colour photos under ``data`` in name order, decoded lazily. Unreadable files, gray photos and photos
     too small to score are skipped with a warning (and their names appended to ``skipped``), so one bad file
     in an archive's folder does not stop an evaluation. ``keep(name)``, when given, picks the photos to read
-    (e.g. a training source's validation split) before anything is decoded; ``limit`` counts kept photos."""
+    (e.g. a training source's validation split) before anything is decoded; ``limit`` counts kept photos.
+    ``data`` is a folder, a .zip or, with ``storage``, an ``s3://`` prefix (``tools.datasets.iter_image_bytes``)."""
     if limit is not None and limit <= 0:
         return
     count = 0
-    for name, raw in iter_image_bytes(Path(data)):
+    for name, raw in iter_image_bytes(os.fspath(data) if is_s3_uri(os.fspath(data)) else Path(data), storage):
         if keep is not None and not keep(name):
             continue
         try:
@@ -297,10 +302,12 @@ def evaluate_models(
     cell_height: int = 160,
     keep: Callable[[str], bool] | None = None,
     on_photo: Callable[[str, list[np.ndarray]], None] | None = None,
+    storage: Storage | None = None,
 ) -> EvaluationResult:
     """Colorize every colour photo under ``data`` (those ``keep`` accepts by name, when given) with each model and
-    score it (see the module doc). ``on_photo(name, images)`` sees each scored photo's rows as sRGB in [0, 1] (gray,
-    each model, truth): a further judgement of the same pictures without colorizing them again.
+    score it (see the module doc); ``storage`` reads an ``s3://`` prefix. ``on_photo(name, images)`` sees each
+    scored photo's rows as sRGB in [0, 1] (gray, each model, truth): a further judgement of the same pictures without
+    colorizing them again.
 
     Engines are opened once and closed afterwards (``evaluate_colorizers`` scores engines the caller holds open);
     photos are read lazily and colorized ``batch_size`` at a time, so memory stays bounded on large folders.
@@ -326,7 +333,7 @@ def evaluate_models(
                                    cache_dir=onnx_cache_dir())
             stack.callback(engine.close)
             colorizers.append(Colorizer(engine, render_size=render_size, batch_size=batch_size))
-        result = evaluate_colorizers(models, colorizers, data, limit, batch_size, keep, see, decode)
+        result = evaluate_colorizers(models, colorizers, data, limit, batch_size, keep, see, decode, storage)
     if contact_sheet is not None:
         labels = [row.label for row in result.models]
         render_contact_sheet(sheet_rows, ["gray input", *labels, TRUTH_LABEL], contact_sheet, cell_height=cell_height)
@@ -343,6 +350,7 @@ def evaluate_colorizers(
     keep: Callable[[str], bool] | None = None,
     on_photo: Callable[[str, list[np.ndarray]], None] | None = None,
     decode: dict[str, Any] | None = None,
+    storage: Storage | None = None,
 ) -> EvaluationResult:
     """``evaluate_models`` with the models' colorizers already open (``models`` names what each one loaded, for the
     record; ``decode`` is the override their engines were opened with, shown in the row labels): a caller that
@@ -393,7 +401,7 @@ def evaluate_colorizers(
         log.info("evaluated %d photos", len(names))
 
     chunk: list[TruthPhoto] = []
-    for photo in iter_truth_photos(data, limit, skipped, keep):
+    for photo in iter_truth_photos(data, limit, skipped, keep, storage):
         chunk.append(photo)
         if len(chunk) == batch_size:
             flush(chunk)
@@ -524,10 +532,16 @@ def main(argv: list[str] | None = None) -> int:
             return _main_video(args)
         if args.hints:
             return _main_hints(args)
-        return _main_photos(args)
+        try:
+            # s3:// photos and model-store names, read as tools train reads them
+            storage = Storage(settings := Settings.from_env())
+        except ValueError as exc:  # a TINCT_* variable of the wrong kind, named
+            parser.error(str(exc))
+        with storage:
+            return _main_photos(args, settings, storage)
 
 
-def _main_photos(args: argparse.Namespace) -> int:
+def _main_photos(args: argparse.Namespace, settings: Settings, storage: Storage) -> int:
     decode: dict[str, Any] = {}
     if args.decode_method is not None:
         decode["method"] = args.decode_method
@@ -536,7 +550,7 @@ def _main_photos(args: argparse.Namespace) -> int:
     if args.rebalance is not None:
         decode["rebalance"] = args.rebalance
     result = evaluate_models(
-        args.model,
+        [resolve_model(m, settings, storage) for m in args.model],
         args.data,
         render_size=args.render_size,
         limit=args.limit,
@@ -548,6 +562,7 @@ def _main_photos(args: argparse.Namespace) -> int:
         contact_sheet=args.contact_sheet,
         sheet_count=args.sheet_count,
         cell_height=args.cell_height,
+        storage=storage,
     )
     print(f"{result.image_count} photos from {result.data} at render size {result.render_size}"
           f"{f' ({len(result.skipped)} skipped)' if result.skipped else ''}, {result.seconds:.1f} s\n")
