@@ -80,6 +80,12 @@ def test_the_probe_refuses_photos_without_class_folders_in_one_line(tmp_path, ti
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == (f"python -m tools probe: error: {flat}: the probe needs photos filed in class folders "
                        "(<class>/<photo>), found 0 classes")
+    with pytest.raises(SystemExit) as exc:
+        main([str(tiny_checkpoint), "--data", "s3://photos/classes/", "--no-imagenet"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "python -m tools probe: error: --data s3://photos/classes/: the probe reads a local folder or .zip (copy the "
+        "photos down first)")
 
 
 def _png(image: Image.Image) -> bytes:

@@ -302,6 +302,9 @@ def test_one_line_errors(eval_root: Path, tiny_checkpoint: Path, tmp_path: Path,
         scorecard.main([str(junk), "--eval-root", str(eval_root), "--sets", "bsds500_val", "--no-video", "--no-bw",
                         "--out", str(tmp_path / "junk-card")])
     assert not (tmp_path / "junk-card" / "scorecard.json").exists()
+    with pytest.raises(SystemExit, match="--data mine=s3://photos/mine/: the scorecard reads local folders and .zip"):
+        scorecard.main([str(tiny_checkpoint), "--sets", "none", "--no-video", "--no-bw", "--data",
+                        "mine=s3://photos/mine/", "--out", str(tmp_path / "s3-card")])
     for frames in ("0", "-3", "ten"):
         with pytest.raises(SystemExit):
             scorecard.main([str(tiny_checkpoint), "--frames", frames, "--out", str(tmp_path)])

@@ -37,7 +37,7 @@ from models.checkpoint import CheckpointError, load_checkpoint
 from models.color import rgb_to_lab
 from models.efficientnet_lite import INPUT_MEAN, INPUT_STD, EfficientNetLite, FrozenEfficientNetLite
 from models.files import atomic_output
-from tools.datasets import DataError, in_holdout, iter_image_bytes, relative_name
+from tools.datasets import DataError, in_holdout, is_s3_uri, iter_image_bytes, relative_name
 from tools.runtime import input_errors_exit
 from worker.errors import one_line
 
@@ -229,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("nothing to probe: name a model or keep ImageNet's encoder")
     if not 0 < args.val_split < 1:
         p.error(f"--val-split: {args.val_split:g} is not a fraction between 0 and 1")
+    if is_s3_uri(args.data):
+        p.error(f"--data {args.data}: the probe reads a local folder or .zip (copy the photos down first)")
     with input_errors_exit(p):
         results, setup = probe(dict(args.models), args.data, args.size, args.val_split, args.per_class,
                                args.imagenet)

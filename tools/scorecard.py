@@ -49,7 +49,7 @@ from PIL import Image
 from models.colorizer import Colorizer
 from tools import metrics
 from tools.contact_sheet import draw_contact_sheet, save_jpeg, thumbnail
-from tools.datasets import in_holdout, relative_name
+from tools.datasets import in_holdout, is_s3_uri, relative_name
 from tools.evaluate import (
     EvaluationResult,
     _json_safe,
@@ -887,9 +887,13 @@ def main(argv: list[str] | None = None) -> int:
                                precision=args.precision, batch_size=args.batch_size,
                                judge_classes=args.judge_classes)
     try:
+        photo_sets = [PhotoSet.parse(d, args.val_split) for d in args.data]
+        remote = [f"{s.name}={s.path}" for s in photo_sets if is_s3_uri(s.path)]
+        if remote:
+            raise ValueError(f"--data {remote[0]}: the scorecard reads local folders and .zip files "
+                             "(tools promote --choose-on downloads an S3 source's held-out photos to choose on)")
         card = run_scorecard([ModelSpec.parse(m) for m in args.models], args.out, args.eval_root, sets,
-                             [PhotoSet.parse(d, args.val_split) for d in args.data], video=not args.no_video,
-                             bw=not args.no_bw,
+                             photo_sets, video=not args.no_video, bw=not args.no_bw,
                              options=options, judge_dir=args.judge_model)
     except (*INPUT_ERRORS, ValueError) as exc:  # a missing set or model, an unreadable checkpoint
         raise SystemExit(f"scorecard: {exc}") from None
