@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -445,3 +446,89 @@ def test_serve_refuses_to_start_without_a_token_unless_loopback_and_insecure_loc
     assert "tokens[0].token: a string of at least 16 characters" in error and "short" not in error  # no value shown
     assert main(["serve", "--insecure-local", "--keep-alive", "0", "--port", "1"]) == 2
     assert capsys.readouterr().err.strip().endswith("error: --keep-alive: expected seconds above 0, got 0")
+
+
+def test_without_redis_the_api_answers_503_and_the_cli_one_line_naming_the_queue(monkeypatch, capsys, tmp_path):
+    """Redis down or restarting: every route that needs it says so (503, the queue named, never its password, and
+    when to retry) instead of a bare 500, and ``tinct status/jobs/cancel`` print one line, status 1."""
+    from tools.local_services import env_for_workers, free_port
+    from tools.serve_local import ApiServer
+    from worker.cli import main
+
+    port = free_port()  # nothing listens there
+    token = "t0ken-for-a-missing-redis-1234"
+    env = env_for_workers(base=os.environ, cache_dir=tmp_path / "cache", work_dir=tmp_path / "work")
+    env |= {"TINCT_REDIS_URL": f"redis://:hunter2@127.0.0.1:{port}/0", "TINCT_API_TOKEN": token}
+    reason = f"job queue 127.0.0.1:{port}/0: Error 111 connecting to 127.0.0.1:{port}. Connection refused."
+    server = ApiServer(env, tmp_path / "serve.log")
+    try:
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=10) as client:
+            deadline = time.monotonic() + 60
+            while True:  # health is 503 without Redis, so wait for any answer rather than wait_ready's 200
+                try:
+                    assert client.get("/api/v1/health").status_code == 503
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline and server.process.poll() is None, server.log_tail()
+                    time.sleep(0.2)
+            job_id = "0123456789abcdef01234567"
+            for method, path in (("GET", "/api/v1/jobs"), ("GET", f"/api/v1/jobs/{job_id}"),
+                                 ("DELETE", f"/api/v1/jobs/{job_id}"), ("GET", f"/api/v1/jobs/{job_id}/events")):
+                response = client.request(method, path)
+                assert response.status_code == 503, (path, response.text)
+                assert response.json() == {"detail": f"queue: {reason}; retry later"}
+                assert response.headers["retry-after"] == "5"
+    finally:
+        server.stop()
+    assert "hunter2" not in server.text() and "Traceback" not in server.text()
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    for argv in (["status", job_id], ["jobs"], ["cancel", job_id]):
+        assert main(argv) == 1
+        assert capsys.readouterr().err.strip().splitlines() == [f"tinct: error: {reason}"]
+
+
+def test_a_job_event_stream_outlives_a_redis_restart(tmp_path):
+    """A console following a job keeps its stream while Redis restarts from its append-only file: one comment says
+    the queue is away, and the events carry on (here: the job cancelled once Redis is back ends the stream)."""
+    from tools.local_services import RedisServer, env_for_workers
+    from tools.serve_local import ApiServer
+
+    token = "t0ken-for-a-restarting-redis-1"
+    photo = tmp_path / "in" / "a.png"
+    photo.parent.mkdir()
+    photo.write_bytes(gray_png(seed=3))
+    with RedisServer(tmp_path / "redis") as redis_server:
+        env = env_for_workers(redis_server, base=os.environ, cache_dir=tmp_path / "cache", work_dir=tmp_path / "work")
+        server = ApiServer(env | {"TINCT_API_TOKEN": token}, tmp_path / "serve.log")
+        try:
+            server.wait_ready()
+            with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"},
+                              timeout=60) as client:
+                job = client.post("/api/v1/jobs", json={"input": str(photo), "output": str(tmp_path / "out.png")})
+                assert job.status_code == 201, job.text
+                job_id, lines = job.json()["id"], []
+                with client.stream("GET", f"/api/v1/jobs/{job_id}/events") as response:
+                    stream = response.iter_lines()
+                    lines += _lines_until(stream, "data:")  # the job as it stands: queued (no worker here)
+                    redis_server.stop()
+                    lines += _lines_until(stream, ": queue unreachable")
+                    redis_server.start()
+                    assert client.delete(f"/api/v1/jobs/{job_id}").status_code == 200
+                    lines += list(stream)  # until the server ends it: the job has finished
+        finally:
+            server.stop()
+    states = [json.loads(line[5:])["state"] for line in lines if line.startswith("data:")]
+    assert states[0] == "queued" and states[-1] == "cancelled", lines
+    assert sum(line.startswith(": queue unreachable") for line in lines) == 1
+    assert "Traceback" not in server.text()
+
+
+def _lines_until(stream: Iterator[str], prefix: str) -> list[str]:
+    lines = []
+    for line in stream:
+        lines.append(line)
+        if line.startswith(prefix):
+            return lines
+    raise AssertionError(f"the stream ended before a line starting {prefix!r}: {lines}")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 
 import kombu.exceptions
@@ -29,11 +30,24 @@ logger = logging.getLogger(__name__)
 
 
 class QueueError(TransientError):
-    """Redis (the job store and the broker) could not be reached; the submission may be retried."""
+    """Redis (the job store and the broker) could not be reached; the request may be retried."""
 
     def __init__(self, url: str, reason: str) -> None:
         host = url.rsplit("@", 1)[-1]  # never the password of a redis://user:password@host URL
         super().__init__(f"job queue {host}: {reason}")
+
+
+#: What Redis and the Celery broker raise when they cannot be reached or answer with an error.
+QUEUE_FAILURES = (redis.RedisError, kombu.exceptions.OperationalError)
+
+
+@contextmanager
+def reaching_the_queue(settings: Settings) -> Iterator[None]:
+    """Redis failures inside the block become one :class:`QueueError` naming the queue (never its password)."""
+    try:
+        yield
+    except QUEUE_FAILURES as exc:
+        raise QueueError(settings.redis_url, one_line(exc)) from exc
 
 
 class Service:
@@ -85,12 +99,14 @@ class Service:
             if exc.retryable:
                 raise
             job_id = spec.job_id("unreadable", -1)
-            record, created = self.store.create(job_id, spec, {})
-            if created:
-                self.store.update(job_id, state="failed", error=str(exc))
+            with reaching_the_queue(self.settings):
+                record, created = self.store.create(job_id, spec, {})
+                if created:
+                    self.store.update(job_id, state="failed", error=str(exc))
             return job_id, created
         job_id = spec.job_id(identity.etag, identity.size)
-        try:
+        # Redis is the queue too: a hiccup here is worth retrying, and a retry finds the job if it got in.
+        with reaching_the_queue(self.settings):
             _, created = self.store.create(job_id, spec, {"etag": identity.etag, "size": identity.size})
             if created:
                 superseding = supersede_as_of is not None
@@ -102,9 +118,6 @@ class Service:
                 if superseding and displaced not in (None, job_id):
                     self.cancel(displaced, f"superseded by job {job_id} (same input and output)")
                 self.app.send_task("tinct.plan", args=[job_id], queue=IO_QUEUE)
-        except (redis.RedisError, kombu.exceptions.OperationalError) as exc:
-            # Redis is the queue too: a hiccup here is worth retrying, and a retry finds the job if it got in.
-            raise QueueError(self.settings.redis_url, one_line(exc)) from exc
         return job_id, created
 
     def checked_references(self, spec: JobSpec) -> JobSpec:
@@ -125,35 +138,39 @@ class Service:
         return replace(spec, options=options)
 
     def job_states(self, job_ids: Sequence[str]) -> list[str | None]:
-        with self.redis.pipeline(transaction=False) as pipe:
+        with reaching_the_queue(self.settings), self.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
                 pipe.hget(f"tinct:job:{job_id}", "state")
             return [value.decode() if value is not None else None for value in pipe.execute()]
 
     def get(self, job_id: str) -> JobRecord | None:
-        return self.store.get(job_id)
+        with reaching_the_queue(self.settings):
+            return self.store.get(job_id)
 
     def cancel(self, job_id: str, reason: str = "cancelled by request") -> JobRecord | None:
         """Mark a job cancelled with ``reason``: queued pieces are skipped when they arrive; a piece already running
         finishes but its job is not completed, and a film's segments staged so far are removed. A finished job is
         left as it is (atomically: a job finishing now stays succeeded)."""
-        cancelled = self.store.update_unless_finished(job_id, state="cancelled", error=reason)
-        record = self.store.get(job_id)
+        with reaching_the_queue(self.settings):
+            cancelled = self.store.update_unless_finished(job_id, state="cancelled", error=reason)
+            record = self.store.get(job_id)
         if cancelled and record is not None and record.spec.kind == "video":
             # A film may have segments staged already: its join task, on a finished job, removes them (a segment
             # still running removes its own file when it sees the job cancelled; worker.work._discard_if_ended).
             try:
                 self.app.send_task("tinct.join_film", args=[job_id], queue=IO_QUEUE)
-            except (redis.RedisError, kombu.exceptions.OperationalError) as exc:  # the job is cancelled all the same
+            except QUEUE_FAILURES as exc:  # the job is cancelled all the same
                 logger.warning("job %s: cancelled, but its staged segments stay until a cleanup: %s", job_id,
                                one_line(exc))
         return record
 
     def recent(self, limit: int = 20) -> list[JobRecord]:
-        return self.store.recent(limit)
+        with reaching_the_queue(self.settings):
+            return self.store.recent(limit)
 
     def queue_depths(self) -> dict[str, int]:
-        return {queue: int(self.redis.llen(queue)) for queue in (GPU_QUEUE, IO_QUEUE)}
+        with reaching_the_queue(self.settings):
+            return {queue: int(self.redis.llen(queue)) for queue in (GPU_QUEUE, IO_QUEUE)}
 
 
 def _place_in_local_film(uri: str, references: Sequence[FilmReference], max_references: int) -> None:

@@ -15,6 +15,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
+import redis
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -34,11 +35,12 @@ from worker.api.previews import HintPreviews, Previews, TokenBucket
 from worker.api.routes import ApiState, caller, public, router
 from worker.errors import one_line
 from worker.images import tinct_version
-from worker.service import Service
+from worker.service import QueueError, Service
 from worker.settings import Settings
 
 log = logging.getLogger("tinct.api")
 STATIC = Path(str(resources.files("worker.api") / "static"))
+QUEUE_RETRY_AFTER_S = 5  # what a 503 for an unreachable Redis asks a client to wait: a restart takes seconds
 # The console needs nothing from elsewhere: scripts, styles and images from this origin only (previews are blob:
 # URLs made from authenticated fetches), and it may not be framed by another site.
 _CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
@@ -139,6 +141,17 @@ def create_app(settings: Settings, service: Service | None = None, principals: l
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse({"detail": one_line(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    # Redis out of reach, wherever a route met it (the service's calls, or the owners and job index it reads itself):
+    # 503 with the queue named and a hint to retry, as a submission says it, not a bare 500.
+    @app.exception_handler(QueueError)
+    async def queue_unreachable(request: Request, exc: QueueError) -> JSONResponse:
+        return JSONResponse({"detail": f"queue: {one_line(exc)}; retry later"}, status_code=503,
+                            headers={"Retry-After": str(QUEUE_RETRY_AFTER_S)})
+
+    @app.exception_handler(redis.RedisError)
+    async def redis_unreachable(request: Request, exc: redis.RedisError) -> JSONResponse:
+        return await queue_unreachable(request, QueueError(settings.redis_url, one_line(exc)))
 
     app.add_middleware(_Metrics, registry=registry)
     return app

@@ -33,7 +33,7 @@ from worker.hints import HintError, parse_hints
 from worker.images import EXTENSION_FORMATS
 from worker.jobs import FINISHED, KEY_PREFIX, STATES, JobRecord, JobSpec, JobSpecError, parse_options
 from worker.photos import FILM_EXTENSIONS
-from worker.service import Service
+from worker.service import QueueError, Service
 from worker.settings import Settings
 from worker.storage import Storage, join_uri, parse_uri
 
@@ -300,8 +300,21 @@ async def job_events(job_id: JobId, request: Request, state: State, principal: C
         last_update = None
         last_sent = time.monotonic()
         yield "retry: 2000\n\n"
+        queue_away = False
         while True:
-            record = await anyio.to_thread.run_sync(state.service.get, job_id)
+            try:
+                record = await anyio.to_thread.run_sync(state.service.get, job_id)
+            except QueueError as exc:
+                # Redis restarting (from its append-only file) or out of reach for a moment: the stream stays open
+                # and says so once, and the next answer carries on where it left off.
+                if not queue_away:
+                    queue_away = True
+                    yield f": queue unreachable, retrying ({one_line(exc)})\n\n"
+                if await request.is_disconnected():
+                    return
+                await asyncio.sleep(EVENT_POLL_S)
+                continue
+            queue_away = False
             if record is None:
                 yield f"event: gone\ndata: {json.dumps({'id': job_id})}\n\n"
                 return
