@@ -170,6 +170,7 @@ def test_model_that_cannot_load_is_one_line_and_status_2(tmp_path: Path, capsys)
         ["colorize", "x.jpg", "-o", "out", "--format", "gif"],
         ["colorize", "x.jpg", "-o", "out", "--batch-size", "0"],
         ["colorize", "x.jpg", "-o", "out", "--engine", "tensorflow"],
+        ["jobs", "--limit", "0"],  # refused before any Redis is asked
         ["frobnicate"],
         [],
     ],

@@ -30,7 +30,7 @@ from dataclasses import replace
 from types import FrameType
 
 from models.batching import DEFAULT_BATCH_SIZE
-from worker.cli_args import positive_seconds, reference
+from worker.cli_args import positive_int, positive_seconds, reference
 from worker.cli_service import add_service_commands
 from worker.errors import ModelError, PermanentError, TinctError, TransientError
 from worker.films import DEFAULT_MAX_FILM_PIXELS, DEFAULT_SEGMENT_SECONDS, FilmOptions, colorize_films
@@ -55,16 +55,6 @@ def max_pixels_arg(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("the pixel limit must be at least 1")
     return int(value)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _strength(text: str) -> float:
@@ -114,10 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     colorize.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: %(default)s")
     colorize.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                           help="default: %(default)s (fp16 on CUDA, fp32 on CPU)")
-    colorize.add_argument("--render-size", type=_positive, default=None,
+    colorize.add_argument("--render-size", type=positive_int, default=None,
                           help="long side the network sees (never upscaled); colour is applied at full resolution "
                           "(default: the model's own, recorded in its checkpoint; 256 for a model without one)")
-    colorize.add_argument("--batch-size", type=_positive, default=None,
+    colorize.add_argument("--batch-size", type=positive_int, default=None,
                           help="photos or film frames per network batch (default: as many as fit in GPU memory, "
                           "up to 64; 8 on CPU)")
     colorize.add_argument("--max-pixels", type=max_pixels_arg, default=None,

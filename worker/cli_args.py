@@ -8,6 +8,16 @@ from worker.errors import TinctError
 from worker.references import FilmReference, parse_reference_arg
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def positive_seconds(text: str) -> float:
     try:
         value = float(text)

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 
 from worker.api.serve import add_serve_command
-from worker.cli_args import reference
+from worker.cli_args import positive_int, reference
 from worker.errors import PermanentError, TinctError
 from worker.hints import check_local_bounds, load_hints_file
 from worker.jobs import FINISHED, JobOptions, JobRecord, JobSpec, JobSpecError, parse_options
@@ -61,7 +61,7 @@ def add_service_commands(commands: argparse._SubParsersAction) -> None:
     status.set_defaults(run=_status)
 
     jobs = commands.add_parser("jobs", help="list recent jobs and the queues' depth")
-    jobs.add_argument("--limit", type=int, default=20)
+    jobs.add_argument("--limit", type=positive_int, default=20, help="how many recent jobs (default: %(default)s)")
     jobs.set_defaults(run=_jobs)
 
     cancel = commands.add_parser("cancel", help="cancel a queued or running job")
