@@ -146,7 +146,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for garbage input
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {_first_line(exc)})") from exc
+        # torch's own words ("KeyError: 174812789") say little to a user: say what the file is not, then quote them
+        raise CheckpointError(f"{path}: not a readable checkpoint: not a PyTorch file, or a truncated or damaged one "
+                              f"({type(exc).__name__}: {_first_line(exc)})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a Tinct checkpoint (no '{FORMAT}' header)")
     if payload.get("format_version") != FORMAT_VERSION:
