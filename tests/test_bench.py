@@ -52,9 +52,11 @@ def test_bench_cli_network_only_writes_json(tiny_checkpoint: Path, tmp_path: Pat
 
 
 def test_bench_cli_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
     for args, reason in (
         (["--model", str(tmp_path / "missing.pt")], "missing.pt: no such checkpoint file"),
         (["--batch-sizes", "4,x"], "argument --batch-sizes: expected comma-separated integers, got '4,x'"),
+        (["--json", str(tmp_path / "a-file" / "bench.json")], "a-file is a file, not a folder"),
     ):
         with pytest.raises(SystemExit) as exc:
             bench.main([*args, "--engines", "torch", "--compare", "none", "--network-only"])

@@ -113,12 +113,16 @@ def test_cli_bad_input_is_one_line_naming_the_file(tiny_dataset: Path, tiny_chec
         (["--model", str(tiny_checkpoint), "--data", str(not_a_zip)], "photos.zip: not a readable .zip"),
         (["--model", str(tiny_checkpoint), "--data", str(tmp_path / "empty")], "empty: no readable colour photos"),
         (["--video", "--model", str(junk), "--data", str(tmp_path / "empty")], "cannot load model"),
+        # refused before any photo is scored, not after: a file stands where the JSON's folder would be
+        (["--model", str(tiny_checkpoint), "--data", str(tiny_dataset), "--json", str(junk / "eval.json")],
+         f"argument --json: {junk / 'eval.json'}: {junk} is a file, not a folder"),
     ):
         with pytest.raises(SystemExit) as exc:
             evaluate.main([*args, "--render-size", "64"])
         assert exc.value.code == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith("python -m tools evaluate: error: ") and reason in err[0], err
+        err = capsys.readouterr().err.strip().splitlines()  # argparse's own errors come after its usage lines
+        assert err[-1].startswith("python -m tools evaluate: error: ") and reason in err[-1], err
+        assert not any(line.startswith(("Traceback", "  File")) for line in err), err
 
 
 def test_json_writes_infinite_psnr_as_a_string() -> None:

@@ -62,6 +62,7 @@ from tools.runtime import (
     apply_runtime_arguments,
     input_errors_exit,
     onnx_cache_dir,
+    output_file,
     positive_ints,
 )
 from worker.images import read_photo, write_photo
@@ -453,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--network-only", action="store_true", help="skip the end-to-end measurement")
-    p.add_argument("--json", help="write all timings here")
+    p.add_argument("--json", type=output_file, help="write all timings here")
     add_video_arguments(p)
     add_service_arguments(p)
     add_train_arguments(p)

@@ -43,7 +43,13 @@ from tools import metrics
 from tools.contact_sheet import render_contact_sheet, thumbnail
 from tools.datasets import DataError, is_s3_uri, iter_image_bytes
 from tools.evaluate_video import DEFAULT_MAX_FRAMES, evaluate_videos, frames_arg, to_json, video_table
-from tools.runtime import add_runtime_arguments, apply_runtime_arguments, input_errors_exit, onnx_cache_dir
+from tools.runtime import (
+    add_runtime_arguments,
+    apply_runtime_arguments,
+    input_errors_exit,
+    onnx_cache_dir,
+    output_file,
+)
 from worker.model_store import resolve_model
 from worker.photos import open_colorizer
 from worker.settings import Settings
@@ -442,10 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, help="annealed-mean temperature override (0.38 = Zhang et al.)")
     p.add_argument("--rebalance", type=float, help="decode-time class rebalancing override (0 = off; needs a model "
                    "that records its training data's ab prior)")
-    p.add_argument("--contact-sheet", help="write a PNG grid: gray | each model | truth")
+    p.add_argument("--contact-sheet", type=output_file, help="write a PNG grid: gray | each model | truth")
     p.add_argument("--sheet-count", type=int, default=12, help="photos on the contact sheet (default 12)")
     p.add_argument("--cell-height", type=int, default=160, help="contact-sheet cell height in pixels")
-    p.add_argument("--json", help="write per-image and mean figures here")
+    p.add_argument("--json", type=output_file, help="write per-image and mean figures here")
     video = p.add_argument_group("films (--video)")
     video.add_argument("--video", action="store_true", help="--data holds colour video clips: score film "
                        "colorization per frame and its warping error, smoothing off and on (tools.evaluate_video)")

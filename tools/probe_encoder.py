@@ -38,7 +38,7 @@ from models.color import rgb_to_lab
 from models.efficientnet_lite import INPUT_MEAN, INPUT_STD, EfficientNetLite, FrozenEfficientNetLite
 from models.files import atomic_output
 from tools.datasets import DataError, in_holdout, is_s3_uri, iter_image_bytes, relative_name
-from tools.runtime import input_errors_exit
+from tools.runtime import input_errors_exit, output_file
 from worker.errors import one_line
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=160, help="side the photos are resized to (default 160)")
     p.add_argument("--no-imagenet", dest="imagenet", action="store_false",
                    help="leave out ImageNet's untouched encoder (gray and colour)")
-    p.add_argument("--out", type=Path, help="also write the results as JSON here")
+    p.add_argument("--out", type=output_file, help="also write the results as JSON here")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

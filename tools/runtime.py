@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,6 +40,20 @@ def frame_size(text: str) -> tuple[int, int]:
     if width < 1 or height < 1:
         raise argparse.ArgumentTypeError(f"expected a positive WIDTHxHEIGHT, got {text!r}")
     return width, height
+
+
+def output_file(text: str) -> Path:
+    """A file a verb writes when its work is done (an argparse ``type=``): refused at once, not after the work, when
+    its folder cannot be made there (a file in the way, no write permission). Nothing is created yet."""
+    path = Path(text)
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"{path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{path}: {folder} is not writable")
+    return path
 
 
 def positive_ints(text: str) -> list[int]:
