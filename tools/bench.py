@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -64,6 +63,7 @@ from tools.runtime import (
     onnx_cache_dir,
     output_file,
     positive_ints,
+    write_json,
 )
 from worker.images import read_photo, write_photo
 
@@ -492,8 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         timings = run_train_bench(args.train_crops, args.train_steps, _csv(args.train_setups), args.train_rounds)
         print(train_bench_table(timings))
         if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps([t.to_dict() for t in timings], indent=2) + "\n")
+            write_json(args.json, [t.to_dict() for t in timings])
         return 0
     if args.service:
         try:
@@ -519,8 +518,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(result.table())
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        write_json(args.json, result.to_json())
     return 0
 
 

@@ -26,13 +26,11 @@ larger batches of that configuration. Anything else that goes wrong in one confi
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,7 +38,7 @@ import torch
 from models.engines import KINDS, PRECISIONS, Engine, EngineUnavailableError, create_engine
 from tools.bench import bench_network, network_input_shape, system_info
 from tools.bench_video import bench_size
-from tools.runtime import frame_size, onnx_cache_dir, positive_ints
+from tools.runtime import frame_size, onnx_cache_dir, positive_ints, write_json
 from worker.photos import open_colorizer
 from worker.smoothing import SmoothingOptions
 from worker.video_sink import EncodeOptions
@@ -464,5 +462,4 @@ def run_gpu_bench(args: argparse.Namespace) -> GpuBenchResult:
 def print_and_save_gpu(result: GpuBenchResult, json_path: str | None) -> None:
     print(result.table())
     if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        write_json(json_path, result.to_json())

@@ -26,7 +26,6 @@ Needs the dev extra (moto's S3 server: ``pip install -e .[dev]``) and ``redis-se
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re
@@ -48,7 +47,7 @@ from celery.events.receiver import EventReceiver
 from PIL import Image
 
 from tools.bench_video import FPS, make_test_film
-from tools.runtime import frame_size, onnx_cache_dir
+from tools.runtime import frame_size, onnx_cache_dir, write_json
 from worker.app import create_app
 from worker.images import DEFAULT_MAX_PIXELS, read_photo, write_photo
 from worker.jobs import FINISHED, KEY_PREFIX, JobRecord, JobSpec
@@ -686,5 +685,4 @@ def service_table(results: dict[str, Any]) -> str:
 def print_and_save_service(results: dict[str, Any], json_path: str | None) -> None:
     print(service_table(results))
     if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(results, indent=2) + "\n")
+        write_json(json_path, results)

@@ -18,7 +18,6 @@ sample photos (a slow pan and zoom over each, with film grain, hard cuts between
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import tempfile
 import time
@@ -33,7 +32,7 @@ import cv2
 import numpy as np
 
 from models.color import code_dtype
-from tools.runtime import frame_size, onnx_cache_dir
+from tools.runtime import frame_size, onnx_cache_dir, write_json
 from worker.films import FilmOptions, colorize_film
 from worker.photos import open_colorizer
 from worker.references import FilmReference
@@ -273,7 +272,7 @@ def video_table(results: dict[str, Any]) -> str:
 def print_and_save(results: dict[str, Any], json_path: str | None) -> None:
     print(video_table(results))
     if json_path:
-        Path(json_path).write_text(json.dumps(results, indent=2, default=_json_default))
+        write_json(json_path, results, default=_json_default)
 
 
 def _json_default(value: Any) -> Any:

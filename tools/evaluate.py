@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import logging
 import math
 import os
@@ -49,6 +48,7 @@ from tools.runtime import (
     input_errors_exit,
     onnx_cache_dir,
     output_file,
+    write_json,
 )
 from worker.model_store import resolve_model
 from worker.photos import open_colorizer
@@ -493,8 +493,7 @@ def _main_hints(args: argparse.Namespace) -> int:
             print(f"cost: {cost.line()}")
             summary["cost"] = {**cost.__dict__, "overhead": cost.overhead}
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(args.json, summary)
     return 0
 
 
@@ -508,8 +507,7 @@ def _main_references(args: argparse.Namespace, strength: float) -> int:
     print(f"model {label}, smoothing {strength}: PSNR (dB) and warping error (x 1000)\n")
     print(references_table(results))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps([r.__dict__ for r in results], indent=2) + "\n")
+        write_json(args.json, [r.__dict__ for r in results])
     return 0
 
 
@@ -524,8 +522,7 @@ def _main_video(args: argparse.Namespace) -> int:
         results = evaluate_videos(colorizer, label, args.data, strengths, args.max_frames)
     print(video_table(results))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(to_json(results), indent=2) + "\n")
+        write_json(args.json, to_json(results))
     return 0
 
 
@@ -574,8 +571,7 @@ def _main_photos(args: argparse.Namespace, settings: Settings, storage: Storage)
           f"{f' ({len(result.skipped)} skipped)' if result.skipped else ''}, {result.seconds:.1f} s\n")
     print(result.table())
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result.to_json(), indent=2, allow_nan=False) + "\n")
+        write_json(args.json, result.to_json(), allow_nan=False)
     if args.contact_sheet:
         print(f"\ncontact sheet: {args.contact_sheet}")
     return 0

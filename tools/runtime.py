@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from models.checkpoint import CheckpointError
 from models.engines.base import EngineUnavailableError
+from models.files import atomic_output
 from tools.datasets import DataError
 from worker.errors import TinctError, one_line
 from worker.settings import Settings
@@ -40,6 +43,12 @@ def frame_size(text: str) -> tuple[int, int]:
     if width < 1 or height < 1:
         raise argparse.ArgumentTypeError(f"expected a positive WIDTHxHEIGHT, got {text!r}")
     return width, height
+
+
+def write_json(path: str | os.PathLike, data: Any, **dumps: Any) -> None:
+    """``data`` as indented JSON at ``path`` (its folder made): the whole file or, if anything fails, none of it."""
+    with atomic_output(path) as sink:
+        sink.write((json.dumps(data, indent=2, **dumps) + "\n").encode())
 
 
 def output_file(text: str) -> Path:
