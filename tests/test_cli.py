@@ -180,6 +180,30 @@ def test_usage_errors_exit_2(argv: list[str], capsys) -> None:
     capsys.readouterr()
 
 
+def test_an_output_that_cannot_be_made_is_refused_before_any_photo(tmp_path: Path, capsys) -> None:
+    source = tmp_path / "in"
+    source.mkdir()
+    for i in range(2):
+        Image.fromarray(_gray(20, 20, i)).save(source / f"p{i}.png")
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("not a folder")
+    for output in (in_the_way / "colour", in_the_way / "deeper" / "colour"):
+        # the plan refuses it: no model is loaded, nothing is colorized only to fail at the write
+        assert main(["colorize", str(source), "-o", str(output), "--model", str(tmp_path / "never-loaded.pt")]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"tinct colorize: error: {output}: cannot be made, {in_the_way} is a file"]
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes everywhere")
+def test_an_output_folder_without_write_permission_is_refused_before_any_photo(tmp_path: Path, capsys) -> None:
+    source = tmp_path / "in.png"
+    Image.fromarray(_gray(20, 20, 1)).save(source)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    assert main(["colorize", str(source), "-o", str(locked / "out")]) == 2
+    assert f"cannot be written, {locked} is not writable" in capsys.readouterr().err
+
+
 def test_contradicting_format_is_a_usage_error(tmp_path: Path, tiny_checkpoint: Path, capsys) -> None:
     source = tmp_path / "photo.jpg"
     Image.fromarray(_gray(20, 20, 1)).save(source)

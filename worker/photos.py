@@ -197,6 +197,7 @@ def plan_photos(
     if hints is not None and not (len(sources) == 1 and sources[0].is_file()):
         raise ValueError("--hints names the hint file of one photo; for folders put <photo file name>.hints.json "
                          "beside each photo")
+    _check_can_write(output)
     if len(sources) == 1 and sources[0].is_file() and is_film(output) and not output.is_dir():
         # A film named as the output makes the input a film whatever its own extension (.mka, .vob, none).
         return _checked(PhotoPlan([], [], films=[PhotoTask(sources[0], output)]))
@@ -218,6 +219,20 @@ def plan_photos(
             failure = BadInputError(source, "no such file or folder")
             plan.failures.append(PhotoOutcome(PhotoTask(source, output), "failed", str(failure)))
     return _checked(plan)
+
+
+def _check_can_write(output: Path) -> None:
+    """Refuse, in the plan, an output that cannot be made where it is asked for (a file in the way, a folder without
+    write permission, a read-only file system): otherwise every photo would be colorized and then fail to be written,
+    one line each, hours later on a large folder."""
+    existing = output
+    while not existing.exists():
+        existing = existing.parent
+    if existing != output and not existing.is_dir():
+        raise ValueError(f"{output}: cannot be made, {existing} is a file")
+    folder = existing if existing.is_dir() else existing.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{output}: cannot be written, {folder} is not writable")
 
 
 def _walk(root: Path, output: Path, plan: PhotoPlan) -> Iterator[Path]:
