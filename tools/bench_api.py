@@ -28,6 +28,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from tools.local_services import LOOPBACK, RedisServer, env_for_workers
+from tools.runtime import write_json
 from tools.serve_local import ApiServer
 
 THREADS = 32
@@ -142,6 +143,6 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 server.stop()
     if args.json:
-        args.json.write_text(json.dumps({name: {k: v for k, v in r.items() if k != "latencies_ms"}
-                                         for name, r in results.items()}, indent=1))
+        summaries = {name: {k: v for k, v in r.items() if k != "latencies_ms"} for name, r in results.items()}
+        write_json(args.json, summaries, indent=1)
     return 1 if any(r["failures"] for r in results.values()) else 0

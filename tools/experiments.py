@@ -25,6 +25,7 @@ import torch
 from tools import experiments_cifar, experiments_natural
 from tools.experiments_cifar import CifarSettings
 from tools.experiments_natural import NaturalSettings
+from tools.runtime import write_json
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ SHARED = Path("../shared/data")
 def write_part(out: Path, part: str, result: dict, table: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     result = result | {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    (out / f"{part}.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out / f"{part}.json", result)
     (out / f"{part}.md").write_text(table + "\n")
 
 

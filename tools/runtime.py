@@ -45,10 +45,10 @@ def frame_size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def write_json(path: str | os.PathLike, data: Any, **dumps: Any) -> None:
+def write_json(path: str | os.PathLike, data: Any, indent: int = 2, **dumps: Any) -> None:
     """``data`` as indented JSON at ``path`` (its folder made): the whole file or, if anything fails, none of it."""
     with atomic_output(path) as sink:
-        sink.write((json.dumps(data, indent=2, **dumps) + "\n").encode())
+        sink.write((json.dumps(data, indent=indent, **dumps) + "\n").encode())
 
 
 def output_file(text: str) -> Path:

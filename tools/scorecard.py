@@ -70,7 +70,7 @@ from tools.evaluate_video import (
     score_clips,
 )
 from tools.judge import ImageNetJudge, JudgeTally, gray_rgb, read_class_table, read_labels_csv
-from tools.runtime import INPUT_ERRORS, add_runtime_arguments, apply_runtime_arguments, onnx_cache_dir
+from tools.runtime import INPUT_ERRORS, add_runtime_arguments, apply_runtime_arguments, onnx_cache_dir, write_json
 from worker.photos import open_colorizer
 from worker.smoothing import SmoothingOptions
 
@@ -512,7 +512,7 @@ def _write(out: Path, result: dict[str, Any], targets: Targets, started: float, 
     result["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) if finished else None
     data = _json_safe(result)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "scorecard.json").write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")
+    write_json(out / "scorecard.json", data, indent=1, allow_nan=False)
     card = Scorecard(data)
     (out / "scorecard.md").write_text(card.markdown() + "\n")
     return card
@@ -577,7 +577,7 @@ def merge_scorecards(parts: Sequence[str | Path], out: str | Path, targets: Targ
     merged["finished_at"] = None if None in finished else max(finished)
     out.mkdir(parents=True, exist_ok=True)
     merged = _json_safe(merged)
-    (out / "scorecard.json").write_text(json.dumps(merged, indent=1, allow_nan=False) + "\n")
+    write_json(out / "scorecard.json", merged, indent=1, allow_nan=False)
     card = Scorecard(merged)
     (out / "scorecard.md").write_text(card.markdown() + "\n")
     return card
