@@ -14,6 +14,22 @@ from typing import BinaryIO
 PARTIAL_SUFFIX = ".tinct-partial"
 
 
+def unwritable_reason(path: str | os.PathLike) -> str | None:
+    """Why ``path`` could not be written with the folders it lacks made, or None: a file where a folder must be, or
+    a folder without write permission (or on a read-only file system). Nothing is created: callers ask before long
+    work, so that it is not done for an output that cannot be kept."""
+    path = Path(path)
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if existing != path and not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    folder = existing if existing.is_dir() else existing.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{folder} is not writable"
+    return None
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temp path next to ``path`` for a library that writes by file name; renamed over ``path`` when the

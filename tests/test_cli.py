@@ -191,7 +191,7 @@ def test_an_output_that_cannot_be_made_is_refused_before_any_photo(tmp_path: Pat
         # the plan refuses it: no model is loaded, nothing is colorized only to fail at the write
         assert main(["colorize", str(source), "-o", str(output), "--model", str(tmp_path / "never-loaded.pt")]) == 2
         assert capsys.readouterr().err.strip().splitlines() == [
-            f"tinct colorize: error: {output}: cannot be made, {in_the_way} is a file"]
+            f"tinct colorize: error: {output}: cannot be written, {in_the_way} is a file, not a folder"]
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes everywhere")

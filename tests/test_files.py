@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from models.files import PARTIAL_SUFFIX, atomic_output, atomic_path
+from models.files import PARTIAL_SUFFIX, atomic_output, atomic_path, unwritable_reason
 
 
 def _umask() -> int:
@@ -41,6 +41,15 @@ def test_a_failed_write_names_the_destination_not_the_temp_file(tmp_path: Path) 
     assert exc.value.filename == str(target) and exc.value.errno is not None
     assert str(exc.value).endswith(f"{PARTIAL_SUFFIX}): '{target}'")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_reason_names_what_is_in_the_way_and_creates_nothing(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    assert unwritable_reason(tmp_path / "new" / "deeper" / "x.json") is None  # folders that can be made
+    assert unwritable_reason(tmp_path / "a-file") is None  # an existing file, replaced in a writable folder
+    assert unwritable_reason(tmp_path / "a-file" / "x.json") == f"{tmp_path / 'a-file'} is a file, not a folder"
+    assert unwritable_reason(tmp_path / "a-file" / "d" / "x") == f"{tmp_path / 'a-file'} is a file, not a folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 
 def test_atomic_path_renames_only_on_success(tmp_path: Path) -> None:

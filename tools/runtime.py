@@ -16,7 +16,7 @@ import torch
 
 from models.checkpoint import CheckpointError
 from models.engines.base import EngineUnavailableError
-from models.files import atomic_output
+from models.files import atomic_output, unwritable_reason
 from tools.datasets import DataError
 from worker.errors import TinctError, one_line
 from worker.settings import Settings
@@ -55,13 +55,9 @@ def output_file(text: str) -> Path:
     """A file a verb writes when its work is done (an argparse ``type=``): refused at once, not after the work, when
     its folder cannot be made there (a file in the way, no write permission). Nothing is created yet."""
     path = Path(text)
-    folder = path.parent
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir():
-        raise argparse.ArgumentTypeError(f"{path}: {folder} is a file, not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise argparse.ArgumentTypeError(f"{path}: {folder} is not writable")
+    reason = unwritable_reason(path)
+    if reason is not None:
+        raise argparse.ArgumentTypeError(f"{path}: {reason}")
     return path
 
 

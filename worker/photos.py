@@ -33,7 +33,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from models.colorizer import Colorizer as ModelColorizer
 from models.engines import create_engine
-from models.files import PARTIAL_SUFFIX
+from models.files import PARTIAL_SUFFIX, unwritable_reason
 from models.hints import ColourHints
 from worker.errors import BadInputError, ModelError, TinctError, one_line
 from worker.hints import HINTS_SUFFIX, hints_provenance, load_hints_file, sidecar_path
@@ -197,7 +197,10 @@ def plan_photos(
     if hints is not None and not (len(sources) == 1 and sources[0].is_file()):
         raise ValueError("--hints names the hint file of one photo; for folders put <photo file name>.hints.json "
                          "beside each photo")
-    _check_can_write(output)
+    # An output that cannot be made (a file in the way, no write permission) is refused now: otherwise every photo
+    # would be colorized and then fail to be written, one line each, hours later on a large folder.
+    if (reason := unwritable_reason(output)) is not None:
+        raise ValueError(f"{output}: cannot be written, {reason}")
     if len(sources) == 1 and sources[0].is_file() and is_film(output) and not output.is_dir():
         # A film named as the output makes the input a film whatever its own extension (.mka, .vob, none).
         return _checked(PhotoPlan([], [], films=[PhotoTask(sources[0], output)]))
@@ -219,20 +222,6 @@ def plan_photos(
             failure = BadInputError(source, "no such file or folder")
             plan.failures.append(PhotoOutcome(PhotoTask(source, output), "failed", str(failure)))
     return _checked(plan)
-
-
-def _check_can_write(output: Path) -> None:
-    """Refuse, in the plan, an output that cannot be made where it is asked for (a file in the way, a folder without
-    write permission, a read-only file system): otherwise every photo would be colorized and then fail to be written,
-    one line each, hours later on a large folder."""
-    existing = output
-    while not existing.exists():
-        existing = existing.parent
-    if existing != output and not existing.is_dir():
-        raise ValueError(f"{output}: cannot be made, {existing} is a file")
-    folder = existing if existing.is_dir() else existing.parent
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"{output}: cannot be written, {folder} is not writable")
 
 
 def _walk(root: Path, output: Path, plan: PhotoPlan) -> Iterator[Path]:
