@@ -40,7 +40,7 @@ from models.onnx_export import read_onnx_metadata
 from models.predictor import DecodeOptions
 from tools import metrics
 from tools.contact_sheet import render_contact_sheet, thumbnail
-from tools.datasets import DataError, is_s3_uri, iter_image_bytes
+from tools.datasets import DataError, iter_image_bytes
 from tools.evaluate_video import DEFAULT_MAX_FRAMES, evaluate_videos, frames_arg, to_json, video_table
 from tools.runtime import (
     add_runtime_arguments,
@@ -140,7 +140,7 @@ def iter_truth_photos(data: str | os.PathLike, limit: int | None = None, skipped
     if limit is not None and limit <= 0:
         return
     count = 0
-    for name, raw in iter_image_bytes(os.fspath(data) if is_s3_uri(os.fspath(data)) else Path(data), storage):
+    for name, raw in iter_image_bytes(os.fspath(data), storage):
         if keep is not None and not keep(name):
             continue
         try:

@@ -32,7 +32,7 @@ from types import FrameType
 from models.batching import DEFAULT_BATCH_SIZE
 from worker.cli_args import positive_int, positive_seconds, reference
 from worker.cli_service import add_service_commands
-from worker.errors import ModelError, PermanentError, TinctError, TransientError
+from worker.errors import ModelError, PermanentError, TinctError
 from worker.films import DEFAULT_MAX_FILM_PIXELS, DEFAULT_SEGMENT_SECONDS, FilmOptions, colorize_films
 from worker.images import DEFAULT_MAX_PIXELS, tinct_version
 from worker.model_store import resolve_model
@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with _logging(quiet=getattr(args, "quiet", False)), _sigterm_as_exception():
         try:
             return args.run(args, parser)
-        except TransientError as exc:  # Redis or storage out of reach: one line, and a status a script may retry on
+        except TinctError as exc:  # e.g. Redis or storage out of reach: one line, and a status a script may retry on
             print(f"tinct: error: {exc}", file=sys.stderr)
             return EXIT_FAILED
         except KeyboardInterrupt:

@@ -29,7 +29,7 @@ from dataclasses import asdict
 
 from worker.api.serve import add_serve_command
 from worker.cli_args import positive_int, reference
-from worker.errors import PermanentError, TinctError
+from worker.errors import PermanentError
 from worker.hints import check_local_bounds, load_hints_file
 from worker.jobs import FINISHED, JobOptions, JobRecord, JobSpec, JobSpecError, parse_options
 from worker.settings import GPU_QUEUE, IO_QUEUE, Settings
@@ -150,10 +150,8 @@ def _submit(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             raw["options"]["references"] = [reference.as_dict() for reference in args.reference]
         spec = JobSpec.from_dict(raw, limits)
         job_id, created = service.submit(spec)  # fetches and checks every picture: a bad one queues nothing
-    except (JobSpecError, ValueError) as exc:
+    except (JobSpecError, ValueError, PermanentError) as exc:  # the rest (Redis away) is tinct's one line, status 1
         return _error(parser, str(exc))
-    except TinctError as exc:
-        return _error(parser, str(exc)) if isinstance(exc, PermanentError) else _fail(str(exc))
     if not args.json:
         print(f"{job_id} {'queued' if created else 'already submitted'}")
     return _show(service, job_id, args.wait, args.json)
@@ -309,11 +307,6 @@ def _worker_per_gpu(args: argparse.Namespace, parser: argparse.ArgumentParser) -
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return EXIT_OK if all(code == 0 for code in codes) else EXIT_FAILED
-
-
-def _fail(message: str) -> int:
-    print(f"tinct: error: {message}", file=sys.stderr)
-    return EXIT_FAILED
 
 
 def _bulk(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
