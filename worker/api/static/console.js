@@ -241,8 +241,10 @@ async function jobView(jobId) {
 }
 
 function compareFigure(preview, film) {
-  const before = el("img", { class: "before", alt: "Before: " + preview.label });
-  const after = el("img", { class: "after", alt: "After: " + preview.label });
+  // Not draggable: a drag on the picture moves the divider, where it would start the browser's drag of the image
+  // (which cancels the pointer's events after its first move, in Firefox and Chromium alike).
+  const before = el("img", { class: "before", alt: "Before: " + preview.label, draggable: "false" });
+  const after = el("img", { class: "after", alt: "After: " + preview.label, draggable: "false" });
   const divider = el("div", { class: "divider" });
   const stage = el("div", { class: "stage" }, before, after, divider,
     el("span", { class: "tag b", text: "before" }), el("span", { class: "tag a", text: "after" }));
@@ -261,10 +263,11 @@ function compareFigure(preview, film) {
       slider.value = String(Math.round(Math.min(1, Math.max(0, (e.clientX - box.left) / box.width)) * 100));
       place();
     };
+    event.preventDefault();  // no text selection while dragging
     move(event);
     stage.setPointerCapture(event.pointerId);
     stage.onpointermove = move;
-    stage.onpointerup = () => { stage.onpointermove = null; };
+    stage.onpointerup = stage.onpointercancel = () => { stage.onpointermove = null; };
   });
   place();
   blobUrl(preview.before).then((url) => { before.src = url; }).catch((e) => setStatus("Preview: " + e.message));
