@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tinct-installed
 
-.PHONY: install demo serve test lint clean redis-server debian-packages
+.PHONY: install demo serve test lint clean redis-server debian-packages browser-packages
 
 install: $(STAMP)
 
@@ -29,23 +29,32 @@ redis-server:
 	@command -v redis-server >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server; }
 
-# Every Debian package the tests use, with one apt-get update: redis-server, and chromium for the console's browser
-# test (driven through Playwright; Playwright's own browser download is neither needed nor possible here).
+# Every Debian package the tests use, with one apt-get update: redis-server; chromium and firefox-esr for the
+# console's browser test, and Node.js with npm to drive them (Puppeteer uses Debian's own builds of both browsers:
+# downloading its own is neither needed nor possible here).
 debian-packages:
 	@missing=""; command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v firefox-esr >/dev/null || missing="$$missing firefox-esr"; \
+	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; fi
+
+# Puppeteer for the console's browser test, exactly as tests/browser/package-lock.json pins it (npm ci rewrites
+# node_modules/.package-lock.json, so a changed lock file installs again).
+browser-packages: tests/browser/node_modules/.package-lock.json
+tests/browser/node_modules/.package-lock.json: tests/browser/package-lock.json | debian-packages
+	npm ci --prefix tests/browser --silent --no-audit --no-fund
 
 # Two test processes, a test file to each at a time (--dist loadfile): a file's module fixtures (tiny trained models,
 # exports) are made once, and the recovery tests, which spend minutes waiting out the default liveness window, never
 # run beside each other but beside the rest (on 2 cores: 9 minutes, where one process took 14.5). The ten slowest
 # tests close the log: the suite is kept to about 15 minutes on 2 cores.
-test: install debian-packages
+test: install debian-packages browser-packages
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=10
 
 lint: install
 	$(VENV)/bin/ruff check models worker tools tests
 
 clean:
-	rm -rf $(VENV) demo-out serve-data .pytest_cache
+	rm -rf $(VENV) demo-out serve-data .pytest_cache tests/browser/node_modules

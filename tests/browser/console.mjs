@@ -1,0 +1,193 @@
+// The console's walk-through in a real browser, driven by Puppeteer: Chromium over the DevTools protocol, Firefox
+// over WebDriver BiDi, one scenario for both. tests/test_console.py starts the stack (Redis, moto S3, a worker,
+// tinct serve), writes the photo and the film, and runs this with one JSON argument:
+//   {browser: "chrome" | "firefox", executable, url, user, token, model, photo, film, screenshot, jobTimeoutMs}
+// It prints one line per step; any failure, or a JavaScript error on the page, exits 1 after a full-page screenshot.
+import puppeteer from "puppeteer-core";
+
+const run = JSON.parse(process.argv[2]);
+const PREVIEW_TIMEOUT_MS = 30_000; // previews are made on demand: seconds on a busy 2-core machine
+const STEP_TIMEOUT_MS = 10_000;
+
+// Debian's chromium, headless, with nothing that reaches outside this machine (updates, sync, QUIC probes).
+const CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+  "--disable-background-networking", "--disable-component-update", "--disable-sync"];
+// Firefox's counterparts: no update checks, telemetry, safe-browsing lists or captive-portal probes.
+const FIREFOX_PREFS = {
+  "app.update.enabled": false, "browser.safebrowsing.update.enabled": false,
+  "datareporting.policy.dataSubmissionEnabled": false, "network.captive-portal-service.enabled": false,
+  "network.connectivity-service.enabled": false, "toolkit.telemetry.enabled": false,
+};
+
+class Failure extends Error {}
+
+function check(condition, message) {
+  if (!condition) throw new Failure(message);
+}
+
+// Waits until fn(element...) holds in the page. Functions, not strings: a string would be eval'd in the page,
+// which the console's Content-Security-Policy (no 'unsafe-eval') rightly refuses.
+async function until(page, what, fn, args = [], timeout = STEP_TIMEOUT_MS) {
+  try {
+    await page.waitForFunction(fn, { timeout, polling: 100 }, ...args);
+  } catch (error) {
+    throw new Failure(`timed out after ${timeout} ms waiting for ${what}`);
+  }
+}
+
+const text = (page, selector) => page.$eval(selector, (node) => node.textContent.trim());
+const focusedMatches = (selector) => document.activeElement && document.activeElement.matches(selector);
+
+async function linkNamed(page, scope, name) {
+  const links = await page.$$(`${scope} a`);
+  for (const link of links) if ((await link.evaluate((node) => node.textContent.trim())) === name) return link;
+  throw new Failure(`no link named ${name} in ${scope}`);
+}
+
+// The mean colour of the 10x10 pixels at the centre of the hint editor's preview, read back through a canvas.
+function centreColour() {
+  const img = document.querySelector("#hint-preview");
+  const canvas = document.createElement("canvas");
+  canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+  const context = canvas.getContext("2d");
+  context.drawImage(img, 0, 0);
+  const data = context.getImageData(Math.floor(canvas.width / 2) - 5, Math.floor(canvas.height / 2) - 5, 10, 10).data;
+  const sum = [0, 0, 0];
+  for (let i = 0; i < data.length; i += 4) { sum[0] += data[i]; sum[1] += data[i + 1]; sum[2] += data[i + 2]; }
+  return sum.map((v) => v / (data.length / 4));
+}
+
+async function scenario(page, step) {
+  await page.goto(`${run.url}/#token=${run.token}`);
+  await until(page, "the signed-in name", (user) => document.querySelector("#who-name").textContent === `Signed in as ${user}`,
+    [run.user]);
+  check(!page.url().includes(run.token), "the token stayed in the address bar");
+  step("signed in from the URL; the token left the address bar");
+
+  // Keyboard first: the skip link is the first stop.
+  await page.keyboard.press("Tab");
+  check(await page.evaluate(focusedMatches, "a.skip"), "the first Tab stop is not the skip link");
+  await (await linkNamed(page, "nav", "New job")).click();
+  await until(page, "the new-job form's output default",
+    (user) => document.querySelector("#output-uri").value === `s3://colour/results/${user}/`, [run.user]);
+  const files = await page.$("#files");
+  await files.uploadFile(run.photo, run.film);
+  await page.$eval("#opt-model", (node, model) => { node.value = model; }, run.model);
+  await page.click("#new-submit");
+  step("two files uploaded through the new-job form");
+
+  // Two uploads, two jobs: the jobs list shows both, with live progress, until they have finished.
+  await until(page, "the jobs list", () => location.hash === "#/jobs");
+  await until(page, "two rows", () => document.querySelectorAll("#jobs-body tr").length === 2);
+  await page.focus("#jobs-body a"); // a keyboard user on the list: live updates must not take the focus away
+  await until(page, "both jobs to succeed", () => document.querySelectorAll("#jobs-body .badge.succeeded").length === 2,
+    [], run.jobTimeoutMs);
+  check(await page.evaluate(focusedMatches, "#jobs-body tr:first-child a"), "the live updates took the focus");
+  step("both jobs succeeded; the focus stayed on the list");
+
+  // The photo: a before/after slider, moved with the keyboard, by a click and by a drag on the picture.
+  await (await linkNamed(page, "#jobs-body", "portrait.png")).click();
+  await until(page, "the job's state", () => document.querySelector("#job-state").textContent === "succeeded");
+  await until(page, "the photo's colorized preview", () => {
+    const figures = document.querySelectorAll("figure.compare");
+    const after = figures.length === 1 && figures[0].querySelector("img.after");
+    return after && after.src.startsWith("blob:") && after.complete && after.naturalWidth === 240;
+  }, [], PREVIEW_TIMEOUT_MS);
+  const slider = await page.$("figure.compare input[type=range]");
+  const clipPath = () => page.$eval("figure.compare img.after", (node) => node.style.clipPath);
+  await slider.focus();
+  for (let i = 0; i < 5; i++) await page.keyboard.press("ArrowLeft");
+  check(await slider.evaluate((node) => node.value) === "45", "five ArrowLeft presses did not leave the slider at 45");
+  check((await clipPath()).includes("45%"), `the picture's clip does not follow the slider: ${await clipPath()}`);
+  await page.keyboard.press("End");
+  check((await clipPath()).includes("100%"), "End does not show the whole 'before'");
+  const box = await (await page.$("figure.compare .stage")).boundingBox();
+  const middle = box.y + box.height / 2;
+  await page.mouse.click(box.x + box.width * 0.25, middle);
+  const clicked = Number(await slider.evaluate((node) => node.value));
+  check(clicked >= 24 && clicked <= 26, `a click at a quarter of the picture left the slider at ${clicked}`);
+  // A drag, in small moves as a hand makes it: the browser must not take it over as a drag of the image.
+  await page.mouse.move(box.x + box.width * 0.25, middle);
+  await page.mouse.down();
+  for (let i = 1; i <= 10; i++) await page.mouse.move(box.x + box.width * (0.25 + 0.045 * i), middle);
+  await page.mouse.up();
+  const dragged = Number(await slider.evaluate((node) => node.value));
+  check(dragged >= 69 && dragged <= 71, `a drag to 70% of the picture left the slider at ${dragged}`);
+  await until(page, "the download of portrait.png", () => [...document.querySelectorAll("#results a, #results button")]
+    .some((node) => node.textContent.trim() === "Download portrait.png"));
+  step("the before/after slider follows the keyboard, a click and a drag");
+
+  // The hint editor: the model's own preview, then a red point placed by mouse turns that spot red.
+  await (await linkNamed(page, "#hints-link", "Correct the colours with hints")).click();
+  await until(page, "the hint editor's first preview", () => document.querySelector("#hint-preview").dataset.serial === "1",
+    [], 60_000);
+  await page.$eval("#hint-colour", (node) => {
+    node.value = "#d02010";
+    node.dispatchEvent(new Event("input", { bubbles: true }));
+    node.dispatchEvent(new Event("change", { bubbles: true }));
+  });
+  const photo = await (await page.$("#hint-photo")).boundingBox();
+  await page.mouse.click(photo.x + photo.width / 2, photo.y + photo.height / 2);
+  await until(page, "the first point", () => document.querySelectorAll("#hint-points li").length === 1);
+  const first = await text(page, "#hint-points li:nth-child(1)");
+  check(first.includes("Point 1 at 120, 80"), `the first point reads ${first}`);
+  await until(page, "the preview with the point", () => {
+    const preview = document.querySelector("#hint-preview");
+    return preview.dataset.serial === "2" && preview.complete;
+  }, [], 30_000);
+  const [red, green, blue] = await page.evaluate(centreColour);
+  check(red - green > 20 && red - blue > 20, `the hinted spot is not red: ${[red, green, blue]}`);
+  // ... and the keyboard places one too: focus the photo, move the cross, press Enter.
+  await page.focus("#hint-canvas");
+  await page.keyboard.down("Shift");
+  await page.keyboard.press("ArrowLeft");
+  await page.keyboard.up("Shift");
+  await page.keyboard.press("Enter");
+  await until(page, "the second point", () => document.querySelectorAll("#hint-points li").length === 2);
+  const second = await text(page, "#hint-points li:nth-child(2)");
+  check(second.includes("Point 2 at 96, 80"), `the second point reads ${second}`);
+  step(`hints placed by mouse and keyboard; the preview's centre is red (${[red, green, blue].map(Math.round)})`);
+
+  // Submitted with its hints, the photo is a new job, colorized again, compared on its own page.
+  const hintedPage = page.url();
+  await page.click("#hint-submit");
+  await until(page, "the new job's page", (old) => location.href !== old && /#\/jobs\/[0-9a-f]{24}$/.test(location.hash),
+    [hintedPage]);
+  await until(page, "the hinted job to succeed", () => document.querySelector("#job-state").textContent === "succeeded",
+    [], run.jobTimeoutMs);
+  await until(page, "the hinted job's preview",
+    () => document.querySelector("figure.compare img.after")?.src.startsWith("blob:"), [], PREVIEW_TIMEOUT_MS);
+  step("colorized again with the hints, as a new job");
+
+  // The film: a strip of before/after frames.
+  await (await linkNamed(page, "nav", "Jobs")).click();
+  await until(page, "the jobs list", () => document.querySelectorAll("#jobs-body tr").length === 3);
+  await (await linkNamed(page, "#jobs-body", "reel.mkv")).click();
+  await until(page, "the film's strip", () => document.querySelector("#previews-title").textContent
+    === "Before and after, frame by frame" && document.querySelectorAll("figure.compare").length === 6);
+  await until(page, "the film's first colorized frame",
+    () => document.querySelector("figure.compare img.after").src.startsWith("blob:"), [], PREVIEW_TIMEOUT_MS);
+  step("the film's strip shows six before/after frames");
+}
+
+const browser = await puppeteer.launch(run.browser === "firefox"
+  ? { browser: "firefox", executablePath: run.executable, headless: true, extraPrefsFirefox: FIREFOX_PREFS }
+  : { browser: "chrome", executablePath: run.executable, headless: true, args: CHROMIUM_ARGS });
+const page = await browser.newPage();
+const errors = [];
+page.on("pageerror", (error) => errors.push(String(error.message || error)));
+await page.setViewport({ width: 1366, height: 768 }); // a laptop screen
+let status = 0;
+try {
+  console.log(`${run.browser} ${await browser.version()}`);
+  await scenario(page, (line) => console.log(`ok: ${line}`));
+  check(errors.length === 0, `JavaScript errors on the page: ${errors.join("; ")}`);
+} catch (error) {
+  status = 1;
+  console.log(`FAILED: ${error instanceof Failure ? error.message : error.stack}`);
+  await page.screenshot({ path: run.screenshot, fullPage: true }).catch(() => {});
+  console.log(`screenshot of the failed browser test: ${run.screenshot}`);
+} finally {
+  await browser.close();
+}
+process.exit(status);
