@@ -1,7 +1,8 @@
 // The console's walk-through in a real browser, driven by Puppeteer: Chromium over the DevTools protocol, Firefox
 // over WebDriver BiDi, one scenario for both. tests/test_console.py starts the stack (Redis, moto S3, a worker,
 // tinct serve), writes the photo and the film, and runs this with one JSON argument:
-//   {browser: "chrome" | "firefox", executable, url, user, token, model, photo, film, screenshot, jobTimeoutMs}
+//   {browser: "chrome" | "firefox", executable, url, user, token, model, photo, secondPhoto, film, screenshot,
+//    jobTimeoutMs}
 // It prints one line per step; any failure, or a JavaScript error on the page, exits 1 after a full-page screenshot.
 import puppeteer from "puppeteer-core";
 
@@ -168,6 +169,33 @@ async function scenario(page, step) {
   await until(page, "the film's first colorized frame",
     () => document.querySelector("figure.compare img.after").src.startsWith("blob:"), [], PREVIEW_TIMEOUT_MS);
   step("the film's strip shows six before/after frames");
+
+  // A submission that fails half-way (the queue lost between two jobs, played here by answering the second
+  // POST /jobs as the API does then) says which jobs were queued, so that submitting again does not queue them twice.
+  await (await linkNamed(page, "nav", "New job")).click();
+  await until(page, "the new-job form", () => !document.querySelector("#view-new").hidden);
+  await (await page.$("#files")).uploadFile(run.photo, run.secondPhoto);
+  let jobsPosted = 0;
+  await page.setRequestInterception(true);
+  page.on("request", (request) => {
+    if (request.isInterceptResolutionHandled()) return;
+    const jobPost = request.method() === "POST" && new URL(request.url()).pathname === "/api/v1/jobs";
+    if (jobPost && ++jobsPosted === 2) {
+      request.respond({ status: 503, contentType: "application/json", headers: { "Retry-After": "5" },
+        body: JSON.stringify({ detail: "queue: job queue unreachable; retry later" }) });
+    } else {
+      request.continue();
+    }
+  });
+  await page.click("#new-submit");
+  await until(page, "the half-way error", () => !document.querySelector("#new-error").hidden, [], 30_000);
+  await page.setRequestInterception(false);
+  const halfWay = await text(page, "#new-error");
+  check(halfWay === "1 of 2 jobs submitted (see Jobs); the others were not: queue: job queue unreachable; retry later",
+    `the half-way error reads ${halfWay}`);
+  await page.type("#opt-model", " ");
+  check(await page.$eval("#new-error", (node) => node.hidden), "the error stayed beside a changed form");
+  step("a submission that fails half-way names the jobs it queued; the error leaves when the form changes");
 }
 
 const browser = await puppeteer.launch(run.browser === "firefox"

@@ -495,9 +495,10 @@ async function submitNew(event) {
   error.hidden = true;
   const button = $("new-submit");
   button.disabled = true;
+  const ids = [];
+  let inputs = [];
   try {
     const output = $("output-uri").value.trim();
-    let inputs = [];
     if ($("source-upload").checked) {
       const files = Array.from($("files").files);
       if (!files.length) throw new Error("choose at least one file to upload");
@@ -510,7 +511,6 @@ async function submitNew(event) {
     } else {
       inputs = [$("input-uri").value.trim()];
     }
-    const ids = [];
     for (const input of inputs) {
       const job = await apiJson("/jobs", { method: "POST", headers: { "Content-Type": "application/json" },
         body: JSON.stringify({ input, output, options: options() }) });
@@ -520,7 +520,9 @@ async function submitNew(event) {
     $("files").value = "";
     location.hash = ids.length === 1 ? "#/jobs/" + ids[0] : "#/jobs";
   } catch (e) {
-    error.textContent = "Not submitted: " + e.message;
+    // Jobs already queued stay queued: say which, so that submitting again does not queue them twice.
+    error.textContent = ids.length ? `${ids.length} of ${inputs.length} jobs submitted (see Jobs); the others were `
+      + "not: " + e.message : "Not submitted: " + e.message;
     error.hidden = false;
     setStatus("");
   } finally {
@@ -550,6 +552,7 @@ async function start() {
   $("jobs-more").addEventListener("click", () => loadJobs(true).catch((e) => setStatus(e.message)));
   for (const radio of document.querySelectorAll("input[name=source]")) radio.addEventListener("change", toggleSource);
   $("new-form").addEventListener("submit", submitNew);
+  $("new-form").addEventListener("input", () => { $("new-error").hidden = true; });  // no stale error beside new values
   bindHintEditor();
   window.addEventListener("hashchange", route);
   // The skip link must not change the hash: that would be read as a navigation to an unknown view.
