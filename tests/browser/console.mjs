@@ -127,8 +127,12 @@ async function scenario(page, step) {
     node.dispatchEvent(new Event("input", { bubbles: true }));
     node.dispatchEvent(new Event("change", { bubbles: true }));
   });
+  // A click as a hand makes it, moving a few pixels between press and release: still a click, not a drag of the photo.
   const photo = await (await page.$("#hint-photo")).boundingBox();
-  await page.mouse.click(photo.x + photo.width / 2, photo.y + photo.height / 2);
+  await page.mouse.move(photo.x + photo.width / 2 - 8, photo.y + photo.height / 2);
+  await page.mouse.down();
+  for (let i = 1; i <= 4; i++) await page.mouse.move(photo.x + photo.width / 2 - 8 + 2 * i, photo.y + photo.height / 2);
+  await page.mouse.up();
   await until(page, "the first point", () => document.querySelectorAll("#hint-points li").length === 1);
   const first = await text(page, "#hint-points li:nth-child(1)");
   check(first.includes("Point 1 at 120, 80"), `the first point reads ${first}`);
@@ -147,7 +151,26 @@ async function scenario(page, step) {
   await until(page, "the second point", () => document.querySelectorAll("#hint-points li").length === 2);
   const second = await text(page, "#hint-points li:nth-child(2)");
   check(second.includes("Point 2 at 96, 80"), `the second point reads ${second}`);
-  step(`hints placed by mouse and keyboard; the preview's centre is red (${[red, green, blue].map(Math.round)})`);
+  await until(page, "the preview with both points", () => {
+    const preview = document.querySelector("#hint-preview");
+    return preview.dataset.serial === "3" && preview.complete;
+  }, [], 30_000);
+  // A point's own colour, changed as its picker does (an input event per change): the picker's input stays in the
+  // page, so the picker stays open, and the preview follows.
+  const stillThere = await page.$eval("#hint-colour-0", (node) => {
+    node.value = "#10c020";
+    node.dispatchEvent(new Event("input", { bubbles: true }));
+    return node.isConnected;
+  });
+  check(stillThere, "changing a point's colour replaced its input (which closes the picker)");
+  await until(page, "the preview with the green point", () => {
+    const preview = document.querySelector("#hint-preview");
+    return preview.dataset.serial === "4" && preview.complete;
+  }, [], 30_000);
+  const greened = await page.evaluate(centreColour);
+  check(greened[1] - greened[0] > 20 && greened[1] - greened[2] > 20, `the recoloured spot is not green: ${greened}`);
+  step(`hints placed by mouse and keyboard, one recoloured; the preview's centre turned red (${
+    [red, green, blue].map(Math.round)}), then green (${greened.map(Math.round)})`);
 
   // Submitted with its hints, the photo is a new job, colorized again, compared on its own page.
   const hintedPage = page.url();

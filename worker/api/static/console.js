@@ -356,15 +356,20 @@ function renderPoints() {
   const canvas = $("hint-canvas");
   for (const marker of canvas.querySelectorAll(".marker")) marker.remove();
   const items = editor.points.map((point, index) => {
+    const marker = el("span", { class: "marker", "aria-hidden": "true" });
     if (editor.width) {
-      const marker = el("span", { class: "marker", "aria-hidden": "true" });
       marker.style.left = (point.x / editor.width) * 100 + "%";
       marker.style.top = (point.y / editor.height) * 100 + "%";
       marker.style.background = point.color;
       canvas.append(marker);
     }
     const colour = el("input", { type: "color", id: `hint-colour-${index}`, value: point.color });
-    colour.addEventListener("input", () => { point.color = colour.value; renderPoints(); schedulePreview(); });
+    // The picker belongs to this input: re-rendering the list here would close it after the first change.
+    colour.addEventListener("input", () => {
+      point.color = colour.value;
+      marker.style.background = point.color;
+      schedulePreview();
+    });
     const radius = el("input", { type: "number", id: `hint-radius-${index}`, min: "1", max: "500",
       value: String(point.radius) });
     radius.addEventListener("change", () => { point.radius = Math.max(1, parseFloat(radius.value) || 1); schedulePreview(); });
