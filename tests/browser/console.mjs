@@ -169,7 +169,15 @@ async function scenario(page, step) {
   }, [], 30_000);
   const greened = await page.evaluate(centreColour);
   check(greened[1] - greened[0] > 20 && greened[1] - greened[2] > 20, `the recoloured spot is not green: ${greened}`);
-  step(`hints placed by mouse and keyboard, one recoloured; the preview's centre turned red (${
+  // Removing a point by keyboard leaves the focus in the list, on the next point's Remove.
+  await page.focus("#hint-points li:nth-child(1) button");
+  await page.keyboard.press("Enter");
+  await until(page, "one point left", () => document.querySelectorAll("#hint-points li").length === 1);
+  const left = await text(page, "#hint-points li:nth-child(1)");
+  check(left.includes("Point 1 at 96, 80"), `after removing the first point the list reads ${left}`);
+  check(await page.evaluate(focusedMatches, "#hint-points li:nth-child(1) button"),
+    "removing a point by keyboard lost the focus");
+  step(`hints placed by mouse and keyboard, one recoloured, one removed; the preview's centre turned red (${
     [red, green, blue].map(Math.round)}), then green (${greened.map(Math.round)})`);
 
   // Submitted with its hints, the photo is a new job, colorized again, compared on its own page.

@@ -375,7 +375,14 @@ function renderPoints() {
     radius.addEventListener("change", () => { point.radius = Math.max(1, parseFloat(radius.value) || 1); schedulePreview(); });
     const remove = el("button", { type: "button", class: "secondary", text: "Remove",
       "aria-label": `Remove point ${index + 1}` });
-    remove.addEventListener("click", () => { editor.points.splice(index, 1); renderPoints(); schedulePreview(); });
+    remove.addEventListener("click", () => {
+      editor.points.splice(index, 1);
+      renderPoints();
+      schedulePreview();
+      // The button went with its point: keep a keyboard user in the list (the next point's Remove, or the photo).
+      const next = $("hint-points").querySelectorAll("button")[Math.min(index, editor.points.length - 1)];
+      (next || canvas).focus();
+    });
     return el("li", {}, el("span", { text: `Point ${index + 1} at ${point.x}, ${point.y}` }),
       el("label", { for: colour.id, text: "colour" }), colour,
       el("label", { for: radius.id, text: "radius" }), radius, remove);
