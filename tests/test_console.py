@@ -2,8 +2,9 @@
 real worker, Redis and moto S3 behind it). One walk-through, tests/browser/console.mjs, driven by Puppeteer
 (Chromium over the DevTools protocol, Firefox over WebDriver BiDi): it signs in from the URL ``make serve`` prints,
 uploads a photo and a film through the new-job form, watches both finish, moves a before/after slider with the
-keyboard, a click and a drag, places colour hints by mouse and keyboard, finds the film's frame strip, and reads
-what a submission that failed half-way says. A screenshot is saved when anything fails.
+keyboard, a click and a drag, places, recolours and removes colour hints, finds the film's frame strip, colorizes a
+collection with an unreadable photo, cancels a film, and reads what a submission that failed half-way says. A
+screenshot is saved when anything fails.
 
 Playwright for Python drove Chromium here until 2026-12-06; it reaches Firefox only through a patched build of its
 own, or over BiDi with commands Firefox ESR does not have yet, and Puppeteer drives Debian's own builds of both."""
@@ -54,10 +55,17 @@ def test_console_uploads_a_photo_and_a_film_watches_them_finish_and_compares_bef
     second_photo = tmp_path / "second.png"
     second_photo.write_bytes(gray_png(5, 120, 80))
     film = write_clip(tmp_path / "reel.mkv", gray_frames(moving_scene(24, 96, 64)), gop=6, bframes=0).path
+    # Long enough (50 s, about a hundred segments) to be cancelled before it finishes.
+    long_film = write_clip(tmp_path / "long.mkv", gray_frames(moving_scene(1200, 96, 64)), gop=24, bframes=0).path
+    # A collection in the user's own input prefix: one photo, and one file that only claims to be one.
+    user = USERS[browser]
+    for key, body in ((f"{user}/album/fine.png", gray_png(6)), (f"{user}/album/broken.png", b"not a PNG")):
+        stack.s3.client().put_object(Bucket="scans", Key=key, Body=body)
     screenshot = tmp_path_factory.getbasetemp() / f"console-failure-{browser}.png"
-    run = {"browser": browser, "executable": executable, "url": stack.url, "token": stack.tokens[USERS[browser]],
-           "user": USERS[browser], "model": str(stack.model), "photo": str(photo), "secondPhoto": str(second_photo),
-           "film": str(film), "screenshot": str(screenshot), "jobTimeoutMs": JOB_TIMEOUT_S * 1000}
+    run = {"browser": browser, "executable": executable, "url": stack.url, "token": stack.tokens[user], "user": user,
+           "model": str(stack.model), "photo": str(photo), "secondPhoto": str(second_photo), "film": str(film),
+           "longFilm": str(long_film), "collection": f"s3://scans/{user}/album/", "screenshot": str(screenshot),
+           "jobTimeoutMs": JOB_TIMEOUT_S * 1000}
     walk = subprocess.run([NODE, str(BROWSER_TESTS / "console.mjs"), json.dumps(run)], capture_output=True, text=True,
                           timeout=WALK_TIMEOUT_S, env=dict(os.environ, NODE_OPTIONS=""))
     print(walk.stdout, walk.stderr)

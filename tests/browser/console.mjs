@@ -1,8 +1,8 @@
 // The console's walk-through in a real browser, driven by Puppeteer: Chromium over the DevTools protocol, Firefox
 // over WebDriver BiDi, one scenario for both. tests/test_console.py starts the stack (Redis, moto S3, a worker,
 // tinct serve), writes the photo and the film, and runs this with one JSON argument:
-//   {browser: "chrome" | "firefox", executable, url, user, token, model, photo, secondPhoto, film, screenshot,
-//    jobTimeoutMs}
+//   {browser: "chrome" | "firefox", executable, url, user, token, model, photo, secondPhoto, film, longFilm,
+//    collection, screenshot, jobTimeoutMs}
 // It prints one line per step; any failure, or a JavaScript error on the page, exits 1 after a full-page screenshot.
 import puppeteer from "puppeteer-core";
 
@@ -200,6 +200,35 @@ async function scenario(page, step) {
   await until(page, "the film's first colorized frame",
     () => document.querySelector("figure.compare img.after").src.startsWith("blob:"), [], PREVIEW_TIMEOUT_MS);
   step("the film's strip shows six before/after frames");
+
+  // A collection named by its URI, one of its photos unreadable: the job succeeds and lists what failed.
+  await (await linkNamed(page, "nav", "New job")).click();
+  await until(page, "the new-job form", () => !document.querySelector("#view-new").hidden);
+  await page.click("#source-uri");
+  await page.type("#input-uri", run.collection);
+  await page.click("#new-submit");
+  await until(page, "the collection to finish", () => document.querySelector("#job-title").textContent === "album/"
+    && document.querySelector("#job-state").textContent === "succeeded", [], run.jobTimeoutMs);
+  const partly = await text(page, "#job-error");
+  check(partly === "Finished, but 1 of 2 files failed:", `the collection's error line reads ${partly}`);
+  const failure = await text(page, "#job-failures li");
+  check(failure.startsWith("broken.png: "), `the collection's failure reads ${failure}`);
+  step("a collection with an unreadable photo finishes and lists it");
+
+  // A film cancelled while it runs (or waits) is stopped, not failed, and can be cancelled only once.
+  await (await linkNamed(page, "nav", "New job")).click();
+  await until(page, "the new-job form", () => !document.querySelector("#view-new").hidden);
+  await page.click("#source-upload");
+  await (await page.$("#files")).uploadFile(run.longFilm);
+  await page.click("#new-submit");
+  await until(page, "the film's Cancel button", () => document.querySelector("#job-title").textContent === "long.mkv"
+    && !document.querySelector("#job-cancel").hidden, [], 30_000);
+  await page.click("#job-cancel");
+  await until(page, "the film to stop", () => document.querySelector("#job-state").textContent === "cancelled");
+  const stopped = await text(page, "#job-error");
+  check(stopped === "Stopped: cancelled by request", `the cancelled film's line reads ${stopped}`);
+  check(await page.$eval("#job-cancel", (node) => node.hidden), "a cancelled job still offers Cancel");
+  step("a film cancelled from its page is stopped");
 
   // A submission that fails half-way (the queue lost between two jobs, played here by answering the second
   // POST /jobs as the API does then) says which jobs were queued, so that submitting again does not queue them twice.

@@ -184,9 +184,19 @@ function renderJob(job) {
   bar.value = job.state === "succeeded" ? bar.max : job.progress.done;
   $("job-progress-text").textContent = progressText(job);
   $("job-cancel").hidden = FINISHED.includes(job.state);
-  $("job-error").hidden = !job.error;
-  $("job-error").textContent = job.error ? "Failed: " + job.error : "";
+  $("job-error").textContent = jobErrorText(job);
+  $("job-error").hidden = !$("job-error").textContent;
   $("job-failures").replaceChildren(...job.failures.map((f) => el("li", { text: `${nameOf(f.item)}: ${f.reason}` })));
+}
+
+// A cancelled job was stopped, not failed; a collection that succeeded with some files failed lists them below.
+function jobErrorText(job) {
+  if (job.state === "failed") return "Failed: " + job.error;
+  if (job.state === "cancelled") return "Stopped: " + job.error;
+  if (job.state === "succeeded" && job.failures.length) {
+    return `Finished, but ${job.failures.length} of ${job.progress.total} ${job.progress.unit} failed:`;
+  }
+  return "";
 }
 
 async function followEvents(jobId, onJob) {
