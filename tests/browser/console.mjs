@@ -58,16 +58,19 @@ function centreColour() {
   return sum.map((v) => v / (data.length / 4));
 }
 
-async function scenario(page, step) {
-  await page.goto(`${run.url}/#token=${run.token}`);
-  await until(page, "the signed-in name", (user) => document.querySelector("#who-name").textContent === `Signed in as ${user}`,
-    [run.user]);
-  check(!page.url().includes(run.token), "the token stayed in the address bar");
-  step("signed in from the URL; the token left the address bar");
+async function signedIn(page, how) {
+  await until(page, `the signed-in name, ${how}`,
+    (user) => document.querySelector("#who-name").textContent === `Signed in as ${user}`, [run.user]);
+  check(!page.url().includes(run.token), `the token stayed in the address bar, ${how}`);
+}
 
-  // Keyboard first: the skip link is the first stop.
-  await page.keyboard.press("Tab");
-  check(await page.evaluate(focusedMatches, "a.skip"), "the first Tab stop is not the skip link");
+async function scenario(browser, page, step) {
+  // The URL `make serve` prints, pasted into a tab already on the console: a hash change, not a load.
+  await page.goto(`${run.url}/`);
+  await until(page, "the sign-in page", () => !document.querySelector("#view-signin").hidden);
+  await page.goto(`${run.url}/#token=${run.token}`);
+  await signedIn(page, "pasted into an open console");
+  step("signed in from the URL pasted into an open console; the token left the address bar");
   await (await linkNamed(page, "nav", "New job")).click();
   await until(page, "the new-job form's output default",
     (user) => document.querySelector("#output-uri").value === `s3://colour/results/${user}/`, [run.user]);
@@ -256,6 +259,17 @@ async function scenario(page, step) {
   await page.type("#opt-model", " ");
   check(await page.$eval("#new-error", (node) => node.hidden), "the error stayed beside a changed form");
   step("a submission that fails half-way names the jobs it queued; the error leaves when the form changes");
+
+  // The same URL opened in a new tab (a first load, no token kept for that tab): signed in, the token gone, and,
+  // keyboard first, the skip link is the first Tab stop.
+  const tab = await browser.newPage();
+  tab.on("pageerror", (error) => errors.push(String(error.message || error)));
+  await tab.setViewport({ width: 1366, height: 768 });
+  await tab.goto(`${run.url}/#token=${run.token}`);
+  await signedIn(tab, "opened in a new tab");
+  await tab.keyboard.press("Tab");
+  check(await tab.evaluate(focusedMatches, "a.skip"), "the first Tab stop is not the skip link");
+  step("signed in from the URL in a new tab; the skip link is the first Tab stop");
 }
 
 const browser = await puppeteer.launch(run.browser === "firefox"
@@ -268,7 +282,7 @@ await page.setViewport({ width: 1366, height: 768 }); // a laptop screen
 let status = 0;
 try {
   console.log(`${run.browser} ${await browser.version()}`);
-  await scenario(page, (line) => console.log(`ok: ${line}`));
+  await scenario(browser, page, (line) => console.log(`ok: ${line}`));
   check(errors.length === 0, `JavaScript errors on the page: ${errors.join("; ")}`);
 } catch (error) {
   status = 1;

@@ -89,8 +89,19 @@ function stopLive() {
   state.blobs = [];
 }
 
+// `make serve` prints a URL with the token in its fragment (#token=...). It arrives on the first load, or as a
+// hash change when pasted into a tab already on the console: either way it leaves the address bar at once.
+async function signInFromAddress() {
+  const fragment = location.hash.match(/^#token=([^&]+)/);
+  if (!fragment) return false;
+  history.replaceState(null, "", location.pathname + "#/jobs");
+  await signIn(decodeURIComponent(fragment[1]));
+  return true;
+}
+
 async function route(event) {
   stopLive();
+  await signInFromAddress();
   if (!state.token) { show("signin"); $("token").focus(); return; }
   const hash = location.hash || "#/jobs";
   const match = hash.match(/^#\/jobs\/([0-9a-f]{24})$/);
@@ -555,12 +566,7 @@ async function submitNew(event) {
 // ------------------------------------------------------------------------------------------------------ start
 
 async function start() {
-  const fragment = location.hash.match(/^#token=([^&]+)/);
-  if (fragment) {
-    const token = decodeURIComponent(fragment[1]);
-    history.replaceState(null, "", location.pathname + "#/jobs");  // the token leaves the address bar at once
-    await signIn(token);
-  } else {
+  if (!(await signInFromAddress())) {
     const saved = sessionStorage.getItem("tinct-token");
     if (saved) await signIn(saved);
   }
