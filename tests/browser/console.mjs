@@ -4,7 +4,11 @@
 //   {browser: "chrome" | "firefox", executable, url, user, token, model, photo, secondPhoto, film, longFilm,
 //    collection, screenshot, jobTimeoutMs}
 // It prints one line per step; any failure, or a JavaScript error on the page, exits 1 after a full-page screenshot.
+import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import puppeteer from "puppeteer-core";
+
+const AXE_SOURCE = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
 
 const run = JSON.parse(process.argv[2]);
 const PREVIEW_TIMEOUT_MS = 30_000; // previews are made on demand: seconds on a busy 2-core machine
@@ -35,6 +39,18 @@ async function until(page, what, fn, args = [], timeout = STEP_TIMEOUT_MS) {
     throw new Failure(`timed out after ${timeout} ms waiting for ${what}`);
   }
 }
+
+// axe-core's rules (WCAG 2 A and AA, and its best practices) on the view on screen; hidden views are skipped by axe
+// itself. Injected through the driver, which the page's Content-Security-Policy does not govern.
+async function accessible(page, view) {
+  if (await page.evaluate(() => typeof window.axe === "undefined")) await page.evaluate(AXE_SOURCE);
+  const violations = await page.evaluate(async () => (await window.axe.run(document, { resultTypes: ["violations"] }))
+    .violations.map((v) => `${v.id} (${v.impact}) at ${v.nodes.slice(0, 3).map((n) => n.target.join(" ")).join(", ")}: `
+      + (v.nodes[0].failureSummary || v.help).replace(/\s+/g, " ")));
+  check(violations.length === 0, `axe-core on ${view}: ${violations.join("; ")}`);
+  audited.push(view);
+}
+const audited = [];
 
 const text = (page, selector) => page.$eval(selector, (node) => node.textContent.trim());
 const focusedMatches = (selector) => document.activeElement && document.activeElement.matches(selector);
@@ -68,6 +84,7 @@ async function scenario(browser, page, step) {
   // The URL `make serve` prints, pasted into a tab already on the console: a hash change, not a load.
   await page.goto(`${run.url}/`);
   await until(page, "the sign-in page", () => !document.querySelector("#view-signin").hidden);
+  await accessible(page, "the sign-in page");
   await page.goto(`${run.url}/#token=${run.token}`);
   await signedIn(page, "pasted into an open console");
   step("signed in from the URL pasted into an open console; the token left the address bar");
@@ -87,6 +104,7 @@ async function scenario(browser, page, step) {
   await until(page, "both jobs to succeed", () => document.querySelectorAll("#jobs-body .badge.succeeded").length === 2,
     [], run.jobTimeoutMs);
   check(await page.evaluate(focusedMatches, "#jobs-body tr:first-child a"), "the live updates took the focus");
+  await accessible(page, "the jobs list");
   step("both jobs succeeded; the focus stayed on the list");
 
   // The photo: a before/after slider, moved with the keyboard, by a click and by a drag on the picture.
@@ -119,6 +137,7 @@ async function scenario(browser, page, step) {
   check(dragged >= 69 && dragged <= 71, `a drag to 70% of the picture left the slider at ${dragged}`);
   await until(page, "the download of portrait.png", () => [...document.querySelectorAll("#results a, #results button")]
     .some((node) => node.textContent.trim() === "Download portrait.png"));
+  await accessible(page, "a photo's page");
   step("the before/after slider follows the keyboard, a click and a drag");
 
   // The hint editor: the model's own preview, then a red point placed by mouse turns that spot red.
@@ -172,6 +191,7 @@ async function scenario(browser, page, step) {
   }, [], 30_000);
   const greened = await page.evaluate(centreColour);
   check(greened[1] - greened[0] > 20 && greened[1] - greened[2] > 20, `the recoloured spot is not green: ${greened}`);
+  await accessible(page, "the hint editor");
   // Removing a point by keyboard leaves the focus in the list, on the next point's Remove.
   await page.focus("#hint-points li:nth-child(1) button");
   await page.keyboard.press("Enter");
@@ -202,6 +222,7 @@ async function scenario(browser, page, step) {
     === "Before and after, frame by frame" && document.querySelectorAll("figure.compare").length === 6);
   await until(page, "the film's first colorized frame",
     () => document.querySelector("figure.compare img.after").src.startsWith("blob:"), [], PREVIEW_TIMEOUT_MS);
+  await accessible(page, "a film's page");
   step("the film's strip shows six before/after frames");
 
   // A collection named by its URI, one of its photos unreadable: the job succeeds and lists what failed.
@@ -216,6 +237,7 @@ async function scenario(browser, page, step) {
   check(partly === "Finished, but 1 of 2 files failed:", `the collection's error line reads ${partly}`);
   const failure = await text(page, "#job-failures li");
   check(failure.startsWith("broken.png: "), `the collection's failure reads ${failure}`);
+  await accessible(page, "a collection's page with a failure");
   step("a collection with an unreadable photo finishes and lists it");
 
   // A film cancelled while it runs (or waits) is stopped, not failed, and can be cancelled only once.
@@ -226,11 +248,13 @@ async function scenario(browser, page, step) {
   await page.click("#new-submit");
   await until(page, "the film's Cancel button", () => document.querySelector("#job-title").textContent === "long.mkv"
     && !document.querySelector("#job-cancel").hidden, [], 30_000);
+  await accessible(page, "an unfinished job's page");
   await page.click("#job-cancel");
   await until(page, "the film to stop", () => document.querySelector("#job-state").textContent === "cancelled");
   const stopped = await text(page, "#job-error");
   check(stopped === "Stopped: cancelled by request", `the cancelled film's line reads ${stopped}`);
   check(await page.$eval("#job-cancel", (node) => node.hidden), "a cancelled job still offers Cancel");
+  await accessible(page, "a cancelled job's page");
   step("a film cancelled from its page is stopped");
 
   // A submission that fails half-way (the queue lost between two jobs, played here by answering the second
@@ -256,6 +280,7 @@ async function scenario(browser, page, step) {
   const halfWay = await text(page, "#new-error");
   check(halfWay === "1 of 2 jobs submitted (see Jobs); the others were not: queue: job queue unreachable; retry later",
     `the half-way error reads ${halfWay}`);
+  await accessible(page, "the new-job form with an error");
   await page.type("#opt-model", " ");
   check(await page.$eval("#new-error", (node) => node.hidden), "the error stayed beside a changed form");
   step("a submission that fails half-way names the jobs it queued; the error leaves when the form changes");
@@ -270,6 +295,7 @@ async function scenario(browser, page, step) {
   await tab.keyboard.press("Tab");
   check(await tab.evaluate(focusedMatches, "a.skip"), "the first Tab stop is not the skip link");
   step("signed in from the URL in a new tab; the skip link is the first Tab stop");
+  step(`axe-core found nothing on ${audited.length} views: ${audited.join(", ")}`);
 }
 
 const browser = await puppeteer.launch(run.browser === "firefox"
