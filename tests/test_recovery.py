@@ -456,6 +456,41 @@ def test_a_tasks_pipeline_threads_count_as_its_progress_and_stop_once_its_piece_
     assert len(failures) == 1
 
 
+def test_a_tasks_threads_stop_at_the_next_frame_once_its_job_has_ended_and_a_late_commit_adds_no_progress(
+        redis_server):
+    """A segment whose job is cancelled (or fails) while it runs stops at its next frame once the worker's heartbeat
+    has seen the job end, instead of colorizing the rest of the segment for nothing; a piece committed after its
+    job ended leaves the job's progress as it was at the end."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.hset("tinct:job:job-2", mapping={"state": "running", "done": "12", "total": "48"})
+    heartbeat = liveness.Heartbeat(DEFAULTS, client, lambda *task: "new", node="w@host")
+    heartbeat.hold("task-2", "tinct.colorize_segment", ["job-2", 12], "segments", "job-2", "segment-000012", "", None)
+    task = liveness.TaskLiveness(heartbeat, threading.get_ident())
+    lease = liveness.Leases(client, DEFAULTS).take("job-2", "segment-000012")
+    assert lease is not None
+    heartbeat.tick()
+    task.check_held()  # the job is running: nothing raised
+    client.hset("tinct:job:job-2", "state", "cancelled")
+    task.check_held()  # not known before the next beat: the task's frames never wait on Redis
+    heartbeat.tick()
+    failures: list[BaseException] = []
+
+    def next_frame() -> None:  # the pipeline's encode thread
+        try:
+            task.check_held()
+        except liveness.JobEnded as exc:
+            failures.append(exc)
+
+    stage = threading.Thread(target=next_frame)
+    stage.start()
+    stage.join()
+    assert len(failures) == 1
+    # A segment that finished before it could see the cancel still commits (its file is removed by the cleanup),
+    # but its 12 frames are not counted: a cancelled job does not show itself further along than it got.
+    assert lease.commit(12, "segment-000012.mkv") == 1
+    assert client.hget("tinct:job:job-2", "done") == b"12"
+
+
 def test_a_worker_that_leaves_is_not_put_back_in_the_set_of_workers_by_a_beat_in_flight(redis_server):
     """Leaving (a clean stop, or a SIGTERM's grace running out) hands the pieces back and takes the worker out of the
     set of workers; a beat its heartbeat thread is in the middle of must land before that, not after, or the worker

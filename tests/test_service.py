@@ -29,6 +29,7 @@ from tests.services import (
     s3_settings,
     wait_for_job,
 )
+from worker import liveness, work
 from worker.cli import main
 from worker.jobs import JobSpec, JobSpecError
 from worker.service import Service
@@ -163,6 +164,66 @@ def test_cancelling_a_running_film_removes_its_staged_segments(service_env, tmp_
     time.sleep(2)  # the queued segments arrive at the worker, which skips them: still nothing
     assert keys(s3, "colour") == [] and client.get(job_id).state == "cancelled"
     assert "tinct.join_film" in worker.text()
+
+
+def test_cancelling_a_film_stops_its_running_segment_at_a_frame_and_keeps_its_progress(service_env, tmp_path):
+    """A segment running when its film is cancelled stops within a heartbeat instead of colorizing the rest of it
+    for nothing, and the job's progress stays where the cancel left it."""
+    client, start_worker, s3, redis_server, model = service_env
+    clip = write_clip(tmp_path / "one-segment.mkv", gray_frames(moving_scene(1200, 96, 64)), gop=24, bframes=0)
+    put_object(s3, "s3://scans/one-segment.mkv", clip.path.read_bytes())
+    # One segment for the whole film, and a heartbeat every 0.5 s (the default's 5 s would only make this slower).
+    worker = start_worker(segment_seconds=600, heartbeat_interval_s=0.5, liveness_window_s=2)
+    job_id, _ = client.submit(spec("s3://scans/one-segment.mkv", "s3://colour/films/", model, codec="ffv1"))
+    redis = redis_server.client()
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while not [held for held in liveness.held_pieces(redis, 2, job_id) if held.piece.startswith("segment-")]:
+        assert time.monotonic() < deadline and client.get(job_id).state in ("queued", "running"), client.get(job_id)
+        time.sleep(0.02)  # the segment is under way (the plan has been done: it is not held any more)
+    began = time.monotonic()
+    assert client.cancel(job_id).state == "cancelled"
+    deadline = time.monotonic() + 30
+    while "the job has ended" not in worker.text():
+        assert time.monotonic() < deadline, worker.log_tail()
+        time.sleep(0.05)
+    print(f"segment stopped {time.monotonic() - began:.1f} s after the cancel")
+    stopped = re.search(r"segment-0+ of job \w+ stopped after (\d+) of its (\d+) frames", worker.text())
+    assert stopped is not None and int(stopped[1]) < int(stopped[2]) == 1200, worker.log_tail()
+    record = client.get(job_id)
+    assert record.state == "cancelled" and record.done == 0 and record.total == 1200
+    assert keys(s3, "colour") == []
+
+
+def test_a_cancel_that_lands_while_a_film_is_planned_stands(service_env, tmp_path):
+    """Planning reads the whole film (minutes, for a long one in S3): a cancel that lands meanwhile must stand. The
+    plan used to write 'running' over it and queue every segment, colorizing a film its user had cancelled."""
+    client, _, s3, _, model = service_env
+    clip = write_clip(tmp_path / "reel.mkv", gray_frames(moving_scene(24, 96, 64)), gop=6, bframes=0)
+    put_object(s3, "s3://scans/planned.mkv", clip.path.read_bytes())
+    job_id, _ = client.submit(spec("s3://scans/planned.mkv", "s3://colour/films/", model))  # no worker: it waits
+
+    class CancelledWhileRead(work.Runtime):
+        def film(self, uri: str):
+            read = super().film(uri)
+            client.cancel(job_id)  # the user's cancel, landing while the plan reads the film
+            return read
+
+    queued: list[dict] = []
+
+    class Queues:
+        def photos(self, job_id: str, piece: str, inputs: list[str]) -> None:
+            raise AssertionError("a film job queued photos")
+
+        def segment(self, job_id: str, segment: dict) -> None:
+            queued.append(segment)
+
+        def join(self, job_id: str) -> None:
+            raise AssertionError("a plan joined")
+
+    work.plan_job(CancelledWhileRead(client.settings), job_id, Queues())
+    record = client.get(job_id)
+    assert record.state == "cancelled" and record.error == "cancelled by request"
+    assert queued == []  # nothing of the film is colorized
 
 
 def test_bad_jobs_fail_clearly_and_the_worker_keeps_serving(service_env):

@@ -143,14 +143,18 @@ return false
 """
 
 # KEYS: lease, done set, job hash, parts hash, deaths hash, leases set. ARGV: token, piece, amount done, part name.
-# Returns the number of pieces done, or -1 when the lease is no longer this holder's (the result is discarded).
+# Returns the number of pieces done, or -1 when the lease is no longer this holder's (the result is discarded). A
+# job that has finished meanwhile (cancelled, failed) keeps the progress it had: its frames or files are not added.
 _COMMIT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[6], KEYS[1])
 if redis.call('SADD', KEYS[2], ARGV[2]) == 0 then return -1 end
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[4], ARGV[2], ARGV[4]) end
-redis.call('HINCRBYFLOAT', KEYS[3], 'done', ARGV[3])
+local state = redis.call('HGET', KEYS[3], 'state')
+if state ~= 'succeeded' and state ~= 'failed' and state ~= 'cancelled' then
+  redis.call('HINCRBYFLOAT', KEYS[3], 'done', ARGV[3])
+end
 redis.call('HDEL', KEYS[5], ARGV[2])
 return redis.call('SCARD', KEYS[2])
 """
@@ -281,6 +285,7 @@ class _Held:
     thread: int
     last_progress: float = field(default_factory=time.monotonic)
     lost: bool = False  # this worker was declared dead while holding it: another worker has the piece
+    ended: bool = False  # its job was cancelled or failed while it ran: whatever the task makes is thrown away
 
     @property
     def field(self) -> str:
@@ -361,6 +366,7 @@ class Heartbeat:
                     not self._outage_seen and self._redis_uptime_s() >= self.window_s):
                 self.reap_silent(now)
             self.drain()
+            self.note_ended_jobs()
         except redis.RedisError as exc:
             self._outage_seen = True
             if self._healthy_since is not None:
@@ -503,6 +509,26 @@ class Heartbeat:
         with self._lock:
             return any(h.lost for h in self._held.values() if h.thread == thread)
 
+    def note_ended_jobs(self) -> None:
+        """Mark the held pieces whose job was cancelled or failed since they started (one round trip a beat, only
+        while holding), so that their tasks stop at the next frame instead of finishing work that is thrown away."""
+        with self._lock:
+            held = [h for h in self._held.values() if not h.lost and not h.ended and h.job_id]
+        if not held:
+            return
+        with self.redis.pipeline(transaction=False) as pipe:
+            for h in held:
+                pipe.hget(f"{KEY_PREFIX}job:{h.job_id}", "state")
+            states = pipe.execute()
+        with self._lock:
+            for h, state in zip(held, states, strict=True):
+                h.ended = state is not None and state.decode() in FINISHED
+
+    def job_ended(self, thread: int) -> bool:
+        """Whether the job of a piece held by the task running in ``thread`` has finished (known from the last beat)."""
+        with self._lock:
+            return any(h.ended for h in self._held.values() if h.thread == thread)
+
     def holding(self) -> bool:
         with self._lock:
             return any(not h.lost for h in self._held.values())
@@ -568,11 +594,16 @@ class HandedOver(Exception):
     """The task's piece went to another worker while this one was silent: whatever it was making is discarded."""
 
 
+class JobEnded(Exception):
+    """The task's job was cancelled or failed while the task ran: whatever it was making is discarded."""
+
+
 @dataclass(frozen=True)
 class TaskLiveness:
     """One task's liveness, for the threads it starts: a film segment's pipeline stages run in threads of their own,
     so a frame written there must count as the task's progress, and a worker resumed after a long pause (SIGSTOP, a
-    frozen VM) must stop its stale segment at the next frame instead of finishing work another worker is redoing."""
+    frozen VM) must stop its stale segment at the next frame instead of finishing work another worker is redoing;
+    so must a segment whose job was cancelled or failed meanwhile, instead of finishing work that is thrown away."""
 
     heartbeat: Heartbeat | None
     thread: int
@@ -582,9 +613,13 @@ class TaskLiveness:
             self.heartbeat.progress(self.thread)
 
     def check_held(self) -> None:
-        """Raise HandedOver once the task's piece belongs to another worker."""
-        if self.heartbeat is not None and self.heartbeat.handed_over(self.thread):
+        """Raise HandedOver once the task's piece belongs to another worker, JobEnded once its job has finished."""
+        if self.heartbeat is None:
+            return
+        if self.heartbeat.handed_over(self.thread):
             raise HandedOver
+        if self.heartbeat.job_ended(self.thread):
+            raise JobEnded
 
 
 def this_task() -> TaskLiveness:

@@ -215,9 +215,10 @@ def _photo_batches(settings: Settings, inputs: list[tuple[str, int]]) -> list[li
 
 def _plan_photos(rt: Runtime, record: JobRecord, inputs: list[tuple[str, int]], enqueue: Enqueue) -> None:
     batches = _photo_batches(rt.settings, inputs)
-    if record.state == "queued":
-        rt.store.update(record.id, state="running", unit="files", total=len(inputs), done=0, pieces=len(batches),
-                        started=time.time())
+    if record.state == "queued" and not rt.store.update_unless_finished(
+            record.id, state="running", unit="files", total=len(inputs), done=0, pieces=len(batches),
+            started=time.time()):
+        return  # cancelled while the collection was listed
     for index, batch in enumerate(batches):
         piece = f"photos-{index:06d}"
         if not rt.store.piece_done(record.id, piece):
@@ -235,9 +236,11 @@ def _plan_film(rt: Runtime, record: JobRecord, enqueue: Enqueue) -> None:
     segments = plan_segments(film, _segment_frames(rt.settings, film), warmup_frames(options["smoothing"]))
     rt.redis.set(f"tinct:job:{record.id}:segments", json.dumps([s.as_dict() for s in segments]),
                  ex=rt.settings.job_ttl_s)
-    if record.state == "queued":
-        rt.store.update(record.id, state="running", unit="frames", total=film.frames, done=0,
-                        pieces=len(segments), started=time.time())
+    # Compared, not overwritten: a cancel that landed while the film was read (minutes, for a long one in S3) stands.
+    if record.state == "queued" and not rt.store.update_unless_finished(
+            record.id, state="running", unit="frames", total=film.frames, done=0, pieces=len(segments),
+            started=time.time()):
+        return
     for segment in segments:
         if not rt.store.piece_done(record.id, segment_piece(segment)):
             enqueue.segment(record.id, segment.as_dict())
@@ -430,6 +433,10 @@ def _colorize_segment(rt: Runtime, spec: JobSpec, segment: Segment, lease: Lease
                                     segment.stop, segment.warmup, references)
     except liveness.HandedOver:  # the partial file is gone with atomic_path
         _discarded(lease, f"stopped after {written} of its {segment.frames} frames")
+        return False
+    except liveness.JobEnded:  # cancelled or failed meanwhile: its cleanup join removes what was staged before
+        logger.info("%s of job %s stopped after %d of its %d frames: the job has ended", piece, lease.job_id,
+                    written, segment.frames)
         return False
     if not lease.held():
         local.unlink(missing_ok=True)
