@@ -3,8 +3,9 @@ real worker, Redis and moto S3 behind it). One walk-through, tests/browser/conso
 (Chromium over the DevTools protocol, Firefox over WebDriver BiDi): it signs in from the URL ``make serve`` prints
 (pasted into an open console, and in a new tab), uploads a photo and a film through the new-job form, watches both
 finish, moves a before/after slider with the keyboard, a click and a drag, places, recolours and removes colour
-hints, finds the film's frame strip, colorizes a collection with an unreadable photo, cancels a film, and reads what
-a submission that failed half-way says. A screenshot is saved when anything fails.
+hints, finds the film's frame strip, colorizes a collection with an unreadable photo, cancels a film, reads what a
+submission that failed half-way says, and looks at two views on a phone's width. A screenshot is saved when anything
+fails.
 
 Playwright for Python drove Chromium here until 2026-12-06; it reaches Firefox only through a patched build of its
 own, or over BiDi with commands Firefox ESR does not have yet, and Puppeteer drives Debian's own builds of both."""
@@ -70,4 +71,4 @@ def test_console_uploads_a_photo_and_a_film_watches_them_finish_and_compares_bef
                           timeout=WALK_TIMEOUT_S, env=dict(os.environ, NODE_OPTIONS=""))
     print(walk.stdout, walk.stderr)
     assert walk.returncode == 0, f"the console's walk-through failed in {browser}:\n{walk.stdout}{walk.stderr}"
-    assert "ok: signed in from the URL in a new tab" in walk.stdout  # the walk's last step
+    assert "ok: the jobs list and a photo's page fit a phone's width" in walk.stdout  # the walk's last step

@@ -295,6 +295,16 @@ async function scenario(browser, page, step) {
   await tab.keyboard.press("Tab");
   check(await tab.evaluate(focusedMatches, "a.skip"), "the first Tab stop is not the skip link");
   step("signed in from the URL in a new tab; the skip link is the first Tab stop");
+
+  // On a phone the jobs list and a photo's page fit the screen's width: nothing to scroll sideways.
+  await tab.setViewport({ width: 390, height: 844 });
+  const fits = () => document.documentElement.scrollWidth <= document.documentElement.clientWidth;
+  await until(tab, "the jobs list to fit a phone's width", fits);
+  await (await linkNamed(tab, "#jobs-body", "portrait.png")).click();
+  await until(tab, "a photo's page on a phone", () => document.querySelector("figure.compare img.after")?.complete
+    && document.querySelector("figure.compare img.after").naturalWidth > 0, [], PREVIEW_TIMEOUT_MS);
+  await until(tab, "a photo's page to fit a phone's width", fits);
+  step("the jobs list and a photo's page fit a phone's width");
   step(`axe-core found nothing on ${audited.length} views: ${audited.join(", ")}`);
 }
 
