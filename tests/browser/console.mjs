@@ -1,6 +1,6 @@
 // The console's walk-through in a real browser, driven by Puppeteer: Chromium over the DevTools protocol, Firefox
 // over WebDriver BiDi, one scenario for both. tests/test_console.py starts the stack (Redis, moto S3, a worker,
-// tinct serve), writes the photo and the film, and runs this with one JSON argument:
+// tinct serve), writes the photos and films and puts a collection in its S3, and runs this with one JSON argument:
 //   {browser: "chrome" | "firefox", executable, url, user, token, model, photo, secondPhoto, film, longFilm,
 //    collection, screenshot, jobTimeoutMs}
 // It prints one line per step; any failure, or a JavaScript error on the page, exits 1 after a full-page screenshot.
@@ -30,7 +30,7 @@ function check(condition, message) {
   if (!condition) throw new Failure(message);
 }
 
-// Waits until fn(element...) holds in the page. Functions, not strings: a string would be eval'd in the page,
+// Waits until fn(...args) holds in the page. Functions, not strings: a string would be eval'd in the page,
 // which the console's Content-Security-Policy (no 'unsafe-eval') rightly refuses.
 async function until(page, what, fn, args = [], timeout = STEP_TIMEOUT_MS) {
   try {
