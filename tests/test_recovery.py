@@ -418,6 +418,22 @@ def test_redis_restarted_from_its_aof_while_a_dead_workers_piece_is_recovered(en
 # --- poison --------------------------------------------------------------------------------------------------
 
 
+def raised_at_the_next_frame(task: liveness.TaskLiveness) -> BaseException | None:
+    """What a segment's encode thread meets when it writes its next frame (its check of the piece), if anything."""
+    raised: list[BaseException] = []
+
+    def next_frame() -> None:
+        try:
+            task.check_held()
+        except Exception as exc:  # noqa: BLE001 - the caller says which it expects
+            raised.append(exc)
+
+    stage = threading.Thread(target=next_frame)
+    stage.start()
+    stage.join()
+    return raised[0] if raised else None
+
+
 def test_a_tasks_pipeline_threads_count_as_its_progress_and_stop_once_its_piece_is_handed_over(redis_server):
     """A film segment writes its frames from the pipeline's encode thread, not the task's: those frames must keep
     the piece from looking stalled, and once the worker learns its piece went to another (the first beat after a
@@ -442,18 +458,7 @@ def test_a_tasks_pipeline_threads_count_as_its_progress_and_stop_once_its_piece_
     client.zadd(liveness.WORKERS_KEY, {heartbeat.worker: 0})  # its last beat, long ago
     assert other.reap_silent(other.beat()) == [heartbeat.worker]
     heartbeat.beat()
-    failures: list[BaseException] = []
-
-    def next_frame() -> None:
-        try:
-            task.check_held()
-        except liveness.HandedOver as exc:
-            failures.append(exc)
-
-    stage = threading.Thread(target=next_frame)
-    stage.start()
-    stage.join()
-    assert len(failures) == 1
+    assert isinstance(raised_at_the_next_frame(task), liveness.HandedOver)
 
 
 def test_a_tasks_threads_stop_at_the_next_frame_once_its_job_has_ended_and_a_late_commit_adds_no_progress(
@@ -473,18 +478,7 @@ def test_a_tasks_threads_stop_at_the_next_frame_once_its_job_has_ended_and_a_lat
     client.hset("tinct:job:job-2", "state", "cancelled")
     task.check_held()  # not known before the next beat: the task's frames never wait on Redis
     heartbeat.tick()
-    failures: list[BaseException] = []
-
-    def next_frame() -> None:  # the pipeline's encode thread
-        try:
-            task.check_held()
-        except liveness.JobEnded as exc:
-            failures.append(exc)
-
-    stage = threading.Thread(target=next_frame)
-    stage.start()
-    stage.join()
-    assert len(failures) == 1
+    assert isinstance(raised_at_the_next_frame(task), liveness.JobEnded)
     # A segment that finished before it could see the cancel still commits (its file is removed by the cleanup),
     # but its 12 frames are not counted: a cancelled job does not show itself further along than it got.
     assert lease.commit(12, "segment-000012.mkv") == 1

@@ -74,6 +74,14 @@ function centreColour() {
   return sum.map((v) => v / (data.length / 4));
 }
 
+// The hint editor's preview numbers its requests: wait for the one after an edit to be shown, whole.
+async function previewShown(page, serial, what) {
+  await until(page, what, (wanted) => {
+    const preview = document.querySelector("#hint-preview");
+    return preview.dataset.serial === String(wanted) && preview.complete;
+  }, [serial], 30_000);
+}
+
 async function signedIn(page, how) {
   await until(page, `the signed-in name, ${how}`,
     (user) => document.querySelector("#who-name").textContent === `Signed in as ${user}`, [run.user]);
@@ -158,10 +166,7 @@ async function scenario(browser, page, step) {
   await until(page, "the first point", () => document.querySelectorAll("#hint-points li").length === 1);
   const first = await text(page, "#hint-points li:nth-child(1)");
   check(first.includes("Point 1 at 120, 80"), `the first point reads ${first}`);
-  await until(page, "the preview with the point", () => {
-    const preview = document.querySelector("#hint-preview");
-    return preview.dataset.serial === "2" && preview.complete;
-  }, [], 30_000);
+  await previewShown(page, 2, "the preview with the point");
   const [red, green, blue] = await page.evaluate(centreColour);
   check(red - green > 20 && red - blue > 20, `the hinted spot is not red: ${[red, green, blue]}`);
   // ... and the keyboard places one too: focus the photo, move the cross, press Enter.
@@ -173,10 +178,7 @@ async function scenario(browser, page, step) {
   await until(page, "the second point", () => document.querySelectorAll("#hint-points li").length === 2);
   const second = await text(page, "#hint-points li:nth-child(2)");
   check(second.includes("Point 2 at 96, 80"), `the second point reads ${second}`);
-  await until(page, "the preview with both points", () => {
-    const preview = document.querySelector("#hint-preview");
-    return preview.dataset.serial === "3" && preview.complete;
-  }, [], 30_000);
+  await previewShown(page, 3, "the preview with both points");
   // A point's own colour, changed as its picker does (an input event per change): the picker's input stays in the
   // page, so the picker stays open, and the preview follows.
   const stillThere = await page.$eval("#hint-colour-0", (node) => {
@@ -185,10 +187,7 @@ async function scenario(browser, page, step) {
     return node.isConnected;
   });
   check(stillThere, "changing a point's colour replaced its input (which closes the picker)");
-  await until(page, "the preview with the green point", () => {
-    const preview = document.querySelector("#hint-preview");
-    return preview.dataset.serial === "4" && preview.complete;
-  }, [], 30_000);
+  await previewShown(page, 4, "the preview with the green point");
   const greened = await page.evaluate(centreColour);
   check(greened[1] - greened[0] > 20 && greened[1] - greened[2] > 20, `the recoloured spot is not green: ${greened}`);
   await accessible(page, "the hint editor");
