@@ -197,6 +197,7 @@ function renderJob(job) {
   $("job-cancel").hidden = FINISHED.includes(job.state);
   $("job-error").textContent = jobErrorText(job);
   $("job-error").hidden = !$("job-error").textContent;
+  $("job-error").classList.toggle("stopped", job.state !== "failed");
   $("job-failures").replaceChildren(...job.failures.map((f) => el("li", { text: `${nameOf(f.item)}: ${f.reason}` })));
 }
 
