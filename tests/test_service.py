@@ -194,6 +194,33 @@ def test_cancelling_a_film_stops_its_running_segment_at_a_frame_and_keeps_its_pr
     assert keys(s3, "colour") == []
 
 
+def test_cancelling_a_collection_stops_its_running_batch_at_a_photo(service_env):
+    """A batch of photos running when its collection is cancelled writes no more of them once the worker's
+    heartbeat has seen the cancel (a batch may be minutes of photos: they are written straight to the output)."""
+    client, start_worker, s3, _, model = service_env
+    frame = next(gray_frames(moving_scene(1, 1280, 960)))
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="PNG")
+    for i in range(40):
+        put_object(s3, f"s3://scans/album/p{i:02d}.png", buffer.getvalue())
+    worker = start_worker(collection_batch=40, heartbeat_interval_s=0.5, liveness_window_s=2)  # one batch of 40
+    job_id, _ = client.submit(spec("s3://scans/album/", "s3://colour/album/", model))
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while not keys(s3, "colour"):  # the batch is writing its photos
+        assert time.monotonic() < deadline and client.get(job_id).state in ("queued", "running"), client.get(job_id)
+        time.sleep(0.02)
+    assert client.cancel(job_id).state == "cancelled"
+    deadline = time.monotonic() + 30
+    while "the job has ended" not in worker.text():
+        assert time.monotonic() < deadline, worker.log_tail()
+        time.sleep(0.05)
+    stopped = re.search(r"photos-0+ of job \w+ stopped after (\d+) of its (\d+) photos", worker.text())
+    assert stopped is not None and 0 < int(stopped[1]) < int(stopped[2]) == 40, worker.log_tail()
+    assert len(keys(s3, "colour")) == int(stopped[1])  # the photos written before the stop, and no more
+    record = client.get(job_id)
+    assert record.state == "cancelled" and record.done == 0
+
+
 def test_a_cancel_that_lands_while_a_film_is_planned_stands(service_env, tmp_path):
     """Planning reads the whole film (minutes, for a long one in S3): a cancel that lands meanwhile must stand. The
     plan used to write 'running' over it and queue every segment, colorizing a film its user had cancelled."""

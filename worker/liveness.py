@@ -612,13 +612,15 @@ class TaskLiveness:
         if self.heartbeat is not None:
             self.heartbeat.progress(self.thread)
 
+    def job_ended(self) -> bool:
+        """Whether the task's job was cancelled or failed while it ran (known from the last beat, no round trip)."""
+        return self.heartbeat is not None and self.heartbeat.job_ended(self.thread)
+
     def check_held(self) -> None:
         """Raise HandedOver once the task's piece belongs to another worker, JobEnded once its job has finished."""
-        if self.heartbeat is None:
-            return
-        if self.heartbeat.handed_over(self.thread):
+        if self.heartbeat is not None and self.heartbeat.handed_over(self.thread):
             raise HandedOver
-        if self.heartbeat.job_ended(self.thread):
+        if self.job_ended():
             raise JobEnded
 
 

@@ -148,11 +148,10 @@ class Service:
             return self.store.get(job_id)
 
     def cancel(self, job_id: str, reason: str = "cancelled by request") -> JobRecord | None:
-        """Mark a job cancelled with ``reason``: queued pieces are skipped when they arrive; a film segment already
-        running stops at its next frame once its worker's heartbeat sees the cancel (within a heartbeat interval),
-        another piece finishes but its job is not completed, and a film's segments staged so far are removed. The
-        job's progress stays where it was. A finished job is left as it is (atomically: a job finishing now stays
-        succeeded)."""
+        """Mark a job cancelled with ``reason``: queued pieces are skipped when they arrive; a piece already running
+        stops at its next frame or photo once its worker's heartbeat sees the cancel (within a heartbeat interval),
+        and a film's segments staged so far are removed. The job's progress stays where it was. A finished job is
+        left as it is (atomically: a job finishing now stays succeeded)."""
         with reaching_the_queue(self.settings):
             cancelled = self.store.update_unless_finished(job_id, state="cancelled", error=reason)
             record = self.store.get(job_id)

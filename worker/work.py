@@ -284,6 +284,7 @@ def colorize_photos(rt: Runtime, job_id: str, piece: str, inputs: Sequence[str])
         liveness.progress()
         rt.store.update(job_id, model_label=loaded.label)  # which version of a named model made the outputs
         scratch = rt.scratch(job_id)
+        task = liveness.this_task()
         done = 0
         for uri in inputs:
             began = time.perf_counter()
@@ -293,6 +294,10 @@ def colorize_photos(rt: Runtime, job_id: str, piece: str, inputs: Sequence[str])
                     continue
                 if not lease.held():
                     _discarded(lease)
+                    return
+                if task.job_ended():  # cancelled or failed meanwhile: no more photos written for it
+                    logger.info("%s of job %s stopped after %d of its %d photos: the job has ended", piece, job_id,
+                                done, len(inputs))
                     return
                 _colorize_one_photo(rt, loaded, uri, photo_output_uri(spec, uri), scratch, spec)
                 rt.store.mark_file_done(job_id, uri)
