@@ -248,13 +248,25 @@ async function scenario(browser, page, step) {
   await until(page, "the film's Cancel button", () => document.querySelector("#job-title").textContent === "long.mkv"
     && !document.querySelector("#job-cancel").hidden, [], 30_000);
   await accessible(page, "an unfinished job's page");
+  // Cancel asks first, with the safe answer focused: keeping the job changes nothing; stopping it cancels.
   await page.click("#job-cancel");
+  await until(page, "the question before cancelling", () => !document.querySelector("#job-cancel-confirm").hidden
+    && document.querySelector("#job-cancel").hidden);
+  check(await page.evaluate(focusedMatches, "#job-cancel-no"), "the safe answer is not focused");
+  await accessible(page, "the question before cancelling");
+  await page.keyboard.press("Enter");
+  await until(page, "the question to go", () => document.querySelector("#job-cancel-confirm").hidden
+    && !document.querySelector("#job-cancel").hidden);
+  check(await text(page, "#job-state") !== "cancelled", "keeping the job cancelled it");
+  await page.click("#job-cancel");
+  await until(page, "the question again", () => !document.querySelector("#job-cancel-confirm").hidden);
+  await page.click("#job-cancel-yes");
   await until(page, "the film to stop", () => document.querySelector("#job-state").textContent === "cancelled");
   const stopped = await text(page, "#job-error");
   check(stopped === "Stopped: cancelled by request", `the cancelled film's line reads ${stopped}`);
   check(await page.$eval("#job-cancel", (node) => node.hidden), "a cancelled job still offers Cancel");
   await accessible(page, "a cancelled job's page");
-  step("a film cancelled from its page is stopped");
+  step("a film cancelled from its page, after its question, is stopped");
 
   // A submission that fails half-way (the queue lost between two jobs, played here by answering the second
   // POST /jobs as the API does then) says which jobs were queued, so that submitting again does not queue them twice.

@@ -194,7 +194,9 @@ function renderJob(job) {
   bar.max = job.progress.total || 1;
   bar.value = job.state === "succeeded" ? bar.max : job.progress.done;
   $("job-progress-text").textContent = progressText(job);
-  $("job-cancel").hidden = FINISHED.includes(job.state);
+  // Cancel asks first (a film's work so far is discarded); live updates leave an open question as it is.
+  if (FINISHED.includes(job.state)) $("job-cancel-confirm").hidden = true;
+  $("job-cancel").hidden = FINISHED.includes(job.state) || !$("job-cancel-confirm").hidden;
   $("job-error").textContent = jobErrorText(job);
   $("job-error").hidden = !$("job-error").textContent;
   $("job-error").classList.toggle("stopped", job.state !== "failed");
@@ -237,13 +239,23 @@ async function followEvents(jobId, onJob) {
 
 async function jobView(jobId) {
   for (const id of ["previews", "results", "job-failures"]) $(id).replaceChildren();
-  for (const id of ["previews-title", "previews-hint", "results-title", "hints-link"]) $(id).hidden = true;
+  for (const id of ["previews-title", "previews-hint", "results-title", "hints-link", "job-cancel-confirm"]) {
+    $(id).hidden = true;
+  }
   let job;
   try { job = await apiJson("/jobs/" + jobId); } catch (e) { setStatus("Could not load the job: " + e.message); return; }
   renderJob(job);
-  $("job-cancel").onclick = async () => {
+  const askToCancel = (asking) => {
+    $("job-cancel-confirm").hidden = !asking;
+    $("job-cancel").hidden = asking;
+    $(asking ? "job-cancel-no" : "job-cancel").focus();  // the safe choice first, for a keyboard user
+  };
+  $("job-cancel").onclick = () => askToCancel(true);
+  $("job-cancel-no").onclick = () => askToCancel(false);
+  $("job-cancel-yes").onclick = async () => {
+    $("job-cancel-confirm").hidden = true;
     try { renderJob(await apiJson("/jobs/" + jobId, { method: "DELETE" })); setStatus("Job cancelled."); }
-    catch (e) { setStatus("Could not cancel: " + e.message); }
+    catch (e) { setStatus("Could not cancel: " + e.message); renderJob(job); }
   };
   if (!FINISHED.includes(job.state)) {
     try {
