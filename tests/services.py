@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -127,6 +127,19 @@ def get_object(s3: S3Server, uri: str) -> bytes:
 
 
 JOB_TIMEOUT_S = 120  # a service test's job, from submit to a final state, on a busy 2-core machine
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str | Callable[[], str],
+               poll: float = 0.1) -> object:
+    """``condition()``'s first true value within ``timeout``; else fail with ``what`` (a callable is asked at the
+    failure, so a worker's log it quotes is the log as the wait ended, not as it began)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"not within {timeout:.0f} s: {what() if callable(what) else what}")
 
 
 def wait_for_job(client, job_id: str, timeout: float = JOB_TIMEOUT_S):

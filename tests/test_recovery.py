@@ -39,6 +39,7 @@ from tests.services import (
     put_object,
     s3_settings,
     wait_for_job,
+    wait_until,
 )
 from worker import liveness
 from worker.cli import main
@@ -96,19 +97,6 @@ def env(tmp_path, redis_server, s3_server, tiny_checkpoint) -> Iterator[Env]:  #
         if worker.process.poll() is None:
             os.killpg(worker.process.pid, signal.SIGCONT)
             worker.kill()
-
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str | Callable[[], str],
-               poll: float = 0.1) -> object:
-    """``condition()``'s first true value within ``timeout``; else fail with ``what`` (a callable is asked at the
-    failure, so a worker's log it quotes is the log as the wait ended, not as it began)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"not within {timeout:.0f} s: {what() if callable(what) else what}")
 
 
 def stacks_and_log(worker: WorkerProcess) -> str:

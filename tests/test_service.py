@@ -28,6 +28,7 @@ from tests.services import (
     put_object,
     s3_settings,
     wait_for_job,
+    wait_until,
 )
 from worker import liveness, work
 from worker.cli import main
@@ -176,16 +177,15 @@ def test_cancelling_a_film_stops_its_running_segment_at_a_frame_and_keeps_its_pr
     worker = start_worker(segment_seconds=600, heartbeat_interval_s=0.5, liveness_window_s=2)
     job_id, _ = client.submit(spec("s3://scans/one-segment.mkv", "s3://colour/films/", model, codec="ffv1"))
     redis = redis_server.client()
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while not [held for held in liveness.held_pieces(redis, 2, job_id) if held.piece.startswith("segment-")]:
-        assert time.monotonic() < deadline and client.get(job_id).state in ("queued", "running"), client.get(job_id)
-        time.sleep(0.02)  # the segment is under way (the plan has been done: it is not held any more)
+
+    def segment_under_way() -> bool:  # the plan has been done: it is not held any more
+        assert client.get(job_id).state in ("queued", "running"), client.get(job_id)
+        return any(held.piece.startswith("segment-") for held in liveness.held_pieces(redis, 2, job_id))
+
+    wait_until(segment_under_way, JOB_TIMEOUT_S, "the segment under way", poll=0.02)
     began = time.monotonic()
     assert client.cancel(job_id).state == "cancelled"
-    deadline = time.monotonic() + 30
-    while "the job has ended" not in worker.text():
-        assert time.monotonic() < deadline, worker.log_tail()
-        time.sleep(0.05)
+    wait_until(lambda: "the job has ended" in worker.text(), 30, worker.log_tail, poll=0.05)
     print(f"segment stopped {time.monotonic() - began:.1f} s after the cancel")
     stopped = re.search(r"segment-0+ of job \w+ stopped after (\d+) of its (\d+) frames", worker.text())
     assert stopped is not None and int(stopped[1]) < int(stopped[2]) == 1200, worker.log_tail()
@@ -205,15 +205,14 @@ def test_cancelling_a_collection_stops_its_running_batch_at_a_photo(service_env)
         put_object(s3, f"s3://scans/album/p{i:02d}.png", buffer.getvalue())
     worker = start_worker(collection_batch=40, heartbeat_interval_s=0.5, liveness_window_s=2)  # one batch of 40
     job_id, _ = client.submit(spec("s3://scans/album/", "s3://colour/album/", model))
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while not keys(s3, "colour"):  # the batch is writing its photos
-        assert time.monotonic() < deadline and client.get(job_id).state in ("queued", "running"), client.get(job_id)
-        time.sleep(0.02)
+
+    def writing() -> bool:  # the batch is writing its photos
+        assert client.get(job_id).state in ("queued", "running"), client.get(job_id)
+        return bool(keys(s3, "colour"))
+
+    wait_until(writing, JOB_TIMEOUT_S, "the batch's first photo", poll=0.02)
     assert client.cancel(job_id).state == "cancelled"
-    deadline = time.monotonic() + 30
-    while "the job has ended" not in worker.text():
-        assert time.monotonic() < deadline, worker.log_tail()
-        time.sleep(0.05)
+    wait_until(lambda: "the job has ended" in worker.text(), 30, worker.log_tail, poll=0.05)
     stopped = re.search(r"photos-0+ of job \w+ stopped after (\d+) of its (\d+) photos", worker.text())
     assert stopped is not None and 0 < int(stopped[1]) < int(stopped[2]) == 40, worker.log_tail()
     assert len(keys(s3, "colour")) == int(stopped[1])  # the photos written before the stop, and no more

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import PurePosixPath
 from typing import Any
@@ -347,6 +348,13 @@ class JobStore:
     def state(self, job_id: str) -> str | None:
         value = self.redis.hget(self._key(job_id), "state")
         return value.decode() if value is not None else None
+
+    def states(self, job_ids: Sequence[str]) -> list[str | None]:
+        """Each job's state (None for an unknown one), in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(self._key(job_id), "state")
+            return [value.decode() if value is not None else None for value in pipe.execute()]
 
     def mark_piece_done(self, job_id: str, piece: str) -> int:
         """Record a finished piece; returns how many are done (a redelivered piece is counted once)."""

@@ -516,13 +516,10 @@ class Heartbeat:
             held = [h for h in self._held.values() if not h.lost and not h.ended and h.job_id]
         if not held:
             return
-        with self.redis.pipeline(transaction=False) as pipe:
-            for h in held:
-                pipe.hget(f"{KEY_PREFIX}job:{h.job_id}", "state")
-            states = pipe.execute()
+        states = self.store.states([h.job_id for h in held])
         with self._lock:
             for h, state in zip(held, states, strict=True):
-                h.ended = state is not None and state.decode() in FINISHED
+                h.ended = state in FINISHED
 
     def job_ended(self, thread: int) -> bool:
         """Whether the job of a piece held by the task running in ``thread`` has finished (known from the last beat)."""

@@ -138,10 +138,8 @@ class Service:
         return replace(spec, options=options)
 
     def job_states(self, job_ids: Sequence[str]) -> list[str | None]:
-        with reaching_the_queue(self.settings), self.redis.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.hget(f"tinct:job:{job_id}", "state")
-            return [value.decode() if value is not None else None for value in pipe.execute()]
+        with reaching_the_queue(self.settings):
+            return self.store.states(job_ids)
 
     def get(self, job_id: str) -> JobRecord | None:
         with reaching_the_queue(self.settings):

@@ -213,12 +213,20 @@ def _photo_batches(settings: Settings, inputs: list[tuple[str, int]]) -> list[li
     return batches
 
 
+def _mark_running(rt: Runtime, record: JobRecord, *, unit: str, total: int, pieces: int) -> bool:
+    """A queued job's plan is made: it runs now, with its size. False if it ended meanwhile. Compared, not
+    overwritten: a cancel that landed while the plan read its input (minutes, for a long film in S3) stands. A plan
+    redelivered while the job runs changes nothing."""
+    if record.state != "queued":
+        return True
+    return rt.store.update_unless_finished(record.id, state="running", unit=unit, total=total, done=0, pieces=pieces,
+                                           started=time.time())
+
+
 def _plan_photos(rt: Runtime, record: JobRecord, inputs: list[tuple[str, int]], enqueue: Enqueue) -> None:
     batches = _photo_batches(rt.settings, inputs)
-    if record.state == "queued" and not rt.store.update_unless_finished(
-            record.id, state="running", unit="files", total=len(inputs), done=0, pieces=len(batches),
-            started=time.time()):
-        return  # cancelled while the collection was listed
+    if not _mark_running(rt, record, unit="files", total=len(inputs), pieces=len(batches)):
+        return
     for index, batch in enumerate(batches):
         piece = f"photos-{index:06d}"
         if not rt.store.piece_done(record.id, piece):
@@ -236,10 +244,7 @@ def _plan_film(rt: Runtime, record: JobRecord, enqueue: Enqueue) -> None:
     segments = plan_segments(film, _segment_frames(rt.settings, film), warmup_frames(options["smoothing"]))
     rt.redis.set(f"tinct:job:{record.id}:segments", json.dumps([s.as_dict() for s in segments]),
                  ex=rt.settings.job_ttl_s)
-    # Compared, not overwritten: a cancel that landed while the film was read (minutes, for a long one in S3) stands.
-    if record.state == "queued" and not rt.store.update_unless_finished(
-            record.id, state="running", unit="frames", total=film.frames, done=0, pieces=len(segments),
-            started=time.time()):
+    if not _mark_running(rt, record, unit="frames", total=film.frames, pieces=len(segments)):
         return
     for segment in segments:
         if not rt.store.piece_done(record.id, segment_piece(segment)):

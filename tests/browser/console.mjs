@@ -82,6 +82,11 @@ async function previewShown(page, serial, what) {
   }, [serial], 30_000);
 }
 
+async function openNewJob(page) {
+  await (await linkNamed(page, "nav", "New job")).click();
+  await until(page, "the new-job form", () => !document.querySelector("#view-new").hidden);
+}
+
 async function signedIn(page, how) {
   await until(page, `the signed-in name, ${how}`,
     (user) => document.querySelector("#who-name").textContent === `Signed in as ${user}`, [run.user]);
@@ -225,8 +230,7 @@ async function scenario(browser, page, step) {
   step("the film's strip shows six before/after frames");
 
   // A collection named by its URI, one of its photos unreadable: the job succeeds and lists what failed.
-  await (await linkNamed(page, "nav", "New job")).click();
-  await until(page, "the new-job form", () => !document.querySelector("#view-new").hidden);
+  await openNewJob(page);
   await page.click("#source-uri");
   await page.type("#input-uri", run.collection);
   await page.click("#new-submit");
@@ -240,8 +244,7 @@ async function scenario(browser, page, step) {
   step("a collection with an unreadable photo finishes and lists it");
 
   // A film cancelled while it runs (or waits) is stopped, not failed, and can be cancelled only once.
-  await (await linkNamed(page, "nav", "New job")).click();
-  await until(page, "the new-job form", () => !document.querySelector("#view-new").hidden);
+  await openNewJob(page);
   await page.click("#source-upload");
   await (await page.$("#files")).uploadFile(run.longFilm);
   await page.click("#new-submit");
@@ -270,8 +273,7 @@ async function scenario(browser, page, step) {
 
   // A submission that fails half-way (the queue lost between two jobs, played here by answering the second
   // POST /jobs as the API does then) says which jobs were queued, so that submitting again does not queue them twice.
-  await (await linkNamed(page, "nav", "New job")).click();
-  await until(page, "the new-job form", () => !document.querySelector("#view-new").hidden);
+  await openNewJob(page);
   await (await page.$("#files")).uploadFile(run.photo, run.secondPhoto);
   let jobsPosted = 0;
   await page.setRequestInterception(true);
