@@ -411,6 +411,8 @@ def write_clip(
     - `hidden_frames` (mp4/mov): the first N frames lie before the start of an edit list, as in a film trimmed at its
       head without re-encoding: encoded (what follows needs them to decode), flagged discard, never shown. Their pts
       are negative (default spacing) and the muxer writes the edit list; the file shows the other frames from 0.
+    - `.mpg` and `.ts` (MPEG program and transport streams, as from DVDs and broadcast captures) shift every
+      timestamp by the same offset, so their timestamps are checked from the first frame's.
     - `encoder_options`: codec options over `_ENCODER_DEFAULTS` (mpeg4 qmax=4, quiet x265). Lossy codecs at 4:2:0
       miss the source by a few levels on average and tens at a saturated edge; use ffv1 for exact pixel checks.
 
@@ -591,6 +593,11 @@ def _subtitle_payloads(path: Path, index: int) -> tuple[bytes, ...]:
         return tuple(bytes(p) for p in container.demux(container.streams[index]) if p.size)
 
 
+# MPEG program and transport stream muxers start their clock later than the first pts they are given (a decoder's
+# buffering delay), so every timestamp comes back shifted by the same amount.
+_SHIFTING_CLOCK_FORMATS = ("mpeg", "mpegts")
+
+
 def _check_written(
     info: ProbeInfo,
     path: Path,
@@ -612,6 +619,9 @@ def _check_written(
         tolerance = max(time_base, video.time_base)
         wanted = [p * time_base for p in written_pts]
         got = [(p or 0) * video.time_base for p in video.pts]
+        if info.format_name in _SHIFTING_CLOCK_FORMATS:
+            wanted = [w - wanted[0] for w in wanted]
+            got = [g - got[0] for g in got]
         if any(abs(w - g) > tolerance for w, g in zip(wanted, got, strict=True)):
             problems.append(f"timestamps not kept: wanted {[float(w) for w in wanted]}, got {[float(g) for g in got]}")
     if info.rotation % 360 != rotation % 360:
@@ -690,6 +700,10 @@ def make_bad_inputs(folder: str | os.PathLike[str]) -> dict[str, Path]:
                             raises InvalidDataError "...: 'avcodec_send_packet()'" (log: "[flac] invalid sync
                             code", "decode_frame() failed"). Note: garbage Opus packets decode silently to noise,
                             and garbage AAC raises with a different log line per packet.
+    b_frames_in.avi         H.264 with B-frames, 24 frames in AVI, which stores decode order only: opens, demuxes
+                            and decodes all 24 frames without an exception, but packets carry pts = dts + 1 in
+                            decode order, so decoded frames come out in display order with pts 1 3 2 4 6 5 8 ...:
+                            the frames are fine and nothing says where each belongs.
     ======================  =======================================================================================
     """
     folder = Path(folder)
@@ -706,6 +720,7 @@ def make_bad_inputs(folder: str | os.PathLike[str]) -> dict[str, Path]:
         "invalid_dimensions.mkv": lambda path: _patched_dimensions(path, 65535),
         "broken_timestamps.mkv": _broken_timestamps,
         "broken_audio.mkv": _broken_audio,
+        "b_frames_in.avi": _b_frames_in_avi,
     }
     paths = {}
     for name, make in makers.items():
@@ -762,6 +777,19 @@ def _garbage_middle(path: Path) -> None:
             raise AssertionError(f"packet payload not found at {pos}")
         data[offset : offset + len(payload)] = rng.integers(0, 256, len(payload), dtype=np.uint8).tobytes()
     path.write_bytes(bytes(data))
+
+
+def _b_frames_in_avi(path: Path) -> None:
+    """H.264 with B-frames in AVI, which has no display times: valid, but its frames cannot be put in order."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.max_b_frames = 2
+        for index, array in enumerate(gray_frames(moving_scene(24, 64, 48))):
+            frame = _video_frame(array, "yuv420p", {"colorspace": None, "color_range": None})
+            frame.pts = index
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
 
 
 def _no_video(path: Path) -> None:

@@ -143,7 +143,7 @@ def test_codecs_and_containers(tmp_path, colorizer, suffix, codec, decoder):
 def test_codec_that_the_container_cannot_hold_is_a_usage_error(tmp_path, tiny_checkpoint, capsys):
     source = bw_clip(tmp_path / "src.mkv", frames=4)
     assert run_cli(tiny_checkpoint, str(source.path), "-o", str(tmp_path / "out.mp4"), "--codec", "ffv1") == 2
-    assert "ffv1 cannot be stored in .mp4" in capsys.readouterr().err
+    assert "ffv1 cannot be stored in .mp4; use .mkv\n" in capsys.readouterr().err  # the one container that holds it
     assert not (tmp_path / "out.mp4").exists()
 
 
@@ -284,6 +284,32 @@ def test_an_mp4_trimmed_by_its_edit_list_gives_the_frames_it_shows(tmp_path, col
         assert probe(output).video.pts[0] == 0
 
 
+@pytest.mark.parametrize("suffix, codec", [(".ts", "libx264"), (".mpg", "mpeg2video")])
+def test_mpeg_transport_and_program_streams_decode_from_any_keyframe(tmp_path, colorizer, suffix, codec):
+    # Broadcast captures (.ts) and DVD rips (.mpg) seek by a search of the file's bytes for a decode timestamp,
+    # which lands after a keyframe's packet when asked for its (later) display time: the probe used to call such
+    # films damaged, and a segment starting at a later keyframe could not start.
+    source = bw_clip(tmp_path / f"capture{suffix}", frames=40, size=(128, 96), codec=codec, gop=6, bframes=2)
+    film = probe_film(source.path, 1 << 30)
+    assert film.frames == 40 and film.keyframe_pts.size == 7
+    shown = np.stack(lumas(source.path))
+    outputs = []
+    for segment_seconds in (100, 0.5):
+        output = tmp_path / f"colour-{segment_seconds}.mkv"
+        options = FilmOptions(SmoothingOptions(0.0), EncodeOptions("ffv1"), segment_seconds=segment_seconds)
+        outcome = film_job(colorizer, source.path, output, options)
+        assert (outcome.status, outcome.frames) == ("done", 40)
+        np.testing.assert_array_equal(np.stack(lumas(output)), shown)
+        outputs.append(np.stack(decode_native(output)))
+        # The recorder's clock start is dropped (as FFmpeg's remuxing does); the frames keep their spacing.
+        shifted = [float((p - source.pts[0]) * source.time_base) for p in source.pts]
+        video = probe(output).video
+        assert video.pts[0] == 0
+        np.testing.assert_allclose([float(p * video.time_base) for p in video.pts], shifted,
+                                   atol=1.5 * float(video.time_base))
+    np.testing.assert_array_equal(*outputs)
+
+
 # --- interruption and resume -------------------------------------------------------------------------------
 
 
@@ -373,6 +399,7 @@ BAD_INPUT_REASONS = {
     "invalid_dimensions.mkv": "no frame size",
     "broken_timestamps.mkv": "broken timestamps",
     "broken_audio.mkv": "audio stream #1",
+    "b_frames_in.avi": "no display times for its B-frames",
 }
 
 

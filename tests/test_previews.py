@@ -7,7 +7,9 @@ from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from tests.media import gray_frames, moving_scene, write_clip
 from tests.services import S3Server, put_object
@@ -91,3 +93,25 @@ def test_every_scratch_download_gets_a_file_of_its_own(s3_server, storage, tmp_p
     second, drop_second = previews._local(FILM, "in.mkv")
     assert drop_first and drop_second and first != second
     assert first.read_bytes() == second.read_bytes()
+
+
+def test_a_broadcast_captures_strip_shows_the_same_frames_before_and_after(s3_server, storage, tmp_path):
+    """A transport stream's clock starts where the recorder's was (here 100 s in) while Tinct's copy starts at
+    zero: each side's times count from its own first frame, and each frame is found through the film's index
+    (a transport stream's own seek can land past the keyframe). The strip once showed the first frame six times."""
+    frames = list(gray_frames(moving_scene(48, 64, 48)))
+    capture = write_clip(tmp_path / "capture.ts", frames, fps=24, gop=6, bframes=2, encoder_options={"qp": "0"},
+                         container_options={"output_ts_offset": "100"})  # lossless H.264: only JPEG tells sides apart
+    assert capture.pts[0] * capture.time_base >= 100
+    copy = write_clip(tmp_path / "copy.mkv", frames, fps=24, gop=6, bframes=0, codec="ffv1")
+    record = JobRecord(id="job-ts", spec=JobSpec(input="s3://scans/capture.ts", output="s3://colour/films/",
+                                                 kind="video"), state="succeeded", created=0.0, updated=0.0)
+    put_object(s3_server, record.spec.input, capture.path.read_bytes())
+    put_object(s3_server, film_output_uri(record.spec), copy.path.read_bytes())
+    previews = Previews(storage, tmp_path / "cache", tmp_path / "scratch")
+    items = previews.items(record)
+    strips = {side: [np.asarray(Image.open(previews.image(record, item, side)).convert("L"), np.float32)
+                     for item in items] for side in ("before", "after")}
+    for before, after in zip(strips["before"], strips["after"], strict=True):
+        assert np.abs(before - after).mean() < 1.5  # the same frame on both sides (JPEG apart)
+    assert all(np.abs(a - b).mean() > 5 for a, b in pairwise(strips["before"]))  # frames spread over the film

@@ -53,8 +53,8 @@ logger = logging.getLogger(__name__)
 
 Status = Literal["done", "exists", "colour", "failed"]
 # Files a folder scan hands to the film job. Outputs keep the containers Tinct writes; the rest become .mkv.
-FILM_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".m2ts", ".mts",
-                   ".mxf", ".wmv", ".flv", ".ogv", ".3gp", ".dv", ".nut"}
+FILM_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".vob", ".ts", ".m2ts", ".mts",
+                   ".m2t", ".mxf", ".wmv", ".flv", ".ogv", ".3gp", ".dv", ".nut"}
 FILM_CONTAINERS = set(CONTAINERS)
 
 

@@ -44,6 +44,11 @@ logger = logging.getLogger(__name__)
 MUXER_OPTIONS = {"mp4": {"movflags": "+use_metadata_tags+faststart", **KEEP_TIMESTAMPS},
                  "mov": {"movflags": "+use_metadata_tags+faststart", **KEEP_TIMESTAMPS}, "matroska": KEEP_TIMESTAMPS}
 PROVENANCE_KEY = "tinct"
+# MPEG program and transport streams (DVDs, broadcast and tape captures) stamp packets with a running clock
+# that starts wherever the recorder's was, often hours in. Their colour copy starts at zero, every stream
+# shifted alike, as FFmpeg's own remuxing does: kept as they were, a two-minute capture would read as a film
+# ten hours long whose picture starts at the end. Every other container's timestamps are kept exactly.
+CLOCK_CONTAINERS = ("mpeg", "mpegts")
 # Stream metadata the muxer writes itself (and that would be stale if copied).
 _STALE_STREAM_TAGS = {"duration", "encoder", "number_of_frames", "number_of_bytes", "bps", "_statistics_tags",
                       "_statistics_writing_app", "_statistics_writing_date_utc"}
@@ -114,7 +119,7 @@ def join_segments(
                 _copy_metadata(out, source, provenance)
                 packets = heapq.merge(_segment_packets(segments, video_out), _source_packets(source, copies),
                                       key=lambda item: item[0])
-                _mux_all(out, packets, film)
+                _mux_all(out, packets, film, _clock_start(film, source))
         finally:
             for segment in segments:
                 segment.close()
@@ -128,7 +133,7 @@ def check_output_streams(film: FilmInfo, output: str | os.PathLike) -> None:
             av.open(io.BytesIO(), "w", format=container_name) as out:
         stream = out.add_stream("libx264", rate=24)  # a stand-in: every container Tinct writes takes H.264
         stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"
-        _add_copies(out, film, source, output)
+        _add_copies(out, film, source, output, report=False)  # the join reports what it leaves out
         try:
             out.start_encoding()
         except av.FFmpegError as exc:
@@ -150,8 +155,9 @@ def _add_video(out, film: FilmInfo, source, template):
     return stream
 
 
-def _add_copies(out, film: FilmInfo, source, output) -> dict[int, object]:
-    """Output streams for every non-video source stream (and further video streams), by source index."""
+def _add_copies(out, film: FilmInfo, source, output, report: bool = True) -> dict[int, object]:
+    """Output streams for every non-video source stream (and further video streams), by source index;
+    ``report`` logs each stream left out."""
     copies = {}
     for info in film.other_streams:
         src = stream_by_index(source, info.index)
@@ -161,9 +167,10 @@ def _add_copies(out, film: FilmInfo, source, output) -> dict[int, object]:
             # QuickTime chapter and timecode tracks read back as codec-less data, which no muxer can take;
             # their content travels anyway: chapters through set_chapters, timecode as the video's tag.
             carried = src.metadata.get("timecode") or source.chapters()
-            log = logger.info if carried else logger.warning
-            log("%s: data stream #%d has no codec FFmpeg can copy; %s", film.path, info.index,
-                "its chapters/timecode are carried over" if carried else "it is left out")
+            if report:
+                log = logger.info if carried else logger.warning
+                log("%s: data stream #%d has no codec FFmpeg can copy; %s", film.path, info.index,
+                    "its chapters/timecode are carried over" if carried else "it is left out")
             continue
         try:
             dst = out.add_stream_from_template(src)
@@ -250,11 +257,22 @@ def _rebase(packet, time_base: Fraction) -> None:
     packet.time_base = time_base
 
 
-def _mux_all(out, packets: Iterator[tuple[Fraction, object, object]], film: FilmInfo) -> None:
+def _clock_start(film: FilmInfo, source) -> Fraction:
+    """Seconds to take off every timestamp of the output: the source's start, for a clock-stamped container."""
+    if film.container not in CLOCK_CONTAINERS or not source.start_time:
+        return Fraction(0)
+    return Fraction(source.start_time, av.time_base)
+
+
+def _mux_all(out, packets: Iterator[tuple[Fraction, object, object]], film: FilmInfo, start: Fraction) -> None:
     out.start_encoding()  # the muxer fixes each stream's time base when it writes the header
     last_video_dts = None
     for _, packet, stream in packets:
         _rebase(packet, stream.time_base)
+        if start:
+            shift = round(start / stream.time_base)
+            packet.pts = None if packet.pts is None else packet.pts - shift
+            packet.dts = None if packet.dts is None else packet.dts - shift
         if stream.type == "video" and packet.dts is not None:
             # Each segment's encoder starts its decode timestamps a few frames early (the B-frame delay); at a
             # boundary that can fall at or before the previous segment's last one, in the output's time base.

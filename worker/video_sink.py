@@ -148,7 +148,8 @@ def container_for(path: str | os.PathLike) -> str:
 def check_container(path: str | os.PathLike, codec: str) -> None:
     container = container_for(path)
     if codec not in CONTAINER_CODECS[container]:
-        raise ValueError(f"{path}: {codec} cannot be stored in {Path(path).suffix}; use .mkv or .mov")
+        holders = sorted({suffix for suffix, name in CONTAINERS.items() if codec in CONTAINER_CODECS[name]})
+        raise ValueError(f"{path}: {codec} cannot be stored in {Path(path).suffix}; use {' or '.join(holders)}")
 
 
 def plan_output(video: VideoFormat, options: EncodeOptions) -> OutputLayout:

@@ -25,6 +25,7 @@ Decoding hands the pipeline two views of each frame:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -61,6 +62,8 @@ COLOUR_CHROMA_THRESHOLD = 6.0
 # Audio streams are copied untouched, but a stream that does not decode means a damaged file: the probe
 # decodes the first few packets of each audio stream to find out before any work is done.
 AUDIO_PROBE_PACKETS = 8
+# How many of its first frames a film must decode with rising timestamps (B-frames reorder within a few).
+DISPLAY_ORDER_FRAMES = 8
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,18 @@ class StreamInfo:
     codec: str
 
 
+@dataclass(frozen=True)
+class FrameIndex:
+    """Every frame of a video stream, and for each keyframe the three ways a demuxer may be asked to seek to it."""
+
+    frame_pts: np.ndarray  # int64, every frame's pts in display order (in the stream's time base)
+    keyframe_pts: np.ndarray  # int64, pts of the keyframes (random-access points), ascending
+    keyframe_dts: np.ndarray  # int64, each keyframe's dts (its pts where the container gives none)
+    # int64, the byte position of each keyframe's packet, or of the last video packet before it where the demuxer
+    # knows none (MPEG program streams pack several frames in one PES packet); -1 when neither is known
+    keyframe_pos: np.ndarray
+
+
 @dataclass
 class FilmInfo:
     """A probed film: everything later stages need, without holding the file open."""
@@ -100,11 +115,18 @@ class FilmInfo:
     video_index: int
     video_codec: str
     video: VideoFormat
-    frame_pts: np.ndarray  # int64, every frame's pts in display order (in ``video.time_base``)
-    keyframe_pts: np.ndarray  # int64, pts of the keyframes (random-access points), ascending
+    index: FrameIndex
     duration: float  # seconds, from the first frame's pts to the end of the last
     other_streams: list[StreamInfo] = field(default_factory=list)
     is_colour: bool = False
+
+    @property
+    def frame_pts(self) -> np.ndarray:
+        return self.index.frame_pts
+
+    @property
+    def keyframe_pts(self) -> np.ndarray:
+        return self.index.keyframe_pts
 
     @property
     def frames(self) -> int:
@@ -182,15 +204,24 @@ def probe_film(path: str | os.PathLike, max_pixels: int) -> FilmInfo:
         if stream.time_base is None:
             raise BadInputError(path, "video stream has no time base")
         other = [StreamInfo(s.index, s.type, _codec_name(s)) for s in container.streams if s.index != stream.index]
-        frame_pts, keyframe_pts = _index_packets(path, container, stream)
-        duration = _duration(path, container, stream, frame_pts)
+        index = _index_packets(path, container, stream)
+        duration = _duration(path, container, stream, index.frame_pts)
         video_index, container_name = stream.index, container.format.name
     with _open(path) as container:
         _check_audio_decodes(path, container)
     with _open(path) as container:
-        video, is_colour = _sample_frames(path, container, frame_pts, keyframe_pts)
-    return FilmInfo(path, container_name, video_index, codec_name, video, frame_pts, keyframe_pts, duration, other,
-                    is_colour)
+        video, is_colour = _sample_frames(path, container, index)
+    return FilmInfo(path, container_name, video_index, codec_name, video, index, duration, other, is_colour)
+
+
+def index_frames(path: str | os.PathLike) -> FrameIndex:
+    """The frame index of a film's first video stream alone (demuxing only): what :func:`decode_from` needs to
+    find frames in a file that needs no other checks, such as Tinct's own output."""
+    path = os.fspath(path)
+    with _open(path) as container:
+        if not container.streams.video:
+            raise UnsupportedMediaError(path, "no video stream")
+        return _index_packets(path, container, container.streams.video[0])
 
 
 def _codec_name(stream: av.stream.Stream) -> str:
@@ -198,9 +229,10 @@ def _codec_name(stream: av.stream.Stream) -> str:
     return getattr(codec_context, "name", None) or "unknown"
 
 
-def _index_packets(path: str, container, stream) -> tuple[np.ndarray, np.ndarray]:
+def _index_packets(path: str, container, stream) -> FrameIndex:
     pts_list: list[int] = []
-    keyframes: list[int] = []
+    keyframes: dict[int, tuple[int, int]] = {}  # pts -> (dts, byte position)
+    last_pos = -1
     try:
         for packet in container.demux(stream):
             if packet.size == 0:  # the demuxer's end-of-stream flush packet
@@ -208,7 +240,10 @@ def _index_packets(path: str, container, stream) -> tuple[np.ndarray, np.ndarray
             if packet.pts is None:
                 raise BadInputError(path, f"broken timestamps: video packet {len(pts_list)} has no pts")
             if packet.is_keyframe:
-                keyframes.append(packet.pts)
+                pos = packet.pos if packet.pos is not None and packet.pos >= 0 else last_pos
+                keyframes.setdefault(packet.pts, (packet.pts if packet.dts is None else packet.dts, pos))
+            if packet.pos is not None and packet.pos >= 0:
+                last_pos = packet.pos
             if packet.is_discard:
                 # Before the start of an MP4 edit list: needed to decode what follows, never shown, so the
                 # decoder drops its frame and the output has none either.
@@ -226,7 +261,13 @@ def _index_packets(path: str, container, stream) -> tuple[np.ndarray, np.ndarray
         at = int(frame_pts[repeats[0]])
         raise BadInputError(path, f"broken timestamps: {repeats.size + 1} video frames share pts {at} "
                             f"({float(at * stream.time_base):.3f} s)")
-    return frame_pts, np.unique(np.asarray(keyframes, dtype=np.int64))
+    keyframe_pts = sorted(keyframes)
+    return FrameIndex(
+        frame_pts,
+        np.asarray(keyframe_pts, dtype=np.int64),
+        np.asarray([keyframes[pts][0] for pts in keyframe_pts], dtype=np.int64),
+        np.asarray([keyframes[pts][1] for pts in keyframe_pts], dtype=np.int64),
+    )
 
 
 def _duration(path: str, container, stream, frame_pts: np.ndarray) -> float:
@@ -281,17 +322,19 @@ def _check_audio_decodes(path: str, container) -> None:
                                 f"audio from its first {packets} packets")
 
 
-def _sample_frames(path: str, container, frame_pts: np.ndarray, keyframe_pts: np.ndarray) -> tuple[VideoFormat, bool]:
+def _sample_frames(path: str, container, index: FrameIndex) -> tuple[VideoFormat, bool]:
     """Decode a few frames spread over the film: the first gives the exact format and rotation (which
     FFmpeg attaches to decoded frames), all of them tell black-and-white from colour."""
     stream = container.streams.video[0]
     _use_threads(stream)
+    frame_pts = index.frame_pts
     targets = sorted({int(frame_pts[round(i * (len(frame_pts) - 1) / max(1, COLOUR_SAMPLE_FRAMES - 1))])
                       for i in range(COLOUR_SAMPLE_FRAMES)})
+    _check_display_times(path, container, stream, index)
     first = None
     colour_scores = []
     for target in targets:
-        frame = _decode_at(path, container, stream, keyframe_pts, target)
+        frame = _decode_at(path, container, stream, index, target)
         if frame is None:
             # The index has this frame, the decoder never produced it: damaged data that a frame-threaded
             # decoder skipped over without raising.
@@ -304,18 +347,71 @@ def _sample_frames(path: str, container, frame_pts: np.ndarray, keyframe_pts: np
     return video, max(colour_scores) > COLOUR_CHROMA_THRESHOLD
 
 
-def _decode_at(path: str, container, stream, keyframe_pts: np.ndarray, target: int):
-    """The frame with pts ``target`` (or the first after it)."""
-    start = keyframe_pts[max(0, np.searchsorted(keyframe_pts, target, side="right") - 1)]
+def _check_display_times(path: str, container, stream, index: FrameIndex) -> None:
+    """Refuse, by name, a film whose decoder hands frames out with decode-order times. AVI keeps H.264's
+    B-frames in decode order without display times, so frames leave the decoder in display order stamped
+    out of order; no frame could be matched to its place, and the film would fail later as "damaged"."""
     try:
-        container.seek(int(start), stream=stream, backward=True, any_frame=False)
-        for frame in container.decode(stream):
-            if frame.pts is not None and frame.pts >= target:
-                return frame
+        frames = decode_from(container, stream, index, int(index.frame_pts[0]))
+        stamps = [frame.pts for frame in itertools.islice(frames, DISPLAY_ORDER_FRAMES) if frame.pts is not None]
+    except av.FFmpegError:
+        return  # damage: the sampling below names it
+    if any(later <= earlier for earlier, later in itertools.pairwise(stamps)):
+        raise UnsupportedMediaError(path, f"its {container.format.name} container has no display times for its "
+                                    "B-frames, so its frames cannot be put in order; re-encode it first (e.g. to "
+                                    ".mkv with -c:v ffv1)")
+
+
+def _decode_at(path: str, container, stream, index: FrameIndex, target: int):
+    """The frame with pts ``target`` (or the first the decoder gives after it)."""
+    try:
+        return next(decode_from(container, stream, index, target), None)
     except av.FFmpegError as exc:
         raise BadInputError(path, f"video does not decode at {float(target * stream.time_base):.3f} s (damaged video "
                             f"data: {_ffmpeg_reason(exc)})") from exc
-    return None
+
+
+def decode_from(container, stream, index: FrameIndex, target: int) -> Iterator[av.VideoFrame]:
+    """Decoded frames of ``stream`` from pts ``target`` on, decoding from the last keyframe at or before it.
+
+    Demuxers do not all seek alike. Matroska and MP4 look a time up in their own index of keyframes, exactly.
+    MPEG program and transport streams (DVDs, broadcast and tape captures) have no index: they search the
+    file's bytes for a packet whose decode time is at or before the time asked for, which can land after
+    the keyframe's packet, or inside one, where the decoder makes up frames from a partial picture. So each
+    seek is checked: it counts only if the first frame decoded at or after the keyframe is the one the index
+    has there (the keyframe, or the first frame shown after it when an edit list hides it). Otherwise the
+    keyframe is sought by its packet's byte position, then by its dts, then from ever earlier keyframes; the
+    last try is handed on as it is, for the caller's frame checks to judge.
+    """
+    key = max(0, int(np.searchsorted(index.keyframe_pts, target, side="right")) - 1)
+    tries = [(key, "pts"), (key, "pos"), (key, "dts")]
+    step = 1
+    while key > 0:
+        key = max(0, key - step)
+        step *= 2
+        tries.append((key, "pos" if index.keyframe_pos[key] >= 0 else "dts"))
+    tries = [(key, way) for key, way in tries if way != "pos" or index.keyframe_pos[key] >= 0]
+    for attempt, (key, way) in enumerate(tries):
+        last_try = attempt == len(tries) - 1
+        if way == "pos":
+            container.seek(int(index.keyframe_pos[key]), unsupported_byte_offset=True)
+        else:
+            stamps = index.keyframe_pts if way == "pts" else index.keyframe_dts
+            container.seek(int(stamps[key]), stream=stream, backward=True, any_frame=False)
+        key_pts = int(index.keyframe_pts[key])
+        first_shown = index.frame_pts[min(len(index.frame_pts) - 1, np.searchsorted(index.frame_pts, key_pts))]
+        checked = False
+        for frame in container.decode(stream):
+            if not checked:
+                if frame.pts is None or frame.pts < key_pts:
+                    continue  # before the keyframe: made up from a partial packet, or never shown
+                if frame.pts != first_shown and not last_try:
+                    break
+                checked = True
+            if frame.pts is None or frame.pts >= target:
+                yield frame
+        if checked or last_try:
+            return
 
 
 def _chroma_spread(frame) -> float:
@@ -415,15 +511,11 @@ def decode_frames(film: FilmInfo, layout: FrameLayout, start: int, stop: int, wa
     with _open(film.path) as container:
         stream = stream_by_index(container, film.video_index)
         _use_threads(stream)
-        keyframe = film.keyframe_pts[max(0, np.searchsorted(film.keyframe_pts, wanted[0], side="right") - 1)]
         try:
-            container.seek(int(keyframe), stream=stream, backward=True, any_frame=False)
-            for frame in container.decode(stream):
+            for frame in decode_from(container, stream, film.index, int(wanted[0])):
                 if frame.pts is None:
                     raise BadInputError(film.path, f"broken timestamps: a decoded frame has no pts near frame "
                                         f"{next_index}")
-                if frame.pts < wanted[0]:
-                    continue
                 expected = int(film.frame_pts[next_index])
                 if frame.pts != expected:
                     raise BadInputError(film.path, f"frame {next_index} (pts {expected}) did not decode; the decoder "

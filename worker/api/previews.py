@@ -35,6 +35,7 @@ from worker.images import DEFAULT_MAX_PIXELS, EXTENSION_FORMATS, read_photo
 from worker.jobs import JobRecord
 from worker.settings import Settings
 from worker.storage import Storage, parse_uri
+from worker.video_source import decode_from, index_frames
 from worker.work import Runtime, film_output_uri, photo_output_uri
 
 PREVIEW_SIDE = 1024
@@ -188,6 +189,8 @@ class Previews:
             if folder.exists():
                 shutil.rmtree(folder)
             staging.rename(folder)  # the whole strip appears at once, so both sides always match
+        except BadInputError as exc:  # raised about the scratch copy: named here by what the user gave
+            raise BadInputError(record.spec.input, f"cannot read frames for a preview ({exc.reason})") from exc
         except (av.FFmpegError, OSError) as exc:
             raise BadInputError(record.spec.input, f"cannot read frames for a preview ({one_line(exc)})") from exc
         finally:
@@ -223,20 +226,23 @@ def _duration(path: Path) -> float:
 
 
 def _frames_at(path: Path, times: list[float]) -> list[Image.Image]:
-    """The first frame at or after each time (seeking to the keyframe before it and decoding forward)."""
+    """The frame nearest each time, counted from the film's first frame (an MPEG transport stream's clock may
+    start hours in, and Tinct's copy of it at zero), found through the film's frame index. Nearest, not the
+    first at or after, so that the two sides agree though their containers round times differently."""
+    index = index_frames(path)
     frames: list[Image.Image] = []
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         time_base = stream.time_base or Fraction(1, 1000)
-        for target in times:
-            container.seek(int(target / time_base), stream=stream, backward=True, any_frame=False)
-            chosen = None
-            for frame in container.decode(stream):
-                chosen = frame
-                if frame.time is not None and frame.time >= target:
-                    break
-            if chosen is not None:
-                frames.append(chosen.to_image())
+        pts, last = index.frame_pts, len(index.frame_pts) - 1
+        for seconds in times:
+            wanted = int(pts[0]) + round(Fraction(seconds).limit_denominator(1000) / time_base)
+            after = min(last, int(np.searchsorted(pts, wanted)))
+            before = max(0, after - 1)
+            target = int(pts[before] if wanted - pts[before] < pts[after] - wanted else pts[after])
+            frame = next(decode_from(container, stream, index, target), None)
+            if frame is not None:
+                frames.append(frame.to_image())
     return frames
 
 
