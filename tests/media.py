@@ -25,6 +25,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import av.filter
+import av.logging
 import numpy as np
 from av.subtitles.subtitle import SubtitleSet
 from av.video.reformatter import Colorspace as SwsMatrix
@@ -316,6 +318,31 @@ def _name(table: Mapping[str, int], value: int) -> str:
     return next((name for name, number in table.items() if number == value), str(value))
 
 
+def frame_aspect(path: str | os.PathLike[str]) -> Fraction | None:
+    """The first video frame's sample aspect ratio as a player sees it: the frame's own (from its bitstream), else its
+    stream's (from the container); None when neither says. PyAV has no accessor for a frame's, so FFmpeg's showinfo
+    filter reports it in its log."""
+    with av.open(str(path)) as container:
+        frame = next(container.decode(video=0))
+        from_container = container.streams.video[0].sample_aspect_ratio
+    graph = av.filter.Graph()
+    source = graph.add("buffer", f"video_size={frame.width}x{frame.height}:pix_fmt={frame.format.name}:time_base=1/25")
+    info, sink = graph.add("showinfo"), graph.add("buffersink")
+    source.link_to(info)
+    info.link_to(sink)
+    graph.configure()
+    av.logging.set_level(av.logging.INFO)
+    try:
+        with av.logging.Capture() as logs:
+            graph.push(frame)
+            graph.pull()
+    finally:
+        av.logging.set_level(None)
+    line = next(message for _, name, message in logs if name == "showinfo" and " sar:" in message)
+    num, den = (int(part) for part in line.split(" sar:", 1)[1].split()[0].split("/"))
+    return Fraction(num, den) if num and den else from_container or None
+
+
 def decode_rgb(path: str | os.PathLike[str], stream: int = 0) -> list[np.ndarray]:
     """Every frame of a video stream as (H, W, 3) uint8 RGB, converted with the frame's own colour tags.
 
@@ -377,6 +404,7 @@ def write_clip(
     color_primaries: str | None = None,
     color_trc: str | None = None,
     rotation: int = 0,
+    sample_aspect_ratio: Fraction | None = None,
     audio: str | None = None,
     subtitles: str | None = None,
     timecode: str | None = None,
@@ -398,6 +426,8 @@ def write_clip(
     - colour tags use FFmpeg's names (`COLOR_RANGES`, `COLORSPACES`, ...; also "bt601", "limited", "full");
       the RGB->YUV conversion uses the matrix and range the tags declare, so tagged files decode correctly.
     - `rotation`: counter-clockwise degrees, stored as a display matrix (mp4, mov, mkv, webm; not avi).
+    - `sample_aspect_ratio`: the pixels' width to height (DV and DVD footage is not square: PAL 4:3 is 16:15), set
+      on the encoder: H.264 and H.265 write it into the bitstream; read it back with `frame_aspect`.
     - `audio`: an audio codec ("aac", "libopus", "flac", "pcm_s16le", ...) for a stereo 48 kHz tone
       (`TONE_HZ`) as long as the video.
     - `subtitles`: "mov_text" (mp4/mov), "srt"/"subrip"/"ass"/"webvtt" (mkv), "webvtt" (webm): the two
@@ -461,6 +491,8 @@ def write_clip(
                 setattr(video.codec_context, name, value)
         if rotation:
             video.set_display_rotation(rotation)
+        if sample_aspect_ratio is not None:
+            video.codec_context.sample_aspect_ratio = sample_aspect_ratio
         if timecode is not None:
             if out.format.name not in ("mp4", "mov"):
                 raise ValueError(f"a timecode track needs mp4 or mov, not {out.format.name}")

@@ -18,7 +18,16 @@ import numpy as np
 import pytest
 
 from models.colorizer import Colorizer
-from tests.media import decode_native, decode_rgb, gray_frames, make_bad_inputs, moving_scene, probe, write_clip
+from tests.media import (
+    decode_native,
+    decode_rgb,
+    frame_aspect,
+    gray_frames,
+    make_bad_inputs,
+    moving_scene,
+    probe,
+    write_clip,
+)
 from worker.cli import main
 from worker.errors import BadInputError
 from worker.films import FilmOptions, colorize_film, parts_folder
@@ -282,6 +291,26 @@ def test_an_mp4_trimmed_by_its_edit_list_gives_the_frames_it_shows(tmp_path, col
         # The pipeline keeps the source's luma bit-exact, so each output frame must be the shown frame at its place.
         np.testing.assert_array_equal(np.stack(lumas(output)), shown)
         assert probe(output).video.pts[0] == 0
+
+
+@pytest.mark.parametrize("suffix, codec", [(".mkv", "h264"), (".mp4", "h265"), (".mkv", "ffv1"), (".mov", "prores")])
+def test_non_square_pixels_keep_their_shape(tmp_path, colorizer, suffix, codec):
+    # DV and DVD footage has non-square pixels: a copy that loses the ratio shows every frame squeezed. H.264 and
+    # H.265 carry it in their bitstream, MOV in the container, FFV1 in each frame's slice headers.
+    source = bw_clip(tmp_path / "dv.mkv", frames=12, sample_aspect_ratio=Fraction(16, 15))
+    assert frame_aspect(source.path) == Fraction(16, 15)
+    output = tmp_path / f"colour{suffix}"
+    options = FilmOptions(SmoothingOptions(0.5), EncodeOptions(codec), segment_seconds=0.25)  # joined segments
+    assert film_job(colorizer, source.path, output, options).status == "done"
+    assert frame_aspect(output) == Fraction(16, 15)
+
+
+def test_prores_in_matroska_is_refused_for_non_square_pixels(tmp_path, colorizer):
+    source = bw_clip(tmp_path / "dv.mkv", frames=6, sample_aspect_ratio=Fraction(16, 15))
+    output = tmp_path / "colour.mkv"
+    with pytest.raises(BadInputError, match=r"not square \(16:15.*ProRes in \.mkv cannot record it; write \.mov"):
+        film_job(colorizer, source.path, output, FilmOptions(SmoothingOptions(0.5), EncodeOptions("prores")))
+    assert not output.exists() and not parts_folder(output).exists()
 
 
 @pytest.mark.parametrize("suffix, codec", [(".ts", "libx264"), (".mpg", "mpeg2video")])

@@ -12,13 +12,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.media import gray_frames, moving_scene, probe, write_clip
+from tests.media import frame_aspect, gray_frames, moving_scene, probe, write_clip
 from tests.services import (
     JOB_TIMEOUT_S,
     WorkerProcess,
@@ -131,7 +132,7 @@ def test_collection_fans_out_and_lists_failed_files(service_env):
 def test_film_is_split_over_two_workers_and_joined(service_env, tmp_path):
     client, start_worker, s3, _, model = service_env
     clip = write_clip(tmp_path / "reel.mkv", gray_frames(moving_scene(48, 96, 64)), gop=6, bframes=0,
-                      audio="flac")
+                      audio="flac", sample_aspect_ratio=Fraction(16, 15))  # DV's non-square pixels
     put_object(s3, "s3://scans/reel.mkv", clip.path.read_bytes())
     first, second = start_worker("a"), start_worker("b")
     job_id, _ = client.submit(spec("s3://scans/reel.mkv", "s3://colour/films/", model, codec="ffv1"))
@@ -143,7 +144,21 @@ def test_film_is_split_over_two_workers_and_joined(service_env, tmp_path):
     out = probe(tmp_path / "out.mkv")
     assert out.video.frame_count == 48 and out.video.pts == clip.probe.video.pts
     assert [s.payload_sha256 for s in out.of_type("audio")] == [s.payload_sha256 for s in clip.probe.of_type("audio")]
+    assert frame_aspect(tmp_path / "out.mkv") == Fraction(16, 15)
     assert "tinct.colorize_segment" in first.text() and "tinct.colorize_segment" in second.text()
+
+
+def test_a_film_whose_pixel_shape_its_output_cannot_keep_fails_before_any_segment(service_env, tmp_path):
+    client, start_worker, s3, _, model = service_env
+    clip = write_clip(tmp_path / "dv.mkv", gray_frames(moving_scene(12, 96, 64)), sample_aspect_ratio=Fraction(16, 15))
+    put_object(s3, "s3://scans/dv.mkv", clip.path.read_bytes())
+    start_worker()
+    job_id, _ = client.submit(spec("s3://scans/dv.mkv", "s3://colour/", model, codec="prores"))  # into dv.mkv
+    record = wait_for_job(client, job_id)
+    assert record.state == "failed" and record.error == (
+        "s3://scans/dv.mkv: its pixels are not square (16:15, as from DV or DVD) and ProRes in .mkv cannot record "
+        "it; write .mov")
+    assert keys(s3, "colour") == [] and record.done == 0
 
 
 def test_cancelling_a_running_film_removes_its_staged_segments(service_env, tmp_path):

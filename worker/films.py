@@ -49,7 +49,15 @@ from worker.references import (
 from worker.segments import Segment, check_output_streams, join_segments, plan_segments
 from worker.settings import GuidanceLimits
 from worker.smoothing import SmoothingOptions
-from worker.video_sink import CODECS, EncodeOptions, OutputLayout, SegmentWriter, check_container, plan_output
+from worker.video_sink import (
+    CODECS,
+    EncodeOptions,
+    OutputLayout,
+    SegmentWriter,
+    aspect_loss,
+    check_container,
+    plan_output,
+)
 from worker.video_source import FilmInfo, probe_film
 
 logger = logging.getLogger(__name__)
@@ -186,6 +194,9 @@ def colorize_film(
     if film.is_colour and not options.recolor:
         return FilmOutcome(source, output, "colour", frames=film.frames)
     check_output_streams(film, output)
+    aspect_lost = aspect_loss(film.video, options.encode.codec, output)
+    if aspect_lost:
+        raise BadInputError(source, aspect_lost)
     # Every reference is checked (time, picture) before any work, so a bad one fails the film with nothing written.
     limits = options.limits
     references = resolve_references(

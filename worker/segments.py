@@ -152,6 +152,8 @@ def _add_video(out, film: FilmInfo, source, template):
     _copy_stream_tags(source_stream, stream)
     if film.video.rotation:
         stream.set_display_rotation(film.video.rotation)
+    if film.video.sample_aspect_ratio:
+        stream.codec_context.sample_aspect_ratio = film.video.sample_aspect_ratio  # MP4/MOV store it in the container
     return stream
 
 

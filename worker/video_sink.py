@@ -11,6 +11,7 @@ source's other streams. Every segment starts with a keyframe and references noth
 Output format rules (the source's look is kept; only colour is added):
 
 * same size, frame timing, rotation and colour tags (range, matrix, primaries, transfer);
+* same pixel aspect ratio (``aspect_loss`` names the one combination that cannot keep it);
 * luma bit depth kept where the codec can carry it (x264 8/10, x265 up to 12, FFV1 up to 16); ProRes is
   always 10-bit;
 * chroma subsampling kept for Y'CbCr sources (4:2:0 stays 4:2:0); black-and-white sources without chroma
@@ -27,6 +28,7 @@ from pathlib import Path
 from types import TracebackType
 
 import av
+import av.filter
 import numpy as np
 
 from worker.video_source import COLORSPACE_BY_MATRIX, RANGE_FULL, RANGE_LIMITED, FrameLayout, VideoFormat
@@ -152,6 +154,39 @@ def check_container(path: str | os.PathLike, codec: str) -> None:
         raise ValueError(f"{path}: {codec} cannot be stored in {Path(path).suffix}; use {' or '.join(holders)}")
 
 
+def aspect_loss(video: VideoFormat, codec: str, output: str | os.PathLike) -> str | None:
+    """Why ``output`` would show ``video``'s frames at the wrong shape, or None when it keeps their pixel aspect
+    ratio. H.264 and H.265 carry it in their bitstream, FFV1 in every frame's slice headers (``_aspect_stamper``),
+    and MP4/MOV in the container; ProRes has no field for it, and Matroska's is out of PyAV's reach."""
+    sar = video.sample_aspect_ratio
+    if not sar or sar == 1 or codec != "prores" or container_for(output) != "matroska":
+        return None
+    return (f"its pixels are not square ({sar.numerator}:{sar.denominator}, as from DV or DVD) and ProRes in .mkv "
+            "cannot record it; write .mov")
+
+
+def _aspect_stamper(video: VideoFormat, layout: OutputLayout):
+    """For FFV1 with non-square pixels: a function that stamps the pixel aspect ratio on a frame, which the encoder
+    writes into the frame's slice headers (FFV1 takes it from frames, not from its settings); None otherwise."""
+    sar = video.sample_aspect_ratio
+    if layout.codec != "ffv1" or not sar or sar == 1:
+        return None
+    graph = av.filter.Graph()
+    source = graph.add("buffer", f"video_size={video.width}x{video.height}:pix_fmt={layout.pix_fmt}:"
+                       f"time_base={video.time_base.numerator}/{video.time_base.denominator}")
+    stamp = graph.add("setsar", f"{sar.numerator}/{sar.denominator}")
+    sink = graph.add("buffersink")
+    source.link_to(stamp)
+    stamp.link_to(sink)
+    graph.configure()
+
+    def stamped(frame: av.VideoFrame) -> av.VideoFrame:
+        graph.push(frame)
+        return graph.pull()
+
+    return stamped
+
+
 def plan_output(video: VideoFormat, options: EncodeOptions) -> OutputLayout:
     spec = CODECS[options.codec]
     depth = next((d for d in spec.depths if d >= video.bit_depth), spec.depths[-1])
@@ -183,6 +218,7 @@ class SegmentWriter:
                                   options=dict(KEEP_TIMESTAMPS))
         try:
             self._stream = self._add_stream(video, layout, options, frame_rate or video.average_rate)
+            self._stamp_aspect = _aspect_stamper(video, layout)
         except BaseException:
             self._container.close()
             raise
@@ -225,6 +261,8 @@ class SegmentWriter:
         frame.time_base = self.time_base
         frame.color_range = self._stream.codec_context.color_range
         frame.colorspace = self._stream.codec_context.colorspace
+        if self._stamp_aspect is not None:
+            frame = self._stamp_aspect(frame)
         for packet in self._stream.encode(frame):
             self._container.mux(packet)
         self.frames += 1

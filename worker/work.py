@@ -61,7 +61,7 @@ from worker.segments import Segment, join_segments, plan_segments
 from worker.settings import Settings
 from worker.smoothing import SmoothingOptions
 from worker.storage import ObjectInfo, Storage, join_uri, parse_uri, relative_key
-from worker.video_sink import CODECS, CONTAINERS, EncodeOptions, SegmentWriter, plan_output
+from worker.video_sink import CODECS, CONTAINERS, EncodeOptions, SegmentWriter, aspect_loss, plan_output
 from worker.video_source import FilmInfo, probe_film
 
 logger = logging.getLogger(__name__)
@@ -239,6 +239,9 @@ def _plan_film(rt: Runtime, record: JobRecord, enqueue: Enqueue) -> None:
     options = _film_options(spec)
     if film.is_colour and not spec.options.recolor:
         raise BadInputError(spec.input, "a colour film; set options.recolor to colorize its lightness anyway")
+    aspect_lost = aspect_loss(film.video, options["encode"].codec, film_output_uri(spec))
+    if aspect_lost:
+        raise BadInputError(spec.input, aspect_lost)
     if spec.options.references:  # a time outside the film, or two on one frame, fails the job before any work
         place_job_references(job_references(spec.options.references), film, spec.input)
     segments = plan_segments(film, _segment_frames(rt.settings, film), warmup_frames(options["smoothing"]))
