@@ -318,10 +318,17 @@ def _name(table: Mapping[str, int], value: int) -> str:
     return next((name for name, number in table.items() if number == value), str(value))
 
 
-def frame_aspect(path: str | os.PathLike[str]) -> Fraction | None:
-    """The first video frame's sample aspect ratio as a player sees it: the frame's own (from its bitstream), else its
-    stream's (from the container); None when neither says. PyAV has no accessor for a frame's, so FFmpeg's showinfo
-    filter reports it in its log."""
+@dataclass(frozen=True)
+class FrameInfo:
+    """How a player is told to show a video's first frame."""
+
+    aspect: Fraction | None  # pixel aspect ratio: the frame's own (from its bitstream), else its stream's; None: unsaid
+    fields: str  # "progressive", or which field of an interlaced frame comes first: "top first", "bottom first"
+
+
+def first_frame_info(path: str | os.PathLike[str]) -> FrameInfo:
+    """What the decoder says of the first video frame. PyAV has no accessor for a frame's pixel aspect ratio or
+    field order, so FFmpeg's showinfo filter reports them in its log ("sar:16/15", "i:T")."""
     with av.open(str(path)) as container:
         frame = next(container.decode(video=0))
         from_container = container.streams.video[0].sample_aspect_ratio
@@ -340,7 +347,8 @@ def frame_aspect(path: str | os.PathLike[str]) -> Fraction | None:
         av.logging.set_level(None)
     line = next(message for _, name, message in logs if name == "showinfo" and " sar:" in message)
     num, den = (int(part) for part in line.split(" sar:", 1)[1].split()[0].split("/"))
-    return Fraction(num, den) if num and den else from_container or None
+    fields = {"P": "progressive", "T": "top first", "B": "bottom first"}[line.split(" i:", 1)[1][0]]
+    return FrameInfo(Fraction(num, den) if num and den else from_container or None, fields)
 
 
 def decode_rgb(path: str | os.PathLike[str], stream: int = 0) -> list[np.ndarray]:
@@ -405,6 +413,7 @@ def write_clip(
     color_trc: str | None = None,
     rotation: int = 0,
     sample_aspect_ratio: Fraction | None = None,
+    interlaced: str | None = None,
     audio: str | None = None,
     subtitles: str | None = None,
     timecode: str | None = None,
@@ -427,7 +436,9 @@ def write_clip(
       the RGB->YUV conversion uses the matrix and range the tags declare, so tagged files decode correctly.
     - `rotation`: counter-clockwise degrees, stored as a display matrix (mp4, mov, mkv, webm; not avi).
     - `sample_aspect_ratio`: the pixels' width to height (DV and DVD footage is not square: PAL 4:3 is 16:15), set
-      on the encoder: H.264 and H.265 write it into the bitstream; read it back with `frame_aspect`.
+      on the encoder: H.264 and H.265 write it into the bitstream; read it back with `first_frame_info`.
+    - `interlaced`: "top first" or "bottom first": the frames are flagged as woven fields in that order and coded as
+      fields (H.264, MPEG-2, ProRes), as a tape capture is; `first_frame_info` reads the order back.
     - `audio`: an audio codec ("aac", "libopus", "flac", "pcm_s16le", ...) for a stereo 48 kHz tone
       (`TONE_HZ`) as long as the video.
     - `subtitles`: "mov_text" (mp4/mov), "srt"/"subrip"/"ass"/"webvtt" (mkv), "webvtt" (webm): the two
@@ -474,7 +485,9 @@ def write_clip(
         "color_primaries": _lookup(COLOR_PRIMARIES, color_primaries),
         "color_trc": _lookup(COLOR_TRCS, color_trc),
     }
-    options = {**_ENCODER_DEFAULTS.get(codec, {}), **(encoder_options or {})}
+    options = {**_ENCODER_DEFAULTS.get(codec, {}), **({"flags": "+ildct+ilme"} if interlaced else {}),
+               **(encoder_options or {})}
+    flag_fields = _field_stamper(width, height, pix_fmt, interlaced) if interlaced else None
 
     container_options = {**({"use_editlist": "1"} if hidden_frames else {}), **(container_options or {})}
     with av.open(str(path), "w", options=container_options) as out:
@@ -511,6 +524,8 @@ def write_clip(
             if array.shape[:2] != (height, width):
                 raise ValueError(f"frame {index} is {array.shape}, the first frame was {arrays[0].shape}")
             frame = _video_frame(array, pix_fmt, tags)
+            if flag_fields is not None:
+                frame = flag_fields(frame)
             frame.pts, frame.time_base = frame_pts, time_base
             out.mux(video.encode(frame))
         out.mux(video.encode())
@@ -554,6 +569,25 @@ def _lookup(table: Mapping[str, int], name: str | None) -> int | None:
     if key not in table:
         raise ValueError(f"unknown colour tag {name!r}; known: {sorted(table)}")
     return table[key]
+
+
+def _field_stamper(width: int, height: int, pix_fmt: str, order: str):
+    """Flags frames as interlaced in ``order``: PyAV cannot set a frame's field order, FFmpeg's setfield filter can."""
+    fields = {"top first": "tff", "bottom first": "bff"}.get(order)
+    if fields is None:
+        raise ValueError(f'interlaced must be "top first" or "bottom first", not {order!r}')
+    graph = av.filter.Graph()
+    source = graph.add("buffer", f"video_size={width}x{height}:pix_fmt={pix_fmt}:time_base=1/25")
+    stamp, sink = graph.add("setfield", fields), graph.add("buffersink")
+    source.link_to(stamp)
+    stamp.link_to(sink)
+    graph.configure()
+
+    def stamped(frame: av.VideoFrame) -> av.VideoFrame:
+        graph.push(frame)
+        return graph.pull()
+
+    return stamped
 
 
 def _video_frame(array: np.ndarray, pix_fmt: str, tags: Mapping[str, int | None]) -> av.VideoFrame:

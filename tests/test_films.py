@@ -21,7 +21,7 @@ from models.colorizer import Colorizer
 from tests.media import (
     decode_native,
     decode_rgb,
-    frame_aspect,
+    first_frame_info,
     gray_frames,
     make_bad_inputs,
     moving_scene,
@@ -298,11 +298,27 @@ def test_non_square_pixels_keep_their_shape(tmp_path, colorizer, suffix, codec):
     # DV and DVD footage has non-square pixels: a copy that loses the ratio shows every frame squeezed. H.264 and
     # H.265 carry it in their bitstream, MOV in the container, FFV1 in each frame's slice headers.
     source = bw_clip(tmp_path / "dv.mkv", frames=12, sample_aspect_ratio=Fraction(16, 15))
-    assert frame_aspect(source.path) == Fraction(16, 15)
+    assert first_frame_info(source.path).aspect == Fraction(16, 15)
     output = tmp_path / f"colour{suffix}"
     options = FilmOptions(SmoothingOptions(0.5), EncodeOptions(codec), segment_seconds=0.25)  # joined segments
     assert film_job(colorizer, source.path, output, options).status == "done"
-    assert frame_aspect(output) == Fraction(16, 15)
+    assert first_frame_info(output).aspect == Fraction(16, 15)
+
+
+@pytest.mark.parametrize("source_codec, fields", [("mpeg2video", "top first"), ("prores_ks", "bottom first")])
+@pytest.mark.parametrize("suffix, codec", [(".mkv", "ffv1"), (".mov", "prores"), (".mp4", "h264")])
+def test_an_interlaced_film_stays_interlaced(tmp_path, colorizer, source_codec, fields, suffix, codec):
+    # Tape captures are interlaced: each frame weaves two fields taken a field apart in time. Flagged progressive,
+    # a copy is shown combed wherever something moves; flagged as its source was, players deinterlace it alike.
+    source = bw_clip(tmp_path / "tape.mkv", frames=12, codec=source_codec, interlaced=fields)
+    assert first_frame_info(source.path).fields == fields
+    output = tmp_path / f"colour{suffix}"
+    options = FilmOptions(SmoothingOptions(0.5), EncodeOptions(codec), segment_seconds=0.25)  # joined segments
+    assert film_job(colorizer, source.path, output, options).status == "done"
+    assert first_frame_info(output).fields == fields  # the frames say so (as the codec codes them)
+    if suffix != ".mp4":  # and so do Matroska's FieldOrder and QuickTime's fiel (MP4 has no such field)
+        with av.open(str(source.path)) as before, av.open(str(output)) as after:
+            assert after.streams.video[0].codec_context.field_order == before.streams.video[0].codec_context.field_order
 
 
 def test_prores_in_matroska_is_refused_for_non_square_pixels(tmp_path, colorizer):

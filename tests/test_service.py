@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.media import frame_aspect, gray_frames, moving_scene, probe, write_clip
+from tests.media import first_frame_info, gray_frames, moving_scene, probe, write_clip
 from tests.services import (
     JOB_TIMEOUT_S,
     WorkerProcess,
@@ -144,7 +144,7 @@ def test_film_is_split_over_two_workers_and_joined(service_env, tmp_path):
     out = probe(tmp_path / "out.mkv")
     assert out.video.frame_count == 48 and out.video.pts == clip.probe.video.pts
     assert [s.payload_sha256 for s in out.of_type("audio")] == [s.payload_sha256 for s in clip.probe.of_type("audio")]
-    assert frame_aspect(tmp_path / "out.mkv") == Fraction(16, 15)
+    assert first_frame_info(tmp_path / "out.mkv").aspect == Fraction(16, 15)
     assert "tinct.colorize_segment" in first.text() and "tinct.colorize_segment" in second.text()
 
 

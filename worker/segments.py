@@ -35,7 +35,7 @@ import numpy as np
 from models.files import atomic_path
 from worker.errors import BadInputError
 from worker.video_sink import KEEP_TIMESTAMPS, container_for
-from worker.video_source import FilmInfo, stream_by_index
+from worker.video_source import INTERLACED_FIELDS, FilmInfo, stream_by_index
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +154,8 @@ def _add_video(out, film: FilmInfo, source, template):
         stream.set_display_rotation(film.video.rotation)
     if film.video.sample_aspect_ratio:
         stream.codec_context.sample_aspect_ratio = film.video.sample_aspect_ratio  # MP4/MOV store it in the container
+    if film.video.field_order in INTERLACED_FIELDS:
+        stream.codec_context.field_order = film.video.field_order  # Matroska's FieldOrder, QuickTime's fiel
     return stream
 
 

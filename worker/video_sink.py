@@ -21,6 +21,7 @@ Output format rules (the source's look is kept; only colour is added):
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -31,7 +32,16 @@ import av
 import av.filter
 import numpy as np
 
-from worker.video_source import COLORSPACE_BY_MATRIX, RANGE_FULL, RANGE_LIMITED, FrameLayout, VideoFormat
+from worker.video_source import (
+    COLORSPACE_BY_MATRIX,
+    FIELD_TB,
+    FIELD_TT,
+    INTERLACED_FIELDS,
+    RANGE_FULL,
+    RANGE_LIMITED,
+    FrameLayout,
+    VideoFormat,
+)
 
 # Muxers shift a stream whose first decode timestamp is negative (x264's B-frame delay makes it so) to start
 # at zero, which would move every frame off the source's timing; the segments and the final file keep them.
@@ -165,19 +175,26 @@ def aspect_loss(video: VideoFormat, codec: str, output: str | os.PathLike) -> st
             "cannot record it; write .mov")
 
 
-def _aspect_stamper(video: VideoFormat, layout: OutputLayout):
-    """For FFV1 with non-square pixels: a function that stamps the pixel aspect ratio on a frame, which the encoder
-    writes into the frame's slice headers (FFV1 takes it from frames, not from its settings); None otherwise."""
+def _frame_stamper(video: VideoFormat, layout: OutputLayout):
+    """A function that stamps on each frame what its encoder reads from frames rather than its settings, or None when
+    nothing needs stamping: an interlaced source's field order (FFV1 and ProRes code it per frame, x264 codes
+    interlaced frames as fields, and decoders then flag them so players deinterlace) and, for FFV1, the pixel aspect
+    ratio (written into its slice headers; PyAV cannot reach Matroska's own field for it)."""
+    stamps = []
+    if video.field_order in INTERLACED_FIELDS:
+        stamps.append(("setfield", "tff" if video.field_order in (FIELD_TT, FIELD_TB) else "bff"))
     sar = video.sample_aspect_ratio
-    if layout.codec != "ffv1" or not sar or sar == 1:
+    if layout.codec == "ffv1" and sar and sar != 1:
+        stamps.append(("setsar", f"{sar.numerator}/{sar.denominator}"))
+    if not stamps:
         return None
     graph = av.filter.Graph()
-    source = graph.add("buffer", f"video_size={video.width}x{video.height}:pix_fmt={layout.pix_fmt}:"
-                       f"time_base={video.time_base.numerator}/{video.time_base.denominator}")
-    stamp = graph.add("setsar", f"{sar.numerator}/{sar.denominator}")
-    sink = graph.add("buffersink")
-    source.link_to(stamp)
-    stamp.link_to(sink)
+    nodes = [graph.add("buffer", f"video_size={video.width}x{video.height}:pix_fmt={layout.pix_fmt}:"
+                       f"time_base={video.time_base.numerator}/{video.time_base.denominator}")]
+    nodes += [graph.add(name, arguments) for name, arguments in stamps]
+    nodes.append(graph.add("buffersink"))
+    for upstream, downstream in itertools.pairwise(nodes):
+        upstream.link_to(downstream)
     graph.configure()
 
     def stamped(frame: av.VideoFrame) -> av.VideoFrame:
@@ -218,7 +235,7 @@ class SegmentWriter:
                                   options=dict(KEEP_TIMESTAMPS))
         try:
             self._stream = self._add_stream(video, layout, options, frame_rate or video.average_rate)
-            self._stamp_aspect = _aspect_stamper(video, layout)
+            self._stamp = _frame_stamper(video, layout)
         except BaseException:
             self._container.close()
             raise
@@ -234,6 +251,8 @@ class SegmentWriter:
         stream.time_base = video.time_base
         if video.sample_aspect_ratio:
             codec_context.sample_aspect_ratio = video.sample_aspect_ratio
+        if video.field_order in INTERLACED_FIELDS:
+            codec_context.field_order = video.field_order  # the container's flag (Matroska FieldOrder, QuickTime fiel)
         codec_context.color_range = RANGE_FULL if layout.full_range else RANGE_LIMITED
         codec_context.colorspace = video.colorspace or COLORSPACE_BY_MATRIX[layout.matrix]
         codec_context.color_primaries = video.color_primaries
@@ -243,6 +262,8 @@ class SegmentWriter:
             encoder_options["crf"] = str(options.quality)
         if spec.preset:
             encoder_options["preset"] = options.preset
+        if layout.codec in ("h264", "prores") and video.field_order in INTERLACED_FIELDS:
+            encoder_options["flags"] = "+ildct+ilme"  # field coding: each frame's two fields stay apart
         if layout.codec == "h265":
             # Closed GOPs and no informational SEI noise: segments must join into one valid stream.
             encoder_options["x265-params"] = "open-gop=0:log-level=error"
@@ -261,8 +282,8 @@ class SegmentWriter:
         frame.time_base = self.time_base
         frame.color_range = self._stream.codec_context.color_range
         frame.colorspace = self._stream.codec_context.colorspace
-        if self._stamp_aspect is not None:
-            frame = self._stamp_aspect(frame)
+        if self._stamp is not None:
+            frame = self._stamp(frame)
         for packet in self._stream.encode(frame):
             self._container.mux(packet)
         self.frames += 1

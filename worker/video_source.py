@@ -46,6 +46,13 @@ logger = logging.getLogger(__name__)
 MATRIX_BY_COLORSPACE = {1: "bt709", 5: "bt601", 6: "bt601", 9: "bt2020", 10: "bt2020"}
 COLORSPACE_BY_MATRIX = {"bt709": 1, "bt601": 6, "bt2020": 9}
 RANGE_LIMITED, RANGE_FULL = 1, 2  # AVCOL_RANGE_MPEG, AVCOL_RANGE_JPEG
+# FFmpeg's AVFieldOrder: progressive, or which field of a woven interlaced frame comes first in time (the second
+# letter, where they differ, is the field stored first).
+FIELD_UNKNOWN, FIELD_PROGRESSIVE, FIELD_TT, FIELD_BB, FIELD_TB, FIELD_BT = range(6)
+INTERLACED_FIELDS = (FIELD_TT, FIELD_BB, FIELD_TB, FIELD_BT)
+# Decoders whose field order is their pictures' own header field. FFmpeg's H.264 and HEVC parsers report "top first"
+# for bottom-first streams too, and PyAV shows no frame's own flag, so those sources are treated as progressive.
+FIELD_ORDER_CODECS = ("mpeg2video", "prores")
 # A film may end this much earlier than its container says before it counts as truncated: containers round
 # durations, and the last frame's duration is often unknown. 1 s is far above rounding and far below a loss
 # worth noticing... except for films shorter than that, where a quarter of the length is used instead.
@@ -85,6 +92,7 @@ class VideoFormat:
     time_base: Fraction
     average_rate: Fraction | None
     sample_aspect_ratio: Fraction | None
+    field_order: int = FIELD_UNKNOWN  # FFmpeg's AVFieldOrder: interlaced video (tape captures) is woven fields
 
 
 @dataclass(frozen=True)
@@ -482,6 +490,8 @@ def _video_format(stream, frame) -> VideoFormat:
         time_base=Fraction(stream.time_base),
         average_rate=Fraction(stream.average_rate) if stream.average_rate else None,
         sample_aspect_ratio=Fraction(stream.sample_aspect_ratio) if stream.sample_aspect_ratio else None,
+        field_order=(codec_context.field_order or FIELD_UNKNOWN) if codec_context.name in FIELD_ORDER_CODECS
+        else FIELD_UNKNOWN,
     )
 
 
