@@ -327,22 +327,14 @@ class FrameInfo:
 
 
 def first_frame_info(path: str | os.PathLike[str]) -> FrameInfo:
-    """What the decoder says of the first video frame. PyAV has no accessor for a frame's pixel aspect ratio or
-    field order, so FFmpeg's showinfo filter reports them in its log ("sar:16/15", "i:T")."""
+    """What the decoder says of the first video frame, as FFmpeg's showinfo filter logs it ("sar:16/15", "i:T")."""
     with av.open(str(path)) as container:
         frame = next(container.decode(video=0))
         from_container = container.streams.video[0].sample_aspect_ratio
-    graph = av.filter.Graph()
-    source = graph.add("buffer", f"video_size={frame.width}x{frame.height}:pix_fmt={frame.format.name}:time_base=1/25")
-    info, sink = graph.add("showinfo"), graph.add("buffersink")
-    source.link_to(info)
-    info.link_to(sink)
-    graph.configure()
     av.logging.set_level(av.logging.INFO)
     try:
         with av.logging.Capture() as logs:
-            graph.push(frame)
-            graph.pull()
+            _filter_frame(frame, "showinfo")
     finally:
         av.logging.set_level(None)
     line = next(message for _, name, message in logs if name == "showinfo" and " sar:" in message)
@@ -487,7 +479,9 @@ def write_clip(
     }
     options = {**_ENCODER_DEFAULTS.get(codec, {}), **({"flags": "+ildct+ilme"} if interlaced else {}),
                **(encoder_options or {})}
-    flag_fields = _field_stamper(width, height, pix_fmt, interlaced) if interlaced else None
+    fields = {None: None, "top first": "tff", "bottom first": "bff"}.get(interlaced, "?")
+    if fields == "?":
+        raise ValueError(f'interlaced must be "top first" or "bottom first", not {interlaced!r}')
 
     container_options = {**({"use_editlist": "1"} if hidden_frames else {}), **(container_options or {})}
     with av.open(str(path), "w", options=container_options) as out:
@@ -524,8 +518,8 @@ def write_clip(
             if array.shape[:2] != (height, width):
                 raise ValueError(f"frame {index} is {array.shape}, the first frame was {arrays[0].shape}")
             frame = _video_frame(array, pix_fmt, tags)
-            if flag_fields is not None:
-                frame = flag_fields(frame)
+            if fields is not None:
+                frame = _filter_frame(frame, "setfield", fields)
             frame.pts, frame.time_base = frame_pts, time_base
             out.mux(video.encode(frame))
         out.mux(video.encode())
@@ -571,23 +565,17 @@ def _lookup(table: Mapping[str, int], name: str | None) -> int | None:
     return table[key]
 
 
-def _field_stamper(width: int, height: int, pix_fmt: str, order: str):
-    """Flags frames as interlaced in ``order``: PyAV cannot set a frame's field order, FFmpeg's setfield filter can."""
-    fields = {"top first": "tff", "bottom first": "bff"}.get(order)
-    if fields is None:
-        raise ValueError(f'interlaced must be "top first" or "bottom first", not {order!r}')
+def _filter_frame(frame: av.VideoFrame, name: str, arguments: str | None = None) -> av.VideoFrame:
+    """``frame`` through one FFmpeg filter: PyAV can neither set nor read a frame's field order or pixel aspect ratio,
+    FFmpeg's setfield filter sets one and its showinfo filter logs both."""
     graph = av.filter.Graph()
-    source = graph.add("buffer", f"video_size={width}x{height}:pix_fmt={pix_fmt}:time_base=1/25")
-    stamp, sink = graph.add("setfield", fields), graph.add("buffersink")
-    source.link_to(stamp)
-    stamp.link_to(sink)
+    source = graph.add("buffer", f"video_size={frame.width}x{frame.height}:pix_fmt={frame.format.name}:time_base=1/25")
+    step, sink = graph.add(name, arguments), graph.add("buffersink")
+    source.link_to(step)
+    step.link_to(sink)
     graph.configure()
-
-    def stamped(frame: av.VideoFrame) -> av.VideoFrame:
-        graph.push(frame)
-        return graph.pull()
-
-    return stamped
+    graph.push(frame)
+    return graph.pull()
 
 
 def _video_frame(array: np.ndarray, pix_fmt: str, tags: Mapping[str, int | None]) -> av.VideoFrame:

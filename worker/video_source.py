@@ -391,14 +391,14 @@ def decode_from(container, stream, index: FrameIndex, target: int) -> Iterator[a
     keyframe is sought by its packet's byte position, then by its dts, then from ever earlier keyframes; the
     last try is handed on as it is, for the caller's frame checks to judge.
     """
-    key = max(0, int(np.searchsorted(index.keyframe_pts, target, side="right")) - 1)
-    tries = [(key, "pts"), (key, "pos"), (key, "dts")]
-    step = 1
-    while key > 0:
-        key = max(0, key - step)
-        step *= 2
-        tries.append((key, "pos" if index.keyframe_pos[key] >= 0 else "dts"))
-    tries = [(key, way) for key, way in tries if way != "pos" or index.keyframe_pos[key] >= 0]
+    nearest = max(0, int(np.searchsorted(index.keyframe_pts, target, side="right")) - 1)
+    tries = [(nearest, "pts"), (nearest, "pos"), (nearest, "dts")]
+    earlier, step = nearest, 1
+    while earlier > 0:  # 1, 2, 4, ... keyframes further back, down to the first
+        earlier, step = max(0, earlier - step), step * 2
+        tries.append((earlier, "pos"))
+    tries = [(key, way if way != "pos" or index.keyframe_pos[key] >= 0 else "dts") for key, way in tries]
+    tries = list(dict.fromkeys(tries))  # a keyframe without a byte position is tried by its dts once
     for attempt, (key, way) in enumerate(tries):
         last_try = attempt == len(tries) - 1
         if way == "pos":
