@@ -166,7 +166,7 @@ def check_container(path: str | os.PathLike, codec: str) -> None:
 
 def aspect_loss(video: VideoFormat, codec: str, output: str | os.PathLike) -> str | None:
     """Why ``output`` would show ``video``'s frames at the wrong shape, or None when it keeps their pixel aspect
-    ratio. H.264 and H.265 carry it in their bitstream, FFV1 in every frame's slice headers (``_aspect_stamper``),
+    ratio. H.264 and H.265 carry it in their bitstream, FFV1 in every frame's slice headers (``_frame_stamper``),
     and MP4/MOV in the container; ProRes has no field for it, and Matroska's is out of PyAV's reach."""
     sar = video.sample_aspect_ratio
     if not sar or sar == 1 or codec != "prores" or container_for(output) != "matroska":
