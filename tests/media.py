@@ -59,6 +59,7 @@ _ENCODER_DEFAULTS: dict[str, dict[str, str]] = {
     "mpeg4": {"qmax": "4"},  # its default 200 kb/s drifts by 10+ levels within 12 frames even at 64x48
 }
 AUDIO_RATE = 48_000
+COVER_RGB = (200, 120, 40)  # write_clip's cover picture
 TONE_HZ = (440.0, 660.0)  # left, right: different so a channel swap is visible
 SUBTITLE_TEXTS = ("Tinct cue one", "Tinct cue two")
 _ASS_HEADER = (
@@ -414,6 +415,7 @@ def write_clip(
     encoder_options: Mapping[str, str] | None = None,
     container_options: Mapping[str, str] | None = None,
     hidden_frames: int = 0,
+    cover: bool = False,
 ) -> ClipInfo:
     """Encode `frames` into a real file; the container comes from the suffix (.mp4 .mkv .mov .avi .webm ...).
 
@@ -444,6 +446,8 @@ def write_clip(
     - `hidden_frames` (mp4/mov): the first N frames lie before the start of an edit list, as in a film trimmed at its
       head without re-encoding: encoded (what follows needs them to decode), flagged discard, never shown. Their pts
       are negative (default spacing) and the muxer writes the edit list; the file shows the other frames from 0.
+    - `cover` (mp4/mov): a 32x32 JPEG cover picture, a stream flagged as an attached picture (`COVER_RGB`), as many
+      MP4s carry one.
     - `.mpg` and `.ts` (MPEG program and transport streams, as from DVDs and broadcast captures) shift every
       timestamp by the same offset, so their timestamps are checked from the first frame's.
     - `encoder_options`: codec options over `_ENCODER_DEFAULTS` (mpeg4 qmax=4, quiet x265). Lossy codecs at 4:2:0
@@ -513,6 +517,13 @@ def write_clip(
         out.metadata.update(metadata or {})
         if chapters:
             out.set_chapters(_chapter_entries(chapters, duration))
+        cover_stream = None
+        if cover:
+            if out.format.name not in ("mp4", "mov"):
+                raise ValueError(f"a cover picture needs mp4 or mov, not {out.format.name}")
+            cover_stream = out.add_stream("mjpeg")
+            cover_stream.width, cover_stream.height, cover_stream.pix_fmt = 32, 32, "yuvj420p"
+            cover_stream.disposition = av.stream.Disposition.attached_pic
 
         for index, (array, frame_pts) in enumerate(zip(arrays, written_pts, strict=True)):
             if array.shape[:2] != (height, width):
@@ -528,7 +539,14 @@ def write_clip(
             out.mux(audio_stream.encode())
         if subtitle_stream is not None:
             _write_cues(out, subtitle_stream, duration)
+        if cover_stream is not None:
+            picture = av.VideoFrame.from_ndarray(np.full((32, 32, 3), COVER_RGB, np.uint8), format="rgb24")
+            for packet in cover_stream.encode(picture.reformat(format="yuvj420p")) + cover_stream.encode():
+                packet.pts = packet.dts = None  # an attached picture has no place in time
+                out.mux(packet)
 
+    if cover and not has_cover(path):
+        raise ValueError(f"{path.name}: the cover picture was not kept")
     info = probe(path)
     shown_pts = written_pts[hidden_frames:]
     _check_written(info, path, shown_pts, time_base, rotation, chapters, metadata, audio, subtitles, timecode)
@@ -563,6 +581,12 @@ def _lookup(table: Mapping[str, int], name: str | None) -> int | None:
     if key not in table:
         raise ValueError(f"unknown colour tag {name!r}; known: {sorted(table)}")
     return table[key]
+
+
+def has_cover(path: str | os.PathLike[str]) -> bool:
+    """Whether a file carries a cover picture (an attached picture, which Matroska keeps as an attachment)."""
+    with av.open(str(path)) as container:
+        return any(stream.disposition & av.stream.Disposition.attached_pic for stream in container.streams)
 
 
 def _filter_frame(frame: av.VideoFrame, name: str, arguments: str | None = None) -> av.VideoFrame:

@@ -19,10 +19,12 @@ import pytest
 
 from models.colorizer import Colorizer
 from tests.media import (
+    COVER_RGB,
     decode_native,
     decode_rgb,
     first_frame_info,
     gray_frames,
+    has_cover,
     make_bad_inputs,
     moving_scene,
     probe,
@@ -154,6 +156,29 @@ def test_codec_that_the_container_cannot_hold_is_a_usage_error(tmp_path, tiny_ch
     assert run_cli(tiny_checkpoint, str(source.path), "-o", str(tmp_path / "out.mp4"), "--codec", "ffv1") == 2
     assert "ffv1 cannot be stored in .mp4; use .mkv\n" in capsys.readouterr().err  # the one container that holds it
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_a_stream_the_output_container_cannot_hold_fails_the_film_before_any_work(tmp_path, tiny_checkpoint, capsys):
+    source = bw_clip(tmp_path / "subtitled.mkv", frames=4, subtitles="srt")
+    assert run_cli(tiny_checkpoint, str(source.path), "-o", str(tmp_path / "out.mp4")) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "subtitle stream" in line]
+    # SubRip goes into Matroska only (QuickTime's own text is another codec), so that is the one suggestion.
+    assert errors[0].endswith(": subtitle stream #1 (srt) cannot be copied into .mp4: 'mp4' format does not support "
+                              "'srt' codec; try .mkv"), errors
+    assert not (tmp_path / "out.mp4").exists() and not parts_folder(tmp_path / "out.mp4").exists()
+
+
+def test_a_cover_picture_becomes_a_matroska_attachment_and_is_reported_where_it_cannot_go(tmp_path, colorizer,
+                                                                                          caplog):
+    source = bw_clip(tmp_path / "with-cover.mp4", frames=6, cover=True)
+    options = FilmOptions(SmoothingOptions(0.5), EncodeOptions("h264"))
+    assert film_job(colorizer, source.path, tmp_path / "colour.mkv", options).status == "done"
+    assert has_cover(tmp_path / "colour.mkv")  # read back from its attachment, as players show it
+    cover = decode_rgb(tmp_path / "colour.mkv", stream=1)
+    assert len(cover) == 1 and np.abs(cover[0].mean(axis=(0, 1)) - COVER_RGB).max() < 4  # the picture itself
+    with caplog.at_level("WARNING"):
+        assert film_job(colorizer, source.path, tmp_path / "colour.mp4", options).status == "done"
+    assert "its cover picture (stream #1, mjpeg) is left out: only a .mkv copy can keep it" in caplog.text
 
 
 def test_colour_film_is_skipped_unless_recolor(tmp_path, colorizer):

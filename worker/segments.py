@@ -49,6 +49,9 @@ PROVENANCE_KEY = "tinct"
 # shifted alike, as FFmpeg's own remuxing does: kept as they were, a two-minute capture would read as a film
 # ten hours long whose picture starts at the end. Every other container's timestamps are kept exactly.
 CLOCK_CONTAINERS = ("mpeg", "mpegts")
+# Cover pictures a Matroska copy keeps as an attachment, by codec: (MIME type, file extension).
+_COVER_TYPES = {"mjpeg": ("image/jpeg", ".jpg"), "png": ("image/png", ".png"), "bmp": ("image/bmp", ".bmp"),
+                "webp": ("image/webp", ".webp")}
 # Stream metadata the muxer writes itself (and that would be stale if copied).
 _STALE_STREAM_TAGS = {"duration", "encoder", "number_of_frames", "number_of_bytes", "bps", "_statistics_tags",
                       "_statistics_writing_app", "_statistics_writing_date_utc"}
@@ -167,6 +170,9 @@ def _add_copies(out, film: FilmInfo, source, output, report: bool = True) -> dic
         src = stream_by_index(source, info.index)
         if src.type == "attachment":
             continue  # fonts of ASS subtitles: FFmpeg's muxers take them only as attachments
+        if src.disposition & av.stream.Disposition.attached_pic:
+            _carry_cover(out, film, src, info.codec, report)
+            continue
         if src.type == "data" and src.codec_context is None:
             # QuickTime chapter and timecode tracks read back as codec-less data, which no muxer can take;
             # their content travels anyway: chapters through set_chapters, timecode as the video's tag.
@@ -179,12 +185,42 @@ def _add_copies(out, film: FilmInfo, source, output, report: bool = True) -> dic
         try:
             dst = out.add_stream_from_template(src)
         except (ValueError, av.FFmpegError) as exc:
+            holders = _containers_holding(src)
+            advice = f"try {' or '.join(holders)}" if holders else "no container Tinct writes can hold it"
             raise BadInputError(film.path, f"{info.type} stream #{info.index} ({info.codec}) cannot be copied "
-                                f"into {Path(output).suffix}: {exc}; try .mkv or .mov") from exc
+                                f"into {Path(output).suffix}: {exc}; {advice}") from exc
         dst.time_base = src.time_base
         _copy_stream_tags(src, dst)
         copies[info.index] = dst
     return copies
+
+
+def _carry_cover(out, film: FilmInfo, src, codec: str, report: bool) -> None:
+    """A cover picture (a still flagged as an attached picture, as in many MP4s) goes where Matroska keeps cover art,
+    an attachment, which players show as one. MP4/MOV copies cannot keep it: the muxer's metadata mode that keeps
+    Tinct's provenance tag writes no cover, so it is left out, and said so."""
+    mimetype, extension = _COVER_TYPES.get(codec, (None, None))
+    if out.format.name != "matroska" or mimetype is None:
+        if report:
+            logger.warning("%s: its cover picture (stream #%d, %s) is left out: only a .mkv copy can keep it",
+                           film.path, src.index, codec)
+        return
+    with av.open(film.path) as again:  # the join's own reading of the source must not move
+        picture = next(bytes(p) for p in again.demux(stream_by_index(again, src.index)) if p.size)
+    out.add_attachment(src.metadata.get("filename") or f"cover{extension}", mimetype, picture)
+
+
+def _containers_holding(src) -> list[str]:
+    """The output suffixes whose containers take a copy of the source stream ``src`` (tried on empty files)."""
+    holders = []
+    for suffix, name in ((".mkv", "matroska"), (".mov", "mov"), (".mp4", "mp4")):
+        with av.open(io.BytesIO(), "w", format=name) as trial:
+            try:
+                trial.add_stream_from_template(src)
+            except (ValueError, av.FFmpegError):
+                continue
+        holders.append(suffix)
+    return holders
 
 
 def _copy_stream_tags(src, dst) -> None:

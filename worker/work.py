@@ -57,7 +57,7 @@ from worker.references import (
     place_job_references,
     references_provenance,
 )
-from worker.segments import Segment, join_segments, plan_segments
+from worker.segments import Segment, check_output_streams, join_segments, plan_segments
 from worker.settings import Settings
 from worker.smoothing import SmoothingOptions
 from worker.storage import ObjectInfo, Storage, join_uri, parse_uri, relative_key
@@ -239,7 +239,12 @@ def _plan_film(rt: Runtime, record: JobRecord, enqueue: Enqueue) -> None:
     options = _film_options(spec)
     if film.is_colour and not spec.options.recolor:
         raise BadInputError(spec.input, "a colour film; set options.recolor to colorize its lightness anyway")
-    aspect_lost = aspect_loss(film.video, options["encode"].codec, film_output_uri(spec))
+    output = film_output_uri(spec)
+    try:  # hours of colour must not end at a join that cannot write the film's other streams
+        check_output_streams(film, output)
+    except BadInputError as exc:  # about the worker's copy of the film: named by the job's input instead
+        raise BadInputError(spec.input, exc.reason) from exc
+    aspect_lost = aspect_loss(film.video, options["encode"].codec, output)
     if aspect_lost:
         raise BadInputError(spec.input, aspect_lost)
     if spec.options.references:  # a time outside the film, or two on one frame, fails the job before any work
