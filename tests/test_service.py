@@ -148,29 +148,21 @@ def test_film_is_split_over_two_workers_and_joined(service_env, tmp_path):
     assert "tinct.colorize_segment" in first.text() and "tinct.colorize_segment" in second.text()
 
 
-def test_a_film_with_a_stream_its_output_cannot_hold_fails_before_any_segment(service_env, tmp_path):
+@pytest.mark.parametrize("clip_options, output, codec, error", [
+    ({"subtitles": "srt"}, "s3://colour/film.mp4", "h264",
+     "subtitle stream #1 (srt) cannot be copied into .mp4: 'mp4' format does not support 'srt' codec; try .mkv"),
+    ({"sample_aspect_ratio": Fraction(16, 15)}, "s3://colour/", "prores",  # into film.mkv
+     "its pixels are not square (16:15, as from DV or DVD) and ProRes in .mkv cannot record it; write .mov"),
+])
+def test_a_film_its_output_cannot_hold_fails_before_any_segment(service_env, tmp_path, clip_options, output, codec,
+                                                                error):
     client, start_worker, s3, _, model = service_env
-    clip = write_clip(tmp_path / "subtitled.mkv", gray_frames(moving_scene(12, 96, 64)), subtitles="srt")
-    put_object(s3, "s3://scans/subtitled.mkv", clip.path.read_bytes())
+    clip = write_clip(tmp_path / "film.mkv", gray_frames(moving_scene(12, 96, 64)), **clip_options)
+    put_object(s3, "s3://scans/film.mkv", clip.path.read_bytes())
     start_worker()
-    job_id, _ = client.submit(spec("s3://scans/subtitled.mkv", "s3://colour/subtitled.mp4", model))
+    job_id, _ = client.submit(spec("s3://scans/film.mkv", output, model, codec=codec))
     record = wait_for_job(client, job_id)
-    assert record.state == "failed" and record.error == (
-        "s3://scans/subtitled.mkv: subtitle stream #1 (srt) cannot be copied into .mp4: 'mp4' format does not support "
-        "'srt' codec; try .mkv")
-    assert keys(s3, "colour") == [] and record.done == 0
-
-
-def test_a_film_whose_pixel_shape_its_output_cannot_keep_fails_before_any_segment(service_env, tmp_path):
-    client, start_worker, s3, _, model = service_env
-    clip = write_clip(tmp_path / "dv.mkv", gray_frames(moving_scene(12, 96, 64)), sample_aspect_ratio=Fraction(16, 15))
-    put_object(s3, "s3://scans/dv.mkv", clip.path.read_bytes())
-    start_worker()
-    job_id, _ = client.submit(spec("s3://scans/dv.mkv", "s3://colour/", model, codec="prores"))  # into dv.mkv
-    record = wait_for_job(client, job_id)
-    assert record.state == "failed" and record.error == (
-        "s3://scans/dv.mkv: its pixels are not square (16:15, as from DV or DVD) and ProRes in .mkv cannot record "
-        "it; write .mov")
+    assert (record.state, record.error) == ("failed", f"s3://scans/film.mkv: {error}")
     assert keys(s3, "colour") == [] and record.done == 0
 
 
