@@ -15,9 +15,8 @@ from tests.media import gray_frames, moving_scene, write_clip
 from tests.services import S3Server, put_object
 from tools.local_services import s3_settings
 from worker.api.previews import FILM_FRAMES, Previews
-from worker.jobs import JobRecord, JobSpec
+from worker.jobs import JobRecord, JobSpec, film_output_uri
 from worker.storage import Storage
-from worker.work import film_output_uri
 
 FILM = "s3://scans/reel.mkv"
 

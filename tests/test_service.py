@@ -288,6 +288,21 @@ def test_bad_jobs_fail_clearly_and_the_worker_keeps_serving(service_env):
         JobSpec.from_dict({"input": "s3://scans/ok.png", "output": "s3://colour/", "options": {"colour": "red"}})
 
 
+@pytest.mark.parametrize("data, error", [
+    ({"output": "s3://colour/"}, "output: s3://colour/reel.mp4: ffv1 cannot be stored in .mp4; use .mkv"),
+    ({"output": "s3://colour/reel.avi"}, "output: s3://colour/reel.avi: films are written as .mp4, .mov or .mkv, "
+                                         "not '.avi'"),
+    ({"options": {"codec": "vp9"}}, "options.codec: unknown codec 'vp9'; choose one of h264, h265, ffv1, prores"),
+    ({"options": {"codec": "ffv1", "crf": 20}}, "options.crf: crf does not apply to ffv1 (lossless or fixed-quality)"),
+])
+def test_a_film_job_that_could_not_be_written_is_refused_at_submission(data, error):
+    # Found at the join, as it once was, each of these cost the whole film's colour first.
+    spec = {"input": "s3://scans/reel.mp4", "output": "s3://colour/reel.mkv", "options": {"codec": "ffv1"}, **data}
+    with pytest.raises(JobSpecError) as refused:
+        JobSpec.from_dict(spec)
+    assert str(refused.value) == f"job spec: {error}"
+
+
 def test_oversized_input_fails_at_submission(service_env):
     client, _, s3, redis, model = service_env
     put_object(s3, "s3://scans/big.png", gray_png())

@@ -30,6 +30,8 @@ from worker.images import EXTENSION_FORMATS
 from worker.photos import FILM_EXTENSIONS
 from worker.references import ReferenceError, parse_job_references
 from worker.settings import GuidanceLimits
+from worker.storage import join_uri, parse_uri
+from worker.video_sink import CONTAINERS, EncodeOptions, canonical_codec, container_problem
 
 KINDS = ("image", "video", "collection")
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -104,7 +106,10 @@ class JobSpec:
         if options.references is not None and kind != "video":
             raise JobSpecError("options.references", "references belong to one film (kind video); for a folder or "
                                "prefix, tinct bulk queues each film with the <name>.references/ folder beside it")
-        return cls(source, output, kind, options)
+        spec = cls(source, output, kind, options)
+        if kind == "video":
+            _check_film_encoding(spec)
+        return spec
 
     def to_dict(self) -> dict:
         return {"input": self.input, "output": self.output, "kind": self.kind, "options": asdict(self.options)}
@@ -113,6 +118,34 @@ class JobSpec:
         """Deterministic: the same input (by identity), output and options always give the same id."""
         identity = json.dumps([self.input, etag, size, self.output, self.kind, self.options.digest()])
         return hashlib.sha256(identity.encode()).hexdigest()[:24]
+
+
+def film_output_uri(spec: JobSpec) -> str:
+    """Where a film job writes: its output, or in an output folder the film's name with its own container (when
+    Tinct writes it) or .mkv."""
+    if not spec.output.endswith("/"):
+        return spec.output
+    name = PurePosixPath(parse_uri(spec.input)[2])
+    suffix = name.suffix.lower() if name.suffix.lower() in CONTAINERS else ".mkv"
+    return join_uri(spec.output, name.stem + suffix)
+
+
+def _check_film_encoding(spec: JobSpec) -> None:
+    """A film's encoder options and output container, checked as the job arrives: found at the join, a mismatch
+    would cost the whole film's colour."""
+    options = spec.options
+    try:
+        codec = canonical_codec(options.codec)
+    except ValueError as exc:
+        raise JobSpecError("options.codec", str(exc)) from None
+    try:
+        EncodeOptions(codec=codec, crf=options.crf, preset=options.preset)
+    except ValueError as exc:
+        raise JobSpecError("options.crf" if options.crf is not None and "crf" in str(exc) else "options.preset",
+                           str(exc)) from None
+    problem = container_problem(film_output_uri(spec), codec)
+    if problem:
+        raise JobSpecError("output", f"{film_output_uri(spec)}: {problem}")
 
 
 def infer_kind(uri: str) -> str:

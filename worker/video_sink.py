@@ -116,7 +116,7 @@ class EncodeOptions:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
         if self.crf is not None:
             if not spec.crf:
-                raise ValueError(f"--crf does not apply to {self.codec} (lossless or fixed-quality)")
+                raise ValueError(f"crf does not apply to {self.codec} (lossless or fixed-quality)")
             top = 63 if self.codec == "h264" else 51
             if not 0 <= self.crf <= top:
                 raise ValueError(f"crf must be between 0 and {top} for {self.codec}, got {self.crf}")
@@ -158,10 +158,20 @@ def container_for(path: str | os.PathLike) -> str:
 
 
 def check_container(path: str | os.PathLike, codec: str) -> None:
-    container = container_for(path)
-    if codec not in CONTAINER_CODECS[container]:
+    problem = container_problem(path, codec)
+    if problem:
+        raise ValueError(f"{path}: {problem}")
+
+
+def container_problem(path: str | os.PathLike, codec: str) -> str | None:
+    """Why a film written as ``path`` cannot hold ``codec`` (a canonical name), or None."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in CONTAINERS:
+        return f"films are written as .mp4, .mov or .mkv, not {suffix or 'no extension'!r}"
+    if codec not in CONTAINER_CODECS[CONTAINERS[suffix]]:
         holders = sorted({suffix for suffix, name in CONTAINERS.items() if codec in CONTAINER_CODECS[name]})
-        raise ValueError(f"{path}: {codec} cannot be stored in {Path(path).suffix}; use {' or '.join(holders)}")
+        return f"{codec} cannot be stored in {Path(path).suffix}; use {' or '.join(holders)}"
+    return None
 
 
 def aspect_loss(video: VideoFormat, codec: str, output: str | os.PathLike) -> str | None:

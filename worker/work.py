@@ -43,7 +43,7 @@ from worker.errors import BadInputError, ModelError, PermanentError, TinctError,
 from worker.films import DEFAULT_MAX_FILM_PIXELS, warmup_frames
 from worker.hints import hints_provenance, job_photo_hints
 from worker.images import DEFAULT_MAX_PIXELS, EXTENSION_FORMATS, read_photo, write_photo
-from worker.jobs import FINISHED, KEY_PREFIX, JobRecord, JobSpec, JobStore
+from worker.jobs import FINISHED, KEY_PREFIX, JobRecord, JobSpec, JobStore, film_output_uri
 from worker.liveness import Lease, Leases
 from worker.model_store import resolve_model
 from worker.photos import output_suffix
@@ -61,7 +61,7 @@ from worker.segments import Segment, check_output_streams, join_segments, plan_s
 from worker.settings import Settings
 from worker.smoothing import SmoothingOptions
 from worker.storage import ObjectInfo, Storage, join_uri, parse_uri, relative_key
-from worker.video_sink import CODECS, CONTAINERS, EncodeOptions, SegmentWriter, aspect_loss, plan_output
+from worker.video_sink import CODECS, EncodeOptions, SegmentWriter, aspect_loss, plan_output
 from worker.video_source import FilmInfo, probe_film
 
 logger = logging.getLogger(__name__)
@@ -376,14 +376,6 @@ def _film_options(spec: JobSpec) -> dict:
         "smoothing": SmoothingOptions(strength=spec.options.smoothing),
         "encode": EncodeOptions(codec=spec.options.codec, crf=spec.options.crf, preset=spec.options.preset),
     }
-
-
-def film_output_uri(spec: JobSpec) -> str:
-    if not spec.output.endswith("/"):
-        return spec.output
-    name = PurePosixPath(parse_uri(spec.input)[2])
-    suffix = name.suffix.lower() if name.suffix.lower() in CONTAINERS else ".mkv"
-    return join_uri(spec.output, name.stem + suffix)
 
 
 def staging_uri(spec: JobSpec, job_id: str) -> str:

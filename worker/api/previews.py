@@ -32,11 +32,11 @@ from models.files import atomic_output
 from worker.errors import BadInputError, PermanentError, one_line
 from worker.hints import HintSpec
 from worker.images import DEFAULT_MAX_PIXELS, EXTENSION_FORMATS, read_photo
-from worker.jobs import JobRecord
+from worker.jobs import JobRecord, film_output_uri
 from worker.settings import Settings
 from worker.storage import Storage, parse_uri
 from worker.video_source import decode_from, index_frames
-from worker.work import Runtime, film_output_uri, photo_output_uri
+from worker.work import Runtime, photo_output_uri
 
 PREVIEW_SIDE = 1024
 FRAME_SIDE = 480  # a film strip shows several frames side by side: smaller ones load faster
