@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 from PIL import Image
 
 from tests.media import first_frame_info, gray_frames, moving_scene, probe, write_clip
@@ -33,7 +34,7 @@ from tests.services import (
 )
 from worker import liveness, work
 from worker.cli import main
-from worker.jobs import JobSpec, JobSpecError
+from worker.jobs import JobOptions, JobSpec, JobSpecError, JobStore
 from worker.service import Service
 
 SECRET = "s3cr3t-Tinct-7f3a9"  # the workers' S3 secret key: it must never show up in logs or job state
@@ -301,6 +302,13 @@ def test_a_film_job_that_could_not_be_written_is_refused_at_submission(data, err
     with pytest.raises(JobSpecError) as refused:
         JobSpec.from_dict(spec)
     assert str(refused.value) == f"job spec: {error}"
+
+
+def test_a_job_taken_before_a_check_was_added_stays_readable(service_env):
+    client, _, _, redis_server, _ = service_env
+    stored = JobSpec("s3://scans/reel.mp4", "s3://colour/", "video", JobOptions(codec="ffv1"))  # refused today
+    JobStore(redis.Redis.from_url(redis_server.url)).create("old-job", stored, {"etag": "e", "size": 1})
+    assert client.get("old-job").spec == stored  # the job list and its page must still show it
 
 
 def test_oversized_input_fails_at_submission(service_env):

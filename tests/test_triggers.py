@@ -25,7 +25,7 @@ import redis
 from tests.services import s3_settings
 from worker.errors import StorageError
 from worker.hints import parse_hints_bytes
-from worker.jobs import JobOptions, JobSpec, JobStore
+from worker.jobs import JobOptions, JobSpec, JobSpecError, JobStore
 from worker.service import Service
 from worker.storage import ObjectInfo, Storage, UnsafeKeyError, parse_uri
 from worker.triggers.bulk import BulkReport, bulk
@@ -177,6 +177,14 @@ def test_output_mapping_mirrors_the_key_and_refuses_traversal():
         output_uri_for("s3://scans/in/../x.jpg", "s3://scans/in/", "s3://out/")
     with pytest.raises(ValueError, match="not inside"):
         output_uri_for("s3://scans/inbox/a.jpg", "s3://scans/in/", "s3://out/")
+
+
+def test_a_film_is_checked_with_the_triggers_own_codec():
+    ffv1 = JobOptions(codec="ffv1")
+    assert job_spec_for("s3://scans/r1.mkv", None, "s3://out/", ffv1).options.codec == "ffv1"
+    with pytest.raises(JobSpecError, match=r"output: s3://out/r1.mp4: ffv1 cannot be stored in \.mp4; use \.mkv"):
+        job_spec_for("s3://scans/r1.mp4", None, "s3://out/", ffv1)
+    assert job_spec_for("s3://scans/a.jpg", None, "s3://out/", ffv1).kind == "image"  # photos have no codec
 
 
 def test_eligibility_takes_photos_and_films_and_never_our_outputs():

@@ -82,9 +82,10 @@ class JobSpec:
     options: JobOptions = field(default_factory=JobOptions)
 
     @classmethod
-    def from_dict(cls, data: Any, limits: GuidanceLimits | None = None) -> JobSpec:
+    def from_dict(cls, data: Any, limits: GuidanceLimits | None = None, arriving: bool = True) -> JobSpec:
         """Validate a spec as it arrives from a CLI, a trigger or JSON; every problem is a JobSpecError. ``limits``
-        (a service's ``Settings.guidance_limits``; the defaults when None) bound its hints and references."""
+        (a service's ``Settings.guidance_limits``; the defaults when None) bound its hints and references.
+        ``arriving=False`` reads a stored job back: checks added since it was taken must not make it unreadable."""
         if not isinstance(data, dict):
             raise JobSpecError("spec", f"expected a JSON object, got {type(data).__name__}")
         unknown = set(data) - {"input", "output", "kind", "options"}
@@ -107,8 +108,8 @@ class JobSpec:
             raise JobSpecError("options.references", "references belong to one film (kind video); for a folder or "
                                "prefix, tinct bulk queues each film with the <name>.references/ folder beside it")
         spec = cls(source, output, kind, options)
-        if kind == "video":
-            _check_film_encoding(spec)
+        if arriving:
+            check_film_encoding(spec)
         return spec
 
     def to_dict(self) -> dict:
@@ -130,9 +131,11 @@ def film_output_uri(spec: JobSpec) -> str:
     return join_uri(spec.output, name.stem + suffix)
 
 
-def _check_film_encoding(spec: JobSpec) -> None:
+def check_film_encoding(spec: JobSpec) -> None:
     """A film's encoder options and output container, checked as the job arrives: found at the join, a mismatch
-    would cost the whole film's colour."""
+    would cost the whole film's colour. Other kinds pass."""
+    if spec.kind != "video":
+        return
     options = spec.options
     try:
         codec = canonical_codec(options.codec)
@@ -445,8 +448,8 @@ def _encode(record: JobRecord) -> dict[str, str]:
 
 
 def _decode(job_id: str, raw: dict[str, str]) -> JobRecord:
-    # Checked against the limits of the service that took it; a lower limit set since must not make it unreadable.
-    spec = JobSpec.from_dict(json.loads(raw["spec"]), GuidanceLimits.unlimited())
+    # Checked as the service that took it checked it; a lower limit or a new check since must not make it unreadable.
+    spec = JobSpec.from_dict(json.loads(raw["spec"]), GuidanceLimits.unlimited(), arriving=False)
     return JobRecord(
         id=job_id,
         spec=spec,

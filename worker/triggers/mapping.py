@@ -20,7 +20,7 @@ import redis.exceptions
 
 from worker.errors import TinctError
 from worker.images import EXTENSION_FORMATS
-from worker.jobs import JobOptions, JobSpec, JobSpecError
+from worker.jobs import JobOptions, JobSpec, JobSpecError, check_film_encoding
 from worker.photos import FILM_EXTENSIONS
 from worker.storage import ObjectInfo, Storage, join_uri, parse_uri, relative_key
 from worker.triggers.sidecars import reference_film
@@ -113,4 +113,6 @@ def job_spec_for(input_uri: str, input_prefix: str | None, output_prefix: str, o
     if spec.input != input_uri or spec.output != output:
         # Job specs strip surrounding whitespace; a key that has some would silently name another object.
         raise JobSpecError("input", f"{input_uri!r}: a key with leading or trailing whitespace cannot be a job input")
-    return JobSpec(spec.input, spec.output, spec.kind, options)
+    spec = JobSpec(spec.input, spec.output, spec.kind, options)
+    check_film_encoding(spec)  # with the trigger's own codec and preset, not the defaults checked above
+    return spec
