@@ -34,7 +34,7 @@ import numpy as np
 
 from worker.video_source import (
     COLORSPACE_BY_MATRIX,
-    FIELD_TB,
+    FIELD_BT,
     FIELD_TT,
     INTERLACED_FIELDS,
     RANGE_FULL,
@@ -192,7 +192,7 @@ def _frame_stamper(video: VideoFormat, layout: OutputLayout):
     ratio (written into its slice headers; PyAV cannot reach Matroska's own field for it)."""
     stamps = []
     if video.field_order in INTERLACED_FIELDS:
-        stamps.append(("setfield", "tff" if video.field_order in (FIELD_TT, FIELD_TB) else "bff"))
+        stamps.append(("setfield", "tff" if video.field_order in (FIELD_TT, FIELD_BT) else "bff"))  # shown first
     sar = video.sample_aspect_ratio
     if layout.codec == "ffv1" and sar and sar != 1:
         stamps.append(("setsar", f"{sar.numerator}/{sar.denominator}"))

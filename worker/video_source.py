@@ -46,8 +46,8 @@ logger = logging.getLogger(__name__)
 MATRIX_BY_COLORSPACE = {1: "bt709", 5: "bt601", 6: "bt601", 9: "bt2020", 10: "bt2020"}
 COLORSPACE_BY_MATRIX = {"bt709": 1, "bt601": 6, "bt2020": 9}
 RANGE_LIMITED, RANGE_FULL = 1, 2  # AVCOL_RANGE_MPEG, AVCOL_RANGE_JPEG
-# FFmpeg's AVFieldOrder: progressive, or which field of a woven interlaced frame comes first in time (the second
-# letter, where they differ, is the field stored first).
+# FFmpeg's AVFieldOrder: progressive, or for a woven interlaced frame which field is coded first (the first letter)
+# and which is shown first (the second).
 FIELD_UNKNOWN, FIELD_PROGRESSIVE, FIELD_TT, FIELD_BB, FIELD_TB, FIELD_BT = range(6)
 INTERLACED_FIELDS = (FIELD_TT, FIELD_BB, FIELD_TB, FIELD_BT)
 # Decoders whose field order is their pictures' own header field. FFmpeg's H.264 and HEVC parsers report "top first"
