@@ -46,7 +46,7 @@ from worker.references import (
     references_provenance,
     resolve_references,
 )
-from worker.segments import Segment, check_output_streams, join_segments, plan_segments
+from worker.segments import Segment, check_output, join_segments, plan_segments
 from worker.settings import GuidanceLimits
 from worker.smoothing import SmoothingOptions
 from worker.video_sink import (
@@ -54,7 +54,6 @@ from worker.video_sink import (
     EncodeOptions,
     OutputLayout,
     SegmentWriter,
-    aspect_loss,
     check_container,
     plan_output,
 )
@@ -193,10 +192,7 @@ def colorize_film(
     film = probe_film(source, options.max_pixels)
     if film.is_colour and not options.recolor:
         return FilmOutcome(source, output, "colour", frames=film.frames)
-    check_output_streams(film, output)
-    aspect_lost = aspect_loss(film.video, options.encode.codec, output)
-    if aspect_lost:
-        raise BadInputError(source, aspect_lost)
+    check_output(film, output, options.encode.codec)
     # Every reference is checked (time, picture) before any work, so a bad one fails the film with nothing written.
     limits = options.limits
     references = resolve_references(

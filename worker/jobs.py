@@ -146,9 +146,10 @@ def check_film_encoding(spec: JobSpec) -> None:
     except ValueError as exc:
         raise JobSpecError("options.crf" if options.crf is not None and "crf" in str(exc) else "options.preset",
                            str(exc)) from None
-    problem = container_problem(film_output_uri(spec), codec)
+    output = film_output_uri(spec)
+    problem = container_problem(output, codec)
     if problem:
-        raise JobSpecError("output", f"{film_output_uri(spec)}: {problem}")
+        raise JobSpecError("output", f"{output}: {problem}")
 
 
 def infer_kind(uri: str) -> str:

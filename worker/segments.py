@@ -34,7 +34,7 @@ import numpy as np
 
 from models.files import atomic_path
 from worker.errors import BadInputError
-from worker.video_sink import KEEP_TIMESTAMPS, container_for
+from worker.video_sink import KEEP_TIMESTAMPS, aspect_loss, container_for
 from worker.video_source import INTERLACED_FIELDS, FilmInfo, stream_by_index
 
 logger = logging.getLogger(__name__)
@@ -128,9 +128,16 @@ def join_segments(
                 segment.close()
 
 
-def check_output_streams(film: FilmInfo, output: str | os.PathLike) -> None:
-    """Fail before any colorizing if a stream of the source cannot be copied into ``output``'s container:
-    hours of work must not end at the join. Writes a header to memory only."""
+def check_output(film: FilmInfo, output: str | os.PathLike, codec: str) -> None:
+    """Fail before any colorizing if ``output``, written with ``codec``, cannot hold a stream of the source or the
+    shape of its pixels: hours of work must not end at the join. Writes a header to memory only."""
+    _check_output_streams(film, output)
+    aspect_lost = aspect_loss(film.video, codec, output)
+    if aspect_lost:
+        raise BadInputError(film.path, aspect_lost)
+
+
+def _check_output_streams(film: FilmInfo, output: str | os.PathLike) -> None:
     container_name = container_for(output)
     with av.open(film.path, metadata_errors="replace") as source, \
             av.open(io.BytesIO(), "w", format=container_name) as out:
@@ -307,12 +314,12 @@ def _clock_start(film: FilmInfo, source) -> Fraction:
 def _mux_all(out, packets: Iterator[tuple[Fraction, object, object]], film: FilmInfo, start: Fraction) -> None:
     out.start_encoding()  # the muxer fixes each stream's time base when it writes the header
     last_video_dts = None
+    shifts = {stream: round(start / stream.time_base) for stream in out.streams}  # in each stream's time base
     for _, packet, stream in packets:
         _rebase(packet, stream.time_base)
-        if start:
-            shift = round(start / stream.time_base)
-            packet.pts = None if packet.pts is None else packet.pts - shift
-            packet.dts = None if packet.dts is None else packet.dts - shift
+        if shifts[stream]:
+            packet.pts = None if packet.pts is None else packet.pts - shifts[stream]
+            packet.dts = None if packet.dts is None else packet.dts - shifts[stream]
         if stream.type == "video" and packet.dts is not None:
             # Each segment's encoder starts its decode timestamps a few frames early (the B-frame delay); at a
             # boundary that can fall at or before the previous segment's last one, in the output's time base.

@@ -57,11 +57,11 @@ from worker.references import (
     place_job_references,
     references_provenance,
 )
-from worker.segments import Segment, check_output_streams, join_segments, plan_segments
+from worker.segments import Segment, check_output, join_segments, plan_segments
 from worker.settings import Settings
 from worker.smoothing import SmoothingOptions
 from worker.storage import ObjectInfo, Storage, join_uri, parse_uri, relative_key
-from worker.video_sink import CODECS, EncodeOptions, SegmentWriter, aspect_loss, plan_output
+from worker.video_sink import CODECS, EncodeOptions, SegmentWriter, plan_output
 from worker.video_source import FilmInfo, probe_film
 
 logger = logging.getLogger(__name__)
@@ -240,13 +240,10 @@ def _plan_film(rt: Runtime, record: JobRecord, enqueue: Enqueue) -> None:
     if film.is_colour and not spec.options.recolor:
         raise BadInputError(spec.input, "a colour film; set options.recolor to colorize its lightness anyway")
     output = film_output_uri(spec)
-    try:  # hours of colour must not end at a join that cannot write the film's other streams
-        check_output_streams(film, output)
+    try:  # hours of colour must not end at a join that cannot write the film
+        check_output(film, output, options["encode"].codec)
     except BadInputError as exc:  # about the worker's copy of the film: named by the job's input instead
         raise BadInputError(spec.input, exc.reason) from exc
-    aspect_lost = aspect_loss(film.video, options["encode"].codec, output)
-    if aspect_lost:
-        raise BadInputError(spec.input, aspect_lost)
     if spec.options.references:  # a time outside the film, or two on one frame, fails the job before any work
         place_job_references(job_references(spec.options.references), film, spec.input)
     segments = plan_segments(film, _segment_frames(rt.settings, film), warmup_frames(options["smoothing"]))
