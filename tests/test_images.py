@@ -500,6 +500,110 @@ def test_tiff_thumbnail_page_is_ignored_but_real_pages_are_refused(tmp_path: Pat
         read_photo(pages)
 
 
+# --- TIFF sample layouts from scanners and image editors ------------------------------------------------------
+
+_TIFF_TAGS = {  # name -> (tag, TIFF type: 3 SHORT, 4 LONG)
+    "photometric": (262, 3), "orientation": (274, 3), "planar": (284, 3), "extra_samples": (338, 3),
+    "sample_format": (339, 3),
+}
+
+
+def _baseline_tiff(path: Path, codes: np.ndarray, bits: int, **tags: int) -> None:
+    """An uncompressed little-endian TIFF written byte by byte, for layouts Pillow and OpenCV do not write:
+    12 and 10-bit samples, 16-bit MinIsWhite gray, 16-bit colour in separate planes, an orientation tag on 16-bit
+    RGB. ``codes`` is (height, width, samples); ``tags`` adds entries by name (``photometric=0``, ``planar=2``;
+    photometric defaults to gray or RGB by the sample count, sample_format applies to every sample)."""
+    height, width, samples = codes.shape
+    planes = [codes[..., i : i + 1] for i in range(samples)] if tags.get("planar") == 2 else [codes]
+    strips = []
+    for plane in planes:
+        rows = plane.reshape(height, -1)
+        if bits in (8, 16, 32):
+            strips.append(rows.astype(f"<u{bits // 8}").tobytes())
+        else:  # packed most significant bit first, each row padded to a whole byte (TIFF 6.0, FillOrder 1)
+            row_bits = ((rows[..., None] >> np.arange(bits - 1, -1, -1)) & 1).reshape(height, -1)
+            strips.append(np.packbits(row_bits.astype(np.uint8), axis=1).tobytes())
+    entries = {256: (4, [width]), 257: (4, [height]), 258: (3, [bits] * samples), 259: (3, [1]),
+               262: (3, [1 if samples in (1, 2) else 2]), 277: (3, [samples]), 278: (4, [height]),
+               273: (4, [0] * len(strips)), 279: (4, [len(s) for s in strips])}
+    for name, value in tags.items():
+        tag, kind = _TIFF_TAGS[name]
+        entries[tag] = (kind, [value] * (samples if name == "sample_format" else 1))
+    directory_end = 8 + 2 + 12 * len(entries) + 4
+    overflow, inline = b"", {}
+    for tag, (kind, values) in sorted(entries.items()):
+        packed = struct.pack("<" + ("H" if kind == 3 else "I") * len(values), *values)
+        inline[tag] = packed if len(packed) <= 4 else directory_end + len(overflow)
+        if len(packed) > 4:
+            overflow += packed
+    start = directory_end + len(overflow)
+    offsets = [start + sum(len(s) for s in strips[:i]) for i in range(len(strips))]
+    packed_offsets = struct.pack(f"<{len(offsets)}I", *offsets)
+    if len(offsets) > 1:  # the strip offsets were placed in the overflow area: fill in their real values
+        at = inline[273] - directory_end
+        overflow = overflow[:at] + packed_offsets + overflow[at + len(packed_offsets):]
+    else:
+        inline[273] = packed_offsets
+    directory = struct.pack("<H", len(entries))
+    for tag, (kind, values) in sorted(entries.items()):
+        value = inline[tag]
+        field = value.ljust(4, b"\0") if isinstance(value, bytes) else struct.pack("<I", value)
+        directory += struct.pack("<HHI", tag, kind, len(values)) + field
+    path.write_bytes(b"II*\0" + struct.pack("<I", 8) + directory + b"\0" * 4 + overflow + b"".join(strips))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_sixteen_bit_rgb_tiff_orientation(tmp_path: Path, orientation: int) -> None:
+    # OpenCV, which decodes 16-bit colour, turns TIFFs upright itself: turning them again mirrored or rotated them.
+    stored = colour8(9, 14)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(stored).save(buffer, "PNG", exif=exif.tobytes())
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(buffer))).astype(np.uint16) * 257
+    source = tmp_path / "scan.tif"
+    _baseline_tiff(source, stored.astype(np.uint16) * 257, 16, orientation=orientation)
+    photo = read_photo(source)
+    assert photo.bit_depth == 16
+    np.testing.assert_allclose(photo.L, expected_l(upright), atol=1e-3)
+
+
+@pytest.mark.parametrize(("bits", "photometric"), [(16, 0), (12, 1)], ids=["16-bit-white-is-zero", "12-bit"])
+def test_gray_tiff_codes_mean_what_the_tiff_says(tmp_path: Path, bits: int, photometric: int) -> None:
+    # Pillow scales and inverts 1 to 8-bit gray TIFFs itself, but hands over 12-bit codes unscaled (a near-black
+    # photo) and 16-bit MinIsWhite codes uninverted (a negative).
+    top = 2**bits - 1
+    shade = np.linspace(0, 1, H * W).reshape(H, W, 1)
+    codes = np.round(shade * top).astype(np.uint16)
+    source = tmp_path / "scan.tif"
+    _baseline_tiff(source, top - codes if photometric == 0 else codes, bits, photometric=photometric)
+    photo = read_photo(source)
+    assert photo.bit_depth == 16
+    expected = color.gray_to_l(torch.from_numpy(codes[..., 0] / top)).numpy()
+    np.testing.assert_allclose(photo.L, expected, atol=1e-3)
+
+
+REFUSED_TIFF_LAYOUTS = {
+    "planar-16-bit-rgb": (3, 16, {"planar": 2}, "16-bit colour stored as separate planes"),
+    "signed-16-bit": (1, 16, {"sample_format": 2}, "16-bit signed samples are not supported"),
+    "float-32-bit": (1, 32, {"sample_format": 3}, "32-bit floating-point samples are not supported"),
+    "10-bit-gray": (1, 10, {}, "a TIFF of 10-bit gray, which Tinct cannot read"),
+    "16-bit-gray-alpha": (2, 16, {"extra_samples": 2}, "a TIFF of 16-bit gray with alpha, which Tinct cannot read"),
+}
+
+
+@pytest.mark.parametrize("layout", REFUSED_TIFF_LAYOUTS)
+def test_tiff_layouts_tinct_cannot_read_are_refused_by_name(tmp_path: Path, layout: str) -> None:
+    # Each of these was misread (scrambled colour planes, negative values clipped) or called "not an image".
+    samples, bits, tags, reason = REFUSED_TIFF_LAYOUTS[layout]
+    source = tmp_path / f"{layout}.tif"
+    _baseline_tiff(source, np.zeros((H, W, samples), np.uint16), bits, **tags)
+    with pytest.raises(UnsupportedMediaError) as raised:
+        read_photo(source)
+    message = str(raised.value)
+    assert message.startswith(f"{source}: ") and reason in message and "\n" not in message
+
+
 def test_photo_is_plain_data(tmp_path: Path) -> None:
     path = tmp_path / "p.png"
     Image.fromarray(gray8()).save(path)

@@ -74,6 +74,17 @@ _COLOUR_PROBE_SIDE = 512  # the colour test runs on a copy this size: noise aver
 _L_CHUNK_PIXELS = 1 << 21  # lightness is computed in slices so a 200 MP photo never needs float64 copies
 
 _ORIENTATION = 0x0112
+_BITS_PER_SAMPLE = 258
+_PHOTOMETRIC = 262
+_SAMPLES_PER_PIXEL = 277
+_PLANAR_CONFIGURATION = 284
+_SAMPLE_FORMAT = 339
+_MIN_IS_WHITE = 0  # the Photometric value of gray TIFFs stored as a negative (0 is white), as fax and some scanners do
+#: TIFF Photometric values: what they are called, and how many channels of colour they have (the rest are extra).
+_PHOTOMETRIC_NAMES = {
+    0: ("gray", 1), 1: ("gray", 1), 2: ("RGB", 3), 3: ("palette", 1), 4: ("mask", 1), 5: ("CMYK", 4),
+    6: ("YCbCr", 3), 8: ("CIELab", 3), 9: ("ICCLab", 3), 10: ("ITULab", 3), 32844: ("LogL", 1), 32845: ("LogLuv", 3),
+}
 _SOFTWARE = 0x0131
 _IMAGE_DESCRIPTION = 0x010E
 _EXIF_IFD = 0x8769
@@ -233,6 +244,11 @@ def _decode_errors(path: Path) -> Iterator[None]:
     except (BadInputError, StorageError):
         raise
     except UnidentifiedImageError:
+        layout = _tiff_layout(path)
+        if layout is not None:
+            raise UnsupportedMediaError(
+                path, f"a TIFF of {layout}, which Tinct cannot read; save it as 8 or 16-bit gray or RGB"
+            ) from None
         raise BadInputError(path, "not an image Tinct can read (JPEG, PNG, TIFF, WebP, BMP)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InputTooLargeError(path, str(exc)) from exc
@@ -291,11 +307,49 @@ def _source_bit_depth(path: Path, im: Image.Image) -> int:
             header = f.read(26)
         return 16 if len(header) == 26 and header[24] == 16 else 8
     if im.format == "TIFF":
-        bits = max(int(b) for b in np.atleast_1d(im.tag_v2.get(258, (8,))))
-        if bits > 16:
-            raise UnsupportedMediaError(path, f"{bits}-bit samples are not supported (8 and 16 bits are)")
+        bits = _tiff_sample_bits(im)
+        formats = {int(f) for f in np.atleast_1d(im.tag_v2.get(_SAMPLE_FORMAT, (1,)))}
+        if bits > 16 or formats != {1}:
+            raise UnsupportedMediaError(path, f"{_describe_samples(bits, formats)} samples are not supported "
+                                              "(unsigned 8 and 16-bit integers are)")
         return 16 if bits > 8 else 8
     return 16 if im.mode.startswith("I;16") else 8
+
+
+def _tiff_sample_bits(im: Image.Image) -> int:
+    return max(int(b) for b in np.atleast_1d(im.tag_v2.get(_BITS_PER_SAMPLE, (8,))))
+
+
+def _describe_samples(bits: int, sample_formats: set[int]) -> str:
+    kind = {1: "", 2: " signed", 3: " floating-point"}
+    return f"{bits}-bit" + "".join(sorted(kind.get(f, f" format-{f}") for f in sample_formats))
+
+
+def _tiff_layout(path: Path) -> str | None:
+    """What a TIFF that Pillow cannot open holds, in words (``16-bit gray with alpha``); None if not a TIFF.
+
+    Pillow recognises a TIFF by its header but refuses sample layouts it has no decoder for (10 and 14-bit
+    samples, 16-bit gray with alpha, 16-bit floats), and says only that the file is not an image.
+    """
+    try:
+        with open(path, "rb") as f:
+            header = f.read(8)
+            if header[:4] not in TiffImagePlugin.PREFIXES:
+                return None
+            if header[2] == 43:  # BigTIFF: a 16-byte header
+                header += f.read(8)
+            ifd = TiffImagePlugin.ImageFileDirectory_v2(header)
+            f.seek(ifd.next)
+            ifd.load(f)
+    except Exception:  # noqa: BLE001 - a header too damaged to describe is reported as not an image
+        return None
+    bits = max((int(b) for b in np.atleast_1d(ifd.get(_BITS_PER_SAMPLE, (1,)))), default=1)
+    formats = {int(f) for f in np.atleast_1d(ifd.get(_SAMPLE_FORMAT, (1,)))}
+    photometric = int(ifd.get(_PHOTOMETRIC, -1))
+    colour, channels = _PHOTOMETRIC_NAMES.get(photometric, (f"photometric {photometric}", 1))
+    extra = int(ifd.get(_SAMPLES_PER_PIXEL, 1)) - channels
+    with_extra = " with alpha" if extra == 1 else f" with {extra} extra channels" if extra > 1 else ""
+    return f"{_describe_samples(bits, formats)} {colour}{with_extra}"
 
 
 @dataclass
@@ -333,11 +387,10 @@ def _decode(path: Path, im: Image.Image) -> _Source:
     gray_lut: np.ndarray | None = None
     if sixteen_bit_colour:
         # Pillow would hand us these 16-bit samples cut to 8 bits; OpenCV keeps them (and decodes fully).
-        pixels, alpha = _decode_16bit_multichannel(path, im)
-        pixels = np.ascontiguousarray(_orient(pixels, orientation))
-        alpha = None if alpha is None else np.ascontiguousarray(_orient(alpha, orientation))
+        pixels, alpha = _decode_16bit_multichannel(path, im, orientation)
     else:
-        pixels, alpha, gray_lut, icc = _pillow_pixels(path, ImageOps.exif_transpose(im), mode, bits, icc, icc_space)
+        levels = _gray_levels(im, bits)
+        pixels, alpha, gray_lut, icc = _pillow_pixels(path, ImageOps.exif_transpose(im), mode, levels, icc, icc_space)
     if icc is not None and _icc_colour_space(icc) != "RGB":
         logger.debug("%s: dropping a %s ICC profile that cannot describe an RGB result", path, icc_space)
         icc = None
@@ -374,9 +427,12 @@ def _is_neutral(rgb: np.ndarray) -> bool:
 
 
 def _pillow_pixels(
-    path: Path, im: Image.Image, mode: str, bits: int, icc: bytes | None, icc_space: str | None
+    path: Path, im: Image.Image, mode: str, levels: np.ndarray, icc: bytes | None, icc_space: str | None
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, bytes | None]:
-    """-> (pixels, alpha, L lookup table for gray pixels or None for RGB pixels, ICC profile of the result)."""
+    """-> (pixels, alpha, L lookup table for gray pixels or None for RGB pixels, ICC profile of the result).
+
+    ``levels`` is what each gray code means, 0 (black) to 1 (white): see :func:`_gray_levels`.
+    """
     alpha = None
     if mode in ("1", "L", "LA", "La", "I;16", "I;16L", "I;16B", "I;16N", "I"):
         if mode in ("LA", "La"):
@@ -386,12 +442,8 @@ def _pillow_pixels(
         pixels = np.asarray(im)
         if mode == "1":
             pixels = pixels.astype(np.uint8)
-            levels = np.array([0.0, 1.0])
-        elif bits == 16 or mode == "I":
-            pixels = np.clip(pixels, 0, 65535).astype(np.uint16)
-            levels = np.arange(65536) / 65535.0
-        else:
-            levels = np.arange(256) / 255.0
+        elif len(levels) > 256:
+            pixels = np.clip(pixels, 0, len(levels) - 1).astype(np.uint16)
         if icc_space == "GRAY":
             levels = _through_gray_profile(path, icc, levels)
             icc = srgb_icc_profile()
@@ -417,9 +469,34 @@ def _pillow_pixels(
     return np.asarray(im.convert("RGB")), None, None, icc
 
 
-def _decode_16bit_multichannel(path: Path, im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
-    """-> (RGB uint16 (H, W, 3), alpha uint16 (H, W) or None), straight from the file with OpenCV."""
-    pixels = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)  # ignores EXIF orientation
+def _gray_levels(im: Image.Image, bits: int) -> np.ndarray:
+    """What each code of a gray image Pillow decoded means, 0 (black) to 1 (white), indexed by code.
+
+    Pillow hands 12-bit TIFF samples over unscaled (0-4095 in a 16-bit image), and 16-bit TIFFs that store
+    white as 0 (Photometric MinIsWhite) uninverted; at 1 to 8 bits it scales and inverts them itself.
+    """
+    if im.mode == "1":
+        return np.array([0.0, 1.0])
+    if bits == 8 and im.mode != "I":
+        return np.arange(256) / 255.0
+    codes = np.arange(65536) / 65535.0
+    if im.format == "TIFF":
+        codes = np.minimum(np.arange(65536) / (2 ** _tiff_sample_bits(im) - 1), 1.0)
+        if int(im.tag_v2.get(_PHOTOMETRIC, 1)) == _MIN_IS_WHITE:
+            codes = 1.0 - codes
+    return codes
+
+
+def _decode_16bit_multichannel(
+    path: Path, im: Image.Image, orientation: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """-> (RGB uint16 (H, W, 3), alpha uint16 (H, W) or None), upright, straight from the file with OpenCV."""
+    if im.format == "TIFF" and int(im.tag_v2.get(_PLANAR_CONFIGURATION, 1)) == 2:
+        # OpenCV reads such a file's separate R, G and B planes as if they were interleaved pixels.
+        raise UnsupportedMediaError(path, "16-bit colour stored as separate planes (PlanarConfiguration 2) is not "
+                                          "supported; save it with interleaved pixels (Photoshop: Pixel Order "
+                                          "Interleaved)")
+    pixels = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)  # TIFF: upright
     if pixels is None:
         im.load()  # let Pillow name what is wrong (usually truncation) ...
         raise BadInputError(path, "corrupt or truncated 16-bit pixel data")  # ... or say it ourselves
@@ -433,7 +510,10 @@ def _decode_16bit_multichannel(path: Path, im: Image.Image) -> tuple[np.ndarray,
         rgb = np.repeat(pixels[..., :1], 3, axis=2)
     else:
         rgb = pixels[..., 2::-1]  # OpenCV's BGR -> RGB
-    return rgb, alpha
+    if im.format != "TIFF":  # OpenCV's TIFF reader turns the picture upright itself; its PNG reader does not
+        rgb = _orient(rgb, orientation)
+        alpha = None if alpha is None else _orient(alpha, orientation)
+    return np.ascontiguousarray(rgb), None if alpha is None else np.ascontiguousarray(alpha)
 
 
 def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
