@@ -181,6 +181,21 @@ def test_a_cover_picture_becomes_a_matroska_attachment_and_is_reported_where_it_
     assert "its cover picture (stream #1, mjpeg) is left out: only a .mkv copy can keep it" in caplog.text
 
 
+def test_a_films_alpha_channel_is_reported_where_it_is_left_out(tmp_path, colorizer, caplog):
+    # ProRes 4444 carries a matte; the colour copy is opaque, and the user must hear it from Tinct, not a player.
+    source = bw_clip(tmp_path / "matte.mov", frames=4, codec="prores_ks", pix_fmt="yuva444p10le")
+    options = FilmOptions(SmoothingOptions(0.5), EncodeOptions("prores"))
+    with caplog.at_level("WARNING"):
+        assert film_job(colorizer, source.path, tmp_path / "colour.mov", options).status == "done"
+    assert "matte.mov: its alpha channel (yuva444p" in caplog.text  # (the decoder's bit depth)
+    assert "is left out: film outputs are opaque" in caplog.text
+    caplog.clear()
+    opaque = bw_clip(tmp_path / "opaque.mov", frames=4, codec="prores_ks", pix_fmt="yuv422p10le")
+    with caplog.at_level("WARNING"):
+        assert film_job(colorizer, opaque.path, tmp_path / "opaque-colour.mov", options).status == "done"
+    assert "alpha" not in caplog.text
+
+
 def test_colour_film_is_skipped_unless_recolor(tmp_path, colorizer):
     source = write_clip(tmp_path / "colour.mp4", moving_scene(6, *SIZE))
     output = tmp_path / "out.mkv"

@@ -118,6 +118,7 @@ def join_segments(
             with av.open(os.fspath(tmp), "w", format=container_name,
                          options=dict(MUXER_OPTIONS[container_name])) as out:
                 video_out = _add_video(out, film, source, segments[0].streams.video[0])
+                _report_alpha(film)
                 copies = _add_copies(out, film, source, output)
                 _copy_metadata(out, source, provenance)
                 packets = heapq.merge(_segment_packets(segments, video_out), _source_packets(source, copies),
@@ -167,6 +168,14 @@ def _add_video(out, film: FilmInfo, source, template):
     if film.video.field_order in INTERLACED_FIELDS:
         stream.codec_context.field_order = film.video.field_order  # Matroska's FieldOrder, QuickTime's fiel
     return stream
+
+
+def _report_alpha(film: FilmInfo) -> None:
+    """Film outputs are opaque (the colorizer works on lightness, and H.264, H.265 and FFV1 as Tinct writes them
+    have no alpha plane): a source with one, such as ProRes 4444 with a matte, loses it, and is told so."""
+    if any(component.is_alpha for component in av.VideoFormat(film.video.pix_fmt, 16, 16).components):
+        logger.warning("%s: its alpha channel (%s) is left out: film outputs are opaque", film.path,
+                       film.video.pix_fmt)
 
 
 def _add_copies(out, film: FilmInfo, source, output, report: bool = True) -> dict[int, object]:
