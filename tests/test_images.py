@@ -231,6 +231,27 @@ def test_sixteen_bit_orientation_matches_pillow(orientation: int) -> None:
     np.testing.assert_array_equal(images._orient(data, orientation), expected)
 
 
+@pytest.mark.parametrize("ext", ["jpg", "png", "tif"])
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_upright_and_displayed_size_agree_with_the_decoder(tmp_path: Path, ext: str, orientation: int) -> None:
+    # Hints' bounds, reference pictures and the evaluation's truths open photos without read_photo. Pillow turns a
+    # TIFF upright as it decodes it: turning it again by its tag mirrored the references of sideways TIFF scans,
+    # and the bounds check refused hints placed on them.
+    stored = np.full((20, 40, 3), 128, np.uint8)
+    stored[:5, :8] = 0  # a dark marker in the stored top-left corner
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    source = tmp_path / f"scan.{ext}"
+    Image.fromarray(stored).save(source, exif=exif.tobytes(), **({"quality": 98} if ext == "jpg" else {}))
+    photo = read_photo(source)
+    with Image.open(source) as opened:
+        assert images.displayed_size(opened) == photo.size
+    with Image.open(source) as opened:
+        shown = np.asarray(images.upright(opened).convert("L"))
+    assert shown.shape == photo.L.shape
+    np.testing.assert_array_equal(shown < 64, photo.L < 30)
+
+
 def test_sixteen_bit_png_orientation(tmp_path: Path) -> None:
     stored = np.full((20, 40, 3), 30000, np.uint16)
     stored[:5, :8] = 0

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from models.checkpoint import load_checkpoint, resolve_checkpoint
 from models.color import merge_l_ab, rgb_to_l
@@ -50,6 +50,7 @@ from tools.runtime import (
     output_file,
     write_json,
 )
+from worker.images import upright
 from worker.model_store import resolve_model
 from worker.photos import open_colorizer
 from worker.settings import Settings
@@ -120,7 +121,7 @@ class TruthPhoto:
 def _decode_colour(data: bytes) -> np.ndarray | None:
     """Decoded sRGB photo, or None when it has no colour (evaluating a gray truth measures nothing)."""
     with Image.open(io.BytesIO(data)) as img:
-        img = ImageOps.exif_transpose(img)
+        img = upright(img)
         if img.mode in ("1", "L", "LA", "I", "I;16", "F"):
             return None
         arr = np.asarray(img.convert("RGB"))

@@ -29,6 +29,7 @@ from PIL import Image
 from models.color import rgb_to_lab_np
 from models.hints import DEFAULT_RADIUS, ColourHints, ColourPoint, ColourRegion
 from worker.errors import FieldError
+from worker.images import displayed_size
 from worker.settings import GuidanceLimits
 
 HINTS_SUFFIX = ".hints.json"
@@ -37,7 +38,6 @@ HINTS_SUFFIX = ".hints.json"
 _LIMITS = GuidanceLimits()
 MAX_POLYGON_VERTICES = 1000
 MAX_RADIUS = 500.0
-_ORIENTATION = 0x0112  # the EXIF tag
 _HEX = re.compile(r"#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})")
 
 
@@ -277,9 +277,7 @@ def check_local_bounds(spec: HintSpec, photo: str, where: str | os.PathLike) -> 
         return
     try:
         with Image.open(path) as image:
-            width, height = image.size
-            if image.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):  # turned a quarter on display
-                width, height = height, width
+            width, height = displayed_size(image)
     except (OSError, ValueError):
         return  # not an image Pillow reads: the worker reports the photo itself
     spec.check_bounds(width, height, where)

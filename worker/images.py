@@ -180,6 +180,28 @@ def format_for_path(path: str | os.PathLike) -> str | None:
     return EXTENSION_FORMATS.get(Path(path).suffix.lower())
 
 
+def upright(image: Image.Image) -> Image.Image:
+    """``image`` as displayed, its EXIF orientation applied (its pixels are decoded here).
+
+    Pillow turns a TIFF upright itself as it decodes it, and drops its orientation tag then, so turning an
+    undecoded TIFF by that tag (``ImageOps.exif_transpose`` alone) mirrors or turns it a second time.
+    """
+    image.load()
+    return ImageOps.exif_transpose(image)
+
+
+def displayed_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) of an opened, undecoded image as displayed, from its header alone.
+
+    Pillow already reports a TIFF's displayed size (it turns TIFFs upright as it decodes them); any other format's
+    size is as stored, so a quarter turn in its EXIF orientation swaps the two.
+    """
+    width, height = image.size
+    if image.format != "TIFF" and image.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):
+        return height, width
+    return width, height
+
+
 # --- reading -------------------------------------------------------------------------------------------------
 
 _limit_lock = threading.Lock()

@@ -33,13 +33,13 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from models.color import rgb_to_lab_np
 from models.colorizer import Colorizer
 from models.references import MIN_CONFIDENCE, ReferenceTrack, blend, combine, fade_per_frame, reference_cells
 from worker.errors import BadInputError, FieldError, PermanentError
-from worker.images import COLOUR_THRESHOLD, colour_score
+from worker.images import COLOUR_THRESHOLD, colour_score, upright
 from worker.settings import GuidanceLimits
 from worker.smoothing import FlowFrame, SmoothingOptions, carry_reference
 from worker.storage import Storage, normalize_uri, parse_uri
@@ -125,7 +125,7 @@ def load_reference_image(source: str | os.PathLike | IO[bytes], where: str | Non
         with Image.open(source) as image:
             if image.width * image.height > MAX_REFERENCE_PIXELS:
                 raise ReferenceError(where, field, f"{image.width}x{image.height} is larger than any film frame")
-            pixels = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+            pixels = np.asarray(upright(image).convert("RGB"))
     except FileNotFoundError:
         raise ReferenceError(where, field, "no such file") from None
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
