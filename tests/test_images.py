@@ -231,25 +231,30 @@ def test_sixteen_bit_orientation_matches_pillow(orientation: int) -> None:
     np.testing.assert_array_equal(images._orient(data, orientation), expected)
 
 
-@pytest.mark.parametrize("ext", ["jpg", "png", "tif"])
-@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
-def test_upright_and_displayed_size_agree_with_the_decoder(tmp_path: Path, ext: str, orientation: int) -> None:
-    # Hints' bounds, reference pictures and the evaluation's truths open photos without read_photo. Pillow turns a
-    # TIFF upright as it decodes it: turning it again by its tag mirrored the references of sideways TIFF scans,
-    # and the bounds check refused hints placed on them.
-    stored = np.full((20, 40, 3), 128, np.uint8)
+@pytest.mark.parametrize("kind", ["jpg", "png", "tif-8-bit", "tif-16-bit"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_gray_scans_are_turned_upright_once(tmp_path: Path, kind: str, orientation: int) -> None:
+    # Pillow turns a TIFF upright as it decodes it, and reports its upright size before. Given a file name, it
+    # scrambled uncompressed single-strip gray TIFFs turned a quarter (5 to 8); and turning a TIFF again by its tag
+    # mirrored reference pictures and made the hints' bounds check refuse hints placed on sideways scans.
+    stored = np.full((20, 40), 128, np.uint8)
     stored[:5, :8] = 0  # a dark marker in the stored top-left corner
     exif = Image.Exif()
     exif[0x0112] = orientation
-    source = tmp_path / f"scan.{ext}"
-    Image.fromarray(stored).save(source, exif=exif.tobytes(), **({"quality": 98} if ext == "jpg" else {}))
+    as_png = io.BytesIO()
+    Image.fromarray(stored).save(as_png, "PNG", exif=exif.tobytes())
+    marker = np.asarray(ImageOps.exif_transpose(Image.open(as_png))) < 64  # where the marker is shown
+    source = tmp_path / f"scan.{kind[:3]}"
+    image = Image.fromarray(stored.astype(np.uint16) * 257) if kind == "tif-16-bit" else Image.fromarray(stored)
+    image.save(source, exif=exif.tobytes(), dpi=(300, 150), **({"quality": 98} if kind == "jpg" else {}))
     photo = read_photo(source)
+    np.testing.assert_array_equal(photo.L < 30, marker)
+    assert photo.dpi is not None and np.round(photo.dpi).tolist() == ([150, 300] if orientation > 4 else [300, 150])
     with Image.open(source) as opened:
         assert images.displayed_size(opened) == photo.size
-    with Image.open(source) as opened:
-        shown = np.asarray(images.upright(opened).convert("L"))
-    assert shown.shape == photo.L.shape
-    np.testing.assert_array_equal(shown < 64, photo.L < 30)
+    with images.open_image(source) as opened:
+        shown = np.asarray(images.upright(opened))
+    np.testing.assert_array_equal(shown < (64 if shown.dtype == np.uint8 else 64 * 257), marker)
 
 
 def test_sixteen_bit_png_orientation(tmp_path: Path) -> None:

@@ -180,6 +180,18 @@ def format_for_path(path: str | os.PathLike) -> str | None:
     return EXTENSION_FORMATS.get(Path(path).suffix.lower())
 
 
+@contextmanager
+def open_image(path: str | os.PathLike) -> Iterator[Image.Image]:
+    """``Image.open`` on an open file rather than a name, for every photo Tinct decodes.
+
+    Given a name, Pillow 13 memory-maps an uncompressed single-strip TIFF at its upright size while its pixels
+    lie stored sideways, and so scrambles a gray scan whose orientation tag turns it a quarter (5 to 8). From an
+    open file it decodes the strip and turns it upright correctly.
+    """
+    with open(path, "rb") as f, Image.open(f) as image:
+        yield image
+
+
 def upright(image: Image.Image) -> Image.Image:
     """``image`` as displayed, its EXIF orientation applied (its pixels are decoded here).
 
@@ -252,7 +264,7 @@ def read_photo(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     if size == 0:
         raise BadInputError(path, "empty file (0 bytes)")
     with _own_pixel_limit(), _decode_errors(path):
-        with Image.open(path) as im:
+        with open_image(path) as im:
             _check_size(path, im, max_pixels)
             source = _decode(path, im)
     return _photo(source)
@@ -390,6 +402,8 @@ def _decode(path: Path, im: Image.Image) -> _Source:
         raise UnsupportedMediaError(path, f"{fmt or 'unknown'} images are not supported (JPEG, PNG, TIFF, WebP, BMP)")
     bits = _source_bit_depth(path, im)
     sixteen_bit_colour = bits == 16 and mode in ("RGB", "RGBA", "RGBX", "LA")
+    # Pillow turns a TIFF upright as it decodes it and drops its orientation tag: the DPI below needs the tag.
+    tiff_orientation = int(im.tag_v2.get(_ORIENTATION, 1) or 1) if fmt == "TIFF" else 1
     if not sixteen_bit_colour:
         im.load()  # the full decode: truncated or corrupt data fails here, not later
     try:
@@ -417,7 +431,7 @@ def _decode(path: Path, im: Image.Image) -> _Source:
         logger.debug("%s: dropping a %s ICC profile that cannot describe an RGB result", path, icc_space)
         icc = None
     dpi = info.get("dpi")
-    if dpi and orientation in (5, 6, 7, 8):
+    if dpi and (tiff_orientation if fmt == "TIFF" else orientation) in (5, 6, 7, 8):
         dpi = (dpi[1], dpi[0])
     photo = Photo(
         path=path, L=np.empty((0, 0), np.float32), format=fmt, mode=mode, bit_depth=bits, alpha=alpha,

@@ -39,7 +39,7 @@ from models.color import rgb_to_lab_np
 from models.colorizer import Colorizer
 from models.references import MIN_CONFIDENCE, ReferenceTrack, blend, combine, fade_per_frame, reference_cells
 from worker.errors import BadInputError, FieldError, PermanentError
-from worker.images import COLOUR_THRESHOLD, colour_score, upright
+from worker.images import COLOUR_THRESHOLD, colour_score, open_image, upright
 from worker.settings import GuidanceLimits
 from worker.smoothing import FlowFrame, SmoothingOptions, carry_reference
 from worker.storage import Storage, normalize_uri, parse_uri
@@ -122,7 +122,8 @@ def load_reference_image(source: str | os.PathLike | IO[bytes], where: str | Non
     try:
         if isinstance(source, str | os.PathLike) and (size := os.stat(source).st_size) > max_bytes:
             raise ReferenceError(where, field, _oversized(size, max_bytes))
-        with Image.open(source) as image:
+        opened = open_image(source) if isinstance(source, str | os.PathLike) else Image.open(source)
+        with opened as image:
             if image.width * image.height > MAX_REFERENCE_PIXELS:
                 raise ReferenceError(where, field, f"{image.width}x{image.height} is larger than any film frame")
             pixels = np.asarray(upright(image).convert("RGB"))
