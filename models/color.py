@@ -122,9 +122,14 @@ def rgb_to_l(rgb: torch.Tensor) -> torch.Tensor:
     return rgb_to_lab(rgb)[..., :1, :, :]
 
 
+def luminance_to_l(Y: torch.Tensor) -> torch.Tensor:
+    """Relative luminance (white = 1) -> L. Any shape."""
+    return 116.0 * _lab_f(Y) - 16.0
+
+
 def gray_to_l(gray: torch.Tensor) -> torch.Tensor:
     """A gray sRGB value in [0, 1] (R = G = B) -> L. Any channel shape; Y equals the linear value."""
-    return 116.0 * _lab_f(srgb_to_linear(gray)) - 16.0
+    return luminance_to_l(srgb_to_linear(gray))
 
 
 def l_to_gray(L: torch.Tensor) -> torch.Tensor:

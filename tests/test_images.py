@@ -16,6 +16,7 @@ import torch
 from PIL import Image, ImageCms, ImageOps
 
 from models import color
+from tests.icc_profiles import PROPHOTO, gamma_curve, gray_profile, matrix_trc_profile
 from worker import images
 from worker.errors import BadInputError, InputTooLargeError, PermanentError, UnsupportedMediaError
 from worker.images import (
@@ -337,38 +338,10 @@ def test_untagged_file_has_no_provenance(tmp_path: Path) -> None:
     assert read_provenance(path) is None
 
 
-def _gray_icc(gamma: float) -> bytes:
-    """A minimal ICC v2 display profile for gray data with a pure gamma tone curve (LittleCMS accepts it)."""
-
-    def xyz(values: tuple[float, float, float]) -> bytes:
-        return b"XYZ \x00\x00\x00\x00" + struct.pack(">3i", *(round(v * 65536) for v in values))
-
-    text = b"tinct test gray"
-    desc = b"desc\x00\x00\x00\x00" + struct.pack(">I", len(text) + 1) + text + b"\x00" + b"\x00" * (4 + 4 + 2 + 1 + 67)
-    tags = [
-        (b"desc", desc),
-        (b"wtpt", xyz((0.9642, 1.0, 0.8249))),
-        (b"kTRC", b"curv\x00\x00\x00\x00" + struct.pack(">IH", 1, round(gamma * 256)) + b"\x00\x00"),
-        (b"cprt", b"text\x00\x00\x00\x00public domain\x00\x00\x00"),
-    ]
-    offset = 128 + 4 + 12 * len(tags)
-    table, data = b"", b""
-    for signature, body in tags:
-        body += b"\x00" * (-len(body) % 4)
-        table += signature + struct.pack(">II", offset + len(data), len(body))
-        data += body
-    size = offset + len(data)
-    header = struct.pack(">I4sI4s4s4s", size, b"lcms", 0x02100000, b"mntr", b"GRAY", b"XYZ ")
-    header += b"\x00" * 12 + b"acsp" + b"\x00" * 24 + b"\x00" * 4
-    header += struct.pack(">3i", *(round(v * 65536) for v in (0.9642, 1.0, 0.8249))) + b"\x00" * 4
-    header += b"\x00" * (128 - len(header))
-    return header + struct.pack(">I", len(tags)) + table + data
-
-
 def test_gray_icc_profile_is_honoured_and_result_tagged_srgb(tmp_path: Path) -> None:
     # With a linear (gamma 1) gray profile, code 128 means 50 % luminance, which sRGB calls L = 76, not 53.6.
     source = tmp_path / "linear.png"
-    Image.fromarray(np.full((8, 8), 128, np.uint8)).save(source, icc_profile=_gray_icc(1.0))
+    Image.fromarray(np.full((8, 8), 128, np.uint8)).save(source, icc_profile=gray_profile(1.0))
     photo = read_photo(source)
     assert abs(float(photo.L.mean()) - 76.07) < 0.6
     assert photo.icc_profile == srgb_icc_profile()
@@ -376,6 +349,39 @@ def test_gray_icc_profile_is_honoured_and_result_tagged_srgb(tmp_path: Path) -> 
     write_photo(out, l_as_rgb(photo.L), photo, LABEL)
     with Image.open(out) as im:
         assert images._icc_colour_space(im.info["icc_profile"]) == "RGB"
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_a_wide_gamut_scan_is_read_and_written_in_its_own_colours(tmp_path: Path, bits: int) -> None:
+    # A ProPhoto-tagged scan: read as sRGB, its grays were 5 L too dark and the colorizer's colours, written under
+    # the profile unconverted, showed 40-70 % more saturated. LittleCMS is the reference for what the file shows.
+    profile = matrix_trc_profile(PROPHOTO, gamma_curve(1.8))
+    cms, srgb = ImageCms.ImageCmsProfile(io.BytesIO(profile)), ImageCms.createProfile("sRGB")
+    colours = colour8(8, 16)
+    as_prophoto = np.asarray(ImageCms.profileToProfile(Image.fromarray(colours), srgb, cms, outputMode="RGB"))
+    stored = np.concatenate([as_prophoto, np.repeat(gray8(8, 16)[..., None], 3, axis=2)])  # colour, then a scan's grays
+    source = tmp_path / "scan.png"
+    Image.fromarray(stored).save(source, icc_profile=profile)
+    like = read_photo(source)
+    assert like.icc_profile == profile
+    error = np.abs(like.L[:8] - expected_l(colours))  # the colours shown, not the codes
+    assert error.mean() < 0.3 and error.max() < 1.5  # (dark colours in 8-bit ProPhoto codes are coarse)
+    luminance = (gray8(8, 16) / 255.0) ** (461 / 256)  # a ProPhoto gray's Y is its decoded code
+    expected = np.where(luminance > 0.008856, 116 * np.cbrt(luminance) - 16, 903.3 * luminance)
+    np.testing.assert_allclose(like.L[8:], expected, atol=0.01)
+
+    like.bit_depth = bits  # the same scan at 16 bits: exercises the 16-bit writer
+    wanted = np.concatenate([colours / 255.0, l_as_rgb(like.L[8:])])  # the colours a colorizer meant, sRGB
+    out = tmp_path / "colour.png"
+    write_photo(out, wanted, like, LABEL)
+    with Image.open(out) as written:
+        assert written.info["icc_profile"] == profile
+        shown = np.asarray(ImageCms.profileToProfile(written, cms, srgb, outputMode="RGB")).astype(int)
+        assert np.abs(np.asarray(images.shown_as_srgb(written)).astype(int) - shown).max() <= 1  # previews show it
+    error = np.abs(shown[:8] - colours)  # 8-bit ProPhoto is coarse; Pillow reads 16-bit PNGs cut to 8 bits
+    assert error.mean() < 1 and error.max() <= 4
+    codes = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)[8:, :, ::-1]
+    np.testing.assert_array_equal(codes, stored[8:].astype(codes.dtype) * (257 if bits == 16 else 1))  # tones kept
 
 
 def test_cmyk_is_converted_to_rgb(tmp_path: Path) -> None:

@@ -10,9 +10,12 @@ Pillow does the work wherever it can. Pillow holds 16-bit data only for single-c
 RGB(A) sources are decoded with OpenCV, and 16-bit RGB(A) results are written as PNG by OpenCV (with the
 metadata chunks spliced in here) or as TIFF by a small writer built on Pillow's own TIFF directory encoder.
 
-Colour management: values are taken as sRGB. An RGB ICC profile is carried verbatim (neutral greys keep their
-exact values, so the photo's tones are untouched). Gray and CMYK profiles cannot describe an RGB result, so such
-sources are converted to sRGB through their profile with LittleCMS, and the result is tagged sRGB.
+Colour management: pixels are read in the colours their ICC profile gives them. An RGB profile of the matrix/TRC
+kind (Adobe RGB, ProPhoto, Display P3: :mod:`worker.icc`) is carried verbatim, lightness is measured through it,
+and the result is written back in its space, so the colours show as the colorizer made them and neutral greys keep
+their exact values. Pixels under an sRGB profile, no profile, or an RGB profile of another kind are taken as sRGB.
+Gray and CMYK profiles cannot describe an RGB result, so such sources are converted to sRGB through their profile
+with LittleCMS, and the result is tagged sRGB.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from PIL import Image, ImageCms, ImageOps, JpegImagePlugin, PngImagePlugin, Tiff
 from models import color
 from models.files import atomic_output
 from worker.errors import BadInputError, InputTooLargeError, StorageError, UnsupportedMediaError
+from worker.icc import RgbSpace, rgb_space
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +204,16 @@ def upright(image: Image.Image) -> Image.Image:
     """
     image.load()
     return ImageOps.exif_transpose(image)
+
+
+def shown_as_srgb(image: Image.Image) -> Image.Image:
+    """An opened 8-bit view of ``image`` (upright) in sRGB: a result written under its source's Adobe RGB or ProPhoto
+    profile (see :mod:`worker.icc`) shows its colours in a browser, which takes untagged JPEG previews as sRGB."""
+    rgb = upright(image).convert("RGB")
+    space = rgb_space(image.info.get("icc_profile"))
+    if space is None:
+        return rgb
+    return Image.fromarray(_quantize(space.to_srgb(np.asarray(rgb)), 8))
 
 
 def displayed_size(image: Image.Image) -> tuple[int, int]:
@@ -393,6 +407,7 @@ class _Source:
     photo: Photo
     pixels: np.ndarray
     gray_lut: np.ndarray | None  # L per gray code for gray pixels; None for RGB pixels
+    space: RgbSpace | None = None  # RGB pixels' profile where it is not sRGB (worker.icc)
 
 
 def _decode(path: Path, im: Image.Image) -> _Source:
@@ -439,7 +454,7 @@ def _decode(path: Path, im: Image.Image) -> _Source:
         dpi=(float(dpi[0]), float(dpi[1])) if dpi and dpi[0] and dpi[1] else None,
         text=_png_text(im), encoder=_encoder_hints(im, path),
     )
-    return _Source(photo, pixels, gray_lut)
+    return _Source(photo, pixels, gray_lut, rgb_space(icc) if gray_lut is None else None)
 
 
 def _photo(source: _Source) -> Photo:
@@ -450,9 +465,11 @@ def _photo(source: _Source) -> Photo:
     elif _is_neutral(pixels):
         # A gray photo stored as RGB (common for scans): one table lookup per pixel instead of colour maths.
         top = np.iinfo(pixels.dtype).max
-        photo.L = _gray_to_l_table(np.arange(top + 1) / top)[pixels[..., 0]]
+        levels = np.arange(top + 1) / top
+        table = _gray_to_l_table(levels) if source.space is None else source.space.gray_lightness(levels)
+        photo.L = table.astype(np.float32)[pixels[..., 0]]
     else:
-        photo.L = _rgb_lightness(pixels)
+        photo.L = _rgb_lightness(pixels, source.space)
         photo.colour_score = colour_score(pixels)
         photo.had_colour = photo.colour_score > COLOUR_THRESHOLD
     return photo
@@ -576,15 +593,26 @@ def _gray_to_l_table(levels: np.ndarray) -> np.ndarray:
     return color.gray_to_l(torch.from_numpy(np.asarray(levels, dtype=np.float64))).numpy().astype(np.float32)
 
 
-def _rgb_lightness(rgb: np.ndarray) -> np.ndarray:
+def _rgb_lightness(rgb: np.ndarray, space: RgbSpace | None) -> np.ndarray:
+    """L of RGB pixels, sRGB or in ``space``."""
     scale = 65535.0 if rgb.dtype == np.uint16 else 255.0
     height, width = rgb.shape[:2]
     L = np.empty((height, width), dtype=np.float32)
+    for rows in _row_chunks(height, width):
+        if space is None:
+            unit = torch.from_numpy(rgb[rows].astype(np.float32) / scale)
+            L[rows] = color.rgb_to_l(unit.movedim(-1, 0))[0].numpy()
+        else:
+            L[rows] = space.lightness(rgb[rows])
+    return L
+
+
+def _row_chunks(height: int, width: int) -> Iterator[slice]:
+    """Row slices of about _L_CHUNK_PIXELS pixels: full-resolution maths never needs float64 copies of a 200 MP
+    photo."""
     rows = max(1, _L_CHUNK_PIXELS // max(width, 1))
     for top in range(0, height, rows):
-        chunk = torch.from_numpy(rgb[top : top + rows].astype(np.float32) / scale)
-        L[top : top + rows] = color.rgb_to_l(chunk.movedim(-1, 0))[0].numpy()
-    return L
+        yield slice(top, top + rows)
 
 
 def colour_score(rgb: np.ndarray) -> float:
@@ -828,6 +856,9 @@ def write_photo(
         if fmt not in ALPHA_FORMATS:
             rgb = rgb * alpha[..., None] + (1.0 - alpha[..., None])
             alpha = None
+    space = rgb_space(like.icc_profile) if fmt != "BMP" else None  # BMP results carry no profile: they stay sRGB
+    if space is not None:
+        rgb = _to_space(rgb, space)
     bits = 16 if like.bit_depth == 16 and fmt in SIXTEEN_BIT_FORMATS else 8
     pixels = _quantize(rgb if alpha is None else np.concatenate((rgb, alpha[..., None]), axis=2), bits)
     software, description = f"Tinct {tinct_version()}", provenance_text(provenance, guidance)
@@ -840,6 +871,14 @@ def write_photo(
             raise StorageError(path, f"cannot write: {exc.strerror or exc}") from exc
         raise
     return path
+
+
+def _to_space(rgb: np.ndarray, space: RgbSpace) -> np.ndarray:
+    """sRGB in [0, 1] -> the same colours in ``space``'s codes, the profile the result is tagged with."""
+    converted = np.empty(rgb.shape, dtype=np.float32)
+    for rows in _row_chunks(*rgb.shape[:2]):
+        converted[rows] = space.from_srgb(rgb[rows])
+    return converted
 
 
 def _unit_alpha(alpha: np.ndarray) -> np.ndarray:

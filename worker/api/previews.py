@@ -31,7 +31,7 @@ from PIL import Image, ImageOps
 from models.files import atomic_output
 from worker.errors import BadInputError, PermanentError, one_line
 from worker.hints import HintSpec
-from worker.images import DEFAULT_MAX_PIXELS, EXTENSION_FORMATS, read_photo
+from worker.images import DEFAULT_MAX_PIXELS, EXTENSION_FORMATS, read_photo, shown_as_srgb
 from worker.jobs import JobRecord, film_output_uri
 from worker.settings import Settings
 from worker.storage import Storage, parse_uri
@@ -138,7 +138,7 @@ class Previews:
             lightness = read_photo(source, DEFAULT_MAX_PIXELS).L
             before = Image.fromarray(np.clip(lightness * 2.55 + 0.5, 0, 255).astype(np.uint8))
             with Image.open(result) as opened:
-                after = ImageOps.exif_transpose(opened).convert("RGB")
+                after = shown_as_srgb(opened)
             _save(before, folder / f"{item.index}-before.jpg", PREVIEW_SIDE)
             _save(after, folder / f"{item.index}-after.jpg", PREVIEW_SIDE)
         except OSError as exc:  # Pillow's "cannot identify image file" and friends

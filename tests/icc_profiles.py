@@ -1,0 +1,73 @@
+"""ICC profiles built byte by byte, as archives' scans carry them (Adobe RGB, ProPhoto), so that no test depends on
+profiles installed on the machine. LittleCMS (Pillow's ImageCms) reads them, which the tests use as the reference.
+
+Import it in tests as ``from tests.icc_profiles import ...``.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+# Colorants (columns R, G, B) adapted to D50, as the published profiles state them.
+PROPHOTO = np.array([[0.7977, 0.1352, 0.0313], [0.2880, 0.7119, 0.0001], [0.0, 0.0, 0.8249]])
+ADOBE_RGB = np.array([[0.6097, 0.2053, 0.1492], [0.3111, 0.6257, 0.0632], [0.0195, 0.0609, 0.7446]])
+SRGB = np.array([[0.4361, 0.3851, 0.1431], [0.2225, 0.7169, 0.0606], [0.0139, 0.0971, 0.7141]])
+
+
+def _s15(value: float) -> bytes:
+    return struct.pack(">i", round(value * 65536))
+
+
+def _xyz(values) -> bytes:
+    return b"XYZ \0\0\0\0" + b"".join(_s15(v) for v in values)
+
+
+def gamma_curve(gamma: float) -> bytes:
+    return b"curv\0\0\0\0" + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0"
+
+
+def table_curve(gamma: float, entries: int = 1024) -> bytes:
+    table = np.round(np.linspace(0, 1, entries) ** gamma * 65535).astype(">u2")
+    return b"curv\0\0\0\0" + struct.pack(">I", entries) + table.tobytes()
+
+
+def srgb_parametric_curve() -> bytes:
+    params = (2.4, 1 / 1.055, 0.055 / 1.055, 1 / 12.92, 0.04045)
+    return b"para\0\0\0\0" + struct.pack(">H", 3) + b"\0\0" + b"".join(_s15(p) for p in params)
+
+
+def matrix_trc_profile(colorants: np.ndarray, curve: bytes, extra_tags: dict[bytes, bytes] | None = None) -> bytes:
+    """An RGB display profile: three colorants (``colorants``' columns) and one curve for all channels."""
+    return _profile(b"RGB ", {
+        b"rXYZ": _xyz(colorants[:, 0]), b"gXYZ": _xyz(colorants[:, 1]), b"bXYZ": _xyz(colorants[:, 2]),
+        b"rTRC": curve, b"gTRC": curve, b"bTRC": curve, **(extra_tags or {}),
+    })
+
+
+def gray_profile(gamma: float) -> bytes:
+    """A gray display profile with a pure gamma tone curve."""
+    return _profile(b"GRAY", {b"kTRC": gamma_curve(gamma), b"cprt": b"text\0\0\0\0public domain\0"})
+
+
+def _profile(colour_space: bytes, tags: dict[bytes, bytes]) -> bytes:
+    """An ICC v2.1 display profile: a description and the D50 white point, then ``tags``."""
+    description = b"a test profile\0"
+    tags = {
+        b"desc": b"desc\0\0\0\0" + struct.pack(">I", len(description)) + description + b"\0" * 8 + b"\0" * 70,
+        b"wtpt": _xyz((0.9642, 1.0, 0.8249)), **tags,
+    }
+    table_end = 128 + 4 + 12 * len(tags)
+    entries, body = b"", b""
+    for signature, data in tags.items():
+        entries += struct.pack(">4sII", signature, table_end + len(body), len(data))
+        body += data + b"\0" * (-len(data) % 4)
+    header = bytearray(128)
+    header[4:8] = b"lcms"
+    header[8:12] = bytes([2, 0x10, 0, 0])
+    header[12:24] = b"mntr" + colour_space + b"XYZ "
+    header[36:40] = b"acsp"
+    header[68:80] = _s15(0.9642) + _s15(1.0) + _s15(0.8249)
+    profile = bytes(header) + struct.pack(">I", len(tags)) + entries + body
+    return struct.pack(">I", len(profile)) + profile[4:]
