@@ -470,7 +470,7 @@ def _photo(source: _Source) -> Photo:
         photo.L = table.astype(np.float32)[pixels[..., 0]]
     else:
         photo.L = _rgb_lightness(pixels, source.space)
-        photo.colour_score = colour_score(pixels)
+        photo.colour_score = colour_score(pixels, source.space)
         photo.had_colour = photo.colour_score > COLOUR_THRESHOLD
     return photo
 
@@ -615,8 +615,9 @@ def _row_chunks(height: int, width: int) -> Iterator[slice]:
         yield slice(top, top + rows)
 
 
-def colour_score(rgb: np.ndarray) -> float:
-    """How far a photo is from monochrome, in Lab ab units (see ``COLOUR_THRESHOLD`` for the scale).
+def colour_score(rgb: np.ndarray, space: RgbSpace | None = None) -> float:
+    """How far a photo is from monochrome, in Lab ab units (see ``COLOUR_THRESHOLD`` for the scale); ``space`` is
+    the pixels' RGB profile where it is not sRGB.
 
     The chroma of each pixel is compared with the median chroma of all pixels of similar lightness, so a tint
     that depends only on density (sepia and other toning, a colour cast) scores near zero; the score is the 90th
@@ -629,7 +630,8 @@ def colour_score(rgb: np.ndarray) -> float:
     if shrink < 1:
         size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
         small = cv2.resize(small, size, interpolation=cv2.INTER_AREA)
-    lab = color.rgb_to_lab_np(small.astype(np.float64) / scale).reshape(-1, 3)
+    shown = small.astype(np.float64) / scale if space is None else space.to_srgb(small)
+    lab = color.rgb_to_lab_np(shown).reshape(-1, 3)
     bands = np.clip((lab[:, 0] / 5.0).astype(np.int64), 0, 19)  # 20 lightness bands of 5 L units
     typical = np.zeros((20, 2))
     for band in np.unique(bands):
