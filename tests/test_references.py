@@ -4,17 +4,19 @@ the tiny real model and the real CLI."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageCms
 
 import worker.references
 from models.color import lab_to_rgb_np, rgb_to_lab_np
 from models.references import ReferenceTrack, blend, combine, reference_cells
+from tests.icc_profiles import PROPHOTO, gamma_curve, matrix_trc_profile
 from tests.media import decode_rgb, gray_frames, moving_scene, probe, write_clip
 from worker.cli import main
 from worker.films import FilmOptions, colorize_film
@@ -173,6 +175,24 @@ def test_reference_times_and_pictures_are_checked(tmp_path, scene):
     for text in ("12.5", "=x.png", "soon=x.png", "-1=x.png"):
         with pytest.raises((ValueError, ReferenceError)):
             parse_reference_arg(text)
+
+
+def test_a_reference_picture_is_read_as_it_shows(tmp_path):
+    # References are often phone photos (Display P3) or sideways scans: their colours go through their profile,
+    # and a TIFF is turned upright once (Pillow turns TIFFs as it decodes them).
+    colours = np.random.default_rng(3).integers(60, 200, (12, 20, 3), dtype=np.uint8)
+    expected = rgb_to_lab_np(colours / 255.0)[..., 1:].transpose(2, 0, 1)
+    profile = matrix_trc_profile(PROPHOTO, gamma_curve(1.8))
+    cms, srgb = ImageCms.ImageCmsProfile(io.BytesIO(profile)), ImageCms.createProfile("sRGB")
+    ImageCms.profileToProfile(Image.fromarray(colours), srgb, cms, outputMode="RGB").save(
+        tmp_path / "wide.png", icc_profile=profile)
+    error = np.abs(load_reference_image(tmp_path / "wide.png") - expected)
+    assert error.mean() < 1 and error.max() < 4  # (8-bit ProPhoto codes are coarse)
+    sideways = Image.fromarray(np.ascontiguousarray(np.rot90(colours)))  # stored turned a quarter to the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned back clockwise
+    sideways.save(tmp_path / "sideways.tif", exif=exif.tobytes())
+    assert np.abs(load_reference_image(tmp_path / "sideways.tif") - expected).max() < 0.5
 
 
 @pytest.mark.parametrize(("references", "expected"), [

@@ -39,7 +39,7 @@ from models.color import rgb_to_lab_np
 from models.colorizer import Colorizer
 from models.references import MIN_CONFIDENCE, ReferenceTrack, blend, combine, fade_per_frame, reference_cells
 from worker.errors import BadInputError, FieldError, PermanentError
-from worker.images import COLOUR_THRESHOLD, colour_score, open_image, upright
+from worker.images import COLOUR_THRESHOLD, colour_score, open_image, shown_as_srgb
 from worker.settings import GuidanceLimits
 from worker.smoothing import FlowFrame, SmoothingOptions, carry_reference
 from worker.storage import Storage, normalize_uri, parse_uri
@@ -126,7 +126,7 @@ def load_reference_image(source: str | os.PathLike | IO[bytes], where: str | Non
         with opened as image:
             if image.width * image.height > MAX_REFERENCE_PIXELS:
                 raise ReferenceError(where, field, f"{image.width}x{image.height} is larger than any film frame")
-            pixels = np.asarray(upright(image).convert("RGB"))
+            pixels = np.asarray(shown_as_srgb(image))  # a phone photo in Display P3 shows its own colours
     except FileNotFoundError:
         raise ReferenceError(where, field, "no such file") from None
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
