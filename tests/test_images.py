@@ -384,6 +384,27 @@ def test_a_wide_gamut_scan_is_read_and_written_in_its_own_colours(tmp_path: Path
     np.testing.assert_array_equal(codes, stored[8:].astype(codes.dtype) * (257 if bits == 16 else 1))  # tones kept
 
 
+def test_a_camera_jpeg_declared_adobe_rgb_is_read_so_and_its_result_declared_srgb(tmp_path: Path) -> None:
+    # A camera set to Adobe RGB says so in EXIF alone (DCF's option file: ColorSpace uncalibrated, interoperability
+    # index R03). Read as sRGB, a copy-stand shot's shadows came out up to 3 L too light, and the sRGB result kept
+    # the declaration, so Photoshop or Lightroom showed its colours 15-25 % too saturated.
+    exif = Image.Exif()
+    exif[0x8769] = {0xA001: 0xFFFF, 0xA005: {0x0001: "R03"}}
+    shades = gray8(8, 16)
+    source = tmp_path / "DSC_0001.jpg"
+    Image.fromarray(np.repeat(shades[..., None], 3, axis=2)).save(source, exif=exif.tobytes(), quality=100)
+    photo = read_photo(source)
+    luminance = (shades / 255.0) ** (563 / 256)  # Adobe RGB's gamma
+    expected = np.where(luminance > 0.008856, 116 * np.cbrt(luminance) - 16, 903.3 * luminance)
+    assert np.abs(photo.L - expected).max() < 0.6  # (JPEG rounding)
+    out = tmp_path / "colour.jpg"
+    write_photo(out, l_as_rgb(photo.L), photo, LABEL)
+    with Image.open(out) as written:
+        camera = written.getexif().get_ifd(0x8769)
+        assert camera[0xA001] == 1 and written.getexif().get_ifd(0xA005)[0x0001].strip("\0") == "R98"
+        assert "icc_profile" not in written.info
+
+
 def test_cmyk_is_converted_to_rgb(tmp_path: Path) -> None:
     source = tmp_path / "cmyk.jpg"
     Image.fromarray(colour8()).convert("CMYK").save(source, quality=100)

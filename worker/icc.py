@@ -135,14 +135,28 @@ def _parse(icc: bytes) -> RgbSpace | None:
     if any(name in tags for name in _LOOKUP_TABLE_TAGS):
         return None  # a CMM colours through the table, which this does not model
     colorants = np.array([_xyz(tags[name]) for name in (b"rXYZ", b"gXYZ", b"bXYZ")]).T  # columns: R, G, B
+    curves = np.stack([_curve(tags[name]) for name in (b"rTRC", b"gTRC", b"bTRC")])
+    if ((curves <= 0.0).mean(axis=1) > _MAX_FLAT_END).any() or ((curves >= 1.0).mean(axis=1) > _MAX_FLAT_END).any():
+        return None  # an extended-range encoding (e-sRGB, scRGB): black and white are not its codes' ends
+    return _matrix_space(colorants, curves)
+
+
+def _matrix_space(colorants: np.ndarray, curves: np.ndarray) -> RgbSpace:
+    """The space of colorants (columns R, G, B: XYZ under D50) and sampled curves (see _curve)."""
     to_srgb = np.linalg.inv(SRGB_TO_PCS) @ colorants
     # The colorants' s15Fixed16 rounding leaves white a few 1e-5 off; white must map to white exactly, or every
     # neutral pixel would gain a tint of several 16-bit codes.
     to_srgb = to_srgb / to_srgb.sum(axis=1, keepdims=True)
-    curves = np.stack([_curve(tags[name]) for name in (b"rTRC", b"gTRC", b"bTRC")])
-    if ((curves <= 0.0).mean(axis=1) > _MAX_FLAT_END).any() or ((curves >= 1.0).mean(axis=1) > _MAX_FLAT_END).any():
-        return None  # an extended-range encoding (e-sRGB, scRGB): black and white are not its codes' ends
     return RgbSpace(to_srgb_linear=to_srgb, curves=curves)
+
+
+@lru_cache(maxsize=1)
+def dcf_adobe_rgb_space() -> RgbSpace:
+    """Adobe RGB (1998), which a camera's EXIF declares with no ICC profile (DCF's option file, index R03): its
+    D50 colorants and its gamma of 563/256, as Adobe's profile states them."""
+    colorants = np.array([[0.60974, 0.20528, 0.14919], [0.31111, 0.62567, 0.06322], [0.01947, 0.06087, 0.74457]])
+    curve = _increasing(np.linspace(0.0, 1.0, _CURVE_SAMPLES) ** (563 / 256))
+    return _matrix_space(colorants, np.stack([curve] * 3))
 
 
 def _xyz(data: bytes) -> tuple[float, float, float]:
@@ -170,9 +184,13 @@ def _curve(data: bytes) -> np.ndarray:
         y = _parametric(function, [v / 65536.0 for v in struct.unpack(f">{n}i", data[12 : 12 + 4 * n])], x)
     else:
         raise ValueError(f"transfer curve of type {kind!r}")
-    # Strictly increasing, so that it can be inverted: a table's runs of equal entries (its dark end, where codes
-    # round to the same 16-bit value) rise by a hair, which keeps black at code 0 and every code its own.
-    return np.maximum.accumulate(np.clip(y, 0.0, 1.0)) + x * 1e-9
+    return _increasing(np.clip(y, 0.0, 1.0))
+
+
+def _increasing(curve: np.ndarray) -> np.ndarray:
+    """A sampled curve made strictly increasing, so that it can be inverted: a table's runs of equal entries (its dark
+    end, where codes round to the same 16-bit value) rise by a hair, which keeps black at code 0."""
+    return np.maximum.accumulate(curve) + np.linspace(0.0, 1e-9, len(curve))
 
 
 def _parametric(function: int, p: list[float], x: np.ndarray) -> np.ndarray:

@@ -45,7 +45,7 @@ from PIL import Image, ImageCms, ImageOps, JpegImagePlugin, PngImagePlugin, Tiff
 from models import color
 from models.files import atomic_output
 from worker.errors import BadInputError, InputTooLargeError, StorageError, UnsupportedMediaError
-from worker.icc import RgbSpace, rgb_space
+from worker.icc import RgbSpace, dcf_adobe_rgb_space, rgb_space
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,9 @@ _PHOTOMETRIC_NAMES = {
     0: ("gray", 1), 1: ("gray", 1), 2: ("RGB", 3), 3: ("palette", 1), 4: ("mask", 1), 5: ("CMYK", 4),
     6: ("YCbCr", 3), 8: ("CIELab", 3), 9: ("ICCLab", 3), 10: ("ITULab", 3), 32844: ("LogL", 1), 32845: ("LogLuv", 3),
 }
+_COLOR_SPACE = 0xA001  # in the EXIF sub-directory: 1 sRGB, 0xFFFF uncalibrated
+_INTEROP_IFD = 0xA005
+_INTEROP_INDEX = 0x0001  # in the interoperability directory: "R98" DCF basic (sRGB), "R03" DCF option (Adobe RGB)
 _SOFTWARE = 0x0131
 _IMAGE_DESCRIPTION = 0x010E
 _EXIF_IFD = 0x8769
@@ -421,18 +424,20 @@ def _decode(path: Path, im: Image.Image) -> _Source:
     tiff_orientation = int(im.tag_v2.get(_ORIENTATION, 1) or 1) if fmt == "TIFF" else 1
     if not sixteen_bit_colour:
         im.load()  # the full decode: truncated or corrupt data fails here, not later
+    info = dict(im.info)
+    icc = info.get("icc_profile") or None
+    icc_space = _icc_colour_space(icc)
     try:
         exif = im.getexif()  # (for a PNG with EXIF after the pixels, this decodes them: truncation raises OSError)
         orientation = int(exif.get(_ORIENTATION, 1) or 1)
-        portable_exif = _portable_exif(exif)
+        # A camera set to Adobe RGB says so in EXIF alone; the result is sRGB, and its EXIF will say that instead.
+        dcf_adobe_rgb = icc is None and mode in ("RGB", "RGBA") and _says_adobe_rgb(exif)
+        portable_exif = _portable_exif(exif, declare_srgb=dcf_adobe_rgb)
     except OSError:
         raise
     except Exception as exc:  # noqa: BLE001 - a damaged EXIF block must not cost the photo itself
         logger.warning("%s: unreadable EXIF dropped (%s: %s)", path, type(exc).__name__, exc)
-        orientation, portable_exif = 1, None
-    info = dict(im.info)
-    icc = info.get("icc_profile") or None
-    icc_space = _icc_colour_space(icc)
+        orientation, portable_exif, dcf_adobe_rgb = 1, None, False
 
     alpha: np.ndarray | None = None
     gray_lut: np.ndarray | None = None
@@ -454,7 +459,8 @@ def _decode(path: Path, im: Image.Image) -> _Source:
         dpi=(float(dpi[0]), float(dpi[1])) if dpi and dpi[0] and dpi[1] else None,
         text=_png_text(im), encoder=_encoder_hints(im, path),
     )
-    return _Source(photo, pixels, gray_lut, rgb_space(icc) if gray_lut is None else None)
+    space = None if gray_lut is not None else dcf_adobe_rgb_space() if dcf_adobe_rgb else rgb_space(icc)
+    return _Source(photo, pixels, gray_lut, space)
 
 
 def _photo(source: _Source) -> Photo:
@@ -722,12 +728,28 @@ def _reset_xmp_orientation(xmp: bytes | str | None) -> bytes | None:
     return _XMP_ORIENTATION.sub(lambda m: (m.group(1) + b'1"') if m.group(1) else m.group(2) + b"1" + m.group(3), data)
 
 
-def _portable_exif(exif: Image.Exif) -> bytes | None:
-    """EXIF fit for another file: orientation 1 (pixels are already upright), no TIFF layout tags, no thumbnail."""
+def _portable_exif(exif: Image.Exif, declare_srgb: bool = False) -> bytes | None:
+    """EXIF fit for another file: orientation 1 (pixels are already upright), no TIFF layout tags, no thumbnail;
+    ``declare_srgb`` turns a DCF Adobe RGB declaration (see :func:`_says_adobe_rgb`) into an sRGB one."""
     tags = {tag: value for tag, value in _exif_dict(exif).items() if tag not in _LAYOUT_TAGS}
     if _ORIENTATION in tags:
         tags[_ORIENTATION] = 1
+    if declare_srgb:
+        camera = tags[_EXIF_IFD]
+        camera[_COLOR_SPACE] = 1
+        camera[_INTEROP_IFD] = {**camera.get(_INTEROP_IFD, {}), _INTEROP_INDEX: "R98"}
     return _exif_bytes(tags) if tags else None
+
+
+def _says_adobe_rgb(exif: Image.Exif) -> bool:
+    """Whether EXIF declares Adobe RGB the way cameras do, with no ICC profile: DCF's "option file", ColorSpace
+    uncalibrated and interoperability index R03. Photoshop, Lightroom and most viewers honour it."""
+    camera = _sub_ifd(exif, _EXIF_IFD) if _EXIF_IFD in exif else {}
+    interop = camera.get(_INTEROP_IFD)
+    index = interop.get(_INTEROP_INDEX) if isinstance(interop, dict) else None
+    if isinstance(index, bytes):
+        index = index.decode("ascii", "replace")
+    return camera.get(_COLOR_SPACE) == 0xFFFF and isinstance(index, str) and index.strip("\0 ") == "R03"
 
 
 def _exif_dict(exif: Image.Exif) -> dict[int, Any]:
@@ -761,13 +783,12 @@ def _sub_ifd(exif: Image.Exif, tag: int) -> dict[int, Any]:
     if isinstance(value, dict):
         return dict(value)
     values = dict(exif.get_ifd(tag))
-    interop = 0xA005
-    if tag == _EXIF_IFD and interop in values:
-        nested = dict(exif.get_ifd(interop))
+    if tag == _EXIF_IFD and _INTEROP_IFD in values:
+        nested = dict(exif.get_ifd(_INTEROP_IFD))
         if nested:
-            values[interop] = nested
+            values[_INTEROP_IFD] = nested
         else:
-            del values[interop]
+            del values[_INTEROP_IFD]
     return values
 
 
