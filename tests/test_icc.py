@@ -79,6 +79,8 @@ def test_profiles_not_modelled_are_taken_as_srgb() -> None:
     assert rgb_space(None) is None and rgb_space(b"") is None and rgb_space(b"not a profile" * 20) is None
     assert rgb_space(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()) is None  # LittleCMS's sRGB
     assert rgb_space(matrix_trc_profile(SRGB, srgb_parametric_curve())) is None  # another maker's sRGB
+    no_colorants = matrix_trc_profile(ADOBE_RGB, gamma_curve(2.2)).replace(b"rXYZ", b"zzzz")
+    assert rgb_space(no_colorants) is None  # a malformed profile costs nothing but its colours
     lookup = matrix_trc_profile(ADOBE_RGB, gamma_curve(2.2), {b"A2B0": b"mft2" + bytes(60)})
     assert rgb_space(lookup) is None  # a CMM colours through the table
     # An extended-range encoding clips a quarter of its codes to black: not an RGB space of [0, 1].
