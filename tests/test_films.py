@@ -361,6 +361,20 @@ def test_an_interlaced_film_stays_interlaced(tmp_path, colorizer, source_codec, 
             assert after.streams.video[0].codec_context.field_order == before.streams.video[0].codec_context.field_order
 
 
+@pytest.mark.parametrize("container, suffix, codec", [(".avi", ".mkv", "ffv1"), (".dv", ".mp4", "h264")])
+def test_a_dv_capture_stays_bottom_field_first(tmp_path, colorizer, container, suffix, codec):
+    # DV, the tape format archives hold most of, is interlaced bottom field first by its standard, but FFmpeg reports
+    # no field order for it: its copies were flagged progressive, and players showed them combed. (Raw .dv into MP4
+    # failed outright: PyAV reads its rate as 60000 fps.)
+    source = bw_clip(tmp_path / f"tape{container}", frames=4, size=(720, 576), codec="dvvideo", pix_fmt="yuv420p",
+                     fps=25)
+    assert first_frame_info(source.path).fields == "bottom first"  # FFmpeg's decoder says so, frame by frame
+    output = tmp_path / f"colour{suffix}"
+    options = FilmOptions(SmoothingOptions(0.5), EncodeOptions(codec))
+    assert film_job(colorizer, source.path, output, options).status == "done"
+    assert first_frame_info(output).fields == "bottom first"
+
+
 def test_prores_in_matroska_is_refused_for_non_square_pixels(tmp_path, colorizer):
     source = bw_clip(tmp_path / "dv.mkv", frames=6, sample_aspect_ratio=Fraction(16, 15))
     output = tmp_path / "colour.mkv"

@@ -159,6 +159,10 @@ def _describe_others(film: FilmInfo) -> str:
 def _add_video(out, film: FilmInfo, source, template):
     stream = out.add_stream_from_template(template)
     stream.time_base = film.video.time_base
+    if film.video.average_rate:
+        # The container's frame rate (MP4/MOV write a timecode track by it) is the source's: a segment file knows
+        # only its time base, which for raw DV is 1/60000, and MP4 refuses a 60000 fps timecode.
+        stream.codec_context.framerate = film.video.average_rate
     source_stream = stream_by_index(source, film.video_index)
     _copy_stream_tags(source_stream, stream)
     if film.video.rotation:

@@ -53,6 +53,8 @@ INTERLACED_FIELDS = (FIELD_TT, FIELD_BB, FIELD_TB, FIELD_BT)
 # Decoders whose field order is their pictures' own header field. FFmpeg's H.264 and HEVC parsers report "top first"
 # for bottom-first streams too, and PyAV shows no frame's own flag, so those sources are treated as progressive.
 FIELD_ORDER_CODECS = ("mpeg2video", "prores")
+# High-speed film scans run at a few hundred frames per second; a rate above this is a demuxer's time base.
+MAX_PLAUSIBLE_FPS = 1000
 # A film may end this much earlier than its container says before it counts as truncated: containers round
 # durations, and the last frame's duration is often unknown. 1 s is far above rounding and far below a loss
 # worth noticing... except for films shorter than that, where a quarter of the length is used instead.
@@ -488,11 +490,28 @@ def _video_format(stream, frame) -> VideoFormat:
         color_range=color_range,
         rotation=float(frame.rotation or 0.0),
         time_base=Fraction(stream.time_base),
-        average_rate=Fraction(stream.average_rate) if stream.average_rate else None,
+        average_rate=_frame_rate(stream),
         sample_aspect_ratio=Fraction(stream.sample_aspect_ratio) if stream.sample_aspect_ratio else None,
-        field_order=(codec_context.field_order or FIELD_UNKNOWN) if codec_context.name in FIELD_ORDER_CODECS
-        else FIELD_UNKNOWN,
+        field_order=_field_order(codec_context, frame),
     )
+
+
+def _frame_rate(stream) -> Fraction | None:
+    """The stream's average frame rate, or FFmpeg's guess where the demuxer's is missing or absurd: PyAV reads raw DV
+    (.dv) with a 1/60000 time base and reports 60000 fps, which MP4 refuses ("fps 60000 is too large")."""
+    if stream.average_rate and 0 < stream.average_rate <= MAX_PLAUSIBLE_FPS:
+        return Fraction(stream.average_rate)
+    return Fraction(stream.guessed_rate) if stream.guessed_rate else None
+
+
+def _field_order(codec_context, frame) -> int:
+    if codec_context.name in FIELD_ORDER_CODECS:
+        return codec_context.field_order or FIELD_UNKNOWN
+    if codec_context.name == "dvvideo" and frame.height in (480, 576) and frame.interlaced_frame:
+        # Standard-definition DV is bottom field first by its standard (IEC 61834); FFmpeg's decoder flags its
+        # frames interlaced but the stream reports no order.
+        return FIELD_BB
+    return FIELD_UNKNOWN
 
 
 # --- decoding ranges --------------------------------------------------------------------------------------
