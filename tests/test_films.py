@@ -375,6 +375,20 @@ def test_a_dv_capture_stays_bottom_field_first(tmp_path, colorizer, container, s
     assert first_frame_info(output).fields == "bottom first"
 
 
+def test_a_high_speed_scans_timecode_is_kept_only_where_the_container_can_count_it(tmp_path, colorizer, caplog):
+    # MP4 and MOV count a timecode's frames in one byte: a 1000 fps scan's timecode made FFmpeg fail the whole file
+    # at its end, after every frame was coloured, naming a scratch file ("Invalid argument ... returned 22").
+    source = bw_clip(tmp_path / "high-speed.mkv", frames=12, fps=1000, metadata={"TIMECODE": "01:00:00:00"})
+    with caplog.at_level("WARNING"):
+        outcome = film_job(colorizer, source.path, tmp_path / "colour.mp4", FilmOptions(encode=EncodeOptions("h264")))
+    assert outcome.status == "done" and probe(tmp_path / "colour.mp4").video.frame_count == 12
+    assert "its timecode 01:00:00:00 is left out: MP4 timecode tracks count at most 255 frames a second" in caplog.text
+    outcome = film_job(colorizer, source.path, tmp_path / "colour.mkv", FilmOptions(encode=EncodeOptions("ffv1")))
+    assert outcome.status == "done"
+    with av.open(str(tmp_path / "colour.mkv")) as kept:
+        assert kept.metadata.get("TIMECODE") == "01:00:00:00"
+
+
 def test_prores_in_matroska_is_refused_for_non_square_pixels(tmp_path, colorizer):
     source = bw_clip(tmp_path / "dv.mkv", frames=6, sample_aspect_ratio=Fraction(16, 15))
     output = tmp_path / "colour.mkv"

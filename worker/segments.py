@@ -110,7 +110,8 @@ def join_segments(
     provenance: dict | None = None,
 ) -> None:
     """Remux ``segment_paths`` (in order) with the source's other streams, chapters and metadata into
-    ``output``, atomically. Raises BadInputError if a source stream cannot be copied into the output."""
+    ``output``, atomically. Raises BadInputError if a source stream cannot be copied into the output, or FFmpeg
+    refuses to write the result (named by the film and the output, with FFmpeg's reason)."""
     container_name = container_for(output)
     with atomic_path(output) as tmp, av.open(film.path, metadata_errors="replace") as source:
         segments = [av.open(os.fspath(p)) for p in segment_paths]
@@ -121,12 +122,42 @@ def join_segments(
                 _report_alpha(film)
                 copies = _add_copies(out, film, source, output)
                 _copy_metadata(out, source, provenance)
+                _drop_untimable_timecode(out, video_out, film)
                 packets = heapq.merge(_segment_packets(segments, video_out), _source_packets(source, copies),
                                       key=lambda item: item[0])
                 _mux_all(out, packets, film, _clock_start(film, source))
+        except av.FFmpegError as exc:
+            if exc.filename != os.fspath(tmp):
+                raise  # reading the source or a segment failed: not a matter of the output
+            advice = "" if container_name == "matroska" else "; try .mkv"
+            raise BadInputError(film.path, f"its colour copy cannot be written as {output} ({_ffmpeg_reason(exc)})"
+                                           f"{advice}") from exc
         finally:
             for segment in segments:
                 segment.close()
+
+
+#: MP4 and MOV count a timecode's frames in one byte.
+MAX_TIMECODE_FPS = 255
+
+
+def _drop_untimable_timecode(out, video_out, film: FilmInfo) -> None:
+    """MP4 and MOV keep a timecode as a track that counts frames in one byte: for a film faster than 255 frames a
+    second (a high-speed scan) FFmpeg fails the whole file at its end. Its timecode is left out, and said so."""
+    rate = film.video.average_rate
+    if out.format.name not in ("mp4", "mov") or not rate or rate <= MAX_TIMECODE_FPS:
+        return
+    for metadata in (out.metadata, video_out.metadata):
+        for key in [k for k in metadata if k.lower() == "timecode"]:
+            logger.warning("%s: its timecode %s is left out: %s timecode tracks count at most %d frames a second, "
+                           "and it runs at %.0f; a .mkv copy keeps it", film.path, metadata.pop(key),
+                           out.format.name.upper(), MAX_TIMECODE_FPS, float(rate))
+
+
+def _ffmpeg_reason(exc: av.FFmpegError) -> str:
+    """FFmpeg's words for a failure: its error and its last log line, without the scratch file's name."""
+    detail = exc.log[2].strip() if exc.log else ""
+    return f"{exc.strerror}: {detail}" if detail else str(exc.strerror)
 
 
 def check_output(film: FilmInfo, output: str | os.PathLike, codec: str) -> None:
