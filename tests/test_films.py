@@ -213,6 +213,8 @@ def test_folder_with_photos_and_films(tmp_path, tiny_checkpoint):
     assert run_cli(tiny_checkpoint, str(tmp_path / "in"), "-o", str(tmp_path / "out")) == 0
     assert probe(tmp_path / "out" / "reels" / "a.mkv").video.frame_count == 4  # .avi is written as Matroska
     assert (tmp_path / "out" / "still.png").exists()
+    assert run_cli(tiny_checkpoint, str(tmp_path / "in"), "-o", str(tmp_path / "prores"), "--codec", "prores") == 0
+    assert probe(tmp_path / "prores" / "reels" / "a.mov").video.frame_count == 4  # ProRes goes into QuickTime
 
 
 # --- smoothing, cuts and segments --------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from tests.services import (
 )
 from worker import liveness, work
 from worker.cli import main
-from worker.jobs import JobOptions, JobSpec, JobSpecError, JobStore
+from worker.jobs import JobOptions, JobSpec, JobSpecError, JobStore, film_output_uri
 from worker.service import Service
 
 SECRET = "s3cr3t-Tinct-7f3a9"  # the workers' S3 secret key: it must never show up in logs or job state
@@ -302,6 +302,17 @@ def test_a_film_job_that_could_not_be_written_is_refused_at_submission(data, err
     with pytest.raises(JobSpecError) as refused:
         JobSpec.from_dict(spec)
     assert str(refused.value) == f"job spec: {error}"
+
+
+@pytest.mark.parametrize("source, codec, written", [
+    ("s3://scans/tape.mxf", "prores", "s3://colour/tape.mov"), ("s3://scans/tape.avi", "h264", "s3://colour/tape.mkv"),
+    ("s3://scans/REEL.MP4", "h265", "s3://colour/REEL.mp4"),
+])
+def test_a_film_in_a_container_tinct_does_not_write_gets_its_codecs_own(source, codec, written):
+    # ProRes belongs in QuickTime, where editing software looks for it; in Matroska a DV or IMX capture's
+    # non-square pixels could not even be kept, and the job was refused.
+    spec = JobSpec.from_dict({"input": source, "output": "s3://colour/", "options": {"codec": codec}})
+    assert film_output_uri(spec) == written
 
 
 def test_a_job_taken_before_a_check_was_added_stays_readable(service_env):

@@ -40,7 +40,15 @@ from worker.photos import PhotoOptions, colorize_photos, open_colorizer, output_
 from worker.settings import Settings
 from worker.smoothing import SmoothingOptions
 from worker.storage import Storage
-from worker.video_sink import DEFAULT_PRESET, PRESETS, EncodeOptions, available_codecs, canonical_codec, check_container
+from worker.video_sink import (
+    DEFAULT_PRESET,
+    PRESETS,
+    EncodeOptions,
+    available_codecs,
+    canonical_codec,
+    check_container,
+    fallback_container,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 _KEPT = "finished photos and film segments are kept; run again to resume"
@@ -173,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _colorize(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
-        plan = plan_photos(args.inputs, args.output, args.format, args.hints)
+        plan = plan_photos(args.inputs, args.output, args.format, args.hints, fallback_container(args.codec))
         if args.reference and (len(plan.films) != 1 or plan.tasks):
             raise ValueError("--reference names frames of one film; give a single film as the input")
     except ValueError as exc:

@@ -31,7 +31,7 @@ from worker.photos import FILM_EXTENSIONS
 from worker.references import ReferenceError, parse_job_references
 from worker.settings import GuidanceLimits
 from worker.storage import join_uri, parse_uri
-from worker.video_sink import CONTAINERS, EncodeOptions, canonical_codec, container_problem
+from worker.video_sink import CONTAINERS, EncodeOptions, canonical_codec, container_problem, fallback_container
 
 KINDS = ("image", "video", "collection")
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -123,12 +123,17 @@ class JobSpec:
 
 def film_output_uri(spec: JobSpec) -> str:
     """Where a film job writes: its output, or in an output folder the film's name with its own container (when
-    Tinct writes it) or .mkv."""
+    Tinct writes it) or the one its codec falls back to (``video_sink.fallback_container``)."""
     if not spec.output.endswith("/"):
         return spec.output
     name = PurePosixPath(parse_uri(spec.input)[2])
-    suffix = name.suffix.lower() if name.suffix.lower() in CONTAINERS else ".mkv"
-    return join_uri(spec.output, name.stem + suffix)
+    if name.suffix.lower() in CONTAINERS:
+        return join_uri(spec.output, name.stem + name.suffix.lower())
+    try:
+        codec = canonical_codec(spec.options.codec)
+    except ValueError:  # refused at submission (check_film_encoding); a stored job keeps the old default
+        codec = "h264"
+    return join_uri(spec.output, name.stem + fallback_container(codec))
 
 
 def check_film_encoding(spec: JobSpec) -> None:

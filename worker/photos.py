@@ -52,7 +52,8 @@ from worker.video_sink import CONTAINERS
 logger = logging.getLogger(__name__)
 
 Status = Literal["done", "exists", "colour", "failed"]
-# Files a folder scan hands to the film job. Outputs keep the containers Tinct writes; the rest become .mkv.
+# Files a folder scan hands to the film job. Outputs keep the containers Tinct writes; the rest get
+# video_sink.fallback_container.
 FILM_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".vob", ".ts", ".m2ts", ".mts",
                    ".m2t", ".mxf", ".wmv", ".flv", ".ogv", ".3gp", ".dv", ".nut"}
 FILM_CONTAINERS = set(CONTAINERS)
@@ -176,6 +177,7 @@ def plan_photos(
     output: str | os.PathLike,
     output_format: str | None = None,
     hints: str | os.PathLike | None = None,
+    film_suffix: str = ".mkv",
 ) -> PhotoPlan:
     """Tasks for every photo under ``inputs``, with outputs mirroring each input folder's tree under ``output``.
 
@@ -186,8 +188,9 @@ def plan_photos(
     Output names keep the source's extension unless ``output_format`` is given. Two sources that would write
     the same output, or an output that would replace its own source, fail in the plan. A photo with a hint file
     beside it (``<file name>.hints.json``) is colorized with those hints; ``hints`` names the hint file of a
-    single input photo instead. Raises ValueError for arguments that cannot work (which the CLI reports as
-    usage errors).
+    single input photo instead. Films in folders keep their container where Tinct writes it and otherwise get
+    ``film_suffix`` (see ``video_sink.fallback_container``). Raises ValueError for arguments that cannot work
+    (which the CLI reports as usage errors).
     """
     sources = [Path(p) for p in inputs]
     output = Path(output)
@@ -215,9 +218,9 @@ def plan_photos(
     for source in sources:
         if source.is_dir():
             for path in _walk(source, output, plan):
-                _add(plan, path, output / path.relative_to(source), suffix)
+                _add(plan, path, output / path.relative_to(source), suffix, film_suffix)
         elif source.exists():
-            _add(plan, source, output / source.name, suffix, hints)
+            _add(plan, source, output / source.name, suffix, film_suffix, hints)
         else:
             failure = BadInputError(source, "no such file or folder")
             plan.failures.append(PhotoOutcome(PhotoTask(source, output), "failed", str(failure)))
@@ -255,13 +258,11 @@ def is_reference_folder(name: str) -> bool:
     return name.endswith(REFERENCES_SUFFIX) and is_film(name[: -len(REFERENCES_SUFFIX)])
 
 
-def _add(plan: PhotoPlan, source: Path, mirrored: Path, suffix: str | None,
+def _add(plan: PhotoPlan, source: Path, mirrored: Path, suffix: str | None, film_suffix: str,
          hints: str | os.PathLike | None = None) -> None:
     if is_film(source):
-        # Films keep their container where Tinct can write it (mp4, mov, mkv); others become Matroska,
-        # which holds any codec their audio and subtitles may use.
-        kept = mirrored.suffix.lower() in FILM_CONTAINERS
-        plan.films.append(PhotoTask(source, mirrored if kept else mirrored.with_suffix(".mkv")))
+        kept = mirrored.suffix.lower() in FILM_CONTAINERS  # mp4, mov, mkv
+        plan.films.append(PhotoTask(source, mirrored if kept else mirrored.with_suffix(film_suffix)))
     else:
         plan.tasks.append(_photo_task(source, _output_path(mirrored, suffix), hints))
 

@@ -92,6 +92,13 @@ def canonical_codec(name: str) -> str:
     return key
 
 
+def fallback_container(codec: str) -> str:
+    """The suffix a film gets when its own container is not one Tinct writes (AVI, MXF, DV, MPEG, ...): QuickTime for
+    ProRes, its home, where editing software looks for it and which keeps its pixels' shape (Matroska cannot);
+    Matroska otherwise, which holds any codec the film's audio and subtitles may use."""
+    return ".mov" if codec == "prores" else ".mkv"
+
+
 def available_codecs() -> list[str]:
     names = []
     for key, spec in CODECS.items():
