@@ -204,6 +204,19 @@ def test_colour_film_is_skipped_unless_recolor(tmp_path, colorizer):
     assert film_job(colorizer, source.path, output, FilmOptions(recolor=True)).status == "done"
 
 
+@pytest.mark.parametrize("look", ["sepia toning", "a blue cast"])
+def test_a_toned_black_and_white_film_is_colorized_as_a_toned_print_is(tmp_path, colorizer, look):
+    # Toning and a scanner's cast tint black and white by density alone: the photos' colour test calls such a print
+    # black and white, but the films' called the film colour and skipped it.
+    frames = [g[..., None].astype(float) for g in gray_frames(moving_scene(6, *SIZE))]
+    if look == "sepia toning":
+        frames = [f * np.array([1.0, 0.88, 0.7]) for f in frames]
+    else:
+        frames = [f + np.array([-6.0, 0.0, 8.0]) for f in frames]
+    source = write_clip(tmp_path / "toned.mp4", [np.clip(f, 0, 255).astype(np.uint8) for f in frames])
+    assert film_job(colorizer, source.path, tmp_path / "out.mkv", FilmOptions()).status == "done"
+
+
 def test_folder_with_photos_and_films(tmp_path, tiny_checkpoint):
     from PIL import Image
 

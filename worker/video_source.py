@@ -39,6 +39,7 @@ import numpy as np
 
 from models.color import code_dtype, luma_to_l_table
 from worker.errors import BadInputError, InputTooLargeError, UnsupportedMediaError
+from worker.images import COLOUR_THRESHOLD, colour_score
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +65,6 @@ LUMA_SUBDIVISIONS = 4
 DECODER_THREADS = 0
 # How many frames the probe decodes (spread over the film) to tell black-and-white from colour film.
 COLOUR_SAMPLE_FRAMES = 5
-# A frame is colour when its chroma strays this far from neutral (in 8-bit code values): the 99th percentile
-# of |Cb - 128| + |Cr - 128|. Tinted B&W (sepia prints, blue night scenes) reads as colour; a telecine's gray
-# scale with compression noise stays under 4.
-COLOUR_CHROMA_THRESHOLD = 6.0
 # Audio streams are copied untouched, but a stream that does not decode means a damaged file: the probe
 # decodes the first few packets of each audio stream to find out before any work is done.
 AUDIO_PROBE_PACKETS = 8
@@ -352,9 +349,9 @@ def _sample_frames(path: str, container, index: FrameIndex) -> tuple[VideoFormat
                                 "(damaged video data)")
         if first is None:
             first = frame
-        colour_scores.append(_chroma_spread(frame))
+        colour_scores.append(_colour_score(frame))
     video = _video_format(stream, first)
-    return video, max(colour_scores) > COLOUR_CHROMA_THRESHOLD
+    return video, max(colour_scores) > COLOUR_THRESHOLD
 
 
 def _check_display_times(path: str, container, stream, index: FrameIndex) -> None:
@@ -424,26 +421,10 @@ def decode_from(container, stream, index: FrameIndex, target: int) -> Iterator[a
             return
 
 
-def _chroma_spread(frame) -> float:
-    """99th percentile of |Cb - mid| + |Cr - mid| in 8-bit units; 0 for formats without chroma."""
-    fmt = frame.format
-    if fmt.is_rgb:
-        rgb = frame.to_ndarray(format="rgb24").astype(np.int16)
-        spread = np.abs(rgb[..., 0] - rgb[..., 1]) + np.abs(rgb[..., 1] - rgb[..., 2])
-        return float(np.percentile(spread, 99))
-    if len(fmt.components) < 3 or not fmt.is_planar:
-        if len(fmt.components) < 3:
-            return 0.0
-        yuv = frame.reformat(format="yuv444p")
-        planes = [_plane(yuv, i, 8) for i in (1, 2)]
-        depth = 8
-    else:
-        depth = fmt.components[1].bits
-        planes = [_plane(frame, fmt.components[i].plane, depth) for i in (1, 2)]
-    mid = 1 << (depth - 1)
-    scale = 1 << (depth - 8)
-    spread = sum(np.abs(p.astype(np.int32) - mid) for p in planes) / scale
-    return float(np.percentile(spread, 99))
+def _colour_score(frame) -> float:
+    """The photos' measure (``worker.images.colour_score``) on a frame: a tint that depends on density alone, as in
+    toned prints or a scanner's cast on black-and-white film, scores as black and white; scenes in colour do not."""
+    return colour_score(frame.to_ndarray(format="rgb24"))
 
 
 def _plane(frame, index: int, bit_depth: int) -> np.ndarray:
