@@ -74,7 +74,7 @@ WEBP_QUALITY = 95
 #: 2-5. Colour photographs score 9-50 (scikit-image's samples: astronaut 42, rocket 18, coffee 17, chelsea the cat
 #: 15, a retina photograph 8.6); a colour print faded to 30 % saturation scores 4-12 and may be taken for monochrome.
 COLOUR_THRESHOLD = 7.0
-_COLOUR_PROBE_SIDE = 512  # the colour test runs on a copy this size: noise averages out, cost stays flat
+COLOUR_PROBE_SIDE = 512  # the colour test runs on a copy this size: noise averages out, cost stays flat
 _L_CHUNK_PIXELS = 1 << 21  # lightness is computed in slices so a 200 MP photo never needs float64 copies
 
 _ORIENTATION = 0x0112
@@ -631,7 +631,7 @@ def colour_score(rgb: np.ndarray, space: RgbSpace | None = None) -> float:
     """
     scale = 65535.0 if rgb.dtype == np.uint16 else 255.0
     height, width = rgb.shape[:2]
-    shrink = _COLOUR_PROBE_SIDE / max(height, width)
+    shrink = COLOUR_PROBE_SIDE / max(height, width)
     small = np.ascontiguousarray(rgb)
     if shrink < 1:
         size = (max(1, round(width * shrink)), max(1, round(height * shrink)))

@@ -39,7 +39,7 @@ import numpy as np
 
 from models.color import code_dtype, luma_to_l_table
 from worker.errors import BadInputError, InputTooLargeError, UnsupportedMediaError
-from worker.images import COLOUR_THRESHOLD, colour_score
+from worker.images import COLOUR_PROBE_SIDE, COLOUR_THRESHOLD, colour_score
 
 logger = logging.getLogger(__name__)
 
@@ -424,7 +424,9 @@ def decode_from(container, stream, index: FrameIndex, target: int) -> Iterator[a
 def _colour_score(frame) -> float:
     """The photos' measure (``worker.images.colour_score``) on a frame: a tint that depends on density alone, as in
     toned prints or a scanner's cast on black-and-white film, scores as black and white; scenes in colour do not."""
-    return colour_score(frame.to_ndarray(format="rgb24"))
+    shrink = min(1.0, COLOUR_PROBE_SIDE / max(frame.width, frame.height))  # a 35 MP scan is converted small
+    return colour_score(frame.to_ndarray(format="rgb24", width=max(1, round(frame.width * shrink)),
+                                         height=max(1, round(frame.height * shrink)), interpolation="AREA"))
 
 
 def _plane(frame, index: int, bit_depth: int) -> np.ndarray:
