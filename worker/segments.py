@@ -130,8 +130,8 @@ def join_segments(
             if exc.filename != os.fspath(tmp):
                 raise  # reading the source or a segment failed: not a matter of the output
             advice = "" if container_name == "matroska" else "; try .mkv"
-            raise BadInputError(film.path, f"its colour copy cannot be written as {output} ({_ffmpeg_reason(exc)})"
-                                           f"{advice}") from exc
+            raise BadInputError(film.path, f"its colour copy cannot be written as {Path(output).suffix} "
+                                           f"({_ffmpeg_reason(exc)}){advice}") from exc
         finally:
             for segment in segments:
                 segment.close()

@@ -524,7 +524,10 @@ def _join(rt: Runtime, record: JobRecord, lease: Lease) -> None:
     provenance = {"model": label, "render_size": render_size, "smoothing": spec.options.smoothing,
                   **options["encode"].describe(), "job": job_id,
                   **references_provenance(len(spec.options.references or ()))}
-    join_segments(film, paths, final, provenance)
+    try:
+        join_segments(film, paths, final, provenance)
+    except BadInputError as exc:  # about the worker's copy of the film: named by the job's input instead
+        raise BadInputError(spec.input, exc.reason) from exc
     if not lease.held():
         _discarded(lease)
         return
