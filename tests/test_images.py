@@ -351,6 +351,21 @@ def test_gray_icc_profile_is_honoured_and_result_tagged_srgb(tmp_path: Path) -> 
         assert images._icc_colour_space(im.info["icc_profile"]) == "RGB"
 
 
+@pytest.mark.parametrize("gamma", [1.0, 2.2])
+def test_a_sixteen_bit_gray_scan_is_read_through_its_profile_to_the_last_code(tmp_path: Path, gamma: float) -> None:
+    # Archival masters are often 16-bit gray under "Gray Gamma 2.2" or a linear profile. LittleCMS through Pillow
+    # converts 8-bit data only: read through it, neighbouring 16-bit codes shared a lightness, and a linear scan's
+    # shadows were up to 4.5 L off. The profile's tone curve gives every code's lightness exactly.
+    codes = (np.arange(H * W, dtype=np.uint32) * 37 % 65536).astype(np.uint16).reshape(H, W)
+    source = tmp_path / "master.png"
+    Image.fromarray(codes).save(source, icc_profile=gray_profile(gamma))
+    photo = read_photo(source)
+    assert photo.bit_depth == 16 and photo.icc_profile == srgb_icc_profile()  # the result is RGB, in sRGB
+    luminance = (codes / 65535.0) ** (round(gamma * 256) / 256)
+    expected = np.where(luminance > 0.008856, 116 * np.cbrt(luminance) - 16, 903.3 * luminance)
+    np.testing.assert_allclose(photo.L, expected, atol=1e-3)
+
+
 @pytest.mark.parametrize("bits", [8, 16])
 def test_a_wide_gamut_scan_is_read_and_written_in_its_own_colours(tmp_path: Path, bits: int) -> None:
     # A ProPhoto-tagged scan: read as sRGB, its grays were 5 L too dark and the colorizer's colours, written under

@@ -129,11 +129,7 @@ def rgb_space(icc: bytes | None) -> RgbSpace | None:
 def _parse(icc: bytes) -> RgbSpace | None:
     if len(icc) < 132 or icc[36:40] != b"acsp" or icc[16:20] != b"RGB " or icc[20:24] != b"XYZ ":
         return None
-    count = struct.unpack(">I", icc[128:132])[0]
-    tags = {}
-    for i in range(count):
-        signature, offset, size = struct.unpack(">4sII", icc[132 + 12 * i : 144 + 12 * i])
-        tags[signature] = icc[offset : offset + size]
+    tags = _tags(icc)
     if any(name in tags for name in _LOOKUP_TABLE_TAGS):
         return None  # a CMM colours through the table, which this does not model
     colorants = np.array([_xyz(tags[name]) for name in (b"rXYZ", b"gXYZ", b"bXYZ")]).T  # columns: R, G, B
@@ -150,6 +146,38 @@ def _matrix_space(colorants: np.ndarray, curves: np.ndarray) -> RgbSpace:
     # neutral pixel would gain a tint of several 16-bit codes.
     to_srgb = to_srgb / to_srgb.sum(axis=1, keepdims=True)
     return RgbSpace(to_srgb_linear=to_srgb, curves=curves)
+
+
+@lru_cache(maxsize=16)
+def gray_luminance(icc: bytes | None) -> np.ndarray | None:
+    """A gray profile's tone curve (kTRC), the luminance of each code, sampled at _CURVE_SAMPLES codes in [0, 1];
+    None where the profile is not a gray one of that kind. A gray profile's colour is its white times that curve,
+    so lightness follows from it exactly, at any bit depth (LittleCMS through Pillow converts 8-bit data only)."""
+    if not icc or len(icc) < 132 or icc[36:40] != b"acsp" or icc[16:20] != b"GRAY" or icc[20:24] != b"XYZ ":
+        return None
+    try:
+        tags = _tags(icc)
+        if any(name in tags for name in _LOOKUP_TABLE_TAGS):
+            return None
+        return _curve(tags[b"kTRC"])
+    except (struct.error, KeyError, ValueError, IndexError, ZeroDivisionError) as exc:
+        logger.debug("gray ICC profile not read as a tone curve (%s: %s)", type(exc).__name__, exc)
+        return None
+
+
+def sample_curve(curve: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """A curve sampled as _curve samples it, at ``codes`` in [0, 1]."""
+    return np.interp(codes, np.linspace(0.0, 1.0, _CURVE_SAMPLES), curve)
+
+
+def _tags(icc: bytes) -> dict[bytes, bytes]:
+    """A profile's tags by signature."""
+    count = struct.unpack(">I", icc[128:132])[0]
+    tags = {}
+    for i in range(count):
+        signature, offset, size = struct.unpack(">4sII", icc[132 + 12 * i : 144 + 12 * i])
+        tags[signature] = icc[offset : offset + size]
+    return tags
 
 
 @lru_cache(maxsize=1)

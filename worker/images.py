@@ -45,7 +45,7 @@ from PIL import Image, ImageCms, ImageOps, JpegImagePlugin, PngImagePlugin, Tiff
 from models import color
 from models.files import atomic_output
 from worker.errors import BadInputError, InputTooLargeError, StorageError, UnsupportedMediaError
-from worker.icc import RgbSpace, dcf_adobe_rgb_space, rgb_space
+from worker.icc import RgbSpace, dcf_adobe_rgb_space, gray_luminance, rgb_space, sample_curve
 
 logger = logging.getLogger(__name__)
 
@@ -503,9 +503,8 @@ def _pillow_pixels(
             pixels = pixels.astype(np.uint8)
         elif len(levels) > 256:
             pixels = np.clip(pixels, 0, len(levels) - 1).astype(np.uint16)
-        if icc_space == "GRAY":
-            levels = _through_gray_profile(path, icc, levels)
-            icc = srgb_icc_profile()
+        if icc_space == "GRAY":  # the result is RGB, and tagged sRGB
+            return pixels, alpha, _gray_profile_lightness(path, icc, levels), srgb_icc_profile()
         return pixels, alpha, _gray_to_l_table(levels), icc
     if mode == "CMYK":
         if icc_space == "CMYK":
@@ -664,6 +663,16 @@ def _icc_colour_space(icc: bytes | None) -> str | None:
     if not icc or len(icc) < 20:
         return None
     return icc[16:20].decode("ascii", "replace").strip()
+
+
+def _gray_profile_lightness(path: Path, icc: bytes | None, levels: np.ndarray) -> np.ndarray:
+    """L of each gray code (``levels``, fractions) under a gray ICC profile: exactly from its tone curve
+    (``worker.icc.gray_luminance``), or through LittleCMS for a profile of another kind."""
+    curve = gray_luminance(icc)
+    if curve is not None:
+        luminance = torch.from_numpy(sample_curve(curve, levels))
+        return color.luminance_to_l(luminance).numpy().astype(np.float32)
+    return _gray_to_l_table(_through_gray_profile(path, icc, levels))
 
 
 def _through_gray_profile(path: Path, icc: bytes | None, levels: np.ndarray) -> np.ndarray:
