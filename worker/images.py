@@ -444,6 +444,11 @@ def _decode(path: Path, im: Image.Image) -> _Source:
     if sixteen_bit_colour:
         # Pillow would hand us these 16-bit samples cut to 8 bits; OpenCV keeps them (and decodes fully).
         pixels, alpha = _decode_16bit_multichannel(path, im, orientation)
+        if icc_space == "GRAY" and _is_neutral(pixels):
+            # 16-bit gray with alpha, which Pillow and OpenCV both hand over as RGBA: its gray profile still applies.
+            levels = np.arange(65536) / 65535.0
+            pixels, gray_lut = pixels[..., 0], _gray_profile_lightness(path, icc, levels)
+            icc = srgb_icc_profile()
     else:
         levels = _gray_levels(im, bits)
         pixels, alpha, gray_lut, icc = _pillow_pixels(path, ImageOps.exif_transpose(im), mode, levels, icc, icc_space)
