@@ -217,6 +217,16 @@ def test_a_toned_black_and_white_film_is_colorized_as_a_toned_print_is(tmp_path,
     assert film_job(colorizer, source.path, tmp_path / "out.mkv", FilmOptions()).status == "done"
 
 
+def test_colour_footage_of_a_mostly_gray_scene_is_still_a_colour_film(tmp_path, colorizer):
+    # Blue caps on bottles before a gray wall: colour in a few percent of the frame, which the photos' 90th
+    # percentile does not see. Recoloured as black and white, the film would lose them.
+    frames = [np.repeat(g[..., None], 3, axis=2) for g in gray_frames(moving_scene(6, *SIZE))]
+    for frame in frames:
+        frame[20:36, 30:46] = (30, 60, 200)  # 4 % of the frame
+    source = write_clip(tmp_path / "bottles.mp4", frames)
+    assert film_job(colorizer, source.path, tmp_path / "out.mkv", FilmOptions()).status == "colour"
+
+
 def test_folder_with_photos_and_films(tmp_path, tiny_checkpoint):
     from PIL import Image
 

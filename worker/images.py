@@ -625,13 +625,13 @@ def _row_chunks(height: int, width: int) -> Iterator[slice]:
         yield slice(top, top + rows)
 
 
-def colour_score(rgb: np.ndarray, space: RgbSpace | None = None) -> float:
+def colour_score(rgb: np.ndarray, space: RgbSpace | None = None, percentile: float = 90.0) -> float:
     """How far a photo is from monochrome, in Lab ab units (see ``COLOUR_THRESHOLD`` for the scale); ``space`` is
     the pixels' RGB profile where it is not sRGB.
 
     The chroma of each pixel is compared with the median chroma of all pixels of similar lightness, so a tint
     that depends only on density (sepia and other toning, a colour cast) scores near zero; the score is the 90th
-    percentile of that difference, so a small coloured stamp or label on a monochrome print does not count.
+    ``percentile`` of that difference, so a small coloured stamp or label on a monochrome print does not count.
     """
     scale = 65535.0 if rgb.dtype == np.uint16 else 255.0
     height, width = rgb.shape[:2]
@@ -646,7 +646,7 @@ def colour_score(rgb: np.ndarray, space: RgbSpace | None = None) -> float:
     typical = np.zeros((20, 2))
     for band in np.unique(bands):
         typical[band] = np.median(lab[bands == band, 1:], axis=0)
-    return float(np.percentile(np.linalg.norm(lab[:, 1:] - typical[bands], axis=1), 90))
+    return float(np.percentile(np.linalg.norm(lab[:, 1:] - typical[bands], axis=1), percentile))
 
 
 # --- colour profiles -------------------------------------------------------------------------------------------
