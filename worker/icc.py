@@ -63,11 +63,10 @@ class RgbSpace:
     def __init__(self, to_srgb_linear: np.ndarray, curves: np.ndarray) -> None:
         self.to_srgb_linear = to_srgb_linear  # (3, 3) linear profile RGB -> linear sRGB; rows sum to 1
         self.curves = curves  # (3, _CURVE_SAMPLES) each channel's linear value at codes 0 .. 1, increasing
-        samples = np.linspace(0.0, 1.0, _CURVE_SAMPLES)
         self._code_tables = {  # the linear value of every code, by the codes' largest value
-            top: np.stack([np.interp(np.arange(top + 1) / top, samples, curve) for curve in curves])
-            for top in (255, 65535)
+            top: np.stack([sample_curve(curve, np.arange(top + 1) / top) for curve in curves]) for top in (255, 65535)
         }
+        samples = np.linspace(0.0, 1.0, _CURVE_SAMPLES)
         self._inverse = np.stack([np.interp(samples**3, curve, samples) for curve in curves])  # code at (i/N)^3
 
     def linear(self, codes: np.ndarray) -> np.ndarray:
@@ -75,8 +74,7 @@ class RgbSpace:
         if codes.dtype in (np.uint8, np.uint16):
             tables = self._code_tables[np.iinfo(codes.dtype).max]
             return np.stack([tables[i][codes[..., i]] for i in range(3)], axis=-1)
-        samples = np.linspace(0.0, 1.0, _CURVE_SAMPLES)
-        return np.stack([np.interp(codes[..., i], samples, self.curves[i]) for i in range(3)], axis=-1)
+        return np.stack([sample_curve(self.curves[i], codes[..., i]) for i in range(3)], axis=-1)
 
     def to_srgb(self, codes: np.ndarray) -> np.ndarray:
         """Codes (see :meth:`linear`) -> sRGB in [0, 1] showing the same colours (clipped to sRGB's gamut)."""

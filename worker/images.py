@@ -430,9 +430,10 @@ def _decode(path: Path, im: Image.Image) -> _Source:
     try:
         exif = im.getexif()  # (for a PNG with EXIF after the pixels, this decodes them: truncation raises OSError)
         orientation = int(exif.get(_ORIENTATION, 1) or 1)
+        tags = _exif_dict(exif)
         # A camera set to Adobe RGB says so in EXIF alone; the result is sRGB, and its EXIF will say that instead.
-        dcf_adobe_rgb = icc is None and mode in ("RGB", "RGBA") and _says_adobe_rgb(exif)
-        portable_exif = _portable_exif(exif, declare_srgb=dcf_adobe_rgb)
+        dcf_adobe_rgb = icc is None and mode in ("RGB", "RGBA") and _says_adobe_rgb(tags)
+        portable_exif = _portable_exif(tags, declare_srgb=dcf_adobe_rgb)
     except OSError:
         raise
     except Exception as exc:  # noqa: BLE001 - a damaged EXIF block must not cost the photo itself
@@ -446,12 +447,11 @@ def _decode(path: Path, im: Image.Image) -> _Source:
         pixels, alpha = _decode_16bit_multichannel(path, im, orientation)
         if icc_space == "GRAY" and _is_neutral(pixels):
             # 16-bit gray with alpha, which Pillow and OpenCV both hand over as RGBA: its gray profile still applies.
-            levels = np.arange(65536) / 65535.0
-            pixels, gray_lut = pixels[..., 0], _gray_profile_lightness(path, icc, levels)
+            pixels, gray_lut = pixels[..., 0], _gray_profile_lightness(path, icc, _gray_levels(im, bits))
             icc = srgb_icc_profile()
     else:
         levels = _gray_levels(im, bits)
-        pixels, alpha, gray_lut, icc = _pillow_pixels(path, ImageOps.exif_transpose(im), mode, levels, icc, icc_space)
+        pixels, alpha, gray_lut, icc = _pillow_pixels(path, upright(im), mode, levels, icc, icc_space)
     if icc is not None and _icc_colour_space(icc) != "RGB":
         logger.debug("%s: dropping a %s ICC profile that cannot describe an RGB result", path, icc_space)
         icc = None
@@ -742,10 +742,11 @@ def _reset_xmp_orientation(xmp: bytes | str | None) -> bytes | None:
     return _XMP_ORIENTATION.sub(lambda m: (m.group(1) + b'1"') if m.group(1) else m.group(2) + b"1" + m.group(3), data)
 
 
-def _portable_exif(exif: Image.Exif, declare_srgb: bool = False) -> bytes | None:
-    """EXIF fit for another file: orientation 1 (pixels are already upright), no TIFF layout tags, no thumbnail;
-    ``declare_srgb`` turns a DCF Adobe RGB declaration (see :func:`_says_adobe_rgb`) into an sRGB one."""
-    tags = {tag: value for tag, value in _exif_dict(exif).items() if tag not in _LAYOUT_TAGS}
+def _portable_exif(exif: dict[int, Any], declare_srgb: bool = False) -> bytes | None:
+    """EXIF (as :func:`_exif_dict` gives it) fit for another file: orientation 1 (pixels are already upright), no
+    TIFF layout tags, no thumbnail; ``declare_srgb`` turns a DCF Adobe RGB declaration (see :func:`_says_adobe_rgb`)
+    into an sRGB one."""
+    tags = {tag: value for tag, value in exif.items() if tag not in _LAYOUT_TAGS}
     if _ORIENTATION in tags:
         tags[_ORIENTATION] = 1
     if declare_srgb:
@@ -755,10 +756,11 @@ def _portable_exif(exif: Image.Exif, declare_srgb: bool = False) -> bytes | None
     return _exif_bytes(tags) if tags else None
 
 
-def _says_adobe_rgb(exif: Image.Exif) -> bool:
-    """Whether EXIF declares Adobe RGB the way cameras do, with no ICC profile: DCF's "option file", ColorSpace
-    uncalibrated and interoperability index R03. Photoshop, Lightroom and most viewers honour it."""
-    camera = _sub_ifd(exif, _EXIF_IFD) if _EXIF_IFD in exif else {}
+def _says_adobe_rgb(exif: dict[int, Any]) -> bool:
+    """Whether EXIF (as :func:`_exif_dict` gives it) declares Adobe RGB the way cameras do, with no ICC profile:
+    DCF's "option file", ColorSpace uncalibrated and interoperability index R03. Photoshop, Lightroom and most
+    viewers honour it."""
+    camera = exif.get(_EXIF_IFD, {})
     interop = camera.get(_INTEROP_IFD)
     index = interop.get(_INTEROP_INDEX) if isinstance(interop, dict) else None
     if isinstance(index, bytes):
