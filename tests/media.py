@@ -782,6 +782,11 @@ def make_bad_inputs(folder: str | os.PathLike[str]) -> dict[str, Path]:
                             and decodes all 24 frames without an exception, but packets carry pts = dts + 1 in
                             decode order, so decoded frames come out in display order with pts 1 3 2 4 6 5 8 ...:
                             the frames are fine and nothing says where each belongs.
+    size_change.ts          MPEG-TS of two H.264 runs joined byte by byte (as broadcast captures and concatenated
+                            recordings are), 64x48 then 32x24 from frame 12, timestamps rising throughout: opens,
+                            demuxes and decodes without an exception; decoded frames simply change size.
+    brief_size_change.ts    the same with 32x24 for frames 14-19 of 48 alone: between the frames a probe that
+                            samples 5 frames decodes, so only decoding everything finds it.
     ======================  =======================================================================================
     """
     folder = Path(folder)
@@ -799,6 +804,8 @@ def make_bad_inputs(folder: str | os.PathLike[str]) -> dict[str, Path]:
         "broken_timestamps.mkv": _broken_timestamps,
         "broken_audio.mkv": _broken_audio,
         "b_frames_in.avi": _b_frames_in_avi,
+        "size_change.ts": lambda path: _size_change(path, [(12, 64), (12, 32)]),
+        "brief_size_change.ts": lambda path: _size_change(path, [(14, 64), (6, 32), (28, 64)]),
     }
     paths = {}
     for name, make in makers.items():
@@ -808,6 +815,21 @@ def make_bad_inputs(folder: str | os.PathLike[str]) -> dict[str, Path]:
 
 
 BROKEN_PTS = (0, 42, 83, 83, 125, 42, 167, 208, 250, 292)  # broken_timestamps.mkv, time base 1/1000
+
+
+def _size_change(path: Path, runs: Sequence[tuple[int, int]]) -> None:
+    """MPEG-TS runs of (frames, width) black-and-white H.264 at 24 fps, 4:3, joined byte by byte, timestamps rising
+    on from run to run."""
+    data, start = b"", 0
+    for part, (frames, width) in enumerate(runs):
+        piece = path.with_name(f"{path.stem}.part{part}.ts")
+        scene = gray_frames(moving_scene(frames, width, width * 3 // 4))
+        # No B-frames: their delay would shift a run's timestamps onto the previous run's.
+        write_clip(piece, scene, pts=range(start, start + frames), time_base=Fraction(1, 24), bframes=0)
+        data += piece.read_bytes()
+        piece.unlink()
+        start += frames
+    path.write_bytes(data)
 
 
 def _zero_byte(path: Path) -> None:

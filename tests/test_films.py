@@ -122,18 +122,25 @@ def test_mkv_film_luma_is_bit_exact_and_audio_subtitles_copied(tmp_path, tiny_ch
     assert out.tag("title") == "Reel two"
 
 
-@pytest.mark.parametrize("pix_fmt, out_depth", [("yuv420p10le", 10), ("gray", 8), ("gray10le", 10)])
-def test_ten_bit_and_gray_sources_decode_and_keep_their_luma(tmp_path, colorizer, pix_fmt, out_depth):
+@pytest.mark.parametrize("pix_fmt, out_depth", [
+    ("yuv420p10le", 10), ("gray", 8), ("gray10le", 10), ("gray12le", 12), ("gray16le", 16),
+    ("gbrp10le", 10), ("gbrp16le", 16),  # black-and-white scans stored as RGB (R = G = B), as DPX scans are
+])
+def test_deep_gray_and_rgb_sources_decode_and_keep_their_luma(tmp_path, colorizer, pix_fmt, out_depth):
+    # 12 and 16-bit gray FFV1 masters came out nearly black (their luma was read as 10-bit codes), and RGB sources
+    # at 8 bits, moved by up to 3 codes; the luma plane of a gray or R = G = B source is its values, bit for bit.
+    rng = np.random.default_rng(0)
     frames = list(gray_frames(moving_scene(8, *SIZE)))
-    if pix_fmt.endswith("10le"):
-        frames = [f.astype(np.uint16) << 8 for f in frames]  # full 16-bit scale, as write_clip takes it
+    if pix_fmt != "gray":
+        # Full 16-bit scale, as write_clip takes it, with low bits that a depth cut would lose.
+        frames = [(f.astype(np.uint16) << 8) | rng.integers(0, 256, f.shape, dtype=np.uint16) for f in frames]
     source = write_clip(tmp_path / "src.mkv", frames, codec="ffv1", pix_fmt=pix_fmt)
     output = tmp_path / "out.mkv"
     outcome = film_job(colorizer, source.path, output, FilmOptions(encode=EncodeOptions("ffv1")))
     assert outcome.status == "done"
     out = probe(output)
-    assert out.pix_fmt.startswith("yuv") and ("10le" in out.pix_fmt) == (out_depth == 10)
-    for before, after in zip(lumas(source.path), lumas(output), strict=True):
+    assert out.pix_fmt.startswith("yuv") and out.pix_fmt.endswith(f"p{out_depth}le" if out_depth > 8 else "p")
+    for before, after in zip(lumas(source.path), lumas(output), strict=True):  # an RGB source's plane 0 is green
         np.testing.assert_array_equal(after, before)
     assert is_coloured(output)
 
@@ -538,6 +545,8 @@ BAD_INPUT_REASONS = {
     "broken_timestamps.mkv": "broken timestamps",
     "broken_audio.mkv": "audio stream #1",
     "b_frames_in.avi": "no display times for its B-frames",
+    "size_change.ts": "frames change size, from 64x48 to 32x24 at",
+    "brief_size_change.ts": "frame 14 is 32x24, its first is 64x48; a film's frames must all be one size",
 }
 
 

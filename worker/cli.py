@@ -27,6 +27,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
+from fractions import Fraction
 from types import FrameType
 
 from models.batching import DEFAULT_BATCH_SIZE
@@ -34,6 +35,7 @@ from worker.cli_args import positive_int, positive_seconds, reference
 from worker.cli_service import add_service_commands
 from worker.errors import ModelError, PermanentError, TinctError
 from worker.films import DEFAULT_MAX_FILM_PIXELS, DEFAULT_SEGMENT_SECONDS, FilmOptions, colorize_films
+from worker.frame_sequences import parse_frame_rate
 from worker.images import DEFAULT_MAX_PIXELS, tinct_version
 from worker.model_store import resolve_model
 from worker.photos import PhotoOptions, colorize_photos, open_colorizer, output_suffix, plan_photos
@@ -80,6 +82,13 @@ def _strength(text: str) -> float:
 def _codec_arg(text: str) -> str:
     try:
         return canonical_codec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _frame_rate_arg(text: str) -> Fraction:
+    try:
+        return parse_frame_rate(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -141,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "for h264, 20 for h265)")
     films.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESETS, metavar="PRESET",
                        help="x264/x265 speed preset, ultrafast .. veryslow (default: %(default)s)")
+    films.add_argument("--frame-rate", type=_frame_rate_arg, metavar="FPS",
+                       help="the rate runs of numbered frames play at: DPX scans in folders, or frames named by a "
+                       "pattern such as scans/reel1/scan_%%07d.tif, e.g. 24, 18 or 23.976 (default: the rate DPX "
+                       "frames declare, else 24)")
     films.add_argument("--reference", action="append", type=reference, default=[], metavar="TIME=IMAGE",
                        help="a colour picture of one frame of a single input film (TIME in seconds, or frame:N), "
                        "carried forward and backward through its shot by motion; repeatable")
@@ -199,7 +212,8 @@ def _colorize(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             smoothing=SmoothingOptions(strength=args.smoothing),
             encode=EncodeOptions(codec=args.codec, crf=args.crf, preset=args.preset),
             segment_seconds=args.segment_seconds, max_pixels=args.max_pixels or DEFAULT_MAX_FILM_PIXELS,
-            recolor=args.recolor, overwrite=args.overwrite, references=tuple(args.reference),
+            recolor=args.recolor, overwrite=args.overwrite, frame_rate=args.frame_rate,
+            references=tuple(args.reference),
             limits=settings.guidance_limits,
         )
         for task in plan.films:

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from pathlib import Path
 
 from tqdm import tqdm
@@ -79,6 +80,7 @@ class FilmOptions:
     max_pixels: int = DEFAULT_MAX_FILM_PIXELS
     recolor: bool = False
     overwrite: bool = False
+    frame_rate: Fraction | None = None  # of runs of numbered frames (worker.frame_sequences); None: their own
     # Reference frames (worker.references): colour pictures of frames, carried through their shots.
     references: tuple[FilmReference, ...] = ()
     limits: GuidanceLimits = field(default_factory=GuidanceLimits)  # how many references, how large a picture
@@ -189,7 +191,7 @@ def colorize_film(
     if output.exists() and not options.overwrite:
         return FilmOutcome(source, output, "exists")
     check_container(output, options.encode.codec)
-    film = probe_film(source, options.max_pixels)
+    film = probe_film(source, options.max_pixels, options.frame_rate)
     if film.is_colour and not options.recolor:
         return FilmOutcome(source, output, "colour", frames=film.frames)
     check_output(film, output, options.encode.codec)
@@ -267,10 +269,8 @@ def segment_path(parts: Path, segment: Segment, codec: str) -> Path:
 
 def _manifest(film: FilmInfo, colorizer: Colorizer, options: FilmOptions, model_label: str,
               segments: list[Segment]) -> dict:
-    stat = os.stat(film.path)
     return {
-        "source": {"path": os.path.abspath(film.path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                   "frames": film.frames},
+        "source": film.identity(),
         "options": {
             "model": model_label,
             "render_size": colorizer.render_size,

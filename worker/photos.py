@@ -36,6 +36,7 @@ from models.engines import create_engine
 from models.files import PARTIAL_SUFFIX, unwritable_reason
 from models.hints import ColourHints
 from worker.errors import BadInputError, ModelError, TinctError, one_line
+from worker.frame_sequences import folder_sequences, is_pattern, output_stem
 from worker.hints import HINTS_SUFFIX, hints_provenance, load_hints_file, sidecar_path
 from worker.images import (
     DEFAULT_MAX_PIXELS,
@@ -204,8 +205,10 @@ def plan_photos(
     # would be colorized and then fail to be written, one line each, hours later on a large folder.
     if (reason := unwritable_reason(output)) is not None:
         raise ValueError(f"{output}: cannot be written, {reason}")
-    if len(sources) == 1 and sources[0].is_file() and is_film(output) and not output.is_dir():
-        # A film named as the output makes the input a film whatever its own extension (.mka, .vob, none).
+    if len(sources) == 1 and (sources[0].is_file() or is_pattern(sources[0])) and is_film(output) \
+            and not output.is_dir():
+        # A film named as the output makes the input a film whatever its own extension (.mka, .vob, none), and
+        # names the colour film of a run of frames.
         return _checked(PhotoPlan([], [], films=[PhotoTask(sources[0], output)]))
     if len(sources) == 1 and sources[0].is_file() and format_for_path(output) and not output.is_dir():
         if suffix and suffix != output.suffix.lower():
@@ -221,6 +224,8 @@ def plan_photos(
                 _add(plan, path, output / path.relative_to(source), suffix, film_suffix)
         elif source.exists():
             _add(plan, source, output / source.name, suffix, film_suffix, hints)
+        elif is_pattern(source):
+            plan.films.append(PhotoTask(source, output / (output_stem(source) + film_suffix)))
         else:
             failure = BadInputError(source, "no such file or folder")
             plan.failures.append(PhotoOutcome(PhotoTask(source, output), "failed", str(failure)))
@@ -233,8 +238,14 @@ def _walk(root: Path, output: Path, plan: PhotoPlan) -> Iterator[Path]:
         here = Path(folder)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() != skip
                          and not is_reference_folder(d))  # a film's reference pictures are not photos to colorize
-        for name in sorted(files):
-            if name.startswith(".") or name.endswith((PARTIAL_SUFFIX, HINTS_SUFFIX)):
+        runs, files = folder_sequences(here, sorted(name for name in files if not name.startswith(".")))
+        for run in runs:  # numbered DPX frames: each run is a film, named by its pattern
+            if isinstance(run, BadInputError):
+                plan.failures.append(PhotoOutcome(PhotoTask(Path(run.path), output), "failed", str(run)))
+            else:
+                yield Path(run)
+        for name in files:
+            if name.endswith((PARTIAL_SUFFIX, HINTS_SUFFIX)):
                 continue
             if format_for_path(name) or is_film(name):
                 yield here / name
@@ -260,7 +271,9 @@ def is_reference_folder(name: str) -> bool:
 
 def _add(plan: PhotoPlan, source: Path, mirrored: Path, suffix: str | None, film_suffix: str,
          hints: str | os.PathLike | None = None) -> None:
-    if is_film(source):
+    if is_pattern(source):  # a run of frames: its film is named by the frames' prefix (see output_stem)
+        plan.films.append(PhotoTask(source, mirrored.with_name(output_stem(source) + film_suffix)))
+    elif is_film(source):
         kept = mirrored.suffix.lower() in FILM_CONTAINERS  # mp4, mov, mkv
         plan.films.append(PhotoTask(source, mirrored if kept else mirrored.with_suffix(film_suffix)))
     else:

@@ -37,8 +37,9 @@ import av
 import cv2
 import numpy as np
 
-from models.color import code_dtype, luma_to_l_table
+from models.color import YCBCR_WEIGHTS, code_dtype, luma_to_l_table
 from worker.errors import BadInputError, InputTooLargeError, UnsupportedMediaError
+from worker.frame_sequences import FrameSequence, find_sequence, is_pattern
 from worker.images import COLOUR_PROBE_SIDE, COLOUR_THRESHOLD, colour_score
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,14 @@ MAX_PLAUSIBLE_FPS = 1000
 # durations, and the last frame's duration is often unknown. 1 s is far above rounding and far below a loss
 # worth noticing... except for films shorter than that, where a quarter of the length is used instead.
 TRUNCATION_TOLERANCE_S = 1.0
+# FFmpeg's gray format of each luma bit depth the film path reads gray, paletted and RGB sources at.
+GRAY_FORMATS = {8: "gray", 9: "gray9le", 10: "gray10le", 12: "gray12le", 14: "gray14le", 16: "gray16le"}
+# RGB formats whose luma is computed here, from PyAV's (H, W, channels) array: the indices of red, green and blue.
+RGB_CHANNELS = {
+    **dict.fromkeys(("gbrp", "gbrp10le", "gbrp12le", "gbrp14le", "gbrp16le", "gbrap", "gbrap10le", "gbrap12le",
+                     "gbrap16le", "rgb24", "rgba", "rgb48le", "rgba64le"), (0, 1, 2)),
+    **dict.fromkeys(("bgr24", "bgra", "bgr48le", "bgra64le"), (2, 1, 0)),
+}
 # Steps per luma code value in the code -> L table: the average of a 2x2 block lands on quarter codes.
 LUMA_SUBDIVISIONS = 4
 DECODER_THREADS = 0
@@ -131,6 +140,25 @@ class FilmInfo:
     duration: float  # seconds, from the first frame's pts to the end of the last
     other_streams: list[StreamInfo] = field(default_factory=list)
     is_colour: bool = False
+    sequence: FrameSequence | None = None  # a run of numbered frames (``path`` is its pattern), else None
+
+    def open(self) -> av.container.InputContainer:
+        """The film's file (or run of frames) opened for reading."""
+        return _open(self.path, self.sequence)
+
+    def frame_name(self, index: int) -> str:
+        """How messages name frame ``index``: by its file too in a run of frames."""
+        if self.sequence is not None:
+            return f"frame {index} ({self.sequence.frame_path(index).name})"
+        return f"frame {index}"
+
+    def identity(self) -> dict:
+        """What tells this very source from a changed one (a rerun must not resume work made from the old)."""
+        if self.sequence is not None:
+            return {"path": os.path.abspath(self.path), **self.sequence.identity()}
+        stat = os.stat(self.path)
+        return {"path": os.path.abspath(self.path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                "frames": self.frames}
 
     @property
     def frame_pts(self) -> np.ndarray:
@@ -172,7 +200,9 @@ class SourceFrame:
     network_L: np.ndarray  # float32 Lab L the network reads: ``L`` itself, or (H, W) for a small film
 
 
-def _open(path: str) -> av.container.InputContainer:
+def _open(path: str, sequence: FrameSequence | None = None) -> av.container.InputContainer:
+    if sequence is not None:
+        return sequence.open()
     if os.path.isdir(path):
         raise BadInputError(path, "is a folder, not a film")
     try:
@@ -192,11 +222,16 @@ def _ffmpeg_reason(exc: Exception) -> str:
     return text.split(": '", 1)[0].strip() or type(exc).__name__
 
 
-def probe_film(path: str | os.PathLike, max_pixels: int) -> FilmInfo:
+def probe_film(path: str | os.PathLike, max_pixels: int, frame_rate: Fraction | None = None) -> FilmInfo:
     """Validate a film and index its frames. Raises a :class:`BadInputError` subclass, naming the file and
-    the reason in one line, for anything the pipeline could not turn into a faithful colour copy."""
+    the reason in one line, for anything the pipeline could not turn into a faithful colour copy. A ``path`` that
+    names a run of numbered frames by its pattern (``reel1/scan_%07d.dpx``, see ``worker.frame_sequences``) is
+    that run, played at ``frame_rate`` if given, else at the rate its frames declare."""
     path = os.fspath(path)
-    with _open(path) as container:
+    sequence = find_sequence(path, frame_rate) if is_pattern(path) else None
+    if sequence is not None:
+        logger.info("%s: %s", path, sequence.describe())
+    with _open(path, sequence) as container:
         if not container.streams.video:
             kinds = ", ".join(sorted({s.type for s in container.streams})) or "none"
             raise UnsupportedMediaError(path, f"no video stream (streams: {kinds})")
@@ -219,11 +254,14 @@ def probe_film(path: str | os.PathLike, max_pixels: int) -> FilmInfo:
         index = _index_packets(path, container, stream)
         duration = _duration(path, container, stream, index.frame_pts)
         video_index, container_name = stream.index, container.format.name
-    with _open(path) as container:
+    with _open(path, sequence) as container:
         _check_audio_decodes(path, container)
-    with _open(path) as container:
+    with _open(path, sequence) as container:
         video, is_colour = _sample_frames(path, container, index)
-    return FilmInfo(path, container_name, video_index, codec_name, video, index, duration, other, is_colour)
+    if sequence is not None:
+        sequence.check_frames(video.width, video.height)
+    return FilmInfo(path, container_name, video_index, codec_name, video, index, duration, other, is_colour,
+                    sequence)
 
 
 def index_frames(path: str | os.PathLike) -> FrameIndex:
@@ -354,6 +392,11 @@ def _sample_frames(path: str, container, index: FrameIndex) -> tuple[VideoFormat
                                 "(damaged video data)")
         if first is None:
             first = frame
+        elif (frame.width, frame.height) != (first.width, first.height):
+            # Decoding finds every such change; the sampled frames find most before any work is done.
+            raise BadInputError(path, f"its frames change size, from {first.width}x{first.height} to "
+                                f"{frame.width}x{frame.height} at {float(target * stream.time_base):.3f} s; a film's "
+                                "frames must all be one size")
         colour_scores.append(_colour_score(frame))
     video = _video_format(stream, first)
     return video, max(colour_scores) > COLOUR_THRESHOLD
@@ -455,7 +498,7 @@ def _video_format(stream, frame) -> VideoFormat:
         chroma_shift = (int(math.log2(64 // probe.chroma_width())), int(math.log2(64 // probe.chroma_height())))
     else:
         chroma_shift = None
-    bit_depth = fmt.components[0].bits if (is_yuv or is_gray) else 8
+    bit_depth = fmt.components[0].bits if is_yuv else _gray_depth(fmt)
     color_range = frame.color_range or codec_context.color_range or 0
     if color_range == 0:
         # Untagged: YUV video is limited range by MPEG convention (yuvj formats are full by name); a gray
@@ -527,7 +570,7 @@ def decode_frames(film: FilmInfo, layout: FrameLayout, start: int, stop: int, wa
     chroma_w, chroma_h = layout.chroma_size(video.width, video.height)
     full_detail = max(chroma_w, chroma_h) < render_size and (chroma_w, chroma_h) != (video.width, video.height)
     next_index = first
-    with _open(film.path) as container:
+    with film.open() as container:
         stream = stream_by_index(container, film.video_index)
         _use_threads(stream)
         try:
@@ -539,6 +582,10 @@ def decode_frames(film: FilmInfo, layout: FrameLayout, start: int, stop: int, wa
                 if frame.pts != expected:
                     raise BadInputError(film.path, f"frame {next_index} (pts {expected}) did not decode; the decoder "
                                         f"returned pts {frame.pts} instead (damaged video data)")
+                if (frame.width, frame.height) != (video.width, video.height):
+                    raise BadInputError(film.path, f"{film.frame_name(next_index)} is {frame.width}x{frame.height}, "
+                                        f"its first is {video.width}x{video.height}; a film's frames must all be "
+                                        "one size")
                 luma_source = _luma(frame, video)
                 L = _lightness(luma_source, table, chroma_w, chroma_h)
                 network_L = _lightness(luma_source, table, video.width, video.height) if full_detail else L
@@ -548,7 +595,8 @@ def decode_frames(film: FilmInfo, layout: FrameLayout, start: int, stop: int, wa
                 if next_index >= stop:
                     return
         except av.FFmpegError as exc:
-            reason = f"video stops decoding at frame {next_index} (damaged video data: {_ffmpeg_reason(exc)})"
+            reason = (f"video stops decoding at {film.frame_name(next_index)} (damaged video data: "
+                      f"{_ffmpeg_reason(exc)})")
             raise BadInputError(film.path, reason) from exc
     if next_index < stop:
         raise BadInputError(film.path, f"video stops decoding after {next_index} of {film.frames} frames (damaged "
@@ -572,15 +620,38 @@ def stream_by_index(container, index: int):
     raise IndexError(f"no stream #{index} in {container.name}")
 
 
+def _gray_depth(fmt: av.VideoFormat) -> int:
+    """The luma bit depth a gray, paletted or RGB source is read at: its samples' own where FFmpeg has a gray format
+    of that depth (a 10-bit DPX scan stays 10-bit, a 16-bit FFV1 master 16-bit), else the next deeper one."""
+    bits = max(component.bits for component in fmt.components[:3])
+    return next((depth for depth in sorted(GRAY_FORMATS) if depth >= bits), max(GRAY_FORMATS))
+
+
 def _luma(frame, video: VideoFormat) -> np.ndarray:
     """The frame's luma plane as code values in the source's own range and depth (a copy)."""
     fmt = frame.format
-    if not fmt.is_rgb and fmt.is_planar and fmt.components[0].bits == video.bit_depth:
+    own_plane = (fmt.is_planar and not fmt.is_rgb) or fmt.name == GRAY_FORMATS.get(video.bit_depth)
+    if own_plane and fmt.components[0].bits == video.bit_depth:  # Y'CbCr's Y plane, or a gray frame's only plane
         return _plane(frame, fmt.components[0].plane, video.bit_depth).copy()
-    # Packed, paletted or RGB sources: FFmpeg converts to the luma we read with (full range for RGB).
-    target = "gray" if video.bit_depth <= 8 else "gray10le"
-    gray = frame.reformat(format=target, dst_color_range=RANGE_FULL if video.full_range else RANGE_LIMITED)
+    if fmt.name in RGB_CHANNELS and fmt.components[0].bits == video.bit_depth:
+        return _rgb_luma(frame, video)
+    # Packed, paletted, gray-with-alpha or other RGB sources: FFmpeg converts to the luma we read with (full range
+    # for RGB), at the depth the probe settled on.
+    gray = frame.reformat(format=GRAY_FORMATS[video.bit_depth],
+                          dst_color_range=RANGE_FULL if video.full_range else RANGE_LIMITED)
     return _plane(gray, 0, video.bit_depth).copy()
+
+
+def _rgb_luma(frame, video: VideoFormat) -> np.ndarray:
+    """Full-range Y' of an RGB frame by the output's matrix. A black-and-white scan stored as RGB (R = G = B, as DPX
+    scans are) keeps its values exactly; FFmpeg's fixed-point conversion moves them by up to 3 codes at 10 bits."""
+    rgb = frame.to_ndarray()
+    red, green, blue = RGB_CHANNELS[frame.format.name]
+    weight_red, weight_blue = YCBCR_WEIGHTS[video.matrix]
+    weight_green = 1.0 - weight_red - weight_blue
+    luma = (rgb[..., red].astype(np.float32) * weight_red + rgb[..., green].astype(np.float32) * weight_green
+            + rgb[..., blue].astype(np.float32) * weight_blue)
+    return np.rint(luma).astype(code_dtype(video.bit_depth))
 
 
 def _lightness(luma: np.ndarray, table: np.ndarray, width: int, height: int) -> np.ndarray:

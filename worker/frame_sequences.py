@@ -1,0 +1,292 @@
+"""Films scanned as numbered still frames: one file per frame, as film scanners write them.
+
+    sequence = find_sequence("reel1/scan_%07d.dpx")      # scan_0086400.dpx, scan_0086401.dpx, ... in reel1/
+    sequence.first, sequence.count, sequence.frame_rate  # 86400, 1440, Fraction(24, 1)
+    container = sequence.open()                          # PyAV reads the run as one video stream
+
+A run is named by its printf pattern, as FFmpeg names it (``%07d``: seven digits, zero-padded; ``%d``: unpadded);
+``####`` is taken as ``%04d``, as editing software writes it. That name is the film's path wherever a film is
+named by its path (the film job, its resume manifest, its messages). A run must be contiguous: a missing frame
+would shift every later frame's time and is refused by number before any work. DPX files in folders are always
+taken as runs (the format is a film scanner's, never a photo's); TIFF, PNG and JPEG runs are photos until named by
+their pattern.
+
+A DPX frame says its frame rate in its film or television header where the scanner filled them in; a run whose
+frames do not say (and every TIFF or PNG run) plays at ``DEFAULT_FRAME_RATE`` unless a rate is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import struct
+from collections import defaultdict
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from worker.errors import BadInputError
+
+logger = logging.getLogger(__name__)
+
+# Suffixes whose numbered files in a folder are frames of a film, never photos.
+FOLDER_SEQUENCE_SUFFIXES = (".dpx",)
+# Film's own rate: what a run plays at when neither its frames nor the user say otherwise.
+DEFAULT_FRAME_RATE = Fraction(24)
+MAX_FRAME_RATE = 1000  # as worker.video_source.MAX_PLAUSIBLE_FPS: high-speed scans run at a few hundred
+# NTSC-family rates are written as decimals (23.976, 29.97): they mean these exact fractions.
+NTSC_RATES = tuple(Fraction(n * 1000, 1001) for n in (24, 30, 48, 60, 120))
+# SMPTE 268M: the DPX magic number tells the byte order; the film header's frame rate (R32) is at byte 1724 and
+# the television header's at 1940. An unset field is all ones (a NaN).
+DPX_MAGIC = {b"SDPX": ">", b"XPDS": "<"}
+DPX_RATE_OFFSETS = {"film header": 1724, "television header": 1940}
+DPX_HEADER_BYTES = 2048
+DPX_FILE_SIZE_OFFSET = 16  # U32: the whole file's size in bytes
+DPX_SIZE_OFFSET = 772  # U32 pixels per line, then U32 lines per image element
+MISSING_FRAMES_SHOWN = 5
+
+_PRINTF = re.compile(r"%(0(?P<digits>[1-9]\d?)|)d")
+_HASHES = re.compile(r"#+")
+_NUMBERED = re.compile(r"^(?P<prefix>.*?)(?P<number>\d+)(?P<suffix>\.[^.]+)$")
+
+
+@dataclass(frozen=True)
+class FrameSequence:
+    folder: Path
+    prefix: str  # the file names before the frame number, as on disk
+    digits: int  # zero-padded to this many digits; 0 for unpadded numbers
+    suffix: str  # the file names after the number (the extension), as on disk
+    first: int  # the first frame's number
+    count: int
+    frame_rate: Fraction
+    rate_source: str  # where the rate came from: "given", the DPX header that says it, or "default"
+
+    @property
+    def pattern(self) -> str:
+        """The run's name: its folder, and the printf pattern of its file names (a literal % in them doubled)."""
+        return os.path.join(self.folder, self._name_pattern())
+
+    def _name_pattern(self) -> str:
+        number = f"%0{self.digits}d" if self.digits else "%d"
+        return self.prefix.replace("%", "%%") + number + self.suffix.replace("%", "%%")
+
+    @property
+    def last(self) -> int:
+        return self.first + self.count - 1
+
+    def frame_path(self, position: int) -> Path:
+        """The file of the run's ``position``-th frame (0 is the first)."""
+        number = self.first + position
+        return self.folder / f"{self.prefix}{number:0{self.digits}d}{self.suffix}"
+
+    def describe(self) -> str:
+        return (f"{self.count} frames, {self.first}-{self.last}, at {float(self.frame_rate):g} fps "
+                f"({self.rate_source})")
+
+    def identity(self) -> dict:
+        """What a resume manifest compares: a rerun after a frame was rescanned or the rate changed starts over."""
+        size = newest = 0
+        for position in range(self.count):
+            stat = os.stat(self.frame_path(position))
+            size += stat.st_size
+            newest = max(newest, stat.st_mtime_ns)
+        return {"first": self.first, "frames": self.count, "size": size, "mtime_ns": newest,
+                "frame_rate": str(self.frame_rate)}
+
+    def check_frames(self, width: int, height: int) -> None:
+        """Refuse, by file, a frame whose header says it is cut short or of another size than ``width`` x
+        ``height`` (the first frame's): hours into a film is too late to find a frame copied halfway or rescanned
+        at another resolution. Headers only, a few KB per frame; frames of other formats are checked by decoding."""
+        if self.suffix.lower() != ".dpx":
+            return
+        for position in range(self.count):
+            path = self.frame_path(position)
+            header = _dpx_header(path)
+            if header is None:
+                raise BadInputError(path, "not a DPX file (no DPX header)")
+            order, data = header
+            (declared_size,) = struct.unpack_from(f"{order}I", data, DPX_FILE_SIZE_OFFSET)
+            size = os.path.getsize(path)
+            if size < declared_size:
+                raise BadInputError(path, f"truncated: {size} bytes of the {declared_size} its header declares")
+            frame_size = struct.unpack_from(f"{order}II", data, DPX_SIZE_OFFSET)
+            if frame_size != (width, height):
+                raise BadInputError(path, f"this frame is {frame_size[0]}x{frame_size[1]}, the film's first is "
+                                    f"{width}x{height}; a film's frames must all be one size")
+
+    def open(self) -> av.container.InputContainer:
+        """The run as a PyAV container: one video stream, a frame per file, at the run's frame rate."""
+        options = {"start_number": str(self.first), "framerate": str(self.frame_rate)}
+        try:
+            # FFmpeg reads the whole path as a pattern, the folder too.
+            ffmpeg_pattern = os.path.join(str(self.folder).replace("%", "%%"), self._name_pattern())
+            return av.open(ffmpeg_pattern, format="image2", options=options, metadata_errors="replace")
+        except av.FFmpegError as exc:
+            raise BadInputError(self.pattern, f"its frames cannot be read ({exc.strerror or exc})") from exc
+
+
+def is_pattern(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a run of frames by a pattern (and is not itself a file so named)."""
+    name = os.path.basename(os.fspath(path))
+    return bool(_PRINTF.search(name) or _HASHES.search(name)) and not os.path.isfile(path)
+
+
+def find_sequence(path: str | os.PathLike, frame_rate: Fraction | None = None) -> FrameSequence:
+    """The run named by the pattern ``path``; raises BadInputError if it has no frames or is not contiguous."""
+    path = os.fspath(path)
+    folder, name = os.path.split(path)
+    prefix, digits, suffix = _split_pattern(path, name)
+    numbers = []
+    try:
+        names = os.listdir(folder or ".")
+    except OSError as exc:
+        raise BadInputError(path, f"cannot list its folder: {exc.strerror or exc}") from exc
+    for entry in names:
+        if entry.startswith(prefix) and entry.endswith(suffix) and len(entry) > len(prefix) + len(suffix):
+            number = entry[len(prefix): len(entry) - len(suffix)]
+            if number.isdigit() and _fits(number, digits):
+                numbers.append(int(number))
+    if not numbers:
+        raise BadInputError(path, "no frames match this pattern")
+    return _sequence(path, Path(folder or "."), prefix, digits, suffix, sorted(numbers), frame_rate)
+
+
+def folder_sequences(folder: Path, names: list[str]) -> tuple[list[str | BadInputError], list[str]]:
+    """The patterns of the runs of DPX frames among the file ``names`` in ``folder`` (or why a run cannot be a
+    film), and the names left over."""
+    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+    rest = []
+    for name in names:
+        match = _NUMBERED.match(name)
+        if match and match["suffix"].lower() in FOLDER_SEQUENCE_SUFFIXES:
+            groups[match["prefix"], match["suffix"]].append(match["number"])
+        else:
+            rest.append(name)
+    runs: list[str | BadInputError] = []
+    for (prefix, suffix), numbers in sorted(groups.items()):
+        lengths = {len(n) for n in numbers}
+        padded = len(lengths) == 1 and (len(numbers) > 1 or numbers[0].startswith("0"))
+        digits = lengths.pop() if padded else 0
+        pattern = FrameSequence(folder, prefix, digits, suffix, 0, 0, DEFAULT_FRAME_RATE, "").pattern
+        try:
+            if not padded and any(n.startswith("0") and n != "0" for n in numbers):
+                raise BadInputError(pattern, "its frame numbers mix padded and unpadded lengths "
+                                    f"({', '.join(sorted({str(len(n)) for n in numbers}))} digits)")
+            _check_contiguous(pattern, sorted(int(n) for n in numbers))
+            runs.append(pattern)
+        except BadInputError as exc:
+            runs.append(exc)
+    return runs, rest
+
+
+def output_stem(sequence_path: str | os.PathLike) -> str:
+    """The file name (without suffix) of a run's colour film: the frames' prefix without its separator
+    (``scan_%07d.dpx``: ``scan``), or the folder's name for frames named by number alone (``reel1/%07d.dpx``)."""
+    folder, name = os.path.split(os.fspath(sequence_path))
+    match = _PRINTF.search(name) or _HASHES.search(name)
+    stem = name[: match.start()].replace("%%", "%").rstrip(" ._-") if match else ""
+    return stem or os.path.basename(os.path.abspath(folder or "."))
+
+
+def parse_frame_rate(text: str) -> Fraction:
+    """A frame rate written as a number or a fraction (24, 23.976, 24000/1001); ValueError if it is none."""
+    try:
+        rate = Fraction(text.strip())
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"{text!r} is not a frame rate (e.g. 24, 23.976 or 24000/1001)") from None
+    if not 0 < rate <= MAX_FRAME_RATE:
+        raise ValueError(f"frame rate {text} is outside 0-{MAX_FRAME_RATE} fps")
+    return _exact(float(rate)) if rate.denominator not in (1, 1001) else rate
+
+
+def _split_pattern(path: str, name: str) -> tuple[str, int, str]:
+    match = _PRINTF.search(name)
+    if match:
+        digits = int(match["digits"] or 0)
+    else:
+        match = _HASHES.search(name)
+        if not match:
+            raise BadInputError(path, "not a frame pattern (name the frame number %07d, %d or ####)")
+        digits = len(match.group())
+    prefix, suffix = name[: match.start()], name[match.end():]
+    if "%" in prefix.replace("%%", "") or "%" in suffix.replace("%%", "") or _HASHES.search(prefix + suffix):
+        raise BadInputError(path, "names the frame number more than once")
+    return prefix.replace("%%", "%"), digits, suffix.replace("%%", "%")
+
+
+def _fits(number: str, digits: int) -> bool:
+    """Whether a file's frame number is spelled as the pattern prints it (FFmpeg opens no other spelling)."""
+    if digits:
+        return len(number) == digits or (len(number) > digits and not number.startswith("0"))
+    return number == "0" or not number.startswith("0")
+
+
+def _sequence(path: str, folder: Path, prefix: str, digits: int, suffix: str, numbers: list[int],
+              frame_rate: Fraction | None) -> FrameSequence:
+    _check_contiguous(path, numbers)
+    sequence = FrameSequence(folder, prefix, digits, suffix, numbers[0], len(numbers), DEFAULT_FRAME_RATE, "default")
+    if frame_rate is not None:
+        return _with_rate(sequence, frame_rate, "given")
+    if suffix.lower() == ".dpx":
+        declared = dpx_frame_rate(sequence.frame_path(0))
+        if declared is not None:
+            return _with_rate(sequence, *declared)
+    logger.warning("%s: its frames do not say their frame rate; it plays at %s fps (--frame-rate sets another)",
+                   path, DEFAULT_FRAME_RATE)
+    return sequence
+
+
+def _check_contiguous(path: str, numbers: list[int]) -> None:
+    """Refuse a run with gaps (``numbers`` ascending), naming the first missing frames."""
+    first, last = numbers[0], numbers[-1]
+    if last - first + 1 != len(numbers):
+        present = set(numbers)
+        missing = [n for n in range(first, last + 1) if n not in present]
+        shown = ", ".join(str(n) for n in missing[:MISSING_FRAMES_SHOWN])
+        more = f" and {len(missing) - MISSING_FRAMES_SHOWN} more" if len(missing) > MISSING_FRAMES_SHOWN else ""
+        raise BadInputError(path, f"{len(missing)} of frames {first}-{last} are missing ({shown}{more}); a film's "
+                            "frames must be contiguous, as a gap would move every later frame's time")
+
+
+def _with_rate(sequence: FrameSequence, rate: Fraction, source: str) -> FrameSequence:
+    return FrameSequence(sequence.folder, sequence.prefix, sequence.digits, sequence.suffix, sequence.first,
+                         sequence.count, rate, source)
+
+
+def dpx_frame_rate(path: Path) -> tuple[Fraction, str] | None:
+    """The frame rate a DPX frame declares, and the header that declares it; None if neither header does (or the
+    file is too short to tell: the decoder names a broken frame later)."""
+    found = _dpx_header(path)
+    if found is None:
+        return None
+    order, header = found
+    for where, offset in DPX_RATE_OFFSETS.items():
+        (rate,) = struct.unpack_from(f"{order}f", header, offset)
+        if math.isfinite(rate) and 1 <= rate <= MAX_FRAME_RATE:
+            return _exact(rate), f"its DPX {where}"
+    return None
+
+
+def _dpx_header(path: Path) -> tuple[str, bytes] | None:
+    """A DPX file's byte order (a struct prefix) and its generic and industry headers; None if it has none."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(DPX_HEADER_BYTES)
+    except OSError:
+        return None
+    order = DPX_MAGIC.get(header[:4])
+    if order is None or len(header) < DPX_HEADER_BYTES:
+        return None
+    return order, header
+
+
+def _exact(rate: float) -> Fraction:
+    """A rate read as a decimal, as the fraction it stands for: 23.976 is 24000/1001, 16.0 is 16."""
+    for ntsc in NTSC_RATES:
+        if abs(rate - ntsc) < 0.005:
+            return ntsc
+    return Fraction(rate).limit_denominator(1000)
