@@ -4,12 +4,13 @@
     sequence.first, sequence.count, sequence.frame_rate  # 86400, 1440, Fraction(24, 1)
     container = sequence.open()                          # PyAV reads the run as one video stream
 
-A run is named by its printf pattern, as FFmpeg names it (``%07d``: seven digits, zero-padded; ``%d``: unpadded);
-``####`` is taken as ``%04d``, as editing software writes it. That name is the film's path wherever a film is
-named by its path (the film job, its resume manifest, its messages). A run must be contiguous: a missing frame
-would shift every later frame's time and is refused by number before any work. DPX files in folders are always
-taken as runs (the format is a film scanner's, never a photo's); TIFF, PNG and JPEG runs are photos until named by
-their pattern.
+A run is named by its folder and the printf pattern of its file names, as FFmpeg names them (``%07d``: seven
+digits, zero-padded; ``%d``: unpadded; a literal ``%`` in a name doubled); ``####`` is taken as ``%04d``, as editing
+software writes it. That name is the film's path wherever a film is named by its path (the film job, its resume
+manifest, its messages). A run must be contiguous and its frames one size: a missing frame would shift every later
+frame's time and is refused by number, and a DPX frame cut short or of another size by its file, before any work.
+DPX files in folders are always taken as runs (the format is a film scanner's, never a photo's); TIFF and PNG runs
+are photos until named by their pattern.
 
 A DPX frame says its frame rate in its film or television header where the scanner filled them in; a run whose
 frames do not say (and every TIFF or PNG run) plays at ``DEFAULT_FRAME_RATE`` unless a rate is given.
@@ -40,13 +41,18 @@ DEFAULT_FRAME_RATE = Fraction(24)
 MAX_FRAME_RATE = 1000  # as worker.video_source.MAX_PLAUSIBLE_FPS: high-speed scans run at a few hundred
 # NTSC-family rates are written as decimals (23.976, 29.97): they mean these exact fractions.
 NTSC_RATES = tuple(Fraction(n * 1000, 1001) for n in (24, 30, 48, 60, 120))
-# SMPTE 268M: the DPX magic number tells the byte order; the film header's frame rate (R32) is at byte 1724 and
-# the television header's at 1940. An unset field is all ones (a NaN).
+# SMPTE 268M: the DPX magic number tells the byte order. The generic headers take 1664 bytes; the industry headers
+# (film, then television) follow them only where the image data starts at byte 2048 or later (FFmpeg writes none).
+# The film header's frame rate (R32) is at byte 1724 and the television header's at 1940; an unset field is all
+# ones (a NaN).
 DPX_MAGIC = {b"SDPX": ">", b"XPDS": "<"}
 DPX_RATE_OFFSETS = {"film header": 1724, "television header": 1940}
 DPX_HEADER_BYTES = 2048
+DPX_DATA_OFFSET = 4  # U32: where the image data starts
 DPX_FILE_SIZE_OFFSET = 16  # U32: the whole file's size in bytes
 DPX_SIZE_OFFSET = 772  # U32 pixels per line, then U32 lines per image element
+DPX_TRANSFER_OFFSET = 801  # U8: image element 1's transfer characteristic
+DPX_LOG_TRANSFERS = {1: "printing density", 3: "logarithmic"}
 MISSING_FRAMES_SHOWN = 5
 
 _PRINTF = re.compile(r"%(0(?P<digits>[1-9]\d?)|)d")
@@ -97,12 +103,13 @@ class FrameSequence:
         return {"first": self.first, "frames": self.count, "size": size, "mtime_ns": newest,
                 "frame_rate": str(self.frame_rate)}
 
-    def check_frames(self, width: int, height: int) -> None:
-        """Refuse, by file, a frame whose header says it is cut short or of another size than ``width`` x
-        ``height`` (the first frame's): hours into a film is too late to find a frame copied halfway or rescanned
-        at another resolution. Headers only, a few KB per frame; frames of other formats are checked by decoding."""
+    def check_frames(self) -> None:
+        """Refuse, by file, a DPX frame whose header says it is cut short or of another size than the first frame:
+        hours into a film is too late to find a frame copied halfway or rescanned at another resolution. Headers
+        only, a few KB per frame; frames of other formats are checked as they are decoded."""
         if self.suffix.lower() != ".dpx":
             return
+        width = height = None
         for position in range(self.count):
             path = self.frame_path(position)
             header = _dpx_header(path)
@@ -114,7 +121,13 @@ class FrameSequence:
             if size < declared_size:
                 raise BadInputError(path, f"truncated: {size} bytes of the {declared_size} its header declares")
             frame_size = struct.unpack_from(f"{order}II", data, DPX_SIZE_OFFSET)
-            if frame_size != (width, height):
+            if width is None:
+                width, height = frame_size
+                if data[DPX_TRANSFER_OFFSET] in DPX_LOG_TRANSFERS:
+                    logger.warning("%s: its frames are log-encoded (%s), as scans for grading are; they are "
+                                   "colorized as they look, flat, and the copy keeps their log lightness", self.pattern,
+                                   DPX_LOG_TRANSFERS[data[DPX_TRANSFER_OFFSET]])
+            elif frame_size != (width, height):
                 raise BadInputError(path, f"this frame is {frame_size[0]}x{frame_size[1]}, the film's first is "
                                     f"{width}x{height}; a film's frames must all be one size")
 
@@ -264,6 +277,9 @@ def dpx_frame_rate(path: Path) -> tuple[Fraction, str] | None:
     if found is None:
         return None
     order, header = found
+    (data_offset,) = struct.unpack_from(f"{order}I", header, DPX_DATA_OFFSET)
+    if data_offset < DPX_HEADER_BYTES or len(header) < DPX_HEADER_BYTES:  # no industry headers: 1664 on are pixels
+        return None
     for where, offset in DPX_RATE_OFFSETS.items():
         (rate,) = struct.unpack_from(f"{order}f", header, offset)
         if math.isfinite(rate) and 1 <= rate <= MAX_FRAME_RATE:
@@ -279,7 +295,7 @@ def _dpx_header(path: Path) -> tuple[str, bytes] | None:
     except OSError:
         return None
     order = DPX_MAGIC.get(header[:4])
-    if order is None or len(header) < DPX_HEADER_BYTES:
+    if order is None or len(header) < DPX_SIZE_OFFSET + 8:
         return None
     return order, header
 

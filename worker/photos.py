@@ -36,7 +36,7 @@ from models.engines import create_engine
 from models.files import PARTIAL_SUFFIX, unwritable_reason
 from models.hints import ColourHints
 from worker.errors import BadInputError, ModelError, TinctError, one_line
-from worker.frame_sequences import folder_sequences, is_pattern, output_stem
+from worker.frame_sequences import FOLDER_SEQUENCE_SUFFIXES, folder_sequences, is_pattern, output_stem
 from worker.hints import HINTS_SUFFIX, hints_provenance, load_hints_file, sidecar_path
 from worker.images import (
     DEFAULT_MAX_PIXELS,
@@ -205,12 +205,14 @@ def plan_photos(
     # would be colorized and then fail to be written, one line each, hours later on a large folder.
     if (reason := unwritable_reason(output)) is not None:
         raise ValueError(f"{output}: cannot be written, {reason}")
-    if len(sources) == 1 and (sources[0].is_file() or is_pattern(sources[0])) and is_film(output) \
-            and not output.is_dir():
+    if len(sources) == 1 and is_film(output) and not output.is_dir():
         # A film named as the output makes the input a film whatever its own extension (.mka, .vob, none), and
-        # names the colour film of a run of frames.
-        return _checked(PhotoPlan([], [], films=[PhotoTask(sources[0], output)]))
-    if len(sources) == 1 and sources[0].is_file() and format_for_path(output) and not output.is_dir():
+        # names the colour film of a run of frames (named by its pattern, or the one run in a folder).
+        film = _single_film(sources[0])
+        if film is not None:
+            return _checked(PhotoPlan([], [], films=[PhotoTask(film, output)]))
+    if len(sources) == 1 and sources[0].is_file() and format_for_path(output) and not output.is_dir() \
+            and sources[0].suffix.lower() not in FOLDER_SEQUENCE_SUFFIXES:
         if suffix and suffix != output.suffix.lower():
             raise ValueError(f"--format {output_format} contradicts the output file name {output.name}")
         return _checked(PhotoPlan([_photo_task(sources[0], output, hints)], []))
@@ -230,6 +232,23 @@ def plan_photos(
             failure = BadInputError(source, "no such file or folder")
             plan.failures.append(PhotoOutcome(PhotoTask(source, output), "failed", str(failure)))
     return _checked(plan)
+
+
+def _single_film(source: Path) -> Path | None:
+    """The film ``source`` names when a film file is its output: itself, or the one run of frames in a folder
+    (None for a folder without one). ValueError for a folder of several runs, which that output cannot name."""
+    if source.is_file() or is_pattern(source):
+        return source
+    if not source.is_dir():
+        return None
+    runs, _ = folder_sequences(source, sorted(entry.name for entry in source.iterdir() if entry.is_file()))
+    if len(runs) > 1:
+        raise ValueError(f"{source} holds {len(runs)} runs of frames; name one by its pattern, or give an output "
+                         "folder for all of them")
+    if not runs:
+        return None
+    # A run that cannot be a film (a gap in it) is handed on all the same: the film job names what is wrong.
+    return Path(runs[0].path if isinstance(runs[0], BadInputError) else runs[0])
 
 
 def _walk(root: Path, output: Path, plan: PhotoPlan) -> Iterator[Path]:
@@ -273,6 +292,10 @@ def _add(plan: PhotoPlan, source: Path, mirrored: Path, suffix: str | None, film
          hints: str | os.PathLike | None = None) -> None:
     if is_pattern(source):  # a run of frames: its film is named by the frames' prefix (see output_stem)
         plan.films.append(PhotoTask(source, mirrored.with_name(output_stem(source) + film_suffix)))
+    elif source.suffix.lower() in FOLDER_SEQUENCE_SUFFIXES:  # one frame of a scanned film, named alone
+        runs, _ = folder_sequences(source.parent, [source.name])
+        failure = BadInputError(source, f"one frame of a film; name the run of frames to colorize it ({runs[0]})")
+        plan.failures.append(PhotoOutcome(PhotoTask(source, mirrored), "failed", str(failure)))
     elif is_film(source):
         kept = mirrored.suffix.lower() in FILM_CONTAINERS  # mp4, mov, mkv
         plan.films.append(PhotoTask(source, mirrored if kept else mirrored.with_suffix(film_suffix)))

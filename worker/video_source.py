@@ -230,6 +230,7 @@ def probe_film(path: str | os.PathLike, max_pixels: int, frame_rate: Fraction | 
     path = os.fspath(path)
     sequence = find_sequence(path, frame_rate) if is_pattern(path) else None
     if sequence is not None:
+        sequence.check_frames()
         logger.info("%s: %s", path, sequence.describe())
     with _open(path, sequence) as container:
         if not container.streams.video:
@@ -258,8 +259,6 @@ def probe_film(path: str | os.PathLike, max_pixels: int, frame_rate: Fraction | 
         _check_audio_decodes(path, container)
     with _open(path, sequence) as container:
         video, is_colour = _sample_frames(path, container, index)
-    if sequence is not None:
-        sequence.check_frames(video.width, video.height)
     return FilmInfo(path, container_name, video_index, codec_name, video, index, duration, other, is_colour,
                     sequence)
 

@@ -1,0 +1,240 @@
+"""Films scanned as numbered frames (worker.frame_sequences): real DPX, TIFF and PNG runs written by FFmpeg's own
+encoders, through the real film job and CLI, with a tiny real model."""
+
+from __future__ import annotations
+
+import os
+import struct
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from tests.media import gray_frames, moving_scene, probe
+from tests.test_films import is_coloured, lumas, run_cli
+from worker.errors import BadInputError
+from worker.frame_sequences import (
+    DPX_RATE_OFFSETS,
+    find_sequence,
+    folder_sequences,
+    is_pattern,
+    output_stem,
+    parse_frame_rate,
+)
+from worker.photos import plan_photos
+from worker.video_source import probe_film
+
+SIZE = (96, 64)
+FIRST = 86400  # scanners number frames on from a reel's timecode or footage count, rarely from 0
+
+
+def scene(frames: int, size: tuple[int, int] = SIZE, seed: int = 0) -> list[np.ndarray]:
+    """Black-and-white frames at 16 bits, with low bits a depth cut would lose."""
+    rng = np.random.default_rng(seed)
+    return [(f.astype(np.uint16) << 8) | rng.integers(0, 256, f.shape, dtype=np.uint16)
+            for f in gray_frames(moving_scene(frames, *size))]
+
+
+def write_frames(folder: Path, frames: list[np.ndarray], *, name: str = "scan_%07d.dpx", first: int = FIRST,
+                 codec: str = "dpx", pix_fmt: str = "gbrp10le", rate: float | None = None,
+                 industry_headers: bool = True) -> list[Path]:
+    """One file per frame, named by the printf pattern ``name`` from ``first`` on, by FFmpeg's image muxer. DPX frames
+    get the film and television headers a scanner writes, declaring ``rate`` in the film header (unset when None)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    height, width = frames[0].shape
+    pattern = os.path.join(str(folder).replace("%", "%%"), name)  # the muxer reads the folder as a pattern too
+    with av.open(pattern, "w", format="image2", options={"start_number": str(first)}) as out:
+        stream = out.add_stream(codec, rate=24)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        for index, frame in enumerate(frames):
+            picture = av.VideoFrame.from_ndarray(frame, format="gray16le").reformat(format=pix_fmt)
+            picture.pts = index
+            out.mux(stream.encode(picture))
+        out.mux(stream.encode())
+    paths = [folder / (name % (first + i)) for i in range(len(frames))]
+    if codec == "dpx" and industry_headers:
+        for path in paths:
+            _add_industry_headers(path, rate)
+    return paths
+
+
+def _add_industry_headers(path: Path, rate: float | None) -> None:
+    """FFmpeg writes the 1664 bytes of generic headers alone; scanners add the 384 of the film and television
+    headers (SMPTE 268M), every field unset (all ones) but the film header's frame rate."""
+    data = bytearray(path.read_bytes())
+    order = {b"SDPX": ">", b"XPDS": "<"}[bytes(data[:4])]
+    generic, industry = 1664, 384
+    assert struct.unpack_from(f"{order}I", data, 4)[0] == generic
+    data[generic:generic] = b"\xff" * industry
+    struct.pack_into(f"{order}I", data, 4, generic + industry)  # where the image data starts
+    struct.pack_into(f"{order}I", data, 16, len(data))  # the file's size
+    struct.pack_into(f"{order}I", data, 28, industry)  # the industry headers' size
+    struct.pack_into(f"{order}I", data, 808, generic + industry)  # image element 1's data offset
+    if rate is not None:
+        struct.pack_into(f"{order}f", data, DPX_RATE_OFFSETS["film header"], rate)
+    path.write_bytes(bytes(data))
+
+
+def frame_times(path: Path) -> list[float]:
+    video = probe(path).video
+    return [float(p * video.time_base) for p in video.pts]
+
+
+def test_a_folder_of_dpx_scans_is_one_film_at_the_rate_its_frames_declare(tmp_path, tiny_checkpoint):
+    frames = [f >> 6 << 6 for f in scene(12)]  # 10-bit values: the scan's own
+    write_frames(tmp_path / "scans" / "reel1", frames, rate=18.0)  # a silent film, scanned at its own speed
+    photo = tmp_path / "scans" / "still.png"
+    av.VideoFrame.from_ndarray((frames[0] >> 8).astype(np.uint8), format="gray").to_image().save(photo)
+    out = tmp_path / "out"
+    # Segments of a quarter second: the film is decoded in four pieces, each found in the run by seeking.
+    assert run_cli(tiny_checkpoint, str(tmp_path / "scans"), "-o", str(out), "--codec", "ffv1",
+                   "--segment-seconds", "0.25") == 0
+    film = out / "reel1" / "scan.mkv"
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["reel1", "reel1/scan.mkv", "still.png"]
+    assert probe(film).pix_fmt == "yuv444p10le"  # a 10-bit scan stays 10-bit in an FFV1 master
+    assert np.allclose(frame_times(film), [i / 18 for i in range(12)], atol=1e-3)
+    for written, kept in zip(frames, lumas(film), strict=True):
+        np.testing.assert_array_equal(kept, written >> 6)  # bit for bit
+    assert is_coloured(film)
+
+
+@pytest.mark.parametrize("name, pattern", [("%04d.tif", "%04d.tif"), ("%04d.tif", "####.tif"),
+                                           ("frame.%d.png", "frame.%d.png")])
+def test_a_pattern_names_a_tiff_or_png_run_and_frame_rate_sets_its_timing(tmp_path, tiny_checkpoint, name, pattern):
+    codec, pix_fmt = ("tiff", "gray16le") if name.endswith(".tif") else ("png", "gray16be")
+    frames = scene(8)
+    write_frames(tmp_path / "reel2", frames, name=name, first=1, codec=codec, pix_fmt=pix_fmt)
+    out = tmp_path / "out"
+    assert run_cli(tiny_checkpoint, str(tmp_path / "reel2" / pattern), "-o", str(out), "--codec", "ffv1",
+                   "--frame-rate", "23.976") == 0
+    film = out / ("reel2.mkv" if name.startswith("%") else "frame.mkv")  # named by the prefix, else the folder
+    assert film.exists() and probe(film).pix_fmt == "yuv444p16le"
+    assert np.allclose(frame_times(film), [i * 1001 / 24000 for i in range(8)], atol=1e-3)
+    for written, kept in zip(frames, lumas(film), strict=True):
+        np.testing.assert_array_equal(kept, written)
+
+
+def test_a_run_plays_at_24_fps_unless_its_frames_or_the_user_say_otherwise(tmp_path, tiny_checkpoint, caplog):
+    # FFmpeg writes no industry headers: where a scanner's film header keeps its rate, its frames keep pixels.
+    for path in write_frames(tmp_path / "reel3", scene(4)[:2], industry_headers=False):
+        data = bytearray(path.read_bytes())
+        struct.pack_into("<f" if data[:4] == b"XPDS" else ">f", data, DPX_RATE_OFFSETS["film header"], 25.0)
+        path.write_bytes(bytes(data))
+    write_frames(tmp_path / "reel3", scene(4)[2:], first=FIRST + 2)  # rate unset
+    output = tmp_path / "reel3.mp4"
+    assert run_cli(tiny_checkpoint, str(tmp_path / "reel3" / "scan_%07d.dpx"), "-o", str(output)) == 0
+    assert np.allclose(frame_times(output), [i / 24 for i in range(4)], atol=1e-3)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("its frames do not say their frame rate; it plays at 24 fps (--frame-rate sets another)" in w
+               for w in warnings), warnings
+
+
+def test_a_run_with_missing_frames_fails_by_number_and_writes_nothing(tmp_path, tiny_checkpoint, caplog):
+    paths = write_frames(tmp_path / "scans" / "reel1", scene(12), rate=24.0)
+    for gone in (3, 5, 6, 7, 8, 9, 10):
+        paths[gone].unlink()
+    out = tmp_path / "out"
+    assert run_cli(tiny_checkpoint, str(tmp_path / "scans"), "-o", str(out)) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [f"{tmp_path / 'scans' / 'reel1' / 'scan_%07d.dpx'}: 7 of frames 86400-86411 are missing "
+                      "(86403, 86405, 86406, 86407, 86408 and 2 more); a film's frames must be contiguous, as a gap "
+                      "would move every later frame's time"]
+    assert not out.exists() or list(out.rglob("*")) == []
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("truncated", "truncated: 3000 bytes of the"),
+    ("resized", "this frame is 48x32, the film's first is 96x64; a film's frames must all be one size"),
+])
+def test_a_damaged_dpx_frame_is_refused_by_its_file_before_any_work(tmp_path, tiny_checkpoint, caplog, damage,
+                                                                     reason):
+    paths = write_frames(tmp_path / "reel1", scene(8), rate=24.0)
+    if damage == "truncated":  # a copy that stopped halfway
+        paths[5].write_bytes(paths[5].read_bytes()[:3000])
+    else:  # one frame rescanned at another resolution
+        write_frames(tmp_path / "rescan", scene(1, (48, 32)), first=FIRST + 5, rate=24.0)
+        os.replace(tmp_path / "rescan" / paths[5].name, paths[5])
+    output = tmp_path / "out" / "reel1.mkv"
+    assert run_cli(tiny_checkpoint, str(tmp_path / "reel1" / "scan_%07d.dpx"), "-o", str(output)) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith(f"{paths[5]}: {reason}"), errors
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_rescanned_frame_or_another_rate_makes_another_source(tmp_path):
+    # The resume manifest compares identities: segments coloured from the old frames or timing must not be reused.
+    paths = write_frames(tmp_path / "reel1", scene(4), rate=24.0)
+    pattern = str(tmp_path / "reel1" / "scan_%07d.dpx")
+    before = probe_film(pattern, 1 << 30).identity()
+    assert probe_film(pattern, 1 << 30).identity() == before
+    assert probe_film(pattern, 1 << 30, Fraction(25)).identity() != before
+    stat = paths[2].stat()
+    os.utime(paths[2], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert probe_film(pattern, 1 << 30).identity() != before
+
+
+def test_a_folder_with_a_percent_sign_in_its_name_is_read(tmp_path, tiny_checkpoint):
+    # FFmpeg reads a whole path as a pattern; the folder's own % must reach it doubled.
+    write_frames(tmp_path / "100% nitrate", scene(3), rate=24.0)
+    film = probe_film(tmp_path / "100% nitrate" / "scan_%07d.dpx", 1 << 30)
+    assert film.frames == 3 and film.sequence.first == FIRST
+
+
+def test_folder_runs_are_grouped_by_prefix_and_padding(tmp_path):
+    names = ["a_0001.dpx", "a_0002.dpx", "b_8.dpx", "b_9.dpx", "b_10.dpx", "c_01.dpx", "c_2.dpx", "notes.txt",
+             "x_0001.tif"]
+    runs, rest = folder_sequences(tmp_path, names)
+    assert runs[:2] == [str(tmp_path / "a_%04d.dpx"), str(tmp_path / "b_%d.dpx")]
+    assert isinstance(runs[2], BadInputError) and "mix padded and unpadded lengths (1, 2 digits)" in str(runs[2])
+    assert rest == ["notes.txt", "x_0001.tif"]  # TIFF runs are photos until named by a pattern
+
+
+def test_patterns_names_and_rates():
+    assert is_pattern("reel/scan_%07d.dpx") and is_pattern("reel/####.tif") and not is_pattern("reel/scan.dpx")
+    assert output_stem("reel1/A001_C002_%07d.dpx") == "A001_C002" and output_stem("scans/reel1/%06d.tif") == "reel1"
+    assert parse_frame_rate("23.976") == Fraction(24000, 1001) and parse_frame_rate("30000/1001") == Fraction(
+        30000, 1001)
+    assert parse_frame_rate("18") == 18 and parse_frame_rate("16.5") == Fraction(33, 2)
+    for bad in ("0", "fast", "2000", "1/0"):
+        with pytest.raises(ValueError):
+            parse_frame_rate(bad)
+
+
+def test_a_pattern_that_matches_nothing_names_itself(tmp_path):
+    with pytest.raises(BadInputError, match=r"scan_%07d\.dpx: no frames match this pattern$"):
+        find_sequence(tmp_path / "scan_%07d.dpx")
+
+
+@pytest.mark.parametrize("output", ["one.png", "out"])
+def test_one_dpx_frame_named_alone_is_told_to_name_its_run(tmp_path, output):
+    paths = write_frames(tmp_path / "reel1", scene(2), rate=24.0)
+    plan = plan_photos([paths[1]], tmp_path / output)
+    assert plan.tasks == [] and plan.films == []
+    run = tmp_path / "reel1" / "scan_%07d.dpx"
+    assert [f.reason for f in plan.failures] == [
+        f"{paths[1]}: one frame of a film; name the run of frames to colorize it ({run})"]
+
+
+def test_a_folder_holding_one_run_may_be_given_a_film_name(tmp_path, tiny_checkpoint, capsys):
+    write_frames(tmp_path / "reel1", scene(4), rate=24.0)
+    (tmp_path / "reel1" / "scanner-log.xml").write_text("<scan/>")  # scanners leave notes beside the frames
+    assert run_cli(tiny_checkpoint, str(tmp_path / "reel1"), "-o", str(tmp_path / "reel1.mov")) == 0
+    assert probe(tmp_path / "reel1.mov").video.frame_count == 4
+    write_frames(tmp_path / "reel1", scene(2), name="pickup_%04d.dpx", first=1, rate=24.0)
+    assert run_cli(tiny_checkpoint, str(tmp_path / "reel1"), "-o", str(tmp_path / "both.mov")) == 2
+    assert (f"{tmp_path / 'reel1'} holds 2 runs of frames; name one by its pattern, or give an output folder for "
+            "all of them") in capsys.readouterr().err
+    assert not (tmp_path / "both.mov").exists()
+
+
+def test_log_encoded_scans_are_said_to_be_colorized_as_they_look(tmp_path, caplog):
+    paths = write_frames(tmp_path / "reel1", scene(2), rate=24.0)
+    for path in paths:
+        data = bytearray(path.read_bytes())
+        data[801] = 1  # image element 1's transfer: printing density, as Cineon-style scans for grading are
+        path.write_bytes(bytes(data))
+    probe_film(tmp_path / "reel1" / "scan_%07d.dpx", 1 << 30)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("its frames are log-encoded (printing density)" in w for w in warnings), warnings
