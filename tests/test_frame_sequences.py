@@ -17,6 +17,7 @@ from tests.test_films import is_coloured, lumas, run_cli
 from worker.errors import BadInputError
 from worker.frame_sequences import (
     DPX_RATE_OFFSETS,
+    DPX_TIMECODE_OFFSET,
     find_sequence,
     folder_sequences,
     is_pattern,
@@ -39,7 +40,7 @@ def scene(frames: int, size: tuple[int, int] = SIZE, seed: int = 0) -> list[np.n
 
 def write_frames(folder: Path, frames: list[np.ndarray], *, name: str = "scan_%07d.dpx", first: int = FIRST,
                  codec: str = "dpx", pix_fmt: str = "gbrp10le", rate: float | None = None,
-                 industry_headers: bool = True) -> list[Path]:
+                 industry_headers: bool = True, timecode: int | None = None) -> list[Path]:
     """One file per frame, named by the printf pattern ``name`` from ``first`` on, by FFmpeg's image muxer. DPX frames
     get the film and television headers a scanner writes, declaring ``rate`` in the film header (unset when None)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -56,13 +57,15 @@ def write_frames(folder: Path, frames: list[np.ndarray], *, name: str = "scan_%0
     paths = [folder / (name % (first + i)) for i in range(len(frames))]
     if codec == "dpx" and industry_headers:
         for path in paths:
-            _add_industry_headers(path, rate)
+            _add_industry_headers(path, rate, timecode)
+            timecode = None if timecode is None else timecode + 1  # frames 00-09 of one second: BCD counts on
     return paths
 
 
-def _add_industry_headers(path: Path, rate: float | None) -> None:
+def _add_industry_headers(path: Path, rate: float | None, timecode: int | None = None) -> None:
     """FFmpeg writes the 1664 bytes of generic headers alone; scanners add the 384 of the film and television
-    headers (SMPTE 268M), every field unset (all ones) but the film header's frame rate."""
+    headers (SMPTE 268M), every field unset (all ones) but the film header's frame rate and the television header's
+    timecode (SMPTE 12M BCD)."""
     data = bytearray(path.read_bytes())
     order = {b"SDPX": ">", b"XPDS": "<"}[bytes(data[:4])]
     generic, industry = 1664, 384
@@ -74,6 +77,8 @@ def _add_industry_headers(path: Path, rate: float | None) -> None:
     struct.pack_into(f"{order}I", data, 808, generic + industry)  # image element 1's data offset
     if rate is not None:
         struct.pack_into(f"{order}f", data, DPX_RATE_OFFSETS["film header"], rate)
+    if timecode is not None:
+        struct.pack_into(f"{order}I", data, DPX_TIMECODE_OFFSET, timecode)
     path.write_bytes(bytes(data))
 
 
@@ -238,3 +243,17 @@ def test_log_encoded_scans_are_said_to_be_colorized_as_they_look(tmp_path, caplo
     probe_film(tmp_path / "reel1" / "scan_%07d.dpx", 1 << 30)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("its frames are log-encoded (printing density)" in w for w in warnings), warnings
+
+
+@pytest.mark.parametrize("suffix, drop_frame", [(".mov", False), (".mkv", False), (".mov", True)])
+def test_a_scans_timecode_is_carried_into_its_copy(tmp_path, tiny_checkpoint, suffix, drop_frame):
+    # Reel timecode 01:00:10:05 in the television header of the first frame, as scanners write it for conforming.
+    code = 0x01001005 | (1 << 30 if drop_frame else 0)
+    rate = 30000 / 1001 if drop_frame else 24.0
+    write_frames(tmp_path / "reel1", scene(3), rate=rate, timecode=code)
+    output = tmp_path / f"reel1{suffix}"
+    assert run_cli(tiny_checkpoint, str(tmp_path / "reel1"), "-o", str(output)) == 0
+    expected = "01:00:10;05" if drop_frame else "01:00:10:05"
+    with av.open(str(output)) as copy:
+        found = {**copy.metadata, **{k: v for s in copy.streams for k, v in s.metadata.items()}}
+    assert found.get("timecode", found.get("TIMECODE")) == expected, found

@@ -24,7 +24,7 @@ import os
 import re
 import struct
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -47,6 +47,7 @@ NTSC_RATES = tuple(Fraction(n * 1000, 1001) for n in (24, 30, 48, 60, 120))
 # ones (a NaN).
 DPX_MAGIC = {b"SDPX": ">", b"XPDS": "<"}
 DPX_RATE_OFFSETS = {"film header": 1724, "television header": 1940}
+DPX_TIMECODE_OFFSET = 1920  # U32 in the television header: SMPTE 12M hh:mm:ss:ff in BCD, bit 30 drop-frame
 DPX_HEADER_BYTES = 2048
 DPX_DATA_OFFSET = 4  # U32: where the image data starts
 DPX_FILE_SIZE_OFFSET = 16  # U32: the whole file's size in bytes
@@ -70,6 +71,7 @@ class FrameSequence:
     count: int
     frame_rate: Fraction
     rate_source: str  # where the rate came from: "given", the DPX header that says it, or "default"
+    timecode: str | None = None  # the first frame's, as DPX television headers give it ("01:00:00:00")
 
     @property
     def pattern(self) -> str:
@@ -90,8 +92,9 @@ class FrameSequence:
         return self.folder / f"{self.prefix}{number:0{self.digits}d}{self.suffix}"
 
     def describe(self) -> str:
+        timecode = f", timecode {self.timecode}" if self.timecode else ""
         return (f"{self.count} frames, {self.first}-{self.last}, at {float(self.frame_rate):g} fps "
-                f"({self.rate_source})")
+                f"({self.rate_source}){timecode}")
 
     def identity(self) -> dict:
         """What a resume manifest compares: a rerun after a frame was rescanned or the rate changed starts over."""
@@ -250,7 +253,7 @@ def _sequence(path: str, folder: Path, prefix: str, digits: int, suffix: str, nu
             return _with_rate(sequence, *declared)
     logger.warning("%s: its frames do not say their frame rate; it plays at %s fps (--frame-rate sets another)",
                    path, DEFAULT_FRAME_RATE)
-    return sequence
+    return _with_rate(sequence, DEFAULT_FRAME_RATE, "default")
 
 
 def _check_contiguous(path: str, numbers: list[int]) -> None:
@@ -266,8 +269,29 @@ def _check_contiguous(path: str, numbers: list[int]) -> None:
 
 
 def _with_rate(sequence: FrameSequence, rate: Fraction, source: str) -> FrameSequence:
-    return FrameSequence(sequence.folder, sequence.prefix, sequence.digits, sequence.suffix, sequence.first,
-                         sequence.count, rate, source)
+    timecode = dpx_timecode(sequence.frame_path(0), rate) if sequence.suffix.lower() == ".dpx" else None
+    return replace(sequence, frame_rate=rate, rate_source=source, timecode=timecode)
+
+
+def dpx_timecode(path: Path, rate: Fraction) -> str | None:
+    """The SMPTE timecode a DPX frame's television header gives it, as FFmpeg writes timecodes (``;`` before the
+    frames for drop-frame); None where it gives none, or one that cannot count at ``rate``."""
+    found = _dpx_header(path)
+    if found is None or len(found[1]) < DPX_HEADER_BYTES:
+        return None
+    order, header = found
+    (data_offset, ) = struct.unpack_from(f"{order}I", header, DPX_DATA_OFFSET)
+    (code, ) = struct.unpack_from(f"{order}I", header, DPX_TIMECODE_OFFSET)
+    if data_offset < DPX_HEADER_BYTES or code == 0xFFFFFFFF:
+        return None
+    digits = [(code >> shift) & mask for shift, mask in ((24, 0x3F), (16, 0x7F), (8, 0x7F), (0, 0x3F))]
+    if any((d >> 4) > 9 or (d & 0xF) > 9 for d in digits):
+        return None  # not BCD: an unset or garbled field
+    hours, minutes, seconds, frames = ((d >> 4) * 10 + (d & 0xF) for d in digits)
+    if hours > 23 or minutes > 59 or seconds > 59 or frames >= math.ceil(rate):
+        return None
+    separator = ";" if code & (1 << 30) else ":"
+    return f"{hours:02d}:{minutes:02d}:{seconds:02d}{separator}{frames:02d}"
 
 
 def dpx_frame_rate(path: Path) -> tuple[Fraction, str] | None:

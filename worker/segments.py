@@ -195,6 +195,8 @@ def _add_video(out, film: FilmInfo, source, template):
         stream.codec_context.framerate = film.video.average_rate
     source_stream = stream_by_index(source, film.video_index)
     _copy_stream_tags(source_stream, stream)
+    if film.sequence is not None and film.sequence.timecode:
+        stream.metadata["timecode"] = film.sequence.timecode  # a scan's reel timecode, for conforming
     if film.video.rotation:
         stream.set_display_rotation(film.video.rotation)
     if film.video.sample_aspect_ratio:
