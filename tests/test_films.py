@@ -70,6 +70,14 @@ def lumas(path: Path) -> list[np.ndarray]:
     return planes
 
 
+def grays(path: Path) -> list[np.ndarray]:
+    """Every frame's gray values as stored: the Y or gray plane, or green of R = G = B (in the machine's order)."""
+    with av.open(str(path)) as container:
+        if not container.streams.video[0].codec_context.format.is_rgb:
+            return lumas(path)
+        return [frame.to_ndarray()[..., 1] for frame in container.decode(video=0)]
+
+
 def is_coloured(path: Path) -> bool:
     frames = decode_rgb(path)
     rgb = frames[len(frames) // 2].astype(np.int32)
@@ -122,11 +130,13 @@ def test_mkv_film_luma_is_bit_exact_and_audio_subtitles_copied(tmp_path, tiny_ch
     assert out.tag("title") == "Reel two"
 
 
-@pytest.mark.parametrize("pix_fmt, out_depth", [
-    ("yuv420p10le", 10), ("gray", 8), ("gray10le", 10), ("gray12le", 12), ("gray16le", 16),
-    ("gbrp10le", 10), ("gbrp16le", 16),  # black-and-white scans stored as RGB (R = G = B), as DPX scans are
+@pytest.mark.parametrize("pix_fmt, out_depth, codec", [
+    ("yuv420p10le", 10, "ffv1"), ("gray", 8, "ffv1"), ("gray10le", 10, "ffv1"), ("gray12le", 12, "ffv1"),
+    ("gray16le", 16, "ffv1"),
+    # Black-and-white scans stored as RGB (R = G = B), as DPX scans are; PNG in QuickTime stores big-endian samples.
+    ("gbrp10le", 10, "ffv1"), ("gbrp16le", 16, "ffv1"), ("rgb48be", 16, "png"),
 ])
-def test_deep_gray_and_rgb_sources_decode_and_keep_their_luma(tmp_path, colorizer, pix_fmt, out_depth):
+def test_deep_gray_and_rgb_sources_decode_and_keep_their_luma(tmp_path, colorizer, pix_fmt, out_depth, codec):
     # 12 and 16-bit gray FFV1 masters came out nearly black (their luma was read as 10-bit codes), and RGB sources
     # at 8 bits, moved by up to 3 codes; the luma plane of a gray or R = G = B source is its values, bit for bit.
     rng = np.random.default_rng(0)
@@ -134,13 +144,13 @@ def test_deep_gray_and_rgb_sources_decode_and_keep_their_luma(tmp_path, colorize
     if pix_fmt != "gray":
         # Full 16-bit scale, as write_clip takes it, with low bits that a depth cut would lose.
         frames = [(f.astype(np.uint16) << 8) | rng.integers(0, 256, f.shape, dtype=np.uint16) for f in frames]
-    source = write_clip(tmp_path / "src.mkv", frames, codec="ffv1", pix_fmt=pix_fmt)
+    source = write_clip(tmp_path / f"src{'.mov' if codec == 'png' else '.mkv'}", frames, codec=codec, pix_fmt=pix_fmt)
     output = tmp_path / "out.mkv"
     outcome = film_job(colorizer, source.path, output, FilmOptions(encode=EncodeOptions("ffv1")))
     assert outcome.status == "done"
     out = probe(output)
     assert out.pix_fmt.startswith("yuv") and out.pix_fmt.endswith(f"p{out_depth}le" if out_depth > 8 else "p")
-    for before, after in zip(lumas(source.path), lumas(output), strict=True):  # an RGB source's plane 0 is green
+    for before, after in zip(grays(source.path), lumas(output), strict=True):
         np.testing.assert_array_equal(after, before)
     assert is_coloured(output)
 

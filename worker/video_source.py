@@ -64,10 +64,12 @@ TRUNCATION_TOLERANCE_S = 1.0
 # FFmpeg's gray format of each luma bit depth the film path reads gray, paletted and RGB sources at.
 GRAY_FORMATS = {8: "gray", 9: "gray9le", 10: "gray10le", 12: "gray12le", 14: "gray14le", 16: "gray16le"}
 # RGB formats whose luma is computed here, from PyAV's (H, W, channels) array: the indices of red, green and blue.
+# PyAV hands big-endian samples over in the machine's order.
 RGB_CHANNELS = {
-    **dict.fromkeys(("gbrp", "gbrp10le", "gbrp12le", "gbrp14le", "gbrp16le", "gbrap", "gbrap10le", "gbrap12le",
-                     "gbrap16le", "rgb24", "rgba", "rgb48le", "rgba64le"), (0, 1, 2)),
-    **dict.fromkeys(("bgr24", "bgra", "bgr48le", "bgra64le"), (2, 1, 0)),
+    **dict.fromkeys(("gbrp", "gbrap", "rgb24", "rgba"), (0, 1, 2)),
+    **dict.fromkeys((f"{name}{order}" for name in ("gbrp10", "gbrp12", "gbrp14", "gbrp16", "gbrap10", "gbrap12",
+                                                  "gbrap16", "rgb48", "rgba64") for order in ("le", "be")), (0, 1, 2)),
+    **dict.fromkeys(("bgr24", "bgra", "bgr48le", "bgr48be", "bgra64le", "bgra64be"), (2, 1, 0)),
 }
 # Steps per luma code value in the code -> L table: the average of a 2x2 block lands on quarter codes.
 LUMA_SUBDIVISIONS = 4
