@@ -257,3 +257,4 @@ def test_a_scans_timecode_is_carried_into_its_copy(tmp_path, tiny_checkpoint, su
     with av.open(str(output)) as copy:
         found = {**copy.metadata, **{k: v for s in copy.streams for k, v in s.metadata.items()}}
     assert found.get("timecode", found.get("TIMECODE")) == expected, found
+
