@@ -24,7 +24,7 @@ import os
 import re
 import struct
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -48,6 +48,7 @@ NTSC_RATES = tuple(Fraction(n * 1000, 1001) for n in (24, 30, 48, 60, 120))
 DPX_MAGIC = {b"SDPX": ">", b"XPDS": "<"}
 DPX_RATE_OFFSETS = {"film header": 1724, "television header": 1940}
 DPX_TIMECODE_OFFSET = 1920  # U32 in the television header: SMPTE 12M hh:mm:ss:ff in BCD, bit 30 drop-frame
+DPX_GENERIC_HEADER_BYTES = 1664
 DPX_HEADER_BYTES = 2048
 DPX_DATA_OFFSET = 4  # U32: where the image data starts
 DPX_FILE_SIZE_OFFSET = 16  # U32: the whole file's size in bytes
@@ -76,11 +77,7 @@ class FrameSequence:
     @property
     def pattern(self) -> str:
         """The run's name: its folder, and the printf pattern of its file names (a literal % in them doubled)."""
-        return os.path.join(self.folder, self._name_pattern())
-
-    def _name_pattern(self) -> str:
-        number = f"%0{self.digits}d" if self.digits else "%d"
-        return self.prefix.replace("%", "%%") + number + self.suffix.replace("%", "%%")
+        return os.path.join(self.folder, _name_pattern(self.prefix, self.digits, self.suffix))
 
     @property
     def last(self) -> int:
@@ -139,7 +136,8 @@ class FrameSequence:
         options = {"start_number": str(self.first), "framerate": str(self.frame_rate)}
         try:
             # FFmpeg reads the whole path as a pattern, the folder too.
-            ffmpeg_pattern = os.path.join(str(self.folder).replace("%", "%%"), self._name_pattern())
+            ffmpeg_pattern = os.path.join(str(self.folder).replace("%", "%%"),
+                                          _name_pattern(self.prefix, self.digits, self.suffix))
             return av.open(ffmpeg_pattern, format="image2", options=options, metadata_errors="replace")
         except av.FFmpegError as exc:
             raise BadInputError(self.pattern, f"its frames cannot be read ({exc.strerror or exc})") from exc
@@ -187,7 +185,7 @@ def folder_sequences(folder: Path, names: list[str]) -> tuple[list[str | BadInpu
         lengths = {len(n) for n in numbers}
         padded = len(lengths) == 1 and (len(numbers) > 1 or numbers[0].startswith("0"))
         digits = lengths.pop() if padded else 0
-        pattern = FrameSequence(folder, prefix, digits, suffix, 0, 0, DEFAULT_FRAME_RATE, "").pattern
+        pattern = os.path.join(folder, _name_pattern(prefix, digits, suffix))
         try:
             if not padded and any(n.startswith("0") and n != "0" for n in numbers):
                 raise BadInputError(pattern, "its frame numbers mix padded and unpadded lengths "
@@ -219,6 +217,11 @@ def parse_frame_rate(text: str) -> Fraction:
     return _exact(float(rate)) if rate.denominator not in (1, 1001) else rate
 
 
+def _name_pattern(prefix: str, digits: int, suffix: str) -> str:
+    number = f"%0{digits}d" if digits else "%d"
+    return prefix.replace("%", "%%") + number + suffix.replace("%", "%%")
+
+
 def _split_pattern(path: str, name: str) -> tuple[str, int, str]:
     match = _PRINTF.search(name)
     if match:
@@ -244,16 +247,19 @@ def _fits(number: str, digits: int) -> bool:
 def _sequence(path: str, folder: Path, prefix: str, digits: int, suffix: str, numbers: list[int],
               frame_rate: Fraction | None) -> FrameSequence:
     _check_contiguous(path, numbers)
-    sequence = FrameSequence(folder, prefix, digits, suffix, numbers[0], len(numbers), DEFAULT_FRAME_RATE, "default")
+    first = folder / f"{prefix}{numbers[0]:0{digits}d}{suffix}"
+    is_dpx = suffix.lower() == ".dpx"
+    declared = dpx_frame_rate(first) if is_dpx and frame_rate is None else None
     if frame_rate is not None:
-        return _with_rate(sequence, frame_rate, "given")
-    if suffix.lower() == ".dpx":
-        declared = dpx_frame_rate(sequence.frame_path(0))
-        if declared is not None:
-            return _with_rate(sequence, *declared)
-    logger.warning("%s: its frames do not say their frame rate; it plays at %s fps (--frame-rate sets another)",
-                   path, DEFAULT_FRAME_RATE)
-    return _with_rate(sequence, DEFAULT_FRAME_RATE, "default")
+        rate, rate_source = frame_rate, "given"
+    elif declared is not None:
+        rate, rate_source = declared
+    else:
+        logger.warning("%s: its frames do not say their frame rate; it plays at %s fps (--frame-rate sets another)",
+                       path, DEFAULT_FRAME_RATE)
+        rate, rate_source = DEFAULT_FRAME_RATE, "default"
+    timecode = dpx_timecode(first, rate) if is_dpx else None
+    return FrameSequence(folder, prefix, digits, suffix, numbers[0], len(numbers), rate, rate_source, timecode)
 
 
 def _check_contiguous(path: str, numbers: list[int]) -> None:
@@ -268,11 +274,6 @@ def _check_contiguous(path: str, numbers: list[int]) -> None:
                             "frames must be contiguous, as a gap would move every later frame's time")
 
 
-def _with_rate(sequence: FrameSequence, rate: Fraction, source: str) -> FrameSequence:
-    timecode = dpx_timecode(sequence.frame_path(0), rate) if sequence.suffix.lower() == ".dpx" else None
-    return replace(sequence, frame_rate=rate, rate_source=source, timecode=timecode)
-
-
 def dpx_timecode(path: Path, rate: Fraction) -> str | None:
     """The SMPTE timecode a DPX frame's television header gives it, as FFmpeg writes timecodes (``;`` before the
     frames for drop-frame); None where it gives none, or one that cannot count at ``rate``."""
@@ -280,8 +281,8 @@ def dpx_timecode(path: Path, rate: Fraction) -> str | None:
     if found is None or len(found[1]) < DPX_HEADER_BYTES:
         return None
     order, header = found
-    (data_offset, ) = struct.unpack_from(f"{order}I", header, DPX_DATA_OFFSET)
-    (code, ) = struct.unpack_from(f"{order}I", header, DPX_TIMECODE_OFFSET)
+    (data_offset,) = struct.unpack_from(f"{order}I", header, DPX_DATA_OFFSET)
+    (code,) = struct.unpack_from(f"{order}I", header, DPX_TIMECODE_OFFSET)
     if data_offset < DPX_HEADER_BYTES or code == 0xFFFFFFFF:
         return None
     digits = [(code >> shift) & mask for shift, mask in ((24, 0x3F), (16, 0x7F), (8, 0x7F), (0, 0x3F))]
@@ -312,14 +313,15 @@ def dpx_frame_rate(path: Path) -> tuple[Fraction, str] | None:
 
 
 def _dpx_header(path: Path) -> tuple[str, bytes] | None:
-    """A DPX file's byte order (a struct prefix) and its generic and industry headers; None if it has none."""
+    """A DPX file's byte order (a struct prefix) and its first 2048 bytes (the generic headers, then the industry
+    headers or pixels); None if it has no generic headers."""
     try:
         with open(path, "rb") as f:
             header = f.read(DPX_HEADER_BYTES)
     except OSError:
         return None
     order = DPX_MAGIC.get(header[:4])
-    if order is None or len(header) < DPX_SIZE_OFFSET + 8:
+    if order is None or len(header) < DPX_GENERIC_HEADER_BYTES:
         return None
     return order, header
 
