@@ -65,6 +65,15 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def colorizer(tiny_checkpoint):
+    """The tiny model opened as the film and photo jobs open one: ``(Colorizer, label)``, rendering at 64."""
+    from worker.photos import open_colorizer  # here, not at the top: most test modules never load the worker
+
+    with open_colorizer(tiny_checkpoint, engine="torch", render_size=64, batch_size=4) as opened:
+        yield opened
+
+
 @pytest.fixture(scope="session")
 def tiny_regression_checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)

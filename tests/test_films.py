@@ -43,12 +43,6 @@ from worker.video_source import decode_frames, probe_film
 SIZE = (96, 64)
 
 
-@pytest.fixture(scope="module")
-def colorizer(tiny_checkpoint):
-    with open_colorizer(tiny_checkpoint, engine="torch", render_size=64, batch_size=4) as opened:
-        yield opened
-
-
 def bw_clip(path: Path, frames: int = 24, size: tuple[int, int] = SIZE, cuts_at=(), **options):
     return write_clip(path, gray_frames(moving_scene(frames, *size, cuts_at=cuts_at)), **options)
 

@@ -12,9 +12,16 @@ import av
 import numpy as np
 import pytest
 
-from tests.media import gray_frames, moving_scene, probe
-from tests.test_films import is_coloured, lumas, run_cli
+from tests.media import gray_frames, moving_scene, probe, write_clip
+from tests.test_films import (
+    _InterruptingColorizer,
+    is_coloured,
+    lumas,
+    run_cli,
+)
+from worker.cli import main
 from worker.errors import BadInputError
+from worker.films import FilmOptions, colorize_film, parts_folder
 from worker.frame_sequences import (
     DPX_RATE_OFFSETS,
     DPX_TIMECODE_OFFSET,
@@ -25,6 +32,7 @@ from worker.frame_sequences import (
     parse_frame_rate,
 )
 from worker.photos import plan_photos
+from worker.smoothing import SmoothingOptions
 from worker.video_source import probe_film
 
 SIZE = (96, 64)
@@ -258,3 +266,92 @@ def test_a_scans_timecode_is_carried_into_its_copy(tmp_path, tiny_checkpoint, su
         found = {**copy.metadata, **{k: v for s in copy.streams for k, v in s.metadata.items()}}
     assert found.get("timecode", found.get("TIMECODE")) == expected, found
 
+
+
+# --- writing frames ----------------------------------------------------------------------------------------------
+
+
+def read_frames(folder: Path, names: list[str]) -> list[np.ndarray]:
+    frames = []
+    for name in names:
+        with av.open(str(folder / name)) as container:
+            frames.append(next(container.decode(video=0)).to_ndarray().astype(np.int64))
+    return frames
+
+
+def luma_of(rgb: np.ndarray, matrix: tuple[float, float] = (0.299, 0.114)) -> np.ndarray:
+    red, blue = matrix
+    return red * rgb[..., 0] + (1 - red - blue) * rgb[..., 1] + blue * rgb[..., 2]
+
+
+def test_a_dpx_run_colours_into_a_dpx_run_with_its_numbers_rate_and_timecodes(tmp_path, tiny_checkpoint):
+    frames = [f >> 6 << 6 for f in scene(6)]
+    write_frames(tmp_path / "scans" / "reel1", frames, rate=18.0, timecode=0x01001005)
+    out = tmp_path / "colour" / "reel1"
+    assert run_cli(tiny_checkpoint, str(tmp_path / "scans" / "reel1"), "-o", str(out / "scan_%07d.dpx"),
+                   "--segment-seconds", "0.15") == 0
+    names = [f"scan_{FIRST + i:07d}.dpx" for i in range(6)]
+    assert sorted(p.name for p in (tmp_path / "colour").iterdir()) == ["reel1"]  # no work folder left
+    assert sorted(p.name for p in out.iterdir()) == names
+    colour = read_frames(out, names)
+    for written, rgb in zip(frames, colour, strict=True):
+        assert rgb.shape == (64, 96, 3) and rgb.max() > 255  # 10-bit R'G'B'
+        # The scan's lightness, to the rounding of three channels (and where a colour was clipped to the gamut).
+        assert np.percentile(np.abs(luma_of(rgb) - (written >> 6)), 99) <= 1.0
+    assert np.abs(colour[3] - colour[3].mean(axis=-1, keepdims=True)).mean() > 4  # colour was added
+    again = find_sequence(out / "scan_%07d.dpx")  # the copy is itself a run Tinct (and a conform) reads
+    assert (again.first, again.count, again.frame_rate, again.rate_source) == (FIRST, 6, 18, "its DPX film header")
+    assert again.timecode == "01:00:10:05"
+
+
+def test_a_film_file_colours_into_frames_numbered_from_zero(tmp_path, tiny_checkpoint, caplog):
+    grays = [(f >> 8).astype(np.uint8) for f in scene(5)]
+    source = write_clip(tmp_path / "reel.mkv", grays, codec="ffv1", pix_fmt="gray", audio="flac")
+    out = tmp_path / "frames"
+    assert run_cli(tiny_checkpoint, str(source.path), "-o", str(out / "reel.%04d.png")) == 0
+    assert f"{source.path}: its audio stream #1 (flac) is left out: frames carry no sound or subtitles" in caplog.text
+    names = [f"reel.{i:04d}.png" for i in range(5)]
+    assert sorted(p.name for p in out.iterdir()) == names
+    for gray, rgb in zip(grays, read_frames(out, names), strict=True):
+        assert rgb.max() <= 255 and np.percentile(np.abs(luma_of(rgb) - gray), 99) <= 1.0  # 8-bit stays 8-bit
+
+
+def test_frames_already_there_are_kept_unless_overwritten(tmp_path, tiny_checkpoint, capsys):
+    write_frames(tmp_path / "reel1", scene(3), rate=24.0)
+    target = str(tmp_path / "colour" / "c_%07d.tif")
+    assert run_cli(tiny_checkpoint, str(tmp_path / "reel1"), "-o", target) == 0
+    first = (tmp_path / "colour" / f"c_{FIRST:07d}.tif").stat().st_mtime_ns
+    assert main(["colorize", str(tmp_path / "reel1"), "-o", target, "--model", str(tiny_checkpoint),
+                 "--engine", "torch", "--render-size", "64"]) == 0
+    assert "already exists" in capsys.readouterr().out
+    assert (tmp_path / "colour" / f"c_{FIRST:07d}.tif").stat().st_mtime_ns == first
+    assert run_cli(tiny_checkpoint, str(tmp_path / "reel1"), "-o", target, "--overwrite") == 0
+    assert (tmp_path / "colour" / f"c_{FIRST:07d}.tif").stat().st_mtime_ns != first
+    assert sorted(p.name for p in (tmp_path / "colour").iterdir()) == [f"c_{FIRST + i:07d}.tif" for i in range(3)]
+
+
+def test_an_interrupted_run_of_frames_shows_nothing_and_resumes(tmp_path, colorizer):
+    write_frames(tmp_path / "reel1", scene(24), rate=24.0)
+    source, output = tmp_path / "reel1" / "scan_%07d.dpx", tmp_path / "colour" / "scan_%07d.dpx"
+    options = FilmOptions(SmoothingOptions(0.5), segment_seconds=0.25)
+    model, label = colorizer
+    flaky = _InterruptingColorizer(model.engine, render_size=64, batch_size=4, fail_at=4)
+    with pytest.raises(KeyboardInterrupt):
+        colorize_film(flaky, source, output, options, label)
+    assert not (tmp_path / "colour").exists()  # not one frame where a conform would find it
+    resumed = colorize_film(model, source, output, options, label)
+    assert resumed.status == "done" and resumed.resumed_segments >= 1
+    reference = tmp_path / "reference" / "scan_%07d.dpx"
+    colorize_film(model, source, reference, options, label)
+    names = [f"scan_{FIRST + i:07d}.dpx" for i in range(24)]
+    for resumed_frame, whole in zip(read_frames(tmp_path / "colour", names),
+                                    read_frames(tmp_path / "reference", names), strict=True):
+        np.testing.assert_array_equal(resumed_frame, whole)
+    assert not parts_folder(output).exists()
+
+
+def test_a_frame_format_tinct_does_not_write_is_a_usage_error(tmp_path, tiny_checkpoint, capsys):
+    write_frames(tmp_path / "reel1", scene(2), rate=24.0)
+    assert run_cli(tiny_checkpoint, str(tmp_path / "reel1"), "-o", str(tmp_path / "out" / "c_%04d.jpg")) == 2
+    assert "frames are written as .dpx, .png, .tif, .tiff, not '.jpg'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -20,7 +20,6 @@ from tests.icc_profiles import PROPHOTO, gamma_curve, matrix_trc_profile
 from tests.media import decode_rgb, gray_frames, moving_scene, probe, write_clip
 from worker.cli import main
 from worker.films import FilmOptions, colorize_film
-from worker.photos import open_colorizer
 from worker.references import (
     ReferenceError,
     ReferenceField,
@@ -35,12 +34,6 @@ from worker.video_source import probe_film
 
 FRAMES, CUT, REFERENCE = 36, 24, 12
 SIZE = (128, 96)
-
-
-@pytest.fixture(scope="module")
-def colorizer(tiny_checkpoint):
-    with open_colorizer(tiny_checkpoint, engine="torch", render_size=64, batch_size=4) as opened:
-        yield opened
 
 
 def soft_chroma(frame: np.ndarray) -> np.ndarray:

@@ -36,6 +36,7 @@ from worker.cli_service import add_service_commands
 from worker.errors import ModelError, PermanentError, TinctError
 from worker.films import DEFAULT_MAX_FILM_PIXELS, DEFAULT_SEGMENT_SECONDS, FilmOptions, colorize_films
 from worker.frame_sequences import parse_frame_rate
+from worker.frame_sink import FrameTarget, is_frame_output
 from worker.images import DEFAULT_MAX_PIXELS, tinct_version
 from worker.model_store import resolve_model
 from worker.photos import PhotoOptions, colorize_photos, open_colorizer, output_suffix, plan_photos
@@ -217,7 +218,10 @@ def _colorize(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             limits=settings.guidance_limits,
         )
         for task in plan.films:
-            check_container(task.output, film_options.encode.codec)
+            if is_frame_output(task.output):
+                FrameTarget.parse(task.output)  # a name frames can have, in a format Tinct writes
+            else:
+                check_container(task.output, film_options.encode.codec)
         storage = Storage(settings)
     except ValueError as exc:
         print(f"{parser.prog} colorize: error: {exc}", file=sys.stderr)

@@ -35,6 +35,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from models.colorizer import Colorizer
 from models.files import atomic_output, atomic_path
 from worker.errors import BadInputError, TinctError, one_line
+from worker.frame_sink import FrameTarget, FrameWriter, frames_layout, is_frame_output, publish
 from worker.images import tinct_version
 from worker.pipeline import ColourFrame, StageTimes, colorize_frames
 from worker.references import (
@@ -66,6 +67,7 @@ DEFAULT_SEGMENT_SECONDS = 60.0  # a crash loses at most this much work; the join
 DEFAULT_MAX_FILM_PIXELS = 8192 * 4352  # 8K DCI: anything larger is a mistake, not a film
 PARTS_SUFFIX = ".tinct-parts"
 MANIFEST = "manifest.json"
+FRAMES_FOLDER = "frames"  # in the work folder: a run of frames being written
 # Warm-up frames before a segment that starts mid-shot: enough for the smoother's memory of the frames
 # before (which decays geometrically) to fall under 1 % of a colour difference, at most a few dozen.
 WARMUP_TOLERANCE = 0.01
@@ -188,42 +190,54 @@ def colorize_film(
     KeyboardInterrupt leaves finished segments for a rerun and nothing under ``output``."""
     source, output = Path(source), Path(output)
     started = time.perf_counter()
-    if output.exists() and not options.overwrite:
+    frames = FrameTarget.parse(output) if is_frame_output(output) else None  # a run of frames, else a film file
+    parts = parts_folder(output)
+    if _exists(output, frames, parts) and not options.overwrite:
         return FilmOutcome(source, output, "exists")
-    check_container(output, options.encode.codec)
+    if frames is None:
+        check_container(output, options.encode.codec)
     film = probe_film(source, options.max_pixels, options.frame_rate)
     if film.is_colour and not options.recolor:
         return FilmOutcome(source, output, "colour", frames=film.frames)
-    check_output(film, output, options.encode.codec)
+    if frames is None:
+        check_output(film, output, options.encode.codec)
+    elif film.other_streams:
+        logger.warning("%s: its %s %s left out: frames carry no sound or subtitles", source,
+                       ", ".join(f"{s.type} stream #{s.index} ({s.codec})" for s in film.other_streams),
+                       "is" if len(film.other_streams) == 1 else "are")
     # Every reference is checked (time, picture) before any work, so a bad one fails the film with nothing written.
     limits = options.limits
     references = resolve_references(
         options.references, film, lambda r: load_reference_image(r.image, max_bytes=limits.max_reference_file_bytes),
         limits.max_references)
-    layout = plan_output(film.video, options.encode)
+    layout = plan_output(film.video, options.encode) if frames is None else frames_layout(film.video, frames)
     segment_frames = max(1, round(options.segment_seconds * (film.fps or 24)))
     segments = plan_segments(film, segment_frames, warmup_frames(options.smoothing))
-    parts = parts_folder(output)
-    manifest = _manifest(film, colorizer, options, model_label, segments)
+    manifest = _manifest(film, colorizer, options, model_label, segments, layout if frames else None)
     if references:
         # A rerun with other references (or changed pictures) must not reuse segments coloured by these.
         manifest["options"]["references"] = [
             {**r.as_dict(), "sha256": hashlib.sha256(Path(r.image).read_bytes()).hexdigest()}
             for r in options.references]
     resumed = _prepare_parts(parts, manifest)
-    done = sum(s.frames for s in segments if segment_path(parts, s, options.encode.codec).exists())
+    segment_files = [_segment_file(parts, s, options.encode.codec, frames) for s in segments]
+    done = sum(s.frames for s, path in zip(segments, segment_files, strict=True) if path.exists())
     if progress:
         progress(done, film.frames)
+    writer = FrameWriter(parts / FRAMES_FOLDER, frames, film, layout) if frames else None
     try:
-        times, reused = _colorize_segments(colorizer, film, layout, options, segments, parts, done, progress,
-                                           references)
+        times, reused = _colorize_segments(colorizer, film, layout, options, segments, segment_files, done, progress,
+                                           references, writer)
     except BadInputError:
         # The film itself is bad (damaged data found while decoding): nothing here is worth resuming.
         shutil.rmtree(parts, ignore_errors=True)
         raise
-    provenance = dict(manifest["options"], tinct=tinct_version(), source=source.name)
-    provenance.update(references_provenance(len(references)))
-    join_segments(film, [segment_path(parts, s, options.encode.codec) for s in segments], output, provenance)
+    if frames is None:
+        provenance = dict(manifest["options"], tinct=tinct_version(), source=source.name)
+        provenance.update(references_provenance(len(references)))
+        join_segments(film, segment_files, output, provenance)
+    else:
+        publish(parts / FRAMES_FOLDER, frames, writer.first, film.frames)
     shutil.rmtree(parts, ignore_errors=True)
     if resumed and reused:
         logger.info("%s: resumed, %d of %d segments were already done", source, reused, len(segments))
@@ -231,22 +245,38 @@ def colorize_film(
                        resumed_segments=reused if resumed else 0, times=times)
 
 
+def _exists(output: Path, frames: FrameTarget | None, parts: Path) -> bool:
+    """Whether the output is already there: the film file, or frames of the run where no unfinished work (a
+    publish cut short) remains beside them."""
+    if frames is None:
+        return output.exists()
+    return bool(frames.existing()) and not parts.exists()
+
+
+def _segment_file(parts: Path, segment: Segment, codec: str, frames: FrameTarget | None) -> Path:
+    """A segment's file in ``parts``: its encoded video, or for frames a marker that all of its frames are written."""
+    return segment_path(parts, segment, codec) if frames is None else parts / f"segment-{segment.index:05d}.done"
+
+
 def _colorize_segments(colorizer: Colorizer, film: FilmInfo, layout: OutputLayout, options: FilmOptions,
-                       segments: list[Segment], parts: Path, done: int,
-                       progress: Progress | None,
-                       references: Sequence[ResolvedReference] = ()) -> tuple[StageTimes, int]:
-    """Colorize every segment not already in ``parts``; returns the stage times and how many were reused."""
+                       segments: list[Segment], segment_files: list[Path], done: int,
+                       progress: Progress | None, references: Sequence[ResolvedReference] = (),
+                       frames: FrameWriter | None = None) -> tuple[StageTimes, int]:
+    """Colorize every segment whose file is not there yet; returns the stage times and how many were reused."""
     times = StageTimes()
     encoded = [done]  # frames written so far, shared with the sink below
     reused = 0
-    for segment in segments:
-        path = segment_path(parts, segment, options.encode.codec)
+    for segment, path in zip(segments, segment_files, strict=True):
         if path.exists():
             reused += 1
             continue
-        with atomic_path(path) as tmp, SegmentWriter(tmp, film.video, layout, options.encode) as writer:
-            def sink(frame: ColourFrame, writer: SegmentWriter = writer) -> None:
-                writer.write(frame.pts, frame.luma, frame.cb, frame.cr)
+        with atomic_path(path) as tmp, \
+                SegmentWriter(tmp, film.video, layout, options.encode) if frames is None else nullcontext() as writer:
+            def sink(frame: ColourFrame, writer: SegmentWriter | None = writer) -> None:
+                if writer is None:
+                    frames.write(frame.index, frame.luma, frame.cb, frame.cr)
+                else:
+                    writer.write(frame.pts, frame.luma, frame.cb, frame.cr)
                 encoded[0] += 1
                 if progress:
                     progress(encoded[0], film.frames)
@@ -256,10 +286,17 @@ def _colorize_segments(colorizer: Colorizer, film: FilmInfo, layout: OutputLayou
                                        segment.start - segment.warmup, segment.stop)
             times.add(colorize_frames(film, colorizer, layout, options.smoothing, sink, segment.start,
                                       segment.stop, segment.warmup, field))
+            if frames is not None:
+                tmp.touch()  # the marker: every frame of the segment is written
     return times, reused
 
 
 def parts_folder(output: Path) -> Path:
+    """The work folder beside an output; for a run of frames, beside the folder the frames go into (which can then
+    appear whole, by one rename)."""
+    if is_frame_output(output):
+        folder = Path(os.path.abspath(output.parent))
+        return folder.with_name(f".{folder.name}.{output.name}{PARTS_SUFFIX}")
     return output.with_name(f".{output.name}{PARTS_SUFFIX}")
 
 
@@ -268,14 +305,18 @@ def segment_path(parts: Path, segment: Segment, codec: str) -> Path:
 
 
 def _manifest(film: FilmInfo, colorizer: Colorizer, options: FilmOptions, model_label: str,
-              segments: list[Segment]) -> dict:
+              segments: list[Segment], frames_layout: OutputLayout | None = None) -> dict:
+    if frames_layout is None:
+        written = options.encode.describe()
+    else:
+        written = {"frames": frames_layout.codec, "bit_depth": frames_layout.bit_depth}
     return {
         "source": film.identity(),
         "options": {
             "model": model_label,
             "render_size": colorizer.render_size,
             "smoothing": options.smoothing.strength,
-            **options.encode.describe(),
+            **written,
         },
         "segments": [s.as_dict() for s in segments],
     }

@@ -153,7 +153,7 @@ def find_sequence(path: str | os.PathLike, frame_rate: Fraction | None = None) -
     """The run named by the pattern ``path``; raises BadInputError if it has no frames or is not contiguous."""
     path = os.fspath(path)
     folder, name = os.path.split(path)
-    prefix, digits, suffix = _split_pattern(path, name)
+    prefix, digits, suffix = split_pattern(path, name)
     numbers = []
     try:
         names = os.listdir(folder or ".")
@@ -222,7 +222,9 @@ def _name_pattern(prefix: str, digits: int, suffix: str) -> str:
     return prefix.replace("%", "%%") + number + suffix.replace("%", "%%")
 
 
-def _split_pattern(path: str, name: str) -> tuple[str, int, str]:
+def split_pattern(path: str, name: str) -> tuple[str, int, str]:
+    """A pattern file name's prefix, digits (0: unpadded) and suffix, as on disk; BadInputError naming ``path``
+    for a name that is no pattern."""
     match = _PRINTF.search(name)
     if match:
         digits = int(match["digits"] or 0)

@@ -37,6 +37,7 @@ from models.files import PARTIAL_SUFFIX, unwritable_reason
 from models.hints import ColourHints
 from worker.errors import BadInputError, ModelError, TinctError, one_line
 from worker.frame_sequences import FOLDER_SEQUENCE_SUFFIXES, folder_sequences, is_pattern, output_stem
+from worker.frame_sink import is_frame_output
 from worker.hints import HINTS_SUFFIX, hints_provenance, load_hints_file, sidecar_path
 from worker.images import (
     DEFAULT_MAX_PIXELS,
@@ -205,9 +206,10 @@ def plan_photos(
     # would be colorized and then fail to be written, one line each, hours later on a large folder.
     if (reason := unwritable_reason(output)) is not None:
         raise ValueError(f"{output}: cannot be written, {reason}")
-    if len(sources) == 1 and is_film(output) and not output.is_dir():
-        # A film named as the output makes the input a film whatever its own extension (.mka, .vob, none), and
-        # names the colour film of a run of frames (named by its pattern, or the one run in a folder).
+    if len(sources) == 1 and (is_film(output) or is_frame_output(output)) and not output.is_dir():
+        # A film (or a run of frames, named by its pattern) as the output makes the input a film whatever its own
+        # extension (.mka, .vob, none), and names the colour copy of a run of frames (named by its pattern, or the
+        # one run in a folder).
         film = _single_film(sources[0])
         if film is not None:
             return _checked(PhotoPlan([], [], films=[PhotoTask(film, output)]))

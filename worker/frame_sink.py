@@ -1,0 +1,186 @@
+"""Film output as numbered frames: a colour copy a finishing or conform pipeline takes back frame for frame.
+
+    target = FrameTarget.parse("colour/reel1/scan_%07d.dpx")       # the run to write, named by its pattern
+    layout = frames_layout(film.video, target)                      # 4:4:4 at the depth the format keeps
+    with FrameWriter(work_folder, target, film, layout) as writer:
+        writer.write(frame.index, frame.luma, frame.cb, frame.cr)   # one file per frame, each written atomically
+
+Each frame keeps its number: a run of frames gets its own numbers back (``scan_0086400.dpx`` colours into
+``scan_0086400.dpx`` of the output's pattern), a film file's frames are numbered from 0. Frames are R'G'B' computed
+from the pipeline's Y'CbCr planes by the inverse of the matrix their luma was read with, so the lightness is the
+source's: a black-and-white scan stored as R = G = B comes back with the same values wherever no colour was added.
+
+Formats, by the output's suffix: DPX keeps 8, 10, 12 or 16 bits; TIFF and PNG keep 8 bits, or 16 for deeper
+sources. DPX frames get the film and television headers a scanner writes (frame rate, and each frame's timecode
+where the source run had a non-drop one).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from models.color import ycbcr_to_rgb_np
+from models.files import atomic_output
+from worker.errors import BadInputError
+from worker.frame_sequences import (
+    DPX_GENERIC_HEADER_BYTES,
+    DPX_HEADER_BYTES,
+    DPX_MAGIC,
+    DPX_RATE_OFFSETS,
+    DPX_TIMECODE_OFFSET,
+    is_pattern,
+    split_pattern,
+)
+from worker.video_sink import OutputLayout
+from worker.video_source import FilmInfo, FrameLayout, VideoFormat
+
+# Per output suffix: the image encoder, and its pixel format for each bit depth it keeps.
+FRAME_FORMATS = {
+    ".dpx": ("dpx", {8: "rgb24", 10: "gbrp10le", 12: "gbrp12le", 16: "rgb48le"}),
+    ".tif": ("tiff", {8: "rgb24", 16: "rgb48le"}),
+    ".tiff": ("tiff", {8: "rgb24", 16: "rgb48le"}),
+    ".png": ("png", {8: "rgb24", 16: "rgb48be"}),
+}
+DPX_INDUSTRY_HEADER_BYTES = DPX_HEADER_BYTES - DPX_GENERIC_HEADER_BYTES
+DPX_INDUSTRY_SIZE_OFFSET = 28  # U32: how many bytes of industry headers follow the generic ones
+DPX_ELEMENT_DATA_OFFSET = 808  # U32: where image element 1's data starts
+
+
+@dataclass(frozen=True)
+class FrameTarget:
+    """Where a colour copy's frames go: a folder and the printf pattern of their names."""
+
+    folder: Path
+    prefix: str
+    digits: int
+    suffix: str
+
+    @classmethod
+    def parse(cls, path: str | os.PathLike) -> FrameTarget:
+        """The target named by the pattern ``path``; ValueError (a usage error) for a name no frames can have."""
+        path = os.fspath(path)
+        folder, name = os.path.split(path)
+        try:
+            prefix, digits, suffix = split_pattern(path, name)
+        except BadInputError as exc:
+            raise ValueError(str(exc)) from None
+        if suffix.lower() not in FRAME_FORMATS:
+            raise ValueError(f"{path}: frames are written as {', '.join(sorted(FRAME_FORMATS))}, not "
+                             f"{suffix or 'no extension'!r}")
+        return cls(Path(folder or "."), prefix, digits, suffix)
+
+    def frame_path(self, number: int) -> Path:
+        return self.folder / self.name(number)
+
+    def name(self, number: int) -> str:
+        return f"{self.prefix}{number:0{self.digits}d}{self.suffix}"
+
+    def existing(self) -> list[Path]:
+        """Files in the folder already named as this target's frames."""
+        if not self.folder.is_dir():
+            return []
+        return sorted(entry for entry in self.folder.iterdir() if self._matches(entry.name))
+
+    def _matches(self, name: str) -> bool:
+        if not (name.startswith(self.prefix) and name.endswith(self.suffix)):
+            return False
+        return name[len(self.prefix): len(name) - len(self.suffix)].isdigit()
+
+
+def is_frame_output(path: str | os.PathLike) -> bool:
+    """Whether an output names a run of frames (a pattern), not a film file."""
+    return is_pattern(path)
+
+
+def frames_layout(video: VideoFormat, target: FrameTarget) -> OutputLayout:
+    """4:4:4 (colour at every pixel, as R'G'B' frames hold it), at the deepest depth the format keeps up to the
+    source's; full or limited range and the matrix as the source's luma was read."""
+    encoder, formats = FRAME_FORMATS[target.suffix.lower()]
+    depth = next((d for d in sorted(formats) if d >= video.bit_depth), max(formats))
+    pix_fmt = "yuv444p" if depth == 8 else f"yuv444p{depth}le"
+    return OutputLayout(encoder, pix_fmt, FrameLayout(depth, (0, 0)), video.full_range, video.matrix)
+
+
+class FrameWriter:
+    """Writes colour frames as files named by ``target`` into ``folder`` (a work folder; see ``publish``)."""
+
+    def __init__(self, folder: Path, target: FrameTarget, film: FilmInfo, layout: OutputLayout) -> None:
+        self.folder = folder
+        self.target = target
+        self.layout = layout
+        self.first = film.sequence.first if film.sequence is not None else 0
+        self._rate = film.sequence.frame_rate if film.sequence is not None else film.video.average_rate
+        self._timecode = film.sequence.timecode if film.sequence is not None else None
+        encoder, formats = FRAME_FORMATS[target.suffix.lower()]
+        self._pix_fmt = formats[layout.bit_depth]
+        self._encoder = av.CodecContext.create(encoder, "w")
+        self._encoder.width, self._encoder.height = film.video.width, film.video.height
+        self._encoder.pix_fmt = self._pix_fmt
+        self._encoder.time_base = Fraction(1, 24)  # required of every encoder; a still's encoder ignores it
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def write(self, index: int, luma: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> None:
+        """Frame ``index`` of the film (display order), as its own file."""
+        layout = self.layout
+        rgb = ycbcr_to_rgb_np(luma, cb, cr, layout.matrix, layout.bit_depth, layout.full_range)
+        codes = np.rint(rgb * ((1 << layout.bit_depth) - 1)).astype(np.uint8 if layout.bit_depth <= 8 else np.uint16)
+        frame = av.VideoFrame.from_ndarray(codes, format=self._pix_fmt)  # codes at the format's own depth
+        frame.pts = index
+        data = b"".join(bytes(packet) for packet in self._encoder.encode(frame))
+        if self.target.suffix.lower() == ".dpx":
+            data = self._with_industry_headers(data, index)
+        with atomic_output(self.folder / self.target.name(self.first + index)) as f:
+            f.write(data)
+
+    def _with_industry_headers(self, data: bytes, index: int) -> bytes:
+        """FFmpeg's DPX encoder writes the generic headers alone; the film and television headers carry the frame
+        rate and the frame's timecode, all else unset (all ones), as SMPTE 268M says."""
+        order = DPX_MAGIC[data[:4]]
+        (data_offset,) = struct.unpack_from(f"{order}I", data, 4)
+        if data_offset != DPX_GENERIC_HEADER_BYTES:
+            return data  # a layout this code does not know: left as FFmpeg wrote it
+        out = bytearray(data)
+        out[DPX_GENERIC_HEADER_BYTES:DPX_GENERIC_HEADER_BYTES] = b"\xff" * DPX_INDUSTRY_HEADER_BYTES
+        struct.pack_into(f"{order}I", out, 4, DPX_HEADER_BYTES)
+        struct.pack_into(f"{order}I", out, 16, len(out))
+        struct.pack_into(f"{order}I", out, DPX_INDUSTRY_SIZE_OFFSET, DPX_INDUSTRY_HEADER_BYTES)
+        struct.pack_into(f"{order}I", out, DPX_ELEMENT_DATA_OFFSET, DPX_HEADER_BYTES)
+        if self._rate:
+            for offset in DPX_RATE_OFFSETS.values():
+                struct.pack_into(f"{order}f", out, offset, float(self._rate))
+        if self._timecode and ";" not in self._timecode and self._rate:  # drop-frame labels are left unset
+            struct.pack_into(f"{order}I", out, DPX_TIMECODE_OFFSET, _timecode_bcd(self._timecode, index, self._rate))
+        return bytes(out)
+
+
+def publish(folder: Path, target: FrameTarget, first: int, count: int) -> None:
+    """Move the finished frames from the work ``folder`` to the target's: the whole folder at once where the target's
+    does not exist yet (one rename, so no partial run ever shows), else frame by frame."""
+    if not target.folder.exists():
+        target.folder.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(folder, target.folder)
+        return
+    for index in range(count):
+        name = target.name(first + index)
+        os.replace(folder / name, target.folder / name)
+
+
+def _timecode_bcd(start: str, index: int, rate: Fraction) -> int:
+    """SMPTE 12M BCD of the (non-drop) timecode ``index`` frames after ``start``."""
+    fps = round(rate)
+    hours, minutes, seconds, frames = (int(part) for part in start.split(":"))
+    total = ((hours * 60 + minutes) * 60 + seconds) * fps + frames + index
+    frames, total = total % fps, total // fps
+    seconds, total = total % 60, total // 60
+    minutes, hours = total % 60, (total // 60) % 24
+    code = 0
+    for value, shift in ((hours, 24), (minutes, 16), (seconds, 8), (frames, 0)):
+        code |= ((value // 10) << 4 | value % 10) << shift
+    return code
