@@ -220,7 +220,7 @@ def test_a_pattern_that_matches_nothing_names_itself(tmp_path):
         find_sequence(tmp_path / "scan_%07d.dpx")
 
 
-@pytest.mark.parametrize("output", ["one.png", "out"])
+@pytest.mark.parametrize("output", ["one.png", "one.mkv", "out"])
 def test_one_dpx_frame_named_alone_is_told_to_name_its_run(tmp_path, output):
     paths = write_frames(tmp_path / "reel1", scene(2), rate=24.0)
     plan = plan_photos([paths[1]], tmp_path / output)

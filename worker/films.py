@@ -11,7 +11,9 @@
    only the rest; a rerun with other options (or a changed source) starts over.
 4. Join (``worker.segments.join_segments``): the segments and the source's audio, subtitles, chapters and
    metadata become the output, atomically; then the work folder is removed. Nothing ever appears under the
-   output's name until it is complete.
+   output's name until it is complete. An output named by a pattern (``colour/scan_%07d.dpx``) is a run of
+   frames instead (``worker.frame_sink``): each segment writes its frames into the work folder, and they move into
+   their folder at the end.
 """
 
 from __future__ import annotations

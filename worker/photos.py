@@ -191,7 +191,8 @@ def plan_photos(
     the same output, or an output that would replace its own source, fail in the plan. A photo with a hint file
     beside it (``<file name>.hints.json``) is colorized with those hints; ``hints`` names the hint file of a
     single input photo instead. Films in folders keep their container where Tinct writes it and otherwise get
-    ``film_suffix`` (see ``video_sink.fallback_container``). Raises ValueError for arguments that cannot work
+    ``film_suffix`` (see ``video_sink.fallback_container``). Runs of numbered DPX frames in folders, and runs named
+    by their pattern, are films (``worker.frame_sequences``). Raises ValueError for arguments that cannot work
     (which the CLI reports as usage errors).
     """
     sources = [Path(p) for p in inputs]
@@ -237,9 +238,10 @@ def plan_photos(
 
 
 def _single_film(source: Path) -> Path | None:
-    """The film ``source`` names when a film file is its output: itself, or the one run of frames in a folder
-    (None for a folder without one). ValueError for a folder of several runs, which that output cannot name."""
-    if source.is_file() or is_pattern(source):
+    """The film ``source`` names when a film file or a run of frames is its output: itself, or the one run of frames
+    in a folder (None for a folder without one, or for one DPX frame, which is told to name its run). ValueError for
+    a folder of several runs, which one output cannot name."""
+    if is_pattern(source) or (source.is_file() and source.suffix.lower() not in FOLDER_SEQUENCE_SUFFIXES):
         return source
     if not source.is_dir():
         return None
