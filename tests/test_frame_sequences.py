@@ -196,11 +196,12 @@ def test_a_folder_with_a_percent_sign_in_its_name_is_read(tmp_path, tiny_checkpo
 
 
 def test_folder_runs_are_grouped_by_prefix_and_padding(tmp_path):
-    names = ["a_0001.dpx", "a_0002.dpx", "b_8.dpx", "b_9.dpx", "b_10.dpx", "c_01.dpx", "c_2.dpx", "notes.txt",
-             "x_0001.tif"]
+    names = ["a_0001.dpx", "a_0002.dpx", "b_8.dpx", "b_9.dpx", "b_10.dpx", "c_01.dpx", "c_2.dpx", "D_0.DPX",
+             "D_1.DPX", "notes.txt", "x_0001.tif"]
     runs, rest = folder_sequences(tmp_path, names)
-    assert runs[:2] == [str(tmp_path / "a_%04d.dpx"), str(tmp_path / "b_%d.dpx")]
-    assert isinstance(runs[2], BadInputError) and "mix padded and unpadded lengths (1, 2 digits)" in str(runs[2])
+    assert runs[0] == str(tmp_path / "D_%d.DPX") and runs[1:3] == [str(tmp_path / "a_%04d.dpx"),
+                                                                   str(tmp_path / "b_%d.dpx")]
+    assert isinstance(runs[3], BadInputError) and "mix padded and unpadded lengths (1, 2 digits)" in str(runs[3])
     assert rest == ["notes.txt", "x_0001.tif"]  # TIFF runs are photos until named by a pattern
 
 

@@ -185,6 +185,7 @@ def folder_sequences(folder: Path, names: list[str]) -> tuple[list[str | BadInpu
         lengths = {len(n) for n in numbers}
         padded = len(lengths) == 1 and (len(numbers) > 1 or numbers[0].startswith("0"))
         digits = lengths.pop() if padded else 0
+        digits = digits if digits > 1 else 0  # one digit: %d says it plainly
         pattern = os.path.join(folder, _name_pattern(prefix, digits, suffix))
         try:
             if not padded and any(n.startswith("0") and n != "0" for n in numbers):
