@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -344,6 +345,18 @@ def first_frame_info(path: str | os.PathLike[str]) -> FrameInfo:
     return FrameInfo(Fraction(num, den) if num and den else from_container or None, fields)
 
 
+def lumas(path: Path) -> list[np.ndarray]:
+    """Every frame's Y plane as stored (uint8, or uint16 for more than 8 bits), in any pixel format."""
+    planes = []
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            plane = frame.planes[0]
+            dtype = np.uint8 if frame.format.components[0].bits <= 8 else np.dtype("<u2")
+            rows = np.frombuffer(plane, dtype).reshape(plane.height, -1)
+            planes.append(rows[:, : plane.width].copy())
+    return planes
+
+
 def decode_rgb(path: str | os.PathLike[str], stream: int = 0) -> list[np.ndarray]:
     """Every frame of a video stream as (H, W, 3) uint8 RGB, converted with the frame's own colour tags.
 
@@ -567,6 +580,51 @@ def write_clip(
         metadata=info.metadata,
         probe=info,
     )
+
+
+def write_frames(folder: Path, frames: list[np.ndarray], *, name: str = "scan_%07d.dpx", first: int = 86400,
+                 codec: str = "dpx", pix_fmt: str = "gbrp10le", rate: float | None = None,
+                 industry_headers: bool = True, timecode: int | None = None) -> list[Path]:
+    """A film scanner's run: one file per 16-bit gray frame, named by the printf pattern ``name`` from ``first`` on,
+    by FFmpeg's image muxer. DPX frames get the film and television headers a scanner writes, declaring ``rate`` in
+    the film header and ``timecode`` (SMPTE 12M BCD, counted on per frame) in the television header; None: unset."""
+    folder.mkdir(parents=True, exist_ok=True)
+    height, width = frames[0].shape
+    pattern = os.path.join(str(folder).replace("%", "%%"), name)  # the muxer reads the folder as a pattern too
+    with av.open(pattern, "w", format="image2", options={"start_number": str(first)}) as out:
+        stream = out.add_stream(codec, rate=24)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        for index, frame in enumerate(frames):
+            picture = av.VideoFrame.from_ndarray(frame, format="gray16le").reformat(format=pix_fmt)
+            picture.pts = index
+            out.mux(stream.encode(picture))
+        out.mux(stream.encode())
+    paths = [folder / (name % (first + i)) for i in range(len(frames))]
+    if codec == "dpx" and industry_headers:
+        for path in paths:
+            _add_dpx_industry_headers(path, rate, timecode)
+            timecode = None if timecode is None else timecode + 1  # frames 00-09 of one second: BCD counts on
+    return paths
+
+
+def _add_dpx_industry_headers(path: Path, rate: float | None, timecode: int | None = None) -> None:
+    """FFmpeg writes the 1664 bytes of generic headers alone; scanners add the 384 of the film and television
+    headers (SMPTE 268M), every field unset (all ones) but the film header's frame rate and the television header's
+    timecode (SMPTE 12M BCD)."""
+    data = bytearray(path.read_bytes())
+    order = {b"SDPX": ">", b"XPDS": "<"}[bytes(data[:4])]
+    generic, industry = 1664, 384
+    assert struct.unpack_from(f"{order}I", data, 4)[0] == generic
+    data[generic:generic] = b"\xff" * industry
+    struct.pack_into(f"{order}I", data, 4, generic + industry)  # where the image data starts
+    struct.pack_into(f"{order}I", data, 16, len(data))  # the file's size
+    struct.pack_into(f"{order}I", data, 28, industry)  # the industry headers' size
+    struct.pack_into(f"{order}I", data, 808, generic + industry)  # image element 1's data offset
+    if rate is not None:
+        struct.pack_into(f"{order}f", data, 1724, rate)  # SMPTE 268M: the film header's frame rate
+    if timecode is not None:
+        struct.pack_into(f"{order}I", data, 1920, timecode)  # the television header's timecode
+    path.write_bytes(bytes(data))
 
 
 def _default_pix_fmt(codec: str) -> str:

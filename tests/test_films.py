@@ -25,6 +25,7 @@ from tests.media import (
     first_frame_info,
     gray_frames,
     has_cover,
+    lumas,
     make_bad_inputs,
     moving_scene,
     probe,
@@ -50,18 +51,6 @@ def bw_clip(path: Path, frames: int = 24, size: tuple[int, int] = SIZE, cuts_at=
 def run_cli(tiny_checkpoint, *args: str) -> int:
     return main(["colorize", *args, "--model", str(tiny_checkpoint), "--engine", "torch", "--render-size", "64",
                  "-q"])
-
-
-def lumas(path: Path) -> list[np.ndarray]:
-    """Every frame's Y plane as stored (uint8, or uint16 for more than 8 bits), in any pixel format."""
-    planes = []
-    with av.open(str(path)) as container:
-        for frame in container.decode(video=0):
-            plane = frame.planes[0]
-            dtype = np.uint8 if frame.format.components[0].bits <= 8 else np.dtype("<u2")
-            rows = np.frombuffer(plane, dtype).reshape(plane.height, -1)
-            planes.append(rows[:, : plane.width].copy())
-    return planes
 
 
 def grays(path: Path) -> list[np.ndarray]:

@@ -12,19 +12,13 @@ import av
 import numpy as np
 import pytest
 
-from tests.media import gray_frames, moving_scene, probe, write_clip
-from tests.test_films import (
-    _InterruptingColorizer,
-    is_coloured,
-    lumas,
-    run_cli,
-)
+from tests.media import gray_frames, lumas, moving_scene, probe, write_clip, write_frames
+from tests.test_films import _InterruptingColorizer, is_coloured, run_cli
 from worker.cli import main
 from worker.errors import BadInputError
 from worker.films import FilmOptions, colorize_film, parts_folder
 from worker.frame_sequences import (
     DPX_RATE_OFFSETS,
-    DPX_TIMECODE_OFFSET,
     find_sequence,
     folder_sequences,
     is_pattern,
@@ -44,50 +38,6 @@ def scene(frames: int, size: tuple[int, int] = SIZE, seed: int = 0) -> list[np.n
     rng = np.random.default_rng(seed)
     return [(f.astype(np.uint16) << 8) | rng.integers(0, 256, f.shape, dtype=np.uint16)
             for f in gray_frames(moving_scene(frames, *size))]
-
-
-def write_frames(folder: Path, frames: list[np.ndarray], *, name: str = "scan_%07d.dpx", first: int = FIRST,
-                 codec: str = "dpx", pix_fmt: str = "gbrp10le", rate: float | None = None,
-                 industry_headers: bool = True, timecode: int | None = None) -> list[Path]:
-    """One file per frame, named by the printf pattern ``name`` from ``first`` on, by FFmpeg's image muxer. DPX frames
-    get the film and television headers a scanner writes, declaring ``rate`` in the film header (unset when None)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    height, width = frames[0].shape
-    pattern = os.path.join(str(folder).replace("%", "%%"), name)  # the muxer reads the folder as a pattern too
-    with av.open(pattern, "w", format="image2", options={"start_number": str(first)}) as out:
-        stream = out.add_stream(codec, rate=24)
-        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
-        for index, frame in enumerate(frames):
-            picture = av.VideoFrame.from_ndarray(frame, format="gray16le").reformat(format=pix_fmt)
-            picture.pts = index
-            out.mux(stream.encode(picture))
-        out.mux(stream.encode())
-    paths = [folder / (name % (first + i)) for i in range(len(frames))]
-    if codec == "dpx" and industry_headers:
-        for path in paths:
-            _add_industry_headers(path, rate, timecode)
-            timecode = None if timecode is None else timecode + 1  # frames 00-09 of one second: BCD counts on
-    return paths
-
-
-def _add_industry_headers(path: Path, rate: float | None, timecode: int | None = None) -> None:
-    """FFmpeg writes the 1664 bytes of generic headers alone; scanners add the 384 of the film and television
-    headers (SMPTE 268M), every field unset (all ones) but the film header's frame rate and the television header's
-    timecode (SMPTE 12M BCD)."""
-    data = bytearray(path.read_bytes())
-    order = {b"SDPX": ">", b"XPDS": "<"}[bytes(data[:4])]
-    generic, industry = 1664, 384
-    assert struct.unpack_from(f"{order}I", data, 4)[0] == generic
-    data[generic:generic] = b"\xff" * industry
-    struct.pack_into(f"{order}I", data, 4, generic + industry)  # where the image data starts
-    struct.pack_into(f"{order}I", data, 16, len(data))  # the file's size
-    struct.pack_into(f"{order}I", data, 28, industry)  # the industry headers' size
-    struct.pack_into(f"{order}I", data, 808, generic + industry)  # image element 1's data offset
-    if rate is not None:
-        struct.pack_into(f"{order}f", data, DPX_RATE_OFFSETS["film header"], rate)
-    if timecode is not None:
-        struct.pack_into(f"{order}I", data, DPX_TIMECODE_OFFSET, timecode)
-    path.write_bytes(bytes(data))
 
 
 def frame_times(path: Path) -> list[float]:

@@ -114,3 +114,19 @@ def test_a_broadcast_captures_strip_shows_the_same_frames_before_and_after(s3_se
     for before, after in zip(strips["before"], strips["after"], strict=True):
         assert np.abs(before - after).mean() < 1.5  # the same frame on both sides (JPEG apart)
     assert all(np.abs(a - b).mean() > 5 for a, b in pairwise(strips["before"]))  # frames spread over the film
+
+
+def test_a_run_of_frames_strip_reads_its_colour_copy_once_for_both_sides(s3_server, storage, tmp_path):
+    # A run is thousands of objects, not one film to read frames from; its copy's lightness is the run's own.
+    record = JobRecord(id="job-run", spec=JobSpec(input="s3://scans/reel1/scan_%07d.dpx", output="s3://colour/films/",
+                                                  kind="video"), state="succeeded", created=0.0, updated=0.0)
+    assert film_output_uri(record.spec) == "s3://colour/films/scan.mkv"
+    put_film(s3_server, film_output_uri(record.spec), tmp_path, frames=24)  # stands in for the colorized copy
+    previews = Previews(storage, tmp_path / "cache", tmp_path / "scratch")
+    items = previews.items(record)
+    assert len(items) == FILM_FRAMES
+    for item in items:
+        before = np.asarray(Image.open(previews.image(record, item, "before")).convert("RGB"), dtype=np.int16)
+        assert np.abs(before - before.mean(axis=-1, keepdims=True)).max() <= 1  # gray
+        assert previews.image(record, item, "after").stat().st_size > 0
+    assert storage.downloads == [film_output_uri(record.spec)] * 2  # the times, then the strip

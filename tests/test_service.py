@@ -20,7 +20,7 @@ import pytest
 import redis
 from PIL import Image
 
-from tests.media import first_frame_info, gray_frames, moving_scene, probe, write_clip
+from tests.media import first_frame_info, gray_frames, lumas, moving_scene, probe, write_clip, write_frames
 from tests.services import (
     JOB_TIMEOUT_S,
     WorkerProcess,
@@ -527,3 +527,29 @@ def test_worker_per_gpu_rejects_bad_gpu_lists(capsys):
     assert "--gpus takes 'all' or comma-separated GPU indices" in capsys.readouterr().err
     assert main(["worker", "--gpus", "1,1"]) == 2
     assert "distinct" in capsys.readouterr().err
+
+
+def test_a_run_of_dpx_frames_in_a_bucket_is_one_film_job(service_env, tmp_path):
+    client, start_worker, s3, _, model = service_env
+    frames = [f.astype(np.uint16) << 8 for f in gray_frames(moving_scene(8, 96, 64))]
+    for path in write_frames(tmp_path / "reel1", frames, rate=18.0):
+        put_object(s3, f"s3://scans/reel1/{path.name}", path.read_bytes())
+    put_object(s3, "s3://scans/reel1/scanner-log.txt", b"a scanner's notes beside its frames")
+    start_worker()
+    run = "s3://scans/reel1/scan_%07d.dpx"
+    job_id, _ = client.submit(spec(run, "s3://colour/films/", model, codec="ffv1"))
+    record = wait_for_job(client, job_id)
+    assert record.state == "succeeded", record.error
+    assert record.outputs == ["s3://colour/films/scan.mkv"] and record.done == 8
+    (tmp_path / "out.mkv").write_bytes(get_object(s3, "s3://colour/films/scan.mkv"))
+    video = probe(tmp_path / "out.mkv").video
+    assert np.allclose([float(p * video.time_base) for p in video.pts], [i / 18 for i in range(8)], atol=1e-3)
+    for written, kept in zip(frames, lumas(tmp_path / "out.mkv"), strict=True):
+        np.testing.assert_array_equal(kept, written >> 6)  # the scan's 10-bit values, bit for bit
+    assert client.submit(spec(run, "s3://colour/films/", model, codec="ffv1")) == (job_id, False)  # the same run
+    s3.client().delete_object(Bucket="scans", Key="reel1/scan_0086403.dpx")  # a frame lost
+    lost, created = client.submit(spec(run, "s3://colour/films/", model, codec="ffv1"))
+    assert created and client.get(lost).state == "failed"
+    assert client.get(lost).error == (f"{run}: 1 of frames 86400-86407 are missing (86403); a film's frames must be "
+                                      "contiguous, as a gap would move every later frame's time")
+

@@ -18,12 +18,14 @@ frames do not say (and every TIFF or PNG run) plays at ``DEFAULT_FRAME_RATE`` un
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
 import re
 import struct
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -31,6 +33,7 @@ from pathlib import Path
 import av
 
 from worker.errors import BadInputError
+from worker.storage import ObjectInfo, format_uri, parse_uri
 
 logger = logging.getLogger(__name__)
 
@@ -154,19 +157,49 @@ def find_sequence(path: str | os.PathLike, frame_rate: Fraction | None = None) -
     path = os.fspath(path)
     folder, name = os.path.split(path)
     prefix, digits, suffix = split_pattern(path, name)
-    numbers = []
     try:
         names = os.listdir(folder or ".")
     except OSError as exc:
         raise BadInputError(path, f"cannot list its folder: {exc.strerror or exc}") from exc
-    for entry in names:
-        if entry.startswith(prefix) and entry.endswith(suffix) and len(entry) > len(prefix) + len(suffix):
-            number = entry[len(prefix): len(entry) - len(suffix)]
+    numbers = [number for number, _ in select_frames(path, names)]
+    return _sequence(path, Path(folder or "."), prefix, digits, suffix, numbers, frame_rate)
+
+
+def select_frames(path: str, names: Iterable[str]) -> list[tuple[int, str]]:
+    """``(number, name)`` of the frames the pattern ``path`` names among the file ``names`` of its folder, in
+    order; BadInputError if there are none or they are not contiguous."""
+    prefix, digits, suffix = split_pattern(path, os.path.basename(path))
+    frames = []
+    for name in names:
+        if name.startswith(prefix) and name.endswith(suffix) and len(name) > len(prefix) + len(suffix):
+            number = name[len(prefix): len(name) - len(suffix)]
             if number.isdigit() and _fits(number, digits):
-                numbers.append(int(number))
-    if not numbers:
+                frames.append((int(number), name))
+    if not frames:
         raise BadInputError(path, "no frames match this pattern")
-    return _sequence(path, Path(folder or "."), prefix, digits, suffix, sorted(numbers), frame_rate)
+    frames.sort()
+    _check_contiguous(path, [number for number, _ in frames])
+    return frames
+
+
+def stored_frames(storage, uri: str) -> list[ObjectInfo]:
+    """The stored objects of the run the pattern ``uri`` names (an S3 prefix or a folder), in frame order: the
+    objects directly in the pattern's folder whose names it matches. BadInputError if none, or with gaps."""
+    uri = format_uri(*parse_uri(uri))  # a plain path as the file:// URI the listing gives
+    folder_uri = uri.rsplit("/", 1)[0]
+    by_name = {info.uri.rsplit("/", 1)[1]: info for info in storage.list(folder_uri)
+               if info.uri.rsplit("/", 1)[0] == folder_uri}
+    return [by_name[name] for _, name in select_frames(uri, by_name)]
+
+
+def stored_identity(uri: str, frames: list[ObjectInfo]) -> ObjectInfo:
+    """A stored run's identity, as one object's: its frames' total size, and a digest of their names, ETags and sizes
+    (a rescanned frame makes another run, and so another job)."""
+    digest = hashlib.sha256()
+    for info in frames:
+        digest.update(f"{info.uri}\0{info.etag}\0{info.size}\n".encode())
+    newest = max((info.last_modified for info in frames if info.last_modified is not None), default=None)
+    return ObjectInfo(uri, sum(info.size for info in frames), digest.hexdigest(), newest)
 
 
 def folder_sequences(folder: Path, names: list[str]) -> tuple[list[str | BadInputError], list[str]]:
@@ -249,7 +282,6 @@ def _fits(number: str, digits: int) -> bool:
 
 def _sequence(path: str, folder: Path, prefix: str, digits: int, suffix: str, numbers: list[int],
               frame_rate: Fraction | None) -> FrameSequence:
-    _check_contiguous(path, numbers)
     first = folder / f"{prefix}{numbers[0]:0{digits}d}{suffix}"
     is_dpx = suffix.lower() == ".dpx"
     declared = dpx_frame_rate(first) if is_dpx and frame_rate is None else None

@@ -25,6 +25,7 @@ from typing import Any
 from redis.exceptions import WatchError
 
 from worker.errors import PermanentError, one_line
+from worker.frame_sequences import is_pattern, output_stem
 from worker.hints import HintError, parse_hints
 from worker.images import EXTENSION_FORMATS
 from worker.photos import FILM_EXTENSIONS
@@ -126,14 +127,18 @@ def film_output_uri(spec: JobSpec) -> str:
     Tinct writes it) or the one its codec falls back to (``video_sink.fallback_container``)."""
     if not spec.output.endswith("/"):
         return spec.output
-    name = PurePosixPath(parse_uri(spec.input)[2])
-    if name.suffix.lower() in CONTAINERS:
-        return join_uri(spec.output, name.stem + name.suffix.lower())
+    path = PurePosixPath(parse_uri(spec.input)[2])
+    if is_pattern(path):  # a run of frames: named by its frames' prefix, or its folder
+        stem, suffix = output_stem(path), ""
+    else:
+        stem, suffix = path.stem, path.suffix.lower()
+    if suffix in CONTAINERS:
+        return join_uri(spec.output, stem + suffix)
     try:
         codec = canonical_codec(spec.options.codec)
     except ValueError:  # refused at submission (check_film_encoding); a stored job keeps the old default
         codec = "h264"
-    return join_uri(spec.output, name.stem + fallback_container(codec))
+    return join_uri(spec.output, stem + fallback_container(codec))
 
 
 def check_film_encoding(spec: JobSpec) -> None:
@@ -160,6 +165,8 @@ def check_film_encoding(spec: JobSpec) -> None:
 def infer_kind(uri: str) -> str:
     if uri.endswith("/"):
         return "collection"
+    if is_pattern(parse_uri(uri)[2]):  # a run of numbered frames (worker.frame_sequences): a film
+        return "video"
     suffix = PurePosixPath(uri).suffix.lower()
     if suffix in FILM_EXTENSIONS:
         return "video"

@@ -20,6 +20,7 @@ from celery import Celery
 
 from worker.errors import BadInputError, InputTooLargeError, TinctError, TransientError, one_line
 from worker.films import DEFAULT_MAX_FILM_PIXELS
+from worker.frame_sequences import is_pattern, stored_frames, stored_identity
 from worker.jobs import JobRecord, JobSpec, JobSpecError, JobStore
 from worker.references import FilmReference, ReferenceError, job_references, reference_frames, seal_references
 from worker.settings import GPU_QUEUE, IO_QUEUE, Settings
@@ -65,6 +66,8 @@ class Service:
     def identity(self, spec: JobSpec) -> ObjectInfo:
         """The input's identity: one HEAD for a file or object; for a collection, a digest of its listing
         (keys, ETags, sizes), so the same collection resubmitted is the same job and a changed one is not."""
+        if spec.kind == "video" and is_pattern(parse_uri(spec.input)[2]):  # a run of frames: a digest of them too
+            return stored_identity(spec.input, stored_frames(self.storage, spec.input))
         if spec.kind != "collection":
             return self.storage.stat(spec.input)
         digest = hashlib.sha256()

@@ -41,6 +41,7 @@ from models.files import atomic_path
 from worker import liveness, metrics
 from worker.errors import BadInputError, ModelError, PermanentError, TinctError, one_line
 from worker.films import DEFAULT_MAX_FILM_PIXELS, warmup_frames
+from worker.frame_sequences import is_pattern, stored_frames, stored_identity
 from worker.hints import hints_provenance, job_photo_hints
 from worker.images import DEFAULT_MAX_PIXELS, EXTENSION_FORMATS, read_photo, write_photo
 from worker.jobs import FINISHED, KEY_PREFIX, JobRecord, JobSpec, JobStore, film_output_uri
@@ -144,13 +145,42 @@ class Runtime:
             self.storage.download(uri, local)
         return local
 
+    def local_run(self, uri: str) -> tuple[Path, str]:
+        """A local run of frames for the pattern ``uri`` (``worker.frame_sequences``), and its version: the folder
+        itself for file:// inputs, else every frame downloaded into a folder filed under the run's identity (a
+        worker downloads a run once for all the segments of it that it colours)."""
+        frames = stored_frames(self.storage, uri)
+        identity = stored_identity(uri, frames)
+        scheme, _, path = parse_uri(uri)
+        if scheme == "file":
+            return Path(path), identity.etag
+        folder = self.settings.work_dir / "inputs" / identity.version_key()
+        for info in frames:
+            local = folder / info.uri.rsplit("/", 1)[1]
+            if not local.exists():
+                local.parent.mkdir(parents=True, exist_ok=True)
+                self.storage.download(info.uri, local)
+        return folder / PurePosixPath(path).name, identity.etag
+
     def film(self, uri: str) -> FilmInfo:
-        """The probed film at ``uri`` (its local copy), cached by the copy's path, size and mtime."""
-        local = self.local_copy(uri)
-        stat = local.stat()
-        key = (str(local), stat.st_size, stat.st_mtime_ns)
+        """The probed film at ``uri`` (its local copy, or a run of frames), cached by the copy's version."""
+        if is_pattern(parse_uri(uri)[2]):
+            local, version = self.local_run(uri)
+            key = (str(local), version)
+        else:
+            local = self.local_copy(uri)
+            stat = local.stat()
+            key = (str(local), stat.st_size, stat.st_mtime_ns)
         if key not in self._films:
-            self._films[key] = probe_film(local, DEFAULT_MAX_FILM_PIXELS)
+            try:
+                self._films[key] = probe_film(local, DEFAULT_MAX_FILM_PIXELS)
+            except BadInputError as exc:
+                if not is_pattern(parse_uri(uri)[2]):
+                    raise
+                # Named as stored, not as this worker's copy: the run, or the frame at fault beside it.
+                name = PurePosixPath(exc.path).name
+                stored = uri if name == local.name else f"{uri.rsplit('/', 1)[0]}/{name}"
+                raise type(exc)(stored, exc.reason) from exc
         return self._films[key]
 
     def references(self, job_id: str, spec: JobSpec, film: FilmInfo) -> list[ResolvedReference]:

@@ -30,9 +30,10 @@ from PIL import Image, ImageOps
 
 from models.files import atomic_output
 from worker.errors import BadInputError, PermanentError, one_line
+from worker.frame_sequences import is_pattern
 from worker.hints import HintSpec
 from worker.images import DEFAULT_MAX_PIXELS, EXTENSION_FORMATS, read_photo, shown_as_srgb
-from worker.jobs import JobRecord, film_output_uri
+from worker.jobs import JobRecord, JobSpec, film_output_uri
 from worker.settings import Settings
 from worker.storage import Storage, parse_uri
 from worker.video_source import decode_from, index_frames
@@ -154,14 +155,15 @@ class Previews:
         once per version of the input: the times are kept beside the job's previews, under the input's version,
         because every list of a film job's previews needs them and reading the duration meant downloading the
         whole film. ``local_input``: a copy of the input already at hand (the strip downloads one anyway)."""
-        version = self.storage.stat(record.spec.input).version_key()
+        version = self.storage.stat(_film_source(record.spec)).version_key()
         cached = self.cache_dir / "previews" / record.id / f"times-{version}.json"
         try:
             return [float(t) for t in json.loads(cached.read_text())]
         except (OSError, ValueError, TypeError):  # not made yet (or a torn file from a crash): read the film
             pass
+        source_uri = _film_source(record.spec)
         source, drop = (local_input, False) if local_input is not None else self._local(
-            record.spec.input, "probe" + PurePosixPath(parse_uri(record.spec.input)[2]).suffix)
+            source_uri, "probe" + PurePosixPath(parse_uri(source_uri)[2]).suffix)
         try:
             duration = _duration(source)
         finally:
@@ -174,10 +176,13 @@ class Previews:
         return times
 
     def _film_strip(self, record: JobRecord, folder: Path) -> None:
-        suffix_in = PurePosixPath(parse_uri(record.spec.input)[2]).suffix
         suffix_out = PurePosixPath(parse_uri(film_output_uri(record.spec))[2]).suffix
-        source, drop_source = self._local(record.spec.input, f"in{suffix_in}")
         result, drop_result = self._local(film_output_uri(record.spec), f"out{suffix_out}")
+        if _film_source(record.spec) == record.spec.input:
+            suffix_in = PurePosixPath(parse_uri(record.spec.input)[2]).suffix
+            source, drop_source = self._local(record.spec.input, f"in{suffix_in}")
+        else:
+            source, drop_source = result, False
         staging = folder.with_name(folder.name + ".partial")
         try:
             times = self._film_times(record, source)
@@ -199,6 +204,12 @@ class Previews:
                 source.unlink(missing_ok=True)
             if drop_result:
                 result.unlink(missing_ok=True)
+
+
+def _film_source(spec: JobSpec) -> str:
+    """The film a film job's "before" frames are read from: its input, or for a run of frames (not one file to read
+    at a time) the colour copy, whose lightness is the run's own, shown gray."""
+    return film_output_uri(spec) if is_pattern(parse_uri(spec.input)[2]) else spec.input
 
 
 def _save(image: Image.Image, path: Path, side: int) -> None:
