@@ -259,8 +259,9 @@ def test_a_film_file_colours_into_frames_numbered_from_zero(tmp_path, tiny_check
     grays = [(f >> 8).astype(np.uint8) for f in scene(5)]
     source = write_clip(tmp_path / "reel.mkv", grays, codec="ffv1", pix_fmt="gray", audio="flac")
     out = tmp_path / "frames"
-    assert run_cli(tiny_checkpoint, str(source.path), "-o", str(out / "reel.%04d.png")) == 0
+    assert run_cli(tiny_checkpoint, str(source.path), "-o", str(out / "reel.%04d.png"), "--frame-rate", "18") == 0
     assert f"{source.path}: its audio stream #1 (flac) is left out: frames carry no sound or subtitles" in caplog.text
+    assert f"{source.path}: keeps its own timing; a frame rate applies to runs of frames only" in caplog.text
     names = [f"reel.{i:04d}.png" for i in range(5)]
     assert sorted(p.name for p in out.iterdir()) == names
     for gray, rgb in zip(grays, read_frames(out, names), strict=True):

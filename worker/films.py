@@ -199,6 +199,8 @@ def colorize_film(
     if frames is None:
         check_container(output, options.encode.codec)
     film = probe_film(source, options.max_pixels, options.frame_rate)
+    if options.frame_rate is not None and film.sequence is None:
+        logger.warning("%s: keeps its own timing; a frame rate applies to runs of frames only", source)
     if film.is_colour and not options.recolor:
         return FilmOutcome(source, output, "colour", frames=film.frames)
     if frames is None:
