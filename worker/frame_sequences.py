@@ -14,6 +14,9 @@ are photos until named by their pattern.
 
 A DPX frame says its frame rate in its film or television header where the scanner filled them in; a run whose
 frames do not say (and every TIFF or PNG run) plays at ``DEFAULT_FRAME_RATE`` unless a rate is given.
+
+The service names a stored run the same way (``s3://scans/reel1/scan_%07d.dpx``): ``stored_frames`` lists its
+objects and ``stored_identity`` makes one identity of them, as a job's input needs.
 """
 
 from __future__ import annotations

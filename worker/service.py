@@ -64,8 +64,8 @@ class Service:
         self.app = app
 
     def identity(self, spec: JobSpec) -> ObjectInfo:
-        """The input's identity: one HEAD for a file or object; for a collection, a digest of its listing
-        (keys, ETags, sizes), so the same collection resubmitted is the same job and a changed one is not."""
+        """The input's identity: one HEAD for a file or object; for a collection or a run of frames, a digest of its
+        listing (keys, ETags, sizes), so the same one resubmitted is the same job and a changed one is not."""
         if spec.kind == "video" and is_pattern(parse_uri(spec.input)[2]):  # a run of frames: a digest of them too
             return stored_identity(spec.input, stored_frames(self.storage, spec.input))
         if spec.kind != "collection":
