@@ -307,3 +307,12 @@ def test_a_frame_format_tinct_does_not_write_is_a_usage_error(tmp_path, tiny_che
     assert run_cli(tiny_checkpoint, str(tmp_path / "reel1"), "-o", str(tmp_path / "out" / "c_%04d.jpg")) == 2
     assert "frames are written as .dpx, .png, .tif, .tiff, not '.jpg'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_frames_out_never_replace_the_frames_they_are_made_from(tmp_path, tiny_checkpoint, caplog):
+    paths = write_frames(tmp_path / "reel1", scene(3), rate=24.0)
+    before = [path.read_bytes() for path in paths]
+    output = tmp_path / "reel1" / "scan_#######.dpx"  # the same files by another spelling of the pattern
+    assert run_cli(tiny_checkpoint, str(tmp_path / "reel1" / "scan_%07d.dpx"), "-o", str(output), "--overwrite") == 1
+    assert f"{output}: would replace the frames of its source" in caplog.text
+    assert [path.read_bytes() for path in paths] == before

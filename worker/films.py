@@ -205,6 +205,9 @@ def colorize_film(
         return FilmOutcome(source, output, "colour", frames=film.frames)
     if frames is None:
         check_output(film, output, options.encode.codec)
+    elif film.sequence is not None and frames.frame_path(film.sequence.first).resolve() in {
+            film.sequence.frame_path(i).resolve() for i in range(film.sequence.count)}:
+        raise BadInputError(output, f"would replace the frames of its source, {source}")
     elif film.other_streams:
         logger.warning("%s: its %s %s left out: frames carry no sound or subtitles", source,
                        ", ".join(f"{s.type} stream #{s.index} ({s.codec})" for s in film.other_streams),
