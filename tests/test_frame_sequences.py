@@ -316,3 +316,17 @@ def test_frames_out_never_replace_the_frames_they_are_made_from(tmp_path, tiny_c
     assert run_cli(tiny_checkpoint, str(tmp_path / "reel1" / "scan_%07d.dpx"), "-o", str(output), "--overwrite") == 1
     assert f"{output}: would replace the frames of its source" in caplog.text
     assert [path.read_bytes() for path in paths] == before
+
+
+def test_a_folder_walk_points_out_a_film_scanned_as_tiffs(tmp_path, caplog):
+    small = [np.full((8, 8), 1000 * i, np.uint16) for i in range(30)]
+    write_frames(tmp_path / "scans" / "reel2", small, name="f_%04d.tif", first=1, codec="tiff", pix_fmt="gray16le")
+    photos = write_frames(tmp_path / "scans" / "box", small, name="IMG_%04d.tif", first=1, codec="tiff",
+                          pix_fmt="gray16le")
+    photos[7].unlink()  # a photo collection's numbering has gaps: no film there
+    plan = plan_photos([tmp_path / "scans"], tmp_path / "out")
+    assert len(plan.tasks) == 59 and plan.films == []  # still photos, as asked
+    run = tmp_path / "scans" / "reel2" / "f_%04d.tif"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"{run}: 30 numbered frames, colorized as photos one by one; name the run to colorize it as a "
+                        f"film, with steady colour from frame to frame (tinct colorize '{run}' -o <film>.mkv)"]

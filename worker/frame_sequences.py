@@ -42,6 +42,10 @@ logger = logging.getLogger(__name__)
 
 # Suffixes whose numbered files in a folder are frames of a film, never photos.
 FOLDER_SEQUENCE_SUFFIXES = (".dpx",)
+# Photo formats whose runs are films only when named by their pattern; a folder walk points out a run this long
+# (a second of film), which it colorizes as photos, one by one.
+PATTERN_ONLY_SUFFIXES = (".tif", ".tiff", ".png")
+FILM_LIKE_RUN = 24
 # Film's own rate: what a run plays at when neither its frames nor the user say otherwise.
 DEFAULT_FRAME_RATE = Fraction(24)
 MAX_FRAME_RATE = 1000  # as worker.video_source.MAX_PLAUSIBLE_FPS: high-speed scans run at a few hundred
@@ -208,30 +212,58 @@ def stored_identity(uri: str, frames: list[ObjectInfo]) -> ObjectInfo:
 def folder_sequences(folder: Path, names: list[str]) -> tuple[list[str | BadInputError], list[str]]:
     """The patterns of the runs of DPX frames among the file ``names`` in ``folder`` (or why a run cannot be a
     film), and the names left over."""
+    groups, rest = _numbered_groups(names, FOLDER_SEQUENCE_SUFFIXES)
+    runs: list[str | BadInputError] = []
+    for (prefix, suffix), numbers in sorted(groups.items()):
+        try:
+            runs.append(_run_pattern(folder, prefix, suffix, numbers))
+        except BadInputError as exc:
+            runs.append(exc)
+    return runs, rest
+
+
+def photo_runs(folder: Path, names: list[str]) -> list[tuple[str, int]]:
+    """``(pattern, frames)`` of the runs among the file ``names`` in ``folder`` that look like a film's frames though
+    in a photo format: at least ``FILM_LIKE_RUN`` contiguous numbers. They are colorized as photos, one by one; the
+    caller says how to colorize them as a film instead."""
+    groups, _ = _numbered_groups(names, PATTERN_ONLY_SUFFIXES)
+    runs = []
+    for (prefix, suffix), numbers in sorted(groups.items()):
+        if len(numbers) < FILM_LIKE_RUN:
+            continue
+        try:
+            runs.append((_run_pattern(folder, prefix, suffix, numbers), len(numbers)))
+        except BadInputError:
+            continue  # gaps or mixed padding: a photo collection's numbering, not a scan's
+    return runs
+
+
+def _numbered_groups(names: list[str], suffixes: tuple[str, ...]) -> tuple[dict[tuple[str, str], list[str]], list[str]]:
+    """The frame numbers (as spelled) of ``names`` grouped by prefix and suffix, for the ``suffixes`` asked for,
+    and the other names."""
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
     rest = []
     for name in names:
         match = _NUMBERED.match(name)
-        if match and match["suffix"].lower() in FOLDER_SEQUENCE_SUFFIXES:
+        if match and match["suffix"].lower() in suffixes:
             groups[match["prefix"], match["suffix"]].append(match["number"])
         else:
             rest.append(name)
-    runs: list[str | BadInputError] = []
-    for (prefix, suffix), numbers in sorted(groups.items()):
-        lengths = {len(n) for n in numbers}
-        padded = len(lengths) == 1 and (len(numbers) > 1 or numbers[0].startswith("0"))
-        digits = lengths.pop() if padded else 0
-        digits = digits if digits > 1 else 0  # one digit: %d says it plainly
-        pattern = os.path.join(folder, _name_pattern(prefix, digits, suffix))
-        try:
-            if not padded and any(n.startswith("0") and n != "0" for n in numbers):
-                raise BadInputError(pattern, "its frame numbers mix padded and unpadded lengths "
-                                    f"({', '.join(sorted({str(len(n)) for n in numbers}))} digits)")
-            _check_contiguous(pattern, sorted(int(n) for n in numbers))
-            runs.append(pattern)
-        except BadInputError as exc:
-            runs.append(exc)
-    return runs, rest
+    return groups, rest
+
+
+def _run_pattern(folder: Path, prefix: str, suffix: str, numbers: list[str]) -> str:
+    """The pattern of one group of numbered files; BadInputError (naming it) for mixed padding or a gap."""
+    lengths = {len(n) for n in numbers}
+    padded = len(lengths) == 1 and (len(numbers) > 1 or numbers[0].startswith("0"))
+    digits = lengths.pop() if padded else 0
+    digits = digits if digits > 1 else 0  # one digit: %d says it plainly
+    pattern = os.path.join(folder, _name_pattern(prefix, digits, suffix))
+    if not padded and any(n.startswith("0") and n != "0" for n in numbers):
+        raise BadInputError(pattern, "its frame numbers mix padded and unpadded lengths "
+                            f"({', '.join(sorted({str(len(n)) for n in numbers}))} digits)")
+    _check_contiguous(pattern, sorted(int(n) for n in numbers))
+    return pattern
 
 
 def output_stem(sequence_path: str | os.PathLike) -> str:

@@ -36,7 +36,7 @@ from models.engines import create_engine
 from models.files import PARTIAL_SUFFIX, unwritable_reason
 from models.hints import ColourHints
 from worker.errors import BadInputError, ModelError, TinctError, one_line
-from worker.frame_sequences import FOLDER_SEQUENCE_SUFFIXES, folder_sequences, is_pattern, output_stem
+from worker.frame_sequences import FOLDER_SEQUENCE_SUFFIXES, folder_sequences, is_pattern, output_stem, photo_runs
 from worker.frame_sink import is_frame_output
 from worker.hints import HINTS_SUFFIX, hints_provenance, load_hints_file, sidecar_path
 from worker.images import (
@@ -262,6 +262,10 @@ def _walk(root: Path, output: Path, plan: PhotoPlan) -> Iterator[Path]:
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() != skip
                          and not is_reference_folder(d))  # a film's reference pictures are not photos to colorize
         runs, files = folder_sequences(here, sorted(name for name in files if not name.startswith(".")))
+        for pattern, count in photo_runs(here, files):
+            logger.warning("%s: %d numbered frames, colorized as photos one by one; name the run to colorize it as "
+                           "a film, with steady colour from frame to frame (tinct colorize '%s' -o <film>.mkv)",
+                           pattern, count, pattern)
         for run in runs:  # numbered DPX frames: each run is a film, named by its pattern
             if isinstance(run, BadInputError):
                 plan.failures.append(PhotoOutcome(PhotoTask(Path(run.path), output), "failed", str(run)))
