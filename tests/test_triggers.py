@@ -25,7 +25,7 @@ import redis
 from tests.services import s3_settings
 from worker.errors import StorageError
 from worker.hints import parse_hints_bytes
-from worker.jobs import JobOptions, JobSpec, JobSpecError, JobStore
+from worker.jobs import JobOptions, JobSpec, JobSpecError, JobStore, film_output_uri
 from worker.service import Service
 from worker.storage import ObjectInfo, Storage, UnsafeKeyError, parse_uri
 from worker.triggers.bulk import BulkReport, bulk
@@ -722,3 +722,24 @@ def test_webhook_events_send_a_film_with_its_reference_folder(webhook, submitter
     [rejected] = reply["rejected"]
     assert rejected["input"] == film.uri and rejected["reason"].startswith(reason)
     assert "s3://scans/reels/s.mkv is not there yet, nothing queued" in caplog.text
+
+
+def test_bulk_makes_each_run_of_dpx_frames_one_film_job(submitter, s3_server):  # noqa: F811
+    s3_server.make_bucket("scans")
+    for key in [f"in/reel1/scan_{n:07d}.dpx" for n in range(86400, 86405)] + [
+            "in/reel1/scanner-log.txt", "in/a.jpg", "in/0001.dpx", "in/0002.dpx",  # a run right in the prefix
+            "in/reel2/s_01.dpx", "in/reel2/s_03.dpx"]:  # a run with a frame lost
+        put(s3_server, "scans", key, body=key.encode())
+    report = bulk(submitter, "s3://scans/in/", "s3://out/", OPTIONS)
+    created = {spec.input: spec for spec in submitter.created}
+    assert set(created) == {"s3://scans/in/reel1/scan_%07d.dpx", "s3://scans/in/a.jpg", "s3://scans/in/%04d.dpx"}
+    run = created["s3://scans/in/reel1/scan_%07d.dpx"]
+    assert run.kind == "video" and run.output == "s3://out/reel1/" and film_output_uri(run) == "s3://out/reel1/scan.mkv"
+    assert film_output_uri(created["s3://scans/in/%04d.dpx"]) == "s3://out/in.mkv"
+    assert (report.listed, report.eligible, report.submitted, report.unsupported) == (11, 4, 3, 1)
+    assert report.failures == [("s3://scans/in/reel2/s_%02d.dpx", "s3://scans/in/reel2/s_%02d.dpx: 1 of frames 1-3 "
+                                "are missing (2); a film's frames must be contiguous, as a gap would move every later "
+                                "frame's time")]
+    assert submitter.stat_calls == 0  # the runs' identities came from the listing too
+    again = bulk(submitter, "s3://scans/in/", "s3://out/", OPTIONS)  # a rerun finds the same jobs
+    assert again.submitted == 0 and again.already_queued == 3

@@ -244,15 +244,40 @@ def _numbered_groups(names: list[str], suffixes: tuple[str, ...]) -> tuple[dict[
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
     rest = []
     for name in names:
-        match = _NUMBERED.match(name)
-        if match and match["suffix"].lower() in suffixes:
-            groups[match["prefix"], match["suffix"]].append(match["number"])
-        else:
+        numbered = _numbered(name, suffixes)
+        if numbered is None:
             rest.append(name)
+        else:
+            prefix, number, suffix = numbered
+            groups[prefix, suffix].append(number)
     return groups, rest
 
 
-def _run_pattern(folder: Path, prefix: str, suffix: str, numbers: list[str]) -> str:
+def run_key(name: str) -> tuple[str, str] | None:
+    """The (prefix, suffix) that groups a file ``name`` into a run of DPX frames, or None for any other file."""
+    numbered = _numbered(name, FOLDER_SEQUENCE_SUFFIXES)
+    return None if numbered is None else (numbered[0], numbered[2])
+
+
+def _numbered(name: str, suffixes: tuple[str, ...]) -> tuple[str, str, str] | None:
+    """(prefix, number as spelled, suffix) of a numbered file name with one of ``suffixes``, else None."""
+    match = _NUMBERED.match(name)
+    if match and match["suffix"].lower() in suffixes:
+        return match["prefix"], match["number"], match["suffix"]
+    return None
+
+
+def stored_run(folder_uri: str, frames: list[ObjectInfo]) -> tuple[str, ObjectInfo]:
+    """The pattern URI and identity of the stored run made of ``frames`` (one run's objects, in one folder, as a
+    listing gives them); BadInputError for mixed padding or a gap."""
+    prefix, suffix = run_key(frames[0].uri.rsplit("/", 1)[1])
+    numbers = [info.uri.rsplit("/", 1)[1][len(prefix): -len(suffix)] for info in frames]
+    pattern = _run_pattern(folder_uri, prefix, suffix, numbers)
+    order = sorted(range(len(frames)), key=lambda i: int(numbers[i]))
+    return pattern, stored_identity(pattern, [frames[i] for i in order])
+
+
+def _run_pattern(folder: str | Path, prefix: str, suffix: str, numbers: list[str]) -> str:
     """The pattern of one group of numbered files; BadInputError (naming it) for mixed padding or a gap."""
     lengths = {len(n) for n in numbers}
     padded = len(lengths) == 1 and (len(numbers) > 1 or numbers[0].startswith("0"))

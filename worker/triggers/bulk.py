@@ -17,12 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from worker.errors import TinctError, TransientError, one_line
+from worker.errors import BadInputError, TinctError, TransientError, one_line
+from worker.frame_sequences import run_key, stored_run
 from worker.hints import HINTS_SUFFIX
-from worker.jobs import JobOptions, JobSpec
+from worker.jobs import JobOptions, JobSpec, check_film_encoding
 from worker.references import REFERENCES_SUFFIX
 from worker.settings import GuidanceLimits
-from worker.storage import ObjectInfo, Storage, normalize_uri
+from worker.storage import ObjectInfo, Storage, join_uri, normalize_uri, relative_key
 from worker.triggers.mapping import Submitter, eligibility, is_transient, is_within, job_spec_for
 from worker.triggers.sidecars import picture_film, reference_film, with_sidecars
 
@@ -122,8 +123,9 @@ def bulk(
     concurrency: int = BULK_CONCURRENCY,
     limits: GuidanceLimits | None = None,
 ) -> BulkReport:
-    """Submit a job for every photo and film under ``prefix_uri``, writing under ``output_prefix``, each photo with
-    the hints and each film with the reference pictures beside it (:class:`_Sidecars`, within ``limits``).
+    """Submit a job for every photo and film under ``prefix_uri`` (a run of DPX frames is one film, :class:`_Runs`),
+    writing under ``output_prefix``, each photo with the hints and each film file with the reference pictures beside
+    it (:class:`_Sidecars`, within ``limits``).
 
     The listing is consumed lazily; job ids come from the listing's ETag and size (no HEAD per object) and are
     checked ``batch_size`` at a time with one ``job_states`` call, so a rerun over a prefix of 100,000 objects
@@ -141,6 +143,7 @@ def bulk(
     listing = iter(submitter.storage.list(prefix))
     pending: list[_Candidate] = []
     sidecars = _Sidecars(submitter.storage, report, limits or GuidanceLimits())
+    runs = _Runs(prefix, output, options, report)
     with ThreadPoolExecutor(concurrency, thread_name_prefix="tinct-bulk") as pool:
         while not report.stopped:
             try:
@@ -155,10 +158,14 @@ def bulk(
                 break
             if info is None:
                 pending.extend(sidecars.release(None))
+                pending.extend(runs.add(None))
                 break
             report.listed += 1
             pending.extend(sidecars.release(info))
             if sidecars.is_sidecar(info):
+                continue
+            if runs.is_frame(info):
+                pending.extend(runs.add(info))
                 continue
             candidate = _candidate(info, prefix, output, options, report)
             if candidate is not None and candidate.spec.kind in ("image", "video"):
@@ -192,6 +199,56 @@ def _candidate(
         report.fail(info.uri, str(error))
         return None
     return _Candidate(info, spec, spec.job_id(info.etag, info.size), time.time())
+
+
+class _Runs:
+    """Runs of DPX frames met in a bulk listing (``worker.frame_sequences``): each run is one film job, its input
+    named by its pattern and its film written in the input's mirrored folder (``in/reel1/scan_%07d.dpx`` ->
+    ``out/reel1/scan.mkv``). A listing is in key order, so a run's frames come together; a run is complete when a
+    frame of another run (or the end of the listing) comes. Its identity is made from the listing, as photos' are."""
+
+    def __init__(self, prefix: str, output: str, options: JobOptions, report: BulkReport) -> None:
+        self.prefix, self.output, self.options, self.report = prefix, output, options, report
+        self._key: tuple[str, str, str] | None = None  # (folder URI, prefix, suffix) of the run being gathered
+        self._frames: list[ObjectInfo] = []
+
+    @staticmethod
+    def is_frame(info: ObjectInfo) -> bool:
+        return run_key(info.uri.rsplit("/", 1)[1]) is not None
+
+    def add(self, info: ObjectInfo | None) -> list[_Candidate]:
+        """Take one frame (None: the listing ended); returns the run it completed, if any, as a candidate."""
+        key = None
+        if info is not None:
+            folder, name = info.uri.rsplit("/", 1)
+            key = (folder, *run_key(name))
+        done = []
+        if self._frames and key != self._key:
+            candidate = self._candidate()
+            done = [candidate] if candidate is not None else []
+            self._frames = []
+        if info is not None:
+            self._key = key
+            self._frames.append(info)
+        return done
+
+    def _candidate(self) -> _Candidate | None:
+        folder = self._key[0]
+        if eligibility(folder + "/", self.output) == "own_output":
+            self.report.own_outputs += len(self._frames)
+            return None
+        self.report.eligible += 1
+        try:
+            pattern, identity = stored_run(folder, self._frames)
+            # The run's folder relative to the input prefix ("" for a run right in it).
+            within = "" if folder == self.prefix.rstrip("/") else relative_key(self.prefix, folder)
+            output = join_uri(self.output, within) + "/" if within else self.output
+            spec = JobSpec(pattern, output, "video", self.options)
+            check_film_encoding(spec)
+        except (TinctError, ValueError) as error:
+            self.report.fail(self._frames[0].uri if not isinstance(error, BadInputError) else error.path, str(error))
+            return None
+        return _Candidate(identity, spec, spec.job_id(identity.etag, identity.size), time.time())
 
 
 class _Sidecars:
