@@ -50,7 +50,7 @@ from worker.references import (
     references_provenance,
     resolve_references,
 )
-from worker.segments import Segment, check_output, join_segments, plan_segments
+from worker.segments import Segment, check_output, describe_other_streams, join_segments, plan_segments
 from worker.settings import GuidanceLimits
 from worker.smoothing import SmoothingOptions
 from worker.video_sink import (
@@ -210,8 +210,7 @@ def colorize_film(
         raise BadInputError(output, f"would replace the frames of its source, {source}")
     elif film.other_streams:
         logger.warning("%s: its %s %s left out: frames carry no sound or subtitles", source,
-                       ", ".join(f"{s.type} stream #{s.index} ({s.codec})" for s in film.other_streams),
-                       "is" if len(film.other_streams) == 1 else "are")
+                       describe_other_streams(film), "is" if len(film.other_streams) == 1 else "are")
     # Every reference is checked (time, picture) before any work, so a bad one fails the film with nothing written.
     limits = options.limits
     references = resolve_references(

@@ -96,7 +96,7 @@ class FrameSequence:
     def frame_path(self, position: int) -> Path:
         """The file of the run's ``position``-th frame (0 is the first)."""
         number = self.first + position
-        return self.folder / f"{self.prefix}{number:0{self.digits}d}{self.suffix}"
+        return self.folder / frame_name(self.prefix, self.digits, self.suffix, number)
 
     def describe(self) -> str:
         timecode = f", timecode {self.timecode}" if self.timecode else ""
@@ -311,6 +311,11 @@ def parse_frame_rate(text: str) -> Fraction:
     return _exact(float(rate)) if rate.denominator not in (1, 1001) else rate
 
 
+def frame_name(prefix: str, digits: int, suffix: str, number: int) -> str:
+    """The file name of frame ``number`` in a run so named (as the printf pattern prints it)."""
+    return f"{prefix}{number:0{digits}d}{suffix}"
+
+
 def _name_pattern(prefix: str, digits: int, suffix: str) -> str:
     number = f"%0{digits}d" if digits else "%d"
     return prefix.replace("%", "%%") + number + suffix.replace("%", "%%")
@@ -342,7 +347,7 @@ def _fits(number: str, digits: int) -> bool:
 
 def _sequence(path: str, folder: Path, prefix: str, digits: int, suffix: str, numbers: list[int],
               frame_rate: Fraction | None) -> FrameSequence:
-    first = folder / f"{prefix}{numbers[0]:0{digits}d}{suffix}"
+    first = folder / frame_name(prefix, digits, suffix, numbers[0])
     is_dpx = suffix.lower() == ".dpx"
     declared = dpx_frame_rate(first) if is_dpx and frame_rate is None else None
     if frame_rate is not None:

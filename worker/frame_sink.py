@@ -35,6 +35,7 @@ from worker.frame_sequences import (
     DPX_MAGIC,
     DPX_RATE_OFFSETS,
     DPX_TIMECODE_OFFSET,
+    frame_name,
     is_pattern,
     split_pattern,
 )
@@ -80,7 +81,7 @@ class FrameTarget:
         return self.folder / self.name(number)
 
     def name(self, number: int) -> str:
-        return f"{self.prefix}{number:0{self.digits}d}{self.suffix}"
+        return frame_name(self.prefix, self.digits, self.suffix, number)
 
     def existing(self) -> list[Path]:
         """Files in the folder already named as this target's frames."""

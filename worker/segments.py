@@ -178,11 +178,12 @@ def _check_output_streams(film: FilmInfo, output: str | os.PathLike) -> None:
         try:
             out.start_encoding()
         except av.FFmpegError as exc:
-            raise BadInputError(film.path, f"its {_describe_others(film)} cannot be stored in "
+            raise BadInputError(film.path, f"its {describe_other_streams(film)} cannot be stored in "
                                 f"{Path(output).suffix} ({exc.strerror or exc}); try .mkv or .mov") from exc
 
 
-def _describe_others(film: FilmInfo) -> str:
+def describe_other_streams(film: FilmInfo) -> str:
+    """The film's streams besides its video, as messages name them ("audio stream #1 (flac)")."""
     return ", ".join(f"{s.type} stream #{s.index} ({s.codec})" for s in film.other_streams) or "streams"
 
 

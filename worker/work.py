@@ -164,7 +164,8 @@ class Runtime:
 
     def film(self, uri: str) -> FilmInfo:
         """The probed film at ``uri`` (its local copy, or a run of frames), cached by the copy's version."""
-        if is_pattern(parse_uri(uri)[2]):
+        run = is_pattern(parse_uri(uri)[2])
+        if run:
             local, version = self.local_run(uri)
             key = (str(local), version)
         else:
@@ -175,7 +176,7 @@ class Runtime:
             try:
                 self._films[key] = probe_film(local, DEFAULT_MAX_FILM_PIXELS)
             except BadInputError as exc:
-                if not is_pattern(parse_uri(uri)[2]):
+                if not run:
                     raise
                 # Named as stored, not as this worker's copy: the run, or the frame at fault beside it.
                 name = PurePosixPath(exc.path).name
