@@ -4,7 +4,10 @@ encoders, through the real film job and CLI, with a tiny real model."""
 from __future__ import annotations
 
 import os
+import socket
 import struct
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -13,7 +16,9 @@ import numpy as np
 import pytest
 
 from tests.media import gray_frames, lumas, moving_scene, probe, write_clip, write_frames
+from tests.services import put_object
 from tests.test_films import _InterruptingColorizer, is_coloured, run_cli
+from tools.local_services import s3_settings
 from worker.cli import main
 from worker.errors import BadInputError
 from worker.films import FilmOptions, colorize_film, parts_folder
@@ -26,8 +31,11 @@ from worker.frame_sequences import (
     parse_frame_rate,
 )
 from worker.photos import plan_photos
+from worker.settings import Settings
 from worker.smoothing import SmoothingOptions
-from worker.video_source import probe_film
+from worker.video_sink import EncodeOptions, plan_output
+from worker.video_source import RUN_WINDOW_FRAMES, decode_frames, probe_film
+from worker.work import Runtime
 
 SIZE = (96, 64)
 FIRST = 86400  # scanners number frames on from a reel's timecode or footage count, rarely from 0
@@ -330,3 +338,67 @@ def test_a_folder_walk_points_out_a_film_scanned_as_tiffs(tmp_path, caplog):
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == [f"{run}: 30 numbered frames, colorized as photos one by one; name the run to colorize it as a "
                         f"film, with steady colour from frame to frame (tinct colorize '{run}' -o <film>.mkv)"]
+
+
+# --- runs kept in an object store ----------------------------------------------------------------------------
+
+
+def test_a_worker_reads_a_stored_run_a_window_at_a_time_and_keeps_none_of_it(s3_server, tmp_path):
+    # A 2K reel in a bucket is some 180 GB: each worker fetches the frames it decodes (a segment with its warm-up),
+    # into a folder of its own that goes when they are read.
+    s3_server.make_bucket("scans")
+    frames = [frame.astype(np.uint16) << 8 for frame in gray_frames(moving_scene(30, *SIZE))]  # exact at 10 bits
+    for path in write_frames(tmp_path / "scan", frames, rate=25.0):
+        put_object(s3_server, f"s3://scans/reel1/{path.name}", path.read_bytes())
+    rt = Runtime(s3_settings(s3_server, work_dir=tmp_path / "work"))
+    film = rt.film("s3://scans/reel1/scan_%07d.dpx")
+    assert (film.frames, film.fps, film.video.bit_depth) == (30, 25.0, 10)
+    fetched = tmp_path / "work" / "frames"
+    assert list(fetched.iterdir()) == []  # the probe's samples are gone too
+    layout = plan_output(film.video, EncodeOptions("ffv1")).frame
+
+    def held() -> list[int]:
+        return sorted(int(path.stem.removeprefix("scan_")) - FIRST for path in fetched.glob("*/*"))
+
+    decoded = decode_frames(film, layout, 20, 26, warmup=3)  # a segment with its warm-up
+    read = [next(decoded)]
+    assert held() == list(range(17, 26))
+    read += decoded
+    assert [(frame.index, frame.pts, frame.warmup) for frame in read] == [(i, i, i < 20) for i in range(17, 26)]
+    decoded = decode_frames(film, layout, 1, 30)  # longer than a window (RUN_WINDOW_FRAMES): two in turn
+    read += [next(decoded) for _ in range(RUN_WINDOW_FRAMES)]
+    assert held() == list(range(1, 1 + RUN_WINDOW_FRAMES))
+    read.append(next(decoded))
+    assert held() == list(range(1 + RUN_WINDOW_FRAMES, 30))
+    read += decoded
+    assert [frame.index for frame in read[9:]] == list(range(1, 30))
+    for frame in read:
+        np.testing.assert_array_equal(frame.luma, frames[frame.index] >> 6)  # the 10-bit scan, bit for bit
+    assert list(fetched.iterdir()) == []
+    assert not (tmp_path / "work" / "inputs").exists()
+
+
+def test_a_damaged_stored_dpx_frame_is_refused_by_its_key_from_its_header_alone(s3_server, tmp_path):
+    s3_server.make_bucket("scans")
+    paths = write_frames(tmp_path / "scan", scene(6), rate=24.0)
+    for path in paths:
+        put_object(s3_server, f"s3://scans/reel1/{path.name}", path.read_bytes())
+    put_object(s3_server, f"s3://scans/reel1/{paths[4].name}", paths[4].read_bytes()[:3000])  # a copy cut short
+    rt = Runtime(s3_settings(s3_server, work_dir=tmp_path / "work"))
+    with pytest.raises(BadInputError) as refused:
+        rt.film("s3://scans/reel1/scan_%07d.dpx")
+    assert str(refused.value).startswith(f"s3://scans/reel1/{paths[4].name}: truncated: 3000 bytes of the ")
+
+
+def test_a_worker_started_on_a_host_removes_the_frames_its_dead_processes_left(tmp_path):
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                              check=True)
+    frames = tmp_path / "work" / "frames"
+    dead = frames / f"{finished.stdout.strip()}@{socket.gethostname()}@k1ll3d"  # a worker killed mid-segment
+    live = frames / f"{os.getpid()}@{socket.gethostname()}@r3ad1ng"
+    elsewhere = frames / f"{finished.stdout.strip()}@another-host@r3ad1ng"  # a work folder shared between hosts
+    for folder in (dead, live, elsewhere):
+        folder.mkdir(parents=True)
+        (folder / "scan_0086400.dpx").write_bytes(b"SDPX")
+    Runtime(Settings(work_dir=tmp_path / "work"))
+    assert sorted(frames.iterdir()) == sorted([live, elsewhere])

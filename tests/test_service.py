@@ -322,13 +322,17 @@ def test_a_job_taken_before_a_check_was_added_stays_readable(service_env):
     assert client.get("old-job").spec == stored  # the job list and its page must still show it
 
 
-def test_oversized_input_fails_at_submission(service_env):
+def test_oversized_input_fails_at_submission_but_a_run_of_frames_is_no_one_download(service_env, tmp_path):
     client, _, s3, redis, model = service_env
     put_object(s3, "s3://scans/big.png", gray_png())
     small = Service(s3_settings(s3, redis_url=redis.url, max_input_bytes=10))
     job_id, _ = small.submit(spec("s3://scans/big.png", "s3://colour/", model))
     record = small.get(job_id)
     assert record.state == "failed" and "over the limit" in record.error
+    for path in write_frames(tmp_path / "reel1", [np.zeros((16, 16), np.uint16)] * 2):
+        put_object(s3, f"s3://scans/reel1/{path.name}", path.read_bytes())
+    job_id, _ = small.submit(spec("s3://scans/reel1/scan_%07d.dpx", "s3://colour/", model, codec="ffv1"))
+    assert small.get(job_id).state == "queued"  # its workers fetch a segment's frames at a time
 
 
 # --- reliability ---------------------------------------------------------------------------------------------
@@ -530,8 +534,8 @@ def test_worker_per_gpu_rejects_bad_gpu_lists(capsys):
 
 
 def test_a_run_of_dpx_frames_in_a_bucket_is_one_film_job(service_env, tmp_path):
-    client, start_worker, s3, _, model = service_env
-    frames = [f.astype(np.uint16) << 8 for f in gray_frames(moving_scene(8, 96, 64))]
+    client, start_worker, s3, redis_server, model = service_env
+    frames = [f.astype(np.uint16) << 8 for f in gray_frames(moving_scene(24, 96, 64))]
     for path in write_frames(tmp_path / "reel1", frames, rate=18.0):
         put_object(s3, f"s3://scans/reel1/{path.name}", path.read_bytes())
     put_object(s3, "s3://scans/reel1/scanner-log.txt", b"a scanner's notes beside its frames")
@@ -540,16 +544,20 @@ def test_a_run_of_dpx_frames_in_a_bucket_is_one_film_job(service_env, tmp_path):
     job_id, _ = client.submit(spec(run, "s3://colour/films/", model, codec="ffv1"))
     record = wait_for_job(client, job_id)
     assert record.state == "succeeded", record.error
-    assert record.outputs == ["s3://colour/films/scan.mkv"] and record.done == 8
+    assert record.outputs == ["s3://colour/films/scan.mkv"] and record.done == 24
+    assert len(json.loads(redis_server.client().get(f"tinct:job:{job_id}:segments"))) == 3  # of 0.5 s at 18 fps
     (tmp_path / "out.mkv").write_bytes(get_object(s3, "s3://colour/films/scan.mkv"))
     video = probe(tmp_path / "out.mkv").video
-    assert np.allclose([float(p * video.time_base) for p in video.pts], [i / 18 for i in range(8)], atol=1e-3)
+    assert np.allclose([float(p * video.time_base) for p in video.pts], [i / 18 for i in range(24)], atol=1e-3)
     for written, kept in zip(frames, lumas(tmp_path / "out.mkv"), strict=True):
         np.testing.assert_array_equal(kept, written >> 6)  # the scan's 10-bit values, bit for bit
+    # Each segment's frames were fetched as it was coloured, and are gone: the worker keeps no copy of the reel.
+    assert list((tmp_path / "work-w" / "frames").iterdir()) == []
+    assert not (tmp_path / "work-w" / "inputs").exists()
     assert client.submit(spec(run, "s3://colour/films/", model, codec="ffv1")) == (job_id, False)  # the same run
     s3.client().delete_object(Bucket="scans", Key="reel1/scan_0086403.dpx")  # a frame lost
     lost, created = client.submit(spec(run, "s3://colour/films/", model, codec="ffv1"))
     assert created and client.get(lost).state == "failed"
-    assert client.get(lost).error == (f"{run}: 1 of frames 86400-86407 are missing (86403); a film's frames must be "
+    assert client.get(lost).error == (f"{run}: 1 of frames 86400-86423 are missing (86403); a film's frames must be "
                                       "contiguous, as a gap would move every later frame's time")
 

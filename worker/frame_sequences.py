@@ -16,7 +16,8 @@ A DPX frame says its frame rate in its film or television header where the scann
 frames do not say (and every TIFF or PNG run) plays at ``DEFAULT_FRAME_RATE`` unless a rate is given.
 
 The service names a stored run the same way (``s3://scans/reel1/scan_%07d.dpx``): ``stored_frames`` lists its
-objects and ``stored_identity`` makes one identity of them, as a job's input needs.
+objects and ``stored_identity`` makes one identity of them, as a job's input needs. A worker reads a stored run
+through ``stored_sequence``, whose ``open`` fetches just the frames it reads: a reel is too large to copy whole.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ import os
 import re
 import struct
 from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -67,6 +69,11 @@ DPX_TRANSFER_OFFSET = 801  # U8: image element 1's transfer characteristic
 DPX_LOG_TRANSFERS = {1: "printing density", 3: "logarithmic"}
 MISSING_FRAMES_SHOWN = 5
 
+# How a worker reads a run kept in an object store, too large to copy whole to each worker (a 2K reel is some 180 GB):
+# given the positions of the frames it will read, a context holding a folder of its own with just those frames,
+# named as in the run (``worker.work.Runtime`` copies them there), removed on leaving.
+FetchFrames = Callable[[range], AbstractContextManager[Path]]
+
 _PRINTF = re.compile(r"%(0(?P<digits>[1-9]\d?)|)d")
 _HASHES = re.compile(r"#+")
 _NUMBERED = re.compile(r"^(?P<prefix>.*?)(?P<number>\d+)(?P<suffix>\.[^.]+)$")
@@ -83,6 +90,9 @@ class FrameSequence:
     frame_rate: Fraction
     rate_source: str  # where the rate came from: "given", the DPX header that says it, or "default"
     timecode: str | None = None  # the first frame's, as DPX television headers give it ("01:00:00:00")
+    # Set for a run kept in an object store: ``folder`` then holds none of its frames, and ``open`` has the frames
+    # it reads fetched. Such a run was listed and checked by ``stored_sequence``.
+    fetch: FetchFrames | None = field(default=None, compare=False, repr=False)
 
     @property
     def pattern(self) -> str:
@@ -119,34 +129,31 @@ class FrameSequence:
         only, a few KB per frame; frames of other formats are checked as they are decoded."""
         if self.suffix.lower() != ".dpx":
             return
-        width = height = None
+        film_size = None
         for position in range(self.count):
             path = self.frame_path(position)
-            header = _dpx_header(path)
-            if header is None:
-                raise BadInputError(path, "not a DPX file (no DPX header)")
-            order, data = header
-            (declared_size,) = struct.unpack_from(f"{order}I", data, DPX_FILE_SIZE_OFFSET)
-            size = os.path.getsize(path)
-            if size < declared_size:
-                raise BadInputError(path, f"truncated: {size} bytes of the {declared_size} its header declares")
-            frame_size = struct.unpack_from(f"{order}II", data, DPX_SIZE_OFFSET)
-            if width is None:
-                width, height = frame_size
-                if data[DPX_TRANSFER_OFFSET] in DPX_LOG_TRANSFERS:
-                    logger.warning("%s: its frames are log-encoded (%s), as scans for grading are; they are "
-                                   "colorized as they look, flat, and the copy keeps their log lightness", self.pattern,
-                                   DPX_LOG_TRANSFERS[data[DPX_TRANSFER_OFFSET]])
-            elif frame_size != (width, height):
-                raise BadInputError(path, f"this frame is {frame_size[0]}x{frame_size[1]}, the film's first is "
-                                    f"{width}x{height}; a film's frames must all be one size")
+            film_size = check_dpx_frame(path, _read_header(path), os.path.getsize(path), film_size, self.pattern)
 
-    def open(self) -> av.container.InputContainer:
-        """The run as a PyAV container: one video stream, a frame per file, at the run's frame rate."""
-        options = {"start_number": str(self.first), "framerate": str(self.frame_rate)}
+    @contextmanager
+    def open(self, start: int = 0, stop: int | None = None) -> Iterator[av.container.InputContainer]:
+        """The run from its frame ``start`` on (a position: 0 is its first frame) as a PyAV container: one video
+        stream, a frame per file at the run's frame rate, whose pts count from ``start``. A stored run (``fetch``)
+        has its frames ``start .. stop - 1`` fetched for the reading (to its last frame if ``stop`` is None)."""
+        if self.fetch is None:
+            with self._open_in(self.folder, start) as container:
+                yield container
+            return
+        with self.fetch(range(start, self.count if stop is None else stop)) as folder, \
+                self._open_in(folder, start) as container:
+            yield container
+
+    def _open_in(self, folder: Path, start: int) -> av.container.InputContainer:
+        # FFmpeg's image demuxer reads from frame ``start_number`` to the first missing number (``start_number_range``
+        # 1: that very frame, never one of the next few in its place), and reads the whole path as a pattern.
+        options = {"start_number": str(self.first + start), "start_number_range": "1",
+                   "framerate": str(self.frame_rate)}
         try:
-            # FFmpeg reads the whole path as a pattern, the folder too.
-            ffmpeg_pattern = os.path.join(str(self.folder).replace("%", "%%"),
+            ffmpeg_pattern = os.path.join(str(folder).replace("%", "%%"),
                                           _name_pattern(self.prefix, self.digits, self.suffix))
             return av.open(ffmpeg_pattern, format="image2", options=options, metadata_errors="replace")
         except av.FFmpegError as exc:
@@ -169,7 +176,9 @@ def find_sequence(path: str | os.PathLike, frame_rate: Fraction | None = None) -
     except OSError as exc:
         raise BadInputError(path, f"cannot list its folder: {exc.strerror or exc}") from exc
     numbers = [number for number, _ in select_frames(path, names)]
-    return _sequence(path, Path(folder or "."), prefix, digits, suffix, numbers, frame_rate)
+    first = Path(folder or ".") / frame_name(prefix, digits, suffix, numbers[0])
+    header = _read_header(first) if suffix.lower() == ".dpx" else b""
+    return _sequence(path, Path(folder or "."), prefix, digits, suffix, numbers, frame_rate, header)
 
 
 def select_frames(path: str, names: Iterable[str]) -> list[tuple[int, str]]:
@@ -346,10 +355,11 @@ def _fits(number: str, digits: int) -> bool:
 
 
 def _sequence(path: str, folder: Path, prefix: str, digits: int, suffix: str, numbers: list[int],
-              frame_rate: Fraction | None) -> FrameSequence:
-    first = folder / frame_name(prefix, digits, suffix, numbers[0])
+              frame_rate: Fraction | None, first_header: bytes, fetch: FetchFrames | None = None) -> FrameSequence:
+    """The run of frames ``numbers``, its rate and timecode read from ``first_header`` (the first frame's first bytes;
+    a DPX frame's say them)."""
     is_dpx = suffix.lower() == ".dpx"
-    declared = dpx_frame_rate(first) if is_dpx and frame_rate is None else None
+    declared = dpx_frame_rate(first_header) if is_dpx and frame_rate is None else None
     if frame_rate is not None:
         rate, rate_source = frame_rate, "given"
     elif declared is not None:
@@ -358,8 +368,53 @@ def _sequence(path: str, folder: Path, prefix: str, digits: int, suffix: str, nu
         logger.warning("%s: its frames do not say their frame rate; it plays at %s fps (--frame-rate sets another)",
                        path, DEFAULT_FRAME_RATE)
         rate, rate_source = DEFAULT_FRAME_RATE, "default"
-    timecode = dpx_timecode(first, rate) if is_dpx else None
-    return FrameSequence(folder, prefix, digits, suffix, numbers[0], len(numbers), rate, rate_source, timecode)
+    timecode = dpx_timecode(first_header, rate) if is_dpx else None
+    return FrameSequence(folder, prefix, digits, suffix, numbers[0], len(numbers), rate, rate_source, timecode,
+                         fetch)
+
+
+def stored_sequence(storage, uri: str, frames: list[ObjectInfo], folder: Path, fetch: FetchFrames,
+                    frame_rate: Fraction | None = None) -> FrameSequence:
+    """The run kept in an object store whose objects ``frames`` are (``stored_frames``), read through ``fetch``; its
+    ``folder`` (where the worker's messages place it) holds none of its frames. Its DPX frames are checked as a
+    folder's are, by their headers, but without reading every frame's: a frame stored at the size of the first, which
+    is whole, is taken as whole too (frames of one scan are one size, and the decoder names any other damage); the
+    header of any other is read, to refuse it by name before any work."""
+    prefix, digits, suffix = split_pattern(uri, uri.rsplit("/", 1)[1])
+    names = [info.uri.rsplit("/", 1)[1] for info in frames]
+    numbers = [int(name[len(prefix): len(name) - len(suffix)]) for name in names]
+    first_header = b""
+    if suffix.lower() == ".dpx":
+        first_header = storage.get_head(frames[0].uri, DPX_HEADER_BYTES)
+        film_size = check_dpx_frame(frames[0].uri, first_header, frames[0].size, None, uri)
+        for info in frames[1:]:
+            if info.size != frames[0].size:
+                check_dpx_frame(info.uri, storage.get_head(info.uri, DPX_HEADER_BYTES), info.size, film_size, uri)
+    pattern = os.path.join(folder, _name_pattern(prefix, digits, suffix))
+    return _sequence(pattern, folder, prefix, digits, suffix, numbers, frame_rate, first_header, fetch)
+
+
+def check_dpx_frame(name: str | os.PathLike, header: bytes, size: int, film_size: tuple[int, int] | None,
+                    film: str) -> tuple[int, int]:
+    """The (width, height) of the DPX frame ``name`` from its ``header`` (its first bytes) and stored ``size``.
+    BadInputError naming the frame if it is no DPX file, is cut short of the size its header declares, or is not
+    ``film_size``; the first frame of the run ``film`` (``film_size`` None) warns if its frames are log-encoded."""
+    order = _dpx_order(header)
+    if order is None:
+        raise BadInputError(name, "not a DPX file (no DPX header)")
+    (declared_size,) = struct.unpack_from(f"{order}I", header, DPX_FILE_SIZE_OFFSET)
+    if size < declared_size:
+        raise BadInputError(name, f"truncated: {size} bytes of the {declared_size} its header declares")
+    frame_size = struct.unpack_from(f"{order}II", header, DPX_SIZE_OFFSET)
+    if film_size is None:
+        if header[DPX_TRANSFER_OFFSET] in DPX_LOG_TRANSFERS:
+            logger.warning("%s: its frames are log-encoded (%s), as scans for grading are; they are colorized as they "
+                           "look, flat, and the copy keeps their log lightness", film,
+                           DPX_LOG_TRANSFERS[header[DPX_TRANSFER_OFFSET]])
+    elif frame_size != film_size:
+        raise BadInputError(name, f"this frame is {frame_size[0]}x{frame_size[1]}, the film's first is "
+                            f"{film_size[0]}x{film_size[1]}; a film's frames must all be one size")
+    return frame_size
 
 
 def _check_contiguous(path: str, numbers: list[int]) -> None:
@@ -374,13 +429,12 @@ def _check_contiguous(path: str, numbers: list[int]) -> None:
                             "frames must be contiguous, as a gap would move every later frame's time")
 
 
-def dpx_timecode(path: Path, rate: Fraction) -> str | None:
+def dpx_timecode(header: bytes, rate: Fraction) -> str | None:
     """The SMPTE timecode a DPX frame's television header gives it, as FFmpeg writes timecodes (``;`` before the
     frames for drop-frame); None where it gives none, or one that cannot count at ``rate``."""
-    found = _dpx_header(path)
-    if found is None or len(found[1]) < DPX_HEADER_BYTES:
+    order = _dpx_order(header)
+    if order is None or len(header) < DPX_HEADER_BYTES:
         return None
-    order, header = found
     (data_offset,) = struct.unpack_from(f"{order}I", header, DPX_DATA_OFFSET)
     (code,) = struct.unpack_from(f"{order}I", header, DPX_TIMECODE_OFFSET)
     if data_offset < DPX_HEADER_BYTES or code == 0xFFFFFFFF:
@@ -395,13 +449,12 @@ def dpx_timecode(path: Path, rate: Fraction) -> str | None:
     return f"{hours:02d}:{minutes:02d}:{seconds:02d}{separator}{frames:02d}"
 
 
-def dpx_frame_rate(path: Path) -> tuple[Fraction, str] | None:
+def dpx_frame_rate(header: bytes) -> tuple[Fraction, str] | None:
     """The frame rate a DPX frame declares, and the header that declares it; None if neither header does (or the
     file is too short to tell: the decoder names a broken frame later)."""
-    found = _dpx_header(path)
-    if found is None:
+    order = _dpx_order(header)
+    if order is None:
         return None
-    order, header = found
     (data_offset,) = struct.unpack_from(f"{order}I", header, DPX_DATA_OFFSET)
     if data_offset < DPX_HEADER_BYTES or len(header) < DPX_HEADER_BYTES:  # no industry headers: 1664 on are pixels
         return None
@@ -412,18 +465,20 @@ def dpx_frame_rate(path: Path) -> tuple[Fraction, str] | None:
     return None
 
 
-def _dpx_header(path: Path) -> tuple[str, bytes] | None:
-    """A DPX file's byte order (a struct prefix) and its first 2048 bytes (the generic headers, then the industry
-    headers or pixels); None if it has no generic headers."""
+def _read_header(path: Path) -> bytes:
+    """A DPX file's first 2048 bytes: its generic headers, then its industry headers or pixels (b"" if unreadable)."""
     try:
         with open(path, "rb") as f:
-            header = f.read(DPX_HEADER_BYTES)
+            return f.read(DPX_HEADER_BYTES)
     except OSError:
-        return None
+        return b""
+
+
+def _dpx_order(header: bytes) -> str | None:
+    """The byte order (a struct prefix) of the DPX file whose first bytes are ``header``; None if they hold no
+    generic headers."""
     order = DPX_MAGIC.get(header[:4])
-    if order is None or len(header) < DPX_GENERIC_HEADER_BYTES:
-        return None
-    return order, header
+    return order if order is not None and len(header) >= DPX_GENERIC_HEADER_BYTES else None
 
 
 def _exact(rate: float) -> Fraction:

@@ -113,7 +113,7 @@ def join_segments(
     ``output``, atomically. Raises BadInputError if a source stream cannot be copied into the output, or FFmpeg
     refuses to write the result (named by the film and the output, with FFmpeg's reason)."""
     container_name = container_for(output)
-    with atomic_path(output) as tmp, film.open() as source:
+    with atomic_path(output) as tmp, film.open_streams() as source:
         segments = [av.open(os.fspath(p)) for p in segment_paths]
         try:
             with av.open(os.fspath(tmp), "w", format=container_name,
@@ -171,7 +171,7 @@ def check_output(film: FilmInfo, output: str | os.PathLike, codec: str) -> None:
 
 def _check_output_streams(film: FilmInfo, output: str | os.PathLike) -> None:
     container_name = container_for(output)
-    with film.open() as source, av.open(io.BytesIO(), "w", format=container_name) as out:
+    with film.open_streams() as source, av.open(io.BytesIO(), "w", format=container_name) as out:
         stream = out.add_stream("libx264", rate=24)  # a stand-in: every container Tinct writes takes H.264
         stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"
         _add_copies(out, film, source, output, report=False)  # the join reports what it leaves out
@@ -258,7 +258,7 @@ def _carry_cover(out, film: FilmInfo, src, codec: str, report: bool) -> None:
             logger.warning("%s: its cover picture (stream #%d, %s) is left out: only a .mkv copy can keep it",
                            film.path, src.index, codec)
         return
-    with film.open() as again:  # the join's own reading of the source must not move
+    with film.open_streams() as again:  # the join's own reading of the source must not move
         picture = next(bytes(p) for p in again.demux(stream_by_index(again, src.index)) if p.size)
     out.add_attachment(src.metadata.get("filename") or f"cover{extension}", mimetype, picture)
 

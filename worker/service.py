@@ -66,7 +66,7 @@ class Service:
     def identity(self, spec: JobSpec) -> ObjectInfo:
         """The input's identity: one HEAD for a file or object; for a collection or a run of frames, a digest of its
         listing (keys, ETags, sizes), so the same one resubmitted is the same job and a changed one is not."""
-        if spec.kind == "video" and is_pattern(parse_uri(spec.input)[2]):  # a run of frames: a digest of them too
+        if _is_run(spec):  # a run of frames: a digest of them too
             return stored_identity(spec.input, stored_frames(self.storage, spec.input))
         if spec.kind != "collection":
             return self.storage.stat(spec.input)
@@ -95,7 +95,8 @@ class Service:
         try:
             _check_output(spec.output)
             identity = identity or self.identity(spec)
-            if identity.size > self.settings.max_input_bytes:
+            # What a worker copies whole: a film or photo file. A run of frames is fetched a segment at a time.
+            if identity.size > self.settings.max_input_bytes and not _is_run(spec):
                 raise InputTooLargeError(spec.input, f"{identity.size} bytes, over the limit of "
                                          f"{self.settings.max_input_bytes} (TINCT_MAX_INPUT_BYTES)")
         except TinctError as exc:
@@ -194,3 +195,8 @@ def _check_output(uri: str) -> None:
     scheme, _, key = parse_uri(uri)
     if scheme == "s3" and key.strip("/"):
         check_relative_key(key.rstrip("/"))
+
+
+def _is_run(spec: JobSpec) -> bool:
+    """Whether the job's input is a film scanned as a run of frames, named by its pattern."""
+    return spec.kind == "video" and is_pattern(parse_uri(spec.input)[2])

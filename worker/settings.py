@@ -86,7 +86,7 @@ class Settings:
     preload_model: str | None = None
     collection_batch: int = 16  # photos per task at most when a collection is fanned out (fewer for large ones)
     segment_seconds: float = 60.0  # film segments fanned out to workers (shorter for large frames: piece_target_s)
-    max_input_bytes: int = 20 * 1024**3  # inputs over this size fail as too large before any download
+    max_input_bytes: int = 20 * 1024**3  # inputs copied whole (not runs of frames) over this fail before any download
     job_ttl_s: int = 30 * 24 * 3600  # how long finished jobs are kept in Redis
     task_retries: int = 5  # transient failures (storage, Redis) per task, with exponential backoff
     retry_backoff_s: float = 2.0

@@ -523,6 +523,63 @@ class Storage:
         log.debug("downloaded %s (%d bytes) to %s", info.uri, info.size, local_path)
         return info
 
+    def download_listed(self, objects: Sequence[tuple[ObjectInfo, str | os.PathLike]]) -> None:
+        """Copy objects whose listing is at hand (the frames of a scanned film) to local files, several at a time
+        through one transfer manager: no HEAD per object, and each copy pinned to the ETag listed, so a frame
+        replaced since the listing fails the copy instead of mixing versions. Each file appears whole or not at
+        all; a failure leaves the others as they got, for a caller that copies into a folder of its own."""
+        files = [(info, local) for info, local in objects if parse_uri(info.uri)[0] == "file"]
+        for info, local in files:
+            self._copy_file(parse_uri(info.uri)[2], Path(local), name=info.uri, describe="source")
+        stored = [(info, local) for info, local in objects if parse_uri(info.uri)[0] != "file"]
+        if not stored:
+            return
+        s3 = _s3_library()
+        copying = None
+        try:
+            with self._transfer_manager() as manager:
+                futures = []
+                for info, local in stored:
+                    _, bucket, key = parse_uri(info.uri)
+                    Path(local).parent.mkdir(parents=True, exist_ok=True)
+                    # To a file name, s3transfer writes beside it and renames when the object is in.
+                    futures.append((info, manager.download(bucket, key, os.fspath(local),
+                                                           subscribers=[s3.KnownObject(info.size, f'"{info.etag}"')])))
+                for info, future in futures:
+                    copying = info  # what an error names
+                    future.result()
+        except s3.remote as error:
+            raise self._s3_error(copying.uri if copying else stored[0][0].uri, error) from error
+        except OSError as error:
+            raise classify_os_error(stored[0][1], error, missing_is_permanent=False) from error
+
+    def get_head(self, uri: str | os.PathLike, size: int) -> bytes:
+        """The first ``size`` bytes of an object (all of it if it is shorter): a file format's header, read
+        without its data."""
+        scheme, bucket, key = parse_uri(uri)
+        uri = format_uri(scheme, bucket, key)
+        if scheme == "file":
+            try:
+                with open(key, "rb") as source:
+                    return source.read(size)
+            except OSError as error:
+                raise classify_os_error(uri, error) from error
+        try:
+            response = self.s3_client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{size - 1}")
+        except _s3_library().remote as error:
+            if getattr(error, "response", {}).get("Error", {}).get("Code") == "InvalidRange":
+                return b""  # an empty object has no first byte to range from
+            raise self._s3_error(uri, error) from error
+        body = response["Body"]
+        try:
+            return body.read()
+        except _s3_library().remote as error:
+            raise self._s3_error(uri, error) from error
+        except OSError as error:
+            raise StorageError(uri, f"object store connection failed while reading ({type(error).__name__})") from error
+        finally:
+            body.close()
+
     def get_bytes(self, uri: str | os.PathLike, *, max_bytes: int = 64 * MB) -> bytes:
         """The whole content of a small object (a manifest, a job record); over ``max_bytes`` is bad input."""
         scheme, bucket, key = parse_uri(uri)

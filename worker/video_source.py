@@ -29,7 +29,8 @@ import itertools
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -86,6 +87,9 @@ FILM_COLOUR_PERCENTILE = 97.0
 AUDIO_PROBE_PACKETS = 8
 # How many of its first frames a film must decode with rising timestamps (B-frames reorder within a few).
 DISPLAY_ORDER_FRAMES = 8
+# A run of frames is read this many at a time (a second of film): of a stored run, a worker holds a window's frames
+# (300 MB of 2K DPX scans) where a segment's would be gigabytes.
+RUN_WINDOW_FRAMES = 24
 
 
 @dataclass(frozen=True)
@@ -144,9 +148,19 @@ class FilmInfo:
     is_colour: bool = False
     sequence: FrameSequence | None = None  # a run of numbered frames (``path`` is its pattern), else None
 
-    def open(self) -> av.container.InputContainer:
-        """The film's file (or run of frames) opened for reading."""
-        return _open(self.path, self.sequence)
+    def open(self, start: int = 0, stop: int | None = None) -> AbstractContextManager[av.container.InputContainer]:
+        """The film opened for reading: its file whole, or its run of frames from frame ``start`` to ``stop`` - 1
+        (to its end if None), whose pts then count from ``start`` (``FrameSequence.open``)."""
+        if self.sequence is not None:
+            return self.sequence.open(start, stop)
+        if start:
+            raise ValueError("a film file opens at its start; seek to a frame instead")
+        return _open(self.path)
+
+    def open_streams(self) -> AbstractContextManager[av.container.InputContainer]:
+        """The film opened for its streams and metadata, and to copy its other streams: of a run, its first frame
+        will do (a stored run's others are not fetched)."""
+        return self.open(0, 1)
 
     def frame_name(self, index: int) -> str:
         """How messages name frame ``index``: by its file too in a run of frames."""
@@ -202,9 +216,7 @@ class SourceFrame:
     network_L: np.ndarray  # float32 Lab L the network reads: ``L`` itself, or (H, W) for a small film
 
 
-def _open(path: str, sequence: FrameSequence | None = None) -> av.container.InputContainer:
-    if sequence is not None:
-        return sequence.open()
+def _open(path: str) -> av.container.InputContainer:
     if os.path.isdir(path):
         raise BadInputError(path, "is a folder, not a film")
     try:
@@ -224,17 +236,20 @@ def _ffmpeg_reason(exc: Exception) -> str:
     return text.split(": '", 1)[0].strip() or type(exc).__name__
 
 
-def probe_film(path: str | os.PathLike, max_pixels: int, frame_rate: Fraction | None = None) -> FilmInfo:
+def probe_film(path: str | os.PathLike, max_pixels: int, frame_rate: Fraction | None = None,
+               sequence: FrameSequence | None = None) -> FilmInfo:
     """Validate a film and index its frames. Raises a :class:`BadInputError` subclass, naming the file and
     the reason in one line, for anything the pipeline could not turn into a faithful colour copy. A ``path`` that
     names a run of numbered frames by its pattern (``reel1/scan_%07d.dpx``, see ``worker.frame_sequences``) is
-    that run, played at ``frame_rate`` if given, else at the rate its frames declare."""
+    that run, played at ``frame_rate`` if given, else at the rate its frames declare; ``sequence`` is a run found
+    and checked already (``stored_sequence``: a run in an object store), of which ``path`` is the pattern."""
     path = os.fspath(path)
-    sequence = find_sequence(path, frame_rate) if is_pattern(path) else None
-    if sequence is not None:
+    if sequence is None and is_pattern(path):
+        sequence = find_sequence(path, frame_rate)
         sequence.check_frames()
+    if sequence is not None:
         logger.info("%s: %s", path, sequence.describe())
-    with _open(path, sequence) as container:
+    with _open_streams(path, sequence) as container:
         if not container.streams.video:
             kinds = ", ".join(sorted({s.type for s in container.streams})) or "none"
             raise UnsupportedMediaError(path, f"no video stream (streams: {kinds})")
@@ -263,12 +278,19 @@ def probe_film(path: str | os.PathLike, max_pixels: int, frame_rate: Fraction | 
             index = _index_packets(path, container, stream)
             duration = _duration(path, container, stream, index.frame_pts)
         video_index, container_name = stream.index, container.format.name
-    with _open(path, sequence) as container:
-        _check_audio_decodes(path, container)
-    with _open(path, sequence) as container:
-        video, is_colour = _sample_frames(path, container, index)
+    if sequence is not None:  # one video stream of frames stamped by their numbers, each a file to itself
+        video, is_colour = _sample_run(path, sequence, index)
+    else:
+        with _open(path) as container:
+            _check_audio_decodes(path, container)
+        with _open(path) as container:
+            video, is_colour = _sample_frames(path, container, index)
     return FilmInfo(path, container_name, video_index, codec_name, video, index, duration, other, is_colour,
                     sequence)
+
+
+def _open_streams(path: str, sequence: FrameSequence | None) -> AbstractContextManager[av.container.InputContainer]:
+    return _open(path) if sequence is None else sequence.open(0, 1)
 
 
 def index_frames(path: str | os.PathLike) -> FrameIndex:
@@ -386,19 +408,47 @@ def _check_audio_decodes(path: str, container) -> None:
                                 f"audio from its first {packets} packets")
 
 
+def _sample_targets(index: FrameIndex) -> list[int]:
+    """The pts of COLOUR_SAMPLE_FRAMES frames spread over the film, its first and last among them."""
+    frame_pts = index.frame_pts
+    return sorted({int(frame_pts[round(i * (len(frame_pts) - 1) / max(1, COLOUR_SAMPLE_FRAMES - 1))])
+                   for i in range(COLOUR_SAMPLE_FRAMES)})
+
+
 def _sample_frames(path: str, container, index: FrameIndex) -> tuple[VideoFormat, bool]:
     """Decode a few frames spread over the film: the first gives the exact format and rotation (which
     FFmpeg attaches to decoded frames), all of them tell black-and-white from colour."""
     stream = container.streams.video[0]
     _use_threads(stream)
-    frame_pts = index.frame_pts
-    targets = sorted({int(frame_pts[round(i * (len(frame_pts) - 1) / max(1, COLOUR_SAMPLE_FRAMES - 1))])
-                      for i in range(COLOUR_SAMPLE_FRAMES)})
     _check_display_times(path, container, stream, index)
+    samples = ((target, _decode_at(path, container, stream, index, target)) for target in _sample_targets(index))
+    return _judge_samples(path, stream, samples)
+
+
+def _sample_run(path: str, sequence: FrameSequence, index: FrameIndex) -> tuple[VideoFormat, bool]:
+    """``_sample_frames`` for a run of frames, each sampled frame read from its own file (of a stored run, only those
+    are fetched)."""
+    one_frame = _sequence_index(1)
+    with sequence.open(0, 1) as head:
+        stream = head.streams.video[0]
+
+        def samples() -> Iterator[tuple[int, av.VideoFrame | None]]:
+            for position in _sample_targets(index):
+                if position == 0:
+                    yield 0, _decode_at(path, head, stream, one_frame, 0)
+                    continue
+                with sequence.open(position, position + 1) as container:
+                    yield position, _decode_at(path, container, container.streams.video[0], one_frame, 0)
+
+        return _judge_samples(path, stream, samples())
+
+
+def _judge_samples(path: str, stream, samples: Iterable[tuple[int, av.VideoFrame | None]]) -> tuple[VideoFormat, bool]:
+    """The film's exact format (from its first sampled frame) and whether it is in colour, from ``(pts, frame)``
+    samples; BadInputError if one did not decode or is of another size than the first."""
     first = None
     colour_scores = []
-    for target in targets:
-        frame = _decode_at(path, container, stream, index, target)
+    for target, frame in samples:
         if frame is None:
             # The index has this frame, the decoder never produced it: damaged data that a frame-threaded
             # decoder skipped over without raising.
@@ -584,37 +634,50 @@ def decode_frames(film: FilmInfo, layout: FrameLayout, start: int, stop: int, wa
     chroma_w, chroma_h = layout.chroma_size(video.width, video.height)
     full_detail = max(chroma_w, chroma_h) < render_size and (chroma_w, chroma_h) != (video.width, video.height)
     next_index = first
-    with film.open() as container:
-        stream = stream_by_index(container, film.video_index)
-        _use_threads(stream)
-        try:
-            for frame in decode_from(container, stream, film.index, int(wanted[0])):
-                if frame.pts is None:
-                    raise BadInputError(film.path, f"broken timestamps: a decoded frame has no pts near frame "
-                                        f"{next_index}")
-                expected = int(film.frame_pts[next_index])
-                if frame.pts != expected:
-                    raise BadInputError(film.path, f"frame {next_index} (pts {expected}) did not decode; the decoder "
-                                        f"returned pts {frame.pts} instead (damaged video data)")
-                if (frame.width, frame.height) != (video.width, video.height):
-                    raise BadInputError(film.path, f"{film.frame_name(next_index)} is {frame.width}x{frame.height}, "
-                                        f"its first is {video.width}x{video.height}; a film's frames must all be "
-                                        "one size")
-                luma_source = _luma(frame, video)
-                L = _lightness(luma_source, table, chroma_w, chroma_h)
-                network_L = _lightness(luma_source, table, video.width, video.height) if full_detail else L
-                luma = luma_source if shift == 0 else _shift_depth(luma_source, shift, layout.bit_depth)
-                yield SourceFrame(next_index, frame.pts, luma, L, warmup=next_index < start, network_L=network_L)
-                next_index += 1
-                if next_index >= stop:
-                    return
-        except av.FFmpegError as exc:
-            reason = (f"video stops decoding at {film.frame_name(next_index)} (damaged video data: "
-                      f"{_ffmpeg_reason(exc)})")
-            raise BadInputError(film.path, reason) from exc
-    if next_index < stop:
-        raise BadInputError(film.path, f"video stops decoding after {next_index} of {film.frames} frames (damaged "
-                            "or truncated video data)")
+    for window_start, window_stop in _windows(film, first, stop):
+        # A run of frames is opened at each window's first frame, whose pts is then 0.
+        offset = window_start if film.sequence is not None else 0
+        index = film.index if film.sequence is None else _sequence_index(window_stop - window_start)
+        with film.open(offset, window_stop) as container:
+            stream = stream_by_index(container, film.video_index)
+            _use_threads(stream)
+            try:
+                for frame in decode_from(container, stream, index, int(film.frame_pts[window_start]) - offset):
+                    if frame.pts is None:
+                        raise BadInputError(film.path, f"broken timestamps: a decoded frame has no pts near frame "
+                                            f"{next_index}")
+                    expected = int(film.frame_pts[next_index])
+                    if frame.pts + offset != expected:
+                        raise BadInputError(film.path, f"frame {next_index} (pts {expected}) did not decode; the "
+                                            f"decoder returned pts {frame.pts + offset} instead (damaged video data)")
+                    if (frame.width, frame.height) != (video.width, video.height):
+                        raise BadInputError(film.path, f"{film.frame_name(next_index)} is {frame.width}x"
+                                            f"{frame.height}, its first is {video.width}x{video.height}; a film's "
+                                            "frames must all be one size")
+                    luma_source = _luma(frame, video)
+                    L = _lightness(luma_source, table, chroma_w, chroma_h)
+                    network_L = _lightness(luma_source, table, video.width, video.height) if full_detail else L
+                    luma = luma_source if shift == 0 else _shift_depth(luma_source, shift, layout.bit_depth)
+                    yield SourceFrame(next_index, expected, luma, L, warmup=next_index < start, network_L=network_L)
+                    next_index += 1
+                    if next_index >= window_stop:
+                        break
+            except av.FFmpegError as exc:
+                reason = (f"video stops decoding at {film.frame_name(next_index)} (damaged video data: "
+                          f"{_ffmpeg_reason(exc)})")
+                raise BadInputError(film.path, reason) from exc
+        if next_index < window_stop:
+            raise BadInputError(film.path, f"video stops decoding after {next_index} of {film.frames} frames "
+                                "(damaged or truncated video data)")
+
+
+def _windows(film: FilmInfo, first: int, stop: int) -> Iterator[tuple[int, int]]:
+    """The frames ``first .. stop - 1`` in the ranges opened one after another: a film file's at once; a run's
+    RUN_WINDOW_FRAMES at a time, which of a stored run is what a worker holds at once (fetched as the colouring of
+    the window before goes on), whatever the length of the segment."""
+    step = RUN_WINDOW_FRAMES if film.sequence is not None else stop - first
+    for window_start in range(first, stop, step):
+        yield window_start, min(stop, window_start + step)
 
 
 def _use_threads(stream) -> None:

@@ -23,12 +23,17 @@ node, which is what the task time limits are set from (``worker.settings``).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import logging
+import os
 import shutil
+import socket
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -41,7 +46,7 @@ from models.files import atomic_path
 from worker import liveness, metrics
 from worker.errors import BadInputError, ModelError, PermanentError, TinctError, one_line
 from worker.films import DEFAULT_MAX_FILM_PIXELS, warmup_frames
-from worker.frame_sequences import is_pattern, stored_frames, stored_identity
+from worker.frame_sequences import is_pattern, stored_frames, stored_identity, stored_sequence
 from worker.hints import hints_provenance, job_photo_hints
 from worker.images import DEFAULT_MAX_PIXELS, EXTENSION_FORMATS, read_photo, write_photo
 from worker.jobs import FINISHED, KEY_PREFIX, JobRecord, JobSpec, JobStore, film_output_uri
@@ -68,6 +73,9 @@ from worker.video_source import FilmInfo, probe_film
 logger = logging.getLogger(__name__)
 
 STAGING = ".tinct-parts"  # beside a film's output: its encoded segments until the join
+# In the work folder: the frames of stored runs being read, a folder per reading, named <pid>@<host>@... by the
+# process that owns it (a worker killed mid-segment leaves its folder; the next worker started on the host removes it).
+FRAMES_FOLDER = "frames"
 # The fewest bytes a photo file spends per pixel (a strongly compressed JPEG): a batch's input bytes bound its pixels.
 MIN_PHOTO_BYTES_PER_PIXEL = 0.1
 
@@ -101,6 +109,7 @@ class Runtime:
         # Probing reads every packet of a film: done once per film and process, not once per segment.
         self._films: dict[tuple[str, int, int], FilmInfo] = {}
         self._references: tuple[str, list[ResolvedReference]] | None = None  # the last film job's, by its id
+        self._remove_orphan_frames()
 
     def colorizer(self, model: str, render_size: int) -> _Loaded:
         """The loaded model for ``model`` (``default``, a path, or a name in the model store) at ``render_size``.
@@ -145,44 +154,60 @@ class Runtime:
             self.storage.download(uri, local)
         return local
 
-    def local_run(self, uri: str) -> tuple[Path, str]:
-        """A local run of frames for the pattern ``uri`` (``worker.frame_sequences``), and its version: the folder
-        itself for file:// inputs, else every frame downloaded into a folder filed under the run's identity (a
-        worker downloads a run once for all the segments of it that it colours)."""
-        frames = stored_frames(self.storage, uri)
-        identity = stored_identity(uri, frames)
-        scheme, _, path = parse_uri(uri)
-        if scheme == "file":
-            return Path(path), identity.etag
-        folder = self.settings.work_dir / "inputs" / identity.version_key()
-        for info in frames:
-            local = folder / info.uri.rsplit("/", 1)[1]
-            if not local.exists():
-                local.parent.mkdir(parents=True, exist_ok=True)
-                self.storage.download(info.uri, local)
-        return folder / PurePosixPath(path).name, identity.etag
-
     def film(self, uri: str) -> FilmInfo:
-        """The probed film at ``uri`` (its local copy, or a run of frames), cached by the copy's version."""
-        run = is_pattern(parse_uri(uri)[2])
-        if run:
-            local, version = self.local_run(uri)
-            key = (str(local), version)
-        else:
+        """The probed film at ``uri``: its local copy, a folder's run of frames, or a run kept in the object store
+        (read through ``fetch_frames``, a few frames at a time); cached by version. Errors name it as stored."""
+        scheme, _, path = parse_uri(uri)
+        if not is_pattern(path):
             local = self.local_copy(uri)
             stat = local.stat()
-            key = (str(local), stat.st_size, stat.st_mtime_ns)
+            return self._probed((str(local), stat.st_size, stat.st_mtime_ns), uri, local,
+                                lambda: probe_film(local, DEFAULT_MAX_FILM_PIXELS))
+        frames = stored_frames(self.storage, uri)
+        identity = stored_identity(uri, frames)
+        if scheme == "file":
+            return self._probed((uri, identity.etag), uri, Path(path),
+                                lambda: probe_film(path, DEFAULT_MAX_FILM_PIXELS))
+        # Filed under the run's version, as a downloaded film is, though its frames are fetched elsewhere as read.
+        folder = self.settings.work_dir / "inputs" / identity.version_key()
+
+        def probe() -> FilmInfo:
+            sequence = stored_sequence(self.storage, uri, frames, folder, functools.partial(self.fetch_frames, frames))
+            return probe_film(sequence.pattern, DEFAULT_MAX_FILM_PIXELS, sequence=sequence)
+
+        return self._probed((uri, identity.etag), uri, folder / PurePosixPath(path).name, probe)
+
+    def _probed(self, key: tuple, uri: str, local: Path, probe: Callable[[], FilmInfo]) -> FilmInfo:
         if key not in self._films:
             try:
-                self._films[key] = probe_film(local, DEFAULT_MAX_FILM_PIXELS)
+                self._films[key] = probe()
             except BadInputError as exc:
-                if not run:
-                    raise
-                # Named as stored, not as this worker's copy: the run, or the frame at fault beside it.
-                name = PurePosixPath(exc.path).name
-                stored = uri if name == local.name else f"{uri.rsplit('/', 1)[0]}/{name}"
-                raise type(exc)(stored, exc.reason) from exc
+                raise as_stored(uri, local, exc) from exc
         return self._films[key]
+
+    @contextlib.contextmanager
+    def fetch_frames(self, frames: list[ObjectInfo], positions: range) -> Iterator[Path]:
+        """A folder of this process's own holding the stored ``frames`` at ``positions``, removed on leaving: a worker
+        holds the frames it is reading (a window of a segment, ``RUN_WINDOW_FRAMES`` at most; a probe's samples),
+        never the whole reel."""
+        root = self.settings.work_dir / FRAMES_FOLDER
+        root.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}@{socket.gethostname()}@", dir=root))
+        try:
+            self.storage.download_listed([(frames[p], folder / frames[p].uri.rsplit("/", 1)[1]) for p in positions])
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _remove_orphan_frames(self) -> None:
+        """Frames fetched by a process of this host that has died (killed mid-segment: its ``finally`` never ran)."""
+        root = self.settings.work_dir / FRAMES_FOLDER
+        if not root.is_dir():
+            return
+        for folder in root.iterdir():
+            pid, host, _ = (folder.name.split("@", 2) + ["", ""])[:3]
+            if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(folder, ignore_errors=True)
 
     def references(self, job_id: str, spec: JobSpec, film: FilmInfo) -> list[ResolvedReference]:
         """A film job's reference frames with their pictures' chroma: all of them, as a segment is coloured by
@@ -202,6 +227,26 @@ class Runtime:
         folder = self.settings.work_dir / "jobs" / job_id
         folder.mkdir(parents=True, exist_ok=True)
         return folder
+
+
+def as_stored(uri: str, local: Path, exc: BadInputError) -> BadInputError:
+    """``exc`` about this worker's copy ``local`` of the input ``uri`` (a file, or a run of frames named by its
+    pattern), named as stored instead: the input, or the frame at fault beside it."""
+    if exc.path == os.fspath(local):
+        return type(exc)(uri, exc.reason)
+    if is_pattern(local.name) and Path(exc.path).parent == local.parent:
+        return type(exc)(f"{uri.rsplit('/', 1)[0]}/{Path(exc.path).name}", exc.reason)
+    return exc
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 # --- planning ----------------------------------------------------------------------------------------------
@@ -469,6 +514,8 @@ def _colorize_segment(rt: Runtime, spec: JobSpec, segment: Segment, lease: Lease
 
             times = colorize_frames(film, loaded.colorizer, layout, options["smoothing"], sink, segment.start,
                                     segment.stop, segment.warmup, references)
+    except BadInputError as exc:  # about this worker's copy of the film
+        raise as_stored(spec.input, Path(film.path), exc) from exc
     except liveness.HandedOver:  # the partial file is gone with atomic_path
         _discarded(lease, f"stopped after {written} of its {segment.frames} frames")
         return False
