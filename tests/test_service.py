@@ -555,6 +555,12 @@ def test_a_run_of_dpx_frames_in_a_bucket_is_one_film_job(service_env, tmp_path):
     assert list((tmp_path / "work-w" / "frames").iterdir()) == []
     assert not (tmp_path / "work-w" / "inputs").exists()
     assert client.submit(spec(run, "s3://colour/films/", model, codec="ffv1")) == (job_id, False)  # the same run
+    damaged = bytearray(get_object(s3, "s3://scans/reel1/scan_0086409.dpx"))
+    damaged[:4] = b"JUNK"  # the size of a whole frame, so found only when its segment decodes it
+    put_object(s3, "s3://scans/reel1/scan_0086409.dpx", bytes(damaged))
+    record = wait_for_job(client, client.submit(spec(run, "s3://colour/films/", model, codec="ffv1"))[0])
+    assert record.state == "failed" and record.error.startswith(
+        f"{run}: video stops decoding at frame 9 (scan_0086409.dpx) (damaged video data"), record.error
     s3.client().delete_object(Bucket="scans", Key="reel1/scan_0086403.dpx")  # a frame lost
     lost, created = client.submit(spec(run, "s3://colour/films/", model, codec="ffv1"))
     assert created and client.get(lost).state == "failed"
