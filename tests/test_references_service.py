@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.media import decode_rgb, gray_frames, moving_scene, probe, write_clip
+from tests.media import decode_rgb, gray_frames, moving_scene, probe, write_clip, write_frames
 from tests.services import (
     JOB_TIMEOUT_S,
     WorkerProcess,
@@ -141,6 +141,26 @@ def test_a_film_job_takes_its_references_colours_on_several_workers_as_a_whole_p
     corrected = client.checked_references(guided_spec)
     info = client.storage.stat("s3://scans/reel.mkv")
     assert corrected.job_id(info.etag, info.size) != guided_id
+
+
+def test_a_reference_colours_a_run_of_frames_kept_in_s3_whose_frames_are_fetched_as_read(reference_service, scene,
+                                                                                        tmp_path):
+    # The scene scanned as a run of DPX frames: the planner places the reference by the run's own rate, and each
+    # segment's worker fetches the reference's frames, as well as its own, from the bucket as it reads them.
+    client, start_worker, s3, _, model = reference_service
+    _, truth, picture, _ = scene
+    frames = [frame.astype(np.uint16) << 8 for frame in gray_frames(truth)]
+    for path in write_frames(tmp_path / "scan", frames, rate=24.0):
+        put_object(s3, f"s3://scans/reel1/{path.name}", path.read_bytes())
+    put_object(s3, "s3://scans/stills/frame12.png", picture)
+    start_worker("a")
+    references = [{"time": REFERENCE / 24, "image": "s3://scans/stills/frame12.png"}]
+    job_id, _ = client.submit(spec("s3://scans/reel1/scan_%07d.dpx", "s3://colour/", model, references=references))
+    record = wait_for_job(client, job_id)
+    assert record.state == "succeeded", record.error
+    guided = film_from(s3, "s3://colour/scan.mkv", tmp_path / "scan.mkv")
+    assert psnr(guided[REFERENCE], truth[REFERENCE]) > 31.0  # the untrained model's own guess is about 25 dB off
+    assert list((tmp_path / "work-a" / "frames").iterdir()) == []
 
 
 def test_bad_references_are_refused_at_submission_or_by_the_planner_with_one_line(reference_service, scene, tmp_path,

@@ -87,6 +87,9 @@ class Settings:
     collection_batch: int = 16  # photos per task at most when a collection is fanned out (fewer for large ones)
     segment_seconds: float = 60.0  # film segments fanned out to workers (shorter for large frames: piece_target_s)
     max_input_bytes: int = 20 * 1024**3  # inputs copied whole (not runs of frames) over this fail before any download
+    # Films downloaded to a node (work_dir/inputs, shared by its worker processes) are kept for their other segments
+    # up to this many bytes, the least recently used removed first; those a worker process is using are always kept.
+    input_cache_bytes: int = 40 * 1024**3
     job_ttl_s: int = 30 * 24 * 3600  # how long finished jobs are kept in Redis
     task_retries: int = 5  # transient failures (storage, Redis) per task, with exponential backoff
     retry_backoff_s: float = 2.0

@@ -33,6 +33,7 @@ import shutil
 import socket
 import tempfile
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -49,6 +50,7 @@ from worker.films import DEFAULT_MAX_FILM_PIXELS, warmup_frames
 from worker.frame_sequences import is_pattern, stored_frames, stored_identity, stored_sequence
 from worker.hints import hints_provenance, job_photo_hints
 from worker.images import DEFAULT_MAX_PIXELS, EXTENSION_FORMATS, read_photo, write_photo
+from worker.input_cache import HeldInput, InputCache
 from worker.jobs import FINISHED, KEY_PREFIX, JobRecord, JobSpec, JobStore, film_output_uri
 from worker.liveness import Lease, Leases
 from worker.model_store import resolve_model
@@ -78,6 +80,9 @@ STAGING = ".tinct-parts"  # beside a film's output: its encoded segments until t
 FRAMES_FOLDER = "frames"
 # The fewest bytes a photo file spends per pixel (a strongly compressed JPEG): a batch's input bytes bound its pixels.
 MIN_PHOTO_BYTES_PER_PIXEL = 0.1
+# Probed films a worker process keeps (and whose downloads it holds on the node): a worker taking turns between the
+# segments of a few films at once probes each once.
+FILMS_KEPT = 4
 
 
 class Enqueue(Protocol):
@@ -94,6 +99,23 @@ class _Loaded:
     label: str
 
 
+@dataclass
+class _Probed:
+    film: FilmInfo
+    held: HeldInput | None  # the node's copy of a stored film file, held while this process keeps its probe
+
+    def present(self) -> bool:
+        return self.held is None or self.held.present()
+
+    def used(self) -> None:
+        if self.held is not None:
+            self.held.used()
+
+    def release(self) -> None:
+        if self.held is not None:
+            self.held.release()
+
+
 class Runtime:
     """What one worker process keeps between tasks: storage, Redis, and its loaded models (one load per
     process, keyed by model and render size; jobs only borrow them)."""
@@ -106,8 +128,10 @@ class Runtime:
         self.leases = Leases(self.redis, settings)
         self._models: dict[tuple[str, int], _Loaded] = {}
         self._sources: dict[tuple[str, int], str] = {}  # what each load was asked for: a model name, or its path
-        # Probing reads every packet of a film: done once per film and process, not once per segment.
-        self._films: dict[tuple[str, int, int], FilmInfo] = {}
+        # Probing reads every packet of a film: done once per film and process, not once per segment, for the last
+        # FILMS_KEPT films this process coloured; a stored film's copy on the node is held while it is kept here.
+        self._films: OrderedDict[tuple, _Probed] = OrderedDict()
+        self.inputs = InputCache(settings.work_dir / "inputs", settings.input_cache_bytes)
         self._references: tuple[str, list[ResolvedReference]] | None = None  # the last film job's, by its id
         self._remove_orphan_frames()
 
@@ -141,34 +165,37 @@ class Runtime:
             logger.info("model %s (%s) loaded on %s (%s)", model, engine.checkpoint.label, engine.device, engine.name)
         return self._models[key]
 
-    def local_copy(self, uri: str, info: ObjectInfo | None = None) -> Path:
-        """A local file with the object's bytes: the file itself for file:// inputs, else a download cached
-        by identity in the work folder (several segments of one film on one worker download it once)."""
+    def local_copy(self, uri: str, folder: Path) -> Path:
+        """A local file with the object's bytes: the file itself for file:// inputs, else a download into ``folder``
+        (the caller's to remove)."""
         scheme, _, path = parse_uri(uri)
         if scheme == "file":
             return Path(path)
-        info = info or self.storage.stat(uri)
-        local = self.settings.work_dir / "inputs" / f"{info.version_key()}{PurePosixPath(path).suffix.lower()}"
-        if not local.exists():
-            local.parent.mkdir(parents=True, exist_ok=True)
-            self.storage.download(uri, local)
+        local = folder / f"{hashlib.sha256(uri.encode()).hexdigest()[:16]}{PurePosixPath(path).suffix.lower()}"
+        self.storage.download(uri, local)
         return local
 
     def film(self, uri: str) -> FilmInfo:
-        """The probed film at ``uri``: its local copy, a folder's run of frames, or a run kept in the object store
-        (read through ``fetch_frames``, a few frames at a time); cached by version. Errors name it as stored."""
+        """The probed film at ``uri``: the node's copy of a stored film file (``inputs``), a file on a shared disk,
+        a folder's run of frames, or a run kept in the object store (read through ``fetch_frames``, a few frames at
+        a time); cached by version. Errors name it as stored."""
         scheme, _, path = parse_uri(uri)
         if not is_pattern(path):
-            local = self.local_copy(uri)
-            stat = local.stat()
-            return self._probed((str(local), stat.st_size, stat.st_mtime_ns), uri, local,
-                                lambda: probe_film(local, DEFAULT_MAX_FILM_PIXELS))
+            if scheme == "file":
+                stat = Path(path).stat()
+                return self._probed((path, stat.st_size, stat.st_mtime_ns), uri, Path(path),
+                                    lambda: probe_film(path, DEFAULT_MAX_FILM_PIXELS))
+            info = self.storage.stat(uri)
+            local = self.inputs.path_for(info)
+            return self._probed((uri, info.etag, info.size), uri, local,
+                                lambda: probe_film(local, DEFAULT_MAX_FILM_PIXELS),
+                                take=lambda: self.inputs.take(info, lambda target: self.storage.download(uri, target)))
         frames = stored_frames(self.storage, uri)
         identity = stored_identity(uri, frames)
         if scheme == "file":
             return self._probed((uri, identity.etag), uri, Path(path),
                                 lambda: probe_film(path, DEFAULT_MAX_FILM_PIXELS))
-        # Filed under the run's version, as a downloaded film is, though its frames are fetched elsewhere as read.
+        # Named as if filed under the run's version, as a downloaded film is, though its frames are fetched elsewhere.
         folder = self.settings.work_dir / "inputs" / identity.version_key()
 
         def probe() -> FilmInfo:
@@ -177,13 +204,30 @@ class Runtime:
 
         return self._probed((uri, identity.etag), uri, folder / PurePosixPath(path).name, probe)
 
-    def _probed(self, key: tuple, uri: str, local: Path, probe: Callable[[], FilmInfo]) -> FilmInfo:
-        if key not in self._films:
-            try:
-                self._films[key] = probe()
-            except BadInputError as exc:
+    def _probed(self, key: tuple, uri: str, local: Path, probe: Callable[[], FilmInfo],
+                take: Callable[[], HeldInput] | None = None) -> FilmInfo:
+        """The film probed by ``probe`` under ``key``, from this process's last FILMS_KEPT; ``take`` holds the node's
+        copy that ``local`` names first (and again if it has been taken away since)."""
+        cached = self._films.get(key)
+        if cached is not None and cached.present():
+            self._films.move_to_end(key)
+            cached.used()
+            return cached.film
+        if cached is not None:
+            self._films.pop(key).release()
+        held = take() if take is not None else None
+        try:
+            film = probe()
+        except BaseException as exc:
+            if held is not None:
+                held.release()
+            if isinstance(exc, BadInputError):
                 raise as_stored(uri, local, exc) from exc
-        return self._films[key]
+            raise
+        self._films[key] = _Probed(film, held)
+        while len(self._films) > FILMS_KEPT:
+            self._films.popitem(last=False)[1].release()
+        return film
 
     @contextlib.contextmanager
     def fetch_frames(self, frames: list[ObjectInfo], positions: range) -> Iterator[Path]:
@@ -423,7 +467,7 @@ def _with_suffix(uri: str, suffix: str) -> str:
 
 
 def _colorize_one_photo(rt: Runtime, loaded: _Loaded, uri: str, output: str, scratch: Path, spec: JobSpec) -> None:
-    local = rt.local_copy(uri)
+    local = rt.local_copy(uri, scratch)
     try:
         photo = read_photo(local, DEFAULT_MAX_PIXELS)
         if photo.had_colour and not spec.options.recolor:
