@@ -208,6 +208,17 @@ def luma_to_l_table(bit_depth: int, full_range: bool, subdivisions: int = 1) -> 
     return gray_to_l(gray).to(torch.float32).numpy()
 
 
+def luma_code_table(bit_depth: int, full_range: bool, out_depth: int, out_full_range: bool) -> np.ndarray:
+    """Luma code values of one depth and range as those of another: ``table[Y]``, rounded to the nearest code (full
+    range to video range, as a codec that stores only video range needs). Codes outside the source's nominal range
+    keep their distance from it where the output has room (super-white stays super-white), else clip."""
+    offset, scale, _, _ = _code_range(bit_depth, full_range)
+    out_offset, out_scale, _, _ = _code_range(out_depth, out_full_range)
+    codes = np.arange(1 << bit_depth, dtype=np.float64)
+    converted = np.rint(out_offset + (codes - offset) / scale * out_scale)
+    return np.clip(converted, 0, (1 << out_depth) - 1).astype(code_dtype(out_depth))
+
+
 def code_dtype(bit_depth: int) -> type[np.unsignedinteger]:
     """The numpy type of video code values of ``bit_depth`` bits: uint8 up to 8 bits, uint16 above."""
     return np.uint8 if bit_depth <= 8 else np.uint16

@@ -25,6 +25,7 @@ from models.color import (
     lab_to_rgb,
     lab_to_rgb_fast_np,
     lab_to_rgb_np,
+    luma_code_table,
     luma_to_l_table,
     merge_l_ab,
     n_ab_bins,
@@ -399,3 +400,12 @@ def test_cuda_matches_cpu(rgb_batch: np.ndarray, logits: torch.Tensor) -> None:
     torch.testing.assert_close(soft_encode_ab(ab).cpu(), soft_encode_ab(ab.cpu()), rtol=0, atol=1e-5)
     decoded = decode_ab(logits.float().cuda())
     torch.testing.assert_close(decoded.cpu(), decode_ab(logits.float()), rtol=0, atol=1e-3)
+
+
+def test_luma_codes_recode_from_full_to_video_range_at_any_depth():
+    table = luma_code_table(8, True, 10, False)  # a full-range 8-bit master into a 10-bit video-range codec
+    assert (table[0], table[255]) == (64, 940) and table.dtype == np.uint16
+    assert np.all(np.diff(table.astype(int)) >= 3)  # every code stays apart from its neighbours
+    exact = (64 + np.arange(256) / 255 * 876)
+    assert np.abs(table - exact).max() <= 0.5
+    np.testing.assert_array_equal(luma_code_table(10, False, 10, False), np.arange(1024))

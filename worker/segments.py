@@ -34,7 +34,7 @@ import numpy as np
 
 from models.files import atomic_path
 from worker.errors import BadInputError
-from worker.video_sink import KEEP_TIMESTAMPS, aspect_loss, container_for
+from worker.video_sink import KEEP_TIMESTAMPS, EncodeOptions, aspect_loss, container_for, plan_output, tag_colour
 from worker.video_source import INTERLACED_FIELDS, FilmInfo, stream_by_index
 
 logger = logging.getLogger(__name__)
@@ -194,6 +194,9 @@ def _add_video(out, film: FilmInfo, source, template):
         # The container's frame rate (MP4/MOV write a timecode track by it) is the source's: a segment file knows
         # only its time base, which for raw DV is 1/60000, and MP4 refuses a 60000 fps timecode.
         stream.codec_context.framerate = film.video.average_rate
+    # How its codes are read, again: NUT segments keep no colour tags, and FFV1 carries none itself.
+    tag_colour(stream.codec_context, film.video,
+               plan_output(film.video, EncodeOptions(template.codec_context.name)))
     source_stream = stream_by_index(source, film.video_index)
     _copy_stream_tags(source_stream, stream)
     if film.sequence is not None and film.sequence.timecode:

@@ -59,6 +59,9 @@ class CodecSpec:
     # Container of the intermediate segment files: NUT keeps any time base exactly; FFmpeg's NUT muxer has no
     # ProRes tag, so ProRes segments go in QuickTime (which also keeps the time base).
     segment_format: str = "nut"
+    # Whether it stores full-range video. ProRes is video range by definition: decoders read every ProRes frame so,
+    # whatever the container says, so a full-range source (a gray master, a scan) is recoded to video range for it.
+    full_range: bool = True
 
     @property
     def segment_suffix(self) -> str:
@@ -69,7 +72,8 @@ CODECS = {
     "h264": CodecSpec("libx264", (8, 10), ((1, 1), (1, 0), (0, 0)), True, True, True),
     "h265": CodecSpec("libx265", (8, 10, 12), ((1, 1), (1, 0), (0, 0)), True, True, True),
     "ffv1": CodecSpec("ffv1", (8, 10, 12, 16), ((1, 1), (1, 0), (0, 0)), False, False, False),
-    "prores": CodecSpec("prores_ks", (10,), ((1, 0), (0, 0)), True, False, False, segment_format="mov"),
+    "prores": CodecSpec("prores_ks", (10,), ((1, 0), (0, 0)), True, False, False, segment_format="mov",
+                        full_range=False),
 }
 CODEC_ALIASES = {"x264": "h264", "libx264": "h264", "avc": "h264", "x265": "h265", "libx265": "h265",
                  "hevc": "h265", "prores_ks": "prores"}
@@ -149,12 +153,15 @@ class OutputLayout:
     codec: str
     pix_fmt: str
     frame: FrameLayout
-    full_range: bool
     matrix: str
 
     @property
     def bit_depth(self) -> int:
         return self.frame.bit_depth
+
+    @property
+    def full_range(self) -> bool:
+        return self.frame.full_range
 
 
 def container_for(path: str | os.PathLike) -> str:
@@ -233,7 +240,19 @@ def plan_output(video: VideoFormat, options: EncodeOptions) -> OutputLayout:
         chroma = (1, 0) if (1, 0) in spec.chroma and not odd else (0, 0)
     name = {(1, 1): "yuv420p", (1, 0): "yuv422p", (0, 0): "yuv444p"}[chroma]
     pix_fmt = name if depth == 8 else f"{name}{depth}le"
-    return OutputLayout(options.codec, pix_fmt, FrameLayout(depth, chroma), video.full_range, video.matrix)
+    full_range = video.full_range and spec.full_range
+    return OutputLayout(options.codec, pix_fmt, FrameLayout(depth, chroma, full_range), video.matrix)
+
+
+def tag_colour(codec_context, video: VideoFormat, layout: OutputLayout) -> None:
+    """Say in the output stream how its codes are to be read: range, matrix, primaries and transfer. The encoder
+    writes them in its bitstream where it has a place for them (H.264, H.265), the container in its own (Matroska's
+    Colour, QuickTime's colr), which for FFV1 is the only one: without it, players read full-range codes as video
+    range, too dark and too contrasty."""
+    codec_context.color_range = RANGE_FULL if layout.full_range else RANGE_LIMITED
+    codec_context.colorspace = video.colorspace or COLORSPACE_BY_MATRIX[layout.matrix]
+    codec_context.color_primaries = video.color_primaries
+    codec_context.color_trc = video.color_trc
 
 
 class SegmentWriter:
@@ -270,10 +289,7 @@ class SegmentWriter:
             codec_context.sample_aspect_ratio = video.sample_aspect_ratio
         if video.field_order in INTERLACED_FIELDS:
             codec_context.field_order = video.field_order  # the container's flag (Matroska FieldOrder, QuickTime fiel)
-        codec_context.color_range = RANGE_FULL if layout.full_range else RANGE_LIMITED
-        codec_context.colorspace = video.colorspace or COLORSPACE_BY_MATRIX[layout.matrix]
-        codec_context.color_primaries = video.color_primaries
-        codec_context.color_trc = video.color_trc
+        tag_colour(codec_context, video, layout)
         encoder_options: dict[str, str] = {}
         if spec.crf:
             encoder_options["crf"] = str(options.quality)

@@ -38,7 +38,7 @@ import av
 import cv2
 import numpy as np
 
-from models.color import YCBCR_WEIGHTS, code_dtype, luma_to_l_table
+from models.color import YCBCR_WEIGHTS, code_dtype, luma_code_table, luma_to_l_table
 from worker.errors import BadInputError, InputTooLargeError, UnsupportedMediaError
 from worker.frame_sequences import FrameSequence, find_sequence, is_pattern
 from worker.images import COLOUR_PROBE_SIDE, COLOUR_THRESHOLD, colour_score
@@ -199,6 +199,7 @@ class FrameLayout:
 
     bit_depth: int  # of the output's luma (the source's, or what the output codec can carry)
     chroma_shift: tuple[int, int]  # of the output
+    full_range: bool  # of the output's codes (the source's, or video range where the output codec stores no other)
 
     def chroma_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) of the output's chroma planes (FFmpeg rounds subsampled sizes up)."""
@@ -631,6 +632,9 @@ def decode_frames(film: FilmInfo, layout: FrameLayout, start: int, stop: int, wa
     video = film.video
     table = luma_to_l_table(video.bit_depth, video.full_range, LUMA_SUBDIVISIONS)
     shift = layout.bit_depth - video.bit_depth
+    # Luma is handed on at the output's depth and range: by a shift, exactly, when only the depth changes.
+    recode = (luma_code_table(video.bit_depth, video.full_range, layout.bit_depth, layout.full_range)
+              if layout.full_range != video.full_range else None)
     chroma_w, chroma_h = layout.chroma_size(video.width, video.height)
     full_detail = max(chroma_w, chroma_h) < render_size and (chroma_w, chroma_h) != (video.width, video.height)
     next_index = first
@@ -657,7 +661,10 @@ def decode_frames(film: FilmInfo, layout: FrameLayout, start: int, stop: int, wa
                     luma_source = _luma(frame, video)
                     L = _lightness(luma_source, table, chroma_w, chroma_h)
                     network_L = _lightness(luma_source, table, video.width, video.height) if full_detail else L
-                    luma = luma_source if shift == 0 else _shift_depth(luma_source, shift, layout.bit_depth)
+                    if recode is not None:
+                        luma = recode[luma_source]
+                    else:
+                        luma = luma_source if shift == 0 else _shift_depth(luma_source, shift, layout.bit_depth)
                     yield SourceFrame(next_index, expected, luma, L, warmup=next_index < start, network_L=network_L)
                     next_index += 1
                     if next_index >= window_stop:
