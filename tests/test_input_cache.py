@@ -3,18 +3,20 @@ worker process holds (the real ``flock`` between real processes)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from models.files import atomic_output
+from models.files import PARTIAL_SUFFIX, atomic_output
 from tests.media import gray_frames, moving_scene, write_clip
 from tests.services import put_object
 from tools.local_services import s3_settings
-from worker.input_cache import InputCache
+from worker.input_cache import STALE_PARTIAL_S, InputCache
 from worker.storage import ObjectInfo
 from worker.work import FILMS_KEPT, Runtime
 
@@ -72,6 +74,20 @@ def test_a_film_another_process_holds_is_kept_over_the_budget_until_it_lets_go(t
         holder.communicate("")  # it exits, and its lock goes with it
     cache.take(film(2), download).release()
     assert kept(cache) == {cache.path_for(film(2)).name}
+
+
+def test_a_download_that_died_is_removed_and_one_in_progress_is_not(tmp_path):
+    cache = InputCache(tmp_path / "inputs", budget_bytes=300)  # room for the new film once the dead one is gone
+    download = Downloads(100)
+    cache.take(film(0), download).release()
+    dead = cache.folder / f".film1.mkv.4242-0a0b{PARTIAL_SUFFIX}"  # a worker killed mid-download
+    writing = cache.folder / f".film2.mkv.4343-0c0d{PARTIAL_SUFFIX}"
+    for partial in (dead, writing):
+        partial.write_bytes(b"\0" * 100)
+    stale = time.time() - STALE_PARTIAL_S - 60
+    os.utime(dead, (stale, stale))
+    cache.take(film(3), download).release()
+    assert kept(cache) == {cache.path_for(film(0)).name, writing.name, cache.path_for(film(3)).name}
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ is bounded: before a download, the films used least recently are removed until t
 film some process holds is never removed (a shared ``flock`` on it; removal takes the exclusive one, without
 waiting), so the budget is a soft one: a node colouring more films at once than fit keeps them all until they are
 let go. "Used" is the file's access time, which ``take`` sets itself (many disks are mounted ``noatime``).
-Downloads still being written (``models.files`` partial names) count against the budget and are never removed.
+Downloads still being written (``models.files`` partial names) count against the budget; one unwritten for
+STALE_PARTIAL_S was left by a download that died (a killed worker), and is removed.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ from models.files import PARTIAL_SUFFIX
 from worker.storage import ObjectInfo
 
 logger = logging.getLogger(__name__)
+
+# A download writes its partial file every few seconds, and gives up after a minute without data (the storage read
+# timeout); one unwritten for this long belongs to no download.
+STALE_PARTIAL_S = 600
 
 
 @dataclass
@@ -91,12 +96,19 @@ class InputCache:
                 with contextlib.suppress(FileNotFoundError):  # removed by another process meanwhile
                     if entry.is_file():
                         entries.append((entry, entry.stat()))
-        used = sum(stat.st_size for _, stat in entries)
-        for entry, stat in sorted(entries, key=lambda item: item[1].st_atime_ns):
+        used = 0
+        films = []
+        for entry, stat in entries:
+            if entry.name.endswith(PARTIAL_SUFFIX) and time.time() - stat.st_mtime > STALE_PARTIAL_S:
+                with contextlib.suppress(FileNotFoundError):  # left by a download that died
+                    os.unlink(entry.path)
+                continue
+            used += stat.st_size
+            if not entry.name.endswith(PARTIAL_SUFFIX):  # a download in progress stays
+                films.append((entry, stat))
+        for entry, stat in sorted(films, key=lambda item: item[1].st_atime_ns):
             if used + size <= self.budget_bytes:
                 return
-            if entry.name.endswith(PARTIAL_SUFFIX):
-                continue  # a download in progress
             if _remove_unless_held(Path(entry.path)):
                 used -= stat.st_size
                 logger.info("removed the film copy %s (%d MB), unused for %.0f s, to keep %s within %d MB",
