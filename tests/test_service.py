@@ -335,6 +335,24 @@ def test_oversized_input_fails_at_submission_but_a_run_of_frames_is_no_one_downl
     assert small.get(job_id).state == "queued"  # its workers fetch a segment's frames at a time
 
 
+def test_a_collection_larger_than_the_input_limit_runs_and_refuses_only_its_photos_over_it(service_env):
+    client, start_worker, s3, _, model = service_env
+    small, large = gray_png(1), gray_png(2)  # two photos of about one size...
+    put_object(s3, "s3://scans/box/a.png", small)
+    put_object(s3, "s3://scans/box/b.png", large)
+    big = io.BytesIO()
+    Image.new("L", (400, 300)).save(big, format="PNG", compress_level=0)  # ... and one far larger
+    put_object(s3, "s3://scans/box/c.png", big.getvalue())
+    limit = max(len(small), len(large)) + 100  # each small photo fits, the collection as a whole does not
+    limited = Service(s3_settings(s3, redis_url=client.settings.redis_url, max_input_bytes=limit))
+    start_worker(max_input_bytes=limit)
+    record = wait_for_job(limited, limited.submit(spec("s3://scans/box/", "s3://colour/box/", model))[0])
+    assert (record.state, record.done, record.total) == ("succeeded", 2, 3)
+    assert keys(s3, "colour") == ["box/a.png", "box/b.png"]
+    assert record.failed_pieces == {"s3://scans/box/c.png": f"s3://scans/box/c.png: {len(big.getvalue())} bytes, "
+                                    f"over the limit of {limit} (TINCT_MAX_INPUT_BYTES)"}
+
+
 # --- reliability ---------------------------------------------------------------------------------------------
 
 

@@ -95,8 +95,9 @@ class Service:
         try:
             _check_output(spec.output)
             identity = identity or self.identity(spec)
-            # What a worker copies whole: a film or photo file. A run of frames is fetched a window at a time.
-            if identity.size > self.settings.max_input_bytes and not _is_run(spec):
+            # What a worker copies whole: a film or photo file. A collection's photos are checked one by one as
+            # they are copied, and a run of frames is fetched a window at a time.
+            if identity.size > self.settings.max_input_bytes and spec.kind != "collection" and not _is_run(spec):
                 raise InputTooLargeError(spec.input, f"{identity.size} bytes, over the limit of "
                                          f"{self.settings.max_input_bytes} (TINCT_MAX_INPUT_BYTES)")
         except TinctError as exc:

@@ -86,7 +86,9 @@ class Settings:
     preload_model: str | None = None
     collection_batch: int = 16  # photos per task at most when a collection is fanned out (fewer for large ones)
     segment_seconds: float = 60.0  # film segments fanned out to workers (shorter for large frames: piece_target_s)
-    max_input_bytes: int = 20 * 1024**3  # inputs copied whole (not runs of frames) over this fail before any download
+    # A film or photo file over this fails before any download (a collection's photos one by one; runs of frames are
+    # read a few frames at a time, so not bounded by it).
+    max_input_bytes: int = 20 * 1024**3
     # Films downloaded to a node (work_dir/inputs, shared by its worker processes) are kept for their other segments
     # up to this many bytes, the least recently used removed first; those a worker process is using are always kept.
     input_cache_bytes: int = 40 * 1024**3

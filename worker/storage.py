@@ -495,8 +495,10 @@ class Storage:
             return False
         return True
 
-    def download(self, uri: str | os.PathLike, local_path: str | os.PathLike) -> ObjectInfo:
-        """Copy an object to ``local_path`` atomically and return the stat of the version copied.
+    def download(self, uri: str | os.PathLike, local_path: str | os.PathLike, info: ObjectInfo | None = None
+                 ) -> ObjectInfo:
+        """Copy an object to ``local_path`` atomically and return the stat of the version copied (``info``, when the
+        caller has stat'ed it already: that version, or a failure).
 
         Streams in parts (ranged GETs above the multipart threshold, pinned to one ETag) straight into a temp
         file beside ``local_path``, so memory stays flat for films and a failed download leaves nothing under the
@@ -506,7 +508,7 @@ class Storage:
         scheme, bucket, key = parse_uri(uri)
         if scheme == "file":
             return self._copy_file(key, local_path, name=format_uri("file", "", key), describe="source")
-        info = self.stat(uri)
+        info = info or self.stat(uri)
         try:
             with atomic_path(local_path) as tmp, open(tmp, "wb") as sink:
                 with self._transfer_manager() as manager:

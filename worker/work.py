@@ -45,7 +45,7 @@ from models.colorizer import Colorizer
 from models.engines import create_engine
 from models.files import atomic_path
 from worker import liveness, metrics
-from worker.errors import BadInputError, ModelError, PermanentError, TinctError, one_line
+from worker.errors import BadInputError, InputTooLargeError, ModelError, PermanentError, TinctError, one_line
 from worker.films import DEFAULT_MAX_FILM_PIXELS, warmup_frames
 from worker.frame_sequences import is_pattern, stored_frames, stored_identity, stored_sequence
 from worker.hints import hints_provenance, job_photo_hints
@@ -166,13 +166,18 @@ class Runtime:
         return self._models[key]
 
     def local_copy(self, uri: str, folder: Path) -> Path:
-        """A local file with the object's bytes: the file itself for file:// inputs, else a download into ``folder``
-        (the caller's to remove)."""
+        """A local file with the photo's bytes: the file itself for file:// inputs, else a download into ``folder``
+        (the caller's to remove). One over ``max_input_bytes`` is refused before any download: a collection is
+        checked photo by photo, as it is copied."""
         scheme, _, path = parse_uri(uri)
+        info = self.storage.stat(uri)
+        if info.size > self.settings.max_input_bytes:
+            raise InputTooLargeError(uri, f"{info.size} bytes, over the limit of {self.settings.max_input_bytes} "
+                                     "(TINCT_MAX_INPUT_BYTES)")
         if scheme == "file":
             return Path(path)
         local = folder / f"{hashlib.sha256(uri.encode()).hexdigest()[:16]}{PurePosixPath(path).suffix.lower()}"
-        self.storage.download(uri, local)
+        self.storage.download(uri, local, info)
         return local
 
     def film(self, uri: str) -> FilmInfo:
