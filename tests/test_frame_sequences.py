@@ -24,6 +24,7 @@ from worker.errors import BadInputError
 from worker.films import FilmOptions, colorize_film, parts_folder
 from worker.frame_sequences import (
     DPX_RATE_OFFSETS,
+    dpx_timecode,
     find_sequence,
     folder_sequences,
     is_pattern,
@@ -274,6 +275,19 @@ def test_a_film_file_colours_into_frames_numbered_from_zero(tmp_path, tiny_check
     assert sorted(p.name for p in out.iterdir()) == names
     for gray, rgb in zip(grays, read_frames(out, names), strict=True):
         assert rgb.max() <= 255 and np.percentile(np.abs(luma_of(rgb) - gray), 99) <= 1.0  # 8-bit stays 8-bit
+
+
+@pytest.mark.parametrize("rate, timecode, expected", [
+    (Fraction(24), "10:00:00:22", ["10:00:00:22", "10:00:00:23", "10:00:01:00", "10:00:01:01"]),
+    # Drop-frame (29.97) skips the labels of frames 0 and 1 of each minute but every tenth.
+    (Fraction(30000, 1001), "00:00:59;28", ["00:00:59;28", "00:00:59;29", "00:01:00;02", "00:01:00;03"]),
+])
+def test_a_film_files_timecode_is_counted_on_into_its_frames(tmp_path, tiny_checkpoint, rate, timecode, expected):
+    grays = [(f >> 8).astype(np.uint8) for f in scene(4)]
+    source = write_clip(tmp_path / "tape.mov", grays, fps=rate, timecode=timecode)  # a QuickTime timecode track
+    out = tmp_path / "frames"
+    assert run_cli(tiny_checkpoint, str(source.path), "-o", str(out / "tape_%04d.dpx")) == 0
+    assert [dpx_timecode((out / f"tape_{i:04d}.dpx").read_bytes()[:2048], rate) for i in range(4)] == expected
 
 
 def test_frames_already_there_are_kept_unless_overwritten(tmp_path, tiny_checkpoint, capsys):

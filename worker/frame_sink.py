@@ -11,8 +11,8 @@ from the pipeline's Y'CbCr planes by the inverse of the matrix their luma was re
 source's: a black-and-white scan stored as R = G = B comes back with the same values wherever no colour was added.
 
 Formats, by the output's suffix: DPX keeps 8, 10, 12 or 16 bits; TIFF and PNG keep 8 bits, or 16 for deeper
-sources. DPX frames get the film and television headers a scanner writes (frame rate, and each frame's timecode
-where the source run had a non-drop one).
+sources. DPX frames get the film and television headers a scanner writes: the frame rate, and each frame's timecode
+where the source has one (a run's DPX header, a file's timecode track), counted on as drop-frame where it is so.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ class FrameWriter:
         self.layout = layout
         self.first = film.sequence.first if film.sequence is not None else 0
         self._rate = film.sequence.frame_rate if film.sequence is not None else film.video.average_rate
-        self._timecode = film.sequence.timecode if film.sequence is not None else None
+        self._timecode = film.timecode
         encoder, formats = FRAME_FORMATS[target.suffix.lower()]
         self._pix_fmt = formats[layout.bit_depth]
         self._encoder = av.CodecContext.create(encoder, "w")
@@ -156,8 +156,9 @@ class FrameWriter:
         if self._rate:
             for offset in DPX_RATE_OFFSETS.values():
                 struct.pack_into(f"{order}f", out, offset, float(self._rate))
-        if self._timecode and ";" not in self._timecode and self._rate:  # drop-frame labels are left unset
-            struct.pack_into(f"{order}I", out, DPX_TIMECODE_OFFSET, _timecode_bcd(self._timecode, index, self._rate))
+        code = _timecode_bcd(self._timecode, index, self._rate) if self._timecode and self._rate else None
+        if code is not None:
+            struct.pack_into(f"{order}I", out, DPX_TIMECODE_OFFSET, code)
         return bytes(out)
 
 
@@ -173,15 +174,36 @@ def publish(folder: Path, target: FrameTarget, first: int, count: int) -> None:
         os.replace(folder / name, target.folder / name)
 
 
-def _timecode_bcd(start: str, index: int, rate: Fraction) -> int:
-    """SMPTE 12M BCD of the (non-drop) timecode ``index`` frames after ``start``."""
+def _timecode_bcd(start: str, index: int, rate: Fraction) -> int | None:
+    """SMPTE 12M BCD of the timecode ``index`` frames after ``start`` (bit 30 set for drop-frame, as FFmpeg reads
+    it); None for a label that does not parse, a drop-frame one at a rate other than 29.97, or a rate above 30, whose
+    frames 12M counts in pairs, which this writer does not.
+
+    Drop-frame timecode counts as if at 30 fps, and skips the labels of the first two frames of every minute but every
+    tenth, so that it keeps to the clock."""
     fps = round(rate)
-    hours, minutes, seconds, frames = (int(part) for part in start.split(":"))
-    total = ((hours * 60 + minutes) * 60 + seconds) * fps + frames + index
-    frames, total = total % fps, total // fps
-    seconds, total = total % 60, total // 60
-    minutes, hours = total % 60, (total // 60) % 24
-    code = 0
+    drop = ";" in start
+    parts = start.replace(";", ":").split(":")
+    if fps > 30 or len(parts) != 4 or not all(part.isdigit() for part in parts):
+        return None
+    hours, minutes, seconds, frames = (int(part) for part in parts)
+    if drop:
+        if rate != Fraction(30000, 1001):
+            return None
+        skipped = 2
+        whole_minutes = hours * 60 + minutes
+        count = ((hours * 60 + minutes) * 60 + seconds) * fps + frames - skipped * (whole_minutes - whole_minutes // 10)
+        count += index
+        per_ten_minutes = 600 * fps - 9 * skipped
+        per_minute = 60 * fps - skipped
+        tens, rest = divmod(count, per_ten_minutes)
+        count += 9 * skipped * tens + (skipped * ((rest - skipped) // per_minute) if rest > skipped else 0)
+    else:
+        count = ((hours * 60 + minutes) * 60 + seconds) * fps + frames + index
+    frames, count = count % fps, count // fps
+    seconds, count = count % 60, count // 60
+    minutes, hours = count % 60, (count // 60) % 24
+    code = 1 << 30 if drop else 0
     for value, shift in ((hours, 24), (minutes, 16), (seconds, 8), (frames, 0)):
         code |= ((value // 10) << 4 | value % 10) << shift
     return code

@@ -147,6 +147,9 @@ class FilmInfo:
     other_streams: list[StreamInfo] = field(default_factory=list)
     is_colour: bool = False
     sequence: FrameSequence | None = None  # a run of numbered frames (``path`` is its pattern), else None
+    # The first frame's SMPTE timecode ("01:00:00:00", ";" before the frames for drop-frame): a run's DPX header's, or
+    # a file's timecode tag (QuickTime and MXF timecode tracks read so); None where it has none.
+    timecode: str | None = None
 
     def open(self, start: int = 0, stop: int | None = None) -> AbstractContextManager[av.container.InputContainer]:
         """The film opened for reading: its file whole, or its run of frames from frame ``start`` to ``stop`` - 1
@@ -279,6 +282,8 @@ def probe_film(path: str | os.PathLike, max_pixels: int, frame_rate: Fraction | 
             index = _index_packets(path, container, stream)
             duration = _duration(path, container, stream, index.frame_pts)
         video_index, container_name = stream.index, container.format.name
+        timecode = sequence.timecode if sequence is not None else (
+            stream.metadata.get("timecode") or container.metadata.get("timecode"))
     if sequence is not None:  # one video stream of frames stamped by their numbers, each a file to itself
         video, is_colour = _sample_run(path, sequence, index)
     else:
@@ -287,7 +292,7 @@ def probe_film(path: str | os.PathLike, max_pixels: int, frame_rate: Fraction | 
         with _open(path) as container:
             video, is_colour = _sample_frames(path, container, index)
     return FilmInfo(path, container_name, video_index, codec_name, video, index, duration, other, is_colour,
-                    sequence)
+                    sequence, timecode)
 
 
 def _open_streams(path: str, sequence: FrameSequence | None) -> AbstractContextManager[av.container.InputContainer]:
