@@ -192,9 +192,12 @@ class Runtime:
                                     lambda: probe_film(path, DEFAULT_MAX_FILM_PIXELS))
             info = self.storage.stat(uri)
             local = self.inputs.path_for(info)
+
+            def take() -> HeldInput:  # the version stat'ed: one stored since fails the copy, not taking its name
+                return self.inputs.take(info, lambda target: self.storage.download(uri, target, info))
+
             return self._probed((uri, info.etag, info.size), uri, local,
-                                lambda: probe_film(local, DEFAULT_MAX_FILM_PIXELS),
-                                take=lambda: self.inputs.take(info, lambda target: self.storage.download(uri, target)))
+                                lambda: probe_film(local, DEFAULT_MAX_FILM_PIXELS), take)
         frames = stored_frames(self.storage, uri)
         identity = stored_identity(uri, frames)
         if scheme == "file":
