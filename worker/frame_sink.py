@@ -192,7 +192,7 @@ def _timecode_bcd(start: str, index: int, rate: Fraction) -> int | None:
             return None
         skipped = 2
         whole_minutes = hours * 60 + minutes
-        count = ((hours * 60 + minutes) * 60 + seconds) * fps + frames - skipped * (whole_minutes - whole_minutes // 10)
+        count = (whole_minutes * 60 + seconds) * fps + frames - skipped * (whole_minutes - whole_minutes // 10)
         count += index
         per_ten_minutes = 600 * fps - 9 * skipped
         per_minute = 60 * fps - skipped
