@@ -61,6 +61,8 @@ class HeldInput:
 
 
 class InputCache:
+    """The films downloaded to ``folder`` on this node, kept within ``budget_bytes`` as the module says."""
+
     def __init__(self, folder: Path, budget_bytes: int) -> None:
         self.folder = folder
         self.budget_bytes = budget_bytes
