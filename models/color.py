@@ -263,13 +263,18 @@ def ycbcr_to_rgb_np(
     ``luma_to_l_table``'s view of Y (used to score films and to test the conversions)."""
     kr, kb = YCBCR_WEIGHTS[matrix]
     y_off, y_scale, c_off, c_scale = _code_range(bit_depth, full_range)
-    luma = (y.astype(np.float64) - y_off) / y_scale
-    pb = (cb.astype(np.float64) - c_off) / c_scale
-    pr = (cr.astype(np.float64) - c_off) / c_scale
-    r = luma + 2.0 * (1.0 - kr) * pr
-    b = luma + 2.0 * (1.0 - kb) * pb
-    g = (luma - kr * r - kb * b) / (1.0 - kr - kb)
-    return np.clip(np.stack((r, g, b), axis=-1), 0.0, 1.0).astype(np.float32)
+    # float32, written into the result plane by plane: a 4K scan's frame would take a gigabyte at float64 with
+    # temporaries, and float32 holds a 16-bit code to a few thousandths.
+    rgb = np.empty((*y.shape, 3), dtype=np.float32)
+    luma = (y.astype(np.float32) - y_off) / np.float32(y_scale)
+    chroma = (cr.astype(np.float32) - c_off) / np.float32(c_scale)
+    np.add(luma, np.float32(2.0 * (1.0 - kr)) * chroma, out=rgb[..., 0])
+    green = luma - np.float32(2.0 * (1.0 - kr) * kr / (1.0 - kr - kb)) * chroma
+    chroma = (cb.astype(np.float32) - c_off) / np.float32(c_scale)
+    np.add(luma, np.float32(2.0 * (1.0 - kb)) * chroma, out=rgb[..., 2])
+    green -= np.float32(2.0 * (1.0 - kb) * kb / (1.0 - kr - kb)) * chroma
+    rgb[..., 1] = green
+    return np.clip(rgb, 0.0, 1.0, out=rgb)
 
 
 # --- ab quantization into in-gamut bins ------------------------------------------------------------

@@ -26,7 +26,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from models.color import ycbcr_to_rgb_np
+from models.color import code_dtype, ycbcr_to_rgb_np
 from models.files import atomic_output
 from worker.errors import BadInputError
 from worker.frame_sequences import (
@@ -131,7 +131,8 @@ class FrameWriter:
         """Frame ``index`` of the film (display order), as its own file."""
         layout = self.layout
         rgb = ycbcr_to_rgb_np(luma, cb, cr, layout.matrix, layout.bit_depth, layout.full_range)
-        codes = np.rint(rgb * ((1 << layout.bit_depth) - 1)).astype(np.uint8 if layout.bit_depth <= 8 else np.uint16)
+        np.rint(np.multiply(rgb, (1 << layout.bit_depth) - 1, out=rgb), out=rgb)  # in place: a scan's frame is large
+        codes = rgb.astype(code_dtype(layout.bit_depth))
         frame = av.VideoFrame.from_ndarray(codes, format=self._pix_fmt)  # codes at the format's own depth
         frame.pts = index
         data = b"".join(bytes(packet) for packet in self._encoder.encode(frame))
