@@ -264,7 +264,7 @@ def ycbcr_to_rgb_np(
     kr, kb = YCBCR_WEIGHTS[matrix]
     y_off, y_scale, c_off, c_scale = _code_range(bit_depth, full_range)
     # float32, written into the result plane by plane: a 4K scan's frame would take a gigabyte at float64 with
-    # temporaries, and float32 holds a 16-bit code to a few thousandths.
+    # temporaries, and float32 holds a 16-bit code to within a hundredth.
     rgb = np.empty((*y.shape, 3), dtype=np.float32)
     luma = (y.astype(np.float32) - y_off) / np.float32(y_scale)
     chroma = (cr.astype(np.float32) - c_off) / np.float32(c_scale)
