@@ -187,10 +187,9 @@ def select_frames(path: str, names: Iterable[str]) -> list[tuple[int, str]]:
     prefix, digits, suffix = split_pattern(path, os.path.basename(path))
     frames = []
     for name in names:
-        if name.startswith(prefix) and name.endswith(suffix) and len(name) > len(prefix) + len(suffix):
-            number = name[len(prefix): len(name) - len(suffix)]
-            if number.isdigit() and _fits(number, digits):
-                frames.append((int(number), name))
+        number = frame_number(name, prefix, digits, suffix)
+        if number is not None:
+            frames.append((number, name))
     if not frames:
         raise BadInputError(path, "no frames match this pattern")
     frames.sort()
@@ -347,6 +346,14 @@ def split_pattern(path: str, name: str) -> tuple[str, int, str]:
     return prefix.replace("%%", "%"), digits, suffix.replace("%%", "%")
 
 
+def frame_number(name: str, prefix: str, digits: int, suffix: str) -> int | None:
+    """The frame number of the file ``name`` in the run so named (as the printf pattern prints it), else None."""
+    if not (name.startswith(prefix) and name.endswith(suffix) and len(name) > len(prefix) + len(suffix)):
+        return None
+    number = name[len(prefix): len(name) - len(suffix)]
+    return int(number) if number.isdigit() and _fits(number, digits) else None
+
+
 def _fits(number: str, digits: int) -> bool:
     """Whether a file's frame number is spelled as the pattern prints it (FFmpeg opens no other spelling)."""
     if digits:
@@ -381,8 +388,7 @@ def stored_sequence(storage, uri: str, frames: list[ObjectInfo], folder: Path, f
     is whole, is taken as whole too (frames of one scan are one size, and the decoder names any other damage); the
     header of any other is read, to refuse it by name before any work."""
     prefix, digits, suffix = split_pattern(uri, uri.rsplit("/", 1)[1])
-    names = [info.uri.rsplit("/", 1)[1] for info in frames]
-    numbers = [int(name[len(prefix): len(name) - len(suffix)]) for name in names]
+    numbers = [frame_number(info.uri.rsplit("/", 1)[1], prefix, digits, suffix) for info in frames]
     first_header = b""
     if suffix.lower() == ".dpx":
         first_header = storage.get_head(frames[0].uri, DPX_HEADER_BYTES)

@@ -36,6 +36,7 @@ from worker.frame_sequences import (
     DPX_RATE_OFFSETS,
     DPX_TIMECODE_OFFSET,
     frame_name,
+    frame_number,
     is_pattern,
     split_pattern,
 )
@@ -87,12 +88,8 @@ class FrameTarget:
         """Files in the folder already named as this target's frames."""
         if not self.folder.is_dir():
             return []
-        return sorted(entry for entry in self.folder.iterdir() if self._matches(entry.name))
-
-    def _matches(self, name: str) -> bool:
-        if not (name.startswith(self.prefix) and name.endswith(self.suffix)):
-            return False
-        return name[len(self.prefix): len(name) - len(self.suffix)].isdigit()
+        return sorted(entry for entry in self.folder.iterdir()
+                      if frame_number(entry.name, self.prefix, self.digits, self.suffix) is not None)
 
 
 def is_frame_output(path: str | os.PathLike) -> bool:

@@ -572,15 +572,7 @@ class Storage:
             if getattr(error, "response", {}).get("Error", {}).get("Code") == "InvalidRange":
                 return b""  # an empty object has no first byte to range from
             raise self._s3_error(uri, error) from error
-        body = response["Body"]
-        try:
-            return body.read()
-        except _s3_library().remote as error:
-            raise self._s3_error(uri, error) from error
-        except OSError as error:
-            raise StorageError(uri, f"object store connection failed while reading ({type(error).__name__})") from error
-        finally:
-            body.close()
+        return self._read_body(uri, response)
 
     def get_bytes(self, uri: str | os.PathLike, *, max_bytes: int = 64 * MB) -> bytes:
         """The whole content of a small object (a manifest, a job record); over ``max_bytes`` is bad input."""
@@ -599,11 +591,16 @@ class Storage:
             response = self.s3_client.get_object(Bucket=bucket, Key=key)
         except _s3_library().remote as error:
             raise self._s3_error(uri, error) from error
+        size = int(response.get("ContentLength") or 0)
+        if size > max_bytes:
+            response["Body"].close()
+            raise BadInputError(uri, f"{size} bytes, more than the {max_bytes} expected here")
+        return self._read_body(uri, response)
+
+    def _read_body(self, uri: str, response: Mapping[str, Any]) -> bytes:
+        """The body of a GET response, read whole and closed; errors while streaming it classified."""
         body = response["Body"]
         try:
-            size = int(response.get("ContentLength") or 0)
-            if size > max_bytes:
-                raise BadInputError(uri, f"{size} bytes, more than the {max_bytes} expected here")
             return body.read()
         except _s3_library().remote as error:
             raise self._s3_error(uri, error) from error

@@ -284,9 +284,9 @@ def probe_film(path: str | os.PathLike, max_pixels: int, frame_rate: Fraction | 
         video_index, container_name = stream.index, container.format.name
         timecode = sequence.timecode if sequence is not None else (
             stream.metadata.get("timecode") or container.metadata.get("timecode"))
-    if sequence is not None:  # one video stream of frames stamped by their numbers, each a file to itself
-        video, is_colour = _sample_run(path, sequence, index)
-    else:
+        if sequence is not None:  # one video stream of frames stamped by their numbers, each a file to itself
+            video, is_colour = _sample_run(path, sequence, index, container)
+    if sequence is None:
         with _open(path) as container:
             _check_audio_decodes(path, container)
         with _open(path) as container:
@@ -431,22 +431,21 @@ def _sample_frames(path: str, container, index: FrameIndex) -> tuple[VideoFormat
     return _judge_samples(path, stream, samples)
 
 
-def _sample_run(path: str, sequence: FrameSequence, index: FrameIndex) -> tuple[VideoFormat, bool]:
-    """``_sample_frames`` for a run of frames, each sampled frame read from its own file (of a stored run, only those
-    are fetched)."""
+def _sample_run(path: str, sequence: FrameSequence, index: FrameIndex, head) -> tuple[VideoFormat, bool]:
+    """``_sample_frames`` for a run of frames, ``head`` the run opened at its first frame: each other sampled frame
+    is read from its own file (of a stored run, only those are fetched)."""
     one_frame = _sequence_index(1)
-    with sequence.open(0, 1) as head:
-        stream = head.streams.video[0]
+    stream = head.streams.video[0]
 
-        def samples() -> Iterator[tuple[int, av.VideoFrame | None]]:
-            for position in _sample_targets(index):
-                if position == 0:
-                    yield 0, _decode_at(path, head, stream, one_frame, 0)
-                    continue
-                with sequence.open(position, position + 1) as container:
-                    yield position, _decode_at(path, container, container.streams.video[0], one_frame, 0)
+    def samples() -> Iterator[tuple[int, av.VideoFrame | None]]:
+        for position in _sample_targets(index):
+            if position == 0:
+                yield 0, _decode_at(path, head, stream, one_frame, 0)
+                continue
+            with sequence.open(position, position + 1) as container:
+                yield position, _decode_at(path, container, container.streams.video[0], one_frame, 0)
 
-        return _judge_samples(path, stream, samples())
+    return _judge_samples(path, stream, samples())
 
 
 def _judge_samples(path: str, stream, samples: Iterable[tuple[int, av.VideoFrame | None]]) -> tuple[VideoFormat, bool]:

@@ -155,13 +155,13 @@ class Previews:
         once per version of the input: the times are kept beside the job's previews, under the input's version,
         because every list of a film job's previews needs them and reading the duration meant downloading the
         whole film. ``local_input``: a copy of the input already at hand (the strip downloads one anyway)."""
-        version = self.storage.stat(_film_source(record.spec)).version_key()
+        source_uri = _film_source(record.spec)
+        version = self.storage.stat(source_uri).version_key()
         cached = self.cache_dir / "previews" / record.id / f"times-{version}.json"
         try:
             return [float(t) for t in json.loads(cached.read_text())]
         except (OSError, ValueError, TypeError):  # not made yet (or a torn file from a crash): read the film
             pass
-        source_uri = _film_source(record.spec)
         source, drop = (local_input, False) if local_input is not None else self._local(
             source_uri, "probe" + PurePosixPath(parse_uri(source_uri)[2]).suffix)
         try:
