@@ -55,7 +55,11 @@ const audited = [];
 const text = (page, selector) => page.$eval(selector, (node) => node.textContent.trim());
 const focusedMatches = (selector) => document.activeElement && document.activeElement.matches(selector);
 
+// The link named ``name`` in ``scope`` once the page shows it (a list fills in after its view appears).
 async function linkNamed(page, scope, name) {
+  const named = (scope, name) => [...document.querySelectorAll(`${scope} a`)].some(
+    (node) => node.textContent.trim() === name);
+  await until(page, `a link named ${name} in ${scope}`, named, [scope, name]);
   const links = await page.$$(`${scope} a`);
   for (const link of links) if ((await link.evaluate((node) => node.textContent.trim())) === name) return link;
   throw new Failure(`no link named ${name} in ${scope}`);
@@ -312,8 +316,9 @@ async function scenario(browser, page, step) {
   // On a phone the jobs list and a photo's page fit the screen's width: nothing to scroll sideways.
   await tab.setViewport({ width: 390, height: 844 });
   const fits = () => document.documentElement.scrollWidth <= document.documentElement.clientWidth;
+  const portrait = await linkNamed(tab, "#jobs-body", "portrait.png"); // the list filled in, then measured
   await until(tab, "the jobs list to fit a phone's width", fits);
-  await (await linkNamed(tab, "#jobs-body", "portrait.png")).click();
+  await portrait.click();
   await until(tab, "a photo's page on a phone", () => document.querySelector("figure.compare img.after")?.complete
     && document.querySelector("figure.compare img.after").naturalWidth > 0, [], PREVIEW_TIMEOUT_MS);
   await until(tab, "a photo's page to fit a phone's width", fits);
