@@ -582,6 +582,21 @@ def write_clip(
     )
 
 
+def read_frames(folder: Path, names: list[str]) -> list[np.ndarray]:
+    """The frames of a run, each file decoded as it is stored (R'G'B' at its own depth)."""
+    frames = []
+    for name in names:
+        with av.open(str(folder / name)) as container:
+            frames.append(next(container.decode(video=0)).to_ndarray().astype(np.int64))
+    return frames
+
+
+def luma_of(rgb: np.ndarray, matrix: tuple[float, float] = (0.299, 0.114)) -> np.ndarray:
+    """Y' of R'G'B' by the matrix whose red and blue weights are given (BT.601's by default)."""
+    red, blue = matrix
+    return red * rgb[..., 0] + (1 - red - blue) * rgb[..., 1] + blue * rgb[..., 2]
+
+
 def write_frames(folder: Path, frames: list[np.ndarray], *, name: str = "scan_%07d.dpx", first: int = 86400,
                  codec: str = "dpx", pix_fmt: str = "gbrp10le", rate: float | None = None,
                  industry_headers: bool = True, timecode: int | None = None) -> list[Path]:

@@ -182,6 +182,28 @@ def test_film_job_gives_a_strip_of_frames_and_a_queued_film_can_be_cancelled(sta
     assert alice.delete(f"/api/v1/jobs/{job['id']}").json()["state"] == "succeeded"  # a finished job is kept
 
 
+def test_a_film_coloured_into_frames_lists_its_own_frames_and_previews_six_of_them(stack, tmp_path):
+    alice = stack.client("alice")
+    clip = write_clip(tmp_path / "reel.mkv", gray_frames(moving_scene(24, 96, 64)), gop=6, bframes=0)
+    put_object(stack.s3, "s3://scans/alice/frames-reel.mkv", clip.path.read_bytes())
+    put_object(stack.s3, "s3://colour/alice/frames/reel_0099.png", gray_png(1))  # another run's frame, left alone
+    output = "s3://colour/alice/frames/reel_%04d.png"
+    job = alice.post("/api/v1/jobs", json=job_spec(stack, "s3://scans/alice/frames-reel.mkv", output)).json()
+    final = wait_finished(alice, job["id"])
+    assert final["state"] == "succeeded", final["error"]
+    assert final["outputs"] == [output] and final["metrics"]["frames"] == 24
+    results = alice.get(f"/api/v1/jobs/{job['id']}/results").json()["results"]
+    assert [r["name"] for r in results] == [f"reel_{i:04d}.png" for i in range(24)]
+    frame = np.asarray(Image.open(io.BytesIO(httpx.get(results[12]["url"]).content)).convert("RGB")).astype(int)
+    assert frame.shape == (64, 96, 3) and chroma(frame) > 1.0
+    strip = alice.get(f"/api/v1/jobs/{job['id']}/previews").json()["previews"]
+    assert [pair["label"] for pair in strip] == [f"reel_{i:04d}.png" for i in (2, 6, 10, 14, 18, 22)]
+    for pair in strip[:2]:
+        before, after = jpeg(alice.get(pair["before"]).content), jpeg(alice.get(pair["after"]).content)
+        assert before.shape == after.shape == (64, 96, 3) and chroma(before) < 1.0 < chroma(after)
+        assert np.abs(before.mean(axis=-1) - after.mean(axis=-1)).mean() < 12  # the frame's own lightness, in gray
+
+
 # ----------------------------------------------------------------------------------------------------- uploads
 
 

@@ -15,7 +15,7 @@ import av
 import numpy as np
 import pytest
 
-from tests.media import gray_frames, lumas, moving_scene, probe, write_clip, write_frames
+from tests.media import gray_frames, luma_of, lumas, moving_scene, probe, read_frames, write_clip, write_frames
 from tests.services import put_object
 from tests.test_films import _InterruptingColorizer, is_coloured, run_cli
 from tools.local_services import s3_settings
@@ -229,19 +229,6 @@ def test_a_scans_timecode_is_carried_into_its_copy(tmp_path, tiny_checkpoint, su
 
 
 # --- writing frames ----------------------------------------------------------------------------------------------
-
-
-def read_frames(folder: Path, names: list[str]) -> list[np.ndarray]:
-    frames = []
-    for name in names:
-        with av.open(str(folder / name)) as container:
-            frames.append(next(container.decode(video=0)).to_ndarray().astype(np.int64))
-    return frames
-
-
-def luma_of(rgb: np.ndarray, matrix: tuple[float, float] = (0.299, 0.114)) -> np.ndarray:
-    red, blue = matrix
-    return red * rgb[..., 0] + (1 - red - blue) * rgb[..., 1] + blue * rgb[..., 2]
 
 
 def test_a_dpx_run_colours_into_a_dpx_run_with_its_numbers_rate_and_timecodes(tmp_path, tiny_checkpoint):

@@ -20,7 +20,17 @@ import pytest
 import redis
 from PIL import Image
 
-from tests.media import first_frame_info, gray_frames, lumas, moving_scene, probe, write_clip, write_frames
+from tests.media import (
+    first_frame_info,
+    gray_frames,
+    luma_of,
+    lumas,
+    moving_scene,
+    probe,
+    read_frames,
+    write_clip,
+    write_frames,
+)
 from tests.services import (
     JOB_TIMEOUT_S,
     WorkerProcess,
@@ -34,6 +44,7 @@ from tests.services import (
 )
 from worker import liveness, work
 from worker.cli import main
+from worker.frame_sequences import find_sequence
 from worker.jobs import JobOptions, JobSpec, JobSpecError, JobStore, film_output_uri
 from worker.service import Service
 
@@ -304,6 +315,22 @@ def test_a_film_job_that_could_not_be_written_is_refused_at_submission(data, err
     assert str(refused.value) == f"job spec: {error}"
 
 
+@pytest.mark.parametrize("data, error", [
+    ({"output": "s3://colour/reel/f_%05d.jpg", "options": {}},
+     "output: s3://colour/reel/f_%05d.jpg: frames are written as .dpx, .png, .tif, .tiff, not '.jpg'"),
+    ({"output": "s3://colour/reel/f_%05d.dpx"},
+     "options.codec: applies to film files; s3://colour/reel/f_%05d.dpx is a run of frames, written in the format "
+     "its extension names"),
+    ({"input": "s3://scans/reel1/scan_%07d.dpx", "output": "s3://scans/reel1/scan_%04d.dpx", "options": {}},
+     "output: s3://scans/reel1/scan_%04d.dpx: would replace the frames of its source, s3://scans/reel1/scan_%07d.dpx"),
+])
+def test_a_film_job_into_frames_that_could_not_be_written_is_refused_at_submission(data, error):
+    spec = {"input": "s3://scans/reel.mp4", "output": "s3://colour/reel.mkv", "options": {"codec": "ffv1"}, **data}
+    with pytest.raises(JobSpecError) as refused:
+        JobSpec.from_dict(spec)
+    assert str(refused.value) == f"job spec: {error}"
+
+
 @pytest.mark.parametrize("source, codec, written", [
     ("s3://scans/tape.mxf", "prores", "s3://colour/tape.mov"), ("s3://scans/tape.avi", "h264", "s3://colour/tape.mkv"),
     ("s3://scans/REEL.MP4", "h265", "s3://colour/REEL.mp4"),
@@ -320,6 +347,66 @@ def test_a_job_taken_before_a_check_was_added_stays_readable(service_env):
     stored = JobSpec("s3://scans/reel.mp4", "s3://colour/", "video", JobOptions(codec="ffv1"))  # refused today
     JobStore(redis.Redis.from_url(redis_server.url)).create("old-job", stored, {"etag": "e", "size": 1})
     assert client.get("old-job").spec == stored  # the job list and its page must still show it
+
+
+def test_a_run_in_a_bucket_colours_into_a_run_of_dpx_frames_exactly_as_tinct_colorize_makes_it(service_env,
+                                                                                                   tmp_path):
+    client, start_worker, s3, _, model = service_env
+    frames = [f.astype(np.uint16) << 8 for f in gray_frames(moving_scene(24, 96, 64))]
+    for path in write_frames(tmp_path / "reel1", frames, rate=18.0, timecode=0x01001005):
+        put_object(s3, f"s3://scans/reel1/{path.name}", path.read_bytes())
+    put_object(s3, "s3://colour/reel1/colour_0099999.dpx", b"a frame of another run, left alone")
+    start_worker()
+    run, output = "s3://scans/reel1/scan_%07d.dpx", "s3://colour/reel1/colour_%07d.dpx"
+    job_id, _ = client.submit(spec(run, output, model))
+    record = wait_for_job(client, job_id)
+    assert record.state == "succeeded", record.error
+    names = [f"colour_{86400 + i:07d}.dpx" for i in range(24)]
+    assert record.outputs == [output] and record.done == 24
+    assert {k: record.metrics[k] for k in ("frames", "first_frame")} == {"frames": 24, "first_frame": 86400}
+    assert record.metrics["output_size"] == sum(len(get_object(s3, f"s3://colour/reel1/{n}")) for n in names)
+    # Every frame in place under its scan's number, the staged segments gone, and nothing kept by the worker.
+    assert keys(s3, "colour") == [f"reel1/{name}" for name in [*names, "colour_0099999.dpx"]]
+    assert [p for p in (tmp_path / "work-w" / "jobs").rglob("*") if p.is_file()] == []
+    # The same run coloured by the CLI in segments as long: the service's 3 segments, from 3 workers' worth of
+    # pieces, joined into the same frames, headers (rate, timecode) and all.
+    assert main(["colorize", str(tmp_path / "reel1" / "scan_%07d.dpx"), "-o", str(tmp_path / "cli" / "colour_%07d.dpx"),
+                 "--model", str(model), "--engine", "torch", "--render-size", "64", "--segment-seconds", "0.5"]) == 0
+    local = tmp_path / "service"
+    local.mkdir()
+    for name in names:
+        (local / name).write_bytes(get_object(s3, f"s3://colour/reel1/{name}"))
+    for served, made, written in zip(read_frames(local, names), read_frames(tmp_path / "cli", names), frames,
+                                     strict=True):
+        assert np.abs(served - made).max() <= 1  # the service and the CLI coloured with torch at other thread counts
+        assert np.percentile(np.abs(luma_of(served) - (written >> 6)), 99) <= 1.0  # the scan's 10-bit lightness
+    assert (local / names[5]).read_bytes()[:2048] == (tmp_path / "cli" / names[5]).read_bytes()[:2048]
+    assert find_sequence(local / "colour_%07d.dpx").timecode == "01:00:10:05"
+
+
+def test_a_cancelled_film_into_frames_leaves_no_frame_staged_or_placed(service_env, tmp_path):
+    """A segment's frames are staged as they are made; cancelled mid-segment, it removes those it staged after the
+    cancel's cleanup ran, so nothing of the job is left, staged or in place."""
+    client, start_worker, s3, _, model = service_env
+    clip = write_clip(tmp_path / "one-segment.mkv", gray_frames(moving_scene(1200, 96, 64)), gop=24, bframes=0)
+    put_object(s3, "s3://scans/one-segment.mkv", clip.path.read_bytes())
+    # Two workers: one colours the segment while the other runs the cancel's cleanup at once.
+    workers = [start_worker(name, segment_seconds=600, heartbeat_interval_s=0.5, liveness_window_s=2)
+               for name in ("w", "w2")]
+
+    def logs() -> str:
+        return "\n".join(worker.text() for worker in workers)
+
+    job_id, _ = client.submit(spec("s3://scans/one-segment.mkv", "s3://colour/reel/frame_%05d.png", model))
+    wait_until(lambda: sum(".tinct-parts/" in key for key in keys(s3, "colour")) >= 24, JOB_TIMEOUT_S,
+               lambda: f"{client.get(job_id)}\n{logs()[-3000:]}", poll=0.02)
+    assert client.cancel(job_id).state == "cancelled"
+    wait_until(lambda: "the job has ended" in logs(), 30, lambda: logs()[-3000:], poll=0.05)
+    stopped = re.search(r"segment-0+ of job \w+ stopped after (\d+) of its (\d+) frames", logs())
+    assert stopped is not None and int(stopped[1]) < int(stopped[2]) == 1200, logs()[-3000:]
+    time.sleep(1)  # the cancel's cleanup has run, and the segment's own
+    assert keys(s3, "colour") == [] and client.get(job_id).state == "cancelled"
+    assert [p for name in ("w", "w2") for p in (tmp_path / f"work-{name}").rglob("jobs/**/*") if p.is_file()] == []
 
 
 def test_oversized_input_fails_at_submission_but_a_run_of_frames_is_no_one_download(service_env, tmp_path):

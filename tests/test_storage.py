@@ -247,6 +247,56 @@ def test_s3_multipart_upload_and_ranged_download(s3_server: S3Server, bucket: st
     assert sorted(p.name for p in target.parent.iterdir()) == ["film.mkv"]
 
 
+@pytest.mark.parametrize("side", ["s3", "file"])
+def test_uploads_store_files_as_they_come_and_remove_each_once_stored(storage: Storage, bucket: str, tmp_path: Path,
+                                                                      side: str) -> None:
+    target = (join_uri(bucket, "staged") if side == "s3" else normalize_uri(tmp_path / "staged")) + "/"
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    payloads = {f"f_{i:03d}.dpx": os.urandom(1000 + i) for i in range(40)}
+    with storage.uploads(in_flight=4) as uploads:
+        for name, payload in payloads.items():
+            (frames / name).write_bytes(payload)
+            uploads.add(frames / name, join_uri(target, name))
+            assert len(list(frames.iterdir())) <= 4  # a writer faster than the store waits: at most 4 on disk
+        assert uploads.finish() == sum(len(p) for p in payloads.values())
+    assert list(frames.iterdir()) == []
+    listed = list(storage.list(target))
+    assert [relative_key(target, info.uri) for info in listed] == sorted(payloads)
+    assert all(storage.get_bytes(info.uri) == payloads[relative_key(target, info.uri)] for info in listed)
+
+
+def test_a_failed_upload_is_raised_named_and_keeps_its_file(storage: Storage, bucket: str, tmp_path: Path) -> None:
+    (tmp_path / "a.dpx").write_bytes(b"frame")
+    with pytest.raises(PermanentError, match=r"s3://no-such-bucket/a\.dpx"), storage.uploads() as uploads:
+        uploads.add(tmp_path / "a.dpx", "s3://no-such-bucket/a.dpx")
+        uploads.finish()
+    assert (tmp_path / "a.dpx").read_bytes() == b"frame"  # not stored: not removed
+
+
+@pytest.mark.parametrize("side", ["s3", "file"])
+def test_copy_listed_copies_what_was_listed_and_a_file_replaced_since_is_refused(storage: Storage, bucket: str,
+                                                                                 tmp_path: Path, side: str) -> None:
+    root = bucket if side == "s3" else normalize_uri(tmp_path)
+    for i in range(5):
+        storage.put_bytes(join_uri(root, f"staged/f_{i}.dpx"), f"frame {i}".encode())
+    listed = list(storage.list(join_uri(root, "staged")))
+    storage.copy_listed([(info, join_uri(root, f"out/f_{i}.dpx")) for i, info in enumerate(listed)])
+    storage.copy_listed([(info, join_uri(root, f"out/f_{i}.dpx")) for i, info in enumerate(listed)])  # again: the same
+    assert [storage.get_bytes(join_uri(root, f"out/f_{i}.dpx")) for i in range(5)] == [
+        f"frame {i}".encode() for i in range(5)]
+    if side == "file":  # the copies share the staged frames' disk: links, not bytes written again
+        assert os.stat(parse_uri(join_uri(root, "out/f_0.dpx"))[2]).st_nlink == 2
+        assert sorted(os.listdir(tmp_path / "out")) == [f"f_{i}.dpx" for i in range(5)]  # no temporary names left
+    if side == "s3":
+        return  # S3 refuses a copy whose CopySourceIfMatch no longer holds; moto ignores the header, so not here
+    time.sleep(0.01)
+    storage.put_bytes(join_uri(root, "staged/f_3.dpx"), b"replaced since the listing")
+    with pytest.raises(TransientError, match="staged/f_3.dpx: changed since it was listed"):
+        storage.copy_listed([(listed[3], join_uri(root, "again/f_3.dpx"))])
+    assert not storage.exists(join_uri(root, "again/f_3.dpx"))
+
+
 def test_listing_thousands_of_keys_is_paginated_lazy_and_fast(
     s3_server: S3Server, storage: Storage, bucket: str
 ) -> None:

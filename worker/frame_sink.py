@@ -124,8 +124,8 @@ class FrameWriter:
         self._encoder.time_base = Fraction(1, 24)  # required of every encoder; a still's encoder ignores it
         folder.mkdir(parents=True, exist_ok=True)
 
-    def write(self, index: int, luma: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> None:
-        """Frame ``index`` of the film (display order), as its own file."""
+    def write(self, index: int, luma: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> Path:
+        """Frame ``index`` of the film (display order), as its own file: its path."""
         layout = self.layout
         rgb = ycbcr_to_rgb_np(luma, cb, cr, layout.matrix, layout.bit_depth, layout.full_range)
         np.rint(np.multiply(rgb, (1 << layout.bit_depth) - 1, out=rgb), out=rgb)  # in place: a scan's frame is large
@@ -135,8 +135,10 @@ class FrameWriter:
         data = b"".join(bytes(packet) for packet in self._encoder.encode(frame))
         if self.target.suffix.lower() == ".dpx":
             data = self._with_industry_headers(data, index)
-        with atomic_output(self.folder / self.target.name(self.first + index)) as f:
+        path = self.folder / self.target.name(self.first + index)
+        with atomic_output(path) as f:
             f.write(data)
+        return path
 
     def _with_industry_headers(self, data: bytes, index: int) -> bytes:
         """FFmpeg's DPX encoder writes the generic headers alone; the film and television headers carry the frame

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -25,7 +26,8 @@ from typing import Any
 from redis.exceptions import WatchError
 
 from worker.errors import PermanentError, one_line
-from worker.frame_sequences import is_pattern, output_stem
+from worker.frame_sequences import is_pattern, output_stem, split_pattern
+from worker.frame_sink import FrameTarget, is_frame_output
 from worker.hints import HintError, parse_hints
 from worker.images import EXTENSION_FORMATS
 from worker.photos import FILM_EXTENSIONS
@@ -147,6 +149,10 @@ def check_film_encoding(spec: JobSpec) -> None:
     if spec.kind != "video":
         return
     options = spec.options
+    output = film_output_uri(spec)
+    if is_frame_output(parse_uri(output)[2]):
+        check_frames_output(spec, output)
+        return
     try:
         codec = canonical_codec(options.codec)
     except ValueError as exc:
@@ -156,10 +162,33 @@ def check_film_encoding(spec: JobSpec) -> None:
     except ValueError as exc:
         raise JobSpecError("options.crf" if options.crf is not None and "crf" in str(exc) else "options.preset",
                            str(exc)) from None
-    output = film_output_uri(spec)
     problem = container_problem(output, codec)
     if problem:
         raise JobSpecError("output", f"{output}: {problem}")
+
+
+def check_frames_output(spec: JobSpec, output: str) -> None:
+    """A film coloured into a run of numbered frames (``s3://out/reel1/scan_%07d.dpx``): a format frames are written
+    in, no film-file encoder options (they would be silently ignored), and never the source's own frames."""
+    try:
+        FrameTarget.parse(output)
+    except ValueError as exc:
+        raise JobSpecError("output", str(exc)) from None
+    defaults = JobOptions()
+    for name in ("codec", "crf", "preset"):
+        if getattr(spec.options, name) != getattr(defaults, name):
+            raise JobSpecError(f"options.{name}", f"applies to film files; {output} is a run of frames, written in "
+                               "the format its extension names")
+    if is_pattern(parse_uri(spec.input)[2]) and _run_names(spec.input) == _run_names(output):
+        raise JobSpecError("output", f"{output}: would replace the frames of its source, {spec.input}")
+
+
+def _run_names(uri: str) -> tuple[str, str, str, str, str]:
+    """What a run's frame names are made of, bar the number's width: two runs alike in this share frames' names."""
+    scheme, bucket, key = parse_uri(uri)
+    folder, name = posixpath.split(key)
+    prefix, _, suffix = split_pattern(uri, name)
+    return scheme, bucket, folder, prefix, suffix
 
 
 def infer_kind(uri: str) -> str:

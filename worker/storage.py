@@ -685,6 +685,67 @@ class Storage:
         log.debug("uploaded %s (%d bytes) to %s", local_path, info.size, info.uri)
         return info
 
+    def uploads(self, in_flight: int = 16) -> Uploads:
+        """Files stored one by one as they are made (a segment's frames), several at a time; see :class:`Uploads`."""
+        return Uploads(self, in_flight)
+
+    def copy_listed(self, objects: Sequence[tuple[ObjectInfo, str]]) -> None:
+        """Copy objects whose listing is at hand (a film's staged frames) to the URIs beside them, each pinned to the
+        version listed: a source replaced since fails its copy instead of being copied.
+
+        S3: CopyObject inside the store (no bytes pass through this process), several at a time through one transfer
+        manager, with no HEAD per object. Files: a hard link where both names share a disk (else a copy), under a
+        temporary name renamed into place. Either way each target appears whole, and copying again is harmless, so
+        a copy cut short is finished by running it again."""
+        for info, target in objects:
+            if parse_uri(info.uri)[0] == "file" or parse_uri(target)[0] == "file":
+                self._copy_one_file(info, target)
+        stored = [(info, target) for info, target in objects
+                  if parse_uri(info.uri)[0] != "file" and parse_uri(target)[0] != "file"]
+        if not stored:
+            return
+        s3 = _s3_library()
+        copying = stored[0][0].uri
+        try:
+            with self._transfer_manager() as manager:
+                futures = []
+                for info, target in stored:
+                    _, bucket, key = parse_uri(info.uri)
+                    _, target_bucket, target_key = parse_uri(target)
+                    futures.append((info, manager.copy(
+                        {"Bucket": bucket, "Key": key}, target_bucket, target_key,
+                        extra_args={"CopySourceIfMatch": f'"{info.etag}"'},
+                        subscribers=[s3.KnownObject(info.size, f'"{info.etag}"')])))
+                for info, future in futures:
+                    copying = info.uri  # what an error names
+                    future.result()
+        except s3.remote as error:
+            raise self._s3_error(copying, error) from error
+        log.debug("copied %d objects", len(stored))
+
+    def _copy_one_file(self, info: ObjectInfo, target: str) -> None:
+        """``copy_listed`` where either side is a file (a store to a folder and back goes through a download)."""
+        source_scheme, _, source = parse_uri(info.uri)
+        target_scheme, _, target_path = parse_uri(target)
+        if source_scheme != "file":
+            raise BadInputError(target, f"copies from {info.uri} into a folder are not supported")
+        if target_scheme != "file":
+            self.upload(source, target)
+            return
+        if _file_info(source, name=info.uri) != info:
+            raise StorageError(info.uri, "changed since it was listed")
+        with suppress(OSError):
+            if os.path.samefile(source, target_path):  # linked already (a copy run again): a rename would not replace
+                return  # a name by another name of the same file, and would leave the temporary link behind
+        try:
+            with atomic_path(target_path) as tmp:
+                os.link(source, tmp)
+            return
+        except OSError as error:
+            if error.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise classify_os_error(target, error, missing_is_permanent=False) from error
+        self._copy_file(source, Path(target_path), name=info.uri, describe="target")
+
     def put_bytes(self, uri: str | os.PathLike, data: bytes, content_type: str | None = None) -> ObjectInfo:
         """Store a small object in one request (S3) or one atomic write (files); returns its stat."""
         scheme, bucket, key = parse_uri(uri)
@@ -792,6 +853,67 @@ class Storage:
         return before if describe == "source" else _file_info(os.fspath(target))
 
 
+class Uploads:
+    """Files stored as they are made, each local file removed once it is stored: a segment's frames, uploaded while
+    the next ones are coloured. Up to ``in_flight`` uploads run at once through one transfer manager; ``add`` waits
+    while that many are unfinished, so a writer faster than the store keeps at most that many files on disk.
+
+        with storage.uploads() as uploads:
+            for path, uri in frames:
+                uploads.add(path, uri)      # the first failure is raised here or at the end of the block
+            stored = uploads.finish()       # bytes stored
+
+    Leaving the block on an error cancels what is still queued; what was stored stays (the caller's to remove, as
+    for any upload). Used from one thread at a time. Folders as targets get a plain atomic copy, one at a time."""
+
+    def __init__(self, storage: Storage, in_flight: int) -> None:
+        self._storage = storage
+        self._in_flight = max(1, in_flight)
+        self._manager: Any = None  # made on the first S3 upload: a folder-only job needs no client
+        self._pending: list[tuple[Path, str, Any]] = []  # in order of adding
+        self.stored = 0
+
+    def __enter__(self) -> Uploads:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        if self._manager is not None:
+            self._manager.shutdown(cancel=exc_type is not None)
+            self._manager = None
+
+    def add(self, local_path: str | os.PathLike, uri: str) -> None:
+        local_path = Path(local_path)
+        scheme, bucket, key = parse_uri(uri)
+        if scheme == "file":
+            self.stored += self._storage.upload(local_path, uri).size
+            local_path.unlink(missing_ok=True)
+            return
+        if self._manager is None:
+            self._manager = self._storage._transfer_manager()
+        size = local_path.stat().st_size
+        future = self._manager.upload(os.fspath(local_path), bucket, key)
+        self._pending.append((local_path, format_uri(scheme, bucket, key), future))
+        while len(self._pending) >= self._in_flight or (self._pending and self._pending[0][2].done()):
+            self._settle()
+        self.stored += size
+
+    def finish(self) -> int:
+        """Wait for every upload; the bytes stored."""
+        while self._pending:
+            self._settle()
+        return self.stored
+
+    def _settle(self) -> None:
+        local_path, uri, future = self._pending.pop(0)
+        try:
+            future.result()
+        except _s3_library().remote as error:
+            raise self._storage._s3_error(uri, error) from error
+        except OSError as error:
+            raise classify_os_error(local_path, error) from error
+        local_path.unlink(missing_ok=True)
+
+
 def _endpoint_label(endpoint_url: str | None) -> str:
     """The endpoint for messages and repr, with any ``user:password@`` removed."""
     if not endpoint_url:
@@ -871,6 +993,7 @@ __all__ = [
     "ObjectNotFoundError",
     "Storage",
     "UnsafeKeyError",
+    "Uploads",
     "check_relative_key",
     "classify_os_error",
     "classify_s3_error",

@@ -7,7 +7,9 @@ A job is planned once (``plan_job``), then done in pieces that many workers take
 * collection: the photos under the input prefix, in batches of ``collection_batch`` (one piece each);
 * video: the film's segments (``worker.segments.plan_segments``), each colorized to a video-only file in a
   staging area beside the output; when the last one is done, one ``join_film`` remuxes them with the source's
-  audio, subtitles and metadata into the output.
+  audio, subtitles and metadata into the output. A film coloured into a run of frames (an output named by a pattern,
+  ``s3://out/reel1/scan_%07d.dpx``) stages each segment's frames as they are made, in a folder of the segment's own,
+  and its join copies them into place inside the store.
 
 Every step is idempotent, because a task whose worker died comes again (re-queued by ``worker.liveness`` once the
 worker has been silent for the liveness window, or redelivered by the broker after its visibility timeout): a
@@ -15,7 +17,8 @@ finished piece is recorded in Redis and skipped if it comes again; outputs have 
 atomically (S3 multipart completion, or write-then-rename). A piece, the join and the job's completion are each
 done under a lease (``worker.liveness.Lease``): a worker that was only paused and comes back after its piece was
 given to another finds the lease gone and discards its result, so a piece is recorded once, the join runs once
-and there is one output. A job's output appears only when all of it is done.
+and there is one output. A job's output appears only when all of it is done (a run of frames: none of its frames
+before every segment is, and the job succeeds once the last is in place).
 
 Pieces are bounded (``_segment_frames``, ``_photo_batches``) to about ``piece_target_s`` on the slowest supported
 node, which is what the task time limits are set from (``worker.settings``).
@@ -47,7 +50,8 @@ from models.files import atomic_path
 from worker import liveness, metrics
 from worker.errors import BadInputError, InputTooLargeError, ModelError, PermanentError, TinctError, one_line
 from worker.films import DEFAULT_MAX_FILM_PIXELS, warmup_frames
-from worker.frame_sequences import is_pattern, stored_frames, stored_identity, stored_sequence
+from worker.frame_sequences import frame_number, is_pattern, stored_frames, stored_identity, stored_sequence
+from worker.frame_sink import FrameTarget, FrameWriter, frames_layout, is_frame_output
 from worker.hints import hints_provenance, job_photo_hints
 from worker.images import DEFAULT_MAX_PIXELS, EXTENSION_FORMATS, read_photo, write_photo
 from worker.input_cache import HeldInput, InputCache
@@ -55,7 +59,7 @@ from worker.jobs import FINISHED, KEY_PREFIX, JobRecord, JobSpec, JobStore, film
 from worker.liveness import Lease, Leases
 from worker.model_store import resolve_model
 from worker.photos import output_suffix
-from worker.pipeline import ColourFrame, colorize_frames
+from worker.pipeline import ColourFrame, StageTimes, colorize_frames
 from worker.references import (
     ReferenceField,
     ResolvedReference,
@@ -65,11 +69,11 @@ from worker.references import (
     place_job_references,
     references_provenance,
 )
-from worker.segments import Segment, check_output, join_segments, plan_segments
+from worker.segments import Segment, check_output, describe_other_streams, join_segments, plan_segments
 from worker.settings import Settings
 from worker.smoothing import SmoothingOptions
 from worker.storage import ObjectInfo, Storage, join_uri, parse_uri, relative_key
-from worker.video_sink import CODECS, EncodeOptions, SegmentWriter, plan_output
+from worker.video_sink import CODECS, EncodeOptions, OutputLayout, SegmentWriter, plan_output
 from worker.video_source import FilmInfo, probe_film
 
 logger = logging.getLogger(__name__)
@@ -83,6 +87,8 @@ MIN_PHOTO_BYTES_PER_PIXEL = 0.1
 # Probed films a worker process keeps (and whose downloads it holds on the node): a worker taking turns between the
 # segments of a few films at once probes each once.
 FILMS_KEPT = 4
+# A run of frames' join copies this many at a time between two heartbeats (a few seconds on any store).
+FRAMES_COPIED_AT_ONCE = 500
 
 
 class Enqueue(Protocol):
@@ -368,10 +374,14 @@ def _plan_film(rt: Runtime, record: JobRecord, enqueue: Enqueue) -> None:
     if film.is_colour and not spec.options.recolor:
         raise BadInputError(spec.input, "a colour film; set options.recolor to colorize its lightness anyway")
     output = film_output_uri(spec)
-    try:  # hours of colour must not end at a join that cannot write the film
-        check_output(film, output, options["encode"].codec)
-    except BadInputError as exc:  # about the worker's copy of the film: named by the job's input instead
-        raise BadInputError(spec.input, exc.reason) from exc
+    if frames_target(spec) is None:
+        try:  # hours of colour must not end at a join that cannot write the film
+            check_output(film, output, options["encode"].codec)
+        except BadInputError as exc:  # about the worker's copy of the film: named by the job's input instead
+            raise BadInputError(spec.input, exc.reason) from exc
+    elif film.other_streams:
+        logger.info("job %s: %s %s left out of its frames: frames carry no sound or subtitles", record.id,
+                    describe_other_streams(film), "is" if len(film.other_streams) == 1 else "are")
     if spec.options.references:  # a time outside the film, or two on one frame, fails the job before any work
         place_job_references(job_references(spec.options.references), film, spec.input)
     segments = plan_segments(film, _segment_frames(rt.settings, film), warmup_frames(options["smoothing"]))
@@ -503,6 +513,12 @@ def _film_options(spec: JobSpec) -> dict:
     }
 
 
+def frames_target(spec: JobSpec) -> FrameTarget | None:
+    """The names of a film job's output frames (their folder aside), or None for an output that is one film file."""
+    output = film_output_uri(spec)
+    return FrameTarget.parse(PurePosixPath(parse_uri(output)[2]).name) if is_frame_output(output) else None
+
+
 def staging_uri(spec: JobSpec, job_id: str) -> str:
     output = film_output_uri(spec)
     parent = output.rsplit("/", 1)[0] + "/"
@@ -542,10 +558,15 @@ def _colorize_segment(rt: Runtime, spec: JobSpec, segment: Segment, lease: Lease
     liveness.progress()
     began = time.perf_counter()
     film = rt.film(spec.input)
-    layout = plan_output(film.video, options["encode"])
-    suffix = CODECS[options["encode"].codec].segment_suffix
-    # Each holder stages its own file, named by its lease: a late result can never overwrite the one recorded.
-    local = rt.scratch(lease.job_id) / f"{piece}.{lease.token.rsplit('|', 1)[1]}{suffix}"
+    target = frames_target(spec)
+    layout = plan_output(film.video, options["encode"]) if target is None else frames_layout(film.video, target)
+    # Each holder stages its own file (or folder of frames), named by its lease: a late result can never overwrite
+    # the one recorded.
+    part = f"{piece}.{lease.token.rsplit('|', 1)[1]}"
+    if target is None:
+        part += CODECS[options["encode"].codec].segment_suffix
+    local = rt.scratch(lease.job_id) / part
+    staged = join_uri(staging_uri(spec, lease.job_id), part)
     references = None
     if spec.options.references:
         references = ReferenceField(film, layout.frame, loaded.colorizer, options["smoothing"],
@@ -554,38 +575,48 @@ def _colorize_segment(rt: Runtime, spec: JobSpec, segment: Segment, lease: Lease
         liveness.progress()
     task = liveness.this_task()  # the sink runs in the pipeline's encode thread, not in this one
     written = 0
+
+    def colorize(write: Callable[[ColourFrame], None]) -> StageTimes:
+        def sink(frame: ColourFrame) -> None:
+            nonlocal written
+            task.check_held()
+            write(frame)
+            written += 1
+            task.progress()
+
+        return colorize_frames(film, loaded.colorizer, layout, options["smoothing"], sink, segment.start,
+                               segment.stop, segment.warmup, references)
+
     try:
-        with atomic_path(local) as tmp, SegmentWriter(tmp, film.video, layout, options["encode"]) as writer:
-
-            def sink(frame: ColourFrame) -> None:
-                nonlocal written
-                task.check_held()
-                writer.write(frame.pts, frame.luma, frame.cb, frame.cr)
-                written += 1
-                task.progress()
-
-            times = colorize_frames(film, loaded.colorizer, layout, options["smoothing"], sink, segment.start,
-                                    segment.stop, segment.warmup, references)
+        if target is None:
+            with atomic_path(local) as tmp, SegmentWriter(tmp, film.video, layout, options["encode"]) as writer:
+                times = colorize(lambda frame: writer.write(frame.pts, frame.luma, frame.cb, frame.cr))
+        else:
+            times = _colorize_to_frames(rt, film, target, layout, local, staged, colorize)
     except BadInputError as exc:  # about this worker's copy of the film
         raise as_stored(spec.input, Path(film.path), exc) from exc
     except liveness.HandedOver:  # the partial file is gone with atomic_path
+        if target is not None:
+            rt.storage.delete_prefix(staged)
         _discarded(lease, f"stopped after {written} of its {segment.frames} frames")
         return False
     except liveness.JobEnded:  # cancelled or failed meanwhile: its cleanup join removes what was staged before
+        if target is not None:  # frames staged after that cleanup, too
+            rt.storage.delete_prefix(staged)
         logger.info("%s of job %s stopped after %d of its %d frames: the job has ended", piece, lease.job_id,
                     written, segment.frames)
         return False
     if not lease.held():
-        local.unlink(missing_ok=True)
+        _unstage(rt, local, staged, target)
         _discarded(lease)
         return False
-    staged = join_uri(staging_uri(spec, lease.job_id), local.name)
-    rt.storage.upload(local, staged)
-    local.unlink(missing_ok=True)
+    if target is None:
+        rt.storage.upload(local, staged)
+        local.unlink(missing_ok=True)
     # The render size actually used (the model's own when the job named none), for the film's provenance tag.
     rt.store.update(lease.job_id, model_label=loaded.label, render_size=loaded.colorizer.render_size)
-    if lease.commit(segment.frames, local.name) < 0:
-        rt.storage.delete(staged)
+    if lease.commit(segment.frames, part) < 0:
+        _unstage(rt, local, staged, target)
         _discarded(lease)
         return False
     metrics.FRAMES.inc(times.frames)
@@ -594,6 +625,32 @@ def _colorize_segment(rt: Runtime, spec: JobSpec, segment: Segment, lease: Lease
     metrics.STAGE_SECONDS.labels("segment").observe(time.perf_counter() - began)
     metrics.PIECES.labels("segments").inc()
     return True
+
+
+def _colorize_to_frames(rt: Runtime, film: FilmInfo, target: FrameTarget, layout: OutputLayout, local: Path,
+                        staged: str, colorize: Callable[[Callable[[ColourFrame], None]], StageTimes]) -> StageTimes:
+    """A segment coloured into frames, each uploaded into the segment's staged folder as soon as it is written (a
+    2K segment of a few hundred frames is gigabytes: the work folder holds a few at a time, not all of them)."""
+    writer = FrameWriter(local, target, film, layout)
+    try:
+        with rt.storage.uploads() as uploads:
+            def write(frame: ColourFrame) -> None:
+                path = writer.write(frame.index, frame.luma, frame.cb, frame.cr)
+                uploads.add(path, join_uri(staged, path.name))
+
+            times = colorize(write)
+            uploads.finish()
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+    return times
+
+
+def _unstage(rt: Runtime, local: Path, staged: str, target: FrameTarget | None) -> None:
+    """Remove a discarded segment: its encoded file here, or the frames it has staged."""
+    if target is None:
+        local.unlink(missing_ok=True)
+    else:
+        rt.storage.delete_prefix(staged)
 
 
 def _discarded(lease: Lease, how: str = "") -> None:
@@ -631,11 +688,15 @@ def join_film(rt: Runtime, job_id: str) -> None:
 def _join(rt: Runtime, record: JobRecord, lease: Lease) -> None:
     job_id, spec = record.id, record.spec
     segments = [Segment(**s) for s in json.loads(rt.redis.get(f"tinct:job:{job_id}:segments") or "[]")]
+    parts = {k.decode(): v.decode() for k, v in rt.redis.hgetall(f"{KEY_PREFIX}job:{job_id}:parts").items()}
+    target = frames_target(spec)
+    if target is not None:
+        _publish_frames(rt, record, lease, target, segments, parts)
+        return
     options = _film_options(spec)
     suffix = CODECS[options["encode"].codec].segment_suffix
     scratch = rt.scratch(job_id)
     staging = staging_uri(spec, job_id)
-    parts = {k.decode(): v.decode() for k, v in rt.redis.hgetall(f"{KEY_PREFIX}job:{job_id}:parts").items()}
     logger.info("joining %d segments of job %s", len(segments), job_id)
     paths = []
     for segment in segments:
@@ -668,6 +729,39 @@ def _join(rt: Runtime, record: JobRecord, lease: Lease) -> None:
     if lease.held():
         rt.storage.delete_prefix(staging)
     finish_job(rt, job_id, [output], {"frames": film.frames, "output_size": info.size}, lease=lease)
+
+
+def _publish_frames(rt: Runtime, record: JobRecord, lease: Lease, target: FrameTarget, segments: Sequence[Segment],
+                    parts: dict[str, str]) -> None:
+    """A run of frames' join: every segment's staged frames copied into the output's folder, inside the store. None
+    is copied before all are staged, and a joiner that dies midway leaves the copy to the next, which redoes it."""
+    job_id, spec = record.id, record.spec
+    staging = staging_uri(spec, job_id)
+    output = film_output_uri(spec)
+    folder = output.rsplit("/", 1)[0] + "/"
+    copies: list[tuple[ObjectInfo, str]] = []
+    numbers: list[int] = []
+    for segment in segments:
+        part = join_uri(staging, parts[segment_piece(segment)]) + "/"
+        staged = list(rt.storage.list(part))
+        if len(staged) != segment.frames:  # removed by hand or by a lifecycle rule: no output can be made of them
+            raise PermanentError(f"{part}: {len(staged)} of its segment's {segment.frames} frames are staged; "
+                                 "submit the job again to colour them again")
+        for info in staged:
+            name = PurePosixPath(parse_uri(info.uri)[2]).name
+            numbers.append(frame_number(name, target.prefix, target.digits, target.suffix))
+            copies.append((info, join_uri(folder, name)))
+        liveness.progress()
+    logger.info("placing the %d frames of job %s in %s", len(copies), job_id, folder)
+    for start in range(0, len(copies), FRAMES_COPIED_AT_ONCE):
+        rt.storage.copy_listed(copies[start:start + FRAMES_COPIED_AT_ONCE])
+        liveness.progress()
+    if not lease.held():
+        _discarded(lease)  # the copies are the same frames the holder of the lease places
+        return
+    rt.storage.delete_prefix(staging)
+    finish_job(rt, job_id, [output], {"frames": len(copies), "first_frame": min(numbers),
+                                      "output_size": sum(info.size for info, _ in copies)}, lease=lease)
 
 
 # --- bookkeeping -------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Before/after previews of a finished job, derived on demand from its input and output and cached on disk.
 
 A photo gives one pair (the source's lightness, the colorized result), each at most ``PREVIEW_SIDE`` pixels on its
-long side; a film gives a strip of ``FILM_FRAMES`` pairs at evenly spaced times; a collection gives a pair for each
-of its first ``COLLECTION_PREVIEWS`` photos. Deriving them here rather than in the workers leaves the workers'
+long side; a film gives a strip of ``FILM_FRAMES`` pairs at evenly spaced times (a film coloured into a run of frames,
+a pair for each of ``FILM_FRAMES`` evenly spaced frames); a collection gives a pair for each of its first
+``COLLECTION_PREVIEWS`` photos. Deriving them here rather than in the workers leaves the workers'
 hot path and their outputs untouched (an archive's output prefix holds exactly what it asked for), and a preview
 costs one read of the input and the output the first time anyone looks, nothing after: files are cached under
 ``<cache_dir>/previews/<job>/`` keyed by the output's ETag, so a job run again with new outputs gets new previews.
@@ -31,13 +32,14 @@ from PIL import Image, ImageOps
 from models.files import atomic_output
 from worker.errors import BadInputError, PermanentError, one_line
 from worker.frame_sequences import is_pattern
+from worker.frame_sink import FrameTarget
 from worker.hints import HintSpec
 from worker.images import DEFAULT_MAX_PIXELS, EXTENSION_FORMATS, read_photo, shown_as_srgb
 from worker.jobs import JobRecord, JobSpec, film_output_uri
 from worker.settings import Settings
-from worker.storage import Storage, parse_uri
+from worker.storage import Storage, join_uri, parse_uri
 from worker.video_source import decode_from, index_frames
-from worker.work import Runtime, photo_output_uri
+from worker.work import Runtime, frames_target, photo_output_uri
 
 PREVIEW_SIDE = 1024
 FRAME_SIDE = 480  # a film strip shows several frames side by side: smaller ones load faster
@@ -74,6 +76,10 @@ class Previews:
         if record.state != "succeeded":
             return []
         spec = record.spec
+        frames = frames_target(spec) if spec.kind == "video" else None
+        if frames is not None:
+            uris = _shown_frames(record, frames)
+            return [PreviewItem(i, uri, uri) for i, uri in enumerate(uris)]
         if spec.kind == "video":
             times = self._film_times(record)
             return [PreviewItem(i, spec.input, film_output_uri(spec), t) for i, t in enumerate(times)]
@@ -96,7 +102,9 @@ class Previews:
             return path
         with self._lock(record.id):
             if not path.exists():  # another request may have made it while this one waited
-                if record.spec.kind == "video":
+                if record.spec.kind == "video" and item.time is None:  # one of a run of frames
+                    self._frame_pair(item, folder)
+                elif record.spec.kind == "video":
                     self._film_strip(record, folder)
                 else:
                     self._photo_pair(item, folder)
@@ -149,6 +157,21 @@ class Previews:
                 source.unlink(missing_ok=True)
             if drop_result:
                 result.unlink(missing_ok=True)
+
+    def _frame_pair(self, item: PreviewItem, folder: Path) -> None:
+        """One frame of a run coloured into frames, and its lightness (the source's, which the frame keeps) in gray."""
+        folder.mkdir(parents=True, exist_ok=True)
+        frame, drop = self._local(item.output, "frame" + PurePosixPath(parse_uri(item.output)[2]).suffix)
+        try:
+            with av.open(str(frame)) as container:
+                after = next(container.decode(video=0)).to_image()
+            _save(ImageOps.grayscale(after).convert("RGB"), folder / f"{item.index}-before.jpg", PREVIEW_SIDE)
+            _save(after, folder / f"{item.index}-after.jpg", PREVIEW_SIDE)
+        except (av.FFmpegError, OSError, StopIteration) as exc:
+            raise BadInputError(item.output, f"cannot read the frame for a preview ({one_line(exc)})") from exc
+        finally:
+            if drop:
+                frame.unlink(missing_ok=True)
 
     def _film_times(self, record: JobRecord, local_input: Path | None = None) -> list[float]:
         """Evenly spaced times inside the film (never its very first or last frame, often black). The film is read
@@ -204,6 +227,14 @@ class Previews:
                 source.unlink(missing_ok=True)
             if drop_result:
                 result.unlink(missing_ok=True)
+
+
+def _shown_frames(record: JobRecord, frames: FrameTarget) -> list[str]:
+    """The URIs of ``FILM_FRAMES`` evenly spaced frames of a film job's output run (none before it has finished)."""
+    count, first = int(record.metrics.get("frames", 0)), int(record.metrics.get("first_frame", 0))
+    folder = film_output_uri(record.spec).rsplit("/", 1)[0] + "/"
+    positions = sorted({int(count * (i + 0.5) / FILM_FRAMES) for i in range(FILM_FRAMES)}) if count else []
+    return [join_uri(folder, frames.name(first + position)) for position in positions]
 
 
 def _film_source(spec: JobSpec) -> str:

@@ -29,13 +29,15 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from worker.api.auth import Principal, authenticate, own_folder
 from worker.api.previews import HintPreviews, Previews, TokenBucket
 from worker.errors import BadInputError, ModelError, PermanentError, TinctError, TransientError, one_line
+from worker.frame_sequences import frame_number
 from worker.hints import HintError, parse_hints
 from worker.images import EXTENSION_FORMATS
 from worker.jobs import FINISHED, KEY_PREFIX, STATES, JobRecord, JobSpec, JobSpecError, parse_options
 from worker.photos import FILM_EXTENSIONS
 from worker.service import QueueError, Service
 from worker.settings import Settings
-from worker.storage import Storage, join_uri, parse_uri
+from worker.storage import Storage, join_uri, parse_uri, relative_key
+from worker.work import frames_target
 
 JOB_ID = r"^[0-9a-f]{24}$"
 MAX_JOBS_PAGE = 200
@@ -341,6 +343,18 @@ async def job_events(job_id: JobId, request: Request, state: State, principal: C
 def _result_uris(state: ApiState, record: JobRecord) -> list[str]:
     if record.state != "succeeded":
         return []
+    frames = frames_target(record.spec) if record.spec.kind == "video" else None
+    if frames is not None:  # the job's own frames: their folder may hold other runs, or a longer one coloured before
+        first, count = int(record.metrics.get("first_frame", 0)), int(record.metrics.get("frames", 0))
+        folder = record.outputs[0].rsplit("/", 1)[0] + "/"
+        uris = []
+        for info in state.storage.list(folder):
+            number = frame_number(relative_key(folder, info.uri), frames.prefix, frames.digits, frames.suffix)
+            if number is not None and first <= number < first + count:
+                uris.append(info.uri)
+                if len(uris) == MAX_RESULTS:
+                    break
+        return uris
     if record.spec.kind != "collection":
         return list(record.outputs)
     uris = []
