@@ -256,6 +256,21 @@ def test_folder_results_are_streamed_through_the_api(stack):
     assert carol.get(f"/api/v1/jobs/{job['id']}/results/5").status_code == 404
 
 
+def test_a_collections_results_are_its_own_photos_not_the_rest_of_its_output_folder(stack):
+    alice = stack.client("alice")
+    for name in ("b.png", "a.png", "notes.txt"):
+        put_object(stack.s3, f"s3://scans/alice/batch/{name}", gray_png(7) if name.endswith(".png") else b"notes")
+    put_object(stack.s3, "s3://scans/alice/batch/broken.png", b"not a PNG")
+    put_object(stack.s3, "s3://colour/alice/shared/earlier.png", gray_png(8))  # another job's result, same folder
+    job = alice.post("/api/v1/jobs", json=job_spec(stack, "s3://scans/alice/batch/", "s3://colour/alice/shared/"))
+    final = wait_finished(alice, job.json()["id"])
+    assert final["state"] == "succeeded" and final["failures"][0]["item"] == "s3://scans/alice/batch/broken.png"
+    results = alice.get(f"/api/v1/jobs/{final['id']}/results").json()["results"]
+    assert [r["uri"] for r in results] == ["s3://colour/alice/shared/a.png", "s3://colour/alice/shared/b.png"]
+    previews = alice.get(f"/api/v1/jobs/{final['id']}/previews").json()["previews"]
+    assert [p["label"] for p in previews] == ["a.png", "b.png"]
+
+
 # ---------------------------------------------------------------------------------------------------- refusals
 
 

@@ -3,9 +3,9 @@ real worker, Redis and moto S3 behind it). One walk-through, tests/browser/conso
 (Chromium over the DevTools protocol, Firefox over WebDriver BiDi): it signs in from the URL ``make serve`` prints
 (pasted into an open console, and in a new tab), uploads a photo and a film through the new-job form, watches both
 finish, moves a before/after slider with the keyboard, a click and a drag, places, recolours and removes colour
-hints, finds the film's frame strip, colorizes a collection with an unreadable photo, cancels a film, reads what a
-submission that failed half-way says, and looks at two views on a phone's width. A screenshot is saved when anything
-fails.
+hints, finds the film's frame strip, colorizes a collection with an unreadable photo (its 11 results listed 10 at
+first), cancels a film, reads what a submission that failed half-way says, and looks at two views on a phone's width.
+A screenshot is saved when anything fails.
 
 Playwright for Python drove Chromium here until 2026-12-06; it reaches Firefox only through a patched build of its
 own, or over BiDi with commands Firefox ESR does not have yet, and Puppeteer drives Debian's own builds of both."""
@@ -58,9 +58,11 @@ def test_console_uploads_a_photo_and_a_film_watches_them_finish_and_compares_bef
     film = write_clip(tmp_path / "reel.mkv", gray_frames(moving_scene(24, 96, 64)), gop=6, bframes=0).path
     # Long enough (50 s, about a hundred segments) to be cancelled before it finishes.
     long_film = write_clip(tmp_path / "long.mkv", gray_frames(moving_scene(1200, 96, 64)), gop=24, bframes=0).path
-    # A collection in the user's own input prefix: one photo, and one file that only claims to be one.
+    # A collection in the user's own input prefix: 11 photos (more results than the console lists at first), and one
+    # file that only claims to be one.
     user = USERS[browser]
-    for key, body in ((f"{user}/album/fine.png", gray_png(6)), (f"{user}/album/broken.png", b"not a PNG")):
+    album = [(f"{user}/album/fine-{i:02d}.png", gray_png(6 + i)) for i in range(11)]
+    for key, body in (*album, (f"{user}/album/broken.png", b"not a PNG")):
         stack.s3.client().put_object(Bucket="scans", Key=key, Body=body)
     screenshot = tmp_path_factory.getbasetemp() / f"console-failure-{browser}.png"
     run = {"browser": browser, "executable": executable, "url": stack.url, "token": stack.tokens[user], "user": user,

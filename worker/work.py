@@ -412,6 +412,14 @@ def _is_photo(uri: str) -> bool:
     return PurePosixPath(uri).suffix.lower() in EXTENSION_FORMATS
 
 
+def collection_outputs(storage: Storage, record: JobRecord) -> Iterator[tuple[str, str]]:
+    """``(input, output)`` for each photo of a collection job that did not fail, in its input's listing order: the
+    job's own results, which its output folder may hold beside other jobs' (a folder of results is often shared)."""
+    for info in storage.list(record.spec.input):
+        if _is_photo(info.uri) and info.uri not in record.failed_pieces:
+            yield info.uri, photo_output_uri(record.spec, info.uri)
+
+
 # --- photos ------------------------------------------------------------------------------------------------
 
 

@@ -241,11 +241,20 @@ async function scenario(browser, page, step) {
   await until(page, "the collection to finish", () => document.querySelector("#job-title").textContent === "album/"
     && document.querySelector("#job-state").textContent === "succeeded", [], run.jobTimeoutMs);
   const partly = await text(page, "#job-error");
-  check(partly === "Finished, but 1 of 2 files failed:", `the collection's error line reads ${partly}`);
+  check(partly === "Finished, but 1 of 12 files failed:", `the collection's error line reads ${partly}`);
   const failure = await text(page, "#job-failures li");
   check(failure.startsWith("broken.png: "), `the collection's failure reads ${failure}`);
+  // Its 11 results: the first 10 listed, the rest one click away.
+  await until(page, "the collection's first results and a button for the rest", () =>
+    document.querySelectorAll("#results li").length === 11
+    && document.querySelector("#results li:last-child button").textContent === "Show all 11 results");
   await accessible(page, "a collection's page with a failure");
-  step("a collection with an unreadable photo finishes and lists it");
+  await page.click("#results li:last-child button");
+  await until(page, "all 11 results", () => document.querySelectorAll("#results li").length === 11
+    && [...document.querySelectorAll("#results li")].every((li) => li.textContent.startsWith("Download ")));
+  check(await page.evaluate(() => document.activeElement.textContent.trim() === "Download fine-10.png"),
+    "showing every result did not move the focus to the first one added");
+  step("a collection with an unreadable photo finishes, lists it, and lists its 11 results 10 at first");
 
   // A film cancelled while it runs (or waits) is stopped, not failed, and can be cancelled only once.
   await openNewJob(page);

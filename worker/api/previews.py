@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import shutil
 import threading
@@ -39,7 +40,7 @@ from worker.jobs import JobRecord, JobSpec, film_output_uri
 from worker.settings import Settings
 from worker.storage import Storage, join_uri, parse_uri
 from worker.video_source import decode_from, index_frames
-from worker.work import Runtime, frames_target, photo_output_uri
+from worker.work import Runtime, collection_outputs, frames_target, photo_output_uri
 
 PREVIEW_SIDE = 1024
 FRAME_SIDE = 480  # a film strip shows several frames side by side: smaller ones load faster
@@ -85,14 +86,8 @@ class Previews:
             return [PreviewItem(i, spec.input, film_output_uri(spec), t) for i, t in enumerate(times)]
         if spec.kind == "image":
             return [PreviewItem(0, spec.input, photo_output_uri(spec, spec.input))]
-        items: list[PreviewItem] = []
-        for info in self.storage.list(spec.input):
-            if info.uri in record.failed_pieces or PurePosixPath(info.uri).suffix.lower() not in EXTENSION_FORMATS:
-                continue
-            items.append(PreviewItem(len(items), info.uri, photo_output_uri(spec, info.uri)))
-            if len(items) == COLLECTION_PREVIEWS:
-                break
-        return items
+        photos = itertools.islice(collection_outputs(self.storage, record), COLLECTION_PREVIEWS)
+        return [PreviewItem(index, source, output) for index, (source, output) in enumerate(photos)]
 
     def image(self, record: JobRecord, item: PreviewItem, side: str) -> Path:
         """The cached JPEG of one side (``before`` or ``after``) of ``item``, made first if needed."""

@@ -13,6 +13,7 @@ event stream is ``async``, so an idle stream holds no thread.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 import secrets
@@ -37,7 +38,7 @@ from worker.photos import FILM_EXTENSIONS
 from worker.service import QueueError, Service
 from worker.settings import Settings
 from worker.storage import Storage, join_uri, parse_uri, relative_key
-from worker.work import frames_target
+from worker.work import collection_outputs, frames_target
 
 JOB_ID = r"^[0-9a-f]{24}$"
 MAX_JOBS_PAGE = 200
@@ -357,14 +358,7 @@ def _result_uris(state: ApiState, record: JobRecord) -> list[str]:
         return uris
     if record.spec.kind != "collection":
         return list(record.outputs)
-    uris = []
-    for info in state.storage.list(record.spec.output):
-        if "/.tinct-" in info.uri:  # the pipeline's own staging files
-            continue
-        uris.append(info.uri)
-        if len(uris) == MAX_RESULTS:
-            break
-    return uris
+    return [output for _, output in itertools.islice(collection_outputs(state.storage, record), MAX_RESULTS)]
 
 
 @router.get("/jobs/{job_id}/results", tags=["results"],

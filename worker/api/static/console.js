@@ -321,12 +321,15 @@ async function showPreviews(jobId) {
   box.replaceChildren(...data.previews.map((p) => compareFigure(p, film)));
 }
 
+// A collection or a run of frames may have hundreds of results: the first few are listed, the rest on request.
+const RESULTS_SHOWN = 10;
+
 async function showResults(jobId) {
   let data;
   try { data = await apiJson(`/jobs/${jobId}/results`); } catch (e) { return; }
   if (!data.results.length) return;
   $("results-title").hidden = false;
-  $("results").replaceChildren(...data.results.map((r) => {
+  const items = data.results.map((r) => {
     if (r.url.startsWith("/")) {
       // A path on this server needs the token: download through fetch rather than a bare link.
       const button = el("button", { type: "button", class: "secondary", text: "Download " + r.name });
@@ -338,7 +341,14 @@ async function showResults(jobId) {
     }
     return el("li", {}, el("a", { href: r.url, text: "Download " + r.name, rel: "noopener" }),
       " ", el("span", { class: "hint", text: `${r.uri} (link valid ${Math.round(data.expires_in_s / 60)} min)` }));
-  }));
+  });
+  if (items.length <= RESULTS_SHOWN) { $("results").replaceChildren(...items); return; }
+  const more = el("button", { type: "button", class: "secondary", text: `Show all ${items.length} results` });
+  more.addEventListener("click", () => {
+    $("results").replaceChildren(...items);
+    items[RESULTS_SHOWN].querySelector("a, button").focus(); // where the list goes on, not back at its top
+  });
+  $("results").replaceChildren(...items.slice(0, RESULTS_SHOWN), el("li", {}, more));
 }
 
 // ---------------------------------------------------------------------------------------------- hint editor
