@@ -39,9 +39,10 @@ from worker.pipeline import _colour, _colour_on_device, _Stages, colorize_frames
 from worker.segments import plan_segments
 from worker.smoothing import SmoothingOptions
 from worker.video_sink import EncodeOptions, plan_output
-from worker.video_source import decode_frames, probe_film
+from worker.video_source import FIELD_BB, FIELD_TT, decode_frames, probe_film
 
 SIZE = (96, 64)
+FIELD_ORDERS = {"top first": FIELD_TT, "bottom first": FIELD_BB}  # FFmpeg's, for fields shown first
 
 
 def bw_clip(path: Path, frames: int = 24, size: tuple[int, int] = SIZE, cuts_at=(), **options):
@@ -387,7 +388,12 @@ def test_non_square_pixels_keep_their_shape(tmp_path, colorizer, suffix, codec):
     assert first_frame_info(output).aspect == Fraction(16, 15)
 
 
-@pytest.mark.parametrize("source_codec, fields", [("mpeg2video", "top first"), ("prores_ks", "bottom first")])
+@pytest.mark.parametrize("source_codec, fields", [
+    ("mpeg2video", "top first"), ("prores_ks", "bottom first"),
+    # Broadcast and camera captures (AVCHD, 1080i off air): H.264 says its field order in each frame, while FFmpeg's
+    # parser reports "top first" for every stream. Copies of bottom-first ones were flagged progressive.
+    ("libx264", "bottom first"),
+])
 @pytest.mark.parametrize("suffix, codec", [(".mkv", "ffv1"), (".mov", "prores"), (".mp4", "h264")])
 def test_an_interlaced_film_stays_interlaced(tmp_path, colorizer, source_codec, fields, suffix, codec):
     # Tape captures are interlaced: each frame weaves two fields taken a field apart in time. Flagged progressive,
@@ -399,8 +405,18 @@ def test_an_interlaced_film_stays_interlaced(tmp_path, colorizer, source_codec, 
     assert film_job(colorizer, source.path, output, options).status == "done"
     assert first_frame_info(output).fields == fields  # the frames say so (as the codec codes them)
     if suffix != ".mp4":  # and so do Matroska's FieldOrder and QuickTime's fiel (MP4 has no such field)
-        with av.open(str(source.path)) as before, av.open(str(output)) as after:
-            assert after.streams.video[0].codec_context.field_order == before.streams.video[0].codec_context.field_order
+        with av.open(str(output)) as after:
+            assert after.streams.video[0].codec_context.field_order == FIELD_ORDERS[fields]
+
+
+@pytest.mark.parametrize("fields", ["top first", "bottom first"])
+def test_an_interlaced_h264_films_field_order_is_read_from_its_frames_whatever_they_show(tmp_path, fields):
+    flat = [np.full((64, 96), 40, np.uint8)] * 2  # both fields alike: the order cannot be seen in the picture
+    for name, frames in (("scene", gray_frames(moving_scene(2, 96, 64))), ("flat", flat)):
+        source = write_clip(tmp_path / f"{name}.mkv", frames, codec="libx264", interlaced=fields)
+        assert probe_film(source.path, 10**8).video.field_order == FIELD_ORDERS[fields]
+    progressive = write_clip(tmp_path / "progressive.mkv", flat, codec="libx264")
+    assert probe_film(progressive.path, 10**8).video.field_order not in FIELD_ORDERS.values()
 
 
 @pytest.mark.parametrize("container, suffix, codec", [(".avi", ".mkv", "ffv1"), (".dv", ".mp4", "h264")])

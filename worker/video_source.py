@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 import av
+import av.filter
 import cv2
 import numpy as np
 
@@ -53,9 +54,12 @@ RANGE_LIMITED, RANGE_FULL = 1, 2  # AVCOL_RANGE_MPEG, AVCOL_RANGE_JPEG
 # and which is shown first (the second).
 FIELD_UNKNOWN, FIELD_PROGRESSIVE, FIELD_TT, FIELD_BB, FIELD_TB, FIELD_BT = range(6)
 INTERLACED_FIELDS = (FIELD_TT, FIELD_BB, FIELD_TB, FIELD_BT)
-# Decoders whose field order is their pictures' own header field. FFmpeg's H.264 and HEVC parsers report "top first"
-# for bottom-first streams too, and PyAV shows no frame's own flag, so those sources are treated as progressive.
+# Decoders whose field order is their pictures' own header field.
 FIELD_ORDER_CODECS = ("mpeg2video", "prores")
+# Decoders whose stream-level field order is a guess (FFmpeg's H.264 parser reports "top first" for bottom-first
+# streams too), but whose frames carry their own: read from the first frame (``_first_field``). Interlaced HEVC is
+# coded as separate field pictures, which FFmpeg decodes as such, so HEVC is not among them.
+FRAME_FIELD_CODECS = ("h264",)
 # High-speed film scans run at a few hundred frames per second; a rate above this is a demuxer's time base.
 MAX_PLAUSIBLE_FPS = 1000
 # A film may end this much earlier than its container says before it counts as truncated: containers round
@@ -609,11 +613,32 @@ def _frame_rate(stream) -> Fraction | None:
 def _field_order(codec_context, frame) -> int:
     if codec_context.name in FIELD_ORDER_CODECS:
         return codec_context.field_order or FIELD_UNKNOWN
+    if codec_context.name in FRAME_FIELD_CODECS:
+        return _first_field(frame) if frame.interlaced_frame else FIELD_UNKNOWN
     if codec_context.name == "dvvideo" and frame.height in (480, 576) and frame.interlaced_frame:
         # Standard-definition DV is bottom field first by its standard (IEC 61834); FFmpeg's decoder flags its
         # frames interlaced but the stream reports no order.
         return FIELD_BB
     return FIELD_UNKNOWN
+
+
+def _first_field(frame: av.VideoFrame) -> int:
+    """FIELD_TT or FIELD_BB: which field of the woven ``frame`` its decoder flagged as shown first. PyAV does not
+    show that flag, but FFmpeg's filters keep it: the frame's lines are replaced by a marker (0 on even lines, the
+    top field; nonzero on odd ones), then ``separatefields`` puts out the field shown first, whose marker says which
+    it is, whatever the picture holds."""
+    graph = av.filter.Graph()
+    nodes = [graph.add("buffer", f"video_size={frame.width}x{frame.height}:pix_fmt={frame.format.name}:time_base=1/25"),
+             graph.add("geq", "lum='mod(Y,2)*64'"), graph.add("separatefields"), graph.add("buffersink")]
+    for upstream, downstream in itertools.pairwise(nodes):
+        upstream.link_to(downstream)
+    graph.configure()
+    graph.push(frame)
+    field = graph.pull()
+    plane = field.planes[0]
+    sample_bytes = 2 if field.format.components[0].bits > 8 else 1
+    lines = np.frombuffer(bytes(plane), np.uint8).reshape(-1, plane.line_size)[:plane.height]
+    return FIELD_BB if lines[:, :plane.width * sample_bytes].any() else FIELD_TT
 
 
 # --- decoding ranges --------------------------------------------------------------------------------------
