@@ -83,6 +83,10 @@ def add_service_commands(commands: argparse._SubParsersAction) -> None:
     bulk.add_argument("prefix", help="s3://bucket/prefix/ or a folder")
     bulk.add_argument("-o", "--output", required=True, help="output prefix; each input keeps its relative key")
     bulk.add_argument("--dry-run", action="store_true", help="count what would be queued; queue nothing")
+    bulk.add_argument("--runs-to-frames", action="store_true",
+                      help="colour each run of DPX frames into DPX frames named as its own (in/reel1/scan_%%07d.dpx -> "
+                      "out/reel1/scan_%%07d.dpx), for a conform, instead of a film; --codec, --crf and --preset "
+                      "then apply to film files only")
     _add_job_options(bulk)
     bulk.set_defaults(run=_bulk)
 
@@ -316,7 +320,7 @@ def _bulk(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         options = parse_options(_job_options(args))
         service = _service()
         report = bulk(service, args.prefix, args.output, options, dry_run=args.dry_run,
-                      limits=service.settings.guidance_limits)
+                      limits=service.settings.guidance_limits, runs_to_frames=args.runs_to_frames)
     except (JobSpecError, ValueError) as exc:
         return _error(parser, str(exc))
     print(report.report())

@@ -122,10 +122,12 @@ def bulk(
     batch_size: int = BULK_BATCH,
     concurrency: int = BULK_CONCURRENCY,
     limits: GuidanceLimits | None = None,
+    runs_to_frames: bool = False,
 ) -> BulkReport:
     """Submit a job for every photo and film under ``prefix_uri`` (a run of DPX frames is one film, :class:`_Runs`),
     writing under ``output_prefix``, each photo with the hints and each film file with the reference pictures beside
-    it (:class:`_Sidecars`, within ``limits``).
+    it (:class:`_Sidecars`, within ``limits``). ``runs_to_frames``: each run of DPX frames colours into DPX frames named
+    as its own, for a conform to take back, instead of a film.
 
     The listing is consumed lazily; job ids come from the listing's ETag and size (no HEAD per object) and are
     checked ``batch_size`` at a time with one ``job_states`` call, so a rerun over a prefix of 100,000 objects
@@ -143,7 +145,7 @@ def bulk(
     listing = iter(submitter.storage.list(prefix))
     pending: list[_Candidate] = []
     sidecars = _Sidecars(submitter.storage, report, limits or GuidanceLimits())
-    runs = _Runs(prefix, output, options, report)
+    runs = _Runs(prefix, output, options, report, runs_to_frames)
     with ThreadPoolExecutor(concurrency, thread_name_prefix="tinct-bulk") as pool:
         while not report.stopped:
             try:
@@ -204,11 +206,14 @@ def _candidate(
 class _Runs:
     """Runs of DPX frames met in a bulk listing (``worker.frame_sequences``): each run is one film job, its input
     named by its pattern and its film written in the input's mirrored folder (``in/reel1/scan_%07d.dpx`` ->
-    ``out/reel1/scan.mkv``). A listing is in key order, so a run's frames come together; a run is complete when a
-    frame of another run (or the end of the listing) comes. Its identity is made from the listing, as photos' are."""
+    ``out/reel1/scan.mkv``), or with ``to_frames`` its frames, named as the run's own (``out/reel1/scan_%07d.dpx``),
+    with the encoder options left at their defaults: they are the film files'. A listing is in key order, so a run's
+    frames come together; a run is complete when a frame of another run (or the end of the listing) comes. Its
+    identity is made from the listing, as photos' are."""
 
-    def __init__(self, prefix: str, output: str, options: JobOptions, report: BulkReport) -> None:
+    def __init__(self, prefix: str, output: str, options: JobOptions, report: BulkReport, to_frames: bool) -> None:
         self.prefix, self.output, self.options, self.report = prefix, output, options, report
+        self.to_frames = to_frames
         self._key: tuple[str, str, str] | None = None  # (folder URI, prefix, suffix) of the run being gathered
         self._frames: list[ObjectInfo] = []
 
@@ -243,7 +248,12 @@ class _Runs:
             # The run's folder relative to the input prefix ("" for a run right in it).
             within = "" if folder == self.prefix.rstrip("/") else relative_key(self.prefix, folder)
             output = join_uri(self.output, within) + "/" if within else self.output
-            spec = JobSpec(pattern, output, "video", self.options)
+            options = self.options
+            if self.to_frames:
+                output = join_uri(output, pattern.rsplit("/", 1)[1])
+                defaults = JobOptions()
+                options = replace(options, codec=defaults.codec, crf=defaults.crf, preset=defaults.preset)
+            spec = JobSpec(pattern, output, "video", options)
             check_film_encoding(spec)
         except (TinctError, ValueError) as error:
             self.report.fail(self._frames[0].uri if not isinstance(error, BadInputError) else error.path, str(error))
