@@ -202,15 +202,20 @@ def test_a_folder_holding_one_run_may_be_given_a_film_name(tmp_path, tiny_checkp
     assert not (tmp_path / "both.mov").exists()
 
 
-def test_log_encoded_scans_are_said_to_be_colorized_as_they_look(tmp_path, caplog):
+def test_log_encoded_scans_are_said_to_be_colorized_as_they_look_and_their_frames_say_they_are_log(
+        tmp_path, caplog, tiny_checkpoint):
     paths = write_frames(tmp_path / "reel1", scene(2), rate=24.0)
     for path in paths:
         data = bytearray(path.read_bytes())
-        data[801] = 1  # image element 1's transfer: printing density, as Cineon-style scans for grading are
-        path.write_bytes(bytes(data))
+        data[801:803] = b"\x01\x01"  # image element 1's transfer and colorimetry: printing density, as Cineon-style
+        path.write_bytes(bytes(data))  # scans for grading are
     probe_film(tmp_path / "reel1" / "scan_%07d.dpx", 1 << 30)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("its frames are log-encoded (printing density)" in w for w in warnings), warnings
+    # Frames out keep the scan's log lightness, and say so: a grading or conform tool reads the header to know.
+    assert run_cli(tiny_checkpoint, str(tmp_path / "reel1"), "-o", str(tmp_path / "colour" / "c_%07d.dpx")) == 0
+    written = [(tmp_path / "colour" / f"c_{FIRST + i:07d}.dpx").read_bytes() for i in range(2)]
+    assert [frame[801:803] for frame in written] == [b"\x01\x01"] * 2
 
 
 @pytest.mark.parametrize("suffix, drop_frame", [(".mov", False), (".mkv", False), (".mov", True)])

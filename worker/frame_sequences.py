@@ -65,7 +65,7 @@ DPX_HEADER_BYTES = 2048
 DPX_DATA_OFFSET = 4  # U32: where the image data starts
 DPX_FILE_SIZE_OFFSET = 16  # U32: the whole file's size in bytes
 DPX_SIZE_OFFSET = 772  # U32 pixels per line, then U32 lines per image element
-DPX_TRANSFER_OFFSET = 801  # U8: image element 1's transfer characteristic
+DPX_TRANSFER_OFFSET = 801  # U8: image element 1's transfer characteristic, then U8 its colorimetric specification
 DPX_LOG_TRANSFERS = {1: "printing density", 3: "logarithmic"}
 MISSING_FRAMES_SHOWN = 5
 
@@ -93,6 +93,10 @@ class FrameSequence:
     # Set for a run kept in an object store: ``folder`` then holds none of its frames, and ``open`` has the frames
     # it reads fetched. Such a run was listed and checked by ``stored_sequence``.
     fetch: FetchFrames | None = field(default=None, compare=False, repr=False)
+    # A DPX run's encoding as its first frame's header says it: image element 1's transfer characteristic and
+    # colorimetric specification (SMPTE 268M codes: 1 printing density, 2 linear, 6 BT.709, ...). Frames written from
+    # the run keep it, as they keep its lightness.
+    dpx_encoding: tuple[int, int] | None = None
 
     @property
     def pattern(self) -> str:
@@ -376,8 +380,11 @@ def _sequence(path: str, folder: Path, prefix: str, digits: int, suffix: str, nu
                        path, DEFAULT_FRAME_RATE)
         rate, rate_source = DEFAULT_FRAME_RATE, "default"
     timecode = dpx_timecode(first_header, rate) if is_dpx else None
+    encoding = None
+    if is_dpx and len(first_header) > DPX_TRANSFER_OFFSET + 1:
+        encoding = (first_header[DPX_TRANSFER_OFFSET], first_header[DPX_TRANSFER_OFFSET + 1])
     return FrameSequence(folder, prefix, digits, suffix, numbers[0], len(numbers), rate, rate_source, timecode,
-                         fetch)
+                         fetch, encoding)
 
 
 def stored_sequence(storage, uri: str, frames: list[ObjectInfo], folder: Path, fetch: FetchFrames,

@@ -12,7 +12,8 @@ source's: a black-and-white scan stored as R = G = B comes back with the same va
 
 Formats, by the output's suffix: DPX keeps 8, 10, 12 or 16 bits; TIFF and PNG keep 8 bits, or 16 for deeper
 sources. DPX frames get the film and television headers a scanner writes: the frame rate, and each frame's timecode
-where the source has one (a run's DPX header, a file's timecode track), counted on as drop-frame where it is so.
+where the source has one (a run's DPX header, a file's timecode track), counted on as drop-frame where it is so; a
+DPX run's copy keeps its transfer characteristic and colorimetric specification (a log scan's copy says it is log).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from worker.frame_sequences import (
     DPX_MAGIC,
     DPX_RATE_OFFSETS,
     DPX_TIMECODE_OFFSET,
+    DPX_TRANSFER_OFFSET,
     frame_name,
     frame_number,
     is_pattern,
@@ -116,6 +118,7 @@ class FrameWriter:
         self.first = film.sequence.first if film.sequence is not None else 0
         self._rate = film.sequence.frame_rate if film.sequence is not None else film.video.average_rate
         self._timecode = film.timecode
+        self._dpx_encoding = film.sequence.dpx_encoding if film.sequence is not None else None
         encoder, formats = FRAME_FORMATS[target.suffix.lower()]
         self._pix_fmt = formats[layout.bit_depth]
         self._encoder = av.CodecContext.create(encoder, "w")
@@ -159,6 +162,8 @@ class FrameWriter:
         code = _timecode_bcd(self._timecode, index, self._rate) if self._timecode and self._rate else None
         if code is not None:
             struct.pack_into(f"{order}I", out, DPX_TIMECODE_OFFSET, code)
+        if self._dpx_encoding is not None:  # a log scan's copy says it is log, as its lightness still is
+            out[DPX_TRANSFER_OFFSET:DPX_TRANSFER_OFFSET + 2] = bytes(self._dpx_encoding)
         return bytes(out)
 
 
