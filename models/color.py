@@ -208,6 +208,60 @@ def luma_to_l_table(bit_depth: int, full_range: bool, subdivisions: int = 1) -> 
     return gray_to_l(gray).to(torch.float32).numpy()
 
 
+# --- Cineon log (film scans for grading) -----------------------------------------------------------------
+
+# Kodak's Cineon printing-density encoding, which log DPX scans use: 10-bit codes step 0.002 density, the negative's
+# gamma is 0.6, reference white (a 90 % reflector) is code 685 and black code 95; codes above 685 keep highlights.
+CINEON_WHITE = 685.0
+CINEON_BLACK = 95.0
+CINEON_DENSITY_PER_CODE = 0.002
+CINEON_NEGATIVE_GAMMA = 0.6
+_CINEON_OFFSET = 10.0 ** ((CINEON_BLACK - CINEON_WHITE) * CINEON_DENSITY_PER_CODE / CINEON_NEGATIVE_GAMMA)
+# sRGB values between these steps are read from a table by ``srgb_to_cineon_np``: 1/4096 moves a 10-bit log code
+# by at most a quarter of one, at black, where the encoding is steepest.
+_CINEON_TABLE_STEPS = 4096
+
+
+def cineon_to_linear(code: torch.Tensor, bit_depth: int = 10) -> torch.Tensor:
+    """Log code values of ``bit_depth`` bits -> relative linear light (reference white 1, black 0, highlights
+    above 1). Any shape."""
+    code10 = code.to(torch.float64) * (1023.0 / ((1 << bit_depth) - 1))
+    exponent = (code10 - CINEON_WHITE) * CINEON_DENSITY_PER_CODE / CINEON_NEGATIVE_GAMMA
+    return ((10.0 ** exponent - _CINEON_OFFSET) / (1.0 - _CINEON_OFFSET)).clamp(min=0.0)
+
+
+def linear_to_cineon(linear: torch.Tensor) -> torch.Tensor:
+    """Relative linear light -> the log code as a fraction of full scale ([0, 1]; white 685/1023): the inverse of
+    ``cineon_to_linear`` at any depth."""
+    density = torch.log10(linear.clamp(min=0.0) * (1.0 - _CINEON_OFFSET) + _CINEON_OFFSET)
+    return ((CINEON_WHITE + density * CINEON_NEGATIVE_GAMMA / CINEON_DENSITY_PER_CODE) / 1023.0).clamp(0.0, 1.0)
+
+
+def srgb_to_cineon(rgb: torch.Tensor) -> torch.Tensor:
+    """sRGB values in [0, 1] -> Cineon log values in [0, 1]: a colour from ``lab_to_rgb`` as a log scan holds it,
+    channel by channel (so a gray's code is the scan's own)."""
+    return linear_to_cineon(srgb_to_linear(rgb))
+
+
+@lru_cache(maxsize=1)
+def _srgb_to_cineon_table() -> np.ndarray:
+    steps = torch.arange(_CINEON_TABLE_STEPS + 1, dtype=torch.float64) / _CINEON_TABLE_STEPS
+    return srgb_to_cineon(steps).to(torch.float32).numpy()
+
+
+def srgb_to_cineon_np(rgb: np.ndarray) -> np.ndarray:
+    """``srgb_to_cineon`` for the film path's float32 frames, by table (a 2K frame's colour in 30 ms, not 150)."""
+    index = np.rint(np.clip(rgb, 0.0, 1.0) * _CINEON_TABLE_STEPS).astype(np.int32)
+    return _srgb_to_cineon_table()[index]
+
+
+def log_luma_to_l_table(bit_depth: int, subdivisions: int = 1) -> np.ndarray:
+    """``luma_to_l_table`` for Cineon log codes (full range, as log DPX frames are): a gray code's lightness is
+    that of the light it stands for, not of the flat picture the codes make shown as they are."""
+    codes = torch.arange(((1 << bit_depth) - 1) * subdivisions + 1, dtype=torch.float64) / subdivisions
+    return luminance_to_l(cineon_to_linear(codes, bit_depth).clamp(max=1.0)).to(torch.float32).numpy()
+
+
 def luma_code_table(bit_depth: int, full_range: bool, out_depth: int, out_full_range: bool) -> np.ndarray:
     """Luma code values of one depth and range as those of another: ``table[Y]``, rounded to the nearest code (full
     range to video range, as a codec that stores only video range needs). Codes outside the source's nominal range

@@ -13,18 +13,23 @@ from skimage import color as skcolor
 from models.color import (
     AB_GRID,
     AB_RANGE,
+    CINEON_BLACK,
+    CINEON_WHITE,
     SOFT_ENCODE_NEIGHBOURS,
     SOFT_ENCODE_SIGMA,
     ColorConstants,
     ab_bins,
     ab_bins_np,
     ab_histogram,
+    cineon_to_linear,
     decode_ab,
     gray_to_l,
     l_to_gray,
     lab_to_rgb,
     lab_to_rgb_fast_np,
     lab_to_rgb_np,
+    linear_to_cineon,
+    log_luma_to_l_table,
     luma_code_table,
     luma_to_l_table,
     merge_l_ab,
@@ -38,6 +43,7 @@ from models.color import (
     rgb_to_lab_np,
     soft_encode_ab,
     soft_encode_ab_sparse,
+    srgb_to_cineon_np,
     ycbcr_to_rgb_np,
 )
 
@@ -409,3 +415,18 @@ def test_luma_codes_recode_from_full_to_video_range_at_any_depth():
     exact = (64 + np.arange(256) / 255 * 876)
     assert np.abs(table - exact).max() <= 0.5
     np.testing.assert_array_equal(luma_code_table(10, False, 10, False), np.arange(1024))
+
+
+def test_cineon_log_codes_round_trip_and_the_film_paths_table_keeps_a_gray_its_own_code():
+    codes = torch.arange(1024, dtype=torch.float64)
+    light = cineon_to_linear(codes)
+    assert light[int(CINEON_BLACK)] == 0.0 and abs(light[int(CINEON_WHITE)] - 1.0) < 1e-12 and light[1023] > 13
+    kept = slice(int(CINEON_BLACK), 1024)  # below black, every code is no light
+    torch.testing.assert_close(linear_to_cineon(light)[kept] * 1023, codes[kept])
+    # Deeper scans hold the same fractions of full scale: the same light.
+    torch.testing.assert_close(cineon_to_linear(codes * (65535 / 1023), bit_depth=16), light)
+    # A gray's lightness, shown as sRGB and written back through the table, is its own code to a quarter of one.
+    gray = l_to_gray(torch.from_numpy(log_luma_to_l_table(10)).double()).numpy().astype(np.float32)
+    written = srgb_to_cineon_np(gray) * 1023
+    assert np.abs(written[95:686] - np.arange(95, 686)).max() < 0.25
+

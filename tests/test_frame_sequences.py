@@ -14,7 +14,9 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 
+from models.color import cineon_to_linear, linear_to_srgb, log_luma_to_l_table, rgb_to_lab, ycbcr_to_rgb_np
 from tests.media import gray_frames, luma_of, lumas, moving_scene, probe, read_frames, write_clip, write_frames
 from tests.services import put_object
 from tests.test_films import _InterruptingColorizer, is_coloured, run_cli
@@ -31,7 +33,9 @@ from worker.frame_sequences import (
     output_stem,
     parse_frame_rate,
 )
-from worker.photos import plan_photos
+from worker.frame_sink import FrameTarget, frames_layout
+from worker.photos import open_colorizer, plan_photos
+from worker.pipeline import _colour, _colour_on_device
 from worker.settings import Settings
 from worker.smoothing import SmoothingOptions
 from worker.video_sink import EncodeOptions, plan_output
@@ -202,20 +206,59 @@ def test_a_folder_holding_one_run_may_be_given_a_film_name(tmp_path, tiny_checkp
     assert not (tmp_path / "both.mov").exists()
 
 
-def test_log_encoded_scans_are_said_to_be_colorized_as_they_look_and_their_frames_say_they_are_log(
-        tmp_path, caplog, tiny_checkpoint):
-    paths = write_frames(tmp_path / "reel1", scene(2), rate=24.0)
+def log_scan(folder: Path, frames: int = 2) -> list[Path]:
+    """A run of 10-bit log DPX frames, printing density as their headers say, codes from black (95) to white (685)."""
+    codes = [(f.astype(np.float64) / 255 * 590 + 95).astype(np.uint16) << 6
+             for f in gray_frames(moving_scene(frames, 96, 64))]
+    paths = write_frames(folder, codes, rate=24.0)
     for path in paths:
         data = bytearray(path.read_bytes())
-        data[801:803] = b"\x01\x01"  # image element 1's transfer and colorimetry: printing density, as Cineon-style
-        path.write_bytes(bytes(data))  # scans for grading are
-    probe_film(tmp_path / "reel1" / "scan_%07d.dpx", 1 << 30)
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert any("its frames are log-encoded (printing density)" in w for w in warnings), warnings
-    # Frames out keep the scan's log lightness, and say so: a grading or conform tool reads the header to know.
+        data[801:803] = b"\x01\x01"  # image element 1's transfer and colorimetry: printing density
+        path.write_bytes(bytes(data))
+    return paths
+
+
+def test_a_log_scan_is_said_to_be_log_and_its_frames_out_say_so_too(tmp_path, caplog, tiny_checkpoint):
+    log_scan(tmp_path / "reel1")
+    with caplog.at_level("INFO"):
+        film = probe_film(tmp_path / "reel1" / "scan_%07d.dpx", 1 << 30)
+    assert film.video.log_encoded
+    assert "its frames are log-encoded (printing density), as scans for grading are: read as Cineon log" in caplog.text
+    # Frames out keep the scan's log encoding, and say so: a grading or conform tool reads the header to know.
     assert run_cli(tiny_checkpoint, str(tmp_path / "reel1"), "-o", str(tmp_path / "colour" / "c_%07d.dpx")) == 0
     written = [(tmp_path / "colour" / f"c_{FIRST + i:07d}.dpx").read_bytes() for i in range(2)]
     assert [frame[801:803] for frame in written] == [b"\x01\x01"] * 2
+
+
+def test_a_log_scan_is_read_as_the_light_its_codes_stand_for_and_coloured_in_its_encoding(tmp_path):
+    """The network reads a log scan's lightness as the light its codes stand for (not the flat picture the codes make
+    shown as they are), and its colour is written into the copy log-encoded, channel by channel: read back as log,
+    the copy shows the colour the network chose. Written as display colour on log lightness, as before, it showed
+    that colour off by up to 9 units of ab where the network chose some 19."""
+    log_scan(tmp_path / "reel1", frames=1)
+    film = probe_film(tmp_path / "reel1" / "scan_%07d.dpx", 1 << 30)
+    layout = frames_layout(film.video, FrameTarget.parse(str(tmp_path / "colour" / "c_%07d.dpx")))
+    with open_colorizer("default", engine="torch", render_size=128, batch_size=4) as (col, _):
+        frame = next(decode_frames(film, layout.frame, 0, 1, 0, col.render_size))
+        codes = frame.luma.astype(np.int64)
+        np.testing.assert_allclose(frame.L, log_luma_to_l_table(10)[codes], atol=1e-4)
+        assert log_luma_to_l_table(10)[[95, 685]].tolist() == [0.0, 100.0]  # black and reference white
+        renders = col.predict_grid([frame.network_L])
+        col.fit(renders)
+        chosen = col.upsample_ab(frame.L, renders[0])
+        coloured = _colour(col, layout, frame, renders[0])
+        on_device = _colour_on_device(col, layout, frame, renders[0])  # the GPU path's maths, here on the CPU
+    for plane in ("cb", "cr"):
+        assert np.abs(getattr(coloured, plane).astype(int) - getattr(on_device, plane).astype(int)).max() <= 1
+    log_rgb = ycbcr_to_rgb_np(coloured.luma, coloured.cb, coloured.cr, layout.matrix, layout.bit_depth,
+                              layout.full_range)
+    light = cineon_to_linear(torch.from_numpy(log_rgb.astype(np.float64)) * 1023).clamp(max=1.0)
+    shown = rgb_to_lab(linear_to_srgb(light).permute(2, 0, 1)).permute(1, 2, 0).numpy()
+    assert np.percentile(np.abs(shown[..., 0] - frame.L), 99) < 1.5  # the scan's own lightness
+    coloured_pixels = (np.hypot(*chosen) > 5) & (frame.L > 15) & (frame.L < 95)
+    assert coloured_pixels.mean() > 0.2
+    error = np.hypot(shown[..., 1] - chosen[0], shown[..., 2] - chosen[1])[coloured_pixels]
+    assert np.percentile(error, 99) < 1.0, np.percentile(error, [50, 99])
 
 
 @pytest.mark.parametrize("suffix, drop_frame", [(".mov", False), (".mkv", False), (".mov", True)])

@@ -411,7 +411,7 @@ def check_dpx_frame(name: str | os.PathLike, header: bytes, size: int, film_size
                     film: str) -> tuple[int, int]:
     """The (width, height) of the DPX frame ``name`` from its ``header`` (its first bytes) and stored ``size``.
     BadInputError naming the frame if it is no DPX file, is cut short of the size its header declares, or is not
-    ``film_size``; the first frame of the run ``film`` (``film_size`` None) warns if its frames are log-encoded."""
+    ``film_size``; the first frame of the run ``film`` (``film_size`` None) says if its frames are log-encoded."""
     order = _dpx_order(header)
     if order is None:
         raise BadInputError(name, "not a DPX file (no DPX header)")
@@ -421,9 +421,9 @@ def check_dpx_frame(name: str | os.PathLike, header: bytes, size: int, film_size
     frame_size = struct.unpack_from(f"{order}II", header, DPX_SIZE_OFFSET)
     if film_size is None:
         if header[DPX_TRANSFER_OFFSET] in DPX_LOG_TRANSFERS:
-            logger.warning("%s: its frames are log-encoded (%s), as scans for grading are; they are colorized as they "
-                           "look, flat, and the copy keeps their log lightness", film,
-                           DPX_LOG_TRANSFERS[header[DPX_TRANSFER_OFFSET]])
+            logger.info("%s: its frames are log-encoded (%s), as scans for grading are: read as Cineon log (white at "
+                        "code 685 of 1023, black at 95), and the copy keeps the log encoding, its colour too", film,
+                        DPX_LOG_TRANSFERS[header[DPX_TRANSFER_OFFSET]])
     elif frame_size != film_size:
         raise BadInputError(name, f"this frame is {frame_size[0]}x{frame_size[1]}, the film's first is "
                             f"{film_size[0]}x{film_size[1]}; a film's frames must all be one size")

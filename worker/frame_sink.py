@@ -105,7 +105,8 @@ def frames_layout(video: VideoFormat, target: FrameTarget) -> OutputLayout:
     encoder, formats = FRAME_FORMATS[target.suffix.lower()]
     depth = next((d for d in sorted(formats) if d >= video.bit_depth), max(formats))
     pix_fmt = "yuv444p" if depth == 8 else f"yuv444p{depth}le"
-    return OutputLayout(encoder, pix_fmt, FrameLayout(depth, (0, 0), video.full_range), video.matrix)
+    return OutputLayout(encoder, pix_fmt, FrameLayout(depth, (0, 0), video.full_range, video.log_encoded),
+                        video.matrix)
 
 
 class FrameWriter:

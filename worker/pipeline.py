@@ -35,7 +35,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from models.color import code_dtype, lab_to_rgb, lab_to_rgb_fast_np, rgb_to_chroma, rgb_to_chroma_np
+from models.color import (
+    code_dtype,
+    lab_to_rgb,
+    lab_to_rgb_fast_np,
+    rgb_to_chroma,
+    rgb_to_chroma_np,
+    srgb_to_cineon,
+    srgb_to_cineon_np,
+)
 from models.colorizer import Colorizer, Render
 from worker.references import ReferenceField
 from worker.smoothing import SmoothingOptions, TemporalSmoother
@@ -271,6 +279,8 @@ def _colour(colorizer: Colorizer, layout: OutputLayout, frame: SourceFrame, rend
     ab = colorizer.upsample_ab(frame.L, render)
     lab = np.stack((frame.L, ab[0], ab[1]), axis=-1)
     rgb = lab_to_rgb_fast_np(lab)
+    if layout.frame.log_encoded:  # the colour as the log scan holds it, channel by channel
+        rgb = srgb_to_cineon_np(rgb)
     cb, cr = rgb_to_chroma_np(rgb, layout.matrix, layout.bit_depth, layout.full_range)
     return ColourFrame(frame.index, frame.pts, frame.luma, cb, cr)
 
@@ -280,6 +290,8 @@ def _colour_on_device(colorizer: Colorizer, layout: OutputLayout, frame: SourceF
     L = colorizer.to_device(frame.L)
     ab = colorizer.upsample_ab_tensor(L, render)
     rgb = lab_to_rgb(torch.cat((L[None], ab)))
+    if layout.frame.log_encoded:
+        rgb = srgb_to_cineon(rgb)
     cb, cr = rgb_to_chroma(rgb, layout.matrix, layout.bit_depth, layout.full_range)
     dtype = code_dtype(layout.bit_depth)
     return ColourFrame(frame.index, frame.pts, frame.luma, cb.cpu().numpy().astype(dtype, copy=False),

@@ -31,7 +31,7 @@ import math
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
 import av
@@ -39,9 +39,9 @@ import av.filter
 import cv2
 import numpy as np
 
-from models.color import YCBCR_WEIGHTS, code_dtype, luma_code_table, luma_to_l_table
+from models.color import YCBCR_WEIGHTS, code_dtype, log_luma_to_l_table, luma_code_table, luma_to_l_table
 from worker.errors import BadInputError, InputTooLargeError, UnsupportedMediaError
-from worker.frame_sequences import FrameSequence, find_sequence, is_pattern
+from worker.frame_sequences import DPX_LOG_TRANSFERS, FrameSequence, find_sequence, is_pattern
 from worker.images import COLOUR_PROBE_SIDE, COLOUR_THRESHOLD, colour_score
 
 logger = logging.getLogger(__name__)
@@ -116,6 +116,9 @@ class VideoFormat:
     average_rate: Fraction | None
     sample_aspect_ratio: Fraction | None
     field_order: int = FIELD_UNKNOWN  # FFmpeg's AVFieldOrder: interlaced video (tape captures) is woven fields
+    # Cineon log codes (a DPX scan for grading, whose header says printing density or logarithmic): its lightness is
+    # read through the log encoding, and its colour written in it (``models.color.log_luma_to_l_table``).
+    log_encoded: bool = False
 
 
 @dataclass(frozen=True)
@@ -207,6 +210,7 @@ class FrameLayout:
     bit_depth: int  # of the output's luma (the source's, or what the output codec can carry)
     chroma_shift: tuple[int, int]  # of the output
     full_range: bool  # of the output's codes (the source's, or video range where the output codec stores no other)
+    log_encoded: bool = False  # Cineon log codes, as the source's (``VideoFormat.log_encoded``)
 
     def chroma_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) of the output's chroma planes (FFmpeg rounds subsampled sizes up)."""
@@ -290,6 +294,8 @@ def probe_film(path: str | os.PathLike, max_pixels: int, frame_rate: Fraction | 
             stream.metadata.get("timecode") or container.metadata.get("timecode"))
         if sequence is not None:  # one video stream of frames stamped by their numbers, each a file to itself
             video, is_colour = _sample_run(path, sequence, index, container)
+            if sequence.dpx_encoding is not None and sequence.dpx_encoding[0] in DPX_LOG_TRANSFERS:
+                video = replace(video, log_encoded=True)
     if sequence is None:
         with _open(path) as container:
             _check_audio_decodes(path, container)
@@ -659,7 +665,8 @@ def decode_frames(film: FilmInfo, layout: FrameLayout, start: int, stop: int, wa
     if wanted.size == 0:
         return
     video = film.video
-    table = luma_to_l_table(video.bit_depth, video.full_range, LUMA_SUBDIVISIONS)
+    table = (log_luma_to_l_table(video.bit_depth, LUMA_SUBDIVISIONS) if video.log_encoded
+             else luma_to_l_table(video.bit_depth, video.full_range, LUMA_SUBDIVISIONS))
     shift = layout.bit_depth - video.bit_depth
     # Luma is handed on at the output's depth and range: by a shift, exactly, when only the depth changes.
     recode = (luma_code_table(video.bit_depth, video.full_range, layout.bit_depth, layout.full_range)
