@@ -255,6 +255,14 @@ def srgb_to_cineon_np(rgb: np.ndarray) -> np.ndarray:
     return _srgb_to_cineon_table()[index]
 
 
+@lru_cache(maxsize=1)
+def cineon_display_table() -> np.ndarray:
+    """8-bit sRGB for each 16-bit Cineon log code (``table[code]``): a log scan as a display shows it, light read
+    through the log encoding, reference white as white (a preview, a contact sheet)."""
+    light = cineon_to_linear(torch.arange(1 << 16, dtype=torch.float64), bit_depth=16).clamp(max=1.0)
+    return torch.round(linear_to_srgb(light) * 255).to(torch.uint8).numpy()
+
+
 def log_luma_to_l_table(bit_depth: int, subdivisions: int = 1) -> np.ndarray:
     """``luma_to_l_table`` for Cineon log codes (full range, as log DPX frames are): a gray code's lightness is
     that of the light it stands for, not of the flat picture the codes make shown as they are."""

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.media import gray_frames, moving_scene, write_clip
+from tests.media import gray_frames, moving_scene, write_clip, write_frames
 from tests.services import S3Server, put_object
 from tools.local_services import s3_settings
 from worker.api.previews import FILM_FRAMES, Previews
@@ -130,3 +130,28 @@ def test_a_run_of_frames_strip_reads_its_colour_copy_once_for_both_sides(s3_serv
         assert np.abs(before - before.mean(axis=-1, keepdims=True)).max() <= 1  # gray
         assert previews.image(record, item, "after").stat().st_size > 0
     assert storage.downloads == [film_output_uri(record.spec)] * 2  # the times, then the strip
+
+
+def test_a_log_scans_copies_are_previewed_as_a_display_shows_them(s3_server, storage, tmp_path):
+    """Reference white in a log scan is code 685 of 1023: shown as it is, a light gray; read as log, white."""
+    white, middle = 685 << 6, 470 << 6  # 16-bit codes of a 10-bit log frame: reference white, and about 18 % gray
+    frame = np.full((48, 64), white, np.uint16)
+    frame[:, 32:] = middle
+    for path in write_frames(tmp_path / "frames", [frame] * 4, name="c_%04d.dpx", first=0, rate=24.0):
+        data = bytearray(path.read_bytes())
+        data[801] = 1  # printing density, as Tinct's frames out of a log scan say
+        put_object(s3_server, f"s3://colour/reel/{path.name}", bytes(data))
+    frames_job = JobRecord(id="job-frames", spec=JobSpec(input="s3://scans/reel/scan_%07d.dpx",
+                                                         output="s3://colour/reel/c_%04d.dpx", kind="video"),
+                           state="succeeded", created=0.0, updated=0.0, metrics={"frames": 4, "first_frame": 0})
+    film = write_clip(tmp_path / "copy.mkv", [frame] * 24, codec="ffv1", pix_fmt="gray16le", fps=24)
+    put_object(s3_server, "s3://colour/films/scan.mkv", film.path.read_bytes())
+    film_job_record = JobRecord(id="job-film", spec=JobSpec(input="s3://scans/reel/scan_%07d.dpx",
+                                                            output="s3://colour/films/", kind="video"),
+                                state="succeeded", created=0.0, updated=0.0, metrics={"log_encoded": True})
+    previews = Previews(storage, tmp_path / "cache", tmp_path / "scratch")
+    for record in (frames_job, film_job_record):
+        item = previews.items(record)[0]
+        for side in ("before", "after"):
+            shown = np.asarray(Image.open(previews.image(record, item, side)).convert("L"), dtype=np.int16)
+            assert shown[:, 4:28].mean() > 250 and 100 < shown[:, 36:60].mean() < 140, (record.id, side)

@@ -642,7 +642,9 @@ def test_a_run_of_dpx_frames_in_a_bucket_is_one_film_job(service_env, tmp_path):
     client, start_worker, s3, redis_server, model = service_env
     frames = [f.astype(np.uint16) << 8 for f in gray_frames(moving_scene(24, 96, 64))]
     for path in write_frames(tmp_path / "reel1", frames, rate=18.0):
-        put_object(s3, f"s3://scans/reel1/{path.name}", path.read_bytes())
+        data = bytearray(path.read_bytes())
+        data[801] = 1  # a log scan (printing density), as scans for grading are
+        put_object(s3, f"s3://scans/reel1/{path.name}", bytes(data))
     put_object(s3, "s3://scans/reel1/scanner-log.txt", b"a scanner's notes beside its frames")
     start_worker()
     run = "s3://scans/reel1/scan_%07d.dpx"
@@ -650,6 +652,7 @@ def test_a_run_of_dpx_frames_in_a_bucket_is_one_film_job(service_env, tmp_path):
     record = wait_for_job(client, job_id)
     assert record.state == "succeeded", record.error
     assert record.outputs == ["s3://colour/films/scan.mkv"] and record.done == 24
+    assert record.metrics["log_encoded"] is True  # its copy's codes are log too: previews show it through them
     assert len(json.loads(redis_server.client().get(f"tinct:job:{job_id}:segments"))) == 3  # of 0.5 s at 18 fps
     (tmp_path / "out.mkv").write_bytes(get_object(s3, "s3://colour/films/scan.mkv"))
     video = probe(tmp_path / "out.mkv").video

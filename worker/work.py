@@ -736,7 +736,10 @@ def _join(rt: Runtime, record: JobRecord, lease: Lease) -> None:
     # holder, so a joiner that lost its lease meanwhile never takes the segments from under the one that has it.
     if lease.held():
         rt.storage.delete_prefix(staging)
-    finish_job(rt, job_id, [output], {"frames": film.frames, "output_size": info.size}, lease=lease)
+    job_metrics = {"frames": film.frames, "output_size": info.size}
+    if film.video.log_encoded:  # the copy's codes are log too: a preview shows it through them
+        job_metrics["log_encoded"] = True
+    finish_job(rt, job_id, [output], job_metrics, lease=lease)
 
 
 def _publish_frames(rt: Runtime, record: JobRecord, lease: Lease, target: FrameTarget, segments: Sequence[Segment],

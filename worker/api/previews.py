@@ -30,9 +30,10 @@ import av
 import numpy as np
 from PIL import Image, ImageOps
 
+from models.color import cineon_display_table
 from models.files import atomic_output
 from worker.errors import BadInputError, PermanentError, one_line
-from worker.frame_sequences import is_pattern
+from worker.frame_sequences import DPX_LOG_TRANSFERS, DPX_TRANSFER_OFFSET, is_pattern
 from worker.frame_sink import FrameTarget
 from worker.hints import HintSpec
 from worker.images import DEFAULT_MAX_PIXELS, EXTENSION_FORMATS, read_photo, shown_as_srgb
@@ -47,6 +48,7 @@ FRAME_SIDE = 480  # a film strip shows several frames side by side: smaller ones
 FILM_FRAMES = 6
 COLLECTION_PREVIEWS = 24
 JPEG_QUALITY = 85
+LOG_TRANSFERS = {bytes([code]) for code in DPX_LOG_TRANSFERS}  # a DPX header's transfer byte, when it is log
 
 
 @dataclass(frozen=True)
@@ -154,12 +156,15 @@ class Previews:
                 result.unlink(missing_ok=True)
 
     def _frame_pair(self, item: PreviewItem, folder: Path) -> None:
-        """One frame of a run coloured into frames, and its lightness (the source's, which the frame keeps) in gray."""
+        """One frame of a run coloured into frames, and its lightness (the source's, which the frame keeps) in gray;
+        a log-encoded DPX frame (its header says so) as a display shows it, read through the log encoding."""
         folder.mkdir(parents=True, exist_ok=True)
         frame, drop = self._local(item.output, "frame" + PurePosixPath(parse_uri(item.output)[2]).suffix)
         try:
+            with open(frame, "rb") as header:
+                log = frame.suffix.lower() == ".dpx" and header.read(DPX_TRANSFER_OFFSET + 1)[-1:] in LOG_TRANSFERS
             with av.open(str(frame)) as container:
-                after = next(container.decode(video=0)).to_image()
+                after = _shown(next(container.decode(video=0)), log)
             _save(ImageOps.grayscale(after).convert("RGB"), folder / f"{item.index}-before.jpg", PREVIEW_SIDE)
             _save(after, folder / f"{item.index}-after.jpg", PREVIEW_SIDE)
         except (av.FFmpegError, OSError, StopIteration) as exc:
@@ -205,8 +210,9 @@ class Previews:
         try:
             times = self._film_times(record, source)
             staging.mkdir(parents=True, exist_ok=True)
+            log = bool(record.metrics.get("log_encoded"))  # a log scan's copy, log-encoded too: shown as displayed
             for side, path in (("before", source), ("after", result)):
-                for index, frame in enumerate(_frames_at(path, times)):
+                for index, frame in enumerate(_frames_at(path, times, log)):
                     image = frame if side == "after" else ImageOps.grayscale(frame).convert("RGB")
                     _save(image, staging / f"{index}-{side}.jpg", FRAME_SIDE)
             if folder.exists():
@@ -230,6 +236,13 @@ def _shown_frames(record: JobRecord, frames: FrameTarget) -> list[str]:
     folder = film_output_uri(record.spec).rsplit("/", 1)[0] + "/"
     positions = sorted({int(count * (i + 0.5) / FILM_FRAMES) for i in range(FILM_FRAMES)}) if count else []
     return [join_uri(folder, frames.name(first + position)) for position in positions]
+
+
+def _shown(frame: av.VideoFrame, log: bool) -> Image.Image:
+    """A decoded frame as a display shows it: as it is, or a log-encoded one read through its log encoding."""
+    if not log:
+        return frame.to_image()
+    return Image.fromarray(cineon_display_table()[frame.to_ndarray(format="rgb48le")])
 
 
 def _film_source(spec: JobSpec) -> str:
@@ -262,7 +275,7 @@ def _duration(path: Path) -> float:
         raise PermanentError(f"{path.name}: cannot read the film for a preview ({one_line(exc)})") from exc
 
 
-def _frames_at(path: Path, times: list[float]) -> list[Image.Image]:
+def _frames_at(path: Path, times: list[float], log: bool = False) -> list[Image.Image]:
     """The frame nearest each time, counted from the film's first frame (an MPEG transport stream's clock may
     start hours in, and Tinct's copy of it at zero), found through the film's frame index. Nearest, not the
     first at or after, so that the two sides agree though their containers round times differently."""
@@ -279,7 +292,7 @@ def _frames_at(path: Path, times: list[float]) -> list[Image.Image]:
             target = int(pts[before] if wanted - pts[before] < pts[after] - wanted else pts[after])
             frame = next(decode_from(container, stream, index, target), None)
             if frame is not None:
-                frames.append(frame.to_image())
+                frames.append(_shown(frame, log))
     return frames
 
 
