@@ -384,6 +384,19 @@ def test_a_run_in_a_bucket_colours_into_a_run_of_dpx_frames_exactly_as_tinct_col
     assert find_sequence(local / "colour_%07d.dpx").timecode == "01:00:10:05"
 
 
+def test_a_film_into_frames_in_a_folder_leaves_the_folder_holding_its_frames_alone(service_env, tmp_path):
+    client, start_worker, s3, _, model = service_env
+    clip = write_clip(tmp_path / "reel.mkv", gray_frames(moving_scene(12, 96, 64)), gop=6, bframes=0)
+    put_object(s3, "s3://scans/reel.mkv", clip.path.read_bytes())
+    start_worker()
+    folder = tmp_path / "conform" / "reel"
+    job_id, _ = client.submit(spec("s3://scans/reel.mkv", f"{folder}/reel_%04d.tif", model))
+    record = wait_for_job(client, job_id)
+    assert record.state == "succeeded", record.error
+    assert sorted(os.listdir(folder)) == [f"reel_{i:04d}.tif" for i in range(12)]  # no staging folder left beside
+    assert all((folder / f"reel_{i:04d}.tif").stat().st_nlink == 1 for i in range(12))  # placed, and staged no more
+
+
 def test_a_cancelled_film_into_frames_leaves_no_frame_staged_or_placed(service_env, tmp_path):
     """A segment's frames are staged as they are made; cancelled mid-segment, it removes those it staged after the
     cancel's cleanup ran, so nothing of the job is left, staged or in place."""

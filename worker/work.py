@@ -527,6 +527,17 @@ def frames_target(spec: JobSpec) -> FrameTarget | None:
     return FrameTarget.parse(PurePosixPath(parse_uri(output)[2]).name) if is_frame_output(output) else None
 
 
+def remove_staging(rt: Runtime, spec: JobSpec, job_id: str) -> None:
+    """Remove what a film job staged beside its output, and in a folder the staging folder too once no job has
+    anything in it: the output's folder is left holding the output alone."""
+    staging = staging_uri(spec, job_id)
+    rt.storage.delete_prefix(staging)
+    scheme, _, path = parse_uri(staging)
+    if scheme == "file":
+        with contextlib.suppress(OSError):  # another job's segments are there: it is theirs to leave
+            os.rmdir(Path(path).parent)
+
+
 def staging_uri(spec: JobSpec, job_id: str) -> str:
     output = film_output_uri(spec)
     parent = output.rsplit("/", 1)[0] + "/"
@@ -682,7 +693,7 @@ def join_film(rt: Runtime, job_id: str) -> None:
     record = rt.store.get(job_id)
     if record is None or record.state in FINISHED:
         if record is not None:
-            rt.storage.delete_prefix(staging_uri(record.spec, job_id))
+            remove_staging(rt, record.spec, job_id)
         return
     lease = rt.leases.take(job_id, "join")
     if lease is None:
@@ -735,7 +746,7 @@ def _join(rt: Runtime, record: JobRecord, lease: Lease) -> None:
     # Staging goes before the job is marked done, so whoever sees it succeeded sees no leftovers; only by the lease's
     # holder, so a joiner that lost its lease meanwhile never takes the segments from under the one that has it.
     if lease.held():
-        rt.storage.delete_prefix(staging)
+        remove_staging(rt, spec, job_id)
     job_metrics = {"frames": film.frames, "output_size": info.size}
     if film.video.log_encoded:  # the copy's codes are log too: a preview shows it through them
         job_metrics["log_encoded"] = True
@@ -770,7 +781,7 @@ def _publish_frames(rt: Runtime, record: JobRecord, lease: Lease, target: FrameT
     if not lease.held():
         _discarded(lease)  # the copies are the same frames the holder of the lease places
         return
-    rt.storage.delete_prefix(staging)
+    remove_staging(rt, spec, job_id)
     finish_job(rt, job_id, [output], {"frames": len(copies), "first_frame": min(numbers),
                                       "output_size": sum(info.size for info, _ in copies)}, lease=lease)
 
@@ -850,7 +861,7 @@ def _discard_if_ended(rt: Runtime, job_id: str) -> bool:
         return False
     if record.spec.kind == "video":
         try:
-            rt.storage.delete_prefix(staging_uri(record.spec, job_id))
+            remove_staging(rt, record.spec, job_id)
         except TinctError as exc:  # the job's outcome stands; its staged files are named in the warning's prefix
             logger.warning("job %s: its staged segments under %s were not removed: %s", job_id,
                            staging_uri(record.spec, job_id), one_line(exc))
