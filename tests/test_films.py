@@ -409,6 +409,21 @@ def test_an_interlaced_film_stays_interlaced(tmp_path, colorizer, source_codec, 
             assert after.streams.video[0].codec_context.field_order == FIELD_ORDERS[fields]
 
 
+def test_interlaced_hevc_coded_as_field_pictures_is_refused_with_how_to_weave_it(tmp_path):
+    # x265 codes each field as a picture of its own, and FFmpeg hands them out one by one: coloured as they came, a
+    # 1080i broadcast became a 540-line film at 50 frames a second.
+    source = bw_clip(tmp_path / "broadcast.mkv", frames=4, codec="libx265",
+                     encoder_options={"x265-params": "interlace=tff:log-level=error"})
+    with pytest.raises(BadInputError) as refused:
+        probe_film(source.path, 1 << 30)
+    assert str(refused.value).startswith(f"{source.path}: interlaced HEVC coded as field pictures, which FFmpeg "
+                                         "decodes one field at a time")
+    assert "ffmpeg -i IN -vf weave=first_field=top" in str(refused.value)
+    progressive = bw_clip(tmp_path / "progressive.mkv", frames=4, codec="libx265",
+                          encoder_options={"x265-params": "log-level=error"})
+    assert probe_film(progressive.path, 1 << 30).frames == 4
+
+
 @pytest.mark.parametrize("fields", ["top first", "bottom first"])
 def test_an_interlaced_h264_films_field_order_is_read_from_its_frames_whatever_they_show(tmp_path, fields):
     flat = [np.full((64, 96), 40, np.uint8)] * 2  # both fields alike: the order cannot be seen in the picture

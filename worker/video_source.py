@@ -57,9 +57,11 @@ INTERLACED_FIELDS = (FIELD_TT, FIELD_BB, FIELD_TB, FIELD_BT)
 # Decoders whose field order is their pictures' own header field.
 FIELD_ORDER_CODECS = ("mpeg2video", "prores")
 # Decoders whose stream-level field order is a guess (FFmpeg's H.264 parser reports "top first" for bottom-first
-# streams too), but whose frames carry their own: read from the first frame (``_first_field``). Interlaced HEVC is
-# coded as separate field pictures, which FFmpeg decodes as such, so HEVC is not among them.
+# streams too), but whose frames carry their own: read from the first frame (``_first_field``).
 FRAME_FIELD_CODECS = ("h264",)
+# Decoders that hand an interlaced stream's fields out one by one, each flagged interlaced (HEVC codes each field as a
+# picture of its own, and FFmpeg does not pair them into frames): such a film is refused, with how to weave it.
+FIELD_PICTURE_CODECS = ("hevc",)
 # High-speed film scans run at a few hundred frames per second; a rate above this is a demuxer's time base.
 MAX_PLAUSIBLE_FPS = 1000
 # A film may end this much earlier than its container says before it counts as truncated: containers round
@@ -477,6 +479,11 @@ def _judge_samples(path: str, stream, samples: Iterable[tuple[int, av.VideoFrame
                                 f"{frame.width}x{frame.height} at {float(target * stream.time_base):.3f} s; a film's "
                                 "frames must all be one size")
         colour_scores.append(_colour_score(frame))
+    if stream.codec_context.name in FIELD_PICTURE_CODECS and first.interlaced_frame:
+        raise UnsupportedMediaError(path, "interlaced HEVC coded as field pictures, which FFmpeg decodes one field at "
+                                    "a time: its copy would be half-height fields at twice the rate; weave them "
+                                    "into frames first (ffmpeg -i IN -vf weave=first_field=top -c:v ffv1 OUT.mkv; "
+                                    "first_field=bottom for bottom-first)")
     video = _video_format(stream, first)
     return video, max(colour_scores) > COLOUR_THRESHOLD
 
