@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
 from tools import bench
+from tools.bench_service import _PeakSize
 
 
 def test_bench_tiny_configuration_reports_positive_rates_and_the_comparison(tiny_checkpoint: Path) -> None:
@@ -94,14 +96,21 @@ def test_bench_video_reports_floor_end_to_end_stages_and_memory(tiny_checkpoint:
 
 
 def test_bench_service_photos_through_redis_s3_and_a_worker(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    """The service benchmark end to end on real Redis, moto S3 and a ``tinct worker`` subprocess (film skipped)."""
+    """The service benchmark end to end on real Redis, moto S3 and a ``tinct worker`` subprocess (film skipped, a
+    small scan of DPX frames in)."""
     out = tmp_path / "service.json"
     rc = bench.main(["--service", "--no-film", "--model", str(tiny_checkpoint), "--engine", "torch", "--device", "cpu",
                      "--render-size", "64", "--photos", "3", "--photo-size", "96x64", "--latency-jobs", "2",
-                     "--repeats", "1", "--threads", "1", "--json", str(out)])
+                     "--repeats", "1", "--threads", "1", "--scan-frames", "6", "--scan-size", "96x64",
+                     "--segment-seconds", "0.125", "--json", str(out)])
     assert rc == 0
     data = json.loads(out.read_text())
     assert "film" not in data and data["config"]["photos"] == 3
+    scan = data["scan"]
+    assert scan["frames"] == 6 and set(scan["runs"]) == {"film", "DPX frames"}
+    for run in scan["runs"].values():  # (a frame this small stays in the work folder too briefly to be sampled)
+        assert run["segments"] == 2 and run["wall_s"] > run["join_s"] > 0 and run["work_peak_mb"] >= 0
+    assert scan["runs"]["DPX frames"]["output_mb"] > scan["runs"]["film"]["output_mb"]  # 10-bit RGB, uncompressed
     in_process = data["in_process"]["ms_per_photo"]
     assert all(in_process[stage] > 0 for stage in ("decode", "colorize", "encode"))
     photos = data["photos"]
@@ -116,3 +125,14 @@ def test_bench_service_photos_through_redis_s3_and_a_worker(tiny_checkpoint: Pat
     assert latency["jobs"] == 2 and latency["plan_queue_ms"] > 0 and latency["colorize_queue_ms"] > 0
     assert latency["queue_ms_per_photo"] == latency["plan_queue_ms"] + latency["colorize_queue_ms"]
     assert 0 < latency["created_to_started_ms"] < latency["job_ms"]
+
+
+def test_the_service_benchmarks_work_folder_peak_sees_files_that_come_and_go(tmp_path: Path) -> None:
+    with _PeakSize(tmp_path) as peak:
+        (tmp_path / "frames").mkdir()
+        (tmp_path / "frames" / "a.dpx").write_bytes(bytes(3_000_000))
+        time.sleep(0.35)
+        (tmp_path / "frames" / "a.dpx").unlink()
+        (tmp_path / "b.dpx").write_bytes(bytes(1_000_000))
+        time.sleep(0.35)
+    assert peak.bytes == 3_000_000

@@ -15,6 +15,10 @@ runs as subprocesses exactly as deployed (solo pool, both queues, events on). Tw
   anything: the submit call, the job record's ``created`` -> ``started`` (the plan task running), and each task's
   sent -> started from its events. The queue overhead per photo is the two hops together. The job record alone
   cannot give the second hop: nothing in it records when the colorize piece began (events can).
+* **A scan kept as frames** (``--scan-frames``): a generated run of 10-bit DPX frames in S3, coloured on one warm
+  worker into a film file and into DPX frames: each job's wall time, its join, and the peak size of the worker's
+  work folder (sampled every 0.1 s), which a worker reading a run a window at a time keeps to a few windows whatever
+  the reel's length.
 * **Films: does a film go faster on more workers?** One generated black-and-white film (``tools.bench_video``) in
   S3, cut into segments of ``--segment-seconds``, is colorized with each worker count of ``--film-workers``
   (Redis flushed and fresh workers between runs; every worker has loaded its model before the clock starts).
@@ -46,7 +50,7 @@ from celery import Celery
 from celery.events.receiver import EventReceiver
 from PIL import Image
 
-from tools.bench_video import FPS, make_test_film
+from tools.bench_video import FPS, make_test_film, make_test_scan
 from tools.runtime import frame_size, onnx_cache_dir, write_json
 from worker.app import create_app
 from worker.images import DEFAULT_MAX_PIXELS, read_photo, write_photo
@@ -588,9 +592,76 @@ def run_service_bench(args: argparse.Namespace) -> dict[str, Any]:
             log.info("%d photo jobs one at a time", args.latency_jobs)
             results["latency"] = run_photo_latency(services, service, inputs[: args.latency_jobs], photo_options)
             services.stop_workers()
+            if args.scan_frames:
+                results["scan"] = _bench_scan(services, args, model, inputs[0], photo_options)
             if not args.no_film:
                 results["film"] = _bench_film(services, args, model, inputs[0], photo_options)
     return results
+
+
+class _PeakSize:
+    """The largest total size of the files under ``folder``, sampled every 0.1 s while the block runs."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="tinct-bench-peak", daemon=True)
+
+    def __enter__(self) -> _PeakSize:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.1):
+            total = 0
+            for path in self.folder.rglob("*"):
+                try:
+                    total += path.stat().st_size if path.is_file() else 0
+                except FileNotFoundError:  # a frame read and removed between the listing and the stat
+                    continue
+            self.bytes = max(self.bytes, total)
+
+
+def _bench_scan(services: Services, args: argparse.Namespace, model: str, photo_uri: str,
+                photo_options: dict[str, Any]) -> dict[str, Any]:
+    """The scan's run in S3, coloured by one warm worker into a film file, then into DPX frames."""
+    width, height = frame_size(args.scan_size)
+    frames = make_test_scan(services.folder / "scan", width, height, args.scan_frames)
+    for path in frames:
+        services.s3.client().upload_file(str(path), IN_BUCKET, f"scan/reel1/{path.name}")
+    run = f"s3://{IN_BUCKET}/scan/reel1/scan_%07d.dpx"
+    base = {"model": model, "render_size": args.render_size, "smoothing": args.smoothing}
+    jobs = {"film": (f"s3://{OUT_BUCKET}/scan-film/", {**base, "codec": args.codec, "crf": args.crf,
+                                                        "preset": args.preset}),
+            "DPX frames": (f"s3://{OUT_BUCKET}/scan-frames/scan_%07d.dpx", base)}
+    services.stop_workers()
+    services.redis.flush()
+    service = services.service()
+    workers = services.start_workers(1, "scan")
+    warm_up(services, service, workers, photo_uri, photo_options, "scan")
+    runs = {}
+    for label, (output, options) in jobs.items():
+        log.info("the scan into %s", label)
+        spec = JobSpec.from_dict({"input": run, "output": output, "kind": "video", "options": options})
+        with _PeakSize(services.folder / "work-scan-1") as peak:
+            t0 = time.time()
+            job_id, _ = service.submit(spec)
+            (times,) = wait_finished(services, service, [job_id], FILM_JOB_TIMEOUT_S)
+        services.events.wait_complete([job_id], ["tinct.join_film"])
+        (join,) = services.events.tasks([job_id], "tinct.join_film")
+        record = service.get(job_id)
+        assert record is not None
+        runs[label] = {"wall_s": times.updated - t0, "join_s": join.runtime, "work_peak_mb": peak.bytes / 1e6,
+                       "segments": len(services.events.tasks([job_id], "tinct.colorize_segment")),
+                       "output_mb": record.metrics["output_size"] / 1e6}
+    services.stop_workers()
+    return {"size": f"{width}x{height}", "frames": len(frames), "input_mb": sum(p.stat().st_size for p in frames) / 1e6,
+            "segment_seconds": args.segment_seconds, "codec": args.codec, "runs": runs}
 
 
 def _bench_film(services: Services, args: argparse.Namespace, model: str, photo_uri: str,
@@ -629,7 +700,11 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--film-seconds", type=float, default=20.0, help="length of the test film")
     group.add_argument("--segment-seconds", type=float, default=4.0, help="film segment length (TINCT_SEGMENT_SECONDS)")
     group.add_argument("--film-workers", default="1,2", help="worker counts to colorize the film with")
-    group.add_argument("--no-film", action="store_true", help="photos only")
+    group.add_argument("--no-film", action="store_true", help="no film on 1 and more workers")
+    group.add_argument("--scan-frames", type=int, default=0,
+                       help="also colour a generated run of this many 10-bit DPX frames kept in S3, into a film and "
+                       "into DPX frames (0: none)")
+    group.add_argument("--scan-size", default="2048x1556", help="size of the scan's frames (2K full aperture)")
 
 
 def service_table(results: dict[str, Any]) -> str:
@@ -659,6 +734,20 @@ def service_table(results: dict[str, Any]) -> str:
         f"| {latency['submit_ms']:.1f} | {latency['created_to_started_ms']:.1f} | {latency['plan_queue_ms']:.1f} | "
         f"{latency['colorize_queue_ms']:.1f} | **{latency['queue_ms_per_photo']:.1f}** | {latency['job_ms']:.1f} |",
     ]
+    scan = results.get("scan")
+    if scan:
+        lines += [
+            "",
+            f"A scan in S3: {scan['frames']} DPX frames of {scan['size']}, 10-bit ({scan['input_mb']:.0f} MB), "
+            f"segments of {scan['segment_seconds']:g} s, one warm worker:",
+            "",
+            "| into | wall s | segments | join s | work folder peak MB | output MB |",
+            "|---|---|---|---|---|---|",
+        ]
+        for label, run in scan["runs"].items():
+            into = f"a {scan['codec']} film" if label == "film" else label
+            lines.append(f"| {into} | {run['wall_s']:.1f} | {run['segments']} | {run['join_s']:.2f} | "
+                         f"**{run['work_peak_mb']:.0f}** | {run['output_mb']:.0f} |")
     film = results.get("film")
     if film:
         runs = film["runs"]

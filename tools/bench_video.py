@@ -47,6 +47,30 @@ SECONDS_PER_SHOT = 2.5
 REFERENCE_ROUNDS = 3  # end-to-end runs with and without references, alternated, when references are measured
 
 
+def make_test_scan(folder: Path, width: int, height: int, frames: int, seed: int = 0) -> list[Path]:
+    """The shots of ``make_test_film`` as a film scanner's run: ``scan_0086400.dpx`` on, 10-bit DPX, one a frame."""
+    photos = sorted(p for p in SAMPLES.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".tif", ".tiff"))
+    images = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in photos]
+    rng = np.random.default_rng(seed)
+    shot_frames = round(SECONDS_PER_SHOT * FPS)
+    folder.mkdir(parents=True, exist_ok=True)
+    pattern = str(folder).replace("%", "%%") + "/scan_%07d.dpx"
+    with av.open(pattern, "w", format="image2", options={"start_number": "86400"}) as out:
+        stream = out.add_stream("dpx", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = width, height, "gbrp10le"
+        for i in range(frames):
+            image = images[(i // shot_frames) % len(images)]
+            frame = _pan_zoom(image, width, height, (i % shot_frames) / shot_frames)
+            gray = np.clip((frame + rng.normal(0.0, GRAIN_SIGMA, frame.shape)) * 257, 0, 65535).astype(np.uint16)
+            video_frame = av.VideoFrame.from_ndarray(gray, format="gray16le").reformat(format="gbrp10le")
+            video_frame.pts = i
+            for packet in stream.encode(video_frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return sorted(folder.glob("scan_*.dpx"))
+
+
 def make_test_film(path: Path, width: int, height: int, seconds: float, seed: int = 0) -> Path:
     """A black-and-white H.264 film: pan-and-zoom shots over the sample photos, with grain and hard cuts."""
     photos = sorted(p for p in SAMPLES.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".tif", ".tiff"))
