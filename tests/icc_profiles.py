@@ -71,3 +71,20 @@ def _profile(colour_space: bytes, tags: dict[bytes, bytes]) -> bytes:
     header[68:80] = _s15(0.9642) + _s15(1.0) + _s15(0.8249)
     profile = bytes(header) + struct.pack(">I", len(tags)) + entries + body
     return struct.pack(">I", len(profile)) + profile[4:]
+
+
+def lookup_table_profile(colorants: np.ndarray, gamma: float) -> bytes:
+    """An RGB input profile that says its colours only through a lookup table (A2B0, lut16Type), as profiles made by
+    calibrating a scanner on a target do: here the table of the matrix/TRC space of ``colorants`` and a pure
+    ``gamma``, exactly (each channel's curve in its input tables, then a 2-point grid of the colorants' sums, whose
+    trilinear interpolation of a linear map is the map itself)."""
+    entries = 256
+    curve = np.round(np.linspace(0, 1, entries) ** gamma * 65535).astype(">u2").tobytes()
+    corners = [colorants @ np.array([r, g, b]) for r in (0, 1) for g in (0, 1) for b in (0, 1)]
+    # lut16 encodes PCS XYZ with 1.0 at 0x8000.
+    grid = np.round(np.clip(np.array(corners) * 32768, 0, 65535)).astype(">u2").tobytes()
+    identity = b"".join(_s15(v) for v in (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    table = (b"mft2\0\0\0\0" + bytes([3, 3, 2, 0]) + identity + struct.pack(">HH", entries, 2) + curve * 3 + grid
+             + struct.pack(">HH", 0, 65535) * 3)
+    profile = _profile(b"RGB ", {b"A2B0": table})
+    return profile[:12] + b"scnr" + profile[16:]  # an input (scanner) profile: a device class with no matrix tags

@@ -16,7 +16,7 @@ import torch
 from PIL import Image, ImageCms, ImageOps
 
 from models import color
-from tests.icc_profiles import PROPHOTO, gamma_curve, gray_profile, matrix_trc_profile
+from tests.icc_profiles import PROPHOTO, gamma_curve, gray_profile, lookup_table_profile, matrix_trc_profile
 from worker import images
 from worker.errors import BadInputError, InputTooLargeError, PermanentError, UnsupportedMediaError
 from worker.images import (
@@ -424,6 +424,27 @@ def test_a_wide_gamut_scan_is_read_and_written_in_its_own_colours(tmp_path: Path
     assert error.mean() < 1 and error.max() <= 4
     codes = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)[8:, :, ::-1]
     np.testing.assert_array_equal(codes, stored[8:].astype(codes.dtype) * (257 if bits == 16 else 1))  # tones kept
+
+
+def test_a_scan_under_a_profile_of_look_up_tables_is_read_through_them_and_written_in_srgb(tmp_path: Path) -> None:
+    # A scanner calibrated on a target gives its profile as look-up tables, which only a CMM applies: read as sRGB,
+    # this ProPhoto-like scanner's grays were 5 L too dark, and the colours added were written back under its
+    # tables, shown 40-70 % more saturated. Now LittleCMS reads it, and the result is sRGB.
+    profile = lookup_table_profile(PROPHOTO, 1.8)
+    shades = gray8(8, 16)
+    source = tmp_path / "scan.png"
+    Image.fromarray(np.repeat(shades[..., None], 3, axis=2)).save(source, icc_profile=profile)
+    photo = read_photo(source)
+    luminance = (shades / 255.0) ** 1.8  # a ProPhoto gray's Y is its decoded code
+    expected = np.where(luminance > 0.008856, 116 * np.cbrt(luminance) - 16, 903.3 * luminance)
+    assert np.abs(photo.L - expected).max() < 0.6  # through 8-bit sRGB codes
+    assert photo.icc_profile == srgb_icc_profile() and not photo.had_colour
+    colours = colour8(8, 16)
+    out = tmp_path / "colour.png"
+    write_photo(out, colours / 255.0, photo, LABEL)
+    with Image.open(out) as written:
+        assert written.info["icc_profile"] == srgb_icc_profile()
+        np.testing.assert_array_equal(np.asarray(written.convert("RGB")), colours)  # the colours meant, as sRGB
 
 
 def test_a_camera_jpeg_declared_adobe_rgb_is_read_so_and_its_result_declared_srgb(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ repeats an entry, in its darkest 1 % or so, a code may move to another of the co
 Cameras set to Adobe RGB declare it in EXIF alone, with no profile: :func:`dcf_adobe_rgb_space` is that space.
 
 Profiles this does not model exactly (colour look-up tables, Lab connection space) and sRGB profiles themselves
-give None: their pixels are taken as sRGB, as every profile's were before.
+give None. A profile that says its colours through look-up tables (:func:`has_lookup_tables`: a scanner calibrated
+on a target has one) is left to a CMM: ``worker.images`` converts such a photo to sRGB through LittleCMS.
 """
 
 from __future__ import annotations
@@ -144,6 +145,16 @@ def _matrix_space(colorants: np.ndarray, curves: np.ndarray) -> RgbSpace:
     # neutral pixel would gain a tint of several 16-bit codes.
     to_srgb = to_srgb / to_srgb.sum(axis=1, keepdims=True)
     return RgbSpace(to_srgb_linear=to_srgb, curves=curves)
+
+
+def has_lookup_tables(icc: bytes | None) -> bool:
+    """Whether an RGB profile gives its colours through look-up tables (A2B0 and kin), which only a CMM applies."""
+    if not icc or len(icc) < 132 or icc[36:40] != b"acsp" or icc[16:20] != b"RGB ":
+        return False
+    try:
+        return any(name in _tags(icc) for name in _LOOKUP_TABLE_TAGS)
+    except (struct.error, ValueError, IndexError):
+        return False
 
 
 @lru_cache(maxsize=16)

@@ -45,7 +45,7 @@ from PIL import Image, ImageCms, ImageOps, JpegImagePlugin, PngImagePlugin, Tiff
 from models import color
 from models.files import atomic_output
 from worker.errors import BadInputError, InputTooLargeError, StorageError, UnsupportedMediaError
-from worker.icc import RgbSpace, dcf_adobe_rgb_space, gray_luminance, rgb_space, sample_curve
+from worker.icc import RgbSpace, dcf_adobe_rgb_space, gray_luminance, has_lookup_tables, rgb_space, sample_curve
 
 logger = logging.getLogger(__name__)
 
@@ -528,8 +528,26 @@ def _pillow_pixels(
     if im.mode in ("RGBA", "RGBa"):
         im = im.convert("RGBA")
         rgba = np.asarray(im)
-        return np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3]), None, icc
-    return np.asarray(im.convert("RGB")), None, None, icc
+        rgb, alpha = np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3])
+    else:
+        rgb, alpha = np.asarray(im.convert("RGB")), None
+    if has_lookup_tables(icc):
+        return _through_lookup_tables(path, rgb, icc), alpha, None, srgb_icc_profile()
+    return rgb, alpha, None, icc
+
+
+def _through_lookup_tables(path: Path, rgb: np.ndarray, icc: bytes) -> np.ndarray:
+    """8-bit RGB under a profile of look-up tables (a scanner calibrated on a target), as sRGB through LittleCMS,
+    which applies the tables: the result is written in sRGB, under an sRGB profile. (Read as sRGB and written back
+    under the scanner's profile, as before, the colours added were shown through the scanner's tables too.)"""
+    try:
+        converted = ImageCms.profileToProfile(Image.fromarray(rgb), ImageCms.ImageCmsProfile(io.BytesIO(icc)),
+                                              _srgb_profile(), outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError) as exc:  # as for a CMYK profile: a damaged one costs its colours only
+        logger.warning("%s: ICC profile's look-up tables unusable (%s); read as sRGB", path, exc)
+        return rgb
+    logger.info("%s: converted to sRGB through its profile's look-up tables; the result is sRGB", path)
+    return np.asarray(converted)
 
 
 def _gray_levels(im: Image.Image, bits: int) -> np.ndarray:
