@@ -447,6 +447,33 @@ def test_a_scan_under_a_profile_of_look_up_tables_is_read_through_them_and_writt
         np.testing.assert_array_equal(np.asarray(written.convert("RGB")), colours)  # the colours meant, as sRGB
 
 
+def cielab_tiff(path: Path, L: np.ndarray, a: np.ndarray, b: np.ndarray) -> Path:
+    """A CIELab TIFF (photometric 8, as ImageMagick and colour-managed scanning software write it): L in 0-255 for
+    0-100, a and b as signed bytes."""
+    lab = np.stack([np.rint(L * 255 / 100), a, b], axis=-1).astype(np.int16)
+    Image.fromarray(lab.astype(np.int8).view(np.uint8), mode="LAB").save(path)
+    return path
+
+
+def test_a_cielab_tiff_is_read_in_its_lightness_and_coloured_into_an_srgb_result(tmp_path: Path) -> None:
+    # Some archives' colour-managed scanning keeps masters in CIELab: refused before ("pixel mode LAB is not
+    # supported"), and Pillow's signed a and b are no offset codes.
+    L = np.tile(np.linspace(0, 100, W), (H, 1))
+    noise = np.random.default_rng(0).integers(-1, 2, (2, H, W))  # a writer's rounding of a neutral scan
+    source = cielab_tiff(tmp_path / "master.tif", L, noise[0], noise[1])
+    photo = read_photo(source)
+    np.testing.assert_allclose(photo.L, np.rint(L * 2.55) / 2.55, atol=1e-4)  # its L channel, exactly
+    assert not photo.had_colour and photo.icc_profile == srgb_icc_profile()
+    out = tmp_path / "colour.tif"
+    write_photo(out, l_as_rgb(photo.L), photo, LABEL)
+    with Image.open(out) as written:
+        assert written.mode == "RGB" and written.info["icc_profile"] == srgb_icc_profile()
+        shown = np.asarray(written).astype(np.float64) / 255
+    np.testing.assert_allclose(expected_l(shown * 255), photo.L, atol=0.5)
+    halves = np.where(np.arange(W) < W // 2, 60, -60) * np.ones((H, 1))  # red beside green, one lightness
+    assert read_photo(cielab_tiff(tmp_path / "colour-master.tif", np.full((H, W), 50.0), halves, 0 * halves)).had_colour
+
+
 def test_a_camera_jpeg_declared_adobe_rgb_is_read_so_and_its_result_declared_srgb(tmp_path: Path) -> None:
     # A camera set to Adobe RGB says so in EXIF alone (DCF's option file: ColorSpace uncalibrated, interoperability
     # index R03). Read as sRGB, a copy-stand shot's shadows came out up to 3 L too light, and the sRGB result kept

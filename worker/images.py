@@ -511,6 +511,14 @@ def _pillow_pixels(
         if icc_space == "GRAY":  # the result is RGB, and tagged sRGB
             return pixels, alpha, _gray_profile_lightness(path, icc, levels), srgb_icc_profile()
         return pixels, alpha, _gray_to_l_table(levels), icc
+    if mode == "LAB":  # a CIELab TIFF, as Pillow hands it over: L in 0-255 for 0-100, a and b signed bytes
+        lab = np.asarray(im)
+        ab = np.ascontiguousarray(lab[..., 1:]).view(np.int8).astype(np.float32)
+        if np.abs(ab).max() <= 1:  # gray (to a writer's rounding): its L channel is its lightness, exactly
+            return np.ascontiguousarray(lab[..., 0]), None, np.arange(256, dtype=np.float32) * (100 / 255), \
+                srgb_icc_profile()
+        shown = np.concatenate([lab[..., :1].astype(np.float32) * (100 / 255), ab], axis=-1)
+        return np.rint(color.lab_to_rgb_np(shown) * 255).astype(np.uint8), None, None, srgb_icc_profile()
     if mode == "CMYK":
         if icc_space == "CMYK":
             try:
