@@ -44,6 +44,7 @@ from tests.services import (
 )
 from worker import liveness, work
 from worker.cli import main
+from worker.cli_service import describe
 from worker.frame_sequences import find_sequence
 from worker.jobs import JobOptions, JobSpec, JobSpecError, JobStore, film_output_uri
 from worker.service import Service
@@ -365,6 +366,7 @@ def test_a_run_in_a_bucket_colours_into_a_run_of_dpx_frames_exactly_as_tinct_col
     assert record.outputs == [output] and record.done == 24
     assert {k: record.metrics[k] for k in ("frames", "first_frame")} == {"frames": 24, "first_frame": 86400}
     assert record.metrics["output_size"] == sum(len(get_object(s3, f"s3://colour/reel1/{n}")) for n in names)
+    assert f"  output: {output} (frames 86400-86423)" in describe(record).splitlines()  # tinct status
     # Every frame in place under its scan's number, the staged segments gone, and nothing kept by the worker.
     assert keys(s3, "colour") == [f"reel1/{name}" for name in [*names, "colour_0099999.dpx"]]
     assert [p for p in (tmp_path / "work-w" / "jobs").rglob("*") if p.is_file()] == []

@@ -212,7 +212,9 @@ def describe(record: JobRecord, pieces: Sequence = (), events: Sequence[dict] = 
         why = (f"its worker {event['worker']} went silent (death {event['deaths']} in a row)"
                if event["reason"] == "died" else f"its worker {event['worker']} was stopping")
         lines.append(f"  {event['piece']}: {event['outcome']} at {stamp}: {why}")
-    lines += [f"  output: {uri}" for uri in record.outputs]
+    first, frames = record.metrics.get("first_frame"), record.metrics.get("frames")
+    run = f" (frames {first}-{first + frames - 1})" if first is not None and frames else ""  # a run of frames out
+    lines += [f"  output: {uri}{run}" for uri in record.outputs]
     if record.error:
         lines.append(f"  error: {record.error}")
     lines += [f"  failed: {reason}" for reason in record.failed_pieces.values()]
