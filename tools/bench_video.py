@@ -21,7 +21,7 @@ import argparse
 import multiprocessing
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
@@ -47,56 +47,53 @@ SECONDS_PER_SHOT = 2.5
 REFERENCE_ROUNDS = 3  # end-to-end runs with and without references, alternated, when references are measured
 
 
-def make_test_scan(folder: Path, width: int, height: int, frames: int, seed: int = 0) -> list[Path]:
-    """The shots of ``make_test_film`` as a film scanner's run: ``scan_0086400.dpx`` on, 10-bit DPX, one a frame."""
-    photos = sorted(p for p in SAMPLES.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".tif", ".tiff"))
-    images = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in photos]
-    rng = np.random.default_rng(seed)
-    shot_frames = round(SECONDS_PER_SHOT * FPS)
-    folder.mkdir(parents=True, exist_ok=True)
-    pattern = str(folder).replace("%", "%%") + "/scan_%07d.dpx"
-    with av.open(pattern, "w", format="image2", options={"start_number": "86400"}) as out:
-        stream = out.add_stream("dpx", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = width, height, "gbrp10le"
-        for i in range(frames):
-            image = images[(i // shot_frames) % len(images)]
-            frame = _pan_zoom(image, width, height, (i % shot_frames) / shot_frames)
-            gray = np.clip((frame + rng.normal(0.0, GRAIN_SIGMA, frame.shape)) * 257, 0, 65535).astype(np.uint16)
-            video_frame = av.VideoFrame.from_ndarray(gray, format="gray16le").reformat(format="gbrp10le")
-            video_frame.pts = i
-            for packet in stream.encode(video_frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return sorted(folder.glob("scan_*.dpx"))
-
-
-def make_test_film(path: Path, width: int, height: int, seconds: float, seed: int = 0) -> Path:
-    """A black-and-white H.264 film: pan-and-zoom shots over the sample photos, with grain and hard cuts."""
+def _test_shots(width: int, height: int, frames: int, seed: int) -> Iterator[np.ndarray]:
+    """Float gray frames (0-255): pan-and-zoom shots over the sample photos, with grain and hard cuts."""
     photos = sorted(p for p in SAMPLES.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".tif", ".tiff"))
     if not photos:
         raise FileNotFoundError(f"no sample photos in {SAMPLES}")
     images = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in photos]
     rng = np.random.default_rng(seed)
-    frames = round(seconds * FPS)
     shot_frames = round(SECONDS_PER_SHOT * FPS)
+    for i in range(frames):
+        image = images[(i // shot_frames) % len(images)]
+        frame = _pan_zoom(image, width, height, (i % shot_frames) / shot_frames)
+        yield frame + rng.normal(0.0, GRAIN_SIGMA, frame.shape)
+
+
+def make_test_scan(folder: Path, width: int, height: int, frames: int, seed: int = 0) -> list[Path]:
+    """The shots of ``make_test_film`` as a film scanner's run: ``scan_0086400.dpx`` on, 10-bit DPX, one a frame."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pattern = str(folder).replace("%", "%%") + "/scan_%07d.dpx"
+    with av.open(pattern, "w", format="image2", options={"start_number": "86400"}) as out:
+        stream = out.add_stream("dpx", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = width, height, "gbrp10le"
+        for i, shot in enumerate(_test_shots(width, height, frames, seed)):
+            gray = np.clip(shot * 257, 0, 65535).astype(np.uint16)
+            _encode(out, stream, av.VideoFrame.from_ndarray(gray, format="gray16le").reformat(format="gbrp10le"), i)
+        _encode(out, stream, None, 0)
+    return sorted(folder.glob("scan_*.dpx"))
+
+
+def make_test_film(path: Path, width: int, height: int, seconds: float, seed: int = 0) -> Path:
+    """A black-and-white H.264 film: pan-and-zoom shots over the sample photos, with grain and hard cuts."""
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=FPS)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"crf": "18", "preset": "veryfast"}
-        for i in range(frames):
-            image = images[(i // shot_frames) % len(images)]
-            t = (i % shot_frames) / shot_frames
-            frame = _pan_zoom(image, width, height, t)
-            grain = rng.normal(0.0, GRAIN_SIGMA, frame.shape)
-            gray = np.clip(frame + grain, 0, 255).astype(np.uint8)
-            video_frame = av.VideoFrame.from_ndarray(gray, format="gray").reformat(format="yuv420p")
-            video_frame.pts = i
-            for packet in stream.encode(video_frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+        for i, shot in enumerate(_test_shots(width, height, round(seconds * FPS), seed)):
+            gray = np.clip(shot, 0, 255).astype(np.uint8)
+            _encode(out, stream, av.VideoFrame.from_ndarray(gray, format="gray").reformat(format="yuv420p"), i)
+        _encode(out, stream, None, 0)
     return path
+
+
+def _encode(out, stream, frame: av.VideoFrame | None, pts: int) -> None:
+    """``frame`` encoded at ``pts`` and muxed; None flushes the encoder."""
+    if frame is not None:
+        frame.pts = pts
+    for packet in stream.encode(frame):
+        out.mux(packet)
 
 
 def _pan_zoom(image: np.ndarray, width: int, height: int, t: float) -> np.ndarray:
