@@ -39,7 +39,7 @@ from worker.pipeline import _colour, _colour_on_device
 from worker.settings import Settings
 from worker.smoothing import SmoothingOptions
 from worker.video_sink import EncodeOptions, plan_output
-from worker.video_source import RUN_WINDOW_FRAMES, decode_frames, probe_film
+from worker.video_source import RUN_WINDOW_FRAMES, decode_frames, probe_film, with_log_choice
 from worker.work import Runtime
 
 SIZE = (96, 64)
@@ -228,6 +228,27 @@ def test_a_log_scan_is_said_to_be_log_and_its_frames_out_say_so_too(tmp_path, ca
     assert run_cli(tiny_checkpoint, str(tmp_path / "reel1"), "-o", str(tmp_path / "colour" / "c_%07d.dpx")) == 0
     written = [(tmp_path / "colour" / f"c_{FIRST + i:07d}.dpx").read_bytes() for i in range(2)]
     assert [frame[801:803] for frame in written] == [b"\x01\x01"] * 2
+
+
+def test_a_scan_is_read_as_log_or_not_as_asked_whatever_its_headers_say(tmp_path, tiny_checkpoint):
+    # A TIFF run has nowhere to say it is log, and some DPX scanners do not fill the field in (or fill it wrongly).
+    codes = [(f.astype(np.float64) / 255 * 590 + 95).astype(np.uint16) << 6
+             for f in gray_frames(moving_scene(2, 96, 64))]
+    write_frames(tmp_path / "tiff", codes, name="scan_%07d.tif", codec="tiff", pix_fmt="gray16le")
+    run = tmp_path / "tiff" / "scan_%07d.tif"
+    film = probe_film(run, 1 << 30)
+    assert not film.video.log_encoded and with_log_choice(film, "cineon").video.log_encoded
+    layout = frames_layout(with_log_choice(film, "cineon").video, FrameTarget.parse(str(tmp_path / "o_%07d.dpx")))
+    frame = next(decode_frames(with_log_choice(film, "cineon"), layout.frame, 0, 1))
+    np.testing.assert_allclose(frame.L, log_luma_to_l_table(16)[frame.luma.astype(np.int64)], atol=1e-4)
+    out = tmp_path / "colour" / "c_%07d.dpx"
+    assert run_cli(tiny_checkpoint, str(run), "-o", str(out), "--log", "cineon") == 0
+    assert (tmp_path / "colour" / f"c_{FIRST:07d}.dpx").read_bytes()[801:803] == b"\x01\x01"  # the copy says log
+    log_scan(tmp_path / "dpx")  # headers that say printing density, read as they look when asked
+    assert not with_log_choice(probe_film(tmp_path / "dpx" / "scan_%07d.dpx", 1 << 30), "none").video.log_encoded
+    source = write_clip(tmp_path / "reel.mkv", [c >> 8 for c in codes])
+    with pytest.raises(BadInputError, match="is a film file; only a run of frames"):
+        with_log_choice(probe_film(source.path, 1 << 30), "cineon")
 
 
 def test_a_log_scan_is_read_as_the_light_its_codes_stand_for_and_coloured_in_its_encoding(tmp_path):

@@ -322,6 +322,10 @@ def test_a_film_job_that_could_not_be_written_is_refused_at_submission(data, err
     ({"output": "s3://colour/reel/f_%05d.dpx"},
      "options.codec: applies to film files; s3://colour/reel/f_%05d.dpx is a run of frames, written in the format "
      "its extension names"),
+    ({"options": {"codec": "ffv1", "log": "cineon"}},
+     "options.log: applies to a scan kept as a run of frames, named by its pattern (s3://scans/reel1/scan_%07d.dpx)"),
+    ({"input": "s3://scans/reel1/scan_%07d.dpx", "options": {"codec": "ffv1", "log": "yes"}},
+     "options.log: expected auto or cineon or none, got 'yes'"),
     ({"input": "s3://scans/reel1/scan_%07d.dpx", "output": "s3://scans/reel1/scan_%04d.dpx", "options": {}},
      "output: s3://scans/reel1/scan_%04d.dpx: would replace the frames of its source, s3://scans/reel1/scan_%07d.dpx"),
 ])
@@ -359,7 +363,7 @@ def test_a_run_in_a_bucket_colours_into_a_run_of_dpx_frames_exactly_as_tinct_col
     put_object(s3, "s3://colour/reel1/colour_0099999.dpx", b"a frame of another run, left alone")
     start_worker()
     run, output = "s3://scans/reel1/scan_%07d.dpx", "s3://colour/reel1/colour_%07d.dpx"
-    job_id, _ = client.submit(spec(run, output, model))
+    job_id, _ = client.submit(spec(run, output, model, log="cineon"))  # a log scan whose headers do not say so
     record = wait_for_job(client, job_id)
     assert record.state == "succeeded", record.error
     names = [f"colour_{86400 + i:07d}.dpx" for i in range(24)]
@@ -373,7 +377,8 @@ def test_a_run_in_a_bucket_colours_into_a_run_of_dpx_frames_exactly_as_tinct_col
     # The same run coloured by the CLI in segments as long: the service's 3 segments, from 3 workers' worth of
     # pieces, joined into the same frames, headers (rate, timecode) and all.
     assert main(["colorize", str(tmp_path / "reel1" / "scan_%07d.dpx"), "-o", str(tmp_path / "cli" / "colour_%07d.dpx"),
-                 "--model", str(model), "--engine", "torch", "--render-size", "64", "--segment-seconds", "0.5"]) == 0
+                 "--model", str(model), "--engine", "torch", "--render-size", "64", "--segment-seconds", "0.5",
+                 "--log", "cineon"]) == 0
     local = tmp_path / "service"
     local.mkdir()
     for name in names:
@@ -383,6 +388,7 @@ def test_a_run_in_a_bucket_colours_into_a_run_of_dpx_frames_exactly_as_tinct_col
         assert np.abs(served - made).max() <= 1  # the service and the CLI coloured with torch at other thread counts
         assert np.percentile(np.abs(luma_of(served) - (written >> 6)), 99) <= 1.0  # the scan's 10-bit lightness
     assert (local / names[5]).read_bytes()[:2048] == (tmp_path / "cli" / names[5]).read_bytes()[:2048]
+    assert (local / names[5]).read_bytes()[801:803] == b"\x01\x01"  # read as log, and its frames say so
     assert find_sequence(local / "colour_%07d.dpx").timecode == "01:00:10:05"
 
 

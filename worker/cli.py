@@ -52,6 +52,7 @@ from worker.video_sink import (
     check_container,
     fallback_container,
 )
+from worker.video_source import LOG_CHOICES
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 _KEPT = "finished photos and film segments are kept; run again to resume"
@@ -155,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the rate runs of numbered frames play at: DPX scans in folders, or frames named by a "
                        "pattern such as scans/reel1/scan_%%07d.tif, e.g. 24, 18 or 23.976 (default: the rate DPX "
                        "frames declare, else 24)")
+    films.add_argument("--log", default="auto", choices=LOG_CHOICES,
+                       help="how a run of frames' codes are read: auto (as DPX headers say: printing density or "
+                       "logarithmic is Cineon log), cineon (log scans whose headers do not say so, such as TIFF "
+                       "runs), none (as they look) (default: %(default)s)")
     films.add_argument("--reference", action="append", type=reference, default=[], metavar="TIME=IMAGE",
                        help="a colour picture of one frame of a single input film (TIME in seconds, or frame:N), "
                        "carried forward and backward through its shot by motion; repeatable")
@@ -213,7 +218,7 @@ def _colorize(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             smoothing=SmoothingOptions(strength=args.smoothing),
             encode=EncodeOptions(codec=args.codec, crf=args.crf, preset=args.preset),
             segment_seconds=args.segment_seconds, max_pixels=args.max_pixels or DEFAULT_MAX_FILM_PIXELS,
-            recolor=args.recolor, overwrite=args.overwrite, frame_rate=args.frame_rate,
+            recolor=args.recolor, overwrite=args.overwrite, frame_rate=args.frame_rate, log=args.log,
             references=tuple(args.reference),
             limits=settings.guidance_limits,
         )

@@ -34,6 +34,7 @@ from worker.hints import check_local_bounds, load_hints_file
 from worker.jobs import FINISHED, JobOptions, JobRecord, JobSpec, JobSpecError, parse_options
 from worker.settings import GPU_QUEUE, IO_QUEUE, Settings
 from worker.top import add_top_command
+from worker.video_source import LOG_CHOICES
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 QUEUE_NAMES = {"colorize": GPU_QUEUE, "io": IO_QUEUE}
@@ -119,12 +120,14 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--crf", type=int, default=defaults.crf)
     group.add_argument("--preset", default=defaults.preset)
     group.add_argument("--recolor", action="store_true")
+    group.add_argument("--log", default=defaults.log, choices=LOG_CHOICES,
+                       help="how a run of frames' codes are read: auto (as DPX headers say), cineon, none")
     group.add_argument("--format", default=defaults.format, help="photo output format (default: the source's)")
 
 
 def _job_options(args: argparse.Namespace) -> dict:
     return {"model": args.model, "render_size": args.render_size, "smoothing": args.smoothing, "codec": args.codec,
-            "crf": args.crf, "preset": args.preset, "recolor": args.recolor, "format": args.format}
+            "crf": args.crf, "preset": args.preset, "recolor": args.recolor, "log": args.log, "format": args.format}
 
 
 def _service():

@@ -61,7 +61,7 @@ from worker.video_sink import (
     check_container,
     plan_output,
 )
-from worker.video_source import FilmInfo, probe_film
+from worker.video_source import FilmInfo, probe_film, with_log_choice
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ class FilmOptions:
     recolor: bool = False
     overwrite: bool = False
     frame_rate: Fraction | None = None  # of runs of numbered frames (worker.frame_sequences); None: their own
+    log: str = "auto"  # how a run's codes are read (worker.video_source.LOG_CHOICES): as its DPX headers say
     # Reference frames (worker.references): colour pictures of frames, carried through their shots.
     references: tuple[FilmReference, ...] = ()
     limits: GuidanceLimits = field(default_factory=GuidanceLimits)  # how many references, how large a picture
@@ -198,7 +199,7 @@ def colorize_film(
         return FilmOutcome(source, output, "exists")
     if frames is None:
         check_container(output, options.encode.codec)
-    film = probe_film(source, options.max_pixels, options.frame_rate)
+    film = with_log_choice(probe_film(source, options.max_pixels, options.frame_rate), options.log)
     if options.frame_rate is not None and film.sequence is None:
         logger.warning("%s: keeps its own timing; a frame rate applies to runs of frames only", source)
     if film.is_colour and not options.recolor:
@@ -322,6 +323,7 @@ def _manifest(film: FilmInfo, colorizer: Colorizer, options: FilmOptions, model_
             "model": model_label,
             "render_size": colorizer.render_size,
             "smoothing": options.smoothing.strength,
+            "log": film.video.log_encoded,  # read so, coloured so: a rerun read otherwise redoes every segment
             **written,
         },
         "segments": [s.as_dict() for s in segments],

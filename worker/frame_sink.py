@@ -33,6 +33,7 @@ from worker.errors import BadInputError
 from worker.frame_sequences import (
     DPX_GENERIC_HEADER_BYTES,
     DPX_HEADER_BYTES,
+    DPX_LOG_TRANSFERS,
     DPX_MAGIC,
     DPX_RATE_OFFSETS,
     DPX_TIMECODE_OFFSET,
@@ -55,6 +56,7 @@ FRAME_FORMATS = {
 DPX_INDUSTRY_HEADER_BYTES = DPX_HEADER_BYTES - DPX_GENERIC_HEADER_BYTES
 DPX_INDUSTRY_SIZE_OFFSET = 28  # U32: how many bytes of industry headers follow the generic ones
 DPX_ELEMENT_DATA_OFFSET = 808  # U32: where image element 1's data starts
+PRINTING_DENSITY = (1, 1)  # SMPTE 268M transfer characteristic and colorimetric specification of a Cineon log scan
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,8 @@ class FrameWriter:
         self._rate = film.sequence.frame_rate if film.sequence is not None else film.video.average_rate
         self._timecode = film.timecode
         self._dpx_encoding = film.sequence.dpx_encoding if film.sequence is not None else None
+        if layout.frame.log_encoded and (self._dpx_encoding or (0,))[0] not in DPX_LOG_TRANSFERS:
+            self._dpx_encoding = PRINTING_DENSITY  # a scan read as log by choice, not by its headers
         encoder, formats = FRAME_FORMATS[target.suffix.lower()]
         self._pix_fmt = formats[layout.bit_depth]
         self._encoder = av.CodecContext.create(encoder, "w")

@@ -35,6 +35,7 @@ from worker.references import ReferenceError, parse_job_references
 from worker.settings import GuidanceLimits
 from worker.storage import join_uri, parse_uri
 from worker.video_sink import CONTAINERS, EncodeOptions, canonical_codec, container_problem, fallback_container
+from worker.video_source import LOG_CHOICES
 
 KINDS = ("image", "video", "collection")
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -65,6 +66,7 @@ class JobOptions:
     crf: int | None = None
     preset: str = "medium"
     recolor: bool = False
+    log: str = "auto"  # how a run of frames' codes are read (worker.video_source.LOG_CHOICES)
     format: str | None = None  # photo output format (jpg, png, tif, webp, bmp); None keeps the source's
     # A photo's colour hints (worker.hints), in canonical form; part of the id, so corrected hints are a new job.
     # Not hashed with the options (a dict is not hashable); compared and digested like every other field.
@@ -107,6 +109,9 @@ class JobSpec:
         if options.hints is not None and kind != "image":
             raise JobSpecError("options.hints", "hints belong to one photo (kind image); for a folder or prefix, "
                                "tinct bulk queues each photo with the <name>.hints.json beside it")
+        if options.log != "auto" and not (kind == "video" and is_pattern(parse_uri(source)[2])):
+            raise JobSpecError("options.log", "applies to a scan kept as a run of frames, named by its pattern "
+                               "(s3://scans/reel1/scan_%07d.dpx)")
         if options.references is not None and kind != "video":
             raise JobSpecError("options.references", "references belong to one film (kind video); for a folder or "
                                "prefix, tinct bulk queues each film with the <name>.references/ folder beside it")
@@ -255,6 +260,10 @@ def _option_value(key: str, value: Any, limits: GuidanceLimits) -> Any:
     if key == "recolor":
         if not isinstance(value, bool):
             raise bad("true or false")
+        return value
+    if key == "log":
+        if value not in LOG_CHOICES:
+            raise bad(" or ".join(LOG_CHOICES))
         return value
     if key == "hints":
         if value is None:

@@ -635,6 +635,23 @@ def _field_order(codec_context, frame) -> int:
     return FIELD_UNKNOWN
 
 
+LOG_CHOICES = ("auto", "cineon", "none")  # how a run's codes are read: as its DPX headers say, Cineon log, as shown
+
+
+def with_log_choice(film: FilmInfo, choice: str) -> FilmInfo:
+    """``film`` with its codes read as ``choice`` says (one of LOG_CHOICES): ``auto`` as its DPX headers say, which
+    ``probe_film`` has done; ``cineon`` as Cineon log (a TIFF or PNG run of log scans, or DPX frames whose headers do
+    not say it), ``none`` as they look. Only a run of frames is a scan to read so: BadInputError for a film file."""
+    if choice not in LOG_CHOICES:
+        raise ValueError(f"unknown log choice {choice!r}; choose one of {', '.join(LOG_CHOICES)}")
+    if choice == "auto" or film.video.log_encoded == (choice == "cineon"):
+        return film
+    if film.sequence is None:
+        raise BadInputError(film.path, "is a film file; only a run of frames (DPX, TIFF or PNG scans) is read as "
+                            f"log or not at will (log {choice})")
+    return replace(film, video=replace(film.video, log_encoded=choice == "cineon"))
+
+
 def _first_field(frame: av.VideoFrame) -> int:
     """FIELD_TT or FIELD_BB: which field of the woven ``frame`` its decoder flagged as shown first. PyAV does not
     show that flag, but FFmpeg's filters keep it: the frame's lines are replaced by a marker (0 on even lines, the

@@ -74,7 +74,7 @@ from worker.settings import Settings
 from worker.smoothing import SmoothingOptions
 from worker.storage import ObjectInfo, Storage, join_uri, parse_uri, relative_key
 from worker.video_sink import CODECS, EncodeOptions, OutputLayout, SegmentWriter, plan_output
-from worker.video_source import FilmInfo, probe_film
+from worker.video_source import FilmInfo, probe_film, with_log_choice
 
 logger = logging.getLogger(__name__)
 
@@ -369,7 +369,7 @@ def _plan_photos(rt: Runtime, record: JobRecord, inputs: list[tuple[str, int]], 
 
 def _plan_film(rt: Runtime, record: JobRecord, enqueue: Enqueue) -> None:
     spec = record.spec
-    film = rt.film(spec.input)
+    film = job_film(rt, spec)
     options = _film_options(spec)
     if film.is_colour and not spec.options.recolor:
         raise BadInputError(spec.input, "a colour film; set options.recolor to colorize its lightness anyway")
@@ -521,6 +521,11 @@ def _film_options(spec: JobSpec) -> dict:
     }
 
 
+def job_film(rt: Runtime, spec: JobSpec) -> FilmInfo:
+    """A film job's film, probed once per process, its codes read as the job says (``options.log``)."""
+    return with_log_choice(rt.film(spec.input), spec.options.log)
+
+
 def frames_target(spec: JobSpec) -> FrameTarget | None:
     """The names of a film job's output frames (their folder aside), or None for an output that is one film file."""
     output = film_output_uri(spec)
@@ -576,7 +581,7 @@ def _colorize_segment(rt: Runtime, spec: JobSpec, segment: Segment, lease: Lease
     loaded = rt.colorizer(spec.options.model, spec.options.render_size)
     liveness.progress()
     began = time.perf_counter()
-    film = rt.film(spec.input)
+    film = job_film(rt, spec)
     target = frames_target(spec)
     layout = plan_output(film.video, options["encode"]) if target is None else frames_layout(film.video, target)
     # Each holder stages its own file (or folder of frames), named by its lease: a late result can never overwrite
@@ -725,7 +730,7 @@ def _join(rt: Runtime, record: JobRecord, lease: Lease) -> None:
         rt.storage.download(join_uri(staging, name), local)
         liveness.progress()
         paths.append(local)
-    film = rt.film(spec.input)
+    film = job_film(rt, spec)
     output = film_output_uri(spec)
     final = scratch / f"output{PurePosixPath(parse_uri(output)[2]).suffix}"
     label, used_size = rt.redis.hmget(f"tinct:job:{job_id}", "model_label", "render_size")
