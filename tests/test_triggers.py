@@ -729,13 +729,14 @@ def test_bulk_can_colour_each_run_into_frames_named_as_its_own(submitter, s3_ser
     for key in [f"in/reel1/scan_{n:07d}.dpx" for n in range(86400, 86403)] + ["in/0001.dpx", "in/0002.dpx",
                                                                                "in/tape.mkv"]:
         put(s3_server, "scans", key, body=key.encode())
-    options = replace(OPTIONS, codec="ffv1")  # for the film file; a run of frames has no encoder
+    # The codec is the film file's (a run of frames has no encoder), the log reading the runs' (a film is no scan).
+    options = replace(OPTIONS, codec="ffv1", log="cineon")
     report = bulk(submitter, "s3://scans/in/", "s3://out/", options, runs_to_frames=True)
     created = {spec.input: spec for spec in submitter.created}
-    assert {uri: (spec.output, spec.options.codec) for uri, spec in created.items()} == {
-        "s3://scans/in/reel1/scan_%07d.dpx": ("s3://out/reel1/scan_%07d.dpx", "h264"),
-        "s3://scans/in/%04d.dpx": ("s3://out/%04d.dpx", "h264"),
-        "s3://scans/in/tape.mkv": ("s3://out/tape.mkv", "ffv1")}
+    assert {uri: (spec.output, spec.options.codec, spec.options.log) for uri, spec in created.items()} == {
+        "s3://scans/in/reel1/scan_%07d.dpx": ("s3://out/reel1/scan_%07d.dpx", "h264", "cineon"),
+        "s3://scans/in/%04d.dpx": ("s3://out/%04d.dpx", "h264", "cineon"),
+        "s3://scans/in/tape.mkv": ("s3://out/tape.mkv", "ffv1", "auto")}
     assert all(spec.options.smoothing == 0.25 for spec in created.values()) and report.failures == []
     again = bulk(submitter, "s3://scans/in/", "s3://out/", options, runs_to_frames=True)  # a rerun finds them
     assert again.submitted == 0 and again.already_queued == 3

@@ -121,7 +121,8 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--preset", default=defaults.preset)
     group.add_argument("--recolor", action="store_true")
     group.add_argument("--log", default=defaults.log, choices=LOG_CHOICES,
-                       help="how a run of frames' codes are read: auto (as DPX headers say), cineon, none")
+                       help="how a run of frames' codes are read: auto (as DPX headers say), cineon (Cineon "
+                       "log), none (as they look); runs only (bulk and the triggers give it to the runs they find)")
     group.add_argument("--format", default=defaults.format, help="photo output format (default: the source's)")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import PurePosixPath
 from typing import Literal, Protocol
 
@@ -113,6 +114,7 @@ def job_spec_for(input_uri: str, input_prefix: str | None, output_prefix: str, o
     if spec.input != input_uri or spec.output != output:
         # Job specs strip surrounding whitespace; a key that has some would silently name another object.
         raise JobSpecError("input", f"{input_uri!r}: a key with leading or trailing whitespace cannot be a job input")
-    spec = JobSpec(spec.input, spec.output, spec.kind, options)
+    # How a scan's codes are read is a run's option (bulk's runs keep it); a photo or film file is read as it is.
+    spec = JobSpec(spec.input, spec.output, spec.kind, replace(options, log=JobOptions().log))
     check_film_encoding(spec)  # with the trigger's own codec and preset, not the defaults checked above
     return spec
