@@ -230,7 +230,7 @@ def test_a_log_scan_is_said_to_be_log_and_its_frames_out_say_so_too(tmp_path, ca
     assert [frame[801:803] for frame in written] == [b"\x01\x01"] * 2
 
 
-def test_a_scan_is_read_as_log_or_not_as_asked_whatever_its_headers_say(tmp_path, tiny_checkpoint):
+def test_a_scan_is_read_as_log_or_not_as_asked_whatever_its_headers_say(tmp_path, tiny_checkpoint, caplog):
     # A TIFF run has nowhere to say it is log, and some DPX scanners do not fill the field in (or fill it wrongly).
     codes = [(f.astype(np.float64) / 255 * 590 + 95).astype(np.uint16) << 6
              for f in gray_frames(moving_scene(2, 96, 64))]
@@ -249,6 +249,9 @@ def test_a_scan_is_read_as_log_or_not_as_asked_whatever_its_headers_say(tmp_path
     source = write_clip(tmp_path / "reel.mkv", [c >> 8 for c in codes])
     with pytest.raises(BadInputError, match="is a film file; only a run of frames"):
         with_log_choice(probe_film(source.path, 1 << 30), "cineon")
+    # A folder of scans may hold a film file too: the CLI reads it as it is, and says so.
+    assert run_cli(tiny_checkpoint, str(source.path), "-o", str(tmp_path / "reel-colour.mkv"), "--log", "cineon") == 0
+    assert f"{source.path}: a film file is read as it is; --log cineon applies to runs of frames" in caplog.text
 
 
 def test_a_log_scan_is_read_as_the_light_its_codes_stand_for_and_coloured_in_its_encoding(tmp_path):

@@ -199,7 +199,11 @@ def colorize_film(
         return FilmOutcome(source, output, "exists")
     if frames is None:
         check_container(output, options.encode.codec)
-    film = with_log_choice(probe_film(source, options.max_pixels, options.frame_rate), options.log)
+    film = probe_film(source, options.max_pixels, options.frame_rate)
+    if options.log != "auto" and film.sequence is None:  # a folder holds film files beside its scans
+        logger.warning("%s: a film file is read as it is; --log %s applies to runs of frames", source, options.log)
+    else:
+        film = with_log_choice(film, options.log)
     if options.frame_rate is not None and film.sequence is None:
         logger.warning("%s: keeps its own timing; a frame rate applies to runs of frames only", source)
     if film.is_colour and not options.recolor:
