@@ -254,6 +254,13 @@ def test_a_scan_is_read_as_log_or_not_as_asked_whatever_its_headers_say(tmp_path
     assert f"{source.path}: a film file is read as it is; --log cineon applies to runs of frames" in caplog.text
 
 
+def test_a_run_of_openexr_frames_is_said_to_be_read_as_display_codes(tmp_path, caplog):
+    ramp = np.tile(np.linspace(0, 65535, 96), (64, 1)).astype(np.uint16)
+    write_frames(tmp_path / "vfx", [ramp] * 2, name="plate_%04d.exr", first=1, codec="exr", pix_fmt="gbrpf32le")
+    probe_film(tmp_path / "vfx" / "plate_%04d.exr", 1 << 30)
+    assert "OpenEXR frames hold linear light, which Tinct reads as display codes" in caplog.text
+
+
 def test_a_log_scan_is_read_as_the_light_its_codes_stand_for_and_coloured_in_its_encoding(tmp_path):
     """The network reads a log scan's lightness as the light its codes stand for (not the flat picture the codes make
     shown as they are), and its colour is written into the copy log-encoded, channel by channel: read back as log,

@@ -298,6 +298,10 @@ def probe_film(path: str | os.PathLike, max_pixels: int, frame_rate: Fraction | 
             video, is_colour = _sample_run(path, sequence, index, container)
             if sequence.dpx_encoding is not None and sequence.dpx_encoding[0] in DPX_LOG_TRANSFERS:
                 video = replace(video, log_encoded=True)
+            if sequence.suffix.lower() == ".exr":
+                logger.warning("%s: OpenEXR frames hold linear light, which Tinct reads as display codes (dark and "
+                               "flat, and so coloured): convert the run to DPX or TIFF in a display or log "
+                               "encoding first", path)
     if sequence is None:
         with _open(path) as container:
             _check_audio_decodes(path, container)
