@@ -288,6 +288,25 @@ def test_sigkill_mid_segment_and_while_loading_the_model_the_film_completes_on_t
     assert "discarded" not in survivor.text() and joins([survivor], job_id) == 1
 
 
+def test_sigkill_mid_segment_of_a_film_into_frames_places_each_frame_once_and_leaves_nothing_staged(env):
+    """A segment staging its frames as it makes them dies with some staged: the survivor's are the ones placed, the
+    dead holder's go with the staging, and no frame outside the run appears."""
+    put_film(env, "reel.mkv", 120, *BUSY_FRAME)  # 5 s: 5 segments of 1 s
+    survivor = env.start_worker("survivor")
+    doomed = env.start_worker("doomed")
+    ready(survivor, doomed)
+    job_id, _ = env.client.submit(env.spec("s3://scans/reel.mkv", "s3://colour/reel/frame_%04d.png"))
+    in_segment = wait_until(lambda: mid_piece(env, doomed, job_id), 120,
+                            lambda: f"doomed mid-segment: {doomed.log_tail()}")
+    wait_until(lambda: any(f"{in_segment.piece}." in key for key in keys(env.s3, "colour")), 30,
+               "the doomed segment's first frames staged", poll=0.02)
+    doomed.kill()
+    record = wait_for_job(env.client, job_id, timeout=180)
+    assert record.state == "succeeded", record.error
+    assert keys(env.s3, "colour") == [f"reel/frame_{i:04d}.png" for i in range(120)]  # placed once, none staged
+    assert {(e["piece"], e["outcome"]) for e in requeued(env, job_id)} >= {(in_segment.piece, "requeued")}
+
+
 # --- SIGTERM -------------------------------------------------------------------------------------------------
 
 
