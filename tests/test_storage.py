@@ -274,6 +274,19 @@ def test_a_failed_upload_is_raised_named_and_keeps_its_file(storage: Storage, bu
     assert (tmp_path / "a.dpx").read_bytes() == b"frame"  # not stored: not removed
 
 
+def test_leaving_uploads_on_an_error_cancels_the_queued_ones_and_the_error_stands(storage: Storage, bucket: str,
+                                                                                  tmp_path: Path) -> None:
+    # As a segment's frames stop when its job is cancelled: the error that left the block is the one raised.
+    paths = []
+    for i in range(40):
+        paths.append(tmp_path / f"f_{i:03d}.dpx")
+        paths[-1].write_bytes(os.urandom(200_000))
+    with pytest.raises(RuntimeError, match="the job has ended"), storage.uploads(in_flight=40) as uploads:
+        for path in paths:
+            uploads.add(path, join_uri(bucket, f"staged/{path.name}"))
+        raise RuntimeError("the job has ended")
+
+
 @pytest.mark.parametrize("side", ["s3", "file"])
 def test_copy_listed_copies_what_was_listed_and_a_file_replaced_since_is_refused(storage: Storage, bucket: str,
                                                                                  tmp_path: Path, side: str) -> None:

@@ -877,9 +877,15 @@ class Uploads:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
-        if self._manager is not None:
-            self._manager.shutdown(cancel=exc_type is not None)
-            self._manager = None
+        if self._manager is None:
+            return
+        if exc_type is not None:
+            # Each one cancelled here: TransferManager.shutdown(cancel=True) hands its message on as the exception
+            # type (s3transfer 0.x), so it raised TypeError over the error that left the block.
+            for _, _, future in self._pending:
+                future.cancel()
+        self._manager.shutdown()
+        self._manager = None
 
     def add(self, local_path: str | os.PathLike, uri: str) -> None:
         local_path = Path(local_path)
