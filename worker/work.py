@@ -670,9 +670,10 @@ def _colorize_to_frames(rt: Runtime, film: FilmInfo, target: FrameTarget, layout
 
 
 def _unstage(rt: Runtime, local: Path, staged: str, target: FrameTarget | None) -> None:
-    """Remove a discarded segment: its encoded file here, or the frames it has staged."""
+    """Remove a discarded segment: its encoded file, here and staged, or the frames it has staged."""
     if target is None:
         local.unlink(missing_ok=True)
+        rt.storage.delete(staged)  # (a commit refused after the upload)
     else:
         rt.storage.delete_prefix(staged)
 
