@@ -38,6 +38,7 @@ from worker.video_sink import CONTAINERS, EncodeOptions, canonical_codec, contai
 from worker.video_source import LOG_CHOICES
 
 KINDS = ("image", "video", "collection")
+ENCODER_OPTIONS = ("codec", "crf", "preset")  # a film file's alone: a run of frames is written in its suffix's format
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED = ("succeeded", "failed", "cancelled")
 KEY_PREFIX = "tinct:"
@@ -129,6 +130,11 @@ class JobSpec:
         return hashlib.sha256(identity.encode()).hexdigest()[:24]
 
 
+def output_folder(spec: JobSpec) -> str:
+    """The folder (or prefix, ending in ``/``) a film job writes into: its film's, or its run of frames'."""
+    return film_output_uri(spec).rsplit("/", 1)[0] + "/"
+
+
 def film_output_uri(spec: JobSpec) -> str:
     """Where a film job writes: its output, or in an output folder the film's name with its own container (when
     Tinct writes it) or the one its codec falls back to (``video_sink.fallback_container``)."""
@@ -180,7 +186,7 @@ def check_frames_output(spec: JobSpec, output: str) -> None:
     except ValueError as exc:
         raise JobSpecError("output", str(exc)) from None
     defaults = JobOptions()
-    for name in ("codec", "crf", "preset"):
+    for name in ENCODER_OPTIONS:
         if getattr(spec.options, name) != getattr(defaults, name):
             raise JobSpecError(f"options.{name}", f"applies to film files; {output} is a run of frames, written in "
                                "the format its extension names")

@@ -55,7 +55,7 @@ from worker.frame_sink import FrameTarget, FrameWriter, frames_layout, is_frame_
 from worker.hints import hints_provenance, job_photo_hints
 from worker.images import DEFAULT_MAX_PIXELS, EXTENSION_FORMATS, read_photo, write_photo
 from worker.input_cache import HeldInput, InputCache
-from worker.jobs import FINISHED, KEY_PREFIX, JobRecord, JobSpec, JobStore, film_output_uri
+from worker.jobs import FINISHED, KEY_PREFIX, JobRecord, JobSpec, JobStore, film_output_uri, output_folder
 from worker.liveness import Lease, Leases
 from worker.model_store import resolve_model
 from worker.photos import output_suffix
@@ -544,9 +544,7 @@ def remove_staging(rt: Runtime, spec: JobSpec, job_id: str) -> None:
 
 
 def staging_uri(spec: JobSpec, job_id: str) -> str:
-    output = film_output_uri(spec)
-    parent = output.rsplit("/", 1)[0] + "/"
-    return join_uri(parent, f"{STAGING}/{job_id}") + "/"
+    return join_uri(output_folder(spec), f"{STAGING}/{job_id}") + "/"
 
 
 def colorize_segment(rt: Runtime, job_id: str, segment_dict: dict, enqueue: Enqueue) -> None:
@@ -766,7 +764,7 @@ def _publish_frames(rt: Runtime, record: JobRecord, lease: Lease, target: FrameT
     job_id, spec = record.id, record.spec
     staging = staging_uri(spec, job_id)
     output = film_output_uri(spec)
-    folder = output.rsplit("/", 1)[0] + "/"
+    folder = output_folder(spec)
     copies: list[tuple[ObjectInfo, str]] = []
     numbers: list[int] = []
     for segment in segments:

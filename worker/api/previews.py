@@ -37,7 +37,7 @@ from worker.frame_sequences import DPX_LOG_TRANSFERS, DPX_TRANSFER_OFFSET, is_pa
 from worker.frame_sink import FrameTarget
 from worker.hints import HintSpec
 from worker.images import DEFAULT_MAX_PIXELS, EXTENSION_FORMATS, read_photo, shown_as_srgb
-from worker.jobs import JobRecord, JobSpec, film_output_uri
+from worker.jobs import JobRecord, JobSpec, film_output_uri, output_folder
 from worker.settings import Settings
 from worker.storage import Storage, join_uri, parse_uri
 from worker.video_source import decode_from, index_frames
@@ -233,7 +233,7 @@ class Previews:
 def _shown_frames(record: JobRecord, frames: FrameTarget) -> list[str]:
     """The URIs of ``FILM_FRAMES`` evenly spaced frames of a film job's output run (none before it has finished)."""
     count, first = int(record.metrics.get("frames", 0)), int(record.metrics.get("first_frame", 0))
-    folder = film_output_uri(record.spec).rsplit("/", 1)[0] + "/"
+    folder = output_folder(record.spec)
     positions = sorted({int(count * (i + 0.5) / FILM_FRAMES) for i in range(FILM_FRAMES)}) if count else []
     return [join_uri(folder, frames.name(first + position)) for position in positions]
 

@@ -33,7 +33,16 @@ from worker.errors import BadInputError, ModelError, PermanentError, TinctError,
 from worker.frame_sequences import frame_number
 from worker.hints import HintError, parse_hints
 from worker.images import EXTENSION_FORMATS
-from worker.jobs import FINISHED, KEY_PREFIX, STATES, JobRecord, JobSpec, JobSpecError, parse_options
+from worker.jobs import (
+    FINISHED,
+    KEY_PREFIX,
+    STATES,
+    JobRecord,
+    JobSpec,
+    JobSpecError,
+    output_folder,
+    parse_options,
+)
 from worker.photos import FILM_EXTENSIONS
 from worker.service import QueueError, Service
 from worker.settings import Settings
@@ -347,7 +356,7 @@ def _result_uris(state: ApiState, record: JobRecord) -> list[str]:
     frames = frames_target(record.spec) if record.spec.kind == "video" else None
     if frames is not None:  # the job's own frames: their folder may hold other runs, or a longer one coloured before
         first, count = int(record.metrics.get("first_frame", 0)), int(record.metrics.get("frames", 0))
-        folder = record.outputs[0].rsplit("/", 1)[0] + "/"
+        folder = output_folder(record.spec)
         uris = []
         for info in state.storage.list(folder):
             number = frame_number(relative_key(folder, info.uri), frames.prefix, frames.digits, frames.suffix)

@@ -20,7 +20,7 @@ from typing import TypeVar
 from worker.errors import BadInputError, TinctError, TransientError, one_line
 from worker.frame_sequences import run_key, stored_run
 from worker.hints import HINTS_SUFFIX
-from worker.jobs import JobOptions, JobSpec, check_film_encoding
+from worker.jobs import ENCODER_OPTIONS, JobOptions, JobSpec, check_film_encoding
 from worker.references import REFERENCES_SUFFIX
 from worker.settings import GuidanceLimits
 from worker.storage import ObjectInfo, Storage, join_uri, normalize_uri, relative_key
@@ -252,7 +252,7 @@ class _Runs:
             if self.to_frames:
                 output = join_uri(output, pattern.rsplit("/", 1)[1])
                 defaults = JobOptions()
-                options = replace(options, codec=defaults.codec, crf=defaults.crf, preset=defaults.preset)
+                options = replace(options, **{name: getattr(defaults, name) for name in ENCODER_OPTIONS})
             spec = JobSpec(pattern, output, "video", options)
             check_film_encoding(spec)
         except (TinctError, ValueError) as error:
