@@ -89,6 +89,11 @@ def linear_to_srgb(lin: torch.Tensor) -> torch.Tensor:
     return torch.where(lin > 0.0031308, 1.055 * lin.clamp(min=0.0031308) ** (1 / 2.4) - 0.055, lin * 12.92)
 
 
+def linear_to_srgb_np(linear: np.ndarray) -> np.ndarray:
+    """``linear_to_srgb`` of a float32 array of any shape."""
+    return linear_to_srgb(torch.from_numpy(np.ascontiguousarray(linear, dtype=np.float32))).numpy()
+
+
 def _lab_f(t: torch.Tensor) -> torch.Tensor:
     return torch.where(t > _EPS_LAB, t.clamp(min=_EPS_LAB) ** (1 / 3), _SLOPE_LAB * t + 16.0 / 116.0)
 

@@ -16,7 +16,14 @@ import numpy as np
 import pytest
 import torch
 
-from models.color import cineon_to_linear, linear_to_srgb, log_luma_to_l_table, rgb_to_lab, ycbcr_to_rgb_np
+from models.color import (
+    cineon_to_linear,
+    linear_to_srgb,
+    log_luma_to_l_table,
+    rgb_to_lab,
+    srgb_to_linear,
+    ycbcr_to_rgb_np,
+)
 from tests.media import gray_frames, luma_of, lumas, moving_scene, probe, read_frames, write_clip, write_frames
 from tests.services import put_object
 from tests.test_films import _InterruptingColorizer, is_coloured, run_cli
@@ -192,6 +199,10 @@ def test_one_dpx_frame_named_alone_is_told_to_name_its_run(tmp_path, output):
     run = tmp_path / "reel1" / "scan_%07d.dpx"
     assert [f.reason for f in plan.failures] == [
         f"{paths[1]}: one frame of a film; name the run of frames to colorize it ({run})"]
+    lone = paths[1].rename(tmp_path / "still.dpx")  # no number to be a run by (this raised IndexError)
+    assert [f.reason for f in plan_photos([lone], tmp_path / output).failures] == [
+        f"{lone}: one frame of a film; Tinct colours such frames as the runs of a film, named by the printf pattern "
+        "of their numbered names (scan_%07d.dpx)"]
 
 
 def test_a_folder_holding_one_run_may_be_given_a_film_name(tmp_path, tiny_checkpoint, capsys):
@@ -254,11 +265,52 @@ def test_a_scan_is_read_as_log_or_not_as_asked_whatever_its_headers_say(tmp_path
     assert f"{source.path}: a film file is read as it is; --log cineon applies to runs of frames" in caplog.text
 
 
-def test_a_run_of_openexr_frames_is_said_to_be_read_as_display_codes(tmp_path, caplog):
-    ramp = np.tile(np.linspace(0, 65535, 96), (64, 1)).astype(np.uint16)
-    write_frames(tmp_path / "vfx", [ramp] * 2, name="plate_%04d.exr", first=1, codec="exr", pix_fmt="gbrpf32le")
-    probe_film(tmp_path / "vfx" / "plate_%04d.exr", 1 << 30)
-    assert "OpenEXR frames hold linear light, which Tinct reads as display codes" in caplog.text
+def openexr_plate(folder: Path, frames: int = 2) -> tuple[list[Path], list[np.ndarray]]:
+    """A VFX plate: a run of OpenEXR frames of linear light (R = G = B), the light of a moving scene shown in sRGB,
+    with a highlight four times display white in its top-left corner (400 of 6,144 pixels)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lights = []
+    for index, shown in enumerate(gray_frames(moving_scene(frames, 96, 64))):
+        light = srgb_to_linear(torch.from_numpy(shown.astype(np.float32) / 255)).numpy()
+        light[:20, :20] = 4.0
+        lights.append(light)
+        with av.open(str(folder / f"plate_{index + 1:04d}.exr"), "w", format="image2") as out:
+            stream = out.add_stream("exr", rate=24)
+            stream.width, stream.height, stream.pix_fmt = 96, 64, "gbrpf32le"
+            picture = av.VideoFrame(96, 64, "gbrpf32le")
+            for plane in picture.planes:
+                np.frombuffer(plane, np.float32).reshape(64, -1)[:, :96] = light
+            out.mux(stream.encode(picture))
+            out.mux(stream.encode())
+    return sorted(folder.glob("plate_*.exr")), lights
+
+
+def test_a_run_of_openexr_frames_is_read_as_linear_light_through_the_srgb_curve(tmp_path, caplog, tiny_checkpoint):
+    """An OpenEXR plate holds light, not codes: read as display codes, as before, its mid-grey (light 0.18) was code
+    0.18, a dark, flat picture coloured as such. Its lightness is now the light through the sRGB curve, highlights
+    above display white shown white (and said to be), and its copy is display-referred and tagged so."""
+    paths, lights = openexr_plate(tmp_path / "vfx")
+    with caplog.at_level("INFO"):
+        film = probe_film(tmp_path / "vfx" / "plate_%04d.exr", 1 << 30)
+    assert film.video.scene_linear and (film.video.color_trc, film.video.color_primaries) == (13, 1)  # sRGB, BT.709
+    assert "its frames hold linear light (float, as OpenEXR's): read through the sRGB curve" in caplog.text
+    assert "6.5% of a sampled frame is brighter than display white (1.0) and comes out white" in caplog.text
+    layout = frames_layout(film.video, FrameTarget.parse(str(tmp_path / "o_%04d.tif")))
+    assert layout.frame.bit_depth == 16
+    for frame, light in zip(decode_frames(film, layout.frame, 0, 2), lights, strict=True):
+        shown = linear_to_srgb(torch.from_numpy(light).clamp(0, 1)).numpy() * 65535
+        assert np.abs(frame.luma.astype(np.int64) - np.rint(shown)).max() <= 1
+        assert (frame.luma[:20, :20] == 65535).all()
+    with pytest.raises(BadInputError, match="holds linear light .*, not log codes"):
+        with_log_choice(film, "cineon")
+    # A folder of plates is a film, as one of DPX scans is; its copy says it is sRGB, as its codes are.
+    plan = plan_photos([tmp_path / "vfx"], tmp_path / "colour")
+    assert [str(task.source) for task in plan.films] == [str(tmp_path / "vfx" / "plate_%04d.exr")]
+    assert run_cli(tiny_checkpoint, str(tmp_path / "vfx"), "-o", str(tmp_path / "colour"), "--log", "cineon") == 0
+    assert "its frames hold linear light, read through the sRGB curve; --log cineon applies to runs" in caplog.text
+    copy = tmp_path / "colour" / "plate.mkv"
+    assert (probe(copy).color_trc, probe(copy).color_primaries) == ("iec61966-2-1", "bt709") and is_coloured(copy)
+    assert run_cli(tiny_checkpoint, str(paths[0]), "-o", str(tmp_path / "one")) == 1  # one frame alone: name its run
 
 
 def test_a_log_scan_is_read_as_the_light_its_codes_stand_for_and_coloured_in_its_encoding(tmp_path):

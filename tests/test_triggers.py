@@ -726,20 +726,22 @@ def test_webhook_events_send_a_film_with_its_reference_folder(webhook, submitter
 
 def test_bulk_can_colour_each_run_into_frames_named_as_its_own(submitter, s3_server):  # noqa: F811
     s3_server.make_bucket("scans")
-    for key in [f"in/reel1/scan_{n:07d}.dpx" for n in range(86400, 86403)] + ["in/0001.dpx", "in/0002.dpx",
-                                                                               "in/tape.mkv"]:
+    for key in [f"in/reel1/scan_{n:07d}.dpx" for n in range(86400, 86403)] + [
+            "in/0001.dpx", "in/0002.dpx", "in/tape.mkv", "in/vfx/plate_0001.exr", "in/vfx/plate_0002.exr"]:
         put(s3_server, "scans", key, body=key.encode())
-    # The codec is the film file's (a run of frames has no encoder), the log reading the runs' (a film is no scan).
+    # The codec is the film file's (a run of frames has no encoder), the log reading the scans' (a film is no scan,
+    # nor is an OpenEXR plate, which holds linear light). Tinct writes no OpenEXR: a plate's frames come out as DPX.
     options = replace(OPTIONS, codec="ffv1", log="cineon")
     report = bulk(submitter, "s3://scans/in/", "s3://out/", options, runs_to_frames=True)
     created = {spec.input: spec for spec in submitter.created}
     assert {uri: (spec.output, spec.options.codec, spec.options.log) for uri, spec in created.items()} == {
         "s3://scans/in/reel1/scan_%07d.dpx": ("s3://out/reel1/scan_%07d.dpx", "h264", "cineon"),
         "s3://scans/in/%04d.dpx": ("s3://out/%04d.dpx", "h264", "cineon"),
-        "s3://scans/in/tape.mkv": ("s3://out/tape.mkv", "ffv1", "auto")}
+        "s3://scans/in/tape.mkv": ("s3://out/tape.mkv", "ffv1", "auto"),
+        "s3://scans/in/vfx/plate_%04d.exr": ("s3://out/vfx/plate_%04d.dpx", "h264", "auto")}
     assert all(spec.options.smoothing == 0.25 for spec in created.values()) and report.failures == []
     again = bulk(submitter, "s3://scans/in/", "s3://out/", options, runs_to_frames=True)  # a rerun finds them
-    assert again.submitted == 0 and again.already_queued == 3
+    assert again.submitted == 0 and again.already_queued == 4
 
 
 def test_bulk_makes_each_run_of_dpx_frames_one_film_job(submitter, s3_server):  # noqa: F811

@@ -202,6 +202,9 @@ def colorize_film(
     film = probe_film(source, options.max_pixels, options.frame_rate)
     if options.log != "auto" and film.sequence is None:  # a folder holds film files beside its scans
         logger.warning("%s: a film file is read as it is; --log %s applies to runs of frames", source, options.log)
+    elif options.log != "auto" and film.video.scene_linear:  # and VFX plates
+        logger.warning("%s: its frames hold linear light, read through the sRGB curve; --log %s applies to runs of "
+                       "display or log codes", source, options.log)
     else:
         film = with_log_choice(film, options.log)
     if options.frame_rate is not None and film.sequence is None:
@@ -328,6 +331,9 @@ def _manifest(film: FilmInfo, colorizer: Colorizer, options: FilmOptions, model_
             "render_size": colorizer.render_size,
             "smoothing": options.smoothing.strength,
             "log": film.video.log_encoded,  # read so, coloured so: a rerun read otherwise redoes every segment
+            # Linear light has been read through the sRGB curve since the manifest had this key, as display codes
+            # before; only its films' manifests name it, so no other film's rerun starts over.
+            **({"scene_linear": True} if film.video.scene_linear else {}),
             **written,
         },
         "segments": [s.as_dict() for s in segments],

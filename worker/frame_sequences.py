@@ -9,8 +9,9 @@ digits, zero-padded; ``%d``: unpadded; a literal ``%`` in a name doubled); ``###
 software writes it. That name is the film's path wherever a film is named by its path (the film job, its resume
 manifest, its messages). A run must be contiguous and its frames one size: a missing frame would shift every later
 frame's time and is refused by number, and a DPX frame cut short or of another size by its file, before any work.
-DPX files in folders are always taken as runs (the format is a film scanner's, never a photo's); TIFF and PNG runs
-are photos until named by their pattern.
+DPX and OpenEXR files in folders are always taken as runs (the formats of film scanners and VFX plates, which
+Tinct never reads as photos); TIFF and PNG runs are photos until named by their pattern. OpenEXR frames hold linear
+light, which is read through the sRGB curve (``worker.video_source.VideoFormat.scene_linear``).
 
 A DPX frame says its frame rate in its film or television header where the scanner filled them in; a run whose
 frames do not say (and every TIFF or PNG run) plays at ``DEFAULT_FRAME_RATE`` unless a rate is given.
@@ -43,7 +44,9 @@ from worker.storage import ObjectInfo, format_uri, parse_uri
 logger = logging.getLogger(__name__)
 
 # Suffixes whose numbered files in a folder are frames of a film, never photos.
-FOLDER_SEQUENCE_SUFFIXES = (".dpx",)
+FOLDER_SEQUENCE_SUFFIXES = (".dpx", ".exr")
+# Suffixes whose frames hold linear light (OpenEXR's floats), never display or log codes.
+LINEAR_LIGHT_SUFFIXES = (".exr",)
 # Photo formats whose runs are films only when named by their pattern; a folder walk points out a run this long
 # (a second of film), which it colorizes as photos, one by one.
 PATTERN_ONLY_SUFFIXES = (".tif", ".tiff", ".png")
@@ -222,8 +225,8 @@ def stored_identity(uri: str, frames: list[ObjectInfo]) -> ObjectInfo:
 
 
 def folder_sequences(folder: Path, names: list[str]) -> tuple[list[str | BadInputError], list[str]]:
-    """The patterns of the runs of DPX frames among the file ``names`` in ``folder`` (or why a run cannot be a
-    film), and the names left over."""
+    """The patterns of the runs of DPX or OpenEXR frames among the file ``names`` in ``folder`` (or why a run cannot
+    be a film), and the names left over."""
     groups, rest = _numbered_groups(names, FOLDER_SEQUENCE_SUFFIXES)
     runs: list[str | BadInputError] = []
     for (prefix, suffix), numbers in sorted(groups.items()):
@@ -266,7 +269,8 @@ def _numbered_groups(names: list[str], suffixes: tuple[str, ...]) -> tuple[dict[
 
 
 def run_key(name: str) -> tuple[str, str] | None:
-    """The (prefix, suffix) that groups a file ``name`` into a run of DPX frames, or None for any other file."""
+    """The (prefix, suffix) that groups a file ``name`` into a run of DPX or OpenEXR frames, or None for any other
+    file."""
     numbered = _numbered(name, FOLDER_SEQUENCE_SUFFIXES)
     return None if numbered is None else (numbered[0], numbered[2])
 

@@ -191,9 +191,9 @@ def plan_photos(
     the same output, or an output that would replace its own source, fail in the plan. A photo with a hint file
     beside it (``<file name>.hints.json``) is colorized with those hints; ``hints`` names the hint file of a
     single input photo instead. Films in folders keep their container where Tinct writes it and otherwise get
-    ``film_suffix`` (see ``video_sink.fallback_container``). Runs of numbered DPX frames in folders, and runs named
-    by their pattern, are films (``worker.frame_sequences``). Raises ValueError for arguments that cannot work
-    (which the CLI reports as usage errors).
+    ``film_suffix`` (see ``video_sink.fallback_container``). Runs of numbered DPX and OpenEXR frames in folders, and
+    runs named by their pattern, are films (``worker.frame_sequences``). Raises ValueError for arguments that cannot
+    work (which the CLI reports as usage errors).
     """
     sources = [Path(p) for p in inputs]
     output = Path(output)
@@ -266,7 +266,7 @@ def _walk(root: Path, output: Path, plan: PhotoPlan) -> Iterator[Path]:
             logger.warning("%s: %d numbered frames, colorized as photos one by one; name the run to colorize it as "
                            "a film, with steady colour from frame to frame (tinct colorize '%s' -o <film>.mkv)",
                            pattern, count, pattern)
-        for run in runs:  # numbered DPX frames: each run is a film, named by its pattern
+        for run in runs:  # numbered DPX or OpenEXR frames: each run is a film, named by its pattern
             if isinstance(run, BadInputError):
                 plan.failures.append(PhotoOutcome(PhotoTask(Path(run.path), output), "failed", str(run)))
             else:
@@ -302,7 +302,10 @@ def _add(plan: PhotoPlan, source: Path, mirrored: Path, suffix: str | None, film
         plan.films.append(PhotoTask(source, mirrored.with_name(output_stem(source) + film_suffix)))
     elif source.suffix.lower() in FOLDER_SEQUENCE_SUFFIXES:  # one frame of a scanned film, named alone
         runs, _ = folder_sequences(source.parent, [source.name])
-        failure = BadInputError(source, f"one frame of a film; name the run of frames to colorize it ({runs[0]})")
+        how = (f"name the run of frames to colorize it ({runs[0]})" if runs else
+               "Tinct colours such frames as the runs of a film, named by the printf pattern of their numbered names "
+               "(scan_%07d" + source.suffix + ")")
+        failure = BadInputError(source, f"one frame of a film; {how}")
         plan.failures.append(PhotoOutcome(PhotoTask(source, mirrored), "failed", str(failure)))
     elif is_film(source):
         kept = mirrored.suffix.lower() in FILM_CONTAINERS  # mp4, mov, mkv

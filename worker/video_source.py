@@ -39,7 +39,14 @@ import av.filter
 import cv2
 import numpy as np
 
-from models.color import YCBCR_WEIGHTS, code_dtype, log_luma_to_l_table, luma_code_table, luma_to_l_table
+from models.color import (
+    YCBCR_WEIGHTS,
+    code_dtype,
+    linear_to_srgb_np,
+    log_luma_to_l_table,
+    luma_code_table,
+    luma_to_l_table,
+)
 from worker.errors import BadInputError, InputTooLargeError, UnsupportedMediaError
 from worker.frame_sequences import DPX_LOG_TRANSFERS, FrameSequence, find_sequence, is_pattern
 from worker.images import COLOUR_PROBE_SIDE, COLOUR_THRESHOLD, colour_score
@@ -70,6 +77,15 @@ MAX_PLAUSIBLE_FPS = 1000
 TRUNCATION_TOLERANCE_S = 1.0
 # FFmpeg's gray format of each luma bit depth the film path reads gray, paletted and RGB sources at.
 GRAY_FORMATS = {8: "gray", 9: "gray9le", 10: "gray10le", 12: "gray12le", 14: "gray14le", 16: "gray16le"}
+# Float frames, as FFmpeg decodes OpenEXR: values of linear light (1.0 display white, highlights above it), tagged
+# with the linear transfer (AVCOL_TRC_LINEAR) or none. FFmpeg's own conversions clip them to 0-1 as codes.
+LINEAR_FLOAT_FORMATS = frozenset(f"{name}{order}" for name in ("grayf32", "gbrpf32", "gbrapf32")
+                                 for order in ("le", "be"))
+TRC_LINEAR, TRC_SRGB = 8, 13  # AVCOL_TRC_LINEAR, AVCOL_TRC_IEC61966_2_1
+UNSPECIFIED_TAGS = (0, 2)  # FFmpeg's "reserved" and "unspecified" codes of transfers, primaries and matrices
+PRIMARIES_BT709 = 1  # AVCOL_PRI_BT709: OpenEXR's primaries where its header names none
+# A run of linear light is warned about when more than this share of a sampled frame is brighter than display white.
+HIGHLIGHT_WARNING_SHARE = 0.005
 # RGB formats whose luma is computed here, from PyAV's (H, W, channels) array: the indices of red, green and blue.
 # PyAV hands big-endian samples over in the machine's order.
 RGB_CHANNELS = {
@@ -121,6 +137,10 @@ class VideoFormat:
     # Cineon log codes (a DPX scan for grading, whose header says printing density or logarithmic): its lightness is
     # read through the log encoding, and its colour written in it (``models.color.log_luma_to_l_table``).
     log_encoded: bool = False
+    # Float frames of linear light (OpenEXR): each channel is read through the sRGB curve, clipped at display white
+    # (1.0), so the copy is display-referred and tagged sRGB (``color_trc``); its luma is those codes, not the
+    # source's values bit for bit.
+    scene_linear: bool = False
 
 
 @dataclass(frozen=True)
@@ -298,10 +318,6 @@ def probe_film(path: str | os.PathLike, max_pixels: int, frame_rate: Fraction | 
             video, is_colour = _sample_run(path, sequence, index, container)
             if sequence.dpx_encoding is not None and sequence.dpx_encoding[0] in DPX_LOG_TRANSFERS:
                 video = replace(video, log_encoded=True)
-            if sequence.suffix.lower() == ".exr":
-                logger.warning("%s: OpenEXR frames hold linear light, which Tinct reads as display codes (dark and "
-                               "flat, and so coloured): convert the run to DPX or TIFF in a display or log "
-                               "encoding first", path)
     if sequence is None:
         with _open(path) as container:
             _check_audio_decodes(path, container)
@@ -468,7 +484,7 @@ def _judge_samples(path: str, stream, samples: Iterable[tuple[int, av.VideoFrame
     """The film's exact format (from its first sampled frame) and whether it is in colour, from ``(pts, frame)``
     samples; BadInputError if one did not decode or is of another size than the first."""
     first = None
-    colour_scores = []
+    colour_scores, highlight_shares = [], []
     for target, frame in samples:
         if frame is None:
             # The index has this frame, the decoder never produced it: damaged data that a frame-threaded
@@ -483,12 +499,21 @@ def _judge_samples(path: str, stream, samples: Iterable[tuple[int, av.VideoFrame
                                 f"{frame.width}x{frame.height} at {float(target * stream.time_base):.3f} s; a film's "
                                 "frames must all be one size")
         colour_scores.append(_colour_score(frame))
+        if frame.format.name in LINEAR_FLOAT_FORMATS:
+            highlight_shares.append(_highlight_share(frame))
     if stream.codec_context.name in FIELD_PICTURE_CODECS and first.interlaced_frame:
         raise UnsupportedMediaError(path, "interlaced HEVC coded as field pictures, which FFmpeg decodes one field at "
                                     "a time: its copy would be half-height fields at twice the rate; weave them "
                                     "into frames first (ffmpeg -i IN -vf weave=first_field=top -c:v ffv1 OUT.mkv; "
                                     "first_field=bottom for bottom-first)")
     video = _video_format(stream, first)
+    if video.scene_linear:
+        logger.info("%s: its frames hold linear light (float, as OpenEXR's): read through the sRGB curve with 1.0 as "
+                    "display white, so its copy is display-referred (sRGB)", path)
+        if max(highlight_shares) > HIGHLIGHT_WARNING_SHARE:
+            logger.warning("%s: %.1f%% of a sampled frame is brighter than display white (1.0) and comes out white, "
+                           "its detail lost; scale the frames' exposure down first to keep it", path,
+                           100 * max(highlight_shares))
     return video, max(colour_scores) > COLOUR_THRESHOLD
 
 
@@ -599,6 +624,12 @@ def _video_format(stream, frame) -> VideoFormat:
     colorspace = frame.colorspace or codec_context.colorspace or 0
     # Untagged colour is read as players do: BT.709 from 720 lines up, BT.601 below.
     matrix = MATRIX_BY_COLORSPACE.get(colorspace, "bt709" if frame.height >= 720 else "bt601")
+    color_trc = frame.color_trc or codec_context.color_trc or 0
+    color_primaries = frame.color_primaries or codec_context.color_primaries or 0
+    scene_linear = fmt.name in LINEAR_FLOAT_FORMATS and color_trc in (*UNSPECIFIED_TAGS, TRC_LINEAR)
+    if scene_linear:  # read through the sRGB curve (``_linear_luma``): the copy is sRGB, as the frames are shown
+        color_trc = TRC_SRGB
+        color_primaries = PRIMARIES_BT709 if color_primaries in UNSPECIFIED_TAGS else color_primaries
     return VideoFormat(
         width=frame.width,
         height=frame.height,
@@ -607,8 +638,8 @@ def _video_format(stream, frame) -> VideoFormat:
         chroma_shift=chroma_shift,
         full_range=full_range,
         matrix=matrix,
-        color_primaries=frame.color_primaries or codec_context.color_primaries or 0,
-        color_trc=frame.color_trc or codec_context.color_trc or 0,
+        color_primaries=color_primaries,
+        color_trc=color_trc,
         colorspace=colorspace,
         color_range=color_range,
         rotation=float(frame.rotation or 0.0),
@@ -616,6 +647,7 @@ def _video_format(stream, frame) -> VideoFormat:
         average_rate=_frame_rate(stream),
         sample_aspect_ratio=Fraction(stream.sample_aspect_ratio) if stream.sample_aspect_ratio else None,
         field_order=_field_order(codec_context, frame),
+        scene_linear=scene_linear,
     )
 
 
@@ -653,6 +685,9 @@ def with_log_choice(film: FilmInfo, choice: str) -> FilmInfo:
     if film.sequence is None:
         raise BadInputError(film.path, "is a film file; only a run of frames (DPX, TIFF or PNG scans) is read as "
                             f"log or not at will (log {choice})")
+    if film.video.scene_linear:
+        raise BadInputError(film.path, "holds linear light (float frames, as OpenEXR's), not log codes; it is read "
+                            f"through the sRGB curve (log {choice})")
     return replace(film, video=replace(film.video, log_encoded=choice == "cineon"))
 
 
@@ -777,6 +812,8 @@ def _gray_depth(fmt: av.VideoFormat) -> int:
 
 def _luma(frame, video: VideoFormat) -> np.ndarray:
     """The frame's luma plane as code values in the source's own range and depth (a copy)."""
+    if video.scene_linear:
+        return _linear_luma(frame, video)
     fmt = frame.format
     own_plane = (fmt.is_planar and not fmt.is_rgb) or fmt.name == GRAY_FORMATS.get(video.bit_depth)
     if own_plane and fmt.components[0].bits == video.bit_depth:  # Y'CbCr's Y plane, or a gray frame's only plane
@@ -800,6 +837,25 @@ def _rgb_luma(frame, video: VideoFormat) -> np.ndarray:
     luma = (rgb[..., red].astype(np.float32) * weight_red + rgb[..., green].astype(np.float32) * weight_green
             + rgb[..., blue].astype(np.float32) * weight_blue)
     return np.rint(luma).astype(code_dtype(video.bit_depth))
+
+
+def _linear_luma(frame, video: VideoFormat) -> np.ndarray:
+    """Full-range Y' of a frame of linear light (``VideoFormat.scene_linear``): each channel through the sRGB curve,
+    clipped at display white, then weighed by the output's matrix, as a display-referred RGB frame's is
+    (``_rgb_luma``). A NaN (a renderer's fault) reads as black."""
+    light = np.nan_to_num(frame.to_ndarray(), nan=0.0, posinf=1.0, neginf=0.0)  # (H, W), or (H, W, 3 or 4): RGB(A)
+    shown = linear_to_srgb_np(np.clip(light, 0.0, 1.0, out=light))
+    if shown.ndim == 3:
+        weight_red, weight_blue = YCBCR_WEIGHTS[video.matrix]
+        shown = (shown[..., 0] * weight_red + shown[..., 1] * (1.0 - weight_red - weight_blue)
+                 + shown[..., 2] * weight_blue)
+    return np.rint(shown * ((1 << video.bit_depth) - 1)).astype(code_dtype(video.bit_depth))
+
+
+def _highlight_share(frame) -> float:
+    """The share of a frame of linear light brighter than display white in any channel."""
+    light = frame.to_ndarray()
+    return float((light > 1.0).mean() if light.ndim == 2 else (light[..., :3] > 1.0).any(axis=-1).mean())
 
 
 def _lightness(luma: np.ndarray, table: np.ndarray, width: int, height: int) -> np.ndarray:

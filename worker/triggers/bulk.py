@@ -9,6 +9,7 @@ hiccup) is retried briefly, then stops the run early with a report that says a r
 from __future__ import annotations
 
 import logging
+import posixpath
 import threading
 import time
 from collections import deque
@@ -18,7 +19,8 @@ from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from worker.errors import BadInputError, TinctError, TransientError, one_line
-from worker.frame_sequences import run_key, stored_run
+from worker.frame_sequences import LINEAR_LIGHT_SUFFIXES, run_key, stored_run
+from worker.frame_sink import FRAME_FORMATS
 from worker.hints import HINTS_SUFFIX
 from worker.jobs import ENCODER_OPTIONS, JobOptions, JobSpec, check_film_encoding
 from worker.references import REFERENCES_SUFFIX
@@ -124,10 +126,10 @@ def bulk(
     limits: GuidanceLimits | None = None,
     runs_to_frames: bool = False,
 ) -> BulkReport:
-    """Submit a job for every photo and film under ``prefix_uri`` (a run of DPX frames is one film, :class:`_Runs`),
-    writing under ``output_prefix``, each photo with the hints and each film file with the reference pictures beside
-    it (:class:`_Sidecars`, within ``limits``). ``runs_to_frames``: each run of DPX frames colours into DPX frames named
-    as its own, for a conform to take back, instead of a film.
+    """Submit a job for every photo and film under ``prefix_uri`` (a run of DPX or OpenEXR frames is one film,
+    :class:`_Runs`), writing under ``output_prefix``, each photo with the hints and each film file with the reference
+    pictures beside it (:class:`_Sidecars`, within ``limits``). ``runs_to_frames``: each run colours into frames named
+    as its own, for a conform to take back, instead of a film (an OpenEXR run into DPX frames of its names).
 
     The listing is consumed lazily; job ids come from the listing's ETag and size (no HEAD per object) and are
     checked ``batch_size`` at a time with one ``job_states`` call, so a rerun over a prefix of 100,000 objects
@@ -204,9 +206,10 @@ def _candidate(
 
 
 class _Runs:
-    """Runs of DPX frames met in a bulk listing (``worker.frame_sequences``): each run is one film job, its input
-    named by its pattern and its film written in the input's mirrored folder (``in/reel1/scan_%07d.dpx`` ->
-    ``out/reel1/scan.mkv``), or with ``to_frames`` its frames, named as the run's own (``out/reel1/scan_%07d.dpx``),
+    """Runs of DPX or OpenEXR frames met in a bulk listing (``worker.frame_sequences``): each run is one film job, its
+    input named by its pattern and its film written in the input's mirrored folder (``in/reel1/scan_%07d.dpx`` ->
+    ``out/reel1/scan.mkv``), or with ``to_frames`` its frames, named as the run's own (``out/reel1/scan_%07d.dpx``;
+    an OpenEXR run's as DPX, which Tinct writes and OpenEXR it does not: ``plate_%04d.exr`` -> ``plate_%04d.dpx``),
     with the encoder options left at their defaults: they are the film files'. A listing is in key order, so a run's
     frames come together; a run is complete when a frame of another run (or the end of the listing) comes. Its
     identity is made from the listing, as photos' are."""
@@ -249,8 +252,11 @@ class _Runs:
             within = "" if folder == self.prefix.rstrip("/") else relative_key(self.prefix, folder)
             output = join_uri(self.output, within) + "/" if within else self.output
             options = self.options
+            stem, suffix = posixpath.splitext(pattern.rsplit("/", 1)[1])
+            if suffix.lower() in LINEAR_LIGHT_SUFFIXES:  # never log codes: read as they are, whatever the scans' log
+                options = replace(options, log=JobOptions().log)
             if self.to_frames:
-                output = join_uri(output, pattern.rsplit("/", 1)[1])
+                output = join_uri(output, stem + (suffix if suffix.lower() in FRAME_FORMATS else ".dpx"))
                 defaults = JobOptions()
                 options = replace(options, **{name: getattr(defaults, name) for name in ENCODER_OPTIONS})
             spec = JobSpec(pattern, output, "video", options)
