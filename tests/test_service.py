@@ -405,6 +405,25 @@ def test_a_film_into_frames_in_a_folder_leaves_the_folder_holding_its_frames_alo
     assert all((folder / f"reel_{i:04d}.tif").stat().st_nlink == 1 for i in range(12))  # placed, and staged no more
 
 
+def test_a_join_that_fails_midway_through_placing_frames_takes_back_those_it_placed(service_env, tmp_path):
+    """A run of frames is never left partly placed, looking whole: a join that fails after it began placing (here
+    a folder squats on frame 7's name, which is no frame to replace) takes the frames it placed back out."""
+    client, start_worker, s3, _, model = service_env
+    clip = write_clip(tmp_path / "reel.mkv", gray_frames(moving_scene(12, 96, 64)), gop=6, bframes=0)
+    put_object(s3, "s3://scans/reel.mkv", clip.path.read_bytes())
+    folder = tmp_path / "conform" / "reel"
+    (folder / "reel_0007.tif").mkdir(parents=True)
+    (folder / "reel_0007.tif" / "notes.txt").write_text("not a frame")
+    worker = start_worker()
+    job_id, _ = client.submit(spec("s3://scans/reel.mkv", f"{folder}/reel_%04d.tif", model))
+    record = wait_for_job(client, job_id)
+    assert record.state == "failed" and record.error.startswith(f"file://{folder}/reel_0007.tif: Is a directory")
+    # Frames 0-6 were placed before it; they go, and the staged frames, and the folder in the way stays.
+    wait_until(lambda: sorted(os.listdir(folder)) == ["reel_0007.tif"], 10, lambda: sorted(os.listdir(folder)))
+    assert (folder / "reel_0007.tif" / "notes.txt").read_text() == "not a frame"
+    wait_until(lambda: "were not all taken back out" in worker.text(), 10, lambda: worker.text()[-3000:])
+
+
 def test_a_cancelled_film_into_frames_leaves_no_frame_staged_or_placed(service_env, tmp_path):
     """A segment's frames are staged as they are made; cancelled mid-segment, it removes those it staged after the
     cancel's cleanup ran, so nothing of the job is left, staged or in place."""

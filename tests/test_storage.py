@@ -310,6 +310,29 @@ def test_copy_listed_copies_what_was_listed_and_a_file_replaced_since_is_refused
     assert not storage.exists(join_uri(root, "again/f_3.dpx"))
 
 
+@pytest.mark.parametrize("side", ["s3", "file"])
+def test_delete_listed_removes_what_it_names_in_batches_and_raises_after_trying_all(
+        storage: Storage, bucket: str, tmp_path: Path, side: str) -> None:
+    root = bucket if side == "s3" else normalize_uri(tmp_path)
+    names = [f"out/f_{i:04d}.dpx" for i in range(1005)] if side == "s3" else [f"out/f_{i}.dpx" for i in range(5)]
+    for name in names + ["out/kept.dpx"]:
+        storage.put_bytes(join_uri(root, name), b"frame")
+    requests: list[str] = []
+    if side == "s3":
+        storage.s3_client.meta.events.register("before-call.s3.DeleteObjects", lambda **kw: requests.append("delete"))
+    storage.delete_listed([join_uri(root, name) for name in names] + [join_uri(root, "out/never-there.dpx")])
+    assert [item.uri for item in storage.list(join_uri(root, "out"))] == [join_uri(root, "out/kept.dpx")]
+    if side == "s3":
+        assert requests == ["delete", "delete"]  # 1000 keys a request
+        return
+    (tmp_path / "out" / "f_1.dpx").mkdir()  # in the way of one name: that one fails, the others go all the same
+    for i in (0, 2):
+        storage.put_bytes(join_uri(root, f"out/f_{i}.dpx"), b"frame")
+    with pytest.raises(BadInputError, match=r"out/f_1.dpx: Is a directory"):
+        storage.delete_listed([join_uri(root, f"out/f_{i}.dpx") for i in range(3)])
+    assert sorted(os.listdir(tmp_path / "out")) == ["f_1.dpx", "kept.dpx"]
+
+
 def test_listing_thousands_of_keys_is_paginated_lazy_and_fast(
     s3_server: S3Server, storage: Storage, bucket: str
 ) -> None:

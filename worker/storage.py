@@ -785,6 +785,29 @@ class Storage:
         except _s3_library().remote as error:
             raise self._s3_error(uri, error) from error
 
+    def delete_listed(self, uris: Sequence[str]) -> None:
+        """Remove the objects ``uris`` name, missing ones being no error (as for ``delete``): on S3 in batched
+        DeleteObjects, 1000 keys a request. Every one is tried; the first failure is raised once all have been."""
+        failure: TinctError | None = None
+        keys_by_bucket: dict[str, list[str]] = {}
+        for uri in uris:
+            scheme, bucket, key = parse_uri(uri)
+            if scheme != "file":
+                keys_by_bucket.setdefault(bucket, []).append(key)
+                continue
+            try:
+                self.delete(uri)
+            except TinctError as error:
+                failure = failure or error
+        for bucket, keys in keys_by_bucket.items():
+            for start in range(0, len(keys), _DELETE_BATCH):
+                try:
+                    self._delete_batch(bucket, keys[start:start + _DELETE_BATCH])
+                except TinctError as error:
+                    failure = failure or error
+        if failure is not None:
+            raise failure
+
     def delete_prefix(self, prefix_uri: str | os.PathLike) -> int:
         """Remove everything under the folder ``prefix_uri`` (directory markers included); returns the count.
 

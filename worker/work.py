@@ -89,6 +89,9 @@ MIN_PHOTO_BYTES_PER_PIXEL = 0.1
 FILMS_KEPT = 4
 # A run of frames' join copies this many at a time between two heartbeats (a few seconds on any store).
 FRAMES_COPIED_AT_ONCE = 500
+# A job's field naming the frames its join places ("86400-87839"), set before the first is copied: a job that ends
+# failed or cancelled after that takes them back out (``_take_back_frames``).
+PLACED_FRAMES = "placed_frames"
 
 
 class Enqueue(Protocol):
@@ -698,6 +701,8 @@ def join_film(rt: Runtime, job_id: str) -> None:
     if record is None or record.state in FINISHED:
         if record is not None:
             remove_staging(rt, record.spec, job_id)
+            if record.state != "succeeded":
+                _take_back_frames(rt, record)
         return
     lease = rt.leases.take(job_id, "join")
     if lease is None:
@@ -779,6 +784,7 @@ def _publish_frames(rt: Runtime, record: JobRecord, lease: Lease, target: FrameT
             copies.append((info, join_uri(folder, name)))
         liveness.progress()
     logger.info("placing the %d frames of job %s in %s", len(copies), job_id, folder)
+    rt.redis.hset(f"{KEY_PREFIX}job:{job_id}", PLACED_FRAMES, f"{min(numbers)}-{max(numbers)}")  # a run is contiguous
     for start in range(0, len(copies), FRAMES_COPIED_AT_ONCE):
         rt.storage.copy_listed(copies[start:start + FRAMES_COPIED_AT_ONCE])
         liveness.progress()
@@ -786,8 +792,23 @@ def _publish_frames(rt: Runtime, record: JobRecord, lease: Lease, target: FrameT
         _discarded(lease)  # the copies are the same frames the holder of the lease places
         return
     remove_staging(rt, spec, job_id)
-    finish_job(rt, job_id, [output], {"frames": len(copies), "first_frame": min(numbers),
-                                      "output_size": sum(info.size for info, _ in copies)}, lease=lease)
+    if not finish_job(rt, job_id, [output], {"frames": len(copies), "first_frame": min(numbers),
+                                             "output_size": sum(info.size for info, _ in copies)}, lease=lease):
+        _discard_if_ended(rt, job_id)  # cancelled while placing: the frames placed after its cleanup go too
+
+
+def _take_back_frames(rt: Runtime, record: JobRecord) -> None:
+    """Remove the frames a run of frames' join placed, or began to, for a job that then failed or was cancelled: a
+    run left partly placed would look whole where it is part this job's, part missing or part an earlier job's, which
+    go too (the job was to replace them). Nothing where the join had not begun placing."""
+    placed = rt.redis.hget(f"{KEY_PREFIX}job:{record.id}", PLACED_FRAMES)
+    target = frames_target(record.spec)
+    if placed is None or target is None:
+        return
+    first, last = (int(number) for number in placed.decode().split("-"))
+    folder = output_folder(record.spec)
+    rt.storage.delete_listed([join_uri(folder, target.name(number)) for number in range(first, last + 1)])
+    logger.info("job %s: took the frames its join had placed back out of %s", record.id, folder)
 
 
 # --- bookkeeping -------------------------------------------------------------------------------------------
@@ -869,6 +890,11 @@ def _discard_if_ended(rt: Runtime, job_id: str) -> bool:
         except TinctError as exc:  # the job's outcome stands; its staged files are named in the warning's prefix
             logger.warning("job %s: its staged segments under %s were not removed: %s", job_id,
                            staging_uri(record.spec, job_id), one_line(exc))
+        try:
+            _take_back_frames(rt, record)
+        except TinctError as exc:
+            logger.warning("job %s: the frames its join placed in %s were not all taken back out: %s", job_id,
+                           output_folder(record.spec), one_line(exc))
     return True
 
 
