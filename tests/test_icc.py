@@ -17,8 +17,9 @@ from tests.icc_profiles import (
     matrix_trc_profile,
     srgb_parametric_curve,
     table_curve,
+    twisted_lookup_table_profile,
 )
-from worker.icc import rgb_space
+from worker.icc import lookup_table_space, rgb_space
 
 PROFILES = {
     "prophoto-gamma-1.8": matrix_trc_profile(PROPHOTO, gamma_curve(1.8)),
@@ -87,3 +88,29 @@ def test_profiles_not_modelled_are_taken_as_srgb() -> None:
     extended = np.clip(np.linspace(-0.5, 1.5, 1024), 0, 1) ** 2.2
     curve = b"curv\0\0\0\0" + struct.pack(">I", 1024) + np.round(extended * 65535).astype(">u2").tobytes()
     assert rgb_space(matrix_trc_profile(ADOBE_RGB, curve)) is None
+
+
+@pytest.mark.parametrize("kind", [b"mft1", b"mft2", b"mAB "])
+@pytest.mark.parametrize("connection_space", [b"XYZ ", b"Lab "])
+def test_colours_through_a_profiles_look_up_tables_match_littlecms(kind: bytes, connection_space: bytes) -> None:
+    # A scanner's tables, which no matrix could say: LittleCMS (its full evaluation, not the 8-bit shortcut it
+    # builds by default, which clips out-of-gamut grid corners before interpolating) is the reference.
+    icc = twisted_lookup_table_profile(kind, connection_space)
+    grid = np.stack(np.meshgrid(*[np.arange(0, 256, 17)] * 3, indexing="ij"), axis=-1).reshape(64, -1, 3)
+    pixels = np.concatenate([grid, np.random.default_rng(2).integers(0, 256, (64, 32, 3))], axis=1).astype(np.uint8)
+    reference = ImageCms.profileToProfile(Image.fromarray(pixels), ImageCms.ImageCmsProfile(io.BytesIO(icc)),
+                                          ImageCms.createProfile("sRGB"), outputMode="RGB",
+                                          renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
+                                          flags=ImageCms.Flags.NOOPTIMIZE)
+    error = np.abs(lookup_table_space(icc).to_srgb(pixels / 255.0) * 255.0 - np.asarray(reference))
+    assert error.max() <= 1.0 and error.mean() < 0.3  # LittleCMS rounds to 8 bits
+
+
+def test_a_look_up_table_not_read_here_says_why() -> None:
+    icc = twisted_lookup_table_profile(b"mft2", b"XYZ ")
+    with pytest.raises(ValueError, match="a table of 4 inputs, 3 outputs and 9 grid points"):
+        lookup_table_space(icc.replace(bytes([3, 3, 9, 0]), bytes([4, 3, 9, 0]), 1))
+    with pytest.raises(ValueError, match="table of type b'mBA '"):
+        lookup_table_space(icc.replace(b"mft2", b"mBA ", 1))
+    with pytest.raises(ValueError):  # cut short
+        lookup_table_space(icc[: len(icc) - 2000])

@@ -16,7 +16,14 @@ import torch
 from PIL import Image, ImageCms, ImageOps
 
 from models import color
-from tests.icc_profiles import PROPHOTO, gamma_curve, gray_profile, lookup_table_profile, matrix_trc_profile
+from tests.icc_profiles import (
+    PROPHOTO,
+    gamma_curve,
+    gray_profile,
+    lookup_table_profile,
+    matrix_trc_profile,
+    twisted_lookup_table_profile,
+)
 from worker import images
 from worker.errors import BadInputError, InputTooLargeError, PermanentError, UnsupportedMediaError
 from worker.images import (
@@ -366,15 +373,17 @@ def test_a_sixteen_bit_gray_scan_is_read_through_its_profile_to_the_last_code(tm
     np.testing.assert_allclose(photo.L, expected, atol=1e-3)
 
 
-def _gray_alpha_png16(path: Path, gray: np.ndarray, alpha: np.ndarray, icc: bytes) -> None:
-    """A 16-bit gray + alpha PNG (colour type 4) with an ICC profile, which neither Pillow nor OpenCV writes."""
+def _png16_with_profile(path: Path, samples: np.ndarray, icc: bytes) -> None:
+    """A 16-bit PNG of gray + alpha or RGB ``samples`` (H, W, 2 or 3) with an ICC profile, which neither Pillow nor
+    OpenCV writes."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    rows = np.dstack([gray, alpha]).astype(">u2").reshape(gray.shape[0], -1)
+    rows = samples.astype(">u2").reshape(samples.shape[0], -1)
     pixels = zlib.compress(b"".join(b"\0" + row.tobytes() for row in rows))
-    header = struct.pack(">IIBBBBB", gray.shape[1], gray.shape[0], 16, 4, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"iCCP", b"gray\0\0" + zlib.compress(icc))
+    colour_type = {2: 4, 3: 2}[samples.shape[2]]
+    header = struct.pack(">IIBBBBB", samples.shape[1], samples.shape[0], 16, colour_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"iCCP", b"scan\0\0" + zlib.compress(icc))
                      + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
 
 
@@ -384,7 +393,7 @@ def test_a_sixteen_bit_gray_scan_with_transparency_keeps_its_profile(tmp_path: P
     codes = (np.arange(H * W, dtype=np.uint32) * 37 % 65536).astype(np.uint16).reshape(H, W)
     alpha = np.tile(np.linspace(0, 65535, W).astype(np.uint16), (H, 1))
     source = tmp_path / "cut-out.png"
-    _gray_alpha_png16(source, codes, alpha, gray_profile(1.0))
+    _png16_with_profile(source, np.dstack([codes, alpha]), gray_profile(1.0))
     photo = read_photo(source)
     luminance = codes / 65535.0
     expected = np.where(luminance > 0.008856, 116 * np.cbrt(luminance) - 16, 903.3 * luminance)
@@ -445,6 +454,40 @@ def test_a_scan_under_a_profile_of_look_up_tables_is_read_through_them_and_writt
     with Image.open(out) as written:
         assert written.info["icc_profile"] == srgb_icc_profile()
         np.testing.assert_array_equal(np.asarray(written.convert("RGB")), colours)  # the colours meant, as sRGB
+
+
+def test_a_16_bit_scan_under_a_profile_of_look_up_tables_is_read_through_them_to_the_last_code(tmp_path: Path) -> None:
+    # LittleCMS through Pillow converts 8-bit data only: a 16-bit scan under its scanner's tables was taken as sRGB
+    # (its grays up to 12 L off here, its colours 15) and written back under the tables. Now the tables are evaluated
+    # here, at 16 bits, as LittleCMS evaluates them (worker.icc's tests hold them to it).
+    profile = twisted_lookup_table_profile(b"mft2", b"Lab ")
+    colours = colour8(8, 16).astype(np.uint16) * 257
+    shadows = np.repeat(np.arange(2048, 2048 + 8 * 128, 8, dtype=np.uint16).reshape(8, 16)[..., None], 3, axis=2)
+    grays = np.repeat((gray8(8, 16).astype(np.uint16) * 257)[..., None], 3, axis=2)
+    source = tmp_path / "scan.png"
+    _png16_with_profile(source, np.concatenate([colours, grays, shadows]), profile)
+    photo = read_photo(source)
+    assert photo.icc_profile == srgb_icc_profile() and photo.bit_depth == 16
+    # What LittleCMS shows the 8-bit codes as (16-bit codes of 8-bit values: v * 257), in sRGB.
+    eight_bit = np.concatenate([colours, grays]) // 257
+    shown = ImageCms.profileToProfile(Image.fromarray(eight_bit.astype(np.uint8)),
+                                      ImageCms.ImageCmsProfile(io.BytesIO(profile)), ImageCms.createProfile("sRGB"),
+                                      outputMode="RGB", renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
+                                      flags=ImageCms.Flags.NOOPTIMIZE)
+    error = np.abs(photo.L[:16] - expected_l(np.asarray(shown)))
+    assert error.max() < 0.6, error.max()  # to LittleCMS's 8-bit rounding
+    assert (np.diff(photo.L[16:].ravel()) > 0).all()  # every shadow step of 8 16-bit codes kept apart (8 bits: 4)
+    out = tmp_path / "colour.png"
+    write_photo(out, l_as_rgb(photo.L), photo, LABEL)
+    with Image.open(out) as written:
+        assert written.info["icc_profile"] == srgb_icc_profile()
+    photo8 = read_photo(_png8_with_profile(tmp_path / "scan8.png", eight_bit, profile))  # the same scan at 8 bits
+    assert np.abs(photo8.L - photo.L[:16]).max() < 0.6
+
+
+def _png8_with_profile(path: Path, samples: np.ndarray, icc: bytes) -> Path:
+    Image.fromarray(samples.astype(np.uint8)).save(path, icc_profile=icc)
+    return path
 
 
 def cielab_tiff(path: Path, L: np.ndarray, a: np.ndarray, b: np.ndarray) -> Path:

@@ -12,7 +12,9 @@ Cameras set to Adobe RGB declare it in EXIF alone, with no profile: :func:`dcf_a
 
 Profiles this does not model exactly (colour look-up tables, Lab connection space) and sRGB profiles themselves
 give None. A profile that says its colours through look-up tables (:func:`has_lookup_tables`: a scanner calibrated
-on a target has one) is left to a CMM: ``worker.images`` converts such a photo to sRGB through LittleCMS.
+on a target has one) is left to a CMM: ``worker.images`` converts such a photo to sRGB through LittleCMS, and a
+16-bit one, which LittleCMS through Pillow cannot convert, through :func:`lookup_table_space` (lut8, lut16 and
+lutAtoB tables, as LittleCMS evaluates them, to its rounding).
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ _SRGB_TOLERANCE = 2e-3
 #: under 1 % of zeros; an extended-range encoding clips a quarter of its codes.
 _MAX_FLAT_END = 0.05
 _LOOKUP_TABLE_TAGS = (b"A2B0", b"A2B1", b"A2B2", b"B2A0", b"B2A1", b"B2A2")
+#: The tables a scan is read through: the colorimetric one (relative colorimetric intent, the colours the scanner
+#: measured on its target), else the perceptual one, as a CMM falls back to it.
+_READING_TABLES = (b"A2B1", b"A2B0")
+#: Pixels converted through a look-up table at a time: bounds the memory of a 100-megapixel scan's conversion.
+_LOOKUP_CHUNK = 1 << 18
 
 
 def _adaptation(source_white: np.ndarray, target_white: np.ndarray) -> np.ndarray:
@@ -157,6 +164,171 @@ def has_lookup_tables(icc: bytes | None) -> bool:
         return False
 
 
+class LookupTableSpace:
+    """An RGB profile's look-up-table transform into the profile connection space (PCS), then to sRGB: curves per
+    channel, a grid of colours interpolated tetrahedrally (as LittleCMS does), curves again, and for lutAtoB a matrix
+    and more curves between (ICC.1:2010 10.10-10.12). ``stages`` are functions of (pixels, channels) arrays in [0, 1];
+    ``decode`` turns the last stage's values into PCS XYZ (D50)."""
+
+    def __init__(self, stages: list, pcs_is_lab: bool, lab_scale: float) -> None:
+        self.stages = stages
+        self.pcs_is_lab = pcs_is_lab
+        self.lab_scale = lab_scale  # lut16's legacy Lab encoding puts 100 L at 0xFF00, not 0xFFFF
+
+    def to_srgb(self, codes: np.ndarray) -> np.ndarray:
+        """Codes in [0, 1], (..., 3) -> sRGB in [0, 1] showing the colours the tables give them (clipped to sRGB's
+        gamut, with no rendering of its own: relative colorimetric)."""
+        flat = np.asarray(codes, dtype=np.float64).reshape(-1, 3)
+        out = np.empty_like(flat)
+        for start in range(0, len(flat), _LOOKUP_CHUNK):
+            values = flat[start:start + _LOOKUP_CHUNK]
+            for stage in self.stages:
+                values = stage(values)
+            linear = np.clip(self._pcs_xyz(values) @ np.linalg.inv(SRGB_TO_PCS).T, 0.0, 1.0)
+            out[start:start + _LOOKUP_CHUNK] = color.linear_to_srgb(torch.from_numpy(linear)).numpy()
+        return out.reshape(np.shape(codes))
+
+    def _pcs_xyz(self, values: np.ndarray) -> np.ndarray:
+        if not self.pcs_is_lab:
+            return values * (65535.0 / 32768.0)  # u1Fixed15: 1.0 at 0x8000
+        scaled = values * self.lab_scale
+        L, a, b = scaled[:, 0] * 100.0, scaled[:, 1] * 255.0 - 128.0, scaled[:, 2] * 255.0 - 128.0
+        fy = (L + 16.0) / 116.0
+        f = np.stack([fy + a / 500.0, fy, fy - b / 200.0], axis=-1)
+        xyz = np.where(f > 6.0 / 29.0, f**3, (f - 4.0 / 29.0) * (3.0 * (6.0 / 29.0) ** 2))
+        return xyz * D50_WHITE
+
+
+@lru_cache(maxsize=16)
+def lookup_table_space(icc: bytes) -> LookupTableSpace:
+    """The transform of an RGB profile's colorimetric (else perceptual) look-up table (see ``has_lookup_tables``);
+    ValueError, saying why, for a table of a kind or shape not read here, or a damaged one."""
+    try:
+        tags = _tags(icc)
+        table = next((tags[name] for name in _READING_TABLES if name in tags), None)
+        if table is None:
+            raise ValueError("no A2B0 or A2B1 table (device to PCS)")
+        pcs = icc[20:24]
+        if pcs not in (b"XYZ ", b"Lab "):
+            raise ValueError(f"connection space {pcs!r}")
+        kind = table[:4]
+        if kind in (b"mft1", b"mft2"):
+            stages = _lut_stages(table)
+            lab_scale = 65535.0 / 65280.0 if kind == b"mft2" else 1.0
+        elif kind == b"mAB ":
+            stages, lab_scale = _lut_a_to_b_stages(table), 1.0
+        else:
+            raise ValueError(f"table of type {kind!r}")
+    except (struct.error, KeyError, IndexError) as exc:
+        raise ValueError(f"a damaged table: {type(exc).__name__}: {exc}") from None
+    return LookupTableSpace(stages, pcs == b"Lab ", lab_scale)
+
+
+def _lut_stages(table: bytes) -> list:
+    """lut8Type (mft1) and lut16Type (mft2): input curves, grid, output curves (the matrix applies to XYZ input
+    only)."""
+    inputs, outputs, points = table[8], table[9], table[10]
+    if (inputs, outputs) != (3, 3) or points < 2:
+        raise ValueError(f"a table of {inputs} inputs, {outputs} outputs and {points} grid points")
+    if table[:4] == b"mft1":
+        dtype, top, offset, in_entries, out_entries = np.uint8, 255.0, 48, 256, 256
+    else:
+        dtype, top, offset = ">u2", 65535.0, 52
+        in_entries, out_entries = struct.unpack(">HH", table[48:52])
+    size = np.dtype(dtype).itemsize
+    sizes = (3 * in_entries, points**3 * 3, 3 * out_entries)
+    arrays = []
+    for count in sizes:
+        arrays.append(np.frombuffer(table, dtype=dtype, count=count, offset=offset) / top)
+        offset += count * size
+    input_curves, grid, output_curves = arrays
+    return [_tabulated_curves(input_curves.reshape(3, in_entries)), _grid((points,) * 3, grid.reshape(-1, 3)),
+            _tabulated_curves(output_curves.reshape(3, out_entries))]
+
+
+def _lut_a_to_b_stages(table: bytes) -> list:
+    """lutAtoBType (mAB): A curves, grid, M curves, matrix, B curves, each where the table has it."""
+    if (table[8], table[9]) != (3, 3):
+        raise ValueError(f"a table of {table[8]} inputs and {table[9]} outputs")
+    b_at, matrix_at, m_at, grid_at, a_at = struct.unpack(">5I", table[12:32])
+    stages = []
+    if a_at:
+        stages.append(_curve_stage(table, a_at))
+    if grid_at:
+        points = tuple(table[grid_at:grid_at + 3])
+        precision = table[grid_at + 16]
+        if min(points) < 2 or precision not in (1, 2):
+            raise ValueError(f"a grid of {points} points at {precision}-byte precision")
+        dtype, top = (np.uint8, 255.0) if precision == 1 else (">u2", 65535.0)
+        values = np.frombuffer(table, dtype=dtype, count=int(np.prod(points)) * 3, offset=grid_at + 20) / top
+        stages.append(_grid(points, values.reshape(-1, 3)))
+    if m_at:
+        stages.append(_curve_stage(table, m_at))
+    if matrix_at:
+        numbers = np.array(struct.unpack(">12i", table[matrix_at:matrix_at + 48])) / 65536.0
+        matrix, offset = numbers[:9].reshape(3, 3), numbers[9:]
+        stages.append(lambda values: values @ matrix.T + offset)
+    if b_at:
+        stages.append(_curve_stage(table, b_at))
+    return stages
+
+
+def _curve_stage(table: bytes, at: int):
+    """Three curves ('curv' or 'para') one after another from ``at``, each padded to 4 bytes."""
+    curves = []
+    for _ in range(3):
+        data = table[at:]
+        if data[:4] == b"curv":
+            length = 12 + 2 * struct.unpack(">I", data[8:12])[0]
+        elif data[:4] == b"para":
+            length = 12 + 4 * {0: 1, 1: 3, 2: 4, 3: 5, 4: 7}[struct.unpack(">H", data[8:10])[0]]
+        else:
+            raise ValueError(f"curve of type {data[:4]!r}")
+        curves.append(_curve_values(data[:length]))
+        at += length + (-length % 4)
+    return _tabulated_curves(np.stack(curves))
+
+
+def _tabulated_curves(tables: np.ndarray):
+    """Each channel through its own table of evenly spaced entries, linearly interpolated (found by position, not by
+    a search: the entries are evenly spaced)."""
+    last = tables.shape[1] - 1
+    rises = np.diff(tables, axis=1)
+
+    def stage(values: np.ndarray) -> np.ndarray:
+        position = np.clip(values, 0.0, 1.0) * last
+        below = np.minimum(position.astype(np.int64), last - 1)
+        channels = np.arange(3)
+        return tables[channels, below] + rises[channels, below] * (position - below)
+
+    return stage
+
+
+def _grid(points: tuple[int, int, int], entries: np.ndarray):
+    """A 3-input grid of colours (the first input varying slowest), interpolated tetrahedrally: each cell cut into
+    six tetrahedra along its diagonal. The one a pixel falls in is the path from the cell's first corner to its last
+    that steps along the inputs in the order of the pixel's fractions, largest first; its four corners are weighed
+    by the differences of those fractions."""
+    strides = np.array([points[1] * points[2], points[2], 1])
+    top = np.array(points) - 1
+
+    def stage(values: np.ndarray) -> np.ndarray:
+        position = np.clip(values, 0.0, 1.0) * top
+        cell = np.minimum(position.astype(np.int64), top - 1)
+        fractions = position - cell
+        order = np.argsort(-fractions, axis=1)
+        first, second, third = np.take_along_axis(fractions, order, axis=1).T
+        steps = strides[order]
+        corner = cell @ strides
+        result = entries[corner] * (1.0 - first)[:, None]
+        for weight, step in ((first - second, steps[:, 0]), (second - third, steps[:, 1]), (third, steps[:, 2])):
+            corner = corner + step
+            result += entries[corner] * weight[:, None]
+        return result
+
+    return stage
+
+
 @lru_cache(maxsize=16)
 def gray_luminance(icc: bytes | None) -> np.ndarray | None:
     """A gray profile's tone curve (kTRC), the luminance of each code, sampled at _CURVE_SAMPLES codes in [0, 1];
@@ -205,7 +377,12 @@ def _xyz(data: bytes) -> tuple[float, float, float]:
 
 
 def _curve(data: bytes) -> np.ndarray:
-    """A transfer curve ('curv' or 'para') sampled at _CURVE_SAMPLES codes in [0, 1]."""
+    """A transfer curve ('curv' or 'para') sampled at _CURVE_SAMPLES codes in [0, 1], made increasing."""
+    return _increasing(_curve_values(data))
+
+
+def _curve_values(data: bytes) -> np.ndarray:
+    """A curve ('curv' or 'para') sampled at _CURVE_SAMPLES codes in [0, 1], its values clipped to [0, 1]."""
     x = np.linspace(0.0, 1.0, _CURVE_SAMPLES)
     kind = data[:4]
     if kind == b"curv":
@@ -223,7 +400,7 @@ def _curve(data: bytes) -> np.ndarray:
         y = _parametric(function, [v / 65536.0 for v in struct.unpack(f">{n}i", data[12 : 12 + 4 * n])], x)
     else:
         raise ValueError(f"transfer curve of type {kind!r}")
-    return _increasing(np.clip(y, 0.0, 1.0))
+    return np.clip(y, 0.0, 1.0)
 
 
 def _increasing(curve: np.ndarray) -> np.ndarray:

@@ -45,7 +45,15 @@ from PIL import Image, ImageCms, ImageOps, JpegImagePlugin, PngImagePlugin, Tiff
 from models import color
 from models.files import atomic_output
 from worker.errors import BadInputError, InputTooLargeError, StorageError, UnsupportedMediaError
-from worker.icc import RgbSpace, dcf_adobe_rgb_space, gray_luminance, has_lookup_tables, rgb_space, sample_curve
+from worker.icc import (
+    RgbSpace,
+    dcf_adobe_rgb_space,
+    gray_luminance,
+    has_lookup_tables,
+    lookup_table_space,
+    rgb_space,
+    sample_curve,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -445,6 +453,8 @@ def _decode(path: Path, im: Image.Image) -> _Source:
     if sixteen_bit_colour:
         # Pillow would hand us these 16-bit samples cut to 8 bits; OpenCV keeps them (and decodes fully).
         pixels, alpha = _decode_16bit_multichannel(path, im, orientation)
+        if has_lookup_tables(icc):
+            pixels, icc = _through_16bit_lookup_tables(path, pixels, icc), srgb_icc_profile()
         if icc_space == "GRAY" and _is_neutral(pixels):
             # 16-bit gray with alpha, which Pillow and OpenCV both hand over as RGBA: its gray profile still applies.
             pixels, gray_lut = pixels[..., 0], _gray_profile_lightness(path, icc, _gray_levels(im, bits))
@@ -547,15 +557,29 @@ def _pillow_pixels(
 def _through_lookup_tables(path: Path, rgb: np.ndarray, icc: bytes) -> np.ndarray:
     """8-bit RGB under a profile of look-up tables (a scanner calibrated on a target), as sRGB through LittleCMS,
     which applies the tables: the result is written in sRGB, under an sRGB profile. (Read as sRGB and written back
-    under the scanner's profile, as before, the colours added were shown through the scanner's tables too.)"""
+    under the scanner's profile, as before, the colours added were shown through the scanner's tables too.) Relative
+    colorimetric, as a 16-bit scan's (``_through_16bit_lookup_tables``): the colours the scanner measured."""
     try:
         converted = ImageCms.profileToProfile(Image.fromarray(rgb), ImageCms.ImageCmsProfile(io.BytesIO(icc)),
-                                              _srgb_profile(), outputMode="RGB")
+                                              _srgb_profile(), outputMode="RGB",
+                                              renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC)
     except (ImageCms.PyCMSError, OSError) as exc:  # as for a CMYK profile: a damaged one costs its colours only
         logger.warning("%s: ICC profile's look-up tables unusable (%s); read as sRGB", path, exc)
         return rgb
     logger.info("%s: converted to sRGB through its profile's look-up tables; the result is sRGB", path)
     return np.asarray(converted)
+
+
+def _through_16bit_lookup_tables(path: Path, rgb: np.ndarray, icc: bytes) -> np.ndarray:
+    """16-bit RGB under a profile of look-up tables, as 16-bit sRGB through them (``worker.icc.lookup_table_space``:
+    LittleCMS through Pillow converts 8-bit data only); the result is written in sRGB, under an sRGB profile."""
+    try:
+        tables = lookup_table_space(icc)
+    except ValueError as exc:  # as _through_lookup_tables: a damaged profile costs its colours only
+        logger.warning("%s: ICC profile's look-up tables unusable (%s); read as sRGB", path, exc)
+        return rgb
+    logger.info("%s: converted to sRGB through its profile's look-up tables; the result is sRGB", path)
+    return np.rint(tables.to_srgb(rgb / 65535.0) * 65535.0).astype(np.uint16)
 
 
 def _gray_levels(im: Image.Image, bits: int) -> np.ndarray:
