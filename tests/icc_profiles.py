@@ -136,3 +136,17 @@ def twisted_lookup_table_profile(kind: bytes, connection_space: bytes, points: i
                  + a_curves + grid + identity_curves * 3 + matrix + identity_curves * 3)
     profile = _profile(b"RGB ", {b"A2B0": table}, connection_space, version=4 if kind == b"mAB " else 2)
     return profile[:12] + b"scnr" + profile[16:]
+
+
+def with_colorimetric_table(perceptual: bytes, colorimetric: bytes) -> bytes:
+    """A scanner's profile with two tables: ``perceptual``'s A2B0, and ``colorimetric``'s A2B0 as its A2B1."""
+    def table(profile: bytes) -> bytes:
+        count = struct.unpack(">I", profile[128:132])[0]
+        for i in range(count):
+            signature, offset, size = struct.unpack(">4sII", profile[132 + 12 * i: 144 + 12 * i])
+            if signature == b"A2B0":
+                return profile[offset: offset + size]
+        raise ValueError("no A2B0 table")
+
+    profile = _profile(b"RGB ", {b"A2B0": table(perceptual), b"A2B1": table(colorimetric)}, perceptual[20:24])
+    return profile[:12] + b"scnr" + profile[16:]

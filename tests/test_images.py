@@ -23,6 +23,7 @@ from tests.icc_profiles import (
     lookup_table_profile,
     matrix_trc_profile,
     twisted_lookup_table_profile,
+    with_colorimetric_table,
 )
 from worker import images
 from worker.errors import BadInputError, InputTooLargeError, PermanentError, UnsupportedMediaError
@@ -483,6 +484,23 @@ def test_a_16_bit_scan_under_a_profile_of_look_up_tables_is_read_through_them_to
         assert written.info["icc_profile"] == srgb_icc_profile()
     photo8 = read_photo(_png8_with_profile(tmp_path / "scan8.png", eight_bit, profile))  # the same scan at 8 bits
     assert np.abs(photo8.L - photo.L[:16]).max() < 0.6
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_a_scan_is_read_through_its_profiles_colorimetric_table(tmp_path: Path, bits: int) -> None:
+    # The colours the scanner measured on its target, at either depth: the perceptual table is a rendering.
+    profile = with_colorimetric_table(twisted_lookup_table_profile(b"mft2", b"XYZ "),
+                                      lookup_table_profile(PROPHOTO, 1.8))
+    shades = gray8(8, 16)
+    rgb = np.repeat(shades[..., None], 3, axis=2)
+    source = tmp_path / "scan.png"
+    if bits == 8:
+        _png8_with_profile(source, rgb, profile)
+    else:
+        _png16_with_profile(source, rgb.astype(np.uint16) * 257, profile)
+    luminance = (shades / 255.0) ** 1.8  # a ProPhoto gray's Y is its decoded code
+    expected = np.where(luminance > 0.008856, 116 * np.cbrt(luminance) - 16, 903.3 * luminance)
+    assert np.abs(read_photo(source).L - expected).max() < 0.6  # the twisted perceptual table is up to 4 L off
 
 
 def _png8_with_profile(path: Path, samples: np.ndarray, icc: bytes) -> Path:
