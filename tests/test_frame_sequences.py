@@ -8,6 +8,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 from fractions import Fraction
 from pathlib import Path
 
@@ -313,6 +314,63 @@ def test_a_run_of_openexr_frames_is_read_as_linear_light_through_the_srgb_curve(
     assert run_cli(tiny_checkpoint, str(paths[0]), "-o", str(tmp_path / "one")) == 1  # one frame alone: name its run
 
 
+# A Cineon frame written by ImageMagick (FFmpeg writes none), as film scanners of the 1990s wrote them: made by
+# ``convert codes.png -set colorspace Log -depth 10 imagemagick-10bit.cin`` from a 16-bit PNG of ``cineon_codes()``.
+CINEON_FRAME = Path(__file__).parent / "data" / "imagemagick-10bit.cin"
+
+
+def cineon_codes() -> np.ndarray:
+    """The 10-bit RGB codes the Cineon frame was made of (48x32): a ramp from Cineon black to white (95-685) in its
+    top 24 rows, one from 0 to 1023 below, and a block of R 600, G 400, B 200 at the top left."""
+    codes = np.tile(np.linspace(95, 685, 48).round(), (32, 1))
+    codes[24:] = np.linspace(0, 1023, 48).round()
+    rgb = np.repeat(codes[..., None], 3, axis=2)
+    rgb[:4, :4] = (600, 400, 200)
+    return rgb
+
+
+def cineon_run(folder: Path, frames: int = 3) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"scan_{FIRST + i:07d}.cin" for i in range(frames)]
+    for path in paths:
+        path.write_bytes(CINEON_FRAME.read_bytes())
+    return paths
+
+
+def test_a_run_of_cineon_frames_is_read_as_the_log_scan_it_is(tmp_path, caplog, tiny_checkpoint):
+    """FFmpeg has no Cineon decoder: such a run was refused as unreadable. Its frames are read as the DPX frames
+    they are, rewritten a window at a time in a scratch folder, as log scans."""
+    scratch = set(Path(tempfile.gettempdir()).glob("tinct-cineon-*"))
+    paths = cineon_run(tmp_path / "reel1")
+    run = str(tmp_path / "reel1" / "scan_%07d.cin")
+    assert folder_sequences(tmp_path / "reel1", sorted(p.name for p in paths)) == ([run], [])
+    with caplog.at_level("INFO"):
+        film = probe_film(run, 1 << 30)
+    assert film.video.log_encoded and (film.frames, film.video.bit_depth, film.video.width) == (3, 10, 48)
+    assert "Cineon frames, log-encoded (printing density) as every Cineon scan is" in caplog.text
+    layout = frames_layout(film.video, FrameTarget.parse(str(tmp_path / "colour" / "c_%07d.dpx")))
+    frames = list(decode_frames(film, layout.frame, 0, 3))
+    assert [frame.index for frame in frames] == [0, 1, 2]
+    assert np.abs(frames[0].luma[4:].astype(int) - cineon_codes()[4:, :, 0]).max() <= 2  # ImageMagick's rounding
+    words = np.frombuffer(CINEON_FRAME.read_bytes(), ">u4", count=48 * 32, offset=2048).reshape(32, 48)
+    np.testing.assert_array_equal(frames[0].luma[4:], (words[4:] >> 22) & 1023)  # gray: the scan's codes exactly
+    assert abs(int(frames[0].luma[0, 0]) - luma_of(cineon_codes()[0, 0])) <= 2  # R, G and B in their order
+    assert set(Path(tempfile.gettempdir()).glob("tinct-cineon-*")) == scratch  # rewritten frames go with their window
+    assert run_cli(tiny_checkpoint, str(tmp_path / "reel1"), "-o", str(tmp_path / "colour" / "c_%07d.dpx")) == 0
+    copies = [tmp_path / "colour" / f"c_{FIRST + i:07d}.dpx" for i in range(3)]
+    assert [copy.read_bytes()[801:803] for copy in copies] == [b"\x01\x01"] * 3  # the copy says it is log too
+    # A frame of a layout not read here, or cut short, is refused by its file before any work.
+    header = bytearray(paths[1].read_bytes())
+    header[198] = 16  # 16 bits a sample
+    paths[1].write_bytes(bytes(header))
+    with pytest.raises(BadInputError, match=r"scan_0086401.cin: a Cineon frame of 3 channels at 16 bits .*Tinct "
+                       r"reads 10-bit RGB Cineon, the scanners' own layout: convert the run to DPX first"):
+        find_sequence(run).check_frames()
+    paths[1].write_bytes(CINEON_FRAME.read_bytes()[:5000])
+    with pytest.raises(BadInputError, match=r"scan_0086401.cin: truncated: 5000 bytes of the 8192"):
+        find_sequence(run).check_frames()
+
+
 def test_a_log_scan_is_read_as_the_light_its_codes_stand_for_and_coloured_in_its_encoding(tmp_path):
     """The network reads a log scan's lightness as the light its codes stand for (not the flat picture the codes make
     shown as they are), and its colour is written into the copy log-encoded, channel by channel: read back as log,
@@ -508,6 +566,20 @@ def test_a_worker_reads_a_stored_run_a_window_at_a_time_and_keeps_none_of_it(s3_
         np.testing.assert_array_equal(frame.luma, frames[frame.index] >> 6)  # the 10-bit scan, bit for bit
     assert list(fetched.iterdir()) == []
     assert not (tmp_path / "work" / "inputs").exists()
+
+
+def test_a_stored_run_of_cineon_frames_is_read_a_window_at_a_time_and_keeps_none_of_it(s3_server, tmp_path):
+    s3_server.make_bucket("scans")
+    for path in cineon_run(tmp_path / "scan", frames=RUN_WINDOW_FRAMES + 2):
+        put_object(s3_server, f"s3://scans/reel1/{path.name}", path.read_bytes())
+    rt = Runtime(s3_settings(s3_server, work_dir=tmp_path / "work"))
+    film = rt.film("s3://scans/reel1/scan_%07d.cin")
+    assert film.video.log_encoded and film.frames == RUN_WINDOW_FRAMES + 2
+    frames = list(decode_frames(film, plan_output(film.video, EncodeOptions("ffv1")).frame, 0, film.frames))
+    words = np.frombuffer(CINEON_FRAME.read_bytes(), ">u4", count=48 * 32, offset=2048).reshape(32, 48)
+    for frame in frames:  # two windows, each fetched and rewritten in its own folder
+        np.testing.assert_array_equal(frame.luma[4:], (words[4:] >> 22) & 1023)
+    assert list((tmp_path / "work" / "frames").iterdir()) == []
 
 
 def test_a_damaged_stored_dpx_frame_is_refused_by_its_key_from_its_header_alone(s3_server, tmp_path):

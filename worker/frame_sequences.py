@@ -9,9 +9,11 @@ digits, zero-padded; ``%d``: unpadded; a literal ``%`` in a name doubled); ``###
 software writes it. That name is the film's path wherever a film is named by its path (the film job, its resume
 manifest, its messages). A run must be contiguous and its frames one size: a missing frame would shift every later
 frame's time and is refused by number, and a DPX frame cut short or of another size by its file, before any work.
-DPX and OpenEXR files in folders are always taken as runs (the formats of film scanners and VFX plates, which
-Tinct never reads as photos); TIFF and PNG runs are photos until named by their pattern. OpenEXR frames hold linear
-light, which is read through the sRGB curve (``worker.video_source.VideoFormat.scene_linear``).
+DPX, Cineon and OpenEXR files in folders are always taken as runs (the formats of film scanners and VFX plates,
+which Tinct never reads as photos); TIFF and PNG runs are photos until named by their pattern. OpenEXR frames hold
+linear light, which is read through the sRGB curve (``worker.video_source.VideoFormat.scene_linear``). Cineon
+frames, which FFmpeg cannot decode, are read as the DPX frames they are rewritten as, a window at a time, in a
+scratch folder (``worker.cineon``).
 
 A DPX frame says its frame rate in its film or television header where the scanner filled them in; a run whose
 frames do not say (and every TIFF or PNG run) plays at ``DEFAULT_FRAME_RATE`` unless a rate is given.
@@ -29,6 +31,7 @@ import math
 import os
 import re
 import struct
+import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -38,13 +41,16 @@ from pathlib import Path
 
 import av
 
+from worker.cineon import as_dpx, check_cineon_frame, cineon_frame_rate
 from worker.errors import BadInputError
 from worker.storage import ObjectInfo, format_uri, parse_uri
 
 logger = logging.getLogger(__name__)
 
 # Suffixes whose numbered files in a folder are frames of a film, never photos.
-FOLDER_SEQUENCE_SUFFIXES = (".dpx", ".exr")
+FOLDER_SEQUENCE_SUFFIXES = (".dpx", ".cin", ".exr")
+CINEON_SUFFIX = ".cin"
+CINEON_ENCODING = (1, 1)  # printing density, as SMPTE 268M codes it: what every Cineon frame holds
 # Suffixes whose frames hold linear light (OpenEXR's floats), never display or log codes.
 LINEAR_LIGHT_SUFFIXES = (".exr",)
 # Photo formats whose runs are films only when named by their pattern; a folder walk points out a run this long
@@ -97,8 +103,8 @@ class FrameSequence:
     # it reads fetched. Such a run was listed and checked by ``stored_sequence``.
     fetch: FetchFrames | None = field(default=None, compare=False, repr=False)
     # A DPX run's encoding as its first frame's header says it: image element 1's transfer characteristic and
-    # colorimetric specification (SMPTE 268M codes: 1 printing density, 2 linear, 6 BT.709, ...). Frames written from
-    # the run keep it, as they keep its lightness.
+    # colorimetric specification (SMPTE 268M codes: 1 printing density, 2 linear, 6 BT.709, ...); a Cineon run's is
+    # printing density. Frames written from the run keep it, as they keep its lightness.
     dpx_encoding: tuple[int, int] | None = None
 
     @property
@@ -131,37 +137,61 @@ class FrameSequence:
                 "frame_rate": str(self.frame_rate)}
 
     def check_frames(self) -> None:
-        """Refuse, by file, a DPX frame whose header says it is cut short or of another size than the first frame:
-        hours into a film is too late to find a frame copied halfway or rescanned at another resolution. Headers
-        only, a few KB per frame; frames of other formats are checked as they are decoded."""
-        if self.suffix.lower() != ".dpx":
+        """Refuse, by file, a DPX or Cineon frame whose header says it is cut short or of another size than the
+        first frame (or a Cineon frame of a layout not read): hours into a film is too late to find a frame copied
+        halfway or rescanned at another resolution. Headers only, a few KB per frame; frames of other formats are
+        checked as they are decoded."""
+        check = FRAME_CHECKS.get(self.suffix.lower())
+        if check is None:
             return
         film_size = None
         for position in range(self.count):
             path = self.frame_path(position)
-            film_size = check_dpx_frame(path, _read_header(path), os.path.getsize(path), film_size, self.pattern)
+            film_size = check(path, _read_header(path), os.path.getsize(path), film_size, self.pattern)
 
     @contextmanager
     def open(self, start: int = 0, stop: int | None = None) -> Iterator[av.container.InputContainer]:
         """The run from its frame ``start`` on (a position: 0 is its first frame) as a PyAV container: one video
         stream, a frame per file at the run's frame rate, whose pts count from ``start``. A stored run (``fetch``)
         has its frames ``start .. stop - 1`` fetched for the reading (to its last frame if ``stop`` is None)."""
-        if self.fetch is None:
+        positions = range(start, self.count if stop is None else stop)
+        if self.fetch is None and self.suffix.lower() != CINEON_SUFFIX:
             with self._open_in(self.folder, start) as container:
                 yield container
             return
-        with self.fetch(range(start, self.count if stop is None else stop)) as folder, \
-                self._open_in(folder, start) as container:
+        with self._frames_at_hand(positions) as folder, self._open_in(folder, start) as container:
             yield container
+
+    @contextmanager
+    def _frames_at_hand(self, positions: range) -> Iterator[Path]:
+        """A folder holding the frames at ``positions`` as FFmpeg reads them: a stored run's fetched, a Cineon run's
+        rewritten as DPX frames beside them (in a scratch folder of its own for a run in a folder), named as the
+        run's own with a .dpx suffix."""
+        if self.fetch is not None:
+            with self.fetch(positions) as folder:
+                self._as_dpx(folder, folder, positions)
+                yield folder
+            return
+        with tempfile.TemporaryDirectory(prefix="tinct-cineon-") as scratch:
+            self._as_dpx(self.folder, Path(scratch), positions)
+            yield Path(scratch)
+
+    def _as_dpx(self, frames: Path, folder: Path, positions: range) -> None:
+        if self.suffix.lower() != CINEON_SUFFIX:
+            return
+        for position in positions:
+            name = frame_name(self.prefix, self.digits, self.suffix, self.first + position)
+            as_dpx(frames / name, folder / (name[: -len(self.suffix)] + ".dpx"))
 
     def _open_in(self, folder: Path, start: int) -> av.container.InputContainer:
         # FFmpeg's image demuxer reads from frame ``start_number`` to the first missing number (``start_number_range``
         # 1: that very frame, never one of the next few in its place), and reads the whole path as a pattern.
         options = {"start_number": str(self.first + start), "start_number_range": "1",
                    "framerate": str(self.frame_rate)}
+        suffix = ".dpx" if self.suffix.lower() == CINEON_SUFFIX else self.suffix  # read as rewritten
         try:
             ffmpeg_pattern = os.path.join(str(folder).replace("%", "%%"),
-                                          _name_pattern(self.prefix, self.digits, self.suffix))
+                                          _name_pattern(self.prefix, self.digits, suffix))
             return av.open(ffmpeg_pattern, format="image2", options=options, metadata_errors="replace")
         except av.FFmpegError as exc:
             raise BadInputError(self.pattern, f"its frames cannot be read ({exc.strerror or exc})") from exc
@@ -184,7 +214,7 @@ def find_sequence(path: str | os.PathLike, frame_rate: Fraction | None = None) -
         raise BadInputError(path, f"cannot list its folder: {exc.strerror or exc}") from exc
     numbers = [number for number, _ in select_frames(path, names)]
     first = Path(folder or ".") / frame_name(prefix, digits, suffix, numbers[0])
-    header = _read_header(first) if suffix.lower() == ".dpx" else b""
+    header = _read_header(first) if suffix.lower() in FRAME_CHECKS else b""
     return _sequence(path, Path(folder or "."), prefix, digits, suffix, numbers, frame_rate, header)
 
 
@@ -373,8 +403,10 @@ def _sequence(path: str, folder: Path, prefix: str, digits: int, suffix: str, nu
               frame_rate: Fraction | None, first_header: bytes, fetch: FetchFrames | None = None) -> FrameSequence:
     """The run of frames ``numbers``, its rate and timecode read from ``first_header`` (the first frame's first bytes;
     a DPX frame's say them)."""
-    is_dpx = suffix.lower() == ".dpx"
+    is_dpx, is_cineon = suffix.lower() == ".dpx", suffix.lower() == CINEON_SUFFIX
     declared = dpx_frame_rate(first_header) if is_dpx and frame_rate is None else None
+    if is_cineon and frame_rate is None and (cineon_rate := cineon_frame_rate(first_header)) is not None:
+        declared = cineon_rate, "its Cineon header"
     if frame_rate is not None:
         rate, rate_source = frame_rate, "given"
     elif declared is not None:
@@ -387,6 +419,8 @@ def _sequence(path: str, folder: Path, prefix: str, digits: int, suffix: str, nu
     encoding = None
     if is_dpx and len(first_header) > DPX_TRANSFER_OFFSET + 1:
         encoding = (first_header[DPX_TRANSFER_OFFSET], first_header[DPX_TRANSFER_OFFSET + 1])
+    elif is_cineon:
+        encoding = CINEON_ENCODING
     return FrameSequence(folder, prefix, digits, suffix, numbers[0], len(numbers), rate, rate_source, timecode,
                          fetch, encoding)
 
@@ -401,12 +435,12 @@ def stored_sequence(storage, uri: str, frames: list[ObjectInfo], folder: Path, f
     prefix, digits, suffix = split_pattern(uri, uri.rsplit("/", 1)[1])
     numbers = [frame_number(info.uri.rsplit("/", 1)[1], prefix, digits, suffix) for info in frames]
     first_header = b""
-    if suffix.lower() == ".dpx":
+    if (check := FRAME_CHECKS.get(suffix.lower())) is not None:
         first_header = storage.get_head(frames[0].uri, DPX_HEADER_BYTES)
-        film_size = check_dpx_frame(frames[0].uri, first_header, frames[0].size, None, uri)
+        film_size = check(frames[0].uri, first_header, frames[0].size, None, uri)
         for info in frames[1:]:
             if info.size != frames[0].size:
-                check_dpx_frame(info.uri, storage.get_head(info.uri, DPX_HEADER_BYTES), info.size, film_size, uri)
+                check(info.uri, storage.get_head(info.uri, DPX_HEADER_BYTES), info.size, film_size, uri)
     pattern = os.path.join(folder, _name_pattern(prefix, digits, suffix))
     return _sequence(pattern, folder, prefix, digits, suffix, numbers, frame_rate, first_header, fetch)
 
@@ -432,6 +466,10 @@ def check_dpx_frame(name: str | os.PathLike, header: bytes, size: int, film_size
         raise BadInputError(name, f"this frame is {frame_size[0]}x{frame_size[1]}, the film's first is "
                             f"{film_size[0]}x{film_size[1]}; a film's frames must all be one size")
     return frame_size
+
+
+# The frames whose headers say their size, checked before any work (``FrameSequence.check_frames``).
+FRAME_CHECKS = {".dpx": check_dpx_frame, CINEON_SUFFIX: check_cineon_frame}
 
 
 def _check_contiguous(path: str, numbers: list[int]) -> None:
@@ -483,7 +521,8 @@ def dpx_frame_rate(header: bytes) -> tuple[Fraction, str] | None:
 
 
 def _read_header(path: Path) -> bytes:
-    """A DPX file's first 2048 bytes: its generic headers, then its industry headers or pixels (b"" if unreadable)."""
+    """A DPX or Cineon file's first 2048 bytes: its generic headers, then its industry headers or pixels (b"" if
+    unreadable)."""
     try:
         with open(path, "rb") as f:
             return f.read(DPX_HEADER_BYTES)
