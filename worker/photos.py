@@ -191,9 +191,9 @@ def plan_photos(
     the same output, or an output that would replace its own source, fail in the plan. A photo with a hint file
     beside it (``<file name>.hints.json``) is colorized with those hints; ``hints`` names the hint file of a
     single input photo instead. Films in folders keep their container where Tinct writes it and otherwise get
-    ``film_suffix`` (see ``video_sink.fallback_container``). Runs of numbered DPX and OpenEXR frames in folders, and
-    runs named by their pattern, are films (``worker.frame_sequences``). Raises ValueError for arguments that cannot
-    work (which the CLI reports as usage errors).
+    ``film_suffix`` (see ``video_sink.fallback_container``). Runs of numbered DPX, Cineon and OpenEXR frames in folders,
+    and runs named by their pattern, are films (``worker.frame_sequences``). Raises ValueError for arguments that
+    cannot work (which the CLI reports as usage errors).
     """
     sources = [Path(p) for p in inputs]
     output = Path(output)
@@ -266,7 +266,7 @@ def _walk(root: Path, output: Path, plan: PhotoPlan) -> Iterator[Path]:
             logger.warning("%s: %d numbered frames, colorized as photos one by one; name the run to colorize it as "
                            "a film, with steady colour from frame to frame (tinct colorize '%s' -o <film>.mkv)",
                            pattern, count, pattern)
-        for run in runs:  # numbered DPX or OpenEXR frames: each run is a film, named by its pattern
+        for run in runs:  # numbered DPX, Cineon or OpenEXR frames: each run is a film, named by its pattern
             if isinstance(run, BadInputError):
                 plan.failures.append(PhotoOutcome(PhotoTask(Path(run.path), output), "failed", str(run)))
             else:
