@@ -255,8 +255,8 @@ def stored_identity(uri: str, frames: list[ObjectInfo]) -> ObjectInfo:
 
 
 def folder_sequences(folder: Path, names: list[str]) -> tuple[list[str | BadInputError], list[str]]:
-    """The patterns of the runs of DPX or OpenEXR frames among the file ``names`` in ``folder`` (or why a run cannot
-    be a film), and the names left over."""
+    """The patterns of the runs of DPX, Cineon or OpenEXR frames among the file ``names`` in ``folder`` (or why a run
+    cannot be a film), and the names left over."""
     groups, rest = _numbered_groups(names, FOLDER_SEQUENCE_SUFFIXES)
     runs: list[str | BadInputError] = []
     for (prefix, suffix), numbers in sorted(groups.items()):
@@ -299,8 +299,8 @@ def _numbered_groups(names: list[str], suffixes: tuple[str, ...]) -> tuple[dict[
 
 
 def run_key(name: str) -> tuple[str, str] | None:
-    """The (prefix, suffix) that groups a file ``name`` into a run of DPX or OpenEXR frames, or None for any other
-    file."""
+    """The (prefix, suffix) that groups a file ``name`` into a run of DPX, Cineon or OpenEXR frames, or None for any
+    other file."""
     numbered = _numbered(name, FOLDER_SEQUENCE_SUFFIXES)
     return None if numbered is None else (numbered[0], numbered[2])
 
