@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
@@ -58,6 +59,9 @@ def _adaptation(source_white: np.ndarray, target_white: np.ndarray) -> np.ndarra
 
 #: Linear sRGB -> XYZ under D50, the profile connection space.
 SRGB_TO_PCS = _adaptation(np.array(color.D65_WHITE), D50_WHITE) @ np.array(color.XYZ_FROM_RGB)
+_PCS_TO_SRGB = np.linalg.inv(SRGB_TO_PCS)
+#: One step of a look-up-table transform: (pixels, channels) values in, (pixels, channels) out.
+Stage = Callable[[np.ndarray], np.ndarray]
 
 
 class RgbSpace:
@@ -167,10 +171,10 @@ def has_lookup_tables(icc: bytes | None) -> bool:
 class LookupTableSpace:
     """An RGB profile's look-up-table transform into the profile connection space (PCS), then to sRGB: curves per
     channel, a grid of colours interpolated tetrahedrally (as LittleCMS does), curves again, and for lutAtoB a matrix
-    and more curves between (ICC.1:2010 10.10-10.12). ``stages`` are functions of (pixels, channels) arrays in [0, 1];
-    ``decode`` turns the last stage's values into PCS XYZ (D50)."""
+    and more curves between (ICC.1:2010 10.10-10.12). ``stages`` are functions of (pixels, channels) arrays in [0, 1],
+    the last giving the connection space's encoded values, which ``_pcs_xyz`` reads as XYZ (D50)."""
 
-    def __init__(self, stages: list, pcs_is_lab: bool, lab_scale: float) -> None:
+    def __init__(self, stages: list[Stage], pcs_is_lab: bool, lab_scale: float) -> None:
         self.stages = stages
         self.pcs_is_lab = pcs_is_lab
         self.lab_scale = lab_scale  # lut16's legacy Lab encoding puts 100 L at 0xFF00, not 0xFFFF
@@ -184,7 +188,7 @@ class LookupTableSpace:
             values = flat[start:start + _LOOKUP_CHUNK]
             for stage in self.stages:
                 values = stage(values)
-            linear = np.clip(self._pcs_xyz(values) @ np.linalg.inv(SRGB_TO_PCS).T, 0.0, 1.0)
+            linear = np.clip(self._pcs_xyz(values) @ _PCS_TO_SRGB.T, 0.0, 1.0)
             out[start:start + _LOOKUP_CHUNK] = color.linear_to_srgb(torch.from_numpy(linear)).numpy()
         return out.reshape(np.shape(codes))
 
@@ -224,7 +228,7 @@ def lookup_table_space(icc: bytes) -> LookupTableSpace:
     return LookupTableSpace(stages, pcs == b"Lab ", lab_scale)
 
 
-def _lut_stages(table: bytes) -> list:
+def _lut_stages(table: bytes) -> list[Stage]:
     """lut8Type (mft1) and lut16Type (mft2): input curves, grid, output curves (the matrix applies to XYZ input
     only)."""
     inputs, outputs, points = table[8], table[9], table[10]
@@ -246,7 +250,7 @@ def _lut_stages(table: bytes) -> list:
             _tabulated_curves(output_curves.reshape(3, out_entries))]
 
 
-def _lut_a_to_b_stages(table: bytes) -> list:
+def _lut_a_to_b_stages(table: bytes) -> list[Stage]:
     """lutAtoBType (mAB): A curves, grid, M curves, matrix, B curves, each where the table has it."""
     if (table[8], table[9]) != (3, 3):
         raise ValueError(f"a table of {table[8]} inputs and {table[9]} outputs")
@@ -273,7 +277,7 @@ def _lut_a_to_b_stages(table: bytes) -> list:
     return stages
 
 
-def _curve_stage(table: bytes, at: int):
+def _curve_stage(table: bytes, at: int) -> Stage:
     """Three curves ('curv' or 'para') one after another from ``at``, each padded to 4 bytes."""
     curves = []
     for _ in range(3):
@@ -289,7 +293,7 @@ def _curve_stage(table: bytes, at: int):
     return _tabulated_curves(np.stack(curves))
 
 
-def _tabulated_curves(tables: np.ndarray):
+def _tabulated_curves(tables: np.ndarray) -> Stage:
     """Each channel through its own table of evenly spaced entries, linearly interpolated (found by position, not by
     a search: the entries are evenly spaced)."""
     last = tables.shape[1] - 1
@@ -304,7 +308,7 @@ def _tabulated_curves(tables: np.ndarray):
     return stage
 
 
-def _grid(points: tuple[int, int, int], entries: np.ndarray):
+def _grid(points: tuple[int, ...], entries: np.ndarray) -> Stage:
     """A 3-input grid of colours (the first input varying slowest), interpolated tetrahedrally: each cell cut into
     six tetrahedra along its diagonal. The one a pixel falls in is the path from the cell's first corner to its last
     that steps along the inputs in the order of the pixel's fractions, largest first; its four corners are weighed
