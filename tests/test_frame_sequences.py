@@ -266,31 +266,39 @@ def test_a_scan_is_read_as_log_or_not_as_asked_whatever_its_headers_say(tmp_path
     assert f"{source.path}: a film file is read as it is; --log cineon applies to runs of frames" in caplog.text
 
 
-def openexr_plate(folder: Path, frames: int = 2) -> tuple[list[Path], list[np.ndarray]]:
+def openexr_plate(folder: Path, frames: int = 2, half: bool = False) -> tuple[list[Path], list[np.ndarray]]:
     """A VFX plate: a run of OpenEXR frames of linear light (R = G = B), the light of a moving scene shown in sRGB,
-    with a highlight four times display white in its top-left corner (400 of 6,144 pixels)."""
+    with a highlight four times display white in its top-left corner (400 of 6,144 pixels); in half floats (as most
+    plates are, and as FFmpeg then decodes them, f16) or whole ones. Returns the frames and their light as stored
+    (read back from the first plane: FFmpeg rounds to half floats its own way)."""
     folder.mkdir(parents=True, exist_ok=True)
     lights = []
     for index, shown in enumerate(gray_frames(moving_scene(frames, 96, 64))):
         light = srgb_to_linear(torch.from_numpy(shown.astype(np.float32) / 255)).numpy()
         light[:20, :20] = 4.0
-        lights.append(light)
-        with av.open(str(folder / f"plate_{index + 1:04d}.exr"), "w", format="image2") as out:
-            stream = out.add_stream("exr", rate=24)
+        path = folder / f"plate_{index + 1:04d}.exr"
+        with av.open(str(path), "w", format="image2") as out:
+            stream = out.add_stream("exr", rate=24, options={"format": "half"} if half else {})
             stream.width, stream.height, stream.pix_fmt = 96, 64, "gbrpf32le"
             picture = av.VideoFrame(96, 64, "gbrpf32le")
             for plane in picture.planes:
                 np.frombuffer(plane, np.float32).reshape(64, -1)[:, :96] = light
             out.mux(stream.encode(picture))
             out.mux(stream.encode())
+        with av.open(str(path)) as stored:
+            plane = next(stored.decode(video=0)).planes[0]
+            dtype = np.dtype("<f2" if half else "<f4")
+            lights.append(np.frombuffer(plane, dtype).reshape(64, -1)[:, :96].astype(np.float32))
     return sorted(folder.glob("plate_*.exr")), lights
 
 
-def test_a_run_of_openexr_frames_is_read_as_linear_light_through_the_srgb_curve(tmp_path, caplog, tiny_checkpoint):
+@pytest.mark.parametrize("half", [True, False])
+def test_a_run_of_openexr_frames_is_read_as_linear_light_through_the_srgb_curve(tmp_path, caplog, tiny_checkpoint,
+                                                                                half):
     """An OpenEXR plate holds light, not codes: read as display codes, as before, its mid-grey (light 0.18) was code
     0.18, a dark, flat picture coloured as such. Its lightness is now the light through the sRGB curve, highlights
     above display white shown white (and said to be), and its copy is display-referred and tagged so."""
-    paths, lights = openexr_plate(tmp_path / "vfx")
+    paths, lights = openexr_plate(tmp_path / "vfx", half=half)
     with caplog.at_level("INFO"):
         film = probe_film(tmp_path / "vfx" / "plate_%04d.exr", 1 << 30)
     assert film.video.scene_linear and (film.video.color_trc, film.video.color_primaries) == (13, 1)  # sRGB, BT.709

@@ -77,10 +77,11 @@ MAX_PLAUSIBLE_FPS = 1000
 TRUNCATION_TOLERANCE_S = 1.0
 # FFmpeg's gray format of each luma bit depth the film path reads gray, paletted and RGB sources at.
 GRAY_FORMATS = {8: "gray", 9: "gray9le", 10: "gray10le", 12: "gray12le", 14: "gray14le", 16: "gray16le"}
-# Float frames, as FFmpeg decodes OpenEXR: values of linear light (1.0 display white, highlights above it), tagged
-# with the linear transfer (AVCOL_TRC_LINEAR) or none. FFmpeg's own conversions clip them to 0-1 as codes.
-LINEAR_FLOAT_FORMATS = frozenset(f"{name}{order}" for name in ("grayf32", "gbrpf32", "gbrapf32")
-                                 for order in ("le", "be"))
+# Float frames, as FFmpeg decodes OpenEXR (half floats as f16, whole ones as f32): values of linear light (1.0 display
+# white, highlights above it), tagged with the linear transfer (AVCOL_TRC_LINEAR) or none. FFmpeg's own conversions
+# clip them to 0-1 as codes, and PyAV hands no f16 frame over as an array: their planes are read here.
+LINEAR_FLOAT_FORMATS = frozenset(f"{name}{bits}{order}" for name in ("grayf", "gbrpf", "gbrapf")
+                                 for bits in (16, 32) for order in ("le", "be"))
 TRC_LINEAR, TRC_SRGB = 8, 13  # AVCOL_TRC_LINEAR, AVCOL_TRC_IEC61966_2_1
 UNSPECIFIED_TAGS = (0, 2)  # FFmpeg's "reserved" and "unspecified" codes of transfers, primaries and matrices
 PRIMARIES_BT709 = 1  # AVCOL_PRI_BT709: OpenEXR's primaries where its header names none
@@ -843,7 +844,7 @@ def _linear_luma(frame, video: VideoFormat) -> np.ndarray:
     """Full-range Y' of a frame of linear light (``VideoFormat.scene_linear``): each channel through the sRGB curve,
     clipped at display white, then weighed by the output's matrix, as a display-referred RGB frame's is
     (``_rgb_luma``). A NaN (a renderer's fault) reads as black."""
-    light = np.nan_to_num(frame.to_ndarray(), nan=0.0, posinf=1.0, neginf=0.0)  # (H, W), or (H, W, 3 or 4): RGB(A)
+    light = np.nan_to_num(_float_light(frame), nan=0.0, posinf=1.0, neginf=0.0)
     shown = linear_to_srgb_np(np.clip(light, 0.0, 1.0, out=light))
     if shown.ndim == 3:
         weight_red, weight_blue = YCBCR_WEIGHTS[video.matrix]
@@ -854,8 +855,22 @@ def _linear_luma(frame, video: VideoFormat) -> np.ndarray:
 
 def _highlight_share(frame) -> float:
     """The share of a frame of linear light brighter than display white in any channel."""
-    light = frame.to_ndarray()
-    return float((light > 1.0).mean() if light.ndim == 2 else (light[..., :3] > 1.0).any(axis=-1).mean())
+    light = _float_light(frame)
+    return float((light > 1.0).mean() if light.ndim == 2 else (light > 1.0).any(axis=-1).mean())
+
+
+def _float_light(frame) -> np.ndarray:
+    """A float frame's values (``LINEAR_FLOAT_FORMATS``) as float32: (H, W) of a gray one, (H, W, 3) red, green and
+    blue of a colour one (its planes are green, blue, red, then alpha, which is left out)."""
+    name = frame.format.name
+    dtype = np.dtype(("<" if name.endswith("le") else ">") + ("f2" if "f16" in name else "f4"))
+
+    def plane(index: int) -> np.ndarray:
+        data = frame.planes[index]
+        rows = np.frombuffer(data, dtype).reshape(-1, data.line_size // dtype.itemsize)
+        return rows[: data.height, : data.width].astype(np.float32)
+
+    return plane(0) if name.startswith("gray") else np.stack([plane(2), plane(0), plane(1)], axis=-1)
 
 
 def _lightness(luma: np.ndarray, table: np.ndarray, width: int, height: int) -> np.ndarray:
