@@ -94,6 +94,11 @@ def linear_to_srgb_np(linear: np.ndarray) -> np.ndarray:
     return linear_to_srgb(torch.from_numpy(np.ascontiguousarray(linear, dtype=np.float32))).numpy()
 
 
+def srgb_to_linear_np(rgb: np.ndarray) -> np.ndarray:
+    """``srgb_to_linear`` of a float32 array of any shape."""
+    return srgb_to_linear(torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32))).numpy()
+
+
 def _lab_f(t: torch.Tensor) -> torch.Tensor:
     return torch.where(t > _EPS_LAB, t.clamp(min=_EPS_LAB) ** (1 / 3), _SLOPE_LAB * t + 16.0 / 116.0)
 

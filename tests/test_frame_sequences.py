@@ -47,7 +47,7 @@ from worker.pipeline import _colour, _colour_on_device
 from worker.settings import Settings
 from worker.smoothing import SmoothingOptions
 from worker.video_sink import EncodeOptions, plan_output
-from worker.video_source import RUN_WINDOW_FRAMES, decode_frames, probe_film, with_log_choice
+from worker.video_source import RUN_WINDOW_FRAMES, decode_frames, float_light, probe_film, with_log_choice
 from worker.work import Runtime
 
 SIZE = (96, 64)
@@ -320,6 +320,38 @@ def test_a_run_of_openexr_frames_is_read_as_linear_light_through_the_srgb_curve(
     copy = tmp_path / "colour" / "plate.mkv"
     assert (probe(copy).color_trc, probe(copy).color_primaries) == ("iec61966-2-1", "bt709") and is_coloured(copy)
     assert run_cli(tiny_checkpoint, str(paths[0]), "-o", str(tmp_path / "one")) == 1  # one frame alone: name its run
+
+
+def test_a_plate_coloured_into_openexr_frames_keeps_its_own_light_highlights_too(tmp_path, tiny_checkpoint):
+    """A plate comes back as a plate: linear light in half floats, each pixel's colour scaled to the plate's own
+    luminance, the highlight at four times display white too (its display-referred copy is white there)."""
+    _, lights = openexr_plate(tmp_path / "vfx", half=True)
+    assert run_cli(tiny_checkpoint, str(tmp_path / "vfx"), "-o", str(tmp_path / "colour" / "plate_%04d.exr")) == 0
+    for number, light in enumerate(lights, start=1):
+        with av.open(str(tmp_path / "colour" / f"plate_{number:04d}.exr")) as copy:
+            frame = next(copy.decode(video=0))
+        assert frame.format.name == "gbrpf16le"  # half floats, as the plate's
+        rgb = float_light(frame)
+        luminance = rgb @ np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
+        np.testing.assert_allclose(luminance, light, rtol=2e-3, atol=2e-4)  # to the rounding of half floats
+        assert np.abs(luminance[:20, :20] - 4.0).max() < 0.01
+        chroma = rgb.max(axis=-1) - rgb.min(axis=-1)
+        assert (chroma > 0.05 * luminance).mean() > 0.2  # coloured, not gray
+
+
+def test_a_log_scan_coloured_into_openexr_frames_is_its_linear_light(tmp_path, tiny_checkpoint):
+    """Cineon log codes decoded as the light they stand for: reference white 685 is 1.0, and a frame's luminance
+    follows its codes' light (to the non-constant luminance of the colour added)."""
+    log_scan(tmp_path / "reel1", frames=1)
+    assert run_cli(tiny_checkpoint, str(tmp_path / "reel1"), "-o", str(tmp_path / "colour" / "c_%07d.exr")) == 0
+    with av.open(str(tmp_path / "colour" / f"c_{FIRST:07d}.exr")) as copy:
+        rgb = float_light(next(copy.decode(video=0)))
+    codes = read_frames(tmp_path / "reel1", [f"scan_{FIRST:07d}.dpx"])[0][..., 1]
+    light = cineon_to_linear(torch.from_numpy(codes)).numpy()
+    luminance = rgb @ np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
+    middle = light > 0.01  # the scene is dark: its light 0.009-0.05 (codes 300-480)
+    assert middle.mean() > 0.3
+    assert np.median(np.abs(luminance[middle] / light[middle] - 1)) < 0.1
 
 
 # A Cineon frame written by ImageMagick (FFmpeg writes none), as film scanners of the 1990s wrote them: made by

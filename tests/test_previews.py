@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -155,3 +156,25 @@ def test_a_log_scans_copies_are_previewed_as_a_display_shows_them(s3_server, sto
         for side in ("before", "after"):
             shown = np.asarray(Image.open(previews.image(record, item, side)).convert("L"), dtype=np.int16)
             assert shown[:, 4:28].mean() > 250 and 100 < shown[:, 36:60].mean() < 140, (record.id, side)
+
+
+def test_openexr_frames_are_previewed_through_the_srgb_curve(s3_server, storage, tmp_path):
+    """An OpenEXR copy holds linear light: its 18 % gray is code 0.18, shown as it is nearly black; it shows at the
+    sRGB curve's 118 of 255, its white (and a highlight above it) white."""
+    light = np.full((48, 64, 3), 0.18, np.float32)
+    light[:, :16] = 1.0
+    light[:, 16:24] = 6.0
+    for index in range(4):
+        with av.open(str(tmp_path / f"c_{index:04d}.exr"), "w", format="image2") as out:
+            stream = out.add_stream("exr", rate=24, options={"format": "half"})
+            stream.width, stream.height, stream.pix_fmt = 64, 48, "gbrpf32le"
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(light, format="gbrpf32le")))
+            out.mux(stream.encode())
+        put_object(s3_server, f"s3://colour/plate/c_{index:04d}.exr", (tmp_path / f"c_{index:04d}.exr").read_bytes())
+    record = JobRecord(id="job-exr", spec=JobSpec(input="s3://scans/plate/p_%04d.exr",
+                                                  output="s3://colour/plate/c_%04d.exr", kind="video"),
+                       state="succeeded", created=0.0, updated=0.0, metrics={"frames": 4, "first_frame": 0})
+    previews = Previews(storage, tmp_path / "cache", tmp_path / "scratch")
+    item = previews.items(record)[0]
+    shown = np.asarray(Image.open(previews.image(record, item, "after")).convert("L"), dtype=np.int16)
+    assert shown[:, 2:22].mean() > 250 and abs(shown[:, 28:60].mean() - 118) < 4

@@ -727,10 +727,12 @@ def test_webhook_events_send_a_film_with_its_reference_folder(webhook, submitter
 def test_bulk_can_colour_each_run_into_frames_named_as_its_own(submitter, s3_server):  # noqa: F811
     s3_server.make_bucket("scans")
     for key in [f"in/reel1/scan_{n:07d}.dpx" for n in range(86400, 86403)] + [
-            "in/0001.dpx", "in/0002.dpx", "in/tape.mkv", "in/vfx/plate_0001.exr", "in/vfx/plate_0002.exr"]:
+            "in/0001.dpx", "in/0002.dpx", "in/tape.mkv", "in/vfx/plate_0001.exr", "in/vfx/plate_0002.exr",
+            "in/old/scan_01.cin", "in/old/scan_02.cin"]:
         put(s3_server, "scans", key, body=key.encode())
     # The codec is the film file's (a run of frames has no encoder), the log reading the scans' (a film is no scan,
-    # nor is an OpenEXR plate, which holds linear light). Tinct writes no OpenEXR: a plate's frames come out as DPX.
+    # nor is an OpenEXR plate, which holds linear light). Tinct writes no Cineon: a Cineon run's frames come out as
+    # DPX (which says printing density, as Cineon's all are).
     options = replace(OPTIONS, codec="ffv1", log="cineon")
     report = bulk(submitter, "s3://scans/in/", "s3://out/", options, runs_to_frames=True)
     created = {spec.input: spec for spec in submitter.created}
@@ -738,10 +740,11 @@ def test_bulk_can_colour_each_run_into_frames_named_as_its_own(submitter, s3_ser
         "s3://scans/in/reel1/scan_%07d.dpx": ("s3://out/reel1/scan_%07d.dpx", "h264", "cineon"),
         "s3://scans/in/%04d.dpx": ("s3://out/%04d.dpx", "h264", "cineon"),
         "s3://scans/in/tape.mkv": ("s3://out/tape.mkv", "ffv1", "auto"),
-        "s3://scans/in/vfx/plate_%04d.exr": ("s3://out/vfx/plate_%04d.dpx", "h264", "auto")}
+        "s3://scans/in/vfx/plate_%04d.exr": ("s3://out/vfx/plate_%04d.exr", "h264", "auto"),
+        "s3://scans/in/old/scan_%02d.cin": ("s3://out/old/scan_%02d.dpx", "h264", "cineon")}
     assert all(spec.options.smoothing == 0.25 for spec in created.values()) and report.failures == []
     again = bulk(submitter, "s3://scans/in/", "s3://out/", options, runs_to_frames=True)  # a rerun finds them
-    assert again.submitted == 0 and again.already_queued == 4
+    assert again.submitted == 0 and again.already_queued == 5
 
 
 def test_bulk_makes_each_run_of_dpx_frames_one_film_job(submitter, s3_server):  # noqa: F811

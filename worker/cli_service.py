@@ -86,8 +86,8 @@ def add_service_commands(commands: argparse._SubParsersAction) -> None:
     bulk.add_argument("--dry-run", action="store_true", help="count what would be queued; queue nothing")
     bulk.add_argument("--runs-to-frames", action="store_true",
                       help="colour each run of DPX frames into DPX frames named as its own (in/reel1/scan_%%07d.dpx -> "
-                      "out/reel1/scan_%%07d.dpx), for a conform, instead of a film (a Cineon or OpenEXR run into DPX "
-                      "frames of its names); --codec, --crf and --preset then apply to film files only")
+                      "out/reel1/scan_%%07d.dpx), for a conform, instead of a film (a Cineon run into DPX frames of "
+                      "its names); --codec, --crf and --preset then apply to film files only")
     _add_job_options(bulk)
     bulk.set_defaults(run=_bulk)
 

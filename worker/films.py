@@ -288,7 +288,7 @@ def _colorize_segments(colorizer: Colorizer, film: FilmInfo, layout: OutputLayou
                 SegmentWriter(tmp, film.video, layout, options.encode) if frames is None else nullcontext() as writer:
             def sink(frame: ColourFrame, writer: SegmentWriter | None = writer) -> None:
                 if writer is None:
-                    frames.write(frame.index, frame.luma, frame.cb, frame.cr)
+                    frames.write(frame.index, frame.luma, frame.cb, frame.cr, frame.light)
                 else:
                     writer.write(frame.pts, frame.luma, frame.cb, frame.cr)
                 encoded[0] += 1

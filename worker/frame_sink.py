@@ -11,9 +11,12 @@ from the pipeline's Y'CbCr planes by the inverse of the matrix their luma was re
 source's: a black-and-white scan stored as R = G = B comes back with the same values wherever no colour was added.
 
 Formats, by the output's suffix: DPX keeps 8, 10, 12 or 16 bits; TIFF and PNG keep 8 bits, or 16 for deeper
-sources. DPX frames get the film and television headers a scanner writes: the frame rate, and each frame's timecode
-where the source has one (a run's DPX header, a file's timecode track), counted on as drop-frame where it is so; a
-DPX run's copy keeps its transfer characteristic and colorimetric specification (a log scan's copy says it is log).
+sources. OpenEXR frames hold linear light, in half floats (ZIP-compressed, as plates are): the copy's R'G'B' decoded
+by the transfer its codes were read with (the sRGB curve; Cineon's for a log scan), and a plate of linear light's
+copy keeps the plate's own light, each pixel's colour scaled to its luminance, highlights above display white too.
+DPX frames get the film and television headers a scanner writes: the frame rate, and each frame's timecode where the
+source has one (a run's DPX header, a file's timecode track), counted on as drop-frame where it is so; a DPX run's
+copy keeps its transfer characteristic and colorimetric specification (a log scan's copy says it is log).
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from pathlib import Path
 
 import av
 import numpy as np
+import torch
 
-from models.color import code_dtype, ycbcr_to_rgb_np
+from models.color import cineon_to_linear, code_dtype, srgb_to_linear_np, ycbcr_to_rgb_np
 from models.files import atomic_output
 from worker.errors import BadInputError
 from worker.frame_sequences import (
@@ -44,7 +48,7 @@ from worker.frame_sequences import (
     split_pattern,
 )
 from worker.video_sink import OutputLayout
-from worker.video_source import FilmInfo, FrameLayout, VideoFormat
+from worker.video_source import BT709_LUMINANCE, FilmInfo, FrameLayout, VideoFormat
 
 # Per output suffix: the image encoder, and its pixel format for each bit depth it keeps.
 FRAME_FORMATS = {
@@ -52,7 +56,11 @@ FRAME_FORMATS = {
     ".tif": ("tiff", {8: "rgb24", 16: "rgb48le"}),
     ".tiff": ("tiff", {8: "rgb24", 16: "rgb48le"}),
     ".png": ("png", {8: "rgb24", 16: "rgb48be"}),
+    ".exr": ("exr", {16: "gbrpf32le"}),  # from the pipeline's 16-bit codes, as linear light
 }
+# OpenEXR frames as plates are stored: half floats, each block of 16 lines ZIP-compressed.
+EXR_OPTIONS = {"format": "half", "compression": "zip16"}
+EXR_BLACK = 1e-6  # a pixel darker than this has no colour to scale to its plate's light: it is given the light, gray
 DPX_INDUSTRY_HEADER_BYTES = DPX_HEADER_BYTES - DPX_GENERIC_HEADER_BYTES
 DPX_INDUSTRY_SIZE_OFFSET = 28  # U32: how many bytes of industry headers follow the generic ones
 DPX_ELEMENT_DATA_OFFSET = 808  # U32: where image element 1's data starts
@@ -107,7 +115,8 @@ def frames_layout(video: VideoFormat, target: FrameTarget) -> OutputLayout:
     encoder, formats = FRAME_FORMATS[target.suffix.lower()]
     depth = next((d for d in sorted(formats) if d >= video.bit_depth), max(formats))
     pix_fmt = "yuv444p" if depth == 8 else f"yuv444p{depth}le"
-    return OutputLayout(encoder, pix_fmt, FrameLayout(depth, (0, 0), video.full_range, video.log_encoded),
+    keeps_light = video.scene_linear and encoder == "exr"
+    return OutputLayout(encoder, pix_fmt, FrameLayout(depth, (0, 0), video.full_range, video.log_encoded, keeps_light),
                         video.matrix)
 
 
@@ -130,15 +139,22 @@ class FrameWriter:
         self._encoder.width, self._encoder.height = film.video.width, film.video.height
         self._encoder.pix_fmt = self._pix_fmt
         self._encoder.time_base = Fraction(1, 24)  # required of every encoder; a still's encoder ignores it
+        if encoder == "exr":
+            self._encoder.options = dict(EXR_OPTIONS)
         folder.mkdir(parents=True, exist_ok=True)
 
-    def write(self, index: int, luma: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> Path:
-        """Frame ``index`` of the film (display order), as its own file: its path."""
+    def write(self, index: int, luma: np.ndarray, cb: np.ndarray, cr: np.ndarray,
+              light: np.ndarray | None = None) -> Path:
+        """Frame ``index`` of the film (display order), as its own file: its path. ``light``: the luminance of a
+        plate of linear light, which an OpenEXR frame keeps (``FrameLayout.keeps_light``)."""
         layout = self.layout
         rgb = ycbcr_to_rgb_np(luma, cb, cr, layout.matrix, layout.bit_depth, layout.full_range)
-        np.rint(np.multiply(rgb, (1 << layout.bit_depth) - 1, out=rgb), out=rgb)  # in place: a scan's frame is large
-        codes = rgb.astype(code_dtype(layout.bit_depth))
-        frame = av.VideoFrame.from_ndarray(codes, format=self._pix_fmt)  # codes at the format's own depth
+        if self._pix_fmt == "gbrpf32le":
+            frame = av.VideoFrame.from_ndarray(self._linear(rgb, light), format=self._pix_fmt)
+        else:
+            np.rint(np.multiply(rgb, (1 << layout.bit_depth) - 1, out=rgb), out=rgb)  # in place: a frame is large
+            codes = rgb.astype(code_dtype(layout.bit_depth))
+            frame = av.VideoFrame.from_ndarray(codes, format=self._pix_fmt)  # codes at the format's own depth
         frame.pts = index
         data = b"".join(bytes(packet) for packet in self._encoder.encode(frame))
         if self.target.suffix.lower() == ".dpx":
@@ -147,6 +163,20 @@ class FrameWriter:
         with atomic_output(path) as f:
             f.write(data)
         return path
+
+    def _linear(self, rgb: np.ndarray, light: np.ndarray | None) -> np.ndarray:
+        """R'G'B' in [0, 1] as linear light: through the transfer its codes were read with, then, for a plate's
+        copy, each pixel scaled to the plate's own luminance (its chromaticity, the colour added, kept)."""
+        if self.layout.frame.log_encoded:
+            linear = cineon_to_linear(torch.from_numpy(rgb) * 1023.0).numpy().astype(np.float32)
+        else:
+            linear = srgb_to_linear_np(rgb)
+        if light is None:
+            return linear
+        luminance = linear @ np.array(BT709_LUMINANCE, dtype=np.float32)
+        lit = luminance > EXR_BLACK
+        scale = np.divide(light, luminance, out=np.zeros_like(light), where=lit)
+        return np.where(lit[..., None], linear * scale[..., None], light[..., None]).astype(np.float32)
 
     def _with_industry_headers(self, data: bytes, index: int) -> bytes:
         """FFmpeg's DPX encoder writes the generic headers alone; the film and television headers carry the frame

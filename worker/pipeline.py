@@ -66,6 +66,7 @@ class ColourFrame:
     luma: np.ndarray
     cb: np.ndarray
     cr: np.ndarray
+    light: np.ndarray | None = None  # the source's light, where the layout keeps it (``SourceFrame.light``)
 
 
 @dataclass
@@ -282,7 +283,7 @@ def _colour(colorizer: Colorizer, layout: OutputLayout, frame: SourceFrame, rend
     if layout.frame.log_encoded:  # the colour as the log scan holds it, channel by channel
         rgb = srgb_to_cineon_np(rgb)
     cb, cr = rgb_to_chroma_np(rgb, layout.matrix, layout.bit_depth, layout.full_range)
-    return ColourFrame(frame.index, frame.pts, frame.luma, cb, cr)
+    return ColourFrame(frame.index, frame.pts, frame.luma, cb, cr, frame.light)
 
 
 def _colour_on_device(colorizer: Colorizer, layout: OutputLayout, frame: SourceFrame, render: Render) -> ColourFrame:
@@ -295,4 +296,4 @@ def _colour_on_device(colorizer: Colorizer, layout: OutputLayout, frame: SourceF
     cb, cr = rgb_to_chroma(rgb, layout.matrix, layout.bit_depth, layout.full_range)
     dtype = code_dtype(layout.bit_depth)
     return ColourFrame(frame.index, frame.pts, frame.luma, cb.cpu().numpy().astype(dtype, copy=False),
-                       cr.cpu().numpy().astype(dtype, copy=False))
+                       cr.cpu().numpy().astype(dtype, copy=False), frame.light)

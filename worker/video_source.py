@@ -85,6 +85,7 @@ LINEAR_FLOAT_FORMATS = frozenset(f"{name}{bits}{order}" for name in ("grayf", "g
 TRC_LINEAR, TRC_SRGB = 8, 13  # AVCOL_TRC_LINEAR, AVCOL_TRC_IEC61966_2_1
 UNSPECIFIED_TAGS = (0, 2)  # FFmpeg's "reserved" and "unspecified" codes of transfers, primaries and matrices
 PRIMARIES_BT709 = 1  # AVCOL_PRI_BT709: OpenEXR's primaries where its header names none
+BT709_LUMINANCE = (0.2126, 0.7152, 0.0722)  # Y of linear R, G and B in BT.709 primaries
 # A run of linear light is warned about when more than this share of a sampled frame is brighter than display white.
 HIGHLIGHT_WARNING_SHARE = 0.005
 # RGB formats whose luma is computed here, from PyAV's (H, W, channels) array: the indices of red, green and blue.
@@ -234,6 +235,9 @@ class FrameLayout:
     chroma_shift: tuple[int, int]  # of the output
     full_range: bool  # of the output's codes (the source's, or video range where the output codec stores no other)
     log_encoded: bool = False  # Cineon log codes, as the source's (``VideoFormat.log_encoded``)
+    # Each frame's light handed on too (``SourceFrame.light``): a plate of linear light coloured into OpenEXR frames,
+    # which keep its light, highlights above display white too.
+    keeps_light: bool = False
 
     def chroma_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) of the output's chroma planes (FFmpeg rounds subsampled sizes up)."""
@@ -249,6 +253,7 @@ class SourceFrame:
     L: np.ndarray  # (h, w) float32 Lab L at the output's chroma resolution
     warmup: bool  # decoded only to warm the smoother up; not encoded
     network_L: np.ndarray  # float32 Lab L the network reads: ``L`` itself, or (H, W) for a small film
+    light: np.ndarray | None = None  # (H, W) float32 luminance of a plate of linear light, where the layout keeps it
 
 
 def _open(path: str) -> av.container.InputContainer:
@@ -765,7 +770,9 @@ def decode_frames(film: FilmInfo, layout: FrameLayout, start: int, stop: int, wa
                         luma = recode[luma_source]
                     else:
                         luma = luma_source if shift == 0 else _shift_depth(luma_source, shift, layout.bit_depth)
-                    yield SourceFrame(next_index, expected, luma, L, warmup=next_index < start, network_L=network_L)
+                    light = linear_luminance(frame) if layout.keeps_light else None
+                    yield SourceFrame(next_index, expected, luma, L, warmup=next_index < start, network_L=network_L,
+                                      light=light)
                     next_index += 1
                     if next_index >= window_stop:
                         break
@@ -844,7 +851,7 @@ def _linear_luma(frame, video: VideoFormat) -> np.ndarray:
     """Full-range Y' of a frame of linear light (``VideoFormat.scene_linear``): each channel through the sRGB curve,
     clipped at display white, then weighed by the output's matrix, as a display-referred RGB frame's is
     (``_rgb_luma``). A NaN (a renderer's fault) reads as black."""
-    light = np.nan_to_num(_float_light(frame), nan=0.0, posinf=1.0, neginf=0.0)
+    light = np.nan_to_num(float_light(frame), nan=0.0, posinf=1.0, neginf=0.0)
     shown = linear_to_srgb_np(np.clip(light, 0.0, 1.0, out=light))
     if shown.ndim == 3:
         weight_red, weight_blue = YCBCR_WEIGHTS[video.matrix]
@@ -855,11 +862,20 @@ def _linear_luma(frame, video: VideoFormat) -> np.ndarray:
 
 def _highlight_share(frame) -> float:
     """The share of a frame of linear light brighter than display white in any channel."""
-    light = _float_light(frame)
+    light = float_light(frame)
     return float((light > 1.0).mean() if light.ndim == 2 else (light > 1.0).any(axis=-1).mean())
 
 
-def _float_light(frame) -> np.ndarray:
+def linear_luminance(frame) -> np.ndarray:
+    """The luminance (H, W) float32 of a float frame of linear light (BT.709 primaries, OpenEXR's own); a NaN reads
+    as black."""
+    light = float_light(frame)
+    if light.ndim == 3:
+        light = light @ np.array(BT709_LUMINANCE, dtype=np.float32)
+    return np.nan_to_num(light, nan=0.0, posinf=np.finfo(np.float32).max, neginf=0.0)
+
+
+def float_light(frame) -> np.ndarray:
     """A float frame's values (``LINEAR_FLOAT_FORMATS``) as float32: (H, W) of a gray one, (H, W, 3) red, green and
     blue of a colour one (its planes are green, blue, red, then alpha, which is left out)."""
     name = frame.format.name

@@ -660,7 +660,7 @@ def _colorize_to_frames(rt: Runtime, film: FilmInfo, target: FrameTarget, layout
     try:
         with rt.storage.uploads() as uploads:
             def write(frame: ColourFrame) -> None:
-                path = writer.write(frame.index, frame.luma, frame.cb, frame.cr)
+                path = writer.write(frame.index, frame.luma, frame.cb, frame.cr, frame.light)
                 uploads.add(path, join_uri(staged, path.name))
 
             times = colorize(write)

@@ -129,8 +129,8 @@ def bulk(
     """Submit a job for every photo and film under ``prefix_uri`` (a run of DPX, Cineon or OpenEXR frames is one
     film, :class:`_Runs`), writing under ``output_prefix``, each photo with the hints and each film file with the
     reference pictures beside it (:class:`_Sidecars`, within ``limits``). ``runs_to_frames``: each run colours into
-    frames named as its own, for a conform to take back, instead of a film (a Cineon or OpenEXR run, which Tinct does
-    not write, into DPX frames of its names).
+    frames named as its own, for a conform to take back, instead of a film (a Cineon run, which Tinct does not
+    write, into DPX frames of its names).
 
     The listing is consumed lazily; job ids come from the listing's ETag and size (no HEAD per object) and are
     checked ``batch_size`` at a time with one ``job_states`` call, so a rerun over a prefix of 100,000 objects
@@ -210,8 +210,7 @@ class _Runs:
     """Runs of DPX, Cineon or OpenEXR frames met in a bulk listing (``worker.frame_sequences``): each run is one film
     job, its input named by its pattern and its film written in the input's mirrored folder (``in/reel1/scan_%07d.dpx``
     -> ``out/reel1/scan.mkv``), or with ``to_frames`` its frames, named as the run's own (``out/reel1/scan_%07d.dpx``;
-    a Cineon or OpenEXR run's as DPX, which Tinct writes and those it does not: ``plate_%04d.exr`` ->
-    ``plate_%04d.dpx``),
+    a Cineon run's as DPX, which Tinct writes and Cineon it does not: ``scan_%07d.cin`` -> ``scan_%07d.dpx``),
     with the encoder options left at their defaults: they are the film files'. A listing is in key order, so a run's
     frames come together; a run is complete when a frame of another run (or the end of the listing) comes. Its
     identity is made from the listing, as photos' are."""
