@@ -543,7 +543,7 @@ def test_an_interrupted_run_of_frames_shows_nothing_and_resumes(tmp_path, colori
 def test_a_frame_format_tinct_does_not_write_is_a_usage_error(tmp_path, tiny_checkpoint, capsys):
     write_frames(tmp_path / "reel1", scene(2), rate=24.0)
     assert run_cli(tiny_checkpoint, str(tmp_path / "reel1"), "-o", str(tmp_path / "out" / "c_%04d.jpg")) == 2
-    assert "frames are written as .dpx, .png, .tif, .tiff, not '.jpg'" in capsys.readouterr().err
+    assert "frames are written as .dpx, .exr, .png, .tif, .tiff, not '.jpg'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

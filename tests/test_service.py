@@ -318,7 +318,7 @@ def test_a_film_job_that_could_not_be_written_is_refused_at_submission(data, err
 
 @pytest.mark.parametrize("data, error", [
     ({"output": "s3://colour/reel/f_%05d.jpg", "options": {}},
-     "output: s3://colour/reel/f_%05d.jpg: frames are written as .dpx, .png, .tif, .tiff, not '.jpg'"),
+     "output: s3://colour/reel/f_%05d.jpg: frames are written as .dpx, .exr, .png, .tif, .tiff, not '.jpg'"),
     ({"output": "s3://colour/reel/f_%05d.dpx"},
      "options.codec: applies to film files; s3://colour/reel/f_%05d.dpx is a run of frames, written in the format "
      "its extension names"),
