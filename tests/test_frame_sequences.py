@@ -303,7 +303,7 @@ def test_a_run_of_openexr_frames_is_read_as_linear_light_through_the_srgb_curve(
         film = probe_film(tmp_path / "vfx" / "plate_%04d.exr", 1 << 30)
     assert film.video.scene_linear and (film.video.color_trc, film.video.color_primaries) == (13, 1)  # sRGB, BT.709
     assert "its frames hold linear light (float, as OpenEXR's): read through the sRGB curve" in caplog.text
-    assert "6.5% of a sampled frame is brighter than display white (1.0) and comes out white" in caplog.text
+    assert film.video.highlights == pytest.approx(400 / 6144)
     layout = frames_layout(film.video, FrameTarget.parse(str(tmp_path / "o_%04d.tif")))
     assert layout.frame.bit_depth == 16
     for frame, light in zip(decode_frames(film, layout.frame, 0, 2), lights, strict=True):
@@ -317,16 +317,19 @@ def test_a_run_of_openexr_frames_is_read_as_linear_light_through_the_srgb_curve(
     assert [str(task.source) for task in plan.films] == [str(tmp_path / "vfx" / "plate_%04d.exr")]
     assert run_cli(tiny_checkpoint, str(tmp_path / "vfx"), "-o", str(tmp_path / "colour"), "--log", "cineon") == 0
     assert "its frames hold linear light, read through the sRGB curve; --log cineon applies to runs" in caplog.text
+    assert "6.5% of a sampled frame is brighter than display white (1.0) and comes out white in a display-referred " \
+           "copy, its detail lost; colour it into OpenEXR frames" in caplog.text
     copy = tmp_path / "colour" / "plate.mkv"
     assert (probe(copy).color_trc, probe(copy).color_primaries) == ("iec61966-2-1", "bt709") and is_coloured(copy)
     assert run_cli(tiny_checkpoint, str(paths[0]), "-o", str(tmp_path / "one")) == 1  # one frame alone: name its run
 
 
-def test_a_plate_coloured_into_openexr_frames_keeps_its_own_light_highlights_too(tmp_path, tiny_checkpoint):
+def test_a_plate_coloured_into_openexr_frames_keeps_its_own_light_highlights_too(tmp_path, tiny_checkpoint, caplog):
     """A plate comes back as a plate: linear light in half floats, each pixel's colour scaled to the plate's own
     luminance, the highlight at four times display white too (its display-referred copy is white there)."""
     _, lights = openexr_plate(tmp_path / "vfx", half=True)
     assert run_cli(tiny_checkpoint, str(tmp_path / "vfx"), "-o", str(tmp_path / "colour" / "plate_%04d.exr")) == 0
+    assert "brighter than display white" not in caplog.text  # kept, not lost
     for number, light in enumerate(lights, start=1):
         with av.open(str(tmp_path / "colour" / f"plate_{number:04d}.exr")) as copy:
             frame = next(copy.decode(video=0))

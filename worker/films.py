@@ -61,7 +61,7 @@ from worker.video_sink import (
     check_container,
     plan_output,
 )
-from worker.video_source import FilmInfo, probe_film, with_log_choice
+from worker.video_source import FilmInfo, highlights_lost, probe_film, with_log_choice
 
 logger = logging.getLogger(__name__)
 
@@ -209,6 +209,8 @@ def colorize_film(
         film = with_log_choice(film, options.log)
     if options.frame_rate is not None and film.sequence is None:
         logger.warning("%s: keeps its own timing; a frame rate applies to runs of frames only", source)
+    if (lost := highlights_lost(film, frames is not None and frames.suffix.lower() == ".exr")) is not None:
+        logger.warning("%s: %s", source, lost)
     if film.is_colour and not options.recolor:
         return FilmOutcome(source, output, "colour", frames=film.frames)
     if frames is None:

@@ -86,7 +86,8 @@ TRC_LINEAR, TRC_SRGB = 8, 13  # AVCOL_TRC_LINEAR, AVCOL_TRC_IEC61966_2_1
 UNSPECIFIED_TAGS = (0, 2)  # FFmpeg's "reserved" and "unspecified" codes of transfers, primaries and matrices
 PRIMARIES_BT709 = 1  # AVCOL_PRI_BT709: OpenEXR's primaries where its header names none
 BT709_LUMINANCE = (0.2126, 0.7152, 0.0722)  # Y of linear R, G and B in BT.709 primaries
-# A run of linear light is warned about when more than this share of a sampled frame is brighter than display white.
+# A display-referred copy of a run of linear light is warned about when more than this share of a sampled frame is
+# brighter than display white (``highlights_lost``).
 HIGHLIGHT_WARNING_SHARE = 0.005
 # RGB formats whose luma is computed here, from PyAV's (H, W, channels) array: the indices of red, green and blue.
 # PyAV hands big-endian samples over in the machine's order.
@@ -143,6 +144,7 @@ class VideoFormat:
     # (1.0), so the copy is display-referred and tagged sRGB (``color_trc``); its luma is those codes, not the
     # source's values bit for bit.
     scene_linear: bool = False
+    highlights: float = 0.0  # of a scene-linear film: the largest share of a sampled frame brighter than white
 
 
 @dataclass(frozen=True)
@@ -515,12 +517,20 @@ def _judge_samples(path: str, stream, samples: Iterable[tuple[int, av.VideoFrame
     video = _video_format(stream, first)
     if video.scene_linear:
         logger.info("%s: its frames hold linear light (float, as OpenEXR's): read through the sRGB curve with 1.0 as "
-                    "display white, so its copy is display-referred (sRGB)", path)
-        if max(highlight_shares) > HIGHLIGHT_WARNING_SHARE:
-            logger.warning("%s: %.1f%% of a sampled frame is brighter than display white (1.0) and comes out white, "
-                           "its detail lost; scale the frames' exposure down first to keep it", path,
-                           100 * max(highlight_shares))
+                    "display white (OpenEXR frames out keep the light itself)", path)
+        video = replace(video, highlights=max(highlight_shares))
     return video, max(colour_scores) > COLOUR_THRESHOLD
+
+
+def highlights_lost(film: FilmInfo, keeps_light: bool) -> str | None:
+    """What a copy of ``film`` loses, for a warning: a plate of linear light more than HIGHLIGHT_WARNING_SHARE of
+    whose sampled frames is brighter than display white, coloured into a display-referred copy (all but OpenEXR
+    frames, which keep its light: ``keeps_light``); None where it loses nothing."""
+    if not film.video.scene_linear or keeps_light or film.video.highlights <= HIGHLIGHT_WARNING_SHARE:
+        return None
+    return (f"{100 * film.video.highlights:.1f}% of a sampled frame is brighter than display white (1.0) and comes "
+            "out white in a display-referred copy, its detail lost; colour it into OpenEXR frames (name_%04d.exr) "
+            "to keep it, or scale the frames' exposure down first")
 
 
 def _check_display_times(path: str, container, stream, index: FrameIndex) -> None:
