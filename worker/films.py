@@ -209,8 +209,6 @@ def colorize_film(
         film = with_log_choice(film, options.log)
     if options.frame_rate is not None and film.sequence is None:
         logger.warning("%s: keeps its own timing; a frame rate applies to runs of frames only", source)
-    if (lost := highlights_lost(film, frames is not None and frames.suffix.lower() == ".exr")) is not None:
-        logger.warning("%s: %s", source, lost)
     if film.is_colour and not options.recolor:
         return FilmOutcome(source, output, "colour", frames=film.frames)
     if frames is None:
@@ -227,6 +225,8 @@ def colorize_film(
         options.references, film, lambda r: load_reference_image(r.image, max_bytes=limits.max_reference_file_bytes),
         limits.max_references)
     layout = plan_output(film.video, options.encode) if frames is None else frames_layout(film.video, frames)
+    if (lost := highlights_lost(film, layout.frame.keeps_light)) is not None:
+        logger.warning("%s: %s", source, lost)
     segment_frames = max(1, round(options.segment_seconds * (film.fps or 24)))
     segments = plan_segments(film, segment_frames, warmup_frames(options.smoothing))
     manifest = _manifest(film, colorizer, options, model_label, segments, layout if frames else None)

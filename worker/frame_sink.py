@@ -139,7 +139,8 @@ class FrameWriter:
         self._encoder.width, self._encoder.height = film.video.width, film.video.height
         self._encoder.pix_fmt = self._pix_fmt
         self._encoder.time_base = Fraction(1, 24)  # required of every encoder; a still's encoder ignores it
-        if encoder == "exr":
+        self._linear_out = encoder == "exr"  # frames of linear light, not codes
+        if self._linear_out:
             self._encoder.options = dict(EXR_OPTIONS)
         folder.mkdir(parents=True, exist_ok=True)
 
@@ -149,7 +150,7 @@ class FrameWriter:
         plate of linear light, which an OpenEXR frame keeps (``FrameLayout.keeps_light``)."""
         layout = self.layout
         rgb = ycbcr_to_rgb_np(luma, cb, cr, layout.matrix, layout.bit_depth, layout.full_range)
-        if self._pix_fmt == "gbrpf32le":
+        if self._linear_out:
             frame = av.VideoFrame.from_ndarray(self._linear(rgb, light), format=self._pix_fmt)
         else:
             np.rint(np.multiply(rgb, (1 << layout.bit_depth) - 1, out=rgb), out=rgb)  # in place: a frame is large

@@ -773,14 +773,16 @@ def decode_frames(film: FilmInfo, layout: FrameLayout, start: int, stop: int, wa
                         raise BadInputError(film.path, f"{film.frame_name(next_index)} is {frame.width}x"
                                             f"{frame.height}, its first is {video.width}x{video.height}; a film's "
                                             "frames must all be one size")
-                    luma_source = _luma(frame, video)
+                    # A plate's float values are read once: for its luma, and for its light where that is kept.
+                    values = float_light(frame) if video.scene_linear else None
+                    luma_source = _luma(frame, video) if values is None else _linear_luma(values, video)
                     L = _lightness(luma_source, table, chroma_w, chroma_h)
                     network_L = _lightness(luma_source, table, video.width, video.height) if full_detail else L
                     if recode is not None:
                         luma = recode[luma_source]
                     else:
                         luma = luma_source if shift == 0 else _shift_depth(luma_source, shift, layout.bit_depth)
-                    light = linear_luminance(frame) if layout.keeps_light else None
+                    light = _luminance(values) if layout.keeps_light and values is not None else None
                     yield SourceFrame(next_index, expected, luma, L, warmup=next_index < start, network_L=network_L,
                                       light=light)
                     next_index += 1
@@ -829,9 +831,8 @@ def _gray_depth(fmt: av.VideoFormat) -> int:
 
 
 def _luma(frame, video: VideoFormat) -> np.ndarray:
-    """The frame's luma plane as code values in the source's own range and depth (a copy)."""
-    if video.scene_linear:
-        return _linear_luma(frame, video)
+    """The frame's luma plane as code values in the source's own range and depth (a copy); of a plate of linear
+    light, see ``_linear_luma``."""
     fmt = frame.format
     own_plane = (fmt.is_planar and not fmt.is_rgb) or fmt.name == GRAY_FORMATS.get(video.bit_depth)
     if own_plane and fmt.components[0].bits == video.bit_depth:  # Y'CbCr's Y plane, or a gray frame's only plane
@@ -857,12 +858,11 @@ def _rgb_luma(frame, video: VideoFormat) -> np.ndarray:
     return np.rint(luma).astype(code_dtype(video.bit_depth))
 
 
-def _linear_luma(frame, video: VideoFormat) -> np.ndarray:
-    """Full-range Y' of a frame of linear light (``VideoFormat.scene_linear``): each channel through the sRGB curve,
-    clipped at display white, then weighed by the output's matrix, as a display-referred RGB frame's is
-    (``_rgb_luma``). A NaN (a renderer's fault) reads as black."""
-    light = np.nan_to_num(float_light(frame), nan=0.0, posinf=1.0, neginf=0.0)
-    shown = linear_to_srgb_np(np.clip(light, 0.0, 1.0, out=light))
+def _linear_luma(values: np.ndarray, video: VideoFormat) -> np.ndarray:
+    """Full-range Y' of a frame of linear light (``VideoFormat.scene_linear``; its ``float_light`` values): each
+    channel as shown (``shown_light``), then weighed by the output's matrix, as a display-referred RGB frame's is
+    (``_rgb_luma``)."""
+    shown = shown_light(values)
     if shown.ndim == 3:
         weight_red, weight_blue = YCBCR_WEIGHTS[video.matrix]
         shown = (shown[..., 0] * weight_red + shown[..., 1] * (1.0 - weight_red - weight_blue)
@@ -876,12 +876,16 @@ def _highlight_share(frame) -> float:
     return float((light > 1.0).mean() if light.ndim == 2 else (light > 1.0).any(axis=-1).mean())
 
 
-def linear_luminance(frame) -> np.ndarray:
-    """The luminance (H, W) float32 of a float frame of linear light (BT.709 primaries, OpenEXR's own); a NaN reads
-    as black."""
-    light = float_light(frame)
-    if light.ndim == 3:
-        light = light @ np.array(BT709_LUMINANCE, dtype=np.float32)
+def shown_light(values: np.ndarray) -> np.ndarray:
+    """Values of linear light as a display shows them, in [0, 1]: clipped at display white, through the sRGB curve; a
+    NaN (a renderer's fault) black."""
+    return linear_to_srgb_np(np.clip(np.nan_to_num(values, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0))
+
+
+def _luminance(values: np.ndarray) -> np.ndarray:
+    """The luminance (H, W) float32 of a frame of linear light's ``float_light`` values (BT.709 primaries, OpenEXR's
+    own); a NaN reads as black."""
+    light = values @ np.array(BT709_LUMINANCE, dtype=np.float32) if values.ndim == 3 else values
     return np.nan_to_num(light, nan=0.0, posinf=np.finfo(np.float32).max, neginf=0.0)
 
 

@@ -377,7 +377,8 @@ def _plan_film(rt: Runtime, record: JobRecord, enqueue: Enqueue) -> None:
     if film.is_colour and not spec.options.recolor:
         raise BadInputError(spec.input, "a colour film; set options.recolor to colorize its lightness anyway")
     output = film_output_uri(spec)
-    if frames_target(spec) is None:
+    target = frames_target(spec)
+    if target is None:
         try:  # hours of colour must not end at a join that cannot write the film
             check_output(film, output, options["encode"].codec)
         except BadInputError as exc:  # about the worker's copy of the film: named by the job's input instead
@@ -385,8 +386,8 @@ def _plan_film(rt: Runtime, record: JobRecord, enqueue: Enqueue) -> None:
     elif film.other_streams:
         logger.info("job %s: %s %s left out of its frames: frames carry no sound or subtitles", record.id,
                     describe_other_streams(film), "is" if len(film.other_streams) == 1 else "are")
-    target = frames_target(spec)
-    if (lost := highlights_lost(film, target is not None and target.suffix.lower() == ".exr")) is not None:
+    keeps_light = target is not None and frames_layout(film.video, target).frame.keeps_light
+    if (lost := highlights_lost(film, keeps_light)) is not None:
         logger.warning("job %s: %s: %s", record.id, spec.input, lost)
     if spec.options.references:  # a time outside the film, or two on one frame, fails the job before any work
         place_job_references(job_references(spec.options.references), film, spec.input)

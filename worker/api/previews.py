@@ -30,7 +30,7 @@ import av
 import numpy as np
 from PIL import Image, ImageOps
 
-from models.color import cineon_display_table, linear_to_srgb_np
+from models.color import cineon_display_table
 from models.files import atomic_output
 from worker.errors import BadInputError, PermanentError, one_line
 from worker.frame_sequences import DPX_LOG_TRANSFERS, DPX_TRANSFER_OFFSET, is_pattern
@@ -40,7 +40,7 @@ from worker.images import DEFAULT_MAX_PIXELS, EXTENSION_FORMATS, read_photo, sho
 from worker.jobs import JobRecord, JobSpec, film_output_uri, output_folder
 from worker.settings import Settings
 from worker.storage import Storage, join_uri, parse_uri
-from worker.video_source import LINEAR_FLOAT_FORMATS, decode_from, float_light, index_frames
+from worker.video_source import LINEAR_FLOAT_FORMATS, decode_from, float_light, index_frames, shown_light
 from worker.work import Runtime, collection_outputs, frames_target, photo_output_uri
 
 PREVIEW_SIDE = 1024
@@ -242,8 +242,7 @@ def _shown(frame: av.VideoFrame, log: bool) -> Image.Image:
     """A decoded frame as a display shows it: as it is, a log-encoded one read through its log encoding, an OpenEXR
     one's linear light through the sRGB curve."""
     if frame.format.name in LINEAR_FLOAT_FORMATS:
-        shown = linear_to_srgb_np(np.clip(np.nan_to_num(float_light(frame)), 0.0, 1.0))
-        return Image.fromarray(np.rint(shown * 255).astype(np.uint8))
+        return Image.fromarray(np.rint(shown_light(float_light(frame)) * 255).astype(np.uint8))
     if not log:
         return frame.to_image()
     return Image.fromarray(cineon_display_table()[frame.to_ndarray(format="rgb48le")])
