@@ -625,6 +625,27 @@ def test_a_stored_run_of_cineon_frames_is_read_a_window_at_a_time_and_keeps_none
     assert list((tmp_path / "work" / "frames").iterdir()) == []
 
 
+def test_a_worker_rewrites_a_cineon_run_in_a_folder_in_its_work_folder_not_the_system_temp_folder(tmp_path):
+    # A server's temp folder is often a small RAM disk, and a 2K window rewritten is some 300 MB per worker process.
+    cineon_run(tmp_path / "reel1", frames=RUN_WINDOW_FRAMES + 2)
+    temp_before = set(Path(tempfile.gettempdir()).glob("tinct-cineon-*"))
+    rt = Runtime(Settings(work_dir=tmp_path / "work"))
+    film = rt.film(f"file://{tmp_path}/reel1/scan_%07d.cin")
+    assert film.video.log_encoded and film.frames == RUN_WINDOW_FRAMES + 2
+    rewritten = tmp_path / "work" / "frames"
+    decoded = decode_frames(film, plan_output(film.video, EncodeOptions("ffv1")).frame, 0, film.frames)
+    read = [next(decoded)]
+    assert sorted(path.name for path in rewritten.glob("*/*")) == [
+        f"scan_{FIRST + i:07d}.dpx" for i in range(RUN_WINDOW_FRAMES)]  # the first window, and it alone
+    assert set(Path(tempfile.gettempdir()).glob("tinct-cineon-*")) == temp_before
+    read += decoded
+    words = np.frombuffer(CINEON_FRAME.read_bytes(), ">u4", count=48 * 32, offset=2048).reshape(32, 48)
+    assert [frame.index for frame in read] == list(range(RUN_WINDOW_FRAMES + 2))
+    for frame in read:
+        np.testing.assert_array_equal(frame.luma[4:], (words[4:] >> 22) & 1023)
+    assert list(rewritten.iterdir()) == []
+
+
 def test_a_damaged_stored_dpx_frame_is_refused_by_its_key_from_its_header_alone(s3_server, tmp_path):
     s3_server.make_bucket("scans")
     paths = write_frames(tmp_path / "scan", scene(6), rate=24.0)

@@ -13,7 +13,7 @@ DPX, Cineon and OpenEXR files in folders are always taken as runs (the formats o
 which Tinct never reads as photos); TIFF and PNG runs are photos until named by their pattern. OpenEXR frames hold
 linear light, which is read through the sRGB curve (``worker.video_source.VideoFormat.scene_linear``). Cineon
 frames, which FFmpeg cannot decode, are read as the DPX frames they are rewritten as, a window at a time, in a
-scratch folder (``worker.cineon``).
+scratch folder (``worker.cineon``): a service node's work folder, the system's temp folder (``TMPDIR``) elsewhere.
 
 A DPX frame says its frame rate in its film or television header where the scanner filled them in; a run whose
 frames do not say (and every TIFF or PNG run) plays at ``DEFAULT_FRAME_RATE`` unless a rate is given.
@@ -35,7 +35,7 @@ import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -82,6 +82,9 @@ MISSING_FRAMES_SHOWN = 5
 # given the positions of the frames it will read, a context holding a folder of its own with just those frames,
 # named as in the run (``worker.work.Runtime`` copies them there), removed on leaving.
 FetchFrames = Callable[[range], AbstractContextManager[Path]]
+# Where a Cineon run in a folder has a window of frames rewritten as DPX: a context holding an empty folder of its
+# own, removed on leaving (``worker.work.Runtime.frames_folder``, in a service node's work folder).
+ScratchFolder = Callable[[], AbstractContextManager[Path]]
 
 _PRINTF = re.compile(r"%(0(?P<digits>[1-9]\d?)|)d")
 _HASHES = re.compile(r"#+")
@@ -106,6 +109,9 @@ class FrameSequence:
     # colorimetric specification (SMPTE 268M codes: 1 printing density, 2 linear, 6 BT.709, ...); a Cineon run's is
     # printing density. Frames written from the run keep it, as they keep its lightness.
     dpx_encoding: tuple[int, int] | None = None
+    # Where a Cineon run in a folder is rewritten, a window at a time (24 frames: some 300 MB at 2K); None for the
+    # system's temp folder, often a small RAM disk on a server, hence a service node's work folder there.
+    scratch: ScratchFolder | None = field(default=None, compare=False, repr=False)
 
     @property
     def pattern(self) -> str:
@@ -172,9 +178,9 @@ class FrameSequence:
                 self._as_dpx(folder, folder, positions)
                 yield folder
             return
-        with tempfile.TemporaryDirectory(prefix="tinct-cineon-") as scratch:
-            self._as_dpx(self.folder, Path(scratch), positions)
-            yield Path(scratch)
+        with self.scratch() if self.scratch is not None else _temp_folder() as scratch:
+            self._as_dpx(self.folder, scratch, positions)
+            yield scratch
 
     def _as_dpx(self, frames: Path, folder: Path, positions: range) -> None:
         if self.suffix.lower() != CINEON_SUFFIX:
@@ -197,14 +203,22 @@ class FrameSequence:
             raise BadInputError(self.pattern, f"its frames cannot be read ({exc.strerror or exc})") from exc
 
 
+@contextmanager
+def _temp_folder() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="tinct-cineon-") as folder:
+        yield Path(folder)
+
+
 def is_pattern(path: str | os.PathLike) -> bool:
     """Whether ``path`` names a run of frames by a pattern (and is not itself a file so named)."""
     name = os.path.basename(os.fspath(path))
     return bool(_PRINTF.search(name) or _HASHES.search(name)) and not os.path.isfile(path)
 
 
-def find_sequence(path: str | os.PathLike, frame_rate: Fraction | None = None) -> FrameSequence:
-    """The run named by the pattern ``path``; raises BadInputError if it has no frames or is not contiguous."""
+def find_sequence(path: str | os.PathLike, frame_rate: Fraction | None = None,
+                  scratch: ScratchFolder | None = None) -> FrameSequence:
+    """The run named by the pattern ``path``; raises BadInputError if it has no frames or is not contiguous.
+    ``scratch`` is where a Cineon run's windows are rewritten (``FrameSequence.scratch``)."""
     path = os.fspath(path)
     folder, name = os.path.split(path)
     prefix, digits, suffix = split_pattern(path, name)
@@ -215,7 +229,8 @@ def find_sequence(path: str | os.PathLike, frame_rate: Fraction | None = None) -
     numbers = [number for number, _ in select_frames(path, names)]
     first = Path(folder or ".") / frame_name(prefix, digits, suffix, numbers[0])
     header = _read_header(first) if suffix.lower() in FRAME_CHECKS else b""
-    return _sequence(path, Path(folder or "."), prefix, digits, suffix, numbers, frame_rate, header)
+    sequence = _sequence(path, Path(folder or "."), prefix, digits, suffix, numbers, frame_rate, header)
+    return replace(sequence, scratch=scratch)
 
 
 def select_frames(path: str, names: Iterable[str]) -> list[tuple[int, str]]:

@@ -48,7 +48,7 @@ from models.color import (
     luma_to_l_table,
 )
 from worker.errors import BadInputError, InputTooLargeError, UnsupportedMediaError
-from worker.frame_sequences import DPX_LOG_TRANSFERS, FrameSequence, find_sequence, is_pattern
+from worker.frame_sequences import DPX_LOG_TRANSFERS, FrameSequence, ScratchFolder, find_sequence, is_pattern
 from worker.images import COLOUR_PROBE_SIDE, COLOUR_THRESHOLD, colour_score
 
 logger = logging.getLogger(__name__)
@@ -279,15 +279,16 @@ def _ffmpeg_reason(exc: Exception) -> str:
 
 
 def probe_film(path: str | os.PathLike, max_pixels: int, frame_rate: Fraction | None = None,
-               sequence: FrameSequence | None = None) -> FilmInfo:
+               sequence: FrameSequence | None = None, scratch: ScratchFolder | None = None) -> FilmInfo:
     """Validate a film and index its frames. Raises a :class:`BadInputError` subclass, naming the file and
     the reason in one line, for anything the pipeline could not turn into a faithful colour copy. A ``path`` that
     names a run of numbered frames by its pattern (``reel1/scan_%07d.dpx``, see ``worker.frame_sequences``) is
     that run, played at ``frame_rate`` if given, else at the rate its frames declare; ``sequence`` is a run found
-    and checked already (``stored_sequence``: a run in an object store), of which ``path`` is the pattern."""
+    and checked already (``stored_sequence``: a run in an object store), of which ``path`` is the pattern; a Cineon
+    run found here is rewritten in ``scratch`` (``FrameSequence.scratch``)."""
     path = os.fspath(path)
     if sequence is None and is_pattern(path):
-        sequence = find_sequence(path, frame_rate)
+        sequence = find_sequence(path, frame_rate, scratch)
         sequence.check_frames()
     if sequence is not None:
         logger.info("%s: %s", path, sequence.describe())

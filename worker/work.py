@@ -211,7 +211,7 @@ class Runtime:
         identity = stored_identity(uri, frames)
         if scheme == "file":
             return self._probed((uri, identity.etag), uri, Path(path),
-                                lambda: probe_film(path, DEFAULT_MAX_FILM_PIXELS))
+                                lambda: probe_film(path, DEFAULT_MAX_FILM_PIXELS, scratch=self.frames_folder))
         # Named as if filed under the run's version, as a downloaded film is, though its frames are fetched elsewhere.
         folder = self.settings.work_dir / "inputs" / identity.version_key()
 
@@ -251,11 +251,18 @@ class Runtime:
         """A folder of this process's own holding the stored ``frames`` at ``positions``, removed on leaving: a worker
         holds the frames it is reading (a window of a segment, ``RUN_WINDOW_FRAMES`` at most; a probe's samples),
         never the whole reel."""
+        with self.frames_folder() as folder:
+            self.storage.download_listed([(frames[p], folder / frames[p].uri.rsplit("/", 1)[1]) for p in positions])
+            yield folder
+
+    @contextlib.contextmanager
+    def frames_folder(self) -> Iterator[Path]:
+        """An empty folder of this process's own in the work folder, for frames it reads (fetched, or a Cineon run's
+        rewritten as DPX), removed on leaving; if the process is killed first, by the next Runtime on this host."""
         root = self.settings.work_dir / FRAMES_FOLDER
         root.mkdir(parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}@{socket.gethostname()}@", dir=root))
         try:
-            self.storage.download_listed([(frames[p], folder / frames[p].uri.rsplit("/", 1)[1]) for p in positions])
             yield folder
         finally:
             shutil.rmtree(folder, ignore_errors=True)
