@@ -99,6 +99,41 @@ def srgb_to_linear_np(rgb: np.ndarray) -> np.ndarray:
     return srgb_to_linear(torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32))).numpy()
 
 
+# --- RGB primaries ------------------------------------------------------------------------------
+# Red, green, blue and white as CIE xy: BT.709's (sRGB's), which OpenEXR takes where a file names none.
+BT709_CHROMATICITIES = (0.64, 0.33, 0.30, 0.60, 0.15, 0.06, 0.3127, 0.3290)
+_BRADFORD = np.array([[0.8951, 0.2664, -0.1614], [-0.7502, 1.7135, 0.0367], [0.0389, -0.0685, 1.0296]])
+
+
+def bradford_adaptation(source_white: np.ndarray, target_white: np.ndarray) -> np.ndarray:
+    """The 3x3 matrix that adapts XYZ seen under ``source_white`` to ``target_white`` (both XYZ): Bradford's, the
+    one ICC profiles and ACES are made with."""
+    scale = (_BRADFORD @ np.asarray(target_white)) / (_BRADFORD @ np.asarray(source_white))
+    return np.linalg.inv(_BRADFORD) @ np.diag(scale) @ _BRADFORD
+
+
+def xyz_from_primaries(chromaticities) -> np.ndarray:
+    """The 3x3 matrix from linear RGB of these primaries (red, green, blue and white as CIE xy, eight numbers) to
+    XYZ, their white at Y = 1."""
+    xy = np.asarray(chromaticities, dtype=np.float64).reshape(4, 2)
+    xyz = np.stack([xy[:, 0] / xy[:, 1], np.ones(4), (1.0 - xy[:, 0] - xy[:, 1]) / xy[:, 1]], axis=1)
+    primaries = xyz[:3].T  # a column per primary, each at Y = 1
+    return primaries * np.linalg.solve(primaries, xyz[3])  # scaled so that R = G = B = 1 is the white
+
+
+def bt709_from_primaries(chromaticities) -> np.ndarray:
+    """The 3x3 matrix from linear RGB of these primaries (an ACES plate's, say) to linear BT.709 (sRGB's), their white
+    adapted to D65: a neutral stays neutral, at its own luminance."""
+    plate, bt709 = xyz_from_primaries(chromaticities), xyz_from_primaries(BT709_CHROMATICITIES)
+    adapt = bradford_adaptation(plate @ np.ones(3), bt709 @ np.ones(3))
+    return np.linalg.inv(bt709) @ adapt @ plate
+
+
+def same_primaries(chromaticities, other, tolerance: float = 1e-3) -> bool:
+    """Whether two sets of chromaticities are the same primaries and white, to the rounding files write them with."""
+    return bool(np.abs(np.subtract(chromaticities, other)).max() <= tolerance)
+
+
 def _lab_f(t: torch.Tensor) -> torch.Tensor:
     return torch.where(t > _EPS_LAB, t.clamp(min=_EPS_LAB) ** (1 / 3), _SLOPE_LAB * t + 16.0 / 116.0)
 

@@ -14,15 +14,20 @@ from pathlib import Path
 
 import av
 import numpy as np
+import OpenEXR
 import pytest
 import torch
 
 from models.color import (
+    BT709_CHROMATICITIES,
+    YCBCR_WEIGHTS,
+    bt709_from_primaries,
     cineon_to_linear,
     linear_to_srgb,
     log_luma_to_l_table,
     rgb_to_lab,
     srgb_to_linear,
+    xyz_from_primaries,
     ycbcr_to_rgb_np,
 )
 from tests.media import gray_frames, luma_of, lumas, moving_scene, probe, read_frames, write_clip, write_frames
@@ -355,6 +360,122 @@ def test_a_log_scan_coloured_into_openexr_frames_is_its_linear_light(tmp_path, t
     middle = light > 0.01  # the scene is dark: its light 0.009-0.05 (codes 300-480)
     assert middle.mean() > 0.3
     assert np.median(np.abs(luminance[middle] / light[middle] - 1)) < 0.1
+
+
+# ACES2065-1's primaries (AP0) and white, as an ACES plate's chromaticities attribute names them, and the matrix from
+# its linear light to BT.709's with Bradford adaptation of its white to D65, as the ACES documentation publishes it.
+AP0_CHROMATICITIES = (0.7347, 0.2653, 0.0, 1.0, 0.0001, -0.077, 0.32168, 0.33767)
+AP0_TO_BT709 = np.array([[2.52169, -1.13413, -0.38756], [-0.27648, 1.37272, -0.09624], [-0.01538, -0.15298, 1.16835]])
+
+
+def library_plate(folder: Path, light: np.ndarray, frames: int = 2, chromaticities=None, tiled: bool = False,
+                  parts: bool = False) -> list[Path]:
+    """A plate written by the OpenEXR library, the format's own writer (not FFmpeg's): half floats of ``light``
+    ((H, W) written as Y alone, (H, W, 3) as R, G, B), scan lines or 32-pixel tiles, one part or a beauty with a
+    depth part, naming ``chromaticities`` if given."""
+    folder.mkdir(parents=True, exist_ok=True)
+    header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+    if tiled:
+        tiles = OpenEXR.TileDescription()
+        tiles.xSize, tiles.ySize, tiles.mode = 32, 32, OpenEXR.ONE_LEVEL
+        header.update(type=OpenEXR.tiledimage, tiles=tiles)
+    if chromaticities is not None:
+        header["chromaticities"] = chromaticities
+    channels = {"RGB" if light.ndim == 3 else "Y": light.astype(np.float16)}
+    paths = [folder / f"plate_{number:04d}.exr" for number in range(1, frames + 1)]
+    for path in paths:
+        if parts:
+            depth = {"Z": np.ones(light.shape[:2], np.float32)}
+            with OpenEXR.File([OpenEXR.Part(dict(header), channels, "beauty"),
+                               OpenEXR.Part(dict(header), depth, "depth")]) as f:
+                f.write(str(path))
+        else:
+            with OpenEXR.File(header, channels) as f:
+                f.write(str(path))
+    return paths
+
+
+def test_bt709_from_primaries_is_the_published_aces_matrix():
+    np.testing.assert_allclose(bt709_from_primaries(AP0_CHROMATICITIES), AP0_TO_BT709, atol=1e-4)
+    np.testing.assert_allclose(bt709_from_primaries(BT709_CHROMATICITIES), np.eye(3), atol=1e-9)
+
+
+@pytest.mark.parametrize("layout", ["scan lines", "tiles", "gray", "two parts"])
+def test_plates_the_openexr_library_writes_are_read_as_their_light(tmp_path, caplog, layout):
+    """FFmpeg's encoder wrote every plate the other tests read: these are the format's own writer's, in the layouts
+    compositing packages write (tiles; a Y channel alone; a beauty with its depth beside it, of which the first part
+    alone is read, and said to be)."""
+    light = np.tile(np.linspace(0.0, 2.0, 96, dtype=np.float32), (64, 1))
+    stored = light.astype(np.float16).astype(np.float32)
+    library_plate(tmp_path / "vfx", light if layout == "gray" else np.repeat(light[..., None], 3, axis=2),
+                  tiled=layout == "tiles", parts=layout == "two parts")
+    with caplog.at_level("INFO"):
+        film = probe_film(tmp_path / "vfx" / "plate_%04d.exr", 1 << 30)
+    assert film.video.scene_linear and film.frames == 2 and film.plate_chromaticities is None
+    assert ("multi-part OpenEXR frames (parts beauty, depth): the first part, beauty, alone is read and coloured; "
+            "the others are left out of the copy" in caplog.text) == (layout == "two parts")
+    layout16 = frames_layout(film.video, FrameTarget.parse(str(tmp_path / "o_%04d.tif"))).frame
+    for frame in decode_frames(film, layout16, 0, 2):
+        shown = linear_to_srgb(torch.from_numpy(stored).clamp(0, 1)).numpy() * 65535
+        assert np.abs(frame.luma.astype(np.int64) - np.rint(shown)).max() <= 1
+
+
+def test_a_deep_openexr_run_is_refused_by_its_first_frame(tmp_path):
+    (tmp_path / "vfx").mkdir()
+    samples = np.empty((4, 4), dtype=object)
+    for y, x in np.ndindex(4, 4):
+        samples[y, x] = np.array([1.0, 2.0], dtype=np.float32)
+    for number in (1, 2):
+        with OpenEXR.File({"type": OpenEXR.deepscanline, "compression": OpenEXR.ZIPS_COMPRESSION},
+                          {"Z": samples}) as f:
+            f.write(str(tmp_path / "vfx" / f"deep_{number:04d}.exr"))
+    with pytest.raises(BadInputError, match=r"deep_0001.exr: a deep OpenEXR frame \(several samples a pixel\), which "
+                       r"cannot be decoded here: flatten the run first"):
+        probe_film(tmp_path / "vfx" / "deep_%04d.exr", 1 << 30)
+
+
+def test_an_aces_plate_is_read_in_its_primaries_and_comes_back_in_them_saying_so(tmp_path, tiny_checkpoint, caplog):
+    """An ACES plate's values are AP0 light: read as BT.709's, as FFmpeg hands them over, a colour plate's lightness
+    was off (AP0's red is far redder than BT.709's, and its luminance weights are other), and its OpenEXR copy, in
+    BT.709 primaries under no chromaticities attribute, was read by an ACES pipeline as AP0 values, its colours
+    wrong. The plate's light is now converted to BT.709 as it is read, and its copy back into AP0, saying so."""
+    light = np.tile(np.linspace(0.02, 1.5, 96, dtype=np.float32), (64, 1))
+    colour = np.repeat(light[..., None], 3, axis=2)
+    colour[:16, :16] = (0.5, 0.2, 0.1)  # a colour in AP0
+    library_plate(tmp_path / "aces", colour, chromaticities=AP0_CHROMATICITIES)
+    library_plate(tmp_path / "bt709", colour)  # the same values, taken as BT.709's (no chromaticities)
+    with caplog.at_level("INFO"):
+        film = probe_film(tmp_path / "aces" / "plate_%04d.exr", 1 << 30)
+    assert film.plate_chromaticities == pytest.approx(AP0_CHROMATICITIES, abs=1e-6)
+    assert "its frames name their primaries (red, green, blue and white at (0.7347, 0.2653), (0, 1)" in caplog.text
+    layout = frames_layout(film.video, FrameTarget.parse(str(tmp_path / "o_%04d.tif"))).frame
+    luma = next(decode_frames(film, layout, 0, 1)).luma.astype(np.float64) / 65535
+    patch = np.array((0.5, 0.2, 0.1), np.float16).astype(np.float64) @ AP0_TO_BT709.T
+    red, blue = YCBCR_WEIGHTS[film.video.matrix]
+    shown = linear_to_srgb(torch.from_numpy(patch.clip(0, 1))).numpy() @ np.array((red, 1 - red - blue, blue))
+    assert np.abs(luma[:16, :16] - shown).max() < 2e-3  # the patch's lightness is its AP0 colour's
+    assert np.abs(luma[32:] - luma_of_light(light[32:])).max() < 2e-3  # a neutral is a neutral in any primaries
+    # Into OpenEXR frames: the same colour as the BT.709 plate's copy, expressed in AP0, under AP0's chromaticities.
+    for name in ("aces", "bt709"):
+        assert run_cli(tiny_checkpoint, str(tmp_path / name), "-o", str(tmp_path / f"{name}-out" / "p_%04d.exr"),
+                       "--recolor") == 0
+    with OpenEXR.File(str(tmp_path / "aces-out" / "p_0001.exr")) as aces, \
+            OpenEXR.File(str(tmp_path / "bt709-out" / "p_0001.exr")) as bt709:
+        assert aces.header()["chromaticities"] == pytest.approx(AP0_CHROMATICITIES, abs=1e-6)
+        assert "chromaticities" not in bt709.header()
+        aces_rgb = aces.channels()["RGB"].pixels.astype(np.float64)
+        bt709_rgb = bt709.channels()["RGB"].pixels.astype(np.float64)
+    neutral = np.s_[32:, :]  # the copies' colour differs only where the plates' lightness did (the patch)
+    np.testing.assert_allclose((aces_rgb @ AP0_TO_BT709.T)[neutral], bt709_rgb[neutral], rtol=5e-3, atol=2e-3)
+    luminance = aces_rgb @ xyz_from_primaries(AP0_CHROMATICITIES)[1]
+    np.testing.assert_allclose(luminance[neutral], light[neutral], rtol=5e-3, atol=2e-4)  # the plate's own light
+    chroma = bt709_rgb.max(axis=-1) - bt709_rgb.min(axis=-1)
+    assert (chroma[neutral] > 0.05 * light[neutral]).mean() > 0.2  # coloured, not gray
+
+
+def luma_of_light(light: np.ndarray) -> np.ndarray:
+    """Full-range Y' in [0, 1] of neutral linear light, as a display shows it."""
+    return linear_to_srgb(torch.from_numpy(light.astype(np.float16).astype(np.float32)).clamp(0, 1)).numpy()
 
 
 # A Cineon frame written by ImageMagick (FFmpeg writes none), as film scanners of the 1990s wrote them: made by

@@ -9,11 +9,15 @@ from pathlib import Path
 
 import av
 import numpy as np
+import OpenEXR
 import pytest
+import torch
 from PIL import Image
 
+from models.color import linear_to_srgb
 from tests.media import gray_frames, moving_scene, write_clip, write_frames
 from tests.services import S3Server, put_object
+from tests.test_frame_sequences import AP0_CHROMATICITIES, AP0_TO_BT709
 from tools.local_services import s3_settings
 from worker.api.previews import FILM_FRAMES, Previews
 from worker.jobs import JobRecord, JobSpec, film_output_uri
@@ -178,3 +182,25 @@ def test_openexr_frames_are_previewed_through_the_srgb_curve(s3_server, storage,
     item = previews.items(record)[0]
     shown = np.asarray(Image.open(previews.image(record, item, "after")).convert("L"), dtype=np.int16)
     assert shown[:, 2:22].mean() > 250 and abs(shown[:, 28:60].mean() - 118) < 4
+
+
+def test_an_aces_copy_is_previewed_in_its_own_primaries(s3_server, storage, tmp_path):
+    """A copy of an ACES plate holds AP0 light and says so: shown as BT.709 values, its colours were wrong (an AP0
+    red of 0.3, 0.05, 0.02 is BT.709's 0.69, -0.02, -0.01: far redder)."""
+    ap0 = np.full((48, 64, 3), 0.18, np.float32)
+    ap0[:, :32] = (0.3, 0.05, 0.02)
+    for index in range(4):
+        with OpenEXR.File({"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage,
+                           "chromaticities": AP0_CHROMATICITIES}, {"RGB": ap0.astype(np.float16)}) as f:
+            f.write(str(tmp_path / f"c_{index:04d}.exr"))
+        put_object(s3_server, f"s3://colour/aces/c_{index:04d}.exr", (tmp_path / f"c_{index:04d}.exr").read_bytes())
+    record = JobRecord(id="job-aces", spec=JobSpec(input="s3://scans/aces/p_%04d.exr",
+                                                   output="s3://colour/aces/c_%04d.exr", kind="video"),
+                       state="succeeded", created=0.0, updated=0.0, metrics={"frames": 4, "first_frame": 0})
+    previews = Previews(storage, tmp_path / "cache", tmp_path / "scratch")
+    shown = np.asarray(Image.open(previews.image(record, previews.items(record)[0], "after")).convert("RGB"),
+                       dtype=np.float64)
+    bt709 = AP0_TO_BT709 @ np.array((0.3, 0.05, 0.02), np.float16).astype(np.float64)
+    expected = linear_to_srgb(torch.from_numpy(bt709.clip(0, 1))).numpy() * 255
+    assert np.abs(shown[4:44, 4:28].mean(axis=(0, 1)) - expected).max() < 3
+    assert abs(shown[4:44, 36:60].mean() - 118) < 4  # a neutral is a neutral in any primaries

@@ -41,8 +41,10 @@ from pathlib import Path
 
 import av
 
+from models.color import BT709_CHROMATICITIES, same_primaries
 from worker.cineon import as_dpx, check_cineon_frame, cineon_frame_rate
 from worker.errors import BadInputError
+from worker.openexr import EXR_HEADER_BYTES, read_exr_header
 from worker.storage import ObjectInfo, format_uri, parse_uri
 
 logger = logging.getLogger(__name__)
@@ -50,9 +52,10 @@ logger = logging.getLogger(__name__)
 # Suffixes whose numbered files in a folder are frames of a film, never photos.
 FOLDER_SEQUENCE_SUFFIXES = (".dpx", ".cin", ".exr")
 CINEON_SUFFIX = ".cin"
+OPENEXR_SUFFIX = ".exr"
 CINEON_ENCODING = (1, 1)  # printing density, as SMPTE 268M codes it: what every Cineon frame holds
 # Suffixes whose frames hold linear light (OpenEXR's floats), never display or log codes.
-LINEAR_LIGHT_SUFFIXES = (".exr",)
+LINEAR_LIGHT_SUFFIXES = (OPENEXR_SUFFIX,)
 # Photo formats whose runs are films only when named by their pattern; a folder walk points out a run this long
 # (a second of film), which it colorizes as photos, one by one.
 PATTERN_ONLY_SUFFIXES = (".tif", ".tiff", ".png")
@@ -112,6 +115,9 @@ class FrameSequence:
     # Where a Cineon run in a folder is rewritten, a window at a time (24 frames: some 300 MB at 2K); None for the
     # system's temp folder, often a small RAM disk on a server, hence a service node's work folder there.
     scratch: ScratchFolder | None = field(default=None, compare=False, repr=False)
+    # An OpenEXR run's primaries (red, green, blue and white as CIE xy) where its first frame names others than
+    # BT.709's, OpenEXR's own: an ACES plate's. None for BT.709 and every other format.
+    plate_chromaticities: tuple[float, ...] | None = None
 
     @property
     def pattern(self) -> str:
@@ -228,7 +234,9 @@ def find_sequence(path: str | os.PathLike, frame_rate: Fraction | None = None,
         raise BadInputError(path, f"cannot list its folder: {exc.strerror or exc}") from exc
     numbers = [number for number, _ in select_frames(path, names)]
     first = Path(folder or ".") / frame_name(prefix, digits, suffix, numbers[0])
-    header = _read_header(first) if suffix.lower() in FRAME_CHECKS else b""
+    header = b""
+    if suffix.lower() in FRAME_CHECKS or suffix.lower() == OPENEXR_SUFFIX:
+        header = _read_header(first, EXR_HEADER_BYTES if suffix.lower() == OPENEXR_SUFFIX else DPX_HEADER_BYTES)
     sequence = _sequence(path, Path(folder or "."), prefix, digits, suffix, numbers, frame_rate, header)
     return replace(sequence, scratch=scratch)
 
@@ -436,8 +444,36 @@ def _sequence(path: str, folder: Path, prefix: str, digits: int, suffix: str, nu
         encoding = (first_header[DPX_TRANSFER_OFFSET], first_header[DPX_TRANSFER_OFFSET + 1])
     elif is_cineon:
         encoding = CINEON_ENCODING
+    plate_chromaticities = None
+    if suffix.lower() == OPENEXR_SUFFIX:
+        plate_chromaticities = _plate_chromaticities(path, frame_name(prefix, digits, suffix, numbers[0]),
+                                                     first_header)
     return FrameSequence(folder, prefix, digits, suffix, numbers[0], len(numbers), rate, rate_source, timecode,
-                         fetch, encoding)
+                         fetch, encoding, plate_chromaticities=plate_chromaticities)
+
+
+def _plate_chromaticities(path: str, first: str, first_header: bytes) -> tuple[float, ...] | None:
+    """The primaries of the OpenEXR run ``path``, as its first frame ``first`` names them in ``first_header``, where
+    they are not BT.709's; BadInputError for deep frames, which FFmpeg cannot decode, and a warning for multi-part
+    ones, of which it reads the first part alone."""
+    header = read_exr_header(first_header)
+    if header is None:
+        return None  # FFmpeg names what is wrong with it
+    if header.deep:
+        raise BadInputError(os.path.join(os.path.dirname(path), first),
+                            "a deep OpenEXR frame (several samples a pixel), which cannot be decoded here: flatten "
+                            "the run first (to one sample a pixel, as compositing packages write a flat plate)")
+    if header.parts:
+        logger.warning("%s: multi-part OpenEXR frames (parts %s): the first part, %s, alone is read and coloured; "
+                       "the others are left out of the copy", path, ", ".join(header.parts),
+                       header.parts[0] or "unnamed")
+    if header.chromaticities is None or same_primaries(header.chromaticities, BT709_CHROMATICITIES):
+        return None
+    logger.info("%s: its frames name their primaries (red, green, blue and white at %s): their light is read "
+                "converted to BT.709, and OpenEXR frames out are in the plate's own primaries and say so", path,
+                ", ".join(f"({x:.4g}, {y:.4g})" for x, y in zip(header.chromaticities[::2],
+                                                              header.chromaticities[1::2], strict=True)))
+    return header.chromaticities
 
 
 def stored_sequence(storage, uri: str, frames: list[ObjectInfo], folder: Path, fetch: FetchFrames,
@@ -456,6 +492,8 @@ def stored_sequence(storage, uri: str, frames: list[ObjectInfo], folder: Path, f
         for info in frames[1:]:
             if info.size != frames[0].size:
                 check(info.uri, storage.get_head(info.uri, DPX_HEADER_BYTES), info.size, film_size, uri)
+    elif suffix.lower() == OPENEXR_SUFFIX:
+        first_header = storage.get_head(frames[0].uri, EXR_HEADER_BYTES)
     pattern = os.path.join(folder, _name_pattern(prefix, digits, suffix))
     return _sequence(pattern, folder, prefix, digits, suffix, numbers, frame_rate, first_header, fetch)
 
@@ -535,12 +573,12 @@ def dpx_frame_rate(header: bytes) -> tuple[Fraction, str] | None:
     return None
 
 
-def _read_header(path: Path) -> bytes:
-    """A DPX or Cineon file's first 2048 bytes: its generic headers, then its industry headers or pixels (b"" if
-    unreadable)."""
+def _read_header(path: Path, size: int = DPX_HEADER_BYTES) -> bytes:
+    """A frame's first ``size`` bytes (b"" if unreadable): a DPX or Cineon file's first 2048 are its generic headers,
+    then its industry headers or pixels."""
     try:
         with open(path, "rb") as f:
-            return f.read(DPX_HEADER_BYTES)
+            return f.read(size)
     except OSError:
         return b""
 

@@ -31,7 +31,7 @@ import av
 import numpy as np
 import torch
 
-from models.color import cineon_to_linear, code_dtype, srgb_to_linear_np, ycbcr_to_rgb_np
+from models.color import bt709_from_primaries, cineon_to_linear, code_dtype, srgb_to_linear_np, ycbcr_to_rgb_np
 from models.files import atomic_output
 from worker.errors import BadInputError
 from worker.frame_sequences import (
@@ -47,6 +47,7 @@ from worker.frame_sequences import (
     is_pattern,
     split_pattern,
 )
+from worker.openexr import with_chromaticities
 from worker.video_sink import OutputLayout
 from worker.video_source import BT709_LUMINANCE, FilmInfo, FrameLayout, VideoFormat
 
@@ -140,6 +141,10 @@ class FrameWriter:
         self._encoder.pix_fmt = self._pix_fmt
         self._encoder.time_base = Fraction(1, 24)  # required of every encoder; a still's encoder ignores it
         self._linear_out = encoder == "exr"  # frames of linear light, not codes
+        # A plate in primaries of its own (an ACES plate) gets its copy back in them, saying so as the plate does.
+        self._plate_chromaticities = film.plate_chromaticities if self._linear_out else None
+        self._from_bt709 = (None if self._plate_chromaticities is None else
+                            np.linalg.inv(bt709_from_primaries(self._plate_chromaticities)).T.astype(np.float32))
         if self._linear_out:
             self._encoder.options = dict(EXR_OPTIONS)
         folder.mkdir(parents=True, exist_ok=True)
@@ -160,6 +165,8 @@ class FrameWriter:
         data = b"".join(bytes(packet) for packet in self._encoder.encode(frame))
         if self.target.suffix.lower() == ".dpx":
             data = self._with_industry_headers(data, index)
+        if self._plate_chromaticities is not None:
+            data = with_chromaticities(data, self._plate_chromaticities)
         path = self.folder / self.target.name(self.first + index)
         with atomic_output(path) as f:
             f.write(data)
@@ -167,17 +174,18 @@ class FrameWriter:
 
     def _linear(self, rgb: np.ndarray, light: np.ndarray | None) -> np.ndarray:
         """R'G'B' in [0, 1] as linear light: through the transfer its codes were read with, then, for a plate's
-        copy, each pixel scaled to the plate's own luminance (its chromaticity, the colour added, kept)."""
+        copy, each pixel scaled to the plate's own luminance (its chromaticity, the colour added, kept), in the
+        plate's own primaries."""
         if self.layout.frame.log_encoded:
             linear = cineon_to_linear(torch.from_numpy(rgb) * 1023.0).numpy().astype(np.float32)
         else:
             linear = srgb_to_linear_np(rgb)
-        if light is None:
-            return linear
-        luminance = linear @ np.array(BT709_LUMINANCE, dtype=np.float32)
-        lit = luminance > EXR_BLACK
-        scale = np.divide(light, luminance, out=np.zeros_like(light), where=lit)
-        return np.where(lit[..., None], linear * scale[..., None], light[..., None]).astype(np.float32)
+        if light is not None:
+            luminance = linear @ np.array(BT709_LUMINANCE, dtype=np.float32)
+            lit = luminance > EXR_BLACK
+            scale = np.divide(light, luminance, out=np.zeros_like(light), where=lit)
+            linear = np.where(lit[..., None], linear * scale[..., None], light[..., None]).astype(np.float32)
+        return linear if self._from_bt709 is None else linear @ self._from_bt709
 
     def _with_industry_headers(self, data: bytes, index: int) -> bytes:
         """FFmpeg's DPX encoder writes the generic headers alone; the film and television headers carry the frame

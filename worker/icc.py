@@ -33,7 +33,6 @@ logger = logging.getLogger(__name__)
 
 #: XYZ of the ICC profile connection space's white (D50), as profiles' colorants are adapted to it.
 D50_WHITE = np.array([0.9642, 1.0, 0.8249])
-_BRADFORD = np.array([[0.8951, 0.2664, -0.1614], [-0.7502, 1.7135, 0.0367], [0.0389, -0.0685, 1.0296]])
 #: Samples of each transfer curve (and of its inverse): at this spacing linear interpolation of a gamma curve is
 #: exact to 1e-9, far under a 16-bit code.
 _CURVE_SAMPLES = 65537
@@ -51,14 +50,8 @@ _READING_TABLES = (b"A2B1", b"A2B0")
 _LOOKUP_CHUNK = 1 << 18
 
 
-def _adaptation(source_white: np.ndarray, target_white: np.ndarray) -> np.ndarray:
-    """Bradford chromatic adaptation, the one ICC profiles' colorants are made with."""
-    scale = (_BRADFORD @ target_white) / (_BRADFORD @ source_white)
-    return np.linalg.inv(_BRADFORD) @ np.diag(scale) @ _BRADFORD
-
-
 #: Linear sRGB -> XYZ under D50, the profile connection space.
-SRGB_TO_PCS = _adaptation(np.array(color.D65_WHITE), D50_WHITE) @ np.array(color.XYZ_FROM_RGB)
+SRGB_TO_PCS = color.bradford_adaptation(np.array(color.D65_WHITE), D50_WHITE) @ np.array(color.XYZ_FROM_RGB)
 _PCS_TO_SRGB = np.linalg.inv(SRGB_TO_PCS)
 #: One step of a look-up-table transform: (pixels, channels) values in, (pixels, channels) out.
 Stage = Callable[[np.ndarray], np.ndarray]

@@ -41,6 +41,7 @@ import numpy as np
 
 from models.color import (
     YCBCR_WEIGHTS,
+    bt709_from_primaries,
     code_dtype,
     linear_to_srgb_np,
     log_luma_to_l_table,
@@ -197,6 +198,11 @@ class FilmInfo:
         """The film opened for its streams and metadata, and to copy its other streams: of a run, its first frame
         will do (a stored run's others are not fetched)."""
         return self.open(0, 1)
+
+    @property
+    def plate_chromaticities(self) -> tuple[float, ...] | None:
+        """An OpenEXR plate's own primaries, where they are not BT.709's (``FrameSequence.plate_chromaticities``)."""
+        return self.sequence.plate_chromaticities if self.sequence is not None else None
 
     def frame_name(self, index: int) -> str:
         """How messages name frame ``index``: by its file too in a run of frames."""
@@ -753,6 +759,7 @@ def decode_frames(film: FilmInfo, layout: FrameLayout, start: int, stop: int, wa
               if layout.full_range != video.full_range else None)
     chroma_w, chroma_h = layout.chroma_size(video.width, video.height)
     full_detail = max(chroma_w, chroma_h) < render_size and (chroma_w, chroma_h) != (video.width, video.height)
+    to_bt709 = plate_conversion(film.plate_chromaticities)
     next_index = first
     for window_start, window_stop in _windows(film, first, stop):
         # A run of frames is opened at each window's first frame, whose pts is then 0.
@@ -775,7 +782,7 @@ def decode_frames(film: FilmInfo, layout: FrameLayout, start: int, stop: int, wa
                                             f"{frame.height}, its first is {video.width}x{video.height}; a film's "
                                             "frames must all be one size")
                     # A plate's float values are read once: for its luma, and for its light where that is kept.
-                    values = float_light(frame) if video.scene_linear else None
+                    values = as_bt709(float_light(frame), to_bt709) if video.scene_linear else None
                     luma_source = _luma(frame, video) if values is None else _linear_luma(values, video)
                     L = _lightness(luma_source, table, chroma_w, chroma_h)
                     network_L = _lightness(luma_source, table, video.width, video.height) if full_detail else L
@@ -888,6 +895,18 @@ def _luminance(values: np.ndarray) -> np.ndarray:
     own); a NaN reads as black."""
     light = values @ np.array(BT709_LUMINANCE, dtype=np.float32) if values.ndim == 3 else values
     return np.nan_to_num(light, nan=0.0, posinf=np.finfo(np.float32).max, neginf=0.0)
+
+
+def plate_conversion(chromaticities: tuple[float, ...] | None) -> np.ndarray | None:
+    """The float32 matrix that takes ``float_light`` values (H, W, 3) of a plate in these primaries (an ACES plate's)
+    to BT.709's, as ``values @ matrix``; None for BT.709's own (``None``)."""
+    return None if chromaticities is None else bt709_from_primaries(chromaticities).T.astype(np.float32)
+
+
+def as_bt709(values: np.ndarray, conversion: np.ndarray | None) -> np.ndarray:
+    """``float_light`` values in BT.709 primaries, by ``plate_conversion``'s matrix where there is one (a gray
+    plate's one channel has no primaries to convert)."""
+    return values if conversion is None or values.ndim == 2 else values @ conversion
 
 
 def float_light(frame) -> np.ndarray:

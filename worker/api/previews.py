@@ -38,9 +38,18 @@ from worker.frame_sink import FrameTarget
 from worker.hints import HintSpec
 from worker.images import DEFAULT_MAX_PIXELS, EXTENSION_FORMATS, read_photo, shown_as_srgb
 from worker.jobs import JobRecord, JobSpec, film_output_uri, output_folder
+from worker.openexr import EXR_HEADER_BYTES, read_exr_header
 from worker.settings import Settings
 from worker.storage import Storage, join_uri, parse_uri
-from worker.video_source import LINEAR_FLOAT_FORMATS, decode_from, float_light, index_frames, shown_light
+from worker.video_source import (
+    LINEAR_FLOAT_FORMATS,
+    as_bt709,
+    decode_from,
+    float_light,
+    index_frames,
+    plate_conversion,
+    shown_light,
+)
 from worker.work import Runtime, collection_outputs, frames_target, photo_output_uri
 
 PREVIEW_SIDE = 1024
@@ -162,9 +171,12 @@ class Previews:
         frame, drop = self._local(item.output, "frame" + PurePosixPath(parse_uri(item.output)[2]).suffix)
         try:
             with open(frame, "rb") as header:
-                log = frame.suffix.lower() == ".dpx" and header.read(DPX_TRANSFER_OFFSET + 1)[-1:] in LOG_TRANSFERS
+                head = header.read(EXR_HEADER_BYTES)
+            log = frame.suffix.lower() == ".dpx" and head[DPX_TRANSFER_OFFSET:DPX_TRANSFER_OFFSET + 1] in LOG_TRANSFERS
+            exr = read_exr_header(head) if frame.suffix.lower() == ".exr" else None
+            conversion = plate_conversion(exr.chromaticities if exr is not None else None)
             with av.open(str(frame)) as container:
-                after = _shown(next(container.decode(video=0)), log)
+                after = _shown(next(container.decode(video=0)), log, conversion)
             _save(ImageOps.grayscale(after).convert("RGB"), folder / f"{item.index}-before.jpg", PREVIEW_SIDE)
             _save(after, folder / f"{item.index}-after.jpg", PREVIEW_SIDE)
         except (av.FFmpegError, OSError, StopIteration) as exc:
@@ -238,11 +250,12 @@ def _shown_frames(record: JobRecord, frames: FrameTarget) -> list[str]:
     return [join_uri(folder, frames.name(first + position)) for position in positions]
 
 
-def _shown(frame: av.VideoFrame, log: bool) -> Image.Image:
+def _shown(frame: av.VideoFrame, log: bool, conversion: np.ndarray | None = None) -> Image.Image:
     """A decoded frame as a display shows it: as it is, a log-encoded one read through its log encoding, an OpenEXR
-    one's linear light through the sRGB curve."""
+    one's linear light through the sRGB curve (in BT.709 primaries, by ``conversion`` where it names others)."""
     if frame.format.name in LINEAR_FLOAT_FORMATS:
-        return Image.fromarray(np.rint(shown_light(float_light(frame)) * 255).astype(np.uint8))
+        shown = shown_light(as_bt709(float_light(frame), conversion))
+        return Image.fromarray(np.rint(shown * 255).astype(np.uint8))
     if not log:
         return frame.to_image()
     return Image.fromarray(cineon_display_table()[frame.to_ndarray(format="rgb48le")])
