@@ -6,11 +6,12 @@
 
 A plate's primaries are its ``chromaticities`` attribute: an ACES plate's are AP0's or AP1's, and a file without
 one is BT.709, as OpenEXR has it. FFmpeg reads the pixels as they are and says nothing of them, so Tinct reads the
-attribute here (``worker.video_source`` converts a plate's light to BT.709 as it is read and back as it is
-written). A multi-part file (a beauty with its depth or AOVs) is read by FFmpeg as its first part alone, and a deep
-one not at all; their part names and flags are read here to say so. Layout: the OpenEXR file layout document
-(magic, version flags, then each part's attributes, each ``name\\0 type\\0 size value``, a part's list ended by a
-null byte and a multi-part file's list of parts by another; then the chunks' offset tables).
+attribute here: ``worker.video_source`` converts a plate's light to BT.709 as it is read, and ``worker.frame_sink``
+converts its copy back and has the attribute added to each frame it writes. A multi-part file (a beauty with its
+depth or AOVs) is read by FFmpeg as its first part alone, and a deep one not at all; their part names and flags are
+read here to say so. Layout: the OpenEXR file layout document (magic, version flags, then each part's attributes,
+each ``name\\0 type\\0 size value``, a part's list ended by a null byte and a multi-part file's list of parts by
+another; then the chunks' offset tables).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ class ExrHeader:
     chromaticities: tuple[float, ...] | None  # red, green, blue and white as CIE xy; None where the file names none
     parts: tuple[str, ...]  # the parts' names, of a multi-part file (FFmpeg reads the first alone); () otherwise
     deep: bool  # deep data (samples per pixel), which FFmpeg does not read
-    tiled: bool
 
 
 def read_exr_header(head: bytes) -> ExrHeader | None:
@@ -58,8 +58,7 @@ def read_exr_header(head: bytes) -> ExrHeader | None:
     names = tuple(part.get(("name", "string"), b"").decode("utf-8", "replace") for part in parts)
     part_types = {part.get(("type", "string"), b"").decode("ascii", "replace") for part in parts}
     return ExrHeader(chromaticities=chromaticities, parts=names if version & _MULTIPART else (),
-                     deep=bool(version & _DEEP) or any(kind.startswith("deep") for kind in part_types),
-                     tiled=bool(version & _TILED) or "tiledimage" in part_types)
+                     deep=bool(version & _DEEP) or any(kind.startswith("deep") for kind in part_types))
 
 
 def with_chromaticities(data: bytes, chromaticities: tuple[float, ...]) -> bytes:
