@@ -102,6 +102,7 @@ def srgb_to_linear_np(rgb: np.ndarray) -> np.ndarray:
 # --- RGB primaries ------------------------------------------------------------------------------
 # Red, green, blue and white as CIE xy: BT.709's (sRGB's), which OpenEXR takes where a file names none.
 BT709_CHROMATICITIES = (0.64, 0.33, 0.30, 0.60, 0.15, 0.06, 0.3127, 0.3290)
+BT709_LUMINANCE = (0.2126, 0.7152, 0.0722)  # Y of linear R, G and B in BT.709 primaries
 _BRADFORD = np.array([[0.8951, 0.2664, -0.1614], [-0.7502, 1.7135, 0.0367], [0.0389, -0.0685, 1.0296]])
 
 

@@ -234,9 +234,8 @@ def find_sequence(path: str | os.PathLike, frame_rate: Fraction | None = None,
         raise BadInputError(path, f"cannot list its folder: {exc.strerror or exc}") from exc
     numbers = [number for number, _ in select_frames(path, names)]
     first = Path(folder or ".") / frame_name(prefix, digits, suffix, numbers[0])
-    header = b""
-    if suffix.lower() in FRAME_CHECKS or suffix.lower() == OPENEXR_SUFFIX:
-        header = _read_header(first, EXR_HEADER_BYTES if suffix.lower() == OPENEXR_SUFFIX else DPX_HEADER_BYTES)
+    header_bytes = HEADER_BYTES.get(suffix.lower())
+    header = _read_header(first, header_bytes) if header_bytes else b""
     sequence = _sequence(path, Path(folder or "."), prefix, digits, suffix, numbers, frame_rate, header)
     return replace(sequence, scratch=scratch)
 
@@ -523,6 +522,8 @@ def check_dpx_frame(name: str | os.PathLike, header: bytes, size: int, film_size
 
 # The frames whose headers say their size, checked before any work (``FrameSequence.check_frames``).
 FRAME_CHECKS = {".dpx": check_dpx_frame, CINEON_SUFFIX: check_cineon_frame}
+# How much of a run's first frame is read for what its header says (rate, timecode, encoding, primaries).
+HEADER_BYTES = {".dpx": DPX_HEADER_BYTES, CINEON_SUFFIX: DPX_HEADER_BYTES, OPENEXR_SUFFIX: EXR_HEADER_BYTES}
 
 
 def _check_contiguous(path: str, numbers: list[int]) -> None:

@@ -31,7 +31,7 @@ import av
 import numpy as np
 import torch
 
-from models.color import bt709_from_primaries, cineon_to_linear, code_dtype, srgb_to_linear_np, ycbcr_to_rgb_np
+from models.color import BT709_LUMINANCE, cineon_to_linear, code_dtype, srgb_to_linear_np, ycbcr_to_rgb_np
 from models.files import atomic_output
 from worker.errors import BadInputError
 from worker.frame_sequences import (
@@ -49,7 +49,7 @@ from worker.frame_sequences import (
 )
 from worker.openexr import with_chromaticities
 from worker.video_sink import OutputLayout
-from worker.video_source import BT709_LUMINANCE, FilmInfo, FrameLayout, VideoFormat
+from worker.video_source import FilmInfo, FrameLayout, VideoFormat, plate_conversion
 
 # Per output suffix: the image encoder, and its pixel format for each bit depth it keeps.
 FRAME_FORMATS = {
@@ -143,8 +143,8 @@ class FrameWriter:
         self._linear_out = encoder == "exr"  # frames of linear light, not codes
         # A plate in primaries of its own (an ACES plate) gets its copy back in them, saying so as the plate does.
         self._plate_chromaticities = film.plate_chromaticities if self._linear_out else None
-        self._from_bt709 = (None if self._plate_chromaticities is None else
-                            np.linalg.inv(bt709_from_primaries(self._plate_chromaticities)).T.astype(np.float32))
+        to_bt709 = plate_conversion(self._plate_chromaticities)
+        self._from_bt709 = None if to_bt709 is None else np.linalg.inv(to_bt709)
         if self._linear_out:
             self._encoder.options = dict(EXR_OPTIONS)
         folder.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 
 from models.color import (
+    BT709_LUMINANCE,
     YCBCR_WEIGHTS,
     bt709_from_primaries,
     code_dtype,
@@ -86,7 +87,6 @@ LINEAR_FLOAT_FORMATS = frozenset(f"{name}{bits}{order}" for name in ("grayf", "g
 TRC_LINEAR, TRC_SRGB = 8, 13  # AVCOL_TRC_LINEAR, AVCOL_TRC_IEC61966_2_1
 UNSPECIFIED_TAGS = (0, 2)  # FFmpeg's "reserved" and "unspecified" codes of transfers, primaries and matrices
 PRIMARIES_BT709 = 1  # AVCOL_PRI_BT709: OpenEXR's primaries where its header names none
-BT709_LUMINANCE = (0.2126, 0.7152, 0.0722)  # Y of linear R, G and B in BT.709 primaries
 # A display-referred copy of a run of linear light is warned about when more than this share of a sampled frame is
 # brighter than display white (``highlights_lost``).
 HIGHLIGHT_WARNING_SHARE = 0.005
@@ -891,8 +891,8 @@ def shown_light(values: np.ndarray) -> np.ndarray:
 
 
 def _luminance(values: np.ndarray) -> np.ndarray:
-    """The luminance (H, W) float32 of a frame of linear light's ``float_light`` values (BT.709 primaries, OpenEXR's
-    own); a NaN reads as black."""
+    """The luminance (H, W) float32 of a frame of linear light's ``float_light`` values in BT.709 primaries
+    (``as_bt709``); a NaN reads as black."""
     light = values @ np.array(BT709_LUMINANCE, dtype=np.float32) if values.ndim == 3 else values
     return np.nan_to_num(light, nan=0.0, posinf=np.finfo(np.float32).max, neginf=0.0)
 
