@@ -4,6 +4,7 @@ encoders, through the real film job and CLI, with a tiny real model."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -47,13 +48,14 @@ from worker.frame_sequences import (
     parse_frame_rate,
 )
 from worker.frame_sink import FrameTarget, frames_layout
+from worker.openexr import damage, read_exr_header
 from worker.photos import open_colorizer, plan_photos
 from worker.pipeline import _colour, _colour_on_device
 from worker.settings import Settings
 from worker.smoothing import SmoothingOptions
 from worker.video_sink import EncodeOptions, plan_output
 from worker.video_source import RUN_WINDOW_FRAMES, decode_frames, float_light, probe_film, with_log_choice
-from worker.work import Runtime
+from worker.work import Runtime, as_stored
 
 SIZE = (96, 64)
 FIRST = 86400  # scanners number frames on from a reel's timecode or footage count, rarely from 0
@@ -432,6 +434,109 @@ def test_a_deep_openexr_run_is_refused_by_its_first_frame(tmp_path):
     with pytest.raises(BadInputError, match=r"deep_0001.exr: a deep OpenEXR frame \(several samples a pixel\), which "
                        r"cannot be decoded here: flatten the run first"):
         probe_film(tmp_path / "vfx" / "deep_%04d.exr", 1 << 30)
+
+
+def left_unfinished(path: Path) -> None:
+    """The OpenEXR frame ``path`` as a writer that stopped leaves it: its chunk tables still the zeros written
+    first, to be filled in as the file is closed."""
+    data = bytearray(path.read_bytes())
+    chunks = read_exr_header(bytes(data)).chunks
+    tables_end = chunks.start + 8 * sum(chunks.counts)
+    data[chunks.start:tables_end] = bytes(tables_end - chunks.start)
+    path.write_bytes(bytes(data))
+
+
+CUT_SHORT = r"truncated: \d+ bytes of the \d+ its chunk tables lay out"  # inside its last chunk
+
+
+@pytest.mark.parametrize("writer, fault, reason", [
+    ("ffmpeg", "half copied", r"truncated: \d+ bytes, and its chunk tables have a chunk start at byte \d+"),
+    ("tiles", "one byte short", CUT_SHORT),
+    ("two parts", "one byte short", CUT_SHORT),
+    ("ffmpeg", "unfinished", r"unfinished: its chunk tables were never filled in \(the program writing it stopped "
+                             r"before the end\)"),
+], ids=["half-copied", "tiled-one-byte-short", "multi-part-one-byte-short", "unfinished"])
+def test_an_openexr_frame_cut_short_or_left_unfinished_is_refused_by_its_file_before_any_work(
+        tmp_path, tiny_checkpoint, caplog, writer, fault, reason):
+    """FFmpeg decodes such a frame without a word, the chunks it lacks black: a half-copied plate was coloured and
+    written out as if whole. An OpenEXR frame says no file size, as a DPX frame does; its chunk tables say where its
+    chunks are, and the last one its own length."""
+    if writer == "ffmpeg":
+        paths, _ = openexr_plate(tmp_path / "vfx", frames=4)
+    else:
+        light = np.tile(np.linspace(0.0, 2.0, 96, dtype=np.float32), (64, 1))
+        paths = library_plate(tmp_path / "vfx", np.repeat(light[..., None], 3, axis=2), frames=4,
+                              tiled=writer == "tiles", parts=writer == "two parts")
+    data = paths[2].read_bytes()
+    if fault == "unfinished":
+        left_unfinished(paths[2])
+    else:
+        paths[2].write_bytes(data[: len(data) // 2 if fault == "half copied" else len(data) - 1])
+    assert run_cli(tiny_checkpoint, str(tmp_path / "vfx" / "plate_%04d.exr"), "-o", str(tmp_path / "out" / "p.mkv"),
+                   "--recolor") == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and re.match(re.escape(f"{paths[2]}: ") + reason, errors[0]), errors
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("other", ["size", "primaries"])
+def test_an_openexr_frame_of_another_size_or_in_other_primaries_is_refused_by_its_file_before_any_work(
+        tmp_path, other):
+    """A plate re-rendered at another resolution, or one frame of it exported in ACES among BT.709 frames: found by
+    the frame's header, not hours into the run (and a frame in other primaries not at all before)."""
+    light = np.repeat(np.tile(np.linspace(0.0, 2.0, 96, dtype=np.float32), (64, 1))[..., None], 3, axis=2)
+    paths = library_plate(tmp_path / "vfx", light, frames=6)
+    redone = library_plate(tmp_path / "redone", light[::2, ::2] if other == "size" else light, frames=6,
+                           chromaticities=AP0_CHROMATICITIES if other == "primaries" else None)
+    os.replace(redone[4], paths[4])
+    reason = ("this frame is 48x32, the film's first is 96x64; a film's frames must all be one size" if other == "size"
+              else "its primaries (red, green, blue and white at (0.7347, 0.2653), (0, 1), (0.0001, -0.077), "
+                   "(0.3217, 0.3377)) are not its run's first frame's ((0.64, 0.33), (0.3, 0.6), (0.15, 0.06), "
+                   "(0.3127, 0.329)): a run's frames must all be in one set of primaries")
+    with pytest.raises(BadInputError) as refused:
+        probe_film(tmp_path / "vfx" / "plate_%04d.exr", 1 << 30)
+    assert str(refused.value) == f"{paths[4]}: {reason}"
+
+
+def test_a_stored_openexr_frame_cut_short_is_refused_by_its_key_as_its_window_is_fetched(s3_server, tmp_path):
+    """A compressed frame's stored size does not say whether it is whole, and reading each frame's chunk tables
+    from the store before any work would take an hour of requests on a feature: a window's frames are checked once
+    fetched, before any of them is read."""
+    s3_server.make_bucket("plates")
+    paths, _ = openexr_plate(tmp_path / "vfx", frames=8)
+    for path in paths:
+        put_object(s3_server, f"s3://plates/sh010/{path.name}", path.read_bytes())
+    put_object(s3_server, f"s3://plates/sh010/{paths[6].name}", paths[6].read_bytes()[:10000])
+    rt = Runtime(s3_settings(s3_server, work_dir=tmp_path / "work"))
+    film = rt.film("s3://plates/sh010/plate_%04d.exr")  # its samples (frames 1, 3, 5, 6 and 8) are whole
+    decoded = decode_frames(film, plan_output(film.video, EncodeOptions("ffv1")).frame, 0, film.frames)
+    with pytest.raises(BadInputError) as refused:
+        next(decoded)
+    assert str(as_stored("s3://plates/sh010/plate_%04d.exr", Path(film.path), refused.value)).startswith(
+        "s3://plates/sh010/plate_0007.exr: truncated: 10000 bytes")
+    assert list((tmp_path / "work" / "frames").iterdir()) == []
+
+
+@pytest.mark.parametrize("levels", ["ONE_LEVEL", "MIPMAP_LEVELS", "RIPMAP_LEVELS"])
+@pytest.mark.parametrize("rounding", ["ROUND_DOWN", "ROUND_UP"])
+def test_an_openexr_files_chunk_tables_are_read_where_and_as_long_as_its_writer_laid_them_out(tmp_path, levels,
+                                                                                              rounding):
+    """Against the OpenEXR library's own tables: tiles of each level mode and rounding on a size that halves
+    unevenly. The first chunk it writes follows the tables, so their length is where the smallest offset is (the
+    Python binding writes the full-size level alone, and leaves the others' offsets zero: unfinished)."""
+    tiles = OpenEXR.TileDescription()
+    tiles.xSize, tiles.ySize, tiles.mode, tiles.roundingMode = 16, 8, getattr(OpenEXR, levels), getattr(OpenEXR,
+                                                                                                      rounding)
+    with OpenEXR.File({"type": OpenEXR.tiledimage, "tiles": tiles, "compression": OpenEXR.ZIP_COMPRESSION},
+                      {"RGB": np.ones((33, 97, 3), np.float16)}) as f:
+        f.write(str(tmp_path / "t.exr"))
+    data = (tmp_path / "t.exr").read_bytes()
+    chunks = read_exr_header(data).chunks
+    offsets = struct.unpack_from(f"<{sum(chunks.counts)}Q", data, chunks.start)
+    assert min(offset for offset in offsets if offset) == chunks.start + 8 * sum(chunks.counts)
+    with open(tmp_path / "t.exr", "rb") as f:
+        found = damage(f, chunks, len(data))
+    assert (found is None) == (levels == "ONE_LEVEL")
 
 
 def test_an_aces_plate_is_read_in_its_primaries_and_comes_back_in_them_saying_so(tmp_path, tiny_checkpoint, caplog):

@@ -23,7 +23,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from models.files import atomic_output
-from worker.errors import BadInputError
+from worker.errors import BadInputError, frame_size_error
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +78,7 @@ def check_cineon_frame(name: str | os.PathLike, header: bytes, size: int, film_s
                     "(white at code 685 of 1023, black at 95), and the copy keeps the log encoding, its colour too",
                     film)
     elif (width, height) != film_size:
-        raise BadInputError(name, f"this frame is {width}x{height}, the film's first is {film_size[0]}x"
-                            f"{film_size[1]}; a film's frames must all be one size")
+        raise frame_size_error(name, (width, height), film_size)
     return width, height
 
 

@@ -73,6 +73,13 @@ class InputTooLargeError(BadInputError):
     """An image with more pixels than the configured limit (also Pillow's decompression-bomb guard)."""
 
 
+def frame_size_error(path: str | os.PathLike, size: tuple[int, int], first: tuple[int, int]) -> BadInputError:
+    """The refusal of a frame of a run of frames (``worker.frame_sequences``) whose header says another size than
+    its run's first frame's, by name before any work, as a rescan at another resolution is."""
+    return BadInputError(path, f"this frame is {size[0]}x{size[1]}, the film's first is {first[0]}x{first[1]}; a "
+                         "film's frames must all be one size")
+
+
 class ModelError(PermanentError):
     """A model or engine that cannot be loaded (missing or corrupt checkpoint, unavailable backend)."""
 

@@ -43,8 +43,8 @@ import av
 
 from models.color import BT709_CHROMATICITIES, same_primaries
 from worker.cineon import as_dpx, check_cineon_frame, cineon_frame_rate
-from worker.errors import BadInputError
-from worker.openexr import EXR_HEADER_BYTES, read_exr_header
+from worker.errors import BadInputError, frame_size_error
+from worker.openexr import EXR_HEADER_BYTES, ExrHeader, damage, read_exr_header
 from worker.storage import ObjectInfo, format_uri, parse_uri
 
 logger = logging.getLogger(__name__)
@@ -149,10 +149,17 @@ class FrameSequence:
                 "frame_rate": str(self.frame_rate)}
 
     def check_frames(self) -> None:
-        """Refuse, by file, a DPX or Cineon frame whose header says it is cut short or of another size than the
-        first frame (or a Cineon frame of a layout not read): hours into a film is too late to find a frame copied
-        halfway or rescanned at another resolution. Headers only, a few KB per frame; frames of other formats are
-        checked as they are decoded."""
+        """Refuse, by file, a DPX, Cineon or OpenEXR frame whose header says it is cut short or of another size than
+        the first frame (or a Cineon frame of a layout not read, an OpenEXR frame left unfinished by its writer, deep
+        or in other primaries than the first): hours into a film is too late to find a frame copied halfway or
+        rescanned at another resolution. Headers only, a few KB per frame (an OpenEXR frame's chunk tables too);
+        frames of other formats are checked as they are decoded."""
+        if self.suffix.lower() == OPENEXR_SUFFIX:
+            first = None
+            for position in range(self.count):
+                header = check_exr_frame(self.frame_path(position), self.pattern, first)
+                first = first or header
+            return
         check = FRAME_CHECKS.get(self.suffix.lower())
         if check is None:
             return
@@ -181,12 +188,29 @@ class FrameSequence:
         run's own with a .dpx suffix."""
         if self.fetch is not None:
             with self.fetch(positions) as folder:
+                self._check_fetched(folder, positions)
                 self._as_dpx(folder, folder, positions)
                 yield folder
             return
         with self.scratch() if self.scratch is not None else _temp_folder() as scratch:
             self._as_dpx(self.folder, scratch, positions)
             yield scratch
+
+    def _check_fetched(self, folder: Path, positions: range) -> None:
+        """Check a stored OpenEXR run's frames as they are fetched, each window's before it is read: whole, and in
+        the primaries its first frame names (a different size, the decoder finds). Its DPX and Cineon frames were
+        checked by their headers when it was found (``stored_sequence``): their size tells a whole frame, a
+        compressed OpenEXR frame's does not, and reading each one's chunk tables from the store first would take an
+        hour of requests on a feature."""
+        if self.suffix.lower() != OPENEXR_SUFFIX:
+            return
+        run = ExrHeader(self.plate_chromaticities, parts=(), deep=False)
+        for position in positions:
+            fetched = folder / frame_name(self.prefix, self.digits, self.suffix, self.first + position)
+            try:
+                check_exr_frame(fetched, self.pattern, run)
+            except BadInputError as exc:  # named as the run's frame, which the worker names as stored
+                raise BadInputError(self.frame_path(position), exc.reason) from exc
 
     def _as_dpx(self, frames: Path, folder: Path, positions: range) -> None:
         if self.suffix.lower() != CINEON_SUFFIX:
@@ -459,9 +483,7 @@ def _plate_chromaticities(path: str, first: str, first_header: bytes) -> tuple[f
     if header is None:
         return None  # FFmpeg names what is wrong with it
     if header.deep:
-        raise BadInputError(os.path.join(os.path.dirname(path), first),
-                            "a deep OpenEXR frame (several samples a pixel), which cannot be decoded here: flatten "
-                            "the run first (to one sample a pixel, as compositing packages write a flat plate)")
+        raise BadInputError(os.path.join(os.path.dirname(path), first), DEEP_REFUSAL)
     if header.parts:
         logger.warning("%s: multi-part OpenEXR frames (parts %s): the first part, %s, alone is read and coloured; "
                        "the others are left out of the copy", path, ", ".join(header.parts),
@@ -470,9 +492,46 @@ def _plate_chromaticities(path: str, first: str, first_header: bytes) -> tuple[f
         return None
     logger.info("%s: its frames name their primaries (red, green, blue and white at %s): their light is read "
                 "converted to BT.709, and OpenEXR frames out are in the plate's own primaries and say so", path,
-                ", ".join(f"({x:.4g}, {y:.4g})" for x, y in zip(header.chromaticities[::2],
-                                                              header.chromaticities[1::2], strict=True)))
+                _xy(header.chromaticities))
     return header.chromaticities
+
+
+def check_exr_frame(path: Path, film: str, first: ExrHeader | None) -> ExrHeader:
+    """The header of the OpenEXR frame ``path`` of the run ``film``. BadInputError naming the frame if it is no
+    OpenEXR file, is deep, is cut short or was left unfinished by its writer (FFmpeg decodes its missing chunks as
+    black without a word), or, given ``first`` (its run's first frame's header), is of another size (where
+    ``first`` says one) or names other primaries. Headers whose chunks cannot be counted (a header longer than the
+    bytes read) are taken as whole."""
+    try:
+        with open(path, "rb") as f:
+            header = read_exr_header(f.read(EXR_HEADER_BYTES))
+            if header is None:
+                raise BadInputError(path, "not an OpenEXR file (no OpenEXR header)")
+            if header.deep:
+                raise BadInputError(path, DEEP_REFUSAL)
+            reason = header.chunks and damage(f, header.chunks, os.fstat(f.fileno()).st_size)
+    except OSError as exc:
+        raise BadInputError(path, f"cannot be read: {exc.strerror or exc}") from exc
+    if reason:
+        raise BadInputError(path, reason)
+    if first is not None:
+        if first.size is not None and header.size != first.size:
+            raise frame_size_error(path, header.size or (0, 0), first.size)
+        primaries = header.chromaticities or BT709_CHROMATICITIES
+        if not same_primaries(primaries, first.chromaticities or BT709_CHROMATICITIES):
+            raise BadInputError(path, f"its primaries (red, green, blue and white at {_xy(primaries)}) are not its "
+                                f"run's first frame's ({_xy(first.chromaticities or BT709_CHROMATICITIES)}): a "
+                                "run's frames must all be in one set of primaries")
+    return header
+
+
+DEEP_REFUSAL = ("a deep OpenEXR frame (several samples a pixel), which cannot be decoded here: flatten the run first "
+                "(to one sample a pixel, as compositing packages write a flat plate)")
+
+
+def _xy(chromaticities: tuple[float, ...]) -> str:
+    """Primaries and white as the messages show them: "(0.7347, 0.2653), (0, 1), ..."."""
+    return ", ".join(f"({x:.4g}, {y:.4g})" for x, y in zip(chromaticities[::2], chromaticities[1::2], strict=True))
 
 
 def stored_sequence(storage, uri: str, frames: list[ObjectInfo], folder: Path, fetch: FetchFrames,
@@ -481,18 +540,17 @@ def stored_sequence(storage, uri: str, frames: list[ObjectInfo], folder: Path, f
     ``folder`` (where the worker's messages place it) holds none of its frames. Its DPX frames are checked as a
     folder's are, by their headers, but without reading every frame's: a frame stored at the size of the first, which
     is whole, is taken as whole too (frames of one scan are one size, and the decoder names any other damage); the
-    header of any other is read, to refuse it by name before any work."""
+    header of any other is read, to refuse it by name before any work. Its OpenEXR frames, whose stored sizes say
+    nothing of that, are checked as they are fetched (``FrameSequence.open``)."""
     prefix, digits, suffix = split_pattern(uri, uri.rsplit("/", 1)[1])
     numbers = [frame_number(info.uri.rsplit("/", 1)[1], prefix, digits, suffix) for info in frames]
-    first_header = b""
+    header_bytes = HEADER_BYTES.get(suffix.lower())
+    first_header = storage.get_head(frames[0].uri, header_bytes) if header_bytes else b""
     if (check := FRAME_CHECKS.get(suffix.lower())) is not None:
-        first_header = storage.get_head(frames[0].uri, DPX_HEADER_BYTES)
         film_size = check(frames[0].uri, first_header, frames[0].size, None, uri)
         for info in frames[1:]:
             if info.size != frames[0].size:
-                check(info.uri, storage.get_head(info.uri, DPX_HEADER_BYTES), info.size, film_size, uri)
-    elif suffix.lower() == OPENEXR_SUFFIX:
-        first_header = storage.get_head(frames[0].uri, EXR_HEADER_BYTES)
+                check(info.uri, storage.get_head(info.uri, header_bytes), info.size, film_size, uri)
     pattern = os.path.join(folder, _name_pattern(prefix, digits, suffix))
     return _sequence(pattern, folder, prefix, digits, suffix, numbers, frame_rate, first_header, fetch)
 
@@ -515,8 +573,7 @@ def check_dpx_frame(name: str | os.PathLike, header: bytes, size: int, film_size
                         "code 685 of 1023, black at 95), and the copy keeps the log encoding, its colour too", film,
                         DPX_LOG_TRANSFERS[header[DPX_TRANSFER_OFFSET]])
     elif frame_size != film_size:
-        raise BadInputError(name, f"this frame is {frame_size[0]}x{frame_size[1]}, the film's first is "
-                            f"{film_size[0]}x{film_size[1]}; a film's frames must all be one size")
+        raise frame_size_error(name, frame_size, film_size)
     return frame_size
 
 

@@ -1,17 +1,26 @@
-"""What FFmpeg does not read of an OpenEXR file's header, and the one attribute its encoder does not write.
+"""What FFmpeg does not read of an OpenEXR file's header, the one attribute its encoder does not write, and whether
+a file is whole.
 
     header = read_exr_header(path.read_bytes()[:EXR_HEADER_BYTES])   # None if it is no OpenEXR file
     header.chromaticities, header.parts, header.deep                  # (0.7347, 0.2653, ...) for an ACES plate
     data = with_chromaticities(encoded_frame, header.chromaticities)   # FFmpeg's frame, saying the plate's primaries
+    with open(path, "rb") as f:                                        # a frame whose headers were read whole
+        reason = damage(f, header.chunks, os.path.getsize(path))         # "truncated: ..." if half copied, else None
 
 A plate's primaries are its ``chromaticities`` attribute: an ACES plate's are AP0's or AP1's, and a file without
 one is BT.709, as OpenEXR has it. FFmpeg reads the pixels as they are and says nothing of them, so Tinct reads the
 attribute here: ``worker.video_source`` converts a plate's light to BT.709 as it is read, and ``worker.frame_sink``
 converts its copy back and has the attribute added to each frame it writes. A multi-part file (a beauty with its
 depth or AOVs) is read by FFmpeg as its first part alone, and a deep one not at all; their part names and flags are
-read here to say so. Layout: the OpenEXR file layout document (magic, version flags, then each part's attributes,
-each ``name\\0 type\\0 size value``, a part's list ended by a null byte and a multi-part file's list of parts by
-another; then the chunks' offset tables).
+read here to say so. And FFmpeg decodes a frame cut short (half copied, or left by a writer that stopped) without a
+word, its missing chunks black: ``damage`` finds such a frame by its chunk offset tables, as a DPX frame is found
+by the file size its header declares.
+
+Layout, from the OpenEXR file layout document: magic, version flags, then each part's attributes (each
+``name\\0 type\\0 size value``), a part's list ended by a null byte and a multi-part file's list of parts by another;
+then each part's chunk offset table, a 64-bit offset per chunk, written as zeros and filled in as the writer
+closes the file; then the chunks, each its part's number (in a multi-part file), its scan line or tile
+coordinates, its byte count and its bytes.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
+from typing import BinaryIO
 
 EXR_MAGIC = b"\x76\x2f\x31\x01"
 # Enough for the headers of the files compositing packages write, with their metadata; a longer one is read as far
@@ -28,6 +38,19 @@ _TILED, _LONG_NAMES, _DEEP, _MULTIPART = 0x200, 0x400, 0x800, 0x1000
 # Scan lines per chunk of each compression (OpenEXR's numbering: none, RLE, ZIPS, ZIP, PIZ, PXR24, B44, B44A, DWAA,
 # DWAB): how many offsets a scan-line part's table holds.
 _LINES_PER_CHUNK = (1, 1, 1, 16, 32, 16, 32, 32, 32, 256)
+# A tiled part's levels (the tile description's low four bits) and how their sizes round (the next four).
+_ONE_LEVEL, _MIPMAP_LEVELS, _RIPMAP_LEVELS = 0, 1, 2
+_ROUND_DOWN = 0
+
+
+@dataclass(frozen=True)
+class ChunkTables:
+    """Where an OpenEXR file's chunk offset tables are: from byte ``start``, one after another, each part's
+    ``counts[part]`` 64-bit offsets."""
+    start: int
+    counts: tuple[int, ...]  # chunks per part, in the parts' order
+    tiled: tuple[bool, ...]  # whether each part is tiled (its chunks then say four tile coordinates, not a line)
+    multipart: bool  # whether each chunk starts with its part's number
 
 
 @dataclass(frozen=True)
@@ -35,6 +58,10 @@ class ExrHeader:
     chromaticities: tuple[float, ...] | None  # red, green, blue and white as CIE xy; None where the file names none
     parts: tuple[str, ...]  # the parts' names, of a multi-part file (FFmpeg reads the first alone); () otherwise
     deep: bool  # deep data (samples per pixel), which FFmpeg does not read
+    size: tuple[int, int] | None = None  # the first part's data window, width and height
+    # Where its pixels are, to tell a whole file from one cut short (``damage``); None where the bytes read end
+    # inside the headers, or a part's chunks cannot be counted (a deep part's).
+    chunks: ChunkTables | None = None
 
 
 def read_exr_header(head: bytes) -> ExrHeader | None:
@@ -43,7 +70,7 @@ def read_exr_header(head: bytes) -> ExrHeader | None:
         return None
     (version,) = struct.unpack_from("<I", head, 4)
     parts, position = [], 8
-    while position < len(head):
+    while position is not None and position < len(head):
         part, position = _attributes(head, position)
         if not part:  # the empty header that ends a multi-part file's list
             break
@@ -57,8 +84,53 @@ def read_exr_header(head: bytes) -> ExrHeader | None:
         chromaticities = numbers if all(map(math.isfinite, numbers)) else None
     names = tuple(part.get(("name", "string"), b"").decode("utf-8", "replace") for part in parts)
     part_types = {part.get(("type", "string"), b"").decode("ascii", "replace") for part in parts}
-    return ExrHeader(chromaticities=chromaticities, parts=names if version & _MULTIPART else (),
-                     deep=bool(version & _DEEP) or any(kind.startswith("deep") for kind in part_types))
+    deep = bool(version & _DEEP) or any(kind.startswith("deep") for kind in part_types)
+    size = None
+    if len(window := first.get(("dataWindow", "box2i"), b"")) == 16:
+        x_min, y_min, x_max, y_max = struct.unpack("<4i", window)
+        size = (x_max - x_min + 1, y_max - y_min + 1)
+    chunks = None
+    if position is not None and parts and not deep:
+        multipart = bool(version & _MULTIPART)
+        counts = [_chunk_count(part, multipart) for part in parts]
+        if None not in counts:
+            chunks = ChunkTables(position, tuple(counts), tuple(("tiles", "tiledesc") in part for part in parts),
+                                 multipart)
+    return ExrHeader(chromaticities=chromaticities, parts=names if version & _MULTIPART else (), deep=deep,
+                     size=size, chunks=chunks)
+
+
+def damage(f: BinaryIO, chunks: ChunkTables, size: int) -> str | None:
+    """Why the OpenEXR file open as ``f`` (``size`` bytes, its headers' ``chunks``) is not whole, else None: its
+    chunk tables never filled in (its writer stopped before the end), or pointing past its end, or its last chunk
+    cut short (a frame half copied)."""
+    total = sum(chunks.counts)
+    f.seek(chunks.start)
+    table = f.read(8 * total)
+    if len(table) < 8 * total:
+        return f"truncated: {size} bytes, which end inside its chunk tables"
+    offsets = struct.unpack(f"<{total}Q", table)
+    if 0 in offsets:  # written as zeros first, filled in as the writer closes the file
+        return "unfinished: its chunk tables were never filled in (the program writing it stopped before the end)"
+    last = max(offsets)
+    if min(offsets) < chunks.start + 8 * total:
+        return f"damaged: its chunk tables point inside its headers (to byte {min(offsets)})"
+    if last >= size:
+        return f"truncated: {size} bytes, and its chunk tables have a chunk start at byte {last}"
+    f.seek(last)
+    head = f.read(4 + 16 + 4)  # the last chunk's part number, coordinates and byte count, as far as its kind has
+    part = struct.unpack_from("<i", head)[0] if chunks.multipart and len(head) >= 4 else 0
+    if not 0 <= part < len(chunks.counts):
+        return f"damaged: its last chunk, at byte {last}, names no part of it ({part})"
+    # a tile says its x, y and level x, y; a scan-line chunk its first line
+    count_at = (4 if chunks.multipart else 0) + (16 if chunks.tiled[part] else 4)
+    if len(head) < count_at + 4:
+        return f"truncated: {size} bytes, which end inside its last chunk's header (at byte {last})"
+    (byte_count,) = struct.unpack_from("<i", head, count_at)
+    end = last + count_at + 4 + byte_count
+    if byte_count < 0 or end > size:
+        return f"truncated: {size} bytes of the {end} its chunk tables lay out"
+    return None
 
 
 def with_chromaticities(data: bytes, chromaticities: tuple[float, ...]) -> bytes:
@@ -78,18 +150,62 @@ def with_chromaticities(data: bytes, chromaticities: tuple[float, ...]) -> bytes
                      data[end + 8 * chunks:]])
 
 
-def _attributes(data: bytes, position: int) -> tuple[dict[tuple[str, str], bytes], int]:
-    """The attributes of the header at ``position``, by (name, type), and where the byte after its end is; a header
-    cut short by ``data``'s end is read as far as it goes."""
+def _chunk_count(part: dict[tuple[str, str], bytes], multipart: bool) -> int | None:
+    """How many chunks the part's offset table lists (OpenEXR's layout rules), or None if its header does not say
+    enough. A multi-part file's parts say it (``chunkCount``); a single part's follows from its data window and its
+    compression's lines per chunk, or its tiles' size and levels."""
+    if multipart:
+        value = part.get(("chunkCount", "int"), b"")
+        return struct.unpack("<i", value)[0] if len(value) == 4 else None
+    window, compression = part.get(("dataWindow", "box2i"), b""), part.get(("compression", "compression"), b"")
+    if len(window) != 16:
+        return None
+    x_min, y_min, x_max, y_max = struct.unpack("<4i", window)
+    width, height = x_max - x_min + 1, y_max - y_min + 1
+    tiles = part.get(("tiles", "tiledesc"))
+    if tiles is None:
+        if len(compression) != 1 or compression[0] >= len(_LINES_PER_CHUNK):
+            return None
+        return math.ceil(height / _LINES_PER_CHUNK[compression[0]])
+    if len(tiles) != 9:
+        return None
+    tile_width, tile_height, mode = struct.unpack("<IIB", tiles)
+    levels, round_down = mode & 0x0F, (mode >> 4) == _ROUND_DOWN
+
+    def level_sides(side: int, count: int) -> list[int]:  # a side's length at each level, halved and rounded
+        return [max(1, side >> level if round_down else -(-side >> level)) for level in range(count)]
+
+    def level_count(side: int) -> int:  # levels down to one pixel: log2 of the side, rounded as the part says
+        return (side.bit_length() - 1 if round_down else (side - 1).bit_length()) + 1
+
+    def tiles_at(level_width: int, level_height: int) -> int:
+        return math.ceil(level_width / tile_width) * math.ceil(level_height / tile_height)
+
+    if levels == _ONE_LEVEL:
+        return tiles_at(width, height)
+    if levels == _MIPMAP_LEVELS:  # both sides halved together, as many times as the longer one can be
+        count = level_count(max(width, height))
+        return sum(map(tiles_at, level_sides(width, count), level_sides(height, count)))
+    if levels == _RIPMAP_LEVELS:  # every level of the width with every level of the height
+        return sum(tiles_at(w, h) for w in level_sides(width, level_count(width))
+                   for h in level_sides(height, level_count(height)))
+    return None
+
+
+def _attributes(data: bytes, position: int) -> tuple[dict[tuple[str, str], bytes], int | None]:
+    """The attributes of the header at ``position``, by (name, type), and where the byte after its end is (None
+    where ``data`` ends first: such a header is read as far as it goes)."""
     attributes = {}
     while position < len(data) and data[position] != 0:
         name_end = data.find(b"\0", position)
         type_end = data.find(b"\0", name_end + 1)
         if name_end < 0 or type_end < 0 or type_end + 5 > len(data):
-            return attributes, len(data)
+            return attributes, None
         (size,) = struct.unpack_from("<i", data, type_end + 1)
         value_start = type_end + 5
         name, kind = data[position:name_end].decode("latin-1"), data[name_end + 1:type_end].decode("latin-1")
+        if size < 0 or value_start + size > len(data):
+            return attributes, None
         attributes[(name, kind)] = data[value_start:value_start + size]
         position = value_start + size
-    return attributes, position + 1
+    return attributes, (position + 1 if position < len(data) else None)
