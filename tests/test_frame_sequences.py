@@ -397,8 +397,14 @@ def library_plate(folder: Path, light: np.ndarray, frames: int = 2, chromaticiti
     return paths
 
 
+# ACEScg's (AP1, the working space compositing packages render in), and its matrix to BT.709 as published beside it.
+AP1_CHROMATICITIES = (0.713, 0.293, 0.165, 0.830, 0.128, 0.044, 0.32168, 0.33767)
+AP1_TO_BT709 = np.array([[1.70505, -0.62179, -0.08326], [-0.13026, 1.14080, -0.01055], [-0.02400, -0.12897, 1.15297]])
+
+
 def test_bt709_from_primaries_is_the_published_aces_matrix():
     np.testing.assert_allclose(bt709_from_primaries(AP0_CHROMATICITIES), AP0_TO_BT709, atol=1e-4)
+    np.testing.assert_allclose(bt709_from_primaries(AP1_CHROMATICITIES), AP1_TO_BT709, atol=1e-4)
     np.testing.assert_allclose(bt709_from_primaries(BT709_CHROMATICITIES), np.eye(3), atol=1e-9)
 
 
