@@ -371,12 +371,14 @@ AP0_TO_BT709 = np.array([[2.52169, -1.13413, -0.38756], [-0.27648, 1.37272, -0.0
 
 
 def library_plate(folder: Path, light: np.ndarray, frames: int = 2, chromaticities=None, tiled: bool = False,
-                  parts: bool = False) -> list[Path]:
+                  parts: bool = False, comments: str | None = None) -> list[Path]:
     """A plate written by the OpenEXR library, the format's own writer (not FFmpeg's): half floats of ``light``
     ((H, W) written as Y alone, (H, W, 3) as R, G, B), scan lines or 32-pixel tiles, one part or a beauty with a
-    depth part, naming ``chromaticities`` if given."""
+    depth part, naming ``chromaticities`` and carrying ``comments`` if given."""
     folder.mkdir(parents=True, exist_ok=True)
     header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+    if comments is not None:
+        header["comments"] = comments
     if tiled:
         tiles = OpenEXR.TileDescription()
         tiles.xSize, tiles.ySize, tiles.mode = 32, 32, OpenEXR.ONE_LEVEL
@@ -459,20 +461,24 @@ CUT_SHORT = r"truncated: \d+ bytes of the \d+ its chunk tables lay out"  # insid
     ("ffmpeg", "half copied", r"truncated: \d+ bytes, and its chunk tables have a chunk start at byte \d+"),
     ("tiles", "one byte short", CUT_SHORT),
     ("two parts", "one byte short", CUT_SHORT),
+    ("long headers", "one byte short", CUT_SHORT),
     ("ffmpeg", "unfinished", r"unfinished: its chunk tables were never filled in \(the program writing it stopped "
                              r"before the end\)"),
-], ids=["half-copied", "tiled-one-byte-short", "multi-part-one-byte-short", "unfinished"])
+], ids=["half-copied", "tiled-one-byte-short", "multi-part-one-byte-short", "headers-over-64-KB-one-byte-short",
+        "unfinished"])
 def test_an_openexr_frame_cut_short_or_left_unfinished_is_refused_by_its_file_before_any_work(
         tmp_path, tiny_checkpoint, caplog, writer, fault, reason):
     """FFmpeg decodes such a frame without a word, the chunks it lacks black: a half-copied plate was coloured and
     written out as if whole. An OpenEXR frame says no file size, as a DPX frame does; its chunk tables say where its
-    chunks are, and the last one its own length."""
+    chunks are, and the last one its own length (after headers of any length: notes or a preview image in them can
+    take them past the 64 KB read first)."""
     if writer == "ffmpeg":
         paths, _ = openexr_plate(tmp_path / "vfx", frames=4)
     else:
         light = np.tile(np.linspace(0.0, 2.0, 96, dtype=np.float32), (64, 1))
         paths = library_plate(tmp_path / "vfx", np.repeat(light[..., None], 3, axis=2), frames=4,
-                              tiled=writer == "tiles", parts=writer == "two parts")
+                              tiled=writer == "tiles", parts=writer == "two parts",
+                              comments="a grader's notes " * 8000 if writer == "long headers" else None)
     data = paths[2].read_bytes()
     if fault == "unfinished":
         left_unfinished(paths[2])

@@ -25,6 +25,7 @@ through ``stored_sequence``, whose ``open`` fetches just the frames it reads: a 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -44,7 +45,7 @@ import av
 from models.color import BT709_CHROMATICITIES, same_primaries
 from worker.cineon import as_dpx, check_cineon_frame, cineon_frame_rate
 from worker.errors import BadInputError, frame_size_error
-from worker.openexr import EXR_HEADER_BYTES, ExrHeader, damage, read_exr_header
+from worker.openexr import ExrHeader, damage, exr_head, read_exr_header
 from worker.storage import ObjectInfo, format_uri, parse_uri
 
 logger = logging.getLogger(__name__)
@@ -258,8 +259,7 @@ def find_sequence(path: str | os.PathLike, frame_rate: Fraction | None = None,
         raise BadInputError(path, f"cannot list its folder: {exc.strerror or exc}") from exc
     numbers = [number for number, _ in select_frames(path, names)]
     first = Path(folder or ".") / frame_name(prefix, digits, suffix, numbers[0])
-    header_bytes = HEADER_BYTES.get(suffix.lower())
-    header = _read_header(first, header_bytes) if header_bytes else b""
+    header = first_bytes(suffix, functools.partial(_read_header, first))
     sequence = _sequence(path, Path(folder or "."), prefix, digits, suffix, numbers, frame_rate, header)
     return replace(sequence, scratch=scratch)
 
@@ -501,10 +501,14 @@ def check_exr_frame(path: Path, film: str, first: ExrHeader | None) -> ExrHeader
     OpenEXR file, is deep, is cut short or was left unfinished by its writer (FFmpeg decodes its missing chunks as
     black without a word), or, given ``first`` (its run's first frame's header), is of another size (where
     ``first`` says one) or names other primaries. Headers whose chunks cannot be counted (a header longer than the
-    bytes read) are taken as whole."""
+    bytes read: over EXR_HEADER_LIMIT) are taken as whole."""
     try:
         with open(path, "rb") as f:
-            header = read_exr_header(f.read(EXR_HEADER_BYTES))
+            def first_bytes_of_file(size: int) -> bytes:
+                f.seek(0)
+                return f.read(size)
+
+            header = read_exr_header(exr_head(first_bytes_of_file))
             if header is None:
                 raise BadInputError(path, "not an OpenEXR file (no OpenEXR header)")
             if header.deep:
@@ -544,13 +548,12 @@ def stored_sequence(storage, uri: str, frames: list[ObjectInfo], folder: Path, f
     nothing of that, are checked as they are fetched (``FrameSequence.open``)."""
     prefix, digits, suffix = split_pattern(uri, uri.rsplit("/", 1)[1])
     numbers = [frame_number(info.uri.rsplit("/", 1)[1], prefix, digits, suffix) for info in frames]
-    header_bytes = HEADER_BYTES.get(suffix.lower())
-    first_header = storage.get_head(frames[0].uri, header_bytes) if header_bytes else b""
+    first_header = first_bytes(suffix, functools.partial(storage.get_head, frames[0].uri))
     if (check := FRAME_CHECKS.get(suffix.lower())) is not None:
         film_size = check(frames[0].uri, first_header, frames[0].size, None, uri)
         for info in frames[1:]:
             if info.size != frames[0].size:
-                check(info.uri, storage.get_head(info.uri, header_bytes), info.size, film_size, uri)
+                check(info.uri, storage.get_head(info.uri, DPX_HEADER_BYTES), info.size, film_size, uri)
     pattern = os.path.join(folder, _name_pattern(prefix, digits, suffix))
     return _sequence(pattern, folder, prefix, digits, suffix, numbers, frame_rate, first_header, fetch)
 
@@ -579,8 +582,15 @@ def check_dpx_frame(name: str | os.PathLike, header: bytes, size: int, film_size
 
 # The frames whose headers say their size, checked before any work (``FrameSequence.check_frames``).
 FRAME_CHECKS = {".dpx": check_dpx_frame, CINEON_SUFFIX: check_cineon_frame}
-# How much of a run's first frame is read for what its header says (rate, timecode, encoding, primaries).
-HEADER_BYTES = {".dpx": DPX_HEADER_BYTES, CINEON_SUFFIX: DPX_HEADER_BYTES, OPENEXR_SUFFIX: EXR_HEADER_BYTES}
+
+
+def first_bytes(suffix: str, read: Callable[[int], bytes]) -> bytes:
+    """The first bytes of a run's first frame, of the format ``suffix``, that its header says what it says in (rate,
+    timecode, encoding, primaries): a DPX or Cineon frame's first 2048, an OpenEXR frame's headers whole, nothing of
+    other formats. ``read(n)`` gives the frame's first ``n`` bytes."""
+    if suffix.lower() == OPENEXR_SUFFIX:
+        return exr_head(read)
+    return read(DPX_HEADER_BYTES) if suffix.lower() in FRAME_CHECKS else b""
 
 
 def _check_contiguous(path: str, numbers: list[int]) -> None:

@@ -1,11 +1,12 @@
 """What FFmpeg does not read of an OpenEXR file's header, the one attribute its encoder does not write, and whether
 a file is whole.
 
-    header = read_exr_header(path.read_bytes()[:EXR_HEADER_BYTES])   # None if it is no OpenEXR file
-    header.chromaticities, header.parts, header.deep                  # (0.7347, 0.2653, ...) for an ACES plate
+    head = exr_head(functools.partial(storage.get_head, uri))          # the headers whole, however long
+    header = read_exr_header(head)                                     # None if it is no OpenEXR file
+    header.chromaticities, header.parts, header.deep                   # (0.7347, 0.2653, ...) for an ACES plate
     data = with_chromaticities(encoded_frame, header.chromaticities)   # FFmpeg's frame, saying the plate's primaries
-    with open(path, "rb") as f:                                        # a frame whose headers were read whole
-        reason = damage(f, header.chunks, os.path.getsize(path))         # "truncated: ..." if half copied, else None
+    with open(path, "rb") as f:
+        reason = damage(f, header.chunks, os.path.getsize(path))       # "truncated: ..." if half copied, else None
 
 A plate's primaries are its ``chromaticities`` attribute: an ACES plate's are AP0's or AP1's, and a file without
 one is BT.709, as OpenEXR has it. FFmpeg reads the pixels as they are and says nothing of them, so Tinct reads the
@@ -27,13 +28,15 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
 EXR_MAGIC = b"\x76\x2f\x31\x01"
-# Enough for the headers of the files compositing packages write, with their metadata; a longer one is read as far
-# as this goes (a chromaticities attribute after it counts as missing).
+# Enough for the headers of the files compositing packages write, with their metadata; a longer one (a large
+# preview image in it) is read again further, four times as far each time, up to EXR_HEADER_LIMIT (``exr_head``).
 EXR_HEADER_BYTES = 1 << 16
+EXR_HEADER_LIMIT = 1 << 24
 _TILED, _LONG_NAMES, _DEEP, _MULTIPART = 0x200, 0x400, 0x800, 0x1000
 # Scan lines per chunk of each compression (OpenEXR's numbering: none, RLE, ZIPS, ZIP, PIZ, PXR24, B44, B44A, DWAA,
 # DWAB): how many offsets a scan-line part's table holds.
@@ -59,6 +62,7 @@ class ExrHeader:
     parts: tuple[str, ...]  # the parts' names, of a multi-part file (FFmpeg reads the first alone); () otherwise
     deep: bool  # deep data (samples per pixel), which FFmpeg does not read
     size: tuple[int, int] | None = None  # the first part's data window, width and height
+    whole: bool = True  # whether the bytes read held the headers to their end
     # Where its pixels are, to tell a whole file from one cut short (``damage``); None where the bytes read end
     # inside the headers, or a part's chunks cannot be counted (a deep part's).
     chunks: ChunkTables | None = None
@@ -97,7 +101,20 @@ def read_exr_header(head: bytes) -> ExrHeader | None:
             chunks = ChunkTables(position, tuple(counts), tuple(("tiles", "tiledesc") in part for part in parts),
                                  multipart)
     return ExrHeader(chromaticities=chromaticities, parts=names if version & _MULTIPART else (), deep=deep,
-                     size=size, chunks=chunks)
+                     size=size, whole=position is not None, chunks=chunks)
+
+
+def exr_head(read: Callable[[int], bytes]) -> bytes:
+    """An OpenEXR file's first bytes, enough to hold its headers whole where they are longer than EXR_HEADER_BYTES
+    (up to EXR_HEADER_LIMIT), ``read(n)`` giving its first ``n`` (fewer at its end); a file of another kind's
+    first EXR_HEADER_BYTES."""
+    size = EXR_HEADER_BYTES
+    while True:
+        head = read(size)
+        header = read_exr_header(head)
+        if header is None or header.whole or len(head) < size or size >= EXR_HEADER_LIMIT:
+            return head
+        size *= 4
 
 
 def damage(f: BinaryIO, chunks: ChunkTables, size: int) -> str | None:
