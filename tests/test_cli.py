@@ -23,7 +23,7 @@ from worker.images import read_photo, read_provenance, tinct_version
 from worker.photos import PhotoOptions, colorize_photos, plan_photos
 
 REPO = Path(__file__).resolve().parents[1]
-GOOD = ["a.jpg", "sub/b.png", "sub/deeper/c.tif", "sub/d.webp", "e.bmp"]
+GOOD = ["a.jpg", "sub/b.png", "sub/deeper/c.tif", "sub/d.webp", "e.bmp", "sub/f.jp2"]
 BAD = ["broken/truncated.jpg", "broken/empty.png", "broken/notes.jpg"]
 
 
@@ -54,6 +54,7 @@ def make_tree(root: Path) -> Path:
     cv2.imwrite(str(root / "sub/deeper/c.tif"), _gray(30, 44, 3).astype(np.uint16) * 257)
     Image.fromarray(_gray(32, 32, 4)).save(root / "sub/d.webp", lossless=True)
     Image.fromarray(_gray(24, 40, 5)).save(root / "e.bmp")
+    Image.fromarray(_gray(28, 36, 6)).save(root / "sub/f.jp2")  # a JPEG 2000 master, as archives keep them
     Image.fromarray(_colour(32, 48)).save(root / "colour.png")
     full = root / "a.jpg"
     (root / "broken/truncated.jpg").write_bytes(full.read_bytes()[: full.stat().st_size // 2])
@@ -95,7 +96,7 @@ def test_colorize_tree_rerun_and_overwrite(tmp_path: Path, tiny_checkpoint: Path
     assert read_photo(out / "sub/deeper/c.tif").bit_depth == 16
     assert read_photo(out / "sub/b.png").alpha is not None
     report = captured.out
-    assert "colorized 5, skipped 1 (0 already done, 1 colour photo), failed 3" in report
+    assert "colorized 6, skipped 1 (0 already done, 1 colour photo), failed 3" in report
     assert "images/s" in report and "ignored 1 file " in report
     for name in BAD:  # each failure: one line naming the file, in the summary
         lines = [line for line in report.splitlines() if str(tree / name) in line]
@@ -107,7 +108,7 @@ def test_colorize_tree_rerun_and_overwrite(tmp_path: Path, tiny_checkpoint: Path
     # A rerun finds everything done; the three broken files still fail, so the status stays 1.
     stamps = {name: (out / name).stat().st_mtime_ns for name in GOOD}
     assert main(["colorize", str(tree), "-o", str(out), *model_args(tiny_checkpoint)]) == 1
-    assert "colorized 0, skipped 6 (5 already done, 1 colour photo), failed 3" in capsys.readouterr().out
+    assert "colorized 0, skipped 7 (6 already done, 1 colour photo), failed 3" in capsys.readouterr().out
     assert stamps == {name: (out / name).stat().st_mtime_ns for name in GOOD}
 
     # Without the broken files the rerun is clean; --overwrite redoes everything; --recolor takes the colour photo.
@@ -116,7 +117,7 @@ def test_colorize_tree_rerun_and_overwrite(tmp_path: Path, tiny_checkpoint: Path
     assert main(["colorize", str(tree), "-o", str(out), "-q", *model_args(tiny_checkpoint)]) == 0
     assert capsys.readouterr().out == ""
     assert main(["colorize", str(tree), "-o", str(out), "--overwrite", "--recolor", *model_args(tiny_checkpoint)]) == 0
-    assert "colorized 6, skipped 0, failed 0" in capsys.readouterr().out
+    assert "colorized 7, skipped 0, failed 0" in capsys.readouterr().out
     assert all((out / name).stat().st_mtime_ns != stamps[name] for name in GOOD)
     assert read_provenance(out / "colour.png") is not None
     assert_no_partials(out)

@@ -4,8 +4,10 @@ provenance written, atomic replacement, and one-line reasons for every kind of b
 from __future__ import annotations
 
 import io
+import json
 import os
 import struct
+import subprocess
 import zlib
 from pathlib import Path
 
@@ -87,6 +89,8 @@ def reread_l(path: Path) -> np.ndarray:
 def _make(kind: str, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """Write a source file of one kind; return the pixels it holds (for the expected L) and its alpha."""
     g, c = gray8(), colour8()
+    # OpenCV writes JPEG 2000 lossy unless asked for rate 1 (1000 thousandths), as masters are kept.
+    lossless = [cv2.IMWRITE_JPEG2000_COMPRESSION_X1000, 1000] if path.suffix == ".jp2" else []
     alpha = np.tile(np.linspace(0, 255, W).round().astype(np.uint8), (H, 1))
     if kind == "L":
         Image.fromarray(g).save(path)
@@ -118,11 +122,11 @@ def _make(kind: str, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         return c, None
     if kind == "I;16":
         g16 = (gray8().astype(np.uint16) * 257 + np.arange(W, dtype=np.uint16)[None, :] * 3)
-        cv2.imwrite(str(path), g16)
+        cv2.imwrite(str(path), g16, lossless)
         return g16, None
     if kind == "RGB;16":
         c16 = colour8().astype(np.uint16) * 257 + 111
-        cv2.imwrite(str(path), c16[..., ::-1])
+        cv2.imwrite(str(path), c16[..., ::-1], lossless)
         return c16, None
     if kind == "RGBA;16":
         c16 = colour8().astype(np.uint16) * 257 + 111
@@ -139,6 +143,8 @@ ROUND_TRIPS = [
     ("tif", "L", 8), ("tif", "RGB", 8), ("tif", "RGBA", 8), ("tif", "CMYK", 8), ("tif", "1", 1),
     ("tif", "I;16", 16), ("tif", "RGB;16", 16), ("tif", "RGBA;16", 16),
     ("webp", "RGB", 8), ("webp", "RGBA", 8), ("bmp", "L", 8), ("bmp", "RGB", 8), ("bmp", "P", 8),
+    ("jp2", "L", 8), ("jp2", "LA", 8), ("jp2", "RGB", 8), ("jp2", "RGBA", 8), ("jp2", "I;16", 16),
+    ("jp2", "RGB;16", 16), ("jp2", "RGBA;16", 16),
 ]
 
 
@@ -170,7 +176,7 @@ def test_round_trip(tmp_path: Path, ext: str, kind: str, bits: int) -> None:
     assert not result.had_colour
     error = np.abs(result.L - photo.L)
     assert error.mean() < 1.5 if lossy else error.max() < (0.01 if bits == 16 else 0.5)
-    if photo.alpha is not None and ext in ("png", "tif", "webp"):
+    if photo.alpha is not None and ext in ("png", "tif", "webp", "jp2"):
         assert result.alpha is not None
         if not lossy:
             np.testing.assert_array_equal(result.alpha, photo.alpha)
@@ -299,7 +305,8 @@ def _rich_jpeg(path: Path) -> tuple[bytes, bytes]:
     return icc, xmp
 
 
-@pytest.mark.parametrize(("ext", "bits"), [("jpg", 8), ("png", 8), ("tif", 8), ("webp", 8), ("png", 16), ("tif", 16)])
+@pytest.mark.parametrize(("ext", "bits"), [("jpg", 8), ("png", 8), ("tif", 8), ("webp", 8), ("png", 16), ("tif", 16),
+                                          ("jp2", 8), ("jp2", 16)])
 def test_metadata_is_carried_and_tagged(tmp_path: Path, ext: str, bits: int) -> None:
     source = tmp_path / "rich.jpg"
     icc, xmp = _rich_jpeg(source)
@@ -309,7 +316,7 @@ def test_metadata_is_carried_and_tagged(tmp_path: Path, ext: str, bits: int) -> 
     out = tmp_path / f"result.{ext}"
     write_photo(out, l_as_rgb(photo.L), photo, LABEL)
 
-    with Image.open(out) as im:
+    with images.open_image(out) as im:  # Pillow's own reader, with a JP2 file's boxes read beside it
         assert im.info.get("icc_profile") == icc
         if ext != "webp":
             assert tuple(round(v) for v in im.info["dpi"]) == (600, 600)
@@ -325,6 +332,65 @@ def test_metadata_is_carried_and_tagged(tmp_path: Path, ext: str, bits: int) -> 
         assert exif.get_ifd(0x8825)[1] == "N"
     provenance = read_provenance(out)
     assert provenance is not None and provenance.model == LABEL
+
+
+# ``convert gray.png -depth 12 -define jp2:quality=0 imagemagick-12bit-gray.jp2`` (and rgb.png's), from 16-bit PNGs
+# of every 12-bit code: JPEG 2000 masters of another writer than OpenJPEG's callers here, at a depth of their own.
+JP2_MASTERS = {name: Path(__file__).parent / "data" / f"imagemagick-12bit-{name}.jp2" for name in ("gray", "rgb")}
+
+
+@pytest.mark.parametrize("kind", ["gray", "rgb"])
+def test_a_12_bit_jpeg2000_master_is_read_at_its_precision_and_coloured_into_16_bits(tmp_path: Path,
+                                                                                     kind: str) -> None:
+    """Pillow hands a 12-bit gray master over shifted to 16 bits (white 65520, not 65535) and a colour one cut to 8
+    bits: each code is read as the 12-bit code it is (OpenCV's decoding, of the codes as stored, is the truth)."""
+    codes = cv2.imread(str(JP2_MASTERS[kind]), cv2.IMREAD_UNCHANGED)
+    assert codes.dtype == np.uint16 and codes.max() == 4095
+    photo = read_photo(JP2_MASTERS[kind])
+    assert (photo.format, photo.bit_depth) == ("JPEG2000", 16)
+    shown = codes.astype(np.float64) / 4095
+    if kind == "gray":
+        expected = color.gray_to_l(torch.from_numpy(shown)).numpy()
+    else:
+        expected = color.rgb_to_lab_np(shown[..., ::-1])[..., 0]
+    assert np.abs(photo.L - expected).max() < 1e-3
+    out = tmp_path / "colour.jp2"
+    write_photo(out, l_as_rgb(photo.L), photo, LABEL)
+    written = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
+    assert written.dtype == np.uint16  # a lossless 16-bit JP2 file: its lightness is the master's
+    assert np.abs(read_photo(out).L - photo.L).max() < 0.01
+
+
+def test_a_jpeg2000_masters_profile_exif_and_xmp_are_read_and_its_copy_carries_them_as_exiftool_reads_them(
+        tmp_path: Path) -> None:
+    """Pillow reads none of a JP2 file's profile (its colour specification box), EXIF or XMP (uuid boxes), nor
+    writes them: a master tagged by exiftool, as archives tag theirs, keeps all three and its resolution in its
+    colour copy, read back by exiftool."""
+    source = tmp_path / "master.jp2"
+    Image.fromarray(gray8()).save(source, irreversible=False)
+    icc = matrix_trc_profile(PROPHOTO, gamma_curve(1.8))
+    profile = tmp_path / "prophoto.icc"
+    profile.write_bytes(icc)
+    subprocess.run(["exiftool", "-q", "-overwrite_original", f"-ICC_Profile<={profile}", "-EXIF:Artist=A. Photographer",
+                    "-EXIF:Copyright=Public domain", "-XMP-dc:Source=box 12", str(source)], check=True)
+    photo = read_photo(source)
+    assert photo.icc_profile == icc and b"box 12" in photo.xmp
+    photo.dpi = (600.0, 600.0)  # a resolution too (exiftool writes none into a JP2 file's boxes)
+    out = tmp_path / "colour.jp2"
+    write_photo(out, l_as_rgb(photo.L), photo, LABEL)
+    tags = json.loads(subprocess.run(["exiftool", "-json", "-a", "-G1", "-n", str(out)], check=True,
+                                     capture_output=True, text=True).stdout)[0]
+    assert tags["Jpeg2000:ColorSpecMethod"] == 2  # restricted ICC
+    assert tags["ICC-header:ColorSpaceData"].strip() == "RGB" and "ICC_Profile:RedMatrixColumn" in tags
+    assert tags["IFD0:Artist"] == "A. Photographer" and tags["IFD0:Copyright"] == "Public domain"
+    assert tags["IFD0:Software"] == f"Tinct {tinct_version()}"
+    assert tags["IFD0:ImageDescription"].startswith(f"colorized by Tinct {tinct_version()}, model {LABEL}")
+    assert tags["XMP-dc:Source"] == "box 12"
+    assert tags["Jpeg2000:CaptureXResolution"] == pytest.approx(600 / 25.4, abs=1e-3)  # per mm
+    assert "ExifTool:Warning" not in tags and "ExifTool:Error" not in tags
+    with Image.open(out) as im:  # Pillow alone: the pixels, lossless, and the resolution
+        assert im.info["dpi"] == (600.0, 600.0)
+    assert np.abs(read_photo(out).L - photo.L).max() < 0.5
 
 
 def test_recolorizing_a_result_replaces_the_old_provenance(tmp_path: Path) -> None:
@@ -646,6 +712,16 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, type[PermanentError], s
     add("truncated.png", png[: len(png) // 2], BadInputError, "")
     buffer = cv2.imencode(".png", np.full((64, 64, 3), 40000, np.uint16))[1].tobytes()
     add("truncated16.png", buffer[: len(buffer) // 2], BadInputError, "")
+    good = io.BytesIO()
+    Image.fromarray(colour8(256, 256)).save(good, "JPEG2000")
+    jp2 = good.getvalue()
+    add("truncated.jp2", jp2[: len(jp2) // 2], BadInputError, "")
+    buffer = cv2.imencode(".jp2", np.full((64, 64, 3), 40000, np.uint16))[1].tobytes()
+    add("truncated16.jp2", buffer[: len(buffer) // 2], BadInputError, "")
+    header = jp2.index(b"ihdr") + 4
+    signed = bytearray(jp2)
+    signed[header + 10] |= 0x80  # the image header's depth byte: its top bit says signed samples
+    add("signed.jp2", bytes(signed), UnsupportedMediaError, "8-bit signed JPEG 2000 samples are not supported")
     add("missing.png", None, BadInputError, "no such file")
     bomb = tmp_path / "bomb.png"
     _png_header_only(bomb, 100_000, 100_000)

@@ -24,12 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from models.color import rgb_to_lab_np
 from models.hints import DEFAULT_RADIUS, ColourHints, ColourPoint, ColourRegion
 from worker.errors import FieldError
-from worker.images import displayed_size
+from worker.images import displayed_size, open_image
 from worker.settings import GuidanceLimits
 
 HINTS_SUFFIX = ".hints.json"
@@ -276,7 +275,7 @@ def check_local_bounds(spec: HintSpec, photo: str, where: str | os.PathLike) -> 
     if "://" in photo[:10] and not photo.startswith("file://") or not path.is_file():
         return
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             width, height = displayed_size(image)
     except (OSError, ValueError):
         return  # not an image Pillow reads: the worker reports the photo itself

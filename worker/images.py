@@ -9,6 +9,8 @@ adds a provenance tag that tells a colorized copy from an original, and replaces
 Pillow does the work wherever it can. Pillow holds 16-bit data only for single-channel images, so 16-bit
 RGB(A) sources are decoded with OpenCV, and 16-bit RGB(A) results are written as PNG by OpenCV (with the
 metadata chunks spliced in here) or as TIFF by a small writer built on Pillow's own TIFF directory encoder.
+JPEG 2000 files' metadata boxes, which Pillow neither reads nor writes, are :mod:`worker.jpeg2000`'s: read as the
+file is opened (:func:`open_image`), added to the encoded file as it is written.
 
 Colour management: pixels are read in the colours their ICC profile gives them. An RGB profile of the matrix/TRC
 kind (Adobe RGB, ProPhoto, Display P3: :mod:`worker.icc`) is carried verbatim, lightness is measured through it,
@@ -54,20 +56,24 @@ from worker.icc import (
     rgb_space,
     sample_curve,
 )
+from worker.jpeg2000 import read_jp2_boxes, with_jp2_metadata
 
 logger = logging.getLogger(__name__)
 
 #: File extensions Tinct reads and writes, and the Pillow format name behind each.
 EXTENSION_FORMATS: dict[str, str] = {
     ".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".jfif": "JPEG",
-    ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP", ".bmp": "BMP",
+    ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP", ".bmp": "BMP", ".jp2": "JPEG2000",
 }
 #: The extension used when a format has to be turned back into a file name.
-FORMAT_EXTENSIONS: dict[str, str] = {"JPEG": ".jpg", "PNG": ".png", "TIFF": ".tif", "WEBP": ".webp", "BMP": ".bmp"}
+FORMAT_EXTENSIONS: dict[str, str] = {"JPEG": ".jpg", "PNG": ".png", "TIFF": ".tif", "WEBP": ".webp", "BMP": ".bmp",
+                                     "JPEG2000": ".jp2"}
+#: The formats as messages name them.
+FORMAT_NAMES = "JPEG, PNG, TIFF, WebP, BMP or JPEG 2000"
 #: Formats whose alpha channel is kept; JPEG and BMP results are flattened onto white (what a viewer shows).
-ALPHA_FORMATS = frozenset({"PNG", "TIFF", "WEBP"})
+ALPHA_FORMATS = frozenset({"PNG", "TIFF", "WEBP", "JPEG2000"})
 #: Formats that can hold 16 bits per channel; a 16-bit source written to any other format becomes 8-bit.
-SIXTEEN_BIT_FORMATS = frozenset({"PNG", "TIFF"})
+SIXTEEN_BIT_FORMATS = frozenset({"PNG", "TIFF", "JPEG2000"})
 
 DEFAULT_MAX_PIXELS = 200_000_000  # a 16k x 12k archive scan still fits; bombs and garbage headers do not
 JPEG_QUALITY = 95
@@ -204,7 +210,28 @@ def open_image(path: str | os.PathLike) -> Iterator[Image.Image]:
     open file it decodes the strip and turns it upright correctly.
     """
     with open(path, "rb") as f, Image.open(f) as image:
+        if image.format == "JPEG2000":
+            _with_jp2_boxes(image, f)
         yield image
+
+
+def _with_jp2_boxes(image: Image.Image, f: BinaryIO) -> None:
+    """A JP2 file's ICC profile, EXIF and XMP (``worker.jpeg2000``), which Pillow does not read, put where it keeps
+    other formats' (``info``), so orientation, colour management and provenance work on it as on the others; and
+    its components' depth, as ``info["jp2_bits"]``."""
+    position = f.tell()
+    try:
+        boxes = read_jp2_boxes(f)
+    finally:
+        f.seek(position)
+    if boxes is None:
+        return
+    image.info["jp2_bits"] = boxes.bits
+    image.info["jp2_signed"] = boxes.signed
+    for key, value in (("icc_profile", boxes.icc), ("exif", boxes.exif and b"Exif\0\0" + boxes.exif),
+                       ("xmp", boxes.xmp)):
+        if value:
+            image.info[key] = value
 
 
 def upright(image: Image.Image) -> Image.Image:
@@ -308,7 +335,7 @@ def _decode_errors(path: Path) -> Iterator[None]:
             raise UnsupportedMediaError(
                 path, f"a TIFF of {layout}, which Tinct cannot read; save it as 8 or 16-bit gray or RGB"
             ) from None
-        raise BadInputError(path, "not an image Tinct can read (JPEG, PNG, TIFF, WebP, BMP)") from None
+        raise BadInputError(path, f"not an image Tinct can read ({FORMAT_NAMES})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InputTooLargeError(path, str(exc)) from exc
     except OSError as exc:
@@ -372,6 +399,12 @@ def _source_bit_depth(path: Path, im: Image.Image) -> int:
             raise UnsupportedMediaError(path, f"{_describe_samples(bits, formats)} samples are not supported "
                                               "(unsigned 8 and 16-bit integers are)")
         return 16 if bits > 8 else 8
+    if im.format == "JPEG2000":
+        bits = int(im.info.get("jp2_bits", 8))
+        if bits > 16 or im.info.get("jp2_signed"):
+            raise UnsupportedMediaError(path, f"{bits}-bit{' signed' if im.info.get('jp2_signed') else ''} JPEG "
+                                              "2000 samples are not supported (unsigned, up to 16 bits, are)")
+        return 16 if bits > 8 else 8
     return 16 if im.mode.startswith("I;16") else 8
 
 
@@ -425,7 +458,7 @@ def _decode(path: Path, im: Image.Image) -> _Source:
     # Camera JPEGs with an embedded preview open as MPO (Multi-Picture): the first picture is the photo.
     fmt, mode = ("JPEG" if im.format == "MPO" else im.format or ""), im.mode
     if fmt not in FORMAT_EXTENSIONS:
-        raise UnsupportedMediaError(path, f"{fmt or 'unknown'} images are not supported (JPEG, PNG, TIFF, WebP, BMP)")
+        raise UnsupportedMediaError(path, f"{fmt or 'unknown'} images are not supported ({FORMAT_NAMES})")
     bits = _source_bit_depth(path, im)
     sixteen_bit_colour = bits == 16 and mode in ("RGB", "RGBA", "RGBX", "LA")
     # Pillow turns a TIFF upright as it decodes it and drops its orientation tag: the DPI below needs the tag.
@@ -586,10 +619,15 @@ def _gray_levels(im: Image.Image, bits: int) -> np.ndarray:
     """What each code of a gray image Pillow decoded means, 0 (black) to 1 (white), indexed by code.
 
     Pillow hands 12-bit TIFF samples over unscaled (0-4095 in a 16-bit image), and 16-bit TIFFs that store
-    white as 0 (Photometric MinIsWhite) uninverted; at 1 to 8 bits it scales and inverts them itself.
+    white as 0 (Photometric MinIsWhite) uninverted; at 1 to 8 bits it scales and inverts them itself. JPEG 2000
+    samples of fewer bits than Pillow's 8 or 16 it shifts up (12-bit white is 65520): each code means its top bits.
     """
     if im.mode == "1":
         return np.array([0.0, 1.0])
+    if im.format == "JPEG2000":
+        width, precision = (8 if im.mode in ("L", "LA") else 16), int(im.info.get("jp2_bits", 8))
+        if precision < width:
+            return (np.arange(1 << width) >> (width - precision)) / ((1 << precision) - 1)
     if bits == 8 and im.mode != "I":
         return np.arange(256) / 255.0
     codes = np.arange(65536) / 65535.0
@@ -613,6 +651,10 @@ def _decode_16bit_multichannel(
     if pixels is None:
         im.load()  # let Pillow name what is wrong (usually truncation) ...
         raise BadInputError(path, "corrupt or truncated 16-bit pixel data")  # ... or say it ourselves
+    if im.format == "JPEG2000" and (precision := int(im.info.get("jp2_bits", 16))) < 16:
+        # OpenCV hands JPEG 2000 samples over at their own precision (12-bit white is 4095): scaled to 16 bits.
+        top = (1 << precision) - 1
+        pixels = ((pixels.astype(np.uint32) * 65535 + top // 2) // top).astype(np.uint16)
     if pixels.shape[:2] != (im.size[1], im.size[0]):
         raise BadInputError(path, "16-bit pixel data does not match the image header")
     if pixels.ndim == 2:
@@ -890,7 +932,7 @@ def _tagged_exif(like: Photo, description: str, software: str) -> dict[int, Any]
 
 def read_provenance(path: str | os.PathLike) -> Provenance | None:
     """The Tinct provenance tag of a file (from EXIF, TIFF tags or PNG text), or None for an untagged file."""
-    with _own_pixel_limit(), _decode_errors(Path(path)), Image.open(path) as im:
+    with _own_pixel_limit(), _decode_errors(Path(path)), open_image(path) as im:
         exif = im.getexif()
         texts = getattr(im, "text", {}) if im.format == "PNG" else {}
         software = str(texts.get("Software") or _text(exif.get(_SOFTWARE)))
@@ -927,10 +969,11 @@ def write_photo(
     ``rgb`` is float (H, W, 3) sRGB in [0, 1] (the colorizer's output for ``like``); ``provenance`` is the
     model's label, recorded as "colorized by Tinct <version>, model <label>" in ImageDescription (after any
     caption the source had) and PNG Description text, with EXIF Software "Tinct <version>". The format follows
-    the extension of ``path`` (the source's format for an unknown extension). 16-bit sources give 16-bit PNG and
-    TIFF results. ``alpha`` (uint8, uint16 or float in [0, 1], e.g. ``like.alpha``) is stored where the format
-    has an alpha channel (PNG, TIFF, WebP); JPEG and BMP results are composited onto white instead, which is
-    how the transparent photo looks on a page. BMP has no place for metadata: BMP results keep their DPI only.
+    the extension of ``path`` (the source's format for an unknown extension). 16-bit sources give 16-bit PNG,
+    TIFF and JPEG 2000 results. ``alpha`` (uint8, uint16 or float in [0, 1], e.g. ``like.alpha``) is stored where
+    the format has an alpha channel (PNG, TIFF, WebP, JPEG 2000); JPEG and BMP results are composited onto white
+    instead, which is how the transparent photo looks on a page. BMP has no place for metadata: BMP results keep
+    their DPI only.
     ``guidance`` (e.g. "3 colour hints") is added to the provenance sentence.
     """
     path = Path(path)
@@ -993,6 +1036,8 @@ def _encoder_for(
     texts = {**like.text, "Software": software, "Description": _described(like.text.get("Description"), description)}
     if bits == 16 and fmt == "PNG":
         return lambda f: f.write(_png16(pixels, _exif_bytes(exif), like, texts))
+    if fmt == "JPEG2000":
+        return lambda f: f.write(_jp2(pixels, _exif_bytes(exif), like))
     if fmt == "TIFF":
         return lambda f: _write_tiff(f, pixels, exif, like, hints)
     image = Image.fromarray(pixels, "RGBA" if pixels.shape[2] == 4 else "RGB")
@@ -1021,6 +1066,26 @@ def _encoder_for(
         if like.xmp:
             options["xmp"] = like.xmp
     return lambda f: image.save(f, format=fmt, **options)
+
+
+def _jp2(pixels: np.ndarray, exif: bytes, like: Photo) -> bytes:
+    """RGB or RGBA ``pixels`` (8 or 16-bit) as a lossless JP2 file (the reversible 5/3 wavelet, as preservation
+    masters are kept; whatever the source's compression), with the source's profile, EXIF, XMP and resolution in
+    its boxes. OpenJPEG encodes through Pillow at 8 bits and through OpenCV at 16 (Pillow holds no 16-bit RGB);
+    neither writes those boxes, which ``worker.jpeg2000`` adds."""
+    if pixels.dtype == np.uint16:
+        bgr = pixels[..., [2, 1, 0, 3][: pixels.shape[2]]]
+        ok, encoded = cv2.imencode(".jp2", np.ascontiguousarray(bgr),
+                                   [cv2.IMWRITE_JPEG2000_COMPRESSION_X1000, 1000])  # 1000: lossless, not the default
+        if not ok:
+            raise OSError(f"OpenCV could not encode a {pixels.shape[1]}x{pixels.shape[0]} 16-bit JPEG 2000 image")
+        data = encoded.tobytes()
+    else:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels, "RGBA" if pixels.shape[2] == 4 else "RGB").save(buffer, format="JPEG2000",
+                                                                                irreversible=False)
+        data = buffer.getvalue()
+    return with_jp2_metadata(data, icc=like.icc_profile, exif=exif, xmp=like.xmp, dpi=like.dpi)
 
 
 def _tiff_directory(tags: dict[int, Any], like: Photo) -> TiffImagePlugin.ImageFileDirectory_v2:

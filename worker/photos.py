@@ -42,6 +42,7 @@ from worker.hints import HINTS_SUFFIX, hints_provenance, load_hints_file, sideca
 from worker.images import (
     DEFAULT_MAX_PIXELS,
     EXTENSION_FORMATS,
+    FORMAT_NAMES,
     Photo,
     format_for_path,
     read_photo,
@@ -146,7 +147,7 @@ class PhotoSummary:
         ]
         if self.ignored:
             verb = "is" if self.ignored == 1 else "are"
-            lines.append(f"ignored {_plural(self.ignored, 'file')} that {verb} not JPEG, PNG, TIFF, WebP or BMP")
+            lines.append(f"ignored {_plural(self.ignored, 'file')} that {verb} not {FORMAT_NAMES}")
         if self.failed:
             lines.append("failed:")
             lines.extend(f"  {outcome.reason}" for outcome in self.failed)

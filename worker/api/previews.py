@@ -36,7 +36,7 @@ from worker.errors import BadInputError, PermanentError, one_line
 from worker.frame_sequences import DPX_LOG_TRANSFERS, DPX_TRANSFER_OFFSET, is_pattern
 from worker.frame_sink import FrameTarget
 from worker.hints import HintSpec
-from worker.images import DEFAULT_MAX_PIXELS, EXTENSION_FORMATS, read_photo, shown_as_srgb
+from worker.images import DEFAULT_MAX_PIXELS, EXTENSION_FORMATS, FORMAT_NAMES, open_image, read_photo, shown_as_srgb
 from worker.jobs import JobRecord, JobSpec, film_output_uri, output_folder
 from worker.openexr import EXR_HEADER_BYTES, read_exr_header
 from worker.settings import Settings
@@ -152,7 +152,7 @@ class Previews:
             # once, and "before" shows exactly the lightness the colorizer kept.
             lightness = read_photo(source, DEFAULT_MAX_PIXELS).L
             before = Image.fromarray(np.clip(lightness * 2.55 + 0.5, 0, 255).astype(np.uint8))
-            with Image.open(result) as opened:
+            with open_image(result) as opened:
                 after = shown_as_srgb(opened)
             _save(before, folder / f"{item.index}-before.jpg", PREVIEW_SIDE)
             _save(after, folder / f"{item.index}-after.jpg", PREVIEW_SIDE)
@@ -391,7 +391,7 @@ class HintPreviews:
             raise BadInputError(uri, f"{info.size} bytes, over the limit of {self.settings.max_input_bytes}")
         suffix = PurePosixPath(parse_uri(uri)[2]).suffix.lower()
         if suffix not in EXTENSION_FORMATS:
-            raise BadInputError(uri, "hint previews are for photos (JPEG, PNG, TIFF, WebP, BMP)")
+            raise BadInputError(uri, f"hint previews are for photos ({FORMAT_NAMES})")
         scheme, _, key_path = parse_uri(uri)
         local = Path(key_path)
         if scheme != "file":

@@ -1,0 +1,165 @@
+"""JPEG 2000 files (``.jp2``), the format many archives keep their preservation masters in: what Pillow does not
+read of a file's boxes, and the boxes its encoder does not write.
+
+    boxes = read_jp2_boxes(f)        # Jp2Boxes(bits=12, signed=False, icc=b"...", exif=b"II*...", xmp=b"<?xpacket...")
+    data = with_jp2_metadata(encoded, icc=..., exif=..., xmp=..., dpi=(600.0, 600.0))
+
+Pillow (OpenJPEG) decodes a JP2 file's pixels and reads its capture resolution, but not the ICC profile in its
+colour specification box, nor the EXIF and XMP that exiftool and archive tools keep in ``uuid`` boxes; and its
+encoder, like OpenCV's, writes none of them. A gray master of 12 bits Pillow hands over shifted to 16; one in
+colour deeper than 8 it cuts to 8 bits, so ``worker.images`` reads that with OpenCV, at its precision, from
+``bits`` here.
+
+Layout (ISO/IEC 15444-1, annex I): a file is a list of boxes, each a 32-bit big-endian length (1: a 64-bit length
+follows the type; 0: the box runs to the end of the file), a four-letter type and its contents. The header box
+``jp2h`` holds the image header ``ihdr`` (size, components, their depth), ``bpcc`` where components differ in depth,
+the colour specifications ``colr`` (the first is the one readers use: an enumerated space, or an ICC profile), and
+the resolution box ``res `` (``resc``, capture resolution, in points per metre). The codestream ``jp2c`` follows.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+# The uuid boxes' identifiers: exiftool's (and the JPEG 2000 EXIF convention's) for EXIF in TIFF layout, and
+# Adobe's for XMP.
+EXIF_UUID = b"JpgTiffExif->JP2"
+XMP_UUID = bytes.fromhex("be7acfcb97a942e89c71999491e3afac")
+_ICC_METHODS = (2, 3)  # colr methods that carry a profile: restricted ICC (JP2's) and any ICC (JPX's)
+
+
+@dataclass(frozen=True)
+class Jp2Boxes:
+    bits: int  # the components' depth (the deepest, where they differ)
+    signed: bool  # whether any component holds signed samples
+    icc: bytes | None = None  # the first colour specification's profile, where it is one
+    exif: bytes | None = None  # in TIFF layout ("II*\0..."), as Pillow's ``Image.Exif.load`` takes it
+    xmp: bytes | None = None
+
+
+def read_jp2_boxes(f: BinaryIO) -> Jp2Boxes | None:
+    """What the boxes of the JP2 file open as ``f`` say, read box by box (the codestream is skipped, not read);
+    None if it is not a JP2 file or says no depth. Boxes cut short are read as far as they go."""
+    f.seek(0)
+    if f.read(len(JP2_SIGNATURE)) != JP2_SIGNATURE:
+        return None
+    depths: list[int] = []
+    icc = exif = xmp = None
+    colour_seen = False
+    for kind, contents in _boxes(f, len(JP2_SIGNATURE), want={b"jp2h", b"uuid"}):
+        if kind == b"jp2h":
+            for child, body in _boxes_in(contents):
+                if child == b"ihdr" and len(body) >= 11:
+                    components, depth = struct.unpack_from(">HB", body, 8)
+                    depths = [depth] * components if depth != 0xFF else depths
+                elif child == b"bpcc":
+                    depths = list(body)
+                elif child == b"colr" and not colour_seen and len(body) >= 3:
+                    colour_seen = True  # the first colour specification is the one to use
+                    if body[0] in _ICC_METHODS and len(body) > 3:
+                        icc = body[3:]
+        elif kind == b"uuid" and len(contents) > 16:
+            identifier, payload = contents[:16], contents[16:]
+            if identifier == EXIF_UUID and exif is None:
+                exif = payload[6:] if payload.startswith(b"Exif\0\0") else payload
+            elif identifier == XMP_UUID and xmp is None:
+                xmp = payload
+    if not depths:
+        return None
+    return Jp2Boxes(bits=max((d & 0x7F) + 1 for d in depths), signed=any(d & 0x80 for d in depths), icc=icc,
+                    exif=exif, xmp=xmp)
+
+
+def with_jp2_metadata(data: bytes, icc: bytes | None = None, exif: bytes | None = None, xmp: bytes | None = None,
+                      dpi: tuple[float, float] | None = None) -> bytes:
+    """The JP2 file ``data`` (as OpenJPEG writes one, through Pillow or OpenCV) with ``icc`` as its colour
+    specification (a restricted-ICC ``colr`` box in place of its enumerated one), ``dpi`` as its capture resolution,
+    and ``exif`` (in TIFF layout, or after an "Exif\\0\\0" prefix) and ``xmp`` in uuid boxes after its codestream."""
+    if not data.startswith(JP2_SIGNATURE):
+        raise ValueError("not a JP2 file")
+    out = [JP2_SIGNATURE]
+    for kind, contents in _boxes_in(data[len(JP2_SIGNATURE):]):
+        if kind == b"jp2h":
+            children = [(child, body) for child, body in _boxes_in(contents)
+                        if child not in (b"res ", b"colr" if icc else b"")]
+            if icc:
+                at = next(i for i, (child, _) in enumerate(children) if child == b"ihdr") + 1
+                at += any(child == b"bpcc" for child, _ in children)  # colr follows ihdr and bpcc
+                children.insert(at, (b"colr", bytes((2, 0, 0)) + icc))
+            if dpi:
+                children.append((b"res ", _box(b"resc", _capture_resolution(dpi))))
+            contents = b"".join(_box(child, body) for child, body in children)
+        out.append(_box(kind, contents))
+    if exif:
+        out.append(_box(b"uuid", EXIF_UUID + (exif[6:] if exif.startswith(b"Exif\0\0") else exif)))
+    if xmp:
+        out.append(_box(b"uuid", XMP_UUID + xmp))
+    return b"".join(out)
+
+
+def _capture_resolution(dpi: tuple[float, float]) -> bytes:
+    """A ``resc`` box's contents for ``dpi``: each direction's points per metre as N / 127 x 10^E, which is exactly
+    a whole number of fifths of a dot per inch at E = 3 (Pillow reads N x 10^E / 5000 dpi); a larger E for a
+    resolution past 13,107 dpi."""
+    fields = []
+    for value in (dpi[1], dpi[0]):  # vertical first
+        exponent = 3
+        while round(value * 5 * 10 ** (3 - exponent)) > 0xFFFF:
+            exponent += 1
+        fields.append((round(value * 5 * 10 ** (3 - exponent)), 127, exponent))
+    (v_num, v_den, v_exp), (h_num, h_den, h_exp) = fields
+    return struct.pack(">HHHHbb", v_num, v_den, h_num, h_den, v_exp, h_exp)
+
+
+def _box(kind: bytes, contents: bytes) -> bytes:
+    if len(contents) + 8 > 0xFFFFFFFF:
+        return struct.pack(">I4sQ", 1, kind, len(contents) + 16) + contents
+    return struct.pack(">I4s", len(contents) + 8, kind) + contents
+
+
+def _boxes_in(data: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """The boxes laid end to end in ``data``: (type, contents), a box cut short as far as it goes."""
+    position = 0
+    while position + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, position)
+        start = position + 8
+        if length == 1 and start + 8 <= len(data):
+            (length,) = struct.unpack_from(">Q", data, start)
+            start += 8
+        end = len(data) if length == 0 else position + length
+        if end < start:
+            return
+        yield kind, data[start:end]
+        position = end
+
+
+def _boxes(f: BinaryIO, position: int, want: set[bytes]) -> Iterator[tuple[bytes, bytes]]:
+    """The top-level boxes of the file ``f`` from ``position``: (type, contents) for the types in ``want``, read;
+    the others (the codestream, some hundreds of MB) skipped by their length."""
+    while True:
+        f.seek(position)
+        header = f.read(16)
+        if len(header) < 8:
+            return
+        length, kind = struct.unpack_from(">I4s", header)
+        start = position + 8
+        if length == 1:
+            if len(header) < 16:
+                return
+            (length,) = struct.unpack_from(">Q", header, 8)
+            start += 8
+        if length == 0:  # to the end of the file
+            if kind in want:
+                f.seek(start)
+                yield kind, f.read()
+            return
+        if position + length < start:
+            return
+        if kind in want:
+            f.seek(start)
+            yield kind, f.read(position + length - start)
+        position += length
