@@ -712,6 +712,16 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, type[PermanentError], s
     add("truncated.png", png[: len(png) // 2], BadInputError, "")
     buffer = cv2.imencode(".png", np.full((64, 64, 3), 40000, np.uint16))[1].tobytes()
     add("truncated16.png", buffer[: len(buffer) // 2], BadInputError, "")
+    # Most TIFF writers put the directory after the pixels: cut short, such a file was said to be "a TIFF of 1-bit
+    # photometric -1, which Tinct cannot read".
+    good = io.BytesIO()
+    Image.fromarray(colour8(256, 256)).save(good, "TIFF", compression="tiff_lzw")
+    lzw = good.getvalue()
+    add("truncated-lzw.tif", lzw[: len(lzw) // 2], BadInputError, "truncated: ")
+    add("truncated-directory.tif", lzw[: struct.unpack_from("<I", lzw, 4)[0] + 20], BadInputError,
+        "cut before the end of its TIFF directory")
+    buffer = cv2.imencode(".tif", np.full((64, 64, 3), 40000, np.uint16))[1].tobytes()
+    add("truncated16.tif", buffer[: len(buffer) // 2], BadInputError, "truncated: ")
     good = io.BytesIO()
     Image.fromarray(colour8(256, 256)).save(good, "JPEG2000")
     jp2 = good.getvalue()

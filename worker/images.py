@@ -421,7 +421,10 @@ def _tiff_layout(path: Path) -> str | None:
     """What a TIFF that Pillow cannot open holds, in words (``16-bit gray with alpha``); None if not a TIFF.
 
     Pillow recognises a TIFF by its header but refuses sample layouts it has no decoder for (10 and 14-bit
-    samples, 16-bit gray with alpha, 16-bit floats), and says only that the file is not an image.
+    samples, 16-bit gray with alpha, 16-bit floats), and says only that the file is not an image. It says the same
+    of a TIFF cut short whose directory was written after its pixels, as most writers place it (libtiff, OpenCV,
+    Pillow's compressed TIFFs): BadInputError says that it is truncated, before a layout read from a directory that
+    is not there could be blamed.
     """
     try:
         with open(path, "rb") as f:
@@ -431,8 +434,19 @@ def _tiff_layout(path: Path) -> str | None:
             if header[2] == 43:  # BigTIFF: a 16-byte header
                 header += f.read(8)
             ifd = TiffImagePlugin.ImageFileDirectory_v2(header)
+            size = os.fstat(f.fileno()).st_size
+            # A directory: its entry count, its entries, the next one's offset (BigTIFF's wider).
+            count_bytes, entry_bytes, offset_bytes = (8, 20, 8) if header[2] == 43 else (2, 12, 4)
+            f.seek(ifd.next)
+            counted = f.read(count_bytes)
+            entries = int.from_bytes(counted, "little" if header[:2] == b"II" else "big")
+            if len(counted) < count_bytes or ifd.next + count_bytes + entries * entry_bytes + offset_bytes > size:
+                raise BadInputError(path, f"truncated: {size} bytes, cut before the end of its TIFF directory (at "
+                                          f"byte {ifd.next})")
             f.seek(ifd.next)
             ifd.load(f)
+    except BadInputError:
+        raise
     except Exception:  # noqa: BLE001 - a header too damaged to describe is reported as not an image
         return None
     bits = max((int(b) for b in np.atleast_1d(ifd.get(_BITS_PER_SAMPLE, (1,)))), default=1)
