@@ -131,7 +131,7 @@ def test_colorize_as_a_subprocess(tmp_path: Path, tiny_checkpoint: Path) -> None
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=_env())
     assert done.returncode == 1, done.stderr
     assert outputs(out) == sorted(GOOD)
-    assert "colorized 5, skipped 1 (0 already done, 1 colour photo), failed 3" in done.stdout
+    assert "colorized 6, skipped 1 (0 already done, 1 colour photo), failed 3" in done.stdout
     for name in BAD:
         assert sum(str(tree / name) in line for line in done.stderr.splitlines()) == 1, done.stderr
     assert "Traceback" not in done.stderr

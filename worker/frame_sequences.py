@@ -54,6 +54,9 @@ logger = logging.getLogger(__name__)
 FOLDER_SEQUENCE_SUFFIXES = (".dpx", ".cin", ".exr")
 CINEON_SUFFIX = ".cin"
 OPENEXR_SUFFIX = ".exr"
+# FFmpeg decodes no deep OpenEXR frame (several samples a pixel): such a run is refused by its frame.
+DEEP_REFUSAL = ("a deep OpenEXR frame (several samples a pixel), which cannot be decoded here: flatten the run first "
+                "(to one sample a pixel, as compositing packages write a flat plate)")
 CINEON_ENCODING = (1, 1)  # printing density, as SMPTE 268M codes it: what every Cineon frame holds
 # Suffixes whose frames hold linear light (OpenEXR's floats), never display or log codes.
 LINEAR_LIGHT_SUFFIXES = (OPENEXR_SUFFIX,)
@@ -527,10 +530,6 @@ def check_exr_frame(path: Path, film: str, first: ExrHeader | None) -> ExrHeader
                                 f"run's first frame's ({_xy(first.chromaticities or BT709_CHROMATICITIES)}): a "
                                 "run's frames must all be in one set of primaries")
     return header
-
-
-DEEP_REFUSAL = ("a deep OpenEXR frame (several samples a pixel), which cannot be decoded here: flatten the run first "
-                "(to one sample a pixel, as compositing packages write a flat plate)")
 
 
 def _xy(chromaticities: tuple[float, ...]) -> str:

@@ -84,8 +84,8 @@ def with_jp2_metadata(data: bytes, icc: bytes | None = None, exif: bytes | None 
     out = [JP2_SIGNATURE]
     for kind, contents in _boxes_in(data[len(JP2_SIGNATURE):]):
         if kind == b"jp2h":
-            children = [(child, body) for child, body in _boxes_in(contents)
-                        if child not in (b"res ", b"colr" if icc else b"")]
+            replaced = {b"res ", b"colr"} if icc else {b"res "}
+            children = [(child, body) for child, body in _boxes_in(contents) if child not in replaced]
             if icc:
                 at = next(i for i, (child, _) in enumerate(children) if child == b"ihdr") + 1
                 at += any(child == b"bpcc" for child, _ in children)  # colr follows ihdr and bpcc

@@ -73,13 +73,17 @@ def read_exr_header(head: bytes) -> ExrHeader | None:
     if head[:4] != EXR_MAGIC or len(head) < 8:
         return None
     (version,) = struct.unpack_from("<I", head, 4)
-    parts, position = [], 8
+    parts, position, whole = [], 8, False
     while position is not None and position < len(head):
         part, position = _attributes(head, position)
+        if position is None:
+            break
         if not part:  # the empty header that ends a multi-part file's list
+            whole = True
             break
         parts.append(part)
         if not version & _MULTIPART:
+            whole = True
             break
     first = parts[0] if parts else {}
     chromaticities = None
@@ -94,14 +98,14 @@ def read_exr_header(head: bytes) -> ExrHeader | None:
         x_min, y_min, x_max, y_max = struct.unpack("<4i", window)
         size = (x_max - x_min + 1, y_max - y_min + 1)
     chunks = None
-    if position is not None and parts and not deep:
+    if whole and parts and not deep:
         multipart = bool(version & _MULTIPART)
         counts = [_chunk_count(part, multipart) for part in parts]
         if None not in counts:
             chunks = ChunkTables(position, tuple(counts), tuple(("tiles", "tiledesc") in part for part in parts),
                                  multipart)
     return ExrHeader(chromaticities=chromaticities, parts=names if version & _MULTIPART else (), deep=deep,
-                     size=size, whole=position is not None, chunks=chunks)
+                     size=size, whole=whole, chunks=chunks)
 
 
 def exr_head(read: Callable[[int], bytes]) -> bytes:
