@@ -78,6 +78,16 @@ def test_photo_bank_reads_folders_and_zips(photo_dir: Path, tmp_path: Path) -> N
     assert all(min(im.shape[:2]) <= 40 for im in folder.images)
 
 
+def test_a_collection_kept_as_jpeg2000_is_trained_on(tmp_path: Path) -> None:
+    """An archive's colour collection in JPEG 2000 (as many keep masters) is fine-tuning data, as its JPEGs are."""
+    colour = gradient_image(48, 64, seed=3)
+    Image.fromarray(colour).save(tmp_path / "master.jp2", irreversible=False)
+    Image.fromarray(gradient_image(48, 64, seed=4)).save(tmp_path / "print.png")
+    bank = PhotoBank([SourceSpec(tmp_path)], short_side=48)
+    assert sorted(Path(name).name for name in bank.names) == ["master.jp2", "print.png"]
+    np.testing.assert_array_equal(bank.images[bank.names.index(str(tmp_path / "master.jp2"))], colour)
+
+
 def test_a_damaged_zip_member_is_one_photo_fewer_and_a_file_not_a_zip_one_line(photo_dir: Path, tmp_path: Path,
                                                                               capsys) -> None:
     archive = tmp_path / "photos.zip"

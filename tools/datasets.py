@@ -33,7 +33,7 @@ from worker.storage import MB, Storage, normalize_uri
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2"}
 # Larger objects under an S3 prefix are skipped, not read into memory: training keeps a ~200 px copy of each.
 MAX_PHOTO_BYTES = 512 * MB
 
