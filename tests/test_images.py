@@ -728,6 +728,10 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, type[PermanentError], s
     add("truncated.jp2", jp2[: len(jp2) // 2], BadInputError, "")
     buffer = cv2.imencode(".jp2", np.full((64, 64, 3), 40000, np.uint16))[1].tobytes()
     add("truncated16.jp2", buffer[: len(buffer) // 2], BadInputError, "")
+    # ``convert la.png -depth 12 imagemagick-12bit-gray-alpha.jp2``: Pillow would cut it to 8 bits, OpenCV reads
+    # no two-component JPEG 2000 (it was called "corrupt or truncated").
+    cases["imagemagick-12bit-gray-alpha.jp2"] = (Path(__file__).parent / "data" / "imagemagick-12bit-gray-alpha.jp2",
+                                                 UnsupportedMediaError, "12-bit gray with alpha, which Tinct cannot")
     header = jp2.index(b"ihdr") + 4
     signed = bytearray(jp2)
     signed[header + 10] |= 0x80  # the image header's depth byte: its top bit says signed samples

@@ -475,6 +475,9 @@ def _decode(path: Path, im: Image.Image) -> _Source:
         raise UnsupportedMediaError(path, f"{fmt or 'unknown'} images are not supported ({FORMAT_NAMES})")
     bits = _source_bit_depth(path, im)
     sixteen_bit_colour = bits == 16 and mode in ("RGB", "RGBA", "RGBX", "LA")
+    if fmt == "JPEG2000" and sixteen_bit_colour and mode == "LA":  # Pillow cuts it to 8 bits, OpenCV reads none
+        raise UnsupportedMediaError(path, f"a JPEG 2000 image of {im.info.get('jp2_bits')}-bit gray with alpha, "
+                                          "which Tinct cannot read; save it without its alpha, or as a 16-bit PNG")
     # Pillow turns a TIFF upright as it decodes it and drops its orientation tag: the DPI below needs the tag.
     tiff_orientation = int(im.tag_v2.get(_ORIENTATION, 1) or 1) if fmt == "TIFF" else 1
     if not sixteen_bit_colour:
