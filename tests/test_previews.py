@@ -15,11 +15,13 @@ import torch
 from PIL import Image
 
 from models.color import linear_to_srgb
+from tests.icc_profiles import PROPHOTO, gamma_curve, matrix_trc_profile
 from tests.media import gray_frames, moving_scene, write_clip, write_frames
 from tests.services import S3Server, put_object
 from tests.test_frame_sequences import AP0_CHROMATICITIES, AP0_TO_BT709
 from tools.local_services import s3_settings
 from worker.api.previews import FILM_FRAMES, Previews
+from worker.images import read_photo, write_photo
 from worker.jobs import JobRecord, JobSpec, film_output_uri
 from worker.storage import Storage
 
@@ -204,3 +206,25 @@ def test_an_aces_copy_is_previewed_in_its_own_primaries(s3_server, storage, tmp_
     expected = linear_to_srgb(torch.from_numpy(bt709.clip(0, 1))).numpy() * 255
     assert np.abs(shown[4:44, 4:28].mean(axis=(0, 1)) - expected).max() < 3
     assert abs(shown[4:44, 36:60].mean() - 118) < 4  # a neutral is a neutral in any primaries
+
+
+def test_a_jpeg2000_copy_is_previewed_in_the_colours_its_profile_gives_it(s3_server, storage, tmp_path):
+    """A JP2 file keeps its profile in a box Pillow does not read: the copy of a ProPhoto master, its codes
+    ProPhoto's, was shown as sRGB codes, its colours dull (a red of sRGB 200, 40, 40 is ProPhoto's 140, 61, 44)."""
+    master = tmp_path / "master.jp2"
+    Image.fromarray(np.full((48, 64), 128, np.uint8)).save(master, irreversible=False)
+    photo = read_photo(master)
+    photo.icc_profile = matrix_trc_profile(PROPHOTO, gamma_curve(1.8))  # as if the master were tagged ProPhoto
+    shown = np.full((48, 64, 3), 0.5)
+    shown[:, :32] = (200 / 255, 40 / 255, 40 / 255)
+    write_photo(tmp_path / "copy.jp2", shown, photo, "tests@1")
+    put_object(s3_server, "s3://scans/box/master.jp2", master.read_bytes())
+    put_object(s3_server, "s3://colour/box/master.jp2", (tmp_path / "copy.jp2").read_bytes())
+    record = JobRecord(id="job-jp2", spec=JobSpec(input="s3://scans/box/master.jp2", output="s3://colour/box/",
+                                                  kind="image"), state="succeeded", created=0.0, updated=0.0)
+    previews = Previews(storage, tmp_path / "cache", tmp_path / "scratch")
+    item = previews.items(record)[0]
+    after = np.asarray(Image.open(previews.image(record, item, "after")).convert("RGB"), dtype=np.int16)
+    assert np.abs(after[8:40, 4:28].mean(axis=(0, 1)) - (200, 40, 40)).max() < 6
+    before = np.asarray(Image.open(previews.image(record, item, "before")).convert("L"), dtype=np.int16)
+    assert np.abs(before - photo.L * 2.55).max() < 1.5  # the master's lightness, as every photo's "before" shows
