@@ -10,6 +10,7 @@ import pytest
 
 from tools import bench
 from tools.bench_service import _PeakSize
+from worker.images import read_photo
 
 
 def test_bench_tiny_configuration_reports_positive_rates_and_the_comparison(tiny_checkpoint: Path) -> None:
@@ -37,6 +38,20 @@ def test_bench_tiny_configuration_reports_positive_rates_and_the_comparison(tiny
     label = next(r.model for r in result.rates if r.arch == "default")
     assert label.startswith("effnet_unet@")  # the model under test by its label, not as "default" (release 3's name)
     assert f"| {label} | torch | fp32 | 2 |" in table and "vs eccv16" in table and "CPU:" in table
+
+
+def test_bench_end_to_end_reads_and_writes_the_photo_format_asked_for(tiny_checkpoint: Path, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    assert bench.main(["--model", str(tiny_checkpoint), "--engines", "torch", "--precisions", "fp32", "--batch-sizes",
+                       "1", "--render-size", "64", "--megapixels", "0.02", "--images", "2", "--compare", "none",
+                       "--repeats", "1", "--device", "cpu", "--photo-format", "jp2", "--json", str(out)]) == 0
+    assert " jp2, 2 images" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["config"]["photo_format"] == "jp2"
+    assert {r["case"] for r in data["rates"]} == {"network", "end_to_end"}
+    paths = bench.make_test_photos(tmp_path / "photos", 1, 0.02, suffix=".jp2")
+    assert read_photo(paths[0]).format == "JPEG2000"
 
 
 def test_bench_cli_network_only_writes_json(tiny_checkpoint: Path, tmp_path: Path) -> None:

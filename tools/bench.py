@@ -12,7 +12,8 @@ Three measurements, because each answers a different question:
 * **end to end** - decode a JPEG from disk, colorize it at full resolution through the ``Colorizer``
   (resize, infer, ab upsampling guided by L, merge), encode a JPEG: what a user of ``tinct colorize``
   gets. Megapixels are the photos' own. Photos are generated (about ``--megapixels`` each) in a temp
-  folder, so the figures do not depend on anyone's data.
+  folder, so the figures do not depend on anyone's data; ``--photo-format`` makes them PNG, TIFF or JPEG 2000
+  (lossless, as masters are kept) instead.
 * the same two for the **comparison architecture** (``eccv16``, full size, random weights: its speed
   does not depend on what it learned), with the speed ratio default / comparison.
 
@@ -70,6 +71,7 @@ from worker.images import read_photo, write_photo
 log = logging.getLogger(__name__)
 
 JPEG_QUALITY = 90
+PHOTO_FORMATS = ("jpg", "png", "tif", "jp2")
 PHOTO_ASPECT = 1.5  # 3:2, the commonest camera and scan shape
 
 
@@ -118,10 +120,10 @@ def photo_size(megapixels: float) -> tuple[int, int]:
     return width, max(16, round(width / PHOTO_ASPECT))
 
 
-def make_test_photos(folder: Path, count: int, megapixels: float, seed: int = 0) -> list[Path]:
-    """Write ``count`` black-and-white JPEG photos of about ``megapixels`` (what Tinct is given): smooth
-    gradients, blocks and noise, so the encoder and decoder do realistic work (a flat image would compress to
-    nothing)."""
+def make_test_photos(folder: Path, count: int, megapixels: float, seed: int = 0, suffix: str = ".jpg") -> list[Path]:
+    """Write ``count`` black-and-white photos of about ``megapixels`` (what Tinct is given): smooth gradients, blocks
+    and noise, so the encoder and decoder do realistic work (a flat image would compress to nothing). A JPEG at
+    quality 90 (``suffix`` .jpg), else in the format ``suffix`` names, losslessly (an archive's JPEG 2000 master)."""
     rng = np.random.default_rng(seed)
     width, height = photo_size(megapixels)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -134,9 +136,9 @@ def make_test_photos(folder: Path, count: int, megapixels: float, seed: int = 0)
             y0, x0 = rng.integers(0, height // 2), rng.integers(0, width // 2)
             img[y0 : y0 + height // 5, x0 : x0 + width // 5] = rng.random(3)
         img += rng.normal(0.0, 0.03, img.shape).astype(np.float32)
-        path = folder / f"bench-{i:03d}.jpg"
+        path = folder / f"bench-{i:03d}{suffix}"
         rgb = Image.fromarray((np.clip(img, 0, 1) * 255).round().astype(np.uint8))
-        rgb.convert("L").save(path, quality=JPEG_QUALITY)
+        rgb.convert("L").save(path, **({"quality": JPEG_QUALITY} if suffix == ".jpg" else {}))
         paths.append(path)
     return paths
 
@@ -271,7 +273,7 @@ class BenchResult:
             f"CPU: {s['cpu']} ({s['cpus_usable']} of {s['cpu_count']} cores usable); torch {s['torch']} "
             f"({s['torch_threads']} threads, {s['torch_interop_threads']} inter-op); onnxruntime {s['onnxruntime']}",
             f"render size {self.config['render_size']}, photos {self.config['photo_size'][0]}x"
-            f"{self.config['photo_size'][1]} JPEG, {self.config['images']} images, "
+            f"{self.config['photo_size'][1]} {self.config['photo_format']}, {self.config['images']} images, "
             f"median of {self.config['repeats']} after {self.config['warmup']} warm-up",
             "",
         ]
@@ -379,8 +381,10 @@ def run_bench(
     repeats: int = 3,
     device: str = "auto",
     end_to_end: bool = True,
+    photo_format: str = "jpg",
 ) -> BenchResult:
-    """Run every (architecture, engine, precision, batch size) configuration; see the module doc.
+    """Run every (architecture, engine, precision, batch size) configuration; see the module doc. The end-to-end
+    photos are JPEGs, or of ``photo_format`` (``jp2``, ``tif``, ``png``: written losslessly, read and written so).
 
     A configuration this machine cannot run (fp16 on CPU, a missing runtime) is recorded in
     ``skipped`` with its reason instead of stopping the benchmark.
@@ -390,7 +394,7 @@ def run_bench(
     skipped: list[str] = []
     with tempfile.TemporaryDirectory(prefix="tinct-bench-") as tmp:
         tmp_dir = Path(tmp)
-        photos = make_test_photos(tmp_dir / "in", images, megapixels) if end_to_end else []
+        photos = make_test_photos(tmp_dir / "in", images, megapixels, suffix=f".{photo_format}") if end_to_end else []
         archs: list[tuple[str, str]] = [("default", model)]
         if compare:
             archs.append((compare, str(comparison_checkpoint(compare, tmp_dir, compare_config))))
@@ -423,6 +427,7 @@ def run_bench(
         "network_input_before_padding": list(network_input_shape(render_size, 1, photo_size(megapixels))),
         "megapixels": megapixels,
         "photo_size": list(photo_size(megapixels)),
+        "photo_format": photo_format,
         "images": images,
         "compare": compare,
         "compare_config": dict(compare_config or {}),
@@ -448,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", type=positive_ints, default="1,4,8", help="comma-separated batch sizes")
     p.add_argument("--render-size", type=int, default=256, help="long side the network sees (never upscaled)")
     p.add_argument("--megapixels", type=float, default=1.0, help="size of each generated end-to-end test photo")
+    p.add_argument("--photo-format", default="jpg", choices=PHOTO_FORMATS,
+                   help="format of the end-to-end test photos (jpg at quality 90; the others lossless)")
     p.add_argument("--images", type=int, default=8, help="images per timed run")
     p.add_argument("--compare", default="eccv16", help="comparison architecture ('none' to skip)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
@@ -515,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
             repeats=args.repeats,
             device=args.device,
             end_to_end=not args.network_only,
+            photo_format=args.photo_format,
         )
     print(result.table())
     if args.json:
