@@ -393,6 +393,22 @@ def test_a_jpeg2000_masters_profile_exif_and_xmp_are_read_and_its_copy_carries_t
     assert np.abs(read_photo(out).L - photo.L).max() < 0.5
 
 
+def test_xmp_a_jpeg2000_master_keeps_in_an_xml_box_is_carried_into_its_copys_uuid_box(tmp_path: Path) -> None:
+    """Some writers keep XMP in an XML box rather than in Adobe's uuid box, where exiftool and Adobe's tools look."""
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           b'<rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/" dc:source="box 7"/></rdf:RDF></x:xmpmeta>')
+    source = tmp_path / "master.jp2"
+    Image.fromarray(gray8()).save(source, irreversible=False)
+    source.write_bytes(source.read_bytes() + struct.pack(">I4s", 8 + len(xmp), b"xml ") + xmp)  # an XML box at the end
+    photo = read_photo(source)
+    assert photo.xmp == xmp
+    out = tmp_path / "colour.jp2"
+    write_photo(out, l_as_rgb(photo.L), photo, LABEL)
+    tags = json.loads(subprocess.run(["exiftool", "-json", "-XMP-dc:Source", str(out)], check=True,
+                                     capture_output=True, text=True).stdout)[0]
+    assert tags["Source"] == "box 7"
+
+
 def test_recolorizing_a_result_replaces_the_old_provenance(tmp_path: Path) -> None:
     source = tmp_path / "a.png"
     Image.fromarray(gray8()).save(source)

@@ -5,10 +5,10 @@ read of a file's boxes, and the boxes its encoder does not write.
     data = with_jp2_metadata(encoded, icc=..., exif=..., xmp=..., dpi=(600.0, 600.0))
 
 Pillow (OpenJPEG) decodes a JP2 file's pixels and reads its capture resolution, but not the ICC profile in its
-colour specification box, nor the EXIF and XMP that exiftool and archive tools keep in ``uuid`` boxes; and its
-encoder, like OpenCV's, writes none of them. A gray master of 12 bits Pillow hands over shifted to 16; one in
-colour deeper than 8 it cuts to 8 bits, so ``worker.images`` reads that with OpenCV, at its precision, from
-``bits`` here.
+colour specification box, nor the EXIF and XMP that exiftool and archive tools keep in ``uuid`` boxes (XMP in an
+``xml `` box too, where a writer put it there); and its encoder, like OpenCV's, writes none of them. A gray master
+of 12 bits Pillow hands over shifted to 16; one in colour deeper than 8 it cuts to 8 bits, so ``worker.images``
+reads that with OpenCV, at its precision, from ``bits`` here.
 
 Layout (ISO/IEC 15444-1, annex I): a file is a list of boxes, each a 32-bit big-endian length (1: a 64-bit length
 follows the type; 0: the box runs to the end of the file), a four-letter type and its contents. The header box
@@ -50,7 +50,8 @@ def read_jp2_boxes(f: BinaryIO) -> Jp2Boxes | None:
     depths: list[int] = []
     icc = exif = xmp = None
     colour_seen = False
-    for kind, contents in _boxes(f, len(JP2_SIGNATURE), want={b"jp2h", b"uuid"}):
+    xml_xmp = None
+    for kind, contents in _boxes(f, len(JP2_SIGNATURE), want={b"jp2h", b"uuid", b"xml "}):
         if kind == b"jp2h":
             for child, body in _boxes_in(contents):
                 if child == b"ihdr" and len(body) >= 11:
@@ -68,10 +69,12 @@ def read_jp2_boxes(f: BinaryIO) -> Jp2Boxes | None:
                 exif = payload[6:] if payload.startswith(b"Exif\0\0") else payload
             elif identifier == XMP_UUID and xmp is None:
                 xmp = payload
+        elif kind == b"xml " and xml_xmp is None and b"xmpmeta" in contents:
+            xml_xmp = contents  # XMP some writers keep in an XML box instead of Adobe's uuid box
     if not depths:
         return None
     return Jp2Boxes(bits=max((d & 0x7F) + 1 for d in depths), signed=any(d & 0x80 for d in depths), icc=icc,
-                    exif=exif, xmp=xmp)
+                    exif=exif, xmp=xmp or xml_xmp)
 
 
 def with_jp2_metadata(data: bytes, icc: bytes | None = None, exif: bytes | None = None, xmp: bytes | None = None,
