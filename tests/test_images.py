@@ -950,6 +950,30 @@ def test_encoder_settings_follow_the_source(tmp_path: Path) -> None:
         assert JpegImagePlugin.get_sampling(im) == 2  # 4:2:0
 
 
+@pytest.mark.parametrize("bits", [8, 16])
+def test_a_jpeg2000_copy_is_lossless_from_a_master_and_lossy_at_its_rate_from_an_access_copy(tmp_path: Path,
+                                                                                            bits: int) -> None:
+    """A master is kept with the reversible wavelet and its copy is too, bit for bit; an access copy (the 9/7
+    wavelet at 20:1 here) gets a copy coded so, at its compression, not one ten times its size."""
+    noisy = np.clip(gray8(192, 256).astype(np.float64) + np.random.default_rng(0).normal(0, 12, (192, 256)), 0, 255)
+    gray = np.round(noisy).astype(np.uint8)
+    sizes = {}
+    for kind in ("master", "access"):
+        source = tmp_path / f"{kind}.jp2"
+        options = {"irreversible": False} if kind == "master" else {"irreversible": True, "quality_mode": "rates",
+                                                                       "quality_layers": [20]}
+        Image.fromarray(gray).save(source, **options)
+        photo = read_photo(source)
+        photo.bit_depth = bits  # as if the scan had been 16-bit: OpenCV's encoder, not Pillow's
+        out = tmp_path / f"{kind}-colour.jp2"
+        write_photo(out, l_as_rgb(photo.L), photo, LABEL)
+        sizes[kind] = out.stat().st_size
+        error = np.abs(read_photo(out).L - photo.L)
+        assert error.max() < 0.5 if kind == "master" else error.mean() < 1.5
+    samples = 192 * 256 * 3 * bits // 8
+    assert sizes["access"] < samples / 10 and sizes["master"] > 4 * sizes["access"], sizes
+
+
 def test_camera_jpeg_with_a_preview_picture_reads_as_jpeg(tmp_path: Path) -> None:
     # Cameras append a preview as a second picture (MPO, CIPA DC-007); Pillow opens such JPEGs as "MPO".
     path = tmp_path / "camera.jpg"

@@ -56,7 +56,7 @@ from worker.icc import (
     rgb_space,
     sample_curve,
 )
-from worker.jpeg2000 import read_jp2_boxes, with_jp2_metadata
+from worker.jpeg2000 import Jp2Boxes, read_jp2_boxes, with_jp2_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -223,8 +223,8 @@ def open_image(path: str | os.PathLike) -> Iterator[Image.Image]:
 
 def _with_jp2_boxes(image: Image.Image, f: BinaryIO) -> None:
     """A JP2 file's ICC profile, EXIF and XMP (``worker.jpeg2000``), which Pillow does not read, put where it keeps
-    other formats' (``info``), so orientation, colour management and provenance work on it as on the others; and
-    its components' depth, as ``info["jp2_bits"]``."""
+    other formats' (``info``), so orientation, colour management and provenance work on it as on the others; and all
+    that its boxes say, its depth and coding too, as ``info["jp2"]`` (:func:`_jp2_boxes`)."""
     position = f.tell()
     try:
         boxes = read_jp2_boxes(f)
@@ -232,12 +232,17 @@ def _with_jp2_boxes(image: Image.Image, f: BinaryIO) -> None:
         f.seek(position)
     if boxes is None:
         return
-    image.info["jp2_bits"] = boxes.bits
-    image.info["jp2_signed"] = boxes.signed
+    image.info["jp2"] = boxes
     for key, value in (("icc_profile", boxes.icc), ("exif", boxes.exif and b"Exif\0\0" + boxes.exif),
                        ("xmp", boxes.xmp)):
         if value:
             image.info[key] = value
+
+
+def _jp2_boxes(image: Image.Image) -> Jp2Boxes:
+    """What a JP2 file's boxes say (``_with_jp2_boxes``); for one whose boxes do not say its depth, 8-bit samples
+    of unknown coding."""
+    return image.info.get("jp2") or Jp2Boxes(bits=8, signed=False)
 
 
 def upright(image: Image.Image) -> Image.Image:
@@ -406,11 +411,11 @@ def _source_bit_depth(path: Path, im: Image.Image) -> int:
                                               "(unsigned 8 and 16-bit integers are)")
         return 16 if bits > 8 else 8
     if im.format == "JPEG2000":
-        bits = int(im.info.get("jp2_bits", 8))
-        if bits > 16 or im.info.get("jp2_signed"):
-            raise UnsupportedMediaError(path, f"{bits}-bit{' signed' if im.info.get('jp2_signed') else ''} JPEG "
-                                              "2000 samples are not supported (unsigned, up to 16 bits, are)")
-        return 16 if bits > 8 else 8
+        boxes = _jp2_boxes(im)
+        if boxes.bits > 16 or boxes.signed:
+            raise UnsupportedMediaError(path, f"{boxes.bits}-bit{' signed' if boxes.signed else ''} JPEG 2000 "
+                                              "samples are not supported (unsigned, up to 16 bits, are)")
+        return 16 if boxes.bits > 8 else 8
     return 16 if im.mode.startswith("I;16") else 8
 
 
@@ -482,7 +487,7 @@ def _decode(path: Path, im: Image.Image) -> _Source:
     bits = _source_bit_depth(path, im)
     sixteen_bit_colour = bits == 16 and mode in ("RGB", "RGBA", "RGBX", "LA")
     if fmt == "JPEG2000" and sixteen_bit_colour and mode == "LA":  # Pillow cuts it to 8 bits, OpenCV reads none
-        raise UnsupportedMediaError(path, f"a JPEG 2000 image of {im.info.get('jp2_bits')}-bit gray with alpha, "
+        raise UnsupportedMediaError(path, f"a JPEG 2000 image of {_jp2_boxes(im).bits}-bit gray with alpha, "
                                           "which Tinct cannot read; save it without its alpha, or as a 16-bit PNG")
     # Pillow turns a TIFF upright as it decodes it and drops its orientation tag: the DPI below needs the tag.
     tiff_orientation = int(im.tag_v2.get(_ORIENTATION, 1) or 1) if fmt == "TIFF" else 1
@@ -648,7 +653,7 @@ def _gray_levels(im: Image.Image, bits: int) -> np.ndarray:
     if im.mode == "1":
         return np.array([0.0, 1.0])
     if im.format == "JPEG2000":
-        width, precision = (8 if im.mode in ("L", "LA") else 16), int(im.info.get("jp2_bits", 8))
+        width, precision = (8 if im.mode in ("L", "LA") else 16), _jp2_boxes(im).bits
         if precision < width:
             return (np.arange(1 << width) >> (width - precision)) / ((1 << precision) - 1)
     if bits == 8 and im.mode != "I":
@@ -674,7 +679,7 @@ def _decode_16bit_multichannel(
     if pixels is None:
         im.load()  # let Pillow name what is wrong (usually truncation) ...
         raise BadInputError(path, "corrupt or truncated 16-bit pixel data")  # ... or say it ourselves
-    if im.format == "JPEG2000" and (precision := int(im.info.get("jp2_bits", 16))) < 16:
+    if im.format == "JPEG2000" and (precision := _jp2_boxes(im).bits) < 16:
         # OpenCV hands JPEG 2000 samples over at their own precision (12-bit white is 4095): scaled to 16 bits.
         top = (1 << precision) - 1
         pixels = ((pixels.astype(np.uint32) * 65535 + top // 2) // top).astype(np.uint16)
@@ -825,6 +830,9 @@ def _encoder_hints(im: Image.Image, path: Path) -> dict[str, Any]:
         return {"compression": im.info.get("compression", "raw")}
     if im.format == "WEBP":
         return {"lossless": _webp_is_lossless(path)}
+    if im.format == "JPEG2000":  # a lossless master, or an access copy at its rate
+        boxes = _jp2_boxes(im)
+        return {"lossless": boxes.reversible is not False, "compression": boxes.compression}
     return {}
 
 
@@ -1060,7 +1068,7 @@ def _encoder_for(
     if bits == 16 and fmt == "PNG":
         return lambda f: f.write(_png16(pixels, _exif_bytes(exif), like, texts))
     if fmt == "JPEG2000":
-        return lambda f: f.write(_jp2(pixels, _exif_bytes(exif), like))
+        return lambda f: f.write(_jp2(pixels, _exif_bytes(exif), like, hints))
     if fmt == "TIFF":
         return lambda f: _write_tiff(f, pixels, exif, like, hints)
     image = Image.fromarray(pixels, "RGBA" if pixels.shape[2] == 4 else "RGB")
@@ -1091,22 +1099,26 @@ def _encoder_for(
     return lambda f: image.save(f, format=fmt, **options)
 
 
-def _jp2(pixels: np.ndarray, exif: bytes, like: Photo) -> bytes:
-    """RGB or RGBA ``pixels`` (8 or 16-bit) as a lossless JP2 file (the reversible 5/3 wavelet, as preservation
-    masters are kept; whatever the source's compression), with the source's profile, EXIF, XMP and resolution in
-    its boxes. OpenJPEG encodes through Pillow at 8 bits and through OpenCV at 16 (Pillow holds no 16-bit RGB);
-    neither writes those boxes, which ``worker.jpeg2000`` adds."""
+def _jp2(pixels: np.ndarray, exif: bytes, like: Photo, hints: dict[str, Any]) -> bytes:
+    """RGB or RGBA ``pixels`` (8 or 16-bit) as a JP2 file with the source's profile, EXIF, XMP and resolution in its
+    boxes: lossless (the reversible 5/3 wavelet, as masters are kept), or, from a lossy JP2 source (``hints``, an
+    access copy), the irreversible 9/7 at the source's compression. OpenJPEG encodes through Pillow at 8 bits and
+    through OpenCV at 16 (Pillow holds no 16-bit RGB); neither writes those boxes, which ``worker.jpeg2000`` adds."""
+    compression = None if hints.get("lossless", True) else hints.get("compression")
     if pixels.dtype == np.uint16:
-        bgr = pixels[..., [2, 1, 0, 3][: pixels.shape[2]]]
-        ok, encoded = cv2.imencode(".jp2", np.ascontiguousarray(bgr),
-                                   [cv2.IMWRITE_JPEG2000_COMPRESSION_X1000, 1000])  # 1000: lossless, not the default
+        # OpenCV takes the rate in thousandths of the samples' size: 1000, lossless (not its default), else lossy.
+        rate = 1000 if compression is None else max(1, min(999, round(1000 / compression)))
+        ok, encoded = cv2.imencode(".jp2", np.ascontiguousarray(pixels[..., [2, 1, 0, 3][: pixels.shape[2]]]),
+                                   [cv2.IMWRITE_JPEG2000_COMPRESSION_X1000, rate])
         if not ok:
             raise OSError(f"OpenCV could not encode a {pixels.shape[1]}x{pixels.shape[0]} 16-bit JPEG 2000 image")
         data = encoded.tobytes()
     else:
         buffer = io.BytesIO()
-        Image.fromarray(pixels, "RGBA" if pixels.shape[2] == 4 else "RGB").save(buffer, format="JPEG2000",
-                                                                                irreversible=False)
+        options: dict[str, Any] = {"irreversible": False}
+        if compression is not None:
+            options = {"irreversible": True, "quality_mode": "rates", "quality_layers": [compression]}
+        Image.fromarray(pixels, "RGBA" if pixels.shape[2] == 4 else "RGB").save(buffer, format="JPEG2000", **options)
         data = buffer.getvalue()
     return with_jp2_metadata(data, icc=like.icc_profile, exif=exif, xmp=like.xmp, dpi=like.dpi)
 

@@ -30,6 +30,12 @@ JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 EXIF_UUID = b"JpgTiffExif->JP2"
 XMP_UUID = bytes.fromhex("be7acfcb97a942e89c71999491e3afac")
 _ICC_METHODS = (2, 3)  # colr methods that carry a profile: restricted ICC (JP2's) and any ICC (JPX's)
+# The codestream's main header (ISO/IEC 15444-1, annex A): markers from SOC to the first tile's SOT, each after the
+# first two with a 16-bit length. COD's style of coding ends with the wavelet: 0 the irreversible 9/7 (lossy), 1 the
+# reversible 5/3 (lossless, as masters are kept).
+_SOC, _SOT, _COD = 0xFF4F, 0xFF90, 0xFF52
+_COD_TRANSFORM = 9  # in COD's contents: Scod, then progression, layers (2 bytes), MCT, levels, block sizes, style
+_MAIN_HEADER_BYTES = 1 << 16  # read of a codestream to find COD: it follows SIZ, before any tile
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,8 @@ class Jp2Boxes:
     icc: bytes | None = None  # the first colour specification's profile, where it is one
     exif: bytes | None = None  # in TIFF layout ("II*\0..."), as Pillow's ``Image.Exif.load`` takes it
     xmp: bytes | None = None
+    reversible: bool | None = None  # its wavelet: the reversible 5/3 (lossless) or not; None if unread
+    compression: float | None = None  # how many times smaller the codestream is than its samples, 8 or 16-bit
 
 
 def read_jp2_boxes(f: BinaryIO) -> Jp2Boxes | None:
@@ -48,15 +56,27 @@ def read_jp2_boxes(f: BinaryIO) -> Jp2Boxes | None:
     if f.read(len(JP2_SIGNATURE)) != JP2_SIGNATURE:
         return None
     depths: list[int] = []
-    icc = exif = xmp = None
+    icc = exif = xmp = xml_xmp = reversible = compression = None
     colour_seen = False
-    xml_xmp = None
-    for kind, contents in _boxes(f, len(JP2_SIGNATURE), want={b"jp2h", b"uuid", b"xml "}):
+    samples = 0
+    for kind, start, end in _boxes(f, len(JP2_SIGNATURE)):
+        if kind == b"jp2c":  # the codestream: its main header alone is read
+            f.seek(start)
+            reversible = _reversible(f.read(_MAIN_HEADER_BYTES if end is None else min(end - start,
+                                                                                      _MAIN_HEADER_BYTES)))
+            length = (end if end is not None else f.seek(0, 2)) - start
+            compression = samples / length if samples and length > 0 else None
+            continue
+        if kind not in (b"jp2h", b"uuid", b"xml "):
+            continue
+        f.seek(start)
+        contents = f.read() if end is None else f.read(end - start)
         if kind == b"jp2h":
             for child, body in _boxes_in(contents):
                 if child == b"ihdr" and len(body) >= 11:
-                    components, depth = struct.unpack_from(">HB", body, 8)
+                    height, width, components, depth = struct.unpack_from(">IIHB", body)
                     depths = [depth] * components if depth != 0xFF else depths
+                    samples = height * width * components
                 elif child == b"bpcc":
                     depths = list(body)
                 elif child == b"colr" and not colour_seen and len(body) >= 3:
@@ -73,8 +93,25 @@ def read_jp2_boxes(f: BinaryIO) -> Jp2Boxes | None:
             xml_xmp = contents  # XMP some writers keep in an XML box instead of Adobe's uuid box
     if not depths:
         return None
-    return Jp2Boxes(bits=max((d & 0x7F) + 1 for d in depths), signed=any(d & 0x80 for d in depths), icc=icc,
-                    exif=exif, xmp=xmp or xml_xmp)
+    bits = max((d & 0x7F) + 1 for d in depths)
+    return Jp2Boxes(bits=bits, signed=any(d & 0x80 for d in depths), icc=icc, exif=exif, xmp=xmp or xml_xmp,
+                    reversible=reversible, compression=compression and compression * (1 if bits <= 8 else 2))
+
+
+def _reversible(main_header: bytes) -> bool | None:
+    """Whether the codestream whose first bytes are ``main_header`` is coded with the reversible wavelet (from its
+    COD marker); None where its main header does not say within those bytes."""
+    if main_header[:2] != _SOC.to_bytes(2, "big"):
+        return None
+    position = 2
+    while position + 4 <= len(main_header):
+        marker, length = struct.unpack_from(">HH", main_header, position)
+        if marker == _SOT:
+            return None
+        if marker == _COD and position + 4 + _COD_TRANSFORM < len(main_header):
+            return main_header[position + 4 + _COD_TRANSFORM] == 1
+        position += 2 + length
+    return None
 
 
 def with_jp2_metadata(data: bytes, icc: bytes | None = None, exif: bytes | None = None, xmp: bytes | None = None,
@@ -140,9 +177,10 @@ def _boxes_in(data: bytes) -> Iterator[tuple[bytes, bytes]]:
         position = end
 
 
-def _boxes(f: BinaryIO, position: int, want: set[bytes]) -> Iterator[tuple[bytes, bytes]]:
-    """The top-level boxes of the file ``f`` from ``position``: (type, contents) for the types in ``want``, read;
-    the others (the codestream, some hundreds of MB) skipped by their length."""
+def _boxes(f: BinaryIO, position: int) -> Iterator[tuple[bytes, int, int | None]]:
+    """The top-level boxes of the file ``f`` from ``position``: (type, where its contents start, where they end or
+    None for a box that runs to the end of the file), found by their lengths (the codestream, some hundreds of MB,
+    is not read)."""
     while True:
         f.seek(position)
         header = f.read(16)
@@ -155,14 +193,10 @@ def _boxes(f: BinaryIO, position: int, want: set[bytes]) -> Iterator[tuple[bytes
                 return
             (length,) = struct.unpack_from(">Q", header, 8)
             start += 8
-        if length == 0:  # to the end of the file
-            if kind in want:
-                f.seek(start)
-                yield kind, f.read()
+        if length == 0:
+            yield kind, start, None
             return
         if position + length < start:
             return
-        if kind in want:
-            f.seek(start)
-            yield kind, f.read(position + length - start)
+        yield kind, start, position + length
         position += length
