@@ -133,8 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help=f"refuse larger photos or film frames, e.g. 200M (default: "
                           f"{DEFAULT_MAX_PIXELS // 1_000_000}M for photos, {DEFAULT_MAX_FILM_PIXELS / 1e6:.1f}M for "
                           "film frames)")
-    colorize.add_argument("--format", type=_format_arg, help="output format for every photo: jpg, png, tif, webp "
-                          "or bmp (default: each source's own)")
+    colorize.add_argument("--format", type=_format_arg, help="output format for every photo: jpg, png, tif, webp, "
+                          "bmp or jp2 (default: each source's own)")
     colorize.add_argument("--overwrite", action="store_true", help="redo photos and films whose output already exists")
     colorize.add_argument("--hints", metavar="HINTS.json",
                           help="colour hints for a single input photo: points and regions with known sRGB colours, "

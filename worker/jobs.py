@@ -68,7 +68,7 @@ class JobOptions:
     preset: str = "medium"
     recolor: bool = False
     log: str = "auto"  # how a run of frames' codes are read (worker.video_source.LOG_CHOICES)
-    format: str | None = None  # photo output format (jpg, png, tif, webp, bmp); None keeps the source's
+    format: str | None = None  # photo output format (jpg, png, tif, webp, bmp, jp2); None keeps the source's
     # A photo's colour hints (worker.hints), in canonical form; part of the id, so corrected hints are a new job.
     # Not hashed with the options (a dict is not hashable); compared and digested like every other field.
     hints: dict | None = field(default=None, hash=False)
