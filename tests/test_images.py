@@ -409,6 +409,27 @@ def test_xmp_a_jpeg2000_master_keeps_in_an_xml_box_is_carried_into_its_copys_uui
     assert tags["Source"] == "box 7"
 
 
+def test_a_jpeg2000_masters_display_resolution_is_its_resolution_where_it_gives_no_capture_one(tmp_path: Path) -> None:
+    """Pillow reads a JP2 file's capture resolution (``resc``) alone; writers that give only the default display
+    resolution (``resd``) gave their masters none. The box is laid out here by the format document: 400 dpi across
+    (15748 dots per metre) and 300 down (11811), each as N / 1 x 10^0."""
+    source = tmp_path / "master.jp2"
+    Image.fromarray(gray8()).save(source, irreversible=False)
+    data = source.read_bytes()
+    resd = struct.pack(">I4sHHHHbb", 18, b"resd", 11811, 1, 15748, 1, 0, 0)
+    res = struct.pack(">I4s", 8 + len(resd), b"res ") + resd
+    header = data.index(b"jp2h") - 4
+    (length,) = struct.unpack_from(">I", data, header)
+    source.write_bytes(data[:header] + struct.pack(">I", length + len(res)) + data[header + 4: header + length] + res
+                       + data[header + length:])
+    photo = read_photo(source)
+    assert photo.dpi == pytest.approx((400.0, 300.0), abs=0.01)
+    out = tmp_path / "colour.jp2"
+    write_photo(out, l_as_rgb(photo.L), photo, LABEL)
+    with Image.open(out) as im:  # the copy gives it as its capture resolution, which Pillow reads
+        assert im.info["dpi"] == pytest.approx((400.0, 300.0), abs=0.01)
+
+
 def test_recolorizing_a_result_replaces_the_old_provenance(tmp_path: Path) -> None:
     source = tmp_path / "a.png"
     Image.fromarray(gray8()).save(source)

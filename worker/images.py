@@ -233,6 +233,8 @@ def _with_jp2_boxes(image: Image.Image, f: BinaryIO) -> None:
     if boxes is None:
         return
     image.info["jp2"] = boxes
+    if "dpi" not in image.info and boxes.dpi:  # Pillow reads the capture resolution alone
+        image.info["dpi"] = boxes.dpi
     for key, value in (("icc_profile", boxes.icc), ("exif", boxes.exif and b"Exif\0\0" + boxes.exif),
                        ("xmp", boxes.xmp)):
         if value:

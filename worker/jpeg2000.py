@@ -14,7 +14,8 @@ Layout (ISO/IEC 15444-1, annex I): a file is a list of boxes, each a 32-bit big-
 follows the type; 0: the box runs to the end of the file), a four-letter type and its contents. The header box
 ``jp2h`` holds the image header ``ihdr`` (size, components, their depth), ``bpcc`` where components differ in depth,
 the colour specifications ``colr`` (the first is the one readers use: an enumerated space, or an ICC profile), and
-the resolution box ``res `` (``resc``, capture resolution, in points per metre). The codestream ``jp2c`` follows.
+the resolution box ``res `` (``resc``, capture resolution, and ``resd``, default display resolution, in points per
+metre). The codestream ``jp2c`` follows.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 EXIF_UUID = b"JpgTiffExif->JP2"
 XMP_UUID = bytes.fromhex("be7acfcb97a942e89c71999491e3afac")
 _ICC_METHODS = (2, 3)  # colr methods that carry a profile: restricted ICC (JP2's) and any ICC (JPX's)
+_METRES_PER_INCH = 0.0254
 # The codestream's main header (ISO/IEC 15444-1, annex A): markers from SOC to the first tile's SOT, each after the
 # first two with a 16-bit length. COD's style of coding ends with the wavelet: 0 the irreversible 9/7 (lossy), 1 the
 # reversible 5/3 (lossless, as masters are kept).
@@ -46,6 +48,9 @@ class Jp2Boxes:
     exif: bytes | None = None  # in TIFF layout ("II*\0..."), as Pillow's ``Image.Exif.load`` takes it
     xmp: bytes | None = None
     reversible: bool | None = None  # its wavelet: the reversible 5/3 (lossless) or not; None if unread
+    # Its resolution in dots per inch (x, y): the capture resolution, else the default display one (which Pillow
+    # does not read); None where it gives neither.
+    dpi: tuple[float, float] | None = None
     compression: float | None = None  # how many times smaller the codestream is than its samples, 8 or 16-bit
 
 
@@ -56,7 +61,7 @@ def read_jp2_boxes(f: BinaryIO) -> Jp2Boxes | None:
     if f.read(len(JP2_SIGNATURE)) != JP2_SIGNATURE:
         return None
     depths: list[int] = []
-    icc = exif = xmp = xml_xmp = reversible = compression = None
+    icc = exif = xmp = xml_xmp = reversible = compression = dpi = None
     colour_seen = False
     samples = 0
     for kind, start, end in _boxes(f, len(JP2_SIGNATURE)):
@@ -79,6 +84,9 @@ def read_jp2_boxes(f: BinaryIO) -> Jp2Boxes | None:
                     samples = height * width * components
                 elif child == b"bpcc":
                     depths = list(body)
+                elif child == b"res ":
+                    found = {kind: _dpi(value) for kind, value in _boxes_in(body)}
+                    dpi = found.get(b"resc") or found.get(b"resd")
                 elif child == b"colr" and not colour_seen and len(body) >= 3:
                     colour_seen = True  # the first colour specification is the one to use
                     if body[0] in _ICC_METHODS and len(body) > 3:
@@ -95,7 +103,19 @@ def read_jp2_boxes(f: BinaryIO) -> Jp2Boxes | None:
         return None
     bits = max((d & 0x7F) + 1 for d in depths)
     return Jp2Boxes(bits=bits, signed=any(d & 0x80 for d in depths), icc=icc, exif=exif, xmp=xmp or xml_xmp,
-                    reversible=reversible, compression=compression and compression * (1 if bits <= 8 else 2))
+                    reversible=reversible, compression=compression and compression * (1 if bits <= 8 else 2),
+                    dpi=dpi)
+
+
+def _dpi(resolution: bytes) -> tuple[float, float] | None:
+    """A ``resc`` or ``resd`` box's contents (vertical, then horizontal, points per metre as N / D x 10^E) as dots
+    per inch, horizontal first; None where it is malformed or says none."""
+    if len(resolution) != 10:
+        return None
+    v_num, v_den, h_num, h_den, v_exp, h_exp = struct.unpack(">HHHHbb", resolution)
+    if not (v_num and v_den and h_num and h_den):
+        return None
+    return h_num / h_den * 10.0 ** h_exp * _METRES_PER_INCH, v_num / v_den * 10.0 ** v_exp * _METRES_PER_INCH
 
 
 def _reversible(main_header: bytes) -> bool | None:
