@@ -430,6 +430,17 @@ def test_a_jpeg2000_masters_display_resolution_is_its_resolution_where_it_gives_
         assert im.info["dpi"] == pytest.approx((400.0, 300.0), abs=0.01)
 
 
+def test_a_bare_jpeg2000_codestream_named_jp2_is_read_at_its_depth(tmp_path: Path) -> None:
+    """No boxes say its depth: Pillow's decoding does (it was read as 8-bit, and its codes past 255 failed)."""
+    codes = (gray8().astype(np.uint16) * 257 + np.arange(W, dtype=np.uint16)[None, :] * 3)
+    buffer = io.BytesIO()
+    Image.fromarray(codes).save(buffer, "JPEG2000", no_jp2=True)  # a codestream alone, as .j2k files hold
+    source = tmp_path / "bare.jp2"
+    source.write_bytes(buffer.getvalue())
+    photo = read_photo(source)
+    assert photo.bit_depth == 16 and np.abs(photo.L - expected_l(codes)).max() < 1e-3
+
+
 def test_recolorizing_a_result_replaces_the_old_provenance(tmp_path: Path) -> None:
     source = tmp_path / "a.png"
     Image.fromarray(gray8()).save(source)

@@ -242,9 +242,9 @@ def _with_jp2_boxes(image: Image.Image, f: BinaryIO) -> None:
 
 
 def _jp2_boxes(image: Image.Image) -> Jp2Boxes:
-    """What a JP2 file's boxes say (``_with_jp2_boxes``); for one whose boxes do not say its depth, 8-bit samples
-    of unknown coding."""
-    return image.info.get("jp2") or Jp2Boxes(bits=8, signed=False)
+    """What a JP2 file's boxes say (``_with_jp2_boxes``); for one whose boxes do not say its depth (a bare
+    codestream so named), the depth Pillow decodes it at, of unknown coding."""
+    return image.info.get("jp2") or Jp2Boxes(bits=16 if image.mode.startswith("I;16") else 8, signed=False)
 
 
 def upright(image: Image.Image) -> Image.Image:

@@ -42,16 +42,18 @@ _MAIN_HEADER_BYTES = 1 << 16  # read of a codestream to find COD: it follows SIZ
 
 @dataclass(frozen=True)
 class Jp2Boxes:
+    """What a JP2 file's boxes say (``read_jp2_boxes``), its codestream's coding too."""
+
     bits: int  # the components' depth (the deepest, where they differ)
     signed: bool  # whether any component holds signed samples
     icc: bytes | None = None  # the first colour specification's profile, where it is one
     exif: bytes | None = None  # in TIFF layout ("II*\0..."), as Pillow's ``Image.Exif.load`` takes it
     xmp: bytes | None = None
     reversible: bool | None = None  # its wavelet: the reversible 5/3 (lossless) or not; None if unread
+    compression: float | None = None  # how many times smaller the codestream is than its samples, 8 or 16-bit
     # Its resolution in dots per inch (x, y): the capture resolution, else the default display one (which Pillow
     # does not read); None where it gives neither.
     dpi: tuple[float, float] | None = None
-    compression: float | None = None  # how many times smaller the codestream is than its samples, 8 or 16-bit
 
 
 def read_jp2_boxes(f: BinaryIO) -> Jp2Boxes | None:
@@ -85,7 +87,7 @@ def read_jp2_boxes(f: BinaryIO) -> Jp2Boxes | None:
                 elif child == b"bpcc":
                     depths = list(body)
                 elif child == b"res ":
-                    found = {kind: _dpi(value) for kind, value in _boxes_in(body)}
+                    found = {box: _dpi(value) for box, value in _boxes_in(body)}
                     dpi = found.get(b"resc") or found.get(b"resd")
                 elif child == b"colr" and not colour_seen and len(body) >= 3:
                     colour_seen = True  # the first colour specification is the one to use
