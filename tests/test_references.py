@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 from pathlib import Path
 
 import cv2
@@ -27,6 +28,7 @@ from worker.references import (
     frame_index,
     load_reference_image,
     parse_reference_arg,
+    sidecar_reference,
 )
 from worker.smoothing import SmoothingOptions
 from worker.video_sink import EncodeOptions, plan_output
@@ -186,6 +188,16 @@ def test_a_reference_picture_is_read_as_it_shows(tmp_path):
     exif[0x0112] = 6  # shown turned back clockwise
     sideways.save(tmp_path / "sideways.tif", exif=exif.tobytes())
     assert np.abs(load_reference_image(tmp_path / "sideways.tif") - expected).max() < 0.5
+    # An archive's colour still kept as JPEG 2000, its profile in a box Pillow does not read (tagged here by
+    # exiftool), fetched from a store as bytes, as a service's worker reads it: read through its profile too.
+    still = tmp_path / "still.jp2"
+    ImageCms.profileToProfile(Image.fromarray(colours), srgb, cms, outputMode="RGB").save(still, irreversible=False)
+    (tmp_path / "prophoto.icc").write_bytes(profile)
+    subprocess.run(["exiftool", "-q", "-overwrite_original", f"-ICC_Profile<={tmp_path / 'prophoto.icc'}", str(still)],
+                   check=True)
+    error = np.abs(load_reference_image(io.BytesIO(still.read_bytes()), "s3://stills/still.jp2") - expected)
+    assert error.mean() < 1 and error.max() < 4
+    assert sidecar_reference("s3://scans/reel.mkv.references/frame_12.jp2").when == "frame:12"
 
 
 @pytest.mark.parametrize(("references", "expected"), [

@@ -32,7 +32,7 @@ import threading
 import tomllib
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import metadata
@@ -208,14 +208,17 @@ def format_for_path(path: str | os.PathLike) -> str | None:
 
 
 @contextmanager
-def open_image(path: str | os.PathLike) -> Iterator[Image.Image]:
-    """``Image.open`` on an open file rather than a name, for every photo Tinct decodes.
+def open_image(source: str | os.PathLike | BinaryIO) -> Iterator[Image.Image]:
+    """``Image.open`` on an open file rather than a name, for every picture Tinct decodes: a file named by
+    ``source``, or ``source`` itself (bytes fetched from a store), a JPEG 2000 file's boxes read beside it.
 
     Given a name, Pillow 13 memory-maps an uncompressed single-strip TIFF at its upright size while its pixels
     lie stored sideways, and so scrambles a gray scan whose orientation tag turns it a quarter (5 to 8). From an
     open file it decodes the strip and turns it upright correctly.
     """
-    with open(path, "rb") as f, Image.open(f) as image:
+    with ExitStack() as stack:
+        f = source if hasattr(source, "read") else stack.enter_context(open(source, "rb"))
+        image = stack.enter_context(Image.open(f))
         if image.format == "JPEG2000":
             _with_jp2_boxes(image, f)
         yield image

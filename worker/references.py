@@ -12,7 +12,8 @@ In the service a job carries them as ``options.references``, ``[{"time": "12.5",
 hashed when the job is submitted (:func:`seal_references`: the hash enters the job id, so a corrected picture is a
 new job), the times placed in the film by the job's planner and every segment's worker (:func:`load_job_references`).
 ``tinct bulk`` finds them beside a film in its sidecar folder, ``<film file name>.references/``, one picture per
-reference named by its time: ``12.5.png`` (seconds) or ``frame_300.png`` (``frame:N``; also .jpg, .jpeg, .webp).
+reference named by its time: ``12.5.png`` (seconds) or ``frame_300.png`` (``frame:N``; also .jpg, .jpeg, .webp,
+.tif, .tiff, .jp2).
 
 Every problem is a :class:`ReferenceError` whose one line names the film or image and the field: a time outside
 the film, a frame that does not exist, a picture that is missing, too large, does not decode or is gray, two
@@ -51,7 +52,7 @@ from worker.video_source import FilmInfo, FrameLayout, decode_frames
 _LIMITS = GuidanceLimits()
 MAX_REFERENCE_PIXELS = 8192 * 4352
 REFERENCES_SUFFIX = ".references"  # a film's sidecar folder: <film file name>.references/
-PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".jp2")  # an archive's colour still too
 _FRAME = re.compile(r"frame:(\d+)")
 _SIDECAR_FRAME = re.compile(r"frame_(\d+)")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -122,8 +123,7 @@ def load_reference_image(source: str | os.PathLike | IO[bytes], where: str | Non
     try:
         if isinstance(source, str | os.PathLike) and (size := os.stat(source).st_size) > max_bytes:
             raise ReferenceError(where, field, _oversized(size, max_bytes))
-        opened = open_image(source) if isinstance(source, str | os.PathLike) else Image.open(source)
-        with opened as image:
+        with open_image(source) as image:
             if image.width * image.height > MAX_REFERENCE_PIXELS:
                 raise ReferenceError(where, field, f"{image.width}x{image.height} is larger than any film frame")
             pixels = np.asarray(shown_as_srgb(image))  # a phone photo in Display P3 shows its own colours
