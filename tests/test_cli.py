@@ -3,6 +3,7 @@ folder tree of real files, good and bad; reruns resume, ``--overwrite`` redoes, 
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -136,6 +137,23 @@ def test_colorize_as_a_subprocess(tmp_path: Path, tiny_checkpoint: Path) -> None
         assert sum(str(tree / name) in line for line in done.stderr.splitlines()) == 1, done.stderr
     assert "Traceback" not in done.stderr
     assert_no_partials(out)
+
+
+def test_what_pillow_warns_of_in_a_damaged_photo_is_one_line_naming_it(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    """A TIFF cut short in its directory makes Pillow warn of corrupt EXIF: Python printed that as two raw lines
+    naming Pillow's source, beside the photo's one-line refusal."""
+    good = io.BytesIO()
+    Image.fromarray(_gray(64, 96, 7)).save(good, "TIFF", compression="tiff_lzw")
+    (tmp_path / "scans").mkdir()
+    (tmp_path / "scans" / "cut.tif").write_bytes(good.getvalue()[: len(good.getvalue()) // 2])
+    command = [sys.executable, "-m", "worker.cli", "colorize", str(tmp_path / "scans"), "-o", str(tmp_path / "out"),
+               *model_args(tiny_checkpoint)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=_env())
+    assert done.returncode == 1, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "cut.tif" in line]
+    assert lines[0].startswith(f"WARNING {tmp_path / 'scans' / 'cut.tif'}: Corrupt EXIF data"), done.stderr
+    assert lines[1].startswith(f"ERROR {tmp_path / 'scans' / 'cut.tif'}: truncated: "), done.stderr
+    assert "warnings.warn" not in done.stderr and "PIL" not in done.stderr
 
 
 def test_single_file_to_an_exact_path(tmp_path: Path, tiny_checkpoint: Path, capsys) -> None:

@@ -30,9 +30,11 @@ import re
 import struct
 import threading
 import tomllib
+import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import metadata
@@ -46,7 +48,7 @@ from PIL import Image, ImageCms, ImageOps, JpegImagePlugin, PngImagePlugin, Tiff
 
 from models import color
 from models.files import atomic_output
-from worker.errors import BadInputError, InputTooLargeError, StorageError, UnsupportedMediaError
+from worker.errors import BadInputError, InputTooLargeError, StorageError, UnsupportedMediaError, one_line
 from worker.icc import (
     RgbSpace,
     dcf_adobe_rgb_space,
@@ -338,9 +340,30 @@ def read_photo(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     return _photo(source)
 
 
+# Pillow reports damaged metadata (an EXIF block or a TIFF directory cut short) as Python warnings, which Python
+# prints as two raw lines naming Pillow's source; while Tinct reads a picture they are logged instead, as one line
+# naming the picture (per thread: photos are read on several at once). Other warnings are shown as Python would.
+_picture_read: ContextVar[Path | None] = ContextVar("tinct_picture_read", default=None)
+_python_showwarning = warnings.showwarning
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    picture = _picture_read.get()
+    if picture is None or "PIL" not in Path(filename).parts:
+        _python_showwarning(message, category, filename, lineno, file, line)
+        return
+    logger.warning("%s: %s", picture, one_line(message))
+
+
+warnings.showwarning = _show_warning
+
+
 @contextmanager
 def _decode_errors(path: Path) -> Iterator[None]:
-    """Turn whatever Pillow, libtiff or OpenCV raise for an unusable file into a one-line BadInputError."""
+    """Turn whatever Pillow, libtiff or OpenCV raise for an unusable file into a one-line BadInputError (and what
+    Pillow warns of into a logged line naming it)."""
+    reading = _picture_read.set(path)
     try:
         yield
     except (BadInputError, StorageError):
@@ -360,6 +383,8 @@ def _decode_errors(path: Path) -> Iterator[None]:
             struct.error, zlib.error, cv2.error, ImageCms.PyCMSError) as exc:
         # Pillow's format plugins report corrupt structures with all of these.
         raise BadInputError(path, f"corrupt image data ({type(exc).__name__}: {exc})") from exc
+    finally:
+        _picture_read.reset(reading)
 
 
 def _os_error(path: Path, exc: OSError, what: str) -> BadInputError | StorageError:
