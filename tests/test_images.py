@@ -430,6 +430,20 @@ def test_a_jpeg2000_masters_display_resolution_is_its_resolution_where_it_gives_
         assert im.info["dpi"] == pytest.approx((400.0, 300.0), abs=0.01)
 
 
+def test_a_jpeg2000_box_too_large_for_metadata_is_skipped_not_read_into_memory(tmp_path: Path) -> None:
+    """A uuid box of 17 MB (an embedded picture, georeferencing) is passed over by its length; the XMP after it is
+    still found."""
+    source = tmp_path / "master.jp2"
+    Image.fromarray(gray8()).save(source, irreversible=False)
+    xmp_uuid = bytes.fromhex("be7acfcb97a942e89c71999491e3afac")
+    large = xmp_uuid + bytes(17 << 20)
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"/>'
+    with open(source, "ab") as f:
+        f.write(struct.pack(">I4s", 8 + len(large), b"uuid") + large)
+        f.write(struct.pack(">I4s", 8 + 16 + len(xmp), b"uuid") + xmp_uuid + xmp)
+    assert read_photo(source).xmp == xmp
+
+
 def test_a_bare_jpeg2000_codestream_named_jp2_is_read_at_its_depth(tmp_path: Path) -> None:
     """No boxes say its depth: Pillow's decoding does (it was read as 8-bit, and its codes past 255 failed)."""
     codes = (gray8().astype(np.uint16) * 257 + np.arange(W, dtype=np.uint16)[None, :] * 3)

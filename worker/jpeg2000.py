@@ -38,6 +38,9 @@ _METRES_PER_INCH = 0.0254
 _SOC, _SOT, _COD = 0xFF4F, 0xFF90, 0xFF52
 _COD_TRANSFORM = 9  # in COD's contents: Scod, then progression, layers (2 bytes), MCT, levels, block sizes, style
 _MAIN_HEADER_BYTES = 1 << 16  # read of a codestream to find COD: it follows SIZ, before any tile
+# The most of a header, uuid or XML box read: EXIF and XMP take kilobytes; a larger box (an embedded picture or
+# georeferencing) is skipped, not read into memory.
+_METADATA_BOX_LIMIT = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,9 @@ def read_jp2_boxes(f: BinaryIO) -> Jp2Boxes | None:
         if kind not in (b"jp2h", b"uuid", b"xml "):
             continue
         f.seek(start)
-        contents = f.read() if end is None else f.read(end - start)
+        contents = f.read(_METADATA_BOX_LIMIT + 1 if end is None else min(end - start, _METADATA_BOX_LIMIT + 1))
+        if len(contents) > _METADATA_BOX_LIMIT:
+            continue
         if kind == b"jp2h":
             for child, body in _boxes_in(contents):
                 if child == b"ihdr" and len(body) >= 11:
