@@ -576,7 +576,8 @@ def test_an_interrupt_between_two_stage_starts_stops_the_started_stage():
 BAD_INPUT_REASONS = {
     "zero_byte.mp4": "empty file",
     "not_a_video.mp4": "not a readable video file",
-    "truncated.mp4": "not a readable video file",
+    "truncated.mp4": "truncated or unfinished: its media has no index (the moov box, which MP4 and MOV writers add as "
+                     "they finish); its ",
     "truncated.mkv": "truncated",
     "garbage_middle.mkv": "decod",
     "no_video.mka": "no video stream",

@@ -29,6 +29,7 @@ import itertools
 import logging
 import math
 import os
+import struct
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
@@ -276,7 +277,41 @@ def _open(path: str) -> av.container.InputContainer:
     try:
         return av.open(path, metadata_errors="replace")
     except av.FFmpegError as exc:
-        raise BadInputError(path, f"not a readable video file ({_ffmpeg_reason(exc)})") from exc
+        reason = _missing_index(path, size) or f"not a readable video file ({_ffmpeg_reason(exc)})"
+        raise BadInputError(path, reason) from exc
+
+
+# The boxes an MP4 or MOV file has at its top level (ISO/IEC 14496-12, QuickTime). Most writers put the index, moov,
+# after the media, mdat, as they finish: a copy cut short, or a recording that stopped, has media and no index, which
+# FFmpeg only calls invalid data.
+_ISO_TOP_LEVEL_BOXES = frozenset({b"ftyp", b"pdin", b"moov", b"moof", b"mfra", b"mdat", b"free", b"skip", b"wide",
+                                  b"uuid", b"meta", b"pnot", b"junk", b"styp", b"sidx"})
+
+
+def _missing_index(path: str, size: int) -> str | None:
+    """Why the MP4 or MOV file ``path`` (``size`` bytes), which FFmpeg could not open, holds media but no index, read
+    from its top-level boxes by their lengths; None if it is no such file."""
+    kinds, position = [], 0
+    with open(path, "rb") as f:
+        while position + 8 <= size:
+            f.seek(position)
+            header = f.read(16)
+            length, kind = struct.unpack_from(">I4s", header)
+            if kind not in _ISO_TOP_LEVEL_BOXES:
+                break
+            kinds.append(kind)
+            if length == 1 and len(header) == 16:
+                (length,) = struct.unpack_from(">Q", header, 8)
+            elif length == 0:  # to the end of the file
+                length = size - position
+            if length < 8:
+                break
+            position += length
+    if b"mdat" not in kinds or b"moov" in kinds:
+        return None
+    cut = f"; its {size} bytes end inside its media, which runs to byte {position}" if position > size else ""
+    return ("truncated or unfinished: its media has no index (the moov box, which MP4 and MOV writers add as they "
+            f"finish){cut}")
 
 
 def _ffmpeg_reason(exc: Exception) -> str:
