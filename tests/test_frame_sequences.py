@@ -471,7 +471,7 @@ def test_an_openexr_frame_cut_short_or_left_unfinished_is_refused_by_its_file_be
     """FFmpeg decodes such a frame without a word, the chunks it lacks black: a half-copied plate was coloured and
     written out as if whole. An OpenEXR frame says no file size, as a DPX frame does; its chunk tables say where its
     chunks are, and the last one its own length (after headers of any length: notes or a preview image in them can
-    take them past the 64 KB read first)."""
+    take them past the first bytes read)."""
     if writer == "ffmpeg":
         paths, _ = openexr_plate(tmp_path / "vfx", frames=4)
     else:

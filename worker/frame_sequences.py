@@ -54,6 +54,9 @@ logger = logging.getLogger(__name__)
 FOLDER_SEQUENCE_SUFFIXES = (".dpx", ".cin", ".exr")
 CINEON_SUFFIX = ".cin"
 OPENEXR_SUFFIX = ".exr"
+# How much of each OpenEXR frame is read first to check it (more where its headers go on): a plate's headers take a
+# few hundred bytes to a few KB, and a feature has some 170,000 frames; its chunk tables are read where they lie.
+EXR_FRAME_CHECK_BYTES = 1 << 12
 # FFmpeg decodes no deep OpenEXR frame (several samples a pixel): such a run is refused by its frame.
 DEEP_REFUSAL = ("a deep OpenEXR frame (several samples a pixel), which cannot be decoded here: flatten the run first "
                 "(to one sample a pixel, as compositing packages write a flat plate)")
@@ -511,7 +514,7 @@ def check_exr_frame(path: Path, film: str, first: ExrHeader | None) -> ExrHeader
                 f.seek(0)
                 return f.read(size)
 
-            header = read_exr_header(exr_head(first_bytes_of_file))
+            _, header = exr_head(first_bytes_of_file, EXR_FRAME_CHECK_BYTES)
             if header is None:
                 raise BadInputError(path, "not an OpenEXR file (no OpenEXR header)")
             if header.deep:
@@ -588,7 +591,7 @@ def first_bytes(suffix: str, read: Callable[[int], bytes]) -> bytes:
     timecode, encoding, primaries): a DPX or Cineon frame's first 2048, an OpenEXR frame's headers whole, nothing of
     other formats. ``read(n)`` gives the frame's first ``n`` bytes."""
     if suffix.lower() == OPENEXR_SUFFIX:
-        return exr_head(read)
+        return exr_head(read)[0]
     return read(DPX_HEADER_BYTES) if suffix.lower() in FRAME_CHECKS else b""
 
 

@@ -10,8 +10,7 @@ colour specification box, nor the EXIF and XMP that exiftool and archive tools k
 of 12 bits Pillow hands over shifted to 16; one in colour deeper than 8 it cuts to 8 bits, so ``worker.images``
 reads that with OpenCV, at its precision, from ``bits`` here.
 
-Layout (ISO/IEC 15444-1, annex I): a file is a list of boxes, each a 32-bit big-endian length (1: a 64-bit length
-follows the type; 0: the box runs to the end of the file), a four-letter type and its contents. The header box
+Layout (ISO/IEC 15444-1, annex I): a file is a list of boxes (``worker.boxes``). The header box
 ``jp2h`` holds the image header ``ihdr`` (size, components, their depth), ``bpcc`` where components differ in depth,
 the colour specifications ``colr`` (the first is the one readers use: an enumerated space, or an ICC profile), and
 the resolution box ``res `` (``resc``, capture resolution, and ``resd``, default display resolution, in points per
@@ -21,9 +20,10 @@ metre). The codestream ``jp2c`` follows.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
+
+from worker.boxes import box, boxes_in, file_boxes
 
 JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 # The uuid boxes' identifiers: exiftool's (and the JPEG 2000 EXIF convention's) for EXIF in TIFF layout, and
@@ -69,7 +69,7 @@ def read_jp2_boxes(f: BinaryIO) -> Jp2Boxes | None:
     icc = exif = xmp = xml_xmp = reversible = compression = dpi = None
     colour_seen = False
     samples = 0
-    for kind, start, end in _boxes(f, len(JP2_SIGNATURE)):
+    for kind, start, end in file_boxes(f, len(JP2_SIGNATURE)):
         if kind == b"jp2c":  # the codestream: its main header alone is read
             f.seek(start)
             reversible = _reversible(f.read(_MAIN_HEADER_BYTES if end is None else min(end - start,
@@ -84,7 +84,7 @@ def read_jp2_boxes(f: BinaryIO) -> Jp2Boxes | None:
         if len(contents) > _METADATA_BOX_LIMIT:
             continue
         if kind == b"jp2h":
-            for child, body in _boxes_in(contents):
+            for child, body in boxes_in(contents):
                 if child == b"ihdr" and len(body) >= 11:
                     height, width, components, depth = struct.unpack_from(">IIHB", body)
                     depths = [depth] * components if depth != 0xFF else depths
@@ -92,7 +92,7 @@ def read_jp2_boxes(f: BinaryIO) -> Jp2Boxes | None:
                 elif child == b"bpcc":
                     depths = list(body)
                 elif child == b"res ":
-                    found = {box: _dpi(value) for box, value in _boxes_in(body)}
+                    found = {name: _dpi(value) for name, value in boxes_in(body)}
                     dpi = found.get(b"resc") or found.get(b"resd")
                 elif child == b"colr" and not colour_seen and len(body) >= 3:
                     colour_seen = True  # the first colour specification is the one to use
@@ -149,22 +149,22 @@ def with_jp2_metadata(data: bytes, icc: bytes | None = None, exif: bytes | None 
     if not data.startswith(JP2_SIGNATURE):
         raise ValueError("not a JP2 file")
     out = [JP2_SIGNATURE]
-    for kind, contents in _boxes_in(data[len(JP2_SIGNATURE):]):
+    for kind, contents in boxes_in(data[len(JP2_SIGNATURE):]):
         if kind == b"jp2h":
             replaced = {b"res ", b"colr"} if icc else {b"res "}
-            children = [(child, body) for child, body in _boxes_in(contents) if child not in replaced]
+            children = [(child, body) for child, body in boxes_in(contents) if child not in replaced]
             if icc:
                 at = next(i for i, (child, _) in enumerate(children) if child == b"ihdr") + 1
                 at += any(child == b"bpcc" for child, _ in children)  # colr follows ihdr and bpcc
                 children.insert(at, (b"colr", bytes((2, 0, 0)) + icc))
             if dpi:
-                children.append((b"res ", _box(b"resc", _capture_resolution(dpi))))
-            contents = b"".join(_box(child, body) for child, body in children)
-        out.append(_box(kind, contents))
+                children.append((b"res ", box(b"resc", _capture_resolution(dpi))))
+            contents = b"".join(box(child, body) for child, body in children)
+        out.append(box(kind, contents))
     if exif:
-        out.append(_box(b"uuid", EXIF_UUID + (exif[6:] if exif.startswith(b"Exif\0\0") else exif)))
+        out.append(box(b"uuid", EXIF_UUID + (exif[6:] if exif.startswith(b"Exif\0\0") else exif)))
     if xmp:
-        out.append(_box(b"uuid", XMP_UUID + xmp))
+        out.append(box(b"uuid", XMP_UUID + xmp))
     return b"".join(out)
 
 
@@ -180,50 +180,3 @@ def _capture_resolution(dpi: tuple[float, float]) -> bytes:
         fields.append((round(value * 5 * 10 ** (3 - exponent)), 127, exponent))
     (v_num, v_den, v_exp), (h_num, h_den, h_exp) = fields
     return struct.pack(">HHHHbb", v_num, v_den, h_num, h_den, v_exp, h_exp)
-
-
-def _box(kind: bytes, contents: bytes) -> bytes:
-    if len(contents) + 8 > 0xFFFFFFFF:
-        return struct.pack(">I4sQ", 1, kind, len(contents) + 16) + contents
-    return struct.pack(">I4s", len(contents) + 8, kind) + contents
-
-
-def _boxes_in(data: bytes) -> Iterator[tuple[bytes, bytes]]:
-    """The boxes laid end to end in ``data``: (type, contents), a box cut short as far as it goes."""
-    position = 0
-    while position + 8 <= len(data):
-        length, kind = struct.unpack_from(">I4s", data, position)
-        start = position + 8
-        if length == 1 and start + 8 <= len(data):
-            (length,) = struct.unpack_from(">Q", data, start)
-            start += 8
-        end = len(data) if length == 0 else position + length
-        if end < start:
-            return
-        yield kind, data[start:end]
-        position = end
-
-
-def _boxes(f: BinaryIO, position: int) -> Iterator[tuple[bytes, int, int | None]]:
-    """The top-level boxes of the file ``f`` from ``position``: (type, where its contents start, where they end or
-    None for a box that runs to the end of the file), found by their lengths (the codestream, some hundreds of MB,
-    is not read)."""
-    while True:
-        f.seek(position)
-        header = f.read(16)
-        if len(header) < 8:
-            return
-        length, kind = struct.unpack_from(">I4s", header)
-        start = position + 8
-        if length == 1:
-            if len(header) < 16:
-                return
-            (length,) = struct.unpack_from(">Q", header, 8)
-            start += 8
-        if length == 0:
-            yield kind, start, None
-            return
-        if position + length < start:
-            return
-        yield kind, start, position + length
-        position += length

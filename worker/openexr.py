@@ -1,8 +1,7 @@
 """What FFmpeg does not read of an OpenEXR file's header, the one attribute its encoder does not write, and whether
 a file is whole.
 
-    head = exr_head(functools.partial(storage.get_head, uri))          # the headers whole, however long
-    header = read_exr_header(head)                                     # None if it is no OpenEXR file
+    head, header = exr_head(functools.partial(storage.get_head, uri))  # the headers whole; None: no OpenEXR file
     header.chromaticities, header.parts, header.deep                   # (0.7347, 0.2653, ...) for an ACES plate
     data = with_chromaticities(encoded_frame, header.chromaticities)   # FFmpeg's frame, saying the plate's primaries
     with open(path, "rb") as f:
@@ -108,16 +107,16 @@ def read_exr_header(head: bytes) -> ExrHeader | None:
                      size=size, whole=whole, chunks=chunks)
 
 
-def exr_head(read: Callable[[int], bytes]) -> bytes:
-    """An OpenEXR file's first bytes, enough to hold its headers whole where they are longer than EXR_HEADER_BYTES
-    (up to EXR_HEADER_LIMIT), ``read(n)`` giving its first ``n`` (fewer at its end); a file of another kind's
-    first EXR_HEADER_BYTES."""
-    size = EXR_HEADER_BYTES
+def exr_head(read: Callable[[int], bytes], first: int = EXR_HEADER_BYTES) -> tuple[bytes, ExrHeader | None]:
+    """An OpenEXR file's first bytes, enough to hold its headers whole (``first`` of them, then four times as many
+    while its headers go on, up to EXR_HEADER_LIMIT), and its header read from them (None if it is no OpenEXR
+    file); ``read(n)`` gives its first ``n`` bytes (fewer at its end)."""
+    size = first
     while True:
         head = read(size)
         header = read_exr_header(head)
         if header is None or header.whole or len(head) < size or size >= EXR_HEADER_LIMIT:
-            return head
+            return head, header
         size *= 4
 
 
@@ -162,8 +161,7 @@ def with_chromaticities(data: bytes, chromaticities: tuple[float, ...]) -> bytes
     attributes, end = _attributes(data, 8)
     if ("chromaticities", "chromaticities") in attributes:
         raise ValueError("its header already names its chromaticities")
-    x_min, y_min, x_max, y_max = struct.unpack("<4i", attributes[("dataWindow", "box2i")])
-    chunks = math.ceil((y_max - y_min + 1) / _LINES_PER_CHUNK[attributes[("compression", "compression")][0]])
+    chunks = _chunk_count(attributes, multipart=False)
     attribute = b"chromaticities\0chromaticities\0" + struct.pack("<i8f", 32, *chromaticities)
     header_end = end - 1  # the null byte that ends the list
     offsets = [offset + len(attribute) for offset in struct.unpack_from(f"<{chunks}Q", data, end)]

@@ -29,7 +29,6 @@ import itertools
 import logging
 import math
 import os
-import struct
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
@@ -50,6 +49,7 @@ from models.color import (
     luma_code_table,
     luma_to_l_table,
 )
+from worker.boxes import file_boxes
 from worker.errors import BadInputError, InputTooLargeError, UnsupportedMediaError
 from worker.frame_sequences import DPX_LOG_TRANSFERS, FrameSequence, ScratchFolder, find_sequence, is_pattern
 from worker.images import COLOUR_PROBE_SIDE, COLOUR_THRESHOLD, colour_score
@@ -291,25 +291,16 @@ _ISO_TOP_LEVEL_BOXES = frozenset({b"ftyp", b"pdin", b"moov", b"moof", b"mfra", b
 def _missing_index(path: str, size: int) -> str | None:
     """Why the MP4 or MOV file ``path`` (``size`` bytes), which FFmpeg could not open, holds media but no index, read
     from its top-level boxes by their lengths; None if it is no such file."""
-    kinds, position = [], 0
+    kinds, end = [], 0
     with open(path, "rb") as f:
-        while position + 8 <= size:
-            f.seek(position)
-            header = f.read(16)
-            length, kind = struct.unpack_from(">I4s", header)
+        for kind, _, box_end in file_boxes(f, 0):
             if kind not in _ISO_TOP_LEVEL_BOXES:
                 break
             kinds.append(kind)
-            if length == 1 and len(header) == 16:
-                (length,) = struct.unpack_from(">Q", header, 8)
-            elif length == 0:  # to the end of the file
-                length = size - position
-            if length < 8:
-                break
-            position += length
+            end = size if box_end is None else box_end
     if b"mdat" not in kinds or b"moov" in kinds:
         return None
-    cut = f"; its {size} bytes end inside its media, which runs to byte {position}" if position > size else ""
+    cut = f"; its {size} bytes end inside its media, which runs to byte {end}" if end > size else ""
     return ("truncated or unfinished: its media has no index (the moov box, which MP4 and MOV writers add as they "
             f"finish){cut}")
 
