@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import struct
 import subprocess
 import zlib
@@ -1018,6 +1019,70 @@ def test_a_jpeg2000_copy_is_lossless_from_a_master_and_lossy_at_its_rate_from_an
         assert error.max() < 0.5 if kind == "master" else error.mean() < 1.5
     samples = 192 * 256 * 3 * bits // 8
     assert sizes["access"] < samples / 10 and sizes["master"] > 4 * sizes["access"], sizes
+
+
+def opj_coding(path: Path) -> dict[str, str]:
+    """What OpenJPEG's own ``opj_dump`` reads of a JPEG 2000 file's coding: its image and tile grid, and the first
+    component's default coding (the fields named as opj_dump names them)."""
+    dump = subprocess.run(["opj_dump", "-i", str(path)], check=True, capture_output=True, text=True).stdout
+    fields = {}
+    for name, value in re.findall(r"\b(x0|y0|tx0|ty0|tdx|tdy|prg|numlayers|mct|numresolutions|cblkw|cblkh|qmfbid)="
+                                  r"([^,\s]+)", dump):
+        fields.setdefault(name, value)
+    fields["precincts"] = re.search(r"preccintsize \(w,h\)=(.*)", dump).group(1).split()[-1]  # the full resolution's
+    return fields
+
+
+def tile_part_lists_packet_lengths(path: Path) -> bool:
+    """Whether the first tile-part header (from SOT to SOD; no marker there is the coded data's) holds a PLT marker."""
+    data = path.read_bytes()
+    start = data.index(b"\xff\x90")
+    return b"\xff\x58" in data[start:data.index(b"\xff\x93", start)]
+
+
+@pytest.mark.parametrize("profile", [
+    # A lossless master as archival profiles lay one out (the Library of Congress's, Kakadu's Corder=RPCL): tiles,
+    # RPCL, precincts, 32x32 code blocks, packet markers and lengths.
+    ["-n", "4", "-t", "128,128", "-p", "RPCL", "-c", "[64,64]", "-b", "32,32", "-SOP", "-EPH", "-PLT", "-TLM"],
+    # An access copy for an image server: the 9/7 wavelet in five quality layers, PCRL, tall code blocks.
+    ["-I", "-r", "160,80,40,20,10", "-n", "3", "-t", "96,64", "-p", "PCRL", "-b", "16,64"],
+    # An image placed off the reference grid's origin, under tiles offset from it, in CPRL.
+    ["-d", "30,20", "-T", "10,10", "-t", "128,128", "-p", "CPRL", "-n", "5"],
+], ids=["master", "access", "offset"])
+def test_a_jpeg2000_copy_is_coded_as_its_source_was_with_the_colour_transform(tmp_path: Path,
+                                                                            profile: list[str]) -> None:
+    """A copy keeps its source's tiles, wavelet levels, progression, code blocks, precincts, packet lengths and
+    layers, which an archive's image server relies on to read regions at any zoom, and is coded with the
+    multiple-component transform, which neither Pillow nor OpenCV use unless asked. Sources are written by OpenJPEG's
+    own encoder, and both files are read by its opj_dump."""
+    pgm = tmp_path / "scan.pgm"
+    Image.fromarray(gray8(200, 300)).save(pgm)
+    source = tmp_path / "scan.jp2"
+    subprocess.run(["opj_compress", "-i", str(pgm), "-o", str(source), *profile], check=True, capture_output=True)
+    photo = read_photo(source)
+    out = tmp_path / "colour.jp2"
+    write_photo(out, l_as_rgb(photo.L), photo, LABEL)
+    coded, copy = opj_coding(source), opj_coding(out)
+    assert coded["mct"] == "0" and copy["mct"] == "1"
+    assert {k: v for k, v in copy.items() if k != "mct"} == {k: v for k, v in coded.items() if k != "mct"}
+    assert tile_part_lists_packet_lengths(out) == ("-PLT" in profile)
+    if "-I" not in profile:
+        assert np.abs(read_photo(out).L - photo.L).max() < 0.5  # lossless, to the code
+
+
+def test_a_turned_jpeg2000_copy_has_its_sources_tiles_turned(tmp_path: Path) -> None:
+    """A master whose EXIF says to turn it is written upright: its tiles are turned with it."""
+    pgm = tmp_path / "scan.pgm"
+    Image.fromarray(gray8(200, 300)).save(pgm)
+    source = tmp_path / "scan.jp2"
+    subprocess.run(["opj_compress", "-i", str(pgm), "-o", str(source), "-t", "128,64"], check=True,
+                   capture_output=True)
+    subprocess.run(["exiftool", "-q", "-overwrite_original", "-EXIF:Orientation#=6", str(source)], check=True)
+    photo = read_photo(source)
+    assert photo.size == (200, 300)
+    write_photo(tmp_path / "colour.jp2", l_as_rgb(photo.L), photo, LABEL)
+    copy = opj_coding(tmp_path / "colour.jp2")
+    assert (copy["tdx"], copy["tdy"], copy["x0"], copy["mct"]) == ("64", "128", "0", "1")
 
 
 def test_camera_jpeg_with_a_preview_picture_reads_as_jpeg(tmp_path: Path) -> None:

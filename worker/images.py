@@ -58,7 +58,7 @@ from worker.icc import (
     rgb_space,
     sample_curve,
 )
-from worker.jpeg2000 import Jp2Boxes, read_jp2_boxes, with_jp2_metadata
+from worker.jpeg2000 import Jp2Boxes, copy_options, read_jp2_boxes, with_jp2_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -862,7 +862,7 @@ def _encoder_hints(im: Image.Image, path: Path) -> dict[str, Any]:
         return {"lossless": _webp_is_lossless(path)}
     if im.format == "JPEG2000":  # a lossless master, or an access copy at its rate
         boxes = _jp2_boxes(im)
-        return {"lossless": boxes.reversible is not False, "compression": boxes.compression}
+        return {"lossless": boxes.reversible is not False, "compression": boxes.compression, "coding": boxes.coding}
     return {}
 
 
@@ -1132,12 +1132,14 @@ def _encoder_for(
 def _jp2(pixels: np.ndarray, exif: bytes, like: Photo, hints: dict[str, Any]) -> bytes:
     """RGB or RGBA ``pixels`` (8 or 16-bit) as a JP2 file with the source's profile, EXIF, XMP and resolution in its
     boxes: lossless (the reversible 5/3 wavelet, as masters are kept), or, from a lossy JP2 source (``hints``, an
-    access copy), the irreversible 9/7 at the source's compression. OpenJPEG encodes through Pillow at 8 bits and
-    through OpenCV at 16 (Pillow holds no 16-bit RGB); neither writes those boxes, which ``worker.jpeg2000`` adds."""
-    compression = None if hints.get("lossless", True) else hints.get("compression")
+    access copy), the irreversible 9/7 at the source's compression. OpenJPEG encodes through Pillow at 8 bits, coded
+    as the source was (``worker.jpeg2000.copy_options``), and through OpenCV at 16 (Pillow holds no 16-bit RGB),
+    which takes no option but the rate; neither writes those boxes, which ``worker.jpeg2000`` adds."""
+    lossless = hints.get("lossless", True)
+    compression = hints.get("compression")
     if pixels.dtype == np.uint16:
         # OpenCV takes the rate in thousandths of the samples' size: 1000, lossless (not its default), else lossy.
-        rate = 1000 if compression is None else max(1, min(999, round(1000 / compression)))
+        rate = 1000 if lossless or compression is None else max(1, min(999, round(1000 / compression)))
         ok, encoded = cv2.imencode(".jp2", np.ascontiguousarray(pixels[..., [2, 1, 0, 3][: pixels.shape[2]]]),
                                    [cv2.IMWRITE_JPEG2000_COMPRESSION_X1000, rate])
         if not ok:
@@ -1145,9 +1147,7 @@ def _jp2(pixels: np.ndarray, exif: bytes, like: Photo, hints: dict[str, Any]) ->
         data = encoded.tobytes()
     else:
         buffer = io.BytesIO()
-        options: dict[str, Any] = {"irreversible": False}
-        if compression is not None:
-            options = {"irreversible": True, "quality_mode": "rates", "quality_layers": [compression]}
+        options = copy_options(hints.get("coding"), (pixels.shape[1], pixels.shape[0]), lossless, compression)
         Image.fromarray(pixels, "RGBA" if pixels.shape[2] == 4 else "RGB").save(buffer, format="JPEG2000", **options)
         data = buffer.getvalue()
     return with_jp2_metadata(data, icc=like.icc_profile, exif=exif, xmp=like.xmp, dpi=like.dpi)
