@@ -169,6 +169,23 @@ def test_codecs_and_containers(tmp_path, colorizer, suffix, codec, decoder):
     assert np.allclose([float(p * out.video.time_base) for p in out.video.pts], source.times, atol=1e-3)
 
 
+@pytest.mark.parametrize("source, codec, pix_fmt, output, decoder", [
+    ("master.mkv", "ffv1", "gray", "out.mkv", "ffv1"),  # a lossless master stays lossless
+    ("edit.mov", "prores_ks", None, "out.mov", "prores"),  # an edit master stays ProRes
+    ("dvd.mkv", "mpeg2video", None, "out.mkv", "h264"),  # a codec Tinct does not write: H.264
+    ("master.mkv", "ffv1", "gray", "out.mp4", "h264"),  # its own, which MP4 cannot hold: H.264, and said so
+])
+def test_a_film_is_copied_in_its_own_codec_by_default(tmp_path, tiny_checkpoint, caplog, source, codec, pix_fmt,
+                                                      output, decoder):
+    clip = bw_clip(tmp_path / source, frames=4, codec=codec, pix_fmt=pix_fmt)
+    assert run_cli(tiny_checkpoint, str(clip.path), "-o", str(tmp_path / output), "--crf", "20") == 0  # H.264's alone
+    assert probe(tmp_path / output).video.codec == decoder
+    if decoder == "ffv1":
+        assert all(np.array_equal(a, b) for a, b in zip(lumas(tmp_path / output), lumas(clip.path), strict=True))
+    fell_back = "out.mp4: written as h264 rather than its source's codec: ffv1 cannot be stored in .mp4; use .mkv"
+    assert (fell_back in caplog.text) == output.endswith(".mp4")
+
+
 def test_codec_that_the_container_cannot_hold_is_a_usage_error(tmp_path, tiny_checkpoint, capsys):
     source = bw_clip(tmp_path / "src.mkv", frames=4)
     assert run_cli(tiny_checkpoint, str(source.path), "-o", str(tmp_path / "out.mp4"), "--codec", "ffv1") == 2

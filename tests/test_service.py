@@ -161,6 +161,19 @@ def test_film_is_split_over_two_workers_and_joined(service_env, tmp_path):
     assert "tinct.colorize_segment" in first.text() and "tinct.colorize_segment" in second.text()
 
 
+def test_a_film_master_job_is_coloured_in_its_own_codec_by_default(service_env, tmp_path):
+    client, start_worker, s3, _, model = service_env
+    clip = write_clip(tmp_path / "master.mkv", gray_frames(moving_scene(12, 96, 64)), codec="ffv1", pix_fmt="gray")
+    put_object(s3, "s3://scans/master.mkv", clip.path.read_bytes())
+    start_worker()
+    job_id, _ = client.submit(spec("s3://scans/master.mkv", "s3://colour/", model))
+    record = wait_for_job(client, job_id)
+    assert record.state == "succeeded", record.error
+    (tmp_path / "out.mkv").write_bytes(get_object(s3, "s3://colour/master.mkv"))
+    assert probe(tmp_path / "out.mkv").video.codec == "ffv1"  # still lossless: the master's lightness to the code
+    assert all(np.array_equal(a, b) for a, b in zip(lumas(tmp_path / "out.mkv"), lumas(clip.path), strict=True))
+
+
 @pytest.mark.parametrize("clip_options, output, codec, error", [
     ({"subtitles": "srt"}, "s3://colour/film.mp4", "h264",
      "subtitle stream #1 (srt) cannot be copied into .mp4: 'mp4' format does not support 'srt' codec; try .mkv"),
@@ -305,7 +318,8 @@ def test_bad_jobs_fail_clearly_and_the_worker_keeps_serving(service_env):
     ({"output": "s3://colour/"}, "output: s3://colour/reel.mp4: ffv1 cannot be stored in .mp4; use .mkv"),
     ({"output": "s3://colour/reel.avi"}, "output: s3://colour/reel.avi: films are written as .mp4, .mov or .mkv, "
                                          "not '.avi'"),
-    ({"options": {"codec": "vp9"}}, "options.codec: unknown codec 'vp9'; choose one of h264, h265, ffv1, prores"),
+    ({"options": {"codec": "vp9"}},
+     "options.codec: unknown codec 'vp9'; choose source or one of h264, h265, ffv1, prores"),
     ({"options": {"codec": "ffv1", "crf": 20}}, "options.crf: crf does not apply to ffv1 (lossless or fixed-quality)"),
 ])
 def test_a_film_job_that_could_not_be_written_is_refused_at_submission(data, error):

@@ -737,11 +737,11 @@ def test_bulk_can_colour_each_run_into_frames_named_as_its_own(submitter, s3_ser
     report = bulk(submitter, "s3://scans/in/", "s3://out/", options, runs_to_frames=True)
     created = {spec.input: spec for spec in submitter.created}
     assert {uri: (spec.output, spec.options.codec, spec.options.log) for uri, spec in created.items()} == {
-        "s3://scans/in/reel1/scan_%07d.dpx": ("s3://out/reel1/scan_%07d.dpx", "h264", "cineon"),
-        "s3://scans/in/%04d.dpx": ("s3://out/%04d.dpx", "h264", "cineon"),
+        "s3://scans/in/reel1/scan_%07d.dpx": ("s3://out/reel1/scan_%07d.dpx", "source", "cineon"),
+        "s3://scans/in/%04d.dpx": ("s3://out/%04d.dpx", "source", "cineon"),
         "s3://scans/in/tape.mkv": ("s3://out/tape.mkv", "ffv1", "auto"),
-        "s3://scans/in/vfx/plate_%04d.exr": ("s3://out/vfx/plate_%04d.exr", "h264", "auto"),
-        "s3://scans/in/old/scan_%02d.cin": ("s3://out/old/scan_%02d.dpx", "h264", "cineon")}
+        "s3://scans/in/vfx/plate_%04d.exr": ("s3://out/vfx/plate_%04d.exr", "source", "auto"),
+        "s3://scans/in/old/scan_%02d.cin": ("s3://out/old/scan_%02d.dpx", "source", "cineon")}
     assert all(spec.options.smoothing == 0.25 for spec in created.values()) and report.failures == []
     again = bulk(submitter, "s3://scans/in/", "s3://out/", options, runs_to_frames=True)  # a rerun finds them
     assert again.submitted == 0 and again.already_queued == 5

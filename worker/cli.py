@@ -46,6 +46,7 @@ from worker.storage import Storage
 from worker.video_sink import (
     DEFAULT_PRESET,
     PRESETS,
+    SOURCE_CODEC,
     EncodeOptions,
     available_codecs,
     canonical_codec,
@@ -146,10 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     films = colorize.add_argument_group("films")
     films.add_argument("--smoothing", type=_strength, default=SmoothingOptions().strength, metavar="STRENGTH",
                        help="temporal smoothing of colour, 0 (off) to 1 (default: %(default)s)")
-    films.add_argument("--codec", type=_codec_arg, default="h264",
-                       help=f"video codec: {', '.join(available_codecs())} (default: %(default)s)")
+    films.add_argument("--codec", type=_codec_arg, default=SOURCE_CODEC,
+                       help=f"video codec: {', '.join(available_codecs())}, or {SOURCE_CODEC}: each film's own "
+                       "where it is one of those and its output's container holds it (an FFV1 master stays "
+                       "lossless), else h264 (default: %(default)s)")
     films.add_argument("--crf", type=int, help="constant quality for h264/h265, lower is better (default: 18 "
-                       "for h264, 20 for h265)")
+                       "for h264, 20 for h265); a film copied as FFV1 or ProRes ignores it")
     films.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESETS, metavar="PRESET",
                        help="x264/x265 speed preset, ultrafast .. veryslow (default: %(default)s)")
     films.add_argument("--frame-rate", type=_frame_rate_arg, metavar="FPS",

@@ -212,6 +212,7 @@ def colorize_film(
     if film.is_colour and not options.recolor:
         return FilmOutcome(source, output, "colour", frames=film.frames)
     if frames is None:
+        options = replace(options, encode=options.encode.for_film(film.video, output))
         check_output(film, output, options.encode.codec)
     elif film.sequence is not None and frames.frame_path(film.sequence.first).resolve() in {
             film.sequence.frame_path(i).resolve() for i in range(film.sequence.count)}:

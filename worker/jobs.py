@@ -34,7 +34,14 @@ from worker.photos import FILM_EXTENSIONS
 from worker.references import ReferenceError, parse_job_references
 from worker.settings import GuidanceLimits
 from worker.storage import join_uri, parse_uri
-from worker.video_sink import CONTAINERS, EncodeOptions, canonical_codec, container_problem, fallback_container
+from worker.video_sink import (
+    CONTAINERS,
+    SOURCE_CODEC,
+    EncodeOptions,
+    canonical_codec,
+    container_problem,
+    fallback_container,
+)
 from worker.video_source import LOG_CHOICES
 
 KINDS = ("image", "video", "collection")
@@ -63,7 +70,7 @@ class JobOptions:
     model: str = "default"
     render_size: int | None = None  # None: the model's own (recorded in its checkpoint), else 256
     smoothing: float = 0.5
-    codec: str = "h264"
+    codec: str = SOURCE_CODEC  # each film's own where Tinct writes it, else H.264 (video_sink.EncodeOptions.for_film)
     crf: int | None = None
     preset: str = "medium"
     recolor: bool = False

@@ -22,6 +22,7 @@ Output format rules (the source's look is kept; only colour is added):
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -46,6 +47,8 @@ from worker.video_source import (
 # Muxers shift a stream whose first decode timestamp is negative (x264's B-frame delay makes it so) to start
 # at zero, which would move every frame off the source's timing; the segments and the final file keep them.
 KEEP_TIMESTAMPS = {"avoid_negative_ts": "disabled"}
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -85,12 +88,20 @@ CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
 CONTAINER_CODECS = {"mp4": {"h264", "h265"}, "mov": {"h264", "h265", "prores"},
                     "matroska": {"h264", "h265", "ffv1", "prores"}}
 PRORES_PROFILES = {(1, 0): "3", (0, 0): "4"}  # HQ for 4:2:2, 4444 for 4:4:4
+# The default: each film in its own codec where Tinct writes that one, so a lossless master (FFV1) is not made lossy
+# and an edit master (ProRes) stays one, as a photo keeps its own coding; H.264 for the rest (MPEG-2, DV, VP9, scans).
+SOURCE_CODEC = "source"
+CODECS_BY_DECODER = {"h264": "h264", "hevc": "h265", "ffv1": "ffv1", "prores": "prores"}
+FALLBACK_CODEC = "h264"
 
 
 def canonical_codec(name: str) -> str:
+    """A codec's name as Tinct keys it (``CODECS``, or ``SOURCE_CODEC``), from any of its usual names."""
     key = CODEC_ALIASES.get(name.lower(), name.lower())
+    if key == SOURCE_CODEC:
+        return key
     if key not in CODECS:
-        raise ValueError(f"unknown codec {name!r}; choose one of {', '.join(CODECS)}")
+        raise ValueError(f"unknown codec {name!r}; choose {SOURCE_CODEC} or one of {', '.join(CODECS)}")
     if key == "prores" and key not in available_codecs():
         raise ValueError("this build of FFmpeg has no ProRes encoder")
     return key
@@ -99,7 +110,8 @@ def canonical_codec(name: str) -> str:
 def fallback_container(codec: str) -> str:
     """The suffix a film gets when its own container is not one Tinct writes (AVI, MXF, DV, MPEG, ...): QuickTime for
     ProRes, its home, where editing software looks for it and which keeps its pixels' shape (Matroska cannot);
-    Matroska otherwise, which holds any codec the film's audio and subtitles may use."""
+    Matroska otherwise, which holds any codec the film's audio and subtitles may use (and every codec a film copied
+    in its own codec may be in)."""
     return ".mov" if codec == "prores" else ".mkv"
 
 
@@ -122,15 +134,28 @@ class EncodeOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "codec", canonical_codec(self.codec))
-        spec = CODECS[self.codec]
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
         if self.crf is not None:
-            if not spec.crf:
+            if self.codec != SOURCE_CODEC and not CODECS[self.codec].crf:
                 raise ValueError(f"crf does not apply to {self.codec} (lossless or fixed-quality)")
-            top = 63 if self.codec == "h264" else 51
+            top = 63 if self.codec == "h264" else 51  # x265's top, which x264's covers, for a film in either
             if not 0 <= self.crf <= top:
                 raise ValueError(f"crf must be between 0 and {top} for {self.codec}, got {self.crf}")
+
+    def for_film(self, video: VideoFormat, output: str | os.PathLike) -> EncodeOptions:
+        """These options for one film going to ``output``: ``SOURCE_CODEC`` becomes the film's own codec where Tinct
+        writes it, ``output``'s container holds it and it keeps the shape of the film's pixels, else H.264; a CRF
+        then applies only where that codec takes one (a lossless master's copy ignores it)."""
+        if self.codec != SOURCE_CODEC:
+            return self
+        codec = CODECS_BY_DECODER.get(video.codec, FALLBACK_CODEC)
+        why_not = (container_problem(output, codec) or aspect_loss(video, codec, output)
+                   or ("this build of FFmpeg has no encoder for it" if codec not in available_codecs() else None))
+        if why_not:
+            logger.warning("%s: written as %s rather than its source's codec: %s", output, FALLBACK_CODEC, why_not)
+            codec = FALLBACK_CODEC
+        return EncodeOptions(codec, self.crf if CODECS[codec].crf else None, self.preset)
 
     @property
     def quality(self) -> int | None:
@@ -182,7 +207,7 @@ def container_problem(path: str | os.PathLike, codec: str) -> str | None:
     suffix = Path(path).suffix.lower()
     if suffix not in CONTAINERS:
         return f"films are written as .mp4, .mov or .mkv, not {suffix or 'no extension'!r}"
-    if codec not in CONTAINER_CODECS[CONTAINERS[suffix]]:
+    if codec != SOURCE_CODEC and codec not in CONTAINER_CODECS[CONTAINERS[suffix]]:  # that one: H.264 where need be
         holders = sorted({suffix for suffix, name in CONTAINERS.items() if codec in CONTAINER_CODECS[name]})
         return f"{codec} cannot be stored in {Path(path).suffix}; use {' or '.join(holders)}"
     return None

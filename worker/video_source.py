@@ -147,6 +147,7 @@ class VideoFormat:
     # source's values bit for bit.
     scene_linear: bool = False
     highlights: float = 0.0  # of a scene-linear film: the largest share of a sampled frame brighter than white
+    codec: str = ""  # FFmpeg's name of the decoder it needs (h264, hevc, ffv1, prores, dpx, ...)
 
 
 @dataclass(frozen=True)
@@ -697,6 +698,7 @@ def _video_format(stream, frame) -> VideoFormat:
         sample_aspect_ratio=Fraction(stream.sample_aspect_ratio) if stream.sample_aspect_ratio else None,
         field_order=_field_order(codec_context, frame),
         scene_linear=scene_linear,
+        codec=codec_context.name,
     )
 
 

@@ -380,7 +380,7 @@ def _plan_photos(rt: Runtime, record: JobRecord, inputs: list[tuple[str, int]], 
 def _plan_film(rt: Runtime, record: JobRecord, enqueue: Enqueue) -> None:
     spec = record.spec
     film = job_film(rt, spec)
-    options = _film_options(spec)
+    options = _film_options(spec, film)
     if film.is_colour and not spec.options.recolor:
         raise BadInputError(spec.input, "a colour film; set options.recolor to colorize its lightness anyway")
     output = film_output_uri(spec)
@@ -528,10 +528,13 @@ def _colorize_one_photo(rt: Runtime, loaded: _Loaded, uri: str, output: str, scr
 # --- films -------------------------------------------------------------------------------------------------
 
 
-def _film_options(spec: JobSpec) -> dict:
+def _film_options(spec: JobSpec, film: FilmInfo) -> dict:
+    """A film job's smoothing and encoder options, its codec resolved for its film (``EncodeOptions.for_film``):
+    the same in every process, from the job's spec and its film alone."""
+    encode = EncodeOptions(codec=spec.options.codec, crf=spec.options.crf, preset=spec.options.preset)
     return {
         "smoothing": SmoothingOptions(strength=spec.options.smoothing),
-        "encode": EncodeOptions(codec=spec.options.codec, crf=spec.options.crf, preset=spec.options.preset),
+        "encode": encode.for_film(film.video, film_output_uri(spec)),
     }
 
 
@@ -589,11 +592,11 @@ def colorize_segment(rt: Runtime, job_id: str, segment_dict: dict, enqueue: Enqu
 def _colorize_segment(rt: Runtime, spec: JobSpec, segment: Segment, lease: Lease) -> bool:
     """Colorize one segment into the staging area and record it; False if the result was discarded."""
     piece = segment_piece(segment)
-    options = _film_options(spec)
     loaded = rt.colorizer(spec.options.model, spec.options.render_size)
     liveness.progress()
     began = time.perf_counter()
     film = job_film(rt, spec)
+    options = _film_options(spec, film)
     target = frames_target(spec)
     layout = plan_output(film.video, options["encode"]) if target is None else frames_layout(film.video, target)
     # Each holder stages its own file (or folder of frames), named by its lease: a late result can never overwrite
@@ -732,7 +735,8 @@ def _join(rt: Runtime, record: JobRecord, lease: Lease) -> None:
     if target is not None:
         _publish_frames(rt, record, lease, target, segments, parts)
         return
-    options = _film_options(spec)
+    film = job_film(rt, spec)
+    options = _film_options(spec, film)
     suffix = CODECS[options["encode"].codec].segment_suffix
     scratch = rt.scratch(job_id)
     staging = staging_uri(spec, job_id)
@@ -745,7 +749,6 @@ def _join(rt: Runtime, record: JobRecord, lease: Lease) -> None:
         rt.storage.download(join_uri(staging, name), local)
         liveness.progress()
         paths.append(local)
-    film = job_film(rt, spec)
     output = film_output_uri(spec)
     final = scratch / f"output{PurePosixPath(parse_uri(output)[2]).suffix}"
     label, used_size = rt.redis.hmget(f"tinct:job:{job_id}", "model_label", "render_size")

@@ -167,7 +167,8 @@ JOB_SPEC_SCHEMA = {
                 "model": {"type": "string"},
                 "render_size": {"type": ["integer", "null"], "minimum": 32, "maximum": 4096},
                 "smoothing": {"type": "number", "minimum": 0, "maximum": 1},
-                "codec": {"type": "string"},
+                "codec": {"type": "string", "description": "source (the default: each film's own where Tinct "
+                          "writes it, else h264), h264, h265, ffv1 or prores"},
                 "crf": {"type": ["integer", "null"], "minimum": 0, "maximum": 63},
                 "preset": {"type": "string"},
                 "recolor": {"type": "boolean"},
