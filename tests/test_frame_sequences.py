@@ -652,6 +652,41 @@ def test_a_run_of_cineon_frames_is_read_as_the_log_scan_it_is(tmp_path, caplog, 
         find_sequence(run).check_frames()
 
 
+def little_endian_cineon(frame: bytes) -> bytes:
+    """The big-endian Cineon ``frame`` as a little-endian writer stores it: its magic number reversed, the header's
+    words that Tinct reads (the pixels' offset, the size, the padding and the frame rate) byte-swapped, and every
+    32-bit word of pixels."""
+    swapped = bytearray(frame)
+    swapped[0:4] = frame[3::-1]
+    for offset in (4, 200, 204, 684, 688, 1072):
+        swapped[offset:offset + 4] = frame[offset:offset + 4][::-1]
+    (start,) = struct.unpack_from(">I", frame, 4)
+    swapped[start:] = np.frombuffer(frame, ">u4", offset=start).astype("<u4").tobytes()
+    return bytes(swapped)
+
+
+def test_a_little_endian_cineon_run_is_read_and_coloured_as_its_big_endian_twin(tmp_path, tiny_checkpoint):
+    """The Cineon standard is big-endian, but some writers stored the words in their own machine's order, which the
+    magic number says."""
+    big = cineon_run(tmp_path / "big")
+    little = cineon_run(tmp_path / "little")
+    for path in little:
+        path.write_bytes(little_endian_cineon(path.read_bytes()))
+    assert little[0].read_bytes()[:4] == b"\xd7\x5f\x2a\x80"
+    films = [probe_film(str(paths[0].parent / "scan_%07d.cin"), 1 << 30) for paths in (big, little)]
+    assert films[0].video == films[1].video and films[0].fps == films[1].fps
+    layout = frames_layout(films[0].video, FrameTarget.parse(str(tmp_path / "colour" / "c_%07d.dpx")))
+    decoded = [[frame.luma for frame in decode_frames(film, layout.frame, 0, 3)] for film in films]
+    for big_luma, little_luma in zip(*decoded, strict=True):
+        np.testing.assert_array_equal(big_luma, little_luma)
+    for name in ("big", "little"):
+        assert run_cli(tiny_checkpoint, str(tmp_path / name), "-o", str(tmp_path / f"{name}-colour/c_%07d.dpx")) == 0
+    copies = {name: read_frames(tmp_path / f"{name}-colour", [f"c_{FIRST + i:07d}.dpx" for i in range(3)])
+              for name in ("big", "little")}
+    for big_copy, little_copy in zip(copies["big"], copies["little"], strict=True):
+        np.testing.assert_array_equal(big_copy, little_copy)
+
+
 def test_a_log_scan_is_read_as_the_light_its_codes_stand_for_and_coloured_in_its_encoding(tmp_path):
     """The network reads a log scan's lightness as the light its codes stand for (not the flat picture the codes make
     shown as they are), and its colour is written into the copy log-encoded, channel by channel: read back as log,
