@@ -29,6 +29,7 @@ from tests.icc_profiles import (
     with_colorimetric_table,
 )
 from worker import images
+from worker.cli import main
 from worker.errors import BadInputError, InputTooLargeError, PermanentError, UnsupportedMediaError
 from worker.images import (
     COLOUR_THRESHOLD,
@@ -39,6 +40,7 @@ from worker.images import (
     tinct_version,
     write_photo,
 )
+from worker.jpeg2000 import JP2_SIGNATURE
 
 H, W = 48, 64
 LABEL = "effnet_unet@0123456789ab"
@@ -454,6 +456,65 @@ def test_a_bare_jpeg2000_codestream_named_jp2_is_read_at_its_depth(tmp_path: Pat
     source.write_bytes(buffer.getvalue())
     photo = read_photo(source)
     assert photo.bit_depth == 16 and np.abs(photo.L - expected_l(codes)).max() < 1e-3
+
+
+def test_a_jpeg2000_codestream_stored_alone_is_read_at_its_depth_and_its_copy_is_one_too(tmp_path: Path) -> None:
+    """A .j2k or .j2c file holds a codestream without JP2's boxes: its depth is read from its SIZ marker (a 12-bit
+    master's codes mean twelfths, not the sixteenths Pillow shifts them to), and its copy is a codestream too, coded
+    as it was, with its provenance in a comment marker, the one place a codestream has for words."""
+    codes = (gray8().astype(np.uint32) * 4095 // 255 + np.arange(W)[None, :] % 7).astype(np.uint16).clip(0, 4095)
+    pgm = tmp_path / "master.pgm"
+    pgm.write_bytes(f"P5\n{W} {H}\n4095\n".encode() + codes.astype(">u2").tobytes())  # 12-bit samples
+    master = tmp_path / "master.j2k"
+    subprocess.run(["opj_compress", "-i", str(pgm), "-o", str(master)], check=True, capture_output=True)
+    photo = read_photo(master)
+    assert photo.bit_depth == 16 and photo.format == "JPEG2000"
+    as_16_bits = (codes.astype(np.float64) * 65535 / 4095).round().astype(np.uint16)
+    assert np.abs(photo.L - expected_l(as_16_bits)).max() < 0.01
+    access = tmp_path / "access.j2c"
+    Image.fromarray(gray8()).save(tmp_path / "access.pgm")
+    subprocess.run(["opj_compress", "-i", str(tmp_path / "access.pgm"), "-o", str(access), "-I", "-r", "20",
+                    "-t", "64,64"], check=True, capture_output=True)
+    for source in (master, access):
+        photo = read_photo(source)
+        out = tmp_path / f"colour{source.suffix}"
+        write_photo(out, l_as_rgb(photo.L), photo, LABEL)
+        assert out.read_bytes()[:4] == b"\xff\x4f\xff\x51"  # SOC, SIZ: a codestream, not a JP2 file
+        assert opj_coding(out)["qmfbid"] == ("0" if source is access else "1")  # 9/7 or 5/3, as its source
+        assert read_provenance(out).model == LABEL
+        assert np.abs(read_photo(out).L - photo.L).max() < (1.5 if source is access else 0.01)
+    access_copy = opj_coding(tmp_path / "colour.j2c")  # 8 bits: through Pillow, coded as its source was
+    assert access_copy["tdx"] == "64" and access_copy["mct"] == "1"
+
+
+def test_jpx_files_and_bare_codestreams_in_a_folder_are_coloured_under_their_own_names(tmp_path: Path,
+                                                                                      tiny_checkpoint: Path) -> None:
+    """A JPX file (.jpf) is coloured into a JP2 file of its name, which every JPX reader reads; a bare codestream
+    (.j2k) into a codestream. Both were passed over as files of no format Tinct reads."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    buffer = io.BytesIO()
+    Image.fromarray(gray8()).save(buffer, "JPEG2000", irreversible=False)
+    (scans / "master.jpf").write_bytes(buffer.getvalue().replace(b"ftypjp2 \0\0\0\0jp2 ", b"ftypjpx \0\0\0\0jp2 ", 1))
+    Image.fromarray(gray8()).save(scans / "scan.j2k", irreversible=False)  # Pillow writes a codestream by the name
+    tags = json.loads(subprocess.run(["exiftool", "-json", "-FileType", str(scans / "master.jpf")], check=True,
+                                     capture_output=True, text=True).stdout)[0]
+    assert tags["FileType"] == "JPX"
+    assert main(["colorize", str(scans), "-o", str(tmp_path / "colour"), "--model", str(tiny_checkpoint),
+                 "--engine", "torch", "--render-size", "64", "-q"]) == 0
+    jpx, codestream = tmp_path / "colour" / "master.jpf", tmp_path / "colour" / "scan.j2k"
+    assert sorted((tmp_path / "colour").iterdir()) == [jpx, codestream]
+    assert jpx.read_bytes().startswith(JP2_SIGNATURE) and codestream.read_bytes()[:4] == b"\xff\x4f\xff\x51"
+    for copy, source in ((jpx, scans / "master.jpf"), (codestream, scans / "scan.j2k")):
+        assert read_provenance(copy) is not None
+        assert np.abs(read_photo(copy).L - read_photo(source).L).mean() < 0.5  # its lightness, in colour
+    # A JPX file laid out for JPX readers alone, its header in JPX's own boxes, says so (OpenJPEG only said that a
+    # read came up short).
+    jpx_only = tmp_path / "jpx-only.jpf"
+    jpx_only.write_bytes((scans / "master.jpf").read_bytes().replace(b"jp2h", b"jpxh", 1))
+    with pytest.raises(UnsupportedMediaError, match=r"jpx-only.jpf: a JPX file without a JP2 header box \(jp2h\), "
+                       r"which Tinct cannot read; save it as JP2$"):
+        read_photo(jpx_only)
 
 
 def test_recolorizing_a_result_replaces_the_old_provenance(tmp_path: Path) -> None:

@@ -33,7 +33,8 @@ from worker.storage import MB, Storage, normalize_uri
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".jpf", ".jpx", ".j2k", ".j2c",
+                  ".jpc"}
 # Larger objects under an S3 prefix are skipped, not read into memory: training keeps a ~200 px copy of each.
 MAX_PHOTO_BYTES = 512 * MB
 

@@ -58,7 +58,14 @@ from worker.icc import (
     rgb_space,
     sample_curve,
 )
-from worker.jpeg2000 import Jp2Boxes, copy_options, read_jp2_boxes, with_jp2_metadata
+from worker.jpeg2000 import (
+    Jp2Boxes,
+    bare_codestream,
+    copy_options,
+    lacks_jp2_header,
+    read_jp2_boxes,
+    with_jp2_metadata,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +74,21 @@ logger = logging.getLogger(__name__)
 # two cores, 3.5 MP/s on both (``tools bench --photo-format jp2``). A value set by the user is kept.
 os.environ.setdefault("OPJ_NUM_THREADS", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                               else os.cpu_count() or 1))
+# OpenCV prints its warnings raw to stderr, naming no file; those its image codecs give here are about what Tinct
+# handles itself (a bare JPEG 2000 codestream names no colour space, and is taken as sRGB, as OpenCV says it does).
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 #: File extensions Tinct reads and writes, and the Pillow format name behind each.
 EXTENSION_FORMATS: dict[str, str] = {
     ".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".jfif": "JPEG",
-    ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP", ".bmp": "BMP", ".jp2": "JPEG2000",
+    ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP", ".bmp": "BMP",
+    ".jp2": "JPEG2000", ".jpf": "JPEG2000", ".jpx": "JPEG2000", ".j2k": "JPEG2000", ".j2c": "JPEG2000",
+    ".jpc": "JPEG2000",
 }
+#: JPEG 2000 codestreams stored alone, without JP2's boxes: a result so named is one too, and so carries no
+#: profile (it is written in sRGB), EXIF, XMP nor resolution, and its provenance in a comment marker. A JPX file's
+#: (.jpf) is written as JP2, which every JPX reader reads.
+CODESTREAM_SUFFIXES = frozenset({".j2k", ".j2c", ".jpc"})
 #: The extension used when a format has to be turned back into a file name.
 FORMAT_EXTENSIONS: dict[str, str] = {"JPEG": ".jpg", "PNG": ".png", "TIFF": ".tif", "WEBP": ".webp", "BMP": ".bmp",
                                      "JPEG2000": ".jp2"}
@@ -378,13 +394,28 @@ def _decode_errors(path: Path) -> Iterator[None]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InputTooLargeError(path, str(exc)) from exc
     except OSError as exc:
+        _refuse_jpx_without_jp2_header(path)
         raise _os_error(path, exc, "cannot decode") from exc
     except (SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, ZeroDivisionError,
             struct.error, zlib.error, cv2.error, ImageCms.PyCMSError) as exc:
         # Pillow's format plugins report corrupt structures with all of these.
+        _refuse_jpx_without_jp2_header(path)
         raise BadInputError(path, f"corrupt image data ({type(exc).__name__}: {exc})") from exc
     finally:
         _picture_read.reset(reading)
+
+
+def _refuse_jpx_without_jp2_header(path: Path) -> None:
+    """Name what OpenJPEG's failure on a JPX file that holds no JP2 header box means (it says only that a read came
+    up short)."""
+    try:
+        with open(path, "rb") as f:
+            lacking = lacks_jp2_header(f)
+    except OSError:
+        return
+    if lacking:
+        raise UnsupportedMediaError(path, "a JPX file without a JP2 header box (jp2h), which Tinct cannot read; save "
+                                          "it as JP2") from None
 
 
 def _os_error(path: Path, exc: OSError, what: str) -> BadInputError | StorageError:
@@ -996,8 +1027,9 @@ def read_provenance(path: str | os.PathLike) -> Provenance | None:
     with _own_pixel_limit(), _decode_errors(Path(path)), open_image(path) as im:
         exif = im.getexif()
         texts = getattr(im, "text", {}) if im.format == "PNG" else {}
+        comment = im.info.get("comment") if im.format == "JPEG2000" else None  # a bare codestream's only words
         software = str(texts.get("Software") or _text(exif.get(_SOFTWARE)))
-        description = str(texts.get("Description") or _text(exif.get(_IMAGE_DESCRIPTION)))
+        description = str(texts.get("Description") or _text(exif.get(_IMAGE_DESCRIPTION)) or _text(comment))
     match = _PROVENANCE.search(description)
     if not match and not software.startswith("Tinct"):
         return None
@@ -1049,13 +1081,15 @@ def write_photo(
         if fmt not in ALPHA_FORMATS:
             rgb = rgb * alpha[..., None] + (1.0 - alpha[..., None])
             alpha = None
-    space = rgb_space(like.icc_profile) if fmt != "BMP" else None  # BMP results carry no profile: they stay sRGB
+    codestream = fmt == "JPEG2000" and path.suffix.lower() in CODESTREAM_SUFFIXES
+    # BMP results and bare codestreams carry no profile: they stay sRGB.
+    space = rgb_space(like.icc_profile) if fmt != "BMP" and not codestream else None
     if space is not None:
         rgb = _to_space(rgb, space)
     bits = 16 if like.bit_depth == 16 and fmt in SIXTEEN_BIT_FORMATS else 8
     pixels = _quantize(rgb if alpha is None else np.concatenate((rgb, alpha[..., None]), axis=2), bits)
     software, description = f"Tinct {tinct_version()}", provenance_text(provenance, guidance)
-    encode = _encoder_for(fmt, bits, pixels, like, description, software)
+    encode = _encoder_for(fmt, bits, pixels, like, description, software, codestream)
     try:
         with atomic_output(path) as f:
             encode(f)
@@ -1090,15 +1124,18 @@ def _quantize(values: np.ndarray, bits: int) -> np.ndarray:
 
 
 def _encoder_for(
-    fmt: str, bits: int, pixels: np.ndarray, like: Photo, description: str, software: str
+    fmt: str, bits: int, pixels: np.ndarray, like: Photo, description: str, software: str, codestream: bool = False
 ) -> Callable[[BinaryIO], None]:
     hints = like.encoder if fmt == like.format else {}
     exif = _tagged_exif(like, description, software)
     texts = {**like.text, "Software": software, "Description": _described(like.text.get("Description"), description)}
     if bits == 16 and fmt == "PNG":
         return lambda f: f.write(_png16(pixels, _exif_bytes(exif), like, texts))
+    if fmt == "JPEG2000" and codestream:
+        return lambda f: f.write(bare_codestream(_jp2(pixels, hints), comment=description))
     if fmt == "JPEG2000":
-        return lambda f: f.write(_jp2(pixels, _exif_bytes(exif), like, hints))
+        return lambda f: f.write(with_jp2_metadata(_jp2(pixels, hints), icc=like.icc_profile, exif=_exif_bytes(exif),
+                                                   xmp=like.xmp, dpi=like.dpi))
     if fmt == "TIFF":
         return lambda f: _write_tiff(f, pixels, exif, like, hints)
     image = Image.fromarray(pixels, "RGBA" if pixels.shape[2] == 4 else "RGB")
@@ -1129,12 +1166,12 @@ def _encoder_for(
     return lambda f: image.save(f, format=fmt, **options)
 
 
-def _jp2(pixels: np.ndarray, exif: bytes, like: Photo, hints: dict[str, Any]) -> bytes:
-    """RGB or RGBA ``pixels`` (8 or 16-bit) as a JP2 file with the source's profile, EXIF, XMP and resolution in its
-    boxes: lossless (the reversible 5/3 wavelet, as masters are kept), or, from a lossy JP2 source (``hints``, an
-    access copy), the irreversible 9/7 at the source's compression. OpenJPEG encodes through Pillow at 8 bits, coded
-    as the source was (``worker.jpeg2000.copy_options``), and through OpenCV at 16 (Pillow holds no 16-bit RGB),
-    which takes no option but the rate; neither writes those boxes, which ``worker.jpeg2000`` adds."""
+def _jp2(pixels: np.ndarray, hints: dict[str, Any]) -> bytes:
+    """RGB or RGBA ``pixels`` (8 or 16-bit) as a JP2 file: lossless (the reversible 5/3 wavelet, as masters are
+    kept), or, from a lossy JPEG 2000 source (``hints``, an access copy), the irreversible 9/7 at the source's
+    compression. OpenJPEG encodes through Pillow at 8 bits, coded as the source was
+    (``worker.jpeg2000.copy_options``), and through OpenCV at 16 (Pillow holds no 16-bit RGB), which takes no option
+    but the rate. Neither writes the source's profile, EXIF, XMP or resolution, which ``worker.jpeg2000`` adds."""
     lossless = hints.get("lossless", True)
     compression = hints.get("compression")
     if pixels.dtype == np.uint16:
@@ -1144,13 +1181,11 @@ def _jp2(pixels: np.ndarray, exif: bytes, like: Photo, hints: dict[str, Any]) ->
                                    [cv2.IMWRITE_JPEG2000_COMPRESSION_X1000, rate])
         if not ok:
             raise OSError(f"OpenCV could not encode a {pixels.shape[1]}x{pixels.shape[0]} 16-bit JPEG 2000 image")
-        data = encoded.tobytes()
-    else:
-        buffer = io.BytesIO()
-        options = copy_options(hints.get("coding"), (pixels.shape[1], pixels.shape[0]), lossless, compression)
-        Image.fromarray(pixels, "RGBA" if pixels.shape[2] == 4 else "RGB").save(buffer, format="JPEG2000", **options)
-        data = buffer.getvalue()
-    return with_jp2_metadata(data, icc=like.icc_profile, exif=exif, xmp=like.xmp, dpi=like.dpi)
+        return encoded.tobytes()
+    buffer = io.BytesIO()
+    options = copy_options(hints.get("coding"), (pixels.shape[1], pixels.shape[0]), lossless, compression)
+    Image.fromarray(pixels, "RGBA" if pixels.shape[2] == 4 else "RGB").save(buffer, format="JPEG2000", **options)
+    return buffer.getvalue()
 
 
 def _tiff_directory(tags: dict[int, Any], like: Photo) -> TiffImagePlugin.ImageFileDirectory_v2:

@@ -39,7 +39,10 @@ _METRES_PER_INCH = 0.0254
 # the default coding: its style (bit 0: precinct sizes follow), progression order, quality layers, multiple-component
 # transform, wavelet levels, code-block size, and the wavelet itself: 0 the irreversible 9/7 (lossy), 1 the reversible
 # 5/3 (lossless, as masters are kept). A tile-part header (SOT to SOD) may list its packets' lengths (PLT).
-_SOC, _SIZ, _COD, _PLT, _SOT, _SOD = 0xFF4F, 0xFF51, 0xFF52, 0xFF58, 0xFF90, 0xFF93
+_SOC, _SIZ, _COD, _PLT, _COM, _SOT, _SOD = 0xFF4F, 0xFF51, 0xFF52, 0xFF58, 0xFF64, 0xFF90, 0xFF93
+_BARE_CODESTREAM = b"\xff\x4f\xff\x51"  # a file that starts with SOC and SIZ: a codestream stored alone
+_SIZ_COMPONENTS = 40  # in a codestream, where SIZ's component count is: after SOC, SIZ's marker, length and grid
+_COM_LATIN = 1  # a comment marker's registration value for text in ISO 8859-15
 PROGRESSIONS = ("LRCP", "RLCP", "RPCL", "PCRL", "CPRL")
 _MAIN_HEADER_BYTES = 1 << 16  # read of a codestream for its main header and its first tile-part header's
 _MAX_LAYERS = 100  # OpenJPEG codes at most 100 quality layers
@@ -95,10 +98,15 @@ class Coding:
 
 
 def read_jp2_boxes(f: BinaryIO) -> Jp2Boxes | None:
-    """What the boxes of the JP2 file open as ``f`` say, read box by box (the codestream is skipped, not read);
-    None if it is not a JP2 file or says no depth. Boxes cut short are read as far as they go."""
+    """What the boxes of the JP2 (or JPX) file open as ``f`` say, read box by box (the codestream is skipped, not
+    read); for a codestream stored alone (``.j2k``), what its main header says. None if it is neither, or says no
+    depth. Boxes cut short are read as far as they go."""
     f.seek(0)
-    if f.read(len(JP2_SIGNATURE)) != JP2_SIGNATURE:
+    signature = f.read(len(JP2_SIGNATURE))
+    if signature.startswith(_BARE_CODESTREAM):
+        f.seek(0)
+        return _bare_codestream(f.read(_MAIN_HEADER_BYTES), f.seek(0, 2))
+    if signature != JP2_SIGNATURE:
         return None
     depths: list[int] = []
     icc = exif = xmp = xml_xmp = coding = compression = dpi = None
@@ -146,6 +154,32 @@ def read_jp2_boxes(f: BinaryIO) -> Jp2Boxes | None:
     return Jp2Boxes(bits=bits, signed=any(d & 0x80 for d in depths), icc=icc, exif=exif, xmp=xmp or xml_xmp,
                     coding=coding, compression=compression and compression * (1 if bits <= 8 else 2),
                     dpi=dpi)
+
+
+def lacks_jp2_header(f: BinaryIO) -> bool:
+    """Whether the file open as ``f`` is of JP2's family but holds no JP2 header box (``jp2h``): a JPX file laid out
+    for JPX readers alone (its header in JPX's own boxes), which JP2 readers, OpenJPEG's among them, cannot read."""
+    f.seek(0)
+    if f.read(len(JP2_SIGNATURE)) != JP2_SIGNATURE:
+        return False
+    return all(kind != b"jp2h" for kind, _, _ in file_boxes(f, len(JP2_SIGNATURE)))
+
+
+def _bare_codestream(main_header: bytes, length: int) -> Jp2Boxes | None:
+    """What a codestream stored alone says in its main header (``main_header``, of a file of ``length`` bytes): its
+    components' depths, after SIZ's grid (coded as JP2's header codes them: bit 7 signed, then the depth less one),
+    and its coding. It has no boxes: no profile, EXIF, XMP or resolution."""
+    if len(main_header) < _SIZ_COMPONENTS + 2:
+        return None
+    (components,) = struct.unpack_from(">H", main_header, _SIZ_COMPONENTS)
+    depths = main_header[_SIZ_COMPONENTS + 2:_SIZ_COMPONENTS + 2 + 3 * components:3]
+    coding = read_coding(main_header)
+    if not components or len(depths) < components or coding is None:
+        return None
+    bits = max((d & 0x7F) + 1 for d in depths)
+    samples = coding.size[0] * coding.size[1] * components
+    return Jp2Boxes(bits=bits, signed=any(d & 0x80 for d in depths), coding=coding,
+                    compression=samples / length * (1 if bits <= 8 else 2))
 
 
 def _dpi(resolution: bytes) -> tuple[float, float] | None:
@@ -258,6 +292,20 @@ def with_jp2_metadata(data: bytes, icc: bytes | None = None, exif: bytes | None 
     if xmp:
         out.append(box(b"uuid", XMP_UUID + xmp))
     return b"".join(out)
+
+
+def bare_codestream(data: bytes, comment: str | None = None) -> bytes:
+    """The codestream of the JP2 file ``data`` (its ``jp2c`` box) stored alone, as ``.j2k`` files hold one, with
+    ``comment`` in a comment marker (COM) after SIZ: a codestream has no boxes, and so no other place for words. No
+    offset in a codestream counts from its start (tile-parts give their own lengths), so a marker can go in."""
+    codestream = next(contents for kind, contents in boxes_in(data[len(JP2_SIGNATURE):]) if kind == b"jp2c")
+    if not comment:
+        return codestream
+    text = comment.encode("iso-8859-15", "replace")[:0xFFFF - 4]
+    (siz_length,) = struct.unpack_from(">H", codestream, 4)
+    after_siz = 4 + siz_length
+    return (codestream[:after_siz] + struct.pack(">HHH", _COM, 4 + len(text), _COM_LATIN) + text
+            + codestream[after_siz:])
 
 
 def _capture_resolution(dpi: tuple[float, float]) -> bytes:

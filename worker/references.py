@@ -13,7 +13,7 @@ hashed when the job is submitted (:func:`seal_references`: the hash enters the j
 new job), the times placed in the film by the job's planner and every segment's worker (:func:`load_job_references`).
 ``tinct bulk`` finds them beside a film in its sidecar folder, ``<film file name>.references/``, one picture per
 reference named by its time: ``12.5.png`` (seconds) or ``frame_300.png`` (``frame:N``; also .jpg, .jpeg, .webp,
-.tif, .tiff, .jp2).
+.tif, .tiff, and JPEG 2000: .jp2, .jpf, .j2k and the rest).
 
 Every problem is a :class:`ReferenceError` whose one line names the film or image and the field: a time outside
 the film, a frame that does not exist, a picture that is missing, too large, does not decode or is gray, two
@@ -52,7 +52,8 @@ from worker.video_source import FilmInfo, FrameLayout, decode_frames
 _LIMITS = GuidanceLimits()
 MAX_REFERENCE_PIXELS = 8192 * 4352
 REFERENCES_SUFFIX = ".references"  # a film's sidecar folder: <film file name>.references/
-PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".jp2")  # an archive's colour still too
+# An archive's colour still too: TIFF, or JPEG 2000 in any of its files.
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".jp2", ".jpf", ".jpx", ".j2k", ".j2c", ".jpc")
 _FRAME = re.compile(r"frame:(\d+)")
 _SIDECAR_FRAME = re.compile(r"frame_(\d+)")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
