@@ -114,6 +114,35 @@ def test_mkv_film_luma_is_bit_exact_and_audio_subtitles_copied(tmp_path, tiny_ch
     assert out.tag("title") == "Reel two"
 
 
+def test_a_further_video_stream_is_copied_as_it_is_beside_the_coloured_one(tmp_path, tiny_checkpoint):
+    """A film with a second video stream (another angle, a preview) is coloured in its first and keeps the second
+    packet for packet. The join had taken the copy's timestamps for the coloured stream's, and failed the film as
+    "segments cannot be joined"."""
+    reel = bw_clip(tmp_path / "reel.mkv", frames=16, audio="flac")  # H.264 with B-frames
+    angle = bw_clip(tmp_path / "angle.mkv", frames=16, size=(48, 32))
+    source = tmp_path / "two-angles.mkv"
+    with av.open(str(reel.path)) as first, av.open(str(angle.path)) as second, av.open(str(source), "w") as out:
+        streams = [(container, stream, out.add_stream_from_template(stream))
+                   for container in (first, second) for stream in container.streams]
+        packets = [(packet, copy) for container, stream, copy in streams
+                   for packet in container.demux(stream) if packet.size]
+        def when(item) -> float:
+            packet = item[0]
+            return float((packet.dts if packet.dts is not None else packet.pts) * packet.time_base)
+
+        for packet, copy in sorted(packets, key=when):
+            packet.stream = copy
+            out.mux(packet)
+    before = probe(source)
+    assert [s.type for s in before.streams] == ["video", "audio", "video"]
+    output = tmp_path / "out.mkv"
+    assert run_cli(tiny_checkpoint, str(source), "-o", str(output), "--segment-seconds", "0.25") == 0
+    after = probe(output)
+    assert after.video.frame_count == 16 and after.video.pts == before.video.pts and is_coloured(output)
+    assert [(s.type, s.payload_sha256) for s in after.streams[1:]] == [
+        (s.type, s.payload_sha256) for s in before.streams[1:]]
+
+
 @pytest.mark.parametrize("pix_fmt, out_depth, codec", [
     ("yuv420p10le", 10, "ffv1"), ("gray", 8, "ffv1"), ("gray10le", 10, "ffv1"), ("gray12le", 12, "ffv1"),
     ("gray16le", 16, "ffv1"),

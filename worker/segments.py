@@ -125,7 +125,7 @@ def join_segments(
                 _drop_untimable_timecode(out, video_out, film)
                 packets = heapq.merge(_segment_packets(segments, video_out), _source_packets(source, copies),
                                       key=lambda item: item[0])
-                _mux_all(out, packets, film, _clock_start(film, source))
+                _mux_all(out, packets, film, _clock_start(film, source), video_out)
         except av.FFmpegError as exc:
             if exc.filename != os.fspath(tmp):
                 raise  # reading the source or a segment failed: not a matter of the output
@@ -360,7 +360,11 @@ def _clock_start(film: FilmInfo, source) -> Fraction:
     return Fraction(source.start_time, av.time_base)
 
 
-def _mux_all(out, packets: Iterator[tuple[Fraction, object, object]], film: FilmInfo, start: Fraction) -> None:
+def _mux_all(out, packets: Iterator[tuple[Fraction, object, object]], film: FilmInfo, start: Fraction,
+             colour) -> None:
+    """Mux ``packets`` into ``out``, each shifted back by ``start``; the decode timestamps of ``colour``, the stream
+    the segments were joined into, kept rising across their boundaries. A further video stream of the source
+    (another angle, a preview) is a copy whose timestamps are its own."""
     out.start_encoding()  # the muxer fixes each stream's time base when it writes the header
     last_video_dts = None
     shifts = {stream: round(start / stream.time_base) for stream in out.streams}  # in each stream's time base
@@ -369,7 +373,7 @@ def _mux_all(out, packets: Iterator[tuple[Fraction, object, object]], film: Film
         if shifts[stream]:
             packet.pts = None if packet.pts is None else packet.pts - shifts[stream]
             packet.dts = None if packet.dts is None else packet.dts - shifts[stream]
-        if stream.type == "video" and packet.dts is not None:
+        if stream is colour and packet.dts is not None:
             # Each segment's encoder starts its decode timestamps a few frames early (the B-frame delay); at a
             # boundary that can fall at or before the previous segment's last one, in the output's time base.
             # Nudged forward a tick at a time, they stay at or before their frame's pts, which is what matters.
