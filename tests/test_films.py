@@ -143,6 +143,39 @@ def test_a_further_video_stream_is_copied_as_it_is_beside_the_coloured_one(tmp_p
         (s.type, s.payload_sha256) for s in before.streams[1:]]
 
 
+def with_attachment(clip: Path, path: Path, name: str, mimetype: str, data: bytes) -> Path:
+    """``clip`` remuxed into the Matroska file ``path`` with a file attached, as a font or a note is attached."""
+    with av.open(str(clip)) as source, av.open(str(path), "w") as out:
+        copies = {stream.index: out.add_stream_from_template(stream) for stream in source.streams}
+        out.add_attachment(name, mimetype, data)
+        for packet in source.demux():
+            if packet.size:
+                packet.stream = copies[packet.stream.index]
+                out.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_files_attached_to_a_film_go_with_its_matroska_copy_and_are_said_left_out_elsewhere(tmp_path,
+                                                                                              tiny_checkpoint,
+                                                                                              caplog, suffix):
+    """Matroska films carry attached files: the fonts their ASS subtitles are drawn in, notes. They were dropped
+    without a word."""
+    font = b"\x00\x01\x00\x00 a font's bytes"
+    source = with_attachment(bw_clip(tmp_path / "reel.mkv", frames=8).path, tmp_path / "attached.mkv",
+                             "Archive Serif.ttf", "application/x-truetype-font", font)
+    output = tmp_path / f"out{suffix}"
+    assert run_cli(tiny_checkpoint, str(source), "-o", str(output)) == 0
+    with av.open(str(output)) as copy:
+        attached = [(s.name, s.mimetype, bytes(s.data)) for s in copy.streams if s.type == "attachment"]
+    if suffix == ".mkv":
+        assert attached == [("Archive Serif.ttf", "application/x-truetype-font", font)]
+    else:
+        assert attached == []
+        said = "its attached file Archive Serif.ttf (stream #1) is left out: only a .mkv copy can keep it"
+        assert said in caplog.text
+
+
 @pytest.mark.parametrize("pix_fmt, out_depth, codec", [
     ("yuv420p10le", 10, "ffv1"), ("gray", 8, "ffv1"), ("gray10le", 10, "ffv1"), ("gray12le", 12, "ffv1"),
     ("gray16le", 16, "ffv1"),

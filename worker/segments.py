@@ -225,7 +225,8 @@ def _add_copies(out, film: FilmInfo, source, output, report: bool = True) -> dic
     for info in film.other_streams:
         src = stream_by_index(source, info.index)
         if src.type == "attachment":
-            continue  # fonts of ASS subtitles: FFmpeg's muxers take them only as attachments
+            _carry_attachment(out, film, src, report)
+            continue
         if src.disposition & av.stream.Disposition.attached_pic:
             _carry_cover(out, film, src, info.codec, report)
             continue
@@ -249,6 +250,18 @@ def _add_copies(out, film: FilmInfo, source, output, report: bool = True) -> dic
         _copy_stream_tags(src, dst)
         copies[info.index] = dst
     return copies
+
+
+def _carry_attachment(out, film: FilmInfo, src, report: bool) -> None:
+    """A file attached to a Matroska film (the fonts its ASS subtitles are drawn in, notes, a checksum list) is
+    attached to its .mkv copy, as it was. MP4 and MOV have no place for one: there it is left out, and said so."""
+    name = src.name or f"attachment-{src.index}"
+    if out.format.name != "matroska":
+        if report:
+            logger.warning("%s: its attached file %s (stream #%d) is left out: only a .mkv copy can keep it",
+                           film.path, name, src.index)
+        return
+    out.add_attachment(name, src.mimetype or "application/octet-stream", bytes(src.data or b""))
 
 
 def _carry_cover(out, film: FilmInfo, src, codec: str, report: bool) -> None:
