@@ -130,6 +130,16 @@ def bt709_from_primaries(chromaticities) -> np.ndarray:
     return np.linalg.inv(bt709) @ adapt @ plate
 
 
+BT2020_CHROMATICITIES = (0.708, 0.292, 0.170, 0.797, 0.131, 0.046, 0.3127, 0.3290)  # UHD and HDR video's
+
+
+@lru_cache(maxsize=1)
+def bt2020_from_bt709() -> np.ndarray:
+    """The 3x3 matrix from linear BT.709 RGB to linear BT.2020 RGB (both D65): where a colour in sRGB's primaries
+    lies among UHD video's wider ones."""
+    return np.linalg.inv(xyz_from_primaries(BT2020_CHROMATICITIES)) @ xyz_from_primaries(BT709_CHROMATICITIES)
+
+
 def same_primaries(chromaticities, other, tolerance: float = 1e-3) -> bool:
     """Whether two sets of chromaticities are the same primaries and white, to the rounding files write them with."""
     return bool(np.abs(np.subtract(chromaticities, other)).max() <= tolerance)
@@ -314,6 +324,111 @@ def log_luma_to_l_table(bit_depth: int, subdivisions: int = 1) -> np.ndarray:
     that of the light it stands for, not of the flat picture the codes make shown as they are."""
     codes = torch.arange(((1 << bit_depth) - 1) * subdivisions + 1, dtype=torch.float64) / subdivisions
     return luminance_to_l(cineon_to_linear(codes, bit_depth).clamp(max=1.0)).to(torch.float32).numpy()
+
+
+# --- HDR video (ITU-R BT.2100) ------------------------------------------------------------------------------------
+
+# Light relative to HDR reference white, as BT.2408 places it (a white page, graphics white): 203 nits, which PQ codes
+# absolutely and HLG at 75 % of its signal on a 1000-nit display. Lightness 100 is reference white, as it is the white
+# of an SDR picture; highlights above it are brighter than white.
+HDR_REFERENCE_WHITE_NITS = 203.0
+_PQ_PEAK_NITS = 10000.0
+_PQ_M1, _PQ_M2 = 2610.0 / 16384.0, 2523.0 / 4096.0 * 128.0
+_PQ_C1, _PQ_C2, _PQ_C3 = 3424.0 / 4096.0, 2413.0 / 4096.0 * 32.0, 2392.0 / 4096.0 * 32.0
+_HLG_A, _HLG_B, _HLG_C = 0.17883277, 0.28466892, 0.55991073
+_HLG_PEAK_NITS, _HLG_SYSTEM_GAMMA = 1000.0, 1.2  # BT.2100's reference display, and its OOTF's gamma there
+
+
+def pq_to_linear(signal: torch.Tensor) -> torch.Tensor:
+    """PQ signal values (SMPTE ST 2084, [0, 1]) -> light relative to HDR reference white. Any shape."""
+    power = signal.to(torch.float64).clamp(0.0, 1.0) ** (1.0 / _PQ_M2)
+    nits = _PQ_PEAK_NITS * ((power - _PQ_C1).clamp(min=0.0) / (_PQ_C2 - _PQ_C3 * power)) ** (1.0 / _PQ_M1)
+    return nits / HDR_REFERENCE_WHITE_NITS
+
+
+def linear_to_pq(light: torch.Tensor) -> torch.Tensor:
+    """Light relative to HDR reference white -> PQ signal values in [0, 1]: the inverse of ``pq_to_linear``."""
+    y = (light.to(torch.float64) * (HDR_REFERENCE_WHITE_NITS / _PQ_PEAK_NITS)).clamp(0.0, 1.0) ** _PQ_M1
+    return ((_PQ_C1 + _PQ_C2 * y) / (1.0 + _PQ_C3 * y)) ** _PQ_M2
+
+
+def _hlg_scene(signal: torch.Tensor) -> torch.Tensor:
+    """HLG signal values -> scene light in [0, 1] (the inverse of HLG's OETF)."""
+    signal = signal.to(torch.float64).clamp(0.0, 1.0)
+    return torch.where(signal <= 0.5, signal ** 2 / 3.0,
+                       (torch.exp((signal.clamp(min=0.5) - _HLG_C) / _HLG_A) + _HLG_B) / 12.0)
+
+
+def _hlg_signal(scene: torch.Tensor) -> torch.Tensor:
+    """Scene light in [0, 1] -> HLG signal values (HLG's OETF)."""
+    scene = scene.clamp(0.0, 1.0)
+    return torch.where(scene <= 1.0 / 12.0, torch.sqrt(3.0 * scene),
+                       _HLG_A * torch.log((12.0 * scene).clamp(min=1.0) - _HLG_B) + _HLG_C)
+
+
+def hlg_to_linear(signal: torch.Tensor) -> torch.Tensor:
+    """HLG signal values of BT.2020 R'G'B' ``(..., 3, H, W)`` -> their light on BT.2100's 1000-nit reference display,
+    relative to HDR reference white: the OETF's inverse, then the OOTF, which scales each colour by a power of its
+    scene luminance. The inverse of ``linear_to_hlg``."""
+    scene = _hlg_scene(signal)
+    kr, kb = YCBCR_WEIGHTS["bt2020"]
+    luminance = kr * scene[..., 0, :, :] + (1.0 - kr - kb) * scene[..., 1, :, :] + kb * scene[..., 2, :, :]
+    gain = _HLG_PEAK_NITS * luminance.clamp(min=1e-12) ** (_HLG_SYSTEM_GAMMA - 1.0) / HDR_REFERENCE_WHITE_NITS
+    return scene * gain[..., None, :, :]
+
+
+def hlg_gray_to_linear(signal: torch.Tensor) -> torch.Tensor:
+    """HLG signal values of a gray (R = G = B) -> its light on BT.2100's 1000-nit reference display, relative to HDR
+    reference white: the OOTF raises a neutral's scene light to the system gamma. Any shape."""
+    return _HLG_PEAK_NITS * _hlg_scene(signal) ** _HLG_SYSTEM_GAMMA / HDR_REFERENCE_WHITE_NITS
+
+
+def linear_to_hlg(rgb: torch.Tensor) -> torch.Tensor:
+    """Display light of BT.2020 RGB ``(..., 3, H, W)``, relative to HDR reference white -> HLG signal values: the
+    inverse of the reference display's OOTF, which scales each colour by a power of its luminance, then the OETF."""
+    nits = rgb.to(torch.float64).clamp(min=0.0) * HDR_REFERENCE_WHITE_NITS
+    kr, kb = YCBCR_WEIGHTS["bt2020"]
+    luminance = kr * nits[..., 0, :, :] + (1.0 - kr - kb) * nits[..., 1, :, :] + kb * nits[..., 2, :, :]
+    scene_luminance = (luminance / _HLG_PEAK_NITS).clamp(min=1e-12) ** (1.0 / _HLG_SYSTEM_GAMMA)
+    scene = nits / (_HLG_PEAK_NITS * scene_luminance[..., None, :, :] ** (_HLG_SYSTEM_GAMMA - 1.0))
+    return _hlg_signal(scene)
+
+
+def hdr_luma_to_l_table(transfer: str, bit_depth: int, full_range: bool, subdivisions: int = 1) -> np.ndarray:
+    """``luma_to_l_table`` for HDR video of ``transfer`` ("pq" or "hlg"): a gray code's lightness is that of the light
+    it stands for, reference white at 100 (highlights above it clip there), not that of the dark, flat picture its
+    codes make on an SDR display."""
+    offset, scale, _, _ = _code_range(bit_depth, full_range)
+    codes = torch.arange(((1 << bit_depth) - 1) * subdivisions + 1, dtype=torch.float64) / subdivisions
+    signal = ((codes - offset) / scale).clamp(0.0, 1.0)
+    light = pq_to_linear(signal) if transfer == "pq" else hlg_gray_to_linear(signal)
+    return luminance_to_l(light.clamp(max=1.0)).to(torch.float32).numpy()
+
+
+def srgb_to_video_rgb(rgb: torch.Tensor, transfer: str | None, bt2020: bool) -> torch.Tensor:
+    """sRGB ``(..., 3, H, W)`` in [0, 1] (a colour from ``lab_to_rgb``, white at reference white) -> the R'G'B' signal
+    values of video of ``transfer`` ("pq", "hlg", or None for SDR, whose curve is taken as sRGB's, as its luma is read)
+    and of BT.2020's primaries where ``bt2020`` (else BT.709's): the colour as that video holds it, so a gray keeps
+    its own code and a colour shows as the one chosen."""
+    if transfer is None and not bt2020:
+        return rgb
+    linear = srgb_to_linear(rgb.to(torch.float64))
+    if bt2020:
+        matrix = torch.from_numpy(bt2020_from_bt709()).to(linear.device)
+        linear = torch.einsum("ij,...jhw->...ihw", matrix, linear)
+    if transfer == "pq":
+        return linear_to_pq(linear)
+    if transfer == "hlg":
+        return linear_to_hlg(linear)
+    return linear_to_srgb(linear.clamp(0.0, 1.0))
+
+
+def srgb_to_video_rgb_np(rgb: np.ndarray, transfer: str | None, bt2020: bool) -> np.ndarray:
+    """``srgb_to_video_rgb`` for the film path's float32 ``(H, W, 3)`` frames."""
+    if transfer is None and not bt2020:
+        return rgb
+    planes = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)
+    return srgb_to_video_rgb(planes, transfer, bt2020).permute(1, 2, 0).to(torch.float32).numpy()
 
 
 def luma_code_table(bit_depth: int, full_range: bool, out_depth: int, out_full_range: bool) -> np.ndarray:

@@ -21,20 +21,26 @@ from models.color import (
     ab_bins,
     ab_bins_np,
     ab_histogram,
+    bt2020_from_bt709,
     cineon_to_linear,
     decode_ab,
     gray_to_l,
+    hlg_gray_to_linear,
+    hlg_to_linear,
     l_to_gray,
     lab_to_rgb,
     lab_to_rgb_fast_np,
     lab_to_rgb_np,
     linear_to_cineon,
+    linear_to_hlg,
+    linear_to_pq,
     log_luma_to_l_table,
     luma_code_table,
     luma_to_l_table,
     merge_l_ab,
     n_ab_bins,
     normalize_l,
+    pq_to_linear,
     quantize_ab,
     rebalance_weights,
     rgb_to_chroma_np,
@@ -430,3 +436,19 @@ def test_cineon_log_codes_round_trip_and_the_film_paths_table_keeps_a_gray_its_o
     written = srgb_to_cineon_np(gray) * 1023
     assert np.abs(written[95:686] - np.arange(95, 686)).max() < 0.25
 
+
+
+def test_hdr_transfers_place_reference_white_where_bt2408_does_and_invert_exactly():
+    """PQ codes light absolutely: HDR reference white, 203 nits, is its 58 % signal; HLG places it at 75 % on the
+    1000-nit reference display. Each curve inverts its inverse, HLG's colour by colour through its OOTF."""
+    assert float(linear_to_pq(torch.tensor(1.0))) == pytest.approx(0.5807, abs=1e-4)
+    assert float(pq_to_linear(torch.tensor(1.0))) == pytest.approx(10000 / 203)  # PQ's peak, 10,000 nits
+    assert float(hlg_gray_to_linear(torch.tensor(0.75))) == pytest.approx(1.0, abs=2e-3)
+    light = torch.rand(2, 3, 4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2  # 406 nits
+    torch.testing.assert_close(pq_to_linear(linear_to_pq(light)), light)
+    torch.testing.assert_close(hlg_to_linear(linear_to_hlg(light)), light)
+    gray = torch.full((3, 1, 1), 0.3, dtype=torch.float64)
+    torch.testing.assert_close(hlg_gray_to_linear(linear_to_hlg(gray)), gray)
+    # BT.2087's matrix from BT.709 to BT.2020, as published.
+    published = np.array([[0.6274, 0.3293, 0.0433], [0.0691, 0.9195, 0.0114], [0.0164, 0.0880, 0.8956]])
+    np.testing.assert_allclose(bt2020_from_bt709(), published, atol=1e-4)

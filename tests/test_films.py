@@ -16,7 +16,19 @@ import av
 import cv2
 import numpy as np
 import pytest
+import torch
 
+from models.color import (
+    bt2020_from_bt709,
+    hdr_luma_to_l_table,
+    hlg_to_linear,
+    linear_to_srgb,
+    luma_to_l_table,
+    pq_to_linear,
+    rgb_to_lab,
+    srgb_to_linear,
+    ycbcr_to_rgb_np,
+)
 from models.colorizer import Colorizer
 from tests.media import (
     COVER_RGB,
@@ -291,6 +303,63 @@ def test_a_films_alpha_channel_is_reported_where_it_is_left_out(tmp_path, colori
     with caplog.at_level("WARNING"):
         assert film_job(colorizer, opaque.path, tmp_path / "opaque-colour.mov", options).status == "done"
     assert "alpha" not in caplog.text
+
+
+@pytest.mark.parametrize("transfer, trc", [("pq", "smpte2084"), ("hlg", "arib-std-b67"), (None, "bt709")])
+def test_hdr_video_is_read_as_the_light_its_codes_stand_for_and_coloured_in_its_encoding(tmp_path, transfer, trc):
+    """HDR video (a B&W classic's HDR release, an HLG broadcast) is read as the light its codes stand for, reference
+    white at lightness 100, not as the dark, flat picture its codes make on an SDR display; and its colour is written
+    as it holds colour, in BT.2020's primaries and its own transfer: read back so, the copy shows the colour the
+    network chose. Read and written as SDR in BT.709's primaries, as before, the colour shown was some 61 units of ab
+    off the one chosen (2.4 times as saturated) in PQ, and 16 in HLG and in SDR video of BT.2020's primaries."""
+    # Gray from dark to a little past reference white (PQ's 58 % signal, HLG's 75 %), 12-bit, video range, as UHD
+    # masters are.
+    low, top = {"pq": (0.3, 0.62), "hlg": (0.1, 0.8), None: (0.05, 1.0)}[transfer]
+    frames = [((low + f.astype(np.float64) / 255 * (top - low)) * 65535).astype(np.uint16)
+              for f in gray_frames(moving_scene(1, 96, 64))]
+    clip = write_clip(tmp_path / "hdr.mkv", frames, codec="ffv1", pix_fmt="yuv444p12le", color_range="tv",
+                      colorspace="bt2020nc", color_primaries="bt2020", color_trc=trc)
+    film = probe_film(clip.path, 1 << 30)
+    assert film.video.hdr_transfer == transfer and film.video.bt2020
+    layout = plan_output(film.video, EncodeOptions("ffv1"))
+    table = hdr_luma_to_l_table(transfer, 12, False) if transfer else luma_to_l_table(12, False)
+    white = {"pq": 0.5807, "hlg": 0.75, None: 1.0}[transfer]  # BT.2408's reference white, as signal
+    assert table[round(256 + white * 3504)] == pytest.approx(100.0, abs=0.2)  # 12-bit video range: 256 + 3504 x
+    with open_colorizer("default", engine="torch", render_size=128, batch_size=4) as (col, _):
+        frame = next(decode_frames(film, layout.frame, 0, 1, 0, col.render_size))
+        np.testing.assert_allclose(frame.L, table[frame.luma.astype(np.int64)], atol=1e-4)
+        renders = col.predict_grid([frame.network_L])
+        col.fit(renders)
+        chosen = col.upsample_ab(frame.L, renders[0])
+        coloured = _colour(col, layout, frame, renders[0])
+        on_device = _colour_on_device(col, layout, frame, renders[0])  # the GPU path's maths, here on the CPU
+    for plane in ("cb", "cr"):
+        assert np.abs(getattr(coloured, plane).astype(int) - getattr(on_device, plane).astype(int)).max() <= 1
+    signal = ycbcr_to_rgb_np(coloured.luma, coloured.cb, coloured.cr, layout.matrix, layout.bit_depth,
+                             layout.full_range)
+    signal = torch.from_numpy(signal.astype(np.float64)).permute(2, 0, 1)
+    light = {"pq": pq_to_linear, "hlg": hlg_to_linear, None: srgb_to_linear}[transfer](signal)
+    bt709 = torch.einsum("ij,jhw->ihw", torch.from_numpy(np.linalg.inv(bt2020_from_bt709())), light)
+    shown = rgb_to_lab(linear_to_srgb(bt709.clamp(0.0, 1.0))).permute(1, 2, 0).numpy()
+    # The film's own lightness: its luma is kept code for code, so a coloured pixel's light moves a little off its
+    # gray's, as Y'CbCr's luma is not luminance (most where PQ is steep).
+    lightness_error, colour_error = {"pq": (2.5, 1.5), "hlg": (1.5, 1.0), None: (1.5, 1.0)}[transfer]  # 99th pct
+    assert np.percentile(np.abs(shown[..., 0] - frame.L), 99) < lightness_error
+    coloured_pixels = (np.hypot(*chosen) > 5) & (frame.L > 15) & (frame.L < 95)
+    assert coloured_pixels.mean() > 0.2
+    error = np.hypot(shown[..., 1] - chosen[0], shown[..., 2] - chosen[1])[coloured_pixels]
+    assert np.percentile(error, 99) < colour_error, np.percentile(error, [50, 99])
+
+
+def test_hdr_video_coloured_into_frames_is_said_to_be_coloured_in_sdr(tmp_path, tiny_checkpoint, caplog):
+    frames = [(f.astype(np.uint16) << 8) // 2 for f in gray_frames(moving_scene(3, 96, 64))]
+    clip = write_clip(tmp_path / "hdr.mkv", frames, codec="ffv1", pix_fmt="yuv444p12le", color_range="tv",
+                      colorspace="bt2020nc", color_primaries="bt2020", color_trc="smpte2084")
+    said = "its frames are HDR (PQ, SMPTE ST 2084), and frames out are written in SDR colour"
+    assert run_cli(tiny_checkpoint, str(clip.path), "-o", str(tmp_path / "colour.mkv")) == 0
+    assert said not in caplog.text  # a film file keeps its encoding
+    assert run_cli(tiny_checkpoint, str(clip.path), "-o", str(tmp_path / "frames" / "c_%04d.dpx")) == 0
+    assert said in caplog.text
 
 
 def test_colour_film_is_skipped_unless_recolor(tmp_path, colorizer):

@@ -61,7 +61,7 @@ from worker.video_sink import (
     check_container,
     plan_output,
 )
-from worker.video_source import FilmInfo, highlights_lost, probe_film, with_log_choice
+from worker.video_source import FilmInfo, copy_warnings, probe_film, with_log_choice
 
 logger = logging.getLogger(__name__)
 
@@ -226,8 +226,8 @@ def colorize_film(
         options.references, film, lambda r: load_reference_image(r.image, max_bytes=limits.max_reference_file_bytes),
         limits.max_references)
     layout = plan_output(film.video, options.encode) if frames is None else frames_layout(film.video, frames)
-    if (lost := highlights_lost(film, layout.frame.keeps_light)) is not None:
-        logger.warning("%s: %s", source, lost)
+    for warning in copy_warnings(film, layout.frame.keeps_light, layout.frame.transfer is not None):
+        logger.warning("%s: %s", source, warning)
     segment_frames = max(1, round(options.segment_seconds * (film.fps or 24)))
     segments = plan_segments(film, segment_frames, warmup_frames(options.smoothing))
     manifest = _manifest(film, colorizer, options, model_label, segments, layout if frames else None)

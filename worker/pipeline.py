@@ -43,6 +43,8 @@ from models.color import (
     rgb_to_chroma_np,
     srgb_to_cineon,
     srgb_to_cineon_np,
+    srgb_to_video_rgb,
+    srgb_to_video_rgb_np,
 )
 from models.colorizer import Colorizer, Render
 from worker.references import ReferenceField
@@ -282,6 +284,8 @@ def _colour(colorizer: Colorizer, layout: OutputLayout, frame: SourceFrame, rend
     rgb = lab_to_rgb_fast_np(lab)
     if layout.frame.log_encoded:  # the colour as the log scan holds it, channel by channel
         rgb = srgb_to_cineon_np(rgb)
+    else:  # and as HDR or BT.2020 video holds it
+        rgb = srgb_to_video_rgb_np(rgb, layout.frame.transfer, layout.frame.bt2020)
     cb, cr = rgb_to_chroma_np(rgb, layout.matrix, layout.bit_depth, layout.full_range)
     return ColourFrame(frame.index, frame.pts, frame.luma, cb, cr, frame.light)
 
@@ -293,6 +297,8 @@ def _colour_on_device(colorizer: Colorizer, layout: OutputLayout, frame: SourceF
     rgb = lab_to_rgb(torch.cat((L[None], ab)))
     if layout.frame.log_encoded:
         rgb = srgb_to_cineon(rgb)
+    else:
+        rgb = srgb_to_video_rgb(rgb, layout.frame.transfer, layout.frame.bt2020).to(rgb.dtype)
     cb, cr = rgb_to_chroma(rgb, layout.matrix, layout.bit_depth, layout.full_range)
     dtype = code_dtype(layout.bit_depth)
     return ColourFrame(frame.index, frame.pts, frame.luma, cb.cpu().numpy().astype(dtype, copy=False),

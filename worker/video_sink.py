@@ -266,8 +266,8 @@ def plan_output(video: VideoFormat, options: EncodeOptions) -> OutputLayout:
     name = {(1, 1): "yuv420p", (1, 0): "yuv422p", (0, 0): "yuv444p"}[chroma]
     pix_fmt = name if depth == 8 else f"{name}{depth}le"
     full_range = video.full_range and spec.full_range
-    return OutputLayout(options.codec, pix_fmt, FrameLayout(depth, chroma, full_range, video.log_encoded),
-                        video.matrix)
+    frame = FrameLayout(depth, chroma, full_range, video.log_encoded, transfer=video.hdr_transfer, bt2020=video.bt2020)
+    return OutputLayout(options.codec, pix_fmt, frame, video.matrix)
 
 
 def tag_colour(codec_context, video: VideoFormat, layout: OutputLayout) -> None:

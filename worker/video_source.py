@@ -44,6 +44,7 @@ from models.color import (
     YCBCR_WEIGHTS,
     bt709_from_primaries,
     code_dtype,
+    hdr_luma_to_l_table,
     linear_to_srgb_np,
     log_luma_to_l_table,
     luma_code_table,
@@ -86,6 +87,11 @@ GRAY_FORMATS = {8: "gray", 9: "gray9le", 10: "gray10le", 12: "gray12le", 14: "gr
 LINEAR_FLOAT_FORMATS = frozenset(f"{name}{bits}{order}" for name in ("grayf", "gbrpf", "gbrapf")
                                  for bits in (16, 32) for order in ("le", "be"))
 TRC_LINEAR, TRC_SRGB = 8, 13  # AVCOL_TRC_LINEAR, AVCOL_TRC_IEC61966_2_1
+# High dynamic range video's transfers (AVCOL_TRC_SMPTE2084, AVCOL_TRC_ARIB_STD_B67): models.color's names, and the
+# names graders use.
+HDR_TRANSFER_CODES = {16: "pq", 18: "hlg"}
+HDR_TRANSFER_NAMES = {"pq": "PQ, SMPTE ST 2084", "hlg": "HLG, ARIB STD-B67"}
+PRIMARIES_BT2020 = 9  # AVCOL_PRI_BT2020: UHD and HDR video's primaries
 UNSPECIFIED_TAGS = (0, 2)  # FFmpeg's "reserved" and "unspecified" codes of transfers, primaries and matrices
 PRIMARIES_BT709 = 1  # AVCOL_PRI_BT709: OpenEXR's primaries where its header names none
 # A display-referred copy of a run of linear light is warned about when more than this share of a sampled frame is
@@ -148,6 +154,17 @@ class VideoFormat:
     scene_linear: bool = False
     highlights: float = 0.0  # of a scene-linear film: the largest share of a sampled frame brighter than white
     codec: str = ""  # FFmpeg's name of the decoder it needs (h264, hevc, ffv1, prores, dpx, ...)
+
+    @property
+    def hdr_transfer(self) -> str | None:
+        """"pq" or "hlg" for HDR video (``HDR_TRANSFER_CODES``), read as the light its codes stand for and
+        coloured in its encoding; None for SDR."""
+        return HDR_TRANSFER_CODES.get(self.color_trc)
+
+    @property
+    def bt2020(self) -> bool:
+        """Whether its colours are of BT.2020's primaries (UHD and HDR video), which its colour is written in."""
+        return self.color_primaries == PRIMARIES_BT2020
 
 
 @dataclass(frozen=True)
@@ -248,6 +265,10 @@ class FrameLayout:
     # Each frame's light handed on too (``SourceFrame.light``): a plate of linear light coloured into OpenEXR frames,
     # which keep its light, highlights above display white too.
     keeps_light: bool = False
+    # HDR video's transfer, "pq" or "hlg" (``VideoFormat.hdr_transfer``), and BT.2020's primaries: the colour written
+    # into the copy's chroma as that video holds it (``models.color.srgb_to_video_rgb``).
+    transfer: str | None = None
+    bt2020: bool = False
 
     def chroma_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) of the output's chroma planes (FFmpeg rounds subsampled sizes up)."""
@@ -567,6 +588,24 @@ def highlights_lost(film: FilmInfo, keeps_light: bool) -> str | None:
             "to keep it, or scale the frames' exposure down first")
 
 
+def hdr_read_as_sdr(film: FilmInfo, coloured_as_hdr: bool) -> str | None:
+    """Why a copy of ``film`` is coloured only roughly, for a warning: it is HDR video (PQ or HLG) coloured into
+    frames (``coloured_as_hdr`` false), which are written as SDR colour; None where it is not HDR, or its copy is a
+    film coloured in its own encoding."""
+    if film.video.hdr_transfer is None or coloured_as_hdr:
+        return None
+    return (f"its frames are HDR ({HDR_TRANSFER_NAMES[film.video.hdr_transfer]}), and frames out are written in SDR "
+            "colour: they keep its lightness, code for code, but on its HDR codes their colour shows more saturated "
+            "than chosen (some 2.4 times, in PQ); colour it into a film file to keep its encoding")
+
+
+def copy_warnings(film: FilmInfo, keeps_light: bool, coloured_as_hdr: bool) -> list[str]:
+    """What a copy of ``film`` loses or gets only roughly (``highlights_lost``, ``hdr_read_as_sdr``), for warnings
+    before any work."""
+    warnings = (highlights_lost(film, keeps_light), hdr_read_as_sdr(film, coloured_as_hdr))
+    return [warning for warning in warnings if warning]
+
+
 def _check_display_times(path: str, container, stream, index: FrameIndex) -> None:
     """Refuse, by name, a film whose decoder hands frames out with decode-order times. AVI keeps H.264's
     B-frames in decode order without display times, so frames leave the decoder in display order stamped
@@ -779,8 +818,12 @@ def decode_frames(film: FilmInfo, layout: FrameLayout, start: int, stop: int, wa
     if wanted.size == 0:
         return
     video = film.video
-    table = (log_luma_to_l_table(video.bit_depth, LUMA_SUBDIVISIONS) if video.log_encoded
-             else luma_to_l_table(video.bit_depth, video.full_range, LUMA_SUBDIVISIONS))
+    if video.log_encoded:
+        table = log_luma_to_l_table(video.bit_depth, LUMA_SUBDIVISIONS)
+    elif video.hdr_transfer:
+        table = hdr_luma_to_l_table(video.hdr_transfer, video.bit_depth, video.full_range, LUMA_SUBDIVISIONS)
+    else:
+        table = luma_to_l_table(video.bit_depth, video.full_range, LUMA_SUBDIVISIONS)
     shift = layout.bit_depth - video.bit_depth
     # Luma is handed on at the output's depth and range: by a shift, exactly, when only the depth changes.
     recode = (luma_code_table(video.bit_depth, video.full_range, layout.bit_depth, layout.full_range)

@@ -74,7 +74,7 @@ from worker.settings import Settings
 from worker.smoothing import SmoothingOptions
 from worker.storage import ObjectInfo, Storage, join_uri, parse_uri, relative_key
 from worker.video_sink import CODECS, EncodeOptions, OutputLayout, SegmentWriter, plan_output
-from worker.video_source import FilmInfo, highlights_lost, probe_film, with_log_choice
+from worker.video_source import FilmInfo, copy_warnings, probe_film, with_log_choice
 
 logger = logging.getLogger(__name__)
 
@@ -394,8 +394,8 @@ def _plan_film(rt: Runtime, record: JobRecord, enqueue: Enqueue) -> None:
         logger.info("job %s: %s %s left out of its frames: frames carry no sound or subtitles", record.id,
                     describe_other_streams(film), "is" if len(film.other_streams) == 1 else "are")
     keeps_light = target is not None and frames_layout(film.video, target).frame.keeps_light
-    if (lost := highlights_lost(film, keeps_light)) is not None:
-        logger.warning("job %s: %s: %s", record.id, spec.input, lost)
+    for warning in copy_warnings(film, keeps_light, coloured_as_hdr=target is None):
+        logger.warning("job %s: %s: %s", record.id, spec.input, warning)
     if spec.options.references:  # a time outside the film, or two on one frame, fails the job before any work
         place_job_references(job_references(spec.options.references), film, spec.input)
     segments = plan_segments(film, _segment_frames(rt.settings, film), warmup_frames(options["smoothing"]))
