@@ -340,21 +340,21 @@ _HLG_PEAK_NITS, _HLG_SYSTEM_GAMMA = 1000.0, 1.2  # BT.2100's reference display, 
 
 
 def pq_to_linear(signal: torch.Tensor) -> torch.Tensor:
-    """PQ signal values (SMPTE ST 2084, [0, 1]) -> light relative to HDR reference white. Any shape."""
-    power = signal.to(torch.float64).clamp(0.0, 1.0) ** (1.0 / _PQ_M2)
+    """PQ signal values (SMPTE ST 2084, [0, 1]) -> light relative to HDR reference white. Any shape, in its dtype."""
+    power = signal.clamp(0.0, 1.0) ** (1.0 / _PQ_M2)
     nits = _PQ_PEAK_NITS * ((power - _PQ_C1).clamp(min=0.0) / (_PQ_C2 - _PQ_C3 * power)) ** (1.0 / _PQ_M1)
     return nits / HDR_REFERENCE_WHITE_NITS
 
 
 def linear_to_pq(light: torch.Tensor) -> torch.Tensor:
     """Light relative to HDR reference white -> PQ signal values in [0, 1]: the inverse of ``pq_to_linear``."""
-    y = (light.to(torch.float64) * (HDR_REFERENCE_WHITE_NITS / _PQ_PEAK_NITS)).clamp(0.0, 1.0) ** _PQ_M1
+    y = (light * (HDR_REFERENCE_WHITE_NITS / _PQ_PEAK_NITS)).clamp(0.0, 1.0) ** _PQ_M1
     return ((_PQ_C1 + _PQ_C2 * y) / (1.0 + _PQ_C3 * y)) ** _PQ_M2
 
 
 def _hlg_scene(signal: torch.Tensor) -> torch.Tensor:
     """HLG signal values -> scene light in [0, 1] (the inverse of HLG's OETF)."""
-    signal = signal.to(torch.float64).clamp(0.0, 1.0)
+    signal = signal.clamp(0.0, 1.0)
     return torch.where(signal <= 0.5, signal ** 2 / 3.0,
                        (torch.exp((signal.clamp(min=0.5) - _HLG_C) / _HLG_A) + _HLG_B) / 12.0)
 
@@ -366,15 +366,22 @@ def _hlg_signal(scene: torch.Tensor) -> torch.Tensor:
                        _HLG_A * torch.log((12.0 * scene).clamp(min=1.0) - _HLG_B) + _HLG_C)
 
 
-def hlg_to_linear(signal: torch.Tensor) -> torch.Tensor:
-    """HLG signal values of BT.2020 R'G'B' ``(..., 3, H, W)`` -> their light on BT.2100's 1000-nit reference display,
-    relative to HDR reference white: the OETF's inverse, then the OOTF, which scales each colour by a power of its
-    scene luminance. The inverse of ``linear_to_hlg``."""
-    scene = _hlg_scene(signal)
+def _bt2020_luminance(rgb: torch.Tensor, channels: int) -> torch.Tensor:
+    """Y of BT.2020 RGB whose channels are on axis ``channels``, that axis kept (of size 1)."""
     kr, kb = YCBCR_WEIGHTS["bt2020"]
-    luminance = kr * scene[..., 0, :, :] + (1.0 - kr - kb) * scene[..., 1, :, :] + kb * scene[..., 2, :, :]
-    gain = _HLG_PEAK_NITS * luminance.clamp(min=1e-12) ** (_HLG_SYSTEM_GAMMA - 1.0) / HDR_REFERENCE_WHITE_NITS
-    return scene * gain[..., None, :, :]
+    weights = torch.tensor((kr, 1.0 - kr - kb, kb), dtype=rgb.dtype, device=rgb.device)
+    shape = [1] * rgb.dim()
+    shape[channels] = 3
+    return (rgb * weights.reshape(shape)).sum(dim=channels, keepdim=True)
+
+
+def hlg_to_linear(signal: torch.Tensor, channels: int = -3) -> torch.Tensor:
+    """HLG signal values of BT.2020 R'G'B' (channels on axis ``channels``) -> their light on BT.2100's 1000-nit
+    reference display, relative to HDR reference white: the OETF's inverse, then the OOTF, which scales each colour
+    by a power of its scene luminance. The inverse of ``linear_to_hlg``."""
+    scene = _hlg_scene(signal)
+    luminance = _bt2020_luminance(scene, channels).clamp(min=1e-12)
+    return scene * (_HLG_PEAK_NITS / HDR_REFERENCE_WHITE_NITS) * luminance ** (_HLG_SYSTEM_GAMMA - 1.0)
 
 
 def hlg_gray_to_linear(signal: torch.Tensor) -> torch.Tensor:
@@ -383,15 +390,13 @@ def hlg_gray_to_linear(signal: torch.Tensor) -> torch.Tensor:
     return _HLG_PEAK_NITS * _hlg_scene(signal) ** _HLG_SYSTEM_GAMMA / HDR_REFERENCE_WHITE_NITS
 
 
-def linear_to_hlg(rgb: torch.Tensor) -> torch.Tensor:
-    """Display light of BT.2020 RGB ``(..., 3, H, W)``, relative to HDR reference white -> HLG signal values: the
-    inverse of the reference display's OOTF, which scales each colour by a power of its luminance, then the OETF."""
-    nits = rgb.to(torch.float64).clamp(min=0.0) * HDR_REFERENCE_WHITE_NITS
-    kr, kb = YCBCR_WEIGHTS["bt2020"]
-    luminance = kr * nits[..., 0, :, :] + (1.0 - kr - kb) * nits[..., 1, :, :] + kb * nits[..., 2, :, :]
-    scene_luminance = (luminance / _HLG_PEAK_NITS).clamp(min=1e-12) ** (1.0 / _HLG_SYSTEM_GAMMA)
-    scene = nits / (_HLG_PEAK_NITS * scene_luminance[..., None, :, :] ** (_HLG_SYSTEM_GAMMA - 1.0))
-    return _hlg_signal(scene)
+def linear_to_hlg(rgb: torch.Tensor, channels: int = -3) -> torch.Tensor:
+    """Display light of BT.2020 RGB (channels on axis ``channels``), relative to HDR reference white -> HLG signal
+    values: the inverse of the reference display's OOTF, which scales each colour by a power of its luminance, then
+    the OETF."""
+    display = rgb.clamp(min=0.0) * (HDR_REFERENCE_WHITE_NITS / _HLG_PEAK_NITS)  # of the display's peak
+    scene_luminance = _bt2020_luminance(display, channels).clamp(min=1e-12) ** (1.0 / _HLG_SYSTEM_GAMMA)
+    return _hlg_signal(display / scene_luminance ** (_HLG_SYSTEM_GAMMA - 1.0))
 
 
 def hdr_luma_to_l_table(transfer: str, bit_depth: int, full_range: bool, subdivisions: int = 1) -> np.ndarray:
@@ -405,21 +410,21 @@ def hdr_luma_to_l_table(transfer: str, bit_depth: int, full_range: bool, subdivi
     return luminance_to_l(light.clamp(max=1.0)).to(torch.float32).numpy()
 
 
-def srgb_to_video_rgb(rgb: torch.Tensor, transfer: str | None, bt2020: bool) -> torch.Tensor:
-    """sRGB ``(..., 3, H, W)`` in [0, 1] (a colour from ``lab_to_rgb``, white at reference white) -> the R'G'B' signal
-    values of video of ``transfer`` ("pq", "hlg", or None for SDR, whose curve is taken as sRGB's, as its luma is read)
-    and of BT.2020's primaries where ``bt2020`` (else BT.709's): the colour as that video holds it, so a gray keeps
-    its own code and a colour shows as the one chosen."""
+def srgb_to_video_rgb(rgb: torch.Tensor, transfer: str | None, bt2020: bool, channels: int = -3) -> torch.Tensor:
+    """sRGB in [0, 1] (a colour from ``lab_to_rgb``, white at reference white; channels on axis ``channels``) -> the
+    R'G'B' signal values of video of ``transfer`` ("pq", "hlg", or None for SDR, whose curve is taken as sRGB's, as
+    its luma is read) and of BT.2020's primaries where ``bt2020`` (else BT.709's): the colour as that video holds it,
+    so a gray keeps its own code and a colour shows as the one chosen. In ``rgb``'s dtype."""
     if transfer is None and not bt2020:
         return rgb
-    linear = srgb_to_linear(rgb.to(torch.float64))
+    linear = srgb_to_linear(rgb)
     if bt2020:
-        matrix = torch.from_numpy(bt2020_from_bt709()).to(linear.device)
-        linear = torch.einsum("ij,...jhw->...ihw", matrix, linear)
+        matrix = torch.from_numpy(bt2020_from_bt709()).to(device=linear.device, dtype=linear.dtype)
+        linear = torch.movedim(torch.movedim(linear, channels, -1) @ matrix.T, -1, channels)
     if transfer == "pq":
         return linear_to_pq(linear)
     if transfer == "hlg":
-        return linear_to_hlg(linear)
+        return linear_to_hlg(linear, channels)
     return linear_to_srgb(linear.clamp(0.0, 1.0))
 
 
@@ -427,8 +432,8 @@ def srgb_to_video_rgb_np(rgb: np.ndarray, transfer: str | None, bt2020: bool) ->
     """``srgb_to_video_rgb`` for the film path's float32 ``(H, W, 3)`` frames."""
     if transfer is None and not bt2020:
         return rgb
-    planes = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)
-    return srgb_to_video_rgb(planes, transfer, bt2020).permute(1, 2, 0).to(torch.float32).numpy()
+    pixels = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32))
+    return srgb_to_video_rgb(pixels, transfer, bt2020, channels=-1).numpy()
 
 
 def luma_code_table(bit_depth: int, full_range: bool, out_depth: int, out_full_range: bool) -> np.ndarray:
