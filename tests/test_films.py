@@ -362,6 +362,32 @@ def test_hdr_video_coloured_into_frames_is_said_to_be_coloured_in_sdr(tmp_path, 
     assert said in caplog.text
 
 
+def hdr10_metadata(path: Path) -> dict[str, bytes]:
+    """The first frame's HDR10 side data as FFmpeg decodes it (its structs' bytes), by type."""
+    with av.open(str(path)) as container:
+        frame = next(container.decode(video=0))
+        return {str(data.type): bytes(data) for data in frame.side_data
+                if "MASTERING" in str(data.type) or "LIGHT" in str(data.type)}
+
+
+def test_an_hdr10_films_static_metadata_goes_with_its_h265_copy_and_is_said_left_out_of_others(tmp_path,
+                                                                                             tiny_checkpoint, caplog):
+    """The mastering display and light levels an HDR10 release carries tell displays how to tone-map it; a copy
+    without them is shown by the display's own guess. x265 writes them; they were left out."""
+    params = ("log-level=error:hdr10=1:master-display=G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)"
+              "L(10000000,1):max-cll=1000,400")
+    frames = [(f.astype(np.uint16) << 8) // 2 for f in gray_frames(moving_scene(4, 96, 64))]
+    clip = write_clip(tmp_path / "hdr10.mkv", frames, codec="libx265", pix_fmt="yuv420p10le", colorspace="bt2020nc",
+                      color_primaries="bt2020", color_trc="smpte2084", encoder_options={"x265-params": params})
+    source = hdr10_metadata(clip.path)
+    assert len(source) == 2
+    assert run_cli(tiny_checkpoint, str(clip.path), "-o", str(tmp_path / "colour.mkv")) == 0  # its own codec, H.265
+    assert hdr10_metadata(tmp_path / "colour.mkv") == source
+    assert "HDR10 metadata" not in caplog.text
+    assert run_cli(tiny_checkpoint, str(clip.path), "-o", str(tmp_path / "master.mkv"), "--codec", "ffv1") == 0
+    assert "its HDR10 metadata (mastering display, light levels) is left out of its ffv1 copy" in caplog.text
+
+
 def test_colour_film_is_skipped_unless_recolor(tmp_path, colorizer):
     source = write_clip(tmp_path / "colour.mp4", moving_scene(6, *SIZE))
     output = tmp_path / "out.mkv"

@@ -324,8 +324,14 @@ class SegmentWriter:
         if layout.codec in ("h264", "prores") and video.field_order in INTERLACED_FIELDS:
             encoder_options["flags"] = "+ildct+ilme"  # field coding: each frame's two fields stay apart
         if layout.codec == "h265":
-            # Closed GOPs and no informational SEI noise: segments must join into one valid stream.
-            encoder_options["x265-params"] = "open-gop=0:log-level=error"
+            # Closed GOPs and no informational SEI noise: segments must join into one valid stream. An HDR10 film's
+            # static metadata goes with it, so displays tone-map the copy as they do the source.
+            params = ["open-gop=0", "log-level=error"]
+            if video.mastering_display:
+                params.append(f"master-display={video.mastering_display}")
+            if video.content_light:
+                params.append(f"max-cll={video.content_light}")
+            encoder_options["x265-params"] = ":".join(params)
         elif layout.codec == "ffv1":
             encoder_options.update({"level": "3", "slicecrc": "1", "g": "1"})  # intra-only, checksummed slices
         elif layout.codec == "prores":

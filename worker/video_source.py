@@ -29,6 +29,7 @@ import itertools
 import logging
 import math
 import os
+import struct
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
@@ -154,6 +155,10 @@ class VideoFormat:
     scene_linear: bool = False
     highlights: float = 0.0  # of a scene-linear film: the largest share of a sampled frame brighter than white
     codec: str = ""  # FFmpeg's name of the decoder it needs (h264, hevc, ffv1, prores, dpx, ...)
+    # HDR10's static metadata, as x265 takes it: the mastering display ("G(x,y)B(x,y)R(x,y)WP(x,y)L(max,min)", in
+    # units of 0.00002 and 0.0001 nits) and the content light levels ("MaxCLL,MaxFALL"); None where it has none.
+    mastering_display: str | None = None
+    content_light: str | None = None
 
     @property
     def hdr_transfer(self) -> str | None:
@@ -588,21 +593,29 @@ def highlights_lost(film: FilmInfo, keeps_light: bool) -> str | None:
             "to keep it, or scale the frames' exposure down first")
 
 
-def hdr_read_as_sdr(film: FilmInfo, coloured_as_hdr: bool) -> str | None:
-    """Why a copy of ``film`` is coloured only roughly, for a warning: it is HDR video (PQ or HLG) coloured into
-    frames (``coloured_as_hdr`` false), which are written as SDR colour; None where it is not HDR, or its copy is a
-    film coloured in its own encoding."""
-    if film.video.hdr_transfer is None or coloured_as_hdr:
+def hdr_read_as_sdr(film: FilmInfo, codec: str | None) -> str | None:
+    """Why a copy of ``film`` is coloured only roughly, or loses what HDR10 says of it, for a warning: HDR video (PQ
+    or HLG) coloured into frames (``codec`` None), which are written as SDR colour; or an HDR10 film's static
+    metadata (mastering display, light levels), which only H.265 copies carry (x265 writes it), in another
+    ``codec``. None where it loses nothing."""
+    video = film.video
+    if video.hdr_transfer is None:
         return None
-    return (f"its frames are HDR ({HDR_TRANSFER_NAMES[film.video.hdr_transfer]}), and frames out are written in SDR "
-            "colour: they keep its lightness, code for code, but on its HDR codes their colour shows more saturated "
-            "than chosen (some 2.4 times, in PQ); colour it into a film file to keep its encoding")
+    if codec is None:
+        return (f"its frames are HDR ({HDR_TRANSFER_NAMES[video.hdr_transfer]}), and frames out are written in SDR "
+                "colour: they keep its lightness, code for code, but on its HDR codes their colour shows more "
+                "saturated than chosen (some 2.4 times, in PQ); colour it into a film file to keep its encoding")
+    if codec != "h265" and (video.mastering_display or video.content_light):
+        return (f"its HDR10 metadata (mastering display, light levels) is left out of its {codec} copy: only H.265 "
+                "copies carry it (--codec h265 or source), and displays tone-map a copy without it by their own "
+                "guess")
+    return None
 
 
-def copy_warnings(film: FilmInfo, keeps_light: bool, coloured_as_hdr: bool) -> list[str]:
-    """What a copy of ``film`` loses or gets only roughly (``highlights_lost``, ``hdr_read_as_sdr``), for warnings
-    before any work."""
-    warnings = (highlights_lost(film, keeps_light), hdr_read_as_sdr(film, coloured_as_hdr))
+def copy_warnings(film: FilmInfo, keeps_light: bool, codec: str | None) -> list[str]:
+    """What a copy of ``film`` in ``codec`` (None: frames) loses or gets only roughly (``highlights_lost``,
+    ``hdr_read_as_sdr``), for warnings before any work."""
+    warnings = (highlights_lost(film, keeps_light), hdr_read_as_sdr(film, codec))
     return [warning for warning in warnings if warning]
 
 
@@ -738,7 +751,37 @@ def _video_format(stream, frame) -> VideoFormat:
         field_order=_field_order(codec_context, frame),
         scene_linear=scene_linear,
         codec=codec_context.name,
+        **_hdr10_metadata(frame, stream.container.name),
     )
+
+
+def _hdr10_metadata(frame, name: str) -> dict[str, str]:
+    """HDR10's static metadata on a decoded frame (FFmpeg's AVMasteringDisplayMetadata: the display's red, green and
+    blue and its white point as CIE xy, and its least and greatest luminance, as rationals, then whether each is set;
+    AVContentLightMetadata: MaxCLL and MaxFALL), as ``VideoFormat`` keeps it for x265; ``name`` is the film's."""
+    found: dict[str, str] = {}
+    if HDR_TRANSFER_CODES.get(frame.color_trc) != "pq":  # HDR10 is PQ's
+        return found
+    try:
+        entries = list(frame.side_data)
+    except ValueError:  # a kind of side data newer than PyAV's list of kinds, which it cannot hand over at all
+        logger.warning("%s: its frames carry side data of a kind PyAV cannot read; any HDR10 metadata is left out "
+                       "of its copy", name)
+        return found
+    for side_data in entries:
+        kind, data = side_data.type, bytes(side_data)
+        if kind == av.sidedata.sidedata.Type.MASTERING_DISPLAY_METADATA and len(data) >= 88:
+            values = struct.unpack_from("=20i", data)
+            ratio = [values[i] / values[i + 1] if values[i + 1] else 0.0 for i in range(0, 20, 2)]
+            has_primaries, has_luminance = struct.unpack_from("=2i", data, 80)
+            if has_primaries and has_luminance:
+                (rx, ry, gx, gy, bx, by, wx, wy), (low, high) = ratio[:8], ratio[8:10]
+                xy = [round(v * 50000) for v in (gx, gy, bx, by, rx, ry, wx, wy)]
+                found["mastering_display"] = ("G({},{})B({},{})R({},{})WP({},{})".format(*xy)
+                                              + f"L({round(high * 10000)},{round(low * 10000)})")
+        elif kind == av.sidedata.sidedata.Type.CONTENT_LIGHT_LEVEL and len(data) >= 8:
+            found["content_light"] = "{},{}".format(*struct.unpack_from("=2I", data))
+    return found
 
 
 def _frame_rate(stream) -> Fraction | None:

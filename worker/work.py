@@ -394,7 +394,7 @@ def _plan_film(rt: Runtime, record: JobRecord, enqueue: Enqueue) -> None:
         logger.info("job %s: %s %s left out of its frames: frames carry no sound or subtitles", record.id,
                     describe_other_streams(film), "is" if len(film.other_streams) == 1 else "are")
     keeps_light = target is not None and frames_layout(film.video, target).frame.keeps_light
-    for warning in copy_warnings(film, keeps_light, coloured_as_hdr=target is None):
+    for warning in copy_warnings(film, keeps_light, options["encode"].codec if target is None else None):
         logger.warning("job %s: %s: %s", record.id, spec.input, warning)
     if spec.options.references:  # a time outside the film, or two on one frame, fails the job before any work
         place_job_references(job_references(spec.options.references), film, spec.input)
@@ -530,11 +530,11 @@ def _colorize_one_photo(rt: Runtime, loaded: _Loaded, uri: str, output: str, scr
 
 def _film_options(spec: JobSpec, film: FilmInfo) -> dict:
     """A film job's smoothing and encoder options, its codec resolved for its film (``EncodeOptions.for_film``):
-    the same in every process, from the job's spec and its film alone."""
+    the same in every process, from the job's spec and its film alone. A run of frames out has no encoder."""
     encode = EncodeOptions(codec=spec.options.codec, crf=spec.options.crf, preset=spec.options.preset)
     return {
         "smoothing": SmoothingOptions(strength=spec.options.smoothing),
-        "encode": encode.for_film(film.video, film_output_uri(spec)),
+        "encode": encode.for_film(film.video, film_output_uri(spec)) if frames_target(spec) is None else encode,
     }
 
 
