@@ -22,6 +22,7 @@ from models.color import (
     bt2020_from_bt709,
     hdr_luma_to_l_table,
     hlg_to_linear,
+    linear_to_pq,
     linear_to_srgb,
     luma_to_l_table,
     pq_to_linear,
@@ -51,7 +52,7 @@ from worker.pipeline import _colour, _colour_on_device, _Stages, colorize_frames
 from worker.segments import plan_segments
 from worker.smoothing import SmoothingOptions
 from worker.video_sink import EncodeOptions, plan_output
-from worker.video_source import FIELD_BB, FIELD_TT, decode_frames, probe_film
+from worker.video_source import FIELD_BB, FIELD_TT, decode_frames, probe_film, shown_video
 
 SIZE = (96, 64)
 FIELD_ORDERS = {"top first": FIELD_TT, "bottom first": FIELD_BB}  # FFmpeg's, for fields shown first
@@ -386,6 +387,22 @@ def test_an_hdr10_films_static_metadata_goes_with_its_h265_copy_and_is_said_left
     assert "HDR10 metadata" not in caplog.text
     assert run_cli(tiny_checkpoint, str(clip.path), "-o", str(tmp_path / "master.mkv"), "--codec", "ffv1") == 0
     assert "its HDR10 metadata (mastering display, light levels) is left out of its ffv1 copy" in caplog.text
+
+
+def test_a_preview_shows_hdr_video_as_the_light_it_stands_for(tmp_path):
+    """The web console's film previews: HDR video as an SDR display shows its light, reference white as white and
+    half of it as half (sRGB 188), not its codes as they are (PQ's reference white would be sRGB 148)."""
+    signal = linear_to_pq(torch.tensor([1.0, 0.5], dtype=torch.float64)).numpy()  # reference white, half of it
+    codes = np.round(signal * 65535).astype(np.uint16)  # gray at full scale; written in video range
+    frame = np.repeat(codes, [48, 48])[None, :].repeat(64, axis=0)
+    clip = write_clip(tmp_path / "hdr.mkv", [frame], codec="ffv1", pix_fmt="yuv444p12le", color_range="tv",
+                      colorspace="bt2020nc", color_primaries="bt2020", color_trc="smpte2084")
+    with av.open(str(clip.path)) as container:
+        shown = shown_video(next(container.decode(video=0)))
+    assert np.abs(shown[:, :48].astype(int) - 255).max() <= 1 and np.abs(shown[:, 48:].astype(int) - 188).max() <= 1
+    sdr = bw_clip(tmp_path / "sdr.mkv", frames=1, codec="ffv1")
+    with av.open(str(sdr.path)) as container:
+        assert shown_video(next(container.decode(video=0))) is None  # shown as it is
 
 
 def test_colour_film_is_skipped_unless_recolor(tmp_path, colorizer):

@@ -39,17 +39,23 @@ import av
 import av.filter
 import cv2
 import numpy as np
+import torch
 
 from models.color import (
     BT709_LUMINANCE,
     YCBCR_WEIGHTS,
     bt709_from_primaries,
+    bt2020_from_bt709,
     code_dtype,
     hdr_luma_to_l_table,
+    hlg_to_linear,
     linear_to_srgb_np,
     log_luma_to_l_table,
     luma_code_table,
     luma_to_l_table,
+    pq_to_linear,
+    srgb_to_linear,
+    ycbcr_to_rgb_np,
 )
 from worker.boxes import file_boxes
 from worker.errors import BadInputError, InputTooLargeError, UnsupportedMediaError
@@ -1002,6 +1008,29 @@ def shown_light(values: np.ndarray) -> np.ndarray:
     """Values of linear light as a display shows them, in [0, 1]: clipped at display white, through the sRGB curve; a
     NaN (a renderer's fault) black."""
     return linear_to_srgb_np(np.clip(np.nan_to_num(values, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0))
+
+
+def shown_video(frame: av.VideoFrame) -> np.ndarray | None:
+    """A decoded frame of HDR video (PQ, HLG) or of BT.2020's primaries as an SDR display shows it, 8-bit sRGB (H, W,
+    3): its light relative to reference white, highlights clipped, in BT.709's primaries; None for other video, which
+    FFmpeg shows as it is. Its Y'CbCr is read here, by its own matrix and range (swscale would not say which)."""
+    transfer = HDR_TRANSFER_CODES.get(frame.color_trc)
+    if (transfer is None and frame.color_primaries != PRIMARIES_BT2020) or frame.format.is_rgb \
+            or len(frame.format.components) < 3:
+        return None
+    planes = [np.frombuffer(plane, "<u2").reshape(plane.height, -1)[:, :plane.width]
+              for plane in frame.reformat(format="yuv444p16le").planes]
+    matrix = MATRIX_BY_COLORSPACE.get(frame.colorspace, "bt2020")
+    signal = torch.from_numpy(ycbcr_to_rgb_np(*planes, matrix, 16, frame.color_range == RANGE_FULL))
+    if transfer == "pq":
+        light = pq_to_linear(signal)
+    elif transfer == "hlg":
+        light = hlg_to_linear(signal, channels=-1)
+    else:
+        light = srgb_to_linear(signal)
+    if frame.color_primaries == PRIMARIES_BT2020:
+        light = light @ torch.from_numpy(np.linalg.inv(bt2020_from_bt709())).to(light.dtype).T
+    return np.rint(shown_light(light.numpy()) * 255).astype(np.uint8)
 
 
 def _luminance(values: np.ndarray) -> np.ndarray:

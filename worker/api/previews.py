@@ -49,6 +49,7 @@ from worker.video_source import (
     index_frames,
     plate_conversion,
     shown_light,
+    shown_video,
 )
 from worker.work import Runtime, collection_outputs, frames_target, photo_output_uri
 
@@ -252,10 +253,13 @@ def _shown_frames(record: JobRecord, frames: FrameTarget) -> list[str]:
 
 def _shown(frame: av.VideoFrame, log: bool, conversion: np.ndarray | None = None) -> Image.Image:
     """A decoded frame as a display shows it: as it is, a log-encoded one read through its log encoding, an OpenEXR
-    one's linear light through the sRGB curve (in BT.709 primaries, by ``conversion`` where it names others)."""
+    one's linear light through the sRGB curve (in BT.709 primaries, by ``conversion`` where it names others), HDR
+    and BT.2020 video's by ``shown_video``."""
     if frame.format.name in LINEAR_FLOAT_FORMATS:
         shown = shown_light(as_bt709(float_light(frame), conversion))
         return Image.fromarray(np.rint(shown * 255).astype(np.uint8))
+    if (video := shown_video(frame)) is not None:  # HDR or BT.2020 video, as an SDR display shows its light
+        return Image.fromarray(video)
     if not log:
         return frame.to_image()
     return Image.fromarray(cineon_display_table()[frame.to_ndarray(format="rgb48le")])
