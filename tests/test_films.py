@@ -306,6 +306,33 @@ def test_a_films_alpha_channel_is_reported_where_it_is_left_out(tmp_path, colori
     assert "alpha" not in caplog.text
 
 
+def colour_first_frame(film, layout):
+    """The shipped model's colour for ``film``'s first frame as the film path writes it into ``layout``: (the frame,
+    the ab chosen on its chroma grid, the chroma written), the GPU path's maths checked against the CPU's on the way
+    (here on the CPU)."""
+    with open_colorizer("default", engine="torch", render_size=128, batch_size=4) as (col, _):
+        frame = next(decode_frames(film, layout.frame, 0, 1, 0, col.render_size))
+        renders = col.predict_grid([frame.network_L])
+        col.fit(renders)
+        chosen = col.upsample_ab(frame.L, renders[0])
+        coloured = _colour(col, layout, frame, renders[0])
+        on_device = _colour_on_device(col, layout, frame, renders[0])
+    for plane in ("cb", "cr"):
+        assert np.abs(getattr(coloured, plane).astype(int) - getattr(on_device, plane).astype(int)).max() <= 1
+    return frame, chosen, coloured
+
+
+def assert_shows_the_colour_chosen(shown: np.ndarray, frame, chosen: np.ndarray, lightness_error: float,
+                                   colour_error: float) -> None:
+    """``shown``, a copy's frame read back as Lab, keeps ``frame``'s lightness and shows the ab ``chosen`` for it, to
+    those errors at the 99th percentile (the colour over the frame's coloured midtones, a fifth of it at least)."""
+    assert np.percentile(np.abs(shown[..., 0] - frame.L), 99) < lightness_error
+    coloured_pixels = (np.hypot(*chosen) > 5) & (frame.L > 15) & (frame.L < 95)
+    assert coloured_pixels.mean() > 0.2
+    error = np.hypot(shown[..., 1] - chosen[0], shown[..., 2] - chosen[1])[coloured_pixels]
+    assert np.percentile(error, 99) < colour_error, np.percentile(error, [50, 99])
+
+
 @pytest.mark.parametrize("transfer, trc", [("pq", "smpte2084"), ("hlg", "arib-std-b67"), (None, "bt709")])
 def test_hdr_video_is_read_as_the_light_its_codes_stand_for_and_coloured_in_its_encoding(tmp_path, transfer, trc):
     """HDR video (a B&W classic's HDR release, an HLG broadcast) is read as the light its codes stand for, reference
@@ -326,16 +353,8 @@ def test_hdr_video_is_read_as_the_light_its_codes_stand_for_and_coloured_in_its_
     table = hdr_luma_to_l_table(transfer, 12, False) if transfer else luma_to_l_table(12, False)
     white = {"pq": 0.5807, "hlg": 0.75, None: 1.0}[transfer]  # BT.2408's reference white, as signal
     assert table[round(256 + white * 3504)] == pytest.approx(100.0, abs=0.2)  # 12-bit video range: 256 + 3504 x
-    with open_colorizer("default", engine="torch", render_size=128, batch_size=4) as (col, _):
-        frame = next(decode_frames(film, layout.frame, 0, 1, 0, col.render_size))
-        np.testing.assert_allclose(frame.L, table[frame.luma.astype(np.int64)], atol=1e-4)
-        renders = col.predict_grid([frame.network_L])
-        col.fit(renders)
-        chosen = col.upsample_ab(frame.L, renders[0])
-        coloured = _colour(col, layout, frame, renders[0])
-        on_device = _colour_on_device(col, layout, frame, renders[0])  # the GPU path's maths, here on the CPU
-    for plane in ("cb", "cr"):
-        assert np.abs(getattr(coloured, plane).astype(int) - getattr(on_device, plane).astype(int)).max() <= 1
+    frame, chosen, coloured = colour_first_frame(film, layout)
+    np.testing.assert_allclose(frame.L, table[frame.luma.astype(np.int64)], atol=1e-4)
     signal = ycbcr_to_rgb_np(coloured.luma, coloured.cb, coloured.cr, layout.matrix, layout.bit_depth,
                              layout.full_range)
     signal = torch.from_numpy(signal.astype(np.float64)).permute(2, 0, 1)
@@ -345,11 +364,7 @@ def test_hdr_video_is_read_as_the_light_its_codes_stand_for_and_coloured_in_its_
     # The film's own lightness: its luma is kept code for code, so a coloured pixel's light moves a little off its
     # gray's, as Y'CbCr's luma is not luminance (most where PQ is steep).
     lightness_error, colour_error = {"pq": (2.5, 1.5), "hlg": (1.5, 1.0), None: (1.5, 1.0)}[transfer]  # 99th pct
-    assert np.percentile(np.abs(shown[..., 0] - frame.L), 99) < lightness_error
-    coloured_pixels = (np.hypot(*chosen) > 5) & (frame.L > 15) & (frame.L < 95)
-    assert coloured_pixels.mean() > 0.2
-    error = np.hypot(shown[..., 1] - chosen[0], shown[..., 2] - chosen[1])[coloured_pixels]
-    assert np.percentile(error, 99) < colour_error, np.percentile(error, [50, 99])
+    assert_shows_the_colour_chosen(shown, frame, chosen, lightness_error, colour_error)
 
 
 def test_hdr_video_coloured_into_frames_is_said_to_be_coloured_in_sdr(tmp_path, tiny_checkpoint, caplog):

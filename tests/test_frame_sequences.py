@@ -33,7 +33,13 @@ from models.color import (
 )
 from tests.media import gray_frames, luma_of, lumas, moving_scene, probe, read_frames, write_clip, write_frames
 from tests.services import put_object
-from tests.test_films import _InterruptingColorizer, is_coloured, run_cli
+from tests.test_films import (
+    _InterruptingColorizer,
+    assert_shows_the_colour_chosen,
+    colour_first_frame,
+    is_coloured,
+    run_cli,
+)
 from tools.local_services import s3_settings
 from worker.cli import main
 from worker.errors import BadInputError
@@ -49,8 +55,7 @@ from worker.frame_sequences import (
 )
 from worker.frame_sink import FrameTarget, frames_layout
 from worker.openexr import damage, read_exr_header
-from worker.photos import open_colorizer, plan_photos
-from worker.pipeline import _colour, _colour_on_device
+from worker.photos import plan_photos
 from worker.settings import Settings
 from worker.smoothing import SmoothingOptions
 from worker.video_sink import EncodeOptions, plan_output
@@ -695,27 +700,14 @@ def test_a_log_scan_is_read_as_the_light_its_codes_stand_for_and_coloured_in_its
     log_scan(tmp_path / "reel1", frames=1)
     film = probe_film(tmp_path / "reel1" / "scan_%07d.dpx", 1 << 30)
     layout = frames_layout(film.video, FrameTarget.parse(str(tmp_path / "colour" / "c_%07d.dpx")))
-    with open_colorizer("default", engine="torch", render_size=128, batch_size=4) as (col, _):
-        frame = next(decode_frames(film, layout.frame, 0, 1, 0, col.render_size))
-        codes = frame.luma.astype(np.int64)
-        np.testing.assert_allclose(frame.L, log_luma_to_l_table(10)[codes], atol=1e-4)
-        assert log_luma_to_l_table(10)[[95, 685]].tolist() == [0.0, 100.0]  # black and reference white
-        renders = col.predict_grid([frame.network_L])
-        col.fit(renders)
-        chosen = col.upsample_ab(frame.L, renders[0])
-        coloured = _colour(col, layout, frame, renders[0])
-        on_device = _colour_on_device(col, layout, frame, renders[0])  # the GPU path's maths, here on the CPU
-    for plane in ("cb", "cr"):
-        assert np.abs(getattr(coloured, plane).astype(int) - getattr(on_device, plane).astype(int)).max() <= 1
+    frame, chosen, coloured = colour_first_frame(film, layout)
+    np.testing.assert_allclose(frame.L, log_luma_to_l_table(10)[frame.luma.astype(np.int64)], atol=1e-4)
+    assert log_luma_to_l_table(10)[[95, 685]].tolist() == [0.0, 100.0]  # black and reference white
     log_rgb = ycbcr_to_rgb_np(coloured.luma, coloured.cb, coloured.cr, layout.matrix, layout.bit_depth,
                               layout.full_range)
     light = cineon_to_linear(torch.from_numpy(log_rgb.astype(np.float64)) * 1023).clamp(max=1.0)
     shown = rgb_to_lab(linear_to_srgb(light).permute(2, 0, 1)).permute(1, 2, 0).numpy()
-    assert np.percentile(np.abs(shown[..., 0] - frame.L), 99) < 1.5  # the scan's own lightness
-    coloured_pixels = (np.hypot(*chosen) > 5) & (frame.L > 15) & (frame.L < 95)
-    assert coloured_pixels.mean() > 0.2
-    error = np.hypot(shown[..., 1] - chosen[0], shown[..., 2] - chosen[1])[coloured_pixels]
-    assert np.percentile(error, 99) < 1.0, np.percentile(error, [50, 99])
+    assert_shows_the_colour_chosen(shown, frame, chosen, lightness_error=1.5, colour_error=1.0)  # the scan's own L
 
 
 @pytest.mark.parametrize("suffix, drop_frame", [(".mov", False), (".mkv", False), (".mov", True)])

@@ -139,21 +139,23 @@ class EncodeOptions:
         if self.crf is not None:
             if self.codec != SOURCE_CODEC and not CODECS[self.codec].crf:
                 raise ValueError(f"crf does not apply to {self.codec} (lossless or fixed-quality)")
-            top = 63 if self.codec == "h264" else 51  # x265's top, which x264's covers, for a film in either
+            top = 63 if self.codec == "h264" else 51  # "source": x265's top, within x264's, for a film of either
             if not 0 <= self.crf <= top:
                 raise ValueError(f"crf must be between 0 and {top} for {self.codec}, got {self.crf}")
 
-    def for_film(self, video: VideoFormat, output: str | os.PathLike) -> EncodeOptions:
+    def for_film(self, video: VideoFormat, output: str | os.PathLike, report: bool = True) -> EncodeOptions:
         """These options for one film going to ``output``: ``SOURCE_CODEC`` becomes the film's own codec where Tinct
-        writes it, ``output``'s container holds it and it keeps the shape of the film's pixels, else H.264; a CRF
-        then applies only where that codec takes one (a lossless master's copy ignores it)."""
+        writes it, ``output``'s container holds it and it keeps the shape of the film's pixels, else H.264 (logged
+        where ``report``); a CRF then applies only where that codec takes one (a lossless master's copy ignores
+        it)."""
         if self.codec != SOURCE_CODEC:
             return self
         codec = CODECS_BY_DECODER.get(video.codec, FALLBACK_CODEC)
         why_not = (container_problem(output, codec) or aspect_loss(video, codec, output)
                    or ("this build of FFmpeg has no encoder for it" if codec not in available_codecs() else None))
-        if why_not:
+        if why_not and report:
             logger.warning("%s: written as %s rather than its source's codec: %s", output, FALLBACK_CODEC, why_not)
+        if why_not:
             codec = FALLBACK_CODEC
         return EncodeOptions(codec, self.crf if CODECS[codec].crf else None, self.preset)
 

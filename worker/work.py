@@ -380,7 +380,7 @@ def _plan_photos(rt: Runtime, record: JobRecord, inputs: list[tuple[str, int]], 
 def _plan_film(rt: Runtime, record: JobRecord, enqueue: Enqueue) -> None:
     spec = record.spec
     film = job_film(rt, spec)
-    options = _film_options(spec, film)
+    options = _film_options(spec, film, report=True)
     if film.is_colour and not spec.options.recolor:
         raise BadInputError(spec.input, "a colour film; set options.recolor to colorize its lightness anyway")
     output = film_output_uri(spec)
@@ -528,14 +528,14 @@ def _colorize_one_photo(rt: Runtime, loaded: _Loaded, uri: str, output: str, scr
 # --- films -------------------------------------------------------------------------------------------------
 
 
-def _film_options(spec: JobSpec, film: FilmInfo) -> dict:
-    """A film job's smoothing and encoder options, its codec resolved for its film (``EncodeOptions.for_film``):
-    the same in every process, from the job's spec and its film alone. A run of frames out has no encoder."""
+def _film_options(spec: JobSpec, film: FilmInfo, report: bool = False) -> dict:
+    """A film job's smoothing and encoder options, its codec resolved for its film (``EncodeOptions.for_film``; its
+    choice logged where ``report``, by the planner): the same in every process, from the job's spec and its film
+    alone. A run of frames out has no encoder."""
     encode = EncodeOptions(codec=spec.options.codec, crf=spec.options.crf, preset=spec.options.preset)
-    return {
-        "smoothing": SmoothingOptions(strength=spec.options.smoothing),
-        "encode": encode.for_film(film.video, film_output_uri(spec)) if frames_target(spec) is None else encode,
-    }
+    if frames_target(spec) is None:
+        encode = encode.for_film(film.video, film_output_uri(spec), report)
+    return {"smoothing": SmoothingOptions(strength=spec.options.smoothing), "encode": encode}
 
 
 def job_film(rt: Runtime, spec: JobSpec) -> FilmInfo:
