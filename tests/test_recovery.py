@@ -492,6 +492,25 @@ def test_a_tasks_threads_stop_at_the_next_frame_once_its_job_has_ended_and_a_lat
     assert client.hget("tinct:job:job-2", "done") == b"12"
 
 
+def test_a_piece_is_recorded_before_its_task_starts_not_when_the_heartbeat_thread_gets_round_to_it(redis_server):
+    """A worker SIGKILLed between taking a piece and its heartbeat thread's next beat left nothing for the others to
+    re-queue: the task's message waited for the broker's visibility timeout, an hour (seen in the soak on a loaded
+    machine: a film stuck at 72 of 96 frames). hold() now records the piece itself; here no heartbeat thread runs."""
+    client = redis.Redis.from_url(redis_server.url)
+    published: list[tuple] = []
+    heartbeat = liveness.Heartbeat(DEFAULTS, client, lambda *task: "new", node="w@host")
+    other = liveness.Heartbeat(DEFAULTS, client, lambda *task: published.append(task) or "new", node="other@host")
+    heartbeat.worker, other.worker = "host:1", "host:2"  # one test process plays two worker processes
+    heartbeat.hold("task-1", "tinct.colorize_segment", ["job-1", 3], "segments", "job-1", "segment-000003", "", None)
+    (held,) = liveness.held_pieces(client, WINDOW_S, "job-1")
+    assert held.piece == "segment-000003"
+    # Killed now, before any beat of its own thread: another worker re-queues the piece after the window.
+    client.zadd(liveness.WORKERS_KEY, {heartbeat.worker: 0})
+    assert other.reap_silent(other.beat()) == [heartbeat.worker]
+    other.drain()
+    assert [task[:2] for task in published] == [("tinct.colorize_segment", ["job-1", 3])], published
+
+
 def test_a_worker_that_leaves_is_not_put_back_in_the_set_of_workers_by_a_beat_in_flight(redis_server):
     """Leaving (a clean stop, or a SIGTERM's grace running out) hands the pieces back and takes the worker out of the
     set of workers; a beat its heartbeat thread is in the middle of must land before that, not after, or the worker

@@ -312,6 +312,9 @@ class Heartbeat:
         self._held: dict[str, _Held] = {}
         self._released: list[str] = []  # held fields to delete at the next beat
         self._lock = threading.Lock()
+        # Beats from several threads (the heartbeat's, and a task's recording its piece) land in the order they took
+        # their snapshot of what is held: one taken before a release must not land after the release's.
+        self._beat_lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()  # a task started or ended: beat now, not at the next interval
         self._thread: threading.Thread | None = None
@@ -376,17 +379,18 @@ class Heartbeat:
             logger.exception("heartbeat round failed")
 
     def beat(self) -> float:
-        with self._lock:
-            held = [h for h in self._held.values() if not h.lost]
-            pairs = [item for h in held for item in (h.field, h.encode())]
-            released, self._released = self._released, []
-        try:
-            reaped, now = self._beat(keys=self._keys(),
-                                     args=[self.worker, self.node, len(released), *released, *pairs])
-        except BaseException:
+        with self._beat_lock:
             with self._lock:
-                self._released = released + self._released
-            raise
+                held = [h for h in self._held.values() if not h.lost]
+                pairs = [item for h in held for item in (h.field, h.encode())]
+                released, self._released = self._released, []
+            try:
+                reaped, now = self._beat(keys=self._keys(),
+                                         args=[self.worker, self.node, len(released), *released, *pairs])
+            except BaseException:
+                with self._lock:
+                    self._released = released + self._released
+                raise
         if reaped:
             with self._lock:
                 for h in held:
@@ -486,7 +490,15 @@ class Heartbeat:
         held = _Held(task_id, task, list(args), queue, job_id, piece, node, tag, threading.get_ident())
         with self._lock:
             self._held[task_id] = held
-        self._wake.set()  # the heartbeat thread records it within milliseconds
+        # Recorded before the task does anything, from its own thread: a worker killed a moment later must leave the
+        # piece behind for the others to re-queue. Left to the heartbeat thread alone ("within milliseconds"), on a
+        # loaded node a SIGKILL in between lost a film segment until the broker's visibility timeout, an hour.
+        if not self._stop.is_set():  # a worker that has left must not be listed again
+            try:
+                self.beat()
+            except redis.RedisError:
+                pass  # Redis away: the heartbeat thread writes it once it is back
+        self._wake.set()
 
     def release(self, task_id: str) -> None:
         with self._lock:
