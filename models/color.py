@@ -137,7 +137,7 @@ BT2020_CHROMATICITIES = (0.708, 0.292, 0.170, 0.797, 0.131, 0.046, 0.3127, 0.329
 def bt2020_from_bt709() -> np.ndarray:
     """The 3x3 matrix from linear BT.709 RGB to linear BT.2020 RGB (both D65): where a colour in sRGB's primaries
     lies among UHD video's wider ones."""
-    return np.linalg.inv(xyz_from_primaries(BT2020_CHROMATICITIES)) @ xyz_from_primaries(BT709_CHROMATICITIES)
+    return np.linalg.inv(bt709_from_primaries(BT2020_CHROMATICITIES))
 
 
 def same_primaries(chromaticities, other, tolerance: float = 1e-3) -> bool:
@@ -426,6 +426,16 @@ def srgb_to_video_rgb(rgb: torch.Tensor, transfer: str | None, bt2020: bool, cha
     if transfer == "hlg":
         return linear_to_hlg(linear, channels)
     return linear_to_srgb(linear.clamp(0.0, 1.0))
+
+
+def video_rgb_to_linear(signal: torch.Tensor, transfer: str | None, channels: int = -3) -> torch.Tensor:
+    """R'G'B' signal values of video of ``transfer`` ("pq", "hlg", or None for SDR, read through sRGB's curve) ->
+    light relative to reference white, in the video's own primaries: the inverse of ``srgb_to_video_rgb``'s curve."""
+    if transfer == "pq":
+        return pq_to_linear(signal)
+    if transfer == "hlg":
+        return hlg_to_linear(signal, channels)
+    return srgb_to_linear(signal)
 
 
 def srgb_to_video_rgb_np(rgb: np.ndarray, transfer: str | None, bt2020: bool) -> np.ndarray:

@@ -19,15 +19,14 @@ import pytest
 import torch
 
 from models.color import (
-    bt2020_from_bt709,
+    BT2020_CHROMATICITIES,
+    bt709_from_primaries,
     hdr_luma_to_l_table,
-    hlg_to_linear,
     linear_to_pq,
     linear_to_srgb,
     luma_to_l_table,
-    pq_to_linear,
     rgb_to_lab,
-    srgb_to_linear,
+    video_rgb_to_linear,
     ycbcr_to_rgb_np,
 )
 from models.colorizer import Colorizer
@@ -358,8 +357,8 @@ def test_hdr_video_is_read_as_the_light_its_codes_stand_for_and_coloured_in_its_
     signal = ycbcr_to_rgb_np(coloured.luma, coloured.cb, coloured.cr, layout.matrix, layout.bit_depth,
                              layout.full_range)
     signal = torch.from_numpy(signal.astype(np.float64)).permute(2, 0, 1)
-    light = {"pq": pq_to_linear, "hlg": hlg_to_linear, None: srgb_to_linear}[transfer](signal)
-    bt709 = torch.einsum("ij,jhw->ihw", torch.from_numpy(np.linalg.inv(bt2020_from_bt709())), light)
+    light = video_rgb_to_linear(signal, transfer)
+    bt709 = torch.einsum("ij,jhw->ihw", torch.from_numpy(bt709_from_primaries(BT2020_CHROMATICITIES)), light)
     shown = rgb_to_lab(linear_to_srgb(bt709.clamp(0.0, 1.0))).permute(1, 2, 0).numpy()
     # The film's own lightness: its luma is kept code for code, so a coloured pixel's light moves a little off its
     # gray's, as Y'CbCr's luma is not luminance (most where PQ is steep).

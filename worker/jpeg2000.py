@@ -150,10 +150,15 @@ def read_jp2_boxes(f: BinaryIO) -> Jp2Boxes | None:
             xml_xmp = contents  # XMP some writers keep in an XML box instead of Adobe's uuid box
     if not depths:
         return None
-    bits = max((d & 0x7F) + 1 for d in depths)
-    return Jp2Boxes(bits=bits, signed=any(d & 0x80 for d in depths), icc=icc, exif=exif, xmp=xmp or xml_xmp,
-                    coding=coding, compression=compression and compression * (1 if bits <= 8 else 2),
-                    dpi=dpi)
+    bits, signed = _depth(depths)
+    return Jp2Boxes(bits=bits, signed=signed, icc=icc, exif=exif, xmp=xmp or xml_xmp, coding=coding,
+                    compression=compression and compression * (1 if bits <= 8 else 2), dpi=dpi)
+
+
+def _depth(depths) -> tuple[int, bool]:
+    """The deepest component's bits, and whether any is signed, from depth bytes as JP2's header and a codestream's
+    SIZ code them: bit 7 signed, then the depth less one."""
+    return max((d & 0x7F) + 1 for d in depths), any(d & 0x80 for d in depths)
 
 
 def lacks_jp2_header(f: BinaryIO) -> bool:
@@ -167,8 +172,7 @@ def lacks_jp2_header(f: BinaryIO) -> bool:
 
 def _bare_codestream(main_header: bytes, length: int) -> Jp2Boxes | None:
     """What a codestream stored alone says in its main header (``main_header``, of a file of ``length`` bytes): its
-    components' depths, after SIZ's grid (coded as JP2's header codes them: bit 7 signed, then the depth less one),
-    and its coding. It has no boxes: no profile, EXIF, XMP or resolution."""
+    components' depths, after SIZ's grid, and its coding. It has no boxes: no profile, EXIF, XMP or resolution."""
     if len(main_header) < _SIZ_COMPONENTS + 2:
         return None
     (components,) = struct.unpack_from(">H", main_header, _SIZ_COMPONENTS)
@@ -176,10 +180,9 @@ def _bare_codestream(main_header: bytes, length: int) -> Jp2Boxes | None:
     coding = read_coding(main_header)
     if not components or len(depths) < components or coding is None:
         return None
-    bits = max((d & 0x7F) + 1 for d in depths)
+    bits, signed = _depth(depths)
     samples = coding.size[0] * coding.size[1] * components
-    return Jp2Boxes(bits=bits, signed=any(d & 0x80 for d in depths), coding=coding,
-                    compression=samples / length * (1 if bits <= 8 else 2))
+    return Jp2Boxes(bits=bits, signed=signed, coding=coding, compression=samples / length * (1 if bits <= 8 else 2))
 
 
 def _dpi(resolution: bytes) -> tuple[float, float] | None:

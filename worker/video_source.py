@@ -43,18 +43,16 @@ import torch
 
 from models.color import (
     BT709_LUMINANCE,
+    BT2020_CHROMATICITIES,
     YCBCR_WEIGHTS,
     bt709_from_primaries,
-    bt2020_from_bt709,
     code_dtype,
     hdr_luma_to_l_table,
-    hlg_to_linear,
     linear_to_srgb_np,
     log_luma_to_l_table,
     luma_code_table,
     luma_to_l_table,
-    pq_to_linear,
-    srgb_to_linear,
+    video_rgb_to_linear,
     ycbcr_to_rgb_np,
 )
 from worker.boxes import file_boxes
@@ -599,7 +597,7 @@ def highlights_lost(film: FilmInfo, keeps_light: bool) -> str | None:
             "to keep it, or scale the frames' exposure down first")
 
 
-def hdr_read_as_sdr(film: FilmInfo, codec: str | None) -> str | None:
+def hdr_lost(film: FilmInfo, codec: str | None) -> str | None:
     """Why a copy of ``film`` is coloured only roughly, or loses what HDR10 says of it, for a warning: HDR video (PQ
     or HLG) coloured into frames (``codec`` None), which are written as SDR colour; or an HDR10 film's static
     metadata (mastering display, light levels), which only H.265 copies carry (x265 writes it), in another
@@ -620,8 +618,8 @@ def hdr_read_as_sdr(film: FilmInfo, codec: str | None) -> str | None:
 
 def copy_warnings(film: FilmInfo, keeps_light: bool, codec: str | None) -> list[str]:
     """What a copy of ``film`` in ``codec`` (None: frames) loses or gets only roughly (``highlights_lost``,
-    ``hdr_read_as_sdr``), for warnings before any work."""
-    warnings = (highlights_lost(film, keeps_light), hdr_read_as_sdr(film, codec))
+    ``hdr_lost``), for warnings before any work."""
+    warnings = (highlights_lost(film, keeps_light), hdr_lost(film, codec))
     return [warning for warning in warnings if warning]
 
 
@@ -1022,15 +1020,9 @@ def shown_video(frame: av.VideoFrame) -> np.ndarray | None:
               for plane in frame.reformat(format="yuv444p16le").planes]
     matrix = MATRIX_BY_COLORSPACE.get(frame.colorspace, "bt2020")
     signal = torch.from_numpy(ycbcr_to_rgb_np(*planes, matrix, 16, frame.color_range == RANGE_FULL))
-    if transfer == "pq":
-        light = pq_to_linear(signal)
-    elif transfer == "hlg":
-        light = hlg_to_linear(signal, channels=-1)
-    else:
-        light = srgb_to_linear(signal)
-    if frame.color_primaries == PRIMARIES_BT2020:
-        light = light @ torch.from_numpy(np.linalg.inv(bt2020_from_bt709())).to(light.dtype).T
-    return np.rint(shown_light(light.numpy()) * 255).astype(np.uint8)
+    light = video_rgb_to_linear(signal, transfer, channels=-1).numpy()
+    primaries = BT2020_CHROMATICITIES if frame.color_primaries == PRIMARIES_BT2020 else None
+    return np.rint(shown_light(as_bt709(light, plate_conversion(primaries))) * 255).astype(np.uint8)
 
 
 def _luminance(values: np.ndarray) -> np.ndarray:
