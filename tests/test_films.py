@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -126,18 +127,19 @@ def test_mkv_film_luma_is_bit_exact_and_audio_subtitles_copied(tmp_path, tiny_ch
     assert out.tag("title") == "Reel two"
 
 
-def test_a_further_video_stream_is_copied_as_it_is_beside_the_coloured_one(tmp_path, tiny_checkpoint):
-    """A film with a second video stream (another angle, a preview) is coloured in its first and keeps the second
-    packet for packet. The join had taken the copy's timestamps for the coloured stream's, and failed the film as
-    "segments cannot be joined"."""
-    reel = bw_clip(tmp_path / "reel.mkv", frames=16, audio="flac")  # H.264 with B-frames
-    angle = bw_clip(tmp_path / "angle.mkv", frames=16, size=(48, 32))
-    source = tmp_path / "two-angles.mkv"
-    with av.open(str(reel.path)) as first, av.open(str(angle.path)) as second, av.open(str(source), "w") as out:
-        streams = [(container, stream, out.add_stream_from_template(stream))
-                   for container in (first, second) for stream in container.streams]
-        packets = [(packet, copy) for container, stream, copy in streams
-                   for packet in container.demux(stream) if packet.size]
+def muxed(path: Path, *clips: Path, disposition: int = 0) -> Path:
+    """Every stream of ``clips`` in one file at ``path``, in their order, packets interleaved by time; the first
+    clip's streams flagged with ``disposition``."""
+    with contextlib.ExitStack() as sources, av.open(str(path), "w") as out:
+        packets = []
+        for number, clip in enumerate(clips):
+            source = sources.enter_context(av.open(str(clip)))
+            for stream in source.streams:
+                copy = out.add_stream_from_template(stream)
+                if number == 0 and disposition:
+                    copy.disposition = disposition
+                packets += [(packet, copy) for packet in source.demux(stream) if packet.size]
+
         def when(item) -> float:
             packet = item[0]
             return float((packet.dts if packet.dts is not None else packet.pts) * packet.time_base)
@@ -145,6 +147,16 @@ def test_a_further_video_stream_is_copied_as_it_is_beside_the_coloured_one(tmp_p
         for packet, copy in sorted(packets, key=when):
             packet.stream = copy
             out.mux(packet)
+    return path
+
+
+def test_a_further_video_stream_is_copied_as_it_is_beside_the_coloured_one(tmp_path, tiny_checkpoint):
+    """A film with a second video stream (another angle, a preview) is coloured in its first and keeps the second
+    packet for packet. The join had taken the copy's timestamps for the coloured stream's, and failed the film as
+    "segments cannot be joined"."""
+    reel = bw_clip(tmp_path / "reel.mkv", frames=16, audio="flac")  # H.264 with B-frames
+    angle = bw_clip(tmp_path / "angle.mkv", frames=16, size=(48, 32))
+    source = muxed(tmp_path / "two-angles.mkv", reel.path, angle.path)
     before = probe(source)
     assert [s.type for s in before.streams] == ["video", "audio", "video"]
     output = tmp_path / "out.mkv"
@@ -153,6 +165,46 @@ def test_a_further_video_stream_is_copied_as_it_is_beside_the_coloured_one(tmp_p
     assert after.video.frame_count == 16 and after.video.pts == before.video.pts and is_coloured(output)
     assert [(s.type, s.payload_sha256) for s in after.streams[1:]] == [
         (s.type, s.payload_sha256) for s in before.streams[1:]]
+
+
+def test_a_still_picture_before_the_film_is_copied_and_the_film_coloured(tmp_path, tiny_checkpoint):
+    """A Matroska film whose first video track is a still (a poster, a title card put in as a track of one frame)
+    was taken for the film: refused as "truncated", or, where the file's durations allowed, coloured as a film of
+    one frame beside its film copied uncoloured, without a word. The film is the stream FFmpeg's players pick,
+    which holds more than one frame; the still goes with it packet for packet."""
+    still = write_clip(tmp_path / "still.mkv", gray_frames(moving_scene(1, 48, 32)), codec="mjpeg",
+                       pix_fmt="yuvj420p")
+    reel = bw_clip(tmp_path / "reel.mkv", frames=16, audio="flac")
+    source = muxed(tmp_path / "poster-first.mkv", still.path, reel.path)
+    before = probe(source)
+    assert [(s.type, s.codec) for s in before.streams] == [("video", "mjpeg"), ("video", "h264"), ("audio", "flac")]
+    output = tmp_path / "out.mkv"
+    assert run_cli(tiny_checkpoint, str(source), "-o", str(output), "--segment-seconds", "0.25") == 0
+    after = probe(output)
+    assert after.video.frame_count == 16 and after.video.pts == before.streams[1].pts and is_coloured(output)
+    assert [(s.type, s.payload_sha256) for s in after.streams[1:]] == [
+        (s.type, s.payload_sha256) for s in (before.streams[0], before.streams[2])]
+
+
+def test_a_file_whose_only_picture_is_its_cover_is_refused_by_name(tmp_path, tiny_checkpoint, capsys):
+    """Sound with a cover picture has no film to colour: it is refused as such. The cover had been taken for the
+    film, and failed it as "broken timestamps"."""
+    with_cover = bw_clip(tmp_path / "with-cover.mp4", frames=8, audio="aac", cover=True)
+    song = tmp_path / "song.mp4"
+    with av.open(str(with_cover.path)) as source, av.open(str(song), "w") as out:
+        kept = [stream for stream in source.streams if stream.type == "audio"
+                or stream.disposition & av.stream.Disposition.attached_pic]
+        copies = {stream.index: out.add_stream_from_template(stream) for stream in kept}
+        for stream in kept:
+            copies[stream.index].disposition = stream.disposition
+        for packet in source.demux(*kept):
+            if packet.size:
+                packet.stream = copies[packet.stream.index]
+                out.mux(packet)
+    assert has_cover(song)
+    assert run_cli(tiny_checkpoint, str(song), "-o", str(tmp_path / "out.mp4")) != 0
+    assert f"{song}: no video stream, only a cover picture (stream #" in capsys.readouterr().err
+    assert not (tmp_path / "out.mp4").exists()
 
 
 def with_attachment(clip: Path, path: Path, name: str, mimetype: str, data: bytes) -> Path:

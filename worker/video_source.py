@@ -356,10 +356,9 @@ def probe_film(path: str | os.PathLike, max_pixels: int, frame_rate: Fraction | 
     if sequence is not None:
         logger.info("%s: %s", path, sequence.describe())
     with _open_streams(path, sequence) as container:
-        if not container.streams.video:
-            kinds = ", ".join(sorted({s.type for s in container.streams})) or "none"
-            raise UnsupportedMediaError(path, f"no video stream (streams: {kinds})")
-        stream = container.streams.video[0]
+        stream = film_stream(container)
+        if stream is None:
+            raise UnsupportedMediaError(path, _no_film_stream(container))
         codec_context = stream.codec_context
         codec_name = codec_context.name if codec_context is not None else "none"
         if codec_context is None or codec_name in ("none", ""):
@@ -404,13 +403,36 @@ def _open_streams(path: str, sequence: FrameSequence | None) -> AbstractContextM
 
 
 def index_frames(path: str | os.PathLike) -> FrameIndex:
-    """The frame index of a film's first video stream alone (demuxing only): what :func:`decode_from` needs to
-    find frames in a file that needs no other checks, such as Tinct's own output."""
+    """The frame index of a film's video stream (:func:`film_stream`) alone (demuxing only): what
+    :func:`decode_from` needs to find frames in a file that needs no other checks, such as Tinct's own output."""
     path = os.fspath(path)
     with _open(path) as container:
-        if not container.streams.video:
-            raise UnsupportedMediaError(path, "no video stream")
-        return _index_packets(path, container, container.streams.video[0])
+        stream = film_stream(container)
+        if stream is None:
+            raise UnsupportedMediaError(path, _no_film_stream(container))
+        return _index_packets(path, container, stream)
+
+
+def film_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
+    """The video stream a film's pictures are in, None if it has none: the one FFmpeg's players pick
+    (``av_find_best_stream``: flagged default, holding more than one frame, then the highest bit rate), never a
+    cover picture. An album-style cover, or a still put in a Matroska file as its first track, is one picture: a
+    film's first video stream is not always its film."""
+    moving = [stream for stream in container.streams.video
+              if not stream.disposition & av.stream.Disposition.attached_pic]
+    if not moving:
+        return None
+    best = container.streams.best("video")
+    return best if best in moving else moving[0]
+
+
+def _no_film_stream(container: av.container.InputContainer) -> str:
+    """Why a file has no film to colour, for its one-line error."""
+    covers = [f"#{stream.index}" for stream in container.streams.video]
+    if covers:
+        return f"no video stream, only a cover picture (stream {', '.join(covers)})"
+    kinds = ", ".join(sorted({stream.type for stream in container.streams})) or "none"
+    return f"no video stream (streams: {kinds})"
 
 
 def _codec_name(stream: av.stream.Stream) -> str:
@@ -528,7 +550,7 @@ def _sample_targets(index: FrameIndex) -> list[int]:
 def _sample_frames(path: str, container, index: FrameIndex) -> tuple[VideoFormat, bool]:
     """Decode a few frames spread over the film: the first gives the exact format and rotation (which
     FFmpeg attaches to decoded frames), all of them tell black-and-white from colour."""
-    stream = container.streams.video[0]
+    stream = film_stream(container)
     _use_threads(stream)
     _check_display_times(path, container, stream, index)
     samples = ((target, _decode_at(path, container, stream, index, target)) for target in _sample_targets(index))

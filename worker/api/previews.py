@@ -45,6 +45,7 @@ from worker.video_source import (
     LINEAR_FLOAT_FORMATS,
     as_bt709,
     decode_from,
+    film_stream,
     float_light,
     index_frames,
     plate_conversion,
@@ -283,7 +284,9 @@ def _save(image: Image.Image, path: Path, side: int) -> None:
 def _duration(path: Path) -> float:
     try:
         with av.open(str(path)) as container:
-            stream = container.streams.video[0]
+            stream = film_stream(container)
+            if stream is None:
+                raise PermanentError(f"{path.name}: has no video stream for a preview")
             if stream.duration is not None and stream.time_base is not None:
                 return float(stream.duration * stream.time_base)
             if container.duration is not None:
@@ -291,7 +294,7 @@ def _duration(path: Path) -> float:
             frames = stream.frames or 0
             rate = float(stream.average_rate or 24)
             return frames / rate if frames else 1.0
-    except (av.FFmpegError, IndexError) as exc:
+    except av.FFmpegError as exc:
         raise PermanentError(f"{path.name}: cannot read the film for a preview ({one_line(exc)})") from exc
 
 
@@ -302,7 +305,7 @@ def _frames_at(path: Path, times: list[float], log: bool = False) -> list[Image.
     index = index_frames(path)
     frames: list[Image.Image] = []
     with av.open(str(path)) as container:
-        stream = container.streams.video[0]
+        stream = film_stream(container)
         time_base = stream.time_base or Fraction(1, 1000)
         pts, last = index.frame_pts, len(index.frame_pts) - 1
         for seconds in times:
