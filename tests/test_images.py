@@ -1030,7 +1030,7 @@ def test_photo_is_plain_data(tmp_path: Path) -> None:
 
 
 def test_encoder_settings_follow_the_source(tmp_path: Path) -> None:
-    """JPEG keeps the source's chroma subsampling (quality 95), lossless WebP stays lossless, uncompressed TIFF stays
+    """JPEG keeps the source's chroma subsampling, lossless WebP stays lossless, uncompressed TIFF stays
     uncompressed and other TIFF compressions become lossless deflate."""
     from PIL import JpegImagePlugin
 
@@ -1056,6 +1056,53 @@ def test_encoder_settings_follow_the_source(tmp_path: Path) -> None:
     write_photo(tmp_path / "as.jpg", l_as_rgb(photo.L), photo, LABEL)  # another format: that format's defaults
     with Image.open(tmp_path / "as.jpg") as im:
         assert JpegImagePlugin.get_sampling(im) == 2  # 4:2:0
+
+
+def quantization(path: Path) -> dict[int, list[int]]:
+    with Image.open(path) as im:
+        return {number: list(table) for number, table in im.quantization.items()}
+
+
+def libjpeg_tables(quality: int) -> dict[int, list[int]]:
+    """The tables libjpeg itself codes a colour picture with at ``quality``."""
+    buffer = io.BytesIO()
+    Image.fromarray(colour8()).save(buffer, "JPEG", quality=quality)
+    return quantization(buffer)
+
+
+def transposed(table: list[int]) -> list[int]:
+    return [table[column * 8 + row] for row in range(8) for column in range(8)]
+
+
+def test_a_jpeg_copy_is_quantized_as_its_source_was(tmp_path: Path) -> None:
+    """Every JPEG copy was quality 95: an access copy at quality 60 came back 2.5 times its size, a master at 98
+    lost detail. A copy now keeps its source's lightness table (turned with an EXIF-turned picture), and its chroma
+    table, or a gray source's chroma gets libjpeg's at the quality nearest its lightness table."""
+    Image.fromarray(gray8()).save(tmp_path / "gray60.jpg", quality=60)
+    Image.fromarray(colour8()).save(tmp_path / "colour80.jpg", quality=80)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter clockwise
+    Image.fromarray(gray8()).save(tmp_path / "turned.jpg", quality=70, exif=exif)
+    Image.fromarray(gray8()).save(tmp_path / "scan.png")
+    copies = {}
+    for name in ("gray60.jpg", "colour80.jpg", "turned.jpg", "scan.png"):
+        photo = read_photo(tmp_path / name)
+        copies[name] = write_photo(tmp_path / f"out-{name}".replace(".png", ".jpg"), l_as_rgb(photo.L) * 0.9 + 0.05,
+                                   photo, LABEL)
+    source = quantization(tmp_path / "gray60.jpg")
+    assert quantization(copies["gray60.jpg"]) == {0: source[0], 1: libjpeg_tables(60)[1]}
+    assert quantization(copies["colour80.jpg"]) == quantization(tmp_path / "colour80.jpg")
+    turned = quantization(tmp_path / "turned.jpg")[0]
+    assert turned != transposed(turned)  # libjpeg's tables are not symmetric: a turn shows
+    assert quantization(copies["turned.jpg"]) == {0: transposed(turned), 1: transposed(libjpeg_tables(70)[1])}
+    assert quantization(copies["scan.png"]) == libjpeg_tables(images.JPEG_QUALITY)  # not a JPEG: quality 95
+
+
+def test_the_libjpeg_quality_of_a_table_is_found() -> None:
+    for quality in (5, 30, 50, 75, 90, 97, 100):
+        assert images.ijg_quality(libjpeg_tables(quality)[0]) == quality
+    photoshop_like = [max(1, round(entry * 0.9)) for entry in libjpeg_tables(80)[0]]  # no quality of libjpeg's
+    assert images.ijg_quality(photoshop_like) in (81, 82)
 
 
 @pytest.mark.parametrize("bits", [8, 16])

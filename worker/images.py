@@ -100,7 +100,18 @@ ALPHA_FORMATS = frozenset({"PNG", "TIFF", "WEBP", "JPEG2000"})
 SIXTEEN_BIT_FORMATS = frozenset({"PNG", "TIFF", "JPEG2000"})
 
 DEFAULT_MAX_PIXELS = 200_000_000  # a 16k x 12k archive scan still fits; bombs and garbage headers do not
-JPEG_QUALITY = 95
+JPEG_QUALITY = 95  # a JPEG result of a source in another format; a JPEG source's copy keeps its quantization
+#: libjpeg's quantization tables at quality 50 (ITU-T T.81 Annex K), in natural order, as Pillow hands tables over:
+#: what a quality setting scales.
+_IJG_LUMA_TABLE = (
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99,
+)
+_IJG_CHROMA_TABLE = (
+    17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99, 24, 26, 56, 99, 99, 99, 99, 99,
+    47, 66, 99, 99, 99, 99, 99, 99, *(99,) * 32,
+)
 _JPEG_MARKER_BYTES = 65533  # the payload one JPEG APPn marker can hold (EXIF and XMP each get one)
 WEBP_QUALITY = 95
 
@@ -594,7 +605,7 @@ def _decode(path: Path, im: Image.Image) -> _Source:
         path=path, L=np.empty((0, 0), np.float32), format=fmt, mode=mode, bit_depth=bits, alpha=alpha,
         exif=portable_exif, icc_profile=icc, xmp=_reset_xmp_orientation(info.get("xmp")),
         dpi=(float(dpi[0]), float(dpi[1])) if dpi and dpi[0] and dpi[1] else None,
-        text=_png_text(im), encoder=_encoder_hints(im, path),
+        text=_png_text(im), encoder=_encoder_hints(im, path, orientation in (5, 6, 7, 8)),
     )
     space = None if gray_lut is not None else dcf_adobe_rgb_space() if dcf_adobe_rgb else rgb_space(icc)
     return _Source(photo, pixels, gray_lut, space)
@@ -883,10 +894,13 @@ def _through_gray_profile(path: Path, icc: bytes | None, levels: np.ndarray) -> 
 # --- metadata --------------------------------------------------------------------------------------------------
 
 
-def _encoder_hints(im: Image.Image, path: Path) -> dict[str, Any]:
+def _encoder_hints(im: Image.Image, path: Path, turned: bool) -> dict[str, Any]:
+    """How the source was coded, for a copy in its format to be coded alike; ``turned``: its orientation swaps
+    width and height."""
     if im.format in ("JPEG", "MPO"):
         sampling = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}.get(JpegImagePlugin.get_sampling(im))
-        return {"subsampling": sampling, "progressive": bool(im.info.get("progressive"))}
+        return {"subsampling": sampling, "progressive": bool(im.info.get("progressive")),
+                "qtables": _copy_quantization(im, turned)}
     if im.format == "TIFF":
         return {"compression": im.info.get("compression", "raw")}
     if im.format == "WEBP":
@@ -895,6 +909,39 @@ def _encoder_hints(im: Image.Image, path: Path) -> dict[str, Any]:
         boxes = _jp2_boxes(im)
         return {"lossless": boxes.reversible is not False, "compression": boxes.compression, "coding": boxes.coding}
     return {}
+
+
+def _copy_quantization(im: Image.Image, turned: bool) -> list[list[int]] | None:
+    """The quantization tables a JPEG source's copy is coded with: its own lightness table, so an access copy
+    stays as small as it was and a master as fine (ImageMagick keeps a JPEG's quality too), and its chroma table,
+    or for a gray source libjpeg's at the quality nearest its lightness table. Requantizing the lightness with the
+    table it was quantized with costs it little more. None for a CMYK JPEG, whose tables are not for Y'CbCr."""
+    tables = getattr(im, "quantization", None) or {}
+    if im.mode not in ("L", "RGB") or 0 not in tables:
+        return None
+    luma = list(tables[0])
+    chroma = list(tables[1]) if im.mode == "RGB" and 1 in tables else _ijg_table(_IJG_CHROMA_TABLE,
+                                                                                   ijg_quality(luma))
+    if turned:  # the copy's 8x8 blocks are the source's turned: so are their frequencies
+        luma, chroma = _transposed_table(luma), _transposed_table(chroma)
+    return [luma, chroma]
+
+
+def ijg_quality(luma_table: list[int]) -> int:
+    """The libjpeg quality (1-100) whose lightness table is nearest ``luma_table`` (natural order): a camera's or
+    Photoshop's table is not libjpeg's, but is near one of its qualities."""
+    return min(range(1, 101), key=lambda quality: sum(
+        abs(ours - theirs) for ours, theirs in zip(_ijg_table(_IJG_LUMA_TABLE, quality), luma_table, strict=True)))
+
+
+def _ijg_table(base: tuple[int, ...], quality: int) -> list[int]:
+    """libjpeg's ``jpeg_quality_scaling``, limited to baseline's 8-bit entries."""
+    scale = 5000 // quality if quality < 50 else 200 - 2 * quality
+    return [min(255, max(1, (entry * scale + 50) // 100)) for entry in base]
+
+
+def _transposed_table(table: list[int]) -> list[int]:
+    return [table[column * 8 + row] for row in range(8) for column in range(8)]
 
 
 def _webp_is_lossless(path: Path) -> bool:
@@ -1145,8 +1192,10 @@ def _encoder_for(
     if like.dpi and fmt != "WEBP":
         options["dpi"] = like.dpi
     if fmt == "JPEG":
+        # Pillow scales given tables by the quality, as libjpeg does: the source's tables go without one.
+        coding = {"qtables": hints["qtables"]} if hints.get("qtables") else {"quality": JPEG_QUALITY}
         options.update(
-            quality=JPEG_QUALITY, subsampling=hints.get("subsampling") or "4:2:0",
+            coding, subsampling=hints.get("subsampling") or "4:2:0",
             progressive=bool(hints.get("progressive")), exif=_jpeg_exif(exif),
         )
         if like.xmp and len(like.xmp) < _JPEG_MARKER_BYTES - 64:
