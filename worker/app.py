@@ -6,8 +6,10 @@ Settings that make a crash safe, and why:
   worker killed mid-film (kill -9, OOM, a lost node) leaves its task in Redis to be delivered again. That is
   only correct because every task is idempotent (``worker.work``: deterministic outputs, finished pieces
   recorded in Redis and skipped).
-* ``worker_prefetch_multiplier = 1``: a worker holds one task beyond the one it runs, never a queue's worth,
-  so a slow GPU node does not sit on work an idle one could do.
+* ``worker_prefetch_multiplier = 1``: a worker holds no task beyond those it runs, never a queue's worth, so a
+  slow GPU node does not sit on work an idle one could do. With late acks the tasks a worker runs are still
+  unacknowledged and count against its prefetch limit (concurrency x 1): a worker of concurrency 1 given six
+  tasks holds one in Redis's ``unacked`` hash and leaves five queued (tried on Celery 5.7).
 * the Redis transport's ``visibility_timeout`` above the longest task: an unacknowledged task is redelivered
   after it, so it must not expire while a healthy worker is still colorizing a segment.
 * JSON only, for tasks, results and events: nothing a worker receives is ever unpickled.
