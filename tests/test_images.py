@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageCms, ImageOps
+from PIL import Image, ImageCms, ImageOps, PngImagePlugin
 
 from models import color
 from tests.icc_profiles import (
@@ -744,6 +744,67 @@ def test_a_camera_jpeg_declared_adobe_rgb_is_read_so_and_its_result_declared_srg
         camera = written.getexif().get_ifd(0x8769)
         assert camera[0xA001] == 1 and written.getexif().get_ifd(0xA005)[0x0001].strip("\0") == "R98"
         assert "icc_profile" not in written.info
+
+
+def png_chunks(**chunks: bytes) -> PngImagePlugin.PngInfo:
+    info = PngImagePlugin.PngInfo()
+    for name, data in chunks.items():
+        info.add(name.encode("ascii"), data)
+    return info
+
+
+def gama(gamma: float) -> bytes:
+    return struct.pack(">I", round(gamma * 100000))
+
+
+def l_of_luminance(luminance: np.ndarray) -> np.ndarray:
+    return np.where(luminance > 0.008856, 116 * np.cbrt(luminance) - 16, 903.3 * luminance)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_a_png_declaring_its_gamma_alone_is_read_in_it_and_its_result_shows_the_same_lightness(tmp_path: Path,
+                                                                                              mode: str) -> None:
+    """A PNG with a gAMA chunk and no sRGB or iCCP chunk is shown by browsers through that gamma: a scan stored
+    linear (gAMA 1.0) shows code 128 at half white's light. Read as sRGB, its copy (tagged sRGB) showed it a fifth:
+    24 L darker on average on a BSDS photo."""
+    shades = gray8(8, 16)
+    pixels = shades if mode == "L" else np.repeat(shades[..., None], 3, axis=2)
+    source = tmp_path / "linear.png"
+    Image.fromarray(pixels).save(source, pnginfo=png_chunks(gAMA=gama(1.0)))
+    photo = read_photo(source)
+    expected = l_of_luminance(shades / 255.0)
+    assert np.abs(photo.L - expected).max() < 0.05
+    out = write_photo(tmp_path / "colour.png", l_as_rgb(photo.L), photo, LABEL)
+    with Image.open(out) as written:
+        assert "gamma" not in written.info  # an sRGB result
+        np.testing.assert_allclose(expected_l(np.asarray(written.convert("RGB"))), expected, atol=0.5)
+
+
+def test_a_png_gamma_counts_only_where_nothing_else_declares_the_encoding(tmp_path: Path) -> None:
+    """An sRGB or iCCP chunk overrides gAMA, as in browsers; a gAMA within libpng's 5 % of 1/2.2 is sRGB's; cHRM's
+    primaries count with it."""
+    shades = gray8(8, 16)
+    as_srgb = expected_l(np.repeat(shades[..., None], 3, axis=2))
+    cases = {
+        "srgb-chunk.png": png_chunks(gAMA=gama(1.0), sRGB=b"\0"),
+        "libpng-default.png": png_chunks(gAMA=gama(1 / 2.2)),
+    }
+    for name, info in cases.items():
+        Image.fromarray(shades).save(tmp_path / name, pnginfo=info)
+        np.testing.assert_allclose(read_photo(tmp_path / name).L, as_srgb, atol=0.05, err_msg=name)
+    Image.fromarray(shades).save(tmp_path / "profiled.png", pnginfo=png_chunks(gAMA=gama(1.0)),
+                                 icc_profile=srgb_icc_profile())
+    np.testing.assert_allclose(read_photo(tmp_path / "profiled.png").L, as_srgb, atol=0.05)
+
+    # Pure red under BT.2020's primaries, stored linear: its light is BT.2020 red's share of white.
+    red = np.zeros((8, 16, 3), np.uint8)
+    red[..., 0] = 255
+    wide = struct.pack(">8I", *(round(v * 100000) for v in (*color.BT2020_CHROMATICITIES[6:],
+                                                            *color.BT2020_CHROMATICITIES[:6])))
+    Image.fromarray(red).save(tmp_path / "wide.png", pnginfo=png_chunks(gAMA=gama(1.0), cHRM=wide))
+    photo = read_photo(tmp_path / "wide.png")
+    red_share = color.xyz_from_primaries(color.BT2020_CHROMATICITIES)[1, 0]  # 0.2627, against sRGB red's 0.2126
+    np.testing.assert_allclose(photo.L, l_of_luminance(np.full((8, 16), red_share)), atol=0.3)
 
 
 def test_cmyk_is_converted_to_rgb(tmp_path: Path) -> None:

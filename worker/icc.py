@@ -8,7 +8,8 @@ photo's lightness is measured in the colours it shows (:meth:`RgbSpace.lightness
 written back in its own space, under its own profile (:meth:`RgbSpace.from_srgb`). A neutral pixel stays neutral
 and keeps its exact value through the round trip, so the photo's tones are untouched (where a tabulated curve
 repeats an entry, in its darkest 1 % or so, a code may move to another of the codes the profile shows alike).
-Cameras set to Adobe RGB declare it in EXIF alone, with no profile: :func:`dcf_adobe_rgb_space` is that space.
+Cameras set to Adobe RGB declare it in EXIF alone, with no profile: :func:`dcf_adobe_rgb_space` is that space. A PNG
+may declare its encoding in gAMA and cHRM chunks alone: :func:`png_declared_space`.
 
 Profiles this does not model exactly (colour look-up tables, Lab connection space) and sRGB profiles themselves
 give None. A profile that says its colours through look-up tables (:func:`has_lookup_tables`: a scanner calibrated
@@ -365,6 +366,37 @@ def dcf_adobe_rgb_space() -> RgbSpace:
     colorants = np.array([[0.60974, 0.20528, 0.14919], [0.31111, 0.62567, 0.06322], [0.01947, 0.06087, 0.74457]])
     curve = _increasing(np.linspace(0.0, 1.0, _CURVE_SAMPLES) ** (563 / 256))
     return _matrix_space(colorants, np.stack([curve] * 3))
+
+
+#: libpng's PNG_GAMMA_THRESHOLD: a gAMA within 5 % of sRGB's 1/2.2 is taken as sRGB's encoding.
+_PNG_GAMMA_THRESHOLD = 0.05
+
+
+@lru_cache(maxsize=16)
+def png_declared_space(gamma: float | None, chromaticity: tuple[float, ...] | None) -> RgbSpace | None:
+    """The encoding a PNG with neither an sRGB nor an iCCP chunk declares in its gAMA chunk (``gamma``: samples are
+    light to that power) and cHRM chunk (Pillow's order: white, red, green, blue as xy), as browsers show it: a
+    scientific scan stored linear (gAMA 1.0) shows its mid-gray code 128 at half the light of white, not a fifth.
+    None where that is sRGB: no gAMA, or one within libpng's threshold of 1/2.2 and no other primaries."""
+    if not gamma or gamma <= 0:
+        return None
+    primaries = None
+    if chromaticity is not None and len(chromaticity) == 8:
+        primaries = (*chromaticity[2:], *chromaticity[:2])
+        if color.same_primaries(primaries, color.BT709_CHROMATICITIES):
+            primaries = None
+    if primaries is None and abs(gamma * 2.2 - 1.0) < _PNG_GAMMA_THRESHOLD:
+        return None
+    to_srgb = np.eye(3)
+    if primaries is not None:
+        try:
+            to_srgb = color.bt709_from_primaries(primaries)
+        except (np.linalg.LinAlgError, ZeroDivisionError, FloatingPointError) as exc:
+            logger.debug("cHRM chromaticities %s not usable (%s); taken as sRGB's", chromaticity, exc)
+        if not np.isfinite(to_srgb).all():
+            to_srgb = np.eye(3)
+    curve = _increasing(np.linspace(0.0, 1.0, _CURVE_SAMPLES) ** (1.0 / gamma))
+    return RgbSpace(to_srgb_linear=to_srgb, curves=np.stack([curve] * 3))
 
 
 def _xyz(data: bytes) -> tuple[float, float, float]:

@@ -55,6 +55,7 @@ from worker.icc import (
     gray_luminance,
     has_lookup_tables,
     lookup_table_space,
+    png_declared_space,
     rgb_space,
     sample_curve,
 )
@@ -568,6 +569,9 @@ def _decode(path: Path, im: Image.Image) -> _Source:
     info = dict(im.info)
     icc = info.get("icc_profile") or None
     icc_space = _icc_colour_space(icc)
+    # A PNG's gAMA and cHRM chunks count only where it has neither an ICC profile nor an sRGB chunk, as in browsers.
+    declared = png_declared_space(info.get("gamma"), info.get("chromaticity")) if (
+        fmt == "PNG" and icc is None and "srgb" not in info) else None
     try:
         exif = im.getexif()  # (for a PNG with EXIF after the pixels, this decodes them: truncation raises OSError)
         orientation = int(exif.get(_ORIENTATION, 1) or 1)
@@ -595,6 +599,8 @@ def _decode(path: Path, im: Image.Image) -> _Source:
     else:
         levels = _gray_levels(im, bits)
         pixels, alpha, gray_lut, icc = _pillow_pixels(path, upright(im), mode, levels, icc, icc_space)
+        if declared is not None and gray_lut is not None:  # its result is sRGB, each gray's lightness kept
+            gray_lut = declared.gray_lightness(levels).astype(np.float32)
     if icc is not None and _icc_colour_space(icc) != "RGB":
         logger.debug("%s: dropping a %s ICC profile that cannot describe an RGB result", path, icc_space)
         icc = None
@@ -607,7 +613,8 @@ def _decode(path: Path, im: Image.Image) -> _Source:
         dpi=(float(dpi[0]), float(dpi[1])) if dpi and dpi[0] and dpi[1] else None,
         text=_png_text(im), encoder=_encoder_hints(im, path, orientation in (5, 6, 7, 8)),
     )
-    space = None if gray_lut is not None else dcf_adobe_rgb_space() if dcf_adobe_rgb else rgb_space(icc)
+    space = (None if gray_lut is not None else dcf_adobe_rgb_space() if dcf_adobe_rgb else declared
+             or rgb_space(icc))
     return _Source(photo, pixels, gray_lut, space)
 
 
