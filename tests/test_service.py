@@ -153,6 +153,7 @@ def test_film_is_split_over_two_workers_and_joined(service_env, tmp_path):
     assert record.state == "succeeded", record.error
     assert record.outputs == ["s3://colour/films/reel.mkv"] and record.done == 48
     assert keys(s3, "colour") == ["films/reel.mkv"]  # the segments' staging area is gone
+    assert s3.client().head_object(Bucket="colour", Key="films/reel.mkv")["ContentType"] == "video/x-matroska"
     (tmp_path / "out.mkv").write_bytes(get_object(s3, "s3://colour/films/reel.mkv"))
     out = probe(tmp_path / "out.mkv")
     assert out.video.frame_count == 48 and out.video.pts == clip.probe.video.pts
@@ -567,6 +568,7 @@ def test_bulk_and_sqs_events_reach_the_workers(service_env, monkeypatch, capsys)
     while keys(s3, "colour") != ["bulk/a.png", "bulk/b.png"] and time.monotonic() < deadline:
         time.sleep(0.2)
     assert keys(s3, "colour") == ["bulk/a.png", "bulk/b.png"]
+    assert s3.client().head_object(Bucket="colour", Key="bulk/a.png")["ContentType"] == "image/png"
     assert main(args) == 0 and "submitted 0" in capsys.readouterr().out.lower()
 
     # An S3 event notification in SQS, delivered twice (S3 delivers at least once): one job, done once.

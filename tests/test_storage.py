@@ -35,6 +35,7 @@ from worker.storage import (
     UnsafeKeyError,
     classify_os_error,
     classify_s3_error,
+    content_type,
     join_uri,
     normalize_uri,
     parse_uri,
@@ -264,6 +265,27 @@ def test_uploads_store_files_as_they_come_and_remove_each_once_stored(storage: S
     listed = list(storage.list(target))
     assert [relative_key(target, info.uri) for info in listed] == sorted(payloads)
     assert all(storage.get_bytes(info.uri) == payloads[relative_key(target, info.uri)] for info in listed)
+
+
+def test_objects_are_stored_with_their_media_type(storage: Storage, bucket: str, tmp_path: Path) -> None:
+    """Results were stored as binary/octet-stream: a browser given a coloured photo's URL downloaded it instead of
+    showing it. Each is now stored with its format's type, whichever way it is written, and keeps it when copied."""
+    (tmp_path / "photo.JPG").write_bytes(b"jpeg")
+    storage.upload(tmp_path / "photo.JPG", join_uri(bucket, "out/photo.JPG"))
+    storage.upload(tmp_path / "photo.JPG", join_uri(bucket, "out/named.bin"))
+    storage.put_bytes(join_uri(bucket, "out/report.json"), b"{}")
+    with storage.uploads() as uploads:
+        for name in ("f_001.dpx", "f_002.exr"):
+            (tmp_path / name).write_bytes(b"frame")
+            uploads.add(tmp_path / name, join_uri(bucket, f"staged/{name}"))
+    storage.copy_listed([(info, join_uri(bucket, f"out/{relative_key(join_uri(bucket, 'staged'), info.uri)}"))
+                         for info in storage.list(join_uri(bucket, "staged"))])
+    types = {key: storage.s3_client.head_object(Bucket=BUCKET, Key=key)["ContentType"] for key in (
+        "out/photo.JPG", "out/named.bin", "out/report.json", "out/f_001.dpx", "out/f_002.exr")}
+    assert types == {"out/photo.JPG": "image/jpeg", "out/named.bin": "binary/octet-stream",
+                     "out/report.json": "application/json", "out/f_001.dpx": "image/dpx",
+                     "out/f_002.exr": "image/x-exr"}
+    assert content_type("reel.MKV") == "video/x-matroska" and content_type("scan.jp2") == "image/jp2"
 
 
 def test_a_failed_upload_is_raised_named_and_keeps_its_file(storage: Storage, bucket: str, tmp_path: Path) -> None:

@@ -55,6 +55,30 @@ _DELETE_BATCH = 1000
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
+#: The media type an object is stored with, by its name's suffix: what Tinct writes. Without one, S3 stores
+#: binary/octet-stream, and a browser or an image server given the object's URL downloads it instead of showing it.
+#: (Python's ``mimetypes`` knows half of these, and the rest from whatever /etc/mime.types the machine has.)
+CONTENT_TYPES = {
+    ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".tif": "image/tiff", ".tiff": "image/tiff",
+    ".webp": "image/webp", ".bmp": "image/bmp",
+    ".jp2": "image/jp2", ".jpf": "image/jpx", ".jpx": "image/jpx", ".j2k": "image/j2c", ".j2c": "image/j2c",
+    ".jpc": "image/j2c",
+    ".dpx": "image/dpx", ".exr": "image/x-exr",
+    ".mp4": "video/mp4", ".mov": "video/quicktime", ".mkv": "video/x-matroska",
+    ".json": "application/json",
+}
+
+
+def content_type(key: str) -> str | None:
+    """The media type of an object named ``key`` (see :data:`CONTENT_TYPES`); None for a suffix not there."""
+    return CONTENT_TYPES.get(os.path.splitext(key)[1].lower())
+
+
+def _typed(key: str, given: str | None = None) -> dict[str, Any]:
+    """S3's ContentType argument for an object: ``given``, else the key's; none where neither is known."""
+    kind = given or content_type(key)
+    return {"ContentType": kind} if kind else {}
+
 
 # --------------------------------------------------------------------------------------------------- errors
 
@@ -657,7 +681,8 @@ class Storage:
 
         S3: boto3's managed transfer, multipart above the threshold, so the object appears only when the upload
         completes and a failure leaves the previous version (or nothing). Files: copy beside the target, fsync,
-        rename. ``content_type`` and ``metadata`` are S3 object attributes; files have nowhere to keep them.
+        rename. ``content_type`` (by default the key's: :func:`content_type`) and ``metadata`` are S3 object
+        attributes; files have nowhere to keep them.
         """
         local_path = Path(local_path)
         scheme, bucket, key = parse_uri(uri)
@@ -667,9 +692,7 @@ class Storage:
         uri = format_uri(scheme, bucket, key)
         if not key or key.endswith("/"):
             raise BadInputError(uri, "names a folder, not an object")
-        extra: dict[str, Any] = {}
-        if content_type:
-            extra["ContentType"] = content_type
+        extra = _typed(key, content_type)
         if metadata:
             extra["Metadata"] = dict(metadata)
         try:
@@ -747,7 +770,8 @@ class Storage:
         self._copy_file(source, Path(target_path), name=info.uri, describe="target")
 
     def put_bytes(self, uri: str | os.PathLike, data: bytes, content_type: str | None = None) -> ObjectInfo:
-        """Store a small object in one request (S3) or one atomic write (files); returns its stat."""
+        """Store a small object in one request (S3) or one atomic write (files); returns its stat. ``content_type``
+        as for :meth:`upload`."""
         scheme, bucket, key = parse_uri(uri)
         uri = format_uri(scheme, bucket, key)
         if scheme == "file":
@@ -759,7 +783,7 @@ class Storage:
             return _file_info(key)
         if not key or key.endswith("/"):
             raise BadInputError(uri, "names a folder, not an object")
-        extra = {"ContentType": content_type} if content_type else {}
+        extra = _typed(key, content_type)
         try:
             response = self.s3_client.put_object(Bucket=bucket, Key=key, Body=bytes(data), **extra)
         except _s3_library().remote as error:
@@ -920,7 +944,7 @@ class Uploads:
         if self._manager is None:
             self._manager = self._storage._transfer_manager()
         size = local_path.stat().st_size
-        future = self._manager.upload(os.fspath(local_path), bucket, key)
+        future = self._manager.upload(os.fspath(local_path), bucket, key, extra_args=_typed(key))
         self._pending.append((local_path, format_uri(scheme, bucket, key), future))
         while len(self._pending) >= self._in_flight or (self._pending and self._pending[0][2].done()):
             self._settle()
