@@ -48,6 +48,7 @@ from PIL import Image, ImageCms, ImageOps, JpegImagePlugin, PngImagePlugin, Tiff
 
 from models import color
 from models.files import atomic_output
+from worker import iptc
 from worker.errors import BadInputError, InputTooLargeError, StorageError, UnsupportedMediaError, one_line
 from worker.icc import (
     RgbSpace,
@@ -59,6 +60,7 @@ from worker.icc import (
     rgb_space,
     sample_curve,
 )
+from worker.iptc import TIFF_IPTC_TAG, TIFF_RESOURCES_TAG, read_resources
 from worker.jpeg2000 import (
     Jp2Boxes,
     bare_codestream,
@@ -154,7 +156,7 @@ _ICC_TAG = 34675
 _LAYOUT_TAGS = frozenset({
     254, 255, 256, 257, 258, 259, 262, 263, 266, 269, 273, 277, 278, 279, 280, 281, 282, 283, 284, 286, 287,
     290, 291, 292, 293, 296, 297, 301, 317, 318, 319, 320, 321, 322, 323, 324, 325, 330, 332, 338, 339, 340,
-    341, 347, 513, 514, 529, 530, 531, 532, _XMP_TAG, _ICC_TAG, 37724, 50341,
+    341, 347, 513, 514, 529, 530, 531, 532, _XMP_TAG, _ICC_TAG, 37724, 50341, TIFF_IPTC_TAG, TIFF_RESOURCES_TAG,
 })
 _XMP_ORIENTATION = re.compile(rb'(tiff:Orientation=")[0-9]"|(<tiff:Orientation>)[0-9](</tiff:Orientation>)')
 _PROVENANCE = re.compile(r"colorized by Tinct (?P<version>[^\s,]+), model (?P<model>[^\]\r\n]+?)"
@@ -211,6 +213,8 @@ class Photo:
     xmp: bytes | None = None
     dpi: tuple[float, float] | None = None
     text: dict[str, str] = field(default_factory=dict)
+    # Photoshop image resources about its content: IPTC-IIM captions, credits, keywords (``worker.iptc``)
+    resources: bytes | None = None
     had_colour: bool = False
     colour_score: float = 0.0
     encoder: dict[str, Any] = field(default_factory=dict)
@@ -381,6 +385,8 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
     if picture is None or "PIL" not in Path(filename).parts:
         _python_showwarning(message, category, filename, lineno, file, line)
         return
+    if f"tag {TIFF_IPTC_TAG} had too many entries" in str(message):
+        return  # Pillow's one number of a TIFF's IPTC (as Photoshop stores it): worker.iptc reads it whole
     logger.warning("%s: %s", picture, one_line(message))
 
 
@@ -612,6 +618,7 @@ def _decode(path: Path, im: Image.Image) -> _Source:
         exif=portable_exif, icc_profile=icc, xmp=_reset_xmp_orientation(info.get("xmp")),
         dpi=(float(dpi[0]), float(dpi[1])) if dpi and dpi[0] and dpi[1] else None,
         text=_png_text(im), encoder=_encoder_hints(im, path, orientation in (5, 6, 7, 8)),
+        resources=read_resources(im),
     )
     space = (None if gray_lut is not None else dcf_adobe_rgb_space() if dcf_adobe_rgb else declared
              or rgb_space(icc))
@@ -1144,6 +1151,11 @@ def write_photo(
     pixels = _quantize(rgb if alpha is None else np.concatenate((rgb, alpha[..., None]), axis=2), bits)
     software, description = f"Tinct {tinct_version()}", provenance_text(provenance, guidance)
     encode = _encoder_for(fmt, bits, pixels, like, description, software, codestream)
+    if like.resources and (fmt in ("WEBP", "BMP") or codestream or (
+            fmt == "JPEG" and iptc.jpeg_segment(like.resources) is None)):
+        logger.warning("%s: its source's IPTC (caption, credit, keywords) is left out: %s", path,
+                       "over the 64 KB a JPEG segment holds" if fmt == "JPEG" else
+                       f"a {'JPEG 2000 codestream' if codestream else fmt} file has no place for it")
     try:
         with atomic_output(path) as f:
             encode(f)
@@ -1183,13 +1195,15 @@ def _encoder_for(
     hints = like.encoder if fmt == like.format else {}
     exif = _tagged_exif(like, description, software)
     texts = {**like.text, "Software": software, "Description": _described(like.text.get("Description"), description)}
+    if like.resources:
+        texts[iptc.PNG_TEXT_KEY] = iptc.png_text(like.resources)
     if bits == 16 and fmt == "PNG":
         return lambda f: f.write(_png16(pixels, _exif_bytes(exif), like, texts))
     if fmt == "JPEG2000" and codestream:
         return lambda f: f.write(bare_codestream(_jp2(pixels, hints), comment=description))
     if fmt == "JPEG2000":
         return lambda f: f.write(with_jp2_metadata(_jp2(pixels, hints), icc=like.icc_profile, exif=_exif_bytes(exif),
-                                                   xmp=like.xmp, dpi=like.dpi))
+                                                   xmp=like.xmp, dpi=like.dpi, iptc=iptc.iim(like.resources)))
     if fmt == "TIFF":
         return lambda f: _write_tiff(f, pixels, exif, like, hints)
     image = Image.fromarray(pixels, "RGBA" if pixels.shape[2] == 4 else "RGB")
@@ -1207,6 +1221,8 @@ def _encoder_for(
         )
         if like.xmp and len(like.xmp) < _JPEG_MARKER_BYTES - 64:
             options["xmp"] = like.xmp
+        if like.resources and (segment := iptc.jpeg_segment(like.resources)):
+            options["extra"] = segment
     elif fmt == "PNG":
         info = PngImagePlugin.PngInfo()
         for key, value in texts.items():
@@ -1253,6 +1269,14 @@ def _tiff_directory(tags: dict[int, Any], like: Photo) -> TiffImagePlugin.ImageF
         ifd[_ICC_TAG] = like.icc_profile
     if like.xmp:
         ifd[_XMP_TAG] = like.xmp
+    for tag, (kind, value) in iptc.tiff_tags(like.resources).items() if like.resources else ():
+        ifd.tagtype[tag] = kind
+        if isinstance(value, tuple):
+            # Pillow keeps one value of a tag its table defines as one (IPTC's, which Photoshop stores as many
+            # LONGs) and warns; its writer packs all of them, from the tags it holds.
+            ifd._tags_v2[tag] = value
+        else:
+            ifd[tag] = value
     return ifd
 
 

@@ -28,10 +28,11 @@ from typing import Any, BinaryIO
 from worker.boxes import box, boxes_in, file_boxes
 
 JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
-# The uuid boxes' identifiers: exiftool's (and the JPEG 2000 EXIF convention's) for EXIF in TIFF layout, and
-# Adobe's for XMP.
+# The uuid boxes' identifiers: exiftool's (and the JPEG 2000 EXIF convention's) for EXIF in TIFF layout, Adobe's
+# for XMP, and for IPTC-IIM exiftool's and the one Adobe's JPEG 2000 plug-in for Photoshop wrote.
 EXIF_UUID = b"JpgTiffExif->JP2"
 XMP_UUID = bytes.fromhex("be7acfcb97a942e89c71999491e3afac")
+IPTC_UUIDS = (bytes.fromhex("33c7a4d2b81d4723a0baf1a3e097ad38"), bytes.fromhex("09a14e97c0b442e0bebf36df6f0ce36f"))
 _ICC_METHODS = (2, 3)  # colr methods that carry a profile: restricted ICC (JP2's) and any ICC (JPX's)
 _METRES_PER_INCH = 0.0254
 # The codestream's main header (ISO/IEC 15444-1, annex A): markers from SOC to the first tile's SOT, each after the
@@ -65,6 +66,7 @@ class Jp2Boxes:
     # Its resolution in dots per inch (x, y): the capture resolution, else the default display one (which Pillow
     # does not read); None where it gives neither.
     dpi: tuple[float, float] | None = None
+    iptc: bytes | None = None  # IPTC-IIM (``worker.iptc``)
 
     @property
     def reversible(self) -> bool | None:
@@ -109,7 +111,7 @@ def read_jp2_boxes(f: BinaryIO) -> Jp2Boxes | None:
     if signature != JP2_SIGNATURE:
         return None
     depths: list[int] = []
-    icc = exif = xmp = xml_xmp = coding = compression = dpi = None
+    icc = exif = xmp = xml_xmp = coding = compression = dpi = iptc = None
     colour_seen = False
     samples = 0
     for kind, start, end in file_boxes(f, len(JP2_SIGNATURE)):
@@ -146,13 +148,15 @@ def read_jp2_boxes(f: BinaryIO) -> Jp2Boxes | None:
                 exif = payload[6:] if payload.startswith(b"Exif\0\0") else payload
             elif identifier == XMP_UUID and xmp is None:
                 xmp = payload
+            elif identifier in IPTC_UUIDS and iptc is None:
+                iptc = payload
         elif kind == b"xml " and xml_xmp is None and b"xmpmeta" in contents:
             xml_xmp = contents  # XMP some writers keep in an XML box instead of Adobe's uuid box
     if not depths:
         return None
     bits, signed = _depth(depths)
     return Jp2Boxes(bits=bits, signed=signed, icc=icc, exif=exif, xmp=xmp or xml_xmp, coding=coding,
-                    compression=compression and compression * (1 if bits <= 8 else 2), dpi=dpi)
+                    compression=compression and compression * (1 if bits <= 8 else 2), dpi=dpi, iptc=iptc)
 
 
 def _depth(depths) -> tuple[int, bool]:
@@ -271,10 +275,11 @@ def copy_options(coding: Coding | None, size: tuple[int, int], lossless: bool,
 
 
 def with_jp2_metadata(data: bytes, icc: bytes | None = None, exif: bytes | None = None, xmp: bytes | None = None,
-                      dpi: tuple[float, float] | None = None) -> bytes:
+                      dpi: tuple[float, float] | None = None, iptc: bytes | None = None) -> bytes:
     """The JP2 file ``data`` (as OpenJPEG writes one, through Pillow or OpenCV) with ``icc`` as its colour
     specification (a restricted-ICC ``colr`` box in place of its enumerated one), ``dpi`` as its capture resolution,
-    and ``exif`` (in TIFF layout, or after an "Exif\\0\\0" prefix) and ``xmp`` in uuid boxes after its codestream."""
+    and ``exif`` (in TIFF layout, or after an "Exif\\0\\0" prefix), ``xmp`` and ``iptc`` (IPTC-IIM) in uuid boxes
+    after its codestream."""
     if not data.startswith(JP2_SIGNATURE):
         raise ValueError("not a JP2 file")
     out = [JP2_SIGNATURE]
@@ -294,6 +299,8 @@ def with_jp2_metadata(data: bytes, icc: bytes | None = None, exif: bytes | None 
         out.append(box(b"uuid", EXIF_UUID + (exif[6:] if exif.startswith(b"Exif\0\0") else exif)))
     if xmp:
         out.append(box(b"uuid", XMP_UUID + xmp))
+    if iptc:
+        out.append(box(b"uuid", IPTC_UUIDS[0] + iptc))
     return b"".join(out)
 
 
