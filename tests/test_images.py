@@ -445,6 +445,17 @@ def test_iptc_captions_credits_and_keywords_go_with_the_copy_as_exiftool_reads_t
         assert iptc.iim(read_photo(out).resources) == iptc.iim(photo.resources)  # byte for byte
 
 
+def test_a_jpeg_comment_goes_with_its_jpeg_and_png_copies(tmp_path: Path) -> None:
+    """Some scanning workflows kept the caption in a JPEG's comment (its COM marker). Copies dropped it."""
+    source = tmp_path / "scan.jpg"
+    Image.fromarray(gray8()).save(source, comment="Box 12, folder 3: the harbour, Malmö")
+    photo = read_photo(source)
+    for name in ("colour.jpg", "colour.png"):
+        out = write_photo(tmp_path / name, l_as_rgb(photo.L), photo, LABEL)
+        assert exiftool_tags(out, "-Comment")[f"{'File' if name.endswith('jpg') else 'PNG'}:Comment"] == \
+            "Box 12, folder 3: the harbour, Malmö"
+
+
 def test_a_copy_with_no_place_for_iptc_says_it_is_left_out(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     source = tmp_path / "scan.jpg"
     Image.fromarray(gray8()).save(source)

@@ -212,7 +212,7 @@ class Photo:
     icc_profile: bytes | None = None
     xmp: bytes | None = None
     dpi: tuple[float, float] | None = None
-    text: dict[str, str] = field(default_factory=dict)
+    text: dict[str, str] = field(default_factory=dict)  # PNG text chunks, or a JPEG's comment as "Comment"
     # Photoshop image resources about its content: IPTC-IIM captions, credits, keywords (``worker.iptc``)
     resources: bytes | None = None
     had_colour: bool = False
@@ -617,7 +617,7 @@ def _decode(path: Path, im: Image.Image) -> _Source:
         path=path, L=np.empty((0, 0), np.float32), format=fmt, mode=mode, bit_depth=bits, alpha=alpha,
         exif=portable_exif, icc_profile=icc, xmp=_reset_xmp_orientation(info.get("xmp")),
         dpi=(float(dpi[0]), float(dpi[1])) if dpi and dpi[0] and dpi[1] else None,
-        text=_png_text(im), encoder=_encoder_hints(im, path, orientation in (5, 6, 7, 8)),
+        text=_source_text(im), encoder=_encoder_hints(im, path, orientation in (5, 6, 7, 8)),
         resources=read_resources(im),
     )
     space = (None if gray_lut is not None else dcf_adobe_rgb_space() if dcf_adobe_rgb else declared
@@ -970,7 +970,18 @@ def _webp_is_lossless(path: Path) -> bool:
     return False
 
 
-def _png_text(im: Image.Image) -> dict[str, str]:
+def _source_text(im: Image.Image) -> dict[str, str]:
+    """A PNG's text chunks, or a JPEG's comment (its COM marker, where some scanning workflows kept the caption) as
+    PNG's "Comment" keyword: what a PNG or JPEG copy carries."""
+    if im.format in ("JPEG", "MPO"):
+        comment = im.info.get("comment")
+        if isinstance(comment, bytes):
+            try:
+                comment = comment.decode("utf-8")
+            except UnicodeDecodeError:
+                comment = comment.decode("latin-1")
+        comment = (comment or "").rstrip("\x00")
+        return {"Comment": comment} if comment.strip() else {}
     if im.format != "PNG":
         return {}
     text = getattr(im, "text", {}) or {}
@@ -1223,6 +1234,8 @@ def _encoder_for(
             options["xmp"] = like.xmp
         if like.resources and (segment := iptc.jpeg_segment(like.resources)):
             options["extra"] = segment
+        if like.text.get("Comment"):
+            options["comment"] = like.text["Comment"]
     elif fmt == "PNG":
         info = PngImagePlugin.PngInfo()
         for key, value in texts.items():
