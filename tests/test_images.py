@@ -445,6 +445,26 @@ def test_iptc_captions_credits_and_keywords_go_with_the_copy_as_exiftool_reads_t
         assert iptc.iim(read_photo(out).resources) == iptc.iim(photo.resources)  # byte for byte
 
 
+def test_metadata_over_what_a_jpeg_segment_holds_is_said_left_out_of_a_jpeg_copy(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A TIFF's XMP and EXIF have no size limit; a JPEG keeps each in one 64 KB segment. XMP over it was dropped
+    without a word, and a caption over it failed the photo ("EXIF data is too long", naming no file): the EXIF cut
+    down to the provenance still held the caption."""
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           b'<rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:description>' + b"notes " * 12_000 +
+           b"</dc:description></rdf:Description></rdf:RDF></x:xmpmeta>")
+    source = tmp_path / "scan.tif"
+    Image.fromarray(gray8()).save(source, tiffinfo={700: xmp, 270: "catalogue entry " * 5_000})  # an 80 KB caption
+    photo = read_photo(source)
+    out = tmp_path / "colour.jpg"
+    with caplog.at_level(logging.WARNING, logger="worker.images"):
+        write_photo(out, l_as_rgb(photo.L), photo, LABEL)
+    assert f"{out}: its source's XMP (70 KB) is left out: over the 64 KB a JPEG segment holds" in caplog.text
+    assert f"{out}: its source's EXIF is left out: over the 64 KB a JPEG segment holds; only the provenance is " \
+           "written" in caplog.text
+    assert read_provenance(out).model == LABEL
+
+
 def test_a_jpeg_comment_goes_with_its_jpeg_and_png_copies(tmp_path: Path) -> None:
     """Some scanning workflows kept the caption in a JPEG's comment (its COM marker). Copies dropped it."""
     source = tmp_path / "scan.jpg"

@@ -1161,12 +1161,10 @@ def write_photo(
     bits = 16 if like.bit_depth == 16 and fmt in SIXTEEN_BIT_FORMATS else 8
     pixels = _quantize(rgb if alpha is None else np.concatenate((rgb, alpha[..., None]), axis=2), bits)
     software, description = f"Tinct {tinct_version()}", provenance_text(provenance, guidance)
-    encode = _encoder_for(fmt, bits, pixels, like, description, software, codestream)
-    if like.resources and (fmt in ("WEBP", "BMP") or codestream or (
-            fmt == "JPEG" and iptc.jpeg_segment(like.resources) is None)):
-        logger.warning("%s: its source's IPTC (caption, credit, keywords) is left out: %s", path,
-                       "over the 64 KB a JPEG segment holds" if fmt == "JPEG" else
-                       f"a {'JPEG 2000 codestream' if codestream else fmt} file has no place for it")
+    encode = _encoder_for(path, fmt, bits, pixels, like, description, software, codestream)
+    if like.resources and (fmt in ("WEBP", "BMP") or codestream):
+        _left_out(path, "IPTC (caption, credit, keywords)",
+                  f"a {'JPEG 2000 codestream' if codestream else fmt} file has no place for it")
     try:
         with atomic_output(path) as f:
             encode(f)
@@ -1200,8 +1198,13 @@ def _quantize(values: np.ndarray, bits: int) -> np.ndarray:
     return scaled.astype(np.uint16 if bits == 16 else np.uint8)
 
 
+def _left_out(path: Path, what: str, why: str) -> None:
+    logger.warning("%s: its source's %s is left out: %s", path, what, why)
+
+
 def _encoder_for(
-    fmt: str, bits: int, pixels: np.ndarray, like: Photo, description: str, software: str, codestream: bool = False
+    path: Path, fmt: str, bits: int, pixels: np.ndarray, like: Photo, description: str, software: str,
+    codestream: bool = False,
 ) -> Callable[[BinaryIO], None]:
     hints = like.encoder if fmt == like.format else {}
     exif = _tagged_exif(like, description, software)
@@ -1228,12 +1231,16 @@ def _encoder_for(
         coding = {"qtables": hints["qtables"]} if hints.get("qtables") else {"quality": JPEG_QUALITY}
         options.update(
             coding, subsampling=hints.get("subsampling") or "4:2:0",
-            progressive=bool(hints.get("progressive")), exif=_jpeg_exif(exif),
+            progressive=bool(hints.get("progressive")), exif=_jpeg_exif(exif, path, description),
         )
         if like.xmp and len(like.xmp) < _JPEG_MARKER_BYTES - 64:
             options["xmp"] = like.xmp
+        elif like.xmp:  # (Adobe's extended XMP would split it, moving properties out of the main packet)
+            _left_out(path, f"XMP ({len(like.xmp) // 1024} KB)", "over the 64 KB a JPEG segment holds")
         if like.resources and (segment := iptc.jpeg_segment(like.resources)):
             options["extra"] = segment
+        elif like.resources:
+            _left_out(path, "IPTC (caption, credit, keywords)", "over the 64 KB a JPEG segment holds")
         if like.text.get("Comment"):
             options["comment"] = like.text["Comment"]
     elif fmt == "PNG":
@@ -1293,16 +1300,18 @@ def _tiff_directory(tags: dict[int, Any], like: Photo) -> TiffImagePlugin.ImageF
     return ifd
 
 
-def _jpeg_exif(tags: dict[int, Any]) -> bytes:
-    """JPEG keeps EXIF in one 64 KB marker: drop the maker note, then everything but provenance, if it overflows."""
+def _jpeg_exif(tags: dict[int, Any], path: Path, provenance: str) -> bytes:
+    """JPEG keeps EXIF in one 64 KB marker: drop the maker note, then everything but the provenance (the Software
+    tag and the ``provenance`` sentence as the description: a caption can be the overflow), if it overflows,
+    saying so, for the JPEG at ``path``."""
     limit = _JPEG_MARKER_BYTES - 8
     data = _exif_bytes(tags)
     if len(data) > limit and isinstance(tags.get(_EXIF_IFD), dict):
         tags = {**tags, _EXIF_IFD: {k: v for k, v in tags[_EXIF_IFD].items() if k != _MAKER_NOTE}}
         data = _exif_bytes(tags)
     if len(data) > limit:
-        logger.warning("EXIF too large for JPEG; only the provenance tags are written")
-        data = _exif_bytes({tag: tags[tag] for tag in (_SOFTWARE, _IMAGE_DESCRIPTION)})
+        _left_out(path, "EXIF", "over the 64 KB a JPEG segment holds; only the provenance is written")
+        data = _exif_bytes({_SOFTWARE: tags[_SOFTWARE], _IMAGE_DESCRIPTION: provenance})
     return data
 
 
