@@ -204,6 +204,8 @@ def test_sixteen_bit_precision_survives(tmp_path: Path) -> None:
         written = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
         assert written.dtype == np.uint16
         assert np.abs(written.astype(np.int64) - ramp[..., None]).max() <= 1
+        if name.endswith(".tif"):  # OpenCV writes LZW: so is the copy, its 16-bit samples LZW-coded by libtiff
+            assert exiftool_tags(out, "-Compression")["IFD0:Compression"] == "LZW"
 
 
 # --- orientation --------------------------------------------------------------------------------------------
@@ -1183,7 +1185,8 @@ def test_photo_is_plain_data(tmp_path: Path) -> None:
 
 def test_encoder_settings_follow_the_source(tmp_path: Path) -> None:
     """JPEG keeps the source's chroma subsampling, lossless WebP stays lossless, uncompressed TIFF stays
-    uncompressed and other TIFF compressions become lossless deflate."""
+    uncompressed, LZW stays LZW (a copy of an LZW master had been Adobe deflate, which archives' baseline-TIFF
+    ingest profiles refuse), and other TIFF compressions become lossless deflate."""
     from PIL import JpegImagePlugin
 
     sources = {
@@ -1191,6 +1194,7 @@ def test_encoder_settings_follow_the_source(tmp_path: Path) -> None:
         "lossless.webp": {"lossless": True},
         "raw.tif": {"compression": "raw"},
         "lzw.tif": {"compression": "tiff_lzw"},
+        "packbits.tif": {"compression": "packbits"},
     }
     for name, options in sources.items():
         Image.fromarray(colour8()).save(tmp_path / name, **options)
@@ -1203,7 +1207,9 @@ def test_encoder_settings_follow_the_source(tmp_path: Path) -> None:
             elif name.endswith(".webp"):
                 assert images._webp_is_lossless(out)
             else:
-                assert im.info["compression"] == ("raw" if name == "raw.tif" else "tiff_adobe_deflate")
+                expected = {"raw.tif": "raw", "lzw.tif": "tiff_lzw"}.get(name, "tiff_adobe_deflate")
+                assert im.info["compression"] == expected
+                assert np.array_equal(np.asarray(im), np.asarray(Image.open(tmp_path / "out-raw.tif")))
     photo = read_photo(tmp_path / "lossless.webp")
     write_photo(tmp_path / "as.jpg", l_as_rgb(photo.L), photo, LABEL)  # another format: that format's defaults
     with Image.open(tmp_path / "as.jpg") as im:

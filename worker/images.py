@@ -151,6 +151,7 @@ _GPS_IFD = 0x8825
 _MAKER_NOTE = 0x927C
 _XMP_TAG = 700
 _ICC_TAG = 34675
+_TIFF_NONE, _TIFF_LZW, _TIFF_DEFLATE = 1, 5, 8  # TIFF's Compression codes a copy is written with
 #: TIFF tags that describe one file's pixel layout (or duplicate data carried separately): carrying them from a
 #: TIFF source into another file's EXIF would describe pixels that are not there.
 _LAYOUT_TAGS = frozenset({
@@ -1348,31 +1349,36 @@ def _write_tiff(f: BinaryIO, pixels: np.ndarray, tags: dict[int, Any], like: Pho
     """An 8- or 16-bit RGB(A) TIFF with the EXIF and GPS sub-directories, which neither Pillow's libtiff path nor
     Pillow's own encoder can give together (and Pillow cannot encode 16-bit RGB at all).
 
-    The strips are written here (Adobe deflate with a horizontal predictor; raw if the source was uncompressed,
-    so an archive's uncompressed TIFFs stay uncompressed); the directory is written by Pillow's TIFF directory
-    encoder, which handles the tag types and the sub-directories.
+    The strips are written here, compressed as the source's were where that is lossless and baseline TIFF:
+    uncompressed stays uncompressed and LZW stays LZW (with a horizontal predictor), as archives' ingest profiles
+    and older readers take only those (exiftool's validation calls Adobe deflate invalid); a copy of anything else
+    is Adobe deflate with the predictor. The directory is written by Pillow's TIFF directory encoder, which handles
+    the tag types and the sub-directories.
     """
     height, width, channels = pixels.shape
     sample = pixels.dtype.newbyteorder("<")
-    compress = hints.get("compression") != "raw"
+    compression = {"raw": _TIFF_NONE, "tiff_lzw": _TIFF_LZW}.get(hints.get("compression"), _TIFF_DEFLATE)
     rows_per_strip = max(1, (1 << 18) // (width * channels * sample.itemsize))
     strips = []
     for top in range(0, height, rows_per_strip):
         block = pixels[top : top + rows_per_strip].astype(sample)
-        if compress:
+        if compression != _TIFF_NONE:
             block[:, 1:] -= pixels[top : top + rows_per_strip, :-1].astype(sample)  # predictor 2 wraps around
+        if compression == _TIFF_DEFLATE:
             strips.append(zlib.compress(block.tobytes(), 6))
+        elif compression == _TIFF_LZW:
+            strips.append(_lzw_strip(block))
         else:
             strips.append(block.tobytes())
     ifd = _tiff_directory(tags, like)
     ifd[256], ifd[257] = width, height
     ifd[258] = (8 * sample.itemsize,) * channels
-    ifd[259] = 8 if compress else 1  # Adobe deflate or none
+    ifd[259] = compression
     ifd[262] = 2  # RGB
     ifd[277] = channels
     ifd[278] = rows_per_strip
     ifd[284] = 1  # contiguous samples
-    if compress:
+    if compression != _TIFF_NONE:
         ifd[317] = 2  # horizontal differencing
     if channels == 4:
         ifd[338] = (2,)  # unassociated alpha
@@ -1388,3 +1394,15 @@ def _write_tiff(f: BinaryIO, pixels: np.ndarray, tags: dict[int, Any], like: Pho
     f.write(b"II*\x00" + struct.pack("<I", 8) + directory)
     for strip in strips:
         f.write(strip)
+
+
+def _lzw_strip(block: np.ndarray) -> bytes:
+    """A strip's bytes LZW-coded, by libtiff through Pillow, which codes whole pictures only: written as an 8-bit
+    gray picture of one strip, whose strip is then read back. LZW codes a strip's bytes whatever their samples."""
+    rows = block.shape[0]
+    as_bytes = np.ascontiguousarray(block).view(np.uint8).reshape(rows, -1)
+    buffer = io.BytesIO()
+    Image.fromarray(as_bytes, "L").save(buffer, "TIFF", compression="tiff_lzw", tiffinfo={278: rows})
+    with Image.open(buffer) as coded:
+        (offset,), (length,) = coded.tag_v2[273], coded.tag_v2[279]
+    return buffer.getbuffer()[offset:offset + length].tobytes()
