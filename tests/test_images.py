@@ -337,8 +337,15 @@ def test_metadata_is_carried_and_tagged(tmp_path: Path, ext: str, bits: int) -> 
         assert caption.startswith("Hafen von Kiel, 1936 – Ansicht über die Förde [colorized by Tinct")
         assert exif.get_ifd(0x8769)[0x9003] == "1936:05:01 12:00:00"
         assert exif.get_ifd(0x8825)[1] == "N"
+        assert (exif[0x011A], exif[0x011B], exif[0x0128]) == (600, 600, 2)  # the resolution EXIF must state
     provenance = read_provenance(out)
     assert provenance is not None and provenance.model == LABEL
+    # What the copy's writer answers for, by exiftool's validation: its tags' types (UserComment had been written as
+    # BYTE), its resolution and size (a JPEG's EXIF must state them), and its chroma siting. (The source lacks other
+    # tags EXIF requires; Tinct does not invent them.)
+    ours = ("Non-standard format", "XResolution", "YResolution", "ResolutionUnit", "ExifImageWidth",
+            "ExifImageHeight", "YCbCrPositioning")
+    assert [line for line in exiftool_warnings(out) if any(word in line for word in ours)] == []
 
 
 # ``convert gray.png -depth 12 -define jp2:quality=0 imagemagick-12bit-gray.jp2`` (and rgb.png's), from 16-bit PNGs
@@ -398,6 +405,21 @@ def test_a_jpeg2000_masters_profile_exif_and_xmp_are_read_and_its_copy_carries_t
     with Image.open(out) as im:  # Pillow alone: the pixels, lossless, and the resolution
         assert im.info["dpi"] == (600.0, 600.0)
     assert np.abs(read_photo(out).L - photo.L).max() < 0.5
+
+
+def test_a_turned_photos_exif_states_the_copys_upright_size(tmp_path: Path) -> None:
+    """A camera's EXIF gives the picture's size as stored; the copy is stored upright, so a quarter turn swaps it.
+    The copy had carried the source's size."""
+    source = tmp_path / "turned.jpg"
+    Image.fromarray(gray8(24, 40)).save(source)
+    subprocess.run(["exiftool", "-q", "-overwrite_original", "-ExifImageWidth=40", "-ExifImageHeight=24",
+                    "-Orientation#=6", "-UserComment=scanned 2024", str(source)], check=True)
+    photo = read_photo(source)
+    out = write_photo(tmp_path / "colour.jpg", l_as_rgb(photo.L), photo, LABEL)
+    tags = exiftool_tags(out, "-ImageSize", "-ExifImageWidth", "-ExifImageHeight", "-UserComment")
+    assert tags["Composite:ImageSize"] == "24x40"
+    assert (tags["ExifIFD:ExifImageWidth"], tags["ExifIFD:ExifImageHeight"]) == (24, 40)
+    assert tags["ExifIFD:UserComment"] == "scanned 2024"
 
 
 IPTC_TAGS = {"IPTC:Caption-Abstract": "Hafen, Öresund 1931", "IPTC:By-line": "A. Photographer",

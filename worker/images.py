@@ -44,7 +44,16 @@ from typing import Any, BinaryIO
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageCms, ImageOps, JpegImagePlugin, PngImagePlugin, TiffImagePlugin, UnidentifiedImageError
+from PIL import (
+    Image,
+    ImageCms,
+    ImageOps,
+    JpegImagePlugin,
+    PngImagePlugin,
+    TiffImagePlugin,
+    TiffTags,
+    UnidentifiedImageError,
+)
 
 from models import color
 from models.files import atomic_output
@@ -152,6 +161,18 @@ _MAKER_NOTE = 0x927C
 _XMP_TAG = 700
 _ICC_TAG = 34675
 _TIFF_NONE, _TIFF_LZW, _TIFF_DEFLATE = 1, 5, 8  # TIFF's Compression codes a copy is written with
+_X_RESOLUTION, _Y_RESOLUTION, _RESOLUTION_UNIT, _INCHES, _YCBCR_POSITIONING = 282, 283, 296, 2, 531
+_PIXEL_X_DIMENSION, _PIXEL_Y_DIMENSION = 0xA002, 0xA003  # in the EXIF sub-directory: the picture's size
+#: The EXIF sub-directory's tags of type UNDEFINED that Pillow's table of tag types lacks: it wrote their bytes back
+#: as BYTE, which exiftool flags ("Non-standard format (int8u) for ExifIFD 0x9286 UserComment") and strict readers
+#: may refuse. Added to that table once, here.
+_EXIF_UNDEFINED_TAGS = {
+    0x8828: "OECF", 0x9101: "ComponentsConfiguration", 0x927C: "MakerNote", 0x9286: "UserComment",
+    0xA20C: "SpatialFrequencyResponse", 0xA300: "FileSource", 0xA301: "SceneType",
+    0xA40B: "DeviceSettingDescription",
+}
+for _tag, _name in _EXIF_UNDEFINED_TAGS.items():
+    TiffTags.TAGS_V2_GROUPS[_EXIF_IFD].setdefault(_tag, TiffTags.TagInfo(_tag, _name, TiffTags.UNDEFINED, 0))
 #: TIFF tags that describe one file's pixel layout (or duplicate data carried separately): carrying them from a
 #: TIFF source into another file's EXIF would describe pixels that are not there.
 _LAYOUT_TAGS = frozenset({
@@ -1082,8 +1103,9 @@ def _described(existing: Any, text: str) -> str:
     return f"{caption} [{text}]"
 
 
-def _tagged_exif(like: Photo, description: str, software: str) -> dict[int, Any]:
-    """The source's portable EXIF plus Software and the provenance sentence in ImageDescription."""
+def _tagged_exif(like: Photo, description: str, software: str, fmt: str) -> dict[int, Any]:
+    """The source's portable EXIF plus Software and the provenance sentence in ImageDescription, for a copy in
+    ``fmt``."""
     tags: dict[int, Any] = {}
     if like.exif:
         exif = Image.Exif()
@@ -1092,6 +1114,16 @@ def _tagged_exif(like: Photo, description: str, software: str) -> dict[int, Any]
     full = _described(_text(tags.get(_IMAGE_DESCRIPTION)), description)
     tags[_SOFTWARE] = software
     tags[_IMAGE_DESCRIPTION] = full if full.isascii() else full.encode("utf-8")
+    if like.dpi:  # the copy's resolution, which EXIF's first directory must state (the source file's are dropped)
+        tags[_X_RESOLUTION], tags[_Y_RESOLUTION], tags[_RESOLUTION_UNIT] = like.dpi[0], like.dpi[1], _INCHES
+    if isinstance(tags.get(_EXIF_IFD), dict):
+        # The copy's size, upright (a turned source's was the other way), which EXIF requires of compressed pictures
+        # and does not allow in a TIFF.
+        camera = {tag: value for tag, value in tags[_EXIF_IFD].items()
+                  if tag not in (_PIXEL_X_DIMENSION, _PIXEL_Y_DIMENSION)}
+        if fmt != "TIFF":
+            camera[_PIXEL_X_DIMENSION], camera[_PIXEL_Y_DIMENSION] = like.size
+        tags[_EXIF_IFD] = camera
     return tags
 
 
@@ -1208,7 +1240,7 @@ def _encoder_for(
     codestream: bool = False,
 ) -> Callable[[BinaryIO], None]:
     hints = like.encoder if fmt == like.format else {}
-    exif = _tagged_exif(like, description, software)
+    exif = _tagged_exif(like, description, software, fmt)
     texts = {**like.text, "Software": software, "Description": _described(like.text.get("Description"), description)}
     if like.resources:
         texts[iptc.PNG_TEXT_KEY] = iptc.png_text(like.resources)
@@ -1232,7 +1264,9 @@ def _encoder_for(
         coding = {"qtables": hints["qtables"]} if hints.get("qtables") else {"quality": JPEG_QUALITY}
         options.update(
             coding, subsampling=hints.get("subsampling") or "4:2:0",
-            progressive=bool(hints.get("progressive")), exif=_jpeg_exif(exif, path, description),
+            progressive=bool(hints.get("progressive")),
+            # libjpeg centres its chroma samples: EXIF's YCbCrPositioning 1, which a JPEG's EXIF must state
+            exif=_jpeg_exif({**exif, _YCBCR_POSITIONING: 1}, path, description),
         )
         if like.xmp and len(like.xmp) < _JPEG_MARKER_BYTES - 64:
             options["xmp"] = like.xmp
