@@ -11,6 +11,7 @@ import re
 import struct
 import subprocess
 import zlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -420,6 +421,32 @@ def test_a_turned_photos_exif_states_the_copys_upright_size(tmp_path: Path) -> N
     assert tags["Composite:ImageSize"] == "24x40"
     assert (tags["ExifIFD:ExifImageWidth"], tags["ExifIFD:ExifImageHeight"]) == (24, 40)
     assert tags["ExifIFD:UserComment"] == "scanned 2024"
+
+
+def test_a_gray_scans_xmp_calls_its_copy_what_the_copy_is(tmp_path: Path) -> None:
+    """Photoshop's XMP of a gray scan says Grayscale, names its gray profile and gives its format and size, which a
+    catalogue reads; the colour copy's XMP had said the same. What it says of the copy's pixels is now the copy's;
+    the rest (a title) is kept."""
+    source = tmp_path / "scan.tif"
+    Image.fromarray(gray8(24, 40)).save(source)
+    subprocess.run(["exiftool", "-q", "-overwrite_original", "-XMP-photoshop:ColorMode=Grayscale",
+                    "-XMP-photoshop:ICCProfileName=Dot Gain 20%", "-XMP-tiff:ImageWidth=40",
+                    "-XMP-tiff:ImageHeight=24", "-XMP-tiff:PhotometricInterpretation=BlackIsZero",
+                    "-XMP-tiff:SamplesPerPixel=1", "-XMP-exif:ExifImageWidth=40", "-XMP-exif:ExifImageHeight=24",
+                    "-XMP-dc:Format=image/tiff", "-XMP-dc:Title=Harbour", "-EXIF:Orientation#=6", str(source)],
+                   check=True)
+    photo = read_photo(source)
+    out = write_photo(tmp_path / "colour.jpg", l_as_rgb(photo.L), photo, LABEL)
+    tags = exiftool_tags(out, "-XMP:all")
+    assert (tags["XMP-photoshop:ColorMode"], tags["XMP-tiff:PhotometricInterpretation"],
+            tags["XMP-tiff:SamplesPerPixel"]) == ("RGB", "RGB", 3)
+    assert (tags["XMP-tiff:ImageWidth"], tags["XMP-tiff:ImageHeight"]) == (24, 40)  # upright: turned a quarter
+    assert (tags["XMP-exif:ExifImageWidth"], tags["XMP-exif:ExifImageHeight"]) == (24, 40)
+    assert tags["XMP-dc:Format"] == "image/jpeg" and tags["XMP-dc:Title"] == "Harbour"
+    assert "XMP-photoshop:ICCProfileName" not in tags  # the copy of an unprofiled scan has no profile to name
+    png = write_photo(tmp_path / "colour.png", l_as_rgb(photo.L), replace(photo, icc_profile=srgb_icc_profile()),
+                      LABEL)
+    assert exiftool_tags(png, "-XMP-photoshop:ICCProfileName")["XMP-photoshop:ICCProfileName"].startswith("sRGB")
 
 
 IPTC_TAGS = {"IPTC:Caption-Abstract": "Hafen, Öresund 1931", "IPTC:By-line": "A. Photographer",

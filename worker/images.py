@@ -35,11 +35,12 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any, BinaryIO
+from xml.sax.saxutils import escape as xml_escape
 
 import cv2
 import numpy as np
@@ -78,6 +79,7 @@ from worker.jpeg2000 import (
     read_jp2_boxes,
     with_jp2_metadata,
 )
+from worker.storage import content_type
 
 logger = logging.getLogger(__name__)
 
@@ -1013,6 +1015,47 @@ def _source_text(im: Image.Image) -> dict[str, str]:
     }
 
 
+def _copy_xmp(xmp: bytes, path: Path, size: tuple[int, int], channels: int, icc: bytes | None) -> bytes:
+    """The source's XMP for its copy at ``path``: what it says of the source file's pixels, which a catalogue
+    reads, made the copy's (a gray scan's XMP had called its colour copy Grayscale, in its own gray profile and
+    format). Only properties it has are changed; a list (``tiff:BitsPerSample``) is left as it is."""
+    width, height = size
+    return _xmp_with(xmp, {
+        "photoshop:ColorMode": "3",  # RGB (1 is Grayscale)
+        "photoshop:ICCProfile": _profile_name(icc) if icc else None,
+        "tiff:PhotometricInterpretation": "2",  # RGB
+        "tiff:SamplesPerPixel": str(channels),
+        "tiff:ImageWidth": str(width), "tiff:ImageLength": str(height),
+        "exif:PixelXDimension": str(width), "exif:PixelYDimension": str(height),
+        "dc:format": content_type(path.name),
+    })
+
+
+def _xmp_with(xmp: bytes, values: dict[str, str | None]) -> bytes:
+    """``xmp`` with each simple property named (by its usual prefix) set to its value, or removed where the value is
+    None, in either of XMP's forms: an attribute of a description, or an element of its own."""
+    for name, value in values.items():
+        key = re.escape(name.encode())
+        attribute = re.compile(rb"(\s" + key + rb"\s*=\s*)(\"[^\"]*\"|'[^']*')")
+        element = re.compile(rb"(<" + key + rb">)[^<]*(</" + key + rb">)")
+        if value is None:
+            xmp = element.sub(b"", attribute.sub(b"", xmp))
+            continue
+        text = xml_escape(value, {'"': "&quot;"}).encode("utf-8")
+        xmp = attribute.sub(lambda m, text=text: m.group(1) + m.group(2)[:1] + text + m.group(2)[:1], xmp)
+        xmp = element.sub(lambda m, text=text: m.group(1) + text + m.group(2), xmp)
+    return xmp
+
+
+@lru_cache(maxsize=8)
+def _profile_name(icc: bytes) -> str | None:
+    """An ICC profile's description, as Photoshop names the profile in XMP."""
+    try:
+        return ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(icc))).strip() or None
+    except (ImageCms.PyCMSError, OSError):
+        return None
+
+
 def _reset_xmp_orientation(xmp: bytes | str | None) -> bytes | None:
     if not xmp:
         return None
@@ -1240,6 +1283,9 @@ def _encoder_for(
     codestream: bool = False,
 ) -> Callable[[BinaryIO], None]:
     hints = like.encoder if fmt == like.format else {}
+    if like.xmp:
+        profile = like.icc_profile if fmt != "BMP" and not codestream else None
+        like = replace(like, xmp=_copy_xmp(like.xmp, path, like.size, pixels.shape[2], profile))
     exif = _tagged_exif(like, description, software, fmt)
     texts = {**like.text, "Software": software, "Description": _described(like.text.get("Description"), description)}
     if like.resources:
