@@ -409,8 +409,6 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
     if picture is None or "PIL" not in Path(filename).parts:
         _python_showwarning(message, category, filename, lineno, file, line)
         return
-    if f"tag {TIFF_IPTC_TAG} had too many entries" in str(message):
-        return  # Pillow's one number of a TIFF's IPTC (as Photoshop stores it): worker.iptc reads it whole
     logger.warning("%s: %s", picture, one_line(message))
 
 
@@ -1372,12 +1370,7 @@ def _tiff_directory(tags: dict[int, Any], like: Photo) -> TiffImagePlugin.ImageF
         ifd[_XMP_TAG] = like.xmp
     for tag, (kind, value) in iptc.tiff_tags(like.resources).items() if like.resources else ():
         ifd.tagtype[tag] = kind
-        if isinstance(value, tuple):
-            # Pillow keeps one value of a tag its table defines as one (IPTC's, which Photoshop stores as many
-            # LONGs) and warns; its writer packs all of them, from the tags it holds.
-            ifd._tags_v2[tag] = value
-        else:
-            ifd[tag] = value
+        ifd[tag] = value
     return ifd
 
 

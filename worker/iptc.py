@@ -18,7 +18,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from PIL import Image
+from PIL import Image, TiffTags
 
 IPTC_NAA = 0x0404
 #: The image resources carried: legacy caption, IPTC-NAA record, copyright flag, URL, IPTC digest (an MD5 of the
@@ -31,6 +31,11 @@ _APP13_HEADER = b"Photoshop 3.0\x00"
 _RESOURCE_SIGNATURE = b"8BIM"
 _IIM_TAG_MARKER = 0x1C  # every IIM dataset starts with it
 _MARKER_BYTES = 65533  # the payload one JPEG marker segment can hold
+
+# Pillow's table of TIFF tags calls the IPTC tag one value: it read Photoshop's and exiftool's LONGs as the first of
+# them (warning "tag 33723 had too many entries") and wrote back one. As any number of LONGs, its values are read
+# and written whole.
+TiffTags.TAGS_V2[TIFF_IPTC_TAG] = TiffTags.TagInfo(TIFF_IPTC_TAG, "IptcNaaInfo", TiffTags.LONG, 0)
 
 
 @dataclass(frozen=True)
@@ -151,10 +156,10 @@ def _png_resources(text: str | bytes | None) -> list[Resource]:
 
 
 def _tiff_iim(im: Image.Image) -> bytes | None:
-    """Tag 33723's bytes. Pillow decodes it as one value of its type (the first LONG of a Photoshop file), and
-    keeps the raw bytes only in ``_tagdata``: that is what is read where it is there (Pillow 3 on)."""
-    raw = getattr(im.tag_v2, "_tagdata", {}).get(TIFF_IPTC_TAG)
-    if raw is None:
-        value = im.tag_v2.get(TIFF_IPTC_TAG)
-        raw = value if isinstance(value, bytes) else None
-    return bytes(raw) if raw and raw[0] == _IIM_TAG_MARKER else None
+    """Tag 33723's bytes, as the file stores them: as LONGs (in its byte order), or as BYTEs or UNDEFINED."""
+    value = im.tag_v2.get(TIFF_IPTC_TAG)
+    if isinstance(value, tuple) and im.tag_v2.tagtype.get(TIFF_IPTC_TAG) == TiffTags.LONG:
+        value = struct.pack(f"{'<' if im.tag_v2.prefix == b'II' else '>'}{len(value)}I", *value)
+    elif isinstance(value, tuple | int):
+        value = bytes(value if isinstance(value, tuple) else (value,))
+    return value if isinstance(value, bytes) and value[:1] == bytes([_IIM_TAG_MARKER]) else None

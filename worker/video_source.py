@@ -430,7 +430,8 @@ def _no_film_stream(container: av.container.InputContainer) -> str:
     """Why a file has no film to colour, for its one-line error."""
     covers = [f"#{stream.index}" for stream in container.streams.video]
     if covers:
-        return f"no video stream, only a cover picture (stream {', '.join(covers)})"
+        return (f"no video stream, only {'a cover picture (stream' if len(covers) == 1 else 'cover pictures (streams'}"
+                f" {', '.join(covers)})")
     kinds = ", ".join(sorted({stream.type for stream in container.streams})) or "none"
     return f"no video stream (streams: {kinds})"
 
