@@ -1,11 +1,12 @@
 """Atomic file output, the one implementation every writer in Tinct uses (photos, checkpoints, ONNX
-exports, training state): bytes appear under the final name only when they are complete."""
+exports, training state): bytes appear under the final name only when they are complete; and whether an output is
+older than what it was made from."""
 
 from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
@@ -27,6 +28,25 @@ def unwritable_reason(path: str | os.PathLike) -> str | None:
     folder = existing if existing.is_dir() else existing.parent
     if not os.access(folder, os.W_OK | os.X_OK):
         return f"{folder} is not writable"
+    return None
+
+
+def changed_since(made: str | os.PathLike, inputs: Iterable[str | os.PathLike | None]) -> Path | None:
+    """The first of ``inputs`` modified after ``made`` was written, or None (``made`` missing counts as never made:
+    None too; a missing input is not a change). How a rerun tells a copy still current from one whose source was
+    rescanned, or whose hints were edited, since it was made: as make does, by modification time."""
+    try:
+        made_at = os.stat(made).st_mtime_ns
+    except FileNotFoundError:
+        return None
+    for source in inputs:
+        if source is None:
+            continue
+        try:
+            if os.stat(source).st_mtime_ns > made_at:
+                return Path(source)
+        except FileNotFoundError:
+            continue
     return None
 
 

@@ -124,6 +124,31 @@ def test_colorize_tree_rerun_and_overwrite(tmp_path: Path, tiny_checkpoint: Path
     assert_no_partials(out)
 
 
+def test_a_rerun_redoes_a_photo_rescanned_or_re_hinted_since_its_copy(tmp_path: Path, tiny_checkpoint: Path,
+                                                                       capsys) -> None:
+    """A rerun skipped every photo whose copy existed: one rescanned since, or whose hints a restorer had edited,
+    kept its stale copy without a word. Now, as make decides, a copy older than its photo or its hints is redone."""
+    scans, out = tmp_path / "scans", tmp_path / "colour"
+    scans.mkdir()
+    for name in ("kept.png", "rescanned.png", "hinted.png"):
+        Image.fromarray(np.tile(np.arange(0, 256, 4, dtype=np.uint8), (48, 1))).save(scans / name)
+    (scans / "hinted.png.hints.json").write_text('{"points": [{"x": 5, "y": 5, "color": "#2a3f8f"}]}')
+    assert main(["colorize", str(scans), "-o", str(out), "-q", *model_args(tiny_checkpoint)]) == 0
+    made = {name: (out / name).stat().st_mtime_ns for name in ("kept.png", "rescanned.png", "hinted.png")}
+    later = max(made.values()) + 10**9
+    os.utime(scans / "rescanned.png", ns=(later, later))
+    (scans / "hinted.png.hints.json").write_text('{"points": [{"x": 5, "y": 5, "color": "#8f2a2a"}]}')
+    os.utime(scans / "hinted.png.hints.json", ns=(later, later))
+    capsys.readouterr()
+    assert main(["colorize", str(scans), "-o", str(out), *model_args(tiny_checkpoint)]) == 0
+    captured = capsys.readouterr()
+    assert "colorized 2, skipped 1 (1 already done, 0 colour photos), failed 0" in captured.out
+    assert f"{scans / 'rescanned.png'}: changed since {out / 'rescanned.png'} was made; colouring it again" \
+        in captured.err
+    assert (out / "kept.png").stat().st_mtime_ns == made["kept.png"]
+    assert all((out / name).stat().st_mtime_ns != made[name] for name in ("rescanned.png", "hinted.png"))
+
+
 def test_colorize_as_a_subprocess(tmp_path: Path, tiny_checkpoint: Path) -> None:
     tree = make_tree(tmp_path / "scans")
     out = tmp_path / "colour"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import queue
 import signal
@@ -808,6 +809,45 @@ def test_ctrl_c_in_the_cli_then_rerun(tmp_path, tiny_checkpoint):
     assert "interrupted" in stderr and not output.exists()
     assert subprocess.run(command, env=env).returncode == 0
     assert probe(output).video.frame_count == 480 and not parts_folder(output).exists()
+
+
+def test_a_rerun_redoes_a_film_or_a_run_of_frames_changed_since_its_copy(tmp_path, tiny_checkpoint, caplog):
+    """A rerun skipped a film whose copy existed, though the film (or one frame of a scanned run) had been replaced
+    since: the copy stayed stale without a word. As make decides, a copy older than what it was made from is
+    redone; one still current is not."""
+    film = bw_clip(tmp_path / "reel.mkv", frames=8).path
+    run = tmp_path / "run"
+    run.mkdir()
+    for number, frame in enumerate(gray_frames(moving_scene(6, *SIZE)), start=1):
+        cv2.imwrite(str(run / f"scan_{number:04d}.png"), frame)
+    copies = {film: tmp_path / "out" / "reel.mkv", run / "scan_%04d.png": tmp_path / "out" / "c_%04d.png"}
+
+    def colour(source: Path) -> None:
+        assert run_cli(tiny_checkpoint, str(source), "-o", str(copies[source]),
+                       *(("--frame-rate", "24") if source != film else ())) == 0
+
+    for source in copies:
+        colour(source)
+    made = {source: _made(copy) for source, copy in copies.items()}
+    for source, copy in copies.items():  # still current: skipped
+        colour(source)
+        assert _made(copy) == made[source]
+    later = max(made.values()) + 10**9
+    for changed in (film, run / "scan_0003.png"):
+        os.utime(changed, ns=(later, later))
+    with caplog.at_level(logging.INFO, logger="worker.films"):
+        for source, copy in copies.items():
+            colour(source)
+            assert _made(copy) > made[source]
+    assert f"{film}: changed since {copies[film]} was made; colouring it again" in caplog.text
+    assert f"{run / 'scan_0003.png'}: changed since" in caplog.text
+
+
+def _made(copy: Path) -> int:
+    """When a copy was written: a film file's time, or a run's oldest frame's."""
+    if "%" not in copy.name:
+        return copy.stat().st_mtime_ns
+    return min(frame.stat().st_mtime_ns for frame in copy.parent.glob("c_*.png"))
 
 
 def test_an_interrupt_between_two_stage_starts_stops_the_started_stage():

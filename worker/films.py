@@ -35,8 +35,9 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from models.colorizer import Colorizer
-from models.files import atomic_output, atomic_path
+from models.files import atomic_output, atomic_path, changed_since
 from worker.errors import BadInputError, TinctError, one_line
+from worker.frame_sequences import is_pattern
 from worker.frame_sink import FrameTarget, FrameWriter, frames_layout, is_frame_output, publish
 from worker.images import tinct_version
 from worker.pipeline import ColourFrame, StageTimes, colorize_frames
@@ -196,7 +197,11 @@ def colorize_film(
     frames = FrameTarget.parse(output) if is_frame_output(output) else None  # a run of frames, else a film file
     parts = parts_folder(output)
     if _exists(output, frames, parts) and not options.overwrite:
-        return FilmOutcome(source, output, "exists")
+        made = output if frames is None else min(frames.existing(), key=lambda frame: frame.stat().st_mtime_ns)
+        changed = changed_since(made, (*_source_files(source), *(Path(r.image) for r in options.references)))
+        if changed is None:
+            return FilmOutcome(source, output, "exists")
+        logger.info("%s: changed since %s was made; colouring it again", changed, made)
     if frames is None:
         check_container(output, options.encode.codec)
     film = probe_film(source, options.max_pixels, options.frame_rate)
@@ -260,6 +265,18 @@ def colorize_film(
         logger.info("%s: resumed, %d of %d segments were already done", source, reused, len(segments))
     return FilmOutcome(source, output, "done", frames=film.frames, seconds=time.perf_counter() - started,
                        resumed_segments=reused if resumed else 0, times=times)
+
+
+def _source_files(source: Path) -> list[Path]:
+    """What a film was made from, for telling whether its copy is current: the film file, or for a run of frames
+    (a folder, or its pattern) the newest file in the run's folder, of one stat per file (what a rescan of a frame
+    changes; ``probe_film`` reads every frame's header, which a rerun that skips the film need not)."""
+    folder = source if source.is_dir() else source.parent if is_pattern(str(source)) else None
+    if folder is None:
+        return [source]
+    with os.scandir(folder) as entries:
+        files = [entry for entry in entries if entry.is_file(follow_symlinks=False)]
+    return [Path(max(files, key=lambda entry: entry.stat().st_mtime_ns).path)] if files else []
 
 
 def _exists(output: Path, frames: FrameTarget | None, parts: Path) -> bool:

@@ -4,7 +4,8 @@ The CLI (``tinct colorize``) runs it on local folders; the service will run the 
 
 1. :func:`plan_photos` turns the inputs (files and folders, searched recursively) into tasks with deterministic
    output paths that mirror the input tree under the output folder;
-2. :func:`colorize_photos` skips tasks whose output already exists (a rerun resumes where the last one stopped),
+2. :func:`colorize_photos` skips tasks whose output already exists and is newer than the photo and its hints (a
+   rerun resumes where the last one stopped, and redoes a photo rescanned or re-hinted since),
    decodes the rest on a small thread pool, hands the colorizer batches of photos from many files at once (the
    network is fed batches, never one file at a time), and encodes the results on the same pool while the next
    batch is being colorized. Every output is written atomically, so an interrupted run leaves either a complete
@@ -33,7 +34,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from models.colorizer import Colorizer as ModelColorizer
 from models.engines import create_engine
-from models.files import PARTIAL_SUFFIX, unwritable_reason
+from models.files import PARTIAL_SUFFIX, changed_since, unwritable_reason
 from models.hints import ColourHints
 from worker.errors import BadInputError, ModelError, TinctError, one_line
 from worker.frame_sequences import FOLDER_SEQUENCE_SUFFIXES, folder_sequences, is_pattern, output_stem, photo_runs
@@ -431,10 +432,13 @@ class _Run:
     def execute(self, tasks: list[PhotoTask]) -> None:
         todo = []
         for task in tasks:
-            if task.output.exists() and not self.options.overwrite:
-                self.record(PhotoOutcome(task, "exists"))
-            else:
+            if self.options.overwrite or not task.output.exists():
                 todo.append(task)
+            elif changed := changed_since(task.output, (task.source, task.hints)):
+                logger.info("%s: changed since %s was made; colouring it again", changed, task.output)
+                todo.append(task)
+            else:
+                self.record(PhotoOutcome(task, "exists"))
         workers = max(1, self.options.workers)
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tinct-io")
         try:
