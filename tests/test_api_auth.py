@@ -42,9 +42,9 @@ def test_folder_prefixes_resolve_symlinks_so_a_link_cannot_lead_outside(tmp_path
     assert not inside(str(tmp_path / "allowed-too" / "photo.png"), prefix)
 
 
-def tokens_file(tmp_path, entries) -> Settings:
+def tokens_file(tmp_path, entries, encoding: str = "utf-8") -> Settings:
     path = tmp_path / "tokens.json"
-    path.write_text(json.dumps({"tokens": entries}))
+    path.write_text(json.dumps({"tokens": entries}), encoding=encoding)
     return Settings(api_tokens_file=path, api_token="admin-token-0123456789", api_inbox="s3://inbox/",
                     api_results="s3://out/results/")
 
@@ -64,6 +64,12 @@ def test_tokens_authenticate_by_bearer_header_and_carry_their_own_folders(tmp_pa
     for header in (None, "", "Bearer", "Bearer ", "Basic " + "a" * 20, "Bearer " + "a" * 19, "Bearer " + "a" * 21):
         assert authenticate(principals, header) is None, header
     assert "a" * 20 not in repr(alice)
+
+
+def test_a_tokens_file_saved_with_a_byte_order_mark_is_read(tmp_path):
+    """As a Windows editor saves UTF-8 (it had failed as "not valid JSON")."""
+    principals = load_principals(tokens_file(tmp_path, [{"name": "alice", "token": "a" * 20}], "utf-8-sig"))
+    assert [p.name for p in principals] == [ADMIN, "alice"]
 
 
 @pytest.mark.parametrize(("entries", "message"), [

@@ -167,6 +167,14 @@ def test_hints_count_must_match_the_images(colorizer):
 # --- hint files --------------------------------------------------------------------------------------------------
 
 
+def test_a_hint_file_saved_with_a_byte_order_mark_is_read(tmp_path):
+    """Windows editors (Notepad before 2019, PowerShell's Out-File) start UTF-8 text with a byte-order mark, which
+    is not JSON: such a hint file failed as "malformed JSON: Unexpected UTF-8 BOM"."""
+    path = tmp_path / "scan.jpg.hints.json"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"points": [{"x": 5, "y": 5, "color": "#2a3f8f"}]}')
+    assert load_hints_file(path).to_dict()["points"][0]["color"] == "#2a3f8f"
+
+
 def test_a_hint_file_parses_to_canonical_form_and_ab():
     spec = parse_hints({"points": [{"x": 812, "y": 440, "color": "#2A3F8F"}, {"x": 120, "y": 95, "color": "#c8a27a",
                                                                                "radius": 6}],

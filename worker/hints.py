@@ -112,7 +112,7 @@ def parse_hints_bytes(data: bytes, where: str | os.PathLike, max_hints: int = _L
     if len(data) > max_bytes:
         raise HintError(where, "", _oversized(len(data), max_bytes))
     try:
-        document = json.loads(data.decode("utf-8"))
+        document = json.loads(data.decode("utf-8-sig"))  # a byte-order mark, as Windows editors save one, is not JSON
     except UnicodeDecodeError as exc:
         raise HintError(where, "", f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except json.JSONDecodeError as exc:

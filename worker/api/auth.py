@@ -108,7 +108,7 @@ def load_principals(settings: Settings) -> list[Principal]:
 def _read_tokens_file(path: Path) -> list[Principal]:
     where = f"TINCT_API_TOKENS_FILE {path}"
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # (as a Windows editor may save it)
     except OSError as exc:
         raise TokenConfigError(f"{where}: cannot read ({exc.strerror or type(exc).__name__})") from None
     except ValueError as exc:  # the message names a line and column, never the file's content
