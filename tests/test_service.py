@@ -46,6 +46,7 @@ from worker import liveness, work
 from worker.cli import main
 from worker.cli_service import describe
 from worker.frame_sequences import find_sequence
+from worker.images import read_provenance, tinct_version
 from worker.jobs import JobOptions, JobSpec, JobSpecError, JobStore, film_output_uri
 from worker.service import Service
 
@@ -153,7 +154,9 @@ def test_film_is_split_over_two_workers_and_joined(service_env, tmp_path):
     assert record.state == "succeeded", record.error
     assert record.outputs == ["s3://colour/films/reel.mkv"] and record.done == 48
     assert keys(s3, "colour") == ["films/reel.mkv"]  # the segments' staging area is gone
-    assert s3.client().head_object(Bucket="colour", Key="films/reel.mkv")["ContentType"] == "video/x-matroska"
+    head = s3.client().head_object(Bucket="colour", Key="films/reel.mkv")
+    assert head["ContentType"] == "video/x-matroska"
+    assert head["Metadata"]["tinct"].startswith(f"colorized by Tinct {tinct_version()}, model ")
     (tmp_path / "out.mkv").write_bytes(get_object(s3, "s3://colour/films/reel.mkv"))
     out = probe(tmp_path / "out.mkv")
     assert out.video.frame_count == 48 and out.video.pts == clip.probe.video.pts
@@ -388,6 +391,8 @@ def test_a_run_in_a_bucket_colours_into_a_run_of_dpx_frames_exactly_as_tinct_col
     assert f"  output: {output} (frames 86400-86423)" in describe(record).splitlines()  # tinct status
     # Every frame in place under its scan's number, the staged segments gone, and nothing kept by the worker.
     assert keys(s3, "colour") == [f"reel1/{name}" for name in [*names, "colour_0099999.dpx"]]
+    placed = s3.client().head_object(Bucket="colour", Key=f"reel1/{names[5]}")  # (CopyObject keeps what was staged)
+    assert placed["ContentType"] == "image/dpx" and placed["Metadata"]["tinct"].startswith("colorized by Tinct")
     assert [p for p in (tmp_path / "work-w" / "jobs").rglob("*") if p.is_file()] == []
     # The same run coloured by the CLI in segments as long: the service's 3 segments, from 3 workers' worth of
     # pieces, joined into the same frames, headers (rate, timecode) and all.
@@ -546,7 +551,7 @@ def test_metrics_endpoint_and_json_only(service_env):
 # --- triggers, through the real service ------------------------------------------------------------------------
 
 
-def test_bulk_and_sqs_events_reach_the_workers(service_env, monkeypatch, capsys):
+def test_bulk_and_sqs_events_reach_the_workers(service_env, monkeypatch, capsys, tmp_path):
     import threading
 
     from worker.cli import main
@@ -568,7 +573,10 @@ def test_bulk_and_sqs_events_reach_the_workers(service_env, monkeypatch, capsys)
     while keys(s3, "colour") != ["bulk/a.png", "bulk/b.png"] and time.monotonic() < deadline:
         time.sleep(0.2)
     assert keys(s3, "colour") == ["bulk/a.png", "bulk/b.png"]
-    assert s3.client().head_object(Bucket="colour", Key="bulk/a.png")["ContentType"] == "image/png"
+    head = s3.client().head_object(Bucket="colour", Key="bulk/a.png")
+    assert head["ContentType"] == "image/png"
+    (tmp_path / "a.png").write_bytes(get_object(s3, "s3://colour/bulk/a.png"))
+    assert head["Metadata"] == {"tinct": read_provenance(tmp_path / "a.png").description}  # the file's own words
     assert main(args) == 0 and "submitted 0" in capsys.readouterr().out.lower()
 
     # An S3 event notification in SQS, delivered twice (S3 delivers at least once): one job, done once.

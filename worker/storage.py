@@ -934,7 +934,8 @@ class Uploads:
         self._manager.shutdown()
         self._manager = None
 
-    def add(self, local_path: str | os.PathLike, uri: str) -> None:
+    def add(self, local_path: str | os.PathLike, uri: str, metadata: Mapping[str, str] | None = None) -> None:
+        """Store ``local_path`` at ``uri`` (with S3 ``metadata``), waiting while ``in_flight`` are unfinished."""
         local_path = Path(local_path)
         scheme, bucket, key = parse_uri(uri)
         if scheme == "file":
@@ -944,7 +945,10 @@ class Uploads:
         if self._manager is None:
             self._manager = self._storage._transfer_manager()
         size = local_path.stat().st_size
-        future = self._manager.upload(os.fspath(local_path), bucket, key, extra_args=_typed(key))
+        extra = _typed(key)
+        if metadata:
+            extra["Metadata"] = dict(metadata)
+        future = self._manager.upload(os.fspath(local_path), bucket, key, extra_args=extra)
         self._pending.append((local_path, format_uri(scheme, bucket, key), future))
         while len(self._pending) >= self._in_flight or (self._pending and self._pending[0][2].done()):
             self._settle()

@@ -53,7 +53,7 @@ from worker.films import DEFAULT_MAX_FILM_PIXELS, warmup_frames
 from worker.frame_sequences import frame_number, is_pattern, stored_frames, stored_identity, stored_sequence
 from worker.frame_sink import FrameTarget, FrameWriter, frames_layout, is_frame_output
 from worker.hints import hints_provenance, job_photo_hints
-from worker.images import DEFAULT_MAX_PIXELS, EXTENSION_FORMATS, read_photo, write_photo
+from worker.images import DEFAULT_MAX_PIXELS, EXTENSION_FORMATS, provenance_text, read_photo, write_photo
 from worker.input_cache import HeldInput, InputCache
 from worker.jobs import FINISHED, KEY_PREFIX, JobRecord, JobSpec, JobStore, film_output_uri, output_folder
 from worker.liveness import Lease, Leases
@@ -517,8 +517,9 @@ def _colorize_one_photo(rt: Runtime, loaded: _Loaded, uri: str, output: str, scr
         rgb = loaded.colorizer.colorize([photo.L], hints=[hints])[0]
         suffix = PurePosixPath(parse_uri(output)[2]).suffix
         result = scratch / f"{hashlib.sha256(output.encode()).hexdigest()[:16]}{suffix}"
-        write_photo(result, rgb, photo, loaded.label, photo.alpha, hints_provenance(len(hints) if hints else 0))
-        rt.storage.upload(result, output)
+        guidance = hints_provenance(len(hints) if hints else 0)
+        write_photo(result, rgb, photo, loaded.label, photo.alpha, guidance)
+        rt.storage.upload(result, output, metadata=provenance_metadata(loaded.label, guidance))
         result.unlink(missing_ok=True)
     finally:
         if local.is_relative_to(rt.settings.work_dir):
@@ -631,7 +632,8 @@ def _colorize_segment(rt: Runtime, spec: JobSpec, segment: Segment, lease: Lease
             with atomic_path(local) as tmp, SegmentWriter(tmp, film.video, layout, options["encode"]) as writer:
                 times = colorize(lambda frame: writer.write(frame.pts, frame.luma, frame.cb, frame.cr))
         else:
-            times = _colorize_to_frames(rt, film, target, layout, local, staged, colorize)
+            times = _colorize_to_frames(rt, film, target, layout, local, staged, colorize,
+                                        provenance_metadata(loaded.label, _references_guidance(spec)))
     except BadInputError as exc:  # about this worker's copy of the film
         raise as_stored(spec.input, Path(film.path), exc) from exc
     except liveness.HandedOver:  # the partial file is gone with atomic_path
@@ -667,21 +669,35 @@ def _colorize_segment(rt: Runtime, spec: JobSpec, segment: Segment, lease: Lease
 
 
 def _colorize_to_frames(rt: Runtime, film: FilmInfo, target: FrameTarget, layout: OutputLayout, local: Path,
-                        staged: str, colorize: Callable[[Callable[[ColourFrame], None]], StageTimes]) -> StageTimes:
+                        staged: str, colorize: Callable[[Callable[[ColourFrame], None]], StageTimes],
+                        metadata: dict[str, str]) -> StageTimes:
     """A segment coloured into frames, each uploaded into the segment's staged folder as soon as it is written (a
-    2K segment of a few hundred frames is gigabytes: the work folder holds a few at a time, not all of them)."""
+    2K segment of a few hundred frames is gigabytes: the work folder holds a few at a time, not all of them), with
+    ``metadata``, which their copies into place keep."""
     writer = FrameWriter(local, target, film, layout)
     try:
         with rt.storage.uploads() as uploads:
             def write(frame: ColourFrame) -> None:
                 path = writer.write(frame.index, frame.luma, frame.cb, frame.cr, frame.light)
-                uploads.add(path, join_uri(staged, path.name))
+                uploads.add(path, join_uri(staged, path.name), metadata)
 
             times = colorize(write)
             uploads.finish()
     finally:
         shutil.rmtree(local, ignore_errors=True)
     return times
+
+
+def provenance_metadata(model_label: str, guidance: str = "") -> dict[str, str]:
+    """An output object's S3 metadata (``x-amz-meta-tinct``): the provenance sentence its file carries, where a
+    catalogue or an ingest rule reads it with one HEAD request, not the file; BMP results and frames have it only
+    there."""
+    return {"tinct": provenance_text(model_label, guidance)}
+
+
+def _references_guidance(spec: JobSpec) -> str:
+    count = len(spec.options.references or ())
+    return f"{count} reference frame{'' if count == 1 else 's'}" if count else ""
 
 
 def _unstage(rt: Runtime, local: Path, staged: str, target: FrameTarget | None) -> None:
@@ -764,7 +780,7 @@ def _join(rt: Runtime, record: JobRecord, lease: Lease) -> None:
     if not lease.held():
         _discarded(lease)
         return
-    info = rt.storage.upload(final, output)
+    info = rt.storage.upload(final, output, metadata=provenance_metadata(label, _references_guidance(spec)))
     shutil.rmtree(scratch, ignore_errors=True)
     # Staging goes before the job is marked done, so whoever sees it succeeded sees no leftovers; only by the lease's
     # holder, so a joiner that lost its lease meanwhile never takes the segments from under the one that has it.
