@@ -748,6 +748,23 @@ def test_a_dpx_run_colours_into_a_dpx_run_with_its_numbers_rate_and_timecodes(tm
     assert again.timecode == "01:00:10:05"
 
 
+@pytest.mark.parametrize("suffix", [".dpx", ".tif", ".png", ".exr"])
+def test_frames_keep_the_pixel_aspect_of_their_film(tmp_path, tiny_checkpoint, suffix):
+    """A DV or anamorphic film's pixels are not square; its frames said nothing of it (DPX's pixel aspect ratio
+    0:1), and a conform showed them unsqueezed. Each format now says it in its own field."""
+    grays = [(f >> 8).astype(np.uint8) for f in scene(3)]
+    source = write_clip(tmp_path / "dv.mkv", grays, sample_aspect_ratio=Fraction(16, 15))
+    out = tmp_path / "frames" / f"f_%04d{suffix}"
+    assert run_cli(tiny_checkpoint, str(source.path), "-o", str(out)) == 0
+    first = out.parent / f"f_0000{suffix}"
+    with av.open(str(first)) as frame:  # as FFmpeg's readers take it (a conform's, often)
+        assert frame.streams.video[0].sample_aspect_ratio == Fraction(16, 15)
+    if suffix == ".dpx":  # SMPTE 268M's own field, in the orientation header
+        data = first.read_bytes()
+        order = ">" if data[:4] == b"SDPX" else "<"
+        assert struct.unpack_from(f"{order}II", data, 1628) == (16, 15)
+
+
 def test_a_film_file_colours_into_frames_numbered_from_zero(tmp_path, tiny_checkpoint, caplog):
     grays = [(f >> 8).astype(np.uint8) for f in scene(5)]
     source = write_clip(tmp_path / "reel.mkv", grays, codec="ffv1", pix_fmt="gray", audio="flac")

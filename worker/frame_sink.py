@@ -140,6 +140,10 @@ class FrameWriter:
         self._encoder.width, self._encoder.height = film.video.width, film.video.height
         self._encoder.pix_fmt = self._pix_fmt
         self._encoder.time_base = Fraction(1, 24)  # required of every encoder; a still's encoder ignores it
+        if film.video.sample_aspect_ratio:
+            # An anamorphic scan's frames say their squeeze as it does (DPX's and OpenEXR's pixel aspect ratio, PNG's
+            # pHYs, TIFF's resolutions): left unset, a conform showed them unsqueezed.
+            self._encoder.sample_aspect_ratio = film.video.sample_aspect_ratio
         self._linear_out = encoder == "exr"  # frames of linear light, not codes
         # A plate in primaries of its own (an ACES plate) gets its copy back in them, saying so as the plate does.
         self._plate_chromaticities = film.plate_chromaticities if self._linear_out else None
