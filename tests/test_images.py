@@ -191,6 +191,27 @@ def test_round_trip(tmp_path: Path, ext: str, kind: str, bits: int) -> None:
         assert provenance is not None and provenance.model == LABEL and provenance.version == tinct_version()
 
 
+@pytest.mark.parametrize("bits", [8, 16])
+def test_a_tiff_result_over_4_gb_is_a_bigtiff(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bits: int) -> None:
+    """A map scanned at a gigapixel gives a TIFF past classic TIFF's 4 GB, which was refused after all its work:
+    such a result is a BigTIFF. (The threshold is lowered here: a 4 GB result is no test fixture.)"""
+    monkeypatch.setattr(images, "_BIGTIFF_FROM", 0)
+    out = tmp_path / "colour.tif"
+    _rich_jpeg(tmp_path / "map.jpg")
+    photo = read_photo(tmp_path / "map.jpg")
+    photo.bit_depth = bits
+    rgb = l_as_rgb(photo.L) * 0.9 + 0.05
+    write_photo(out, rgb, photo, LABEL)
+    assert out.read_bytes()[:4] == b"II+\x00"  # BigTIFF's signature
+    written = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)  # libtiff's reading
+    top = 65535 if bits == 16 else 255
+    assert written.dtype == (np.uint16 if bits == 16 else np.uint8)
+    assert np.abs(written[..., ::-1] / top - rgb).max() <= 1 / top
+    tags = exiftool_tags(out, "-FileType", "-EXIF:Artist", "-XResolution")
+    assert (tags["File:FileType"], tags["IFD0:Artist"], tags["IFD0:XResolution"]) == ("BTF", "A. Photographer", 600)
+    assert read_provenance(out).model == LABEL
+
+
 def test_sixteen_bit_precision_survives(tmp_path: Path) -> None:
     # Adjacent 16-bit codes differ by 1/65535: an 8-bit path would merge every 257 of them.
     ramp = (np.arange(H * W, dtype=np.uint16) * 7 + 1000).reshape(H, W)

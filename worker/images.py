@@ -163,6 +163,8 @@ _MAKER_NOTE = 0x927C
 _XMP_TAG = 700
 _ICC_TAG = 34675
 _TIFF_NONE, _TIFF_LZW, _TIFF_DEFLATE = 1, 5, 8  # TIFF's Compression codes a copy is written with
+_BIGTIFF_FROM = 1 << 32  # a TIFF result this large or more is a BigTIFF
+_TIFF_DIRECTORY_ROOM = 1 << 24  # what its directory may take besides its strips (EXIF, XMP and a profile: KBs to MBs)
 _X_RESOLUTION, _Y_RESOLUTION, _RESOLUTION_UNIT, _INCHES, _YCBCR_POSITIONING = 282, 283, 296, 2, 531
 _PIXEL_X_DIMENSION, _PIXEL_Y_DIMENSION = 0xA002, 0xA003  # in the EXIF sub-directory: the picture's size
 #: The EXIF sub-directory's tags of type UNDEFINED that Pillow's table of tag types lacks: it wrote their bytes back
@@ -1359,9 +1361,11 @@ def _jp2(pixels: np.ndarray, hints: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
-def _tiff_directory(tags: dict[int, Any], like: Photo) -> TiffImagePlugin.ImageFileDirectory_v2:
-    """EXIF tags (sub-directories included), XMP and ICC as one TIFF directory, for Pillow or our 16-bit writer."""
-    ifd = TiffImagePlugin.ImageFileDirectory_v2(prefix=b"II")
+def _tiff_directory(tags: dict[int, Any], like: Photo, header: bytes = b"II*\x00\x08\x00\x00\x00"
+                    ) -> TiffImagePlugin.ImageFileDirectory_v2:
+    """EXIF tags (sub-directories included), XMP and ICC as one TIFF directory, for Pillow or our 16-bit writer;
+    ``header`` is the file's (a BigTIFF's, for BigTIFF's wider entries)."""
+    ifd = TiffImagePlugin.ImageFileDirectory_v2(ifh=header)
     for tag, value in tags.items():
         ifd[tag] = value
     if like.icc_profile:
@@ -1443,7 +1447,11 @@ def _write_tiff(f: BinaryIO, pixels: np.ndarray, tags: dict[int, Any], like: Pho
             strips.append(_lzw_strip(block))
         else:
             strips.append(block.tobytes())
-    ifd = _tiff_directory(tags, like)
+    # Classic TIFF counts bytes in 32 bits; a result past that (a map scanned at a gigapixel, in 16-bit colour) is a
+    # BigTIFF, which libtiff, Pillow, OpenCV and exiftool read (older readers do not: only where it is needed).
+    big = sum(len(strip) for strip in strips) + _TIFF_DIRECTORY_ROOM >= _BIGTIFF_FROM
+    header = b"II+\x00" + struct.pack("<HHQ", 8, 0, 16) if big else b"II*\x00" + struct.pack("<I", 8)
+    ifd = _tiff_directory(tags, like, header)
     ifd[256], ifd[257] = width, height
     ifd[258] = (8 * sample.itemsize,) * channels
     ifd[259] = compression
@@ -1460,11 +1468,8 @@ def _write_tiff(f: BinaryIO, pixels: np.ndarray, tags: dict[int, Any], like: Pho
     # Offsets are relative: Pillow's encoder adds where the data begins, right after the directory it writes.
     ifd[273] = tuple(int(x) for x in np.cumsum([0] + [len(s) for s in strips[:-1]]))
     ifd[279] = tuple(len(s) for s in strips)
-    ifd.tagtype[273] = ifd.tagtype[279] = TiffImagePlugin.TiffTags.LONG
-    directory = ifd.tobytes(8)
-    if 8 + len(directory) + sum(len(s) for s in strips) >= 1 << 32:
-        raise ValueError("a TIFF result over 4 GB needs BigTIFF, which Tinct does not write")
-    f.write(b"II*\x00" + struct.pack("<I", 8) + directory)
+    ifd.tagtype[273] = ifd.tagtype[279] = TiffTags.LONG8 if big else TiffTags.LONG
+    f.write(header + ifd.tobytes(len(header)))
     for strip in strips:
         f.write(strip)
 
