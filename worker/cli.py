@@ -136,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "film frames)")
     colorize.add_argument("--format", type=_format_arg, help="output format for every photo: jpg, png, tif, webp, "
                           "bmp or jp2 (default: each source's own)")
-    colorize.add_argument("--overwrite", action="store_true", help="redo photos and films whose output already exists")
+    colorize.add_argument("--overwrite", action="store_true",
+                          help="redo photos and films whose output exists and is current (one older than its source "
+                          "or hints is redone anyway)")
     colorize.add_argument("--hints", metavar="HINTS.json",
                           help="colour hints for a single input photo: points and regions with known sRGB colours, "
                           "honoured at their pixels and spread along edges of lightness (in folders, a photo's "
