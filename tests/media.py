@@ -346,13 +346,17 @@ def first_frame_info(path: str | os.PathLike[str]) -> FrameInfo:
 
 
 def lumas(path: Path) -> list[np.ndarray]:
-    """Every frame's Y plane as stored (uint8, or uint16 for more than 8 bits), in any pixel format."""
+    """Every frame's Y plane as stored (uint8, or uint16 for more than 8 bits), in any planar pixel format, or the Y
+    samples of packed 2vuy (``uyvy422``: U Y V Y), as capture cards store uncompressed video."""
     planes = []
     with av.open(str(path)) as container:
         for frame in container.decode(video=0):
             plane = frame.planes[0]
             dtype = np.uint8 if frame.format.components[0].bits <= 8 else np.dtype("<u2")
             rows = np.frombuffer(plane, dtype).reshape(plane.height, -1)
+            if frame.format.name == "uyvy422":
+                planes.append(rows[:, 1 : 2 * frame.width : 2].copy())
+                continue
             planes.append(rows[:, : plane.width].copy())
     return planes
 

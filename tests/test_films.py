@@ -301,16 +301,28 @@ def test_codecs_and_containers(tmp_path, colorizer, suffix, codec, decoder):
     ("edit.mov", "prores_ks", None, "out.mov", "prores"),  # an edit master stays ProRes
     ("dvd.mkv", "mpeg2video", None, "out.mkv", "h264"),  # a codec Tinct does not write: H.264
     ("master.mkv", "ffv1", "gray", "out.mp4", "h264"),  # its own, which MP4 cannot hold: H.264, and said so
+    # A capture card's uncompressed 8-bit 2vuy and 10-bit v210, which Tinct does not write: lossless FFV1, 4:2:2 kept
+    # (they had become H.264; the 2vuy's luma, taken for gray, 16 % more contrasty), or H.264 where it must, said so
+    ("capture.mov", "rawvideo", "uyvy422", "out.mkv", "ffv1"),
+    ("capture.mov", "v210", "yuv422p10le", "out.mkv", "ffv1"),
+    ("capture.mov", "v210", "yuv422p10le", "out.mov", "h264"),
 ])
 def test_a_film_is_copied_in_its_own_codec_by_default(tmp_path, tiny_checkpoint, caplog, source, codec, pix_fmt,
                                                       output, decoder):
     clip = bw_clip(tmp_path / source, frames=4, codec=codec, pix_fmt=pix_fmt)
     assert run_cli(tiny_checkpoint, str(clip.path), "-o", str(tmp_path / output), "--crf", "20") == 0  # H.264's alone
-    assert probe(tmp_path / output).video.codec == decoder
+    copy = probe(tmp_path / output).video
+    assert copy.codec == decoder
     if decoder == "ffv1":
         assert all(np.array_equal(a, b) for a, b in zip(lumas(tmp_path / output), lumas(clip.path), strict=True))
+    if source == "capture.mov":
+        with av.open(str(tmp_path / output)) as copied:
+            assert copied.streams.video[0].codec_context.pix_fmt.startswith("yuv422p")
     fell_back = "out.mp4: written as h264 rather than its source's codec: ffv1 cannot be stored in .mp4; use .mkv"
     assert (fell_back in caplog.text) == output.endswith(".mp4")
+    lossless = ("out.mov: written as h264 rather than lossless FFV1, as its source (v210) is lossless: ffv1 cannot "
+                "be stored in .mov; use .mkv")
+    assert (lossless in caplog.text) == (codec == "v210" and output.endswith(".mov"))
 
 
 def test_codec_that_the_container_cannot_hold_is_a_usage_error(tmp_path, tiny_checkpoint, capsys):

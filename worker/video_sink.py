@@ -89,9 +89,16 @@ CONTAINER_CODECS = {"mp4": {"h264", "h265"}, "mov": {"h264", "h265", "prores"},
                     "matroska": {"h264", "h265", "ffv1", "prores"}}
 PRORES_PROFILES = {(1, 0): "3", (0, 0): "4"}  # HQ for 4:2:2, 4444 for 4:4:4
 # The default: each film in its own codec where Tinct writes that one, so a lossless master (FFV1) is not made lossy
-# and an edit master (ProRes) stays one, as a photo keeps its own coding; H.264 for the rest (MPEG-2, DV, VP9, scans).
+# and an edit master (ProRes) stays one, as a photo keeps its own coding; FFV1 for the other lossless codecs tape
+# captures and masters come in (uncompressed 2vuy and v210 from capture cards, HuffYUV, Ut Video, MagicYUV, ...),
+# which Tinct does not write; H.264 for the rest (MPEG-2, DV, VP9, scans).
 SOURCE_CODEC = "source"
-CODECS_BY_DECODER = {"h264": "h264", "hevc": "h265", "ffv1": "ffv1", "prores": "prores"}
+LOSSLESS_DECODERS = frozenset({
+    "rawvideo", "v210", "v410", "v308", "v408", "r210", "r10k", "ayuv", "y41p", "yuv4", "012v", "huffyuv", "ffvhuff",
+    "utvideo", "magicyuv", "lagarith", "qtrle", "png", "zlib", "mszh",
+})
+CODECS_BY_DECODER = {"h264": "h264", "hevc": "h265", "ffv1": "ffv1", "prores": "prores",
+                     **dict.fromkeys(LOSSLESS_DECODERS, "ffv1")}
 FALLBACK_CODEC = "h264"
 
 
@@ -154,7 +161,9 @@ class EncodeOptions:
         why_not = (container_problem(output, codec) or aspect_loss(video, codec, output)
                    or ("this build of FFmpeg has no encoder for it" if codec not in available_codecs() else None))
         if why_not and report:
-            logger.warning("%s: written as %s rather than its source's codec: %s", output, FALLBACK_CODEC, why_not)
+            wanted = "its source's codec" if video.codec not in LOSSLESS_DECODERS else \
+                f"lossless FFV1, as its source ({video.codec}) is lossless"
+            logger.warning("%s: written as %s rather than %s: %s", output, FALLBACK_CODEC, wanted, why_not)
         if why_not:
             codec = FALLBACK_CODEC
         return EncodeOptions(codec, self.crf if CODECS[codec].crf else None, self.preset)

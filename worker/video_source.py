@@ -735,7 +735,7 @@ def _plane(frame, index: int, bit_depth: int) -> np.ndarray:
 def _video_format(stream, frame) -> VideoFormat:
     fmt = frame.format
     codec_context = stream.codec_context
-    is_yuv = not fmt.is_rgb and len(fmt.components) >= 3 and fmt.is_planar
+    is_yuv = not fmt.is_rgb and len(fmt.components) >= 3  # planar, or packed (an uncompressed capture's 2vuy)
     is_gray = len(fmt.components) in (1, 2) and not fmt.is_rgb
     if is_yuv:
         probe = av.VideoFormat(fmt.name, 64, 64)
@@ -983,6 +983,11 @@ def _luma(frame, video: VideoFormat) -> np.ndarray:
     """The frame's luma plane as code values in the source's own range and depth (a copy); of a plate of linear
     light, see ``_linear_luma``."""
     fmt = frame.format
+    if video.chroma_shift is not None and not fmt.is_planar and (planar := _planar_yuv(fmt, video)) is not None:
+        # Packed Y'CbCr (2vuy and YUY2 from capture cards, Y210): unpacked, code for code. Taken for gray, it was
+        # turned into full-range gray by FFmpeg and then written as video range: a tape capture's copy 16 % too
+        # contrasty, its blacks crushed.
+        frame, fmt = frame.reformat(format=planar), av.VideoFormat(planar)
     own_plane = (fmt.is_planar and not fmt.is_rgb) or fmt.name == GRAY_FORMATS.get(video.bit_depth)
     if own_plane and fmt.components[0].bits == video.bit_depth:  # Y'CbCr's Y plane, or a gray frame's only plane
         return _plane(frame, fmt.components[0].plane, video.bit_depth).copy()
@@ -993,6 +998,20 @@ def _luma(frame, video: VideoFormat) -> np.ndarray:
     gray = frame.reformat(format=GRAY_FORMATS[video.bit_depth],
                           dst_color_range=RANGE_FULL if video.full_range else RANGE_LIMITED)
     return _plane(gray, 0, video.bit_depth).copy()
+
+
+def _planar_yuv(fmt: av.VideoFormat, video: VideoFormat) -> str | None:
+    """The planar Y'CbCr format holding a packed one's samples as they are (its subsampling and depth), if FFmpeg
+    has one."""
+    name = {(1, 0): "yuv422p", (1, 1): "yuv420p", (0, 0): "yuv444p", (2, 0): "yuv411p"}.get(video.chroma_shift)
+    if name is None:
+        return None
+    if video.bit_depth > 8:
+        name = f"{name}{video.bit_depth}le"
+    try:
+        return av.VideoFormat(name).name
+    except ValueError:
+        return None
 
 
 def _rgb_luma(frame, video: VideoFormat) -> np.ndarray:
