@@ -325,6 +325,22 @@ def test_a_film_is_copied_in_its_own_codec_by_default(tmp_path, tiny_checkpoint,
     assert (lossless in caplog.text) == (codec == "v210" and output.endswith(".mov"))
 
 
+@pytest.mark.parametrize("profile, pix_fmt, name, tag", [
+    ("0", "yuv422p10le", "Proxy", "apco"), ("1", "yuv422p10le", "LT", "apcs"), ("4", "yuv444p10le", "4444", "ap4h"),
+])
+def test_a_prores_film_is_copied_in_its_own_profile_and_says_which(tmp_path, tiny_checkpoint, profile, pix_fmt, name,
+                                                                   tag):
+    """A ProRes copy had always been coded HQ (an LT access copy's copy twice its size, a Proxy's three and a half
+    times) and always tagged apch, HQ's code, by which Apple's decoders know a ProRes stream: a 4444 copy too."""
+    source = bw_clip(tmp_path / "edit.mov", frames=4, codec="prores_ks", pix_fmt=pix_fmt,
+                     encoder_options={"profile": profile})
+    for output in (tmp_path / "out.mov", tmp_path / "out.mkv"):
+        assert run_cli(tiny_checkpoint, str(source.path), "-o", str(output), "--codec", "prores") == 0
+        with av.open(str(output)) as copy:
+            context = copy.streams.video[0].codec_context
+            assert (context.profile, context.codec_tag) == (name, tag), output.name
+
+
 def test_codec_that_the_container_cannot_hold_is_a_usage_error(tmp_path, tiny_checkpoint, capsys):
     source = bw_clip(tmp_path / "src.mkv", frames=4)
     assert run_cli(tiny_checkpoint, str(source.path), "-o", str(tmp_path / "out.mp4"), "--codec", "ffv1") == 2

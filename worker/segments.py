@@ -34,7 +34,16 @@ import numpy as np
 
 from models.files import atomic_path
 from worker.errors import BadInputError
-from worker.video_sink import KEEP_TIMESTAMPS, EncodeOptions, aspect_loss, container_for, plan_output, tag_colour
+from worker.video_sink import (
+    KEEP_TIMESTAMPS,
+    PRORES_TAGS,
+    EncodeOptions,
+    aspect_loss,
+    container_for,
+    plan_output,
+    prores_profile,
+    tag_colour,
+)
 from worker.video_source import INTERLACED_FIELDS, FilmInfo, stream_by_index
 
 logger = logging.getLogger(__name__)
@@ -195,8 +204,10 @@ def _add_video(out, film: FilmInfo, source, template):
         # only its time base, which for raw DV is 1/60000, and MP4 refuses a 60000 fps timecode.
         stream.codec_context.framerate = film.video.average_rate
     # How its codes are read, again: NUT segments keep no colour tags, and FFV1 carries none itself.
-    tag_colour(stream.codec_context, film.video,
-               plan_output(film.video, EncodeOptions(template.codec_context.name)))
+    layout = plan_output(film.video, EncodeOptions(template.codec_context.name))
+    tag_colour(stream.codec_context, film.video, layout)
+    if layout.codec == "prores":  # its profile's code, which the segments do not keep
+        stream.codec_context.codec_tag = PRORES_TAGS[prores_profile(film.video, layout.frame.chroma_shift)]
     source_stream = stream_by_index(source, film.video_index)
     _copy_stream_tags(source_stream, stream)
     if film.sequence is not None and film.sequence.timecode:

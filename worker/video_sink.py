@@ -88,6 +88,12 @@ CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
 CONTAINER_CODECS = {"mp4": {"h264", "h265"}, "mov": {"h264", "h265", "prores"},
                     "matroska": {"h264", "h265", "ffv1", "prores"}}
 PRORES_PROFILES = {(1, 0): "3", (0, 0): "4"}  # HQ for 4:2:2, 4444 for 4:4:4
+# prores_ks's profile numbers, by FFmpeg's names of the profiles a ProRes film is in: a copy keeps its source's
+# (an LT access copy's copy had been HQ, twice its size; a Proxy's, three and a half times), in its chroma's family.
+PRORES_PROFILE_NUMBERS = {"Proxy": "0", "LT": "1", "Standard": "2", "HQ": "3", "4444": "4", "XQ": "5"}
+# Each profile's four-character code, by which Apple's decoders (QuickTime, Final Cut) know it: the join must say it,
+# as segments in NUT keep none (every copy had said apch, HQ: a 4444 copy too).
+PRORES_TAGS = {"0": "apco", "1": "apcs", "2": "apcn", "3": "apch", "4": "ap4h", "5": "ap4x"}
 # The default: each film in its own codec where Tinct writes that one, so a lossless master (FFV1) is not made lossy
 # and an edit master (ProRes) stays one, as a photo keeps its own coding; FFV1 for the other lossless codecs tape
 # captures and masters come in (uncompressed 2vuy and v210 from capture cards, HuffYUV, Ut Video, MagicYUV, ...),
@@ -281,6 +287,15 @@ def plan_output(video: VideoFormat, options: EncodeOptions) -> OutputLayout:
     return OutputLayout(options.codec, pix_fmt, frame, video.matrix)
 
 
+def prores_profile(video: VideoFormat, chroma: tuple[int, int]) -> str:
+    """prores_ks's profile for a copy of ``video`` at ``chroma``: a ProRes film's own where it is of that chroma's
+    family (Proxy to HQ for 4:2:2, 4444 and XQ for 4:4:4), else HQ or 4444."""
+    own = PRORES_PROFILE_NUMBERS.get(video.codec_profile or "") if video.codec == "prores" else None
+    if own is not None and (own in "45") == (chroma == (0, 0)):
+        return own
+    return PRORES_PROFILES[chroma]
+
+
 def tag_colour(codec_context, video: VideoFormat, layout: OutputLayout) -> None:
     """Say in the output stream how its codes are to be read: range, matrix, primaries and transfer. The encoder
     writes them in its bitstream where it has a place for them (H.264, H.265), the container in its own (Matroska's
@@ -346,7 +361,7 @@ class SegmentWriter:
         elif layout.codec == "ffv1":
             encoder_options.update({"level": "3", "slicecrc": "1", "g": "1"})  # intra-only, checksummed slices
         elif layout.codec == "prores":
-            encoder_options["profile"] = PRORES_PROFILES[layout.frame.chroma_shift]
+            encoder_options["profile"] = prores_profile(video, layout.frame.chroma_shift)
         codec_context.options = encoder_options
         return stream
 

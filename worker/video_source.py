@@ -159,6 +159,7 @@ class VideoFormat:
     scene_linear: bool = False
     highlights: float = 0.0  # of a scene-linear film: the largest share of a sampled frame brighter than white
     codec: str = ""  # FFmpeg's name of the decoder it needs (h264, hevc, ffv1, prores, dpx, ...)
+    codec_profile: str | None = None  # FFmpeg's name of the codec's profile, where it says one (ProRes: "LT", "HQ")
     # HDR10's static metadata, as x265 takes it: the mastering display ("G(x,y)B(x,y)R(x,y)WP(x,y)L(max,min)", in
     # units of 0.00002 and 0.0001 nits) and the content light levels ("MaxCLL,MaxFALL"); None where it has none.
     mastering_display: str | None = None
@@ -778,6 +779,7 @@ def _video_format(stream, frame) -> VideoFormat:
         field_order=_field_order(codec_context, frame),
         scene_linear=scene_linear,
         codec=codec_context.name,
+        codec_profile=codec_context.profile or None,
         **_hdr10_metadata(frame, stream.container.name),
     )
 
