@@ -291,7 +291,7 @@ def prores_profile(video: VideoFormat, chroma: tuple[int, int]) -> str:
     """prores_ks's profile for a copy of ``video`` at ``chroma``: a ProRes film's own where it is of that chroma's
     family (Proxy to HQ for 4:2:2, 4444 and XQ for 4:4:4), else HQ or 4444."""
     own = PRORES_PROFILE_NUMBERS.get(video.codec_profile or "") if video.codec == "prores" else None
-    if own is not None and (own in "45") == (chroma == (0, 0)):
+    if own is not None and (own in ("4", "5")) == (chroma == (0, 0)):
         return own
     return PRORES_PROFILES[chroma]
 

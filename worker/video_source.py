@@ -736,7 +736,8 @@ def _plane(frame, index: int, bit_depth: int) -> np.ndarray:
 def _video_format(stream, frame) -> VideoFormat:
     fmt = frame.format
     codec_context = stream.codec_context
-    is_yuv = not fmt.is_rgb and len(fmt.components) >= 3  # planar, or packed (an uncompressed capture's 2vuy)
+    # Planar Y'CbCr, or packed (an uncompressed capture's 2vuy); not a DCP's X'Y'Z', which has the same layout.
+    is_yuv = not fmt.is_rgb and len(fmt.components) >= 3 and not fmt.name.startswith("xyz")
     is_gray = len(fmt.components) in (1, 2) and not fmt.is_rgb
     if is_yuv:
         probe = av.VideoFormat(fmt.name, 64, 64)

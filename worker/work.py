@@ -690,8 +690,8 @@ def _colorize_to_frames(rt: Runtime, film: FilmInfo, target: FrameTarget, layout
 
 def provenance_metadata(model_label: str, guidance: str = "") -> dict[str, str]:
     """An output object's S3 metadata (``x-amz-meta-tinct``): the provenance sentence its file carries, where a
-    catalogue or an ingest rule reads it with one HEAD request, not the file; BMP results and frames have it only
-    there."""
+    catalogue or an ingest rule reads it with one HEAD request, not the file; a BMP result and a run's frames carry
+    it nowhere else."""
     return {"tinct": provenance_text(model_label, guidance)}
 
 
