@@ -10,6 +10,7 @@ import os
 import re
 import struct
 import subprocess
+import warnings
 import zlib
 from dataclasses import replace
 from pathlib import Path
@@ -968,6 +969,13 @@ def test_a_png_gamma_counts_only_where_nothing_else_declares_the_encoding(tmp_pa
     photo = read_photo(tmp_path / "wide.png")
     red_share = color.xyz_from_primaries(color.BT2020_CHROMATICITIES)[1, 0]  # 0.2627, against sRGB red's 0.2126
     np.testing.assert_allclose(photo.L, l_of_luminance(np.full((8, 16), red_share)), atol=0.3)
+
+    # A cHRM of zeros, as some writers leave one, names no primaries: its gAMA still counts, quietly.
+    Image.fromarray(shades).convert("RGB").save(tmp_path / "zeros.png", pnginfo=png_chunks(gAMA=gama(1.0),
+                                                                                          cHRM=bytes(32)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_allclose(read_photo(tmp_path / "zeros.png").L, l_of_luminance(shades / 255.0), atol=0.05)
 
 
 def test_cmyk_is_converted_to_rgb(tmp_path: Path) -> None:

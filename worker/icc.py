@@ -390,11 +390,10 @@ def png_declared_space(gamma: float | None, chromaticity: tuple[float, ...] | No
     to_srgb = np.eye(3)
     if primaries is not None:
         try:
-            to_srgb = color.bt709_from_primaries(primaries)
-        except (np.linalg.LinAlgError, ZeroDivisionError, FloatingPointError) as exc:
+            with np.errstate(divide="raise", invalid="raise", over="raise"):  # a cHRM of zeros: no primaries
+                to_srgb = color.bt709_from_primaries(primaries)
+        except (np.linalg.LinAlgError, FloatingPointError) as exc:
             logger.debug("cHRM chromaticities %s not usable (%s); taken as sRGB's", chromaticity, exc)
-        if not np.isfinite(to_srgb).all():
-            to_srgb = np.eye(3)
     curve = _increasing(np.linspace(0.0, 1.0, _CURVE_SAMPLES) ** (1.0 / gamma))
     return RgbSpace(to_srgb_linear=to_srgb, curves=np.stack([curve] * 3))
 
