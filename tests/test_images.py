@@ -538,6 +538,17 @@ def test_metadata_over_what_a_jpeg_segment_holds_is_said_left_out_of_a_jpeg_copy
     assert read_provenance(out).model == LABEL
 
 
+def test_a_scans_document_name_goes_with_its_copy(tmp_path: Path) -> None:
+    """TIFF's DocumentName, "the name of the document from which this image was scanned", was dropped as if it
+    described the file's pixels."""
+    source = tmp_path / "scan.tif"
+    Image.fromarray(gray8()).save(source, tiffinfo={269: "Parish register 1871-1890, folio 12"})
+    photo = read_photo(source)
+    for name in ("colour.tif", "colour.jpg"):
+        out = write_photo(tmp_path / name, l_as_rgb(photo.L), photo, LABEL)
+        assert exiftool_tags(out, "-DocumentName")["IFD0:DocumentName"] == "Parish register 1871-1890, folio 12"
+
+
 def test_a_jpeg_comment_goes_with_its_jpeg_and_png_copies(tmp_path: Path) -> None:
     """Some scanning workflows kept the caption in a JPEG's comment (its COM marker). Copies dropped it."""
     source = tmp_path / "scan.jpg"

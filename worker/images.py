@@ -178,9 +178,10 @@ _EXIF_UNDEFINED_TAGS = {
 for _tag, _name in _EXIF_UNDEFINED_TAGS.items():
     TiffTags.TAGS_V2_GROUPS[_EXIF_IFD].setdefault(_tag, TiffTags.TagInfo(_tag, _name, TiffTags.UNDEFINED, 0))
 #: TIFF tags that describe one file's pixel layout (or duplicate data carried separately): carrying them from a
-#: TIFF source into another file's EXIF would describe pixels that are not there.
+#: TIFF source into another file's EXIF would describe pixels that are not there. (DocumentName, 269, is not one: the
+#: document a scan was made from is its copy's too.)
 _LAYOUT_TAGS = frozenset({
-    254, 255, 256, 257, 258, 259, 262, 263, 266, 269, 273, 277, 278, 279, 280, 281, 282, 283, 284, 286, 287,
+    254, 255, 256, 257, 258, 259, 262, 263, 266, 273, 277, 278, 279, 280, 281, 282, 283, 284, 286, 287,
     290, 291, 292, 293, 296, 297, 301, 317, 318, 319, 320, 321, 322, 323, 324, 325, 330, 332, 338, 339, 340,
     341, 347, 513, 514, 529, 530, 531, 532, _XMP_TAG, _ICC_TAG, 37724, 50341, TIFF_IPTC_TAG, TIFF_RESOURCES_TAG,
 })
