@@ -128,17 +128,14 @@ def test_mkv_film_luma_is_bit_exact_and_audio_subtitles_copied(tmp_path, tiny_ch
     assert out.tag("title") == "Reel two"
 
 
-def muxed(path: Path, *clips: Path, disposition: int = 0) -> Path:
-    """Every stream of ``clips`` in one file at ``path``, in their order, packets interleaved by time; the first
-    clip's streams flagged with ``disposition``."""
+def muxed(path: Path, *clips: Path) -> Path:
+    """Every stream of ``clips`` in one file at ``path``, in their order, packets interleaved by time."""
     with contextlib.ExitStack() as sources, av.open(str(path), "w") as out:
         packets = []
-        for number, clip in enumerate(clips):
+        for clip in clips:
             source = sources.enter_context(av.open(str(clip)))
             for stream in source.streams:
                 copy = out.add_stream_from_template(stream)
-                if number == 0 and disposition:
-                    copy.disposition = disposition
                 packets += [(packet, copy) for packet in source.demux(stream) if packet.size]
 
         def when(item) -> float:
@@ -152,9 +149,9 @@ def muxed(path: Path, *clips: Path, disposition: int = 0) -> Path:
 
 
 def test_a_further_video_stream_is_copied_as_it_is_beside_the_coloured_one(tmp_path, tiny_checkpoint):
-    """A film with a second video stream (another angle, a preview) is coloured in its first and keeps the second
-    packet for packet. The join had taken the copy's timestamps for the coloured stream's, and failed the film as
-    "segments cannot be joined"."""
+    """A film with a second video stream (another angle, a preview) is coloured in its film (here its first, the
+    larger) and keeps the second packet for packet. The join had taken the copy's timestamps for the coloured
+    stream's, and failed the film as "segments cannot be joined"."""
     reel = bw_clip(tmp_path / "reel.mkv", frames=16, audio="flac")  # H.264 with B-frames
     angle = bw_clip(tmp_path / "angle.mkv", frames=16, size=(48, 32))
     source = muxed(tmp_path / "two-angles.mkv", reel.path, angle.path)
