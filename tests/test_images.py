@@ -538,6 +538,28 @@ def test_metadata_over_what_a_jpeg_segment_holds_is_said_left_out_of_a_jpeg_copy
     assert read_provenance(out).model == LABEL
 
 
+def test_a_jpegs_extended_xmp_goes_with_its_jpeg_copy_and_is_said_left_out_elsewhere(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """XMP over 64 KB continues in a JPEG's further APP1 segments (exiftool and Photoshop write it so: a long
+    description, Photoshop's document ancestors). Pillow reads the main packet alone, and copies lost the rest
+    without a word."""
+    description = "notes on the harbour photographs, box 12; " * 2000  # 84 KB
+    source = tmp_path / "scan.jpg"
+    Image.fromarray(gray8()).save(source)
+    (tmp_path / "description.txt").write_text(description)
+    subprocess.run(["exiftool", "-q", "-overwrite_original", f"-XMP-dc:Description<={tmp_path / 'description.txt'}",
+                    "-XMP-dc:Title=Harbour", str(source)], check=True)
+    photo = read_photo(source)
+    assert photo.extended_xmp is not None and len(photo.xmp) < 65_000
+    out = write_photo(tmp_path / "colour.jpg", l_as_rgb(photo.L), photo, LABEL)
+    tags = exiftool_tags(out, "-XMP-dc:all")
+    assert tags["XMP-dc:Title"] == "Harbour" and tags["XMP-dc:Description"] == description
+    assert [line for line in exiftool_warnings(out) if "XMP" in line] == []
+    with caplog.at_level(logging.WARNING, logger="worker.images"):
+        write_photo(tmp_path / "colour.png", l_as_rgb(photo.L), photo, LABEL)
+    assert "colour.png: its source's extended XMP (" in caplog.text
+
+
 def test_a_scans_document_name_goes_with_its_copy(tmp_path: Path) -> None:
     """TIFF's DocumentName, "the name of the document from which this image was scanned", was dropped as if it
     described the file's pixels."""

@@ -23,6 +23,7 @@ with LittleCMS, and the result is tagged sRGB.
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import logging
 import os
@@ -185,6 +186,9 @@ _LAYOUT_TAGS = frozenset({
     290, 291, 292, 293, 296, 297, 301, 317, 318, 319, 320, 321, 322, 323, 324, 325, 330, 332, 338, 339, 340,
     341, 347, 513, 514, 529, 530, 531, 532, _XMP_TAG, _ICC_TAG, 37724, 50341, TIFF_IPTC_TAG, TIFF_RESOURCES_TAG,
 })
+_EXTENDED_XMP_HEADER = b"http://ns.adobe.com/xmp/extension/\x00"
+_HAS_EXTENDED_XMP = re.compile(rb'xmpNote:HasExtendedXMP\s*=\s*["\']([0-9A-Fa-f]{32})["\']'
+                               rb'|<xmpNote:HasExtendedXMP>([0-9A-Fa-f]{32})</xmpNote:HasExtendedXMP>')
 _XMP_ORIENTATION = re.compile(rb'(tiff:Orientation=")[0-9]"|(<tiff:Orientation>)[0-9](</tiff:Orientation>)')
 _PROVENANCE = re.compile(r"colorized by Tinct (?P<version>[^\s,]+), model (?P<model>[^\]\r\n]+?)"
                          r"(?:, with (?P<guidance>[^\]\r\n]+))?(?=\]|\r|\n|$)")
@@ -242,6 +246,9 @@ class Photo:
     text: dict[str, str] = field(default_factory=dict)  # PNG text chunks, or a JPEG's comment as "Comment"
     # Photoshop image resources about its content: IPTC-IIM captions, credits, keywords (``worker.iptc``)
     resources: bytes | None = None
+    # A JPEG's extended XMP: the packet its XMP continues in, over further segments, where the whole is over 64 KB
+    # (``_extended_xmp``); Pillow reads the main packet alone.
+    extended_xmp: bytes | None = None
     had_colour: bool = False
     colour_score: float = 0.0
     encoder: dict[str, Any] = field(default_factory=dict)
@@ -643,7 +650,7 @@ def _decode(path: Path, im: Image.Image) -> _Source:
         exif=portable_exif, icc_profile=icc, xmp=_reset_xmp_orientation(info.get("xmp")),
         dpi=(float(dpi[0]), float(dpi[1])) if dpi and dpi[0] and dpi[1] else None,
         text=_source_text(im), encoder=_encoder_hints(im, path, orientation in (5, 6, 7, 8)),
-        resources=read_resources(im),
+        resources=read_resources(im), extended_xmp=_extended_xmp(path, im, info.get("xmp")),
     )
     space = (None if gray_lut is not None else dcf_adobe_rgb_space() if dcf_adobe_rgb else declared
              or rgb_space(icc))
@@ -1057,6 +1064,52 @@ def _profile_name(icc: bytes) -> str | None:
         return None
 
 
+def _extended_xmp(path: Path, im: Image.Image, main: bytes | str | None) -> bytes | None:
+    """A JPEG's extended XMP (XMP part 3): the packet named by its main packet's ``xmpNote:HasExtendedXMP`` (the
+    packet's MD5), carried in APP1 segments each giving the packet's length and its piece's offset. exiftool and
+    Photoshop write one when a photo's XMP passes 64 KB (long descriptions, Photoshop's document ancestors); its
+    copies had lost it without a word. None where there is none, or it is not whole."""
+    if im.format not in ("JPEG", "MPO") or not main:
+        return None
+    named = _HAS_EXTENDED_XMP.search(main.encode() if isinstance(main, str) else main)
+    if named is None:
+        return None
+    guid = (named.group(1) or named.group(2)).upper()
+    pieces, total = {}, None
+    for marker, data in getattr(im, "applist", []):
+        head = len(_EXTENDED_XMP_HEADER)
+        if marker != "APP1" or not data.startswith(_EXTENDED_XMP_HEADER) or len(data) < head + 40:
+            continue
+        if data[head:head + 32].upper() != guid:
+            continue
+        total, offset = struct.unpack_from(">II", data, head + 32)
+        pieces[offset] = data[head + 40:]
+    if total is None:
+        return None
+    packet = bytearray(total)
+    covered = 0
+    for offset, piece in sorted(pieces.items()):
+        packet[offset:offset + len(piece)] = piece
+        covered += len(piece)
+    if covered != total:
+        logger.warning("%s: its extended XMP is not whole (%d of %d bytes): left out", path, covered, total)
+        return None
+    return bytes(packet)
+
+
+def _extended_xmp_segments(packet: bytes, main: bytes) -> bytes:
+    """``packet`` as the APP1 segments of a JPEG's extended XMP, under the GUID ``main`` names it by."""
+    named = _HAS_EXTENDED_XMP.search(main)
+    guid = (named.group(1) or named.group(2)).upper() if named else \
+        hashlib.md5(packet).hexdigest().upper().encode()  # noqa: S324 - XMP names the packet by its MD5
+    step = _JPEG_MARKER_BYTES - len(_EXTENDED_XMP_HEADER) - 40
+    segments = []
+    for offset in range(0, len(packet), step):
+        payload = _EXTENDED_XMP_HEADER + guid + struct.pack(">II", len(packet), offset) + packet[offset:offset + step]
+        segments.append(b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload)
+    return b"".join(segments)
+
+
 def _reset_xmp_orientation(xmp: bytes | str | None) -> bytes | None:
     if not xmp:
         return None
@@ -1242,6 +1295,9 @@ def write_photo(
     if like.resources and (fmt in ("WEBP", "BMP") or codestream):
         _left_out(path, "IPTC (caption, credit, keywords)",
                   f"a {'JPEG 2000 codestream' if codestream else fmt} file has no place for it")
+    if like.extended_xmp and fmt != "JPEG":
+        _left_out(path, f"extended XMP ({len(like.extended_xmp) // 1024} KB)",
+                  "it continues a JPEG's XMP over further segments, which only a JPEG copy keeps")
     try:
         with atomic_output(path) as f:
             encode(f)
@@ -1319,10 +1375,15 @@ def _encoder_for(
             options["xmp"] = like.xmp
         elif like.xmp:  # (Adobe's extended XMP would split it, moving properties out of the main packet)
             _left_out(path, f"XMP ({len(like.xmp) // 1024} KB)", "over the 64 KB a JPEG segment holds")
+        extra = b""
         if like.resources and (segment := iptc.jpeg_segment(like.resources)):
-            options["extra"] = segment
+            extra += segment
         elif like.resources:
             _left_out(path, "IPTC (caption, credit, keywords)", "over the 64 KB a JPEG segment holds")
+        if like.extended_xmp and "xmp" in options:
+            extra += _extended_xmp_segments(like.extended_xmp, like.xmp)
+        if extra:
+            options["extra"] = extra
         if like.text.get("Comment"):
             options["comment"] = like.text["Comment"]
     elif fmt == "PNG":
