@@ -1075,9 +1075,9 @@ def _extended_xmp(path: Path, im: Image.Image, main: bytes | str | None) -> byte
     if named is None:
         return None
     guid = (named.group(1) or named.group(2)).upper()
+    head = len(_EXTENDED_XMP_HEADER)
     pieces, total = {}, None
     for marker, data in getattr(im, "applist", []):
-        head = len(_EXTENDED_XMP_HEADER)
         if marker != "APP1" or not data.startswith(_EXTENDED_XMP_HEADER) or len(data) < head + 40:
             continue
         if data[head:head + 32].upper() != guid:
@@ -1086,15 +1086,14 @@ def _extended_xmp(path: Path, im: Image.Image, main: bytes | str | None) -> byte
         pieces[offset] = data[head + 40:]
     if total is None:
         return None
-    packet = bytearray(total)
-    covered = 0
-    for offset, piece in sorted(pieces.items()):
-        packet[offset:offset + len(piece)] = piece
-        covered += len(piece)
-    if covered != total:
+    covered = sum(len(piece) for piece in pieces.values())
+    if covered != total:  # (checked before the packet is made: a damaged length could ask for gigabytes)
         logger.warning("%s: its extended XMP is not whole (%d of %d bytes): left out", path, covered, total)
         return None
-    return bytes(packet)
+    packet = bytearray(total)
+    for offset, piece in pieces.items():
+        packet[offset:offset + len(piece)] = piece
+    return bytes(packet[:total])
 
 
 def _extended_xmp_segments(packet: bytes, main: bytes) -> bytes:
