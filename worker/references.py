@@ -320,6 +320,12 @@ def references_provenance(count: int) -> dict[str, int]:
     return {"references": count} if count else {}
 
 
+def references_guidance(count: int) -> str:
+    """What the provenance sentence adds for ``count`` references ("" for none), as ``hints_provenance`` does for a
+    photo's hints."""
+    return f"{count} reference frame{'' if count == 1 else 's'}" if count else ""
+
+
 def sidecar_references(pictures: Sequence[str], max_references: int = _LIMITS.max_references
                        ) -> tuple[FilmReference, ...]:
     """The references a film's sidecar folder gives, from its pictures' URIs (:func:`sidecar_reference`); the sha256s

@@ -42,6 +42,7 @@ from worker.video_source import (
     RANGE_LIMITED,
     FrameLayout,
     VideoFormat,
+    planar_yuv,
 )
 
 # Muxers shift a stream whose first decode timestamp is negative (x264's B-frame delay makes it so) to start
@@ -280,8 +281,7 @@ def plan_output(video: VideoFormat, options: EncodeOptions) -> OutputLayout:
     odd = video.width % 2 or video.height % 2
     if chroma not in spec.chroma or (odd and chroma != (0, 0) and spec.needs_even_size_for_subsampling):
         chroma = (1, 0) if (1, 0) in spec.chroma and not odd else (0, 0)
-    name = {(1, 1): "yuv420p", (1, 0): "yuv422p", (0, 0): "yuv444p"}[chroma]
-    pix_fmt = name if depth == 8 else f"{name}{depth}le"
+    pix_fmt = planar_yuv(chroma, depth)
     full_range = video.full_range and spec.full_range
     frame = FrameLayout(depth, chroma, full_range, video.log_encoded, transfer=video.hdr_transfer, bt2020=video.bt2020)
     return OutputLayout(options.codec, pix_fmt, frame, video.matrix)

@@ -34,6 +34,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
+from functools import lru_cache
 
 import av
 import av.filter
@@ -986,11 +987,13 @@ def _luma(frame, video: VideoFormat) -> np.ndarray:
     """The frame's luma plane as code values in the source's own range and depth (a copy); of a plate of linear
     light, see ``_linear_luma``."""
     fmt = frame.format
-    if video.chroma_shift is not None and not fmt.is_planar and (planar := _planar_yuv(fmt, video)) is not None:
+    if video.chroma_shift is not None and not fmt.is_planar and (
+            planar := planar_yuv(video.chroma_shift, video.bit_depth)) is not None:
         # Packed Y'CbCr (2vuy and YUY2 from capture cards, Y210): unpacked, code for code. Taken for gray, it was
         # turned into full-range gray by FFmpeg and then written as video range: a tape capture's copy 16 % too
         # contrasty, its blacks crushed.
-        frame, fmt = frame.reformat(format=planar), av.VideoFormat(planar)
+        frame = frame.reformat(format=planar)
+        fmt = frame.format
     own_plane = (fmt.is_planar and not fmt.is_rgb) or fmt.name == GRAY_FORMATS.get(video.bit_depth)
     if own_plane and fmt.components[0].bits == video.bit_depth:  # Y'CbCr's Y plane, or a gray frame's only plane
         return _plane(frame, fmt.components[0].plane, video.bit_depth).copy()
@@ -1003,14 +1006,15 @@ def _luma(frame, video: VideoFormat) -> np.ndarray:
     return _plane(gray, 0, video.bit_depth).copy()
 
 
-def _planar_yuv(fmt: av.VideoFormat, video: VideoFormat) -> str | None:
-    """The planar Y'CbCr format holding a packed one's samples as they are (its subsampling and depth), if FFmpeg
-    has one."""
-    name = {(1, 0): "yuv422p", (1, 1): "yuv420p", (0, 0): "yuv444p", (2, 0): "yuv411p"}.get(video.chroma_shift)
+@lru_cache(maxsize=16)
+def planar_yuv(chroma_shift: tuple[int, int], bit_depth: int) -> str | None:
+    """FFmpeg's planar Y'CbCr format of this subsampling and depth (``yuv422p10le``), None where it has none: what a
+    packed frame's samples are unpacked into as they are, and what an output is encoded in."""
+    name = {(1, 1): "yuv420p", (1, 0): "yuv422p", (0, 0): "yuv444p", (2, 0): "yuv411p"}.get(chroma_shift)
     if name is None:
         return None
-    if video.bit_depth > 8:
-        name = f"{name}{video.bit_depth}le"
+    if bit_depth > 8:
+        name = f"{name}{bit_depth}le"
     try:
         return av.VideoFormat(name).name
     except ValueError:

@@ -67,6 +67,7 @@ from worker.references import (
     job_references,
     load_job_references,
     place_job_references,
+    references_guidance,
     references_provenance,
 )
 from worker.segments import Segment, check_output, describe_other_streams, join_segments, plan_segments
@@ -632,8 +633,9 @@ def _colorize_segment(rt: Runtime, spec: JobSpec, segment: Segment, lease: Lease
             with atomic_path(local) as tmp, SegmentWriter(tmp, film.video, layout, options["encode"]) as writer:
                 times = colorize(lambda frame: writer.write(frame.pts, frame.luma, frame.cb, frame.cr))
         else:
+            guidance = references_guidance(len(spec.options.references or ()))
             times = _colorize_to_frames(rt, film, target, layout, local, staged, colorize,
-                                        provenance_metadata(loaded.label, _references_guidance(spec)))
+                                        provenance_metadata(loaded.label, guidance))
     except BadInputError as exc:  # about this worker's copy of the film
         raise as_stored(spec.input, Path(film.path), exc) from exc
     except liveness.HandedOver:  # the partial file is gone with atomic_path
@@ -693,11 +695,6 @@ def provenance_metadata(model_label: str, guidance: str = "") -> dict[str, str]:
     catalogue or an ingest rule reads it with one HEAD request, not the file; a BMP result and a run's frames carry
     it nowhere else."""
     return {"tinct": provenance_text(model_label, guidance)}
-
-
-def _references_guidance(spec: JobSpec) -> str:
-    count = len(spec.options.references or ())
-    return f"{count} reference frame{'' if count == 1 else 's'}" if count else ""
 
 
 def _unstage(rt: Runtime, local: Path, staged: str, target: FrameTarget | None) -> None:
@@ -780,7 +777,8 @@ def _join(rt: Runtime, record: JobRecord, lease: Lease) -> None:
     if not lease.held():
         _discarded(lease)
         return
-    info = rt.storage.upload(final, output, metadata=provenance_metadata(label, _references_guidance(spec)))
+    guidance = references_guidance(len(spec.options.references or ()))
+    info = rt.storage.upload(final, output, metadata=provenance_metadata(label, guidance))
     shutil.rmtree(scratch, ignore_errors=True)
     # Staging goes before the job is marked done, so whoever sees it succeeded sees no leftovers; only by the lease's
     # holder, so a joiner that lost its lease meanwhile never takes the segments from under the one that has it.
