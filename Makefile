@@ -32,12 +32,14 @@ redis-server:
 # Every Debian package the tests use, with one apt-get update: redis-server; chromium and firefox-esr for the
 # console's browser test, and Node.js with npm to drive them (Puppeteer uses Debian's own builds of both browsers:
 # downloading its own is neither needed nor possible here); exiftool, an independent reader, writer and validator of
-# the metadata Tinct carries (EXIF, XMP, IPTC, in JPEG 2000 files too), and OpenJPEG's own tools, which write masters
-# in archival layouts and read back how copies are coded.
+# the metadata Tinct carries (EXIF, XMP, IPTC, in JPEG 2000 files too), and OpenJPEG's and libtiff's own tools, which
+# write masters in archival layouts (JPEG 2000 tiles and layers; tiled, JPEG and PackBits TIFFs) and read back how
+# copies are coded.
 debian-packages:
 	@missing=""; command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v exiftool >/dev/null || missing="$$missing libimage-exiftool-perl"; \
 	command -v opj_dump >/dev/null || missing="$$missing libopenjp2-tools"; \
+	command -v tiffcp >/dev/null || missing="$$missing libtiff-tools"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v firefox-esr >/dev/null || missing="$$missing firefox-esr"; \
 	command -v npm >/dev/null || missing="$$missing nodejs npm"; \

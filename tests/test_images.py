@@ -32,7 +32,7 @@ from tests.icc_profiles import (
     twisted_lookup_table_profile,
     with_colorimetric_table,
 )
-from worker import images, iptc
+from worker import images, iptc, tiff
 from worker.cli import main
 from worker.errors import BadInputError, InputTooLargeError, PermanentError, UnsupportedMediaError
 from worker.images import (
@@ -196,7 +196,7 @@ def test_round_trip(tmp_path: Path, ext: str, kind: str, bits: int) -> None:
 def test_a_tiff_result_over_4_gb_is_a_bigtiff(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bits: int) -> None:
     """A map scanned at a gigapixel gives a TIFF past classic TIFF's 4 GB, which was refused after all its work:
     such a result is a BigTIFF. (The threshold is lowered here: a 4 GB result is no test fixture.)"""
-    monkeypatch.setattr(images, "_BIGTIFF_FROM", 0)
+    monkeypatch.setattr(tiff, "BIGTIFF_FROM", 0)
     out = tmp_path / "colour.tif"
     _rich_jpeg(tmp_path / "map.jpg")
     photo = read_photo(tmp_path / "map.jpg")
@@ -1296,8 +1296,9 @@ def test_photo_is_plain_data(tmp_path: Path) -> None:
 
 def test_encoder_settings_follow_the_source(tmp_path: Path) -> None:
     """JPEG keeps the source's chroma subsampling, lossless WebP stays lossless, uncompressed TIFF stays
-    uncompressed, LZW stays LZW (a copy of an LZW master had been Adobe deflate, which archives' baseline-TIFF
-    ingest profiles refuse), and other TIFF compressions become lossless deflate."""
+    uncompressed, LZW stays LZW and PackBits PackBits (a copy of an LZW master had been Adobe deflate, which
+    archives' baseline-TIFF ingest profiles refuse), and Adobe deflate stays so (it is what other compressions
+    become: test_tiff)."""
     from PIL import JpegImagePlugin
 
     sources = {
@@ -1306,6 +1307,7 @@ def test_encoder_settings_follow_the_source(tmp_path: Path) -> None:
         "raw.tif": {"compression": "raw"},
         "lzw.tif": {"compression": "tiff_lzw"},
         "packbits.tif": {"compression": "packbits"},
+        "deflate.tif": {"compression": "tiff_adobe_deflate"},
     }
     for name, options in sources.items():
         Image.fromarray(colour8()).save(tmp_path / name, **options)
@@ -1318,7 +1320,8 @@ def test_encoder_settings_follow_the_source(tmp_path: Path) -> None:
             elif name.endswith(".webp"):
                 assert images._webp_is_lossless(out)
             else:
-                expected = {"raw.tif": "raw", "lzw.tif": "tiff_lzw"}.get(name, "tiff_adobe_deflate")
+                expected = {"raw.tif": "raw", "lzw.tif": "tiff_lzw", "packbits.tif": "packbits"}.get(
+                    name, "tiff_adobe_deflate")
                 assert im.info["compression"] == expected
                 assert np.array_equal(np.asarray(im), np.asarray(Image.open(tmp_path / "out-raw.tif")))
     photo = read_photo(tmp_path / "lossless.webp")

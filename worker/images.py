@@ -59,7 +59,7 @@ from PIL import (
 
 from models import color
 from models.files import atomic_output
-from worker import iptc
+from worker import iptc, tiff
 from worker.errors import BadInputError, InputTooLargeError, StorageError, UnsupportedMediaError, one_line
 from worker.icc import (
     RgbSpace,
@@ -163,9 +163,6 @@ _GPS_IFD = 0x8825
 _MAKER_NOTE = 0x927C
 _XMP_TAG = 700
 _ICC_TAG = 34675
-_TIFF_NONE, _TIFF_LZW, _TIFF_DEFLATE = 1, 5, 8  # TIFF's Compression codes a copy is written with
-_BIGTIFF_FROM = 1 << 32  # a TIFF result this large or more is a BigTIFF
-_TIFF_DIRECTORY_ROOM = 1 << 24  # what its directory may take besides its strips (EXIF, XMP and a profile: KBs to MBs)
 _X_RESOLUTION, _Y_RESOLUTION, _RESOLUTION_UNIT, _INCHES, _YCBCR_POSITIONING = 282, 283, 296, 2, 531
 _PIXEL_X_DIMENSION, _PIXEL_Y_DIMENSION = 0xA002, 0xA003  # in the EXIF sub-directory: the picture's size
 #: The EXIF sub-directory's tags of type UNDEFINED that Pillow's table of tag types lacks: it wrote their bytes back
@@ -490,21 +487,9 @@ def _check_size(path: Path, im: Image.Image, max_pixels: int) -> None:
         )
     frames = getattr(im, "n_frames", 1)
     if frames > 1 and im.format != "MPO":
-        if im.format == "TIFF" and _extra_pages_are_thumbnails(im, frames):
-            return
+        if im.format == "TIFF" and tiff.reduced_pages(im) is not None:
+            return  # a pyramid or a scanner's preview: the copy has them too (``worker.tiff``)
         raise UnsupportedMediaError(path, f"{frames} frames/pages: only single still images are supported")
-
-
-def _extra_pages_are_thumbnails(im: Image.Image, frames: int) -> bool:
-    # Scanners often store a preview as a second TIFF page marked "reduced resolution" (NewSubfileType bit 0).
-    try:
-        for page in range(1, frames):
-            im.seek(page)
-            if not int(im.tag_v2.get(254, 0)) & 1:
-                return False
-        return True
-    finally:
-        im.seek(0)
 
 
 def _source_bit_depth(path: Path, im: Image.Image) -> int:
@@ -649,7 +634,8 @@ def _decode(path: Path, im: Image.Image) -> _Source:
         path=path, L=np.empty((0, 0), np.float32), format=fmt, mode=mode, bit_depth=bits, alpha=alpha,
         exif=portable_exif, icc_profile=icc, xmp=_reset_xmp_orientation(info.get("xmp")),
         dpi=(float(dpi[0]), float(dpi[1])) if dpi and dpi[0] and dpi[1] else None,
-        text=_source_text(im), encoder=_encoder_hints(im, path, orientation in (5, 6, 7, 8)),
+        text=_source_text(im),
+        encoder=_encoder_hints(im, path, (tiff_orientation if fmt == "TIFF" else orientation) in (5, 6, 7, 8)),
         resources=read_resources(im), extended_xmp=_extended_xmp(path, im, info.get("xmp")),
     )
     space = (None if gray_lut is not None else dcf_adobe_rgb_space() if dcf_adobe_rgb else declared
@@ -944,17 +930,25 @@ def _encoder_hints(im: Image.Image, path: Path, turned: bool) -> dict[str, Any]:
     """How the source was coded, for a copy in its format to be coded alike; ``turned``: its orientation swaps
     width and height."""
     if im.format in ("JPEG", "MPO"):
-        sampling = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}.get(JpegImagePlugin.get_sampling(im))
-        return {"subsampling": sampling, "progressive": bool(im.info.get("progressive")),
-                "qtables": _copy_quantization(im, turned)}
-    if im.format == "TIFF":
-        return {"compression": im.info.get("compression", "raw")}
+        return {**_jpeg_coding(im, turned), "progressive": bool(im.info.get("progressive"))}
+    if im.format == "TIFF":  # its strips or tiles, compression and reduced pages (``worker.tiff``)
+        coding = tiff.source_coding(im, turned)
+        if (jpeg := tiff.first_jpeg(im, path)) is not None:  # a JPEG-compressed TIFF: its tables and sampling
+            with jpeg:
+                coding.update(_jpeg_coding(jpeg, turned))
+        return coding
     if im.format == "WEBP":
         return {"lossless": _webp_is_lossless(path)}
     if im.format == "JPEG2000":  # a lossless master, or an access copy at its rate
         boxes = _jp2_boxes(im)
         return {"lossless": boxes.reversible is not False, "compression": boxes.compression, "coding": boxes.coding}
     return {}
+
+
+def _jpeg_coding(jpeg: Image.Image, turned: bool) -> dict[str, Any]:
+    """A JPEG's chroma subsampling (Pillow's name; None for gray) and the tables its copy is coded with."""
+    sampling = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}.get(JpegImagePlugin.get_sampling(jpeg))
+    return {"subsampling": sampling, "qtables": _copy_quantization(jpeg, turned)}
 
 
 def _copy_quantization(im: Image.Image, turned: bool) -> list[list[int]] | None:
@@ -1354,7 +1348,8 @@ def _encoder_for(
         return lambda f: f.write(with_jp2_metadata(_jp2(pixels, hints), icc=like.icc_profile, exif=_exif_bytes(exif),
                                                    xmp=like.xmp, dpi=like.dpi, iptc=iptc.iim(like.resources)))
     if fmt == "TIFF":
-        return lambda f: _write_tiff(f, pixels, exif, like, hints)
+        return lambda f: tiff.write(f, pixels, lambda header: _tiff_directory(exif, like, header), like.dpi, hints,
+                                    JPEG_QUALITY)
     image = Image.fromarray(pixels, "RGBA" if pixels.shape[2] == 4 else "RGB")
     options: dict[str, Any] = {}
     if fmt != "BMP" and like.icc_profile:
@@ -1481,67 +1476,3 @@ def _png16(pixels: np.ndarray, exif: bytes, like: Photo, texts: dict[str, str]) 
         chunks.append(_png_chunk(b"iTXt", b"XML:com.adobe.xmp" + b"\x00" * 5 + like.xmp))
     ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length+type, IHDR data, CRC
     return data[:ihdr_end] + b"".join(chunks) + data[ihdr_end:]
-
-
-def _write_tiff(f: BinaryIO, pixels: np.ndarray, tags: dict[int, Any], like: Photo, hints: dict[str, Any]) -> None:
-    """An 8- or 16-bit RGB(A) TIFF with the EXIF and GPS sub-directories, which neither Pillow's libtiff path nor
-    Pillow's own encoder can give together (and Pillow cannot encode 16-bit RGB at all).
-
-    The strips are written here, compressed as the source's were where that is lossless and baseline TIFF:
-    uncompressed stays uncompressed and LZW stays LZW (with a horizontal predictor), as archives' ingest profiles
-    and older readers take only those (exiftool's validation calls Adobe deflate invalid); a copy of anything else
-    is Adobe deflate with the predictor. The directory is written by Pillow's TIFF directory encoder, which handles
-    the tag types and the sub-directories.
-    """
-    height, width, channels = pixels.shape
-    sample = pixels.dtype.newbyteorder("<")
-    compression = {"raw": _TIFF_NONE, "tiff_lzw": _TIFF_LZW}.get(hints.get("compression"), _TIFF_DEFLATE)
-    rows_per_strip = max(1, (1 << 18) // (width * channels * sample.itemsize))
-    strips = []
-    for top in range(0, height, rows_per_strip):
-        block = pixels[top : top + rows_per_strip].astype(sample)
-        if compression != _TIFF_NONE:
-            block[:, 1:] -= pixels[top : top + rows_per_strip, :-1].astype(sample)  # predictor 2 wraps around
-        if compression == _TIFF_DEFLATE:
-            strips.append(zlib.compress(block.tobytes(), 6))
-        elif compression == _TIFF_LZW:
-            strips.append(_lzw_strip(block))
-        else:
-            strips.append(block.tobytes())
-    # Classic TIFF counts bytes in 32 bits; a result past that (a map scanned at a gigapixel, in 16-bit colour) is a
-    # BigTIFF, which libtiff, Pillow, OpenCV and exiftool read (older readers do not: only where it is needed).
-    big = sum(len(strip) for strip in strips) + _TIFF_DIRECTORY_ROOM >= _BIGTIFF_FROM
-    header = b"II+\x00" + struct.pack("<HHQ", 8, 0, 16) if big else b"II*\x00" + struct.pack("<I", 8)
-    ifd = _tiff_directory(tags, like, header)
-    ifd[256], ifd[257] = width, height
-    ifd[258] = (8 * sample.itemsize,) * channels
-    ifd[259] = compression
-    ifd[262] = 2  # RGB
-    ifd[277] = channels
-    ifd[278] = rows_per_strip
-    ifd[284] = 1  # contiguous samples
-    if compression != _TIFF_NONE:
-        ifd[317] = 2  # horizontal differencing
-    if channels == 4:
-        ifd[338] = (2,)  # unassociated alpha
-    if like.dpi:
-        ifd[282], ifd[283], ifd[296] = like.dpi[0], like.dpi[1], 2
-    # Offsets are relative: Pillow's encoder adds where the data begins, right after the directory it writes.
-    ifd[273] = tuple(int(x) for x in np.cumsum([0] + [len(s) for s in strips[:-1]]))
-    ifd[279] = tuple(len(s) for s in strips)
-    ifd.tagtype[273] = ifd.tagtype[279] = TiffTags.LONG8 if big else TiffTags.LONG
-    f.write(header + ifd.tobytes(len(header)))
-    for strip in strips:
-        f.write(strip)
-
-
-def _lzw_strip(block: np.ndarray) -> bytes:
-    """A strip's bytes LZW-coded, by libtiff through Pillow, which codes whole pictures only: written as an 8-bit
-    gray picture of one strip, whose strip is then read back. LZW codes a strip's bytes whatever their samples."""
-    rows = block.shape[0]
-    as_bytes = np.ascontiguousarray(block).view(np.uint8).reshape(rows, -1)
-    buffer = io.BytesIO()
-    Image.fromarray(as_bytes, "L").save(buffer, "TIFF", compression="tiff_lzw", tiffinfo={278: rows})
-    with Image.open(buffer) as coded:
-        (offset,), (length,) = coded.tag_v2[273], coded.tag_v2[279]
-    return buffer.getbuffer()[offset:offset + length].tobytes()
