@@ -197,3 +197,19 @@ def test_a_transparent_copy_of_a_jpeg_tiff_is_deflate(tmp_path: Path) -> None:
     page = tifffile.TiffFile(out).pages[0]
     assert page.compression == 8 and page.shape == (H, W, 4)
     assert np.array_equal(page.asarray()[..., 3], alpha)
+
+
+def test_a_pyramid_kept_in_sub_images_is_said_left_out(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """libvips (--subifd) and OME-TIFF keep a pyramid's levels as sub-images of the first page (SubIFDs), which
+    the copy does not have: it says so, naming the copy, where it had lost them without a word."""
+    source = tmp_path / "sub-images.tif"
+    full = gray_scan(256, 384)
+    with tifffile.TiffWriter(source) as writer:
+        writer.write(full, tile=(64, 64), subifds=2)
+        writer.write(full[::2, ::2], tile=(64, 64), subfiletype=1)
+        writer.write(full[::4, ::4], tile=(64, 64), subfiletype=1)
+    out = tmp_path / "copy.tif"
+    with caplog.at_level("WARNING", logger="worker.images"):
+        colorize(source, out)
+    assert any(f"{out}: its source's pyramid of 2 sub-images (SubIFDs" in r.getMessage() for r in caplog.records)
+    assert len(tifffile.TiffFile(out).pages) == 1

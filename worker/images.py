@@ -1288,6 +1288,9 @@ def write_photo(
     if like.resources and (fmt in ("WEBP", "BMP") or codestream):
         _left_out(path, "IPTC (caption, credit, keywords)",
                   f"a {'JPEG 2000 codestream' if codestream else fmt} file has no place for it")
+    if fmt == like.format == "TIFF" and like.encoder.get("sub_images"):
+        _left_out(path, f"pyramid of {like.encoder['sub_images']} sub-images (SubIFDs, where libvips --subifd and "
+                        "OME-TIFF keep reduced-resolution levels)", "a copy's reduced-resolution levels are pages")
     if like.extended_xmp and fmt != "JPEG":
         _left_out(path, f"extended XMP ({len(like.extended_xmp) // 1024} KB)",
                   "it continues a JPEG's XMP over further segments, which only a JPEG copy keeps")

@@ -44,7 +44,7 @@ _STRIP_BYTES = 1 << 18  # a strip's size before compression, where the source's 
 _NEW_SUBFILE_TYPE, _REDUCED_RESOLUTION = 254, 1
 _STRIP_OFFSETS, _ROWS_PER_STRIP, _STRIP_BYTE_COUNTS = 273, 278, 279
 _TILE_WIDTH, _TILE_LENGTH, _TILE_OFFSETS, _TILE_BYTE_COUNTS = 322, 323, 324, 325
-_JPEG_TABLES = 347
+_SUB_IFDS, _JPEG_TABLES = 330, 347
 _PHOTOMETRIC_RGB, _PHOTOMETRIC_YCBCR = 2, 6
 _YCBCR_SUBSAMPLING, _REFERENCE_BLACK_WHITE = 530, 532
 # A JPEG copy's chroma sampling as TIFF states it (horizontal, vertical), by Pillow's name for it.
@@ -78,8 +78,8 @@ def reduced_pages(im: Image.Image) -> list[tuple[int, int]] | None:
 
 def source_coding(im: Image.Image, turned: bool) -> dict[str, Any]:
     """How the TIFF ``im`` (its first page, open) is coded, for its copy: the compression (Pillow's name), the tile
-    size (width, height) where it is tiled, else its rows per strip, and the sizes of its reduced-resolution pages
-    (``reduced_pages``); ``turned``: its
+    size (width, height) where it is tiled, else its rows per strip, the sizes of its reduced-resolution pages
+    (``reduced_pages``) and the number of its sub-images (SubIFDs, which a copy leaves out); ``turned``: its
     orientation swaps width and height, which the upright copy's tiles then do too (Pillow gives the pages' sizes
     upright already)."""
     coding: dict[str, Any] = {"compression": im.info.get("compression", "raw")}
@@ -91,6 +91,8 @@ def source_coding(im: Image.Image, turned: bool) -> dict[str, Any]:
         coding["rows_per_strip"] = int(tags[_ROWS_PER_STRIP])
     if getattr(im, "n_frames", 1) > 1 and (sizes := reduced_pages(im)):
         coding["reduced"] = sizes
+    if _SUB_IFDS in tags:  # images inside the first page's directory (a pyramid as libvips --subifd, OME-TIFF write it)
+        coding["sub_images"] = len(np.atleast_1d(tags[_SUB_IFDS]))
     return coding
 
 
