@@ -603,10 +603,12 @@ def luma_of(rgb: np.ndarray, matrix: tuple[float, float] = (0.299, 0.114)) -> np
 
 def write_frames(folder: Path, frames: list[np.ndarray], *, name: str = "scan_%07d.dpx", first: int = 86400,
                  codec: str = "dpx", pix_fmt: str = "gbrp10le", rate: float | None = None,
-                 industry_headers: bool = True, timecode: int | None = None) -> list[Path]:
+                 industry_headers: bool = True, timecode: int | None = None, scanner: bool = False) -> list[Path]:
     """A film scanner's run: one file per 16-bit gray frame, named by the printf pattern ``name`` from ``first`` on,
     by FFmpeg's image muxer. DPX frames get the film and television headers a scanner writes, declaring ``rate`` in
-    the film header and ``timecode`` (SMPTE 12M BCD, counted on per frame) in the television header; None: unset."""
+    the film header and ``timecode`` (SMPTE 12M BCD, counted on per frame) in the television header; None: unset.
+    ``scanner``: each DPX frame also says what a film scanner says of it (``SCANNER_FIELDS``, the keycode counted
+    on per frame: ``scanner_fields``)."""
     folder.mkdir(parents=True, exist_ok=True)
     height, width = frames[0].shape
     pattern = os.path.join(str(folder).replace("%", "%%"), name)  # the muxer reads the folder as a pattern too
@@ -620,10 +622,53 @@ def write_frames(folder: Path, frames: list[np.ndarray], *, name: str = "scan_%0
         out.mux(stream.encode())
     paths = [folder / (name % (first + i)) for i in range(len(frames))]
     if codec == "dpx" and industry_headers:
-        for path in paths:
+        for position, path in enumerate(paths):
             _add_dpx_industry_headers(path, rate, timecode)
             timecode = None if timecode is None else timecode + 1  # frames 00-09 of one second: BCD counts on
+            if scanner:
+                _add_scanner_fields(path, scanner_fields(position, len(paths)))
     return paths
+
+
+# SMPTE 268M fields a film scanner fills in: name -> (offset, struct format). Strings are ASCII, NUL-padded.
+SCANNER_FIELDS = {
+    "creation time": (136, "24s"), "project": (260, "200s"), "copyright": (460, "200s"),
+    "x offset": (1408, "I"), "input device": (1556, "32s"), "input serial": (1588, "32s"),
+    "film maker": (1664, "2s"), "film type": (1666, "2s"), "perforation offset": (1668, "2s"), "prefix": (1670, "6s"),
+    "count": (1676, "4s"), "format": (1680, "32s"), "frame position": (1712, "I"), "sequence length": (1716, "I"),
+    "shutter angle": (1728, "f"), "frame id": (1732, "32s"), "slate": (1764, "100s"), "user bits": (1924, "I"),
+}
+
+
+def scanner_fields(position: int, frames: int) -> dict[str, object]:
+    """What a scanner writes into the frame at ``position`` of a run of ``frames``: 35 mm keycodes count a foot of 16
+    frames, each frame four perforations on from the last."""
+    return {
+        "creation time": b"2026:03:02:10:11:12Z", "project": b"Reel 1 restoration", "copyright": b"(c) A Film Archive",
+        "x offset": 12, "input device": b"Scanity HDR", "input serial": b"SN-0042", "film maker": b"01",
+        "film type": b"21", "perforation offset": b"%02d" % (position % 16 * 4), "prefix": b"123456",
+        "count": b"%04d" % (1000 + position // 16), "format": b"Academy", "frame position": position + 1,
+        "sequence length": frames, "shutter angle": 180.0, "frame id": b"reel1", "slate": b"Scene 12, take 3",
+        "user bits": 0x12345678,
+    }
+
+
+def _add_scanner_fields(path: Path, values: dict[str, object]) -> None:
+    data = bytearray(path.read_bytes())
+    order = {b"SDPX": ">", b"XPDS": "<"}[bytes(data[:4])]
+    for name, value in values.items():
+        offset, layout = SCANNER_FIELDS[name]
+        struct.pack_into(order + layout, data, offset, value)
+    path.write_bytes(bytes(data))
+
+
+def read_dpx_fields(path: Path) -> dict[str, object]:
+    """The ``SCANNER_FIELDS`` of a DPX frame, strings without their padding."""
+    data = path.read_bytes()[:2048]
+    order = {b"SDPX": ">", b"XPDS": "<"}[data[:4]]
+    fields = {name: struct.unpack_from(order + layout, data, offset)[0]
+              for name, (offset, layout) in SCANNER_FIELDS.items()}
+    return {name: value.rstrip(b"\0") if isinstance(value, bytes) else value for name, value in fields.items()}
 
 
 def _add_dpx_industry_headers(path: Path, rate: float | None, timecode: int | None = None) -> None:

@@ -3,6 +3,7 @@ encoders, through the real film job and CLI, with a tiny real model."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -31,7 +32,18 @@ from models.color import (
     xyz_from_primaries,
     ycbcr_to_rgb_np,
 )
-from tests.media import gray_frames, luma_of, lumas, moving_scene, probe, read_frames, write_clip, write_frames
+from tests.media import (
+    gray_frames,
+    luma_of,
+    lumas,
+    moving_scene,
+    probe,
+    read_dpx_fields,
+    read_frames,
+    scanner_fields,
+    write_clip,
+    write_frames,
+)
 from tests.services import put_object
 from tests.test_films import (
     _InterruptingColorizer,
@@ -746,6 +758,62 @@ def test_a_dpx_run_colours_into_a_dpx_run_with_its_numbers_rate_and_timecodes(tm
     again = find_sequence(out / "scan_%07d.dpx")  # the copy is itself a run Tinct (and a conform) reads
     assert (again.first, again.count, again.frame_rate, again.rate_source) == (FIRST, 6, 18, "its DPX film header")
     assert again.timecode == "01:00:10:05"
+
+
+@pytest.mark.parametrize("pix_fmt", ["gbrp10le", "rgb48be"], ids=["little-endian", "big-endian"])
+def test_each_dpx_frames_copy_carries_what_its_scan_says_of_it_and_says_it_was_colorized(tmp_path, tiny_checkpoint,
+                                                                                      pix_fmt):
+    """A scan's DPX frames say which frame of the negative each is (the keycode: film maker, type, prefix, count and
+    perforation offset; the frame's position), what was scanned (slate, project, copyright) and on what; a conform
+    matches the copy back to the negative by them. The copies had every such field unset and said FFmpeg made
+    them. Now each copy carries its own scan frame's fields (in the copy's byte order, a big-endian scan's too),
+    names that frame and its time as its source, names itself, and gives the provenance sentence as its creator."""
+    frames = [f >> 6 << 6 for f in scene(3)]
+    scans = write_frames(tmp_path / "scans", frames, pix_fmt=pix_fmt, rate=24.0, timecode=0x01000000, scanner=True)
+    out = tmp_path / "colour"
+    assert run_cli(tiny_checkpoint, str(tmp_path / "scans"), "-o", str(out / "c_%07d.dpx")) == 0
+    for position, scan in enumerate(scans):
+        copy = out / f"c_{FIRST + position:07d}.dpx"
+        expected = read_dpx_fields(scan)
+        assert expected["count"] == scanner_fields(position, 3)["count"] == b"1000"  # (the scan says it)
+        carried = read_dpx_fields(copy)
+        assert {k: v for k, v in carried.items() if k != "creation time"} == {
+            k: v for k, v in expected.items() if k != "creation time"}
+        assert carried["perforation offset"] == b"%02d" % (position * 4) and carried["frame position"] == position + 1
+        header = copy.read_bytes()[:2048]
+        assert header[1432:1532].rstrip(b"\0") == scan.name.encode()  # its source: the scan frame
+        assert header[1532:1556].rstrip(b"\0") == b"2026:03:02:10:11:12Z"  # made when the scan was
+        assert header[36:136].rstrip(b"\0") == copy.name.encode()
+        assert header[160:260].rstrip(b"\0").decode().startswith("colorized by Tinct ")
+        assert header[1720:1724] == b"\xff" * 4  # the held count, unset in the scan, stays unset
+    again = find_sequence(out / "c_%07d.dpx")  # the rate and timecode are still the run's
+    assert (again.frame_rate, again.timecode) == (24, "01:00:00:00")
+
+
+@pytest.mark.parametrize(("suffix", "fields"), [
+    (".dpx", {"File:Creator": None, "File:SourceFileName": "scan_0086401.dpx", "File:ImageFileName": "c_0086401.dpx",
+              "File:Project": "Reel 1 restoration", "File:InputDeviceName": "Scanity HDR",
+              "File:SlateInformation": "Scene 12, take 3"}),
+    (".tif", {"IFD0:ImageDescription": None, "IFD0:Software": "Tinct"}),
+    (".png", {"PNG:Description": None, "PNG:Software": "Tinct"}),
+    (".exr", {"OpenEXR:Comments": None}),
+])
+def test_every_frame_out_says_it_was_colorized_by_tinct(tmp_path, tiny_checkpoint, suffix, fields):
+    """Photos carry the provenance sentence so an archive tells a colorized copy from an original; frames out
+    carried none (FFmpeg's encoders name FFmpeg, where they name anyone). Each now says it in its format's own place
+    (DPX's creator, TIFF's ImageDescription, PNG's Description, OpenEXR's comments), read here by exiftool, as an
+    archive's tools read them; a DPX scan's fields go with its copy."""
+    write_frames(tmp_path / "scans", [f >> 6 << 6 for f in scene(2)], rate=24.0, scanner=True)
+    out = tmp_path / "colour"
+    assert run_cli(tiny_checkpoint, str(tmp_path / "scans"), "-o", str(out / f"c_%07d{suffix}")) == 0
+    read = json.loads(subprocess.run(["exiftool", "-json", "-a", "-G1", str(out / f"c_0086401{suffix}")],
+                                     check=True, capture_output=True, text=True).stdout)[0]
+    for name, value in fields.items():
+        if value is None:  # the provenance sentence
+            assert re.fullmatch(r"colorized by Tinct \S+, model \S+@\w+", read[name]), (name, read.get(name))
+        else:
+            assert str(read[name]).startswith(value), (name, read.get(name))
+    assert probe(out / f"c_0086401{suffix}").width == 96  # FFmpeg still reads the frame
 
 
 @pytest.mark.parametrize("suffix", [".dpx", ".tif", ".png", ".exr"])

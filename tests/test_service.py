@@ -27,6 +27,7 @@ from tests.media import (
     lumas,
     moving_scene,
     probe,
+    read_dpx_fields,
     read_frames,
     write_clip,
     write_frames,
@@ -376,7 +377,7 @@ def test_a_run_in_a_bucket_colours_into_a_run_of_dpx_frames_exactly_as_tinct_col
                                                                                                    tmp_path):
     client, start_worker, s3, _, model = service_env
     frames = [f.astype(np.uint16) << 8 for f in gray_frames(moving_scene(24, 96, 64))]
-    for path in write_frames(tmp_path / "reel1", frames, rate=18.0, timecode=0x01001005):
+    for path in write_frames(tmp_path / "reel1", frames, rate=18.0, timecode=0x01001005, scanner=True):
         put_object(s3, f"s3://scans/reel1/{path.name}", path.read_bytes())
     put_object(s3, "s3://colour/reel1/colour_0099999.dpx", b"a frame of another run, left alone")
     start_worker()
@@ -408,6 +409,10 @@ def test_a_run_in_a_bucket_colours_into_a_run_of_dpx_frames_exactly_as_tinct_col
         assert np.abs(served - made).max() <= 1  # the service and the CLI coloured with torch at other thread counts
         assert np.percentile(np.abs(luma_of(served) - (written >> 6)), 99) <= 1.0  # the scan's 10-bit lightness
     assert (local / names[5]).read_bytes()[:2048] == (tmp_path / "cli" / names[5]).read_bytes()[:2048]
+    # Each frame's copy carries its own scan frame's keycode and position, fetched a window at a time as it was.
+    assert [read_dpx_fields(local / name)["frame position"] for name in names] == list(range(1, 25))
+    assert read_dpx_fields(local / names[20])["perforation offset"] == b"16" and read_dpx_fields(
+        local / names[20])["count"] == b"1001"
     assert (local / names[5]).read_bytes()[801:803] == b"\x01\x01"  # read as log, and its frames say so
     assert find_sequence(local / "colour_%07d.dpx").timecode == "01:00:10:05"
 

@@ -39,7 +39,7 @@ from models.files import atomic_output, atomic_path, changed_since
 from worker.errors import BadInputError, TinctError, one_line
 from worker.frame_sequences import is_pattern
 from worker.frame_sink import FrameTarget, FrameWriter, frames_layout, is_frame_output, publish
-from worker.images import tinct_version
+from worker.images import provenance_text, tinct_version
 from worker.pipeline import ColourFrame, StageTimes, colorize_frames
 from worker.references import (
     REFERENCES_SUFFIX,
@@ -48,6 +48,7 @@ from worker.references import (
     ResolvedReference,
     folder_references,
     load_reference_image,
+    references_guidance,
     references_provenance,
     resolve_references,
 )
@@ -246,7 +247,8 @@ def colorize_film(
     done = sum(s.frames for s, path in zip(segments, segment_files, strict=True) if path.exists())
     if progress:
         progress(done, film.frames)
-    writer = FrameWriter(parts / FRAMES_FOLDER, frames, film, layout) if frames else None
+    writer = FrameWriter(parts / FRAMES_FOLDER, frames, film, layout, provenance_text(
+        model_label, references_guidance(len(references)))) if frames else None
     try:
         times, reused = _colorize_segments(colorizer, film, layout, options, segments, segment_files, done, progress,
                                            references, writer)

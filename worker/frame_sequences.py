@@ -125,6 +125,9 @@ class FrameSequence:
     # An OpenEXR run's primaries (red, green, blue and white as CIE xy) where its first frame names others than
     # BT.709's, OpenEXR's own: an ACES plate's. None for BT.709 and every other format.
     plate_chromaticities: tuple[float, ...] | None = None
+    # A stored DPX run's frames' headers, read as each window is fetched and let go as each frame's copy takes them
+    # (``dpx_header``): by the time a copy is written, its window may be gone.
+    fetched_headers: dict[int, bytes] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def pattern(self) -> str:
@@ -139,6 +142,16 @@ class FrameSequence:
         """The file of the run's ``position``-th frame (0 is the first)."""
         number = self.first + position
         return self.folder / frame_name(self.prefix, self.digits, self.suffix, number)
+
+    def dpx_header(self, position: int) -> bytes | None:
+        """The headers (first 2048 bytes) of a DPX run's frame at ``position``, which its copy carries on: a
+        folder's read from its file, a stored run's as its window was fetched (once). None for other formats, or a
+        frame not at hand."""
+        if self.suffix.lower() != ".dpx":
+            return None
+        header = self.fetched_headers.pop(position, None) if self.fetch is not None else _read_header(
+            self.frame_path(position))
+        return header if header and _dpx_order(header) is not None else None
 
     def describe(self) -> str:
         timecode = f", timecode {self.timecode}" if self.timecode else ""
@@ -196,6 +209,8 @@ class FrameSequence:
         if self.fetch is not None:
             with self.fetch(positions) as folder:
                 self._check_fetched(folder, positions)
+                if self.suffix.lower() == ".dpx":
+                    self.fetched_headers.update((p, _read_header(folder / self.frame_path(p).name)) for p in positions)
                 self._as_dpx(folder, folder, positions)
                 yield folder
             return

@@ -16,7 +16,10 @@ by the transfer its codes were read with (the sRGB curve; Cineon's for a log sca
 copy keeps the plate's own light, each pixel's colour scaled to its luminance, highlights above display white too.
 DPX frames get the film and television headers a scanner writes: the frame rate, and each frame's timecode where the
 source has one (a run's DPX header, a file's timecode track), counted on as drop-frame where it is so; a DPX run's
-copy keeps its transfer characteristic and colorimetric specification (a log scan's copy says it is log).
+copy keeps its transfer characteristic and colorimetric specification (a log scan's copy says it is log), and each
+frame's copy what its scan said of it (``DPX_CARRIED_FIELDS``: its keycode, frame position, slate, project,
+copyright, the scanner), with the scan frame's name and time as its source's. Every DPX frame names itself and says
+it was colorized by Tinct (the provenance sentence, in its creator field).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import torch
 
 from models.color import BT709_LUMINANCE, cineon_to_linear, code_dtype, srgb_to_linear_np, ycbcr_to_rgb_np
 from models.files import atomic_output
+from worker import tiff
 from worker.errors import BadInputError
 from worker.frame_sequences import (
     DPX_GENERIC_HEADER_BYTES,
@@ -47,7 +51,8 @@ from worker.frame_sequences import (
     is_pattern,
     split_pattern,
 )
-from worker.openexr import with_chromaticities
+from worker.images import png_with_text, tinct_version
+from worker.openexr import with_chromaticities, with_comments
 from worker.video_sink import OutputLayout
 from worker.video_source import FilmInfo, FrameLayout, VideoFormat, plate_conversion
 
@@ -66,6 +71,25 @@ DPX_INDUSTRY_HEADER_BYTES = DPX_HEADER_BYTES - DPX_GENERIC_HEADER_BYTES
 DPX_INDUSTRY_SIZE_OFFSET = 28  # U32: how many bytes of industry headers follow the generic ones
 DPX_ELEMENT_DATA_OFFSET = 808  # U32: where image element 1's data starts
 PRINTING_DENSITY = (1, 1)  # SMPTE 268M transfer characteristic and colorimetric specification of a Cineon log scan
+# What a scan's DPX frame says of itself besides its pixels, carried into its copy's headers field for field: (offset,
+# struct format) in SMPTE 268M's file header (project name, copyright), orientation header (where the picture lies in
+# the scan: offsets, centre, original size; the scanner's name and serial; borders; the scanned size), film header
+# (the keycode: film maker, film type, perforation offset, prefix, count; format; frame position, sequence length,
+# held count; shutter angle; frame id; slate) and television header (user bits; interlace, field, signal standard;
+# sampling rates; time offset, gamma, black and white levels, integration time). Numbers are moved as integers of
+# their width, so an unset one (all ones) stays unset whatever its type and byte order.
+DPX_CARRIED_FIELDS = (
+    (260, "200s"), (460, "200s"),
+    (1408, "6I"), (1556, "32s32s"), (1620, "4H"), (1636, "2I"),
+    (1664, "2s2s2s6s4s32s"), (1712, "3I"), (1728, "I"), (1732, "32s100s"),
+    (1924, "I"), (1928, "3B"), (1932, "2I"), (1944, "7I"),
+)
+DPX_FILE_NAME = (36, 100)  # file header: the file's own name
+DPX_CREATION_TIME = (136, 24)  # file header: when the file was made ("YYYY:MM:DD:hh:mm:ssLTZ")
+DPX_CREATOR = (160, 100)  # file header: who made it
+DPX_SOURCE_NAME = (1432, 100)  # orientation header: the file the picture was made from
+DPX_SOURCE_TIME = (1532, 24)  # orientation header: when that file was made
+_TIFF_DESCRIPTION, _TIFF_SOFTWARE = 270, 305
 
 
 @dataclass(frozen=True)
@@ -124,11 +148,15 @@ def frames_layout(video: VideoFormat, target: FrameTarget) -> OutputLayout:
 class FrameWriter:
     """Writes colour frames as files named by ``target`` into ``folder`` (a work folder; see ``publish``)."""
 
-    def __init__(self, folder: Path, target: FrameTarget, film: FilmInfo, layout: OutputLayout) -> None:
+    def __init__(self, folder: Path, target: FrameTarget, film: FilmInfo, layout: OutputLayout,
+                 provenance: str = "") -> None:
+        """``provenance``: the sentence a DPX frame's creator field gives (``worker.images.provenance_text``)."""
         self.folder = folder
         self.target = target
         self.layout = layout
         self.first = film.sequence.first if film.sequence is not None else 0
+        self._sequence = film.sequence
+        self._provenance = provenance
         self._rate = film.sequence.frame_rate if film.sequence is not None else film.video.average_rate
         self._timecode = film.timecode
         self._dpx_encoding = film.sequence.dpx_encoding if film.sequence is not None else None
@@ -166,15 +194,34 @@ class FrameWriter:
             codes = rgb.astype(code_dtype(layout.bit_depth))
             frame = av.VideoFrame.from_ndarray(codes, format=self._pix_fmt)  # codes at the format's own depth
         frame.pts = index
-        data = b"".join(bytes(packet) for packet in self._encoder.encode(frame))
-        if self.target.suffix.lower() == ".dpx":
-            data = self._with_industry_headers(data, index)
-        if self._plate_chromaticities is not None:
-            data = with_chromaticities(data, self._plate_chromaticities)
+        data = self._with_metadata(b"".join(bytes(packet) for packet in self._encoder.encode(frame)), index)
         path = self.folder / self.target.name(self.first + index)
         with atomic_output(path) as f:
             f.write(data)
         return path
+
+    def _with_metadata(self, data: bytes, index: int) -> bytes:
+        """Frame ``index`` as FFmpeg's encoder wrote it (``data``), with what it writes of none: a DPX frame's film
+        and television headers, its scan frame's fields and its own name, a plate's primaries, and the provenance
+        sentence in each format's own place (DPX's creator, TIFF's ImageDescription and Software, PNG's Description
+        and Software texts, OpenEXR's comments)."""
+        suffix, software = self.target.suffix.lower(), f"Tinct {tinct_version()}"
+        if suffix == ".dpx":
+            data = self._with_industry_headers(data, index)
+            if self._sequence is not None and (source := self._sequence.dpx_header(index)) is not None:
+                data = _with_source_fields(data, source, self._sequence.frame_path(index).name)
+            data = _with_text(data, DPX_FILE_NAME, self.target.name(self.first + index))
+        if self._plate_chromaticities is not None:
+            data = with_chromaticities(data, self._plate_chromaticities)
+        if not self._provenance:
+            return data
+        if suffix == ".dpx":
+            return _with_text(data, DPX_CREATOR, self._provenance)
+        if suffix == ".png":
+            return png_with_text(data, {"Software": software, "Description": self._provenance})
+        if suffix == ".exr":
+            return with_comments(data, self._provenance)
+        return tiff.with_text(data, {_TIFF_DESCRIPTION: self._provenance, _TIFF_SOFTWARE: software})
 
     def _linear(self, rgb: np.ndarray, light: np.ndarray | None) -> np.ndarray:
         """R'G'B' in [0, 1] as linear light: through the transfer its codes were read with, then, for a plate's
@@ -213,6 +260,33 @@ class FrameWriter:
         if self._dpx_encoding is not None:  # a log scan's copy says it is log, as its lightness still is
             out[DPX_TRANSFER_OFFSET:DPX_TRANSFER_OFFSET + 2] = bytes(self._dpx_encoding)
         return bytes(out)
+
+
+def _with_source_fields(data: bytes, source: bytes, source_name: str) -> bytes:
+    """The DPX frame ``data`` with what its scan's DPX ``source`` (its first 2048 bytes, in either byte order) says of
+    itself (``DPX_CARRIED_FIELDS``), and the scan's file name ``source_name`` and creation time as its source's."""
+    order, source_order = DPX_MAGIC.get(data[:4]), DPX_MAGIC.get(source[:4])
+    (source_start,) = struct.unpack_from(f"{source_order}I", source, 4)
+    if order is None or len(data) < DPX_HEADER_BYTES or source_start < DPX_HEADER_BYTES:
+        return data  # a scan with generic headers alone (pixels from byte 1664 on) has none of it to give
+    out = bytearray(data)
+    for offset, layout in DPX_CARRIED_FIELDS:
+        struct.pack_into(order + layout, out, offset, *struct.unpack_from(source_order + layout, source, offset))
+    (time_at, time_bytes), (name_at, name_bytes) = DPX_CREATION_TIME, DPX_SOURCE_NAME
+    out[DPX_SOURCE_TIME[0]:DPX_SOURCE_TIME[0] + time_bytes] = source[time_at:time_at + time_bytes]
+    out[name_at:name_at + name_bytes] = _field_text(source_name, name_bytes)
+    return bytes(out)
+
+
+def _with_text(data: bytes, field: tuple[int, int], text: str) -> bytes:
+    """The DPX frame ``data`` with the ASCII field at ``field`` (offset, length) set to ``text``."""
+    offset, length = field
+    return data[:offset] + _field_text(text, length) + data[offset + length:]
+
+
+def _field_text(text: str, length: int) -> bytes:
+    """``text`` as a DPX ASCII field of ``length`` bytes: cut to fit, NUL-padded (a full field needs no NUL)."""
+    return text.encode("ascii", "replace")[:length].ljust(length, b"\0")
 
 
 def publish(folder: Path, target: FrameTarget, first: int, count: int) -> None:

@@ -1470,12 +1470,29 @@ def _png16(pixels: np.ndarray, exif: bytes, like: Photo, texts: dict[str, str]) 
         ppm = [max(1, round(d / 0.0254)) for d in like.dpi]
         chunks.append(_png_chunk(b"pHYs", struct.pack(">IIB", ppm[0], ppm[1], 1)))
     chunks.append(_png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
+    chunks.extend(_png_text_chunks(texts))
+    if like.xmp:
+        chunks.append(_png_chunk(b"iTXt", b"XML:com.adobe.xmp" + b"\x00" * 5 + like.xmp))
+    return _png_with_chunks(data, chunks)
+
+
+def png_with_text(data: bytes, texts: dict[str, str]) -> bytes:
+    """``data``, a PNG file another encoder wrote (FFmpeg's frames), with ``texts`` ("Software", "Description"...)."""
+    return _png_with_chunks(data, _png_text_chunks(texts))
+
+
+def _png_text_chunks(texts: dict[str, str]) -> list[bytes]:
+    """A tEXt chunk per text, or an iTXt (UTF-8) where it is not Latin-1."""
+    chunks = []
     for key, value in texts.items():
         try:
             chunks.append(_png_chunk(b"tEXt", key.encode("latin-1") + b"\x00" + value.encode("latin-1")))
         except UnicodeEncodeError:
             chunks.append(_png_chunk(b"iTXt", key.encode("latin-1", "replace") + b"\x00" * 5 + value.encode("utf-8")))
-    if like.xmp:
-        chunks.append(_png_chunk(b"iTXt", b"XML:com.adobe.xmp" + b"\x00" * 5 + like.xmp))
+    return chunks
+
+
+def _png_with_chunks(data: bytes, chunks: list[bytes]) -> bytes:
+    """The PNG file ``data`` with ``chunks`` inserted right after its header chunk (IHDR)."""
     ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length+type, IHDR data, CRC
     return data[:ihdr_end] + b"".join(chunks) + data[ihdr_end:]

@@ -1,9 +1,10 @@
-"""What FFmpeg does not read of an OpenEXR file's header, the one attribute its encoder does not write, and whether
-a file is whole.
+"""What FFmpeg does not read of an OpenEXR file's header, the attributes its encoder does not write, and whether a
+file is whole.
 
     head, header = exr_head(functools.partial(storage.get_head, uri))  # the headers whole; None: no OpenEXR file
     header.chromaticities, header.parts, header.deep                   # (0.7347, 0.2653, ...) for an ACES plate
     data = with_chromaticities(encoded_frame, header.chromaticities)   # FFmpeg's frame, saying the plate's primaries
+    data = with_comments(data, "colorized by Tinct ...")             # ... and who made it
     with open(path, "rb") as f:
         reason = damage(f, header.chunks, os.path.getsize(path))       # "truncated: ..." if half copied, else None
 
@@ -154,15 +155,26 @@ def damage(f: BinaryIO, chunks: ChunkTables, size: int) -> str | None:
 
 
 def with_chromaticities(data: bytes, chromaticities: tuple[float, ...]) -> bytes:
-    """A single-part scan-line OpenEXR file (as FFmpeg's encoder writes one) saying ``chromaticities``: the attribute
-    added at the end of its header, and every chunk's offset moved past it."""
+    """A single-part scan-line OpenEXR file (as FFmpeg's encoder writes one) saying ``chromaticities``."""
+    return _with_attribute(data, "chromaticities", "chromaticities", struct.pack("<8f", *chromaticities))
+
+
+def with_comments(data: bytes, text: str) -> bytes:
+    """A single-part scan-line OpenEXR file with ``text`` as its ``comments``, the standard attribute for what a
+    person should know of the picture (the provenance sentence, where a photo has it in its description)."""
+    return _with_attribute(data, "comments", "string", text.encode("utf-8"))
+
+
+def _with_attribute(data: bytes, name: str, kind: str, value: bytes) -> bytes:
+    """``data``, a single-part scan-line OpenEXR file, with the attribute ``name`` of type ``kind`` added at the end of
+    its header, and every chunk's offset moved past it."""
     if data[:4] != EXR_MAGIC or struct.unpack_from("<I", data, 4)[0] & (_TILED | _DEEP | _MULTIPART):
         raise ValueError("not a single-part scan-line OpenEXR file")
     attributes, end = _attributes(data, 8)
-    if ("chromaticities", "chromaticities") in attributes:
-        raise ValueError("its header already names its chromaticities")
+    if (name, kind) in attributes:
+        raise ValueError(f"its header already has its {name}")
     chunks = _chunk_count(attributes, multipart=False)
-    attribute = b"chromaticities\0chromaticities\0" + struct.pack("<i8f", 32, *chromaticities)
+    attribute = f"{name}\0{kind}\0".encode() + struct.pack("<i", len(value)) + value
     header_end = end - 1  # the null byte that ends the list
     offsets = [offset + len(attribute) for offset in struct.unpack_from(f"<{chunks}Q", data, end)]
     return b"".join([data[:header_end], attribute, b"\0", struct.pack(f"<{chunks}Q", *offsets),

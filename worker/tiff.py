@@ -4,6 +4,7 @@ its copy too: the source's strips or tiles (of its tile size), its compression, 
     coding = source_coding(im, turned=False)   # {"compression": "jpeg", "tile": (256, 256), "reduced": [(642, 962)]}
     jpeg = first_jpeg(im, path)                # a JPEG-compressed TIFF's first tile as a JPEG, for its tables
     write(f, pixels, directory, dpi, coding)   # pixels: (H, W, 3 or 4) uint8 or uint16, upright
+    data = with_text(encoded, {270: "colorized by Tinct ..."})  # a TIFF another encoder wrote (FFmpeg's), described
 
 An archive's image server (IIPImage, Cantaloupe: the IIIF servers) serves a large TIFF from its tiles and zooms
 through its pyramid, the same picture at half, a quarter... of its size in further pages; a copy in strips without
@@ -182,6 +183,29 @@ def write(
             f.write(segment)
         f.write(b"\0" * (next_page - data_end))
         position = next_page
+
+
+def with_text(data: bytes, texts: dict[int, str]) -> bytes:
+    """``data``, a classic TIFF of one page (as FFmpeg's encoder writes its frames), with the ASCII tags ``texts``
+    (ImageDescription 270, Software 305...) set. Its directory is written again right after the header and its
+    strips follow, their offsets moved with them: Pillow's directory encoder places strips after the directory."""
+    header = data[:8]
+    (first_directory,) = struct.unpack_from("<I" if header[:2] == b"II" else ">I", header, 4)
+    ifd = TiffImagePlugin.ImageFileDirectory_v2(header)
+    f = io.BytesIO(data)
+    f.seek(first_directory)
+    ifd.load(f)
+    if ifd.next:
+        raise ValueError("a TIFF of more than one page")
+    list(ifd.values())  # every tag decoded: the encoder writes those it holds decoded, and drops the rest
+    for tag, text in texts.items():
+        ifd[tag] = text
+    # What lay between the header and the directory (the strips, and the values the old directory pointed to) is
+    # kept as it was: the strips' offsets become offsets into it, to which the encoder adds where it lands.
+    ifd[_STRIP_OFFSETS] = tuple(int(offset) - len(header) for offset in np.atleast_1d(ifd[_STRIP_OFFSETS]))
+    directory = ifd.tobytes(len(header))
+    return header[:4] + struct.pack("<I" if header[:2] == b"II" else ">I", len(header)) + directory + data[
+        len(header):first_directory]
 
 
 def _with_reductions(pixels: np.ndarray, sizes: list[tuple[int, int]]) -> list[np.ndarray]:

@@ -676,7 +676,7 @@ def _colorize_to_frames(rt: Runtime, film: FilmInfo, target: FrameTarget, layout
     """A segment coloured into frames, each uploaded into the segment's staged folder as soon as it is written (a
     2K segment of a few hundred frames is gigabytes: the work folder holds a few at a time, not all of them), with
     ``metadata``, which their copies into place keep."""
-    writer = FrameWriter(local, target, film, layout)
+    writer = FrameWriter(local, target, film, layout, metadata["tinct"])
     try:
         with rt.storage.uploads() as uploads:
             def write(frame: ColourFrame) -> None:
@@ -692,8 +692,7 @@ def _colorize_to_frames(rt: Runtime, film: FilmInfo, target: FrameTarget, layout
 
 def provenance_metadata(model_label: str, guidance: str = "") -> dict[str, str]:
     """An output object's S3 metadata (``x-amz-meta-tinct``): the provenance sentence its file carries, where a
-    catalogue or an ingest rule reads it with one HEAD request, not the file; a BMP result and a run's frames carry
-    it nowhere else."""
+    catalogue or an ingest rule reads it with one HEAD request, not the file; a BMP result carries it nowhere else."""
     return {"tinct": provenance_text(model_label, guidance)}
 
 
