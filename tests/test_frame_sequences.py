@@ -770,6 +770,9 @@ def test_each_dpx_frames_copy_carries_what_its_scan_says_of_it_and_says_it_was_c
     names that frame and its time as its source, names itself, and gives the provenance sentence as its creator."""
     frames = [f >> 6 << 6 for f in scene(3)]
     scans = write_frames(tmp_path / "scans", frames, pix_fmt=pix_fmt, rate=24.0, timecode=0x01000000, scanner=True)
+    scan = bytearray(scans[2].read_bytes())  # the last frame from another take: its timecode jumps
+    struct.pack_into(">I" if scan[:4] == b"SDPX" else "<I", scan, 1920, 0x02003004)
+    scans[2].write_bytes(bytes(scan))
     out = tmp_path / "colour"
     assert run_cli(tiny_checkpoint, str(tmp_path / "scans"), "-o", str(out / "c_%07d.dpx")) == 0
     for position, scan in enumerate(scans):
@@ -786,7 +789,10 @@ def test_each_dpx_frames_copy_carries_what_its_scan_says_of_it_and_says_it_was_c
         assert header[36:136].rstrip(b"\0") == copy.name.encode()
         assert header[160:260].rstrip(b"\0").decode().startswith("colorized by Tinct ")
         assert header[1720:1724] == b"\xff" * 4  # the held count, unset in the scan, stays unset
-    again = find_sequence(out / "c_%07d.dpx")  # the rate and timecode are still the run's
+    # Each frame's timecode is its scan frame's, the jump too (counted on from the first, it had been 01:00:00:02).
+    timecodes = [struct.unpack_from("<I", (out / f"c_{FIRST + i:07d}.dpx").read_bytes(), 1920)[0] for i in range(3)]
+    assert timecodes == [0x01000000, 0x01000001, 0x02003004]
+    again = find_sequence(out / "c_%07d.dpx")  # the rate and first timecode are still the run's
     assert (again.frame_rate, again.timecode) == (24, "01:00:00:00")
 
 

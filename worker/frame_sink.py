@@ -89,6 +89,7 @@ DPX_CREATION_TIME = (136, 24)  # file header: when the file was made ("YYYY:MM:D
 DPX_CREATOR = (160, 100)  # file header: who made it
 DPX_SOURCE_NAME = (1432, 100)  # orientation header: the file the picture was made from
 DPX_SOURCE_TIME = (1532, 24)  # orientation header: when that file was made
+_DPX_UNSET = 0xFFFFFFFF  # a 32-bit DPX field not filled in
 _TIFF_DESCRIPTION, _TIFF_SOFTWARE = 270, 305
 
 
@@ -264,7 +265,8 @@ class FrameWriter:
 
 def _with_source_fields(data: bytes, source: bytes, source_name: str) -> bytes:
     """The DPX frame ``data`` with what its scan's DPX ``source`` (its first 2048 bytes, in either byte order) says of
-    itself (``DPX_CARRIED_FIELDS``), and the scan's file name ``source_name`` and creation time as its source's."""
+    itself (``DPX_CARRIED_FIELDS``) and its timecode where it has one, and the scan's file name ``source_name`` and
+    creation time as its source's."""
     order, source_order = DPX_MAGIC.get(data[:4]), DPX_MAGIC.get(source[:4])
     (source_start,) = struct.unpack_from(f"{source_order}I", source, 4)
     if order is None or len(data) < DPX_HEADER_BYTES or source_start < DPX_HEADER_BYTES:
@@ -275,6 +277,9 @@ def _with_source_fields(data: bytes, source: bytes, source_name: str) -> bytes:
     (time_at, time_bytes), (name_at, name_bytes) = DPX_CREATION_TIME, DPX_SOURCE_NAME
     out[DPX_SOURCE_TIME[0]:DPX_SOURCE_TIME[0] + time_bytes] = source[time_at:time_at + time_bytes]
     out[name_at:name_at + name_bytes] = _field_text(source_name, name_bytes)
+    (timecode,) = struct.unpack_from(f"{source_order}I", source, DPX_TIMECODE_OFFSET)
+    if timecode != _DPX_UNSET:  # the frame's own, where counting on from the run's first would miss a break in it
+        struct.pack_into(f"{order}I", out, DPX_TIMECODE_OFFSET, timecode)
     return bytes(out)
 
 
