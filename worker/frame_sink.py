@@ -39,6 +39,7 @@ from models.files import atomic_output
 from worker import tiff
 from worker.errors import BadInputError
 from worker.frame_sequences import (
+    DPX_DATA_OFFSET,
     DPX_GENERIC_HEADER_BYTES,
     DPX_HEADER_BYTES,
     DPX_LOG_TRANSFERS,
@@ -151,7 +152,8 @@ class FrameWriter:
 
     def __init__(self, folder: Path, target: FrameTarget, film: FilmInfo, layout: OutputLayout,
                  provenance: str = "") -> None:
-        """``provenance``: the sentence a DPX frame's creator field gives (``worker.images.provenance_text``)."""
+        """``provenance``: the sentence every frame gives in its format's own field (``worker.images.provenance_text``;
+        "": none)."""
         self.folder = folder
         self.target = target
         self.layout = layout
@@ -267,18 +269,20 @@ def _with_source_fields(data: bytes, source: bytes, source_name: str) -> bytes:
     """The DPX frame ``data`` with what its scan's DPX ``source`` (its first 2048 bytes, in either byte order) says of
     itself (``DPX_CARRIED_FIELDS``) and its timecode where it has one, and the scan's file name ``source_name`` and
     creation time as its source's."""
-    order, source_order = DPX_MAGIC.get(data[:4]), DPX_MAGIC.get(source[:4])
-    (source_start,) = struct.unpack_from(f"{source_order}I", source, 4)
-    if order is None or len(data) < DPX_HEADER_BYTES or source_start < DPX_HEADER_BYTES:
-        return data  # a scan with generic headers alone (pixels from byte 1664 on) has none of it to give
+    order, source_order = DPX_MAGIC[data[:4]], DPX_MAGIC[source[:4]]
+    # The film and television headers (from byte 1664) are there where both files' pixels start after them: a scan
+    # with the generic headers alone has pixels there, and gives the file and orientation headers' fields only.
+    industry = all(struct.unpack_from(f"{byte_order}I", header, DPX_DATA_OFFSET)[0] >= DPX_HEADER_BYTES
+                   for byte_order, header in ((order, data), (source_order, source)))
     out = bytearray(data)
     for offset, layout in DPX_CARRIED_FIELDS:
-        struct.pack_into(order + layout, out, offset, *struct.unpack_from(source_order + layout, source, offset))
+        if industry or offset < DPX_GENERIC_HEADER_BYTES:
+            struct.pack_into(order + layout, out, offset, *struct.unpack_from(source_order + layout, source, offset))
     (time_at, time_bytes), (name_at, name_bytes) = DPX_CREATION_TIME, DPX_SOURCE_NAME
     out[DPX_SOURCE_TIME[0]:DPX_SOURCE_TIME[0] + time_bytes] = source[time_at:time_at + time_bytes]
     out[name_at:name_at + name_bytes] = _field_text(source_name, name_bytes)
     (timecode,) = struct.unpack_from(f"{source_order}I", source, DPX_TIMECODE_OFFSET)
-    if timecode != _DPX_UNSET:  # the frame's own, where counting on from the run's first would miss a break in it
+    if industry and timecode != _DPX_UNSET:  # the frame's own: counting on from the run's first misses a break
         struct.pack_into(f"{order}I", out, DPX_TIMECODE_OFFSET, timecode)
     return bytes(out)
 

@@ -12,7 +12,7 @@ the pyramid is read whole for every view. So a copy keeps the source's tile size
 of the source, at its size, made again from the colour result (a scanner's gray preview page becomes a colour one).
 Compression follows the source where a baseline reader decodes it: uncompressed, LZW and PackBits stay so (archives'
 baseline-TIFF ingest profiles, and exiftool's validation, refuse Adobe deflate), and a JPEG-compressed source (the
-usual pyramid for an image server) gives JPEG at the source's quantization (a deflate copy was 3.4 times its size).
+usual pyramid for an image server) gives JPEG at the source's quantization (deflate copies were 4.6 times the size).
 Anything else (deflate, old-style JPEG, CCITT fax) becomes Adobe deflate with the horizontal predictor; so do 16-bit
 and transparent copies of a JPEG source, which JPEG's 8-bit Y'CbCr cannot hold.
 
