@@ -1297,8 +1297,8 @@ def test_photo_is_plain_data(tmp_path: Path) -> None:
 def test_encoder_settings_follow_the_source(tmp_path: Path) -> None:
     """JPEG keeps the source's chroma subsampling, lossless WebP stays lossless, uncompressed TIFF stays
     uncompressed, LZW stays LZW and PackBits PackBits (a copy of an LZW master had been Adobe deflate, which
-    archives' baseline-TIFF ingest profiles refuse), and Adobe deflate stays so (it is what other compressions
-    become: test_tiff)."""
+    archives' baseline-TIFF ingest profiles refuse), Adobe deflate stays so, and a compression a colour copy cannot
+    have (CCITT fax, for a bilevel scan) becomes lossless deflate. (Tiles, JPEG and pyramids: test_tiff.)"""
     from PIL import JpegImagePlugin
 
     sources = {
@@ -1308,9 +1308,11 @@ def test_encoder_settings_follow_the_source(tmp_path: Path) -> None:
         "lzw.tif": {"compression": "tiff_lzw"},
         "packbits.tif": {"compression": "packbits"},
         "deflate.tif": {"compression": "tiff_adobe_deflate"},
+        "fax.tif": {"compression": "group4"},
     }
     for name, options in sources.items():
-        Image.fromarray(colour8()).save(tmp_path / name, **options)
+        source = Image.fromarray(colour8())
+        (source.convert("1") if name == "fax.tif" else source).save(tmp_path / name, **options)
         photo = read_photo(tmp_path / name)
         out = tmp_path / f"out-{name}"
         write_photo(out, l_as_rgb(photo.L) * 0.9 + 0.05, photo, LABEL)
@@ -1323,7 +1325,8 @@ def test_encoder_settings_follow_the_source(tmp_path: Path) -> None:
                 expected = {"raw.tif": "raw", "lzw.tif": "tiff_lzw", "packbits.tif": "packbits"}.get(
                     name, "tiff_adobe_deflate")
                 assert im.info["compression"] == expected
-                assert np.array_equal(np.asarray(im), np.asarray(Image.open(tmp_path / "out-raw.tif")))
+                if name != "fax.tif":  # (its copy is of the bilevel picture)
+                    assert np.array_equal(np.asarray(im), np.asarray(Image.open(tmp_path / "out-raw.tif")))
     photo = read_photo(tmp_path / "lossless.webp")
     write_photo(tmp_path / "as.jpg", l_as_rgb(photo.L), photo, LABEL)  # another format: that format's defaults
     with Image.open(tmp_path / "as.jpg") as im:
