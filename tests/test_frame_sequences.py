@@ -388,10 +388,11 @@ AP0_TO_BT709 = np.array([[2.52169, -1.13413, -0.38756], [-0.27648, 1.37272, -0.0
 
 
 def library_plate(folder: Path, light: np.ndarray, frames: int = 2, chromaticities=None, tiled: bool = False,
-                  parts: bool = False, comments: str | None = None) -> list[Path]:
+                  parts: bool = False, comments: str | None = None, attributes=None) -> list[Path]:
     """A plate written by the OpenEXR library, the format's own writer (not FFmpeg's): half floats of ``light``
     ((H, W) written as Y alone, (H, W, 3) as R, G, B), scan lines or 32-pixel tiles, one part or a beauty with a
-    depth part, naming ``chromaticities`` and carrying ``comments`` if given."""
+    depth part, naming ``chromaticities`` and carrying ``comments`` if given, and ``attributes(position)`` (a dict
+    of header attributes for the frame at ``position``) if given."""
     folder.mkdir(parents=True, exist_ok=True)
     header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
     if comments is not None:
@@ -404,7 +405,9 @@ def library_plate(folder: Path, light: np.ndarray, frames: int = 2, chromaticiti
         header["chromaticities"] = chromaticities
     channels = {"RGB" if light.ndim == 3 else "Y": light.astype(np.float16)}
     paths = [folder / f"plate_{number:04d}.exr" for number in range(1, frames + 1)]
-    for path in paths:
+    for position, path in enumerate(paths):
+        if attributes is not None:
+            header.update(attributes(position))
         if parts:
             depth = {"Z": np.ones(light.shape[:2], np.float32)}
             with OpenEXR.File([OpenEXR.Part(dict(header), channels, "beauty"),
@@ -445,6 +448,47 @@ def test_plates_the_openexr_library_writes_are_read_as_their_light(tmp_path, cap
     for frame in decode_frames(film, layout16, 0, 2):
         shown = linear_to_srgb(torch.from_numpy(stored).clamp(0, 1)).numpy() * 65535
         assert np.abs(frame.luma.astype(np.int64) - np.rint(shown)).max() <= 1
+
+
+def plate_attributes(position: int) -> dict:
+    """What a camera and a compositing package write into a plate frame's header: its rate and timecode (the third
+    frame from another take), its film's keycode, the owner, the capture date and a package's own attribute."""
+    timecode = OpenEXR.TimeCode()
+    timecode.hours, timecode.minutes, timecode.seconds, timecode.frame = (1, 0, 0, position) if position < 2 else (
+        2, 0, 30, 4)
+    keycode = OpenEXR.KeyCode(1, 21, 123456, 1000 + position // 16, position % 16 * 4, 4, 64)
+    return {"framesPerSecond": Fraction(25), "timeCode": timecode, "keyCode": keycode, "owner": "A Film Archive",
+            "capDate": "2026:03:02 10:11:12", "vfx/shot": "rl1_sc12_0010"}
+
+
+def test_a_plates_rate_timecode_and_what_it_says_of_its_picture_go_with_its_copy(tmp_path, tiny_checkpoint):
+    """A plate's frames say their rate and timecode (framesPerSecond, timeCode), which a run of OpenEXR frames had
+    been read without (at 24 fps with a warning, and no timecode), and what else a camera and a compositing package
+    keep in them (keycode, owner, capture date, a package's own), which its copy had lost: the copy's frames had
+    FFmpeg's layout attributes alone. Now the run plays at its rate from its timecode (a DPX copy says both), and each
+    OpenEXR copy carries its plate frame's attributes (its own keycode and timecode), the plate's comments with the
+    provenance after them, read back by the OpenEXR library."""
+    light = np.tile(np.linspace(0.05, 1.5, 96, dtype=np.float32), (64, 1))
+    plates = library_plate(tmp_path / "vfx", np.repeat(light[..., None], 3, axis=2), frames=3,
+                           comments="plate A, take 2", attributes=plate_attributes)
+    run = find_sequence(tmp_path / "vfx" / "plate_%04d.exr")
+    assert (run.frame_rate, run.rate_source, run.timecode) == (25, "its OpenEXR header", "01:00:00:00")
+    out = tmp_path / "colour"
+    assert run_cli(tiny_checkpoint, str(tmp_path / "vfx" / "plate_%04d.exr"), "-o", str(out / "c_%04d.exr")) == 0
+    assert run_cli(tiny_checkpoint, str(tmp_path / "vfx" / "plate_%04d.exr"), "-o", str(out / "d_%04d.dpx")) == 0
+    for position, plate in enumerate(plates, start=1):
+        with OpenEXR.File(str(plate)) as source, OpenEXR.File(str(out / f"c_{position:04d}.exr")) as copy:
+            before, after = source.header(), copy.header()
+            for name in ("owner", "capDate", "vfx/shot", "framesPerSecond"):
+                assert after[name] == before[name], name
+            assert after["keyCode"].count == before["keyCode"].count and after["keyCode"].perfOffset == before[
+                "keyCode"].perfOffset
+            fields = ("hours", "minutes", "seconds", "frame", "dropFrame")
+            assert [getattr(after["timeCode"], f) for f in fields] == [getattr(before["timeCode"], f) for f in fields]
+            assert re.fullmatch(r"plate A, take 2 \[colorized by Tinct \S+, model \S+\]", after["comments"])
+    assert OpenEXR.File(str(out / "c_0003.exr")).header()["timeCode"].hours == 2  # the take's own
+    copy = find_sequence(out / "d_%04d.dpx")
+    assert (copy.frame_rate, copy.timecode) == (25, "01:00:00:00")
 
 
 def test_a_deep_openexr_run_is_refused_by_its_first_frame(tmp_path):
@@ -863,6 +907,14 @@ def test_a_film_files_timecode_is_counted_on_into_its_frames(tmp_path, tiny_chec
     out = tmp_path / "frames"
     assert run_cli(tiny_checkpoint, str(source.path), "-o", str(out / "tape_%04d.dpx")) == 0
     assert [dpx_timecode((out / f"tape_{i:04d}.dpx").read_bytes()[:2048], rate) for i in range(4)] == expected
+    # OpenEXR frames say it in their timeCode attribute, as the OpenEXR library reads it, and their rate beside it.
+    assert run_cli(tiny_checkpoint, str(source.path), "-o", str(out / "tape_%04d.exr")) == 0
+    for i, label in enumerate(expected):
+        with OpenEXR.File(str(out / f"tape_{i:04d}.exr")) as frame:
+            code, fps = frame.header()["timeCode"], frame.header()["framesPerSecond"]
+        separator = ";" if code.dropFrame else ":"
+        assert f"{code.hours:02d}:{code.minutes:02d}:{code.seconds:02d}{separator}{code.frame:02d}" == label
+        assert fps == rate
 
 
 def test_frames_already_there_are_kept_unless_overwritten(tmp_path, tiny_checkpoint, capsys):

@@ -15,8 +15,10 @@ linear light, which is read through the sRGB curve (``worker.video_source.VideoF
 frames, which FFmpeg cannot decode, are read as the DPX frames they are rewritten as, a window at a time, in a
 scratch folder (``worker.cineon``): a service node's work folder, the system's temp folder (``TMPDIR``) elsewhere.
 
-A DPX frame says its frame rate in its film or television header where the scanner filled them in; a run whose
-frames do not say (and every TIFF or PNG run) plays at ``DEFAULT_FRAME_RATE`` unless a rate is given.
+A DPX frame says its frame rate in its film or television header where the scanner filled them in, an OpenEXR frame
+in its framesPerSecond attribute; a run whose frames do not say (and every TIFF or PNG run) plays at
+``DEFAULT_FRAME_RATE`` unless a rate is given. Its timecode is its first frame's (DPX's television header, OpenEXR's
+timeCode).
 
 The service names a stored run the same way (``s3://scans/reel1/scan_%07d.dpx``): ``stored_frames`` lists its
 objects and ``stored_identity`` makes one identity of them, as a job's input needs. A worker reads a stored run
@@ -45,7 +47,7 @@ import av
 from models.color import BT709_CHROMATICITIES, same_primaries
 from worker.cineon import as_dpx, check_cineon_frame, cineon_frame_rate
 from worker.errors import BadInputError, frame_size_error
-from worker.openexr import ExrHeader, damage, exr_head, read_exr_header
+from worker.openexr import ExrHeader, damage, exr_frame_rate, exr_head, exr_timecode, read_exr_header
 from worker.storage import ObjectInfo, format_uri, parse_uri
 
 logger = logging.getLogger(__name__)
@@ -111,7 +113,7 @@ class FrameSequence:
     count: int
     frame_rate: Fraction
     rate_source: str  # where the rate came from: "given", the DPX header that says it, or "default"
-    timecode: str | None = None  # the first frame's, as DPX television headers give it ("01:00:00:00")
+    timecode: str | None = None  # the first frame's, as a DPX television header or OpenEXR timeCode gives it
     # Set for a run kept in an object store: ``folder`` then holds none of its frames, and ``open`` has the frames
     # it reads fetched. Such a run was listed and checked by ``stored_sequence``.
     fetch: FetchFrames | None = field(default=None, compare=False, repr=False)
@@ -125,8 +127,8 @@ class FrameSequence:
     # An OpenEXR run's primaries (red, green, blue and white as CIE xy) where its first frame names others than
     # BT.709's, OpenEXR's own: an ACES plate's. None for BT.709 and every other format.
     plate_chromaticities: tuple[float, ...] | None = None
-    # A stored DPX run's frames' headers, read as each window is fetched and let go as each frame's copy takes them
-    # (``dpx_header``): by the time a copy is written, its window may be gone.
+    # A stored DPX or OpenEXR run's frames' headers, read as each window is fetched and let go as each frame's copy
+    # takes them (``frame_header``): by the time a copy is written, its window may be gone.
     fetched_headers: dict[int, bytes] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -143,15 +145,15 @@ class FrameSequence:
         number = self.first + position
         return self.folder / frame_name(self.prefix, self.digits, self.suffix, number)
 
-    def dpx_header(self, position: int) -> bytes | None:
-        """The headers (first 2048 bytes) of a DPX run's frame at ``position``, which its copy carries on: a
-        folder's read from its file, a stored run's as its window was fetched (once). None for other formats, or a
-        frame not at hand."""
-        if self.suffix.lower() != ".dpx":
+    def frame_header(self, position: int) -> bytes | None:
+        """The headers of a DPX or OpenEXR run's frame at ``position`` (a DPX frame's first 2048 bytes, an OpenEXR
+        frame's headers whole), which its copy carries on: a folder's read from its file, a stored run's as its
+        window was fetched (once). None for other formats, or a frame not at hand."""
+        if self.suffix.lower() not in _HEADED_SUFFIXES:
             return None
-        header = self.fetched_headers.pop(position, None) if self.fetch is not None else _read_header(
-            self.frame_path(position))
-        return header if header and _dpx_order(header) is not None else None
+        if self.fetch is not None:
+            return self.fetched_headers.pop(position, None)
+        return _frame_head(self.frame_path(position)) or None
 
     def describe(self) -> str:
         timecode = f", timecode {self.timecode}" if self.timecode else ""
@@ -209,8 +211,8 @@ class FrameSequence:
         if self.fetch is not None:
             with self.fetch(positions) as folder:
                 self._check_fetched(folder, positions)
-                if self.suffix.lower() == ".dpx":
-                    self.fetched_headers.update((p, _read_header(folder / self.frame_path(p).name)) for p in positions)
+                if self.suffix.lower() in _HEADED_SUFFIXES:
+                    self.fetched_headers.update((p, _frame_head(folder / self.frame_path(p).name)) for p in positions)
                 self._as_dpx(folder, folder, positions)
                 yield folder
             return
@@ -471,9 +473,12 @@ def _sequence(path: str, folder: Path, prefix: str, digits: int, suffix: str, nu
     """The run of frames ``numbers``, its rate and timecode read from ``first_header`` (the first frame's first bytes;
     a DPX frame's say them)."""
     is_dpx, is_cineon = suffix.lower() == ".dpx", suffix.lower() == CINEON_SUFFIX
+    is_exr = suffix.lower() == OPENEXR_SUFFIX
     declared = dpx_frame_rate(first_header) if is_dpx and frame_rate is None else None
     if is_cineon and frame_rate is None and (cineon_rate := cineon_frame_rate(first_header)) is not None:
         declared = cineon_rate, "its Cineon header"
+    if is_exr and frame_rate is None and (exr_rate := exr_frame_rate(first_header)) is not None:
+        declared = exr_rate, "its OpenEXR header"
     if frame_rate is not None:
         rate, rate_source = frame_rate, "given"
     elif declared is not None:
@@ -483,6 +488,8 @@ def _sequence(path: str, folder: Path, prefix: str, digits: int, suffix: str, nu
                        path, DEFAULT_FRAME_RATE)
         rate, rate_source = DEFAULT_FRAME_RATE, "default"
     timecode = dpx_timecode(first_header, rate) if is_dpx else None
+    if is_exr and (code := exr_timecode(first_header)) is not None:
+        timecode = timecode_label(code[0], rate)
     encoding = None
     if is_dpx and len(first_header) > DPX_TRANSFER_OFFSET + 1:
         encoding = (first_header[DPX_TRANSFER_OFFSET], first_header[DPX_TRANSFER_OFFSET + 1])
@@ -632,6 +639,12 @@ def dpx_timecode(header: bytes, rate: Fraction) -> str | None:
     (code,) = struct.unpack_from(f"{order}I", header, DPX_TIMECODE_OFFSET)
     if data_offset < DPX_HEADER_BYTES or code == 0xFFFFFFFF:
         return None
+    return timecode_label(code, rate)
+
+
+def timecode_label(code: int, rate: Fraction) -> str | None:
+    """SMPTE 12M BCD ``code`` (drop-frame flagged at bit 30, as FFmpeg reads DPX headers) as FFmpeg writes a
+    timecode (``;`` before the frames for drop-frame); None where it is not BCD or cannot count at ``rate``."""
     digits = [(code >> shift) & mask for shift, mask in ((24, 0x3F), (16, 0x7F), (8, 0x7F), (0, 0x3F))]
     if any((d >> 4) > 9 or (d & 0xF) > 9 for d in digits):
         return None  # not BCD: an unset or garbled field
@@ -656,6 +669,19 @@ def dpx_frame_rate(header: bytes) -> tuple[Fraction, str] | None:
         if math.isfinite(rate) and 1 <= rate <= MAX_FRAME_RATE:
             return _exact(rate), f"its DPX {where}"
     return None
+
+
+# Runs whose frames' headers go with their copies (``FrameSequence.frame_header``).
+_HEADED_SUFFIXES = (".dpx", OPENEXR_SUFFIX)
+
+
+def _frame_head(path: Path) -> bytes:
+    """A DPX frame's headers (its first 2048 bytes) or an OpenEXR frame's (whole); b"" if it is neither."""
+    if path.suffix.lower() == OPENEXR_SUFFIX:
+        head, header = exr_head(functools.partial(_read_header, path))
+        return head if header is not None else b""
+    header = _read_header(path)
+    return header if _dpx_order(header) is not None else b""
 
 
 def _read_header(path: Path, size: int = DPX_HEADER_BYTES) -> bytes:

@@ -18,8 +18,9 @@ DPX frames get the film and television headers a scanner writes: the frame rate,
 source has one (a run's DPX header, a file's timecode track), counted on as drop-frame where it is so; a DPX run's
 copy keeps its transfer characteristic and colorimetric specification (a log scan's copy says it is log), and each
 frame's copy what its scan said of it (``DPX_CARRIED_FIELDS``: its keycode, frame position, slate, project,
-copyright, the scanner), with the scan frame's name and time as its source's. Every DPX frame names itself and says
-it was colorized by Tinct (the provenance sentence, in its creator field).
+copyright, the scanner), with the scan frame's name and time as its source's. OpenEXR frames say their rate and
+timecode, and each from a plate what its plate frame's header says of the picture (``worker.openexr``). Every frame
+says it was colorized by Tinct, in its format's own field (``FrameWriter._with_metadata``); a DPX frame names itself.
 """
 
 from __future__ import annotations
@@ -52,8 +53,17 @@ from worker.frame_sequences import (
     is_pattern,
     split_pattern,
 )
-from worker.images import png_with_text, tinct_version
-from worker.openexr import with_chromaticities, with_comments
+from worker.images import described, png_with_text, tinct_version
+from worker.openexr import (
+    EXR_MAGIC,
+    chromaticities_value,
+    exr_comments,
+    exr_timecode,
+    frames_per_second_value,
+    picture_attributes,
+    timecode_value,
+    with_attributes,
+)
 from worker.video_sink import OutputLayout
 from worker.video_source import FilmInfo, FrameLayout, VideoFormat, plate_conversion
 
@@ -209,22 +219,42 @@ class FrameWriter:
         sentence in each format's own place (DPX's creator, TIFF's ImageDescription and Software, PNG's Description
         and Software texts, OpenEXR's comments)."""
         suffix, software = self.target.suffix.lower(), f"Tinct {tinct_version()}"
+        source = self._sequence.frame_header(index) if self._sequence is not None else None
+        if suffix == ".exr":  # (its provenance goes in its comments, with the rest of its attributes)
+            return with_attributes(data, self._exr_attributes(index, source if source and source[:4] == EXR_MAGIC
+                                                              else b""))
         if suffix == ".dpx":
             data = self._with_industry_headers(data, index)
-            if self._sequence is not None and (source := self._sequence.dpx_header(index)) is not None:
+            if source is not None and source[:4] in DPX_MAGIC:
                 data = _with_source_fields(data, source, self._sequence.frame_path(index).name)
             data = _with_text(data, DPX_FILE_NAME, self.target.name(self.first + index))
-        if self._plate_chromaticities is not None:
-            data = with_chromaticities(data, self._plate_chromaticities)
         if not self._provenance:
             return data
         if suffix == ".dpx":
             return _with_text(data, DPX_CREATOR, self._provenance)
         if suffix == ".png":
             return png_with_text(data, {"Software": software, "Description": self._provenance})
-        if suffix == ".exr":
-            return with_comments(data, self._provenance)
         return tiff.with_text(data, {_TIFF_DESCRIPTION: self._provenance, _TIFF_SOFTWARE: software})
+
+    def _exr_attributes(self, index: int, source: bytes) -> dict[tuple[str, str], bytes]:
+        """What an OpenEXR frame's header says beyond FFmpeg's: a plate's primaries; what its plate frame's header
+        (``source``, b"" where it is no OpenEXR frame) says of the picture (owner, capture date, keycode, camera,
+        a pipeline's own); its timecode (the plate frame's own, else counted on from the film's first) and rate;
+        and its comments, the plate's with the provenance sentence after them."""
+        attributes = picture_attributes(source)
+        if self._plate_chromaticities is not None:
+            attributes[("chromaticities", "chromaticities")] = chromaticities_value(self._plate_chromaticities)
+        own = exr_timecode(source)
+        counted = _timecode_bcd(self._timecode, index, self._rate) if self._timecode and self._rate else None
+        if own is not None or counted is not None:
+            attributes[("timeCode", "timecode")] = timecode_value(*(own or (counted, 0)))
+        if self._rate:
+            attributes[("framesPerSecond", "rational")] = frames_per_second_value(Fraction(self._rate))
+        comments = exr_comments(source)
+        if self._provenance or comments:
+            text = described(comments, self._provenance) if self._provenance else comments
+            attributes[("comments", "string")] = text.encode("utf-8")
+        return attributes
 
     def _linear(self, rgb: np.ndarray, light: np.ndarray | None) -> np.ndarray:
         """R'G'B' in [0, 1] as linear light: through the transfer its codes were read with, then, for a plate's

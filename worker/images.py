@@ -1183,7 +1183,7 @@ def _exif_bytes(tags: dict[int, Any]) -> bytes:
     return exif.tobytes()
 
 
-def _described(existing: Any, text: str) -> str:
+def described(existing: Any, text: str) -> str:
     """An archive's caption is kept; the provenance sentence is appended in brackets (replacing an older one)."""
     if isinstance(existing, bytes):
         existing = existing.decode("utf-8", "replace")
@@ -1201,7 +1201,7 @@ def _tagged_exif(like: Photo, description: str, software: str, fmt: str) -> dict
         exif = Image.Exif()
         exif.load(like.exif)
         tags = _exif_dict(exif)
-    full = _described(_text(tags.get(_IMAGE_DESCRIPTION)), description)
+    full = described(_text(tags.get(_IMAGE_DESCRIPTION)), description)
     tags[_SOFTWARE] = software
     tags[_IMAGE_DESCRIPTION] = full if full.isascii() else full.encode("utf-8")
     if like.dpi:  # the copy's resolution, which EXIF's first directory must state (the source file's are dropped)
@@ -1340,7 +1340,7 @@ def _encoder_for(
         profile = like.icc_profile if fmt != "BMP" and not codestream else None
         like = replace(like, xmp=_copy_xmp(like.xmp, path, like.size, pixels.shape[2], profile))
     exif = _tagged_exif(like, description, software, fmt)
-    texts = {**like.text, "Software": software, "Description": _described(like.text.get("Description"), description)}
+    texts = {**like.text, "Software": software, "Description": described(like.text.get("Description"), description)}
     if like.resources:
         texts[iptc.PNG_TEXT_KEY] = iptc.png_text(like.resources)
     if bits == 16 and fmt == "PNG":

@@ -3,17 +3,21 @@ file is whole.
 
     head, header = exr_head(functools.partial(storage.get_head, uri))  # the headers whole; None: no OpenEXR file
     header.chromaticities, header.parts, header.deep                   # (0.7347, 0.2653, ...) for an ACES plate
-    data = with_chromaticities(encoded_frame, header.chromaticities)   # FFmpeg's frame, saying the plate's primaries
-    data = with_comments(data, "colorized by Tinct ...")             # ... and who made it
+    exr_frame_rate(head), exr_timecode(head)                            # Fraction(24000, 1001), (0x01000000, 0)
+    picture_attributes(head)                                            # {("owner", "string"): b"...", ...}
+    data = with_attributes(frame, {("comments", "string"): b"..."})    # FFmpeg's frame, with what it does not say
     with open(path, "rb") as f:
         reason = damage(f, header.chunks, os.path.getsize(path))       # "truncated: ..." if half copied, else None
 
 A plate's primaries are its ``chromaticities`` attribute: an ACES plate's are AP0's or AP1's, and a file without
 one is BT.709, as OpenEXR has it. FFmpeg reads the pixels as they are and says nothing of them, so Tinct reads the
 attribute here: ``worker.video_source`` converts a plate's light to BT.709 as it is read, and ``worker.frame_sink``
-converts its copy back and has the attribute added to each frame it writes. A multi-part file (a beauty with its
-depth or AOVs) is read by FFmpeg as its first part alone, and a deep one not at all; their part names and flags are
-read here to say so. And FFmpeg decodes a frame cut short (half copied, or left by a writer that stopped) without a
+converts its copy back and has the attribute added to each frame it writes. A plate's rate and timecode are its
+``framesPerSecond`` and ``timeCode``, read here for the run; what else a frame's header says of the picture (owner,
+capture date, keycode, the camera's and lens's settings, a pipeline's own metadata: ``picture_attributes``) goes
+with its copy, as compositing packages pass it on. A multi-part file (a beauty with its depth or AOVs) is read by
+FFmpeg as its first part alone, and a deep one not at all; their part names and flags are read here to say so. And
+FFmpeg decodes a frame cut short (half copied, or left by a writer that stopped) without a
 word, its missing chunks black: ``damage`` finds such a frame by its chunk offset tables, as a DPX frame is found
 by the file size its header declares.
 
@@ -30,6 +34,7 @@ import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import BinaryIO
 
 EXR_MAGIC = b"\x76\x2f\x31\x01"
@@ -44,6 +49,16 @@ _LINES_PER_CHUNK = (1, 1, 1, 16, 32, 16, 32, 32, 32, 256)
 # A tiled part's levels (the tile description's low four bits) and how their sizes round (the next four).
 _ONE_LEVEL, _MIPMAP_LEVELS, _RIPMAP_LEVELS = 0, 1, 2
 _ROUND_DOWN = 0
+# Attributes of how a file's pixels are laid out and coded (a copy's are its encoder's own), of what a copy states
+# anew (its primaries, rate, timecode, comments), or of pixels a copy does not have (a preview, other views).
+LAYOUT_ATTRIBUTES = frozenset({
+    "channels", "compression", "dataWindow", "displayWindow", "lineOrder", "pixelAspectRatio", "screenWindowCenter",
+    "screenWindowWidth", "tiles", "type", "name", "version", "chunkCount", "view", "multiView", "preview",
+    "deepImageState", "maxSamplesPerPixel", "dwaCompressionLevel", "originalDataWindow", "chromaticities",
+    "framesPerSecond", "timeCode", "comments",
+})
+_TIMECODE_DROP_FRAME = 1 << 6  # OpenEXR's timeCode: SMPTE 12M's digits as DPX has them, the drop-frame flag here
+_FFMPEG_DROP_FRAME = 1 << 30  # where FFmpeg's (and ``worker.frame_sink``'s) timecodes flag it
 
 
 @dataclass(frozen=True)
@@ -154,27 +169,66 @@ def damage(f: BinaryIO, chunks: ChunkTables, size: int) -> str | None:
     return None
 
 
-def with_chromaticities(data: bytes, chromaticities: tuple[float, ...]) -> bytes:
-    """A single-part scan-line OpenEXR file (as FFmpeg's encoder writes one) saying ``chromaticities``."""
-    return _with_attribute(data, "chromaticities", "chromaticities", struct.pack("<8f", *chromaticities))
+def exr_frame_rate(head: bytes) -> Fraction | None:
+    """The rate an OpenEXR file's ``framesPerSecond`` gives (``head``: its first bytes), None where it gives none."""
+    value = _first_part(head).get(("framesPerSecond", "rational"), b"")
+    if len(value) != 8:
+        return None
+    numerator, denominator = struct.unpack("<iI", value)
+    return Fraction(numerator, denominator) if numerator > 0 and denominator else None
 
 
-def with_comments(data: bytes, text: str) -> bytes:
-    """A single-part scan-line OpenEXR file with ``text`` as its ``comments``, the standard attribute for what a
-    person should know of the picture (the provenance sentence, where a photo has it in its description)."""
-    return _with_attribute(data, "comments", "string", text.encode("utf-8"))
+def exr_timecode(head: bytes) -> tuple[int, int] | None:
+    """An OpenEXR file's ``timeCode`` as SMPTE 12M BCD, the drop-frame flag at bit 30 (as DPX headers read by FFmpeg
+    and ``worker.frame_sequences.timecode_label`` have it), and its user bits; None where it has none."""
+    value = _first_part(head).get(("timeCode", "timecode"), b"")
+    if len(value) != 8:
+        return None
+    code, user_bits = struct.unpack("<II", value)
+    drop = _FFMPEG_DROP_FRAME if code & _TIMECODE_DROP_FRAME else 0
+    return (code & 0x3F7F7F3F) | drop, user_bits  # the digits alone (the flags between them cleared), and the flag
 
 
-def _with_attribute(data: bytes, name: str, kind: str, value: bytes) -> bytes:
-    """``data``, a single-part scan-line OpenEXR file, with the attribute ``name`` of type ``kind`` added at the end of
-    its header, and every chunk's offset moved past it."""
+def timecode_value(code: int, user_bits: int = 0) -> bytes:
+    """An OpenEXR ``timeCode`` attribute's value for SMPTE 12M BCD ``code`` (drop-frame flagged at bit 30)."""
+    drop = _TIMECODE_DROP_FRAME if code & _FFMPEG_DROP_FRAME else 0
+    return struct.pack("<II", (code & ~_FFMPEG_DROP_FRAME) | drop, user_bits)
+
+
+def picture_attributes(head: bytes) -> dict[tuple[str, str], bytes]:
+    """What a single-part OpenEXR file's header (``head``, its first bytes) says of its picture rather than of how
+    its pixels are stored (``LAYOUT_ATTRIBUTES``): the owner, capture date, keycode, a camera's and lens's settings,
+    a compositing package's own; by (name, type), their values as stored (OpenEXR is little-endian throughout)."""
+    return {key: value for key, value in _first_part(head).items() if key[0] not in LAYOUT_ATTRIBUTES}
+
+
+def chromaticities_value(chromaticities: tuple[float, ...]) -> bytes:
+    """A ``chromaticities`` attribute's value: red, green, blue and white as CIE xy."""
+    return struct.pack("<8f", *chromaticities)
+
+
+def frames_per_second_value(rate: Fraction) -> bytes:
+    """A ``framesPerSecond`` attribute's value: the rate as a rational (24000/1001 for 23.976)."""
+    return struct.pack("<iI", rate.numerator, rate.denominator)
+
+
+def exr_comments(head: bytes) -> str | None:
+    """An OpenEXR file's ``comments`` (``head``: its first bytes), None where it has none."""
+    value = _first_part(head).get(("comments", "string"))
+    return None if value is None else value.decode("utf-8", "replace")
+
+
+def with_attributes(data: bytes, attributes: dict[tuple[str, str], bytes]) -> bytes:
+    """``data``, a single-part scan-line OpenEXR file (as FFmpeg's encoder writes one), with ``attributes`` (by
+    (name, type), each value as OpenEXR stores it) added at the end of its header, and every chunk's offset moved
+    past them; one its header has already (by name) is left as it is."""
     if data[:4] != EXR_MAGIC or struct.unpack_from("<I", data, 4)[0] & (_TILED | _DEEP | _MULTIPART):
         raise ValueError("not a single-part scan-line OpenEXR file")
-    attributes, end = _attributes(data, 8)
-    if (name, kind) in attributes:
-        raise ValueError(f"its header already has its {name}")
-    chunks = _chunk_count(attributes, multipart=False)
-    attribute = f"{name}\0{kind}\0".encode() + struct.pack("<i", len(value)) + value
+    existing, end = _attributes(data, 8)
+    names = {name for name, _ in existing}
+    chunks = _chunk_count(existing, multipart=False)
+    attribute = b"".join(f"{name}\0{kind}\0".encode() + struct.pack("<i", len(value)) + value
+                         for (name, kind), value in attributes.items() if name not in names)
     header_end = end - 1  # the null byte that ends the list
     offsets = [offset + len(attribute) for offset in struct.unpack_from(f"<{chunks}Q", data, end)]
     return b"".join([data[:header_end], attribute, b"\0", struct.pack(f"<{chunks}Q", *offsets),
@@ -221,6 +275,13 @@ def _chunk_count(part: dict[tuple[str, str], bytes], multipart: bool) -> int | N
         return sum(tiles_at(w, h) for w in level_sides(width, level_count(width))
                    for h in level_sides(height, level_count(height)))
     return None
+
+
+def _first_part(head: bytes) -> dict[tuple[str, str], bytes]:
+    """The attributes of an OpenEXR file's first part (``head``: its first bytes); {} if it is no OpenEXR file."""
+    if head[:4] != EXR_MAGIC or len(head) < 8:
+        return {}
+    return _attributes(head, 8)[0]
 
 
 def _attributes(data: bytes, position: int) -> tuple[dict[tuple[str, str], bytes], int | None]:
