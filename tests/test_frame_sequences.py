@@ -458,7 +458,8 @@ def plate_attributes(position: int) -> dict:
         2, 0, 30, 4)
     keycode = OpenEXR.KeyCode(1, 21, 123456, 1000 + position // 16, position % 16 * 4, 4, 64)
     return {"framesPerSecond": Fraction(25), "timeCode": timecode, "keyCode": keycode, "owner": "A Film Archive",
-            "capDate": "2026:03:02 10:11:12", "vfx/shot": "rl1_sc12_0010"}
+            "capDate": "2026:03:02 10:11:12", "vfx/shot": "rl1_sc12_0010",
+            "com.example.camera.lens.serialNumber": "LN-1234"}  # a name over 31 bytes: the file says it has those
 
 
 def test_a_plates_rate_timecode_and_what_it_says_of_its_picture_go_with_its_copy(tmp_path, tiny_checkpoint):
@@ -479,7 +480,7 @@ def test_a_plates_rate_timecode_and_what_it_says_of_its_picture_go_with_its_copy
     for position, plate in enumerate(plates, start=1):
         with OpenEXR.File(str(plate)) as source, OpenEXR.File(str(out / f"c_{position:04d}.exr")) as copy:
             before, after = source.header(), copy.header()
-            for name in ("owner", "capDate", "vfx/shot", "framesPerSecond"):
+            for name in ("owner", "capDate", "vfx/shot", "com.example.camera.lens.serialNumber", "framesPerSecond"):
                 assert after[name] == before[name], name
             assert after["keyCode"].count == before["keyCode"].count and after["keyCode"].perfOffset == before[
                 "keyCode"].perfOffset
@@ -487,6 +488,8 @@ def test_a_plates_rate_timecode_and_what_it_says_of_its_picture_go_with_its_copy
             assert [getattr(after["timeCode"], f) for f in fields] == [getattr(before["timeCode"], f) for f in fields]
             assert re.fullmatch(r"plate A, take 2 \[colorized by Tinct \S+, model \S+\]", after["comments"])
     assert OpenEXR.File(str(out / "c_0003.exr")).header()["timeCode"].hours == 2  # the take's own
+    # The copies hold a name over 31 bytes, and say so (OpenEXR's long-names flag), as the format requires of them.
+    assert struct.unpack_from("<I", (out / "c_0001.exr").read_bytes(), 4)[0] & 0x400
     copy = find_sequence(out / "d_%04d.dpx")
     assert (copy.frame_rate, copy.timecode) == (25, "01:00:00:00")
 

@@ -43,6 +43,7 @@ EXR_MAGIC = b"\x76\x2f\x31\x01"
 EXR_HEADER_BYTES = 1 << 16
 EXR_HEADER_LIMIT = 1 << 24
 _TILED, _LONG_NAMES, _DEEP, _MULTIPART = 0x200, 0x400, 0x800, 0x1000
+_SHORT_NAME_BYTES = 31  # the longest attribute name or type a file without the long-names flag may have
 # Scan lines per chunk of each compression (OpenEXR's numbering: none, RLE, ZIPS, ZIP, PIZ, PXR24, B44, B44A, DWAA,
 # DWAB): how many offsets a scan-line part's table holds.
 _LINES_PER_CHUNK = (1, 1, 1, 16, 32, 16, 32, 32, 32, 256)
@@ -231,8 +232,12 @@ def with_attributes(data: bytes, attributes: dict[tuple[str, str], bytes]) -> by
                          for (name, kind), value in attributes.items() if name not in names)
     header_end = end - 1  # the null byte that ends the list
     offsets = [offset + len(attribute) for offset in struct.unpack_from(f"<{chunks}Q", data, end)]
-    return b"".join([data[:header_end], attribute, b"\0", struct.pack(f"<{chunks}Q", *offsets),
-                     data[end + 8 * chunks:]])
+    (version,) = struct.unpack_from("<I", data, 4)
+    if any(len(name.encode()) > _SHORT_NAME_BYTES or len(kind.encode()) > _SHORT_NAME_BYTES
+           for name, kind in attributes):
+        version |= _LONG_NAMES  # readers refuse a name over 31 bytes in a file that does not say it has them
+    return b"".join([data[:4], struct.pack("<I", version), data[8:header_end], attribute, b"\0",
+                     struct.pack(f"<{chunks}Q", *offsets), data[end + 8 * chunks:]])
 
 
 def _chunk_count(part: dict[tuple[str, str], bytes], multipart: bool) -> int | None:
