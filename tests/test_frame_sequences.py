@@ -32,18 +32,8 @@ from models.color import (
     xyz_from_primaries,
     ycbcr_to_rgb_np,
 )
-from tests.media import (
-    gray_frames,
-    luma_of,
-    lumas,
-    moving_scene,
-    probe,
-    read_dpx_fields,
-    read_frames,
-    scanner_fields,
-    write_clip,
-    write_frames,
-)
+from tests import media
+from tests.media import gray_frames, luma_of, lumas, moving_scene, probe, read_frames, write_clip, write_frames
 from tests.services import put_object
 from tests.test_films import (
     _InterruptingColorizer,
@@ -824,9 +814,9 @@ def test_each_dpx_frames_copy_carries_what_its_scan_says_of_it_and_says_it_was_c
     assert run_cli(tiny_checkpoint, str(tmp_path / "scans"), "-o", str(out / "c_%07d.dpx")) == 0
     for position, scan in enumerate(scans):
         copy = out / f"c_{FIRST + position:07d}.dpx"
-        expected = read_dpx_fields(scan)
-        assert expected["count"] == scanner_fields(position, 3)["count"] == b"1000"  # (the scan says it)
-        carried = read_dpx_fields(copy)
+        expected = media.read_dpx_fields(scan)
+        assert expected["count"] == media.scanner_fields(position, 3)["count"] == b"1000"  # (the scan says it)
+        carried = media.read_dpx_fields(copy)
         assert {k: v for k, v in carried.items() if k != "creation time"} == {
             k: v for k, v in expected.items() if k != "creation time"}
         assert carried["perforation offset"] == b"%02d" % (position * 4) and carried["frame position"] == position + 1
