@@ -833,6 +833,19 @@ def test_each_dpx_frames_copy_carries_what_its_scan_says_of_it_and_says_it_was_c
     assert (again.frame_rate, again.timecode) == (24, "01:00:00:00")
 
 
+def test_a_dpx_scan_with_generic_headers_alone_and_under_2048_bytes_gives_its_copy_what_it_has(tmp_path,
+                                                                                            tiny_checkpoint):
+    """A scan with no film or television headers, 8x8 pixels, ends before byte 2048, where those would be: reading
+    its timecode there had failed the whole run. Its copy names it as its source, and says no timecode."""
+    write_frames(tmp_path / "scans", [np.full((8, 8), 30000, np.uint16)] * 2, industry_headers=False)
+    assert (tmp_path / "scans" / f"scan_{FIRST:07d}.dpx").stat().st_size < 2048
+    out = tmp_path / "colour"
+    assert run_cli(tiny_checkpoint, str(tmp_path / "scans"), "-o", str(out / "c_%07d.dpx"), "--frame-rate", "24") == 0
+    header = (out / f"c_{FIRST:07d}.dpx").read_bytes()[:2048]
+    assert header[1432:1532].rstrip(b"\0") == f"scan_{FIRST:07d}.dpx".encode()
+    assert header[1920:1924] == b"\xff" * 4
+
+
 @pytest.mark.parametrize(("suffix", "fields"), [
     (".dpx", {"File:Creator": None, "File:SourceFileName": "scan_0086401.dpx", "File:ImageFileName": "c_0086401.dpx",
               "File:Project": "Reel 1 restoration", "File:InputDeviceName": "Scanity HDR",

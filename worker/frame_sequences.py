@@ -146,14 +146,15 @@ class FrameSequence:
         return self.folder / frame_name(self.prefix, self.digits, self.suffix, number)
 
     def frame_header(self, position: int) -> bytes | None:
-        """The headers of a DPX or OpenEXR run's frame at ``position`` (a DPX frame's first 2048 bytes, an OpenEXR
-        frame's headers whole), which its copy carries on: a folder's read from its file, a stored run's as its
-        window was fetched (once). None for other formats, or a frame not at hand."""
+        """The headers of a DPX or OpenEXR run's frame at ``position`` (``first_bytes``: a DPX frame's first 2048
+        bytes, an OpenEXR frame's headers whole), which its copy carries on: a folder's read from its file, a stored
+        run's as its window was fetched (once). None for other formats, or a frame not at hand; what they hold is
+        the reader's to check (its magic)."""
         if self.suffix.lower() not in _HEADED_SUFFIXES:
             return None
         if self.fetch is not None:
             return self.fetched_headers.pop(position, None)
-        return _frame_head(self.frame_path(position)) or None
+        return first_bytes(self.suffix, functools.partial(_read_header, self.frame_path(position))) or None
 
     def describe(self) -> str:
         timecode = f", timecode {self.timecode}" if self.timecode else ""
@@ -212,7 +213,9 @@ class FrameSequence:
             with self.fetch(positions) as folder:
                 self._check_fetched(folder, positions)
                 if self.suffix.lower() in _HEADED_SUFFIXES:
-                    self.fetched_headers.update((p, _frame_head(folder / self.frame_path(p).name)) for p in positions)
+                    self.fetched_headers.update(
+                        (p, first_bytes(self.suffix, functools.partial(_read_header, folder / self.frame_path(p).name)))
+                        for p in positions)
                 self._as_dpx(folder, folder, positions)
                 yield folder
             return
@@ -673,15 +676,6 @@ def dpx_frame_rate(header: bytes) -> tuple[Fraction, str] | None:
 
 # Runs whose frames' headers go with their copies (``FrameSequence.frame_header``).
 _HEADED_SUFFIXES = (".dpx", OPENEXR_SUFFIX)
-
-
-def _frame_head(path: Path) -> bytes:
-    """A DPX frame's headers (its first 2048 bytes) or an OpenEXR frame's (whole); b"" if it is neither."""
-    if path.suffix.lower() == OPENEXR_SUFFIX:
-        head, header = exr_head(functools.partial(_read_header, path))
-        return head if header is not None else b""
-    header = _read_header(path)
-    return header if _dpx_order(header) is not None else b""
 
 
 def _read_header(path: Path, size: int = DPX_HEADER_BYTES) -> bytes:

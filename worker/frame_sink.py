@@ -170,6 +170,7 @@ class FrameWriter:
         self.first = film.sequence.first if film.sequence is not None else 0
         self._sequence = film.sequence
         self._provenance = provenance
+        self._software = f"Tinct {tinct_version()}"
         self._rate = film.sequence.frame_rate if film.sequence is not None else film.video.average_rate
         self._timecode = film.timecode
         self._dpx_encoding = film.sequence.dpx_encoding if film.sequence is not None else None
@@ -213,28 +214,30 @@ class FrameWriter:
             f.write(data)
         return path
 
-    def _with_metadata(self, data: bytes, index: int) -> bytes:
+    def _with_metadata(self, data: bytes, index: int) -> bytes | bytearray:
         """Frame ``index`` as FFmpeg's encoder wrote it (``data``), with what it writes of none: a DPX frame's film
         and television headers, its scan frame's fields and its own name, a plate's primaries, and the provenance
         sentence in each format's own place (DPX's creator, TIFF's ImageDescription and Software, PNG's Description
         and Software texts, OpenEXR's comments)."""
-        suffix, software = self.target.suffix.lower(), f"Tinct {tinct_version()}"
-        source = self._sequence.frame_header(index) if self._sequence is not None else None
+        suffix = self.target.suffix.lower()
+        # The scan's or plate's own frame, whose headers a DPX or OpenEXR copy carries on.
+        source = (self._sequence.frame_header(index) or b"") if self._sequence is not None and suffix in (
+            ".dpx", ".exr") else b""
         if suffix == ".exr":  # (its provenance goes in its comments, with the rest of its attributes)
-            return with_attributes(data, self._exr_attributes(index, source if source and source[:4] == EXR_MAGIC
-                                                              else b""))
-        if suffix == ".dpx":
-            data = self._with_industry_headers(data, index)
-            if source is not None and source[:4] in DPX_MAGIC:
-                data = _with_source_fields(data, source, self._sequence.frame_path(index).name)
-            data = _with_text(data, DPX_FILE_NAME, self.target.name(self.first + index))
+            return with_attributes(data, self._exr_attributes(index, source if source[:4] == EXR_MAGIC else b""))
+        if suffix == ".dpx":  # every header field set in one copy of the frame, which is megabytes
+            out = self._with_industry_headers(data, index)
+            if source[:4] in DPX_MAGIC and len(source) >= DPX_GENERIC_HEADER_BYTES:
+                _carry_source_fields(out, source, self._sequence.frame_path(index).name)
+            _set_text(out, DPX_FILE_NAME, self.target.name(self.first + index))
+            if self._provenance:
+                _set_text(out, DPX_CREATOR, self._provenance)
+            return out
         if not self._provenance:
             return data
-        if suffix == ".dpx":
-            return _with_text(data, DPX_CREATOR, self._provenance)
         if suffix == ".png":
-            return png_with_text(data, {"Software": software, "Description": self._provenance})
-        return tiff.with_text(data, {_TIFF_DESCRIPTION: self._provenance, _TIFF_SOFTWARE: software})
+            return png_with_text(data, {"Software": self._software, "Description": self._provenance})
+        return tiff.with_text(data, {_TIFF_DESCRIPTION: self._provenance, _TIFF_SOFTWARE: self._software})
 
     def _exr_attributes(self, index: int, source: bytes) -> dict[tuple[str, str], bytes]:
         """What an OpenEXR frame's header says beyond FFmpeg's: a plate's primaries; what its plate frame's header
@@ -271,14 +274,14 @@ class FrameWriter:
             linear = np.where(lit[..., None], linear * scale[..., None], light[..., None]).astype(np.float32)
         return linear if self._from_bt709 is None else linear @ self._from_bt709
 
-    def _with_industry_headers(self, data: bytes, index: int) -> bytes:
-        """FFmpeg's DPX encoder writes the generic headers alone; the film and television headers carry the frame
-        rate and the frame's timecode, all else unset (all ones), as SMPTE 268M says."""
+    def _with_industry_headers(self, data: bytes, index: int) -> bytearray:
+        """FFmpeg's DPX frame ``data`` copied, with the film and television headers it does not write: they carry
+        the frame rate and the frame's timecode, all else unset (all ones), as SMPTE 268M says."""
         order = DPX_MAGIC[data[:4]]
         (data_offset,) = struct.unpack_from(f"{order}I", data, 4)
-        if data_offset != DPX_GENERIC_HEADER_BYTES:
-            return data  # a layout this code does not know: left as FFmpeg wrote it
         out = bytearray(data)
+        if data_offset != DPX_GENERIC_HEADER_BYTES:
+            return out  # a layout this code does not know: left as FFmpeg wrote it
         out[DPX_GENERIC_HEADER_BYTES:DPX_GENERIC_HEADER_BYTES] = b"\xff" * DPX_INDUSTRY_HEADER_BYTES
         struct.pack_into(f"{order}I", out, 4, DPX_HEADER_BYTES)
         struct.pack_into(f"{order}I", out, 16, len(out))
@@ -292,40 +295,37 @@ class FrameWriter:
             struct.pack_into(f"{order}I", out, DPX_TIMECODE_OFFSET, code)
         if self._dpx_encoding is not None:  # a log scan's copy says it is log, as its lightness still is
             out[DPX_TRANSFER_OFFSET:DPX_TRANSFER_OFFSET + 2] = bytes(self._dpx_encoding)
-        return bytes(out)
+        return out
 
 
-def _with_source_fields(data: bytes, source: bytes, source_name: str) -> bytes:
-    """The DPX frame ``data`` with what its scan's DPX ``source`` (its first 2048 bytes, in either byte order) says of
-    itself (``DPX_CARRIED_FIELDS``) and its timecode where it has one, and the scan's file name ``source_name`` and
-    creation time as its source's."""
-    order, source_order = DPX_MAGIC[data[:4]], DPX_MAGIC[source[:4]]
+def _carry_source_fields(out: bytearray, source: bytes, source_name: str) -> None:
+    """Set in the DPX frame ``out`` what its scan's DPX ``source`` (its first 2048 bytes, in either byte order) says
+    of itself (``DPX_CARRIED_FIELDS``) and its timecode where it has one, and the scan's file name ``source_name``
+    and creation time as its source's."""
+    order, source_order = DPX_MAGIC[bytes(out[:4])], DPX_MAGIC[source[:4]]
     # The film and television headers (from byte 1664) are there where both files' pixels start after them: a scan
-    # with the generic headers alone has pixels there, and gives the file and orientation headers' fields only.
-    industry = all(struct.unpack_from(f"{byte_order}I", header, DPX_DATA_OFFSET)[0] >= DPX_HEADER_BYTES
-                   for byte_order, header in ((order, data), (source_order, source)))
-    out = bytearray(data)
+    # with the generic headers alone has pixels there (and may end before byte 2048), and gives the file and
+    # orientation headers' fields only.
+    industry = len(source) >= DPX_HEADER_BYTES and all(
+        struct.unpack_from(f"{byte_order}I", header, DPX_DATA_OFFSET)[0] >= DPX_HEADER_BYTES
+        for byte_order, header in ((order, out), (source_order, source)))
     for offset, layout in DPX_CARRIED_FIELDS:
         if industry or offset < DPX_GENERIC_HEADER_BYTES:
             struct.pack_into(order + layout, out, offset, *struct.unpack_from(source_order + layout, source, offset))
-    (time_at, time_bytes), (name_at, name_bytes) = DPX_CREATION_TIME, DPX_SOURCE_NAME
+    time_at, time_bytes = DPX_CREATION_TIME
     out[DPX_SOURCE_TIME[0]:DPX_SOURCE_TIME[0] + time_bytes] = source[time_at:time_at + time_bytes]
-    out[name_at:name_at + name_bytes] = _field_text(source_name, name_bytes)
-    (timecode,) = struct.unpack_from(f"{source_order}I", source, DPX_TIMECODE_OFFSET)
-    if industry and timecode != _DPX_UNSET:  # the frame's own: counting on from the run's first misses a break
-        struct.pack_into(f"{order}I", out, DPX_TIMECODE_OFFSET, timecode)
-    return bytes(out)
+    _set_text(out, DPX_SOURCE_NAME, source_name)
+    if industry:  # the frame's own timecode: counting on from the run's first misses a break in it
+        (timecode,) = struct.unpack_from(f"{source_order}I", source, DPX_TIMECODE_OFFSET)
+        if timecode != _DPX_UNSET:
+            struct.pack_into(f"{order}I", out, DPX_TIMECODE_OFFSET, timecode)
 
 
-def _with_text(data: bytes, field: tuple[int, int], text: str) -> bytes:
-    """The DPX frame ``data`` with the ASCII field at ``field`` (offset, length) set to ``text``."""
+def _set_text(out: bytearray, field: tuple[int, int], text: str) -> None:
+    """Set the DPX ASCII field at ``field`` (offset, length) of ``out`` to ``text``: cut to fit, NUL-padded (a full
+    field needs no NUL)."""
     offset, length = field
-    return data[:offset] + _field_text(text, length) + data[offset + length:]
-
-
-def _field_text(text: str, length: int) -> bytes:
-    """``text`` as a DPX ASCII field of ``length`` bytes: cut to fit, NUL-padded (a full field needs no NUL)."""
-    return text.encode("ascii", "replace")[:length].ljust(length, b"\0")
+    out[offset:offset + length] = text.encode("ascii", "replace")[:length].ljust(length, b"\0")
 
 
 def publish(folder: Path, target: FrameTarget, first: int, count: int) -> None:

@@ -189,8 +189,8 @@ def with_text(data: bytes, texts: dict[int, str]) -> bytes:
     """``data``, a classic TIFF of one page (as FFmpeg's encoder writes its frames), with the ASCII tags ``texts``
     (ImageDescription 270, Software 305...) set. Its directory is written again right after the header and its
     strips follow, their offsets moved with them: Pillow's directory encoder places strips after the directory."""
-    header = data[:8]
-    (first_directory,) = struct.unpack_from("<I" if header[:2] == b"II" else ">I", header, 4)
+    header, offset_format = data[:8], "<I" if data[:2] == b"II" else ">I"
+    (first_directory,) = struct.unpack_from(offset_format, header, 4)
     ifd = TiffImagePlugin.ImageFileDirectory_v2(header)
     f = io.BytesIO(data)
     f.seek(first_directory)
@@ -204,7 +204,7 @@ def with_text(data: bytes, texts: dict[int, str]) -> bytes:
     # kept as it was: the strips' offsets become offsets into it, to which the encoder adds where it lands.
     ifd[_STRIP_OFFSETS] = tuple(int(offset) - len(header) for offset in np.atleast_1d(ifd[_STRIP_OFFSETS]))
     directory = ifd.tobytes(len(header))
-    return header[:4] + struct.pack("<I" if header[:2] == b"II" else ">I", len(header)) + directory + data[
+    return header[:4] + struct.pack(offset_format, len(header)) + directory + data[
         len(header):first_directory]
 
 
