@@ -1171,16 +1171,22 @@ def test_unreadable_file(tmp_path: Path) -> None:
         path.chmod(0o644)
 
 
-def test_tiff_thumbnail_page_is_ignored_but_real_pages_are_refused(tmp_path: Path) -> None:
+def test_tiff_thumbnail_page_is_no_picture_but_real_pages_are_a_document_and_animations_are_refused(
+        tmp_path: Path) -> None:
     main, thumb = Image.fromarray(gray8()), Image.fromarray(gray8(12, 16))
     with_thumb = tmp_path / "with-thumb.tif"
     thumb.encoderinfo = {"tiffinfo": {254: 1}}  # page 2 is a reduced-resolution copy, as scanners write it
     main.save(with_thumb, save_all=True, append_images=[thumb])
-    assert read_photo(with_thumb).size == (W, H)
+    photo = read_photo(with_thumb)
+    assert photo.size == (W, H) and photo.pages == []
     pages = tmp_path / "two-pages.tif"
     main.save(pages, save_all=True, append_images=[main])
-    with pytest.raises(UnsupportedMediaError, match="two-pages.tif: 2 frames"):
-        read_photo(pages)
+    assert len(read_photo(pages).every_page) == 2  # a document (tests/test_documents.py)
+    animation = tmp_path / "animation.png"
+    main.save(animation, save_all=True, append_images=[Image.fromarray(gray8()[::-1])])
+    with pytest.raises(UnsupportedMediaError, match="animation.png: 2 frames: only single still images and "
+                                                    "multi-page TIFF documents are supported"):
+        read_photo(animation)
 
 
 # --- TIFF sample layouts from scanners and image editors ------------------------------------------------------

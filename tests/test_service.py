@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
+import tifffile
 from PIL import Image
 
 from tests.media import (
@@ -140,8 +141,40 @@ def test_collection_fans_out_and_lists_failed_files(service_env):
     record = wait_for_job(client, job_id)
     assert record.state == "succeeded" and record.total == 6 and record.done == 5
     assert keys(s3, "colour") == [f"box/{i // 3}/p{i}.jpg" for i in range(5)]
-    assert list(record.failed_pieces) == ["s3://scans/box/broken.png"]
+    # Named as stored, not as the worker's copy of it (which it had been: <work dir>/jobs/<job>/<hash>.png).
+    assert record.failed_pieces == {"s3://scans/box/broken.png": "s3://scans/box/broken.png: not an image Tinct can "
+                                    "read (JPEG, PNG, TIFF, WebP, BMP or JPEG 2000)"}
     assert "broken.png" in record.error or "1 of 6" in record.error
+
+
+def test_a_multi_page_document_is_coloured_page_by_page_or_refused_where_its_copy_would_cut_it(service_env):
+    """A TIFF document's every page is coloured into a TIFF of them all; asked for a JPEG, or given hints, it fails
+    naming its stored name (not the worker's copy of it), before any colouring."""
+    client, start_worker, s3, _, model = service_env
+    document = io.BytesIO()
+    with tifffile.TiffWriter(document) as writer:
+        for seed in range(2):
+            writer.write(next(gray_frames(moving_scene(1, 96, 64, seed=seed))), photometric="minisblack")
+    put_object(s3, "s3://scans/album.tif", document.getvalue())
+    start_worker()
+    job_id, _ = client.submit(spec("s3://scans/album.tif", "s3://colour/", model))
+    record = wait_for_job(client, job_id)
+    assert record.state == "succeeded", record.error
+    with tifffile.TiffFile(io.BytesIO(get_object(s3, "s3://colour/album.tif"))) as copy:
+        assert [page.tags["PageNumber"].value for page in copy.pages] == [(0, 2), (1, 2)]
+        for page in copy.pages:
+            rgb = page.asarray().astype(int)
+            assert rgb.shape == (64, 96, 3) and np.abs(rgb - rgb.mean(axis=-1, keepdims=True)).mean() > 0.5
+    cut, _ = client.submit(spec("s3://scans/album.tif", "s3://colour/jpeg/", model, format="jpg"))
+    record = wait_for_job(client, cut)
+    assert record.state == "failed"
+    assert "s3://scans/album.tif: a 2-page TIFF document, whose pages only a TIFF copy keeps: not copied as " \
+           "album.jpg" in record.error
+    hinted, _ = client.submit(spec("s3://scans/album.tif", "s3://colour/hinted/", model,
+                                   hints={"points": [{"x": 10, "y": 10, "color": "#aa3322"}]}))
+    assert "s3://scans/album.tif: options.hints: colour hints place points on one picture, and this is a 2-page " \
+           "document" in wait_for_job(client, hinted).error
+    assert keys(s3, "colour") == ["album.tif"]
 
 
 def test_film_is_split_over_two_workers_and_joined(service_env, tmp_path):

@@ -18,7 +18,6 @@ import tifffile
 from PIL import Image
 
 from worker import tiff
-from worker.errors import UnsupportedMediaError
 from worker.images import read_photo, write_photo
 
 LABEL = "effnet_unet@0123456789ab"
@@ -156,7 +155,7 @@ def test_pyramids_whose_levels_are_flagged_as_pages_and_scanners_previews_are_ke
     """ImageMagick 6 flags a pyramid's levels as pages, not as reduced-resolution: pages halving from the first
     are taken for a pyramid (they had been refused as a multi-page document), and the copy's levels are flagged
     as they should be. A scanner's preview page (flagged, of any size) gets a colour page of its size. Pages that
-    are neither (a second picture) are still refused, as their copy would lose them."""
+    are neither (a second picture) make a document, whose every page is coloured (``tests/test_documents.py``)."""
     full = gray_scan()
     magick = tmp_path / "magick.tif"
     with tifffile.TiffWriter(magick) as writer:
@@ -181,8 +180,8 @@ def test_pyramids_whose_levels_are_flagged_as_pages_and_scanners_previews_are_ke
     with tifffile.TiffWriter(two_pictures) as writer:
         writer.write(full)
         writer.write(full[:120, :150])  # not half of it
-    with pytest.raises(UnsupportedMediaError, match="two-pictures.tif: 2 frames"):
-        read_photo(two_pictures)
+    document = read_photo(two_pictures)
+    assert document.size == (280, 200) and [p.size for p in document.pages] == [(150, 120)]
 
 
 def test_a_transparent_copy_of_a_jpeg_tiff_is_deflate(tmp_path: Path) -> None:

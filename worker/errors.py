@@ -66,7 +66,7 @@ class FieldError(BadInputError):
 
 
 class UnsupportedMediaError(BadInputError):
-    """A readable image of a kind Tinct does not handle (e.g. multi-page TIFF, 32-bit float samples)."""
+    """A readable image of a kind Tinct does not handle (e.g. an animation, 32-bit float samples)."""
 
 
 class InputTooLargeError(BadInputError):

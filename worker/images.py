@@ -33,13 +33,13 @@ import threading
 import tomllib
 import warnings
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, BinaryIO
 from xml.sax.saxutils import escape as xml_escape
 
@@ -227,7 +227,9 @@ class Photo:
     describes the *result* (the source's RGB profile, or sRGB where a gray/CMYK source was converted).
     ``had_colour`` says the source was already a colour photo (see ``COLOUR_THRESHOLD``; ``colour_score`` is
     the measured score). ``encoder`` holds format-specific hints (JPEG subsampling, TIFF compression, WebP
-    losslessness) that are reused when the result has the source's format.
+    losslessness) that are reused when the result has the source's format. ``pages`` are a multi-page TIFF
+    document's further pages, each a picture of its own with its own metadata (``worker.tiff.document_pages``); the
+    photo is its first page, and a copy (a TIFF) has them all.
     """
 
     path: Path
@@ -249,11 +251,35 @@ class Photo:
     had_colour: bool = False
     colour_score: float = 0.0
     encoder: dict[str, Any] = field(default_factory=dict)
+    pages: list[Photo] = field(default_factory=list)
 
     @property
     def size(self) -> tuple[int, int]:
         """(width, height) in display orientation."""
         return self.L.shape[1], self.L.shape[0]
+
+    @property
+    def every_page(self) -> list[Photo]:
+        """The photo and a document's further pages, in page order: the pictures to colour."""
+        return [self, *self.pages]
+
+    @property
+    def pixel_count(self) -> int:
+        """Pixels to colour, on every page."""
+        return sum(page.L.size for page in self.every_page)
+
+    def colour_found(self) -> str | None:
+        """What of it is already in colour, in words (``a colour photo (colour score 31.2)``), or None where it is
+        gray throughout: a photo, or a document's page, in colour is left alone unless recoloured on purpose."""
+        if not self.pages:
+            return f"a colour photo (colour score {self.colour_score:.1f})" if self.had_colour else None
+        coloured = [(number, page) for number, page in enumerate(self.every_page, 1) if page.had_colour]
+        if not coloured:
+            return None
+        numbers = ", ".join(str(number) for number, _ in coloured)
+        scores = ", ".join(f"{page.colour_score:.1f}" for _, page in coloured)
+        return (f"a {len(self.every_page)}-page document with colour on page{'s' if len(coloured) > 1 else ''} "
+                f"{numbers} (colour score{'s' if len(coloured) > 1 else ''} {scores})")
 
 
 @dataclass(frozen=True)
@@ -398,9 +424,11 @@ def read_photo(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         raise BadInputError(path, "empty file (0 bytes)")
     with _own_pixel_limit(), _decode_errors(path):
         with open_image(path) as im:
-            _check_size(path, im, max_pixels)
-            source = _decode(path, im)
-    return _photo(source)
+            pages = _pages_to_colour(path, im, max_pixels)
+            sources = [_decode(path, im)] + [_decode_page(path, im, page, pages) for page in range(1, pages)]
+    photo, *further = [_photo(source) for source in sources]
+    photo.pages = further
+    return photo
 
 
 # Pillow reports damaged metadata (an EXIF block or a TIFF directory cut short) as Python warnings, which Python
@@ -479,17 +507,37 @@ def _os_error(path: Path, exc: OSError, what: str) -> BadInputError | StorageErr
     return BadInputError(path, f"{what} ({reason})")
 
 
-def _check_size(path: Path, im: Image.Image, max_pixels: int) -> None:
+def _pages_to_colour(path: Path, im: Image.Image, max_pixels: int) -> int:
+    """How many of the file's pages are pictures to colour: 1, or a multi-page TIFF document's page count. Refuses
+    (before a pixel is decoded) a picture, or a document all told, over ``max_pixels``, and files of several
+    frames that Tinct does not colour (an animation, a document whose pages bring previews of their own)."""
     width, height = im.size
     if width * height > max_pixels:
         raise InputTooLargeError(
             path, f"{width}x{height} is {width * height / 1e6:.1f} MP, over the limit of {max_pixels / 1e6:.1f} MP"
         )
-    frames = getattr(im, "n_frames", 1)
-    if frames > 1 and im.format != "MPO":
-        if im.format == "TIFF" and tiff.reduced_pages(im) is not None:
-            return  # a pyramid or a scanner's preview: the copy has them too (``worker.tiff``)
-        raise UnsupportedMediaError(path, f"{frames} frames/pages: only single still images are supported")
+    try:
+        frames = getattr(im, "n_frames", 1)  # (a TIFF's pages are counted by reading every page's directory)
+    except (SyntaxError, ValueError, EOFError, TypeError, KeyError, struct.error) as exc:
+        raise BadInputError(path, f"damaged or cut short after its first picture: a further page's directory cannot "
+                                  f"be read ({type(exc).__name__}: {exc})") from exc
+    if frames == 1 or im.format == "MPO":
+        return 1
+    if im.format != "TIFF":
+        raise UnsupportedMediaError(path, f"{frames} frames: only single still images and multi-page TIFF documents "
+                                          "are supported")
+    if tiff.reduced_pages(im) is not None:
+        return 1  # a pyramid or a scanner's preview: the copy has them too (``worker.tiff``)
+    sizes = tiff.document_pages(im)
+    if sizes is None:
+        raise UnsupportedMediaError(path, f"{frames} pages, of which some are reduced-resolution copies (previews) "
+                                          "and some are pictures of their own; save its pages as one document "
+                                          "without the previews, or as files of their own")
+    total = sum(w * h for w, h in sizes)
+    if total > max_pixels:
+        raise InputTooLargeError(path, f"a document of {frames} pages, {total / 1e6:.1f} MP in all, over the limit "
+                                       f"of {max_pixels / 1e6:.1f} MP")
+    return frames
 
 
 def _source_bit_depth(path: Path, im: Image.Image) -> int:
@@ -573,6 +621,16 @@ class _Source:
     pixels: np.ndarray
     gray_lut: np.ndarray | None  # L per gray code for gray pixels; None for RGB pixels
     space: RgbSpace | None = None  # RGB pixels' profile where it is not sRGB (worker.icc)
+
+
+def _decode_page(path: Path, im: Image.Image, page: int, pages: int) -> _Source:
+    """A TIFF document's page ``page`` (from 0) of ``pages`` decoded; what is wrong with it said of that page."""
+    try:
+        with _decode_errors(path):
+            tiff.seek(im, page)
+            return _decode(path, im)
+    except (BadInputError, StorageError) as exc:
+        raise type(exc)(path, f"page {page + 1} of {pages}: {exc.reason}") from exc
 
 
 def _decode(path: Path, im: Image.Image) -> _Source:
@@ -779,7 +837,13 @@ def _decode_16bit_multichannel(
         raise UnsupportedMediaError(path, "16-bit colour stored as separate planes (PlanarConfiguration 2) is not "
                                           "supported; save it with interleaved pixels (Photoshop: Pixel Order "
                                           "Interleaved)")
-    pixels = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)  # TIFF: upright
+    page = im.tell()
+    if page:  # a TIFF document's later page
+        decoded, pages = cv2.imdecodemulti(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED,
+                                           range=(page, page + 1))
+        pixels = pages[0] if decoded and len(pages) == 1 else None
+    else:
+        pixels = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)  # TIFF: upright
     if pixels is None:
         im.load()  # let Pillow name what is wrong (usually truncation) ...
         raise BadInputError(path, "corrupt or truncated 16-bit pixel data")  # ... or say it ourselves
@@ -1251,6 +1315,7 @@ def write_photo(
     provenance: str,
     alpha: np.ndarray | None = None,
     guidance: str = "",
+    pages: Sequence[np.ndarray] = (),
 ) -> Path:
     """Encode a colorized result next to its source's metadata and replace ``path`` atomically.
 
@@ -1262,29 +1327,21 @@ def write_photo(
     the format has an alpha channel (PNG, TIFF, WebP, JPEG 2000); JPEG and BMP results are composited onto white
     instead, which is how the transparent photo looks on a page. BMP has no place for metadata: BMP results keep
     their DPI only.
-    ``guidance`` (e.g. "3 colour hints") is added to the provenance sentence.
+    ``guidance`` (e.g. "3 colour hints") is added to the provenance sentence. ``pages`` are the results for a
+    document's further pages (``like.pages``, whose own alpha they keep), in order: its copy is a TIFF of them all.
     """
     path = Path(path)
     fmt = format_for_path(path) or like.format
-    rgb = np.asarray(rgb)
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"expected an (H, W, 3) RGB array, got shape {rgb.shape}")
-    if alpha is not None:
-        alpha = _unit_alpha(alpha)
-        if alpha.shape != rgb.shape[:2]:
-            raise ValueError(f"alpha shape {alpha.shape} does not match the image {rgb.shape[:2]}")
-        if fmt not in ALPHA_FORMATS:
-            rgb = rgb * alpha[..., None] + (1.0 - alpha[..., None])
-            alpha = None
+    if reason := lost_pages(like, path):
+        raise UnsupportedMediaError(like.path, reason)
+    if len(pages) != len(like.pages):
+        raise ValueError(f"{len(like.pages)} further pages to write, {len(pages)} results given")
     codestream = fmt == "JPEG2000" and path.suffix.lower() in CODESTREAM_SUFFIXES
-    # BMP results and bare codestreams carry no profile: they stay sRGB.
-    space = rgb_space(like.icc_profile) if fmt != "BMP" and not codestream else None
-    if space is not None:
-        rgb = _to_space(rgb, space)
-    bits = 16 if like.bit_depth == 16 and fmt in SIXTEEN_BIT_FORMATS else 8
-    pixels = _quantize(rgb if alpha is None else np.concatenate((rgb, alpha[..., None]), axis=2), bits)
+    pixels = _result_pixels(rgb, like, alpha, fmt, codestream)
+    further = [(_result_pixels(result, page, page.alpha, fmt), page) for result, page in zip(pages, like.pages,
+                                                                                              strict=True)]
     software, description = f"Tinct {tinct_version()}", provenance_text(provenance, guidance)
-    encode = _encoder_for(path, fmt, bits, pixels, like, description, software, codestream)
+    encode = _encoder_for(path, fmt, pixels, like, description, software, codestream, further)
     if like.resources and (fmt in ("WEBP", "BMP") or codestream):
         _left_out(path, "IPTC (caption, credit, keywords)",
                   f"a {'JPEG 2000 codestream' if codestream else fmt} file has no place for it")
@@ -1302,6 +1359,38 @@ def write_photo(
             raise StorageError(path, f"cannot write: {exc.strerror or exc}") from exc
         raise
     return path
+
+
+def lost_pages(photo: Photo, output: str | os.PathLike) -> str | None:
+    """Why a copy of ``photo`` at ``output`` would lose pages (a multi-page document, copied to a format of one
+    picture), or None: asked before colouring, so that a document is refused whole rather than cut to a page."""
+    fmt = format_for_path(output) or photo.format
+    if not photo.pages or fmt == "TIFF":
+        return None
+    return (f"a {len(photo.every_page)}-page TIFF document, whose pages only a TIFF copy keeps: not copied as "
+            f"{PurePath(output).name}")
+
+
+def _result_pixels(rgb: np.ndarray, like: Photo, alpha: np.ndarray | None, fmt: str,
+                   codestream: bool = False) -> np.ndarray:
+    """A colour result as the samples its copy in ``fmt`` stores: in the profile the copy is tagged with, its alpha
+    beside it or composited onto white where the format has none, at 8 or 16 bits as the source was."""
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) RGB array, got shape {rgb.shape}")
+    if alpha is not None:
+        alpha = _unit_alpha(alpha)
+        if alpha.shape != rgb.shape[:2]:
+            raise ValueError(f"alpha shape {alpha.shape} does not match the image {rgb.shape[:2]}")
+        if fmt not in ALPHA_FORMATS:
+            rgb = rgb * alpha[..., None] + (1.0 - alpha[..., None])
+            alpha = None
+    # BMP results and bare codestreams carry no profile: they stay sRGB.
+    space = rgb_space(like.icc_profile) if fmt != "BMP" and not codestream else None
+    if space is not None:
+        rgb = _to_space(rgb, space)
+    bits = 16 if like.bit_depth == 16 and fmt in SIXTEEN_BIT_FORMATS else 8
+    return _quantize(rgb if alpha is None else np.concatenate((rgb, alpha[..., None]), axis=2), bits)
 
 
 def _to_space(rgb: np.ndarray, space: RgbSpace) -> np.ndarray:
@@ -1332,18 +1421,17 @@ def _left_out(path: Path, what: str, why: str) -> None:
 
 
 def _encoder_for(
-    path: Path, fmt: str, bits: int, pixels: np.ndarray, like: Photo, description: str, software: str,
-    codestream: bool = False,
+    path: Path, fmt: str, pixels: np.ndarray, like: Photo, description: str, software: str,
+    codestream: bool = False, further: Sequence[tuple[np.ndarray, Photo]] = (),
 ) -> Callable[[BinaryIO], None]:
+    """How to write ``pixels`` (``_result_pixels``) as a copy of ``like`` in ``fmt``; ``further``, a document's
+    further pages with their sources (a TIFF's)."""
     hints = like.encoder if fmt == like.format else {}
-    if like.xmp:
-        profile = like.icc_profile if fmt != "BMP" and not codestream else None
-        like = replace(like, xmp=_copy_xmp(like.xmp, path, like.size, pixels.shape[2], profile))
-    exif = _tagged_exif(like, description, software, fmt)
+    like, exif = _copy_metadata(path, fmt, pixels, like, description, software, codestream)
     texts = {**like.text, "Software": software, "Description": described(like.text.get("Description"), description)}
     if like.resources:
         texts[iptc.PNG_TEXT_KEY] = iptc.png_text(like.resources)
-    if bits == 16 and fmt == "PNG":
+    if pixels.dtype == np.uint16 and fmt == "PNG":
         return lambda f: f.write(_png16(pixels, _exif_bytes(exif), like, texts))
     if fmt == "JPEG2000" and codestream:
         return lambda f: f.write(bare_codestream(_jp2(pixels, hints), comment=description))
@@ -1351,8 +1439,9 @@ def _encoder_for(
         return lambda f: f.write(with_jp2_metadata(_jp2(pixels, hints), icc=like.icc_profile, exif=_exif_bytes(exif),
                                                    xmp=like.xmp, dpi=like.dpi, iptc=iptc.iim(like.resources)))
     if fmt == "TIFF":
-        return lambda f: tiff.write(f, pixels, lambda header: _tiff_directory(exif, like, header), like.dpi, hints,
-                                    JPEG_QUALITY)
+        first = tiff.Page(pixels, lambda header: _tiff_directory(exif, like, header), like.dpi, hints)
+        return lambda f: tiff.write(f, [first, *(_tiff_page(path, page_pixels, page, description, software)
+                                                 for page_pixels, page in further)], JPEG_QUALITY)
     image = Image.fromarray(pixels, "RGBA" if pixels.shape[2] == 4 else "RGB")
     options: dict[str, Any] = {}
     if fmt != "BMP" and like.icc_profile:
@@ -1396,6 +1485,21 @@ def _encoder_for(
         if like.xmp:
             options["xmp"] = like.xmp
     return lambda f: image.save(f, format=fmt, **options)
+
+
+def _copy_metadata(path: Path, fmt: str, pixels: np.ndarray, like: Photo, description: str, software: str,
+                   codestream: bool = False) -> tuple[Photo, dict[int, Any]]:
+    """``like`` with its XMP fit for its copy at ``path``, and the copy's EXIF tags, the provenance among them."""
+    if like.xmp:
+        profile = like.icc_profile if fmt != "BMP" and not codestream else None
+        like = replace(like, xmp=_copy_xmp(like.xmp, path, like.size, pixels.shape[2], profile))
+    return like, _tagged_exif(like, description, software, fmt)
+
+
+def _tiff_page(path: Path, pixels: np.ndarray, like: Photo, description: str, software: str) -> tiff.Page:
+    """A document's further page, ``like``, as its TIFF copy's page: its own metadata and coding."""
+    like, exif = _copy_metadata(path, "TIFF", pixels, like, description, software)
+    return tiff.Page(pixels, lambda header: _tiff_directory(exif, like, header), like.dpi, like.encoder)
 
 
 def _jp2(pixels: np.ndarray, hints: dict[str, Any]) -> bytes:

@@ -36,7 +36,7 @@ from models.colorizer import Colorizer as ModelColorizer
 from models.engines import create_engine
 from models.files import PARTIAL_SUFFIX, changed_since, unwritable_reason
 from models.hints import ColourHints
-from worker.errors import BadInputError, ModelError, TinctError, one_line
+from worker.errors import BadInputError, ModelError, TinctError, UnsupportedMediaError, one_line
 from worker.frame_sequences import FOLDER_SEQUENCE_SUFFIXES, folder_sequences, is_pattern, output_stem, photo_runs
 from worker.frame_sink import is_frame_output
 from worker.hints import HINTS_SUFFIX, hints_provenance, load_hints_file, sidecar_path
@@ -46,6 +46,7 @@ from worker.images import (
     FORMAT_NAMES,
     Photo,
     format_for_path,
+    lost_pages,
     read_photo,
     write_photo,
 )
@@ -469,8 +470,8 @@ class _Run:
             if decoded is None:
                 continue
             photo, hints = decoded
-            pixels = sum(p.L.size for _, p, _ in batch)
-            if batch and pixels + photo.L.size > self.options.max_batch_pixels:
+            pixels = sum(p.pixel_count for _, p, _ in batch)
+            if batch and pixels + photo.pixel_count > self.options.max_batch_pixels:
                 self._colorize(pool, batch)
                 batch = []
             batch.append((task, photo, hints))
@@ -493,30 +494,31 @@ class _Run:
         except Exception as exc:  # noqa: BLE001 - one undecodable file must not stop an archive run
             self.record(PhotoOutcome(task, "failed", str(BadInputError(task.source, f"{type(exc).__name__}: {exc}"))))
             return None
-        if photo.had_colour:
+        if colour := photo.colour_found():
             if not self.options.recolor:
-                reason = (f"{task.source}: already a colour photo (colour score {photo.colour_score:.1f}); "
-                          "skipped, use --recolor to colorize its lightness anyway")
+                reason = f"{task.source}: already {colour}; skipped, use --recolor to colorize its lightness anyway"
                 self.record(PhotoOutcome(task, "colour", reason))
                 return None
-            logger.info("%s: a colour photo; recolorizing its lightness", task.source)
+            logger.info("%s: %s; recolorizing its lightness", task.source, colour)
         return photo, hints
 
     def _colorize(self, pool: ThreadPoolExecutor, batch: list[tuple[PhotoTask, Photo, ColourHints | None]]) -> None:
-        lightness = [photo.L for _, photo, _ in batch]
-        hints = [h for _, _, h in batch]
+        # Every page of a document is a picture of the batch; hints (which documents do not take) go with a photo.
+        lightness = [page.L for _, photo, _ in batch for page in photo.every_page]
+        hints = [h for _, photo, h in batch for h in [h] + [None] * len(photo.pages)]
         try:
             if any(hints):
-                results = self.colorizer.colorize(lightness, hints=hints)
+                results = iter(self.colorizer.colorize(lightness, hints=hints))
             else:
-                results = self.colorizer.colorize(lightness)
+                results = iter(self.colorizer.colorize(lightness))
         except Exception as exc:  # noqa: BLE001 - recorded against each photo of the batch; the job goes on
             for task, _, _ in batch:
                 self.record(PhotoOutcome(task, "failed", f"{task.source}: colorization failed: {one_line(exc)}"))
             return
-        for (task, photo, photo_hints), rgb in zip(batch, results, strict=True):
+        for task, photo, photo_hints in batch:
+            rgb, pages = next(results), [next(results) for _ in photo.pages]
             guidance = hints_provenance(len(photo_hints) if photo_hints else 0)
-            future = pool.submit(write_photo, task.output, rgb, photo, self.model_label, photo.alpha, guidance)
+            future = pool.submit(write_photo, task.output, rgb, photo, self.model_label, photo.alpha, guidance, pages)
             self.encodes.append((task, future))
         while len(self.encodes) > 2 * max(1, self.options.workers):
             self._finish_encode()
@@ -535,11 +537,16 @@ class _Run:
 
 
 def _read_with_hints(task: PhotoTask, max_pixels: int, limits: GuidanceLimits) -> tuple[Photo, ColourHints | None]:
-    """Decode a photo and its hint file, the hints checked against the photo's displayed size: a bad hint file
-    fails its photo before anything is colorized or written."""
+    """Decode a photo and its hint file, the hints checked against the photo's displayed size: a bad hint file, or a
+    document its copy's format would cut to one page, fails its photo before anything is colorized or written."""
     photo = read_photo(task.source, max_pixels)
+    if reason := lost_pages(photo, task.output):
+        raise UnsupportedMediaError(task.source, reason)
     if task.hints is None:
         return photo, None
+    if photo.pages:
+        raise BadInputError(task.hints, f"colour hints place points on one picture, and {task.source.name} is a "
+                                        f"{len(photo.every_page)}-page document; hint its pages as files of their own")
     spec = load_hints_file(task.hints, limits.max_hints, limits.max_hint_file_bytes)
     spec.check_bounds(*photo.size, task.hints)
     return photo, spec.colour_hints()

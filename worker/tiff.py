@@ -3,7 +3,7 @@ its copy too: the source's strips or tiles (of its tile size), its compression, 
 
     coding = source_coding(im, turned=False)   # {"compression": "jpeg", "tile": (256, 256), "reduced": [(642, 962)]}
     jpeg = first_jpeg(im, path)                # a JPEG-compressed TIFF's first tile as a JPEG, for its tables
-    write(f, pixels, directory, dpi, coding)   # pixels: (H, W, 3 or 4) uint8 or uint16, upright
+    write(f, [Page(pixels, directory, dpi, coding)], jpeg_quality)  # pixels: (H, W, 3 or 4) uint8/uint16, upright
     data = with_text(encoded, {270: "colorized by Tinct ..."})  # a TIFF another encoder wrote (FFmpeg's), described
 
 An archive's image server (IIPImage, Cantaloupe: the IIIF servers) serves a large TIFF from its tiles and zooms
@@ -16,6 +16,10 @@ usual pyramid for an image server) gives JPEG at the source's quantization (defl
 Anything else (deflate, old-style JPEG, CCITT fax) becomes Adobe deflate with the horizontal predictor; so do 16-bit
 and transparent copies of a JPEG source, which JPEG's 8-bit Y'CbCr cannot hold.
 
+A multi-page document (an album's pages, a print's front and back, a scanning batch kept as one file: pages that
+are pictures of their own, ``document_pages``) is coloured page by page, and its copy has every page, in its order,
+each coded as its source page was and numbered (PageNumber) as a page of the document.
+
 Written here, not by libtiff through Pillow, which cannot write the EXIF and GPS sub-directories beside the pixels
 nor 16-bit RGB; Pillow's TIFF directory encoder writes each directory (the tag types and the sub-directories), and
 libtiff through Pillow codes the LZW and PackBits segments (``_libtiff_coded``).
@@ -26,7 +30,8 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -42,7 +47,9 @@ BIGTIFF_FROM = 1 << 32  # a TIFF result this large or more is a BigTIFF
 DIRECTORY_ROOM = 1 << 24  # what its directories may take besides its pixels (EXIF, XMP and a profile: KBs to MBs)
 _STRIP_BYTES = 1 << 18  # a strip's size before compression, where the source's coding sets none
 
-_NEW_SUBFILE_TYPE, _REDUCED_RESOLUTION = 254, 1
+_NEW_SUBFILE_TYPE, _REDUCED_RESOLUTION, _DOCUMENT_PAGE = 254, 1, 2  # NewSubfileType and its bits
+_PAGE_NUMBER = 297
+_PAGE_INFO = ("dpi", "resolution", "icc_profile")  # what Pillow puts in ``info`` from a page's directory
 _STRIP_OFFSETS, _ROWS_PER_STRIP, _STRIP_BYTE_COUNTS = 273, 278, 279
 _TILE_WIDTH, _TILE_LENGTH, _TILE_OFFSETS, _TILE_BYTE_COUNTS = 322, 323, 324, 325
 _SUB_IFDS, _JPEG_TABLES = 330, 347
@@ -59,15 +66,9 @@ def reduced_pages(im: Image.Image) -> list[tuple[int, int]] | None:
     levels), or halving page after page from the first (ImageMagick 6 flags its pyramids' levels as pages). None
     where a page is a picture of its own (a second photo, the back of a print), which a copy of the first would
     lose."""
-    first, sizes, flagged = im.size, [], True
-    try:
-        for page in range(1, getattr(im, "n_frames", 1)):
-            im.seek(page)
-            sizes.append(im.size)
-            flagged = flagged and bool(int(im.tag_v2.get(_NEW_SUBFILE_TYPE, 0)) & _REDUCED_RESOLUTION)
-    finally:
-        im.seek(0)
-    if flagged:
+    (first, _), *further = _pages(im)
+    sizes = [size for size, _ in further]
+    if all(reduced for _, reduced in further):
         return sizes if all(w <= first[0] and h <= first[1] for w, h in sizes) else None
     previous = first
     for size in sizes:
@@ -77,10 +78,40 @@ def reduced_pages(im: Image.Image) -> list[tuple[int, int]] | None:
     return sizes
 
 
+def document_pages(im: Image.Image) -> list[tuple[int, int]] | None:
+    """The sizes (width, height) of all a TIFF's pages, where none is flagged a reduced-resolution copy of another:
+    a multi-page document whose every page is a picture to colour. None where some are (a document whose pages
+    each bring a preview, say), which Tinct does not sort out. Call where ``reduced_pages`` gave None."""
+    pages = _pages(im)
+    return None if any(reduced for _, reduced in pages) else [size for size, _ in pages]
+
+
+def _pages(im: Image.Image) -> list[tuple[tuple[int, int], bool]]:
+    """Every page's size (upright) and whether it is flagged a reduced-resolution copy (NewSubfileType bit 0), read
+    from their directories; ``im`` is left on the page it was on (a document's page being decoded)."""
+    current, pages = im.tell(), []
+    try:
+        for page in range(getattr(im, "n_frames", 1)):
+            seek(im, page)
+            pages.append((im.size, bool(int(im.tag_v2.get(_NEW_SUBFILE_TYPE, 0)) & _REDUCED_RESOLUTION)))
+    finally:
+        seek(im, current)
+    return pages
+
+
+def seek(im: Image.Image, page: int) -> None:
+    """``im.seek(page)``, leaving nothing of the page before in ``im.info``: Pillow 13 sets a page's resolution and
+    ICC profile there where the page has them, and keeps the last page's where it has none."""
+    if page != im.tell():
+        for key in _PAGE_INFO:
+            im.info.pop(key, None)
+        im.seek(page)
+
+
 def source_coding(im: Image.Image, turned: bool) -> dict[str, Any]:
-    """How the TIFF ``im`` (its first page, open) is coded, for its copy: the compression (Pillow's name), the tile
-    size (width, height) where it is tiled, else its rows per strip, the sizes of its reduced-resolution pages
-    (``reduced_pages``) and the number of its sub-images (SubIFDs, which a copy leaves out); ``turned``: its
+    """How the TIFF page ``im`` is on is coded, for its copy: the compression (Pillow's name), the tile size (width,
+    height) where it is tiled, else its rows per strip, for the first page the sizes of its reduced-resolution pages
+    (``reduced_pages``), and the number of its sub-images (SubIFDs, which a copy leaves out); ``turned``: its
     orientation swaps width and height, which the upright copy's tiles then do too (Pillow gives the pages' sizes
     upright already)."""
     coding: dict[str, Any] = {"compression": im.info.get("compression", "raw")}
@@ -90,7 +121,7 @@ def source_coding(im: Image.Image, turned: bool) -> dict[str, Any]:
         coding["tile"] = tile[::-1] if turned else tile
     elif _ROWS_PER_STRIP in tags and not turned:
         coding["rows_per_strip"] = int(tags[_ROWS_PER_STRIP])
-    if getattr(im, "n_frames", 1) > 1 and (sizes := reduced_pages(im)):
+    if im.tell() == 0 and getattr(im, "n_frames", 1) > 1 and (sizes := reduced_pages(im)):
         coding["reduced"] = sizes
     if _SUB_IFDS in tags:  # images inside the first page's directory (a pyramid as libvips --subifd, OME-TIFF write it)
         coding["sub_images"] = len(np.atleast_1d(tags[_SUB_IFDS]))
@@ -121,46 +152,51 @@ def first_jpeg(im: Image.Image, path: Path) -> Image.Image | None:
     return jpeg
 
 
-def write(
-    f: BinaryIO,
-    pixels: np.ndarray,
-    directory: Callable[[bytes], TiffImagePlugin.ImageFileDirectory_v2],
-    dpi: tuple[float, float] | None,
-    coding: dict[str, Any],
-    jpeg_quality: int,
-) -> None:
-    """An 8- or 16-bit RGB(A) TIFF of ``pixels``, coded by ``coding`` (``source_coding``'s, plus for JPEG the
-    ``qtables`` and ``subsampling`` Pillow's JPEG encoder takes; ``jpeg_quality`` where the tables are unknown).
-    ``directory(header)`` gives the first page's directory with its metadata (EXIF, XMP, profile...) for a file
-    that begins with ``header``; the layout tags are added here. Reduced pages carry the layout and the resolution
-    alone, as image servers and scanners write them."""
-    compression = KEPT_COMPRESSIONS.get(coding.get("compression"), DEFLATE)
-    if compression == JPEG and (pixels.dtype != np.uint8 or pixels.shape[2] != 3):
-        compression = DEFLATE  # JPEG codes 8-bit Y'CbCr, without alpha
-    jpeg_options: dict[str, Any] = {}
-    if compression == JPEG:
-        subsampling = coding.get("subsampling") or "4:2:0"
-        jpeg_options = {"subsampling": subsampling, **(
-            {"qtables": coding["qtables"]} if coding.get("qtables") else {"quality": jpeg_quality})}
-    tile = coding.get("tile")
-    if tile is not None:  # TIFF 6.0 wants tiles in multiples of 16; a source's that are not are rounded up
-        tile = tuple(max(_JPEG_BLOCK, -(-side // _JPEG_BLOCK) * _JPEG_BLOCK) for side in tile)
-    pages = _with_reductions(pixels, coding.get("reduced", ()))
-    coded = [_segments(page, compression, tile, coding.get("rows_per_strip"), jpeg_options) for page in pages]
+@dataclass(frozen=True)
+class Page:
+    """A picture of a copy: its ``pixels``, (H, W, 3 or 4) uint8 or uint16, upright; ``directory(header)``, its
+    directory with its metadata (EXIF, XMP, profile...) for a file that begins with ``header`` (the layout tags are
+    added by ``write``); its resolution; and its source page's ``coding`` (``source_coding``'s, plus for JPEG the
+    ``qtables`` and ``subsampling`` Pillow's JPEG encoder takes)."""
+
+    pixels: np.ndarray
+    directory: Callable[[bytes], TiffImagePlugin.ImageFileDirectory_v2]
+    dpi: tuple[float, float] | None
+    coding: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Directory:
+    """One directory as written: a page or one of its reduced pages, coded."""
+
+    pixels: np.ndarray
+    tags: Callable[[bytes], TiffImagePlugin.ImageFileDirectory_v2]  # its tags but the layout's, for a file's header
+    dpi: tuple[float, float] | None
+    compression: int
+    tile: tuple[int, int] | None
+    subsampling: str | None
+    segments: list[bytes]
+    rows_per_strip: int
+
+
+def write(f: BinaryIO, pages: Sequence[Page], jpeg_quality: int) -> None:
+    """A TIFF of ``pages``, each coded by its ``coding`` (``jpeg_quality`` where a JPEG source's tables are unknown)
+    and followed by its reduced pages, which carry the layout and the resolution alone, as image servers and
+    scanners write them. Two pages or more are numbered as a document's (NewSubfileType's page bit, PageNumber)."""
+    directories = [directory for number, page in enumerate(pages)
+                   for directory in _directories(page, jpeg_quality, number, len(pages))]
     # Classic TIFF counts bytes in 32 bits; a result past that (a map scanned at a gigapixel, in 16-bit colour) is a
     # BigTIFF, which libtiff, Pillow, OpenCV and exiftool read (older readers do not: only where it is needed).
-    big = sum(len(s) for segments, _ in coded for s in segments) + DIRECTORY_ROOM >= BIGTIFF_FROM
+    big = sum(len(s) for directory in directories for s in directory.segments) + DIRECTORY_ROOM >= BIGTIFF_FROM
     header = b"II+\x00" + struct.pack("<HHQ", 8, 0, 16) if big else b"II*\x00" + struct.pack("<I", 8)
     f.write(header)
     position = len(header)
-    for index, (page, (segments, rows_per_strip)) in enumerate(zip(pages, coded, strict=True)):
-        ifd = directory(header) if index == 0 else TiffImagePlugin.ImageFileDirectory_v2(ifh=header)
-        if index:
-            ifd[_NEW_SUBFILE_TYPE] = _REDUCED_RESOLUTION
-        _layout_tags(ifd, page, compression, tile, rows_per_strip, jpeg_options.get("subsampling"))
-        if dpi:  # a reduced page covers the same paper: its resolution is reduced with it
-            scale = page.shape[1] / pixels.shape[1], page.shape[0] / pixels.shape[0]
-            ifd[282], ifd[283], ifd[296] = dpi[0] * scale[0], dpi[1] * scale[1], 2
+    for index, directory in enumerate(directories):
+        ifd, segments, tile = directory.tags(header), directory.segments, directory.tile
+        _layout_tags(ifd, directory.pixels, directory.compression, tile, directory.rows_per_strip,
+                     directory.subsampling)
+        if directory.dpi:
+            ifd[282], ifd[283], ifd[296] = directory.dpi[0], directory.dpi[1], 2
         relative = [int(x) for x in np.cumsum([0] + [len(s) for s in segments[:-1]])]
         offsets_tag, counts_tag = (_TILE_OFFSETS, _TILE_BYTE_COUNTS) if tile else (_STRIP_OFFSETS, _STRIP_BYTE_COUNTS)
         # Pillow's encoder adds where the data begins (right after the directory) to strip offsets, not to tile
@@ -173,7 +209,7 @@ def write(
         encoded = bytearray(ifd.tobytes(position))
         data_end = position + len(encoded) + sum(len(s) for s in segments)
         next_page = data_end + (data_end & 1)  # a directory begins on a word boundary
-        if index < len(pages) - 1:  # the next page's directory follows this page's pixels
+        if index < len(directories) - 1:  # the next directory follows this one's pixels
             count_format, entry_bytes = ("<Q", 20) if big else ("<H", 12)
             (entries,) = struct.unpack_from(count_format, encoded)
             struct.pack_into("<Q" if big else "<I", encoded, struct.calcsize(count_format) + entry_bytes * entries,
@@ -183,6 +219,44 @@ def write(
             f.write(segment)
         f.write(b"\0" * (next_page - data_end))
         position = next_page
+
+
+def _directories(page: Page, jpeg_quality: int, number: int, count: int) -> list[_Directory]:
+    """``page`` (page ``number`` of ``count``) and its reduced pages, coded."""
+    pixels, coding = page.pixels, page.coding
+    compression = KEPT_COMPRESSIONS.get(coding.get("compression"), DEFLATE)
+    if compression == JPEG and (pixels.dtype != np.uint8 or pixels.shape[2] != 3):
+        compression = DEFLATE  # JPEG codes 8-bit Y'CbCr, without alpha
+    jpeg_options: dict[str, Any] = {}
+    if compression == JPEG:
+        subsampling = coding.get("subsampling") or "4:2:0"
+        jpeg_options = {"subsampling": subsampling, **(
+            {"qtables": coding["qtables"]} if coding.get("qtables") else {"quality": jpeg_quality})}
+    tile = coding.get("tile")
+    if tile is not None:  # TIFF 6.0 wants tiles in multiples of 16; a source's that are not are rounded up
+        tile = tuple(max(_JPEG_BLOCK, -(-side // _JPEG_BLOCK) * _JPEG_BLOCK) for side in tile)
+
+    def numbered(header: bytes) -> TiffImagePlugin.ImageFileDirectory_v2:
+        ifd = page.directory(header)
+        if count > 1:
+            ifd[_NEW_SUBFILE_TYPE], ifd[_PAGE_NUMBER] = _DOCUMENT_PAGE, (number, count)
+        return ifd
+
+    def reduced(header: bytes) -> TiffImagePlugin.ImageFileDirectory_v2:
+        ifd = TiffImagePlugin.ImageFileDirectory_v2(ifh=header)
+        ifd[_NEW_SUBFILE_TYPE] = _REDUCED_RESOLUTION
+        return ifd
+
+    directories = []
+    for level, level_pixels in enumerate(_with_reductions(pixels, coding.get("reduced", ()))):
+        dpi = page.dpi
+        if dpi and level:  # a reduced page covers the same paper: its resolution is reduced with it
+            dpi = (dpi[0] * level_pixels.shape[1] / pixels.shape[1], dpi[1] * level_pixels.shape[0] / pixels.shape[0])
+        segments, rows_per_strip = _segments(level_pixels, compression, tile, coding.get("rows_per_strip"),
+                                             jpeg_options)
+        directories.append(_Directory(level_pixels, reduced if level else numbered, dpi, compression, tile,
+                                      jpeg_options.get("subsampling"), segments, rows_per_strip))
+    return directories
 
 
 def with_text(data: bytes, texts: dict[int, str]) -> bytes:

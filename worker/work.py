@@ -48,12 +48,28 @@ from models.colorizer import Colorizer
 from models.engines import create_engine
 from models.files import atomic_path
 from worker import liveness, metrics
-from worker.errors import BadInputError, InputTooLargeError, ModelError, PermanentError, TinctError, one_line
+from worker.errors import (
+    BadInputError,
+    FieldError,
+    InputTooLargeError,
+    ModelError,
+    PermanentError,
+    TinctError,
+    UnsupportedMediaError,
+    one_line,
+)
 from worker.films import DEFAULT_MAX_FILM_PIXELS, warmup_frames
 from worker.frame_sequences import frame_number, is_pattern, stored_frames, stored_identity, stored_sequence
 from worker.frame_sink import FrameTarget, FrameWriter, frames_layout, is_frame_output
 from worker.hints import hints_provenance, job_photo_hints
-from worker.images import DEFAULT_MAX_PIXELS, EXTENSION_FORMATS, provenance_text, read_photo, write_photo
+from worker.images import (
+    DEFAULT_MAX_PIXELS,
+    EXTENSION_FORMATS,
+    lost_pages,
+    provenance_text,
+    read_photo,
+    write_photo,
+)
 from worker.input_cache import HeldInput, InputCache
 from worker.jobs import FINISHED, KEY_PREFIX, JobRecord, JobSpec, JobStore, film_output_uri, output_folder
 from worker.liveness import Lease, Leases
@@ -510,16 +526,24 @@ def _with_suffix(uri: str, suffix: str) -> str:
 def _colorize_one_photo(rt: Runtime, loaded: _Loaded, uri: str, output: str, scratch: Path, spec: JobSpec) -> None:
     local = rt.local_copy(uri, scratch)
     try:
-        photo = read_photo(local, DEFAULT_MAX_PIXELS)
-        if photo.had_colour and not spec.options.recolor:
-            raise BadInputError(uri, f"already a colour photo (colour score {photo.colour_score:.1f}); set "
-                                "options.recolor to colorize its lightness anyway")
+        try:
+            photo = read_photo(local, DEFAULT_MAX_PIXELS)
+        except BadInputError as exc:  # about the worker's copy of the photo: named by its stored name instead
+            raise type(exc)(uri, exc.reason) from exc
+        if (colour := photo.colour_found()) and not spec.options.recolor:
+            raise BadInputError(uri, f"already {colour}; set options.recolor to colorize its lightness anyway")
+        if reason := lost_pages(photo, parse_uri(output)[2]):
+            raise UnsupportedMediaError(uri, reason)
+        if photo.pages and spec.options.hints:
+            raise FieldError(uri, "options.hints", f"colour hints place points on one picture, and this is a "
+                                                   f"{len(photo.every_page)}-page document")
         hints = job_photo_hints(spec.options.hints, *photo.size, uri)  # before any work: a bad point fails the file
-        rgb = loaded.colorizer.colorize([photo.L], hints=[hints])[0]
+        rgb, *pages = loaded.colorizer.colorize([page.L for page in photo.every_page],
+                                                hints=[hints] + [None] * len(photo.pages))
         suffix = PurePosixPath(parse_uri(output)[2]).suffix
         result = scratch / f"{hashlib.sha256(output.encode()).hexdigest()[:16]}{suffix}"
         guidance = hints_provenance(len(hints) if hints else 0)
-        write_photo(result, rgb, photo, loaded.label, photo.alpha, guidance)
+        write_photo(result, rgb, photo, loaded.label, photo.alpha, guidance, pages)
         rt.storage.upload(result, output, metadata=provenance_metadata(loaded.label, guidance))
         result.unlink(missing_ok=True)
     finally:

@@ -1,0 +1,174 @@
+"""Multi-page TIFF documents (an album's pages, a print's front and back, a scanning batch kept as one file) are
+coloured page by page into a TIFF of every page, end to end through ``tinct colorize`` with a real (tiny) model.
+
+They had been refused whole ("3 frames/pages: only single still images are supported"). Sources are written by
+tifffile as scanning software writes them; copies are read back by libtiff's tiffinfo and tifffile.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+from worker.cli import main
+from worker.errors import BadInputError, InputTooLargeError, UnsupportedMediaError
+from worker.images import read_photo
+
+SIZES = [(120, 160), (90, 140), (150, 110)]  # (height, width) of each page, all different
+
+
+def page(height: int, width: int, seed: int) -> np.ndarray:
+    """A gray page with a ramp, stripes and a block: each page its own picture."""
+    y, x = np.mgrid[0:height, 0:width]
+    picture = 40 + 150 * x / width + 30 * np.sin(y / (5.0 + seed)) + np.random.default_rng(seed).normal(0, 3, x.shape)
+    picture[height // 3: height // 2, width // 4: width // 2] = 200 - 40 * seed
+    return np.clip(picture, 0, 255).round().astype(np.uint8)
+
+
+def album(path: Path, colour_page: int | None = None) -> list[np.ndarray]:
+    """A 3-page document as archives scan them, each page coded differently: 8-bit gray at 300 dpi with a caption;
+    16-bit RGB holding gray, stored turned (orientation 6) and deflate-compressed, with no resolution; 8-bit gray in
+    64-pixel tiles. ``colour_page`` (0-based) is a colour picture instead. Returns the pages as shown, upright."""
+    pages = [page(*size, seed) for seed, size in enumerate(SIZES)]
+    with tifffile.TiffWriter(path) as writer:
+        writer.write(pages[0], photometric="minisblack", description="Album 7, page 1", resolution=(300, 300),
+                     resolutionunit="INCH")
+        turned = np.rot90(pages[1], 1)  # stored turned a quarter: orientation 6 turns it back
+        writer.write(np.repeat(turned[..., None], 3, axis=2).astype(np.uint16) * 257, photometric="rgb",
+                     compression="zlib", extratags=[(274, "H", 1, 6, True)])
+        writer.write(pages[2], photometric="minisblack", tile=(64, 64))
+    if colour_page is not None:
+        colour = np.stack([pages[colour_page], pages[colour_page][:, ::-1], np.full_like(pages[colour_page], 90)], -1)
+        _replace_page(path, colour_page, colour, pages)
+    return pages
+
+
+def _replace_page(path: Path, number: int, colour: np.ndarray, pages: list[np.ndarray]) -> None:
+    with tifffile.TiffWriter(path) as writer:
+        for index, gray in enumerate(pages):
+            writer.write(colour if index == number else gray, photometric="rgb" if index == number else "minisblack")
+
+
+def lightness(rgb: np.ndarray) -> np.ndarray:
+    """CIE L* (0-255 for 0-100) of 8-bit sRGB, or of gray repeated into it."""
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[..., None], 3, axis=2)
+    return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2Lab)[..., 0].astype(float)
+
+
+def model_args(checkpoint: Path) -> list[str]:
+    return ["--model", str(checkpoint), "--engine", "torch", "--device", "cpu", "--render-size", "64",
+            "--batch-size", "2"]
+
+
+def test_every_page_of_a_document_is_coloured_into_a_tiff_of_every_page(tmp_path: Path, tiny_checkpoint: Path,
+                                                                          capsys) -> None:
+    """Each page comes back in colour, in its order and its own upright size, its lightness kept, coded as its source
+    page was (16 bits, tiles) and numbered as a page of the document, with its own caption and resolution: what one
+    page says is not said of the next (Pillow keeps a page's resolution in ``info`` for the pages after it)."""
+    source = tmp_path / "album.tif"
+    pages = album(source)
+    out = tmp_path / "colour" / "album.tif"
+    assert main(["colorize", str(source), "-o", str(out), *model_args(tiny_checkpoint)]) == 0
+    assert "colorized 1, skipped 0, failed 0" in capsys.readouterr().out
+
+    with tifffile.TiffFile(out) as copy:
+        assert len(copy.pages) == 3
+        for number, (copied, gray) in enumerate(zip(copy.pages, pages, strict=True)):
+            rgb = copied.asarray()
+            assert rgb.shape == (*gray.shape, 3), number
+            eight_bit = (rgb >> 8).astype(np.uint8) if rgb.dtype == np.uint16 else rgb
+            assert np.abs(lightness(eight_bit) - lightness(gray)).mean() < 3, number  # this page's own picture
+            assert np.abs(rgb.astype(int) - rgb.mean(axis=-1, keepdims=True)).mean() > 0.5, number  # in colour
+            assert copied.tags["PageNumber"].value == (number, 3)
+            assert copied.tags["NewSubfileType"].value == 2  # a page of a multi-page document
+            assert "colorized by Tinct" in copied.tags["ImageDescription"].value
+        first, turned, tiled = copy.pages
+        assert first.tags["ImageDescription"].value.startswith("Album 7, page 1 [colorized by Tinct")
+        assert first.tags["XResolution"].value == (300, 1)
+        assert "XResolution" not in turned.tags and "XResolution" not in tiled.tags
+        assert turned.dtype == np.uint16 and first.dtype == np.uint8
+        assert (tiled.tilewidth, tiled.tilelength) == (64, 64) and not first.is_tiled
+    info = subprocess.run(["tiffinfo", str(out)], capture_output=True, text=True, check=True)
+    assert info.stdout.count("multi-page document") == 3 and "Warning" not in info.stderr + info.stdout
+
+
+def test_a_document_its_copy_would_cut_to_one_page_or_hinted_is_refused_whole(tmp_path: Path, tiny_checkpoint: Path,
+                                                                               capsys) -> None:
+    """A JPEG (or PNG...) copy would hold the first page alone: the document fails before any colouring, in one
+    line naming it, and nothing is written. So does a hint file beside it, whose points name one picture."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    album(scans / "album.tif")
+    out = tmp_path / "colour"
+    assert main(["colorize", str(scans), "-o", str(out), "--format", "jpg", *model_args(tiny_checkpoint)]) == 1
+    report = capsys.readouterr().out
+    assert f"{scans / 'album.tif'}: a 3-page TIFF document, whose pages only a TIFF copy keeps: not copied as " \
+           "album.jpg" in report
+    assert not out.exists() or not any(out.rglob("*"))
+
+    (scans / "album.tif.hints.json").write_text('{"hints": [{"x": 10, "y": 10, "colour": "#aa3322"}]}')
+    assert main(["colorize", str(scans), "-o", str(out), *model_args(tiny_checkpoint)]) == 1
+    assert f"{scans / 'album.tif.hints.json'}: colour hints place points on one picture, and album.tif is a 3-page " \
+           "document" in capsys.readouterr().out
+    assert not any(out.rglob("*.tif"))
+
+
+def test_a_document_with_a_colour_page_is_skipped_unless_recoloured(tmp_path: Path, tiny_checkpoint: Path,
+                                                                      capsys) -> None:
+    """As a colour photo is: a document is left alone where a page is already in colour, the page named."""
+    source = tmp_path / "album.tif"
+    album(source, colour_page=1)
+    out = tmp_path / "album-colour.tif"
+    assert main(["colorize", str(source), "-o", str(out), *model_args(tiny_checkpoint)]) == 0
+    captured = capsys.readouterr()
+    assert "skipped 1 (0 already done, 1 colour photo)" in captured.out
+    assert "album.tif: already a 3-page document with colour on page 2 (colour score" in captured.err
+    assert not out.exists()
+    assert main(["colorize", str(source), "-o", str(out), "--recolor", *model_args(tiny_checkpoint)]) == 0
+    assert len(tifffile.TiffFile(out).pages) == 3
+
+
+def test_a_document_over_the_pixel_limit_or_with_a_damaged_page_is_refused_naming_it(tmp_path: Path) -> None:
+    """The pixel limit holds for a document all told (its pages are decoded together); a damaged page is named, and
+    a file cut short after its first page says so (it had been "corrupt image data (TypeError: Missing
+    dimensions)")."""
+    source = tmp_path / "album.tif"
+    album(source)
+    total = sum(height * width for height, width in SIZES)
+    assert read_photo(source, max_pixels=total).pixel_count == total
+    with pytest.raises(InputTooLargeError, match=r"album.tif: a document of 3 pages, [0-9.]+ MP in all, over the "):
+        read_photo(source, max_pixels=total - 1)
+
+    with tifffile.TiffFile(source) as tif:
+        offset, count = tif.pages[1].dataoffsets[0], tif.pages[1].databytecounts[0]
+    damaged = bytearray(source.read_bytes())
+    damaged[offset + 2: offset + count] = bytes(count - 2)  # deflate data that does not inflate
+    broken = tmp_path / "damaged.tif"
+    broken.write_bytes(bytes(damaged))
+    with pytest.raises(BadInputError, match=r"damaged.tif: page 2 of 3: ") as caught:
+        read_photo(broken)
+    assert "\n" not in str(caught.value)
+
+    cut = tmp_path / "cut.tif"  # cut short in page 2's pixels, before the directories after them
+    cut.write_bytes(source.read_bytes()[:offset + 10])
+    with pytest.raises(BadInputError, match=r"cut.tif: damaged or cut short after its first picture: a further "
+                                            r"page's directory cannot be read \(TypeError"):
+        read_photo(cut)
+
+
+def test_pages_that_mix_previews_and_pictures_are_refused_by_name(tmp_path: Path) -> None:
+    """A document whose pages each bring a reduced-resolution preview: which page is whose is not sorted out."""
+    gray = page(*SIZES[0], 0)
+    mixed = tmp_path / "mixed.tif"
+    with tifffile.TiffWriter(mixed) as writer:
+        writer.write(gray)
+        writer.write(gray[::4, ::4], subfiletype=1)
+        writer.write(page(*SIZES[1], 1))
+    with pytest.raises(UnsupportedMediaError, match="mixed.tif: 3 pages, of which some are reduced-resolution copies"):
+        read_photo(mixed)
