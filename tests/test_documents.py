@@ -75,7 +75,8 @@ def test_every_page_of_a_document_is_coloured_into_a_tiff_of_every_page(tmp_path
     pages = album(source)
     out = tmp_path / "colour" / "album.tif"
     assert main(["colorize", str(source), "-o", str(out), *model_args(tiny_checkpoint)]) == 0
-    assert "colorized 1, skipped 0, failed 0" in capsys.readouterr().out
+    # The rate counts pictures: a document of 3 pages is 3 pictures' work.
+    assert "colorized 1 (3 pictures, each page of 1 document one), skipped 0, failed 0" in capsys.readouterr().out
 
     with tifffile.TiffFile(out) as copy:
         assert len(copy.pages) == 3

@@ -24,7 +24,7 @@ from worker.settings import GPU_QUEUE, IO_QUEUE
 logger = logging.getLogger(__name__)
 
 JOBS = Counter("tinct_jobs", "Jobs finished by this worker, by final state", ["state"])
-IMAGES = Counter("tinct_images", "Photos colorized")
+IMAGES = Counter("tinct_images", "Photos colorized (each page of a multi-page document counts)")
 FRAMES = Counter("tinct_frames", "Film frames colorized")
 PIECES = Counter("tinct_pieces", "Pieces (photo batches, film segments) finished", ["kind"])
 FAILURES = Counter("tinct_failures", "Failures, by kind: permanent (bad input) or transient (retried)", ["kind"])

@@ -89,6 +89,7 @@ class PhotoOutcome:
     task: PhotoTask
     status: Status
     reason: str = ""
+    pictures: int = 0  # pictures coloured: 1 for a photo done, a document's page count
 
 
 @dataclass(frozen=True)
@@ -134,8 +135,13 @@ class PhotoSummary:
         return [outcome for outcome in self.outcomes if outcome.status == "failed"]
 
     @property
+    def pictures(self) -> int:
+        """Pictures coloured: photos, and every page of a document."""
+        return sum(outcome.pictures for outcome in self.outcomes if outcome.status == "done")
+
+    @property
     def images_per_second(self) -> float:
-        return self.count("done") / self.seconds if self.seconds > 0 else 0.0
+        return self.pictures / self.seconds if self.seconds > 0 else 0.0
 
     def report(self) -> str:
         """A few lines for people: the counts, then one line per failed file."""
@@ -143,8 +149,11 @@ class PhotoSummary:
         skipped = f"skipped {exists + colour}"
         if exists + colour:
             skipped += f" ({exists} already done, {_plural(colour, 'colour photo')})"
+        done = self.count("done")
+        documents = sum(outcome.pictures > 1 for outcome in self.outcomes if outcome.status == "done")
+        pages = f" ({self.pictures} pictures, each page of {_plural(documents, 'document')} one)" if documents else ""
         lines = [
-            f"colorized {self.count('done')}, {skipped}, failed {len(self.failed)} "
+            f"colorized {done}{pages}, {skipped}, failed {len(self.failed)} "
             f"in {self.seconds:.1f} s ({self.images_per_second:.2f} images/s)"
         ]
         if self.ignored:
@@ -417,7 +426,7 @@ class _Run:
         self.outcomes: list[PhotoOutcome] = []
         self.bar: tqdm | None = None
         self.decodes: deque[tuple[PhotoTask, Future[tuple[Photo, ColourHints | None]]]] = deque()
-        self.encodes: deque[tuple[PhotoTask, Future[Path]]] = deque()
+        self.encodes: deque[tuple[PhotoTask, int, Future[Path]]] = deque()  # with the pictures being written
 
     def record(self, outcome: PhotoOutcome) -> None:
         self.outcomes.append(outcome)
@@ -519,12 +528,12 @@ class _Run:
             rgb, pages = next(results), [next(results) for _ in photo.pages]
             guidance = hints_provenance(len(photo_hints) if photo_hints else 0)
             future = pool.submit(write_photo, task.output, rgb, photo, self.model_label, photo.alpha, guidance, pages)
-            self.encodes.append((task, future))
+            self.encodes.append((task, len(photo.every_page), future))
         while len(self.encodes) > 2 * max(1, self.options.workers):
             self._finish_encode()
 
     def _finish_encode(self) -> None:
-        task, encoding = self.encodes.popleft()
+        task, pictures, encoding = self.encodes.popleft()
         try:
             encoding.result()
         except TinctError as exc:
@@ -533,7 +542,7 @@ class _Run:
             reason = f"{task.output}: cannot write: {type(exc).__name__}: {one_line(exc)}"
             self.record(PhotoOutcome(task, "failed", reason))
         else:
-            self.record(PhotoOutcome(task, "done"))
+            self.record(PhotoOutcome(task, "done", pictures=pictures))
 
 
 def _read_with_hints(task: PhotoTask, max_pixels: int, limits: GuidanceLimits) -> tuple[Photo, ColourHints | None]:

@@ -486,10 +486,10 @@ def colorize_photos(rt: Runtime, job_id: str, piece: str, inputs: Sequence[str])
                     logger.info("%s of job %s stopped after %d of its %d photos: the job has ended", piece, job_id,
                                 done, len(inputs))
                     return
-                _colorize_one_photo(rt, loaded, uri, photo_output_uri(spec, uri), scratch, spec)
+                pictures = _colorize_one_photo(rt, loaded, uri, photo_output_uri(spec, uri), scratch, spec)
                 rt.store.mark_file_done(job_id, uri)
                 done += 1
-                metrics.IMAGES.inc()
+                metrics.IMAGES.inc(pictures)
             except PermanentError as exc:
                 rt.store.mark_piece_failed(job_id, uri, str(exc))
                 metrics.FAILURES.labels("permanent").inc()
@@ -523,7 +523,9 @@ def _with_suffix(uri: str, suffix: str) -> str:
     return f"{head}{slash}{stem}{suffix}"
 
 
-def _colorize_one_photo(rt: Runtime, loaded: _Loaded, uri: str, output: str, scratch: Path, spec: JobSpec) -> None:
+def _colorize_one_photo(rt: Runtime, loaded: _Loaded, uri: str, output: str, scratch: Path,
+                        spec: JobSpec) -> int:
+    """Colour the photo at ``uri`` into ``output``; returns the pictures coloured (a document's pages)."""
     local = rt.local_copy(uri, scratch)
     try:
         try:
@@ -546,6 +548,7 @@ def _colorize_one_photo(rt: Runtime, loaded: _Loaded, uri: str, output: str, scr
         write_photo(result, rgb, photo, loaded.label, photo.alpha, guidance, pages)
         rt.storage.upload(result, output, metadata=provenance_metadata(loaded.label, guidance))
         result.unlink(missing_ok=True)
+        return len(photo.every_page)
     finally:
         if local.is_relative_to(rt.settings.work_dir):
             local.unlink(missing_ok=True)
