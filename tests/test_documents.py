@@ -32,15 +32,16 @@ def page(height: int, width: int, seed: int) -> np.ndarray:
 
 def album(path: Path, colour_page: int | None = None) -> list[np.ndarray]:
     """A 3-page document as archives scan them, each page coded differently: 8-bit gray at 300 dpi with a caption;
-    16-bit RGB holding gray, stored turned (orientation 6) and deflate-compressed, with no resolution; 8-bit gray in
-    64-pixel tiles. ``colour_page`` (0-based) is a colour picture instead. Returns the pages as shown, upright."""
+    16-bit RGB holding gray, stored turned (orientation 6) and deflate-compressed, its pixels 3:2 (a resolution
+    without a unit); 8-bit gray in 64-pixel tiles, its resolution tifffile's unitless 1:1. ``colour_page`` (0-based) is a colour picture instead. Returns the pages as shown, upright."""
     pages = [page(*size, seed) for seed, size in enumerate(SIZES)]
     with tifffile.TiffWriter(path) as writer:
         writer.write(pages[0], photometric="minisblack", description="Album 7, page 1", resolution=(300, 300),
                      resolutionunit="INCH")
         turned = np.rot90(pages[1], 1)  # stored turned a quarter: orientation 6 turns it back
         writer.write(np.repeat(turned[..., None], 3, axis=2).astype(np.uint16) * 257, photometric="rgb",
-                     compression="zlib", extratags=[(274, "H", 1, 6, True)])
+                     compression="zlib", extratags=[(274, "H", 1, 6, True)], resolution=(3, 2),
+                     resolutionunit="NONE")
         writer.write(pages[2], photometric="minisblack", tile=(64, 64))
     if colour_page is not None:
         colour = np.stack([pages[colour_page], pages[colour_page][:, ::-1], np.full_like(pages[colour_page], 90)], -1)
@@ -70,7 +71,8 @@ def test_every_page_of_a_document_is_coloured_into_a_tiff_of_every_page(tmp_path
                                                                           capsys) -> None:
     """Each page comes back in colour, in its order and its own upright size, its lightness kept, coded as its source
     page was (16 bits, tiles) and numbered as a page of the document, with its own caption and resolution: what one
-    page says is not said of the next (Pillow keeps a page's resolution in ``info`` for the pages after it)."""
+    page says is not said of the next (Pillow keeps a page's resolution in ``info`` for the pages after it, where
+    they state one without a unit)."""
     source = tmp_path / "album.tif"
     pages = album(source)
     out = tmp_path / "colour" / "album.tif"
@@ -91,8 +93,10 @@ def test_every_page_of_a_document_is_coloured_into_a_tiff_of_every_page(tmp_path
             assert "colorized by Tinct" in copied.tags["ImageDescription"].value
         first, turned, tiled = copy.pages
         assert first.tags["ImageDescription"].value.startswith("Album 7, page 1 [colorized by Tinct")
-        assert first.tags["XResolution"].value == (300, 1)
-        assert "XResolution" not in turned.tags and "XResolution" not in tiled.tags
+        assert first.tags["XResolution"].value == (300, 1) and first.tags["ResolutionUnit"].value == 2
+        assert (turned.tags["XResolution"].value, turned.tags["YResolution"].value) == ((2, 1), (3, 1))  # upright
+        assert turned.tags["ResolutionUnit"].value == tiled.tags["ResolutionUnit"].value == 1  # without a unit
+        assert tiled.tags["XResolution"].value == (1, 1)
         assert turned.dtype == np.uint16 and first.dtype == np.uint8
         assert (tiled.tilewidth, tiled.tilelength) == (64, 64) and not first.is_tiled
     info = subprocess.run(["tiffinfo", str(out)], capture_output=True, text=True, check=True)

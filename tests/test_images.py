@@ -630,6 +630,52 @@ def test_a_jpeg2000_masters_display_resolution_is_its_resolution_where_it_gives_
         assert im.info["dpi"] == pytest.approx((400.0, 300.0), abs=0.01)
 
 
+def test_a_copy_states_the_resolution_its_source_states_and_none_that_pillow_guessed(tmp_path: Path) -> None:
+    """Pillow gives a TIFF without resolution tags 1 dpi and a JPEG that states none (JFIF's aspect 1:1, libjpeg's
+    default, and EXIF without XResolution) 72 dpi: copies had stated them, a 6000-pixel scan 500 feet wide at 1 dpi.
+    Now a copy states what its source does: nothing, a resolution without a unit (a TIFF's pixel aspect, kept in a
+    TIFF copy, upright), or one in centimetres (as dpi). A TIFF's unstated unit is inches, as TIFF 6.0 says."""
+    def copied(source: Path, suffix: str) -> Image.Image:
+        out = tmp_path / f"copy-of-{source.stem}{suffix}"
+        photo = read_photo(source)
+        write_photo(out, l_as_rgb(photo.L), photo, LABEL)
+        return Image.open(out)
+
+    def resolution_tags(source: Path) -> dict[int, Any]:  # (the tags themselves: Pillow's dpi is its guess again)
+        with copied(source, ".tif") as im:
+            return {tag: im.getexif().get(tag) for tag in (282, 283, 296)}
+
+    bare_tiff = tmp_path / "bare.tif"
+    Image.fromarray(gray8()).save(bare_tiff)  # Pillow writes no resolution tags unless asked
+    assert 282 not in Image.open(bare_tiff).tag_v2 and read_photo(bare_tiff).dpi is None
+    assert resolution_tags(bare_tiff) == {282: None, 283: None, 296: None}
+    with copied(bare_tiff, ".png") as png:
+        assert "dpi" not in png.info  # no pHYs chunk
+
+    bare_jpeg = tmp_path / "bare.jpg"
+    exif = Image.Exif()
+    exif[0x010F] = "Scanner Co."  # EXIF, without a resolution in it
+    cv2.imwrite(str(bare_jpeg), gray8())  # libjpeg's JFIF header: density 1:1, no unit
+    Image.open(bare_jpeg).save(bare_jpeg, exif=exif.tobytes(), quality=95)
+    assert Image.open(bare_jpeg).info["dpi"] == (72, 72) and read_photo(bare_jpeg).dpi is None
+    assert resolution_tags(bare_jpeg)[282] is None
+
+    aspect = tmp_path / "aspect.tif"
+    Image.fromarray(gray8()).save(aspect, tiffinfo={282: 3.0, 283: 2.0, 296: 1, 274: 6})
+    photo = read_photo(aspect)
+    assert photo.dpi is None and photo.resolution_without_unit == (2.0, 3.0)  # turned upright with the picture
+    assert resolution_tags(aspect) == {282: 2.0, 283: 3.0, 296: 1}
+
+    for unit, expected in ((None, (300.0, 300.0)), (3, (254.0, 254.0))):
+        stated = tmp_path / f"unit-{unit}.tif"
+        Image.fromarray(gray8()).save(stated, tiffinfo={282: 300.0 if unit is None else 100.0,
+                                                        283: 300.0 if unit is None else 100.0,
+                                                        **({296: unit} if unit else {})})
+        if unit is None:
+            assert 296 not in Image.open(stated).tag_v2
+        assert read_photo(stated).dpi == pytest.approx(expected)
+
+
 def test_a_jpeg2000_box_too_large_for_metadata_is_skipped_not_read_into_memory(tmp_path: Path) -> None:
     """A uuid box of 17 MB (an embedded picture, georeferencing) is passed over by its length; the XMP after it is
     still found."""

@@ -26,6 +26,7 @@ import errno
 import hashlib
 import io
 import logging
+import math
 import os
 import re
 import struct
@@ -163,7 +164,8 @@ _GPS_IFD = 0x8825
 _MAKER_NOTE = 0x927C
 _XMP_TAG = 700
 _ICC_TAG = 34675
-_X_RESOLUTION, _Y_RESOLUTION, _RESOLUTION_UNIT, _INCHES, _YCBCR_POSITIONING = 282, 283, 296, 2, 531
+_X_RESOLUTION, _Y_RESOLUTION, _RESOLUTION_UNIT, _YCBCR_POSITIONING = 282, 283, 296, 531
+_NO_UNIT, _INCHES, _CENTIMETRES = 1, 2, 3  # ResolutionUnit's values
 _PIXEL_X_DIMENSION, _PIXEL_Y_DIMENSION = 0xA002, 0xA003  # in the EXIF sub-directory: the picture's size
 #: The EXIF sub-directory's tags of type UNDEFINED that Pillow's table of tag types lacks: it wrote their bytes back
 #: as BYTE, which exiftool flags ("Non-standard format (int8u) for ExifIFD 0x9286 UserComment") and strict readers
@@ -242,6 +244,8 @@ class Photo:
     icc_profile: bytes | None = None
     xmp: bytes | None = None
     dpi: tuple[float, float] | None = None
+    # A TIFF's resolution stated without a unit (ResolutionUnit 1: a pixel aspect), carried to a TIFF copy alone.
+    resolution_without_unit: tuple[float, float] | None = None
     text: dict[str, str] = field(default_factory=dict)  # PNG text chunks, or a JPEG's comment as "Comment"
     # Photoshop image resources about its content: IPTC-IIM captions, credits, keywords (``worker.iptc``)
     resources: bytes | None = None
@@ -664,7 +668,7 @@ def _decode(path: Path, im: Image.Image) -> _Source:
         raise
     except Exception as exc:  # noqa: BLE001 - a damaged EXIF block must not cost the photo itself
         logger.warning("%s: unreadable EXIF dropped (%s: %s)", path, type(exc).__name__, exc)
-        orientation, portable_exif, dcf_adobe_rgb = 1, None, False
+        orientation, portable_exif, dcf_adobe_rgb, tags = 1, None, False, {}
 
     alpha: np.ndarray | None = None
     gray_lut: np.ndarray | None = None
@@ -685,13 +689,13 @@ def _decode(path: Path, im: Image.Image) -> _Source:
     if icc is not None and _icc_colour_space(icc) != "RGB":
         logger.debug("%s: dropping a %s ICC profile that cannot describe an RGB result", path, icc_space)
         icc = None
-    dpi = info.get("dpi")
-    if dpi and (tiff_orientation if fmt == "TIFF" else orientation) in (5, 6, 7, 8):
-        dpi = (dpi[1], dpi[0])
+    dpi, unitless = _stated_resolution(im, fmt, tags)
+    if (tiff_orientation if fmt == "TIFF" else orientation) in (5, 6, 7, 8):
+        dpi, unitless = dpi and (dpi[1], dpi[0]), unitless and (unitless[1], unitless[0])
     photo = Photo(
         path=path, L=np.empty((0, 0), np.float32), format=fmt, mode=mode, bit_depth=bits, alpha=alpha,
-        exif=portable_exif, icc_profile=icc, xmp=_reset_xmp_orientation(info.get("xmp")),
-        dpi=(float(dpi[0]), float(dpi[1])) if dpi and dpi[0] and dpi[1] else None,
+        exif=portable_exif, icc_profile=icc, xmp=_reset_xmp_orientation(info.get("xmp")), dpi=dpi,
+        resolution_without_unit=unitless,
         text=_source_text(im),
         encoder=_encoder_hints(im, path, (tiff_orientation if fmt == "TIFF" else orientation) in (5, 6, 7, 8)),
         resources=read_resources(im), extended_xmp=_extended_xmp(path, im, info.get("xmp")),
@@ -699,6 +703,38 @@ def _decode(path: Path, im: Image.Image) -> _Source:
     space = (None if gray_lut is not None else dcf_adobe_rgb_space() if dcf_adobe_rgb else declared
              or rgb_space(icc))
     return _Source(photo, pixels, gray_lut, space)
+
+
+def _stated_resolution(im: Image.Image, fmt: str, exif: dict[int, Any]
+                       ) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
+    """(dots per inch, or None; a resolution stated without a unit, a pixel aspect, or None) as the file states
+    them, not as Pillow guesses: it gives a TIFF without resolution tags 1 dpi, and a JPEG whose JFIF header states
+    none (an aspect, as libjpeg's default) and whose EXIF has none 72 dpi, which a copy would then state. A TIFF's
+    unit is inches where unstated (TIFF 6.0's default), and so is EXIF's."""
+    if fmt == "TIFF":
+        x, y, unit = im.tag_v2.get(_X_RESOLUTION), im.tag_v2.get(_Y_RESOLUTION), im.tag_v2.get(_RESOLUTION_UNIT)
+    elif fmt == "JPEG":
+        density, unit = im.info.get("jfif_density"), im.info.get("jfif_unit")
+        if unit in (1, 2) and density:  # JFIF's units: 1 inches, 2 centimetres
+            x, y, unit = density[0], density[1], unit + 1
+        else:
+            x, y, unit = exif.get(_X_RESOLUTION), exif.get(_Y_RESOLUTION), exif.get(_RESOLUTION_UNIT)
+            unit = unit if unit in (2, 3) else None if unit is None else 0  # EXIF has no unitless resolution
+    else:  # Pillow reads the others' as they are stated (a PNG's pHYs, a BMP's header, a JP2's boxes)
+        dpi = im.info.get("dpi")
+        return (float(dpi[0]), float(dpi[1])) if dpi and dpi[0] and dpi[1] else None, None
+    try:
+        x, y = float(x), float(y if y is not None else x)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None, None
+    if not (x > 0 and y > 0 and math.isfinite(x) and math.isfinite(y)):
+        return None, None
+    unit = _INCHES if unit is None else int(unit)
+    if unit == _INCHES:
+        return (x, y), None
+    if unit == _CENTIMETRES:
+        return (x * 2.54, y * 2.54), None
+    return None, (x, y) if unit == _NO_UNIT else None
 
 
 def _photo(source: _Source) -> Photo:
@@ -1270,6 +1306,8 @@ def _tagged_exif(like: Photo, description: str, software: str, fmt: str) -> dict
     tags[_IMAGE_DESCRIPTION] = full if full.isascii() else full.encode("utf-8")
     if like.dpi:  # the copy's resolution, which EXIF's first directory must state (the source file's are dropped)
         tags[_X_RESOLUTION], tags[_Y_RESOLUTION], tags[_RESOLUTION_UNIT] = like.dpi[0], like.dpi[1], _INCHES
+    elif like.resolution_without_unit and fmt == "TIFF":  # (EXIF's ResolutionUnit has no such value)
+        (tags[_X_RESOLUTION], tags[_Y_RESOLUTION]), tags[_RESOLUTION_UNIT] = like.resolution_without_unit, _NO_UNIT
     if isinstance(tags.get(_EXIF_IFD), dict):
         # The copy's size, upright (a turned source's was the other way), which EXIF requires of compressed pictures
         # and does not allow in a TIFF.
