@@ -299,10 +299,12 @@ def test_codecs_and_containers(tmp_path, colorizer, suffix, codec, decoder):
     ("dvd.mkv", "mpeg2video", None, "out.mkv", "h264"),  # a codec Tinct does not write: H.264
     ("master.mkv", "ffv1", "gray", "out.mp4", "h264"),  # its own, which MP4 cannot hold: H.264, and said so
     # A capture card's uncompressed 8-bit 2vuy and 10-bit v210, which Tinct does not write: lossless FFV1, 4:2:2 kept
-    # (they had become H.264; the 2vuy's luma, taken for gray, 16 % more contrasty), or H.264 where it must, said so
+    # (they had become H.264; the 2vuy's luma, taken for gray, 16 % more contrasty), or where a .mov cannot hold
+    # FFV1, ProRes HQ, 10-bit 4:2:2 and intra-frame as the capture (it had become long-GOP H.264), said so
     ("capture.mov", "rawvideo", "uyvy422", "out.mkv", "ffv1"),
     ("capture.mov", "v210", "yuv422p10le", "out.mkv", "ffv1"),
-    ("capture.mov", "v210", "yuv422p10le", "out.mov", "h264"),
+    ("capture.mov", "v210", "yuv422p10le", "out.mov", "prores"),
+    ("capture.mov", "v210", "yuv422p10le", "out.mp4", "h264"),  # MP4 holds neither
 ])
 def test_a_film_is_copied_in_its_own_codec_by_default(tmp_path, tiny_checkpoint, caplog, source, codec, pix_fmt,
                                                       output, decoder):
@@ -314,12 +316,18 @@ def test_a_film_is_copied_in_its_own_codec_by_default(tmp_path, tiny_checkpoint,
         assert all(np.array_equal(a, b) for a, b in zip(lumas(tmp_path / output), lumas(clip.path), strict=True))
     if source == "capture.mov":
         with av.open(str(tmp_path / output)) as copied:
-            assert copied.streams.video[0].codec_context.pix_fmt.startswith("yuv422p")
+            context = copied.streams.video[0].codec_context
+            assert context.pix_fmt.startswith("yuv422p")
+            if decoder == "prores":
+                assert (context.profile, context.codec_tag, context.pix_fmt) == ("HQ", "apch", "yuv422p10le")
     fell_back = "out.mp4: written as h264 rather than its source's codec: ffv1 cannot be stored in .mp4; use .mkv"
-    assert (fell_back in caplog.text) == output.endswith(".mp4")
-    lossless = ("out.mov: written as h264 rather than lossless FFV1, as its source (v210) is lossless: ffv1 cannot "
-                "be stored in .mov; use .mkv")
-    assert (lossless in caplog.text) == (codec == "v210" and output.endswith(".mov"))
+    assert (fell_back in caplog.text) == (output.endswith(".mp4") and codec == "ffv1")
+    lossless = {"out.mov": "out.mov: written as prores rather than lossless FFV1, as its source (v210) is lossless: "
+                           "ffv1 cannot be stored in .mov; use .mkv",
+                "out.mp4": "out.mp4: written as h264 rather than lossless FFV1, as its source (v210) is lossless: "
+                           "ffv1 cannot be stored in .mp4; use .mkv"}
+    for name, said in lossless.items():
+        assert (said in caplog.text) == (codec == "v210" and output == name)
 
 
 @pytest.mark.parametrize("profile, pix_fmt, name, tag", [

@@ -98,7 +98,8 @@ PRORES_TAGS = {"0": "apco", "1": "apcs", "2": "apcn", "3": "apch", "4": "ap4h", 
 # The default: each film in its own codec where Tinct writes that one, so a lossless master (FFV1) is not made lossy
 # and an edit master (ProRes) stays one, as a photo keeps its own coding; FFV1 for the other lossless codecs tape
 # captures and masters come in (uncompressed 2vuy and v210 from capture cards, HuffYUV, Ut Video, MagicYUV, ...),
-# which Tinct does not write; H.264 for the rest (MPEG-2, DV, VP9, scans).
+# which Tinct does not write (ProRes where the container cannot hold FFV1: a capture named .mov); H.264 for the rest
+# (MPEG-2, DV, VP9, scans).
 SOURCE_CODEC = "source"
 LOSSLESS_DECODERS = frozenset({
     "rawvideo", "v210", "v410", "v308", "v408", "r210", "r10k", "ayuv", "y41p", "yuv4", "012v", "huffyuv", "ffvhuff",
@@ -165,14 +166,18 @@ class EncodeOptions:
         if self.codec != SOURCE_CODEC:
             return self
         codec = CODECS_BY_DECODER.get(video.codec, FALLBACK_CODEC)
-        why_not = (container_problem(output, codec) or aspect_loss(video, codec, output)
-                   or ("this build of FFmpeg has no encoder for it" if codec not in available_codecs() else None))
-        if why_not and report:
-            wanted = "its source's codec" if video.codec not in LOSSLESS_DECODERS else \
-                f"lossless FFV1, as its source ({video.codec}) is lossless"
-            logger.warning("%s: written as %s rather than %s: %s", output, FALLBACK_CODEC, wanted, why_not)
+        why_not = _unwritable(video, codec, output)
         if why_not:
-            codec = FALLBACK_CODEC
+            # A lossless capture the output's container cannot hold as FFV1 (a v210 capture named .mov): ProRes where
+            # it can, intra-frame and 10-bit 4:2:2 or 4:4:4 as the capture was, the edit master an editing suite
+            # makes of one; H.264 is a long-GOP access copy.
+            fallback = "prores" if video.codec in LOSSLESS_DECODERS and not _unwritable(video, "prores", output) \
+                else FALLBACK_CODEC
+            if report:
+                wanted = "its source's codec" if video.codec not in LOSSLESS_DECODERS else \
+                    f"lossless FFV1, as its source ({video.codec}) is lossless"
+                logger.warning("%s: written as %s rather than %s: %s", output, fallback, wanted, why_not)
+            codec = fallback
         return EncodeOptions(codec, self.crf if CODECS[codec].crf else None, self.preset)
 
     @property
@@ -205,6 +210,12 @@ class OutputLayout:
     @property
     def full_range(self) -> bool:
         return self.frame.full_range
+
+
+def _unwritable(video: VideoFormat, codec: str, output: str | os.PathLike) -> str | None:
+    """Why ``video`` cannot be written in ``codec`` as ``output``, or None."""
+    return (container_problem(output, codec) or aspect_loss(video, codec, output)
+            or ("this build of FFmpeg has no encoder for it" if codec not in available_codecs() else None))
 
 
 def container_for(path: str | os.PathLike) -> str:
