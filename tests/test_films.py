@@ -34,6 +34,7 @@ from models.color import (
 from models.colorizer import Colorizer
 from tests.media import (
     COVER_RGB,
+    clip_captions,
     decode_native,
     decode_rgb,
     first_frame_info,
@@ -45,6 +46,7 @@ from tests.media import (
     probe,
     write_clip,
 )
+from worker.captions import frame_captions
 from worker.cli import main
 from worker.errors import BadInputError
 from worker.films import FilmOptions, colorize_film, parts_folder
@@ -328,6 +330,35 @@ def test_a_film_is_copied_in_its_own_codec_by_default(tmp_path, tiny_checkpoint,
                            "ffv1 cannot be stored in .mp4; use .mkv"}
     for name, said in lossless.items():
         assert (said in caplog.text) == (codec == "v210" and output == name)
+
+
+def shown_captions(path: Path) -> list[bytes | None]:
+    """Each frame's closed captions as FFmpeg's decoder hands them over, in the order the frames are shown."""
+    with av.open(str(path)) as container:
+        return [frame_captions(frame) for frame in container.decode(video=0)]
+
+
+@pytest.mark.parametrize("source, output, codec, decoder", [
+    ("broadcast.ts", "copy.mp4", "source", "h264"),  # a transport stream's H.264 with B-frames, into MP4
+    ("broadcast.ts", "copy.mkv", "h265", "hevc"),
+    ("avchd.mkv", "copy.mkv", "ffv1", "ffv1"),  # no place for them: said so
+])
+def test_closed_captions_ride_with_their_frames_into_an_h264_or_h265_copy(tmp_path, tiny_checkpoint, caplog, source,
+                                                                         output, codec, decoder):
+    """Broadcast and tape captures carry CEA-608/708 captions in each coded picture (ATSC A/53), which a copy coded
+    from colour numbers had lost without a word. Each frame's captions now go into its coded frame, B-frames
+    reordered and segments joined, where FFmpeg's decoder finds them; a copy with no place for them says so."""
+    clip = bw_clip(tmp_path / source, frames=30, gop=12, bframes=2, captions=True)
+    expected = [clip_captions(shown) for shown in range(30)]
+    assert shown_captions(clip.path) == expected
+    out = tmp_path / output
+    assert run_cli(tiny_checkpoint, str(clip.path), "-o", str(out), "--codec", codec, "--segment-seconds", "0.4") == 0
+    assert probe(out).video.codec == decoder and is_coloured(out)
+    lost = f"{clip.path}: its closed captions (CEA-608/708, carried in its video) are left out of its ffv1 copy"
+    if codec == "ffv1":
+        assert lost in caplog.text and shown_captions(out) == [None] * 30
+    else:
+        assert shown_captions(out) == expected and "closed captions" not in caplog.text
 
 
 @pytest.mark.parametrize("profile, pix_fmt, name, tag", [

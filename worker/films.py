@@ -312,7 +312,7 @@ def _colorize_segments(colorizer: Colorizer, film: FilmInfo, layout: OutputLayou
                 if writer is None:
                     frames.write(frame.index, frame.luma, frame.cb, frame.cr, frame.light)
                 else:
-                    writer.write(frame.pts, frame.luma, frame.cb, frame.cr)
+                    writer.write(frame.pts, frame.luma, frame.cb, frame.cr, frame.captions)
                 encoded[0] += 1
                 if progress:
                     progress(encoded[0], film.frames)

@@ -69,6 +69,7 @@ class ColourFrame:
     cb: np.ndarray
     cr: np.ndarray
     light: np.ndarray | None = None  # the source's light, where the layout keeps it (``SourceFrame.light``)
+    captions: bytes | None = None  # the source frame's closed captions (``SourceFrame.captions``)
 
 
 @dataclass
@@ -287,7 +288,7 @@ def _colour(colorizer: Colorizer, layout: OutputLayout, frame: SourceFrame, rend
     else:  # and as HDR or BT.2020 video holds it
         rgb = srgb_to_video_rgb_np(rgb, layout.frame.transfer, layout.frame.bt2020)
     cb, cr = rgb_to_chroma_np(rgb, layout.matrix, layout.bit_depth, layout.full_range)
-    return ColourFrame(frame.index, frame.pts, frame.luma, cb, cr, frame.light)
+    return ColourFrame(frame.index, frame.pts, frame.luma, cb, cr, frame.light, frame.captions)
 
 
 def _colour_on_device(colorizer: Colorizer, layout: OutputLayout, frame: SourceFrame, render: Render) -> ColourFrame:
@@ -302,4 +303,4 @@ def _colour_on_device(colorizer: Colorizer, layout: OutputLayout, frame: SourceF
     cb, cr = rgb_to_chroma(rgb, layout.matrix, layout.bit_depth, layout.full_range)
     dtype = code_dtype(layout.bit_depth)
     return ColourFrame(frame.index, frame.pts, frame.luma, cb.cpu().numpy().astype(dtype, copy=False),
-                       cr.cpu().numpy().astype(dtype, copy=False), frame.light)
+                       cr.cpu().numpy().astype(dtype, copy=False), frame.light, frame.captions)

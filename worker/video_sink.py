@@ -33,6 +33,7 @@ import av
 import av.filter
 import numpy as np
 
+from worker.captions import CAPTION_CODECS, captioned_packet
 from worker.video_source import (
     COLORSPACE_BY_MATRIX,
     FIELD_BT,
@@ -330,6 +331,7 @@ class SegmentWriter:
         self.layout = layout
         self.time_base = video.time_base
         self.frames = 0
+        self._captions: dict[int, bytes] = {}  # by pts: frames given to the encoder whose coded frame is still to come
         self._container = av.open(os.fspath(path), mode="w", format=CODECS[layout.codec].segment_format,
                                   options=dict(KEEP_TIMESTAMPS))
         try:
@@ -376,7 +378,11 @@ class SegmentWriter:
         codec_context.options = encoder_options
         return stream
 
-    def write(self, pts: int, luma: np.ndarray, cb: np.ndarray, cr: np.ndarray) -> None:
+    def write(self, pts: int, luma: np.ndarray, cb: np.ndarray, cr: np.ndarray, captions: bytes | None = None) -> None:
+        """One frame, at ``pts``; ``captions``, its source frame's closed captions, go into its coded frame where the
+        codec has a place for them (``worker.captions``)."""
+        if captions and self.layout.codec in CAPTION_CODECS:
+            self._captions[pts] = captions
         frame = av.VideoFrame(luma.shape[1], luma.shape[0], self.layout.pix_fmt)
         for plane, data in zip(frame.planes, (luma, cb, cr), strict=True):
             _fill_plane(plane, data)
@@ -387,16 +393,22 @@ class SegmentWriter:
         if self._stamp is not None:
             frame = self._stamp(frame)
         for packet in self._stream.encode(frame):
-            self._container.mux(packet)
+            self._mux(packet)
         self.frames += 1
 
     def close(self) -> None:
         """Flush the encoder and finish the file."""
         try:
             for packet in self._stream.encode(None):
-                self._container.mux(packet)
+                self._mux(packet)
         finally:
             self._container.close()
+
+    def _mux(self, packet: av.Packet) -> None:
+        """Mux ``packet``, its frame's captions put in it first (encoders hand coded frames out with their pts,
+        in coding order)."""
+        captions = self._captions.pop(packet.pts, None) if self._captions else None
+        self._container.mux(captioned_packet(packet, captions, self.layout.codec) if captions else packet)
 
     def abort(self) -> None:
         self._container.close()

@@ -57,6 +57,7 @@ from models.color import (
     ycbcr_to_rgb_np,
 )
 from worker.boxes import file_boxes
+from worker.captions import CAPTION_CODECS, frame_captions
 from worker.errors import BadInputError, InputTooLargeError, UnsupportedMediaError
 from worker.frame_sequences import DPX_LOG_TRANSFERS, FrameSequence, ScratchFolder, find_sequence, is_pattern
 from worker.images import COLOUR_PROBE_SIDE, COLOUR_THRESHOLD, colour_score
@@ -165,6 +166,7 @@ class VideoFormat:
     # units of 0.00002 and 0.0001 nits) and the content light levels ("MaxCLL,MaxFALL"); None where it has none.
     mastering_display: str | None = None
     content_light: str | None = None
+    captions: bool = False  # closed captions (CEA-608/708) ride in its sampled frames (``worker.captions``)
 
     @property
     def hdr_transfer(self) -> str | None:
@@ -296,6 +298,7 @@ class SourceFrame:
     warmup: bool  # decoded only to warm the smoother up; not encoded
     network_L: np.ndarray  # float32 Lab L the network reads: ``L`` itself, or (H, W) for a small film
     light: np.ndarray | None = None  # (H, W) float32 luminance of a plate of linear light, where the layout keeps it
+    captions: bytes | None = None  # its closed captions' cc_data, for the copy's coded frame (``worker.captions``)
 
 
 def _open(path: str) -> av.container.InputContainer:
@@ -581,7 +584,7 @@ def _judge_samples(path: str, stream, samples: Iterable[tuple[int, av.VideoFrame
     """The film's exact format (from its first sampled frame) and whether it is in colour, from ``(pts, frame)``
     samples; BadInputError if one did not decode or is of another size than the first."""
     first = None
-    colour_scores, highlight_shares = [], []
+    colour_scores, highlight_shares, captions = [], [], False
     for target, frame in samples:
         if frame is None:
             # The index has this frame, the decoder never produced it: damaged data that a frame-threaded
@@ -596,6 +599,7 @@ def _judge_samples(path: str, stream, samples: Iterable[tuple[int, av.VideoFrame
                                 f"{frame.width}x{frame.height} at {float(target * stream.time_base):.3f} s; a film's "
                                 "frames must all be one size")
         colour_scores.append(_colour_score(frame))
+        captions = captions or frame_captions(frame) is not None
         if frame.format.name in LINEAR_FLOAT_FORMATS:
             highlight_shares.append(_highlight_share(frame))
     if stream.codec_context.name in FIELD_PICTURE_CODECS and first.interlaced_frame:
@@ -603,7 +607,7 @@ def _judge_samples(path: str, stream, samples: Iterable[tuple[int, av.VideoFrame
                                     "a time: its copy would be half-height fields at twice the rate; weave them "
                                     "into frames first (ffmpeg -i IN -vf weave=first_field=top -c:v ffv1 OUT.mkv; "
                                     "first_field=bottom for bottom-first)")
-    video = _video_format(stream, first)
+    video = replace(_video_format(stream, first), captions=captions)
     if video.scene_linear:
         logger.info("%s: its frames hold linear light (float, as OpenEXR's): read through the sRGB curve with 1.0 as "
                     "display white (OpenEXR frames out keep the light itself)", path)
@@ -641,10 +645,20 @@ def hdr_lost(film: FilmInfo, codec: str | None) -> str | None:
     return None
 
 
+def captions_lost(film: FilmInfo, codec: str | None) -> str | None:
+    """Why the closed captions in ``film``'s video are left out of its copy in ``codec`` (None: frames), for a
+    warning; None where it has none or keeps them (``worker.captions``)."""
+    if not film.video.captions or codec in CAPTION_CODECS:
+        return None
+    into = "its frames" if codec is None else f"its {codec} copy"
+    return (f"its closed captions (CEA-608/708, carried in its video) are left out of {into}: only H.264 and H.265 "
+            "copies carry them (--codec h264 or h265)")
+
+
 def copy_warnings(film: FilmInfo, keeps_light: bool, codec: str | None) -> list[str]:
     """What a copy of ``film`` in ``codec`` (None: frames) loses or gets only roughly (``highlights_lost``,
-    ``hdr_lost``), for warnings before any work."""
-    warnings = (highlights_lost(film, keeps_light), hdr_lost(film, codec))
+    ``hdr_lost``, ``captions_lost``), for warnings before any work."""
+    warnings = (highlights_lost(film, keeps_light), hdr_lost(film, codec), captions_lost(film, codec))
     return [warning for warning in warnings if warning]
 
 
@@ -937,7 +951,7 @@ def decode_frames(film: FilmInfo, layout: FrameLayout, start: int, stop: int, wa
                         luma = luma_source if shift == 0 else _shift_depth(luma_source, shift, layout.bit_depth)
                     light = _luminance(values) if layout.keeps_light and values is not None else None
                     yield SourceFrame(next_index, expected, luma, L, warmup=next_index < start, network_L=network_L,
-                                      light=light)
+                                      light=light, captions=frame_captions(frame) if video.captions else None)
                     next_index += 1
                     if next_index >= window_stop:
                         break

@@ -658,7 +658,7 @@ def _colorize_segment(rt: Runtime, spec: JobSpec, segment: Segment, lease: Lease
     try:
         if target is None:
             with atomic_path(local) as tmp, SegmentWriter(tmp, film.video, layout, options["encode"]) as writer:
-                times = colorize(lambda frame: writer.write(frame.pts, frame.luma, frame.cb, frame.cr))
+                times = colorize(lambda frame: writer.write(frame.pts, frame.luma, frame.cb, frame.cr, frame.captions))
         else:
             guidance = references_guidance(len(spec.options.references or ()))
             times = _colorize_to_frames(rt, film, target, layout, local, staged, colorize,
