@@ -719,7 +719,8 @@ def _stated_resolution(im: Image.Image, fmt: str, exif: dict[int, Any]
             x, y, unit = density[0], density[1], unit + 1
         else:
             x, y, unit = exif.get(_X_RESOLUTION), exif.get(_Y_RESOLUTION), exif.get(_RESOLUTION_UNIT)
-            unit = unit if unit in (2, 3) else None if unit is None else 0  # EXIF has no unitless resolution
+            if unit not in (None, _INCHES, _CENTIMETRES):  # EXIF's units are those two alone
+                return None, None
     else:  # Pillow reads the others' as they are stated (a PNG's pHYs, a BMP's header, a JP2's boxes)
         dpi = im.info.get("dpi")
         return (float(dpi[0]), float(dpi[1])) if dpi and dpi[0] and dpi[1] else None, None

@@ -514,7 +514,7 @@ class _Run:
     def _colorize(self, pool: ThreadPoolExecutor, batch: list[tuple[PhotoTask, Photo, ColourHints | None]]) -> None:
         # Every page of a document is a picture of the batch; hints (which documents do not take) go with a photo.
         lightness = [page.L for _, photo, _ in batch for page in photo.every_page]
-        hints = [h for _, photo, h in batch for h in [h] + [None] * len(photo.pages)]
+        hints = [hint for _, photo, photo_hints in batch for hint in [photo_hints] + [None] * len(photo.pages)]
         try:
             if any(hints):
                 results = iter(self.colorizer.colorize(lightness, hints=hints))
