@@ -464,8 +464,9 @@ def write_clip(
     - `hidden_frames` (mp4/mov): the first N frames lie before the start of an edit list, as in a film trimmed at its
       head without re-encoding: encoded (what follows needs them to decode), flagged discard, never shown. Their pts
       are negative (default spacing) and the muxer writes the edit list; the file shows the other frames from 0.
-    - `captions` (libx264, libx265): closed captions in every coded frame, `clip_captions(n)` for the n-th frame
-      shown, as ATSC A/53 SEI messages (as broadcast and AVCHD video carries CEA-608/708), which FFmpeg's decoder
+    - `captions` (libx264, libx265, mpeg2video): closed captions in every coded frame, `clip_captions(n)` for the n-th
+      frame shown, as ATSC A/53 SEI messages or MPEG-2 user data (as broadcast, AVCHD and DVD-era video carries
+      CEA-608/708), which FFmpeg's decoder
       hands back with each frame (A53_CC side data: `worker.captions.frame_captions`).
     - `cover` (mp4/mov): a 32x32 JPEG cover picture, a stream flagged as an attached picture (`COVER_RGB`), as many
       MP4s carry one.
@@ -602,11 +603,26 @@ def clip_captions(shown: int) -> bytes:
 
 def _captioned(packets: list[av.Packet], written_pts: Sequence[int], hidden_frames: int) -> list[av.Packet]:
     """Each coded frame with its captions (`clip_captions`), by the place its pts has among the frames shown."""
-    from worker.captions import captioned_packet  # the SEI Tinct writes: FFmpeg's decoder is the judge of both
+    from worker.captions import captioned_packet, repacked  # Tinct's SEI: FFmpeg's decoder is the judge of both
 
-    codec = {"libx264": "h264", "libx265": "h265"}
-    return [captioned_packet(packet, clip_captions(list(written_pts).index(packet.pts) - hidden_frames),
-                             codec[packet.stream.codec_context.name]) for packet in packets]
+    captioned = []
+    for packet in packets:
+        captions = clip_captions(list(written_pts).index(packet.pts) - hidden_frames)
+        encoder = packet.stream.codec_context.name
+        if encoder == "mpeg2video":
+            captioned.append(repacked(packet, _mpeg2_captioned(bytes(packet), captions)))
+        else:
+            captioned.append(captioned_packet(packet, captions, {"libx264": "h264", "libx265": "h265"}[encoder]))
+    return captioned
+
+
+def _mpeg2_captioned(picture: bytes, captions: bytes) -> bytes:
+    """An MPEG-2 picture with its captions as ATSC A/53 user data (user_data_start_code, "GA94", cc_data) after its
+    picture header and extensions, before its first slice, as broadcast MPEG-2 carries them."""
+    slices = [picture.find(b"\x00\x00\x01" + bytes([code])) for code in range(0x01, 0xB0)]
+    first_slice = min(position for position in slices if position >= 0)
+    user_data = b"\x00\x00\x01\xb2GA94\x03" + bytes([0x40 | len(captions) // 3, 0xFF]) + captions + b"\xff"
+    return picture[:first_slice] + user_data + picture[first_slice:]
 
 
 def read_frames(folder: Path, names: list[str]) -> list[np.ndarray]:

@@ -33,7 +33,8 @@ def page(height: int, width: int, seed: int) -> np.ndarray:
 def album(path: Path, colour_page: int | None = None) -> list[np.ndarray]:
     """A 3-page document as archives scan them, each page coded differently: 8-bit gray at 300 dpi with a caption;
     16-bit RGB holding gray, stored turned (orientation 6) and deflate-compressed, its pixels 3:2 (a resolution
-    without a unit); 8-bit gray in 64-pixel tiles, its resolution tifffile's unitless 1:1. ``colour_page`` (0-based) is a colour picture instead. Returns the pages as shown, upright."""
+    without a unit); 8-bit gray in 64-pixel tiles, its resolution tifffile's unitless 1:1. ``colour_page`` (0-based)
+    is a colour picture instead. Returns the pages as shown, upright."""
     pages = [page(*size, seed) for seed, size in enumerate(SIZES)]
     with tifffile.TiffWriter(path) as writer:
         writer.write(pages[0], photometric="minisblack", description="Album 7, page 1", resolution=(300, 300),

@@ -45,11 +45,16 @@ def frame_captions(frame: av.VideoFrame) -> bytes | None:
 
 def captioned_packet(packet: av.Packet, captions: bytes, codec: str) -> av.Packet:
     """``packet`` (one coded frame from ``codec``'s encoder) again, with ``captions`` in it (``with_captions``)."""
-    captioned = av.Packet(with_captions(bytes(packet), captions, codec))
-    captioned.stream, captioned.time_base = packet.stream, packet.time_base
-    captioned.pts, captioned.dts, captioned.duration = packet.pts, packet.dts, packet.duration
-    captioned.is_keyframe = packet.is_keyframe
-    return captioned
+    return repacked(packet, with_captions(bytes(packet), captions, codec))
+
+
+def repacked(packet: av.Packet, data: bytes) -> av.Packet:
+    """A packet of ``data`` in ``packet``'s place: its stream, times and keyframe flag."""
+    copy = av.Packet(data)
+    copy.stream, copy.time_base = packet.stream, packet.time_base
+    copy.pts, copy.dts, copy.duration = packet.pts, packet.dts, packet.duration
+    copy.is_keyframe = packet.is_keyframe
+    return copy
 
 
 def with_captions(data: bytes, captions: bytes, codec: str) -> bytes:
