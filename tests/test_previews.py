@@ -228,3 +228,31 @@ def test_a_jpeg2000_copy_is_previewed_in_the_colours_its_profile_gives_it(s3_ser
     assert np.abs(after[8:40, 4:28].mean(axis=(0, 1)) - (200, 40, 40)).max() < 6
     before = np.asarray(Image.open(previews.image(record, item, "before")).convert("L"), dtype=np.int16)
     assert np.abs(before - photo.L * 2.55).max() < 1.5  # the master's lightness, as every photo's "before" shows
+
+
+def test_a_documents_pair_shows_its_pages_side_by_side(s3_server, storage, tmp_path):
+    """A multi-page document's preview had shown its first page alone, as if the rest had not been coloured: its
+    pages now stand side by side, before and after alike, each beside its copy's page at the same place."""
+    import tifffile  # (the test's own writer of a document, as scanning software writes one)
+
+    pages = [np.full((60, 40), 90, np.uint8), np.full((60, 80), 160, np.uint8)]
+    source = tmp_path / "album.tif"
+    with tifffile.TiffWriter(source) as writer:
+        for page in pages:
+            writer.write(page, photometric="minisblack")
+    photo = read_photo(source)
+    reds = [np.dstack([page / 255, page / 255 * 0.5, page / 255 * 0.3]) for page in pages]
+    write_photo(tmp_path / "copy.tif", reds[0], photo, "tests@1", pages=reds[1:])
+    put_object(s3_server, "s3://scans/box/album.tif", source.read_bytes())
+    put_object(s3_server, "s3://colour/box/album.tif", (tmp_path / "copy.tif").read_bytes())
+    record = JobRecord(id="job-doc", spec=JobSpec(input="s3://scans/box/album.tif", output="s3://colour/box/",
+                                                  kind="image"), state="succeeded", created=0.0, updated=0.0)
+    previews = Previews(storage, tmp_path / "cache", tmp_path / "scratch")
+    item = previews.items(record)[0]
+    after = np.asarray(Image.open(previews.image(record, item, "after")).convert("RGB"), dtype=np.int16)
+    before = np.asarray(Image.open(previews.image(record, item, "before")).convert("L"), dtype=np.int16)
+    assert after.shape[:2] == before.shape == (60, 40 + 8 + 80)  # two pages and the gap between them
+    for left, right, page, lightness in ((0, 40, pages[0], photo.L), (48, 128, pages[1], photo.pages[0].L)):
+        shown = after[4:56, left + 4:right - 4].mean(axis=(0, 1))
+        assert np.abs(shown - (page[0, 0], page[0, 0] * 0.5, page[0, 0] * 0.3)).max() < 6  # its page's own red
+        assert abs(before[4:56, left + 4:right - 4].mean() - lightness.mean() * 2.55) < 3  # and its own lightness

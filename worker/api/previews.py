@@ -1,12 +1,13 @@
 """Before/after previews of a finished job, derived on demand from its input and output and cached on disk.
 
 A photo gives one pair (the source's lightness, the colorized result), each at most ``PREVIEW_SIDE`` pixels on its
-long side; a film gives a strip of ``FILM_FRAMES`` pairs at evenly spaced times (a film coloured into a run of frames,
-a pair for each of ``FILM_FRAMES`` evenly spaced frames); a collection gives a pair for each of its first
-``COLLECTION_PREVIEWS`` photos. Deriving them here rather than in the workers leaves the workers'
-hot path and their outputs untouched (an archive's output prefix holds exactly what it asked for), and a preview
-costs one read of the input and the output the first time anyone looks, nothing after: files are cached under
-``<cache_dir>/previews/<job>/`` keyed by the output's ETag, so a job run again with new outputs gets new previews.
+long side (a multi-page document, its first ``DOCUMENT_PAGES`` pages side by side); a film gives a strip of
+``FILM_FRAMES`` pairs at evenly spaced times (a film coloured into a run of frames, a pair for each of
+``FILM_FRAMES`` evenly spaced frames); a collection gives a pair for each of its first ``COLLECTION_PREVIEWS``
+photos. Deriving them here rather than in the workers leaves the workers' hot path and their outputs untouched (an
+archive's output prefix holds exactly what it asked for), and a preview costs one read of the input and the output
+the first time anyone looks, nothing after: files are cached under ``<cache_dir>/previews/<job>/`` keyed by the
+output's ETag, so a job run again with new outputs gets new previews.
 
 :class:`HintPreviews` is the hint editor's: one photo colorized at a small size with a restorer's colour hints,
 synchronously, so the restorer sees what the hints do before submitting the full job.
@@ -32,6 +33,7 @@ from PIL import Image, ImageOps
 
 from models.color import cineon_display_table
 from models.files import atomic_output
+from worker import tiff
 from worker.errors import BadInputError, PermanentError, one_line
 from worker.frame_sequences import DPX_LOG_TRANSFERS, DPX_TRANSFER_OFFSET, is_pattern
 from worker.frame_sink import FrameTarget
@@ -58,6 +60,8 @@ PREVIEW_SIDE = 1024
 FRAME_SIDE = 480  # a film strip shows several frames side by side: smaller ones load faster
 FILM_FRAMES = 6
 COLLECTION_PREVIEWS = 24
+DOCUMENT_PAGES = 6  # a multi-page document's pair shows its first pages side by side
+PAGE_GAP = 8
 JPEG_QUALITY = 85
 LOG_TRANSFERS = {bytes([code]) for code in DPX_LOG_TRANSFERS}  # a DPX header's transfer byte, when it is log
 
@@ -151,13 +155,17 @@ class Previews:
         result, drop_result = self._local(item.output, f"out{suffix_out}")
         try:
             # The source through the pipeline's own reader: 16-bit scans, orientation and odd modes are handled
-            # once, and "before" shows exactly the lightness the colorizer kept.
-            lightness = read_photo(source, DEFAULT_MAX_PIXELS).L
-            before = Image.fromarray(np.clip(lightness * 2.55 + 0.5, 0, 255).astype(np.uint8))
+            # once, and "before" shows exactly the lightness the colorizer kept. A document shows its first pages
+            # side by side, each beside its colour copy's page at the same place.
+            pages = read_photo(source, DEFAULT_MAX_PIXELS).every_page[:DOCUMENT_PAGES]
+            befores = [Image.fromarray(np.clip(page.L * 2.55 + 0.5, 0, 255).astype(np.uint8)) for page in pages]
             with open_image(result) as opened:
-                after = shown_as_srgb(opened)
-            _save(before, folder / f"{item.index}-before.jpg", PREVIEW_SIDE)
-            _save(after, folder / f"{item.index}-after.jpg", PREVIEW_SIDE)
+                afters = []
+                for number in range(min(len(pages), getattr(opened, "n_frames", 1))):
+                    tiff.seek(opened, number)
+                    afters.append(shown_as_srgb(opened))
+            _save(_side_by_side(befores[:len(afters)]), folder / f"{item.index}-before.jpg", PREVIEW_SIDE)
+            _save(_side_by_side(afters), folder / f"{item.index}-after.jpg", PREVIEW_SIDE)
         except OSError as exc:  # Pillow's "cannot identify image file" and friends
             raise BadInputError(item.output, f"cannot read for a preview ({one_line(exc)})") from exc
         finally:
@@ -270,6 +278,22 @@ def _film_source(spec: JobSpec) -> str:
     """The film a film job's "before" frames are read from: its input, or for a run of frames (not one file to read
     at a time) the colour copy, whose lightness is the run's own, shown gray."""
     return film_output_uri(spec) if is_pattern(parse_uri(spec.input)[2]) else spec.input
+
+
+def _side_by_side(pictures: list[Image.Image]) -> Image.Image:
+    """``pictures`` in a row at one height (the tallest's, up to ``PREVIEW_SIDE``), a white gap between them; one
+    picture as it is."""
+    if len(pictures) == 1:
+        return pictures[0]
+    height = min(PREVIEW_SIDE, max(picture.height for picture in pictures))
+    scaled = [picture.convert("RGB").resize((max(1, round(picture.width * height / picture.height)), height),
+                                            Image.Resampling.LANCZOS) for picture in pictures]
+    row = Image.new("RGB", (sum(p.width for p in scaled) + PAGE_GAP * (len(scaled) - 1), height), "white")
+    left = 0
+    for picture in scaled:
+        row.paste(picture, (left, 0))
+        left += picture.width + PAGE_GAP
+    return row
 
 
 def _save(image: Image.Image, path: Path, side: int) -> None:
@@ -406,10 +430,14 @@ class HintPreviews:
             local = self.scratch() / f"{info.version_key()}{suffix}"
             self.storage.download(uri, local)
         try:
-            full = read_photo(local, DEFAULT_MAX_PIXELS).L
+            photo = read_photo(local, DEFAULT_MAX_PIXELS)
         finally:
             if scheme != "file":
                 local.unlink(missing_ok=True)
+        if photo.pages:  # the worker refuses such a job's hints: said here, before a restorer places any
+            raise BadInputError(uri, f"colour hints place points on one picture, and this is a "
+                                     f"{len(photo.every_page)}-page document; hint its pages as files of their own")
+        full = photo.L
         height, width = full.shape
         scale = min(1.0, HINT_PREVIEW_SIDE / max(width, height))
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
