@@ -30,11 +30,11 @@ def page(height: int, width: int, seed: int) -> np.ndarray:
     return np.clip(picture, 0, 255).round().astype(np.uint8)
 
 
-def album(path: Path, colour_page: int | None = None) -> list[np.ndarray]:
+def album(path: Path) -> list[np.ndarray]:
     """A 3-page document as archives scan them, each page coded differently: 8-bit gray at 300 dpi with a caption;
     16-bit RGB holding gray, stored turned (orientation 6) and deflate-compressed, its pixels 3:2 (a resolution
-    without a unit); 8-bit gray in 64-pixel tiles, its resolution tifffile's unitless 1:1. ``colour_page`` (0-based)
-    is a colour picture instead. Returns the pages as shown, upright."""
+    without a unit); 8-bit gray in 64-pixel tiles, its resolution tifffile's unitless 1:1. Returns the pages as
+    shown, upright."""
     pages = [page(*size, seed) for seed, size in enumerate(SIZES)]
     with tifffile.TiffWriter(path) as writer:
         writer.write(pages[0], photometric="minisblack", description="Album 7, page 1", resolution=(300, 300),
@@ -44,16 +44,20 @@ def album(path: Path, colour_page: int | None = None) -> list[np.ndarray]:
                      compression="zlib", extratags=[(274, "H", 1, 6, True)], resolution=(3, 2),
                      resolutionunit="NONE")
         writer.write(pages[2], photometric="minisblack", tile=(64, 64))
-    if colour_page is not None:
-        colour = np.stack([pages[colour_page], pages[colour_page][:, ::-1], np.full_like(pages[colour_page], 90)], -1)
-        _replace_page(path, colour_page, colour, pages)
     return pages
 
 
-def _replace_page(path: Path, number: int, colour: np.ndarray, pages: list[np.ndarray]) -> None:
+def mixed_album(path: Path, colour_pages: tuple[int, ...]) -> list[np.ndarray]:
+    """A 3-page document whose ``colour_pages`` (from 0) are colour pictures (a colour cover among gray prints)
+    and the others gray; returns its pages as stored."""
+    pages = []
     with tifffile.TiffWriter(path) as writer:
-        for index, gray in enumerate(pages):
-            writer.write(colour if index == number else gray, photometric="rgb" if index == number else "minisblack")
+        for number, size in enumerate(SIZES):
+            gray = page(*size, number)
+            shown = np.stack([gray, gray[:, ::-1], np.full_like(gray, 90)], -1) if number in colour_pages else gray
+            writer.write(shown, photometric="rgb" if shown.ndim == 3 else "minisblack")
+            pages.append(shown)
+    return pages
 
 
 def lightness(rgb: np.ndarray) -> np.ndarray:
@@ -125,19 +129,38 @@ def test_a_document_its_copy_would_cut_to_one_page_or_hinted_is_refused_whole(tm
     assert not any(out.rglob("*.tif"))
 
 
-def test_a_document_with_a_colour_page_is_skipped_unless_recoloured(tmp_path: Path, tiny_checkpoint: Path,
-                                                                      capsys) -> None:
-    """As a colour photo is: a document is left alone where a page is already in colour, the page named."""
-    source = tmp_path / "album.tif"
-    album(source, colour_page=1)
-    out = tmp_path / "album-colour.tif"
+def test_a_documents_colour_page_is_kept_as_it_is_and_a_colour_document_left_alone(tmp_path: Path,
+                                                                                    tiny_checkpoint: Path,
+                                                                                    capsys) -> None:
+    """A colour cover among gray prints keeps its own colour, pixel for pixel, and the gray pages are coloured
+    (``--recolor`` colours every page from its lightness); a document in colour throughout is left alone, as a
+    colour photo is."""
+    source, out = tmp_path / "album.tif", tmp_path / "album-colour.tif"
+    pages = mixed_album(source, colour_pages=(1,))
     assert main(["colorize", str(source), "-o", str(out), *model_args(tiny_checkpoint)]) == 0
     captured = capsys.readouterr()
+    assert "colorized 1 (2 pictures, each page of 1 document one), skipped 0" in captured.out
+    assert "album.tif: page 2 of 3 already in colour, kept as it is" in captured.err
+    with tifffile.TiffFile(out) as copy:
+        copied = [copied_page.asarray() for copied_page in copy.pages]
+    assert np.array_equal(copied[1], pages[1])  # the colour page, as it was
+    for number in (0, 2):  # the gray ones coloured, their lightness kept
+        assert np.abs(copied[number].astype(int) - copied[number].mean(axis=-1, keepdims=True)).mean() > 0.5
+        assert np.abs(lightness(copied[number]) - lightness(pages[number])).mean() < 3
+
+    assert main(["colorize", str(source), "-o", str(out), "--overwrite", "--recolor",
+                 *model_args(tiny_checkpoint)]) == 0
+    assert "colorized 1 (3 pictures" in capsys.readouterr().out
+    with tifffile.TiffFile(out) as copy:
+        assert not np.array_equal(copy.pages[1].asarray(), pages[1])  # coloured again from its lightness
+
+    colour = tmp_path / "colour.tif"
+    mixed_album(colour, colour_pages=(0, 1, 2))
+    assert main(["colorize", str(colour), "-o", str(tmp_path / "colour-copy.tif"), *model_args(tiny_checkpoint)]) == 0
+    captured = capsys.readouterr()
     assert "skipped 1 (0 already done, 1 colour photo)" in captured.out
-    assert "album.tif: already a 3-page document with colour on page 2 (colour score" in captured.err
-    assert not out.exists()
-    assert main(["colorize", str(source), "-o", str(out), "--recolor", *model_args(tiny_checkpoint)]) == 0
-    assert len(tifffile.TiffFile(out).pages) == 3
+    assert "colour.tif: already a 3-page document in colour on every page (colour scores" in captured.err
+    assert not (tmp_path / "colour-copy.tif").exists()
 
 
 def test_a_document_over_the_pixel_limit_or_with_a_damaged_page_is_refused_naming_it(tmp_path: Path) -> None:

@@ -219,7 +219,7 @@ def provenance_text(model_label: str, guidance: str = "") -> str:
     return f"{text}, with {guidance}" if guidance else text
 
 
-@dataclass
+@dataclass(eq=False)  # one photo is one picture: a document's pages are told apart by identity, not by value
 class Photo:
     """One decoded photo: what the colorizer needs (``L``) and what the encoder must carry to the result.
 
@@ -256,6 +256,9 @@ class Photo:
     colour_score: float = 0.0
     encoder: dict[str, Any] = field(default_factory=dict)
     pages: list[Photo] = field(default_factory=list)
+    # A document's page already in colour: its pixels as decoded (codes in ``icc_profile``'s space, at its depth),
+    # which its copy keeps as they are unless the document is recoloured.
+    kept_colour: np.ndarray | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -273,17 +276,34 @@ class Photo:
         return sum(page.L.size for page in self.every_page)
 
     def colour_found(self) -> str | None:
-        """What of it is already in colour, in words (``a colour photo (colour score 31.2)``), or None where it is
-        gray throughout: a photo, or a document's page, in colour is left alone unless recoloured on purpose."""
+        """What makes it a colour photo, in words (``a colour photo (colour score 31.2)``), or None: a photo in colour,
+        or a document in colour on every page, is left alone unless recoloured on purpose (a document's colour pages
+        among gray ones are kept as they are: ``to_colour``)."""
         if not self.pages:
             return f"a colour photo (colour score {self.colour_score:.1f})" if self.had_colour else None
-        coloured = [(number, page) for number, page in enumerate(self.every_page, 1) if page.had_colour]
-        if not coloured:
+        if not all(page.had_colour for page in self.every_page):
             return None
-        numbers = ", ".join(str(number) for number, _ in coloured)
-        scores = ", ".join(f"{page.colour_score:.1f}" for _, page in coloured)
-        return (f"a {len(self.every_page)}-page document with colour on page{'s' if len(coloured) > 1 else ''} "
-                f"{numbers} (colour score{'s' if len(coloured) > 1 else ''} {scores})")
+        scores = ", ".join(f"{page.colour_score:.1f}" for page in self.every_page)
+        return f"a {len(self.every_page)}-page document in colour on every page (colour scores {scores})"
+
+    def kept_pages(self, recolor: bool) -> str | None:
+        """Which of a document's pages its copy keeps in their own colour, in words, or None."""
+        kept = [str(number) for number, page in enumerate(self.every_page, 1) if page not in self.to_colour(recolor)]
+        if not kept:
+            return None
+        several = len(kept) > 1
+        return (f"page{'s' if several else ''} {', '.join(kept)} of {len(self.every_page)} already in colour, kept as "
+                f"{'they are' if several else 'it is'}")
+
+    def to_colour(self, recolor: bool) -> list[Photo]:
+        """The pictures to colour: every page, but, unless ``recolor``, a document's pages already in colour."""
+        return [page for page in self.every_page if recolor or page.kept_colour is None]
+
+    def placed(self, results: Iterator[np.ndarray], recolor: bool) -> list[np.ndarray | None]:
+        """The colour results of ``to_colour(recolor)``, taken from ``results`` in turn, in page order: None for a
+        page kept as it is."""
+        coloured = self.to_colour(recolor)
+        return [next(results) if page in coloured else None for page in self.every_page]
 
 
 @dataclass(frozen=True)
@@ -432,6 +452,9 @@ def read_photo(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
             sources = [_decode(path, im)] + [_decode_page(path, im, page, pages) for page in range(1, pages)]
     photo, *further = [_photo(source) for source in sources]
     photo.pages = further
+    for page, source in zip(photo.every_page, sources, strict=True):
+        if further and page.had_colour:  # a document's colour page: its copy keeps it as it is
+            page.kept_colour = source.pixels
     return photo
 
 
@@ -1349,7 +1372,7 @@ def _text(value: Any) -> str:
 
 def write_photo(
     path: str | os.PathLike,
-    rgb: np.ndarray,
+    rgb: np.ndarray | None,
     like: Photo,
     provenance: str,
     alpha: np.ndarray | None = None,
@@ -1367,7 +1390,9 @@ def write_photo(
     instead, which is how the transparent photo looks on a page. BMP has no place for metadata: BMP results keep
     their DPI only.
     ``guidance`` (e.g. "3 colour hints") is added to the provenance sentence. ``pages`` are the results for a
-    document's further pages (``like.pages``, whose own alpha they keep), in order: its copy is a TIFF of them all.
+    document's further pages (``like.pages``, whose own alpha they keep), in order: its copy is a TIFF of them all. A
+    page whose result is None (``rgb`` too) is one already in colour, which the copy keeps as it is
+    (``Photo.kept_colour``).
     """
     path = Path(path)
     fmt = format_for_path(path) or like.format
@@ -1410,10 +1435,17 @@ def lost_pages(photo: Photo, output: str | os.PathLike) -> str | None:
             f"{PurePath(output).name}")
 
 
-def _result_pixels(rgb: np.ndarray, like: Photo, alpha: np.ndarray | None, fmt: str,
+def _result_pixels(rgb: np.ndarray | None, like: Photo, alpha: np.ndarray | None, fmt: str,
                    codestream: bool = False) -> np.ndarray:
     """A colour result as the samples its copy in ``fmt`` stores: in the profile the copy is tagged with, its alpha
-    beside it or composited onto white where the format has none, at 8 or 16 bits as the source was."""
+    beside it or composited onto white where the format has none, at 8 or 16 bits as the source was. None: a
+    document's page kept in its own colour (a TIFF's), its pixels as they were."""
+    if rgb is None:
+        if like.kept_colour is None:
+            raise ValueError(f"{like.path}: no colour result for a page that has no colour of its own")
+        kept = like.kept_colour
+        return kept if alpha is None else np.concatenate((kept, _quantize(_unit_alpha(alpha), kept.itemsize * 8)[
+            ..., None]), axis=2)
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) RGB array, got shape {rgb.shape}")

@@ -509,12 +509,17 @@ class _Run:
                 self.record(PhotoOutcome(task, "colour", reason))
                 return None
             logger.info("%s: %s; recolorizing its lightness", task.source, colour)
+        if kept := photo.kept_pages(self.options.recolor):
+            logger.warning("%s: %s", task.source, kept)
         return photo, hints
 
     def _colorize(self, pool: ThreadPoolExecutor, batch: list[tuple[PhotoTask, Photo, ColourHints | None]]) -> None:
-        # Every page of a document is a picture of the batch; hints (which documents do not take) go with a photo.
-        lightness = [page.L for _, photo, _ in batch for page in photo.every_page]
-        hints = [hint for _, photo, photo_hints in batch for hint in [photo_hints] + [None] * len(photo.pages)]
+        # Every page of a document to colour is a picture of the batch; hints (which documents do not take) go with
+        # a photo.
+        recolor = self.options.recolor
+        lightness = [page.L for _, photo, _ in batch for page in photo.to_colour(recolor)]
+        hints = [hint for _, photo, photo_hints in batch
+                 for hint in [photo_hints] + [None] * (len(photo.to_colour(recolor)) - 1)]
         try:
             if any(hints):
                 results = iter(self.colorizer.colorize(lightness, hints=hints))
@@ -525,10 +530,10 @@ class _Run:
                 self.record(PhotoOutcome(task, "failed", f"{task.source}: colorization failed: {one_line(exc)}"))
             return
         for task, photo, photo_hints in batch:
-            rgb, pages = next(results), [next(results) for _ in photo.pages]
+            rgb, *pages = photo.placed(results, recolor)
             guidance = hints_provenance(len(photo_hints) if photo_hints else 0)
             future = pool.submit(write_photo, task.output, rgb, photo, self.model_label, photo.alpha, guidance, pages)
-            self.encodes.append((task, len(photo.every_page), future))
+            self.encodes.append((task, len(photo.to_colour(recolor)), future))
         while len(self.encodes) > 2 * max(1, self.options.workers):
             self._finish_encode()
 

@@ -540,15 +540,18 @@ def _colorize_one_photo(rt: Runtime, loaded: _Loaded, uri: str, output: str, scr
             raise FieldError(uri, "options.hints", f"colour hints place points on one picture, and this is a "
                                                    f"{len(photo.every_page)}-page document")
         hints = job_photo_hints(spec.options.hints, *photo.size, uri)  # before any work: a bad point fails the file
-        rgb, *pages = loaded.colorizer.colorize([page.L for page in photo.every_page],
-                                                hints=[hints] + [None] * len(photo.pages))
+        coloured = photo.to_colour(spec.options.recolor)  # a document's colour pages are kept as they are
+        if kept := photo.kept_pages(spec.options.recolor):
+            logger.info("%s: %s", uri, kept)
+        results = loaded.colorizer.colorize([page.L for page in coloured], hints=[hints] + [None] * (len(coloured) - 1))
+        rgb, *pages = photo.placed(iter(results), spec.options.recolor)
         suffix = PurePosixPath(parse_uri(output)[2]).suffix
         result = scratch / f"{hashlib.sha256(output.encode()).hexdigest()[:16]}{suffix}"
         guidance = hints_provenance(len(hints) if hints else 0)
         write_photo(result, rgb, photo, loaded.label, photo.alpha, guidance, pages)
         rt.storage.upload(result, output, metadata=provenance_metadata(loaded.label, guidance))
         result.unlink(missing_ok=True)
-        return len(photo.every_page)
+        return len(coloured)
     finally:
         if local.is_relative_to(rt.settings.work_dir):
             local.unlink(missing_ok=True)
