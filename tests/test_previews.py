@@ -11,6 +11,7 @@ import av
 import numpy as np
 import OpenEXR
 import pytest
+import tifffile
 import torch
 from PIL import Image
 
@@ -218,23 +219,30 @@ def test_a_jpeg2000_copy_is_previewed_in_the_colours_its_profile_gives_it(s3_ser
     shown = np.full((48, 64, 3), 0.5)
     shown[:, :32] = (200 / 255, 40 / 255, 40 / 255)
     write_photo(tmp_path / "copy.jp2", shown, photo, "tests@1")
-    put_object(s3_server, "s3://scans/box/master.jp2", master.read_bytes())
-    put_object(s3_server, "s3://colour/box/master.jp2", (tmp_path / "copy.jp2").read_bytes())
-    record = JobRecord(id="job-jp2", spec=JobSpec(input="s3://scans/box/master.jp2", output="s3://colour/box/",
-                                                  kind="image"), state="succeeded", created=0.0, updated=0.0)
+    before, after = photo_pair(s3_server, storage, tmp_path, master, tmp_path / "copy.jp2")
+    assert np.abs(after[8:40, 4:28].mean(axis=(0, 1)) - (200, 40, 40)).max() < 6
+    assert np.abs(before - photo.L * 2.55).max() < 1.5  # the master's lightness, as every photo's "before" shows
+
+
+def photo_pair(s3: S3Server, storage: Storage, tmp_path: Path, source: Path, copy: Path
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """The preview pair of a photo job that coloured ``source`` into ``copy`` (both put in the bucket first): the
+    "before" side's gray and the "after" side's RGB."""
+    put_object(s3, f"s3://scans/box/{source.name}", source.read_bytes())
+    put_object(s3, f"s3://colour/box/{source.name}", copy.read_bytes())
+    record = JobRecord(id=f"job-{source.stem}", spec=JobSpec(input=f"s3://scans/box/{source.name}",
+                                                             output="s3://colour/box/", kind="image"),
+                       state="succeeded", created=0.0, updated=0.0)
     previews = Previews(storage, tmp_path / "cache", tmp_path / "scratch")
     item = previews.items(record)[0]
-    after = np.asarray(Image.open(previews.image(record, item, "after")).convert("RGB"), dtype=np.int16)
-    assert np.abs(after[8:40, 4:28].mean(axis=(0, 1)) - (200, 40, 40)).max() < 6
     before = np.asarray(Image.open(previews.image(record, item, "before")).convert("L"), dtype=np.int16)
-    assert np.abs(before - photo.L * 2.55).max() < 1.5  # the master's lightness, as every photo's "before" shows
+    after = np.asarray(Image.open(previews.image(record, item, "after")).convert("RGB"), dtype=np.int16)
+    return before, after
 
 
 def test_a_documents_pair_shows_its_pages_side_by_side(s3_server, storage, tmp_path):
     """A multi-page document's preview had shown its first page alone, as if the rest had not been coloured: its
     pages now stand side by side, before and after alike, each beside its copy's page at the same place."""
-    import tifffile  # (the test's own writer of a document, as scanning software writes one)
-
     pages = [np.full((60, 40), 90, np.uint8), np.full((60, 80), 160, np.uint8)]
     source = tmp_path / "album.tif"
     with tifffile.TiffWriter(source) as writer:
@@ -243,14 +251,7 @@ def test_a_documents_pair_shows_its_pages_side_by_side(s3_server, storage, tmp_p
     photo = read_photo(source)
     reds = [np.dstack([page / 255, page / 255 * 0.5, page / 255 * 0.3]) for page in pages]
     write_photo(tmp_path / "copy.tif", reds[0], photo, "tests@1", pages=reds[1:])
-    put_object(s3_server, "s3://scans/box/album.tif", source.read_bytes())
-    put_object(s3_server, "s3://colour/box/album.tif", (tmp_path / "copy.tif").read_bytes())
-    record = JobRecord(id="job-doc", spec=JobSpec(input="s3://scans/box/album.tif", output="s3://colour/box/",
-                                                  kind="image"), state="succeeded", created=0.0, updated=0.0)
-    previews = Previews(storage, tmp_path / "cache", tmp_path / "scratch")
-    item = previews.items(record)[0]
-    after = np.asarray(Image.open(previews.image(record, item, "after")).convert("RGB"), dtype=np.int16)
-    before = np.asarray(Image.open(previews.image(record, item, "before")).convert("L"), dtype=np.int16)
+    before, after = photo_pair(s3_server, storage, tmp_path, source, tmp_path / "copy.tif")
     assert after.shape[:2] == before.shape == (60, 40 + 8 + 80)  # two pages and the gap between them
     for left, right, page, lightness in ((0, 40, pages[0], photo.L), (48, 128, pages[1], photo.pages[0].L)):
         shown = after[4:56, left + 4:right - 4].mean(axis=(0, 1))
