@@ -342,13 +342,15 @@ def shown_captions(path: Path) -> list[bytes | None]:
     ("broadcast.ts", "copy.mp4", "source", "h264"),  # a transport stream's H.264 with B-frames, into MP4
     ("broadcast.ts", "copy.mkv", "h265", "hevc"),
     ("recording.mpg", "copy.mp4", "source", "h264"),  # MPEG-2's A/53 user data (broadcast recordings), into H.264
+    ("broadcast.ts", "copy.mov", "prores", "prores"),  # CEA-608 as a QuickTime caption track; CEA-708 said left out
     ("avchd.mkv", "copy.mkv", "ffv1", "ffv1"),  # no place for them: said so
 ])
 def test_closed_captions_ride_with_their_frames_into_an_h264_or_h265_copy(tmp_path, tiny_checkpoint, caplog, source,
                                                                          output, codec, decoder):
     """Broadcast and tape captures carry CEA-608/708 captions in each coded picture (ATSC A/53), which a copy coded
     from colour numbers had lost without a word. Each frame's captions now go into its coded frame, B-frames
-    reordered and segments joined, where FFmpeg's decoder finds them; a copy with no place for them says so."""
+    reordered and segments joined, where FFmpeg's decoder finds them; a ProRes copy in a .mov has its CEA-608 ones
+    in a QuickTime caption track (c608), a sample a frame; a copy with no place for them says so."""
     clip = bw_clip(tmp_path / source, frames=30, gop=12, bframes=2, captions=True,
                    codec="mpeg2video" if source.endswith(".mpg") else "libx264")
     expected = [clip_captions(shown) for shown in range(30)]
@@ -356,11 +358,21 @@ def test_closed_captions_ride_with_their_frames_into_an_h264_or_h265_copy(tmp_pa
     out = tmp_path / output
     assert run_cli(tiny_checkpoint, str(clip.path), "-o", str(out), "--codec", codec, "--segment-seconds", "0.4") == 0
     assert probe(out).video.codec == decoder and is_coloured(out)
-    lost = f"{clip.path}: its closed captions (CEA-608/708, carried in its video) are left out of its ffv1 copy"
     if codec == "ffv1":
-        assert lost in caplog.text and shown_captions(out) == [None] * 30
+        assert (f"{clip.path}: its closed captions (CEA-608/CEA-708, carried in its video) are left out of its ffv1 "
+                "copy: H.264 and H.265 copies carry them (--codec h264 or h265) or, for CEA-608, ProRes in .mov"
+                ) in caplog.text
+        assert shown_captions(out) == [None] * 30
+    elif codec == "prores":
+        assert (f"{clip.path}: its CEA-708 captions are left out of its ProRes copy, whose QuickTime caption track "
+                "holds CEA-608 alone (which it keeps)") in caplog.text
+        with av.open(str(out)) as copied:
+            track = next(stream for stream in copied.streams if stream.type == "subtitle")
+            assert track.codec.canonical_name == "eia_608" and track.codec_context.codec_tag == "c608"
+            samples = [(packet.pts, bytes(packet)) for packet in copied.demux(track) if packet.size]
+        assert [sample for _, sample in sorted(samples)] == [captions[:3] for captions in expected]  # CEA-608's
     else:
-        assert shown_captions(out) == expected and "closed captions" not in caplog.text
+        assert shown_captions(out) == expected and "captions" not in caplog.text
 
 
 @pytest.mark.parametrize("profile, pix_fmt, name, tag", [

@@ -13,15 +13,19 @@ SEI message libx264 and NVENC write for it (user data registered by ITU-T T.35, 
 frame's first slice, where decoders (FFmpeg's, a broadcaster's) read it back.
 
 Encoders emit Annex B streams (start codes before each NAL unit) into the segments, and the join's muxers convert
-them for MP4 and Matroska with the SEI inside; FFV1, ProRes and frames out have no place for captions, and say so
-(``worker.video_source.captions_lost``).
+them for MP4 and Matroska with the SEI inside. ProRes has no place for them in its frames; a ProRes copy in a .mov
+gets its CEA-608 captions as a QuickTime closed-caption track (c608), as broadcast deliveries of ProRes masters carry
+them and editing suites read them (CEA-708 has no such track). FFV1, ProRes in Matroska and frames out have no
+place for captions, and say so (``worker.video_source.captions_lost``).
 """
 
 from __future__ import annotations
 
 import av
 
-CAPTION_CODECS = frozenset({"h264", "h265"})  # Tinct's codecs whose copies carry captions
+CAPTION_CODECS = frozenset({"h264", "h265"})  # Tinct's codecs whose copies carry captions in their frames
+CEA608, CEA708 = "CEA-608", "CEA-708"
+CEA608_CODEC = "eia_608"  # FFmpeg's name for a caption track's CEA-608 samples (QuickTime's c608)
 
 _A53_HEADER = bytes([0xB5, 0x00, 0x31]) + b"GA94" + bytes([0x03])  # T.35 USA, ATSC's provider, "GA94", cc_data
 _USER_DATA_REGISTERED = 4  # the SEI payload type of ITU-T T.35 user data
@@ -41,6 +45,23 @@ def frame_captions(frame: av.VideoFrame) -> bytes | None:
             data = bytes(entry)
             return data[: len(data) - len(data) % 3] or None
     return None
+
+
+def caption_kinds(captions: bytes) -> set[str]:
+    """Which captions cc_data holds: CEA-608 (constructs of type 0 and 1, a field's byte pair each) and CEA-708
+    (types 2 and 3, the DTVCC packets'), counting valid constructs alone."""
+    kinds = set()
+    for marker in captions[::3]:
+        if marker & 0x04:  # cc_valid
+            kinds.add(CEA608 if marker & 0x03 < 2 else CEA708)
+    return kinds
+
+
+def cea608_constructs(captions: bytes) -> bytes:
+    """cc_data's valid CEA-608 constructs, as a QuickTime caption track's samples hold them (FFmpeg writes a field's
+    pairs into its cdat and cdt2 atoms)."""
+    constructs = (captions[start:start + 3] for start in range(0, len(captions) - 2, 3))
+    return b"".join(construct for construct in constructs if construct[0] & 0x04 and construct[0] & 0x03 < 2)
 
 
 def captioned_packet(packet: av.Packet, captions: bytes, codec: str) -> av.Packet:

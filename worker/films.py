@@ -232,7 +232,8 @@ def colorize_film(
         options.references, film, lambda r: load_reference_image(r.image, max_bytes=limits.max_reference_file_bytes),
         limits.max_references)
     layout = plan_output(film.video, options.encode) if frames is None else frames_layout(film.video, frames)
-    for warning in copy_warnings(film, layout.frame.keeps_light, options.encode.codec if frames is None else None):
+    for warning in copy_warnings(film, layout.frame.keeps_light, options.encode.codec if frames is None else None,
+                                 output):
         logger.warning("%s: %s", source, warning)
     segment_frames = max(1, round(options.segment_seconds * (film.fps or 24)))
     segments = plan_segments(film, segment_frames, warmup_frames(options.smoothing))

@@ -33,6 +33,7 @@ import av
 import numpy as np
 
 from models.files import atomic_path
+from worker.captions import CEA608_CODEC
 from worker.errors import BadInputError
 from worker.video_sink import (
     KEEP_TIMESTAMPS,
@@ -128,12 +129,13 @@ def join_segments(
             with av.open(os.fspath(tmp), "w", format=container_name,
                          options=dict(MUXER_OPTIONS[container_name])) as out:
                 video_out = _add_video(out, film, source, segments[0].streams.video[0])
+                captions_out = _add_captions(out, segments[0], container_name)
                 _report_alpha(film)
                 copies = _add_copies(out, film, source, output)
                 _copy_metadata(out, source, provenance)
                 _drop_untimable_timecode(out, video_out, film)
                 packets = heapq.merge(_segment_packets(segments, video_out), _source_packets(source, copies),
-                                      key=lambda item: item[0])
+                                      _caption_packets(segments, captions_out), key=lambda item: item[0])
                 _mux_all(out, packets, film, _clock_start(film, source), video_out)
         except av.FFmpegError as exc:
             if exc.filename != os.fspath(tmp):
@@ -324,6 +326,31 @@ def _copy_metadata(out, source, provenance: dict | None) -> None:
 def _time(packet, time_base: Fraction) -> Fraction:
     stamp = packet.dts if packet.dts is not None else packet.pts
     return Fraction(stamp if stamp is not None else 0) * time_base
+
+
+def _add_captions(out, segment, container_name: str):
+    """The output's caption track, where the segments have one (a ProRes copy's CEA-608 captions, which its frames
+    cannot hold: ``worker.captions``) and the output is a QuickTime file, which keeps it; else None."""
+    if container_name != "mov" or not _caption_tracks(segment):
+        return None
+    stream = out.add_mux_stream(CEA608_CODEC)
+    stream.time_base = _caption_tracks(segment)[0].time_base
+    return stream
+
+
+def _caption_tracks(segment) -> list:
+    return [stream for stream in segment.streams
+            if stream.type == "subtitle" and stream.codec.canonical_name == CEA608_CODEC]
+
+
+def _caption_packets(segments: list, stream) -> Iterator[tuple[Fraction, object, object]]:
+    if stream is None:
+        return
+    for segment in segments:
+        for track in _caption_tracks(segment):
+            for packet in segment.demux(track):
+                if packet.size:
+                    yield _time(packet, track.time_base), packet, stream
 
 
 def _segment_packets(segments: list, stream) -> Iterator[tuple[Fraction, object, object]]:

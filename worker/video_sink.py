@@ -33,7 +33,7 @@ import av
 import av.filter
 import numpy as np
 
-from worker.captions import CAPTION_CODECS, captioned_packet
+from worker.captions import CAPTION_CODECS, CEA608, CEA608_CODEC, captioned_packet, cea608_constructs
 from worker.video_source import (
     COLORSPACE_BY_MATRIX,
     FIELD_BT,
@@ -337,6 +337,14 @@ class SegmentWriter:
         try:
             self._stream = self._add_stream(video, layout, options, frame_rate or video.average_rate)
             self._stamp = _frame_stamper(video, layout)
+            # ProRes has no place for captions in its frames: its segments keep the CEA-608 ones as a QuickTime
+            # caption track, which the join keeps in a .mov (``worker.captions``).
+            self._caption_track = None
+            if CEA608 in video.captions and layout.codec == "prores":
+                self._caption_track = self._container.add_mux_stream(CEA608_CODEC)
+                self._caption_track.time_base = video.time_base
+                rate = frame_rate or video.average_rate or Fraction(24)
+                self._frame_ticks = max(1, round(1 / (rate * video.time_base)))
         except BaseException:
             self._container.close()
             raise
@@ -383,6 +391,11 @@ class SegmentWriter:
         codec has a place for them (``worker.captions``)."""
         if captions and self.layout.codec in CAPTION_CODECS:
             self._captions[pts] = captions
+        elif captions and self._caption_track is not None and (cea608 := cea608_constructs(captions)):
+            sample = av.Packet(cea608)
+            sample.stream, sample.time_base, sample.pts, sample.dts = self._caption_track, self.time_base, pts, pts
+            sample.duration = self._frame_ticks  # (QuickTime drops a last sample that lasts no time)
+            self._container.mux(sample)
         frame = av.VideoFrame(luma.shape[1], luma.shape[0], self.layout.pix_fmt)
         for plane, data in zip(frame.planes, (luma, cb, cr), strict=True):
             _fill_plane(plane, data)

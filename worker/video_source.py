@@ -35,6 +35,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from functools import lru_cache
+from pathlib import Path
 
 import av
 import av.filter
@@ -57,7 +58,7 @@ from models.color import (
     ycbcr_to_rgb_np,
 )
 from worker.boxes import file_boxes
-from worker.captions import CAPTION_CODECS, frame_captions
+from worker.captions import CAPTION_CODECS, CEA608, CEA708, caption_kinds, frame_captions
 from worker.errors import BadInputError, InputTooLargeError, UnsupportedMediaError
 from worker.frame_sequences import DPX_LOG_TRANSFERS, FrameSequence, ScratchFolder, find_sequence, is_pattern
 from worker.images import COLOUR_PROBE_SIDE, COLOUR_THRESHOLD, colour_score
@@ -166,7 +167,8 @@ class VideoFormat:
     # units of 0.00002 and 0.0001 nits) and the content light levels ("MaxCLL,MaxFALL"); None where it has none.
     mastering_display: str | None = None
     content_light: str | None = None
-    captions: bool = False  # closed captions (CEA-608/708) ride in its sampled frames (``worker.captions``)
+    # The closed captions its sampled frames carry: ("CEA-608",), ("CEA-608", "CEA-708")... (``worker.captions``)
+    captions: tuple[str, ...] = ()
 
     @property
     def hdr_transfer(self) -> str | None:
@@ -584,7 +586,7 @@ def _judge_samples(path: str, stream, samples: Iterable[tuple[int, av.VideoFrame
     """The film's exact format (from its first sampled frame) and whether it is in colour, from ``(pts, frame)``
     samples; BadInputError if one did not decode or is of another size than the first."""
     first = None
-    colour_scores, highlight_shares, captions = [], [], False
+    colour_scores, highlight_shares, captions = [], [], set()
     for target, frame in samples:
         if frame is None:
             # The index has this frame, the decoder never produced it: damaged data that a frame-threaded
@@ -599,7 +601,7 @@ def _judge_samples(path: str, stream, samples: Iterable[tuple[int, av.VideoFrame
                                 f"{frame.width}x{frame.height} at {float(target * stream.time_base):.3f} s; a film's "
                                 "frames must all be one size")
         colour_scores.append(_colour_score(frame))
-        captions = captions or frame_captions(frame) is not None
+        captions |= caption_kinds(frame_captions(frame) or b"")
         if frame.format.name in LINEAR_FLOAT_FORMATS:
             highlight_shares.append(_highlight_share(frame))
     if stream.codec_context.name in FIELD_PICTURE_CODECS and first.interlaced_frame:
@@ -607,7 +609,7 @@ def _judge_samples(path: str, stream, samples: Iterable[tuple[int, av.VideoFrame
                                     "a time: its copy would be half-height fields at twice the rate; weave them "
                                     "into frames first (ffmpeg -i IN -vf weave=first_field=top -c:v ffv1 OUT.mkv; "
                                     "first_field=bottom for bottom-first)")
-    video = replace(_video_format(stream, first), captions=captions)
+    video = replace(_video_format(stream, first), captions=tuple(sorted(captions)))
     if video.scene_linear:
         logger.info("%s: its frames hold linear light (float, as OpenEXR's): read through the sRGB curve with 1.0 as "
                     "display white (OpenEXR frames out keep the light itself)", path)
@@ -645,20 +647,27 @@ def hdr_lost(film: FilmInfo, codec: str | None) -> str | None:
     return None
 
 
-def captions_lost(film: FilmInfo, codec: str | None) -> str | None:
-    """Why the closed captions in ``film``'s video are left out of its copy in ``codec`` (None: frames), for a
-    warning; None where it has none or keeps them (``worker.captions``)."""
-    if not film.video.captions or codec in CAPTION_CODECS:
+def captions_lost(film: FilmInfo, codec: str | None, output: str | os.PathLike | None) -> str | None:
+    """Why closed captions in ``film``'s video are left out of its copy in ``codec`` as ``output`` (None: frames),
+    for a warning; None where it has none or keeps them all (``worker.captions``)."""
+    kinds = film.video.captions
+    if not kinds or codec in CAPTION_CODECS:
         return None
+    if codec == "prores" and output is not None and Path(output).suffix.lower() == ".mov":  # a c608 track
+        if CEA708 not in kinds:
+            return None
+        return ("its CEA-708 captions are left out of its ProRes copy, whose QuickTime caption track holds CEA-608 "
+                "alone" + (" (which it keeps)" if CEA608 in kinds else "") + "; H.264 and H.265 copies keep both")
     into = "its frames" if codec is None else f"its {codec} copy"
-    return (f"its closed captions (CEA-608/708, carried in its video) are left out of {into}: only H.264 and H.265 "
-            "copies carry them (--codec h264 or h265)")
+    also = " or, for CEA-608, ProRes in .mov" if CEA608 in kinds else ""
+    return (f"its closed captions ({'/'.join(kinds)}, carried in its video) are left out of {into}: H.264 and H.265 "
+            f"copies carry them (--codec h264 or h265){also}")
 
 
-def copy_warnings(film: FilmInfo, keeps_light: bool, codec: str | None) -> list[str]:
-    """What a copy of ``film`` in ``codec`` (None: frames) loses or gets only roughly (``highlights_lost``,
-    ``hdr_lost``, ``captions_lost``), for warnings before any work."""
-    warnings = (highlights_lost(film, keeps_light), hdr_lost(film, codec), captions_lost(film, codec))
+def copy_warnings(film: FilmInfo, keeps_light: bool, codec: str | None, output: str | os.PathLike) -> list[str]:
+    """What a copy of ``film`` in ``codec`` (None: frames) as ``output`` loses or gets only roughly
+    (``highlights_lost``, ``hdr_lost``, ``captions_lost``), for warnings before any work."""
+    warnings = (highlights_lost(film, keeps_light), hdr_lost(film, codec), captions_lost(film, codec, output))
     return [warning for warning in warnings if warning]
 
 

@@ -411,7 +411,7 @@ def _plan_film(rt: Runtime, record: JobRecord, enqueue: Enqueue) -> None:
         logger.info("job %s: %s %s left out of its frames: frames carry no sound or subtitles", record.id,
                     describe_other_streams(film), "is" if len(film.other_streams) == 1 else "are")
     keeps_light = target is not None and frames_layout(film.video, target).frame.keeps_light
-    for warning in copy_warnings(film, keeps_light, options["encode"].codec if target is None else None):
+    for warning in copy_warnings(film, keeps_light, options["encode"].codec if target is None else None, output):
         logger.warning("job %s: %s: %s", record.id, spec.input, warning)
     if spec.options.references:  # a time outside the film, or two on one frame, fails the job before any work
         place_job_references(job_references(spec.options.references), film, spec.input)
