@@ -586,7 +586,7 @@ def _judge_samples(path: str, stream, samples: Iterable[tuple[int, av.VideoFrame
     """The film's exact format (from its first sampled frame) and whether it is in colour, from ``(pts, frame)``
     samples; BadInputError if one did not decode or is of another size than the first."""
     first = None
-    colour_scores, highlight_shares, captions = [], [], set()
+    colour_scores, highlight_shares, captions, captioned = [], [], set(), False
     for target, frame in samples:
         if frame is None:
             # The index has this frame, the decoder never produced it: damaged data that a frame-threaded
@@ -601,7 +601,8 @@ def _judge_samples(path: str, stream, samples: Iterable[tuple[int, av.VideoFrame
                                 f"{frame.width}x{frame.height} at {float(target * stream.time_base):.3f} s; a film's "
                                 "frames must all be one size")
         colour_scores.append(_colour_score(frame))
-        captions |= caption_kinds(frame_captions(frame) or b"")
+        if (cc_data := frame_captions(frame)) is not None:
+            captions, captioned = captions | caption_kinds(cc_data), True
         if frame.format.name in LINEAR_FLOAT_FORMATS:
             highlight_shares.append(_highlight_share(frame))
     if stream.codec_context.name in FIELD_PICTURE_CODECS and first.interlaced_frame:
@@ -609,7 +610,8 @@ def _judge_samples(path: str, stream, samples: Iterable[tuple[int, av.VideoFrame
                                     "a time: its copy would be half-height fields at twice the rate; weave them "
                                     "into frames first (ffmpeg -i IN -vf weave=first_field=top -c:v ffv1 OUT.mkv; "
                                     "first_field=bottom for bottom-first)")
-    video = replace(_video_format(stream, first), captions=tuple(sorted(captions)))
+    # Caption data whose sampled constructs are all padding (a service not yet begun) is taken for CEA-608's.
+    video = replace(_video_format(stream, first), captions=tuple(sorted(captions)) or ((CEA608,) if captioned else ()))
     if video.scene_linear:
         logger.info("%s: its frames hold linear light (float, as OpenEXR's): read through the sRGB curve with 1.0 as "
                     "display white (OpenEXR frames out keep the light itself)", path)
