@@ -449,7 +449,10 @@ def read_photo(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     with _own_pixel_limit(), _decode_errors(path):
         with open_image(path) as im:
             pages = _pages_to_colour(path, im, max_pixels)
-            sources = [_decode(path, im)] + [_decode_page(path, im, page, pages) for page in range(1, pages)]
+            # A document's 16-bit colour pages are decoded by OpenCV from the file's bytes: read once for them all.
+            contents = lru_cache(maxsize=1)(lambda: np.fromfile(path, dtype=np.uint8))
+            sources = [_decode(path, im, contents)] + [_decode_page(path, im, page, pages, contents)
+                                                       for page in range(1, pages)]
     photo, *further = [_photo(source) for source in sources]
     photo.pages = further
     for page, source in zip(photo.every_page, sources, strict=True):
@@ -650,17 +653,18 @@ class _Source:
     space: RgbSpace | None = None  # RGB pixels' profile where it is not sRGB (worker.icc)
 
 
-def _decode_page(path: Path, im: Image.Image, page: int, pages: int) -> _Source:
+def _decode_page(path: Path, im: Image.Image, page: int, pages: int, contents: Callable[[], np.ndarray]) -> _Source:
     """A TIFF document's page ``page`` (from 0) of ``pages`` decoded; what is wrong with it said of that page."""
     try:
         with _decode_errors(path):
             tiff.seek(im, page)
-            return _decode(path, im)
+            return _decode(path, im, contents)
     except (BadInputError, StorageError) as exc:
         raise type(exc)(path, f"page {page + 1} of {pages}: {exc.reason}") from exc
 
 
-def _decode(path: Path, im: Image.Image) -> _Source:
+def _decode(path: Path, im: Image.Image, contents: Callable[[], np.ndarray]) -> _Source:
+    """The picture ``im`` is on, decoded; ``contents()``, the file's bytes, where OpenCV must decode it."""
     # Camera JPEGs with an embedded preview open as MPO (Multi-Picture): the first picture is the photo.
     fmt, mode = ("JPEG" if im.format == "MPO" else im.format or ""), im.mode
     if fmt not in FORMAT_EXTENSIONS:
@@ -697,7 +701,7 @@ def _decode(path: Path, im: Image.Image) -> _Source:
     gray_lut: np.ndarray | None = None
     if sixteen_bit_colour:
         # Pillow would hand us these 16-bit samples cut to 8 bits; OpenCV keeps them (and decodes fully).
-        pixels, alpha = _decode_16bit_multichannel(path, im, orientation)
+        pixels, alpha = _decode_16bit_multichannel(path, im, orientation, contents())
         if has_lookup_tables(icc):
             pixels, icc = _through_16bit_lookup_tables(path, pixels, icc), srgb_icc_profile()
         if icc_space == "GRAY" and _is_neutral(pixels):
@@ -889,9 +893,10 @@ def _gray_levels(im: Image.Image, bits: int) -> np.ndarray:
 
 
 def _decode_16bit_multichannel(
-    path: Path, im: Image.Image, orientation: int
+    path: Path, im: Image.Image, orientation: int, contents: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """-> (RGB uint16 (H, W, 3), alpha uint16 (H, W) or None), upright, straight from the file with OpenCV."""
+    """-> (RGB uint16 (H, W, 3), alpha uint16 (H, W) or None), upright, straight from the file's ``contents`` with
+    OpenCV."""
     if im.format == "TIFF" and int(im.tag_v2.get(_PLANAR_CONFIGURATION, 1)) == 2:
         # OpenCV reads such a file's separate R, G and B planes as if they were interleaved pixels.
         raise UnsupportedMediaError(path, "16-bit colour stored as separate planes (PlanarConfiguration 2) is not "
@@ -899,11 +904,10 @@ def _decode_16bit_multichannel(
                                           "Interleaved)")
     page = im.tell()
     if page:  # a TIFF document's later page
-        decoded, pages = cv2.imdecodemulti(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED,
-                                           range=(page, page + 1))
+        decoded, pages = cv2.imdecodemulti(contents, cv2.IMREAD_UNCHANGED, range=(page, page + 1))
         pixels = pages[0] if decoded and len(pages) == 1 else None
     else:
-        pixels = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)  # TIFF: upright
+        pixels = cv2.imdecode(contents, cv2.IMREAD_UNCHANGED)  # TIFF: upright
     if pixels is None:
         im.load()  # let Pillow name what is wrong (usually truncation) ...
         raise BadInputError(path, "corrupt or truncated 16-bit pixel data")  # ... or say it ourselves
