@@ -131,11 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="photos or film frames per network batch (default: as many as fit in GPU memory, "
                           "up to 64; 8 on CPU)")
     colorize.add_argument("--max-pixels", type=max_pixels_arg, default=None,
-                          help=f"refuse larger photos or film frames, e.g. 200M (default: "
-                          f"{DEFAULT_MAX_PIXELS // 1_000_000}M for photos, {DEFAULT_MAX_FILM_PIXELS / 1e6:.1f}M for "
-                          "film frames)")
+                          help=f"refuse larger photos (a multi-page TIFF document: all its pages together) or "
+                          f"film frames, e.g. 200M (default: {DEFAULT_MAX_PIXELS // 1_000_000}M for photos, "
+                          f"{DEFAULT_MAX_FILM_PIXELS / 1e6:.1f}M for film frames)")
     colorize.add_argument("--format", type=_format_arg, help="output format for every photo: jpg, png, tif, webp, "
-                          "bmp or jp2 (default: each source's own)")
+                          "bmp or jp2 (default: each source's own; a multi-page TIFF document is refused in any "
+                          "other, which would keep one page)")
     colorize.add_argument("--overwrite", action="store_true",
                           help="redo photos and films whose output exists and is current (one older than its source "
                           "or hints is redone anyway)")
