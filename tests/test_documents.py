@@ -17,9 +17,9 @@ import tifffile
 
 from worker.cli import main
 from worker.errors import BadInputError, InputTooLargeError, UnsupportedMediaError
-from worker.images import read_photo
+from worker.images import read_pages, read_photo
 
-SIZES = [(120, 160), (90, 140), (150, 110)]  # (height, width) of each page, all different
+SIZES = [(120, 160), (90, 140), (150, 140)]  # (height, width) of each page, all different
 
 
 def page(height: int, width: int, seed: int) -> np.ndarray:
@@ -163,27 +163,33 @@ def test_a_documents_colour_page_is_kept_as_it_is_and_a_colour_document_left_alo
     assert not (tmp_path / "colour-copy.tif").exists()
 
 
-def test_a_document_over_the_pixel_limit_or_with_a_damaged_page_is_refused_naming_it(tmp_path: Path) -> None:
-    """The pixel limit holds for a document all told (its pages are decoded together); a damaged page is named, and
-    a file cut short after its first page says so (it had been "corrupt image data (TypeError: Missing
-    dimensions)")."""
+def test_a_document_with_a_page_over_the_limit_or_damaged_is_refused_naming_it_and_leaves_nothing(
+        tmp_path: Path, tiny_checkpoint: Path, capsys) -> None:
+    """Pages are decoded, coloured and written one at a time, so the pixel limit holds for each page, as for a photo.
+    A page that does not decode fails the document in one line naming the page, and the copy written so far is not
+    left under its name; a file cut short after its first page says so (it had been "corrupt image data
+    (TypeError: Missing dimensions)")."""
     source = tmp_path / "album.tif"
     album(source)
-    total = sum(height * width for height, width in SIZES)
-    assert read_photo(source, max_pixels=total).pixel_count == total
-    with pytest.raises(InputTooLargeError, match=r"album.tif: a document of 3 pages, [0-9.]+ MP in all, over the "):
-        read_photo(source, max_pixels=total - 1)
+    largest = max(height * width for height, width in SIZES)
+    assert [page.size for page in read_pages(source, max_pixels=largest)] == [(w, h) for h, w in SIZES]
+    with pytest.raises(InputTooLargeError, match=r"album.tif: page 3 of 3 is 140x150, [0-9.]+ MP, over the limit"):
+        read_photo(source, max_pixels=largest - 1)  # (refused before any page is decoded)
 
     with tifffile.TiffFile(source) as tif:
-        offset, count = tif.pages[1].dataoffsets[0], tif.pages[1].databytecounts[0]
-    damaged = bytearray(source.read_bytes())
-    damaged[offset + 2: offset + count] = bytes(count - 2)  # deflate data that does not inflate
-    broken = tmp_path / "damaged.tif"
-    broken.write_bytes(bytes(damaged))
-    with pytest.raises(BadInputError, match=r"damaged.tif: page 2 of 3: ") as caught:
-        read_photo(broken)
-    assert "\n" not in str(caught.value)
+        offset, count = tif.pages[2].dataoffsets[0], tif.pages[2].databytecounts[0]
+    broken = tmp_path / "scans" / "damaged.tif"
+    broken.parent.mkdir()
+    broken.write_bytes(source.read_bytes()[:offset + count // 2])  # cut inside page 3's first tile (its directory
+    # lies before its tiles, as tifffile writes it: the file opens, and pages 1 and 2 decode)
+    out = tmp_path / "colour"
+    assert main(["colorize", str(broken.parent), "-o", str(out), *model_args(tiny_checkpoint)]) == 1
+    report = capsys.readouterr().out
+    assert f"{broken}: page 3 of 3: " in report and "failed 1" in report
+    assert not [path for path in out.rglob("*") if path.is_file()]  # pages 1 and 2 were written, then taken back
 
+    with tifffile.TiffFile(source) as tif:
+        offset = tif.pages[1].dataoffsets[0]
     cut = tmp_path / "cut.tif"  # cut short in page 2's pixels, before the directories after them
     cut.write_bytes(source.read_bytes()[:offset + 10])
     with pytest.raises(BadInputError, match=r"cut.tif: damaged or cut short after its first picture: a further "

@@ -1224,10 +1224,10 @@ def test_tiff_thumbnail_page_is_no_picture_but_real_pages_are_a_document_and_ani
     thumb.encoderinfo = {"tiffinfo": {254: 1}}  # page 2 is a reduced-resolution copy, as scanners write it
     main.save(with_thumb, save_all=True, append_images=[thumb])
     photo = read_photo(with_thumb)
-    assert photo.size == (W, H) and photo.pages == []
+    assert photo.size == (W, H) and photo.page_count == 1
     pages = tmp_path / "two-pages.tif"
     main.save(pages, save_all=True, append_images=[main])
-    assert len(read_photo(pages).every_page) == 2  # a document (tests/test_documents.py)
+    assert read_photo(pages).page_count == 2  # a document (tests/test_documents.py)
     animation = tmp_path / "animation.png"
     main.save(animation, save_all=True, append_images=[Image.fromarray(gray8()[::-1])])
     with pytest.raises(UnsupportedMediaError, match="animation.png: 2 frames: only single still images and "

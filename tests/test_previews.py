@@ -22,7 +22,7 @@ from tests.services import S3Server, put_object
 from tests.test_frame_sequences import AP0_CHROMATICITIES, AP0_TO_BT709
 from tools.local_services import s3_settings
 from worker.api.previews import FILM_FRAMES, Previews
-from worker.images import read_photo, write_photo
+from worker.images import read_pages, read_photo, write_document, write_photo
 from worker.jobs import JobRecord, JobSpec, film_output_uri
 from worker.storage import Storage
 
@@ -248,12 +248,12 @@ def test_a_documents_pair_shows_its_pages_side_by_side(s3_server, storage, tmp_p
     with tifffile.TiffWriter(source) as writer:
         for page in pages:
             writer.write(page, photometric="minisblack")
-    photo = read_photo(source)
+    decoded = list(read_pages(source))
     reds = [np.dstack([page / 255, page / 255 * 0.5, page / 255 * 0.3]) for page in pages]
-    write_photo(tmp_path / "copy.tif", reds[0], photo, "tests@1", pages=reds[1:])
+    write_document(tmp_path / "copy.tif", zip(reds, decoded, strict=True), "tests@1")
     before, after = photo_pair(s3_server, storage, tmp_path, source, tmp_path / "copy.tif")
     assert after.shape[:2] == before.shape == (60, 40 + 8 + 80)  # two pages and the gap between them
-    for left, right, page, lightness in ((0, 40, pages[0], photo.L), (48, 128, pages[1], photo.pages[0].L)):
+    for left, right, page, lightness in ((0, 40, pages[0], decoded[0].L), (48, 128, pages[1], decoded[1].L)):
         shown = after[4:56, left + 4:right - 4].mean(axis=(0, 1))
         assert np.abs(shown - (page[0, 0], page[0, 0] * 0.5, page[0, 0] * 0.3)).max() < 6  # its page's own red
         assert abs(before[4:56, left + 4:right - 4].mean() - lightness.mean() * 2.55) < 3  # and its own lightness

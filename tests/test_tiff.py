@@ -18,7 +18,7 @@ import tifffile
 from PIL import Image
 
 from worker import tiff
-from worker.images import read_photo, write_photo
+from worker.images import read_pages, read_photo, write_photo
 
 LABEL = "effnet_unet@0123456789ab"
 H, W = 200, 280  # several 64x48 tiles, the edge ones partly outside the picture
@@ -180,8 +180,7 @@ def test_pyramids_whose_levels_are_flagged_as_pages_and_scanners_previews_are_ke
     with tifffile.TiffWriter(two_pictures) as writer:
         writer.write(full)
         writer.write(full[:120, :150])  # not half of it
-    document = read_photo(two_pictures)
-    assert document.size == (280, 200) and [p.size for p in document.pages] == [(150, 120)]
+    assert [page.size for page in read_pages(two_pictures)] == [(280, 200), (150, 120)]
 
 
 def test_a_transparent_copy_of_a_jpeg_tiff_is_deflate(tmp_path: Path) -> None:

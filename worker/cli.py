@@ -131,8 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="photos or film frames per network batch (default: as many as fit in GPU memory, "
                           "up to 64; 8 on CPU)")
     colorize.add_argument("--max-pixels", type=max_pixels_arg, default=None,
-                          help=f"refuse larger photos (a multi-page TIFF document: all its pages together) or "
-                          f"film frames, e.g. 200M (default: {DEFAULT_MAX_PIXELS // 1_000_000}M for photos, "
+                          help=f"refuse larger photos (or pages of a multi-page TIFF document) or film frames, "
+                          f"e.g. 200M (default: {DEFAULT_MAX_PIXELS // 1_000_000}M for photos, "
                           f"{DEFAULT_MAX_FILM_PIXELS / 1e6:.1f}M for film frames)")
     colorize.add_argument("--format", type=_format_arg, help="output format for every photo: jpg, png, tif, webp, "
                           "bmp or jp2 (default: each source's own; a multi-page TIFF document is refused in any "

@@ -34,8 +34,8 @@ import threading
 import tomllib
 import warnings
 import zlib
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack, closing, contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -229,9 +229,10 @@ class Photo:
     describes the *result* (the source's RGB profile, or sRGB where a gray/CMYK source was converted).
     ``had_colour`` says the source was already a colour photo (see ``COLOUR_THRESHOLD``; ``colour_score`` is
     the measured score). ``encoder`` holds format-specific hints (JPEG subsampling, TIFF compression, WebP
-    losslessness) that are reused when the result has the source's format. ``pages`` are a multi-page TIFF
-    document's further pages, each a picture of its own with its own metadata (``worker.tiff.document_pages``); the
-    photo is its first page, and a copy (a TIFF) has them all.
+    losslessness) that are reused when the result has the source's format. ``page_count`` is over 1 for a
+    multi-page TIFF document (``worker.tiff.document_pages``): the photo is its first page, :func:`read_pages` gives
+    every page, each a picture with its own metadata, and :func:`write_document` writes their copy, a TIFF of them
+    all, a page at a time.
     """
 
     path: Path
@@ -255,7 +256,7 @@ class Photo:
     had_colour: bool = False
     colour_score: float = 0.0
     encoder: dict[str, Any] = field(default_factory=dict)
-    pages: list[Photo] = field(default_factory=list)
+    page_count: int = 1
     # A document's page already in colour: its pixels as decoded (codes in ``icc_profile``'s space, at its depth),
     # which its copy keeps as they are unless the document is recoloured.
     kept_colour: np.ndarray | None = None
@@ -265,45 +266,13 @@ class Photo:
         """(width, height) in display orientation."""
         return self.L.shape[1], self.L.shape[0]
 
-    @property
-    def every_page(self) -> list[Photo]:
-        """The photo and a document's further pages, in page order: the pictures to colour."""
-        return [self, *self.pages]
-
-    @property
-    def pixel_count(self) -> int:
-        """Pixels to colour, on every page."""
-        return sum(page.L.size for page in self.every_page)
-
     def colour_found(self) -> str | None:
-        """What makes it a colour photo, in words (``a colour photo (colour score 31.2)``), or None: a photo in colour,
-        or a document in colour on every page, is left alone unless recoloured on purpose (a document's colour pages
-        among gray ones are kept as they are: ``to_colour``)."""
-        if not self.pages:
-            return f"a colour photo (colour score {self.colour_score:.1f})" if self.had_colour else None
-        if not all(page.had_colour for page in self.every_page):
+        """What makes it a colour photo, in words (``a colour photo (colour score 31.2)``), or None: a colour photo is
+        left alone unless recoloured on purpose. (A document's pages are judged one by one as they are coloured:
+        ``write_document``.)"""
+        if self.page_count > 1 or not self.had_colour:
             return None
-        scores = ", ".join(f"{page.colour_score:.1f}" for page in self.every_page)
-        return f"a {len(self.every_page)}-page document in colour on every page (colour scores {scores})"
-
-    def kept_pages(self, recolor: bool) -> str | None:
-        """Which of a document's pages its copy keeps in their own colour, in words, or None."""
-        kept = [str(number) for number, page in enumerate(self.every_page, 1) if page not in self.to_colour(recolor)]
-        if not kept:
-            return None
-        several = len(kept) > 1
-        return (f"page{'s' if several else ''} {', '.join(kept)} of {len(self.every_page)} already in colour, kept as "
-                f"{'they are' if several else 'it is'}")
-
-    def to_colour(self, recolor: bool) -> list[Photo]:
-        """The pictures to colour: every page, but, unless ``recolor``, a document's pages already in colour."""
-        return [page for page in self.every_page if recolor or page.kept_colour is None]
-
-    def placed(self, results: Iterator[np.ndarray], recolor: bool) -> list[np.ndarray | None]:
-        """The colour results of ``to_colour(recolor)``, taken from ``results`` in turn, in page order: None for a
-        page kept as it is."""
-        coloured = self.to_colour(recolor)
-        return [next(results) if page in coloured else None for page in self.every_page]
+        return f"a colour photo (colour score {self.colour_score:.1f})"
 
 
 @dataclass(frozen=True)
@@ -429,13 +398,26 @@ def _own_pixel_limit() -> Iterator[None]:
 
 
 def read_photo(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
-    """Decode a photo fully (truncation is never hidden by lazy loading) into a :class:`Photo`.
+    """Decode a photo fully (truncation is never hidden by lazy loading) into a :class:`Photo`; of a multi-page TIFF
+    document, its first page (``page_count`` says how many it has: :func:`read_pages` reads them all).
 
     Raises :class:`BadInputError` (or its subclasses :class:`InputTooLargeError`, :class:`UnsupportedMediaError`)
     with a one-line reason naming the file for anything that is not a usable image, and :class:`StorageError`
     when the file system itself fails (an I/O error worth retrying).
     """
-    path = Path(path)
+    with closing(_read(Path(path), max_pixels, first_only=True)) as pages:
+        return next(pages)
+
+
+def read_pages(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Photo]:
+    """Every page of a multi-page TIFF document (or the one picture of any other file), decoded one at a time as
+    :func:`read_photo` decodes a photo: a long document never lies in memory whole, and ``max_pixels`` holds for
+    each page. A page already in colour has its pixels kept (``Photo.kept_colour``); what is wrong with a page is
+    said of that page. Close it (``contextlib.closing``) where it is not read to its end."""
+    return _read(Path(path), max_pixels, first_only=False)
+
+
+def _read(path: Path, max_pixels: int, first_only: bool) -> Iterator[Photo]:
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -446,19 +428,18 @@ def read_photo(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         raise BadInputError(path, "is a directory, not an image")
     if size == 0:
         raise BadInputError(path, "empty file (0 bytes)")
-    with _own_pixel_limit(), _decode_errors(path):
-        with open_image(path) as im:
+    with _own_pixel_limit(), ExitStack() as stack:
+        with _decode_errors(path):
+            im = stack.enter_context(open_image(path))
             pages = _pages_to_colour(path, im, max_pixels)
-            # A document's 16-bit colour pages are decoded by OpenCV from the file's bytes: read once for them all.
-            contents = lru_cache(maxsize=1)(lambda: np.fromfile(path, dtype=np.uint8))
-            sources = [_decode(path, im, contents)] + [_decode_page(path, im, page, pages, contents)
-                                                       for page in range(1, pages)]
-    photo, *further = [_photo(source) for source in sources]
-    photo.pages = further
-    for page, source in zip(photo.every_page, sources, strict=True):
-        if further and page.had_colour:  # a document's colour page: its copy keeps it as it is
-            page.kept_colour = source.pixels
-    return photo
+        for number in range(1 if first_only else pages):
+            with _decode_errors(path):
+                source = _decode(path, im) if number == 0 else _decode_page(path, im, number, pages)
+            photo = _photo(source)
+            photo.page_count = pages
+            if pages > 1 and photo.had_colour:  # a document's colour page: its copy keeps it as it is
+                photo.kept_colour = source.pixels
+            yield photo
 
 
 # Pillow reports damaged metadata (an EXIF block or a TIFF directory cut short) as Python warnings, which Python
@@ -539,8 +520,8 @@ def _os_error(path: Path, exc: OSError, what: str) -> BadInputError | StorageErr
 
 def _pages_to_colour(path: Path, im: Image.Image, max_pixels: int) -> int:
     """How many of the file's pages are pictures to colour: 1, or a multi-page TIFF document's page count. Refuses
-    (before a pixel is decoded) a picture, or a document all told, over ``max_pixels``, and files of several
-    frames that Tinct does not colour (an animation, a document whose pages bring previews of their own)."""
+    (before a pixel is decoded) a picture, or a document's page, over ``max_pixels``, and files of several frames
+    that Tinct does not colour (an animation, a document whose pages bring previews of their own)."""
     width, height = im.size
     if width * height > max_pixels:
         raise InputTooLargeError(
@@ -563,10 +544,10 @@ def _pages_to_colour(path: Path, im: Image.Image, max_pixels: int) -> int:
         raise UnsupportedMediaError(path, f"{frames} pages, of which some are reduced-resolution copies (previews) "
                                           "and some are pictures of their own; save its pages as one document "
                                           "without the previews, or as files of their own")
-    total = sum(w * h for w, h in sizes)
-    if total > max_pixels:
-        raise InputTooLargeError(path, f"a document of {frames} pages, {total / 1e6:.1f} MP in all, over the limit "
-                                       f"of {max_pixels / 1e6:.1f} MP")
+    for number, (width, height) in enumerate(sizes, 1):
+        if width * height > max_pixels:
+            raise InputTooLargeError(path, f"page {number} of {frames} is {width}x{height}, {width * height / 1e6:.1f} "
+                                           f"MP, over the limit of {max_pixels / 1e6:.1f} MP")
     return frames
 
 
@@ -653,18 +634,18 @@ class _Source:
     space: RgbSpace | None = None  # RGB pixels' profile where it is not sRGB (worker.icc)
 
 
-def _decode_page(path: Path, im: Image.Image, page: int, pages: int, contents: Callable[[], np.ndarray]) -> _Source:
+def _decode_page(path: Path, im: Image.Image, page: int, pages: int) -> _Source:
     """A TIFF document's page ``page`` (from 0) of ``pages`` decoded; what is wrong with it said of that page."""
     try:
         with _decode_errors(path):
             tiff.seek(im, page)
-            return _decode(path, im, contents)
+            return _decode(path, im)
     except (BadInputError, StorageError) as exc:
         raise type(exc)(path, f"page {page + 1} of {pages}: {exc.reason}") from exc
 
 
-def _decode(path: Path, im: Image.Image, contents: Callable[[], np.ndarray]) -> _Source:
-    """The picture ``im`` is on, decoded; ``contents()``, the file's bytes, where OpenCV must decode it."""
+def _decode(path: Path, im: Image.Image) -> _Source:
+    """The picture ``im`` is on, decoded."""
     # Camera JPEGs with an embedded preview open as MPO (Multi-Picture): the first picture is the photo.
     fmt, mode = ("JPEG" if im.format == "MPO" else im.format or ""), im.mode
     if fmt not in FORMAT_EXTENSIONS:
@@ -701,7 +682,7 @@ def _decode(path: Path, im: Image.Image, contents: Callable[[], np.ndarray]) -> 
     gray_lut: np.ndarray | None = None
     if sixteen_bit_colour:
         # Pillow would hand us these 16-bit samples cut to 8 bits; OpenCV keeps them (and decodes fully).
-        pixels, alpha = _decode_16bit_multichannel(path, im, orientation, contents())
+        pixels, alpha = _decode_16bit_multichannel(path, im, orientation)
         if has_lookup_tables(icc):
             pixels, icc = _through_16bit_lookup_tables(path, pixels, icc), srgb_icc_profile()
         if icc_space == "GRAY" and _is_neutral(pixels):
@@ -893,10 +874,10 @@ def _gray_levels(im: Image.Image, bits: int) -> np.ndarray:
 
 
 def _decode_16bit_multichannel(
-    path: Path, im: Image.Image, orientation: int, contents: np.ndarray
+    path: Path, im: Image.Image, orientation: int
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """-> (RGB uint16 (H, W, 3), alpha uint16 (H, W) or None), upright, straight from the file's ``contents`` with
-    OpenCV."""
+    """-> (RGB uint16 (H, W, 3), alpha uint16 (H, W) or None), upright, straight from the file with OpenCV (a
+    document's later page alone, from its directory on)."""
     if im.format == "TIFF" and int(im.tag_v2.get(_PLANAR_CONFIGURATION, 1)) == 2:
         # OpenCV reads such a file's separate R, G and B planes as if they were interleaved pixels.
         raise UnsupportedMediaError(path, "16-bit colour stored as separate planes (PlanarConfiguration 2) is not "
@@ -904,10 +885,10 @@ def _decode_16bit_multichannel(
                                           "Interleaved)")
     page = im.tell()
     if page:  # a TIFF document's later page
-        decoded, pages = cv2.imdecodemulti(contents, cv2.IMREAD_UNCHANGED, range=(page, page + 1))
+        decoded, pages = cv2.imreadmulti(os.fspath(path), start=page, count=1, flags=cv2.IMREAD_UNCHANGED)
         pixels = pages[0] if decoded and len(pages) == 1 else None
     else:
-        pixels = cv2.imdecode(contents, cv2.IMREAD_UNCHANGED)  # TIFF: upright
+        pixels = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)  # TIFF: upright
     if pixels is None:
         im.load()  # let Pillow name what is wrong (usually truncation) ...
         raise BadInputError(path, "corrupt or truncated 16-bit pixel data")  # ... or say it ourselves
@@ -1376,12 +1357,11 @@ def _text(value: Any) -> str:
 
 def write_photo(
     path: str | os.PathLike,
-    rgb: np.ndarray | None,
+    rgb: np.ndarray,
     like: Photo,
     provenance: str,
     alpha: np.ndarray | None = None,
     guidance: str = "",
-    pages: Sequence[np.ndarray] = (),
 ) -> Path:
     """Encode a colorized result next to its source's metadata and replace ``path`` atomically.
 
@@ -1393,23 +1373,17 @@ def write_photo(
     the format has an alpha channel (PNG, TIFF, WebP, JPEG 2000); JPEG and BMP results are composited onto white
     instead, which is how the transparent photo looks on a page. BMP has no place for metadata: BMP results keep
     their DPI only.
-    ``guidance`` (e.g. "3 colour hints") is added to the provenance sentence. ``pages`` are the results for a
-    document's further pages (``like.pages``, whose own alpha they keep), in order: its copy is a TIFF of them all. A
-    page whose result is None (``rgb`` too) is one already in colour, which the copy keeps as it is
-    (``Photo.kept_colour``).
+    ``guidance`` (e.g. "3 colour hints") is added to the provenance sentence. A multi-page document's copy is
+    :func:`write_document`'s.
     """
     path = Path(path)
     fmt = format_for_path(path) or like.format
-    if reason := lost_pages(like, path):
-        raise UnsupportedMediaError(like.path, reason)
-    if len(pages) != len(like.pages):
-        raise ValueError(f"{len(like.pages)} further pages to write, {len(pages)} results given")
+    if like.page_count > 1:
+        raise ValueError(f"{like.path}: a {like.page_count}-page document is written by write_document")
     codestream = fmt == "JPEG2000" and path.suffix.lower() in CODESTREAM_SUFFIXES
     pixels = _result_pixels(rgb, like, alpha, fmt, codestream)
-    further = [(_result_pixels(result, page, page.alpha, fmt), page) for result, page in zip(pages, like.pages,
-                                                                                              strict=True)]
     software, description = f"Tinct {tinct_version()}", provenance_text(provenance, guidance)
-    encode = _encoder_for(path, fmt, pixels, like, description, software, codestream, further)
+    encode = _encoder_for(path, fmt, pixels, like, description, software, codestream)
     if like.resources and (fmt in ("WEBP", "BMP") or codestream):
         _left_out(path, "IPTC (caption, credit, keywords)",
                   f"a {'JPEG 2000 codestream' if codestream else fmt} file has no place for it")
@@ -1433,10 +1407,57 @@ def lost_pages(photo: Photo, output: str | os.PathLike) -> str | None:
     """Why a copy of ``photo`` at ``output`` would lose pages (a multi-page document, copied to a format of one
     picture), or None: asked before colouring, so that a document is refused whole rather than cut to a page."""
     fmt = format_for_path(output) or photo.format
-    if not photo.pages or fmt == "TIFF":
+    if photo.page_count == 1 or fmt == "TIFF":
         return None
-    return (f"a {len(photo.every_page)}-page TIFF document, whose pages only a TIFF copy keeps: not copied as "
+    return (f"a {photo.page_count}-page TIFF document, whose pages only a TIFF copy keeps: not copied as "
             f"{PurePath(output).name}")
+
+
+class InColourThroughout(Exception):
+    """A document found in colour on every page as it was written (``write_document``): its copy is not made."""
+
+    def __init__(self, scores: Sequence[float]) -> None:
+        self.description = (f"a {len(scores)}-page document in colour on every page (colour scores "
+                            f"{', '.join(f'{score:.1f}' for score in scores)})")
+        super().__init__(self.description)
+
+
+def write_document(
+    path: str | os.PathLike, pages: Iterable[tuple[np.ndarray | None, Photo]], provenance: str,
+) -> list[int]:
+    """A multi-page TIFF document's copy at ``path``, written a page at a time as ``pages`` gives them (the colour
+    result for each page, with the page as :func:`read_pages` decoded it; None for a page already in colour, kept as
+    it is): no more than a page or two lies in memory, however long the document. Every page keeps its own size,
+    orientation, depth, coding and metadata, and is numbered as a page of the document. Returns the numbers (from 1)
+    of the pages kept in their own colour. Raises :class:`InColourThroughout` where every page was, and the copy is
+    not made; as :func:`write_photo`, the copy appears whole or not at all."""
+    path = Path(path)
+    software = f"Tinct {tinct_version()}"
+    description = provenance_text(provenance)
+    kept: list[int] = []
+    scores: list[float] = []
+    with atomic_output(path) as f:
+        writer = None
+        for number, (rgb, page) in enumerate(pages):
+            if writer is None:  # a BigTIFF where its pages' samples, uncoded, could pass classic TIFF's 4 GB
+                writer = tiff.Writer(f, big=_document_bytes(page) + tiff.DIRECTORY_ROOM >= tiff.BIGTIFF_FROM)
+            if rgb is None:
+                kept.append(number + 1)
+            scores.append(page.colour_score)
+            pixels = _result_pixels(rgb, page, page.alpha, "TIFF")
+            writer.add_page(_tiff_page(path, pixels, page, description, software), JPEG_QUALITY, number,
+                            page.page_count)
+        if len(kept) == len(scores):
+            raise InColourThroughout(scores)
+    return kept
+
+
+def _document_bytes(first: Photo) -> int:
+    """An upper bound of a document's copy's pixel bytes, from its first page: the pages' pixels uncoded, as 16-bit
+    RGBA, with a tenth more for coding that expands them."""
+    with open_image(first.path) as im:
+        sizes = tiff.document_pages(im) or [im.size]
+    return int(sum(width * height for width, height in sizes) * 8 * 1.1)
 
 
 def _result_pixels(rgb: np.ndarray | None, like: Photo, alpha: np.ndarray | None, fmt: str,
@@ -1497,10 +1518,9 @@ def _left_out(path: Path, what: str, why: str) -> None:
 
 def _encoder_for(
     path: Path, fmt: str, pixels: np.ndarray, like: Photo, description: str, software: str,
-    codestream: bool = False, further: Sequence[tuple[np.ndarray, Photo]] = (),
+    codestream: bool = False,
 ) -> Callable[[BinaryIO], None]:
-    """How to write ``pixels`` (``_result_pixels``) as a copy of ``like`` in ``fmt``; ``further``, a document's
-    further pages with their sources (a TIFF's)."""
+    """How to write ``pixels`` (``_result_pixels``) as a copy of ``like`` in ``fmt``."""
     hints = like.encoder if fmt == like.format else {}
     like, exif = _copy_metadata(path, fmt, pixels, like, description, software, codestream)
     texts = {**like.text, "Software": software, "Description": described(like.text.get("Description"), description)}
@@ -1514,9 +1534,8 @@ def _encoder_for(
         return lambda f: f.write(with_jp2_metadata(_jp2(pixels, hints), icc=like.icc_profile, exif=_exif_bytes(exif),
                                                    xmp=like.xmp, dpi=like.dpi, iptc=iptc.iim(like.resources)))
     if fmt == "TIFF":
-        first = tiff.Page(pixels, lambda header: _tiff_directory(exif, like, header), like.dpi, hints)
-        return lambda f: tiff.write(f, [first, *(_tiff_page(path, page_pixels, page, description, software)
-                                                 for page_pixels, page in further)], JPEG_QUALITY)
+        page = tiff.Page(pixels, lambda header: _tiff_directory(exif, like, header), like.dpi, hints)
+        return lambda f: tiff.write(f, page, JPEG_QUALITY)
     image = Image.fromarray(pixels, "RGBA" if pixels.shape[2] == 4 else "RGB")
     options: dict[str, Any] = {}
     if fmt != "BMP" and like.icc_profile:
@@ -1572,7 +1591,7 @@ def _copy_metadata(path: Path, fmt: str, pixels: np.ndarray, like: Photo, descri
 
 
 def _tiff_page(path: Path, pixels: np.ndarray, like: Photo, description: str, software: str) -> tiff.Page:
-    """A document's further page, ``like``, as its TIFF copy's page: its own metadata and coding."""
+    """A document's page, ``like``, as its TIFF copy's page: its own metadata and coding."""
     like, exif = _copy_metadata(path, "TIFF", pixels, like, description, software)
     return tiff.Page(pixels, lambda header: _tiff_directory(exif, like, header), like.dpi, like.encoder)
 

@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -44,10 +44,13 @@ from worker.images import (
     DEFAULT_MAX_PIXELS,
     EXTENSION_FORMATS,
     FORMAT_NAMES,
+    InColourThroughout,
     Photo,
     format_for_path,
     lost_pages,
+    read_pages,
     read_photo,
+    write_document,
     write_photo,
 )
 from worker.references import REFERENCES_SUFFIX
@@ -479,8 +482,11 @@ class _Run:
             if decoded is None:
                 continue
             photo, hints = decoded
-            pixels = sum(p.pixel_count for _, p, _ in batch)
-            if batch and pixels + photo.pixel_count > self.options.max_batch_pixels:
+            if photo.page_count > 1:  # a document: coloured and written a page at a time, here
+                self._document(task)
+                continue
+            pixels = sum(p.L.size for _, p, _ in batch)
+            if batch and pixels + photo.L.size > self.options.max_batch_pixels:
                 self._colorize(pool, batch)
                 batch = []
             batch.append((task, photo, hints))
@@ -509,33 +515,45 @@ class _Run:
                 self.record(PhotoOutcome(task, "colour", reason))
                 return None
             logger.info("%s: %s; recolorizing its lightness", task.source, colour)
-        if kept := photo.kept_pages(self.options.recolor):
-            logger.warning("%s: %s", task.source, kept)
         return photo, hints
 
     def _colorize(self, pool: ThreadPoolExecutor, batch: list[tuple[PhotoTask, Photo, ColourHints | None]]) -> None:
-        # Every page of a document to colour is a picture of the batch; hints (which documents do not take) go with
-        # a photo.
-        recolor = self.options.recolor
-        lightness = [page.L for _, photo, _ in batch for page in photo.to_colour(recolor)]
-        hints = [hint for _, photo, photo_hints in batch
-                 for hint in [photo_hints] + [None] * (len(photo.to_colour(recolor)) - 1)]
+        lightness = [photo.L for _, photo, _ in batch]
+        hints = [h for _, _, h in batch]
         try:
             if any(hints):
-                results = iter(self.colorizer.colorize(lightness, hints=hints))
+                results = self.colorizer.colorize(lightness, hints=hints)
             else:
-                results = iter(self.colorizer.colorize(lightness))
+                results = self.colorizer.colorize(lightness)
         except Exception as exc:  # noqa: BLE001 - recorded against each photo of the batch; the job goes on
             for task, _, _ in batch:
                 self.record(PhotoOutcome(task, "failed", f"{task.source}: colorization failed: {one_line(exc)}"))
             return
-        for task, photo, photo_hints in batch:
-            rgb, *pages = photo.placed(results, recolor)
+        for (task, photo, photo_hints), rgb in zip(batch, results, strict=True):
             guidance = hints_provenance(len(photo_hints) if photo_hints else 0)
-            future = pool.submit(write_photo, task.output, rgb, photo, self.model_label, photo.alpha, guidance, pages)
-            self.encodes.append((task, len(photo.to_colour(recolor)), future))
+            future = pool.submit(write_photo, task.output, rgb, photo, self.model_label, photo.alpha, guidance)
+            self.encodes.append((task, 1, future))
         while len(self.encodes) > 2 * max(1, self.options.workers):
             self._finish_encode()
+
+    def _document(self, task: PhotoTask) -> None:
+        """A multi-page TIFF document, read, coloured and written a page at a time (``images.write_document``): its
+        pages already in colour are kept as they are, unless recoloured; one in colour throughout is left alone."""
+        try:
+            coloured, kept = colour_document(self.colorizer, task.source, task.output, self.model_label,
+                                             self.options.recolor, self.options.max_pixels)
+        except InColourThroughout as exc:
+            reason = (f"{task.source}: already {exc.description}; skipped, use --recolor to colorize its lightness "
+                      "anyway")
+            self.record(PhotoOutcome(task, "colour", reason))
+        except TinctError as exc:
+            self.record(PhotoOutcome(task, "failed", str(exc)))
+        except Exception as exc:  # noqa: BLE001 - one document must not stop an archive run
+            self.record(PhotoOutcome(task, "failed", f"{task.source}: {type(exc).__name__}: {one_line(exc)}"))
+        else:
+            if kept:
+                logger.warning("%s: %s", task.source, kept)
+            self.record(PhotoOutcome(task, "done", pictures=coloured))
 
     def _finish_encode(self) -> None:
         task, pictures, encoding = self.encodes.popleft()
@@ -550,6 +568,34 @@ class _Run:
             self.record(PhotoOutcome(task, "done", pictures=pictures))
 
 
+def colour_document(colorizer: Colorizer, source: Path, output: Path, model_label: str, recolor: bool,
+                    max_pixels: int) -> tuple[int, str | None]:
+    """Colour the multi-page TIFF document ``source`` into ``output`` a page at a time (``images.read_pages``,
+    ``images.write_document``): a long document never lies in memory whole. Its pages already in colour are kept as
+    they are unless ``recolor``. Returns the pages coloured, and those kept, in words (None where none was); raises
+    ``images.InColourThroughout`` where every page was in colour, and the copy is not made."""
+    coloured = 0
+
+    def pages() -> Iterator[tuple[np.ndarray | None, Photo]]:
+        nonlocal coloured
+        with closing(read_pages(source, max_pixels)) as decoded:
+            for page in decoded:
+                if page.kept_colour is not None and not recolor:
+                    yield None, page
+                else:
+                    coloured += 1
+                    yield colorizer.colorize([page.L])[0], page
+
+    kept = write_document(output, pages(), model_label)
+    if not kept:
+        return coloured, None
+    count = coloured + len(kept)
+    numbers = ", ".join(str(number) for number in kept)
+    several = len(kept) > 1
+    return coloured, (f"page{'s' if several else ''} {numbers} of {count} already in colour, kept as "
+                      f"{'they are' if several else 'it is'}")
+
+
 def _read_with_hints(task: PhotoTask, max_pixels: int, limits: GuidanceLimits) -> tuple[Photo, ColourHints | None]:
     """Decode a photo and its hint file, the hints checked against the photo's displayed size: a bad hint file, or a
     document its copy's format would cut to one page, fails its photo before anything is colorized or written."""
@@ -558,9 +604,9 @@ def _read_with_hints(task: PhotoTask, max_pixels: int, limits: GuidanceLimits) -
         raise UnsupportedMediaError(task.source, reason)
     if task.hints is None:
         return photo, None
-    if photo.pages:
+    if photo.page_count > 1:
         raise BadInputError(task.hints, f"colour hints place points on one picture, and {task.source.name} is a "
-                                        f"{len(photo.every_page)}-page document; hint its pages as files of their own")
+                                        f"{photo.page_count}-page document; hint its pages as files of their own")
     spec = load_hints_file(task.hints, limits.max_hints, limits.max_hint_file_bytes)
     spec.check_bounds(*photo.size, task.hints)
     return photo, spec.colour_hints()

@@ -3,7 +3,8 @@ its copy too: the source's strips or tiles (of its tile size), its compression, 
 
     coding = source_coding(im, turned=False)   # {"compression": "jpeg", "tile": (256, 256), "reduced": [(642, 962)]}
     jpeg = first_jpeg(im, path)                # a JPEG-compressed TIFF's first tile as a JPEG, for its tables
-    write(f, [Page(pixels, directory, dpi, coding)], jpeg_quality)  # pixels: (H, W, 3 or 4) uint8/uint16, upright
+    write(f, Page(pixels, directory, dpi, coding), jpeg_quality)  # pixels: (H, W, 3 or 4) uint8/uint16, upright
+    Writer(f, big).add_page(page, jpeg_quality, number, count)      # a document's pages, one at a time
     data = with_text(encoded, {270: "colorized by Tinct ..."})  # a TIFF another encoder wrote (FFmpeg's), described
 
 An archive's image server (IIPImage, Cantaloupe: the IIIF servers) serves a large TIFF from its tiles and zooms
@@ -18,7 +19,8 @@ and transparent copies of a JPEG source, which JPEG's 8-bit Y'CbCr cannot hold.
 
 A multi-page document (an album's pages, a print's front and back, a scanning batch kept as one file: pages that
 are pictures of their own, ``document_pages``) is coloured page by page, and its copy has every page, in its order,
-each coded as its source page was and numbered (PageNumber) as a page of the document.
+each coded as its source page was and numbered (PageNumber) as a page of the document, written as it comes
+(``Writer``).
 
 Written here, not by libtiff through Pillow, which cannot write the EXIF and GPS sub-directories beside the pixels
 nor 16-bit RGB; Pillow's TIFF directory encoder writes each directory (the tag types and the sub-directories), and
@@ -179,50 +181,69 @@ class _Directory:
     rows_per_strip: int
 
 
-def write(f: BinaryIO, pages: Sequence[Page], jpeg_quality: int) -> None:
-    """A TIFF of ``pages``, each coded by its ``coding`` (``jpeg_quality`` where a JPEG source's tables are unknown)
-    and followed by its reduced pages, which carry the layout and the resolution alone, as image servers and
-    scanners write them. Two pages or more are numbered as a document's (NewSubfileType's page bit, PageNumber)."""
-    directories = [directory for number, page in enumerate(pages)
-                   for directory in _directories(page, jpeg_quality, number, len(pages))]
+def write(f: BinaryIO, page: Page, jpeg_quality: int) -> None:
+    """A TIFF of ``page``, coded by its ``coding`` (``jpeg_quality`` where a JPEG source's tables are unknown) and
+    followed by its reduced pages, which carry the layout and the resolution alone, as image servers and scanners
+    write them."""
+    directories = _directories(page, jpeg_quality)
     # Classic TIFF counts bytes in 32 bits; a result past that (a map scanned at a gigapixel, in 16-bit colour) is a
     # BigTIFF, which libtiff, Pillow, OpenCV and exiftool read (older readers do not: only where it is needed).
-    big = sum(len(s) for directory in directories for s in directory.segments) + DIRECTORY_ROOM >= BIGTIFF_FROM
-    header = b"II+\x00" + struct.pack("<HHQ", 8, 0, 16) if big else b"II*\x00" + struct.pack("<I", 8)
-    f.write(header)
-    position = len(header)
-    for index, directory in enumerate(directories):
-        ifd, segments, tile = directory.tags(header), directory.segments, directory.tile
-        _layout_tags(ifd, directory.pixels, directory.compression, tile, directory.rows_per_strip,
-                     directory.subsampling)
-        if directory.dpi:
-            ifd[282], ifd[283], ifd[296] = directory.dpi[0], directory.dpi[1], 2
-        relative = [int(x) for x in np.cumsum([0] + [len(s) for s in segments[:-1]])]
-        offsets_tag, counts_tag = (_TILE_OFFSETS, _TILE_BYTE_COUNTS) if tile else (_STRIP_OFFSETS, _STRIP_BYTE_COUNTS)
-        # Pillow's encoder adds where the data begins (right after the directory) to strip offsets, not to tile
-        # offsets: those are made absolute here, from the directory's length, which their values do not change.
-        ifd[offsets_tag], ifd[counts_tag] = tuple(relative), tuple(len(s) for s in segments)
-        ifd.tagtype[offsets_tag] = ifd.tagtype[counts_tag] = TiffTags.LONG8 if big else TiffTags.LONG
-        if tile:
-            data_start = position + len(ifd.tobytes(position))
-            ifd[offsets_tag] = tuple(data_start + r for r in relative)
-        encoded = bytearray(ifd.tobytes(position))
-        data_end = position + len(encoded) + sum(len(s) for s in segments)
-        next_page = data_end + (data_end & 1)  # a directory begins on a word boundary
-        if index < len(directories) - 1:  # the next directory follows this one's pixels
-            count_format, entry_bytes = ("<Q", 20) if big else ("<H", 12)
-            (entries,) = struct.unpack_from(count_format, encoded)
-            struct.pack_into("<Q" if big else "<I", encoded, struct.calcsize(count_format) + entry_bytes * entries,
-                             next_page)
-        f.write(encoded)
-        for segment in segments:
-            f.write(segment)
-        f.write(b"\0" * (next_page - data_end))
-        position = next_page
+    writer = Writer(f, big=sum(len(s) for d in directories for s in d.segments) + DIRECTORY_ROOM >= BIGTIFF_FROM)
+    writer.add(directories, last=True)
 
 
-def _directories(page: Page, jpeg_quality: int, number: int, count: int) -> list[_Directory]:
-    """``page`` (page ``number`` of ``count``) and its reduced pages, coded."""
+class Writer:
+    """A TIFF written a page at a time, each page's directory and pixels as it comes (a document's pages, which are
+    coloured one at a time so that a long document never lies in memory whole): ``big`` for a BigTIFF, which must be
+    known before the first byte."""
+
+    def __init__(self, f: BinaryIO, big: bool) -> None:
+        self.f, self.big = f, big
+        self.header = b"II+\x00" + struct.pack("<HHQ", 8, 0, 16) if big else b"II*\x00" + struct.pack("<I", 8)
+        f.write(self.header)
+        self.position = len(self.header)
+
+    def add_page(self, page: Page, jpeg_quality: int, number: int, count: int) -> None:
+        """Page ``number`` (from 0) of a document of ``count``, numbered as a document's (NewSubfileType's page bit,
+        PageNumber)."""
+        self.add(_directories(page, jpeg_quality, number, count), last=number == count - 1)
+
+    def add(self, directories: Sequence[_Directory], last: bool) -> None:
+        """``directories`` (a page and its reduced pages), each followed by its pixels; ``last``: no page follows."""
+        header, big = self.header, self.big
+        for index, directory in enumerate(directories):
+            ifd, segments, tile = directory.tags(header), directory.segments, directory.tile
+            _layout_tags(ifd, directory.pixels, directory.compression, tile, directory.rows_per_strip,
+                         directory.subsampling)
+            if directory.dpi:
+                ifd[282], ifd[283], ifd[296] = directory.dpi[0], directory.dpi[1], 2
+            relative = [int(x) for x in np.cumsum([0] + [len(s) for s in segments[:-1]])]
+            offsets_tag, counts_tag = (_TILE_OFFSETS, _TILE_BYTE_COUNTS) if tile else (_STRIP_OFFSETS,
+                                                                                        _STRIP_BYTE_COUNTS)
+            # Pillow's encoder adds where the data begins (right after the directory) to strip offsets, not to tile
+            # offsets: those are made absolute here, from the directory's length, which their values do not change.
+            ifd[offsets_tag], ifd[counts_tag] = tuple(relative), tuple(len(s) for s in segments)
+            ifd.tagtype[offsets_tag] = ifd.tagtype[counts_tag] = TiffTags.LONG8 if big else TiffTags.LONG
+            if tile:
+                data_start = self.position + len(ifd.tobytes(self.position))
+                ifd[offsets_tag] = tuple(data_start + r for r in relative)
+            encoded = bytearray(ifd.tobytes(self.position))
+            data_end = self.position + len(encoded) + sum(len(s) for s in segments)
+            next_page = data_end + (data_end & 1)  # a directory begins on a word boundary
+            if not (last and index == len(directories) - 1):  # the next directory follows this one's pixels
+                count_format, entry_bytes = ("<Q", 20) if big else ("<H", 12)
+                (entries,) = struct.unpack_from(count_format, encoded)
+                struct.pack_into("<Q" if big else "<I", encoded,
+                                 struct.calcsize(count_format) + entry_bytes * entries, next_page)
+            self.f.write(encoded)
+            for segment in segments:
+                self.f.write(segment)
+            self.f.write(b"\0" * (next_page - data_end))
+            self.position = next_page
+
+
+def _directories(page: Page, jpeg_quality: int, number: int = 0, count: int = 1) -> list[_Directory]:
+    """``page`` (page ``number`` of a document of ``count``) and its reduced pages, coded."""
     pixels, coding = page.pixels, page.coding
     compression = KEPT_COMPRESSIONS.get(coding.get("compression"), DEFLATE)
     if compression == JPEG and (pixels.dtype != np.uint8 or pixels.shape[2] != 3):

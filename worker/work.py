@@ -65,6 +65,7 @@ from worker.hints import hints_provenance, job_photo_hints
 from worker.images import (
     DEFAULT_MAX_PIXELS,
     EXTENSION_FORMATS,
+    InColourThroughout,
     lost_pages,
     provenance_text,
     read_photo,
@@ -74,7 +75,7 @@ from worker.input_cache import HeldInput, InputCache
 from worker.jobs import FINISHED, KEY_PREFIX, JobRecord, JobSpec, JobStore, film_output_uri, output_folder
 from worker.liveness import Lease, Leases
 from worker.model_store import resolve_model
-from worker.photos import output_suffix
+from worker.photos import colour_document, output_suffix
 from worker.pipeline import ColourFrame, StageTimes, colorize_frames
 from worker.references import (
     ReferenceField,
@@ -536,22 +537,31 @@ def _colorize_one_photo(rt: Runtime, loaded: _Loaded, uri: str, output: str, scr
             raise BadInputError(uri, f"already {colour}; set options.recolor to colorize its lightness anyway")
         if reason := lost_pages(photo, parse_uri(output)[2]):
             raise UnsupportedMediaError(uri, reason)
-        if photo.pages and spec.options.hints:
+        if photo.page_count > 1 and spec.options.hints:
             raise FieldError(uri, "options.hints", f"colour hints place points on one picture, and this is a "
-                                                   f"{len(photo.every_page)}-page document")
+                                                   f"{photo.page_count}-page document")
         hints = job_photo_hints(spec.options.hints, *photo.size, uri)  # before any work: a bad point fails the file
-        coloured = photo.to_colour(spec.options.recolor)  # a document's colour pages are kept as they are
-        if kept := photo.kept_pages(spec.options.recolor):
-            logger.info("%s: %s", uri, kept)
-        results = loaded.colorizer.colorize([page.L for page in coloured], hints=[hints] + [None] * (len(coloured) - 1))
-        rgb, *pages = photo.placed(iter(results), spec.options.recolor)
         suffix = PurePosixPath(parse_uri(output)[2]).suffix
         result = scratch / f"{hashlib.sha256(output.encode()).hexdigest()[:16]}{suffix}"
         guidance = hints_provenance(len(hints) if hints else 0)
-        write_photo(result, rgb, photo, loaded.label, photo.alpha, guidance, pages)
+        coloured = 1
+        if photo.page_count > 1:  # a document: coloured and written a page at a time
+            try:
+                coloured, kept = colour_document(loaded.colorizer, local, result, loaded.label,
+                                                 spec.options.recolor, DEFAULT_MAX_PIXELS)
+            except InColourThroughout as exc:
+                raise BadInputError(uri, f"already {exc.description}; set options.recolor to colorize its lightness "
+                                         "anyway") from exc
+            except BadInputError as exc:  # about the worker's copy: named by its stored name instead
+                raise type(exc)(uri, exc.reason) from exc
+            if kept:
+                logger.info("%s: %s", uri, kept)
+        else:
+            rgb = loaded.colorizer.colorize([photo.L], hints=[hints])[0]
+            write_photo(result, rgb, photo, loaded.label, photo.alpha, guidance)
         rt.storage.upload(result, output, metadata=provenance_metadata(loaded.label, guidance))
         result.unlink(missing_ok=True)
-        return len(coloured)
+        return coloured
     finally:
         if local.is_relative_to(rt.settings.work_dir):
             local.unlink(missing_ok=True)

@@ -23,6 +23,7 @@ import shutil
 import threading
 import time
 import uuid
+from contextlib import closing
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path, PurePosixPath
@@ -38,7 +39,15 @@ from worker.errors import BadInputError, PermanentError, one_line
 from worker.frame_sequences import DPX_LOG_TRANSFERS, DPX_TRANSFER_OFFSET, is_pattern
 from worker.frame_sink import FrameTarget
 from worker.hints import HintSpec
-from worker.images import DEFAULT_MAX_PIXELS, EXTENSION_FORMATS, FORMAT_NAMES, open_image, read_photo, shown_as_srgb
+from worker.images import (
+    DEFAULT_MAX_PIXELS,
+    EXTENSION_FORMATS,
+    FORMAT_NAMES,
+    open_image,
+    read_pages,
+    read_photo,
+    shown_as_srgb,
+)
 from worker.jobs import JobRecord, JobSpec, film_output_uri, output_folder
 from worker.openexr import EXR_HEADER_BYTES, read_exr_header
 from worker.settings import Settings
@@ -157,7 +166,8 @@ class Previews:
             # The source through the pipeline's own reader: 16-bit scans, orientation and odd modes are handled
             # once, and "before" shows exactly the lightness the colorizer kept. A document shows its first pages
             # side by side, each beside its colour copy's page at the same place.
-            pages = read_photo(source, DEFAULT_MAX_PIXELS).every_page[:DOCUMENT_PAGES]
+            with closing(read_pages(source, DEFAULT_MAX_PIXELS)) as decoded:
+                pages = list(itertools.islice(decoded, DOCUMENT_PAGES))
             befores = [Image.fromarray(np.clip(page.L * 2.55 + 0.5, 0, 255).astype(np.uint8)) for page in pages]
             with open_image(result) as opened:
                 afters = []
@@ -434,9 +444,9 @@ class HintPreviews:
         finally:
             if scheme != "file":
                 local.unlink(missing_ok=True)
-        if photo.pages:  # the worker refuses such a job's hints: said here, before a restorer places any
+        if photo.page_count > 1:  # the worker refuses such a job's hints: said here, before a restorer places any
             raise BadInputError(uri, f"colour hints place points on one picture, and this is a "
-                                     f"{len(photo.every_page)}-page document; hint its pages as files of their own")
+                                     f"{photo.page_count}-page document; hint its pages as files of their own")
         full = photo.L
         height, width = full.shape
         scale = min(1.0, HINT_PREVIEW_SIDE / max(width, height))
