@@ -219,7 +219,7 @@ def provenance_text(model_label: str, guidance: str = "") -> str:
     return f"{text}, with {guidance}" if guidance else text
 
 
-@dataclass(eq=False)  # one photo is one picture: a document's pages are told apart by identity, not by value
+@dataclass
 class Photo:
     """One decoded photo: what the colorizer needs (``L``) and what the encoder must carry to the result.
 

@@ -429,7 +429,7 @@ class _Run:
         self.outcomes: list[PhotoOutcome] = []
         self.bar: tqdm | None = None
         self.decodes: deque[tuple[PhotoTask, Future[tuple[Photo, ColourHints | None]]]] = deque()
-        self.encodes: deque[tuple[PhotoTask, int, Future[Path]]] = deque()  # with the pictures being written
+        self.encodes: deque[tuple[PhotoTask, Future[Path]]] = deque()
 
     def record(self, outcome: PhotoOutcome) -> None:
         self.outcomes.append(outcome)
@@ -532,7 +532,7 @@ class _Run:
         for (task, photo, photo_hints), rgb in zip(batch, results, strict=True):
             guidance = hints_provenance(len(photo_hints) if photo_hints else 0)
             future = pool.submit(write_photo, task.output, rgb, photo, self.model_label, photo.alpha, guidance)
-            self.encodes.append((task, 1, future))
+            self.encodes.append((task, future))
         while len(self.encodes) > 2 * max(1, self.options.workers):
             self._finish_encode()
 
@@ -556,7 +556,7 @@ class _Run:
             self.record(PhotoOutcome(task, "done", pictures=coloured))
 
     def _finish_encode(self) -> None:
-        task, pictures, encoding = self.encodes.popleft()
+        task, encoding = self.encodes.popleft()
         try:
             encoding.result()
         except TinctError as exc:
@@ -565,7 +565,7 @@ class _Run:
             reason = f"{task.output}: cannot write: {type(exc).__name__}: {one_line(exc)}"
             self.record(PhotoOutcome(task, "failed", reason))
         else:
-            self.record(PhotoOutcome(task, "done", pictures=pictures))
+            self.record(PhotoOutcome(task, "done", pictures=1))
 
 
 def colour_document(colorizer: Colorizer, source: Path, output: Path, model_label: str, recolor: bool,
