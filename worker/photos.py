@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -569,11 +569,12 @@ class _Run:
 
 
 def colour_document(colorizer: Colorizer, source: Path, output: Path, model_label: str, recolor: bool,
-                    max_pixels: int) -> tuple[int, str | None]:
+                    max_pixels: int, progress: Callable[[], None] = lambda: None) -> tuple[int, str | None]:
     """Colour the multi-page TIFF document ``source`` into ``output`` a page at a time (``images.read_pages``,
     ``images.write_document``): a long document never lies in memory whole. Its pages already in colour are kept as
-    they are unless ``recolor``. Returns the pages coloured, and those kept, in words (None where none was); raises
-    ``images.InColourThroughout`` where every page was in colour, and the copy is not made."""
+    they are unless ``recolor``; ``progress()`` is called as each page is done (a service worker's liveness). Returns
+    the pages coloured, and those kept, in words (None where none was); raises ``images.InColourThroughout`` where
+    every page was in colour, and the copy is not made."""
     coloured = 0
 
     def pages() -> Iterator[tuple[np.ndarray | None, Photo]]:
@@ -585,6 +586,7 @@ def colour_document(colorizer: Colorizer, source: Path, output: Path, model_labe
                 else:
                     coloured += 1
                     yield colorizer.colorize([page.L])[0], page
+                progress()
 
     kept = write_document(output, pages(), model_label)
     if not kept:

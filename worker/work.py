@@ -548,7 +548,7 @@ def _colorize_one_photo(rt: Runtime, loaded: _Loaded, uri: str, output: str, scr
         if photo.page_count > 1:  # a document: coloured and written a page at a time
             try:
                 coloured, kept = colour_document(loaded.colorizer, local, result, loaded.label,
-                                                 spec.options.recolor, DEFAULT_MAX_PIXELS)
+                                                 spec.options.recolor, DEFAULT_MAX_PIXELS, liveness.progress)
             except InColourThroughout as exc:
                 raise BadInputError(uri, f"already {exc.description}; set options.recolor to colorize its lightness "
                                          "anyway") from exc
