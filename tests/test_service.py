@@ -304,6 +304,27 @@ def test_cancelling_a_collection_stops_its_running_batch_at_a_photo(service_env)
     assert record.state == "cancelled" and record.done == 0
 
 
+def test_cancelling_a_long_document_stops_it_at_a_page_and_makes_no_copy(service_env):
+    """A multi-page document is coloured a page at a time, each page marked as progress: a cancel seen by the
+    heartbeat stops it at a page (it had run to its end), and nothing is written for it."""
+    client, start_worker, s3, _, model = service_env
+    document = io.BytesIO()
+    with tifffile.TiffWriter(document) as writer:
+        for seed in range(300):
+            writer.write(next(gray_frames(moving_scene(1, 320, 240, seed=seed % 7))), photometric="minisblack",
+                         compression="zlib")
+    put_object(s3, "s3://scans/book.tif", document.getvalue())
+    worker = start_worker(heartbeat_interval_s=0.5, liveness_window_s=2)
+    job_id, _ = client.submit(spec("s3://scans/book.tif", "s3://colour/", model))
+    wait_until(lambda: client.get(job_id).state == "running", JOB_TIMEOUT_S, "the document's job to start",
+               poll=0.05)
+    time.sleep(1.0)  # some pages in
+    assert client.cancel(job_id).state == "cancelled"
+    wait_until(lambda: "the job has ended" in worker.text(), 30, worker.log_tail, poll=0.05)
+    assert re.search(r"photos-0+ of job \w+ stopped in s3://scans/book.tif after 0 of its 1 photos", worker.text())
+    assert keys(s3, "colour") == []
+
+
 def test_a_cancel_that_lands_while_a_film_is_planned_stands(service_env, tmp_path):
     """Planning reads the whole film (minutes, for a long one in S3): a cancel that lands meanwhile must stand. The
     plan used to write 'running' over it and queue every segment, colorizing a film its user had cancelled."""

@@ -494,6 +494,13 @@ def colorize_photos(rt: Runtime, job_id: str, piece: str, inputs: Sequence[str])
             except PermanentError as exc:
                 rt.store.mark_piece_failed(job_id, uri, str(exc))
                 metrics.FAILURES.labels("permanent").inc()
+            except liveness.JobEnded:  # in a long document: its copy is not made
+                logger.info("%s of job %s stopped in %s after %d of its %d photos: the job has ended", piece, job_id,
+                            uri, done, len(inputs))
+                return
+            except liveness.HandedOver:
+                _discarded(lease, f"stopped in {uri}")
+                return
             liveness.progress()
             metrics.STAGE_SECONDS.labels("photo").observe(time.perf_counter() - began)
         if lease.commit(done) < 0:
@@ -547,8 +554,10 @@ def _colorize_one_photo(rt: Runtime, loaded: _Loaded, uri: str, output: str, scr
         coloured = 1
         if photo.page_count > 1:  # a document: coloured and written a page at a time
             try:
+                # Page by page, its progress marked and its piece's hold checked: a cancelled job, or a piece handed
+                # to another worker, stops the document at a page, its copy unmade (JobEnded, HandedOver).
                 coloured, kept = colour_document(loaded.colorizer, local, result, loaded.label,
-                                                 spec.options.recolor, DEFAULT_MAX_PIXELS, liveness.progress)
+                                                 spec.options.recolor, DEFAULT_MAX_PIXELS, _page_done)
             except InColourThroughout as exc:
                 raise BadInputError(uri, f"already {exc.description}; set options.recolor to colorize its lightness "
                                          "anyway") from exc
@@ -565,6 +574,12 @@ def _colorize_one_photo(rt: Runtime, loaded: _Loaded, uri: str, output: str, scr
     finally:
         if local.is_relative_to(rt.settings.work_dir):
             local.unlink(missing_ok=True)
+
+
+def _page_done() -> None:
+    task = liveness.this_task()
+    task.progress()
+    task.check_held()
 
 
 # --- films -------------------------------------------------------------------------------------------------
