@@ -229,10 +229,10 @@ class Photo:
     describes the *result* (the source's RGB profile, or sRGB where a gray/CMYK source was converted).
     ``had_colour`` says the source was already a colour photo (see ``COLOUR_THRESHOLD``; ``colour_score`` is
     the measured score). ``encoder`` holds format-specific hints (JPEG subsampling, TIFF compression, WebP
-    losslessness) that are reused when the result has the source's format. ``page_count`` is over 1 for a
-    multi-page TIFF document (``worker.tiff.document_pages``): the photo is its first page, :func:`read_pages` gives
-    every page, each a picture with its own metadata, and :func:`write_document` writes their copy, a TIFF of them
-    all, a page at a time.
+    losslessness) that are reused when the result has the source's format. ``document_sizes`` are a multi-page TIFF
+    document's pages' sizes (``worker.tiff.document_pages``; empty for one picture): the photo is one of its pages,
+    :func:`read_pages` gives every page, each a picture with its own metadata, and :func:`write_document` writes
+    their copy, a TIFF of them all, a page at a time.
     """
 
     path: Path
@@ -256,7 +256,7 @@ class Photo:
     had_colour: bool = False
     colour_score: float = 0.0
     encoder: dict[str, Any] = field(default_factory=dict)
-    page_count: int = 1
+    document_sizes: tuple[tuple[int, int], ...] = ()
     # A document's page already in colour: its pixels as decoded (codes in ``icc_profile``'s space, at its depth),
     # which its copy keeps as they are unless the document is recoloured.
     kept_colour: np.ndarray | None = None
@@ -265,6 +265,11 @@ class Photo:
     def size(self) -> tuple[int, int]:
         """(width, height) in display orientation."""
         return self.L.shape[1], self.L.shape[0]
+
+    @property
+    def page_count(self) -> int:
+        """1, or a multi-page document's pages."""
+        return max(1, len(self.document_sizes))
 
     def colour_found(self) -> str | None:
         """What makes it a colour photo, in words (``a colour photo (colour score 31.2)``), or None: a colour photo is
@@ -431,13 +436,16 @@ def _read(path: Path, max_pixels: int, first_only: bool) -> Iterator[Photo]:
     with _own_pixel_limit(), ExitStack() as stack:
         with _decode_errors(path):
             im = stack.enter_context(open_image(path))
-            pages = _pages_to_colour(path, im, max_pixels)
-        for number in range(1 if first_only else pages):
-            with _decode_errors(path):
-                source = _decode(path, im) if number == 0 else _decode_page(path, im, number, pages)
+            sizes = _document_sizes(path, im, max_pixels)
+        for number in range(1 if first_only else max(1, len(sizes))):
+            if number == 0:
+                with _decode_errors(path):
+                    source = _decode(path, im)
+            else:
+                source = _decode_page(path, im, number, len(sizes))
             photo = _photo(source)
-            photo.page_count = pages
-            if pages > 1 and photo.had_colour:  # a document's colour page: its copy keeps it as it is
+            photo.document_sizes = sizes
+            if sizes and photo.had_colour:  # a document's colour page: its copy keeps it as it is
                 photo.kept_colour = source.pixels
             yield photo
 
@@ -518,8 +526,8 @@ def _os_error(path: Path, exc: OSError, what: str) -> BadInputError | StorageErr
     return BadInputError(path, f"{what} ({reason})")
 
 
-def _pages_to_colour(path: Path, im: Image.Image, max_pixels: int) -> int:
-    """How many of the file's pages are pictures to colour: 1, or a multi-page TIFF document's page count. Refuses
+def _document_sizes(path: Path, im: Image.Image, max_pixels: int) -> tuple[tuple[int, int], ...]:
+    """A multi-page TIFF document's pages' sizes (upright), or () for a file of one picture to colour. Refuses
     (before a pixel is decoded) a picture, or a document's page, over ``max_pixels``, and files of several frames
     that Tinct does not colour (an animation, a document whose pages bring previews of their own)."""
     width, height = im.size
@@ -533,13 +541,14 @@ def _pages_to_colour(path: Path, im: Image.Image, max_pixels: int) -> int:
         raise BadInputError(path, f"damaged or cut short after its first picture: a further page's directory cannot "
                                   f"be read ({type(exc).__name__}: {exc})") from exc
     if frames == 1 or im.format == "MPO":
-        return 1
+        return ()
     if im.format != "TIFF":
         raise UnsupportedMediaError(path, f"{frames} frames: only single still images and multi-page TIFF documents "
                                           "are supported")
-    if tiff.reduced_pages(im) is not None:
-        return 1  # a pyramid or a scanner's preview: the copy has them too (``worker.tiff``)
-    sizes = tiff.document_pages(im)
+    layouts = tiff.page_layouts(im)
+    if tiff.reduced_pages(layouts) is not None:
+        return ()  # a pyramid or a scanner's preview: the copy has them too (``worker.tiff``)
+    sizes = tiff.document_pages(layouts)
     if sizes is None:
         raise UnsupportedMediaError(path, f"{frames} pages, of which some are reduced-resolution copies (previews) "
                                           "and some are pictures of their own; save its pages as one document "
@@ -548,7 +557,7 @@ def _pages_to_colour(path: Path, im: Image.Image, max_pixels: int) -> int:
         if width * height > max_pixels:
             raise InputTooLargeError(path, f"page {number} of {frames} is {width}x{height}, {width * height / 1e6:.1f} "
                                            f"MP, over the limit of {max_pixels / 1e6:.1f} MP")
-    return frames
+    return tuple(sizes)
 
 
 def _source_bit_depth(path: Path, im: Image.Image) -> int:
@@ -1452,12 +1461,10 @@ def write_document(
     return kept
 
 
-def _document_bytes(first: Photo) -> int:
-    """An upper bound of a document's copy's pixel bytes, from its first page: the pages' pixels uncoded, as 16-bit
-    RGBA, with a tenth more for coding that expands them."""
-    with open_image(first.path) as im:
-        sizes = tiff.document_pages(im) or [im.size]
-    return int(sum(width * height for width, height in sizes) * 8 * 1.1)
+def _document_bytes(page: Photo) -> int:
+    """An upper bound of a document's copy's pixel bytes: its pages' pixels uncoded, as 16-bit RGBA, with a tenth
+    more for coding that expands them."""
+    return int(sum(width * height for width, height in page.document_sizes or [page.size]) * 8 * 1.1)
 
 
 def _result_pixels(rgb: np.ndarray | None, like: Photo, alpha: np.ndarray | None, fmt: str,

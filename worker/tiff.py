@@ -62,13 +62,16 @@ _SUBSAMPLING_FACTORS = {"4:4:4": (1, 1), "4:2:2": (2, 1), "4:2:0": (2, 2)}
 _JPEG_BLOCK = 16  # tiles and JPEG strips come in multiples of it (TIFF 6.0: tiles; libjpeg: 4:2:0's 16-row MCUs)
 
 
-def reduced_pages(im: Image.Image) -> list[tuple[int, int]] | None:
-    """The sizes (width, height) of a TIFF's pages after its first, where every one is a reduced-resolution copy of
-    the first: flagged so (NewSubfileType bit 0, as scanners mark a preview page and libvips and GDAL a pyramid's
-    levels), or halving page after page from the first (ImageMagick 6 flags its pyramids' levels as pages). None
-    where a page is a picture of its own (a second photo, the back of a print), which a copy of the first would
-    lose."""
-    (first, _), *further = _pages(im)
+PageLayout = tuple[tuple[int, int], bool]  # a page's size (upright) and whether it is flagged a reduced copy
+
+
+def reduced_pages(pages: list[PageLayout]) -> list[tuple[int, int]] | None:
+    """The sizes (width, height) of a TIFF's pages (``page_layouts``'s) after its first, where every one is a
+    reduced-resolution copy of the first: flagged so (NewSubfileType bit 0, as scanners mark a preview page and
+    libvips and GDAL a pyramid's levels), or halving page after page from the first (ImageMagick 6 flags its
+    pyramids' levels as pages). None where a page is a picture of its own (a second photo, the back of a print),
+    which a copy of the first would lose."""
+    (first, _), *further = pages
     sizes = [size for size, _ in further]
     if all(reduced for _, reduced in further):
         return sizes if all(w <= first[0] and h <= first[1] for w, h in sizes) else None
@@ -80,17 +83,18 @@ def reduced_pages(im: Image.Image) -> list[tuple[int, int]] | None:
     return sizes
 
 
-def document_pages(im: Image.Image) -> list[tuple[int, int]] | None:
-    """The sizes (width, height) of all a TIFF's pages, where none is flagged a reduced-resolution copy of another:
-    a multi-page document whose every page is a picture to colour. None where some are (a document whose pages
-    each bring a preview, say), which Tinct does not sort out. Call where ``reduced_pages`` gave None."""
-    pages = _pages(im)
+def document_pages(pages: list[PageLayout]) -> list[tuple[int, int]] | None:
+    """The sizes (width, height) of all a TIFF's pages (``page_layouts``'s), where none is flagged a
+    reduced-resolution copy of another: a multi-page document whose every page is a picture to colour. None where
+    some are (a document whose pages each bring a preview, say), which Tinct does not sort out. Ask where
+    ``reduced_pages`` gave None."""
     return None if any(reduced for _, reduced in pages) else [size for size, _ in pages]
 
 
-def _pages(im: Image.Image) -> list[tuple[tuple[int, int], bool]]:
+def page_layouts(im: Image.Image) -> list[PageLayout]:
     """Every page's size (upright) and whether it is flagged a reduced-resolution copy (NewSubfileType bit 0), read
-    from their directories; ``im`` is left on the page it was on (a document's page being decoded)."""
+    from their directories (one walk through the file, which ``reduced_pages`` and ``document_pages`` judge); ``im``
+    is left on the page it was on (a document's page being decoded)."""
     current, pages = im.tell(), []
     try:
         for page in range(getattr(im, "n_frames", 1)):
@@ -123,7 +127,7 @@ def source_coding(im: Image.Image, turned: bool) -> dict[str, Any]:
         coding["tile"] = tile[::-1] if turned else tile
     elif _ROWS_PER_STRIP in tags and not turned:
         coding["rows_per_strip"] = int(tags[_ROWS_PER_STRIP])
-    if im.tell() == 0 and getattr(im, "n_frames", 1) > 1 and (sizes := reduced_pages(im)):
+    if im.tell() == 0 and getattr(im, "n_frames", 1) > 1 and (sizes := reduced_pages(page_layouts(im))):
         coding["reduced"] = sizes
     if _SUB_IFDS in tags:  # images inside the first page's directory (a pyramid as libvips --subifd, OME-TIFF write it)
         coding["sub_images"] = len(np.atleast_1d(tags[_SUB_IFDS]))
