@@ -434,6 +434,7 @@ def write_clip(
     hidden_frames: int = 0,
     cover: bool = False,
     captions: bool = False,
+    caption_track: int = 0,
 ) -> ClipInfo:
     """Encode `frames` into a real file; the container comes from the suffix (.mp4 .mkv .mov .avi .webm ...).
 
@@ -468,6 +469,9 @@ def write_clip(
       frame shown, as ATSC A/53 SEI messages or MPEG-2 user data (as broadcast, AVCHD and DVD-era video carries
       CEA-608/708), which FFmpeg's decoder
       hands back with each frame (A53_CC side data: `worker.captions.frame_captions`).
+    - `caption_track` (mov): a QuickTime closed-caption track (c608), as broadcast masters carry CEA-608 beside their
+      pictures, holding each shown frame's CEA-608 pair (`clip_captions(n)[:3]`), a sample for every `caption_track`
+      frames (1: a sample a frame) holding theirs in order.
     - `cover` (mp4/mov): a 32x32 JPEG cover picture, a stream flagged as an attached picture (`COVER_RGB`), as many
       MP4s carry one.
     - `.mpg` and `.ts` (MPEG program and transport streams, as from DVDs and broadcast captures) shift every
@@ -539,6 +543,12 @@ def write_clip(
         out.metadata.update(metadata or {})
         if chapters:
             out.set_chapters(_chapter_entries(chapters, duration))
+        caption_stream = None
+        if caption_track:
+            if out.format.name != "mov":
+                raise ValueError(f"a caption track needs mov, not {out.format.name}")
+            caption_stream = out.add_mux_stream("eia_608")
+            caption_stream.time_base = time_base
         cover_stream = None
         if cover:
             if out.format.name not in ("mp4", "mov"):
@@ -561,6 +571,8 @@ def write_clip(
             out.mux(audio_stream.encode())
         if subtitle_stream is not None:
             _write_cues(out, subtitle_stream, duration)
+        if caption_stream is not None:
+            _write_caption_samples(out, caption_stream, written_pts[hidden_frames:], caption_track, frame_step)
         if cover_stream is not None:
             picture = av.VideoFrame.from_ndarray(np.full((32, 32, 3), COVER_RGB, np.uint8), format="rgb24")
             for packet in cover_stream.encode(picture.reformat(format="yuvj420p")) + cover_stream.encode():
@@ -599,6 +611,17 @@ def clip_captions(shown: int) -> bytes:
 
     letters = (ord("A") + shown % 26, ord("a") + shown // 26 % 26)
     return bytes([0xFC, odd_parity(letters[0]), odd_parity(letters[1]), 0xFF, 0x02, shown % 251])
+
+
+def _write_caption_samples(out, stream, shown_pts: Sequence[int], frames_each: int, frame_step: float) -> None:
+    """A caption track's samples: the CEA-608 pairs of `frames_each` shown frames apiece, lasting as long as they."""
+    for first in range(0, len(shown_pts), frames_each):
+        shown = range(first, min(first + frames_each, len(shown_pts)))
+        sample = av.Packet(b"".join(clip_captions(n)[:3] for n in shown))
+        sample.stream, sample.time_base = stream, stream.time_base
+        sample.pts = sample.dts = shown_pts[first]
+        sample.duration = round(len(shown) * frame_step)
+        out.mux(sample)
 
 
 def _captioned(packets: list[av.Packet], written_pts: Sequence[int], hidden_frames: int) -> list[av.Packet]:

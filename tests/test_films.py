@@ -375,6 +375,72 @@ def test_closed_captions_ride_with_their_frames_into_an_h264_or_h265_copy(tmp_pa
         assert shown_captions(out) == expected and "captions" not in caplog.text
 
 
+def caption_samples(path: Path) -> list[tuple[int, bytes]]:
+    """A file's caption track's samples (c608, as FFmpeg reads them: CEA-608 constructs), by pts."""
+    with av.open(str(path)) as container:
+        track = next(stream for stream in container.streams if stream.type == "subtitle")
+        assert track.codec.canonical_name == "eia_608" and track.codec_context.codec_tag == "c608"
+        return sorted((packet.pts, bytes(packet)) for packet in container.demux(track) if packet.size)
+
+
+@pytest.mark.parametrize("output, codec, frames_each", [
+    ("copy.mp4", "h264", 1),  # a broadcast master's sample a frame, into MP4, which has no caption track
+    ("copy.mkv", "h265", 2),  # samples lasting two frames: a pair for each frame, in order
+    ("copy.mov", "source", 1),  # a .mov keeps the track as it is, and the H.264 frames carry them too
+    ("copy.mov", "prores", 2),
+])
+def test_a_caption_track_rides_into_the_frames_of_a_copy_in_a_container_without_one(tmp_path, tiny_checkpoint, caplog,
+                                                                                    output, codec, frames_each):
+    """Broadcast masters (ProRes or H.264 in .mov) carry CEA-608 captions as a QuickTime caption track (c608), which
+    MP4 and Matroska cannot hold: an .mp4 or .mkv copy had been refused ("cannot be copied into .mp4: 'mp4' format
+    does not support 'cc_dec' codec; try .mov"). Its samples now go into the H.264 or H.265 copy's frames, where
+    MP4 and Matroska players find captions, each frame the pairs it is shown with; a .mov copy keeps the track."""
+    master = bw_clip(tmp_path / "master.mov", frames=30, gop=12, bframes=2, caption_track=frames_each)
+    track = caption_samples(master.path)
+    assert len(track) == -(-30 // frames_each) and shown_captions(master.path) == [None] * 30
+    out = tmp_path / output
+    with caplog.at_level(logging.INFO, logger="worker.segments"):
+        assert run_cli(tiny_checkpoint, str(master.path), "-o", str(out), "--codec", codec, "--segment-seconds",
+                       "0.4") == 0
+    assert is_coloured(out)
+    if out.suffix == ".mov":
+        assert caption_samples(out) == track
+    else:
+        with av.open(str(out)) as copied:
+            assert [stream.type for stream in copied.streams] == ["video"]
+        assert (f"{master.path}: its CEA-608 caption track (stream #1) is carried in its {codec} copy's frames "
+                f"({out.suffix} has no caption track)") in caplog.text
+    in_frames = [clip_captions(shown)[:3] for shown in range(30)] if codec != "prores" else [None] * 30
+    assert shown_captions(out) == in_frames
+
+
+def test_a_copy_with_a_caption_track_of_its_own_takes_no_second(tmp_path, tiny_checkpoint, caplog):
+    """A film carrying captions both in its frames and in a caption track, coloured into ProRes in a .mov, whose
+    caption track is made from its frames' captions: that one track, not the source's beside it."""
+    master = bw_clip(tmp_path / "master.mov", frames=12, captions=True, caption_track=2)
+    out = tmp_path / "copy.mov"
+    with caplog.at_level(logging.INFO, logger="worker.segments"):
+        assert run_cli(tiny_checkpoint, str(master.path), "-o", str(out), "--codec", "prores") == 0
+    with av.open(str(out)) as copied:
+        assert [stream.type for stream in copied.streams] == ["video", "subtitle"]
+    assert [sample for _, sample in caption_samples(out)] == [clip_captions(shown)[:3] for shown in range(12)]
+    assert (f"{master.path}: its caption track (stream #1) gives way to its copy's, made from the captions in its "
+            "frames") in caplog.text
+
+
+@pytest.mark.parametrize("codec", ["ffv1", "prores"])
+def test_a_copy_that_would_lose_a_caption_track_is_refused_before_any_work(tmp_path, tiny_checkpoint, caplog, codec):
+    """An FFV1 or ProRes copy in a .mkv has no place for a caption track's captions (neither a track nor its frames):
+    refused up front by name, with where they would go, rather than dropped or failed at the join."""
+    master = bw_clip(tmp_path / "master.mov", frames=6, caption_track=1)
+    out = tmp_path / "copy.mkv"
+    assert run_cli(tiny_checkpoint, str(master.path), "-o", str(out), "--codec", codec) == 1
+    assert not out.exists()
+    assert (f"{master.path}: its CEA-608 caption track (stream #1, c608) has no place in a .mkv of {codec}: "
+            "a .mov keeps the track, and H.264 and H.265 copies carry its captions in their frames (--codec h264 or "
+            "h265)") in caplog.text
+
+
 @pytest.mark.parametrize("profile, pix_fmt, name, tag", [
     ("0", "yuv422p10le", "Proxy", "apco"), ("1", "yuv422p10le", "LT", "apcs"), ("4", "yuv444p10le", "4444", "ap4h"),
 ])

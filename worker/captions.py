@@ -17,6 +17,10 @@ them for MP4 and Matroska with the SEI inside. ProRes has no place for them in i
 gets its CEA-608 captions as a QuickTime closed-caption track (c608), as broadcast deliveries of ProRes masters carry
 them and editing suites read them (CEA-708 has no such track). FFV1, ProRes in Matroska and frames out have no
 place for captions, and say so (``worker.video_source.captions_lost``).
+
+A master may carry its captions the other way round, in such a track beside its pictures: its samples ride into an
+H.264 or H.265 copy's frames the same way (``spread_over_frames``, ``worker.video_source.caption_track_samples``),
+which is where an MP4 or Matroska copy, having no caption track, keeps them (``worker.segments``).
 """
 
 from __future__ import annotations
@@ -62,6 +66,17 @@ def cea608_constructs(captions: bytes) -> bytes:
     pairs into its cdat and cdt2 atoms)."""
     constructs = (captions[start:start + 3] for start in range(0, len(captions) - 2, 3))
     return b"".join(construct for construct in constructs if construct[0] & 0x04 and construct[0] & 0x03 < 2)
+
+
+def spread_over_frames(sample: bytes, frames: int) -> list[bytes]:
+    """A caption track's sample (CEA-608 constructs, as FFmpeg reads QuickTime's c608 samples) shared among the
+    ``frames`` frames it lasts: each field's pairs in order, as evenly as they go (a sample a frame, as broadcast
+    masters carry them, gives each frame its own). CEA-608 sends a pair per field per frame, and a decoder reads them
+    at that pace, so a sample's pairs must not all land on its first frame."""
+    constructs = [sample[start:start + 3] for start in range(0, len(sample) - 2, 3)]
+    fields = [[c for c in constructs if c[0] & 0x03 == field] for field in (0, 1)]
+    return [b"".join(b"".join(pairs[len(pairs) * i // frames:len(pairs) * (i + 1) // frames]) for pairs in fields)
+            for i in range(frames)]
 
 
 def captioned_packet(packet: av.Packet, captions: bytes, codec: str) -> av.Packet:

@@ -33,13 +33,14 @@ import av
 import numpy as np
 
 from models.files import atomic_path
-from worker.captions import CEA608_CODEC
+from worker.captions import CAPTION_CODECS, CEA608_CODEC
 from worker.errors import BadInputError
 from worker.video_sink import (
     KEEP_TIMESTAMPS,
     PRORES_TAGS,
     EncodeOptions,
     aspect_loss,
+    canonical_codec,
     container_for,
     plan_output,
     prores_profile,
@@ -131,7 +132,8 @@ def join_segments(
                 video_out = _add_video(out, film, source, segments[0].streams.video[0])
                 captions_out = _add_captions(out, segments[0], container_name)
                 _report_alpha(film)
-                copies = _add_copies(out, film, source, output)
+                codec = canonical_codec(segments[0].streams.video[0].codec_context.name)
+                copies = _add_copies(out, film, source, output, codec, own_caption_track=captions_out is not None)
                 _copy_metadata(out, source, provenance)
                 _drop_untimable_timecode(out, video_out, film)
                 packets = heapq.merge(_segment_packets(segments, video_out), _source_packets(source, copies),
@@ -174,18 +176,18 @@ def _ffmpeg_reason(exc: av.FFmpegError) -> str:
 def check_output(film: FilmInfo, output: str | os.PathLike, codec: str) -> None:
     """Fail before any colorizing if ``output``, written with ``codec``, cannot hold a stream of the source or the
     shape of its pixels: hours of work must not end at the join. Writes a header to memory only."""
-    _check_output_streams(film, output)
+    _check_output_streams(film, output, codec)
     aspect_lost = aspect_loss(film.video, codec, output)
     if aspect_lost:
         raise BadInputError(film.path, aspect_lost)
 
 
-def _check_output_streams(film: FilmInfo, output: str | os.PathLike) -> None:
+def _check_output_streams(film: FilmInfo, output: str | os.PathLike, codec: str) -> None:
     container_name = container_for(output)
     with film.open_streams() as source, av.open(io.BytesIO(), "w", format=container_name) as out:
         stream = out.add_stream("libx264", rate=24)  # a stand-in: every container Tinct writes takes H.264
         stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"
-        _add_copies(out, film, source, output, report=False)  # the join reports what it leaves out
+        _add_copies(out, film, source, output, codec, report=False)  # the join reports what it leaves out
         try:
             out.start_encoding()
         except av.FFmpegError as exc:
@@ -231,12 +233,17 @@ def _report_alpha(film: FilmInfo) -> None:
                        film.video.pix_fmt)
 
 
-def _add_copies(out, film: FilmInfo, source, output, report: bool = True) -> dict[int, object]:
-    """Output streams for every non-video source stream (and further video streams), by source index;
-    ``report`` logs each stream left out."""
+def _add_copies(out, film: FilmInfo, source, output, codec: str, report: bool = True,
+                own_caption_track: bool = False) -> dict[int, object]:
+    """Output streams for every non-video source stream (and further video streams), by source index, for a copy
+    coded in ``codec``; ``report`` logs each stream left out. ``own_caption_track``: the copy has a caption track of
+    its own, made from its frames' captions (``_add_captions``), which takes the source's track's place."""
     copies = {}
     for info in film.other_streams:
         src = stream_by_index(source, info.index)
+        if info.index == film.caption_track and not _keeps_caption_track(out, film, output, codec, own_caption_track,
+                                                                         report):
+            continue
         if src.type == "attachment":
             _carry_attachment(out, film, src, report)
             continue
@@ -263,6 +270,27 @@ def _add_copies(out, film: FilmInfo, source, output, report: bool = True) -> dic
         _copy_stream_tags(src, dst)
         copies[info.index] = dst
     return copies
+
+
+def _keeps_caption_track(out, film: FilmInfo, output, codec: str, own_caption_track: bool, report: bool) -> bool:
+    """Whether the source's CEA-608 caption track (c608) is copied as it is: into a QuickTime file, which holds it,
+    unless the copy has its own. MP4 and Matroska have no such track: an H.264 or H.265 copy carries its captions in
+    its frames instead (``worker.video_source.caption_track_samples``), and any other copy is refused there, before
+    any work, rather than lose them."""
+    index = film.caption_track
+    if out.format.name == "mov":
+        if own_caption_track and report:
+            logger.info("%s: its caption track (stream #%d) gives way to its copy's, made from the captions in its "
+                        "frames", film.path, index)
+        return not own_caption_track
+    if codec in CAPTION_CODECS:
+        if report:
+            logger.info("%s: its CEA-608 caption track (stream #%d) is carried in its %s copy's frames (%s has no "
+                        "caption track)", film.path, index, codec, Path(output).suffix)
+        return False
+    raise BadInputError(film.path, f"its CEA-608 caption track (stream #{index}, c608) has no place in a "
+                        f"{Path(output).suffix} of {codec}: a .mov keeps the track, and H.264 and H.265 copies carry "
+                        "its captions in their frames (--codec h264 or h265)")
 
 
 def _carry_attachment(out, film: FilmInfo, src, report: bool) -> None:

@@ -58,7 +58,15 @@ from models.color import (
     ycbcr_to_rgb_np,
 )
 from worker.boxes import file_boxes
-from worker.captions import CAPTION_CODECS, CEA608, CEA708, caption_kinds, frame_captions
+from worker.captions import (
+    CAPTION_CODECS,
+    CEA608,
+    CEA608_CODEC,
+    CEA708,
+    caption_kinds,
+    frame_captions,
+    spread_over_frames,
+)
 from worker.errors import BadInputError, InputTooLargeError, UnsupportedMediaError
 from worker.frame_sequences import DPX_LOG_TRANSFERS, FrameSequence, ScratchFolder, find_sequence, is_pattern
 from worker.images import COLOUR_PROBE_SIDE, COLOUR_THRESHOLD, colour_score
@@ -218,6 +226,9 @@ class FilmInfo:
     # The first frame's SMPTE timecode ("01:00:00:00", ";" before the frames for drop-frame): a run's DPX header's, or
     # a file's timecode tag (QuickTime and MXF timecode tracks read so); None where it has none.
     timecode: str | None = None
+    # The file index of its CEA-608 caption track (QuickTime's c608, as broadcast masters carry captions beside
+    # ProRes or H.264 pictures), whose samples ride with the frames into an H.264 or H.265 copy; None where it has none.
+    caption_track: int | None = None
 
     def open(self, start: int = 0, stop: int | None = None) -> AbstractContextManager[av.container.InputContainer]:
         """The film opened for reading: its file whole, or its run of frames from frame ``start`` to ``stop`` - 1
@@ -381,6 +392,7 @@ def probe_film(path: str | os.PathLike, max_pixels: int, frame_rate: Fraction | 
         if stream.time_base is None:
             raise BadInputError(path, "video stream has no time base")
         other = [StreamInfo(s.index, s.type, _codec_name(s)) for s in container.streams if s.index != stream.index]
+        caption_track = next((info.index for info in other if info.codec == CEA608_CODEC), None)
         if sequence is not None:
             # A run's frames are its files, found and checked already: reading all of them to index the packets
             # would read a whole reel (a 2K DPX scan: 12 MB a frame) before any work.
@@ -402,7 +414,7 @@ def probe_film(path: str | os.PathLike, max_pixels: int, frame_rate: Fraction | 
         with _open(path) as container:
             video, is_colour = _sample_frames(path, container, index)
     return FilmInfo(path, container_name, video_index, codec_name, video, index, duration, other, is_colour,
-                    sequence, timecode)
+                    sequence, timecode, caption_track)
 
 
 def _open_streams(path: str, sequence: FrameSequence | None) -> AbstractContextManager[av.container.InputContainer]:
@@ -445,7 +457,8 @@ def _no_film_stream(container: av.container.InputContainer) -> str:
 
 def _codec_name(stream: av.stream.Stream) -> str:
     codec_context = getattr(stream, "codec_context", None)
-    return getattr(codec_context, "name", None) or "unknown"
+    name = getattr(codec_context, "name", None) or "unknown"
+    return CEA608_CODEC if name == "cc_dec" else name  # a caption track's decoder's name says less than its codec's
 
 
 def _index_packets(path: str, container, stream) -> FrameIndex:
@@ -930,6 +943,7 @@ def decode_frames(film: FilmInfo, layout: FrameLayout, start: int, stop: int, wa
     chroma_w, chroma_h = layout.chroma_size(video.width, video.height)
     full_detail = max(chroma_w, chroma_h) < render_size and (chroma_w, chroma_h) != (video.width, video.height)
     to_bt709 = plate_conversion(film.plate_chromaticities)
+    track_captions = caption_track_samples(film, first, stop) if film.caption_track is not None else {}
     next_index = first
     for window_start, window_stop in _windows(film, first, stop):
         # A run of frames is opened at each window's first frame, whose pts is then 0.
@@ -961,8 +975,9 @@ def decode_frames(film: FilmInfo, layout: FrameLayout, start: int, stop: int, wa
                     else:
                         luma = luma_source if shift == 0 else _shift_depth(luma_source, shift, layout.bit_depth)
                     light = _luminance(values) if layout.keeps_light and values is not None else None
+                    captions = (frame_captions(frame) if video.captions else None) or track_captions.get(next_index)
                     yield SourceFrame(next_index, expected, luma, L, warmup=next_index < start, network_L=network_L,
-                                      light=light, captions=frame_captions(frame) if video.captions else None)
+                                      light=light, captions=captions)
                     next_index += 1
                     if next_index >= window_stop:
                         break
@@ -973,6 +988,40 @@ def decode_frames(film: FilmInfo, layout: FrameLayout, start: int, stop: int, wa
         if next_index < window_stop:
             raise BadInputError(film.path, f"video stops decoding after {next_index} of {film.frames} frames "
                                 "(damaged or truncated video data)")
+
+
+def caption_track_samples(film: FilmInfo, first: int, stop: int) -> dict[int, bytes]:
+    """The CEA-608 captions of ``film``'s caption track (``FilmInfo.caption_track``) for frames ``first .. stop - 1``,
+    by frame index: each sample's shared among the frames it lasts (``worker.captions.spread_over_frames``); a frame
+    a sample's time falls between, none of whose frames it lasts, takes the sample whole. A frame's own captions (ATSC
+    A/53 in its picture) go before these where it has both."""
+    video_times = film.frame_pts
+    time_base = film.video.time_base
+
+    def frame_at(time: Fraction) -> int:  # the first frame shown at or after ``time``
+        return int(np.searchsorted(video_times, math.ceil(time / time_base), side="left"))
+
+    captions: dict[int, bytes] = {}
+    with _open(film.path) as container:
+        track = stream_by_index(container, film.caption_track)
+        start = Fraction(int(video_times[first])) * time_base
+        try:
+            container.seek(int(start / track.time_base), stream=track, backward=True)
+            for packet in container.demux(track):
+                if packet.pts is None or not packet.size:
+                    continue
+                begins = Fraction(packet.pts) * track.time_base
+                lasts_from, lasts_to = frame_at(begins), frame_at(begins + (packet.duration or 0) * track.time_base)
+                if lasts_from >= stop:
+                    break
+                shares = spread_over_frames(bytes(packet), max(1, lasts_to - lasts_from))
+                for index, share in enumerate(shares, start=lasts_from):
+                    if first <= index < stop and share:
+                        captions[index] = captions.get(index, b"") + share
+        except av.FFmpegError as exc:
+            raise BadInputError(film.path, f"its caption track (stream #{film.caption_track}) does not read from "
+                                f"{float(start):.3f} s (damaged: {_ffmpeg_reason(exc)})") from exc
+    return captions
 
 
 def _windows(film: FilmInfo, first: int, stop: int) -> Iterator[tuple[int, int]]:
