@@ -138,6 +138,8 @@ def test_bench_service_photos_through_redis_s3_and_a_worker(tiny_checkpoint: Pat
     assert abs(parts - photos["overhead_ms_per_job"]) < 1e-6 and data["s3_in_process"]["ms_per_photo"] > 0
     latency = data["latency"]
     assert latency["jobs"] == 2 and latency["plan_queue_ms"] > 0 and latency["colorize_queue_ms"] > 0
+    collection = data["collection"]
+    assert collection["photos"] == 3 and collection["photos_per_s"] == 3 / collection["wall_s"] > 0
     assert latency["queue_ms_per_photo"] == latency["plan_queue_ms"] + latency["colorize_queue_ms"]
     assert 0 < latency["created_to_started_ms"] < latency["job_ms"]
 

@@ -11,6 +11,9 @@ runs as subprocesses exactly as deployed (solo pool, both queues, events on). Tw
   the wall time per job minus that. Celery's task events (the stream Flower reads; the worker always sends them)
   split it into time inside the two tasks of a photo job (``tinct.plan`` and ``tinct.colorize_photos``: S3
   HEAD/GET/PUT and Redis bookkeeping) and time between tasks (the broker's dispatch, the worker idle).
+* **A collection**: the same photos as one collection job (a prefix, fanned out in pieces of up to
+  ``TINCT_COLLECTION_BATCH`` photos, each piece coloured in batches of the worker's batch size): photos/s from its
+  submit to its success, against the photos as separate jobs above.
 * **Queue latency**: ``--latency-jobs`` photos submitted one at a time to an idle worker, so nothing waits behind
   anything: the submit call, the job record's ``created`` -> ``started`` (the plan task running), and each task's
   sent -> started from its events. The queue overhead per photo is the two hops together. The job record alone
@@ -344,8 +347,9 @@ def make_gray_photos(folder: Path, count: int, width: int, height: int, seed: in
 
 def measure_in_process(photos: Sequence[Path], out_dir: Path, model: str, engine: str, device: str,
                        precision: str, render_size: int, repeats: int) -> dict[str, Any]:
-    """Milliseconds per photo for what a colorize task does besides storage and bookkeeping: decode, colorize one
-    photo, encode (``worker.work._colorize_one_photo`` without the S3 GET/PUT), with the worker's engine settings.
+    """Milliseconds per photo for what a photo job's colorize task does besides storage and bookkeeping: decode,
+    colorize one photo, encode (``worker.work._PhotoPiece`` on a piece of one photo, without the S3 GET/PUT), with
+    the worker's engine settings.
 
     One untimed pass warms the engine; each stage's figure is the median over ``repeats`` passes of its mean per
     photo.
@@ -424,6 +428,18 @@ def run_photo_throughput(services: Services, service: Service, inputs: Sequence[
         "redis_celery_in_tasks_ms": in_tasks_ms - in_process_ms - storage_ms,
         "between_tasks_ms": ms_per_job - in_tasks_ms,  # broker dispatch: the worker between two tasks
     }
+
+
+def run_collection(services: Services, service: Service, prefix: str, photos: int,
+                   options: dict[str, Any]) -> dict[str, Any]:
+    """The photos under ``prefix`` as one collection job on the warm worker: photos/s from its submit to its
+    success (its record's ``updated`` stamp)."""
+    t0 = time.time()
+    job_id, _ = service.submit(JobSpec.from_dict({"input": prefix, "output": f"s3://{OUT_BUCKET}/collection/",
+                                                  "options": options}))
+    (times,) = wait_finished(services, service, [job_id], PHOTO_JOB_TIMEOUT_S + 10.0 * photos)
+    wall_s = times.updated - t0
+    return {"photos": photos, "wall_s": wall_s, "photos_per_s": photos / wall_s}
 
 
 def run_photo_latency(services: Services, service: Service, inputs: Sequence[str],
@@ -589,6 +605,9 @@ def run_service_bench(args: argparse.Namespace) -> dict[str, Any]:
             results["photos"] = run_photo_throughput(services, service, inputs, photo_options,
                                                      in_process["ms_per_photo"]["total"],
                                                      results["s3_in_process"]["ms_per_photo"])
+            log.info("the %d photos as one collection", len(inputs))
+            results["collection"] = run_collection(services, service, f"s3://{IN_BUCKET}/photos/", len(inputs),
+                                                   photo_options)
             log.info("%d photo jobs one at a time", args.latency_jobs)
             results["latency"] = run_photo_latency(services, service, inputs[: args.latency_jobs], photo_options)
             services.stop_workers()
@@ -710,7 +729,7 @@ def add_service_arguments(parser: argparse.ArgumentParser) -> None:
 def service_table(results: dict[str, Any]) -> str:
     s, c, ip = results["system"], results["config"], results["in_process"]
     ms = ip["ms_per_photo"]
-    photos, latency = results["photos"], results["latency"]
+    photos, latency, collection = results["photos"], results["latency"], results["collection"]
     lines = [
         f"CPU: {s['cpu']} ({s['cpus_usable']} of {s['cpu_count']} cores usable, load average "
         f"{s['load_average'][0]:.2f} at start); torch {s['torch']}, onnxruntime {s['onnxruntime']}; "
@@ -725,6 +744,9 @@ def service_table(results: dict[str, Any]) -> str:
         f"**{photos['jobs_per_s']:.1f}** | {photos['ms_per_job']:.1f} | {ms['total']:.1f} ({ms['decode']:.1f} + "
         f"{ms['colorize']:.1f} + {ms['encode']:.1f}) | **{photos['overhead_ms_per_job']:.1f}** | "
         f"{photos['s3_ms']:.1f} | {photos['redis_celery_in_tasks_ms']:.1f} | {photos['between_tasks_ms']:.1f} |",
+        "",
+        f"The same {collection['photos']} photos as one collection job: "
+        f"**{collection['photos_per_s']:.1f} photos/s** ({collection['wall_s']:.1f} s from submit to success).",
         "",
         f"Queue latency, {latency['jobs']} photo jobs one at a time on an idle worker (median ms):",
         "",
