@@ -578,8 +578,8 @@ class _PhotoPiece:
             self._collect_writes(block=False)
 
     def _read_ahead(self, pool: ThreadPoolExecutor, inputs: Iterator[str]) -> None:
-        """Keep a batch and a photo per thread fetched and decoded ahead of the colorizer."""
-        while len(self.reads) < self.loaded.colorizer.batch_size + self.workers and (uri := next(inputs, None)):
+        """Keep a photo per thread fetched and decoded ahead of the colorizer."""
+        while len(self.reads) < self.workers and (uri := next(inputs, None)):
             if self.rt.store.file_done(self.lease.job_id, uri):
                 self.done += 1  # written by an earlier delivery of this piece
                 continue
@@ -655,8 +655,14 @@ class _PhotoPiece:
         return time.perf_counter() - began
 
     def _collect_writes(self, block: bool) -> None:
-        """Record the photos stored, in order: those finished, or (``block``) all; at most two a thread wait."""
-        while self.writes and (block or self.writes[0][2].done() or len(self.writes) > 2 * self.workers):
+        """Record the photos stored, in order: those finished, or (``block``) all. At most two a thread wait, of
+        at most a batch's pixels between them: with the batch and the reads ahead, a piece of large scans holds two
+        batches' pixels and a photo a thread, not the piece."""
+        def waiting_pixels() -> int:
+            return sum(read.photo.L.size for read, _, _ in self.writes)
+
+        while self.writes and (block or self.writes[0][2].done() or len(self.writes) > 2 * self.workers
+                               or waiting_pixels() > self.batch_pixels):
             read, share, writing = self.writes.popleft()
             self.current = read.uri
             try:
