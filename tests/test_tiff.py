@@ -211,3 +211,19 @@ def test_a_pyramid_kept_in_sub_images_is_said_left_out(tmp_path: Path, caplog: p
         colorize(source, out)
     assert any(f"{out}: its source's pyramid of 2 sub-images (SubIFDs" in r.getMessage() for r in caplog.records)
     assert len(tifffile.TiffFile(out).pages) == 1
+
+
+@pytest.mark.parametrize("writer", ["tifffile", "imagej", "ome"])
+def test_a_description_that_records_the_sources_pixels_gives_way_to_the_provenance(tmp_path: Path, writer: str) -> None:
+    """tifffile writes its record of the array (JSON with its shape) into every TIFF it makes, ImageJ its hyperstack
+    header and OME-TIFF its XML: each says of a gray scan that it has one channel, and is how those readers read the
+    pixels. Copies had kept it with the provenance after it, and tifffile refused to read them ("invalid image
+    description"). The copy's description is the provenance alone; a caption is still kept (see the documents')."""
+    source = tmp_path / "scan.tif"
+    tifffile.imwrite(source, gray_scan(), **{"tifffile": {}, "imagej": {"imagej": True}, "ome": {"ome": True}}[writer])
+    out = tmp_path / "copy.tif"
+    expected = colorize(source, out)
+    assert np.array_equal(tifffile.imread(out), expected)
+    with tifffile.TiffFile(out) as copy:
+        assert copy.pages[0].description.startswith("colorized by Tinct ")
+        assert not (copy.is_imagej or copy.is_ome or copy.is_shaped)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import json
 import logging
 import math
 import os
@@ -1302,13 +1303,31 @@ def _exif_bytes(tags: dict[int, Any]) -> bytes:
 
 
 def described(existing: Any, text: str) -> str:
-    """An archive's caption is kept; the provenance sentence is appended in brackets (replacing an older one)."""
+    """An archive's caption is kept; the provenance sentence is appended in brackets (replacing an older one). A
+    description that is its writer's record of the source's pixels (``records_pixels``) is not kept: it no longer
+    says what the copy's pixels are, and text after it would break it for its readers."""
     if isinstance(existing, bytes):
         existing = existing.decode("utf-8", "replace")
     caption = _BRACKETED_PROVENANCE.sub("", str(existing or "")).strip().rstrip("\x00")
-    if not caption or _PROVENANCE.fullmatch(caption):
+    if not caption or _PROVENANCE.fullmatch(caption) or records_pixels(caption):
         return text
     return f"{caption} [{text}]"
+
+
+def records_pixels(description: str) -> bool:
+    """Whether a TIFF's ImageDescription is the record its writer keeps of the array it stored, not a caption:
+    tifffile's (JSON with the array's shape, which it writes into every TIFF it makes unless told not to, and by
+    which it reads the pixels back), ImageJ's hyperstack header, OME-XML. Of a gray scan, each says one channel; a
+    colour copy has three, and tifffile refuses to read a copy whose JSON has text after it."""
+    if description.startswith("ImageJ=") or (description.startswith("<?xml") and "<OME" in description[:512]):
+        return True
+    if not description.startswith("{"):
+        return False
+    try:
+        record = json.loads(description)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and "shape" in record
 
 
 def _tagged_exif(like: Photo, description: str, software: str, fmt: str) -> dict[int, Any]:
