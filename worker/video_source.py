@@ -992,8 +992,8 @@ def decode_frames(film: FilmInfo, layout: FrameLayout, start: int, stop: int, wa
 
 def caption_track_samples(film: FilmInfo, first: int, stop: int) -> dict[int, bytes]:
     """The CEA-608 captions of ``film``'s caption track (``FilmInfo.caption_track``) for frames ``first .. stop - 1``,
-    by frame index: each sample's shared among the frames it lasts (``worker.captions.spread_over_frames``); a frame
-    a sample's time falls between, none of whose frames it lasts, takes the sample whole. A frame's own captions (ATSC
+    by frame index: each sample's shared among the frames it lasts (``worker.captions.spread_over_frames``), one
+    that lasts no frame's start (shorter than a frame) whole to the next frame shown. A frame's own captions (ATSC
     A/53 in its picture) go before these where it has both."""
     video_times = film.frame_pts
     time_base = film.video.time_base

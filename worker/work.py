@@ -550,6 +550,8 @@ class _PhotoPiece:
         return self.stop is None
 
     def _colour_all(self, pool: ThreadPoolExecutor, inputs: Iterator[str]) -> None:
+        """The photos in order: each, once read, into the batch (a document coloured at once), the batch coloured
+        when full, the stores finished so far recorded; until the last, or until the piece stops."""
         while not self.stop:
             self._read_ahead(pool, inputs)
             if not self.reads:
@@ -670,8 +672,8 @@ class _PhotoPiece:
             except PermanentError as exc:
                 self._failed(read.uri, exc)
                 continue
-            if seconds is None:
-                self.stop = self.stop or self._why_stop() or "handed over"
+            if seconds is None:  # the piece stopped before it was stored: why, as its thread found
+                self.stop = self.stop or self._why_stop()
                 continue
             self._stored(read.uri, 1, read.seconds + share + seconds)
 
@@ -735,12 +737,12 @@ class _PhotoPiece:
         self.done += 1
         metrics.IMAGES.inc(pictures)
         metrics.STAGE_SECONDS.labels("photo").observe(seconds)
-        liveness.progress()
+        self.task.progress()
 
     def _failed(self, uri: str, exc: PermanentError) -> None:
         self.rt.store.mark_piece_failed(self.lease.job_id, uri, str(exc))
         metrics.FAILURES.labels("permanent").inc()
-        liveness.progress()
+        self.task.progress()
 
     def _drop(self, local: Path) -> None:
         if local.is_relative_to(self.rt.settings.work_dir):
