@@ -226,9 +226,13 @@ class FilmInfo:
     # The first frame's SMPTE timecode ("01:00:00:00", ";" before the frames for drop-frame): a run's DPX header's, or
     # a file's timecode tag (QuickTime and MXF timecode tracks read so); None where it has none.
     timecode: str | None = None
-    # The file index of its CEA-608 caption track (QuickTime's c608, as broadcast masters carry captions beside
-    # ProRes or H.264 pictures), whose samples ride with the frames into an H.264 or H.265 copy; None where it has none.
-    caption_track: int | None = None
+
+    @property
+    def caption_track(self) -> int | None:
+        """The file index of its CEA-608 caption track (QuickTime's c608, as broadcast masters carry captions beside
+        ProRes or H.264 pictures), whose samples ride with the frames into an H.264 or H.265 copy; None where it has
+        none."""
+        return next((info.index for info in self.other_streams if info.codec == CEA608_CODEC), None)
 
     def open(self, start: int = 0, stop: int | None = None) -> AbstractContextManager[av.container.InputContainer]:
         """The film opened for reading: its file whole, or its run of frames from frame ``start`` to ``stop`` - 1
@@ -392,7 +396,6 @@ def probe_film(path: str | os.PathLike, max_pixels: int, frame_rate: Fraction | 
         if stream.time_base is None:
             raise BadInputError(path, "video stream has no time base")
         other = [StreamInfo(s.index, s.type, _codec_name(s)) for s in container.streams if s.index != stream.index]
-        caption_track = next((info.index for info in other if info.codec == CEA608_CODEC), None)
         if sequence is not None:
             # A run's frames are its files, found and checked already: reading all of them to index the packets
             # would read a whole reel (a 2K DPX scan: 12 MB a frame) before any work.
@@ -414,7 +417,7 @@ def probe_film(path: str | os.PathLike, max_pixels: int, frame_rate: Fraction | 
         with _open(path) as container:
             video, is_colour = _sample_frames(path, container, index)
     return FilmInfo(path, container_name, video_index, codec_name, video, index, duration, other, is_colour,
-                    sequence, timecode, caption_track)
+                    sequence, timecode)
 
 
 def _open_streams(path: str, sequence: FrameSequence | None) -> AbstractContextManager[av.container.InputContainer]:
