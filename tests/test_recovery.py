@@ -543,11 +543,11 @@ def test_two_workers_draining_the_same_requeued_task_publish_it_once(redis_serve
     published: list[str] = []
     publishing, let_go = threading.Event(), threading.Event()
 
-    def slow_publish(task: str, args: list, queue: str) -> str:
+    def slow_publish(task: str, args: list, queue: str, task_id: str) -> str:
         published.append(task)
         publishing.set()
         let_go.wait(10)
-        return f"new-{len(published)}"
+        return task_id
 
     leaving = liveness.Heartbeat(DEFAULTS, client, slow_publish, node="leaving@host")
     other = liveness.Heartbeat(DEFAULTS, client, lambda *task: published.append(task[0]) or "other", node="b@host")
@@ -563,6 +563,122 @@ def test_two_workers_draining_the_same_requeued_task_publish_it_once(redis_serve
     assert published == ["tinct.colorize_photos"]
     assert [e["outcome"] for e in liveness.requeue_events(client, "job-1")] == ["requeued"]
     assert client.hlen(liveness.REQUEUE_KEY) == 0 and other.drain() == 0
+
+
+class Killed(Exception):
+    """A drainer's process SIGKILLed at a chosen point (raised from its publish, which the test controls)."""
+
+
+class Broker:
+    """Celery's real publisher on the test's Redis, as a worker's heartbeat publishes: each task lands in its queue's
+    list as kombu writes it. ``kill_before``/``kill_after`` make the next publish kill its drainer around it."""
+
+    def __init__(self, url: str) -> None:
+        import celery
+
+        self.app = celery.Celery("recovery-test", broker=url)
+        self.published: list[str] = []
+        self.kill_before = self.kill_after = False
+
+    def publish(self, name: str, args: list, queue: str, task_id: str) -> str:
+        if self.kill_before:
+            self.kill_before = False
+            raise Killed
+        self.app.send_task(name, args=args, queue=queue, task_id=task_id)
+        self.published.append(task_id)
+        if self.kill_after:
+            self.kill_after = False
+            raise Killed
+        return task_id
+
+    def take(self, client: redis.Redis, queue: str) -> str:
+        """A worker takes the next task off ``queue`` (kombu moves it into its unacked hash): its id."""
+        message = client.rpop(queue)
+        task_id = json.loads(message)["headers"]["id"]
+        client.hset(liveness.UNACKED_KEY, f"tag-{task_id}", message)
+        return task_id
+
+
+def die_holding(client: redis.Redis, worker: str, task_id: str, job_id: str, piece: str, reaper: liveness.Heartbeat
+                ) -> None:
+    """Worker process ``worker`` takes ``task_id`` and is SIGKILLed; ``reaper`` finds it silent and takes its task."""
+    dead = liveness.Heartbeat(DEFAULTS, client, lambda *task: "unused", node=f"{worker}@host")
+    dead.worker = worker
+    dead.hold(task_id, "tinct.colorize_photos", [job_id, piece], "photos", job_id, piece, "", f"tag-{task_id}")
+    client.zadd(liveness.WORKERS_KEY, {worker: 0})  # its last beat, long ago
+    assert reaper.reap_silent(reaper.beat()) == [worker]
+
+
+def claims_expire(client: redis.Redis) -> None:
+    """A liveness window passes: the claims of drainers that died mid-entry expire."""
+    for key in client.keys(f"{liveness.REQUEUE_KEY}:claim:*"):
+        client.delete(key)
+
+
+def test_a_drainer_killed_after_publishing_a_piece_leaves_its_events_in_order_and_the_piece_published_once(
+        redis_server):
+    """A worker that re-queues a dead worker's piece, takes the piece itself and is killed for it, before it had
+    recorded the re-queue, once left the entry to be drained again a window later: the job's events read [requeued,
+    failed, dropped] instead of [requeued, requeued, failed] (a poison piece in CI), and a piece it had published was
+    published again, for a third worker to take and die on. The re-queue is recorded before it is published now, and
+    the entry finished by another drainer publishes nothing that is already out."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.hset("tinct:job:job-1", mapping={"state": "running", "done": "0", "total": "1"})
+    broker = Broker(redis_server.url)
+    drainer = liveness.Heartbeat(DEFAULTS, client, broker.publish, node="b@host")
+    drainer.worker = "host:2"
+    die_holding(client, "host:1", "task-1", "job-1", "photos-000000", drainer)
+    drainer.drain()  # the first death: re-queued
+    die_holding(client, "host:3", broker.take(client, "photos"), "job-1", "photos-000000", drainer)
+    broker.kill_after = True
+    with pytest.raises(Killed):
+        drainer.drain()  # the second death: published, and its drainer killed before it deleted the entry
+    (interrupted,) = client.hkeys(liveness.REQUEUE_KEY)
+    later = liveness.Heartbeat(DEFAULTS, client, broker.publish, node="c@host")
+    later.worker = "host:4"
+    assert later.drain() == 0  # the dead drainer's claim holds for a window
+    taken = broker.take(client, "photos")
+    assert taken == broker.published[-1]
+    die_holding(client, "host:5", taken, "job-1", "photos-000000", later)  # the third death: the job fails
+    assert later.drain() == 1 and client.hget("tinct:job:job-1", "state") == b"failed"
+    claims_expire(client)
+    assert later.drain() == 1  # the interrupted entry, finished: its job has ended
+    assert client.hlen(liveness.REQUEUE_KEY) == 0 and interrupted not in client.hkeys(liveness.REQUEUE_KEY)
+    assert [e["outcome"] for e in reversed(liveness.requeue_events(client, "job-1"))] == [
+        "requeued", "requeued", "failed"]
+    assert [e["deaths"] for e in reversed(liveness.requeue_events(client, "job-1"))] == [1, 2, 3]
+    assert len(broker.published) == 2 and client.llen("photos") == 0
+
+
+@pytest.mark.parametrize("killed", ["before publishing", "after publishing", "after its task was taken and died"])
+def test_an_entry_whose_drainer_was_killed_is_finished_by_another_publishing_the_task_only_if_it_is_not_out(
+        redis_server, killed):
+    """Whatever point a drainer is killed at, the drainer that finishes its entry a window later records no second
+    event and leaves exactly one copy of the task at work: published under the id the first one chose if it never
+    went out, left alone if it is waiting in its queue or was taken (and, here, died again: its own entry re-queues
+    it)."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.hset("tinct:job:job-1", mapping={"state": "running", "done": "0", "total": "1"})
+    broker = Broker(redis_server.url)
+    drainer = liveness.Heartbeat(DEFAULTS, client, broker.publish, node="b@host")
+    drainer.worker = "host:2"
+    die_holding(client, "host:1", "task-1", "job-1", "photos-000000", drainer)
+    broker.kill_before, broker.kill_after = killed == "before publishing", killed != "before publishing"
+    with pytest.raises(Killed):
+        drainer.drain()
+    (decided,) = client.hvals(liveness.REQUEUE_KEY)
+    chosen = json.loads(decided.decode().split("|", 3)[3])["requeued_as"]
+    if killed == "after its task was taken and died":
+        die_holding(client, "host:3", broker.take(client, "photos"), "job-1", "photos-000000", drainer)
+    later = liveness.Heartbeat(DEFAULTS, client, broker.publish, node="c@host")
+    later.worker = "host:4"
+    claims_expire(client)
+    later.drain()
+    assert client.hlen(liveness.REQUEUE_KEY) == 0
+    deaths = 2 if killed == "after its task was taken and died" else 1
+    assert broker.published[0] == chosen and len(broker.published) == deaths  # the second: the second death's
+    assert client.llen("photos") == 1  # one copy waits for a worker
+    assert [e["outcome"] for e in liveness.requeue_events(client, "job-1")] == ["requeued"] * deaths
 
 
 def test_a_poison_piece_fails_its_job_after_n_deaths_and_other_jobs_succeed(env):

@@ -13,19 +13,22 @@ Keys (all values plain strings or JSON; times are Redis server time, so clocks o
   tag, node, seconds since it last made progress), written when the task starts and refreshed by every heartbeat.
 * ``tinct:worker:<id>:leases`` (set): the lease keys it took, so a recovery can release exactly those.
 * ``tinct:job:<job>:lease:<piece>``: the one holder allowed to record the piece's result (``<worker id>|<nonce>``).
-* ``tinct:requeue`` (hash): tasks taken from a silent worker, waiting to be published again (at least once);
-  ``tinct:requeue:claim:<field>``: the process publishing that entry (expires after a liveness window).
+* ``tinct:requeue`` (hash): tasks taken from a silent worker, waiting to be published again (at least once), each
+  with the outcome decided for it once a drain has recorded it; ``tinct:requeue:claim:<field>``: the process
+  carrying that entry out (expires after a liveness window).
 * ``tinct:job:<job>:deaths`` (hash): piece -> workers that died holding it in a row; ``:requeued`` (list): events.
 
-How a recovery stays race-free and idempotent: a heartbeat thread in every worker process (:class:`Heartbeat`)
-beats every ``heartbeat_interval_s`` and, once it has itself been beating for a whole liveness window (so that a
-Redis restart, after which every beat looks old, never makes it reap live workers), looks for workers silent for
-longer than ``liveness_window_s``. One Lua script per silent worker checks the silence again, removes the worker,
-releases its leases, counts a death for each piece it held and moves its tasks into ``tinct:requeue``, all
-atomically, so exactly one of the racing reapers gets them. Publishing from ``tinct:requeue`` happens after, at
-least once: a task published twice finds its piece done or leased and returns. A worker that was only paused and
-comes back finds its lease gone; :class:`Lease` checks before a result is uploaded and again, atomically, when it
-is recorded, so the late result is discarded and the job's join and completion happen once.
+How a recovery stays race-free and idempotent: a heartbeat thread in every worker process (:class:`Heartbeat`) beats
+every ``heartbeat_interval_s`` and, once it has itself been beating for a whole liveness window (so that a Redis
+restart, after which every beat looks old, never makes it reap live workers), looks for workers silent for longer
+than ``liveness_window_s``. One Lua script per silent worker checks the silence again, removes the worker, releases
+its leases, counts a death for each piece it held and moves its tasks into ``tinct:requeue``, all atomically, so
+exactly one of the racing reapers gets them. Publishing from ``tinct:requeue`` happens after, at least once: each
+entry's outcome is recorded before its task is published, and a drainer killed in between leaves the entry to
+another, which publishes the task only if nothing shows it went out (a task published twice anyway finds its piece
+done or leased and returns). A worker that was only paused and comes back finds its lease gone; :class:`Lease`
+checks before a result is uploaded and again, atomically, when it is recorded, so the late result is discarded and
+the job's join and completion happen once.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import secrets
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,8 +61,11 @@ REQUEUE_KEY = f"{KEY_PREFIX}requeue"
 # kombu's Redis transport: delivered, unacknowledged messages and their delivery times (see worker.top).
 UNACKED_KEY, UNACKED_INDEX_KEY = "unacked", "unacked_index"
 EVENTS_KEPT = 50  # re-queue events kept per job for ``tinct status``
+# How long a delivered message may be out of both its queue and kombu's unacked hash: the transport pops it, then
+# records it as unacked, in two steps (see Heartbeat._published).
+_MESSAGE_IN_TRANSIT_S = 0.5
 
-Publish = Callable[[str, list, str], str]  # task name, arguments, queue -> the new task's id
+Publish = Callable[[str, list, str, str], str]  # task name, arguments, queue, the id to give it -> its id
 
 
 def process_id() -> str:
@@ -183,6 +190,23 @@ end
 return 0
 """
 
+# KEYS: the task's queue, kombu's unacked hash, the re-queue hash, the job's done set, its deaths hash. ARGV: the task
+# id, the piece, the piece's deaths when its re-queue was decided. Returns 1 if anything shows the task was published.
+_WAS_PUBLISHED = """
+if tonumber(redis.call('HGET', KEYS[5], ARGV[2]) or '0') > tonumber(ARGV[3]) then return 1 end
+if redis.call('SISMEMBER', KEYS[4], ARGV[2]) == 1 then return 1 end
+for _, message in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  if string.find(message, ARGV[1], 1, true) then return 1 end
+end
+for _, message in ipairs(redis.call('HVALS', KEYS[2])) do
+  if string.find(message, ARGV[1], 1, true) then return 1 end
+end
+for _, entry in ipairs(redis.call('HKEYS', KEYS[3])) do
+  if string.find(entry, '|' .. ARGV[1] .. '|', 1, true) then return 1 end
+end
+return 0
+"""
+
 # KEYS: lease, leases set. ARGV: token.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
@@ -296,6 +320,39 @@ class _Held:
                            "tag": self.tag, "idle_s": round(time.monotonic() - self.last_progress, 1)})
 
 
+@dataclass
+class _RequeueEntry:
+    """One task taken from a silent or leaving worker, in ``tinct:requeue``: the field is ``<worker>|<task id>|<job
+    id>|<piece>``, the value ``<deaths>|<reason>|<time>|<the held task's JSON>``, into which the drain writes what it
+    decided (``outcome``; for a re-queue, the new task's id and the piece's deaths then)."""
+
+    field: str
+    task_id: str
+    job_id: str
+    piece: str
+    deaths: int
+    reason: str
+    at: str
+    record: dict[str, Any]
+
+    @classmethod
+    def parse(cls, entry_field: str, value: str) -> _RequeueEntry:
+        deaths, reason, at, record = value.split("|", 3)
+        _, task_id, job_id, piece = entry_field.split("|", 3)
+        return cls(entry_field, task_id, job_id, piece, int(deaths), reason, at, json.loads(record))
+
+    @property
+    def decided(self) -> str | None:
+        return self.record.get("outcome")
+
+    @decided.setter
+    def decided(self, outcome: str) -> None:
+        self.record["outcome"] = outcome
+
+    def encode(self) -> str:
+        return f"{self.deaths}|{self.reason}|{self.at}|{json.dumps(self.record)}"
+
+
 class Heartbeat:
     """The liveness component of one worker process: a daemon thread that beats, reaps silent workers and publishes
     their tasks again; :meth:`hold`/:meth:`release` record the tasks this process runs (Celery's task signals)."""
@@ -323,6 +380,7 @@ class Heartbeat:
         self._beat = client.register_script(_BEAT)
         self._reap = client.register_script(_REAP)
         self._to_front = client.register_script(_TO_FRONT)
+        self._was_published = client.register_script(_WAS_PUBLISHED)
 
     def _keys(self) -> list[str]:
         return [WORKERS_KEY, _worker_key(self.worker), _worker_key(self.worker, ":held"),
@@ -426,57 +484,118 @@ class Heartbeat:
         return list(entries) if taken else None
 
     def drain(self) -> int:
-        """Publish every task waiting in ``tinct:requeue`` (a poison piece fails its job instead); the number done."""
+        """Carry out every entry waiting in ``tinct:requeue``: publish its task again at the front of its queue, or
+        fail the job of a poison piece, or drop it when its job has ended; the number carried out.
+
+        Each entry goes in two steps. First the outcome is decided and recorded (the job's event, and the outcome
+        written into the entry) in one transaction; then it is carried out and the entry deleted. The event comes
+        first so that the job's events read in the order things happened even when this process is killed in
+        between (a worker that drains a piece and then takes it itself is what the poison-piece test kills); the
+        outcome kept in the entry lets the process that finishes an interrupted entry, after its claim expires,
+        carry out the same outcome without a second event, and publish the task only if it was not published."""
         done = 0
         for raw_field, raw_entry in self.redis.hgetall(REQUEUE_KEY).items():
-            entry_field, entry = raw_field.decode(), raw_entry.decode()
+            entry_field = raw_field.decode()
             if not self._claim(entry_field):
-                continue  # another process is publishing it, or has published it since we read the hash
-            deaths_text, reason, at, record_text = entry.split("|", 3)
-            worker, task_id, job_id, piece = entry_field.split("|", 3)
-            record = json.loads(record_text)
-            deaths = int(deaths_text)
-            state = self.store.state(job_id) if job_id else None
-            if state in FINISHED:
-                outcome = "dropped"  # the job ended meanwhile: nothing to redo
-            elif deaths >= self.settings.max_piece_deaths:
-                outcome = "failed"
-                if self.store.update_unless_finished(
-                        job_id, state="failed",
-                        error=one_line(f"{piece} was being done by a worker that died {deaths} times in a row (last "
-                                       f"{record['node']}); failed instead of killing more workers "
-                                       "(TINCT_MAX_PIECE_DEATHS)")):
-                    metrics.JOBS.labels("failed").inc()
-            else:
-                task_id = self.publish(record["task"], record["args"], record["queue"])
-                # At the front of its queue, not behind everything submitted since: the piece was being worked on.
-                self._to_front(keys=[record["queue"]], args=[task_id])
-                outcome = "requeued"
-                metrics.REQUEUED.labels(reason).inc()
-            event = json.dumps({"piece": piece, "worker": record["node"], "reason": reason, "deaths": deaths,
-                                "outcome": outcome, "at": float(at), "idle_s": record.get("idle_s", 0.0)})
-            with self.redis.pipeline() as pipe:
-                pipe.hdel(REQUEUE_KEY, entry_field)
-                if record.get("tag"):  # the broker would deliver the lost message again after its timeout
-                    pipe.hdel(UNACKED_KEY, record["tag"])
-                    pipe.zrem(UNACKED_INDEX_KEY, record["tag"])
-                if job_id:
-                    events = f"{KEY_PREFIX}job:{job_id}:requeued"
-                    pipe.lpush(events, event)
-                    pipe.ltrim(events, 0, EVENTS_KEPT - 1)
-                    pipe.expire(events, self.settings.job_ttl_s)
-                pipe.execute()
-            logger.warning("%s of job %s (task %s, held by %s, %s): %s", piece, job_id, task_id, record["node"],
-                           reason, outcome if outcome != "failed" else f"failed the job after {deaths} deaths")
+                continue  # another process is carrying it out, or has done so since we read the hash
+            entry = _RequeueEntry.parse(entry_field, raw_entry.decode())
+            interrupted = entry.decided is not None
+            if not interrupted:
+                self._decide(entry)
+            self._carry_out(entry, interrupted)
             done += 1
         return done
 
+    def _decide(self, entry: _RequeueEntry) -> None:
+        """Decide what becomes of a re-queue entry and record it: the job's event and the entry's outcome, with the
+        lost message's unacked copy, in one transaction."""
+        state = self.store.state(entry.job_id) if entry.job_id else None
+        if state in FINISHED:
+            entry.decided = "dropped"  # the job ended meanwhile: nothing to redo
+        elif entry.deaths >= self.settings.max_piece_deaths:
+            entry.decided = "failed"
+        else:
+            entry.decided = "requeued"
+            entry.record["requeued_as"] = str(uuid.uuid4())
+            # A death counted after this one means the task was published and ran again (see _published).
+            entry.record["deaths_then"] = int(self.redis.hget(self._job_key(entry.job_id, ":deaths"), entry.piece)
+                                              or 0)
+        event = json.dumps({"piece": entry.piece, "worker": entry.record["node"], "reason": entry.reason,
+                            "deaths": entry.deaths, "outcome": entry.decided, "at": float(entry.at),
+                            "idle_s": entry.record.get("idle_s", 0.0)})
+        with self.redis.pipeline() as pipe:
+            pipe.hset(REQUEUE_KEY, entry.field, entry.encode())
+            if entry.record.get("tag"):  # the broker would deliver the lost message again after its timeout
+                pipe.hdel(UNACKED_KEY, entry.record["tag"])
+                pipe.zrem(UNACKED_INDEX_KEY, entry.record["tag"])
+            if entry.job_id:
+                events = self._job_key(entry.job_id, ":requeued")
+                pipe.lpush(events, event)
+                pipe.ltrim(events, 0, EVENTS_KEPT - 1)
+                pipe.expire(events, self.settings.job_ttl_s)
+            pipe.execute()
+        if entry.decided == "requeued":
+            metrics.REQUEUED.labels(entry.reason).inc()
+        logger.warning("%s of job %s (task %s, held by %s, %s): %s", entry.piece, entry.job_id, entry.task_id,
+                       entry.record["node"], entry.reason,
+                       entry.decided if entry.decided != "failed" else f"failed the job after {entry.deaths} deaths")
+
+    def _carry_out(self, entry: _RequeueEntry, interrupted: bool) -> None:
+        """Do what was decided for ``entry`` and delete it. Finishing an entry another process left half done
+        (``interrupted``), a task it may have published already is published only if nothing shows it was."""
+        if entry.decided == "failed":
+            if self.store.update_unless_finished(
+                    entry.job_id, state="failed",
+                    error=one_line(f"{entry.piece} was being done by a worker that died {entry.deaths} times in a row "
+                                   f"(last {entry.record['node']}); failed instead of killing more workers "
+                                   "(TINCT_MAX_PIECE_DEATHS)")):
+                metrics.JOBS.labels("failed").inc()
+        elif entry.decided == "requeued":
+            task_id = entry.record["requeued_as"]
+            if not interrupted:
+                self._publish_to_front(entry.record, task_id)
+            elif entry.job_id and self.store.state(entry.job_id) in FINISHED:
+                logger.info("re-queued %s of job %s: the job has ended; not published again", entry.piece,
+                            entry.job_id)
+            elif self._published(entry):
+                logger.info("re-queued %s of job %s: its task %s was published before its publisher stopped",
+                            entry.piece, entry.job_id, task_id)
+            else:
+                self._publish_to_front(entry.record, task_id)
+                logger.warning("re-queued %s of job %s: its publisher stopped before publishing task %s; published "
+                               "now", entry.piece, entry.job_id, task_id)
+        self.redis.hdel(REQUEUE_KEY, entry.field)
+
+    def _publish_to_front(self, record: dict[str, Any], task_id: str) -> None:
+        self.publish(record["task"], record["args"], record["queue"], task_id)
+        # At the front of its queue, not behind everything submitted since: the piece was being worked on.
+        self._to_front(keys=[record["queue"]], args=[task_id])
+
+    def _published(self, entry: _RequeueEntry) -> bool:
+        """Whether the task of a decided re-queue entry is out: waiting on its queue, delivered to a worker (kombu
+        keeps it unacked until the task ends), done, in a re-queue entry of its own, or dead since (a later death
+        of its piece). Looked at twice a moment apart: a message is in neither the queue nor the unacked hash while
+        a worker's transport moves it from one to the other."""
+        keys = [entry.record["queue"], UNACKED_KEY, REQUEUE_KEY, self._job_key(entry.job_id, ":done"),
+                self._job_key(entry.job_id, ":deaths")]
+        args = [entry.record["requeued_as"], entry.piece, entry.record.get("deaths_then", 0)]
+        for attempt in range(2):
+            if attempt:
+                time.sleep(_MESSAGE_IN_TRANSIT_S)
+            if self._was_published(keys=keys, args=args):
+                return True
+        return False
+
+    @staticmethod
+    def _job_key(job_id: str, suffix: str) -> str:
+        return f"{KEY_PREFIX}job:{job_id}{suffix}"
+
     def _claim(self, entry_field: str) -> bool:
-        """Whether this process may publish the re-queue entry ``entry_field``: every heartbeat drains the same hash,
-        and two that read it at once would each publish the task and record the death twice. The claim is never
-        released, only left to expire (an entry's field names one death of one task, so it never comes back): a
-        drainer that dies between the claim and the publish leaves the entry for another after the expiry, which
-        keeps publishing at least once."""
+        """Whether this process may carry out the re-queue entry ``entry_field``: every heartbeat drains the same
+        hash, and two that read it at once would each publish the task and record the death twice. The claim is
+        never released, only left to expire (an entry's field names one death of one task, so it never comes back):
+        a drainer that dies before it deletes the entry leaves it for another after the expiry, which finishes what
+        the entry says was decided, so publishing stays at least once."""
         claim = f"{REQUEUE_KEY}:claim:{entry_field}"
         if not self.redis.set(claim, self.worker, nx=True, px=int(self.window_s * 1000)):
             return False

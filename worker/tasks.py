@@ -62,9 +62,9 @@ def _start_process(sender: object = None, **_: object) -> None:
                           (liveness.StalledCollector(rt.redis, rt.settings.liveness_window_s),))
 
 
-def _publish(name: str, args: list, queue: str) -> str:
-    """How the liveness thread puts a task taken from a silent worker back on its queue; the new task's id."""
-    return str(app.send_task(name, args=args, queue=queue).id)
+def _publish(name: str, args: list, queue: str, task_id: str) -> str:
+    """How the liveness thread puts a task taken from a silent worker back on its queue, under the id it chose."""
+    return str(app.send_task(name, args=args, queue=queue, task_id=task_id).id)
 
 
 def _piece(name: str, args: tuple) -> str:
