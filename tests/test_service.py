@@ -80,9 +80,12 @@ def service_env(tmp_path, redis_server, s3_server, tiny_checkpoint):  # noqa: F8
 
 
 def gray_png(seed: int = 0) -> bytes:
-    frame = next(gray_frames(moving_scene(1, 96, 64, seed=seed)))
+    return png_bytes(next(gray_frames(moving_scene(1, 96, 64, seed=seed))))
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(frame).save(buffer, format="PNG")
+    Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -605,6 +608,35 @@ def test_metrics_endpoint_and_json_only(service_env):
     assert "tinct_images_total 1.0" in text and 'tinct_jobs_total{state="succeeded"} 1.0' in text
     assert 'tinct_queue_depth{queue="tinct.colorize"}' in text
     assert re.search(r'tinct_batch_size\{engine="torch",model="effnet_unet@\w+",precision="\w+"\} 8\.0', text)  # CPU: 8
+
+
+def test_a_collection_piece_colours_its_photos_together_each_as_it_would_be_alone(service_env, tmp_path):
+    """A piece of a collection colours its photos in one call of the colorizer (the network batches those of a
+    shape), not one photo at a time, which had given a GPU node batches of one; each photo's colour is still its
+    own: what it gets coloured alone, within a code of rounding."""
+    from worker.images import read_photo, write_photo
+    from worker.photos import open_colorizer
+
+    client, start_worker, s3, _, model = service_env
+    portrait = next(gray_frames(moving_scene(1, 64, 96, seed=9)))  # a shape of its own among the landscapes
+    photos = {f"p{i}.png": gray_png(i) for i in range(4)} | {"p4.png": png_bytes(portrait)}
+    for name, data in photos.items():
+        put_object(s3, f"s3://scans/shelf/{name}", data)
+    port = free_port()
+    start_worker(collection_batch=5, metrics_port=port)
+    job_id, _ = client.submit(spec("s3://scans/shelf/", "s3://colour/shelf/", model))
+    assert wait_for_job(client, job_id).state == "succeeded"
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert "tinct_photo_batch_photos_count 1.0" in text and "tinct_photo_batch_photos_sum 5.0" in text, text
+    assert "tinct_images_total 5.0" in text
+    with open_colorizer(model, engine="torch", device="cpu", render_size=64) as (colorizer, label):
+        for name, data in photos.items():
+            (tmp_path / name).write_bytes(data)
+            photo = read_photo(tmp_path / name)
+            write_photo(tmp_path / f"alone-{name}", colorizer.colorize([photo.L])[0], photo, label)
+            alone = np.asarray(Image.open(tmp_path / f"alone-{name}"), np.int16)
+            together = np.asarray(Image.open(io.BytesIO(get_object(s3, f"s3://colour/shelf/{name}"))), np.int16)
+            assert alone.shape == together.shape and np.abs(alone - together).max() <= 1, name
 
 
 # --- triggers, through the real service ------------------------------------------------------------------------

@@ -12,8 +12,8 @@ runs as subprocesses exactly as deployed (solo pool, both queues, events on). Tw
   split it into time inside the two tasks of a photo job (``tinct.plan`` and ``tinct.colorize_photos``: S3
   HEAD/GET/PUT and Redis bookkeeping) and time between tasks (the broker's dispatch, the worker idle).
 * **A collection**: the same photos as one collection job (a prefix, fanned out in pieces of up to
-  ``TINCT_COLLECTION_BATCH`` photos): photos/s from its submit to its success, against the photos as separate jobs
-  above.
+  ``TINCT_COLLECTION_BATCH`` photos, each piece coloured in batches of the worker's batch size): photos/s from its
+  submit to its success, against the photos as separate jobs above.
 * **Queue latency**: ``--latency-jobs`` photos submitted one at a time to an idle worker, so nothing waits behind
   anything: the submit call, the job record's ``created`` -> ``started`` (the plan task running), and each task's
   sent -> started from its events. The queue overhead per photo is the two hops together. The job record alone
@@ -347,8 +347,9 @@ def make_gray_photos(folder: Path, count: int, width: int, height: int, seed: in
 
 def measure_in_process(photos: Sequence[Path], out_dir: Path, model: str, engine: str, device: str,
                        precision: str, render_size: int, repeats: int) -> dict[str, Any]:
-    """Milliseconds per photo for what a colorize task does besides storage and bookkeeping: decode, colorize one
-    photo, encode (``worker.work._colorize_one_photo`` without the S3 GET/PUT), with the worker's engine settings.
+    """Milliseconds per photo for what a photo job's colorize task does besides storage and bookkeeping: decode,
+    colorize one photo, encode (``worker.work._PhotoPiece`` on a piece of one photo, without the S3 GET/PUT), with
+    the worker's engine settings.
 
     One untimed pass warms the engine; each stage's figure is the median over ``repeats`` passes of its mean per
     photo.

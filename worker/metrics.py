@@ -35,6 +35,10 @@ STAGE_SECONDS = Histogram(
     "tinct_stage_seconds", "Seconds per piece spent in each stage", ["stage"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900),
 )
+# How many photos a photo piece colours together, per call of the colorizer (which runs the network on those of one
+# padded shape at once): a GPU node colouring collections wants these near its batch size, not 1.
+PHOTO_BATCH = Histogram("tinct_photo_batch_photos", "Photos coloured together, per colour batch of a photo piece",
+                        buckets=(1, 2, 4, 8, 16, 32, 64))
 
 # Set when a model loads: how many frames or photos each network call of it takes (models.batching picks it from
 # free GPU memory unless TINCT_BATCH_SIZE says), and on which engine and precision it runs.

@@ -36,17 +36,20 @@ import shutil
 import socket
 import tempfile
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
+import numpy as np
 import redis
 
 from models.colorizer import Colorizer
 from models.engines import create_engine
 from models.files import atomic_path
+from models.hints import ColourHints
 from worker import liveness, metrics
 from worker.errors import (
     BadInputError,
@@ -66,6 +69,7 @@ from worker.images import (
     DEFAULT_MAX_PIXELS,
     EXTENSION_FORMATS,
     InColourThroughout,
+    Photo,
     lost_pages,
     provenance_text,
     read_photo,
@@ -471,39 +475,18 @@ def colorize_photos(rt: Runtime, job_id: str, piece: str, inputs: Sequence[str])
         loaded = rt.colorizer(spec.options.model, spec.options.render_size)
         liveness.progress()
         rt.store.update(job_id, model_label=loaded.label)  # which version of a named model made the outputs
-        scratch = rt.scratch(job_id)
-        task = liveness.this_task()
-        done = 0
-        for uri in inputs:
-            began = time.perf_counter()
-            try:
-                if rt.store.file_done(job_id, uri):
-                    done += 1  # written by an earlier delivery of this piece
-                    continue
-                if not lease.held():
-                    _discarded(lease)
-                    return
-                if task.job_ended():  # cancelled or failed meanwhile: no more photos written for it
-                    logger.info("%s of job %s stopped after %d of its %d photos: the job has ended", piece, job_id,
-                                done, len(inputs))
-                    return
-                pictures = _colorize_one_photo(rt, loaded, uri, photo_output_uri(spec, uri), scratch, spec)
-                rt.store.mark_file_done(job_id, uri)
-                done += 1
-                metrics.IMAGES.inc(pictures)
-            except PermanentError as exc:
-                rt.store.mark_piece_failed(job_id, uri, str(exc))
-                metrics.FAILURES.labels("permanent").inc()
-            except liveness.JobEnded:  # in a long document: its copy is not made
-                logger.info("%s of job %s stopped in %s after %d of its %d photos: the job has ended", piece, job_id,
-                            uri, done, len(inputs))
+        photos = _PhotoPiece(rt, loaded, spec, lease, rt.scratch(job_id))
+        try:
+            if not photos.colour(inputs):
                 return
-            except liveness.HandedOver:
-                _discarded(lease, f"stopped in {uri}")
-                return
-            liveness.progress()
-            metrics.STAGE_SECONDS.labels("photo").observe(time.perf_counter() - began)
-        if lease.commit(done) < 0:
+        except liveness.JobEnded:  # in a long document: its copy is not made
+            logger.info("%s of job %s stopped in %s after %d of its %d photos: the job has ended", piece, job_id,
+                        photos.current, photos.done, len(inputs))
+            return
+        except liveness.HandedOver:
+            _discarded(lease, f"stopped in {photos.current}")
+            return
+        if lease.commit(photos.done) < 0:
             _discarded(lease)
             return
     finally:
@@ -511,6 +494,259 @@ def colorize_photos(rt: Runtime, job_id: str, piece: str, inputs: Sequence[str])
     metrics.PIECES.labels("photos").inc()
     _progress(rt, job_id)
     _after_pieces(rt, job_id, "photos")
+
+
+@dataclass
+class _ReadPhoto:
+    """A photo of a piece, fetched, read and checked, waiting for its batch's colour."""
+
+    uri: str
+    output: str
+    local: Path  # the node's copy of it
+    photo: Photo
+    hints: ColourHints | None
+    seconds: float  # spent on it so far (fetch, read), for its stage time
+
+
+class _PhotoPiece:
+    """A piece's photos, coloured in batches while others are fetched, decoded, encoded and stored in threads beside
+    (``workers`` of them, as the CLI's photo runs): each photo read and checked on its own (a bad one fails alone), the
+    network run on as many as the colorizer batches at once, then each written and stored. A photo at a time, each
+    step after the last, had given a GPU node batches of one and left it idle while a photo was encoded. A
+    multi-page document is coloured alone, a page at a time, as it comes."""
+
+    def __init__(self, rt: Runtime, loaded: _Loaded, spec: JobSpec, lease: Lease, scratch: Path) -> None:
+        self.rt, self.loaded, self.spec, self.lease, self.scratch = rt, loaded, spec, lease, scratch
+        self.task = liveness.this_task()
+        self.done = 0  # photos written by this delivery or an earlier one
+        self.total = 0  # photos in the piece
+        self.current = ""  # the photo being worked on, for a message when the piece stops
+        self.workers = min(4, os.cpu_count() or 1)
+        self.reads: deque[tuple[str, Future[_ReadPhoto]]] = deque()  # fetched and decoded ahead, in order
+        self.batch: list[_ReadPhoto] = []
+        self.writes: deque[tuple[_ReadPhoto, float, Future[float | None]]] = deque()  # encoded and stored, in order
+        self.stop: str | None = None  # why the piece stopped: "handed over", "job ended"
+        # A batch's network and colour must take well within the liveness window on the slowest node, or its piece
+        # shows as stalled while it is coloured (``liveness.HeldPiece``).
+        settings = rt.settings
+        self.batch_pixels = settings.slowest_megapixels_per_s * 1e6 * settings.liveness_window_s / 2
+
+    def colour(self, inputs: Sequence[str]) -> bool:
+        """Colour every photo of ``inputs`` not done yet; False where the piece stopped (handed to another worker,
+        or its job ended: said so), its photos after that point unwritten."""
+        self.total = len(inputs)
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="tinct-photo-io") as pool:
+            finished = False
+            try:
+                self._colour_all(pool, iter(inputs))
+                finished = True
+            finally:
+                self._settle(raise_errors=finished)
+        if self.stop == "handed over":
+            _discarded(self.lease)
+        elif self.stop == "job ended":
+            logger.info("%s of job %s stopped after %d of its %d photos: the job has ended", self.lease.piece,
+                        self.lease.job_id, self.done, self.total)
+        return self.stop is None
+
+    def _colour_all(self, pool: ThreadPoolExecutor, inputs: Iterator[str]) -> None:
+        """The photos in order: each, once read, into the batch (a document coloured at once), the batch coloured
+        when full, the stores finished so far recorded; until the last, or until the piece stops."""
+        while not self.stop:
+            self._read_ahead(pool, inputs)
+            if not self.reads:
+                self._colour_batch(pool)
+                return
+            uri, reading = self.reads.popleft()
+            self.current = uri
+            if (stop := self._why_stop()) is not None:
+                self.stop = stop
+                return
+            try:
+                read = reading.result()
+            except PermanentError as exc:
+                self._failed(uri, exc)
+                continue
+            if read.photo.page_count > 1:  # a document: coloured and written a page at a time, here
+                self._document(read)
+                continue
+            pixels = sum(r.photo.L.size for r in self.batch)
+            if self.batch and pixels + read.photo.L.size > self.batch_pixels:
+                self._colour_batch(pool)
+            self.batch.append(read)
+            self.task.progress()
+            if len(self.batch) >= self.loaded.colorizer.batch_size:
+                self._colour_batch(pool)
+            self._collect_writes(block=False)
+
+    def _read_ahead(self, pool: ThreadPoolExecutor, inputs: Iterator[str]) -> None:
+        """Keep a photo per thread fetched and decoded ahead of the colorizer."""
+        while len(self.reads) < self.workers and (uri := next(inputs, None)):
+            if self.rt.store.file_done(self.lease.job_id, uri):
+                self.done += 1  # written by an earlier delivery of this piece
+                continue
+            self.reads.append((uri, pool.submit(self._read, uri)))
+
+    def _why_stop(self) -> str | None:
+        """Why no more photos are to be written for the piece (its lease gone to another worker, its job cancelled
+        or failed meanwhile), or None; checked before each upload, as a photo at a time did."""
+        if not self.lease.held():
+            return "handed over"
+        return "job ended" if self.task.job_ended() else None
+
+    def _read(self, uri: str) -> _ReadPhoto:
+        """The photo at ``uri`` fetched, read and checked before any work: a bad hint, or a document its copy's
+        format would cut to one page, fails it here."""
+        began = time.perf_counter()
+        local = self.rt.local_copy(uri, self.scratch)
+        spec, output = self.spec, photo_output_uri(self.spec, uri)
+        try:
+            try:
+                photo = read_photo(local, DEFAULT_MAX_PIXELS)
+            except BadInputError as exc:  # about the worker's copy of the photo: named by its stored name instead
+                raise type(exc)(uri, exc.reason) from exc
+            if (colour := photo.colour_found()) and not spec.options.recolor:
+                raise BadInputError(uri, f"already {colour}; set options.recolor to colorize its lightness anyway")
+            if reason := lost_pages(photo, parse_uri(output)[2]):
+                raise UnsupportedMediaError(uri, reason)
+            if photo.page_count > 1 and spec.options.hints:
+                raise FieldError(uri, "options.hints", f"colour hints place points on one picture, and this is a "
+                                                       f"{photo.page_count}-page document")
+            hints = job_photo_hints(spec.options.hints, *photo.size, uri)  # before any work: a bad point fails it
+        except BaseException:
+            self._drop(local)
+            raise
+        self.task.progress()
+        return _ReadPhoto(uri, output, local, photo, hints, time.perf_counter() - began)
+
+    def _colour_batch(self, pool: ThreadPoolExecutor) -> None:
+        """Colour the photos read so far together, and hand each to a thread to be written and stored."""
+        if not self.batch:
+            return
+        began = time.perf_counter()
+        batch, self.batch = self.batch, []
+        lightness, hints = [read.photo.L for read in batch], [read.hints for read in batch]
+        try:
+            rgbs = self.loaded.colorizer.colorize(lightness, hints=hints) if any(hints) else \
+                self.loaded.colorizer.colorize(lightness)
+        except PermanentError as exc:  # failed against each photo of the batch, as one at a time did
+            for read in batch:
+                self._failed(read.uri, exc)
+                self._drop(read.local)
+            return
+        share = (time.perf_counter() - began) / len(batch)
+        metrics.PHOTO_BATCH.observe(len(batch))
+        self.task.progress()
+        for read, rgb in zip(batch, rgbs, strict=True):
+            self.writes.append((read, share, pool.submit(self._write, read, rgb)))
+
+    def _write(self, read: _ReadPhoto, rgb: np.ndarray) -> float | None:
+        """Write and store one coloured photo (in a thread of the piece's); the seconds it took, or None where the
+        piece stopped before it was stored."""
+        began = time.perf_counter()
+        try:
+            if self._why_stop() is not None:
+                return None
+            guidance = hints_provenance(len(read.hints) if read.hints else 0)
+            result = self._result_path(read.output)
+            write_photo(result, rgb, read.photo, self.loaded.label, read.photo.alpha, guidance)
+            self._store(result, read.output, guidance)
+        finally:
+            self._drop(read.local)
+        self.task.progress()
+        return time.perf_counter() - began
+
+    def _collect_writes(self, block: bool) -> None:
+        """Record the photos stored, in order: those finished, or (``block``) all. At most two a thread wait, of
+        at most a batch's pixels between them: with the batch and the reads ahead, a piece of large scans holds two
+        batches' pixels and a photo a thread, not the piece."""
+        def waiting_pixels() -> int:
+            return sum(read.photo.L.size for read, _, _ in self.writes)
+
+        while self.writes and (block or self.writes[0][2].done() or len(self.writes) > 2 * self.workers
+                               or waiting_pixels() > self.batch_pixels):
+            read, share, writing = self.writes.popleft()
+            self.current = read.uri
+            try:
+                seconds = writing.result()
+            except PermanentError as exc:
+                self._failed(read.uri, exc)
+                continue
+            if seconds is None:  # the piece stopped before it was stored: why, as its thread found
+                self.stop = self.stop or self._why_stop()
+                continue
+            self._stored(read.uri, 1, read.seconds + share + seconds)
+
+    def _settle(self, raise_errors: bool) -> None:
+        """Finish what is in the threads: the stores under way recorded (``raise_errors``: a transient failure of
+        one raised, for the piece to be tried again), the reads ahead dropped with their copies."""
+        for read in self.batch:
+            self._drop(read.local)
+        self.batch = []
+        while self.reads:
+            _, reading = self.reads.popleft()
+            if not reading.cancel() and reading.exception() is None:
+                self._drop(reading.result().local)
+        error = None
+        while self.writes:
+            try:
+                self._collect_writes(block=True)
+            except Exception as exc:  # noqa: BLE001 - the rest are recorded first; the first failure is raised after
+                error = error or exc
+        if error is not None and raise_errors:
+            raise error
+
+    def _document(self, read: _ReadPhoto) -> None:
+        """A multi-page TIFF document, coloured and written a page at a time (``photos.colour_document``): its
+        progress marked and its piece's hold checked page by page, so a cancelled job, or a piece handed to another
+        worker, stops it at a page, its copy unmade (``liveness.JobEnded``, ``HandedOver``)."""
+        began = time.perf_counter()
+        uri = read.uri
+        try:
+            result = self._result_path(read.output)
+            try:
+                coloured, kept = colour_document(self.loaded.colorizer, read.local, result, self.loaded.label,
+                                                 self.spec.options.recolor, DEFAULT_MAX_PIXELS, _page_done)
+            except InColourThroughout as exc:
+                raise BadInputError(uri, f"already {exc.description}; set options.recolor to colorize its lightness "
+                                         "anyway") from exc
+            except BadInputError as exc:  # about the worker's copy: named by its stored name instead
+                raise type(exc)(uri, exc.reason) from exc
+            if kept:
+                logger.info("%s: %s", uri, kept)
+            self._store(result, read.output, hints_provenance(0))
+        except PermanentError as exc:
+            self._failed(uri, exc)
+            return
+        finally:
+            self._drop(read.local)
+        self._stored(uri, coloured, read.seconds + time.perf_counter() - began)
+
+    def _result_path(self, output: str) -> Path:
+        suffix = PurePosixPath(parse_uri(output)[2]).suffix
+        return self.scratch / f"{hashlib.sha256(output.encode()).hexdigest()[:16]}{suffix}"
+
+    def _store(self, result: Path, output: str, guidance: dict) -> None:
+        try:
+            self.rt.storage.upload(result, output, metadata=provenance_metadata(self.loaded.label, guidance))
+        finally:
+            result.unlink(missing_ok=True)
+
+    def _stored(self, uri: str, pictures: int, seconds: float) -> None:
+        self.rt.store.mark_file_done(self.lease.job_id, uri)
+        self.done += 1
+        metrics.IMAGES.inc(pictures)
+        metrics.STAGE_SECONDS.labels("photo").observe(seconds)
+        self.task.progress()
+
+    def _failed(self, uri: str, exc: PermanentError) -> None:
+        self.rt.store.mark_piece_failed(self.lease.job_id, uri, str(exc))
+        metrics.FAILURES.labels("permanent").inc()
+        self.task.progress()
+
+    def _drop(self, local: Path) -> None:
+        if local.is_relative_to(self.rt.settings.work_dir):
+            local.unlink(missing_ok=True)
 
 
 def photo_output_uri(spec: JobSpec, input_uri: str) -> str:
@@ -529,51 +765,6 @@ def _with_suffix(uri: str, suffix: str) -> str:
     head, slash, name = uri.rpartition("/")
     stem = name.rsplit(".", 1)[0] if "." in name else name
     return f"{head}{slash}{stem}{suffix}"
-
-
-def _colorize_one_photo(rt: Runtime, loaded: _Loaded, uri: str, output: str, scratch: Path,
-                        spec: JobSpec) -> int:
-    """Colour the photo at ``uri`` into ``output``; returns the pictures coloured (a document's pages)."""
-    local = rt.local_copy(uri, scratch)
-    try:
-        try:
-            photo = read_photo(local, DEFAULT_MAX_PIXELS)
-        except BadInputError as exc:  # about the worker's copy of the photo: named by its stored name instead
-            raise type(exc)(uri, exc.reason) from exc
-        if (colour := photo.colour_found()) and not spec.options.recolor:
-            raise BadInputError(uri, f"already {colour}; set options.recolor to colorize its lightness anyway")
-        if reason := lost_pages(photo, parse_uri(output)[2]):
-            raise UnsupportedMediaError(uri, reason)
-        if photo.page_count > 1 and spec.options.hints:
-            raise FieldError(uri, "options.hints", f"colour hints place points on one picture, and this is a "
-                                                   f"{photo.page_count}-page document")
-        hints = job_photo_hints(spec.options.hints, *photo.size, uri)  # before any work: a bad point fails the file
-        suffix = PurePosixPath(parse_uri(output)[2]).suffix
-        result = scratch / f"{hashlib.sha256(output.encode()).hexdigest()[:16]}{suffix}"
-        guidance = hints_provenance(len(hints) if hints else 0)
-        coloured = 1
-        if photo.page_count > 1:  # a document: coloured and written a page at a time
-            try:
-                # Page by page, its progress marked and its piece's hold checked: a cancelled job, or a piece handed
-                # to another worker, stops the document at a page, its copy unmade (JobEnded, HandedOver).
-                coloured, kept = colour_document(loaded.colorizer, local, result, loaded.label,
-                                                 spec.options.recolor, DEFAULT_MAX_PIXELS, _page_done)
-            except InColourThroughout as exc:
-                raise BadInputError(uri, f"already {exc.description}; set options.recolor to colorize its lightness "
-                                         "anyway") from exc
-            except BadInputError as exc:  # about the worker's copy: named by its stored name instead
-                raise type(exc)(uri, exc.reason) from exc
-            if kept:
-                logger.info("%s: %s", uri, kept)
-        else:
-            rgb = loaded.colorizer.colorize([photo.L], hints=[hints])[0]
-            write_photo(result, rgb, photo, loaded.label, photo.alpha, guidance)
-        rt.storage.upload(result, output, metadata=provenance_metadata(loaded.label, guidance))
-        result.unlink(missing_ok=True)
-        return coloured
-    finally:
-        if local.is_relative_to(rt.settings.work_dir):
-            local.unlink(missing_ok=True)
 
 
 def _page_done() -> None:
