@@ -115,10 +115,11 @@ redis_server = redis_server_fixture
 s3_server = s3_server_fixture
 
 
-def put_object(s3: S3Server, uri: str, data: bytes) -> None:
-    """Write ``data`` to ``s3://bucket/key`` on the test server, as a user's upload would."""
+def put_object(s3: S3Server, uri: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
+    """Write ``data`` to ``s3://bucket/key`` on the test server, as a user's upload would (with ``metadata``, as an
+    archive's ingest writes its catalogue's fields)."""
     bucket, key = uri[len("s3://"):].split("/", 1)
-    s3.client().put_object(Bucket=bucket, Key=key, Body=data)
+    s3.client().put_object(Bucket=bucket, Key=key, Body=data, Metadata=metadata or {})
 
 
 def get_object(s3: S3Server, uri: str) -> bytes:

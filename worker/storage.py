@@ -35,7 +35,7 @@ import stat as stat_module
 import threading
 from collections.abc import Iterator, Mapping, MutableSequence, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -270,6 +270,9 @@ class ObjectInfo:
     size: int
     etag: str
     last_modified: float | None
+    # An S3 object's user metadata (``x-amz-meta-*``: an archive's accession number, rights), from a HEAD; none from
+    # a listing or for a file. Not part of its identity.
+    metadata: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def version_key(self) -> str:
         """A short file-name-safe key for this version of the object (URI, ETag, size): local copies are filed
@@ -509,7 +512,8 @@ class Storage:
             head = self.s3_client.head_object(Bucket=bucket, Key=key)
         except _s3_library().remote as error:
             raise self._s3_error(uri, error) from error
-        return ObjectInfo(uri, int(head["ContentLength"]), _unquote(head.get("ETag", "")), _timestamp(head))
+        return ObjectInfo(uri, int(head["ContentLength"]), _unquote(head.get("ETag", "")), _timestamp(head),
+                          head.get("Metadata") or {})
 
     def exists(self, uri: str | os.PathLike) -> bool:
         """Whether the object exists. Access denied and store outages still raise: "unknown" is not "absent"."""

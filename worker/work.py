@@ -32,12 +32,13 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -196,20 +197,26 @@ class Runtime:
             logger.info("model %s (%s) loaded on %s (%s)", model, engine.checkpoint.label, engine.device, engine.name)
         return self._models[key]
 
-    def local_copy(self, uri: str, folder: Path) -> Path:
-        """A local file with the photo's bytes: the file itself for file:// inputs, else a download into ``folder``
-        (the caller's to remove). One over ``max_input_bytes`` is refused before any download: a collection is
-        checked photo by photo, as it is copied."""
+    def local_copy(self, uri: str, folder: Path) -> tuple[Path, ObjectInfo]:
+        """A local file with the photo's bytes (the file itself for file:// inputs, else a download into ``folder``,
+        the caller's to remove), and the object's stat. One over ``max_input_bytes`` is refused before any
+        download: a collection is checked photo by photo, as it is copied."""
         scheme, _, path = parse_uri(uri)
         info = self.storage.stat(uri)
         if info.size > self.settings.max_input_bytes:
             raise InputTooLargeError(uri, f"{info.size} bytes, over the limit of {self.settings.max_input_bytes} "
                                      "(TINCT_MAX_INPUT_BYTES)")
         if scheme == "file":
-            return Path(path)
+            return Path(path), info
         local = folder / f"{hashlib.sha256(uri.encode()).hexdigest()[:16]}{PurePosixPath(path).suffix.lower()}"
         self.storage.download(uri, local, info)
-        return local
+        return local, info
+
+    def source_metadata(self, uri: str) -> Mapping[str, str]:
+        """The user metadata of the stored object ``uri`` (none for a file, or for a run of frames: a listing
+        carries none)."""
+        scheme, _, path = parse_uri(uri)
+        return {} if scheme == "file" or is_pattern(path) else self.storage.stat(uri).metadata
 
     def film(self, uri: str) -> FilmInfo:
         """The probed film at ``uri``: the node's copy of a stored film file (``inputs``), a file on a shared disk,
@@ -503,6 +510,7 @@ class _ReadPhoto:
     uri: str
     output: str
     local: Path  # the node's copy of it
+    source_metadata: Mapping[str, str]  # the stored photo's user metadata
     photo: Photo
     hints: ColourHints | None
     seconds: float  # spent on it so far (fetch, read), for its stage time
@@ -598,7 +606,7 @@ class _PhotoPiece:
         """The photo at ``uri`` fetched, read and checked before any work: a bad hint, or a document its copy's
         format would cut to one page, fails it here."""
         began = time.perf_counter()
-        local = self.rt.local_copy(uri, self.scratch)
+        local, info = self.rt.local_copy(uri, self.scratch)
         spec, output = self.spec, photo_output_uri(self.spec, uri)
         try:
             try:
@@ -617,7 +625,7 @@ class _PhotoPiece:
             self._drop(local)
             raise
         self.task.progress()
-        return _ReadPhoto(uri, output, local, photo, hints, time.perf_counter() - began)
+        return _ReadPhoto(uri, output, local, info.metadata, photo, hints, time.perf_counter() - began)
 
     def _colour_batch(self, pool: ThreadPoolExecutor) -> None:
         """Colour the photos read so far together, and hand each to a thread to be written and stored."""
@@ -650,7 +658,7 @@ class _PhotoPiece:
             guidance = hints_provenance(len(read.hints) if read.hints else 0)
             result = self._result_path(read.output)
             write_photo(result, rgb, read.photo, self.loaded.label, read.photo.alpha, guidance)
-            self._store(result, read.output, guidance)
+            self._store(result, read, guidance)
         finally:
             self._drop(read.local)
         self.task.progress()
@@ -714,7 +722,7 @@ class _PhotoPiece:
                 raise type(exc)(uri, exc.reason) from exc
             if kept:
                 logger.info("%s: %s", uri, kept)
-            self._store(result, read.output, hints_provenance(0))
+            self._store(result, read, hints_provenance(0))
         except PermanentError as exc:
             self._failed(uri, exc)
             return
@@ -726,9 +734,10 @@ class _PhotoPiece:
         suffix = PurePosixPath(parse_uri(output)[2]).suffix
         return self.scratch / f"{hashlib.sha256(output.encode()).hexdigest()[:16]}{suffix}"
 
-    def _store(self, result: Path, output: str, guidance: dict) -> None:
+    def _store(self, result: Path, read: _ReadPhoto, guidance: str) -> None:
         try:
-            self.rt.storage.upload(result, output, metadata=provenance_metadata(self.loaded.label, guidance))
+            self.rt.storage.upload(result, read.output, metadata=output_metadata(
+                read.source_metadata, self.loaded.label, guidance, read.uri))
         finally:
             result.unlink(missing_ok=True)
 
@@ -880,8 +889,8 @@ def _colorize_segment(rt: Runtime, spec: JobSpec, segment: Segment, lease: Lease
                 times = colorize(lambda frame: writer.write(frame.pts, frame.luma, frame.cb, frame.cr, frame.captions))
         else:
             guidance = references_guidance(len(spec.options.references or ()))
-            times = _colorize_to_frames(rt, film, target, layout, local, staged, colorize,
-                                        provenance_metadata(loaded.label, guidance))
+            times = _colorize_to_frames(rt, film, target, layout, local, staged, colorize, output_metadata(
+                rt.source_metadata(spec.input), loaded.label, guidance, spec.input))
     except BadInputError as exc:  # about this worker's copy of the film
         raise as_stored(spec.input, Path(film.path), exc) from exc
     except liveness.HandedOver:  # the partial file is gone with atomic_path
@@ -936,10 +945,40 @@ def _colorize_to_frames(rt: Runtime, film: FilmInfo, target: FrameTarget, layout
     return times
 
 
-def provenance_metadata(model_label: str, guidance: str = "") -> dict[str, str]:
-    """An output object's S3 metadata (``x-amz-meta-tinct``): the provenance sentence its file carries, where a
-    catalogue or an ingest rule reads it with one HEAD request, not the file; a BMP result carries it nowhere else."""
-    return {"tinct": provenance_text(model_label, guidance)}
+# Words of a user metadata key that describe the source's bytes rather than the picture: checksums (a fixity check
+# that trusted one on the copy would take it for a corrupt file), sizes, file times, and s3cmd's record of them.
+_BYTES_WORD = re.compile(r"md5|sha(1|224|256|384|512)?(sum)?|checksums?|hash|crc(32c?|64)?|fixity|digest|etag|size|"
+                         r"bytes|length|[acm]time|s3cmd|attrs")
+S3_METADATA_BYTES = 2048  # S3's limit on an object's user metadata: its keys' and values' UTF-8 bytes together
+
+
+def output_metadata(source: Mapping[str, str], model_label: str, guidance: str, source_uri: str) -> dict[str, str]:
+    """An output object's S3 user metadata: its source's (an archive's accession number, catalogue id, rights: what
+    its catalogue knows the copy by), less the keys that describe the source's bytes, and the provenance sentence
+    its file carries (``x-amz-meta-tinct``), where a catalogue or an ingest rule reads it with one HEAD request, not
+    the file; a BMP result carries it nowhere else. A source key that does not fit beside the sentence within S3's
+    2 KB is left out, said in the log (S3 would refuse the upload)."""
+    provenance = {"tinct": provenance_text(model_label, guidance)}
+    room = S3_METADATA_BYTES - sum(len(k.encode()) + len(v.encode()) for k, v in provenance.items())
+    kept: dict[str, str] = {}
+    about_bytes, no_room = [], []
+    for key, value in source.items():
+        if key.lower() in provenance:
+            continue  # a copy of a copy: the sentence is this one's
+        if any(_BYTES_WORD.fullmatch(word) for word in re.split(r"[-_.]", key.lower())):
+            about_bytes.append(key)
+        elif (size := len(key.encode()) + len(value.encode())) > room:
+            no_room.append(key)
+        else:
+            kept[key] = value
+            room -= size
+    if about_bytes:
+        logger.info("%s: metadata %s not carried to its copy: it describes the source's bytes", source_uri,
+                    ", ".join(about_bytes))
+    if no_room:
+        logger.warning("%s: metadata %s not carried to its copy: no room beside the provenance within S3's 2 KB",
+                       source_uri, ", ".join(no_room))
+    return {**kept, **provenance}
 
 
 def _unstage(rt: Runtime, local: Path, staged: str, target: FrameTarget | None) -> None:
@@ -1023,7 +1062,8 @@ def _join(rt: Runtime, record: JobRecord, lease: Lease) -> None:
         _discarded(lease)
         return
     guidance = references_guidance(len(spec.options.references or ()))
-    info = rt.storage.upload(final, output, metadata=provenance_metadata(label, guidance))
+    info = rt.storage.upload(final, output, metadata=output_metadata(rt.source_metadata(spec.input), label, guidance,
+                                                                     spec.input))
     shutil.rmtree(scratch, ignore_errors=True)
     # Staging goes before the job is marked done, so whoever sees it succeeded sees no leftovers; only by the lease's
     # holder, so a joiner that lost its lease meanwhile never takes the segments from under the one that has it.
