@@ -471,6 +471,68 @@ def test_a_gray_scans_xmp_calls_its_copy_what_the_copy_is(tmp_path: Path) -> Non
     assert exiftool_tags(png, "-XMP-photoshop:ICCProfileName")["XMP-photoshop:ICCProfileName"].startswith("sRGB")
 
 
+def test_a_copy_has_xmp_ids_of_its_own_and_names_its_source_as_what_it_derives_from(tmp_path: Path) -> None:
+    """Photoshop, Lightroom and Bridge give a file XMP IDs (the document, this save of it) and a history; a copy that
+    kept them claimed to be the scan itself, the same save, which a DAM that links files by them takes for the
+    original. A copy now has IDs of its own, names the scan's in DerivedFrom, keeps the lineage's original document,
+    and adds the colorization and its save to the history. XMP with no IDs gains none."""
+    source = tmp_path / "scan.tif"
+    Image.fromarray(gray8(24, 40)).save(source)
+    subprocess.run(["exiftool", "-q", "-overwrite_original", "-XMP-xmpMM:DocumentID=xmp.did:scan",
+                    "-XMP-xmpMM:InstanceID=xmp.iid:scan-2", "-XMP-xmpMM:OriginalDocumentID=xmp.did:negative",
+                    "-XMP-xmpMM:HistoryAction=saved", "-XMP-xmpMM:HistoryInstanceID=xmp.iid:scan-2",
+                    "-XMP-xmpMM:HistorySoftwareAgent=Adobe Photoshop 25.0", "-XMP-dc:Title=Harbour", str(source)],
+                   check=True)
+    photo = read_photo(source)
+    instances = set()
+    for name in ("colour.jpg", "colour.png", "colour.tif", "colour.jp2"):
+        out = write_photo(tmp_path / name, l_as_rgb(photo.L), photo, LABEL)
+        tags = exiftool_tags(out, "-struct", "-XMP-xmpMM:all", "-XMP-dc:Title")
+        assert tags["XMP-xmpMM:DocumentID"].startswith("xmp.did:") and tags["XMP-xmpMM:DocumentID"] != "xmp.did:scan"
+        instance = tags["XMP-xmpMM:InstanceID"]
+        assert instance.startswith("xmp.iid:") and instance != "xmp.iid:scan-2", name
+        instances.add(instance)
+        assert tags["XMP-xmpMM:OriginalDocumentID"] == "xmp.did:negative"
+        assert tags["XMP-xmpMM:DerivedFrom"] == {"DocumentID": "xmp.did:scan", "InstanceID": "xmp.iid:scan-2",
+                                                 "OriginalDocumentID": "xmp.did:negative"}
+        history = tags["XMP-xmpMM:History"]
+        assert [event["Action"] for event in history] == ["saved", "derived", "saved"], name
+        assert history[1]["Parameters"].startswith("colorized by Tinct ") and LABEL in history[1]["Parameters"]
+        assert history[2]["InstanceID"] == instance and history[2]["SoftwareAgent"].startswith("Tinct ")
+        assert tags["XMP-dc:Title"] == "Harbour"
+    assert len(instances) == 4  # each copy is a save of its own
+    plain = tmp_path / "plain.tif"
+    Image.fromarray(gray8(24, 40)).save(plain)
+    subprocess.run(["exiftool", "-q", "-overwrite_original", "-XMP-dc:Title=Harbour", str(plain)], check=True)
+    out = write_photo(tmp_path / "plain-colour.png", l_as_rgb(read_photo(plain).L), read_photo(plain), LABEL)
+    tags = exiftool_tags(out, "-XMP:all")
+    assert tags["XMP-dc:Title"] == "Harbour" and not any(key.startswith("XMP-xmpMM") for key in tags)
+
+
+def test_an_old_packets_xmp_ids_are_replaced_where_they_stand_and_a_broken_packet_is_kept_as_it_came(tmp_path):
+    """Photoshop CS wrote its IDs as elements under the prefix ``xapMM``: they are replaced there (one statement of
+    each, as exiftool reads them), and the additions declare the prefix they use. A packet that is not well-formed
+    XML is not Tinct's to mend: it stays as it was."""
+    from worker.xmp import derived_copy
+
+    old = (b"<?xpacket begin='' id='W5M0MpCehiHzreSzNTczkc9d'?><x:xmpmeta xmlns:x='adobe:ns:meta/'><rdf:RDF "
+           b"xmlns:rdf='http://www.w3.org/1999/02/22-rdf-syntax-ns#'><rdf:Description rdf:about='' "
+           b"xmlns:xapMM='http://ns.adobe.com/xap/1.0/mm/'><xapMM:DocumentID>uuid:A1</xapMM:DocumentID>"
+           b"<xapMM:InstanceID>uuid:B2</xapMM:InstanceID></rdf:Description></rdf:RDF></x:xmpmeta>"
+           b"<?xpacket end='w'?>")
+    copy = derived_copy(old, "colorized by Tinct 1.0, model m", "Tinct 1.0")
+    assert copy.startswith(old[:old.index(b"<x:xmpmeta")]) and copy.endswith(b"<?xpacket end='w'?>")
+    assert copy.count(b"<xapMM:DocumentID>xmp.did:") == 1 and b"xmpMM:DocumentID" not in copy  # where it stood
+    (tmp_path / "copy.xmp").write_bytes(copy)
+    tags = exiftool_tags(tmp_path / "copy.xmp", "-struct", "-XMP-xmpMM:all")
+    assert tags["XMP-xmpMM:DerivedFrom"] == {"DocumentID": "uuid:A1", "InstanceID": "uuid:B2",
+                                             "OriginalDocumentID": "uuid:A1"}
+    assert tags["XMP-xmpMM:OriginalDocumentID"] == "uuid:A1"
+    assert [event["Action"] for event in tags["XMP-xmpMM:History"]] == ["derived", "saved"]
+    broken = old.replace(b"</xapMM:InstanceID>", b"</xapMM:Instance>")
+    assert derived_copy(broken, "colorized by Tinct 1.0, model m", "Tinct 1.0") == broken
+
+
 IPTC_TAGS = {"IPTC:Caption-Abstract": "Hafen, Öresund 1931", "IPTC:By-line": "A. Photographer",
              "IPTC:CopyrightNotice": "City Archive", "IPTC:Keywords": "harbour"}
 

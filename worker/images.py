@@ -62,6 +62,7 @@ from PIL import (
 from models import color
 from models.files import atomic_output
 from worker import iptc, tiff
+from worker import xmp as xmp_lineage
 from worker.errors import BadInputError, InputTooLargeError, StorageError, UnsupportedMediaError, one_line
 from worker.icc import (
     RgbSpace,
@@ -1136,12 +1137,14 @@ def _source_text(im: Image.Image) -> dict[str, str]:
     }
 
 
-def _copy_xmp(xmp: bytes, path: Path, size: tuple[int, int], channels: int, icc: bytes | None) -> bytes:
+def _copy_xmp(xmp: bytes, path: Path, size: tuple[int, int], channels: int, icc: bytes | None, description: str,
+              software: str) -> bytes:
     """The source's XMP for its copy at ``path``: what it says of the source file's pixels, which a catalogue
     reads, made the copy's (a gray scan's XMP had called its colour copy Grayscale, in its own gray profile and
-    format). Only properties it has are changed; a list (``tiff:BitsPerSample``) is left as it is."""
+    format), and the copy's own document and instance IDs, derived from the source's (``worker.xmp``). Only
+    properties it has are changed; a list (``tiff:BitsPerSample``) is left as it is."""
     width, height = size
-    return _xmp_with(xmp, {
+    return xmp_lineage.derived_copy(_xmp_with(xmp, {
         "photoshop:ColorMode": "3",  # RGB (1 is Grayscale)
         "photoshop:ICCProfile": _profile_name(icc) if icc else None,
         "tiff:PhotometricInterpretation": "2",  # RGB
@@ -1149,7 +1152,7 @@ def _copy_xmp(xmp: bytes, path: Path, size: tuple[int, int], channels: int, icc:
         "tiff:ImageWidth": str(width), "tiff:ImageLength": str(height),
         "exif:PixelXDimension": str(width), "exif:PixelYDimension": str(height),
         "dc:format": content_type(path.name),
-    })
+    }), description, software)
 
 
 def _xmp_with(xmp: bytes, values: dict[str, str | None]) -> bytes:
@@ -1612,7 +1615,8 @@ def _copy_metadata(path: Path, fmt: str, pixels: np.ndarray, like: Photo, descri
     """``like`` with its XMP fit for its copy at ``path``, and the copy's EXIF tags, the provenance among them."""
     if like.xmp:
         profile = like.icc_profile if fmt != "BMP" and not codestream else None
-        like = replace(like, xmp=_copy_xmp(like.xmp, path, like.size, pixels.shape[2], profile))
+        like = replace(like, xmp=_copy_xmp(like.xmp, path, like.size, pixels.shape[2], profile, description,
+                                           software))
     return like, _tagged_exif(like, description, software, fmt)
 
 
