@@ -609,6 +609,24 @@ def die_holding(client: redis.Redis, worker: str, task_id: str, job_id: str, pie
     assert reaper.reap_silent(reaper.beat()) == [worker]
 
 
+def watcher(client: redis.Redis, broker: Broker, worker: str) -> liveness.Heartbeat:
+    """The heartbeat of worker process ``worker``, publishing through ``broker``."""
+    heartbeat = liveness.Heartbeat(DEFAULTS, client, broker.publish, node=f"{worker}@host")
+    heartbeat.worker = worker
+    return heartbeat
+
+
+def a_piece_taken_from_a_dead_worker(redis_server) -> tuple[redis.Redis, Broker, liveness.Heartbeat]:
+    """A running job whose one piece's worker (host:1) died holding it, found silent by a watcher (host:2): the
+    client, the broker and the watcher, whose next drain decides the piece's re-queue."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.hset("tinct:job:job-1", mapping={"state": "running", "done": "0", "total": "1"})
+    broker = Broker(redis_server.url)
+    drainer = watcher(client, broker, "host:2")
+    die_holding(client, "host:1", "task-1", "job-1", "photos-000000", drainer)
+    return client, broker, drainer
+
+
 def claims_expire(client: redis.Redis) -> None:
     """A liveness window passes: the claims of drainers that died mid-entry expire."""
     for key in client.keys(f"{liveness.REQUEUE_KEY}:claim:*"):
@@ -622,20 +640,14 @@ def test_a_drainer_killed_after_publishing_a_piece_leaves_its_events_in_order_an
     failed, dropped] instead of [requeued, requeued, failed] (a poison piece in CI), and a piece it had published was
     published again, for a third worker to take and die on. The re-queue is recorded before it is published now, and
     the entry finished by another drainer publishes nothing that is already out."""
-    client = redis.Redis.from_url(redis_server.url)
-    client.hset("tinct:job:job-1", mapping={"state": "running", "done": "0", "total": "1"})
-    broker = Broker(redis_server.url)
-    drainer = liveness.Heartbeat(DEFAULTS, client, broker.publish, node="b@host")
-    drainer.worker = "host:2"
-    die_holding(client, "host:1", "task-1", "job-1", "photos-000000", drainer)
+    client, broker, drainer = a_piece_taken_from_a_dead_worker(redis_server)
     drainer.drain()  # the first death: re-queued
     die_holding(client, "host:3", broker.take(client, "photos"), "job-1", "photos-000000", drainer)
     broker.kill_after = True
     with pytest.raises(Killed):
         drainer.drain()  # the second death: published, and its drainer killed before it deleted the entry
     (interrupted,) = client.hkeys(liveness.REQUEUE_KEY)
-    later = liveness.Heartbeat(DEFAULTS, client, broker.publish, node="c@host")
-    later.worker = "host:4"
+    later = watcher(client, broker, "host:4")
     assert later.drain() == 0  # the dead drainer's claim holds for a window
     taken = broker.take(client, "photos")
     assert taken == broker.published[-1]
@@ -657,12 +669,7 @@ def test_an_entry_whose_drainer_was_killed_is_finished_by_another_publishing_the
     event and leaves exactly one copy of the task at work: published under the id the first one chose if it never
     went out, left alone if it is waiting in its queue or was taken (and, here, died again: its own entry re-queues
     it)."""
-    client = redis.Redis.from_url(redis_server.url)
-    client.hset("tinct:job:job-1", mapping={"state": "running", "done": "0", "total": "1"})
-    broker = Broker(redis_server.url)
-    drainer = liveness.Heartbeat(DEFAULTS, client, broker.publish, node="b@host")
-    drainer.worker = "host:2"
-    die_holding(client, "host:1", "task-1", "job-1", "photos-000000", drainer)
+    client, broker, drainer = a_piece_taken_from_a_dead_worker(redis_server)
     broker.kill_before, broker.kill_after = killed == "before publishing", killed != "before publishing"
     with pytest.raises(Killed):
         drainer.drain()
@@ -670,8 +677,7 @@ def test_an_entry_whose_drainer_was_killed_is_finished_by_another_publishing_the
     chosen = json.loads(decided.decode().split("|", 3)[3])["requeued_as"]
     if killed == "after its task was taken and died":
         die_holding(client, "host:3", broker.take(client, "photos"), "job-1", "photos-000000", drainer)
-    later = liveness.Heartbeat(DEFAULTS, client, broker.publish, node="c@host")
-    later.worker = "host:4"
+    later = watcher(client, broker, "host:4")
     claims_expire(client)
     later.drain()
     assert client.hlen(liveness.REQUEUE_KEY) == 0
