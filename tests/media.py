@@ -468,7 +468,7 @@ def write_clip(
     - `captions` (libx264, libx265, mpeg2video): closed captions in every coded frame, `clip_captions(n)` for the n-th
       frame shown, as ATSC A/53 SEI messages or MPEG-2 user data (as broadcast, AVCHD and DVD-era video carries
       CEA-608/708), which FFmpeg's decoder
-      hands back with each frame (A53_CC side data: `worker.captions.frame_captions`).
+      hands back with each frame (A53_CC side data: `worker.media.captions.frame_captions`).
     - `caption_track` (mov): a QuickTime closed-caption track (c608), as broadcast masters carry CEA-608 beside their
       pictures, holding each shown frame's CEA-608 pair (`clip_captions(n)[:3]`), a sample for every `caption_track`
       frames (1: a sample a frame) holding theirs in order.
@@ -626,7 +626,7 @@ def _write_caption_samples(out, stream, shown_pts: Sequence[int], frames_each: i
 
 def _captioned(packets: list[av.Packet], written_pts: Sequence[int], hidden_frames: int) -> list[av.Packet]:
     """Each coded frame with its captions (`clip_captions`), by the place its pts has among the frames shown."""
-    from worker.captions import captioned_packet, repacked  # Tinct's SEI: FFmpeg's decoder is the judge of both
+    from worker.media.captions import captioned_packet, repacked  # Tinct's SEI: FFmpeg's decoder is the judge of both
 
     captioned = []
     for packet in packets:

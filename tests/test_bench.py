@@ -10,7 +10,7 @@ import pytest
 
 from tools import bench
 from tools.bench_service import _PeakSize
-from worker.images import read_photo
+from worker.media.images import read_photo
 
 
 def test_bench_tiny_configuration_reports_positive_rates_and_the_comparison(tiny_checkpoint: Path) -> None:

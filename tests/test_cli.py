@@ -20,7 +20,7 @@ from models.colorizer import Colorizer
 from models.engines import create_engine
 from models.files import PARTIAL_SUFFIX
 from worker.cli import main
-from worker.images import read_photo, read_provenance, tinct_version
+from worker.media.images import read_photo, read_provenance, tinct_version
 from worker.photos import PhotoOptions, colorize_photos, plan_photos
 
 REPO = Path(__file__).resolve().parents[1]

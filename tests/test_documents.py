@@ -17,7 +17,7 @@ import tifffile
 
 from worker.cli import main
 from worker.errors import BadInputError, InputTooLargeError, UnsupportedMediaError
-from worker.images import read_pages, read_photo
+from worker.media.images import read_pages, read_photo
 
 SIZES = [(120, 160), (90, 140), (150, 140)]  # (height, width) of each page, all different
 

@@ -46,16 +46,16 @@ from tests.media import (
     probe,
     write_clip,
 )
-from worker.captions import frame_captions
 from worker.cli import main
 from worker.errors import BadInputError
 from worker.films import FilmOptions, colorize_film, parts_folder
+from worker.media.captions import frame_captions
+from worker.media.segments import plan_segments
+from worker.media.video_sink import EncodeOptions, plan_output
+from worker.media.video_source import FIELD_BB, FIELD_TT, decode_frames, probe_film, shown_video
 from worker.photos import open_colorizer
 from worker.pipeline import _colour, _colour_on_device, _Stages, colorize_frames
-from worker.segments import plan_segments
 from worker.smoothing import SmoothingOptions
-from worker.video_sink import EncodeOptions, plan_output
-from worker.video_source import FIELD_BB, FIELD_TT, decode_frames, probe_film, shown_video
 
 SIZE = (96, 64)
 FIELD_ORDERS = {"top first": FIELD_TT, "bottom first": FIELD_BB}  # FFmpeg's, for fields shown first
@@ -399,7 +399,7 @@ def test_a_caption_track_rides_into_the_frames_of_a_copy_in_a_container_without_
     track = caption_samples(master.path)
     assert len(track) == -(-30 // frames_each) and shown_captions(master.path) == [None] * 30
     out = tmp_path / output
-    with caplog.at_level(logging.INFO, logger="worker.segments"):
+    with caplog.at_level(logging.INFO, logger="worker.media.segments"):
         assert run_cli(tiny_checkpoint, str(master.path), "-o", str(out), "--codec", codec, "--segment-seconds",
                        "0.4") == 0
     assert is_coloured(out)
@@ -419,7 +419,7 @@ def test_a_copy_with_a_caption_track_of_its_own_takes_no_second(tmp_path, tiny_c
     caption track is made from its frames' captions: that one track, not the source's beside it."""
     master = bw_clip(tmp_path / "master.mov", frames=12, captions=True, caption_track=2)
     out = tmp_path / "copy.mov"
-    with caplog.at_level(logging.INFO, logger="worker.segments"):
+    with caplog.at_level(logging.INFO, logger="worker.media.segments"):
         assert run_cli(tiny_checkpoint, str(master.path), "-o", str(out), "--codec", "prores") == 0
     with av.open(str(out)) as copied:
         assert [stream.type for stream in copied.streams] == ["video", "subtitle"]
@@ -1053,7 +1053,7 @@ def test_bad_input_fails_with_one_clear_line_and_leaves_nothing(tmp_path, tiny_c
 def test_damaged_video_is_caught_whatever_the_decoder_threads(tmp_path, colorizer, bad_inputs, threads, monkeypatch):
     # FFmpeg's H.264 decoder raises on the damaged packets with few threads and silently drops frames with many
     # (measured: 17 threads on a 16-core machine); both must end as the same clear error.
-    monkeypatch.setattr("worker.video_source.DECODER_THREADS", threads)
+    monkeypatch.setattr("worker.media.video_source.DECODER_THREADS", threads)
     with pytest.raises(BadInputError, match="damaged video data"):
         film_job(colorizer, bad_inputs["garbage_middle.mkv"], tmp_path / "out.mkv", FilmOptions(recolor=True))
     assert list(tmp_path.iterdir()) == []

@@ -1,4 +1,4 @@
-"""Films scanned as numbered frames (worker.frame_sequences): real DPX, TIFF and PNG runs written by FFmpeg's own
+"""Films scanned as numbered frames (worker.media.frame_sequences): real DPX, TIFF and PNG runs written by FFmpeg's own
 encoders, through the real film job and CLI, with a tiny real model."""
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from tools.local_services import s3_settings
 from worker.cli import main
 from worker.errors import BadInputError
 from worker.films import FilmOptions, colorize_film, parts_folder
-from worker.frame_sequences import (
+from worker.media.frame_sequences import (
     DPX_RATE_OFFSETS,
     dpx_timecode,
     find_sequence,
@@ -55,13 +55,13 @@ from worker.frame_sequences import (
     output_stem,
     parse_frame_rate,
 )
-from worker.frame_sink import FrameTarget, frames_layout
-from worker.openexr import damage, read_exr_header
+from worker.media.frame_sink import FrameTarget, frames_layout
+from worker.media.openexr import damage, read_exr_header
+from worker.media.video_sink import EncodeOptions, plan_output
+from worker.media.video_source import RUN_WINDOW_FRAMES, decode_frames, float_light, probe_film, with_log_choice
 from worker.photos import plan_photos
 from worker.settings import Settings
 from worker.smoothing import SmoothingOptions
-from worker.video_sink import EncodeOptions, plan_output
-from worker.video_source import RUN_WINDOW_FRAMES, decode_frames, float_light, probe_film, with_log_choice
 from worker.work import Runtime, as_stored
 
 SIZE = (96, 64)

@@ -28,7 +28,7 @@ from models.hints import (
 )
 from worker.cli import main
 from worker.hints import HintError, HintSpec, load_hints_file, parse_hints
-from worker.images import read_provenance
+from worker.media.images import read_provenance
 
 DARK, BRIGHT = 35.0, 75.0  # L of the two halves of the test scene, split by a hard edge at x = 64
 

@@ -24,8 +24,8 @@ from tests.services import (
     wait_for_job,
 )
 from worker.cli import main
-from worker.images import read_provenance
 from worker.jobs import JobSpec, JobSpecError
+from worker.media.images import read_provenance
 from worker.service import Service
 
 RED = "#b03a3a"

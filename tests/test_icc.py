@@ -1,4 +1,4 @@
-"""worker.icc against LittleCMS (through Pillow's ImageCms), on profiles built by tests.icc_profiles."""
+"""worker.media.icc against LittleCMS (through Pillow's ImageCms), on profiles built by tests.icc_profiles."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from tests.icc_profiles import (
     table_curve,
     twisted_lookup_table_profile,
 )
-from worker.icc import lookup_table_space, rgb_space
+from worker.media.icc import lookup_table_space, rgb_space
 
 PROFILES = {
     "prophoto-gamma-1.8": matrix_trc_profile(PROPHOTO, gamma_curve(1.8)),

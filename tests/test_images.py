@@ -32,10 +32,10 @@ from tests.icc_profiles import (
     twisted_lookup_table_profile,
     with_colorimetric_table,
 )
-from worker import images, iptc, tiff
 from worker.cli import main
 from worker.errors import BadInputError, InputTooLargeError, PermanentError, UnsupportedMediaError
-from worker.images import (
+from worker.media import images, iptc, tiff
+from worker.media.images import (
     COLOUR_THRESHOLD,
     Photo,
     read_photo,
@@ -44,7 +44,7 @@ from worker.images import (
     tinct_version,
     write_photo,
 )
-from worker.jpeg2000 import JP2_SIGNATURE
+from worker.media.jpeg2000 import JP2_SIGNATURE
 
 H, W = 48, 64
 LABEL = "effnet_unet@0123456789ab"
@@ -513,7 +513,7 @@ def test_an_old_packets_xmp_ids_are_replaced_where_they_stand_and_a_broken_packe
     """Photoshop CS wrote its IDs as elements under the prefix ``xapMM``: they are replaced there (one statement of
     each, as exiftool reads them), and the additions declare the prefix they use. A packet that is not well-formed
     XML is not Tinct's to mend: it stays as it was."""
-    from worker.xmp import derived_copy
+    from worker.media.xmp import derived_copy
 
     old = (b"<?xpacket begin='' id='W5M0MpCehiHzreSzNTczkc9d'?><x:xmpmeta xmlns:x='adobe:ns:meta/'><rdf:RDF "
            b"xmlns:rdf='http://www.w3.org/1999/02/22-rdf-syntax-ns#'><rdf:Description rdf:about='' "
@@ -592,7 +592,7 @@ def test_metadata_over_what_a_jpeg_segment_holds_is_said_left_out_of_a_jpeg_copy
     Image.fromarray(gray8()).save(source, tiffinfo={700: xmp, 270: "catalogue entry " * 5_000})  # an 80 KB caption
     photo = read_photo(source)
     out = tmp_path / "colour.jpg"
-    with caplog.at_level(logging.WARNING, logger="worker.images"):
+    with caplog.at_level(logging.WARNING, logger="worker.media.images"):
         write_photo(out, l_as_rgb(photo.L), photo, LABEL)
     assert f"{out}: its source's XMP (70 KB) is left out: over the 64 KB a JPEG segment holds" in caplog.text
     assert f"{out}: its source's EXIF is left out: over the 64 KB a JPEG segment holds; only the provenance is " \
@@ -617,7 +617,7 @@ def test_a_jpegs_extended_xmp_goes_with_its_jpeg_copy_and_is_said_left_out_elsew
     tags = exiftool_tags(out, "-XMP-dc:all")
     assert tags["XMP-dc:Title"] == "Harbour" and tags["XMP-dc:Description"] == description
     assert [line for line in exiftool_warnings(out) if "XMP" in line] == []
-    with caplog.at_level(logging.WARNING, logger="worker.images"):
+    with caplog.at_level(logging.WARNING, logger="worker.media.images"):
         write_photo(tmp_path / "colour.png", l_as_rgb(photo.L), photo, LABEL)
     assert "colour.png: its source's extended XMP (" in caplog.text
 
@@ -649,7 +649,7 @@ def test_a_copy_with_no_place_for_iptc_says_it_is_left_out(tmp_path: Path, caplo
     Image.fromarray(gray8()).save(source)
     subprocess.run(["exiftool", "-q", "-overwrite_original", "-IPTC:Caption-Abstract=Harbour", str(source)], check=True)
     photo = read_photo(source)
-    with caplog.at_level(logging.WARNING, logger="worker.images"):
+    with caplog.at_level(logging.WARNING, logger="worker.media.images"):
         write_photo(tmp_path / "colour.webp", l_as_rgb(photo.L), photo, LABEL)
     assert f"{tmp_path / 'colour.webp'}: its source's IPTC (caption, credit, keywords) is left out: a WEBP file " \
            "has no place for it" in caplog.text
@@ -955,7 +955,7 @@ def test_a_scan_under_a_profile_of_look_up_tables_is_read_through_them_and_writt
 def test_a_16_bit_scan_under_a_profile_of_look_up_tables_is_read_through_them_to_the_last_code(tmp_path: Path) -> None:
     # LittleCMS through Pillow converts 8-bit data only: a 16-bit scan under its scanner's tables was taken as sRGB
     # (its grays up to 12 L off here, its colours 15) and written back under the tables. Now the tables are evaluated
-    # here, at 16 bits, as LittleCMS evaluates them (worker.icc's tests hold them to it).
+    # here, at 16 bits, as LittleCMS evaluates them (worker.media.icc's tests hold them to it).
     profile = twisted_lookup_table_profile(b"mft2", b"Lab ")
     colours = colour8(8, 16).astype(np.uint16) * 257
     shadows = np.repeat(np.arange(2048, 2048 + 8 * 128, 8, dtype=np.uint16).reshape(8, 16)[..., None], 3, axis=2)

@@ -22,8 +22,8 @@ from tests.services import S3Server, put_object
 from tests.test_frame_sequences import AP0_CHROMATICITIES, AP0_TO_BT709
 from tools.local_services import s3_settings
 from worker.api.previews import FILM_FRAMES, Previews
-from worker.images import read_pages, read_photo, write_document, write_photo
 from worker.jobs import JobRecord, JobSpec, film_output_uri
+from worker.media.images import read_pages, read_photo, write_document, write_photo
 from worker.storage import Storage
 
 FILM = "s3://scans/reel.mkv"

@@ -21,6 +21,8 @@ from tests.icc_profiles import PROPHOTO, gamma_curve, matrix_trc_profile
 from tests.media import decode_rgb, gray_frames, moving_scene, probe, write_clip
 from worker.cli import main
 from worker.films import FilmOptions, colorize_film
+from worker.media.video_sink import EncodeOptions, plan_output
+from worker.media.video_source import probe_film
 from worker.references import (
     ReferenceError,
     ReferenceField,
@@ -31,8 +33,6 @@ from worker.references import (
     sidecar_reference,
 )
 from worker.smoothing import SmoothingOptions
-from worker.video_sink import EncodeOptions, plan_output
-from worker.video_source import probe_film
 
 FRAMES, CUT, REFERENCE = 36, 24, 12
 SIZE = (128, 96)

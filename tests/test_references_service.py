@@ -30,12 +30,12 @@ from tests.test_references import CUT, FRAMES, REFERENCE, SIZE, psnr, soft_chrom
 from worker.cli import main
 from worker.films import FilmOptions, colorize_film
 from worker.jobs import JobSpec, JobSpecError
+from worker.media.video_sink import EncodeOptions
 from worker.photos import open_colorizer
 from worker.references import parse_reference_arg
 from worker.service import Service
 from worker.smoothing import SmoothingOptions
 from worker.triggers.events import S3Event, submit_events
-from worker.video_sink import EncodeOptions
 
 SEGMENT_SECONDS = 0.25  # 6 frames: the reference (frame 12) colours frames of segments 0 and 1 from segment 2
 

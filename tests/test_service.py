@@ -47,9 +47,9 @@ from tests.services import (
 from worker import liveness, work
 from worker.cli import main
 from worker.cli_service import describe
-from worker.frame_sequences import find_sequence
-from worker.images import read_provenance, tinct_version
 from worker.jobs import JobOptions, JobSpec, JobSpecError, JobStore, film_output_uri
+from worker.media.frame_sequences import find_sequence
+from worker.media.images import read_provenance, tinct_version
 from worker.service import Service
 
 SECRET = "s3cr3t-Tinct-7f3a9"  # the workers' S3 secret key: it must never show up in logs or job state
@@ -648,7 +648,7 @@ def test_a_collection_piece_colours_its_photos_together_each_as_it_would_be_alon
     """A piece of a collection colours its photos in one call of the colorizer (the network batches those of a
     shape), not one photo at a time, which had given a GPU node batches of one; each photo's colour is still its
     own: what it gets coloured alone, within a code of rounding."""
-    from worker.images import read_photo, write_photo
+    from worker.media.images import read_photo, write_photo
     from worker.photos import open_colorizer
 
     client, start_worker, s3, _, model = service_env

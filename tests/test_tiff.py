@@ -1,4 +1,4 @@
-"""TIFF copies are coded as their sources were (worker.tiff): tiles, compression, a pyramid's levels.
+"""TIFF copies are coded as their sources were (worker.media.tiff): tiles, compression, a pyramid's levels.
 
 Sources are written by libtiff's own tools (tiffcp: tiles, LZW, PackBits, JPEG, as archives' scanning and image
 server workflows make them) and tifffile; copies are read back by libtiff (through OpenCV and Pillow) and tifffile.
@@ -17,8 +17,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from worker import tiff
-from worker.images import read_pages, read_photo, write_photo
+from worker.media import tiff
+from worker.media.images import read_pages, read_photo, write_photo
 
 LABEL = "effnet_unet@0123456789ab"
 H, W = 200, 280  # several 64x48 tiles, the edge ones partly outside the picture
@@ -207,7 +207,7 @@ def test_a_pyramid_kept_in_sub_images_is_said_left_out(tmp_path: Path, caplog: p
         writer.write(full[::2, ::2], tile=(64, 64), subfiletype=1)
         writer.write(full[::4, ::4], tile=(64, 64), subfiletype=1)
     out = tmp_path / "copy.tif"
-    with caplog.at_level("WARNING", logger="worker.images"):
+    with caplog.at_level("WARNING", logger="worker.media.images"):
         colorize(source, out)
     assert any(f"{out}: its source's pyramid of 2 sub-images (SubIFDs" in r.getMessage() for r in caplog.records)
     assert len(tifffile.TiffFile(out).pages) == 1

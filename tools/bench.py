@@ -66,7 +66,7 @@ from tools.runtime import (
     positive_ints,
     write_json,
 )
-from worker.images import read_photo, write_photo
+from worker.media.images import read_photo, write_photo
 
 log = logging.getLogger(__name__)
 

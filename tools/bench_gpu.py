@@ -39,9 +39,9 @@ from models.engines import KINDS, PRECISIONS, Engine, EngineUnavailableError, cr
 from tools.bench import bench_network, network_input_shape, system_info
 from tools.bench_video import bench_size
 from tools.runtime import frame_size, onnx_cache_dir, positive_ints, write_json
+from worker.media.video_sink import EncodeOptions
 from worker.photos import open_colorizer
 from worker.smoothing import SmoothingOptions
-from worker.video_sink import EncodeOptions
 
 log = logging.getLogger(__name__)
 

@@ -56,8 +56,8 @@ from PIL import Image
 from tools.bench_video import FPS, make_test_film, make_test_scan
 from tools.runtime import frame_size, onnx_cache_dir, write_json
 from worker.app import create_app
-from worker.images import DEFAULT_MAX_PIXELS, read_photo, write_photo
 from worker.jobs import FINISHED, KEY_PREFIX, JobRecord, JobSpec
+from worker.media.images import DEFAULT_MAX_PIXELS, read_photo, write_photo
 from worker.photos import open_colorizer
 from worker.service import Service
 from worker.settings import Settings

@@ -34,11 +34,11 @@ import numpy as np
 from models.color import code_dtype
 from tools.runtime import frame_size, onnx_cache_dir, write_json
 from worker.films import FilmOptions, colorize_film
+from worker.media.video_sink import EncodeOptions, SegmentWriter, plan_output
+from worker.media.video_source import decode_frames, probe_film
 from worker.photos import open_colorizer
 from worker.references import FilmReference
 from worker.smoothing import SmoothingOptions
-from worker.video_sink import EncodeOptions, SegmentWriter, plan_output
-from worker.video_source import decode_frames, probe_film
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 FPS = 24

@@ -50,7 +50,7 @@ from tools.runtime import (
     output_file,
     write_json,
 )
-from worker.images import upright
+from worker.media.images import upright
 from worker.model_store import resolve_model
 from worker.photos import open_colorizer
 from worker.settings import Settings

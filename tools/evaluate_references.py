@@ -31,11 +31,11 @@ from tools.evaluate_video import (
     truth_frames,
     write_gray_film,
 )
+from worker.media.video_sink import EncodeOptions, plan_output
+from worker.media.video_source import probe_film
 from worker.pipeline import ColourFrame, colorize_frames
 from worker.references import ReferenceField, ResolvedReference
 from worker.smoothing import SmoothingOptions
-from worker.video_sink import EncodeOptions, plan_output
-from worker.video_source import probe_film
 
 log = logging.getLogger(__name__)
 

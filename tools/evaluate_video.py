@@ -40,10 +40,10 @@ from models.color import l_to_gray, rgb_to_l, ycbcr_to_rgb_np
 from models.colorizer import Colorizer
 from tools import metrics
 from tools.warping import WarpingError
+from worker.media.video_sink import EncodeOptions, plan_output
+from worker.media.video_source import probe_film
 from worker.pipeline import ColourFrame, colorize_frames
 from worker.smoothing import SmoothingOptions
-from worker.video_sink import EncodeOptions, plan_output
-from worker.video_source import probe_film
 
 log = logging.getLogger(__name__)
 

@@ -35,15 +35,10 @@ from worker.cli_args import positive_int, positive_seconds, reference
 from worker.cli_service import add_service_commands
 from worker.errors import ModelError, PermanentError, TinctError
 from worker.films import DEFAULT_MAX_FILM_PIXELS, DEFAULT_SEGMENT_SECONDS, FilmOptions, colorize_films
-from worker.frame_sequences import parse_frame_rate
-from worker.frame_sink import FrameTarget, is_frame_output
-from worker.images import DEFAULT_MAX_PIXELS, tinct_version
-from worker.model_store import resolve_model
-from worker.photos import PhotoOptions, colorize_photos, open_colorizer, output_suffix, plan_photos
-from worker.settings import Settings
-from worker.smoothing import SmoothingOptions
-from worker.storage import Storage
-from worker.video_sink import (
+from worker.media.frame_sequences import parse_frame_rate
+from worker.media.frame_sink import FrameTarget, is_frame_output
+from worker.media.images import DEFAULT_MAX_PIXELS, tinct_version
+from worker.media.video_sink import (
     DEFAULT_PRESET,
     PRESETS,
     SOURCE_CODEC,
@@ -53,7 +48,12 @@ from worker.video_sink import (
     check_container,
     fallback_container,
 )
-from worker.video_source import LOG_CHOICES
+from worker.media.video_source import LOG_CHOICES
+from worker.model_store import resolve_model
+from worker.photos import PhotoOptions, colorize_photos, open_colorizer, output_suffix, plan_photos
+from worker.settings import Settings
+from worker.smoothing import SmoothingOptions
+from worker.storage import Storage
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 _KEPT = "finished photos and film segments are kept; run again to resume"

@@ -32,9 +32,9 @@ from worker.cli_args import positive_int, reference
 from worker.errors import PermanentError
 from worker.hints import check_local_bounds, load_hints_file
 from worker.jobs import FINISHED, JobOptions, JobRecord, JobSpec, JobSpecError, parse_options
+from worker.media.video_source import LOG_CHOICES
 from worker.settings import GPU_QUEUE, IO_QUEUE, Settings
 from worker.top import add_top_command
-from worker.video_source import LOG_CHOICES
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 QUEUE_NAMES = {"colorize": GPU_QUEUE, "io": IO_QUEUE}

@@ -74,7 +74,7 @@ class InputTooLargeError(BadInputError):
 
 
 def frame_size_error(path: str | os.PathLike, size: tuple[int, int], first: tuple[int, int]) -> BadInputError:
-    """The refusal of a frame of a run of frames (``worker.frame_sequences``) whose header says another size than
+    """The refusal of a frame of a run of frames (``worker.media.frame_sequences``) whose header says another size than
     its run's first frame's, by name before any work, as a rescan at another resolution is."""
     return BadInputError(path, f"this frame is {size[0]}x{size[1]}, the film's first is {first[0]}x{first[1]}; a "
                          "film's frames must all be one size")

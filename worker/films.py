@@ -2,17 +2,17 @@
 
     outcome = colorize_film(colorizer, "reel1.mkv", "reel1-colour.mkv", FilmOptions(), model_label="...")
 
-1. Probe (``worker.video_source``): the film is validated and indexed; a bad film fails here, before any
+1. Probe (``worker.media.video_source``): the film is validated and indexed; a bad film fails here, before any
    work, with a one-line reason naming the file.
-2. Plan (``worker.segments``): segments of about ``segment_seconds``, starting at keyframes.
+2. Plan (``worker.media.segments``): segments of about ``segment_seconds``, starting at keyframes.
 3. Colorize each segment (``worker.pipeline``) into a video-only file in a work folder beside the output,
    ``.<output name>.tinct-parts/``, written atomically; a manifest records the source's identity and the
    options. After a crash or Ctrl-C a rerun with the same options keeps every finished segment and redoes
    only the rest; a rerun with other options (or a changed source) starts over.
-4. Join (``worker.segments.join_segments``): the segments and the source's audio, subtitles, chapters and
+4. Join (``worker.media.segments.join_segments``): the segments and the source's audio, subtitles, chapters and
    metadata become the output, atomically; then the work folder is removed. Nothing ever appears under the
    output's name until it is complete. An output named by a pattern (``colour/scan_%07d.dpx``) is a run of
-   frames instead (``worker.frame_sink``): each segment writes its frames into the work folder, and they move into
+   frames instead (``worker.media.frame_sink``): each segment writes its frames into the work folder, and they move into
    their folder at the end.
 """
 
@@ -37,9 +37,19 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from models.colorizer import Colorizer
 from models.files import atomic_output, atomic_path, changed_since
 from worker.errors import BadInputError, TinctError, one_line
-from worker.frame_sequences import is_pattern
-from worker.frame_sink import FrameTarget, FrameWriter, frames_layout, is_frame_output, publish
-from worker.images import provenance_text, tinct_version
+from worker.media.frame_sequences import is_pattern
+from worker.media.frame_sink import FrameTarget, FrameWriter, frames_layout, is_frame_output, publish
+from worker.media.images import provenance_text, tinct_version
+from worker.media.segments import Segment, check_output, describe_other_streams, join_segments, plan_segments
+from worker.media.video_sink import (
+    CODECS,
+    EncodeOptions,
+    OutputLayout,
+    SegmentWriter,
+    check_container,
+    plan_output,
+)
+from worker.media.video_source import FilmInfo, copy_warnings, probe_film, with_log_choice
 from worker.pipeline import ColourFrame, StageTimes, colorize_frames
 from worker.references import (
     REFERENCES_SUFFIX,
@@ -52,18 +62,8 @@ from worker.references import (
     references_provenance,
     resolve_references,
 )
-from worker.segments import Segment, check_output, describe_other_streams, join_segments, plan_segments
 from worker.settings import GuidanceLimits
 from worker.smoothing import SmoothingOptions
-from worker.video_sink import (
-    CODECS,
-    EncodeOptions,
-    OutputLayout,
-    SegmentWriter,
-    check_container,
-    plan_output,
-)
-from worker.video_source import FilmInfo, copy_warnings, probe_film, with_log_choice
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +86,8 @@ class FilmOptions:
     max_pixels: int = DEFAULT_MAX_FILM_PIXELS
     recolor: bool = False
     overwrite: bool = False
-    frame_rate: Fraction | None = None  # of runs of numbered frames (worker.frame_sequences); None: their own
-    log: str = "auto"  # how a run's codes are read (worker.video_source.LOG_CHOICES): as its DPX headers say
+    frame_rate: Fraction | None = None  # of runs of numbered frames (worker.media.frame_sequences); None: their own
+    log: str = "auto"  # how a run's codes are read (worker.media.video_source.LOG_CHOICES): as its DPX headers say
     # Reference frames (worker.references): colour pictures of frames, carried through their shots.
     references: tuple[FilmReference, ...] = ()
     limits: GuidanceLimits = field(default_factory=GuidanceLimits)  # how many references, how large a picture

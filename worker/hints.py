@@ -28,7 +28,7 @@ import numpy as np
 from models.color import rgb_to_lab_np
 from models.hints import DEFAULT_RADIUS, ColourHints, ColourPoint, ColourRegion
 from worker.errors import FieldError
-from worker.images import displayed_size, open_image
+from worker.media.images import displayed_size, open_image
 from worker.settings import GuidanceLimits
 
 HINTS_SUFFIX = ".hints.json"

@@ -26,15 +26,11 @@ from typing import Any
 from redis.exceptions import WatchError
 
 from worker.errors import PermanentError, one_line
-from worker.frame_sequences import is_pattern, output_stem, split_pattern
-from worker.frame_sink import FrameTarget, is_frame_output
 from worker.hints import HintError, parse_hints
-from worker.images import EXTENSION_FORMATS
-from worker.photos import FILM_EXTENSIONS
-from worker.references import ReferenceError, parse_job_references
-from worker.settings import GuidanceLimits
-from worker.storage import join_uri, parse_uri
-from worker.video_sink import (
+from worker.media.frame_sequences import is_pattern, output_stem, split_pattern
+from worker.media.frame_sink import FrameTarget, is_frame_output
+from worker.media.images import EXTENSION_FORMATS
+from worker.media.video_sink import (
     CONTAINERS,
     SOURCE_CODEC,
     EncodeOptions,
@@ -42,7 +38,11 @@ from worker.video_sink import (
     container_problem,
     fallback_container,
 )
-from worker.video_source import LOG_CHOICES
+from worker.media.video_source import LOG_CHOICES
+from worker.photos import FILM_EXTENSIONS
+from worker.references import ReferenceError, parse_job_references
+from worker.settings import GuidanceLimits
+from worker.storage import join_uri, parse_uri
 
 KINDS = ("image", "video", "collection")
 ENCODER_OPTIONS = ("codec", "crf", "preset")  # a film file's alone: a run of frames is written in its suffix's format
@@ -74,7 +74,7 @@ class JobOptions:
     crf: int | None = None
     preset: str = "medium"
     recolor: bool = False
-    log: str = "auto"  # how a run of frames' codes are read (worker.video_source.LOG_CHOICES)
+    log: str = "auto"  # how a run of frames' codes are read (worker.media.video_source.LOG_CHOICES)
     format: str | None = None  # photo output format (jpg, png, tif, webp, bmp, jp2); None keeps the source's
     # A photo's colour hints (worker.hints), in canonical form; part of the id, so corrected hints are a new job.
     # Not hashed with the options (a dict is not hashable); compared and digested like every other field.
@@ -212,7 +212,7 @@ def _run_names(uri: str) -> tuple[str, str, str, str, str]:
 def infer_kind(uri: str) -> str:
     if uri.endswith("/"):
         return "collection"
-    if is_pattern(parse_uri(uri)[2]):  # a run of numbered frames (worker.frame_sequences): a film
+    if is_pattern(parse_uri(uri)[2]):  # a run of numbered frames (worker.media.frame_sequences): a film
         return "video"
     suffix = PurePosixPath(uri).suffix.lower()
     if suffix in FILM_EXTENSIONS:

@@ -37,10 +37,10 @@ from models.engines import create_engine
 from models.files import PARTIAL_SUFFIX, changed_since, unwritable_reason
 from models.hints import ColourHints
 from worker.errors import BadInputError, ModelError, TinctError, UnsupportedMediaError, one_line
-from worker.frame_sequences import FOLDER_SEQUENCE_SUFFIXES, folder_sequences, is_pattern, output_stem, photo_runs
-from worker.frame_sink import is_frame_output
 from worker.hints import HINTS_SUFFIX, hints_provenance, load_hints_file, sidecar_path
-from worker.images import (
+from worker.media.frame_sequences import FOLDER_SEQUENCE_SUFFIXES, folder_sequences, is_pattern, output_stem, photo_runs
+from worker.media.frame_sink import is_frame_output
+from worker.media.images import (
     DEFAULT_MAX_PIXELS,
     EXTENSION_FORMATS,
     FORMAT_NAMES,
@@ -53,9 +53,9 @@ from worker.images import (
     write_document,
     write_photo,
 )
+from worker.media.video_sink import CONTAINERS
 from worker.references import REFERENCES_SUFFIX
 from worker.settings import GuidanceLimits
-from worker.video_sink import CONTAINERS
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ def plan_photos(
     beside it (``<file name>.hints.json``) is colorized with those hints; ``hints`` names the hint file of a
     single input photo instead. Films in folders keep their container where Tinct writes it and otherwise get
     ``film_suffix`` (see ``video_sink.fallback_container``). Runs of numbered DPX, Cineon and OpenEXR frames in folders,
-    and runs named by their pattern, are films (``worker.frame_sequences``). Raises ValueError for arguments that
+    and runs named by their pattern, are films (``worker.media.frame_sequences``). Raises ValueError for arguments that
     cannot work (which the CLI reports as usage errors).
     """
     sources = [Path(p) for p in inputs]

@@ -7,7 +7,7 @@ Each stage runs in its own thread and hands frames to the next through a bounded
 few batches whatever the film's length, and the stages overlap: FFmpeg's decoder and encoder, ONNX
 Runtime / torch and OpenCV all release the GIL while they work.
 
-1. decode (``worker.video_source``): the source's luma codes and L at chroma resolution (and, for a film too
+1. decode (``worker.media.video_source``): the source's luma codes and L at chroma resolution (and, for a film too
    small for that to fill the network's render, L at full resolution for the network).
 2. infer (``models.colorizer``): ``batch_size`` frames per engine call; ab on the network's output grid.
 3. smooth (``worker.smoothing``): scene cuts, motion-compensated smoothing of the grid ab (never of L).
@@ -47,10 +47,10 @@ from models.color import (
     srgb_to_video_rgb_np,
 )
 from models.colorizer import Colorizer, Render
+from worker.media.video_sink import OutputLayout
+from worker.media.video_source import FilmInfo, SourceFrame, decode_frames
 from worker.references import ReferenceField
 from worker.smoothing import SmoothingOptions, TemporalSmoother
-from worker.video_sink import OutputLayout
-from worker.video_source import FilmInfo, SourceFrame, decode_frames
 
 # Frames each queue holds, in batches: enough to keep every stage busy through another's hiccup, small
 # enough that a 4K film's frames in flight stay in the hundreds of MB.

@@ -40,11 +40,11 @@ from models.color import rgb_to_lab_np
 from models.colorizer import Colorizer
 from models.references import MIN_CONFIDENCE, ReferenceTrack, blend, combine, fade_per_frame, reference_cells
 from worker.errors import BadInputError, FieldError, PermanentError
-from worker.images import COLOUR_THRESHOLD, colour_score, open_image, shown_as_srgb
+from worker.media.images import COLOUR_THRESHOLD, colour_score, open_image, shown_as_srgb
+from worker.media.video_source import FilmInfo, FrameLayout, decode_frames
 from worker.settings import GuidanceLimits
 from worker.smoothing import FlowFrame, SmoothingOptions, carry_reference
 from worker.storage import Storage, normalize_uri, parse_uri
-from worker.video_source import FilmInfo, FrameLayout, decode_frames
 
 # How many references a film may have (each decodes the frames it can reach, so this bounds a job's pre-pass) and
 # how large a picture's file may be are settings, TINCT_MAX_REFERENCES and TINCT_MAX_REFERENCE_FILE_BYTES

@@ -20,12 +20,12 @@ from celery import Celery
 
 from worker.errors import BadInputError, InputTooLargeError, TinctError, TransientError, one_line
 from worker.films import DEFAULT_MAX_FILM_PIXELS
-from worker.frame_sequences import is_pattern, stored_frames, stored_identity
 from worker.jobs import JobRecord, JobSpec, JobSpecError, JobStore
+from worker.media.frame_sequences import is_pattern, stored_frames, stored_identity
+from worker.media.video_source import probe_film
 from worker.references import FilmReference, ReferenceError, job_references, reference_frames, seal_references
 from worker.settings import GPU_QUEUE, IO_QUEUE, Settings
 from worker.storage import ObjectInfo, Storage, check_relative_key, parse_uri
-from worker.video_source import probe_film
 
 logger = logging.getLogger(__name__)
 

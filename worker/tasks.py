@@ -33,7 +33,7 @@ from worker import liveness, metrics, work
 from worker.app import app
 from worker.errors import PermanentError, TransientError
 from worker.logs import job_context, use_json_logs
-from worker.segments import Segment
+from worker.media.segments import Segment
 from worker.settings import GPU_QUEUE, IO_QUEUE
 
 logger = logging.getLogger(__name__)

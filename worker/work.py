@@ -5,7 +5,7 @@ A job is planned once (``plan_job``), then done in pieces that many workers take
 
 * image: one piece, the photo;
 * collection: the photos under the input prefix, in batches of ``collection_batch`` (one piece each);
-* video: the film's segments (``worker.segments.plan_segments``), each colorized to a video-only file in a
+* video: the film's segments (``worker.media.segments.plan_segments``), each colorized to a video-only file in a
   staging area beside the output; when the last one is done, one ``join_film`` remuxes them with the source's
   audio, subtitles and metadata into the output. A film coloured into a run of frames (an output named by a pattern,
   ``s3://out/reel1/scan_%07d.dpx``) stages each segment's frames as they are made, in a folder of the segment's own,
@@ -63,10 +63,13 @@ from worker.errors import (
     one_line,
 )
 from worker.films import DEFAULT_MAX_FILM_PIXELS, warmup_frames
-from worker.frame_sequences import frame_number, is_pattern, stored_frames, stored_identity, stored_sequence
-from worker.frame_sink import FrameTarget, FrameWriter, frames_layout, is_frame_output
 from worker.hints import hints_provenance, job_photo_hints
-from worker.images import (
+from worker.input_cache import HeldInput, InputCache
+from worker.jobs import FINISHED, KEY_PREFIX, JobRecord, JobSpec, JobStore, film_output_uri, output_folder
+from worker.liveness import Lease, Leases
+from worker.media.frame_sequences import frame_number, is_pattern, stored_frames, stored_identity, stored_sequence
+from worker.media.frame_sink import FrameTarget, FrameWriter, frames_layout, is_frame_output
+from worker.media.images import (
     DEFAULT_MAX_PIXELS,
     EXTENSION_FORMATS,
     InColourThroughout,
@@ -76,9 +79,9 @@ from worker.images import (
     read_photo,
     write_photo,
 )
-from worker.input_cache import HeldInput, InputCache
-from worker.jobs import FINISHED, KEY_PREFIX, JobRecord, JobSpec, JobStore, film_output_uri, output_folder
-from worker.liveness import Lease, Leases
+from worker.media.segments import Segment, check_output, describe_other_streams, join_segments, plan_segments
+from worker.media.video_sink import CODECS, EncodeOptions, OutputLayout, SegmentWriter, plan_output
+from worker.media.video_source import FilmInfo, copy_warnings, probe_film, with_log_choice
 from worker.model_store import resolve_model
 from worker.photos import colour_document, output_suffix
 from worker.pipeline import ColourFrame, StageTimes, colorize_frames
@@ -92,12 +95,9 @@ from worker.references import (
     references_guidance,
     references_provenance,
 )
-from worker.segments import Segment, check_output, describe_other_streams, join_segments, plan_segments
 from worker.settings import Settings
 from worker.smoothing import SmoothingOptions
 from worker.storage import ObjectInfo, Storage, join_uri, parse_uri, relative_key
-from worker.video_sink import CODECS, EncodeOptions, OutputLayout, SegmentWriter, plan_output
-from worker.video_source import FilmInfo, copy_warnings, probe_film, with_log_choice
 
 logger = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from worker.api.auth import Principal, load_principals
 from worker.api.previews import HintPreviews, Previews, TokenBucket
 from worker.api.routes import ApiState, caller, public, router
 from worker.errors import one_line
-from worker.images import tinct_version
+from worker.media.images import tinct_version
 from worker.service import QueueError, Service
 from worker.settings import Settings
 

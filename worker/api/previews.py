@@ -34,12 +34,13 @@ from PIL import Image, ImageOps
 
 from models.color import cineon_display_table
 from models.files import atomic_output
-from worker import tiff
 from worker.errors import BadInputError, PermanentError, one_line
-from worker.frame_sequences import DPX_LOG_TRANSFERS, DPX_TRANSFER_OFFSET, is_pattern
-from worker.frame_sink import FrameTarget
 from worker.hints import HintSpec
-from worker.images import (
+from worker.jobs import JobRecord, JobSpec, film_output_uri, output_folder
+from worker.media import tiff
+from worker.media.frame_sequences import DPX_LOG_TRANSFERS, DPX_TRANSFER_OFFSET, is_pattern
+from worker.media.frame_sink import FrameTarget
+from worker.media.images import (
     DEFAULT_MAX_PIXELS,
     EXTENSION_FORMATS,
     FORMAT_NAMES,
@@ -48,11 +49,8 @@ from worker.images import (
     read_photo,
     shown_as_srgb,
 )
-from worker.jobs import JobRecord, JobSpec, film_output_uri, output_folder
-from worker.openexr import EXR_HEADER_BYTES, read_exr_header
-from worker.settings import Settings
-from worker.storage import Storage, join_uri, parse_uri
-from worker.video_source import (
+from worker.media.openexr import EXR_HEADER_BYTES, read_exr_header
+from worker.media.video_source import (
     LINEAR_FLOAT_FORMATS,
     as_bt709,
     decode_from,
@@ -63,6 +61,8 @@ from worker.video_source import (
     shown_light,
     shown_video,
 )
+from worker.settings import Settings
+from worker.storage import Storage, join_uri, parse_uri
 from worker.work import Runtime, collection_outputs, frames_target, photo_output_uri
 
 PREVIEW_SIDE = 1024

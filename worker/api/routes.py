@@ -30,9 +30,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from worker.api.auth import Principal, authenticate, own_folder
 from worker.api.previews import HintPreviews, Previews, TokenBucket
 from worker.errors import BadInputError, ModelError, PermanentError, TinctError, TransientError, one_line
-from worker.frame_sequences import frame_number
 from worker.hints import HintError, parse_hints
-from worker.images import EXTENSION_FORMATS
 from worker.jobs import (
     FINISHED,
     KEY_PREFIX,
@@ -43,6 +41,8 @@ from worker.jobs import (
     output_folder,
     parse_options,
 )
+from worker.media.frame_sequences import frame_number
+from worker.media.images import EXTENSION_FORMATS
 from worker.photos import FILM_EXTENSIONS
 from worker.service import QueueError, Service
 from worker.settings import Settings

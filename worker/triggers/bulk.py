@@ -19,10 +19,10 @@ from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from worker.errors import BadInputError, TinctError, TransientError, one_line
-from worker.frame_sequences import LINEAR_LIGHT_SUFFIXES, run_key, stored_run
-from worker.frame_sink import FRAME_FORMATS
 from worker.hints import HINTS_SUFFIX
 from worker.jobs import ENCODER_OPTIONS, JobOptions, JobSpec, check_film_encoding
+from worker.media.frame_sequences import LINEAR_LIGHT_SUFFIXES, run_key, stored_run
+from worker.media.frame_sink import FRAME_FORMATS
 from worker.references import REFERENCES_SUFFIX
 from worker.settings import GuidanceLimits
 from worker.storage import ObjectInfo, Storage, join_uri, normalize_uri, relative_key
@@ -207,13 +207,13 @@ def _candidate(
 
 
 class _Runs:
-    """Runs of DPX, Cineon or OpenEXR frames met in a bulk listing (``worker.frame_sequences``): each run is one film
-    job, its input named by its pattern and its film written in the input's mirrored folder (``in/reel1/scan_%07d.dpx``
-    -> ``out/reel1/scan.mkv``), or with ``to_frames`` its frames, named as the run's own (``out/reel1/scan_%07d.dpx``;
-    a Cineon run's as DPX, which Tinct writes and Cineon it does not: ``scan_%07d.cin`` -> ``scan_%07d.dpx``),
-    with the encoder options left at their defaults: they are the film files'. A listing is in key order, so a run's
-    frames come together; a run is complete when a frame of another run (or the end of the listing) comes. Its
-    identity is made from the listing, as photos' are."""
+    """Runs of DPX, Cineon or OpenEXR frames met in a bulk listing (``worker.media.frame_sequences``): each run is one
+    film job, its input named by its pattern and its film written in the input's mirrored folder
+    (``in/reel1/scan_%07d.dpx`` -> ``out/reel1/scan.mkv``), or with ``to_frames`` its frames, named as the run's own
+    (``out/reel1/scan_%07d.dpx``; a Cineon run's as DPX, which Tinct writes and Cineon it does not: ``scan_%07d.cin``
+    -> ``scan_%07d.dpx``), with the encoder options left at their defaults: they are the film files'. A listing is in
+    key order, so a run's frames come together; a run is complete when a frame of another run (or the end of the
+    listing) comes. Its identity is made from the listing, as photos' are."""
 
     def __init__(self, prefix: str, output: str, options: JobOptions, report: BulkReport, to_frames: bool) -> None:
         self.prefix, self.output, self.options, self.report = prefix, output, options, report

@@ -20,8 +20,8 @@ from typing import Literal, Protocol
 import redis.exceptions
 
 from worker.errors import TinctError
-from worker.images import EXTENSION_FORMATS
 from worker.jobs import JobOptions, JobSpec, JobSpecError, check_film_encoding
+from worker.media.images import EXTENSION_FORMATS
 from worker.photos import FILM_EXTENSIONS
 from worker.storage import ObjectInfo, Storage, join_uri, parse_uri, relative_key
 from worker.triggers.sidecars import reference_film

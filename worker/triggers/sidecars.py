@@ -15,8 +15,8 @@ from dataclasses import replace
 from pathlib import PurePosixPath
 
 from worker.hints import HINTS_SUFFIX, parse_hints_bytes
-from worker.images import EXTENSION_FORMATS
 from worker.jobs import JobSpec
+from worker.media.images import EXTENSION_FORMATS
 from worker.photos import is_reference_folder
 from worker.references import REFERENCES_SUFFIX, seal_references, sidecar_references
 from worker.settings import GuidanceLimits

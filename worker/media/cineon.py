@@ -4,7 +4,7 @@ FFmpeg has no Cineon decoder, but a Cineon frame of 10-bit RGB (the scanners' ow
 red in its top ten bits, then green, then blue) holds its pixels exactly as a DPX frame does (SMPTE 268M's
 "method A" filling). So a run of Cineon frames is read as DPX frames: ``as_dpx`` writes each frame's pixels, byte
 for byte, behind a DPX header that says the same (printing density, as every Cineon frame is), and FFmpeg's DPX
-decoder reads those. ``worker.frame_sequences`` does that a window of frames at a time, into a scratch folder.
+decoder reads those. ``worker.media.frame_sequences`` does that a window of frames at a time, into a scratch folder.
 
     size = check_cineon_frame(path, header, os.path.getsize(path), None, run)   # refused by name if unreadable
     as_dpx(path, scratch / "scan_0086400.dpx")
@@ -39,7 +39,7 @@ _PADDING = 684  # U32 end-of-line padding, then U32 end-of-image padding
 _FRAME_RATE = 1072  # R32 in the motion picture industry header; 0 or all ones where unset
 _FILLED_WORDS = 5
 
-# DPX fields written (SMPTE 268M offsets, as worker.frame_sequences reads them).
+# DPX fields written (SMPTE 268M offsets, as worker.media.frame_sequences reads them).
 _DPX_HEADER_BYTES = 2048
 _DPX_FILM_RATE = 1724
 

@@ -3,14 +3,14 @@
 
 Where it lives: in a JPEG's APP13 segment ("Photoshop 3.0" image resources; the IIM is resource 0x0404), in a
 TIFF's tags 33723 (the IIM itself) and 34377 (image resources), in a PNG's "Raw profile type iptc" text (the hex
-dump ImageMagick and exiftool write), in a JP2's uuid box (``worker.jpeg2000``; the IIM alone). Pillow writes none
+dump ImageMagick and exiftool write), in a JP2's uuid box (``worker.media.jpeg2000``; the IIM alone). Pillow writes none
 of them, so JPEG copies lost their IPTC without a word; and it reads tag 33723 as one number where Photoshop and
 exiftool store LONGs, so TIFF copies carried 7 bytes of it, which exiftool reads as bad IPTC data.
 
 Only the resources about the picture's content travel: the IIM, its digest, the copyright flag, the URL and the
 legacy caption. The others describe the source's pixels (thumbnails, resolution, layers, channels, print
 settings) and would be wrong about the copy's. XMP, where newer software keeps the same fields, travels beside
-this (``worker.images``). Everything is carried byte for byte: the IIM's digest stays true.
+this (``worker.media.images``). Everything is carried byte for byte: the IIM's digest stays true.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def read_resources(im: Image.Image) -> bytes | None:
     elif im.format == "PNG":
         resources = _png_resources(im.info.get(PNG_TEXT_KEY))
     elif im.format == "JPEG2000":
-        record = getattr(im.info.get("jp2"), "iptc", None)  # read from its uuid box by worker.jpeg2000
+        record = getattr(im.info.get("jp2"), "iptc", None)  # read from its uuid box by worker.media.jpeg2000
         resources = [Resource(IPTC_NAA, b"", record)] if record else []
     carried = [resource for resource in resources if resource.id in CARRIED_RESOURCES]
     return resources_bytes(carried) if carried else None

@@ -11,13 +11,13 @@ file is whole.
 
 A plate's primaries are its ``chromaticities`` attribute: an ACES plate's are AP0's or AP1's, and a file without
 one is BT.709, as OpenEXR has it. FFmpeg reads the pixels as they are and says nothing of them, so Tinct reads the
-attribute here: ``worker.video_source`` converts a plate's light to BT.709 as it is read, and ``worker.frame_sink``
-converts its copy back and has the attribute added to each frame it writes. A plate's rate and timecode are its
-``framesPerSecond`` and ``timeCode``, read here for the run; what else a frame's header says of the picture (owner,
-capture date, keycode, the camera's and lens's settings, a pipeline's own metadata: ``picture_attributes``) goes
-with its copy, as compositing packages pass it on. A multi-part file (a beauty with its depth or AOVs) is read by
-FFmpeg as its first part alone, and a deep one not at all; their part names and flags are read here to say so. And
-FFmpeg decodes a frame cut short (half copied, or left by a writer that stopped) without a
+attribute here: ``worker.media.video_source`` converts a plate's light to BT.709 as it is read, and
+``worker.media.frame_sink`` converts its copy back and has the attribute added to each frame it writes. A plate's rate
+and timecode are its ``framesPerSecond`` and ``timeCode``, read here for the run; what else a frame's header says of
+the picture (owner, capture date, keycode, the camera's and lens's settings, a pipeline's own metadata:
+``picture_attributes``) goes with its copy, as compositing packages pass it on. A multi-part file (a beauty with its
+depth or AOVs) is read by FFmpeg as its first part alone, and a deep one not at all; their part names and flags are
+read here to say so. And FFmpeg decodes a frame cut short (half copied, or left by a writer that stopped) without a
 word, its missing chunks black: ``damage`` finds such a frame by its chunk offset tables, as a DPX frame is found
 by the file size its header declares.
 
@@ -59,7 +59,7 @@ LAYOUT_ATTRIBUTES = frozenset({
     "framesPerSecond", "timeCode", "comments",
 })
 _TIMECODE_DROP_FRAME = 1 << 6  # OpenEXR's timeCode: SMPTE 12M's digits as DPX has them, the drop-frame flag here
-_FFMPEG_DROP_FRAME = 1 << 30  # where FFmpeg's (and ``worker.frame_sink``'s) timecodes flag it
+_FFMPEG_DROP_FRAME = 1 << 30  # where FFmpeg's (and ``worker.media.frame_sink``'s) timecodes flag it
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,7 @@ def exr_frame_rate(head: bytes) -> Fraction | None:
 
 def exr_timecode(head: bytes) -> tuple[int, int] | None:
     """An OpenEXR file's ``timeCode`` as SMPTE 12M BCD, the drop-frame flag at bit 30 (as DPX headers read by FFmpeg
-    and ``worker.frame_sequences.timecode_label`` have it), and its user bits; None where it has none."""
+    and ``worker.media.frame_sequences.timecode_label`` have it), and its user bits; None where it has none."""
     value = _first_part(head).get(("timeCode", "timecode"), b"")
     if len(value) != 8:
         return None

@@ -9,11 +9,11 @@ adds a provenance tag that tells a colorized copy from an original, and replaces
 Pillow does the work wherever it can. Pillow holds 16-bit data only for single-channel images, so 16-bit
 RGB(A) sources are decoded with OpenCV, and 16-bit RGB(A) results are written as PNG by OpenCV (with the
 metadata chunks spliced in here) or as TIFF by a small writer built on Pillow's own TIFF directory encoder.
-JPEG 2000 files' metadata boxes, which Pillow neither reads nor writes, are :mod:`worker.jpeg2000`'s: read as the
+JPEG 2000 files' metadata boxes, which Pillow neither reads nor writes, are :mod:`worker.media.jpeg2000`'s: read as the
 file is opened (:func:`open_image`), added to the encoded file as it is written.
 
 Colour management: pixels are read in the colours their ICC profile gives them. An RGB profile of the matrix/TRC
-kind (Adobe RGB, ProPhoto, Display P3: :mod:`worker.icc`) is carried verbatim, lightness is measured through it,
+kind (Adobe RGB, ProPhoto, Display P3: :mod:`worker.media.icc`) is carried verbatim, lightness is measured through it,
 and the result is written back in its space, so the colours show as the colorizer made them and neutral greys keep
 their exact values. Pixels under an sRGB profile, no profile, or an RGB profile of another kind are taken as sRGB.
 Gray and CMYK profiles cannot describe an RGB result, so such sources are converted to sRGB through their profile
@@ -61,10 +61,10 @@ from PIL import (
 
 from models import color
 from models.files import atomic_output
-from worker import iptc, tiff
-from worker import xmp as xmp_lineage
 from worker.errors import BadInputError, InputTooLargeError, StorageError, UnsupportedMediaError, one_line
-from worker.icc import (
+from worker.media import iptc, tiff
+from worker.media import xmp as xmp_lineage
+from worker.media.icc import (
     RgbSpace,
     dcf_adobe_rgb_space,
     gray_luminance,
@@ -74,8 +74,8 @@ from worker.icc import (
     rgb_space,
     sample_curve,
 )
-from worker.iptc import TIFF_IPTC_TAG, TIFF_RESOURCES_TAG, read_resources
-from worker.jpeg2000 import (
+from worker.media.iptc import TIFF_IPTC_TAG, TIFF_RESOURCES_TAG, read_resources
+from worker.media.jpeg2000 import (
     Jp2Boxes,
     bare_codestream,
     copy_options,
@@ -232,8 +232,8 @@ class Photo:
     ``had_colour`` says the source was already a colour photo (see ``COLOUR_THRESHOLD``; ``colour_score`` is
     the measured score). ``encoder`` holds format-specific hints (JPEG subsampling, TIFF compression, WebP
     losslessness) that are reused when the result has the source's format. ``document_sizes`` are a multi-page TIFF
-    document's pages' sizes (``worker.tiff.document_pages``; empty for one picture): the photo is one of its pages,
-    :func:`read_pages` gives every page, each a picture with its own metadata, and :func:`write_document` writes
+    document's pages' sizes (``worker.media.tiff.document_pages``; empty for one picture): the photo is one of its
+    pages, :func:`read_pages` gives every page, each a picture with its own metadata, and :func:`write_document` writes
     their copy, a TIFF of them all, a page at a time.
     """
 
@@ -250,7 +250,7 @@ class Photo:
     # A TIFF's resolution stated without a unit (ResolutionUnit 1: a pixel aspect), carried to a TIFF copy alone.
     resolution_without_unit: tuple[float, float] | None = None
     text: dict[str, str] = field(default_factory=dict)  # PNG text chunks, or a JPEG's comment as "Comment"
-    # Photoshop image resources about its content: IPTC-IIM captions, credits, keywords (``worker.iptc``)
+    # Photoshop image resources about its content: IPTC-IIM captions, credits, keywords (``worker.media.iptc``)
     resources: bytes | None = None
     # A JPEG's extended XMP: the packet its XMP continues in, over further segments, where the whole is over 64 KB
     # (``_extended_xmp``); Pillow reads the main packet alone.
@@ -316,9 +316,9 @@ def open_image(source: str | os.PathLike | BinaryIO) -> Iterator[Image.Image]:
 
 
 def _with_jp2_boxes(image: Image.Image, f: BinaryIO) -> None:
-    """A JP2 file's ICC profile, EXIF and XMP (``worker.jpeg2000``), which Pillow does not read, put where it keeps
-    other formats' (``info``), so orientation, colour management and provenance work on it as on the others; and all
-    that its boxes say, its depth and coding too, as ``info["jp2"]`` (:func:`_jp2_boxes`)."""
+    """A JP2 file's ICC profile, EXIF and XMP (``worker.media.jpeg2000``), which Pillow does not read, put where it
+    keeps other formats' (``info``), so orientation, colour management and provenance work on it as on the others; and
+    all that its boxes say, its depth and coding too, as ``info["jp2"]`` (:func:`_jp2_boxes`)."""
     position = f.tell()
     try:
         boxes = read_jp2_boxes(f)
@@ -353,7 +353,7 @@ def upright(image: Image.Image) -> Image.Image:
 
 def shown_as_srgb(image: Image.Image) -> Image.Image:
     """An opened 8-bit view of ``image`` (upright) in sRGB: a result written under its source's Adobe RGB or ProPhoto
-    profile (see :mod:`worker.icc`) shows its colours in a browser, which takes untagged JPEG previews as sRGB."""
+    profile (see :mod:`worker.media.icc`) shows its colours in a browser, which takes untagged JPEG previews as sRGB."""
     rgb = upright(image).convert("RGB")
     space = rgb_space(image.info.get("icc_profile"))
     if space is None:
@@ -549,7 +549,7 @@ def _document_sizes(path: Path, im: Image.Image, max_pixels: int) -> tuple[tuple
                                           "are supported")
     layouts = tiff.page_layouts(im)
     if tiff.reduced_pages(layouts) is not None:
-        return ()  # a pyramid or a scanner's preview: the copy has them too (``worker.tiff``)
+        return ()  # a pyramid or a scanner's preview: the copy has them too (``worker.media.tiff``)
     sizes = tiff.document_pages(layouts)
     if sizes is None:
         raise UnsupportedMediaError(path, f"{frames} pages, of which some are reduced-resolution copies (previews) "
@@ -642,7 +642,7 @@ class _Source:
     photo: Photo
     pixels: np.ndarray
     gray_lut: np.ndarray | None  # L per gray code for gray pixels; None for RGB pixels
-    space: RgbSpace | None = None  # RGB pixels' profile where it is not sRGB (worker.icc)
+    space: RgbSpace | None = None  # RGB pixels' profile where it is not sRGB (worker.media.icc)
 
 
 def _decode_page(path: Path, im: Image.Image, page: int, pages: int) -> _Source:
@@ -850,8 +850,9 @@ def _through_lookup_tables(path: Path, rgb: np.ndarray, icc: bytes) -> np.ndarra
 
 
 def _through_16bit_lookup_tables(path: Path, rgb: np.ndarray, icc: bytes) -> np.ndarray:
-    """16-bit RGB under a profile of look-up tables, as 16-bit sRGB through them (``worker.icc.lookup_table_space``:
-    LittleCMS through Pillow converts 8-bit data only); the result is written in sRGB, under an sRGB profile."""
+    """16-bit RGB under a profile of look-up tables, as 16-bit sRGB through them
+    (``worker.media.icc.lookup_table_space``: LittleCMS through Pillow converts 8-bit data only); the result is written
+    in sRGB, under an sRGB profile."""
     try:
         tables = lookup_table_space(icc)
     except ValueError as exc:  # as _through_lookup_tables: a damaged profile costs its colours only
@@ -1016,7 +1017,7 @@ def _icc_colour_space(icc: bytes | None) -> str | None:
 
 def _gray_profile_lightness(path: Path, icc: bytes | None, levels: np.ndarray) -> np.ndarray:
     """L of each gray code (``levels``, fractions) under a gray ICC profile: exactly from its tone curve
-    (``worker.icc.gray_luminance``), or through LittleCMS for a profile of another kind."""
+    (``worker.media.icc.gray_luminance``), or through LittleCMS for a profile of another kind."""
     curve = gray_luminance(icc)
     if curve is not None:
         luminance = torch.from_numpy(sample_curve(curve, levels))
@@ -1051,7 +1052,7 @@ def _encoder_hints(im: Image.Image, path: Path, turned: bool) -> dict[str, Any]:
     width and height."""
     if im.format in ("JPEG", "MPO"):
         return {**_jpeg_coding(im, turned), "progressive": bool(im.info.get("progressive"))}
-    if im.format == "TIFF":  # its strips or tiles, compression and reduced pages (``worker.tiff``)
+    if im.format == "TIFF":  # its strips or tiles, compression and reduced pages (``worker.media.tiff``)
         coding = tiff.source_coding(im, turned)
         if (jpeg := tiff.first_jpeg(im, path)) is not None:  # a JPEG-compressed TIFF: its tables and sampling
             with jpeg:
@@ -1141,7 +1142,7 @@ def _copy_xmp(xmp: bytes, path: Path, size: tuple[int, int], channels: int, icc:
               software: str) -> bytes:
     """The source's XMP for its copy at ``path``: what it says of the source file's pixels, which a catalogue
     reads, made the copy's (a gray scan's XMP had called its colour copy Grayscale, in its own gray profile and
-    format), and the copy's own document and instance IDs, derived from the source's (``worker.xmp``). Only
+    format), and the copy's own document and instance IDs, derived from the source's (``worker.media.xmp``). Only
     properties it has are changed; a list (``tiff:BitsPerSample``) is left as it is."""
     width, height = size
     return xmp_lineage.derived_copy(_xmp_with(xmp, {
@@ -1630,8 +1631,9 @@ def _jp2(pixels: np.ndarray, hints: dict[str, Any]) -> bytes:
     """RGB or RGBA ``pixels`` (8 or 16-bit) as a JP2 file: lossless (the reversible 5/3 wavelet, as masters are
     kept), or, from a lossy JPEG 2000 source (``hints``, an access copy), the irreversible 9/7 at the source's
     compression. OpenJPEG encodes through Pillow at 8 bits, coded as the source was
-    (``worker.jpeg2000.copy_options``), and through OpenCV at 16 (Pillow holds no 16-bit RGB), which takes no option
-    but the rate. Neither writes the source's profile, EXIF, XMP or resolution, which ``worker.jpeg2000`` adds."""
+    (``worker.media.jpeg2000.copy_options``), and through OpenCV at 16 (Pillow holds no 16-bit RGB), which takes no
+    option but the rate. Neither writes the source's profile, EXIF, XMP or resolution, which ``worker.media.jpeg2000``
+    adds."""
     lossless = hints.get("lossless", True)
     compression = hints.get("compression")
     if pixels.dtype == np.uint16:

@@ -13,7 +13,7 @@ may declare its encoding in gAMA and cHRM chunks alone: :func:`png_declared_spac
 
 Profiles this does not model exactly (colour look-up tables, Lab connection space) and sRGB profiles themselves
 give None. A profile that says its colours through look-up tables (:func:`has_lookup_tables`: a scanner calibrated
-on a target has one) is left to a CMM: ``worker.images`` converts such a photo to sRGB through LittleCMS, and a
+on a target has one) is left to a CMM: ``worker.media.images`` converts such a photo to sRGB through LittleCMS, and a
 16-bit one, which LittleCMS through Pillow cannot convert, through :func:`lookup_table_space` (lut8, lut16 and
 lutAtoB tables, as LittleCMS evaluates them, to its rounding).
 """

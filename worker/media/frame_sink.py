@@ -19,9 +19,9 @@ source has one (a run's DPX header, a file's timecode track), counted on as drop
 copy keeps its transfer characteristic and colorimetric specification (a log scan's copy says it is log), and each
 frame's copy what its scan said of it (``DPX_CARRIED_FIELDS``: its keycode, frame position, slate, project,
 copyright, the scanner), with the scan frame's name and time as its source's. OpenEXR frames say their rate and
-timecode, and each from a plate what its plate frame's header says of the picture (``worker.openexr``). Every frame
-says it was colorized by Tinct, in its format's own field (``FrameWriter._with_metadata``); a DPX frame names itself.
-"""
+timecode, and each from a plate what its plate frame's header says of the picture (``worker.media.openexr``). Every
+frame says it was colorized by Tinct, in its format's own field (``FrameWriter._with_metadata``); a DPX frame names
+itself. """
 
 from __future__ import annotations
 
@@ -37,9 +37,9 @@ import torch
 
 from models.color import BT709_LUMINANCE, cineon_to_linear, code_dtype, srgb_to_linear_np, ycbcr_to_rgb_np
 from models.files import atomic_output
-from worker import tiff
 from worker.errors import BadInputError
-from worker.frame_sequences import (
+from worker.media import tiff
+from worker.media.frame_sequences import (
     DPX_DATA_OFFSET,
     DPX_GENERIC_HEADER_BYTES,
     DPX_HEADER_BYTES,
@@ -53,8 +53,8 @@ from worker.frame_sequences import (
     is_pattern,
     split_pattern,
 )
-from worker.images import described, png_with_text, tinct_version
-from worker.openexr import (
+from worker.media.images import described, png_with_text, tinct_version
+from worker.media.openexr import (
     EXR_MAGIC,
     chromaticities_value,
     exr_comments,
@@ -64,8 +64,8 @@ from worker.openexr import (
     timecode_value,
     with_attributes,
 )
-from worker.video_sink import OutputLayout
-from worker.video_source import FilmInfo, FrameLayout, VideoFormat, plate_conversion
+from worker.media.video_sink import OutputLayout
+from worker.media.video_source import FilmInfo, FrameLayout, VideoFormat, plate_conversion
 
 # Per output suffix: the image encoder, and its pixel format for each bit depth it keeps.
 FRAME_FORMATS = {
@@ -162,8 +162,8 @@ class FrameWriter:
 
     def __init__(self, folder: Path, target: FrameTarget, film: FilmInfo, layout: OutputLayout,
                  provenance: str = "") -> None:
-        """``provenance``: the sentence every frame gives in its format's own field (``worker.images.provenance_text``;
-        "": none)."""
+        """``provenance``: the sentence every frame gives in its format's own field
+        (``worker.media.images.provenance_text``; "": none)."""
         self.folder = folder
         self.target = target
         self.layout = layout

@@ -8,11 +8,11 @@ read of a file's boxes, and the boxes its encoder does not write.
 Pillow (OpenJPEG) decodes a JP2 file's pixels and reads its capture resolution, but not the ICC profile in its
 colour specification box, nor the EXIF and XMP that exiftool and archive tools keep in ``uuid`` boxes (XMP in an
 ``xml `` box too, where a writer put it there); and its encoder, like OpenCV's, writes none of them. A gray master
-of 12 bits Pillow hands over shifted to 16; one in colour deeper than 8 it cuts to 8 bits, so ``worker.images``
+of 12 bits Pillow hands over shifted to 16; one in colour deeper than 8 it cuts to 8 bits, so ``worker.media.images``
 reads that with OpenCV, at its precision, from ``bits`` here. How its codestream is coded (``Coding``: tiles,
 levels, progression, layers) is read from its main header, for a copy coded as it was (``copy_options``).
 
-Layout (ISO/IEC 15444-1, annex I): a file is a list of boxes (``worker.boxes``). The header box
+Layout (ISO/IEC 15444-1, annex I): a file is a list of boxes (``worker.media.boxes``). The header box
 ``jp2h`` holds the image header ``ihdr`` (size, components, their depth), ``bpcc`` where components differ in depth,
 the colour specifications ``colr`` (the first is the one readers use: an enumerated space, or an ICC profile), and
 the resolution box ``res `` (``resc``, capture resolution, and ``resd``, default display resolution, in points per
@@ -25,7 +25,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from worker.boxes import box, boxes_in, file_boxes
+from worker.media.boxes import box, boxes_in, file_boxes
 
 JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 # The uuid boxes' identifiers: exiftool's (and the JPEG 2000 EXIF convention's) for EXIF in TIFF layout, Adobe's
@@ -66,7 +66,7 @@ class Jp2Boxes:
     # Its resolution in dots per inch (x, y): the capture resolution, else the default display one (which Pillow
     # does not read); None where it gives neither.
     dpi: tuple[float, float] | None = None
-    iptc: bytes | None = None  # IPTC-IIM (``worker.iptc``)
+    iptc: bytes | None = None  # IPTC-IIM (``worker.media.iptc``)
 
     @property
     def reversible(self) -> bool | None:

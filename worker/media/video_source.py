@@ -57,8 +57,9 @@ from models.color import (
     video_rgb_to_linear,
     ycbcr_to_rgb_np,
 )
-from worker.boxes import file_boxes
-from worker.captions import (
+from worker.errors import BadInputError, InputTooLargeError, UnsupportedMediaError
+from worker.media.boxes import file_boxes
+from worker.media.captions import (
     CAPTION_CODECS,
     CEA608,
     CEA608_CODEC,
@@ -67,9 +68,8 @@ from worker.captions import (
     frame_captions,
     spread_over_frames,
 )
-from worker.errors import BadInputError, InputTooLargeError, UnsupportedMediaError
-from worker.frame_sequences import DPX_LOG_TRANSFERS, FrameSequence, ScratchFolder, find_sequence, is_pattern
-from worker.images import COLOUR_PROBE_SIDE, COLOUR_THRESHOLD, colour_score
+from worker.media.frame_sequences import DPX_LOG_TRANSFERS, FrameSequence, ScratchFolder, find_sequence, is_pattern
+from worker.media.images import COLOUR_PROBE_SIDE, COLOUR_THRESHOLD, colour_score
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ class VideoFormat:
     # units of 0.00002 and 0.0001 nits) and the content light levels ("MaxCLL,MaxFALL"); None where it has none.
     mastering_display: str | None = None
     content_light: str | None = None
-    # The closed captions its sampled frames carry: ("CEA-608",), ("CEA-608", "CEA-708")... (``worker.captions``)
+    # The closed captions its sampled frames carry: ("CEA-608",), ("CEA-608", "CEA-708")... (``worker.media.captions``)
     captions: tuple[str, ...] = ()
 
     @property
@@ -315,7 +315,7 @@ class SourceFrame:
     warmup: bool  # decoded only to warm the smoother up; not encoded
     network_L: np.ndarray  # float32 Lab L the network reads: ``L`` itself, or (H, W) for a small film
     light: np.ndarray | None = None  # (H, W) float32 luminance of a plate of linear light, where the layout keeps it
-    captions: bytes | None = None  # its closed captions' cc_data, for the copy's coded frame (``worker.captions``)
+    captions: bytes | None = None  # its closed captions' cc_data, for the copy's coded frame (``media.captions``)
 
 
 def _open(path: str) -> av.container.InputContainer:
@@ -367,7 +367,7 @@ def probe_film(path: str | os.PathLike, max_pixels: int, frame_rate: Fraction | 
                sequence: FrameSequence | None = None, scratch: ScratchFolder | None = None) -> FilmInfo:
     """Validate a film and index its frames. Raises a :class:`BadInputError` subclass, naming the file and
     the reason in one line, for anything the pipeline could not turn into a faithful colour copy. A ``path`` that
-    names a run of numbered frames by its pattern (``reel1/scan_%07d.dpx``, see ``worker.frame_sequences``) is
+    names a run of numbered frames by its pattern (``reel1/scan_%07d.dpx``, see ``worker.media.frame_sequences``) is
     that run, played at ``frame_rate`` if given, else at the rate its frames declare; ``sequence`` is a run found
     and checked already (``stored_sequence``: a run in an object store), of which ``path`` is the pattern; a Cineon
     run found here is rewritten in ``scratch`` (``FrameSequence.scratch``)."""
@@ -667,7 +667,7 @@ def hdr_lost(film: FilmInfo, codec: str | None) -> str | None:
 
 def captions_lost(film: FilmInfo, codec: str | None, output: str | os.PathLike | None) -> str | None:
     """Why closed captions in ``film``'s video are left out of its copy in ``codec`` as ``output`` (None: frames),
-    for a warning; None where it has none or keeps them all (``worker.captions``)."""
+    for a warning; None where it has none or keeps them all (``worker.media.captions``)."""
     kinds = film.video.captions
     if not kinds or codec in CAPTION_CODECS:
         return None
@@ -757,8 +757,8 @@ def decode_from(container, stream, index: FrameIndex, target: int) -> Iterator[a
 
 
 def _colour_score(frame) -> float:
-    """The photos' measure (``worker.images.colour_score``) on a frame: a tint that depends on density alone, as in
-    toned prints or a scanner's cast on black-and-white film, scores as black and white; scenes in colour do not.
+    """The photos' measure (``worker.media.images.colour_score``) on a frame: a tint that depends on density alone, as
+    in toned prints or a scanner's cast on black-and-white film, scores as black and white; scenes in colour do not.
     Its percentile is the films' own (FILM_COLOUR_PERCENTILE)."""
     shrink = min(1.0, COLOUR_PROBE_SIDE / max(frame.width, frame.height))  # a 35 MP scan is converted small
     rgb = frame.to_ndarray(format="rgb24", width=max(1, round(frame.width * shrink)),
@@ -995,7 +995,7 @@ def decode_frames(film: FilmInfo, layout: FrameLayout, start: int, stop: int, wa
 
 def caption_track_samples(film: FilmInfo, first: int, stop: int) -> dict[int, bytes]:
     """The CEA-608 captions of ``film``'s caption track (``FilmInfo.caption_track``) for frames ``first .. stop - 1``,
-    by frame index: each sample's shared among the frames it lasts (``worker.captions.spread_over_frames``), one
+    by frame index: each sample's shared among the frames it lasts (``worker.media.captions.spread_over_frames``), one
     that lasts no frame's start (shorter than a frame) whole to the next frame shown. A frame's own captions (ATSC
     A/53 in its picture) go before these where it has both."""
     video_times = film.frame_pts

@@ -16,11 +16,11 @@ Encoders emit Annex B streams (start codes before each NAL unit) into the segmen
 them for MP4 and Matroska with the SEI inside. ProRes has no place for them in its frames; a ProRes copy in a .mov
 gets its CEA-608 captions as a QuickTime closed-caption track (c608), as broadcast deliveries of ProRes masters carry
 them and editing suites read them (CEA-708 has no such track). FFV1, ProRes in Matroska and frames out have no
-place for captions, and say so (``worker.video_source.captions_lost``).
+place for captions, and say so (``worker.media.video_source.captions_lost``).
 
 A master may carry its captions the other way round, in such a track beside its pictures: its samples ride into an
-H.264 or H.265 copy's frames the same way (``spread_over_frames``, ``worker.video_source.caption_track_samples``),
-which is where an MP4 or Matroska copy, having no caption track, keeps them (``worker.segments``).
+H.264 or H.265 copy's frames the same way (``spread_over_frames``, ``worker.media.video_source.caption_track_samples``),
+which is where an MP4 or Matroska copy, having no caption track, keeps them (``worker.media.segments``).
 """
 
 from __future__ import annotations

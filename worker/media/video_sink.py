@@ -5,7 +5,7 @@
         writer.write(pts, luma, cb, cr)
 
 A segment is video only, in NUT or QuickTime (which keep any time base exactly, so frame timing survives to the
-final container untouched); ``worker.segments.join_segments`` remuxes segments into the output and copies the
+final container untouched); ``worker.media.segments.join_segments`` remuxes segments into the output and copies the
 source's other streams. Every segment starts with a keyframe and references nothing outside itself.
 
 Output format rules (the source's look is kept; only colour is added):
@@ -33,8 +33,8 @@ import av
 import av.filter
 import numpy as np
 
-from worker.captions import CAPTION_CODECS, CEA608, CEA608_CODEC, captioned_packet, cea608_constructs
-from worker.video_source import (
+from worker.media.captions import CAPTION_CODECS, CEA608, CEA608_CODEC, captioned_packet, cea608_constructs
+from worker.media.video_source import (
     COLORSPACE_BY_MATRIX,
     FIELD_BT,
     FIELD_TT,
@@ -338,7 +338,7 @@ class SegmentWriter:
             self._stream = self._add_stream(video, layout, options, frame_rate or video.average_rate)
             self._stamp = _frame_stamper(video, layout)
             # ProRes has no place for captions in its frames: its segments keep the CEA-608 ones as a QuickTime
-            # caption track, which the join keeps in a .mov (``worker.captions``).
+            # caption track, which the join keeps in a .mov (``worker.media.captions``).
             self._caption_track = None
             if CEA608 in video.captions and layout.codec == "prores":
                 self._caption_track = self._container.add_mux_stream(CEA608_CODEC)
@@ -388,7 +388,7 @@ class SegmentWriter:
 
     def write(self, pts: int, luma: np.ndarray, cb: np.ndarray, cr: np.ndarray, captions: bytes | None = None) -> None:
         """One frame, at ``pts``; ``captions``, its source frame's closed captions, go into its coded frame where the
-        codec has a place for them (``worker.captions``)."""
+        codec has a place for them (``worker.media.captions``)."""
         if captions and self.layout.codec in CAPTION_CODECS:
             self._captions[pts] = captions
         elif captions and self._caption_track is not None and (cea608 := cea608_constructs(captions)):

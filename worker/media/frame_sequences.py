@@ -11,9 +11,9 @@ manifest, its messages). A run must be contiguous and its frames one size: a mis
 frame's time and is refused by number, and a DPX frame cut short or of another size by its file, before any work.
 DPX, Cineon and OpenEXR files in folders are always taken as runs (the formats of film scanners and VFX plates,
 which Tinct never reads as photos); TIFF and PNG runs are photos until named by their pattern. OpenEXR frames hold
-linear light, which is read through the sRGB curve (``worker.video_source.VideoFormat.scene_linear``). Cineon
+linear light, which is read through the sRGB curve (``worker.media.video_source.VideoFormat.scene_linear``). Cineon
 frames, which FFmpeg cannot decode, are read as the DPX frames they are rewritten as, a window at a time, in a
-scratch folder (``worker.cineon``): a service node's work folder, the system's temp folder (``TMPDIR``) elsewhere.
+scratch folder (``worker.media.cineon``): a service node's work folder, the system's temp folder (``TMPDIR``) elsewhere.
 
 A DPX frame says its frame rate in its film or television header where the scanner filled them in, an OpenEXR frame
 in its framesPerSecond attribute; a run whose frames do not say (and every TIFF or PNG run) plays at
@@ -45,9 +45,9 @@ from pathlib import Path
 import av
 
 from models.color import BT709_CHROMATICITIES, same_primaries
-from worker.cineon import as_dpx, check_cineon_frame, cineon_frame_rate
 from worker.errors import BadInputError, frame_size_error
-from worker.openexr import ExrHeader, damage, exr_frame_rate, exr_head, exr_timecode, read_exr_header
+from worker.media.cineon import as_dpx, check_cineon_frame, cineon_frame_rate
+from worker.media.openexr import ExrHeader, damage, exr_frame_rate, exr_head, exr_timecode, read_exr_header
 from worker.storage import ObjectInfo, format_uri, parse_uri
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ PATTERN_ONLY_SUFFIXES = (".tif", ".tiff", ".png")
 FILM_LIKE_RUN = 24
 # Film's own rate: what a run plays at when neither its frames nor the user say otherwise.
 DEFAULT_FRAME_RATE = Fraction(24)
-MAX_FRAME_RATE = 1000  # as worker.video_source.MAX_PLAUSIBLE_FPS: high-speed scans run at a few hundred
+MAX_FRAME_RATE = 1000  # as worker.media.video_source.MAX_PLAUSIBLE_FPS: high-speed scans run at a few hundred
 # NTSC-family rates are written as decimals (23.976, 29.97): they mean these exact fractions.
 NTSC_RATES = tuple(Fraction(n * 1000, 1001) for n in (24, 30, 48, 60, 120))
 # SMPTE 268M: the DPX magic number tells the byte order. The generic headers take 1664 bytes; the industry headers

@@ -33,9 +33,9 @@ import av
 import numpy as np
 
 from models.files import atomic_path
-from worker.captions import CAPTION_CODECS, CEA608_CODEC
 from worker.errors import BadInputError
-from worker.video_sink import (
+from worker.media.captions import CAPTION_CODECS, CEA608_CODEC
+from worker.media.video_sink import (
     KEEP_TIMESTAMPS,
     PRORES_TAGS,
     EncodeOptions,
@@ -46,7 +46,7 @@ from worker.video_sink import (
     prores_profile,
     tag_colour,
 )
-from worker.video_source import INTERLACED_FIELDS, FilmInfo, stream_by_index
+from worker.media.video_source import INTERLACED_FIELDS, FilmInfo, stream_by_index
 
 logger = logging.getLogger(__name__)
 
@@ -275,8 +275,8 @@ def _add_copies(out, film: FilmInfo, source, output, codec: str, report: bool = 
 def _keeps_caption_track(out, film: FilmInfo, output, codec: str, own_caption_track: bool, report: bool) -> bool:
     """Whether the source's CEA-608 caption track (c608) is copied as it is: into a QuickTime file, which holds it,
     unless the copy has its own. MP4 and Matroska have no such track: an H.264 or H.265 copy carries its captions in
-    its frames instead (``worker.video_source.caption_track_samples``), and any other copy is refused there, before
-    any work, rather than lose them."""
+    its frames instead (``worker.media.video_source.caption_track_samples``), and any other copy is refused there,
+    before any work, rather than lose them."""
     index = film.caption_track
     if out.format.name == "mov":
         if own_caption_track and report:
@@ -358,7 +358,7 @@ def _time(packet, time_base: Fraction) -> Fraction:
 
 def _add_captions(out, segment, container_name: str):
     """The output's caption track, where the segments have one (a ProRes copy's CEA-608 captions, which its frames
-    cannot hold: ``worker.captions``) and the output is a QuickTime file, which keeps it; else None."""
+    cannot hold: ``worker.media.captions``) and the output is a QuickTime file, which keeps it; else None."""
     if container_name != "mov" or not _caption_tracks(segment):
         return None
     stream = out.add_mux_stream(CEA608_CODEC)
