@@ -195,6 +195,32 @@ def test_single_file_to_an_exact_path(tmp_path: Path, tiny_checkpoint: Path, cap
     assert outputs(tmp_path / "out") == ["photo.tif"]
 
 
+def test_a_gif_is_read_and_its_colour_copy_is_a_png(tmp_path: Path, tiny_checkpoint: Path, capsys) -> None:
+    """Web-era collections kept their scans as GIFs, which Tinct had ignored in a folder ("not a supported image
+    extension") and refused alone. A still GIF is read now, its lightness kept to the code and its comment carried;
+    its copy is a PNG (a GIF holds 256 colours), named so in a folder run, and a GIF named as the copy is refused
+    before any work. An animated GIF fails alone, in one line."""
+    gray = _gray(40, 60, 3)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(gray).save(tmp_path / "in" / "harbour.gif", comment=b"Harbour, 1931")
+    frames = [Image.fromarray(np.roll(gray, shift, axis=1)) for shift in (0, 5, 10)]
+    frames[0].save(tmp_path / "in" / "waves.gif", save_all=True, append_images=frames[1:])
+    assert main(["colorize", str(tmp_path / "in"), "-o", str(tmp_path / "out"), *model_args(tiny_checkpoint)]) == 1
+    assert outputs(tmp_path / "out") == ["harbour.png"]
+    copy = Image.open(tmp_path / "out" / "harbour.png")
+    assert copy.format == "PNG" and copy.text["Comment"] == "Harbour, 1931"
+    rgb = np.asarray(copy.convert("RGB"))
+    assert np.abs(rgb - rgb.mean(axis=-1, keepdims=True)).mean() > 0.5  # in colour
+    lightness = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB)[..., 0].astype(int)
+    assert np.abs(lightness - cv2.cvtColor(np.dstack([gray] * 3), cv2.COLOR_RGB2LAB)[..., 0]).max() <= 2
+    printed = capsys.readouterr()
+    assert f"{tmp_path / 'in' / 'waves.gif'}: 3 frames: only single still images" in printed.out + printed.err
+    assert main(["colorize", str(tmp_path / "in" / "harbour.gif"), "-o", str(tmp_path / "copy.gif")]) == 2
+    assert "copy.gif: Tinct reads GIF but does not write it (a GIF holds 256 colours); name the copy .png" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "copy.gif").exists()
+
+
 def test_model_that_cannot_load_is_one_line_and_status_2(tmp_path: Path, capsys) -> None:
     tree = make_tree(tmp_path / "scans")
     garbage = tmp_path / "garbage.pt"

@@ -146,7 +146,7 @@ def test_collection_fans_out_and_lists_failed_files(service_env):
     assert keys(s3, "colour") == [f"box/{i // 3}/p{i}.jpg" for i in range(5)]
     # Named as stored, not as the worker's copy of it (which it had been: <work dir>/jobs/<job>/<hash>.png).
     assert record.failed_pieces == {"s3://scans/box/broken.png": "s3://scans/box/broken.png: not an image Tinct can "
-                                    "read (JPEG, PNG, TIFF, WebP, BMP or JPEG 2000)"}
+                                    "read (JPEG, PNG, TIFF, WebP, BMP, JPEG 2000 or GIF)"}
     assert "broken.png" in record.error or "1 of 6" in record.error
 
 
@@ -408,6 +408,30 @@ def test_bad_jobs_fail_clearly_and_the_worker_keeps_serving(service_env):
     assert wait_for_job(client, good).state == "succeeded"
     with pytest.raises(JobSpecError, match="options.colour: unknown option"):
         JobSpec.from_dict({"input": "s3://scans/ok.png", "output": "s3://colour/", "options": {"colour": "red"}})
+
+
+def test_a_collections_gifs_are_coloured_into_pngs_and_a_gif_named_as_a_copy_is_refused(service_env):
+    """A collection's GIFs had been left out of its listing (and a GIF photo job could not be submitted: "cannot
+    tell the kind"); they are coloured now, each copy a PNG (a GIF holds 256 colours), and a photo job whose copy is
+    named .gif is refused at submission."""
+    client, start_worker, s3, _, model = service_env
+    gif = io.BytesIO()
+    Image.fromarray(next(gray_frames(moving_scene(1, 96, 64, seed=4)))).save(gif, format="GIF")
+    put_object(s3, "s3://scans/web/p0.gif", gif.getvalue())
+    put_object(s3, "s3://scans/web/p1.png", gray_png(1))
+    put_object(s3, "s3://scans/single.gif", gif.getvalue())
+    start_worker()
+    jobs = [client.submit(spec("s3://scans/web/", "s3://colour/web/", model))[0],
+            client.submit(spec("s3://scans/single.gif", "s3://colour/", model))[0]]
+    for job_id in jobs:
+        record = wait_for_job(client, job_id)
+        assert record.state == "succeeded" and not record.error and record.failed_pieces == {}, record.error
+    assert keys(s3, "colour") == ["single.png", "web/p0.png", "web/p1.png"]
+    assert Image.open(io.BytesIO(get_object(s3, "s3://colour/web/p0.png"))).format == "PNG"
+    with pytest.raises(JobSpecError) as refused:
+        JobSpec.from_dict({"input": "s3://scans/single.gif", "output": "s3://colour/single.gif"})
+    assert str(refused.value) == ("job spec: output: s3://colour/single.gif: Tinct reads GIF but does not write it (a "
+                                  "GIF holds 256 colours); name the copy .png, or give a folder")
 
 
 @pytest.mark.parametrize("data, error", [

@@ -44,9 +44,12 @@ from worker.media.images import (
     DEFAULT_MAX_PIXELS,
     EXTENSION_FORMATS,
     FORMAT_NAMES,
+    READ_ONLY_FORMATS,
     InColourThroughout,
     Photo,
+    copy_suffix,
     format_for_path,
+    is_photo_name,
     lost_pages,
     read_pages,
     read_photo,
@@ -229,6 +232,9 @@ def plan_photos(
         film = _single_film(sources[0])
         if film is not None:
             return _checked(PhotoPlan([], [], films=[PhotoTask(film, output)]))
+    if output.suffix.lower() in READ_ONLY_FORMATS and not output.is_dir():
+        raise ValueError(f"{output.name}: Tinct reads GIF but does not write it (a GIF holds 256 colours); name the "
+                         "copy .png, or give a folder")
     if len(sources) == 1 and sources[0].is_file() and format_for_path(output) and not output.is_dir() \
             and sources[0].suffix.lower() not in FOLDER_SEQUENCE_SUFFIXES:
         if suffix and suffix != output.suffix.lower():
@@ -289,7 +295,7 @@ def _walk(root: Path, output: Path, plan: PhotoPlan) -> Iterator[Path]:
         for name in files:
             if name.endswith((PARTIAL_SUFFIX, HINTS_SUFFIX)):
                 continue
-            if format_for_path(name) or is_film(name):
+            if is_photo_name(name) or is_film(name):
                 yield here / name
             else:
                 plan.ignored += 1
@@ -340,7 +346,7 @@ def _photo_task(source: Path, output: Path, hints: str | os.PathLike | None) -> 
 def _output_path(mirrored: Path, suffix: str | None) -> Path:
     if suffix:
         return mirrored.with_suffix(suffix)
-    return mirrored if format_for_path(mirrored) else mirrored.with_suffix(".png")
+    return mirrored.with_suffix(copy_suffix(mirrored))
 
 
 def _checked(plan: PhotoPlan) -> PhotoPlan:

@@ -71,9 +71,10 @@ from worker.media.frame_sequences import frame_number, is_pattern, stored_frames
 from worker.media.frame_sink import FrameTarget, FrameWriter, frames_layout, is_frame_output
 from worker.media.images import (
     DEFAULT_MAX_PIXELS,
-    EXTENSION_FORMATS,
     InColourThroughout,
     Photo,
+    copy_suffix,
+    is_photo_name,
     lost_pages,
     provenance_text,
     read_photo,
@@ -452,7 +453,7 @@ def segment_piece(segment: Segment) -> str:
 
 
 def _is_photo(uri: str) -> bool:
-    return PurePosixPath(uri).suffix.lower() in EXTENSION_FORMATS
+    return is_photo_name(PurePosixPath(uri))
 
 
 def collection_outputs(storage: Storage, record: JobRecord) -> Iterator[tuple[str, str]]:
@@ -765,8 +766,8 @@ def photo_output_uri(spec: JobSpec, input_uri: str) -> str:
         target = join_uri(spec.output, PurePosixPath(parse_uri(input_uri)[2]).name)
     else:
         return spec.output
-    suffix = output_suffix(spec.options.format)
-    return _with_suffix(target, suffix) if suffix else target
+    suffix = output_suffix(spec.options.format) or copy_suffix(target)
+    return _with_suffix(target, suffix)
 
 
 def _with_suffix(uri: str, suffix: str) -> str:

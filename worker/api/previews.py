@@ -42,8 +42,8 @@ from worker.media.frame_sequences import DPX_LOG_TRANSFERS, DPX_TRANSFER_OFFSET,
 from worker.media.frame_sink import FrameTarget
 from worker.media.images import (
     DEFAULT_MAX_PIXELS,
-    EXTENSION_FORMATS,
     FORMAT_NAMES,
+    PHOTO_SUFFIXES,
     open_image,
     read_pages,
     read_photo,
@@ -431,7 +431,7 @@ class HintPreviews:
         if info.size > self.settings.max_input_bytes:
             raise BadInputError(uri, f"{info.size} bytes, over the limit of {self.settings.max_input_bytes}")
         suffix = PurePosixPath(parse_uri(uri)[2]).suffix.lower()
-        if suffix not in EXTENSION_FORMATS:
+        if suffix not in PHOTO_SUFFIXES:
             raise BadInputError(uri, f"hint previews are for photos ({FORMAT_NAMES})")
         scheme, _, key_path = parse_uri(uri)
         local = Path(key_path)

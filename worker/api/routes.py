@@ -42,7 +42,7 @@ from worker.jobs import (
     parse_options,
 )
 from worker.media.frame_sequences import frame_number
-from worker.media.images import EXTENSION_FORMATS
+from worker.media.images import PHOTO_SUFFIXES
 from worker.photos import FILM_EXTENSIONS
 from worker.service import QueueError, Service
 from worker.settings import Settings
@@ -453,7 +453,7 @@ def upload_name(name: str) -> str:
     if not _UPLOAD_NAME.match(name) or name in (".", "..") or name.startswith("."):
         raise HTTPException(422, "name: a plain file name (no '/', '\\', control characters or leading '.')")
     suffix = PurePosixPath(name).suffix.lower()
-    if suffix not in EXTENSION_FORMATS and suffix not in FILM_EXTENSIONS:
+    if suffix not in PHOTO_SUFFIXES and suffix not in FILM_EXTENSIONS:
         raise HTTPException(422, f"name: {suffix or 'no extension'} is not a photo or film extension")
     return name
 

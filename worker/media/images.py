@@ -110,8 +110,13 @@ CODESTREAM_SUFFIXES = frozenset({".j2k", ".j2c", ".jpc"})
 #: The extension used when a format has to be turned back into a file name.
 FORMAT_EXTENSIONS: dict[str, str] = {"JPEG": ".jpg", "PNG": ".png", "TIFF": ".tif", "WEBP": ".webp", "BMP": ".bmp",
                                      "JPEG2000": ".jp2"}
+#: Extensions Tinct reads but does not write: a GIF holds 256 colours, so its colour copy is a PNG
+#: (:func:`copy_suffix`), lossless and as widely read.
+READ_ONLY_FORMATS: dict[str, str] = {".gif": "GIF"}
+#: Every extension a photo Tinct reads may have.
+PHOTO_SUFFIXES = frozenset(EXTENSION_FORMATS) | frozenset(READ_ONLY_FORMATS)
 #: The formats as messages name them.
-FORMAT_NAMES = "JPEG, PNG, TIFF, WebP, BMP or JPEG 2000"
+FORMAT_NAMES = "JPEG, PNG, TIFF, WebP, BMP, JPEG 2000 or GIF"
 #: Formats whose alpha channel is kept; JPEG and BMP results are flattened onto white (what a viewer shows).
 ALPHA_FORMATS = frozenset({"PNG", "TIFF", "WEBP", "JPEG2000"})
 #: Formats that can hold 16 bits per channel; a 16-bit source written to any other format becomes 8-bit.
@@ -294,8 +299,20 @@ class Provenance:
 
 
 def format_for_path(path: str | os.PathLike) -> str | None:
-    """The Pillow format name for a file name's extension, or None for an extension Tinct does not handle."""
+    """The Pillow format name for a file name's extension, or None for an extension Tinct does not write."""
     return EXTENSION_FORMATS.get(Path(path).suffix.lower())
+
+
+def is_photo_name(path: str | os.PathLike) -> bool:
+    """Whether a file so named is a photo Tinct reads (by its extension)."""
+    return PurePath(path).suffix.lower() in PHOTO_SUFFIXES
+
+
+def copy_suffix(path: str | os.PathLike) -> str:
+    """The extension a colour copy of the photo ``path`` is written with (no format asked for): the photo's own,
+    or ``.png`` for one Tinct does not write (a GIF)."""
+    suffix = PurePath(path).suffix
+    return suffix if suffix.lower() in EXTENSION_FORMATS else ".png"
 
 
 @contextmanager
@@ -659,7 +676,7 @@ def _decode(path: Path, im: Image.Image) -> _Source:
     """The picture ``im`` is on, decoded."""
     # Camera JPEGs with an embedded preview open as MPO (Multi-Picture): the first picture is the photo.
     fmt, mode = ("JPEG" if im.format == "MPO" else im.format or ""), im.mode
-    if fmt not in FORMAT_EXTENSIONS:
+    if fmt not in FORMAT_EXTENSIONS and fmt not in READ_ONLY_FORMATS.values():
         raise UnsupportedMediaError(path, f"{fmt or 'unknown'} images are not supported ({FORMAT_NAMES})")
     bits = _source_bit_depth(path, im)
     sixteen_bit_colour = bits == 16 and mode in ("RGB", "RGBA", "RGBX", "LA")
@@ -1118,9 +1135,9 @@ def _webp_is_lossless(path: Path) -> bool:
 
 
 def _source_text(im: Image.Image) -> dict[str, str]:
-    """A PNG's text chunks, or a JPEG's comment (its COM marker, where some scanning workflows kept the caption) as
-    PNG's "Comment" keyword: what a PNG or JPEG copy carries."""
-    if im.format in ("JPEG", "MPO"):
+    """A PNG's text chunks, or a JPEG's or GIF's comment (a JPEG's COM marker, where some scanning workflows kept
+    the caption; a GIF's comment extension) as PNG's "Comment" keyword: what a PNG or JPEG copy carries."""
+    if im.format in ("JPEG", "MPO", "GIF"):
         comment = im.info.get("comment")
         if isinstance(comment, bytes):
             try:

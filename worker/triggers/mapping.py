@@ -21,13 +21,13 @@ import redis.exceptions
 
 from worker.errors import TinctError
 from worker.jobs import JobOptions, JobSpec, JobSpecError, check_film_encoding
-from worker.media.images import EXTENSION_FORMATS
+from worker.media.images import PHOTO_SUFFIXES
 from worker.photos import FILM_EXTENSIONS
 from worker.storage import ObjectInfo, Storage, join_uri, parse_uri, relative_key
 from worker.triggers.sidecars import reference_film
 
 #: What bulk and the event triggers take; everything else is counted as unsupported and skipped.
-SUPPORTED_EXTENSIONS = frozenset(EXTENSION_FORMATS) | frozenset(FILM_EXTENSIONS)
+SUPPORTED_EXTENSIONS = PHOTO_SUFFIXES | frozenset(FILM_EXTENSIONS)
 
 # Failures a Submitter may raise that mean "try again later". Submitters are meant to wrap Redis errors in
 # TransientError, but a connection error that escapes unwrapped is still an outage, not a bad request.

@@ -16,7 +16,7 @@ from pathlib import PurePosixPath
 
 from worker.hints import HINTS_SUFFIX, parse_hints_bytes
 from worker.jobs import JobSpec
-from worker.media.images import EXTENSION_FORMATS
+from worker.media.images import is_photo_name
 from worker.photos import is_reference_folder
 from worker.references import REFERENCES_SUFFIX, seal_references, sidecar_references
 from worker.settings import GuidanceLimits
@@ -65,7 +65,7 @@ def sidecar_owner(uri: str) -> str | None:
     """The photo whose hint file ``uri`` is, or the film whose reference picture it is; None for anything else."""
     if uri.endswith(HINTS_SUFFIX):
         photo = uri[: -len(HINTS_SUFFIX)]
-        return photo if PurePosixPath(photo).suffix.lower() in EXTENSION_FORMATS else None
+        return photo if is_photo_name(PurePosixPath(photo)) else None
     return picture_film(uri)
 
 
