@@ -199,14 +199,21 @@ def test_a_gif_is_read_and_its_colour_copy_is_a_png(tmp_path: Path, tiny_checkpo
     """Web-era collections kept their scans as GIFs, which Tinct had ignored in a folder ("not a supported image
     extension") and refused alone. A still GIF is read now, its lightness kept to the code and its comment carried;
     its copy is a PNG (a GIF holds 256 colours), named so in a folder run, and a GIF named as the copy is refused
-    before any work. An animated GIF fails alone, in one line."""
+    before any work. An animated GIF fails alone, in one line, and one beside a PNG of its name leaves the name to
+    the PNG's copy."""
     gray = _gray(40, 60, 3)
     (tmp_path / "in").mkdir()
     Image.fromarray(gray).save(tmp_path / "in" / "harbour.gif", comment=b"Harbour, 1931")
+    Image.fromarray(_gray(40, 60, 4)).save(tmp_path / "in" / "pier.gif")
+    Image.fromarray(_gray(40, 60, 5)).save(tmp_path / "in" / "pier.png")
     frames = [Image.fromarray(np.roll(gray, shift, axis=1)) for shift in (0, 5, 10)]
     frames[0].save(tmp_path / "in" / "waves.gif", save_all=True, append_images=frames[1:])
     assert main(["colorize", str(tmp_path / "in"), "-o", str(tmp_path / "out"), *model_args(tiny_checkpoint)]) == 1
-    assert outputs(tmp_path / "out") == ["harbour.png"]
+    assert outputs(tmp_path / "out") == ["harbour.png", "pier.png"]
+    assert read_provenance(tmp_path / "out" / "pier.png") is not None
+    pier = cv2.cvtColor(np.asarray(Image.open(tmp_path / "out" / "pier.png").convert("RGB")), cv2.COLOR_RGB2LAB)
+    assert np.abs(pier[..., 0].astype(int) - cv2.cvtColor(np.dstack([_gray(40, 60, 5)] * 3),
+                                                          cv2.COLOR_RGB2LAB)[..., 0]).mean() < 1  # the PNG's
     copy = Image.open(tmp_path / "out" / "harbour.png")
     assert copy.format == "PNG" and copy.text["Comment"] == "Harbour, 1931"
     rgb = np.asarray(copy.convert("RGB"))
@@ -215,6 +222,8 @@ def test_a_gif_is_read_and_its_colour_copy_is_a_png(tmp_path: Path, tiny_checkpo
     assert np.abs(lightness - cv2.cvtColor(np.dstack([gray] * 3), cv2.COLOR_RGB2LAB)[..., 0]).max() <= 2
     printed = capsys.readouterr()
     assert f"{tmp_path / 'in' / 'waves.gif'}: 3 frames: only single still images" in printed.out + printed.err
+    assert f"{tmp_path / 'in' / 'pier.gif'}: output {tmp_path / 'out' / 'pier.png'} is also the output of " \
+           f"{tmp_path / 'in' / 'pier.png'}" in printed.out + printed.err
     assert main(["colorize", str(tmp_path / "in" / "harbour.gif"), "-o", str(tmp_path / "copy.gif")]) == 2
     assert "copy.gif: Tinct reads GIF but does not write it (a GIF holds 256 colours); name the copy .png" in \
         capsys.readouterr().err

@@ -412,20 +412,24 @@ def test_bad_jobs_fail_clearly_and_the_worker_keeps_serving(service_env):
 
 def test_a_collections_gifs_are_coloured_into_pngs_and_a_gif_named_as_a_copy_is_refused(service_env):
     """A collection's GIFs had been left out of its listing (and a GIF photo job could not be submitted: "cannot
-    tell the kind"); they are coloured now, each copy a PNG (a GIF holds 256 colours), and a photo job whose copy is
-    named .gif is refused at submission."""
+    tell the kind"); they are coloured now, each copy a PNG (a GIF holds 256 colours), one beside a PNG of its name
+    fails before any work rather than overwrite that PNG's copy, and a photo job whose copy is named .gif is refused
+    at submission."""
     client, start_worker, s3, _, model = service_env
     gif = io.BytesIO()
     Image.fromarray(next(gray_frames(moving_scene(1, 96, 64, seed=4)))).save(gif, format="GIF")
     put_object(s3, "s3://scans/web/p0.gif", gif.getvalue())
+    put_object(s3, "s3://scans/web/p1.gif", gif.getvalue())  # listed before p1.png, whose copy's name it would take
     put_object(s3, "s3://scans/web/p1.png", gray_png(1))
     put_object(s3, "s3://scans/single.gif", gif.getvalue())
     start_worker()
     jobs = [client.submit(spec("s3://scans/web/", "s3://colour/web/", model))[0],
             client.submit(spec("s3://scans/single.gif", "s3://colour/", model))[0]]
-    for job_id in jobs:
-        record = wait_for_job(client, job_id)
-        assert record.state == "succeeded" and not record.error and record.failed_pieces == {}, record.error
+    collection, single = (wait_for_job(client, job_id) for job_id in jobs)
+    assert single.state == "succeeded" and not single.error, single.error
+    assert collection.state == "succeeded" and collection.error == "1 of 3 files failed (see failed_pieces)"
+    assert collection.failed_pieces == {"s3://scans/web/p1.gif": "s3://scans/web/p1.gif: its copy s3://colour/web/"
+                                        "p1.png is also the copy of s3://scans/web/p1.png"}
     assert keys(s3, "colour") == ["single.png", "web/p0.png", "web/p1.png"]
     assert Image.open(io.BytesIO(get_object(s3, "s3://colour/web/p0.png"))).format == "PNG"
     with pytest.raises(JobSpecError) as refused:

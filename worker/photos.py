@@ -350,12 +350,18 @@ def _output_path(mirrored: Path, suffix: str | None) -> Path:
 
 
 def _checked(plan: PhotoPlan) -> PhotoPlan:
-    """Refuse outputs that would replace a source or be written twice: the second writer would silently win."""
+    """Refuse outputs that would replace a source or be written twice: the second writer would silently win. Of
+    sources with one output, one whose output keeps its own extension keeps it (``a.png`` over ``a.gif``), else the
+    first."""
     claimed: dict[Path, Path] = {}
     sources = {task.source.resolve() for task in plan.tasks + plan.films}
-    kept: dict[str, list[PhotoTask]] = {"tasks": [], "films": []}
-    for kind in kept:
-        for task in getattr(plan, kind):
+    for kind in ("tasks", "films"):
+        tasks: list[PhotoTask] = getattr(plan, kind)
+        renamed = [task.source.suffix.lower() != task.output.suffix.lower() for task in tasks]
+        ranked = sorted(range(len(tasks)), key=renamed.__getitem__)  # stable: in the order found within each
+        kept = []
+        for i in ranked:
+            task = tasks[i]
             target = task.output.resolve()
             if target in sources:
                 reason = f"output {task.output} would replace a source file"
@@ -363,10 +369,10 @@ def _checked(plan: PhotoPlan) -> PhotoPlan:
                 reason = f"output {task.output} is also the output of {claimed[target]}"
             else:
                 claimed[target] = task.source
-                kept[kind].append(task)
+                kept.append(i)
                 continue
             plan.failures.append(PhotoOutcome(task, "failed", str(BadInputError(task.source, reason))))
-    plan.tasks, plan.films = kept["tasks"], kept["films"]
+        setattr(plan, kind, [tasks[i] for i in sorted(kept)])  # in the order found
     return plan
 
 

@@ -364,7 +364,7 @@ def plan_job(rt: Runtime, job_id: str, enqueue: Enqueue) -> None:
             inputs = [(info.uri, info.size) for info in rt.storage.list(spec.input) if _is_photo(info.uri)]
             if not inputs:
                 raise BadInputError(spec.input, "no photos under this prefix")
-            _plan_photos(rt, record, inputs, enqueue)
+            _plan_photos(rt, record, _one_photo_per_copy(rt, record, inputs), enqueue, total=len(inputs))
         else:
             _plan_film(rt, record, enqueue)
     except PermanentError as exc:
@@ -397,9 +397,32 @@ def _mark_running(rt: Runtime, record: JobRecord, *, unit: str, total: int, piec
                                            started=time.time())
 
 
-def _plan_photos(rt: Runtime, record: JobRecord, inputs: list[tuple[str, int]], enqueue: Enqueue) -> None:
+def _one_photo_per_copy(rt: Runtime, record: JobRecord, inputs: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """A collection's photos less those whose copy has the name another photo's has (``a.gif`` and ``a.png`` both
+    make ``a.png``; with a format asked for, ``a.jpg`` and ``a.tif`` make one ``a.png``): written both, the last
+    would silently win. A photo whose copy keeps its own name keeps it (``a.png``), else the first listed; each
+    other fails before any work, naming that photo, as the CLI's plan does."""
+    outputs = {uri: photo_output_uri(record.spec, uri) for uri, _ in inputs}
+    claimed: dict[str, str] = {}
+    for uri in sorted(outputs, key=lambda uri: _renamed(uri, outputs[uri])):  # stable: listing order within each
+        claimed.setdefault(outputs[uri], uri)
+    for uri, output in outputs.items():
+        if claimed[output] != uri:
+            reason = BadInputError(uri, f"its copy {output} is also the copy of {claimed[output]}")
+            rt.store.mark_piece_failed(record.id, uri, str(reason))
+    return [(uri, size) for uri, size in inputs if claimed[outputs[uri]] == uri]
+
+
+def _renamed(source: str, copy: str) -> bool:
+    """Whether a copy's name has another extension than its source's."""
+    return PurePosixPath(source).suffix.lower() != PurePosixPath(copy).suffix.lower()
+
+
+def _plan_photos(rt: Runtime, record: JobRecord, inputs: list[tuple[str, int]], enqueue: Enqueue,
+                 total: int | None = None) -> None:
+    """Enqueue the pieces of a photo job's ``inputs`` (of ``total`` files, those refused at the plan counted)."""
     batches = _photo_batches(rt.settings, inputs)
-    if not _mark_running(rt, record, unit="files", total=len(inputs), pieces=len(batches)):
+    if not _mark_running(rt, record, unit="files", total=total or len(inputs), pieces=len(batches)):
         return
     for index, batch in enumerate(batches):
         piece = f"photos-{index:06d}"
