@@ -353,9 +353,10 @@ def test_cancelling_a_long_document_stops_it_at_a_page_and_makes_no_copy(service
     put_object(s3, "s3://scans/book.tif", document.getvalue())
     worker = start_worker(heartbeat_interval_s=0.5, liveness_window_s=2)
     job_id, _ = client.submit(spec("s3://scans/book.tif", "s3://colour/", model))
-    wait_until(lambda: client.get(job_id).state == "running", JOB_TIMEOUT_S, "the document's job to start",
-               poll=0.05)
-    time.sleep(1.0)  # some pages in
+    # Its pages under way (a cancel that lands while it is still fetched and read stops it before its first page:
+    # "stopped after 0 of its 1 photos", seen on a loaded machine when this waited a fixed second instead).
+    wait_until(lambda: "s3://scans/book.tif: a 300-page document, coloured a page at a time" in worker.text(),
+               JOB_TIMEOUT_S, worker.log_tail, poll=0.05)
     assert client.cancel(job_id).state == "cancelled"
     wait_until(lambda: "the job has ended" in worker.text(), 30, worker.log_tail, poll=0.05)
     assert re.search(r"photos-0+ of job \w+ stopped in s3://scans/book.tif after 0 of its 1 photos", worker.text())

@@ -734,6 +734,8 @@ class _PhotoPiece:
         worker, stops it at a page, its copy unmade (``liveness.JobEnded``, ``HandedOver``)."""
         began = time.perf_counter()
         uri = read.uri
+        # Said as it starts: a long document is otherwise silent for minutes, its job's progress a file at its end.
+        logger.info("%s: a %d-page document, coloured a page at a time", uri, read.photo.page_count)
         try:
             result = self._result_path(read.output)
             try:
