@@ -229,6 +229,26 @@ def test_bulk_submits_eligible_keys_skips_outputs_and_refuses_traversal(submitte
     assert report.keys_per_minute > 0 and "submitted 3" in report.report() and "2 failed" in report.report()
 
 
+def test_a_gif_beside_the_png_its_copy_is_named_after_is_left_to_the_png_by_bulk_and_by_events(
+        submitter, webhook, s3_server):  # noqa: F811
+    """A GIF's copy is a PNG: ``a.gif`` beside ``a.png`` would be two jobs writing one ``a.png``, the later
+    overwriting the other's. Bulk and the event triggers leave the name to the PNG and fail the GIF in one line
+    (one HEAD per GIF); a GIF alone is submitted as any photo."""
+    s3_server.make_bucket("scans")
+    for key in ("web/a.gif", "web/a.png", "web/b.gif"):
+        put(s3_server, "scans", key)
+    report = bulk(submitter, "s3://scans/web/", "s3://out/", OPTIONS)
+    assert {spec.input: spec.output for spec in submitter.created} == {"s3://scans/web/a.png": "s3://out/a.png",
+                                                                         "s3://scans/web/b.gif": "s3://out/b.png"}
+    assert report.failures == [("s3://scans/web/a.gif", "s3://scans/web/a.gif: its copy would have the name of "
+                                "s3://scans/web/a.png's, which keeps it; colour it alone with an output name of its "
+                                "own")]
+    gif = put(s3_server, "scans", "web/a.gif", b"again")
+    status, reply = post(webhook, json.dumps(minio_payload("scans", "web/a.gif", gif.size, gif.etag)), SECRET)
+    assert status == 200 and reply["jobs"] == []
+    assert reply["rejected"] == [{"input": "s3://scans/web/a.gif", "reason": report.failures[0][1]}]
+
+
 def test_bulk_rerun_skips_done_and_queued_and_reruns_failed(submitter, s3_server):  # noqa: F811
     s3_server.make_bucket("scans")
     for key in ("in/a.jpg", "in/b.jpg", "in/c.jpg"):

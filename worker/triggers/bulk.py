@@ -26,7 +26,14 @@ from worker.media.frame_sink import FRAME_FORMATS
 from worker.references import REFERENCES_SUFFIX
 from worker.settings import GuidanceLimits
 from worker.storage import ObjectInfo, Storage, join_uri, normalize_uri, relative_key
-from worker.triggers.mapping import Submitter, eligibility, is_transient, is_within, job_spec_for
+from worker.triggers.mapping import (
+    Submitter,
+    check_copy_name_free,
+    eligibility,
+    is_transient,
+    is_within,
+    job_spec_for,
+)
 from worker.triggers.sidecars import picture_film, reference_film, with_sidecars
 
 logger = logging.getLogger(__name__)
@@ -172,7 +179,7 @@ def bulk(
             if runs.is_frame(info):
                 pending.extend(runs.add(info))
                 continue
-            candidate = _candidate(info, prefix, output, options, report)
+            candidate = _candidate(submitter.storage, info, prefix, output, options, report)
             if candidate is not None and candidate.spec.kind in ("image", "video"):
                 sidecars.wait(candidate)
             elif candidate is not None:
@@ -188,7 +195,7 @@ def bulk(
 
 
 def _candidate(
-    info: ObjectInfo, prefix: str, output: str, options: JobOptions, report: BulkReport
+    storage: Storage, info: ObjectInfo, prefix: str, output: str, options: JobOptions, report: BulkReport
 ) -> _Candidate | None:
     verdict = eligibility(info.uri, output)
     if verdict == "own_output":
@@ -200,7 +207,8 @@ def _candidate(
     report.eligible += 1
     try:
         spec = job_spec_for(info.uri, prefix, output, options)
-    except (TinctError, ValueError) as error:
+        _retrying(lambda: check_copy_name_free(storage, info.uri), f"HEAD beside {info.uri}")
+    except (TinctError, ValueError) as error:  # (a store that kept failing: a rerun takes the photo)
         report.fail(info.uri, str(error))
         return None
     return _Candidate(info, spec, spec.job_id(info.etag, info.size), time.time())

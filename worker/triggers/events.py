@@ -20,7 +20,7 @@ from worker.errors import TinctError, one_line
 from worker.jobs import JobOptions
 from worker.settings import GuidanceLimits
 from worker.storage import ObjectInfo, ObjectNotFoundError, Storage, format_uri
-from worker.triggers.mapping import Submitter, eligibility, is_transient, job_spec_for
+from worker.triggers.mapping import Submitter, check_copy_name_free, eligibility, is_transient, job_spec_for
 from worker.triggers.sidecars import sidecar_owner, sidecars_present, with_sidecars
 
 logger = logging.getLogger(__name__)
@@ -184,6 +184,7 @@ def submit_events(
         try:
             read_at = time.time()  # before the sidecars are looked at: what this submission knows is this fresh
             spec = job_spec_for(uri, None, output_prefix, options)
+            check_copy_name_free(submitter.storage, uri)
             identity = event.identity() if owner is None else _stat_if_present(submitter.storage, owner)
             if owner is not None and identity is None:
                 logger.info(

@@ -19,9 +19,9 @@ from typing import Literal, Protocol
 
 import redis.exceptions
 
-from worker.errors import TinctError
+from worker.errors import BadInputError, TinctError
 from worker.jobs import JobOptions, JobSpec, JobSpecError, check_film_encoding
-from worker.media.images import PHOTO_SUFFIXES
+from worker.media.images import PHOTO_SUFFIXES, READ_ONLY_FORMATS, copy_suffix
 from worker.photos import FILM_EXTENSIONS
 from worker.storage import ObjectInfo, Storage, join_uri, parse_uri, relative_key
 from worker.triggers.sidecars import reference_film
@@ -67,7 +67,8 @@ def is_transient(error: BaseException) -> bool:
 
 
 def output_uri_for(input_uri: str, input_prefix: str | None, output_prefix: str) -> str:
-    """The output URI of ``input_uri``: ``output_prefix`` plus the input's key relative to ``input_prefix``.
+    """The output URI of ``input_uri``: ``output_prefix`` plus the input's key relative to ``input_prefix`` (a
+    photo Tinct does not write, a GIF, with its copy's extension: ``a.gif`` -> ``a.png``).
 
     With no input prefix (event-driven triggers) the relative part is the whole key. :func:`join_uri` checks the
     relative part, so an event key such as ``../../etc/x.jpg`` raises :class:`~worker.storage.UnsafeKeyError`
@@ -79,6 +80,9 @@ def output_uri_for(input_uri: str, input_prefix: str | None, output_prefix: str)
         scheme, _bucket, relative = parse_uri(input_uri)
         if scheme != "s3":
             raise ValueError(f"{input_uri}: an input without a prefix must be an s3:// object")
+    suffix = PurePosixPath(relative).suffix
+    if suffix.lower() in READ_ONLY_FORMATS:
+        relative = relative[: -len(suffix)] + copy_suffix(suffix)
     return join_uri(output_prefix, relative)
 
 
@@ -105,6 +109,19 @@ def eligibility(input_uri: str, output_prefix: str) -> Eligibility:
     if reference_film(input_uri) is not None:
         return "unsupported"  # a film's reference picture (worker.references) is not a photo to colorize
     return "eligible"
+
+
+def check_copy_name_free(storage: Storage, input_uri: str) -> None:
+    """Refuse a photo Tinct reads but does not write (a GIF) when the photo its copy is named after lies beside it
+    (``a.gif`` beside ``a.png``: both copies would be ``a.png``, and one job would overwrite the other's); that
+    photo keeps the name, as in a collection and the CLI. One HEAD, for such photos alone."""
+    suffix = PurePosixPath(parse_uri(input_uri)[2]).suffix
+    if suffix.lower() not in READ_ONLY_FORMATS:
+        return
+    sibling = input_uri[: -len(suffix)] + copy_suffix(suffix)
+    if storage.exists(sibling):
+        raise BadInputError(input_uri, f"its copy would have the name of {sibling}'s, which keeps it; colour it alone "
+                                       "with an output name of its own")
 
 
 def job_spec_for(input_uri: str, input_prefix: str | None, output_prefix: str, options: JobOptions) -> JobSpec:
