@@ -139,10 +139,11 @@ def bulk(
     frames named as its own, for a conform to take back, instead of a film (a Cineon run, which Tinct does not
     write, into DPX frames of its names).
 
-    The listing is consumed lazily; job ids come from the listing's ETag and size (no HEAD per object) and are
-    checked ``batch_size`` at a time with one ``job_states`` call, so a rerun over a prefix of 100,000 objects
-    mostly reads Redis and submits only what is new, failed or cancelled. A dry run checks but submits nothing.
-    ``ValueError`` for a bad URI or an input prefix inside the output prefix (every key would be skipped).
+    The listing is consumed lazily; job ids come from the listing's ETag and size (no HEAD per object but a GIF's,
+    for the PNG its copy would be named after) and are checked ``batch_size`` at a time with one ``job_states``
+    call, so a rerun over a prefix of 100,000 objects mostly reads Redis and submits only what is new, failed or
+    cancelled. A dry run checks but submits nothing. ``ValueError`` for a bad URI or an input prefix inside the
+    output prefix (every key would be skipped).
     """
     if batch_size < 1 or concurrency < 1:
         raise ValueError("batch_size and concurrency must be at least 1")
