@@ -299,9 +299,11 @@ def test_cancelling_a_film_stops_its_running_segment_at_a_frame_and_keeps_its_pr
     job_id, _ = client.submit(spec("s3://scans/one-segment.mkv", "s3://colour/films/", model, codec="ffv1"))
     redis = redis_server.client()
 
-    def segment_under_way() -> bool:  # the plan has been done: it is not held any more
+    def segment_under_way() -> bool:  # held, and its model loaded: past the task's first look at the job's state
         assert client.get(job_id).state in ("queued", "running"), client.get(job_id)
-        return any(held.piece.startswith("segment-") for held in liveness.held_pieces(redis, 2, job_id))
+        # (Held alone, the cancel once landed before that look, in CI: the task returned at once, saying nothing.)
+        return any(held.piece.startswith("segment-") for held in liveness.held_pieces(redis, 2, job_id)) \
+            and "loaded on" in worker.text()
 
     wait_until(segment_under_way, JOB_TIMEOUT_S, "the segment under way", poll=0.02)
     began = time.monotonic()
