@@ -29,7 +29,7 @@ from worker.errors import PermanentError, one_line
 from worker.hints import HintError, parse_hints
 from worker.media.frame_sequences import is_pattern, output_stem, split_pattern
 from worker.media.frame_sink import FrameTarget, is_frame_output
-from worker.media.images import PHOTO_SUFFIXES, READ_ONLY_FORMATS
+from worker.media.images import PHOTO_SUFFIXES, unwritten_copy
 from worker.media.video_sink import (
     CONTAINERS,
     SOURCE_CODEC,
@@ -126,9 +126,8 @@ class JobSpec:
         spec = cls(source, output, kind, options)
         if arriving:
             check_film_encoding(spec)
-            if kind == "image" and PurePosixPath(output).suffix.lower() in READ_ONLY_FORMATS:
-                raise JobSpecError("output", f"{output}: Tinct reads GIF but does not write it (a GIF holds 256 "
-                                             "colours); name the copy .png, or give a folder")
+            if kind == "image" and (reason := unwritten_copy(output)):
+                raise JobSpecError("output", f"{output}: {reason}")
         return spec
 
     def to_dict(self) -> dict:

@@ -44,7 +44,6 @@ from worker.media.images import (
     DEFAULT_MAX_PIXELS,
     EXTENSION_FORMATS,
     FORMAT_NAMES,
-    READ_ONLY_FORMATS,
     InColourThroughout,
     Photo,
     copy_suffix,
@@ -53,6 +52,7 @@ from worker.media.images import (
     lost_pages,
     read_pages,
     read_photo,
+    unwritten_copy,
     write_document,
     write_photo,
 )
@@ -232,9 +232,8 @@ def plan_photos(
         film = _single_film(sources[0])
         if film is not None:
             return _checked(PhotoPlan([], [], films=[PhotoTask(film, output)]))
-    if output.suffix.lower() in READ_ONLY_FORMATS and not output.is_dir():
-        raise ValueError(f"{output.name}: Tinct reads GIF but does not write it (a GIF holds 256 colours); name the "
-                         "copy .png, or give a folder")
+    if (reason := unwritten_copy(output)) and not output.is_dir():
+        raise ValueError(f"{output.name}: {reason}")
     if len(sources) == 1 and sources[0].is_file() and format_for_path(output) and not output.is_dir() \
             and sources[0].suffix.lower() not in FOLDER_SEQUENCE_SUFFIXES:
         if suffix and suffix != output.suffix.lower():

@@ -361,7 +361,7 @@ def plan_job(rt: Runtime, job_id: str, enqueue: Enqueue) -> None:
         if spec.kind == "image":
             _plan_photos(rt, record, [(spec.input, 0)], enqueue)
         elif spec.kind == "collection":
-            inputs = [(info.uri, info.size) for info in rt.storage.list(spec.input) if _is_photo(info.uri)]
+            inputs = [(info.uri, info.size) for info in rt.storage.list(spec.input) if is_photo_name(info.uri)]
             if not inputs:
                 raise BadInputError(spec.input, "no photos under this prefix")
             _plan_photos(rt, record, _one_photo_per_copy(rt, record, inputs), enqueue, total=len(inputs))
@@ -475,15 +475,11 @@ def segment_piece(segment: Segment) -> str:
     return f"segment-{segment.index:05d}"
 
 
-def _is_photo(uri: str) -> bool:
-    return is_photo_name(PurePosixPath(uri))
-
-
 def collection_outputs(storage: Storage, record: JobRecord) -> Iterator[tuple[str, str]]:
     """``(input, output)`` for each photo of a collection job that did not fail, in its input's listing order: the
     job's own results, which its output folder may hold beside other jobs' (a folder of results is often shared)."""
     for info in storage.list(record.spec.input):
-        if _is_photo(info.uri) and info.uri not in record.failed_pieces:
+        if is_photo_name(info.uri) and info.uri not in record.failed_pieces:
             yield info.uri, photo_output_uri(record.spec, info.uri)
 
 

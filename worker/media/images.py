@@ -308,6 +308,14 @@ def is_photo_name(path: str | os.PathLike) -> bool:
     return PurePath(path).suffix.lower() in PHOTO_SUFFIXES
 
 
+def unwritten_copy(path: str | os.PathLike) -> str | None:
+    """Why a copy cannot be named ``path`` (a format Tinct reads but does not write), or None; the CLI and the
+    service say it in these words."""
+    if PurePath(path).suffix.lower() not in READ_ONLY_FORMATS:
+        return None
+    return "Tinct reads GIF but does not write it (a GIF holds 256 colours); name the copy .png, or give a folder"
+
+
 def copy_suffix(path: str | os.PathLike) -> str:
     """The extension a colour copy of the photo ``path`` is written with (no format asked for): the photo's own,
     or ``.png`` for one Tinct does not write (a GIF)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import PurePosixPath
 
 from worker.hints import HINTS_SUFFIX, parse_hints_bytes
 from worker.jobs import JobSpec
@@ -65,7 +64,7 @@ def sidecar_owner(uri: str) -> str | None:
     """The photo whose hint file ``uri`` is, or the film whose reference picture it is; None for anything else."""
     if uri.endswith(HINTS_SUFFIX):
         photo = uri[: -len(HINTS_SUFFIX)]
-        return photo if is_photo_name(PurePosixPath(photo)) else None
+        return photo if is_photo_name(photo) else None
     return picture_film(uri)
 
 
