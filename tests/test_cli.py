@@ -287,7 +287,11 @@ def test_contradicting_format_is_a_usage_error(tmp_path: Path, tiny_checkpoint: 
     source = tmp_path / "photo.jpg"
     Image.fromarray(_gray(20, 20, 1)).save(source)
     assert main(["colorize", str(source), "-o", str(tmp_path / "r.png"), "--format", "jpg"]) == 2
-    assert "contradicts" in capsys.readouterr().err
+    assert "--format jpg contradicts the output file name r.png" in capsys.readouterr().err
+    # Another extension of the format asked for is no contradiction.
+    assert main(["colorize", str(source), "-o", str(tmp_path / "r.jpeg"), "--format", "jpg",
+                 *model_args(tiny_checkpoint)]) == 0
+    assert Image.open(tmp_path / "r.jpeg").format == "JPEG"
 
 
 def test_version(capsys) -> None:

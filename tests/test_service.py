@@ -477,6 +477,22 @@ def test_a_film_job_into_frames_that_could_not_be_written_is_refused_at_submissi
     assert str(refused.value) == f"job spec: {error}"
 
 
+@pytest.mark.parametrize("data, error", [
+    ({"options": {"format": "png"}}, "options.format: format png contradicts the output file name p.jpg"),
+    ({"output": "s3://colour/", "options": {"format": "gif"}},
+     "options.format: unknown output format 'gif'; choose one of bmp, j2c, j2k, jfif, jp2, jpc, jpe, jpeg, jpf, jpg, "
+     "jpx, png, tif, tiff, webp"),
+])
+def test_a_photo_job_whose_format_could_not_be_written_is_refused_at_submission(data, error):
+    # A copy named p.jpg asked for as PNG had been written as a JPEG, the format silently ignored.
+    spec = {"input": "s3://scans/p.tif", "output": "s3://colour/p.jpg", **data}
+    with pytest.raises(JobSpecError) as refused:
+        JobSpec.from_dict(spec)
+    assert str(refused.value) == f"job spec: {error}"
+    same_format = JobSpec.from_dict({**spec, "output": "s3://colour/p.jpeg", "options": {"format": "jpg"}})
+    assert same_format.options.format == "jpg"
+
+
 @pytest.mark.parametrize("source, codec, written", [
     ("s3://scans/tape.mxf", "prores", "s3://colour/tape.mov"), ("s3://scans/tape.avi", "h264", "s3://colour/tape.mkv"),
     ("s3://scans/REEL.MP4", "h265", "s3://colour/REEL.mp4"),

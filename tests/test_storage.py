@@ -231,6 +231,20 @@ def test_s3_round_trip_upload_download_stat_list_delete(storage: Storage, bucket
     assert [item.uri for item in storage.list(bucket)] == ["s3://tinct-test/reels-old/x"]
 
 
+@pytest.mark.parametrize("backend", ["file", "s3"])
+def test_list_named_lists_one_folders_objects_whose_names_start_so(backend: str, storage: Storage, bucket: str,
+                                                                   tmp_path: Path) -> None:
+    folder = join_uri(bucket if backend == "s3" else f"file://{tmp_path}", "in")
+    for key in ("a.jpg", "a.b.png", "a.b/x.jpg", "ab.jpg", "a", "b.jpg", "sub/a.jpg"):
+        storage.put_bytes(join_uri(folder, key), b"x")
+    if backend == "file":
+        (tmp_path / "in" / f"a.c.jpg.1-ab{PARTIAL_SUFFIX}").write_bytes(b"in progress")  # an unfinished write
+    assert [info.uri for info in storage.list_named(join_uri(folder, "a."))] == [
+        join_uri(folder, "a.b.png"), join_uri(folder, "a.jpg")]  # key order; not a.b/'s, ab.jpg nor sub/a.jpg
+    assert list(storage.list_named(join_uri(folder, "c."))) == []
+    assert list(storage.list_named(join_uri(folder, "absent/a."))) == []
+
+
 def test_s3_multipart_upload_and_ranged_download(s3_server: S3Server, bucket: str, tmp_path: Path) -> None:
     # s3transfer's smallest part is 5 MiB: a file just over it makes two parts with a 1 MiB threshold.
     payload = os.urandom(5 * MB + 100_000)

@@ -232,21 +232,60 @@ def test_bulk_submits_eligible_keys_skips_outputs_and_refuses_traversal(submitte
 def test_a_gif_beside_the_png_its_copy_is_named_after_is_left_to_the_png_by_bulk_and_by_events(
         submitter, webhook, s3_server):  # noqa: F811
     """A GIF's copy is a PNG: ``a.gif`` beside ``a.png`` would be two jobs writing one ``a.png``, the later
-    overwriting the other's. Bulk and the event triggers leave the name to the PNG and fail the GIF in one line
-    (one HEAD per GIF); a GIF alone is submitted as any photo."""
+    overwriting the other's. Bulk (from its listing) and the event triggers (one listing of ``a.*`` per GIF) leave
+    the name to the PNG and fail the GIF in one line; a GIF alone is submitted as any photo."""
     s3_server.make_bucket("scans")
     for key in ("web/a.gif", "web/a.png", "web/b.gif"):
         put(s3_server, "scans", key)
     report = bulk(submitter, "s3://scans/web/", "s3://out/", OPTIONS)
     assert {spec.input: spec.output for spec in submitter.created} == {"s3://scans/web/a.png": "s3://out/a.png",
                                                                          "s3://scans/web/b.gif": "s3://out/b.png"}
-    assert report.failures == [("s3://scans/web/a.gif", "s3://scans/web/a.gif: its copy would have the name of "
-                                "s3://scans/web/a.png's, which keeps it; colour it alone with an output name of its "
-                                "own")]
+    assert report.failures == [("s3://scans/web/a.gif", "s3://scans/web/a.gif: its copy s3://out/a.png is also the "
+                                "copy of s3://scans/web/a.png")]
     gif = put(s3_server, "scans", "web/a.gif", b"again")
     status, reply = post(webhook, json.dumps(minio_payload("scans", "web/a.gif", gif.size, gif.etag)), SECRET)
     assert status == 200 and reply["jobs"] == []
-    assert reply["rejected"] == [{"input": "s3://scans/web/a.gif", "reason": report.failures[0][1]}]
+    assert reply["rejected"] == [{"input": "s3://scans/web/a.gif", "reason": "s3://scans/web/a.gif: its copy "
+                                  "s3://out/web/a.png is also the copy of s3://scans/web/a.png"}]
+
+
+def test_a_format_names_the_copies_of_bulk_and_events_and_photos_renamed_into_one_copy_write_it_once(
+        submitter, s3_server):  # noqa: F811
+    """With a format asked for, a copy is named in its extension (``a.jpg`` -> ``a.png``: the format had been
+    silently ignored) and photos whose copies share a name write it once, as in a collection: the one whose copy
+    keeps its name (``b.png``), else the first in key order (``a.jpg``), the others failing in one line. Bulk sorts
+    this out from its listing, waiting where other keys lie between namesakes (``a.k/``, ``a.b.jpg``); events
+    with one listing of the namesakes, and the same outcome whichever comes first."""
+    s3_server.make_bucket("scans")
+    keys = ("web/a.b.jpg", "web/a.jpg", "web/a.jpg.hints.json", "web/a.k/x.jpg", "web/a.tif", "web/b.png",
+            "web/b.tif", "web/c.jpg", "web/reel.mkv")
+    objects = {key: put(s3_server, "scans", key, json.dumps(HINTS).encode() if key.endswith(".json") else b"scan")
+               for key in keys}
+    as_png = replace(OPTIONS, format="png")
+
+    report = bulk(submitter, "s3://scans/", "s3://out/", as_png)  # events name copies by their whole keys
+
+    created = {spec.input: spec for spec in submitter.created}
+    assert {uri: spec.output for uri, spec in created.items()} == {
+        "s3://scans/web/a.b.jpg": "s3://out/web/a.b.png", "s3://scans/web/a.jpg": "s3://out/web/a.png",
+        "s3://scans/web/a.k/x.jpg": "s3://out/web/a.k/x.png", "s3://scans/web/b.png": "s3://out/web/b.png",
+        "s3://scans/web/c.jpg": "s3://out/web/c.png", "s3://scans/web/reel.mkv": "s3://out/web/reel.mkv"}
+    assert created["s3://scans/web/a.jpg"].options.hints is not None  # its hint file still found it
+    assert report.failures == [
+        ("s3://scans/web/a.tif", "s3://scans/web/a.tif: its copy s3://out/web/a.png is also the copy of "
+                                 "s3://scans/web/a.jpg"),
+        ("s3://scans/web/b.tif", "s3://scans/web/b.tif: its copy s3://out/web/b.png is also the copy of "
+                                 "s3://scans/web/b.png")]
+    assert submitter.stat_calls == 0
+
+    results = submit_events(submitter, [S3Event("scans", key, objects[key].size, objects[key].etag, "ObjectCreated:Put")
+                                        for key in ("web/a.tif", "web/b.tif", "web/a.jpg", "web/b.png")],
+                            "s3://out/", as_png)
+    assert [(job.input, job.output, job.created) for job in results.jobs] == [
+        ("s3://scans/web/a.jpg", "s3://out/web/a.png", False), ("s3://scans/web/b.png", "s3://out/web/b.png", False)]
+    assert results.rejected == [(uri, reason) for uri, reason in report.failures]
+    with pytest.raises(JobSpecError, match="options.format: unknown output format 'gif'"):
+        bulk(submitter, "s3://scans/", "s3://out/", replace(OPTIONS, format="gif"))
 
 
 def test_bulk_rerun_skips_done_and_queued_and_reruns_failed(submitter, s3_server):  # noqa: F811

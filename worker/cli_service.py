@@ -31,7 +31,7 @@ from worker.api.serve import add_serve_command
 from worker.cli_args import positive_int, reference
 from worker.errors import PermanentError
 from worker.hints import check_local_bounds, load_hints_file
-from worker.jobs import FINISHED, JobOptions, JobRecord, JobSpec, JobSpecError, parse_options
+from worker.jobs import FINISHED, JobOptions, JobRecord, JobSpec, JobSpecError, check_format_name, parse_options
 from worker.media.video_source import LOG_CHOICES
 from worker.settings import GPU_QUEUE, IO_QUEUE, Settings
 from worker.top import add_top_command
@@ -323,7 +323,7 @@ def _bulk(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from worker.triggers.bulk import bulk
 
     try:
-        options = parse_options(_job_options(args))
+        options = _trigger_options(args)
         service = _service()
         report = bulk(service, args.prefix, args.output, options, dry_run=args.dry_run,
                       limits=service.settings.guidance_limits, runs_to_frames=args.runs_to_frames)
@@ -333,10 +333,20 @@ def _bulk(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return EXIT_FAILED if report.failed else EXIT_OK
 
 
+def _trigger_options(args: argparse.Namespace) -> JobOptions:
+    """The options a trigger gives every job it submits; JobSpecError for one no job could have."""
+    options = parse_options(_job_options(args))
+    check_format_name(options.format)
+    return options
+
+
 def _listen(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from worker.triggers.sqs import listen_sqs
 
-    options = parse_options(_job_options(args))
+    try:
+        options = _trigger_options(args)
+    except JobSpecError as exc:
+        return _error(parser, str(exc))
     stop = threading.Event()
     service = _service()
     try:
@@ -355,7 +365,10 @@ def _webhook(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     settings = Settings.from_env()
     if not settings.webhook_secret:
         return _error(parser, "set TINCT_WEBHOOK_SECRET: the webhook refuses to run without a shared secret")
-    options = parse_options(_job_options(args))
+    try:
+        options = _trigger_options(args)
+    except JobSpecError as exc:
+        return _error(parser, str(exc))
     from worker.service import Service
 
     server, thread = serve_webhook(Service(settings), args.host, args.port, settings.webhook_secret, args.output,

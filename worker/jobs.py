@@ -39,7 +39,7 @@ from worker.media.video_sink import (
     fallback_container,
 )
 from worker.media.video_source import LOG_CHOICES
-from worker.photos import FILM_EXTENSIONS
+from worker.photos import FILM_EXTENSIONS, contradicted_format, output_suffix
 from worker.references import ReferenceError, parse_job_references
 from worker.settings import GuidanceLimits
 from worker.storage import join_uri, parse_uri
@@ -126,6 +126,7 @@ class JobSpec:
         spec = cls(source, output, kind, options)
         if arriving:
             check_film_encoding(spec)
+            check_photo_format(spec)
             if kind == "image" and (reason := unwritten_copy(output)):
                 raise JobSpecError("output", f"{output}: {reason}")
         return spec
@@ -185,6 +186,24 @@ def check_film_encoding(spec: JobSpec) -> None:
     problem = container_problem(output, codec)
     if problem:
         raise JobSpecError("output", f"{output}: {problem}")
+
+
+def check_photo_format(spec: JobSpec) -> None:
+    """A job's photo format (``options.format``), checked as the job arrives: one Tinct writes, and for one photo
+    written to a name of its own, the format that name's extension says (a copy is written as its name says, so
+    another format would be silently ignored). The CLI refuses the same contradiction."""
+    check_format_name(spec.options.format)
+    if spec.kind == "image" and not spec.output.endswith("/"):
+        if reason := contradicted_format(parse_uri(spec.output)[2], spec.options.format):
+            raise JobSpecError("options.format", reason)
+
+
+def check_format_name(output_format: str | None) -> None:
+    """Refuse a photo format Tinct does not write (``options.format``); None keeps each photo's own."""
+    try:
+        output_suffix(output_format)
+    except ValueError as exc:
+        raise JobSpecError("options.format", str(exc)) from None
 
 
 def check_frames_output(spec: JobSpec, output: str) -> None:

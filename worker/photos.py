@@ -21,11 +21,11 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Literal, Protocol
 
 import numpy as np
@@ -192,6 +192,46 @@ def output_suffix(output_format: str | None) -> str | None:
     return suffix
 
 
+def copy_name(mirrored: str, output_format: str | None) -> str:
+    """The name (a path or URI) of the colour copy of a photo whose own name, mirrored into the output, is
+    ``mirrored``: with the extension of ``output_format`` where one is asked for, else the photo's own where Tinct
+    writes it (a GIF's copy is a PNG). The CLI, collections, bulk and the event triggers all name copies so."""
+    suffix = output_suffix(output_format) or copy_suffix(mirrored)
+    head, slash, name = mirrored.rpartition("/")
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    return f"{head}{slash}{stem}{suffix}"
+
+
+def copy_owners(copies: Mapping[str, str]) -> dict[str, str]:
+    """Which photo writes each copy, of photos (source -> its copy's name, in listing order) whose copies may share a
+    name (``a.gif`` and ``a.png`` both make ``a.png``; with a format asked for, ``a.jpg`` and ``a.tif`` make one
+    ``a.png``): one whose copy keeps its own extension (``a.png``), else the first listed. Written both, the last
+    would silently win; collections, bulk and the event triggers fail the others before any work."""
+    owners: dict[str, str] = {}
+    for source in sorted(copies, key=lambda source: renamed_copy(source, copies[source])):  # stable: listing order
+        owners.setdefault(copies[source], source)
+    return owners
+
+
+def shared_copy(source: str, copy: str, owner: str) -> BadInputError:
+    """The failure of a photo whose copy's name ``owner`` keeps (:func:`copy_owners`)."""
+    return BadInputError(source, f"its copy {copy} is also the copy of {owner}")
+
+
+def renamed_copy(source: str, copy: str) -> bool:
+    """Whether a copy's name has another extension than its source's."""
+    return PurePath(source).suffix.lower() != PurePath(copy).suffix.lower()
+
+
+def contradicted_format(output: str | os.PathLike, output_format: str | None) -> str | None:
+    """Why a copy named ``output`` cannot be written in ``output_format`` (its extension names another format:
+    ``r.png`` as ``jpg``), or None; ``a.jpeg`` is a JPEG as ``jpg`` asks. ValueError for an unknown format."""
+    suffix = output_suffix(output_format)
+    if suffix is None or format_for_path(output) == EXTENSION_FORMATS[suffix]:
+        return None
+    return f"format {output_format} contradicts the output file name {PurePath(output).name}"
+
+
 def plan_photos(
     inputs: Sequence[str | os.PathLike],
     output: str | os.PathLike,
@@ -215,7 +255,7 @@ def plan_photos(
     """
     sources = [Path(p) for p in inputs]
     output = Path(output)
-    suffix = output_suffix(output_format)
+    output_suffix(output_format)  # an unknown format is a usage error before anything is read
     if not sources:
         raise ValueError("no inputs given")
     if hints is not None and not (len(sources) == 1 and sources[0].is_file()):
@@ -236,8 +276,8 @@ def plan_photos(
         raise ValueError(f"{output.name}: {reason}")
     if len(sources) == 1 and sources[0].is_file() and format_for_path(output) and not output.is_dir() \
             and sources[0].suffix.lower() not in FOLDER_SEQUENCE_SUFFIXES:
-        if suffix and suffix != output.suffix.lower():
-            raise ValueError(f"--format {output_format} contradicts the output file name {output.name}")
+        if reason := contradicted_format(output, output_format):
+            raise ValueError(f"--{reason}")
         return _checked(PhotoPlan([_photo_task(sources[0], output, hints)], []))
     if output.exists() and not output.is_dir():
         raise ValueError(f"{output} exists and is not a folder (several inputs need an output folder)")
@@ -246,9 +286,9 @@ def plan_photos(
     for source in sources:
         if source.is_dir():
             for path in _walk(source, output, plan):
-                _add(plan, path, output / path.relative_to(source), suffix, film_suffix)
+                _add(plan, path, output / path.relative_to(source), output_format, film_suffix)
         elif source.exists():
-            _add(plan, source, output / source.name, suffix, film_suffix, hints)
+            _add(plan, source, output / source.name, output_format, film_suffix, hints)
         elif is_pattern(source):
             plan.films.append(PhotoTask(source, output / (output_stem(source) + film_suffix)))
         else:
@@ -316,7 +356,7 @@ def is_reference_folder(name: str) -> bool:
     return name.endswith(REFERENCES_SUFFIX) and is_film(name[: -len(REFERENCES_SUFFIX)])
 
 
-def _add(plan: PhotoPlan, source: Path, mirrored: Path, suffix: str | None, film_suffix: str,
+def _add(plan: PhotoPlan, source: Path, mirrored: Path, output_format: str | None, film_suffix: str,
          hints: str | os.PathLike | None = None) -> None:
     if is_pattern(source):  # a run of frames: its film is named by the frames' prefix (see output_stem)
         plan.films.append(PhotoTask(source, mirrored.with_name(output_stem(source) + film_suffix)))
@@ -331,7 +371,7 @@ def _add(plan: PhotoPlan, source: Path, mirrored: Path, suffix: str | None, film
         kept = mirrored.suffix.lower() in FILM_CONTAINERS  # mp4, mov, mkv
         plan.films.append(PhotoTask(source, mirrored if kept else mirrored.with_suffix(film_suffix)))
     else:
-        plan.tasks.append(_photo_task(source, _output_path(mirrored, suffix), hints))
+        plan.tasks.append(_photo_task(source, Path(copy_name(str(mirrored), output_format)), hints))
 
 
 def _photo_task(source: Path, output: Path, hints: str | os.PathLike | None) -> PhotoTask:
@@ -340,12 +380,6 @@ def _photo_task(source: Path, output: Path, hints: str | os.PathLike | None) -> 
         return PhotoTask(source, output, Path(hints))
     sidecar = sidecar_path(source)
     return PhotoTask(source, output, sidecar if sidecar.is_file() else None)
-
-
-def _output_path(mirrored: Path, suffix: str | None) -> Path:
-    if suffix:
-        return mirrored.with_suffix(suffix)
-    return mirrored.with_suffix(copy_suffix(mirrored))
 
 
 def _checked(plan: PhotoPlan) -> PhotoPlan:

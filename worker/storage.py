@@ -649,7 +649,21 @@ class Storage:
         if scheme == "file":
             yield from _walk_files(key)
             return
-        for listed_key, entry in self._iter_keys(bucket, key):
+        yield from self._listed(bucket, _folder_prefix(key))
+
+    def list_named(self, name_prefix_uri: str | os.PathLike) -> Iterator[ObjectInfo]:
+        """The objects in one folder whose names start with the last part of ``name_prefix_uri``, in key order:
+        ``s3://b/in/a.`` lists ``in/a.jpg`` and ``in/a.b.png``, never ``in/a.b/x.jpg`` nor ``in/ab.jpg``. One
+        request on S3 for a few namesakes."""
+        scheme, bucket, key = parse_uri(name_prefix_uri)
+        if scheme == "file":
+            folder, _, start = key.rpartition(os.sep)
+            yield from _walk_files(folder or os.sep, names_starting=start)
+            return
+        yield from self._listed(bucket, key, delimiter="/")
+
+    def _listed(self, bucket: str, prefix: str, delimiter: str = "") -> Iterator[ObjectInfo]:
+        for listed_key, entry in self._iter_keys(bucket, prefix, delimiter):
             if not listed_key.endswith("/"):
                 yield ObjectInfo(
                     format_uri("s3", bucket, listed_key),
@@ -658,13 +672,12 @@ class Storage:
                     _timestamp(entry),
                 )
 
-    def _iter_keys(self, bucket: str, key: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
-        folder = key.rstrip("/")
-        prefix = f"{folder}/" if folder else ""
+    def _iter_keys(self, bucket: str, prefix: str, delimiter: str = "") -> Iterator[tuple[str, Mapping[str, Any]]]:
+        """``(key, listing entry)`` for every key starting with ``prefix`` (none past a ``delimiter`` after it)."""
         uri = format_uri("s3", bucket, prefix)
         try:
             pages = self.s3_client.get_paginator("list_objects_v2").paginate(
-                Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": 1000}
+                Bucket=bucket, Prefix=prefix, Delimiter=delimiter, PaginationConfig={"PageSize": 1000}
             )
             for page in pages:
                 for entry in page.get("Contents", ()):
@@ -847,7 +860,7 @@ class Storage:
             return _delete_tree(key)
         deleted = 0
         batch: MutableSequence[str] = []
-        for listed_key, _entry in self._iter_keys(bucket, key):
+        for listed_key, _entry in self._iter_keys(bucket, _folder_prefix(key)):
             batch.append(listed_key)
             if len(batch) == _DELETE_BATCH:
                 deleted += self._delete_batch(bucket, batch)
@@ -1007,9 +1020,16 @@ def _file_info(path: str, *, name: str | None = None) -> ObjectInfo:
     return ObjectInfo(uri, st.st_size, _file_fingerprint(st), st.st_mtime)
 
 
-def _walk_files(root: str) -> Iterator[ObjectInfo]:
+def _folder_prefix(key: str) -> str:
+    """The S3 prefix of the folder ``key`` (``in`` -> ``in/``; the bucket's root is the empty prefix)."""
+    folder = key.rstrip("/")
+    return f"{folder}/" if folder else ""
+
+
+def _walk_files(root: str, names_starting: str | None = None) -> Iterator[ObjectInfo]:
     """Regular files under ``root`` in sorted depth-first order, without following directory symlinks (a loop
-    would never end) and without Tinct's in-progress partial files."""
+    would never end) and without Tinct's in-progress partial files; or, ``names_starting`` given, the files in
+    ``root`` itself whose names start with it."""
     try:
         entries = sorted(os.scandir(root), key=lambda entry: entry.name)
     except (FileNotFoundError, NotADirectoryError):
@@ -1019,9 +1039,12 @@ def _walk_files(root: str) -> Iterator[ObjectInfo]:
     for entry in entries:
         if entry.name.endswith(PARTIAL_SUFFIX):
             continue
+        if names_starting is not None and not entry.name.startswith(names_starting):
+            continue
         try:
             if entry.is_dir(follow_symlinks=False):
-                yield from _walk_files(entry.path)
+                if names_starting is None:
+                    yield from _walk_files(entry.path)
             elif entry.is_file():
                 st = entry.stat()
                 yield ObjectInfo(format_uri("file", "", entry.path), st.st_size, _file_fingerprint(st), st.st_mtime)

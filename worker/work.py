@@ -73,7 +73,6 @@ from worker.media.images import (
     DEFAULT_MAX_PIXELS,
     InColourThroughout,
     Photo,
-    copy_suffix,
     is_photo_name,
     lost_pages,
     provenance_text,
@@ -84,7 +83,7 @@ from worker.media.segments import Segment, check_output, describe_other_streams,
 from worker.media.video_sink import CODECS, EncodeOptions, OutputLayout, SegmentWriter, plan_output
 from worker.media.video_source import FilmInfo, copy_warnings, probe_film, with_log_choice
 from worker.model_store import resolve_model
-from worker.photos import colour_document, output_suffix
+from worker.photos import colour_document, copy_name, copy_owners, shared_copy
 from worker.pipeline import ColourFrame, StageTimes, colorize_frames
 from worker.references import (
     ReferenceField,
@@ -398,24 +397,14 @@ def _mark_running(rt: Runtime, record: JobRecord, *, unit: str, total: int, piec
 
 
 def _one_photo_per_copy(rt: Runtime, record: JobRecord, inputs: list[tuple[str, int]]) -> list[tuple[str, int]]:
-    """A collection's photos less those whose copy has the name another photo's has (``a.gif`` and ``a.png`` both
-    make ``a.png``; with a format asked for, ``a.jpg`` and ``a.tif`` make one ``a.png``): written both, the last
-    would silently win. A photo whose copy keeps its own name keeps it (``a.png``), else the first listed; each
-    other fails before any work, naming that photo, as the CLI's plan does."""
-    outputs = {uri: photo_output_uri(record.spec, uri) for uri, _ in inputs}
-    claimed: dict[str, str] = {}
-    for uri in sorted(outputs, key=lambda uri: _renamed(uri, outputs[uri])):  # stable: listing order within each
-        claimed.setdefault(outputs[uri], uri)
-    for uri, output in outputs.items():
-        if claimed[output] != uri:
-            reason = BadInputError(uri, f"its copy {output} is also the copy of {claimed[output]}")
-            rt.store.mark_piece_failed(record.id, uri, str(reason))
-    return [(uri, size) for uri, size in inputs if claimed[outputs[uri]] == uri]
-
-
-def _renamed(source: str, copy: str) -> bool:
-    """Whether a copy's name has another extension than its source's."""
-    return PurePosixPath(source).suffix.lower() != PurePosixPath(copy).suffix.lower()
+    """A collection's photos less those whose copy has the name another photo's has (:func:`photos.copy_owners`
+    decides which keeps it); each of those fails before any work, naming the photo that keeps it."""
+    copies = {uri: photo_output_uri(record.spec, uri) for uri, _ in inputs}
+    owners = copy_owners(copies)
+    for uri, copy in copies.items():
+        if owners[copy] != uri:
+            rt.store.mark_piece_failed(record.id, uri, str(shared_copy(uri, copy, owners[copy])))
+    return [(uri, size) for uri, size in inputs if owners[copies[uri]] == uri]
 
 
 def _plan_photos(rt: Runtime, record: JobRecord, inputs: list[tuple[str, int]], enqueue: Enqueue,
@@ -787,15 +776,7 @@ def photo_output_uri(spec: JobSpec, input_uri: str) -> str:
         target = join_uri(spec.output, PurePosixPath(parse_uri(input_uri)[2]).name)
     else:
         return spec.output
-    suffix = output_suffix(spec.options.format) or copy_suffix(target)
-    return _with_suffix(target, suffix)
-
-
-def _with_suffix(uri: str, suffix: str) -> str:
-    """``uri`` with the extension of its last path component replaced by ``suffix``."""
-    head, slash, name = uri.rpartition("/")
-    stem = name.rsplit(".", 1)[0] if "." in name else name
-    return f"{head}{slash}{stem}{suffix}"
+    return copy_name(target, spec.options.format)
 
 
 def _page_done() -> None:

@@ -20,20 +20,14 @@ from typing import TypeVar
 
 from worker.errors import BadInputError, TinctError, TransientError, one_line
 from worker.hints import HINTS_SUFFIX
-from worker.jobs import ENCODER_OPTIONS, JobOptions, JobSpec, check_film_encoding
+from worker.jobs import ENCODER_OPTIONS, JobOptions, JobSpec, check_film_encoding, check_format_name
 from worker.media.frame_sequences import LINEAR_LIGHT_SUFFIXES, run_key, stored_run
 from worker.media.frame_sink import FRAME_FORMATS
+from worker.photos import copy_owners, renamed_copy, shared_copy
 from worker.references import REFERENCES_SUFFIX
 from worker.settings import GuidanceLimits
 from worker.storage import ObjectInfo, Storage, join_uri, normalize_uri, relative_key
-from worker.triggers.mapping import (
-    Submitter,
-    check_copy_name_free,
-    eligibility,
-    is_transient,
-    is_within,
-    job_spec_for,
-)
+from worker.triggers.mapping import Submitter, eligibility, is_transient, is_within, job_spec_for
 from worker.triggers.sidecars import picture_film, reference_film, with_sidecars
 
 logger = logging.getLogger(__name__)
@@ -139,11 +133,12 @@ def bulk(
     frames named as its own, for a conform to take back, instead of a film (a Cineon run, which Tinct does not
     write, into DPX frames of its names).
 
-    The listing is consumed lazily; job ids come from the listing's ETag and size (no HEAD per object but a GIF's,
-    for the PNG its copy would be named after) and are checked ``batch_size`` at a time with one ``job_states``
-    call, so a rerun over a prefix of 100,000 objects mostly reads Redis and submits only what is new, failed or
-    cancelled. A dry run checks but submits nothing. ``ValueError`` for a bad URI or an input prefix inside the
-    output prefix (every key would be skipped).
+    The listing is consumed lazily; job ids come from the listing's ETag and size (no HEAD per object) and are
+    checked ``batch_size`` at a time with one ``job_states`` call, so a rerun over a prefix of 100,000 objects
+    mostly reads Redis and submits only what is new, failed or cancelled. Photos whose copies would share a name
+    are sorted out from the listing alone (:class:`_CopyNames`). A dry run checks but submits nothing.
+    ``ValueError`` for a bad URI or an input prefix inside the output prefix (every key would be skipped),
+    :class:`JobSpecError` for a photo format Tinct does not write.
     """
     if batch_size < 1 or concurrency < 1:
         raise ValueError("batch_size and concurrency must be at least 1")
@@ -151,12 +146,14 @@ def bulk(
     output = normalize_uri(output_prefix)
     if is_within(prefix, output):
         raise ValueError(f"the input prefix {prefix} is inside the output prefix {output}: nothing would be taken")
+    check_format_name(options.format)
     report = BulkReport(prefix, output, dry_run)
     started = time.monotonic()
     listing = iter(submitter.storage.list(prefix))
     pending: list[_Candidate] = []
     sidecars = _Sidecars(submitter.storage, report, limits or GuidanceLimits())
     runs = _Runs(prefix, output, options, report, runs_to_frames)
+    copies = _CopyNames(report)
     with ThreadPoolExecutor(concurrency, thread_name_prefix="tinct-bulk") as pool:
         while not report.stopped:
             try:
@@ -170,18 +167,22 @@ def bulk(
                     report.stopped += _RESUME
                 break
             if info is None:
+                sidecars.wait(*copies.release(None))
                 pending.extend(sidecars.release(None))
                 pending.extend(runs.add(None))
                 break
             report.listed += 1
+            sidecars.wait(*copies.release(info))
             pending.extend(sidecars.release(info))
             if sidecars.is_sidecar(info):
                 continue
             if runs.is_frame(info):
                 pending.extend(runs.add(info))
                 continue
-            candidate = _candidate(submitter.storage, info, prefix, output, options, report)
-            if candidate is not None and candidate.spec.kind in ("image", "video"):
+            candidate = _candidate(info, prefix, output, options, report)
+            if candidate is not None and candidate.spec.kind == "image":
+                sidecars.wait(*copies.add(candidate))
+            elif candidate is not None and candidate.spec.kind == "video":
                 sidecars.wait(candidate)
             elif candidate is not None:
                 pending.append(candidate)
@@ -195,9 +196,8 @@ def bulk(
     return report
 
 
-def _candidate(
-    storage: Storage, info: ObjectInfo, prefix: str, output: str, options: JobOptions, report: BulkReport
-) -> _Candidate | None:
+def _candidate(info: ObjectInfo, prefix: str, output: str, options: JobOptions, report: BulkReport
+               ) -> _Candidate | None:
     verdict = eligibility(info.uri, output)
     if verdict == "own_output":
         report.own_outputs += 1
@@ -208,8 +208,7 @@ def _candidate(
     report.eligible += 1
     try:
         spec = job_spec_for(info.uri, prefix, output, options)
-        _retrying(lambda: check_copy_name_free(storage, info.uri), f"HEAD beside {info.uri}")
-    except (TinctError, ValueError) as error:  # (a store that kept failing: a rerun takes the photo)
+    except (TinctError, ValueError) as error:
         report.fail(info.uri, str(error))
         return None
     return _Candidate(info, spec, spec.job_id(info.etag, info.size), time.time())
@@ -277,6 +276,46 @@ class _Runs:
         return _Candidate(identity, spec, spec.job_id(identity.etag, identity.size), time.time())
 
 
+class _CopyNames:
+    """Photos met in a bulk listing whose copies could share a name (``a.gif`` beside ``a.png``, whose copies are
+    both ``a.png``; with a format asked for, ``a.jpg`` beside ``a.tif``): which one writes each copy is decided as
+    in a collection (:func:`worker.photos.copy_owners`: the photo whose copy keeps its own name, else the first
+    listed), and each other fails, naming it.
+
+    No request is needed: every photo whose copy could be named ``<stem>.<ext>`` is named ``<stem>.<ext>`` itself,
+    and a listing, in key order (a folder's files in sorted order), holds all keys that start with ``<stem>.`` in
+    one run. A photo whose copy is renamed waits here until the listing has passed that run (usually the next key);
+    a photo whose copy keeps its name goes on at once, its claim kept as long as the run lasts.
+    """
+
+    def __init__(self, report: BulkReport) -> None:
+        self.report = report
+        self.open: dict[str, dict[str, list[_Candidate]]] = {}  # "<stem>." -> output -> photos so named, as listed
+
+    def add(self, candidate: _Candidate) -> list[_Candidate]:
+        """A photo met in the listing: ``[candidate]`` if it goes on now, else nothing (it waits for its run)."""
+        uri = candidate.info.uri
+        run = uri[: len(uri) - len(posixpath.splitext(uri)[1])] + "."
+        self.open.setdefault(run, {}).setdefault(candidate.spec.output, []).append(candidate)
+        return [] if renamed_copy(uri, candidate.spec.output) else [candidate]
+
+    def release(self, info: ObjectInfo | None) -> list[_Candidate]:
+        """The waiting photos that write their copies, of the runs the listing has passed with ``info`` (all of
+        them at the end); the others are reported as failed."""
+        ready = []
+        for run in [run for run in self.open if info is None or not info.uri.startswith(run)]:
+            for output, named in self.open.pop(run).items():
+                owner = copy_owners({candidate.info.uri: output for candidate in named})[output]
+                for candidate in named:
+                    if not renamed_copy(candidate.info.uri, output):
+                        continue  # went on when listed
+                    if candidate.info.uri == owner:
+                        ready.append(candidate)
+                    else:
+                        self.report.fail(candidate.info.uri, str(shared_copy(candidate.info.uri, output, owner)))
+        return ready
+
+
 class _Sidecars:
     """Sidecars met in a bulk listing: photos' hint files (``<name>.hints.json``, ``worker.hints``) and films' folders
     of reference pictures (``<name>.references/12.5.png``, ``worker.references``).
@@ -301,8 +340,8 @@ class _Sidecars:
     def is_sidecar(info: ObjectInfo) -> bool:
         return info.uri.endswith(HINTS_SUFFIX) or reference_film(info.uri) is not None
 
-    def wait(self, candidate: _Candidate) -> None:
-        self.waiting.append(candidate)
+    def wait(self, *candidates: _Candidate) -> None:
+        self.waiting.extend(candidates)
 
     def release(self, info: ObjectInfo | None) -> list[_Candidate]:
         """The waiting inputs whose sidecars' place the listing has passed with ``info`` (all of them at the end)."""

@@ -184,7 +184,7 @@ def submit_events(
         try:
             read_at = time.time()  # before the sidecars are looked at: what this submission knows is this fresh
             spec = job_spec_for(uri, None, output_prefix, options)
-            check_copy_name_free(submitter.storage, uri)
+            check_copy_name_free(submitter.storage, spec)
             identity = event.identity() if owner is None else _stat_if_present(submitter.storage, owner)
             if owner is not None and identity is None:
                 logger.info(

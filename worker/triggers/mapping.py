@@ -19,10 +19,10 @@ from typing import Literal, Protocol
 
 import redis.exceptions
 
-from worker.errors import BadInputError, TinctError
-from worker.jobs import JobOptions, JobSpec, JobSpecError, check_film_encoding
-from worker.media.images import PHOTO_SUFFIXES, READ_ONLY_FORMATS, copy_suffix
-from worker.photos import FILM_EXTENSIONS
+from worker.errors import TinctError
+from worker.jobs import JobOptions, JobSpec, JobSpecError, check_film_encoding, check_format_name
+from worker.media.images import PHOTO_SUFFIXES, is_photo_name
+from worker.photos import FILM_EXTENSIONS, copy_name, copy_owners, shared_copy
 from worker.storage import ObjectInfo, Storage, join_uri, parse_uri, relative_key
 from worker.triggers.sidecars import reference_film
 
@@ -66,9 +66,11 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, _TRANSIENT_ERRORS)
 
 
-def output_uri_for(input_uri: str, input_prefix: str | None, output_prefix: str) -> str:
-    """The output URI of ``input_uri``: ``output_prefix`` plus the input's key relative to ``input_prefix`` (a
-    photo Tinct does not write, a GIF, with its copy's extension: ``a.gif`` -> ``a.png``).
+def output_uri_for(input_uri: str, input_prefix: str | None, output_prefix: str, output_format: str | None = None
+                   ) -> str:
+    """The output URI of ``input_uri``: ``output_prefix`` plus the input's key relative to ``input_prefix``, a
+    photo's named as its copy is (:func:`worker.photos.copy_name`: in ``output_format`` where one is asked for; a
+    GIF's copy is a PNG).
 
     With no input prefix (event-driven triggers) the relative part is the whole key. :func:`join_uri` checks the
     relative part, so an event key such as ``../../etc/x.jpg`` raises :class:`~worker.storage.UnsafeKeyError`
@@ -80,9 +82,8 @@ def output_uri_for(input_uri: str, input_prefix: str | None, output_prefix: str)
         scheme, _bucket, relative = parse_uri(input_uri)
         if scheme != "s3":
             raise ValueError(f"{input_uri}: an input without a prefix must be an s3:// object")
-    suffix = PurePosixPath(relative).suffix
-    if suffix.lower() in READ_ONLY_FORMATS:
-        relative = relative[: -len(suffix)] + copy_suffix(suffix)
+    if is_photo_name(relative):
+        relative = copy_name(relative, output_format)
     return join_uri(output_prefix, relative)
 
 
@@ -111,22 +112,29 @@ def eligibility(input_uri: str, output_prefix: str) -> Eligibility:
     return "eligible"
 
 
-def check_copy_name_free(storage: Storage, input_uri: str) -> None:
-    """Refuse a photo Tinct reads but does not write (a GIF) when the photo its copy is named after lies beside it
-    (``a.gif`` beside ``a.png``: both copies would be ``a.png``, and one job would overwrite the other's); that
-    photo keeps the name, as in a collection and the CLI. One HEAD, for such photos alone."""
-    suffix = PurePosixPath(parse_uri(input_uri)[2]).suffix
-    if suffix.lower() not in READ_ONLY_FORMATS:
+def check_copy_name_free(storage: Storage, spec: JobSpec) -> None:
+    """Refuse a photo job whose copy is renamed (a GIF's is a PNG; with a format asked for, ``a.jpg``'s is
+    ``a.png``) when a photo beside its input keeps that name (:func:`worker.photos.copy_owners`: ``a.png`` itself,
+    else the first in key order of those renamed into it), as a collection and the CLI do: one job would overwrite
+    the other's copy. One listing of the input's namesakes (``a.*``), for renamed photos alone."""
+    if spec.kind != "image":
         return
-    sibling = input_uri[: -len(suffix)] + copy_suffix(suffix)
-    if storage.exists(sibling):
-        raise BadInputError(input_uri, f"its copy would have the name of {sibling}'s, which keeps it; colour it alone "
-                                       "with an output name of its own")
+    source, output_format = spec.input, spec.options.format
+    copy = copy_name(source, output_format)
+    if copy == source:
+        return
+    stem = source[: -len(PurePosixPath(source).suffix)]
+    namesakes = {info.uri for info in storage.list_named(stem + ".") if is_photo_name(info.uri)} | {source}
+    copies = {uri: copy_name(uri, output_format) for uri in sorted(namesakes)}  # key order, as S3 lists
+    owner = copy_owners({uri: name for uri, name in copies.items() if name == copy})[copy]
+    if owner != source:
+        raise shared_copy(source, spec.output, owner)
 
 
 def job_spec_for(input_uri: str, input_prefix: str | None, output_prefix: str, options: JobOptions) -> JobSpec:
     """The job for one eligible object. Permanent errors (:class:`JobSpecError`, unsafe keys) name the reason."""
-    output = output_uri_for(input_uri, input_prefix, output_prefix)
+    check_format_name(options.format)
+    output = output_uri_for(input_uri, input_prefix, output_prefix, options.format)
     spec = JobSpec.from_dict({"input": input_uri, "output": output})
     if spec.input != input_uri or spec.output != output:
         # Job specs strip surrounding whitespace; a key that has some would silently name another object.
