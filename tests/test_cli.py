@@ -198,9 +198,9 @@ def test_single_file_to_an_exact_path(tmp_path: Path, tiny_checkpoint: Path, cap
 def test_a_gif_is_read_and_its_colour_copy_is_a_png(tmp_path: Path, tiny_checkpoint: Path, capsys) -> None:
     """Web-era collections kept their scans as GIFs, which Tinct had ignored in a folder ("not a supported image
     extension") and refused alone. A still GIF is read now, its lightness kept to the code and its comment carried;
-    its copy is a PNG (a GIF holds 256 colours), named so in a folder run, and a GIF named as the copy is refused
-    before any work. An animated GIF fails alone, in one line, and one beside a PNG of its name leaves the name to
-    the PNG's copy."""
+    its copy is a PNG (a GIF holds 256 colours; its transparency the PNG's alpha), named so in a folder run, and a
+    GIF named as the copy is refused before any work. An animated GIF fails alone, in one line, and one beside a PNG
+    of its name leaves the name to the PNG's copy."""
     gray = _gray(40, 60, 3)
     (tmp_path / "in").mkdir()
     Image.fromarray(gray).save(tmp_path / "in" / "harbour.gif", comment=b"Harbour, 1931")
@@ -208,8 +208,15 @@ def test_a_gif_is_read_and_its_colour_copy_is_a_png(tmp_path: Path, tiny_checkpo
     Image.fromarray(_gray(40, 60, 5)).save(tmp_path / "in" / "pier.png")
     frames = [Image.fromarray(np.roll(gray, shift, axis=1)) for shift in (0, 5, 10)]
     frames[0].save(tmp_path / "in" / "waves.gif", save_all=True, append_images=frames[1:])
+    cut_out = np.asarray(Image.fromarray(gray).convert("P")).copy()
+    cut_out[:10] = 0  # a web GIF's transparent surround: palette entry 0 is transparent
+    logo = Image.fromarray(cut_out, "P")
+    logo.putpalette(Image.fromarray(gray).convert("P").getpalette())
+    logo.save(tmp_path / "in" / "logo.gif", transparency=0)
     assert main(["colorize", str(tmp_path / "in"), "-o", str(tmp_path / "out"), *model_args(tiny_checkpoint)]) == 1
-    assert outputs(tmp_path / "out") == ["harbour.png", "pier.png"]
+    assert outputs(tmp_path / "out") == ["harbour.png", "logo.png", "pier.png"]
+    alpha = np.asarray(Image.open(tmp_path / "out" / "logo.png").getchannel("A"))
+    assert (alpha == np.where(cut_out == 0, 0, 255)).all()  # transparent where the GIF was, and only there
     assert read_provenance(tmp_path / "out" / "pier.png") is not None
     pier = cv2.cvtColor(np.asarray(Image.open(tmp_path / "out" / "pier.png").convert("RGB")), cv2.COLOR_RGB2LAB)
     assert np.abs(pier[..., 0].astype(int) - cv2.cvtColor(np.dstack([_gray(40, 60, 5)] * 3),
