@@ -56,7 +56,7 @@ from PIL import Image
 from tools.bench_video import FPS, make_test_film, make_test_scan
 from tools.runtime import frame_size, onnx_cache_dir, write_json
 from worker.app import create_app
-from worker.jobs import FINISHED, KEY_PREFIX, JobRecord, JobSpec
+from worker.jobs import FINISHED, JobRecord, JobSpec, job_key
 from worker.media.images import DEFAULT_MAX_PIXELS, read_photo, write_photo
 from worker.photos import open_colorizer
 from worker.service import Service
@@ -273,7 +273,7 @@ class JobTimes:
 
 def job_times(service: Service, job_id: str) -> JobTimes:
     # ``started`` is kept in the job's hash but not in JobRecord; work.py reads it the same way.
-    raw = service.redis.hmget(f"{KEY_PREFIX}job:{job_id}", "state", "created", "started", "updated", "error")
+    raw = service.redis.hmget(job_key(job_id), "state", "created", "started", "updated", "error")
     state, created, started, updated, error = (value.decode() if value is not None else "" for value in raw)
     return JobTimes(job_id, state, float(created or 0), float(started or 0), float(updated or 0), error)
 

@@ -54,6 +54,11 @@ KEY_PREFIX = "tinct:"
 PIECE_SUFFIXES = (":done", ":failed", ":files", ":parts", ":deaths", ":requeued")
 
 
+def job_key(job_id: str, suffix: str = "") -> str:
+    """A job's Redis hash (``tinct:job:<id>``), or with ``suffix`` one of its per-piece keys (``:done`` ...)."""
+    return f"{KEY_PREFIX}job:{job_id}{suffix}"
+
+
 class JobSpecError(PermanentError):
     """A job spec that cannot run: ``str()`` names the field and the reason."""
 
@@ -368,14 +373,11 @@ class JobStore:
         self.redis = redis
         self.ttl_s = ttl_s
 
-    def _key(self, job_id: str, suffix: str = "") -> str:
-        return f"{KEY_PREFIX}job:{job_id}{suffix}"
-
     def create(self, job_id: str, spec: JobSpec, source: dict) -> tuple[JobRecord, bool]:
         """Record a new queued job; if one with this id exists and is not failed or cancelled, return it
         instead (``created`` False). Atomic against concurrent submissions of the same job."""
         now = time.time()
-        key = self._key(job_id)
+        key = job_key(job_id)
         record = JobRecord(job_id, spec, "queued", now, now, source=source)
         mapping = _encode(record)
         with self.redis.pipeline() as pipe:
@@ -389,7 +391,7 @@ class JobStore:
                         assert existing is not None
                         return existing, False
                     pipe.multi()
-                    pipe.delete(key, *(self._key(job_id, suffix) for suffix in PIECE_SUFFIXES))
+                    pipe.delete(key, *(job_key(job_id, suffix) for suffix in PIECE_SUFFIXES))
                     pipe.hset(key, mapping=mapping)
                     pipe.zadd(f"{KEY_PREFIX}jobs", {job_id: now})
                     pipe.execute()
@@ -421,18 +423,18 @@ class JobStore:
                     continue
 
     def get(self, job_id: str) -> JobRecord | None:
-        raw = self.redis.hgetall(self._key(job_id))
+        raw = self.redis.hgetall(job_key(job_id))
         if not raw:
             return None
         record = _decode(job_id, {k.decode(): v.decode() for k, v in raw.items()})
-        failed = self.redis.hgetall(self._key(job_id, ":failed"))
+        failed = self.redis.hgetall(job_key(job_id, ":failed"))
         record.failed_pieces = {k.decode(): v.decode() for k, v in failed.items()}
         return record
 
     def update(self, job_id: str, **changes: Any) -> None:
         changes["updated"] = time.time()
         mapping = {name: _encode_value(value) for name, value in changes.items()}
-        self.redis.hset(self._key(job_id), mapping=mapping)
+        self.redis.hset(job_key(job_id), mapping=mapping)
         if changes.get("state") in FINISHED:
             self.expire(job_id)
 
@@ -440,13 +442,13 @@ class JobStore:
         """Let a finished job's keys expire after ``ttl_s``."""
         with self.redis.pipeline(transaction=False) as pipe:  # one round trip, not seven
             for suffix in ("", *PIECE_SUFFIXES):
-                pipe.expire(self._key(job_id, suffix), self.ttl_s)
+                pipe.expire(job_key(job_id, suffix), self.ttl_s)
             pipe.execute()
 
     def update_unless_finished(self, job_id: str, **changes: Any) -> bool:
         """:meth:`update` only while the job is not finished (atomic): a late or redelivered task must never turn a
         succeeded job into a failed one. True if written."""
-        key = self._key(job_id)
+        key = job_key(job_id)
         with self.redis.pipeline() as pipe:
             while True:
                 try:
@@ -467,19 +469,19 @@ class JobStore:
         return True
 
     def state(self, job_id: str) -> str | None:
-        value = self.redis.hget(self._key(job_id), "state")
+        value = self.redis.hget(job_key(job_id), "state")
         return value.decode() if value is not None else None
 
     def states(self, job_ids: Sequence[str]) -> list[str | None]:
         """Each job's state (None for an unknown one), in one round trip."""
         with self.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                pipe.hget(self._key(job_id), "state")
+                pipe.hget(job_key(job_id), "state")
             return [value.decode() if value is not None else None for value in pipe.execute()]
 
     def mark_piece_done(self, job_id: str, piece: str) -> int:
         """Record a finished piece; returns how many are done (a redelivered piece is counted once)."""
-        key = self._key(job_id, ":done")
+        key = job_key(job_id, ":done")
         with self.redis.pipeline() as pipe:
             pipe.sadd(key, piece)
             pipe.scard(key)
@@ -487,31 +489,31 @@ class JobStore:
         return int(count)
 
     def piece_done(self, job_id: str, piece: str) -> bool:
-        return bool(self.redis.sismember(self._key(job_id, ":done"), piece))
+        return bool(self.redis.sismember(job_key(job_id, ":done"), piece))
 
     def pieces_done(self, job_id: str) -> int:
-        return int(self.redis.scard(self._key(job_id, ":done")))
+        return int(self.redis.scard(job_key(job_id, ":done")))
 
     def mark_file_done(self, job_id: str, uri: str) -> None:
         """One photo of a piece written: a redelivered piece skips it (its output might have been written by
         another job with other options, so the output's existence alone proves nothing)."""
-        self.redis.sadd(self._key(job_id, ":files"), uri)
+        self.redis.sadd(job_key(job_id, ":files"), uri)
 
     def file_done(self, job_id: str, uri: str) -> bool:
-        return bool(self.redis.sismember(self._key(job_id, ":files"), uri))
+        return bool(self.redis.sismember(job_key(job_id, ":files"), uri))
 
     def mark_piece_failed(self, job_id: str, piece: str, reason: str) -> None:
-        self.redis.hset(self._key(job_id, ":failed"), piece, one_line(reason))
+        self.redis.hset(job_key(job_id, ":failed"), piece, one_line(reason))
 
     def claim(self, job_id: str, step: str, ttl_s: int) -> bool:
         """True for exactly one caller per (job, step) within ``ttl_s``: e.g. the one that joins a film."""
-        return bool(self.redis.set(self._key(job_id, f":claim:{step}"), "1", nx=True, ex=ttl_s))
+        return bool(self.redis.set(job_key(job_id, f":claim:{step}"), "1", nx=True, ex=ttl_s))
 
     def release(self, job_id: str, step: str) -> None:
-        self.redis.delete(self._key(job_id, f":claim:{step}"))
+        self.redis.delete(job_key(job_id, f":claim:{step}"))
 
     def add_counter(self, job_id: str, name: str, amount: float) -> float:
-        return float(self.redis.hincrbyfloat(self._key(job_id), name, amount))
+        return float(self.redis.hincrbyfloat(job_key(job_id), name, amount))
 
     def recent(self, limit: int = 20) -> list[JobRecord]:
         ids = self.redis.zrevrange(f"{KEY_PREFIX}jobs", 0, limit - 1)

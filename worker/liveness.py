@@ -51,7 +51,7 @@ from prometheus_client.registry import Collector
 
 from worker import metrics
 from worker.errors import one_line
-from worker.jobs import FINISHED, KEY_PREFIX, JobStore
+from worker.jobs import FINISHED, KEY_PREFIX, JobStore, job_key
 from worker.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def _worker_key(worker: str, suffix: str = "") -> str:
 
 
 def lease_key(job_id: str, piece: str) -> str:
-    return f"{KEY_PREFIX}job:{job_id}:lease:{piece}"
+    return job_key(job_id, f":lease:{piece}")
 
 
 # --- Lua: each runs atomically in Redis ---------------------------------------------------------------------
@@ -240,15 +240,15 @@ class Lease:
     def commit(self, amount: float, part: str = "") -> int:
         """Record the piece done (and ``amount`` more frames or files, and its staged ``part`` file) if the lease is
         still ours: the number of pieces now done, or -1 if another worker has the piece (the result is discarded)."""
-        keys = [self.key, f"{KEY_PREFIX}job:{self.job_id}:done", f"{KEY_PREFIX}job:{self.job_id}",
-                f"{KEY_PREFIX}job:{self.job_id}:parts", f"{KEY_PREFIX}job:{self.job_id}:deaths", self.leases.own_set]
+        keys = [self.key, job_key(self.job_id, ":done"), job_key(self.job_id),
+                job_key(self.job_id, ":parts"), job_key(self.job_id, ":deaths"), self.leases.own_set]
         self.spent = True  # the script gives the lease up whatever it finds
         return int(self.leases._commit(keys=keys, args=[self.token, self.piece, amount, part]))
 
     def update_job(self, mapping: Mapping[str, str]) -> bool:
         """Write the job's fields (its final state) if the lease is still ours and the job has not finished."""
         pairs = [item for name_value in mapping.items() for item in name_value]
-        keys = [self.key, f"{KEY_PREFIX}job:{self.job_id}", self.leases.own_set]
+        keys = [self.key, job_key(self.job_id), self.leases.own_set]
         self.spent = bool(self.leases._fenced_update(keys=keys, args=[self.token, *pairs]))
         return self.spent
 
@@ -518,7 +518,7 @@ class Heartbeat:
             entry.decided = "requeued"
             entry.record["requeued_as"] = str(uuid.uuid4())
             # A death counted after this one means the task was published and ran again (see _published).
-            entry.record["deaths_then"] = int(self.redis.hget(self._job_key(entry.job_id, ":deaths"), entry.piece)
+            entry.record["deaths_then"] = int(self.redis.hget(job_key(entry.job_id, ":deaths"), entry.piece)
                                               or 0)
         event = json.dumps({"piece": entry.piece, "worker": entry.record["node"], "reason": entry.reason,
                             "deaths": entry.deaths, "outcome": entry.decided, "at": float(entry.at),
@@ -529,7 +529,7 @@ class Heartbeat:
                 pipe.hdel(UNACKED_KEY, entry.record["tag"])
                 pipe.zrem(UNACKED_INDEX_KEY, entry.record["tag"])
             if entry.job_id:
-                events = self._job_key(entry.job_id, ":requeued")
+                events = job_key(entry.job_id, ":requeued")
                 pipe.lpush(events, event)
                 pipe.ltrim(events, 0, EVENTS_KEPT - 1)
                 pipe.expire(events, self.settings.job_ttl_s)
@@ -576,8 +576,8 @@ class Heartbeat:
         keeps it unacked until the task ends), done, in a re-queue entry of its own, or dead since (a later death
         of its piece). Looked at twice a moment apart: a message is in neither the queue nor the unacked hash while
         a worker's transport moves it from one to the other."""
-        keys = [entry.record["queue"], UNACKED_KEY, REQUEUE_KEY, self._job_key(entry.job_id, ":done"),
-                self._job_key(entry.job_id, ":deaths")]
+        keys = [entry.record["queue"], UNACKED_KEY, REQUEUE_KEY, job_key(entry.job_id, ":done"),
+                job_key(entry.job_id, ":deaths")]
         args = [entry.record["requeued_as"], entry.piece, entry.record.get("deaths_then", 0)]
         for attempt in range(2):
             if attempt:
@@ -585,10 +585,6 @@ class Heartbeat:
             if self._was_published(keys=keys, args=args):
                 return True
         return False
-
-    @staticmethod
-    def _job_key(job_id: str, suffix: str) -> str:
-        return f"{KEY_PREFIX}job:{job_id}{suffix}"
 
     def _claim(self, entry_field: str) -> bool:
         """Whether this process may carry out the re-queue entry ``entry_field``: every heartbeat drains the same
@@ -834,7 +830,7 @@ def held_pieces(client: redis.Redis, window_s: float, job_id: str | None = None)
 
 def requeue_events(client: redis.Redis, job_id: str) -> list[dict[str, Any]]:
     """The job's recent re-queues, newest first."""
-    return [json.loads(raw) for raw in client.lrange(f"{KEY_PREFIX}job:{job_id}:requeued", 0, EVENTS_KEPT - 1)]
+    return [json.loads(raw) for raw in client.lrange(job_key(job_id, ":requeued"), 0, EVENTS_KEPT - 1)]
 
 
 def describe_piece(piece: HeldPiece) -> str:

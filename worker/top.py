@@ -42,7 +42,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from worker.cli_args import positive_seconds
 from worker.errors import one_line
-from worker.jobs import KEY_PREFIX, JobRecord, JobStore
+from worker.jobs import KEY_PREFIX, JobRecord, JobStore, job_key
 from worker.liveness import HeldPiece, held_pieces
 from worker.settings import GPU_QUEUE, IO_QUEUE, Settings
 
@@ -224,7 +224,7 @@ def recent_jobs(redis: redis_lib.Redis, limit: int = 10, scan: int = JOB_SCAN) -
     ids = [raw.decode() for raw in redis.zrevrange(f"{KEY_PREFIX}jobs", 0, scan - 1)]
     with redis.pipeline(transaction=False) as pipe:
         for job_id in ids:
-            pipe.hget(f"{KEY_PREFIX}job:{job_id}", "state")
+            pipe.hget(job_key(job_id), "state")
         states = pipe.execute()
     running = [job_id for job_id, state in zip(ids, states, strict=True) if state == b"running"]
     others = [job_id for job_id, state in zip(ids, states, strict=True) if state not in (None, b"running")]

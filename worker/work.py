@@ -65,7 +65,7 @@ from worker.errors import (
 from worker.films import DEFAULT_MAX_FILM_PIXELS, warmup_frames
 from worker.hints import hints_provenance, job_photo_hints
 from worker.input_cache import HeldInput, InputCache
-from worker.jobs import FINISHED, KEY_PREFIX, JobRecord, JobSpec, JobStore, film_output_uri, output_folder
+from worker.jobs import FINISHED, JobRecord, JobSpec, JobStore, film_output_uri, job_key, output_folder
 from worker.liveness import Lease, Leases
 from worker.media.frame_sequences import frame_number, is_pattern, stored_frames, stored_identity, stored_sequence
 from worker.media.frame_sink import FrameTarget, FrameWriter, frames_layout, is_frame_output
@@ -1030,7 +1030,7 @@ def join_film(rt: Runtime, job_id: str) -> None:
 def _join(rt: Runtime, record: JobRecord, lease: Lease) -> None:
     job_id, spec = record.id, record.spec
     segments = [Segment(**s) for s in json.loads(rt.redis.get(f"tinct:job:{job_id}:segments") or "[]")]
-    parts = {k.decode(): v.decode() for k, v in rt.redis.hgetall(f"{KEY_PREFIX}job:{job_id}:parts").items()}
+    parts = {k.decode(): v.decode() for k, v in rt.redis.hgetall(job_key(job_id, ":parts")).items()}
     target = frames_target(spec)
     if target is not None:
         _publish_frames(rt, record, lease, target, segments, parts)
@@ -1100,7 +1100,7 @@ def _publish_frames(rt: Runtime, record: JobRecord, lease: Lease, target: FrameT
             copies.append((info, join_uri(folder, name)))
         liveness.progress()
     logger.info("placing the %d frames of job %s in %s", len(copies), job_id, folder)
-    rt.redis.hset(f"{KEY_PREFIX}job:{job_id}", PLACED_FRAMES, f"{min(numbers)}-{max(numbers)}")  # a run is contiguous
+    rt.redis.hset(job_key(job_id), PLACED_FRAMES, f"{min(numbers)}-{max(numbers)}")  # a run is contiguous
     for start in range(0, len(copies), FRAMES_COPIED_AT_ONCE):
         rt.storage.copy_listed(copies[start:start + FRAMES_COPIED_AT_ONCE])
         liveness.progress()
@@ -1117,7 +1117,7 @@ def _take_back_frames(rt: Runtime, record: JobRecord) -> None:
     """Remove the frames a run of frames' join placed, or began to, for a job that then failed or was cancelled: a
     run left partly placed would look whole where it is part this job's, part missing or part an earlier job's, which
     go too (the job was to replace them). Nothing where the join had not begun placing."""
-    placed = rt.redis.hget(f"{KEY_PREFIX}job:{record.id}", PLACED_FRAMES)
+    placed = rt.redis.hget(job_key(record.id), PLACED_FRAMES)
     target = frames_target(record.spec)
     if placed is None or target is None:
         return
@@ -1135,7 +1135,7 @@ def _after_pieces(rt: Runtime, job_id: str, kind: str) -> bool:
     photo job, or say (True) that a film's join is due. May run more than once per job (a piece redelivered after
     its worker died past this point): a job is finished only while it runs (atomically, so once), and the join's own
     lease makes a second join task return at once."""
-    raw = rt.redis.hmget(f"{KEY_PREFIX}job:{job_id}", "pieces", "state")
+    raw = rt.redis.hmget(job_key(job_id), "pieces", "state")
     total, state = int(float(raw[0] or 0)), (raw[1] or b"").decode()
     if state in FINISHED or rt.store.pieces_done(job_id) < total:
         return False
