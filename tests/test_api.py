@@ -302,6 +302,10 @@ def test_inputs_and_outputs_outside_the_tokens_prefixes_are_forbidden(stack, tok
     (b'{"input": "s3://scans/alice/a.png", "output": "s3://colour/alice/", "options": {"smoothing": "x"}}',
      "options.smoothing"),
     (b'{"input": "s3://scans/alice/a.png", "output": "s3://colour/alice/", "kind": "audio"}', "kind"),
+    (b'{"input": "s3://scans/alice/a.png", "output": "s3://colour/alice/", "options": {"format": "gif"}}',
+     "options.format"),
+    (b'{"input": "s3://scans/alice/a.png", "output": "s3://colour/alice/a.png", "options": {"format": "jpg"}}',
+     "options.format"),
 ])
 def test_malformed_and_unknown_fields_get_a_one_line_422_naming_the_field(stack, body, field):
     response = stack.client("alice").post("/api/v1/jobs", content=body, headers={"Content-Type": "application/json"})

@@ -172,7 +172,9 @@ JOB_SPEC_SCHEMA = {
                 "crf": {"type": ["integer", "null"], "minimum": 0, "maximum": 63},
                 "preset": {"type": "string"},
                 "recolor": {"type": "boolean"},
-                "format": {"type": ["string", "null"]},
+                "format": {"type": ["string", "null"], "description": "photos' copy format: jpg, png, tif, webp, "
+                           "bmp or jp2, naming each copy so in a folder; null keeps each photo's own (a GIF's copy is "
+                           "a PNG)"},
                 "hints": {**HINTS_SCHEMA, "type": ["object", "null"], "description": "a photo's colour hints"},
                 "references": {**REFERENCES_SCHEMA, "type": ["array", "null"]},
             },
