@@ -558,14 +558,17 @@ def test_a_run_in_a_bucket_colours_into_a_run_of_dpx_frames_exactly_as_tinct_col
 def test_a_film_into_frames_in_a_folder_leaves_the_folder_holding_its_frames_alone(service_env, tmp_path):
     client, start_worker, s3, _, model = service_env
     clip = write_clip(tmp_path / "reel.mkv", gray_frames(moving_scene(12, 96, 64)), gop=6, bframes=0)
-    put_object(s3, "s3://scans/reel.mkv", clip.path.read_bytes())
-    start_worker()
+    put_object(s3, "s3://scans/reel.mkv", clip.path.read_bytes(), metadata={"content-md5": "1B2M2Y8AsgTpgAmY7PhCfg=="})
+    worker = start_worker(segment_seconds=0.25)  # two segments of 6 frames
     folder = tmp_path / "conform" / "reel"
     job_id, _ = client.submit(spec("s3://scans/reel.mkv", f"{folder}/reel_%04d.tif", model))
     record = wait_for_job(client, job_id)
     assert record.state == "succeeded", record.error
     assert sorted(os.listdir(folder)) == [f"reel_{i:04d}.tif" for i in range(12)]  # no staging folder left beside
     assert all((folder / f"reel_{i:04d}.tif").stat().st_nlink == 1 for i in range(12))  # placed, and staged no more
+    # Each of its two segments reads the film's metadata; what is not carried is said once.
+    assert worker.text().count("tinct.colorize_segment[") == 4  # each received and succeeded
+    assert worker.text().count("s3://scans/reel.mkv: metadata content-md5 not carried to its copy") == 1
 
 
 def test_a_join_that_fails_midway_through_placing_frames_takes_back_those_it_placed(service_env, tmp_path):

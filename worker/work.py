@@ -893,7 +893,7 @@ def _colorize_segment(rt: Runtime, spec: JobSpec, segment: Segment, lease: Lease
         else:
             guidance = references_guidance(len(spec.options.references or ()))
             times = _colorize_to_frames(rt, film, target, layout, local, staged, colorize, output_metadata(
-                rt.source_metadata(spec.input), loaded.label, guidance, spec.input))
+                rt.source_metadata(spec.input), loaded.label, guidance, spec.input, report=segment.index == 0))
     except BadInputError as exc:  # about this worker's copy of the film
         raise as_stored(spec.input, Path(film.path), exc) from exc
     except liveness.HandedOver:  # the partial file is gone with atomic_path
@@ -955,12 +955,14 @@ _BYTES_WORD = re.compile(r"md5|sha(1|224|256|384|512)?(sum)?|checksums?|hash|crc
 S3_METADATA_BYTES = 2048  # S3's limit on an object's user metadata: its keys' and values' UTF-8 bytes together
 
 
-def output_metadata(source: Mapping[str, str], model_label: str, guidance: str, source_uri: str) -> dict[str, str]:
+def output_metadata(source: Mapping[str, str], model_label: str, guidance: str, source_uri: str,
+                    report: bool = True) -> dict[str, str]:
     """An output object's S3 user metadata: its source's (an archive's accession number, catalogue id, rights: what
     its catalogue knows the copy by), less the keys that describe the source's bytes, and the provenance sentence
     its file carries (``x-amz-meta-tinct``), where a catalogue or an ingest rule reads it with one HEAD request, not
     the file; a BMP result carries it nowhere else. A source key that does not fit beside the sentence within S3's
-    2 KB is left out, said in the log (S3 would refuse the upload)."""
+    2 KB is left out, said in the log where ``report`` (S3 would refuse the upload): once per copy, not per
+    segment of a run of frames."""
     provenance = {"tinct": provenance_text(model_label, guidance)}
     room = S3_METADATA_BYTES - sum(len(k.encode()) + len(v.encode()) for k, v in provenance.items())
     kept: dict[str, str] = {}
@@ -975,10 +977,10 @@ def output_metadata(source: Mapping[str, str], model_label: str, guidance: str, 
         else:
             kept[key] = value
             room -= size
-    if about_bytes:
+    if about_bytes and report:
         logger.info("%s: metadata %s not carried to its copy: it describes the source's bytes", source_uri,
                     ", ".join(about_bytes))
-    if no_room:
+    if no_room and report:
         logger.warning("%s: metadata %s not carried to its copy: no room beside the provenance within S3's 2 KB",
                        source_uri, ", ".join(no_room))
     return {**kept, **provenance}
