@@ -376,14 +376,14 @@ def test_hint_preview_honours_a_colour_point_and_refuses_bad_hints_other_prefixe
     assert elsewhere.status_code == 403 and detail(elsewhere).startswith("input:")
     unknown = alice.post("/api/v1/preview", json={"input": "s3://scans/alice/hinted.png", "size": 9})
     assert unknown.status_code == 422 and detail(unknown).startswith("size:")
-    document, page = io.BytesIO(), np.full((40, 60), 120, np.uint8)  # a two-page TIFF document, whose job refuses
-    Image.fromarray(page).save(document, format="TIFF", save_all=True,  # hints: refused before any is placed
-                               append_images=[Image.fromarray(page[:, :50])])
+    document, page = io.BytesIO(), np.full((40, 60), 120, np.uint8)  # a two-page TIFF document, whose hints are
+    Image.fromarray(page).save(document, format="TIFF", save_all=True,  # given page by page in a file: said before
+                               append_images=[Image.fromarray(page[:, :50])])  # any point is placed
     put_object(stack.s3, "s3://scans/alice/album.tif", document.getvalue())
     album = preview({}, source="s3://scans/alice/album.tif")
     assert album.status_code == 422 and detail(album) == (
-        "input: s3://scans/alice/album.tif: colour hints place points on one picture, and this is a 2-page document; "
-        "hint its pages as files of their own")
+        "input: s3://scans/alice/album.tif: the hint editor places points on one picture, and this is a 2-page "
+        'document: give its hints page by page in a hint file ({"pages": {"2": {"points": [...]}}})')
 
     # A flood from one token is turned away at once (burst 5, then about one a second); another token is not.
     # (Sent together, they reach the limiter within milliseconds; the admitted ones then take turns at the model.)

@@ -7,6 +7,7 @@ tifffile as scanning software writes them; copies are read back by libtiff's tif
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -111,7 +112,8 @@ def test_every_page_of_a_document_is_coloured_into_a_tiff_of_every_page(tmp_path
 def test_a_document_its_copy_would_cut_to_one_page_or_hinted_is_refused_whole(tmp_path: Path, tiny_checkpoint: Path,
                                                                                capsys) -> None:
     """A JPEG (or PNG...) copy would hold the first page alone: the document fails before any colouring, in one
-    line naming it, and nothing is written. So does a hint file beside it, whose points name one picture."""
+    line naming it, and nothing is written. So does a hint file beside it whose points are one picture's (a
+    document's are given page by page)."""
     scans = tmp_path / "scans"
     scans.mkdir()
     album(scans / "album.tif")
@@ -122,11 +124,44 @@ def test_a_document_its_copy_would_cut_to_one_page_or_hinted_is_refused_whole(tm
            "album.jpg" in report
     assert not out.exists() or not any(out.rglob("*"))
 
-    (scans / "album.tif.hints.json").write_text('{"hints": [{"x": 10, "y": 10, "colour": "#aa3322"}]}')
+    (scans / "album.tif.hints.json").write_text('{"points": [{"x": 10, "y": 10, "color": "#aa3322"}]}')
     assert main(["colorize", str(scans), "-o", str(out), *model_args(tiny_checkpoint)]) == 1
-    assert f"{scans / 'album.tif.hints.json'}: colour hints place points on one picture, and album.tif is a 3-page " \
-           "document" in capsys.readouterr().out
+    assert f"{scans / 'album.tif.hints.json'}: colour hints place points on one picture, and its photo is a 3-page " \
+           'document: give them page by page ({"pages": {"1": {"points": [...]}}})' in capsys.readouterr().out
     assert not any(out.rglob("*.tif"))
+
+
+def test_a_documents_hints_are_given_page_by_page(tmp_path: Path, tiny_checkpoint: Path, capsys) -> None:
+    """A document's hints are given page by page, each in its page's own upright pixels: the hinted page takes the
+    hint's colour where it was placed and its description says so; the others are coloured exactly as without
+    hints. A page the document does not have, or a point outside its page, fails the document before any colouring,
+    in one line naming the field."""
+    source = tmp_path / "album.tif"
+    album(source)
+    plain, hinted, hint_file = tmp_path / "plain.tif", tmp_path / "hinted.tif", tmp_path / "album.hints.json"
+    assert main(["colorize", str(source), "-o", str(plain), *model_args(tiny_checkpoint)]) == 0
+    blue = "#1f4fbf"
+    hint_file.write_text(json.dumps({"pages": {"2": {"points": [{"x": 30, "y": 40, "color": blue, "radius": 6}]}}}))
+    assert main(["colorize", str(source), "-o", str(hinted), "--hints", str(hint_file),
+                 *model_args(tiny_checkpoint)]) == 0
+    with tifffile.TiffFile(plain) as without, tifffile.TiffFile(hinted) as with_hints:
+        for number in (0, 2):
+            assert np.array_equal(without.pages[number].asarray(), with_hints.pages[number].asarray()), number
+            assert "with" not in with_hints.pages[number].tags["ImageDescription"].value
+        assert with_hints.pages[1].tags["ImageDescription"].value.endswith(", with 1 colour hint")
+        pixels = [(copy.pages[1].asarray() >> 8).astype(np.uint8) for copy in (without, with_hints)]  # 16-bit, 90x140
+    (_, b_without), (_, b_hinted) = (cv2.cvtColor(rgb[40:41, 30:31], cv2.COLOR_RGB2LAB)[0, 0, 1:].astype(int) - 128
+                                     for rgb in pixels)
+    assert b_hinted < -40 < b_without  # blue where the hint was put (-63 here, against +6 without it)
+
+    for pages, error in [({"4": {"points": [{"x": 1, "y": 1, "color": blue}]}}, "pages.4: the document has 3 pages"),
+                         ({"3": {"points": [{"x": 150, "y": 1, "color": blue}]}},
+                          "pages.3.points[0].x: 150 is outside the page (140x150: x from 0 to 139)")]:
+        hint_file.write_text(json.dumps({"pages": pages}))
+        assert main(["colorize", str(source), "-o", str(tmp_path / "refused.tif"), "--hints", str(hint_file),
+                     *model_args(tiny_checkpoint)]) == 1
+        assert f"{hint_file}: {error}" in capsys.readouterr().out
+        assert not (tmp_path / "refused.tif").exists()
 
 
 def test_a_documents_colour_page_is_kept_as_it_is_and_a_colour_document_left_alone(tmp_path: Path,

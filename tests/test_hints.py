@@ -192,6 +192,28 @@ def test_a_hint_file_parses_to_canonical_form_and_ab():
         HintSpec(regions=spec.regions).check_bounds(150, 500, "p.jpg")
 
 
+def test_a_documents_hints_parse_page_by_page_and_are_checked_against_its_pages():
+    red = {"points": [{"x": 5, "y": 6, "color": "#c00"}]}
+    blue = {"regions": [{"polygon": [[0, 0], [9, 0], [0, 9]], "color": "#00f"}]}
+    spec = parse_hints({"pages": {"3": red, "1": blue}}, "album.hints.json")
+    assert [number for number, _ in spec.pages] == [1, 3] and len(spec) == 2  # in page order
+    assert spec.page(2) is None and spec.page(3).to_dict()["points"][0]["color"] == "#cc0000"
+    assert spec.to_dict() == {"pages": {"1": spec.page(1).to_dict(), "3": spec.page(3).to_dict()}}
+    assert parse_hints(spec.to_dict(), "again") == spec  # what a job stores reads back the same
+    spec.check_document([(20, 10), (1, 1), (6, 7)], "album.tif")
+    with pytest.raises(HintError, match=r"^album\.tif: pages\.3: the document has 2 pages$"):
+        spec.check_document([(20, 10), (6, 7)], "album.tif")
+    with pytest.raises(HintError, match=r"^album\.tif: pages\.3\.points\[0\]\.y: 6 is outside the page \(6x6"):
+        spec.check_document([(20, 10), (1, 1), (6, 6)], "album.tif")
+    with pytest.raises(HintError, match=r"^photo\.jpg: pages: hints page by page are for a multi-page TIFF document"):
+        spec.check_bounds(100, 100, "photo.jpg")
+    with pytest.raises(HintError, match=r"^album\.tif: colour hints place points on one picture, and its photo is a "
+                                        r"2-page document: give them page by page"):
+        parse_hints(red, "h").check_document([(20, 10), (6, 7)], "album.tif")
+    with pytest.raises(HintError, match=r"pages: 3 hints, over the limit of 2"):
+        parse_hints({"pages": {"1": red, "2": red, "3": red}}, "h", max_hints=2)
+
+
 BAD_HINTS = {
     "malformed": ('{"points": [', ": malformed JSON: "),
     "not an object": ("[1, 2]", ": expected a JSON object"),
@@ -211,6 +233,14 @@ BAD_HINTS = {
     "bad vertex": ('{"regions": [{"polygon": [[0, 0], [5], [9, 9]], "color": "#fff"}]}',
                    ": regions[0].polygon[1]: expected [x, y]"),
     "points not a list": ('{"points": {"x": 1}}', ": points: expected a list"),
+    "points beside pages": ('{"pages": {}, "points": []}', ": points: unknown field beside pages"),
+    "pages not an object": ('{"pages": [1]}', ": pages: expected an object of pages by number"),
+    "page zero": ('{"pages": {"0": {"points": []}}}', ": pages.0: not a page number (1 is the first page)"),
+    "page by name": ('{"pages": {"cover": {"points": []}}}', ": pages.cover: not a page number"),
+    "page not an object": ('{"pages": {"2": [1]}}', ": pages.2: expected a JSON object with points"),
+    "bad point on a page": ('{"pages": {"2": {"points": [{"x": 1, "y": 1, "color": "red"}]}}}',
+                            ": pages.2.points[0].color: not an sRGB hex colour"),
+    "pages inside a page": ('{"pages": {"2": {"pages": {}}}}', ": pages.2.pages: unknown field"),
 }
 
 

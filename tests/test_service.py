@@ -15,6 +15,7 @@ import urllib.request
 from fractions import Fraction
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import redis
@@ -151,8 +152,9 @@ def test_collection_fans_out_and_lists_failed_files(service_env):
 
 
 def test_a_multi_page_document_is_coloured_page_by_page_or_refused_where_its_copy_would_cut_it(service_env):
-    """A TIFF document's every page is coloured into a TIFF of them all; asked for a JPEG, or given hints, it fails
-    naming its stored name (not the worker's copy of it), before any colouring."""
+    """A TIFF document's every page is coloured into a TIFF of them all, each with its own hints where its job gives
+    them page by page; asked for a JPEG, or given one picture's hints, it fails naming its stored name (not the
+    worker's copy of it), before any colouring."""
     client, start_worker, s3, _, model = service_env
     document = io.BytesIO()
     with tifffile.TiffWriter(document) as writer:
@@ -173,11 +175,23 @@ def test_a_multi_page_document_is_coloured_page_by_page_or_refused_where_its_cop
     assert record.state == "failed"
     assert "s3://scans/album.tif: a 2-page TIFF document, whose pages only a TIFF copy keeps: not copied as " \
            "album.jpg" in record.error
-    hinted, _ = client.submit(spec("s3://scans/album.tif", "s3://colour/hinted/", model,
-                                   hints={"points": [{"x": 10, "y": 10, "color": "#aa3322"}]}))
-    assert "s3://scans/album.tif: options.hints: colour hints place points on one picture, and this is a 2-page " \
-           "document" in wait_for_job(client, hinted).error
+    one_picture, _ = client.submit(spec("s3://scans/album.tif", "s3://colour/hinted/", model,
+                                        hints={"points": [{"x": 10, "y": 10, "color": "#aa3322"}]}))
+    assert "s3://scans/album.tif: options.hints: colour hints place points on one picture, and its photo is a 2-page " \
+           "document: give them page by page" in wait_for_job(client, one_picture).error
     assert keys(s3, "colour") == ["album.tif"]
+    red = {"points": [{"x": 20, "y": 30, "color": "#c01010", "radius": 5}]}
+    by_page, _ = client.submit(spec("s3://scans/album.tif", "s3://colour/hinted/", model, hints={"pages": {"2": red}}))
+    assert wait_for_job(client, by_page).state == "succeeded"
+    assert s3.client().head_object(Bucket="colour", Key="hinted/album.tif")["Metadata"]["tinct"].endswith(
+        ", with 1 colour hint")
+    with tifffile.TiffFile(io.BytesIO(get_object(s3, "s3://colour/album.tif"))) as plain, \
+            tifffile.TiffFile(io.BytesIO(get_object(s3, "s3://colour/hinted/album.tif"))) as hinted:
+        assert np.array_equal(plain.pages[0].asarray(), hinted.pages[0].asarray())  # no hints: as it was
+        a_without, a_hinted = (int(cv2.cvtColor(copy.pages[1].asarray()[30:31, 20:21], cv2.COLOR_RGB2LAB)[0, 0, 1])
+                               - 128 for copy in (plain, hinted))
+        assert a_hinted > 30 > a_without  # red where the hint was put
+        assert hinted.pages[1].tags["ImageDescription"].value.endswith(", with 1 colour hint")
 
 
 def test_film_is_split_over_two_workers_and_joined(service_env, tmp_path):

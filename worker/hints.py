@@ -5,7 +5,11 @@
 
 A hint file sits beside its photo as ``<photo file name>.hints.json`` (``scan_0042.tif.hints.json``) or is named
 with ``tinct colorize --hints``; a job carries the same object as ``options.hints``. ``x``, ``y`` are pixels of
-the photo as displayed (after EXIF orientation, origin top-left), ``color`` is sRGB hex, ``radius`` pixels.
+the photo as displayed (after EXIF orientation, origin top-left), ``color`` is sRGB hex, ``radius`` pixels. A
+multi-page TIFF document's hints are given page by page, each page's in its own pixels, its pages numbered from 1
+(pages without hints are coloured as they would be without any):
+
+    {"pages": {"3": {"points": [{"x": 410, "y": 220, "color": "#8a1c1c"}]}}}
 
 Every problem is a :class:`HintError` whose message is one line naming the file (or job field) and the field
 inside it, e.g. ``scan.tif.hints.json: points[2].color: not an sRGB hex colour like #2a3f8f: 'red'``. What can
@@ -19,6 +23,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +43,7 @@ _LIMITS = GuidanceLimits()
 MAX_POLYGON_VERTICES = 1000
 MAX_RADIUS = 500.0
 _HEX = re.compile(r"#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})")
+_PAGE_NUMBER = re.compile(r"[1-9][0-9]{0,5}")  # from 1, as TIFF's PageNumber counts them for people
 
 
 class HintError(FieldError):
@@ -46,33 +52,58 @@ class HintError(FieldError):
 
 @dataclass(frozen=True)
 class HintSpec:
-    """A validated hint document, kept in the user's terms (hex colours) so it can be stored in a job and hashed."""
+    """A validated hint document, kept in the user's terms (hex colours) so it can be stored in a job and hashed: one
+    picture's points and regions, or a multi-page document's hints page by page (``pages``: page number from 1 and
+    that page's hints, in page order)."""
 
     points: tuple[tuple[float, float, str, float], ...] = ()  # x, y, colour, radius
     regions: tuple[tuple[tuple[tuple[float, float], ...], str], ...] = ()  # polygon, colour
+    pages: tuple[tuple[int, HintSpec], ...] = ()
 
     def __len__(self) -> int:
-        return len(self.points) + len(self.regions)
+        return len(self.points) + len(self.regions) + sum(len(hints) for _, hints in self.pages)
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical JSON form (what enters a job's id): every field explicit, numbers as parsed."""
+        if self.pages:
+            return {"pages": {str(number): hints.to_dict() for number, hints in self.pages}}
         return {
             "points": [{"x": x, "y": y, "color": colour, "radius": radius} for x, y, colour, radius in self.points],
             "regions": [{"polygon": [list(v) for v in polygon], "color": colour} for polygon, colour in self.regions],
         }
 
-    def check_bounds(self, width: int, height: int, where: str | os.PathLike) -> None:
-        """Every point and polygon vertex inside a ``width`` x ``height`` photo (as displayed); HintError if not."""
+    def page(self, number: int) -> HintSpec | None:
+        """Page ``number``'s hints (from 1), or None where it has none."""
+        return dict(self.pages).get(number)
+
+    def check_bounds(self, width: int, height: int, where: str | os.PathLike, field: str = "") -> None:
+        """Every point and polygon vertex inside a ``width`` x ``height`` photo (as displayed); HintError if not, or
+        for hints given page by page, which belong to a document. ``field`` prefixes the fields named."""
+        if self.pages:
+            raise HintError(where, f"{field}pages", "hints page by page are for a multi-page TIFF document, and its "
+                                                    "photo is one picture: give its points and regions")
         for i, (x, y, _, _) in enumerate(self.points):
             for name, value, size in (("x", x, width), ("y", y, height)):
                 if not 0 <= value <= size - 1:
-                    raise HintError(where, f"points[{i}].{name}", f"{value:g} is outside the photo "
-                                    f"({width}x{height}: {name} from 0 to {size - 1})")
+                    raise HintError(where, f"{field}points[{i}].{name}", f"{value:g} is outside the "
+                                    f"{'page' if field else 'photo'} ({width}x{height}: {name} from 0 to {size - 1})")
         for i, (polygon, _) in enumerate(self.regions):
             for j, (x, y) in enumerate(polygon):
                 if not (0 <= x <= width - 1 and 0 <= y <= height - 1):
-                    raise HintError(where, f"regions[{i}].polygon[{j}]", f"[{x:g}, {y:g}] is outside the photo "
-                                    f"({width}x{height})")
+                    raise HintError(where, f"{field}regions[{i}].polygon[{j}]", f"[{x:g}, {y:g}] is outside the "
+                                    f"{'page' if field else 'photo'} ({width}x{height})")
+
+    def check_document(self, sizes: Sequence[tuple[int, int]], where: str | os.PathLike) -> None:
+        """Every page's hints inside its page, of a document whose pages have the (upright) ``sizes``; HintError for
+        a page it does not have, or for hints of one picture, which cannot say which page they are for."""
+        if len(self.points) + len(self.regions):
+            raise HintError(where, "", f"colour hints place points on one picture, and its photo is a "
+                                       f"{len(sizes)}-page document: give them page by page "
+                                       '({"pages": {"1": {"points": [...]}}})')
+        for number, hints in self.pages:
+            if number > len(sizes):
+                raise HintError(where, f"pages.{number}", f"the document has {len(sizes)} pages")
+            hints.check_bounds(*sizes[number - 1], where, f"pages.{number}.")
 
     def colour_hints(self) -> ColourHints:
         """The hints for ``models.hints``: each colour's chroma (ab) in CIE Lab."""
@@ -133,17 +164,42 @@ def sidecar_path(photo: str | os.PathLike) -> Path:
 def parse_hints(data: Any, where: str | os.PathLike, max_hints: int = _LIMITS.max_hints) -> HintSpec:
     """Validate a hint document (already decoded from JSON) without the photo; ``where`` names it in errors."""
     if not isinstance(data, dict):
-        raise HintError(where, "", f"expected a JSON object with points and/or regions, got {_kind(data)}")
+        raise HintError(where, "", f"expected a JSON object with points and/or regions, or pages, got {_kind(data)}")
+    if "pages" not in data:
+        return _picture_hints(data, where, "", max_hints)
+    beside = sorted(set(data) - {"pages"})
+    if beside:
+        raise HintError(where, beside[0], "unknown field beside pages (a document's hints are all given by page)"
+                        if beside[0] in ("points", "regions") else "unknown field (a hint file has pages)")
+    pages_raw = data["pages"]
+    if not isinstance(pages_raw, dict):
+        raise HintError(where, "pages", f"expected an object of pages by number, got {_kind(pages_raw)}")
+    pages = []
+    for key, page in pages_raw.items():
+        if not _PAGE_NUMBER.fullmatch(key):
+            raise HintError(where, f"pages.{key}", "not a page number (1 is the first page)")
+        pages.append((int(key), _picture_hints(page, where, f"pages.{key}.", max_hints)))
+    spec = HintSpec(pages=tuple(sorted(pages)))
+    if len(spec) > max_hints:
+        raise HintError(where, "pages", f"{len(spec)} hints, over the limit of {max_hints} (TINCT_MAX_HINTS)")
+    return spec
+
+
+def _picture_hints(data: Any, where: str | os.PathLike, field: str, max_hints: int) -> HintSpec:
+    """One picture's points and regions; ``field`` prefixes the fields named in errors (a document's page's)."""
+    if not isinstance(data, dict):
+        raise HintError(where, field.rstrip("."), f"expected a JSON object with points and/or regions, got "
+                                                  f"{_kind(data)}")
     unknown = sorted(set(data) - {"points", "regions"})
     if unknown:
-        raise HintError(where, unknown[0], "unknown field (a hint file has points and regions)")
-    points_raw = _list(data.get("points", []), where, "points")
-    regions_raw = _list(data.get("regions", []), where, "regions")
+        raise HintError(where, f"{field}{unknown[0]}", "unknown field (a hint file has points and regions, or pages)")
+    points_raw = _list(data.get("points", []), where, f"{field}points")
+    regions_raw = _list(data.get("regions", []), where, f"{field}regions")
     if len(points_raw) + len(regions_raw) > max_hints:
-        raise HintError(where, "points" if len(points_raw) > len(regions_raw) else "regions",
+        raise HintError(where, f"{field}points" if len(points_raw) > len(regions_raw) else f"{field}regions",
                         f"{len(points_raw) + len(regions_raw)} hints, over the limit of {max_hints} (TINCT_MAX_HINTS)")
-    points = tuple(_point(p, where, f"points[{i}]") for i, p in enumerate(points_raw))
-    regions = tuple(_region(r, where, f"regions[{i}]") for i, r in enumerate(regions_raw))
+    points = tuple(_point(p, where, f"{field}points[{i}]") for i, p in enumerate(points_raw))
+    regions = tuple(_region(r, where, f"{field}regions[{i}]") for i, r in enumerate(regions_raw))
     return HintSpec(points, regions)
 
 
@@ -258,21 +314,33 @@ def hints_provenance(count: int) -> str:
 def job_photo_hints(raw: dict | None, width: int, height: int, uri: str) -> ColourHints | None:
     """A job's ``options.hints`` (validated when the job was submitted) checked against its photo's displayed size:
     None without hints; HintError naming the photo and ``options.hints.<field>`` for a point outside it."""
+    spec = _job_hints(raw, uri, lambda spec: spec.check_bounds(width, height, uri))
+    return spec.colour_hints() if spec is not None else None
+
+
+def job_document_hints(raw: dict | None, sizes: Sequence[tuple[int, int]], uri: str) -> HintSpec | None:
+    """A job's ``options.hints`` checked against its multi-page document's pages (their upright ``sizes``), as
+    :func:`job_photo_hints` checks a photo's; each page's are then ``spec.page(number)``."""
+    return _job_hints(raw, uri, lambda spec: spec.check_document(sizes, uri))
+
+
+def _job_hints(raw: dict | None, uri: str, check: Callable[[HintSpec], None]) -> HintSpec | None:
     if not raw:
         return None
     try:
         spec = parse_hints(raw, uri, GuidanceLimits.unlimited().max_hints)  # counted when the job was submitted
-        spec.check_bounds(width, height, uri)
+        check(spec)
     except HintError as exc:
         raise HintError(uri, f"options.hints.{exc.field}".rstrip("."), exc.detail) from None
-    return spec.colour_hints()
+    return spec
 
 
 def check_local_bounds(spec: HintSpec, photo: str, where: str | os.PathLike) -> None:
     """Check hints against ``photo``'s displayed size when it is a local file (a path or file:// URI) Pillow can open;
-    anything else is left to the worker, which checks every photo's hints once it has decoded it."""
+    anything else is left to the worker, which checks every photo's hints once it has decoded it (a document's
+    pages, too: which pages a TIFF's are, pictures or a pyramid's levels, takes its reader)."""
     path = Path(photo[len("file://"):] if photo.startswith("file://") else photo)
-    if "://" in photo[:10] and not photo.startswith("file://") or not path.is_file():
+    if "://" in photo[:10] and not photo.startswith("file://") or not path.is_file() or spec.pages:
         return
     try:
         with open_image(path) as image:

@@ -37,7 +37,7 @@ from models.engines import create_engine
 from models.files import PARTIAL_SUFFIX, changed_since, unwritable_reason
 from models.hints import ColourHints
 from worker.errors import BadInputError, ModelError, TinctError, UnsupportedMediaError, one_line
-from worker.hints import HINTS_SUFFIX, hints_provenance, load_hints_file, sidecar_path
+from worker.hints import HINTS_SUFFIX, HintSpec, hints_provenance, load_hints_file, sidecar_path
 from worker.media.frame_sequences import FOLDER_SEQUENCE_SUFFIXES, folder_sequences, is_pattern, output_stem, photo_runs
 from worker.media.frame_sink import is_frame_output
 from worker.media.images import (
@@ -515,7 +515,7 @@ class _Run:
     def _pipeline(self, pool: ThreadPoolExecutor, tasks: Iterator[PhotoTask], workers: int) -> None:
         ahead = self.options.batch_size + workers  # decoded photos waiting, bounded so memory stays bounded
         decodes = self.decodes
-        batch: list[tuple[PhotoTask, Photo, ColourHints | None]] = []
+        batch: list[tuple[PhotoTask, Photo, HintSpec | None]] = []
         while True:
             while len(decodes) < ahead and (task := next(tasks, None)) is not None:
                 decoding = pool.submit(_read_with_hints, task, self.options.max_pixels, self.options.limits)
@@ -528,7 +528,7 @@ class _Run:
                 continue
             photo, hints = decoded
             if photo.page_count > 1:  # a document: coloured and written a page at a time, here
-                self._document(task)
+                self._document(task, hints)
                 continue
             pixels = sum(p.L.size for _, p, _ in batch)
             if batch and pixels + photo.L.size > self.options.max_batch_pixels:
@@ -544,8 +544,8 @@ class _Run:
             self._finish_encode()
 
     def _decoded(
-        self, task: PhotoTask, decoding: Future[tuple[Photo, ColourHints | None]]
-    ) -> tuple[Photo, ColourHints | None] | None:
+        self, task: PhotoTask, decoding: Future[tuple[Photo, HintSpec | None]]
+    ) -> tuple[Photo, HintSpec | None] | None:
         try:
             photo, hints = decoding.result()
         except TinctError as exc:
@@ -562,9 +562,9 @@ class _Run:
             logger.info("%s: %s; recolorizing its lightness", task.source, colour)
         return photo, hints
 
-    def _colorize(self, pool: ThreadPoolExecutor, batch: list[tuple[PhotoTask, Photo, ColourHints | None]]) -> None:
+    def _colorize(self, pool: ThreadPoolExecutor, batch: list[tuple[PhotoTask, Photo, HintSpec | None]]) -> None:
         lightness = [photo.L for _, photo, _ in batch]
-        hints = [h for _, _, h in batch]
+        hints = [spec.colour_hints() if spec else None for _, _, spec in batch]
         try:
             if any(hints):
                 results = self.colorizer.colorize(lightness, hints=hints)
@@ -581,12 +581,13 @@ class _Run:
         while len(self.encodes) > 2 * max(1, self.options.workers):
             self._finish_encode()
 
-    def _document(self, task: PhotoTask) -> None:
-        """A multi-page TIFF document, read, coloured and written a page at a time (``images.write_document``): its
-        pages already in colour are kept as they are, unless recoloured; one in colour throughout is left alone."""
+    def _document(self, task: PhotoTask, hints: HintSpec | None) -> None:
+        """A multi-page TIFF document, read, coloured and written a page at a time (``images.write_document``), each
+        page with its hints: its pages already in colour are kept as they are, unless recoloured; one in colour
+        throughout is left alone."""
         try:
             coloured, kept = colour_document(self.colorizer, task.source, task.output, self.model_label,
-                                             self.options.recolor, self.options.max_pixels)
+                                             self.options.recolor, self.options.max_pixels, hints=hints)
         except InColourThroughout as exc:
             reason = (f"{task.source}: already {exc.description}; skipped, use --recolor to colorize its lightness "
                       "anyway")
@@ -614,46 +615,59 @@ class _Run:
 
 
 def colour_document(colorizer: Colorizer, source: Path, output: Path, model_label: str, recolor: bool,
-                    max_pixels: int, progress: Callable[[], None] = lambda: None) -> tuple[int, str | None]:
+                    max_pixels: int, progress: Callable[[], None] = lambda: None, hints: HintSpec | None = None
+                    ) -> tuple[int, str | None]:
     """Colour the multi-page TIFF document ``source`` into ``output`` a page at a time (``images.read_pages``,
-    ``images.write_document``): a long document never lies in memory whole. Its pages already in colour are kept as
-    they are unless ``recolor``; ``progress()`` is called as each page is done (a service worker's liveness). Returns
-    the pages coloured, and those kept, in words (None where none was); raises ``images.InColourThroughout`` where
-    every page was in colour, and the copy is not made."""
+    ``images.write_document``), each page with its ``hints`` (checked against the document beforehand:
+    ``HintSpec.check_document``): a long document never lies in memory whole. Its pages already in colour are kept
+    as they are unless ``recolor``; ``progress()`` is called as each page is done (a service worker's liveness).
+    Returns the pages coloured, and those kept, in words (None where none was); raises
+    ``images.InColourThroughout`` where every page was in colour, and the copy is not made."""
     coloured = 0
+    guidance: dict[int, str] = {}  # each hinted page's provenance, said in that page's description
 
     def pages() -> Iterator[tuple[np.ndarray | None, Photo]]:
         nonlocal coloured
         with closing(read_pages(source, max_pixels)) as decoded:
-            for page in decoded:
+            for number, page in enumerate(decoded, 1):
+                page_hints = hints.page(number) if hints is not None else None
                 if page.kept_colour is not None and not recolor:
                     yield None, page
+                elif page_hints:
+                    coloured += 1
+                    guidance[number] = hints_provenance(len(page_hints))
+                    yield colorizer.colorize([page.L], hints=[page_hints.colour_hints()])[0], page
                 else:
                     coloured += 1
                     yield colorizer.colorize([page.L])[0], page
                 progress()
 
-    kept = write_document(output, pages(), model_label)
+    kept = write_document(output, pages(), model_label, guidance)
     if not kept:
         return coloured, None
     count = coloured + len(kept)
     numbers = ", ".join(str(number) for number in kept)
     several = len(kept) > 1
-    return coloured, (f"page{'s' if several else ''} {numbers} of {count} already in colour, kept as "
-                      f"{'they are' if several else 'it is'}")
+    said = (f"page{'s' if several else ''} {numbers} of {count} already in colour, kept as "
+            f"{'they are' if several else 'it is'}")
+    if unused := [number for number in kept if hints is not None and hints.page(number)]:
+        said += (f"; the hints for page{'s' if len(unused) > 1 else ''} {', '.join(map(str, unused))} are not used "
+                 "(recolour the document to colour it from its lightness with them)")
+    return coloured, said
 
 
-def _read_with_hints(task: PhotoTask, max_pixels: int, limits: GuidanceLimits) -> tuple[Photo, ColourHints | None]:
-    """Decode a photo and its hint file, the hints checked against the photo's displayed size: a bad hint file, or a
-    document its copy's format would cut to one page, fails its photo before anything is colorized or written."""
+def _read_with_hints(task: PhotoTask, max_pixels: int, limits: GuidanceLimits) -> tuple[Photo, HintSpec | None]:
+    """Decode a photo and its hint file, the hints checked against the photo's displayed size (a document's, page
+    by page, against its pages'): a bad hint file, or a document its copy's format would cut to one page, fails its
+    photo before anything is colorized or written."""
     photo = read_photo(task.source, max_pixels)
     if reason := lost_pages(photo, task.output):
         raise UnsupportedMediaError(task.source, reason)
     if task.hints is None:
         return photo, None
-    if photo.page_count > 1:
-        raise BadInputError(task.hints, f"colour hints place points on one picture, and {task.source.name} is a "
-                                        f"{photo.page_count}-page document; hint its pages as files of their own")
     spec = load_hints_file(task.hints, limits.max_hints, limits.max_hint_file_bytes)
-    spec.check_bounds(*photo.size, task.hints)
-    return photo, spec.colour_hints()
+    if photo.page_count > 1:
+        spec.check_document(photo.document_sizes, task.hints)
+    else:
+        spec.check_bounds(*photo.size, task.hints)
+    return photo, spec

@@ -54,7 +54,6 @@ from models.hints import ColourHints
 from worker import liveness, metrics
 from worker.errors import (
     BadInputError,
-    FieldError,
     InputTooLargeError,
     ModelError,
     PermanentError,
@@ -63,7 +62,7 @@ from worker.errors import (
     one_line,
 )
 from worker.films import DEFAULT_MAX_FILM_PIXELS, warmup_frames
-from worker.hints import hints_provenance, job_photo_hints
+from worker.hints import HintSpec, hints_provenance, job_document_hints, job_photo_hints
 from worker.input_cache import HeldInput, InputCache
 from worker.jobs import FINISHED, JobRecord, JobSpec, JobStore, film_output_uri, job_key, output_folder
 from worker.liveness import Lease, Leases
@@ -523,6 +522,7 @@ class _ReadPhoto:
     photo: Photo
     hints: ColourHints | None
     seconds: float  # spent on it so far (fetch, read), for its stage time
+    page_hints: HintSpec | None = None  # a multi-page document's, page by page
 
 
 class _PhotoPiece:
@@ -626,15 +626,17 @@ class _PhotoPiece:
                 raise BadInputError(uri, f"already {colour}; set options.recolor to colorize its lightness anyway")
             if reason := lost_pages(photo, parse_uri(output)[2]):
                 raise UnsupportedMediaError(uri, reason)
-            if photo.page_count > 1 and spec.options.hints:
-                raise FieldError(uri, "options.hints", f"colour hints place points on one picture, and this is a "
-                                                       f"{photo.page_count}-page document")
-            hints = job_photo_hints(spec.options.hints, *photo.size, uri)  # before any work: a bad point fails it
+            # Before any work: a bad point fails it.
+            if photo.page_count > 1:
+                page_hints = job_document_hints(spec.options.hints, photo.document_sizes, uri)
+                hints = None
+            else:
+                page_hints, hints = None, job_photo_hints(spec.options.hints, *photo.size, uri)
         except BaseException:
             self._drop(local)
             raise
         self.task.progress()
-        return _ReadPhoto(uri, output, local, info.metadata, photo, hints, time.perf_counter() - began)
+        return _ReadPhoto(uri, output, local, info.metadata, photo, hints, time.perf_counter() - began, page_hints)
 
     def _colour_batch(self, pool: ThreadPoolExecutor) -> None:
         """Colour the photos read so far together, and hand each to a thread to be written and stored."""
@@ -725,7 +727,8 @@ class _PhotoPiece:
             result = self._result_path(read.output)
             try:
                 coloured, kept = colour_document(self.loaded.colorizer, read.local, result, self.loaded.label,
-                                                 self.spec.options.recolor, DEFAULT_MAX_PIXELS, _page_done)
+                                                 self.spec.options.recolor, DEFAULT_MAX_PIXELS, _page_done,
+                                                 read.page_hints)
             except InColourThroughout as exc:
                 raise BadInputError(uri, f"already {exc.description}; set options.recolor to colorize its lightness "
                                          "anyway") from exc
@@ -733,7 +736,7 @@ class _PhotoPiece:
                 raise type(exc)(uri, exc.reason) from exc
             if kept:
                 logger.info("%s: %s", uri, kept)
-            self._store(result, read, hints_provenance(0))
+            self._store(result, read, hints_provenance(len(read.page_hints) if read.page_hints else 0))
         except PermanentError as exc:
             self._failed(uri, exc)
             return

@@ -444,9 +444,10 @@ class HintPreviews:
         finally:
             if scheme != "file":
                 local.unlink(missing_ok=True)
-        if photo.page_count > 1:  # the worker refuses such a job's hints: said here, before a restorer places any
-            raise BadInputError(uri, f"colour hints place points on one picture, and this is a "
-                                     f"{photo.page_count}-page document; hint its pages as files of their own")
+        if photo.page_count > 1:  # said here, before a restorer places any point
+            raise BadInputError(uri, f"the hint editor places points on one picture, and this is a "
+                                     f"{photo.page_count}-page document: give its hints page by page in a hint file "
+                                     '({"pages": {"2": {"points": [...]}}})')
         full = photo.L
         height, width = full.shape
         scale = min(1.0, HINT_PREVIEW_SIDE / max(width, height))

@@ -131,16 +131,23 @@ def job_view(record: JobRecord) -> dict[str, Any]:
     }
 
 
+_PICTURE_HINTS = {
+    "points": {"type": "array", "items": {"type": "object", "required": ["x", "y", "color"], "properties": {
+        "x": {"type": "number"}, "y": {"type": "number"}, "color": {"type": "string", "example": "#2a3f8f"},
+        "radius": {"type": "number"}}}},
+    "regions": {"type": "array", "items": {"type": "object", "required": ["polygon", "color"], "properties": {
+        "polygon": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+        "color": {"type": "string"}}}},
+}
 HINTS_SCHEMA = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "points": {"type": "array", "items": {"type": "object", "required": ["x", "y", "color"], "properties": {
-            "x": {"type": "number"}, "y": {"type": "number"}, "color": {"type": "string", "example": "#2a3f8f"},
-            "radius": {"type": "number"}}}},
-        "regions": {"type": "array", "items": {"type": "object", "required": ["polygon", "color"], "properties": {
-            "polygon": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
-            "color": {"type": "string"}}}},
+        **_PICTURE_HINTS,
+        "pages": {"type": "object", "description": "a multi-page TIFF document's hints, page by page (instead of "
+                  "points and regions): page number from 1 -> that page's points and regions, in its own pixels",
+                  "additionalProperties": {"type": "object", "additionalProperties": False,
+                                           "properties": _PICTURE_HINTS}},
     },
 }
 REFERENCES_SCHEMA = {
@@ -175,7 +182,8 @@ JOB_SPEC_SCHEMA = {
                 "format": {"type": ["string", "null"], "description": "photos' copy format: jpg, png, tif, webp, "
                            "bmp or jp2, naming each copy so in a folder; null keeps each photo's own (a GIF's copy is "
                            "a PNG)"},
-                "hints": {**HINTS_SCHEMA, "type": ["object", "null"], "description": "a photo's colour hints"},
+                "hints": {**HINTS_SCHEMA, "type": ["object", "null"],
+                          "description": "a photo's colour hints (a document's, page by page)"},
                 "references": {**REFERENCES_SCHEMA, "type": ["array", "null"]},
             },
         },

@@ -35,13 +35,14 @@ import threading
 import tomllib
 import warnings
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, closing, contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path, PurePath
+from types import MappingProxyType
 from typing import Any, BinaryIO
 from xml.sax.saxutils import escape as xml_escape
 
@@ -1481,16 +1482,18 @@ class InColourThroughout(Exception):
 
 def write_document(
     path: str | os.PathLike, pages: Iterable[tuple[np.ndarray | None, Photo]], provenance: str,
+    page_guidance: Mapping[int, str] = MappingProxyType({}),
 ) -> list[int]:
     """A multi-page TIFF document's copy at ``path``, written a page at a time as ``pages`` gives them (the colour
     result for each page, with the page as :func:`read_pages` decoded it; None for a page already in colour, kept as
     it is): no more than a page or two lies in memory, however long the document. Every page keeps its own size,
-    orientation, depth, coding and metadata, and is numbered as a page of the document. Returns the numbers (from 1)
-    of the pages kept in their own colour. Raises :class:`InColourThroughout` where every page was, and the copy is
-    not made; as :func:`write_photo`, the copy appears whole or not at all."""
+    orientation, depth, coding and metadata, and is numbered as a page of the document; its description says what
+    guided its colour besides the model (``page_guidance``, by page number from 1, read as each page is written, so
+    ``pages`` may fill it as it goes: ``3 colour hints``). Returns the numbers (from 1) of the pages kept in their
+    own colour. Raises :class:`InColourThroughout` where every page was, and the copy is not made; as
+    :func:`write_photo`, the copy appears whole or not at all."""
     path = Path(path)
     software = f"Tinct {tinct_version()}"
-    description = provenance_text(provenance)
     kept: list[int] = []
     scores: list[float] = []
     with atomic_output(path) as f:
@@ -1502,6 +1505,7 @@ def write_document(
                 kept.append(number + 1)
             scores.append(page.colour_score)
             pixels = _result_pixels(rgb, page, page.alpha, "TIFF")
+            description = provenance_text(provenance, page_guidance.get(number + 1, ""))
             writer.add_page(_tiff_page(path, pixels, page, description, software), JPEG_QUALITY, number,
                             page.page_count)
         if len(kept) == len(scores):
