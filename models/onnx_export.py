@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import onnx
 import torch
 from torch import nn
 
@@ -129,6 +128,8 @@ def read_onnx_metadata(path: str | os.PathLike) -> OnnxMetadata:
     Loads the graph without its tensors' bytes being parsed into numpy, so this is cheap enough to call
     before every cache hit.
     """
+    import onnx  # a second and a half to import: only where an export is read or made, not in every command
+
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such ONNX file")
@@ -163,6 +164,8 @@ def export_onnx(
     (written next to its destination, checked with ``onnx.checker``, then renamed), so a reader or a
     concurrent exporter never sees a half-written model.
     """
+    import onnx  # (see read_onnx_metadata)
+
     if precision not in EXPORT_PRECISIONS:
         raise ValueError(f"unsupported export precision {precision!r}; valid choices: {', '.join(EXPORT_PRECISIONS)}")
     ckpt = _as_checkpoint(checkpoint)
