@@ -27,6 +27,7 @@ from worker.errors import StorageError
 from worker.hints import parse_hints_bytes
 from worker.jobs import JobOptions, JobSpec, JobSpecError, JobStore, film_output_uri
 from worker.service import Service
+from worker.settings import Settings
 from worker.storage import ObjectInfo, Storage, UnsafeKeyError, parse_uri
 from worker.triggers.bulk import BulkReport, bulk
 from worker.triggers.events import S3Event, parse_s3_events, submit_events
@@ -286,6 +287,26 @@ def test_a_format_names_the_copies_of_bulk_and_events_and_photos_renamed_into_on
     assert results.rejected == [(uri, reason) for uri, reason in report.failures]
     with pytest.raises(JobSpecError, match="options.format: unknown output format 'gif'"):
         bulk(submitter, "s3://scans/", "s3://out/", replace(OPTIONS, format="gif"))
+
+
+def test_bulk_over_a_folder_sorts_out_copies_that_would_share_a_name_from_its_walk(redis_server, tmp_path):  # noqa: F811
+    """A folder is walked in sorted order, a folder's files and subfolders together, so a photo's namesakes lie in
+    one run of its walk as they do in an S3 listing (``a.k/`` among them)."""
+    for key in ("a.b.jpg", "a.jpg", "a.k/x.jpg", "a.tif", "b.png", "b.tif"):
+        (tmp_path / "in" / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / key).write_bytes(b"scan")
+    client = redis_server.client()
+    with Storage(Settings(redis_url=redis_server.url)) as storage:
+        submitter = StoreSubmitter(storage, client)
+        report = bulk(submitter, f"file://{tmp_path}/in/", f"file://{tmp_path}/out/", replace(OPTIONS, format="png"))
+    client.close()
+    inputs, outputs = f"file://{tmp_path}/in/", f"file://{tmp_path}/out/"
+    assert sorted((spec.input[len(inputs):], spec.output[len(outputs):]) for spec in submitter.created) == [
+        ("a.b.jpg", "a.b.png"), ("a.jpg", "a.png"), ("a.k/x.jpg", "a.k/x.png"), ("b.png", "b.png")]
+    assert report.failures == [(f"{inputs}a.tif", f"{inputs}a.tif: its copy {outputs}a.png is also the copy of "
+                                                  f"{inputs}a.jpg"),
+                               (f"{inputs}b.tif", f"{inputs}b.tif: its copy {outputs}b.png is also the copy of "
+                                                  f"{inputs}b.png")]
 
 
 def test_bulk_rerun_skips_done_and_queued_and_reruns_failed(submitter, s3_server):  # noqa: F811
