@@ -390,7 +390,7 @@ def _checked(plan: PhotoPlan) -> PhotoPlan:
     sources = {task.source.resolve() for task in plan.tasks + plan.films}
     for kind in ("tasks", "films"):
         tasks: list[PhotoTask] = getattr(plan, kind)
-        renamed = [task.source.suffix.lower() != task.output.suffix.lower() for task in tasks]
+        renamed = [renamed_copy(str(task.source), str(task.output)) for task in tasks]
         ranked = sorted(range(len(tasks)), key=renamed.__getitem__)  # stable: in the order found within each
         kept = []
         for i in ranked:

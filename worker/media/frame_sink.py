@@ -21,7 +21,7 @@ frame's copy what its scan said of it (``DPX_CARRIED_FIELDS``: its keycode, fram
 copyright, the scanner), with the scan frame's name and time as its source's. OpenEXR frames say their rate and
 timecode, and each from a plate what its plate frame's header says of the picture (``worker.media.openexr``). Every
 frame says it was colorized by Tinct, in its format's own field (``FrameWriter._with_metadata``); a DPX frame names
-itself. """
+itself."""
 
 from __future__ import annotations
 
