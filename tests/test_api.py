@@ -10,7 +10,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
@@ -376,15 +376,17 @@ def test_hint_preview_honours_a_colour_point_and_refuses_bad_hints_other_prefixe
     assert elsewhere.status_code == 403 and detail(elsewhere).startswith("input:")
     unknown = alice.post("/api/v1/preview", json={"input": "s3://scans/alice/hinted.png", "size": 9})
     assert unknown.status_code == 422 and detail(unknown).startswith("size:")
-    document, page = io.BytesIO(), np.full((40, 60), 120, np.uint8)  # a two-page TIFF document, whose hints are
-    Image.fromarray(page).save(document, format="TIFF", save_all=True,  # given page by page in a file: said before
-                               append_images=[Image.fromarray(page[:, :50])])  # any point is placed
-    put_object(stack.s3, "s3://scans/alice/album.tif", document.getvalue())
-    album = preview({}, source="s3://scans/alice/album.tif")
-    assert album.status_code == 422 and detail(album) == (
-        "input: s3://scans/alice/album.tif: the hint editor places points on one picture, and this is a 2-page "
-        'document: give its hints page by page in a hint file ({"pages": {"2": {"points": [...]}}})')
-
+    lightness = alice.get("/api/v1/preview/lightness", params={"input": "s3://scans/alice/hinted.png"})
+    assert lightness.status_code == 200 and lightness.headers["x-photo-pages"] == "1"
+    assert (lightness.headers["x-photo-width"], lightness.headers["x-photo-height"]) == ("800", "600")
+    gray = jpeg(lightness.content)  # the picture the points are placed on: the same size as its preview, in gray
+    assert gray.shape == before.shape and np.abs(gray[..., 0].astype(int) - gray[..., 2]).max() <= 2
+    second = alice.get("/api/v1/preview/lightness", params={"input": "s3://scans/alice/hinted.png", "page": 2})
+    assert second.status_code == 422 and detail(second) == (
+        "input: s3://scans/alice/hinted.png: page 2: the photo is one picture, not a multi-page document")
+    assert alice.get("/api/v1/preview/lightness", params={"input": "s3://scans/bob/x.png"}).status_code == 403
+    bad_page = alice.get("/api/v1/preview/lightness", params={"input": "s3://scans/alice/hinted.png", "page": 0})
+    assert bad_page.status_code == 422 and detail(bad_page).startswith("page: ")
     # A flood from one token is turned away at once (burst 5, then about one a second); another token is not.
     # (Sent together, they reach the limiter within milliseconds; the admitted ones then take turns at the model.)
     with ThreadPoolExecutor(10) as pool:
@@ -396,6 +398,52 @@ def test_hint_preview_honours_a_colour_point_and_refuses_bad_hints_other_prefixe
     carol_photo = stack.folders["in"] / "hinted.png"
     carol_photo.write_bytes(gray_png(6))
     assert preview({}, client=stack.client("carol"), source=str(carol_photo)).status_code == 200
+
+
+def test_a_documents_pages_are_previewed_and_hinted_one_at_a_time_each_in_its_own_pixels(stack):
+    bob = stack.client("bob")
+
+    def admitted(send: Callable[[], httpx.Response]) -> httpx.Response:
+        """``send``'s answer once the preview rate limit lets it through (the limit is tested above)."""
+        while (response := send()).status_code == 429:
+            time.sleep(float(response.headers["retry-after"]))
+        return response
+
+    def lightness(**params) -> httpx.Response:
+        return admitted(lambda: bob.get("/api/v1/preview/lightness", params={"input": album, **params}))
+
+    def preview(**body) -> httpx.Response:
+        return admitted(lambda: bob.post("/api/v1/preview", json={"input": album, "options": options, **body}))
+
+    album, options = "s3://scans/bob/album.tif", {"model": str(stack.model), "render_size": 64}
+    pages_of = io.BytesIO()  # page 1 60x40 and lighter, page 2 50x64
+    Image.fromarray(np.full((40, 60), 120, np.uint8)).save(
+        pages_of, format="TIFF", save_all=True, append_images=[Image.fromarray(np.full((64, 50), 90, np.uint8))])
+    put_object(stack.s3, album, pages_of.getvalue())
+    first, second = lightness(), lightness(page=2)
+    assert first.status_code == second.status_code == 200
+    assert [(r.headers["x-photo-width"], r.headers["x-photo-height"], r.headers["x-photo-pages"])
+            for r in (first, second)] == [("60", "40", "2"), ("50", "64", "2")]
+    assert jpeg(first.content).shape == (40, 60, 3) and jpeg(second.content).shape == (64, 50, 3)
+    assert jpeg(first.content).mean() - jpeg(second.content).mean() > 10  # each page's own lightness
+
+    hinted = preview(page=2, hints={"points": [{"x": 25, "y": 50, "color": "#2040d0", "radius": 20}]})
+    assert hinted.status_code == 200 and hinted.headers["x-photo-pages"] == "2"
+    blue = jpeg(hinted.content)[40:60, 15:35].astype(int).mean(axis=(0, 1))
+    assert blue[2] - blue[0] > 20 and blue[2] - blue[1] > 10, blue  # page 2's own pixels: blue where hinted
+    for body, expected in (
+            ({"page": 3}, f"input: {album}: page 3: the document has 2 pages"),
+            ({"page": 1, "hints": {"points": [{"x": 25, "y": 50, "color": "#2040d0"}]}},  # page 1 is 40 high
+             "hints.points[0].y: 50 is outside the photo (60x40: y from 0 to 39)"),
+            ({"hints": {"pages": {"2": {"points": [{"x": 1, "y": 1, "color": "#2040d0"}]}}}},
+             "hints.pages: a preview shows one page: give the points and regions of the page it shows, and that "
+             "page's number as page"),
+            ({"page": "2"}, 'page: a page number from 1, got "2"'),
+            ({"page": 0}, "page: a page number from 1, got 0")):
+        refused = preview(**body)
+        assert refused.status_code == 422 and detail(refused) == expected, refused.text
+    beyond = lightness(page=3)
+    assert beyond.status_code == 422 and detail(beyond) == f"input: {album}: page 3: the document has 2 pages"
 
 
 def test_a_job_resubmitted_with_hints_from_the_editor_is_a_new_job_that_honours_them(stack):

@@ -4,7 +4,8 @@ real worker, Redis and moto S3 behind it). One walk-through, tests/browser/conso
 (pasted into an open console, and in a new tab), uploads a photo and a film through the new-job form, watches both
 finish, moves a before/after slider with the keyboard, a click and a drag, places, recolours and removes colour
 hints, finds the film's frame strip, colorizes a collection with an unreadable photo (its 11 results listed 10 at
-first), cancels a film, reads what a submission that failed half-way says, and looks at two views on a phone's width.
+first), hints a two-page document page by page, cancels a film, reads what a submission that failed half-way says,
+and looks at two views on a phone's width.
 A screenshot is saved when anything fails.
 
 Playwright for Python drove Chromium here until 2026-12-06; it reaches Firefox only through a patched build of its
@@ -12,6 +13,7 @@ own, or over BiDi with commands Firefox ESR does not have yet, and Puppeteer dri
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -20,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tests.api_services import ApiStack, api_stack, gray_png
 from tests.media import gray_frames, moving_scene, write_clip
@@ -55,6 +58,10 @@ def test_console_uploads_a_photo_and_a_film_watches_them_finish_and_compares_bef
     photo.write_bytes(gray_png(4, 240, 160))
     second_photo = tmp_path / "second.png"
     second_photo.write_bytes(gray_png(5, 120, 80))
+    document = tmp_path / "letters.tif"  # two pages of their own sizes, hinted a page at a time
+    pages = [Image.open(io.BytesIO(gray_png(seed, width, height))) for seed, width, height in ((9, 240, 160),
+                                                                                               (10, 160, 200))]
+    pages[0].save(document, format="TIFF", save_all=True, append_images=pages[1:])
     film = write_clip(tmp_path / "reel.mkv", gray_frames(moving_scene(24, 96, 64)), gop=6, bframes=0).path
     # Long enough (50 s, about a hundred segments) to be cancelled before it finishes.
     long_film = write_clip(tmp_path / "long.mkv", gray_frames(moving_scene(1200, 96, 64)), gop=24, bframes=0).path
@@ -67,10 +74,17 @@ def test_console_uploads_a_photo_and_a_film_watches_them_finish_and_compares_bef
     screenshot = tmp_path_factory.getbasetemp() / f"console-failure-{browser}.png"
     run = {"browser": browser, "executable": executable, "url": stack.url, "token": stack.tokens[user], "user": user,
            "model": str(stack.model), "photo": str(photo), "secondPhoto": str(second_photo), "film": str(film),
-           "longFilm": str(long_film), "collection": f"s3://scans/{user}/album/", "screenshot": str(screenshot),
+           "longFilm": str(long_film), "collection": f"s3://scans/{user}/album/", "document": str(document),
+           "screenshot": str(screenshot),
            "jobTimeoutMs": JOB_TIMEOUT_S * 1000}
     walk = subprocess.run([NODE, str(BROWSER_TESTS / "console.mjs"), json.dumps(run)], capture_output=True, text=True,
                           timeout=WALK_TIMEOUT_S, env=dict(os.environ, NODE_OPTIONS=""))
     print(walk.stdout, walk.stderr)
     assert walk.returncode == 0, f"the console's walk-through failed in {browser}:\n{walk.stdout}{walk.stderr}"
     assert "ok: the jobs list and a photo's page fit a phone's width" in walk.stdout  # the walk's last step
+    # The document's hints, placed on its second page in the browser, reached the job page by page.
+    jobs = stack.client(user).get("/api/v1/jobs", params={"limit": 50}).json()["jobs"]
+    hinted = [job["options"]["hints"] for job in jobs if job["input"].endswith("/letters.tif")
+              and job["options"].get("hints")]
+    assert hinted == [{"pages": {"2": {"points": [{"x": 80, "y": 100, "color": "#2040d0", "radius": 12},
+                                                  ], "regions": []}}}], hinted

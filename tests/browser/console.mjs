@@ -2,7 +2,7 @@
 // over WebDriver BiDi, one scenario for both. tests/test_console.py starts the stack (Redis, moto S3, a worker,
 // tinct serve), writes the photos and films and puts a collection in its S3, and runs this with one JSON argument:
 //   {browser: "chrome" | "firefox", executable, url, user, token, model, photo, secondPhoto, film, longFilm,
-//    collection, screenshot, jobTimeoutMs}
+//    collection, document, screenshot, jobTimeoutMs}
 // It prints one line per step; any failure, or a JavaScript error on the page, exits 1 after a full-page screenshot.
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -258,6 +258,50 @@ async function scenario(browser, page, step) {
   check(await page.evaluate(() => document.activeElement.textContent.trim() === "Download fine-10.png"),
     "showing every result did not move the focus to the first one added");
   step("a collection with an unreadable photo finishes, lists it, and lists its 11 results 10 at first");
+
+  // A two-page TIFF document, hinted a page at a time: page 2 (a picture of its own size) gets a blue point, page 1
+  // none, and the job is submitted with page 2's hints alone (tests/test_console.py reads them back from the API).
+  await openNewJob(page);
+  await page.click("#source-upload");
+  await (await page.$("#files")).uploadFile(run.document);
+  await page.click("#new-submit");
+  await until(page, "the document to succeed", () => document.querySelector("#job-title").textContent === "letters.tif"
+    && document.querySelector("#job-state").textContent === "succeeded", [], run.jobTimeoutMs);
+  await (await linkNamed(page, "#hints-link", "Correct the colours with hints")).click();
+  await until(page, "the document's first page and its preview", () => !document.querySelector("#hint-pages").hidden
+    && document.querySelector("#hint-preview").dataset.serial === "1", [], 60_000);
+  const choices = await page.$$eval("#hint-page option", (nodes) => nodes.map((node) => node.textContent));
+  check(choices.join("|") === "1 of 2|2 of 2", `the page choices read ${choices}`);
+  await page.select("#hint-page", "2");
+  await until(page, "page 2 in gray, 160x200", () => {
+    const photo = document.querySelector("#hint-photo");
+    return photo.complete && photo.naturalWidth === 160 && photo.naturalHeight === 200;
+  }, [], PREVIEW_TIMEOUT_MS);
+  await previewShown(page, 2, "page 2's preview");
+  await page.$eval("#hint-colour", (node) => {
+    node.value = "#2040d0";
+    node.dispatchEvent(new Event("input", { bubbles: true }));
+  });
+  const pageTwo = await (await page.$("#hint-photo")).boundingBox();
+  await page.mouse.click(pageTwo.x + pageTwo.width / 2, pageTwo.y + pageTwo.height / 2);
+  await until(page, "the point on page 2", () => document.querySelectorAll("#hint-points li").length === 1);
+  const placed = await text(page, "#hint-points li:nth-child(1)");
+  check(placed.includes("Point 1 at 80, 100"), `page 2's point reads ${placed}`);
+  await previewShown(page, 3, "page 2's preview with its point");
+  const blued = await page.evaluate(centreColour);
+  check(blued[2] - blued[0] > 20 && blued[2] - blued[1] > 10, `page 2's hinted spot is not blue: ${blued}`);
+  await accessible(page, "the hint editor on a document's page");
+  // Page 1 has points of its own (none): the list follows the page, and page 2's point is kept for the job.
+  await page.select("#hint-page", "1");
+  await until(page, "page 1 again, without points", () => document.querySelector("#hint-photo").naturalWidth === 240
+    && document.querySelectorAll("#hint-points li").length === 0 && !document.querySelector("#hint-none").hidden);
+  const documentPage = page.url();
+  await page.click("#hint-submit");
+  await until(page, "the hinted document's page", (old) => location.href !== old
+    && /#\/jobs\/[0-9a-f]{24}$/.test(location.hash), [documentPage]);
+  await until(page, "the hinted document to succeed", () => document.querySelector("#job-state").textContent
+    === "succeeded", [], run.jobTimeoutMs);
+  step(`a document hinted page by page: page 2's centre turned blue (${blued.map(Math.round)}), page 1 kept none`);
 
   // A film cancelled while it runs (or waits) is stopped, not failed, and can be cancelled only once.
   await openNewJob(page);

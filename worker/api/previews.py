@@ -9,8 +9,9 @@ archive's output prefix holds exactly what it asked for), and a preview costs on
 the first time anyone looks, nothing after: files are cached under ``<cache_dir>/previews/<job>/`` keyed by the
 output's ETag, so a job run again with new outputs gets new previews.
 
-:class:`HintPreviews` is the hint editor's: one photo colorized at a small size with a restorer's colour hints,
-synchronously, so the restorer sees what the hints do before submitting the full job.
+:class:`HintPreviews` is the hint editor's: one photo (one page of a multi-page document) colorized at a small size
+with a restorer's colour hints, synchronously, so the restorer sees what the hints do before submitting the full job,
+and the same page in gray, to place the hints on.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from PIL import Image, ImageOps
 from models.color import cineon_display_table
 from models.files import atomic_output
 from worker.errors import BadInputError, PermanentError, one_line
-from worker.hints import HintSpec
+from worker.hints import HintError, HintSpec
 from worker.jobs import JobRecord, JobSpec, film_output_uri, output_folder
 from worker.media import tiff
 from worker.media.frame_sequences import DPX_LOG_TRANSFERS, DPX_TRANSFER_OFFSET, is_pattern
@@ -45,8 +46,8 @@ from worker.media.images import (
     FORMAT_NAMES,
     PHOTO_SUFFIXES,
     open_image,
+    read_page,
     read_pages,
-    read_photo,
     shown_as_srgb,
 )
 from worker.media.openexr import EXR_HEADER_BYTES, read_exr_header
@@ -356,14 +357,25 @@ def _frames_at(path: Path, times: list[float], log: bool = False) -> list[Image.
 # ------------------------------------------------------------------------------------------------ hint previews
 
 HINT_PREVIEW_SIDE = 512  # long side of a hint preview: a second or less on a CPU, enough to judge a colour
-_CACHED_PHOTOS = 8
+_CACHED_PAGES = 8
 
 
 @dataclass(frozen=True)
 class HintPreview:
     jpeg: bytes
-    width: int  # the photo's full size as displayed: the hint editor's coordinates
+    width: int  # the page's full size as displayed: the hint editor's coordinates
     height: int
+    pages: int  # 1, or a multi-page TIFF document's pages, each previewed (and hinted) on its own
+
+
+@dataclass(frozen=True)
+class _ShownPage:
+    """A photo's page (a picture's only one) as the hint editor shows it: its lightness at preview size."""
+
+    lightness: np.ndarray  # float32 (h, w) in [0, 100], at most HINT_PREVIEW_SIDE on its long side
+    width: int  # its full size as displayed
+    height: int
+    pages: int
 
 
 class TokenBucket:
@@ -388,11 +400,12 @@ class TokenBucket:
 
 
 class HintPreviews:
-    """``POST /api/v1/preview``: a photo colorized at ``HINT_PREVIEW_SIDE`` with a restorer's hints, synchronously.
+    """``POST /api/v1/preview``: a photo colorized at ``HINT_PREVIEW_SIDE`` with a restorer's hints, synchronously, and
+    ``GET /api/v1/preview/lightness``: the same photo in gray. A multi-page document is shown a page at a time.
 
     The model is loaded the way a worker loads it (:meth:`worker.work.Runtime.colorizer`: the same names, store and
-    engine settings), once per process; the photo's downscaled lightness is kept for the few photos being edited,
-    so moving a hint costs one network pass and one hint solve, not a download and a decode. One preview runs at a
+    engine settings), once per process; the downscaled lightness is kept for the few pages being edited, so moving a
+    hint costs one network pass and one hint solve, not a download and a decode. One preview runs at a
     time: the API process must keep answering everything else while it computes.
     """
 
@@ -400,13 +413,18 @@ class HintPreviews:
         self.settings = settings
         self.storage = storage
         self.runtime = Runtime(settings)
-        self._photos: dict[tuple[str, str], tuple[np.ndarray, int, int]] = {}
+        self._pages: dict[tuple[str, str, int], _ShownPage] = {}
+        self._pages_guard = threading.Lock()  # requests come on several threads: the gray page and its colour at once
         self._lock = threading.Lock()
 
-    def render(self, uri: str, hints: HintSpec, model: str, render_size: int | None) -> HintPreview:
-        lightness, width, height = self._lightness(uri)
-        hints.check_bounds(width, height, "hints")
-        scale = lightness.shape[1] / width
+    def render(self, uri: str, hints: HintSpec, model: str, render_size: int | None, page: int = 1) -> HintPreview:
+        """Page ``page`` of the photo at ``uri`` (a picture's only page is 1) colorized with ``hints``, that page's."""
+        shown = self._page(uri, page)
+        if hints.pages:  # a document's hints are edited, and previewed, a page at a time
+            raise HintError("hints", "pages", "a preview shows one page: give the points and regions of the page it "
+                                              "shows, and that page's number as page")
+        hints.check_bounds(shown.width, shown.height, "hints")
+        scale = shown.lightness.shape[1] / shown.width
         scaled = HintSpec(
             points=tuple((x * scale, y * scale, colour, max(1.0, radius * scale))
                          for x, y, colour, radius in hints.points),
@@ -415,17 +433,22 @@ class HintPreviews:
         )
         with self._lock:
             loaded = self.runtime.colorizer(model, render_size)
-            rgb = loaded.colorizer.colorize([lightness], hints=[scaled.colour_hints() if len(scaled) else None])[0]
-        image = Image.fromarray(np.clip(rgb * 255 + 0.5, 0, 255).astype(np.uint8))
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
-        return HintPreview(buffer.getvalue(), width, height)
+            rgb = loaded.colorizer.colorize([shown.lightness],
+                                            hints=[scaled.colour_hints() if len(scaled) else None])[0]
+        return _preview(Image.fromarray(np.clip(rgb * 255 + 0.5, 0, 255).astype(np.uint8)), shown)
 
-    def _lightness(self, uri: str) -> tuple[np.ndarray, int, int]:
-        """The photo's L at preview size, and its full displayed size; cached by the object's identity."""
+    def lightness(self, uri: str, page: int = 1) -> HintPreview:
+        """Page ``page`` as the colorizer sees it, its lightness in gray, at the preview's size: the picture a
+        restorer places points on, beside :meth:`render`'s colour."""
+        shown = self._page(uri, page)
+        return _preview(Image.fromarray(np.clip(shown.lightness * 2.55 + 0.5, 0, 255).astype(np.uint8)), shown)
+
+    def _page(self, uri: str, page: int) -> _ShownPage:
+        """The photo's page at preview size; cached by the object's identity and the page."""
         info = self.storage.stat(uri)
-        key = (info.uri, info.etag)
-        cached = self._photos.get(key)
+        key = (info.uri, info.etag, page)
+        with self._pages_guard:
+            cached = self._pages.get(key)
         if cached is not None:
             return cached
         if info.size > self.settings.max_input_bytes:
@@ -437,26 +460,32 @@ class HintPreviews:
         local = Path(key_path)
         if scheme != "file":
             self.scratch().mkdir(parents=True, exist_ok=True)
-            local = self.scratch() / f"{info.version_key()}{suffix}"
+            local = self.scratch() / f"{info.version_key()}-{uuid.uuid4().hex[:8]}{suffix}"
             self.storage.download(uri, local)
         try:
-            photo = read_photo(local, DEFAULT_MAX_PIXELS)
+            photo = read_page(local, page, DEFAULT_MAX_PIXELS)
+        except BadInputError as exc:  # said of the object asked for, not of the scratch copy
+            raise BadInputError(uri, exc.reason) from None
         finally:
             if scheme != "file":
                 local.unlink(missing_ok=True)
-        if photo.page_count > 1:  # said here, before a restorer places any point
-            raise BadInputError(uri, f"the hint editor places points on one picture, and this is a "
-                                     f"{photo.page_count}-page document: give its hints page by page in a hint file "
-                                     '({"pages": {"2": {"points": [...]}}})')
         full = photo.L
         height, width = full.shape
         scale = min(1.0, HINT_PREVIEW_SIDE / max(width, height))
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         small = np.asarray(Image.fromarray(full).resize(size, Image.Resampling.BOX), dtype=np.float32)
-        if len(self._photos) >= _CACHED_PHOTOS:
-            self._photos.pop(next(iter(self._photos)))
-        self._photos[key] = (small, width, height)
-        return small, width, height
+        shown = _ShownPage(small, width, height, photo.page_count)
+        with self._pages_guard:
+            if len(self._pages) >= _CACHED_PAGES:
+                self._pages.pop(next(iter(self._pages)))
+            self._pages[key] = shown
+        return shown
 
     def scratch(self) -> Path:
         return self.settings.work_dir / "api-previews"
+
+
+def _preview(image: Image.Image, shown: _ShownPage) -> HintPreview:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return HintPreview(buffer.getvalue(), shown.width, shown.height, shown.pages)

@@ -18,6 +18,8 @@ import json
 import re
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
@@ -28,7 +30,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from worker.api.auth import Principal, authenticate, own_folder
-from worker.api.previews import HintPreviews, Previews, TokenBucket
+from worker.api.previews import HintPreview, HintPreviews, Previews, TokenBucket
 from worker.errors import BadInputError, ModelError, PermanentError, TinctError, TransientError, one_line
 from worker.hints import HintError, parse_hints
 from worker.jobs import (
@@ -530,17 +532,23 @@ def whoami(state: State, principal: Caller) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- hint previews
 
+PAGE_FIELD = {"type": "integer", "minimum": 1, "maximum": 999_999,
+              "description": "the page shown, from 1: a multi-page TIFF document is previewed and hinted a page at a "
+                             "time (the response's X-Photo-Pages says how many it has); 1, the default, for a photo"}
 PREVIEW_SCHEMA = {
     "type": "object",
     "required": ["input"],
     "additionalProperties": False,
     "properties": {
         "input": {"type": "string", "description": "the photo: s3://bucket/key or a path"},
-        "hints": HINTS_SCHEMA,
+        "page": PAGE_FIELD,
+        "hints": {**HINTS_SCHEMA, "description": "the shown page's points and regions (not hints page by page)"},
         "options": {"type": "object", "additionalProperties": False, "properties": {
             "model": {"type": "string"}, "render_size": {"type": ["integer", "null"], "minimum": 32, "maximum": 4096}}},
     },
 }
+PREVIEW_HEADERS = ("X-Photo-Width/Height: the page's full size, the hints' coordinates; X-Photo-Pages: its "
+                   "document's pages")
 
 
 @router.post(
@@ -548,7 +556,7 @@ PREVIEW_SCHEMA = {
     summary="The photo colorized at about 512 px with colour hints, at once (the hint editor's preview; rate-limited)",
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": PREVIEW_SCHEMA}}}},
     response_class=Response,
-    responses={200: {"content": {"image/jpeg": {}}, "description": "X-Photo-Width/Height: the photo's full size"},
+    responses={200: {"content": {"image/jpeg": {}}, "description": PREVIEW_HEADERS},
                429: {"description": "too many previews; Retry-After says when to try again"}},
 )
 async def hint_preview(request: Request, state: State, principal: Caller) -> Response:
@@ -558,16 +566,13 @@ async def hint_preview(request: Request, state: State, principal: Caller) -> Res
         raise HTTPException(422, f"body: not valid JSON ({one_line(exc)})") from None
     if not isinstance(data, dict):
         raise HTTPException(422, f"body: expected a JSON object, got {type(data).__name__}")
-    unknown = set(data) - {"input", "hints", "options"}
+    unknown = set(data) - {"input", "page", "hints", "options"}
     if unknown:
         raise HTTPException(422, f"{sorted(unknown)[0]}: unknown field")
-    source = data.get("input")
-    if not isinstance(source, str) or not source.strip():
-        raise HTTPException(422, "input: required: an s3://bucket/key URI or a path")
-    try:
-        parse_uri(source)
-    except ValueError as exc:
-        raise HTTPException(422, f"input: {one_line(exc)}") from None
+    source = _preview_source(data.get("input"))
+    page = data.get("page", 1)
+    if type(page) is not int or not PAGE_FIELD["minimum"] <= page <= PAGE_FIELD["maximum"]:
+        raise HTTPException(422, f"page: a page number from 1, got {json.dumps(page)}")
     raw_options = data.get("options") or {}
     if not isinstance(raw_options, dict) or set(raw_options) - {"model", "render_size"}:
         raise HTTPException(422, "options: only model and render_size apply to a preview")
@@ -579,15 +584,59 @@ async def hint_preview(request: Request, state: State, principal: Caller) -> Res
         hints = parse_hints(data.get("hints") or {}, "hints")
     except HintError as exc:
         raise HTTPException(422, f"hints.{exc.field}: {exc.detail}".replace("hints.: ", "hints: ")) from None
+    _admit_preview(state, principal, source)
+    with _preview_errors():
+        preview = await anyio.to_thread.run_sync(state.hint_previews.render, source, hints, options.model,
+                                                 options.render_size, page)
+    return _preview_response(preview)
+
+
+@router.get(
+    "/preview/lightness", tags=["previews"],
+    summary="The photo as the colorizer sees it, its lightness in gray at about 512 px (the picture the hint editor "
+            "places points on; rate-limited with the previews)",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}, "description": PREVIEW_HEADERS},
+               429: {"description": "too many previews; Retry-After says when to try again"}},
+)
+def preview_lightness(
+    state: State, principal: Caller,
+    source: Annotated[str, Query(alias="input", max_length=2000, description="the photo: s3://bucket/key or a path")],
+    page: Annotated[int, Query(ge=PAGE_FIELD["minimum"], le=PAGE_FIELD["maximum"],
+                               description=PAGE_FIELD["description"])] = 1,
+) -> Response:
+    source = _preview_source(source)
+    _admit_preview(state, principal, source)
+    with _preview_errors():
+        preview = state.hint_previews.lightness(source, page)
+    return _preview_response(preview)
+
+
+def _preview_source(source: Any) -> str:
+    if not isinstance(source, str) or not source.strip():
+        raise HTTPException(422, "input: required: an s3://bucket/key URI or a path")
+    try:
+        parse_uri(source)
+    except ValueError as exc:
+        raise HTTPException(422, f"input: {one_line(exc)}") from None
+    return source
+
+
+def _admit_preview(state: ApiState, principal: Principal, source: str) -> None:
+    """The caller may read ``source`` and has a preview left in its rate limit; 403 or 429 if not."""
     if not principal.may_read(source):
         raise HTTPException(403, f"input: {source} is outside the input prefixes of token '{principal.name}'")
     wait = state.preview_bucket.take(principal.name)
     if wait > 0:
         raise HTTPException(429, f"preview: too many previews; try again in {wait:.1f} s",
                             headers={"Retry-After": str(max(1, round(wait)))})
+
+
+@contextmanager
+def _preview_errors() -> Iterator[None]:
+    """What making a preview can meet, as the API says it: the field at fault, 422, or the storage, 503."""
     try:
-        preview = await anyio.to_thread.run_sync(state.hint_previews.render, source, hints, options.model,
-                                                 options.render_size)
+        yield
     except HintError as exc:
         raise HTTPException(422, f"hints.{exc.field}: {exc.detail}") from None
     except ModelError as exc:
@@ -596,5 +645,9 @@ async def hint_preview(request: Request, state: State, principal: Caller) -> Res
         raise HTTPException(422, f"input: {exc}") from None
     except TransientError as exc:
         raise HTTPException(503, f"storage: {exc}") from None
+
+
+def _preview_response(preview: HintPreview) -> Response:
     return Response(preview.jpeg, media_type="image/jpeg", headers={
-        "X-Photo-Width": str(preview.width), "X-Photo-Height": str(preview.height), "Cache-Control": "no-store"})
+        "X-Photo-Width": str(preview.width), "X-Photo-Height": str(preview.height),
+        "X-Photo-Pages": str(preview.pages), "Cache-Control": "no-store"})

@@ -438,7 +438,14 @@ def read_photo(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     with a one-line reason naming the file for anything that is not a usable image, and :class:`StorageError`
     when the file system itself fails (an I/O error worth retrying).
     """
-    with closing(_read(Path(path), max_pixels, first_only=True)) as pages:
+    with closing(_read(Path(path), max_pixels, only=0)) as pages:
+        return next(pages)
+
+
+def read_page(path: str | os.PathLike, number: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
+    """Page ``number`` (from 1) of a multi-page TIFF document, alone, decoded as :func:`read_pages` decodes it (of any
+    other file, its one picture is page 1); :class:`BadInputError` for a page the file does not have."""
+    with closing(_read(Path(path), max_pixels, only=number - 1)) as pages:
         return next(pages)
 
 
@@ -447,10 +454,11 @@ def read_pages(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     :func:`read_photo` decodes a photo: a long document never lies in memory whole, and ``max_pixels`` holds for
     each page. A page already in colour has its pixels kept (``Photo.kept_colour``); what is wrong with a page is
     said of that page. Close it (``contextlib.closing``) where it is not read to its end."""
-    return _read(Path(path), max_pixels, first_only=False)
+    return _read(Path(path), max_pixels)
 
 
-def _read(path: Path, max_pixels: int, first_only: bool) -> Iterator[Photo]:
+def _read(path: Path, max_pixels: int, only: int | None = None) -> Iterator[Photo]:
+    """Every page of ``path`` decoded, one at a time, or page ``only`` (from 0) alone."""
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -465,7 +473,11 @@ def _read(path: Path, max_pixels: int, first_only: bool) -> Iterator[Photo]:
         with _decode_errors(path):
             im = stack.enter_context(open_image(path))
             sizes = _document_sizes(path, im, max_pixels)
-        for number in range(1 if first_only else max(1, len(sizes))):
+        pages = max(1, len(sizes))
+        if only is not None and only >= pages:
+            raise BadInputError(path, f"page {only + 1}: the document has {pages} pages" if sizes else
+                                f"page {only + 1}: the photo is one picture, not a multi-page document")
+        for number in range(pages) if only is None else (only,):
             if number == 0:
                 with _decode_errors(path):
                     source = _decode(path, im)

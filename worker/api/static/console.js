@@ -354,24 +354,69 @@ async function showResults(jobId) {
 // ---------------------------------------------------------------------------------------------- hint editor
 
 async function hintsView(jobId) {
-  const editor = { jobId, job: null, points: [], cross: { x: 0.5, y: 0.5 }, width: 0, height: 0, timer: null,
-    serial: 0, shown: 0 };
+  // A multi-page TIFF document is hinted a page at a time: `pages` holds each page's points (from 1), `points` the
+  // shown page's. The photo to click on is that page's lightness, at the size of its preview beside it.
+  const editor = { jobId, job: null, page: 1, pageCount: 1, pages: { 1: [] }, points: [], cross: { x: 0.5, y: 0.5 },
+    width: 0, height: 0, timer: null, serial: 0, shown: 0 };
   state.editor = editor;
   $("hints-back").href = "#/jobs/" + jobId;
   $("hint-error").hidden = true;
+  $("hint-pages").hidden = true;
   $("hint-preview").removeAttribute("src");
   $("hint-photo").removeAttribute("src");
   try {
     editor.job = await apiJson("/jobs/" + jobId);
-    const previews = await apiJson(`/jobs/${jobId}/previews`);
-    if (!previews.previews.length) throw new Error("the job has no photo to correct yet");
-    $("hint-photo").src = await blobUrl(previews.previews[0].before);
     $("hints-title").textContent = "Colour hints: " + nameOf(editor.job.input);
-    const existing = (editor.job.options.hints || {}).points || [];
-    editor.points = existing.map((p) => ({ x: p.x, y: p.y, color: p.color, radius: p.radius }));
+    const existing = editor.job.options.hints || {};
+    const copy = (points) => (points || []).map((p) => ({ x: p.x, y: p.y, color: p.color, radius: p.radius }));
+    if (existing.pages) {
+      for (const [number, hints] of Object.entries(existing.pages)) editor.pages[number] = copy(hints.points);
+    } else {
+      editor.pages[1] = copy(existing.points);
+    }
+    await showPage(editor, 1);
   } catch (e) {
     setStatus("Cannot edit hints: " + e.message);
-    return;
+  }
+}
+
+// One of the previews' requests (the page's lightness, or its colour with hints), sent again while the server's
+// rate limit turns it away.
+async function previewRequest(path, options) {
+  for (;;) {
+    try {
+      return await api(path, options);
+    } catch (e) {
+      if (!(e instanceof ApiError && e.status === 429)) throw e;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  }
+}
+
+async function showPage(editor, number) {
+  editor.asked = number;
+  const query = new URLSearchParams({ input: editor.job.input, page: String(number) });
+  const response = await previewRequest("/preview/lightness?" + query);
+  if (state.editor !== editor || editor.asked !== number) return;  // another view, or another page asked for since
+  editor.page = number;
+  editor.points = editor.pages[number] = editor.pages[number] || [];
+  editor.width = parseInt(response.headers.get("X-Photo-Width"), 10);
+  editor.height = parseInt(response.headers.get("X-Photo-Height"), 10);
+  editor.pageCount = parseInt(response.headers.get("X-Photo-Pages"), 10) || 1;
+  const url = URL.createObjectURL(await response.blob());
+  state.blobs.push(url);
+  $("hint-photo").src = url;
+  $("hint-photo").alt = editor.pageCount > 1 ? `Page ${number} of the document, to place colour hints on`
+    : "The photo to place colour hints on";
+  $("hint-photo-title").textContent = editor.pageCount > 1 ? `Page ${number}` : "Photo";
+  if (editor.pageCount > 1) {
+    const choice = $("hint-page");
+    if (choice.options.length !== editor.pageCount) {
+      choice.replaceChildren(...Array.from({ length: editor.pageCount },
+        (_, i) => el("option", { value: String(i + 1), text: `${i + 1} of ${editor.pageCount}` })));
+    }
+    choice.value = String(number);
+    $("hint-pages").hidden = false;
   }
   renderPoints();
   await refreshPreview();
@@ -390,7 +435,8 @@ function addPoint(fx, fy) {
   const y = Math.min(editor.height - 1, Math.max(0, Math.round(fy * editor.height)));
   const radius = Math.max(1, parseFloat($("hint-radius").value) || 12);
   editor.points.push({ x, y, color: $("hint-colour").value, radius });
-  setStatus(`Point ${editor.points.length} placed at ${x}, ${y}.`);
+  const where = editor.pageCount > 1 ? ` on page ${editor.page}` : "";
+  setStatus(`Point ${editor.points.length} placed at ${x}, ${y}${where}.`);
   renderPoints();
   schedulePreview();
 }
@@ -432,11 +478,20 @@ function renderPoints() {
       el("label", { for: radius.id, text: "radius" }), radius, remove);
   });
   $("hint-points").replaceChildren(...items);
+  $("hint-none").textContent = editor.pageCount > 1 ? "No points on this page yet." : "No points yet.";
   $("hint-none").hidden = editor.points.length > 0;
 }
 
-function hintsDocument() {
-  return { points: state.editor.points.map((p) => ({ x: p.x, y: p.y, color: p.color, radius: p.radius })) };
+function pictureHints(points) {
+  return { points: points.map((p) => ({ x: p.x, y: p.y, color: p.color, radius: p.radius })) };
+}
+
+// What the job is submitted with: a picture's points, or a document's page by page (pages without any left out).
+function jobHints(editor) {
+  if (editor.pageCount === 1) return editor.points.length ? pictureHints(editor.points) : null;
+  const pages = {};
+  for (const [number, points] of Object.entries(editor.pages)) if (points.length) pages[number] = pictureHints(points);
+  return Object.keys(pages).length ? { pages } : null;
 }
 
 function schedulePreview() {
@@ -448,28 +503,24 @@ function schedulePreview() {
 async function refreshPreview() {
   const editor = state.editor;
   const serial = ++editor.serial;
+  const page = editor.page;
   const options = { model: editor.job.options.model };
   if (editor.job.options.render_size) options.render_size = editor.job.options.render_size;
   $("hint-timing").textContent = "(updating\u2026)";
   const began = performance.now();
   let response;
-  for (;;) {
-    try {
-      response = await api("/preview", { method: "POST", headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ input: editor.job.input, hints: hintsDocument(), options }) });
-      break;
-    } catch (e) {
-      if (e instanceof ApiError && e.status === 429) { await new Promise((r) => setTimeout(r, 1000)); continue; }
-      $("hint-error").textContent = "Preview failed: " + e.message;
-      $("hint-error").hidden = false;
-      $("hint-timing").textContent = "";
-      return;
-    }
+  try {
+    response = await previewRequest("/preview", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ input: editor.job.input, page, hints: pictureHints(editor.points), options }) });
+  } catch (e) {
+    $("hint-error").textContent = "Preview failed: " + e.message;
+    $("hint-error").hidden = false;
+    $("hint-timing").textContent = "";
+    return;
   }
-  if (state.editor !== editor || serial < editor.shown) return;  // another page, or a newer preview already shown
+  // Another view, another page of the document, or a newer preview already shown: this one is out of date.
+  if (state.editor !== editor || editor.page !== page || serial < editor.shown) return;
   editor.shown = serial;
-  editor.width = parseInt(response.headers.get("X-Photo-Width"), 10);
-  editor.height = parseInt(response.headers.get("X-Photo-Height"), 10);
   const url = URL.createObjectURL(await response.blob());
   state.blobs.push(url);
   $("hint-preview").src = url;
@@ -482,11 +533,15 @@ async function refreshPreview() {
 async function submitHints() {
   const editor = state.editor;
   const job = editor.job;
-  const options = Object.assign({}, job.options, { hints: editor.points.length ? hintsDocument() : null });
+  const hints = jobHints(editor);
+  const options = Object.assign({}, job.options, { hints });
+  const counts = Object.values(editor.pages).map((points) => points.length).filter((count) => count > 0);
+  const total = counts.reduce((sum, count) => sum + count, 0);
   try {
     const created = await apiJson("/jobs", { method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ input: job.input, output: job.output, kind: "image", options }) });
-    setStatus("Submitted with " + editor.points.length + " colour hints.");
+    const pages = editor.pageCount === 1 ? "" : counts.length === 1 ? " on 1 page" : ` on ${counts.length} pages`;
+    setStatus(`Submitted with ${total === 1 ? "1 colour hint" : total + " colour hints"}${pages}.`);
     location.hash = "#/jobs/" + created.id;
   } catch (e) {
     $("hint-error").textContent = "Not submitted: " + e.message;
@@ -516,6 +571,13 @@ function bindHintEditor() {
     }
   });
   canvas.addEventListener("focus", placeCross);
+  $("hint-page").addEventListener("change", () => {
+    const editor = state.editor;
+    showPage(editor, parseInt($("hint-page").value, 10)).catch((e) => {
+      $("hint-error").textContent = "Cannot show the page: " + e.message;
+      $("hint-error").hidden = false;
+    });
+  });
   $("hint-submit").addEventListener("click", submitHints);
 }
 
