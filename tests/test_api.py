@@ -123,7 +123,7 @@ def test_photo_job_submitted_followed_finished_with_outputs_previews_and_resubmi
     assert final["outputs"] == ["s3://colour/alice/a.png"] and final["progress"]["done"] == 1
 
     results = alice.get(f"/api/v1/jobs/{job['id']}/results").json()["results"]
-    assert [r["uri"] for r in results] == ["s3://colour/alice/a.png"]
+    assert [(r["uri"], r["input"]) for r in results] == [("s3://colour/alice/a.png", "s3://scans/alice/a.png")]
     signed = httpx.get(results[0]["url"])  # a signed S3 URL: no token, no S3 credentials needed
     assert signed.status_code == 200 and chroma(np.asarray(Image.open(io.BytesIO(signed.content)).convert("RGB"))
                                                 .astype(int)) > 0.5
@@ -194,6 +194,7 @@ def test_a_film_coloured_into_frames_lists_its_own_frames_and_previews_six_of_th
     assert final["outputs"] == [output] and final["metrics"]["frames"] == 24
     results = alice.get(f"/api/v1/jobs/{job['id']}/results").json()["results"]
     assert [r["name"] for r in results] == [f"reel_{i:04d}.png" for i in range(24)]
+    assert not any("input" in r for r in results)  # a film's frames: no photo of their own to correct
     frame = np.asarray(Image.open(io.BytesIO(httpx.get(results[12]["url"]).content)).convert("RGB")).astype(int)
     assert frame.shape == (64, 96, 3) and chroma(frame) > 1.0
     strip = alice.get(f"/api/v1/jobs/{job['id']}/previews").json()["previews"]
@@ -267,6 +268,7 @@ def test_a_collections_results_are_its_own_photos_not_the_rest_of_its_output_fol
     assert final["state"] == "succeeded" and final["failures"][0]["item"] == "s3://scans/alice/batch/broken.png"
     results = alice.get(f"/api/v1/jobs/{final['id']}/results").json()["results"]
     assert [r["uri"] for r in results] == ["s3://colour/alice/shared/a.png", "s3://colour/alice/shared/b.png"]
+    assert [r["input"] for r in results] == ["s3://scans/alice/batch/a.png", "s3://scans/alice/batch/b.png"]
     previews = alice.get(f"/api/v1/jobs/{final['id']}/previews").json()["previews"]
     assert [p["label"] for p in previews] == ["a.png", "b.png"]
 

@@ -21,6 +21,8 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -83,8 +85,22 @@ def test_console_uploads_a_photo_and_a_film_watches_them_finish_and_compares_bef
     assert walk.returncode == 0, f"the console's walk-through failed in {browser}:\n{walk.stdout}{walk.stderr}"
     assert "ok: the jobs list and a photo's page fit a phone's width" in walk.stdout  # the walk's last step
     # The document's hints, placed on its second page in the browser, reached the job page by page.
-    jobs = stack.client(user).get("/api/v1/jobs", params={"limit": 50}).json()["jobs"]
+    client = stack.client(user)
+    jobs = client.get("/api/v1/jobs", params={"limit": 50}).json()["jobs"]
     hinted = [job["options"]["hints"] for job in jobs if job["input"].endswith("/letters.tif")
               and job["options"].get("hints")]
     assert hinted == [{"pages": {"2": {"points": [{"x": 80, "y": 100, "color": "#2040d0", "radius": 12},
                                                   ], "regions": []}}}], hinted
+    # The collection's photo corrected in the browser was colorized again into the collection's own copy of it.
+    collection = next(job for job in jobs if job["kind"] == "collection")
+    copies = {result["input"]: result["uri"] for result in
+              client.get(f"/api/v1/jobs/{collection['id']}/results").json()["results"]}
+    photo = f"s3://scans/{user}/album/fine-03.png"
+    corrected = [job for job in jobs if job["input"] == photo]
+    assert len(corrected) == 1 and corrected[0]["output"] == copies[photo] and corrected[0]["state"] == "succeeded"
+    assert [point["color"] for point in corrected[0]["options"]["hints"]["points"]] == ["#d02010"]
+    copy_url = next(result["url"] for result in client.get(f"/api/v1/jobs/{corrected[0]['id']}/results").json()[
+        "results"])
+    copy = np.asarray(Image.open(io.BytesIO(httpx.get(copy_url).content)).convert("RGB"), dtype=int)
+    red = copy[26:38, 42:54].mean(axis=(0, 1))  # the point, at the 96x64 photo's centre
+    assert red[0] - red[1] > 20 and red[0] - red[2] > 20, red

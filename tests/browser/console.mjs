@@ -259,6 +259,33 @@ async function scenario(browser, page, step) {
     "showing every result did not move the focus to the first one added");
   step("a collection with an unreadable photo finishes, lists it, and lists its 11 results 10 at first");
 
+  // One photo of the collection corrected with hints, from its preview: colorized again on its own, into the
+  // collection's copy of it (tests/test_console.py reads the job back from the API).
+  await (await linkNamed(page, "#previews", "Correct fine-03.png with hints")).click();
+  await until(page, "the collection photo's hint editor", () => document.querySelector("#hints-title").textContent
+    === "Colour hints: fine-03.png (of album/)" && document.querySelector("#hint-preview").dataset.serial === "1",
+  [], 60_000);
+  check(await page.$eval("#hint-pages", (node) => node.hidden), "a photo of one picture is offered pages");
+  await page.$eval("#hint-colour", (node) => {
+    node.value = "#d02010";
+    node.dispatchEvent(new Event("input", { bubbles: true }));
+  });
+  const albumPhoto = await (await page.$("#hint-photo")).boundingBox();
+  await page.mouse.click(albumPhoto.x + albumPhoto.width / 2, albumPhoto.y + albumPhoto.height / 2);
+  await previewShown(page, 2, "the collection photo's preview with its point");
+  const albumRed = await page.evaluate(centreColour);
+  check(albumRed[0] - albumRed[1] > 20 && albumRed[0] - albumRed[2] > 20, `the photo's hinted spot: ${albumRed}`);
+  const albumEditor = page.url();
+  await page.click("#hint-submit");
+  await until(page, "the corrected photo's job", (old) => location.href !== old
+    && /#\/jobs\/[0-9a-f]{24}$/.test(location.hash), [albumEditor]);
+  await until(page, "the corrected photo to succeed", () => document.querySelector("#job-state").textContent
+    === "succeeded", [], run.jobTimeoutMs);
+  const corrected = await text(page, "#job-io");
+  check(corrected.startsWith(`image: ${run.collection}fine-03.png \u2192 `) && corrected.endsWith("/fine-03.png"),
+    `the corrected photo's job reads ${corrected}`);
+  step("a photo of the collection corrected with hints from its preview, as a job of its own");
+
   // A two-page TIFF document, hinted a page at a time: page 2 (a picture of its own size) gets a blue point, page 1
   // none, and the job is submitted with page 2's hints alone (tests/test_console.py reads them back from the API).
   await openNewJob(page);

@@ -363,7 +363,8 @@ async def job_events(job_id: JobId, request: Request, state: State, principal: C
 # ---------------------------------------------------------------------------------------------------- results
 
 
-def _result_uris(state: ApiState, record: JobRecord) -> list[str]:
+def _results(state: ApiState, record: JobRecord) -> list[tuple[str | None, str]]:
+    """A finished job's outputs, each with the photo it is the copy of (None for a film's outputs and frames)."""
     if record.state != "succeeded":
         return []
     frames = frames_target(record.spec) if record.spec.kind == "video" else None
@@ -374,23 +375,29 @@ def _result_uris(state: ApiState, record: JobRecord) -> list[str]:
         for info in state.storage.list(folder):
             number = frame_number(relative_key(folder, info.uri), frames.prefix, frames.digits, frames.suffix)
             if number is not None and first <= number < first + count:
-                uris.append(info.uri)
+                uris.append((None, info.uri))
                 if len(uris) == MAX_RESULTS:
                     break
         return uris
+    if record.spec.kind == "image":
+        return [(record.spec.input, output) for output in record.outputs]
     if record.spec.kind != "collection":
-        return list(record.outputs)
-    return [output for _, output in itertools.islice(collection_outputs(state.storage, record), MAX_RESULTS)]
+        return [(None, output) for output in record.outputs]
+    return list(itertools.islice(collection_outputs(state.storage, record), MAX_RESULTS))
 
 
 @router.get("/jobs/{job_id}/results", tags=["results"],
-            summary="A finished job's outputs, each with a URL: a short-lived signed S3 URL, or a path here")
+            summary="A finished job's outputs, each with a URL (a short-lived signed S3 URL, or a path here) and, "
+                    "where it is a photo's copy, that photo (input)")
 def list_results(job_id: JobId, state: State, principal: Caller) -> dict[str, Any]:
     record = _job(state, principal, job_id)
     results = []
-    for index, uri in enumerate(_result_uris(state, record)):
-        results.append({"uri": uri, "name": PurePosixPath(parse_uri(uri)[2]).name,
-                        "url": _result_url(state, job_id, index, uri)})
+    for index, (source, uri) in enumerate(_results(state, record)):
+        result = {"uri": uri, "name": PurePosixPath(parse_uri(uri)[2]).name,
+                  "url": _result_url(state, job_id, index, uri)}
+        if source is not None:  # a photo's copy: the hint editor corrects it from its source
+            result["input"] = source
+        results.append(result)
     return {"results": results, "expires_in_s": state.settings.api_url_ttl_s}
 
 
@@ -408,7 +415,7 @@ def _result_url(state: ApiState, job_id: str, index: int, uri: str) -> str:
 def get_result(job_id: JobId, index: Annotated[int, PathParam(ge=0, le=MAX_RESULTS)], state: State,
                principal: Caller) -> Any:
     record = _job(state, principal, job_id)
-    uris = _result_uris(state, record)
+    uris = [uri for _, uri in _results(state, record)]
     if index >= len(uris):
         raise HTTPException(404, f"index: job {job_id} has {len(uris)} results")
     scheme, _, key = parse_uri(uris[index])

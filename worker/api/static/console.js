@@ -105,10 +105,14 @@ async function route(event) {
   if (!state.token) { show("signin"); $("token").focus(); return; }
   const hash = location.hash || "#/jobs";
   const match = hash.match(/^#\/jobs\/([0-9a-f]{24})$/);
-  const hintsMatch = hash.match(/^#\/jobs\/([0-9a-f]{24})\/hints$/);
+  // A photo job's hints, or (with the index of one of its results) those of one photo of a collection.
+  const hintsMatch = hash.match(/^#\/jobs\/([0-9a-f]{24})\/hints(?:\/(\d+))?$/);
   setStatus("");
   if (match) { show("job"); await jobView(match[1]); }
-  else if (hintsMatch) { show("hints"); await hintsView(hintsMatch[1]); }
+  else if (hintsMatch) {
+    show("hints");
+    await hintsView(hintsMatch[1], hintsMatch[2] === undefined ? null : parseInt(hintsMatch[2], 10));
+  }
   else if (hash === "#/new") { show("new"); newView(); }
   else { show("jobs"); await jobsView(); }
   // After a navigation (not the first load, where the skip link should stay the first Tab stop), move focus to
@@ -268,13 +272,13 @@ async function jobView(jobId) {
   if (job.state === "succeeded") {
     setStatus("Job finished.");
     if (job.kind === "image") { $("hints-open").href = `#/jobs/${jobId}/hints`; $("hints-link").hidden = false; }
-    await Promise.all([showPreviews(jobId), showResults(jobId)]);
+    await Promise.all([showPreviews(jobId), showResults(jobId, job.kind)]);
   } else if (job.state === "failed") {
     setStatus("Job failed.");
   }
 }
 
-function compareFigure(preview, film) {
+function compareFigure(preview, film, hintsHref) {
   // Not draggable: a drag on the picture moves the divider, where it would start the browser's drag of the image
   // (which cancels the pointer's events after its first move, in Firefox and Chromium alike).
   const before = el("img", { class: "before", alt: "Before: " + preview.label, draggable: "false" });
@@ -306,7 +310,9 @@ function compareFigure(preview, film) {
   place();
   blobUrl(preview.before).then((url) => { before.src = url; }).catch((e) => setStatus("Preview: " + e.message));
   blobUrl(preview.after).then((url) => { after.src = url; }).catch((e) => setStatus("Preview: " + e.message));
-  return el("figure", { class: "compare" + (film ? " frame" : "") }, stage, slider, el("figcaption", { text: preview.label }));
+  const caption = el("figcaption", { text: preview.label });
+  if (hintsHref) caption.append(" ", el("a", { href: hintsHref, text: `Correct ${preview.label} with hints` }));
+  return el("figure", { class: "compare" + (film ? " frame" : "") }, stage, slider, caption);
 }
 
 async function showPreviews(jobId) {
@@ -318,18 +324,24 @@ async function showPreviews(jobId) {
   $("previews-title").hidden = false; $("previews-hint").hidden = false;
   const box = $("previews");
   box.className = "previews" + (film ? " film" : "");
-  box.replaceChildren(...data.previews.map((p) => compareFigure(p, film)));
+  // A collection's photos are corrected one by one: its previews are its first results, in the same order.
+  const hintsOf = (p) => (data.kind === "collection" ? `#/jobs/${jobId}/hints/${p.index}` : null);
+  box.replaceChildren(...data.previews.map((p) => compareFigure(p, film, hintsOf(p))));
 }
 
 // A collection or a run of frames may have hundreds of results: the first few are listed, the rest on request.
 const RESULTS_SHOWN = 10;
 
-async function showResults(jobId) {
+async function showResults(jobId, kind) {
   let data;
   try { data = await apiJson(`/jobs/${jobId}/results`); } catch (e) { return; }
   if (!data.results.length) return;
   $("results-title").hidden = false;
-  const items = data.results.map((r) => {
+  // A collection's photos are corrected one by one, each from its result here.
+  const collection = kind === "collection";
+  const items = data.results.map((r, index) => {
+    const correct = collection && r.input
+      ? [" ", el("a", { href: `#/jobs/${jobId}/hints/${index}`, text: `Correct ${r.name} with hints` })] : [];
     if (r.url.startsWith("/")) {
       // A path on this server needs the token: download through fetch rather than a bare link.
       const button = el("button", { type: "button", class: "secondary", text: "Download " + r.name });
@@ -337,9 +349,9 @@ async function showResults(jobId) {
         const link = el("a", { href: await blobUrl(r.url), download: r.name });
         document.body.append(link); link.click(); link.remove();
       });
-      return el("li", {}, button, " ", el("span", { class: "hint", text: r.uri }));
+      return el("li", {}, button, ...correct, " ", el("span", { class: "hint", text: r.uri }));
     }
-    return el("li", {}, el("a", { href: r.url, text: "Download " + r.name, rel: "noopener" }),
+    return el("li", {}, el("a", { href: r.url, text: "Download " + r.name, rel: "noopener" }), ...correct,
       " ", el("span", { class: "hint", text: `${r.uri} (link valid ${Math.round(data.expires_in_s / 60)} min)` }));
   });
   if (items.length <= RESULTS_SHOWN) { $("results").replaceChildren(...items); return; }
@@ -353,10 +365,12 @@ async function showResults(jobId) {
 
 // ---------------------------------------------------------------------------------------------- hint editor
 
-async function hintsView(jobId) {
-  // A multi-page TIFF document is hinted a page at a time: `pages` holds each page's points (from 1), `points` the
-  // shown page's. The photo to click on is that page's lightness, at the size of its preview beside it.
-  const editor = { jobId, job: null, page: 1, pageCount: 1, pages: { 1: [] }, points: [], cross: { x: 0.5, y: 0.5 },
+async function hintsView(jobId, resultIndex) {
+  // The photo corrected (`target`): a photo job's own, or one of a collection's, which is colorized again on its own
+  // into the collection's copy of it. A multi-page TIFF document is hinted a page at a time: `pages` holds each
+  // page's points (from 1), `points` the shown page's. The photo to click on is that page's lightness, at the size
+  // of its preview beside it.
+  const editor = { jobId, job: null, target: null, page: 1, pageCount: 1, pages: { 1: [] }, points: [], cross: { x: 0.5, y: 0.5 },
     width: 0, height: 0, timer: null, serial: 0, shown: 0 };
   state.editor = editor;
   $("hints-back").href = "#/jobs/" + jobId;
@@ -366,8 +380,16 @@ async function hintsView(jobId) {
   $("hint-photo").removeAttribute("src");
   try {
     editor.job = await apiJson("/jobs/" + jobId);
-    $("hints-title").textContent = "Colour hints: " + nameOf(editor.job.input);
-    const existing = editor.job.options.hints || {};
+    if (resultIndex === null) {
+      editor.target = { input: editor.job.input, output: editor.job.output };
+    } else {
+      const result = (await apiJson(`/jobs/${jobId}/results`)).results[resultIndex];
+      if (!result || !result.input) throw new Error(`the job has no photo result ${resultIndex + 1}`);
+      editor.target = { input: result.input, output: result.uri };
+    }
+    $("hints-title").textContent = "Colour hints: " + nameOf(editor.target.input)
+      + (resultIndex === null ? "" : ` (of ${nameOf(editor.job.input)})`);
+    const existing = (resultIndex === null && editor.job.options.hints) || {};
     const copy = (points) => (points || []).map((p) => ({ x: p.x, y: p.y, color: p.color, radius: p.radius }));
     if (existing.pages) {
       for (const [number, hints] of Object.entries(existing.pages)) editor.pages[number] = copy(hints.points);
@@ -395,7 +417,7 @@ async function previewRequest(path, options) {
 
 async function showPage(editor, number) {
   editor.asked = number;
-  const query = new URLSearchParams({ input: editor.job.input, page: String(number) });
+  const query = new URLSearchParams({ input: editor.target.input, page: String(number) });
   const response = await previewRequest("/preview/lightness?" + query);
   if (state.editor !== editor || editor.asked !== number) return;  // another view, or another page asked for since
   editor.page = number;
@@ -511,7 +533,7 @@ async function refreshPreview() {
   let response;
   try {
     response = await previewRequest("/preview", { method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ input: editor.job.input, page, hints: pictureHints(editor.points), options }) });
+      body: JSON.stringify({ input: editor.target.input, page, hints: pictureHints(editor.points), options }) });
   } catch (e) {
     $("hint-error").textContent = "Preview failed: " + e.message;
     $("hint-error").hidden = false;
@@ -539,7 +561,7 @@ async function submitHints() {
   const total = counts.reduce((sum, count) => sum + count, 0);
   try {
     const created = await apiJson("/jobs", { method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ input: job.input, output: job.output, kind: "image", options }) });
+      body: JSON.stringify({ input: editor.target.input, output: editor.target.output, kind: "image", options }) });
     const pages = editor.pageCount === 1 ? "" : counts.length === 1 ? " on 1 page" : ` on ${counts.length} pages`;
     setStatus(`Submitted with ${total === 1 ? "1 colour hint" : total + " colour hints"}${pages}.`);
     location.hash = "#/jobs/" + created.id;
