@@ -91,6 +91,11 @@ def test_console_uploads_a_photo_and_a_film_watches_them_finish_and_compares_bef
               and job["options"].get("hints")]
     assert hinted == [{"pages": {"2": {"points": [{"x": 80, "y": 100, "color": "#2040d0", "radius": 12},
                                                   ], "regions": []}}}], hinted
+    # The photo's point and region, placed in the browser, reached its hinted job.
+    portrait = [job["options"]["hints"] for job in jobs if job["input"].endswith("/portrait.png")
+                and job["options"].get("hints")]
+    assert len(portrait) == 1 and [p["color"] for p in portrait[0]["points"]] == ["#d02010"], portrait
+    assert [(r["color"], len(r["polygon"])) for r in portrait[0]["regions"]] == [("#2040d0", 4)], portrait
     # The collection's photo corrected in the browser was colorized again into the collection's own copy of it.
     collection = next(job for job in jobs if job["kind"] == "collection")
     copies = {result["input"]: result["uri"] for result in

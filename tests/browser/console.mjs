@@ -65,14 +65,15 @@ async function linkNamed(page, scope, name) {
   throw new Failure(`no link named ${name} in ${scope}`);
 }
 
-// The mean colour of the 10x10 pixels at the centre of the hint editor's preview, read back through a canvas.
-function centreColour() {
+// The mean colour of the 10x10 pixels at the centre of the hint editor's preview (or at fractions fx, fy of its width
+// and height), read back through a canvas.
+function centreColour(fx = 0.5, fy = 0.5) {
   const img = document.querySelector("#hint-preview");
   const canvas = document.createElement("canvas");
   canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
   const context = canvas.getContext("2d");
   context.drawImage(img, 0, 0);
-  const data = context.getImageData(Math.floor(canvas.width / 2) - 5, Math.floor(canvas.height / 2) - 5, 10, 10).data;
+  const data = context.getImageData(Math.floor(canvas.width * fx) - 5, Math.floor(canvas.height * fy) - 5, 10, 10).data;
   const sum = [0, 0, 0];
   for (let i = 0; i < data.length; i += 4) { sum[0] += data[i]; sum[1] += data[i + 1]; sum[2] += data[i + 2]; }
   return sum.map((v) => v / (data.length / 4));
@@ -190,7 +191,7 @@ async function scenario(browser, page, step) {
   await previewShown(page, 3, "the preview with both points");
   // A point's own colour, changed as its picker does (an input event per change): the picker's input stays in the
   // page, so the picker stays open, and the preview follows.
-  const stillThere = await page.$eval("#hint-colour-0", (node) => {
+  const stillThere = await page.$eval("#hint-point-colour-0", (node) => {
     node.value = "#10c020";
     node.dispatchEvent(new Event("input", { bubbles: true }));
     return node.isConnected;
@@ -210,6 +211,37 @@ async function scenario(browser, page, step) {
     "removing a point by keyboard lost the focus");
   step(`hints placed by mouse and keyboard, one recoloured, one removed; the preview's centre turned red (${
     [red, green, blue].map(Math.round)}), then green (${greened.map(Math.round)})`);
+  await previewShown(page, 5, "the preview without the removed point");
+
+  // A region: its corners placed by mouse in region mode, then finished, colour it blue; corners placed by the
+  // keyboard and dropped with Escape leave nothing.
+  await page.click("#hint-mode-region");
+  await page.$eval("#hint-colour", (node) => {
+    node.value = "#2040d0";
+    node.dispatchEvent(new Event("input", { bubbles: true }));
+  });
+  const corners = await (await page.$("#hint-photo")).boundingBox();  // measured again: the focus moved the page
+  for (const [fx, fy] of [[0.05, 0.08], [0.35, 0.08], [0.35, 0.4], [0.05, 0.4]]) {
+    await page.mouse.click(corners.x + corners.width * fx, corners.y + corners.height * fy);
+  }
+  const drawing = await text(page, "#hint-drawing-text");
+  check(drawing === "Region 1: 4 corners placed.", `the region being placed reads ${drawing}`);
+  await page.click("#hint-region-finish");
+  await until(page, "the region", () => document.querySelectorAll("#hint-regions li").length === 1
+    && document.querySelector("#hint-drawing").hidden);
+  const region = await text(page, "#hint-regions li:nth-child(1)");
+  check(region.includes("Region 1, 4 corners"), `the region reads ${region}`);
+  await previewShown(page, 6, "the preview with the region");
+  const inside = await page.evaluate(centreColour, 0.2, 0.24);
+  check(inside[2] - inside[0] > 20 && inside[2] - inside[1] > 10, `the region is not blue: ${inside}`);
+  await page.focus("#hint-canvas");
+  await page.keyboard.press("Enter");
+  await until(page, "a corner placed by the keyboard", () => !document.querySelector("#hint-drawing").hidden);
+  await page.keyboard.press("Escape");
+  await until(page, "the corner dropped", () => document.querySelector("#hint-drawing").hidden
+    && document.querySelectorAll("#hint-regions li").length === 1);
+  await accessible(page, "the hint editor with a region");
+  step(`a region placed corner by corner turned its inside blue (${inside.map(Math.round)}); Escape dropped a corner`);
 
   // Submitted with its hints, the photo is a new job, colorized again, compared on its own page.
   const hintedPage = page.url();
@@ -220,7 +252,12 @@ async function scenario(browser, page, step) {
     [], run.jobTimeoutMs);
   await until(page, "the hinted job's preview",
     () => document.querySelector("figure.compare img.after")?.src.startsWith("blob:"), [], PREVIEW_TIMEOUT_MS);
-  step("colorized again with the hints, as a new job");
+  // Its editor opens with the hints it was submitted with: editing it again starts from them.
+  await (await linkNamed(page, "#hints-link", "Correct the colours with hints")).click();
+  await until(page, "the hinted job's hints in its editor", () => document.querySelectorAll("#hint-points li").length
+    === 1 && document.querySelectorAll("#hint-regions li").length === 1 && document.querySelectorAll(
+    "#hint-overlay polygon").length === 1, [], PREVIEW_TIMEOUT_MS);
+  step("colorized again with the hints, as a new job, whose editor starts from its point and region");
 
   // The film: a strip of before/after frames.
   await (await linkNamed(page, "nav", "Jobs")).click();

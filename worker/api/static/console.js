@@ -368,14 +368,16 @@ async function showResults(jobId, kind) {
 async function hintsView(jobId, resultIndex) {
   // The photo corrected (`target`): a photo job's own, or one of a collection's, which is colorized again on its own
   // into the collection's copy of it. A multi-page TIFF document is hinted a page at a time: `pages` holds each
-  // page's points (from 1), `points` the shown page's. The photo to click on is that page's lightness, at the size
-  // of its preview beside it.
-  const editor = { jobId, job: null, target: null, page: 1, pageCount: 1, pages: { 1: [] }, points: [], cross: { x: 0.5, y: 0.5 },
-    width: 0, height: 0, timer: null, serial: 0, shown: 0 };
+  // page's hints (from 1), `hints` the shown page's: its points and its regions (polygons), and `drawing` the
+  // corners of a region being placed. The photo to click on is that page's lightness, at its preview's size.
+  const editor = { jobId, job: null, target: null, page: 1, pageCount: 1, pages: {}, hints: null, drawing: null,
+    cross: { x: 0.5, y: 0.5 }, width: 0, height: 0, timer: null, serial: 0, shown: 0 };
   state.editor = editor;
   $("hints-back").href = "#/jobs/" + jobId;
   $("hint-error").hidden = true;
   $("hint-pages").hidden = true;
+  $("hint-drawing").hidden = true;
+  $("hint-mode-point").checked = true;
   $("hint-preview").removeAttribute("src");
   $("hint-photo").removeAttribute("src");
   try {
@@ -389,12 +391,10 @@ async function hintsView(jobId, resultIndex) {
     }
     $("hints-title").textContent = "Colour hints: " + nameOf(editor.target.input)
       + (resultIndex === null ? "" : ` (of ${nameOf(editor.job.input)})`);
+    // The hints the job was submitted with, points and regions, each page's: resubmitting keeps what is not edited.
     const existing = (resultIndex === null && editor.job.options.hints) || {};
-    const copy = (points) => (points || []).map((p) => ({ x: p.x, y: p.y, color: p.color, radius: p.radius }));
-    if (existing.pages) {
-      for (const [number, hints] of Object.entries(existing.pages)) editor.pages[number] = copy(hints.points);
-    } else {
-      editor.pages[1] = copy(existing.points);
+    for (const [number, hints] of Object.entries(existing.pages || { 1: existing })) {
+      editor.pages[number] = pictureHints(hints);
     }
     await showPage(editor, 1);
   } catch (e) {
@@ -421,7 +421,8 @@ async function showPage(editor, number) {
   const response = await previewRequest("/preview/lightness?" + query);
   if (state.editor !== editor || editor.asked !== number) return;  // another view, or another page asked for since
   editor.page = number;
-  editor.points = editor.pages[number] = editor.pages[number] || [];
+  editor.hints = editor.pages[number] = editor.pages[number] || pictureHints({});
+  editor.drawing = null;
   editor.width = parseInt(response.headers.get("X-Photo-Width"), 10);
   editor.height = parseInt(response.headers.get("X-Photo-Height"), 10);
   editor.pageCount = parseInt(response.headers.get("X-Photo-Pages"), 10) || 1;
@@ -431,6 +432,7 @@ async function showPage(editor, number) {
   $("hint-photo").alt = editor.pageCount > 1 ? `Page ${number} of the document, to place colour hints on`
     : "The photo to place colour hints on";
   $("hint-photo-title").textContent = editor.pageCount > 1 ? `Page ${number}` : "Photo";
+  $("hint-overlay").setAttribute("viewBox", `0 0 ${editor.width} ${editor.height}`);
   if (editor.pageCount > 1) {
     const choice = $("hint-page");
     if (choice.options.length !== editor.pageCount) {
@@ -440,7 +442,7 @@ async function showPage(editor, number) {
     choice.value = String(number);
     $("hint-pages").hidden = false;
   }
-  renderPoints();
+  renderHints();
   await refreshPreview();
 }
 
@@ -450,24 +452,106 @@ function placeCross() {
   $("hint-cross").style.top = editor.cross.y * 100 + "%";
 }
 
-function addPoint(fx, fy) {
+// A click (or Enter at the cross) at a fraction of the photo's width and height: a point, or a region's next corner.
+function placeAt(fx, fy) {
   const editor = state.editor;
   if (!editor || !editor.width) return;
   const x = Math.min(editor.width - 1, Math.max(0, Math.round(fx * editor.width)));
   const y = Math.min(editor.height - 1, Math.max(0, Math.round(fy * editor.height)));
-  const radius = Math.max(1, parseFloat($("hint-radius").value) || 12);
-  editor.points.push({ x, y, color: $("hint-colour").value, radius });
   const where = editor.pageCount > 1 ? ` on page ${editor.page}` : "";
-  setStatus(`Point ${editor.points.length} placed at ${x}, ${y}${where}.`);
-  renderPoints();
+  if ($("hint-mode-region").checked) {
+    editor.drawing = editor.drawing || [];
+    editor.drawing.push([x, y]);
+    const region = editor.hints.regions.length + 1;
+    setStatus(`Corner ${editor.drawing.length} of region ${region} placed at ${x}, ${y}${where}.`);
+    renderHints();
+    return;
+  }
+  const radius = Math.max(1, parseFloat($("hint-radius").value) || 12);
+  editor.hints.points.push({ x, y, color: $("hint-colour").value, radius });
+  setStatus(`Point ${editor.hints.points.length} placed at ${x}, ${y}${where}.`);
+  renderHints();
   schedulePreview();
 }
 
-function renderPoints() {
+function finishRegion() {
+  const editor = state.editor;
+  if (!editor.drawing || editor.drawing.length < 3) {
+    $("hint-error").textContent = "A region needs at least 3 corners.";
+    $("hint-error").hidden = false;
+    return;
+  }
+  editor.hints.regions.push({ polygon: editor.drawing, color: $("hint-colour").value });
+  editor.drawing = null;
+  $("hint-error").hidden = true;
+  setStatus(`Region ${editor.hints.regions.length} finished.`);
+  renderHints();
+  schedulePreview();
+  $("hint-canvas").focus();
+}
+
+function dropCorners() {
+  const editor = state.editor;
+  if (!editor.drawing) return;
+  editor.drawing = null;
+  setStatus("The region's corners were dropped.");
+  renderHints();
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(tag, attrs) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
+  return node;
+}
+
+// A colour input, radius input (points) and Remove button for one hint in its list; ``hints`` is its array.
+function hintItem(kind, hints, index, text, onColour, radius) {
+  const hint = hints[index];
+  const colour = el("input", { type: "color", id: `hint-${kind}-colour-${index}`, value: hint.color });
+  // The picker belongs to this input: re-rendering the list here would close it after the first change.
+  colour.addEventListener("input", () => { hint.color = colour.value; onColour(); schedulePreview(); });
+  const fields = [el("span", { text }), el("label", { for: colour.id, text: "colour" }), colour];
+  if (radius) {
+    const size = el("input", { type: "number", id: `hint-${kind}-radius-${index}`, min: "1", max: "500",
+      value: String(hint.radius) });
+    size.addEventListener("change", () => {
+      hint.radius = Math.max(1, parseFloat(size.value) || 1);
+      schedulePreview();
+    });
+    fields.push(el("label", { for: size.id, text: "radius" }), size);
+  }
+  const remove = el("button", { type: "button", class: "secondary", text: "Remove",
+    "aria-label": `Remove ${kind} ${index + 1}` });
+  remove.addEventListener("click", () => {
+    hints.splice(index, 1);
+    renderHints();
+    schedulePreview();
+    // The button went with its hint: keep a keyboard user in the list (the next hint's Remove, or the photo).
+    const next = $(`hint-${kind}s`).querySelectorAll("button")[Math.min(index, hints.length - 1)];
+    (next || $("hint-canvas")).focus();
+  });
+  return el("li", {}, ...fields, remove);
+}
+
+function renderHints() {
   const editor = state.editor;
   const canvas = $("hint-canvas");
+  const overlay = $("hint-overlay");
+  const { points, regions } = editor.hints;
   for (const marker of canvas.querySelectorAll(".marker")) marker.remove();
-  const items = editor.points.map((point, index) => {
+  const shapes = regions.map((region) => svg("polygon", { points: region.polygon.join(" "), fill: region.color,
+    "fill-opacity": "0.35", stroke: region.color, "stroke-width": "2", "vector-effect": "non-scaling-stroke" }));
+  if (editor.drawing) {
+    shapes.push(svg("polyline", { points: editor.drawing.join(" "), class: "drawing", "stroke-width": "2",
+      "vector-effect": "non-scaling-stroke" }));
+    for (const [x, y] of editor.drawing) {
+      shapes.push(svg("circle", { cx: x, cy: y, r: Math.max(editor.width, editor.height) / 120, fill: "#fff" }));
+    }
+  }
+  overlay.replaceChildren(...shapes);
+  $("hint-points").replaceChildren(...points.map((point, index) => {
     const marker = el("span", { class: "marker", "aria-hidden": "true" });
     if (editor.width) {
       marker.style.left = (point.x / editor.width) * 100 + "%";
@@ -475,44 +559,38 @@ function renderPoints() {
       marker.style.background = point.color;
       canvas.append(marker);
     }
-    const colour = el("input", { type: "color", id: `hint-colour-${index}`, value: point.color });
-    // The picker belongs to this input: re-rendering the list here would close it after the first change.
-    colour.addEventListener("input", () => {
-      point.color = colour.value;
-      marker.style.background = point.color;
-      schedulePreview();
-    });
-    const radius = el("input", { type: "number", id: `hint-radius-${index}`, min: "1", max: "500",
-      value: String(point.radius) });
-    radius.addEventListener("change", () => { point.radius = Math.max(1, parseFloat(radius.value) || 1); schedulePreview(); });
-    const remove = el("button", { type: "button", class: "secondary", text: "Remove",
-      "aria-label": `Remove point ${index + 1}` });
-    remove.addEventListener("click", () => {
-      editor.points.splice(index, 1);
-      renderPoints();
-      schedulePreview();
-      // The button went with its point: keep a keyboard user in the list (the next point's Remove, or the photo).
-      const next = $("hint-points").querySelectorAll("button")[Math.min(index, editor.points.length - 1)];
-      (next || canvas).focus();
-    });
-    return el("li", {}, el("span", { text: `Point ${index + 1} at ${point.x}, ${point.y}` }),
-      el("label", { for: colour.id, text: "colour" }), colour,
-      el("label", { for: radius.id, text: "radius" }), radius, remove);
-  });
-  $("hint-points").replaceChildren(...items);
-  $("hint-none").textContent = editor.pageCount > 1 ? "No points on this page yet." : "No points yet.";
-  $("hint-none").hidden = editor.points.length > 0;
+    return hintItem("point", points, index, `Point ${index + 1} at ${point.x}, ${point.y}`,
+      () => { marker.style.background = point.color; }, true);
+  }));
+  $("hint-regions").replaceChildren(...regions.map((region, index) => hintItem("region", regions, index,
+    `Region ${index + 1}, ${region.polygon.length} corners`, () => {
+      shapes[index].setAttribute("fill", region.color);
+      shapes[index].setAttribute("stroke", region.color);
+    }, false)));
+  $("hint-drawing").hidden = !editor.drawing;
+  if (editor.drawing) {
+    $("hint-drawing-text").textContent = `Region ${regions.length + 1}: ${editor.drawing.length} corners placed.`;
+  }
+  $("hint-none").textContent = editor.pageCount > 1 ? "No points or regions on this page yet."
+    : "No points or regions yet.";
+  $("hint-none").hidden = points.length + regions.length > 0;
 }
 
-function pictureHints(points) {
-  return { points: points.map((p) => ({ x: p.x, y: p.y, color: p.color, radius: p.radius })) };
+// One picture's hints as the API takes them (and a copy of them as the editor keeps them).
+function pictureHints(hints) {
+  return {
+    points: (hints.points || []).map((p) => ({ x: p.x, y: p.y, color: p.color, radius: p.radius })),
+    regions: (hints.regions || []).map((r) => ({ polygon: r.polygon.map(([x, y]) => [x, y]), color: r.color })),
+  };
 }
 
-// What the job is submitted with: a picture's points, or a document's page by page (pages without any left out).
+const hintCount = (hints) => hints.points.length + hints.regions.length;
+
+// What the job is submitted with: a picture's hints, or a document's page by page (pages without any left out).
 function jobHints(editor) {
-  if (editor.pageCount === 1) return editor.points.length ? pictureHints(editor.points) : null;
+  if (editor.pageCount === 1) return hintCount(editor.hints) ? pictureHints(editor.hints) : null;
   const pages = {};
-  for (const [number, points] of Object.entries(editor.pages)) if (points.length) pages[number] = pictureHints(points);
+  for (const [number, hints] of Object.entries(editor.pages)) if (hintCount(hints)) pages[number] = pictureHints(hints);
   return Object.keys(pages).length ? { pages } : null;
 }
 
@@ -533,7 +611,7 @@ async function refreshPreview() {
   let response;
   try {
     response = await previewRequest("/preview", { method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ input: editor.target.input, page, hints: pictureHints(editor.points), options }) });
+      body: JSON.stringify({ input: editor.target.input, page, hints: pictureHints(editor.hints), options }) });
   } catch (e) {
     $("hint-error").textContent = "Preview failed: " + e.message;
     $("hint-error").hidden = false;
@@ -549,15 +627,12 @@ async function refreshPreview() {
   $("hint-preview").dataset.serial = String(serial);
   $("hint-error").hidden = true;
   $("hint-timing").textContent = `(${((performance.now() - began) / 1000).toFixed(1)} s)`;
-  renderPoints();
 }
 
 async function submitHints() {
   const editor = state.editor;
-  const job = editor.job;
-  const hints = jobHints(editor);
-  const options = Object.assign({}, job.options, { hints });
-  const counts = Object.values(editor.pages).map((points) => points.length).filter((count) => count > 0);
+  const options = Object.assign({}, editor.job.options, { hints: jobHints(editor) });
+  const counts = Object.values(editor.pages).map(hintCount).filter((count) => count > 0);
   const total = counts.reduce((sum, count) => sum + count, 0);
   try {
     const created = await apiJson("/jobs", { method: "POST", headers: { "Content-Type": "application/json" },
@@ -575,7 +650,7 @@ function bindHintEditor() {
   const canvas = $("hint-canvas");
   canvas.addEventListener("click", (event) => {
     const box = $("hint-photo").getBoundingClientRect();
-    addPoint((event.clientX - box.left) / box.width, (event.clientY - box.top) / box.height);
+    placeAt((event.clientX - box.left) / box.width, (event.clientY - box.top) / box.height);
   });
   canvas.addEventListener("keydown", (event) => {
     const editor = state.editor;
@@ -589,10 +664,15 @@ function bindHintEditor() {
       placeCross();
     } else if (event.key === "Enter" || event.key === " ") {
       event.preventDefault();
-      addPoint(editor.cross.x, editor.cross.y);
+      placeAt(editor.cross.x, editor.cross.y);
+    } else if (event.key === "Escape") {
+      dropCorners();
     }
   });
   canvas.addEventListener("focus", placeCross);
+  $("hint-mode-point").addEventListener("change", dropCorners);  // points now: a region left half-placed goes
+  $("hint-region-finish").addEventListener("click", finishRegion);
+  $("hint-region-cancel").addEventListener("click", () => { dropCorners(); $("hint-canvas").focus(); });
   $("hint-page").addEventListener("change", () => {
     const editor = state.editor;
     showPage(editor, parseInt($("hint-page").value, 10)).catch((e) => {
