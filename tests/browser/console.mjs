@@ -118,6 +118,8 @@ async function scenario(browser, page, step) {
   // Two uploads, two jobs: the jobs list shows both, with live progress, until they have finished.
   await until(page, "the jobs list", () => location.hash === "#/jobs");
   await until(page, "two rows", () => document.querySelectorAll("#jobs-body tr").length === 2);
+  const submitted = await text(page, "#status");  // said on the view the submission went to, not wiped by it
+  check(submitted === "2 jobs submitted.", `the status line after submitting reads ${submitted}`);
   await page.focus("#jobs-body a"); // a keyboard user on the list: live updates must not take the focus away
   await until(page, "both jobs to succeed", () => document.querySelectorAll("#jobs-body .badge.succeeded").length === 2,
     [], run.jobTimeoutMs);
@@ -374,6 +376,8 @@ async function scenario(browser, page, step) {
   await page.click("#new-submit");
   await until(page, "the film's Cancel button", () => document.querySelector("#job-title").textContent === "long.mkv"
     && !document.querySelector("#job-cancel").hidden, [], 30_000);
+  const queued = await text(page, "#status");
+  check(queued === "Job submitted.", `the status line on the submitted film's page reads ${queued}`);
   await accessible(page, "an unfinished job's page");
   // Cancel asks first, with the safe answer focused: keeping the job changes nothing; stopping it cancels.
   await page.click("#job-cancel");

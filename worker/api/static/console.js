@@ -10,9 +10,17 @@
 const API = "/api/v1";
 const FINISHED = ["succeeded", "failed", "cancelled"];
 const $ = (id) => document.getElementById(id);
-const state = { token: null, me: null, abort: null, poll: null, cursor: null, blobs: [], editor: null };
+const state = { token: null, me: null, abort: null, poll: null, cursor: null, blobs: [], editor: null, arrival: null };
 
 function setStatus(text) { $("status").textContent = text || ""; }
+
+// A status said as the console moves to another view (a job just submitted, on the new job's page): a view's change
+// clears the status line, which would take this one with it.
+function goTo(hash, status) {
+  if (location.hash === hash) { setStatus(status); return; }  // no view's change to wait for
+  state.arrival = status;
+  location.hash = hash;
+}
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -107,7 +115,8 @@ async function route(event) {
   const match = hash.match(/^#\/jobs\/([0-9a-f]{24})$/);
   // A photo job's hints, or (with the index of one of its results) those of one photo of a collection.
   const hintsMatch = hash.match(/^#\/jobs\/([0-9a-f]{24})\/hints(?:\/(\d+))?$/);
-  setStatus("");
+  setStatus(state.arrival);
+  state.arrival = null;
   if (match) { show("job"); await jobView(match[1]); }
   else if (hintsMatch) {
     show("hints");
@@ -638,8 +647,7 @@ async function submitHints() {
     const created = await apiJson("/jobs", { method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ input: editor.target.input, output: editor.target.output, kind: "image", options }) });
     const pages = editor.pageCount === 1 ? "" : counts.length === 1 ? " on 1 page" : ` on ${counts.length} pages`;
-    setStatus(`Submitted with ${total === 1 ? "1 colour hint" : total + " colour hints"}${pages}.`);
-    location.hash = "#/jobs/" + created.id;
+    goTo("#/jobs/" + created.id, `Submitted with ${total === 1 ? "1 colour hint" : total + " colour hints"}${pages}.`);
   } catch (e) {
     $("hint-error").textContent = "Not submitted: " + e.message;
     $("hint-error").hidden = false;
@@ -736,9 +744,9 @@ async function submitNew(event) {
         body: JSON.stringify({ input, output, options: options() }) });
       ids.push(job.id);
     }
-    setStatus(ids.length === 1 ? "Job submitted." : `${ids.length} jobs submitted.`);
     $("files").value = "";
-    location.hash = ids.length === 1 ? "#/jobs/" + ids[0] : "#/jobs";
+    if (ids.length === 1) goTo("#/jobs/" + ids[0], "Job submitted.");
+    else goTo("#/jobs", `${ids.length} jobs submitted.`);
   } catch (e) {
     // Jobs already queued stay queued: say which, so that submitting again does not queue them twice.
     error.textContent = ids.length ? `${ids.length} of ${inputs.length} jobs submitted (see Jobs); the others were `
