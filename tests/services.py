@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -115,11 +116,13 @@ redis_server = redis_server_fixture
 s3_server = s3_server_fixture
 
 
-def put_object(s3: S3Server, uri: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
+def put_object(s3: S3Server, uri: str, data: bytes, metadata: dict[str, str] | None = None,
+               tags: dict[str, str] | None = None) -> None:
     """Write ``data`` to ``s3://bucket/key`` on the test server, as a user's upload would (with ``metadata``, as an
-    archive's ingest writes its catalogue's fields)."""
+    archive's ingest writes its catalogue's fields, and ``tags``, as its lifecycle and access rules set them)."""
     bucket, key = uri[len("s3://"):].split("/", 1)
-    s3.client().put_object(Bucket=bucket, Key=key, Body=data, Metadata=metadata or {})
+    s3.client().put_object(Bucket=bucket, Key=key, Body=data, Metadata=metadata or {},
+                           Tagging=urllib.parse.urlencode(tags or {}))
 
 
 def get_object(s3: S3Server, uri: str) -> bytes:

@@ -229,25 +229,29 @@ def test_a_film_master_job_is_coloured_in_its_own_codec_by_default(service_env, 
     assert all(np.array_equal(a, b) for a, b in zip(lumas(tmp_path / "out.mkv"), lumas(clip.path), strict=True))
 
 
-def test_a_copy_carries_its_sources_catalogue_metadata_but_not_what_describes_the_sources_bytes(service_env,
-                                                                                                   tmp_path):
+def test_a_copy_carries_its_sources_catalogue_metadata_and_tags_but_not_what_describes_the_sources_bytes(
+        service_env, tmp_path):
     """An archive finds a scan by what its ingest wrote into the object's metadata (accession number, rights,
     catalogue id): a photo's, a collection's and a film's copies keep those beside Tinct's provenance sentence, but
     not the source's checksums, size or file times (a fixity check would take the copy for a corrupt file), nor an
-    earlier copy's sentence. A key with no room beside the sentence within S3's 2 KB is left out, not the copy."""
+    earlier copy's sentence. A key with no room beside the sentence within S3's 2 KB is left out, not the copy.
+    Its lifecycle and access rules key on the object's tags (retention, collection): every copy carries its
+    source's, as S3's own copies do, a run of frames each of its frames."""
     client, start_worker, s3, _, model = service_env
     catalogue = {"accession": "1987.112.4", "rights": "CC BY 4.0", "catalogue-id": "ark:/12148/btv1b8449691v"}
     about_bytes = {"content-md5": "1B2M2Y8AsgTpgAmY7PhCfg==", "sha256": "e3b0c44298fc1c149afbf4c8996fb924",
                    "file-size": "1234", "mtime": "1600000000.5", "s3cmd-attrs": "md5:d41d8cd98f00b204e9800998ecf8427e",
                    "tinct": "colorized by Tinct 0.1.0, model effnet_unet@0000000000"}
-    put_object(s3, "s3://scans/a.png", gray_png(), metadata={**catalogue, **about_bytes})
-    put_object(s3, "s3://scans/box/p0.png", gray_png(1), metadata={"accession": "1987.113.1"})
+    retention = {"retention": "permanent", "collection": "press 1950-1959"}
+    put_object(s3, "s3://scans/a.png", gray_png(), metadata={**catalogue, **about_bytes}, tags=retention)
+    put_object(s3, "s3://scans/box/p0.png", gray_png(1), metadata={"accession": "1987.113.1"}, tags={"box": "12"})
     put_object(s3, "s3://scans/box/p1.png", gray_png(2), metadata={"accession": "1987.113.2", "notes": "x" * 2000})
     clip = write_clip(tmp_path / "reel.mkv", gray_frames(moving_scene(12, 96, 64)), codec="ffv1", pix_fmt="gray")
-    put_object(s3, "s3://scans/reel.mkv", clip.path.read_bytes(), metadata=catalogue)
+    put_object(s3, "s3://scans/reel.mkv", clip.path.read_bytes(), metadata=catalogue, tags=retention)
     worker = start_worker()
     for source, output in [("s3://scans/a.png", "s3://colour/"), ("s3://scans/box/", "s3://colour/box/"),
-                           ("s3://scans/reel.mkv", "s3://colour/")]:
+                           ("s3://scans/reel.mkv", "s3://colour/"), ("s3://scans/reel.mkv",
+                                                                    "s3://colour/frames/reel_%04d.png")]:
         job_id, _ = client.submit(spec(source, output, model))
         assert wait_for_job(client, job_id).state == "succeeded", source
 
@@ -256,11 +260,18 @@ def test_a_copy_carries_its_sources_catalogue_metadata_but_not_what_describes_th
         assert metadata.pop("tinct").startswith(f"colorized by Tinct {tinct_version()}, model "), key
         return metadata
 
+    def tagged(key: str) -> dict[str, str]:
+        return {tag["Key"]: tag["Value"] for tag in s3.client().get_object_tagging(Bucket="colour", Key=key)["TagSet"]}
+
     assert carried("a.png") == catalogue and carried("reel.mkv") == catalogue
     assert carried("box/p0.png") == {"accession": "1987.113.1"}
     assert carried("box/p1.png") == {"accession": "1987.113.2"}
     assert "s3://scans/box/p1.png: metadata notes not carried to its copy: no room beside the provenance within " \
            "S3's 2 KB" in worker.text()
+    frames = [key for key in keys(s3, "colour") if key.startswith("frames/")]
+    assert len(frames) == 12 and carried(frames[5]) == catalogue
+    assert tagged("a.png") == tagged("reel.mkv") == retention and tagged("box/p0.png") == {"box": "12"}
+    assert tagged("box/p1.png") == {} and all(tagged(frame) == retention for frame in frames)
 
 
 @pytest.mark.parametrize("clip_options, output, codec, error", [

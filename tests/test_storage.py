@@ -15,6 +15,7 @@ import os
 import threading
 import time
 import traceback
+import urllib.parse
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -243,6 +244,72 @@ def test_list_named_lists_one_folders_objects_whose_names_start_so(backend: str,
         join_uri(folder, "a.b.png"), join_uri(folder, "a.jpg")]  # key order; not a.b/'s, ab.jpg nor sub/a.jpg
     assert list(storage.list_named(join_uri(folder, "c."))) == []
     assert list(storage.list_named(join_uri(folder, "absent/a."))) == []
+
+
+def test_object_tags_are_read_where_a_head_counts_them_and_stored_by_every_upload(s3_server: S3Server, bucket: str,
+                                                                                  tmp_path: Path) -> None:
+    """What an archive's lifecycle and access rules key on (``retention``, ``collection``) reaches a copy as S3's own
+    copies carry it: read with one request where the HEAD counts tags, written by a plain upload, a multipart one
+    and the frames' uploads alike."""
+    tags = {"retention": "permanent", "collection": "1950s press / radio", "rule": "a+b=c"}  # as URL encoding needs
+    client = s3_server.client()
+    client.put_object(Bucket=BUCKET, Key="in/tagged.png", Body=b"x", Tagging=urllib.parse.urlencode(tags))
+    client.put_object(Bucket=BUCKET, Key="in/plain.png", Body=b"x")
+    store = Storage(s3_settings(s3_server), multipart_threshold=1 * MB, multipart_chunksize=5 * MB)
+    tagged, plain = store.stat(join_uri(bucket, "in/tagged.png")), store.stat(join_uri(bucket, "in/plain.png"))
+    assert (tagged.tag_count, plain.tag_count) == (3, 0)
+    assert store.tags(tagged) == tags and store.tags(plain) == {}
+    (tmp_path / "small.png").write_bytes(b"small")
+    (tmp_path / "large.mkv").write_bytes(os.urandom(5 * MB + 1000))  # two parts
+    store.upload(tmp_path / "small.png", join_uri(bucket, "out/small.png"), tags=tags)
+    store.upload(tmp_path / "large.mkv", join_uri(bucket, "out/large.mkv"), metadata={"a": "1"}, tags=tags)
+    with store.uploads() as uploads:
+        for i in range(3):
+            (tmp_path / f"f{i}.png").write_bytes(b"frame")
+            uploads.add(tmp_path / f"f{i}.png", join_uri(bucket, f"out/frames/f{i}.png"), {"a": "1"}, tags)
+        uploads.finish()
+    store.upload(tmp_path / "small.png", join_uri(bucket, "out/untagged.png"), tags={})
+    stored = {key: {t["Key"]: t["Value"] for t in client.get_object_tagging(Bucket=BUCKET, Key=key)["TagSet"]}
+              for key in ("out/small.png", "out/large.mkv", "out/frames/f0.png", "out/frames/f2.png",
+                          "out/untagged.png")}
+    assert stored == {**{key: tags for key in list(stored)[:4]}, "out/untagged.png": {}}
+    assert client.head_object(Bucket=BUCKET, Key="out/large.mkv")["Metadata"] == {"a": "1"}
+    (tmp_path / "local.png").write_bytes(b"x")
+    assert store.tags(store.stat(tmp_path / "local.png")) == {}  # a file has none
+    store.upload(tmp_path / "small.png", tmp_path / "copy.png", tags=tags)  # and keeps none: nowhere to
+    assert (tmp_path / "copy.png").read_bytes() == b"small"
+
+
+def test_credentials_that_may_not_read_tags_carry_none_and_say_so_once(
+        s3_server: S3Server, bucket: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    iam = s3_server.client("iam")
+    iam.create_user(UserName="untagging")
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "s3:*", "Resource": "*"},
+        {"Effect": "Deny", "Action": "s3:GetObjectTagging", "Resource": "*"},
+        {"Effect": "Deny", "Action": "s3:PutObject", "Resource": f"arn:aws:s3:::{BUCKET}/refused/*"}]}
+    iam.put_user_policy(UserName="untagging", PolicyName="p", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName="untagging")["AccessKey"]
+    s3_server.client().put_object(Bucket=BUCKET, Key="in/a.png", Body=b"x", Tagging="retention=permanent")
+    s3_server.client().put_object(Bucket=BUCKET, Key="in/b.png", Body=b"x", Tagging="retention=permanent")
+    (tmp_path / "a.png").write_bytes(b"a")
+    caplog.set_level(logging.WARNING, logger="worker.storage")
+    with s3_server.enforce_auth():
+        store = Storage(s3_settings(s3_server, s3_access_key_id=key["AccessKeyId"],
+                                    s3_secret_access_key=key["SecretAccessKey"]))
+        first = store.stat(join_uri(bucket, "in/a.png"))
+        assert first.tag_count == 1 and store.tags(first) == {}
+        assert store.tags(store.stat(join_uri(bucket, "in/b.png"))) == {}
+        # An upload refused outright is not taken for a refusal of its tags: it fails, and tags are still sent.
+        with pytest.raises(AccessDeniedError):
+            store.upload(tmp_path / "a.png", join_uri(bucket, "refused/a.png"), tags={"retention": "permanent"})
+        store.upload(tmp_path / "a.png", join_uri(bucket, "out/a.png"), tags={"retention": "permanent"})
+    warnings = [record.getMessage() for record in caplog.records]
+    assert len(warnings) == 1 and warnings[0].startswith(
+        "s3://tinct-test/in/a.png: its tags are not carried to its copies, nor any object's: access denied"), warnings
+    assert warnings[0].endswith("(s3:GetObjectTagging)")
+    assert s3_server.client().get_object_tagging(Bucket=BUCKET, Key="out/a.png")["TagSet"] == [
+        {"Key": "retention", "Value": "permanent"}]
 
 
 def test_s3_multipart_upload_and_ranged_download(s3_server: S3Server, bucket: str, tmp_path: Path) -> None:

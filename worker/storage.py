@@ -33,6 +33,7 @@ import os
 import re
 import stat as stat_module
 import threading
+import urllib.parse
 from collections.abc import Iterator, Mapping, MutableSequence, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -273,6 +274,8 @@ class ObjectInfo:
     # An S3 object's user metadata (``x-amz-meta-*``: an archive's accession number, rights), from a HEAD; none from
     # a listing or for a file. Not part of its identity.
     metadata: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    # How many object tags it has, as its HEAD counts them (read with Storage.tags); 0 from a listing or for a file.
+    tag_count: int = field(default=0, compare=False, repr=False)
 
     def version_key(self) -> str:
         """A short file-name-safe key for this version of the object (URI, ETag, size): local copies are filed
@@ -430,6 +433,9 @@ class Storage:
             "preferred_transfer_client": "classic",
         }
         self._max_pool = max(10, 2 * max_concurrency)
+        # Whether these credentials were refused reading or writing object tags: asked once, said once (tags()).
+        self._tags_refused = {"read": False, "write": False}
+        self._tags_guard = threading.Lock()
         self._lock = threading.Lock()
         self._client: Any = None
         self._client_pid = 0
@@ -513,7 +519,32 @@ class Storage:
         except _s3_library().remote as error:
             raise self._s3_error(uri, error) from error
         return ObjectInfo(uri, int(head["ContentLength"]), _unquote(head.get("ETag", "")), _timestamp(head),
-                          head.get("Metadata") or {})
+                          head.get("Metadata") or {}, int(head.get("TagCount") or 0))
+
+    def tags(self, info: ObjectInfo) -> dict[str, str]:
+        """The object tags of a stat'ed object (``{"retention": "permanent"}``), which its copies carry as S3's own
+        copies do: one GetObjectTagging where its HEAD counted any, none otherwise. Credentials that may not read
+        tags (no ``s3:GetObjectTagging``) give none, said in the log once: a copy without them beats no copy."""
+        if info.tag_count == 0 or self._tags_refused["read"]:
+            return {}
+        _, bucket, key = parse_uri(info.uri)
+        try:
+            tag_set = self.s3_client.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]
+        except _s3_library().remote as error:
+            failure = self._s3_error(info.uri, error)
+            if not isinstance(failure, AccessDeniedError):
+                raise failure from error
+            self._refuse_tags("read", f"{info.uri}: its tags are not carried to its copies, nor any object's: "
+                                      f"{failure.reason} (s3:GetObjectTagging)")
+            return {}
+        return {tag["Key"]: tag["Value"] for tag in tag_set}
+
+    def _refuse_tags(self, which: str, message: str) -> None:
+        with self._tags_guard:
+            if self._tags_refused[which]:
+                return
+            self._tags_refused[which] = True
+        log.warning("%s", message)
 
     def exists(self, uri: str | os.PathLike) -> bool:
         """Whether the object exists. Access denied and store outages still raise: "unknown" is not "absent"."""
@@ -693,13 +724,15 @@ class Storage:
         uri: str | os.PathLike,
         content_type: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> ObjectInfo:
         """Store ``local_path`` at ``uri`` and return the stored object's stat.
 
         S3: boto3's managed transfer, multipart above the threshold, so the object appears only when the upload
         completes and a failure leaves the previous version (or nothing). Files: copy beside the target, fsync,
-        rename. ``content_type`` (by default the key's: :func:`content_type`) and ``metadata`` are S3 object
-        attributes; files have nowhere to keep them.
+        rename. ``content_type`` (by default the key's: :func:`content_type`), ``metadata`` and ``tags`` are S3
+        object attributes; files have nowhere to keep them. Credentials that may not tag what they write (no
+        ``s3:PutObjectTagging``) store it untagged, said in the log once.
         """
         local_path = Path(local_path)
         scheme, bucket, key = parse_uri(uri)
@@ -709,21 +742,35 @@ class Storage:
         uri = format_uri(scheme, bucket, key)
         if not key or key.endswith("/"):
             raise BadInputError(uri, "names a folder, not an object")
-        extra = _typed(key, content_type)
-        if metadata:
-            extra["Metadata"] = dict(metadata)
+        extra = self._upload_args(key, content_type, metadata, tags)
         try:
             if not local_path.is_file():
                 raise ObjectNotFoundError(local_path, "no such file (or not a regular file)")
             with self._transfer_manager() as manager:
                 manager.upload(os.fspath(local_path), bucket, key, extra_args=extra).result()
         except _s3_library().remote as error:
-            raise self._s3_error(uri, error) from error
+            failure = self._s3_error(uri, error)
+            if not (isinstance(failure, AccessDeniedError) and "Tagging" in extra):
+                raise failure from error
+            stored = self.upload(local_path, uri, content_type, metadata)  # refused for its tags, or not at all
+            self._refuse_tags("write", f"{uri}: stored without its source's tags, as every copy will be: "
+                                       f"{failure.reason} (s3:PutObjectTagging)")
+            return stored
         except OSError as error:  # botocore's errors are checked first: some of them are OSError subclasses
             raise classify_os_error(local_path, error) from error
         info = self.stat(uri)
         log.debug("uploaded %s (%d bytes) to %s", local_path, info.size, info.uri)
         return info
+
+    def _upload_args(self, key: str, content_type: str | None, metadata: Mapping[str, str] | None,
+                     tags: Mapping[str, str] | None) -> dict[str, Any]:
+        """An upload's S3 attributes: its content type, user metadata and tags (unless tagging was refused)."""
+        extra = _typed(key, content_type)
+        if metadata:
+            extra["Metadata"] = dict(metadata)
+        if tags and not self._tags_refused["write"]:
+            extra["Tagging"] = urllib.parse.urlencode(tags)
+        return extra
 
     def uploads(self, in_flight: int = 16) -> Uploads:
         """Files stored one by one as they are made (a segment's frames), several at a time; see :class:`Uploads`."""
@@ -934,7 +981,7 @@ class Uploads:
         self._storage = storage
         self._in_flight = max(1, in_flight)
         self._manager: Any = None  # made on the first S3 upload: a folder-only job needs no client
-        self._pending: list[tuple[Path, str, Any]] = []  # in order of adding
+        self._pending: list[tuple[Path, str, Any, dict | None]] = []  # in order of adding
         self.stored = 0
 
     def __enter__(self) -> Uploads:
@@ -946,13 +993,15 @@ class Uploads:
         if exc_type is not None:
             # Each one cancelled here: TransferManager.shutdown(cancel=True) hands its message on as the exception
             # type (s3transfer 0.x), so it raised TypeError over the error that left the block.
-            for _, _, future in self._pending:
+            for _, _, future, _ in self._pending:
                 future.cancel()
         self._manager.shutdown()
         self._manager = None
 
-    def add(self, local_path: str | os.PathLike, uri: str, metadata: Mapping[str, str] | None = None) -> None:
-        """Store ``local_path`` at ``uri`` (with S3 ``metadata``), waiting while ``in_flight`` are unfinished."""
+    def add(self, local_path: str | os.PathLike, uri: str, metadata: Mapping[str, str] | None = None,
+            tags: Mapping[str, str] | None = None) -> None:
+        """Store ``local_path`` at ``uri`` (with S3 ``metadata`` and ``tags``, as :meth:`Storage.upload` does),
+        waiting while ``in_flight`` are unfinished."""
         local_path = Path(local_path)
         scheme, bucket, key = parse_uri(uri)
         if scheme == "file":
@@ -962,11 +1011,11 @@ class Uploads:
         if self._manager is None:
             self._manager = self._storage._transfer_manager()
         size = local_path.stat().st_size
-        extra = _typed(key)
-        if metadata:
-            extra["Metadata"] = dict(metadata)
+        extra = self._storage._upload_args(key, None, metadata, tags)
         future = self._manager.upload(os.fspath(local_path), bucket, key, extra_args=extra)
-        self._pending.append((local_path, format_uri(scheme, bucket, key), future))
+        # A tagged upload keeps its metadata, to be stored again without the tags where tagging is refused.
+        untagged = dict(metadata or {}) if "Tagging" in extra else None
+        self._pending.append((local_path, format_uri(scheme, bucket, key), future, untagged))
         while len(self._pending) >= self._in_flight or (self._pending and self._pending[0][2].done()):
             self._settle()
         self.stored += size
@@ -978,11 +1027,18 @@ class Uploads:
         return self.stored
 
     def _settle(self) -> None:
-        local_path, uri, future = self._pending.pop(0)
+        local_path, uri, future, untagged = self._pending.pop(0)
         try:
             future.result()
         except _s3_library().remote as error:
-            raise self._storage._s3_error(uri, error) from error
+            failure = self._storage._s3_error(uri, error)
+            if not (isinstance(failure, AccessDeniedError) and untagged is not None):
+                raise failure from error
+            # Refused for its tags (no s3:PutObjectTagging), or not at all: stored again without them, as every
+            # later one will be once that works.
+            self._storage.upload(local_path, uri, metadata=untagged)
+            self._storage._refuse_tags("write", f"{uri}: stored without its source's tags, as every copy will be: "
+                                                f"{failure.reason} (s3:PutObjectTagging)")
         except OSError as error:
             raise classify_os_error(local_path, error) from error
         local_path.unlink(missing_ok=True)

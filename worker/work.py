@@ -211,11 +211,14 @@ class Runtime:
         self.storage.download(uri, local, info)
         return local, info
 
-    def source_metadata(self, uri: str) -> Mapping[str, str]:
-        """The user metadata of the stored object ``uri`` (none for a file, or for a run of frames: a listing
-        carries none)."""
+    def source_labels(self, uri: str) -> tuple[Mapping[str, str], Mapping[str, str]]:
+        """The user metadata and the object tags of the stored object ``uri``, which its copies carry (neither for a
+        file, or for a run of frames: a listing carries none)."""
         scheme, _, path = parse_uri(uri)
-        return {} if scheme == "file" or is_pattern(path) else self.storage.stat(uri).metadata
+        if scheme == "file" or is_pattern(path):
+            return {}, {}
+        info = self.storage.stat(uri)
+        return info.metadata, self.storage.tags(info)
 
     def film(self, uri: str) -> FilmInfo:
         """The probed film at ``uri``: the node's copy of a stored film file (``inputs``), a file on a shared disk,
@@ -519,6 +522,7 @@ class _ReadPhoto:
     output: str
     local: Path  # the node's copy of it
     source_metadata: Mapping[str, str]  # the stored photo's user metadata
+    source_tags: Mapping[str, str]  # and its object tags
     photo: Photo
     hints: ColourHints | None
     seconds: float  # spent on it so far (fetch, read), for its stage time
@@ -635,8 +639,10 @@ class _PhotoPiece:
         except BaseException:
             self._drop(local)
             raise
+        tags = self.rt.storage.tags(info)
         self.task.progress()
-        return _ReadPhoto(uri, output, local, info.metadata, photo, hints, time.perf_counter() - began, page_hints)
+        return _ReadPhoto(uri, output, local, info.metadata, tags, photo, hints, time.perf_counter() - began,
+                          page_hints)
 
     def _colour_batch(self, pool: ThreadPoolExecutor) -> None:
         """Colour the photos read so far together, and hand each to a thread to be written and stored."""
@@ -751,7 +757,7 @@ class _PhotoPiece:
     def _store(self, result: Path, read: _ReadPhoto, guidance: str) -> None:
         try:
             self.rt.storage.upload(result, read.output, metadata=output_metadata(
-                read.source_metadata, self.loaded.label, guidance, read.uri))
+                read.source_metadata, self.loaded.label, guidance, read.uri), tags=read.source_tags)
         finally:
             result.unlink(missing_ok=True)
 
@@ -895,8 +901,9 @@ def _colorize_segment(rt: Runtime, spec: JobSpec, segment: Segment, lease: Lease
                 times = colorize(lambda frame: writer.write(frame.pts, frame.luma, frame.cb, frame.cr, frame.captions))
         else:
             guidance = references_guidance(len(spec.options.references or ()))
+            source_metadata, tags = rt.source_labels(spec.input)
             times = _colorize_to_frames(rt, film, target, layout, local, staged, colorize, output_metadata(
-                rt.source_metadata(spec.input), loaded.label, guidance, spec.input, report=segment.index == 0))
+                source_metadata, loaded.label, guidance, spec.input, report=segment.index == 0), tags)
     except BadInputError as exc:  # about this worker's copy of the film
         raise as_stored(spec.input, Path(film.path), exc) from exc
     except liveness.HandedOver:  # the partial file is gone with atomic_path
@@ -933,16 +940,16 @@ def _colorize_segment(rt: Runtime, spec: JobSpec, segment: Segment, lease: Lease
 
 def _colorize_to_frames(rt: Runtime, film: FilmInfo, target: FrameTarget, layout: OutputLayout, local: Path,
                         staged: str, colorize: Callable[[Callable[[ColourFrame], None]], StageTimes],
-                        metadata: dict[str, str]) -> StageTimes:
+                        metadata: dict[str, str], tags: Mapping[str, str]) -> StageTimes:
     """A segment coloured into frames, each uploaded into the segment's staged folder as soon as it is written (a
     2K segment of a few hundred frames is gigabytes: the work folder holds a few at a time, not all of them), with
-    ``metadata``, which their copies into place keep."""
+    ``metadata`` and ``tags``, which their copies into place keep."""
     writer = FrameWriter(local, target, film, layout, metadata["tinct"])
     try:
         with rt.storage.uploads() as uploads:
             def write(frame: ColourFrame) -> None:
                 path = writer.write(frame.index, frame.luma, frame.cb, frame.cr, frame.light)
-                uploads.add(path, join_uri(staged, path.name), metadata)
+                uploads.add(path, join_uri(staged, path.name), metadata, tags)
 
             times = colorize(write)
             uploads.finish()
@@ -1070,8 +1077,9 @@ def _join(rt: Runtime, record: JobRecord, lease: Lease) -> None:
         _discarded(lease)
         return
     guidance = references_guidance(len(spec.options.references or ()))
-    info = rt.storage.upload(final, output, metadata=output_metadata(rt.source_metadata(spec.input), label, guidance,
-                                                                     spec.input))
+    source_metadata, tags = rt.source_labels(spec.input)
+    info = rt.storage.upload(final, output, metadata=output_metadata(source_metadata, label, guidance, spec.input),
+                             tags=tags)
     shutil.rmtree(scratch, ignore_errors=True)
     # Staging goes before the job is marked done, so whoever sees it succeeded sees no leftovers; only by the lease's
     # holder, so a joiner that lost its lease meanwhile never takes the segments from under the one that has it.
