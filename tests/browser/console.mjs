@@ -2,7 +2,7 @@
 // over WebDriver BiDi, one scenario for both. tests/test_console.py starts the stack (Redis, moto S3, a worker,
 // tinct serve), writes the photos and films and puts a collection in its S3, and runs this with one JSON argument:
 //   {browser: "chrome" | "firefox", executable, url, user, token, model, photo, secondPhoto, film, longFilm,
-//    collection, document, screenshot, jobTimeoutMs}
+//    collection, document, reference, screenshot, jobTimeoutMs}
 // It prints one line per step; any failure, or a JavaScript error on the page, exits 1 after a full-page screenshot.
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -271,6 +271,35 @@ async function scenario(browser, page, step) {
     () => document.querySelector("figure.compare img.after").src.startsWith("blob:"), [], PREVIEW_TIMEOUT_MS);
   await accessible(page, "a film's page");
   step("the film's strip shows six before/after frames");
+
+  // The film guided by a colour picture of its frame 6, uploaded from the references view; a time that is not one
+  // is refused by the API, in one line naming the field, and removed before the film is resubmitted.
+  await (await linkNamed(page, "#references-link", "Guide the colours with reference frames")).click();
+  await until(page, "the references view", () => document.querySelector("#references-title").textContent
+    === "Reference frames: reel.mkv" && !document.querySelector("#references-none").hidden);
+  for (const [time, picture] of [["frame:6", run.reference], ["soon", run.reference]]) {
+    await page.type("#reference-time", time);
+    await (await page.$("#reference-file")).uploadFile(picture);
+    await page.click("#reference-add");
+    await until(page, `the reference at ${time}`, (wanted) => [...document.querySelectorAll("#references li")]
+      .some((li) => li.textContent.startsWith(`At ${wanted}: `)), [time], 30_000);
+  }
+  await page.click("#references-submit");
+  await until(page, "the refused time", () => !document.querySelector("#references-error").hidden);
+  const refused = await text(page, "#references-error");
+  check(refused.startsWith("Not submitted: options.references[1].time: "), `the refusal reads ${refused}`);
+  await accessible(page, "the reference frames of a film");
+  await page.click("#references li:nth-child(2) button");
+  await until(page, "one reference left", () => document.querySelectorAll("#references li").length === 1);
+  const filmPage = page.url();
+  await page.click("#references-submit");
+  await until(page, "the guided film's page", (old) => location.href !== old
+    && /#\/jobs\/[0-9a-f]{24}$/.test(location.hash), [filmPage]);
+  const guided = await text(page, "#status");
+  check(guided === "Submitted with 1 reference frame." || guided === "Job finished.", `the status reads ${guided}`);
+  await until(page, "the guided film to succeed", () => document.querySelector("#job-state").textContent
+    === "succeeded", [], run.jobTimeoutMs);
+  step("a film guided by a reference frame uploaded from its references view; a bad time refused, then removed");
 
   // A collection named by its URI, one of its photos unreadable: the job succeeds and lists what failed.
   await openNewJob(page);

@@ -10,7 +10,8 @@
 const API = "/api/v1";
 const FINISHED = ["succeeded", "failed", "cancelled"];
 const $ = (id) => document.getElementById(id);
-const state = { token: null, me: null, abort: null, poll: null, cursor: null, blobs: [], editor: null, arrival: null };
+const state = { token: null, me: null, abort: null, poll: null, cursor: null, blobs: [], editor: null, guide: null,
+  arrival: null };
 
 function setStatus(text) { $("status").textContent = text || ""; }
 
@@ -83,7 +84,7 @@ async function signIn(token) {
 }
 
 function show(view) {
-  for (const name of ["signin", "jobs", "job", "new", "hints"]) $("view-" + name).hidden = name !== view;
+  for (const name of ["signin", "jobs", "job", "new", "hints", "references"]) $("view-" + name).hidden = name !== view;
   for (const link of document.querySelectorAll("[data-nav]")) {
     if (link.dataset.nav === view) link.setAttribute("aria-current", "page"); else link.removeAttribute("aria-current");
   }
@@ -115,6 +116,7 @@ async function route(event) {
   const match = hash.match(/^#\/jobs\/([0-9a-f]{24})$/);
   // A photo job's hints, or (with the index of one of its results) those of one photo of a collection.
   const hintsMatch = hash.match(/^#\/jobs\/([0-9a-f]{24})\/hints(?:\/(\d+))?$/);
+  const referencesMatch = hash.match(/^#\/jobs\/([0-9a-f]{24})\/references$/);
   setStatus(state.arrival);
   state.arrival = null;
   if (match) { show("job"); await jobView(match[1]); }
@@ -122,6 +124,7 @@ async function route(event) {
     show("hints");
     await hintsView(hintsMatch[1], hintsMatch[2] === undefined ? null : parseInt(hintsMatch[2], 10));
   }
+  else if (referencesMatch) { show("references"); await referencesView(referencesMatch[1]); }
   else if (hash === "#/new") { show("new"); newView(); }
   else { show("jobs"); await jobsView(); }
   // After a navigation (not the first load, where the skip link should stay the first Tab stop), move focus to
@@ -252,7 +255,8 @@ async function followEvents(jobId, onJob) {
 
 async function jobView(jobId) {
   for (const id of ["previews", "results", "job-failures"]) $(id).replaceChildren();
-  for (const id of ["previews-title", "previews-hint", "results-title", "hints-link", "job-cancel-confirm"]) {
+  for (const id of ["previews-title", "previews-hint", "results-title", "hints-link", "references-link",
+    "job-cancel-confirm"]) {
     $(id).hidden = true;
   }
   let job;
@@ -281,6 +285,10 @@ async function jobView(jobId) {
   if (job.state === "succeeded") {
     setStatus("Job finished.");
     if (job.kind === "image") { $("hints-open").href = `#/jobs/${jobId}/hints`; $("hints-link").hidden = false; }
+    if (job.kind === "video") {
+      $("references-open").href = `#/jobs/${jobId}/references`;
+      $("references-link").hidden = false;
+    }
     await Promise.all([showPreviews(jobId), showResults(jobId, job.kind)]);
   } else if (job.state === "failed") {
     setStatus("Job failed.");
@@ -691,6 +699,95 @@ function bindHintEditor() {
   $("hint-submit").addEventListener("click", submitHints);
 }
 
+// ----------------------------------------------------------------------------------------- reference frames
+
+async function referencesView(jobId) {
+  // A film guided by colour pictures of some of its frames (options.references): the job's own, as submitted, to
+  // which a restorer adds (a picture uploaded to their inbox, or named by URI) or from which they remove, then
+  // resubmits the film with them.
+  const guide = { jobId, job: null, references: [] };
+  state.guide = guide;
+  $("references-back").href = "#/jobs/" + jobId;
+  $("references-error").hidden = true;
+  const uploads = Boolean(state.me && state.me.uploads);
+  $("reference-file").disabled = !uploads;
+  $("reference-file-hint").textContent = uploads ? "Uploaded to your inbox when added."
+    : "Uploads are not configured on this server: give the picture's URI.";
+  try {
+    guide.job = await apiJson("/jobs/" + jobId);
+    if (guide.job.kind !== "video") throw new Error(`reference frames guide films; this job is a ${guide.job.kind}`);
+    $("references-title").textContent = "Reference frames: " + nameOf(guide.job.input);
+    guide.references = (guide.job.options.references || []).map((r) => ({ time: r.time, image: r.image }));
+  } catch (e) {
+    setStatus("Cannot guide the film: " + e.message);
+    return;
+  }
+  renderReferences();
+}
+
+function renderReferences() {
+  const guide = state.guide;
+  $("references").replaceChildren(...guide.references.map((reference, index) => {
+    const remove = el("button", { type: "button", class: "secondary", text: "Remove",
+      "aria-label": `Remove the reference frame at ${reference.time}` });
+    remove.addEventListener("click", () => {
+      guide.references.splice(index, 1);
+      renderReferences();
+      const next = $("references").querySelectorAll("button")[Math.min(index, guide.references.length - 1)];
+      (next || $("reference-time")).focus();
+    });
+    return el("li", {}, el("span", { text: `At ${reference.time}: ${nameOf(reference.image)}` }), remove);
+  }));
+  $("references-none").hidden = guide.references.length > 0;
+}
+
+async function addReference() {
+  const guide = state.guide;
+  const time = $("reference-time").value.trim();
+  const file = $("reference-file").files[0];
+  const uri = $("reference-uri").value.trim();
+  const error = $("references-error");
+  error.hidden = true;
+  try {
+    if (!time) throw new Error("give the frame's time: seconds (12.5) or a frame number (frame:300)");
+    if (!file && !uri) throw new Error("choose the colour picture, or give its URI");
+    let image = uri;
+    if (file) {
+      setStatus(`Uploading ${file.name}\u2026`);
+      image = (await apiJson("/uploads?name=" + encodeURIComponent(file.name),
+        { method: "POST", body: file, headers: { "Content-Type": "application/octet-stream" } })).uri;
+    }
+    guide.references.push({ time, image });
+    $("reference-time").value = ""; $("reference-file").value = ""; $("reference-uri").value = "";
+    renderReferences();
+    setStatus(`Reference frame at ${time} added.`);
+  } catch (e) {
+    error.textContent = "Not added: " + e.message;
+    error.hidden = false;
+    setStatus("");
+  }
+}
+
+async function submitReferences() {
+  const guide = state.guide;
+  const references = guide.references.length ? guide.references.map((r) => ({ time: r.time, image: r.image })) : null;
+  const options = Object.assign({}, guide.job.options, { references });
+  try {
+    const created = await apiJson("/jobs", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ input: guide.job.input, output: guide.job.output, kind: "video", options }) });
+    const count = guide.references.length;
+    goTo("#/jobs/" + created.id, `Submitted with ${count === 1 ? "1 reference frame" : count + " reference frames"}.`);
+  } catch (e) {
+    $("references-error").textContent = "Not submitted: " + e.message;
+    $("references-error").hidden = false;
+  }
+}
+
+function bindReferences() {
+  $("reference-add").addEventListener("click", addReference);
+  $("references-submit").addEventListener("click", submitReferences);
+}
+
 // --------------------------------------------------------------------------------------------------- new job
 
 function newView() {
@@ -777,6 +874,7 @@ async function start() {
   $("new-form").addEventListener("submit", submitNew);
   $("new-form").addEventListener("input", () => { $("new-error").hidden = true; });  // no stale error beside new values
   bindHintEditor();
+  bindReferences();
   window.addEventListener("hashchange", route);
   // The skip link must not change the hash: that would be read as a navigation to an unknown view.
   document.querySelector("a.skip").addEventListener("click", (event) => { event.preventDefault(); $("main").focus(); });
