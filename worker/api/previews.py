@@ -465,7 +465,7 @@ class HintPreviews:
         try:
             photo = read_page(local, page, DEFAULT_MAX_PIXELS)
         except BadInputError as exc:  # said of the object asked for, not of the scratch copy
-            raise BadInputError(uri, exc.reason) from None
+            raise type(exc)(uri, exc.reason) from exc
         finally:
             if scheme != "file":
                 local.unlink(missing_ok=True)
