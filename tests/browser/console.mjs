@@ -112,6 +112,7 @@ async function scenario(browser, page, step) {
   const files = await page.$("#files");
   await files.uploadFile(run.photo, run.film);
   await page.$eval("#opt-model", (node, model) => { node.value = model; }, run.model);
+  await page.select("#opt-codec", "ffv1");  // the film's copy lossless, as a master
   await page.click("#new-submit");
   step("two files uploaded through the new-job form");
 

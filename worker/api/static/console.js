@@ -811,6 +811,9 @@ function options() {
   const smoothing = parseFloat($("opt-smoothing").value);
   if (!Number.isNaN(smoothing)) result.smoothing = smoothing;
   if ($("opt-format").value) result.format = $("opt-format").value;
+  if ($("opt-codec").value !== "source") result.codec = $("opt-codec").value;
+  const crf = parseInt($("opt-crf").value, 10);
+  if (!Number.isNaN(crf)) result.crf = crf;
   return result;
 }
 
