@@ -71,9 +71,13 @@ def api_stack(tmp: Path, model: Path) -> Iterator[ApiStack]:
         {"name": "carol", "token": tokens["carol"], "inputs": [str(folders["in"])], "outputs": [str(folders["out"])]},
     ]}))
     with RedisServer(tmp / "redis") as redis_server, S3Server() as s3:
-        for bucket in ("scans", "colour", "inbox"):
+        for bucket in ("scans", "colour", "inbox", "models"):
             s3.make_bucket(bucket)
+        # The model published to the store under a name, as an archive publishes a tuned one (and what is not one).
+        s3.client().put_object(Bucket="models", Key="archive-1950s.pt", Body=model.read_bytes())
+        s3.client().put_object(Bucket="models", Key="notes.txt", Body=b"not a model")
         base = env_for_workers(redis_server, s3, base=os.environ, log_format="text", cache_dir=folders["cache"])
+        base["TINCT_MODEL_STORE"] = "s3://models/"
         base["AWS_SECRET_ACCESS_KEY"] = S3_SECRET  # moto takes any key while its auth checks are off
         base["OMP_NUM_THREADS"] = "1"
         worker_env = dict(base, TINCT_ENGINE="torch", TINCT_DEVICE="cpu", TINCT_WORK_DIR=str(folders["work"]),

@@ -208,6 +208,14 @@ def test_a_film_coloured_into_frames_lists_its_own_frames_and_previews_six_of_th
 # ----------------------------------------------------------------------------------------------------- uploads
 
 
+def test_the_models_a_job_may_name_are_the_shipped_one_and_the_stores(stack):
+    models = stack.client("bob").get("/api/v1/models")
+    assert models.status_code == 200
+    assert [(m["name"], m["size"]) for m in models.json()["models"]] == [
+        ("default", None), ("archive-1950s", stack.model.stat().st_size)]  # not the store's notes.txt
+    assert stack.client(None).get("/api/v1/models").status_code == 401
+
+
 def test_upload_lands_in_the_tokens_inbox_and_runs_into_its_results_folder(stack):
     alice, bob = stack.client("alice"), stack.client("bob")
     uploaded = alice.post("/api/v1/uploads", params={"name": "scan 01.png"}, content=gray_png(2))

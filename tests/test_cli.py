@@ -388,3 +388,19 @@ def test_ctrl_c_in_a_subprocess_leaves_no_partial_outputs(tmp_path: Path, tiny_c
 def _env() -> dict[str, str]:
     # One torch thread per subprocess: the test machine is shared.
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def test_models_lists_the_shipped_one_and_those_published_to_the_store(tmp_path: Path, monkeypatch, capsys) -> None:
+    store = tmp_path / "store"
+    (store / "old").mkdir(parents=True)
+    for name in ("archive-1950s.pt", "faces.pt", "notes.txt", "old/archive-1940s.pt"):  # a sub-folder's is no name
+        (store / name).write_bytes(b"x" * 1_500_000)
+    monkeypatch.setenv("TINCT_MODEL_STORE", str(store))
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("  ")[0] for line in lines] == ["default", "archive-1950s", "faces"]
+    assert lines[1].startswith("archive-1950s  1.5 MB, published 20"), lines
+    monkeypatch.delenv("TINCT_MODEL_STORE")
+    assert main(["models"]) == 0
+    shown = capsys.readouterr()
+    assert shown.out == "default  the shipped model\n" and "set TINCT_MODEL_STORE" in shown.err

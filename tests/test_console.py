@@ -82,11 +82,9 @@ def test_console_uploads_a_photo_and_a_film_watches_them_finish_and_compares_bef
         stack.s3.client().put_object(Bucket="scans", Key=key, Body=body)
     screenshot = tmp_path_factory.getbasetemp() / f"console-failure-{browser}.png"
     run = {"browser": browser, "executable": executable, "url": stack.url, "token": stack.tokens[user], "user": user,
-           "model": str(stack.model), "photo": str(photo), "secondPhoto": str(second_photo), "film": str(film),
-           "longFilm": str(long_film), "collection": f"s3://scans/{user}/album/", "document": str(document),
-           "reference": str(reference),
-           "screenshot": str(screenshot),
-           "jobTimeoutMs": JOB_TIMEOUT_S * 1000}
+           "photo": str(photo), "secondPhoto": str(second_photo), "film": str(film), "longFilm": str(long_film),
+           "collection": f"s3://scans/{user}/album/", "document": str(document), "reference": str(reference),
+           "screenshot": str(screenshot), "jobTimeoutMs": JOB_TIMEOUT_S * 1000}
     walk = subprocess.run([NODE, str(BROWSER_TESTS / "console.mjs"), json.dumps(run)], capture_output=True, text=True,
                           timeout=WALK_TIMEOUT_S, env=dict(os.environ, NODE_OPTIONS=""))
     print(walk.stdout, walk.stderr)
@@ -103,6 +101,7 @@ def test_console_uploads_a_photo_and_a_film_watches_them_finish_and_compares_bef
     portrait = [job["options"]["hints"] for job in jobs if job["input"].endswith("/portrait.png")
                 and job["options"].get("hints")]
     assert len(portrait) == 1 and [p["color"] for p in portrait[0]["points"]] == ["#d02010"], portrait
+    assert {job["options"]["model"] for job in jobs} == {"archive-1950s"}  # named as the form offered it
     assert [(r["color"], len(r["polygon"])) for r in portrait[0]["regions"]] == [("#2040d0", 4)], portrait
     # The collection's photo corrected in the browser was colorized again into the collection's own copy of it.
     collection = next(job for job in jobs if job["kind"] == "collection")

@@ -69,6 +69,10 @@ def add_service_commands(commands: argparse._SubParsersAction) -> None:
     cancel.add_argument("job_id")
     cancel.set_defaults(run=_cancel)
 
+    models = commands.add_parser("models", help="list the models a job may name: default and the model store's "
+                                                "(TINCT_MODEL_STORE)")
+    models.set_defaults(run=_models)
+
     worker = commands.add_parser("worker", help="run a Celery worker with Tinct's defaults")
     worker.add_argument("--queues", default="colorize,io", help="colorize, io or both (default: %(default)s)")
     worker.add_argument("--concurrency", type=int, help="tasks at once (default: 1 for colorize, 8 for io only)")
@@ -232,6 +236,21 @@ def _jobs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     for record in service.recent(args.limit):
         done = f"{record.done}/{record.total} {record.unit}" if record.total else ""
         print(f"{record.id}  {record.state:<9}  {record.spec.kind:<10}  {done:<20}  {record.spec.input}")
+    return EXIT_OK
+
+
+def _models(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from worker.model_store import published_models
+    from worker.storage import Storage
+
+    settings = Settings.from_env()
+    print("default  the shipped model")
+    for model in published_models(settings, Storage(settings)):
+        published = time.strftime("%Y-%m-%d %H:%M", time.localtime(model.published)) if model.published else "?"
+        print(f"{model.name}  {model.size / 1e6:.1f} MB, published {published}")
+    if not settings.model_store:
+        print("no model store: set TINCT_MODEL_STORE to a folder or an s3://bucket/prefix/ to name published models",
+              file=sys.stderr)
     return EXIT_OK
 
 

@@ -21,13 +21,14 @@ import logging
 import os
 import secrets
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 from models.checkpoint import is_model_name
 from models.files import PARTIAL_SUFFIX
 from worker.errors import ModelError
 from worker.settings import Settings
-from worker.storage import ObjectInfo, ObjectNotFoundError, Storage, join_uri, normalize_uri
+from worker.storage import ObjectInfo, ObjectNotFoundError, Storage, join_uri, normalize_uri, relative_key
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,28 @@ def resolve_model(model: str | os.PathLike, settings: Settings, storage: Storage
     except ObjectNotFoundError:
         raise ModelError(text, f"not in the model store {store} (no {normalize_uri(uri)})") from None
     return os.fspath(_fetch(text, info, settings.cache_dir / CACHE_FOLDER, storage))
+
+
+@dataclass(frozen=True)
+class PublishedModel:
+    """A model in the store, as a job names it."""
+
+    name: str
+    size: int
+    published: float | None  # when this version was stored (epoch seconds)
+
+
+def published_models(settings: Settings, storage: Storage) -> list[PublishedModel]:
+    """The models a job may name from the store (``<store>/<name>.pt``, not in a sub-folder), by name; none without
+    a store. One listing of the store: the store's unreachable is the storage's transient error."""
+    if not settings.model_store:
+        return []
+    models = []
+    for info in storage.list(settings.model_store):
+        name = relative_key(settings.model_store, info.uri)
+        if name.endswith(".pt") and is_model_name(name[:-3]):
+            models.append(PublishedModel(name[:-3], info.size, info.last_modified))
+    return sorted(models, key=lambda model: model.name)
 
 
 def _cached_path(folder: Path, name: str, info: ObjectInfo) -> Path:

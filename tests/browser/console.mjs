@@ -1,7 +1,7 @@
 // The console's walk-through in a real browser, driven by Puppeteer: Chromium over the DevTools protocol, Firefox
 // over WebDriver BiDi, one scenario for both. tests/test_console.py starts the stack (Redis, moto S3, a worker,
 // tinct serve), writes the photos and films and puts a collection in its S3, and runs this with one JSON argument:
-//   {browser: "chrome" | "firefox", executable, url, user, token, model, photo, secondPhoto, film, longFilm,
+//   {browser: "chrome" | "firefox", executable, url, user, token, photo, secondPhoto, film, longFilm,
 //    collection, document, reference, screenshot, jobTimeoutMs}
 // It prints one line per step; any failure, or a JavaScript error on the page, exits 1 after a full-page screenshot.
 import { readFileSync } from "node:fs";
@@ -111,7 +111,10 @@ async function scenario(browser, page, step) {
     (user) => document.querySelector("#output-uri").value === `s3://colour/results/${user}/`, [run.user]);
   const files = await page.$("#files");
   await files.uploadFile(run.photo, run.film);
-  await page.$eval("#opt-model", (node, model) => { node.value = model; }, run.model);
+  // The model by its name in the model store, which the field offers.
+  await until(page, "the model store's names", () => [...document.querySelectorAll("#model-names option")]
+    .map((option) => option.value).join(" ") === "default archive-1950s");
+  await page.$eval("#opt-model", (node) => { node.value = "archive-1950s"; });
   await page.select("#opt-codec", "ffv1");  // the film's copy lossless, as a master
   await page.click("#new-submit");
   step("two files uploaded through the new-job form");

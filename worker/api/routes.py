@@ -45,6 +45,7 @@ from worker.jobs import (
 )
 from worker.media.frame_sequences import frame_number
 from worker.media.images import PHOTO_SUFFIXES
+from worker.model_store import published_models
 from worker.photos import FILM_EXTENSIONS
 from worker.service import QueueError, Service
 from worker.settings import Settings
@@ -535,6 +536,18 @@ def whoami(state: State, principal: Caller) -> dict[str, Any]:
         "max_upload_bytes": settings.api_max_upload_bytes,
     }
 
+
+@router.get("/models", tags=["service"],
+            summary="The models a job may name: default (the shipped one) and those published to the model store")
+def list_models(state: State, principal: Caller) -> dict[str, Any]:
+    try:
+        published = published_models(state.settings, state.storage)
+    except TransientError as exc:
+        raise HTTPException(503, f"model store: {exc}") from None
+    except PermanentError as exc:  # a store named wrong (no such bucket) or refused to these credentials
+        raise HTTPException(409, f"model store: {exc}") from None
+    return {"models": [{"name": "default", "size": None, "published": None}] + [
+        {"name": model.name, "size": model.size, "published": model.published} for model in published]}
 
 
 # ---------------------------------------------------------------------------------------------- hint previews

@@ -792,6 +792,10 @@ function bindReferences() {
 
 function newView() {
   const me = state.me || {};
+  // The models a job may name (the shipped one and the model store's), offered as the model field is typed in.
+  apiJson("/models").then((data) => {
+    $("model-names").replaceChildren(...data.models.map((model) => el("option", { value: model.name })));
+  }).catch((e) => setStatus("The model store could not be listed: " + e.message));
   if (!$("output-uri").value && me.results) $("output-uri").value = me.results;
   $("source-upload").disabled = !me.uploads;
   if (!me.uploads) { $("source-uri").checked = true; }
