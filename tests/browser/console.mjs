@@ -258,6 +258,8 @@ async function scenario(browser, page, step) {
     [], run.jobTimeoutMs);
   await until(page, "the hinted job's preview",
     () => document.querySelector("figure.compare img.after")?.src.startsWith("blob:"), [], PREVIEW_TIMEOUT_MS);
+  const withHints = await text(page, "#job-guidance");
+  check(withHints === "With 2 colour hints.", `the hinted job's page says ${withHints}`);
   // Its editor opens with the hints it was submitted with: editing it again starts from them.
   await (await linkNamed(page, "#hints-link", "Correct the colours with hints")).click();
   await until(page, "the hinted job's hints in its editor", () => document.querySelectorAll("#hint-points li").length
@@ -303,6 +305,8 @@ async function scenario(browser, page, step) {
   check(guided === "Submitted with 1 reference frame." || guided === "Job finished.", `the status reads ${guided}`);
   await until(page, "the guided film to succeed", () => document.querySelector("#job-state").textContent
     === "succeeded", [], run.jobTimeoutMs);
+  const guidedBy = await text(page, "#job-guidance");
+  check(guidedBy === "Guided by 1 reference frame, at frame:6.", `the guided film's page says ${guidedBy}`);
   step("a film guided by a reference frame uploaded from its references view; a bad time refused, then removed");
 
   // A collection named by its URI, one of its photos unreadable: the job succeeds and lists what failed.
@@ -400,6 +404,8 @@ async function scenario(browser, page, step) {
     && /#\/jobs\/[0-9a-f]{24}$/.test(location.hash), [documentPage]);
   await until(page, "the hinted document to succeed", () => document.querySelector("#job-state").textContent
     === "succeeded", [], run.jobTimeoutMs);
+  const pageHints = await text(page, "#job-guidance");
+  check(pageHints === "With 1 colour hint on page 2.", `the hinted document's page says ${pageHints}`);
   step(`a document hinted page by page: page 2's centre turned blue (${blued.map(Math.round)}), page 1 kept none`);
 
   // A film cancelled while it runs (or waits) is stopped, not failed, and can be cancelled only once.

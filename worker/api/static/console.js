@@ -206,6 +206,8 @@ function renderJob(job) {
   const badge = $("job-state");
   badge.textContent = job.state; badge.className = "badge " + job.state;
   $("job-io").textContent = `${job.kind}: ${job.input} \u2192 ${job.output}`;
+  $("job-guidance").textContent = guidanceText(job.options);
+  $("job-guidance").hidden = !$("job-guidance").textContent;
   const bar = $("job-progress");
   bar.max = job.progress.total || 1;
   bar.value = job.state === "succeeded" ? bar.max : job.progress.done;
@@ -217,6 +219,24 @@ function renderJob(job) {
   $("job-error").hidden = !$("job-error").textContent;
   $("job-error").classList.toggle("stopped", job.state !== "failed");
   $("job-failures").replaceChildren(...job.failures.map((f) => el("li", { text: `${nameOf(f.item)}: ${f.reason}` })));
+}
+
+// What a restorer gave the job besides the model: its colour hints (a document's, page by page) or reference frames.
+function guidanceText(options) {
+  const count = (hints) => (hints.points || []).length + (hints.regions || []).length;
+  const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+  const hints = options.hints;
+  if (hints && hints.pages) {
+    const pages = Object.keys(hints.pages).sort((a, b) => a - b);
+    const total = pages.reduce((sum, page) => sum + count(hints.pages[page]), 0);
+    return `With ${plural(total, "colour hint")} on ${pages.length === 1 ? "page" : "pages"} ${pages.join(", ")}.`;
+  }
+  if (hints && count(hints)) return `With ${plural(count(hints), "colour hint")}.`;
+  const references = options.references || [];
+  if (references.length) {
+    return `Guided by ${plural(references.length, "reference frame")}, at ${references.map((r) => r.time).join(", ")}.`;
+  }
+  return "";
 }
 
 // A cancelled job was stopped, not failed; a collection that succeeded with some files failed lists them below.
