@@ -100,7 +100,8 @@ def test_console_uploads_a_photo_and_a_film_watches_them_finish_and_compares_bef
     # The photo's point and region, placed in the browser, reached its hinted job.
     portrait = [job["options"]["hints"] for job in jobs if job["input"].endswith("/portrait.png")
                 and job["options"].get("hints")]
-    assert len(portrait) == 1 and [p["color"] for p in portrait[0]["points"]] == ["#d02010"], portrait
+    assert len(portrait) == 1 and [(p["x"], p["y"], p["color"]) for p in portrait[0]["points"]] == [
+        (144, 120, "#d02010")], portrait  # where it was dragged
     assert {job["options"]["model"] for job in jobs} == {"archive-1950s"}  # named as the form offered it
     assert [(r["color"], len(r["polygon"])) for r in portrait[0]["regions"]] == [("#2040d0", 4)], portrait
     # The collection's photo corrected in the browser was colorized again into the collection's own copy of it.

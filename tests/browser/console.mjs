@@ -247,7 +247,20 @@ async function scenario(browser, page, step) {
   await until(page, "the corner dropped", () => document.querySelector("#hint-drawing").hidden
     && document.querySelectorAll("#hint-regions li").length === 1);
   await accessible(page, "the hint editor with a region");
-  step(`a region placed corner by corner turned its inside blue (${inside.map(Math.round)}); Escape dropped a corner`);
+  // A point dragged by its marker moves (in region mode too), and the click that ends the drag places nothing.
+  const dragBox = await (await page.$("#hint-photo")).boundingBox();
+  await page.mouse.move(dragBox.x + dragBox.width * 0.4 + 2, dragBox.y + dragBox.height * 0.5 - 1);
+  await page.mouse.down();
+  for (let i = 1; i <= 8; i++) {  // to 60% across and 75% down: 144, 120
+    await page.mouse.move(dragBox.x + dragBox.width * (0.4 + 0.025 * i), dragBox.y + dragBox.height * (0.5 + i / 32));
+  }
+  await page.mouse.up();
+  await previewShown(page, 7, "the preview with the point moved");
+  const moved = await text(page, "#hint-points li:nth-child(1)");
+  check(moved.includes("Point 1 at 144, 120"), `the dragged point reads ${moved}`);
+  check(await page.$eval("#hint-drawing", (node) => node.hidden), "the drag's click placed a region's corner");
+  step(`a region placed corner by corner turned its inside blue (${inside.map(Math.round)}); Escape dropped a corner; `
+    + "a point dragged to a new place");
 
   // Submitted with its hints, the photo is a new job, colorized again, compared on its own page.
   const hintedPage = page.url();

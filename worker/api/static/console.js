@@ -682,9 +682,46 @@ async function submitHints() {
   }
 }
 
+// A point pressed on (within MARKER_REACH pixels of its marker) and moved is dragged to where it is let go; a press
+// that does not move it is a click, which places a hint as anywhere else.
+const MARKER_REACH = 10;
+
+function dragPoint(event) {
+  const editor = state.editor;
+  if (!editor || !editor.width || event.button !== 0) return;
+  const box = $("hint-photo").getBoundingClientRect();
+  const clamp = (value, size) => Math.min(size - 1, Math.max(0, Math.round(value)));
+  const at = (e) => [clamp((e.clientX - box.left) / box.width * editor.width, editor.width),
+    clamp((e.clientY - box.top) / box.height * editor.height, editor.height)];
+  const distance = (p) => Math.hypot((p.x / editor.width) * box.width - (event.clientX - box.left),
+    (p.y / editor.height) * box.height - (event.clientY - box.top));
+  const point = editor.hints.points.reduce((near, p) => (distance(p) < (near ? distance(near) : MARKER_REACH) ? p
+    : near), null);
+  if (!point) return;
+  event.preventDefault();  // no text selection while dragging
+  const canvas = $("hint-canvas");
+  const from = [event.clientX, event.clientY];
+  let moved = false;
+  canvas.setPointerCapture(event.pointerId);
+  canvas.onpointermove = (e) => {
+    moved = moved || Math.hypot(e.clientX - from[0], e.clientY - from[1]) > 3;
+    if (moved) { [point.x, point.y] = at(e); renderHints(); }
+  };
+  canvas.onpointerup = canvas.onpointercancel = () => {
+    canvas.onpointermove = canvas.onpointerup = canvas.onpointercancel = null;
+    if (!moved) return;
+    editor.dragged = true;  // the click that ends a drag (dispatched before any timer) places nothing
+    setTimeout(() => { editor.dragged = false; });
+    setStatus(`Point ${editor.hints.points.indexOf(point) + 1} moved to ${point.x}, ${point.y}.`);
+    schedulePreview();
+  };
+}
+
 function bindHintEditor() {
   const canvas = $("hint-canvas");
+  canvas.addEventListener("pointerdown", dragPoint);
   canvas.addEventListener("click", (event) => {
+    if (state.editor && state.editor.dragged) { state.editor.dragged = false; return; }
     const box = $("hint-photo").getBoundingClientRect();
     placeAt((event.clientX - box.left) / box.width, (event.clientY - box.top) / box.height);
   });
