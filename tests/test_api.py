@@ -4,12 +4,16 @@ cancel, resubmission, uploads, folder results; then what must be refused, and wh
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import http.client
 import io
 import json
 import os
 import re
 import time
+import urllib.parse
+import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
@@ -279,6 +283,43 @@ def test_a_collections_results_are_its_own_photos_not_the_rest_of_its_output_fol
     assert [r["input"] for r in results] == ["s3://scans/alice/batch/a.png", "s3://scans/alice/batch/b.png"]
     previews = alice.get(f"/api/v1/jobs/{final['id']}/previews").json()["previews"]
     assert [p["label"] for p in previews] == ["a.png", "b.png"]
+
+
+def test_a_jobs_results_download_as_one_zip_from_a_link_that_needs_no_token(stack):
+    """The console's "download all": a collection's every result, its sub-folders kept, streamed as one ZIP from a
+    link a browser follows without the token (a ticket: who, until when, and its HMAC)."""
+    alice, anonymous = stack.client("alice"), stack.client(None)
+    for name, body in (("a.png", gray_png(11)), ("sub/b.png", gray_png(12)), ("broken.png", b"not a PNG")):
+        put_object(stack.s3, f"s3://scans/alice/zipped/{name}", body)
+    job = alice.post("/api/v1/jobs", json=job_spec(stack, "s3://scans/alice/zipped/", "s3://colour/alice/zipped/"))
+    assert wait_finished(alice, job.json()["id"])["state"] == "succeeded"
+    link = alice.post(f"/api/v1/jobs/{job.json()['id']}/archive").json()
+    assert link["expires_in_s"] > 0 and link["url"].startswith(f"/api/v1/jobs/{job.json()['id']}/archive.zip?")
+    download = anonymous.get(link["url"])
+    assert download.status_code == 200 and download.headers["content-type"] == "application/zip"
+    assert download.headers["content-disposition"] == "attachment; filename*=UTF-8''zipped-colour.zip"
+    with zipfile.ZipFile(io.BytesIO(download.content)) as archive:
+        assert archive.testzip() is None and archive.namelist() == ["a.png", "sub/b.png"]  # not the broken one
+        for name in archive.namelist():
+            assert archive.read(name) == stack.s3.client().get_object(
+                Bucket="colour", Key=f"alice/zipped/{name}")["Body"].read(), name
+
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(link["url"]).query))
+    path = f"/api/v1/jobs/{job.json()['id']}/archive.zip"
+    expired = int(time.time()) - 10
+    signed_expired = hmac.new(hashlib.sha256(stack.tokens["alice"].encode()).digest(),
+                              f"archive:{job.json()['id']}:{expired}".encode(), hashlib.sha256).hexdigest()
+    for altered in ({**query, "sig": query["sig"][:-1] + ("0" if query["sig"][-1] != "0" else "1")},
+                    {**query, "who": "bob"}, {**query, "expires": str(int(query["expires"]) + 1)},
+                    {**query, "expires": str(expired), "sig": signed_expired}):
+        refused = anonymous.get(path, params=altered)
+        assert refused.status_code == 403 and detail(refused).startswith("sig: not a valid link"), altered
+    assert stack.client("bob").post(f"/api/v1/jobs/{job.json()['id']}/archive").status_code == 403
+    put_object(stack.s3, "s3://scans/alice/lone-broken.png", b"not a PNG")
+    failed = alice.post("/api/v1/jobs", json=job_spec(stack, "s3://scans/alice/lone-broken.png", "s3://colour/alice/"))
+    assert wait_finished(alice, failed.json()["id"])["state"] == "failed"
+    nothing = alice.post(f"/api/v1/jobs/{failed.json()['id']}/archive")
+    assert nothing.status_code == 409 and detail(nothing).startswith("job: ")
 
 
 # ---------------------------------------------------------------------------------------------------- refusals

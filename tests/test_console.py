@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import subprocess
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,12 +85,16 @@ def test_console_uploads_a_photo_and_a_film_watches_them_finish_and_compares_bef
     run = {"browser": browser, "executable": executable, "url": stack.url, "token": stack.tokens[user], "user": user,
            "photo": str(photo), "secondPhoto": str(second_photo), "film": str(film), "longFilm": str(long_film),
            "collection": f"s3://scans/{user}/album/", "document": str(document), "reference": str(reference),
-           "screenshot": str(screenshot), "jobTimeoutMs": JOB_TIMEOUT_S * 1000}
+           "downloads": str(tmp_path / "downloads"), "screenshot": str(screenshot),
+           "jobTimeoutMs": JOB_TIMEOUT_S * 1000}
     walk = subprocess.run([NODE, str(BROWSER_TESTS / "console.mjs"), json.dumps(run)], capture_output=True, text=True,
                           timeout=WALK_TIMEOUT_S, env=dict(os.environ, NODE_OPTIONS=""))
     print(walk.stdout, walk.stderr)
     assert walk.returncode == 0, f"the console's walk-through failed in {browser}:\n{walk.stdout}{walk.stderr}"
     assert "ok: the jobs list and a photo's page fit a phone's width" in walk.stdout  # the walk's last step
+    # The browser downloaded the collection's results as one ZIP, by the console's link, into the test's folder.
+    with zipfile.ZipFile(tmp_path / "downloads" / "album-colour.zip") as archive:
+        assert archive.testzip() is None and archive.namelist() == [f"fine-{i:02d}.png" for i in range(11)]
     # The document's hints, placed on its second page in the browser, reached the job page by page.
     client = stack.client(user)
     jobs = client.get("/api/v1/jobs", params={"limit": 50}).json()["jobs"]

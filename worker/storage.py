@@ -656,6 +656,32 @@ class Storage:
             raise BadInputError(uri, f"{size} bytes, more than the {max_bytes} expected here")
         return self._read_body(uri, response)
 
+    def read_chunks(self, uri: str | os.PathLike, chunk_size: int = MB) -> Iterator[bytes]:
+        """An object's bytes in pieces of at most ``chunk_size``, as they arrive (one GET on S3): a large one is
+        passed on (into an archive a caller downloads) without lying in memory whole."""
+        scheme, bucket, key = parse_uri(uri)
+        uri = format_uri(scheme, bucket, key)
+        if scheme == "file":
+            try:
+                with open(key, "rb") as source:
+                    while chunk := source.read(chunk_size):
+                        yield chunk
+            except OSError as error:
+                raise classify_os_error(uri, error) from error
+            return
+        try:
+            body = self.s3_client.get_object(Bucket=bucket, Key=key)["Body"]
+        except _s3_library().remote as error:
+            raise self._s3_error(uri, error) from error
+        try:
+            yield from body.iter_chunks(chunk_size)
+        except _s3_library().remote as error:
+            raise self._s3_error(uri, error) from error
+        except OSError as error:  # a raw socket error while streaming the body: the network, not our disk
+            raise StorageError(uri, f"object store connection failed while reading ({type(error).__name__})") from error
+        finally:
+            body.close()
+
     def _read_body(self, uri: str, response: Mapping[str, Any]) -> bytes:
         """The body of a GET response, read whole and closed; errors while streaming it classified."""
         body = response["Body"]

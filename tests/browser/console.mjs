@@ -2,7 +2,7 @@
 // over WebDriver BiDi, one scenario for both. tests/test_console.py starts the stack (Redis, moto S3, a worker,
 // tinct serve), writes the photos and films and puts a collection in its S3, and runs this with one JSON argument:
 //   {browser: "chrome" | "firefox", executable, url, user, token, photo, secondPhoto, film, longFilm,
-//    collection, document, reference, screenshot, jobTimeoutMs}
+//    collection, document, reference, downloads, screenshot, jobTimeoutMs}
 // It prints one line per step; any failure, or a JavaScript error on the page, exits 1 after a full-page screenshot.
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -22,6 +22,10 @@ const FIREFOX_PREFS = {
   "app.update.enabled": false, "browser.safebrowsing.update.enabled": false,
   "datareporting.policy.dataSubmissionEnabled": false, "network.captive-portal-service.enabled": false,
   "network.connectivity-service.enabled": false, "toolkit.telemetry.enabled": false,
+  // A download (the results' ZIP) opens no downloads panel, which would take the keyboard from the page, and lands in
+  // the test's own folder.
+  "browser.download.alwaysOpenPanel": false, "browser.download.folderList": 2, "browser.download.dir": run.downloads,
+  "browser.download.useDownloadDir": true,
 };
 
 class Failure extends Error {}
@@ -346,7 +350,21 @@ async function scenario(browser, page, step) {
     && [...document.querySelectorAll("#results li")].every((li) => li.textContent.startsWith("Download ")));
   check(await page.evaluate(() => document.activeElement.textContent.trim() === "Download fine-10.png"),
     "showing every result did not move the focus to the first one added");
-  step("a collection with an unreadable photo finishes, lists it, and lists its 11 results 10 at first");
+  // Every result as one ZIP: the button asks for a signed link, which the browser downloads without the token, into
+  // run.downloads (tests/test_console.py opens it); the page fetches it again here, with no token either.
+  await page.click("#results-all button");
+  await until(page, "the archive's link", () => document.querySelector("#results-all button").dataset.url);
+  const zip = await page.$eval("#results-all button", async (node) => {
+    const response = await fetch(node.dataset.url);
+    const bytes = new Uint8Array(await response.arrayBuffer());
+    return { status: response.status, type: response.headers.get("content-type"), size: bytes.length,
+      magic: String.fromCharCode(bytes[0], bytes[1]), names: (new TextDecoder().decode(bytes).match(/fine-\d\d\.png/g)
+        || []).filter((name, i, all) => all.indexOf(name) === i).length };
+  });
+  check(zip.status === 200 && zip.type === "application/zip" && zip.magic === "PK" && zip.names === 11,
+    `the collection's ZIP: ${JSON.stringify(zip)}`);
+  step("a collection with an unreadable photo finishes, lists it, and lists its 11 results 10 at first; all 11 "
+    + `download as one ZIP (${zip.size} bytes)`);
 
   // One photo of the collection corrected with hints, from its preview: colorized again on its own, into the
   // collection's copy of it (tests/test_console.py reads the job back from the API).
@@ -504,7 +522,8 @@ async function scenario(browser, page, step) {
 
 const browser = await puppeteer.launch(run.browser === "firefox"
   ? { browser: "firefox", executablePath: run.executable, headless: true, extraPrefsFirefox: FIREFOX_PREFS }
-  : { browser: "chrome", executablePath: run.executable, headless: true, args: CHROMIUM_ARGS });
+  : { browser: "chrome", executablePath: run.executable, headless: true, args: CHROMIUM_ARGS,
+    downloadBehavior: { policy: "allow", downloadPath: run.downloads } });
 const page = await browser.newPage();
 const errors = [];
 page.on("pageerror", (error) => errors.push(String(error.message || error)));

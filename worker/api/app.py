@@ -104,7 +104,7 @@ def create_app(settings: Settings, service: Service | None = None, principals: l
     app = FastAPI(
         title="Tinct API", version=tinct_version(),
         description="Colorize black-and-white photos and films: submit jobs, follow them, fetch results and "
-        "before/after previews. Every route but /api/v1/health and this document needs "
+        "before/after previews. Every route but /api/v1/health, this document and an archive's signed link needs "
         "`Authorization: Bearer <token>`.",
         openapi_url="/api/v1/openapi.json", docs_url=None, redoc_url=None,  # both load scripts from a CDN
     )

@@ -18,6 +18,7 @@ import json
 import re
 import secrets
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 
+from worker.api import archives
 from worker.api.auth import Principal, authenticate, own_folder
 from worker.api.previews import HintPreview, HintPreviews, Previews, TokenBucket
 from worker.errors import BadInputError, ModelError, PermanentError, TinctError, TransientError, one_line
@@ -364,8 +366,9 @@ async def job_events(job_id: JobId, request: Request, state: State, principal: C
 # ---------------------------------------------------------------------------------------------------- results
 
 
-def _results(state: ApiState, record: JobRecord) -> list[tuple[str | None, str]]:
-    """A finished job's outputs, each with the photo it is the copy of (None for a film's outputs and frames)."""
+def _results(state: ApiState, record: JobRecord, limit: int | None = MAX_RESULTS) -> list[tuple[str | None, str]]:
+    """A finished job's outputs (its first ``limit``), each with the photo it is the copy of (None for a film's
+    outputs and frames)."""
     if record.state != "succeeded":
         return []
     frames = frames_target(record.spec) if record.spec.kind == "video" else None
@@ -377,14 +380,14 @@ def _results(state: ApiState, record: JobRecord) -> list[tuple[str | None, str]]
             number = frame_number(relative_key(folder, info.uri), frames.prefix, frames.digits, frames.suffix)
             if number is not None and first <= number < first + count:
                 uris.append((None, info.uri))
-                if len(uris) == MAX_RESULTS:
+                if len(uris) == limit:
                     break
         return uris
     if record.spec.kind == "image":
         return [(record.spec.input, output) for output in record.outputs]
     if record.spec.kind != "collection":
         return [(None, output) for output in record.outputs]
-    return list(itertools.islice(collection_outputs(state.storage, record), MAX_RESULTS))
+    return list(itertools.islice(collection_outputs(state.storage, record), limit))
 
 
 @router.get("/jobs/{job_id}/results", tags=["results"],
@@ -408,6 +411,42 @@ def _result_url(state: ApiState, job_id: str, index: int, uri: str) -> str:
         return f"/api/v1/jobs/{job_id}/results/{index}"
     return state.storage.s3_client.generate_presigned_url(
         "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=state.settings.api_url_ttl_s)
+
+
+@router.post("/jobs/{job_id}/archive", tags=["results"],
+             summary="A link that downloads a finished job's results as one ZIP, every one of them (no token needed "
+                     "to follow it; valid TINCT_API_URL_TTL_S)")
+def archive_link(job_id: JobId, state: State, principal: Caller) -> dict[str, Any]:
+    record = _job(state, principal, job_id)
+    if not _results(state, record, limit=1):
+        raise HTTPException(409, f"job: {job_id} has no results to download ({record.state})")
+    expires = int(time.time()) + state.settings.api_url_ttl_s
+    query = urllib.parse.urlencode({"who": principal.name, "expires": expires,
+                                    "sig": archives.ticket(principal, job_id, expires)})
+    return {"url": f"/api/v1/jobs/{job_id}/archive.zip?{query}", "expires_in_s": state.settings.api_url_ttl_s}
+
+
+@public.get("/jobs/{job_id}/archive.zip", tags=["results"],
+            summary="A finished job's results as one ZIP, streamed as it is written (the link POST .../archive gives)",
+            response_class=StreamingResponse, responses={200: {"content": {"application/zip": {}}}})
+def archive_download(job_id: JobId, state: State,
+                     who: Annotated[str, Query(max_length=64, description="the token's name the link was made for")],
+                     expires: Annotated[int, Query(ge=0, le=2**40, description="epoch seconds")],
+                     sig: Annotated[str, Query(max_length=128, description="the link's signature")]) -> Any:
+    if state.insecure_local and not state.principals:
+        principal: Principal | None = Principal("local", admin=True)
+    else:
+        principal = archives.ticket_holder(state.principals, who, job_id, expires, sig)
+    if principal is None:
+        raise HTTPException(403, "sig: not a valid link, or an expired one: ask for a new one (POST .../archive)")
+    record = _job(state, principal, job_id)
+    spec = record.spec  # named in the archive by their paths under the job's output folder (a collection's tree)
+    folder = spec.output if spec.output.endswith("/") else spec.output.rsplit("/", 1)[0] + "/"
+    entries = archives.entry_names(folder, [uri for _, uri in _results(state, record, None)])
+    name = f"{PurePosixPath(parse_uri(record.spec.input.rstrip('/'))[2]).stem or 'results'}-colour.zip"
+    disposition = f"attachment; filename*=UTF-8''{urllib.parse.quote(name)}"
+    return StreamingResponse(archives.stream_zip(state.storage, entries), media_type="application/zip",
+                             headers={"Content-Disposition": disposition, "Cache-Control": "no-store"})
 
 
 @router.get("/jobs/{job_id}/results/{index}", tags=["results"],

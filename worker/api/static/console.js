@@ -274,8 +274,8 @@ async function followEvents(jobId, onJob) {
 }
 
 async function jobView(jobId) {
-  for (const id of ["previews", "results", "job-failures"]) $(id).replaceChildren();
-  for (const id of ["previews-title", "previews-hint", "results-title", "hints-link", "references-link",
+  for (const id of ["previews", "results", "results-all", "job-failures"]) $(id).replaceChildren();
+  for (const id of ["previews-title", "previews-hint", "results-title", "results-all", "hints-link", "references-link",
     "job-cancel-confirm"]) {
     $(id).hidden = true;
   }
@@ -391,6 +391,10 @@ async function showResults(jobId, kind) {
     return el("li", {}, el("a", { href: r.url, text: "Download " + r.name, rel: "noopener" }), ...correct,
       " ", el("span", { class: "hint", text: `${r.uri} (link valid ${Math.round(data.expires_in_s / 60)} min)` }));
   });
+  if (items.length > 1) {
+    $("results-all").replaceChildren(archiveButton(jobId, items.length));
+    $("results-all").hidden = false;
+  }
   if (items.length <= RESULTS_SHOWN) { $("results").replaceChildren(...items); return; }
   const more = el("button", { type: "button", class: "secondary", text: `Show all ${items.length} results` });
   more.addEventListener("click", () => {
@@ -398,6 +402,24 @@ async function showResults(jobId, kind) {
     items[RESULTS_SHOWN].querySelector("a, button").focus(); // where the list goes on, not back at its top
   });
   $("results").replaceChildren(...items.slice(0, RESULTS_SHOWN), el("li", {}, more));
+}
+
+// Every result in one ZIP, streamed by the server as it writes it: the link the API signs needs no token, so the
+// browser downloads it itself (to disk, as it arrives) rather than through this page's memory.
+function archiveButton(jobId, count) {
+  const button = el("button", { type: "button", class: "secondary", text: `Download all ${count} as one ZIP` });
+  button.addEventListener("click", async () => {
+    try {
+      const link = await apiJson(`/jobs/${jobId}/archive`, { method: "POST" });
+      button.dataset.url = link.url;
+      const anchor = el("a", { href: link.url, download: "" });
+      document.body.append(anchor); anchor.click(); anchor.remove();
+      setStatus(`Downloading all ${count} results as one ZIP.`);
+    } catch (e) {
+      setStatus("Could not download them: " + e.message);
+    }
+  });
+  return button;
 }
 
 // ---------------------------------------------------------------------------------------------- hint editor
