@@ -392,7 +392,7 @@ async function showResults(jobId, kind) {
       " ", el("span", { class: "hint", text: `${r.uri} (link valid ${Math.round(data.expires_in_s / 60)} min)` }));
   });
   if (items.length > 1) {
-    $("results-all").replaceChildren(archiveButton(jobId, items.length));
+    $("results-all").replaceChildren(archiveButton(jobId));
     $("results-all").hidden = false;
   }
   if (items.length <= RESULTS_SHOWN) { $("results").replaceChildren(...items); return; }
@@ -406,15 +406,15 @@ async function showResults(jobId, kind) {
 
 // Every result in one ZIP, streamed by the server as it writes it: the link the API signs needs no token, so the
 // browser downloads it itself (to disk, as it arrives) rather than through this page's memory.
-function archiveButton(jobId, count) {
-  const button = el("button", { type: "button", class: "secondary", text: `Download all ${count} as one ZIP` });
+function archiveButton(jobId) {  // every result: the list stops at the API's first 1,000, the archive does not
+  const button = el("button", { type: "button", class: "secondary", text: "Download every result as one ZIP" });
   button.addEventListener("click", async () => {
     try {
       const link = await apiJson(`/jobs/${jobId}/archive`, { method: "POST" });
       button.dataset.url = link.url;
       const anchor = el("a", { href: link.url, download: "" });
       document.body.append(anchor); anchor.click(); anchor.remove();
-      setStatus(`Downloading all ${count} results as one ZIP.`);
+      setStatus("Downloading every result as one ZIP.");
     } catch (e) {
       setStatus("Could not download them: " + e.message);
     }
