@@ -12,11 +12,10 @@ import json
 import os
 import re
 import time
-import urllib.parse
 import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import numpy as np
@@ -209,15 +208,15 @@ def test_a_film_coloured_into_frames_lists_its_own_frames_and_previews_six_of_th
         assert np.abs(before.mean(axis=-1) - after.mean(axis=-1)).mean() < 12  # the frame's own lightness, in gray
 
 
-# ----------------------------------------------------------------------------------------------------- uploads
-
-
 def test_the_models_a_job_may_name_are_the_shipped_one_and_the_stores(stack):
     models = stack.client("bob").get("/api/v1/models")
     assert models.status_code == 200
     assert [(m["name"], m["size"]) for m in models.json()["models"]] == [
         ("default", None), ("archive-1950s", stack.model.stat().st_size)]  # not the store's notes.txt
     assert stack.client(None).get("/api/v1/models").status_code == 401
+
+
+# ----------------------------------------------------------------------------------------------------- uploads
 
 
 def test_upload_lands_in_the_tokens_inbox_and_runs_into_its_results_folder(stack):
@@ -304,7 +303,7 @@ def test_a_jobs_results_download_as_one_zip_from_a_link_that_needs_no_token(stac
             assert archive.read(name) == stack.s3.client().get_object(
                 Bucket="colour", Key=f"alice/zipped/{name}")["Body"].read(), name
 
-    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(link["url"]).query))
+    query = dict(parse_qsl(urlsplit(link["url"]).query))
     path = f"/api/v1/jobs/{job.json()['id']}/archive.zip"
     expired = int(time.time()) - 10
     signed_expired = hmac.new(hashlib.sha256(stack.tokens["alice"].encode()).digest(),
