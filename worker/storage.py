@@ -35,7 +35,7 @@ import stat as stat_module
 import threading
 import urllib.parse
 from collections.abc import Iterator, Mapping, MutableSequence, Sequence
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -670,23 +670,23 @@ class Storage:
                 raise classify_os_error(uri, error) from error
             return
         try:
-            body = self.s3_client.get_object(Bucket=bucket, Key=key)["Body"]
+            response = self.s3_client.get_object(Bucket=bucket, Key=key)
         except _s3_library().remote as error:
             raise self._s3_error(uri, error) from error
-        try:
+        with self._reading(uri, response) as body:
             yield from body.iter_chunks(chunk_size)
-        except _s3_library().remote as error:
-            raise self._s3_error(uri, error) from error
-        except OSError as error:  # a raw socket error while streaming the body: the network, not our disk
-            raise StorageError(uri, f"object store connection failed while reading ({type(error).__name__})") from error
-        finally:
-            body.close()
 
     def _read_body(self, uri: str, response: Mapping[str, Any]) -> bytes:
         """The body of a GET response, read whole and closed; errors while streaming it classified."""
+        with self._reading(uri, response) as body:
+            return body.read()
+
+    @contextmanager
+    def _reading(self, uri: str, response: Mapping[str, Any]) -> Iterator[Any]:
+        """The body of a GET response, closed afterwards; errors while streaming it classified."""
         body = response["Body"]
         try:
-            return body.read()
+            yield body
         except _s3_library().remote as error:
             raise self._s3_error(uri, error) from error
         except OSError as error:  # a raw socket error while streaming the body: the network, not our disk

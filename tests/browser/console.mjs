@@ -91,6 +91,19 @@ async function previewShown(page, serial, what) {
   }, [serial], 30_000);
 }
 
+// An editor's submit button clicked: the new job's page, and the job succeeded. ``says``, what the status line says
+// on arriving there (before the job's end replaces it with "Job finished.").
+async function submitFrom(page, button, what, says = null) {
+  const editor = page.url();
+  await page.click(button);
+  await until(page, `${what}'s page`, (old) => location.href !== old && /#\/jobs\/[0-9a-f]{24}$/.test(location.hash),
+    [editor]);
+  const status = await text(page, "#status");
+  check(says === null || status === says || status === "Job finished.", `the status on ${what}'s page: ${status}`);
+  await until(page, `${what} to succeed`, () => document.querySelector("#job-state").textContent === "succeeded",
+    [], run.jobTimeoutMs);
+}
+
 async function openNewJob(page) {
   await (await linkNamed(page, "nav", "New job")).click();
   await until(page, "the new-job form", () => !document.querySelector("#view-new").hidden);
@@ -267,12 +280,7 @@ async function scenario(browser, page, step) {
     + "a point dragged to a new place");
 
   // Submitted with its hints, the photo is a new job, colorized again, compared on its own page.
-  const hintedPage = page.url();
-  await page.click("#hint-submit");
-  await until(page, "the new job's page", (old) => location.href !== old && /#\/jobs\/[0-9a-f]{24}$/.test(location.hash),
-    [hintedPage]);
-  await until(page, "the hinted job to succeed", () => document.querySelector("#job-state").textContent === "succeeded",
-    [], run.jobTimeoutMs);
+  await submitFrom(page, "#hint-submit", "the hinted job");
   await until(page, "the hinted job's preview",
     () => document.querySelector("figure.compare img.after")?.src.startsWith("blob:"), [], PREVIEW_TIMEOUT_MS);
   const withHints = await text(page, "#job-guidance");
@@ -314,14 +322,7 @@ async function scenario(browser, page, step) {
   await accessible(page, "the reference frames of a film");
   await page.click("#references li:nth-child(2) button");
   await until(page, "one reference left", () => document.querySelectorAll("#references li").length === 1);
-  const filmPage = page.url();
-  await page.click("#references-submit");
-  await until(page, "the guided film's page", (old) => location.href !== old
-    && /#\/jobs\/[0-9a-f]{24}$/.test(location.hash), [filmPage]);
-  const guided = await text(page, "#status");
-  check(guided === "Submitted with 1 reference frame." || guided === "Job finished.", `the status reads ${guided}`);
-  await until(page, "the guided film to succeed", () => document.querySelector("#job-state").textContent
-    === "succeeded", [], run.jobTimeoutMs);
+  await submitFrom(page, "#references-submit", "the guided film", "Submitted with 1 reference frame.");
   const guidedBy = await text(page, "#job-guidance");
   check(guidedBy === "Guided by 1 reference frame, at frame:6.", `the guided film's page says ${guidedBy}`);
   step("a film guided by a reference frame uploaded from its references view; a bad time refused, then removed");
@@ -382,12 +383,7 @@ async function scenario(browser, page, step) {
   await previewShown(page, 2, "the collection photo's preview with its point");
   const albumRed = await page.evaluate(centreColour);
   check(albumRed[0] - albumRed[1] > 20 && albumRed[0] - albumRed[2] > 20, `the photo's hinted spot: ${albumRed}`);
-  const albumEditor = page.url();
-  await page.click("#hint-submit");
-  await until(page, "the corrected photo's job", (old) => location.href !== old
-    && /#\/jobs\/[0-9a-f]{24}$/.test(location.hash), [albumEditor]);
-  await until(page, "the corrected photo to succeed", () => document.querySelector("#job-state").textContent
-    === "succeeded", [], run.jobTimeoutMs);
+  await submitFrom(page, "#hint-submit", "the corrected photo");
   const corrected = await text(page, "#job-io");
   check(corrected.startsWith(`image: ${run.collection}fine-03.png \u2192 `) && corrected.endsWith("/fine-03.png"),
     `the corrected photo's job reads ${corrected}`);
@@ -429,12 +425,7 @@ async function scenario(browser, page, step) {
   await page.select("#hint-page", "1");
   await until(page, "page 1 again, without points", () => document.querySelector("#hint-photo").naturalWidth === 240
     && document.querySelectorAll("#hint-points li").length === 0 && !document.querySelector("#hint-none").hidden);
-  const documentPage = page.url();
-  await page.click("#hint-submit");
-  await until(page, "the hinted document's page", (old) => location.href !== old
-    && /#\/jobs\/[0-9a-f]{24}$/.test(location.hash), [documentPage]);
-  await until(page, "the hinted document to succeed", () => document.querySelector("#job-state").textContent
-    === "succeeded", [], run.jobTimeoutMs);
+  await submitFrom(page, "#hint-submit", "the hinted document");
   const pageHints = await text(page, "#job-guidance");
   check(pageHints === "With 1 colour hint on page 2.", `the hinted document's page says ${pageHints}`);
   step(`a document hinted page by page: page 2's centre turned blue (${blued.map(Math.round)}), page 1 kept none`);
