@@ -284,6 +284,23 @@ def test_a_collections_results_are_its_own_photos_not_the_rest_of_its_output_fol
     assert [p["label"] for p in previews] == ["a.png", "b.png"]
 
 
+def test_a_collections_previews_come_a_page_at_a_time(stack):
+    alice = stack.client("alice")
+    for i in range(26):
+        put_object(stack.s3, f"s3://scans/alice/paged/p{i:02d}.png", gray_png(20 + i, 32, 24))
+    job = alice.post("/api/v1/jobs", json=job_spec(stack, "s3://scans/alice/paged/", "s3://colour/alice/paged/"))
+    assert wait_finished(alice, job.json()["id"])["state"] == "succeeded"
+    base = f"/api/v1/jobs/{job.json()['id']}/previews"
+    first = alice.get(base).json()
+    assert [p["index"] for p in first["previews"]] == list(range(24)) and first["next"] == 24
+    second = alice.get(base, params={"start": first["next"]}).json()
+    assert [(p["index"], p["label"]) for p in second["previews"]] == [(24, "p24.png"), (25, "p25.png")]
+    assert second["next"] is None
+    after = alice.get(second["previews"][1]["after"])  # a later page's picture, by its own index
+    assert after.status_code == 200 and jpeg(after.content).shape == (24, 32, 3)
+    assert alice.get(f"{base}/26/after.jpg").status_code == 404
+
+
 def test_a_jobs_results_download_as_one_zip_from_a_link_that_needs_no_token(stack):
     """The console's "download all": a collection's every result, its sub-folders kept, streamed as one ZIP from a
     link a browser follows without the token (a ticket: who, until when, and its HMAC)."""

@@ -4,9 +4,9 @@ real worker, Redis and moto S3 behind it). One walk-through, tests/browser/conso
 (pasted into an open console, and in a new tab), uploads a photo and a film through the new-job form, watches both
 finish, moves a before/after slider with the keyboard, a click and a drag, places, recolours and removes colour
 hints and a region (and finds them again in the hinted job's editor), finds the film's frame strip, guides the film
-with a reference frame, colorizes a collection with an unreadable photo (its 11 results listed 10 at first) and
-corrects one of its photos, hints a two-page document page by page, cancels a film, reads what a submission that
-failed half-way says, and looks at two views on a phone's width.
+with a reference frame, colorizes a collection with an unreadable photo (its 25 results listed 10 at first, its
+previews 24), downloads it as one ZIP and corrects one of its photos, hints a two-page document page by page,
+cancels a film, reads what a submission that failed half-way says, and looks at two views on a phone's width.
 A screenshot is saved when anything fails.
 
 Playwright for Python drove Chromium here until 2026-12-06; it reaches Firefox only through a patched build of its
@@ -75,10 +75,10 @@ def test_console_uploads_a_photo_and_a_film_watches_them_finish_and_compares_bef
     Image.fromarray(scene[6]).save(reference)
     # Long enough (50 s, about a hundred segments) to be cancelled before it finishes.
     long_film = write_clip(tmp_path / "long.mkv", gray_frames(moving_scene(1200, 96, 64)), gop=24, bframes=0).path
-    # A collection in the user's own input prefix: 11 photos (more results than the console lists at first), and one
-    # file that only claims to be one.
+    # A collection in the user's own input prefix: 25 photos (more results and previews than the console shows at
+    # first), and one file that only claims to be one.
     user = USERS[browser]
-    album = [(f"{user}/album/fine-{i:02d}.png", gray_png(6 + i)) for i in range(11)]
+    album = [(f"{user}/album/fine-{i:02d}.png", gray_png(6 + i)) for i in range(25)]
     for key, body in (*album, (f"{user}/album/broken.png", b"not a PNG")):
         stack.s3.client().put_object(Bucket="scans", Key=key, Body=body)
     screenshot = tmp_path_factory.getbasetemp() / f"console-failure-{browser}.png"
@@ -94,7 +94,7 @@ def test_console_uploads_a_photo_and_a_film_watches_them_finish_and_compares_bef
     assert "ok: the jobs list and a photo's page fit a phone's width" in walk.stdout  # the walk's last step
     # The browser downloaded the collection's results as one ZIP, by the console's link, into the test's folder.
     with zipfile.ZipFile(tmp_path / "downloads" / "album-colour.zip") as archive:
-        assert archive.testzip() is None and archive.namelist() == [f"fine-{i:02d}.png" for i in range(11)]
+        assert archive.testzip() is None and archive.namelist() == [f"fine-{i:02d}.png" for i in range(25)]
     # The document's hints, placed on its second page in the browser, reached the job page by page.
     client = stack.client(user)
     jobs = client.get("/api/v1/jobs", params={"limit": 50}).json()["jobs"]

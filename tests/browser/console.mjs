@@ -335,19 +335,19 @@ async function scenario(browser, page, step) {
   await until(page, "the collection to finish", () => document.querySelector("#job-title").textContent === "album/"
     && document.querySelector("#job-state").textContent === "succeeded", [], run.jobTimeoutMs);
   const partly = await text(page, "#job-error");
-  check(partly === "Finished, but 1 of 12 files failed:", `the collection's error line reads ${partly}`);
+  check(partly === "Finished, but 1 of 26 files failed:", `the collection's error line reads ${partly}`);
   const failure = await text(page, "#job-failures li");
   check(failure.startsWith("broken.png: "), `the collection's failure reads ${failure}`);
-  // Its 11 results: the first 10 listed, the rest one click away.
+  // Its 25 results: the first 10 listed, the rest one click away.
   await until(page, "the collection's first results and a button for the rest", () =>
     document.querySelectorAll("#results li").length === 11
-    && document.querySelector("#results li:last-child button").textContent === "Show all 11 results");
+    && document.querySelector("#results li:last-child button").textContent === "Show all 25 results");
   await accessible(page, "a collection's page with a failure");
   // By the keyboard: the previews above load as this runs, and a click aimed before they had moved the page landed
   // on one of them (Firefox).
   await page.focus("#results li:last-child button");
   await page.keyboard.press("Enter");
-  await until(page, "all 11 results", () => document.querySelectorAll("#results li").length === 11
+  await until(page, "all 25 results", () => document.querySelectorAll("#results li").length === 25
     && [...document.querySelectorAll("#results li")].every((li) => li.textContent.startsWith("Download ")));
   check(await page.evaluate(() => document.activeElement.textContent.trim() === "Download fine-10.png"),
     "showing every result did not move the focus to the first one added");
@@ -362,10 +362,19 @@ async function scenario(browser, page, step) {
       magic: String.fromCharCode(bytes[0], bytes[1]), names: (new TextDecoder().decode(bytes).match(/fine-\d\d\.png/g)
         || []).filter((name, i, all) => all.indexOf(name) === i).length };
   });
-  check(zip.status === 200 && zip.type === "application/zip" && zip.magic === "PK" && zip.names === 11,
+  check(zip.status === 200 && zip.type === "application/zip" && zip.magic === "PK" && zip.names === 25,
     `the collection's ZIP: ${JSON.stringify(zip)}`);
-  step("a collection with an unreadable photo finishes, lists it, and lists its 11 results 10 at first; all 11 "
-    + `download as one ZIP (${zip.size} bytes)`);
+  // Its previews a page of 24 at a time: the 25th photo's after the button, the focus on it.
+  await until(page, "the first page of previews", () => document.querySelectorAll("#previews figure").length === 24
+    && !document.querySelector("#previews-more").hidden);
+  await page.click("#previews-more");
+  await until(page, "the next page of previews", () => document.querySelectorAll("#previews figure").length === 25
+    && document.querySelector("#previews-more").hidden);
+  const last = await text(page, "#previews figure:nth-child(25) figcaption");
+  check(last.startsWith("fine-24.png"), `the 25th preview reads ${last}`);
+  check(await page.evaluate(focusedMatches, "#previews figure:nth-child(25) input"), "the focus stayed behind");
+  step("a collection with an unreadable photo finishes, lists it, and lists its 25 results 10 at first, its previews "
+    + `24 at first; all 25 download as one ZIP (${zip.size} bytes)`);
 
   // One photo of the collection corrected with hints, from its preview: colorized again on its own, into the
   // collection's copy of it (tests/test_console.py reads the job back from the API).

@@ -3,8 +3,8 @@
 A photo gives one pair (the source's lightness, the colorized result), each at most ``PREVIEW_SIDE`` pixels on its
 long side (a multi-page document, its first ``DOCUMENT_PAGES`` pages side by side); a film gives a strip of
 ``FILM_FRAMES`` pairs at evenly spaced times (a film coloured into a run of frames, a pair for each of
-``FILM_FRAMES`` evenly spaced frames); a collection gives a pair for each of its first ``COLLECTION_PREVIEWS``
-photos. Deriving them here rather than in the workers leaves the workers' hot path and their outputs untouched (an
+``FILM_FRAMES`` evenly spaced frames); a collection gives a pair for each of its photos, ``COLLECTION_PREVIEWS`` at
+a time. Deriving them here rather than in the workers leaves the workers' hot path and their outputs untouched (an
 archive's output prefix holds exactly what it asked for), and a preview costs one read of the input and the output
 the first time anyone looks, nothing after: files are cached under ``<cache_dir>/previews/<job>/`` keyed by the
 output's ETag, so a job run again with new outputs gets new previews.
@@ -99,8 +99,9 @@ class Previews:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
-    def items(self, record: JobRecord) -> list[PreviewItem]:
-        """The pairs a finished job offers (none before it has succeeded)."""
+    def items(self, record: JobRecord, start: int = 0, count: int = COLLECTION_PREVIEWS) -> list[PreviewItem]:
+        """The pairs a finished job offers (none before it has succeeded): a collection's ``count`` from its photo
+        ``start`` (a collection of hundreds is looked through a page at a time), every other job's all at once."""
         if record.state != "succeeded":
             return []
         spec = record.spec
@@ -113,8 +114,16 @@ class Previews:
             return [PreviewItem(i, spec.input, film_output_uri(spec), t) for i, t in enumerate(times)]
         if spec.kind == "image":
             return [PreviewItem(0, spec.input, photo_output_uri(spec, spec.input))]
-        photos = itertools.islice(collection_outputs(self.storage, record), COLLECTION_PREVIEWS)
-        return [PreviewItem(index, source, output) for index, (source, output) in enumerate(photos)]
+        photos = itertools.islice(collection_outputs(self.storage, record), start, start + count)
+        return [PreviewItem(index, source, output) for index, (source, output) in enumerate(photos, start)]
+
+    def item(self, record: JobRecord, index: int) -> PreviewItem | None:
+        """Pair ``index`` of the job's, or None where it has no such pair."""
+        if record.spec.kind == "collection":
+            found = self.items(record, index, 1)
+        else:
+            found = self.items(record)[index:index + 1]
+        return found[0] if found else None
 
     def image(self, record: JobRecord, item: PreviewItem, side: str) -> Path:
         """The cached JPEG of one side (``before`` or ``after``) of ``item``, made first if needed."""

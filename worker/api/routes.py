@@ -32,7 +32,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 
 from worker.api import archives
 from worker.api.auth import Principal, authenticate, own_folder
-from worker.api.previews import HintPreview, HintPreviews, Previews, TokenBucket
+from worker.api.previews import COLLECTION_PREVIEWS, HintPreview, HintPreviews, Previews, TokenBucket
 from worker.errors import BadInputError, ModelError, PermanentError, TinctError, TransientError, one_line
 from worker.hints import HintError, parse_hints
 from worker.jobs import (
@@ -467,19 +467,26 @@ def get_result(job_id: JobId, index: Annotated[int, PathParam(ge=0, le=MAX_RESUL
 
 
 @router.get("/jobs/{job_id}/previews", tags=["previews"],
-            summary="Before/after pairs: one per photo, a strip of frames per film")
-def list_previews(job_id: JobId, state: State, principal: Caller) -> dict[str, Any]:
+            summary="Before/after pairs: one per photo (a collection's a page at a time), a strip of frames per film")
+def list_previews(job_id: JobId, state: State, principal: Caller,
+                  start: Annotated[int, Query(ge=0, le=10**7, description="a collection's first photo shown: the "
+                                              "'next' of the previous page")] = 0) -> dict[str, Any]:
     record = _job(state, principal, job_id)
-    items = _preview_items(state, record)
+    with _preview_errors_as_409():
+        items = state.previews.items(record, start, COLLECTION_PREVIEWS + 1)  # one more: is there a next page?
     base = f"/api/v1/jobs/{job_id}/previews"
-    return {"kind": record.spec.kind, "previews": [
+    more = record.spec.kind == "collection" and len(items) > COLLECTION_PREVIEWS
+    return {"kind": record.spec.kind, "next": start + COLLECTION_PREVIEWS if more else None, "previews": [
         {"index": item.index, "label": item.label, "time": item.time,
-         "before": f"{base}/{item.index}/before.jpg", "after": f"{base}/{item.index}/after.jpg"} for item in items]}
+         "before": f"{base}/{item.index}/before.jpg", "after": f"{base}/{item.index}/after.jpg"}
+        for item in items[:COLLECTION_PREVIEWS]]}
 
 
-def _preview_items(state: ApiState, record: JobRecord) -> list:
+@contextmanager
+def _preview_errors_as_409() -> Iterator[None]:
+    """What deriving a job's previews can meet: the storage (503, retry) or its files (409, they cannot be shown)."""
     try:
-        return state.previews.items(record)
+        yield
     except TransientError as exc:
         raise HTTPException(503, f"storage: {exc}") from None
     except PermanentError as exc:
@@ -488,19 +495,16 @@ def _preview_items(state: ApiState, record: JobRecord) -> list:
 
 @router.get("/jobs/{job_id}/previews/{index}/{side}.jpg", tags=["previews"], summary="One preview image (JPEG)",
             response_class=FileResponse, responses={200: {"content": {"image/jpeg": {}}}})
-def get_preview(job_id: JobId, index: Annotated[int, PathParam(ge=0, le=1000)],
+def get_preview(job_id: JobId, index: Annotated[int, PathParam(ge=0, le=10**7)],
                 side: Annotated[str, PathParam(pattern="^(before|after)$")], state: State,
                 principal: Caller) -> FileResponse:
     record = _job(state, principal, job_id)
-    items = _preview_items(state, record)
-    if index >= len(items):
-        raise HTTPException(404, f"index: job {job_id} has {len(items)} previews")
-    try:
-        path = state.previews.image(record, items[index], side)
-    except TransientError as exc:
-        raise HTTPException(503, f"storage: {exc}") from None
-    except PermanentError as exc:
-        raise HTTPException(409, f"previews: {exc}") from None
+    with _preview_errors_as_409():
+        item = state.previews.item(record, index)
+    if item is None:
+        raise HTTPException(404, f"index: job {job_id} has no preview {index}")
+    with _preview_errors_as_409():
+        path = state.previews.image(record, item, side)
     return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 

@@ -275,8 +275,8 @@ async function followEvents(jobId, onJob) {
 
 async function jobView(jobId) {
   for (const id of ["previews", "results", "results-all", "job-failures"]) $(id).replaceChildren();
-  for (const id of ["previews-title", "previews-hint", "results-title", "results-all", "hints-link", "references-link",
-    "job-cancel-confirm"]) {
+  for (const id of ["previews-title", "previews-hint", "previews-more", "results-title", "results-all", "hints-link",
+    "references-link", "job-cancel-confirm"]) {
     $(id).hidden = true;
   }
   let job;
@@ -361,9 +361,27 @@ async function showPreviews(jobId) {
   $("previews-title").hidden = false; $("previews-hint").hidden = false;
   const box = $("previews");
   box.className = "previews" + (film ? " film" : "");
-  // A collection's photos are corrected one by one: its previews are its first results, in the same order.
+  // A collection's photos are corrected one by one: its previews are its results, in the same order.
   const hintsOf = (p) => (data.kind === "collection" ? `#/jobs/${jobId}/hints/${p.index}` : null);
   box.replaceChildren(...data.previews.map((p) => compareFigure(p, film, hintsOf(p))));
+  // A collection of hundreds is looked through a page of photos at a time.
+  const more = $("previews-more");
+  more.hidden = data.next === null;
+  more.onclick = async () => {
+    more.disabled = true;
+    try {
+      const page = await apiJson(`/jobs/${jobId}/previews?start=${data.next}`);
+      const figures = page.previews.map((p) => compareFigure(p, film, hintsOf(p)));
+      box.append(...figures);
+      data.next = page.next;
+      more.hidden = data.next === null;
+      if (figures.length) figures[0].querySelector("input").focus();  // where the list goes on
+    } catch (e) {
+      setStatus("No more previews: " + e.message);
+    } finally {
+      more.disabled = false;
+    }
+  };
 }
 
 // A collection or a run of frames may have hundreds of results: the first few are listed, the rest on request.
