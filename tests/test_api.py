@@ -295,6 +295,8 @@ def test_a_collections_previews_come_a_page_at_a_time(stack):
     assert [p["index"] for p in first["previews"]] == list(range(24)) and first["next"] == 24
     second = alice.get(base, params={"start": first["next"]}).json()
     assert [(p["index"], p["label"]) for p in second["previews"]] == [(24, "p24.png"), (25, "p25.png")]
+    assert (second["previews"][1]["input"], second["previews"][1]["output"]) == (  # the hint editor's target
+        "s3://scans/alice/paged/p25.png", "s3://colour/alice/paged/p25.png")
     assert second["next"] is None
     after = alice.get(second["previews"][1]["after"])  # a later page's picture, by its own index
     assert after.status_code == 200 and jpeg(after.content).shape == (24, 32, 3)

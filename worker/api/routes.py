@@ -476,8 +476,10 @@ def list_previews(job_id: JobId, state: State, principal: Caller,
         items = state.previews.items(record, start, COLLECTION_PREVIEWS + 1)  # one more: is there a next page?
     base = f"/api/v1/jobs/{job_id}/previews"
     more = record.spec.kind == "collection" and len(items) > COLLECTION_PREVIEWS
+    photos = record.spec.kind != "video"  # a photo's pair names the photo and its copy: the hint editor's target
     return {"kind": record.spec.kind, "next": start + COLLECTION_PREVIEWS if more else None, "previews": [
         {"index": item.index, "label": item.label, "time": item.time,
+         **({"input": item.input, "output": item.output} if photos else {}),
          "before": f"{base}/{item.index}/before.jpg", "after": f"{base}/{item.index}/after.jpg"}
         for item in items[:COLLECTION_PREVIEWS]]}
 

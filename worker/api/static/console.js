@@ -114,7 +114,7 @@ async function route(event) {
   if (!state.token) { show("signin"); $("token").focus(); return; }
   const hash = location.hash || "#/jobs";
   const match = hash.match(/^#\/jobs\/([0-9a-f]{24})$/);
-  // A photo job's hints, or (with the index of one of its results) those of one photo of a collection.
+  // A photo job's hints, or (with the index of one of its photos) those of one photo of a collection.
   const hintsMatch = hash.match(/^#\/jobs\/([0-9a-f]{24})\/hints(?:\/(\d+))?$/);
   const referencesMatch = hash.match(/^#\/jobs\/([0-9a-f]{24})\/references$/);
   setStatus(state.arrival);
@@ -462,9 +462,11 @@ async function hintsView(jobId, resultIndex) {
     if (resultIndex === null) {
       editor.target = { input: editor.job.input, output: editor.job.output };
     } else {
-      const result = (await apiJson(`/jobs/${jobId}/results`)).results[resultIndex];
-      if (!result || !result.input) throw new Error(`the job has no photo result ${resultIndex + 1}`);
-      editor.target = { input: result.input, output: result.uri };
+      const pair = (await apiJson(`/jobs/${jobId}/previews?start=${resultIndex}`)).previews[0];
+      if (!pair || pair.index !== resultIndex || !pair.input) {
+        throw new Error(`the job has no photo ${resultIndex + 1}`);
+      }
+      editor.target = { input: pair.input, output: pair.output };
     }
     $("hints-title").textContent = "Colour hints: " + nameOf(editor.target.input)
       + (resultIndex === null ? "" : ` (of ${nameOf(editor.job.input)})`);
