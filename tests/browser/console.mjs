@@ -308,6 +308,16 @@ async function scenario(browser, page, step) {
   await (await linkNamed(page, "#references-link", "Guide the colours with reference frames")).click();
   await until(page, "the references view", () => document.querySelector("#references-title").textContent
     === "Reference frames: reel.mkv" && !document.querySelector("#references-none").hidden);
+  // Its strip of frames gives a time at a click.
+  await until(page, "the film's frames to pick a time from",
+    () => document.querySelectorAll("#reference-strip button").length === 6, [], PREVIEW_TIMEOUT_MS);
+  const picked = await page.$eval("#reference-strip li:nth-child(3) button", (node) => {
+    node.click();
+    return node.textContent.trim();
+  });
+  const pickedTime = await page.$eval("#reference-time", (node) => node.value);
+  check(`${pickedTime} s` === picked && Number(pickedTime) > 0, `the third frame gave the time ${pickedTime} (${picked})`);
+  await page.$eval("#reference-time", (node) => { node.value = ""; });
   for (const [time, picture] of [["frame:6", run.reference], ["soon", run.reference]]) {
     await page.type("#reference-time", time);
     await (await page.$("#reference-file")).uploadFile(picture);

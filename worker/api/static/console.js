@@ -822,6 +822,26 @@ async function referencesView(jobId) {
     return;
   }
   renderReferences();
+  await showStripTimes(guide);
+}
+
+// The film's strip of frames (its previews, each at its time), each a button that gives the time field its time: a
+// restorer finds the shot there rather than in another program. A run of frames' strip has no times to give.
+async function showStripTimes(guide) {
+  $("reference-strip").replaceChildren();
+  let strip;
+  try { strip = (await apiJson(`/jobs/${guide.jobId}/previews`)).previews.filter((p) => p.time !== null); }
+  catch (e) { return; }  // no strip (the film has not finished): times are typed
+  if (state.guide !== guide) return;
+  $("reference-strip").replaceChildren(...strip.map((pair) => {
+    const time = String(Math.round(pair.time * 1000) / 1000);
+    const picture = el("img", { alt: "", draggable: "false" });
+    blobUrl(pair.before).then((url) => { picture.src = url; }).catch(() => {});
+    const button = el("button", { type: "button", class: "secondary", "aria-label": `Use the frame at ${time} s` },
+      picture, el("span", { text: `${time} s` }));
+    button.addEventListener("click", () => { $("reference-time").value = time; $("reference-time").focus(); });
+    return el("li", {}, button);
+  }));
 }
 
 function renderReferences() {
