@@ -363,7 +363,8 @@ async function scenario(browser, page, step) {
     "showing every result did not move the focus to the first one added");
   // Every result as one ZIP: the button asks for a signed link, which the browser downloads without the token, into
   // run.downloads (tests/test_console.py opens it); the page fetches it again here, with no token either.
-  await page.click("#results-all button");
+  await page.focus("#results-all button");  // the keyboard again: the previews above may still be moving the page
+  await page.keyboard.press("Enter");
   await until(page, "the archive's link", () => document.querySelector("#results-all button").dataset.url);
   const zip = await page.$eval("#results-all button", async (node) => {
     const response = await fetch(node.dataset.url);
@@ -377,9 +378,11 @@ async function scenario(browser, page, step) {
   // Its previews a page of 24 at a time: the 25th photo's after the button, the focus on it.
   await until(page, "the first page of previews", () => document.querySelectorAll("#previews figure").length === 24
     && !document.querySelector("#previews-more").hidden);
-  await page.click("#previews-more");
+  // By the keyboard: the previews' pictures load as this runs and move the page under a click aimed before (Firefox).
+  await page.focus("#previews-more");
+  await page.keyboard.press("Enter");
   await until(page, "the next page of previews", () => document.querySelectorAll("#previews figure").length === 25
-    && document.querySelector("#previews-more").hidden);
+    && document.querySelector("#previews-more").hidden, [], PREVIEW_TIMEOUT_MS);
   const last = await text(page, "#previews figure:nth-child(25) figcaption");
   check(last.startsWith("fine-24.png"), `the 25th preview reads ${last}`);
   check(await page.evaluate(focusedMatches, "#previews figure:nth-child(25) input"), "the focus stayed behind");
