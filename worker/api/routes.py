@@ -443,7 +443,7 @@ def archive_download(job_id: JobId, state: State,
     spec = record.spec  # named in the archive by their paths under the job's output folder (a collection's tree)
     folder = spec.output if spec.output.endswith("/") else spec.output.rsplit("/", 1)[0] + "/"
     entries = archives.entry_names(folder, [uri for _, uri in _results(state, record, None)])
-    name = f"{PurePosixPath(parse_uri(record.spec.input.rstrip('/'))[2]).stem or 'results'}-colour.zip"
+    name = f"{PurePosixPath(parse_uri(spec.input.rstrip('/'))[2]).stem or 'results'}-colour.zip"
     disposition = f"attachment; filename*=UTF-8''{urllib.parse.quote(name)}"
     return StreamingResponse(archives.stream_zip(state.storage, entries), media_type="application/zip",
                              headers={"Content-Disposition": disposition, "Cache-Control": "no-store"})
